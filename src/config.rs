@@ -1,0 +1,423 @@
+//! Configuration: the `TIERMALLOC_*` environment variables, parsed without allocating into
+//! fixed-size tables, once, on first use.
+//!
+//! `TIERMALLOC_TIERS` lists tiers in fallback order, `;`-separated, each `KIND[:key=value,...]`
+//! with KIND one of `dram cxl cmb pmr` and keys `path size offset create numa limit fit`.
+//! `TIERMALLOC_PLACE` lists size rules `KIND:min=SIZE[,max=SIZE]`. A bad entry is reported in
+//! one line on stderr naming it, and skipped; the rest still applies.
+
+use crate::os;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// The memory kinds, as numbered by the C contract (`tm_kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Kind {
+    Dram = 0,
+    Cxl = 1,
+    Cmb = 2,
+    Pmr = 3,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Dram, Kind::Cxl, Kind::Cmb, Kind::Pmr];
+
+    pub fn from_u32(v: u32) -> Option<Kind> {
+        Kind::ALL.get(v as usize).copied()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Dram => "dram",
+            Kind::Cxl => "cxl",
+            Kind::Cmb => "cmb",
+            Kind::Pmr => "pmr",
+        }
+    }
+
+    fn parse(s: &[u8]) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name().as_bytes() == s)
+    }
+}
+
+/// Fit policy of a device tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Fit {
+    Best = 0,
+    Worst = 1,
+}
+
+/// Most tiers and placement rules a configuration may list.
+pub const MAX_TIERS: usize = 8;
+pub const MAX_RULES: usize = 16;
+const MAX_PATH: usize = 256;
+
+/// One entry of `TIERMALLOC_TIERS`.
+#[derive(Clone, Copy)]
+pub struct TierSpec {
+    pub kind: Kind,
+    path: [u8; MAX_PATH],
+    path_len: usize,
+    pub size: Option<u64>,
+    pub offset: u64,
+    pub create: bool,
+    pub numa: Option<u32>,
+    pub limit: Option<u64>,
+    pub fit: Fit,
+}
+
+impl TierSpec {
+    const fn new(kind: Kind) -> Self {
+        TierSpec {
+            kind,
+            path: [0; MAX_PATH],
+            path_len: 0,
+            size: None,
+            offset: 0,
+            create: false,
+            numa: None,
+            limit: None,
+            fit: Fit::Best,
+        }
+    }
+
+    #[allow(dead_code)] // read by the device tiers' backend (issue 4) and the tests
+    pub fn path(&self) -> Option<&[u8]> {
+        (self.path_len > 0).then(|| &self.path[..self.path_len])
+    }
+}
+
+/// One entry of `TIERMALLOC_PLACE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlaceRule {
+    pub kind: Kind,
+    pub min: u64,
+    pub max: u64,
+}
+
+/// The whole configuration.
+pub struct Config {
+    pub tiers: [TierSpec; MAX_TIERS],
+    pub tier_count: usize,
+    pub rules: [PlaceRule; MAX_RULES],
+    pub rule_count: usize,
+    pub show_stats: bool,
+    pub verbose: bool,
+}
+
+impl Config {
+    const fn new() -> Self {
+        Config {
+            tiers: [TierSpec::new(Kind::Dram); MAX_TIERS],
+            tier_count: 0,
+            rules: [PlaceRule {
+                kind: Kind::Dram,
+                min: 0,
+                max: u64::MAX,
+            }; MAX_RULES],
+            rule_count: 0,
+            show_stats: false,
+            verbose: false,
+        }
+    }
+
+    pub fn tiers(&self) -> &[TierSpec] {
+        &self.tiers[..self.tier_count]
+    }
+
+    #[allow(dead_code)] // read by device-tier placement (issue 4) and the tests
+    pub fn rules(&self) -> &[PlaceRule] {
+        &self.rules[..self.rule_count]
+    }
+}
+
+/// Where a problem is reported: one line each on stderr, or (tests) counted.
+pub trait Report {
+    fn problem(&mut self, what: &str, entry: &[u8], why: &str);
+}
+
+/// Reports on stderr: `tiermalloc: TIERMALLOC_TIERS: 'pmr:size=x': bad size; entry skipped`.
+pub struct Stderr;
+
+impl Report for Stderr {
+    fn problem(&mut self, what: &str, entry: &[u8], why: &str) {
+        let mut line = os::LineBuf::new();
+        let entry = core::str::from_utf8(entry).unwrap_or("<not UTF-8>");
+        let _ = writeln!(line, "tiermalloc: {what}: '{entry}': {why}; entry skipped");
+        line.flush();
+    }
+}
+
+/// Parses `12`, `4K`, `16M`, `2G`, `1T` (binary multiples).
+pub fn parse_size(s: &[u8]) -> Option<u64> {
+    let (digits, shift) = match s.last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 30),
+        b't' | b'T' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+    }
+    value
+        .checked_mul(1 << shift)
+        .filter(|v| v >> shift == value)
+}
+
+fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
+    let (kind, rest) = match entry.iter().position(|&c| c == b':') {
+        Some(i) => (&entry[..i], Some(&entry[i + 1..])),
+        None => (entry, None),
+    };
+    let kind = Kind::parse(kind).ok_or("unknown kind (expected dram, cxl, cmb or pmr)")?;
+    let mut spec = TierSpec::new(kind);
+    for option in rest
+        .unwrap_or(b"")
+        .split(|&c| c == b',')
+        .filter(|o| !o.is_empty())
+    {
+        let (key, value) = match option.iter().position(|&c| c == b'=') {
+            Some(i) => (&option[..i], Some(&option[i + 1..])),
+            None => (option, None),
+        };
+        match (key, value) {
+            (b"create", None) => spec.create = true,
+            (b"path", Some(v)) if !v.is_empty() && v.len() < MAX_PATH => {
+                spec.path[..v.len()].copy_from_slice(v);
+                spec.path_len = v.len();
+            }
+            (b"path", _) => return Err("path= needs a file name shorter than 256 bytes"),
+            (b"size", Some(v)) => spec.size = Some(parse_size(v).ok_or("bad size= value")?),
+            (b"offset", Some(v)) => spec.offset = parse_size(v).ok_or("bad offset= value")?,
+            (b"limit", Some(v)) => spec.limit = Some(parse_size(v).ok_or("bad limit= value")?),
+            (b"numa", Some(v)) => {
+                let n = parse_size(v)
+                    .filter(|n| *n < 1024)
+                    .ok_or("bad numa= node")?;
+                spec.numa = Some(n as u32);
+            }
+            (b"fit", Some(b"best")) => spec.fit = Fit::Best,
+            (b"fit", Some(b"worst")) => spec.fit = Fit::Worst,
+            (b"fit", _) => return Err("fit= must be best or worst"),
+            _ => return Err("unknown key (expected path, size, offset, create, numa, limit, fit)"),
+        }
+    }
+    Ok(spec)
+}
+
+fn parse_rule(entry: &[u8]) -> Result<PlaceRule, &'static str> {
+    let i = entry
+        .iter()
+        .position(|&c| c == b':')
+        .ok_or("expected KIND:min=SIZE[,max=SIZE]")?;
+    let kind = Kind::parse(&entry[..i]).ok_or("unknown kind (expected dram, cxl, cmb or pmr)")?;
+    let mut rule = PlaceRule {
+        kind,
+        min: 0,
+        max: u64::MAX,
+    };
+    let mut saw_min = false;
+    for option in entry[i + 1..]
+        .split(|&c| c == b',')
+        .filter(|o| !o.is_empty())
+    {
+        match option
+            .iter()
+            .position(|&c| c == b'=')
+            .map(|j| option.split_at(j))
+        {
+            Some((b"min", v)) => {
+                rule.min = parse_size(&v[1..]).ok_or("bad min= size")?;
+                saw_min = true;
+            }
+            Some((b"max", v)) => rule.max = parse_size(&v[1..]).ok_or("bad max= size")?,
+            _ => return Err("unknown key (expected min, max)"),
+        }
+    }
+    if !saw_min {
+        return Err("a rule needs min=SIZE");
+    }
+    if rule.max < rule.min {
+        return Err("max is below min");
+    }
+    Ok(rule)
+}
+
+fn entries(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&c| c == b';')
+        .map(|e| e.trim_ascii())
+        .filter(|e| !e.is_empty())
+}
+
+fn flag(value: Option<&[u8]>) -> bool {
+    matches!(value, Some(v) if !v.is_empty() && v != b"0")
+}
+
+/// Builds a configuration from the variables' values, reporting every skipped entry.
+pub fn parse(
+    tiers: Option<&[u8]>,
+    place: Option<&[u8]>,
+    show_stats: Option<&[u8]>,
+    verbose: Option<&[u8]>,
+    report: &mut dyn Report,
+) -> Config {
+    let mut config = Config::new();
+    for entry in entries(tiers.unwrap_or(b"")) {
+        match parse_tier(entry) {
+            Ok(_) if config.tier_count == MAX_TIERS => {
+                report.problem("TIERMALLOC_TIERS", entry, "more than 8 tiers")
+            }
+            Ok(spec) if config.tiers().iter().any(|t| t.kind == spec.kind) => {
+                report.problem("TIERMALLOC_TIERS", entry, "this kind is listed already")
+            }
+            Ok(spec) => {
+                config.tiers[config.tier_count] = spec;
+                config.tier_count += 1;
+            }
+            Err(why) => report.problem("TIERMALLOC_TIERS", entry, why),
+        }
+    }
+    for entry in entries(place.unwrap_or(b"")) {
+        match parse_rule(entry) {
+            Ok(_) if config.rule_count == MAX_RULES => {
+                report.problem("TIERMALLOC_PLACE", entry, "more than 16 rules")
+            }
+            Ok(rule) => {
+                config.rules[config.rule_count] = rule;
+                config.rule_count += 1;
+            }
+            Err(why) => report.problem("TIERMALLOC_PLACE", entry, why),
+        }
+    }
+    config.show_stats = flag(show_stats);
+    config.verbose = flag(verbose);
+    config
+}
+
+const UNREAD: u8 = 0;
+const READING: u8 = 1;
+const READ: u8 = 2;
+static STATE: AtomicU8 = AtomicU8::new(UNREAD);
+static mut CONFIG: Config = Config::new();
+
+/// The configuration, reading the environment on the first call that finds it ready. Before
+/// that (a `malloc` before libc set up `environ`) and while another thread reads it, the
+/// defaults.
+pub fn get() -> &'static Config {
+    static DEFAULTS: Config = Config::new();
+    match STATE.load(Ordering::Acquire) {
+        // SAFETY: CONFIG is written once, before STATE becomes READ (Release), never again.
+        READ => unsafe { &*core::ptr::addr_of!(CONFIG) },
+        UNREAD if os::environ_ready() => {
+            if STATE
+                .compare_exchange(UNREAD, READING, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                return &DEFAULTS;
+            }
+            let config = parse(
+                os::getenv(b"TIERMALLOC_TIERS"),
+                os::getenv(b"TIERMALLOC_PLACE"),
+                os::getenv(b"TIERMALLOC_SHOW_STATS"),
+                os::getenv(b"TIERMALLOC_VERBOSE"),
+                &mut Stderr,
+            );
+            // SAFETY: we won the READING state: no one else writes CONFIG, no one reads it
+            // before READ is published below.
+            unsafe { core::ptr::addr_of_mut!(CONFIG).write(config) };
+            STATE.store(READ, Ordering::Release);
+            // SAFETY: as in the READ arm.
+            unsafe { &*core::ptr::addr_of!(CONFIG) }
+        }
+        _ => &DEFAULTS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Vec<String>);
+    impl Report for Collect {
+        fn problem(&mut self, what: &str, entry: &[u8], why: &str) {
+            self.0
+                .push(format!("{what}: {}: {why}", String::from_utf8_lossy(entry)));
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size(b"4096"), Some(4096));
+        assert_eq!(parse_size(b"4K"), Some(4096));
+        assert_eq!(parse_size(b"16m"), Some(16 << 20));
+        assert_eq!(parse_size(b"2G"), Some(2 << 30));
+        assert_eq!(parse_size(b""), None);
+        assert_eq!(parse_size(b"G"), None);
+        assert_eq!(parse_size(b"1x"), None);
+        assert_eq!(parse_size(b"99999999999999999999"), None);
+        assert_eq!(parse_size(b"99999999999T"), None);
+    }
+
+    #[test]
+    fn tiers_and_rules_parse_and_bad_entries_are_reported_and_skipped() {
+        let mut r = Collect::default();
+        let c = parse(
+            Some(b"dram:limit=1G; pmr:path=/dev/shm/p,size=64M,create,fit=worst;cxl:numa=1;ssd;cmb:fit=odd;dram"),
+            Some(b"pmr:min=4K,max=1M;cxl:max=1M;nvm:min=1"),
+            Some(b"1"),
+            None,
+            &mut r,
+        );
+        assert_eq!(c.tier_count, 3);
+        assert_eq!(c.tiers()[0].kind, Kind::Dram);
+        assert_eq!(c.tiers()[0].limit, Some(1 << 30));
+        let pmr = &c.tiers()[1];
+        assert_eq!(
+            (pmr.kind, pmr.path(), pmr.size, pmr.create, pmr.fit),
+            (
+                Kind::Pmr,
+                Some(&b"/dev/shm/p"[..]),
+                Some(64 << 20),
+                true,
+                Fit::Worst
+            )
+        );
+        assert_eq!(c.tiers()[2].numa, Some(1));
+        assert_eq!(
+            c.rules(),
+            &[PlaceRule {
+                kind: Kind::Pmr,
+                min: 4096,
+                max: 1 << 20
+            }]
+        );
+        assert!(c.show_stats && !c.verbose);
+        assert_eq!(r.0.len(), 5, "{:?}", r.0);
+        assert!(r.0[0].contains("ssd") && r.0[0].contains("unknown kind"));
+        assert!(r.0[1].contains("fit="));
+        assert!(r.0[2].contains("listed already"));
+        assert!(r.0[3].contains("needs min"));
+        assert!(r.0[4].contains("nvm"));
+    }
+
+    #[test]
+    fn empty_configuration_is_dram_alone() {
+        let mut r = Collect::default();
+        let c = parse(None, None, Some(b"0"), Some(b""), &mut r);
+        assert_eq!(c.tier_count, 0);
+        assert!(!c.show_stats && !c.verbose);
+        assert!(r.0.is_empty());
+    }
+}

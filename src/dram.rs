@@ -1,0 +1,149 @@
+//! The DRAM tier: small blocks from the thread heaps (`fast`), large blocks mapped one by one
+//! (`large`), and the operations that must tell them apart (free, usable size, realloc).
+//!
+//! Pointers that are not ours (the page map says `Foreign`) are ignored by `free` and have no
+//! usable size: under `LD_PRELOAD` they can only come from before we were loaded.
+
+use crate::fast::{self, size_class};
+use crate::large;
+use crate::pagemap::{self, ChunkTag};
+
+/// Requests above this fail at once: no machine maps that much, and it keeps size arithmetic
+/// far from overflow.
+pub const MAX_REQUEST: usize = 1 << 46;
+
+/// A block of at least `size` bytes, 16-aligned; null when out of memory.
+#[inline(always)]
+pub fn alloc(size: usize) -> *mut u8 {
+    if size <= size_class::SMALL_MAX {
+        fast::alloc(size)
+    } else {
+        alloc_large(size, 16)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_large(size: usize, align: usize) -> *mut u8 {
+    if size > MAX_REQUEST {
+        return core::ptr::null_mut();
+    }
+    large::alloc(size, align)
+}
+
+/// A block of at least `size` bytes aligned to `align` (a power of two); null on failure.
+pub fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
+    if align <= 16 {
+        return alloc(size);
+    }
+    if align <= size_class::MAX_NATURAL_ALIGN {
+        if let Some(class) = size_class::class_for_aligned(size, align) {
+            return fast::alloc_class(class);
+        }
+    }
+    if align > MAX_REQUEST {
+        return core::ptr::null_mut();
+    }
+    alloc_large(size, align)
+}
+
+/// A zeroed block of `size` bytes.
+pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    let p = alloc_aligned(size, align);
+    if !p.is_null() && pagemap::tag_of_block(p as usize) == ChunkTag::Segment {
+        // Fresh large mappings are zero already; small blocks may be reused.
+        // SAFETY: the block holds at least `size` bytes.
+        unsafe { p.write_bytes(0, size) };
+    }
+    p
+}
+
+/// Frees `p` (null and foreign pointers are ignored).
+///
+/// # Safety
+/// `p` must be null, foreign, or a live block of ours not used after this.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    match pagemap::tag_of_block(p as usize) {
+        // SAFETY: the page map says a segment owns `p`.
+        ChunkTag::Segment => unsafe { fast::free(p) },
+        // SAFETY: forwarded.
+        _ => unsafe { free_other(p) },
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_other(p: *mut u8) {
+    if pagemap::tag_of_block(p as usize) == ChunkTag::LargeHead {
+        // SAFETY: forwarded; `large::free` checks `p` is a block start.
+        unsafe { large::free(p) };
+    }
+}
+
+/// The usable size of `p`: 0 for null and foreign pointers.
+///
+/// # Safety
+/// `p` must be null, foreign, or a live block of ours.
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    match pagemap::tag_of_block(p as usize) {
+        // SAFETY: a segment owns `p`.
+        ChunkTag::Segment => unsafe { fast::usable_size(p) },
+        ChunkTag::LargeHead => large::usable_size(p),
+        _ => 0,
+    }
+}
+
+/// Whether `p` is a block of ours (DRAM).
+pub fn owns(p: *const u8) -> bool {
+    pagemap::tag_of_block(p as usize) != ChunkTag::Foreign
+}
+
+/// Resizes `p` to `size` bytes (`p` non-null, `size` non-zero), keeping `align` (≤ 16 for the
+/// C `realloc`). Returns null and leaves `p` intact on failure or if `p` is not ours.
+///
+/// # Safety
+/// `p` must be a live block of ours, foreign, or null.
+pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
+    if size > MAX_REQUEST {
+        return core::ptr::null_mut();
+    }
+    let old = match pagemap::tag_of_block(p as usize) {
+        ChunkTag::Segment => {
+            // SAFETY: a segment owns `p`.
+            let old = unsafe { fast::usable_size(p) };
+            // Keep the block if it fits and would not waste more than half of it.
+            if size <= old && size >= old / 2 {
+                return p;
+            }
+            old
+        }
+        ChunkTag::LargeHead => {
+            let old = large::usable_size(p);
+            if old == 0 {
+                return core::ptr::null_mut();
+            }
+            if size > size_class::SMALL_MAX && align <= pagemap::CHUNK_SIZE {
+                if size <= old && size >= old / 2 {
+                    return p;
+                }
+                // SAFETY: a live large block of ours.
+                let q = unsafe { large::resize(p, size) };
+                if !q.is_null() {
+                    return q;
+                }
+            }
+            old
+        }
+        _ => return core::ptr::null_mut(),
+    };
+    let q = alloc_aligned(size, align);
+    if !q.is_null() {
+        // SAFETY: both blocks are ours, distinct, and hold at least the bytes copied.
+        unsafe {
+            core::ptr::copy_nonoverlapping(p, q, old.min(size));
+            free(p);
+        }
+    }
+    q
+}

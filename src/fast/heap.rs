@@ -1,0 +1,385 @@
+//! Thread heaps: the pages of every size class that one thread allocates from, and the slow
+//! paths that find, create, retire and purge pages.
+//!
+//! A heap is used by one thread at a time (its owner) without locks. Other threads reach it
+//! only through the atomic `remote` list of a page and the heap's atomic `delayed` list of
+//! pages, which a remote free fills when it frees into a page parked in `full`.
+//!
+//! Pages of a class sit in `queues[class]`; `current[class]` is the page the fast path pops
+//! from (the first of the queue, or the empty page). A page with no free block left moves to
+//! `full` and flags its remote list, so that the first remote free hands it back through
+//! `delayed`; thus `find_page` never walks full pages twice.
+
+use crate::fast::page::{Page, PageQueue};
+use crate::fast::segment::Segment;
+use crate::fast::size_class::{page_slices, CLASS_COUNT, SLICE_SIZE};
+use crate::lockfree::index_stack::StackLink;
+use crate::lockfree::remote_list::{Link, RemoteList};
+use crate::stats::{SharedCounter, Traffic};
+use crate::sync::AtomicPtr;
+use core::ptr;
+
+/// Dirty (freed but resident) bytes a heap keeps before it purges them with `madvise`.
+pub const PURGE_THRESHOLD: usize = 4 << 20;
+
+/// Bytes of segments currently mapped, all heaps together.
+pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();
+pub static SEGMENTS_RELEASED: SharedCounter = SharedCounter::new();
+
+/// Invariants: `current[c]` is `queues[c].first` or the empty page; every page of a segment
+/// of this heap that holds blocks is in exactly one of `queues[its class]` and `full`;
+/// `available` lists exactly the segments with a free slice, but `cached`; `dirty_bytes` is the
+/// sum of the dirty slices of those segments.
+#[repr(C, align(64))]
+pub struct Heap {
+    pub current: [*mut Page; CLASS_COUNT],
+    pub traffic: Traffic,
+    queues: [PageQueue; CLASS_COUNT],
+    full: PageQueue,
+    /// Pages of `full` that received a remote free (linked through `Page::delayed_next`).
+    delayed: RemoteList,
+    available: *mut Segment,
+    /// One empty, purged segment kept to avoid a map/unmap cycle.
+    cached: *mut Segment,
+    dirty_bytes: usize,
+    /// Link in the pool of heaps without a thread.
+    pool_link: AtomicPtr<Heap>,
+    /// Link in the registry of all heaps (for statistics).
+    registry_next: *mut Heap,
+}
+
+impl StackLink for Heap {
+    fn link(&self) -> &AtomicPtr<Heap> {
+        &self.pool_link
+    }
+}
+
+// SAFETY: the link is `registry_next`, written once before the heap is published.
+unsafe impl Link for Heap {
+    unsafe fn set_next(node: *mut Self, next: *mut Self) {
+        // SAFETY: the caller owns the unpublished heap.
+        unsafe { (*node).registry_next = next }
+    }
+    unsafe fn next(node: *mut Self) -> *mut Self {
+        // SAFETY: published heaps are valid forever.
+        unsafe { (*node).registry_next }
+    }
+}
+
+impl Heap {
+    /// Prepares zeroed memory as an empty heap.
+    ///
+    /// # Safety
+    /// `heap` must point to zeroed memory for a `Heap`, owned by the caller.
+    pub unsafe fn init(heap: *mut Heap) {
+        // SAFETY: all-zero is a valid empty state for every field but `current`.
+        unsafe { (*heap).current = [Page::empty_page(); CLASS_COUNT] };
+    }
+
+    /// Allocates a block of `class` when the current page has none: the slow path.
+    #[cold]
+    #[inline(never)]
+    pub fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        self.take_delayed();
+        match self.find_page(class) {
+            // SAFETY: find_page returns a valid page with a free block.
+            Some(page) => unsafe {
+                let p = (*page).pop();
+                self.traffic.on_alloc((*page).block_size as usize);
+                p
+            },
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// Tells `heap` that `page`, parked in its `full` queue, got a remote free. Called by the
+    /// one remote free whose push cleared the page's flag.
+    ///
+    /// # Safety
+    /// As stated: `page` is a page of `heap` whose flag this thread's push cleared.
+    pub unsafe fn hand_back(heap: *mut Heap, page: *mut Page) {
+        // SAFETY: `delayed` is the heap's atomic list; the page link is ours to write (Page
+        // invariant).
+        unsafe { (*core::ptr::addr_of!((*heap).delayed)).push(page) };
+    }
+
+    /// Moves pages that got remote frees while full back to their queues.
+    fn take_delayed(&mut self) {
+        if !self.delayed.has_nodes() {
+            return;
+        }
+        let mut page: *mut Page = self.delayed.take_all();
+        while !page.is_null() {
+            // SAFETY: pages on `delayed` are pages of ours in `full` (Page invariant).
+            unsafe {
+                let next = (*page).delayed_next;
+                debug_assert!((*page).in_full);
+                self.full.remove(page);
+                (*page).in_full = false;
+                self.queues[(*page).class as usize].push_back(page);
+                page = next;
+            }
+        }
+    }
+
+    /// A page of `class` with a free block, made current.
+    fn find_page(&mut self, class: usize) -> Option<*mut Page> {
+        let mut page = self.queues[class].first;
+        while !page.is_null() {
+            // SAFETY: queue members are valid pages of this heap.
+            unsafe {
+                let next = (*page).next;
+                if (*page).free.is_null() {
+                    (*page).collect_remote();
+                }
+                if (*page).free.is_null() {
+                    (*page).extend();
+                }
+                if !(*page).free.is_null() {
+                    self.make_current(class, page);
+                    return Some(page);
+                }
+                self.move_to_full(page);
+                page = next;
+            }
+        }
+        let page = self.new_page(class)?;
+        // SAFETY: a fresh page of ours.
+        unsafe {
+            self.queues[class].push_front(page);
+            (*page).extend();
+        }
+        self.current[class] = page;
+        Some(page)
+    }
+
+    fn make_current(&mut self, class: usize, page: *mut Page) {
+        if self.queues[class].first != page {
+            // SAFETY: `page` is in this queue.
+            unsafe {
+                self.queues[class].remove(page);
+                self.queues[class].push_front(page);
+            }
+        }
+        self.current[class] = page;
+    }
+
+    /// Parks a page with no free block in `full`, flagging its remote list so the next remote
+    /// free hands it back. If remote frees arrived meanwhile, collects them instead.
+    ///
+    /// # Safety
+    /// `page` must be in its class queue and have no free block.
+    unsafe fn move_to_full(&mut self, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe {
+            if !(*page).remote.try_flag() {
+                (*page).collect_remote();
+                return;
+            }
+            let class = (*page).class as usize;
+            self.queues[class].remove(page);
+            if self.current[class] == page {
+                self.current[class] = Page::empty_page();
+            }
+            (*page).in_full = true;
+            self.full.push_back(page);
+        }
+    }
+
+    /// Called by the owner's `free` when a page became empty or was parked in `full`.
+    ///
+    /// # Safety
+    /// `page` must be a page of this heap, owned by the calling thread.
+    #[cold]
+    #[inline(never)]
+    pub unsafe fn after_local_free(&mut self, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe {
+            if (*page).in_full {
+                // Back to its queue, unless a remote free already claimed the hand-back.
+                if !(*page).remote.try_unflag() {
+                    return;
+                }
+                self.full.remove(page);
+                (*page).in_full = false;
+                self.queues[(*page).class as usize].push_back(page);
+            }
+            if (*page).used == 0 && self.current[(*page).class as usize] != page {
+                self.retire(page);
+            }
+        }
+    }
+
+    /// Gives an empty page's slices back to its segment.
+    ///
+    /// # Safety
+    /// `page` must be an empty page of this heap in its class queue.
+    unsafe fn retire(&mut self, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe {
+            debug_assert!((*page).used == 0 && !(*page).remote.has_nodes());
+            let class = (*page).class as usize;
+            self.queues[class].remove(page);
+            if self.current[class] == page {
+                self.current[class] = Page::empty_page();
+            }
+            let segment = Segment::of(page as usize);
+            self.dirty_bytes += (*segment).give_back(page);
+            if (*segment).is_empty() {
+                self.unlink_available(segment);
+                self.dirty_bytes -= (*segment).purge();
+                if self.cached.is_null() {
+                    self.cached = segment;
+                } else {
+                    Segment::release(segment);
+                    SEGMENT_BYTES.add((crate::pagemap::CHUNK_SIZE as u64).wrapping_neg());
+                    SEGMENTS_RELEASED.add(1);
+                }
+            } else if !(*segment).in_available {
+                self.link_available(segment);
+            }
+        }
+        if self.dirty_bytes > PURGE_THRESHOLD {
+            self.purge();
+        }
+    }
+
+    /// Returns the memory of every free slice of this heap to the kernel.
+    pub fn purge(&mut self) {
+        let mut segment = self.available;
+        while !segment.is_null() {
+            // SAFETY: list members are valid segments of this heap.
+            unsafe {
+                (*segment).purge();
+                segment = (*segment).next;
+            }
+        }
+        self.dirty_bytes = 0;
+    }
+
+    fn new_page(&mut self, class: usize) -> Option<*mut Page> {
+        let slices = page_slices(class);
+        let mut segment = self.available;
+        while !segment.is_null() {
+            // SAFETY: list members are valid segments of this heap.
+            unsafe {
+                let dirty_before = (*segment).dirty_slices.count_ones();
+                if let Some(page) = (*segment).take_page(class, slices) {
+                    let reused = dirty_before - (*segment).dirty_slices.count_ones();
+                    self.dirty_bytes -= reused as usize * SLICE_SIZE;
+                    if (*segment).free_slices == 0 {
+                        self.unlink_available(segment);
+                    }
+                    return Some(page);
+                }
+                segment = (*segment).next;
+            }
+        }
+        let segment = if self.cached.is_null() {
+            let fresh = Segment::create(self)?;
+            SEGMENT_BYTES.add(crate::pagemap::CHUNK_SIZE as u64);
+            fresh
+        } else {
+            core::mem::replace(&mut self.cached, ptr::null_mut())
+        };
+        // SAFETY: an empty segment of ours.
+        unsafe {
+            let page = (*segment).take_page(class, slices);
+            debug_assert!(page.is_some());
+            if (*segment).free_slices != 0 {
+                self.link_available(segment);
+            }
+            page
+        }
+    }
+
+    fn link_available(&mut self, segment: *mut Segment) {
+        // SAFETY: `segment` is ours and on no list.
+        unsafe {
+            (*segment).prev = ptr::null_mut();
+            (*segment).next = self.available;
+            if !self.available.is_null() {
+                (*self.available).prev = segment;
+            }
+            (*segment).in_available = true;
+        }
+        self.available = segment;
+    }
+
+    fn unlink_available(&mut self, segment: *mut Segment) {
+        // SAFETY: `segment` is on this heap's list.
+        unsafe {
+            if !(*segment).in_available {
+                return;
+            }
+            let (prev, next) = ((*segment).prev, (*segment).next);
+            if prev.is_null() {
+                self.available = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*segment).in_available = false;
+        }
+    }
+
+    /// Tidies a heap whose thread is leaving: collects remote frees, retires empty pages,
+    /// purges free slices. The heap keeps its pages for the next thread that adopts it.
+    pub fn tidy_for_next_owner(&mut self) {
+        self.take_delayed();
+        for class in 0..CLASS_COUNT {
+            self.current[class] = Page::empty_page();
+            let mut page = self.queues[class].first;
+            while !page.is_null() {
+                // SAFETY: queue members are valid pages of this heap.
+                unsafe {
+                    let next = (*page).next;
+                    (*page).collect_remote();
+                    if (*page).used == 0 {
+                        self.retire(page);
+                    }
+                    page = next;
+                }
+            }
+        }
+        self.purge();
+        if !self.cached.is_null() {
+            // SAFETY: the cached segment is empty and on no list.
+            unsafe { Segment::release(self.cached) };
+            SEGMENT_BYTES.add((crate::pagemap::CHUNK_SIZE as u64).wrapping_neg());
+            SEGMENTS_RELEASED.add(1);
+            self.cached = ptr::null_mut();
+        }
+    }
+
+    /// The next heap in the registry of all heaps.
+    ///
+    /// # Safety
+    /// `heap` must be a registered heap.
+    pub unsafe fn registry_next(heap: *const Heap) -> *mut Heap {
+        // SAFETY: written once before the heap was published.
+        unsafe { (*heap).registry_next }
+    }
+
+    /// Walks every list of every page (tests only).
+    #[cfg(test)]
+    pub fn check_invariants(&self) {
+        for class in 0..CLASS_COUNT {
+            let mut page = self.queues[class].first;
+            if self.current[class] != Page::empty_page() {
+                assert_eq!(self.current[class], page);
+            }
+            while !page.is_null() {
+                // SAFETY: queue members are valid pages of this heap.
+                unsafe {
+                    assert_eq!((*page).class as usize, class);
+                    assert!(!(*page).in_full);
+                    (*page).check_invariants();
+                    page = (*page).next;
+                }
+            }
+        }
+    }
+}

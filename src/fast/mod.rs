@@ -1,0 +1,119 @@
+//! The DRAM small-object path: size classes, pages carved from segments, thread heaps, and
+//! cross-thread frees. `alloc` and `free` here are the fast paths every `malloc` runs.
+//!
+//! The fast paths take no lock and do no atomic read-modify-write: `alloc` pops the current
+//! page's free list of the calling thread's heap; `free` of a block whose segment belongs to
+//! the calling thread's heap pushes it back. A block freed by another thread goes on its page's
+//! remote list with one CAS.
+
+pub mod heap;
+pub mod page;
+pub mod segment;
+pub mod size_class;
+pub mod thread_heap;
+
+use crate::stats::SharedCounter;
+use page::Page;
+use segment::Segment;
+use size_class::class_of;
+
+/// Frees made by threads that have no heap of their own (never allocated, or exiting).
+pub static UNBOUND_FREES: SharedCounter = SharedCounter::new();
+pub static UNBOUND_FREED_BYTES: SharedCounter = SharedCounter::new();
+
+/// A block of class `class` (≤ `SMALL_MAX` bytes); null when out of memory.
+#[inline(always)]
+pub fn alloc_class(class: usize) -> *mut u8 {
+    let heap = thread_heap::current();
+    if !heap.is_null() {
+        // SAFETY: the slot's heap belongs to this thread; `current` entries are valid pages
+        // (or the empty page, whose free list is null).
+        unsafe {
+            let page = (*heap).current[class];
+            let p = (*page).pop();
+            if !p.is_null() {
+                (*heap).traffic.on_alloc((*page).block_size as usize);
+                return p;
+            }
+            return (*heap).alloc_slow(class);
+        }
+    }
+    alloc_unbound(class)
+}
+
+/// A block of at least `size` bytes (`size <= SMALL_MAX`); null when out of memory.
+#[inline(always)]
+pub fn alloc(size: usize) -> *mut u8 {
+    alloc_class(class_of(size))
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_unbound(class: usize) -> *mut u8 {
+    let heap = thread_heap::bind();
+    if !heap.is_null() {
+        // SAFETY: just bound to this thread.
+        return unsafe { (*heap).alloc_slow(class) };
+    }
+    thread_heap::with_borrowed_heap(|heap| heap.alloc_slow(class)).unwrap_or(core::ptr::null_mut())
+}
+
+/// Frees block `p` of a segment (the page map said so).
+///
+/// # Safety
+/// `p` must be a live block handed out by `alloc` (any thread).
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    let segment = Segment::of(p as usize);
+    let page = Segment::page_of(segment, p as usize);
+    let slot = thread_heap::slot();
+    // SAFETY: `segment` is a live segment (page map); its `heap` never changes.
+    let owner = unsafe { (*segment).heap };
+    if owner as usize == slot {
+        // SAFETY: the calling thread owns the heap and so the page.
+        unsafe {
+            (*page).push_local(p);
+            (*owner).traffic.on_free((*page).block_size as usize);
+            if (*page).used == 0 || (*page).in_full {
+                (*owner).after_local_free(page);
+            }
+        }
+    } else {
+        // SAFETY: forwarded.
+        unsafe { free_remote(page, owner, p) }
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
+    // SAFETY: `page` is valid; the block is dead and ours to link.
+    let size = unsafe { (*page).block_size } as usize;
+    let mine = thread_heap::current();
+    if mine.is_null() {
+        UNBOUND_FREES.add(1);
+        UNBOUND_FREED_BYTES.add(size as u64);
+    } else {
+        // SAFETY: this thread's own heap.
+        unsafe { (*mine).traffic.on_free(size) };
+    }
+    // SAFETY: see above; a page's remote list accepts pushes from any thread.
+    unsafe {
+        if (*page).remote.push(p.cast::<page::Block>())
+            == crate::lockfree::remote_list::Pushed::ClearedFlag
+        {
+            heap::Heap::hand_back(owner, page);
+        }
+    }
+}
+
+/// The usable size of block `p` of a segment.
+///
+/// # Safety
+/// `p` must be a block of a live segment.
+#[inline]
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    let segment = Segment::of(p as usize);
+    // SAFETY: per the contract.
+    unsafe { (*Segment::page_of(segment, p as usize)).block_size as usize }
+}

@@ -1,0 +1,175 @@
+//! Segments: 4 MiB chunk-aligned mappings of DRAM from which a heap cuts its pages.
+//!
+//! A segment is 64 slices of 64 KiB. Slice 0 holds this header (in the segment itself: this is
+//! DRAM, where reading metadata is cheap) with one page descriptor per slice; slices 1..64 hold
+//! blocks. Which slices are free is one 64-bit mask, so finding a run of `n` free slices is a
+//! few shifts. Freed slices stay resident ("dirty") until the heap purges them with `madvise`,
+//! so a page that is emptied and refilled soon costs no page faults.
+//!
+//! A segment belongs to one heap for its whole life: `heap` never changes after creation,
+//! which lets any thread compare it with its own heap to tell a local free from a remote one.
+
+use crate::fast::heap::Heap;
+use crate::fast::page::Page;
+use crate::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
+use crate::os;
+use crate::pagemap::{self, ChunkTag, CHUNK_MASK, CHUNK_SIZE};
+use core::ptr;
+
+pub const SLICES: usize = CHUNK_SIZE / SLICE_SIZE;
+/// Every slice but slice 0 (the header).
+const ALL_BLOCK_SLICES: u64 = !1;
+
+/// Invariants: `dirty_slices ⊆ free_slices ⊆ ALL_BLOCK_SLICES`; each slice not in
+/// `free_slices` belongs to exactly one page, whose head descriptor is `pages[i].head`;
+/// `in_available` ⇔ the segment is on its heap's `available` list ⇔ `free_slices != 0`
+/// (except for the heap's cached empty segment, which is on no list).
+#[repr(C)]
+pub struct Segment {
+    pub heap: *mut Heap,
+    pub free_slices: u64,
+    pub dirty_slices: u64,
+    pub next: *mut Segment,
+    pub prev: *mut Segment,
+    pub in_available: bool,
+    pub pages: [Page; SLICES],
+}
+
+const _: () = assert!(core::mem::size_of::<Segment>() <= SLICE_SIZE);
+
+/// A mask of `n` bits starting at `start`.
+#[inline]
+fn run_mask(start: usize, n: usize) -> u64 {
+    (if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }) << start
+}
+
+/// The lowest start of `n` consecutive set bits in `mask`, if any.
+fn find_run(mask: u64, n: usize) -> Option<usize> {
+    let mut starts = mask;
+    for k in 1..n {
+        starts &= mask >> k;
+    }
+    (starts != 0).then(|| starts.trailing_zeros() as usize)
+}
+
+impl Segment {
+    /// Maps a new segment for `heap`; `None` when the kernel has no memory.
+    pub fn create(heap: *mut Heap) -> Option<*mut Segment> {
+        let base = os::map_aligned(CHUNK_SIZE, CHUNK_SIZE)?.as_ptr();
+        if !pagemap::covers(base as usize, CHUNK_SIZE) {
+            // SAFETY: just mapped, unused.
+            unsafe { os::unmap(base, CHUNK_SIZE) };
+            return None;
+        }
+        let segment = base.cast::<Segment>();
+        // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
+        // `Page` is an unused descriptor.
+        unsafe {
+            (*segment).heap = heap;
+            (*segment).free_slices = ALL_BLOCK_SLICES;
+        }
+        pagemap::set(
+            base as usize,
+            CHUNK_SIZE,
+            ChunkTag::Segment,
+            ChunkTag::Segment,
+        );
+        Some(segment)
+    }
+
+    /// Gives the segment back to the kernel.
+    ///
+    /// # Safety
+    /// The segment must hold no page and be on no list.
+    pub unsafe fn release(segment: *mut Segment) {
+        pagemap::clear(segment as usize, CHUNK_SIZE);
+        // SAFETY: the caller guarantees nothing refers to the segment any more.
+        unsafe { os::unmap(segment.cast(), CHUNK_SIZE) };
+    }
+
+    /// The segment holding block or page descriptor `p`.
+    #[inline(always)]
+    pub fn of(p: usize) -> *mut Segment {
+        (p & !CHUNK_MASK) as *mut Segment
+    }
+
+    /// The descriptor of the page holding block `p` (of this segment).
+    #[inline(always)]
+    pub fn page_of(segment: *mut Segment, p: usize) -> *mut Page {
+        let slice = (p - segment as usize) >> SLICE_SHIFT;
+        // SAFETY: `p` lies in this segment, so `slice < SLICES`; the descriptor's `head` is
+        // valid for every slice of a page (invariant).
+        unsafe { (*segment).pages[slice].head }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.free_slices == ALL_BLOCK_SLICES
+    }
+
+    /// Takes `n` free slices, preferring resident (dirty) ones, and makes them a page of
+    /// `class`. Returns its descriptor, or `None` if no run of `n` free slices exists.
+    pub fn take_page(&mut self, class: usize, n: usize) -> Option<*mut Page> {
+        let start = find_run(self.dirty_slices, n).or_else(|| find_run(self.free_slices, n))?;
+        let mask = run_mask(start, n);
+        self.free_slices &= !mask;
+        self.dirty_slices &= !mask;
+        let head = ptr::addr_of_mut!(self.pages[start]);
+        for page in &mut self.pages[start..start + n] {
+            page.head = head;
+        }
+        let memory = (self as *mut Segment as usize + start * SLICE_SIZE) as *mut u8;
+        // SAFETY: `head` points into this segment's descriptor array.
+        unsafe { (*head).init(class, memory, n) };
+        Some(head)
+    }
+
+    /// Returns the slices of `page` (a head descriptor of this segment) as free and dirty.
+    /// Returns the number of bytes made dirty.
+    pub fn give_back(&mut self, page: *mut Page) -> usize {
+        let base = self.pages.as_ptr() as usize;
+        let start = (page as usize - base) / core::mem::size_of::<Page>();
+        // SAFETY: `page` is a head descriptor of this segment.
+        let n = unsafe { (*page).slice_count } as usize;
+        for p in &mut self.pages[start..start + n] {
+            p.head = ptr::null_mut();
+            p.block_size = 0;
+        }
+        let mask = run_mask(start, n);
+        debug_assert!(self.free_slices & mask == 0);
+        self.free_slices |= mask;
+        self.dirty_slices |= mask;
+        n * SLICE_SIZE
+    }
+
+    /// Gives the memory of every dirty free slice back to the kernel. Returns the bytes purged.
+    pub fn purge(&mut self) -> usize {
+        let mut dirty = self.dirty_slices;
+        let mut purged = 0;
+        while dirty != 0 {
+            let start = dirty.trailing_zeros() as usize;
+            let len = (!(dirty >> start)).trailing_zeros() as usize;
+            let memory = (self as *mut Segment as usize + start * SLICE_SIZE) as *mut u8;
+            // SAFETY: free slices hold no live block; the segment is a private anonymous map.
+            unsafe { os::discard(memory, len * SLICE_SIZE) };
+            purged += len * SLICE_SIZE;
+            dirty &= !run_mask(start, len);
+        }
+        self.dirty_slices = 0;
+        purged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_found_at_their_lowest_start() {
+        assert_eq!(find_run(0b1110_1100, 2), Some(2));
+        assert_eq!(find_run(0b1110_1100, 3), Some(5));
+        assert_eq!(find_run(0b1110_1100, 4), None);
+        assert_eq!(find_run(ALL_BLOCK_SLICES, 63), Some(1));
+        assert_eq!(find_run(ALL_BLOCK_SLICES, 64), None);
+        assert_eq!(run_mask(1, 63), ALL_BLOCK_SLICES);
+    }
+}

@@ -1,0 +1,165 @@
+//! Size classes: every multiple of 16 up to 128 bytes, then four per power of two, so that a
+//! block above 128 bytes wastes less than a quarter of its size.
+//!
+//! Classes 0..8 are 16, 32, …, 128 bytes (every multiple of 16); above 128 each power-of-two
+//! interval (2^e, 2^(e+1)] is cut into four classes of width 2^(e-2). The largest class is
+//! `SMALL_MAX`; bigger requests are large blocks (`large.rs`).
+//!
+//! Alignment comes free: pages start 64 KiB-aligned and a class's blocks sit at multiples of its
+//! size, so a block is aligned to every power of two dividing its size. `class_for_aligned`
+//! picks a class whose size is a multiple of the requested alignment (see its comment).
+
+/// Bytes of the largest small-object class.
+pub const SMALL_MAX: usize = 512 * 1024;
+/// Number of classes.
+pub const CLASS_COUNT: usize = 56;
+/// log2 of a slice: the unit in which segments hand out pages.
+pub const SLICE_SHIFT: u32 = 16;
+pub const SLICE_SIZE: usize = 1 << SLICE_SHIFT;
+/// The largest alignment the small classes give naturally (a page start).
+pub const MAX_NATURAL_ALIGN: usize = SLICE_SIZE;
+/// Requests up to this size use the table in `class_of`.
+const TABLE_MAX: usize = 1024;
+
+const fn compute_class(size: usize) -> usize {
+    if size <= 128 {
+        if size == 0 {
+            0
+        } else {
+            (size + 15) / 16 - 1
+        }
+    } else {
+        let s = size - 1;
+        let e = (usize::BITS - 1 - s.leading_zeros()) as usize;
+        let mantissa = (s >> (e - 2)) & 3;
+        8 + (e - 7) * 4 + mantissa
+    }
+}
+
+const fn compute_size(class: usize) -> usize {
+    if class < 8 {
+        (class + 1) * 16
+    } else {
+        let k = (class - 8) / 4;
+        let m = (class - 8) % 4;
+        (5 + m) << (5 + k)
+    }
+}
+
+const SIZES: [u32; CLASS_COUNT] = {
+    let mut t = [0u32; CLASS_COUNT];
+    let mut c = 0;
+    while c < CLASS_COUNT {
+        t[c] = compute_size(c) as u32;
+        c += 1;
+    }
+    t
+};
+
+const SMALL_TABLE: [u8; TABLE_MAX / 16 + 1] = {
+    let mut t = [0u8; TABLE_MAX / 16 + 1];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = compute_class(i * 16) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The class serving `size` bytes (`size <= SMALL_MAX`).
+#[inline(always)]
+pub fn class_of(size: usize) -> usize {
+    debug_assert!(size <= SMALL_MAX);
+    if size <= TABLE_MAX {
+        SMALL_TABLE[(size + 15) >> 4] as usize
+    } else {
+        compute_class(size)
+    }
+}
+
+/// The block size of `class`.
+#[inline(always)]
+pub fn class_size(class: usize) -> usize {
+    SIZES[class] as usize
+}
+
+/// The class serving `size` bytes at `align` (a power of two ≤ `MAX_NATURAL_ALIGN`), or `None`
+/// if it would exceed `SMALL_MAX`.
+///
+/// Rounding `size` up to a multiple `n·align` and taking its class gives a size that is a
+/// multiple of `align`: for n ≥ 4 the class width 2^(e-2) is itself a multiple of `align`;
+/// for n = 1, 2, 3 the sizes `align`, `2·align` and `3·align` are classes exactly.
+#[inline]
+pub fn class_for_aligned(size: usize, align: usize) -> Option<usize> {
+    let rounded = size.checked_add(align - 1)? & !(align - 1);
+    if rounded > SMALL_MAX {
+        return None;
+    }
+    let class = class_of(rounded.max(align));
+    debug_assert_eq!(class_size(class) % align, 0);
+    Some(class)
+}
+
+/// How many slices a page of `class` spans: one for blocks up to 8 KiB (at least 8 blocks),
+/// otherwise enough for 8 blocks, at most 32 slices (2 MiB, 4 blocks of the largest class).
+#[inline]
+pub fn page_slices(class: usize) -> usize {
+    let size = class_size(class);
+    if size <= SLICE_SIZE / 8 {
+        1
+    } else {
+        ((8 * size).div_ceil(SLICE_SIZE)).min(32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_cover_every_size_and_waste_under_a_quarter_above_128() {
+        assert_eq!(class_size(CLASS_COUNT - 1), SMALL_MAX);
+        assert_eq!(class_of(SMALL_MAX), CLASS_COUNT - 1);
+        let mut previous = 0;
+        for size in 0..=SMALL_MAX {
+            let c = class_of(size);
+            let s = class_size(c);
+            assert!(s >= size, "size {size} class {c} holds {s}");
+            assert!(
+                c == 0 || class_size(c - 1) < size,
+                "size {size} not in smallest class"
+            );
+            if size > 128 {
+                assert!((s - size) * 4 < s, "size {size} wastes too much in {s}");
+            }
+            assert!(c >= previous);
+            previous = c;
+            assert_eq!(s % 16, 0);
+        }
+    }
+
+    #[test]
+    fn aligned_classes_are_multiples_of_the_alignment() {
+        let mut align = 16;
+        while align <= MAX_NATURAL_ALIGN {
+            for size in (0..=SMALL_MAX).step_by(97) {
+                if let Some(c) = class_for_aligned(size, align) {
+                    assert_eq!(class_size(c) % align, 0, "size {size} align {align}");
+                    assert!(class_size(c) >= size);
+                } else {
+                    assert!(size.next_multiple_of(align) > SMALL_MAX);
+                }
+            }
+            align *= 2;
+        }
+    }
+
+    #[test]
+    fn pages_hold_enough_blocks() {
+        for c in 0..CLASS_COUNT {
+            let blocks = page_slices(c) * SLICE_SIZE / class_size(c);
+            assert!(blocks >= 4, "class {c}");
+            assert!(page_slices(c) <= 32);
+        }
+    }
+}

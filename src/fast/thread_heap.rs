@@ -1,0 +1,108 @@
+//! Which heap a thread allocates from: binding a heap to a thread on its first allocation,
+//! handing it on when the thread exits, and the registry of all heaps.
+//!
+//! The thread's slot (`thread_slot`) holds 0 before the first allocation, the heap's address
+//! while the thread owns one, and `DEAD` after the thread's exit destructor ran. A heap whose
+//! thread has exited goes to a lock-free pool, pages and all; the next new thread adopts it,
+//! so 3000 short-lived threads reuse a handful of heaps instead of growing memory. Blocks freed
+//! into a pooled heap's pages wait on their remote lists until it is adopted.
+//!
+//! A dead thread (whose destructor ran, yet which still allocates from a later destructor)
+//! borrows a pooled heap for one call and returns it at once. Nothing here takes a lock, so a
+//! `fork` at any moment leaves the child able to allocate.
+
+use crate::fast::heap::Heap;
+use crate::lockfree::index_stack::TaggedStack;
+use crate::lockfree::remote_list::RemoteList;
+use crate::stats::Traffic;
+use crate::{meta, thread_slot};
+use core::ffi::c_void;
+
+/// The slot value of a thread whose exit destructor has run.
+pub const DEAD: usize = 1;
+
+static POOL: TaggedStack<Heap> = TaggedStack::new();
+static REGISTRY: RemoteList = RemoteList::new();
+
+/// This thread's heap, or null (slot 0 or `DEAD`): the fast paths' one check.
+#[inline(always)]
+pub fn current() -> *mut Heap {
+    let slot = thread_slot::get();
+    if slot > DEAD {
+        slot as *mut Heap
+    } else {
+        core::ptr::null_mut()
+    }
+}
+
+/// The raw slot value, for `free` to compare with a segment's owner.
+#[inline(always)]
+pub fn slot() -> usize {
+    thread_slot::get()
+}
+
+fn pooled_or_new() -> Option<*mut Heap> {
+    if let Some(heap) = POOL.pop() {
+        return Some(heap);
+    }
+    let heap = meta::alloc_zeroed(core::mem::size_of::<Heap>(), 64)?.cast::<Heap>();
+    // SAFETY: zeroed, exclusively ours; registered after initialisation.
+    unsafe {
+        Heap::init(heap);
+        REGISTRY.push(heap);
+    }
+    Some(heap)
+}
+
+/// Gives this thread a heap; null if none can be made. For a dead thread, returns null: it
+/// must `with_borrowed_heap` instead.
+#[cold]
+#[inline(never)]
+pub fn bind() -> *mut Heap {
+    if thread_slot::get() == DEAD {
+        return core::ptr::null_mut();
+    }
+    let Some(heap) = pooled_or_new() else {
+        return core::ptr::null_mut();
+    };
+    // The heap is usable before the key is registered: registering may allocate.
+    thread_slot::set(heap as usize);
+    thread_slot::call_at_exit(heap.cast(), on_thread_exit);
+    heap
+}
+
+/// Runs `f` with a heap taken from the pool (or made) and returned right after, for threads
+/// that have no heap of their own any more.
+#[cold]
+pub fn with_borrowed_heap<T>(f: impl FnOnce(&mut Heap) -> T) -> Option<T> {
+    let heap = pooled_or_new()?;
+    // SAFETY: a popped or fresh heap belongs to this thread alone until pushed back.
+    let result = f(unsafe { &mut *heap });
+    // SAFETY: the heap is valid forever and no longer used by us.
+    unsafe { POOL.push(heap) };
+    Some(result)
+}
+
+unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
+    let heap = value.cast::<Heap>();
+    thread_slot::set(DEAD);
+    // SAFETY: the value registered for this thread is its heap, still owned by it.
+    unsafe {
+        (*heap).tidy_for_next_owner();
+        POOL.push(heap);
+    }
+}
+
+/// Calls `f` on the traffic counters of every heap ever made (the heaps may be in use: the
+/// counters are atomics, and nothing else of a heap is touched).
+pub fn for_each_traffic(mut f: impl FnMut(&Traffic)) {
+    let mut heap: *mut Heap = REGISTRY.first();
+    while !heap.is_null() {
+        // SAFETY: registered heaps live forever; `registry_next` is written once before a heap
+        // is published and `traffic` holds only atomics.
+        unsafe {
+            f(&*core::ptr::addr_of!((*heap).traffic));
+            heap = Heap::registry_next(heap);
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! `TierMalloc`, the Rust global allocator: `#[global_allocator] static A: TierMalloc = TierMalloc;`
+//!
+//! Serves DRAM through the same paths as `malloc`. `realloc` keeps the block where it fits and
+//! resizes large blocks by remapping their pages; `alloc_zeroed` skips the clearing of fresh
+//! mappings, which the kernel zeroes.
+
+use crate::{capi, dram, fast};
+use core::alloc::{GlobalAlloc, Layout};
+
+/// The global allocator handle.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TierMalloc;
+
+// SAFETY: every block returned is at least `layout.size()` bytes, aligned to `layout.align()`,
+// and stays valid until passed to `dealloc`/`realloc`; failures return null.
+unsafe impl GlobalAlloc for TierMalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= 16 && layout.size() <= fast::size_class::SMALL_MAX {
+            return fast::alloc(layout.size());
+        }
+        dram::alloc_aligned(layout.size(), layout.align())
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: `ptr` is a live block of ours (GlobalAlloc contract).
+        unsafe { dram::free(ptr) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        capi::zeroed_quiet(layout.size(), layout.align())
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` is a live block of ours and `new_size` is non-zero (GlobalAlloc contract).
+        unsafe { dram::realloc(ptr, new_size, layout.align()) }
+    }
+}

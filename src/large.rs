@@ -1,0 +1,221 @@
+//! Large blocks: requests above the largest size class (or aligned beyond a page) get a mapping
+//! of their own, given back to the kernel on free.
+//!
+//! The mapping starts on a chunk boundary with a `LargeHeader` (host DRAM: the mapping is
+//! ours); the block starts `offset` bytes later. `realloc` resizes the mapping in place with
+//! `mremap`, or moves its pages to a new chunk-aligned place without copying.
+
+use crate::os;
+use crate::pagemap::{self, ChunkTag, CHUNK_SIZE};
+use crate::stats::SharedCounter;
+
+/// Bytes between the chunk start and a block aligned to at most this.
+const MIN_OFFSET: usize = 64;
+
+pub static LARGE_ALLOCATIONS: SharedCounter = SharedCounter::new();
+pub static LARGE_FREES: SharedCounter = SharedCounter::new();
+/// Usable bytes of live large blocks.
+pub static LARGE_LIVE_BYTES: SharedCounter = SharedCounter::new();
+
+/// Invariants: the header sits at the chunk start `owner_chunk(block)`; the mapping is
+/// `[header, header + map_len)`; `block = header + offset`, `usable = map_len - offset`;
+/// the page map tags its first chunk `LargeHead` and the rest `LargeTail`.
+#[repr(C)]
+struct LargeHeader {
+    map_len: usize,
+    offset: usize,
+}
+
+fn round_to_page(n: usize) -> Option<usize> {
+    Some(n.checked_add(os::PAGE_SIZE - 1)? & !(os::PAGE_SIZE - 1))
+}
+
+/// The offset of the block from its header for `align`.
+fn offset_for(align: usize) -> usize {
+    if align <= MIN_OFFSET {
+        MIN_OFFSET
+    } else {
+        align.min(CHUNK_SIZE)
+    }
+}
+
+/// Maps `map_len` bytes at a chunk-aligned address `h` such that `h + offset` is aligned to
+/// `align`.
+fn map_for(map_len: usize, offset: usize, align: usize) -> Option<usize> {
+    if align <= CHUNK_SIZE {
+        return os::map_aligned(map_len, CHUNK_SIZE).map(|p| p.as_ptr() as usize);
+    }
+    // offset == CHUNK_SIZE here, so h = block - CHUNK_SIZE is chunk-aligned whenever the block
+    // is `align`-aligned.
+    let total = map_len.checked_add(align)?;
+    let raw = os::map_anonymous(total)?.as_ptr() as usize;
+    let block = (raw + offset + align - 1) & !(align - 1);
+    let h = block - offset;
+    // SAFETY: trimming the unused ends of our fresh mapping.
+    unsafe {
+        if h > raw {
+            os::unmap(raw as *mut u8, h - raw);
+        }
+        if raw + total > h + map_len {
+            os::unmap((h + map_len) as *mut u8, raw + total - (h + map_len));
+        }
+    }
+    Some(h)
+}
+
+/// A block of at least `size` bytes aligned to `align` (a power of two); null on failure.
+pub fn alloc(size: usize, align: usize) -> *mut u8 {
+    let offset = offset_for(align);
+    let Some(map_len) = size.checked_add(offset).and_then(round_to_page) else {
+        return core::ptr::null_mut();
+    };
+    let Some(h) = map_for(map_len, offset, align) else {
+        return core::ptr::null_mut();
+    };
+    if !pagemap::covers(h, map_len) {
+        // SAFETY: fresh and unused.
+        unsafe { os::unmap(h as *mut u8, map_len) };
+        return core::ptr::null_mut();
+    }
+    // SAFETY: the header fits in the fresh mapping's first bytes (offset ≥ 64).
+    unsafe { (h as *mut LargeHeader).write(LargeHeader { map_len, offset }) };
+    pagemap::set(h, map_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+    LARGE_ALLOCATIONS.add(1);
+    LARGE_LIVE_BYTES.add((map_len - offset) as u64);
+    (h + offset) as *mut u8
+}
+
+/// The header of large block `p`, if `p` really is the start of one.
+fn header_of(p: *mut u8) -> Option<*mut LargeHeader> {
+    let h = pagemap::owner_chunk(p as usize);
+    let header = h as *mut LargeHeader;
+    // SAFETY: the page map says a large mapping starts at `h`, so its header is readable.
+    (unsafe { (*header).offset } == p as usize - h).then_some(header)
+}
+
+/// The usable size of large block `p` (0 if `p` is not the start of one).
+pub fn usable_size(p: *mut u8) -> usize {
+    match header_of(p) {
+        // SAFETY: a valid header.
+        Some(header) => unsafe { (*header).map_len - (*header).offset },
+        None => 0,
+    }
+}
+
+/// Frees large block `p`; false if `p` is not the start of a large block.
+///
+/// # Safety
+/// `p` must not be used after this.
+pub unsafe fn free(p: *mut u8) -> bool {
+    let Some(header) = header_of(p) else {
+        return false;
+    };
+    // SAFETY: a valid header of a mapping that dies here.
+    unsafe {
+        let LargeHeader { map_len, offset } = header.read();
+        pagemap::clear(header as usize, map_len);
+        os::unmap(header.cast(), map_len);
+        LARGE_FREES.add(1);
+        LARGE_LIVE_BYTES.add(((map_len - offset) as u64).wrapping_neg());
+    }
+    true
+}
+
+/// Resizes large block `p` to hold `size` bytes without copying: in place, or by moving its
+/// pages. Returns the (possibly moved) block, or null if it could not (`p` is then intact).
+///
+/// # Safety
+/// `p` must be a live large block.
+pub unsafe fn resize(p: *mut u8, size: usize) -> *mut u8 {
+    let Some(header) = header_of(p) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: a valid header.
+    let LargeHeader { map_len, offset } = unsafe { header.read() };
+    let Some(new_len) = size.checked_add(offset).and_then(round_to_page) else {
+        return core::ptr::null_mut();
+    };
+    if new_len == map_len {
+        return p;
+    }
+    let h = header as usize;
+    // SAFETY: our whole mapping; mremap without MAYMOVE resizes it where it is or fails.
+    if unsafe { os::remap_in_place(h as *mut u8, map_len, new_len) } {
+        let (kept_end, old_end) = (
+            (h + new_len).next_multiple_of(CHUNK_SIZE),
+            (h + map_len).next_multiple_of(CHUNK_SIZE),
+        );
+        if kept_end < old_end {
+            pagemap::clear(kept_end, old_end - kept_end);
+        }
+        pagemap::set(h, new_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+        // SAFETY: the header stayed where it was.
+        unsafe { (*header).map_len = new_len };
+        LARGE_LIVE_BYTES.add((new_len as u64).wrapping_sub(map_len as u64));
+        return p;
+    }
+    // Move the pages to a fresh chunk-aligned reservation (offset < CHUNK_SIZE keeps the
+    // block's alignment up to a chunk; larger alignments are not promised by realloc).
+    let Some(dst) = os::map_aligned(new_len, CHUNK_SIZE) else {
+        return core::ptr::null_mut();
+    };
+    let dst = dst.as_ptr() as usize;
+    if !pagemap::covers(dst, new_len) {
+        // SAFETY: fresh and unused.
+        unsafe { os::unmap(dst as *mut u8, new_len) };
+        return core::ptr::null_mut();
+    }
+    // SAFETY: `[h, h + map_len)` is our mapping and `[dst, dst + new_len)` our reservation.
+    if !unsafe { os::remap_to(h as *mut u8, map_len, dst as *mut u8, new_len) } {
+        // SAFETY: the reservation is unused.
+        unsafe { os::unmap(dst as *mut u8, new_len) };
+        return core::ptr::null_mut();
+    }
+    pagemap::clear(h, map_len);
+    pagemap::set(dst, new_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+    // SAFETY: the header moved with its pages.
+    unsafe { (*(dst as *mut LargeHeader)).map_len = new_len };
+    LARGE_LIVE_BYTES.add((new_len as u64).wrapping_sub(map_len as u64));
+    (dst + offset) as *mut u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_blocks_honour_alignment_and_resize() {
+        for align in [16usize, 4096, 1 << 20, 4 << 20, 16 << 20] {
+            let p = alloc(1 << 20, align);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align, 0, "align {align}");
+            assert!(usable_size(p) >= 1 << 20);
+            assert_eq!(pagemap::tag_of_block(p as usize), ChunkTag::LargeHead);
+            // SAFETY: the block is ours and at least 1 MiB.
+            unsafe {
+                p.write_bytes(0x5a, 1 << 20);
+                let q = resize(p, 9 << 20);
+                assert!(!q.is_null());
+                assert_eq!(*q.add((1 << 20) - 1), 0x5a);
+                assert!(usable_size(q) >= 9 << 20);
+                q.add(9 << 20).sub(1).write(1);
+                let r = resize(q, 2 << 20);
+                assert_eq!(r, q);
+                assert_eq!(*r, 0x5a);
+                assert!(free(r));
+            }
+            assert_eq!(pagemap::tag_of_block(p as usize), ChunkTag::Foreign);
+        }
+    }
+
+    #[test]
+    fn interior_pointers_are_not_blocks() {
+        let p = alloc(100_000, 16);
+        // SAFETY: probing the header of our own mapping.
+        unsafe {
+            assert_eq!(usable_size(p.add(16)), 0);
+            assert!(!free(p.add(16)));
+            assert!(free(p));
+        }
+    }
+}

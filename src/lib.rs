@@ -1,0 +1,56 @@
+//! tiermalloc: a memory allocator for machines whose memory comes in tiers (DRAM, CXL, NVMe
+//! CMB/PMR), keeping every piece of its metadata in host DRAM.
+//!
+//! Layers, each importing only from those below it (see DESIGN.md):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | front ends | `capi` (`tm_*`), `override_libc` (malloc family), `global_alloc`, `api`, `runtime` |
+//! | placement | `place` |
+//! | DRAM tier | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks) |
+//! | address map | `pagemap` |
+//! | memory sources | `meta` (metadata arena), `thread_slot` (TLS), `os` |
+//! | foundations | `sync`, `lockfree`, `stats`, `config` |
+//!
+//! Only `sync` and `lockfree` are built under `--cfg loom`: their models run there.
+
+#![cfg_attr(loom, allow(dead_code))]
+
+pub mod lockfree;
+mod sync;
+
+#[cfg(not(loom))]
+mod api;
+#[cfg(not(loom))]
+pub mod capi;
+#[cfg(not(loom))]
+mod config;
+#[cfg(not(loom))]
+mod dram;
+#[cfg(not(loom))]
+mod fast;
+#[cfg(not(loom))]
+mod global_alloc;
+#[cfg(not(loom))]
+mod large;
+#[cfg(not(loom))]
+mod meta;
+#[cfg(not(loom))]
+mod os;
+#[cfg(all(not(loom), feature = "override"))]
+mod override_libc;
+#[cfg(not(loom))]
+mod pagemap;
+#[cfg(not(loom))]
+mod place;
+#[cfg(not(loom))]
+mod runtime;
+#[cfg(not(loom))]
+mod stats;
+#[cfg(not(loom))]
+mod thread_slot;
+
+#[cfg(not(loom))]
+pub use api::{kind_of, print_stats, stats, Fit, Kind, TierError, TierStats};
+#[cfg(not(loom))]
+pub use global_alloc::TierMalloc;

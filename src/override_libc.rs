@@ -1,0 +1,174 @@
+//! The unprefixed malloc family (feature `override`, on by default): what `LD_PRELOAD` and
+//! programs linking the library get in place of glibc's, plus the `__libc_*` names some
+//! programs call directly.
+//!
+//! Behaviour follows glibc's manual ("Replacing malloc"): `malloc(0)` gives a unique pointer,
+//! `free` keeps `errno`, overflow gives `NULL` + `ENOMEM`, a bad alignment `EINVAL`, a failed
+//! `realloc` keeps the old block, `pvalloc` rounds up to a page.
+
+use crate::capi::{aligned, out_of_memory, tm_free, tm_realloc, tm_usable_size, zeroed};
+use crate::os::PAGE_SIZE;
+use core::ffi::{c_int, c_void};
+
+/// # Safety
+/// As C `malloc`.
+#[no_mangle]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    if size <= crate::fast::size_class::SMALL_MAX {
+        let p = crate::fast::alloc(size);
+        if !p.is_null() {
+            return p.cast();
+        }
+    }
+    aligned(16, size)
+}
+
+/// # Safety
+/// As C `free`.
+#[no_mangle]
+pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    // SAFETY: forwarded.
+    unsafe { tm_free(ptr) }
+}
+
+/// # Safety
+/// As C `calloc`.
+#[no_mangle]
+pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        Some(total) => zeroed(total, 16),
+        None => out_of_memory(),
+    }
+}
+
+/// # Safety
+/// As C `realloc`.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    unsafe { tm_realloc(ptr, size) }
+}
+
+/// # Safety
+/// As C `reallocarray`.
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        // SAFETY: forwarded.
+        Some(total) => unsafe { tm_realloc(ptr, total) },
+        None => out_of_memory(),
+    }
+}
+
+/// # Safety
+/// As C `posix_memalign`: `out` valid for writing a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    crate::os::keep_errno(|| {
+        let p = aligned(align, size);
+        if p.is_null() {
+            return libc::ENOMEM;
+        }
+        // SAFETY: `out` is valid (contract).
+        unsafe { out.write(p) };
+        0
+    })
+}
+
+/// # Safety
+/// As C `aligned_alloc`.
+#[no_mangle]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        crate::os::set_errno(libc::EINVAL);
+        return core::ptr::null_mut();
+    }
+    aligned(align, size)
+}
+
+/// As glibc: an alignment that is not a power of two is rounded up to one; one above
+/// `SIZE_MAX / 2 + 1` gives `EINVAL`.
+///
+/// # Safety
+/// As C `memalign`.
+#[no_mangle]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    match align.max(1).checked_next_power_of_two() {
+        Some(align) => aligned(align, size),
+        None => {
+            crate::os::set_errno(libc::EINVAL);
+            core::ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// As C `valloc`.
+#[no_mangle]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    aligned(PAGE_SIZE, size)
+}
+
+/// # Safety
+/// As C `pvalloc`.
+#[no_mangle]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    match size.max(1).checked_next_multiple_of(PAGE_SIZE) {
+        Some(rounded) => aligned(PAGE_SIZE, rounded),
+        None => out_of_memory(),
+    }
+}
+
+/// # Safety
+/// As glibc's `malloc_usable_size`.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
+    // SAFETY: forwarded.
+    unsafe { tm_usable_size(ptr) }
+}
+
+/// C23 `free_sized`: the size is not needed (the page map knows it).
+///
+/// # Safety
+/// As C `free`.
+#[no_mangle]
+pub unsafe extern "C" fn free_sized(ptr: *mut c_void, _size: usize) {
+    // SAFETY: forwarded.
+    unsafe { tm_free(ptr) }
+}
+
+/// C23 `free_aligned_sized`.
+///
+/// # Safety
+/// As C `free`.
+#[no_mangle]
+pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, _align: usize, _size: usize) {
+    // SAFETY: forwarded.
+    unsafe { tm_free(ptr) }
+}
+
+/// Defines `__libc_NAME` forwarding to `NAME`, for programs that call glibc's internal names.
+macro_rules! libc_alias {
+    ($($alias:ident => $target:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty;)*) => {$(
+        /// # Safety
+        /// As the function it forwards to.
+        #[no_mangle]
+        pub unsafe extern "C" fn $alias($($arg: $ty),*) -> $ret {
+            // SAFETY: forwarded.
+            unsafe { $target($($arg),*) }
+        }
+    )*};
+}
+
+libc_alias! {
+    __libc_malloc => malloc(size: usize) -> *mut c_void;
+    __libc_free => free(ptr: *mut c_void) -> ();
+    __libc_calloc => calloc(count: usize, size: usize) -> *mut c_void;
+    __libc_realloc => realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
+    __libc_memalign => memalign(align: usize, size: usize) -> *mut c_void;
+    __libc_valloc => valloc(size: usize) -> *mut c_void;
+    __libc_pvalloc => pvalloc(size: usize) -> *mut c_void;
+}

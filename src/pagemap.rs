@@ -1,0 +1,128 @@
+//! The page map: for every 4 MiB chunk of the address space, one byte in host memory saying
+//! what of ours lives there. It answers "is this pointer ours, and what owns it?" for `free`,
+//! `malloc_usable_size` and `tm_kind_of` without reading the memory the pointer points to.
+//!
+//! The map is a static array in `.bss` (32 MiB of address space for the 47-bit user half on
+//! x86_64); the kernel gives it physical pages only where entries are written, so it costs a
+//! few KiB per GiB of heap.
+//!
+//! Every block we hand out lies strictly after the start of the chunk that holds its owner's
+//! metadata, so `owner_chunk(p) = (p - 1) & !CHUNK_MASK` finds that chunk even for a block that
+//! starts exactly on a chunk boundary (an alignment ≥ 4 MiB).
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// log2 of the chunk size; segments and large mappings are aligned to it.
+pub const CHUNK_SHIFT: u32 = 22;
+pub const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
+pub const CHUNK_MASK: usize = CHUNK_SIZE - 1;
+
+/// The highest user address the map covers (exclusive).
+pub const ADDRESS_LIMIT: usize = 1 << 47;
+const ENTRIES: usize = ADDRESS_LIMIT >> CHUNK_SHIFT;
+
+/// What a chunk holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChunkTag {
+    /// Not ours.
+    Foreign = 0,
+    /// The start of a small-object segment (its `Segment` header is at the chunk start).
+    Segment = 1,
+    /// The first chunk of a large block (its `LargeHeader` is at the chunk start).
+    LargeHead = 2,
+    /// A later chunk of a large block.
+    LargeTail = 3,
+}
+
+impl ChunkTag {
+    #[inline]
+    fn from_u8(v: u8) -> ChunkTag {
+        match v {
+            1 => ChunkTag::Segment,
+            2 => ChunkTag::LargeHead,
+            3 => ChunkTag::LargeTail,
+            _ => ChunkTag::Foreign,
+        }
+    }
+}
+
+static MAP: [AtomicU8; ENTRIES] = [const { AtomicU8::new(0) }; ENTRIES];
+
+/// The start of the chunk that holds the metadata of the block at `p` (see module comment).
+#[inline(always)]
+pub fn owner_chunk(p: usize) -> usize {
+    p.wrapping_sub(1) & !CHUNK_MASK
+}
+
+/// The tag of the chunk holding the metadata of block `p`; `Foreign` for anything not ours,
+/// null and addresses beyond the map included.
+#[inline(always)]
+pub fn tag_of_block(p: usize) -> ChunkTag {
+    tag_of_chunk(owner_chunk(p))
+}
+
+/// The tag of the chunk starting at `chunk` (chunk-aligned).
+#[inline(always)]
+pub fn tag_of_chunk(chunk: usize) -> ChunkTag {
+    let i = chunk >> CHUNK_SHIFT;
+    if i >= ENTRIES {
+        return ChunkTag::Foreign;
+    }
+    ChunkTag::from_u8(MAP[i].load(Ordering::Relaxed))
+}
+
+/// Tags the chunks of `[start, start + len)` (start chunk-aligned): the first `first`, the rest
+/// `rest`. The range must lie below `ADDRESS_LIMIT` (see `covers`).
+pub fn set(start: usize, len: usize, first: ChunkTag, rest: ChunkTag) {
+    debug_assert!(start & CHUNK_MASK == 0 && covers(start, len));
+    let first_index = start >> CHUNK_SHIFT;
+    let end_index = (start + len + CHUNK_MASK) >> CHUNK_SHIFT;
+    MAP[first_index].store(first as u8, Ordering::Release);
+    for entry in &MAP[first_index + 1..end_index] {
+        entry.store(rest as u8, Ordering::Release);
+    }
+}
+
+/// Forgets the chunks of `[start, start + len)`.
+pub fn clear(start: usize, len: usize) {
+    set(start, len, ChunkTag::Foreign, ChunkTag::Foreign);
+}
+
+/// Whether the map can describe `[start, start + len)`.
+pub fn covers(start: usize, len: usize) -> bool {
+    start
+        .checked_add(len)
+        .is_some_and(|end| end <= ADDRESS_LIMIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_chunk_of_chunk_aligned_block_is_previous_chunk() {
+        assert_eq!(owner_chunk(8 * CHUNK_SIZE), 7 * CHUNK_SIZE);
+        assert_eq!(owner_chunk(8 * CHUNK_SIZE + 16), 8 * CHUNK_SIZE);
+        assert_eq!(tag_of_block(0), ChunkTag::Foreign);
+        assert_eq!(tag_of_block(usize::MAX), ChunkTag::Foreign);
+    }
+
+    #[test]
+    fn set_and_clear_a_range() {
+        // An address range nobody maps in a test process: tags are only bookkeeping here.
+        let base = 0x7000_0000_0000usize;
+        set(
+            base,
+            3 * CHUNK_SIZE - 5,
+            ChunkTag::LargeHead,
+            ChunkTag::LargeTail,
+        );
+        assert_eq!(tag_of_chunk(base), ChunkTag::LargeHead);
+        assert_eq!(tag_of_chunk(base + CHUNK_SIZE), ChunkTag::LargeTail);
+        assert_eq!(tag_of_chunk(base + 2 * CHUNK_SIZE), ChunkTag::LargeTail);
+        assert_eq!(tag_of_chunk(base + 3 * CHUNK_SIZE), ChunkTag::Foreign);
+        clear(base, 3 * CHUNK_SIZE);
+        assert_eq!(tag_of_chunk(base + CHUNK_SIZE), ChunkTag::Foreign);
+    }
+}
