@@ -50,8 +50,8 @@ pub enum Fit {
 }
 
 /// Most tiers and placement rules a configuration may list.
-pub const MAX_TIERS: usize = 8;
-pub const MAX_RULES: usize = 16;
+pub(crate) const MAX_TIERS: usize = 8;
+pub(crate) const MAX_RULES: usize = 16;
 const MAX_PATH: usize = 256;
 
 /// One entry of `TIERMALLOC_TIERS`.

@@ -10,7 +10,7 @@ use crate::pagemap::{self, ChunkTag};
 
 /// Requests above this fail at once: no machine maps that much, and it keeps size arithmetic
 /// far from overflow.
-pub const MAX_REQUEST: usize = 1 << 46;
+pub(crate) const MAX_REQUEST: usize = 1 << 46;
 
 /// A block of at least `size` bytes, 16-aligned; null when out of memory.
 #[inline(always)]

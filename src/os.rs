@@ -10,7 +10,7 @@ use core::ptr::{self, NonNull};
 
 /// The size of a base page. 4 KiB on every Linux target we build for; checked at start-up by
 /// `page_size_matches` (tests).
-pub const PAGE_SIZE: usize = 4096;
+pub(crate) const PAGE_SIZE: usize = 4096;
 
 /// The calling thread's `errno`.
 #[inline]

@@ -13,12 +13,12 @@
 use core::sync::atomic::{AtomicU8, Ordering};
 
 /// log2 of the chunk size; segments and large mappings are aligned to it.
-pub const CHUNK_SHIFT: u32 = 22;
-pub const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
-pub const CHUNK_MASK: usize = CHUNK_SIZE - 1;
+pub(crate) const CHUNK_SHIFT: u32 = 22;
+pub(crate) const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
+pub(crate) const CHUNK_MASK: usize = CHUNK_SIZE - 1;
 
 /// The highest user address the map covers (exclusive).
-pub const ADDRESS_LIMIT: usize = 1 << 47;
+pub(crate) const ADDRESS_LIMIT: usize = 1 << 47;
 const ENTRIES: usize = ADDRESS_LIMIT >> CHUNK_SHIFT;
 
 /// What a chunk holds.

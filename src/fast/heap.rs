@@ -20,7 +20,7 @@ use crate::sync::AtomicPtr;
 use core::ptr;
 
 /// Dirty (freed but resident) bytes a heap keeps before it purges them with `madvise`.
-pub const PURGE_THRESHOLD: usize = 4 << 20;
+pub(crate) const PURGE_THRESHOLD: usize = 4 << 20;
 
 /// Bytes of segments currently mapped, all heaps together.
 pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();

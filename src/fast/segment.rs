@@ -16,7 +16,7 @@ use crate::os;
 use crate::pagemap::{self, ChunkTag, CHUNK_MASK, CHUNK_SIZE};
 use core::ptr;
 
-pub const SLICES: usize = CHUNK_SIZE / SLICE_SIZE;
+pub(crate) const SLICES: usize = CHUNK_SIZE / SLICE_SIZE;
 /// Every slice but slice 0 (the header).
 const ALL_BLOCK_SLICES: u64 = !1;
 

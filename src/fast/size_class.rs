@@ -10,14 +10,14 @@
 //! picks a class whose size is a multiple of the requested alignment (see its comment).
 
 /// Bytes of the largest small-object class.
-pub const SMALL_MAX: usize = 512 * 1024;
+pub(crate) const SMALL_MAX: usize = 512 * 1024;
 /// Number of classes.
-pub const CLASS_COUNT: usize = 56;
+pub(crate) const CLASS_COUNT: usize = 56;
 /// log2 of a slice: the unit in which segments hand out pages.
-pub const SLICE_SHIFT: u32 = 16;
-pub const SLICE_SIZE: usize = 1 << SLICE_SHIFT;
+pub(crate) const SLICE_SHIFT: u32 = 16;
+pub(crate) const SLICE_SIZE: usize = 1 << SLICE_SHIFT;
 /// The largest alignment the small classes give naturally (a page start).
-pub const MAX_NATURAL_ALIGN: usize = SLICE_SIZE;
+pub(crate) const MAX_NATURAL_ALIGN: usize = SLICE_SIZE;
 /// Requests up to this size use the table in `class_of`.
 const TABLE_MAX: usize = 1024;
 

@@ -19,7 +19,7 @@ use crate::{meta, thread_slot};
 use core::ffi::c_void;
 
 /// The slot value of a thread whose exit destructor has run.
-pub const DEAD: usize = 1;
+pub(crate) const DEAD: usize = 1;
 
 static POOL: TaggedStack<Heap> = TaggedStack::new();
 static REGISTRY: RemoteList = RemoteList::new();
