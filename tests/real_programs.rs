@@ -1,0 +1,1558 @@
+//! Real programs under `LD_PRELOAD=libtiermalloc.so`.
+//!
+//! Each test runs an ordinary, allocation-heavy program (python3, perl, git, sqlite3, gcc,
+//! cargo) twice: once as the system ships it (baseline) and once with the tiermalloc cdylib
+//! preloaded, so that every `malloc`/`free`/`realloc`/... of the program and of every child it
+//! spawns goes through tiermalloc. Both runs must produce the same transcript, byte for byte:
+//! exit status, stdout and (where the program's stderr is deterministic) stderr of every step.
+//!
+//! The library is found next to this test executable (`<target>/<profile>/deps/real_programs-HASH`):
+//! `<target>/<profile>/deps/libtiermalloc.so`, where cargo builds the cdylib before integration
+//! tests, else `<target>/<profile>/libtiermalloc.so`. `TIERMALLOC_TEST_PRELOAD=/path/to/other.so`
+//! replaces it, e.g. to check the workloads against another allocator
+//! (`/usr/lib/x86_64-linux-gnu/libmimalloc.so.2`) or to compare timings (run with `--nocapture`).
+//!
+//! `TIERMALLOC_*` variables are stripped from the children's environment, so the runs use the
+//! default configuration and print no statistics, except in `show_stats_report_goes_to_stderr`.
+//!
+//! Every command runs in its own process group with a timeout; on timeout the whole group is
+//! killed and the test fails (a deadlock in the allocator must fail, not hang, the suite).
+//! A missing program fails the test with the Debian package that provides it: the CI image is
+//! expected to have python3, perl, git, sqlite3 and gcc installed.
+//!
+//! On a mismatch both transcripts are written to `<target>/<profile>/real-programs-out/`.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Per command. Generous: the slowest step takes a few seconds on an idle 2-core machine.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Name of the override variable (read by this test, never passed to children).
+const OVERRIDE_VAR: &str = "TIERMALLOC_TEST_PRELOAD";
+
+extern "C" {
+    // libc's kill(2); std links libc, so no extra crate is needed. pid_t is i32 on Linux.
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+const SIGKILL: i32 = 9;
+
+// ---------------------------------------------------------------------------------------------
+// Locating things
+// ---------------------------------------------------------------------------------------------
+
+/// `<target>/<profile>`, derived from this executable's path `<target>/<profile>/deps/<exe>`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe
+        .parent()
+        .expect("test executable has a parent directory");
+    deps.parent()
+        .expect("deps directory has a parent directory")
+        .to_path_buf()
+}
+
+/// The library to preload and whether it is tiermalloc (not some other allocator given by the
+/// override variable).
+fn preload_lib() -> (PathBuf, bool) {
+    if let Some(p) = std::env::var_os(OVERRIDE_VAR) {
+        if !p.is_empty() {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "{OVERRIDE_VAR}={} does not name a file",
+                p.display()
+            );
+            // An override that is itself a tiermalloc build (another target dir, a release
+            // build) still gets the tiermalloc-specific checks.
+            let is_tiermalloc = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("tiermalloc"));
+            return (fs::canonicalize(&p).unwrap_or(p), is_tiermalloc);
+        }
+    }
+    // `cargo test` writes the cdylib to deps/ (and rebuilds it there whenever src/ changed);
+    // only `cargo build` also links it up into <profile>/, where it may be older. So deps/ first.
+    let dir = profile_dir();
+    let candidates = [
+        dir.join("deps").join("libtiermalloc.so"),
+        dir.join("libtiermalloc.so"),
+    ];
+    for c in &candidates {
+        if c.is_file() {
+            return (fs::canonicalize(c).unwrap_or_else(|_| c.clone()), true);
+        }
+    }
+    panic!(
+        "libtiermalloc.so not found (looked at {} and {}); cargo builds the cdylib before \
+         integration tests, so check that crate-type still includes \"cdylib\" \
+         (or set {OVERRIDE_VAR}=/path/to/lib.so)",
+        candidates[0].display(),
+        candidates[1].display()
+    );
+}
+
+/// Full path of `prog` on PATH, or a test failure naming the package that provides it.
+fn require(prog: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let cand = dir.join(prog);
+        if let Ok(md) = fs::metadata(&cand) {
+            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
+                return cand;
+            }
+        }
+    }
+    panic!(
+        "`{prog}` is not on PATH; this test needs it: install it with \
+         `apt-get install {package}` (the CI image must provide python3, perl, git, sqlite3, gcc)"
+    );
+}
+
+/// The environment every child starts from: ours, minus anything that would change what the
+/// programs do or which allocator they get (allocator config, an outer LD_PRELOAD, the
+/// variables `cargo test` sets for this test, compiler wrappers, git/python overrides).
+fn base_env() -> Vec<(OsString, OsString)> {
+    let drop_exact = [
+        "LD_PRELOAD",
+        "CARGO",
+        "RUSTFLAGS",
+        "RUSTDOCFLAGS",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_BOOTSTRAP",
+        "OUT_DIR",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "PERL5OPT",
+        "PERL_HASH_SEED",
+        "PERL_PERTURB_KEYS",
+    ];
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            if drop_exact.contains(&k.as_ref()) {
+                return false;
+            }
+            if k.starts_with("CARGO_") {
+                return k == "CARGO_HOME";
+            }
+            !(k.starts_with("TIERMALLOC_")
+                || k.starts_with("MIMALLOC_")
+                || k.starts_with("GIT_")
+                || k.starts_with("PYTHON")
+                || k.starts_with("LC_")
+                || k == "LANG"
+                || k == "LANGUAGE"
+                || k == "TZ")
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporary directories
+// ---------------------------------------------------------------------------------------------
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "tiermalloc-rp-{tag}-{}-{}-{nanos:x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running one command with a timeout
+// ---------------------------------------------------------------------------------------------
+
+struct Output {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    elapsed: Duration,
+}
+
+fn describe_status(s: &ExitStatus) -> String {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(sig)) => format!(
+            "killed by signal {sig}{}",
+            if s.core_dumped() {
+                " (core dumped)"
+            } else {
+                ""
+            }
+        ),
+        _ => format!("{s:?}"),
+    }
+}
+
+fn tail(bytes: &[u8], n: usize) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let start = s.len().saturating_sub(n);
+    let mut i = start;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    s[i..].to_string()
+}
+
+/// `prog arg arg ...` (Command's Debug output also lists the whole environment).
+fn show_cmd(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        let _ = write!(s, "  (in {})", d.display());
+    }
+    s
+}
+
+/// Runs `cmd` in a new process group, feeding `stdin`, collecting stdout and stderr, and
+/// killing the whole group if it is not done (including any grandchild that still holds
+/// the pipes) within `timeout`.
+fn run_with_timeout(
+    mut cmd: Command,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Output, String> {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot spawn {}: {e}", show_cmd(&cmd)))?;
+    let pid = child.id() as i32;
+
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A child that exits early closes the pipe: ignore EPIPE, the status tells the story.
+        thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
+    let spawn_reader = |idx: usize, mut r: Box<dyn Read + Send>| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            let _ = tx.send((idx, buf));
+        });
+    };
+    spawn_reader(0, Box::new(child.stdout.take().expect("stdout piped")));
+    spawn_reader(1, Box::new(child.stderr.take().expect("stderr piped")));
+    drop(tx);
+
+    let mut status = None;
+    let mut outs: [Option<Vec<u8>>; 2] = [None, None];
+    loop {
+        if status.is_none() {
+            status = child.try_wait().map_err(|e| format!("wait: {e}"))?;
+        }
+        while let Ok((i, b)) = rx.try_recv() {
+            outs[i] = Some(b);
+        }
+        if status.is_some() && outs.iter().all(|o| o.is_some()) {
+            break;
+        }
+        if start.elapsed() > timeout {
+            // SAFETY (of the FFI call): plain kill(2) on the process group we created. The group
+            // id cannot have been reused: either the leader is unreaped, or a member still holds
+            // our pipes, and the kernel does not hand out a pid that is an active group id.
+            unsafe {
+                kill(-pid, SIGKILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while outs.iter().any(|o| o.is_none()) {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok((i, b)) => outs[i] = Some(b),
+                    Err(_) => break,
+                }
+            }
+            let err = outs[1].take().unwrap_or_default();
+            return Err(format!(
+                "TIMED OUT after {:?} (deadlock or livelock?); process group killed.\n\
+                 --- stderr tail ---\n{}",
+                timeout,
+                tail(&err, 3000)
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let [o, e] = outs;
+    Ok(Output {
+        status: status.expect("exited"),
+        stdout: o.expect("stdout collected"),
+        stderr: e.expect("stderr collected"),
+        elapsed: start.elapsed(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A run of a workload: a sequence of steps recorded into a transcript
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stderr {
+    /// Part of the transcript: must be identical with and without the preload.
+    Compare,
+    /// Nondeterministic (timings): only checked for dynamic-loader errors.
+    Ignore,
+}
+
+struct Run {
+    test: &'static str,
+    /// Library preloaded in this run, or None for the baseline.
+    preload: Option<PathBuf>,
+    dir: TempDir,
+    /// Extra variables for every step (after the base environment).
+    env: Vec<(OsString, OsString)>,
+    transcript: Vec<u8>,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn new(test: &'static str, preload: Option<PathBuf>) -> Run {
+        let tag = if preload.is_some() { "pre" } else { "base" };
+        Run {
+            test,
+            preload,
+            dir: TempDir::new(&format!("{test}-{tag}")),
+            env: vec![("LC_ALL".into(), "C".into()), ("TZ".into(), "UTC".into())],
+            transcript: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn label(&self) -> &'static str {
+        if self.preload.is_some() {
+            "with LD_PRELOAD"
+        } else {
+            "baseline"
+        }
+    }
+
+    fn setenv(&mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) {
+        let k = k.as_ref().to_os_string();
+        self.env.retain(|(x, _)| *x != k);
+        self.env.push((k, v.as_ref().to_os_string()));
+    }
+
+    /// A command for `prog` with the cleaned environment, this run's variables, the preload
+    /// (if any) and the run's directory as working directory.
+    fn cmd(&self, prog: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new(prog);
+        c.env_clear();
+        for (k, v) in base_env() {
+            c.env(k, v);
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        if let Some(lib) = &self.preload {
+            c.env("LD_PRELOAD", lib);
+        }
+        c.current_dir(self.dir());
+        c
+    }
+
+    /// Replaces this run's directory (which differs between runs) by a fixed token.
+    fn normalize(&self, bytes: &[u8]) -> Vec<u8> {
+        let needle = self.dir().as_os_str().as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i..].starts_with(needle) {
+                out.extend_from_slice(b"<WORKDIR>");
+                i += needle.len();
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Runs one step; it must exit 0. Its status, stdout and (if `stderr` is Compare) stderr go
+    /// into the transcript.
+    fn step(&mut self, name: &str, cmd: Command, stdin: Option<Vec<u8>>, stderr: Stderr) -> Output {
+        let shown = show_cmd(&cmd);
+        let out = match run_with_timeout(cmd, stdin, TIMEOUT) {
+            Ok(o) => o,
+            Err(e) => panic!(
+                "[{}] {} ({}): step `{name}`: {e}\ncommand: {shown}",
+                self.test,
+                self.label(),
+                self.lib_note()
+            ),
+        };
+        self.elapsed += out.elapsed;
+        let err_text = String::from_utf8_lossy(&out.stderr);
+        if self.preload.is_some()
+            && (err_text.contains("cannot be preloaded") || err_text.contains("ERROR: ld.so"))
+        {
+            panic!(
+                "[{}] step `{name}`: the dynamic loader did not preload the library, the run \
+                 would prove nothing:\n{}",
+                self.test,
+                tail(&out.stderr, 2000)
+            );
+        }
+        if !out.status.success() {
+            panic!(
+                "[{}] {} ({}): step `{name}` failed: {}\ncommand: {shown}\n--- stdout tail ---\n{}\n--- stderr tail ---\n{}",
+                self.test,
+                self.label(),
+                self.lib_note(),
+                describe_status(&out.status),
+                tail(&out.stdout, 2000),
+                tail(&out.stderr, 4000)
+            );
+        }
+        let mut t = Vec::new();
+        let _ = writeln!(t, "===== {name}: {}", describe_status(&out.status));
+        let _ = writeln!(t, "----- stdout");
+        t.extend_from_slice(&self.normalize(&out.stdout));
+        match stderr {
+            Stderr::Compare => {
+                let _ = writeln!(t, "\n----- stderr");
+                t.extend_from_slice(&self.normalize(&out.stderr));
+            }
+            Stderr::Ignore => {
+                let _ = writeln!(t, "\n----- stderr (not compared)");
+            }
+        }
+        t.push(b'\n');
+        self.transcript.extend_from_slice(&t);
+        out
+    }
+
+    /// Records a value computed by the test itself (a file digest, ...) in the transcript.
+    fn note(&mut self, line: &str) {
+        self.transcript
+            .extend_from_slice(format!("===== note: {line}\n").as_bytes());
+    }
+
+    fn lib_note(&self) -> String {
+        match &self.preload {
+            Some(p) => format!("LD_PRELOAD={}", p.display()),
+            None => "no preload".to_string(),
+        }
+    }
+}
+
+/// Where transcripts of a failed comparison are written.
+fn save_transcripts(test: &str, base: &[u8], pre: &[u8]) -> String {
+    let dir = profile_dir().join("real-programs-out");
+    let _ = fs::create_dir_all(&dir);
+    let b = dir.join(format!("{test}.baseline.txt"));
+    let p = dir.join(format!("{test}.preload.txt"));
+    let _ = fs::write(&b, base);
+    let _ = fs::write(&p, pre);
+    format!("{} and {}", b.display(), p.display())
+}
+
+/// Describes where two transcripts first differ, with a few lines of context.
+fn first_difference(a: &[u8], b: &[u8]) -> String {
+    let la: Vec<&[u8]> = a.split(|&c| c == b'\n').collect();
+    let lb: Vec<&[u8]> = b.split(|&c| c == b'\n').collect();
+    let n = la.iter().zip(lb.iter()).take_while(|(x, y)| x == y).count();
+    let show = |lines: &[&[u8]]| {
+        let mut s = String::new();
+        for (i, l) in lines.iter().enumerate().skip(n.saturating_sub(3)).take(8) {
+            let l = String::from_utf8_lossy(l);
+            let l: String = l.chars().take(200).collect();
+            let _ = writeln!(s, "{}{:6}: {}", if i == n { ">" } else { " " }, i + 1, l);
+        }
+        s
+    };
+    // The last "=====" header at or before the difference names the step.
+    let step = la[..n.min(la.len())]
+        .iter()
+        .rev()
+        .find(|l| l.starts_with(b"====="))
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .unwrap_or_default();
+    format!(
+        "first difference at line {} (in {step}); transcript sizes {} vs {} bytes\n\
+         --- baseline ---\n{}--- with LD_PRELOAD ---\n{}",
+        n + 1,
+        a.len(),
+        b.len(),
+        show(&la),
+        show(&lb)
+    )
+}
+
+/// Runs `workload` once without and once with the preload and requires equal transcripts.
+fn compare_runs(test: &'static str, workload: impl Fn(&mut Run)) {
+    let (lib, _) = preload_lib();
+    let mut base = Run::new(test, None);
+    workload(&mut base);
+    let mut pre = Run::new(test, Some(lib.clone()));
+    workload(&mut pre);
+    eprintln!(
+        "[{test}] baseline {:.2}s, with LD_PRELOAD={} {:.2}s, transcript {} bytes",
+        base.elapsed.as_secs_f64(),
+        lib.display(),
+        pre.elapsed.as_secs_f64(),
+        base.transcript.len()
+    );
+    if base.transcript != pre.transcript {
+        let saved = save_transcripts(test, &base.transcript, &pre.transcript);
+        panic!(
+            "[{test}] output differs under LD_PRELOAD={}\n{}\nfull transcripts: {saved}",
+            lib.display(),
+            first_difference(&base.transcript, &pre.transcript)
+        );
+    }
+}
+
+/// FNV-1a, 64-bit: a digest of files the test compares (object files, archives).
+fn fnv64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn file_digest(path: &Path) -> String {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    format!(
+        "{} {} bytes fnv64={:016x}",
+        path.file_name().unwrap().to_string_lossy(),
+        bytes.len(),
+        fnv64(&bytes)
+    )
+}
+
+/// A small deterministic generator for the test's own file contents (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn word(&mut self) -> String {
+        const SYL: [&str; 16] = [
+            "ka", "lo", "mi", "ter", "al", "lo", "cat", "or", "si", "ze", "page", "heap", "free",
+            "span", "bin", "map",
+        ];
+        let n = 1 + self.below(3);
+        (0..n).map(|_| SYL[self.below(16) as usize]).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sanity: the preload really happens
+// ---------------------------------------------------------------------------------------------
+
+/// Without this, a library the loader refuses (wrong path, wrong ELF class) would let every
+/// other test pass vacuously: ld.so prints an error and runs the program with glibc malloc.
+/// (`Run::step` additionally fails on the loader's "cannot be preloaded" message.)
+#[test]
+fn preload_is_effective() {
+    let (lib, _) = preload_lib();
+    let cat = require("cat", "coreutils");
+    let mut run = Run::new("preload_is_effective", Some(lib.clone()));
+    let mut c = run.cmd(&cat);
+    c.arg("/proc/self/maps");
+    let out = run.step("cat /proc/self/maps", c, None, Stderr::Compare);
+    let maps = String::from_utf8_lossy(&out.stdout);
+    let name = lib.to_string_lossy();
+    assert!(
+        maps.lines().any(|l| l.ends_with(name.as_ref())),
+        "{} is not mapped into a process started with LD_PRELOAD={}:\n{maps}",
+        name,
+        name
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// python3
+// ---------------------------------------------------------------------------------------------
+
+const PYTHON_SCRIPT: &str = r#"
+import collections, hashlib, json, os, queue, random, re, sys, threading, zlib
+
+def digest(obj):
+    return hashlib.sha256(repr(obj).encode()).hexdigest()[:24]
+
+rng = random.Random(20240601)
+letters = 'abcdefghijklmnopqrstuvwxyz'
+words = [''.join(rng.choice(letters) for _ in range(rng.randint(1, 10))) for _ in range(120000)]
+print('words', len(words), len(set(words)), digest(words[::101]))
+
+# sorting: plain, with key, stable multi-key, reverse
+s1 = sorted(words)
+s2 = sorted(words, key=lambda w: (len(w), w[::-1]))
+s3 = sorted(range(len(words)), key=lambda i: (words[i][-1:], -i))
+print('sorted', digest(s1[::211]), digest(s2[::307]), digest(s3[::401]))
+
+# dicts, Counter, defaultdict, sets
+counts = collections.Counter(words)
+print('top', counts.most_common(12))
+byprefix = collections.defaultdict(list)
+for i, w in enumerate(words):
+    byprefix[w[:2]].append(i)
+print('prefixes', len(byprefix), digest(sorted((k, len(v), sum(v)) for k, v in byprefix.items())))
+index = {w: i for i, w in enumerate(words)}
+for w in words[::3]:
+    index.pop(w, None)
+print('index', len(index), sum(index.values()))
+sets = [set(words[i:i + 500]) for i in range(0, 60000, 250)]
+inter = [len(a & b) for a, b in zip(sets, sets[1:])]
+print('sets', sum(inter), max(inter))
+
+# strings: growth, join, split, format, bytes
+buf = ''
+for i in range(40000):
+    buf += '%d:%x,' % (i, i * i)
+parts = buf.split(',')
+print('growth', len(buf), len(parts), hashlib.md5(buf.encode()).hexdigest())
+lines = ['{:>8}|{:<12}|{:08.3f}'.format(i, words[i], i / 7) for i in range(0, 100000, 3)]
+text = '\n'.join(lines)
+print('format', len(text), hashlib.sha1(text.encode()).hexdigest())
+ba = bytearray()
+for i in range(100000):
+    ba += words[i % len(words)].encode()
+print('bytearray', len(ba), zlib.crc32(ba))
+
+# json round trip
+records = [{'id': i, 'name': words[i], 'tags': [words[(i * 7) % len(words)], words[(i * 13) % len(words)]],
+            'score': (i * 2654435761) % 1000 / 8.0, 'nested': {'a': [i, i + 1, {'b': str(i)}]}}
+           for i in range(25000)]
+js = json.dumps(records, sort_keys=True)
+back = json.loads(js)
+print('json', len(js), hashlib.sha256(js.encode()).hexdigest(), back == records)
+pretty = json.dumps(back[:2000], indent=2)
+print('json-indent', len(pretty), hashlib.sha256(pretty.encode()).hexdigest()[:32])
+
+# zlib
+comp = zlib.compress(js.encode(), 6)
+print('zlib', len(comp), zlib.crc32(comp), zlib.decompress(comp) == js.encode())
+
+# re
+joined = ' '.join(words)
+pat = re.compile(r'([aeiou]{2,})([^aeiou\s]+)')
+found = pat.findall(joined)
+print('re-findall', len(found), digest(found[::97]))
+pig = re.sub(r'\b(\w)(\w*)\b', lambda m: m.group(2) + m.group(1) + 'ay', ' '.join(words[:40000]))
+print('re-sub', len(pig), hashlib.md5(pig.encode()).hexdigest())
+splits = re.split(r'[aeiou]+', joined[:300000])
+print('re-split', len(splits), digest(splits[::53]))
+
+# hashlib over many small and a few large inputs
+h = hashlib.sha256()
+for w in words:
+    h.update(w.encode())
+big = hashlib.blake2b(joined.encode() * 4).hexdigest()
+print('hash', h.hexdigest(), big[:32])
+
+# threads: work items and results cross threads (objects allocated in one thread are freed in
+# another); the result is deterministic because it is assembled by item index.
+inq, outq = queue.Queue(), queue.Queue()
+lock = threading.Lock()
+shared = collections.Counter()
+
+def worker():
+    while True:
+        item = inq.get()
+        if item is None:
+            break
+        idx, chunk = item
+        acc = {}
+        for j, w in enumerate(chunk):
+            acc[w] = acc.get(w, 0) + j
+        text = '|'.join(sorted(acc))
+        local = collections.Counter(w[0] for w in chunk)
+        with lock:
+            shared.update(local)
+        outq.put((idx, hashlib.sha1(text.encode()).hexdigest(), [w.upper() for w in chunk[:50]]))
+
+threads = [threading.Thread(target=worker) for _ in range(4)]
+for t in threads:
+    t.start()
+nitems = 0
+for i in range(0, len(words), 1500):
+    inq.put((nitems, words[i:i + 1500]))
+    nitems += 1
+for _ in threads:
+    inq.put(None)
+for t in threads:
+    t.join()
+results = sorted(outq.get() for _ in range(nitems))
+print('threads', nitems, digest([r[1] for r in results]), digest([r[2][:3] for r in results]))
+print('shared', sorted(shared.items())[:6], sum(shared.values()))
+
+# fork after the threads are gone: the child allocates and reports through a pipe
+sys.stdout.flush()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    data = json.dumps(sorted(counts.items())[:8000]).encode()
+    os.write(w, hashlib.sha256(data).hexdigest().encode())
+    os._exit(0)
+os.close(w)
+msg = b''
+while True:
+    chunk = os.read(r, 4096)
+    if not chunk:
+        break
+    msg += chunk
+_, st = os.waitpid(pid, 0)
+print('fork', msg.decode(), os.waitstatus_to_exitcode(st))
+
+del records, back, sets, index, byprefix
+print('done')
+sys.exit(0)
+"#;
+
+#[test]
+fn python3() {
+    let python = require("python3", "python3");
+    compare_runs("python3", |run| {
+        run.setenv("PYTHONMALLOC", "malloc");
+        run.setenv("PYTHONHASHSEED", "0");
+        run.setenv("PYTHONDONTWRITEBYTECODE", "1");
+        run.setenv("PYTHONIOENCODING", "utf-8");
+        let script = run.dir().join("workload.py");
+        fs::write(&script, PYTHON_SCRIPT).unwrap();
+        let mut c = run.cmd(&python);
+        c.arg(&script);
+        run.step("python3 workload.py", c, None, Stderr::Compare);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// perl
+// ---------------------------------------------------------------------------------------------
+
+const PERL_SCRIPT: &str = r#"
+use strict;
+use warnings;
+use Digest::MD5 qw(md5_hex);
+
+my $seed = 12345;
+sub rnd { $seed = ($seed * 1103515245 + 12345) % 2147483648; return $seed >> 4; }
+
+my @words;
+for (1 .. 150000) {
+    my $len = 1 + rnd() % 10;
+    my $w = '';
+    $w .= chr(97 + rnd() % 26) for 1 .. $len;
+    push @words, $w;
+}
+print "words ", scalar(@words), " ", md5_hex(join ',', @words[0 .. 999]), "\n";
+
+# hashes: counts, hash of arrays, hash of hashes, delete
+my %count;
+$count{$_}++ for @words;
+my @top = (sort { $count{$b} <=> $count{$a} || $a cmp $b } keys %count)[0 .. 14];
+print "top ", join(' ', map { "$_=$count{$_}" } @top), "\n";
+my %byprefix;
+push @{ $byprefix{ substr($_, 0, 2) } }, $_ for @words;
+my %stats;
+for my $p (keys %byprefix) {
+    my $list = $byprefix{$p};
+    $stats{$p} = { n => scalar(@$list), len => length(join '', @$list), first => (sort @$list)[0] };
+}
+print "prefixes ", scalar(keys %stats), " ",
+    md5_hex(join ';', map { "$_:$stats{$_}{n}:$stats{$_}{len}:$stats{$_}{first}" } sort keys %stats), "\n";
+delete $count{$_} for grep { length($_) > 5 } keys %count;
+print "after-delete ", scalar(keys %count), "\n";
+
+# sorting: string, numeric, Schwartzian transform
+my @s1 = sort @words;
+my @nums = map { rnd() } 1 .. 100000;
+my @s2 = sort { $a <=> $b } @nums;
+my @s3 = map { $_->[1] } sort { $a->[0] <=> $b->[0] or $a->[1] cmp $b->[1] } map { [ length($_), $_ ] } @words;
+print "sort ", md5_hex(join ',', @s1[ map { $_ * 97 } 0 .. 1000 ]), " ", $s2[0], " ", $s2[-1], " ",
+    md5_hex(join ',', @s3[ map { $_ * 131 } 0 .. 1000 ]), "\n";
+
+# regexes: match, global match, substitution with code, split, tr
+my $text = join ' ', @words;
+my @m = $text =~ /\b([aeiou]\w*[aeiou])\b/g;
+print "match ", scalar(@m), " ", md5_hex(join ',', @m), "\n";
+(my $pig = join(' ', @words[0 .. 49999])) =~ s/\b(\w)(\w*)\b/$2$1ay/g;
+print "subst ", length($pig), " ", md5_hex($pig), "\n";
+my @fields = split /[aeiou]+/, substr($text, 0, 400000);
+print "split ", scalar(@fields), "\n";
+(my $up = $text) =~ tr/a-m/N-Z/;
+print "tr ", md5_hex($up), "\n";
+my %seen;
+my $caps = 0;
+while ($text =~ /(\w)(\w)\2(\w)/g) { $seen{"$1$2$3"}++; $caps++; }
+print "backref ", $caps, " ", scalar(keys %seen), "\n";
+
+# sprintf and string growth
+my $s = '';
+$s .= sprintf("%05d:%x:%-8s|", $_, $_ * $_, $words[$_]) for 0 .. 99999;
+print "growth ", length($s), " ", md5_hex($s), " ", unpack('%32C*', $s), "\n";
+my @rows = map { sprintf("%8.3f %10s %e", $_ / 7, $words[$_], $_ * 1.5) } 0 .. 49999;
+print "sprintf ", md5_hex(join "\n", @rows), "\n";
+my $rep = 'abc' x 100000;
+substr($rep, $_ * 3, 1, 'Z') for 0 .. 49999;
+print "substr ", md5_hex($rep), "\n";
+
+# nested data, splice, reverse, join of large lists
+my @matrix = map { my $i = $_; [ map { ($i * $_) % 1009 } 0 .. 199 ] } 0 .. 199;
+my $trace = 0;
+$trace += $matrix[$_][$_] for 0 .. 199;
+splice(@words, 1000, 50000);
+print "misc ", $trace, " ", scalar(@words), " ", md5_hex(join '', reverse @words[0 .. 9999]), "\n";
+print "done\n";
+"#;
+
+#[test]
+fn perl() {
+    let perl = require("perl", "perl");
+    compare_runs("perl", |run| {
+        run.setenv("PERL_HASH_SEED", "0");
+        run.setenv("PERL_PERTURB_KEYS", "0");
+        let script = run.dir().join("workload.pl");
+        fs::write(&script, PERL_SCRIPT).unwrap();
+        let mut c = run.cmd(&perl);
+        c.arg(&script);
+        run.step("perl workload.pl", c, None, Stderr::Compare);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// git
+// ---------------------------------------------------------------------------------------------
+
+/// Writes the tree for commit `round` (0, 1, 2): the test process writes the files (the same
+/// in both runs), git does everything else.
+fn git_write_tree(dir: &Path, round: u32) -> (Vec<String>, Vec<(String, String)>) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(round));
+    let mut removed = Vec::new();
+    let mut renamed = Vec::new();
+    for d in 0..16 {
+        let sub = dir.join(format!("src/mod{d:02}"));
+        fs::create_dir_all(&sub).unwrap();
+        for f in 0..25 {
+            let name = format!("src/mod{d:02}/file{f:02}.txt");
+            let path = dir.join(&name);
+            let touch = match round {
+                0 => true,
+                _ => (d * 25 + f) % (7 + round as usize) == 0,
+            };
+            if round == 1 && (d * 25 + f) % 41 == 5 {
+                removed.push(name);
+                continue;
+            }
+            if round == 2 && (d * 25 + f) % 53 == 7 && path.exists() {
+                renamed.push((name.clone(), format!("src/mod{d:02}/renamed{f:02}.txt")));
+                continue;
+            }
+            if !touch || (round > 0 && !path.exists()) {
+                continue;
+            }
+            let mut body = String::new();
+            let lines = 40 + rng.below(120);
+            for l in 0..lines {
+                let _ = write!(body, "{d:02}/{f:02}:{l:04} ");
+                for _ in 0..(3 + rng.below(9)) {
+                    body.push_str(&rng.word());
+                    body.push(' ');
+                }
+                body.push('\n');
+            }
+            if round > 0 {
+                // Keep most of the old content so that diffs and deltas are interesting.
+                let old = fs::read_to_string(&path).unwrap_or_default();
+                let keep: Vec<&str> = old.lines().filter(|l| !l.contains("ka")).collect();
+                body = format!("{}\n{body}", keep.join("\n"));
+            }
+            fs::write(&path, body).unwrap();
+        }
+    }
+    if round == 1 {
+        for i in 0..20 {
+            let mut body = String::new();
+            for l in 0..200 {
+                let _ = writeln!(body, "new {i} line {l} {}", rng.word());
+            }
+            fs::write(
+                dir.join(format!("src/mod{:02}/added{i:02}.txt", i % 16)),
+                body,
+            )
+            .unwrap();
+        }
+    }
+    (removed, renamed)
+}
+
+#[test]
+fn git() {
+    let git = require("git", "git");
+    compare_runs("git", |run| {
+        let home = run.dir().join("home");
+        fs::create_dir_all(&home).unwrap();
+        let repo = run.dir().join("repo");
+        fs::create_dir_all(&repo).unwrap();
+        run.setenv("HOME", &home);
+        run.setenv("XDG_CONFIG_HOME", home.join(".config"));
+        run.setenv("GIT_CONFIG_NOSYSTEM", "1");
+        run.setenv("GIT_AUTHOR_NAME", "Tier Malloc");
+        run.setenv("GIT_AUTHOR_EMAIL", "tier@example.com");
+        run.setenv("GIT_COMMITTER_NAME", "Real Programs");
+        run.setenv("GIT_COMMITTER_EMAIL", "real@example.com");
+        run.setenv("GIT_PAGER", "cat");
+        run.setenv("PAGER", "cat");
+        run.setenv("GIT_TERMINAL_PROMPT", "0");
+
+        let g = |run: &Run, args: &[&str]| {
+            let mut c = run.cmd(&git);
+            c.arg("-C")
+                .arg(&repo)
+                .args(["-c", "gc.autoDetach=false", "-c", "core.autocrlf=false"]);
+            c.args(args);
+            c
+        };
+        let st = |run: &mut Run, args: &[&str]| {
+            let c = g(run, args);
+            run.step(&format!("git {}", args.join(" ")), c, None, Stderr::Compare);
+        };
+
+        st(run, &["init", "-q", "-b", "main"]);
+        let dates = [
+            "2024-01-02T03:04:05+00:00",
+            "2024-02-03T04:05:06+00:00",
+            "2024-03-04T05:06:07+00:00",
+        ];
+        for (round, date) in dates.iter().enumerate() {
+            let (removed, renamed) = git_write_tree(&repo, round as u32);
+            for r in &removed {
+                st(run, &["rm", "-q", r]);
+            }
+            for (from, to) in &renamed {
+                st(run, &["mv", from, to]);
+            }
+            run.setenv("GIT_AUTHOR_DATE", date);
+            run.setenv("GIT_COMMITTER_DATE", date);
+            st(run, &["add", "-A"]);
+            let msg = format!("round {round}: deterministic content\n\nBody of commit {round}.");
+            let c = g(run, &["commit", "-m", &msg]);
+            run.step(
+                &format!("git commit (round {round})"),
+                c,
+                None,
+                Stderr::Compare,
+            );
+        }
+        st(run, &["log", "--stat", "-C", "--find-copies-harder"]);
+        st(
+            run,
+            &["log", "-p", "--word-diff=porcelain", "-M", "HEAD~2..HEAD"],
+        );
+        st(run, &["diff", "--numstat", "HEAD~2", "HEAD"]);
+        st(run, &["grep", "-c", "heapspan", "HEAD"]);
+        st(run, &["blame", "--porcelain", "src/mod00/file00.txt"]);
+        st(run, &["ls-tree", "-r", "-l", "HEAD"]);
+        st(run, &["gc", "--prune=now"]);
+        st(run, &["fsck", "--full", "--strict", "--no-progress"]);
+        st(
+            run,
+            &["archive", "--format=tar", "-o", "../head.tar", "HEAD"],
+        );
+        st(
+            run,
+            &["rev-parse", "HEAD", "HEAD^{tree}", "HEAD~1", "HEAD~2"],
+        );
+        let tar = run.dir().join("head.tar");
+        let d = file_digest(&tar);
+        run.note(&d);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// sqlite3
+// ---------------------------------------------------------------------------------------------
+
+const SQLITE_SCRIPT: &str = r#"
+.headers on
+.mode list
+PRAGMA journal_mode = WAL;
+PRAGMA cache_size = -20000;
+CREATE TABLE items(id INTEGER PRIMARY KEY, grp INTEGER NOT NULL, name TEXT NOT NULL, val REAL, blob BLOB);
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000)
+INSERT INTO items(id, grp, name, val, blob)
+  SELECT x, x % 97, printf('name-%08d-%s', (x * 7919) % 100003, hex(x * x)), ((x * 37) % 1000) / 8.0,
+         zeroblob(x % 64)
+  FROM c;
+CREATE INDEX items_grp_name ON items(grp, name);
+CREATE INDEX items_val ON items(val);
+CREATE TABLE groups(grp INTEGER PRIMARY KEY, label TEXT);
+WITH RECURSIVE g(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM g WHERE x < 96)
+INSERT INTO groups SELECT x, 'group-' || x || '-' || substr('abcdefghijklmnopqrstuvwxyz', x % 26 + 1, 5) FROM g;
+SELECT count(*), sum(val), min(name), max(name), sum(length(blob)) FROM items;
+SELECT grp, count(*) AS n, round(avg(val), 6) AS avg_val, min(name), max(name), total(length(name))
+  FROM items GROUP BY grp ORDER BY grp;
+SELECT g.label, count(*) AS n, round(sum(i.val), 3)
+  FROM items i JOIN groups g ON g.grp = i.grp
+  WHERE i.val > 60 GROUP BY g.label ORDER BY n DESC, g.label LIMIT 20;
+SELECT id, name, val FROM items ORDER BY val DESC, name ASC LIMIT 25;
+SELECT substr(name, 6, 2) AS p, count(*) FROM items GROUP BY p HAVING count(*) > 900 ORDER BY p;
+SELECT grp, name, val, rank() OVER (PARTITION BY grp ORDER BY val DESC, id) AS r
+  FROM items WHERE grp < 3 AND id % 50 = 0 ORDER BY grp, r LIMIT 40;
+SELECT count(DISTINCT val), count(DISTINCT substr(name, 1, 9)) FROM items;
+SELECT length(group_concat(name, ',')) FROM (SELECT name FROM items WHERE name LIKE '%-1%' ORDER BY name);
+UPDATE items SET name = name || '-updated', val = val * 2 WHERE id % 3 = 0;
+DELETE FROM items WHERE id % 5 = 0;
+SELECT count(*), sum(val), max(length(name)) FROM items;
+CREATE TEMP TABLE t2 AS SELECT grp, group_concat(id, ' ') AS ids FROM (SELECT grp, id FROM items ORDER BY grp, id) GROUP BY grp;
+SELECT grp, length(ids), substr(ids, 1, 40) FROM t2 ORDER BY grp LIMIT 10;
+WITH RECURSIVE fib(n, a, b) AS (SELECT 1, 0, 1 UNION ALL SELECT n + 1, b, a + b FROM fib WHERE n < 80)
+SELECT n, a FROM fib WHERE n % 10 = 0;
+PRAGMA integrity_check;
+VACUUM;
+PRAGMA integrity_check;
+SELECT count(*) FROM items WHERE grp = 42 AND name > 'name-0005';
+"#;
+
+#[test]
+fn sqlite3() {
+    let sqlite = require("sqlite3", "sqlite3");
+    compare_runs("sqlite3", |run| {
+        let mut c = run.cmd(&sqlite);
+        c.arg("-batch").arg("-bail").arg(run.dir().join("test.db"));
+        run.step(
+            "sqlite3 test.db < workload.sql",
+            c,
+            Some(SQLITE_SCRIPT.as_bytes().to_vec()),
+            Stderr::Compare,
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// gcc
+// ---------------------------------------------------------------------------------------------
+
+/// A few thousand lines of C that exercise different parts of the optimiser: hashing loops
+/// (vectoriser/unroller), switch-heavy state machines, structs with qsort callbacks, and
+/// string formatting with malloc/free. `main` prints a checksum per function.
+fn generate_c_source() -> String {
+    let mut rng = Rng(0x00c0_ffee_1234_5678);
+    let mut s = String::from(
+        "#include <stdint.h>\n#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n\n\
+         static uint32_t data[4096];\n\n",
+    );
+    const N: usize = 160;
+    for i in 0..N {
+        let a = rng.next() | 1;
+        let r = 1 + rng.below(62);
+        match i % 4 {
+            0 => {
+                let _ = write!(
+                    s,
+                    "uint64_t f{i}(const uint32_t *a, size_t n) {{\n\
+                     \tuint64_t h = {a}ull;\n\
+                     \tfor (size_t k = 0; k < n; k++) {{\n\
+                     \t\th ^= a[k] + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);\n\
+                     \t\th *= {m}ull;\n\
+                     \t\th = (h << {r}) | (h >> {r2});\n\
+                     \t}}\n\
+                     \tuint64_t v[8] = {{0}};\n\
+                     \tfor (size_t k = 0; k + 8 <= n; k += 8)\n\
+                     \t\tfor (int j = 0; j < 8; j++)\n\
+                     \t\t\tv[j] += (uint64_t)a[k + j] * {c}u;\n\
+                     \tfor (int j = 0; j < 8; j++)\n\
+                     \t\th ^= v[j] << j;\n\
+                     \treturn h;\n}}\n\n",
+                    m = rng.next() | 1,
+                    r2 = 64 - r,
+                    c = rng.below(1000) + 1
+                );
+            }
+            1 => {
+                let _ = writeln!(s, "uint64_t f{i}(const uint32_t *a, size_t n) {{\n\tint state = {};\n\tuint64_t acc = 0;", rng.below(16));
+                let _ = writeln!(
+                    s,
+                    "\tfor (size_t k = 0; k < n; k++) {{\n\t\tswitch ((state + a[k]) & 15) {{"
+                );
+                for c in 0..16 {
+                    let _ = writeln!(
+                        s,
+                        "\t\tcase {c}: acc = acc * {} + a[k] + {}; state = {}; break;",
+                        rng.below(97) + 2,
+                        rng.below(10000),
+                        rng.below(16)
+                    );
+                }
+                let _ = writeln!(s, "\t\t}}\n\t}}\n\treturn acc ^ {a}ull;\n}}\n");
+            }
+            2 => {
+                let _ = write!(
+                    s,
+                    "struct s{i} {{ uint32_t key; uint32_t val; char tag[12]; }};\n\
+                     static int cmp{i}(const void *x, const void *y) {{\n\
+                     \tconst struct s{i} *p = x, *q = y;\n\
+                     \tif (p->key != q->key) return p->key < q->key ? -1 : 1;\n\
+                     \treturn strcmp(p->tag, q->tag);\n}}\n\
+                     uint64_t f{i}(const uint32_t *a, size_t n) {{\n\
+                     \tsize_t m = n < 512 ? n : 512;\n\
+                     \tstruct s{i} *v = malloc(m * sizeof *v);\n\
+                     \tif (!v) return 0;\n\
+                     \tfor (size_t k = 0; k < m; k++) {{\n\
+                     \t\tv[k].key = (a[k] * {mul}u) % {md}u;\n\
+                     \t\tv[k].val = a[(k * 7) % n];\n\
+                     \t\tsnprintf(v[k].tag, sizeof v[k].tag, \"%x\", (unsigned)(a[k] ^ {x}u));\n\
+                     \t}}\n\
+                     \tqsort(v, m, sizeof *v, cmp{i});\n\
+                     \tuint64_t h = 0;\n\
+                     \tfor (size_t k = 0; k < m; k++) h = h * 31 + v[k].key + v[k].val + (uint8_t)v[k].tag[0];\n\
+                     \tfree(v);\n\
+                     \treturn h;\n}}\n\n",
+                    mul = rng.below(100_000) + 3,
+                    md = rng.below(5000) + 17,
+                    x = rng.below(1 << 30)
+                );
+            }
+            _ => {
+                let _ = write!(
+                    s,
+                    "uint64_t f{i}(const uint32_t *a, size_t n) {{\n\
+                     \tsize_t cap = 64, len = 0;\n\
+                     \tchar *buf = malloc(cap);\n\
+                     \tif (!buf) return 0;\n\
+                     \tfor (size_t k = 0; k < n; k += {step}) {{\n\
+                     \t\tchar tmp[48];\n\
+                     \t\tint w = snprintf(tmp, sizeof tmp, \"%u-%llu;\", a[k] % {md}u, (unsigned long long)k * {mul}u);\n\
+                     \t\tif (len + (size_t)w + 1 > cap) {{\n\
+                     \t\t\tcap *= 2;\n\
+                     \t\t\tchar *nb = realloc(buf, cap);\n\
+                     \t\t\tif (!nb) {{ free(buf); return 0; }}\n\
+                     \t\t\tbuf = nb;\n\
+                     \t\t}}\n\
+                     \t\tmemcpy(buf + len, tmp, (size_t)w + 1);\n\
+                     \t\tlen += (size_t)w;\n\
+                     \t}}\n\
+                     \tuint64_t h = 1469598103934665603ull;\n\
+                     \tfor (size_t k = 0; k < len; k++) h = (h ^ (uint8_t)buf[k]) * 1099511628211ull;\n\
+                     \tfree(buf);\n\
+                     \treturn h ^ len;\n}}\n\n",
+                    step = rng.below(5) + 1,
+                    md = rng.below(100_000) + 7,
+                    mul = rng.below(1000) + 1
+                );
+            }
+        }
+    }
+    s.push_str(
+        "typedef uint64_t (*fn_t)(const uint32_t *, size_t);\nstatic const fn_t fns[] = {\n",
+    );
+    for i in 0..N {
+        let _ = writeln!(s, "\tf{i},");
+    }
+    s.push_str(
+        "};\n\nint main(void) {\n\
+         \tuint32_t x = 2463534242u;\n\
+         \tfor (size_t k = 0; k < 4096; k++) { x ^= x << 13; x ^= x >> 17; x ^= x << 5; data[k] = x; }\n\
+         \tuint64_t total = 0;\n\
+         \tfor (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {\n\
+         \t\tuint64_t h = fns[i](data, 4096);\n\
+         \t\ttotal ^= h + i;\n\
+         \t\tprintf(\"f%zu %016llx\\n\", i, (unsigned long long)h);\n\
+         \t}\n\
+         \tprintf(\"total %016llx\\n\", (unsigned long long)total);\n\
+         \treturn 0;\n}\n",
+    );
+    s
+}
+
+#[test]
+fn gcc() {
+    let cc = require("cc", "gcc");
+    let source = generate_c_source();
+    compare_runs("gcc", |run| {
+        fs::write(run.dir().join("gen.c"), &source).unwrap();
+        let mut c = run.cmd(&cc);
+        c.args(["-O2", "-S", "gen.c", "-o", "gen.s"]);
+        run.step("cc -O2 -S gen.c", c, None, Stderr::Compare);
+        let d = file_digest(&run.dir().join("gen.s"));
+        run.note(&d);
+        let mut c = run.cmd(&cc);
+        c.args(["-O2", "-Wall", "-c", "gen.c", "-o", "gen.o"]);
+        run.step("cc -O2 -Wall -c gen.c", c, None, Stderr::Compare);
+        let d = file_digest(&run.dir().join("gen.o"));
+        run.note(&d);
+        let mut c = run.cmd(&cc);
+        c.args(["gen.o", "-o", "gen"]);
+        run.step("cc gen.o -o gen", c, None, Stderr::Compare);
+        let gen = run.dir().join("gen");
+        let c = run.cmd(&gen);
+        run.step("./gen", c, None, Stderr::Compare);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// cargo (self-hosting: the Rust toolchain under the allocator)
+// ---------------------------------------------------------------------------------------------
+
+fn small_crate() -> BTreeMap<&'static str, &'static str> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "Cargo.toml",
+        r#"[package]
+name = "rp_small"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+"#,
+    );
+    m.insert(
+        "src/main.rs",
+        r#"mod matrix;
+mod shapes;
+mod text;
+mod workers;
+
+use std::collections::BTreeMap;
+
+fn main() {
+    let shapes = shapes::make(2000);
+    let area: f64 = shapes.iter().map(|s| s.area()).sum();
+    println!("shapes {} area {:.3}", shapes.len(), area);
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &shapes {
+        *by_kind.entry(s.name()).or_default() += 1;
+    }
+    println!("kinds {:?}", by_kind);
+
+    let a = matrix::Matrix::<u64>::from_fn(48, 48, |i, j| (i * 7 + j * 13) as u64 % 101);
+    let b = matrix::Matrix::<u64>::from_fn(48, 48, |i, j| (i ^ j) as u64);
+    let c = a.mul(&b);
+    println!("matrix trace {} sum {}", c.trace(), c.sum());
+    let f = matrix::Matrix::<f64>::from_fn(20, 20, |i, j| 1.0 / ((i + j + 1) as f64));
+    println!("hilbert trace {:.9}", f.mul(&f).trace());
+
+    let corpus = text::corpus(60_000);
+    let freq = text::word_freq(&corpus);
+    let mut top: Vec<_> = freq.iter().collect();
+    top.sort_by(|x, y| y.1.cmp(x.1).then(x.0.cmp(y.0)));
+    println!("words {} distinct {} top {:?}", corpus.len(), freq.len(), &top[..8]);
+    println!("digest {:016x}", text::digest(&corpus));
+
+    let results = workers::run(4, 40, 5_000);
+    println!("workers {} checksum {:016x}", results.len(), results.iter().fold(0u64, |a, r| a.rotate_left(5) ^ r));
+}
+"#,
+    );
+    m.insert(
+        "src/shapes.rs",
+        r#"pub trait Shape {
+    fn area(&self) -> f64;
+    fn name(&self) -> &'static str;
+}
+
+pub struct Circle(pub f64);
+pub struct Rect(pub f64, pub f64);
+pub struct Poly(pub Vec<(f64, f64)>);
+
+impl Shape for Circle {
+    fn area(&self) -> f64 { 3.0 * self.0 * self.0 }
+    fn name(&self) -> &'static str { "circle" }
+}
+impl Shape for Rect {
+    fn area(&self) -> f64 { self.0 * self.1 }
+    fn name(&self) -> &'static str { "rect" }
+}
+impl Shape for Poly {
+    fn area(&self) -> f64 {
+        let n = self.0.len();
+        let mut s = 0.0;
+        for i in 0..n {
+            let (x1, y1) = self.0[i];
+            let (x2, y2) = self.0[(i + 1) % n];
+            s += x1 * y2 - x2 * y1;
+        }
+        s.abs() / 2.0
+    }
+    fn name(&self) -> &'static str { "poly" }
+}
+
+pub fn make(n: usize) -> Vec<Box<dyn Shape>> {
+    (0..n)
+        .map(|i| -> Box<dyn Shape> {
+            let f = (i % 17) as f64 + 0.5;
+            match i % 3 {
+                0 => Box::new(Circle(f)),
+                1 => Box::new(Rect(f, f * 2.0)),
+                _ => Box::new(Poly((0..(3 + i % 9)).map(|k| ((k as f64) * f, ((k * k) % 7) as f64)).collect())),
+            }
+        })
+        .collect()
+}
+"#,
+    );
+    m.insert(
+        "src/matrix.rs",
+        r#"use std::ops::{Add, Mul};
+
+#[derive(Clone, Debug)]
+pub struct Matrix<T> {
+    rows: usize,
+    cols: usize,
+    data: Vec<T>,
+}
+
+impl<T> Matrix<T>
+where
+    T: Copy + Default + Add<Output = T> + Mul<Output = T>,
+{
+    pub fn from_fn(rows: usize, cols: usize, f: impl Fn(usize, usize) -> T) -> Self {
+        let mut data = Vec::with_capacity(rows * cols);
+        for i in 0..rows {
+            for j in 0..cols {
+                data.push(f(i, j));
+            }
+        }
+        Matrix { rows, cols, data }
+    }
+
+    pub fn get(&self, i: usize, j: usize) -> T {
+        self.data[i * self.cols + j]
+    }
+
+    pub fn mul(&self, other: &Self) -> Self {
+        assert_eq!(self.cols, other.rows);
+        Matrix::from_fn(self.rows, other.cols, |i, j| {
+            (0..self.cols).fold(T::default(), |acc, k| acc + self.get(i, k) * other.get(k, j))
+        })
+    }
+
+    pub fn trace(&self) -> T {
+        (0..self.rows.min(self.cols)).fold(T::default(), |acc, i| acc + self.get(i, i))
+    }
+
+    pub fn sum(&self) -> T {
+        self.data.iter().fold(T::default(), |acc, &x| acc + x)
+    }
+}
+"#,
+    );
+    m.insert(
+        "src/text.rs",
+        r#"use std::collections::HashMap;
+
+pub fn corpus(n: usize) -> Vec<String> {
+    let syl = ["ka", "lo", "mi", "ter", "al", "cat", "or", "si", "ze", "heap", "bin", "map"];
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = 1 + (x % 3) as usize;
+            (0..k).map(|j| syl[((x >> (8 * j)) % syl.len() as u64) as usize]).collect::<String>()
+        })
+        .collect()
+}
+
+pub fn word_freq(words: &[String]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for w in words {
+        *m.entry(w.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+pub fn digest(words: &[String]) -> u64 {
+    let mut sorted: Vec<&String> = words.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let joined = sorted.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+    joined.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+"#,
+    );
+    m.insert(
+        "src/workers.rs",
+        r#"use std::sync::mpsc;
+use std::thread;
+
+/// `threads` workers each build `jobs` vectors and send them to the main thread, which frees
+/// them: memory allocated on one thread is released on another.
+pub fn run(threads: usize, jobs: usize, len: usize) -> Vec<u64> {
+    let (tx, rx) = mpsc::channel::<(usize, usize, Vec<u64>)>();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for j in 0..jobs {
+                    let v: Vec<u64> = (0..len + j).map(|k| (k as u64 * 31 + t as u64) ^ j as u64).collect();
+                    let s: Vec<String> = v.iter().take(50).map(|x| x.to_string()).collect();
+                    let extra = s.join("").len() as u64;
+                    let mut v = v;
+                    v.push(extra);
+                    tx.send((t, j, v)).unwrap();
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut out: Vec<(usize, usize, u64)> = rx.iter().map(|(t, j, v)| (t, j, v.iter().fold(0u64, |a, &x| a.wrapping_mul(1_000_003) ^ x))).collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    out.sort();
+    out.into_iter().map(|(_, _, h)| h).collect()
+}
+"#,
+    );
+    m
+}
+
+#[test]
+fn cargo_build() {
+    let cargo = require("cargo", "cargo (or install Rust with rustup)");
+    compare_runs("cargo_build", |run| {
+        let krate = run.dir().join("rp_small");
+        for (path, body) in small_crate() {
+            let p = krate.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, body).unwrap();
+        }
+        let target = run.dir().join("target");
+        let mut c = run.cmd(&cargo);
+        c.args(["build", "--offline", "--quiet"])
+            .current_dir(&krate)
+            .env("CARGO_TARGET_DIR", &target);
+        // cargo prints timings on stderr: only its status and stdout are compared.
+        run.step("cargo build --offline", c, None, Stderr::Ignore);
+        let bin = target.join("debug").join("rp_small");
+        assert!(
+            bin.is_file(),
+            "cargo build succeeded but {} is missing",
+            bin.display()
+        );
+        let c = run.cmd(&bin);
+        run.step("target/debug/rp_small", c, None, Stderr::Compare);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// TIERMALLOC_SHOW_STATS
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn show_stats_report_goes_to_stderr() {
+    let perl = require("perl", "perl");
+    let (lib, is_tiermalloc) = preload_lib();
+    let script =
+        "my %h; my $s = ''; for my $i (1 .. 200000) { $h{\"k$i\"} = 'v' x ($i % 50); $s .= $i } \
+                  print scalar(keys %h), ' ', length($s), \"\\n\";";
+
+    let base = Run::new("show_stats", None);
+    let mut c = base.cmd(&perl);
+    c.args(["-e", script]);
+    let b = run_with_timeout(c, None, TIMEOUT).unwrap_or_else(|e| panic!("baseline perl: {e}"));
+    assert!(
+        b.status.success(),
+        "baseline perl failed: {}",
+        describe_status(&b.status)
+    );
+
+    let mut pre = Run::new("show_stats", Some(lib.clone()));
+    pre.setenv("TIERMALLOC_SHOW_STATS", "1");
+    let mut c = pre.cmd(&perl);
+    c.args(["-e", script]);
+    let p = run_with_timeout(c, None, TIMEOUT).unwrap_or_else(|e| {
+        panic!(
+            "perl with LD_PRELOAD={} TIERMALLOC_SHOW_STATS=1: {e}",
+            lib.display()
+        )
+    });
+    let perr = String::from_utf8_lossy(&p.stderr);
+    assert_eq!(
+        describe_status(&p.status),
+        describe_status(&b.status),
+        "exit status differs with TIERMALLOC_SHOW_STATS=1; stderr:\n{}",
+        tail(&p.stderr, 3000)
+    );
+    assert!(
+        p.stdout == b.stdout,
+        "stdout differs with TIERMALLOC_SHOW_STATS=1 (the report must go to stderr):\n\
+         baseline: {:?}\npreload:  {:?}",
+        tail(&b.stdout, 500),
+        tail(&p.stdout, 500)
+    );
+    if is_tiermalloc {
+        assert!(
+            perr.to_lowercase().contains("tiermalloc"),
+            "TIERMALLOC_SHOW_STATS=1 produced no stats report on stderr (expected it to mention \
+             \"tiermalloc\"); stderr was:\n{}",
+            tail(&p.stderr, 3000)
+        );
+        assert!(!String::from_utf8_lossy(&b.stderr)
+            .to_lowercase()
+            .contains("tiermalloc"));
+    } else {
+        eprintln!(
+            "[show_stats] {OVERRIDE_VAR}={} is not tiermalloc: only stdout and status were \
+             compared, the stats report check needs libtiermalloc.so",
+            lib.display()
+        );
+    }
+}
