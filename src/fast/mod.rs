@@ -26,10 +26,12 @@ pub static UNBOUND_FREED_BYTES: SharedCounter = SharedCounter::new();
 pub fn alloc_class(class: usize) -> *mut u8 {
     let heap = thread_heap::current();
     if !heap.is_null() {
-        // SAFETY: the slot's heap belongs to this thread; `current` entries are valid pages
-        // (or the empty page, whose free list is null).
+        // SAFETY: the slot's heap belongs to this thread; `class` is a class index (callers
+        // get it from `size_class`); `current` entries are valid pages (or the empty page,
+        // whose free list is null).
         unsafe {
-            let page = (*heap).current[class];
+            debug_assert!(class < size_class::CLASS_COUNT);
+            let page = *(*heap).current.get_unchecked(class);
             let p = (*page).pop();
             if !p.is_null() {
                 (*heap).traffic.on_alloc((*page).block_size as usize);
@@ -116,4 +118,70 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
     let segment = Segment::of(p as usize);
     // SAFETY: per the contract.
     unsafe { (*Segment::page_of(segment, p as usize)).block_size as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Allocates and frees through this thread's heap and checks every page's lists.
+    #[test]
+    fn pages_keep_their_invariants_through_churn() {
+        let mut live: Vec<(*mut u8, usize)> = Vec::new();
+        let mut seed = 12345u64;
+        for round in 0..200_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            if live.len() > 3000 || (seed >> 40) % 3 == 0 && !live.is_empty() {
+                let i = (seed >> 20) as usize % live.len();
+                let (p, size) = live.swap_remove(i);
+                // SAFETY: a live block of `size` bytes we filled below.
+                unsafe {
+                    assert_eq!(*p.add(size - 1), size as u8, "round {round}");
+                    free(p);
+                }
+            } else {
+                let size = 1 + (seed >> 33) as usize % if seed % 7 == 0 { 70_000 } else { 600 };
+                let p = alloc(size);
+                assert!(!p.is_null());
+                // SAFETY: the block holds at least `size` bytes.
+                unsafe {
+                    assert!(usable_size(p) >= size);
+                    p.add(size - 1).write(size as u8);
+                }
+                live.push((p, size));
+            }
+        }
+        let heap = thread_heap::current();
+        // SAFETY: this thread's heap, not used concurrently.
+        unsafe { (*heap).check_invariants() };
+        for (p, _) in live {
+            // SAFETY: live blocks of ours.
+            unsafe { free(p) };
+        }
+        // SAFETY: as above.
+        unsafe { (*heap).check_invariants() };
+    }
+
+    #[test]
+    fn remote_frees_reach_the_owner() {
+        let blocks: Vec<usize> = (0..10_000).map(|i| alloc(16 + i % 200) as usize).collect();
+        std::thread::spawn(move || {
+            for p in blocks {
+                // SAFETY: live blocks of the other thread's heap.
+                unsafe { free(p as *mut u8) };
+            }
+        })
+        .join()
+        .unwrap();
+        // Allocating again collects the remote frees; the heap's lists must stay consistent.
+        let again: Vec<*mut u8> = (0..10_000).map(|i| alloc(16 + i % 200)).collect();
+        // SAFETY: this thread's heap.
+        unsafe { (*thread_heap::current()).check_invariants() };
+        for p in again {
+            // SAFETY: live blocks of ours.
+            unsafe { free(p) };
+        }
+    }
 }
