@@ -14,11 +14,9 @@ use core::ffi::{c_int, c_void};
 /// As C `malloc`.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    if size <= crate::fast::size_class::SMALL_MAX {
-        let p = crate::fast::alloc(size);
-        if !p.is_null() {
-            return p.cast();
-        }
+    let p = crate::fast::try_pop(size);
+    if !p.is_null() {
+        return p.cast();
     }
     aligned(16, size)
 }
@@ -28,7 +26,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
     // SAFETY: forwarded.
-    unsafe { tm_free(ptr) }
+    unsafe { crate::dram::free(ptr.cast()) }
 }
 
 /// # Safety

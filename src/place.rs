@@ -73,10 +73,14 @@ pub fn stats(kind: Kind) -> Option<Snapshot> {
     let mut small_allocated = 0u64;
     let mut small_freed = 0u64;
     fast::thread_heap::for_each_traffic(|t| {
-        s.allocations += t.allocations.get();
-        s.frees += t.frees.get();
-        small_allocated += t.allocated_bytes.get();
-        small_freed += t.freed_bytes.get();
+        for class in 0..fast::size_class::CLASS_COUNT {
+            let (allocated, freed) = (t.allocations[class].get(), t.frees[class].get());
+            let size = fast::size_class::class_size(class) as u64;
+            s.allocations += allocated;
+            s.frees += freed;
+            small_allocated += allocated * size;
+            small_freed += freed * size;
+        }
     });
     s.frees += fast::UNBOUND_FREES.get();
     small_freed += fast::UNBOUND_FREED_BYTES.get();

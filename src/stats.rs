@@ -5,6 +5,7 @@
 //! writes them, other threads only read them for a report. Counters of slow paths (large
 //! blocks, frees from threads without a heap) are shared atomics.
 
+use crate::fast::size_class::CLASS_COUNT;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// A counter written by one thread and read by any.
@@ -43,25 +44,23 @@ impl SharedCounter {
     }
 }
 
-/// Allocation and free counts and bytes (block sizes as handed out). All-zero is the
-/// initial state (heaps start as zeroed memory).
+/// Blocks allocated and freed, per size class. All-zero is the initial state (heaps start as
+/// zeroed memory). One counter bump per operation; bytes follow from the class sizes.
 pub struct Traffic {
-    pub allocations: OwnedCounter,
-    pub allocated_bytes: OwnedCounter,
-    pub frees: OwnedCounter,
-    pub freed_bytes: OwnedCounter,
+    pub allocations: [OwnedCounter; CLASS_COUNT],
+    pub frees: [OwnedCounter; CLASS_COUNT],
 }
 
 impl Traffic {
     #[inline(always)]
-    pub fn on_alloc(&self, bytes: usize) {
-        self.allocations.add(1);
-        self.allocated_bytes.add(bytes as u64);
+    pub fn on_alloc(&self, class: usize) {
+        // SAFETY: class indices come from `size_class` and are below CLASS_COUNT.
+        unsafe { self.allocations.get_unchecked(class) }.add(1);
     }
     #[inline(always)]
-    pub fn on_free(&self, bytes: usize) {
-        self.frees.add(1);
-        self.freed_bytes.add(bytes as u64);
+    pub fn on_free(&self, class: usize) {
+        // SAFETY: as in `on_alloc`.
+        unsafe { self.frees.get_unchecked(class) }.add(1);
     }
 }
 

@@ -12,7 +12,7 @@
 
 use crate::fast::page::{Page, PageQueue};
 use crate::fast::segment::Segment;
-use crate::fast::size_class::{page_slices, CLASS_COUNT, SLICE_SIZE};
+use crate::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
 use crate::lockfree::index_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::stats::{SharedCounter, Traffic};
@@ -26,12 +26,16 @@ pub(crate) const PURGE_THRESHOLD: usize = 4 << 20;
 pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();
 pub static SEGMENTS_RELEASED: SharedCounter = SharedCounter::new();
 
-/// Invariants: `current[c]` is `queues[c].first` or the empty page; every page of a segment
+/// Invariants: `current[c]` is `queues[c].first` or the empty page; `direct[i] ==
+/// current[class_of(16 i)]` for every `i` (requests up to `DIRECT_MAX` bytes); every page of a segment
 /// of this heap that holds blocks is in exactly one of `queues[its class]` and `full`;
 /// `available` lists exactly the segments with a free slice, but `cached`; `dirty_bytes` is the
 /// sum of the dirty slices of those segments.
 #[repr(C, align(64))]
 pub struct Heap {
+    /// The current page for each 16-byte step of request size up to `DIRECT_MAX`: the fast
+    /// path for small requests needs no size-class lookup.
+    pub direct: [*mut Page; DIRECT_SLOTS],
     pub current: [*mut Page; CLASS_COUNT],
     pub traffic: Traffic,
     queues: [PageQueue; CLASS_COUNT],
@@ -72,8 +76,11 @@ impl Heap {
     /// # Safety
     /// `heap` must point to zeroed memory for a `Heap`, owned by the caller.
     pub unsafe fn init(heap: *mut Heap) {
-        // SAFETY: all-zero is a valid empty state for every field but `current`.
-        unsafe { (*heap).current = [Page::empty_page(); CLASS_COUNT] };
+        // SAFETY: all-zero is a valid empty state for every field but `current` and `direct`.
+        unsafe {
+            (*heap).current = [Page::empty_page(); CLASS_COUNT];
+            (*heap).direct = [Page::empty_page(); DIRECT_SLOTS];
+        }
     }
 
     /// Allocates a block of `class` when the current page has none: the slow path.
@@ -85,7 +92,7 @@ impl Heap {
             // SAFETY: find_page returns a valid page with a free block.
             Some(page) => unsafe {
                 let p = (*page).pop();
-                self.traffic.on_alloc((*page).block_size as usize);
+                self.traffic.on_alloc(class);
                 p
             },
             None => ptr::null_mut(),
@@ -149,7 +156,7 @@ impl Heap {
             self.queues[class].push_front(page);
             (*page).extend();
         }
-        self.current[class] = page;
+        self.set_current(class, page);
         Some(page)
     }
 
@@ -161,7 +168,15 @@ impl Heap {
                 self.queues[class].push_front(page);
             }
         }
+        self.set_current(class, page);
+    }
+
+    /// Makes `page` the page the fast paths of `class` pop from.
+    fn set_current(&mut self, class: usize, page: *mut Page) {
         self.current[class] = page;
+        for slot in direct_slots(class) {
+            self.direct[slot] = page;
+        }
     }
 
     /// Parks a page with no free block in `full`, flagging its remote list so the next remote
@@ -179,7 +194,7 @@ impl Heap {
             let class = (*page).class as usize;
             self.queues[class].remove(page);
             if self.current[class] == page {
-                self.current[class] = Page::empty_page();
+                self.set_current(class, Page::empty_page());
             }
             (*page).in_full = true;
             self.full.push_back(page);
@@ -221,7 +236,7 @@ impl Heap {
             let class = (*page).class as usize;
             self.queues[class].remove(page);
             if self.current[class] == page {
-                self.current[class] = Page::empty_page();
+                self.set_current(class, Page::empty_page());
             }
             let segment = Segment::of(page as usize);
             self.dirty_bytes += (*segment).give_back(page);
@@ -330,7 +345,7 @@ impl Heap {
     pub fn tidy_for_next_owner(&mut self) {
         self.take_delayed();
         for class in 0..CLASS_COUNT {
-            self.current[class] = Page::empty_page();
+            self.set_current(class, Page::empty_page());
             let mut page = self.queues[class].first;
             while !page.is_null() {
                 // SAFETY: queue members are valid pages of this heap.
@@ -370,6 +385,9 @@ impl Heap {
             let mut page = self.queues[class].first;
             if self.current[class] != Page::empty_page() {
                 assert_eq!(self.current[class], page);
+            }
+            for slot in direct_slots(class) {
+                assert_eq!(self.direct[slot], self.current[class]);
             }
             while !page.is_null() {
                 // SAFETY: queue members are valid pages of this heap.

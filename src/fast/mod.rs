@@ -24,29 +24,75 @@ pub static UNBOUND_FREED_BYTES: SharedCounter = SharedCounter::new();
 /// A block of class `class` (≤ `SMALL_MAX` bytes); null when out of memory.
 #[inline(always)]
 pub fn alloc_class(class: usize) -> *mut u8 {
-    let heap = thread_heap::current();
-    if !heap.is_null() {
-        // SAFETY: the slot's heap belongs to this thread; `class` is a class index (callers
-        // get it from `size_class`); `current` entries are valid pages (or the empty page,
-        // whose free list is null).
-        unsafe {
-            debug_assert!(class < size_class::CLASS_COUNT);
-            let page = *(*heap).current.get_unchecked(class);
-            let p = (*page).pop();
-            if !p.is_null() {
-                (*heap).traffic.on_alloc((*page).block_size as usize);
-                return p;
-            }
-            return (*heap).alloc_slow(class);
-        }
-    }
-    alloc_unbound(class)
+    debug_assert!(class < size_class::CLASS_COUNT);
+    // SAFETY: `class` is a class index (callers get it from `size_class`).
+    pop_or_slow(
+        || class,
+        |heap| unsafe { *(*heap).current.get_unchecked(class) },
+    )
 }
 
 /// A block of at least `size` bytes (`size <= SMALL_MAX`); null when out of memory.
 #[inline(always)]
 pub fn alloc(size: usize) -> *mut u8 {
-    alloc_class(class_of(size))
+    if size <= size_class::DIRECT_MAX {
+        let slot = size_class::direct_slot(size);
+        // SAFETY: `slot < DIRECT_SLOTS` for `size <= DIRECT_MAX`.
+        pop_or_slow(
+            || class_of(size),
+            |heap| unsafe { *(*heap).direct.get_unchecked(slot) },
+        )
+    } else {
+        alloc_class(class_of(size))
+    }
+}
+
+/// The fastest path, for `malloc`: a block for a request of up to `DIRECT_MAX` bytes from the
+/// current page, or null when anything more is needed (a bigger request, no heap yet, an
+/// empty page), which the caller's general path then handles.
+#[inline(always)]
+pub fn try_pop(size: usize) -> *mut u8 {
+    if size > size_class::DIRECT_MAX {
+        return core::ptr::null_mut();
+    }
+    let heap = thread_heap::current();
+    if heap.is_null() {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: this thread's heap; `direct_slot(size) < DIRECT_SLOTS`; entries are valid pages
+    // or the empty page.
+    unsafe {
+        let page = *(*heap).direct.get_unchecked(size_class::direct_slot(size));
+        let p = (*page).pop();
+        if !p.is_null() {
+            (*heap).traffic.on_alloc((*page).class as usize);
+        }
+        p
+    }
+}
+
+/// The fast path: pops a block from the current page `page_of` picks in this thread's heap;
+/// the slow path (which needs the class, computed only then) when there is none.
+#[inline(always)]
+fn pop_or_slow(
+    class: impl FnOnce() -> usize,
+    page_of: impl FnOnce(*mut heap::Heap) -> *mut Page,
+) -> *mut u8 {
+    let heap = thread_heap::current();
+    if heap.is_null() {
+        return alloc_unbound(class());
+    }
+    // SAFETY: the slot's heap belongs to this thread; its `current`/`direct` entries are valid
+    // pages or the empty page, whose free list is null.
+    unsafe {
+        let page = page_of(heap);
+        let p = (*page).pop();
+        if !p.is_null() {
+            (*heap).traffic.on_alloc((*page).class as usize);
+            return p;
+        }
+        (*heap).alloc_slow(class())
+    }
 }
 
 #[cold]
@@ -75,7 +121,7 @@ pub unsafe fn free(p: *mut u8) {
         // SAFETY: the calling thread owns the heap and so the page.
         unsafe {
             (*page).push_local(p);
-            (*owner).traffic.on_free((*page).block_size as usize);
+            (*owner).traffic.on_free((*page).class as usize);
             if (*page).used == 0 || (*page).in_full {
                 (*owner).after_local_free(page);
             }
@@ -90,14 +136,14 @@ pub unsafe fn free(p: *mut u8) {
 #[inline(never)]
 unsafe fn free_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
     // SAFETY: `page` is valid; the block is dead and ours to link.
-    let size = unsafe { (*page).block_size } as usize;
+    let class = unsafe { (*page).class } as usize;
     let mine = thread_heap::current();
     if mine.is_null() {
         UNBOUND_FREES.add(1);
-        UNBOUND_FREED_BYTES.add(size as u64);
+        UNBOUND_FREED_BYTES.add(size_class::class_size(class) as u64);
     } else {
         // SAFETY: this thread's own heap.
-        unsafe { (*mine).traffic.on_free(size) };
+        unsafe { (*mine).traffic.on_free(class) };
     }
     // SAFETY: see above; a page's remote list accepts pushes from any thread.
     unsafe {

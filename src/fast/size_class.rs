@@ -66,6 +66,30 @@ const SMALL_TABLE: [u8; TABLE_MAX / 16 + 1] = {
     t
 };
 
+/// Requests up to this many bytes find their page through a heap's `direct` table, one slot
+/// per 16-byte step.
+pub(crate) const DIRECT_MAX: usize = TABLE_MAX;
+pub(crate) const DIRECT_SLOTS: usize = DIRECT_MAX / 16 + 1;
+
+/// The `direct` slot of a request of `size <= DIRECT_MAX` bytes.
+#[inline(always)]
+pub fn direct_slot(size: usize) -> usize {
+    (size + 15) >> 4
+}
+
+/// The `direct` slots whose requests `class` serves (empty above `DIRECT_MAX`).
+pub fn direct_slots(class: usize) -> core::ops::Range<usize> {
+    if class_size(class) > DIRECT_MAX {
+        return 0..0;
+    }
+    let first = if class == 0 {
+        0
+    } else {
+        class_size(class - 1) / 16 + 1
+    };
+    first..class_size(class) / 16 + 1
+}
+
 /// The class serving `size` bytes (`size <= SMALL_MAX`).
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
@@ -151,6 +175,20 @@ mod tests {
                 }
             }
             align *= 2;
+        }
+    }
+
+    #[test]
+    fn direct_slots_partition_the_small_requests() {
+        let mut owner = [usize::MAX; DIRECT_SLOTS];
+        for class in 0..CLASS_COUNT {
+            for slot in direct_slots(class) {
+                assert_eq!(owner[slot], usize::MAX, "slot {slot} in two classes");
+                owner[slot] = class;
+            }
+        }
+        for size in 0..=DIRECT_MAX {
+            assert_eq!(owner[direct_slot(size)], class_of(size), "size {size}");
         }
     }
 
