@@ -12,50 +12,47 @@ use crate::pagemap::{self, ChunkTag};
 /// far from overflow.
 pub(crate) const MAX_REQUEST: usize = 1 << 46;
 
-/// A block of at least `size` bytes, 16-aligned; null when out of memory.
-#[inline(always)]
-pub fn alloc(size: usize) -> *mut u8 {
-    if size <= size_class::SMALL_MAX {
-        fast::alloc(size)
-    } else {
-        alloc_large(size, 16)
-    }
-}
-
 #[cold]
 #[inline(never)]
-fn alloc_large(size: usize, align: usize) -> *mut u8 {
+fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     if size > MAX_REQUEST {
         return core::ptr::null_mut();
     }
-    large::alloc(size, align)
+    large::alloc(size, align, zero)
 }
 
 /// A block of at least `size` bytes aligned to `align` (a power of two); null on failure.
 pub fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
-    if align <= 16 {
-        return alloc(size);
-    }
-    if align <= size_class::MAX_NATURAL_ALIGN {
-        if let Some(class) = size_class::class_for_aligned(size, align) {
-            return fast::alloc_class(class);
-        }
-    }
-    if align > MAX_REQUEST {
-        return core::ptr::null_mut();
-    }
-    alloc_large(size, align)
+    alloc_aligned_maybe_zeroed(size, align, false)
 }
 
-/// A zeroed block of `size` bytes.
+/// A zeroed block of `size` bytes aligned to `align`.
 pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
-    let p = alloc_aligned(size, align);
-    if !p.is_null() && pagemap::tag_of_block(p as usize) == ChunkTag::Segment {
-        // Fresh large mappings are zero already; small blocks may be reused.
-        // SAFETY: the block holds at least `size` bytes.
-        unsafe { p.write_bytes(0, size) };
+    alloc_aligned_maybe_zeroed(size, align, true)
+}
+
+#[inline]
+fn alloc_aligned_maybe_zeroed(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let class = if align <= 16 && size <= size_class::SMALL_MAX {
+        Some(size_class::class_of(size))
+    } else if align <= size_class::MAX_NATURAL_ALIGN {
+        size_class::class_for_aligned(size, align)
+    } else {
+        None
+    };
+    match class {
+        Some(class) => {
+            let p = fast::alloc_class(class);
+            if zero && !p.is_null() {
+                // SAFETY: the block holds at least `size` bytes.
+                unsafe { p.write_bytes(0, size) };
+            }
+            p
+        }
+        // Large mappings come zeroed from the kernel; `large` clears reused ones.
+        None if align <= MAX_REQUEST => alloc_large(size, align.max(16), zero),
+        None => core::ptr::null_mut(),
     }
-    p
 }
 
 /// Frees `p` (null and foreign pointers are ignored).

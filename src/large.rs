@@ -1,16 +1,82 @@
-//! Large blocks: requests above the largest size class (or aligned beyond a page) get a mapping
-//! of their own, given back to the kernel on free.
+//! Large blocks: requests above the largest size class (or aligned beyond a slice) get a
+//! mapping of their own.
 //!
 //! The mapping starts on a chunk boundary with a `LargeHeader` (host DRAM: the mapping is
 //! ours); the block starts `offset` bytes later. `realloc` resizes the mapping in place with
 //! `mremap`, or moves its pages to a new chunk-aligned place without copying.
+//!
+//! A freed mapping of up to `CACHE_ENTRY_MAX` bytes is kept, still resident, in a small
+//! lock-free cache (at most `CACHE_BYTES_MAX` in all) for the next large request it fits
+//! without wasting more than half of it: programs that allocate and free big buffers in a loop
+//! then pay no `mmap`, `munmap` or page faults. Anything else goes back to the kernel at once.
 
 use crate::os;
 use crate::pagemap::{self, ChunkTag, CHUNK_SIZE};
 use crate::stats::SharedCounter;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes between the chunk start and a block aligned to at most this.
 const MIN_OFFSET: usize = 64;
+
+/// Largest mapping the cache keeps, and the most it keeps in all.
+const CACHE_ENTRY_MAX: usize = 32 << 20;
+const CACHE_BYTES_MAX: usize = 64 << 20;
+const CACHE_SLOTS: usize = 16;
+
+/// Each slot is 0 or `header | (map_len / PAGE_SIZE)`: headers are chunk-aligned and cached
+/// lengths below `CHUNK_SIZE` pages, so both fit in one word and a slot is taken whole with one
+/// compare-and-swap, without reading the mapping (which its taker may already have freed).
+static CACHE: [AtomicUsize; CACHE_SLOTS] = [const { AtomicUsize::new(0) }; CACHE_SLOTS];
+static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static CACHE_HITS: SharedCounter = SharedCounter::new();
+
+const _: () = assert!(CACHE_ENTRY_MAX / os::PAGE_SIZE < CHUNK_SIZE);
+
+/// Takes a cached mapping of at least `need` bytes and at most twice that.
+fn cache_take(need: usize) -> Option<(usize, usize)> {
+    if CACHED_BYTES.load(Ordering::Relaxed) < need {
+        return None;
+    }
+    for slot in &CACHE {
+        let entry = slot.load(Ordering::Relaxed);
+        let len = (entry & (CHUNK_SIZE - 1)) * os::PAGE_SIZE;
+        if entry == 0 || len < need || len / 2 > need {
+            continue;
+        }
+        if slot
+            .compare_exchange(entry, 0, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            CACHED_BYTES.fetch_sub(len, Ordering::Relaxed);
+            CACHE_HITS.add(1);
+            return Some((entry & !(CHUNK_SIZE - 1), len));
+        }
+    }
+    None
+}
+
+/// Offers a dead mapping to the cache; false if it does not fit (the caller unmaps it).
+fn cache_put(h: usize, map_len: usize) -> bool {
+    if map_len > CACHE_ENTRY_MAX
+        || CACHED_BYTES.fetch_add(map_len, Ordering::Relaxed) + map_len > CACHE_BYTES_MAX
+    {
+        if map_len <= CACHE_ENTRY_MAX {
+            CACHED_BYTES.fetch_sub(map_len, Ordering::Relaxed);
+        }
+        return false;
+    }
+    let entry = h | (map_len / os::PAGE_SIZE);
+    for slot in &CACHE {
+        if slot
+            .compare_exchange(0, entry, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+        {
+            return true;
+        }
+    }
+    CACHED_BYTES.fetch_sub(map_len, Ordering::Relaxed);
+    false
+}
 
 pub static LARGE_ALLOCATIONS: SharedCounter = SharedCounter::new();
 pub static LARGE_FREES: SharedCounter = SharedCounter::new();
@@ -63,12 +129,28 @@ fn map_for(map_len: usize, offset: usize, align: usize) -> Option<usize> {
     Some(h)
 }
 
-/// A block of at least `size` bytes aligned to `align` (a power of two); null on failure.
-pub fn alloc(size: usize, align: usize) -> *mut u8 {
+/// A block of at least `size` bytes aligned to `align` (a power of two), all zero if `zero`;
+/// null on failure.
+pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     let offset = offset_for(align);
-    let Some(map_len) = size.checked_add(offset).and_then(round_to_page) else {
+    let Some(need) = size.checked_add(offset).and_then(round_to_page) else {
         return core::ptr::null_mut();
     };
+    if offset == MIN_OFFSET {
+        if let Some((h, map_len)) = cache_take(need) {
+            // SAFETY: a cached mapping is ours alone once taken; its tags are still set.
+            unsafe {
+                (h as *mut LargeHeader).write(LargeHeader { map_len, offset });
+                if zero {
+                    ((h + offset) as *mut u8).write_bytes(0, size);
+                }
+            }
+            LARGE_ALLOCATIONS.add(1);
+            LARGE_LIVE_BYTES.add((map_len - offset) as u64);
+            return (h + offset) as *mut u8;
+        }
+    }
+    let map_len = need;
     let Some(h) = map_for(map_len, offset, align) else {
         return core::ptr::null_mut();
     };
@@ -110,13 +192,17 @@ pub unsafe fn free(p: *mut u8) -> bool {
     let Some(header) = header_of(p) else {
         return false;
     };
-    // SAFETY: a valid header of a mapping that dies here.
+    // SAFETY: a valid header of a mapping whose block dies here.
     unsafe {
         let LargeHeader { map_len, offset } = header.read();
-        pagemap::clear(header as usize, map_len);
-        os::unmap(header.cast(), map_len);
         LARGE_FREES.add(1);
         LARGE_LIVE_BYTES.add(((map_len - offset) as u64).wrapping_neg());
+        // A stale pointer to a cached mapping must not pass for a block.
+        (*header).offset = usize::MAX;
+        if !cache_put(header as usize, map_len) {
+            pagemap::clear(header as usize, map_len);
+            os::unmap(header.cast(), map_len);
+        }
     }
     true
 }
@@ -186,7 +272,7 @@ mod tests {
     #[test]
     fn large_blocks_honour_alignment_and_resize() {
         for align in [16usize, 4096, 1 << 20, 4 << 20, 16 << 20] {
-            let p = alloc(1 << 20, align);
+            let p = alloc(1 << 20, align, false);
             assert!(!p.is_null());
             assert_eq!(p as usize % align, 0, "align {align}");
             assert!(usable_size(p) >= 1 << 20);
@@ -209,8 +295,30 @@ mod tests {
     }
 
     #[test]
+    fn freed_mappings_are_reused_zeroed_when_asked_and_never_freed_twice() {
+        let p = alloc(3 << 20, 16, false);
+        // SAFETY: our block of 3 MiB.
+        unsafe {
+            p.write_bytes(0xee, 3 << 20);
+            assert!(free(p));
+            assert!(!free(p), "a cached mapping is not a live block");
+        }
+        let hits = CACHE_HITS.get();
+        let q = alloc(3 << 20, 16, true);
+        // Another test may take the cached mapping first; only a hit must be zeroed.
+        if CACHE_HITS.get() > hits && q == p {
+            // SAFETY: our block of 3 MiB.
+            assert!(unsafe { core::slice::from_raw_parts(q, 3 << 20) }
+                .iter()
+                .all(|&b| b == 0));
+        }
+        // SAFETY: live block.
+        unsafe { assert!(free(q)) };
+    }
+
+    #[test]
     fn interior_pointers_are_not_blocks() {
-        let p = alloc(100_000, 16);
+        let p = alloc(100_000, 16, false);
         // SAFETY: probing the header of our own mapping.
         unsafe {
             assert_eq!(usable_size(p.add(16)), 0);
