@@ -12,7 +12,7 @@
 
 use crate::fast::page::{Page, PageQueue};
 use crate::fast::segment::Segment;
-use crate::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
+use crate::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS};
 use crate::lockfree::index_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::stats::{SharedCounter, Traffic};
@@ -21,6 +21,10 @@ use core::ptr;
 
 /// Dirty (freed but resident) bytes a heap keeps before it purges them with `madvise`.
 pub(crate) const PURGE_THRESHOLD: usize = 4 << 20;
+/// Dirty bytes a heap may keep while it waits in the pool for a new thread: enough that a
+/// program starting short threads one after another reuses warm memory, small enough that
+/// many exited threads do not pin much.
+const POOLED_DIRTY_MAX: usize = 1 << 20;
 
 /// Bytes of segments currently mapped, all heaps together.
 pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();
@@ -30,7 +34,7 @@ pub static SEGMENTS_RELEASED: SharedCounter = SharedCounter::new();
 /// current[class_of(16 i)]` for every `i` (requests up to `DIRECT_MAX` bytes); every page of a segment
 /// of this heap that holds blocks is in exactly one of `queues[its class]` and `full`;
 /// `available` lists exactly the segments with a free slice, but `cached`; `dirty_bytes` is the
-/// sum of the dirty slices of those segments.
+/// sum of the dirty slices of the available and cached segments.
 #[repr(C, align(64))]
 pub struct Heap {
     /// The current page for each 16-byte step of request size up to `DIRECT_MAX`: the fast
@@ -43,7 +47,7 @@ pub struct Heap {
     /// Pages of `full` that received a remote free (linked through `Page::delayed_next`).
     delayed: RemoteList,
     available: *mut Segment,
-    /// One empty, purged segment kept to avoid a map/unmap cycle.
+    /// One empty segment kept to avoid a map/unmap cycle (purged with the rest).
     cached: *mut Segment,
     dirty_bytes: usize,
     /// Link in the pool of heaps without a thread.
@@ -242,13 +246,11 @@ impl Heap {
             self.dirty_bytes += (*segment).give_back(page);
             if (*segment).is_empty() {
                 self.unlink_available(segment);
-                self.dirty_bytes -= (*segment).purge();
                 if self.cached.is_null() {
+                    // Kept as it is, resident parts and all (counted in dirty_bytes).
                     self.cached = segment;
                 } else {
-                    Segment::release(segment);
-                    SEGMENT_BYTES.add((crate::pagemap::CHUNK_SIZE as u64).wrapping_neg());
-                    SEGMENTS_RELEASED.add(1);
+                    self.release(segment);
                 }
             } else if !(*segment).in_available {
                 self.link_available(segment);
@@ -257,6 +259,20 @@ impl Heap {
         if self.dirty_bytes > PURGE_THRESHOLD {
             self.purge();
         }
+    }
+
+    /// Unmaps an empty segment of this heap that is on no list.
+    ///
+    /// # Safety
+    /// As stated.
+    unsafe fn release(&mut self, segment: *mut Segment) {
+        // SAFETY: per the contract.
+        unsafe {
+            self.dirty_bytes -= (*segment).dirty_bytes();
+            Segment::release(segment);
+        }
+        SEGMENT_BYTES.add((crate::pagemap::CHUNK_SIZE as u64).wrapping_neg());
+        SEGMENTS_RELEASED.add(1);
     }
 
     /// Returns the memory of every free slice of this heap to the kernel.
@@ -269,19 +285,33 @@ impl Heap {
                 segment = (*segment).next;
             }
         }
+        if !self.cached.is_null() {
+            // SAFETY: the cached segment is ours and empty.
+            unsafe { (*self.cached).purge() };
+        }
         self.dirty_bytes = 0;
     }
 
+    /// Cuts a page of `class` from `segment`, keeping `dirty_bytes` true.
+    ///
+    /// # Safety
+    /// `segment` must be a segment of this heap.
+    unsafe fn take_page_from(&mut self, segment: *mut Segment, class: usize) -> Option<*mut Page> {
+        // SAFETY: per the contract.
+        unsafe {
+            let dirty_before = (*segment).dirty_bytes();
+            let page = (*segment).take_page(class, page_slices(class))?;
+            self.dirty_bytes -= dirty_before - (*segment).dirty_bytes();
+            Some(page)
+        }
+    }
+
     fn new_page(&mut self, class: usize) -> Option<*mut Page> {
-        let slices = page_slices(class);
         let mut segment = self.available;
         while !segment.is_null() {
             // SAFETY: list members are valid segments of this heap.
             unsafe {
-                let dirty_before = (*segment).dirty_slices.count_ones();
-                if let Some(page) = (*segment).take_page(class, slices) {
-                    let reused = dirty_before - (*segment).dirty_slices.count_ones();
-                    self.dirty_bytes -= reused as usize * SLICE_SIZE;
+                if let Some(page) = self.take_page_from(segment, class) {
                     if (*segment).free_slices == 0 {
                         self.unlink_available(segment);
                     }
@@ -299,7 +329,7 @@ impl Heap {
         };
         // SAFETY: an empty segment of ours.
         unsafe {
-            let page = (*segment).take_page(class, slices);
+            let page = self.take_page_from(segment, class);
             debug_assert!(page.is_some());
             if (*segment).free_slices != 0 {
                 self.link_available(segment);
@@ -340,8 +370,9 @@ impl Heap {
         }
     }
 
-    /// Tidies a heap whose thread is leaving: collects remote frees, retires empty pages,
-    /// purges free slices. The heap keeps its pages for the next thread that adopts it.
+    /// Tidies a heap whose thread is leaving: collects remote frees, retires empty pages, and
+    /// purges free slices if more than `POOLED_DIRTY_MAX` are resident. The heap keeps its
+    /// pages for the next thread that adopts it.
     pub fn tidy_for_next_owner(&mut self) {
         self.take_delayed();
         for class in 0..CLASS_COUNT {
@@ -359,13 +390,8 @@ impl Heap {
                 }
             }
         }
-        self.purge();
-        if !self.cached.is_null() {
-            // SAFETY: the cached segment is empty and on no list.
-            unsafe { Segment::release(self.cached) };
-            SEGMENT_BYTES.add((crate::pagemap::CHUNK_SIZE as u64).wrapping_neg());
-            SEGMENTS_RELEASED.add(1);
-            self.cached = ptr::null_mut();
+        if self.dirty_bytes > POOLED_DIRTY_MAX {
+            self.purge();
         }
     }
 

@@ -102,6 +102,11 @@ impl Segment {
         unsafe { (*segment).pages[slice].head }
     }
 
+    /// Bytes of free slices that may still be resident.
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty_slices.count_ones() as usize * SLICE_SIZE
+    }
+
     pub fn is_empty(&self) -> bool {
         self.free_slices == ALL_BLOCK_SLICES
     }
