@@ -1,9 +1,10 @@
 //! Large blocks: requests above the largest size class (or aligned beyond a slice) get a
 //! mapping of their own.
 //!
-//! The mapping starts on a chunk boundary with a `LargeHeader` (host DRAM: the mapping is
-//! ours); the block starts `offset` bytes later. `realloc` resizes the mapping in place with
-//! `mremap`, or moves its pages to a new chunk-aligned place without copying.
+//! The mapping covers whole chunks and starts with a `LargeHeader` (host DRAM: the mapping is
+//! ours); the block starts `offset` bytes later. Pages past the block's end are reserved but
+//! untouched, so `realloc` within the mapping is free; beyond it, `mremap` grows the mapping
+//! in place or moves its pages to a new chunk-aligned place without copying.
 //!
 //! A freed mapping of up to `CACHE_ENTRY_MAX` bytes is kept, still resident, in a small
 //! lock-free cache (at most `CACHE_BYTES_MAX` in all) for the next large request it fits
@@ -18,7 +19,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 /// Bytes between the chunk start and a block aligned to at most this.
 const MIN_OFFSET: usize = 64;
 
-/// Largest mapping the cache keeps, and the most it keeps in all.
+/// Largest mapping the cache keeps, and the most it keeps in all (address space: only the
+/// pages a block touched are resident).
 const CACHE_ENTRY_MAX: usize = 32 << 20;
 const CACHE_BYTES_MAX: usize = 64 << 20;
 const CACHE_SLOTS: usize = 16;
@@ -84,25 +86,33 @@ pub static LARGE_FREES: SharedCounter = SharedCounter::new();
 pub static LARGE_LIVE_BYTES: SharedCounter = SharedCounter::new();
 
 /// Invariants: the header sits at the chunk start `owner_chunk(block)`; the mapping is
-/// `[header, header + map_len)`; `block = header + offset`, `usable = map_len - offset`;
-/// the page map tags its first chunk `LargeHead` and the rest `LargeTail`.
+/// `[header, header + map_len)` with `map_len` a multiple of `CHUNK_SIZE`, so no one else's
+/// memory ever shares a chunk the page map tags as ours; `block = header + offset` and
+/// `offset + usable <= map_len`, `offset + usable` a multiple of the page size; the page map
+/// tags the first chunk `LargeHead` and the rest `LargeTail`. Pages past `offset + usable` are
+/// reserved address space, untouched by a live block.
 #[repr(C)]
 struct LargeHeader {
     map_len: usize,
     offset: usize,
+    usable: usize,
 }
 
 fn round_to_page(n: usize) -> Option<usize> {
     Some(n.checked_add(os::PAGE_SIZE - 1)? & !(os::PAGE_SIZE - 1))
 }
 
+fn round_to_chunk(n: usize) -> Option<usize> {
+    Some(n.checked_add(CHUNK_SIZE - 1)? & !(CHUNK_SIZE - 1))
+}
+
 /// The offset of the block from its header for `align`.
+///
+/// Written as a clamp, not as `if align <= MIN_OFFSET { .. } else { align.min(..) }`: rustc
+/// 1.95 at opt-level 1 and 2 with several codegen units folds that form to
+/// `align.min(CHUNK_SIZE)`, dropping the lower bound (seen as 16-byte offsets in dev builds).
 fn offset_for(align: usize) -> usize {
-    if align <= MIN_OFFSET {
-        MIN_OFFSET
-    } else {
-        align.min(CHUNK_SIZE)
-    }
+    align.clamp(MIN_OFFSET, CHUNK_SIZE)
 }
 
 /// Maps `map_len` bytes at a chunk-aligned address `h` such that `h + offset` is aligned to
@@ -129,28 +139,47 @@ fn map_for(map_len: usize, offset: usize, align: usize) -> Option<usize> {
     Some(h)
 }
 
+/// Writes the header of a block in the mapping at `h` and counts it.
+///
+/// # Safety
+/// `[h, h + map_len)` must be a mapping of ours, tagged, that no live block uses.
+unsafe fn start_block(h: usize, map_len: usize, offset: usize, usable: usize) -> *mut u8 {
+    // SAFETY: the header fits in the mapping's first bytes (offset ≥ 64).
+    unsafe {
+        (h as *mut LargeHeader).write(LargeHeader {
+            map_len,
+            offset,
+            usable,
+        })
+    };
+    LARGE_ALLOCATIONS.add(1);
+    LARGE_LIVE_BYTES.add(usable as u64);
+    (h + offset) as *mut u8
+}
+
 /// A block of at least `size` bytes aligned to `align` (a power of two), all zero if `zero`;
 /// null on failure.
 pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     let offset = offset_for(align);
-    let Some(need) = size.checked_add(offset).and_then(round_to_page) else {
+    let Some(end) = size.checked_add(offset).and_then(round_to_page) else {
         return core::ptr::null_mut();
     };
+    let Some(map_len) = round_to_chunk(end) else {
+        return core::ptr::null_mut();
+    };
+    let usable = end - offset;
     if offset == MIN_OFFSET {
-        if let Some((h, map_len)) = cache_take(need) {
-            // SAFETY: a cached mapping is ours alone once taken; its tags are still set.
+        if let Some((h, cached_len)) = cache_take(map_len) {
+            // SAFETY: a cached mapping is ours alone once taken, its tags still set.
             unsafe {
-                (h as *mut LargeHeader).write(LargeHeader { map_len, offset });
+                let p = start_block(h, cached_len, offset, usable);
                 if zero {
-                    ((h + offset) as *mut u8).write_bytes(0, size);
+                    p.write_bytes(0, usable);
                 }
+                return p;
             }
-            LARGE_ALLOCATIONS.add(1);
-            LARGE_LIVE_BYTES.add((map_len - offset) as u64);
-            return (h + offset) as *mut u8;
         }
     }
-    let map_len = need;
     let Some(h) = map_for(map_len, offset, align) else {
         return core::ptr::null_mut();
     };
@@ -159,12 +188,9 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
         unsafe { os::unmap(h as *mut u8, map_len) };
         return core::ptr::null_mut();
     }
-    // SAFETY: the header fits in the fresh mapping's first bytes (offset ≥ 64).
-    unsafe { (h as *mut LargeHeader).write(LargeHeader { map_len, offset }) };
     pagemap::set(h, map_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
-    LARGE_ALLOCATIONS.add(1);
-    LARGE_LIVE_BYTES.add((map_len - offset) as u64);
-    (h + offset) as *mut u8
+    // SAFETY: a fresh, tagged mapping (zero-filled by the kernel).
+    unsafe { start_block(h, map_len, offset, usable) }
 }
 
 /// The header of large block `p`, if `p` really is the start of one.
@@ -180,12 +206,13 @@ fn header_of(p: *mut u8) -> Option<*mut LargeHeader> {
 pub fn usable_size(p: *mut u8) -> usize {
     match header_of(p) {
         // SAFETY: a valid header.
-        Some(header) => unsafe { (*header).map_len - (*header).offset },
+        Some(header) => unsafe { (*header).usable },
         None => 0,
     }
 }
 
-/// Frees large block `p`; false if `p` is not the start of a large block.
+/// Frees large block `p`; false if `p` is not the start of a large block. The page map must
+/// tag `p`'s chunk `LargeHead`.
 ///
 /// # Safety
 /// `p` must not be used after this.
@@ -195,9 +222,11 @@ pub unsafe fn free(p: *mut u8) -> bool {
     };
     // SAFETY: a valid header of a mapping whose block dies here.
     unsafe {
-        let LargeHeader { map_len, offset } = header.read();
+        let LargeHeader {
+            map_len, usable, ..
+        } = header.read();
         LARGE_FREES.add(1);
-        LARGE_LIVE_BYTES.add(((map_len - offset) as u64).wrapping_neg());
+        LARGE_LIVE_BYTES.add((usable as u64).wrapping_neg());
         // A stale pointer to a cached mapping must not pass for a block.
         (*header).offset = usize::MAX;
         if !cache_put(header as usize, map_len) {
@@ -208,8 +237,9 @@ pub unsafe fn free(p: *mut u8) -> bool {
     true
 }
 
-/// Resizes large block `p` to hold `size` bytes without copying: in place, or by moving its
-/// pages. Returns the (possibly moved) block, or null if it could not (`p` is then intact).
+/// Resizes large block `p` to hold `size` bytes without copying: within its mapping, by
+/// growing or shrinking the mapping in place, or by moving its pages. Returns the (possibly
+/// moved) block, or null if it could not (`p` is then intact).
 ///
 /// # Safety
 /// `p` must be a live large block.
@@ -218,52 +248,79 @@ pub unsafe fn resize(p: *mut u8, size: usize) -> *mut u8 {
         return core::ptr::null_mut();
     };
     // SAFETY: a valid header.
-    let LargeHeader { map_len, offset } = unsafe { header.read() };
-    let Some(new_len) = size.checked_add(offset).and_then(round_to_page) else {
+    let LargeHeader {
+        map_len,
+        offset,
+        usable,
+    } = unsafe { header.read() };
+    let Some(end) = size.checked_add(offset).and_then(round_to_page) else {
         return core::ptr::null_mut();
     };
-    if new_len == map_len {
-        return p;
-    }
+    let Some(new_len) = round_to_chunk(end) else {
+        return core::ptr::null_mut();
+    };
     let h = header as usize;
+    let new_usable = end - offset;
+    let old_end = offset + usable;
+    if new_len != map_len {
+        // SAFETY: our whole mapping; `place_mapping` keeps it intact on failure.
+        match unsafe { place_mapping(h, map_len, new_len) } {
+            Some(new_h) if new_h == h => {}
+            Some(new_h) => {
+                // SAFETY: the header moved with its pages.
+                unsafe { (*(new_h as *mut LargeHeader)).usable = new_usable };
+                LARGE_LIVE_BYTES.add((new_usable as u64).wrapping_sub(usable as u64));
+                return (new_h + offset) as *mut u8;
+            }
+            None => return core::ptr::null_mut(),
+        }
+    } else if end < old_end {
+        // Shrinking inside the mapping: the dropped pages go back to the kernel.
+        // SAFETY: pages past the new end hold nothing the block keeps.
+        unsafe { os::discard((h + end) as *mut u8, old_end - end) };
+    }
+    // SAFETY: the header is where it was.
+    unsafe {
+        (*header).map_len = new_len;
+        (*header).usable = new_usable;
+    }
+    LARGE_LIVE_BYTES.add((new_usable as u64).wrapping_sub(usable as u64));
+    p
+}
+
+/// Makes the mapping `[h, h + map_len)` `new_len` bytes long (both chunk multiples): in place,
+/// or by moving its pages to a fresh chunk-aligned place. Returns where it now starts, with
+/// the page map updated, or `None` with the mapping untouched.
+///
+/// # Safety
+/// `[h, h + map_len)` must be a whole tagged mapping of ours.
+unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usize> {
     // SAFETY: our whole mapping; mremap without MAYMOVE resizes it where it is or fails.
     if unsafe { os::remap_in_place(h as *mut u8, map_len, new_len) } {
-        let (kept_end, old_end) = (
-            (h + new_len).next_multiple_of(CHUNK_SIZE),
-            (h + map_len).next_multiple_of(CHUNK_SIZE),
-        );
-        if kept_end < old_end {
-            pagemap::clear(kept_end, old_end - kept_end);
+        if new_len < map_len {
+            pagemap::clear(h + new_len, map_len - new_len);
         }
         pagemap::set(h, new_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
-        // SAFETY: the header stayed where it was.
-        unsafe { (*header).map_len = new_len };
-        LARGE_LIVE_BYTES.add((new_len as u64).wrapping_sub(map_len as u64));
-        return p;
+        return Some(h);
     }
-    // Move the pages to a fresh chunk-aligned reservation (offset < CHUNK_SIZE keeps the
-    // block's alignment up to a chunk; larger alignments are not promised by realloc).
-    let Some(dst) = os::map_aligned(new_len, CHUNK_SIZE) else {
-        return core::ptr::null_mut();
-    };
-    let dst = dst.as_ptr() as usize;
-    if !pagemap::covers(dst, new_len) {
-        // SAFETY: fresh and unused.
-        unsafe { os::unmap(dst as *mut u8, new_len) };
-        return core::ptr::null_mut();
-    }
-    // SAFETY: `[h, h + map_len)` is our mapping and `[dst, dst + new_len)` our reservation.
-    if !unsafe { os::remap_to(h as *mut u8, map_len, dst as *mut u8, new_len) } {
-        // SAFETY: the reservation is unused.
-        unsafe { os::unmap(dst as *mut u8, new_len) };
-        return core::ptr::null_mut();
+    // Move the pages (offset < CHUNK_SIZE keeps the block's alignment up to a chunk; larger
+    // alignments are not promised by realloc).
+    let dst = os::map_aligned(new_len, CHUNK_SIZE)?.as_ptr() as usize;
+    // SAFETY: `[h, h + map_len)` is our mapping and `[dst, dst + new_len)` our fresh
+    // reservation, which is unmapped again if anything fails.
+    unsafe {
+        if !pagemap::covers(dst, new_len)
+            || !os::remap_to(h as *mut u8, map_len, dst as *mut u8, new_len)
+        {
+            os::unmap(dst as *mut u8, new_len);
+            return None;
+        }
     }
     pagemap::clear(h, map_len);
     pagemap::set(dst, new_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
     // SAFETY: the header moved with its pages.
     unsafe { (*(dst as *mut LargeHeader)).map_len = new_len };
-    LARGE_LIVE_BYTES.add((new_len as u64).wrapping_sub(map_len as u64));
-    (dst + offset) as *mut u8
+    Some(dst)
 }
 
 #[cfg(test)]
@@ -319,6 +376,15 @@ mod tests {
         }
         // SAFETY: live block.
         unsafe { assert!(free(q)) };
+    }
+
+    #[test]
+    fn small_alignments_get_the_minimum_offset() {
+        for align in [1, 16, 32, 64] {
+            assert_eq!(offset_for(align), MIN_OFFSET);
+        }
+        assert_eq!(offset_for(4096), 4096);
+        assert_eq!(offset_for(64 << 20), CHUNK_SIZE);
     }
 
     #[test]

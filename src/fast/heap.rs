@@ -124,9 +124,9 @@ impl Heap {
             // SAFETY: pages on `delayed` are pages of ours in `full` (Page invariant).
             unsafe {
                 let next = (*page).delayed_next;
-                debug_assert!((*page).in_full);
+                debug_assert!((*page).in_full());
                 self.full.remove(page);
-                (*page).in_full = false;
+                (*page).set_in_full(false);
                 self.queues[(*page).class as usize].push_back(page);
                 page = next;
             }
@@ -200,7 +200,7 @@ impl Heap {
             if self.current[class] == page {
                 self.set_current(class, Page::empty_page());
             }
-            (*page).in_full = true;
+            (*page).set_in_full(true);
             self.full.push_back(page);
         }
     }
@@ -214,16 +214,16 @@ impl Heap {
     pub unsafe fn after_local_free(&mut self, page: *mut Page) {
         // SAFETY: per the contract.
         unsafe {
-            if (*page).in_full {
+            if (*page).in_full() {
                 // Back to its queue, unless a remote free already claimed the hand-back.
                 if !(*page).remote.try_unflag() {
                     return;
                 }
                 self.full.remove(page);
-                (*page).in_full = false;
+                (*page).set_in_full(false);
                 self.queues[(*page).class as usize].push_back(page);
             }
-            if (*page).used == 0 && self.current[(*page).class as usize] != page {
+            if (*page).blocks_used() == 0 && self.current[(*page).class as usize] != page {
                 self.retire(page);
             }
         }
@@ -236,7 +236,7 @@ impl Heap {
     unsafe fn retire(&mut self, page: *mut Page) {
         // SAFETY: per the contract.
         unsafe {
-            debug_assert!((*page).used == 0 && !(*page).remote.has_nodes());
+            debug_assert!((*page).blocks_used() == 0 && !(*page).remote.has_nodes());
             let class = (*page).class as usize;
             self.queues[class].remove(page);
             if self.current[class] == page {
@@ -383,7 +383,7 @@ impl Heap {
                 unsafe {
                     let next = (*page).next;
                     (*page).collect_remote();
-                    if (*page).used == 0 {
+                    if (*page).blocks_used() == 0 {
                         self.retire(page);
                     }
                     page = next;
@@ -419,7 +419,7 @@ impl Heap {
                 // SAFETY: queue members are valid pages of this heap.
                 unsafe {
                     assert_eq!((*page).class as usize, class);
-                    assert!(!(*page).in_full);
+                    assert!(!(*page).in_full());
                     (*page).check_invariants();
                     page = (*page).next;
                 }

@@ -120,9 +120,8 @@ pub unsafe fn free(p: *mut u8) {
     if owner as usize == slot {
         // SAFETY: the calling thread owns the heap and so the page.
         unsafe {
-            (*page).push_local(p);
             (*owner).traffic.on_free((*page).class as usize);
-            if (*page).used == 0 || (*page).in_full {
+            if (*page).push_local(p) {
                 (*owner).after_local_free(page);
             }
         }

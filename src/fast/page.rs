@@ -32,16 +32,16 @@ unsafe impl Link for Block {
     }
 }
 
-/// Invariants, for a page in use (`block_size != 0`):
-/// - `len(free) + used == capacity <= reserved`, where `used` counts blocks handed out,
-///   including blocks sitting on `remote` that the owner has not collected yet;
+/// Invariants, for a page in use (`block_size != 0`), with `blocks_used() = used & !IN_FULL`:
+/// - `len(free) + blocks_used() == capacity <= reserved`, where blocks used are those handed
+///   out, including blocks sitting on `remote` that the owner has not collected yet;
 /// - every block lies in `[start, start + reserved * block_size)` at a multiple of
 ///   `block_size` from `start`;
-/// - `in_full` ⇔ the page is in its heap's `full` queue, and then `free` was empty when it
-///   moved there and either `remote` is flagged or exactly one remote free cleared the flag and
-///   pushed (or is pushing) the page onto the heap's `delayed` list.
-/// For every slice descriptor of a segment, `head` points to the descriptor of the page that
-/// covers the slice (itself for a page's first slice).
+/// - `used & IN_FULL` ⇔ the page is in its heap's `full` queue, and then `free` was empty when
+///   it moved there and either `remote` is flagged or exactly one remote free cleared the flag
+///   and pushed (or is pushing) the page onto the heap's `delayed` list. Keeping this flag in
+///   the top bit of `used` lets `free` test "page now empty, or parked in full" with one
+///   signed comparison: `used as i32 <= 0`.
 #[repr(C)]
 pub struct Page {
     pub free: *mut Block,
@@ -51,13 +51,11 @@ pub struct Page {
     pub reserved: u32,
     pub class: u8,
     pub slice_count: u8,
-    pub in_full: bool,
     pub remote: RemoteList,
     pub start: *mut u8,
     pub next: *mut Page,
     pub prev: *mut Page,
     pub delayed_next: *mut Page,
-    pub head: *mut Page,
 }
 
 // SAFETY: the link is `delayed_next`, written only by the one remote free that clears the
@@ -72,6 +70,9 @@ unsafe impl Link for Page {
         unsafe { (*node).delayed_next }
     }
 }
+
+/// The flag bit of `Page::used` that marks a page parked in `full`.
+const IN_FULL: u32 = 1 << 31;
 
 /// A page whose free list is always empty: a heap's `current` entries point here until the
 /// class gets a real page, so the fast path needs no null check. Never written.
@@ -90,13 +91,11 @@ impl Page {
             reserved: 0,
             class: 0,
             slice_count: 0,
-            in_full: false,
             remote: RemoteList::new(),
             start: ptr::null_mut(),
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             delayed_next: ptr::null_mut(),
-            head: ptr::null_mut(),
         }
     }
 
@@ -115,7 +114,6 @@ impl Page {
         self.reserved = (slices * SLICE_SIZE / size) as u32;
         self.class = class as u8;
         self.slice_count = slices as u8;
-        self.in_full = false;
         debug_assert!(!self.remote.has_nodes());
         self.start = start;
         self.next = ptr::null_mut();
@@ -135,17 +133,40 @@ impl Page {
         block.cast()
     }
 
-    /// Pushes a block freed by the owner.
+    /// Pushes a block freed by the owner. Returns true if the page needs its heap's attention:
+    /// it became empty, or it is parked in `full`.
     ///
     /// # Safety
     /// `p` must be a block of this page that is handed out, and the caller the page's owner.
     #[inline(always)]
-    pub unsafe fn push_local(&mut self, p: *mut u8) {
+    pub unsafe fn push_local(&mut self, p: *mut u8) -> bool {
         let block = p.cast::<Block>();
         // SAFETY: the block is dead and at least 16 bytes.
         unsafe { (*block).next = self.free };
         self.free = block;
         self.used -= 1;
+        self.used as i32 <= 0
+    }
+
+    /// Blocks handed out (the `used` count without the `IN_FULL` flag).
+    #[inline]
+    pub fn blocks_used(&self) -> u32 {
+        self.used & !IN_FULL
+    }
+
+    /// Whether the page is parked in its heap's `full` queue.
+    #[inline]
+    pub fn in_full(&self) -> bool {
+        self.used & IN_FULL != 0
+    }
+
+    #[inline]
+    pub fn set_in_full(&mut self, parked: bool) {
+        if parked {
+            self.used |= IN_FULL;
+        } else {
+            self.used &= !IN_FULL;
+        }
     }
 
     /// Carves up to one OS page worth of never-used blocks (at least one) onto `free`.
@@ -205,7 +226,7 @@ impl Page {
             // SAFETY: free blocks hold valid links (what this walk checks).
             b = unsafe { (*b).next };
         }
-        assert_eq!(n + self.used, self.capacity);
+        assert_eq!(n + self.blocks_used(), self.capacity);
         assert!(self.capacity <= self.reserved);
     }
 }

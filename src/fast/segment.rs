@@ -20,13 +20,16 @@ pub(crate) const SLICES: usize = CHUNK_SIZE / SLICE_SIZE;
 /// Every slice but slice 0 (the header).
 const ALL_BLOCK_SLICES: u64 = !1;
 
-/// Invariants: `dirty_slices ⊆ free_slices ⊆ ALL_BLOCK_SLICES`; each slice not in
-/// `free_slices` belongs to exactly one page, whose head descriptor is `pages[i].head`;
+/// Invariants: `dirty_slices ⊆ free_slices ⊆ ALL_BLOCK_SLICES`; each slice `i` not in
+/// `free_slices` belongs to exactly one page, whose head descriptor is `page_of_slice[i]`;
 /// `in_available` ⇔ the segment is on its heap's `available` list ⇔ `free_slices != 0`
 /// (except for the heap's cached empty segment, which is on no list).
 #[repr(C)]
 pub struct Segment {
     pub heap: *mut Heap,
+    /// For each slice, the descriptor of the page covering it (null if free): `free` finds a
+    /// block's page with one load.
+    page_of_slice: [*mut Page; SLICES],
     pub free_slices: u64,
     pub dirty_slices: u64,
     pub next: *mut Segment,
@@ -96,10 +99,10 @@ impl Segment {
     /// The descriptor of the page holding block `p` (of this segment).
     #[inline(always)]
     pub fn page_of(segment: *mut Segment, p: usize) -> *mut Page {
-        let slice = (p - segment as usize) >> SLICE_SHIFT;
-        // SAFETY: `p` lies in this segment, so `slice < SLICES`; the descriptor's `head` is
-        // valid for every slice of a page (invariant).
-        unsafe { (*segment).pages[slice].head }
+        let slice = (p >> SLICE_SHIFT) & (SLICES - 1);
+        // SAFETY: `p` lies in this segment, so `slice` is its slice index; the entry is valid
+        // for every slice of a page (invariant).
+        unsafe { *(*segment).page_of_slice.get_unchecked(slice) }
     }
 
     /// Bytes of free slices that may still be resident.
@@ -119,8 +122,8 @@ impl Segment {
         self.free_slices &= !mask;
         self.dirty_slices &= !mask;
         let head = ptr::addr_of_mut!(self.pages[start]);
-        for page in &mut self.pages[start..start + n] {
-            page.head = head;
+        for entry in &mut self.page_of_slice[start..start + n] {
+            *entry = head;
         }
         let memory = (self as *mut Segment as usize + start * SLICE_SIZE) as *mut u8;
         // SAFETY: `head` points into this segment's descriptor array.
@@ -135,10 +138,10 @@ impl Segment {
         let start = (page as usize - base) / core::mem::size_of::<Page>();
         // SAFETY: `page` is a head descriptor of this segment.
         let n = unsafe { (*page).slice_count } as usize;
-        for p in &mut self.pages[start..start + n] {
-            p.head = ptr::null_mut();
-            p.block_size = 0;
+        for entry in &mut self.page_of_slice[start..start + n] {
+            *entry = ptr::null_mut();
         }
+        self.pages[start].block_size = 0;
         let mask = run_mask(start, n);
         debug_assert!(self.free_slices & mask == 0);
         self.free_slices |= mask;
