@@ -34,17 +34,39 @@ typedef enum tm_fit {
 } tm_fit;
 
 /*
- A tier's statistics (bytes and counts).
+ A tier's figures: what `tm_get_stats` fills in, laid out as the C header's `tm_stats`
+ (cbindgen gives it that name).
  */
 typedef struct tm_stats {
+  /*
+   Bytes the tier can hold.
+   */
   uint64_t capacity;
+  /*
+   Bytes in live blocks (usable sizes).
+   */
   uint64_t in_use;
+  /*
+   Bytes the tier can still hand out.
+   */
   uint64_t free_bytes;
+  /*
+   The largest single block the tier can still hand out.
+   */
   uint64_t largest_free;
   uint64_t allocations;
   uint64_t frees;
+  /*
+   Requests the tier could not serve.
+   */
   uint64_t failures;
+  /*
+   Requests served here because the tier placement chose was full.
+   */
   uint64_t spilled_in;
+  /*
+   Requests this tier passed on because it was full or at its limit.
+   */
   uint64_t spilled_out;
 } tm_stats;
 
@@ -137,7 +159,7 @@ int tm_set_fit(tm_kind kind, tm_fit fit);
  ENODEV (kind not configured).
 
  # Safety
- `out` must be NULL or valid for writing a `tm_stats`.
+ `out` must be NULL or valid for writing a `tm_stats` (`TierStats`).
  */
 int tm_get_stats(tm_kind kind, struct tm_stats *out);
 

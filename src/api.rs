@@ -8,8 +8,7 @@
 pub use crate::config::{Fit, Kind};
 use crate::place;
 
-/// A tier's figures (see `tm_stats` in the C header).
-pub type TierStats = crate::stats::Snapshot;
+pub use crate::stats::TierStats;
 
 /// Why a tier operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

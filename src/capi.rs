@@ -8,6 +8,7 @@
 
 use crate::config::Kind;
 use crate::os::set_errno;
+use crate::stats::TierStats;
 use crate::{dram, place};
 use core::ffi::{c_int, c_void};
 use core::ptr;
@@ -60,21 +61,6 @@ pub struct tm_block_header {
 }
 
 const _: () = assert!(core::mem::size_of::<tm_block_header>() == TM_HEADER_SIZE);
-
-/// A tier's statistics (bytes and counts).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct tm_stats {
-    pub capacity: u64,
-    pub in_use: u64,
-    pub free_bytes: u64,
-    pub largest_free: u64,
-    pub allocations: u64,
-    pub frees: u64,
-    pub failures: u64,
-    pub spilled_in: u64,
-    pub spilled_out: u64,
-}
 
 /// Sets `ENOMEM`, counts the failure, returns null.
 #[cold]
@@ -247,14 +233,14 @@ pub extern "C" fn tm_set_fit(kind: KindArg, fit: FitArg) -> c_int {
 /// ENODEV (kind not configured).
 ///
 /// # Safety
-/// `out` must be NULL or valid for writing a `tm_stats`.
+/// `out` must be NULL or valid for writing a `tm_stats` (`TierStats`).
 #[no_mangle]
-pub unsafe extern "C" fn tm_get_stats(kind: KindArg, out: *mut tm_stats) -> c_int {
+pub unsafe extern "C" fn tm_get_stats(kind: KindArg, out: *mut TierStats) -> c_int {
     if out.is_null() {
         set_errno(libc::EINVAL);
         return -1;
     }
-    let snapshot = match usable_kind(kind).map(place::stats) {
+    let stats = match usable_kind(kind).map(place::stats) {
         Ok(Some(s)) => s,
         Ok(None) => {
             set_errno(libc::ENODEV);
@@ -264,17 +250,6 @@ pub unsafe extern "C" fn tm_get_stats(kind: KindArg, out: *mut tm_stats) -> c_in
             set_errno(e);
             return -1;
         }
-    };
-    let stats = tm_stats {
-        capacity: snapshot.capacity,
-        in_use: snapshot.in_use,
-        free_bytes: snapshot.free_bytes,
-        largest_free: snapshot.largest_free,
-        allocations: snapshot.allocations,
-        frees: snapshot.frees,
-        failures: snapshot.failures,
-        spilled_in: snapshot.spilled_in,
-        spilled_out: snapshot.spilled_out,
     };
     // SAFETY: `out` is valid for writes (contract).
     unsafe { out.write(stats) };

@@ -7,7 +7,7 @@
 //! program runs on DRAM.
 
 use crate::config::{self, Kind};
-use crate::stats::{SharedCounter, Snapshot};
+use crate::stats::{SharedCounter, TierStats};
 use crate::{dram, fast, large};
 use core::fmt::Write;
 
@@ -65,11 +65,11 @@ pub fn report_configuration() {
 }
 
 /// The figures of tier `kind`, if configured.
-pub fn stats(kind: Kind) -> Option<Snapshot> {
+pub fn stats(kind: Kind) -> Option<TierStats> {
     if kind != Kind::Dram {
         return None;
     }
-    let mut s = Snapshot::default();
+    let mut s = TierStats::default();
     let mut small_allocated = 0u64;
     let mut small_freed = 0u64;
     fast::thread_heap::for_each_traffic(|t| {
@@ -91,7 +91,6 @@ pub fn stats(kind: Kind) -> Option<Snapshot> {
     s.free_bytes = s.capacity.saturating_sub(s.in_use);
     s.largest_free = s.free_bytes;
     s.failures = FAILURES.get();
-    s.mapped = fast::heap::SEGMENT_BYTES.get() + large::LARGE_LIVE_BYTES.get();
     Some(s)
 }
 
@@ -117,13 +116,14 @@ pub fn print_stats() {
         let mut line = crate::os::LineBuf::new();
         let _ = writeln!(
             line,
-            "tiermalloc: {:<4} in_use {} B, mapped {} B, capacity {} B, free {} B, largest_free {} B",
+            "tiermalloc: {:<4} in_use {} B, capacity {} B, free {} B, largest_free {} B, \
+             segments mapped {} B",
             kind.name(),
             s.in_use,
-            s.mapped,
             s.capacity,
             s.free_bytes,
-            s.largest_free
+            s.largest_free,
+            fast::heap::SEGMENT_BYTES.get()
         );
         line.flush();
         let _ = writeln!(

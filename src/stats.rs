@@ -64,18 +64,25 @@ impl Traffic {
     }
 }
 
-/// A tier's figures as `tm_get_stats` reports them.
+/// A tier's figures: what `tm_get_stats` fills in, laid out as the C header's `tm_stats`
+/// (cbindgen gives it that name).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct TierStats {
+    /// Bytes the tier can hold.
     pub capacity: u64,
+    /// Bytes in live blocks (usable sizes).
     pub in_use: u64,
+    /// Bytes the tier can still hand out.
     pub free_bytes: u64,
+    /// The largest single block the tier can still hand out.
     pub largest_free: u64,
     pub allocations: u64,
     pub frees: u64,
+    /// Requests the tier could not serve.
     pub failures: u64,
+    /// Requests served here because the tier placement chose was full.
     pub spilled_in: u64,
+    /// Requests this tier passed on because it was full or at its limit.
     pub spilled_out: u64,
-    /// Bytes mapped from the kernel for blocks (segments and large blocks), for the report.
-    pub mapped: u64,
 }
