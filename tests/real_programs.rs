@@ -22,87 +22,30 @@
 //!
 //! On a mismatch both transcripts are written to `<target>/<profile>/real-programs-out/`.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use support::{
+    describe_status, library, profile_dir, run_with_timeout, scrubbed_env, show_cmd, tail, Library,
+    Output, Scrub, TempDir, OVERRIDE_VAR,
+};
 
 /// Per command. Generous: the slowest step takes a few seconds on an idle 2-core machine.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Name of the override variable (read by this test, never passed to children).
-const OVERRIDE_VAR: &str = "TIERMALLOC_TEST_PRELOAD";
-
-extern "C" {
-    // libc's kill(2); std links libc, so no extra crate is needed. pid_t is i32 on Linux.
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-const SIGKILL: i32 = 9;
-
 // ---------------------------------------------------------------------------------------------
-// Locating things
+// Programs and their environment
 // ---------------------------------------------------------------------------------------------
-
-/// `<target>/<profile>`, derived from this executable's path `<target>/<profile>/deps/<exe>`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe
-        .parent()
-        .expect("test executable has a parent directory");
-    deps.parent()
-        .expect("deps directory has a parent directory")
-        .to_path_buf()
-}
-
-/// The library to preload and whether it is tiermalloc (not some other allocator given by the
-/// override variable).
-fn preload_lib() -> (PathBuf, bool) {
-    if let Some(p) = std::env::var_os(OVERRIDE_VAR) {
-        if !p.is_empty() {
-            let p = PathBuf::from(p);
-            assert!(
-                p.is_file(),
-                "{OVERRIDE_VAR}={} does not name a file",
-                p.display()
-            );
-            // An override that is itself a tiermalloc build (another target dir, a release
-            // build) still gets the tiermalloc-specific checks.
-            let is_tiermalloc = p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().contains("tiermalloc"));
-            return (fs::canonicalize(&p).unwrap_or(p), is_tiermalloc);
-        }
-    }
-    // `cargo test` writes the cdylib to deps/ (and rebuilds it there whenever src/ changed);
-    // only `cargo build` also links it up into <profile>/, where it may be older. So deps/ first.
-    let dir = profile_dir();
-    let candidates = [
-        dir.join("deps").join("libtiermalloc.so"),
-        dir.join("libtiermalloc.so"),
-    ];
-    for c in &candidates {
-        if c.is_file() {
-            return (fs::canonicalize(c).unwrap_or_else(|_| c.clone()), true);
-        }
-    }
-    panic!(
-        "libtiermalloc.so not found (looked at {} and {}); cargo builds the cdylib before \
-         integration tests, so check that crate-type still includes \"cdylib\" \
-         (or set {OVERRIDE_VAR}=/path/to/lib.so)",
-        candidates[0].display(),
-        candidates[1].display()
-    );
-}
 
 /// Full path of `prog` on PATH, or a test failure naming the package that provides it.
 fn require(prog: &str, package: &str) -> PathBuf {
@@ -121,12 +64,14 @@ fn require(prog: &str, package: &str) -> PathBuf {
     );
 }
 
-/// The environment every child starts from: ours, minus anything that would change what the
-/// programs do or which allocator they get (allocator config, an outer LD_PRELOAD, the
-/// variables `cargo test` sets for this test, compiler wrappers, git/python overrides).
-fn base_env() -> Vec<(OsString, OsString)> {
-    let drop_exact = [
-        "LD_PRELOAD",
+/// Removed from the environment every child starts from, besides what `scrubbed_env` always
+/// removes (allocator config: `TIERMALLOC_*`, `MIMALLOC_*`; an outer `LD_PRELOAD`): anything else
+/// that would change what the programs do (the variables `cargo test` sets for this test,
+/// compiler wrappers, git/python/perl overrides, locale and time zone).
+const SCRUB: Scrub = Scrub {
+    prefixes: &["CARGO_", "GIT_", "PYTHON", "LC_"],
+    keep: &["CARGO_HOME"],
+    exact: &[
         "CARGO",
         "RUSTFLAGS",
         "RUSTDOCFLAGS",
@@ -141,196 +86,11 @@ fn base_env() -> Vec<(OsString, OsString)> {
         "PERL5OPT",
         "PERL_HASH_SEED",
         "PERL_PERTURB_KEYS",
-    ];
-    std::env::vars_os()
-        .filter(|(k, _)| {
-            let k = k.to_string_lossy();
-            if drop_exact.contains(&k.as_ref()) {
-                return false;
-            }
-            if k.starts_with("CARGO_") {
-                return k == "CARGO_HOME";
-            }
-            !(k.starts_with("TIERMALLOC_")
-                || k.starts_with("MIMALLOC_")
-                || k.starts_with("GIT_")
-                || k.starts_with("PYTHON")
-                || k.starts_with("LC_")
-                || k == "LANG"
-                || k == "LANGUAGE"
-                || k == "TZ")
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Temporary directories
-// ---------------------------------------------------------------------------------------------
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "tiermalloc-rp-{tag}-{}-{}-{nanos:x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running one command with a timeout
-// ---------------------------------------------------------------------------------------------
-
-struct Output {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    elapsed: Duration,
-}
-
-fn describe_status(s: &ExitStatus) -> String {
-    match (s.code(), s.signal()) {
-        (Some(c), _) => format!("exit {c}"),
-        (None, Some(sig)) => format!(
-            "killed by signal {sig}{}",
-            if s.core_dumped() {
-                " (core dumped)"
-            } else {
-                ""
-            }
-        ),
-        _ => format!("{s:?}"),
-    }
-}
-
-fn tail(bytes: &[u8], n: usize) -> String {
-    let s = String::from_utf8_lossy(bytes);
-    let start = s.len().saturating_sub(n);
-    let mut i = start;
-    while !s.is_char_boundary(i) {
-        i += 1;
-    }
-    s[i..].to_string()
-}
-
-/// `prog arg arg ...` (Command's Debug output also lists the whole environment).
-fn show_cmd(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    if let Some(d) = cmd.get_current_dir() {
-        let _ = write!(s, "  (in {})", d.display());
-    }
-    s
-}
-
-/// Runs `cmd` in a new process group, feeding `stdin`, collecting stdout and stderr, and
-/// killing the whole group if it is not done (including any grandchild that still holds
-/// the pipes) within `timeout`.
-fn run_with_timeout(
-    mut cmd: Command,
-    stdin: Option<Vec<u8>>,
-    timeout: Duration,
-) -> Result<Output, String> {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot spawn {}: {e}", show_cmd(&cmd)))?;
-    let pid = child.id() as i32;
-
-    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A child that exits early closes the pipe: ignore EPIPE, the status tells the story.
-        thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
-    let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
-    let spawn_reader = |idx: usize, mut r: Box<dyn Read + Send>| {
-        let tx = tx.clone();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            let _ = tx.send((idx, buf));
-        });
-    };
-    spawn_reader(0, Box::new(child.stdout.take().expect("stdout piped")));
-    spawn_reader(1, Box::new(child.stderr.take().expect("stderr piped")));
-    drop(tx);
-
-    let mut status = None;
-    let mut outs: [Option<Vec<u8>>; 2] = [None, None];
-    loop {
-        if status.is_none() {
-            status = child.try_wait().map_err(|e| format!("wait: {e}"))?;
-        }
-        while let Ok((i, b)) = rx.try_recv() {
-            outs[i] = Some(b);
-        }
-        if status.is_some() && outs.iter().all(|o| o.is_some()) {
-            break;
-        }
-        if start.elapsed() > timeout {
-            // SAFETY (of the FFI call): plain kill(2) on the process group we created. The group
-            // id cannot have been reused: either the leader is unreaped, or a member still holds
-            // our pipes, and the kernel does not hand out a pid that is an active group id.
-            unsafe {
-                kill(-pid, SIGKILL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while outs.iter().any(|o| o.is_none()) {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok((i, b)) => outs[i] = Some(b),
-                    Err(_) => break,
-                }
-            }
-            let err = outs[1].take().unwrap_or_default();
-            return Err(format!(
-                "TIMED OUT after {:?} (deadlock or livelock?); process group killed.\n\
-                 --- stderr tail ---\n{}",
-                timeout,
-                tail(&err, 3000)
-            ));
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    let [o, e] = outs;
-    Ok(Output {
-        status: status.expect("exited"),
-        stdout: o.expect("stdout collected"),
-        stderr: e.expect("stderr collected"),
-        elapsed: start.elapsed(),
-    })
-}
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+    ],
+};
 
 // ---------------------------------------------------------------------------------------------
 // A run of a workload: a sequence of steps recorded into a transcript
@@ -361,7 +121,7 @@ impl Run {
         Run {
             test,
             preload,
-            dir: TempDir::new(&format!("{test}-{tag}")),
+            dir: TempDir::new("rp", &format!("{test}-{tag}")),
             env: vec![("LC_ALL".into(), "C".into()), ("TZ".into(), "UTC".into())],
             transcript: Vec::new(),
             elapsed: Duration::ZERO,
@@ -391,7 +151,7 @@ impl Run {
     fn cmd(&self, prog: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new(prog);
         c.env_clear();
-        for (k, v) in base_env() {
+        for (k, v) in scrubbed_env(&SCRUB) {
             c.env(k, v);
         }
         for (k, v) in &self.env {
@@ -534,7 +294,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> String {
 
 /// Runs `workload` once without and once with the preload and requires equal transcripts.
 fn compare_runs(test: &'static str, workload: impl Fn(&mut Run)) {
-    let (lib, _) = preload_lib();
+    let lib = library().path;
     let mut base = Run::new(test, None);
     workload(&mut base);
     let mut pre = Run::new(test, Some(lib.clone()));
@@ -608,7 +368,7 @@ impl Rng {
 /// (`Run::step` additionally fails on the loader's "cannot be preloaded" message.)
 #[test]
 fn preload_is_effective() {
-    let (lib, _) = preload_lib();
+    let lib = library().path;
     let cat = require("cat", "coreutils");
     let mut run = Run::new("preload_is_effective", Some(lib.clone()));
     let mut c = run.cmd(&cat);
@@ -1499,7 +1259,10 @@ fn cargo_build() {
 #[test]
 fn show_stats_report_goes_to_stderr() {
     let perl = require("perl", "perl");
-    let (lib, is_tiermalloc) = preload_lib();
+    let Library {
+        path: lib,
+        is_tiermalloc,
+    } = library();
     let script =
         "my %h; my $s = ''; for my $i (1 .. 200000) { $h{\"k$i\"} = 'v' x ($i % 50); $s .= $i } \
                   print scalar(keys %h), ' ', length($s), \"\\n\";";
