@@ -71,8 +71,8 @@ typedef struct tm_stats {
 } tm_stats;
 
 /*
- The header written immediately before each block on CXL, CMB and PMR:
- `((const tm_block_header *)p)[-1].size == tm_usable_size(p)`.
+ The header written immediately before each block on CXL, CMB and PMR (the C header's
+ `tm_block_header`): `((const tm_block_header *)p)[-1].size == tm_usable_size(p)`.
  */
 typedef struct tm_block_header {
   /*
@@ -80,7 +80,7 @@ typedef struct tm_block_header {
    */
   uint64_t size;
   /*
-   A fixed value marking a header written by tiermalloc.
+   `HEADER_MAGIC` ("TMHB"), marking a header written by tiermalloc.
    */
   uint32_t magic;
   /*
@@ -88,7 +88,7 @@ typedef struct tm_block_header {
    */
   uint16_t kind;
   /*
-   Allocated or free.
+   1 allocated, 2 free.
    */
   uint16_t state;
 } tm_block_header;
@@ -117,9 +117,9 @@ void *tm_calloc(tm_kind kind, size_t count, size_t size);
 void *tm_aligned_alloc(tm_kind kind, size_t alignment, size_t size);
 
 /*
- Resizes `ptr` on its own tier. `tm_realloc(NULL, n)` allocates on DRAM; `size == 0` frees
- and returns NULL (as glibc's `realloc`). On failure returns NULL + ENOMEM and leaves `ptr`
- intact; NULL + EINVAL if `ptr` is not ours.
+ Resizes `ptr` on its own tier. `tm_realloc(NULL, n)` is a plain `malloc(n)`; `size == 0`
+ frees and returns NULL (as glibc's `realloc`). On failure returns NULL + ENOMEM and leaves
+ `ptr` intact; NULL + EINVAL if `ptr` is not ours.
 
  # Safety
  `ptr` must be NULL or a live block of ours.
@@ -128,7 +128,9 @@ void *tm_realloc(void *ptr, size_t size);
 
 /*
  Frees any block of ours, whatever its tier; NULL and foreign pointers are ignored. Keeps
- `errno`.
+ `errno`. A double free or a pointer into a block on a device tier is detected from host
+ metadata: one line on stderr, then an abort (or, with `TIERMALLOC_ON_ERROR=ignore`, counted
+ in the tier's failures and ignored).
 
  # Safety
  `ptr` must be NULL or a live block, not used afterwards.
@@ -136,7 +138,8 @@ void *tm_realloc(void *ptr, size_t size);
 void tm_free(void *ptr);
 
 /*
- The usable size of block `ptr` (0 for NULL or a pointer that is not ours).
+ The usable size of block `ptr` (0 for NULL or a pointer that is not ours). On a device tier
+ it equals the `size` field of the block's header.
 
  # Safety
  `ptr` must be NULL, foreign, or a live block of ours.

@@ -6,10 +6,10 @@
 
 #![allow(non_camel_case_types)]
 
-use crate::config::Kind;
+use crate::config::{Fit, Kind};
 use crate::os::set_errno;
+use crate::place;
 use crate::stats::TierStats;
-use crate::{dram, place};
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
@@ -45,27 +45,11 @@ pub struct FitArg(pub u32);
 /// Bytes of the header before each device-tier block.
 pub const TM_HEADER_SIZE: usize = 16;
 
-/// The header written immediately before each block on CXL, CMB and PMR:
-/// `((const tm_block_header *)p)[-1].size == tm_usable_size(p)`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct tm_block_header {
-    /// Usable bytes of the block.
-    pub size: u64,
-    /// A fixed value marking a header written by tiermalloc.
-    pub magic: u32,
-    /// The block's `tm_kind`.
-    pub kind: u16,
-    /// Allocated or free.
-    pub state: u16,
-}
+const _: () = assert!(core::mem::size_of::<crate::tier::BlockHeader>() == TM_HEADER_SIZE);
 
-const _: () = assert!(core::mem::size_of::<tm_block_header>() == TM_HEADER_SIZE);
-
-/// Sets `ENOMEM`, counts the failure, returns null.
+/// Sets `ENOMEM` and returns null (the failure is counted where it happened).
 #[cold]
 pub(crate) fn out_of_memory() -> *mut c_void {
-    place::FAILURES.add(1);
     set_errno(libc::ENOMEM);
     ptr::null_mut()
 }
@@ -86,42 +70,37 @@ fn usable_kind(k: KindArg) -> Result<Kind, c_int> {
     }
 }
 
-/// Allocates `size` bytes on tier `kind` only; NULL + ENOMEM if that tier cannot (also when it
-/// is not configured), NULL + EINVAL for an unknown kind.
-#[no_mangle]
-pub extern "C" fn tm_malloc(kind: KindArg, size: usize) -> *mut c_void {
-    tm_aligned_alloc(kind, 16, size)
-}
-
-/// Like `tm_malloc` for `count * size` zeroed bytes; NULL + ENOMEM on overflow.
-#[no_mangle]
-pub extern "C" fn tm_calloc(kind: KindArg, count: usize, size: usize) -> *mut c_void {
-    let Some(total) = count.checked_mul(size) else {
-        return out_of_memory();
-    };
-    match usable_kind(kind) {
-        Ok(Kind::Dram) => zeroed(total, 16),
-        Ok(_) => out_of_memory(),
+/// `size` bytes at `align` on tier `k` only; NULL + EINVAL for an unknown kind, NULL + ENOMEM
+/// if that tier cannot serve it (not configured, full, at its limit).
+fn explicit(k: KindArg, size: usize, align: usize, zero: bool) -> *mut c_void {
+    match usable_kind(k) {
+        Ok(kind) => {
+            let p = place::alloc_on(kind, size, align, zero);
+            if p.is_null() {
+                out_of_memory()
+            } else {
+                p.cast()
+            }
+        }
         Err(libc::EINVAL) => invalid(),
         Err(_) => out_of_memory(),
     }
 }
 
-pub(crate) fn zeroed(total: usize, align: usize) -> *mut c_void {
-    let p = zeroed_quiet(total, align);
-    if p.is_null() {
-        out_of_memory()
-    } else {
-        p.cast()
-    }
+/// Allocates `size` bytes on tier `kind` only; NULL + ENOMEM if that tier cannot (also when it
+/// is not configured), NULL + EINVAL for an unknown kind.
+#[no_mangle]
+pub extern "C" fn tm_malloc(kind: KindArg, size: usize) -> *mut c_void {
+    explicit(kind, size, 16, false)
 }
 
-/// Zeroed DRAM without touching `errno` (the Rust allocator's `alloc_zeroed`).
-pub(crate) fn zeroed_quiet(total: usize, align: usize) -> *mut u8 {
-    if total > dram::MAX_REQUEST {
-        return ptr::null_mut();
+/// Like `tm_malloc` for `count * size` zeroed bytes; NULL + ENOMEM on overflow.
+#[no_mangle]
+pub extern "C" fn tm_calloc(kind: KindArg, count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        Some(total) => explicit(kind, total, 16, true),
+        None => out_of_memory(),
     }
-    dram::alloc_zeroed(total, align)
 }
 
 /// `size` bytes on tier `kind` aligned to `alignment` (a power of two); NULL + EINVAL for a bad
@@ -131,21 +110,14 @@ pub extern "C" fn tm_aligned_alloc(kind: KindArg, alignment: usize, size: usize)
     if !alignment.is_power_of_two() {
         return invalid();
     }
-    match usable_kind(kind) {
-        Ok(Kind::Dram) => aligned(alignment, size),
-        Ok(_) => out_of_memory(),
-        Err(libc::EINVAL) => invalid(),
-        Err(_) => out_of_memory(),
-    }
+    explicit(kind, size, alignment, false)
 }
 
-/// DRAM allocation with `align` a power of two; NULL + ENOMEM on failure.
-#[inline(always)]
-pub(crate) fn aligned(align: usize, size: usize) -> *mut c_void {
-    if size > dram::MAX_REQUEST {
-        return out_of_memory();
-    }
-    let p = dram::alloc_aligned(size, align);
+/// A plain request (the malloc family): `size` bytes at `align` (a power of two), zeroed if
+/// asked, wherever placement puts it; NULL + ENOMEM on failure.
+#[inline]
+pub(crate) fn plain(size: usize, align: usize, zero: bool) -> *mut c_void {
+    let p = place::alloc_plain(size, align, zero);
     if p.is_null() {
         out_of_memory()
     } else {
@@ -153,27 +125,27 @@ pub(crate) fn aligned(align: usize, size: usize) -> *mut c_void {
     }
 }
 
-/// Resizes `ptr` on its own tier. `tm_realloc(NULL, n)` allocates on DRAM; `size == 0` frees
-/// and returns NULL (as glibc's `realloc`). On failure returns NULL + ENOMEM and leaves `ptr`
-/// intact; NULL + EINVAL if `ptr` is not ours.
+/// Resizes `ptr` on its own tier. `tm_realloc(NULL, n)` is a plain `malloc(n)`; `size == 0`
+/// frees and returns NULL (as glibc's `realloc`). On failure returns NULL + ENOMEM and leaves
+/// `ptr` intact; NULL + EINVAL if `ptr` is not ours.
 ///
 /// # Safety
 /// `ptr` must be NULL or a live block of ours.
 #[no_mangle]
 pub unsafe extern "C" fn tm_realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
     if ptr.is_null() {
-        return aligned(16, size);
+        return plain(size, 16, false);
     }
     if size == 0 {
         // SAFETY: forwarded.
         unsafe { tm_free(ptr) };
         return ptr::null_mut();
     }
-    if !dram::owns(ptr.cast()) {
+    if place::kind_of(ptr.cast()).is_none() {
         return invalid();
     }
     // SAFETY: a live block of ours (contract).
-    let q = unsafe { dram::realloc(ptr.cast(), size, 16) };
+    let q = unsafe { place::realloc(ptr.cast(), size, 16) };
     if q.is_null() {
         out_of_memory()
     } else {
@@ -182,24 +154,27 @@ pub unsafe extern "C" fn tm_realloc(ptr: *mut c_void, size: usize) -> *mut c_voi
 }
 
 /// Frees any block of ours, whatever its tier; NULL and foreign pointers are ignored. Keeps
-/// `errno`.
+/// `errno`. A double free or a pointer into a block on a device tier is detected from host
+/// metadata: one line on stderr, then an abort (or, with `TIERMALLOC_ON_ERROR=ignore`, counted
+/// in the tier's failures and ignored).
 ///
 /// # Safety
 /// `ptr` must be NULL or a live block, not used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn tm_free(ptr: *mut c_void) {
     // SAFETY: forwarded; freeing never sets errno.
-    unsafe { dram::free(ptr.cast()) }
+    unsafe { place::free(ptr.cast()) }
 }
 
-/// The usable size of block `ptr` (0 for NULL or a pointer that is not ours).
+/// The usable size of block `ptr` (0 for NULL or a pointer that is not ours). On a device tier
+/// it equals the `size` field of the block's header.
 ///
 /// # Safety
 /// `ptr` must be NULL, foreign, or a live block of ours.
 #[no_mangle]
 pub unsafe extern "C" fn tm_usable_size(ptr: *const c_void) -> usize {
     // SAFETY: forwarded.
-    unsafe { dram::usable_size(ptr as *mut u8) }
+    unsafe { place::usable_size(ptr as *mut u8) }
 }
 
 /// The `tm_kind` of block `ptr`, or -1 if it is not ours.
@@ -219,9 +194,13 @@ pub extern "C" fn tm_set_fit(kind: KindArg, fit: FitArg) -> c_int {
         set_errno(libc::EINVAL);
         return -1;
     }
+    let fit = if fit.0 == 0 { Fit::Best } else { Fit::Worst };
     match usable_kind(kind) {
-        // The DRAM tier has no extent heap to choose for: every fit is trivially satisfied.
-        Ok(_) => 0,
+        Ok(kind) if place::set_fit(kind, fit) => 0,
+        Ok(_) => {
+            set_errno(libc::ENODEV);
+            -1
+        }
         Err(e) => {
             set_errno(e);
             -1

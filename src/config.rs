@@ -83,9 +83,14 @@ impl TierSpec {
         }
     }
 
-    #[allow(dead_code)] // read by the device tiers' backend (issue 4) and the tests
     pub fn path(&self) -> Option<&[u8]> {
         (self.path_len > 0).then(|| &self.path[..self.path_len])
+    }
+
+    /// The path as a C string (the buffer keeps a NUL after it: `path_len < MAX_PATH`).
+    pub fn path_cstr(&self) -> Option<&core::ffi::CStr> {
+        let with_nul = &self.path[..self.path_len + 1];
+        (self.path_len > 0).then(|| core::ffi::CStr::from_bytes_with_nul(with_nul).ok())?
     }
 }
 
@@ -105,6 +110,9 @@ pub struct Config {
     pub rule_count: usize,
     pub show_stats: bool,
     pub verbose: bool,
+    /// `TIERMALLOC_ON_ERROR=ignore`: a bad free on a device tier is reported, counted and
+    /// ignored instead of aborting.
+    pub ignore_bad_free: bool,
 }
 
 impl Config {
@@ -120,6 +128,7 @@ impl Config {
             rule_count: 0,
             show_stats: false,
             verbose: false,
+            ignore_bad_free: false,
         }
     }
 
@@ -326,13 +335,20 @@ pub fn get() -> &'static Config {
             {
                 return &DEFAULTS;
             }
-            let config = parse(
+            let mut config = parse(
                 os::getenv(b"TIERMALLOC_TIERS"),
                 os::getenv(b"TIERMALLOC_PLACE"),
                 os::getenv(b"TIERMALLOC_SHOW_STATS"),
                 os::getenv(b"TIERMALLOC_VERBOSE"),
                 &mut Stderr,
             );
+            match os::getenv(b"TIERMALLOC_ON_ERROR") {
+                None | Some(b"abort") => {}
+                Some(b"ignore") => config.ignore_bad_free = true,
+                Some(other) => {
+                    Stderr.problem("TIERMALLOC_ON_ERROR", other, "expected abort or ignore")
+                }
+            }
             // SAFETY: we won the READING state: no one else writes CONFIG, no one reads it
             // before READ is published below.
             unsafe { core::ptr::addr_of_mut!(CONFIG).write(config) };

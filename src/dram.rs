@@ -7,6 +7,7 @@
 use crate::fast::{self, size_class};
 use crate::large;
 use crate::pagemap::{self, ChunkTag};
+use crate::stats::TierStats;
 
 /// Requests above this fail at once: no machine maps that much, and it keeps size arithmetic
 /// far from overflow.
@@ -91,11 +92,6 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
     }
 }
 
-/// Whether `p` is a block of ours (DRAM).
-pub fn owns(p: *const u8) -> bool {
-    pagemap::tag_of_block(p as usize) != ChunkTag::Foreign
-}
-
 /// Resizes `p` to `size` bytes (`p` non-null, `size` non-zero), keeping `align` (≤ 16 for the
 /// C `realloc`). Returns null and leaves `p` intact on failure or if `p` is not ours.
 ///
@@ -143,4 +139,45 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
         }
     }
     q
+}
+
+/// The DRAM tier's figures (failures and spills are counted by `place`).
+pub fn stats() -> TierStats {
+    let mut s = TierStats::default();
+    let mut small_allocated = 0u64;
+    let mut small_freed = 0u64;
+    fast::thread_heap::for_each_traffic(|t| {
+        for class in 0..fast::size_class::CLASS_COUNT {
+            let (allocated, freed) = (t.allocations[class].get(), t.frees[class].get());
+            let size = fast::size_class::class_size(class) as u64;
+            s.allocations += allocated;
+            s.frees += freed;
+            small_allocated += allocated * size;
+            small_freed += freed * size;
+        }
+    });
+    s.frees += fast::UNBOUND_FREES.get();
+    small_freed += fast::UNBOUND_FREED_BYTES.get();
+    s.allocations += large::LARGE_ALLOCATIONS.get();
+    s.frees += large::LARGE_FREES.get();
+    s.in_use = small_allocated.saturating_sub(small_freed) + large::LARGE_LIVE_BYTES.get();
+    s.capacity = physical_memory();
+    s.free_bytes = s.capacity.saturating_sub(s.in_use);
+    s.largest_free = s.free_bytes;
+    s
+}
+
+fn physical_memory() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && size > 0 {
+        pages as u64 * size as u64
+    } else {
+        0
+    }
 }

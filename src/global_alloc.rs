@@ -4,7 +4,7 @@
 //! resizes large blocks by remapping their pages; `alloc_zeroed` skips the clearing of fresh
 //! mappings, which the kernel zeroes.
 
-use crate::{capi, dram, fast};
+use crate::{fast, place};
 use core::alloc::{GlobalAlloc, Layout};
 
 /// The global allocator handle.
@@ -16,26 +16,27 @@ pub struct TierMalloc;
 unsafe impl GlobalAlloc for TierMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= 16 && layout.size() <= fast::size_class::SMALL_MAX {
+        if layout.align() <= 16 && layout.size() <= fast::size_class::SMALL_MAX && !place::routed()
+        {
             return fast::alloc(layout.size());
         }
-        dram::alloc_aligned(layout.size(), layout.align())
+        place::alloc_plain(layout.size(), layout.align(), false)
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         // SAFETY: `ptr` is a live block of ours (GlobalAlloc contract).
-        unsafe { dram::free(ptr) }
+        unsafe { place::free(ptr) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        capi::zeroed_quiet(layout.size(), layout.align())
+        place::alloc_plain(layout.size(), layout.align(), true)
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: `ptr` is a live block of ours and `new_size` is non-zero (GlobalAlloc contract).
-        unsafe { dram::realloc(ptr, new_size, layout.align()) }
+        unsafe { place::realloc(ptr, new_size, layout.align()) }
     }
 }

@@ -7,9 +7,10 @@
 //! |---|---|
 //! | front ends | `capi` (`tm_*`), `override_libc` (malloc family), `global_alloc`, `api`, `runtime` |
 //! | placement | `place` |
-//! | DRAM tier | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks) |
+//! | tiers | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks); `tier` (a device tier: `heap` + headers) |
+//! | extent heap | `heap` (host-metadata best/worst fit, coalescing) |
 //! | address map | `pagemap` |
-//! | memory sources | `meta` (metadata arena), `thread_slot` (TLS), `os` |
+//! | memory sources | `backend` (device mappings), `meta` (metadata arena), `thread_slot` (TLS), `os` |
 //! | foundations | `sync`, `lockfree`, `stats`, `config` |
 //!
 //! Only `sync` and `lockfree` are built under `--cfg loom`: their models run there.
@@ -22,6 +23,8 @@ mod sync;
 #[cfg(not(loom))]
 mod api;
 #[cfg(not(loom))]
+mod backend;
+#[cfg(not(loom))]
 pub mod capi;
 #[cfg(not(loom))]
 mod config;
@@ -31,6 +34,8 @@ mod dram;
 mod fast;
 #[cfg(not(loom))]
 mod global_alloc;
+#[cfg(not(loom))]
+pub(crate) mod heap;
 #[cfg(not(loom))]
 mod large;
 #[cfg(not(loom))]
@@ -49,6 +54,8 @@ mod runtime;
 mod stats;
 #[cfg(not(loom))]
 mod thread_slot;
+#[cfg(not(loom))]
+mod tier;
 
 #[cfg(not(loom))]
 pub use api::{kind_of, print_stats, stats, Fit, Kind, TierError, TierStats};

@@ -6,7 +6,7 @@
 //! `free` keeps `errno`, overflow gives `NULL` + `ENOMEM`, a bad alignment `EINVAL`, a failed
 //! `realloc` keeps the old block, `pvalloc` rounds up to a page.
 
-use crate::capi::{aligned, out_of_memory, tm_free, tm_realloc, tm_usable_size, zeroed};
+use crate::capi::{out_of_memory, plain, tm_free, tm_realloc, tm_usable_size};
 use crate::os::PAGE_SIZE;
 use core::ffi::{c_int, c_void};
 
@@ -26,7 +26,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 #[cold]
 #[inline(never)]
 fn malloc_general(size: usize) -> *mut c_void {
-    aligned(16, size)
+    plain(size, 16, false)
 }
 
 /// # Safety
@@ -34,7 +34,7 @@ fn malloc_general(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
     // SAFETY: forwarded.
-    unsafe { crate::dram::free(ptr.cast()) }
+    unsafe { crate::place::free(ptr.cast()) }
 }
 
 /// # Safety
@@ -42,7 +42,7 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
     match count.checked_mul(size) {
-        Some(total) => zeroed(total, 16),
+        Some(total) => plain(total, 16, true),
         None => out_of_memory(),
     }
 }
@@ -74,7 +74,7 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
         return libc::EINVAL;
     }
     crate::os::keep_errno(|| {
-        let p = aligned(align, size);
+        let p = plain(size, align, false);
         if p.is_null() {
             return libc::ENOMEM;
         }
@@ -92,7 +92,7 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
         crate::os::set_errno(libc::EINVAL);
         return core::ptr::null_mut();
     }
-    aligned(align, size)
+    plain(size, align, false)
 }
 
 /// As glibc: an alignment that is not a power of two is rounded up to one; one above
@@ -103,7 +103,7 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
 #[no_mangle]
 pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     match align.max(1).checked_next_power_of_two() {
-        Some(align) => aligned(align, size),
+        Some(align) => plain(size, align, false),
         None => {
             crate::os::set_errno(libc::EINVAL);
             core::ptr::null_mut()
@@ -115,7 +115,7 @@ pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 /// As C `valloc`.
 #[no_mangle]
 pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
-    aligned(PAGE_SIZE, size)
+    plain(size, PAGE_SIZE, false)
 }
 
 /// # Safety
@@ -123,7 +123,7 @@ pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
     match size.max(1).checked_next_multiple_of(PAGE_SIZE) {
-        Some(rounded) => aligned(PAGE_SIZE, rounded),
+        Some(rounded) => plain(rounded, PAGE_SIZE, false),
         None => out_of_memory(),
     }
 }

@@ -33,6 +33,10 @@ pub enum ChunkTag {
     LargeHead = 2,
     /// A later chunk of a large block.
     LargeTail = 3,
+    /// A chunk of a device tier's region (CXL, CMB, PMR).
+    DeviceCxl = 5,
+    DeviceCmb = 6,
+    DevicePmr = 7,
 }
 
 impl ChunkTag {
@@ -42,7 +46,29 @@ impl ChunkTag {
             1 => ChunkTag::Segment,
             2 => ChunkTag::LargeHead,
             3 => ChunkTag::LargeTail,
+            5 => ChunkTag::DeviceCxl,
+            6 => ChunkTag::DeviceCmb,
+            7 => ChunkTag::DevicePmr,
             _ => ChunkTag::Foreign,
+        }
+    }
+
+    /// The tag of a device tier's chunks.
+    pub fn device(kind: crate::config::Kind) -> ChunkTag {
+        match kind {
+            crate::config::Kind::Cxl => ChunkTag::DeviceCxl,
+            crate::config::Kind::Cmb => ChunkTag::DeviceCmb,
+            _ => ChunkTag::DevicePmr,
+        }
+    }
+
+    /// The device kind a chunk belongs to, if it is a device tier's.
+    pub fn device_kind(self) -> Option<crate::config::Kind> {
+        match self {
+            ChunkTag::DeviceCxl => Some(crate::config::Kind::Cxl),
+            ChunkTag::DeviceCmb => Some(crate::config::Kind::Cmb),
+            ChunkTag::DevicePmr => Some(crate::config::Kind::Pmr),
+            _ => None,
         }
     }
 }

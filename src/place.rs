@@ -1,111 +1,413 @@
 //! Placement: which tier serves a request, and the per-tier view the front ends need (kind of a
-//! pointer, statistics, whether a kind is configured).
+//! pointer, statistics, fit, bad frees).
 //!
-//! With DRAM alone configured, which is all this version serves, a plain `malloc` goes straight
-//! to the DRAM tier: the placement decision costs nothing. Device tiers named in
-//! `TIERMALLOC_TIERS` are reported once at start-up as not available and skipped, so the
-//! program runs on DRAM.
+//! The tiers of `TIERMALLOC_TIERS` are opened once, by the library's constructor (`init`).
+//! Until then, and whenever no device tier and no rule sends plain `malloc` elsewhere, plain
+//! `malloc` goes straight to DRAM: `fast::DIRECT_END` keeps the inline fast path's one size
+//! comparison, and the general path tests one flag.
+//!
+//! With routing on, a plain request goes to the first `TIERMALLOC_PLACE` rule that matches its
+//! size, else to the first tier listed; a tier that is full or at its `limit=` passes it on to
+//! the next tiers in `TIERMALLOC_TIERS` order (`spilled_out`/`spilled_in`), and only when
+//! every tier is full does it fail. Explicit `tm_malloc(kind, ..)` never spills.
 
-use crate::config::{self, Kind};
+use crate::backend::Problem;
+use crate::config::{self, Fit, Kind, PlaceRule, MAX_RULES, MAX_TIERS};
+use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierStats};
-use crate::{dram, fast, large};
+use crate::tier::DeviceTier;
+use crate::{dram, fast, os};
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
 
-/// Requests any tier failed to serve.
+/// DRAM requests that failed, and DRAM's share of spilling.
 pub static FAILURES: SharedCounter = SharedCounter::new();
+static DRAM_SPILLED_IN: SharedCounter = SharedCounter::new();
+static DRAM_SPILLED_OUT: SharedCounter = SharedCounter::new();
 
-/// Whether `kind` is a tier this process can allocate from.
+/// Invariants: `order[..order_len]` lists the usable tiers in fallback order, each kind once;
+/// `device[k]` is `Some` exactly for the device kinds in it; `routed` ⇔ plain `malloc` may be
+/// served by a device tier (one is listed first, or a rule names one).
+struct Tiers {
+    device: [Option<DeviceTier>; 4],
+    order: [Kind; MAX_TIERS],
+    order_len: usize,
+    rules: [PlaceRule; MAX_RULES],
+    rule_count: usize,
+    routed: bool,
+    ignore_bad_free: bool,
+}
+
+static TIERS: spin::Once<Tiers> = spin::Once::new();
+static ROUTED: AtomicBool = AtomicBool::new(false);
+
+/// Opens the configured tiers (once; the library's constructor calls it), reporting each one
+/// that cannot be used in one line and going on without it.
+pub fn init() {
+    let tiers = TIERS.call_once(open_tiers);
+    if tiers.routed {
+        fast::route_all_requests();
+        ROUTED.store(true, Ordering::Release);
+    }
+    register_fork_handlers();
+}
+
+fn open_tiers() -> Tiers {
+    let config = config::get();
+    let mut tiers = Tiers {
+        device: [None, None, None, None],
+        order: [Kind::Dram; MAX_TIERS],
+        order_len: 0,
+        rules: config.rules,
+        rule_count: config.rule_count,
+        routed: false,
+        ignore_bad_free: config.ignore_bad_free,
+    };
+    for spec in config.tiers() {
+        if spec.kind == Kind::Dram {
+            if spec.limit.is_some() {
+                report_tier(
+                    spec.kind,
+                    spec.path(),
+                    Problem {
+                        what: "limit= on dram is not supported yet; ignored",
+                        errno: 0,
+                    },
+                );
+            }
+        } else {
+            match DeviceTier::open(spec) {
+                Ok(tier) => tiers.device[spec.kind as usize] = Some(tier),
+                Err(problem) => {
+                    report_tier(spec.kind, spec.path(), problem);
+                    continue;
+                }
+            }
+        }
+        tiers.order[tiers.order_len] = spec.kind;
+        tiers.order_len += 1;
+    }
+    if tiers.order_len == 0 {
+        tiers.order[0] = Kind::Dram;
+        tiers.order_len = 1;
+    }
+    let rule_to_device = tiers.rules[..tiers.rule_count]
+        .iter()
+        .any(|r| r.kind != Kind::Dram && tiers.device[r.kind as usize].is_some());
+    tiers.routed = tiers.order[0] != Kind::Dram || rule_to_device;
+    if config.verbose {
+        let mut line = os::LineBuf::new();
+        let _ = write!(line, "tiermalloc: tiers in fallback order:");
+        for kind in &tiers.order[..tiers.order_len] {
+            let _ = write!(line, " {}", kind.name());
+        }
+        let _ = writeln!(
+            line,
+            "; {} placement rule(s); plain malloc {}",
+            tiers.rule_count,
+            if tiers.routed {
+                "routed by size"
+            } else {
+                "on dram"
+            }
+        );
+        line.flush();
+    }
+    tiers
+}
+
+fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
+    let mut line = os::LineBuf::new();
+    let _ = write!(line, "tiermalloc: TIERMALLOC_TIERS: tier '{}'", kind.name());
+    if let Some(path) = path {
+        let _ = write!(
+            line,
+            " ({})",
+            core::str::from_utf8(path).unwrap_or("<not UTF-8>")
+        );
+    }
+    let _ = write!(line, ": {}", problem.what);
+    if problem.errno != 0 {
+        let mut buf = [0u8; 128];
+        // SAFETY: strerror_r writes a NUL-terminated message into our buffer.
+        let rc = unsafe { libc::strerror_r(problem.errno, buf.as_mut_ptr().cast(), buf.len()) };
+        let text = core::ffi::CStr::from_bytes_until_nul(&buf)
+            .ok()
+            .and_then(|c| c.to_str().ok());
+        match text {
+            Some(text) if rc == 0 => {
+                let _ = write!(line, ": {text}");
+            }
+            _ => {
+                let _ = write!(line, ": errno {}", problem.errno);
+            }
+        }
+    }
+    let _ = writeln!(line, "; tier skipped");
+    line.flush();
+}
+
+/// Whether plain requests consult the placement rules (device tiers in use).
+#[inline(always)]
+pub fn routed() -> bool {
+    ROUTED.load(Ordering::Relaxed)
+}
+
+fn device(kind: Kind) -> Option<&'static DeviceTier> {
+    TIERS.get()?.device[kind as usize].as_ref()
+}
+
+/// Whether `kind` is a tier this process can allocate from (DRAM always is).
 pub fn is_configured(kind: Kind) -> bool {
-    kind == Kind::Dram
+    kind == Kind::Dram || device(kind).is_some()
 }
 
 /// The tier of block `p`, if it is ours.
 pub fn kind_of(p: *const u8) -> Option<Kind> {
-    dram::owns(p).then_some(Kind::Dram)
+    match pagemap::tag_of_block(p as usize) {
+        ChunkTag::Foreign => None,
+        tag => Some(tag.device_kind().unwrap_or(Kind::Dram)),
+    }
 }
 
-/// Reports the configuration at start-up: device tiers this version cannot serve, and, with
-/// `TIERMALLOC_VERBOSE=1`, what was understood.
-pub fn report_configuration() {
-    let config = config::get();
-    for tier in config.tiers() {
-        if tier.kind != Kind::Dram {
-            let mut line = crate::os::LineBuf::new();
-            let _ = writeln!(
-                line,
-                "tiermalloc: TIERMALLOC_TIERS: tier '{}': device tiers are not available in this \
-                 version; tier skipped, running on dram",
-                tier.kind.name()
-            );
-            line.flush();
-        } else if tier.limit.is_some() {
-            let mut line = crate::os::LineBuf::new();
-            let _ = writeln!(
-                line,
-                "tiermalloc: TIERMALLOC_TIERS: tier 'dram': limit= is not supported in this \
-                 version; ignored"
-            );
-            line.flush();
+/// A block on tier `kind` only (no spilling): `size` bytes at `align` (a power of two),
+/// zeroed if asked; null if that tier cannot serve it.
+pub fn alloc_on(kind: Kind, size: usize, align: usize, zero: bool) -> *mut u8 {
+    let p = if kind == Kind::Dram {
+        dram_alloc(size, align, zero)
+    } else {
+        match device(kind) {
+            Some(tier) => device_alloc(tier, size, align, zero),
+            None => core::ptr::null_mut(),
+        }
+    };
+    if p.is_null() {
+        count_failure(kind);
+    }
+    p
+}
+
+fn dram_alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if size > dram::MAX_REQUEST {
+        return core::ptr::null_mut();
+    }
+    if zero {
+        dram::alloc_zeroed(size, align)
+    } else {
+        dram::alloc_aligned(size, align)
+    }
+}
+
+fn device_alloc(tier: &DeviceTier, size: usize, align: usize, zero: bool) -> *mut u8 {
+    match tier.alloc(size, align.max(16)) {
+        Some(p) => {
+            if zero {
+                // SAFETY: the block holds at least `size` bytes; this writes, never reads.
+                unsafe { p.write_bytes(0, size) };
+            }
+            p
+        }
+        None => core::ptr::null_mut(),
+    }
+}
+
+fn count_failure(kind: Kind) {
+    match device(kind) {
+        Some(tier) => tier.failures.add(1),
+        None => FAILURES.add(1),
+    }
+}
+
+/// A plain request (`malloc` and friends, the Rust global allocator): DRAM unless routing is
+/// on, then the rule's tier, spilling along the fallback order.
+pub fn alloc_plain(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let Some(tiers) = TIERS.get().filter(|t| t.routed) else {
+        let p = dram_alloc(size, align, zero);
+        if p.is_null() {
+            FAILURES.add(1);
+        }
+        return p;
+    };
+    let chosen = tiers.rules[..tiers.rule_count]
+        .iter()
+        .find(|r| (r.min..=r.max).contains(&(size as u64)) && is_configured(r.kind))
+        .map_or(tiers.order[0], |r| r.kind);
+    let start = tiers.order[..tiers.order_len]
+        .iter()
+        .position(|k| *k == chosen)
+        .unwrap_or(0);
+    for step in 0..tiers.order_len {
+        let kind = tiers.order[(start + step) % tiers.order_len];
+        let p = if kind == Kind::Dram {
+            dram_alloc(size, align, zero)
+        } else {
+            device(kind).map_or(core::ptr::null_mut(), |t| {
+                device_alloc(t, size, align, zero)
+            })
+        };
+        if !p.is_null() {
+            if step > 0 {
+                spilled(chosen, kind);
+            }
+            return p;
         }
     }
-    if config.verbose {
-        let mut line = crate::os::LineBuf::new();
+    count_failure(chosen);
+    core::ptr::null_mut()
+}
+
+fn spilled(from: Kind, to: Kind) {
+    match device(from) {
+        Some(t) => t.spilled_out.add(1),
+        None => DRAM_SPILLED_OUT.add(1),
+    }
+    match device(to) {
+        Some(t) => t.spilled_in.add(1),
+        None => DRAM_SPILLED_IN.add(1),
+    }
+}
+
+/// Frees any block of ours; null and foreign pointers are ignored.
+///
+/// # Safety
+/// `p` must be null, foreign, or a live block of ours not used after this.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    if pagemap::tag_of_block(p as usize) == ChunkTag::Segment {
+        // SAFETY: a segment owns `p`.
+        unsafe { fast::free(p) }
+    } else {
+        // SAFETY: forwarded.
+        unsafe { free_other(p) }
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_other(p: *mut u8) {
+    match pagemap::tag_of_block(p as usize).device_kind() {
+        Some(kind) => device_free(kind, p),
+        // SAFETY: forwarded: DRAM (large) or foreign.
+        None => unsafe { dram::free(p) },
+    }
+}
+
+fn device_free(kind: Kind, p: *mut u8) {
+    let (Some(tiers), Some(tier)) = (TIERS.get(), device(kind)) else {
+        return;
+    };
+    if let Err(error) = tier.free(p) {
+        tier.failures.add(1);
+        let mut line = os::LineBuf::new();
+        let what = match error {
+            crate::heap::FreeError::DoubleFree => "double free",
+            crate::heap::FreeError::NotAllocated => "not the start of a live block",
+        };
+        let action = if tiers.ignore_bad_free {
+            "ignored"
+        } else {
+            "aborting"
+        };
         let _ = writeln!(
             line,
-            "tiermalloc: tiers: dram (fast path: {} size classes up to {} KiB, larger blocks \
-             mapped directly); {} placement rule(s) ignored without device tiers; \
-             show_stats={}",
-            fast::size_class::CLASS_COUNT,
-            fast::size_class::SMALL_MAX >> 10,
-            config.rule_count,
-            config.show_stats
+            "tiermalloc: free({p:p}) on tier {}: {what}; {action}",
+            kind.name()
         );
         line.flush();
+        if !tiers.ignore_bad_free {
+            // SAFETY: abort has no preconditions.
+            unsafe { libc::abort() };
+        }
+    }
+}
+
+/// The usable size of `p`: 0 for null and foreign pointers.
+///
+/// # Safety
+/// `p` must be null, foreign, or a live block of ours.
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    match pagemap::tag_of_block(p as usize).device_kind() {
+        Some(kind) => device(kind).and_then(|t| t.usable_size(p)).unwrap_or(0),
+        // SAFETY: forwarded.
+        None => unsafe { dram::usable_size(p) },
+    }
+}
+
+/// Resizes `p` (non-null, ours) to `size` (non-zero) bytes on its own tier; null with `p`
+/// intact on failure.
+///
+/// # Safety
+/// `p` must be a live block of ours.
+pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
+    let Some(kind) = pagemap::tag_of_block(p as usize).device_kind() else {
+        // SAFETY: forwarded.
+        return unsafe { dram::realloc(p, size, align) };
+    };
+    // SAFETY: forwarded.
+    let old = unsafe { usable_size(p) };
+    if old == 0 {
+        return core::ptr::null_mut();
+    }
+    if size <= old && size >= old / 2 {
+        return p;
+    }
+    let q = alloc_on(kind, size, align, false);
+    if !q.is_null() {
+        // SAFETY: two live blocks of ours, distinct, each holding the bytes copied.
+        unsafe {
+            core::ptr::copy_nonoverlapping(p, q, old.min(size));
+            free(p);
+        }
+    }
+    q
+}
+
+/// Chooses tier `kind`'s fit policy; false if the kind is not configured.
+pub fn set_fit(kind: Kind, fit: Fit) -> bool {
+    match device(kind) {
+        Some(tier) => {
+            tier.set_fit(fit);
+            true
+        }
+        // DRAM has no extent heap: any fit is trivially its policy.
+        None => kind == Kind::Dram,
     }
 }
 
 /// The figures of tier `kind`, if configured.
 pub fn stats(kind: Kind) -> Option<TierStats> {
     if kind != Kind::Dram {
-        return None;
+        return device(kind).map(DeviceTier::stats);
     }
-    let mut s = TierStats::default();
-    let mut small_allocated = 0u64;
-    let mut small_freed = 0u64;
-    fast::thread_heap::for_each_traffic(|t| {
-        for class in 0..fast::size_class::CLASS_COUNT {
-            let (allocated, freed) = (t.allocations[class].get(), t.frees[class].get());
-            let size = fast::size_class::class_size(class) as u64;
-            s.allocations += allocated;
-            s.frees += freed;
-            small_allocated += allocated * size;
-            small_freed += freed * size;
-        }
-    });
-    s.frees += fast::UNBOUND_FREES.get();
-    small_freed += fast::UNBOUND_FREED_BYTES.get();
-    s.allocations += large::LARGE_ALLOCATIONS.get();
-    s.frees += large::LARGE_FREES.get();
-    s.in_use = small_allocated.saturating_sub(small_freed) + large::LARGE_LIVE_BYTES.get();
-    s.capacity = physical_memory();
-    s.free_bytes = s.capacity.saturating_sub(s.in_use);
-    s.largest_free = s.free_bytes;
+    let mut s = dram::stats();
     s.failures = FAILURES.get();
+    s.spilled_in = DRAM_SPILLED_IN.get();
+    s.spilled_out = DRAM_SPILLED_OUT.get();
     Some(s)
 }
 
-fn physical_memory() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages > 0 && size > 0 {
-        pages as u64 * size as u64
-    } else {
-        0
+/// Holds every device tier's lock across `fork`, so the child never inherits one held by a
+/// thread that does not exist there. Registered from the constructor (registration
+/// allocates, so never from inside `malloc`).
+fn register_fork_handlers() {
+    extern "C" fn prepare() {
+        for_each_device(DeviceTier::lock_for_fork);
+    }
+    extern "C" fn release() {
+        for_each_device(DeviceTier::unlock_after_fork);
+    }
+    if TIERS
+        .get()
+        .is_some_and(|t| t.device.iter().any(Option::is_some))
+    {
+        // SAFETY: plain functions; pthread_atfork has no other preconditions.
+        unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
+    }
+}
+
+fn for_each_device(f: fn(&DeviceTier)) {
+    if let Some(tiers) = TIERS.get() {
+        tiers.device.iter().flatten().for_each(f);
     }
 }
 
@@ -114,17 +416,23 @@ pub fn print_stats() {
     for kind in Kind::ALL {
         let Some(s) = stats(kind) else { continue };
         let mut line = crate::os::LineBuf::new();
-        let _ = writeln!(
+        let _ = write!(
             line,
-            "tiermalloc: {:<4} in_use {} B, capacity {} B, free {} B, largest_free {} B, \
-             segments mapped {} B",
+            "tiermalloc: {:<4} in_use {} B, capacity {} B, free {} B, largest_free {} B",
             kind.name(),
             s.in_use,
             s.capacity,
             s.free_bytes,
             s.largest_free,
-            fast::heap::SEGMENT_BYTES.get()
         );
+        if kind == Kind::Dram {
+            let _ = write!(
+                line,
+                ", segments mapped {} B",
+                fast::heap::SEGMENT_BYTES.get()
+            );
+        }
+        let _ = writeln!(line);
         line.flush();
         let _ = writeln!(
             line,

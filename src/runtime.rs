@@ -1,5 +1,5 @@
-//! Process start and exit: reading the configuration as soon as the environment is there, and
-//! printing statistics at exit when `TIERMALLOC_SHOW_STATS=1`.
+//! Process start and exit: opening the configured tiers as soon as the environment is there,
+//! and printing statistics at exit when `TIERMALLOC_SHOW_STATS=1`.
 //!
 //! Both hooks are entries in `.init_array`/`.fini_array`, so they need no allocation to
 //! register (unlike `atexit` from inside `malloc`), and work for the shared library, the static
@@ -8,7 +8,7 @@
 use crate::{config, place};
 
 extern "C" fn at_start() {
-    place::report_configuration();
+    place::init();
 }
 
 extern "C" fn at_exit() {

@@ -13,6 +13,7 @@ pub mod size_class;
 pub mod thread_heap;
 
 use crate::stats::SharedCounter;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use page::Page;
 use segment::Segment;
 use size_class::class_of;
@@ -47,12 +48,21 @@ pub fn alloc(size: usize) -> *mut u8 {
     }
 }
 
+/// Requests of this many bytes or more skip `try_pop`: `DIRECT_MAX + 1`, or 0 once placement
+/// routes plain requests (then every request takes the general path, which asks `place`).
+static DIRECT_END: AtomicUsize = AtomicUsize::new(size_class::DIRECT_MAX + 1);
+
+/// Sends every plain request through the general path (device tiers are in use).
+pub fn route_all_requests() {
+    DIRECT_END.store(0, Ordering::Relaxed);
+}
+
 /// The fastest path, for `malloc`: a block for a request of up to `DIRECT_MAX` bytes from the
 /// current page, or null when anything more is needed (a bigger request, no heap yet, an
-/// empty page), which the caller's general path then handles.
+/// empty page, routing on), which the caller's general path then handles.
 #[inline(always)]
 pub fn try_pop(size: usize) -> *mut u8 {
-    if size > size_class::DIRECT_MAX {
+    if size >= DIRECT_END.load(Ordering::Relaxed) {
         return core::ptr::null_mut();
     }
     let heap = thread_heap::current();

@@ -1,0 +1,398 @@
+//! Backends: where a device tier's bytes come from. One mapping path serves every device: a
+//! file or device node mapped `MAP_SHARED` (a `/dev/daxX.Y`, a PCI BAR `resourceN` file in
+//! sysfs, a regular file, a file in `/dev/shm`), or, for CXL memory onlined as a NUMA node,
+//! anonymous memory bound to that node with `mbind`.
+//!
+//! Every region is placed at a chunk-aligned address and its chunks are reserved whole, so the
+//! page map can own it. Nothing here reads the device: sizes come from `fstat` and sysfs.
+//! Every failure is a `Problem` naming what went wrong; the caller prints it in one line with
+//! the tier and path, and runs on without the tier.
+
+use crate::config::TierSpec;
+use crate::os;
+use crate::pagemap::{self, CHUNK_SIZE};
+use core::ffi::{c_char, CStr};
+
+/// A mapped device region: `[base, base + len)`, chunk-aligned, its chunks
+/// `[base, base + reserved)` ours alone.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Region {
+    pub base: usize,
+    pub len: usize,
+    pub reserved: usize,
+}
+
+/// Why a tier could not be mapped: a fixed text, plus the `errno` of the failing call if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub what: &'static str,
+    pub errno: i32,
+}
+
+impl Problem {
+    fn new(what: &'static str) -> Self {
+        Problem { what, errno: 0 }
+    }
+    fn os(what: &'static str) -> Self {
+        Problem {
+            what,
+            errno: os::errno(),
+        }
+    }
+}
+
+/// Maps the region `spec` describes.
+pub(crate) fn map_region(spec: &TierSpec) -> Result<Region, Problem> {
+    os::keep_errno(|| match (spec.path_cstr(), spec.numa) {
+        (Some(path), _) => map_path(spec, path),
+        (None, Some(node)) => map_numa(spec, node),
+        (None, None) => Err(Problem::new(
+            "needs path= (a file or device) or numa= (a node)",
+        )),
+    })
+}
+
+/// Unmaps a region (its whole reservation) and forgets its page-map tags.
+///
+/// # Safety
+/// No block of the region may be used afterwards.
+pub(crate) unsafe fn unmap_region(region: Region) {
+    pagemap::clear(region.base, region.reserved);
+    // SAFETY: the reservation is ours and unused (contract).
+    unsafe { os::unmap(region.base as *mut u8, region.reserved) };
+}
+
+struct Fd(i32);
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: closing a descriptor we opened.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
+    let offset = spec.offset as usize;
+    if offset % os::PAGE_SIZE != 0 {
+        return Err(Problem::new(
+            "offset= must be a multiple of the page size (4096)",
+        ));
+    }
+    let flags = libc::O_RDWR | libc::O_CLOEXEC | if spec.create { libc::O_CREAT } else { 0 };
+    // SAFETY: `path` is NUL-terminated; open has no other preconditions.
+    let fd = unsafe { libc::open(path.as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 {
+        return Err(Problem::os("cannot open"));
+    }
+    let fd = Fd(fd);
+    // SAFETY: `st` is a valid out-parameter for fstat.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: as above, on our open descriptor.
+    if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
+        return Err(Problem::os("cannot stat"));
+    }
+    let len = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => regular_file_len(spec, &fd, st.st_size as u64)?,
+        libc::S_IFCHR => device_len(spec, st.st_rdev)?,
+        _ => {
+            return Err(Problem::new(
+                "is neither a regular file nor a character device",
+            ))
+        }
+    };
+    let reserved = reserve(len)?;
+    // SAFETY: mapping our descriptor over our own fresh reservation at `reserved.base`.
+    let p = unsafe {
+        libc::mmap(
+            reserved.base as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd.0,
+            offset as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        let problem = Problem::os("cannot map");
+        // SAFETY: the reservation is ours and unused.
+        unsafe { os::unmap(reserved.base as *mut u8, reserved.reserved) };
+        return Err(problem);
+    }
+    Ok(Region { len, ..reserved })
+}
+
+/// The usable length of a regular file (a file in /dev/shm, on disk, or a PCI `resourceN`
+/// file, whose size sysfs reports as the BAR's), creating or extending it when asked.
+fn regular_file_len(spec: &TierSpec, fd: &Fd, file_len: u64) -> Result<usize, Problem> {
+    let end = match spec.size {
+        Some(size) => spec
+            .offset
+            .checked_add(size)
+            .ok_or(Problem::new("size= too large"))?,
+        None if file_len > spec.offset => file_len,
+        None => return Err(Problem::new("is empty (give size= and create to make it)")),
+    };
+    if end > file_len {
+        if !spec.create {
+            return Err(Problem::new(
+                "size= is larger than the file (add create to extend it)",
+            ));
+        }
+        // SAFETY: resizing our own open file.
+        if unsafe { libc::ftruncate(fd.0, end as libc::off_t) } != 0 {
+            return Err(Problem::os("cannot extend the file to size="));
+        }
+    }
+    page_floor(end - spec.offset)
+}
+
+/// The usable length of a character device: device DAX, whose size and alignment sysfs gives.
+fn device_len(spec: &TierSpec, rdev: libc::dev_t) -> Result<usize, Problem> {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let mut path = PathBuf::new();
+    let device_size = read_sysfs_number(path.format(major, minor, b"size"));
+    let align =
+        read_sysfs_number(path.format(major, minor, b"align")).unwrap_or(os::PAGE_SIZE as u64);
+    let available = device_size
+        .and_then(|s| s.checked_sub(spec.offset))
+        .ok_or(Problem::new(
+            "device size unknown (no sysfs size) or below offset=",
+        ))?;
+    let len = match spec.size {
+        Some(size) if size > available => {
+            return Err(Problem::new("size= is larger than the device"))
+        }
+        Some(size) => size,
+        None => available,
+    };
+    if align == 0 || spec.offset % align != 0 || len % align != 0 {
+        return Err(Problem::new(
+            "offset= and size= must be multiples of the device's alignment",
+        ));
+    }
+    page_floor(len)
+}
+
+fn page_floor(len: u64) -> Result<usize, Problem> {
+    let len = (len as usize) & !(os::PAGE_SIZE - 1);
+    if len == 0 {
+        return Err(Problem::new("region is smaller than a page"));
+    }
+    Ok(len)
+}
+
+/// Reserves chunk-aligned address space for `len` bytes, whole chunks, below the page map's
+/// limit.
+fn reserve(len: usize) -> Result<Region, Problem> {
+    let reserved = len
+        .checked_next_multiple_of(CHUNK_SIZE)
+        .ok_or(Problem::new("size= too large"))?;
+    let base = os::map_aligned(reserved, CHUNK_SIZE)
+        .ok_or(Problem::os("cannot reserve address space"))?
+        .as_ptr() as usize;
+    if !pagemap::covers(base, reserved) {
+        // SAFETY: fresh and unused.
+        unsafe { os::unmap(base as *mut u8, reserved) };
+        return Err(Problem::new("no address space the page map covers"));
+    }
+    Ok(Region {
+        base,
+        len,
+        reserved,
+    })
+}
+
+/// CXL memory onlined as NUMA node `node`: anonymous memory bound to it.
+fn map_numa(spec: &TierSpec, node: u32) -> Result<Region, Problem> {
+    let size = spec.size.ok_or(Problem::new("numa= needs size="))?;
+    let len = page_floor(size)?;
+    let mut path = PathBuf::new();
+    if !path.node_exists(node) {
+        return Err(Problem::new("no such NUMA node"));
+    }
+    let region = reserve(len)?;
+    let mask: [u64; 16] = {
+        let mut m = [0u64; 16];
+        m[node as usize / 64] = 1 << (node % 64);
+        m
+    };
+    const MPOL_BIND: i32 = 2;
+    const MPOL_MF_STRICT: u32 = 1;
+    // SAFETY: binding our own fresh reservation; the mask holds 1024 bits.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            region.base,
+            region.reserved,
+            MPOL_BIND,
+            mask.as_ptr(),
+            1024usize,
+            MPOL_MF_STRICT,
+        )
+    };
+    if rc != 0 {
+        let problem = Problem::os("cannot bind to the NUMA node");
+        // SAFETY: the reservation is ours and unused.
+        unsafe { os::unmap(region.base as *mut u8, region.reserved) };
+        return Err(problem);
+    }
+    Ok(region)
+}
+
+/// A small stack buffer for sysfs paths (no allocation).
+struct PathBuf {
+    buf: [u8; 96],
+}
+
+impl PathBuf {
+    fn new() -> Self {
+        PathBuf { buf: [0; 96] }
+    }
+
+    fn build(&mut self, parts: &[&[u8]]) -> &CStr {
+        let mut n = 0;
+        for part in parts {
+            let take = part.len().min(self.buf.len() - 1 - n);
+            self.buf[n..n + take].copy_from_slice(&part[..take]);
+            n += take;
+        }
+        self.buf[n] = 0;
+        // SAFETY: NUL-terminated just above, no interior NUL (parts are ASCII paths/digits).
+        unsafe { CStr::from_ptr(self.buf.as_ptr() as *const c_char) }
+    }
+
+    /// `/sys/dev/char/MAJOR:MINOR/NAME`.
+    fn format(&mut self, major: u32, minor: u32, name: &[u8]) -> &CStr {
+        let (mut a, mut b) = ([0u8; 10], [0u8; 10]);
+        let (major, minor) = (decimal(major as u64, &mut a), decimal(minor as u64, &mut b));
+        self.build(&[b"/sys/dev/char/", major, b":", minor, b"/", name])
+    }
+
+    fn node_exists(&mut self, node: u32) -> bool {
+        let mut d = [0u8; 10];
+        let path = self.build(&[
+            b"/sys/devices/system/node/node",
+            decimal(node as u64, &mut d),
+        ]);
+        // SAFETY: `path` is NUL-terminated.
+        unsafe { libc::access(path.as_ptr(), libc::F_OK) == 0 }
+    }
+}
+
+fn decimal(mut v: u64, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || i == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Reads a decimal (or 0x-prefixed hexadecimal) number from a sysfs file.
+fn read_sysfs_number(path: &CStr) -> Option<u64> {
+    // SAFETY: `path` is NUL-terminated.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let fd = Fd(fd);
+    let mut buf = [0u8; 32];
+    // SAFETY: reading into our stack buffer.
+    let n = unsafe { libc::read(fd.0, buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return None;
+    }
+    let text = buf[..n as usize].trim_ascii();
+    match text.strip_prefix(b"0x") {
+        Some(hex) => u64::from_str_radix(core::str::from_utf8(hex).ok()?, 16).ok(),
+        None => core::str::from_utf8(text).ok()?.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Report};
+
+    struct Ignore;
+    impl Report for Ignore {
+        fn problem(&mut self, _: &str, _: &[u8], _: &str) {}
+    }
+
+    fn spec(tiers: &str) -> TierSpec {
+        parse(Some(tiers.as_bytes()), None, None, None, &mut Ignore).tiers()[0]
+    }
+
+    fn shm(name: &str) -> String {
+        format!("/dev/shm/tiermalloc-backend-{}-{name}", std::process::id())
+    }
+
+    #[test]
+    fn a_created_file_is_mapped_chunk_aligned_and_shared() {
+        let path = shm("create");
+        let region = map_region(&spec(&format!("pmr:path={path},size=6M,create"))).unwrap();
+        assert_eq!(region.base % CHUNK_SIZE, 0);
+        assert_eq!(region.len, 6 << 20);
+        assert_eq!(region.reserved, 8 << 20);
+        // SAFETY: the region is mapped read-write.
+        unsafe { (region.base as *mut u8).add(4096).write(0x5a) };
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk.len(), 6 << 20);
+        assert_eq!(on_disk[4096], 0x5a, "MAP_SHARED writes reach the file");
+        // SAFETY: nothing uses the region any more.
+        unsafe { unmap_region(region) };
+        // Mapped again without size=: the file's size.
+        let again = map_region(&spec(&format!("pmr:path={path}"))).unwrap();
+        assert_eq!(again.len, 6 << 20);
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(*(again.base as *const u8).add(4096), 0x5a);
+            unmap_region(again);
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn failures_name_the_problem() {
+        let missing = map_region(&spec("cxl:path=/dev/shm/tiermalloc-surely-missing")).unwrap_err();
+        assert_eq!((missing.what, missing.errno), ("cannot open", libc::ENOENT));
+        let path = shm("small");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let too_big = map_region(&spec(&format!("cmb:path={path},size=1M"))).unwrap_err();
+        assert!(too_big.what.contains("larger than the file"), "{too_big:?}");
+        let unaligned = map_region(&spec(&format!("cmb:path={path},offset=100"))).unwrap_err();
+        assert!(unaligned.what.contains("offset="), "{unaligned:?}");
+        let dir = map_region(&spec("cmb:path=/dev/shm")).unwrap_err();
+        assert_eq!((dir.what, dir.errno), ("cannot open", libc::EISDIR));
+        std::fs::remove_file(path).unwrap();
+        let no_node = map_region(&spec("cxl:numa=1000,size=4M"));
+        assert_eq!(no_node.unwrap_err().what, "no such NUMA node");
+        let nothing = map_region(&spec("cxl:size=4M")).unwrap_err();
+        assert!(nothing.what.contains("path="));
+    }
+
+    #[test]
+    fn numa_node_zero_binds() {
+        let region = map_region(&spec("cxl:numa=0,size=4M")).unwrap();
+        // SAFETY: mapped read-write.
+        unsafe {
+            (region.base as *mut u8).write_bytes(1, region.len);
+            unmap_region(region);
+        }
+    }
+
+    #[test]
+    fn sysfs_numbers_parse() {
+        let dir = shm("num");
+        std::fs::write(&dir, b"0x200000\n").unwrap();
+        let mut p = PathBuf::new();
+        assert_eq!(read_sysfs_number(p.build(&[dir.as_bytes()])), Some(2 << 20));
+        std::fs::write(&dir, b"4096\n").unwrap();
+        assert_eq!(read_sysfs_number(p.build(&[dir.as_bytes()])), Some(4096));
+        std::fs::remove_file(dir).unwrap();
+        assert_eq!(decimal(0, &mut [0; 10]), b"0");
+        assert_eq!(decimal(4294967295, &mut [0; 10]), b"4294967295");
+    }
+}

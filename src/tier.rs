@@ -1,0 +1,269 @@
+//! Device tiers: a region mapped by `backend`, served by an extent heap (`heap`) whose every
+//! piece of metadata lives in host DRAM.
+//!
+//! Device memory is only ever written, and only the 16-byte header before each block:
+//! `malloc` writes the whole header (size, magic, kind, state), `free` writes the state. The
+//! size on `free` and `malloc_usable_size` comes from the host-side extent map, never from
+//! the header, so neither operation reads the device. A free of a pointer the host metadata
+//! does not know as a live block start (a double free, a pointer into a block) is refused
+//! before anything is written, and reported.
+
+use crate::backend::{self, Problem, Region};
+use crate::config::{Fit, Kind, TierSpec};
+use crate::heap::{ExtentHeap, FreeError};
+use crate::pagemap::{self, ChunkTag};
+use crate::stats::{SharedCounter, TierStats};
+
+/// Bytes of the header before every device block (`TM_HEADER_SIZE`).
+pub(crate) const HEADER_SIZE: u64 = 16;
+/// Every extent offset and length is a multiple of this: the header size, so that a block
+/// (16 bytes after its extent's start) can be aligned to any power of two.
+const GRANULE: u64 = HEADER_SIZE;
+/// `tm_block_header::magic`: "TMHB" in little-endian ASCII.
+pub(crate) const HEADER_MAGIC: u32 = u32::from_le_bytes(*b"TMHB");
+pub(crate) const STATE_ALLOCATED: u16 = 1;
+pub(crate) const STATE_FREE: u16 = 2;
+
+/// The header written immediately before each block on CXL, CMB and PMR (the C header's
+/// `tm_block_header`): `((const tm_block_header *)p)[-1].size == tm_usable_size(p)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockHeader {
+    /// Usable bytes of the block.
+    pub size: u64,
+    /// `HEADER_MAGIC` ("TMHB"), marking a header written by tiermalloc.
+    pub magic: u32,
+    /// The block's `tm_kind`.
+    pub kind: u16,
+    /// 1 allocated, 2 free.
+    pub state: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<BlockHeader>() == HEADER_SIZE as usize);
+
+/// One configured device tier.
+///
+/// Invariants: the heap manages offsets `[0, region.len)`; an allocated extent at `off`
+/// holds its header at `region.base + off` and its block at `region.base + off + 16`; the page
+/// map tags every chunk of `region.reserved` with this tier's kind.
+pub(crate) struct DeviceTier {
+    pub kind: Kind,
+    region: Region,
+    heap: spin::Mutex<ExtentHeap>,
+    /// The most bytes (extent lengths) this tier serves at once (`limit=`).
+    limit: u64,
+    allocations: SharedCounter,
+    frees: SharedCounter,
+    pub failures: SharedCounter,
+    pub spilled_in: SharedCounter,
+    pub spilled_out: SharedCounter,
+}
+
+/// Why a device free was refused.
+pub(crate) type BadFree = FreeError;
+
+impl DeviceTier {
+    /// Maps and prepares the tier `spec` describes.
+    pub fn open(spec: &TierSpec) -> Result<DeviceTier, Problem> {
+        let region = backend::map_region(spec)?;
+        let Some(heap) = ExtentHeap::new(region.len as u64, GRANULE, spec.fit) else {
+            // SAFETY: nothing uses the fresh region.
+            unsafe { backend::unmap_region(region) };
+            return Err(Problem {
+                what: "no host memory for the tier's metadata",
+                errno: 0,
+            });
+        };
+        pagemap::set(
+            region.base,
+            region.reserved,
+            ChunkTag::device(spec.kind),
+            ChunkTag::device(spec.kind),
+        );
+        Ok(DeviceTier {
+            kind: spec.kind,
+            region,
+            heap: spin::Mutex::new(heap),
+            limit: spec.limit.unwrap_or(u64::MAX),
+            allocations: SharedCounter::new(),
+            frees: SharedCounter::new(),
+            failures: SharedCounter::new(),
+            spilled_in: SharedCounter::new(),
+            spilled_out: SharedCounter::new(),
+        })
+    }
+
+    /// A block of at least `size` bytes aligned to `align` (a power of two ≥ 16), its header
+    /// written; `None` if the tier is full or at its limit.
+    pub fn alloc(&self, size: usize, align: usize) -> Option<*mut u8> {
+        let len = (size as u64).checked_add(HEADER_SIZE)?;
+        let (offset, extent) = {
+            let mut heap = self.heap.lock();
+            if heap.stats().in_use.saturating_add(len) > self.limit {
+                return None;
+            }
+            let (offset, extent) = heap.alloc(len, align as u64, HEADER_SIZE)?;
+            if heap.stats().in_use > self.limit {
+                let _ = heap.free(offset);
+                return None;
+            }
+            (offset, extent)
+        };
+        let header = (self.region.base + offset as usize) as *mut BlockHeader;
+        let block = BlockHeader {
+            size: extent - HEADER_SIZE,
+            magic: HEADER_MAGIC,
+            kind: self.kind as u16,
+            state: STATE_ALLOCATED,
+        };
+        // SAFETY: the extent is ours alone now and lies inside the mapped region; a volatile
+        // store writes the header without reading the device.
+        unsafe { header.write_volatile(block) };
+        self.allocations.add(1);
+        Some((header as usize + HEADER_SIZE as usize) as *mut u8)
+    }
+
+    /// The extent offset of block `p` of this tier (`p` must be inside the region).
+    fn offset_of(&self, p: *mut u8) -> Option<u64> {
+        (p as usize)
+            .checked_sub(self.region.base + HEADER_SIZE as usize)
+            .map(|o| o as u64)
+    }
+
+    /// Frees block `p`; refuses (changing nothing) a pointer that is not a live block start.
+    pub fn free(&self, p: *mut u8) -> Result<(), BadFree> {
+        let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
+        self.heap.lock().free(offset)?;
+        let header = (self.region.base + offset as usize) as *mut BlockHeader;
+        // SAFETY: the extent was ours until the free above; its header lies in the mapped
+        // region. Only the state field is written (a recovery scan of a PMR sees it).
+        unsafe { core::ptr::addr_of_mut!((*header).state).write_volatile(STATE_FREE) };
+        self.frees.add(1);
+        Ok(())
+    }
+
+    /// The usable size of live block `p` from host metadata (no device read).
+    pub fn usable_size(&self, p: *mut u8) -> Option<usize> {
+        let offset = self.offset_of(p)?;
+        let len = self.heap.lock().allocated_len(offset)?;
+        Some((len - HEADER_SIZE) as usize)
+    }
+
+    /// Takes the heap lock and keeps it (`fork` prepare handler).
+    pub fn lock_for_fork(&self) {
+        core::mem::forget(self.heap.lock());
+    }
+
+    /// Releases the lock `lock_for_fork` kept (`fork` parent and child handlers).
+    pub fn unlock_after_fork(&self) {
+        // SAFETY: the prepare handler of this same fork took the lock and forgot its guard.
+        unsafe { self.heap.force_unlock() };
+    }
+
+    pub fn set_fit(&self, fit: Fit) {
+        self.heap.lock().set_fit(fit);
+    }
+
+    /// The mapped region.
+    #[cfg(test)]
+    pub fn region(&self) -> Region {
+        self.region
+    }
+
+    pub fn stats(&self) -> TierStats {
+        let h = self.heap.lock().stats();
+        let capacity = h.capacity.min(self.limit);
+        TierStats {
+            capacity,
+            in_use: h.in_use,
+            free_bytes: capacity.saturating_sub(h.in_use).min(h.free_bytes),
+            largest_free: h
+                .largest_free
+                .saturating_sub(HEADER_SIZE)
+                .min(capacity.saturating_sub(h.in_use)),
+            allocations: self.allocations.get(),
+            frees: self.frees.get(),
+            failures: self.failures.get(),
+            spilled_in: self.spilled_in.get(),
+            spilled_out: self.spilled_out.get(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Report};
+
+    struct Ignore;
+    impl Report for Ignore {
+        fn problem(&mut self, _: &str, _: &[u8], _: &str) {}
+    }
+
+    fn open(name: &str, extra: &str) -> (DeviceTier, String) {
+        let path = format!("/dev/shm/tiermalloc-tier-{}-{name}", std::process::id());
+        let text = format!("pmr:path={path},size=4M,create{extra}");
+        let config = parse(Some(text.as_bytes()), None, None, None, &mut Ignore);
+        (DeviceTier::open(&config.tiers()[0]).unwrap(), path)
+    }
+
+    #[test]
+    fn headers_match_host_metadata_and_free_refuses_bad_pointers() {
+        let (tier, path) = open("headers", "");
+        let p = tier.alloc(1000, 16).unwrap();
+        let region = tier.region();
+        assert!(p as usize > region.base && (p as usize) < region.base + region.len);
+        assert_eq!(p as usize % 16, 0);
+        // SAFETY: the header sits right before the block, inside the mapping.
+        let header = unsafe { *(p as *const BlockHeader).sub(1) };
+        assert_eq!(header.size as usize, tier.usable_size(p).unwrap());
+        assert!(header.size >= 1000);
+        assert_eq!(
+            (header.magic, header.kind, header.state),
+            (HEADER_MAGIC, Kind::Pmr as u16, STATE_ALLOCATED)
+        );
+        // SAFETY: inside the block.
+        assert_eq!(
+            tier.free(unsafe { p.add(64) }),
+            Err(FreeError::NotAllocated)
+        );
+        assert_eq!(tier.free(p), Ok(()));
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { (*(p as *const BlockHeader).sub(1)).state },
+            STATE_FREE
+        );
+        assert_eq!(tier.free(p), Err(FreeError::DoubleFree));
+        let s = tier.stats();
+        assert_eq!((s.allocations, s.frees, s.in_use), (1, 1, 0));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn limit_caps_the_bytes_served() {
+        let (tier, path) = open("limit", ",limit=1M");
+        let mut blocks = Vec::new();
+        while let Some(p) = tier.alloc(100_000, 16) {
+            blocks.push(p);
+        }
+        assert_eq!(blocks.len(), 10, "ten 100 kB blocks fit under 1 MiB");
+        assert!(tier.stats().in_use <= 1 << 20);
+        for p in blocks {
+            tier.free(p).unwrap();
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn alignment_is_honoured() {
+        let (tier, path) = open("align", "");
+        for align in [16usize, 64, 4096, 1 << 20] {
+            let p = tier
+                .alloc(100, align)
+                .unwrap_or_else(|| panic!("align {align}"));
+            assert_eq!(p as usize % align, 0);
+            tier.free(p).unwrap();
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+}
