@@ -39,3 +39,69 @@ pub fn print_stats() {
 pub fn kind_of<T: ?Sized>(p: *const T) -> Option<Kind> {
     place::kind_of(p.cast())
 }
+
+/// One tier as an allocator: collections from `allocator_api2` and `hashbrown` live on it.
+///
+/// ```no_run
+/// use allocator_api2::vec::Vec;
+/// let pmr = tiermalloc::Tier::new(tiermalloc::Kind::Pmr).expect("TIERMALLOC_TIERS lists pmr");
+/// let mut v: Vec<u64, _> = Vec::new_in(pmr);
+/// v.push(1);
+/// ```
+///
+/// Requests go to that tier only (no spilling); a full tier answers `AllocError`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tier {
+    kind: Kind,
+}
+
+impl Tier {
+    /// A handle on tier `kind`, if this process has it configured.
+    pub fn new(kind: Kind) -> Result<Tier, TierError> {
+        if place::is_configured(kind) {
+            Ok(Tier { kind })
+        } else {
+            Err(TierError::NotConfigured(kind))
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn allocate_with(
+        &self,
+        layout: core::alloc::Layout,
+        zero: bool,
+    ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        let p = place::alloc_on(self.kind, layout.size(), layout.align().max(16), zero);
+        let p = core::ptr::NonNull::new(p).ok_or(allocator_api2::alloc::AllocError)?;
+        // SAFETY: a live block of ours.
+        let usable = unsafe { place::usable_size(p.as_ptr()) };
+        Ok(core::ptr::NonNull::slice_from_raw_parts(p, usable))
+    }
+}
+
+// SAFETY: blocks come from `place::alloc_on` for this tier, are at least `layout.size()`
+// bytes (the slice length is the usable size), aligned to at least `layout.align()`, and stay
+// valid until `deallocate`; copies of a `Tier` are interchangeable (same tier).
+unsafe impl allocator_api2::alloc::Allocator for Tier {
+    fn allocate(
+        &self,
+        layout: core::alloc::Layout,
+    ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        self.allocate_with(layout, false)
+    }
+
+    fn allocate_zeroed(
+        &self,
+        layout: core::alloc::Layout,
+    ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        self.allocate_with(layout, true)
+    }
+
+    unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, _layout: core::alloc::Layout) {
+        // SAFETY: a live block from `allocate` (Allocator contract).
+        unsafe { place::free(ptr.as_ptr()) }
+    }
+}

@@ -58,6 +58,6 @@ mod thread_slot;
 mod tier;
 
 #[cfg(not(loom))]
-pub use api::{kind_of, print_stats, stats, Fit, Kind, TierError, TierStats};
+pub use api::{kind_of, print_stats, stats, Fit, Kind, Tier, TierError, TierStats};
 #[cfg(not(loom))]
 pub use global_alloc::TierMalloc;
