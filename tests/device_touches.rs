@@ -1,0 +1,106 @@
+//! Device memory is never read by `malloc` or `free`, and written only for the block header:
+//! counted with `valgrind --tool=lackey --trace-mem=yes` over the tier's mapping while a C
+//! program (benches/device/touches.c) runs tm_malloc + tm_free pairs on a tier backed by a
+//! file in /dev/shm. Bound: 0 bytes read, at most 32 written per pair.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+const PAIRS: u64 = 2000;
+
+struct Touches {
+    loads: u64,
+    stores: u64,
+}
+
+/// Sums the bytes lackey saw loaded and stored inside `[lo, hi)` between the two stores to
+/// `marker`.
+fn count(trace: &str, lo: u64, hi: u64, marker: u64) -> Touches {
+    let mut inside = 0;
+    let mut t = Touches { loads: 0, stores: 0 };
+    for line in trace.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(op), Some(rest)) = (parts.next(), parts.next()) else { continue };
+        let Some((addr, size)) = rest.split_once(',') else { continue };
+        let (Ok(addr), Ok(size)) = (u64::from_str_radix(addr, 16), size.parse::<u64>()) else {
+            continue;
+        };
+        if addr == marker && op == "S" {
+            inside += 1;
+            continue;
+        }
+        if inside != 1 || addr < lo || addr >= hi {
+            continue;
+        }
+        match op {
+            "L" => t.loads += size,
+            "S" => t.stores += size,
+            "M" => {
+                t.loads += size;
+                t.stores += size;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(inside, 2, "the marker stores around the loop were not both seen");
+    t
+}
+
+#[test]
+fn malloc_and_free_never_read_the_device_and_write_only_headers() {
+    let valgrind = Command::new("valgrind").arg("--version").output();
+    assert!(
+        valgrind.is_ok_and(|o| o.status.success()),
+        "valgrind is needed (apt-get install valgrind)"
+    );
+    let lib = support::library();
+    let dir = support::TempDir::new("dt", "touches");
+    let exe = dir.path().join("touches");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let libdir = lib.path.parent().unwrap();
+    let status = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&exe)
+        .arg(root.join("benches/device/touches.c"))
+        .arg("-I")
+        .arg(root.join("include"))
+        .arg(format!("-L{}", libdir.display()))
+        .arg(format!("-Wl,-rpath,{}", libdir.display()))
+        .arg("-ltiermalloc")
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "compiling touches.c failed");
+    let backing = format!("/dev/shm/tiermalloc-touches-{}", std::process::id());
+    let log = dir.path().join("lackey.log");
+    let mut cmd = Command::new("valgrind");
+    cmd.args(["--tool=lackey", "--trace-mem=yes"])
+        .arg(format!("--log-file={}", log.display()))
+        .arg(&exe)
+        .args(["3", &PAIRS.to_string()])
+        .env("TIERMALLOC_TIERS", format!("dram;pmr:path={backing},size=16M,create"));
+    let out = support::run_with_timeout(cmd, None, Duration::from_secs(300)).unwrap();
+    let _ = std::fs::remove_file(&backing);
+    assert!(out.status.success(), "touches failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> u64 {
+        let line = stdout.lines().find(|l| l.starts_with(name)).expect(name);
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    let range_line = stdout.lines().find(|l| l.starts_with("range")).unwrap();
+    let mut range = range_line.split_whitespace().skip(1).map(|h| u64::from_str_radix(h, 16).unwrap());
+    let (lo, hi) = (range.next().unwrap(), range.next().unwrap());
+    assert!(lo != 0 && hi > lo, "tier mapping not found: {stdout}");
+    let trace = std::fs::read_to_string(&log).unwrap();
+    let t = count(&trace, lo, hi, field("marker"));
+    println!(
+        "device bytes per tm_malloc + tm_free pair: read {:.2}, written {:.2} ({} pairs)",
+        t.loads as f64 / PAIRS as f64,
+        t.stores as f64 / PAIRS as f64,
+        PAIRS
+    );
+    assert_eq!(t.loads, 0, "malloc/free read device memory");
+    assert!(t.stores <= 32 * PAIRS, "{} bytes written for {PAIRS} pairs", t.stores);
+    assert!(t.stores >= 16 * PAIRS, "headers were not written: {} bytes", t.stores);
+}
