@@ -19,11 +19,18 @@ struct Touches {
 /// `marker`.
 fn count(trace: &str, lo: u64, hi: u64, marker: u64) -> Touches {
     let mut inside = 0;
-    let mut t = Touches { loads: 0, stores: 0 };
+    let mut t = Touches {
+        loads: 0,
+        stores: 0,
+    };
     for line in trace.lines() {
         let mut parts = line.split_whitespace();
-        let (Some(op), Some(rest)) = (parts.next(), parts.next()) else { continue };
-        let Some((addr, size)) = rest.split_once(',') else { continue };
+        let (Some(op), Some(rest)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Some((addr, size)) = rest.split_once(',') else {
+            continue;
+        };
         let (Ok(addr), Ok(size)) = (u64::from_str_radix(addr, 16), size.parse::<u64>()) else {
             continue;
         };
@@ -44,7 +51,10 @@ fn count(trace: &str, lo: u64, hi: u64, marker: u64) -> Touches {
             _ => {}
         }
     }
-    assert_eq!(inside, 2, "the marker stores around the loop were not both seen");
+    assert_eq!(
+        inside, 2,
+        "the marker stores around the loop were not both seen"
+    );
     t
 }
 
@@ -79,17 +89,27 @@ fn malloc_and_free_never_read_the_device_and_write_only_headers() {
         .arg(format!("--log-file={}", log.display()))
         .arg(&exe)
         .args(["3", &PAIRS.to_string()])
-        .env("TIERMALLOC_TIERS", format!("dram;pmr:path={backing},size=16M,create"));
+        .env(
+            "TIERMALLOC_TIERS",
+            format!("dram;pmr:path={backing},size=16M,create"),
+        );
     let out = support::run_with_timeout(cmd, None, Duration::from_secs(300)).unwrap();
     let _ = std::fs::remove_file(&backing);
-    assert!(out.status.success(), "touches failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "touches failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| -> u64 {
         let line = stdout.lines().find(|l| l.starts_with(name)).expect(name);
         u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
     };
     let range_line = stdout.lines().find(|l| l.starts_with("range")).unwrap();
-    let mut range = range_line.split_whitespace().skip(1).map(|h| u64::from_str_radix(h, 16).unwrap());
+    let mut range = range_line
+        .split_whitespace()
+        .skip(1)
+        .map(|h| u64::from_str_radix(h, 16).unwrap());
     let (lo, hi) = (range.next().unwrap(), range.next().unwrap());
     assert!(lo != 0 && hi > lo, "tier mapping not found: {stdout}");
     let trace = std::fs::read_to_string(&log).unwrap();
@@ -101,6 +121,14 @@ fn malloc_and_free_never_read_the_device_and_write_only_headers() {
         PAIRS
     );
     assert_eq!(t.loads, 0, "malloc/free read device memory");
-    assert!(t.stores <= 32 * PAIRS, "{} bytes written for {PAIRS} pairs", t.stores);
-    assert!(t.stores >= 16 * PAIRS, "headers were not written: {} bytes", t.stores);
+    assert!(
+        t.stores <= 32 * PAIRS,
+        "{} bytes written for {PAIRS} pairs",
+        t.stores
+    );
+    assert!(
+        t.stores >= 16 * PAIRS,
+        "headers were not written: {} bytes",
+        t.stores
+    );
 }
