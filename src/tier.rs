@@ -99,11 +99,12 @@ impl DeviceTier {
         let len = (size as u64).checked_add(HEADER_SIZE)?;
         let (offset, extent) = {
             let mut heap = self.heap.lock();
-            if heap.stats().in_use.saturating_add(len) > self.limit {
+            let limited = self.limit != u64::MAX;
+            if limited && heap.stats().in_use.saturating_add(len) > self.limit {
                 return None;
             }
             let (offset, extent) = heap.alloc(len, align as u64, HEADER_SIZE)?;
-            if heap.stats().in_use > self.limit {
+            if limited && heap.stats().in_use > self.limit {
                 let _ = heap.free(offset);
                 return None;
             }
