@@ -123,7 +123,7 @@ impl NodePool {
         while (bytes - CHUNK_HEADER) / NODE < count {
             bytes *= 2;
         }
-        let Some(base) = os::map_anonymous(bytes) else {
+        let Some(base) = map_chunk(bytes) else {
             return false;
         };
         // The rest of the old chunk is not lost: its fresh slots join the recycle list.
@@ -223,6 +223,36 @@ impl NodePool {
     }
 }
 
+/// Zeroed host memory for a chunk (a multiple of the page size).
+#[cfg(not(miri))]
+fn map_chunk(bytes: usize) -> Option<core::ptr::NonNull<u8>> {
+    os::map_anonymous(bytes)
+}
+
+/// # Safety
+/// `[p, p + bytes)` is a chunk from `map_chunk` that nothing refers to any more.
+#[cfg(not(miri))]
+unsafe fn unmap_chunk(p: *mut u8, bytes: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { os::unmap(p, bytes) }
+}
+
+// Miri cannot run `os::map_anonymous` (MAP_NORESERVE): under Miri, and only there, chunks come
+// from the global allocator so the pointer code above can be checked.
+#[cfg(miri)]
+fn map_chunk(bytes: usize) -> Option<core::ptr::NonNull<u8>> {
+    let layout = std::alloc::Layout::from_size_align(bytes, os::PAGE_SIZE).ok()?;
+    // SAFETY: the layout has a non-zero size.
+    core::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+}
+
+#[cfg(miri)]
+unsafe fn unmap_chunk(p: *mut u8, bytes: usize) {
+    let layout = std::alloc::Layout::from_size_align(bytes, os::PAGE_SIZE).unwrap();
+    // SAFETY: `p` came from `map_chunk` with this layout.
+    unsafe { std::alloc::dealloc(p, layout) }
+}
+
 impl Drop for NodePool {
     fn drop(&mut self) {
         let mut chunk = self.chunks;
@@ -231,7 +261,7 @@ impl Drop for NodePool {
             // with the heap that owns it, so no node is referred to any more.
             unsafe {
                 let next = (*chunk).next;
-                os::unmap(chunk.cast(), (*chunk).bytes);
+                unmap_chunk(chunk.cast(), (*chunk).bytes);
                 chunk = next;
             }
         }

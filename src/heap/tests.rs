@@ -8,6 +8,15 @@ use std::vec::Vec;
 const K: u64 = 1024;
 const HDR: u64 = 16;
 
+/// Step counts for the long tests: a hundredth under Miri, which is slow.
+fn steps(n: usize) -> usize {
+    if cfg!(miri) {
+        n / 100
+    } else {
+        n
+    }
+}
+
 /// xorshift64*: a small deterministic generator for the randomized tests.
 struct Rng(u64);
 
@@ -187,7 +196,7 @@ fn ties_go_to_the_lowest_offset() {
 #[test]
 fn freeing_everything_in_any_order_coalesces_to_one_extent() {
     for fit in [Fit::Best, Fit::Worst] {
-        let cap = 4 << 20;
+        let cap = if cfg!(miri) { 256 * K } else { 4 << 20 };
         let mut h = ExtentHeap::new(cap, 64, fit).unwrap();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut mapped = 0;
@@ -581,9 +590,10 @@ fn randomized(fit: Fit, granule: u64, prefix: u64, seed: u64, steps: usize) {
         assert_eq!(h.extents(), m.ext, "step {step}");
         most_free = most_free.max(h.stats().free_extents);
     }
-    // The run must have exercised something: a fragmented heap, and requests it could not serve.
+    // The run must have exercised something: a fragmented heap, and requests it could not
+    // serve (Miri's short runs excepted).
     assert!(
-        most_free >= 50 && failures >= 20,
+        cfg!(miri) || (most_free >= 50 && failures >= 20),
         "{most_free} free extents, {failures} failures"
     );
     for off in live {
@@ -595,14 +605,14 @@ fn randomized(fit: Fit, granule: u64, prefix: u64, seed: u64, steps: usize) {
 
 #[test]
 fn randomized_best_fit_matches_the_model() {
-    randomized(Fit::Best, 16, 16, 1, 20_000);
-    randomized(Fit::Best, 64, 0, 2, 10_000);
+    randomized(Fit::Best, 16, 16, 1, steps(20_000));
+    randomized(Fit::Best, 64, 0, 2, steps(10_000));
 }
 
 #[test]
 fn randomized_worst_fit_matches_the_model() {
-    randomized(Fit::Worst, 16, 16, 3, 20_000);
-    randomized(Fit::Worst, 64, 16, 4, 10_000);
+    randomized(Fit::Worst, 16, 16, 3, steps(20_000));
+    randomized(Fit::Worst, 64, 16, 4, steps(10_000));
 }
 
 /// Prints the mean time of an alloc+free pair (best of several runs) with 10, 1 000 and
