@@ -38,9 +38,10 @@
 //! - free: one address-tree floor search, up to two neighbours merged (size-tree removes,
 //!   address-tree remove), one size-tree insert. O(log n + log m).
 //!
-//! Measured (release, `cost_is_flat_in_the_number_of_free_extents`): an alloc+free pair costs
-//! about 60 ns with 10 free extents, 150 ns with 1 000 and 200–400 ns with 100 000 (the last
-//! step is mostly cache misses: 7 MB of nodes).
+//! Measured (release, `cost_is_flat_in_the_number_of_free_extents`, quietest run on a shared
+//! 2-core machine): an alloc+free pair costs 60 ns with 10 free extents, 150–160 ns with 1 000,
+//! and 210 (worst fit) to 390 ns (best fit) with 100 000, where 7 MB of nodes no longer fit in
+//! the caches.
 //!
 //! Alignment beyond what the granule gives costs more only when the smallest (best) or largest
 //! (worst) long-enough extents do not fit *because of* the alignment gap: the search then walks
