@@ -20,6 +20,8 @@
 pub mod lockfree;
 mod sync;
 
+// One `#[cfg(not(loom))]` per module rather than a macro around them: cbindgen reads module
+// declarations literally and would not find `capi` inside a macro call.
 #[cfg(not(loom))]
 mod api;
 #[cfg(not(loom))]
