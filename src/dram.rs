@@ -92,6 +92,13 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
     }
 }
 
+/// Whether a block of `old` usable bytes serves a resize to `size` where it is: it fits and
+/// would not waste more than half of itself.
+#[inline]
+pub fn keeps_block(size: usize, old: usize) -> bool {
+    size <= old && size >= old / 2
+}
+
 /// Resizes `p` to `size` bytes (`p` non-null, `size` non-zero), keeping `align` (≤ 16 for the
 /// C `realloc`). Returns null and leaves `p` intact on failure or if `p` is not ours.
 ///
@@ -105,8 +112,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
         ChunkTag::Segment => {
             // SAFETY: a segment owns `p`.
             let old = unsafe { fast::usable_size(p) };
-            // Keep the block if it fits and would not waste more than half of it.
-            if size <= old && size >= old / 2 {
+            if keeps_block(size, old) {
                 return p;
             }
             old
@@ -117,7 +123,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
                 return core::ptr::null_mut();
             }
             if size > size_class::SMALL_MAX && align <= pagemap::CHUNK_SIZE {
-                if size <= old && size >= old / 2 {
+                if keeps_block(size, old) {
                     return p;
                 }
                 // SAFETY: a live large block of ours.

@@ -348,7 +348,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
     if old == 0 {
         return core::ptr::null_mut();
     }
-    if size <= old && size >= old / 2 {
+    if dram::keeps_block(size, old) {
         return p;
     }
     let q = alloc_on(kind, size, align, false);

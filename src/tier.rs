@@ -59,9 +59,6 @@ pub(crate) struct DeviceTier {
     pub spilled_out: SharedCounter,
 }
 
-/// Why a device free was refused.
-pub(crate) type BadFree = FreeError;
-
 impl DeviceTier {
     /// Maps and prepares the tier `spec` describes.
     pub fn open(spec: &TierSpec) -> Result<DeviceTier, Problem> {
@@ -132,7 +129,7 @@ impl DeviceTier {
     }
 
     /// Frees block `p`; refuses (changing nothing) a pointer that is not a live block start.
-    pub fn free(&self, p: *mut u8) -> Result<(), BadFree> {
+    pub fn free(&self, p: *mut u8) -> Result<(), FreeError> {
         let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
         self.heap.lock().free(offset)?;
         let header = (self.region.base + offset as usize) as *mut BlockHeader;
