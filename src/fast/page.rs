@@ -100,7 +100,7 @@ impl Page {
     }
 
     #[inline(always)]
-    pub fn empty_page() -> *mut Page {
+    pub const fn empty_page() -> *mut Page {
         ptr::addr_of!(EMPTY_PAGE.0) as *mut Page
     }
 
@@ -144,8 +144,12 @@ impl Page {
         // SAFETY: the block is dead and at least 16 bytes.
         unsafe { (*block).next = self.free };
         self.free = block;
-        self.used -= 1;
-        self.used as i32 <= 0
+        // SAFETY: the page holds this block, so `used` counts it: at least 1, with or without
+        // the flag, and the signed subtraction cannot overflow. Saying so lets the compiler
+        // branch on the flags of one `dec` of memory.
+        let used = unsafe { (self.used as i32).unchecked_sub(1) };
+        self.used = used as u32;
+        used <= 0
     }
 
     /// Blocks handed out (the `used` count without the `IN_FULL` flag).
