@@ -1,91 +1,95 @@
-//! One word of thread-local storage per thread (the thread's heap), read with the initial-exec
-//! TLS model, and the pthread key whose destructor tells us a thread is exiting.
+//! Initial-exec thread-local words for the fast paths, and the pthread key whose destructor
+//! tells us a thread is exiting.
 //!
 //! glibc requires an interposed malloc to use initial-exec TLS: the general-dynamic model that
 //! Rust gives a cdylib goes through `__tls_get_addr`, which may itself call `malloc`. Stable
-//! Rust cannot choose the TLS model, so on x86_64 the word is declared in assembly in `.tbss`
-//! and read through a `@GOTTPOFF` relocation, exactly what a C compiler emits for
-//! `__attribute__((tls_model("initial-exec")))`. Other targets use a const-initialised,
-//! destructor-free `thread_local!`.
+//! Rust cannot choose the TLS model, so on x86_64 `initial_exec_word!` declares the word in
+//! assembly in `.tdata` and reads it through a `@GOTTPOFF` relocation, exactly what a C
+//! compiler emits for `__attribute__((tls_model("initial-exec")))`. Other targets use a
+//! const-initialised, destructor-free `thread_local!`.
 //!
-//! The slot holds 0 until the thread gets a heap. The pthread key is registered only after the
-//! slot is set, so that an allocation made by `pthread_setspecific` itself finds a usable heap.
+//! A word starts, in every thread, as the address of a static the caller names, so that the
+//! value read on the fast path is always a valid pointer and needs no null check. (The loader
+//! applies the relocation to the TLS image before it copies the image into any thread.)
+
+/// Declares `mod $module` with `get() -> usize` and `set(usize)` for one word of
+/// initial-exec TLS named `$symbol`, which holds the address of the static `$initial` until
+/// the thread first sets it. `$initial` must be a path that resolves from inside `$module`
+/// (e.g. `crate::...`).
+macro_rules! initial_exec_word {
+    ($module:ident, $symbol:literal, $initial:path) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            core::arch::global_asm!(
+                concat!(".pushsection .tdata.", $symbol, ",\"awT\",@progbits"),
+                ".p2align 3",
+                concat!(".globl ", $symbol),
+                concat!(".hidden ", $symbol),
+                concat!(".type ", $symbol, ",@object"),
+                concat!(".size ", $symbol, ",8"),
+                concat!($symbol, ":"),
+                ".quad {initial}",
+                ".popsection",
+                initial = sym $initial,
+            );
+
+            #[inline(always)]
+            pub fn get() -> usize {
+                let value: usize;
+                // SAFETY: reads this thread's copy of the 8-byte TLS word declared above; the
+                // GOT entry holds its offset from the thread pointer (fs).
+                unsafe {
+                    core::arch::asm!(
+                        concat!("mov {v}, qword ptr [rip + ", $symbol, "@GOTTPOFF]"),
+                        "mov {v}, qword ptr fs:[{v}]",
+                        v = out(reg) value,
+                        options(nostack, readonly, preserves_flags, pure),
+                    );
+                }
+                value
+            }
+
+            #[inline(always)]
+            pub fn set(value: usize) {
+                // SAFETY: writes this thread's copy of the TLS word declared above.
+                unsafe {
+                    core::arch::asm!(
+                        concat!("mov {t}, qword ptr [rip + ", $symbol, "@GOTTPOFF]"),
+                        "mov qword ptr fs:[{t}], {v}",
+                        t = out(reg) _,
+                        v = in(reg) value,
+                        options(nostack, preserves_flags),
+                    );
+                }
+            }
+        }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        mod $module {
+            use core::cell::Cell;
+            thread_local! {
+                /// 0 stands for the address of the initial static, which a const initialiser
+                /// cannot turn into an integer.
+                static WORD: Cell<usize> = const { Cell::new(0) };
+            }
+            #[inline(always)]
+            pub fn get() -> usize {
+                match WORD.with(|w| w.get()) {
+                    0 => core::ptr::addr_of!($initial) as usize,
+                    value => value,
+                }
+            }
+            #[inline(always)]
+            pub fn set(value: usize) {
+                WORD.with(|w| w.set(value))
+            }
+        }
+    };
+}
+pub(crate) use initial_exec_word;
 
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicU32, Ordering};
-
-#[cfg(target_arch = "x86_64")]
-mod word {
-    core::arch::global_asm!(
-        ".pushsection .tbss.tiermalloc_thread_word,\"awT\",@nobits",
-        ".p2align 3",
-        ".globl __tiermalloc_thread_word",
-        ".hidden __tiermalloc_thread_word",
-        ".type __tiermalloc_thread_word,@object",
-        ".size __tiermalloc_thread_word,8",
-        "__tiermalloc_thread_word:",
-        ".zero 8",
-        ".popsection",
-    );
-
-    #[inline(always)]
-    pub fn get() -> usize {
-        let value: usize;
-        // SAFETY: reads this thread's copy of the 8-byte TLS word declared above; the GOT entry
-        // holds its offset from the thread pointer (fs).
-        unsafe {
-            core::arch::asm!(
-                "mov {v}, qword ptr [rip + __tiermalloc_thread_word@GOTTPOFF]",
-                "mov {v}, qword ptr fs:[{v}]",
-                v = out(reg) value,
-                options(nostack, readonly, preserves_flags, pure),
-            );
-        }
-        value
-    }
-
-    #[inline(always)]
-    pub fn set(value: usize) {
-        // SAFETY: writes this thread's copy of the TLS word declared above.
-        unsafe {
-            core::arch::asm!(
-                "mov {t}, qword ptr [rip + __tiermalloc_thread_word@GOTTPOFF]",
-                "mov qword ptr fs:[{t}], {v}",
-                t = out(reg) _,
-                v = in(reg) value,
-                options(nostack, preserves_flags),
-            );
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-mod word {
-    use core::cell::Cell;
-    thread_local! {
-        static WORD: Cell<usize> = const { Cell::new(0) };
-    }
-    #[inline(always)]
-    pub fn get() -> usize {
-        WORD.with(|w| w.get())
-    }
-    #[inline(always)]
-    pub fn set(value: usize) {
-        WORD.with(|w| w.set(value))
-    }
-}
-
-/// This thread's word (0 until set).
-#[inline(always)]
-pub fn get() -> usize {
-    word::get()
-}
-
-/// Sets this thread's word.
-#[inline(always)]
-pub fn set(value: usize) {
-    word::set(value)
-}
 
 const KEY_NONE: u32 = u32::MAX;
 const KEY_BUSY: u32 = u32::MAX - 1;

@@ -18,6 +18,7 @@ use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::stats::{SharedCounter, Traffic};
 use crate::sync::AtomicPtr;
 use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Dirty (freed but resident) bytes a heap keeps before it purges them with `madvise`.
 pub(crate) const PURGE_THRESHOLD: usize = 4 << 20;
@@ -30,17 +31,51 @@ const POOLED_DIRTY_MAX: usize = 1 << 20;
 pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();
 pub static SEGMENTS_RELEASED: SharedCounter = SharedCounter::new();
 
-/// Invariants: `current[c]` is `queues[c].first` or the empty page; `direct[i] ==
-/// current[class_of(16 i)]` for every `i` (requests up to `DIRECT_MAX` bytes); every page of a segment
+/// The pages the fast paths pop from: by 16-byte step of request size up to `DIRECT_MAX`
+/// (`malloc` needs no size-class lookup), and by class. The first field of every `Heap`, and
+/// all there is of the sentinels that a thread without a heap points at (`thread_heap`):
+/// their entries are all the empty page, so a pop from them fails into the slow path.
+#[repr(C)]
+pub struct PageTables {
+    pub direct: [*mut Page; DIRECT_SLOTS],
+    pub current: [*mut Page; CLASS_COUNT],
+}
+
+impl PageTables {
+    /// Every entry the empty page.
+    pub const fn empty() -> PageTables {
+        PageTables {
+            direct: [Page::empty_page(); DIRECT_SLOTS],
+            current: [Page::empty_page(); CLASS_COUNT],
+        }
+    }
+}
+
+/// Set once when placement routes plain requests (device tiers): heaps then leave `direct`
+/// all empty, so `malloc`'s inline pop always fails into the general path, which asks `place`.
+/// Placement sets it from the library's constructor, before the program can start a thread;
+/// the constructing thread's heap and every heap bound later follow it.
+static DIRECT_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Turns the direct tables off (see `DIRECT_OFF`), in the calling thread's heap at once.
+pub fn turn_direct_off(heap: *mut Heap) {
+    DIRECT_OFF.store(true, Ordering::Relaxed);
+    if !heap.is_null() {
+        // SAFETY: the caller's own heap.
+        unsafe { (*heap).follow_direct_switch() };
+    }
+}
+
+/// Invariants: `tables.current[c]` is `queues[c].first` or the empty page; unless `DIRECT_OFF`,
+/// `tables.direct[i] == tables.current[class_of(16 i)]` for every `i` (requests up to
+/// `DIRECT_MAX` bytes), else every `direct` entry is the empty page; every page of a segment
 /// of this heap that holds blocks is in exactly one of `queues[its class]` and `full`;
 /// `available` lists exactly the segments with a free slice, but `cached`; `dirty_bytes` is the
 /// sum of the dirty slices of the available and cached segments.
 #[repr(C, align(64))]
 pub struct Heap {
-    /// The current page for each 16-byte step of request size up to `DIRECT_MAX`: the fast
-    /// path for small requests needs no size-class lookup.
-    pub direct: [*mut Page; DIRECT_SLOTS],
-    pub current: [*mut Page; CLASS_COUNT],
+    /// First, so that a pointer to the heap is a pointer to its tables (see `PageTables`).
+    pub tables: PageTables,
     pub traffic: Traffic,
     queues: [PageQueue; CLASS_COUNT],
     full: PageQueue,
@@ -80,10 +115,15 @@ impl Heap {
     /// # Safety
     /// `heap` must point to zeroed memory for a `Heap`, owned by the caller.
     pub unsafe fn init(heap: *mut Heap) {
-        // SAFETY: all-zero is a valid empty state for every field but `current` and `direct`.
-        unsafe {
-            (*heap).current = [Page::empty_page(); CLASS_COUNT];
-            (*heap).direct = [Page::empty_page(); DIRECT_SLOTS];
+        // SAFETY: all-zero is a valid empty state for every field but the tables.
+        unsafe { (*heap).tables = PageTables::empty() };
+    }
+
+    /// Empties `direct` if the direct tables were turned off after this heap filled them
+    /// (a heap made before placement routed requests, adopted now).
+    pub fn follow_direct_switch(&mut self) {
+        if DIRECT_OFF.load(Ordering::Relaxed) {
+            self.tables.direct = [Page::empty_page(); DIRECT_SLOTS];
         }
     }
 
@@ -177,9 +217,11 @@ impl Heap {
 
     /// Makes `page` the page the fast paths of `class` pop from.
     fn set_current(&mut self, class: usize, page: *mut Page) {
-        self.current[class] = page;
-        for slot in direct_slots(class) {
-            self.direct[slot] = page;
+        self.tables.current[class] = page;
+        if !DIRECT_OFF.load(Ordering::Relaxed) {
+            for slot in direct_slots(class) {
+                self.tables.direct[slot] = page;
+            }
         }
     }
 
@@ -197,7 +239,7 @@ impl Heap {
             }
             let class = (*page).class as usize;
             self.queues[class].remove(page);
-            if self.current[class] == page {
+            if self.tables.current[class] == page {
                 self.set_current(class, Page::empty_page());
             }
             (*page).set_in_full(true);
@@ -223,7 +265,7 @@ impl Heap {
                 (*page).set_in_full(false);
                 self.queues[(*page).class as usize].push_back(page);
             }
-            if (*page).blocks_used() == 0 && self.current[(*page).class as usize] != page {
+            if (*page).blocks_used() == 0 && self.tables.current[(*page).class as usize] != page {
                 self.retire(page);
             }
         }
@@ -239,7 +281,7 @@ impl Heap {
             debug_assert!((*page).blocks_used() == 0 && !(*page).remote.has_nodes());
             let class = (*page).class as usize;
             self.queues[class].remove(page);
-            if self.current[class] == page {
+            if self.tables.current[class] == page {
                 self.set_current(class, Page::empty_page());
             }
             let segment = Segment::of(page as usize);
@@ -409,11 +451,16 @@ impl Heap {
     pub fn check_invariants(&self) {
         for class in 0..CLASS_COUNT {
             let mut page = self.queues[class].first;
-            if self.current[class] != Page::empty_page() {
-                assert_eq!(self.current[class], page);
+            if self.tables.current[class] != Page::empty_page() {
+                assert_eq!(self.tables.current[class], page);
             }
             for slot in direct_slots(class) {
-                assert_eq!(self.direct[slot], self.current[class]);
+                let direct = if DIRECT_OFF.load(Ordering::Relaxed) {
+                    Page::empty_page()
+                } else {
+                    self.tables.current[class]
+                };
+                assert_eq!(self.tables.direct[slot], direct);
             }
             while !page.is_null() {
                 // SAFETY: queue members are valid pages of this heap.

@@ -13,7 +13,7 @@ pub mod size_class;
 pub mod thread_heap;
 
 use crate::stats::SharedCounter;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use heap::PageTables;
 use page::Page;
 use segment::Segment;
 use size_class::class_of;
@@ -29,7 +29,7 @@ pub fn alloc_class(class: usize) -> *mut u8 {
     // SAFETY: `class` is a class index (callers get it from `size_class`).
     pop_or_slow(
         || class,
-        |heap| unsafe { *(*heap).current.get_unchecked(class) },
+        |tables| unsafe { *(*tables).current.get_unchecked(class) },
     )
 }
 
@@ -41,20 +41,17 @@ pub fn alloc(size: usize) -> *mut u8 {
         // SAFETY: `slot < DIRECT_SLOTS` for `size <= DIRECT_MAX`.
         pop_or_slow(
             || class_of(size),
-            |heap| unsafe { *(*heap).direct.get_unchecked(slot) },
+            |tables| unsafe { *(*tables).direct.get_unchecked(slot) },
         )
     } else {
         alloc_class(class_of(size))
     }
 }
 
-/// Requests of this many bytes or more skip `try_pop`: `DIRECT_MAX + 1`, or 0 once placement
-/// routes plain requests (then every request takes the general path, which asks `place`).
-static DIRECT_END: AtomicUsize = AtomicUsize::new(size_class::DIRECT_MAX + 1);
-
-/// Sends every plain request through the general path (device tiers are in use).
+/// Sends every plain request through the general path (device tiers are in use): `try_pop`
+/// fails from now on, in the calling thread at once and in every heap bound later.
 pub fn route_all_requests() {
-    DIRECT_END.store(0, Ordering::Relaxed);
+    heap::turn_direct_off(thread_heap::current());
 }
 
 /// The fastest path, for `malloc`: a block for a request of up to `DIRECT_MAX` bytes from the
@@ -62,47 +59,58 @@ pub fn route_all_requests() {
 /// empty page, routing on), which the caller's general path then handles.
 #[inline(always)]
 pub fn try_pop(size: usize) -> *mut u8 {
-    if size >= DIRECT_END.load(Ordering::Relaxed) {
+    if size > size_class::DIRECT_MAX {
         return core::ptr::null_mut();
     }
-    let heap = thread_heap::current();
-    if heap.is_null() {
-        return core::ptr::null_mut();
-    }
-    // SAFETY: this thread's heap; `direct_slot(size) < DIRECT_SLOTS`; entries are valid pages
-    // or the empty page.
+    let tables = thread_heap::tables();
+    // SAFETY: `tables` are this thread's heap's or a sentinel's; `direct_slot(size) <
+    // DIRECT_SLOTS`; entries are valid pages or the empty page, whose pop fails, so a block
+    // comes only from a heap's page and `tables` is then that heap.
     unsafe {
-        let page = *(*heap).direct.get_unchecked(size_class::direct_slot(size));
+        let page = *(*tables)
+            .direct
+            .get_unchecked(size_class::direct_slot(size));
         let p = (*page).pop();
         if !p.is_null() {
-            (*heap).traffic.on_alloc((*page).class as usize);
+            (*tables.cast::<heap::Heap>())
+                .traffic
+                .on_alloc((*page).class as usize);
         }
         p
     }
 }
 
-/// The fast path: pops a block from the current page `page_of` picks in this thread's heap;
-/// the slow path (which needs the class, computed only then) when there is none.
+/// The fast path: pops a block from the current page `page_of` picks in this thread's page
+/// tables; the slow path (which needs the class, computed only then) when there is none.
 #[inline(always)]
 fn pop_or_slow(
     class: impl FnOnce() -> usize,
-    page_of: impl FnOnce(*mut heap::Heap) -> *mut Page,
+    page_of: impl FnOnce(*mut PageTables) -> *mut Page,
 ) -> *mut u8 {
-    let heap = thread_heap::current();
-    if heap.is_null() {
-        return alloc_unbound(class());
-    }
-    // SAFETY: the slot's heap belongs to this thread; its `current`/`direct` entries are valid
-    // pages or the empty page, whose free list is null.
+    let tables = thread_heap::tables();
+    // SAFETY: as in `try_pop`: the tables are this thread's heap's or a sentinel's, and a
+    // block comes only from a heap's page.
     unsafe {
-        let page = page_of(heap);
+        let page = page_of(tables);
         let p = (*page).pop();
         if !p.is_null() {
-            (*heap).traffic.on_alloc((*page).class as usize);
+            (*tables.cast::<heap::Heap>())
+                .traffic
+                .on_alloc((*page).class as usize);
             return p;
         }
-        (*heap).alloc_slow(class())
     }
+    alloc_slow(tables, class())
+}
+
+/// The slow path of `pop_or_slow`: the heap's, or binding one first.
+#[inline(always)]
+fn alloc_slow(tables: *mut PageTables, class: usize) -> *mut u8 {
+    if thread_heap::is_sentinel(tables) {
+        return alloc_unbound(class);
+    }
+    // SAFETY: not a sentinel, so this thread's heap.
+    unsafe { (*tables.cast::<heap::Heap>()).alloc_slow(class) }
 }
 
 #[cold]

@@ -1,8 +1,11 @@
 //! Which heap a thread allocates from: binding a heap to a thread on its first allocation,
 //! handing it on when the thread exits, and the registry of all heaps.
 //!
-//! The thread's slot (`thread_slot`) holds 0 before the first allocation, the heap's address
-//! while the thread owns one, and `DEAD` after the thread's exit destructor ran. A heap whose
+//! The thread's word (an initial-exec TLS word, see `thread_slot`) holds the address of
+//! `UNBOUND` before the first allocation, the heap's address while the thread owns one, and
+//! the address of `EXITED` after the thread's exit destructor ran. The two sentinels are page
+//! tables whose pages are all the empty page: the fast paths pop from whatever the word points
+//! at, fail on a sentinel, and only the slow path asks which case it is. A heap whose
 //! thread has exited goes to a lock-free pool, pages and all; the next new thread adopts it,
 //! so 3000 short-lived threads reuse a handful of heaps instead of growing memory. Blocks freed
 //! into a pooled heap's pages wait on their remote lists until it is adopted.
@@ -11,34 +14,62 @@
 //! borrows a pooled heap for one call and returns it at once. Nothing here takes a lock, so a
 //! `fork` at any moment leaves the child able to allocate.
 
-use crate::fast::heap::Heap;
+use crate::fast::heap::{Heap, PageTables};
 use crate::lockfree::index_stack::TaggedStack;
 use crate::lockfree::remote_list::RemoteList;
+use crate::meta;
 use crate::stats::Traffic;
-use crate::{meta, thread_slot};
+use crate::thread_slot::{self, initial_exec_word};
 use core::ffi::c_void;
 
-/// The slot value of a thread whose exit destructor has run.
-pub(crate) const DEAD: usize = 1;
+/// What the word of a thread that never allocated points at.
+pub static UNBOUND: Sentinel = Sentinel(PageTables::empty());
+/// What the word of a thread whose exit destructor has run points at.
+pub static EXITED: Sentinel = Sentinel(PageTables::empty());
+
+/// Page tables that are never written: every entry stays the empty page.
+#[repr(transparent)]
+pub struct Sentinel(PageTables);
+// SAFETY: a sentinel is never written, and the empty page it points to is never written.
+unsafe impl Sync for Sentinel {}
+
+initial_exec_word!(
+    word,
+    "__tiermalloc_thread_heap",
+    crate::fast::thread_heap::UNBOUND
+);
 
 static POOL: TaggedStack<Heap> = TaggedStack::new();
 static REGISTRY: RemoteList = RemoteList::new();
 
-/// This thread's heap, or null (slot 0 or `DEAD`): the fast paths' one check.
+/// The page tables the fast paths pop from: this thread's heap's, or a sentinel's.
 #[inline(always)]
+pub fn tables() -> *mut PageTables {
+    word::get() as *mut PageTables
+}
+
+/// Whether `tables` (a value of `tables()`) is a sentinel rather than a heap.
+#[inline]
+pub fn is_sentinel(tables: *mut PageTables) -> bool {
+    let tables = tables as *const PageTables;
+    core::ptr::eq(tables, &UNBOUND.0) || core::ptr::eq(tables, &EXITED.0)
+}
+
+/// This thread's heap, or null (no heap yet, or exited).
+#[inline]
 pub fn current() -> *mut Heap {
-    let slot = thread_slot::get();
-    if slot > DEAD {
-        slot as *mut Heap
-    } else {
+    let tables = tables();
+    if is_sentinel(tables) {
         core::ptr::null_mut()
+    } else {
+        tables.cast()
     }
 }
 
-/// The raw slot value, for `free` to compare with a segment's owner.
+/// The raw word, for `free` to compare with a segment's owner (a sentinel owns nothing).
 #[inline(always)]
 pub fn slot() -> usize {
-    thread_slot::get()
+    word::get()
 }
 
 fn pooled_or_new() -> Option<*mut Heap> {
@@ -59,14 +90,16 @@ fn pooled_or_new() -> Option<*mut Heap> {
 #[cold]
 #[inline(never)]
 pub fn bind() -> *mut Heap {
-    if thread_slot::get() == DEAD {
+    if core::ptr::eq(tables(), &EXITED.0 as *const PageTables as *mut PageTables) {
         return core::ptr::null_mut();
     }
     let Some(heap) = pooled_or_new() else {
         return core::ptr::null_mut();
     };
+    // SAFETY: popped or made for this thread alone.
+    unsafe { (*heap).follow_direct_switch() };
     // The heap is usable before the key is registered: registering may allocate.
-    thread_slot::set(heap as usize);
+    word::set(heap as usize);
     thread_slot::call_at_exit(heap.cast(), on_thread_exit);
     heap
 }
@@ -85,7 +118,7 @@ pub fn with_borrowed_heap<T>(f: impl FnOnce(&mut Heap) -> T) -> Option<T> {
 
 unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
     let heap = value.cast::<Heap>();
-    thread_slot::set(DEAD);
+    word::set(core::ptr::addr_of!(EXITED) as usize);
     // SAFETY: the value registered for this thread is its heap, still owned by it.
     unsafe {
         (*heap).tidy_for_next_owner();
