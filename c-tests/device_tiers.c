@@ -15,6 +15,11 @@
  * - realloc keeps a block on its tier with its contents;
  * - a tier whose path is broken gets one line on stderr naming it, and the program runs on;
  * - blocks freed by other threads, contents checked first;
+ * - a forked child gets a private copy of the tiers, as of DRAM: it can free the parent's
+ *   blocks, allocate and write anywhere on the tier, and the parent's blocks and headers stay
+ *   as they were;
+ * - another program started with the same TIERMALLOC_TIERS finds the tier's file in use: one
+ *   line naming the tier and path, and it runs without the tier;
  * - a double free and a free of a pointer into a block are caught from host metadata: one
  *   line on stderr and SIGABRT.
  */
@@ -203,6 +208,47 @@ static void cross_thread_frees(void)
           (unsigned long long)stats_of(TM_CXL).in_use);
 }
 
+static void fork_keeps_parent_blocks(void)
+{
+    enum { N = 64, SIZE = 1000 };
+    unsigned char *blocks[N];
+    for (int i = 0; i < N; i++) {
+        blocks[i] = tm_malloc(TM_CXL, SIZE);
+        if (!CHECK(blocks[i] != NULL, "tm_malloc(TM_CXL, %d)", SIZE)) return;
+        memset(blocks[i], 0xa0 + i % 16, SIZE);
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        int bad = 0;
+        for (int i = 0; i < N; i++) {
+            int intact = 1;
+            for (int k = 0; k < SIZE; k++) intact &= blocks[i][k] == 0xa0 + i % 16;
+            if (!intact) bad |= 1;
+            tm_free(blocks[i]);
+        }
+        for (int i = 0; i < 4 * N; i++) {
+            unsigned char *p = tm_malloc(TM_CXL, SIZE);
+            if (p == NULL || tm_kind_of(p) != TM_CXL) bad |= 2;
+            else memset(p - TM_HEADER_SIZE, 0x55, SIZE + TM_HEADER_SIZE);
+        }
+        _exit(bad);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "forked child: status %#x (1: inherited blocks differ, 2: no block on its tier)",
+          status);
+    for (int i = 0; i < N; i++) {
+        int intact = header_of(blocks[i])->state == 1;
+        for (int k = 0; k < SIZE; k++) intact &= blocks[i][k] == 0xa0 + i % 16;
+        CHECK(intact, "block %d changed by the forked child", i);
+    }
+    unsigned char *again = tm_malloc(TM_CXL, SIZE);
+    CHECK(again != NULL, "the parent can still allocate on its tier");
+    tm_free(again);
+    for (int i = 0; i < N; i++) tm_free(blocks[i]);
+}
+
 /* Runs `argv` with `env` added, returns its wait status and up to `cap` bytes of stderr. */
 static int run_child(char *const argv[], const char *tiers, char *err, size_t cap)
 {
@@ -247,6 +293,16 @@ static void child_modes(void)
 
     char tiers[256];
     snprintf(tiers, sizeof tiers, "dram;cxl:path=%s", cxl_path);
+    char *busy[] = {"device_tiers", "--child-busy", NULL};
+    st = run_child(busy, tiers, err, sizeof err);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "second user of a tier file: status %#x, stderr: %s",
+          st, err);
+    CHECK(strstr(err, "cxl") && strstr(err, cxl_path) && strstr(err, "in use by another process") &&
+              count_lines(err) == 1,
+          "second user of a tier file: want one line naming it, got: %s", err);
+    char child_path[160];
+    snprintf(child_path, sizeof child_path, "%s-child", cxl_path);
+    snprintf(tiers, sizeof tiers, "dram;cxl:path=%s,size=1M,create", child_path);
     char *dbl[] = {"device_tiers", "--child-double-free", NULL};
     st = run_child(dbl, tiers, err, sizeof err);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "double free: status %#x", st);
@@ -255,6 +311,7 @@ static void child_modes(void)
     st = run_child(mid, tiers, err, sizeof err);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "interior free: status %#x", st);
     CHECK(strstr(err, "not the start") && count_lines(err) == 1, "interior free stderr: %s", err);
+    unlink(child_path);
 }
 
 int main(int argc, char **argv)
@@ -265,6 +322,11 @@ int main(int argc, char **argv)
         void *q = malloc(100);
         free(q);
         return p == NULL && errno == ENOMEM && q != NULL ? 0 : 1;
+    }
+    if (argc > 1 && strcmp(argv[1], "--child-busy") == 0) {
+        errno = 0;
+        void *p = tm_malloc(TM_CXL, 100);
+        return p == NULL && errno == ENOMEM ? 0 : 1;
     }
     if (argc > 1 && strcmp(argv[1], "--child-double-free") == 0) {
         void *p = tm_malloc(TM_CXL, 100);
@@ -298,6 +360,7 @@ int main(int argc, char **argv)
     fit_policies();
     spill_and_limits();
     cross_thread_frees();
+    fork_keeps_parent_blocks();
     child_modes();
     unlink(cxl_path);
     unlink(pmr_path);

@@ -20,6 +20,9 @@ pub(crate) struct Region {
     pub base: usize,
     pub len: usize,
     pub reserved: usize,
+    /// Mapped `MAP_SHARED` from a file or device: a process forked from ours sees the same
+    /// bytes, where anonymous (NUMA-bound) memory is copied on write like any other.
+    pub shared_across_fork: bool,
 }
 
 /// Why a tier could not be mapped: a fixed text, plus the `errno` of the failing call if any.
@@ -99,6 +102,7 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
             ))
         }
     };
+    lock_range(&fd, offset, len)?;
     let reserved = reserve(len)?;
     // SAFETY: mapping our descriptor over our own fresh reservation at `reserved.base`.
     let p = unsafe {
@@ -117,7 +121,38 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
         unsafe { os::unmap(reserved.base as *mut u8, reserved.reserved) };
         return Err(problem);
     }
-    Ok(Region { len, ..reserved })
+    // The descriptor stays open for the life of the process: it holds the lock (it is
+    // close-on-exec, so a program this one executes does not inherit it).
+    core::mem::forget(fd);
+    Ok(Region {
+        len,
+        shared_across_fork: true,
+        ..reserved
+    })
+}
+
+/// Takes an exclusive lock on bytes `[offset, offset + len)` of the file, so that no other
+/// process uses them as a tier at the same time: each would hand out the other's blocks.
+/// (Programs started by this one inherit its environment, and with it the tier's path.) An
+/// open-file-description lock, so a forked child shares it and an executed program does not.
+/// A file system without such locks is used unlocked.
+fn lock_range(fd: &Fd, offset: usize, len: usize) -> Result<(), Problem> {
+    // SAFETY: all-zero is a valid `flock`.
+    let mut lock: libc::flock = unsafe { core::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as i16;
+    lock.l_whence = libc::SEEK_SET as i16;
+    lock.l_start = offset as libc::off_t;
+    lock.l_len = len as libc::off_t;
+    // SAFETY: our open descriptor and a valid `flock`.
+    if unsafe { libc::fcntl(fd.0, libc::F_OFD_SETLK, &lock) } == 0 {
+        return Ok(());
+    }
+    match os::errno() {
+        libc::EAGAIN | libc::EACCES => Err(Problem::new(
+            "is in use by another process (give each process its own file: %p in path= stands for the process id)",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The usable length of a regular file (a file in /dev/shm, on disk, or a PCI `resourceN`
@@ -198,6 +233,7 @@ fn reserve(len: usize) -> Result<Region, Problem> {
         base,
         len,
         reserved,
+        shared_across_fork: false,
     })
 }
 

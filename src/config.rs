@@ -54,6 +54,41 @@ pub(crate) const MAX_TIERS: usize = 8;
 pub(crate) const MAX_RULES: usize = 16;
 const MAX_PATH: usize = 256;
 
+/// Copies `path` into `out` with every `%p` replaced by this process's id (so that each
+/// process of a program that starts others, all with the same environment, can have its own
+/// file), leaving room for the NUL after it. The length, or `None` if it does not fit.
+fn expand_path(path: &[u8], out: &mut [u8; MAX_PATH]) -> Option<usize> {
+    let mut pid_digits = [0u8; 20];
+    // SAFETY: getpid has no preconditions.
+    let mut pid = unsafe { libc::getpid() } as u32;
+    let mut start = pid_digits.len();
+    loop {
+        start -= 1;
+        pid_digits[start] = b'0' + (pid % 10) as u8;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    let mut rest = path;
+    while let Some(&c) = rest.first() {
+        let piece: &[u8] = if rest.starts_with(b"%p") {
+            rest = &rest[2..];
+            &pid_digits[start..]
+        } else {
+            rest = &rest[1..];
+            core::slice::from_ref(&c)
+        };
+        if len + piece.len() >= MAX_PATH {
+            return None;
+        }
+        out[len..len + piece.len()].copy_from_slice(piece);
+        len += piece.len();
+    }
+    Some(len)
+}
+
 /// One entry of `TIERMALLOC_TIERS`.
 #[derive(Clone, Copy)]
 pub struct TierSpec {
@@ -201,9 +236,9 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
         };
         match (key, value) {
             (b"create", None) => spec.create = true,
-            (b"path", Some(v)) if !v.is_empty() && v.len() < MAX_PATH => {
-                spec.path[..v.len()].copy_from_slice(v);
-                spec.path_len = v.len();
+            (b"path", Some(v)) if !v.is_empty() => {
+                spec.path_len = expand_path(v, &mut spec.path)
+                    .ok_or("path= needs a file name shorter than 256 bytes")?;
             }
             (b"path", _) => return Err("path= needs a file name shorter than 256 bytes"),
             (b"size", Some(v)) => spec.size = Some(parse_size(v).ok_or("bad size= value")?),
@@ -363,6 +398,20 @@ pub fn get() -> &'static Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_p_in_a_path_is_the_process_id() {
+        let mut out = [0u8; MAX_PATH];
+        let len = expand_path(b"/dev/shm/t-%p.%p", &mut out).unwrap();
+        let pid = std::process::id();
+        assert_eq!(&out[..len], format!("/dev/shm/t-{pid}.{pid}").as_bytes());
+        assert_eq!(expand_path(b"/plain/%q", &mut out), Some(9));
+        assert_eq!(
+            expand_path(&[b'a'; MAX_PATH - 1], &mut out),
+            Some(MAX_PATH - 1)
+        );
+        assert_eq!(expand_path(&[b'a'; MAX_PATH], &mut out), None);
+    }
 
     #[derive(Default)]
     struct Collect(Vec<String>);

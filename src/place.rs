@@ -18,7 +18,7 @@ use crate::stats::{SharedCounter, TierStats};
 use crate::tier::DeviceTier;
 use crate::{dram, fast, os};
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// DRAM requests that failed, and DRAM's share of spilling.
 pub static FAILURES: SharedCounter = SharedCounter::new();
@@ -386,26 +386,78 @@ pub fn stats(kind: Kind) -> Option<TierStats> {
     Some(s)
 }
 
+/// The pipe through which a forked child tells its parent that it has made its copy of the
+/// shared tiers (`-1` when no copy is needed).
+static FORK_PIPE: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+
 /// Holds every device tier's lock across `fork`, so the child never inherits one held by a
-/// thread that does not exist there. Registered from the constructor (registration
-/// allocates, so never from inside `malloc`).
+/// thread that does not exist there, and gives the child a private copy of every tier whose
+/// mapping `fork` would share (`tier`). The parent waits until the child has made that copy,
+/// so that the copy is what the parent's memory was at the `fork`. Registered from the
+/// constructor (registration allocates, so never from inside `malloc`).
 fn register_fork_handlers() {
     extern "C" fn prepare() {
-        for_each_device(DeviceTier::lock_for_fork);
+        let mut any_shared = false;
+        for_each_device(|t| any_shared |= t.is_shared_across_fork());
+        if any_shared {
+            let mut fds = [-1; 2];
+            // SAFETY: `fds` is a valid out-array of two descriptors.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0 {
+                FORK_PIPE[0].store(fds[0], Ordering::Relaxed);
+                FORK_PIPE[1].store(fds[1], Ordering::Relaxed);
+            }
+        }
+        for_each_device(|t| t.lock_for_fork());
     }
-    extern "C" fn release() {
-        for_each_device(DeviceTier::unlock_after_fork);
+    extern "C" fn in_parent() {
+        let (read_end, write_end) = take_fork_pipe();
+        if read_end >= 0 {
+            os::keep_errno(|| {
+                let mut byte = 0u8;
+                // SAFETY: our own descriptors. The read returns when the child writes its byte,
+                // or at end of file if it exits (or dies) first; either way it is done copying.
+                unsafe {
+                    libc::close(write_end);
+                    while libc::read(read_end, (&mut byte as *mut u8).cast(), 1) < 0
+                        && os::errno() == libc::EINTR
+                    {}
+                    libc::close(read_end);
+                }
+            });
+        }
+        // Only now: meanwhile no thread of the parent could take a new block.
+        for_each_device(|t| t.unlock_after_fork());
+    }
+    extern "C" fn in_child() {
+        for_each_device(|t| t.after_fork_in_child());
+        let (read_end, write_end) = take_fork_pipe();
+        if read_end >= 0 {
+            os::keep_errno(|| {
+                // SAFETY: our own descriptors, inherited from the parent.
+                unsafe {
+                    libc::write(write_end, b"c".as_ptr().cast(), 1);
+                    libc::close(write_end);
+                    libc::close(read_end);
+                }
+            });
+        }
+    }
+    fn take_fork_pipe() -> (i32, i32) {
+        (
+            FORK_PIPE[0].swap(-1, Ordering::Relaxed),
+            FORK_PIPE[1].swap(-1, Ordering::Relaxed),
+        )
     }
     if TIERS
         .get()
         .is_some_and(|t| t.device.iter().any(Option::is_some))
     {
         // SAFETY: plain functions; pthread_atfork has no other preconditions.
-        unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
+        unsafe { libc::pthread_atfork(Some(prepare), Some(in_parent), Some(in_child)) };
     }
 }
 
-fn for_each_device(f: fn(&DeviceTier)) {
+fn for_each_device(f: impl FnMut(&DeviceTier)) {
     if let Some(tiers) = TIERS.get() {
         tiers.device.iter().flatten().for_each(f);
     }

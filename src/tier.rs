@@ -7,12 +7,29 @@
 //! the header, so neither operation reads the device. A free of a pointer the host metadata
 //! does not know as a live block start (a double free, a pointer into a block) is refused
 //! before anything is written, and reported.
+//!
+//! After `fork`, a child would share a file- or device-backed region with its parent (the
+//! mapping is `MAP_SHARED`; the kernel cannot copy a device on write), while each process has
+//! its own copy of the host metadata: the child's writes to the blocks it inherited (a shell
+//! editing its variables, an interpreter its reference counts) would land in the parent's
+//! live data, and its allocations in extents the parent also hands out. So the child handler
+//! gives the child what `fork` gives it for DRAM, a private copy: it copies every allocated
+//! extent (host metadata says which) into fresh anonymous memory and moves that over the
+//! region, while the parent waits in its own handler (`place`). The cost is one read of the
+//! bytes in use per `fork` (none after `vfork`/`posix_spawn`, which run no handlers); the
+//! child's tier is then ordinary memory, and its writes never reach the device. If that
+//! memory cannot be had, the tier becomes *inherited* in the child: it serves no new block
+//! (plain requests spill, `tm_malloc` fails with `ENOMEM`) and frees skip the header write,
+//! so at least the allocator never hands out the parent's blocks. NUMA-bound tiers are
+//! anonymous memory already, copied on write like DRAM.
 
 use crate::backend::{self, Problem, Region};
 use crate::config::{Fit, Kind, TierSpec};
 use crate::heap::{ExtentHeap, FreeError};
+use crate::os;
 use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierStats};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Bytes of the header before every device block (`TM_HEADER_SIZE`).
 pub(crate) const HEADER_SIZE: u64 = 16;
@@ -57,6 +74,12 @@ pub(crate) struct DeviceTier {
     pub failures: SharedCounter,
     pub spilled_in: SharedCounter,
     pub spilled_out: SharedCounter,
+    /// The mapping is shared with the processes this one forks (until a child handler makes
+    /// its own copy private).
+    shared_across_fork: AtomicBool,
+    /// Set in a forked child whose shared region could not be made private (see the module
+    /// comment); never cleared.
+    inherited: AtomicBool,
 }
 
 impl DeviceTier {
@@ -87,12 +110,17 @@ impl DeviceTier {
             failures: SharedCounter::new(),
             spilled_in: SharedCounter::new(),
             spilled_out: SharedCounter::new(),
+            shared_across_fork: AtomicBool::new(region.shared_across_fork),
+            inherited: AtomicBool::new(false),
         })
     }
 
     /// A block of at least `size` bytes aligned to `align` (a power of two ≥ 16), its header
     /// written; `None` if the tier is full or at its limit.
     pub fn alloc(&self, size: usize, align: usize) -> Option<*mut u8> {
+        if self.inherited.load(Ordering::Relaxed) {
+            return None;
+        }
         let len = (size as u64).checked_add(HEADER_SIZE)?;
         let (offset, extent) = {
             let mut heap = self.heap.lock();
@@ -132,10 +160,12 @@ impl DeviceTier {
     pub fn free(&self, p: *mut u8) -> Result<(), FreeError> {
         let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
         self.heap.lock().free(offset)?;
-        let header = (self.region.base + offset as usize) as *mut BlockHeader;
-        // SAFETY: the extent was ours until the free above; its header lies in the mapped
-        // region. Only the state field is written (a recovery scan of a PMR sees it).
-        unsafe { core::ptr::addr_of_mut!((*header).state).write_volatile(STATE_FREE) };
+        if !self.inherited.load(Ordering::Relaxed) {
+            let header = (self.region.base + offset as usize) as *mut BlockHeader;
+            // SAFETY: the extent was ours until the free above; its header lies in the mapped
+            // region. Only the state field is written (a recovery scan of a PMR sees it).
+            unsafe { core::ptr::addr_of_mut!((*header).state).write_volatile(STATE_FREE) };
+        }
         self.frees.add(1);
         Ok(())
     }
@@ -152,10 +182,60 @@ impl DeviceTier {
         core::mem::forget(self.heap.lock());
     }
 
-    /// Releases the lock `lock_for_fork` kept (`fork` parent and child handlers).
+    /// Releases the lock `lock_for_fork` kept (`fork` parent handler).
     pub fn unlock_after_fork(&self) {
         // SAFETY: the prepare handler of this same fork took the lock and forgot its guard.
         unsafe { self.heap.force_unlock() };
+    }
+
+    /// Whether a `fork` now would share this tier's bytes with the child.
+    pub fn is_shared_across_fork(&self) -> bool {
+        self.shared_across_fork.load(Ordering::Relaxed)
+    }
+
+    /// The `fork` child handler: releases the lock and gives the child a private copy of a
+    /// shared region, or failing that makes the tier inherited (see the module comment).
+    pub fn after_fork_in_child(&self) {
+        self.unlock_after_fork();
+        if !self.is_shared_across_fork() {
+            return;
+        }
+        if self.copy_region_privately() {
+            self.shared_across_fork.store(false, Ordering::Relaxed);
+        } else {
+            self.inherited.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the region's mapping by anonymous memory holding a copy of every allocated
+    /// extent. The child is single-threaded here, so the lock is free and nobody else runs.
+    fn copy_region_privately(&self) -> bool {
+        let len = self.region.len;
+        let Some(copy) = os::map_anonymous(len) else {
+            return false;
+        };
+        let copy = copy.as_ptr();
+        let heap = self.heap.lock();
+        heap.for_each_allocated(|offset, extent| {
+            // SAFETY: the extent lies inside both the region and the fresh copy of its length;
+            // the two mappings are distinct.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    (self.region.base + offset as usize) as *const u8,
+                    copy.add(offset as usize),
+                    extent as usize,
+                )
+            };
+        });
+        drop(heap);
+        // SAFETY: `copy` is our fresh anonymous mapping of `len` bytes; `[base, base + len)` is
+        // the region, ours, and holds nothing the copy does not.
+        let moved = unsafe { os::remap_to(copy, len, self.region.base as *mut u8, len) };
+        if !moved {
+            // SAFETY: our own mapping, not handed out.
+            unsafe { os::unmap(copy, len) };
+        }
+        moved
     }
 
     pub fn set_fit(&self, fit: Fit) {

@@ -541,6 +541,62 @@ fn python3() {
     });
 }
 
+/// A shell script that forks for every command substitution and pipeline while its own heap
+/// lives on a device tier: the forked children share the tier's bytes with the parent.
+const BASH_SCRIPT: &str = r#"
+total=0
+words=""
+for i in $(seq 1 300); do
+    w=$(printf 'w%05d-%s' "$i" "$(echo "$i" | rev)")
+    words="$words $w"
+    total=$(( total + ${#w} ))
+done
+echo "words $total $(echo "$words" | wc -w)"
+echo "$words" | tr ' ' '\n' | sort -r | head -3
+declare -A seen
+for w in $words; do seen[${w:0:4}]=$(( ${seen[${w:0:4}]:-0} + 1 )); done
+for k in $(printf '%s\n' "${!seen[@]}" | sort); do printf '%s=%s ' "$k" "${seen[$k]}"; done
+echo
+"#;
+
+/// The python3, perl and bash workloads with every request of 64 bytes or more placed on a
+/// CXL tier backed by a file (one per process: `%p`): the device path (extent heap, headers)
+/// under real programs, and `fork` of a process whose heap is on a shared mapping (python's
+/// `os.fork`, bash's `$(...)`): each child must get a private copy, as of DRAM.
+#[test]
+fn python3_perl_and_bash_on_a_device_tier() {
+    let python = require("python3", "python3");
+    let perl = require("perl", "perl");
+    let bash = require("bash", "bash");
+    compare_runs("device_tier", |run| {
+        let cxl = run.dir().join("cxl-tier");
+        run.setenv(
+            "TIERMALLOC_TIERS",
+            format!("dram;cxl:path={}-%p,size=512M,create", cxl.display()),
+        );
+        run.setenv("TIERMALLOC_PLACE", "cxl:min=64");
+        run.setenv("PYTHONMALLOC", "malloc");
+        run.setenv("PYTHONHASHSEED", "0");
+        run.setenv("PYTHONDONTWRITEBYTECODE", "1");
+        run.setenv("PYTHONIOENCODING", "utf-8");
+        let script = run.dir().join("workload.py");
+        fs::write(&script, PYTHON_SCRIPT).unwrap();
+        let mut c = run.cmd(&python);
+        c.arg(&script);
+        run.step("python3 workload.py on cxl", c, None, Stderr::Compare);
+        run.setenv("PERL_HASH_SEED", "0");
+        run.setenv("PERL_PERTURB_KEYS", "0");
+        let script = run.dir().join("workload.pl");
+        fs::write(&script, PERL_SCRIPT).unwrap();
+        let mut c = run.cmd(&perl);
+        c.arg(&script);
+        run.step("perl workload.pl on cxl", c, None, Stderr::Compare);
+        let mut c = run.cmd(&bash);
+        c.arg("-c").arg(BASH_SCRIPT);
+        run.step("bash script on cxl", c, None, Stderr::Compare);
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // perl
 // ---------------------------------------------------------------------------------------------

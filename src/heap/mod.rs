@@ -520,6 +520,30 @@ unsafe fn unlink(n: *mut Node) {
     }
 }
 
+impl ExtentHeap {
+    /// Calls `f(offset, len)` for every allocated extent, in address order. Allocates nothing
+    /// (a `fork` child handler calls it).
+    pub fn for_each_allocated(&self, mut f: impl FnMut(u64, u64)) {
+        let mut node = self.by_addr;
+        if node.is_null() {
+            return;
+        }
+        // SAFETY: the address tree and the address-ordered list hold live nodes; the tree's
+        // leftmost node is the first extent.
+        unsafe {
+            while !(*node).addr.left.is_null() {
+                node = (*node).addr.left;
+            }
+            while !node.is_null() {
+                if !(*node).free {
+                    f((*node).offset, (*node).len);
+                }
+                node = (*node).next;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 impl ExtentHeap {
     /// Every extent in address order: `(offset, len, free)`.
