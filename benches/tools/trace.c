@@ -367,7 +367,7 @@ EXPORT void *aligned_alloc(size_t align, size_t size) { return aligned(align, si
 
 EXPORT int posix_memalign(void **out, size_t align, size_t size)
 {
-    if (align % sizeof(void *) != 0 || (align & (align - 1)) != 0) return EINVAL;
+    if (align == 0 || align % sizeof(void *) != 0 || (align & (align - 1)) != 0) return EINVAL;
     int saved = errno;
     void *p = aligned(align, size);
     if (!p) return ENOMEM;
