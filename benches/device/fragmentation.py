@@ -106,7 +106,10 @@ def programs(work):
         src = os.path.dirname(static_c)
         obj = os.path.join(work, "static.o")
         out["gcc"] = (["gcc", "-O2", "-c", "-I", os.path.join(os.path.dirname(src), "include"),
-                       static_c, "-o", obj], None, {}, obj)
+                       static_c, "-o", obj], None,
+                      # mimalloc prints its build time (__DATE__, __TIME__): pin it, so the two
+                      # object files can be compared.
+                      {"SOURCE_DATE_EPOCH": "0"}, obj)
     else:
         print("skipping gcc: mimalloc's static.c not found in the cargo registry "
               "(run cargo fetch)", file=sys.stderr)
