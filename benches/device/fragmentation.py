@@ -259,16 +259,17 @@ def main():
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    print("| program | ops | fit | peak live: requested | usable + headers | footprint "
-          "(roomy tier) | ÷ requested | ÷ usable + headers | smallest tier | ÷ requested "
-          "| failures | ns/op |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| program | ops | fit | peak live: requested | usable | usable + headers | blocks "
+          "| footprint (roomy tier) | ÷ requested | ÷ usable + headers | smallest tier "
+          "| ÷ requested | failures | ns/op |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         req = int(r["peak_req"])
         small = (f"{mib(r['smallest'])} | **{r['smallest'] / req:.2f}**" if r["smallest"]
                  else "none | –")
         print(f"| {r['program']} | {int(r['ops']):,} | {r['fit']} | {mib(req)} | "
-              f"{mib(r['peak_extent'])} | {mib(r['footprint'])} of {mib(r['capacity'])} | "
+              f"{mib(r['peak_usable'])} | {mib(r['peak_extent'])} | {int(r['peak_blocks']):,} | "
+              f"{mib(r['footprint'])} of {mib(r['capacity'])} | "
               f"**{float(r['ratio_req']):.2f}** | {float(r['ratio_extent']):.2f} | "
               f"{small} | {r['failures']} | {float(r['ns_per_op']):.0f} |")
     zero = {r["program"]: r["zero_reallocs"] for r in rows if r["zero_reallocs"] != "0"}

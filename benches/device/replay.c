@@ -151,7 +151,7 @@ static uintptr_t region_base(uintptr_t a)
 }
 
 struct measure {
-    uint64_t live_req, live_usable, live_blocks, peak_req, peak_usable, peak_extent;
+    uint64_t live_req, live_usable, live_blocks, peak_req, peak_usable, peak_extent, peak_blocks;
     uint64_t footprint, failures, unmatched;
     uintptr_t base;
 };
@@ -265,6 +265,7 @@ static void run(struct measure *m, int dry)
             /* What the tier's heap counts as in use: usable bytes plus one header each. */
             uint64_t extent = m->live_usable + TM_HEADER_SIZE * m->live_blocks;
             if (extent > m->peak_extent) m->peak_extent = extent;
+            if (m->live_blocks > m->peak_blocks) m->peak_blocks = m->live_blocks;
         }
     }
     if (m) {
@@ -385,13 +386,14 @@ int main(int argc, char **argv)
         }
 
         printf("fit=%s ops=%llu allocs=%llu peak_req=%llu peak_usable=%llu peak_extent=%llu "
-               "footprint=%llu ratio_req=%.3f ratio_usable=%.3f ratio_extent=%.3f capacity=%llu "
+               "peak_blocks=%llu footprint=%llu ratio_req=%.3f ratio_usable=%.3f ratio_extent=%.3f capacity=%llu "
                "failures=%llu unmatched=%llu end_in_use=%llu end_live_usable=%llu "
                "end_live_blocks=%llu end_largest_free=%llu zero_reallocs=%llu ns_per_op=%.1f "
                "dry_ns_per_op=%.1f\n",
                fits[f], (unsigned long long)n_ops, (unsigned long long)n_allocs,
                (unsigned long long)m.peak_req, (unsigned long long)m.peak_usable,
-               (unsigned long long)m.peak_extent, (unsigned long long)m.footprint,
+               (unsigned long long)m.peak_extent, (unsigned long long)m.peak_blocks,
+               (unsigned long long)m.footprint,
                (double)m.footprint / (double)m.peak_req,
                (double)m.footprint / (double)m.peak_usable,
                (double)m.footprint / (double)m.peak_extent, (unsigned long long)s0.capacity,
