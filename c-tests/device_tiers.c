@@ -243,6 +243,13 @@ static void fork_keeps_parent_blocks(void)
         for (int k = 0; k < SIZE; k++) intact &= blocks[i][k] == 0xa0 + i % 16;
         CHECK(intact, "block %d changed by the forked child", i);
     }
+    unsigned char *zero = tm_malloc(TM_CXL, 0);
+    CHECK(zero != NULL && tm_usable_size(zero) > 0, "tm_malloc(TM_CXL, 0): %p, usable %zu",
+          (void *)zero, zero ? tm_usable_size(zero) : 0);
+    zero = tm_realloc(zero, 59);
+    CHECK(zero != NULL && tm_kind_of(zero) == TM_CXL && tm_usable_size(zero) >= 59,
+          "tm_realloc of a 0-byte CXL block to 59 bytes failed: errno %d", errno);
+    tm_free(zero);
     unsigned char *again = tm_malloc(TM_CXL, SIZE);
     CHECK(again != NULL, "the parent can still allocate on its tier");
     tm_free(again);

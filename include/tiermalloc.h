@@ -43,7 +43,8 @@ typedef struct tm_stats {
    */
   uint64_t capacity;
   /*
-   Bytes in live blocks (usable sizes).
+   Bytes taken by live blocks: their usable sizes, plus on CXL, CMB and PMR their 16-byte
+   headers (so that `capacity == in_use + free_bytes` there).
    */
   uint64_t in_use;
   /*

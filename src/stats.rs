@@ -71,7 +71,8 @@ impl Traffic {
 pub struct TierStats {
     /// Bytes the tier can hold.
     pub capacity: u64,
-    /// Bytes in live blocks (usable sizes).
+    /// Bytes taken by live blocks: their usable sizes, plus on CXL, CMB and PMR their 16-byte
+    /// headers (so that `capacity == in_use + free_bytes` there).
     pub in_use: u64,
     /// Bytes the tier can still hand out.
     pub free_bytes: u64,

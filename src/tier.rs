@@ -121,7 +121,10 @@ impl DeviceTier {
         if self.inherited.load(Ordering::Relaxed) {
             return None;
         }
-        let len = (size as u64).checked_add(HEADER_SIZE)?;
+        // A request for 0 bytes gets a block of one granule, as on DRAM: its usable size is
+        // not 0 (which `realloc` would take for "not a block"), and its address is not the
+        // next block's header.
+        let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
         let (offset, extent) = {
             let mut heap = self.heap.lock();
             let limited = self.limit != u64::MAX;
