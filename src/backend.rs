@@ -23,6 +23,9 @@ pub(crate) struct Region {
     /// Mapped `MAP_SHARED` from a file or device: a process forked from ours sees the same
     /// bytes, where anonymous (NUMA-bound) memory is copied on write like any other.
     pub shared_across_fork: bool,
+    /// The open descriptor that holds the file's lock (`lock_range`), or -1; closed by
+    /// `unmap_region`.
+    pub lock_fd: i32,
 }
 
 /// Why a tier could not be mapped: a fixed text, plus the `errno` of the failing call if any.
@@ -63,6 +66,9 @@ pub(crate) unsafe fn unmap_region(region: Region) {
     pagemap::clear(region.base, region.reserved);
     // SAFETY: the reservation is ours and unused (contract).
     unsafe { os::unmap(region.base as *mut u8, region.reserved) };
+    if region.lock_fd >= 0 {
+        drop(Fd(region.lock_fd));
+    }
 }
 
 struct Fd(i32);
@@ -121,12 +127,14 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
         unsafe { os::unmap(reserved.base as *mut u8, reserved.reserved) };
         return Err(problem);
     }
-    // The descriptor stays open for the life of the process: it holds the lock (it is
+    // The descriptor stays open while the region is mapped: it holds the lock (it is
     // close-on-exec, so a program this one executes does not inherit it).
+    let lock_fd = fd.0;
     core::mem::forget(fd);
     Ok(Region {
         len,
         shared_across_fork: true,
+        lock_fd,
         ..reserved
     })
 }
@@ -234,6 +242,7 @@ fn reserve(len: usize) -> Result<Region, Problem> {
         len,
         reserved,
         shared_across_fork: false,
+        lock_fd: -1,
     })
 }
 
