@@ -525,19 +525,24 @@ print('done')
 sys.exit(0)
 "#;
 
+/// One step: `PYTHON_SCRIPT` under `python`, every allocation through `malloc`.
+fn python_workload(run: &mut Run, python: &Path, step: &str) {
+    run.setenv("PYTHONMALLOC", "malloc");
+    run.setenv("PYTHONHASHSEED", "0");
+    run.setenv("PYTHONDONTWRITEBYTECODE", "1");
+    run.setenv("PYTHONIOENCODING", "utf-8");
+    let script = run.dir().join("workload.py");
+    fs::write(&script, PYTHON_SCRIPT).unwrap();
+    let mut c = run.cmd(python);
+    c.arg(&script);
+    run.step(step, c, None, Stderr::Compare);
+}
+
 #[test]
 fn python3() {
     let python = require("python3", "python3");
     compare_runs("python3", |run| {
-        run.setenv("PYTHONMALLOC", "malloc");
-        run.setenv("PYTHONHASHSEED", "0");
-        run.setenv("PYTHONDONTWRITEBYTECODE", "1");
-        run.setenv("PYTHONIOENCODING", "utf-8");
-        let script = run.dir().join("workload.py");
-        fs::write(&script, PYTHON_SCRIPT).unwrap();
-        let mut c = run.cmd(&python);
-        c.arg(&script);
-        run.step("python3 workload.py", c, None, Stderr::Compare);
+        python_workload(run, &python, "python3 workload.py")
     });
 }
 
@@ -575,22 +580,8 @@ fn python3_perl_and_bash_on_a_device_tier() {
             format!("dram;cxl:path={}-%p,size=512M,create", cxl.display()),
         );
         run.setenv("TIERMALLOC_PLACE", "cxl:min=64");
-        run.setenv("PYTHONMALLOC", "malloc");
-        run.setenv("PYTHONHASHSEED", "0");
-        run.setenv("PYTHONDONTWRITEBYTECODE", "1");
-        run.setenv("PYTHONIOENCODING", "utf-8");
-        let script = run.dir().join("workload.py");
-        fs::write(&script, PYTHON_SCRIPT).unwrap();
-        let mut c = run.cmd(&python);
-        c.arg(&script);
-        run.step("python3 workload.py on cxl", c, None, Stderr::Compare);
-        run.setenv("PERL_HASH_SEED", "0");
-        run.setenv("PERL_PERTURB_KEYS", "0");
-        let script = run.dir().join("workload.pl");
-        fs::write(&script, PERL_SCRIPT).unwrap();
-        let mut c = run.cmd(&perl);
-        c.arg(&script);
-        run.step("perl workload.pl on cxl", c, None, Stderr::Compare);
+        python_workload(run, &python, "python3 workload.py on cxl");
+        perl_workload(run, &perl, "perl workload.pl on cxl");
         let mut c = run.cmd(&bash);
         c.arg("-c").arg(BASH_SCRIPT);
         run.step("bash script on cxl", c, None, Stderr::Compare);
@@ -677,18 +668,21 @@ print "misc ", $trace, " ", scalar(@words), " ", md5_hex(join '', reverse @words
 print "done\n";
 "#;
 
+/// One step: `PERL_SCRIPT` under `perl`, with Perl's hash order fixed.
+fn perl_workload(run: &mut Run, perl: &Path, step: &str) {
+    run.setenv("PERL_HASH_SEED", "0");
+    run.setenv("PERL_PERTURB_KEYS", "0");
+    let script = run.dir().join("workload.pl");
+    fs::write(&script, PERL_SCRIPT).unwrap();
+    let mut c = run.cmd(perl);
+    c.arg(&script);
+    run.step(step, c, None, Stderr::Compare);
+}
+
 #[test]
 fn perl() {
     let perl = require("perl", "perl");
-    compare_runs("perl", |run| {
-        run.setenv("PERL_HASH_SEED", "0");
-        run.setenv("PERL_PERTURB_KEYS", "0");
-        let script = run.dir().join("workload.pl");
-        fs::write(&script, PERL_SCRIPT).unwrap();
-        let mut c = run.cmd(&perl);
-        c.arg(&script);
-        run.step("perl workload.pl", c, None, Stderr::Compare);
-    });
+    compare_runs("perl", |run| perl_workload(run, &perl, "perl workload.pl"));
 }
 
 // ---------------------------------------------------------------------------------------------

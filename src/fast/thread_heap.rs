@@ -90,7 +90,7 @@ fn pooled_or_new() -> Option<*mut Heap> {
 #[cold]
 #[inline(never)]
 pub fn bind() -> *mut Heap {
-    if core::ptr::eq(tables(), &EXITED.0 as *const PageTables as *mut PageTables) {
+    if core::ptr::eq(tables().cast_const(), &EXITED.0) {
         return core::ptr::null_mut();
     }
     let Some(heap) = pooled_or_new() else {
