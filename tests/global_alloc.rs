@@ -156,8 +156,10 @@ fn threads_free_each_others_blocks_and_nothing_is_corrupted() {
         })
         .collect();
     drop(senders);
-    for w in workers {
-        let inbox = w.join().unwrap();
+    // Every worker must finish before any inbox is dropped: a worker still running sends to
+    // the next worker's inbox, which the main thread owns once that worker has returned it.
+    let inboxes: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    for inbox in inboxes {
         for block in inbox.try_iter() {
             block.check();
         }
