@@ -615,53 +615,79 @@ fn randomized_worst_fit_matches_the_model() {
     randomized(Fit::Worst, 64, 16, 4, steps(10_000));
 }
 
+/// A well-mixed function of `i` (MurmurHash3's finaliser) for the benchmark's varied lengths.
+fn mix(i: u64) -> u64 {
+    let mut x = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
 /// Prints the mean time of an alloc+free pair (best of several runs) with 10, 1 000 and
-/// 100 000 free extents present.
-/// Run with `cargo test --release --lib heap:: -- --ignored --nocapture`.
+/// 100 000 free extents present, for two hole patterns:
+/// - small: holes of 64 lengths (64 B .. 4 KiB), requests cycling through the same lengths;
+/// - large: holes of varied lengths, any multiple of 16 from 4 KiB to 4 MiB (nearly all
+///   distinct), requests likewise.
+///
+/// Run with `cargo test --release --lib cost_is_flat -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn cost_is_flat_in_the_number_of_free_extents() {
     use std::time::Instant;
     const PAIRS: u64 = 200_000;
     const REPS: usize = 9;
-    for (label, fit, align) in [
-        ("best", Fit::Best, 16),
-        ("worst", Fit::Worst, 16),
-        ("best, align 4096", Fit::Best, 4096),
-        ("worst, align 4096", Fit::Worst, 4096),
-    ] {
-        for holes in [10u64, 1_000, 100_000] {
-            let mut h = ExtentHeap::new(1 << 40, 16, fit).unwrap();
-            // Holes of 64 lengths (64 B .. 4 KiB), each behind a 16-byte allocated separator.
-            let mut hole_offsets = Vec::new();
-            for i in 0..holes {
-                let len = 64 * (1 + (i * 7919) % 64);
-                hole_offsets.push(h.alloc(len, 16, HDR).unwrap().0);
-                h.alloc(16, 16, HDR).unwrap();
-            }
-            for off in hole_offsets {
-                h.free(off).unwrap();
-            }
-            assert_eq!(h.stats().free_extents, holes + 1);
-            let mut sink = 0;
-            let mut pairs = |h: &mut ExtentHeap| {
-                for k in 0..PAIRS {
-                    let len = 64 * (1 + (k * 31) % 64) - 8;
-                    let (off, _) = h.alloc(len, align, HDR).unwrap();
-                    sink += off;
+    const SPAN: u64 = (4 << 20) - 4 * K;
+    let small_hole = |i: u64| 64 * (1 + (i * 7919) % 64);
+    let small_request = |k: u64| 64 * (1 + (k * 31) % 64) - 8;
+    let large_hole = |i: u64| 4 * K + (mix(i) % SPAN & !15);
+    let large_request = |k: u64| 4 * K + (mix(k ^ 0x5555) % SPAN & !15) - 8;
+    let patterns: [(&str, &dyn Fn(u64) -> u64, &dyn Fn(u64) -> u64); 2] = [
+        ("small", &small_hole, &small_request),
+        ("large", &large_hole, &large_request),
+    ];
+    for (pattern, hole_len, request_len) in patterns {
+        for (label, fit, align) in [
+            ("best", Fit::Best, 16),
+            ("worst", Fit::Worst, 16),
+            ("best, align 4096", Fit::Best, 4096),
+            ("worst, align 4096", Fit::Worst, 4096),
+        ] {
+            for holes in [10u64, 1_000, 100_000] {
+                let mut h = ExtentHeap::new(1 << 40, 16, fit).unwrap();
+                // Each hole behind a 16-byte allocated separator.
+                let mut hole_offsets = Vec::new();
+                for i in 0..holes {
+                    hole_offsets.push(h.alloc(hole_len(i), 16, HDR).unwrap().0);
+                    h.alloc(16, 16, HDR).unwrap();
+                }
+                for off in hole_offsets {
                     h.free(off).unwrap();
                 }
-            };
-            // The machines are shared: the best of several runs is the time that holds.
-            let mut best = f64::MAX;
-            for _ in 0..REPS {
-                let start = Instant::now();
-                pairs(&mut h);
-                best = best.min(start.elapsed().as_nanos() as f64 / PAIRS as f64);
+                assert_eq!(h.stats().free_extents, holes + 1);
+                let mut sink = 0;
+                let mut pairs = |h: &mut ExtentHeap| {
+                    for k in 0..PAIRS {
+                        let (off, _) = h.alloc(request_len(k), align, HDR).unwrap();
+                        sink += off;
+                        h.free(off).unwrap();
+                    }
+                };
+                // The machines are shared: the best of several runs is the time that holds.
+                let mut best = f64::MAX;
+                for _ in 0..REPS {
+                    let start = Instant::now();
+                    pairs(&mut h);
+                    best = best.min(start.elapsed().as_nanos() as f64 / PAIRS as f64);
+                }
+                assert_eq!(h.stats().free_extents, holes + 1);
+                std::hint::black_box(sink);
+                println!(
+                    "{pattern} holes, {label:>17} fit, {holes:>6} free extents: \
+                     {best:6.1} ns per alloc+free"
+                );
             }
-            assert_eq!(h.stats().free_extents, holes + 1);
-            std::hint::black_box(sink);
-            println!("{label:>17} fit, {holes:>6} free extents: {best:6.1} ns per alloc+free");
         }
     }
 }
