@@ -69,6 +69,7 @@
 // Until the device tiers (issue 4) call into it, only the tests use this module.
 #![cfg_attr(not(test), allow(dead_code))]
 
+mod bitmap;
 mod node;
 #[cfg(test)]
 mod tests;
