@@ -70,7 +70,9 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 mod bitmap;
+mod host;
 mod node;
+mod starts;
 #[cfg(test)]
 mod tests;
 mod treap;

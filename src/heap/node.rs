@@ -2,11 +2,12 @@
 //!
 //! One `Node` describes one extent of the managed region, free or allocated, and carries the
 //! links of both trees (`addr`: every extent by offset; `size`: free extents by length) and of
-//! the address-ordered list, so an extent never needs a second node. Nodes live in chunks
-//! mapped with `os::map_anonymous` (host DRAM, never the global allocator) and are unmapped
-//! when the pool is dropped. A chunk is handed out front to back as nodes are needed (its pages
-//! are touched only then); released nodes go on a recycle list and are reused first.
+//! the address-ordered list, so an extent never needs a second node. Nodes live in chunks of
+//! host memory (`host.rs`) that are unmapped when the pool is dropped. A chunk is handed out
+//! front to back as nodes are needed (its pages are touched only then); released nodes go on a
+//! recycle list and are reused first.
 
+use super::host;
 use crate::os;
 use core::ptr;
 
@@ -123,7 +124,7 @@ impl NodePool {
         while (bytes - CHUNK_HEADER) / NODE < count {
             bytes *= 2;
         }
-        let Some(base) = map_chunk(bytes) else {
+        let Some(base) = host::map(bytes) else {
             return false;
         };
         // The rest of the old chunk is not lost: its fresh slots join the recycle list.
@@ -223,36 +224,6 @@ impl NodePool {
     }
 }
 
-/// Zeroed host memory for a chunk (a multiple of the page size).
-#[cfg(not(miri))]
-fn map_chunk(bytes: usize) -> Option<core::ptr::NonNull<u8>> {
-    os::map_anonymous(bytes)
-}
-
-/// # Safety
-/// `[p, p + bytes)` is a chunk from `map_chunk` that nothing refers to any more.
-#[cfg(not(miri))]
-unsafe fn unmap_chunk(p: *mut u8, bytes: usize) {
-    // SAFETY: forwarded from the caller.
-    unsafe { os::unmap(p, bytes) }
-}
-
-// Miri cannot run `os::map_anonymous` (MAP_NORESERVE): under Miri, and only there, chunks come
-// from the global allocator so the pointer code above can be checked.
-#[cfg(miri)]
-fn map_chunk(bytes: usize) -> Option<core::ptr::NonNull<u8>> {
-    let layout = std::alloc::Layout::from_size_align(bytes, os::PAGE_SIZE).ok()?;
-    // SAFETY: the layout has a non-zero size.
-    core::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
-}
-
-#[cfg(miri)]
-unsafe fn unmap_chunk(p: *mut u8, bytes: usize) {
-    let layout = std::alloc::Layout::from_size_align(bytes, os::PAGE_SIZE).unwrap();
-    // SAFETY: `p` came from `map_chunk` with this layout.
-    unsafe { std::alloc::dealloc(p, layout) }
-}
-
 impl Drop for NodePool {
     fn drop(&mut self) {
         let mut chunk = self.chunks;
@@ -261,7 +232,7 @@ impl Drop for NodePool {
             // with the heap that owns it, so no node is referred to any more.
             unsafe {
                 let next = (*chunk).next;
-                unmap_chunk(chunk.cast(), (*chunk).bytes);
+                host::unmap(chunk.cast(), (*chunk).bytes);
                 chunk = next;
             }
         }
