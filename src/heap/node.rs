@@ -1,9 +1,9 @@
 //! Extent nodes and the host-memory pool they come from.
 //!
 //! One `Node` describes one extent of the managed region, free or allocated, and carries the
-//! links of both trees (`addr`: every extent by offset; `size`: free extents by length) and of
-//! the address-ordered list, so an extent never needs a second node. Nodes live in chunks of
-//! host memory (`host.rs`) that are unmapped when the pool is dropped. A chunk is handed out
+//! links of the address-ordered list of all extents and, while free, of its size class (a list
+//! or a treap, `size_index.rs`), so an extent never needs a second node. Nodes live in chunks
+//! of host memory (`host.rs`) that are unmapped when the pool is dropped. A chunk is handed out
 //! front to back as nodes are needed (its pages are touched only then); released nodes go on a
 //! recycle list and are reused first.
 
@@ -11,7 +11,9 @@ use super::host;
 use crate::os;
 use core::ptr;
 
-/// The two links a node has in one tree.
+/// A free extent's two links in its size class: in an exact class (one length), `left` is the
+/// extent before it in the class list (null at the head) and `right` the one after it; in a
+/// ranged class, the treap children.
 #[repr(C)]
 pub(super) struct Links {
     pub left: *mut Node,
@@ -28,19 +30,19 @@ impl Links {
 /// One extent `[offset, offset + len)`.
 ///
 /// Invariants, for a node in use: `len > 0`; `offset` never changes after `take` (which is
-/// what lets `prio`, a hash of it, stay fixed); `prev`/`next` are the extents just below and
-/// just above in address order (null at the ends), so `prev.offset + prev.len == offset` and
-/// `offset + len == next.offset`; the node is in the address tree always and in the size tree
-/// iff `free`, with `size` links null otherwise.
+/// what lets `prio`, a hash of it, stay fixed, and lets the start table key the node by it);
+/// `prev`/`next` are the extents just below and just above in address order (null at the
+/// ends), so `prev.offset + prev.len == offset` and `offset + len == next.offset`; the node is
+/// in the start table always and in the size index iff `free`, with `class` links null
+/// otherwise.
 #[repr(C)]
 pub(super) struct Node {
     pub offset: u64,
     pub len: u64,
     pub prev: *mut Node,
     pub next: *mut Node,
-    pub addr: Links,
-    pub size: Links,
-    /// Treap priority in both trees: `priority(offset)`.
+    pub class: Links,
+    /// Treap priority in a ranged size class: `priority(offset)`.
     pub prio: u32,
     pub free: bool,
 }
@@ -72,8 +74,7 @@ const _: () = assert!(core::mem::size_of::<Chunk>() <= CHUNK_HEADER);
 const _: () = assert!(CHUNK_HEADER % core::mem::align_of::<Node>() == 0);
 const NODE: usize = core::mem::size_of::<Node>();
 
-/// The first chunk is one page (56 nodes: a small heap costs 4 KiB of host memory); each next
-/// one doubles, up to `MAX_CHUNK`.
+/// The first chunk is one page (72 nodes); each next one doubles, up to `MAX_CHUNK`.
 const FIRST_CHUNK: usize = os::PAGE_SIZE;
 const MAX_CHUNK: usize = 1 << 20;
 
@@ -181,8 +182,7 @@ impl NodePool {
                 len,
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
-                addr: Links::EMPTY,
-                size: Links::EMPTY,
+                class: Links::EMPTY,
                 prio: priority(offset),
                 free,
             })
@@ -245,8 +245,8 @@ mod tests {
 
     #[test]
     fn node_is_compact() {
-        assert_eq!(NODE, 72);
-        assert_eq!((FIRST_CHUNK - CHUNK_HEADER) / NODE, 56);
+        assert_eq!(NODE, 56);
+        assert_eq!((FIRST_CHUNK - CHUNK_HEADER) / NODE, 72);
     }
 
     #[test]
