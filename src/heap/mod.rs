@@ -8,8 +8,8 @@
 //! # Data structures
 //!
 //! The region is cut into extents, each free or allocated, that tile it exactly. One `Node`
-//! per extent (host memory from a pool of mapped chunks, `node.rs`; never the global
-//! allocator, since this runs inside `malloc`) sits in:
+//! per extent (one cache line of host memory from a pool of mapped chunks, `node.rs`; never the
+//! global allocator, since this runs inside `malloc`) sits in:
 //! - the address-ordered doubly linked list of all extents (`prev`/`next`): the neighbours to
 //!   coalesce with on free, in O(1);
 //! - the **start table** (`starts.rs`), a hash table from each extent's start offset to its
@@ -17,53 +17,56 @@
 //! - while free, the **size index** (`size_index.rs`): free lists segregated by size class
 //!   with a hierarchical bitmap of the non-empty classes (`bitmap.rs`). Every length below
 //!   2^16 granules (1 MiB with the tiers' 16-byte granule) has a class of its own, a list;
-//!   longer extents go to TLSF-style classes (64 per power of two), each a treap ordered by
-//!   `(len, offset)` (`treap.rs`) so that best fit stays exact there too.
+//!   longer extents go to TLSF-style classes (4 096 per power of two), each a treap of the
+//!   lengths present (`treap.rs`) with a list per length, so that best fit stays exact there
+//!   too.
 //!
 //! Why not one ordered tree of free extents (what this heap had before): it made every
-//! operation O(log n) in the number of free extents, about 6.5× slower at 100 000 free extents
+//! operation O(log n) in the number of free extents, 6.5 times slower at 100 000 free extents
 //! than at 10 (see BENCHMARKS.md). Exact-length lists make the common case a handful of bitmap
 //! words and pointer writes.
 //!
 //! # Which extent a request gets
 //!
 //! Best fit takes a free extent of the smallest length that can hold the request; worst fit
-//! one of the largest. Among free extents of that length (a tie), the size index decides
-//! without ordering them: for lengths below 2^16 granules, the one inserted into its class most
-//! recently (it was freed, merged, or cut down to an alignment gap last); for longer ones, the
-//! lowest offset (best fit) or the highest (worst fit). See `size_index.rs`, "the order of a
-//! walk". (Before the size classes, ties went to the lowest offset in every case.)
+//! one of the largest. Among free extents of that length (a tie), the one inserted into the
+//! size index last: the one freed, merged, or cut down to an alignment gap most recently. See
+//! `size_index.rs`, "the order of a walk". (Before the size classes, ties went to the lowest
+//! offset, which would need an order inside every class.)
 //!
-//! # Cost (n = free extents, m = all extents)
+//! # Cost (n = free extents, m = all extents, w = distinct lengths in one ranged class)
 //!
-//! - best fit, request below 2^16 granules: the first non-empty class at or above the
-//!   request's length (three bitmap words at most), its list head. O(1).
-//! - worst fit: the last non-empty class, its list head, or for a ranged class its treap's
-//!   last node. O(1), or O(log k) for a class of k extents of 1 MiB and more.
-//! - best fit, request of 2^16 granules or more: a `(len, 0)` search in the request's class
-//!   (O(log k)), else the first node of the next non-empty class.
+//! - best fit: the first non-empty class at or above the request's length (three bitmap words
+//!   at most) and its first extent; for a request of 2^16 granules or more, a search among
+//!   the lengths of its own class first. O(1), or O(log w).
+//! - worst fit: the last non-empty class, its first extent, or for a ranged class the longest
+//!   length in its treap. O(1), or O(log w).
 //! - carving the chosen extent: it leaves its class; at most two nodes (the block, the tail
 //!   behind it) are taken and recorded in the start table, at most two extents (the gap in
-//!   front, the tail) enter classes. O(1) plus the treap work of ranged classes.
+//!   front, the tail) enter classes. O(1), or O(log w) for ranged classes.
 //! - free: one start-table lookup, up to two neighbours merged (class removes, start-table
-//!   removes), one class insert. O(1), same remark.
+//!   removes), one class insert. O(1), or O(log w).
 //! - the start table doubles when it is half full: O(m) for that one insert, O(1) amortised.
 //!
-//! Measured: see the figures at the end of this comment.
+//! w is at most the width of a class: 16 lengths between 1 and 2 MiB, 32 between 2 and 4 MiB
+//! (granule 16), and extents of a length already present cost nothing more. Measured: see the
+//! end of this comment.
 //!
 //! # Alignment
 //!
 //! Alignment beyond what the granule gives costs more only when the first extents met (in the
 //! order of a walk, `size_index.rs`) do not fit *because of* the alignment gap. Best fit then
 //! walks on upward, past extents shorter than `need + align - granule` (anything that long fits
-//! at any offset): a list step, or for ranged classes one treap search, per extent. It looks at
-//! most at `PROBE_LIMIT` such misfits, then takes the first extent long enough to fit whatever
-//! its offset (one more class search); only then can it miss a slightly smaller, luckily placed
-//! fit. When there is no such extent, and for worst fit (walking downward), the walk goes on
-//! (failing would be worse than being slow): the worst case is linear in the number of free
-//! extents shorter than `need + align`, and only for aligned requests on a heap short of large
-//! extents. Unchanged by the size classes, except that the order of the walk among equal
-//! lengths is the tie rule above.
+//! at any offset): a list step, or for ranged classes one search among the class's lengths,
+//! per extent. It looks at most at `PROBE_LIMIT` such misfits, then takes the first extent
+//! long enough to fit whatever its offset (one more class search); only then can it miss a
+//! slightly smaller, luckily placed fit. When there is no such extent, and for worst fit
+//! (walking downward), the walk goes on (failing would be worse than being slow): the worst
+//! case is linear in the number of free extents shorter than `need + align`, and only for
+//! aligned requests on a heap short of large extents. This is the rule the heap had before the
+//! size classes, the order among equal lengths aside (the tie rule above); as before, the cost
+//! of an aligned best fit grows with the number of misfits it meets, up to `PROBE_LIMIT`,
+//! whatever the number of free extents.
 //!
 //! # Units and alignment
 //!
@@ -85,28 +88,32 @@
 //!
 //! # Host memory per heap (one per device tier)
 //!
-//! - the size index: 544 KiB mapped at `new` (class heads and bitmap), resident only where
-//!   touched: about 5 pages for a fresh heap, one more page per 512 lengths in use;
-//! - nodes: 56 bytes per extent, free or allocated, in chunks from 4 KiB doubling to 1 MiB;
+//! - the size index, mapped at `new`: 520 KiB for a heap below 2^16 granules, 880 KiB for a
+//!   1 GiB tier, 1 204 KiB for 1 TiB (granule 16); resident only where touched: a few pages
+//!   for a fresh heap, one more per 512 classes in use;
+//! - nodes: 64 bytes per extent, free or allocated, in chunks from 4 KiB doubling to 1 MiB;
 //! - the start table: 16 bytes a slot, 2–4 slots per extent, from 4 KiB.
 //!
-//! About 110–170 bytes per extent on top of the fixed 544 KiB: 100 000 free extents between
-//! as many allocated blocks take about 30 MB.
+//! So 96–128 bytes per extent on top of the size index: 100 000 free extents between as many
+//! allocated blocks take about 21 MB.
 //!
 //! Not thread-safe: each tier wraps its heap in a lock.
 //!
 //! # Measured
 //!
-//! Release, `cost_is_flat_in_the_number_of_free_extents`, one run on a shared 2-core machine;
-//! ns per alloc+free pair with 10 / 1 000 / 100 000 free extents:
+//! Release, `cost_is_flat_in_the_number_of_free_extents`, best of 3 runs on a shared 2-core
+//! machine; ns per alloc+free pair with 10 / 1 000 / 100 000 free extents:
 //!
 //! | holes | best | worst | best, align 4096 | worst, align 4096 |
 //! |---|---|---|---|---|
-//! | 64 B – 4 KiB | 24 / 15 / 16 | 30 / 31 / 31 | 58 / 171 / 167 | 39 / 43 / 69 |
-//! | 4 KiB – 4 MiB | 63 / 113 / 607 | 36 / 57 / 83 | 59 / 157 / 1 927 | 43 / 65 / 84 |
+//! | 64 B – 4 KiB | 25 / 16 / 18 | 32 / 33 / 33 | 61 / 161 / 170 | 40 / 40 / 43 |
+//! | 4 KiB – 4 MiB | 37 / 36 / 44 | 37 / 38 / 37 | 47 / 54 / 302 | 44 / 49 / 48 |
+//! | 4 KiB – 4 MiB, cold | 49 / 73 / 253 | 36 / 57 / 80 | 61 / 110 / 1 111 | 44 / 67 / 87 |
 //!
-//! Flat where the exact classes serve; the ranged classes' treaps (about 600 extents a class
-//! at 100 000 long holes) and the aligned walk are not yet.
+//! Instructions per pair (valgrind) stay flat where the times grow, except for aligned best
+//! fit: "cold" requests touch a hole of their own each time, and at 100 000 holes most of
+//! those touches miss the caches; aligned best fit meets more misfits the more holes there are
+//! (see "Alignment").
 
 // Until the device tiers (issue 4) call into it, only the tests use this module.
 #![cfg_attr(not(test), allow(dead_code))]
@@ -194,7 +201,7 @@ impl ExtentHeap {
         }
         let mut heap = ExtentHeap {
             starts: StartTable::new()?,
-            sizes: SizeIndex::new(granule)?,
+            sizes: SizeIndex::new(capacity, granule)?,
             pool: NodePool::new(),
             capacity,
             granule,
@@ -570,7 +577,6 @@ impl ExtentHeap {
                 let nd = &*cur;
                 assert_eq!(nd.offset, end, "gap or overlap at {end}");
                 assert!(nd.len > 0 && nd.len % g == 0, "bad length {}", nd.len);
-                assert_eq!(nd.prio, node::priority(nd.offset));
                 assert_eq!(nd.prev, prev, "list prev of {}", nd.offset);
                 if nd.free {
                     assert!(
@@ -581,7 +587,9 @@ impl ExtentHeap {
                     free_nodes.push(cur);
                 } else {
                     in_use += nd.len;
-                    assert!(nd.class.left.is_null() && nd.class.right.is_null());
+                    let c = &nd.class;
+                    assert!(c.prev_or_left.is_null() && c.next.is_null() && c.right.is_null());
+                    assert!(!nd.tree, "allocated extent {} in a treap", nd.offset);
                 }
                 end = nd.offset + nd.len;
                 listed.push(cur);

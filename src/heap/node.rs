@@ -1,8 +1,8 @@
 //! Extent nodes and the host-memory pool they come from.
 //!
 //! One `Node` describes one extent of the managed region, free or allocated, and carries the
-//! links of the address-ordered list of all extents and, while free, of its size class (a list
-//! or a treap, `size_index.rs`), so an extent never needs a second node. Nodes live in chunks
+//! links of the address-ordered list of all extents and, while free, of its size class (lists
+//! and a treap, `size_index.rs`), so an extent never needs a second node. Nodes live in chunks
 //! of host memory (`host.rs`) that are unmapped when the pool is dropped. A chunk is handed out
 //! front to back as nodes are needed (its pages are touched only then); released nodes go on a
 //! recycle list and are reused first.
@@ -11,48 +11,57 @@ use super::host;
 use crate::os;
 use core::ptr;
 
-/// A free extent's two links in its size class: in an exact class (one length), `left` is the
-/// extent before it in the class list (null at the head) and `right` the one after it; in a
-/// ranged class, the treap children.
+/// A free extent's links in its size class (`size_index.rs`), all null while allocated. The
+/// free extents of one length form a list, the most recently inserted first: all of an exact
+/// class, or one length of a ranged class, the first of each such list being a node of the
+/// class's treap (`tree`).
 #[repr(C)]
-pub(super) struct Links {
-    pub left: *mut Node,
+pub(super) struct ClassLinks {
+    /// The member before it in its length's list, null for the first; except in a treap node
+    /// (`tree`, always the first of its list), where it is the left child.
+    pub prev_or_left: *mut Node,
+    /// The member after it in its length's list, null for the last.
+    pub next: *mut Node,
+    /// In a treap node (`tree`): the right child. Null otherwise.
     pub right: *mut Node,
 }
 
-impl Links {
-    pub const EMPTY: Links = Links {
-        left: ptr::null_mut(),
+impl ClassLinks {
+    pub const EMPTY: ClassLinks = ClassLinks {
+        prev_or_left: ptr::null_mut(),
+        next: ptr::null_mut(),
         right: ptr::null_mut(),
     };
 }
 
-/// One extent `[offset, offset + len)`.
+/// One extent `[offset, offset + len)`: exactly one cache line.
 ///
-/// Invariants, for a node in use: `len > 0`; `offset` never changes after `take` (which is
-/// what lets `prio`, a hash of it, stay fixed, and lets the start table key the node by it);
-/// `prev`/`next` are the extents just below and just above in address order (null at the
-/// ends), so `prev.offset + prev.len == offset` and `offset + len == next.offset`; the node is
-/// in the start table always and in the size index iff `free`, with `class` links null
-/// otherwise.
-#[repr(C)]
+/// Invariants, for a node in use: `len > 0`; `offset` never changes after `take` (which lets
+/// the start table key the node by it); `prev`/`next` are the extents just below and just
+/// above in address order (null at the ends), so `prev.offset + prev.len == offset` and
+/// `offset + len == next.offset`; the node is in the start table always and in the size index
+/// iff `free`, with `class` links null and `tree` false otherwise; `tree` implies `free` and
+/// `prio == priority(len)`.
+#[repr(C, align(64))]
 pub(super) struct Node {
     pub offset: u64,
     pub len: u64,
     pub prev: *mut Node,
     pub next: *mut Node,
-    pub class: Links,
-    /// Treap priority in a ranged size class: `priority(offset)`.
+    pub class: ClassLinks,
+    /// Treap priority while `tree`.
     pub prio: u32,
     pub free: bool,
+    /// The node is in a ranged class's treap, as the first free extent of its length.
+    pub tree: bool,
 }
 
-/// A deterministic, well-mixed priority for the extent at `offset` (MurmurHash3's 64-bit
-/// finaliser): offsets are multiples of the granule, so their low bits carry nothing and must
+/// A deterministic, well-mixed treap priority for the length `len` (MurmurHash3's 64-bit
+/// finaliser): lengths are multiples of the granule, so their low bits carry nothing and must
 /// be mixed into the top bits we keep.
 #[inline]
-pub(super) fn priority(offset: u64) -> u32 {
-    let mut x = offset;
+pub(super) fn priority(len: u64) -> u32 {
+    let mut x = len;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
@@ -68,13 +77,14 @@ struct Chunk {
     bytes: usize,
 }
 
-/// Bytes before the first node of a chunk (a multiple of the node alignment).
-const CHUNK_HEADER: usize = 16;
+/// Bytes before the first node of a chunk: one node's worth, so that nodes stay on cache-line
+/// boundaries.
+const CHUNK_HEADER: usize = 64;
 const _: () = assert!(core::mem::size_of::<Chunk>() <= CHUNK_HEADER);
 const _: () = assert!(CHUNK_HEADER % core::mem::align_of::<Node>() == 0);
 const NODE: usize = core::mem::size_of::<Node>();
 
-/// The first chunk is one page (72 nodes); each next one doubles, up to `MAX_CHUNK`.
+/// The first chunk is one page (63 nodes); each next one doubles, up to `MAX_CHUNK`.
 const FIRST_CHUNK: usize = os::PAGE_SIZE;
 const MAX_CHUNK: usize = 1 << 20;
 
@@ -182,9 +192,10 @@ impl NodePool {
                 len,
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
-                class: Links::EMPTY,
-                prio: priority(offset),
+                class: ClassLinks::EMPTY,
+                prio: 0,
                 free,
+                tree: false,
             })
         };
         node
@@ -245,8 +256,9 @@ mod tests {
 
     #[test]
     fn node_is_compact() {
-        assert_eq!(NODE, 56);
-        assert_eq!((FIRST_CHUNK - CHUNK_HEADER) / NODE, 72);
+        assert_eq!(NODE, 64);
+        assert_eq!(core::mem::align_of::<Node>(), 64);
+        assert_eq!((FIRST_CHUNK - CHUNK_HEADER) / NODE, 63);
     }
 
     #[test]
@@ -264,8 +276,7 @@ mod tests {
         // SAFETY: `b` is a live node of the pool.
         unsafe {
             assert_eq!((*b).offset, 64);
-            assert!(!(*b).free);
-            assert_eq!((*b).prio, priority(64));
+            assert!(!(*b).free && !(*b).tree);
         }
         let mut nodes = std::vec::Vec::new();
         for i in 0..1000 {
