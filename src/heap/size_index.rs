@@ -276,7 +276,13 @@ impl SizeIndex {
             }
             let c = self.class((*n).len);
             if c >= EXACT_CLASSES {
-                let longer = treap::ceil(*self.head(c), (*n).len, true);
+                // The next length: below the treap node's right child if it has one (no
+                // search from the root), else above it.
+                let longer = if (*n).tree && !(*n).class.right.is_null() {
+                    treap::first((*n).class.right)
+                } else {
+                    treap::ceil(*self.head(c), (*n).len, true)
+                };
                 if !longer.is_null() {
                     return longer;
                 }
@@ -298,7 +304,12 @@ impl SizeIndex {
             }
             let c = self.class((*n).len);
             if c >= EXACT_CLASSES {
-                let shorter = treap::floor(*self.head(c), (*n).len, true);
+                // As in `next_up`, mirrored.
+                let shorter = if (*n).tree && !(*n).class.prev_or_left.is_null() {
+                    treap::last((*n).class.prev_or_left)
+                } else {
+                    treap::floor(*self.head(c), (*n).len, true)
+                };
                 if !shorter.is_null() {
                     return shorter;
                 }
