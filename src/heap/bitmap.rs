@@ -184,8 +184,16 @@ impl Bitmap {
             assert_eq!(self.top & (1 << m) != 0, self.mid[m] != 0, "top bit {m}");
         }
         for w in 0..64 * 64 {
-            let mut word = if w < low_words(self.bits) { self.low(w) } else { 0 };
-            assert_eq!(self.mid[w / 64] & (1 << (w % 64)) != 0, word != 0, "mid bit {w}");
+            let mut word = if w < low_words(self.bits) {
+                self.low(w)
+            } else {
+                0
+            };
+            assert_eq!(
+                self.mid[w / 64] & (1 << (w % 64)) != 0,
+                word != 0,
+                "mid bit {w}"
+            );
             while word != 0 {
                 let i = w * 64 + lowest(word);
                 assert!(i < self.bits, "bit {i} past the end");
@@ -229,15 +237,25 @@ mod tests {
                 }
                 assert_eq!(b.get(i), model.contains(&i));
                 let q = (x >> 32) as usize % (bits + 2);
-                assert_eq!(b.first_from(q), model.range(q..).next().copied(), "first_from({q})");
+                assert_eq!(
+                    b.first_from(q),
+                    model.range(q..).next().copied(),
+                    "first_from({q})"
+                );
                 let down = model.range(..=q).next_back().copied();
                 assert_eq!(b.last_upto(q), down, "last_upto({q})");
                 assert_eq!(b.last(), model.last().copied());
                 if step % 1000 == 0 {
-                    assert_eq!(b.check(), model.iter().copied().collect::<std::vec::Vec<_>>());
+                    assert_eq!(
+                        b.check(),
+                        model.iter().copied().collect::<std::vec::Vec<_>>()
+                    );
                 }
             }
-            assert_eq!(b.check(), model.iter().copied().collect::<std::vec::Vec<_>>());
+            assert_eq!(
+                b.check(),
+                model.iter().copied().collect::<std::vec::Vec<_>>()
+            );
         }
     }
 }

@@ -226,7 +226,10 @@ fn ties_from_2_16_granules_up_go_the_same_way() {
             h.check_invariants();
         }
         // Only the 4K tails are left: the one inserted last.
-        assert_eq!(h.alloc(1, 16, HDR).unwrap().0, offsets[2] + (2 << 20) - 4 * K);
+        assert_eq!(
+            h.alloc(1, 16, HDR).unwrap().0,
+            offsets[2] + (2 << 20) - 4 * K
+        );
     }
 }
 
@@ -767,9 +770,9 @@ fn cost_is_flat_in_the_number_of_free_extents() {
     const SPAN: u64 = (4 << 20) - 4 * K;
     let small_hole = |i: u64| 64 * (1 + (i * 7919) % 64);
     let small_request = |k: u64| 64 * (1 + (k * 31) % 64) - 8;
-    let large_hole = |i: u64| 4 * K + (mix(i) % SPAN & !15);
-    let large_request = |k: u64| 4 * K + (mix((k * 31) % 64 ^ 0x5555) % SPAN & !15) - 8;
-    let cold_request = |k: u64| 4 * K + (mix(k ^ 0x5555) % SPAN & !15) - 8;
+    let large_hole = |i: u64| 4 * K + ((mix(i) % SPAN) & !15);
+    let large_request = |k: u64| 4 * K + ((mix(((k * 31) % 64) ^ 0x5555) % SPAN) & !15) - 8;
+    let cold_request = |k: u64| 4 * K + ((mix(k ^ 0x5555) % SPAN) & !15) - 8;
     type Lengths<'a> = &'a dyn Fn(u64) -> u64;
     let patterns: [(&str, Lengths, Lengths); 3] = [
         ("small", &small_hole, &small_request),

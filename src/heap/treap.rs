@@ -55,7 +55,11 @@ pub(super) unsafe fn insert(root: *mut *mut Node, node: *mut Node) {
             if cur.is_null() || (*cur).prio < prio {
                 break;
             }
-            slot = if key < len(cur) { left(cur) } else { right(cur) };
+            slot = if key < len(cur) {
+                left(cur)
+            } else {
+                right(cur)
+            };
         }
         split(*slot, key, left(node), right(node));
         *slot = node;
@@ -120,7 +124,11 @@ unsafe fn slot_of(root: *mut *mut Node, node: *mut Node) -> *mut *mut Node {
         let mut slot = root;
         while *slot != node {
             debug_assert!(!(*slot).is_null(), "length {key} not in the tree");
-            slot = if key < len(*slot) { left(*slot) } else { right(*slot) };
+            slot = if key < len(*slot) {
+                left(*slot)
+            } else {
+                right(*slot)
+            };
         }
         slot
     }
@@ -162,7 +170,11 @@ pub(super) unsafe fn find(root: *mut Node, key: u64) -> *mut Node {
     // SAFETY: module contract.
     unsafe {
         while !cur.is_null() && len(cur) != key {
-            cur = if key < len(cur) { *left(cur) } else { *right(cur) };
+            cur = if key < len(cur) {
+                *left(cur)
+            } else {
+                *right(cur)
+            };
         }
     }
     cur
@@ -337,7 +349,10 @@ mod tests {
                 assert_eq!(last(root), model.last().map_or(ptr::null_mut(), |e| e.1));
                 if step % 500 == 0 {
                     let (nodes, height) = collect(root);
-                    assert_eq!(nodes, model.iter().map(|e| e.1).collect::<std::vec::Vec<_>>());
+                    assert_eq!(
+                        nodes,
+                        model.iter().map(|e| e.1).collect::<std::vec::Vec<_>>()
+                    );
                     assert!(height <= 40, "height {height} for {}", nodes.len());
                 }
             }
