@@ -30,7 +30,7 @@
 //! One mapping per heap, made in `new`: a head per class (the list's first member in an exact
 //! class, the treap's root in a ranged one) and the bottom level of the bitmap. Ranged classes
 //! exist only for the powers of two up to the capacity: `8 * (2^16 + 2^SUB_BITS * octaves)`
-//! bytes and a little, where `octaves = log2(capacity / granule) - 15`: 512 KiB for a tier of
+//! bytes and a little, where `octaves = log2(capacity / granule) - 15`: 520 KiB for a tier of
 //! less than 1 MiB, 880 KiB for 1 GiB, 1 204 KiB for 1 TiB (granule 16). It is mapped with
 //! `MAP_NORESERVE` and zero-filled on demand, so only the pages of classes in use become
 //! resident: a page holds the heads of 512 classes.
@@ -86,6 +86,12 @@ const fn map_bytes(classes: usize) -> usize {
 ///   first of a list in a ranged class has `tree` set;
 /// - an exact class is one list, from `heads[c]`; a ranged class is a treap rooted at
 ///   `heads[c]` (`treap.rs`) whose nodes are the first members of its lists, one per length.
+///
+/// # Safety (every `unsafe fn` of the impl)
+/// The nodes reached from the index and those passed in are live nodes of the heap's pool,
+/// which the heap holds exclusively with the index; a node passed to `insert` is free and in no
+/// class, with null class links and `tree` unset; one passed to `remove` or to a walk is in
+/// this index, with the length it was inserted with.
 pub(super) struct SizeIndex {
     /// `classes` pointers at the start of the mapping.
     heads: *mut *mut Node,
@@ -95,11 +101,6 @@ pub(super) struct SizeIndex {
     shift: u32,
     extents: usize,
 }
-
-// SAFETY (of every `unsafe fn` below taking or returning nodes): the nodes are live nodes of
-// the heap's pool; nodes passed to `insert` are free and in no class, with null class links;
-// those passed to `remove` and to the walks are in this index. The heap holds the index
-// exclusively.
 
 impl SizeIndex {
     /// An empty index for a heap of `capacity` bytes (at most 2^62) and the given granule (a
@@ -143,7 +144,7 @@ impl SizeIndex {
     /// Adds the free extent `n` at the front of its length's list.
     #[inline]
     pub unsafe fn insert(&mut self, n: *mut Node) {
-        // SAFETY: see the note above the impl; `head` is inside the mapping.
+        // SAFETY: see "Safety" on the struct; `head` is inside the mapping.
         unsafe {
             let c = self.class((*n).len);
             let head = self.head(c);
@@ -172,7 +173,7 @@ impl SizeIndex {
     /// Takes `n` out of its class. Its length must be the one it was inserted with.
     #[inline]
     pub unsafe fn remove(&mut self, n: *mut Node) {
-        // SAFETY: see the note above the impl.
+        // SAFETY: see "Safety" on the struct.
         unsafe {
             let c = self.class((*n).len);
             let head = self.head(c);
@@ -208,7 +209,7 @@ impl SizeIndex {
     /// The first member of non-empty class `c` in the up order.
     #[inline]
     unsafe fn lowest_of(&self, c: usize) -> *mut Node {
-        // SAFETY: see the note above the impl.
+        // SAFETY: see "Safety" on the struct.
         unsafe {
             let head = *self.head(c);
             if c < EXACT_CLASSES {
@@ -222,7 +223,7 @@ impl SizeIndex {
     /// The first member of non-empty class `c` in the down order.
     #[inline]
     unsafe fn highest_of(&self, c: usize) -> *mut Node {
-        // SAFETY: see the note above the impl.
+        // SAFETY: see "Safety" on the struct.
         unsafe {
             let head = *self.head(c);
             if c < EXACT_CLASSES {
@@ -240,7 +241,7 @@ impl SizeIndex {
         if c >= self.classes {
             return ptr::null_mut();
         }
-        // SAFETY: see the note above the impl.
+        // SAFETY: see "Safety" on the struct.
         unsafe {
             if c >= EXACT_CLASSES && self.nonempty.get(c) {
                 let n = treap::ceil(*self.head(c), len, false);
@@ -260,7 +261,7 @@ impl SizeIndex {
     #[inline]
     pub unsafe fn largest(&self) -> *mut Node {
         match self.nonempty.last() {
-            // SAFETY: see the note above the impl.
+            // SAFETY: see "Safety" on the struct.
             Some(c) => unsafe { self.highest_of(c) },
             None => ptr::null_mut(),
         }
@@ -268,7 +269,7 @@ impl SizeIndex {
 
     /// The extent after `n` in the up order, or null.
     pub unsafe fn next_up(&self, n: *mut Node) -> *mut Node {
-        // SAFETY: see the note above the impl.
+        // SAFETY: see "Safety" on the struct.
         unsafe {
             let next = (*n).class.next;
             if !next.is_null() {
@@ -296,7 +297,7 @@ impl SizeIndex {
 
     /// The extent after `n` in the down order, or null.
     pub unsafe fn next_down(&self, n: *mut Node) -> *mut Node {
-        // SAFETY: see the note above the impl.
+        // SAFETY: see "Safety" on the struct.
         unsafe {
             let next = (*n).class.next;
             if !next.is_null() {
