@@ -101,19 +101,31 @@
 //!
 //! # Measured
 //!
-//! Release, `cost_is_flat_in_the_number_of_free_extents`, best of 3 runs on a shared 2-core
-//! machine; ns per alloc+free pair with 10 / 1 000 / 100 000 free extents:
+//! `cost_is_flat_in_the_number_of_free_extents` (release, granule 16): ns per alloc+free pair
+//! with 10 / 1 000 / 100 000 free extents, best of 5 runs on a shared 2-core machine, and
+//! instructions per pair (cachegrind) with 10 / 100 000:
 //!
-//! | holes | best | worst | best, align 4096 | worst, align 4096 |
-//! |---|---|---|---|---|
-//! | 64 B – 4 KiB | 25 / 16 / 18 | 32 / 33 / 33 | 61 / 161 / 170 | 40 / 40 / 43 |
-//! | 4 KiB – 4 MiB | 37 / 36 / 44 | 37 / 38 / 37 | 47 / 54 / 302 | 44 / 49 / 48 |
-//! | 4 KiB – 4 MiB, cold | 49 / 73 / 253 | 36 / 57 / 80 | 61 / 110 / 1 111 | 44 / 67 / 87 |
+//! | holes, requests | fit | ns | instructions |
+//! |---|---|---|---|
+//! | 64 B – 4 KiB, 64 lengths | best | 25 / 15 / 17 | 445 / 306 |
+//! | | worst | 31 / 32 / 32 | 573 / 605 |
+//! | | best, align 4096 | 69 / 213 / 168 | 848 / 1 348 |
+//! | | worst, align 4096 | 40 / 39 / 48 | 728 / 769 |
+//! | 4 KiB – 4 MiB, 64 lengths | best | 36 / 37 / 44 | 586 / 461 |
+//! | | worst | 37 / 37 / 39 | 598 / 632 |
+//! | | best, align 4096 | 47 / 56 / 258 | 750 / 1 461 |
+//! | | worst, align 4096 | 64 / 68 / 48 | 756 / 843 |
+//! | 4 KiB – 4 MiB, cold | best | 49 / 91 / 287 | 576 / 446 |
+//! | | worst | 36 / 57 / 86 | 595 / 630 |
+//! | | best, align 4096 | 69 / 137 / 1 806 | 738 / 1 474 |
+//! | | worst, align 4096 | 44 / 69 / 106 | 754 / 837 |
 //!
-//! Instructions per pair (valgrind) stay flat where the times grow, except for aligned best
-//! fit: "cold" requests touch a hole of their own each time, and at 100 000 holes most of
-//! those touches miss the caches; aligned best fit meets more misfits the more holes there are
-//! (see "Alignment").
+//! The instructions stay flat except for aligned best fit, which meets more misfits the more
+//! holes there are, up to `PROBE_LIMIT` (see "Alignment"). Where the time still grows with
+//! flat instructions, it is cache misses: "cold" requests each touch a hole, a class and
+//! start-table slots of their own, and 100 000 holes with their separators make about 21 MB of
+//! metadata. The heap before the size classes: 65 / 167 / 582 ns and 677 / 1 279 instructions
+//! for the first line, 144 / 690 / 4 035 ns for the last but one (BENCHMARKS.md).
 
 // Until the device tiers (issue 4) call into it, only the tests use this module.
 #![cfg_attr(not(test), allow(dead_code))]
