@@ -8,51 +8,65 @@
 //! # Data structures
 //!
 //! The region is cut into extents, each free or allocated, that tile it exactly. One `Node`
-//! per extent (host memory from a pool of mmap'd chunks, `node.rs`; never the global
-//! allocator, since this runs inside `malloc`) sits in:
+//! per extent (one cache line of host memory from a pool of mapped chunks, `node.rs`; never the
+//! global allocator, since this runs inside `malloc`) sits in:
 //! - the address-ordered doubly linked list of all extents (`prev`/`next`): the neighbours to
 //!   coalesce with on free, in O(1);
-//! - the **address treap** of all extents, keyed by offset: `free(offset)` finds its extent,
-//!   and a bad offset is classified (inside free space: double free; inside an allocated
-//!   extent or out of range: not allocated) with one floor search, O(log n);
-//! - the **size treap** of free extents, keyed by `(len, offset)`.
+//! - the **start table** (`starts.rs`), a hash table from each extent's start offset to its
+//!   node: `free(offset)` finds its extent in O(1);
+//! - while free, the **size index** (`size_index.rs`): free lists segregated by size class
+//!   with a hierarchical bitmap of the non-empty classes (`bitmap.rs`). Every length below
+//!   2^16 granules (1 MiB with the tiers' 16-byte granule) has a class of its own, a list;
+//!   longer extents go to TLSF-style classes (4 096 per power of two), each a treap of the
+//!   lengths present (`treap.rs`) with a list per length, so that best fit stays exact there
+//!   too.
 //!
-//! Why one ordered tree by `(len, offset)` rather than seed 002's segregated size lists (or a
-//! TLSF-style bitmap of classes): the contract is *exact* best fit with ties broken by the
-//! lowest offset, and exact worst fit likewise. Size classes find *a* block of the right class
-//! in O(1), but the smallest block ≥ the request within a class still needs an order by
-//! `(len, offset)` inside the class, i.e. a tree per class; one tree over all free extents
-//! gives the same answer in O(log n) with one structure to keep consistent. Treaps (with a
-//! hash of the offset as priority, so everything is deterministic) because their insert and
-//! remove are two short loops, without recursion or rebalancing cases.
+//! Why not one ordered tree of free extents (what this heap had before): it made every
+//! operation O(log n) in the number of free extents, 6.5 times slower at 100 000 free extents
+//! than at 10 (see BENCHMARKS.md). Exact-length lists make the common case a handful of bitmap
+//! words and pointer writes.
 //!
-//! # Cost (n = free extents, m = all extents)
+//! # Which extent a request gets
 //!
-//! - best fit: `ceil((need, 0))` in the size tree: the smallest free extent that is long
-//!   enough, lowest offset among equals. O(log n).
-//! - worst fit: the size tree's last node gives the largest length L; `ceil((L, 0))` gives the
-//!   lowest offset among those of length L. O(log n).
-//! - carving the chosen extent: its removal from the size tree at the link the search found
-//!   (no second search), then at most two size-tree and two address-tree inserts (the gap in
-//!   front, the block, the tail). O(log n + log m).
-//! - free: one address-tree floor search, up to two neighbours merged (size-tree removes,
-//!   address-tree remove), one size-tree insert. O(log n + log m).
+//! Best fit takes a free extent of the smallest length that can hold the request; worst fit
+//! one of the largest. Among free extents of that length (a tie), the one inserted into the
+//! size index last: the one freed, merged, or cut down to an alignment gap most recently. See
+//! `size_index.rs`, "the order of a walk". (Before the size classes, ties went to the lowest
+//! offset, which would need an order inside every class.)
 //!
-//! Measured (release, `cost_is_flat_in_the_number_of_free_extents`, quietest run on a shared
-//! 2-core machine): an alloc+free pair costs 60 ns with 10 free extents, 150–160 ns with 1 000,
-//! and 210 (worst fit) to 390 ns (best fit) with 100 000, where 7 MB of nodes no longer fit in
-//! the caches.
+//! # Cost (n = free extents, m = all extents, w = distinct lengths in one ranged class)
 //!
-//! Alignment beyond what the granule gives costs more only when the smallest (best) or largest
-//! (worst) long-enough extents do not fit *because of* the alignment gap: the search then walks
-//! on in `(len, offset)` order (best: upward; worst: downward by length, upward by offset),
-//! with a `treap::Cursor` at amortised O(1) per step, past extents shorter than
-//! `need + align - granule` (anything longer fits at any offset). Best fit looks at most at
-//! `PROBE_LIMIT` such misfits, then takes the smallest extent that fits whatever its offset
-//! (one more O(log n) search); only then can it miss a slightly smaller, luckily placed fit.
-//! When there is no such extent, and for worst fit, the walk goes on (failing would be worse
-//! than being slow): the worst case is linear in the number of free extents shorter than
-//! `need + align`, and only for aligned requests on a heap short of large extents.
+//! - best fit: the first non-empty class at or above the request's length (three bitmap words
+//!   at most) and its first extent; for a request of 2^16 granules or more, a search among
+//!   the lengths of its own class first. O(1), or O(log w).
+//! - worst fit: the last non-empty class, its first extent, or for a ranged class the longest
+//!   length in its treap. O(1), or O(log w).
+//! - carving the chosen extent: it leaves its class; at most two nodes (the block, the tail
+//!   behind it) are taken and recorded in the start table, at most two extents (the gap in
+//!   front, the tail) enter classes. O(1), or O(log w) for ranged classes.
+//! - free: one start-table lookup, up to two neighbours merged (class removes, start-table
+//!   removes), one class insert. O(1), or O(log w).
+//! - the start table doubles when it is half full: O(m) for that one insert, O(1) amortised.
+//!
+//! w is at most the width of a class: 16 lengths between 1 and 2 MiB, 32 between 2 and 4 MiB
+//! (granule 16), and extents of a length already present cost nothing more. Measured: see the
+//! end of this comment.
+//!
+//! # Alignment
+//!
+//! Alignment beyond what the granule gives costs more only when the first extents met (in the
+//! order of a walk, `size_index.rs`) do not fit *because of* the alignment gap. Best fit then
+//! walks on upward, past extents shorter than `need + align - granule` (anything that long fits
+//! at any offset): a list step, or for ranged classes one search among the class's lengths,
+//! per extent. It looks at most at `PROBE_LIMIT` such misfits, then takes the first extent
+//! long enough to fit whatever its offset (one more class search); only then can it miss a
+//! slightly smaller, luckily placed fit. When there is no such extent, and for worst fit
+//! (walking downward), the walk goes on (failing would be worse than being slow): the worst
+//! case is linear in the number of free extents shorter than `need + align`, and only for
+//! aligned requests on a heap short of large extents. This is the rule the heap had before the
+//! size classes, the order among equal lengths aside (the tie rule above); as before, the cost
+//! of an aligned best fit grows with the number of misfits it meets, up to `PROBE_LIMIT`,
+//! whatever the number of free extents.
 //!
 //! # Units and alignment
 //!
@@ -62,14 +76,62 @@
 //! the granule can never be congruent to `-prefix` otherwise): with the 16-byte header as
 //! `prefix`, a granule of 16 serves every alignment, while a granule of 64 serves alignments up
 //! to 16 only. An impossible request gets `None`. The gap in front of an aligned block stays a
-//! free extent.
+//! free extent, and the block starts at the first suitable offset of the extent chosen.
+//!
+//! # Bad frees
+//!
+//! A freed offset found in the start table as a free extent's start is a double free, told in
+//! O(1). Any other offset the table does not know (one inside an extent: a block freed twice
+//! after it merged with a free neighbour below, or a pointer into a block) is classified by
+//! walking the address list from the first extent to the one containing it: O(m), bounded by
+//! the number of extents, on a path that only ends in an abort or a counted error.
+//!
+//! # Host memory per heap (one per device tier)
+//!
+//! - the size index, mapped at `new`: 520 KiB for a heap below 2^16 granules, 880 KiB for a
+//!   1 GiB tier, 1 204 KiB for 1 TiB (granule 16); resident only where touched: a few pages
+//!   for a fresh heap, one more per 512 classes in use;
+//! - nodes: 64 bytes per extent, free or allocated, in chunks from 4 KiB doubling to 1 MiB;
+//! - the start table: 16 bytes a slot, 2–4 slots per extent, from 4 KiB.
+//!
+//! So 96–128 bytes per extent on top of the size index: 100 000 free extents between as many
+//! allocated blocks take about 21 MB.
 //!
 //! Not thread-safe: each tier wraps its heap in a lock.
+//!
+//! # Measured
+//!
+//! `cost_is_flat_in_the_number_of_free_extents` (release, granule 16): ns per alloc+free pair
+//! with 10 / 1 000 / 100 000 free extents, best of 5 runs on a shared 2-core machine, and
+//! instructions per pair (cachegrind) with 10 / 100 000:
+//!
+//! | holes, requests | fit | ns | instructions |
+//! |---|---|---|---|
+//! | 64 B – 4 KiB, 64 lengths | best | 25 / 15 / 17 | 445 / 306 |
+//! | | worst | 31 / 32 / 32 | 573 / 605 |
+//! | | best, align 4096 | 69 / 213 / 168 | 848 / 1 348 |
+//! | | worst, align 4096 | 40 / 39 / 48 | 728 / 769 |
+//! | 4 KiB – 4 MiB, 64 lengths | best | 36 / 37 / 44 | 586 / 461 |
+//! | | worst | 37 / 37 / 39 | 598 / 632 |
+//! | | best, align 4096 | 47 / 56 / 258 | 750 / 1 461 |
+//! | | worst, align 4096 | 64 / 68 / 48 | 756 / 843 |
+//! | 4 KiB – 4 MiB, cold | best | 49 / 91 / 287 | 576 / 446 |
+//! | | worst | 36 / 57 / 86 | 595 / 630 |
+//! | | best, align 4096 | 69 / 137 / 1 806 | 738 / 1 474 |
+//! | | worst, align 4096 | 44 / 69 / 106 | 754 / 837 |
+//!
+//! The instructions stay flat except for aligned best fit, which meets more misfits the more
+//! holes there are, up to `PROBE_LIMIT` (see "Alignment"). Where the time still grows with
+//! flat instructions, it is cache misses: "cold" requests each touch a hole, a class and
+//! start-table slots of their own, and 100 000 holes with their separators make about 21 MB of
+//! metadata. The heap before the size classes: 65 / 167 / 582 ns and 677 / 1 279 instructions
+//! for the first line, 144 / 690 / 4 035 ns for the last but one (BENCHMARKS.md).
 
-// Until the device tiers (issue 4) call into it, only the tests use this module.
-#![cfg_attr(not(test), allow(dead_code))]
-
+mod bitmap;
+mod host;
 mod node;
+mod size_index;
+mod starts;
 #[cfg(test)]
 mod tests;
 mod treap;
@@ -77,14 +139,15 @@ mod treap;
 pub(crate) use crate::config::Fit;
 use core::ptr;
 use node::{Node, NodePool};
-use treap::{ByAddr, BySize, Cursor};
+use size_index::SizeIndex;
+use starts::StartTable;
 
-/// How many misaligned candidates best fit examines before it takes the smallest extent that
+/// How many misaligned candidates best fit examines before it takes the first extent that
 /// fits at any offset (see the module comment).
 const PROBE_LIMIT: u32 = 32;
 
 /// Largest capacity and alignment: keeps every sum of offsets, lengths and alignments below
-/// 2^64.
+/// 2^63.
 const MAX_CAPACITY: u64 = 1 << 62;
 const MAX_ALIGN: u64 = 1 << 62;
 
@@ -110,34 +173,33 @@ pub(crate) struct HeapStats {
 }
 
 /// Invariants (checked in full by `check_invariants`):
-/// - the extents tile `[0, capacity)`: in address order each starts where the previous ends,
-///   the first at 0, the last ending at `capacity`; every offset and length is a multiple of
-///   `granule`, every length > 0;
+/// - the extents tile `[0, capacity)`: in address order (the list from the extent at offset
+///   0) each starts where the previous ends, the last ending at `capacity`; every offset and
+///   length is a multiple of `granule`, every length > 0;
 /// - no two free extents are adjacent (free coalesces at once);
-/// - `by_addr` holds every extent's node, `by_size` exactly the free ones;
-/// - `in_use` = Σ allocated lengths, `allocated_extents` and `free_extents` count them, and
-///   `pool.live() == allocated_extents + free_extents`.
+/// - `starts` records exactly every extent's start and node; `sizes` holds exactly the free
+///   extents, so `sizes.len()` counts the free extents and `starts.len() - sizes.len()` the
+///   allocated ones;
+/// - `in_use` = Σ allocated lengths, and `pool.live() == starts.len()`.
 pub(crate) struct ExtentHeap {
-    by_addr: *mut Node,
-    by_size: *mut Node,
+    starts: StartTable,
+    sizes: SizeIndex,
     pool: NodePool,
     capacity: u64,
     granule: u64,
     fit: Fit,
     in_use: u64,
-    free_extents: u64,
-    allocated_extents: u64,
     probe_limit: u32,
 }
 
-// SAFETY: the heap owns its nodes and their memory exclusively (nothing outside it holds a
-// node pointer), so moving it to another thread moves all of it.
+// SAFETY: the heap owns its nodes and all its host memory exclusively (nothing outside it
+// holds a pointer into them), so moving it to another thread moves all of it.
 unsafe impl Send for ExtentHeap {}
 
 impl ExtentHeap {
     /// A heap for `[0, capacity)`, all free. `granule` is a power of two; `capacity` is rounded
     /// down to a multiple of it. `None` for a bad granule, a capacity below one granule or
-    /// above 2^62, or when no host memory can be mapped for the first node.
+    /// above 2^62, or when no host memory can be mapped for the metadata.
     pub fn new(capacity: u64, granule: u64, fit: Fit) -> Option<Self> {
         if !granule.is_power_of_two() || capacity > MAX_CAPACITY {
             return None;
@@ -147,25 +209,23 @@ impl ExtentHeap {
             return None;
         }
         let mut heap = ExtentHeap {
-            by_addr: ptr::null_mut(),
-            by_size: ptr::null_mut(),
+            starts: StartTable::new()?,
+            sizes: SizeIndex::new(capacity, granule)?,
             pool: NodePool::new(),
             capacity,
             granule,
             fit,
             in_use: 0,
-            free_extents: 1,
-            allocated_extents: 0,
             probe_limit: PROBE_LIMIT,
         };
-        if !heap.pool.reserve(1) {
+        if !heap.pool.reserve(1) || !heap.starts.reserve(1) {
             return None;
         }
-        // SAFETY: reserved just above; the trees are empty and the node fresh.
+        // SAFETY: reserved just above; the heap is empty and the node fresh and free.
         unsafe {
             let all = heap.pool.take(0, capacity, true);
-            treap::insert::<ByAddr>(&mut heap.by_addr, all);
-            treap::insert::<BySize>(&mut heap.by_size, all);
+            heap.starts.insert(0, all);
+            heap.sizes.insert(all);
         }
         Some(heap)
     }
@@ -174,14 +234,17 @@ impl ExtentHeap {
         self.fit = fit;
     }
 
+    #[cfg(test)]
     pub fn fit(&self) -> Fit {
         self.fit
     }
 
+    #[cfg(test)]
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
 
+    #[cfg(test)]
     pub fn granule(&self) -> u64 {
         self.granule
     }
@@ -190,7 +253,7 @@ impl ExtentHeap {
     /// such that `offset + prefix` is a multiple of `align` (a power of two). Returns the
     /// extent's offset and length; the caller's usable size is `length - prefix`. `None` when
     /// no free extent fits, the arguments are impossible (see the module comment), or host
-    /// memory for nodes runs out; the heap is then unchanged.
+    /// memory for the metadata runs out; the heap is then unchanged.
     pub fn alloc(&mut self, len: u64, align: u64, prefix: u64) -> Option<(u64, u64)> {
         let g = self.granule;
         if !align.is_power_of_two() || align > MAX_ALIGN || prefix % align.min(g) != 0 {
@@ -208,146 +271,111 @@ impl ExtentHeap {
             prefix,
             max_gap: align.saturating_sub(g),
         };
-        // Two nodes at most are needed (the gap before and the tail after the block); getting
-        // them first means nothing below can fail half-way.
-        if !self.pool.reserve(2) {
+        // Two nodes and two start-table entries at most are needed (the block, the tail after
+        // it); getting them first means nothing below can fail half-way.
+        if !self.pool.reserve(2) || !self.starts.reserve(2) {
             return None;
         }
-        // SAFETY: the trees are valid and ours (`&mut self`).
-        let slot = unsafe {
+        // SAFETY: the index is valid and ours (`&mut self`).
+        let n = unsafe {
             match self.fit {
                 Fit::Best => self.find_best(&fit),
                 Fit::Worst => self.find_worst(&fit),
             }
         };
-        if slot.is_null() {
+        if n.is_null() {
             return None;
         }
-        // SAFETY: `slot` points at a free extent of ours that fits; two nodes are reserved.
-        Some(unsafe { self.carve(slot, &fit) })
+        // SAFETY: `n` is a free extent of ours that fits; two nodes and slots are reserved.
+        Some(unsafe { self.carve(n, &fit) })
     }
 
-    /// Best fit: the first extent in `(len, offset)` order from `(need, 0)` that fits. Returns
-    /// the size-tree link that points at it, or null.
+    /// Best fit: the first extent in the up order (`size_index.rs`) from `need` that fits,
+    /// within the probe limit (see the module comment); null if none.
     ///
     /// # Safety
-    /// The trees are valid (invariants hold).
-    unsafe fn find_best(&mut self, fit: &Fitting) -> *mut *mut Node {
-        // SAFETY (whole body): the size tree is valid; nodes found in it are live.
+    /// The invariants hold.
+    unsafe fn find_best(&self, fit: &Fitting) -> *mut Node {
+        // SAFETY (whole body): nodes the size index returns are live free extents.
         unsafe {
-            let first = treap::ceil_slot::<BySize>(&mut self.by_size, (fit.need, 0), false);
-            if first.is_null() || fit.fits(&**first) {
-                return first;
+            let mut cur = self.sizes.first_at_least(fit.need);
+            if cur.is_null() || fit.fits(&*cur) {
+                return cur;
             }
             // Only its offset made it miss (it is shorter than `need + max_gap`): walk on.
-            let key = ((**first).len, (**first).offset);
-            let mut walk = Cursor::<BySize>::seek(self.by_size, key, true);
-            let mut probes = 1u32;
+            let mut misfits = 1;
             loop {
-                let cur = walk.node();
-                if cur.is_null() {
-                    return ptr::null_mut();
-                }
-                if fit.fits(&*cur) {
-                    return self.slot_of(cur);
-                }
-                probes += 1;
-                if probes == self.probe_limit {
-                    let sure = (fit.need + fit.max_gap, 0);
-                    let sure = treap::ceil_slot::<BySize>(&mut self.by_size, sure, false);
+                if misfits == self.probe_limit {
+                    let sure = self.sure_fit(fit);
                     if !sure.is_null() {
-                        debug_assert!(fit.fits(&**sure));
                         return sure;
                     }
                 }
-                walk.advance();
+                cur = self.sizes.next_up(cur);
+                if cur.is_null() || fit.fits(&*cur) {
+                    return cur;
+                }
+                misfits += 1;
             }
         }
     }
 
-    /// Worst fit: lengths from the largest down, offsets upward within one length; the first
-    /// extent that fits. Returns the size-tree link that points at it, or null.
+    /// The first extent in the up order that is long enough to fit at any offset, or null.
     ///
     /// # Safety
-    /// The trees are valid (invariants hold).
-    unsafe fn find_worst(&mut self, fit: &Fitting) -> *mut *mut Node {
-        // SAFETY (whole body): the size tree is valid; nodes found in it are live.
+    /// The invariants hold.
+    unsafe fn sure_fit(&self, fit: &Fitting) -> *mut Node {
+        // No overflow: need <= 2^62, max_gap < 2^62.
+        let len = fit.need + fit.max_gap;
+        if len > self.capacity {
+            return ptr::null_mut();
+        }
+        // SAFETY: as the caller guarantees.
+        let sure = unsafe { self.sizes.first_at_least(len) };
+        // SAFETY: a node from the index is live.
+        debug_assert!(sure.is_null() || fit.fits(unsafe { &*sure }));
+        sure
+    }
+
+    /// Worst fit: the first extent in the down order (`size_index.rs`) that fits, or null.
+    ///
+    /// # Safety
+    /// The invariants hold.
+    unsafe fn find_worst(&self, fit: &Fitting) -> *mut Node {
+        // SAFETY (whole body): nodes the size index returns are live free extents.
         unsafe {
-            let top = treap::last::<BySize>(self.by_size);
-            if top.is_null() {
-                return ptr::null_mut();
-            }
-            let mut len = (*top).len;
-            while len >= fit.need {
-                let first = treap::ceil_slot::<BySize>(&mut self.by_size, (len, 0), false);
-                debug_assert!(!first.is_null(), "length {len} was just seen in the tree");
-                if first.is_null() || fit.fits(&**first) {
-                    return first;
+            let mut cur = self.sizes.largest();
+            while !cur.is_null() && (*cur).len >= fit.need {
+                if fit.fits(&*cur) {
+                    return cur;
                 }
-                let key = (len, (**first).offset);
-                let mut walk = Cursor::<BySize>::seek(self.by_size, key, true);
-                loop {
-                    let cur = walk.node();
-                    if cur.is_null() || (*cur).len != len {
-                        break;
-                    }
-                    if fit.fits(&*cur) {
-                        return self.slot_of(cur);
-                    }
-                    walk.advance();
-                }
-                let shorter = treap::floor::<BySize>(self.by_size, (len, 0), true);
-                if shorter.is_null() {
-                    break;
-                }
-                len = (*shorter).len;
+                cur = self.sizes.next_down(cur);
             }
             ptr::null_mut()
         }
     }
 
-    /// The size-tree link that points at the free extent `n`.
+    /// Cuts the allocation out of the free extent `n`: the alignment gap in front stays free
+    /// (in that node), the block gets a node, the tail behind becomes a new free extent.
     ///
     /// # Safety
-    /// `n` is in the size tree.
-    unsafe fn slot_of(&mut self, n: *mut Node) -> *mut *mut Node {
-        // SAFETY: as the caller guarantees; the key is `n`'s own.
-        unsafe {
-            let slot =
-                treap::ceil_slot::<BySize>(&mut self.by_size, ((*n).len, (*n).offset), false);
-            debug_assert!(*slot == n);
-            slot
-        }
-    }
-
-    /// Cuts the allocation out of the free extent `*slot`: the alignment gap in front stays
-    /// free (in that node), the block gets a node, the tail behind becomes a new free extent.
-    ///
-    /// # Safety
-    /// `slot` is the size-tree link pointing at a free extent `n` with `fit.fits(n)`, the tree
-    /// unchanged since it was found; two pool nodes are reserved.
-    unsafe fn carve(&mut self, slot: *mut *mut Node, fit: &Fitting) -> (u64, u64) {
+    /// `n` is a free extent of this heap with `fit.fits(n)`; two pool nodes and two start-table
+    /// slots are reserved.
+    unsafe fn carve(&mut self, n: *mut Node, fit: &Fitting) -> (u64, u64) {
         // SAFETY (whole body): `n` and its list neighbours are live nodes of ours; new nodes
-        // come from the reservation; each tree insert is of a node not in that tree.
+        // and their start-table slots come from the reservations; each class insert is of a
+        // free node in no class.
         unsafe {
-            // A slot that is the root itself is taken afresh from `self`: the pointer the
-            // search made from an earlier borrow of `self` no longer has the right to write.
-            let slot = if ptr::eq(slot, ptr::addr_of!(self.by_size)) {
-                ptr::addr_of_mut!(self.by_size)
-            } else {
-                slot
-            };
-            let n = *slot;
             debug_assert!((*n).free && fit.fits(&*n));
-            treap::remove_at::<BySize>(slot);
+            self.sizes.remove(n);
             let start = (*n).offset;
             let gap = fit.gap(start);
             let tail = (*n).len - gap - fit.need;
             let block = if gap > 0 {
                 (*n).len = gap;
-                treap::insert::<BySize>(&mut self.by_size, n);
+                self.sizes.insert(n);
                 let b = self.pool.take(start + gap, fit.need, false);
-                treap::insert::<ByAddr>(&mut self.by_addr, b);
+                self.starts.insert(start + gap, b);
                 link_after(n, b);
                 b
             } else {
@@ -357,13 +385,11 @@ impl ExtentHeap {
             };
             if tail > 0 {
                 let t = self.pool.take(start + gap + fit.need, tail, true);
-                treap::insert::<ByAddr>(&mut self.by_addr, t);
-                treap::insert::<BySize>(&mut self.by_size, t);
+                self.starts.insert(start + gap + fit.need, t);
                 link_after(block, t);
+                self.sizes.insert(t);
             }
             self.in_use += fit.need;
-            self.allocated_extents += 1;
-            self.free_extents = self.free_extents + (gap > 0) as u64 + (tail > 0) as u64 - 1;
             ((*block).offset, fit.need)
         }
     }
@@ -371,92 +397,98 @@ impl ExtentHeap {
     /// Frees the allocated extent that starts at `offset`, merging it with free neighbours.
     /// Returns its length. Any other offset is refused, with the heap unchanged.
     pub fn free(&mut self, offset: u64) -> Result<u64, FreeError> {
-        let n = self.lookup(offset)?;
-        // SAFETY (whole block): `n` and its list neighbours are live nodes of ours; tree
-        // removes are of nodes in that tree, released nodes are unlinked from everything.
+        let n = self.starts.get(offset);
+        // SAFETY: the start table holds live nodes.
+        if n.is_null() || unsafe { (*n).free } {
+            return Err(self.classify(offset));
+        }
+        // SAFETY (whole block): `n` and its list neighbours are live nodes of ours; class
+        // removes are of free nodes in the index; released nodes are unlinked from everything.
         unsafe {
             let len = (*n).len;
             (*n).free = true;
             self.in_use -= len;
-            self.allocated_extents -= 1;
-            self.free_extents += 1;
             let mut n = n;
             let prev = (*n).prev;
             if !prev.is_null() && (*prev).free {
-                treap::remove::<BySize>(&mut self.by_size, prev);
+                self.sizes.remove(prev);
                 (*prev).len += (*n).len;
-                treap::remove::<ByAddr>(&mut self.by_addr, n);
+                self.starts.remove((*n).offset);
                 unlink(n);
                 self.pool.release(n);
-                self.free_extents -= 1;
                 n = prev;
             }
             let next = (*n).next;
             if !next.is_null() && (*next).free {
-                treap::remove::<BySize>(&mut self.by_size, next);
+                self.sizes.remove(next);
                 (*n).len += (*next).len;
-                treap::remove::<ByAddr>(&mut self.by_addr, next);
+                self.starts.remove((*next).offset);
                 unlink(next);
                 self.pool.release(next);
-                self.free_extents -= 1;
             }
-            treap::insert::<BySize>(&mut self.by_size, n);
+            self.sizes.insert(n);
             Ok(len)
         }
     }
 
-    /// The allocated extent starting at `offset`, or why there is none.
-    fn lookup(&self, offset: u64) -> Result<*mut Node, FreeError> {
+    /// Why `offset` is not the start of an allocated extent (see the module comment: O(m)).
+    #[cold]
+    fn classify(&self, offset: u64) -> FreeError {
         if offset >= self.capacity || offset % self.granule != 0 {
-            return Err(FreeError::NotAllocated);
+            return FreeError::NotAllocated;
         }
-        // SAFETY: the address tree is valid and ours; it covers [0, capacity), so a node at or
-        // below any in-range offset exists.
-        unsafe {
-            let n = treap::floor::<ByAddr>(self.by_addr, offset, false);
-            debug_assert!(!n.is_null() && (*n).offset + (*n).len > offset);
-            if n.is_null() {
-                Err(FreeError::NotAllocated)
-            } else if (*n).free {
-                Err(FreeError::DoubleFree)
-            } else if (*n).offset != offset {
-                Err(FreeError::NotAllocated)
-            } else {
-                Ok(n)
+        let mut cur = self.starts.get(offset);
+        if cur.is_null() {
+            cur = self.starts.get(0);
+            // SAFETY: the extents tile [0, capacity) from the one at 0 through `next`, so the
+            // walk meets the extent that contains `offset < capacity` before the list ends.
+            unsafe {
+                while (*cur).offset + (*cur).len <= offset {
+                    cur = (*cur).next;
+                }
             }
+        }
+        // SAFETY: `cur` is a live node (from the table or the list).
+        if unsafe { (*cur).free } {
+            FreeError::DoubleFree
+        } else {
+            FreeError::NotAllocated
         }
     }
 
     /// The length of the allocated extent starting at `offset` (`None` for anything else).
     pub fn allocated_len(&self, offset: u64) -> Option<u64> {
-        let n = self.lookup(offset).ok()?;
-        // SAFETY: `lookup` returns live nodes.
-        Some(unsafe { (*n).len })
+        let n = self.starts.get(offset);
+        // SAFETY: the start table holds live nodes.
+        unsafe { (!n.is_null() && !(*n).free).then(|| (*n).len) }
     }
 
     pub fn stats(&self) -> HeapStats {
-        // SAFETY: the size tree is valid; its last node, if any, is live.
+        // SAFETY: the index is valid; its nodes are live.
         let largest_free = unsafe {
-            let top = treap::last::<BySize>(self.by_size);
+            let top = self.sizes.largest();
             if top.is_null() {
                 0
             } else {
                 (*top).len
             }
         };
+        let free_extents = self.sizes.len() as u64;
         HeapStats {
             capacity: self.capacity,
             in_use: self.in_use,
             free_bytes: self.capacity - self.in_use,
             largest_free,
-            free_extents: self.free_extents,
-            allocated_extents: self.allocated_extents,
+            free_extents,
+            allocated_extents: self.starts.len() as u64 - free_extents,
         }
     }
 
-    /// Bytes of host memory mapped for this heap's metadata.
+    #[cfg(test)]
+    /// Bytes of host memory mapped for this heap's metadata (mapped, not necessarily resident:
+    /// see the module comment).
     pub fn metadata_bytes(&self) -> usize {
-        self.pool.mapped_bytes()
+        self.pool.mapped_bytes() + self.starts.mapped_bytes() + self.sizes.mapped_bytes()
     }
 }
 
@@ -524,20 +556,21 @@ impl ExtentHeap {
     /// Calls `f(offset, len)` for every allocated extent, in address order. Allocates nothing
     /// (a `fork` child handler calls it).
     pub fn for_each_allocated(&self, mut f: impl FnMut(u64, u64)) {
-        let mut node = self.by_addr;
-        if node.is_null() {
-            return;
-        }
-        // SAFETY: the address tree and the address-ordered list hold live nodes; the tree's
-        // leftmost node is the first extent.
-        unsafe {
-            while !(*node).addr.left.is_null() {
-                node = (*node).addr.left;
+        self.for_each_extent(|offset, len, free| {
+            if !free {
+                f(offset, len)
             }
+        });
+    }
+
+    /// Calls `f(offset, len, free)` for every extent in address order.
+    fn for_each_extent(&self, mut f: impl FnMut(u64, u64, bool)) {
+        let mut node = self.starts.get(0);
+        // SAFETY: the extents tile the region from offset 0, so the list that starts at the
+        // extent at 0 and follows `next` visits every live node once.
+        unsafe {
             while !node.is_null() {
-                if !(*node).free {
-                    f((*node).offset, (*node).len);
-                }
+                f((*node).offset, (*node).len, (*node).free);
                 node = (*node).next;
             }
         }
@@ -548,14 +581,9 @@ impl ExtentHeap {
 impl ExtentHeap {
     /// Every extent in address order: `(offset, len, free)`.
     pub fn extents(&self) -> std::vec::Vec<(u64, u64, bool)> {
-        // SAFETY: the address tree is valid; its nodes are live.
-        unsafe {
-            treap::collect::<ByAddr>(self.by_addr)
-                .0
-                .into_iter()
-                .map(|n| ((*n).offset, (*n).len, (*n).free))
-                .collect()
-        }
+        let mut out = std::vec::Vec::new();
+        self.for_each_extent(|offset, len, free| out.push((offset, len, free)));
+        out
     }
 
     /// Lets a test make best fit exact whatever the alignment walk costs.
@@ -563,56 +591,57 @@ impl ExtentHeap {
         self.probe_limit = limit;
     }
 
-    /// Walks everything and panics on the first broken invariant (see the struct).
+    /// Walks everything and panics on the first broken invariant (see the struct and the
+    /// invariants of the start table, the size index and its bitmap).
     pub fn check_invariants(&self) {
-        // SAFETY: every node reached is in a tree or the list of this heap, hence live.
+        // SAFETY: every node reached is in the start table, the list or the index of this
+        // heap, hence live; the walk is bounded by the number of live nodes.
         unsafe {
-            let (by_addr, _) = treap::collect::<ByAddr>(self.by_addr);
-            let (by_size, _) = treap::collect::<BySize>(self.by_size);
             let g = self.granule;
-            let mut end = 0;
-            let (mut in_use, mut free, mut allocated) = (0, 0, 0);
-            for (i, &n) in by_addr.iter().enumerate() {
-                let nd = &*n;
+            let mut listed = std::vec::Vec::new();
+            let mut free_nodes = std::vec::Vec::new();
+            let mut cur = self.starts.get(0);
+            assert!(!cur.is_null(), "no extent at 0");
+            let (mut end, mut in_use, mut prev) = (0, 0, ptr::null_mut());
+            while !cur.is_null() {
+                assert!(listed.len() < self.pool.live(), "the address list loops");
+                let nd = &*cur;
                 assert_eq!(nd.offset, end, "gap or overlap at {end}");
                 assert!(nd.len > 0 && nd.len % g == 0, "bad length {}", nd.len);
-                assert_eq!(nd.prio, node::priority(nd.offset));
-                let prev = if i == 0 {
-                    ptr::null_mut()
-                } else {
-                    by_addr[i - 1]
-                };
-                let next = by_addr.get(i + 1).copied().unwrap_or(ptr::null_mut());
                 assert_eq!(nd.prev, prev, "list prev of {}", nd.offset);
-                assert_eq!(nd.next, next, "list next of {}", nd.offset);
                 if nd.free {
-                    free += 1;
                     assert!(
                         prev.is_null() || !(*prev).free,
                         "adjacent free extents at {}",
                         nd.offset
                     );
+                    free_nodes.push(cur);
                 } else {
-                    allocated += 1;
                     in_use += nd.len;
-                    assert!(nd.size.left.is_null() && nd.size.right.is_null());
+                    let c = &nd.class;
+                    assert!(c.prev_or_left.is_null() && c.next.is_null() && c.right.is_null());
+                    assert!(!nd.tree, "allocated extent {} in a treap", nd.offset);
                 }
                 end = nd.offset + nd.len;
+                listed.push(cur);
+                prev = cur;
+                cur = nd.next;
             }
             assert_eq!(end, self.capacity, "extents do not reach the end");
-            let free_nodes: std::vec::Vec<_> = by_addr.iter().filter(|&&n| (*n).free).collect();
-            assert_eq!(by_size.len(), free_nodes.len(), "size tree != free extents");
-            for &n in &by_size {
-                assert!((*n).free, "allocated extent {} in size tree", (*n).offset);
-                assert_eq!(treap::find::<ByAddr>(self.by_addr, (*n).offset), n);
-            }
+            let mut recorded = self.starts.check();
+            recorded.sort();
+            listed.sort();
+            assert_eq!(recorded, listed, "start table != extents");
+            let mut held = self.sizes.check();
+            held.sort();
+            free_nodes.sort();
+            assert_eq!(held, free_nodes, "size index != free extents");
             assert_eq!(self.in_use, in_use);
-            assert_eq!(self.free_extents, free);
-            assert_eq!(self.allocated_extents, allocated);
-            assert_eq!(self.pool.live() as u64, free + allocated);
+            assert_eq!(self.pool.live(), listed.len());
             let s = self.stats();
             assert_eq!(s.in_use + s.free_bytes, s.capacity);
-            let largest = by_size.last().map_or(0, |&n| (*n).len);
+            assert_eq!(s.free_extents, free_nodes.len() as u64);
+            let largest = free_nodes.iter().map(|&n| (*n).len).max().unwrap_or(0);
             assert_eq!(s.largest_free, largest);
         }
     }

@@ -1,55 +1,67 @@
 //! Extent nodes and the host-memory pool they come from.
 //!
 //! One `Node` describes one extent of the managed region, free or allocated, and carries the
-//! links of both trees (`addr`: every extent by offset; `size`: free extents by length) and of
-//! the address-ordered list, so an extent never needs a second node. Nodes live in chunks
-//! mapped with `os::map_anonymous` (host DRAM, never the global allocator) and are unmapped
-//! when the pool is dropped. A chunk is handed out front to back as nodes are needed (its pages
-//! are touched only then); released nodes go on a recycle list and are reused first.
+//! links of the address-ordered list of all extents and, while free, of its size class (lists
+//! and a treap, `size_index.rs`), so an extent never needs a second node. Nodes live in chunks
+//! of host memory (`host.rs`) that are unmapped when the pool is dropped. A chunk is handed out
+//! front to back as nodes are needed (its pages are touched only then); released nodes go on a
+//! recycle list and are reused first.
 
+use super::host;
 use crate::os;
 use core::ptr;
 
-/// The two links a node has in one tree.
+/// A free extent's links in its size class (`size_index.rs`), all null while allocated. The
+/// free extents of one length form a list, the most recently inserted first: all of an exact
+/// class, or one length of a ranged class, the first of each such list being a node of the
+/// class's treap (`tree`).
 #[repr(C)]
-pub(super) struct Links {
-    pub left: *mut Node,
+pub(super) struct ClassLinks {
+    /// The member before it in its length's list, null for the first; except in a treap node
+    /// (`tree`, always the first of its list), where it is the left child.
+    pub prev_or_left: *mut Node,
+    /// The member after it in its length's list, null for the last.
+    pub next: *mut Node,
+    /// In a treap node (`tree`): the right child. Null otherwise.
     pub right: *mut Node,
 }
 
-impl Links {
-    pub const EMPTY: Links = Links {
-        left: ptr::null_mut(),
+impl ClassLinks {
+    pub const EMPTY: ClassLinks = ClassLinks {
+        prev_or_left: ptr::null_mut(),
+        next: ptr::null_mut(),
         right: ptr::null_mut(),
     };
 }
 
-/// One extent `[offset, offset + len)`.
+/// One extent `[offset, offset + len)`: exactly one cache line.
 ///
-/// Invariants, for a node in use: `len > 0`; `offset` never changes after `take` (which is
-/// what lets `prio`, a hash of it, stay fixed); `prev`/`next` are the extents just below and
-/// just above in address order (null at the ends), so `prev.offset + prev.len == offset` and
-/// `offset + len == next.offset`; the node is in the address tree always and in the size tree
-/// iff `free`, with `size` links null otherwise.
-#[repr(C)]
+/// Invariants, for a node in use: `len > 0`; `offset` never changes after `take` (which lets
+/// the start table key the node by it); `prev`/`next` are the extents just below and just
+/// above in address order (null at the ends), so `prev.offset + prev.len == offset` and
+/// `offset + len == next.offset`; the node is in the start table always and in the size index
+/// iff `free`, with `class` links null and `tree` false otherwise; `tree` implies `free` and
+/// `prio == priority(len)`.
+#[repr(C, align(64))]
 pub(super) struct Node {
     pub offset: u64,
     pub len: u64,
     pub prev: *mut Node,
     pub next: *mut Node,
-    pub addr: Links,
-    pub size: Links,
-    /// Treap priority in both trees: `priority(offset)`.
+    pub class: ClassLinks,
+    /// Treap priority while `tree`.
     pub prio: u32,
     pub free: bool,
+    /// The node is in a ranged class's treap, as the first free extent of its length.
+    pub tree: bool,
 }
 
-/// A deterministic, well-mixed priority for the extent at `offset` (MurmurHash3's 64-bit
-/// finaliser): offsets are multiples of the granule, so their low bits carry nothing and must
+/// A deterministic, well-mixed treap priority for the length `len` (MurmurHash3's 64-bit
+/// finaliser): lengths are multiples of the granule, so their low bits carry nothing and must
 /// be mixed into the top bits we keep.
 #[inline]
-pub(super) fn priority(offset: u64) -> u32 {
-    let mut x = offset;
+pub(super) fn priority(len: u64) -> u32 {
+    let mut x = len;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
@@ -65,14 +77,14 @@ struct Chunk {
     bytes: usize,
 }
 
-/// Bytes before the first node of a chunk (a multiple of the node alignment).
-const CHUNK_HEADER: usize = 16;
+/// Bytes before the first node of a chunk: one node's worth, so that nodes stay on cache-line
+/// boundaries.
+const CHUNK_HEADER: usize = 64;
 const _: () = assert!(core::mem::size_of::<Chunk>() <= CHUNK_HEADER);
 const _: () = assert!(CHUNK_HEADER % core::mem::align_of::<Node>() == 0);
 const NODE: usize = core::mem::size_of::<Node>();
 
-/// The first chunk is one page (56 nodes: a small heap costs 4 KiB of host memory); each next
-/// one doubles, up to `MAX_CHUNK`.
+/// The first chunk is one page (63 nodes); each next one doubles, up to `MAX_CHUNK`.
 const FIRST_CHUNK: usize = os::PAGE_SIZE;
 const MAX_CHUNK: usize = 1 << 20;
 
@@ -123,7 +135,7 @@ impl NodePool {
         while (bytes - CHUNK_HEADER) / NODE < count {
             bytes *= 2;
         }
-        let Some(base) = map_chunk(bytes) else {
+        let Some(base) = host::map(bytes) else {
             return false;
         };
         // The rest of the old chunk is not lost: its fresh slots join the recycle list.
@@ -180,10 +192,10 @@ impl NodePool {
                 len,
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
-                addr: Links::EMPTY,
-                size: Links::EMPTY,
-                prio: priority(offset),
+                class: ClassLinks::EMPTY,
+                prio: 0,
                 free,
+                tree: false,
             })
         };
         node
@@ -202,12 +214,14 @@ impl NodePool {
         self.live -= 1;
     }
 
+    #[cfg(test)]
     /// Nodes in use.
     #[inline]
     pub fn live(&self) -> usize {
         self.live
     }
 
+    #[cfg(test)]
     /// Bytes of host memory mapped for nodes.
     pub fn mapped_bytes(&self) -> usize {
         let mut total = 0;
@@ -223,36 +237,6 @@ impl NodePool {
     }
 }
 
-/// Zeroed host memory for a chunk (a multiple of the page size).
-#[cfg(not(miri))]
-fn map_chunk(bytes: usize) -> Option<core::ptr::NonNull<u8>> {
-    os::map_anonymous(bytes)
-}
-
-/// # Safety
-/// `[p, p + bytes)` is a chunk from `map_chunk` that nothing refers to any more.
-#[cfg(not(miri))]
-unsafe fn unmap_chunk(p: *mut u8, bytes: usize) {
-    // SAFETY: forwarded from the caller.
-    unsafe { os::unmap(p, bytes) }
-}
-
-// Miri cannot run `os::map_anonymous` (MAP_NORESERVE): under Miri, and only there, chunks come
-// from the global allocator so the pointer code above can be checked.
-#[cfg(miri)]
-fn map_chunk(bytes: usize) -> Option<core::ptr::NonNull<u8>> {
-    let layout = std::alloc::Layout::from_size_align(bytes, os::PAGE_SIZE).ok()?;
-    // SAFETY: the layout has a non-zero size.
-    core::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
-}
-
-#[cfg(miri)]
-unsafe fn unmap_chunk(p: *mut u8, bytes: usize) {
-    let layout = std::alloc::Layout::from_size_align(bytes, os::PAGE_SIZE).unwrap();
-    // SAFETY: `p` came from `map_chunk` with this layout.
-    unsafe { std::alloc::dealloc(p, layout) }
-}
-
 impl Drop for NodePool {
     fn drop(&mut self) {
         let mut chunk = self.chunks;
@@ -261,7 +245,7 @@ impl Drop for NodePool {
             // with the heap that owns it, so no node is referred to any more.
             unsafe {
                 let next = (*chunk).next;
-                unmap_chunk(chunk.cast(), (*chunk).bytes);
+                host::unmap(chunk.cast(), (*chunk).bytes);
                 chunk = next;
             }
         }
@@ -274,8 +258,9 @@ mod tests {
 
     #[test]
     fn node_is_compact() {
-        assert_eq!(NODE, 72);
-        assert_eq!((FIRST_CHUNK - CHUNK_HEADER) / NODE, 56);
+        assert_eq!(NODE, 64);
+        assert_eq!(core::mem::align_of::<Node>(), 64);
+        assert_eq!((FIRST_CHUNK - CHUNK_HEADER) / NODE, 63);
     }
 
     #[test]
@@ -293,8 +278,7 @@ mod tests {
         // SAFETY: `b` is a live node of the pool.
         unsafe {
             assert_eq!((*b).offset, 64);
-            assert!(!(*b).free);
-            assert_eq!((*b).prio, priority(64));
+            assert!(!(*b).free && !(*b).tree);
         }
         let mut nodes = std::vec::Vec::new();
         for i in 0..1000 {

@@ -145,7 +145,7 @@ fn worst_fit_takes_the_largest_hole() {
     assert_eq!(h.alloc(20 * K, 16, HDR).unwrap().0, 88 * K);
     // Holes: 24K @40K, 16K @68K, 12K @108K, 8K @124K.
     assert_eq!(h.alloc(8 * K, 16, HDR).unwrap().0, 40 * K);
-    // 16K @48K and 16K @68K tie: the lower offset.
+    // 16K @48K and 16K @68K tie: the one inserted last, the tail just cut from the 24K hole.
     assert_eq!(h.alloc(8 * K, 16, HDR).unwrap().0, 48 * K);
     assert_eq!(h.alloc(8 * K, 16, HDR).unwrap().0, 68 * K);
     h.check_invariants();
@@ -163,8 +163,9 @@ fn switching_the_policy_changes_the_choice() {
 }
 
 #[test]
-fn ties_go_to_the_lowest_offset() {
-    // 16K @0, 32K @20K, 16K @56K, 32K @76K (with 4K blocks between).
+fn ties_go_to_the_extent_inserted_last() {
+    // 16K @0, 32K @20K, 16K @56K, 32K @76K (with 4K blocks between), freed from the top down:
+    // @0 is the 16K hole inserted last, @20K the 32K one.
     let layout = [
         (16 * K, true),
         (4 * K, false),
@@ -180,7 +181,8 @@ fn ties_go_to_the_lowest_offset() {
     // The first hole's 6K remainder is too small: the other 16K hole.
     assert_eq!(h.alloc(10 * K, 16, HDR).unwrap().0, 56 * K);
     assert_eq!(h.alloc(10 * K, 16, HDR).unwrap().0, 20 * K);
-    // Two 6K remainders (@10K and @66K): the lower one.
+    // Two 6K remainders (@10K, then @66K inserted): the later one.
+    assert_eq!(h.alloc(6 * K, 16, HDR).unwrap().0, 66 * K);
     assert_eq!(h.alloc(6 * K, 16, HDR).unwrap().0, 10 * K);
     h.check_invariants();
 
@@ -191,6 +193,44 @@ fn ties_go_to_the_lowest_offset() {
     assert_eq!(h.alloc(1, 16, HDR).unwrap().0, 0);
     assert_eq!(h.alloc(1, 16, HDR).unwrap().0, 56 * K);
     h.check_invariants();
+
+    // The order of freeing decides, not the offset: the last freed first.
+    let (mut h, offsets) = holes(Fit::Best, &[(4 * K, false), (K, false)].repeat(4));
+    for i in [2, 0, 6, 4] {
+        h.free(offsets[i]).unwrap();
+    }
+    for i in [4, 6, 0, 2] {
+        assert_eq!(h.alloc(4 * K, 16, HDR).unwrap().0, offsets[i]);
+    }
+    h.check_invariants();
+}
+
+#[test]
+fn ties_from_2_16_granules_up_go_the_same_way() {
+    // Granule 16: 2^16 granules is 1 MiB. Four 2 MiB holes between 16-byte blocks.
+    for fit in [Fit::Best, Fit::Worst] {
+        let mut h = ExtentHeap::new(64 << 20, 16, fit).unwrap();
+        let mut offsets = Vec::new();
+        for _ in 0..4 {
+            offsets.push(alloc_at(&mut h, 2 << 20));
+            alloc_at(&mut h, 16);
+        }
+        let rest = h.stats().largest_free;
+        alloc_at(&mut h, rest);
+        for i in [2, 0, 3, 1] {
+            h.free(offsets[i]).unwrap();
+            h.check_invariants();
+        }
+        for i in [1, 3, 0, 2] {
+            assert_eq!(h.alloc((2 << 20) - 4 * K, 16, HDR).unwrap().0, offsets[i]);
+            h.check_invariants();
+        }
+        // Only the 4K tails are left: the one inserted last.
+        assert_eq!(
+            h.alloc(1, 16, HDR).unwrap().0,
+            offsets[2] + (2 << 20) - 4 * K
+        );
+    }
 }
 
 #[test]
@@ -382,13 +422,16 @@ fn bad_construction_is_refused() {
     assert!(ExtentHeap::new(63, 64, Fit::Best).is_none());
     assert!(ExtentHeap::new(0, 64, Fit::Best).is_none());
     assert!(ExtentHeap::new(u64::MAX, 64, Fit::Best).is_none());
-    // Capacity rounds down to the granule; huge capacities cost nothing up front.
+    // Capacity rounds down to the granule. Host memory up front: the size index (mapped,
+    // touched only where used: 520 KiB below 2^16 granules, more with the capacity), a page of
+    // nodes and a page of start table.
     let h = ExtentHeap::new(1000, 64, Fit::Best).unwrap();
     assert_eq!(h.capacity(), 960);
+    assert_eq!(h.metadata_bytes(), (520 + 4 + 4) * K as usize);
     let h = ExtentHeap::new(1 << 62, 64, Fit::Worst).unwrap();
     assert_eq!(h.stats().largest_free, 1 << 62);
     assert_eq!(h.granule(), 64);
-    assert!(h.metadata_bytes() <= 4096);
+    assert!(h.metadata_bytes() <= (2048 + 4 + 4) * K as usize);
 }
 
 /// `count` misaligned 128-byte holes (at multiples of 4096, where a 4096-aligned block would
@@ -426,7 +469,8 @@ fn aligned_best_fit_past_the_probe_limit_takes_a_sure_fit() {
     let mut exact = misaligned_holes(200).0;
     exact.set_probe_limit(u32::MAX);
     assert_eq!(exact.alloc(64, 4096, HDR), Some((good, 64)));
-    // Past 64 misfits best fit takes the smallest extent long enough for any offset: the tail.
+    // Past PROBE_LIMIT misfits best fit takes the smallest extent long enough for any offset:
+    // the tail.
     let (off, len) = h.alloc(64, 4096, HDR).unwrap();
     assert_eq!(((off + HDR) % 4096, len), (0, 64));
     assert!(off > good);
@@ -446,19 +490,52 @@ fn aligned_best_fit_past_the_probe_limit_takes_a_sure_fit() {
 }
 
 /// The exhaustive reference: every extent in a sorted Vec; every choice by a full scan.
+///
+/// Its tie rule is the heap's (`size_index.rs`): among free extents of the chosen length, the
+/// one inserted last into the size index, which `stamp` records (a count of insertions: when an
+/// extent becomes free or a free one changes length; the gap in front of a block before the
+/// tail behind it).
 struct Model {
-    ext: Vec<(u64, u64, bool)>,
+    ext: Vec<Ext>,
     cap: u64,
     granule: u64,
+    stamps: u64,
+    /// Allocations where more than one extent of the chosen length fitted: below 2^16 granules
+    /// and from there up.
+    ties: [u32; 2],
+}
+
+#[derive(Clone, Copy)]
+struct Ext {
+    off: u64,
+    len: u64,
+    free: bool,
+    stamp: u64,
 }
 
 impl Model {
     fn new(cap: u64, granule: u64) -> Self {
         Model {
-            ext: vec![(0, cap, true)],
+            ext: vec![Ext {
+                off: 0,
+                len: cap,
+                free: true,
+                stamp: 0,
+            }],
             cap,
             granule,
+            stamps: 0,
+            ties: [0; 2],
         }
+    }
+
+    fn extents(&self) -> Vec<(u64, u64, bool)> {
+        self.ext.iter().map(|e| (e.off, e.len, e.free)).collect()
+    }
+
+    fn stamp(&mut self) -> u64 {
+        self.stamps += 1;
+        self.stamps
     }
 
     fn alloc(&mut self, fit: Fit, len: u64, align: u64, prefix: u64) -> Option<(u64, u64)> {
@@ -477,19 +554,41 @@ impl Model {
             .ext
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.2 && start(e.0) + need <= e.0 + e.1);
-        let (i, &(o, l, _)) = match fit {
-            Fit::Best => fitting.min_by_key(|(_, e)| (e.1, e.0))?,
-            Fit::Worst => fitting.min_by_key(|(_, e)| (std::cmp::Reverse(e.1), e.0))?,
+            .filter(|(_, e)| e.free && start(e.off) + need <= e.off + e.len);
+        let (i, &e) = match fit {
+            Fit::Best => fitting
+                .clone()
+                .max_by_key(|(_, e)| (std::cmp::Reverse(e.len), e.stamp))?,
+            Fit::Worst => fitting.clone().max_by_key(|(_, e)| (e.len, e.stamp))?,
         };
-        let s = start(o);
-        let mut parts = Vec::new();
-        if s > o {
-            parts.push((o, s - o, true));
+        if fitting.filter(|(_, f)| f.len == e.len).count() > 1 {
+            self.ties[(e.len / g >= 1 << 16) as usize] += 1;
         }
-        parts.push((s, need, false));
-        if s + need < o + l {
-            parts.push((s + need, o + l - s - need, true));
+        let s = start(e.off);
+        let mut parts = Vec::new();
+        if s > e.off {
+            let stamp = self.stamp();
+            parts.push(Ext {
+                off: e.off,
+                len: s - e.off,
+                free: true,
+                stamp,
+            });
+        }
+        parts.push(Ext {
+            off: s,
+            len: need,
+            free: false,
+            stamp: 0,
+        });
+        if s + need < e.off + e.len {
+            let stamp = self.stamp();
+            parts.push(Ext {
+                off: s + need,
+                len: e.off + e.len - s - need,
+                free: true,
+                stamp,
+            });
         }
         self.ext.splice(i..=i, parts);
         Some((s, need))
@@ -499,31 +598,37 @@ impl Model {
         if off >= self.cap || off % self.granule != 0 {
             return Err(FreeError::NotAllocated);
         }
-        let i = self
+        let mut i = self
             .ext
             .iter()
-            .position(|e| e.0 <= off && off < e.0 + e.1)
+            .position(|e| e.off <= off && off < e.off + e.len)
             .unwrap();
         let e = self.ext[i];
-        if e.2 {
+        if e.free {
             return Err(FreeError::DoubleFree);
         }
-        if e.0 != off {
+        if e.off != off {
             return Err(FreeError::NotAllocated);
         }
-        self.ext[i].2 = true;
-        if i + 1 < self.ext.len() && self.ext[i + 1].2 {
-            self.ext[i].1 += self.ext.remove(i + 1).1;
+        self.ext[i].free = true;
+        if i + 1 < self.ext.len() && self.ext[i + 1].free {
+            self.ext[i].len += self.ext.remove(i + 1).len;
         }
-        if i > 0 && self.ext[i - 1].2 {
-            self.ext[i - 1].1 += self.ext.remove(i).1;
+        if i > 0 && self.ext[i - 1].free {
+            self.ext[i - 1].len += self.ext.remove(i).len;
+            i -= 1;
         }
-        Ok(e.1)
+        self.ext[i].stamp = self.stamp();
+        Ok(e.len)
     }
 }
 
-fn randomized(fit: Fit, granule: u64, prefix: u64, seed: u64, steps: usize) {
-    let cap = (1 << 20) + 5 * granule;
+/// Random allocs (lengths up to `256 KiB * scale`, some aligned), frees and bad frees on a heap
+/// of `1 MiB * scale` (and a bit), each checked against the model. With granule 16 and a
+/// `scale` of 64 most lengths are 2^16 granules or more (ranged classes), three in four of them
+/// rounded to 1 MiB so that equal lengths, hence ties, are common there too.
+fn randomized(fit: Fit, granule: u64, prefix: u64, seed: u64, steps: usize, scale: u64) {
+    let cap = (1 << 20) * scale * if scale > 1 { 4 } else { 1 } + 5 * granule;
     let mut h = ExtentHeap::new(cap, granule, fit).unwrap();
     h.set_probe_limit(u32::MAX);
     let mut m = Model::new(cap, granule);
@@ -537,11 +642,14 @@ fn randomized(fit: Fit, granule: u64, prefix: u64, seed: u64, steps: usize) {
         let alloc_pct = if (step / 500) % 2 == 0 { 70 } else { 35 };
         let r = rng.below(100);
         if r < alloc_pct || live.is_empty() {
-            let len = match rng.below(20) {
+            let mut len = match rng.below(20) {
                 0 => rng.below(256 * K) + 1,
                 1..=5 => rng.below(32 * K) + 1,
                 _ => rng.below(2 * K) + 1,
-            };
+            } * scale;
+            if scale > 1 && rng.below(4) != 0 {
+                len = len.next_multiple_of(scale * 16 * K);
+            }
             let align = if rng.below(3) == 0 {
                 aligns[rng.below(aligns.len() as u64) as usize]
             } else {
@@ -587,7 +695,7 @@ fn randomized(fit: Fit, granule: u64, prefix: u64, seed: u64, steps: usize) {
             assert_eq!(got, m.free(off), "step {step}: bad free({off})");
         }
         h.check_invariants();
-        assert_eq!(h.extents(), m.ext, "step {step}");
+        assert_eq!(h.extents(), m.extents(), "step {step}");
         most_free = most_free.max(h.stats().free_extents);
     }
     // The run must have exercised something: a fragmented heap, and requests it could not
@@ -596,6 +704,9 @@ fn randomized(fit: Fit, granule: u64, prefix: u64, seed: u64, steps: usize) {
         cfg!(miri) || (most_free >= 50 && failures >= 20),
         "{most_free} free extents, {failures} failures"
     );
+    // Ties were broken, in exact classes or (with a scale) in ranged ones.
+    let ties = m.ties[(scale > 1) as usize];
+    assert!(cfg!(miri) || ties >= 20, "{:?} ties", m.ties);
     for off in live {
         assert_eq!(h.free(off), m.free(off));
     }
@@ -605,63 +716,113 @@ fn randomized(fit: Fit, granule: u64, prefix: u64, seed: u64, steps: usize) {
 
 #[test]
 fn randomized_best_fit_matches_the_model() {
-    randomized(Fit::Best, 16, 16, 1, steps(20_000));
-    randomized(Fit::Best, 64, 0, 2, steps(10_000));
+    randomized(Fit::Best, 16, 16, 1, steps(20_000), 1);
+    randomized(Fit::Best, 64, 0, 2, steps(10_000), 1);
 }
 
 #[test]
 fn randomized_worst_fit_matches_the_model() {
-    randomized(Fit::Worst, 16, 16, 3, steps(20_000));
-    randomized(Fit::Worst, 64, 16, 4, steps(10_000));
+    randomized(Fit::Worst, 16, 16, 3, steps(20_000), 1);
+    randomized(Fit::Worst, 64, 16, 4, steps(10_000), 1);
+}
+
+#[test]
+fn randomized_long_extents_match_the_model() {
+    randomized(Fit::Best, 16, 16, 5, steps(10_000), 64);
+    randomized(Fit::Worst, 16, 16, 6, steps(10_000), 64);
+}
+
+/// A well-mixed function of `i` (MurmurHash3's finaliser) for the benchmark's varied lengths.
+fn mix(i: u64) -> u64 {
+    let mut x = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 /// Prints the mean time of an alloc+free pair (best of several runs) with 10, 1 000 and
-/// 100 000 free extents present.
-/// Run with `cargo test --release --lib heap:: -- --ignored --nocapture`.
+/// 100 000 free extents present, for three patterns:
+/// - small: holes of 64 lengths (64 B .. 4 KiB), requests cycling through the same lengths;
+/// - large: holes of varied lengths, any multiple of 16 from 4 KiB to 4 MiB (nearly all
+///   distinct, three in four of 2^16 granules or more: ranged classes), requests cycling
+///   through 64 lengths from the same range;
+/// - large, cold: the same holes, but every request a fresh length, so that every pair
+///   touches holes and classes of its own: with 100 000 holes (about 20 MB of metadata) most
+///   of those touches miss the caches.
+///
+/// Run with `cargo test --release --lib cost_is_flat -- --ignored --nocapture`. For instruction
+/// counts, `COST_CASE` picks one case by its printed name (`"large, cold/best/100000"`),
+/// `COST_PAIRS` and `COST_REPS` set the work; under `valgrind --tool=cachegrind`, the
+/// difference between two runs with different `COST_PAIRS` divided by theirs is the count per
+/// pair.
 #[test]
 #[ignore]
 fn cost_is_flat_in_the_number_of_free_extents() {
     use std::time::Instant;
-    const PAIRS: u64 = 200_000;
-    const REPS: usize = 9;
-    for (label, fit, align) in [
-        ("best", Fit::Best, 16),
-        ("worst", Fit::Worst, 16),
-        ("best, align 4096", Fit::Best, 4096),
-        ("worst, align 4096", Fit::Worst, 4096),
-    ] {
-        for holes in [10u64, 1_000, 100_000] {
-            let mut h = ExtentHeap::new(1 << 40, 16, fit).unwrap();
-            // Holes of 64 lengths (64 B .. 4 KiB), each behind a 16-byte allocated separator.
-            let mut hole_offsets = Vec::new();
-            for i in 0..holes {
-                let len = 64 * (1 + (i * 7919) % 64);
-                hole_offsets.push(h.alloc(len, 16, HDR).unwrap().0);
-                h.alloc(16, 16, HDR).unwrap();
-            }
-            for off in hole_offsets {
-                h.free(off).unwrap();
-            }
-            assert_eq!(h.stats().free_extents, holes + 1);
-            let mut sink = 0;
-            let mut pairs = |h: &mut ExtentHeap| {
-                for k in 0..PAIRS {
-                    let len = 64 * (1 + (k * 31) % 64) - 8;
-                    let (off, _) = h.alloc(len, align, HDR).unwrap();
-                    sink += off;
+    let env = |name: &str, default: u64| {
+        std::env::var(name).map_or(default, |v| v.parse().expect("a number"))
+    };
+    let pairs = env("COST_PAIRS", 200_000);
+    let reps = env("COST_REPS", 9);
+    let case = std::env::var("COST_CASE").unwrap_or_default();
+    const SPAN: u64 = (4 << 20) - 4 * K;
+    let small_hole = |i: u64| 64 * (1 + (i * 7919) % 64);
+    let small_request = |k: u64| 64 * (1 + (k * 31) % 64) - 8;
+    let large_hole = |i: u64| 4 * K + ((mix(i) % SPAN) & !15);
+    let large_request = |k: u64| 4 * K + ((mix(((k * 31) % 64) ^ 0x5555) % SPAN) & !15) - 8;
+    let cold_request = |k: u64| 4 * K + ((mix(k ^ 0x5555) % SPAN) & !15) - 8;
+    type Lengths<'a> = &'a dyn Fn(u64) -> u64;
+    let patterns: [(&str, Lengths, Lengths); 3] = [
+        ("small", &small_hole, &small_request),
+        ("large", &large_hole, &large_request),
+        ("large, cold", &large_hole, &cold_request),
+    ];
+    for (pattern, hole_len, request_len) in patterns {
+        for (label, fit, align) in [
+            ("best", Fit::Best, 16),
+            ("worst", Fit::Worst, 16),
+            ("best, align 4096", Fit::Best, 4096),
+            ("worst, align 4096", Fit::Worst, 4096),
+        ] {
+            for holes in [10u64, 1_000, 100_000] {
+                if !case.is_empty() && case != format!("{pattern}/{label}/{holes}") {
+                    continue;
+                }
+                let mut h = ExtentHeap::new(1 << 40, 16, fit).unwrap();
+                // Each hole behind a 16-byte allocated separator.
+                let mut hole_offsets = Vec::new();
+                for i in 0..holes {
+                    hole_offsets.push(h.alloc(hole_len(i), 16, HDR).unwrap().0);
+                    h.alloc(16, 16, HDR).unwrap();
+                }
+                for off in hole_offsets {
                     h.free(off).unwrap();
                 }
-            };
-            // The machines are shared: the best of several runs is the time that holds.
-            let mut best = f64::MAX;
-            for _ in 0..REPS {
-                let start = Instant::now();
-                pairs(&mut h);
-                best = best.min(start.elapsed().as_nanos() as f64 / PAIRS as f64);
+                assert_eq!(h.stats().free_extents, holes + 1);
+                let mut sink = 0;
+                let mut run = |h: &mut ExtentHeap| {
+                    for k in 0..pairs {
+                        let (off, _) = h.alloc(request_len(k), align, HDR).unwrap();
+                        sink += off;
+                        h.free(off).unwrap();
+                    }
+                };
+                // The machines are shared: the best of several runs is the time that holds.
+                let mut best = f64::MAX;
+                for _ in 0..reps {
+                    let start = Instant::now();
+                    run(&mut h);
+                    best = best.min(start.elapsed().as_nanos() as f64 / pairs.max(1) as f64);
+                }
+                assert_eq!(h.stats().free_extents, holes + 1);
+                std::hint::black_box(sink);
+                println!(
+                    "{pattern:>11} holes, {label:>17} fit, {holes:>6} free extents: \
+                     {best:6.1} ns per alloc+free"
+                );
             }
-            assert_eq!(h.stats().free_extents, holes + 1);
-            std::hint::black_box(sink);
-            println!("{label:>17} fit, {holes:>6} free extents: {best:6.1} ns per alloc+free");
         }
     }
 }
