@@ -44,7 +44,8 @@
 //! ```
 //!
 //! Options after `--`: `--runs N` (default 5), `--quick` (1 run, few pairs: a smoke test),
-//! `--no-lackey`, `--no-timing`, `--workloads small,large`,
+//! `--no-lackey`, `--no-timing`, `--callgrind` (also count instructions and simulated cache
+//! misses per pair, host memory included: why the times differ), `--workloads small,large`,
 //! `--allocators ours-best,ours-worst,rlsf,talc`, `--markdown FILE` (also write the tables).
 //!
 //! The estimates printed after the tables are arithmetic on the counts, not measurements:
@@ -364,6 +365,7 @@ struct Options {
     quick: bool,
     lackey: bool,
     timing: bool,
+    callgrind: bool,
     workloads: Vec<Workload>,
     allocators: Vec<String>,
     markdown: Option<String>,
@@ -375,6 +377,7 @@ fn options(args: &[String]) -> Options {
         quick: false,
         lackey: true,
         timing: true,
+        callgrind: false,
         workloads: WORKLOADS.to_vec(),
         allocators: ALLOCATORS.iter().map(|s| s.to_string()).collect(),
         markdown: None,
@@ -392,6 +395,7 @@ fn options(args: &[String]) -> Options {
             "--quick" => o.quick = true,
             "--no-lackey" => o.lackey = false,
             "--no-timing" => o.timing = false,
+            "--callgrind" => o.callgrind = true,
             "--workloads" => o.workloads = value().split(',').map(workload).collect(),
             "--allocators" => {
                 o.allocators = value().split(',').map(str::to_string).collect();
@@ -603,6 +607,46 @@ fn touches(alloc: &str, w: Workload) -> Touches {
     t
 }
 
+/// The events `valgrind --tool=callgrind --cache-sim=yes` counts, as its output names them.
+const CALLGRIND_EVENTS: [&str; 7] = ["Ir", "Dr", "Dw", "D1mr", "D1mw", "DLmr", "DLmw"];
+
+/// Host-side cost per pair under callgrind with its cache simulation: two runs of `n` and `3n`
+/// pairs from the same state, whose difference divided by `2n` leaves out start-up, filling and
+/// warm-up. Returns the counts of `CALLGRIND_EVENTS` per pair.
+fn callgrind(alloc: &str, w: Workload) -> [f64; 7] {
+    let path = region_path(alloc, w);
+    let out_file = format!("/tmp/tiermalloc-inregion-{}.callgrind", std::process::id());
+    let out_arg = format!("--callgrind-out-file={out_file}");
+    let tool = ["valgrind", "--tool=callgrind", "--cache-sim=yes", &out_arg];
+    let totals = |pairs: u64| -> [f64; 7] {
+        let out = child_command(Some(&tool), alloc, w, pairs, w.trace_warmup, &path)
+            .output()
+            .expect("valgrind runs (apt-get install valgrind)");
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "{alloc} on {} under callgrind: {}\n{}",
+            w.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&out_file).expect("callgrind's output file");
+        let _ = std::fs::remove_file(&out_file);
+        let field = |prefix: &str| -> Vec<&str> {
+            let line = text.lines().find(|l| l.starts_with(prefix)).expect(prefix);
+            line[prefix.len()..].split_whitespace().collect()
+        };
+        let (names, values) = (field("events:"), field("summary:"));
+        CALLGRIND_EVENTS.map(|e| {
+            let i = names.iter().position(|n| *n == e).expect(e);
+            values[i].parse().unwrap()
+        })
+    };
+    let n = w.trace_pairs;
+    let (short, long) = (totals(n), totals(3 * n));
+    std::array::from_fn(|i| (long[i] - short[i]) / (2 * n) as f64)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
@@ -647,7 +691,12 @@ fn driver(o: Options) {
             }
         }
     }
-    for (wi, w) in o.workloads.iter().enumerate() {
+    let tables = if o.timing || o.lackey {
+        o.workloads.len()
+    } else {
+        0
+    };
+    for (wi, w) in o.workloads.iter().enumerate().take(tables) {
         let _ = writeln!(
             out,
             "\n#### `{}`: {} live blocks of {}..{} bytes, a random one replaced per pair\n",
@@ -723,6 +772,38 @@ fn driver(o: Options) {
                 estimate(lines, 170.0, 250.0),
                 estimate(loads, 1000.0, 2000.0)
             );
+        }
+    }
+    if o.callgrind {
+        for w in &o.workloads {
+            let _ = writeln!(
+                out,
+                "\n#### Host-side cost per pair, `{}` (callgrind with cache simulation)\n",
+                w.name
+            );
+            let _ = writeln!(
+                out,
+                "Difference of {} and {} measured pairs, divided by {}; harness included \
+                 (the same few instructions for every allocator).\n",
+                w.trace_pairs,
+                3 * w.trace_pairs,
+                2 * w.trace_pairs
+            );
+            let _ = writeln!(
+                out,
+                "| allocator | instructions | data reads | data writes | L1 read misses | \
+                 L1 write misses | LL read misses | LL write misses |"
+            );
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+            for a in &o.allocators {
+                eprintln!("callgrind: {} {a} ...", w.name);
+                let c = callgrind(a, *w);
+                let _ = writeln!(
+                    out,
+                    "| {a} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                    c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+                );
+            }
         }
     }
     print!("{out}");
