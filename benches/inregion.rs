@@ -37,10 +37,11 @@
 //!   marker variable around the loop (as `tests/device_touches.rs` does), and one store per pair
 //!   to a second variable splits the trace into pairs, to count distinct 64-byte lines read.
 //!
-//! Run (own target directory; about 4 minutes here, most of it under valgrind):
+//! Run (own target directory; 3.5 minutes here, half of it under valgrind; the results and how
+//! to read them are in `inregion-results.md`):
 //!
 //! ```sh
-//! CARGO_TARGET_DIR=$PWD/target-bench cargo bench --bench inregion -- --markdown /tmp/inregion.md
+//! CARGO_TARGET_DIR=$PWD/target-bench cargo bench --bench inregion -- --callgrind --markdown /tmp/inregion.md
 //! ```
 //!
 //! Options after `--`: `--runs N` (default 5), `--quick` (1 run, few pairs: a smoke test),
