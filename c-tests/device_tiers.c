@@ -12,6 +12,8 @@
  * - explicit tm_malloc beyond a tier's capacity or limit fails with ENOMEM and never spills;
  * - plain malloc routed by TIERMALLOC_PLACE spills past a full tier (limit=), counted in
  *   spilled_out / spilled_in;
+ * - `dram:limit=` caps DRAM: plain malloc spills the rest to the next tier, tm_malloc(TM_DRAM)
+ *   past the cap fails with ENOMEM, and DRAM serves again once its blocks are freed;
  * - realloc keeps a block on its tier with its contents;
  * - a tier whose path is broken gets one line on stderr naming it, and the program runs on;
  * - blocks freed by other threads, contents checked first;
@@ -288,6 +290,67 @@ static int count_lines(const char *s)
     return n;
 }
 
+enum { DRAM_CAP = 4 << 20 };
+
+/* The child of dram_limit(), run with TIERMALLOC_TIERS="dram:limit=4M;cxl:...": 16 MiB of
+ * 4 KiB blocks against a 4 MiB cap on DRAM. */
+static int child_dram_limit(void)
+{
+    enum { N = 4096, SIZE = 4096 };
+    static char *blocks[N];
+    tm_stats d0 = stats_of(TM_DRAM), c0 = stats_of(TM_CXL);
+    CHECK(d0.capacity == DRAM_CAP, "dram capacity %llu, want the limit",
+          (unsigned long long)d0.capacity);
+    int on_dram = 0, on_cxl = 0;
+    for (int i = 0; i < N; i++) {
+        blocks[i] = malloc(SIZE);
+        if (!CHECK(blocks[i] != NULL, "malloc #%d failed: errno %d", i, errno)) return check_done();
+        memset(blocks[i], i & 0xff, SIZE);
+        on_dram += tm_kind_of(blocks[i]) == TM_DRAM;
+        on_cxl += tm_kind_of(blocks[i]) == TM_CXL;
+    }
+    tm_stats d1 = stats_of(TM_DRAM), c1 = stats_of(TM_CXL);
+    CHECK(on_dram > 0 && on_cxl > 0 && on_dram + on_cxl == N, "%d blocks on dram, %d on cxl",
+          on_dram, on_cxl);
+    CHECK((long)on_dram * SIZE <= DRAM_CAP && d1.in_use <= DRAM_CAP,
+          "%d blocks on dram, in_use %llu: past the cap", on_dram, (unsigned long long)d1.in_use);
+    CHECK(d1.spilled_out - d0.spilled_out >= (unsigned long long)on_cxl &&
+              c1.spilled_in - c0.spilled_in >= (unsigned long long)on_cxl,
+          "spilled_out %llu, spilled_in %llu for %d blocks on cxl",
+          (unsigned long long)(d1.spilled_out - d0.spilled_out),
+          (unsigned long long)(c1.spilled_in - c0.spilled_in), on_cxl);
+    errno = 0;
+    void *explicit = tm_malloc(TM_DRAM, 8 << 20);
+    CHECK(explicit == NULL && errno == ENOMEM, "tm_malloc(TM_DRAM, 8M) past the cap: %p, errno %d",
+          explicit, errno);
+    void *plain = malloc(8 << 20);
+    CHECK(plain && tm_kind_of(plain) == TM_CXL, "malloc(8M) past the cap on kind %d",
+          tm_kind_of(plain));
+    free(plain);
+    for (int i = 0; i < N; i++) {
+        CHECK(blocks[i][0] == (char)(i & 0xff) && blocks[i][SIZE - 1] == (char)(i & 0xff),
+              "block %d lost its contents", i);
+        free(blocks[i]);
+    }
+    void *back = malloc(1 << 20);
+    CHECK(back && tm_kind_of(back) == TM_DRAM, "after the frees, malloc(1M) on kind %d",
+          tm_kind_of(back));
+    free(back);
+    return check_done();
+}
+
+static void dram_limit(void)
+{
+    char path[160], tiers[256], err[4096];
+    snprintf(path, sizeof path, "%s-dram-limit", cxl_path);
+    snprintf(tiers, sizeof tiers, "dram:limit=%d;cxl:path=%s,size=64M,create", DRAM_CAP, path);
+    char *argv[] = {"device_tiers", "--child-dram-limit", NULL};
+    int st = run_child(argv, tiers, err, sizeof err);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "dram limit= child: status %#x, stderr: %s", st,
+          err);
+    unlink(path);
+}
+
 static void child_modes(void)
 {
     char err[4096];
@@ -330,6 +393,7 @@ int main(int argc, char **argv)
         free(q);
         return p == NULL && errno == ENOMEM && q != NULL ? 0 : 1;
     }
+    if (argc > 1 && strcmp(argv[1], "--child-dram-limit") == 0) return child_dram_limit();
     if (argc > 1 && strcmp(argv[1], "--child-busy") == 0) {
         errno = 0;
         void *p = tm_malloc(TM_CXL, 100);
@@ -366,6 +430,7 @@ int main(int argc, char **argv)
     each_kind();
     fit_policies();
     spill_and_limits();
+    dram_limit();
     cross_thread_frees();
     fork_keeps_parent_blocks();
     child_modes();

@@ -4,6 +4,7 @@
 //! Pointers that are not ours (the page map says `Foreign`) are ignored by `free` and have no
 //! usable size: under `LD_PRELOAD` they can only come from before we were loaded.
 
+use crate::dram_budget;
 use crate::fast::{self, size_class};
 use crate::large;
 use crate::pagemap::{self, ChunkTag};
@@ -16,7 +17,7 @@ pub(crate) const MAX_REQUEST: usize = 1 << 46;
 #[cold]
 #[inline(never)]
 fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
-    if size > MAX_REQUEST {
+    if size > MAX_REQUEST || !dram_budget::admits(size as u64) {
         return core::ptr::null_mut();
     }
     large::alloc(size, align, zero)
@@ -126,6 +127,9 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
                 if keeps_block(size, old) {
                     return p;
                 }
+                if !dram_budget::admits(size.saturating_sub(old) as u64) {
+                    return core::ptr::null_mut();
+                }
                 // SAFETY: a live large block of ours.
                 let q = unsafe { large::resize(p, size) };
                 if !q.is_null() {
@@ -167,9 +171,10 @@ pub fn stats() -> TierStats {
     s.allocations += large::LARGE_ALLOCATIONS.get();
     s.frees += large::LARGE_FREES.get();
     s.in_use = small_allocated.saturating_sub(small_freed) + large::LARGE_LIVE_BYTES.get();
-    s.capacity = physical_memory();
+    s.capacity = dram_budget::limit().map_or(physical_memory(), |l| l.min(physical_memory()));
     s.free_bytes = s.capacity.saturating_sub(s.in_use);
-    s.largest_free = s.free_bytes;
+    // New blocks need new pages or mappings once the ones held are full.
+    s.largest_free = s.capacity.saturating_sub(dram_budget::held().max(s.in_use));
     s
 }
 

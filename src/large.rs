@@ -82,8 +82,7 @@ fn cache_put(h: usize, map_len: usize) -> bool {
 
 pub static LARGE_ALLOCATIONS: SharedCounter = SharedCounter::new();
 pub static LARGE_FREES: SharedCounter = SharedCounter::new();
-/// Usable bytes of live large blocks.
-pub static LARGE_LIVE_BYTES: SharedCounter = SharedCounter::new();
+pub use crate::dram_budget::LARGE_LIVE_BYTES;
 
 /// Invariants: the header sits at the chunk start `owner_chunk(block)`; the mapping is
 /// `[header, header + map_len)` with `map_len` a multiple of `CHUNK_SIZE`, so no one else's

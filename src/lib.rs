@@ -11,7 +11,7 @@
 //! | extent heap | `heap` (host-metadata best/worst fit, coalescing) |
 //! | address map | `pagemap` |
 //! | memory sources | `backend` (device mappings), `meta` (metadata arena), `thread_slot` (TLS), `os` |
-//! | foundations | `sync`, `lockfree`, `stats`, `config` |
+//! | foundations | `sync`, `lockfree`, `stats`, `dram_budget`, `config` |
 //!
 //! Only `sync` and `lockfree` are built under `--cfg loom`: their models run there.
 
@@ -32,6 +32,8 @@ pub mod capi;
 mod config;
 #[cfg(not(loom))]
 mod dram;
+#[cfg(not(loom))]
+mod dram_budget;
 #[cfg(not(loom))]
 mod fast;
 #[cfg(not(loom))]

@@ -16,7 +16,7 @@ use crate::config::{self, Fit, Kind, PlaceRule, MAX_RULES, MAX_TIERS};
 use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierStats};
 use crate::tier::DeviceTier;
-use crate::{dram, fast, os};
+use crate::{dram, dram_budget, fast, os};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
@@ -27,7 +27,8 @@ static DRAM_SPILLED_OUT: SharedCounter = SharedCounter::new();
 
 /// Invariants: `order[..order_len]` lists the usable tiers in fallback order, each kind once;
 /// `device[k]` is `Some` exactly for the device kinds in it; `routed` ⇔ plain `malloc` may be
-/// served by a device tier (one is listed first, or a rule names one).
+/// served by a device tier (one is listed first, a rule names one, or a capped DRAM spills to
+/// the next tier listed).
 struct Tiers {
     device: [Option<DeviceTier>; 4],
     order: [Kind; MAX_TIERS],
@@ -65,15 +66,8 @@ fn open_tiers() -> Tiers {
     };
     for spec in config.tiers() {
         if spec.kind == Kind::Dram {
-            if spec.limit.is_some() {
-                report_tier(
-                    spec.kind,
-                    spec.path(),
-                    Problem {
-                        what: "limit= on dram is not supported yet; ignored",
-                        errno: 0,
-                    },
-                );
+            if let Some(limit) = spec.limit {
+                dram_budget::set_limit(limit);
             }
         } else {
             match DeviceTier::open(spec) {
@@ -94,7 +88,9 @@ fn open_tiers() -> Tiers {
     let rule_to_device = tiers.rules[..tiers.rule_count]
         .iter()
         .any(|r| r.kind != Kind::Dram && tiers.device[r.kind as usize].is_some());
-    tiers.routed = tiers.order[0] != Kind::Dram || rule_to_device;
+    // A capped DRAM must pass plain requests on when full, which the direct path cannot.
+    let dram_spills = dram_budget::limit().is_some() && tiers.order_len > 1;
+    tiers.routed = tiers.order[0] != Kind::Dram || rule_to_device || dram_spills;
     if config.verbose {
         let mut line = os::LineBuf::new();
         let _ = write!(line, "tiermalloc: tiers in fallback order:");

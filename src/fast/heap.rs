@@ -10,9 +10,10 @@
 //! `full` and flags its remote list, so that the first remote free hands it back through
 //! `delayed`; thus `find_page` never walks full pages twice.
 
+use crate::dram_budget;
 use crate::fast::page::{Page, PageQueue};
 use crate::fast::segment::Segment;
-use crate::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS};
+use crate::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
 use crate::lockfree::index_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::stats::{SharedCounter, Traffic};
@@ -285,7 +286,9 @@ impl Heap {
                 self.set_current(class, Page::empty_page());
             }
             let segment = Segment::of(page as usize);
-            self.dirty_bytes += (*segment).give_back(page);
+            let bytes = (*segment).give_back(page);
+            self.dirty_bytes += bytes;
+            dram_budget::PAGE_BYTES.add((bytes as u64).wrapping_neg());
             if (*segment).is_empty() {
                 self.unlink_available(segment);
                 if self.cached.is_null() {
@@ -348,7 +351,22 @@ impl Heap {
         }
     }
 
+    /// A fresh page of `class`, counted in what DRAM holds; `None` when DRAM's `limit=`
+    /// refuses it or memory runs out.
     fn new_page(&mut self, class: usize) -> Option<*mut Page> {
+        let bytes = page_slices(class) * SLICE_SIZE;
+        if !dram_budget::admits(bytes as u64) {
+            return None;
+        }
+        let page = self.cut_page(class);
+        if page.is_some() {
+            dram_budget::PAGE_BYTES.add(bytes as u64);
+        }
+        page
+    }
+
+    /// Cuts a page of `class` from an available segment, else from a new one.
+    fn cut_page(&mut self, class: usize) -> Option<*mut Page> {
         let mut segment = self.available;
         while !segment.is_null() {
             // SAFETY: list members are valid segments of this heap.

@@ -1,0 +1,50 @@
+//! The DRAM tier's `limit=` (`TIERMALLOC_TIERS="dram:limit=4G;…"`): what DRAM holds for
+//! blocks, and the cap on it.
+//!
+//! Held bytes are counted where DRAM takes memory for blocks, never per block:
+//! - every page a thread heap cuts from a segment for a size class (its whole slices, 64 KiB
+//!   or more), from the cut until the page is given back empty (`fast::heap`);
+//! - every live large block's usable bytes (`large`).
+//!
+//! The cap is checked at the same places, before memory is taken: a new page, a new large
+//! block, a large block growing. A thread keeps filling the pages it already holds, so the
+//! bytes in blocks never exceed the held bytes, and the held bytes exceed the limit only by
+//! what threads take at the same instant (check and count are two steps: at most one page or
+//! block per racing thread). A request the cap refuses fails on DRAM: a plain `malloc` passes
+//! on to the next tier (`place`), `tm_malloc(TM_DRAM, …)` returns `NULL` + `ENOMEM`.
+//!
+//! Not counted: segment descriptors, free slices still resident, the cache of freed large
+//! mappings, the allocator's metadata.
+
+use crate::stats::SharedCounter;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes of the pages thread heaps hold for size classes.
+pub static PAGE_BYTES: SharedCounter = SharedCounter::new();
+/// Usable bytes of live large blocks.
+pub static LARGE_LIVE_BYTES: SharedCounter = SharedCounter::new();
+
+/// The cap; `u64::MAX` when none is configured.
+static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Caps the bytes DRAM holds for blocks (once, while the tiers are opened).
+pub fn set_limit(bytes: u64) {
+    LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+/// The configured cap, if any.
+pub fn limit() -> Option<u64> {
+    Some(LIMIT.load(Ordering::Relaxed)).filter(|&l| l != u64::MAX)
+}
+
+/// Bytes held for blocks now.
+pub fn held() -> u64 {
+    PAGE_BYTES.get().wrapping_add(LARGE_LIVE_BYTES.get())
+}
+
+/// Whether `bytes` more may be taken for blocks.
+#[inline]
+pub fn admits(bytes: u64) -> bool {
+    let limit = LIMIT.load(Ordering::Relaxed);
+    limit == u64::MAX || held().saturating_add(bytes) <= limit
+}
