@@ -26,7 +26,7 @@ const fn compute_class(size: usize) -> usize {
         if size == 0 {
             0
         } else {
-            (size + 15) / 16 - 1
+            size.div_ceil(16) - 1
         }
     } else {
         let s = size - 1;

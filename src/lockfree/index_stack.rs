@@ -33,6 +33,12 @@ fn next_tag(head: u64) -> u64 {
     (head >> PTR_BITS).wrapping_add(1) << PTR_BITS
 }
 
+impl<N: StackLink> Default for TaggedStack<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<N: StackLink> TaggedStack<N> {
     #[cfg(not(loom))]
     pub const fn new() -> Self {

@@ -49,6 +49,12 @@ pub enum Pushed {
     ClearedFlag,
 }
 
+impl Default for RemoteList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RemoteList {
     #[cfg(not(loom))]
     pub const fn new() -> Self {

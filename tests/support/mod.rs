@@ -13,8 +13,10 @@
 //! - describing what happened in failure messages ([`describe_status`], [`show_cmd`], [`tail`],
 //!   [`excerpt`]).
 //!
-//! Each test crate compiles this module separately, so an item only one of them uses carries
-//! `#[allow(dead_code)]`.
+//! Each test crate compiles this module separately and uses a part of it, hence the
+//! module-wide `allow(dead_code)`.
+
+#![allow(dead_code)]
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -56,7 +58,6 @@ pub struct Library {
     pub path: PathBuf,
     /// Whether it is a tiermalloc build (not some other allocator given by [`OVERRIDE_VAR`]), so
     /// that tiermalloc-specific checks apply.
-    #[allow(dead_code)]
     pub is_tiermalloc: bool,
 }
 
@@ -180,14 +181,12 @@ impl TempDir {
     }
 
     /// Keeps the directory if it is dropped while the thread panics.
-    #[allow(dead_code)]
     pub fn kept_on_panic(mut self) -> TempDir {
         self.keep_on_panic = true;
         self
     }
 
     /// Keeps the directory when it is dropped.
-    #[allow(dead_code)]
     pub fn keep(&mut self) {
         self.keep = true;
     }
@@ -200,7 +199,8 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if !self.keep && !(self.keep_on_panic && thread::panicking()) {
+        let wanted = self.keep || (self.keep_on_panic && thread::panicking());
+        if !wanted {
             let _ = fs::remove_dir_all(&self.path);
         }
     }
@@ -237,7 +237,6 @@ pub fn describe_status(status: &ExitStatus) -> String {
 
 /// `bytes` as text, shortened to its first ~7000 and last ~2000 bytes if longer: the first
 /// failures are usually the telling ones, the last lines hold the summary.
-#[allow(dead_code)]
 pub fn excerpt(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
     if s.len() <= 10_000 {
