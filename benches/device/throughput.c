@@ -1,9 +1,14 @@
 /* throughput.c — alloc + free pairs per second on a device tier against DRAM, same workload.
  *
- * usage: throughput PAIRS LIVE   (TIERMALLOC_TIERS must list pmr; the tier is any emulated one)
+ * usage: throughput PAIRS LIVE [THREADS]   (TIERMALLOC_TIERS must list pmr; the tier is any
+ *        emulated one)
  * Keeps LIVE blocks of 16..4096 bytes alive and replaces a random one PAIRS times, first with
- * tm_malloc(TM_DRAM), then with tm_malloc(TM_PMR); prints ns per pair for each.
+ * tm_malloc(TM_DRAM), then with tm_malloc(TM_PMR); prints ns per pair for each. With THREADS
+ * (default 1), that many threads each run the whole workload at once on the same tier, and the
+ * figure is wall time per pair of one thread (equal to the 1-thread figure when nothing is
+ * shared).
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -16,10 +21,10 @@ static double now(void)
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-static double run(tm_kind kind, long pairs, int live)
+static double run(tm_kind kind, long pairs, int live, unsigned long seed)
 {
     void **slots = calloc((size_t)live, sizeof *slots);
-    unsigned long x = 88172645463325252UL;
+    unsigned long x = 88172645463325252UL ^ seed;
     for (int i = 0; i < live; i++) slots[i] = tm_malloc(kind, 16 + i % 4080);
     double t0 = now();
     for (long i = 0; i < pairs; i++) {
@@ -35,13 +40,50 @@ static double run(tm_kind kind, long pairs, int live)
     return ns;
 }
 
+struct job {
+    tm_kind kind;
+    long pairs;
+    int live;
+    unsigned long seed;
+    double ns;
+};
+
+static void *run_job(void *arg)
+{
+    struct job *j = arg;
+    j->ns = run(j->kind, j->pairs, j->live, j->seed);
+    return NULL;
+}
+
+/* The slowest thread's ns per pair, with `threads` threads running at once. */
+static double run_threads(tm_kind kind, long pairs, int live, int threads)
+{
+    struct job jobs[64];
+    pthread_t ids[64];
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = (struct job){kind, pairs, live, (unsigned long)t * 0x9e3779b97f4a7c15UL, 0};
+        pthread_create(&ids[t], NULL, run_job, &jobs[t]);
+    }
+    double worst = 0;
+    for (int t = 0; t < threads; t++) {
+        pthread_join(ids[t], NULL);
+        if (jobs[t].ns > worst) worst = jobs[t].ns;
+    }
+    return worst;
+}
+
 int main(int argc, char **argv)
 {
     long pairs = argc > 1 ? atol(argv[1]) : 2000000;
     int live = argc > 2 ? atoi(argv[2]) : 10000;
-    double dram = run(TM_DRAM, pairs, live);
-    double pmr = run(TM_PMR, pairs, live);
-    printf("dram %.1f ns/pair, pmr %.1f ns/pair, pmr/dram %.2f (%ld pairs, %d live)\n", dram, pmr,
-           pmr / dram, pairs, live);
+    int threads = argc > 3 ? atoi(argv[3]) : 1;
+    if (threads < 1 || threads > 64) {
+        fprintf(stderr, "THREADS must be 1..64\n");
+        return 2;
+    }
+    double dram = run_threads(TM_DRAM, pairs, live, threads);
+    double pmr = run_threads(TM_PMR, pairs, live, threads);
+    printf("dram %.1f ns/pair, pmr %.1f ns/pair, pmr/dram %.2f (%ld pairs, %d live, %d thread%s)\n",
+           dram, pmr, pmr / dram, pairs, live, threads, threads > 1 ? "s" : "");
     return 0;
 }
