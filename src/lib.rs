@@ -7,7 +7,7 @@
 //! |---|---|
 //! | front ends | `capi` (`tm_*`), `override_libc` (malloc family), `global_alloc`, `api`, `runtime` |
 //! | placement | `place` |
-//! | tiers | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks); `tier` (a device tier: `heap` + headers) |
+//! | tiers | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks); `tier` (a device tier: `heap` + `device_slabs` + headers) |
 //! | extent heap | `heap` (host-metadata best/worst fit, coalescing) |
 //! | address map | `pagemap` |
 //! | memory sources | `backend` (device mappings), `meta` (metadata arena), `thread_slot` (TLS), `os` |
@@ -30,6 +30,8 @@ mod backend;
 pub mod capi;
 #[cfg(not(loom))]
 mod config;
+#[cfg(not(loom))]
+mod device_slabs;
 #[cfg(not(loom))]
 mod dram;
 #[cfg(not(loom))]

@@ -1,5 +1,5 @@
-//! Device tiers: a region mapped by `backend`, served by an extent heap (`heap`) whose every
-//! piece of metadata lives in host DRAM.
+//! Device tiers: a region mapped by `backend`, served by an extent heap (`heap`), blocks of up
+//! to 512 bytes grouped in slabs (`device_slabs`); every piece of metadata lives in host DRAM.
 //!
 //! Device memory is only ever written, and only the 16-byte header before each block:
 //! `malloc` writes the whole header (size, magic, kind, state) in one 16-byte store, `free`
@@ -25,6 +25,7 @@
 
 use crate::backend::{self, Problem, Region};
 use crate::config::{Fit, Kind, TierSpec};
+use crate::device_slabs::{SlabFree, Slabs, SLAB_BYTES};
 use crate::heap::{ExtentHeap, FreeError};
 use crate::os;
 use crate::pagemap::{self, ChunkTag};
@@ -88,15 +89,19 @@ impl BlockHeader {
 
 /// One configured device tier.
 ///
-/// Invariants: the heap manages offsets `[0, region.len)`; an allocated extent at `off`
-/// holds its header at `region.base + off` and its block at `region.base + off + 16`; the page
-/// map tags every chunk of `region.reserved` with this tier's kind.
+/// Invariants: the heap manages offsets `[0, region.len)`; an allocated extent at `off` is
+/// either a block, with its header at `region.base + off` and the block 16 bytes on, or a slab
+/// of `slabs` (its slots laid out the same way); the page map tags every chunk of
+/// `region.reserved` with this tier's kind. Lock order: a slab class's lock, then the heap's.
 pub(crate) struct DeviceTier {
     pub kind: Kind,
     region: Region,
     heap: spin::Mutex<ExtentHeap>,
+    /// Blocks of up to 512 bytes, in slabs (`device_slabs`).
+    slabs: Slabs,
     /// The most bytes (extent lengths) this tier serves at once (`limit=`).
     limit: u64,
+    /// Blocks allocated and freed outside slabs (slabs count their own).
     allocations: SharedCounter,
     frees: SharedCounter,
     pub failures: SharedCounter,
@@ -114,7 +119,9 @@ impl DeviceTier {
     /// Maps and prepares the tier `spec` describes.
     pub fn open(spec: &TierSpec) -> Result<DeviceTier, Problem> {
         let region = backend::map_region(spec)?;
-        let Some(heap) = ExtentHeap::new(region.len as u64, GRANULE, spec.fit) else {
+        let metadata = ExtentHeap::new(region.len as u64, GRANULE, spec.fit)
+            .zip(Slabs::new(region.len as u64));
+        let Some((heap, slabs)) = metadata else {
             // SAFETY: nothing uses the fresh region.
             unsafe { backend::unmap_region(region) };
             return Err(Problem {
@@ -132,6 +139,7 @@ impl DeviceTier {
             kind: spec.kind,
             region,
             heap: spin::Mutex::new(heap),
+            slabs,
             limit: spec.limit.unwrap_or(u64::MAX),
             allocations: SharedCounter::new(),
             frees: SharedCounter::new(),
@@ -149,22 +157,20 @@ impl DeviceTier {
         if self.inherited.load(Ordering::Relaxed) {
             return None;
         }
-        // A request for 0 bytes gets a block of one granule, as on DRAM: its usable size is
-        // not 0 (which `realloc` would take for "not a block"), and its address is not the
-        // next block's header.
-        let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
-        let (offset, extent) = {
-            let mut heap = self.heap.lock();
-            let limited = self.limit != u64::MAX;
-            if limited && heap.stats().in_use.saturating_add(len) > self.limit {
-                return None;
+        // A request for 0 bytes gets a block of one granule (slabs' smallest class), as on
+        // DRAM: its usable size is not 0 (which `realloc` would take for "not a block"), and
+        // its address is not the next block's header.
+        let (offset, extent) = match Slabs::class_of(size, align) {
+            Some(class) => self.slabs.alloc(class, || {
+                self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0)
+                    .map(|(offset, _)| offset)
+            })?,
+            None => {
+                let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
+                let extent = self.alloc_extent(len, align as u64, HEADER_SIZE)?;
+                self.allocations.add(1);
+                extent
             }
-            let (offset, extent) = heap.alloc(len, align as u64, HEADER_SIZE)?;
-            if limited && heap.stats().in_use > self.limit {
-                let _ = heap.free(offset);
-                return None;
-            }
-            (offset, extent)
         };
         let header = (self.region.base + offset as usize) as *mut BlockHeader;
         let block = BlockHeader {
@@ -176,8 +182,33 @@ impl DeviceTier {
         // SAFETY: the extent is ours alone now and lies inside the mapped region; its start
         // (region base + a granule multiple) is 16-byte aligned.
         unsafe { block.store(header) };
-        self.allocations.add(1);
         Some((header as usize + HEADER_SIZE as usize) as *mut u8)
+    }
+
+    /// An extent of the heap, within the tier's `limit=`: `(offset, length)`.
+    fn alloc_extent(&self, len: u64, align: u64, prefix: u64) -> Option<(u64, u64)> {
+        let mut heap = self.heap.lock();
+        let limited = self.limit != u64::MAX;
+        if limited && heap.stats().in_use.saturating_add(len) > self.limit {
+            return None;
+        }
+        let (offset, extent) = heap.alloc(len, align, prefix)?;
+        if limited && heap.stats().in_use > self.limit {
+            let _ = heap.free(offset);
+            return None;
+        }
+        Some((offset, extent))
+    }
+
+    /// Writes "free" into the state of the header at `offset` (unless the tier is inherited).
+    /// The caller still holds the block, so no new owner of its bytes can be writing there.
+    fn mark_free(&self, offset: u64) {
+        if !self.inherited.load(Ordering::Relaxed) {
+            let header = (self.region.base + offset as usize) as *mut BlockHeader;
+            // SAFETY: the header lies in the mapped region and its block is still ours. Only
+            // the state field is written (a recovery scan of a PMR sees it).
+            unsafe { core::ptr::addr_of_mut!((*header).state).write_volatile(STATE_FREE) };
+        }
     }
 
     /// The extent offset of block `p` of this tier (`p` must be inside the region).
@@ -190,33 +221,50 @@ impl DeviceTier {
     /// Frees block `p`; refuses (changing nothing) a pointer that is not a live block start.
     pub fn free(&self, p: *mut u8) -> Result<(), FreeError> {
         let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
-        self.heap.lock().free(offset)?;
-        if !self.inherited.load(Ordering::Relaxed) {
-            let header = (self.region.base + offset as usize) as *mut BlockHeader;
-            // SAFETY: the extent was ours until the free above; its header lies in the mapped
-            // region. Only the state field is written (a recovery scan of a PMR sees it).
-            unsafe { core::ptr::addr_of_mut!((*header).state).write_volatile(STATE_FREE) };
+        match self.slabs.free(offset, || self.mark_free(offset)) {
+            SlabFree::Freed { retired } => {
+                if let Some(slab) = retired {
+                    let freed = self.heap.lock().free(slab);
+                    debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");
+                }
+            }
+            SlabFree::Refused(error) => return Err(error),
+            SlabFree::NotSlab => {
+                let mut heap = self.heap.lock();
+                heap.allocated(offset)?;
+                // Before the heap frees the extent: once it does, another thread may make it
+                // a block and write its header there.
+                self.mark_free(offset);
+                let freed = heap.free(offset);
+                debug_assert!(freed.is_ok(), "checked above, under the same lock");
+                self.frees.add(1);
+            }
         }
-        self.frees.add(1);
         Ok(())
     }
 
     /// The usable size of live block `p` from host metadata (no device read).
     pub fn usable_size(&self, p: *mut u8) -> Option<usize> {
         let offset = self.offset_of(p)?;
-        let len = self.heap.lock().allocated_len(offset)?;
+        let len = match self.slabs.slot_len(offset) {
+            Some(slot) => slot?,
+            None => self.heap.lock().allocated_len(offset)?,
+        };
         Some((len - HEADER_SIZE) as usize)
     }
 
-    /// Takes the heap lock and keeps it (`fork` prepare handler).
+    /// Takes the slab locks and the heap lock, in that order, and keeps them (`fork` prepare
+    /// handler).
     pub fn lock_for_fork(&self) {
+        self.slabs.lock_all();
         core::mem::forget(self.heap.lock());
     }
 
-    /// Releases the lock `lock_for_fork` kept (`fork` parent handler).
+    /// Releases the locks `lock_for_fork` kept (`fork` parent handler).
     pub fn unlock_after_fork(&self) {
         // SAFETY: the prepare handler of this same fork took the lock and forgot its guard.
         unsafe { self.heap.force_unlock() };
+        self.slabs.unlock_all();
     }
 
     /// Whether a `fork` now would share this tier's bytes with the child.
@@ -282,16 +330,19 @@ impl DeviceTier {
     pub fn stats(&self) -> TierStats {
         let h = self.heap.lock().stats();
         let capacity = h.capacity.min(self.limit);
+        // Slabs are allocated extents; their slots without a live block are not in use.
+        let slabs = self.slabs.totals();
+        let in_use = h.in_use.saturating_sub(slabs.idle_bytes);
         TierStats {
             capacity,
-            in_use: h.in_use,
-            free_bytes: capacity.saturating_sub(h.in_use).min(h.free_bytes),
+            in_use,
+            free_bytes: capacity.saturating_sub(in_use),
             largest_free: h
                 .largest_free
                 .saturating_sub(HEADER_SIZE)
                 .min(capacity.saturating_sub(h.in_use)),
-            allocations: self.allocations.get(),
-            frees: self.frees.get(),
+            allocations: self.allocations.get() + slabs.allocations,
+            frees: self.frees.get() + slabs.frees,
             failures: self.failures.get(),
             spilled_in: self.spilled_in.get(),
             spilled_out: self.spilled_out.get(),
@@ -360,6 +411,162 @@ mod tests {
         for p in blocks {
             tier.free(p).unwrap();
         }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// A xorshift generator: deterministic sizes and orders without a crate.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// Checks the header of live block `p` against the host metadata and the request.
+    fn check_header(tier: &DeviceTier, p: *mut u8, request: usize) {
+        // SAFETY: the header sits right before the block, inside the mapping.
+        let header = unsafe { *(p as *const BlockHeader).sub(1) };
+        assert_eq!(header.size as usize, tier.usable_size(p).unwrap());
+        assert!(header.size as usize >= request.max(1));
+        assert_eq!(
+            (header.magic, header.state),
+            (HEADER_MAGIC, STATE_ALLOCATED)
+        );
+    }
+
+    #[test]
+    fn small_blocks_share_slabs_that_go_back_whole() {
+        let (tier, path) = open("slabs", "");
+        let capacity = tier.stats().capacity;
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut blocks: Vec<(*mut u8, usize, u8)> = Vec::new();
+        for i in 0..6000 {
+            let size = (rng.next() % 513) as usize;
+            let p = tier.alloc(size, 16).unwrap();
+            assert_eq!(p as usize % 16, 0);
+            check_header(&tier, p, size);
+            // SAFETY: the block holds `size` bytes.
+            unsafe { p.write_bytes(i as u8, size) };
+            blocks.push((p, size, i as u8));
+        }
+        // Slots of one class fill a slab: 6000 blocks of up to 512 B take far fewer bytes
+        // than 6000 extents would, and in_use counts the live slots only.
+        let in_use: u64 = blocks
+            .iter()
+            .map(|&(p, _, _)| tier.usable_size(p).unwrap() as u64 + HEADER_SIZE)
+            .sum();
+        assert_eq!(tier.stats().in_use, in_use);
+        let mut sorted: Vec<usize> = blocks.iter().map(|&(p, _, _)| p as usize).collect();
+        sorted.sort_unstable();
+        for w in sorted.windows(2) {
+            let usable = tier.usable_size(w[0] as *mut u8).unwrap();
+            assert!(
+                w[0] + usable + HEADER_SIZE as usize <= w[1],
+                "blocks overlap"
+            );
+        }
+        while !blocks.is_empty() {
+            let (p, size, fill) = blocks.swap_remove((rng.next() % blocks.len() as u64) as usize);
+            // SAFETY: the block holds `size` bytes, written above.
+            let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+            assert!(
+                bytes.iter().all(|&b| b == fill),
+                "a block lost its contents"
+            );
+            tier.free(p).unwrap();
+        }
+        let s = tier.stats();
+        assert_eq!((s.allocations, s.frees, s.in_use), (6000, 6000, 0));
+        assert_eq!(
+            s.largest_free,
+            capacity - HEADER_SIZE,
+            "every slab went back"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn slab_blocks_refuse_double_and_interior_frees() {
+        let (tier, path) = open("slab-bad", "");
+        let p = tier.alloc(100, 16).unwrap();
+        let q = tier.alloc(100, 16).unwrap();
+        // SAFETY: pointers into the blocks (never dereferenced).
+        let (inside, past) = unsafe { (p.add(16), q.add(4096)) };
+        assert_eq!(tier.free(inside), Err(FreeError::NotAllocated));
+        assert_eq!(
+            tier.free(past),
+            Err(FreeError::DoubleFree),
+            "a free slot of the slab"
+        );
+        assert_eq!(tier.usable_size(inside), None);
+        assert_eq!(tier.free(p), Ok(()));
+        // SAFETY: the header sits right before the block.
+        assert_eq!(
+            unsafe { (*(p as *const BlockHeader).sub(1)).state },
+            STATE_FREE
+        );
+        assert_eq!(tier.free(p), Err(FreeError::DoubleFree));
+        assert_eq!(tier.usable_size(p), None);
+        assert_eq!(tier.free(q), Ok(()));
+        // The slab went back to the heap with q: a free of p now meets free space there.
+        assert_eq!(tier.free(p), Err(FreeError::DoubleFree));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn threads_share_slabs_and_free_each_others_blocks() {
+        let (tier, path) = open("slab-threads", ",size=64M");
+        let tier = std::sync::Arc::new(tier);
+        let handed: std::sync::Arc<std::sync::Mutex<Vec<(usize, usize, u8)>>> = Default::default();
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (tier, handed) = (tier.clone(), handed.clone());
+                std::thread::spawn(move || {
+                    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t + 1));
+                    let mut mine: Vec<(usize, usize, u8)> = Vec::new();
+                    for round in 0..40_000u32 {
+                        let check = |(p, size, fill): (usize, usize, u8)| {
+                            // SAFETY: a live block of `size` bytes filled with `fill`.
+                            let b = unsafe { core::slice::from_raw_parts(p as *const u8, size) };
+                            assert!(b.iter().all(|&x| x == fill), "contents changed");
+                            tier.free(p as *mut u8).unwrap();
+                        };
+                        if mine.len() < 300 && rng.next() % 2 == 0 {
+                            let size = (rng.next() % 600) as usize;
+                            let p = tier.alloc(size, 16).unwrap();
+                            // SAFETY: the block holds `size` bytes.
+                            unsafe { p.write_bytes(round as u8, size) };
+                            mine.push((p as usize, size, round as u8));
+                        } else if let Some(block) = mine.pop() {
+                            if round % 3 == 0 {
+                                handed.lock().unwrap().push(block);
+                            } else {
+                                check(block);
+                            }
+                        }
+                        if round % 64 == 0 {
+                            let theirs: Vec<_> = handed.lock().unwrap().drain(..).collect();
+                            theirs.into_iter().for_each(check);
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut left: Vec<_> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        left.extend(handed.lock().unwrap().drain(..));
+        for (p, _, _) in left {
+            tier.free(p as *mut u8).unwrap();
+        }
+        let s = tier.stats();
+        assert_eq!((s.in_use, s.allocations), (0, s.frees));
+        assert_eq!(s.largest_free, s.capacity - HEADER_SIZE);
         std::fs::remove_file(path).unwrap();
     }
 

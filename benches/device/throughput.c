@@ -1,8 +1,8 @@
 /* throughput.c — alloc + free pairs per second on a device tier against DRAM, same workload.
  *
- * usage: throughput PAIRS LIVE [THREADS]   (TIERMALLOC_TIERS must list pmr; the tier is any
- *        emulated one)
- * Keeps LIVE blocks of 16..4096 bytes alive and replaces a random one PAIRS times, first with
+ * usage: throughput PAIRS LIVE [THREADS [MAX]]   (TIERMALLOC_TIERS must list pmr; the tier is
+ *        any emulated one)
+ * Keeps LIVE blocks of 16..MAX-1 bytes (MAX default 4096) alive and replaces a random one PAIRS times, first with
  * tm_malloc(TM_DRAM), then with tm_malloc(TM_PMR); prints ns per pair for each. With THREADS
  * (default 1), that many threads each run the whole workload at once on the same tier, and the
  * figure is wall time per pair of one thread (equal to the 1-thread figure when nothing is
@@ -21,17 +21,19 @@ static double now(void)
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
+static int max_size = 4096;
+
 static double run(tm_kind kind, long pairs, int live, unsigned long seed)
 {
     void **slots = calloc((size_t)live, sizeof *slots);
     unsigned long x = 88172645463325252UL ^ seed;
-    for (int i = 0; i < live; i++) slots[i] = tm_malloc(kind, 16 + i % 4080);
+    for (int i = 0; i < live; i++) slots[i] = tm_malloc(kind, 16 + i % (max_size - 16));
     double t0 = now();
     for (long i = 0; i < pairs; i++) {
         x ^= x << 13; x ^= x >> 7; x ^= x << 17;
         int k = (int)(x % (unsigned long)live);
         tm_free(slots[k]);
-        slots[k] = tm_malloc(kind, 16 + (x >> 20) % 4080);
+        slots[k] = tm_malloc(kind, 16 + (x >> 20) % (unsigned long)(max_size - 16));
         if (!slots[k]) { fprintf(stderr, "tier %d full\n", kind); exit(2); }
     }
     double ns = (now() - t0) * 1e9 / (double)pairs;
@@ -77,13 +79,15 @@ int main(int argc, char **argv)
     long pairs = argc > 1 ? atol(argv[1]) : 2000000;
     int live = argc > 2 ? atoi(argv[2]) : 10000;
     int threads = argc > 3 ? atoi(argv[3]) : 1;
-    if (threads < 1 || threads > 64) {
-        fprintf(stderr, "THREADS must be 1..64\n");
+    if (argc > 4) max_size = atoi(argv[4]);
+    if (threads < 1 || threads > 64 || max_size < 17) {
+        fprintf(stderr, "THREADS must be 1..64, MAX at least 17\n");
         return 2;
     }
     double dram = run_threads(TM_DRAM, pairs, live, threads);
     double pmr = run_threads(TM_PMR, pairs, live, threads);
-    printf("dram %.1f ns/pair, pmr %.1f ns/pair, pmr/dram %.2f (%ld pairs, %d live, %d thread%s)\n",
-           dram, pmr, pmr / dram, pairs, live, threads, threads > 1 ? "s" : "");
+    printf("dram %.1f ns/pair, pmr %.1f ns/pair, pmr/dram %.2f (%ld pairs, %d live, %d thread%s, "
+           "16..%d B)\n",
+           dram, pmr, pmr / dram, pairs, live, threads, threads > 1 ? "s" : "", max_size - 1);
     return 0;
 }

@@ -463,6 +463,13 @@ impl ExtentHeap {
         unsafe { (!n.is_null() && !(*n).free).then(|| (*n).len) }
     }
 
+    /// The length of the allocated extent starting at `offset`, or why `free(offset)` would
+    /// refuse it.
+    pub fn allocated(&self, offset: u64) -> Result<u64, FreeError> {
+        self.allocated_len(offset)
+            .ok_or_else(|| self.classify(offset))
+    }
+
     pub fn stats(&self) -> HeapStats {
         // SAFETY: the index is valid; its nodes are live.
         let largest_free = unsafe {
