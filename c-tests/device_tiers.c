@@ -14,7 +14,9 @@
  *   spilled_out / spilled_in;
  * - `dram:limit=` caps DRAM: plain malloc spills the rest to the next tier, tm_malloc(TM_DRAM)
  *   past the cap fails with ENOMEM, and DRAM serves again once its blocks are freed;
- * - realloc keeps a block on its tier with its contents;
+ * - realloc keeps a block on its tier with its contents; it grows a block into the free space
+ *   right behind it and shrinks it where it lies (same address, header and in_use follow), and
+ *   moves it when that space is taken;
  * - a tier whose path is broken gets one line on stderr naming it, and the program runs on;
  * - blocks freed by other threads, contents checked first;
  * - a forked child gets a private copy of the tiers, as of DRAM: it can free the parent's
@@ -93,6 +95,51 @@ static void each_kind(void)
             tm_free(p);
         }
     }
+}
+
+static int all_bytes_are(const unsigned char *p, size_t n, unsigned char v)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != v) return 0;
+    return 1;
+}
+
+static void realloc_in_place(void)
+{
+    /* Worst fit carves from the front of the largest free extent: the rest of it is behind. */
+    CHECK(tm_set_fit(TM_CMB, TM_WORST_FIT) == 0, "tm_set_fit: errno %d", errno);
+    unsigned char *p = tm_malloc(TM_CMB, 4096);
+    if (!CHECK(p != NULL, "tm_malloc(TM_CMB, 4096): errno %d", errno)) return;
+    memset(p, 0x5a, 4096);
+    tm_stats s0 = stats_of(TM_CMB);
+    unsigned char *q = tm_realloc(p, 65536);
+    CHECK(q == p, "growing into the free space behind moved the block: %p -> %p", (void *)p,
+          (void *)q);
+    if (!q) return;
+    CHECK(header_of(q)->size == tm_usable_size(q) && tm_usable_size(q) >= 65536,
+          "grown: header %llu, usable %zu", (unsigned long long)header_of(q)->size,
+          tm_usable_size(q));
+    tm_stats s1 = stats_of(TM_CMB);
+    CHECK(s1.in_use - s0.in_use == tm_usable_size(q) - 4096, "in_use grew by %llu",
+          (unsigned long long)(s1.in_use - s0.in_use));
+    CHECK(all_bytes_are(q, 4096, 0x5a), "growing in place lost the contents");
+    memset(q, 0x3c, 65536);
+    unsigned char *r = tm_realloc(q, 1000);
+    CHECK(r == q && tm_usable_size(r) >= 1000 && tm_usable_size(r) < 2048 &&
+              header_of(r)->size == tm_usable_size(r),
+          "shrunk: %p -> %p, usable %zu", (void *)q, (void *)r, tm_usable_size(r));
+    CHECK(stats_of(TM_CMB).in_use == s0.in_use - 4096 + tm_usable_size(r),
+          "shrinking in place gave back the wrong number of bytes");
+    CHECK(all_bytes_are(r, 1000, 0x3c), "shrinking in place lost the contents");
+    unsigned char *behind = tm_malloc(TM_CMB, 4096); /* takes the space right behind r */
+    CHECK(behind == r + tm_usable_size(r) + 16, "the next block is not right behind: %p, %p",
+          (void *)r, (void *)behind);
+    unsigned char *moved = tm_realloc(r, 8192);
+    CHECK(moved != NULL && moved != r && all_bytes_are(moved, 1000, 0x3c),
+          "a block with no free space behind it must move, contents and all");
+    tm_free(behind);
+    tm_free(moved ? moved : r);
+    CHECK(tm_set_fit(TM_CMB, TM_BEST_FIT) == 0, "tm_set_fit: errno %d", errno);
 }
 
 /* Blocks sized so their extents (size + 16-byte header) are exactly these many bytes. */
@@ -431,6 +478,7 @@ int main(int argc, char **argv)
     fit_policies();
     spill_and_limits();
     dram_limit();
+    realloc_in_place();
     cross_thread_frees();
     fork_keeps_parent_blocks();
     child_modes();

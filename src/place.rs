@@ -347,6 +347,10 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
     if dram::keeps_block(size, old) {
         return p;
     }
+    // In place, the block keeps its address, hence its alignment.
+    if device(kind).is_some_and(|t| t.resize_in_place(p, size)) {
+        return p;
+    }
     let q = alloc_on(kind, size, align, false);
     if !q.is_null() {
         // SAFETY: two live blocks of ours, distinct, each holding the bytes copied.

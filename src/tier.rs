@@ -172,32 +172,41 @@ impl DeviceTier {
                 extent
             }
         };
-        let header = (self.region.base + offset as usize) as *mut BlockHeader;
-        let block = BlockHeader {
+        self.write_header(offset, extent);
+        Some((self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8)
+    }
+
+    /// Writes the header of the live block whose extent (or slot) of `extent` bytes starts at
+    /// `offset`.
+    fn write_header(&self, offset: u64, extent: u64) {
+        let header = BlockHeader {
             size: extent - HEADER_SIZE,
             magic: HEADER_MAGIC,
             kind: self.kind as u16,
             state: STATE_ALLOCATED,
         };
-        // SAFETY: the extent is ours alone now and lies inside the mapped region; its start
+        // SAFETY: the caller holds the extent; it lies inside the mapped region, and its start
         // (region base + a granule multiple) is 16-byte aligned.
-        unsafe { block.store(header) };
-        Some((header as usize + HEADER_SIZE as usize) as *mut u8)
+        unsafe { header.store((self.region.base + offset as usize) as *mut BlockHeader) };
     }
 
     /// An extent of the heap, within the tier's `limit=`: `(offset, length)`.
     fn alloc_extent(&self, len: u64, align: u64, prefix: u64) -> Option<(u64, u64)> {
         let mut heap = self.heap.lock();
-        let limited = self.limit != u64::MAX;
-        if limited && heap.stats().in_use.saturating_add(len) > self.limit {
+        if self.over_limit(heap.stats().in_use.saturating_add(len)) {
             return None;
         }
         let (offset, extent) = heap.alloc(len, align, prefix)?;
-        if limited && heap.stats().in_use > self.limit {
+        if self.over_limit(heap.stats().in_use) {
             let _ = heap.free(offset);
             return None;
         }
         Some((offset, extent))
+    }
+
+    /// Whether `in_use` bytes of extents would be more than `limit=` allows.
+    fn over_limit(&self, in_use: u64) -> bool {
+        self.limit != u64::MAX && in_use > self.limit
     }
 
     /// Writes "free" into the state of the header at `offset` (unless the tier is inherited).
@@ -241,6 +250,37 @@ impl DeviceTier {
             }
         }
         Ok(())
+    }
+
+    /// Resizes live block `p` to `size` bytes where it lies, rewriting its header: a block
+    /// outside the slabs grows into the free space right behind it, or gives its tail back.
+    /// False (nothing changed) for a slab block or when the space behind is taken: the caller
+    /// moves the block (which reads it from the device; this does not).
+    pub fn resize_in_place(&self, p: *mut u8, size: usize) -> bool {
+        let Some(offset) = self.offset_of(p) else {
+            return false;
+        };
+        if self.slabs.slot_len(offset).is_some() || self.inherited.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(len) = (size.max(1) as u64).checked_add(HEADER_SIZE) else {
+            return false;
+        };
+        let extent = {
+            let mut heap = self.heap.lock();
+            let Ok(old) = heap.allocated(offset) else {
+                return false;
+            };
+            if len > old && self.over_limit(heap.stats().in_use.saturating_add(len - old)) {
+                return false;
+            }
+            match heap.resize(offset, len) {
+                Some(extent) => extent,
+                None => return false,
+            }
+        };
+        self.write_header(offset, extent);
+        true
     }
 
     /// The usable size of live block `p` from host metadata (no device read).

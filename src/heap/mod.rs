@@ -431,6 +431,69 @@ impl ExtentHeap {
         }
     }
 
+    /// Resizes the allocated extent at `offset` in place to `len` bytes rounded up to the
+    /// granule: growing takes the front of the free extent right behind it, shrinking gives
+    /// the tail back (merged with a free extent behind). Returns the new length; `None`, with
+    /// the heap unchanged, when `offset` is no allocated extent's start, the extent behind is
+    /// not free or too short, or host memory for the metadata runs out.
+    pub fn resize(&mut self, offset: u64, len: u64) -> Option<u64> {
+        let n = self.starts.get(offset);
+        // SAFETY: the start table holds live nodes.
+        if n.is_null() || unsafe { (*n).free } || len > self.capacity {
+            return None;
+        }
+        let g = self.granule;
+        let need = ((len.max(1) + g - 1) & !(g - 1)).max(g);
+        // One node and one start-table slot at most (a tail given back).
+        if !self.pool.reserve(1) || !self.starts.reserve(1) {
+            return None;
+        }
+        // SAFETY (whole block): `n` and its list neighbours are live nodes of ours; size-index
+        // removes and inserts are of free nodes; a released node is unlinked from everything;
+        // the new node and its slot come from the reservations.
+        unsafe {
+            let old = (*n).len;
+            let next = (*n).next;
+            let next_free = !next.is_null() && (*next).free;
+            if need > old {
+                let extra = need - old;
+                if !next_free || (*next).len < extra {
+                    return None;
+                }
+                self.sizes.remove(next);
+                self.starts.remove((*next).offset);
+                if (*next).len == extra {
+                    unlink(next);
+                    self.pool.release(next);
+                } else {
+                    (*next).offset += extra;
+                    (*next).len -= extra;
+                    self.starts.insert((*next).offset, next);
+                    self.sizes.insert(next);
+                }
+                self.in_use += extra;
+            } else if need < old {
+                let tail = old - need;
+                if next_free {
+                    self.sizes.remove(next);
+                    self.starts.remove((*next).offset);
+                    (*next).offset -= tail;
+                    (*next).len += tail;
+                    self.starts.insert((*next).offset, next);
+                    self.sizes.insert(next);
+                } else {
+                    let t = self.pool.take(offset + need, tail, true);
+                    self.starts.insert(offset + need, t);
+                    link_after(n, t);
+                    self.sizes.insert(t);
+                }
+                self.in_use -= tail;
+            }
+            (*n).len = need;
+            Some(need)
+        }
+    }
+
     /// Why `offset` is not the start of an allocated extent (see the module comment: O(m)).
     #[cold]
     fn classify(&self, offset: u64) -> FreeError {

@@ -826,3 +826,154 @@ fn cost_is_flat_in_the_number_of_free_extents() {
         }
     }
 }
+
+#[test]
+fn resize_grows_into_the_free_extent_behind_and_gives_tails_back() {
+    let cap = 64 * K;
+    let mut h = ExtentHeap::new(cap, HDR, Fit::Best).unwrap();
+    let a = h.alloc(1024, 16, 0).unwrap().0;
+    let b = h.alloc(1024, 16, 0).unwrap().0;
+    assert_eq!((a, b), (0, 1024));
+    let expect = |h: &ExtentHeap, want: &[(u64, u64, bool)]| {
+        h.check_invariants();
+        assert_eq!(h.extents(), want);
+        let used: u64 = want.iter().filter(|e| !e.2).map(|e| e.1).sum();
+        assert_eq!(h.stats().in_use, used);
+    };
+    assert_eq!(h.resize(a, 1040), None, "b is right behind a");
+    expect(
+        &h,
+        &[
+            (0, 1024, false),
+            (1024, 1024, false),
+            (2048, cap - 2048, true),
+        ],
+    );
+    assert_eq!(h.resize(b, 4000), Some(4000));
+    expect(
+        &h,
+        &[
+            (0, 1024, false),
+            (1024, 4000, false),
+            (5024, cap - 5024, true),
+        ],
+    );
+    assert_eq!(
+        h.resize(b, cap - 1024),
+        Some(cap - 1024),
+        "all of the free extent"
+    );
+    expect(&h, &[(0, 1024, false), (1024, cap - 1024, false)]);
+    assert_eq!(h.resize(b, cap), None, "longer than the heap");
+    assert_eq!(h.resize(b, 100), Some(112), "rounded to the granule");
+    expect(
+        &h,
+        &[
+            (0, 1024, false),
+            (1024, 112, false),
+            (1136, cap - 1136, true),
+        ],
+    );
+    assert_eq!(
+        h.resize(a, 512),
+        Some(512),
+        "a new free extent between a and b"
+    );
+    expect(
+        &h,
+        &[
+            (0, 512, false),
+            (512, 512, true),
+            (1024, 112, false),
+            (1136, cap - 1136, true),
+        ],
+    );
+    assert_eq!(
+        h.resize(b, 32),
+        Some(32),
+        "the tail joins the free extent behind"
+    );
+    expect(
+        &h,
+        &[
+            (0, 512, false),
+            (512, 512, true),
+            (1024, 32, false),
+            (1056, cap - 1056, true),
+        ],
+    );
+    assert_eq!(h.resize(a + HDR, 64), None, "not a start");
+    assert_eq!(h.resize(512, 64), None, "a free extent");
+    assert_eq!(h.resize(a, 1024), Some(1024), "a takes its old tail back");
+    expect(
+        &h,
+        &[
+            (0, 1024, false),
+            (1024, 32, false),
+            (1056, cap - 1056, true),
+        ],
+    );
+    assert_eq!(h.resize(a, 1024), Some(1024), "same length: nothing to do");
+    h.free(a).unwrap();
+    h.free(b).unwrap();
+    expect(&h, &[(0, cap, true)]);
+}
+
+#[test]
+fn randomized_resizes_keep_the_invariants() {
+    let cap = 1024 * K;
+    let mut h = ExtentHeap::new(cap, HDR, Fit::Best).unwrap();
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut live: Vec<(u64, u64)> = Vec::new();
+    let (mut grown, mut refused) = (0, 0);
+    for step in 0..steps(5_000) {
+        match rng.below(10) {
+            0..=3 => {
+                if let Some(e) = h.alloc(rng.below(8 * K) + 1, 16, 0) {
+                    live.push(e);
+                }
+            }
+            4..=6 if !live.is_empty() => {
+                let i = rng.below(live.len() as u64) as usize;
+                let (off, len) = live[i];
+                let want = rng.below(16 * K) + 1;
+                match h.resize(off, want) {
+                    Some(got) => {
+                        assert!(got >= want && got < want + HDR, "step {step}");
+                        grown += (got > len) as u32;
+                        live[i].1 = got;
+                    }
+                    None => refused += 1,
+                }
+            }
+            _ if !live.is_empty() => {
+                let i = rng.below(live.len() as u64) as usize;
+                let (off, len) = live.swap_remove(i);
+                assert_eq!(h.free(off), Ok(len), "step {step}");
+            }
+            _ => {}
+        }
+        h.check_invariants();
+        let allocated: Vec<(u64, u64)> = {
+            let mut v: Vec<_> = h
+                .extents()
+                .into_iter()
+                .filter(|e| !e.2)
+                .map(|e| (e.0, e.1))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let mut mine = live.clone();
+        mine.sort_unstable();
+        assert_eq!(allocated, mine, "step {step}");
+    }
+    assert!(
+        cfg!(miri) || (grown >= 30 && refused >= 100),
+        "{grown} grown, {refused} refused"
+    );
+    for (off, _) in live {
+        h.free(off).unwrap();
+    }
+    assert_eq!(h.extents(), [(0, cap, true)]);
+}
