@@ -24,7 +24,7 @@ pub enum tm_kind {
 }
 
 /// Fit policies of a device tier: which free extent a block of more than 512 bytes (or
-/// aligned to more than 16) takes. Blocks of up to 512 bytes share 64 KiB slabs of their size
+/// aligned to more than 16) takes. Blocks of up to 512 bytes share 16 KiB slabs of their size
 /// class, and the slabs are placed by the policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
