@@ -193,11 +193,11 @@ impl DeviceTier {
     /// An extent of the heap, within the tier's `limit=`: `(offset, length)`.
     fn alloc_extent(&self, len: u64, align: u64, prefix: u64) -> Option<(u64, u64)> {
         let mut heap = self.heap.lock();
-        if self.over_limit(heap.stats().in_use.saturating_add(len)) {
+        if self.over_limit(heap.in_use().saturating_add(len)) {
             return None;
         }
         let (offset, extent) = heap.alloc(len, align, prefix)?;
-        if self.over_limit(heap.stats().in_use) {
+        if self.over_limit(heap.in_use()) {
             let _ = heap.free(offset);
             return None;
         }
@@ -271,7 +271,7 @@ impl DeviceTier {
             let Ok(old) = heap.allocated(offset) else {
                 return false;
             };
-            if len > old && self.over_limit(heap.stats().in_use.saturating_add(len - old)) {
+            if len > old && self.over_limit(heap.in_use().saturating_add(len - old)) {
                 return false;
             }
             match heap.resize(offset, len) {

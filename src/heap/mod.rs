@@ -533,6 +533,12 @@ impl ExtentHeap {
             .ok_or_else(|| self.classify(offset))
     }
 
+    /// Bytes of allocated extents.
+    #[inline]
+    pub fn in_use(&self) -> u64 {
+        self.in_use
+    }
+
     pub fn stats(&self) -> HeapStats {
         // SAFETY: the index is valid; its nodes are live.
         let largest_free = unsafe {
