@@ -21,7 +21,8 @@
  * - blocks freed by other threads, contents checked first;
  * - a forked child gets a private copy of the tiers, as of DRAM: it can free the parent's
  *   blocks, allocate and write anywhere on the tier, and the parent's blocks and headers stay
- *   as they were;
+ *   as they were; a child that cannot map that copy (address space capped) allocates nothing
+ *   on the tier and its frees write no header;
  * - another program started with the same TIERMALLOC_TIERS finds the tier's file in use: one
  *   line naming the tier and path, and it runs without the tier;
  * - a double free and a free of a pointer into a block are caught from host metadata: one
@@ -305,6 +306,52 @@ static void fork_keeps_parent_blocks(void)
     for (int i = 0; i < N; i++) tm_free(blocks[i]);
 }
 
+/* Bytes of address space this process has mapped (VmSize), or -1. */
+static long long vm_size(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %lld kB", &kib) == 1) break;
+    fclose(f);
+    return kib < 0 ? -1 : kib * 1024;
+}
+
+static void fork_without_room_for_a_copy(void)
+{
+    enum { SIZE = 1000 };
+    unsigned char *p = tm_malloc(TM_CXL, SIZE);
+    if (!CHECK(p != NULL, "tm_malloc(TM_CXL, %d)", SIZE)) return;
+    memset(p, 0x77, SIZE);
+    struct rlimit old;
+    long long vm = vm_size();
+    if (!CHECK(getrlimit(RLIMIT_AS, &old) == 0 && vm > 0, "getrlimit / VmSize")) return;
+    /* 2 MiB to spare: less than the 8 MiB copy of the CXL tier the child would need. */
+    struct rlimit tight = {(rlim_t)vm + (2 << 20), old.rlim_max};
+    if (!CHECK(setrlimit(RLIMIT_AS, &tight) == 0, "setrlimit: errno %d", errno)) return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int bad = 0;
+        errno = 0;
+        if (tm_malloc(TM_CXL, 100) != NULL || errno != ENOMEM) bad |= 1;
+        tm_free(p); /* known to the child's metadata: accepted, but nothing is written */
+        /* (The region is still shared: what the child itself writes into blocks reaches the
+         * parent. The fallback keeps the allocator from handing out or marking the parent's
+         * blocks; it cannot make the bytes private.) */
+        _exit(bad);
+    }
+    setrlimit(RLIMIT_AS, &old);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "child without room for a private copy: status %#x (1: it could allocate on the "
+          "shared tier)", status);
+    CHECK(header_of(p)->state == 1, "the child's free reached the parent's header");
+    tm_free(p);
+}
+
 /* Runs `argv` with `env` added, returns its wait status and up to `cap` bytes of stderr. */
 static int run_child(char *const argv[], const char *tiers, char *err, size_t cap)
 {
@@ -481,6 +528,7 @@ int main(int argc, char **argv)
     realloc_in_place();
     cross_thread_frees();
     fork_keeps_parent_blocks();
+    fork_without_room_for_a_copy();
     child_modes();
     unlink(cxl_path);
     unlink(pmr_path);
