@@ -8,7 +8,7 @@
 //!
 //! A freed mapping of up to `CACHE_ENTRY_MAX` bytes is kept, still resident, in a small
 //! lock-free cache (at most `CACHE_BYTES_MAX` in all) for the next large request it fits
-//! without wasting more than half of it: programs that allocate and free big buffers in a loop
+//! without wasting more than three quarters of it: programs that allocate and free big buffers in a loop
 //! then pay no `mmap`, `munmap` or page faults. Anything else goes back to the kernel at once.
 //! A cached mapping keeps the pages its last block touched: each header bounds them
 //! (`resident`), so a shrink gives back an earlier block's pages too, and `alloc_cached` (for
@@ -23,9 +23,11 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 const MIN_OFFSET: usize = 64;
 
 /// Largest mapping the cache keeps, and the most it keeps in all (address space: only the
-/// pages a block touched are resident).
+/// pages a block touched are resident). Measured on the `large` workload (4 live blocks of
+/// 64 KiB–32 MiB): 64 MiB in all and a fit within twice the request, 607 k page faults and
+/// 2.5× glibc's time; 96 MiB and four times, 222 k faults and 1.0×, peak RSS 129 → 140 MiB.
 const CACHE_ENTRY_MAX: usize = 32 << 20;
-const CACHE_BYTES_MAX: usize = 64 << 20;
+const CACHE_BYTES_MAX: usize = 96 << 20;
 const CACHE_SLOTS: usize = 16;
 
 /// Each slot is 0 or `header | (map_len / PAGE_SIZE)`: headers are chunk-aligned and cached
@@ -37,7 +39,7 @@ pub(crate) static CACHE_HITS: SharedCounter = SharedCounter::new();
 
 const _: () = assert!(CACHE_ENTRY_MAX / os::PAGE_SIZE < CHUNK_SIZE);
 
-/// Takes a cached mapping of at least `need` bytes and at most twice that.
+/// Takes a cached mapping of at least `need` bytes and at most four times that.
 fn cache_take(need: usize) -> Option<(usize, usize)> {
     if CACHED_BYTES.load(Ordering::Relaxed) < need {
         return None;
@@ -45,7 +47,7 @@ fn cache_take(need: usize) -> Option<(usize, usize)> {
     for slot in &CACHE {
         let entry = slot.load(Ordering::Relaxed);
         let len = (entry & (CHUNK_SIZE - 1)) * os::PAGE_SIZE;
-        if entry == 0 || len < need || len / 2 > need {
+        if entry == 0 || len < need || len / 4 > need {
             continue;
         }
         if slot
