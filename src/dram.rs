@@ -188,6 +188,9 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn move_to_cached_large(p: *mut u8, old: usize, size: usize, align: usize) -> *mut u8 {
+    if !dram_budget::admits(size as u64) {
+        return core::ptr::null_mut();
+    }
     let q = large::alloc_cached(size, align.max(16));
     if !q.is_null() {
         // SAFETY: both blocks are ours, distinct, and `q` holds more than `old` bytes.
