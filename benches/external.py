@@ -356,8 +356,7 @@ def main():
                  "figure as a time (larson: its relative time; xmalloc-test: its rtime; "
                  "glibc-thread: 1e9 / iterations) and CPU time is scaled to that amount of "
                  "work." % ", ".join(timed)) if timed else ""
-    cmdline = "python3 benches/external.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:]
-                                               else "")
+    cmdline = run.command_line("external.py")
     arguments = "Commands (programs built from mimalloc-bench sources in `%s`): %s." % (
         bench_dir, "; ".join("%s %s" % (b, cmd_of(b)) for b in names))
     extra = []
@@ -367,10 +366,7 @@ def main():
                            elapsed, cmdline, arguments, time_note, extra)
     order_text, agree = ordering_lines(results, order, opts.compare_json)
     text += "\n" + order_text
-    print(text)
-    if opts.markdown:
-        with open(opts.markdown, "w") as f:
-            f.write(text + "\n")
+    run.emit(text, opts.markdown)
     if opts.json:
         run.write_json(opts.json, note, reps, libs, order, argv, results,
                        lambda r: {"raw_wall_s": r.raw_wall})

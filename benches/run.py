@@ -659,6 +659,19 @@ def report(names, order, libs, baseline, results, reps, outputs, failures, note,
     return "\n".join(parts), bool(mismatches or failures)
 
 
+def command_line(script):
+    """How this run was started, for the report."""
+    return "python3 benches/%s" % script + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+
+
+def emit(text, markdown):
+    """Print the report, and write it to the --markdown file if one was given."""
+    print(text)
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write(text + "\n")
+
+
 def write_json(path, note, reps, libs, order, argv, results, fields=lambda r: {}):
     """Every raw measurement; fields(r) adds per-run entries."""
     raw = {"machine": note, "reps": reps, "allocators": {a: libs[a] for a in order},
@@ -731,15 +744,12 @@ def main():
         results, outputs, failures, note, elapsed = run_interleaved(
             names, order, libs, reps,
             lambda w, lib: run_once(spawn, progs[w], argv[w], lib, opts.timeout, tmpdir))
-        cmdline = "python3 benches/run.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+        cmdline = command_line("run.py")
         arguments = "Arguments: " + "; ".join("`%s %s`" % (w, " ".join(argv[w])) for w in names) \
             + "."
         text, bad = report(names, order, libs, baseline, results, reps, outputs, failures, note,
                            elapsed, cmdline, arguments)
-        print(text)
-        if opts.markdown:
-            with open(opts.markdown, "w") as f:
-                f.write(text + "\n")
+        emit(text, opts.markdown)
         if opts.json:
             write_json(opts.json, note, reps, libs, order, argv, results)
         sys.exit(1 if bad else 0)
