@@ -110,31 +110,45 @@ def needs_build(out, sources):
     return any(os.path.getmtime(s) > t for s in sources)
 
 
+def compile_if_needed(cmd, out, deps):
+    """Run the compiler command cmd unless out is newer than every file in deps; True if ok."""
+    if not needs_build(out, deps):
+        return True
+    log("+ " + " ".join(cmd))
+    return subprocess.run(cmd).returncode == 0
+
+
+def build_tools(build_dir, cc):
+    """Compile the helper tools; returns the paths of spawn and whichmalloc."""
+    os.makedirs(build_dir, exist_ok=True)
+    tools = []
+    for tool in ("spawn", "whichmalloc"):
+        src, out = os.path.join(TOOLS_DIR, tool + ".c"), os.path.join(build_dir, tool)
+        if not compile_if_needed([cc, "-O2", "-pthread", "-Wall", "-o", out, src], out, [src]):
+            log("error: compiling %s failed" % src)
+            sys.exit(2)
+        tools.append(out)
+    return tools
+
+
 def build_c(build_dir, cc):
     """Compile the workloads and the helper tools; returns {name: path} for workloads."""
     os.makedirs(build_dir, exist_ok=True)
     common = [os.path.join(WORKLOAD_DIR, "common.h")]
-    jobs = []
     workloads = {}
-    for name in sorted(WORKLOADS):
-        src = os.path.join(WORKLOAD_DIR, name + ".c")
-        out = os.path.join(build_dir, name)
-        workloads[name] = out
-        jobs.append((src, out, common))
     extra = sorted(f for f in os.listdir(WORKLOAD_DIR) if f.endswith(".c"))
     unknown = [f for f in extra if f[:-2] not in WORKLOADS]
     if unknown:
         log("note: workloads without a parameter entry in run.py are not run: %s" % unknown)
-    for tool in ("spawn", "whichmalloc"):
-        jobs.append((os.path.join(TOOLS_DIR, tool + ".c"), os.path.join(build_dir, tool), []))
-    for src, out, deps in jobs:
-        if needs_build(out, [src] + deps):
-            cmd = [cc, "-O2", "-pthread", "-Wall", "-o", out, src]
-            log("+ " + " ".join(cmd))
-            r = subprocess.run(cmd)
-            if r.returncode != 0:
-                log("error: compiling %s failed" % src)
-                sys.exit(2)
+    for name in sorted(WORKLOADS):
+        src = os.path.join(WORKLOAD_DIR, name + ".c")
+        out = os.path.join(build_dir, name)
+        workloads[name] = out
+        if not compile_if_needed([cc, "-O2", "-pthread", "-Wall", "-o", out, src], out,
+                                 [src] + common):
+            log("error: compiling %s failed" % src)
+            sys.exit(2)
+    build_tools(build_dir, cc)
     return workloads
 
 
@@ -196,7 +210,8 @@ class RunResult:
         self.out, self.err, self.why = out, err, why
 
 
-def run_once(spawn, prog, args, lib, timeout, tmpdir):
+def run_once(spawn, prog, args, lib, timeout, tmpdir, stdin=None):
+    """Run prog args once under lib (None: glibc) via spawn; stdin: a file to read, or None."""
     res_file = os.path.join(tmpdir, "result")
     out_file = os.path.join(tmpdir, "stdout")
     err_file = os.path.join(tmpdir, "stderr")
@@ -205,9 +220,10 @@ def run_once(spawn, prog, args, lib, timeout, tmpdir):
             os.unlink(f)
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)  # spawn sets it for the workload only
-    with open(out_file, "w") as fo, open(err_file, "w") as fe:
-        p = subprocess.Popen([spawn, res_file, lib or "", prog] + args, stdout=fo, stderr=fe,
-                             env=env, start_new_session=True)
+    with open(out_file, "w") as fo, open(err_file, "w") as fe, \
+            open(stdin or os.devnull) as fi:
+        p = subprocess.Popen([spawn, res_file, lib or "", prog] + args, stdin=fi, stdout=fo,
+                             stderr=fe, env=env, start_new_session=True)
         try:
             rc = p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -240,8 +256,11 @@ def fmt_ratio(x):
     return "—" if x is None else "%.2f" % x
 
 
-def build_tables(names, allocs, baseline, results, reps, mismatches, failures):
-    """Markdown tables of median wall time and median peak RSS, with ratios baseline/X."""
+def build_tables(names, allocs, baseline, results, reps, mismatches, failures, time_note=""):
+    """Markdown tables of median wall time and median peak RSS, with ratios baseline/X.
+
+    time_note: extra sentence for the wall-time and CPU-time notes (e.g. how a workload's time
+    was derived from its output)."""
     others = [a for a in allocs if a != baseline]
     lines = []
 
@@ -292,12 +311,13 @@ def build_tables(names, allocs, baseline, results, reps, mismatches, failures):
 
     table("Wall time (s)", lambda r: r.wall, fmt_time,
           "Median of %d interleaved run%s; ±: half the min–max range, relative to the median. "
-          "Ratio < 1: %s is faster." % (reps, "" if reps == 1 else "s", baseline))
+          "Ratio < 1: %s is faster.%s" % (reps, "" if reps == 1 else "s", baseline,
+                                          " " + time_note if time_note else ""))
     table("CPU time, user + system (s)", lambda r: r.utime + r.stime, fmt_time,
           "Median of the workload process's user + system time (wait4 rusage). Less disturbed "
           "than wall time by other load for single-threaded workloads; for multi-threaded ones "
           "it includes time spent waiting actively (spinning, lock contention). Ratio < 1: %s "
-          "used less CPU." % baseline)
+          "used less CPU.%s" % (baseline, " " + time_note if time_note else ""))
     table("Peak RSS (MiB)", lambda r: r.rss_kib, fmt_rss,
           "Median over runs of the workload process's ru_maxrss. Ratio < 1: %s uses less memory."
           % baseline)
@@ -486,51 +506,36 @@ def machine_note():
         os.cpu_count() or 0, cpu, os.uname().release, load)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Workloads: " + ", ".join(sorted(WORKLOADS)))
+def add_common_options(ap):
+    """The options run.py and external.py share."""
     ap.add_argument("--lib", help="tiermalloc shared library to use as 'ours' (skips cargo build)")
     ap.add_argument("--no-build", action="store_true",
                     help="do not run cargo build; use the existing target/release library")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, small parameters")
-    ap.add_argument("--workloads", help="comma-separated subset of workloads to run")
     ap.add_argument("--allocators", help="comma-separated subset of: ours,glibc,mimalloc,jemalloc,"
                     "tcmalloc")
     ap.add_argument("--baseline", default="ours",
                     help="allocator the ratios are relative to (default ours; glibc if ours is "
                     "unavailable)")
-    ap.add_argument("--callgrind", metavar="WORKLOAD",
-                    help="instead of timing, count instructions of WORKLOAD under callgrind")
-    ap.add_argument("--args", help="override the workload arguments (space separated) for "
-                    "--callgrind or a single --workloads entry")
     ap.add_argument("--markdown", metavar="FILE", help="also write the tables to FILE")
     ap.add_argument("--json", metavar="FILE", help="write every raw measurement to FILE")
     ap.add_argument("--timeout", type=int, default=120, help="seconds per run (default 120)")
     ap.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler (default cc)")
-    opts = ap.parse_args()
 
+
+def repetitions(ap, opts):
     reps = opts.reps if opts.reps is not None else (1 if opts.quick else 5)
     if reps < 1:
         ap.error("--reps must be >= 1")
-    names = sorted(WORKLOADS)
-    if opts.workloads:
-        names = [w.strip() for w in opts.workloads.split(",") if w.strip()]
-    if opts.callgrind:
-        names = [opts.callgrind]
-    for w in names:
-        if w not in WORKLOADS:
-            ap.error("unknown workload %r (have: %s)" % (w, ", ".join(sorted(WORKLOADS))))
-    if opts.args is not None and len(names) != 1:
-        ap.error("--args needs exactly one workload")
+    return reps
 
-    build_dir = os.path.join(target_dir(), "bench-workloads")
-    progs = build_c(build_dir, opts.cc)
-    spawn = os.path.join(build_dir, "spawn")
-    whichmalloc = os.path.join(build_dir, "whichmalloc")
 
-    # the allocators
+def choose_allocators(ap, opts, whichmalloc):
+    """Build or find 'ours', then keep the allocators asked for whose preload really takes.
+
+    Returns (libs, order, baseline): libs maps name -> library path (None: glibc), order is the
+    table order, baseline the allocator ratios are relative to. Exits 2 if none is left."""
     if opts.lib:
         ours = os.path.abspath(opts.lib)
         if not os.path.exists(ours):
@@ -575,6 +580,139 @@ def main():
         log("note: baseline %r unavailable; ratios are %s/X" % (baseline, fallback))
         baseline = fallback
     log("allocators: " + ", ".join("%s=%s" % (a, libs[a] or "(no preload)") for a in order))
+    return libs, order, baseline
+
+
+def run_interleaved(names, order, libs, reps, run, output_of=lambda w, r: r.out.strip()):
+    """Repetition r runs every workload under every allocator (order rotated by r).
+
+    run(w, lib) -> RunResult. output_of(w, r) is the part of a successful run's output that must
+    be the same under every allocator (None: nothing to compare).
+    Returns (results {(w, a): [RunResult]}, outputs {w: {output: [a]}}, failures {(w, a): why},
+    machine note with the load average at start and end, elapsed seconds)."""
+    results = {}
+    outputs = {}
+    failures = {}
+    started = time.monotonic()
+    note = machine_note()
+    width = max([15] + [len(w) for w in names])
+    for rep in range(reps):
+        for w in names:
+            rot = order[rep % len(order):] + order[:rep % len(order)]
+            for a in rot:
+                r = run(w, libs[a])
+                results.setdefault((w, a), []).append(r)
+                if not r.ok:
+                    failures[(w, a)] = r.why
+                    log("FAIL %s under %s (rep %d): %s\n%s" % (
+                        w, a, rep + 1, r.why, (r.err or "")[-1500:]))
+                    continue
+                out = output_of(w, r)
+                if out is not None:
+                    outputs.setdefault(w, {}).setdefault(out, []).append(a)
+                log("rep %d/%d %-*s %-9s %7.3f s %8.1f MiB" % (
+                    rep + 1, reps, width, w, a, r.wall, r.rss_kib / 1024.0))
+    elapsed = time.monotonic() - started
+    try:
+        note += ", at end %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        pass
+    return results, outputs, failures, note, elapsed
+
+
+def lib_note(lib):
+    return "library `%s` built %s" % (
+        lib, time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(lib))))
+
+
+def report(names, order, libs, baseline, results, reps, outputs, failures, note, elapsed,
+           cmdline, arguments, time_note="", extra=()):
+    """The markdown report of a timed run: setup, tables, checksum mismatches, failures.
+
+    arguments: the 'Arguments:' paragraph; extra: paragraphs inserted before the tables."""
+    mismatches = {w for w, outs in outputs.items() if len(outs) > 1}
+    parts = []
+    parts.append("Machine: %s. Measured in %.0f s with `%s`." % (note, elapsed, cmdline))
+    parts.append("")
+    if "ours" in libs:
+        parts.append("tiermalloc: repository at %s; %s." % (source_note(), lib_note(libs["ours"])))
+        parts.append("")
+    parts.append("Allocators: " + ", ".join(describe_allocator(a, libs[a]) for a in order) + ".")
+    parts.append("")
+    parts.append(arguments)
+    parts.append("")
+    for e in extra:
+        parts += [e, ""]
+    parts.append(build_tables(names, order, baseline, results, reps, mismatches, failures,
+                              time_note))
+    if mismatches:
+        parts.append("**Checksum mismatch** (an allocator changed a program's output):")
+        parts.append("")
+        for w in sorted(mismatches):
+            for out, who in outputs[w].items():
+                parts.append("- %s under %s: `%s`" % (w, ", ".join(sorted(set(who))), out))
+        parts.append("")
+    if failures:
+        parts.append("**Failed runs:** " + "; ".join(
+            "%s under %s: %s" % (w, a, why) for (w, a), why in sorted(failures.items())))
+        parts.append("")
+    return "\n".join(parts), bool(mismatches or failures)
+
+
+def command_line(script):
+    """How this run was started, for the report."""
+    return "python3 benches/%s" % script + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+
+
+def emit(text, markdown):
+    """Print the report, and write it to the --markdown file if one was given."""
+    print(text)
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write(text + "\n")
+
+
+def write_json(path, note, reps, libs, order, argv, results, fields=lambda r: {}):
+    """Every raw measurement; fields(r) adds per-run entries."""
+    raw = {"machine": note, "reps": reps, "allocators": {a: libs[a] for a in order},
+           "args": argv, "runs": [
+               dict({"workload": w, "allocator": a, "ok": r.ok, "wall_s": r.wall,
+                     "maxrss_kib": r.rss_kib, "utime_s": r.utime, "stime_s": r.stime,
+                     "stdout": r.out.strip(), "why": r.why}, **fields(r))
+               for (w, a), rs in sorted(results.items()) for r in rs]}
+    with open(path, "w") as f:
+        json.dump(raw, f, indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Workloads: " + ", ".join(sorted(WORKLOADS)))
+    add_common_options(ap)
+    ap.add_argument("--workloads", help="comma-separated subset of workloads to run")
+    ap.add_argument("--callgrind", metavar="WORKLOAD",
+                    help="instead of timing, count instructions of WORKLOAD under callgrind")
+    ap.add_argument("--args", help="override the workload arguments (space separated) for "
+                    "--callgrind or a single --workloads entry")
+    opts = ap.parse_args()
+
+    reps = repetitions(ap, opts)
+    names = sorted(WORKLOADS)
+    if opts.workloads:
+        names = [w.strip() for w in opts.workloads.split(",") if w.strip()]
+    if opts.callgrind:
+        names = [opts.callgrind]
+    for w in names:
+        if w not in WORKLOADS:
+            ap.error("unknown workload %r (have: %s)" % (w, ", ".join(sorted(WORKLOADS))))
+    if opts.args is not None and len(names) != 1:
+        ap.error("--args needs exactly one workload")
+
+    build_dir = os.path.join(target_dir(), "bench-workloads")
+    progs = build_c(build_dir, opts.cc)
+    spawn = os.path.join(build_dir, "spawn")
+    whichmalloc = os.path.join(build_dir, "whichmalloc")
+    libs, order, baseline = choose_allocators(ap, opts, whichmalloc)
 
     tmpdir = tempfile.mkdtemp(prefix="tm-bench-")
     try:
@@ -590,9 +728,8 @@ def main():
             header = "Machine: %s.\n\nCommand: `python3 benches/run.py --callgrind %s%s`\n" % (
                 machine_note(), w, " --args '%s'" % opts.args if opts.args else "")
             if "ours" in libs:
-                header += "\ntiermalloc: repository at %s; library `%s` built %s.\n" % (
-                    source_note(), libs["ours"], time.strftime(
-                        "%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(libs["ours"]))))
+                header += "\ntiermalloc: repository at %s; %s.\n" % (
+                    source_note(), lib_note(libs["ours"]))
             print(header + "\n" + text)
             if opts.markdown:
                 with open(opts.markdown, "w") as f:
@@ -604,74 +741,18 @@ def main():
         kind = "quick" if opts.quick else "full"
         argv = {w: (opts.args.split() if opts.args is not None else WORKLOADS[w][kind])
                 for w in names}
-        results = {}
-        outputs = {}
-        failures = {}
-        started = time.monotonic()
-        note = machine_note()
-        for rep in range(reps):
-            for w in names:
-                rot = order[rep % len(order):] + order[:rep % len(order)]
-                for a in rot:
-                    r = run_once(spawn, progs[w], argv[w], libs[a], opts.timeout, tmpdir)
-                    results.setdefault((w, a), []).append(r)
-                    if not r.ok:
-                        failures[(w, a)] = r.why
-                        log("FAIL %s under %s (rep %d): %s\n%s" % (
-                            w, a, rep + 1, r.why, (r.err or "")[-1500:]))
-                        continue
-                    outputs.setdefault(w, {}).setdefault(r.out.strip(), []).append(a)
-                    log("rep %d/%d %-15s %-9s %7.3f s %8.1f MiB" % (
-                        rep + 1, reps, w, a, r.wall, r.rss_kib / 1024.0))
-        elapsed = time.monotonic() - started
-        try:
-            note += ", at end %.2f %.2f %.2f" % os.getloadavg()
-        except OSError:
-            pass
-        mismatches = {w for w, outs in outputs.items() if len(outs) > 1}
-
-        cmdline = "python3 benches/run.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
-        parts = []
-        parts.append("Machine: %s. Measured in %.0f s with `%s`." % (note, elapsed, cmdline))
-        parts.append("")
-        if "ours" in libs:
-            parts.append("tiermalloc: repository at %s; library `%s` built %s." % (
-                source_note(), libs["ours"],
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(libs["ours"])))))
-            parts.append("")
-        parts.append("Allocators: " + ", ".join(describe_allocator(a, libs[a]) for a in order)
-                     + ".")
-        parts.append("")
-        parts.append("Arguments: " + "; ".join("`%s %s`" % (w, " ".join(argv[w])) for w in names)
-                     + ".")
-        parts.append("")
-        parts.append(build_tables(names, order, baseline, results, reps, mismatches, failures))
-        if mismatches:
-            parts.append("**Checksum mismatch** (an allocator changed a program's output):")
-            parts.append("")
-            for w in sorted(mismatches):
-                for out, who in outputs[w].items():
-                    parts.append("- %s under %s: `%s`" % (w, ", ".join(sorted(set(who))), out))
-            parts.append("")
-        if failures:
-            parts.append("**Failed runs:** " + "; ".join(
-                "%s under %s: %s" % (w, a, why) for (w, a), why in sorted(failures.items())))
-            parts.append("")
-        text = "\n".join(parts)
-        print(text)
-        if opts.markdown:
-            with open(opts.markdown, "w") as f:
-                f.write(text + "\n")
+        results, outputs, failures, note, elapsed = run_interleaved(
+            names, order, libs, reps,
+            lambda w, lib: run_once(spawn, progs[w], argv[w], lib, opts.timeout, tmpdir))
+        cmdline = command_line("run.py")
+        arguments = "Arguments: " + "; ".join("`%s %s`" % (w, " ".join(argv[w])) for w in names) \
+            + "."
+        text, bad = report(names, order, libs, baseline, results, reps, outputs, failures, note,
+                           elapsed, cmdline, arguments)
+        emit(text, opts.markdown)
         if opts.json:
-            raw = {"machine": note, "reps": reps, "allocators": {a: libs[a] for a in order},
-                   "args": argv, "runs": [
-                       {"workload": w, "allocator": a, "ok": r.ok, "wall_s": r.wall,
-                        "maxrss_kib": r.rss_kib, "utime_s": r.utime, "stime_s": r.stime,
-                        "stdout": r.out.strip(), "why": r.why}
-                       for (w, a), rs in sorted(results.items()) for r in rs]}
-            with open(opts.json, "w") as f:
-                json.dump(raw, f, indent=1)
-        sys.exit(1 if (mismatches or failures) else 0)
+            write_json(opts.json, note, reps, libs, order, argv, results)
+        sys.exit(1 if bad else 0)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 

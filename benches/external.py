@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""Benchmarks from an outside suite (mimalloc-bench): tiermalloc against its peers.
+
+A check that the ordering of allocators in our own suite (benches/run.py) is not an artefact of
+workloads we wrote: the same comparison on programs written by others.
+
+The suite is not part of this repository. Give a checkout (or an extracted archive) of
+github.com/daanx/mimalloc-bench with --suite DIR (its root or its bench/ directory). Only the
+programs' own C/C++ sources are used: this script compiles the selected programs itself, with
+plain `cc`/`c++ -O2 -pthread` command lines of its own (PROGRAMS below; the suite's CMake files
+and scripts are not used), into $CARGO_TARGET_DIR/bench-external/, then runs each benchmark
+under every allocator found (the allocators, the interleaving, spawn, the tables: all from
+run.py, imported).
+
+Fixed-duration programs (larson, xmalloc-test, glibc-thread) run for a set time whatever the
+allocator; their "time" is the program's own throughput figure turned into seconds the way the
+suite's bench.sh does (larson: its printed relative time; xmalloc-test: its printed rtime;
+glibc-thread: 1e9 / iterations), and their CPU time is scaled to the same amount of work
+(CPU seconds x derived time / wall time).
+
+At the end, an "ordering" line: the allocators sorted by the geometric mean of their median
+times over the benchmarks every one of them completed; with --compare-json FILE (a
+`run.py --json` output) the same for our own suite, and whether the two orderings agree.
+
+Standard library only. Exit status: 0 ok, 1 a run failed, an output differed, or the orderings
+differ; 2 usage/setup.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+sys.dont_write_bytecode = True  # no __pycache__ in benches/ from importing run.py
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (benches/run.py)
+
+from run import log  # noqa: E402
+
+# Compiler flags for the old K&R-style C programs: they rely on implicit int and implicit
+# function declarations, which gcc 12 accepts with a warning only in gnu89 mode.
+OLD_C = ["-std=gnu89", "-w"]
+
+# Programs of the suite and how to build them: language, sources (relative to bench/), extra
+# flags, libraries. Written from the sources (which files make up a program, which macros
+# select what the benchmark measures), not from the suite's build files.
+PROGRAMS = {
+    "cfrac": ("c", ["cfrac/" + f for f in (
+        "cfrac.c pops.c pconst.c pio.c pabs.c pneg.c pcmp.c podd.c phalf.c padd.c psub.c "
+        "pmul.c pdivmod.c psqrt.c ppowmod.c atop.c ptoa.c itop.c utop.c ptou.c errorp.c "
+        "pfloat.c pidiv.c pimod.c picmp.c primes.c pcfrac.c pgcd.c").split()],
+        # NOMEMOPT: plain malloc/free instead of cfrac's own free lists of precision numbers
+        OLD_C + ["-DNOMEMOPT=1"], ["-lm"]),
+    "espresso": ("c", "espresso/*.c", OLD_C, ["-lm"]),
+    "barnes": ("c", ["barnes/" + f for f in
+                     "code.c code_io.c load.c grav.c getparam.c util.c".split()],
+               OLD_C, ["-lm"]),
+    # CPP: new/delete instead of malloc/free; SIZED: sized delete
+    "larson": ("c++", ["larson/larson.cpp"], ["-DCPP=1", "-w"], []),
+    "larson-sized": ("c++", ["larson/larson.cpp"],
+                     ["-DCPP=1", "-DSIZED=1", "-fsized-deallocation", "-w"], []),
+    "mstress": ("c", ["mstress/mstress.c"], [], []),
+    "xmalloc-test": ("c", ["xmalloc-test/xmalloc-test.c"], [], []),
+    "cache-scratch": ("c++", ["cache-scratch/cache-scratch.cpp"], [], []),
+    "cache-thrash": ("c++", ["cache-thrash/cache-thrash.cpp"], [], []),
+    "glibc-simple": ("c", ["glibc-bench/bench-malloc-simple.c"], [], []),
+    "glibc-thread": ("c", ["glibc-bench/bench-malloc-thread.c"], [], ["-lm"]),
+    "mleak": ("c", ["mleak/mleak.c"], [], []),
+    # BENCH: the benchmark configuration of the tester (its default is a correctness run)
+    "alloc-test": ("c++", ["alloc-test/test_common.cpp", "alloc-test/allocator_tester.cpp"],
+                   ["-DBENCH=4"], []),
+    "malloc-large": ("c++", ["malloc-large/malloc-large.cpp"], [], []),
+}
+
+
+def larson_time(out):
+    m = re.search(r"relative time: ([0-9.]+)s", out)
+    return float(m.group(1)) if m else None
+
+
+def xmalloc_time(out):
+    m = re.search(r"^rtime: ([0-9.]+)", out, re.M)
+    return float(m.group(1)) if m else None
+
+
+def glibc_thread_time(out):
+    m = re.search(r"^(\d+) iterations", out, re.M)
+    return 1e9 / int(m.group(1)) if m and int(m.group(1)) > 0 else None
+
+
+def dropping(pattern):
+    """output_of for programs that print timings: their output minus lines matching pattern."""
+    rx = re.compile(pattern)
+    return lambda out: "\n".join(l for l in out.strip().splitlines() if not rx.search(l))
+
+
+def whole(out):
+    return out.strip()
+
+
+# Benchmarks: program, arguments (full: 0.3-5 s each under glibc on a 2-core machine; quick:
+# smoke), stdin file (relative to bench/), `time` (None: wall time; else a function of stdout
+# giving the program's own time figure, for fixed-duration programs), `output` (None: nothing
+# deterministic to compare; else a function of stdout giving what must be the same under every
+# allocator). "{bench}" in an argument is the suite's bench/ directory.
+BENCHMARKS = {
+    "cfrac": {
+        "prog": "cfrac",
+        "full": ["2857443395294270801377415695715928264767"],  # 40 digits; suite: 44 digits
+        "quick": ["175891579187581657617"],
+        "output": whole},
+    "espresso": {
+        "prog": "espresso",
+        "full": ["{bench}/espresso/largest.espresso"],
+        "quick": ["{bench}/espresso/largest.espresso"],
+        "output": whole},
+    "barnes": {
+        "prog": "barnes", "full": [], "quick": [], "stdin": "barnes/input",
+        # the report ends with timings; the bodies' positions are deterministic
+        "output": dropping(r"COMPUTE(START|END)|(?i:time)")},
+    "larsonN": {
+        # seconds min_size max_size chunks_per_thread rounds seed threads
+        "prog": "larson", "full": ["1", "8", "1000", "5000", "100", "4141", "2"],
+        "quick": ["1", "8", "1000", "500", "10", "4141", "2"],
+        "time": larson_time},
+    "larsonN-sized": {
+        "prog": "larson-sized", "full": ["1", "8", "1000", "5000", "100", "4141", "2"],
+        "quick": ["1", "8", "1000", "500", "10", "4141", "2"],
+        "time": larson_time},
+    "mstressN": {
+        "prog": "mstress", "full": ["2", "100", "100"],  # threads load% iterations
+        "quick": ["2", "25", "10"],
+        "output": whole},
+    "xmalloc-testN": {
+        "prog": "xmalloc-test", "full": ["-w", "2", "-t", "1", "-s", "64"],
+        "quick": ["-w", "2", "-t", "0.2", "-s", "64"],
+        "time": xmalloc_time},
+    "cache-scratch1": {
+        # threads iterations objSize repetitions concurrency
+        "prog": "cache-scratch", "full": ["1", "1000", "1", "2000000", "2"],
+        "quick": ["1", "1000", "1", "100000", "2"]},
+    "cache-scratchN": {
+        "prog": "cache-scratch", "full": ["2", "1000", "1", "2000000", "2"],
+        "quick": ["2", "1000", "1", "100000", "2"]},
+    "cache-thrashN": {
+        "prog": "cache-thrash", "full": ["2", "1000", "1", "2000000", "2"],
+        "quick": ["2", "1000", "1", "100000", "2"]},
+    "glibc-simple": {"prog": "glibc-simple", "full": [], "quick": []},
+    "glibc-thread": {
+        "prog": "glibc-thread", "full": ["2"], "quick": ["2"],  # runs 2 s whatever the argument
+        "time": glibc_thread_time},
+    "mleak10": {"prog": "mleak", "full": ["10"], "quick": ["2"], "output": whole},
+    "alloc-test1": {"prog": "alloc-test", "full": ["1"], "quick": ["1"]},
+    "malloc-large": {"prog": "malloc-large", "full": [], "quick": []},
+}
+
+
+def suite_bench_dir(path):
+    """The bench/ directory of a suite checkout given as its root or as bench/ itself."""
+    for d in (os.path.join(path, "bench"), path):
+        if os.path.isfile(os.path.join(d, "larson", "larson.cpp")):
+            return os.path.abspath(d)
+    return None
+
+
+def sources_of(bench_dir, srcs):
+    if isinstance(srcs, str):  # a glob pattern: dir/*.ext
+        d, pat = os.path.split(srcs)
+        ext = pat.lstrip("*")
+        return sorted(os.path.join(bench_dir, d, f) for f in os.listdir(os.path.join(bench_dir, d))
+                      if f.endswith(ext))
+    return [os.path.join(bench_dir, s) for s in srcs]
+
+
+def build_programs(bench_dir, build_dir, names, cc, cxx):
+    """Compile the programs the selected benchmarks need; returns {program: path} of those
+    that built (a program that does not build is reported and left out)."""
+    os.makedirs(build_dir, exist_ok=True)
+    built = {}
+    for prog in sorted(names):
+        lang, srcs, flags, libs = PROGRAMS[prog]
+        files = sources_of(bench_dir, srcs)
+        srcdirs = sorted({os.path.dirname(f) for f in files})
+        headers = [os.path.join(d, f) for d in srcdirs for f in os.listdir(d)
+                   if f.endswith((".h", ".hpp"))]
+        out = os.path.join(build_dir, prog)
+        compiler = cxx if lang == "c++" else cc
+        cmd = ([compiler, "-O2", "-pthread"] + flags + ["-I" + d for d in srcdirs]
+               + ["-o", out] + files + libs)
+        if run.compile_if_needed(cmd, out, files + headers):
+            built[prog] = out
+        else:
+            log("warning: %s did not build; its benchmarks are skipped" % prog)
+    return built
+
+
+# ----------------------------------------------------------------------------------------
+# ordering
+
+
+def ordering(medians, allocs):
+    """Allocators sorted by the geometric mean of their median times over the workloads that
+    every one of them completed. medians: {(workload, allocator): seconds}.
+    Returns ([(allocator, geomean)], number of workloads used)."""
+    workloads = sorted({w for w, _ in medians})
+    common = [w for w in workloads if all((w, a) in medians for a in allocs)]
+    gm = {a: run.geomean([medians[(w, a)] for w in common]) for a in allocs}
+    ranked = sorted((a for a in allocs if gm[a] is not None), key=lambda a: gm[a])
+    return [(a, gm[a]) for a in ranked], len(common)
+
+
+def medians_of(results):
+    """{(w, a): median time} from {(w, a): [RunResult]} (successful runs only)."""
+    med = {}
+    for key, rs in results.items():
+        vals = [r.wall for r in rs if r.ok]
+        if vals and all(r.ok for r in rs):
+            med[key] = run.median(vals)
+    return med
+
+
+def medians_from_json(path):
+    """{(w, a): median wall time} and allocators of a run.py --json file."""
+    with open(path) as f:
+        raw = json.load(f)
+    runs = {}
+    for r in raw["runs"]:
+        runs.setdefault((r["workload"], r["allocator"]), []).append(r)
+    med = {k: run.median([r["wall_s"] for r in rs]) for k, rs in runs.items()
+           if all(r["ok"] for r in rs)}
+    return med, list(raw["allocators"])
+
+
+def fmt_ordering(ranked):
+    return " < ".join("%s (%.3f s)" % (a, g) for a, g in ranked)
+
+
+def discordant(r1, r2):
+    """Pairs of allocators (in both rankings) ordered differently by the two."""
+    p1 = {a: i for i, (a, _) in enumerate(r1)}
+    p2 = {a: i for i, (a, _) in enumerate(r2)}
+    both = [a for a, _ in r1 if a in p2]
+    return [(a, b) for a, b in itertools.combinations(both, 2)
+            if (p1[a] < p1[b]) != (p2[a] < p2[b])]
+
+
+def ordering_lines(results, order, compare_json):
+    """The ordering paragraph, and whether the two suites agree (None: nothing to compare)."""
+    ext, n_ext = ordering(medians_of(results), order)
+    lines = ["**Ordering** (fastest first; geometric mean of median times over the %d "
+             "benchmarks every allocator completed):" % n_ext, "",
+             "- mimalloc-bench: " + fmt_ordering(ext)]
+    agree = None
+    if compare_json:
+        med, allocs = medians_from_json(compare_json)
+        allocs = [a for a in order if a in allocs]
+        own, n_own = ordering(med, allocs)
+        lines.append("- own suite (`%s`, %d workloads): %s" % (
+            os.path.basename(compare_json), n_own, fmt_ordering(own)))
+        ext_same, _ = ordering(medians_of(results), allocs)
+        bad = discordant(ext_same, own)
+        agree = not bad
+        g_ext, g_own = dict(ext_same), dict(own)
+        lines.append("- same ordering: " + ("**yes**" if agree else "**no**; ordered differently "
+                     "(ratio of geomeans here, in our suite): " + ", ".join(
+                         "%s/%s %.2f, %.2f" % (x, y, g_ext[x] / g_ext[y], g_own[x] / g_own[y])
+                         for x, y in bad)))
+    lines.append("")
+    return "\n".join(lines), agree
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Benchmarks: " + ", ".join(BENCHMARKS))
+    run.add_common_options(ap)
+    ap.add_argument("--suite", required=True, metavar="DIR",
+                    help="mimalloc-bench checkout: its root or its bench/ directory")
+    ap.add_argument("--benchmarks", help="comma-separated subset of benchmarks to run")
+    ap.add_argument("--cxx", default=os.environ.get("CXX", "c++"), help="C++ compiler "
+                    "(default c++)")
+    ap.add_argument("--compare-json", metavar="FILE",
+                    help="a `run.py --json` output: also print our own suite's ordering and "
+                    "check that it is the same")
+    opts = ap.parse_args()
+
+    reps = run.repetitions(ap, opts)
+    bench_dir = suite_bench_dir(opts.suite)
+    if bench_dir is None:
+        ap.error("--suite %s: no mimalloc-bench checkout there (bench/larson/larson.cpp "
+                 "missing)" % opts.suite)
+    names = list(BENCHMARKS)
+    if opts.benchmarks:
+        names = [b.strip() for b in opts.benchmarks.split(",") if b.strip()]
+        for b in names:
+            if b not in BENCHMARKS:
+                ap.error("unknown benchmark %r (have: %s)" % (b, ", ".join(BENCHMARKS)))
+    if opts.compare_json and not os.path.exists(opts.compare_json):
+        ap.error("--compare-json %s does not exist" % opts.compare_json)
+
+    spawn, whichmalloc = run.build_tools(os.path.join(run.target_dir(), "bench-workloads"),
+                                         opts.cc)
+    built = build_programs(bench_dir, os.path.join(run.target_dir(), "bench-external"),
+                           {BENCHMARKS[b]["prog"] for b in names}, opts.cc, opts.cxx)
+    skipped = [b for b in names if BENCHMARKS[b]["prog"] not in built]
+    names = [b for b in names if b not in skipped]
+    if not names:
+        log("error: no benchmark built")
+        sys.exit(2)
+    libs, order, baseline = run.choose_allocators(ap, opts, whichmalloc)
+
+    kind = "quick" if opts.quick else "full"
+    argv = {b: [a.replace("{bench}", bench_dir) for a in BENCHMARKS[b][kind]] for b in names}
+
+    tmpdir = tempfile.mkdtemp(prefix="tm-external-")
+
+    def one(b, lib):
+        spec = BENCHMARKS[b]
+        stdin = os.path.join(bench_dir, spec["stdin"]) if spec.get("stdin") else None
+        r = run.run_once(spawn, built[spec["prog"]], argv[b], lib, opts.timeout, tmpdir, stdin)
+        r.raw_wall = r.wall
+        if r.ok and spec.get("time"):
+            t = spec["time"](r.out)
+            if t is None:
+                r.ok, r.why = False, "no time figure in its output"
+            else:  # the program's own figure; CPU scaled to the same amount of work
+                r.wall, r.utime, r.stime = (t, r.utime * t / r.raw_wall,
+                                            r.stime * t / r.raw_wall)
+        return r
+
+    def output_of(b, r):
+        f = BENCHMARKS[b].get("output")
+        return f(r.out) if f else None
+
+    try:
+        results, outputs, failures, note, elapsed = run.run_interleaved(
+            names, order, libs, reps, one, output_of)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def cmd_of(b):
+        spec = BENCHMARKS[b]
+        words = [spec["prog"]] + argv[b]
+        if spec.get("stdin"):
+            words += ["<", os.path.join(bench_dir, spec["stdin"])]
+        return "`%s`" % " ".join(words)
+
+    timed = [b for b in names if BENCHMARKS[b].get("time")]
+    time_note = ("For the fixed-duration programs (%s) the time is the program's own throughput "
+                 "figure as a time (larson: its relative time; xmalloc-test: its rtime; "
+                 "glibc-thread: 1e9 / iterations) and CPU time is scaled to that amount of "
+                 "work." % ", ".join(timed)) if timed else ""
+    cmdline = run.command_line("external.py")
+    arguments = "Commands (programs built from mimalloc-bench sources in `%s`): %s." % (
+        bench_dir, "; ".join("%s %s" % (b, cmd_of(b)) for b in names))
+    extra = []
+    if skipped:
+        extra.append("Skipped (did not build): " + ", ".join(skipped) + ".")
+    text, bad = run.report(names, order, libs, baseline, results, reps, outputs, failures, note,
+                           elapsed, cmdline, arguments, time_note, extra)
+    order_text, agree = ordering_lines(results, order, opts.compare_json)
+    text += "\n" + order_text
+    run.emit(text, opts.markdown)
+    if opts.json:
+        run.write_json(opts.json, note, reps, libs, order, argv, results,
+                       lambda r: {"raw_wall_s": r.raw_wall})
+    sys.exit(1 if (bad or agree is False or skipped) else 0)
+
+
+if __name__ == "__main__":
+    main()
