@@ -49,6 +49,9 @@ PEERS = [
     ("tcmalloc", os.path.join(SYSLIB, "libtcmalloc_minimal.so.4")),
 ]
 
+# The workload whose instruction count issue 3 compares (`--targets`).
+TARGET_CALLGRIND = "sliding_window"
+
 # Arguments per workload: `full` is the default run (about 0.3-2 s each under glibc on a
 # 2-core machine), `quick` the CI smoke run, `callgrind` the instance run under valgrind.
 # The meaning of each position is documented at the top of each workload's .c file.
@@ -254,6 +257,43 @@ def geomean(xs):
 
 def fmt_ratio(x):
     return "—" if x is None else "%.2f" % x
+
+
+def ratio_geomean(names, results, a, b, metric):
+    """Geometric mean over the workloads of median(metric under a) / median(under b)."""
+    xs = []
+    for w in names:
+        ma, mb = [median([metric(r) for r in results.get((w, x), []) if r.ok]) for x in (a, b)]
+        if ma and mb:
+            xs.append(ma / mb)
+    return geomean(xs)
+
+
+# Issue 3's targets: (what, measured as, allocator compared, bound).
+TARGETS = [
+    ("wall-time geomean ours/mimalloc", "wall", "mimalloc", 1.0),
+    ("wall-time geomean ours/glibc", "wall", "glibc", 0.7),
+    ("peak-RSS geomean ours/jemalloc", "rss", "jemalloc", 1.1),
+    ("instructions ours/mimalloc (`%s`, whole program)" % TARGET_CALLGRIND, "ir", "mimalloc",
+     1.0),
+]
+
+
+def targets_table(names, results, callgrind_rows):
+    """Issue 3's targets against this run's figures, as a markdown table."""
+    ir = {a: total for a, total, _outside, _why in callgrind_rows}
+    metrics = {"wall": lambda r: r.wall, "rss": lambda r: r.rss_kib}
+    lines = ["#### Targets (issue 3), all from this run", "",
+             "| target | bound | measured | |", "|---|---:|---:|---|"]
+    for what, kind, peer, bound in TARGETS:
+        if kind == "ir":
+            x = ir["ours"] / ir[peer] if ir.get("ours") and ir.get(peer) else None
+        else:
+            x = ratio_geomean(names, results, "ours", peer, metrics[kind])
+        met = "—" if x is None else ("met" if x <= bound else "**not met**")
+        lines.append("| %s | ≤ %.1f | %s | %s |" % (what, bound, fmt_ratio(x), met))
+    lines.append("")
+    return "\n".join(lines)
 
 
 def build_tables(names, allocs, baseline, results, reps, mismatches, failures, time_note=""):
@@ -694,6 +734,9 @@ def main():
                     help="instead of timing, count instructions of WORKLOAD under callgrind")
     ap.add_argument("--args", help="override the workload arguments (space separated) for "
                     "--callgrind or a single --workloads entry")
+    ap.add_argument("--targets", action="store_true",
+                    help="after the timed run, count %s's instructions under callgrind and "
+                    "report issue 3's targets from this one run" % TARGET_CALLGRIND)
     opts = ap.parse_args()
 
     reps = repetitions(ap, opts)
@@ -749,6 +792,14 @@ def main():
             + "."
         text, bad = report(names, order, libs, baseline, results, reps, outputs, failures, note,
                            elapsed, cmdline, arguments)
+        if opts.targets:
+            w = TARGET_CALLGRIND
+            args = WORKLOADS[w]["callgrind"]
+            rows, same, cg_outputs = run_callgrind(w, progs[w], args, order, libs,
+                                                   opts.timeout * 20, tmpdir)
+            bad |= not same or any(r[1] is None for r in rows)
+            text += "\n" + callgrind_table(w, args, rows, baseline, cg_outputs)
+            text += "\n" + targets_table(names, results, rows)
         emit(text, opts.markdown)
         if opts.json:
             write_json(opts.json, note, reps, libs, order, argv, results)
