@@ -11,6 +11,7 @@
 //! `delayed`; thus `find_page` never walks full pages twice.
 
 use crate::dram_budget;
+use crate::os;
 use crate::fast::page::{Page, PageQueue};
 use crate::fast::segment::Segment;
 use crate::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
@@ -19,14 +20,27 @@ use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::stats::{SharedCounter, Traffic};
 use crate::sync::AtomicPtr;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Dirty (freed but resident) bytes a heap keeps before it purges them with `madvise`.
+/// Dirty (freed but resident) bytes a heap keeps without a thought of purging them.
 pub(crate) const PURGE_THRESHOLD: usize = 4 << 20;
-/// Dirty bytes a heap may keep while it waits in the pool for a new thread: enough that a
-/// program starting short threads one after another reuses warm memory, small enough that
-/// many exited threads do not pin much.
-const POOLED_DIRTY_MAX: usize = 1 << 20;
+/// Dirty bytes above `PURGE_THRESHOLD` are purged with `madvise` once they have waited this
+/// long for reuse (checked on the heap's slow paths), so that a working set freed and taken
+/// again soon after is not faulted back in page by page. mimalloc-bench's mstress (`2 100
+/// 100`), whose threads free and reallocate ~10 MB sets and end every few milliseconds: 205 k
+/// minor faults with an immediate purge, 8 k with this delay and `POOLED_DIRTY_BUDGET`
+/// (mimalloc 8 k).
+const PURGE_DELAY_NS: u64 = 20_000_000;
+/// ... unless there are more than this many: then at once.
+const PURGE_HARD_MAX: usize = 32 << 20;
+/// Dirty bytes all heaps waiting in the pool for a new thread may keep together: a program
+/// whose threads come and go reuses their warm memory (mstress, see `PURGE_DELAY_NS`: 242 k
+/// minor faults when every exiting heap purged), while many exited threads pin no more than
+/// this (`c-tests/thread_churn.c`: 3000 threads, VmRSS at most 39 MiB). A heap that finds the
+/// budget spent purges at exit.
+const POOLED_DIRTY_BUDGET: usize = 32 << 20;
+/// Dirty bytes kept by the heaps in the pool, against `POOLED_DIRTY_BUDGET`.
+static POOLED_DIRTY: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes of segments currently mapped, all heaps together.
 pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();
@@ -86,6 +100,11 @@ pub struct Heap {
     /// One empty segment kept to avoid a map/unmap cycle (purged with the rest).
     cached: *mut Segment,
     dirty_bytes: usize,
+    /// When the dirty bytes above `PURGE_THRESHOLD` are due for purging (coarse monotonic
+    /// ns); 0 when none is pending.
+    purge_due: u64,
+    /// The dirty bytes this heap counts in `POOLED_DIRTY` (while it waits in the pool).
+    pooled_dirty: usize,
     /// Link in the pool of heaps without a thread.
     pool_link: AtomicPtr<Heap>,
     /// Link in the registry of all heaps (for statistics).
@@ -133,6 +152,9 @@ impl Heap {
     #[inline(never)]
     pub fn alloc_slow(&mut self, class: usize) -> *mut u8 {
         self.take_delayed();
+        if self.purge_due != 0 {
+            self.consider_purge();
+        }
         match self.find_page(class) {
             // SAFETY: find_page returns a valid page with a free block.
             Some(page) => unsafe {
@@ -302,7 +324,7 @@ impl Heap {
             }
         }
         if self.dirty_bytes > PURGE_THRESHOLD {
-            self.purge();
+            self.consider_purge();
         }
     }
 
@@ -320,6 +342,23 @@ impl Heap {
         SEGMENTS_RELEASED.add(1);
     }
 
+    /// Purges when the dirty bytes above `PURGE_THRESHOLD` have waited `PURGE_DELAY_NS` (or
+    /// passed `PURGE_HARD_MAX`); otherwise starts the wait.
+    #[cold]
+    #[inline(never)]
+    fn consider_purge(&mut self) {
+        if self.dirty_bytes <= PURGE_THRESHOLD {
+            self.purge_due = 0;
+            return;
+        }
+        let now = os::coarse_now_ns();
+        if self.dirty_bytes > PURGE_HARD_MAX || (self.purge_due != 0 && now >= self.purge_due) {
+            self.purge();
+        } else if self.purge_due == 0 {
+            self.purge_due = now + PURGE_DELAY_NS;
+        }
+    }
+
     /// Returns the memory of every free slice of this heap to the kernel.
     pub fn purge(&mut self) {
         let mut segment = self.available;
@@ -335,6 +374,7 @@ impl Heap {
             unsafe { (*self.cached).purge() };
         }
         self.dirty_bytes = 0;
+        self.purge_due = 0;
     }
 
     /// Cuts a page of `class` from `segment`, keeping `dirty_bytes` true.
@@ -431,8 +471,8 @@ impl Heap {
     }
 
     /// Tidies a heap whose thread is leaving: collects remote frees, retires empty pages, and
-    /// purges free slices if more than `POOLED_DIRTY_MAX` are resident. The heap keeps its
-    /// pages for the next thread that adopts it.
+    /// keeps its resident free slices if `POOLED_DIRTY_BUDGET` has room for them, else purges
+    /// them. The heap keeps its pages for the next thread that adopts it.
     pub fn tidy_for_next_owner(&mut self) {
         self.take_delayed();
         for class in 0..CLASS_COUNT {
@@ -450,9 +490,18 @@ impl Heap {
                 }
             }
         }
-        if self.dirty_bytes > POOLED_DIRTY_MAX {
+        let dirty = self.dirty_bytes;
+        if POOLED_DIRTY.fetch_add(dirty, Ordering::Relaxed) + dirty <= POOLED_DIRTY_BUDGET {
+            self.pooled_dirty = dirty;
+        } else {
+            POOLED_DIRTY.fetch_sub(dirty, Ordering::Relaxed);
             self.purge();
         }
+    }
+
+    /// Takes this heap's kept dirty bytes off the pool's budget (a thread adopts it).
+    pub fn leave_pool(&mut self) {
+        POOLED_DIRTY.fetch_sub(core::mem::take(&mut self.pooled_dirty), Ordering::Relaxed);
     }
 
     /// The next heap in the registry of all heaps.

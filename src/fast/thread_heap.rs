@@ -97,7 +97,10 @@ pub fn bind() -> *mut Heap {
         return core::ptr::null_mut();
     };
     // SAFETY: popped or made for this thread alone.
-    unsafe { (*heap).follow_direct_switch() };
+    unsafe {
+        (*heap).leave_pool();
+        (*heap).follow_direct_switch();
+    }
     // The heap is usable before the key is registered: registering may allocate.
     word::set(heap as usize);
     thread_slot::call_at_exit(heap.cast(), on_thread_exit);
