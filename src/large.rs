@@ -8,8 +8,9 @@
 //!
 //! A freed mapping of up to `CACHE_ENTRY_MAX` bytes is kept, still resident, in a small
 //! lock-free cache (at most `CACHE_BYTES_MAX` in all) for the next large request it fits
-//! without wasting more than three quarters of it: programs that allocate and free big buffers in a loop
-//! then pay no `mmap`, `munmap` or page faults. Anything else goes back to the kernel at once.
+//! without wasting more than three quarters of it: programs that allocate and free big
+//! buffers in a loop then pay no `mmap`, `munmap` or page faults. Anything else goes back to
+//! the kernel at once.
 //! A cached mapping keeps the pages its last block touched: each header bounds them
 //! (`resident`), so a shrink gives back an earlier block's pages too, and `alloc_cached` (for
 //! `realloc` moving a growing small block here) keeps at most `CACHED_RESIDENT_KEEP` of them.
