@@ -23,9 +23,9 @@ pub enum tm_kind {
     TM_PMR = 3,
 }
 
-/// Fit policies of a device tier: which free extent a block of more than 512 bytes (or
-/// aligned to more than 16) takes. Blocks of up to 512 bytes share 16 KiB slabs of their size
-/// class, and the slabs are placed by the policy.
+/// Fit policies of a device tier: which free extent a block of 4 KiB or more (or aligned to
+/// more than 16) takes. Smaller blocks share 16 KiB slabs of their size class, and the slabs
+/// are placed by the policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum tm_fit {

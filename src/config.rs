@@ -41,8 +41,8 @@ impl Kind {
     }
 }
 
-/// Fit policy of a device tier: which free extent a block of more than 512 bytes (or aligned
-/// to more than 16) takes; smaller blocks share slabs, which the policy places.
+/// Fit policy of a device tier: which free extent a block of 4 KiB or more (or aligned to more
+/// than 16) takes; smaller blocks share slabs, which the policy places.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Fit {

@@ -31,14 +31,25 @@ use core::sync::atomic::{AtomicU8, Ordering};
 /// Bytes of a slab, and the alignment of its offset in the region. 16 KiB rather than 64:
 /// on the fragmentation replay of a gcc trace (7 MiB live), best fit's footprint was 1.39x
 /// the live bytes with 64 KiB slabs, 1.23x with 16 KiB, 1.17x without slabs; python3's 1.19,
-/// 1.16 and 1.16 (`benches/device/fragmentation.py`).
+/// 1.16 and 1.16 (`benches/device/fragmentation.py`; slabs up to 512 bytes then). Slabs up to
+/// 4080 bytes made those 1.27x and 1.17x, and a device pair twice as fast (throughput.c,
+/// 16..4095 B: 105 -> 50 ns with one thread, 1.1 us -> 0.33 us with two).
 pub(crate) const SLAB_BYTES: u64 = 16 << 10;
-/// The largest block a slab serves; larger ones are extents of their own.
-pub(crate) const SLAB_MAX_USABLE: usize = 512;
+/// The largest block a slab serves (a 4 KiB slot with its header); larger ones are extents
+/// of their own, placed by the tier's fit.
+pub(crate) const SLAB_MAX_USABLE: usize = 4080;
 /// Bytes of a slot's header.
 const HEADER: u64 = 16;
-/// Classes 1..=CLASSES: usable bytes `16 * class`, slot bytes `16 * class + HEADER`.
-const CLASSES: usize = SLAB_MAX_USABLE / 16;
+/// Classes `1..=EXACT_CLASSES` have `16 * class` usable bytes; above 512 bytes, four classes
+/// per power of two (up to a quarter of a block unused), so that few classes keep few partly
+/// used slabs: those are `WIDE_USABLE`.
+const EXACT_CLASSES: usize = 32;
+const WIDE_USABLE: [u64; 12] = [
+    640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4080,
+];
+const CLASSES: usize = EXACT_CLASSES + WIDE_USABLE.len();
+
+const _: () = assert!(WIDE_USABLE[WIDE_USABLE.len() - 1] == SLAB_MAX_USABLE as u64);
 /// Slots of the smallest class (32-byte slots).
 const MAX_SLOTS: usize = (SLAB_BYTES / (16 + HEADER)) as usize;
 const WORDS: usize = MAX_SLOTS / 64;
@@ -96,9 +107,18 @@ unsafe impl Send for Slabs {}
 // SAFETY: as above.
 unsafe impl Sync for Slabs {}
 
+/// Usable bytes of a block of `class`.
+const fn usable_of(class: usize) -> u64 {
+    if class <= EXACT_CLASSES {
+        16 * class as u64
+    } else {
+        WIDE_USABLE[class - EXACT_CLASSES - 1]
+    }
+}
+
 /// Bytes of a slot of `class` (header included).
 const fn slot_bytes(class: usize) -> u64 {
-    16 * class as u64 + HEADER
+    usable_of(class) + HEADER
 }
 
 /// Host bytes mapped for the descriptors of `windows` windows.
@@ -145,7 +165,14 @@ impl Slabs {
     /// The class serving `size` bytes at `align`, if slabs serve it.
     #[inline]
     pub fn class_of(size: usize, align: usize) -> Option<usize> {
-        (size <= SLAB_MAX_USABLE && align <= 16).then(|| size.max(1).div_ceil(16))
+        if size > SLAB_MAX_USABLE || align > 16 {
+            return None;
+        }
+        if size <= 16 * EXACT_CLASSES {
+            return Some(size.max(1).div_ceil(16));
+        }
+        let wide = WIDE_USABLE.iter().position(|&u| u >= size as u64)?;
+        Some(EXACT_CLASSES + 1 + wide)
     }
 
     fn desc(&self, index: usize) -> &SlabDesc {

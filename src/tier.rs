@@ -1,5 +1,5 @@
 //! Device tiers: a region mapped by `backend`, served by an extent heap (`heap`), blocks of up
-//! to 512 bytes grouped in slabs (`device_slabs`); every piece of metadata lives in host DRAM.
+//! to 4080 bytes grouped in slabs (`device_slabs`); every piece of metadata lives in host DRAM.
 //!
 //! Device memory is only ever written, and only the 16-byte header before each block:
 //! `malloc` writes the whole header (size, magic, kind, state) in one 16-byte store, `free`
@@ -97,7 +97,7 @@ pub(crate) struct DeviceTier {
     pub kind: Kind,
     region: Region,
     heap: spin::Mutex<ExtentHeap>,
-    /// Blocks of up to 512 bytes, in slabs (`device_slabs`).
+    /// Blocks of up to 4080 bytes, in slabs (`device_slabs`).
     slabs: Slabs,
     /// The most bytes (extent lengths) this tier serves at once (`limit=`).
     limit: u64,
@@ -575,7 +575,7 @@ mod tests {
                             tier.free(p as *mut u8).unwrap();
                         };
                         if mine.len() < 300 && rng.next() % 2 == 0 {
-                            let size = (rng.next() % 600) as usize;
+                            let size = (rng.next() % 6000) as usize; // slabs and extents
                             let p = tier.alloc(size, 16).unwrap();
                             // SAFETY: the block holds `size` bytes.
                             unsafe { p.write_bytes(round as u8, size) };

@@ -11,12 +11,12 @@
 //! `delayed`; thus `find_page` never walks full pages twice.
 
 use crate::dram_budget;
-use crate::os;
 use crate::fast::page::{Page, PageQueue};
 use crate::fast::segment::Segment;
 use crate::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
 use crate::lockfree::index_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
+use crate::os;
 use crate::stats::{SharedCounter, Traffic};
 use crate::sync::AtomicPtr;
 use core::ptr;
