@@ -60,6 +60,8 @@ mod runtime;
 mod stats;
 #[cfg(not(loom))]
 mod thread_slot;
+#[cfg(all(test, not(loom)))]
+mod test_rng;
 #[cfg(not(loom))]
 mod tier;
 

@@ -394,6 +394,7 @@ impl DeviceTier {
 mod tests {
     use super::*;
     use crate::config::{parse, Report};
+    use crate::test_rng::Rng;
 
     struct Ignore;
     impl Report for Ignore {
@@ -452,17 +453,6 @@ mod tests {
             tier.free(p).unwrap();
         }
         std::fs::remove_file(path).unwrap();
-    }
-
-    /// A xorshift generator: deterministic sizes and orders without a crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
     }
 
     /// Checks the header of live block `p` against the host metadata and the request.

@@ -3,6 +3,7 @@
 //! (ignored) timing of alloc+free pairs against the number of free extents.
 
 use super::{ExtentHeap, Fit, FreeError};
+use crate::test_rng::Rng;
 use std::vec::Vec;
 
 const K: u64 = 1024;
@@ -17,25 +18,6 @@ fn steps(n: usize) -> usize {
     }
 }
 
-/// xorshift64*: a small deterministic generator for the randomized tests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i as u64 + 1) as usize);
-        }
-    }
-}
 
 fn alloc_at(h: &mut ExtentHeap, len: u64) -> u64 {
     let (off, got) = h.alloc(len, 16, HDR).expect("alloc");
