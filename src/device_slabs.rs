@@ -63,6 +63,9 @@ const NONE: u32 = u32::MAX;
 /// under it too). In a slab, `live` counts the set bits of `bitmap`, which lie below
 /// `slots = SLAB_BYTES / slot_bytes(class)`; the slab is in its class's partial list exactly
 /// when `live < slots`, linked by `prev`/`next`.
+// A cache line each, as `ClassList`: slabs cut one after another have adjacent descriptors,
+// often of classes other threads are using.
+#[repr(align(64))]
 struct SlabDesc {
     class: AtomicU8,
     fields: UnsafeCell<SlabFields>,
@@ -80,6 +83,9 @@ struct SlabFields {
 /// Per class: the slabs with a free slot, the bytes of its slabs not in live slots (free
 /// slots and each slab's tail), and its traffic (counted here, under the lock already held,
 /// rather than in atomics every thread would write).
+// A cache line each: two threads working in two classes must not share one (throughput.c,
+// 16..511 B, two threads: 226-235 ns per pair packed, 192-203 aligned).
+#[repr(align(64))]
 struct ClassList {
     partial: u32,
     idle_bytes: u64,
