@@ -17,6 +17,10 @@
 //! A free finds the descriptor of its window without a lock (its `class`, atomic), then takes
 //! that class's lock and reads the class again: a slab is made and retired under its class's
 //! lock, so once locked, the descriptor says truly whether the window is a slab of that class.
+//! The class is set (`claim`) and cleared (`unclaim`) by the tier while it also holds the
+//! extent heap's lock, in the same step that takes the slab's extent from the heap or gives it
+//! back: a free that found no slab and asks the heap instead can never see the slab's extent
+//! as an ordinary allocated block.
 //! A double free finds its slot's bit clear; a pointer that is not a slot's block start is
 //! refused. Device memory is only written: the header on `alloc`, its state on `free` (by the
 //! caller, while the class lock still holds the slot, so a retired slab's next owner never
@@ -140,11 +144,8 @@ const fn slots_of(class: usize) -> usize {
 pub(crate) enum SlabFree {
     /// The offset is not in a slab: the extent heap owns it.
     NotSlab,
-    /// The slot was freed; `retired` is the offset of its slab if that was its last block and
-    /// the slab must now go back to the extent heap.
-    Freed {
-        retired: Option<u64>,
-    },
+    /// The slot was freed.
+    Freed,
     Refused(FreeError),
 }
 
@@ -197,9 +198,26 @@ impl Slabs {
         unsafe { &mut *self.desc(index).fields.get() }
     }
 
+    /// Marks the window at `offset` (a fresh `SLAB_BYTES` extent) as a slab of `class`. The
+    /// caller holds the extent heap's lock that gave it the extent.
+    pub fn claim(&self, offset: u64, class: usize) {
+        self.desc((offset / SLAB_BYTES) as usize)
+            .class
+            .store(class as u8, Ordering::Release);
+    }
+
+    /// Marks the window at `offset` as no slab. The caller holds the extent heap's lock and
+    /// gives the slab's extent back under it.
+    pub fn unclaim(&self, offset: u64) {
+        self.desc((offset / SLAB_BYTES) as usize)
+            .class
+            .store(0, Ordering::Release);
+    }
+
     /// A slot of `class`: `(slot offset, slot bytes)`; the header goes at the slot offset.
-    /// `new_slab` gets a `SLAB_BYTES` extent aligned to `SLAB_BYTES` from the extent heap when
-    /// every slab of the class is full (`None`: the tier is full or at its limit).
+    /// `new_slab` gets a `SLAB_BYTES` extent aligned to `SLAB_BYTES` from the extent heap, and
+    /// `claim`s it for `class`, when every slab of the class is full (`None`: the tier is full
+    /// or at its limit).
     pub fn alloc(
         &self,
         class: usize,
@@ -221,7 +239,10 @@ impl Slabs {
                 next: NONE,
                 bitmap: [0; WORDS],
             };
-            self.desc(index).class.store(class as u8, Ordering::Release);
+            debug_assert_eq!(
+                self.desc(index).class.load(Ordering::Relaxed) as usize,
+                class
+            );
             list.partial = index as u32;
             list.idle_bytes += SLAB_BYTES;
         }
@@ -304,8 +325,15 @@ impl Slabs {
     }
 
     /// Frees the slot whose header is at `offset`. `mark_free` runs first, under the class
-    /// lock, when the slot is a live one (it writes the header's state).
-    pub fn free(&self, offset: u64, mark_free: impl FnOnce()) -> SlabFree {
+    /// lock, when the slot is a live one (it writes the header's state). When that was the
+    /// slab's last block, `retire(slab offset)` runs, still under the class lock: it must
+    /// `unclaim` the slab and give its extent back to the heap, under the heap's lock.
+    pub fn free(
+        &self,
+        offset: u64,
+        mark_free: impl FnOnce(),
+        retire: impl FnOnce(u64),
+    ) -> SlabFree {
         let freed = self.with_slot(offset, |list, index, class, found| {
             let n = match found {
                 Ok(n) => n,
@@ -324,11 +352,10 @@ impl Slabs {
                 if !was_full {
                     self.unlink(list, index);
                 }
-                self.desc(index).class.store(0, Ordering::Release);
                 list.idle_bytes -= SLAB_BYTES;
-                return SlabFree::Freed {
-                    retired: Some(index as u64 * SLAB_BYTES),
-                };
+                retire(index as u64 * SLAB_BYTES);
+                debug_assert_eq!(self.desc(index).class.load(Ordering::Relaxed), 0);
+                return SlabFree::Freed;
             }
             if was_full {
                 // Back on the partial list, at its head.
@@ -340,7 +367,7 @@ impl Slabs {
                 }
                 list.partial = index as u32;
             }
-            SlabFree::Freed { retired: None }
+            SlabFree::Freed
         });
         freed.unwrap_or(SlabFree::NotSlab)
     }

@@ -58,10 +58,10 @@ mod place;
 mod runtime;
 #[cfg(not(loom))]
 mod stats;
-#[cfg(not(loom))]
-mod thread_slot;
 #[cfg(all(test, not(loom)))]
 mod test_rng;
+#[cfg(not(loom))]
+mod thread_slot;
 #[cfg(not(loom))]
 mod tier;
 

@@ -162,12 +162,13 @@ impl DeviceTier {
         // its address is not the next block's header.
         let (offset, extent) = match Slabs::class_of(size, align) {
             Some(class) => self.slabs.alloc(class, || {
-                self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0)
+                let claim = |offset| self.slabs.claim(offset, class);
+                self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0, claim)
                     .map(|(offset, _)| offset)
             })?,
             None => {
                 let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
-                let extent = self.alloc_extent(len, align as u64, HEADER_SIZE)?;
+                let extent = self.alloc_extent(len, align as u64, HEADER_SIZE, |_| {})?;
                 self.allocations.add(1);
                 extent
             }
@@ -190,8 +191,15 @@ impl DeviceTier {
         unsafe { header.store((self.region.base + offset as usize) as *mut BlockHeader) };
     }
 
-    /// An extent of the heap, within the tier's `limit=`: `(offset, length)`.
-    fn alloc_extent(&self, len: u64, align: u64, prefix: u64) -> Option<(u64, u64)> {
+    /// An extent of the heap, within the tier's `limit=`: `(offset, length)`. `claim(offset)`
+    /// runs before the heap's lock is released.
+    fn alloc_extent(
+        &self,
+        len: u64,
+        align: u64,
+        prefix: u64,
+        claim: impl FnOnce(u64),
+    ) -> Option<(u64, u64)> {
         let mut heap = self.heap.lock();
         if self.over_limit(heap.in_use().saturating_add(len)) {
             return None;
@@ -201,6 +209,7 @@ impl DeviceTier {
             let _ = heap.free(offset);
             return None;
         }
+        claim(offset);
         Some((offset, extent))
     }
 
@@ -230,13 +239,14 @@ impl DeviceTier {
     /// Frees block `p`; refuses (changing nothing) a pointer that is not a live block start.
     pub fn free(&self, p: *mut u8) -> Result<(), FreeError> {
         let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
-        match self.slabs.free(offset, || self.mark_free(offset)) {
-            SlabFree::Freed { retired } => {
-                if let Some(slab) = retired {
-                    let freed = self.heap.lock().free(slab);
-                    debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");
-                }
-            }
+        let retire = |slab| {
+            let mut heap = self.heap.lock();
+            self.slabs.unclaim(slab);
+            let freed = heap.free(slab);
+            debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");
+        };
+        match self.slabs.free(offset, || self.mark_free(offset), retire) {
+            SlabFree::Freed => {}
             SlabFree::Refused(error) => return Err(error),
             SlabFree::NotSlab => {
                 let mut heap = self.heap.lock();

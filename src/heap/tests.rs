@@ -18,7 +18,6 @@ fn steps(n: usize) -> usize {
     }
 }
 
-
 fn alloc_at(h: &mut ExtentHeap, len: u64) -> u64 {
     let (off, got) = h.alloc(len, 16, HDR).expect("alloc");
     assert_eq!(got, len, "crafted lengths are granule multiples");
