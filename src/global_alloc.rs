@@ -4,7 +4,7 @@
 //! resizes large blocks by remapping their pages; `alloc_zeroed` skips the clearing of fresh
 //! mappings, which the kernel zeroes.
 
-use crate::{fast, place};
+use crate::{dram, fast, pagemap, place};
 use core::alloc::{GlobalAlloc, Layout};
 
 /// The global allocator handle.
@@ -24,7 +24,18 @@ unsafe impl GlobalAlloc for TierMalloc {
     }
 
     #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // A block of at most `GROW_TO_CACHED` bytes at 16-byte alignment, while plain requests
+        // go to DRAM alone, was cut from a segment: `alloc` and `alloc_zeroed` take it from the
+        // size classes, and `realloc` keeps or moves blocks of that size there (only a block
+        // growing past `GROW_TO_CACHED` moves to a large mapping, and a large block shrinking
+        // to it moves back). So the page-map lookup `free` needs for arbitrary pointers is
+        // skipped: Rust hands back only our own blocks.
+        if layout.size() <= dram::GROW_TO_CACHED && layout.align() <= 16 && !place::routed() {
+            debug_assert!(pagemap::tag_of_block(ptr as usize) == pagemap::ChunkTag::Segment);
+            // SAFETY: a live block of a segment, per the above and the GlobalAlloc contract.
+            return unsafe { fast::free(ptr) };
+        }
         // SAFETY: `ptr` is a live block of ours (GlobalAlloc contract).
         unsafe { place::free(ptr) }
     }
