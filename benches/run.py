@@ -17,7 +17,8 @@ wait4 in benches/tools/spawn.c), ratios ours/X per workload and their geometric 
 workload prints a deterministic checksum line; it must be identical under every allocator.
 
 --callgrind WORKLOAD runs a smaller instance under valgrind --tool=callgrind per allocator and
-reports instruction counts, the figure that does not drift with machine load.
+reports instruction counts, the figure that does not drift with machine load. --real times
+real programs (python3, perl, sqlite3, gcc; REAL_PROGRAMS) instead of the workloads.
 
 Standard library only. Exit status: 0 ok, 1 a run failed or a checksum differed, 2 usage/setup.
 """
@@ -92,6 +93,39 @@ WORKLOADS = {
         "callgrind": ["10000000", "10000"],
     },
 }
+
+
+# Real programs (`--real`): programs we did not write, installed on the machine, on inputs in
+# benches/real/ (the same ones tests/real_programs.rs checks for identical output). A run is the
+# whole command; `gcc` compiles this suite's own C sources, one `cc -O2 -S` per file, from a
+# shell (LD_PRELOAD reaches every cc1 it starts). "{real}", "{bench}" are directories.
+REAL_DIR = os.path.join(BENCH_DIR, "real")
+REAL_PROGRAMS = {
+    "python3": {"cmd": ["python3", "{real}/workload.py"]},
+    "perl": {"cmd": ["perl", "{real}/workload.pl"]},
+    "sqlite3": {"cmd": ["sqlite3", "-batch", "-bail", ":memory:"], "stdin": "{real}/workload.sql"},
+    "gcc": {"cmd": ["sh", "-c", "for f in {bench}/workloads/*.c {bench}/tools/*.c "
+                    "{bench}/device/*.c; do cc -O2 -S -I{bench}/workloads -I{bench}/../include "
+                    "-o /dev/null \"$f\" || exit 1; done"]},
+}
+# Set for every run of `--real` (and harmless to the others): Python allocates through
+# malloc, and the hash orders of Python and Perl are fixed, so outputs compare exactly.
+REAL_ENV = {"PYTHONMALLOC": "malloc", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
+            "PERL_HASH_SEED": "0", "PERL_PERTURB_KEYS": "0"}
+
+
+def real_command(name):
+    """(argv with its program resolved, stdin path or None) for a real program, or None."""
+    spec = REAL_PROGRAMS[name]
+    fill = lambda x: x.replace("{real}", REAL_DIR).replace("{bench}", BENCH_DIR)
+    argv = [fill(a) for a in spec["cmd"]]
+    # python3 on PATH may be a version manager's shell shim: prefer the real interpreter.
+    exe = "/usr/bin/python3" if argv[0] == "python3" and os.path.exists("/usr/bin/python3") \
+        else shutil.which(argv[0])
+    if exe is None:
+        return None
+    stdin = fill(spec["stdin"]) if "stdin" in spec else None
+    return [exe] + argv[1:], stdin
 
 
 def log(msg):
@@ -734,20 +768,26 @@ def main():
                     help="instead of timing, count instructions of WORKLOAD under callgrind")
     ap.add_argument("--args", help="override the workload arguments (space separated) for "
                     "--callgrind or a single --workloads entry")
+    ap.add_argument("--real", action="store_true",
+                    help="time the real programs (%s) instead of the workloads"
+                    % ", ".join(REAL_PROGRAMS))
     ap.add_argument("--targets", action="store_true",
                     help="after the timed run, count %s's instructions under callgrind and "
                     "report issue 3's targets from this one run" % TARGET_CALLGRIND)
     opts = ap.parse_args()
 
     reps = repetitions(ap, opts)
-    names = sorted(WORKLOADS)
+    table = REAL_PROGRAMS if opts.real else WORKLOADS
+    if opts.real and (opts.callgrind or opts.targets or opts.args is not None):
+        ap.error("--real does not combine with --callgrind, --targets or --args")
+    names = sorted(table)
     if opts.workloads:
         names = [w.strip() for w in opts.workloads.split(",") if w.strip()]
     if opts.callgrind:
         names = [opts.callgrind]
     for w in names:
-        if w not in WORKLOADS:
-            ap.error("unknown workload %r (have: %s)" % (w, ", ".join(sorted(WORKLOADS))))
+        if w not in table:
+            ap.error("unknown workload %r (have: %s)" % (w, ", ".join(sorted(table))))
     if opts.args is not None and len(names) != 1:
         ap.error("--args needs exactly one workload")
 
@@ -781,15 +821,31 @@ def main():
             sys.exit(1 if (failed or not same) else 0)
 
         # timed runs, interleaved
-        kind = "quick" if opts.quick else "full"
-        argv = {w: (opts.args.split() if opts.args is not None else WORKLOADS[w][kind])
-                for w in names}
-        results, outputs, failures, note, elapsed = run_interleaved(
-            names, order, libs, reps,
-            lambda w, lib: run_once(spawn, progs[w], argv[w], lib, opts.timeout, tmpdir))
+        if opts.real:
+            os.environ.update(REAL_ENV)
+            commands = {w: real_command(w) for w in names}
+            for w in [w for w in names if commands[w] is None]:
+                log("note: %s not installed; skipped" % REAL_PROGRAMS[w]["cmd"][0])
+            names = [w for w in names if commands[w] is not None]
+            results, outputs, failures, note, elapsed = run_interleaved(
+                names, order, libs, reps,
+                lambda w, lib: run_once(spawn, commands[w][0][0], commands[w][0][1:], lib,
+                                        opts.timeout, tmpdir, stdin=commands[w][1]))
+            argv = {w: commands[w][0] for w in names}
+            arguments = "Commands (environment: %s): " % " ".join(
+                "%s=%s" % kv for kv in sorted(REAL_ENV.items())) + "; ".join(
+                "`%s%s`" % (" ".join(argv[w]), " < " + commands[w][1] if commands[w][1] else "")
+                for w in names) + "."
+        else:
+            kind = "quick" if opts.quick else "full"
+            argv = {w: (opts.args.split() if opts.args is not None else WORKLOADS[w][kind])
+                    for w in names}
+            results, outputs, failures, note, elapsed = run_interleaved(
+                names, order, libs, reps,
+                lambda w, lib: run_once(spawn, progs[w], argv[w], lib, opts.timeout, tmpdir))
+            arguments = "Arguments: " + "; ".join("`%s %s`" % (w, " ".join(argv[w]))
+                                                  for w in names) + "."
         cmdline = command_line("run.py")
-        arguments = "Arguments: " + "; ".join("`%s %s`" % (w, " ".join(argv[w])) for w in names) \
-            + "."
         text, bad = report(names, order, libs, baseline, results, reps, outputs, failures, note,
                            elapsed, cmdline, arguments)
         if opts.targets:
