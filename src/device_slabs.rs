@@ -133,7 +133,7 @@ const fn slot_bytes(class: usize) -> u64 {
 
 /// Host bytes mapped for the descriptors of `windows` windows.
 fn map_bytes(windows: usize) -> usize {
-    (windows.max(1) * core::mem::size_of::<SlabDesc>() + os::PAGE_SIZE - 1) & !(os::PAGE_SIZE - 1)
+    os::page_round(windows.max(1) * core::mem::size_of::<SlabDesc>())
 }
 
 const fn slots_of(class: usize) -> usize {

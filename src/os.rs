@@ -12,6 +12,11 @@ use core::ptr::{self, NonNull};
 /// `page_size_matches` (tests).
 pub(crate) const PAGE_SIZE: usize = 4096;
 
+/// `bytes` rounded up to a whole number of pages.
+pub(crate) const fn page_round(bytes: usize) -> usize {
+    (bytes + PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
 /// The calling thread's `errno`.
 #[inline]
 pub fn errno() -> i32 {

@@ -6,10 +6,7 @@
 use crate::os;
 use core::ptr::NonNull;
 
-/// Rounds `bytes` up to a whole number of pages.
-pub(super) const fn page_round(bytes: usize) -> usize {
-    (bytes + os::PAGE_SIZE - 1) & !(os::PAGE_SIZE - 1)
-}
+pub(super) use os::page_round;
 
 /// Zeroed, page-aligned host memory; `bytes` is a multiple of the page size. `None` when the
 /// kernel refuses.
