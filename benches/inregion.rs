@@ -54,6 +54,9 @@
 //! assumed to miss the cache; hits make it less) and a PCIe BAR (uncached: every load is a
 //! read transaction) at 1-2 us per load.
 
+#[path = "../tests/support/lackey.rs"]
+mod lackey;
+
 use std::alloc::Layout;
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -546,24 +549,17 @@ fn touches(alloc: &str, w: Workload) -> Touches {
         let Some((lo, hi, marker, pair)) = info else {
             continue;
         };
-        let mut parts = line.split_whitespace();
-        let (Some(op), Some(rest)) = (parts.next(), parts.next()) else {
+        let Some((access, addr, size)) = lackey::data_access(&line) else {
             continue;
         };
-        let Some((addr, size)) = rest.split_once(',') else {
-            continue;
-        };
-        let (Ok(addr), Ok(size)) = (u64::from_str_radix(addr, 16), size.parse::<u64>()) else {
-            continue;
-        };
-        if op == "S" && addr == marker {
+        if access == lackey::Access::Store && addr == marker {
             markers += 1;
             continue;
         }
         if markers != 1 {
             continue;
         }
-        if op == "S" && addr == pair {
+        if access == lackey::Access::Store && addr == pair {
             t.pairs += 1;
             t.lines_read += lines_this_pair.len() as u64;
             lines_this_pair.clear();
@@ -572,20 +568,14 @@ fn touches(alloc: &str, w: Workload) -> Touches {
         if addr + size <= lo || addr >= hi {
             continue;
         }
-        let (load, store) = match op {
-            "L" => (true, false),
-            "S" => (false, true),
-            "M" => (true, true),
-            _ => (false, false),
-        };
-        if load {
+        if access.loads() {
             t.loads += 1;
             t.bytes_read += size;
             for l in addr / LINE..=(addr + size - 1) / LINE {
                 lines_this_pair.insert(l);
             }
         }
-        if store {
+        if access.stores() {
             t.stores += 1;
             t.bytes_written += size;
         }

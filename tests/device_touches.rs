@@ -9,6 +9,7 @@ mod support;
 
 use std::process::Command;
 use std::time::Duration;
+use support::lackey::{data_access, Access};
 
 const PAIRS: u64 = 2000;
 
@@ -29,35 +30,22 @@ fn count(trace: &str, lo: u64, hi: u64, marker: u64) -> Touches {
         store_ops: 0,
     };
     for line in trace.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(op), Some(rest)) = (parts.next(), parts.next()) else {
+        let Some((access, addr, size)) = data_access(line) else {
             continue;
         };
-        let Some((addr, size)) = rest.split_once(',') else {
-            continue;
-        };
-        let (Ok(addr), Ok(size)) = (u64::from_str_radix(addr, 16), size.parse::<u64>()) else {
-            continue;
-        };
-        if addr == marker && op == "S" {
+        if addr == marker && access == Access::Store {
             inside += 1;
             continue;
         }
         if inside != 1 || addr < lo || addr >= hi {
             continue;
         }
-        match op {
-            "L" => t.loads += size,
-            "S" => {
-                t.stores += size;
-                t.store_ops += 1;
-            }
-            "M" => {
-                t.loads += size;
-                t.stores += size;
-                t.store_ops += 1;
-            }
-            _ => {}
+        if access.loads() {
+            t.loads += size;
+        }
+        if access.stores() {
+            t.stores += size;
+            t.store_ops += 1;
         }
     }
     assert_eq!(

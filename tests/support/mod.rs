@@ -18,6 +18,8 @@
 
 #![allow(dead_code)]
 
+pub mod lackey;
+
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
