@@ -388,18 +388,21 @@ fn preload_is_effective() {
 // python3
 // ---------------------------------------------------------------------------------------------
 
-const PYTHON_SCRIPT: &str = include_str!("../benches/real/workload.py");
+/// An input of the real programs, shared with `benches/run.py --real`.
+fn real_input(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/real")
+        .join(name)
+}
 
-/// One step: `PYTHON_SCRIPT` under `python`, every allocation through `malloc`.
+/// One step: `benches/real/workload.py` under `python`, every allocation through `malloc`.
 fn python_workload(run: &mut Run, python: &Path, step: &str) {
     run.setenv("PYTHONMALLOC", "malloc");
     run.setenv("PYTHONHASHSEED", "0");
     run.setenv("PYTHONDONTWRITEBYTECODE", "1");
     run.setenv("PYTHONIOENCODING", "utf-8");
-    let script = run.dir().join("workload.py");
-    fs::write(&script, PYTHON_SCRIPT).unwrap();
     let mut c = run.cmd(python);
-    c.arg(&script);
+    c.arg(real_input("workload.py"));
     run.step(step, c, None, Stderr::Compare);
 }
 
@@ -457,16 +460,12 @@ fn python3_perl_and_bash_on_a_device_tier() {
 // perl
 // ---------------------------------------------------------------------------------------------
 
-const PERL_SCRIPT: &str = include_str!("../benches/real/workload.pl");
-
-/// One step: `PERL_SCRIPT` under `perl`, with Perl's hash order fixed.
+/// One step: `benches/real/workload.pl` under `perl`, with Perl's hash order fixed.
 fn perl_workload(run: &mut Run, perl: &Path, step: &str) {
     run.setenv("PERL_HASH_SEED", "0");
     run.setenv("PERL_PERTURB_KEYS", "0");
-    let script = run.dir().join("workload.pl");
-    fs::write(&script, PERL_SCRIPT).unwrap();
     let mut c = run.cmd(perl);
-    c.arg(&script);
+    c.arg(real_input("workload.pl"));
     run.step(step, c, None, Stderr::Compare);
 }
 
@@ -629,8 +628,6 @@ fn git() {
 // sqlite3
 // ---------------------------------------------------------------------------------------------
 
-const SQLITE_SCRIPT: &str = include_str!("../benches/real/workload.sql");
-
 #[test]
 fn sqlite3() {
     let sqlite = require("sqlite3", "sqlite3");
@@ -640,7 +637,7 @@ fn sqlite3() {
         run.step(
             "sqlite3 test.db < workload.sql",
             c,
-            Some(SQLITE_SCRIPT.as_bytes().to_vec()),
+            Some(fs::read(real_input("workload.sql")).unwrap()),
             Stderr::Compare,
         );
     });
