@@ -273,6 +273,12 @@ impl Slabs {
         Some((index as u64 * SLAB_BYTES + n as u64 * slot, slot))
     }
 
+    /// Whether the live block whose header is at `offset` is a slot of a slab. No lock: a slab
+    /// holding a live block is neither made nor retired until that block is freed.
+    pub fn holds_live(&self, offset: u64) -> bool {
+        self.class_at(offset).is_some()
+    }
+
     /// The class of the slab holding `offset` (`None`: no slab there).
     fn class_at(&self, offset: u64) -> Option<(usize, usize)> {
         let index = (offset / SLAB_BYTES) as usize;

@@ -270,7 +270,7 @@ impl DeviceTier {
         let Some(offset) = self.offset_of(p) else {
             return false;
         };
-        if self.slabs.slot_len(offset).is_some() || self.inherited.load(Ordering::Relaxed) {
+        if self.slabs.holds_live(offset) || self.inherited.load(Ordering::Relaxed) {
             return false;
         }
         let Some(len) = (size.max(1) as u64).checked_add(HEADER_SIZE) else {
