@@ -492,8 +492,7 @@ mod tests {
             unsafe { p.write_bytes(i as u8, size) };
             blocks.push((p, size, i as u8));
         }
-        // Slots of one class fill a slab: 6000 blocks of up to 512 B take far fewer bytes
-        // than 6000 extents would, and in_use counts the live slots only.
+        // in_use counts the live slots (header included), not the free slots of their slabs.
         let in_use: u64 = blocks
             .iter()
             .map(|&(p, _, _)| tier.usable_size(p).unwrap() as u64 + HEADER_SIZE)
