@@ -6,20 +6,18 @@
 //! Run (own target directory, as for every benchmark here):
 //!
 //! ```sh
-//! CARGO_TARGET_DIR=$PWD/target-criterion cargo bench --no-default-features --bench alloc
+//! CARGO_TARGET_DIR=$PWD/target-criterion cargo bench -p tiermalloc-benches --bench alloc
 //! ```
 //!
-//! `--no-default-features` matters: the default feature `override` exports the C `malloc`
-//! family from the crate, so in a bench binary built with it glibc's `malloc` is replaced and
-//! "System" is tiermalloc again. The bench checks this once at start (a `System` block must not
-//! be ours) and prints a warning when it is. `cargo bench` shares `release/` with
-//! `cargo build --release`, so afterwards `release/libtiermalloc.so` lacks the exported `malloc`
-//! until the next `cargo build --release`.
+//! The benches package depends on tiermalloc without its default feature `override`: with it,
+//! the crate exports the C `malloc` family, so in the bench binary glibc's `malloc` would be
+//! replaced and "System" would be tiermalloc again. The bench checks this once at start (a
+//! `System` block must not be ours) and prints a warning when it is.
 //!
 //! Smoke mode for CI (tiny measurement times: a few seconds of measuring once built):
 //!
 //! ```sh
-//! TIERMALLOC_BENCH_SMOKE=1 CARGO_TARGET_DIR=$PWD/target-criterion cargo bench --no-default-features --bench alloc
+//! TIERMALLOC_BENCH_SMOKE=1 CARGO_TARGET_DIR=$PWD/target-criterion cargo bench -p tiermalloc-benches --bench alloc
 //! ```
 //!
 //! A filter after `--` selects scenarios as usual, e.g. `-- alloc_free/64B`.
@@ -106,7 +104,7 @@ fn check_system_is_not_ours() {
             eprintln!(
                 "WARNING: std::alloc::System returned a tiermalloc block: the bench was built \
                  with the `override` feature, so `system` measures tiermalloc. Rebuild with \
-                 `cargo bench --no-default-features --bench alloc`."
+                 `cargo bench -p tiermalloc-benches --bench alloc`."
             );
         }
         SYSTEM.dealloc(p, layout);

@@ -41,7 +41,7 @@
 //! to read them are in `inregion-results.md`):
 //!
 //! ```sh
-//! CARGO_TARGET_DIR=$PWD/target-bench cargo bench --bench inregion -- --callgrind --markdown /tmp/inregion.md
+//! CARGO_TARGET_DIR=$PWD/target-bench cargo bench -p tiermalloc-benches --bench inregion -- --callgrind --markdown /tmp/inregion.md
 //! ```
 //!
 //! Options after `--`: `--runs N` (default 5), `--quick` (1 run, few pairs: a smoke test),
@@ -54,7 +54,7 @@
 //! assumed to miss the cache; hits make it less) and a PCIe BAR (uncached: every load is a
 //! read transaction) at 1-2 us per load.
 
-#[path = "../tests/support/lackey.rs"]
+#[path = "../../tests/support/lackey.rs"]
 mod lackey;
 
 use std::alloc::Layout;
