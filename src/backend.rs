@@ -26,6 +26,33 @@ pub(crate) struct Region {
     /// The open descriptor that holds the file's lock (`lock_range`), or -1; closed by
     /// `unmap_region`.
     pub lock_fd: i32,
+    /// What kind of memory backs the region (how writes are made durable: `device::persist`).
+    pub media: Media,
+    /// The region's bytes did not exist before this open (a file just created or extended
+    /// over them): they are zeroes.
+    pub new_bytes: bool,
+}
+
+/// What backs a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Media {
+    /// A regular file (on a disk, in /dev/shm): durable through `msync`.
+    File,
+    /// A PCI BAR (`/sys/.../resourceN`): posted writes, ordered, flushed by a read.
+    Bar,
+    /// Device DAX: durable once its cache lines are written back.
+    Dax,
+    /// Anonymous memory (CXL as a NUMA node): never durable.
+    Anonymous,
+}
+
+/// Waits until every write to `region` issued before it has reached the device: one read of
+/// the region, which a PCIe device answers only after the posted writes before it (PCIe
+/// ordering: a read does not pass a posted write). The real-devices code extends this for an
+/// NVMe PMR with a read of its PMRSTS register.
+pub(crate) fn device_barrier(region: &Region) {
+    // SAFETY: the region's first bytes are mapped and readable for as long as it exists.
+    unsafe { core::ptr::read_volatile(region.base as *const u64) };
 }
 
 /// Why a tier could not be mapped: a fixed text, plus the `errno` of the failing call if any.
@@ -33,16 +60,23 @@ pub(crate) struct Region {
 pub(crate) struct Problem {
     pub what: &'static str,
     pub errno: i32,
+    /// The region offset the problem is at (a damaged heap), if any.
+    pub at: Option<u64>,
 }
 
 impl Problem {
-    fn new(what: &'static str) -> Self {
-        Problem { what, errno: 0 }
+    pub(crate) fn new(what: &'static str) -> Self {
+        Problem {
+            what,
+            errno: 0,
+            at: None,
+        }
     }
     fn os(what: &'static str) -> Self {
         Problem {
             what,
             errno: os::errno(),
+            at: None,
         }
     }
 }
@@ -99,6 +133,13 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
     if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
         return Err(Problem::os("cannot stat"));
     }
+    let is_file = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    let new_bytes = is_file && st.st_size as u64 <= spec.offset;
+    let media = match () {
+        _ if !is_file => Media::Dax,
+        _ if path.to_bytes().starts_with(b"/sys/") => Media::Bar,
+        _ => Media::File,
+    };
     let len = match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => regular_file_len(spec, &fd, st.st_size as u64)?,
         libc::S_IFCHR => device_len(spec, st.st_rdev)?,
@@ -135,6 +176,8 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
         len,
         shared_across_fork: true,
         lock_fd,
+        media,
+        new_bytes,
         ..reserved
     })
 }
@@ -243,6 +286,8 @@ fn reserve(len: usize) -> Result<Region, Problem> {
         reserved,
         shared_across_fork: false,
         lock_fd: -1,
+        media: Media::Anonymous,
+        new_bytes: true,
     })
 }
 

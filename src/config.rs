@@ -2,7 +2,8 @@
 //! fixed-size tables, once, on first use.
 //!
 //! `TIERMALLOC_TIERS` lists tiers in fallback order, `;`-separated, each `KIND[:key=value,...]`
-//! with KIND one of `dram cxl cmb pmr` and keys `path size offset create numa limit fit`.
+//! with KIND one of `dram cxl cmb pmr` and keys `path size offset create numa limit fit`, and
+//! the flags `persist fresh format` (see `device::persist`).
 //! `TIERMALLOC_PLACE` lists size rules `KIND:min=SIZE[,max=SIZE]`. A bad entry is reported in
 //! one line on stderr naming it, and skipped; the rest still applies.
 
@@ -102,6 +103,11 @@ pub struct TierSpec {
     pub numa: Option<u32>,
     pub limit: Option<u64>,
     pub fit: Fit,
+    /// `persist` (Some(true)) or `fresh` (Some(false)); `None`: the kind's default
+    /// (`persists`).
+    pub persist: Option<bool>,
+    /// `format`: overwrite whatever the region holds (foreign bytes included).
+    pub format: bool,
 }
 
 impl TierSpec {
@@ -116,7 +122,15 @@ impl TierSpec {
             numa: None,
             limit: None,
             fit: Fit::Best,
+            persist: None,
+            format: false,
         }
+    }
+
+    /// Whether the tier recovers the heap its region holds (`persist`, the default on `pmr`)
+    /// rather than formatting it (`fresh`, the default on `cmb` and `cxl`).
+    pub fn persists(&self) -> bool {
+        self.persist.unwrap_or(self.kind == Kind::Pmr)
     }
 
     pub fn path(&self) -> Option<&[u8]> {
@@ -237,6 +251,9 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
         };
         match (key, value) {
             (b"create", None) => spec.create = true,
+            (b"persist", None) => spec.persist = Some(true),
+            (b"fresh", None) => spec.persist = Some(false),
+            (b"format", None) => spec.format = true,
             (b"path", Some(v)) if !v.is_empty() => {
                 spec.path_len = expand_path(v, &mut spec.path)
                     .ok_or("path= needs a file name shorter than 256 bytes")?;
@@ -254,7 +271,9 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
             (b"fit", Some(b"best")) => spec.fit = Fit::Best,
             (b"fit", Some(b"worst")) => spec.fit = Fit::Worst,
             (b"fit", _) => return Err("fit= must be best or worst"),
-            _ => return Err("unknown key (expected path, size, offset, create, numa, limit, fit)"),
+            _ => return Err(
+                "unknown key (expected path, size, offset, create, numa, limit, fit, persist, fresh, format)",
+            ),
         }
     }
     Ok(spec)

@@ -25,9 +25,13 @@ mod sync;
 #[cfg(not(loom))]
 mod api;
 #[cfg(not(loom))]
+mod api_persist;
+#[cfg(not(loom))]
 mod backend;
 #[cfg(not(loom))]
 pub mod capi;
+#[cfg(not(loom))]
+pub mod capi_persist;
 #[cfg(not(loom))]
 mod config;
 #[cfg(not(loom))]
@@ -53,6 +57,9 @@ mod override_libc;
 #[cfg(not(loom))]
 mod pagemap;
 #[cfg(not(loom))]
+#[path = "device/persist/mod.rs"]
+pub(crate) mod persist;
+#[cfg(not(loom))]
 mod place;
 #[cfg(not(loom))]
 mod runtime;
@@ -67,5 +74,7 @@ mod tier;
 
 #[cfg(not(loom))]
 pub use api::{kind_of, print_stats, stats, Fit, Kind, Tier, TierError, TierStats};
+#[cfg(not(loom))]
+pub use api_persist::{check_file, free_block, Blocks, HeapReport, Offset, PersistError};
 #[cfg(not(loom))]
 pub use global_alloc::TierMalloc;

@@ -108,6 +108,18 @@ pub unsafe fn discard(p: *mut u8, size: usize) {
     });
 }
 
+/// Tells the kernel that `[p, p + size)` (a file mapping) is about to be read front to back
+/// (a recovery scan): read-ahead in large reads.
+pub fn advise_sequential(p: *mut u8, size: usize) {
+    keep_errno(|| {
+        // SAFETY: madvise only changes read-ahead and paging advice, never contents.
+        unsafe {
+            libc::madvise(p.cast(), size, libc::MADV_SEQUENTIAL);
+            libc::madvise(p.cast(), size, libc::MADV_WILLNEED);
+        }
+    });
+}
+
 /// A monotonic clock in nanoseconds, coarse (a few milliseconds) and cheap: the vDSO's
 /// `CLOCK_MONOTONIC_COARSE`, no system call.
 pub fn coarse_now_ns() -> u64 {

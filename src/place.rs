@@ -123,6 +123,9 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
         );
     }
     let _ = write!(line, ": {}", problem.what);
+    if let Some(at) = problem.at {
+        let _ = write!(line, " at offset {at}");
+    }
     if problem.errno != 0 {
         let mut buf = [0u8; 128];
         // SAFETY: strerror_r writes a NUL-terminated message into our buffer.
@@ -149,7 +152,8 @@ pub fn routed() -> bool {
     ROUTED.load(Ordering::Relaxed)
 }
 
-fn device(kind: Kind) -> Option<&'static DeviceTier> {
+/// The device tier of `kind`, if configured (the persistence calls of the front ends).
+pub fn device(kind: Kind) -> Option<&'static DeviceTier> {
     TIERS.get()?.device[kind as usize].as_ref()
 }
 
