@@ -555,3 +555,171 @@ fn the_checker_catches_a_wrong_write_order() {
     let failure = check_run(&run).err().expect("the wrong order must be caught");
     assert!(failure.contains("damage") || failure.contains("not live"), "{failure}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The SIGKILL storm
+// ---------------------------------------------------------------------------------------------
+
+/// Set in the storm's child process: `PATH LOG SEED`.
+const STORM_ENV: &str = "TIERMALLOC_TEST_STORM_CHILD";
+const LOG_ALLOC: u8 = 1;
+const LOG_FREE: u8 = 2;
+const LOG_RESIZE: u8 = 3;
+
+/// The storm's child (a no-op unless `STORM_ENV` is set): recovers the tier at PATH and
+/// allocates, fills, resizes and frees blocks until killed, appending a 17-byte record to LOG
+/// after each operation returns (kind, offset, usable size). Each block's first 8 bytes hold
+/// its own offset.
+#[test]
+fn storm_child() {
+    let Ok(args) = std::env::var(STORM_ENV) else {
+        return;
+    };
+    let args: Vec<&str> = args.split(' ').collect();
+    let (path, log, seed) = (args[0], args[1], args[2].parse::<u64>().unwrap());
+    let tier = open("pmr", path, "").unwrap();
+    let log = std::ffi::CString::new(log).unwrap();
+    // SAFETY: a NUL-terminated path; an append-only log of our own.
+    let fd = unsafe {
+        libc::open(log.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, 0o600)
+    };
+    assert!(fd >= 0);
+    let record = |kind: u8, p: *mut u8| {
+        let mut r = [0u8; 17];
+        r[0] = kind;
+        r[1..9].copy_from_slice(&tier.offset_in_region(p).unwrap().to_le_bytes());
+        r[9..].copy_from_slice(&(tier.usable_size(p).unwrap_or(0) as u64).to_le_bytes());
+        // SAFETY: writing our buffer to our descriptor.
+        assert_eq!(unsafe { libc::write(fd, r.as_ptr().cast(), 17) }, 17);
+    };
+    let mut live: Vec<*mut u8> = Vec::new();
+    let mut cur = None;
+    while let Some(p) = tier.next_block(cur) {
+        live.push(p);
+        cur = Some(p);
+    }
+    let mut rng = Rng(seed | 1);
+    loop {
+        let roll = rng.below(100);
+        if roll < 50 && live.len() < 1500 {
+            let (size, align) = match rng.below(10) {
+                0..=5 => (8 + rng.below(4000) as usize, 16),
+                6..=8 => (4097 + rng.below(60000) as usize, 16),
+                _ => (5000 + rng.below(20000) as usize, 4096),
+            };
+            if let Some(p) = tier.alloc(size, align) {
+                let offset = tier.offset_in_region(p).unwrap();
+                // SAFETY: the block holds at least 8 bytes.
+                unsafe { (p as *mut u64).write_unaligned(offset) };
+                record(LOG_ALLOC, p);
+                live.push(p);
+            }
+        } else if roll < 92 && !live.is_empty() {
+            let p = live.swap_remove(rng.below(live.len() as u64) as usize);
+            let mut r = [0u8; 17];
+            r[0] = LOG_FREE;
+            r[1..9].copy_from_slice(&tier.offset_in_region(p).unwrap().to_le_bytes());
+            tier.free(p).unwrap();
+            // SAFETY: as in `record`.
+            assert_eq!(unsafe { libc::write(fd, r.as_ptr().cast(), 17) }, 17);
+        } else if !live.is_empty() {
+            let p = live[rng.below(live.len() as u64) as usize];
+            if tier.resize_in_place(p, 4097 + rng.below(60000) as usize) {
+                record(LOG_RESIZE, p);
+            }
+        }
+    }
+}
+
+/// The live blocks of a tier: offset → usable size.
+fn live_blocks(tier: &DeviceTier) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    let mut cur = None;
+    while let Some(p) = tier.next_block(cur) {
+        out.insert(tier.offset_in_region(p).unwrap(), tier.usable_size(p).unwrap() as u64);
+        cur = Some(p);
+    }
+    out
+}
+
+/// 50 children, one after another on the same PMR file, each killed with SIGKILL at a random
+/// point of an allocation storm. After each, the parent recovers the file and checks: the
+/// offline checker finds no problem; the blocks are exactly those the child's log says are
+/// live, but for the one operation in flight; every block keeps its contents; and, on a copy,
+/// freeing every block leaves `in_use` and `largest_free` as on a fresh tier.
+#[test]
+fn sigkill_storm_recovers_every_time() {
+    let path = shm("storm");
+    let log = shm("storm-log");
+    let copy = shm("storm-copy");
+    let fresh = open("pmr", &path, ",size=16M,create").unwrap();
+    let fresh_stats = fresh.stats();
+    drop(fresh);
+    let exe = std::env::current_exe().unwrap();
+    let child_test = concat!(module_path!(), "::storm_child");
+    let child_test = child_test.split_once("::").unwrap().1;
+    let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut rng = Rng(0x570_12a);
+    for seed in 1..=50u64 {
+        let _ = std::fs::remove_file(&log);
+        let mut child = std::process::Command::new(&exe)
+            .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+            .env(STORM_ENV, format!("{path} {log} {seed}"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Until the child is storming, then a random while.
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&log).map_or(0, |m| m.len()) < 17 * 20 {
+            assert!(started.elapsed().as_secs() < 20, "the storm child never started");
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(rng.below(30_000)));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "seed {seed}: the child ended before the kill");
+
+        // What the log says is live (a record is whole once written: 17 bytes, one write).
+        let records = std::fs::read(&log).unwrap();
+        for r in records.chunks_exact(17) {
+            let offset = u64::from_le_bytes(r[1..9].try_into().unwrap());
+            let size = u64::from_le_bytes(r[9..17].try_into().unwrap());
+            match r[0] {
+                LOG_ALLOC | LOG_RESIZE => expected.insert(offset, size),
+                _ => expected.remove(&offset),
+            };
+        }
+        let report = check::check_file(std::path::Path::new(&path), 0).unwrap();
+        assert!(report.problems.is_empty(), "seed {seed}: {:?}", report.problems);
+        let tier = open("pmr", &path, "").unwrap();
+        let found = live_blocks(&tier);
+        let differences: Vec<_> = expected
+            .iter()
+            .filter(|(o, s)| found.get(o) != Some(s))
+            .map(|(o, s)| (*o, Some(*s), found.get(o).copied()))
+            .chain(found.iter().filter(|(o, _)| !expected.contains_key(o)).map(|(o, s)| (*o, None, Some(*s))))
+            .collect();
+        assert!(differences.len() <= 1, "seed {seed}: blocks differ from the log beyond the one operation in flight: {differences:?}");
+        for (&offset, _) in found.iter().filter(|(o, _)| expected.contains_key(o)) {
+            let p = tier.at_offset(offset).unwrap();
+            // SAFETY: a live block of at least 8 bytes.
+            let stamp = unsafe { (p as *const u64).read_unaligned() };
+            assert_eq!(stamp, offset, "seed {seed}: block at {offset} lost its contents");
+        }
+        expected = found;
+        drop(tier);
+        // On a copy: freeing everything gives a fresh tier's figures.
+        std::fs::copy(&path, &copy).unwrap();
+        let tier = open("pmr", &copy, "").unwrap();
+        for &offset in expected.keys() {
+            tier.free(tier.at_offset(offset).unwrap()).unwrap();
+        }
+        let s = tier.stats();
+        assert_eq!((s.in_use, s.largest_free), (fresh_stats.in_use, fresh_stats.largest_free), "seed {seed}");
+        drop(tier);
+    }
+    for f in [path, log, copy] {
+        let _ = std::fs::remove_file(f);
+    }
+}
