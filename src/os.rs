@@ -108,14 +108,17 @@ pub unsafe fn discard(p: *mut u8, size: usize) {
     });
 }
 
-/// Tells the kernel that `[p, p + size)` (a file mapping) is about to be read front to back
-/// (a recovery scan): read-ahead in large reads.
+/// Prepares `[p, p + size)` (a file mapping) to be read front to back (a recovery scan): its
+/// page tables filled in one call (`MADV_POPULATE_READ`, Linux 5.14), rather than a page
+/// fault per 16 pages, and sequential read-ahead for what is not in memory yet. Advice only:
+/// an older kernel ignores what it does not know.
 pub fn advise_sequential(p: *mut u8, size: usize) {
     keep_errno(|| {
-        // SAFETY: madvise only changes read-ahead and paging advice, never contents.
+        // SAFETY: madvise only changes read-ahead and paging advice and fills page tables for
+        // our own mapping, never contents.
         unsafe {
             libc::madvise(p.cast(), size, libc::MADV_SEQUENTIAL);
-            libc::madvise(p.cast(), size, libc::MADV_WILLNEED);
+            libc::madvise(p.cast(), size, libc::MADV_POPULATE_READ);
         }
     });
 }

@@ -55,6 +55,12 @@ impl ExtentHeap {
 }
 
 impl HeapBuilder {
+    /// Sizes the start table for `extents` extents at once (a guess; more still fit), so that
+    /// a large rebuild does not rehash it at every doubling.
+    pub fn expect_extents(&mut self, extents: usize) {
+        let _ = self.heap.starts.reserve(extents);
+    }
+
     /// Appends the extent `[end, end + len)`, merged with the one before if both are free.
     /// False (nothing changed) if `len` is 0 or not a multiple of the granule, reaches past
     /// the capacity, or host memory for the metadata runs out.
