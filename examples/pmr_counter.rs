@@ -23,14 +23,26 @@ fn main() {
         Some(p) => p.cast::<State>(),
         None => {
             let message = b"written by the first run\0";
-            let m = pmr.allocate_block(message.len()).expect("room for the message");
+            let m = pmr
+                .allocate_block(message.len())
+                .expect("room for the message");
             // SAFETY: the block holds message.len() bytes.
-            unsafe { m.as_ptr().copy_from_nonoverlapping(message.as_ptr(), message.len()) };
-            let s = pmr.allocate_block(core::mem::size_of::<State>()).expect("room");
+            unsafe {
+                m.as_ptr()
+                    .copy_from_nonoverlapping(message.as_ptr(), message.len())
+            };
+            let s = pmr
+                .allocate_block(core::mem::size_of::<State>())
+                .expect("room");
             let state = s.cast::<State>();
             let offset = pmr.offset_of(m.as_ptr()).unwrap().0;
             // SAFETY: a fresh block of the State's size, 16-byte aligned.
-            unsafe { state.as_ptr().write(State { runs: 0, message: offset }) };
+            unsafe {
+                state.as_ptr().write(State {
+                    runs: 0,
+                    message: offset,
+                })
+            };
             pmr.set_root("state", Some(s)).expect("a root");
             state
         }
@@ -41,7 +53,10 @@ fn main() {
     let message = pmr.at_offset(tiermalloc::Offset(state.message)).unwrap();
     // SAFETY: the message block holds a NUL-terminated string.
     let text = unsafe { core::ffi::CStr::from_ptr(message.as_ptr().cast()) };
-    pmr.persist(core::ptr::NonNull::from(&*state).cast(), core::mem::size_of::<State>())
-        .expect("durable");
+    pmr.persist(
+        core::ptr::NonNull::from(&*state).cast(),
+        core::mem::size_of::<State>(),
+    )
+    .expect("durable");
     println!("run {}: {}", state.runs, text.to_str().unwrap());
 }

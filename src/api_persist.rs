@@ -59,7 +59,9 @@ impl Tier {
 
     /// Makes `[p, p + len)`, and every write to this tier before it, durable (`tm_persist`).
     pub fn persist(&self, p: NonNull<u8>, len: usize) -> Result<(), PersistError> {
-        self.device()?.persist(p.as_ptr(), len).map_err(PersistError)
+        self.device()?
+            .persist(p.as_ptr(), len)
+            .map_err(PersistError)
     }
 
     /// Maps durable root `name` (1 to 63 bytes, no NUL) to live block `block` of this tier,

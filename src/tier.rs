@@ -1,12 +1,17 @@
 //! Device tiers: a region mapped by `backend`, served by an extent heap (`heap`), blocks of up
 //! to 4080 bytes grouped in slabs (`device_slabs`); every piece of metadata lives in host DRAM.
 //!
-//! Device memory is only ever written, and only the 16-byte header before each block:
-//! `malloc` writes the whole header (size, magic, kind, state) in one 16-byte store, `free`
-//! writes the state. The size on `free` and `malloc_usable_size` comes from the host-side
-//! extent map, never from the header, so neither operation reads the device. A free of a
-//! pointer the host metadata does not know as a live block start (a double free, a pointer
-//! into a block) is refused before anything is written, and reported.
+//! Device memory is only ever written, and only headers: `malloc` writes the block's whole
+//! header (size, magic, kind, state) in one 16-byte store, `free` writes the state. The size
+//! on `free` and `malloc_usable_size` comes from the host-side extent map, never from the
+//! header, so neither operation reads the device. A free of a pointer the host metadata does
+//! not know as a live block start (a double free, a pointer into a block) is refused before
+//! anything is written, and reported.
+//!
+//! The region starts with a superblock and its headers form a chain a later run recovers
+//! (`persist`): opening a tier formats its region or rebuilds the heap from it; a block cut
+//! from free space (`publish`), a slab retired, a block resized in place write the few
+//! headers bytes the chain needs, in the order `persist` gives, under the heap lock.
 //!
 //! After `fork`, a child would share a file- or device-backed region with its parent (the
 //! mapping is `MAP_SHARED`; the kernel cannot copy a device on write), while each process has
@@ -27,9 +32,9 @@ use crate::backend::{self, Problem, Region};
 use crate::config::{Fit, Kind, TierSpec};
 use crate::device_slabs::{SlabFree, Slabs, SLAB_BYTES};
 use crate::heap::{Carved, ExtentHeap, FreeError};
-use crate::persist::{self, media, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
 use crate::os;
 use crate::pagemap::{self, ChunkTag};
+use crate::persist::{self, media, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
 use crate::stats::{SharedCounter, TierStats};
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -174,7 +179,8 @@ impl DeviceTier {
     ) -> Result<(ExtentHeap, Slabs), Problem> {
         const NO_MEMORY: &str = "no host memory for the tier's metadata";
         let len = region.len as u64;
-        let mut builder = ExtentHeap::builder(len, GRANULE, spec.fit).ok_or(Problem::new(NO_MEMORY))?;
+        let mut builder =
+            ExtentHeap::builder(len, GRANULE, spec.fit).ok_or(Problem::new(NO_MEMORY))?;
         let slabs = Slabs::new(len).ok_or(Problem::new(NO_MEMORY))?;
         builder.push(SUPERBLOCK_BYTES, false);
         match opening {
@@ -187,7 +193,8 @@ impl DeviceTier {
                 // About one extent per slab window once the region is full of small blocks.
                 builder.expect_extents((len / SLAB_BYTES) as usize);
                 // SAFETY: the region is mapped and readable; nothing else uses it yet.
-                let image = unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
+                let image =
+                    unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
                 let scanned = persist::recover::scan(image, |offset, extent_len, extent| {
                     let free = match extent {
                         Extent::Free => true,

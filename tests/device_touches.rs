@@ -65,16 +65,32 @@ fn count(trace: &str, lo: u64, hi: u64, marker: u64) -> Touches {
 #[test]
 fn malloc_and_free_never_read_the_device_and_write_only_headers() {
     let steady = measure("steady", true);
-    assert!(steady.stores <= 32 * PAIRS, "{} bytes written for {PAIRS} pairs", steady.stores);
-    assert!(steady.stores >= 16 * PAIRS, "headers were not written: {} bytes", steady.stores);
+    assert!(
+        steady.stores <= 32 * PAIRS,
+        "{} bytes written for {PAIRS} pairs",
+        steady.stores
+    );
+    assert!(
+        steady.stores >= 16 * PAIRS,
+        "headers were not written: {} bytes",
+        steady.stores
+    );
     assert!(
         steady.store_ops <= 2 * PAIRS,
         "{} stores for {PAIRS} pairs: the header is not written in one store",
         steady.store_ops
     );
     let churn = measure("churn", false);
-    assert!(churn.stores <= 48 * PAIRS, "{} bytes written for {PAIRS} pairs", churn.stores);
-    assert!(churn.store_ops <= 5 * PAIRS, "{} stores for {PAIRS} pairs", churn.store_ops);
+    assert!(
+        churn.stores <= 48 * PAIRS,
+        "{} bytes written for {PAIRS} pairs",
+        churn.stores
+    );
+    assert!(
+        churn.store_ops <= 5 * PAIRS,
+        "{} stores for {PAIRS} pairs",
+        churn.store_ops
+    );
 }
 
 /// Runs touches.c under lackey (`keep`: the steady pattern) and counts the device accesses

@@ -114,12 +114,12 @@ fn best_fit_takes_the_smallest_hole_that_fits() {
 #[test]
 fn worst_fit_takes_an_exact_hole_else_the_largest() {
     for (len, expect) in [
-        (8 * K, 124 * K),  // exact: the 8K hole, not the largest
-        (16 * K, 68 * K),  // exact: the 16K hole
-        (32 * K, 88 * K),  // exact: the 32K hole
-        (64 * K, 0),       // exact, and the largest
-        (1, 0),            // no 64-byte hole: the largest
-        (8 * K + 64, 0),   // no hole of 8K + 64: the largest
+        (8 * K, 124 * K), // exact: the 8K hole, not the largest
+        (16 * K, 68 * K), // exact: the 16K hole
+        (32 * K, 88 * K), // exact: the 32K hole
+        (64 * K, 0),      // exact, and the largest
+        (1, 0),           // no 64-byte hole: the largest
+        (8 * K + 64, 0),  // no hole of 8K + 64: the largest
         (40 * K, 0),
     ] {
         let mut h = four_holes(Fit::Worst);

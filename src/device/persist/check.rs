@@ -45,7 +45,10 @@ pub fn check_image(image: &[u8]) -> Result<HeapReport, String> {
             ))
         }
         superblock::Found::Other => {
-            return Err(std::format!("unknown heap layout version {}", fields.version))
+            return Err(std::format!(
+                "unknown heap layout version {}",
+                fields.version
+            ))
         }
     }
     let mut report = HeapReport {

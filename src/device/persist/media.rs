@@ -133,7 +133,10 @@ pub(crate) mod recorder {
     pub fn writes_since_fence() -> usize {
         LOG.with(|l| {
             l.borrow().as_ref().map_or(0, |(_, e)| {
-                e.iter().rev().take_while(|e| matches!(e, Event::Write(..))).count()
+                e.iter()
+                    .rev()
+                    .take_while(|e| matches!(e, Event::Write(..)))
+                    .count()
             })
         })
     }

@@ -118,7 +118,9 @@ pub(crate) enum Opening {
 /// Decides between format, recovery and refusal for `region` opened as `spec` says.
 pub(crate) fn decide(region: &Region, spec: &TierSpec) -> Result<Opening, Problem> {
     if (region.len as u64) < 2 * SUPERBLOCK_BYTES {
-        return Err(Problem::new("region is too small for a heap (8 KiB at least)"));
+        return Err(Problem::new(
+            "region is too small for a heap (8 KiB at least)",
+        ));
     }
     if spec.format {
         return Ok(Opening::Format);
@@ -149,6 +151,8 @@ fn all_zero(image: &[u8]) -> bool {
     // SAFETY: any bytes are valid u64s; align_to splits off what is not aligned.
     let (head, words, tail) = unsafe { image.align_to::<u64>() };
     head.iter().all(|&b| b == 0)
-        && words.chunks(512).all(|c| c.iter().fold(0, |a, &w| a | w) == 0)
+        && words
+            .chunks(512)
+            .all(|c| c.iter().fold(0, |a, &w| a | w) == 0)
         && tail.iter().all(|&b| b == 0)
 }

@@ -44,15 +44,24 @@ pub(crate) fn for_each(image: &[u8], mut f: impl FnMut(&[u8], u64)) {
         let valid = u64::from_le_bytes(e[72..80].try_into().unwrap_or([0; 8]));
         if valid == 1 {
             let name = &e[..64];
-            let len = name.iter().position(|&b| b == 0).unwrap_or(64).min(ROOT_NAME_MAX);
-            f(&name[..len], u64::from_le_bytes(e[64..72].try_into().unwrap_or([0; 8])));
+            let len = name
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(64)
+                .min(ROOT_NAME_MAX);
+            f(
+                &name[..len],
+                u64::from_le_bytes(e[64..72].try_into().unwrap_or([0; 8])),
+            );
         }
     }
 }
 
 fn image(region: &Region) -> &[u8] {
     // SAFETY: the superblock page is mapped and readable as long as the region is.
-    unsafe { core::slice::from_raw_parts(region.base as *const u8, super::SUPERBLOCK_BYTES as usize) }
+    unsafe {
+        core::slice::from_raw_parts(region.base as *const u8, super::SUPERBLOCK_BYTES as usize)
+    }
 }
 
 fn check_name(name: &[u8]) -> Result<(), RootError> {
@@ -77,7 +86,9 @@ pub(crate) fn get(region: &Region, name: &[u8]) -> Option<u64> {
     check_name(name).ok()?;
     let i = find(region, name)?;
     let at = (entry_at(i) + OFFSET_AT) as usize;
-    Some(u64::from_le_bytes(image(region)[at..at + 8].try_into().ok()?))
+    Some(u64::from_le_bytes(
+        image(region)[at..at + 8].try_into().ok()?,
+    ))
 }
 
 /// Maps `name` to `offset`, or removes it (`None`; removing a missing root is no error).

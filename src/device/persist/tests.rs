@@ -7,8 +7,8 @@ use super::recover::{self, Extent};
 use super::{check, roots, superblock};
 use crate::config::{parse, Report, TierSpec};
 use crate::device_slabs::{self, SLAB_MARKER};
-use crate::tier::{DeviceTier, BREAK_ORDER, HEADER_SIZE};
 use crate::test_rng::Rng;
+use crate::tier::{DeviceTier, BREAK_ORDER, HEADER_SIZE};
 use std::collections::BTreeMap;
 use std::string::{String, ToString};
 use std::vec::Vec;
@@ -102,9 +102,16 @@ fn opening_formats_zeroes_recovers_heaps_and_refuses_foreign_bytes() {
     std::fs::write(&path, &foreign).unwrap();
     for kind in ["pmr", "cmb", "cxl"] {
         let refused = open(kind, &path, "").err().expect("foreign bytes refused");
-        assert!(refused.what.contains("not a tiermalloc heap"), "{}", refused.what);
+        assert!(
+            refused.what.contains("not a tiermalloc heap"),
+            "{}",
+            refused.what
+        );
     }
-    assert!(std::fs::read(&path).unwrap() == foreign, "a refused file was written");
+    assert!(
+        std::fs::read(&path).unwrap() == foreign,
+        "a refused file was written"
+    );
     let tier = open("pmr", &path, ",format").unwrap();
     assert_eq!(tier.stats().in_use, 0);
     drop(tier);
@@ -114,7 +121,9 @@ fn opening_formats_zeroes_recovers_heaps_and_refuses_foreign_bytes() {
     assert!(tier.alloc(100, 16).is_some());
     drop(tier);
     // A heap of another size: refused.
-    let other = open("pmr", &path, ",size=512K").err().expect("other length");
+    let other = open("pmr", &path, ",size=512K")
+        .err()
+        .expect("other length");
     assert!(other.what.contains("another size"), "{}", other.what);
     // A broken chain: refused with the offset named.
     let mut bytes = std::fs::read(&path).unwrap();
@@ -162,19 +171,35 @@ fn recovery_rebuilds_blocks_slabs_roots_and_statistics() {
     let mut walk = Vec::new();
     let mut cur = None;
     while let Some(p) = tier.next_block(cur) {
-        walk.push((tier.offset_in_region(p).unwrap(), tier.usable_size(p).unwrap()));
+        walk.push((
+            tier.offset_in_region(p).unwrap(),
+            tier.usable_size(p).unwrap(),
+        ));
         cur = Some(p);
     }
     let mut expected: Vec<(u64, usize)> = live
         .iter()
-        .map(|&(p, _)| (tier.offset_in_region(p).unwrap(), tier.usable_size(p).unwrap()))
+        .map(|&(p, _)| {
+            (
+                tier.offset_in_region(p).unwrap(),
+                tier.usable_size(p).unwrap(),
+            )
+        })
         .collect();
     expected.sort_unstable();
-    assert_eq!(walk, expected, "tm_next_block visits every live block in address order");
+    assert_eq!(
+        walk, expected,
+        "tm_next_block visits every live block in address order"
+    );
     let contents: Vec<(u64, Vec<u8>)> = live
         .iter()
         // SAFETY: live blocks of `size` bytes.
-        .map(|&(p, size)| (tier.offset_in_region(p).unwrap(), unsafe { core::slice::from_raw_parts(p, size) }.to_vec()))
+        .map(|&(p, size)| {
+            (
+                tier.offset_in_region(p).unwrap(),
+                unsafe { core::slice::from_raw_parts(p, size) }.to_vec(),
+            )
+        })
         .collect();
     let report = check::check_image(&image_of(&tier)).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -184,14 +209,23 @@ fn recovery_rebuilds_blocks_slabs_roots_and_statistics() {
 
     let tier = open("pmr", &path, "").unwrap();
     let after = tier.stats();
-    assert_eq!((after.in_use, after.largest_free), (before.in_use, before.largest_free));
+    assert_eq!(
+        (after.in_use, after.largest_free),
+        (before.in_use, before.largest_free)
+    );
     let mut walk_again = Vec::new();
     let mut cur = None;
     while let Some(p) = tier.next_block(cur) {
-        walk_again.push((tier.offset_in_region(p).unwrap(), tier.usable_size(p).unwrap()));
+        walk_again.push((
+            tier.offset_in_region(p).unwrap(),
+            tier.usable_size(p).unwrap(),
+        ));
         cur = Some(p);
     }
-    assert_eq!(walk_again, walk, "the same blocks, at the same offsets, of the same sizes");
+    assert_eq!(
+        walk_again, walk,
+        "the same blocks, at the same offsets, of the same sizes"
+    );
     for (offset, bytes) in &contents {
         let p = tier.at_offset(*offset).unwrap();
         // SAFETY: a live block holding at least `bytes.len()` bytes.
@@ -201,8 +235,13 @@ fn recovery_rebuilds_blocks_slabs_roots_and_statistics() {
     assert_eq!(tier.offset_in_region(seven), Some(root_offset));
     assert_eq!(tier.root_get(b"eight"), None);
     // New blocks never overlap recovered ones, and everything frees back to a fresh heap.
-    let extra: Vec<_> = (0..300).map(|i| tier.alloc(i * 13 % 3000, 16).unwrap()).collect();
-    let mut all: Vec<*mut u8> = walk.iter().map(|&(o, _)| tier.at_offset(o).unwrap()).collect();
+    let extra: Vec<_> = (0..300)
+        .map(|i| tier.alloc(i * 13 % 3000, 16).unwrap())
+        .collect();
+    let mut all: Vec<*mut u8> = walk
+        .iter()
+        .map(|&(o, _)| tier.at_offset(o).unwrap())
+        .collect();
     all.extend(extra);
     for p in all {
         tier.free(p).unwrap();
@@ -224,7 +263,10 @@ fn roots_refuse_bad_names_and_foreign_blocks() {
     assert_eq!(tier.root_set(&[b'x'; 64], Some(p)), Err(libc::EINVAL));
     assert_eq!(tier.root_set(&[b'x'; 63], Some(p)), Ok(()));
     // SAFETY: a pointer inside the block, never dereferenced.
-    assert_eq!(tier.root_set(b"inside", Some(unsafe { p.add(8) })), Err(libc::EINVAL));
+    assert_eq!(
+        tier.root_set(b"inside", Some(unsafe { p.add(8) })),
+        Err(libc::EINVAL)
+    );
     for i in 1..roots::ROOT_SLOTS {
         tier.root_set(format!("r{i}").as_bytes(), Some(p)).unwrap();
     }
@@ -233,7 +275,11 @@ fn roots_refuse_bad_names_and_foreign_blocks() {
     assert_eq!(tier.root_set(b"one-too-many", Some(p)), Ok(()));
     assert_eq!(tier.root_get(&[b'x'; 63]), Some(p));
     tier.free(p).unwrap();
-    assert_eq!(tier.root_get(b"one-too-many"), None, "a root of a freed block finds nothing");
+    assert_eq!(
+        tier.root_get(b"one-too-many"),
+        None,
+        "a root of a freed block finds nothing"
+    );
     drop(tier);
     std::fs::remove_file(path).unwrap();
 }
@@ -278,31 +324,40 @@ fn record_run(name: &str, seed: u64, count: usize) -> Run {
         };
         let roll = rng.below(100);
         if writes_since_fence >= 5 || (roll >= 95 && !live.is_empty()) {
-            let p = live.first().copied().unwrap_or(tier.region().base as *mut u8);
+            let p = live
+                .first()
+                .copied()
+                .unwrap_or(tier.region().base as *mut u8);
             tier.persist(p, 1).unwrap();
         } else if roll < 45 && live.len() < 80 {
             let (size, align) = match rng.below(10) {
-                0..=5 => ([8, 40, 100, 250, 600, 1500, 4000][rng.below(7) as usize], 16),
+                0..=5 => (
+                    [8, 40, 100, 250, 600, 1500, 4000][rng.below(7) as usize],
+                    16,
+                ),
                 6..=8 => (4097 + rng.below(28000) as usize, 16),
                 _ => (5000 + rng.below(15000) as usize, 4096),
             };
             if let Some(p) = tier.alloc(size, align) {
                 let usable = tier.usable_size(p).unwrap() as u64;
-                rec.blocks.push((header_offset(&tier, p), None, Some(usable)));
+                rec.blocks
+                    .push((header_offset(&tier, p), None, Some(usable)));
                 live.push(p);
             }
         } else if roll < 85 && !live.is_empty() {
             let p = live.swap_remove(rng.below(live.len() as u64) as usize);
             let usable = tier.usable_size(p).unwrap() as u64;
             tier.free(p).unwrap();
-            rec.blocks.push((header_offset(&tier, p), Some(usable), None));
+            rec.blocks
+                .push((header_offset(&tier, p), Some(usable), None));
         } else if roll < 91 && !live.is_empty() {
             let p = live[rng.below(live.len() as u64) as usize];
             let old = tier.usable_size(p).unwrap() as u64;
             let new = 4097 + rng.below(30000) as usize;
             if tier.resize_in_place(p, new) {
                 let now = tier.usable_size(p).unwrap() as u64;
-                rec.blocks.push((header_offset(&tier, p), Some(old), Some(now)));
+                rec.blocks
+                    .push((header_offset(&tier, p), Some(old), Some(now)));
             }
         } else if !live.is_empty() {
             // A root change comes after a tm_persist of its own, as a program would write it.
@@ -389,8 +444,14 @@ impl Expect {
         for &(off, size) in scratch.iter() {
             if self.definite.get(&off) == Some(&size) {
                 matched += 1;
-            } else if !self.maybe.get(&off).is_some_and(|m| m.contains(&Some(size))) {
-                return Err(format!("recovered a block at {off} of {size} bytes that is not live"));
+            } else if !self
+                .maybe
+                .get(&off)
+                .is_some_and(|m| m.contains(&Some(size)))
+            {
+                return Err(format!(
+                    "recovered a block at {off} of {size} bytes that is not live"
+                ));
             }
         }
         if matched != self.definite.len() {
@@ -399,7 +460,10 @@ impl Expect {
                 .iter()
                 .find(|(off, size)| !scratch.contains(&(**off, **size)))
                 .unwrap();
-            return Err(format!("live block at {} of {} bytes lost", missing.0, missing.1));
+            return Err(format!(
+                "live block at {} of {} bytes lost",
+                missing.0, missing.1
+            ));
         }
         let mut roots_seen = 0;
         let mut bad = None;
@@ -407,7 +471,11 @@ impl Expect {
             let name = String::from_utf8_lossy(name).to_string();
             if self.roots_definite.get(&name) == Some(&offset) {
                 roots_seen += 1;
-            } else if !self.roots_maybe.get(&name).is_some_and(|m| m.contains(&Some(offset))) {
+            } else if !self
+                .roots_maybe
+                .get(&name)
+                .is_some_and(|m| m.contains(&Some(offset)))
+            {
                 bad = Some(format!("root {name} recovered as {offset}"));
             }
         });
@@ -484,7 +552,10 @@ fn check_run(run: &Run) -> Result<Checked, String> {
         }
         let writes: Vec<usize> = (window_start..window_end).collect();
         if writes.len() > 16 {
-            return Err(format!("a window of {} writes: too many to try every subset", writes.len()));
+            return Err(format!(
+                "a window of {} writes: too many to try every subset",
+                writes.len()
+            ));
         }
         // Operations with an event in the window (and so possibly in flight).
         while first_op < run.ops.len() && run.ops[first_op].events.end <= window_start {
@@ -492,7 +563,9 @@ fn check_run(run: &Run) -> Result<Checked, String> {
             first_op += 1;
         }
         let mut last_op = first_op;
-        while last_op < run.ops.len() && run.ops[last_op].events.start < window_end.max(window_start + 1) {
+        while last_op < run.ops.len()
+            && run.ops[last_op].events.start < window_end.max(window_start + 1)
+        {
             last_op += 1;
         }
         let expect = Expect::around(&model, &roots, &run.ops[first_op..last_op]);
@@ -500,9 +573,10 @@ fn check_run(run: &Run) -> Result<Checked, String> {
             let saved: Vec<(u64, Vec<u8>)> = writes
                 .iter()
                 .filter_map(|&w| match &run.events[w] {
-                    Event::Write(off, bytes) => {
-                        Some((*off, image[*off as usize..*off as usize + bytes.len()].to_vec()))
-                    }
+                    Event::Write(off, bytes) => Some((
+                        *off,
+                        image[*off as usize..*off as usize + bytes.len()].to_vec(),
+                    )),
                     Event::Fence => None,
                 })
                 .collect();
@@ -511,9 +585,9 @@ fn check_run(run: &Run) -> Result<Checked, String> {
                     write_into(&mut image, &run.events[w]);
                 }
             }
-            expect
-                .check(&image, &mut scratch)
-                .map_err(|e| format!("writes {window_start}..{window_end} subset {subset:b}: {e}"))?;
+            expect.check(&image, &mut scratch).map_err(|e| {
+                format!("writes {window_start}..{window_end} subset {subset:b}: {e}")
+            })?;
             checked.reorderings += 1;
             for (off, bytes) in saved.into_iter().rev() {
                 image[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);
@@ -533,7 +607,11 @@ fn check_run(run: &Run) -> Result<Checked, String> {
 #[test]
 fn every_crash_point_of_a_long_run_recovers() {
     let run = record_run("crash-points", 0x0c4a_5401, 10_000);
-    let writes = run.events.iter().filter(|e| matches!(e, Event::Write(..))).count();
+    let writes = run
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Write(..)))
+        .count();
     let checked = check_run(&run).unwrap_or_else(|e| panic!("{e}"));
     std::eprintln!(
         "crash-point checker: {} ops, {writes} writes, {} fences, {} prefixes and {} reorderings recovered and checked",
@@ -552,8 +630,11 @@ fn the_checker_catches_a_wrong_write_order() {
     BREAK_ORDER.with(|b| b.set(true));
     let run = record_run("crash-broken", 0x0c4a_5402, 2_000);
     BREAK_ORDER.with(|b| b.set(false));
-    let failure = check_run(&run).err().expect("the wrong order must be caught");
-    assert!(failure.contains("damage") || failure.contains("not live"), "{failure}");
+    let failure = check_run(&run).expect_err("the wrong order must be caught");
+    assert!(
+        failure.contains("damage") || failure.contains("not live"),
+        "{failure}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -581,7 +662,11 @@ fn storm_child() {
     let log = std::ffi::CString::new(log).unwrap();
     // SAFETY: a NUL-terminated path; an append-only log of our own.
     let fd = unsafe {
-        libc::open(log.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, 0o600)
+        libc::open(
+            log.as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+            0o600,
+        )
     };
     assert!(fd >= 0);
     let record = |kind: u8, p: *mut u8| {
@@ -636,7 +721,10 @@ fn live_blocks(tier: &DeviceTier) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
     let mut cur = None;
     while let Some(p) = tier.next_block(cur) {
-        out.insert(tier.offset_in_region(p).unwrap(), tier.usable_size(p).unwrap() as u64);
+        out.insert(
+            tier.offset_in_region(p).unwrap(),
+            tier.usable_size(p).unwrap() as u64,
+        );
         cur = Some(p);
     }
     out
@@ -671,14 +759,21 @@ fn sigkill_storm_recovers_every_time() {
         // Until the child is storming, then a random while.
         let started = std::time::Instant::now();
         while std::fs::metadata(&log).map_or(0, |m| m.len()) < 17 * 20 {
-            assert!(started.elapsed().as_secs() < 20, "the storm child never started");
+            assert!(
+                started.elapsed().as_secs() < 20,
+                "the storm child never started"
+            );
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
         std::thread::sleep(std::time::Duration::from_micros(rng.below(30_000)));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let status = child.wait().unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "seed {seed}: the child ended before the kill");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "seed {seed}: the child ended before the kill"
+        );
 
         // What the log says is live (a record is whole once written: 17 bytes, one write).
         let records = std::fs::read(&log).unwrap();
@@ -691,21 +786,33 @@ fn sigkill_storm_recovers_every_time() {
             };
         }
         let report = check::check_file(std::path::Path::new(&path), 0).unwrap();
-        assert!(report.problems.is_empty(), "seed {seed}: {:?}", report.problems);
+        assert!(
+            report.problems.is_empty(),
+            "seed {seed}: {:?}",
+            report.problems
+        );
         let tier = open("pmr", &path, "").unwrap();
         let found = live_blocks(&tier);
         let differences: Vec<_> = expected
             .iter()
             .filter(|(o, s)| found.get(o) != Some(s))
             .map(|(o, s)| (*o, Some(*s), found.get(o).copied()))
-            .chain(found.iter().filter(|(o, _)| !expected.contains_key(o)).map(|(o, s)| (*o, None, Some(*s))))
+            .chain(
+                found
+                    .iter()
+                    .filter(|(o, _)| !expected.contains_key(o))
+                    .map(|(o, s)| (*o, None, Some(*s))),
+            )
             .collect();
         assert!(differences.len() <= 1, "seed {seed}: blocks differ from the log beyond the one operation in flight: {differences:?}");
         for (&offset, _) in found.iter().filter(|(o, _)| expected.contains_key(o)) {
             let p = tier.at_offset(offset).unwrap();
             // SAFETY: a live block of at least 8 bytes.
             let stamp = unsafe { (p as *const u64).read_unaligned() };
-            assert_eq!(stamp, offset, "seed {seed}: block at {offset} lost its contents");
+            assert_eq!(
+                stamp, offset,
+                "seed {seed}: block at {offset} lost its contents"
+            );
         }
         expected = found;
         drop(tier);
@@ -716,7 +823,11 @@ fn sigkill_storm_recovers_every_time() {
             tier.free(tier.at_offset(offset).unwrap()).unwrap();
         }
         let s = tier.stats();
-        assert_eq!((s.in_use, s.largest_free), (fresh_stats.in_use, fresh_stats.largest_free), "seed {seed}");
+        assert_eq!(
+            (s.in_use, s.largest_free),
+            (fresh_stats.in_use, fresh_stats.largest_free),
+            "seed {seed}"
+        );
         drop(tier);
     }
     for f in [path, log, copy] {
