@@ -404,16 +404,8 @@ fn read_sysfs_number(path: &CStr) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, Report};
 
-    struct Ignore;
-    impl Report for Ignore {
-        fn problem(&mut self, _: &str, _: &[u8], _: &str) {}
-    }
-
-    fn spec(tiers: &str) -> TierSpec {
-        parse(Some(tiers.as_bytes()), None, None, None, &mut Ignore).tiers()[0]
-    }
+    use crate::config::tier_spec_for_test as spec;
 
     fn shm(name: &str) -> String {
         format!("/dev/shm/tiermalloc-backend-{}-{name}", std::process::id())

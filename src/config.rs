@@ -375,6 +375,16 @@ const READ: u8 = 2;
 static STATE: AtomicU8 = AtomicU8::new(UNREAD);
 static mut CONFIG: Config = Config::new();
 
+/// Test-only: the first tier `text` (a `TIERMALLOC_TIERS` value) describes, problems ignored.
+#[cfg(test)]
+pub(crate) fn tier_spec_for_test(text: &str) -> TierSpec {
+    struct Ignore;
+    impl Report for Ignore {
+        fn problem(&mut self, _: &str, _: &[u8], _: &str) {}
+    }
+    parse(Some(text.as_bytes()), None, None, None, &mut Ignore).tiers()[0]
+}
+
 /// The configuration, reading the environment on the first call that finds it ready. Before
 /// that (a `malloc` before libc set up `environ`) and while another thread reads it, the
 /// defaults.

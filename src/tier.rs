@@ -624,19 +624,13 @@ impl Drop for DeviceTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, Report};
     use crate::test_rng::Rng;
-
-    struct Ignore;
-    impl Report for Ignore {
-        fn problem(&mut self, _: &str, _: &[u8], _: &str) {}
-    }
 
     fn open(name: &str, extra: &str) -> (DeviceTier, String) {
         let path = format!("/dev/shm/tiermalloc-tier-{}-{name}", std::process::id());
         let text = format!("pmr:path={path},size=4M,create{extra}");
-        let config = parse(Some(text.as_bytes()), None, None, None, &mut Ignore);
-        (DeviceTier::open(&config.tiers()[0]).unwrap(), path)
+        let spec = crate::config::tier_spec_for_test(&text);
+        (DeviceTier::open(&spec).unwrap(), path)
     }
 
     #[test]

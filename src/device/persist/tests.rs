@@ -5,7 +5,7 @@
 use super::media::recorder::{self, Event};
 use super::recover::{self, Extent};
 use super::{check, roots, superblock};
-use crate::config::{parse, Report, TierSpec};
+use crate::config::tier_spec_for_test as spec;
 use crate::device_slabs::{self, SLAB_MARKER};
 use crate::test_rng::Rng;
 use crate::tier::{DeviceTier, BREAK_ORDER, HEADER_SIZE};
@@ -13,15 +13,6 @@ use std::collections::BTreeMap;
 use std::string::{String, ToString};
 use std::vec::Vec;
 use std::{format, vec};
-
-struct Ignore;
-impl Report for Ignore {
-    fn problem(&mut self, _: &str, _: &[u8], _: &str) {}
-}
-
-fn spec(text: &str) -> TierSpec {
-    parse(Some(text.as_bytes()), None, None, None, &mut Ignore).tiers()[0]
-}
 
 fn shm(name: &str) -> String {
     format!("/dev/shm/tiermalloc-persist-{}-{name}", std::process::id())
@@ -61,6 +52,20 @@ fn recovered(image: &[u8], out: &mut Vec<(u64, u64)>) -> Result<(), String> {
     })
     .map(|_| ())
     .map_err(|d| format!("damage at {}: {}", d.offset, d.what))
+}
+
+/// The live blocks of a tier as `tm_next_block` walks them: (offset, usable size).
+fn live_blocks(tier: &DeviceTier) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut cur = None;
+    while let Some(p) = tier.next_block(cur) {
+        out.push((
+            tier.offset_in_region(p).unwrap(),
+            tier.usable_size(p).unwrap() as u64,
+        ));
+        cur = Some(p);
+    }
+    out
 }
 
 /// The header offset of block `p` of `tier`.
@@ -168,21 +173,13 @@ fn recovery_rebuilds_blocks_slabs_roots_and_statistics() {
     tier.root_set(b"seven", Some(root)).unwrap();
     let root_offset = tier.offset_in_region(root).unwrap();
     let before = tier.stats();
-    let mut walk = Vec::new();
-    let mut cur = None;
-    while let Some(p) = tier.next_block(cur) {
-        walk.push((
-            tier.offset_in_region(p).unwrap(),
-            tier.usable_size(p).unwrap(),
-        ));
-        cur = Some(p);
-    }
-    let mut expected: Vec<(u64, usize)> = live
+    let walk = live_blocks(&tier);
+    let mut expected: Vec<(u64, u64)> = live
         .iter()
         .map(|&(p, _)| {
             (
                 tier.offset_in_region(p).unwrap(),
-                tier.usable_size(p).unwrap(),
+                tier.usable_size(p).unwrap() as u64,
             )
         })
         .collect();
@@ -213,17 +210,9 @@ fn recovery_rebuilds_blocks_slabs_roots_and_statistics() {
         (after.in_use, after.largest_free),
         (before.in_use, before.largest_free)
     );
-    let mut walk_again = Vec::new();
-    let mut cur = None;
-    while let Some(p) = tier.next_block(cur) {
-        walk_again.push((
-            tier.offset_in_region(p).unwrap(),
-            tier.usable_size(p).unwrap(),
-        ));
-        cur = Some(p);
-    }
     assert_eq!(
-        walk_again, walk,
+        live_blocks(&tier),
+        walk,
         "the same blocks, at the same offsets, of the same sizes"
     );
     for (offset, bytes) in &contents {
@@ -716,20 +705,6 @@ fn storm_child() {
     }
 }
 
-/// The live blocks of a tier: offset → usable size.
-fn live_blocks(tier: &DeviceTier) -> BTreeMap<u64, u64> {
-    let mut out = BTreeMap::new();
-    let mut cur = None;
-    while let Some(p) = tier.next_block(cur) {
-        out.insert(
-            tier.offset_in_region(p).unwrap(),
-            tier.usable_size(p).unwrap() as u64,
-        );
-        cur = Some(p);
-    }
-    out
-}
-
 /// 50 children, one after another on the same PMR file, each killed with SIGKILL at a random
 /// point of an allocation storm. After each, the parent recovers the file and checks: the
 /// offline checker finds no problem; the blocks are exactly those the child's log says are
@@ -792,7 +767,7 @@ fn sigkill_storm_recovers_every_time() {
             report.problems
         );
         let tier = open("pmr", &path, "").unwrap();
-        let found = live_blocks(&tier);
+        let found: BTreeMap<u64, u64> = live_blocks(&tier).into_iter().collect();
         let differences: Vec<_> = expected
             .iter()
             .filter(|(o, s)| found.get(o) != Some(s))
