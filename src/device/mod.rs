@@ -1,5 +1,6 @@
-//! Device tiers: a region mapped by `backend`, served by an extent heap (`heap`), blocks of up
-//! to 4080 bytes grouped in slabs (`device_slabs`); every piece of metadata lives in host DRAM.
+//! Device tiers: a region mapped by `backend`, served by an extent heap (`extent_heap`),
+//! blocks of up to 4080 bytes grouped in slabs (`slabs`), a header before every block
+//! (`header`); every piece of metadata lives in host DRAM.
 //!
 //! Device memory is only ever written, and only the 16-byte header before each block:
 //! `malloc` writes the whole header (size, magic, kind, state) in one 16-byte store, `free`
@@ -8,84 +9,33 @@
 //! pointer the host metadata does not know as a live block start (a double free, a pointer
 //! into a block) is refused before anything is written, and reported.
 //!
-//! After `fork`, a child would share a file- or device-backed region with its parent (the
-//! mapping is `MAP_SHARED`; the kernel cannot copy a device on write), while each process has
-//! its own copy of the host metadata: the child's writes to the blocks it inherited (a shell
-//! editing its variables, an interpreter its reference counts) would land in the parent's
-//! live data, and its allocations in extents the parent also hands out. So the child handler
-//! gives the child what `fork` gives it for DRAM, a private copy: it copies every allocated
-//! extent (host metadata says which) into fresh anonymous memory and moves that over the
-//! region, while the parent waits in its own handler (`place`). The cost is one read of the
-//! bytes in use per `fork` (none after `vfork`/`posix_spawn`, which run no handlers); the
-//! child's tier is then ordinary memory, and its writes never reach the device. If that
-//! memory cannot be had, the tier becomes *inherited* in the child: it serves no new block
-//! (plain requests spill, `tm_malloc` fails with `ENOMEM`) and frees skip the header write,
-//! so at least the allocator never hands out the parent's blocks. NUMA-bound tiers are
-//! anonymous memory already, copied on write like DRAM.
+//! `fork` handling (a child's private copy of a shared region, the locks held across it) is in
+//! `fork`. The opened tiers are kept here, one per kind, for the layers above (`get`).
+//!
+//! Room is left by name for `device/persist` (superblock, recovery scan, roots, flush) and
+//! `device/evacuate` (moving live blocks, same addresses).
+
+pub mod extent_heap;
+pub mod fork;
+pub mod header;
+pub mod slabs;
 
 use crate::backend::{self, Problem, Region};
-use crate::config::{Fit, Kind, TierSpec};
-use crate::device_slabs::{SlabFree, Slabs, SLAB_BYTES};
-use crate::heap::{ExtentHeap, FreeError};
+use crate::config::{self, TierSpec};
+use crate::kind::{Fit, Kind};
 use crate::os;
 use crate::pagemap::{self, ChunkTag};
-use crate::stats::{SharedCounter, TierStats};
+use crate::stats::{SharedCounter, TierCounters, TierStats};
+use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
+use extent_heap::{ExtentHeap, FreeError};
+use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
+use slabs::{SlabFree, Slabs, SLAB_BYTES};
 
-/// Bytes of the header before every device block (`TM_HEADER_SIZE`).
-pub(crate) const HEADER_SIZE: u64 = 16;
+
 /// Every extent offset and length is a multiple of this: the header size, so that a block
 /// (16 bytes after its extent's start) can be aligned to any power of two.
 const GRANULE: u64 = HEADER_SIZE;
-/// `tm_block_header::magic`: "TMHB" in little-endian ASCII.
-pub(crate) const HEADER_MAGIC: u32 = u32::from_le_bytes(*b"TMHB");
-pub(crate) const STATE_ALLOCATED: u16 = 1;
-pub(crate) const STATE_FREE: u16 = 2;
-
-/// The header written immediately before each block on CXL, CMB and PMR (the C header's
-/// `tm_block_header`): `((const tm_block_header *)p)[-1].size == tm_usable_size(p)`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BlockHeader {
-    /// Usable bytes of the block.
-    pub size: u64,
-    /// `HEADER_MAGIC` ("TMHB"), marking a header written by tiermalloc.
-    pub magic: u32,
-    /// The block's `tm_kind`.
-    pub kind: u16,
-    /// 1 allocated, 2 free.
-    pub state: u16,
-}
-
-const _: () = assert!(core::mem::size_of::<BlockHeader>() == HEADER_SIZE as usize);
-
-impl BlockHeader {
-    /// Writes the header at `dst` as one 16-byte store, never reading it: on a PCIe BAR a
-    /// single write transaction (a field-by-field copy is four: 8 + 4 + 2 + 2 bytes).
-    ///
-    /// # Safety
-    /// `dst` is 16-byte aligned (extents start on a granule) and writable.
-    #[inline]
-    unsafe fn store(self, dst: *mut BlockHeader) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use core::arch::x86_64::{__m128i, _mm_set_epi64x};
-            // The header's second word, laid out as the struct is on a little-endian target.
-            let tail = self.magic as u64 | (self.kind as u64) << 32 | (self.state as u64) << 48;
-            // SAFETY: SSE2 is part of the x86_64 baseline. The store: the caller's contract;
-            // a volatile store of one SSE register is one aligned 16-byte store.
-            unsafe {
-                let v = _mm_set_epi64x(tail as i64, self.size as i64);
-                (dst as *mut __m128i).write_volatile(v);
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        // SAFETY: the caller's contract.
-        unsafe {
-            dst.write_volatile(self)
-        };
-    }
-}
 
 /// One configured device tier.
 ///
@@ -104,9 +54,8 @@ pub(crate) struct DeviceTier {
     /// Blocks allocated and freed outside slabs (slabs count their own).
     allocations: SharedCounter,
     frees: SharedCounter,
-    pub failures: SharedCounter,
-    pub spilled_in: SharedCounter,
-    pub spilled_out: SharedCounter,
+    /// Failures and spills, bumped by placement.
+    pub counters: TierCounters,
     /// The mapping is shared with the processes this one forks (until a child handler makes
     /// its own copy private).
     shared_across_fork: AtomicBool,
@@ -143,9 +92,7 @@ impl DeviceTier {
             limit: spec.limit.unwrap_or(u64::MAX),
             allocations: SharedCounter::new(),
             frees: SharedCounter::new(),
-            failures: SharedCounter::new(),
-            spilled_in: SharedCounter::new(),
-            spilled_out: SharedCounter::new(),
+            counters: TierCounters::new(),
             shared_across_fork: AtomicBool::new(region.shared_across_fork),
             inherited: AtomicBool::new(false),
         })
@@ -262,11 +209,27 @@ impl DeviceTier {
         Ok(())
     }
 
-    /// Resizes live block `p` to `size` bytes where it lies, rewriting its header: a block
-    /// outside the slabs grows into the free space right behind it, or gives its tail back.
-    /// False (nothing changed) for a slab block or when the space behind is taken: the caller
-    /// moves the block (which reads it from the device; this does not).
+    /// Frees block `p`; a pointer that is not a live block start is counted as a failure and
+    /// reported (then the process aborts, unless `TIERMALLOC_ON_ERROR=ignore`).
+    pub fn free_or_report(&self, p: *mut u8) {
+        if let Err(error) = self.free(p) {
+            self.counters.failures.add(1);
+            report_bad_free(self.kind, p, error);
+        }
+    }
+
+    /// Resizes live block `p` to `size` bytes where it lies: true if it already fits and would
+    /// not waste more than half of itself, or if a block outside the slabs grows into the free
+    /// space right behind it or gives its tail back (its header rewritten). False (nothing
+    /// changed) for a slab block or when the space behind is taken: the caller moves the block
+    /// (which reads it from the device; this does not).
     pub fn resize_in_place(&self, p: *mut u8, size: usize) -> bool {
+        let Some(old) = self.usable_size(p) else {
+            return false;
+        };
+        if size <= old && size >= old / 2 {
+            return true;
+        }
         let Some(offset) = self.offset_of(p) else {
             return false;
         };
@@ -303,70 +266,6 @@ impl DeviceTier {
         Some((len - HEADER_SIZE) as usize)
     }
 
-    /// Takes the slab locks and the heap lock, in that order, and keeps them (`fork` prepare
-    /// handler).
-    pub fn lock_for_fork(&self) {
-        self.slabs.lock_all();
-        core::mem::forget(self.heap.lock());
-    }
-
-    /// Releases the locks `lock_for_fork` kept (`fork` parent handler).
-    pub fn unlock_after_fork(&self) {
-        // SAFETY: the prepare handler of this same fork took the lock and forgot its guard.
-        unsafe { self.heap.force_unlock() };
-        self.slabs.unlock_all();
-    }
-
-    /// Whether a `fork` now would share this tier's bytes with the child.
-    pub fn is_shared_across_fork(&self) -> bool {
-        self.shared_across_fork.load(Ordering::Relaxed)
-    }
-
-    /// The `fork` child handler: releases the lock and gives the child a private copy of a
-    /// shared region, or failing that makes the tier inherited (see the module comment).
-    pub fn after_fork_in_child(&self) {
-        self.unlock_after_fork();
-        if !self.is_shared_across_fork() {
-            return;
-        }
-        if self.copy_region_privately() {
-            self.shared_across_fork.store(false, Ordering::Relaxed);
-        } else {
-            self.inherited.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Replaces the region's mapping by anonymous memory holding a copy of every allocated
-    /// extent. The child is single-threaded here, so the lock is free and nobody else runs.
-    fn copy_region_privately(&self) -> bool {
-        let len = self.region.len;
-        let Some(copy) = os::map_anonymous(len) else {
-            return false;
-        };
-        let copy = copy.as_ptr();
-        let heap = self.heap.lock();
-        heap.for_each_allocated(|offset, extent| {
-            // SAFETY: the extent lies inside both the region and the fresh copy of its length;
-            // the two mappings are distinct.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    (self.region.base + offset as usize) as *const u8,
-                    copy.add(offset as usize),
-                    extent as usize,
-                )
-            };
-        });
-        drop(heap);
-        // SAFETY: `copy` is our fresh anonymous mapping of `len` bytes; `[base, base + len)` is
-        // the region, ours, and holds nothing the copy does not.
-        let moved = unsafe { os::remap_to(copy, len, self.region.base as *mut u8, len) };
-        if !moved {
-            // SAFETY: our own mapping, not handed out.
-            unsafe { os::unmap(copy, len) };
-        }
-        moved
-    }
-
     pub fn set_fit(&self, fit: Fit) {
         self.heap.lock().set_fit(fit);
     }
@@ -393,10 +292,99 @@ impl DeviceTier {
                 .min(capacity.saturating_sub(h.in_use)),
             allocations: self.allocations.get() + slabs.allocations,
             frees: self.frees.get() + slabs.frees,
-            failures: self.failures.get(),
-            spilled_in: self.spilled_in.get(),
-            spilled_out: self.spilled_out.get(),
+            failures: self.counters.failures.get(),
+            spilled_in: self.counters.spilled_in.get(),
+            spilled_out: self.counters.spilled_out.get(),
         }
+    }
+}
+
+/// The opened device tiers, by kind (`Cxl`, `Cmb`, `Pmr`: index `kind - 1`). Each is set once,
+/// by the library's constructor, before the program can start a thread.
+static OPENED: [spin::Once<DeviceTier>; 3] = [spin::Once::new(), spin::Once::new(), spin::Once::new()];
+
+/// Opens the device tier `spec` describes and keeps it for `get` (once per kind: the
+/// configuration lists each kind once); reports a tier that cannot be used in one line on
+/// stderr and returns false (the program runs on without it).
+pub fn open(spec: &TierSpec) -> bool {
+    debug_assert!(spec.kind != Kind::Dram);
+    let slot = &OPENED[spec.kind as usize - 1];
+    if slot.is_completed() {
+        return false;
+    }
+    match DeviceTier::open(spec) {
+        Ok(tier) => {
+            slot.call_once(|| tier);
+            true
+        }
+        Err(problem) => {
+            report_tier(spec.kind, spec.path(), problem);
+            false
+        }
+    }
+}
+
+/// The opened tier of device kind `kind`.
+#[inline]
+pub fn get(kind: Kind) -> Option<&'static DeviceTier> {
+    OPENED.get((kind as usize).wrapping_sub(1))?.get()
+}
+
+/// Calls `f` on every opened device tier.
+pub(crate) fn for_each_device(f: impl FnMut(&DeviceTier)) {
+    OPENED.iter().filter_map(spin::Once::get).for_each(f);
+}
+
+fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
+    let mut line = os::LineBuf::new();
+    let _ = write!(line, "tiermalloc: TIERMALLOC_TIERS: tier '{}'", kind.name());
+    if let Some(path) = path {
+        let _ = write!(
+            line,
+            " ({})",
+            core::str::from_utf8(path).unwrap_or("<not UTF-8>")
+        );
+    }
+    let _ = write!(line, ": {}", problem.what);
+    if problem.errno != 0 {
+        let mut buf = [0u8; 128];
+        // SAFETY: strerror_r writes a NUL-terminated message into our buffer.
+        let rc = unsafe { libc::strerror_r(problem.errno, buf.as_mut_ptr().cast(), buf.len()) };
+        let text = core::ffi::CStr::from_bytes_until_nul(&buf)
+            .ok()
+            .and_then(|c| c.to_str().ok());
+        match text {
+            Some(text) if rc == 0 => {
+                let _ = write!(line, ": {text}");
+            }
+            _ => {
+                let _ = write!(line, ": errno {}", problem.errno);
+            }
+        }
+    }
+    let _ = writeln!(line, "; tier skipped");
+    line.flush();
+}
+
+/// Reports a refused free in one line, then aborts unless `TIERMALLOC_ON_ERROR=ignore`.
+#[cold]
+fn report_bad_free(kind: Kind, p: *mut u8, error: FreeError) {
+    let ignore = config::get().ignore_bad_free;
+    let mut line = os::LineBuf::new();
+    let what = match error {
+        FreeError::DoubleFree => "double free",
+        FreeError::NotAllocated => "not the start of a live block",
+    };
+    let action = if ignore { "ignored" } else { "aborting" };
+    let _ = writeln!(
+        line,
+        "tiermalloc: free({p:p}) on tier {}: {what}; {action}",
+        kind.name()
+    );
+    line.flush();
+    if !ignore {
+        // SAFETY: abort has no preconditions.
+        unsafe { libc::abort() };
     }
 }
 

@@ -1,0 +1,306 @@
+//! One interface every tier implements (`Tier`), the tiers by kind (`get`), and the operations
+//! on an existing block, each dispatched from the page map's one answer about the pointer
+//! (`pagemap::owner_of`): `free`, `usable_size`, `realloc`, `kind_of`.
+//!
+//! Dispatch is static: `TierRef` is an enum over the DRAM tier and a device tier, and each
+//! call is a `match` the compiler inlines, never a `dyn` call. The implementations are written
+//! here, over the tiers' own inherent operations, so that `dram` and `device` import nothing
+//! from this layer.
+//!
+//! `free` of a small DRAM block (the most frequent call of all) reads the page map once and
+//! jumps to the small-object path; everything else goes through `TierRef`.
+
+use crate::config::TierSpec;
+use crate::device::{self, DeviceTier};
+use crate::dram::{self, DramTier, DRAM};
+use crate::kind::{Fit, Kind};
+use crate::pagemap::{self, Owner};
+use crate::stats::{TierCounters, TierStats};
+
+/// What every tier does. Pointer arguments come with the page map's answer for them, so a
+/// tier never asks the page map again.
+pub trait Tier {
+    /// A block of at least `size` bytes aligned to `align` (a power of two), zeroed if asked;
+    /// null if this tier cannot serve it (full, at its limit). Failures are counted by the
+    /// caller, which knows whether the request spills on.
+    fn alloc(&self, size: usize, align: usize, zero: bool) -> *mut u8;
+
+    /// Frees `p`. A device tier refuses (and reports) a pointer its metadata does not know as
+    /// a live block start.
+    ///
+    /// # Safety
+    /// `p` is owned by this tier (`owner`) and, if a live block, not used after this.
+    unsafe fn free(&self, p: *mut u8, owner: Owner);
+
+    /// The usable size of `p`, 0 if it is not a live block start of this tier.
+    ///
+    /// # Safety
+    /// As `free`, but `p` stays live.
+    unsafe fn usable_size(&self, p: *mut u8, owner: Owner) -> usize;
+
+    /// Resizes live block `p` (`old` usable bytes) to `size` bytes without an
+    /// allocate-copy-free by the caller: the new address, or null (`p` intact) if it must move.
+    ///
+    /// # Safety
+    /// `p` is a live block of this tier.
+    unsafe fn resize_in_place(
+        &self,
+        p: *mut u8,
+        owner: Owner,
+        old: usize,
+        size: usize,
+        align: usize,
+    ) -> *mut u8;
+
+    /// The tier's figures, its own counters included.
+    fn stats(&self) -> TierStats;
+
+    /// The tier's failure and spill counters.
+    fn counters(&self) -> &TierCounters;
+
+    /// Chooses the fit policy of the tier's extent heap (DRAM has none: any fit is its policy).
+    fn set_fit(&self, fit: Fit);
+}
+
+impl Tier for DramTier {
+    #[inline]
+    fn alloc(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        DramTier::alloc(self, size, align, zero)
+    }
+    unsafe fn free(&self, p: *mut u8, owner: Owner) {
+        // SAFETY: forwarded.
+        unsafe { DramTier::free(self, p, owner) }
+    }
+    unsafe fn usable_size(&self, p: *mut u8, owner: Owner) -> usize {
+        // SAFETY: forwarded.
+        unsafe { DramTier::usable_size(self, p, owner) }
+    }
+    unsafe fn resize_in_place(
+        &self,
+        p: *mut u8,
+        owner: Owner,
+        old: usize,
+        size: usize,
+        align: usize,
+    ) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { DramTier::resize_in_place(self, p, owner, old, size, align) }
+    }
+    fn stats(&self) -> TierStats {
+        DramTier::stats(self)
+    }
+    fn counters(&self) -> &TierCounters {
+        &self.counters
+    }
+    fn set_fit(&self, _fit: Fit) {}
+}
+
+impl Tier for DeviceTier {
+    fn alloc(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        match DeviceTier::alloc(self, size, align.max(16)) {
+            Some(p) => {
+                if zero {
+                    // SAFETY: the block holds at least `size` bytes; this writes, never reads.
+                    unsafe { p.write_bytes(0, size) };
+                }
+                p
+            }
+            None => core::ptr::null_mut(),
+        }
+    }
+    unsafe fn free(&self, p: *mut u8, _owner: Owner) {
+        self.free_or_report(p);
+    }
+    unsafe fn usable_size(&self, p: *mut u8, _owner: Owner) -> usize {
+        DeviceTier::usable_size(self, p).unwrap_or(0)
+    }
+    unsafe fn resize_in_place(
+        &self,
+        p: *mut u8,
+        _owner: Owner,
+        _old: usize,
+        size: usize,
+        _align: usize,
+    ) -> *mut u8 {
+        // In place, the block keeps its address, hence its alignment.
+        if DeviceTier::resize_in_place(self, p, size) {
+            p
+        } else {
+            core::ptr::null_mut()
+        }
+    }
+    fn stats(&self) -> TierStats {
+        DeviceTier::stats(self)
+    }
+    fn counters(&self) -> &TierCounters {
+        &self.counters
+    }
+    fn set_fit(&self, fit: Fit) {
+        DeviceTier::set_fit(self, fit)
+    }
+}
+
+/// A configured tier, whichever it is (static dispatch over the two kinds of tier).
+#[derive(Clone, Copy)]
+pub enum TierRef {
+    Dram(&'static DramTier),
+    Device(&'static DeviceTier),
+}
+
+/// Forwards every `Tier` method to the tier inside.
+macro_rules! forward {
+    ($self:ident, $t:ident => $call:expr) => {
+        match $self {
+            TierRef::Dram($t) => $call,
+            TierRef::Device($t) => $call,
+        }
+    };
+}
+
+impl Tier for TierRef {
+    #[inline]
+    fn alloc(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        forward!(self, t => Tier::alloc(*t, size, align, zero))
+    }
+    unsafe fn free(&self, p: *mut u8, owner: Owner) {
+        // SAFETY: forwarded.
+        forward!(self, t => unsafe { Tier::free(*t, p, owner) })
+    }
+    unsafe fn usable_size(&self, p: *mut u8, owner: Owner) -> usize {
+        // SAFETY: forwarded.
+        forward!(self, t => unsafe { Tier::usable_size(*t, p, owner) })
+    }
+    unsafe fn resize_in_place(
+        &self,
+        p: *mut u8,
+        owner: Owner,
+        old: usize,
+        size: usize,
+        align: usize,
+    ) -> *mut u8 {
+        // SAFETY: forwarded.
+        forward!(self, t => unsafe { Tier::resize_in_place(*t, p, owner, old, size, align) })
+    }
+    fn stats(&self) -> TierStats {
+        forward!(self, t => Tier::stats(*t))
+    }
+    fn counters(&self) -> &TierCounters {
+        forward!(self, t => Tier::counters(*t))
+    }
+    fn set_fit(&self, fit: Fit) {
+        forward!(self, t => Tier::set_fit(*t, fit))
+    }
+}
+
+/// Opens the tier `spec` describes: DRAM takes its `limit=`; a device tier is mapped (or
+/// reported in one line and skipped: false).
+pub fn open(spec: &TierSpec) -> bool {
+    if spec.kind == Kind::Dram {
+        if let Some(limit) = spec.limit {
+            DRAM.set_limit(limit);
+        }
+        true
+    } else {
+        device::open(spec)
+    }
+}
+
+/// Tier `kind`, if this process can allocate from it (DRAM always can).
+#[inline]
+pub fn get(kind: Kind) -> Option<TierRef> {
+    match kind {
+        Kind::Dram => Some(TierRef::Dram(&DRAM)),
+        kind => device::get(kind).map(TierRef::Device),
+    }
+}
+
+/// The tier that owns a block, from the page map's answer.
+#[inline]
+fn of(owner: Owner) -> Option<TierRef> {
+    get(owner.kind()?)
+}
+
+/// Frees any block of ours; null and foreign pointers are ignored.
+///
+/// # Safety
+/// `p` must be null, foreign, or a live block of ours not used after this.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    let owner = pagemap::owner_of(p as usize);
+    if owner == Owner::Segment {
+        // SAFETY: a segment owns `p`.
+        unsafe { dram::fast::free(p) }
+    } else {
+        // SAFETY: forwarded.
+        unsafe { free_other(p, owner) }
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_other(p: *mut u8, owner: Owner) {
+    if let Some(tier) = of(owner) {
+        // SAFETY: forwarded.
+        unsafe { tier.free(p, owner) }
+    }
+}
+
+/// The usable size of `p`: 0 for null and foreign pointers.
+///
+/// # Safety
+/// `p` must be null, foreign, or a live block of ours.
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    let owner = pagemap::owner_of(p as usize);
+    // SAFETY: forwarded.
+    of(owner).map_or(0, |tier| unsafe { tier.usable_size(p, owner) })
+}
+
+/// The tier of block `p`, if it is ours.
+pub fn kind_of(p: *const u8) -> Option<Kind> {
+    pagemap::owner_of(p as usize).kind()
+}
+
+/// Resizes `p` (non-null) to `size` (non-zero) bytes at `align` on its own tier: `None` if
+/// `p` is not ours, else the block, null with `p` intact on failure.
+///
+/// # Safety
+/// `p` must be a live block of ours, or foreign.
+pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> Option<*mut u8> {
+    let owner = pagemap::owner_of(p as usize);
+    let tier = of(owner)?;
+    // SAFETY: `p` is ours (owner) and live (contract).
+    let old = unsafe { tier.usable_size(p, owner) };
+    if old == 0 {
+        return Some(core::ptr::null_mut());
+    }
+    // SAFETY: as above.
+    let q = unsafe { tier.resize_in_place(p, owner, old, size, align) };
+    if !q.is_null() {
+        return Some(q);
+    }
+    let q = tier.alloc(size, align, false);
+    if q.is_null() {
+        tier.counters().failures.add(1);
+        return Some(q);
+    }
+    // SAFETY: two live blocks of ours, distinct, each holding the bytes copied; `p` is freed
+    // once, with the owner it was classified with.
+    unsafe {
+        core::ptr::copy_nonoverlapping(p, q, old.min(size));
+        tier.free(p, owner);
+    }
+    Some(q)
+}
+
+/// Chooses tier `kind`'s fit policy; false if the kind is not configured.
+pub fn set_fit(kind: Kind, fit: Fit) -> bool {
+    get(kind).map(|t| t.set_fit(fit)).is_some()
+}
+
+/// The figures of tier `kind`, if configured.
+pub fn stats(kind: Kind) -> Option<TierStats> {
+    get(kind).map(|t| t.stats())
+}
+
+#[cfg(test)]
+mod tests;
