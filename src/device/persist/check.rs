@@ -71,10 +71,10 @@ pub fn check_image(image: &[u8]) -> Result<HeapReport, String> {
                 report.in_use += len;
             }
             Extent::Slab { class, live } => {
-                let slot = crate::device_slabs::usable_of(class) + 16;
-                for n in 0..crate::device_slabs::slots_of(class) {
+                let slot = crate::device::slabs::usable_of(class) + 16;
+                for n in 0..crate::device::slabs::slots_of(class) {
                     if live[n / 64] & (1 << (n % 64)) != 0 {
-                        let at = offset + crate::device_slabs::SLAB_MARKER + n as u64 * slot;
+                        let at = offset + crate::device::slabs::SLAB_MARKER + n as u64 * slot;
                         live_starts.push(at + 16);
                         report.in_use += slot;
                     }

@@ -6,7 +6,7 @@
 //! crash-point checker replays them.
 
 use crate::backend::{Media, Region};
-use crate::tier::BlockHeader;
+use crate::device::header::BlockHeader;
 
 /// Writes `header` at `offset` as one 16-byte store.
 #[inline]

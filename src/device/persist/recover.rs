@@ -5,8 +5,8 @@
 
 use super::superblock::SUPERBLOCK_BYTES;
 use super::STATE_SLAB;
-use crate::device_slabs::{self, SLAB_BYTES, SLAB_MARKER, SLAB_WORDS};
-use crate::tier::{HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
+use crate::device::slabs::{self, SLAB_BYTES, SLAB_MARKER, SLAB_WORDS};
+use crate::device::header::{HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
 
 /// One extent of the chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,14 +96,14 @@ pub(crate) fn scan(
             }
             s if s & STATE_SLAB != 0 => {
                 let class = (s & !STATE_SLAB) as usize;
-                if class == 0 || class > device_slabs::CLASS_COUNT {
+                if class == 0 || class > slabs::CLASS_COUNT {
                     return damage("a slab marker names no size class");
                 }
                 if at % SLAB_BYTES != 0 || len != SLAB_BYTES {
                     return damage("a slab marker is not on a 16 KiB boundary, or not 16 KiB long");
                 }
                 let count = slab_slots(image, at, class, &mut live);
-                found.bytes_read += device_slabs::slots_of(class) as u64 * HEADER_SIZE;
+                found.bytes_read += slabs::slots_of(class) as u64 * HEADER_SIZE;
                 if count == 0 {
                     found.free_extents += 1;
                     Extent::EmptySlab
@@ -127,10 +127,10 @@ pub(crate) fn scan(
 /// live when its header has the magic, state "allocated" and exactly the class's size.
 fn slab_slots(image: &[u8], at: u64, class: usize, live: &mut [u64; SLAB_WORDS]) -> u64 {
     *live = [0; SLAB_WORDS];
-    let usable = device_slabs::usable_of(class);
+    let usable = slabs::usable_of(class);
     let slot = usable + HEADER_SIZE;
     let mut count = 0;
-    for n in 0..device_slabs::slots_of(class) {
+    for n in 0..slabs::slots_of(class) {
         let h = header_at(image, at + SLAB_MARKER + n as u64 * slot);
         if h.magic == HEADER_MAGIC && h.state == STATE_ALLOCATED && h.size == usable {
             live[n / 64] |= 1 << (n % 64);

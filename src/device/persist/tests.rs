@@ -6,9 +6,10 @@ use super::media::recorder::{self, Event};
 use super::recover::{self, Extent};
 use super::{check, roots, superblock};
 use crate::config::tier_spec_for_test as spec;
-use crate::device_slabs::{self, SLAB_MARKER};
+use crate::device::slabs::{self, SLAB_MARKER};
 use crate::test_rng::Rng;
-use crate::tier::{DeviceTier, BREAK_ORDER, HEADER_SIZE};
+use crate::device::header::HEADER_SIZE;
+use crate::device::{DeviceTier, BREAK_ORDER};
 use std::collections::BTreeMap;
 use std::string::{String, ToString};
 use std::vec::Vec;
@@ -39,8 +40,8 @@ fn recovered(image: &[u8], out: &mut Vec<(u64, u64)>) -> Result<(), String> {
         match extent {
             Extent::Block => out.push((offset, len - HEADER_SIZE)),
             Extent::Slab { class, live } => {
-                let usable = device_slabs::usable_of(class);
-                for n in 0..device_slabs::slots_of(class) {
+                let usable = slabs::usable_of(class);
+                for n in 0..slabs::slots_of(class) {
                     if live[n / 64] & (1 << (n % 64)) != 0 {
                         out.push((offset + SLAB_MARKER + n as u64 * (usable + 16), usable));
                     }

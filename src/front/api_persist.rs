@@ -18,12 +18,12 @@
 //! pmr.persist(counter.cast(), 8).expect("durable");
 //! ```
 
-use crate::api::Tier;
+use crate::front::api::Tier;
 use crate::place;
-use crate::tier::DeviceTier;
+use crate::device::{self, DeviceTier};
 use core::ptr::NonNull;
 
-pub use crate::persist::{check_file, HeapReport};
+pub use crate::device::persist::{check_file, HeapReport};
 
 /// A position in a device tier's region, from its start: what a program stores inside
 /// persistent blocks, since the region may map at another address next run.
@@ -48,7 +48,7 @@ impl core::fmt::Display for PersistError {
 
 impl Tier {
     fn device(&self) -> Result<&'static DeviceTier, PersistError> {
-        place::device(self.kind()).ok_or(PersistError(libc::ENODEV))
+        device::get(self.kind()).ok_or(PersistError(libc::ENODEV))
     }
 
     /// A block of at least `size` bytes on this tier (16-byte aligned), not zeroed; free it
@@ -90,7 +90,7 @@ impl Tier {
     /// The live blocks of this tier in address order (host metadata; no device read).
     pub fn blocks(&self) -> Blocks {
         Blocks {
-            tier: place::device(self.kind()),
+            tier: device::get(self.kind()),
             prev: None,
         }
     }
@@ -102,7 +102,7 @@ impl Tier {
 /// `p` is a live block of ours, not used afterwards.
 pub unsafe fn free_block(p: NonNull<u8>) {
     // SAFETY: the caller's contract.
-    unsafe { place::free(p.as_ptr()) }
+    unsafe { crate::tier::free(p.as_ptr()) }
 }
 
 /// The iterator of `Tier::blocks`. Freeing the block just returned is allowed; other blocks

@@ -2,11 +2,10 @@
 //! (`tm_persist`), durable named roots, a walk over live blocks, and offsets from a region's
 //! start, which stay valid when the region maps at another address next run.
 
-use crate::capi::KindArg;
-use crate::config::Kind;
+use crate::front::capi::KindArg;
+use crate::kind::Kind;
 use crate::os::set_errno;
-use crate::place;
-use crate::tier::DeviceTier;
+use crate::device::{self, DeviceTier};
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::ptr;
 
@@ -15,15 +14,15 @@ use core::ptr;
 fn device_tier(k: KindArg) -> Result<&'static DeviceTier, c_int> {
     match Kind::from_u32(k.0) {
         None | Some(Kind::Dram) => Err(libc::EINVAL),
-        Some(kind) => place::device(kind).ok_or(libc::ENODEV),
+        Some(kind) => device::get(kind).ok_or(libc::ENODEV),
     }
 }
 
 /// The device tier holding address `p`, if any.
 fn tier_of(p: *const c_void) -> Option<&'static DeviceTier> {
-    match place::kind_of(p.cast())? {
+    match crate::tier::kind_of(p.cast())? {
         Kind::Dram => None,
-        kind => place::device(kind),
+        kind => device::get(kind),
     }
 }
 
