@@ -74,7 +74,7 @@ pub(crate) struct DeviceTier {
     /// Set in a forked child whose shared region could not be made private (see the module
     /// comment); never cleared.
     inherited: AtomicBool,
-    /// Serialises changes to the roots table (`persist::roots`).
+    /// Serialises changes to the roots table, and reads against them (`persist::roots`).
     roots: spin::Mutex<()>,
 }
 
@@ -433,7 +433,11 @@ impl DeviceTier {
 
     /// The live block root `name` maps to (`None`: no such root, or its block is not live).
     pub fn root_get(&self, name: &[u8]) -> Option<*mut u8> {
-        let offset = persist::roots::get(&self.region, name)?;
+        // Under the roots lock: a root being set is never read half-written.
+        let offset = {
+            let _serial = self.roots.lock();
+            persist::roots::get(&self.region, name)?
+        };
         let p = self.at_offset(offset)?;
         self.usable_size(p).map(|_| p)
     }
