@@ -10,7 +10,7 @@
 //! 32  heap_start   8  offset of the first header (4096)
 //! 40  slab_bytes   8  16384 (the slab layout the chain's markers assume)
 //! 48  kind         4  the tm_kind that formatted it
-//! 52  dirty        4  1 while a process has the heap open (set on open; informational)
+//! 52  dirty        4  set to 1 by every open (informational: nothing clears it yet)
 //! 256 roots table (roots.rs)
 //! ```
 

@@ -274,6 +274,35 @@ fn roots_refuse_bad_names_and_foreign_blocks() {
     std::fs::remove_file(path).unwrap();
 }
 
+/// The offline checker (`tiermalloc check`) reports a root naming a freed block and a broken
+/// chain, each with its offset, and refuses an image that holds no heap.
+#[test]
+fn the_offline_checker_reports_problems() {
+    let path = shm("check");
+    let tier = open("pmr", &path, ",size=1M,create").unwrap();
+    let p = tier.alloc(9000, 16).unwrap();
+    let q = tier.alloc(100, 16).unwrap();
+    tier.root_set(b"gone", Some(p)).unwrap();
+    tier.root_set(b"kept", Some(q)).unwrap();
+    tier.free(p).unwrap();
+    let p_offset = tier.offset_in_region(p).unwrap();
+    let mut image = image_of(&tier);
+    drop(tier);
+    let report = check::check_image(&image).unwrap();
+    assert_eq!((report.blocks, report.slots, report.slabs), (0, 1, 1));
+    assert_eq!(report.roots.len(), 2);
+    assert_eq!(
+        report.problems,
+        vec![format!("root \"gone\" names offset {p_offset}, which is no live block")]
+    );
+    image[4096 + 8] ^= 0xff;
+    let report = check::check_image(&image).unwrap();
+    assert!(report.problems[0].starts_with("offset 4096: no block header"), "{:?}", report.problems);
+    assert!(check::check_image(&vec![7u8; 1 << 20]).is_err());
+    assert!(super::check_file(std::path::Path::new(&path), 0).unwrap().problems.len() == 1);
+    std::fs::remove_file(path).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // The crash-point checker
 // ---------------------------------------------------------------------------------------------
