@@ -108,17 +108,16 @@ pub unsafe fn discard(p: *mut u8, size: usize) {
     });
 }
 
-/// Prepares `[p, p + size)` (a file mapping) to be read front to back (a recovery scan): its
-/// page tables filled in one call (`MADV_POPULATE_READ`, Linux 5.14), rather than a page
-/// fault per 16 pages, and sequential read-ahead for what is not in memory yet. Advice only:
-/// an older kernel ignores what it does not know.
+/// Tells the kernel that `[p, p + size)` (a file mapping) is about to be read front to back
+/// (a recovery scan): sequential read-ahead, started for the whole range at once, so that a
+/// file on a disk is read in large reads. (`MADV_POPULATE_READ` was slower: on a 1 GiB
+/// tmpfs file it faulted the pages in one by one, 266 against 210 ms for the whole open.)
 pub fn advise_sequential(p: *mut u8, size: usize) {
     keep_errno(|| {
-        // SAFETY: madvise only changes read-ahead and paging advice and fills page tables for
-        // our own mapping, never contents.
+        // SAFETY: madvise only changes read-ahead and paging advice, never contents.
         unsafe {
             libc::madvise(p.cast(), size, libc::MADV_SEQUENTIAL);
-            libc::madvise(p.cast(), size, libc::MADV_POPULATE_READ);
+            libc::madvise(p.cast(), size, libc::MADV_WILLNEED);
         }
     });
 }

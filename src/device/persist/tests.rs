@@ -849,3 +849,59 @@ fn sigkill_storm_recovers_every_time() {
         let _ = std::fs::remove_file(f);
     }
 }
+
+/// Recovery time against the time to read the same header bytes (in-process, no `dlopen`):
+/// `cargo test --release --lib recovery_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn recovery_speed() {
+    let path = shm("speed");
+    let tier = open("pmr", &path, ",size=1G,create,fresh").unwrap();
+    let mut rng = Rng(0x5eed);
+    for i in 0..1_000_000u64 {
+        let size = if i % 64 == 63 {
+            4096 + rng.below(16384)
+        } else {
+            16 + rng.below(992)
+        };
+        tier.alloc(size as usize, 16).unwrap();
+    }
+    drop(tier);
+    for round in 0..3 {
+        let t0 = std::time::Instant::now();
+        let tier = open("pmr", &path, "").unwrap();
+        let opened = t0.elapsed();
+        let image = {
+            let r = tier.region();
+            // SAFETY: mapped and readable.
+            unsafe { core::slice::from_raw_parts(r.base as *const u8, r.len) }
+        };
+        let t1 = std::time::Instant::now();
+        let scanned = recover::scan(image, |_, _, _| true).unwrap();
+        let scan_only = t1.elapsed();
+        drop(tier);
+        // The bound: the same header bytes read from a fresh read-only mapping of the file.
+        let file = std::fs::File::open(&path).unwrap();
+        let len = 1usize << 30;
+        // SAFETY: a fresh shared read-only mapping of our own file, unmapped below.
+        let fresh = unsafe {
+            use std::os::fd::AsRawFd;
+            libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+        };
+        assert_ne!(fresh, libc::MAP_FAILED);
+        let t2 = std::time::Instant::now();
+        // SAFETY: mapped above, `len` bytes.
+        let read = recover::scan(unsafe { core::slice::from_raw_parts(fresh as *const u8, len) }, |_, _, _| true).unwrap();
+        let bound = t2.elapsed();
+        // SAFETY: our mapping, no longer used.
+        unsafe { libc::munmap(fresh, len) };
+        assert_eq!(read.bytes_read, scanned.bytes_read);
+        std::eprintln!(
+            "round {round}: open {opened:?}, the scan on the opened mapping {scan_only:?}, \
+             the scan on a fresh mapping {bound:?} ({} header bytes): open / bound {:.2}",
+            scanned.bytes_read,
+            opened.as_secs_f64() / bound.as_secs_f64()
+        );
+    }
+    std::fs::remove_file(path).unwrap();
+}
