@@ -144,7 +144,11 @@ pub unsafe extern "C" fn tm_realloc(ptr: *mut c_void, size: usize) -> *mut c_voi
         return ptr::null_mut();
     }
     if place::kind_of(ptr.cast()).is_none() {
-        return invalid();
+        // SAFETY: forwarded.
+        return match unsafe { crate::foreign::realloc(ptr.cast(), size) } {
+            Some(q) => q.cast(),
+            None => invalid(),
+        };
     }
     // SAFETY: a live block of ours (contract).
     let q = unsafe { place::realloc(ptr.cast(), size, 16) };

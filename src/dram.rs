@@ -4,12 +4,15 @@
 //! `realloc` keeps a block where it fits; a growing one above `GROW_TO_CACHED` moves to a large
 //! mapping when the cache has one, where it then grows without copying.
 //!
-//! Pointers that are not ours (the page map says `Foreign`) are ignored by `free` and have no
-//! usable size: under `LD_PRELOAD` they can only come from before we were loaded.
+//! A pointer that is not the start of a live block of ours is reported by `free` and
+//! `realloc` (`misuse`), or, when it is not ours at all and tiermalloc is not the process's
+//! allocator, handed to the process's own (`foreign`). It has no usable size.
 
 use crate::dram_budget;
 use crate::fast::{self, size_class};
 use crate::large;
+use crate::foreign;
+use crate::misuse::{self, Misuse};
 use crate::pagemap::{self, ChunkTag};
 use crate::stats::TierStats;
 
@@ -60,7 +63,7 @@ fn alloc_aligned_maybe_zeroed(size: usize, align: usize, zero: bool) -> *mut u8 
     }
 }
 
-/// Frees `p` (null and foreign pointers are ignored).
+/// Frees `p` (null is ignored, anything but a live block reported: see the module comment).
 ///
 /// # Safety
 /// `p` must be null, foreign, or a live block of ours not used after this.
@@ -77,9 +80,26 @@ pub unsafe fn free(p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn free_other(p: *mut u8) {
-    if pagemap::tag_of_block(p as usize) == ChunkTag::LargeHead {
-        // SAFETY: forwarded; `large::free` checks `p` is a block start.
-        unsafe { large::free(p) };
+    match pagemap::tag_of_block(p as usize) {
+        ChunkTag::LargeHead => {
+            // SAFETY: forwarded; `large::free` checks `p` is a block start.
+            if unsafe { !large::free(p) } {
+                misuse::report("free", p, large_misuse(p));
+            }
+        }
+        ChunkTag::LargeTail => misuse::report("free", p, Misuse::NotABlockStart),
+        // SAFETY: forwarded.
+        ChunkTag::Foreign if !p.is_null() => unsafe { foreign::free(p) },
+        _ => {}
+    }
+}
+
+/// What `p`, in a large mapping but not the start of its live block, is.
+fn large_misuse(p: *mut u8) -> Misuse {
+    if large::was_freed(p) {
+        Misuse::DoubleFree
+    } else {
+        Misuse::NotABlockStart
     }
 }
 
@@ -125,6 +145,10 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
     let old = match pagemap::tag_of_block(p as usize) {
         ChunkTag::Segment => {
             // SAFETY: a segment owns `p`.
+            if unsafe { !fast::check_live("realloc", p) } {
+                return core::ptr::null_mut();
+            }
+            // SAFETY: a live block of a segment.
             let old = unsafe { fast::usable_size(p) };
             if keeps_block(size, old) {
                 return p;
@@ -141,6 +165,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
         ChunkTag::LargeHead => {
             let old = large::usable_size(p);
             if old == 0 {
+                misuse::report("realloc", p, large_misuse(p));
                 return core::ptr::null_mut();
             }
             // A growing block stays large (it may have come from the cache above
@@ -166,7 +191,12 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
             }
             old
         }
-        _ => return core::ptr::null_mut(),
+        ChunkTag::LargeTail => {
+            misuse::report("realloc", p, Misuse::NotABlockStart);
+            return core::ptr::null_mut();
+        }
+        // SAFETY: forwarded.
+        _ => return unsafe { foreign::realloc(p, size) }.unwrap_or(core::ptr::null_mut()),
     };
     let q = alloc_aligned(size, align);
     if !q.is_null() {

@@ -39,6 +39,8 @@ mod dram_budget;
 #[cfg(not(loom))]
 mod fast;
 #[cfg(not(loom))]
+mod foreign;
+#[cfg(not(loom))]
 mod global_alloc;
 #[cfg(not(loom))]
 pub(crate) mod heap;
@@ -46,6 +48,8 @@ pub(crate) mod heap;
 mod large;
 #[cfg(not(loom))]
 mod meta;
+#[cfg(not(loom))]
+mod misuse;
 #[cfg(not(loom))]
 mod os;
 #[cfg(all(not(loom), feature = "override"))]

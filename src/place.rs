@@ -13,6 +13,7 @@
 
 use crate::backend::Problem;
 use crate::config::{self, Fit, Kind, PlaceRule, MAX_RULES, MAX_TIERS};
+use crate::misuse::{self, Misuse};
 use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierStats};
 use crate::tier::DeviceTier;
@@ -36,7 +37,6 @@ struct Tiers {
     rules: [PlaceRule; MAX_RULES],
     rule_count: usize,
     routed: bool,
-    ignore_bad_free: bool,
 }
 
 static TIERS: spin::Once<Tiers> = spin::Once::new();
@@ -62,7 +62,6 @@ fn open_tiers() -> Tiers {
         rules: config.rules,
         rule_count: config.rule_count,
         routed: false,
-        ignore_bad_free: config.ignore_bad_free,
     };
     for spec in config.tiers() {
         if spec.kind == Kind::Dram {
@@ -289,31 +288,16 @@ unsafe fn free_other(p: *mut u8) {
 }
 
 fn device_free(kind: Kind, p: *mut u8) {
-    let (Some(tiers), Some(tier)) = (TIERS.get(), device(kind)) else {
+    let Some(tier) = device(kind) else {
         return;
     };
     if let Err(error) = tier.free(p) {
         tier.failures.add(1);
-        let mut line = os::LineBuf::new();
         let what = match error {
-            crate::heap::FreeError::DoubleFree => "double free",
-            crate::heap::FreeError::NotAllocated => "not the start of a live block",
+            crate::heap::FreeError::DoubleFree => Misuse::DoubleFree,
+            crate::heap::FreeError::NotAllocated => Misuse::NotABlockStart,
         };
-        let action = if tiers.ignore_bad_free {
-            "ignored"
-        } else {
-            "aborting"
-        };
-        let _ = writeln!(
-            line,
-            "tiermalloc: free({p:p}) on tier {}: {what}; {action}",
-            kind.name()
-        );
-        line.flush();
-        if !tiers.ignore_bad_free {
-            // SAFETY: abort has no preconditions.
-            unsafe { libc::abort() };
-        }
+        misuse::report_on("free", p, kind.name(), what);
     }
 }
 
@@ -342,6 +326,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
     // SAFETY: forwarded.
     let old = unsafe { usable_size(p) };
     if old == 0 {
+        misuse::report_on("realloc", p, kind.name(), Misuse::NotABlockStart);
         return core::ptr::null_mut();
     }
     if dram::keeps_block(size, old) {

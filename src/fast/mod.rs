@@ -6,6 +6,7 @@
 //! the calling thread's heap pushes it back. A block freed by another thread goes on its page's
 //! remote list with one CAS.
 
+pub mod guard;
 pub mod heap;
 pub mod page;
 pub mod segment;
@@ -132,6 +133,16 @@ fn alloc_unbound(class: usize) -> *mut u8 {
 pub unsafe fn free(p: *mut u8) {
     let segment = Segment::of(p as usize);
     let page = Segment::page_of(segment, p as usize);
+    // SAFETY: a non-null page descriptor of a live segment; `p` lies in its slices, and the
+    // first word of a block that starts there is readable.
+    if page.is_null()
+        || unsafe { !(*page).is_block_start(p) || guard::may_be_free(*p.cast::<usize>(), p as usize) }
+    {
+        // SAFETY: forwarded.
+        if unsafe { !free_checked(page, p) } {
+            return;
+        }
+    }
     let slot = thread_heap::slot();
     // SAFETY: `segment` is a live segment (page map); its `heap` never changes.
     let owner = unsafe { (*segment).heap };
@@ -146,6 +157,59 @@ pub unsafe fn free(p: *mut u8) {
     } else {
         // SAFETY: forwarded.
         unsafe { free_remote(page, owner, p) }
+    }
+}
+
+/// The rare case of `free`: `p` is not a block start, or its first word looks like a free
+/// block's link. Returns whether `p` is a live block after all (program data that happened to
+/// decode to a plausible link); otherwise the misuse is reported (see `misuse`).
+///
+/// # Safety
+/// `page` must be null or the descriptor of the page whose slices hold `p`.
+#[cold]
+#[inline(never)]
+unsafe fn free_checked(page: *mut Page, p: *mut u8) -> bool {
+    match unsafe { check_block(page, p) } {
+        Ok(()) => true,
+        Err(misuse) => {
+            crate::misuse::report("free", p, misuse);
+            false
+        }
+    }
+}
+
+/// Whether `p`, in a segment, is a live block: `Err` says what it is instead.
+///
+/// # Safety
+/// `page` must be null or the descriptor of the page whose slices hold `p`.
+unsafe fn check_block(page: *mut Page, p: *mut u8) -> Result<(), crate::misuse::Misuse> {
+    // SAFETY: a page descriptor of a live segment (contract), and `p` a block start of it
+    // before its first word is read.
+    unsafe {
+        if page.is_null() || !(*page).is_block_start(p) {
+            return Err(crate::misuse::Misuse::NotABlockStart);
+        }
+        if guard::may_be_free(*p.cast::<usize>(), p as usize) && (*page).holds_free(p) {
+            return Err(crate::misuse::Misuse::DoubleFree);
+        }
+    }
+    Ok(())
+}
+
+/// Whether small block `p` (the page map says a segment holds it) is live; `realloc` asks
+/// before it reuses or copies a block. Reports the misuse and returns false otherwise.
+///
+/// # Safety
+/// The page map must tag `p`'s chunk `Segment`.
+pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
+    let page = Segment::page_of(Segment::of(p as usize), p as usize);
+    // SAFETY: as in `free`.
+    match unsafe { check_block(page, p) } {
+        Ok(()) => true,
+        Err(misuse) => {
+            crate::misuse::report(call, p, misuse);
+            false
+        }
     }
 }
 

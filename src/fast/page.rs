@@ -7,28 +7,30 @@
 //! `free` when `free` runs dry. Blocks past `capacity` have never been handed out and are carved
 //! a little at a time (`extend`), so a fresh page touches memory only as it fills.
 
+use crate::fast::guard;
 use crate::fast::size_class::{class_size, SLICE_SIZE};
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::os::PAGE_SIZE;
 use core::ptr;
 
-/// A free block: its first word links to the next free block.
+/// A free block: its first word links to the next free block, encoded (`guard::encode`).
 #[repr(C)]
 pub struct Block {
-    next: *mut Block,
+    link: usize,
 }
 
-// SAFETY: the link is the block's first word, which only the list holding the block touches.
+// SAFETY: the link is the block's first word, which only the list holding the block touches;
+// `next` decodes what `set_next` encoded.
 unsafe impl Link for Block {
     #[inline(always)]
     unsafe fn set_next(node: *mut Self, next: *mut Self) {
         // SAFETY: the caller owns the free block.
-        unsafe { (*node).next = next }
+        unsafe { (*node).link = guard::encode(next as usize, node as usize) }
     }
     #[inline(always)]
     unsafe fn next(node: *mut Self) -> *mut Self {
         // SAFETY: the caller owns the free block.
-        unsafe { (*node).next }
+        guard::decode(unsafe { (*node).link }, node as usize) as *mut Block
     }
 }
 
@@ -56,6 +58,10 @@ pub struct Page {
     pub next: *mut Page,
     pub prev: *mut Page,
     pub delayed_next: *mut Page,
+    /// `guard::divisor_magic(block_size)` while in use, else 0 (which divides no offset).
+    pub div_magic: u64,
+    /// `reserved * block_size`: blocks start below it.
+    pub span: u32,
 }
 
 // SAFETY: the link is `delayed_next`, written only by the one remote free that clears the
@@ -96,6 +102,8 @@ impl Page {
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             delayed_next: ptr::null_mut(),
+            div_magic: 0,
+            span: 0,
         }
     }
 
@@ -118,6 +126,31 @@ impl Page {
         self.start = start;
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
+        self.div_magic = guard::divisor_magic(size as u32);
+        self.span = self.reserved * size as u32;
+    }
+
+    /// Whether `p`, an address inside this page's slices, is the start of one of its blocks.
+    #[inline(always)]
+    pub fn is_block_start(&self, p: *mut u8) -> bool {
+        let offset = (p as usize).wrapping_sub(self.start as usize);
+        guard::divides(self.div_magic, offset) && offset < self.span as usize
+    }
+
+    /// Whether block `p` of this page is on its free or remote list (a suspected double free,
+    /// see `guard`). Exact for the owner's thread; another thread reads the lists racily,
+    /// which may miss a block being moved but never leaves the segment.
+    pub fn holds_free(&self, p: *mut u8) -> bool {
+        // SAFETY: the lists' blocks lie in this page's segment, which is mapped while the page
+        // holds `p`; a link that is not plausible ends the walk.
+        unsafe {
+            guard::is_on_lists(
+                p as usize,
+                self.free as usize,
+                self.remote.first::<Block>() as usize,
+                self.reserved,
+            )
+        }
     }
 
     /// Pops a block from `free`, or null.
@@ -127,8 +160,28 @@ impl Page {
         if block.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: blocks on `free` are ours and hold a valid link.
-        self.free = unsafe { (*block).next };
+        // SAFETY: blocks on `free` are ours and hold a link.
+        let next = guard::decode(unsafe { (*block).link }, block as usize);
+        if !guard::plausible(next, block as usize) {
+            return self.pop_corrupted(block);
+        }
+        self.free = next as *mut Block;
+        self.used += 1;
+        block.cast()
+    }
+
+    /// `pop` found that `block`'s link was overwritten: reported; if the program goes on
+    /// (`TIERMALLOC_ON_ERROR=ignore`), the rest of the list is dropped (leaked) and `block`,
+    /// which was free, is handed out.
+    #[cold]
+    #[inline(never)]
+    fn pop_corrupted(&mut self, block: *mut Block) -> *mut u8 {
+        crate::misuse::report(
+            "malloc",
+            block.cast(),
+            crate::misuse::Misuse::CorruptedFreeList,
+        );
+        self.free = ptr::null_mut();
         self.used += 1;
         block.cast()
     }
@@ -142,7 +195,7 @@ impl Page {
     pub unsafe fn push_local(&mut self, p: *mut u8) -> bool {
         let block = p.cast::<Block>();
         // SAFETY: the block is dead and at least 16 bytes.
-        unsafe { (*block).next = self.free };
+        unsafe { Block::set_next(block, self.free) };
         self.free = block;
         // SAFETY: the page holds this block, so `used` counts it: at least 1, with or without
         // the flag, and the signed subtraction cannot overflow. Saying so lets the compiler
@@ -188,10 +241,10 @@ impl Page {
             let mut block = first;
             for _ in 1..count {
                 let next = block.add(size);
-                (*block.cast::<Block>()).next = next.cast();
+                Block::set_next(block.cast(), next.cast());
                 block = next;
             }
-            (*block.cast::<Block>()).next = self.free;
+            Block::set_next(block.cast(), self.free);
             self.free = first.cast();
         }
         self.capacity += count as u32;
@@ -205,8 +258,20 @@ impl Page {
         while !list.is_null() {
             // SAFETY: taken blocks are ours; each link was written before its push.
             unsafe {
-                let next = (*list).next;
-                (*list).next = self.free;
+                let next = Block::next(list);
+                if !guard::plausible(next as usize, list as usize) {
+                    crate::misuse::report(
+                        "free",
+                        list.cast(),
+                        crate::misuse::Misuse::CorruptedFreeList,
+                    );
+                    // Ignored: the rest of the remote list is leaked, never handed out.
+                    Block::set_next(list, self.free);
+                    self.free = list;
+                    count += 1;
+                    break;
+                }
+                Block::set_next(list, self.free);
                 self.free = list;
                 list = next;
             }
@@ -228,7 +293,7 @@ impl Page {
             assert_eq!((a - self.start as usize) % self.block_size as usize, 0);
             n += 1;
             // SAFETY: free blocks hold valid links (what this walk checks).
-            b = unsafe { (*b).next };
+            b = unsafe { Block::next(b) };
         }
         assert_eq!(n + self.blocks_used(), self.capacity);
         assert!(self.capacity <= self.reserved);

@@ -58,6 +58,7 @@ fn find_run(mask: u64, n: usize) -> Option<usize> {
 impl Segment {
     /// Maps a new segment for `heap`; `None` when the kernel has no memory.
     pub fn create(heap: *mut Heap) -> Option<*mut Segment> {
+        crate::fast::guard::init_key();
         let base = os::map_aligned(CHUNK_SIZE, CHUNK_SIZE)?.as_ptr();
         if !pagemap::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
@@ -142,6 +143,7 @@ impl Segment {
             *entry = ptr::null_mut();
         }
         self.pages[start].block_size = 0;
+        self.pages[start].div_magic = 0;
         let mask = run_mask(start, n);
         debug_assert!(self.free_slices & mask == 0);
         self.free_slices |= mask;

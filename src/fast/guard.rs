@@ -1,0 +1,172 @@
+//! The small-block checks: encoded free-list links, and the tests `free` and `malloc` run on
+//! them to catch a double free, a pointer that is not a block's start, and a free block whose
+//! link was overwritten.
+//!
+//! **Encoded links** (as glibc's safe-linking and mimalloc's secure mode): a free block's first
+//! word holds `next ^ (at >> 12) ^ KEY`, where `at` is the block's own address and `KEY` a
+//! random word chosen once per process before the first segment exists. A link overwritten by
+//! the program (a use after free, an overflow from the block below) then decodes to a random
+//! address, which `pop` rejects unless it lies in the block's own 4 MiB segment (a chance of
+//! about 2^-25 for a random overwrite); a zero written over a link decodes to garbage too.
+//!
+//! **Double free**: a live block's first word is the program's data, a free block's an encoded
+//! link. `free` decodes the word it is about to overwrite; only when that gives a plausible
+//! link (null or inside the segment) does it walk the page's lists to see whether the block is
+//! on one (`is_free`). Program data passes for a link with a chance of about 2^-25, and then
+//! costs one walk of one page, so the cost by default is three instructions and one branch.
+//!
+//! **Block start**: a page's blocks sit at multiples of `block_size` from its start; `free`
+//! tests the offset with one multiplication (`divides`, Lemire's divisibility test) and one
+//! comparison with the page's span.
+
+use crate::pagemap::CHUNK_SIZE;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// The process's link key; 0 until the first segment is created (`init_key`), fixed after.
+static KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Chooses the link key, once, before any block exists (called by `Segment::create`).
+pub fn init_key() {
+    if KEY.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    let mut seed = [0u64; 2];
+    // SAFETY: AT_RANDOM, when the kernel gives it, points to 16 random bytes that live for the
+    // whole process; getauxval has no other preconditions.
+    unsafe {
+        let at_random = libc::getauxval(libc::AT_RANDOM) as *const u64;
+        if !at_random.is_null() {
+            seed = [at_random.read_unaligned(), at_random.add(1).read_unaligned()];
+        }
+    }
+    // Mix in what differs between processes even without AT_RANDOM (forked children share it
+    // with their parent, and share the parent's blocks too, so they must keep its key).
+    let mut x = seed[1] ^ os_entropy() ^ (&seed as *const _ as u64);
+    x = splitmix(x ^ seed[0]);
+    // A key with its top bits set keeps `KEY` itself (the encoding of null) far from any
+    // address, so a zeroed link never decodes to a plausible one.
+    let key = (x as usize) | (1 << 63) | 1;
+    let _ = KEY.compare_exchange(0, key, Ordering::AcqRel, Ordering::Relaxed);
+}
+
+fn os_entropy() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: getpid has no preconditions.
+    (ts.tv_nsec as u64) ^ ((ts.tv_sec as u64) << 32) ^ u64::from(unsafe { libc::getpid() } as u32)
+}
+
+/// One step of splitmix64: a well-mixed 64-bit value from any input.
+pub(crate) fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[inline(always)]
+fn key() -> usize {
+    KEY.load(Ordering::Relaxed)
+}
+
+/// The stored form of link `next` in the free block at `at`.
+#[inline(always)]
+pub fn encode(next: usize, at: usize) -> usize {
+    next ^ (at >> 12) ^ key()
+}
+
+/// The link stored as `word` in the free block at `at` (`encode` is its own inverse).
+#[inline(always)]
+pub fn decode(word: usize, at: usize) -> usize {
+    encode(word, at)
+}
+
+/// Whether `next` can be the link of the free block at `at`: null, or in the same segment.
+#[inline(always)]
+pub fn plausible(next: usize, at: usize) -> bool {
+    (next ^ at) < CHUNK_SIZE || next == 0
+}
+
+/// Whether the block at `at`, whose first word is `word`, may be free: its word decodes to a
+/// plausible link. False means certainly live (or never handed out); true asks for `is_free`.
+#[inline(always)]
+pub fn may_be_free(word: usize, at: usize) -> bool {
+    plausible(decode(word, at), at)
+}
+
+/// The multiplier of the divisibility test by `d` (`0 < d < 2^32`).
+pub const fn divisor_magic(d: u32) -> u64 {
+    u64::MAX / d as u64 + 1
+}
+
+/// Whether `magic = divisor_magic(d)` divides `offset` (`offset < 2^32`): Lemire, Kaser and
+/// Kurz, "Faster remainder by direct computation" (2019). A magic of 0 divides nothing.
+#[inline(always)]
+pub fn divides(magic: u64, offset: usize) -> bool {
+    (offset as u64).wrapping_mul(magic) < magic
+}
+
+/// Whether block `p` is on one of the lists that start at `first_local` and `first_remote`
+/// (both decoded with `decode`), looking at no more than `limit` links in all. A link that is
+/// not plausible ends a walk: this runs on a double-free suspicion and must itself never
+/// leave the segment.
+///
+/// # Safety
+/// Every plausible link must point into a mapped segment (the page's own).
+pub unsafe fn is_on_lists(p: usize, first_local: usize, first_remote: usize, limit: u32) -> bool {
+    let mut steps = 0u32;
+    for first in [first_local, first_remote] {
+        let mut b = first;
+        while b != 0 && steps <= limit {
+            if b == p {
+                return true;
+            }
+            // SAFETY: `b` is the head or a plausible link, inside the segment (contract).
+            let word = unsafe { (b as *const usize).read_volatile() };
+            let next = decode(word, b);
+            if !plausible(next, b) {
+                break;
+            }
+            b = next;
+            steps += 1;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divisibility_matches_the_remainder_for_every_class() {
+        for class in 0..crate::fast::size_class::CLASS_COUNT {
+            let d = crate::fast::size_class::class_size(class) as u32;
+            let magic = divisor_magic(d);
+            for offset in (0..(2usize << 20)).step_by(16) {
+                assert_eq!(divides(magic, offset), offset % d as usize == 0, "{d} {offset}");
+            }
+        }
+        assert!(!divides(0, 0), "a zero magic (a page not in use) divides nothing");
+    }
+
+    #[test]
+    fn links_round_trip_and_garbage_is_implausible() {
+        init_key();
+        let at = 0x7f00_1240_0100usize;
+        for next in [0, at + 0x40, at - 0x100] {
+            let word = encode(next, at);
+            assert_ne!(word, next);
+            assert_eq!(decode(word, at), next);
+            assert!(may_be_free(word, at));
+        }
+        // What a program typically leaves in a live block's first word.
+        for data in [0usize, 1, usize::MAX, 0x4141_4141_4141_4141, at, at + 16] {
+            assert!(!may_be_free(data, at), "{data:#x} passes for a link");
+        }
+    }
+}
