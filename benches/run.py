@@ -596,6 +596,10 @@ def add_common_options(ap):
     ap.add_argument("--json", metavar="FILE", help="write every raw measurement to FILE")
     ap.add_argument("--timeout", type=int, default=120, help="seconds per run (default 120)")
     ap.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler (default cc)")
+    ap.add_argument("--peer", action="append", default=[], metavar="NAME=LIB",
+                    help="one more allocator to preload, e.g. main=/path/to/main's "
+                    "libtiermalloc.so, to measure a change against the commit before it in the "
+                    "same run (repeatable)")
 
 
 def repetitions(ap, opts):
@@ -625,7 +629,13 @@ def choose_allocators(ap, opts, whichmalloc):
         ours = build_ours() if wanted else None
     libs = {}
     order = []
-    candidates = [("ours", ours)] + PEERS
+    extra = []
+    for spec in opts.peer:
+        name, sep, lib = spec.partition("=")
+        if not sep or not name or not lib:
+            ap.error("--peer wants NAME=LIB, got %r" % spec)
+        extra.append((name, os.path.abspath(lib)))
+    candidates = [("ours", ours)] + extra + PEERS
     want = None
     if opts.allocators:
         want = [a.strip() for a in opts.allocators.split(",") if a.strip()]

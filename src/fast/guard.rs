@@ -1,23 +1,20 @@
-//! The small-block checks: encoded free-list links, and the tests `free` and `malloc` run on
-//! them to catch a double free, a pointer that is not a block's start, and a free block whose
-//! link was overwritten.
+//! The small-block checks, each a few instructions on the fast paths (costs measured in
+//! BENCHMARKS.md, "Hardening"):
 //!
-//! **Encoded links** (as glibc's safe-linking and mimalloc's secure mode): a free block's first
-//! word holds `next ^ (at >> 12) ^ KEY`, where `at` is the block's own address and `KEY` a
-//! random word chosen once per process before the first segment exists. A link overwritten by
-//! the program (a use after free, an overflow from the block below) then decodes to a random
-//! address, which `pop` rejects unless it lies in the block's own 4 MiB segment (a chance of
-//! about 2^-25 for a random overwrite); a zero written over a link decodes to garbage too.
-//!
-//! **Double free**: a live block's first word is the program's data, a free block's an encoded
-//! link. `free` decodes the word it is about to overwrite; only when that gives a plausible
-//! link (null or inside the segment) does it walk the page's lists to see whether the block is
-//! on one (`is_free`). Program data passes for a link with a chance of about 2^-25, and then
-//! costs one walk of one page, so the cost by default is three instructions and one branch.
-//!
-//! **Block start**: a page's blocks sit at multiples of `block_size` from its start; `free`
-//! tests the offset with one multiplication (`divides`, Lemire's divisibility test) and one
-//! comparison with the page's span.
+//! - **Corrupted link** (glibc's safe-linking, mimalloc's secure mode): `pop` takes a free
+//!   block's link only if it is null or lies in the block's own 4 MiB segment (`plausible`).
+//!   Links are stored encoded, `next ^ KEY`, with `KEY` a random word chosen once per process
+//!   before the first segment exists: a link the program overwrote (a use after free, an
+//!   overflow from the block below), with bytes or with an address it knows, decodes to a
+//!   random address, rejected unless it falls in the segment (a chance of about 2^-25).
+//! - **Double free** (glibc's tcache key): a free block's second word holds its page's
+//!   descriptor address (`Block::tag`), which `pop` clears. `free` of a block whose second word
+//!   is that address walks the page's lists (`is_on_lists`) and reports it if found there;
+//!   program data equal to an address inside our segment header costs one walk and passes.
+//! - **Block start**: a page's blocks sit at multiples of `block_size` from its start; `free`
+//!   tests the offset with one multiplication (`divides`, Lemire's divisibility test) and one
+//!   comparison with the page's span. A slice that belongs to no page points at the empty
+//!   page, whose magic of 0 divides nothing: a pointer into freed slices fails the same test.
 
 use crate::pagemap::CHUNK_SIZE;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -73,29 +70,36 @@ fn key() -> usize {
     KEY.load(Ordering::Relaxed)
 }
 
-/// The stored form of link `next` in the free block at `at`.
-#[inline(always)]
-pub fn encode(next: usize, at: usize) -> usize {
-    next ^ (at >> 12) ^ key()
+/// The process's link key, for pages (copied into each page descriptor, where the fast
+/// paths find it without another load).
+pub fn process_key() -> usize {
+    key()
 }
 
-/// The link stored as `word` in the free block at `at` (`encode` is its own inverse).
+/// The stored form of link `next` under `key` (`process_key`, or its copy in a page).
 #[inline(always)]
-pub fn decode(word: usize, at: usize) -> usize {
-    encode(word, at)
+pub fn encode(next: usize, key: usize) -> usize {
+    next ^ key
+}
+
+/// The link stored as `word` under `key` (`encode` is its own inverse).
+#[inline(always)]
+pub fn decode(word: usize, key: usize) -> usize {
+    encode(word, key)
+}
+
+/// `encode` with the process's key, for lists that do not know their page (remote frees).
+#[inline(always)]
+pub fn encode_global(next: usize) -> usize {
+    next ^ key()
 }
 
 /// Whether `next` can be the link of the free block at `at`: null, or in the same segment.
+/// Computed as `min(next ^ at, next) < CHUNK_SIZE`, one comparison: it also accepts an address
+/// below 4 MiB, which no decoded overwrite gives unless it guessed the key.
 #[inline(always)]
 pub fn plausible(next: usize, at: usize) -> bool {
-    (next ^ at) < CHUNK_SIZE || next == 0
-}
-
-/// Whether the block at `at`, whose first word is `word`, may be free: its word decodes to a
-/// plausible link. False means certainly live (or never handed out); true asks for `is_free`.
-#[inline(always)]
-pub fn may_be_free(word: usize, at: usize) -> bool {
-    plausible(decode(word, at), at)
+    (next ^ at).min(next) < CHUNK_SIZE
 }
 
 /// The multiplier of the divisibility test by `d` (`0 < d < 2^32`).
@@ -117,7 +121,13 @@ pub fn divides(magic: u64, offset: usize) -> bool {
 ///
 /// # Safety
 /// Every plausible link must point into a mapped segment (the page's own).
-pub unsafe fn is_on_lists(p: usize, first_local: usize, first_remote: usize, limit: u32) -> bool {
+pub unsafe fn is_on_lists(
+    p: usize,
+    first_local: usize,
+    first_remote: usize,
+    key: usize,
+    limit: u32,
+) -> bool {
     let mut steps = 0u32;
     for first in [first_local, first_remote] {
         let mut b = first;
@@ -127,7 +137,7 @@ pub unsafe fn is_on_lists(p: usize, first_local: usize, first_remote: usize, lim
             }
             // SAFETY: `b` is the head or a plausible link, inside the segment (contract).
             let word = unsafe { (b as *const usize).read_volatile() };
-            let next = decode(word, b);
+            let next = decode(word, key);
             if !plausible(next, b) {
                 break;
             }
@@ -155,18 +165,19 @@ mod tests {
     }
 
     #[test]
-    fn links_round_trip_and_garbage_is_implausible() {
+    fn links_round_trip_and_overwritten_links_are_implausible() {
         init_key();
+        let key = process_key();
         let at = 0x7f00_1240_0100usize;
         for next in [0, at + 0x40, at - 0x100] {
-            let word = encode(next, at);
+            let word = encode(next, key);
             assert_ne!(word, next);
-            assert_eq!(decode(word, at), next);
-            assert!(may_be_free(word, at));
+            assert_eq!(decode(word, key), next);
+            assert!(plausible(decode(word, key), at));
         }
-        // What a program typically leaves in a live block's first word.
+        // What a use after free typically writes over a link: bytes, zero, an address.
         for data in [0usize, 1, usize::MAX, 0x4141_4141_4141_4141, at, at + 16] {
-            assert!(!may_be_free(data, at), "{data:#x} passes for a link");
+            assert!(!plausible(decode(data, key), at), "{data:#x} passes for a link");
         }
     }
 }

@@ -151,6 +151,15 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        let current = self.tables.current[class];
+        // SAFETY: the current page of a class is a page of ours or the empty page.
+        if unsafe { !(*current).free.is_null() } {
+            // The fast path's pop refused a block: its link was overwritten.
+            // SAFETY: as above.
+            let p = unsafe { (*current).pop_checked() };
+            self.traffic.on_alloc(class);
+            return p;
+        }
         self.take_delayed();
         if self.purge_due != 0 {
             self.consider_purge();
@@ -158,7 +167,7 @@ impl Heap {
         match self.find_page(class) {
             // SAFETY: find_page returns a valid page with a free block.
             Some(page) => unsafe {
-                let p = (*page).pop();
+                let p = (*page).pop_checked();
                 self.traffic.on_alloc(class);
                 p
             },

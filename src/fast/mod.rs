@@ -133,16 +133,22 @@ fn alloc_unbound(class: usize) -> *mut u8 {
 pub unsafe fn free(p: *mut u8) {
     let segment = Segment::of(p as usize);
     let page = Segment::page_of(segment, p as usize);
-    // SAFETY: a non-null page descriptor of a live segment; `p` lies in its slices, and the
-    // first word of a block that starts there is readable.
-    if page.is_null()
-        || unsafe { !(*page).is_block_start(p) || guard::may_be_free(*p.cast::<usize>(), p as usize) }
-    {
+    // SAFETY: `page` is a page of this segment or the empty page (never null).
+    if unsafe { (*page).suspect(p) } {
         // SAFETY: forwarded.
-        if unsafe { !free_checked(page, p) } {
-            return;
-        }
+        return unsafe { free_suspect(segment, page, p) };
     }
+    // SAFETY: a live block of `page` (it passed the checks).
+    unsafe { free_block(segment, page, p) }
+}
+
+/// Frees live block `p` of `page` in `segment`: pushed on the page's own list by the owner's
+/// thread, on its remote list by any other.
+///
+/// # Safety
+/// `p` must be a live block of `page`, not used after this.
+#[inline(always)]
+unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
     let slot = thread_heap::slot();
     // SAFETY: `segment` is a live segment (page map); its `heap` never changes.
     let owner = unsafe { (*segment).heap };
@@ -160,36 +166,35 @@ pub unsafe fn free(p: *mut u8) {
     }
 }
 
-/// The rare case of `free`: `p` is not a block start, or its first word looks like a free
-/// block's link. Returns whether `p` is a live block after all (program data that happened to
-/// decode to a plausible link); otherwise the misuse is reported (see `misuse`).
+/// The rare case of `free`: `p` is not a block start, or its block carries the free mark.
+/// Frees it if it is a live block after all (program data that equals the mark); otherwise
+/// reports the misuse (see `misuse`).
 ///
 /// # Safety
-/// `page` must be null or the descriptor of the page whose slices hold `p`.
+/// `page` must be the descriptor (or the empty page) that `segment` gives for `p`.
 #[cold]
 #[inline(never)]
-unsafe fn free_checked(page: *mut Page, p: *mut u8) -> bool {
+unsafe fn free_suspect(segment: *mut Segment, page: *mut Page, p: *mut u8) {
+    // SAFETY: forwarded.
     match unsafe { check_block(page, p) } {
-        Ok(()) => true,
-        Err(misuse) => {
-            crate::misuse::report("free", p, misuse);
-            false
-        }
+        // SAFETY: a live block of `page`.
+        Ok(()) => unsafe { free_block(segment, page, p) },
+        Err(misuse) => crate::misuse::report("free", p, misuse),
     }
 }
 
 /// Whether `p`, in a segment, is a live block: `Err` says what it is instead.
 ///
 /// # Safety
-/// `page` must be null or the descriptor of the page whose slices hold `p`.
+/// `page` must be the descriptor (or the empty page) of the slice that holds `p`.
 unsafe fn check_block(page: *mut Page, p: *mut u8) -> Result<(), crate::misuse::Misuse> {
-    // SAFETY: a page descriptor of a live segment (contract), and `p` a block start of it
-    // before its first word is read.
+    // SAFETY: a page descriptor of a live segment, or the empty page (contract); `p` is a
+    // block start of it before the block is read.
     unsafe {
-        if page.is_null() || !(*page).is_block_start(p) {
+        if !(*page).is_block_start(p) {
             return Err(crate::misuse::Misuse::NotABlockStart);
         }
-        if guard::may_be_free(*p.cast::<usize>(), p as usize) && (*page).holds_free(p) {
+        if (*page).suspect(p) && (*page).holds_free(p) {
             return Err(crate::misuse::Misuse::DoubleFree);
         }
     }
@@ -234,6 +239,7 @@ unsafe fn free_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
     }
     // SAFETY: see above; a page's remote list accepts pushes from any thread.
     unsafe {
+        page::Block::mark_free(p, page);
         if (*page).remote.push(p.cast::<page::Block>())
             == crate::lockfree::remote_list::Pushed::ClearedFlag
         {

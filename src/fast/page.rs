@@ -13,24 +13,39 @@ use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::os::PAGE_SIZE;
 use core::ptr;
 
-/// A free block: its first word links to the next free block, encoded (`guard::encode`).
+/// A free block (every class holds at least these 16 bytes): its first word links to the next
+/// free block, encoded (`guard::encode`); its second word is its page's descriptor address,
+/// the mark `free` tests to suspect a double free, cleared when the block is handed out.
 #[repr(C)]
 pub struct Block {
     link: usize,
+    tag: usize,
 }
 
 // SAFETY: the link is the block's first word, which only the list holding the block touches;
-// `next` decodes what `set_next` encoded.
+// `next` decodes what `set_next` encoded (every page's key is the process key).
 unsafe impl Link for Block {
     #[inline(always)]
     unsafe fn set_next(node: *mut Self, next: *mut Self) {
         // SAFETY: the caller owns the free block.
-        unsafe { (*node).link = guard::encode(next as usize, node as usize) }
+        unsafe { (*node).link = guard::encode_global(next as usize) }
     }
     #[inline(always)]
     unsafe fn next(node: *mut Self) -> *mut Self {
         // SAFETY: the caller owns the free block.
-        guard::decode(unsafe { (*node).link }, node as usize) as *mut Block
+        guard::encode_global(unsafe { (*node).link }) as *mut Block
+    }
+}
+
+impl Block {
+    /// Marks free block `p` as a free block of `page` (see `Page::suspect`).
+    ///
+    /// # Safety
+    /// `p` must be a block the caller is freeing.
+    #[inline(always)]
+    pub unsafe fn mark_free(p: *mut u8, page: *const Page) {
+        // SAFETY: blocks hold at least 16 bytes; the caller owns this dead one.
+        unsafe { (*p.cast::<Block>()).tag = page as usize }
     }
 }
 
@@ -62,6 +77,8 @@ pub struct Page {
     pub div_magic: u64,
     /// `reserved * block_size`: blocks start below it.
     pub span: u32,
+    /// The link key (`guard`): the process key, copied here where the fast paths have it.
+    pub key: usize,
 }
 
 // SAFETY: the link is `delayed_next`, written only by the one remote free that clears the
@@ -104,6 +121,7 @@ impl Page {
             delayed_next: ptr::null_mut(),
             div_magic: 0,
             span: 0,
+            key: 0,
         }
     }
 
@@ -128,10 +146,22 @@ impl Page {
         self.prev = ptr::null_mut();
         self.div_magic = guard::divisor_magic(size as u32);
         self.span = self.reserved * size as u32;
+        self.key = guard::process_key();
+    }
+
+    /// Whether `free(p)`, for an address `p` in this page's slices, needs a closer look: `p` is
+    /// not the start of a block, or the block carries the free mark. False for every live
+    /// block; true for the empty page (a slice of no page), whose magic is 0.
+    #[inline(always)]
+    pub fn suspect(&self, p: *mut u8) -> bool {
+        let offset = (p as usize).wrapping_sub(self.start as usize);
+        // SAFETY: read only once `p` is known to start a block of this page (16 bytes).
+        !guard::divides(self.div_magic, offset)
+            || offset >= self.span as usize
+            || unsafe { (*p.cast::<Block>()).tag } == self as *const Page as usize
     }
 
     /// Whether `p`, an address inside this page's slices, is the start of one of its blocks.
-    #[inline(always)]
     pub fn is_block_start(&self, p: *mut u8) -> bool {
         let offset = (p as usize).wrapping_sub(self.start as usize);
         guard::divides(self.div_magic, offset) && offset < self.span as usize
@@ -148,6 +178,7 @@ impl Page {
                 p as usize,
                 self.free as usize,
                 self.remote.first::<Block>() as usize,
+                self.key,
                 self.reserved,
             )
         }
@@ -161,16 +192,31 @@ impl Page {
             return ptr::null_mut();
         }
         // SAFETY: blocks on `free` are ours and hold a link.
-        let next = guard::decode(unsafe { (*block).link }, block as usize);
+        let next = guard::decode(unsafe { (*block).link }, self.key);
         if !guard::plausible(next, block as usize) {
-            return self.pop_corrupted(block);
+            // Corrupted: the slow path, which finds the page still holding blocks, reports it
+            // (`pop_checked`). No call here keeps the fast path free of register saves.
+            return ptr::null_mut();
         }
         self.free = next as *mut Block;
         self.used += 1;
+        // A block handed out carries no free mark (`suspect`).
+        // SAFETY: the block is ours until returned.
+        unsafe { (*block).tag = 0 };
         block.cast()
     }
 
-    /// `pop` found that `block`'s link was overwritten: reported; if the program goes on
+    /// `pop` for the slow path: a null from `pop` while `free` is not empty means the head's
+    /// link was overwritten, which is reported here.
+    pub fn pop_checked(&mut self) -> *mut u8 {
+        let p = self.pop();
+        if p.is_null() && !self.free.is_null() {
+            return self.pop_corrupted(self.free);
+        }
+        p
+    }
+
+    /// The head `block`'s link was overwritten: reported; if the program goes on
     /// (`TIERMALLOC_ON_ERROR=ignore`), the rest of the list is dropped (leaked) and `block`,
     /// which was free, is handed out.
     #[cold]
@@ -183,6 +229,8 @@ impl Page {
         );
         self.free = ptr::null_mut();
         self.used += 1;
+        // SAFETY: the block was free, so it is ours to hand out.
+        unsafe { (*block).tag = 0 };
         block.cast()
     }
 
@@ -195,7 +243,10 @@ impl Page {
     pub unsafe fn push_local(&mut self, p: *mut u8) -> bool {
         let block = p.cast::<Block>();
         // SAFETY: the block is dead and at least 16 bytes.
-        unsafe { Block::set_next(block, self.free) };
+        unsafe {
+            (*block).link = guard::encode(self.free as usize, self.key);
+            (*block).tag = self as *const Page as usize;
+        }
         self.free = block;
         // SAFETY: the page holds this block, so `used` counts it: at least 1, with or without
         // the flag, and the signed subtraction cannot overflow. Saying so lets the compiler
@@ -242,9 +293,11 @@ impl Page {
             for _ in 1..count {
                 let next = block.add(size);
                 Block::set_next(block.cast(), next.cast());
+                Block::mark_free(block, self);
                 block = next;
             }
             Block::set_next(block.cast(), self.free);
+            Block::mark_free(block, self);
             self.free = first.cast();
         }
         self.capacity += count as u32;

@@ -27,8 +27,8 @@ const ALL_BLOCK_SLICES: u64 = !1;
 #[repr(C)]
 pub struct Segment {
     pub heap: *mut Heap,
-    /// For each slice, the descriptor of the page covering it (null if free): `free` finds a
-    /// block's page with one load.
+    /// For each slice, the descriptor of the page covering it (the empty page if none, which
+    /// `Page::suspect` rejects): `free` finds a block's page with one load.
     page_of_slice: [*mut Page; SLICES],
     pub free_slices: u64,
     pub dirty_slices: u64,
@@ -71,6 +71,7 @@ impl Segment {
         unsafe {
             (*segment).heap = heap;
             (*segment).free_slices = ALL_BLOCK_SLICES;
+            (*segment).page_of_slice = [Page::empty_page(); SLICES];
         }
         pagemap::set(
             base as usize,
@@ -140,7 +141,7 @@ impl Segment {
         // SAFETY: `page` is a head descriptor of this segment.
         let n = unsafe { (*page).slice_count } as usize;
         for entry in &mut self.page_of_slice[start..start + n] {
-            *entry = ptr::null_mut();
+            *entry = Page::empty_page();
         }
         self.pages[start].block_size = 0;
         self.pages[start].div_magic = 0;
