@@ -256,6 +256,7 @@ c_tests! {
     dlopen_lib,
     stress_mt,
     heap_misuse,
+    address_limit,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.
