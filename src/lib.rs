@@ -46,6 +46,8 @@ mod global_alloc;
 pub(crate) mod heap;
 #[cfg(not(loom))]
 mod large;
+#[cfg(all(not(loom), feature = "override"))]
+mod malloc_info;
 #[cfg(not(loom))]
 mod meta;
 #[cfg(not(loom))]

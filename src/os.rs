@@ -223,6 +223,11 @@ impl LineBuf {
             len: 0,
         }
     }
+    /// The text buffered so far.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
     /// Writes the buffered text to stderr and empties the buffer.
     pub fn flush(&mut self) {
         write_stderr(&self.buf[..self.len]);

@@ -368,22 +368,24 @@ impl Heap {
         }
     }
 
-    /// Returns the memory of every free slice of this heap to the kernel.
-    pub fn purge(&mut self) {
+    /// Returns the memory of every free slice of this heap to the kernel: the bytes purged.
+    pub fn purge(&mut self) -> usize {
+        let mut purged = 0;
         let mut segment = self.available;
         while !segment.is_null() {
             // SAFETY: list members are valid segments of this heap.
             unsafe {
-                (*segment).purge();
+                purged += (*segment).purge();
                 segment = (*segment).next;
             }
         }
         if !self.cached.is_null() {
             // SAFETY: the cached segment is ours and empty.
-            unsafe { (*self.cached).purge() };
+            purged += unsafe { (*self.cached).purge() };
         }
         self.dirty_bytes = 0;
         self.purge_due = 0;
+        purged
     }
 
     /// Cuts a page of `class` from `segment`, keeping `dirty_bytes` true.
