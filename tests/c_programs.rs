@@ -257,6 +257,7 @@ c_tests! {
     stress_mt,
     heap_misuse,
     address_limit,
+    malloc_introspection,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.
