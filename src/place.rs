@@ -122,6 +122,9 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
         );
     }
     let _ = write!(line, ": {}", problem.what);
+    if let Some((needed, free)) = problem.room {
+        let _ = write!(line, " (size {needed} bytes, {free} bytes free)");
+    }
     if problem.errno != 0 {
         let mut buf = [0u8; 128];
         // SAFETY: strerror_r writes a NUL-terminated message into our buffer.

@@ -124,10 +124,7 @@ impl DeviceTier {
         let Some((heap, slabs)) = metadata else {
             // SAFETY: nothing uses the fresh region.
             unsafe { backend::unmap_region(region) };
-            return Err(Problem {
-                what: "no host memory for the tier's metadata",
-                errno: 0,
-            });
+            return Err(Problem::new("no host memory for the tier's metadata"));
         };
         pagemap::set(
             region.base,
