@@ -58,12 +58,26 @@ fn look_up() -> (usize, usize) {
             libc::dlsym(libc::RTLD_DEFAULT, c"realloc".as_ptr()) as usize,
         )
     };
-    let ours = crate::override_libc::free as unsafe extern "C" fn(*mut c_void) as usize;
-    if free == 0 || free == ours {
+    // Whether that `free` is in our own object. (Not by comparing it with the address of our
+    // `free`: inside this library that address resolves through the GOT to the process's
+    // `free`, whichever it is.)
+    if free == 0 || object_of(free) == object_of(look_up as usize) {
         (OURS, UNKNOWN)
     } else {
         (free, realloc)
     }
+}
+
+/// The base address of the loaded object holding code address `addr` (0 if none).
+#[cfg(feature = "override")]
+fn object_of(addr: usize) -> usize {
+    // SAFETY: all-zero is a valid `Dl_info`; dladdr only writes it.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::dladdr(addr as *const c_void, &mut info) } == 0 {
+        return 0;
+    }
+    info.dli_fbase as usize
 }
 
 /// Without the unprefixed names the program's `free` is never ours, but nothing of the
