@@ -98,6 +98,8 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
     let result = map_path_noting_creation(spec, path, &mut created);
     if result.is_err() && created {
         crate::device_space::remove_created(path);
+    } else if created && spec.per_process && !spec.keep {
+        crate::device_space::remove_at_exit(path);
     }
     result
 }

@@ -102,6 +102,10 @@ pub struct TierSpec {
     pub numa: Option<u32>,
     pub limit: Option<u64>,
     pub fit: Fit,
+    /// The path named `%p`: a file of this process alone, removed at its exit unless `keep`.
+    pub per_process: bool,
+    /// `keep`: a `%p` file stays after the process exits.
+    pub keep: bool,
 }
 
 impl TierSpec {
@@ -116,6 +120,8 @@ impl TierSpec {
             numa: None,
             limit: None,
             fit: Fit::Best,
+            per_process: false,
+            keep: false,
         }
     }
 
@@ -243,7 +249,9 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
         seen |= bit;
         match (key, value) {
             (b"create", None) => spec.create = true,
+            (b"keep", None) => spec.keep = true,
             (b"path", Some(v)) if !v.is_empty() => {
+                spec.per_process = v.windows(2).any(|w| w == b"%p");
                 spec.path_len = expand_path(v, &mut spec.path)
                     .ok_or("path= needs a file name shorter than 256 bytes")?;
             }
@@ -260,7 +268,9 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
             (b"fit", Some(b"best")) => spec.fit = Fit::Best,
             (b"fit", Some(b"worst")) => spec.fit = Fit::Worst,
             (b"fit", _) => return Err("fit= must be best or worst"),
-            _ => return Err("unknown key (expected path, size, offset, create, numa, limit, fit)"),
+            _ => return Err(
+                "unknown key (expected path, size, offset, create, keep, numa, limit, fit)",
+            ),
         }
     }
     check_tier(&spec)?;
@@ -268,8 +278,8 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
 }
 
 /// The keys of a tier entry, in the order of `parse_tier`'s bit set of keys seen.
-const KEYS: [&[u8]; 7] = [
-    b"path", b"size", b"offset", b"create", b"numa", b"limit", b"fit",
+const KEYS: [&[u8]; 8] = [
+    b"path", b"size", b"offset", b"create", b"numa", b"limit", b"fit", b"keep",
 ];
 
 /// The most bytes a tier can span: the user address space.

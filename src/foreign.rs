@@ -61,7 +61,7 @@ fn look_up() -> (usize, usize) {
     // Whether that `free` is in our own object. (Not by comparing it with the address of our
     // `free`: inside this library that address resolves through the GOT to the process's
     // `free`, whichever it is.)
-    if free == 0 || object_of(free) == object_of(look_up as usize) {
+    if free == 0 || object_of(free) == object_of(look_up as *const () as usize) {
         (OURS, UNKNOWN)
     } else {
         (free, realloc)

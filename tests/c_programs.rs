@@ -258,6 +258,7 @@ c_tests! {
     heap_misuse,
     address_limit,
     malloc_introspection,
+    tier_files,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.
