@@ -12,9 +12,10 @@
 //!   is that address walks the page's lists (`is_on_lists`) and reports it if found there;
 //!   program data equal to an address inside our segment header costs one walk and passes.
 //! - **Block start**: a page's blocks sit at multiples of `block_size` from its start; `free`
-//!   tests the offset with one multiplication (`divides`, Lemire's divisibility test) and one
-//!   comparison with the page's span. A slice that belongs to no page points at the empty
-//!   page, whose magic of 0 divides nothing: a pointer into freed slices fails the same test.
+//!   tests the offset with one multiplication and one comparison (`is_block_offset`, after
+//!   Lemire's divisibility test), which also bounds it by the page's block count. A slice that
+//!   belongs to no page points at the empty page, whose limit of 0 accepts nothing: a pointer
+//!   into freed slices fails the same test.
 
 use crate::pagemap::CHUNK_SIZE;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -102,16 +103,31 @@ pub fn plausible(next: usize, at: usize) -> bool {
     (next ^ at).min(next) < CHUNK_SIZE
 }
 
-/// The multiplier of the divisibility test by `d` (`0 < d < 2^32`).
+/// The multiplier of the block-start test for blocks of `d` bytes (`16 <= d < 2^32`):
+/// `floor(2^64 / d) + 1`, one more for a power of two so that `e = magic * d - 2^64` is never 0.
 pub const fn divisor_magic(d: u32) -> u64 {
-    u64::MAX / d as u64 + 1
+    let base = u64::MAX / d as u64 + 1;
+    if d.is_power_of_two() {
+        base + 1
+    } else {
+        base
+    }
 }
 
-/// Whether `magic = divisor_magic(d)` divides `offset` (`offset < 2^32`): Lemire, Kaser and
-/// Kurz, "Faster remainder by direct computation" (2019). A magic of 0 divides nothing.
+/// The bound of the block-start test for `blocks` blocks of `d` bytes: `blocks * e`.
+pub const fn block_limit(d: u32, blocks: u32) -> u64 {
+    divisor_magic(d).wrapping_mul(d as u64) * blocks as u64
+}
+
+/// Whether `offset` (< 2^21, a page's span) is `k * d` with `k < blocks`, given
+/// `magic = divisor_magic(d)` and `limit = block_limit(d, blocks)`: one multiplication and one
+/// comparison. For `offset = k * d`, `offset * magic mod 2^64 = k * e`, which grows with `k`
+/// and stays below `magic`; for any other offset below 2^32 it is at least `magic` (Lemire,
+/// Kaser and Kurz, "Faster remainder by direct computation", 2019), and `magic >= 2^45` exceeds
+/// every limit. A limit of 0 (a page not in use) accepts nothing.
 #[inline(always)]
-pub fn divides(magic: u64, offset: usize) -> bool {
-    (offset as u64).wrapping_mul(magic) < magic
+pub fn is_block_offset(magic: u64, limit: u64, offset: usize) -> bool {
+    (offset as u64).wrapping_mul(magic) < limit
 }
 
 /// Whether block `p` is on one of the lists that start at `first_local` and `first_remote`
@@ -153,15 +169,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn divisibility_matches_the_remainder_for_every_class() {
+    fn block_offsets_are_recognised_exactly_for_every_class() {
         for class in 0..crate::fast::size_class::CLASS_COUNT {
             let d = crate::fast::size_class::class_size(class) as u32;
-            let magic = divisor_magic(d);
-            for offset in (0..(2usize << 20)).step_by(16) {
-                assert_eq!(divides(magic, offset), offset % d as usize == 0, "{d} {offset}");
+            let slices = crate::fast::size_class::page_slices(class) as u32;
+            let blocks = slices * crate::fast::size_class::SLICE_SIZE as u32 / d;
+            let (magic, limit) = (divisor_magic(d), block_limit(d, blocks));
+            let span = (slices as usize) << 16;
+            let step = if d <= 64 { 1 } else { 8 };
+            for offset in (0..span).step_by(step).chain([span - 1]) {
+                let want = offset % d as usize == 0 && offset / (d as usize) < blocks as usize;
+                assert_eq!(is_block_offset(magic, limit, offset), want, "{d} {offset}");
             }
         }
-        assert!(!divides(0, 0), "a zero magic (a page not in use) divides nothing");
+        assert!(!is_block_offset(123, 0, 0), "a zero limit (a page not in use) accepts nothing");
     }
 
     #[test]

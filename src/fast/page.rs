@@ -73,10 +73,10 @@ pub struct Page {
     pub next: *mut Page,
     pub prev: *mut Page,
     pub delayed_next: *mut Page,
-    /// `guard::divisor_magic(block_size)` while in use, else 0 (which divides no offset).
+    /// `guard::divisor_magic(block_size)` while in use.
     pub div_magic: u64,
-    /// `reserved * block_size`: blocks start below it.
-    pub span: u32,
+    /// `guard::block_limit(block_size, reserved)` while in use, else 0 (no offset passes).
+    pub block_limit: u64,
     /// The link key (`guard`): the process key, copied here where the fast paths have it.
     pub key: usize,
 }
@@ -120,7 +120,7 @@ impl Page {
             prev: ptr::null_mut(),
             delayed_next: ptr::null_mut(),
             div_magic: 0,
-            span: 0,
+            block_limit: 0,
             key: 0,
         }
     }
@@ -145,7 +145,7 @@ impl Page {
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
         self.div_magic = guard::divisor_magic(size as u32);
-        self.span = self.reserved * size as u32;
+        self.block_limit = guard::block_limit(size as u32, self.reserved);
         self.key = guard::process_key();
     }
 
@@ -156,15 +156,14 @@ impl Page {
     pub fn suspect(&self, p: *mut u8) -> bool {
         let offset = (p as usize).wrapping_sub(self.start as usize);
         // SAFETY: read only once `p` is known to start a block of this page (16 bytes).
-        !guard::divides(self.div_magic, offset)
-            || offset >= self.span as usize
+        !guard::is_block_offset(self.div_magic, self.block_limit, offset)
             || unsafe { (*p.cast::<Block>()).tag } == self as *const Page as usize
     }
 
     /// Whether `p`, an address inside this page's slices, is the start of one of its blocks.
     pub fn is_block_start(&self, p: *mut u8) -> bool {
         let offset = (p as usize).wrapping_sub(self.start as usize);
-        guard::divides(self.div_magic, offset) && offset < self.span as usize
+        guard::is_block_offset(self.div_magic, self.block_limit, offset)
     }
 
     /// Whether block `p` of this page is on its free or remote list (a suspected double free,

@@ -144,7 +144,7 @@ impl Segment {
             *entry = Page::empty_page();
         }
         self.pages[start].block_size = 0;
-        self.pages[start].div_magic = 0;
+        self.pages[start].block_limit = 0;
         let mask = run_mask(start, n);
         debug_assert!(self.free_slices & mask == 0);
         self.free_slices |= mask;
