@@ -2,6 +2,8 @@
 /* tier_files.c — tier files are left behind only when asked:
  *  - a `%p` tier file (one per process) exists while its process runs and is removed when it
  *    exits; with `keep` it stays;
+ *  - a tier file truncated under the running program: the SIGBUS at the next touch of a block
+ *    kills it as before, after one line naming the tier and its file;
  *  - a file created for a tier that then fails (here: larger than the file system's free
  *    space) is removed at once, and the tier is refused in one line naming the path, the size
  *    and the free space; the program runs on DRAM.
@@ -32,6 +34,17 @@ static int child_refused(void)
     void *q = malloc(1000);
     free(q);
     return p == NULL && q != NULL ? 0 : 1;
+}
+
+static int child_truncate(const char *path)
+{
+    char *p = tm_malloc(TM_CXL, 100000);
+    if (!p)
+        return 2;
+    if (truncate(path, 0) != 0)
+        return 3;
+    memset(p, 1, 100000); /* SIGBUS */
+    return 4;
 }
 
 /* Runs this program with TIERMALLOC_TIERS=tiers and the given mode; stderr into err, the wait
@@ -66,6 +79,8 @@ int main(int argc, char **argv)
         return child(argv[2]);
     if (argc > 1 && strcmp(argv[1], "--child-refused") == 0)
         return child_refused();
+    if (argc > 2 && strcmp(argv[1], "--child-truncate") == 0)
+        return child_truncate(argv[2]);
     watchdog(30, "tier_files");
     char base[128], tiers[512], path[160], err[4096];
     snprintf(base, sizeof base, "/dev/shm/tiermalloc-ct-files-%d", (int)getpid());
@@ -86,6 +101,15 @@ int main(int argc, char **argv)
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "keep child: status %#x, stderr: %s", status, err);
     snprintf(path, sizeof path, "%s-%d", base, pid);
     CHECK(stat(path, &st) == 0, "%%p tier file %s with keep is gone", path);
+    unlink(path);
+
+    /* Truncated under the program: one line, then death by SIGBUS. */
+    snprintf(path, sizeof path, "%s-truncated", base);
+    snprintf(tiers, sizeof tiers, "dram;cxl:path=%s,size=4M,create", path);
+    run(tiers, "--child-truncate", path, err, sizeof err, &status);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "truncated tier: status %#x, stderr: %s", status, err);
+    CHECK(strstr(err, "SIGBUS") && strstr(err, "'cxl'") && strstr(err, path) && line_count(err) == 1,
+          "want one line naming the tier and %s: %s", path, err);
     unlink(path);
 
     /* No room: refused in one line, the created file removed. */

@@ -33,6 +33,8 @@ mod config;
 #[cfg(not(loom))]
 mod device_slabs;
 #[cfg(not(loom))]
+mod device_sigbus;
+#[cfg(not(loom))]
 mod device_space;
 #[cfg(not(loom))]
 mod dram;

@@ -70,7 +70,10 @@ fn open_tiers() -> Tiers {
             }
         } else {
             match DeviceTier::open(spec) {
-                Ok(tier) => tiers.device[spec.kind as usize] = Some(tier),
+                Ok(tier) => {
+                    tiers.device[spec.kind as usize] = Some(tier);
+                    crate::device_sigbus::install();
+                }
                 Err(problem) => {
                     report_tier(spec.kind, spec.path(), problem);
                     continue;
