@@ -45,6 +45,14 @@ static void interior_free_of(void *arg)
     free(p + 8); /* + 16 would be the next block of the 16-byte class */
 }
 
+/* A block start of the same page that was never carved (mimalloc-bench's invalid_free_close). */
+static void free_uncarved_block(void *arg)
+{
+    size_t size = (size_t)arg;
+    char *p = malloc(size);
+    free(p + 4096 * ((size + 4095) / 4096) * 8);
+}
+
 static void interior_free_aligned(void *arg)
 {
     (void)arg;
@@ -199,6 +207,8 @@ int main(int argc, char **argv)
         EXPECT_ABORT(double_free_from_another_thread, s, "double free", NULL);
         EXPECT_ABORT(double_free_after_remote_free, s, "double free", NULL);
     }
+    EXPECT_ABORT(free_uncarved_block, (void *)16, "not the start of a live block", NULL);
+    EXPECT_ABORT(free_uncarved_block, (void *)4096, "not the start of a live block", NULL);
     EXPECT_ABORT(double_free_aligned, NULL, "double free", NULL);
     EXPECT_ABORT(interior_free_aligned, NULL, "not the start of a live block", NULL);
     EXPECT_ABORT(free_stack, NULL, "not allocated by tiermalloc", NULL);

@@ -75,7 +75,7 @@ pub struct Page {
     pub delayed_next: *mut Page,
     /// `guard::divisor_magic(block_size)` while in use.
     pub div_magic: u64,
-    /// `guard::block_limit(block_size, reserved)` while in use, else 0 (no offset passes).
+    /// `guard::block_limit(block_size, capacity)` while in use, else 0 (no offset passes).
     pub block_limit: u64,
     /// The link key (`guard`): the process key, copied here where the fast paths have it.
     pub key: usize,
@@ -145,7 +145,8 @@ impl Page {
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
         self.div_magic = guard::divisor_magic(size as u32);
-        self.block_limit = guard::block_limit(size as u32, self.reserved);
+        // No block is carved yet: `extend` raises the limit as it carves.
+        self.block_limit = 0;
         self.key = guard::process_key();
     }
 
@@ -300,6 +301,9 @@ impl Page {
             self.free = first.cast();
         }
         self.capacity += count as u32;
+        // Only carved blocks pass `free`'s block-start test: a pointer to one never carved
+        // would otherwise join the free list without ever having been handed out.
+        self.block_limit = guard::block_limit(self.block_size, self.capacity);
         true
     }
 
