@@ -155,6 +155,8 @@ pub struct Config {
     /// `TIERMALLOC_ON_ERROR=ignore`: a bad free on a device tier is reported, counted and
     /// ignored instead of aborting.
     pub ignore_bad_free: bool,
+    /// `TIERMALLOC_SECURE=1`: the hardening that costs more (see `fast::guard::secure`).
+    pub secure: bool,
 }
 
 impl Config {
@@ -171,6 +173,7 @@ impl Config {
             show_stats: false,
             verbose: false,
             ignore_bad_free: false,
+            secure: false,
         }
     }
 
@@ -443,6 +446,7 @@ pub fn get() -> &'static Config {
                 os::getenv(b"TIERMALLOC_VERBOSE"),
                 &mut Stderr,
             );
+            config.secure = flag(os::getenv(b"TIERMALLOC_SECURE"));
             match os::getenv(b"TIERMALLOC_ON_ERROR") {
                 None | Some(b"abort") => {}
                 Some(b"ignore") => config.ignore_bad_free = true,

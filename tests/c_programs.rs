@@ -259,6 +259,7 @@ c_tests! {
     address_limit,
     malloc_introspection,
     tier_files,
+    secure_mode,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

@@ -71,6 +71,12 @@ fn key() -> usize {
     KEY.load(Ordering::Relaxed)
 }
 
+/// `TIERMALLOC_SECURE=1`: checks and layout that cost more than the defaults (today: pages
+/// carve their blocks in a random order). Read on slow paths only.
+pub fn secure() -> bool {
+    crate::config::get().secure
+}
+
 /// The process's link key, for pages (copied into each page descriptor, where the fast
 /// paths find it without another load).
 pub fn process_key() -> usize {

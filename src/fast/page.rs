@@ -94,6 +94,9 @@ unsafe impl Link for Page {
     }
 }
 
+/// The most blocks `carve_shuffled` links at once.
+const CARVE_SHUFFLED_MAX: usize = 256;
+
 /// The flag bit of `Page::used` that marks a page parked in `full`.
 const IN_FULL: u32 = 1 << 31;
 
@@ -285,8 +288,34 @@ impl Page {
         }
         let size = self.block_size as usize;
         let count = (PAGE_SIZE / size).clamp(1, (self.reserved - self.capacity) as usize);
-        // SAFETY: blocks [capacity, capacity + count) lie inside the page and were never
-        // handed out; we link them front to back and put them before the current free list.
+        let secure = guard::secure();
+        // Shuffling a few blocks would leave neighbours together: secure mode carves up to
+        // 256 at once (touching their memory sooner).
+        let count = if secure {
+            ((self.reserved - self.capacity) as usize).min(CARVE_SHUFFLED_MAX)
+        } else {
+            count
+        };
+        if secure {
+            self.carve_shuffled(count);
+        } else {
+            // SAFETY: as in `carve_shuffled`, front to back.
+            unsafe { self.carve_in_order(count) };
+        }
+        self.capacity += count as u32;
+        // Only carved blocks pass `free`'s block-start test: a pointer to one never carved
+        // would otherwise join the free list without ever having been handed out.
+        self.block_limit = guard::block_limit(self.block_size, self.capacity);
+        true
+    }
+
+    /// Links blocks `[capacity, capacity + count)` front to back before the free list.
+    ///
+    /// # Safety
+    /// Those blocks must lie inside the page and never have been handed out.
+    unsafe fn carve_in_order(&mut self, count: usize) {
+        let size = self.block_size as usize;
+        // SAFETY: per the contract.
         unsafe {
             let first = self.start.add(self.capacity as usize * size);
             let mut block = first;
@@ -300,11 +329,32 @@ impl Page {
             Block::mark_free(block, self);
             self.free = first.cast();
         }
-        self.capacity += count as u32;
-        // Only carved blocks pass `free`'s block-start test: a pointer to one never carved
-        // would otherwise join the free list without ever having been handed out.
-        self.block_limit = guard::block_limit(self.block_size, self.capacity);
-        true
+    }
+
+    /// `TIERMALLOC_SECURE=1`: links blocks `[capacity, capacity + count)` in a random order
+    /// (a Fisher-Yates shuffle of their indices), so that consecutive allocations are not
+    /// neighbours an overflow can predict.
+    fn carve_shuffled(&mut self, count: usize) {
+        let size = self.block_size as usize;
+        let mut order = [0u16; CARVE_SHUFFLED_MAX];
+        let count = count.min(order.len());
+        for (i, slot) in order[..count].iter_mut().enumerate() {
+            *slot = i as u16;
+        }
+        let mut state = guard::splitmix(self.start as u64 ^ u64::from(self.capacity) ^ guard::process_key() as u64);
+        for i in (1..count).rev() {
+            state = guard::splitmix(state);
+            order.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        for &i in order[..count].iter().rev() {
+            // SAFETY: block `capacity + i` lies inside the page and was never handed out.
+            unsafe {
+                let block = self.start.add((self.capacity as usize + i as usize) * size);
+                Block::set_next(block.cast(), self.free);
+                Block::mark_free(block, self);
+                self.free = block.cast();
+            }
+        }
     }
 
     /// Moves blocks freed by other threads onto `free`. Returns how many.
