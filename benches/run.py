@@ -587,8 +587,11 @@ def add_common_options(ap):
                     help="do not run cargo build; use the existing target/release library")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, small parameters")
-    ap.add_argument("--allocators", help="comma-separated subset of: ours,glibc,mimalloc,jemalloc,"
-                    "tcmalloc")
+    ap.add_argument("--before", metavar="LIB",
+                    help="another libtiermalloc.so (an earlier commit's) measured as allocator "
+                    "'before', interleaved with the others: a change against its parent in one run")
+    ap.add_argument("--allocators", help="comma-separated subset of: ours,before,glibc,mimalloc,"
+                    "jemalloc,tcmalloc")
     ap.add_argument("--baseline", default="ours",
                     help="allocator the ratios are relative to (default ours; glibc if ours is "
                     "unavailable)")
@@ -597,9 +600,8 @@ def add_common_options(ap):
     ap.add_argument("--timeout", type=int, default=120, help="seconds per run (default 120)")
     ap.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler (default cc)")
     ap.add_argument("--peer", action="append", default=[], metavar="NAME=LIB",
-                    help="one more allocator to preload, e.g. main=/path/to/main's "
-                    "libtiermalloc.so, to measure a change against the commit before it in the "
-                    "same run (repeatable)")
+                    help="one more allocator to preload under NAME, e.g. a build of this library "
+                    "with one check compiled out (repeatable; --before LIB is --peer before=LIB)")
 
 
 def repetitions(ap, opts):
@@ -629,8 +631,10 @@ def choose_allocators(ap, opts, whichmalloc):
         ours = build_ours() if wanted else None
     libs = {}
     order = []
+    # --before LIB is --peer before=LIB.
+    specs = (["before=" + opts.before] if opts.before else []) + opts.peer
     extra = []
-    for spec in opts.peer:
+    for spec in specs:
         name, sep, lib = spec.partition("=")
         if not sep or not name or not lib:
             ap.error("--peer wants NAME=LIB, got %r" % spec)

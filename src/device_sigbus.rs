@@ -9,7 +9,7 @@
 //! A handler the program installs later replaces this one, as it should.
 
 use crate::os;
-use crate::pagemap::{self, CHUNK_MASK};
+use crate::pagemap;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -40,7 +40,8 @@ pub fn install() {
 extern "C" fn on_sigbus(sig: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
-    if let Some(kind) = pagemap::tag_of_chunk(addr & !CHUNK_MASK).device_kind() {
+    // The chunk holding `addr` is the owner chunk of `addr + 1`.
+    if let pagemap::Owner::Device(kind) = pagemap::owner_of(addr.wrapping_add(1)) {
         let path = crate::config::get()
             .tiers()
             .iter()

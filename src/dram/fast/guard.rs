@@ -17,7 +17,7 @@
 //!   belongs to no page points at the empty page, whose limit of 0 accepts nothing: a pointer
 //!   into freed slices fails the same test.
 
-use crate::pagemap::CHUNK_SIZE;
+use crate::chunk::CHUNK_SIZE;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The process's link key; 0 until the first segment is created (`init_key`), fixed after.
@@ -176,10 +176,10 @@ mod tests {
 
     #[test]
     fn block_offsets_are_recognised_exactly_for_every_class() {
-        for class in 0..crate::fast::size_class::CLASS_COUNT {
-            let d = crate::fast::size_class::class_size(class) as u32;
-            let slices = crate::fast::size_class::page_slices(class) as u32;
-            let blocks = slices * crate::fast::size_class::SLICE_SIZE as u32 / d;
+        for class in 0..crate::dram::fast::size_class::CLASS_COUNT {
+            let d = crate::dram::fast::size_class::class_size(class) as u32;
+            let slices = crate::dram::fast::size_class::page_slices(class) as u32;
+            let blocks = slices * crate::dram::fast::size_class::SLICE_SIZE as u32 / d;
             let (magic, limit) = (divisor_magic(d), block_limit(d, blocks));
             let span = (slices as usize) << 16;
             let step = if d <= 64 { 1 } else { 8 };

@@ -7,8 +7,8 @@
 //! `free` when `free` runs dry. Blocks past `capacity` have never been handed out and are carved
 //! a little at a time (`extend`), so a fresh page touches memory only as it fills.
 
-use crate::fast::guard;
-use crate::fast::size_class::{class_size, SLICE_SIZE};
+use crate::dram::fast::guard;
+use crate::dram::fast::size_class::{class_size, SLICE_SIZE};
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::os::PAGE_SIZE;
 use core::ptr;

@@ -11,7 +11,8 @@
 //! `keepcost`) are 0: we have no such thing. `mallopt` changes nothing and says so (0);
 //! `malloc_trim` gives free slices of the calling thread's heap back to the kernel.
 
-use crate::{dram, fast, large, os};
+use crate::dram::{self, fast, large, DRAM};
+use crate::os;
 use core::ffi::{c_int, c_void};
 use core::fmt::Write;
 
@@ -48,12 +49,12 @@ pub struct Mallinfo {
 }
 
 fn figures() -> Mallinfo2 {
-    let s = dram::stats();
-    let large_bytes = crate::dram_budget::LARGE_LIVE_BYTES.get();
+    let s = DRAM.stats();
+    let large_bytes = dram::budget::LARGE_LIVE_BYTES.get();
     let large_live = large::LARGE_ALLOCATIONS
         .get()
         .saturating_sub(large::LARGE_FREES.get());
-    let arena = fast::heap::SEGMENT_BYTES.get();
+    let arena = dram::segments_mapped();
     let small_in_use = s.in_use.saturating_sub(large_bytes);
     Mallinfo2 {
         arena: arena as usize,
@@ -108,14 +109,14 @@ pub extern "C" fn malloc_stats() {
         m.uordblks, m.hblks, m.hblkhd
     );
     line.flush();
-    crate::place::print_stats();
+    super::report::print_stats();
 }
 
 /// glibc's `malloc_trim`: gives the free slices of the calling thread's heap back to the
 /// kernel (`pad` is not needed: nothing is kept at a top). 1 if anything was released.
 #[no_mangle]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
-    let heap = fast::thread_heap::current();
+    let heap = fast::binding::current();
     if heap.is_null() {
         return 0;
     }

@@ -13,14 +13,16 @@
 //! slices stay open afterwards (purged or not), which keeps a segment at a few kernel mappings
 //! (VMAs) however its pages come and go.
 //!
-//! A segment belongs to one heap for its whole life: `heap` never changes after creation,
+//! A segment belongs to one heap for its whole life: `owner` never changes after creation,
 //! which lets any thread compare it with its own heap to tell a local free from a remote one.
+//! The segment keeps its owner as an address only: it never looks inside the heap, so this
+//! module depends on `page`, not on `heap` (which cuts pages from segments).
 
-use crate::fast::heap::Heap;
-use crate::fast::page::Page;
-use crate::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
+use crate::dram::fast::page::Page;
+use crate::dram::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
 use crate::os;
-use crate::pagemap::{self, ChunkTag, CHUNK_MASK, CHUNK_SIZE};
+use crate::chunk::{self, CHUNK_MASK, CHUNK_SIZE};
+use crate::pagemap::{self, ChunkTag};
 use core::ptr;
 
 pub(crate) const SLICES: usize = CHUNK_SIZE / SLICE_SIZE;
@@ -33,7 +35,8 @@ const ALL_BLOCK_SLICES: u64 = !1;
 /// (except for the heap's cached empty segment, which is on no list).
 #[repr(C)]
 pub struct Segment {
-    pub heap: *mut Heap,
+    /// The address of the thread heap (`heap::Heap`) that owns the segment.
+    pub owner: usize,
     /// For each slice, the descriptor of the page covering it (the empty page if none, which
     /// `Page::suspect` rejects): `free` finds a block's page with one load.
     page_of_slice: [*mut Page; SLICES],
@@ -65,11 +68,12 @@ fn find_run(mask: u64, n: usize) -> Option<usize> {
 }
 
 impl Segment {
-    /// Maps a new segment for `heap`; `None` when the kernel has no memory.
-    pub fn create(heap: *mut Heap) -> Option<*mut Segment> {
-        crate::fast::guard::init_key();
+    /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
+    /// memory.
+    pub fn create(owner: usize) -> Option<*mut Segment> {
+        crate::dram::fast::guard::init_key();
         let base = os::map_aligned(CHUNK_SIZE, CHUNK_SIZE)?.as_ptr();
-        if !pagemap::covers(base as usize, CHUNK_SIZE) {
+        if !chunk::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
             unsafe { os::unmap(base, CHUNK_SIZE) };
             return None;
@@ -82,7 +86,7 @@ impl Segment {
         // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
         // `Page` is an unused descriptor.
         unsafe {
-            (*segment).heap = heap;
+            (*segment).owner = owner;
             (*segment).free_slices = ALL_BLOCK_SLICES;
             (*segment).page_of_slice = [Page::empty_page(); SLICES];
             (*segment).open_slices = if closed { 0 } else { u64::MAX };
@@ -212,7 +216,7 @@ mod tests {
 
     #[test]
     fn unused_slices_and_the_header_tail_are_inaccessible() {
-        let segment = Segment::create(ptr::null_mut()).unwrap();
+        let segment = Segment::create(0).unwrap();
         let base = segment as usize;
         let header = os::page_round(core::mem::size_of::<Segment>());
         assert!(readable(base) && readable(base + header - 1));
