@@ -155,7 +155,7 @@ impl Page {
 
     /// Whether `free(p)`, for an address `p` in this page's slices, needs a closer look: `p` is
     /// not the start of a block, or the block carries the free mark. False for every live
-    /// block; true for the empty page (a slice of no page), whose magic is 0.
+    /// block; true for the empty page (a slice of no page), whose block limit is 0.
     #[inline(always)]
     pub fn suspect(&self, p: *mut u8) -> bool {
         let offset = (p as usize).wrapping_sub(self.start as usize);
