@@ -25,6 +25,7 @@ pub enum Misuse {
     /// A free block's link was overwritten (a use after free or an overflow).
     CorruptedFreeList,
     /// `free_sized`'s size cannot be the size this block was allocated with.
+    #[cfg_attr(not(feature = "override"), allow(dead_code))] // `free_sized` is an override name
     SizeMismatch { given: usize, usable: usize },
 }
 

@@ -239,6 +239,7 @@ impl LineBuf {
         }
     }
     /// The text buffered so far.
+    #[cfg_attr(not(feature = "override"), allow(dead_code))] // for `malloc_info`
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
