@@ -26,7 +26,7 @@ pub mod persist;
 pub mod slabs;
 
 use crate::backend::{self, Problem, Region};
-use crate::config::{self, TierSpec};
+use crate::config::TierSpec;
 use crate::kind::{Fit, Kind};
 use crate::os;
 use crate::pagemap::{self, ChunkTag};
@@ -161,9 +161,8 @@ impl DeviceTier {
                 });
                 if let Err(damage) = scanned {
                     return Err(Problem {
-                        what: damage.what,
-                        errno: 0,
                         at: Some(damage.offset),
+                        ..Problem::new(damage.what)
                     });
                 }
                 media::order(region);
@@ -529,6 +528,7 @@ pub fn open(spec: &TierSpec) -> bool {
     match DeviceTier::open(spec) {
         Ok(tier) => {
             slot.call_once(|| tier);
+            crate::device_sigbus::install();
             true
         }
         Err(problem) => {
@@ -563,6 +563,9 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
     if let Some(at) = problem.at {
         let _ = write!(line, " at offset {at}");
     }
+    if let Some((needed, free)) = problem.room {
+        let _ = write!(line, " (size {needed} bytes, {free} bytes free)");
+    }
     if problem.errno != 0 {
         let mut buf = [0u8; 128];
         // SAFETY: strerror_r writes a NUL-terminated message into our buffer.
@@ -586,23 +589,11 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
 /// Reports a refused free in one line, then aborts unless `TIERMALLOC_ON_ERROR=ignore`.
 #[cold]
 fn report_bad_free(kind: Kind, p: *mut u8, error: FreeError) {
-    let ignore = config::get().ignore_bad_free;
-    let mut line = os::LineBuf::new();
     let what = match error {
-        FreeError::DoubleFree => "double free",
-        FreeError::NotAllocated => "not the start of a live block",
+        FreeError::DoubleFree => crate::misuse::Misuse::DoubleFree,
+        FreeError::NotAllocated => crate::misuse::Misuse::NotABlockStart,
     };
-    let action = if ignore { "ignored" } else { "aborting" };
-    let _ = writeln!(
-        line,
-        "tiermalloc: free({p:p}) on tier {}: {what}; {action}",
-        kind.name()
-    );
-    line.flush();
-    if !ignore {
-        // SAFETY: abort has no preconditions.
-        unsafe { libc::abort() };
-    }
+    crate::misuse::report_on("free", p, kind.name(), what);
 }
 
 /// Tiers live for the whole process in `OPENED`; only tests close one (to open its file again).

@@ -7,7 +7,9 @@ use crate::test_rng::Rng;
 
 fn open(name: &str, extra: &str) -> (DeviceTier, String) {
     let path = format!("/dev/shm/tiermalloc-tier-{}-{name}", std::process::id());
-    let text = format!("pmr:path={path},size=4M,create{extra}");
+    // A key may be given once: `extra`'s size= replaces the default.
+    let size = if extra.contains("size=") { "" } else { ",size=4M" };
+    let text = format!("pmr:path={path},create{size}{extra}");
     (DeviceTier::open(&tier_spec_for_test(&text)).unwrap(), path)
 }
 
