@@ -23,6 +23,7 @@
 //! # Opening (`decide`)
 //!
 //! - a valid superblock of this region's length: `persist` → recover; `fresh` → format;
+//! - a heap formatted for another length: `persist` → refused; `fresh` → format;
 //! - a superblock whose format never finished: format (it held nothing);
 //! - zeroes (checked in full), or bytes that did not exist before this open (a file just
 //!   created or extended): format;
@@ -130,6 +131,7 @@ pub(crate) fn decide(region: &Region, spec: &TierSpec) -> Result<Opening, Proble
     match superblock::examine(image) {
         superblock::Found::Heap if spec.persists() => Ok(Opening::Recover),
         superblock::Found::Heap | superblock::Found::Unfinished => Ok(Opening::Format),
+        superblock::Found::OtherLength if !spec.persists() => Ok(Opening::Format),
         superblock::Found::OtherLength => Err(Problem::new(
             "holds a tiermalloc heap of another size (give its size=, or add format to overwrite it)",
         )),

@@ -131,11 +131,14 @@ fn opening_formats_zeroes_recovers_heaps_and_refuses_foreign_bytes() {
         .err()
         .expect("other length");
     assert!(other.what.contains("another size"), "{}", other.what);
+    let smaller = open("pmr", &path, ",size=512K,fresh").unwrap();
+    assert_eq!(smaller.stats().in_use, 0, "fresh formats a heap of another size");
+    drop(smaller);
     // A broken chain: refused with the offset named.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[4096 + 8..4096 + 12].copy_from_slice(b"XXXX");
     std::fs::write(&path, &bytes).unwrap();
-    let damaged = open("pmr", &path, "").err().expect("damaged heap refused");
+    let damaged = open("pmr", &path, ",size=512K").err().expect("damaged heap refused");
     assert_eq!(damaged.at, Some(4096), "{}", damaged.what);
     std::fs::remove_file(path).unwrap();
 }
