@@ -78,7 +78,12 @@
 //! an exact fit), 16 + 8 + 2 = 26 bytes in 3 stores (a split). The split's 8-byte store is
 //! the one store correctness adds: without it the free space behind a new block has no
 //! header a scan could find. Carving from the end makes it 8 bytes, not a 16-byte header for
-//! a new tail. No operation reads the device.
+//! a new tail. No operation reads the device. A slab's life adds its marker (16 B), the size
+//! in front (8 B) and the marker's state at retirement (2 B): a program that makes and retires
+//! a slab on every pair pays 44 bytes in 5 stores (tests/device_touches.rs measures all three
+//! patterns). The price of cutting from the end: the size store lands on the free extent's
+//! first line, often far from the block (a cache miss on a file, BENCHMARKS.md), and a block
+//! has free space behind it (to grow in place into) less often than when cut from the front.
 //!
 //! What `order()` costs: nothing on a file or a BAR (stores reach the page cache, and a PCIe
 //! device, in program order; a compiler fence keeps them so), a cache-line flush and `sfence`
