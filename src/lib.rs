@@ -5,9 +5,9 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | front ends | `capi` (`tm_*`), `override_libc` (malloc family), `global_alloc`, `api`, `runtime` |
+//! | front ends | `capi` (`tm_*`), `capi_evacuate` (`tm_evacuate`), `override_libc` (malloc family), `global_alloc`, `api`, `runtime` |
 //! | placement | `place` |
-//! | tiers | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks); `tier` (a device tier: `heap` + `device_slabs` + headers) |
+//! | tiers | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks); `tier` (a device tier: `heap` + `device_slabs` + headers), `evacuate` (its live move onto another device) |
 //! | extent heap | `heap` (host-metadata best/worst fit, coalescing) |
 //! | address map | `pagemap` |
 //! | memory sources | `backend` (device mappings), `meta` (metadata arena), `thread_slot` (TLS), `os` |
@@ -29,6 +29,8 @@ mod backend;
 #[cfg(not(loom))]
 pub mod capi;
 #[cfg(not(loom))]
+pub mod capi_evacuate;
+#[cfg(not(loom))]
 mod config;
 #[cfg(not(loom))]
 mod device_slabs;
@@ -36,6 +38,8 @@ mod device_slabs;
 mod dram;
 #[cfg(not(loom))]
 mod dram_budget;
+#[cfg(not(loom))]
+mod evacuate;
 #[cfg(not(loom))]
 mod fast;
 #[cfg(not(loom))]
@@ -66,6 +70,9 @@ mod thread_slot;
 mod tier;
 
 #[cfg(not(loom))]
-pub use api::{kind_of, print_stats, stats, Fit, Kind, Tier, TierError, TierStats};
+pub use api::{
+    evacuate, kind_of, print_stats, stats, EvacuateError, Evacuation, Fit, Kind, Tier, TierError,
+    TierStats,
+};
 #[cfg(not(loom))]
 pub use global_alloc::TierMalloc;

@@ -123,22 +123,7 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
         );
     }
     let _ = write!(line, ": {}", problem.what);
-    if problem.errno != 0 {
-        let mut buf = [0u8; 128];
-        // SAFETY: strerror_r writes a NUL-terminated message into our buffer.
-        let rc = unsafe { libc::strerror_r(problem.errno, buf.as_mut_ptr().cast(), buf.len()) };
-        let text = core::ffi::CStr::from_bytes_until_nul(&buf)
-            .ok()
-            .and_then(|c| c.to_str().ok());
-        match text {
-            Some(text) if rc == 0 => {
-                let _ = write!(line, ": {text}");
-            }
-            _ => {
-                let _ = write!(line, ": errno {}", problem.errno);
-            }
-        }
-    }
+    os::write_errno_text(&mut line, problem.errno);
     let _ = writeln!(line, "; tier skipped");
     line.flush();
 }
@@ -372,6 +357,23 @@ pub fn set_fit(kind: Kind, fit: Fit) -> bool {
         // DRAM has no extent heap: any fit is trivially its policy.
         None => kind == Kind::Dram,
     }
+}
+
+/// Moves device tier `kind` onto `target` (its `spare=` if `None`) in place (`evacuate`).
+/// `Err(EINVAL)` for DRAM, `Err(ENODEV)` for a kind not configured; other failures are
+/// reported in one line on stderr.
+pub fn evacuate(
+    kind: Kind,
+    target: Option<&core::ffi::CStr>,
+) -> Result<crate::evacuate::Report, i32> {
+    if kind == Kind::Dram {
+        return Err(libc::EINVAL);
+    }
+    let tier = device(kind).ok_or(libc::ENODEV)?;
+    tier.evacuate(target).map_err(|problem| {
+        crate::evacuate::report_failure(kind, target, &problem);
+        problem.errno
+    })
 }
 
 /// The figures of tier `kind`, if configured.

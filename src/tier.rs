@@ -26,10 +26,12 @@
 use crate::backend::{self, Problem, Region};
 use crate::config::{Fit, Kind, TierSpec};
 use crate::device_slabs::{SlabFree, Slabs, SLAB_BYTES};
+use crate::evacuate::{self, DeviceState, LiveExtents};
 use crate::heap::{ExtentHeap, FreeError};
 use crate::os;
 use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierStats};
+use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Bytes of the header before every device block (`TM_HEADER_SIZE`).
@@ -113,6 +115,8 @@ pub(crate) struct DeviceTier {
     /// Set in a forked child whose shared region could not be made private (see the module
     /// comment); never cleared.
     inherited: AtomicBool,
+    /// The device behind the region now, and a live move onto another one (`evacuate`).
+    device: DeviceState,
 }
 
 impl DeviceTier {
@@ -148,6 +152,7 @@ impl DeviceTier {
             spilled_out: SharedCounter::new(),
             shared_across_fork: AtomicBool::new(region.shared_across_fork),
             inherited: AtomicBool::new(false),
+            device: DeviceState::new(&region, spec),
         })
     }
 
@@ -326,6 +331,7 @@ impl DeviceTier {
     /// shared region, or failing that makes the tier inherited (see the module comment).
     pub fn after_fork_in_child(&self) {
         self.unlock_after_fork();
+        self.device.after_fork_in_child();
         if !self.is_shared_across_fork() {
             return;
         }
@@ -367,6 +373,25 @@ impl DeviceTier {
         moved
     }
 
+    /// Moves the tier's bytes onto `target` (the `spare=` path if `None`) while its blocks
+    /// stay in use at the same addresses (`evacuate`).
+    pub fn evacuate(&self, target: Option<&CStr>) -> Result<evacuate::Report, Problem> {
+        if self.inherited.load(Ordering::Relaxed) {
+            return Err(Problem {
+                what: "the tier was inherited from the parent process and serves nothing here",
+                errno: libc::EINVAL,
+            });
+        }
+        let target = target.or(self.device.spare()).ok_or(Problem {
+            what: "no target given and no spare= configured",
+            errno: libc::EINVAL,
+        })?;
+        let report = evacuate::evacuate(self.kind, &self.region, &self.device, self, target)?;
+        // A file or device now, mapped shared: `fork` must copy it for the child.
+        self.shared_across_fork.store(true, Ordering::Relaxed);
+        Ok(report)
+    }
+
     pub fn set_fit(&self, fit: Fit) {
         self.heap.lock().set_fit(fit);
     }
@@ -397,6 +422,26 @@ impl DeviceTier {
             spilled_in: self.spilled_in.get(),
             spilled_out: self.spilled_out.get(),
         }
+    }
+}
+
+impl LiveExtents for DeviceTier {
+    fn hold_and_list(
+        &self,
+        lo: u64,
+        hi: u64,
+        hint: &mut u64,
+        hold: &mut dyn FnMut() -> bool,
+        live: &mut dyn FnMut(u64, u64),
+    ) -> bool {
+        let heap = self.heap.lock();
+        if !hold() {
+            return false;
+        }
+        heap.for_each_extent_between(lo, hi, hint, |offset, len, free| {
+            live(offset, if free { HEADER_SIZE.min(len) } else { len })
+        });
+        true
     }
 }
 

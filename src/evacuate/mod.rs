@@ -1,0 +1,410 @@
+//! Live evacuation of a device tier (seed 004): its bytes move onto another file or device
+//! while the program's threads keep reading and writing them, and afterwards the tier's
+//! virtual range is backed by the new device at the same offsets. No address changes.
+//!
+//! # How
+//!
+//! The region is moved one chunk (`CHUNK_BYTES`, 1 MiB by default) at a time, in address
+//! order. For each chunk `[lo, hi)`:
+//! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the chunk is
+//!    write-protected through userfaultfd (`uffd.rs`) and the heap lists the allocated extents
+//!    that overlap it (plus the header of every free extent, so the header chain a recovery
+//!    scan walks is the same on the target); the lock is released;
+//! 2. the live bytes are copied from the region into a second mapping of the target (the
+//!    *staging* mapping, at another address), at the same offsets; free space is not copied;
+//! 3. the target is mapped over `[base + lo, base + hi)` (`mmap MAP_FIXED`, at file offset
+//!    `lo`): from here on the chunk's bytes are the target's;
+//! 4. the chunk's sleeping writers are woken; they retry their fault on the new mapping.
+//!
+//! Why this keeps every promise:
+//! - *reads never wait*: write-protection stops writers only. (The remap in step 3 holds the
+//!   process's mm lock for the few microseconds of an `mmap`, as any `mmap` does.)
+//! - *a write is held only while its own chunk is copied*: only one chunk is protected at a
+//!   time, from step 1 to step 4.
+//! - *no write is lost*: a store that completed before step 1 is in the old pages and copied
+//!   in step 2 (the protect flushes TLBs before it returns, so no store slips past it); one
+//!   issued after step 1 sleeps until step 4 and then lands in the target.
+//! - *system calls writing into a block*: `read(2)`, `recv`, `pread` fault on the protected
+//!   page inside the kernel's `copy_to_user` and sleep like a user store, then complete; no
+//!   EFAULT, nothing lost (an `mprotect` scheme fails here).
+//! - *allocation and free keep working*: they take the heap lock, which step 1 holds only for
+//!   the protect ioctl and the listing. An extent made before step 1 is listed and copied; one
+//!   made after it has its header write held until step 4, which puts it on the target; a block
+//!   freed before the listing is not copied (it need not arrive). A `free` that writes a
+//!   header state into the chunk being copied sleeps holding the heap lock, so other
+//!   allocations of the tier wait that long too ("held briefly"). The host metadata is never
+//!   touched, so the statistics stay exact.
+//!
+//! What it cannot hold: writes that do not go through the page tables, i.e. through pages
+//! pinned before the move (io_uring fixed buffers, RDMA registrations, an `O_DIRECT` read in
+//! flight). Those land in the old pages after they were copied.
+//!
+//! # Backings
+//!
+//! The source must be one userfaultfd can write-protect: shmem (`/dev/shm`, tmpfs), hugetlbfs,
+//! anonymous memory (`numa=` tiers). A regular file on a disk file system, device DAX and PCI
+//! BARs are refused with -1 + EOPNOTSUPP and one line (their writers cannot be held, so a
+//! move could lose writes). The target may be anything a tier can map.
+//!
+//! # Failure
+//!
+//! Every check (kind, target, write-protection) happens before the first chunk moves: a bad
+//! target leaves the tier as it was. If mapping the target over a chunk fails midway (the
+//! kernel out of memory or of mappings), the chunk is un-protected and the move stops there:
+//! the tier stays usable, part on each device, and both stay open.
+
+mod uffd;
+
+use crate::backend::{self, Problem, Region};
+use crate::config::{Kind, TierSpec};
+use crate::os;
+use core::ffi::CStr;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use uffd::WriteProtector;
+
+/// Bytes moved per step by default: 1 MiB copies in 50-200 µs here, which bounds a writer's
+/// stall; per-chunk overhead (protect, mmap, wake) is a few µs. `TIERMALLOC_EVACUATE_CHUNK`
+/// (a size, a multiple of 4 KiB) overrides it, for the benchmark.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Most separate live ranges remembered per chunk; past that, the last range is stretched to
+/// the chunk's end (copying some free space rather than allocating).
+const MAX_RANGES: usize = 256;
+
+/// The evacuation state of one device tier.
+///
+/// Invariants: `device_fd` is the open descriptor of the file or device behind the tier's
+/// range (holding its lock), or -1 for anonymous memory; `moving` is true exactly while one
+/// evacuation runs, and `uffd` is then its userfaultfd (else -1).
+pub(crate) struct DeviceState {
+    device_fd: AtomicI32,
+    moving: AtomicBool,
+    uffd: AtomicI32,
+    /// A descriptor kept open after a move failed midway (see "Failure"), else -1.
+    half_moved_fd: AtomicI32,
+    /// `spare=` of the tier's spec.
+    spare: TierSpec,
+}
+
+impl DeviceState {
+    pub fn new(region: &Region, spec: &TierSpec) -> DeviceState {
+        DeviceState {
+            device_fd: AtomicI32::new(region.lock_fd),
+            moving: AtomicBool::new(false),
+            uffd: AtomicI32::new(-1),
+            half_moved_fd: AtomicI32::new(-1),
+            spare: *spec,
+        }
+    }
+
+    /// The tier's `spare=` path.
+    pub fn spare(&self) -> Option<&CStr> {
+        self.spare.spare_cstr()
+    }
+
+    /// The `fork` child handler's part: the child has no evacuation running (its mappings lost
+    /// their userfaultfd registration in `fork`), so it drops its copy of the descriptor.
+    pub fn after_fork_in_child(&self) {
+        let fd = self.uffd.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: the child's copy of the parent's descriptor, closed once here.
+            os::keep_errno(|| unsafe { libc::close(fd) });
+        }
+        self.moving.store(false, Ordering::Relaxed);
+    }
+}
+
+/// What a tier lends the evacuation: its live extents, listed with allocation held.
+pub(crate) trait LiveExtents {
+    /// With the tier's allocations and frees held (its heap lock), runs `hold`; if that
+    /// succeeds, calls `live(offset, len)` for every allocated extent overlapping `[lo, hi)`
+    /// and `live(offset, header)` for the header of every free one there, in address order.
+    /// `hint` carries where the previous call's walk ended. False if `hold` failed.
+    fn hold_and_list(
+        &self,
+        lo: u64,
+        hi: u64,
+        hint: &mut u64,
+        hold: &mut dyn FnMut() -> bool,
+        live: &mut dyn FnMut(u64, u64),
+    ) -> bool;
+}
+
+/// The live ranges of one chunk, merged where adjacent; never more than `MAX_RANGES`.
+struct Ranges {
+    items: [(u64, u64); MAX_RANGES],
+    len: usize,
+    lo: u64,
+    hi: u64,
+}
+
+impl Ranges {
+    fn reset(&mut self, lo: u64, hi: u64) {
+        (self.len, self.lo, self.hi) = (0, lo, hi);
+    }
+
+    /// Adds `[offset, offset + len)` clipped to the chunk.
+    fn add(&mut self, offset: u64, len: u64) {
+        let (start, end) = (offset.max(self.lo), (offset + len).min(self.hi));
+        if start >= end {
+            return;
+        }
+        if self.len > 0 {
+            let last = &mut self.items[self.len - 1];
+            if start <= last.1 || self.len == MAX_RANGES {
+                last.1 = last
+                    .1
+                    .max(if self.len == MAX_RANGES { self.hi } else { end });
+                return;
+            }
+        }
+        self.items[self.len] = (start, end);
+        self.len += 1;
+    }
+
+    fn bytes(&self) -> u64 {
+        self.items[..self.len].iter().map(|(s, e)| e - s).sum()
+    }
+}
+
+/// What one evacuation did (for the benchmark and the tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Report {
+    /// Bytes copied (live extents and headers), and the region's length.
+    pub copied: u64,
+    pub region: u64,
+    pub chunks: u64,
+    /// The longest time one chunk stayed write-protected, in nanoseconds.
+    pub longest_hold_ns: u64,
+}
+
+/// Moves tier `kind` (region `region`, state `state`, extents from `tier`) onto `target`.
+/// On error nothing has changed, except as "Failure" in the module comment says.
+pub(crate) fn evacuate(
+    kind: Kind,
+    region: &Region,
+    state: &DeviceState,
+    tier: &dyn LiveExtents,
+    target: &CStr,
+) -> Result<Report, Problem> {
+    if state
+        .moving
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return Err(Problem {
+            what: "another evacuation of this tier is running",
+            errno: libc::EBUSY,
+        });
+    }
+    let result = move_region(kind, region, state, tier, target);
+    state.moving.store(false, Ordering::Release);
+    result
+}
+
+fn move_region(
+    kind: Kind,
+    region: &Region,
+    state: &DeviceState,
+    tier: &dyn LiveExtents,
+    target: &CStr,
+) -> Result<Report, Problem> {
+    let problem = |e: uffd::UffdError| Problem {
+        what: e.what,
+        errno: if e.errno == libc::EINVAL {
+            libc::EOPNOTSUPP
+        } else {
+            e.errno
+        },
+    };
+    let wp = WriteProtector::new().map_err(problem)?;
+    wp.register(region.base, region.len).map_err(problem)?;
+    let spec = TierSpec::target(kind, target.to_bytes(), region.len as u64).ok_or(Problem {
+        what: "the target's path is longer than 255 bytes",
+        errno: libc::ENAMETOOLONG,
+    })?;
+    let staging = match backend::map_region(&spec) {
+        Ok(staging) if staging.len >= region.len => staging,
+        Ok(staging) => {
+            // SAFETY: the staging mapping is ours and unused.
+            unsafe { backend::unmap_region(staging) };
+            wp.unregister(region.base, region.len);
+            return Err(Problem {
+                what: "the target is smaller than the tier",
+                errno: libc::ENOSPC,
+            });
+        }
+        Err(p) => {
+            wp.unregister(region.base, region.len);
+            return Err(target_problem(p));
+        }
+    };
+    state.uffd.store(wp.fd(), Ordering::Relaxed);
+    let chunk = chunk_bytes();
+    let mut report = Report {
+        region: region.len as u64,
+        ..Report::default()
+    };
+    let mut ranges = Ranges {
+        items: [(0, 0); MAX_RANGES],
+        len: 0,
+        lo: 0,
+        hi: 0,
+    };
+    let mut hint = 0u64;
+    let mut lo = 0usize;
+    let mut failure = None;
+    while lo < region.len {
+        let hi = (lo + chunk).min(region.len);
+        ranges.reset(lo as u64, hi as u64);
+        let mut protect_error = None;
+        let mut protected_at = 0u64;
+        let listed = tier.hold_and_list(
+            lo as u64,
+            hi as u64,
+            &mut hint,
+            &mut || match wp.protect(region.base + lo, hi - lo) {
+                Ok(()) => {
+                    protected_at = now_ns();
+                    true
+                }
+                Err(e) => {
+                    protect_error = Some(e);
+                    false
+                }
+            },
+            &mut |offset, len| ranges.add(offset, len),
+        );
+        if !listed {
+            failure = Some(protect_error.map_or(
+                Problem {
+                    what: "cannot write-protect a chunk of the tier",
+                    errno: libc::EIO,
+                },
+                problem,
+            ));
+            break;
+        }
+        for &(start, end) in &ranges.items[..ranges.len] {
+            // SAFETY: `[start, end)` lies inside both the region and the staging mapping of
+            // the target (at least as long), which are distinct mappings.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    (region.base + start as usize) as *const u8,
+                    (staging.base + start as usize) as *mut u8,
+                    (end - start) as usize,
+                )
+            };
+        }
+        report.copied += ranges.bytes();
+        // SAFETY: `[base + lo, base + hi)` is the tier's own range, and the target holds the
+        // chunk's live bytes at the same offsets: replacing the mapping changes no byte any
+        // thread can see (writers of the chunk are held until the wake below).
+        let mapped = unsafe {
+            libc::mmap(
+                (region.base + lo) as *mut libc::c_void,
+                hi - lo,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                staging.lock_fd,
+                lo as libc::off_t,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            failure = Some(Problem {
+                what: "cannot map the target over the tier's range (it now lies partly on each device; both stay open)",
+                errno: os::errno(),
+            });
+            let _ = wp.unprotect(region.base + lo, hi - lo);
+            break;
+        }
+        wp.wake(region.base + lo, hi - lo);
+        report.longest_hold_ns = report.longest_hold_ns.max(now_ns() - protected_at);
+        report.chunks += 1;
+        lo = hi;
+    }
+    wp.unregister(region.base, region.len);
+    state.uffd.store(-1, Ordering::Relaxed);
+    drop(wp);
+    // SAFETY: the staging mapping is ours; nothing refers to its addresses (the tier's range
+    // maps the target on its own). Its descriptor stays open: it is the tier's device now.
+    unsafe { os::unmap(staging.base as *mut u8, staging.reserved) };
+    let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
+    match failure {
+        None => {
+            if old >= 0 {
+                // SAFETY: the old device's descriptor, no longer mapped anywhere: closing it
+                // releases its lock.
+                os::keep_errno(|| unsafe { libc::close(old) });
+            }
+            Ok(report)
+        }
+        Some(p) => {
+            if lo == 0 {
+                // Nothing moved: the tier is where it was.
+                state.device_fd.store(old, Ordering::Release);
+                // SAFETY: the target's descriptor, mapped nowhere any more.
+                os::keep_errno(|| unsafe { libc::close(staging.lock_fd) });
+            } else {
+                state.half_moved_fd.store(old, Ordering::Release);
+            }
+            Err(p)
+        }
+    }
+}
+
+/// A target's mapping problem as `tm_evacuate` reports it: fixed texts get an errno too.
+fn target_problem(p: Problem) -> Problem {
+    if p.errno != 0 {
+        if p.errno == libc::EFBIG || p.errno == libc::ENOSPC {
+            return Problem {
+                what: "the target is smaller than the tier and cannot be extended",
+                errno: p.errno,
+            };
+        }
+        return p;
+    }
+    let errno = if p.what.contains("larger") {
+        libc::ENOSPC
+    } else if p.what.contains("in use") {
+        libc::EBUSY
+    } else {
+        libc::EINVAL
+    };
+    Problem {
+        what: p.what,
+        errno,
+    }
+}
+
+fn chunk_bytes() -> usize {
+    os::getenv(b"TIERMALLOC_EVACUATE_CHUNK")
+        .and_then(crate::config::parse_size)
+        .map(|c| os::page_round(c as usize))
+        .filter(|&c| c > 0)
+        .unwrap_or(CHUNK_BYTES)
+}
+
+fn now_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Prints why an evacuation of `kind` onto `target` failed, in one line.
+pub(crate) fn report_failure(kind: Kind, target: Option<&CStr>, p: &Problem) {
+    let mut line = os::LineBuf::new();
+    let _ = write!(line, "tiermalloc: tm_evacuate: tier '{}'", kind.name());
+    if let Some(target) = target {
+        let _ = write!(line, " onto '{}'", target.to_str().unwrap_or("<not UTF-8>"));
+    }
+    let _ = write!(line, ": {}", p.what);
+    os::write_errno_text(&mut line, p.errno);
+    let _ = writeln!(line);
+    line.flush();
+}

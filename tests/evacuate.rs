@@ -1,0 +1,524 @@
+//! Live evacuation (`tm_evacuate`): a device tier's bytes move onto another file while threads
+//! keep writing its blocks, every address unchanged.
+//!
+//! The tiers are read when the library starts, so each test re-runs this binary with
+//! `TIERMALLOC_TIERS` set and checks the child's verdict. Files live in /dev/shm (shmem, which
+//! userfaultfd can write-protect) and are named with the test's pid.
+
+use std::ffi::CString;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tiermalloc::capi::{tm_free, tm_kind_of, tm_malloc, tm_usable_size, KindArg};
+use tiermalloc::capi_evacuate::tm_evacuate;
+use tiermalloc::Kind;
+
+const CHILD: &str = "TIERMALLOC_EVACUATE_CHILD";
+const CXL: KindArg = KindArg(1);
+
+/// A file in /dev/shm of this test's own (named by the parent's pid and the test).
+fn shm(name: &str) -> String {
+    let tag = std::env::var(CHILD).expect("called in a child run");
+    format!("/dev/shm/tiermalloc-evac-{tag}-{name}")
+}
+
+/// Runs `test` in a child process of this binary with `tiers` (`{shm}` stands for the prefix
+/// of the test's files in /dev/shm, as `shm` makes them), then removes every file the child
+/// may have made.
+fn in_child(test: &str, tiers: &str) {
+    let tag = format!("{}-{}", std::process::id(), test);
+    let prefix = format!("tiermalloc-evac-{tag}-");
+    let tiers = tiers.replace("{shm}", &format!("/dev/shm/{prefix}"));
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, &tag)
+        .env("TIERMALLOC_TIERS", tiers)
+        .output()
+        .unwrap();
+    for entry in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    assert!(
+        out.status.success(),
+        "the child run of {test} failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap()
+}
+
+fn evacuate(kind: KindArg, target: Option<&str>) -> Result<(), i32> {
+    let c = target.map(|t| CString::new(t).unwrap());
+    // SAFETY: NULL or a NUL-terminated string.
+    let rc = unsafe { tm_evacuate(kind, c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        assert_eq!(rc, -1);
+        Err(errno())
+    }
+}
+
+/// The file mapped at address `addr` according to /proc/self/maps.
+fn mapped_file(addr: usize) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (lo, hi) = fields.next()?.split_once('-')?;
+        let (lo, hi) = (
+            usize::from_str_radix(lo, 16).ok()?,
+            usize::from_str_radix(hi, 16).ok()?,
+        );
+        (lo <= addr && addr < hi).then(|| fields.nth(4).unwrap_or("").to_string())
+    })
+}
+
+/// A block on the tier with what it should hold.
+struct Block {
+    p: usize,
+    size: usize,
+    usable: usize,
+    header: [u8; 16],
+    fill: u8,
+}
+
+fn header_of(p: usize) -> [u8; 16] {
+    // SAFETY: the 16-byte header sits right before every device block.
+    unsafe { *((p - 16) as *const [u8; 16]) }
+}
+
+/// Thousands of blocks, slab sizes and extents, each filled with its own byte.
+fn make_blocks(n: usize) -> Vec<Block> {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let size = match i % 10 {
+                0 => 8192 + (seed % 60_000) as usize,
+                _ => 8 + (seed % 3000) as usize,
+            };
+            let p = tm_malloc(CXL, size) as usize;
+            assert_ne!(p, 0, "tm_malloc({size}) failed");
+            let fill = (i % 251) as u8 + 1;
+            // SAFETY: a fresh block of `size` bytes.
+            unsafe { std::ptr::write_bytes(p as *mut u8, fill, size) };
+            Block {
+                p,
+                size,
+                // SAFETY: a live block.
+                usable: unsafe { tm_usable_size(p as *const _) },
+                header: header_of(p),
+                fill,
+            }
+        })
+        .collect()
+}
+
+fn check_blocks(blocks: &[Block], skip_counters: bool) {
+    for b in blocks {
+        assert_eq!(tm_kind_of(b.p as *const _), Kind::Cxl as i32);
+        // SAFETY: a live block.
+        assert_eq!(unsafe { tm_usable_size(b.p as *const _) }, b.usable);
+        assert_eq!(header_of(b.p), b.header, "the header of {:#x} changed", b.p);
+        let from = if skip_counters { 8 } else { 0 };
+        // SAFETY: the block holds `size` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(b.p as *const u8, b.size) };
+        if let Some(i) = bytes[from.min(b.size)..].iter().position(|&x| x != b.fill) {
+            panic!(
+                "block {:#x} ({} B) lost its pattern at byte {}",
+                b.p,
+                b.size,
+                i + from
+            );
+        }
+    }
+}
+
+/// The core test: writers, a pipe reader, allocation churn and a fork loop run while the tier
+/// moves onto a second file, then a third; every count, pattern, header and size is exact.
+#[test]
+fn threads_keep_writing_while_the_tier_moves_twice() {
+    if !is_child() {
+        return in_child(
+            "threads_keep_writing_while_the_tier_moves_twice",
+            "dram;cxl:path={shm}dev,size=256M,create",
+        );
+    }
+    let blocks = Arc::new(make_blocks(6000));
+    let stats_before = tiermalloc::stats(Kind::Cxl).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writers: each increments the first word of its own quarter of the blocks.
+    let writers: Vec<_> = (0..4usize)
+        .map(|t| {
+            let (blocks, stop) = (blocks.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mine: Vec<usize> = blocks.iter().skip(t).step_by(4).map(|b| b.p).collect();
+                for &p in &mine {
+                    // SAFETY: every block holds at least 8 bytes, 16-aligned.
+                    unsafe { (p as *mut u64).write(0) };
+                }
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for &p in &mine {
+                        // SAFETY: as above; only this thread writes this word.
+                        unsafe {
+                            (p as *mut u64).write_volatile((p as *mut u64).read_volatile() + 1)
+                        };
+                    }
+                    rounds += 1;
+                }
+                (mine, rounds)
+            })
+        })
+        .collect();
+    // A pipe whose reader read(2)s straight into a block on the tier.
+    let pipe_block = tm_malloc(CXL, 8 << 20) as usize;
+    assert_ne!(pipe_block, 0);
+    let mut fds = [0i32; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let feeder = std::thread::spawn(move || {
+        let mut sent = 0usize;
+        let mut buf = [0u8; 4096];
+        while sent < 8 << 20 {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = ((sent + i) % 253) as u8;
+            }
+            // SAFETY: writing our buffer to our pipe.
+            let n = unsafe { libc::write(fds[1], buf.as_ptr().cast(), buf.len()) };
+            assert!(n > 0);
+            sent += n as usize;
+            if sent % (256 << 10) == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+        // SAFETY: our descriptor.
+        unsafe { libc::close(fds[1]) };
+    });
+    let reader = std::thread::spawn(move || {
+        let mut got = 0usize;
+        loop {
+            // SAFETY: reading into the block's remaining bytes.
+            let n = unsafe {
+                libc::read(
+                    fds[0],
+                    (pipe_block + got) as *mut libc::c_void,
+                    (8 << 20) - got,
+                )
+            };
+            assert!(n >= 0, "read(2) into the tier failed: errno {}", errno());
+            if n == 0 {
+                break;
+            }
+            got += n as usize;
+        }
+        got
+    });
+    // Allocation churn on the tier while it moves.
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut live: Vec<(usize, usize, u8)> = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let size = if n % 7 == 0 {
+                    20_000
+                } else {
+                    (n % 2000) as usize + 1
+                };
+                let p = tm_malloc(CXL, size) as usize;
+                assert_ne!(p, 0);
+                // SAFETY: a fresh block.
+                unsafe { std::ptr::write_bytes(p as *mut u8, n as u8, size) };
+                live.push((p, size, n as u8));
+                if live.len() > 200 {
+                    let (p, size, fill) = live.swap_remove((n % 200) as usize);
+                    // SAFETY: a live block of `size` bytes.
+                    let b = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
+                    assert!(b.iter().all(|&x| x == fill), "a churned block changed");
+                    // SAFETY: a live block, not used afterwards.
+                    unsafe { tm_free(p as *mut _) };
+                }
+            }
+            for (p, ..) in live {
+                // SAFETY: as above.
+                unsafe { tm_free(p as *mut _) };
+            }
+            n
+        })
+    };
+    // A thread forking while the tier moves: each child checks a block and leaves.
+    let forker = {
+        let (stop, blocks) = (stop.clone(), blocks.clone());
+        std::thread::spawn(move || {
+            let mut forks = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let b = &blocks[1];
+                // SAFETY: the child only reads memory and calls _exit.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: the block holds `size` bytes.
+                    let bytes = unsafe { std::slice::from_raw_parts(b.p as *const u8, b.size) };
+                    let ok = bytes[8..].iter().all(|&x| x == b.fill);
+                    // SAFETY: leaving the child at once.
+                    unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+                }
+                let mut status = 0;
+                // SAFETY: our child.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "a forked child saw a broken block"
+                );
+                forks += 1;
+            }
+            forks
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let first = blocks[0].p;
+    let dev = shm("dev");
+    assert_eq!(mapped_file(first).as_deref(), Some(dev.as_str()));
+    let second = shm("second");
+    let report = tiermalloc::evacuate(Kind::Cxl, Some(&CString::new(second.clone()).unwrap()))
+        .expect("the first evacuation");
+    eprintln!("first move: {report:?}");
+    assert!(
+        report.copied < report.region / 2,
+        "only live bytes are copied: {report:?}"
+    );
+    assert_eq!(mapped_file(first).as_deref(), Some(second.as_str()));
+    // The old file is truncated and removed: nothing maps it any more, so nothing faults.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dev)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    std::fs::remove_file(&dev).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let third = shm("third");
+    assert_eq!(evacuate(CXL, Some(&third)), Ok(()));
+    assert_eq!(mapped_file(first).as_deref(), Some(third.as_str()));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    let churned = churn.join().unwrap();
+    let forks = forker.join().unwrap();
+    feeder.join().unwrap();
+    assert_eq!(reader.join().unwrap(), 8 << 20);
+    let mut total = 0;
+    for w in writers {
+        let (mine, rounds) = w.join().unwrap();
+        for p in mine {
+            // SAFETY: a live block's first word.
+            assert_eq!(
+                unsafe { (p as *const u64).read() },
+                rounds,
+                "a write was lost at {p:#x}"
+            );
+        }
+        total += rounds;
+    }
+    eprintln!("writer rounds {total}, churned blocks {churned}, forks {forks}");
+    assert!(total > 0 && churned > 0);
+    // SAFETY: the pipe block holds 8 MiB.
+    let piped = unsafe { std::slice::from_raw_parts(pipe_block as *const u8, 8 << 20) };
+    if let Some(i) = piped
+        .iter()
+        .enumerate()
+        .position(|(i, &x)| x != (i % 253) as u8)
+    {
+        panic!("the bytes read(2) into the tier differ at {i}");
+    }
+    check_blocks(&blocks, true);
+    let stats_after = tiermalloc::stats(Kind::Cxl).unwrap();
+    assert_eq!(stats_after.in_use, stats_before.in_use + 8 * (1 << 20) + 16);
+    // The second file's bytes are removed too; the tier lives in the third.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&second)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    std::fs::remove_file(&second).unwrap();
+    for b in blocks.iter() {
+        // SAFETY: live blocks, freed once.
+        unsafe { tm_free(b.p as *mut _) };
+    }
+    // SAFETY: as above.
+    unsafe { tm_free(pipe_block as *mut _) };
+    assert_eq!(tiermalloc::stats(Kind::Cxl).unwrap().in_use, 0);
+}
+
+/// Blocks written through the tier land in the target at the same offsets.
+#[test]
+fn byte_k_of_the_region_is_byte_k_of_the_target() {
+    if !is_child() {
+        return in_child(
+            "byte_k_of_the_region_is_byte_k_of_the_target",
+            "dram;pmr:path={shm}dev,size=8M,create",
+        );
+    }
+    let pmr = KindArg(3);
+    let a = tm_malloc(pmr, 100_000) as *mut u8;
+    let b = tm_malloc(pmr, 100) as *mut u8;
+    // SAFETY: fresh blocks.
+    unsafe {
+        std::ptr::write_bytes(a, 0xa5, 100_000);
+        std::ptr::write_bytes(b, 0x5a, 100);
+    }
+    let target = shm("target");
+    assert_eq!(evacuate(pmr, Some(&target)), Ok(()));
+    let file = std::fs::read(&target).unwrap();
+    assert_eq!(file.len(), 8 << 20);
+    // The region starts where the file does: find it from /proc/self/maps.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = maps.lines().find(|l| l.ends_with(&target)).unwrap();
+    let (lo, _) = line.split_once('-').unwrap();
+    let base = usize::from_str_radix(lo, 16).unwrap();
+    let offset_in_line: usize =
+        usize::from_str_radix(line.split_whitespace().nth(2).unwrap(), 16).unwrap();
+    let base = base - offset_in_line;
+    for (p, len, fill) in [(a as usize, 100_000, 0xa5u8), (b as usize, 100, 0x5a)] {
+        let k = p - base;
+        assert!(file[k..k + len].iter().all(|&x| x == fill));
+        assert_eq!(&file[k - 16..k], &header_of(p));
+    }
+}
+
+/// Every bad request is refused with -1 + errno and one line, and the tier stays as it was.
+#[test]
+fn bad_targets_are_refused_and_the_tier_stays() {
+    if !is_child() {
+        return in_child(
+            "bad_targets_are_refused_and_the_tier_stays",
+            "dram;cxl:path={shm}dev,size=16M,create",
+        );
+    }
+    let blocks = make_blocks(500);
+    let dev = shm("dev");
+    let check = |blocks: &[Block]| {
+        check_blocks(blocks, false);
+        assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(dev.as_str()));
+    };
+    assert_eq!(
+        evacuate(CXL, Some("/dev/shm/tiermalloc-no-such-dir/x")),
+        Err(libc::ENOENT)
+    );
+    check(&blocks);
+    assert_eq!(evacuate(CXL, Some("/dev/shm")), Err(libc::EISDIR));
+    check(&blocks);
+    assert_eq!(
+        evacuate(CXL, None),
+        Err(libc::EINVAL),
+        "no spare= configured"
+    );
+    assert_eq!(
+        evacuate(KindArg(0), Some(&shm("x"))),
+        Err(libc::EINVAL),
+        "TM_DRAM"
+    );
+    assert_eq!(
+        evacuate(KindArg(9), Some(&shm("x"))),
+        Err(libc::EINVAL),
+        "no such kind"
+    );
+    assert_eq!(
+        evacuate(KindArg(3), Some(&shm("x"))),
+        Err(libc::ENODEV),
+        "pmr not configured"
+    );
+    assert_eq!(
+        evacuate(CXL, Some(&dev)),
+        Err(libc::EBUSY),
+        "the tier's own file"
+    );
+    check(&blocks);
+    // Too small: a file that cannot be extended to the tier's size (RLIMIT_FSIZE).
+    // SAFETY: ignoring SIGXFSZ so that the failed extension is an error, not a signal.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    let small = shm("small");
+    std::fs::write(&small, [0u8; 4096]).unwrap();
+    let limit = libc::rlimit {
+        rlim_cur: 1 << 20,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+    assert_eq!(evacuate(CXL, Some(&small)), Err(libc::EFBIG));
+    assert_eq!(std::fs::metadata(&small).unwrap().len(), 4096);
+    check(&blocks);
+    // And the tier still moves afterwards.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &unlimited) },
+        0
+    );
+    assert_eq!(evacuate(CXL, Some(&small)), Ok(()));
+    check_blocks(&blocks, false);
+    assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(small.as_str()));
+}
+
+/// `spare=` is opened only when the tier moves, and `tm_evacuate(kind, NULL)` uses it.
+#[test]
+fn a_null_target_moves_the_tier_onto_its_spare() {
+    if !is_child() {
+        return in_child(
+            "a_null_target_moves_the_tier_onto_its_spare",
+            "cxl:path={shm}dev,size=8M,create,spare={shm}spare;dram",
+        );
+    }
+    let spare = shm("spare");
+    let blocks = make_blocks(300);
+    assert!(
+        std::fs::metadata(&spare).is_err(),
+        "the spare is not touched before it is needed"
+    );
+    assert_eq!(evacuate(CXL, None), Ok(()));
+    assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(spare.as_str()));
+    check_blocks(&blocks, false);
+    // Plain malloc still lands on the moved tier (listed first).
+    let p = unsafe { libc::malloc(100) };
+    assert_eq!(tm_kind_of(p), Kind::Cxl as i32);
+}
+
+/// A tier on a regular file of a disk file system cannot hold its writers during a move: it
+/// is refused with EOPNOTSUPP, untouched.
+#[test]
+fn a_disk_file_tier_is_refused() {
+    if !is_child() {
+        // The target directory: on the disk file system the repository lives on (ext4 here).
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("tiermalloc-evac-{}-disk", std::process::id()));
+        in_child(
+            "a_disk_file_tier_is_refused",
+            &format!("dram;cxl:path={},size=8M,create", path.display()),
+        );
+        let _ = std::fs::remove_file(path);
+        return;
+    }
+    let blocks = make_blocks(100);
+    assert_eq!(evacuate(CXL, Some(&shm("target"))), Err(libc::EOPNOTSUPP));
+    assert!(
+        std::fs::metadata(shm("target")).is_err(),
+        "the target was not even opened"
+    );
+    check_blocks(&blocks, false);
+}
