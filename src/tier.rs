@@ -337,6 +337,7 @@ impl DeviceTier {
         }
         if self.copy_region_privately() {
             self.shared_across_fork.store(false, Ordering::Relaxed);
+            self.device.close_in_child();
         } else {
             self.inherited.store(true, Ordering::Relaxed);
         }

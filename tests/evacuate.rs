@@ -5,6 +5,8 @@
 //! `TIERMALLOC_TIERS` set and checks the child's verdict. Files live in /dev/shm (shmem, which
 //! userfaultfd can write-protect) and are named with the test's pid.
 
+mod support;
+
 use std::ffi::CString;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,17 +31,18 @@ fn in_child(test: &str, tiers: &str) {
     let tag = format!("{}-{}", std::process::id(), test);
     let prefix = format!("tiermalloc-evac-{tag}-");
     let tiers = tiers.replace("{shm}", &format!("/dev/shm/{prefix}"));
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD, &tag)
-        .env("TIERMALLOC_TIERS", tiers)
-        .output()
-        .unwrap();
+        .env("TIERMALLOC_TIERS", tiers);
+    // A deadlock fails the test instead of hanging the suite.
+    let out = support::run_with_timeout(cmd, None, std::time::Duration::from_secs(120));
     for entry in std::fs::read_dir("/dev/shm").unwrap().flatten() {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+    let out = out.unwrap_or_else(|e| panic!("the child run of {test}: {e}"));
     assert!(
         out.status.success(),
         "the child run of {test} failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -146,17 +149,19 @@ fn check_blocks(blocks: &[Block], skip_counters: bool) {
     }
 }
 
-/// The core test: writers, a pipe reader, allocation churn and a fork loop run while the tier
-/// moves onto a second file, then a third; every count, pattern, header and size is exact.
+/// Writer threads increment counters in thousands of blocks, and another thread allocates and
+/// frees on the tier, while it moves onto a second file, then a third: every count, pattern,
+/// header, size and statistic is exact afterwards, /proc/self/maps names the new file, and the
+/// old files can be truncated and removed with the tier in use.
 #[test]
-fn threads_keep_writing_while_the_tier_moves_twice() {
+fn writers_keep_counting_while_the_tier_moves_twice() {
     if !is_child() {
         return in_child(
-            "threads_keep_writing_while_the_tier_moves_twice",
-            "dram;cxl:path={shm}dev,size=256M,create",
+            "writers_keep_counting_while_the_tier_moves_twice",
+            "dram;cxl:path={shm}dev,size=64M,create",
         );
     }
-    let blocks = Arc::new(make_blocks(6000));
+    let blocks = Arc::new(make_blocks(4000));
     let stats_before = tiermalloc::stats(Kind::Cxl).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     // Writers: each increments the first word of its own quarter of the blocks.
@@ -183,110 +188,9 @@ fn threads_keep_writing_while_the_tier_moves_twice() {
             })
         })
         .collect();
-    // A pipe whose reader read(2)s straight into a block on the tier.
-    let pipe_block = tm_malloc(CXL, 8 << 20) as usize;
-    assert_ne!(pipe_block, 0);
-    let mut fds = [0i32; 2];
-    // SAFETY: a valid out-array.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    let feeder = std::thread::spawn(move || {
-        let mut sent = 0usize;
-        let mut buf = [0u8; 4096];
-        while sent < 8 << 20 {
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = ((sent + i) % 253) as u8;
-            }
-            // SAFETY: writing our buffer to our pipe.
-            let n = unsafe { libc::write(fds[1], buf.as_ptr().cast(), buf.len()) };
-            assert!(n > 0);
-            sent += n as usize;
-            if sent % (256 << 10) == 0 {
-                std::thread::sleep(std::time::Duration::from_micros(200));
-            }
-        }
-        // SAFETY: our descriptor.
-        unsafe { libc::close(fds[1]) };
-    });
-    let reader = std::thread::spawn(move || {
-        let mut got = 0usize;
-        loop {
-            // SAFETY: reading into the block's remaining bytes.
-            let n = unsafe {
-                libc::read(
-                    fds[0],
-                    (pipe_block + got) as *mut libc::c_void,
-                    (8 << 20) - got,
-                )
-            };
-            assert!(n >= 0, "read(2) into the tier failed: errno {}", errno());
-            if n == 0 {
-                break;
-            }
-            got += n as usize;
-        }
-        got
-    });
-    // Allocation churn on the tier while it moves.
     let churn = {
         let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut live: Vec<(usize, usize, u8)> = Vec::new();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let size = if n % 7 == 0 {
-                    20_000
-                } else {
-                    (n % 2000) as usize + 1
-                };
-                let p = tm_malloc(CXL, size) as usize;
-                assert_ne!(p, 0);
-                // SAFETY: a fresh block.
-                unsafe { std::ptr::write_bytes(p as *mut u8, n as u8, size) };
-                live.push((p, size, n as u8));
-                if live.len() > 200 {
-                    let (p, size, fill) = live.swap_remove((n % 200) as usize);
-                    // SAFETY: a live block of `size` bytes.
-                    let b = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
-                    assert!(b.iter().all(|&x| x == fill), "a churned block changed");
-                    // SAFETY: a live block, not used afterwards.
-                    unsafe { tm_free(p as *mut _) };
-                }
-            }
-            for (p, ..) in live {
-                // SAFETY: as above.
-                unsafe { tm_free(p as *mut _) };
-            }
-            n
-        })
-    };
-    // A thread forking while the tier moves: each child checks a block and leaves.
-    let forker = {
-        let (stop, blocks) = (stop.clone(), blocks.clone());
-        std::thread::spawn(move || {
-            let mut forks = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let b = &blocks[1];
-                // SAFETY: the child only reads memory and calls _exit.
-                let pid = unsafe { libc::fork() };
-                if pid == 0 {
-                    // SAFETY: the block holds `size` bytes.
-                    let bytes = unsafe { std::slice::from_raw_parts(b.p as *const u8, b.size) };
-                    let ok = bytes[8..].iter().all(|&x| x == b.fill);
-                    // SAFETY: leaving the child at once.
-                    unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-                }
-                let mut status = 0;
-                // SAFETY: our child.
-                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-                assert!(
-                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "a forked child saw a broken block"
-                );
-                forks += 1;
-            }
-            forks
-        })
+        std::thread::spawn(move || churn_until(&stop))
     };
     std::thread::sleep(std::time::Duration::from_millis(20));
     let first = blocks[0].p;
@@ -313,40 +217,6 @@ fn threads_keep_writing_while_the_tier_moves_twice() {
     let third = shm("third");
     assert_eq!(evacuate(CXL, Some(&third)), Ok(()));
     assert_eq!(mapped_file(first).as_deref(), Some(third.as_str()));
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    stop.store(true, Ordering::Relaxed);
-    let churned = churn.join().unwrap();
-    let forks = forker.join().unwrap();
-    feeder.join().unwrap();
-    assert_eq!(reader.join().unwrap(), 8 << 20);
-    let mut total = 0;
-    for w in writers {
-        let (mine, rounds) = w.join().unwrap();
-        for p in mine {
-            // SAFETY: a live block's first word.
-            assert_eq!(
-                unsafe { (p as *const u64).read() },
-                rounds,
-                "a write was lost at {p:#x}"
-            );
-        }
-        total += rounds;
-    }
-    eprintln!("writer rounds {total}, churned blocks {churned}, forks {forks}");
-    assert!(total > 0 && churned > 0);
-    // SAFETY: the pipe block holds 8 MiB.
-    let piped = unsafe { std::slice::from_raw_parts(pipe_block as *const u8, 8 << 20) };
-    if let Some(i) = piped
-        .iter()
-        .enumerate()
-        .position(|(i, &x)| x != (i % 253) as u8)
-    {
-        panic!("the bytes read(2) into the tier differ at {i}");
-    }
-    check_blocks(&blocks, true);
-    let stats_after = tiermalloc::stats(Kind::Cxl).unwrap();
-    assert_eq!(stats_after.in_use, stats_before.in_use + 8 * (1 << 20) + 16);
-    // The second file's bytes are removed too; the tier lives in the third.
     std::fs::OpenOptions::new()
         .write(true)
         .open(&second)
@@ -354,13 +224,224 @@ fn threads_keep_writing_while_the_tier_moves_twice() {
         .set_len(0)
         .unwrap();
     std::fs::remove_file(&second).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    let churned = churn.join().unwrap();
+    let mut total = 0;
+    for w in writers {
+        let (mine, rounds) = w.join().unwrap();
+        for p in mine {
+            // SAFETY: a live block's first word.
+            let count = unsafe { (p as *const u64).read() };
+            assert_eq!(count, rounds, "a write was lost at {p:#x}");
+        }
+        total += rounds;
+    }
+    eprintln!("writer rounds {total}, churned blocks {churned}");
+    assert!(total > 0 && churned > 0);
+    check_blocks(&blocks, true);
+    let stats_after = tiermalloc::stats(Kind::Cxl).unwrap();
+    assert_eq!(stats_after.in_use, stats_before.in_use);
+    assert_eq!(
+        stats_after.allocations - stats_before.allocations,
+        churned,
+        "every churned block counted"
+    );
+    assert_eq!(stats_after.frees - stats_before.frees, churned);
     for b in blocks.iter() {
         // SAFETY: live blocks, freed once.
         unsafe { tm_free(b.p as *mut _) };
     }
-    // SAFETY: as above.
-    unsafe { tm_free(pipe_block as *mut _) };
     assert_eq!(tiermalloc::stats(Kind::Cxl).unwrap().in_use, 0);
+}
+
+/// Allocates and frees blocks on the tier until `stop`, checking each block's contents before
+/// it is freed; frees all it holds at the end. The number of blocks it allocated.
+fn churn_until(stop: &AtomicBool) -> u64 {
+    let mut live: Vec<(usize, usize, u8)> = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let size = if n % 7 == 0 {
+            20_000
+        } else {
+            (n % 2000) as usize + 1
+        };
+        let p = tm_malloc(CXL, size) as usize;
+        assert_ne!(p, 0);
+        // SAFETY: a fresh block.
+        unsafe { std::ptr::write_bytes(p as *mut u8, n as u8, size) };
+        live.push((p, size, n as u8));
+        if live.len() > 200 {
+            let (p, size, fill) = live.swap_remove((n % 200) as usize);
+            // SAFETY: a live block of `size` bytes.
+            let b = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
+            assert!(b.iter().all(|&x| x == fill), "a churned block changed");
+            // SAFETY: a live block, not used afterwards.
+            unsafe { tm_free(p as *mut _) };
+        }
+    }
+    for (p, ..) in live {
+        // SAFETY: as above.
+        unsafe { tm_free(p as *mut _) };
+    }
+    n
+}
+
+/// A thread `read(2)`s from a pipe straight into a block on the tier while the tier moves
+/// five times: message `i` (4 KiB, every word `i`) goes to slot `i % SLOTS`, one slot per 64 KiB
+/// chunk, so that reads keep meeting the chunk being copied. No read fails, and every slot
+/// holds the last message read into it, checked before each next read into it and at the end.
+#[test]
+fn reads_into_a_block_during_the_move_complete() {
+    if !is_child() {
+        return in_child(
+            "reads_into_a_block_during_the_move_complete",
+            "dram;cxl:path={shm}dev,size=32M,create",
+        );
+    }
+    const SLOTS: usize = 384;
+    const STRIDE: usize = 64 << 10;
+    const MESSAGE: usize = 4096;
+    std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "64K");
+    let block = tm_malloc(CXL, SLOTS * STRIDE) as usize;
+    assert_ne!(block, 0);
+    let mut fds = [0i32; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut id = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                let message = [id; MESSAGE / 8];
+                // SAFETY: writing our buffer to our pipe; PIPE_BUF-sized writes are atomic.
+                let n = unsafe { libc::write(fds[1], message.as_ptr().cast(), MESSAGE) };
+                assert_eq!(n, MESSAGE as isize);
+                id += 1;
+            }
+            // SAFETY: our descriptor.
+            unsafe { libc::close(fds[1]) };
+        })
+    };
+    let reader = std::thread::spawn(move || {
+        let mut last = vec![0u64; SLOTS];
+        for i in 0.. {
+            let slot = block + (i % SLOTS) * STRIDE;
+            // SAFETY: inside the block (reading the tier is always allowed).
+            let before = unsafe { (slot as *const u64).read_volatile() };
+            assert_eq!(
+                before,
+                last[i % SLOTS],
+                "slot {} lost the message read into it (a read's data was lost)",
+                i % SLOTS
+            );
+            let mut got = 0;
+            while got < MESSAGE {
+                // SAFETY: reading into the slot's MESSAGE bytes, inside the block.
+                let n =
+                    unsafe { libc::read(fds[0], (slot + got) as *mut libc::c_void, MESSAGE - got) };
+                assert!(n >= 0, "read(2) into the tier failed: errno {}", errno());
+                if n == 0 {
+                    assert_eq!(got, 0, "a torn message");
+                    return (last, i);
+                }
+                got += n as usize;
+            }
+            last[i % SLOTS] = i as u64 + 1;
+        }
+        unreachable!()
+    });
+    for round in 0..5 {
+        let report = tiermalloc::evacuate(
+            Kind::Cxl,
+            Some(&CString::new(shm(&format!("target{round}"))).unwrap()),
+        )
+        .unwrap();
+        eprintln!("{report:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    let (last, reads) = reader.join().unwrap();
+    eprintln!("{reads} reads");
+    for (s, &id) in last.iter().enumerate() {
+        // SAFETY: inside the block.
+        let words =
+            unsafe { std::slice::from_raw_parts((block + s * STRIDE) as *const u64, MESSAGE / 8) };
+        assert!(
+            words.iter().all(|&w| w == id),
+            "slot {s} should hold message {id} but holds {} (a read's data was lost)",
+            words.iter().find(|&&w| w != id).unwrap()
+        );
+    }
+}
+
+/// A thread forks again and again while the tier moves: every child sees its blocks intact
+/// (the fork handlers copy the tier for it, whichever device each chunk is on), and the parent
+/// ends on the target with everything intact.
+#[test]
+fn fork_while_the_tier_moves() {
+    if !is_child() {
+        return in_child(
+            "fork_while_the_tier_moves",
+            "dram;cxl:path={shm}dev,size=32M,create",
+        );
+    }
+    std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "16K");
+    let blocks = Arc::new(make_blocks(1000));
+    let stop = Arc::new(AtomicBool::new(false));
+    let forks = Arc::new(AtomicU64::new(0));
+    let forker = {
+        let (stop, blocks, forks) = (stop.clone(), blocks.clone(), forks.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: the child only reads memory, calls the allocator and _exit.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    let intact = blocks.iter().all(|b| {
+                        // SAFETY: the block holds `size` bytes.
+                        let bytes = unsafe { std::slice::from_raw_parts(b.p as *const u8, b.size) };
+                        bytes.iter().all(|&x| x == b.fill)
+                    });
+                    // The child's tier is its own: allocating and writing there, even over
+                    // the parent's blocks, changes nothing in the parent.
+                    let p = tm_malloc(CXL, 1000) as *mut u8;
+                    let ok = intact && !p.is_null();
+                    for b in blocks.iter().step_by(7) {
+                        // SAFETY: the child's copy of a block of `size` bytes.
+                        unsafe { std::ptr::write_bytes(b.p as *mut u8, !b.fill, b.size) };
+                    }
+                    // SAFETY: leaving the child at once.
+                    unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+                }
+                let mut status = 0;
+                // SAFETY: our child.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "a forked child saw a broken block"
+                );
+                forks.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Moves from file to file until twenty forks have happened during the moves.
+    let mut target = String::new();
+    let mut moves = 0;
+    while moves < 4 || (forks.load(Ordering::Relaxed) < 20 && moves < 400) {
+        let previous = std::mem::replace(&mut target, shm(&format!("target{moves}")));
+        assert_eq!(evacuate(CXL, Some(&target)), Ok(()));
+        let _ = std::fs::remove_file(previous);
+        moves += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    forker.join().unwrap();
+    let forks = forks.load(Ordering::Relaxed);
+    eprintln!("{forks} forks during {moves} moves");
+    assert!(forks >= 20, "only {forks} forks during {moves} moves");
+    assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(target.as_str()));
+    check_blocks(&blocks, false);
 }
 
 /// Blocks written through the tier land in the target at the same offsets.

@@ -98,6 +98,19 @@ impl DeviceState {
         }
     }
 
+    /// Closes the child's copies of the device descriptors once the child's region is a
+    /// private copy: the device's lock belongs to the parent's open file description, and a
+    /// child holding it too would keep the device locked after the parent moved off it.
+    pub fn close_in_child(&self) {
+        for fd in [&self.device_fd, &self.half_moved_fd] {
+            let fd = fd.swap(-1, Ordering::Relaxed);
+            if fd >= 0 {
+                // SAFETY: the child's copy of a descriptor nothing in the child maps any more.
+                os::keep_errno(|| unsafe { libc::close(fd) });
+            }
+        }
+    }
+
     /// The tier's `spare=` path.
     pub fn spare(&self) -> Option<&CStr> {
         self.spare.spare_cstr()
