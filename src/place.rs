@@ -370,10 +370,14 @@ pub fn evacuate(
         return Err(libc::EINVAL);
     }
     let tier = device(kind).ok_or(libc::ENODEV)?;
-    tier.evacuate(target).map_err(|problem| {
+    let report = tier.evacuate(target).map_err(|problem| {
         crate::evacuate::report_failure(kind, target, &problem);
         problem.errno
-    })
+    })?;
+    if config::get().verbose {
+        crate::evacuate::report_success(kind, target.or(tier.spare()), &report);
+    }
+    Ok(report)
 }
 
 /// The figures of tier `kind`, if configured.

@@ -383,7 +383,7 @@ impl DeviceTier {
                 errno: libc::EINVAL,
             });
         }
-        let target = target.or(self.device.spare()).ok_or(Problem {
+        let target = target.or(self.spare()).ok_or(Problem {
             what: "no target given and no spare= configured",
             errno: libc::EINVAL,
         })?;
@@ -391,6 +391,11 @@ impl DeviceTier {
         // A file or device now, mapped shared: `fork` must copy it for the child.
         self.shared_across_fork.store(true, Ordering::Relaxed);
         Ok(report)
+    }
+
+    /// The `spare=` path.
+    pub fn spare(&self) -> Option<&CStr> {
+        self.device.spare()
     }
 
     pub fn set_fit(&self, fit: Fit) {

@@ -603,3 +603,30 @@ fn a_disk_file_tier_is_refused() {
     );
     check_blocks(&blocks, false);
 }
+
+/// A `numa=` tier is anonymous memory: it moves onto a file like a shmem tier, and is then
+/// shared with the file (a forked child still gets its own copy).
+#[test]
+fn a_numa_tier_moves_onto_a_file() {
+    if !is_child() {
+        return in_child("a_numa_tier_moves_onto_a_file", "dram;cxl:numa=0,size=16M");
+    }
+    let blocks = make_blocks(500);
+    assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(""));
+    let target = shm("target");
+    assert_eq!(evacuate(CXL, Some(&target)), Ok(()));
+    assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(target.as_str()));
+    check_blocks(&blocks, false);
+    // SAFETY: the child only reads, writes its own copy and calls _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: the child's copy of the first block.
+        unsafe { std::ptr::write_bytes(blocks[0].p as *mut u8, 0, blocks[0].size) };
+        // SAFETY: leaving at once.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    check_blocks(&blocks, false);
+}

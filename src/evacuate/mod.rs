@@ -11,7 +11,9 @@
 //!    that overlap it (plus the header of every free extent, so the header chain a recovery
 //!    scan walks is the same on the target); the lock is released;
 //! 2. the live bytes are copied from the region into a second mapping of the target (the
-//!    *staging* mapping, at another address), at the same offsets; free space is not copied;
+//!    *staging* mapping, at another address), at the same offsets; free space is not copied.
+//!    The staging pages for them were made present just before step 1 (`populate`), so the
+//!    hold covers a plain memcpy, not the target's page allocation;
 //! 3. the target is mapped over `[base + lo, base + hi)` (`mmap MAP_FIXED`, at file offset
 //!    `lo`): from here on the chunk's bytes are the target's;
 //! 4. the chunk's sleeping writers are woken; they retry their fault on the new mapping.
@@ -190,6 +192,32 @@ pub(crate) struct Report {
     pub chunks: u64,
     /// The longest time one chunk stayed write-protected, in nanoseconds.
     pub longest_hold_ns: u64,
+    /// How long chunks stayed write-protected: `holds[i]` counts those of `[2^i, 2^(i+1))`
+    /// nanoseconds.
+    pub holds: [u32; 32],
+    /// The whole move, in nanoseconds.
+    pub total_ns: u64,
+}
+
+impl Report {
+    fn record_hold(&mut self, ns: u64) {
+        self.longest_hold_ns = self.longest_hold_ns.max(ns);
+        let bucket = (63 - ns.max(1).leading_zeros() as usize).min(self.holds.len() - 1);
+        self.holds[bucket] += 1;
+    }
+
+    /// The upper bound of the bucket holding the `q`-quantile of the hold times (ns).
+    pub fn hold_quantile(&self, q: f64) -> u64 {
+        let want = (self.chunks as f64 * q) as u64;
+        let mut seen = 0u64;
+        for (i, &n) in self.holds.iter().enumerate() {
+            seen += n as u64;
+            if seen > want {
+                return (2u64 << i).min(self.longest_hold_ns);
+            }
+        }
+        self.longest_hold_ns
+    }
 }
 
 /// Moves tier `kind` (region `region`, state `state`, extents from `tier`) onto `target`.
@@ -255,6 +283,7 @@ fn move_region(
     };
     state.uffd.store(wp.fd(), Ordering::Relaxed);
     let chunk = chunk_bytes();
+    let started = now_ns();
     let mut report = Report {
         region: region.len as u64,
         ..Report::default()
@@ -270,6 +299,18 @@ fn move_region(
     let mut failure = None;
     while lo < region.len {
         let hi = (lo + chunk).min(region.len);
+        // The target's pages for the chunk's live bytes are made present before its writers
+        // are held, so that the hold covers the copy alone, not the page allocation.
+        ranges.reset(lo as u64, hi as u64);
+        let mut first_hint = hint;
+        tier.hold_and_list(
+            lo as u64,
+            hi as u64,
+            &mut first_hint,
+            &mut || true,
+            &mut |o, l| ranges.add(o, l),
+        );
+        populate(&staging, &ranges);
         ranges.reset(lo as u64, hi as u64);
         let mut protect_error = None;
         let mut protected_at = 0u64;
@@ -333,10 +374,11 @@ fn move_region(
             break;
         }
         wp.wake(region.base + lo, hi - lo);
-        report.longest_hold_ns = report.longest_hold_ns.max(now_ns() - protected_at);
+        report.record_hold(now_ns() - protected_at);
         report.chunks += 1;
         lo = hi;
     }
+    report.total_ns = now_ns() - started;
     wp.unregister(region.base, region.len);
     state.uffd.store(-1, Ordering::Relaxed);
     drop(wp);
@@ -364,6 +406,28 @@ fn move_region(
             }
             Err(p)
         }
+    }
+}
+
+/// Makes the staging mapping's pages of `ranges` present and writable (`MADV_POPULATE_WRITE`,
+/// Linux 5.14): a shmem target allocates them here, in one call per range rather than one
+/// fault per page. A backing that cannot (a PCI BAR) is simply written afterwards.
+fn populate(staging: &Region, ranges: &Ranges) {
+    const MADV_POPULATE_WRITE: i32 = 23;
+    for &(start, end) in &ranges.items[..ranges.len] {
+        let first = start as usize & !(os::PAGE_SIZE - 1);
+        let last = os::page_round(end as usize);
+        os::keep_errno(|| {
+            // SAFETY: a page range inside the staging mapping, ours; populating changes no
+            // byte.
+            unsafe {
+                libc::madvise(
+                    (staging.base + first) as *mut libc::c_void,
+                    last - first,
+                    MADV_POPULATE_WRITE,
+                )
+            }
+        });
     }
 }
 
@@ -407,6 +471,27 @@ fn now_ns() -> u64 {
     // SAFETY: a valid out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Prints what an evacuation did, in one line (`TIERMALLOC_VERBOSE=1`).
+pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
+    let mut line = os::LineBuf::new();
+    let _ = write!(line, "tiermalloc: tm_evacuate: tier '{}'", kind.name());
+    if let Some(target) = target {
+        let _ = write!(line, " onto '{}'", target.to_str().unwrap_or("<not UTF-8>"));
+    }
+    let _ = writeln!(
+        line,
+        ": {} of {} bytes copied in {} chunks, {} us; writers held per chunk: p50 < {} us, p99 < {} us, max {} us",
+        r.copied,
+        r.region,
+        r.chunks,
+        r.total_ns / 1000,
+        r.hold_quantile(0.5).div_ceil(1000),
+        r.hold_quantile(0.99).div_ceil(1000),
+        r.longest_hold_ns.div_ceil(1000)
+    );
+    line.flush();
 }
 
 /// Prints why an evacuation of `kind` onto `target` failed, in one line.
