@@ -310,7 +310,7 @@ fn move_region(
             &mut || true,
             &mut |o, l| ranges.add(o, l),
         );
-        populate(&staging, &ranges);
+        populate(staging.base, &ranges);
         ranges.reset(lo as u64, hi as u64);
         let mut protect_error = None;
         let mut protected_at = 0u64;
@@ -374,6 +374,9 @@ fn move_region(
             break;
         }
         wp.wake(region.base + lo, hi - lo);
+        // The new mapping starts without page-table entries: map the live pages now, in one
+        // call, rather than leave a fault per page to the program's threads.
+        populate(region.base, &ranges);
         report.record_hold(now_ns() - protected_at);
         report.chunks += 1;
         lo = hi;
@@ -409,20 +412,20 @@ fn move_region(
     }
 }
 
-/// Makes the staging mapping's pages of `ranges` present and writable (`MADV_POPULATE_WRITE`,
-/// Linux 5.14): a shmem target allocates them here, in one call per range rather than one
-/// fault per page. A backing that cannot (a PCI BAR) is simply written afterwards.
-fn populate(staging: &Region, ranges: &Ranges) {
+/// Makes the pages of `ranges` in the mapping at `base` present and writable
+/// (`MADV_POPULATE_WRITE`, Linux 5.14), in one call per range rather than one fault per page;
+/// a shmem target allocates them here. Changes no byte. A backing that cannot (a PCI BAR) is
+/// simply written or faulted afterwards.
+fn populate(base: usize, ranges: &Ranges) {
     const MADV_POPULATE_WRITE: i32 = 23;
     for &(start, end) in &ranges.items[..ranges.len] {
         let first = start as usize & !(os::PAGE_SIZE - 1);
         let last = os::page_round(end as usize);
         os::keep_errno(|| {
-            // SAFETY: a page range inside the staging mapping, ours; populating changes no
-            // byte.
+            // SAFETY: a page range inside a mapping of ours; populating changes no byte.
             unsafe {
                 libc::madvise(
-                    (staging.base + first) as *mut libc::c_void,
+                    (base + first) as *mut libc::c_void,
                     last - first,
                     MADV_POPULATE_WRITE,
                 )
