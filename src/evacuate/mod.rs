@@ -509,3 +509,43 @@ pub(crate) fn report_failure(kind: Kind, target: Option<&CStr>, p: &Problem) {
     let _ = writeln!(line);
     line.flush();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(lo: u64, hi: u64) -> Ranges {
+        let mut r = Ranges {
+            items: [(0, 0); MAX_RANGES],
+            len: 0,
+            lo: 0,
+            hi: 0,
+        };
+        r.reset(lo, hi);
+        r
+    }
+
+    #[test]
+    fn ranges_clip_merge_and_stretch_when_full() {
+        let mut r = ranges(1000, 2000);
+        r.add(900, 200); // clipped to [1000, 1100)
+        r.add(1100, 16); // adjacent: merged
+        r.add(1200, 16);
+        r.add(1990, 100); // clipped to [1990, 2000)
+        r.add(2000, 10); // outside
+        assert_eq!(
+            &r.items[..r.len],
+            &[(1000, 1116), (1200, 1216), (1990, 2000)]
+        );
+        assert_eq!(r.bytes(), 116 + 16 + 10);
+        let mut full = ranges(0, 1 << 20);
+        for i in 0..MAX_RANGES as u64 + 10 {
+            full.add(i * 64, 16);
+        }
+        assert_eq!(full.len, MAX_RANGES);
+        assert_eq!(
+            full.items[MAX_RANGES - 1],
+            ((MAX_RANGES as u64 - 1) * 64, 1 << 20)
+        );
+    }
+}
