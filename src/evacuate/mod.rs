@@ -77,7 +77,8 @@ const MAX_RANGES: usize = 256;
 /// The evacuation state of one device tier.
 ///
 /// Invariants: `device_fd` is the open descriptor of the file or device behind the tier's
-/// range (holding its lock), or -1 for anonymous memory; `moving` is true exactly while one
+/// range (holding its lock), or -1 for anonymous memory (`Region::lock_fd` is the one the
+/// tier was opened with, stale after a move); `moving` is true exactly while one
 /// evacuation runs, and `uffd` is then its userfaultfd (else -1).
 pub(crate) struct DeviceState {
     device_fd: AtomicI32,
@@ -391,10 +392,14 @@ fn move_region(
     let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
     match failure {
         None => {
-            if old >= 0 {
-                // SAFETY: the old device's descriptor, no longer mapped anywhere: closing it
-                // releases its lock.
-                os::keep_errno(|| unsafe { libc::close(old) });
+            // The old device, and the one an earlier move failed to leave, are mapped nowhere
+            // any more: closing them releases their locks.
+            let half = state.half_moved_fd.swap(-1, Ordering::AcqRel);
+            for fd in [old, half] {
+                if fd >= 0 {
+                    // SAFETY: a descriptor of ours that nothing maps or uses.
+                    os::keep_errno(|| unsafe { libc::close(fd) });
+                }
             }
             Ok(report)
         }
