@@ -52,6 +52,11 @@ pub struct Evacuation {
     /// The longest time one chunk was held write-protected (nanoseconds): the most any
     /// writer could have waited.
     pub longest_hold_ns: u64,
+    /// The median and 99th percentile of the chunks' hold times (nanoseconds, within 12.5%).
+    pub hold_p50_ns: u64,
+    pub hold_p99_ns: u64,
+    /// The whole move (nanoseconds).
+    pub total_ns: u64,
 }
 
 /// Why `evacuate` failed: the `errno` `tm_evacuate` would set (the reason was printed on
@@ -68,6 +73,9 @@ pub fn evacuate(kind: Kind, target: Option<&core::ffi::CStr>) -> Result<Evacuati
         region: r.region,
         chunks: r.chunks,
         longest_hold_ns: r.longest_hold_ns,
+        hold_p50_ns: r.hold_quantile(0.5),
+        hold_p99_ns: r.hold_quantile(0.99),
+        total_ns: r.total_ns,
     })
 }
 

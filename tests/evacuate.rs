@@ -468,7 +468,11 @@ fn byte_k_of_the_region_is_byte_k_of_the_target() {
     // The region starts where the file does: find it from /proc/self/maps.
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     let lines: Vec<&str> = maps.lines().filter(|l| l.ends_with(&target)).collect();
-    assert_eq!(lines.len(), 1, "the chunks' mappings merged into one: {lines:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "the chunks' mappings merged into one: {lines:?}"
+    );
     let line = lines[0];
     let (lo, _) = line.split_once('-').unwrap();
     let base = usize::from_str_radix(lo, 16).unwrap();
