@@ -4,7 +4,7 @@
 //!
 //! # How
 //!
-//! The region is moved one chunk (`CHUNK_BYTES`, 1 MiB by default) at a time, in address
+//! The region is moved one chunk (`CHUNK_BYTES`, 256 KiB by default) at a time, in address
 //! order. For each chunk `[lo, hi)`:
 //! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the chunk is
 //!    write-protected through userfaultfd (`uffd.rs`) and the heap lists the allocated extents
@@ -48,6 +48,30 @@
 //! BARs are refused with -1 + EOPNOTSUPP and one line (their writers cannot be held, so a
 //! move could lose writes). The target may be anything a tier can map.
 //!
+//! # Mechanisms looked at (`benches/device/evacuate_probe.c`, Linux 6.18 here)
+//!
+//! | mechanism | shmem | disk file (ext4) | anonymous | used? |
+//! |---|---|---|---|---|
+//! | uffd write-protect, synchronous | yes; a `read(2)` into a protected page waits, then completes | no (EINVAL) | yes | yes: it is what holds writers, kernel ones included |
+//! | uffd-wp async + `PAGEMAP_SCAN` (`PM_SCAN_WP_MATCHING`) | yes | yes | yes | no, see below |
+//! | soft-dirty (`clear_refs` 4, pagemap bit 55) | no | no | no | no: not in this kernel's build |
+//! | `UFFDIO_MOVE` | no (EINVAL) | no | yes | no |
+//! | `move_pages` | yes | yes | yes | no, see below |
+//!
+//! - *Dirty tracking with pre-copy rounds* (async write-protection and `PAGEMAP_SCAN`) would
+//!   copy each chunk once without holding anyone, then hold it only to copy the pages written
+//!   since. It cannot replace the synchronous hold for the last pass (an async-protected page
+//!   is never held), and one range takes one registration, so the two modes would have to be
+//!   switched per chunk. With a hold of about one chunk's memcpy already (BENCHMARKS.md), it was
+//!   left for later. It works on disk files too, but without a synchronous final pass a disk
+//!   file still cannot be moved safely.
+//! - `UFFDIO_MOVE` moves anonymous pages between ranges of one process: no use for file-backed
+//!   tiers, and a target that is a file or device is never anonymous.
+//! - `move_pages` (or `mbind` with `MPOL_MF_MOVE`) migrates a `numa=` tier's pages to another
+//!   node in place, the kernel holding each page's readers *and* writers during its copy; the
+//!   contract's target is a file or device, so a `numa=` tier here moves onto a file with the
+//!   same protocol as shmem. (This machine has one node: nothing to measure.)
+//!
 //! # Failure
 //!
 //! Every check (kind, target, write-protection) happens before the first chunk moves: a bad
@@ -65,10 +89,11 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use uffd::WriteProtector;
 
-/// Bytes moved per step by default: 1 MiB copies in 50-200 µs here, which bounds a writer's
-/// stall; per-chunk overhead (protect, mmap, wake) is a few µs. `TIERMALLOC_EVACUATE_CHUNK`
-/// (a size, a multiple of 4 KiB) overrides it, for the benchmark.
-const CHUNK_BYTES: usize = 1 << 20;
+/// Bytes moved per step by default. A writer of the chunk waits for its copy (36 µs for
+/// 256 KiB here) plus the protect, remap and wake (about 14 µs at 256 KiB, 60-80 µs at 1 MiB,
+/// BENCHMARKS.md), while the throughput is the same at either size (91-97% of memcpy per CPU
+/// second). `TIERMALLOC_EVACUATE_CHUNK` (a size, rounded up to 4 KiB) overrides it.
+const CHUNK_BYTES: usize = 256 << 10;
 
 /// Most separate live ranges remembered per chunk; past that, the last range is stretched to
 /// the chunk's end (copying some free space rather than allocating).
