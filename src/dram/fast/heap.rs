@@ -1,0 +1,551 @@
+//! Thread heaps: the pages of every size class that one thread allocates from, and the slow
+//! paths that find, create, retire and purge pages.
+//!
+//! A heap is used by one thread at a time (its owner) without locks. Other threads reach it
+//! only through the atomic `remote` list of a page and the heap's atomic `delayed` list of
+//! pages, which a remote free fills when it frees into a page parked in `full`.
+//!
+//! Pages of a class sit in `queues[class]`; `current[class]` is the page the fast path pops
+//! from (the first of the queue, or the empty page). A page with no free block left moves to
+//! `full` and flags its remote list, so that the first remote free hands it back through
+//! `delayed`; thus `find_page` never walks full pages twice.
+
+use crate::dram::budget;
+use crate::dram::fast::page::{Page, PageQueue};
+use crate::dram::fast::segment::Segment;
+use crate::dram::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
+use crate::lockfree::tagged_stack::StackLink;
+use crate::lockfree::remote_list::{Link, RemoteList};
+use crate::os;
+use crate::dram::fast::traffic::Traffic;
+use crate::stats::SharedCounter;
+use crate::sync::AtomicPtr;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Dirty (freed but resident) bytes a heap keeps without a thought of purging them.
+pub(crate) const PURGE_THRESHOLD: usize = 4 << 20;
+/// Dirty bytes above `PURGE_THRESHOLD` are purged with `madvise` once they have waited this
+/// long for reuse (checked on the heap's slow paths), so that a working set freed and taken
+/// again soon after is not faulted back in page by page. mimalloc-bench's mstress (`2 100
+/// 100`), whose threads free and reallocate ~10 MB sets and end every few milliseconds: 205 k
+/// minor faults with an immediate purge, 8 k with this delay and `POOLED_DIRTY_BUDGET`
+/// (mimalloc 8 k).
+const PURGE_DELAY_NS: u64 = 20_000_000;
+/// ... unless there are more than this many: then at once.
+const PURGE_HARD_MAX: usize = 32 << 20;
+/// Dirty bytes all heaps waiting in the pool for a new thread may keep together: a program
+/// whose threads come and go reuses their warm memory (mstress, see `PURGE_DELAY_NS`: 242 k
+/// minor faults when every exiting heap purged), while many exited threads pin no more than
+/// this (`c-tests/thread_churn.c`: 3000 threads, VmRSS at most 39 MiB). A heap that finds the
+/// budget spent purges at exit.
+const POOLED_DIRTY_BUDGET: usize = 32 << 20;
+/// Dirty bytes kept by the heaps in the pool, against `POOLED_DIRTY_BUDGET`.
+static POOLED_DIRTY: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of segments currently mapped, all heaps together.
+pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();
+pub static SEGMENTS_RELEASED: SharedCounter = SharedCounter::new();
+
+/// The pages the fast paths pop from: by 16-byte step of request size up to `DIRECT_MAX`
+/// (`malloc` needs no size-class lookup), and by class. The first field of every `Heap`, and
+/// all there is of the sentinels that a thread without a heap points at (`binding`):
+/// their entries are all the empty page, so a pop from them fails into the slow path.
+#[repr(C)]
+pub struct PageTables {
+    pub direct: [*mut Page; DIRECT_SLOTS],
+    pub current: [*mut Page; CLASS_COUNT],
+}
+
+impl PageTables {
+    /// Every entry the empty page.
+    pub const fn empty() -> PageTables {
+        PageTables {
+            direct: [Page::empty_page(); DIRECT_SLOTS],
+            current: [Page::empty_page(); CLASS_COUNT],
+        }
+    }
+}
+
+/// Set once when placement routes plain requests (device tiers): heaps then leave `direct`
+/// all empty, so `malloc`'s inline pop always fails into the general path, which asks `place`.
+/// Placement sets it from the library's constructor, before the program can start a thread;
+/// the constructing thread's heap and every heap bound later follow it. This is the one record
+/// of "routing is on": `place::routed` reads it.
+static DIRECT_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Whether the direct tables are off (see `DIRECT_OFF`).
+#[inline(always)]
+pub fn direct_off() -> bool {
+    DIRECT_OFF.load(Ordering::Relaxed)
+}
+
+/// Turns the direct tables off (see `DIRECT_OFF`), in the calling thread's heap at once.
+pub fn turn_direct_off(heap: *mut Heap) {
+    DIRECT_OFF.store(true, Ordering::Relaxed);
+    if !heap.is_null() {
+        // SAFETY: the caller's own heap.
+        unsafe { (*heap).follow_direct_switch() };
+    }
+}
+
+/// Invariants: `tables.current[c]` is `queues[c].first` or the empty page; unless `DIRECT_OFF`,
+/// `tables.direct[i] == tables.current[class_of(16 i)]` for every `i` (requests up to
+/// `DIRECT_MAX` bytes), else every `direct` entry is the empty page; every page of a segment
+/// of this heap that holds blocks is in exactly one of `queues[its class]` and `full`;
+/// `available` lists exactly the segments with a free slice, but `cached`; `dirty_bytes` is the
+/// sum of the dirty slices of the available and cached segments.
+#[repr(C, align(64))]
+pub struct Heap {
+    /// First, so that a pointer to the heap is a pointer to its tables (see `PageTables`).
+    pub tables: PageTables,
+    pub traffic: Traffic,
+    queues: [PageQueue; CLASS_COUNT],
+    full: PageQueue,
+    /// Pages of `full` that received a remote free (linked through `Page::delayed_next`).
+    delayed: RemoteList,
+    available: *mut Segment,
+    /// One empty segment kept to avoid a map/unmap cycle (purged with the rest).
+    cached: *mut Segment,
+    dirty_bytes: usize,
+    /// When the dirty bytes above `PURGE_THRESHOLD` are due for purging (coarse monotonic
+    /// ns); 0 when none is pending.
+    purge_due: u64,
+    /// The dirty bytes this heap counts in `POOLED_DIRTY` (while it waits in the pool).
+    pooled_dirty: usize,
+    /// Link in the pool of heaps without a thread.
+    pool_link: AtomicPtr<Heap>,
+    /// Link in the registry of all heaps (for statistics).
+    registry_next: *mut Heap,
+}
+
+impl StackLink for Heap {
+    fn link(&self) -> &AtomicPtr<Heap> {
+        &self.pool_link
+    }
+}
+
+// SAFETY: the link is `registry_next`, written once before the heap is published.
+unsafe impl Link for Heap {
+    unsafe fn set_next(node: *mut Self, next: *mut Self) {
+        // SAFETY: the caller owns the unpublished heap.
+        unsafe { (*node).registry_next = next }
+    }
+    unsafe fn next(node: *mut Self) -> *mut Self {
+        // SAFETY: published heaps are valid forever.
+        unsafe { (*node).registry_next }
+    }
+}
+
+impl Heap {
+    /// Prepares zeroed memory as an empty heap.
+    ///
+    /// # Safety
+    /// `heap` must point to zeroed memory for a `Heap`, owned by the caller.
+    pub unsafe fn init(heap: *mut Heap) {
+        // SAFETY: all-zero is a valid empty state for every field but the tables.
+        unsafe { (*heap).tables = PageTables::empty() };
+    }
+
+    /// Empties `direct` if the direct tables were turned off after this heap filled them
+    /// (a heap made before placement routed requests, adopted now).
+    pub fn follow_direct_switch(&mut self) {
+        if DIRECT_OFF.load(Ordering::Relaxed) {
+            self.tables.direct = [Page::empty_page(); DIRECT_SLOTS];
+        }
+    }
+
+    /// Allocates a block of `class` when the current page has none: the slow path.
+    #[cold]
+    #[inline(never)]
+    pub fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        self.take_delayed();
+        if self.purge_due != 0 {
+            self.consider_purge();
+        }
+        match self.find_page(class) {
+            // SAFETY: find_page returns a valid page with a free block.
+            Some(page) => unsafe {
+                let p = (*page).pop();
+                self.traffic.on_alloc(class);
+                p
+            },
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// Tells `heap` that `page`, parked in its `full` queue, got a remote free. Called by the
+    /// one remote free whose push cleared the page's flag.
+    ///
+    /// # Safety
+    /// As stated: `page` is a page of `heap` whose flag this thread's push cleared.
+    pub unsafe fn hand_back(heap: *mut Heap, page: *mut Page) {
+        // SAFETY: `delayed` is the heap's atomic list; the page link is ours to write (Page
+        // invariant).
+        unsafe { (*core::ptr::addr_of!((*heap).delayed)).push(page) };
+    }
+
+    /// Moves pages that got remote frees while full back to their queues.
+    fn take_delayed(&mut self) {
+        if !self.delayed.has_nodes() {
+            return;
+        }
+        let mut page: *mut Page = self.delayed.take_all();
+        while !page.is_null() {
+            // SAFETY: pages on `delayed` are pages of ours in `full` (Page invariant).
+            unsafe {
+                let next = (*page).delayed_next;
+                debug_assert!((*page).in_full());
+                self.full.remove(page);
+                (*page).set_in_full(false);
+                self.queues[(*page).class as usize].push_back(page);
+                page = next;
+            }
+        }
+    }
+
+    /// A page of `class` with a free block, made current.
+    fn find_page(&mut self, class: usize) -> Option<*mut Page> {
+        let mut page = self.queues[class].first;
+        while !page.is_null() {
+            // SAFETY: queue members are valid pages of this heap.
+            unsafe {
+                let next = (*page).next;
+                if (*page).free.is_null() {
+                    (*page).collect_remote();
+                }
+                if (*page).free.is_null() {
+                    (*page).extend();
+                }
+                if !(*page).free.is_null() {
+                    self.make_current(class, page);
+                    return Some(page);
+                }
+                self.move_to_full(page);
+                page = next;
+            }
+        }
+        let page = self.new_page(class)?;
+        // SAFETY: a fresh page of ours.
+        unsafe {
+            self.queues[class].push_front(page);
+            (*page).extend();
+        }
+        self.set_current(class, page);
+        Some(page)
+    }
+
+    fn make_current(&mut self, class: usize, page: *mut Page) {
+        if self.queues[class].first != page {
+            // SAFETY: `page` is in this queue.
+            unsafe {
+                self.queues[class].remove(page);
+                self.queues[class].push_front(page);
+            }
+        }
+        self.set_current(class, page);
+    }
+
+    /// Makes `page` the page the fast paths of `class` pop from.
+    fn set_current(&mut self, class: usize, page: *mut Page) {
+        self.tables.current[class] = page;
+        if !DIRECT_OFF.load(Ordering::Relaxed) {
+            for slot in direct_slots(class) {
+                self.tables.direct[slot] = page;
+            }
+        }
+    }
+
+    /// Parks a page with no free block in `full`, flagging its remote list so the next remote
+    /// free hands it back. If remote frees arrived meanwhile, collects them instead.
+    ///
+    /// # Safety
+    /// `page` must be in its class queue and have no free block.
+    unsafe fn move_to_full(&mut self, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe {
+            if !(*page).remote.try_flag() {
+                (*page).collect_remote();
+                return;
+            }
+            let class = (*page).class as usize;
+            self.queues[class].remove(page);
+            if self.tables.current[class] == page {
+                self.set_current(class, Page::empty_page());
+            }
+            (*page).set_in_full(true);
+            self.full.push_back(page);
+        }
+    }
+
+    /// Called by the owner's `free` when a page became empty or was parked in `full`.
+    ///
+    /// # Safety
+    /// `page` must be a page of this heap, owned by the calling thread.
+    #[cold]
+    #[inline(never)]
+    pub unsafe fn after_local_free(&mut self, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe {
+            if (*page).in_full() {
+                // Back to its queue, unless a remote free already claimed the hand-back.
+                if !(*page).remote.try_unflag() {
+                    return;
+                }
+                self.full.remove(page);
+                (*page).set_in_full(false);
+                self.queues[(*page).class as usize].push_back(page);
+            }
+            if (*page).blocks_used() == 0 && self.tables.current[(*page).class as usize] != page {
+                self.retire(page);
+            }
+        }
+    }
+
+    /// Gives an empty page's slices back to its segment.
+    ///
+    /// # Safety
+    /// `page` must be an empty page of this heap in its class queue.
+    unsafe fn retire(&mut self, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe {
+            debug_assert!((*page).blocks_used() == 0 && !(*page).remote.has_nodes());
+            let class = (*page).class as usize;
+            self.queues[class].remove(page);
+            if self.tables.current[class] == page {
+                self.set_current(class, Page::empty_page());
+            }
+            let segment = Segment::of(page as usize);
+            let bytes = (*segment).give_back(page);
+            self.dirty_bytes += bytes;
+            budget::PAGE_BYTES.add((bytes as u64).wrapping_neg());
+            if (*segment).is_empty() {
+                self.unlink_available(segment);
+                if self.cached.is_null() {
+                    // Kept as it is, resident parts and all (counted in dirty_bytes).
+                    self.cached = segment;
+                } else {
+                    self.release(segment);
+                }
+            } else if !(*segment).in_available {
+                self.link_available(segment);
+            }
+        }
+        if self.dirty_bytes > PURGE_THRESHOLD {
+            self.consider_purge();
+        }
+    }
+
+    /// Unmaps an empty segment of this heap that is on no list.
+    ///
+    /// # Safety
+    /// As stated.
+    unsafe fn release(&mut self, segment: *mut Segment) {
+        // SAFETY: per the contract.
+        unsafe {
+            self.dirty_bytes -= (*segment).dirty_bytes();
+            Segment::release(segment);
+        }
+        SEGMENT_BYTES.add((crate::chunk::CHUNK_SIZE as u64).wrapping_neg());
+        SEGMENTS_RELEASED.add(1);
+    }
+
+    /// Purges when the dirty bytes above `PURGE_THRESHOLD` have waited `PURGE_DELAY_NS` (or
+    /// passed `PURGE_HARD_MAX`); otherwise starts the wait.
+    #[cold]
+    #[inline(never)]
+    fn consider_purge(&mut self) {
+        if self.dirty_bytes <= PURGE_THRESHOLD {
+            self.purge_due = 0;
+            return;
+        }
+        let now = os::coarse_now_ns();
+        if self.dirty_bytes > PURGE_HARD_MAX || (self.purge_due != 0 && now >= self.purge_due) {
+            self.purge();
+        } else if self.purge_due == 0 {
+            self.purge_due = now + PURGE_DELAY_NS;
+        }
+    }
+
+    /// Returns the memory of every free slice of this heap to the kernel.
+    pub fn purge(&mut self) {
+        let mut segment = self.available;
+        while !segment.is_null() {
+            // SAFETY: list members are valid segments of this heap.
+            unsafe {
+                (*segment).purge();
+                segment = (*segment).next;
+            }
+        }
+        if !self.cached.is_null() {
+            // SAFETY: the cached segment is ours and empty.
+            unsafe { (*self.cached).purge() };
+        }
+        self.dirty_bytes = 0;
+        self.purge_due = 0;
+    }
+
+    /// Cuts a page of `class` from `segment`, keeping `dirty_bytes` true.
+    ///
+    /// # Safety
+    /// `segment` must be a segment of this heap.
+    unsafe fn take_page_from(&mut self, segment: *mut Segment, class: usize) -> Option<*mut Page> {
+        // SAFETY: per the contract.
+        unsafe {
+            let dirty_before = (*segment).dirty_bytes();
+            let page = (*segment).take_page(class, page_slices(class))?;
+            self.dirty_bytes -= dirty_before - (*segment).dirty_bytes();
+            Some(page)
+        }
+    }
+
+    /// A fresh page of `class`, counted in what DRAM holds; `None` when DRAM's `limit=`
+    /// refuses it or memory runs out.
+    fn new_page(&mut self, class: usize) -> Option<*mut Page> {
+        let bytes = page_slices(class) * SLICE_SIZE;
+        if !budget::admits(bytes as u64) {
+            return None;
+        }
+        let page = self.cut_page(class);
+        if page.is_some() {
+            budget::PAGE_BYTES.add(bytes as u64);
+        }
+        page
+    }
+
+    /// Cuts a page of `class` from an available segment, else from a new one.
+    fn cut_page(&mut self, class: usize) -> Option<*mut Page> {
+        let mut segment = self.available;
+        while !segment.is_null() {
+            // SAFETY: list members are valid segments of this heap.
+            unsafe {
+                if let Some(page) = self.take_page_from(segment, class) {
+                    if (*segment).free_slices == 0 {
+                        self.unlink_available(segment);
+                    }
+                    return Some(page);
+                }
+                segment = (*segment).next;
+            }
+        }
+        let segment = if self.cached.is_null() {
+            let fresh = Segment::create(self as *mut Heap as usize)?;
+            SEGMENT_BYTES.add(crate::chunk::CHUNK_SIZE as u64);
+            fresh
+        } else {
+            core::mem::replace(&mut self.cached, ptr::null_mut())
+        };
+        // SAFETY: an empty segment of ours.
+        unsafe {
+            let page = self.take_page_from(segment, class);
+            debug_assert!(page.is_some());
+            if (*segment).free_slices != 0 {
+                self.link_available(segment);
+            }
+            page
+        }
+    }
+
+    fn link_available(&mut self, segment: *mut Segment) {
+        // SAFETY: `segment` is ours and on no list.
+        unsafe {
+            (*segment).prev = ptr::null_mut();
+            (*segment).next = self.available;
+            if !self.available.is_null() {
+                (*self.available).prev = segment;
+            }
+            (*segment).in_available = true;
+        }
+        self.available = segment;
+    }
+
+    fn unlink_available(&mut self, segment: *mut Segment) {
+        // SAFETY: `segment` is on this heap's list.
+        unsafe {
+            if !(*segment).in_available {
+                return;
+            }
+            let (prev, next) = ((*segment).prev, (*segment).next);
+            if prev.is_null() {
+                self.available = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*segment).in_available = false;
+        }
+    }
+
+    /// Tidies a heap whose thread is leaving: collects remote frees, retires empty pages, and
+    /// keeps its resident free slices if `POOLED_DIRTY_BUDGET` has room for them, else purges
+    /// them. The heap keeps its pages for the next thread that adopts it.
+    pub fn tidy_for_next_owner(&mut self) {
+        self.take_delayed();
+        for class in 0..CLASS_COUNT {
+            self.set_current(class, Page::empty_page());
+            let mut page = self.queues[class].first;
+            while !page.is_null() {
+                // SAFETY: queue members are valid pages of this heap.
+                unsafe {
+                    let next = (*page).next;
+                    (*page).collect_remote();
+                    if (*page).blocks_used() == 0 {
+                        self.retire(page);
+                    }
+                    page = next;
+                }
+            }
+        }
+        let dirty = self.dirty_bytes;
+        if POOLED_DIRTY.fetch_add(dirty, Ordering::Relaxed) + dirty <= POOLED_DIRTY_BUDGET {
+            self.pooled_dirty = dirty;
+        } else {
+            POOLED_DIRTY.fetch_sub(dirty, Ordering::Relaxed);
+            self.purge();
+        }
+    }
+
+    /// Takes this heap's kept dirty bytes off the pool's budget (a thread adopts it).
+    pub fn leave_pool(&mut self) {
+        POOLED_DIRTY.fetch_sub(core::mem::take(&mut self.pooled_dirty), Ordering::Relaxed);
+    }
+
+    /// The next heap in the registry of all heaps.
+    ///
+    /// # Safety
+    /// `heap` must be a registered heap.
+    pub unsafe fn registry_next(heap: *const Heap) -> *mut Heap {
+        // SAFETY: written once before the heap was published.
+        unsafe { (*heap).registry_next }
+    }
+
+    /// Walks every list of every page (tests only).
+    #[cfg(test)]
+    pub fn check_invariants(&self) {
+        for class in 0..CLASS_COUNT {
+            let mut page = self.queues[class].first;
+            if self.tables.current[class] != Page::empty_page() {
+                assert_eq!(self.tables.current[class], page);
+            }
+            for slot in direct_slots(class) {
+                let direct = if DIRECT_OFF.load(Ordering::Relaxed) {
+                    Page::empty_page()
+                } else {
+                    self.tables.current[class]
+                };
+                assert_eq!(self.tables.direct[slot], direct);
+            }
+            while !page.is_null() {
+                // SAFETY: queue members are valid pages of this heap.
+                unsafe {
+                    assert_eq!((*page).class as usize, class);
+                    assert!(!(*page).in_full());
+                    (*page).check_invariants();
+                    page = (*page).next;
+                }
+            }
+        }
+    }
+}

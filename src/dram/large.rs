@@ -1,0 +1,463 @@
+//! Large blocks: requests above the largest size class (or aligned beyond a slice) get a
+//! mapping of their own.
+//!
+//! The mapping covers whole chunks and starts with a `LargeHeader` (host DRAM: the mapping is
+//! ours); the block starts `offset` bytes later. Pages past the block's end are reserved but
+//! untouched, so `realloc` within the mapping is free; beyond it, `mremap` grows the mapping
+//! in place or moves its pages to a new chunk-aligned place without copying.
+//!
+//! A freed mapping of up to `CACHE_ENTRY_MAX` bytes is kept, still resident, in a small
+//! lock-free cache (at most `CACHE_BYTES_MAX` in all) for the next large request it fits
+//! without wasting more than three quarters of it: programs that allocate and free big
+//! buffers in a loop then pay no `mmap`, `munmap` or page faults. Anything else goes back to
+//! the kernel at once.
+//! A cached mapping keeps the pages its last block touched: each header bounds them
+//! (`resident`), so a shrink gives back an earlier block's pages too, and `alloc_cached` (for
+//! `realloc` moving a growing small block here) keeps at most `CACHED_RESIDENT_KEEP` of them.
+
+use crate::os;
+use crate::chunk::{self, CHUNK_SIZE};
+use crate::pagemap::{self, ChunkTag};
+use crate::stats::SharedCounter;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Bytes between the chunk start and a block aligned to at most this.
+const MIN_OFFSET: usize = 64;
+
+/// Largest mapping the cache keeps, and the most it keeps in all (address space: only the
+/// pages a block touched are resident). Measured on the `large` workload (4 live blocks of
+/// 64 KiB–32 MiB): 64 MiB in all and a fit within twice the request, 607 k page faults and
+/// 2.5× glibc's time; 96 MiB and four times, 222 k faults and 1.0×, peak RSS 129 → 140 MiB.
+const CACHE_ENTRY_MAX: usize = 32 << 20;
+const CACHE_BYTES_MAX: usize = 96 << 20;
+const CACHE_SLOTS: usize = 16;
+
+/// Each slot is 0 or `header | (map_len / PAGE_SIZE)`: headers are chunk-aligned and cached
+/// lengths below `CHUNK_SIZE` pages, so both fit in one word and a slot is taken whole with one
+/// compare-and-swap, without reading the mapping (which its taker may already have freed).
+static CACHE: [AtomicUsize; CACHE_SLOTS] = [const { AtomicUsize::new(0) }; CACHE_SLOTS];
+static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static CACHE_HITS: SharedCounter = SharedCounter::new();
+
+const _: () = assert!(CACHE_ENTRY_MAX / os::PAGE_SIZE < CHUNK_SIZE);
+
+/// Takes a cached mapping of at least `need` bytes and at most four times that.
+fn cache_take(need: usize) -> Option<(usize, usize)> {
+    if CACHED_BYTES.load(Ordering::Relaxed) < need {
+        return None;
+    }
+    for slot in &CACHE {
+        let entry = slot.load(Ordering::Relaxed);
+        let len = (entry & (CHUNK_SIZE - 1)) * os::PAGE_SIZE;
+        if entry == 0 || len < need || len / 4 > need {
+            continue;
+        }
+        if slot
+            .compare_exchange(entry, 0, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            CACHED_BYTES.fetch_sub(len, Ordering::Relaxed);
+            CACHE_HITS.add(1);
+            return Some((entry & !(CHUNK_SIZE - 1), len));
+        }
+    }
+    None
+}
+
+/// Offers a dead mapping to the cache; false if it does not fit (the caller unmaps it).
+fn cache_put(h: usize, map_len: usize) -> bool {
+    if map_len > CACHE_ENTRY_MAX
+        || CACHED_BYTES.fetch_add(map_len, Ordering::Relaxed) + map_len > CACHE_BYTES_MAX
+    {
+        if map_len <= CACHE_ENTRY_MAX {
+            CACHED_BYTES.fetch_sub(map_len, Ordering::Relaxed);
+        }
+        return false;
+    }
+    let entry = h | (map_len / os::PAGE_SIZE);
+    for slot in &CACHE {
+        if slot
+            .compare_exchange(0, entry, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+        {
+            return true;
+        }
+    }
+    CACHED_BYTES.fetch_sub(map_len, Ordering::Relaxed);
+    false
+}
+
+pub static LARGE_ALLOCATIONS: SharedCounter = SharedCounter::new();
+pub static LARGE_FREES: SharedCounter = SharedCounter::new();
+pub use crate::dram::budget::LARGE_LIVE_BYTES;
+
+/// Invariants: the header sits at the chunk start `owner_chunk(block)`; the mapping is
+/// `[header, header + map_len)` with `map_len` a multiple of `CHUNK_SIZE`, so no one else's
+/// memory ever shares a chunk the page map tags as ours; `block = header + offset` and
+/// `offset + usable <= map_len`, `offset + usable` a multiple of the page size; the page map
+/// tags the first chunk `LargeHead` and the rest `LargeTail`. Pages past `offset + usable` are
+/// reserved address space, untouched by a live block, but may still be resident from an
+/// earlier block of a cached mapping: none past `resident`, where
+/// `offset + usable <= resident <= map_len` (kept in a cached mapping's header too).
+#[repr(C)]
+struct LargeHeader {
+    map_len: usize,
+    offset: usize,
+    usable: usize,
+    resident: usize,
+}
+
+fn round_to_page(n: usize) -> Option<usize> {
+    Some(n.checked_add(os::PAGE_SIZE - 1)? & !(os::PAGE_SIZE - 1))
+}
+
+fn round_to_chunk(n: usize) -> Option<usize> {
+    Some(n.checked_add(CHUNK_SIZE - 1)? & !(CHUNK_SIZE - 1))
+}
+
+/// The offset of the block from its header for `align`.
+///
+/// Written as a clamp, not as `if align <= MIN_OFFSET { .. } else { align.min(..) }`: rustc
+/// 1.95 at opt-level 1 and 2 with several codegen units folds that form to
+/// `align.min(CHUNK_SIZE)`, dropping the lower bound (seen as 16-byte offsets in dev builds).
+fn offset_for(align: usize) -> usize {
+    align.clamp(MIN_OFFSET, CHUNK_SIZE)
+}
+
+/// Maps `map_len` bytes at a chunk-aligned address `h` such that `h + offset` is aligned to
+/// `align`.
+fn map_for(map_len: usize, offset: usize, align: usize) -> Option<usize> {
+    if align <= CHUNK_SIZE {
+        return os::map_aligned(map_len, CHUNK_SIZE).map(|p| p.as_ptr() as usize);
+    }
+    // offset == CHUNK_SIZE here, so h = block - CHUNK_SIZE is chunk-aligned whenever the block
+    // is `align`-aligned.
+    let total = map_len.checked_add(align)?;
+    let raw = os::map_anonymous(total)?.as_ptr() as usize;
+    let block = (raw + offset + align - 1) & !(align - 1);
+    let h = block - offset;
+    // SAFETY: trimming the unused ends of our fresh mapping.
+    unsafe {
+        if h > raw {
+            os::unmap(raw as *mut u8, h - raw);
+        }
+        if raw + total > h + map_len {
+            os::unmap((h + map_len) as *mut u8, raw + total - (h + map_len));
+        }
+    }
+    Some(h)
+}
+
+/// Writes the header of a block in the mapping at `h` and counts it; `resident` bounds the
+/// pages an earlier block left resident (0 for a fresh mapping).
+///
+/// # Safety
+/// `[h, h + map_len)` must be a mapping of ours, tagged, that no live block uses.
+unsafe fn start_block(
+    h: usize,
+    map_len: usize,
+    offset: usize,
+    usable: usize,
+    resident: usize,
+) -> *mut u8 {
+    // SAFETY: the header fits in the mapping's first bytes (offset ≥ 64).
+    unsafe {
+        (h as *mut LargeHeader).write(LargeHeader {
+            map_len,
+            offset,
+            usable,
+            resident: resident.max(offset + usable),
+        })
+    };
+    LARGE_ALLOCATIONS.add(1);
+    LARGE_LIVE_BYTES.add(usable as u64);
+    (h + offset) as *mut u8
+}
+
+/// A block of at least `size` bytes aligned to `align` (a power of two), all zero if `zero`;
+/// null on failure.
+pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let offset = offset_for(align);
+    let Some(end) = size.checked_add(offset).and_then(round_to_page) else {
+        return core::ptr::null_mut();
+    };
+    let Some(map_len) = round_to_chunk(end) else {
+        return core::ptr::null_mut();
+    };
+    let usable = end - offset;
+    if offset == MIN_OFFSET {
+        if let Some((h, cached_len)) = cache_take(map_len) {
+            // SAFETY: a cached mapping is ours alone once taken, its tags still set.
+            unsafe {
+                let resident = (*(h as *mut LargeHeader)).resident;
+                let p = start_block(h, cached_len, offset, usable, resident);
+                if zero {
+                    p.write_bytes(0, usable);
+                }
+                return p;
+            }
+        }
+    }
+    let Some(h) = map_for(map_len, offset, align) else {
+        return core::ptr::null_mut();
+    };
+    if !chunk::covers(h, map_len) {
+        // SAFETY: fresh and unused.
+        unsafe { os::unmap(h as *mut u8, map_len) };
+        return core::ptr::null_mut();
+    }
+    pagemap::set(h, map_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+    // SAFETY: a fresh, tagged mapping (zero-filled by the kernel).
+    unsafe { start_block(h, map_len, offset, usable, 0) }
+}
+
+/// The most of a cached mapping `alloc_cached` leaves resident past its new block: enough for
+/// the pages of a buffer that grew to 2 MiB and is freed and grown again, while a small block
+/// does not hold the pages of a big one it replaces (an `madvise` then drops them).
+const CACHED_RESIDENT_KEEP: usize = 2 << 20;
+
+/// A block of at least `size` bytes aligned to `align` (a power of two) from a cached mapping,
+/// contents undefined; null when the cache has none that fits. Makes no system call unless the
+/// mapping has more than `CACHED_RESIDENT_KEEP` resident past the block.
+pub fn alloc_cached(size: usize, align: usize) -> *mut u8 {
+    let offset = offset_for(align);
+    let Some(end) = size.checked_add(offset).and_then(round_to_page) else {
+        return core::ptr::null_mut();
+    };
+    let Some(map_len) = round_to_chunk(end) else {
+        return core::ptr::null_mut();
+    };
+    if offset != MIN_OFFSET {
+        return core::ptr::null_mut();
+    }
+    let Some((h, cached_len)) = cache_take(map_len) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: a cached mapping is ours alone once taken, its tags and header still set; the
+    // pages past `keep` hold nothing.
+    unsafe {
+        let mut resident = (*(h as *mut LargeHeader)).resident;
+        let keep = end.max(CACHED_RESIDENT_KEEP);
+        if resident > keep {
+            os::discard((h + keep) as *mut u8, resident - keep);
+            resident = keep;
+        }
+        start_block(h, cached_len, offset, end - offset, resident)
+    }
+}
+
+/// The header of large block `p`, if `p` really is the start of one.
+fn header_of(p: *mut u8) -> Option<*mut LargeHeader> {
+    let h = pagemap::owner_chunk(p as usize);
+    let header = h as *mut LargeHeader;
+    // SAFETY: the page map says a large mapping starts at `h`, so its header is readable.
+    (unsafe { (*header).offset } == p as usize - h).then_some(header)
+}
+
+/// The usable size of large block `p` (0 if `p` is not the start of one). The page map must
+/// tag `p`'s chunk `LargeHead`.
+pub fn usable_size(p: *mut u8) -> usize {
+    match header_of(p) {
+        // SAFETY: a valid header.
+        Some(header) => unsafe { (*header).usable },
+        None => 0,
+    }
+}
+
+/// Frees large block `p`; false if `p` is not the start of a large block. The page map must
+/// tag `p`'s chunk `LargeHead`.
+///
+/// # Safety
+/// `p` must not be used after this.
+pub unsafe fn free(p: *mut u8) -> bool {
+    let Some(header) = header_of(p) else {
+        return false;
+    };
+    // SAFETY: a valid header of a mapping whose block dies here.
+    unsafe {
+        let LargeHeader {
+            map_len, usable, ..
+        } = header.read();
+        LARGE_FREES.add(1);
+        LARGE_LIVE_BYTES.add((usable as u64).wrapping_neg());
+        // A stale pointer to a cached mapping must not pass for a block.
+        (*header).offset = usize::MAX;
+        if !cache_put(header as usize, map_len) {
+            pagemap::clear(header as usize, map_len);
+            os::unmap(header.cast(), map_len);
+        }
+    }
+    true
+}
+
+/// Resizes large block `p` to hold `size` bytes without copying: within its mapping, by
+/// growing or shrinking the mapping in place, or by moving its pages. Returns the (possibly
+/// moved) block, or null if it could not (`p` is then intact).
+///
+/// # Safety
+/// `p` must be a live large block.
+pub unsafe fn resize(p: *mut u8, size: usize) -> *mut u8 {
+    let Some(header) = header_of(p) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: a valid header.
+    let LargeHeader {
+        map_len,
+        offset,
+        usable,
+        resident,
+    } = unsafe { header.read() };
+    let Some(end) = size.checked_add(offset).and_then(round_to_page) else {
+        return core::ptr::null_mut();
+    };
+    let Some(new_len) = round_to_chunk(end) else {
+        return core::ptr::null_mut();
+    };
+    let h = header as usize;
+    let new_usable = end - offset;
+    let old_end = offset + usable;
+    if new_len != map_len {
+        // SAFETY: our whole mapping; `place_mapping` keeps it intact on failure.
+        match unsafe { place_mapping(h, map_len, new_len) } {
+            Some(new_h) if new_h == h => {}
+            Some(new_h) => {
+                // SAFETY: the header moved with its pages.
+                unsafe {
+                    let moved = new_h as *mut LargeHeader;
+                    (*moved).usable = new_usable;
+                    (*moved).resident = resident.max(end).min(new_len);
+                }
+                LARGE_LIVE_BYTES.add((new_usable as u64).wrapping_sub(usable as u64));
+                return (new_h + offset) as *mut u8;
+            }
+            None => return core::ptr::null_mut(),
+        }
+    }
+    let mut resident = resident.max(end).min(new_len);
+    if end < old_end {
+        // Shrinking: the dropped pages, and any an earlier block left, go back to the kernel
+        // (`resident >= end`).
+        // SAFETY: pages past the new end hold nothing the block keeps.
+        unsafe { os::discard((h + end) as *mut u8, resident - end) };
+        resident = end;
+    }
+    // SAFETY: the header is where it was.
+    unsafe {
+        (*header).map_len = new_len;
+        (*header).usable = new_usable;
+        (*header).resident = resident;
+    }
+    LARGE_LIVE_BYTES.add((new_usable as u64).wrapping_sub(usable as u64));
+    p
+}
+
+/// Makes the mapping `[h, h + map_len)` `new_len` bytes long (both chunk multiples): in place,
+/// or by moving its pages to a fresh chunk-aligned place. Returns where it now starts, with
+/// the page map updated, or `None` with the mapping untouched.
+///
+/// # Safety
+/// `[h, h + map_len)` must be a whole tagged mapping of ours.
+unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usize> {
+    // SAFETY: our whole mapping; mremap without MAYMOVE resizes it where it is or fails.
+    if unsafe { os::remap_in_place(h as *mut u8, map_len, new_len) } {
+        if new_len < map_len {
+            pagemap::clear(h + new_len, map_len - new_len);
+        }
+        pagemap::set(h, new_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+        return Some(h);
+    }
+    // Move the pages (offset < CHUNK_SIZE keeps the block's alignment up to a chunk; larger
+    // alignments are not promised by realloc).
+    let dst = os::map_aligned(new_len, CHUNK_SIZE)?.as_ptr() as usize;
+    // SAFETY: `[h, h + map_len)` is our mapping and `[dst, dst + new_len)` our fresh
+    // reservation, which is unmapped again if anything fails.
+    unsafe {
+        if !chunk::covers(dst, new_len)
+            || !os::remap_to(h as *mut u8, map_len, dst as *mut u8, new_len)
+        {
+            os::unmap(dst as *mut u8, new_len);
+            return None;
+        }
+    }
+    pagemap::clear(h, map_len);
+    pagemap::set(dst, new_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+    // SAFETY: the header moved with its pages.
+    unsafe { (*(dst as *mut LargeHeader)).map_len = new_len };
+    Some(dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_blocks_honour_alignment_and_resize() {
+        for align in [16usize, 4096, 1 << 20, 4 << 20, 16 << 20] {
+            let p = alloc(1 << 20, align, false);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align, 0, "align {align}");
+            assert!(usable_size(p) >= 1 << 20);
+            assert_eq!(pagemap::tag_of_block(p as usize), ChunkTag::LargeHead);
+            // SAFETY: the block is ours and at least 1 MiB.
+            unsafe {
+                p.write_bytes(0x5a, 1 << 20);
+                let q = resize(p, 9 << 20);
+                assert!(!q.is_null());
+                assert_eq!(*q.add((1 << 20) - 1), 0x5a);
+                assert!(usable_size(q) >= 9 << 20);
+                q.add(9 << 20).sub(1).write(1);
+                let r = resize(q, 2 << 20);
+                assert_eq!(r, q);
+                assert_eq!(*r, 0x5a);
+                assert!(free(r));
+                // Unmapped, or cached with its header invalidated: no longer a block.
+                if pagemap::tag_of_block(r as usize) == ChunkTag::LargeHead {
+                    assert_eq!(usable_size(r), 0);
+                    assert!(!free(r));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn freed_mappings_are_reused_zeroed_when_asked_and_never_freed_twice() {
+        let p = alloc(3 << 20, 16, false);
+        // SAFETY: our block of 3 MiB.
+        unsafe {
+            p.write_bytes(0xee, 3 << 20);
+            assert!(free(p));
+            assert!(!free(p), "a cached mapping is not a live block");
+        }
+        let hits = CACHE_HITS.get();
+        let q = alloc(3 << 20, 16, true);
+        // Another test may take the cached mapping first; only a hit must be zeroed.
+        if CACHE_HITS.get() > hits && q == p {
+            // SAFETY: our block of 3 MiB.
+            assert!(unsafe { core::slice::from_raw_parts(q, 3 << 20) }
+                .iter()
+                .all(|&b| b == 0));
+        }
+        // SAFETY: live block.
+        unsafe { assert!(free(q)) };
+    }
+
+    #[test]
+    fn small_alignments_get_the_minimum_offset() {
+        for align in [1, 16, 32, 64] {
+            assert_eq!(offset_for(align), MIN_OFFSET);
+        }
+        assert_eq!(offset_for(4096), 4096);
+        assert_eq!(offset_for(64 << 20), CHUNK_SIZE);
+    }
+
+    #[test]
+    fn interior_pointers_are_not_blocks() {
+        let p = alloc(100_000, 16, false);
+        // SAFETY: probing the header of our own mapping.
+        unsafe {
+            assert_eq!(usable_size(p.add(16)), 0);
+            assert!(!free(p.add(16)));
+            assert!(free(p));
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The Rust API: tiers as `Kind`, statistics as `TierStats`, errors as `Result`.
+//!
+//! ```
+//! let stats = tiermalloc::stats(tiermalloc::Kind::Dram).unwrap();
+//! assert!(stats.capacity > 0);
+//! ```
+
+pub use crate::kind::{Fit, Kind};
+use crate::{place, tier};
+
+pub use crate::stats::TierStats;
+
+/// Why a tier operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierError {
+    /// The kind is not configured in this process.
+    NotConfigured(Kind),
+}
+
+impl core::fmt::Display for TierError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TierError::NotConfigured(k) => write!(f, "tier {} is not configured", k.name()),
+        }
+    }
+}
+
+/// The statistics of tier `kind`.
+pub fn stats(kind: Kind) -> Result<TierStats, TierError> {
+    tier::stats(kind).ok_or(TierError::NotConfigured(kind))
+}
+
+/// Prints every configured tier's statistics on stderr.
+pub fn print_stats() {
+    super::report::print_stats()
+}
+
+/// The tier of a block, `None` if it is not ours.
+pub fn kind_of<T: ?Sized>(p: *const T) -> Option<Kind> {
+    tier::kind_of(p.cast())
+}
+
+/// What a live evacuation did (`evacuate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evacuation {
+    /// Bytes copied: live extents and slabs, and the header of every free extent.
+    pub copied: u64,
+    /// The tier's region, which now lies on the target.
+    pub region: u64,
+    /// Chunks moved one after another.
+    pub chunks: u64,
+    /// The longest time one chunk was held write-protected (nanoseconds): the most any
+    /// writer could have waited.
+    pub longest_hold_ns: u64,
+    /// The median and 99th percentile of the chunks' hold times (nanoseconds, within 12.5%).
+    pub hold_p50_ns: u64,
+    pub hold_p99_ns: u64,
+    /// The whole move (nanoseconds).
+    pub total_ns: u64,
+}
+
+/// Why `evacuate` failed: the `errno` `tm_evacuate` would set (the reason was printed on
+/// stderr in one line). The tier is left as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvacuateError(pub i32);
+
+/// Moves device tier `kind` onto `target` (its `spare=` path if `None`) while the program's
+/// threads keep using its blocks at the same addresses; see `tm_evacuate`.
+pub fn evacuate(kind: Kind, target: Option<&core::ffi::CStr>) -> Result<Evacuation, EvacuateError> {
+    let r = crate::device::evacuate_kind(kind, target).map_err(EvacuateError)?;
+    Ok(Evacuation {
+        copied: r.copied,
+        region: r.region,
+        chunks: r.chunks,
+        longest_hold_ns: r.longest_hold_ns,
+        hold_p50_ns: r.hold_quantile(0.5),
+        hold_p99_ns: r.hold_quantile(0.99),
+        total_ns: r.total_ns,
+    })
+}
+
+/// One tier as an allocator: collections from `allocator_api2` and `hashbrown` live on it.
+///
+/// ```no_run
+/// use allocator_api2::vec::Vec;
+/// let pmr = tiermalloc::Tier::new(tiermalloc::Kind::Pmr).expect("TIERMALLOC_TIERS lists pmr");
+/// let mut v: Vec<u64, _> = Vec::new_in(pmr);
+/// v.push(1);
+/// ```
+///
+/// Requests go to that tier only (no spilling); a full tier answers `AllocError`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tier {
+    kind: Kind,
+}
+
+impl Tier {
+    /// A handle on tier `kind`, if this process has it configured.
+    pub fn new(kind: Kind) -> Result<Tier, TierError> {
+        if place::is_configured(kind) {
+            Ok(Tier { kind })
+        } else {
+            Err(TierError::NotConfigured(kind))
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn allocate_with(
+        &self,
+        layout: core::alloc::Layout,
+        zero: bool,
+    ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        let p = place::alloc_on(self.kind, layout.size(), layout.align().max(16), zero);
+        let p = core::ptr::NonNull::new(p).ok_or(allocator_api2::alloc::AllocError)?;
+        // SAFETY: a live block of ours.
+        let usable = unsafe { tier::usable_size(p.as_ptr()) };
+        Ok(core::ptr::NonNull::slice_from_raw_parts(p, usable))
+    }
+}
+
+// SAFETY: blocks come from `place::alloc_on` for this tier, are at least `layout.size()`
+// bytes (the slice length is the usable size), aligned to at least `layout.align()`, and stay
+// valid until `deallocate`; copies of a `Tier` are interchangeable (same tier).
+unsafe impl allocator_api2::alloc::Allocator for Tier {
+    fn allocate(
+        &self,
+        layout: core::alloc::Layout,
+    ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        self.allocate_with(layout, false)
+    }
+
+    fn allocate_zeroed(
+        &self,
+        layout: core::alloc::Layout,
+    ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        self.allocate_with(layout, true)
+    }
+
+    unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, _layout: core::alloc::Layout) {
+        // SAFETY: a live block from `allocate` (Allocator contract).
+        unsafe { tier::free(ptr.as_ptr()) }
+    }
+}

@@ -1,0 +1,192 @@
+//! The unprefixed malloc family (feature `override`, on by default): what `LD_PRELOAD` and
+//! programs linking the library get in place of glibc's, plus the `__libc_*` names some
+//! programs call directly.
+//!
+//! Behaviour follows glibc's manual ("Replacing malloc"): `malloc(0)` gives a unique pointer,
+//! `free` keeps `errno`, overflow gives `NULL` + `ENOMEM`, a bad alignment `EINVAL`, a failed
+//! `realloc` keeps the old block, `pvalloc` rounds up to a page.
+
+use crate::dram;
+use crate::front::capi::{out_of_memory, plain, tm_free, tm_realloc, tm_usable_size};
+use crate::os::PAGE_SIZE;
+use crate::place;
+use core::ffi::{c_int, c_void};
+
+/// # Safety
+/// As C `malloc`.
+#[no_mangle]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    let p = dram::try_pop(size);
+    if !p.is_null() {
+        return p.cast();
+    }
+    malloc_general(size)
+}
+
+/// Everything `malloc`'s inline pop does not cover; a separate function so that the fast path
+/// needs no stack frame and reaches it with a tail jump. While plain requests stay on DRAM it
+/// goes on down into the DRAM tier (the thread heap's slow path, without a second pop), else
+/// to placement.
+#[cold]
+#[inline(never)]
+fn malloc_general(size: usize) -> *mut c_void {
+    if place::routed() {
+        return plain(size, 16, false);
+    }
+    let p = dram::alloc_after_miss(size);
+    if p.is_null() {
+        out_of_memory()
+    } else {
+        p.cast()
+    }
+}
+
+/// # Safety
+/// As C `free`.
+#[no_mangle]
+pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    // SAFETY: forwarded.
+    unsafe { crate::tier::free(ptr.cast()) }
+}
+
+/// # Safety
+/// As C `calloc`.
+#[no_mangle]
+pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        Some(total) => plain(total, 16, true),
+        None => out_of_memory(),
+    }
+}
+
+/// # Safety
+/// As C `realloc`.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    unsafe { tm_realloc(ptr, size) }
+}
+
+/// # Safety
+/// As C `reallocarray`.
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        // SAFETY: forwarded.
+        Some(total) => unsafe { tm_realloc(ptr, total) },
+        None => out_of_memory(),
+    }
+}
+
+/// # Safety
+/// As C `posix_memalign`: `out` valid for writing a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    crate::os::keep_errno(|| {
+        let p = plain(size, align, false);
+        if p.is_null() {
+            return libc::ENOMEM;
+        }
+        // SAFETY: `out` is valid (contract).
+        unsafe { out.write(p) };
+        0
+    })
+}
+
+/// # Safety
+/// As C `aligned_alloc`.
+#[no_mangle]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        crate::os::set_errno(libc::EINVAL);
+        return core::ptr::null_mut();
+    }
+    plain(size, align, false)
+}
+
+/// As glibc: an alignment that is not a power of two is rounded up to one; one above
+/// `SIZE_MAX / 2 + 1` gives `EINVAL`.
+///
+/// # Safety
+/// As C `memalign`.
+#[no_mangle]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    match align.max(1).checked_next_power_of_two() {
+        Some(align) => plain(size, align, false),
+        None => {
+            crate::os::set_errno(libc::EINVAL);
+            core::ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// As C `valloc`.
+#[no_mangle]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    plain(size, PAGE_SIZE, false)
+}
+
+/// # Safety
+/// As C `pvalloc`.
+#[no_mangle]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    match size.max(1).checked_next_multiple_of(PAGE_SIZE) {
+        Some(rounded) => plain(rounded, PAGE_SIZE, false),
+        None => out_of_memory(),
+    }
+}
+
+/// # Safety
+/// As glibc's `malloc_usable_size`.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
+    // SAFETY: forwarded.
+    unsafe { tm_usable_size(ptr) }
+}
+
+/// C23 `free_sized`: the size is not needed (the page map knows it).
+///
+/// # Safety
+/// As C `free`.
+#[no_mangle]
+pub unsafe extern "C" fn free_sized(ptr: *mut c_void, _size: usize) {
+    // SAFETY: forwarded.
+    unsafe { tm_free(ptr) }
+}
+
+/// C23 `free_aligned_sized`.
+///
+/// # Safety
+/// As C `free`.
+#[no_mangle]
+pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, _align: usize, _size: usize) {
+    // SAFETY: forwarded.
+    unsafe { tm_free(ptr) }
+}
+
+/// Defines `__libc_NAME` forwarding to `NAME`, for programs that call glibc's internal names.
+macro_rules! libc_alias {
+    ($($alias:ident => $target:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty;)*) => {$(
+        /// # Safety
+        /// As the function it forwards to.
+        #[no_mangle]
+        pub unsafe extern "C" fn $alias($($arg: $ty),*) -> $ret {
+            // SAFETY: forwarded.
+            unsafe { $target($($arg),*) }
+        }
+    )*};
+}
+
+libc_alias! {
+    __libc_malloc => malloc(size: usize) -> *mut c_void;
+    __libc_free => free(ptr: *mut c_void) -> ();
+    __libc_calloc => calloc(count: usize, size: usize) -> *mut c_void;
+    __libc_realloc => realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
+    __libc_memalign => memalign(align: usize, size: usize) -> *mut c_void;
+    __libc_valloc => valloc(size: usize) -> *mut c_void;
+    __libc_pvalloc => pvalloc(size: usize) -> *mut c_void;
+}
