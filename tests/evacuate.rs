@@ -454,8 +454,29 @@ fn byte_k_of_the_region_is_byte_k_of_the_target() {
         );
     }
     let pmr = KindArg(3);
+    // Three adjacent blocks, freed: one free extent for the host heap, three headers of the
+    // device's chain, all of which must reach the target.
+    let freed: Vec<usize> = (0..3).map(|_| tm_malloc(pmr, 10_000) as usize).collect();
+    assert!(
+        freed.windows(2).all(|w| w[1] == w[0] + 10_016),
+        "adjacent blocks"
+    );
+    let freed_headers: Vec<[u8; 16]> = freed.iter().map(|&p| header_of(p)).collect();
     let a = tm_malloc(pmr, 100_000) as *mut u8;
     let b = tm_malloc(pmr, 100) as *mut u8;
+    for &p in &freed {
+        // SAFETY: live blocks, freed once.
+        unsafe { tm_free(p as *mut _) };
+    }
+    let freed_headers: Vec<[u8; 16]> = freed
+        .iter()
+        .zip(freed_headers)
+        .map(|(&p, mut h)| {
+            h[14] = 2; // state: free
+            assert_eq!(header_of(p), h);
+            h
+        })
+        .collect();
     // SAFETY: fresh blocks.
     unsafe {
         std::ptr::write_bytes(a, 0xa5, 100_000);
@@ -483,6 +504,15 @@ fn byte_k_of_the_region_is_byte_k_of_the_target() {
         let k = p - base;
         assert!(file[k..k + len].iter().all(|&x| x == fill));
         assert_eq!(&file[k - 16..k], &header_of(p));
+    }
+    for (&p, h) in freed.iter().zip(&freed_headers) {
+        let k = p - base;
+        assert_eq!(
+            &file[k - 16..k],
+            h,
+            "a free header of the chain at offset {}",
+            k - 16
+        );
     }
 }
 

@@ -343,7 +343,12 @@ impl LiveExtents for DeviceTier {
             return false;
         }
         heap.for_each_extent_between(lo, hi, hint, |offset, len, free| {
-            live(offset, if free { HEADER_SIZE.min(len) } else { len })
+            if free {
+                // SAFETY: a free extent of the region, which the held heap lock keeps free.
+                unsafe { evacuate::free_headers(self.region.base, offset, len, hi, &mut *live) }
+            } else {
+                live(offset, len)
+            }
         });
         true
     }

@@ -8,8 +8,9 @@
 //! order. For each chunk `[lo, hi)`:
 //! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the chunk is
 //!    write-protected through userfaultfd (`uffd.rs`) and the heap lists the allocated extents
-//!    that overlap it (plus the header of every free extent, so the header chain a recovery
-//!    scan walks is the same on the target); the lock is released;
+//!    that overlap it (plus the headers of the chain inside every free extent, so that the
+//!    header chain a recovery scan walks is the same on the target: `free_headers`); the lock
+//!    is released;
 //! 2. the live bytes are copied from the region into a second mapping of the target (the
 //!    *staging* mapping, at another address), at the same offsets; free space is not copied.
 //!    The staging pages for them were made present just before step 1 (`populate`), so the
@@ -81,6 +82,7 @@
 
 mod uffd;
 
+use super::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE};
 use crate::backend::{self, Problem, Region};
 use crate::config::TierSpec;
 use crate::kind::Kind;
@@ -160,9 +162,11 @@ impl DeviceState {
 /// What a tier lends the evacuation: its live extents, listed with allocation held.
 pub(crate) trait LiveExtents {
     /// With the tier's allocations and frees held (its heap lock), runs `hold`; if that
-    /// succeeds, calls `live(offset, len)` for every allocated extent overlapping `[lo, hi)`
-    /// and `live(offset, header)` for the header of every free one there, in address order.
-    /// `hint` carries where the previous call's walk ended. False if `hold` failed.
+    /// succeeds, calls `live(offset, len)` for every range of `[lo, hi)` the target must
+    /// hold, in address order: every allocated extent (blocks and slabs), the headers of the
+    /// chain inside free extents (`free_headers`), and whatever else a recovery of the
+    /// region reads (a persistent tier's superblock). `hint` carries where the previous call's
+    /// walk ended. False if `hold` failed.
     fn hold_and_list(
         &self,
         lo: u64,
@@ -171,6 +175,39 @@ pub(crate) trait LiveExtents {
         hold: &mut dyn FnMut() -> bool,
         live: &mut dyn FnMut(u64, u64),
     ) -> bool;
+}
+
+/// Reports the headers of the device's header chain inside the free extent `[offset, offset +
+/// len)` that start below `hi`: the one at its start, then each at `h + 16 + size` while the
+/// header at `h` carries the magic and the next one stays inside the extent. The host heap
+/// merges free neighbours without rewriting the device, so a free extent can hold several
+/// chain headers; a recovery scan of the target walks them all. (A stale or absent header
+/// just ends the walk: on a tier that is not persistent the chain inside free space means
+/// nothing, and copying a few headers of it costs nothing.) Reads the device, the
+/// evacuation's only reads besides the copy.
+///
+/// # Safety
+/// `[base + offset, base + offset + len)` is a free extent of a mapped region, kept free by
+/// the caller (the heap lock).
+pub(crate) unsafe fn free_headers(
+    base: usize,
+    offset: u64,
+    len: u64,
+    hi: u64,
+    live: &mut dyn FnMut(u64, u64),
+) {
+    let end = offset + len;
+    let mut h = offset;
+    while h < hi && h + HEADER_SIZE <= end {
+        live(h, HEADER_SIZE);
+        // SAFETY: `h + 16 <= end` inside the mapped free extent; 16-byte aligned (granule).
+        let header = unsafe { ((base + h as usize) as *const BlockHeader).read_volatile() };
+        let next = h.saturating_add(HEADER_SIZE).saturating_add(header.size);
+        if header.magic != HEADER_MAGIC || next <= h || next >= end {
+            return;
+        }
+        h = next;
+    }
 }
 
 /// The live ranges of one chunk, merged where adjacent; never more than `MAX_RANGES`.
