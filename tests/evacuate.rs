@@ -205,6 +205,10 @@ fn writers_keep_counting_while_the_tier_moves_twice() {
         "only live bytes are copied: {report:?}"
     );
     assert_eq!(mapped_file(first).as_deref(), Some(second.as_str()));
+    // The old file is unlocked: another user can lock it (an open file description lock, as
+    // the tier takes), and the new one is locked.
+    assert!(can_lock(&dev), "the old device is still locked");
+    assert!(!can_lock(&second), "the new device is not locked");
     // The old file is truncated and removed: nothing maps it any more, so nothing faults.
     std::fs::OpenOptions::new()
         .write(true)
@@ -253,6 +257,18 @@ fn writers_keep_counting_while_the_tier_moves_twice() {
         unsafe { tm_free(b.p as *mut _) };
     }
     assert_eq!(tiermalloc::stats(Kind::Cxl).unwrap().in_use, 0);
+}
+
+/// Whether an exclusive open-file-description lock on all of `path` can be had now.
+fn can_lock(path: &str) -> bool {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    // SAFETY: all-zero is a valid flock.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as i16;
+    lock.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: our open file and a valid flock.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) == 0 }
 }
 
 /// Allocates and frees blocks on the tier until `stop`, checking each block's contents before
@@ -664,5 +680,31 @@ fn a_numa_tier_moves_onto_a_file() {
     let mut status = 0;
     // SAFETY: our child.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    check_blocks(&blocks, false);
+}
+
+/// The target may be a regular file on a disk file system (only the source must be
+/// write-protectable): the tier moves onto one, and from there cannot move again.
+#[test]
+fn a_tier_moves_onto_a_disk_file_but_not_off_it() {
+    if !is_child() {
+        return in_child(
+            "a_tier_moves_onto_a_disk_file_but_not_off_it",
+            "dram;cxl:path={shm}dev,size=16M,create",
+        );
+    }
+    let blocks = make_blocks(500);
+    let disk = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "tiermalloc-evac-{}-disk-target",
+        std::process::id()
+    ));
+    let disk = disk.to_str().unwrap().to_string();
+    let moved = evacuate(CXL, Some(&disk));
+    assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(disk.as_str()));
+    check_blocks(&blocks, false);
+    // From the disk file the tier cannot move on (it cannot be write-protected).
+    assert_eq!(evacuate(CXL, Some(&shm("back"))), Err(libc::EOPNOTSUPP));
+    let _ = std::fs::remove_file(&disk);
+    assert_eq!(moved, Ok(()));
     check_blocks(&blocks, false);
 }
