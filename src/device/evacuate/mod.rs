@@ -409,6 +409,9 @@ fn move_region(
         );
         populate(staging.base, &ranges);
         ranges.reset(lo as u64, hi as u64);
+        // No signal handler runs on this thread while it holds a chunk: one that wrote into
+        // the chunk (a `free` writing a header state) would wait for this very thread.
+        let signals = SignalsBlocked::new();
         let mut protect_error = None;
         let mut protected_at = 0u64;
         let listed = tier.hold_and_list(
@@ -475,6 +478,7 @@ fn move_region(
         // call, rather than leave a fault per page to the program's threads.
         populate(region.base, &ranges);
         report.record_hold(now_ns() - protected_at);
+        drop(signals);
         report.chunks += 1;
         lo = hi;
     }
@@ -510,6 +514,32 @@ fn move_region(
             }
             Err(p)
         }
+    }
+}
+
+/// Blocks every signal on the calling thread until dropped (then restores its mask).
+struct SignalsBlocked {
+    old: libc::sigset_t,
+}
+
+impl SignalsBlocked {
+    fn new() -> SignalsBlocked {
+        // SAFETY: zeroed sigset_t values are valid out-parameters for sigfillset and
+        // pthread_sigmask, which initialise them.
+        let (mut all, mut old) = unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
+        // SAFETY: valid sigset pointers.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        }
+        SignalsBlocked { old }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restoring the mask `new` saved.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, core::ptr::null_mut()) };
     }
 }
 
