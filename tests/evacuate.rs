@@ -708,3 +708,93 @@ fn a_tier_moves_onto_a_disk_file_but_not_off_it() {
     assert_eq!(moved, Ok(()));
     check_blocks(&blocks, false);
 }
+
+/// Blocks whose first word a SIGUSR1 handler increments (`signal_handler_writes`).
+static HANDLER_BLOCKS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+static HANDLER_TARGETS: std::sync::atomic::AtomicPtr<usize> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static HANDLER_COUNT: AtomicU64 = AtomicU64::new(0);
+static HANDLER_LEN: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn write_blocks(_: i32) {
+    let targets = HANDLER_TARGETS.load(Ordering::Acquire);
+    let n = HANDLER_LEN.load(Ordering::Acquire) as usize;
+    for i in 0..n {
+        // SAFETY: `targets` holds `n` live block addresses for the whole test.
+        let p = unsafe { *targets.add(i) } as *mut u64;
+        // SAFETY: a live block's first word; only this handler writes it, on one thread.
+        unsafe { p.write_volatile(p.read_volatile() + 1) };
+    }
+    HANDLER_COUNT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Signals arrive at the evacuating thread during the move, and their handler writes into
+/// blocks all over the tier: the thread must not run it while it holds a chunk (the handler
+/// would wait for the thread itself). The move completes and every handler's writes arrive.
+#[test]
+fn signal_handlers_on_the_evacuating_thread_write_to_the_tier() {
+    if !is_child() {
+        return in_child(
+            "signal_handlers_on_the_evacuating_thread_write_to_the_tier",
+            "dram;cxl:path={shm}dev,size=32M,create",
+        );
+    }
+    std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "16K");
+    let blocks = make_blocks(1000);
+    {
+        let mut targets = HANDLER_BLOCKS.lock().unwrap();
+        targets.extend(blocks.iter().map(|b| b.p));
+        for &p in targets.iter() {
+            // SAFETY: a live block's first word.
+            unsafe { (p as *mut u64).write(0) };
+        }
+        HANDLER_LEN.store(targets.len() as u64, Ordering::Release);
+        HANDLER_TARGETS.store(targets.as_mut_ptr(), Ordering::Release);
+    }
+    // SAFETY: installing a handler that only touches the blocks and atomics above.
+    unsafe { libc::signal(libc::SIGUSR1, write_blocks as usize) };
+    let done = Arc::new(AtomicBool::new(false));
+    let target = shm("target");
+    let mover = {
+        let (done, target) = (done.clone(), target.clone());
+        std::thread::spawn(move || {
+            let mut moves = 0;
+            let start = std::time::Instant::now();
+            while moves < 3 || start.elapsed() < std::time::Duration::from_millis(300) {
+                assert_eq!(evacuate(CXL, Some(&format!("{target}{moves}"))), Ok(()));
+                moves += 1;
+            }
+            done.store(true, Ordering::Release);
+            moves
+        })
+    };
+    // SAFETY: the mover's pthread handle, alive until joined below.
+    let mover_thread = {
+        use std::os::unix::thread::JoinHandleExt;
+        mover.as_pthread_t()
+    };
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    while !done.load(Ordering::Acquire) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the evacuating thread is stuck (a signal handler waiting for its own chunk?)"
+        );
+        // SAFETY: a live thread of ours; SIGUSR1 has a handler.
+        unsafe { libc::pthread_kill(mover_thread, libc::SIGUSR1) };
+        sent += 1;
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    let moves = mover.join().unwrap();
+    let handled = HANDLER_COUNT.load(Ordering::Relaxed);
+    eprintln!("{moves} moves, {sent} signals sent, {handled} handled");
+    assert!(handled > 0);
+    for b in &blocks {
+        // SAFETY: a live block's first word.
+        assert_eq!(
+            unsafe { (b.p as *const u64).read() },
+            handled,
+            "a handler's write was lost"
+        );
+    }
+}
