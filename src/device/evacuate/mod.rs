@@ -37,6 +37,8 @@
 //!   header state into the chunk being copied sleeps holding the heap lock, so other
 //!   allocations of the tier wait that long too ("held briefly"). The host metadata is never
 //!   touched, so the statistics stay exact.
+//! - *signal handlers*: the evacuating thread blocks signals while it holds a chunk; a handler
+//!   that wrote into the chunk on that thread would otherwise wait for the thread itself.
 //!
 //! What it cannot hold: writes that do not go through the page tables, i.e. through pages
 //! pinned before the move (io_uring fixed buffers, RDMA registrations, an `O_DIRECT` read in
