@@ -798,3 +798,48 @@ fn signal_handlers_on_the_evacuating_thread_write_to_the_tier() {
         );
     }
 }
+
+/// A second `tm_evacuate` of a tier while its move runs is refused with EBUSY, and the first
+/// move completes.
+#[test]
+fn a_second_move_during_a_move_is_busy() {
+    if !is_child() {
+        return in_child(
+            "a_second_move_during_a_move_is_busy",
+            "dram;cxl:path={shm}dev,size=32M,create",
+        );
+    }
+    std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "4K");
+    let blocks = make_blocks(2000);
+    let (first, last) = (blocks[0].p, blocks.iter().map(|b| b.p).max().unwrap());
+    let mut caught = false;
+    for round in 0..5 {
+        let target = shm(&format!("target{round}"));
+        let mover = {
+            let target = target.clone();
+            std::thread::spawn(move || evacuate(CXL, Some(&target)))
+        };
+        // Once the first chunk is on the target and the last not yet, the move is running.
+        let mut now_on = target.clone();
+        while !mover.is_finished() {
+            let (a, b) = (mapped_file(first), mapped_file(last));
+            if a.as_deref() == Some(target.as_str()) && b.as_deref() != Some(target.as_str()) {
+                let second = shm(&format!("second{round}"));
+                match evacuate(CXL, Some(&second)) {
+                    Err(libc::EBUSY) => caught = true,
+                    // Only possible once the first move has returned.
+                    Ok(()) => now_on = second,
+                    other => panic!("a second move during a move: {other:?}"),
+                }
+                break;
+            }
+        }
+        assert_eq!(mover.join().unwrap(), Ok(()));
+        assert_eq!(mapped_file(last).as_deref(), Some(now_on.as_str()));
+        check_blocks(&blocks, false);
+        if caught {
+            break;
+        }
+    }
+    assert!(caught, "never saw a move in progress");
+}
