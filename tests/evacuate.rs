@@ -800,7 +800,9 @@ fn signal_handlers_on_the_evacuating_thread_write_to_the_tier() {
 }
 
 /// A second `tm_evacuate` of a tier while its move runs is refused with EBUSY, and the first
-/// move completes.
+/// move completes. (Two guards give that answer: the tier's `moving` flag, and the kernel,
+/// which refuses to register the range's unmoved part with a second userfaultfd; the test
+/// passes with either alone, so it checks the behaviour, not the flag.)
 #[test]
 fn a_second_move_during_a_move_is_busy() {
     if !is_child() {
