@@ -22,7 +22,7 @@ pub mod header;
 pub mod slabs;
 
 use crate::backend::{self, Problem, Region};
-use crate::config::{self, TierSpec};
+use crate::config::TierSpec;
 use crate::kind::{Fit, Kind};
 use crate::os;
 use crate::pagemap::{self, ChunkTag};
@@ -78,10 +78,7 @@ impl DeviceTier {
         let Some((heap, slabs)) = metadata else {
             // SAFETY: nothing uses the fresh region.
             unsafe { backend::unmap_region(region) };
-            return Err(Problem {
-                what: "no host memory for the tier's metadata",
-                errno: 0,
-            });
+            return Err(Problem::new("no host memory for the tier's metadata"));
         };
         pagemap::set(
             region.base,
@@ -279,11 +276,13 @@ impl DeviceTier {
             return Err(Problem {
                 what: "the tier was inherited from the parent process and serves nothing here",
                 errno: libc::EINVAL,
+                room: None,
             });
         }
         let target = target.or(self.spare()).ok_or(Problem {
             what: "no target given and no spare= configured",
             errno: libc::EINVAL,
+            room: None,
         })?;
         let report = evacuate::evacuate(self.kind, &self.region, &self.device, self, target)?;
         // A file or device now, mapped shared: `fork` must copy it for the child.
@@ -370,6 +369,7 @@ pub fn open(spec: &TierSpec) -> bool {
     match DeviceTier::open(spec) {
         Ok(tier) => {
             slot.call_once(|| tier);
+            crate::device_sigbus::install();
             true
         }
         Err(problem) => {
@@ -397,7 +397,7 @@ pub fn evacuate_kind(kind: Kind, target: Option<&CStr>) -> Result<evacuate::Repo
         evacuate::report_failure(kind, target, &problem);
         problem.errno
     })?;
-    if config::get().verbose {
+    if crate::config::get().verbose {
         evacuate::report_success(kind, target.or(tier.spare()), &report);
     }
     Ok(report)
@@ -419,6 +419,9 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
         );
     }
     let _ = write!(line, ": {}", problem.what);
+    if let Some((needed, free)) = problem.room {
+        let _ = write!(line, " (size {needed} bytes, {free} bytes free)");
+    }
     os::write_errno_text(&mut line, problem.errno);
     let _ = writeln!(line, "; tier skipped");
     line.flush();
@@ -427,23 +430,11 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
 /// Reports a refused free in one line, then aborts unless `TIERMALLOC_ON_ERROR=ignore`.
 #[cold]
 fn report_bad_free(kind: Kind, p: *mut u8, error: FreeError) {
-    let ignore = config::get().ignore_bad_free;
-    let mut line = os::LineBuf::new();
     let what = match error {
-        FreeError::DoubleFree => "double free",
-        FreeError::NotAllocated => "not the start of a live block",
+        FreeError::DoubleFree => crate::misuse::Misuse::DoubleFree,
+        FreeError::NotAllocated => crate::misuse::Misuse::NotABlockStart,
     };
-    let action = if ignore { "ignored" } else { "aborting" };
-    let _ = writeln!(
-        line,
-        "tiermalloc: free({p:p}) on tier {}: {what}; {action}",
-        kind.name()
-    );
-    line.flush();
-    if !ignore {
-        // SAFETY: abort has no preconditions.
-        unsafe { libc::abort() };
-    }
+    crate::misuse::report_on("free", p, kind.name(), what);
 }
 
 #[cfg(test)]

@@ -336,6 +336,7 @@ pub(crate) fn evacuate(
         return Err(Problem {
             what: "another evacuation of this tier is running",
             errno: libc::EBUSY,
+            room: None,
         });
     }
     let result = move_region(kind, region, state, tier, target);
@@ -357,12 +358,14 @@ fn move_region(
         } else {
             e.errno
         },
+        room: None,
     };
     let wp = WriteProtector::new().map_err(problem)?;
     wp.register(region.base, region.len).map_err(problem)?;
     let spec = TierSpec::target(kind, target.to_bytes(), region.len as u64).ok_or(Problem {
         what: "the target's path is longer than 255 bytes",
         errno: libc::ENAMETOOLONG,
+        room: None,
     })?;
     let staging = match backend::map_region(&spec) {
         Ok(staging) if staging.len >= region.len => staging,
@@ -373,6 +376,7 @@ fn move_region(
             return Err(Problem {
                 what: "the target is smaller than the tier",
                 errno: libc::ENOSPC,
+                room: None,
             });
         }
         Err(p) => {
@@ -437,6 +441,7 @@ fn move_region(
                 Problem {
                     what: "cannot write-protect a chunk of the tier",
                     errno: libc::EIO,
+                    room: None,
                 },
                 problem,
             ));
@@ -471,6 +476,7 @@ fn move_region(
             failure = Some(Problem {
                 what: "cannot map the target over the tier's range (it now lies partly on each device; both stay open)",
                 errno: os::errno(),
+                room: None,
             });
             let _ = wp.unprotect(region.base + lo, hi - lo);
             break;
@@ -574,6 +580,7 @@ fn target_problem(p: Problem) -> Problem {
             return Problem {
                 what: "the target is smaller than the tier and cannot be extended",
                 errno: p.errno,
+                room: p.room,
             };
         }
         return p;
@@ -588,6 +595,7 @@ fn target_problem(p: Problem) -> Problem {
     Problem {
         what: p.what,
         errno,
+        room: p.room,
     }
 }
 
