@@ -153,14 +153,7 @@ impl WriteProtector {
 
     /// Forgets whatever of `[start, start + len)` is still registered (errors ignored).
     pub fn unregister(&self, start: usize, len: usize) {
-        let range = UffdioRange {
-            start: start as u64,
-            len: len as u64,
-        };
-        crate::os::keep_errno(|| {
-            // SAFETY: our descriptor and a valid uffdio_range.
-            unsafe { libc::ioctl(self.fd, UFFDIO_UNREGISTER, &range) };
-        });
+        self.range_ioctl(UFFDIO_UNREGISTER, start, len);
     }
 
     /// Write-protects `[start, start + len)` (registered): when this returns, every writer of
@@ -192,13 +185,19 @@ impl WriteProtector {
     /// Wakes every writer sleeping on a page of `[start, start + len)`; they retry their
     /// fault (on whatever is mapped there now). The range need not be registered any more.
     pub fn wake(&self, start: usize, len: usize) {
+        self.range_ioctl(UFFDIO_WAKE, start, len);
+    }
+
+    /// Runs `request` (one that takes a `uffdio_range` and cannot harm: unregister, wake) on
+    /// `[start, start + len)`, errors ignored and errno kept.
+    fn range_ioctl(&self, request: c_ulong, start: usize, len: usize) {
         let range = UffdioRange {
             start: start as u64,
             len: len as u64,
         };
         crate::os::keep_errno(|| {
-            // SAFETY: our descriptor and a valid uffdio_range.
-            unsafe { libc::ioctl(self.fd, UFFDIO_WAKE, &range) };
+            // SAFETY: our descriptor and a valid uffdio_range for a range request.
+            unsafe { libc::ioctl(self.fd, request, &range) };
         });
     }
 }
