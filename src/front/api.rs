@@ -43,7 +43,8 @@ pub fn kind_of<T: ?Sized>(p: *const T) -> Option<Kind> {
 /// What a live evacuation did (`evacuate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Evacuation {
-    /// Bytes copied: live extents and slabs, and the header of every free extent.
+    /// Bytes copied: live extents and slabs, and the headers of the device's header chain
+    /// inside free space.
     pub copied: u64,
     /// The tier's region, which now lies on the target.
     pub region: u64,

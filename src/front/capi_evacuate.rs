@@ -14,7 +14,9 @@ use core::ffi::{c_char, c_int, CStr};
 /// (kind not configured), EOPNOTSUPP (the tier's backing cannot be moved safely: only shmem,
 /// hugetlbfs and NUMA tiers can), EBUSY (a move of it is running, or the target is in use),
 /// ENOSPC/EFBIG (target too small), or the error of opening or mapping `target`; each failure
-/// is also explained in one line on stderr. On failure the tier is left as it was.
+/// is also explained in one line on stderr. On failure the tier is left as it was, unless the
+/// kernel refuses to map the target midway (out of memory or mappings): then the tier works on,
+/// split between both devices, and both stay open.
 ///
 /// # Safety
 /// `target` must be NULL or a NUL-terminated string.
