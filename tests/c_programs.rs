@@ -247,6 +247,7 @@ c_tests! {
     tm_api,
     device_tiers,
     persist,
+    evacuate,
     fork_stdio,
     fork_signal,
     thread_churn,
