@@ -662,8 +662,13 @@ fn report_bad_free(kind: Kind, p: *mut u8, error: FreeError) {
 #[cfg(test)]
 impl Drop for DeviceTier {
     fn drop(&mut self) {
+        // The descriptor of the device behind the region now (a move replaces the first).
+        let region = Region {
+            lock_fd: self.device.current_fd(),
+            ..self.region
+        };
         // SAFETY: the tier is going away with every block of it (tests only).
-        unsafe { backend::unmap_region(self.region) };
+        unsafe { backend::unmap_region(region) };
     }
 }
 

@@ -121,6 +121,12 @@ pub(crate) struct DeviceState {
 }
 
 impl DeviceState {
+    /// Test-only: the descriptor of the device behind the region now (it holds its lock).
+    #[cfg(test)]
+    pub fn current_fd(&self) -> i32 {
+        self.device_fd.load(Ordering::Acquire)
+    }
+
     pub fn new(region: &Region, spec: &TierSpec) -> DeviceState {
         DeviceState {
             device_fd: AtomicI32::new(region.lock_fd),
