@@ -7,6 +7,7 @@
 //! |---|---|
 //! | front ends | `capi` (`tm_*`), `override_libc` (malloc family), `global_alloc`, `api`, `runtime` |
 //! | placement | `place` |
+//! | shared pool | `pool` (named spaces on a device shared by processes and hosts; C in `capi_pool`) |
 //! | tiers | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks); `tier` (a device tier: `heap` + `device_slabs` + headers) |
 //! | extent heap | `heap` (host-metadata best/worst fit, coalescing) |
 //! | address map | `pagemap` |
@@ -28,6 +29,8 @@ mod api;
 mod backend;
 #[cfg(not(loom))]
 pub mod capi;
+#[cfg(not(loom))]
+pub mod capi_pool;
 #[cfg(not(loom))]
 mod config;
 #[cfg(not(loom))]
@@ -54,6 +57,8 @@ mod override_libc;
 mod pagemap;
 #[cfg(not(loom))]
 mod place;
+#[cfg(not(loom))]
+pub mod pool;
 #[cfg(not(loom))]
 mod runtime;
 #[cfg(not(loom))]

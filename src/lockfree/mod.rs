@@ -5,6 +5,9 @@
 //! pages and heaps.
 
 pub mod index_stack;
+pub mod lease_lock;
+pub mod published;
+pub mod redo_log;
 pub mod remote_list;
 
 /// Runs a model that was deliberately broken and checks that loom reports a causality
@@ -21,4 +24,17 @@ pub(crate) fn assert_loom_catches(model: impl FnOnce() + std::panic::UnwindSafe)
         message.contains("Causality violation"),
         "unexpected failure: {message}"
     );
+}
+
+/// Runs a model that was deliberately broken and checks that loom finds an execution where
+/// the model's own assertion, whose message contains `expected`, fails.
+#[cfg(all(test, loom))]
+pub(crate) fn assert_loom_fails(model: impl FnOnce() + std::panic::UnwindSafe, expected: &str) {
+    let caught = std::panic::catch_unwind(model).expect_err("loom must catch the broken model");
+    let message = caught
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| caught.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    assert!(message.contains(expected), "unexpected failure: {message}");
 }
