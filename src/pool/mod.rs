@@ -214,6 +214,7 @@ impl Pool {
     /// existing one.
     fn format_or_attach(&mut self) -> Result<(), OpenError> {
         let started = realtime_ns();
+        let mut overwriting = false;
         loop {
             self.invalidate_meta(0, 4096);
             let magic = self.load(SB_MAGIC);
@@ -221,13 +222,13 @@ impl Pool {
                 return self.attach();
             }
             let claim = self.load(SB_FORMAT);
-            if magic != 0 || (claim == 0 && !self.meta_is_zero()) {
-                if !self.spec.format {
+            if magic != 0 || (claim == 0 && !overwriting && !self.meta_is_zero()) {
+                if !self.spec.format || overwriting {
                     return Err(OpenError::new(
                         "holds data that is not a tiermalloc pool (add format to overwrite it)",
                     ));
                 }
-                self.spec.format = false;
+                overwriting = true;
                 self.word(SB_MAGIC).store(0, Ordering::Release);
                 self.word(SB_FORMAT).store(0, Ordering::Release);
                 continue;
