@@ -255,6 +255,7 @@ c_tests! {
     out_of_memory,
     dlopen_lib,
     stress_mt,
+    pool_spaces,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

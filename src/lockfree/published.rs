@@ -15,42 +15,42 @@
 use crate::sync::{fence, AtomicU64, Ordering};
 
 /// State bits of a publish word.
-pub const STATE_MASK: u64 = 0xff;
+pub(crate) const STATE_MASK: u64 = 0xff;
 /// The state of a record being rewritten.
-pub const BUSY: u64 = 0xff;
+pub(crate) const BUSY: u64 = 0xff;
 /// The state of a free record.
-pub const FREE: u64 = 0;
+pub(crate) const FREE: u64 = 0;
 
 /// `generation << 8 | state`.
-pub const fn publish_word(generation: u64, state: u64) -> u64 {
+pub(crate) const fn publish_word(generation: u64, state: u64) -> u64 {
     generation << 8 | state
 }
 
 /// The state part of a publish word.
-pub const fn state_of(word: u64) -> u64 {
+pub(crate) const fn state_of(word: u64) -> u64 {
     word & STATE_MASK
 }
 
 /// The generation part of a publish word.
-pub const fn generation_of(word: u64) -> u64 {
+pub(crate) const fn generation_of(word: u64) -> u64 {
     word >> 8
 }
 
 /// One store of the writer's sequence (Release: every earlier store of the sequence is
 /// visible to a reader that sees this one).
 #[inline]
-pub fn store_in_sequence(word: &AtomicU64, value: u64) {
+pub(crate) fn store_in_sequence(word: &AtomicU64, value: u64) {
     word.store(value, Ordering::Release)
 }
 
 /// Copies the record's fields into `out` if they form one publication: the publish word it
 /// belongs to, or `None` when the record is free, being rewritten, or changed while read.
-pub fn read_consistent(word: &AtomicU64, fields: &[AtomicU64], out: &mut [u64]) -> Option<u64> {
+pub(crate) fn read_consistent(word: &AtomicU64, fields: &[AtomicU64], out: &mut [u64]) -> Option<u64> {
     read_consistent_with(word, fields, out, true)
 }
 
 /// `read_consistent`, optionally without its fence: the loom model shows that it is needed.
-pub fn read_consistent_with(
+pub(crate) fn read_consistent_with(
     word: &AtomicU64,
     fields: &[AtomicU64],
     out: &mut [u64],

@@ -7,7 +7,7 @@
 //! followed by `mfence` so the flushes complete before the next store (the publish store).
 //! Elsewhere only the fence is issued: on such targets the pool must be used `coherent`.
 
-pub const LINE: usize = 64;
+pub(crate) const LINE: usize = 64;
 
 /// Writes `[p, p + len)` back to memory and drops it from this CPU's caches.
 pub fn write_back(coherent: bool, p: *const u8, len: usize) {

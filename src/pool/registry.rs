@@ -29,7 +29,7 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    pub const NONE: Node = Node {
+    pub(crate) const NONE: Node = Node {
         pid: 0,
         slot: 0,
         tag: 0,

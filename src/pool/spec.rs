@@ -40,7 +40,7 @@ pub struct PoolSpec {
     pub host: Option<u64>,
 }
 
-pub const DEFAULT_LEASE_MS: u64 = 10_000;
+pub(crate) const DEFAULT_LEASE_MS: u64 = 10_000;
 
 /// Parses `10`, `10ms`, `3s`, `2m`, `1h` into milliseconds.
 fn parse_duration_ms(v: &[u8]) -> Option<u64> {
