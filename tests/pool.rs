@@ -484,7 +484,8 @@ fn churn(pool: &Arc<Pool>, who: &str, iterations: usize) {
 
 #[test]
 fn six_processes_churn_with_a_common_space_checked_throughout() {
-    let file = PoolFile::new("churn", "64M", "");
+    // check_flush: every publish of the churn is checked to have written the whole space back.
+    let file = PoolFile::new("churn", "64M", "check_flush");
     let pool = file.open();
     let common = pattern(99, 16 * PAGE);
     let _common = publish_data(&pool, "common", &common);
