@@ -134,9 +134,10 @@ impl Pool {
     pub(crate) fn find(&self, name: &[u8], wanted: impl Fn(u64) -> bool) -> Option<Entry> {
         let words = name_words(name);
         (0..MAX_SPACES).find_map(|index| {
-            // Cheap pre-check on the first name word before reading the whole entry.
-            let first = self.load(entry_at(index) + E_NAME);
-            if first != words[0] && self.coherent() {
+            // Cheap pre-check on the first name word before reading the whole entry (which
+            // checks the whole name again, consistently).
+            self.invalidate_meta(entry_at(index) + E_NAME, 8);
+            if self.load(entry_at(index) + E_NAME) != words[0] {
                 return None;
             }
             self.read_entry(index)

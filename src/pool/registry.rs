@@ -159,7 +159,9 @@ impl Pool {
                 // SAFETY: kill with signal 0 only checks that the process exists.
                 let exists = unsafe { libc::kill(pid as i32, 0) } == 0
                     || crate::os::errno() == libc::EPERM;
-                exists && pid_start(pid).unwrap_or(0) == self.load(at + NODE_PID_START)
+                // A start time we cannot read (/proc mounted hidepid) proves nothing.
+                exists
+                    && pid_start(pid).map_or(true, |start| start == self.load(at + NODE_PID_START))
             }
             NODE_ALIVE => self.load(at + NODE_HEARTBEAT).saturating_add(lease_ns) >= now,
             _ => false,
