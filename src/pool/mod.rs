@@ -19,7 +19,7 @@
 //! `coherence` (write-back and invalidation), `txn` (lock + redo log), `registry` (nodes),
 //! `directory` (entries), `extents` (where a space's bytes go), `map` (this process's
 //! mappings), `spaces` (the operations), `check` (the consistency checker), `api` (the Rust
-//! types). The C functions are in `capi_pool.rs`.
+//! types). The C functions are in `front/capi_pool.rs`.
 
 pub mod api;
 pub mod check;
