@@ -630,3 +630,45 @@ fn a_region_holding_other_data_is_refused_and_a_bad_spec_named() {
     let e = Pool::open_str("path=/dev/shm/x,colour=red").err().unwrap();
     assert!(e.to_string().contains("unknown key"), "{e}");
 }
+
+#[test]
+fn a_lock_held_by_a_dead_node_of_another_host_is_taken_over_after_its_lease() {
+    let file = PoolFile::new("deadholder", "8M", "lease=1s");
+    let pool = file.open();
+    let _base = publish_data(&pool, "base", &pattern(13, PAGE));
+    // The child plays another host and dies right after taking the pool lock (step 1 of its
+    // open): only its lease can tell the others that it is dead.
+    let (status, _) = run_child(
+        "die",
+        &format!("{},host=77", file.spec()),
+        &[("TM_POOL_OP", "open".into()), ("TM_POOL_STEP", "1".into())],
+    );
+    assert_eq!(signal_of(&status), Some(libc::SIGKILL));
+    let started = Instant::now();
+    assert_eq!(pool.space("base").unwrap().refs, 1, "its references went with it");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the lock was taken over after {waited:?}, before the lease could have run out"
+    );
+    assert!(waited < Duration::from_secs(20), "taken over at last: {waited:?}");
+    assert_consistent(&pool);
+}
+
+#[test]
+fn a_pool_at_an_offset_keeps_to_its_range() {
+    let path = format!("/dev/shm/tm-pool-offset-{}", std::process::id());
+    std::fs::write(&path, vec![0x5au8; 1 << 20]).unwrap();
+    let spec = format!("path={path},offset=1M,size=4M,create");
+    {
+        let pool = Pool::open_str(&spec).unwrap();
+        let _s = publish_data(&pool, "at-offset", &[0xc3; 3 * PAGE]);
+        let again = Pool::open_str(&spec).unwrap();
+        assert_eq!(again.open_space("at-offset", MapMode::Read).unwrap().as_slice(), &[0xc3; 3 * PAGE][..]);
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 5 << 20);
+    assert!(bytes[..1 << 20].iter().all(|&b| b == 0x5a), "the bytes before offset= are untouched");
+    assert!(bytes[1 << 20..].windows(PAGE).any(|w| w.iter().all(|&b| b == 0xc3)));
+    std::fs::remove_file(&path).unwrap();
+}
