@@ -672,3 +672,31 @@ fn a_pool_at_an_offset_keeps_to_its_range() {
     assert!(bytes[1 << 20..].windows(PAGE).any(|w| w.iter().all(|&b| b == 0xc3)));
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn threads_of_one_process_share_its_node() {
+    let file = PoolFile::new("threads", "32M", "");
+    let pool = file.open();
+    let data = pattern(14, 8 * PAGE);
+    let _common = publish_data(&pool, "common", &data);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (pool, data) = (pool.clone(), &data);
+            s.spawn(move || {
+                for i in 0..100 {
+                    let name = format!("t{t}-{i}");
+                    drop(publish_data(&pool, &name, &pattern(i, PAGE)));
+                    let m = pool.open_space("common", MapMode::Read).unwrap();
+                    assert_eq!(m.as_slice(), &data[..]);
+                    if i % 10 == 0 {
+                        pool.collect_spaces(Duration::ZERO).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    assert_consistent(&pool);
+    assert_eq!(pool.space("common").unwrap().refs, 1);
+    pool.collect_spaces(Duration::ZERO).unwrap();
+    assert_eq!(pool.spaces().len(), 1);
+}
