@@ -50,8 +50,10 @@ pub type Errno = i32;
 pub struct Pool {
     pub(crate) spec: PoolSpec,
     pub(crate) fd: i32,
-    /// `[0, META_END)` of the pool, mapped shared read-write.
+    /// `[0, meta_len)` of the pool, mapped shared read-write: the metadata, `META_END` bytes,
+    /// rounded up to the granule (device DAX maps only whole multiples of its alignment).
     meta: *mut u8,
+    meta_len: usize,
     pub(crate) total_len: u64,
     pub(crate) data_start: u64,
     pub(crate) granule: u64,
@@ -145,11 +147,12 @@ impl Pool {
                 "is too small for a pool (metadata takes 96 KiB, plus one granule of data)",
             )));
         }
-        // SAFETY: mapping our descriptor's first META_END bytes of the pool, shared.
+        let meta_len = data_start as usize;
+        // SAFETY: mapping our descriptor's first meta_len bytes of the pool, shared.
         let meta = unsafe {
             libc::mmap(
                 core::ptr::null_mut(),
-                META_END,
+                meta_len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd,
@@ -164,6 +167,7 @@ impl Pool {
             spec,
             fd,
             meta: meta.cast(),
+            meta_len,
             total_len,
             data_start,
             granule,
@@ -329,7 +333,7 @@ impl Drop for Pool {
         self.leave();
         // SAFETY: the metadata mapping and descriptor are ours; nothing uses them after drop.
         unsafe {
-            libc::munmap(self.meta.cast(), META_END);
+            libc::munmap(self.meta.cast(), self.meta_len);
             libc::close(self.fd);
         }
     }
