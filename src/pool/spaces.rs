@@ -8,9 +8,9 @@
 //!
 //! Costs: publish writes back the space's bytes (unless `coherent`) and stores three words;
 //! open stores five; a READ mapping copies nothing; a PRIVATE mapping copies each page the
-//! process writes, when it writes it; republish copies the whole space once into a new extent
-//! (written pages from local memory, the rest from the device through the copy-on-write
-//! mapping, which maps unwritten pages without copying them), then publishes it.
+//! process writes, when it writes it; republish writes the new extent once (the pages the
+//! process wrote from its memory, the others device to device with `copy_file_range`, which
+//! faults nothing into either mapping), then publishes it.
 
 use super::coherence;
 use super::directory::Entry;
