@@ -240,7 +240,8 @@ fn the_copy_fallback_for_devices_without_map_private_behaves_the_same() {
     let reader = pool.open_space("data", MapMode::Read).unwrap();
     assert_eq!(reader.as_slice()[0], data[0]);
     assert_eq!(private.as_slice()[1..], data[1..]);
-    assert_eq!(private_dirty_kb(private.as_ptr()), 64, "the fallback copies every page");
+    // At least: the kernel may merge the copy with a neighbouring anonymous mapping.
+    assert!(private_dirty_kb(private.as_ptr()) >= 64, "the fallback copies every page");
 }
 
 /// Private_Dirty (kB) of the mapping starting at `p`, from /proc/self/smaps.
