@@ -13,7 +13,7 @@
 //! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
 //! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`) |
 //! | shared pool | `pool` (named spaces on a device shared by processes and hosts; its C functions in `front::capi_pool`) |
-//! | foundations | `pagemap`, `backend`, `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `sync`, `lockfree` |
+//! | foundations | `pagemap`, `backend` (with `device_space`, `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `sync`, `lockfree` |
 //!
 //! Room is left by name for `device/persist` (persistent tiers), `device/evacuate` (live
 //! evacuation) and `pool/` (a device shared by processes: named spaces, lending).
@@ -39,10 +39,14 @@ not_under_loom! {
     mod chunk;
     mod config;
     mod device;
+    mod device_sigbus;
+    mod device_space;
     mod dram;
+    mod foreign;
     mod front;
     mod kind;
     mod meta;
+    mod misuse;
     mod os;
     mod pagemap;
     mod place;
