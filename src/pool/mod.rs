@@ -350,27 +350,18 @@ fn pool_len(spec: &PoolSpec, fd: i32) -> Result<(u64, bool), OpenError> {
     }
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => {
-            let file_len = st.st_size as u64;
-            let end = match spec.size {
-                Some(size) => spec
-                    .offset
-                    .checked_add(size)
-                    .ok_or(OpenError::new("size= too large"))?,
-                None if file_len > spec.offset => file_len,
-                None => return Err(OpenError::new("is empty (give size= and create to make it)")),
-            };
-            if end > file_len {
-                if !spec.create {
-                    return Err(OpenError::new(
-                        "size= is larger than the file (add create to extend it)",
-                    ));
-                }
-                // SAFETY: resizing our own open file.
-                if unsafe { libc::ftruncate(fd, end as libc::off_t) } != 0 {
-                    return Err(OpenError::os("cannot extend the file to size="));
-                }
-            }
-            Ok((end - spec.offset, true))
+            let len = crate::backend::file_range_len(
+                fd,
+                st.st_size as u64,
+                spec.size,
+                spec.offset,
+                spec.create,
+            )
+            .map_err(|p| OpenError {
+                what: p.what,
+                errno: p.errno,
+            })?;
+            Ok((len, true))
         }
         libc::S_IFCHR => Ok((
             spec.size
