@@ -13,6 +13,10 @@ use crate::stats::TierStats;
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
+/// Brings the process start and exit hooks into a static link (see `runtime::HOOKS`).
+#[used]
+static LINK_RUNTIME_HOOKS: crate::runtime::Hooks = crate::runtime::HOOKS;
+
 /// The memory kinds (tiers).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

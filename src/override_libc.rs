@@ -10,6 +10,10 @@ use crate::capi::{out_of_memory, plain, tm_free, tm_realloc, tm_usable_size};
 use crate::os::PAGE_SIZE;
 use core::ffi::{c_int, c_void};
 
+/// Brings the process start and exit hooks into a static link (see `runtime::HOOKS`).
+#[used]
+static LINK_RUNTIME_HOOKS: crate::runtime::Hooks = crate::runtime::HOOKS;
+
 /// # Safety
 /// As C `malloc`.
 #[no_mangle]

@@ -8,6 +8,9 @@
 //! Every failure is a `Problem` naming what went wrong; the caller prints it in one line with
 //! the tier and path, and runs on without the tier.
 
+mod devdax;
+mod nvme;
+
 use crate::config::TierSpec;
 use crate::os;
 use crate::pagemap::{self, CHUNK_SIZE};
@@ -26,6 +29,36 @@ pub(crate) struct Region {
     /// The open descriptor that holds the file's lock (`lock_range`), or -1; closed by
     /// `unmap_region`.
     pub lock_fd: i32,
+    /// How to make the writes so far durable on the device (`device_barrier`).
+    pub barrier: Barrier,
+    /// An NVMe PMR's register page, mapped for the barrier, or 0; unmapped by `unmap_region`.
+    pub registers: usize,
+}
+
+/// The read that orders a device's earlier writes before anything after it: PCIe posts
+/// writes, and a read completion cannot pass them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Barrier {
+    /// Read one word of the region itself (any device; an NVMe PMR with PMRCAP.PMRWBM bit 0).
+    ReadRegion,
+    /// Read the 32-bit register at this address (an NVMe PMR's PMRSTS, PMRWBM bit 1).
+    ReadRegister(usize),
+}
+
+/// Makes the writes to `region` issued so far durable on its device, once CPU caches have been
+/// written back (the caller's part: `clflush`/`msync`): drains write-combining buffers, then
+/// performs the read `region.barrier` names.
+#[cfg_attr(not(test), allow(dead_code))] // called by tm_persist (persistent tiers)
+pub(crate) fn device_barrier(region: &Region) {
+    // Drains write-combining buffers (a `resourceN_wc` mapping) before the read.
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    match region.barrier {
+        // SAFETY: the region is mapped readable for `len > 0` bytes from `base`.
+        Barrier::ReadRegion => unsafe { (region.base as *const u8).read_volatile() },
+        // SAFETY: the register page stays mapped as long as the region (`unmap_region`).
+        Barrier::ReadRegister(at) => unsafe { (at as *const u32).read_volatile() as u8 },
+    };
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }
 
 /// Why a tier could not be mapped: a fixed text, plus the `errno` of the failing call if any.
@@ -36,10 +69,10 @@ pub(crate) struct Problem {
 }
 
 impl Problem {
-    fn new(what: &'static str) -> Self {
+    pub(super) fn new(what: &'static str) -> Self {
         Problem { what, errno: 0 }
     }
-    fn os(what: &'static str) -> Self {
+    pub(super) fn os(what: &'static str) -> Self {
         Problem {
             what,
             errno: os::errno(),
@@ -69,6 +102,9 @@ pub(crate) unsafe fn unmap_region(region: Region) {
     if region.lock_fd >= 0 {
         drop(Fd(region.lock_fd));
     }
+    if region.registers != 0 {
+        nvme::release_registers(region.registers);
+    }
 }
 
 struct Fd(i32);
@@ -80,8 +116,7 @@ impl Drop for Fd {
 }
 
 fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
-    let offset = spec.offset as usize;
-    if offset % os::PAGE_SIZE != 0 {
+    if spec.offset as usize % os::PAGE_SIZE != 0 {
         return Err(Problem::new(
             "offset= must be a multiple of the page size (4096)",
         ));
@@ -99,17 +134,39 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
     if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
         return Err(Problem::os("cannot stat"));
     }
-    let len = match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG => regular_file_len(spec, &fd, st.st_size as u64)?,
-        libc::S_IFCHR => device_len(spec, st.st_rdev)?,
+    let mut spec = *spec;
+    let (len, bar) = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => {
+            // A PCI BAR is a regular file in sysfs; an NVMe one needs its controller set up.
+            let bar = nvme::prepare(path)?;
+            if let nvme::Bar::Cmb { offset, len } = bar {
+                if spec.offset == 0 && spec.size.is_none() {
+                    (spec.offset, spec.size) = (offset, Some(len));
+                }
+            }
+            (regular_file_len(&spec, &fd, st.st_size as u64), bar)
+        }
+        libc::S_IFCHR => (devdax::device_len(&spec, st.st_rdev), nvme::Bar::NotNvme),
         _ => {
             return Err(Problem::new(
                 "is neither a regular file nor a character device",
             ))
         }
     };
-    lock_range(&fd, offset, len)?;
-    let reserved = reserve(len)?;
+    let (barrier, registers) = match bar {
+        nvme::Bar::Pmr { barrier, registers } => (barrier, registers),
+        _ => (Barrier::ReadRegion, 0),
+    };
+    let release = |problem: Problem| {
+        if registers != 0 {
+            nvme::release_registers(registers);
+        }
+        problem
+    };
+    let len = len.map_err(release)?;
+    let offset = spec.offset as usize;
+    lock_range(&fd, offset, len).map_err(release)?;
+    let reserved = reserve(len).map_err(release)?;
     // SAFETY: mapping our descriptor over our own fresh reservation at `reserved.base`.
     let p = unsafe {
         libc::mmap(
@@ -122,10 +179,14 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
         )
     };
     if p == libc::MAP_FAILED {
-        let problem = Problem::os("cannot map");
+        let problem = if os::errno() == libc::EINVAL && nvme::is_bar_path(path) {
+            Problem::os("cannot map the BAR while a driver owns it: boot with iomem=relaxed or unbind the driver")
+        } else {
+            Problem::os("cannot map")
+        };
         // SAFETY: the reservation is ours and unused.
         unsafe { os::unmap(reserved.base as *mut u8, reserved.reserved) };
-        return Err(problem);
+        return Err(release(problem));
     }
     // The descriptor stays open while the region is mapped: it holds the lock (it is
     // close-on-exec, so a program this one executes does not inherit it).
@@ -135,6 +196,8 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
         len,
         shared_across_fork: true,
         lock_fd,
+        barrier,
+        registers,
         ..reserved
     })
 }
@@ -188,33 +251,6 @@ fn regular_file_len(spec: &TierSpec, fd: &Fd, file_len: u64) -> Result<usize, Pr
     page_floor(end - spec.offset)
 }
 
-/// The usable length of a character device: device DAX, whose size and alignment sysfs gives.
-fn device_len(spec: &TierSpec, rdev: libc::dev_t) -> Result<usize, Problem> {
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    let mut path = PathBuf::new();
-    let device_size = read_sysfs_number(path.format(major, minor, b"size"));
-    let align =
-        read_sysfs_number(path.format(major, minor, b"align")).unwrap_or(os::PAGE_SIZE as u64);
-    let available = device_size
-        .and_then(|s| s.checked_sub(spec.offset))
-        .ok_or(Problem::new(
-            "device size unknown (no sysfs size) or below offset=",
-        ))?;
-    let len = match spec.size {
-        Some(size) if size > available => {
-            return Err(Problem::new("size= is larger than the device"))
-        }
-        Some(size) => size,
-        None => available,
-    };
-    if align == 0 || spec.offset % align != 0 || len % align != 0 {
-        return Err(Problem::new(
-            "offset= and size= must be multiples of the device's alignment",
-        ));
-    }
-    page_floor(len)
-}
-
 fn page_floor(len: u64) -> Result<usize, Problem> {
     let len = (len as usize) & !(os::PAGE_SIZE - 1);
     if len == 0 {
@@ -243,6 +279,8 @@ fn reserve(len: usize) -> Result<Region, Problem> {
         reserved,
         shared_across_fork: false,
         lock_fd: -1,
+        barrier: Barrier::ReadRegion,
+        registers: 0,
     })
 }
 

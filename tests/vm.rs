@@ -1,0 +1,306 @@
+//! Real device paths under QEMU: NVMe CMB and PMR BARs, CXL type-3 memory as device DAX and as
+//! a NUMA node, and one device file shared by two VMs (two hosts). Each `#[test]` boots one or
+//! two VMs (TCG, about 10 s each; `TIERMALLOC_VM_ACCEL=kvm` where KVM really boots a stock
+//! kernel) whose guest runs a script of `tests/vm/guest/` with `tm_vm` (built here from
+//! `tests/vm/guest/tm_vm.c`, linked statically against `libtiermalloc.a`).
+//!
+//! - `tests/vm/prepare.sh` downloads the Debian kernel package once (cached in
+//!   `<target>/tmp/vm/`) and builds the initramfs (busybox, modules, ndctl/daxctl/cxl, tm_vm,
+//!   the guest scripts) on every run.
+//! - The guest's `/init` (`tests/vm/init`) runs `/tm/NAME.sh` and prints `TM-RESULT PASS NAME`
+//!   on the serial console; the test reads the console, and every `TM-` line the guest printed
+//!   is echoed as the test's output (`cargo test --test vm -- --nocapture` shows it). The whole
+//!   console log is kept in `<target>/tmp/vm/logs/`; a failure prints its tail.
+//! - Every VM has a time limit; VMs run one at a time (the two-host test runs its pair at
+//!   once), so the suite takes about 2 minutes on 2 cores.
+//! - No QEMU (or busybox-static, cpio, a Debian kernel package): each test writes one line
+//!   `vm: SKIPPED — ...` straight to stderr (visible without --nocapture) and returns; with
+//!   `CI` set in the environment it fails instead. `.ci/run` installs what is needed.
+//!
+//! Timings inside these VMs measure the emulator, not hardware: the tests check behaviour and
+//! byte counts only.
+
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use support::run_with_timeout;
+
+/// Per VM: boot (3 s), a guest script, power-off. The slowest (device DAX, 250 MiB filled
+/// through emulated CXL memory) takes about 40 s under TCG.
+const VM_TIMEOUT: Duration = Duration::from_secs(150);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn work_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm")
+}
+
+/// What every VM boots.
+struct Boot {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    accel: String,
+}
+
+/// Builds tm_vm and the initramfs once per test process; `Err` = this machine cannot run VMs,
+/// and why.
+fn boot_files() -> Result<&'static Boot, String> {
+    static BOOT: OnceLock<Result<Boot, String>> = OnceLock::new();
+    BOOT.get_or_init(prepare).as_ref().map_err(Clone::clone)
+}
+
+fn prepare() -> Result<Boot, String> {
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
+    if !qemu.is_ok_and(|o| o.status.success()) {
+        return Err("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into());
+    }
+    let work = work_dir();
+    let programs = work.join("programs");
+    fs::create_dir_all(&programs).unwrap();
+    let lib = support::profile_dir().join("deps").join("libtiermalloc.a");
+    assert!(lib.is_file(), "{} missing: crate-type must include staticlib", lib.display());
+    let repo = repo();
+    let mut cc = Command::new("cc");
+    cc.args(["-static", "-O1", "-g", "-Wall", "-Werror", "-pthread"])
+        .arg("-I")
+        .arg(repo.join("include"))
+        .arg("-I")
+        .arg(repo.join("c-tests"))
+        .arg(repo.join("tests/vm/guest/tm_vm.c"))
+        .arg(&lib)
+        .args(["-lm", "-ldl", "-o"])
+        .arg(programs.join("tm_vm"));
+    let out = cc.output().map_err(|e| format!("cannot run cc: {e}"))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        if text.contains("cannot find -lc") || text.contains("cannot find -lpthread") {
+            return Err("no static C library (apt-get install libc6-dev)".into());
+        }
+        panic!("building tm_vm failed:\n{text}");
+    }
+    let out = Command::new("bash")
+        .arg(repo.join("tests/vm/prepare.sh"))
+        .arg(&work)
+        .arg(&programs)
+        .output()
+        .expect("bash");
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => return Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        _ => panic!(
+            "tests/vm/prepare.sh failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+    Ok(Boot {
+        kernel: work.join("vmlinuz"),
+        initrd: work.join("initramfs.cpio"),
+        accel: std::env::var("TIERMALLOC_VM_ACCEL").unwrap_or_else(|_| "tcg".into()),
+    })
+}
+
+/// Runs `body` with the boot files, or reports the skip (fails under CI).
+fn with_vms(test: &str, body: impl FnOnce(&Boot)) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    match boot_files() {
+        Ok(boot) => body(boot),
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("vm: {test}: cannot run VMs in CI: {why}")
+        }
+        Err(why) => {
+            // Straight to the stderr stream, not through the test harness's capture, so the
+            // skip is seen in a plain `cargo test`.
+            let line = format!("vm: SKIPPED — {test}: {why}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+}
+
+/// One VM: its devices and the guest script it runs.
+struct Vm<'a> {
+    /// Names the log file and the guest script `tests/vm/guest/SCRIPT.sh`.
+    script: &'a str,
+    log_name: &'a str,
+    modules: &'a str,
+    /// Extra kernel command-line words (`iomem=relaxed`, `tm.role=a`).
+    cmdline: &'a str,
+    machine: &'a str,
+    memory: &'a str,
+    devices: Vec<String>,
+}
+
+impl Vm<'_> {
+    fn command(&self, boot: &Boot) -> Command {
+        let mut qemu = Command::new("qemu-system-x86_64");
+        let accel = if boot.accel == "tcg" {
+            "tcg,thread=multi".to_string()
+        } else {
+            boot.accel.clone()
+        };
+        qemu.args(["-accel", &accel, "-cpu", "max", "-smp", "1", "-nographic", "-no-reboot"])
+            .args(["-nic", "none", "-M", self.machine, "-m", self.memory])
+            .arg("-kernel")
+            .arg(&boot.kernel)
+            .arg("-initrd")
+            .arg(&boot.initrd)
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 quiet panic=-1 tm.test={} tm.modules={} {}",
+                self.script, self.modules, self.cmdline
+            ))
+            .args(&self.devices);
+        qemu
+    }
+}
+
+/// What a VM printed: the console log, and its `TM-CHECK key=value` pairs.
+struct Console {
+    log: String,
+}
+
+impl Console {
+    /// The value of `key` in the first `TM-CHECK` line that has it.
+    fn value(&self, key: &str) -> Option<&str> {
+        self.log
+            .lines()
+            .filter(|l| l.starts_with("TM-CHECK "))
+            .flat_map(|l| l.split_whitespace())
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    fn number(&self, key: &str) -> u64 {
+        let v = self.value(key);
+        v.and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number TM-CHECK {key}= in the console (got {v:?})"))
+    }
+
+    fn has(&self, text: &str) -> bool {
+        self.log.contains(text)
+    }
+}
+
+/// Boots `vms` at once, waits for all, and checks that each guest script passed.
+fn run_all(boot: &Boot, vms: &[Vm]) -> Vec<Console> {
+    let logs = work_dir().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let started = Instant::now();
+    let outputs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = vms
+            .iter()
+            .map(|vm| {
+                let cmd = vm.command(boot);
+                s.spawn(move || run_with_timeout(cmd, None, VM_TIMEOUT))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut consoles = Vec::new();
+    let mut failures = Vec::new();
+    for (vm, output) in vms.iter().zip(outputs) {
+        let log = match output {
+            Ok(out) => {
+                String::from_utf8_lossy(&out.stdout).replace('\r', "")
+                    + &String::from_utf8_lossy(&out.stderr)
+            }
+            Err(timeout) => format!("VM timed out or could not start:\n{timeout}"),
+        };
+        let path = logs.join(format!("{}.log", vm.log_name));
+        fs::write(&path, &log).unwrap();
+        println!("--- {} ({}):", vm.log_name, path.display());
+        for line in log.lines().filter(|l| l.starts_with("TM-")) {
+            println!("{line}");
+        }
+        if !log.contains(&format!("TM-RESULT PASS {}", vm.script)) {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            failures.push(format!(
+                "VM {} failed; its console's last lines ({}):\n{tail}",
+                vm.log_name,
+                path.display()
+            ));
+        }
+        consoles.push(Console { log });
+    }
+    println!("({} VM(s), {:.0?})", vms.len(), started.elapsed());
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    consoles
+}
+
+fn run(boot: &Boot, vm: Vm) -> Console {
+    run_all(boot, &[vm]).pop().unwrap()
+}
+
+/// A scratch file for a VM's device memory, named by test so parallel test binaries of other
+/// worktrees never share it.
+fn device_file(name: &str, len: u64) -> PathBuf {
+    let path = work_dir().join("devices").join(name);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = fs::File::create(&path).unwrap();
+    f.set_len(len).unwrap();
+    path
+}
+
+/// QEMU arguments for an NVMe controller with a 64 MiB CMB and a 16 MiB PMR kept in `pmr`.
+fn nvme_devices(name: &str, pmr: &Path) -> Vec<String> {
+    let disk = device_file(&format!("{name}-disk.img"), 16 << 20);
+    vec![
+        "-drive".into(),
+        format!("file={},if=none,id=nvm0,format=raw", disk.display()),
+        "-object".into(),
+        format!(
+            "memory-backend-file,id=pmr0,share=on,mem-path={},size=16M",
+            pmr.display()
+        ),
+        "-device".into(),
+        "nvme,serial=tm01,drive=nvm0,cmb_size_mb=64,pmrdev=pmr0".into(),
+    ]
+}
+
+fn nvme_vm<'a>(script: &'a str, log_name: &'a str, cmdline: &'a str, pmr: &Path) -> Vm<'a> {
+    Vm {
+        script,
+        log_name,
+        modules: "nvme",
+        cmdline,
+        machine: "q35",
+        memory: "512M",
+        devices: nvme_devices(log_name, pmr),
+    }
+}
+
+#[test]
+fn vm_nvme_cmb_serves_the_contract_and_bad_bars_are_refused() {
+    with_vms("vm_nvme_cmb", |boot| {
+        let pmr = device_file("cmb-pmr.img", 16 << 20);
+        let c = run(boot, nvme_vm("nvme_cmb", "nvme_cmb", "iomem=relaxed", &pmr));
+        // The tier's capacity is the whole 64 MiB BAR, found without size=.
+        assert_eq!(c.number("cmb_bar_bytes"), 64 << 20);
+        assert_eq!(c.number("capacity"), 64 << 20);
+        assert!(c.number("filled_bytes") > 32 << 20, "the fill used the CMB");
+        assert!(c.has("TM-REFUSED register_bar"));
+        // tiermalloc set CMBMSC.CRE: CMBSZ went from 0 to the CMB's size, CMBLOC.BIR = 2.
+        assert_eq!(c.number("cmbsz_before"), 0);
+        assert_ne!(c.number("cmbsz_after"), 0);
+        assert_eq!(c.number("cmbloc") & 7, 2);
+    });
+}
+
+#[test]
+fn vm_nvme_bar_under_bound_driver_is_refused_until_unbound() {
+    with_vms("vm_nvme_bound", |boot| {
+        let pmr = device_file("bound-pmr.img", 16 << 20);
+        let c = run(boot, nvme_vm("nvme_bound", "nvme_bound", "", &pmr));
+        assert!(c.has("TM-REFUSED cmb_bound") && c.has("TM-REFUSED pmr_bound"));
+        assert_eq!(c.number("capacity"), 64 << 20);
+    });
+}

@@ -1,0 +1,270 @@
+/* tm_vm.c — the test program the VM guests run, linked statically against libtiermalloc.a.
+ * The tier comes from TIERMALLOC_TIERS, set by the guest script; the program checks what it
+ * was asked to and prints `TM-CHECK key=value` lines the host test reads, then the summary of
+ * check.h. Commands:
+ *
+ *   tm_vm contract KIND DEVICE CAPACITY
+ *       The device-tier contract on a real device (the checks of c-tests/device_tiers.c that
+ *       need no second file): tm_malloc lands on KIND, the header says size == usable >=
+ *       request, magic "TMHB", kind, allocated; a pattern written to a block is seen through a
+ *       second, independent mapping of DEVICE; the tier's capacity is CAPACITY bytes (what
+ *       sysfs says the BAR or device holds); filling the tier until ENOMEM and freeing it all
+ *       coalesces back to one extent; tm_malloc beyond the capacity fails with ENOMEM and does
+ *       not spill; realloc keeps contents and tier; blocks freed by other threads.
+ *   tm_vm write KIND SIZE      writes SIZE bytes of the proof pattern into a block of KIND
+ *   tm_vm find DEVICE SIZE     finds a header with magic "TMHB" followed by SIZE bytes of the
+ *                              proof pattern in DEVICE (mapped read-only, no tier needed)
+ *   tm_vm numa NODE SIZE       a cxl tier (numa=NODE): move_pages says every page of a block
+ *                              of SIZE bytes is on NODE
+ *   tm_vm skipped KIND         KIND was refused (tm_get_stats fails), and malloc still works
+ */
+#define _GNU_SOURCE 1
+#include "tiermalloc.h"
+#include "check.h"
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+
+static tm_kind kind_named(const char *name)
+{
+    if (!strcmp(name, "cxl")) return TM_CXL;
+    if (!strcmp(name, "cmb")) return TM_CMB;
+    if (!strcmp(name, "pmr")) return TM_PMR;
+    return TM_DRAM;
+}
+
+static tm_stats stats_of(tm_kind kind)
+{
+    tm_stats s;
+    memset(&s, 0, sizeof s);
+    CHECK(tm_get_stats(kind, &s) == 0, "tm_get_stats(%d): errno %d", (int)kind, errno);
+    return s;
+}
+
+/* A device mapped read-only, its length rounded down to 2 MiB for device DAX. */
+static const unsigned char *map_device(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY);
+    if (!CHECK(fd >= 0, "open %s: %s", path, strerror(errno))) return NULL;
+    struct stat st;
+    fstat(fd, &st);
+    size_t size = (size_t)st.st_size;
+    if (S_ISCHR(st.st_mode)) {
+        char sysfs[128];
+        snprintf(sysfs, sizeof sysfs, "/sys/dev/char/%u:%u/size", major(st.st_rdev),
+                 minor(st.st_rdev));
+        FILE *f = fopen(sysfs, "r");
+        unsigned long long v = 0;
+        if (f) { if (fscanf(f, "%llu", &v) != 1) v = 0; fclose(f); }
+        size = (size_t)v & ~(size_t)((2 << 20) - 1);
+    }
+    const unsigned char *p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (!CHECK(p != MAP_FAILED, "mmap %s (%zu bytes): %s", path, size, strerror(errno)))
+        return NULL;
+    *len = size;
+    return p;
+}
+
+static unsigned char proof_byte(size_t i) { return (unsigned char)("tiermalloc-proof:"[i % 17] ^ (i >> 12)); }
+
+static void *free_thread(void *arg)
+{
+    void **blocks = arg;
+    for (int i = 0; i < 64; i++) {
+        unsigned char *p = blocks[i];
+        for (int k = 0; k < 256; k++)
+            if (p[k] != (unsigned char)(i + k)) {
+                CHECK(0, "block %d byte %d changed before its free in another thread", i, k);
+                break;
+            }
+        free(p);
+    }
+    return NULL;
+}
+
+static int contract(tm_kind kind, const char *device, unsigned long long capacity)
+{
+    size_t dev_len = 0;
+    const unsigned char *dev = map_device(device, &dev_len);
+    tm_stats s0 = stats_of(kind);
+    printf("TM-CHECK capacity=%llu expected=%llu\n", (unsigned long long)s0.capacity, capacity);
+    CHECK(s0.capacity == capacity, "tier capacity %llu, device says %llu",
+          (unsigned long long)s0.capacity, capacity);
+
+    /* One block: header, tier, pattern seen through the second mapping. */
+    unsigned char *p = tm_malloc(kind, 1000);
+    if (CHECK(p != NULL, "tm_malloc(%d, 1000): errno %d", (int)kind, errno)) {
+        const tm_block_header *h = (const tm_block_header *)p - 1;
+        CHECK(tm_kind_of(p) == (int)kind, "tm_kind_of %d", tm_kind_of(p));
+        CHECK(h->size == tm_usable_size(p) && h->size >= 1000, "header size %llu usable %zu",
+              (unsigned long long)h->size, tm_usable_size(p));
+        CHECK(h->magic == 0x42484d54u && h->kind == kind && h->state == 1,
+              "magic %#x kind %u state %u", h->magic, h->kind, h->state);
+        unsigned char pattern[64];
+        for (int k = 0; k < 64; k++) pattern[k] = (unsigned char)(0x5A ^ (k * 13));
+        memcpy(p + 200, pattern, sizeof pattern);
+        int seen = dev && memmem(dev, dev_len, pattern, sizeof pattern) != NULL;
+        CHECK(seen, "pattern written to the block not found through a second mapping of %s",
+              device);
+        printf("TM-CHECK second_mapping_sees_block=%d\n", seen);
+        tm_free(p);
+    }
+
+    /* Fill the tier with mixed sizes until ENOMEM, verify, free all: one extent again. */
+    enum { MAX_BLOCKS = 4096 };
+    static unsigned char *blocks[MAX_BLOCKS];
+    static size_t sizes[MAX_BLOCKS];
+    int n = 0;
+    unsigned long long filled = 0;
+    size_t unit = (size_t)(capacity / 600);
+    while (n < MAX_BLOCKS) {
+        size_t size = 16 + (size_t)(n * 7919 % 97) * (unit / 64 + 1);
+        unsigned char *b = tm_malloc(kind, size);
+        if (!b) {
+            CHECK(errno == ENOMEM, "tm_malloc failure errno %d", errno);
+            break;
+        }
+        for (size_t k = 0; k < size; k += 512) b[k] = (unsigned char)(n + k / 512);
+        blocks[n] = b;
+        sizes[n++] = size;
+        filled += size;
+    }
+    tm_stats full = stats_of(kind);
+    printf("TM-CHECK filled_blocks=%d filled_bytes=%llu in_use=%llu\n", n, filled,
+           (unsigned long long)full.in_use);
+    CHECK(n > 100 && n < MAX_BLOCKS, "filled the tier with %d blocks", n);
+    CHECK(full.in_use >= filled && full.in_use <= full.capacity, "in_use %llu",
+          (unsigned long long)full.in_use);
+    int bad = 0;
+    for (int i = 0; i < n; i++)
+        for (size_t k = 0; k < sizes[i]; k += 512)
+            if (blocks[i][k] != (unsigned char)(i + k / 512)) bad++;
+    CHECK(bad == 0, "%d bytes changed in a full tier", bad);
+    for (int i = 0; i < n; i += 2) tm_free(blocks[i]);
+    for (int i = 1; i < n; i += 2) tm_free(blocks[i]);
+    tm_stats empty = stats_of(kind);
+    CHECK(empty.in_use == 0 && empty.free_bytes == empty.capacity &&
+              empty.largest_free == empty.capacity - 16,
+          "after freeing all: in_use %llu free %llu largest %llu capacity %llu",
+          (unsigned long long)empty.in_use, (unsigned long long)empty.free_bytes,
+          (unsigned long long)empty.largest_free, (unsigned long long)empty.capacity);
+    errno = 0;
+    tm_stats before = stats_of(TM_DRAM);
+    CHECK(tm_malloc(kind, (size_t)capacity) == NULL && errno == ENOMEM,
+          "tm_malloc beyond capacity: errno %d", errno);
+    tm_stats after = stats_of(TM_DRAM);
+    CHECK(after.allocations == before.allocations, "an explicit tm_malloc spilled to DRAM");
+
+    /* realloc keeps the tier and the contents. */
+    unsigned char *r = tm_malloc(kind, 3000);
+    if (CHECK(r != NULL, "tm_malloc 3000")) {
+        for (int k = 0; k < 3000; k++) r[k] = (unsigned char)(k * 3);
+        unsigned char *g = tm_realloc(r, 300000);
+        if (CHECK(g != NULL, "realloc to 300000")) {
+            int same = 1;
+            for (int k = 0; k < 3000; k++) same &= g[k] == (unsigned char)(k * 3);
+            CHECK(same && tm_kind_of(g) == (int)kind, "realloc lost contents or tier");
+            tm_free(g);
+        }
+    }
+
+    /* Blocks freed by another thread. */
+    static void *shared_blocks[64];
+    for (int i = 0; i < 64; i++) {
+        unsigned char *b = tm_malloc(kind, 256 + i * 100);
+        if (!CHECK(b != NULL, "tm_malloc for the other thread")) return check_done();
+        for (int k = 0; k < 256; k++) b[k] = (unsigned char)(i + k);
+        shared_blocks[i] = b;
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, free_thread, shared_blocks);
+    pthread_join(t, NULL);
+    tm_stats last = stats_of(kind);
+    CHECK(last.in_use == 0, "in_use %llu after the other thread freed all",
+          (unsigned long long)last.in_use);
+    printf("TM-CHECK allocations=%llu frees=%llu\n", (unsigned long long)last.allocations,
+           (unsigned long long)last.frees);
+    return check_done();
+}
+
+static int write_proof(tm_kind kind, size_t size)
+{
+    unsigned char *p = tm_malloc(kind, size);
+    if (!CHECK(p != NULL, "tm_malloc(%d, %zu): errno %d", (int)kind, size, errno))
+        return check_done();
+    for (size_t i = 0; i < size; i++) p[i] = proof_byte(i);
+    int same = 1;
+    for (size_t i = 0; i < size; i++) same &= p[i] == proof_byte(i);
+    CHECK(same, "the proof did not read back from the tier");
+    printf("TM-CHECK wrote=%zu\n", size);
+    return check_done();
+}
+
+static int find_proof(const char *device, size_t size)
+{
+    size_t len = 0;
+    const unsigned char *dev = map_device(device, &len);
+    if (!dev) return check_done();
+    long found = -1;
+    for (size_t at = 0; at + 16 + size <= len; at += 16) {
+        const tm_block_header *h = (const tm_block_header *)(dev + at);
+        if (h->magic != 0x42484d54u || h->state != 1 || h->size < size) continue;
+        size_t i = 0;
+        while (i < size && dev[at + 16 + i] == proof_byte(i)) i++;
+        if (i == size) { found = (long)at; break; }
+    }
+    printf("TM-CHECK found_at=%ld bytes=%zu\n", found, size);
+    CHECK(found >= 0, "no allocated block holding the %zu-byte proof on %s", size, device);
+    return check_done();
+}
+
+static int numa(int node, size_t size)
+{
+    unsigned char *p = tm_malloc(TM_CXL, size);
+    if (!CHECK(p != NULL, "tm_malloc(TM_CXL, %zu): errno %d", size, errno)) return check_done();
+    memset(p, 0x77, size);
+    enum { MAXP = 4096 };
+    static void *pages[MAXP];
+    static int status[MAXP];
+    size_t first = ((uintptr_t)p + 4095) & ~(uintptr_t)4095, count = 0;
+    for (size_t a = first; a + 4096 <= (uintptr_t)p + size && count < MAXP; a += 4096)
+        pages[count++] = (void *)a;
+    long rc = syscall(SYS_move_pages, 0, count, pages, NULL, status, 0);
+    CHECK(rc == 0, "move_pages: %s", strerror(errno));
+    size_t on_node = 0;
+    for (size_t i = 0; i < count; i++) on_node += status[i] == node;
+    printf("TM-CHECK pages=%zu on_node_%d=%zu\n", count, node, on_node);
+    CHECK(count > 0 && on_node == count, "%zu of %zu pages on node %d (first status %d)", on_node,
+          count, node, count ? status[0] : 0);
+    return check_done();
+}
+
+static int skipped(tm_kind kind)
+{
+    tm_stats s;
+    CHECK(tm_get_stats(kind, &s) == -1, "tier %d is configured; it should have been refused",
+          (int)kind);
+    errno = 0;
+    CHECK(tm_malloc(kind, 64) == NULL, "tm_malloc on a refused tier succeeded");
+    char *p = malloc(100000);
+    CHECK(p != NULL && tm_kind_of(p) == TM_DRAM, "malloc after a refused tier (ours: %d)", tm_kind_of(p));
+    memset(p, 1, 100000);
+    free(p);
+    printf("TM-CHECK runs_on=1\n");
+    return check_done();
+}
+
+int main(int argc, char **argv)
+{
+    watchdog(120, "tm_vm");
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 5 && !strcmp(argv[1], "contract"))
+        return contract(kind_named(argv[2]), argv[3], strtoull(argv[4], NULL, 0));
+    if (argc == 4 && !strcmp(argv[1], "write"))
+        return write_proof(kind_named(argv[2]), strtoull(argv[3], NULL, 0));
+    if (argc == 4 && !strcmp(argv[1], "find")) return find_proof(argv[2], strtoull(argv[3], NULL, 0));
+    if (argc == 4 && !strcmp(argv[1], "numa")) return numa(atoi(argv[2]), strtoull(argv[3], NULL, 0));
+    if (argc == 3 && !strcmp(argv[1], "skipped")) return skipped(kind_named(argv[2]));
+    fprintf(stderr, "usage: tm_vm contract|write|find|numa|skipped ...\n");
+    return 2;
+}
