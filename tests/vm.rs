@@ -304,3 +304,51 @@ fn vm_nvme_bar_under_bound_driver_is_refused_until_unbound() {
         assert_eq!(c.number("capacity"), 64 << 20);
     });
 }
+
+/// The proof pattern of `tm_vm write`, byte `i`.
+fn proof_byte(i: usize) -> u8 {
+    b"tiermalloc-proof:"[i % 17] ^ (i >> 12) as u8
+}
+
+/// The offset of the header of an allocated block (magic "TMHB", state 1) whose first `len`
+/// bytes are the proof, in a host-side copy of device memory.
+fn find_proof(device: &[u8], len: usize) -> Option<usize> {
+    (0..device.len().saturating_sub(16 + len))
+        .step_by(16)
+        .find(|&at| {
+            let header = &device[at..at + 16];
+            let size = u64::from_le_bytes(header[..8].try_into().unwrap());
+            &header[8..12] == b"TMHB"
+                && u16::from_le_bytes([header[14], header[15]]) == 1
+                && size >= len as u64
+                && (0..len).all(|i| device[at + 16 + i] == proof_byte(i))
+        })
+}
+
+#[test]
+fn vm_nvme_pmr_is_enabled_and_keeps_its_bytes_across_power_off() {
+    with_vms("vm_nvme_pmr", |boot| {
+        let pmr = device_file("pmr.img", 16 << 20);
+        let first = run(boot, nvme_vm("nvme_pmr_write", "nvme_pmr_write", "iomem=relaxed", &pmr));
+        assert_eq!(first.number("pmr_bar_bytes"), 16 << 20);
+        assert_eq!(first.number("pmrctl_at_boot"), 0, "Linux left the PMR on?");
+        assert_eq!(first.number("capacity"), 16 << 20);
+        assert_eq!(first.number("pmrctl_after"), 1, "tiermalloc set PMRCTL.EN");
+        assert_eq!(first.number("pmrsts_after") & (1 << 8), 0, "PMRSTS.NRDY clear");
+        assert_eq!(first.number("wrote"), 1 << 20);
+
+        // The VM is off: the bytes are in the host's PMR file.
+        let image = fs::read(&pmr).unwrap();
+        let on_host = find_proof(&image, 1 << 20).expect("the 1 MiB proof is not in pmr.img");
+        println!("host: pmr.img holds the proof's header (TMHB) at offset {on_host}");
+
+        let second = run(boot, nvme_vm("nvme_pmr_read", "nvme_pmr_read", "iomem=relaxed", &pmr));
+        assert_eq!(second.number("pmrctl_at_boot"), 0);
+        assert_eq!(
+            second.value("while_off"),
+            Some("-1"),
+            "a disabled PMR reads 0, so the proof must not be visible before the tier opens"
+        );
+        assert_eq!(second.number("after_enable"), on_host as u64);
+    });
+}

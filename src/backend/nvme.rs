@@ -134,6 +134,11 @@ fn enable_cmb(registers: &Registers, bar: u32) -> Result<(u64, u64), Problem> {
 fn enable_pmr(registers: Registers, pmrcap: u32) -> Result<Bar, Problem> {
     if registers.read32(PMRCTL) & 1 == 0 {
         registers.write32(PMRCTL, 1);
+        if registers.read32(PMRCTL) & 1 == 0 {
+            return Err(Problem::new(
+                "is an NVMe PMR that cannot be enabled (PMRCTL.EN does not stay set)",
+            ));
+        }
     }
     // PMRTO in units of PMRTU (0: 500 ms, 1: minutes); 0 means no time given: allow 1 s.
     let unit_ms: u64 = if (pmrcap >> 8) & 3 == 1 { 60_000 } else { 500 };
@@ -251,6 +256,45 @@ mod tests {
         assert_eq!(split_bar_path(b"/sys/bus/pci/devices/x/resource12"), None);
         assert_eq!(split_bar_path(b"/dev/shm/resource2x"), None);
         assert_eq!(split_bar_path(b"/dev/dax0.0"), None);
+    }
+
+    /// A register page of ordinary memory holding `pmrcap` and `pmrsts`.
+    fn fake_registers(pmrcap: u32, pmrsts: u32) -> Registers {
+        let page = os::map_anonymous(REGISTERS_LEN).unwrap().as_ptr() as usize;
+        let registers = Registers { base: page };
+        registers.write32(PMRCAP, pmrcap);
+        registers.write32(PMRSTS, pmrsts);
+        registers
+    }
+
+    #[test]
+    fn a_ready_pmr_is_enabled_with_the_barrier_its_pmrcap_names() {
+        // BIR 4, PMRWBM bit 1: a read of PMRSTS is the barrier (what QEMU offers).
+        let Ok(Bar::Pmr { barrier, registers }) = enable_pmr(fake_registers(4 << 5 | 2 << 10, 0), 4 << 5 | 2 << 10)
+        else {
+            panic!("not enabled")
+        };
+        assert_eq!(barrier, Barrier::ReadRegister(registers + PMRSTS));
+        let kept = Registers { base: registers };
+        assert_eq!(kept.read32(PMRCTL), 1, "PMRCTL.EN set");
+        drop(kept);
+        // PMRWBM bit 0 only: a read of the PMR itself.
+        let Ok(Bar::Pmr { barrier, registers }) = enable_pmr(fake_registers(1 << 10, 0), 1 << 10)
+        else {
+            panic!("not enabled")
+        };
+        assert_eq!(barrier, Barrier::ReadRegion);
+        release_registers(registers);
+    }
+
+    #[test]
+    fn a_pmr_that_stays_not_ready_or_unhealthy_is_refused() {
+        let stuck = enable_pmr(fake_registers(2 << 10, 1 << 8), 2 << 10);
+        let problem = stuck.err().expect("a PMR whose NRDY stays set was accepted");
+        assert!(problem.what.contains("did not become ready"), "{problem:?}");
+        let unhealthy = enable_pmr(fake_registers(2 << 10, 2 << 9), 2 << 10);
+        let problem = unhealthy.err().expect("an unhealthy PMR was accepted");
+        assert!(problem.what.contains("health"), "{problem:?}");
     }
 
     #[test]

@@ -12,8 +12,12 @@
  *       coalesces back to one extent; tm_malloc beyond the capacity fails with ENOMEM and does
  *       not spill; realloc keeps contents and tier; blocks freed by other threads.
  *   tm_vm write KIND SIZE      writes SIZE bytes of the proof pattern into a block of KIND
- *   tm_vm find DEVICE SIZE     finds a header with magic "TMHB" followed by SIZE bytes of the
- *                              proof pattern in DEVICE (mapped read-only, no tier needed)
+ *   tm_vm find DEVICE SIZE LABEL [KIND]
+ *                              finds a header with magic "TMHB" followed by SIZE bytes of the
+ *                              proof pattern in DEVICE (mapped read-only) and prints
+ *                              `TM-CHECK LABEL=OFFSET` (-1: not there). With KIND, the tier KIND
+ *                              must be open first (opening a PMR tier enables the PMR) and the
+ *                              proof must be found.
  *   tm_vm numa NODE SIZE       a cxl tier (numa=NODE): move_pages says every page of a block
  *                              of SIZE bytes is on NODE
  *   tm_vm skipped KIND         KIND was refused (tm_get_stats fails), and malloc still works
@@ -200,8 +204,12 @@ static int write_proof(tm_kind kind, size_t size)
     return check_done();
 }
 
-static int find_proof(const char *device, size_t size)
+static int find_proof(const char *device, size_t size, const char *label, const char *kind)
 {
+    if (kind) {
+        tm_stats s;
+        CHECK(tm_get_stats(kind_named(kind), &s) == 0, "tier %s is not open", kind);
+    }
     size_t len = 0;
     const unsigned char *dev = map_device(device, &len);
     if (!dev) return check_done();
@@ -213,8 +221,8 @@ static int find_proof(const char *device, size_t size)
         while (i < size && dev[at + 16 + i] == proof_byte(i)) i++;
         if (i == size) { found = (long)at; break; }
     }
-    printf("TM-CHECK found_at=%ld bytes=%zu\n", found, size);
-    CHECK(found >= 0, "no allocated block holding the %zu-byte proof on %s", size, device);
+    printf("TM-CHECK %s=%ld\n", label, found);
+    if (kind) CHECK(found >= 0, "no allocated block holding the %zu-byte proof on %s", size, device);
     return check_done();
 }
 
@@ -262,7 +270,8 @@ int main(int argc, char **argv)
         return contract(kind_named(argv[2]), argv[3], strtoull(argv[4], NULL, 0));
     if (argc == 4 && !strcmp(argv[1], "write"))
         return write_proof(kind_named(argv[2]), strtoull(argv[3], NULL, 0));
-    if (argc == 4 && !strcmp(argv[1], "find")) return find_proof(argv[2], strtoull(argv[3], NULL, 0));
+    if ((argc == 5 || argc == 6) && !strcmp(argv[1], "find"))
+        return find_proof(argv[2], strtoull(argv[3], NULL, 0), argv[4], argc == 6 ? argv[5] : NULL);
     if (argc == 4 && !strcmp(argv[1], "numa")) return numa(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (argc == 3 && !strcmp(argv[1], "skipped")) return skipped(kind_named(argv[2]));
     fprintf(stderr, "usage: tm_vm contract|write|find|numa|skipped ...\n");
