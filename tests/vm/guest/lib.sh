@@ -36,3 +36,22 @@ register() {
     bar0=$(head -1 "$1/resource" | cut -d' ' -f1)
     devmem $((bar0 + $2)) 32
 }
+
+# cxl_devdax: the CXL type-3 device's persistent memory as /dev/dax0.0 (2 MiB alignment).
+# After a restart the region is created again and the namespace, which the labels do not bring
+# back, is made again with the same geometry: its bytes are those of the first boot.
+cxl_devdax() {
+    cxl create-region -m -d decoder0.0 -t pmem -w 1 mem0 >/tmp/cxl.out 2>&1 ||
+        { cat /tmp/cxl.out; echo "TM-ERROR cxl create-region failed"; return 1; }
+    if [ "${1:-}" = again ]; then
+        ndctl disable-region region0 >/dev/null 2>&1
+        ndctl zero-labels nmem0 >/dev/null 2>&1
+        ndctl init-labels -f nmem0 >/dev/null 2>&1
+        ndctl enable-region region0 >/dev/null 2>&1
+    fi
+    ndctl create-namespace -r region0 -m devdax -a 2M -f >/tmp/ndctl.out 2>&1 ||
+        { cat /tmp/ndctl.out; echo "TM-ERROR ndctl create-namespace failed"; return 1; }
+    [ -c /dev/dax0.0 ] || mdev -s
+    [ -c /dev/dax0.0 ] || { echo "TM-ERROR no /dev/dax0.0"; return 1; }
+    echo "TM-CHECK dax_bytes=$(cat /sys/bus/dax/devices/dax0.0/size) dax_align=$(cat /sys/bus/dax/devices/dax0.0/align)"
+}

@@ -231,7 +231,7 @@ static int numa(int node, size_t size)
     unsigned char *p = tm_malloc(TM_CXL, size);
     if (!CHECK(p != NULL, "tm_malloc(TM_CXL, %zu): errno %d", size, errno)) return check_done();
     memset(p, 0x77, size);
-    enum { MAXP = 4096 };
+    enum { MAXP = 16384 };
     static void *pages[MAXP];
     static int status[MAXP];
     size_t first = ((uintptr_t)p + 4095) & ~(uintptr_t)4095, count = 0;
