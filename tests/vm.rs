@@ -416,3 +416,59 @@ fn vm_cxl_devdax_serves_the_contract_keeps_its_bytes_and_onlines_as_numa_node() 
         assert!(pages >= 8000, "{pages} pages checked");
     });
 }
+
+/// Two hosts on one device: two VMs, each given the same 16 MiB host file as an ivshmem-plain
+/// BAR (two kernels, no shared lock, futex or pid space). A holds a cxl tier on the BAR's first
+/// 8 MiB and writes a proof into a block; B sees A's bytes through its own mapping, then opens
+/// the same tier while A holds it.
+///
+/// What this shows today: the device is shared (B finds A's proof at the offset A's tier put
+/// it), and a tier's exclusive use is **not** enforced across hosts: the lock that refuses a
+/// second process on one host (`F_OFD_SETLK` on the file) lives in that host's kernel, so B's
+/// tier opens, hands out the block A holds, and B's writes land in A's proof. Enforcing it needs
+/// ownership recorded on the device itself (an owner record with a lease, so a dead host's claim
+/// expires) — the shared pool's registry (issue 10), which does not exist yet. When it does,
+/// B's open must be refused: these assertions flip.
+#[test]
+fn vm_two_hosts_share_one_device_and_tier_exclusivity_is_host_local_today() {
+    with_vms("vm_two_hosts", |boot| {
+        let shared = device_file("shared.img", 16 << 20);
+        let devices = || {
+            vec![
+                "-object".to_string(),
+                format!(
+                    "memory-backend-file,id=shm0,share=on,mem-path={},size=16M",
+                    shared.display()
+                ),
+                "-device".into(),
+                "ivshmem-plain,memdev=shm0".into(),
+            ]
+        };
+        let vm = |log_name, cmdline| Vm {
+            script: "two_hosts",
+            log_name,
+            modules: "",
+            cmdline,
+            machine: "q35",
+            memory: "512M",
+            devices: devices(),
+        };
+        let both = run_all(boot, &[vm("two_hosts_a", "tm.role=a"), vm("two_hosts_b", "tm.role=b")]);
+        let (a, b) = (&both[0], &both[1]);
+        assert_eq!(a.number("shared_bar_bytes"), 16 << 20);
+        assert_eq!(b.number("b_saw_a_hold"), 1, "B saw A's mailbox word");
+        let proof_at = b.value("b_sees_a_proof_at").unwrap();
+        assert_ne!(proof_at, "-1", "B does not see A's proof: the device is not shared");
+        assert_eq!(a.number("a_saw_b"), 1);
+        // Today's gap, measured: B's tier opened while A held it, and its first block is A's.
+        assert_eq!(b.number("b_tier_open"), 1, "B's open was refused: exclusivity is enforced now, update this test");
+        let proof_at: u64 = proof_at.parse().unwrap();
+        assert_eq!(b.number("b_block_at"), proof_at + 16, "B's block is A's (data after the header)");
+        assert_eq!(a.number("a_proof_intact"), 0);
+        println!(
+            "two hosts: device shared (B read A's 1 MiB proof at offset {proof_at}); tier \
+             exclusivity NOT enforced across hosts (host-local file lock): B's tier handed out \
+             A's block"
+        );
+    });
+}

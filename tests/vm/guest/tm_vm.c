@@ -21,6 +21,13 @@
  *   tm_vm numa NODE SIZE       a cxl tier (numa=NODE): move_pages says every page of a block
  *                              of SIZE bytes is on NODE
  *   tm_vm skipped KIND         KIND was refused (tm_get_stats fails), and malloc still works
+ *   tm_vm host_a DEVICE        two hosts on one device (a BAR both VMs map; the cxl tier is its
+ *   tm_vm wait_a DEVICE        first 8 MiB, a mailbox its last page): A writes the proof into a
+ *   tm_vm host_b DEVICE        cxl block and posts "A holds"; B (wait_a, no tier) waits for that
+ *                              and finds A's proof through its own mapping; B (host_b, with the
+ *                              same tier) opens the tier while A holds it, allocates and marks a
+ *                              block, and posts "B done"; A then checks whether its proof is
+ *                              intact. Prints what each saw; the host test judges.
  */
 #define _GNU_SOURCE 1
 #include "tiermalloc.h"
@@ -262,6 +269,103 @@ static int skipped(tm_kind kind)
     return check_done();
 }
 
+/* ------------------------------------------------------------ two hosts */
+
+#define TIER_BYTES (8u << 20)
+#define MAILBOX_AT (15u << 20)
+#define A_HOLDS 0x41484f4c44534121ull
+#define B_DONE 0x42444f4e45424221ull
+
+/* The last page of the 16 MiB BAR, mapped read-write outside any tier. */
+static uint64_t *mailbox(const char *device)
+{
+    int fd = open(device, O_RDWR);
+    if (!CHECK(fd >= 0, "open %s: %s", device, strerror(errno))) return NULL;
+    void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, MAILBOX_AT);
+    close(fd);
+    return CHECK(p != MAP_FAILED, "mmap mailbox: %s", strerror(errno)) ? p : NULL;
+}
+
+static int wait_for(uint64_t *word, uint64_t value, int seconds)
+{
+    for (int i = 0; i < seconds * 100; i++) {
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value) return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
+static long find_in(const unsigned char *dev, size_t len, size_t size)
+{
+    for (size_t at = 0; at + 16 + size <= len; at += 16) {
+        const tm_block_header *h = (const tm_block_header *)(dev + at);
+        if (h->magic != 0x42484d54u || h->state != 1 || h->size < size) continue;
+        size_t i = 0;
+        while (i < size && dev[at + 16 + i] == proof_byte(i)) i++;
+        if (i == size) return (long)at;
+    }
+    return -1;
+}
+
+static int host_a(const char *device)
+{
+    uint64_t *box = mailbox(device);
+    tm_stats s;
+    if (!CHECK(box && tm_get_stats(TM_CXL, &s) == 0, "A: no cxl tier")) return check_done();
+    size_t size = 1 << 20;
+    unsigned char *p = tm_malloc(TM_CXL, size);
+    if (!CHECK(p != NULL, "A: tm_malloc")) return check_done();
+    for (size_t i = 0; i < size; i++) p[i] = proof_byte(i);
+    __atomic_store_n(&box[0], A_HOLDS, __ATOMIC_RELEASE);
+    printf("TM-CHECK a_holds=1\n");
+    int saw_b = wait_for(&box[1], B_DONE, 90);
+    printf("TM-CHECK a_saw_b=%d\n", saw_b);
+    CHECK(saw_b, "A: B never reported");
+    size_t intact = 0;
+    while (intact < size && p[intact] == proof_byte(intact)) intact++;
+    printf("TM-CHECK a_proof_intact=%d\n", intact == size);
+    return check_done();
+}
+
+static int wait_a(const char *device)
+{
+    uint64_t *box = mailbox(device);
+    int held = box && wait_for(&box[0], A_HOLDS, 90);
+    printf("TM-CHECK b_saw_a_hold=%d\n", held);
+    CHECK(held, "B: A never posted");
+    int fd = open(device, O_RDONLY);
+    const unsigned char *dev = mmap(NULL, TIER_BYTES, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (!CHECK(dev != MAP_FAILED, "B: mmap")) return check_done();
+    printf("TM-CHECK b_sees_a_proof_at=%ld\n", find_in(dev, TIER_BYTES, 1 << 20));
+    return check_done();
+}
+
+static int host_b(const char *device)
+{
+    uint64_t *box = mailbox(device);
+    if (!box) return check_done();
+    tm_stats s;
+    int open_ = tm_get_stats(TM_CXL, &s) == 0;
+    printf("TM-CHECK b_tier_open=%d\n", open_);
+    if (open_) {
+        /* A marked block: where does B's tier put it? */
+        unsigned char *q = tm_malloc(TM_CXL, 4096);
+        if (CHECK(q != NULL, "B: tm_malloc")) {
+            memset(q, 0xB5, 4096);
+            int fd = open(device, O_RDONLY);
+            const unsigned char *dev = mmap(NULL, TIER_BYTES, PROT_READ, MAP_SHARED, fd, 0);
+            close(fd);
+            long at = -1;
+            for (size_t k = 0; dev != MAP_FAILED && k + 4096 <= TIER_BYTES; k += 16)
+                if (dev[k] == 0xB5 && dev[k + 4095] == 0xB5 && dev[k + 2048] == 0xB5) { at = (long)k; break; }
+            printf("TM-CHECK b_block_at=%ld\n", at);
+        }
+    }
+    __atomic_store_n(&box[1], B_DONE, __ATOMIC_RELEASE);
+    return check_done();
+}
+
 int main(int argc, char **argv)
 {
     watchdog(120, "tm_vm");
@@ -274,6 +378,9 @@ int main(int argc, char **argv)
         return find_proof(argv[2], strtoull(argv[3], NULL, 0), argv[4], argc == 6 ? argv[5] : NULL);
     if (argc == 4 && !strcmp(argv[1], "numa")) return numa(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (argc == 3 && !strcmp(argv[1], "skipped")) return skipped(kind_named(argv[2]));
+    if (argc == 3 && !strcmp(argv[1], "host_a")) return host_a(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "wait_a")) return wait_a(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "host_b")) return host_b(argv[2]);
     fprintf(stderr, "usage: tm_vm contract|write|find|numa|skipped ...\n");
     return 2;
 }
