@@ -1,7 +1,7 @@
 //! Real device paths under QEMU: NVMe CMB and PMR BARs, CXL type-3 memory as device DAX and as
 //! a NUMA node, and one device file shared by two VMs (two hosts). Each `#[test]` boots one or
 //! two VMs (TCG, about 10 s each; `TIERMALLOC_VM_ACCEL=kvm` where KVM really boots a stock
-//! kernel) whose guest runs a script of `tests/vm/guest/` with `tm_vm` (built here from
+//! kernel; `TIERMALLOC_VM_QEMU=/path/to/qemu-system-x86_64` picks the binary) whose guest runs a script of `tests/vm/guest/` with `tm_vm` (built here from
 //! `tests/vm/guest/tm_vm.c`, linked statically against `libtiermalloc.a`).
 //!
 //! - `tests/vm/prepare.sh` downloads the Debian kernel package once (cached in
@@ -43,6 +43,11 @@ fn work_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm")
 }
 
+/// `TIERMALLOC_VM_QEMU`, else `qemu-system-x86_64` from PATH.
+fn qemu_binary() -> String {
+    std::env::var("TIERMALLOC_VM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
+}
+
 /// What every VM boots.
 struct Boot {
     kernel: PathBuf,
@@ -58,9 +63,10 @@ fn boot_files() -> Result<&'static Boot, String> {
 }
 
 fn prepare() -> Result<Boot, String> {
-    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
-    if !qemu.is_ok_and(|o| o.status.success()) {
-        return Err("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into());
+    let qemu = qemu_binary();
+    let version = Command::new(&qemu).arg("--version").output();
+    if !version.is_ok_and(|o| o.status.success()) {
+        return Err(format!("{qemu} not found (apt-get install qemu-system-x86)"));
     }
     let work = work_dir();
     let programs = work.join("programs");
@@ -141,7 +147,7 @@ struct Vm<'a> {
 
 impl Vm<'_> {
     fn command(&self, boot: &Boot) -> Command {
-        let mut qemu = Command::new("qemu-system-x86_64");
+        let mut qemu = Command::new(qemu_binary());
         let accel = if boot.accel == "tcg" {
             "tcg,thread=multi".to_string()
         } else {
