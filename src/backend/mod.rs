@@ -4,8 +4,11 @@
 //! anonymous memory bound to that node with `mbind`.
 //!
 //! Every region is placed at a chunk-aligned address and its chunks are reserved whole, so the
-//! page map can own it. Nothing here reads the device: sizes come from `fstat` and sysfs.
-//! Every failure is a `Problem` naming what went wrong; the caller prints it in one line with
+//! page map can own it. Nothing here reads the device's memory: sizes come from `fstat` and
+//! sysfs. Device specifics live in their own files: `nvme` (an NVMe controller's CMB and PMR
+//! BARs, set up through its registers when the tier opens, and the PMR's persistence barrier),
+//! `devdax` (a device DAX's size and alignment). `device_barrier` is the read that makes
+//! earlier writes durable on a device, for the persistent tiers. Every failure is a `Problem` naming what went wrong; the caller prints it in one line with
 //! the tier and path, and runs on without the tier.
 
 mod devdax;
