@@ -92,6 +92,21 @@ fn prepare() -> Result<Boot, String> {
         }
         panic!("building tm_vm failed:\n{text}");
     }
+    // The workload tests/device_touches.rs counts on the host, counted here on a real BAR.
+    let touches = Command::new("cc")
+        .args(["-static", "-O1", "-I"])
+        .arg(repo.join("include"))
+        .arg(repo.join("benches/device/touches.c"))
+        .arg(&lib)
+        .args(["-lm", "-ldl", "-lpthread", "-o"])
+        .arg(programs.join("touches"))
+        .output()
+        .expect("cc");
+    assert!(
+        touches.status.success(),
+        "building touches failed:\n{}",
+        String::from_utf8_lossy(&touches.stderr)
+    );
     let out = Command::new("bash")
         .arg(repo.join("tests/vm/prepare.sh"))
         .arg(&work)
@@ -298,6 +313,17 @@ fn vm_nvme_cmb_serves_the_contract_and_bad_bars_are_refused() {
         assert_eq!(c.number("cmbsz_before"), 0);
         assert_ne!(c.number("cmbsz_after"), 0);
         assert_eq!(c.number("cmbloc") & 7, 2);
+        // malloc + free on the CMB under lackey: nothing read, headers only written (one
+        // 16-byte store per malloc, at most one per free), as device_touches.rs on a file.
+        if c.value("touches") == Some("no-valgrind") {
+            println!("vm: device touches not counted: no valgrind on the host to copy");
+        } else {
+            let pairs = c.number("pairs");
+            assert_eq!(c.number("touch_loads"), 0, "malloc/free read the CMB");
+            let stores = c.number("touch_stores");
+            assert!((16 * pairs..=32 * pairs).contains(&stores), "{stores} bytes written");
+            assert!(c.number("touch_store_ops") <= 2 * pairs);
+        }
     });
 }
 

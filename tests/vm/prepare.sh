@@ -73,6 +73,14 @@ copy_with_libraries() {
 for tool in ndctl daxctl cxl lspci; do
     if command -v "$tool" >/dev/null; then copy_with_libraries "$(command -v "$tool")"; fi
 done
+# valgrind's lackey, to count device touches in the guest (optional: the test says if absent).
+if [ -x /usr/bin/valgrind.bin ] && [ -x /usr/libexec/valgrind/lackey-amd64-linux ]; then
+    copy_with_libraries /usr/bin/valgrind.bin
+    mkdir -p "$root/usr/libexec/valgrind"
+    for f in lackey-amd64-linux default.supp vgpreload_core-amd64-linux.so; do
+        cp /usr/libexec/valgrind/$f "$root/usr/libexec/valgrind/"
+    done
+fi
 [ -d /usr/share/misc ] && mkdir -p "$root/usr/share/misc" &&
     cp -L /usr/share/misc/pci.ids "$root/usr/share/misc/" 2>/dev/null || true
 

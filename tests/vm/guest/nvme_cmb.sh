@@ -10,4 +10,6 @@ echo "TM-CHECK cmbsz_before=$(($(register $dev 0x3c)))"
 run_tm cmb "dram;cmb:path=$dev/resource2" contract cmb "$dev/resource2" "$size"
 echo "TM-CHECK cmbsz_after=$(($(register $dev 0x3c))) cmbloc=$(($(register $dev 0x38)))"
 run_tm cmb_wc "dram;cmb:path=$dev/resource2_wc" contract cmb "$dev/resource2_wc" "$size"
+# malloc and free never read the CMB and write only headers (as tests/device_touches.rs).
+device_touches cmb_touches "dram;cmb:path=$dev/resource2" 2 300
 expect_refused register_bar cmb "dram;cmb:path=$dev/resource0" "register BAR (resource0)"

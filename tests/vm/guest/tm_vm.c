@@ -21,6 +21,11 @@
  *   tm_vm numa NODE SIZE       a cxl tier (numa=NODE): move_pages says every page of a block
  *                              of SIZE bytes is on NODE
  *   tm_vm skipped KIND         KIND was refused (tm_get_stats fails), and malloc still works
+ *   tm_vm touches LOG LO HI MARKER
+ *                              counts the bytes a `valgrind --tool=lackey --trace-mem=yes` log
+ *                              shows loaded and stored in [LO, HI) between the two stores to
+ *                              MARKER (benches/device/touches.c prints the three, in hex), as
+ *                              tests/device_touches.rs does on the host
  *   tm_vm host_a DEVICE        two hosts on one device (a BAR both VMs map; the cxl tier is its
  *   tm_vm wait_a DEVICE        first 8 MiB, a mailbox its last page): A writes the proof into a
  *   tm_vm host_b DEVICE        cxl block and posts "A holds"; B (wait_a, no tier) waits for that
@@ -269,6 +274,34 @@ static int skipped(tm_kind kind)
     return check_done();
 }
 
+/* ------------------------------------------------------------ device touches */
+
+static int touches(const char *log, const char *lo_s, const char *hi_s, const char *marker_s)
+{
+    unsigned long long lo = strtoull(lo_s, NULL, 16), hi = strtoull(hi_s, NULL, 16),
+                       marker = strtoull(marker_s, NULL, 16);
+    FILE *f = fopen(log, "r");
+    if (!CHECK(f != NULL, "open %s", log)) return check_done();
+    char line[256];
+    int inside = 0;
+    unsigned long long loads = 0, stores = 0, store_ops = 0;
+    while (fgets(line, sizeof line, f)) {
+        char kind;
+        unsigned long long addr, size;
+        if (sscanf(line, " %c %llx,%llu", &kind, &addr, &size) != 3) continue;
+        if (kind != 'L' && kind != 'S' && kind != 'M') continue;
+        if (addr == marker && kind == 'S') { inside++; continue; }
+        if (inside != 1 || addr < lo || addr >= hi) continue;
+        if (kind != 'S') loads += size;
+        if (kind != 'L') { stores += size; store_ops++; }
+    }
+    fclose(f);
+    CHECK(inside == 2, "the two marker stores were seen %d times", inside);
+    printf("TM-CHECK touch_loads=%llu touch_stores=%llu touch_store_ops=%llu\n", loads, stores,
+           store_ops);
+    return check_done();
+}
+
 /* ------------------------------------------------------------ two hosts */
 
 #define TIER_BYTES (8u << 20)
@@ -378,6 +411,7 @@ int main(int argc, char **argv)
         return find_proof(argv[2], strtoull(argv[3], NULL, 0), argv[4], argc == 6 ? argv[5] : NULL);
     if (argc == 4 && !strcmp(argv[1], "numa")) return numa(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (argc == 3 && !strcmp(argv[1], "skipped")) return skipped(kind_named(argv[2]));
+    if (argc == 6 && !strcmp(argv[1], "touches")) return touches(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 3 && !strcmp(argv[1], "host_a")) return host_a(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "wait_a")) return wait_a(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "host_b")) return host_b(argv[2]);
