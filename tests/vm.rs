@@ -134,7 +134,12 @@ fn with_vms(test: &str, body: impl FnOnce(&Boot)) {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     match boot_files() {
-        Ok(boot) => body(boot),
+        Ok(boot) => {
+            body(boot);
+            for file in DEVICE_FILES.with(|files| files.take()) {
+                let _ = fs::remove_file(file);
+            }
+        }
         Err(why) if std::env::var_os("CI").is_some() => {
             panic!("vm: {test}: cannot run VMs in CI: {why}")
         }
@@ -261,13 +266,19 @@ fn run(boot: &Boot, vm: Vm) -> Console {
     run_all(boot, &[vm]).pop().unwrap()
 }
 
-/// A scratch file for a VM's device memory, named by test so parallel test binaries of other
-/// worktrees never share it.
+std::thread_local! {
+    /// The device files this test's VMs used, removed when it passes (kept for a look when
+    /// it fails).
+    static DEVICE_FILES: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A scratch file (sparse, zeroes) for a VM's device memory, under this worktree's target/.
 fn device_file(name: &str, len: u64) -> PathBuf {
     let path = work_dir().join("devices").join(name);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     let f = fs::File::create(&path).unwrap();
     f.set_len(len).unwrap();
+    DEVICE_FILES.with(|files| files.borrow_mut().push(path.clone()));
     path
 }
 
@@ -457,10 +468,16 @@ fn vm_cxl_devdax_serves_the_contract_keeps_its_bytes_and_onlines_as_numa_node() 
 /// What this shows today: the device is shared (B finds A's proof at the offset A's tier put
 /// it), and a tier's exclusive use is **not** enforced across hosts: the lock that refuses a
 /// second process on one host (`F_OFD_SETLK` on the file) lives in that host's kernel, so B's
-/// tier opens, hands out the block A holds, and B's writes land in A's proof. Enforcing it needs
-/// ownership recorded on the device itself (an owner record with a lease, so a dead host's claim
-/// expires) — the shared pool's registry (issue 10), which does not exist yet. When it does,
-/// B's open must be refused: these assertions flip.
+/// tier opens, hands out the block A holds, and B's writes land in A's proof.
+///
+/// Why it is not enforced yet: it needs an owner record in the region itself, claimed with a
+/// compare-and-swap in device memory when a tier opens, and a lease on it (heartbeat), so that
+/// a dead host's claim expires instead of locking the device forever. The region's first bytes
+/// are the persistent tiers' superblock (branch `persist`), the lease is the shared pool's
+/// registry (issue 10): neither exists on main. And on real hardware the compare-and-swap
+/// needs memory that is coherent between hosts (CXL 3 shared memory with back-invalidation);
+/// QEMU gives it for free, both VMs being one host's processes. When ownership is on the
+/// device, B's open must be refused: these assertions flip.
 #[test]
 fn vm_two_hosts_share_one_device_and_tier_exclusivity_is_host_local_today() {
     with_vms("vm_two_hosts", |boot| {

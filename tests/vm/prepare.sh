@@ -11,7 +11,8 @@
 # second or two), so changed programs and scripts always reach the guest.
 # Exit status 3 with one line on stderr: something this machine lacks (the caller skips).
 set -euo pipefail
-cache=$1
+mkdir -p "$1"
+cache=$(cd "$1" && pwd)
 programs=$2
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -22,7 +23,13 @@ done
 busybox_path=$(command -v busybox)
 if ldd "$busybox_path" >/dev/null 2>&1; then lacks "busybox is not static (install busybox-static)"; fi
 
-mkdir -p "$cache"
+# The modules the guests load (their dependencies come along).
+modules="nvme cxl_acpi cxl_pci cxl_mem cxl_pmem libnvdimm nd_pmem dax device_dax dax_pmem kmem"
+show_depends() { # KERNEL_DIR VERSION MODULE -> the .ko files to insmod, dependencies first
+    modprobe -C /dev/null -d "$1" -S "$2" --show-depends "$3" |
+        awk '$1 == "insmod" { print $2 }'
+}
+
 # --- the guest kernel (cached) ---------------------------------------------------------------
 if ! ls "$cache"/kernel/boot/vmlinuz-* >/dev/null 2>&1; then
     command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
@@ -37,6 +44,14 @@ if ! ls "$cache"/kernel/boot/vmlinuz-* >/dev/null 2>&1; then
     dpkg-deb -x "$cache"/download/*.deb "$cache/kernel.partial"
     version=$(ls "$cache/kernel.partial/lib/modules")
     depmod -b "$cache/kernel.partial" "$version"
+    # Keep the kernel and the modules we load (about 10 MB of the package's 400).
+    for module in $modules; do show_depends "$cache/kernel.partial" "$version" "$module"; done |
+        sort -u > "$cache/keep"
+    [ -s "$cache/keep" ] || { echo "vm prepare: no module found in the kernel package" >&2; exit 1; }
+    find "$cache/kernel.partial/lib/modules" -name '*.ko*' | grep -vxF -f "$cache/keep" |
+        xargs rm -f
+    rm -rf "$cache/kernel.partial/usr" "$cache/keep"
+    depmod -b "$cache/kernel.partial" "$version"
     rm -rf "$cache/download"
     mv "$cache/kernel.partial" "$cache/kernel"
 fi
@@ -50,10 +65,8 @@ mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,mods,tm,usr/bin,usr/sbin}
 cp "$busybox_path" "$root/bin/busybox"
 
 # Each module named here gets /mods/NAME: the .ko files to insmod, dependencies first.
-for module in nvme cxl_acpi cxl_pci cxl_mem cxl_pmem libnvdimm nd_pmem dax device_dax dax_pmem kmem; do
-    modprobe -C /dev/null -d "$cache/kernel" -S "$version" --show-depends "$module" 2>/dev/null |
-    while read -r verb path _; do
-        [ "$verb" = insmod ] || continue
+for module in $modules; do
+    show_depends "$cache/kernel" "$version" "$module" | while read -r path; do
         relative=${path#"$cache/kernel"}
         mkdir -p "$root$(dirname "$relative")"
         cp -n "$path" "$root$relative"
@@ -91,3 +104,4 @@ chmod +x "$root/init" "$root"/tm/*
 
 (cd "$root" && find . | cpio -o -H newc --quiet) > "$cache/initramfs.cpio.partial"
 mv "$cache/initramfs.cpio.partial" "$cache/initramfs.cpio"
+rm -rf "$root"
