@@ -62,14 +62,16 @@ fn boot_files() -> Result<&'static Boot, String> {
     BOOT.get_or_init(prepare).as_ref().map_err(Clone::clone)
 }
 
-fn prepare() -> Result<Boot, String> {
-    let qemu = qemu_binary();
-    let version = Command::new(&qemu).arg("--version").output();
-    if !version.is_ok_and(|o| o.status.success()) {
-        return Err(format!("{qemu} not found (apt-get install qemu-system-x86)"));
-    }
-    let work = work_dir();
-    let programs = work.join("programs");
+/// Builds the guest's programs, statically linked against `libtiermalloc.a`, once per test
+/// process: `tm_vm` (tests/vm/guest/tm_vm.c) and `touches` (benches/device/touches.c). `Err`:
+/// no static C library here.
+fn guest_programs() -> Result<&'static Path, String> {
+    static PROGRAMS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PROGRAMS.get_or_init(build_guest_programs).as_deref().map_err(Clone::clone)
+}
+
+fn build_guest_programs() -> Result<PathBuf, String> {
+    let programs = work_dir().join("programs");
     fs::create_dir_all(&programs).unwrap();
     let lib = support::profile_dir().join("deps").join("libtiermalloc.a");
     assert!(lib.is_file(), "{} missing: crate-type must include staticlib", lib.display());
@@ -107,10 +109,22 @@ fn prepare() -> Result<Boot, String> {
         "building touches failed:\n{}",
         String::from_utf8_lossy(&touches.stderr)
     );
+    Ok(programs)
+}
+
+fn prepare() -> Result<Boot, String> {
+    let qemu = qemu_binary();
+    let version = Command::new(&qemu).arg("--version").output();
+    if !version.is_ok_and(|o| o.status.success()) {
+        return Err(format!("{qemu} not found (apt-get install qemu-system-x86)"));
+    }
+    let work = work_dir();
+    let programs = guest_programs()?;
+    let repo = repo();
     let out = Command::new("bash")
         .arg(repo.join("tests/vm/prepare.sh"))
         .arg(&work)
-        .arg(&programs)
+        .arg(programs)
         .output()
         .expect("bash");
     match out.status.code() {
@@ -319,7 +333,7 @@ fn vm_nvme_cmb_serves_the_contract_and_bad_bars_are_refused() {
         assert_eq!(c.number("cmb_bar_bytes"), 64 << 20);
         assert_eq!(c.number("capacity"), 64 << 20);
         assert!(c.number("filled_bytes") > 32 << 20, "the fill used the CMB");
-        assert!(c.has("TM-REFUSED register_bar"));
+        assert!(c.has("TM-REFUSED register_bar") && c.has("TM-REFUSED pmr_on_cmb"));
         // tiermalloc set CMBMSC.CRE: CMBSZ went from 0 to the CMB's size, CMBLOC.BIR = 2.
         assert_eq!(c.number("cmbsz_before"), 0);
         assert_ne!(c.number("cmbsz_after"), 0);
@@ -520,4 +534,34 @@ fn vm_two_hosts_share_one_device_and_tier_exclusivity_is_host_local_today() {
              A's block"
         );
     });
+}
+
+/// The guest's program, statically linked, on the host (no QEMU needed): a static link opens
+/// the tiers (it did not, until the C entry points kept a reference to the start hook) and a
+/// cxl tier on a file passes the contract the VMs run on real devices.
+#[test]
+fn static_link_opens_tiers_and_keeps_the_contract() {
+    let programs = match guest_programs() {
+        Ok(p) => p,
+        Err(why) => {
+            let _ = std::io::stderr().write_all(format!("vm: SKIPPED — static link: {why}\n").as_bytes());
+            return;
+        }
+    };
+    let backing = format!("/dev/shm/tiermalloc-vm-static-{}", std::process::id());
+    let mut cmd = Command::new(programs.join("tm_vm"));
+    cmd.env_clear()
+        .envs(support::scrubbed_env(&support::Scrub { prefixes: &[], keep: &[], exact: &[] }))
+        .env("TIERMALLOC_TIERS", format!("dram;cxl:path={backing},size=8M,create"))
+        .args(["contract", "cxl", &backing, &(8u64 << 20).to_string()]);
+    let out = run_with_timeout(cmd, None, Duration::from_secs(60));
+    let _ = fs::remove_file(&backing);
+    let out = out.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("TM-CHECK capacity=8388608"), "{stdout}");
 }

@@ -141,7 +141,7 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
     let (len, bar) = match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => {
             // A PCI BAR is a regular file in sysfs; an NVMe one needs its controller set up.
-            let bar = nvme::prepare(path)?;
+            let bar = nvme::prepare(path, spec.kind)?;
             if let nvme::Bar::Cmb { offset, len } = bar {
                 if spec.offset == 0 && spec.size.is_none() {
                     (spec.offset, spec.size) = (offset, Some(len));

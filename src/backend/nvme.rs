@@ -17,6 +17,7 @@
 //! and bit numbers are those of the NVMe base specification 2.0 (section 3.1.4).
 
 use super::{read_sysfs_number, Barrier, Fd, PathBuf, Problem};
+use crate::config::Kind;
 use crate::os;
 use core::ffi::CStr;
 
@@ -69,8 +70,9 @@ pub(super) fn is_bar_path(path: &CStr) -> bool {
     split_bar_path(path.to_bytes()).is_some()
 }
 
-/// Sets up the controller whose BAR `path` is, when it is an NVMe controller's.
-pub(super) fn prepare(path: &CStr) -> Result<Bar, Problem> {
+/// Sets up the controller whose BAR `path` is, when it is an NVMe controller's, for a tier of
+/// `kind`: a `pmr` tier must be the PMR (a CMB is volatile: what it holds is gone at power-off).
+pub(super) fn prepare(path: &CStr, kind: Kind) -> Result<Bar, Problem> {
     let Some((device_dir, bar)) = split_bar_path(path.to_bytes()) else {
         return Ok(Bar::NotNvme);
     };
@@ -93,6 +95,11 @@ pub(super) fn prepare(path: &CStr) -> Result<Bar, Problem> {
     }
     if cap & CAP_CMBS != 0 {
         let (offset, len) = enable_cmb(&registers, bar)?;
+        if kind == Kind::Pmr {
+            return Err(Problem::new(
+                "is the NVMe CMB, which is volatile, not a PMR: use cmb: for it, or the PMR's BAR (PMRCAP.BIR)",
+            ));
+        }
         let p2p_size = read_sysfs_number(buf.build(&[device_dir, b"/p2pmem/size"]));
         let p2p_free = read_sysfs_number(buf.build(&[device_dir, b"/p2pmem/available"]));
         if let (Some(size), Some(free)) = (p2p_size, p2p_free) {
@@ -300,6 +307,6 @@ mod tests {
     #[test]
     fn a_file_that_is_not_a_pci_bar_is_not_nvme() {
         let path = c"/dev/shm/tiermalloc-nvme-test-resource2";
-        assert!(matches!(prepare(path), Ok(Bar::NotNvme)));
+        assert!(matches!(prepare(path, Kind::Pmr), Ok(Bar::NotNvme)));
     }
 }

@@ -13,3 +13,4 @@ run_tm cmb_wc "dram;cmb:path=$dev/resource2_wc" contract cmb "$dev/resource2_wc"
 # malloc and free never read the CMB and write only headers (as tests/device_touches.rs).
 device_touches cmb_touches "dram;cmb:path=$dev/resource2" 2 300
 expect_refused register_bar cmb "dram;cmb:path=$dev/resource0" "register BAR (resource0)"
+expect_refused pmr_on_cmb pmr "dram;pmr:path=$dev/resource2" "CMB, which is volatile"
