@@ -1,8 +1,9 @@
 //! Real device paths under QEMU: NVMe CMB and PMR BARs, CXL type-3 memory as device DAX and as
 //! a NUMA node, and one device file shared by two VMs (two hosts). Each `#[test]` boots one or
-//! two VMs (TCG, about 10 s each; `TIERMALLOC_VM_ACCEL=kvm` where KVM really boots a stock
-//! kernel; `TIERMALLOC_VM_QEMU=/path/to/qemu-system-x86_64` picks the binary) whose guest runs a script of `tests/vm/guest/` with `tm_vm` (built here from
-//! `tests/vm/guest/tm_vm.c`, linked statically against `libtiermalloc.a`).
+//! two VMs (TCG, 10-40 s each; `TIERMALLOC_VM_ACCEL=kvm` where KVM really boots a stock
+//! kernel; `TIERMALLOC_VM_QEMU=/path/to/qemu-system-x86_64` picks the binary) whose guest runs
+//! a script of `tests/vm/guest/` with `tm_vm` (built here from `tests/vm/guest/tm_vm.c`) and
+//! `touches` (`benches/device/touches.c`), linked statically against `libtiermalloc.a`.
 //!
 //! - `tests/vm/prepare.sh` downloads the Debian kernel package once (cached in
 //!   `<target>/tmp/vm/`) and builds the initramfs (busybox, modules, ndctl/daxctl/cxl, tm_vm,
@@ -31,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use support::run_with_timeout;
 
-/// Per VM: boot (3 s), a guest script, power-off. The slowest (device DAX, 250 MiB filled
-/// through emulated CXL memory) takes about 40 s under TCG.
+/// Per VM: boot (3 s), a guest script, power-off. The slowest (the CMB under valgrind, the
+/// 250 MiB device DAX filled through emulated CXL memory) take about 40 s under TCG.
 const VM_TIMEOUT: Duration = Duration::from_secs(150);
 
 fn repo() -> PathBuf {
@@ -55,7 +56,7 @@ struct Boot {
     accel: String,
 }
 
-/// Builds tm_vm and the initramfs once per test process; `Err` = this machine cannot run VMs,
+/// Builds the guest programs and the initramfs once per test process; `Err` = this machine cannot run VMs,
 /// and why.
 fn boot_files() -> Result<&'static Boot, String> {
     static BOOT: OnceLock<Result<Boot, String>> = OnceLock::new();
