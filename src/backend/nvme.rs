@@ -17,7 +17,7 @@
 //! and bit numbers are those of the NVMe base specification 2.0 (section 3.1.4).
 
 use super::{read_sysfs_number, Barrier, Fd, PathBuf, Problem};
-use crate::config::Kind;
+use crate::kind::Kind;
 use crate::os;
 use core::ffi::CStr;
 

@@ -26,7 +26,7 @@
 //! caller, while the class lock still holds the slot, so a retired slab's next owner never
 //! sees a late write).
 
-use crate::heap::FreeError;
+use crate::device::extent_heap::FreeError;
 use crate::os;
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;

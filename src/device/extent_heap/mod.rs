@@ -136,7 +136,7 @@ mod starts;
 mod tests;
 mod treap;
 
-pub(crate) use crate::config::Fit;
+pub(crate) use crate::kind::Fit;
 use core::ptr;
 use node::{Node, NodePool};
 use size_index::SizeIndex;
