@@ -179,4 +179,25 @@ mod tests {
         clear(base, 3 * CHUNK_SIZE);
         assert_eq!(tag_of_chunk(base + CHUNK_SIZE), ChunkTag::Foreign);
     }
+
+    #[test]
+    fn owner_of_answers_once_for_every_kind_of_chunk() {
+        // Address ranges nobody maps in a test process: tags are only bookkeeping here.
+        let large = 0x7100_0000_0000usize;
+        set(large, 2 * CHUNK_SIZE, ChunkTag::LargeHead, ChunkTag::LargeTail);
+        assert_eq!(owner_of(large + 64), Owner::LargeHead);
+        assert_eq!(owner_of(large + CHUNK_SIZE + 64), Owner::LargeInterior);
+        assert_eq!(owner_of(large + CHUNK_SIZE + 64).kind(), Some(Kind::Dram));
+        let device = 0x7200_0000_0000usize;
+        for kind in [Kind::Cxl, Kind::Cmb, Kind::Pmr] {
+            set(device, CHUNK_SIZE, ChunkTag::device(kind), ChunkTag::device(kind));
+            assert_eq!(owner_of(device + 16), Owner::Device(kind));
+            assert_eq!(owner_of(device + 16).kind(), Some(kind));
+        }
+        clear(large, 2 * CHUNK_SIZE);
+        clear(device, CHUNK_SIZE);
+        assert_eq!(owner_of(large + 64), Owner::Foreign);
+        assert_eq!(owner_of(0), Owner::Foreign);
+        assert_eq!(owner_of(0).kind(), None);
+    }
 }

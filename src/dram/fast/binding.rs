@@ -15,10 +15,10 @@
 //! `fork` at any moment leaves the child able to allocate.
 
 use crate::dram::fast::heap::{Heap, PageTables};
-use crate::lockfree::tagged_stack::TaggedStack;
-use crate::lockfree::remote_list::RemoteList;
-use crate::meta;
 use crate::dram::fast::traffic::Traffic;
+use crate::lockfree::remote_list::RemoteList;
+use crate::lockfree::tagged_stack::TaggedStack;
+use crate::meta;
 use crate::thread_slot::{self, initial_exec_word};
 use core::ffi::c_void;
 

@@ -207,16 +207,15 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
 
     /// Allocates and frees through this thread's heap and checks every page's lists.
     #[test]
     fn pages_keep_their_invariants_through_churn() {
         let mut live: Vec<(*mut u8, usize)> = Vec::new();
-        let mut seed = 12345u64;
+        let mut rng = Rng(12345);
         for round in 0..200_000 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            let seed = rng.next();
             if live.len() > 3000 || (seed >> 40) % 3 == 0 && !live.is_empty() {
                 let i = (seed >> 20) as usize % live.len();
                 let (p, size) = live.swap_remove(i);
