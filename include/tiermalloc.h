@@ -8,7 +8,8 @@
 #include <stdint.h>
 /* The unprefixed malloc family (malloc, free, calloc, realloc, reallocarray, posix_memalign,
  * aligned_alloc, memalign, valloc, pvalloc, malloc_usable_size, free_sized,
- * free_aligned_sized) is exported too and declared by <stdlib.h> and <malloc.h>. */
+ * free_aligned_sized) is exported too and declared by <stdlib.h> and <malloc.h>, as are glibc's
+ * mallinfo2, mallinfo, malloc_stats, malloc_trim, mallopt and malloc_info. */
 
 /*
  Bytes of the header before each device-tier block.
@@ -122,7 +123,9 @@ void *tm_aligned_alloc(tm_kind kind, size_t alignment, size_t size);
 /*
  Resizes `ptr` on its own tier. `tm_realloc(NULL, n)` is a plain `malloc(n)`; `size == 0`
  frees and returns NULL (as glibc's `realloc`). On failure returns NULL + ENOMEM and leaves
- `ptr` intact; NULL + EINVAL if `ptr` is not ours.
+ `ptr` intact. A pointer that is not a live block of ours is reported as `tm_free` reports
+ it (NULL + EINVAL if ignored), unless the library was loaded after the program's own
+ malloc (`dlopen`), when the program's `realloc` gets it.
 
  # Safety
  `ptr` must be NULL or a live block of ours.
@@ -130,10 +133,10 @@ void *tm_aligned_alloc(tm_kind kind, size_t alignment, size_t size);
 void *tm_realloc(void *ptr, size_t size);
 
 /*
- Frees any block of ours, whatever its tier; NULL and foreign pointers are ignored. Keeps
- `errno`. A double free or a pointer into a block on a device tier is detected from host
- metadata: one line on stderr, then an abort (or, with `TIERMALLOC_ON_ERROR=ignore`, counted
- in the tier's failures and ignored).
+ Frees any block of ours, whatever its tier; NULL is ignored. Keeps `errno`. A double free,
+ a pointer into a block, a corrupted free list or a pointer that is not ours is detected
+ from host metadata: one line on stderr, then an abort (or, with
+ `TIERMALLOC_ON_ERROR=ignore`, reported, counted and ignored).
 
  # Safety
  `ptr` must be NULL or a live block, not used afterwards.

@@ -12,7 +12,7 @@
 //! | the tier interface | `tier` (`Tier`, the tiers by kind, dispatch of a pointer to its tier) |
 //! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
 //! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`) |
-//! | foundations | `pagemap`, `backend`, `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `sync`, `lockfree` |
+//! | foundations | `pagemap`, `backend` (with `device_space`, `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `sync`, `lockfree` |
 //!
 //! Room is left by name for `device/persist` (persistent tiers), `device/evacuate` (live
 //! evacuation) and `pool/` (a device shared by processes: named spaces, lending).
@@ -38,10 +38,14 @@ not_under_loom! {
     mod chunk;
     mod config;
     mod device;
+    mod device_sigbus;
+    mod device_space;
     mod dram;
+    mod foreign;
     mod front;
     mod kind;
     mod meta;
+    mod misuse;
     mod os;
     mod pagemap;
     mod place;
