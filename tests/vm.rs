@@ -499,36 +499,41 @@ fn vm_cxl_devdax_serves_the_contract_keeps_its_bytes_and_onlines_as_numa_node() 
 /// Why it is not enforced yet: it needs an owner record in the region itself, claimed with a
 /// compare-and-swap in device memory when a tier opens, and a lease on it (heartbeat), so that
 /// a dead host's claim expires instead of locking the device forever. The region's first bytes
-/// are the persistent tiers' superblock (branch `persist`), the lease is the shared pool's
-/// registry (issue 10): neither exists on main. And on real hardware the compare-and-swap
+/// are the persistent tiers' superblock (branch `persist`, not on main yet); the shared pool
+/// (issue 10) has leases and coordinates its own spaces through the device (the next test), but
+/// a tier of `TIERMALLOC_TIERS` does not take its capacity from the pool. And on real hardware the compare-and-swap
 /// needs memory that is coherent between hosts (CXL 3 shared memory with back-invalidation);
 /// QEMU gives it for free, both VMs being one host's processes. When ownership is on the
 /// device, B's open must be refused: these assertions flip.
+/// Two VMs (roles a and b of guest script `script`) given the same 16 MiB host file `shared` as
+/// an ivshmem-plain BAR, booted at once.
+fn two_hosts(boot: &Boot, script: &str, shared: &Path) -> Vec<Console> {
+    let vm = |log_name, cmdline| Vm {
+        script,
+        log_name,
+        modules: "",
+        cmdline,
+        machine: "q35",
+        memory: "512M",
+        devices: vec![
+            "-object".to_string(),
+            format!(
+                "memory-backend-file,id=shm0,share=on,mem-path={},size=16M",
+                shared.display()
+            ),
+            "-device".into(),
+            "ivshmem-plain,memdev=shm0".into(),
+        ],
+    };
+    let (a, b) = (format!("{script}_a"), format!("{script}_b"));
+    run_all(boot, &[vm(&a, "tm.role=a"), vm(&b, "tm.role=b")])
+}
+
 #[test]
 fn vm_two_hosts_share_one_device_and_tier_exclusivity_is_host_local_today() {
     with_vms("vm_two_hosts", |boot| {
         let shared = device_file("shared.img", 16 << 20);
-        let devices = || {
-            vec![
-                "-object".to_string(),
-                format!(
-                    "memory-backend-file,id=shm0,share=on,mem-path={},size=16M",
-                    shared.display()
-                ),
-                "-device".into(),
-                "ivshmem-plain,memdev=shm0".into(),
-            ]
-        };
-        let vm = |log_name, cmdline| Vm {
-            script: "two_hosts",
-            log_name,
-            modules: "",
-            cmdline,
-            machine: "q35",
-            memory: "512M",
-            devices: devices(),
-        };
-        let both = run_all(boot, &[vm("two_hosts_a", "tm.role=a"), vm("two_hosts_b", "tm.role=b")]);
+        let both = two_hosts(boot, "two_hosts", &shared);
         let (a, b) = (&both[0], &both[1]);
         assert_eq!(a.number("shared_bar_bytes"), 16 << 20);
         assert_eq!(b.number("b_saw_a_hold"), 1, "B saw A's mailbox word");
@@ -576,4 +581,22 @@ fn static_link_opens_tiers_and_keeps_the_contract() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("TM-CHECK capacity=8388608"), "{stdout}");
+}
+
+/// Two hosts through the shared pool on one device (two VMs, one host file as their BAR): A
+/// publishes a 1 MiB space, B opens it (PRIVATE), reads it, changes its first page and
+/// republishes it under another name, and A reads B's space — B's change over A's bytes — while
+/// A's own space is unchanged.
+#[test]
+fn vm_two_hosts_publish_open_and_republish_a_pool_space() {
+    with_vms("vm_two_hosts_pool", |boot| {
+        let shared = device_file("pool.img", 16 << 20);
+        let both = two_hosts(boot, "two_hosts_pool", &shared);
+        let (a, b) = (&both[0], &both[1]);
+        assert_eq!(a.number("a_published"), 1 << 20);
+        assert_eq!(b.number("b_read_a_space"), 1 << 20, "B read A's space");
+        assert_eq!(b.number("b_republished"), 1);
+        assert_eq!(a.number("a_reads_b_republished"), 1 << 20, "A read B's space");
+        assert_eq!(a.number("a_space_unchanged"), 1 << 20, "B's PRIVATE change reached A's space");
+    });
 }

@@ -33,6 +33,9 @@
  *                              same tier) opens the tier while A holds it, allocates and marks a
  *                              block, and posts "B done"; A then checks whether its proof is
  *                              intact. Prints what each saw; the host test judges.
+ *   tm_vm pool_a DEVICE        the same two hosts through the shared pool (TIERMALLOC_POOL on
+ *   tm_vm pool_b DEVICE        the first 8 MiB): A publishes a space, B opens it, reads it and
+ *                              republishes it changed, A reads B's
  */
 #define _GNU_SOURCE 1
 #include "tiermalloc.h"
@@ -400,6 +403,56 @@ static int host_b(const char *device)
     return check_done();
 }
 
+/* The shared pool across two hosts (TIERMALLOC_POOL on the BAR's first 8 MiB): A creates the
+ * space "vm-a", writes the proof, publishes it and posts "A holds"; B (after wait_a) opens it
+ * PRIVATE, reads the proof, changes its first page and republishes it as "vm-b", and posts
+ * "B done"; A opens "vm-b" READ and finds B's change over its own proof. */
+static int pool_a(const char *device)
+{
+    uint64_t *box = mailbox(device);
+    size_t size = 1 << 20;
+    unsigned char *p = tm_space_create("vm-a", size);
+    if (!CHECK(box && p != NULL, "A: tm_space_create: errno %d", errno)) return check_done();
+    for (size_t i = 0; i < size; i++) p[i] = proof_byte(i);
+    CHECK(tm_space_publish(p) == 0, "A: tm_space_publish: errno %d", errno);
+    __atomic_store_n(&box[0], A_HOLDS, __ATOMIC_RELEASE);
+    printf("TM-CHECK a_published=%zu\n", size);
+    int saw_b = wait_for(&box[1], B_DONE, 90);
+    printf("TM-CHECK a_saw_b=%d\n", saw_b);
+    if (!CHECK(saw_b, "A: B never reported")) return check_done();
+    size_t got = 0;
+    const unsigned char *q = tm_space_open("vm-b", TM_MAP_READ, &got);
+    if (!CHECK(q != NULL && got == size, "A: tm_space_open(vm-b): errno %d, size %zu", errno, got))
+        return check_done();
+    size_t same = 0;
+    for (size_t i = 0; i < size; i++)
+        same += q[i] == (unsigned char)(i < 4096 ? ~proof_byte(i) : proof_byte(i));
+    printf("TM-CHECK a_reads_b_republished=%zu\n", same);
+    CHECK(same == size, "A: %zu of %zu bytes of vm-b as B left them", same, size);
+    size_t mine = 0;
+    for (size_t i = 0; i < size; i++) mine += p[i] == proof_byte(i);
+    printf("TM-CHECK a_space_unchanged=%zu\n", mine);
+    return check_done();
+}
+
+static int pool_b(const char *device)
+{
+    uint64_t *box = mailbox(device);
+    size_t size = 0;
+    unsigned char *p = tm_space_open("vm-a", TM_MAP_PRIVATE, &size);
+    if (!CHECK(box && p != NULL, "B: tm_space_open(vm-a): errno %d", errno)) return check_done();
+    size_t same = 0;
+    for (size_t i = 0; i < size; i++) same += p[i] == proof_byte(i);
+    printf("TM-CHECK b_read_a_space=%zu of=%zu\n", same, size);
+    CHECK(same == size && size == 1 << 20, "B: %zu of %zu bytes of A's proof", same, size);
+    for (size_t i = 0; i < 4096 && i < size; i++) p[i] = (unsigned char)~p[i];
+    void *q = tm_space_republish(p, "vm-b");
+    CHECK(q != NULL, "B: tm_space_republish: errno %d", errno);
+    printf("TM-CHECK b_republished=%d\n", q != NULL);
+    __atomic_store_n(&box[1], B_DONE, __ATOMIC_RELEASE);
+    return check_done();
+}
+
 int main(int argc, char **argv)
 {
     watchdog(120, "tm_vm");
@@ -414,6 +467,8 @@ int main(int argc, char **argv)
     if (argc == 3 && !strcmp(argv[1], "skipped")) return skipped(kind_named(argv[2]));
     if (argc == 6 && !strcmp(argv[1], "touches")) return touches(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 3 && !strcmp(argv[1], "host_a")) return host_a(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "pool_a")) return pool_a(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "pool_b")) return pool_b(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "wait_a")) return wait_a(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "host_b")) return host_b(argv[2]);
     fprintf(stderr, "usage: tm_vm contract|write|find|numa|skipped ...\n");
