@@ -32,10 +32,28 @@ pub(crate) struct Region {
     /// The open descriptor that holds the file's lock (`lock_range`), or -1; closed by
     /// `unmap_region`.
     pub lock_fd: i32,
+    /// What kind of memory backs the region (how writes are made durable: `device::persist`).
+    pub media: Media,
+    /// The region's bytes did not exist before this open (a file just created or extended
+    /// over them): they are zeroes.
+    pub new_bytes: bool,
     /// How to make the writes so far durable on the device (`device_barrier`).
     pub barrier: Barrier,
     /// An NVMe PMR's register page, mapped for the barrier, or 0; unmapped by `unmap_region`.
     pub registers: usize,
+}
+
+/// What backs a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Media {
+    /// A regular file (on a disk, in /dev/shm): durable through `msync`.
+    File,
+    /// A PCI BAR (`/sys/.../resourceN`): posted writes, ordered, flushed by a read.
+    Bar,
+    /// Device DAX: durable once its cache lines are written back.
+    Dax,
+    /// Anonymous memory (CXL as a NUMA node): never durable.
+    Anonymous,
 }
 
 /// The read that orders a device's earlier writes before anything after it: PCIe posts
@@ -48,10 +66,10 @@ pub(crate) enum Barrier {
     ReadRegister(usize),
 }
 
-/// Makes the writes to `region` issued so far durable on its device, once CPU caches have been
-/// written back (the caller's part: `clflush`/`msync`): drains write-combining buffers, then
-/// performs the read `region.barrier` names.
-#[cfg_attr(not(test), allow(dead_code))] // called by tm_persist (persistent tiers)
+/// Waits until every write to `region` issued before it has reached the device (`tm_persist`
+/// on a BAR, `device::persist`): drains write-combining buffers, then performs the read
+/// `region.barrier` names — one read of the region, which a PCIe device answers only after the
+/// posted writes before it (a read does not pass a posted write), or an NVMe PMR's PMRSTS read.
 pub(crate) fn device_barrier(region: &Region) {
     // Drains write-combining buffers (a `resourceN_wc` mapping) before the read.
     core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
@@ -71,6 +89,8 @@ pub(crate) struct Problem {
     pub errno: i32,
     /// For a file system without room: the bytes asked for and the bytes free.
     pub room: Option<(u64, u64)>,
+    /// The region offset the problem is at (a damaged heap), if any.
+    pub at: Option<u64>,
 }
 
 impl Problem {
@@ -79,6 +99,7 @@ impl Problem {
             what,
             errno: 0,
             room: None,
+            at: None,
         }
     }
     pub(crate) fn os(what: &'static str) -> Self {
@@ -86,6 +107,7 @@ impl Problem {
             what,
             errno: os::errno(),
             room: None,
+            at: None,
         }
     }
     pub(crate) fn no_room(needed: u64, free: u64) -> Self {
@@ -93,6 +115,7 @@ impl Problem {
             what: "the file system has no room for the file",
             errno: 0,
             room: Some((needed, free)),
+            at: None,
         }
     }
 }
@@ -170,6 +193,13 @@ fn map_path_noting_creation(
     if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
         return Err(Problem::os("cannot stat"));
     }
+    let is_file = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    let new_bytes = is_file && st.st_size as u64 <= spec.offset;
+    let media = match () {
+        _ if !is_file => Media::Dax,
+        _ if path.to_bytes().starts_with(b"/sys/") => Media::Bar,
+        _ => Media::File,
+    };
     let mut spec = *spec;
     let (len, bar) = match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => {
@@ -236,6 +266,8 @@ fn map_path_noting_creation(
         len,
         shared_across_fork: true,
         lock_fd,
+        media,
+        new_bytes,
         barrier,
         registers,
         ..reserved
@@ -341,6 +373,8 @@ fn reserve(len: usize) -> Result<Region, Problem> {
         reserved,
         shared_across_fork: false,
         lock_fd: -1,
+        media: Media::Anonymous,
+        new_bytes: true,
         barrier: Barrier::ReadRegion,
         registers: 0,
     })
@@ -459,16 +493,8 @@ fn read_sysfs_number(path: &CStr) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, Report};
 
-    struct Ignore;
-    impl Report for Ignore {
-        fn problem(&mut self, _: &str, _: &[u8], _: &str) {}
-    }
-
-    fn spec(tiers: &str) -> TierSpec {
-        parse(Some(tiers.as_bytes()), None, None, None, &mut Ignore).tiers()[0]
-    }
+    use crate::config::tier_spec_for_test as spec;
 
     fn shm(name: &str) -> String {
         format!("/dev/shm/tiermalloc-backend-{}-{name}", std::process::id())
