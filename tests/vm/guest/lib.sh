@@ -56,16 +56,28 @@ cxl_devdax() {
     echo "TM-CHECK dax_bytes=$(cat /sys/bus/dax/devices/dax0.0/size) dax_align=$(cat /sys/bus/dax/devices/dax0.0/align)"
 }
 
-# device_touches NAME TIERS KIND PAIRS: benches/device/touches.c under lackey on the tier, its
-# device bytes counted by tm_vm touches (TM-CHECK touch_loads/stores/store_ops, pairs=).
+# device_touches NAME TIERS KIND PAIRS: benches/device/touches.c under lackey on the tier, in
+# its steady pattern (a live block of every size, so each pair takes a slab slot), its device
+# bytes counted by tm_vm touches (TM-CHECK touch_loads/stores/store_ops, pairs=).
 device_touches() {
     if [ ! -x /usr/bin/valgrind.bin ]; then echo "TM-CHECK touches=no-valgrind"; return 0; fi
     echo "TM-RUN $1: valgrind --tool=lackey --trace-mem=yes touches $3 $4"
     VALGRIND_LIB=/usr/libexec/valgrind TIERMALLOC_TIERS="$2" valgrind.bin --tool=lackey \
-        --trace-mem=yes --log-file=/tmp/lackey.log /tm/touches "$3" "$4" >/tmp/touches.out
+        --trace-mem=yes --log-file=/tmp/lackey.log /tm/touches "$3" "$4" 1 >/tmp/touches.out
     range=$(grep '^range' /tmp/touches.out | cut -d' ' -f2,3)
     marker=$(grep '^marker' /tmp/touches.out | cut -d' ' -f2)
     echo "TM-CHECK pairs=$4 lackey_lines=$(wc -l < /tmp/lackey.log)"
     tm_vm touches /tmp/lackey.log $range "$marker"
     rm -f /tmp/lackey.log
+}
+
+# run_persist NAME TIERS MODE: c-tests/persist.c in MODE (write, verify) on TIERS; prints
+# "TM-CHECK NAME=ok" when all its checks pass.
+run_persist() {
+    echo "TM-RUN $1: TIERMALLOC_TIERS=\"$2\" persist $3"
+    status=0
+    TIERMALLOC_TIERS="$2" /tm/persist "$3" >/tmp/persist.out 2>&1 || status=$?
+    sed "s/^/TM-LINE $1: /" /tmp/persist.out
+    [ $status -eq 0 ] || { echo "TM-ERROR $1: persist $3 exited $status"; return 1; }
+    echo "TM-CHECK $1=ok"
 }

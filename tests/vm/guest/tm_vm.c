@@ -11,13 +11,17 @@
  *       sysfs says the BAR or device holds, less at most 64 KiB); filling the tier until ENOMEM and freeing it all
  *       coalesces back to one extent; tm_malloc beyond the capacity fails with ENOMEM and does
  *       not spill; realloc keeps contents and tier; blocks freed by other threads.
- *   tm_vm write KIND SIZE      writes SIZE bytes of the proof pattern into a block of KIND
- *   tm_vm find DEVICE SIZE LABEL [KIND]
+ *   tm_vm find DEVICE SIZE LABEL
  *                              finds a header with magic "TMHB" followed by SIZE bytes of the
  *                              proof pattern in DEVICE (mapped read-only) and prints
- *                              `TM-CHECK LABEL=OFFSET` (-1: not there). With KIND, the tier KIND
- *                              must be open first (opening a PMR tier enables the PMR) and the
- *                              proof must be found.
+ *                              `TM-CHECK LABEL=OFFSET` (-1: not there)
+ *   tm_vm root_write KIND SIZE writes SIZE bytes of the proof into a block of KIND, names it
+ *                              by the root "vm-proof" and makes it durable (tm_persist)
+ *   tm_vm root_verify KIND SIZE
+ *                              finds the root "vm-proof" on KIND (a persistent tier opened by
+ *                              a new process, in a new boot) and its SIZE bytes of proof
+ *   tm_vm headers DEVICE LABEL prints `TM-CHECK LABEL=N`: the allocated block headers (magic
+ *                              "TMHB", state 1) in DEVICE, mapped read-only
  *   tm_vm numa NODE SIZE       a cxl tier (numa=NODE): move_pages says every page of a block
  *                              of SIZE bytes is on NODE
  *   tm_vm skipped KIND         KIND was refused (tm_get_stats fails), and malloc still works
@@ -207,25 +211,8 @@ static int contract(tm_kind kind, const char *device, unsigned long long capacit
     return check_done();
 }
 
-static int write_proof(tm_kind kind, size_t size)
+static int find_proof(const char *device, size_t size, const char *label)
 {
-    unsigned char *p = tm_malloc(kind, size);
-    if (!CHECK(p != NULL, "tm_malloc(%d, %zu): errno %d", (int)kind, size, errno))
-        return check_done();
-    for (size_t i = 0; i < size; i++) p[i] = proof_byte(i);
-    int same = 1;
-    for (size_t i = 0; i < size; i++) same &= p[i] == proof_byte(i);
-    CHECK(same, "the proof did not read back from the tier");
-    printf("TM-CHECK wrote=%zu\n", size);
-    return check_done();
-}
-
-static int find_proof(const char *device, size_t size, const char *label, const char *kind)
-{
-    if (kind) {
-        tm_stats s;
-        CHECK(tm_get_stats(kind_named(kind), &s) == 0, "tier %s is not open", kind);
-    }
     size_t len = 0;
     const unsigned char *dev = map_device(device, &len);
     if (!dev) return check_done();
@@ -238,7 +225,6 @@ static int find_proof(const char *device, size_t size, const char *label, const 
         if (i == size) { found = (long)at; break; }
     }
     printf("TM-CHECK %s=%ld\n", label, found);
-    if (kind) CHECK(found >= 0, "no allocated block holding the %zu-byte proof on %s", size, device);
     return check_done();
 }
 
@@ -275,6 +261,53 @@ static int skipped(tm_kind kind)
     memset(p, 1, 100000);
     free(p);
     printf("TM-CHECK runs_on=1\n");
+    return check_done();
+}
+
+/* ------------------------------------------------------------ roots (persistent tiers) */
+
+/* Writes SIZE bytes of the proof into a block of KIND, names it by the root "vm-proof" and makes
+ * it durable (tm_persist). */
+static int root_write(tm_kind kind, size_t size)
+{
+    unsigned char *p = tm_malloc(kind, size);
+    if (!CHECK(p != NULL, "tm_malloc(%d, %zu): errno %d", (int)kind, size, errno))
+        return check_done();
+    for (size_t i = 0; i < size; i++) p[i] = proof_byte(i);
+    CHECK(tm_root_set(kind, "vm-proof", p) == 0, "tm_root_set: errno %d", errno);
+    CHECK(tm_persist(p, size) == 0, "tm_persist: errno %d", errno);
+    printf("TM-CHECK root_wrote=%zu root_offset=%llu\n", size,
+           (unsigned long long)tm_offset_of(p));
+    return check_done();
+}
+
+/* A new process (a new boot) finds the root "vm-proof" on KIND and its SIZE bytes of proof. */
+static int root_verify(tm_kind kind, size_t size)
+{
+    unsigned char *p = tm_root_get(kind, "vm-proof");
+    if (!CHECK(p != NULL, "tm_root_get(vm-proof): errno %d", errno)) return check_done();
+    size_t same = 0;
+    while (same < size && p[same] == proof_byte(same)) same++;
+    CHECK(same == size, "the proof differs at byte %zu of %zu", same, size);
+    CHECK(tm_usable_size(p) >= size && tm_kind_of(p) == (int)kind, "usable %zu kind %d",
+          tm_usable_size(p), tm_kind_of(p));
+    printf("TM-CHECK root_found_bytes=%zu root_offset=%llu\n", same,
+           (unsigned long long)tm_offset_of(p));
+    return check_done();
+}
+
+/* Counts the allocated block headers (magic "TMHB", state 1) in DEVICE mapped read-only. */
+static int count_headers(const char *device, const char *label)
+{
+    size_t len = 0;
+    const unsigned char *dev = map_device(device, &len);
+    if (!dev) return check_done();
+    long headers = 0;
+    for (size_t at = 0; at + 16 <= len; at += 16) {
+        const tm_block_header *h = (const tm_block_header *)(dev + at);
+        headers += h->magic == 0x42484d54u && h->state == 1;
+    }
+    printf("TM-CHECK %s=%ld\n", label, headers);
     return check_done();
 }
 
@@ -459,11 +492,14 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 5 && !strcmp(argv[1], "contract"))
         return contract(kind_named(argv[2]), argv[3], strtoull(argv[4], NULL, 0));
-    if (argc == 4 && !strcmp(argv[1], "write"))
-        return write_proof(kind_named(argv[2]), strtoull(argv[3], NULL, 0));
-    if ((argc == 5 || argc == 6) && !strcmp(argv[1], "find"))
-        return find_proof(argv[2], strtoull(argv[3], NULL, 0), argv[4], argc == 6 ? argv[5] : NULL);
+    if (argc == 5 && !strcmp(argv[1], "find"))
+        return find_proof(argv[2], strtoull(argv[3], NULL, 0), argv[4]);
     if (argc == 4 && !strcmp(argv[1], "numa")) return numa(atoi(argv[2]), strtoull(argv[3], NULL, 0));
+    if (argc == 4 && !strcmp(argv[1], "root_write"))
+        return root_write(kind_named(argv[2]), strtoull(argv[3], NULL, 0));
+    if (argc == 4 && !strcmp(argv[1], "root_verify"))
+        return root_verify(kind_named(argv[2]), strtoull(argv[3], NULL, 0));
+    if (argc == 4 && !strcmp(argv[1], "headers")) return count_headers(argv[2], argv[3]);
     if (argc == 3 && !strcmp(argv[1], "skipped")) return skipped(kind_named(argv[2]));
     if (argc == 6 && !strcmp(argv[1], "touches")) return touches(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 3 && !strcmp(argv[1], "host_a")) return host_a(argv[2]);
@@ -471,6 +507,6 @@ int main(int argc, char **argv)
     if (argc == 3 && !strcmp(argv[1], "pool_b")) return pool_b(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "wait_a")) return wait_a(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "host_b")) return host_b(argv[2]);
-    fprintf(stderr, "usage: tm_vm contract|write|find|numa|skipped ...\n");
+    fprintf(stderr, "usage: tm_vm contract|root_write|root_verify|find|headers|numa|skipped|touches|host_a|wait_a|host_b|pool_a|pool_b ...\n");
     return 2;
 }
