@@ -68,14 +68,21 @@ fn boot_files() -> Result<&'static Boot, String> {
 /// no static C library here.
 fn guest_programs() -> Result<&'static Path, String> {
     static PROGRAMS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    PROGRAMS.get_or_init(build_guest_programs).as_deref().map_err(Clone::clone)
+    PROGRAMS
+        .get_or_init(build_guest_programs)
+        .as_deref()
+        .map_err(Clone::clone)
 }
 
 fn build_guest_programs() -> Result<PathBuf, String> {
     let programs = work_dir().join("programs");
     fs::create_dir_all(&programs).unwrap();
     let lib = support::profile_dir().join("deps").join("libtiermalloc.a");
-    assert!(lib.is_file(), "{} missing: crate-type must include staticlib", lib.display());
+    assert!(
+        lib.is_file(),
+        "{} missing: crate-type must include staticlib",
+        lib.display()
+    );
     let repo = repo();
     let mut cc = Command::new("cc");
     cc.args(["-static", "-O1", "-g", "-Wall", "-Werror", "-pthread"])
@@ -134,7 +141,9 @@ fn prepare() -> Result<Boot, String> {
     let qemu = qemu_binary();
     let version = Command::new(&qemu).arg("--version").output();
     if !version.is_ok_and(|o| o.status.success()) {
-        return Err(format!("{qemu} not found (apt-get install qemu-system-x86)"));
+        return Err(format!(
+            "{qemu} not found (apt-get install qemu-system-x86)"
+        ));
     }
     let work = work_dir();
     let programs = guest_programs()?;
@@ -205,18 +214,27 @@ impl Vm<'_> {
         } else {
             boot.accel.clone()
         };
-        qemu.args(["-accel", &accel, "-cpu", "max", "-smp", "1", "-nographic", "-no-reboot"])
-            .args(["-nic", "none", "-M", self.machine, "-m", self.memory])
-            .arg("-kernel")
-            .arg(&boot.kernel)
-            .arg("-initrd")
-            .arg(&boot.initrd)
-            .arg("-append")
-            .arg(format!(
-                "console=ttyS0 quiet panic=-1 tm.test={} tm.modules={} {}",
-                self.script, self.modules, self.cmdline
-            ))
-            .args(&self.devices);
+        qemu.args([
+            "-accel",
+            &accel,
+            "-cpu",
+            "max",
+            "-smp",
+            "1",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-nic", "none", "-M", self.machine, "-m", self.memory])
+        .arg("-kernel")
+        .arg(&boot.kernel)
+        .arg("-initrd")
+        .arg(&boot.initrd)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 tm.test={} tm.modules={} {}",
+            self.script, self.modules, self.cmdline
+        ))
+        .args(&self.devices);
         qemu
     }
 }
@@ -376,7 +394,10 @@ fn vm_nvme_cmb_serves_the_contract_and_bad_bars_are_refused() {
             let pairs = c.number("pairs");
             assert_eq!(c.number("touch_loads"), 0, "malloc/free read the CMB");
             let stores = c.number("touch_stores");
-            assert!((16 * pairs..=32 * pairs).contains(&stores), "{stores} bytes written");
+            assert!(
+                (16 * pairs..=32 * pairs).contains(&stores),
+                "{stores} bytes written"
+            );
             assert!(c.number("touch_store_ops") <= 2 * pairs);
         }
     });
@@ -435,12 +456,19 @@ fn persist_nodes(device: &[u8]) -> usize {
 fn vm_nvme_pmr_is_enabled_and_keeps_its_bytes_across_power_off() {
     with_vms("vm_nvme_pmr", |boot| {
         let pmr = device_file("pmr.img", 16 << 20);
-        let first = run(boot, nvme_vm("nvme_pmr_write", "nvme_pmr_write", "iomem=relaxed", &pmr));
+        let first = run(
+            boot,
+            nvme_vm("nvme_pmr_write", "nvme_pmr_write", "iomem=relaxed", &pmr),
+        );
         assert_eq!(first.number("pmr_bar_bytes"), 16 << 20);
         assert_eq!(first.number("pmrctl_at_boot"), 0, "Linux left the PMR on?");
         assert_whole_device(&first, 16 << 20);
         assert_eq!(first.number("pmrctl_after"), 1, "tiermalloc set PMRCTL.EN");
-        assert_eq!(first.number("pmrsts_after") & (1 << 8), 0, "PMRSTS.NRDY clear");
+        assert_eq!(
+            first.number("pmrsts_after") & (1 << 8),
+            0,
+            "PMRSTS.NRDY clear"
+        );
         assert_eq!(first.value("persist_write"), Some("ok"));
 
         // The VM is off: the blocks are in the host's PMR file.
@@ -448,7 +476,10 @@ fn vm_nvme_pmr_is_enabled_and_keeps_its_bytes_across_power_off() {
         println!("host: pmr.img holds {nodes} of the 200 blocks of the write cycle (TMHB headers, contents)");
         assert_eq!(nodes, 200);
 
-        let second = run(boot, nvme_vm("nvme_pmr_read", "nvme_pmr_read", "iomem=relaxed", &pmr));
+        let second = run(
+            boot,
+            nvme_vm("nvme_pmr_read", "nvme_pmr_read", "iomem=relaxed", &pmr),
+        );
         assert_eq!(second.number("pmrctl_at_boot"), 0);
         assert_eq!(
             second.number("headers_while_off"),
@@ -465,8 +496,14 @@ fn vm_nvme_pmr_is_enabled_and_keeps_its_bytes_across_power_off() {
 /// not commit, and the memory reads 0).
 fn cxl_devices(memory: &Path, labels: &Path) -> Vec<String> {
     [
-        format!("memory-backend-file,id=cxl-mem0,share=on,mem-path={},size=256M", memory.display()),
-        format!("memory-backend-file,id=cxl-lsa0,share=on,mem-path={},size=1M", labels.display()),
+        format!(
+            "memory-backend-file,id=cxl-mem0,share=on,mem-path={},size=256M",
+            memory.display()
+        ),
+        format!(
+            "memory-backend-file,id=cxl-lsa0,share=on,mem-path={},size=1M",
+            labels.display()
+        ),
     ]
     .into_iter()
     .flat_map(|o| ["-object".to_string(), o])
@@ -480,7 +517,10 @@ fn cxl_devices(memory: &Path, labels: &Path) -> Vec<String> {
         .into_iter()
         .flat_map(|d| ["-device".to_string(), d.to_string()]),
     )
-    .chain(["-M".into(), "cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size=4G".into()])
+    .chain([
+        "-M".into(),
+        "cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size=4G".into(),
+    ])
     .collect()
 }
 
@@ -504,7 +544,10 @@ fn vm_cxl_devdax_serves_the_contract_keeps_its_bytes_and_onlines_as_numa_node() 
         let first = run(boot, cxl_vm("cxl_devdax", &memory, &labels));
         let dax = first.number("dax_bytes");
         assert_eq!(first.number("dax_align"), 2 << 20);
-        assert!(dax > 200 << 20 && dax % (2 << 20) == 0, "dax0.0 is {dax} bytes");
+        assert!(
+            dax > 200 << 20 && dax % (2 << 20) == 0,
+            "dax0.0 is {dax} bytes"
+        );
         assert_whole_device(&first, dax);
         assert!(first.number("filled_bytes") > dax / 2);
         assert!(first.has("TM-REFUSED dax_misaligned"));
@@ -517,9 +560,16 @@ fn vm_cxl_devdax_serves_the_contract_keeps_its_bytes_and_onlines_as_numa_node() 
         assert_eq!(second.number("dax_bytes"), dax, "same geometry");
         let found = second.value("after_restart").unwrap_or("-1");
         assert_ne!(found, "-1", "the proof did not survive the restart");
-        assert_eq!(second.number("root_found_bytes"), 1 << 20, "the root did not lead to it");
+        assert_eq!(
+            second.number("root_found_bytes"),
+            1 << 20,
+            "the root did not lead to it"
+        );
         assert_eq!(second.number("root_offset"), first.number("root_offset"));
-        assert!(second.number("node1_mem_kb") > 100 << 10, "node 1 has the CXL memory");
+        assert!(
+            second.number("node1_mem_kb") > 100 << 10,
+            "node 1 has the CXL memory"
+        );
         let pages = second.number("pages");
         assert_eq!(second.number("on_node_1"), pages);
         assert!(pages >= 8000, "{pages} pages checked");
@@ -578,11 +628,18 @@ fn vm_two_hosts_share_one_device_and_tier_exclusivity_is_host_local_today() {
         assert_eq!(a.number("shared_bar_bytes"), 16 << 20);
         assert_eq!(b.number("b_saw_a_hold"), 1, "B saw A's mailbox word");
         let proof_at = b.value("b_sees_a_proof_at").unwrap();
-        assert_ne!(proof_at, "-1", "B does not see A's proof: the device is not shared");
+        assert_ne!(
+            proof_at, "-1",
+            "B does not see A's proof: the device is not shared"
+        );
         assert_eq!(a.number("a_saw_b"), 1);
         // Today's gap, measured: B's tier opened while A held it (formatting it afresh: cxl
         // tiers are `fresh` by default), and its first block lies in A's.
-        assert_eq!(b.number("b_tier_open"), 1, "B's open was refused: exclusivity is enforced now, update this test");
+        assert_eq!(
+            b.number("b_tier_open"),
+            1,
+            "B's open was refused: exclusivity is enforced now, update this test"
+        );
         let proof_at: u64 = proof_at.parse().unwrap();
         let a_data = proof_at + 16..proof_at + 16 + (1 << 20);
         let b_block = b.number("b_block_at");
@@ -607,15 +664,23 @@ fn static_link_opens_tiers_and_keeps_the_contract() {
     let programs = match guest_programs() {
         Ok(p) => p,
         Err(why) => {
-            let _ = std::io::stderr().write_all(format!("vm: SKIPPED — static link: {why}\n").as_bytes());
+            let _ = std::io::stderr()
+                .write_all(format!("vm: SKIPPED — static link: {why}\n").as_bytes());
             return;
         }
     };
     let backing = format!("/dev/shm/tiermalloc-vm-static-{}", std::process::id());
     let mut cmd = Command::new(programs.join("tm_vm"));
     cmd.env_clear()
-        .envs(support::scrubbed_env(&support::Scrub { prefixes: &[], keep: &[], exact: &[] }))
-        .env("TIERMALLOC_TIERS", format!("dram;cxl:path={backing},size=8M,create"))
+        .envs(support::scrubbed_env(&support::Scrub {
+            prefixes: &[],
+            keep: &[],
+            exact: &[],
+        }))
+        .env(
+            "TIERMALLOC_TIERS",
+            format!("dram;cxl:path={backing},size=8M,create"),
+        )
         .args(["contract", "cxl", &backing, &(8u64 << 20).to_string()]);
     let out = run_with_timeout(cmd, None, Duration::from_secs(60));
     let _ = fs::remove_file(&backing);
@@ -642,7 +707,15 @@ fn vm_two_hosts_publish_open_and_republish_a_pool_space() {
         assert_eq!(a.number("a_published"), 1 << 20);
         assert_eq!(b.number("b_read_a_space"), 1 << 20, "B read A's space");
         assert_eq!(b.number("b_republished"), 1);
-        assert_eq!(a.number("a_reads_b_republished"), 1 << 20, "A read B's space");
-        assert_eq!(a.number("a_space_unchanged"), 1 << 20, "B's PRIVATE change reached A's space");
+        assert_eq!(
+            a.number("a_reads_b_republished"),
+            1 << 20,
+            "A read B's space"
+        );
+        assert_eq!(
+            a.number("a_space_unchanged"),
+            1 << 20,
+            "B's PRIVATE change reached A's space"
+        );
     });
 }

@@ -14,9 +14,9 @@
 mod devdax;
 mod nvme;
 
+use crate::chunk::{self, CHUNK_SIZE};
 use crate::config::TierSpec;
 use crate::os;
-use crate::chunk::{self, CHUNK_SIZE};
 use core::ffi::{c_char, CStr};
 
 /// A mapped device region: `[base, base + len)`, chunk-aligned, its chunks
@@ -180,7 +180,13 @@ fn map_path_noting_creation(
     let mut fd = unsafe { libc::open(path.as_ptr(), flags, 0o600 as libc::c_uint) };
     if fd < 0 && spec.create && os::errno() == libc::ENOENT {
         // SAFETY: as above. O_EXCL tells us the file is ours to remove if the tier fails.
-        fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CREAT | libc::O_EXCL, 0o600 as libc::c_uint) };
+        fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                flags | libc::O_CREAT | libc::O_EXCL,
+                0o600 as libc::c_uint,
+            )
+        };
         *created = fd >= 0;
     }
     if fd < 0 {
@@ -553,7 +559,8 @@ mod tests {
         assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
         let free = st.f_bavail * st.f_frsize;
         let size = (free + (1 << 30)) & !(CHUNK_SIZE as u64 - 1);
-        let problem = map_region(&spec(&format!("cxl:path={path},size={size},create"))).unwrap_err();
+        let problem =
+            map_region(&spec(&format!("cxl:path={path},size={size},create"))).unwrap_err();
         let (needed, reported_free) = problem.room.expect("a problem naming the room");
         assert_eq!(needed, size);
         assert!(reported_free <= free + (64 << 20), "{problem:?}");
@@ -564,7 +571,10 @@ mod tests {
         // A file that fits is reserved whole: no SIGBUS later for want of space.
         let region = map_region(&spec(&format!("cxl:path={path},size=8M,create"))).unwrap();
         let blocks = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m));
-        assert!(blocks.unwrap() * 512 >= 8 << 20, "the file's space is not reserved");
+        assert!(
+            blocks.unwrap() * 512 >= 8 << 20,
+            "the file's space is not reserved"
+        );
         // SAFETY: nothing uses the region.
         unsafe { unmap_region(region) };
         std::fs::remove_file(path).unwrap();

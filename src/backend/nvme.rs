@@ -277,7 +277,8 @@ mod tests {
     #[test]
     fn a_ready_pmr_is_enabled_with_the_barrier_its_pmrcap_names() {
         // BIR 4, PMRWBM bit 1: a read of PMRSTS is the barrier (what QEMU offers).
-        let Ok(Bar::Pmr { barrier, registers }) = enable_pmr(fake_registers(4 << 5 | 2 << 10, 0), 4 << 5 | 2 << 10)
+        let Ok(Bar::Pmr { barrier, registers }) =
+            enable_pmr(fake_registers(4 << 5 | 2 << 10, 0), 4 << 5 | 2 << 10)
         else {
             panic!("not enabled")
         };
@@ -297,7 +298,9 @@ mod tests {
     #[test]
     fn a_pmr_that_stays_not_ready_or_unhealthy_is_refused() {
         let stuck = enable_pmr(fake_registers(2 << 10, 1 << 8), 2 << 10);
-        let problem = stuck.err().expect("a PMR whose NRDY stays set was accepted");
+        let problem = stuck
+            .err()
+            .expect("a PMR whose NRDY stays set was accepted");
         assert!(problem.what.contains("did not become ready"), "{problem:?}");
         let unhealthy = enable_pmr(fake_registers(2 << 10, 2 << 9), 2 << 10);
         let problem = unhealthy.err().expect("an unhealthy PMR was accepted");
