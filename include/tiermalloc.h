@@ -95,6 +95,18 @@ typedef struct tm_stats {
    Requests this tier passed on because it was full or at its limit.
    */
   uint64_t spilled_out;
+  /*
+   Bytes reserved at start for the workload profile (`TIERMALLOC_PROFILE`); DRAM only.
+   */
+  uint64_t reserved;
+  /*
+   Bytes of the reserve handed out for blocks so far.
+   */
+  uint64_t reserve_used;
+  /*
+   Bytes mapped beyond the reserve while a profile is active: what the estimate missed.
+   */
+  uint64_t reserve_miss;
 } tm_stats;
 
 /*

@@ -11,6 +11,7 @@ use crate::dram_budget;
 use crate::fast::{self, size_class};
 use crate::large;
 use crate::pagemap::{self, ChunkTag};
+use crate::profile::reserve;
 use crate::stats::TierStats;
 
 /// Requests above this fail at once: no machine maps that much, and it keeps size arithmetic
@@ -226,6 +227,9 @@ pub fn stats() -> TierStats {
     s.free_bytes = s.capacity.saturating_sub(s.in_use);
     // New blocks need new pages or mappings once the ones held are full.
     s.largest_free = s.capacity.saturating_sub(dram_budget::held().max(s.in_use));
+    s.reserved = reserve::RESERVED.get();
+    s.reserve_used = reserve::RESERVE_USED.get();
+    s.reserve_miss = reserve::RESERVE_MISS.get();
     s
 }
 

@@ -17,6 +17,7 @@
 
 use crate::os;
 use crate::pagemap::{self, ChunkTag, CHUNK_SIZE};
+use crate::profile::reserve;
 use crate::stats::SharedCounter;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -124,10 +125,11 @@ fn offset_for(align: usize) -> usize {
 }
 
 /// Maps `map_len` bytes at a chunk-aligned address `h` such that `h + offset` is aligned to
-/// `align`.
-fn map_for(map_len: usize, offset: usize, align: usize) -> Option<usize> {
+/// `align`; its first `touched` bytes come pre-faulted from the profile's reserve when it
+/// has them.
+fn map_for(map_len: usize, offset: usize, align: usize, touched: usize) -> Option<usize> {
     if align <= CHUNK_SIZE {
-        return os::map_aligned(map_len, CHUNK_SIZE).map(|p| p.as_ptr() as usize);
+        return reserve::map_chunks(map_len, touched).map(|p| p.as_ptr() as usize);
     }
     // offset == CHUNK_SIZE here, so h = block - CHUNK_SIZE is chunk-aligned whenever the block
     // is `align`-aligned.
@@ -170,6 +172,7 @@ unsafe fn start_block(
     };
     LARGE_ALLOCATIONS.add(1);
     LARGE_LIVE_BYTES.add(usable as u64);
+    reserve::observe();
     (h + offset) as *mut u8
 }
 
@@ -197,7 +200,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
             }
         }
     }
-    let Some(h) = map_for(map_len, offset, align) else {
+    let Some(h) = map_for(map_len, offset, align, end) else {
         return core::ptr::null_mut();
     };
     if !pagemap::covers(h, map_len) {
@@ -327,6 +330,7 @@ pub unsafe fn resize(p: *mut u8, size: usize) -> *mut u8 {
                     (*moved).resident = resident.max(end).min(new_len);
                 }
                 LARGE_LIVE_BYTES.add((new_usable as u64).wrapping_sub(usable as u64));
+                reserve::observe();
                 return (new_h + offset) as *mut u8;
             }
             None => return core::ptr::null_mut(),
@@ -347,6 +351,7 @@ pub unsafe fn resize(p: *mut u8, size: usize) -> *mut u8 {
         (*header).resident = resident;
     }
     LARGE_LIVE_BYTES.add((new_usable as u64).wrapping_sub(usable as u64));
+    reserve::observe();
     p
 }
 

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | front ends | `capi` (`tm_*`), `override_libc` (malloc family), `global_alloc`, `api`, `runtime` |
 //! | placement | `place` |
+//! | workload profiles | `profile` (seed 003: reserve DRAM from a workload's recorded peak) |
 //! | shared pool | `pool` (named spaces on a device shared by processes and hosts; C in `capi_pool`) |
 //! | tiers | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks); `tier` (a device tier: `heap` + `device_slabs` + headers) |
 //! | extent heap | `heap` (host-metadata best/worst fit, coalescing) |
@@ -59,6 +60,8 @@ mod pagemap;
 mod place;
 #[cfg(not(loom))]
 pub mod pool;
+#[cfg(not(loom))]
+mod profile;
 #[cfg(not(loom))]
 mod runtime;
 #[cfg(not(loom))]

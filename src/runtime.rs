@@ -5,16 +5,18 @@
 //! register (unlike `atexit` from inside `malloc`), and work for the shared library, the static
 //! library and a Rust program using `TierMalloc` alike.
 
-use crate::{config, place};
+use crate::{config, place, profile};
 
 extern "C" fn at_start() {
     place::init();
+    profile::start();
 }
 
 extern "C" fn at_exit() {
     if config::get().show_stats {
         place::print_stats();
     }
+    profile::finish();
 }
 
 #[used]

@@ -396,6 +396,7 @@ impl DeviceTier {
             failures: self.failures.get(),
             spilled_in: self.spilled_in.get(),
             spilled_out: self.spilled_out.get(),
+            ..TierStats::default()
         }
     }
 }

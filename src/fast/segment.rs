@@ -58,7 +58,7 @@ fn find_run(mask: u64, n: usize) -> Option<usize> {
 impl Segment {
     /// Maps a new segment for `heap`; `None` when the kernel has no memory.
     pub fn create(heap: *mut Heap) -> Option<*mut Segment> {
-        let base = os::map_aligned(CHUNK_SIZE, CHUNK_SIZE)?.as_ptr();
+        let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, CHUNK_SIZE)?.as_ptr();
         if !pagemap::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
             unsafe { os::unmap(base, CHUNK_SIZE) };
@@ -77,6 +77,7 @@ impl Segment {
             ChunkTag::Segment,
             ChunkTag::Segment,
         );
+        crate::profile::reserve::note_segment_created();
         Some(segment)
     }
 
@@ -88,6 +89,7 @@ impl Segment {
         pagemap::clear(segment as usize, CHUNK_SIZE);
         // SAFETY: the caller guarantees nothing refers to the segment any more.
         unsafe { os::unmap(segment.cast(), CHUNK_SIZE) };
+        crate::profile::reserve::note_segment_released();
     }
 
     /// The segment holding block or page descriptor `p`.

@@ -28,7 +28,7 @@ mod directory;
 mod extents;
 mod layout;
 mod map;
-mod registry;
+pub(crate) mod registry;
 mod spaces;
 mod spec;
 pub mod testing;
