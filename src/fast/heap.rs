@@ -401,6 +401,7 @@ impl Heap {
         let page = self.cut_page(class);
         if page.is_some() {
             dram_budget::PAGE_BYTES.add(bytes as u64);
+            crate::profile::reserve::observe();
         }
         page
     }

@@ -35,6 +35,10 @@ pub struct Segment {
     pub next: *mut Segment,
     pub prev: *mut Segment,
     pub in_available: bool,
+    /// Slices whose memory has been handed out at least once (the header's from the start):
+    /// the others are still untouched, and get the profile reserve's pre-faulted pages when
+    /// first cut (`profile::reserve::fill`).
+    first_cut: u64,
     pub pages: [Page; SLICES],
 }
 
@@ -58,7 +62,7 @@ fn find_run(mask: u64, n: usize) -> Option<usize> {
 impl Segment {
     /// Maps a new segment for `heap`; `None` when the kernel has no memory.
     pub fn create(heap: *mut Heap) -> Option<*mut Segment> {
-        let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, CHUNK_SIZE)?.as_ptr();
+        let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, SLICE_SIZE)?.as_ptr();
         if !pagemap::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
             unsafe { os::unmap(base, CHUNK_SIZE) };
@@ -70,6 +74,7 @@ impl Segment {
         unsafe {
             (*segment).heap = heap;
             (*segment).free_slices = ALL_BLOCK_SLICES;
+            (*segment).first_cut = !ALL_BLOCK_SLICES;
         }
         pagemap::set(
             base as usize,
@@ -128,6 +133,18 @@ impl Segment {
             *entry = head;
         }
         let memory = (self as *mut Segment as usize + start * SLICE_SIZE) as *mut u8;
+        let untouched = mask & !self.first_cut;
+        if untouched != 0 {
+            self.first_cut |= mask;
+            let (first, count) = (untouched.trailing_zeros(), untouched.count_ones());
+            // Slices are cut as runs, so the never-cut slices of a run are one run too
+            // unless an earlier page sat in between (then the rest faults in as usual).
+            if untouched == run_mask(first as usize, count as usize) {
+                let at = self as *mut Segment as usize + first as usize * SLICE_SIZE;
+                // SAFETY: never-cut slices of our segment: untouched memory.
+                unsafe { crate::profile::reserve::fill(at, count as usize * SLICE_SIZE) };
+            }
+        }
         // SAFETY: `head` points into this segment's descriptor array.
         unsafe { (*head).init(class, memory, n) };
         Some(head)

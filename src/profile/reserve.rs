@@ -5,15 +5,17 @@
 //!   profile's estimate and pre-faulted by a helper thread (`populate_thread`). When the DRAM
 //!   tier maps memory for blocks — a thread heap's segment, a large block's mapping — it still
 //!   maps fresh, chunk-aligned address space (the page map owns whole chunks), and then moves
-//!   the pages the new mapping will be touched through from the reserve into it with one
-//!   `mremap` (page-table entries move; no page is faulted, zeroed or copied). The reserve is
+//!   pages from the reserve into the parts about to be touched with one `mremap` each
+//!   (page-table entries move; no page is faulted, zeroed or copied). The reserve is
 //!   consumed front to back by bumping `NEXT` (one compare-and-swap) and only ever shrinks:
 //!   a freed segment or large block goes back to the kernel as any other. A mapping the
 //!   reserve cannot fill is a *miss*.
-//! - **the DRAM use**: bytes of live segments plus the usable bytes of live large blocks, and
-//!   its peak and when it was reached: what a profile records and the next run reserves. (A
-//!   large block's mapping covers whole chunks, but only the pages up to its end are ever
-//!   touched; those are what a reserve has to provide.)
+//! - **the DRAM use**: what DRAM holds for blocks (`dram_budget::held`: the pages thread
+//!   heaps cut from segments, the usable bytes of large blocks) plus the segments' header
+//!   slices, its peak and when it was reached: what a profile records and the next run
+//!   reserves. Reserve pages go where that memory is first touched: a segment's header slice
+//!   when it is mapped, each slice the first time a page is cut from it (`fill`), a large
+//!   block's pages up to its end (its mapping covers whole chunks, the rest is never touched).
 //!
 //! Invariants: `NEXT <= LEN`, `NEXT % PAGE_SIZE == 0`; `RESERVE_USED + lost == NEXT` where
 //! lost counts pieces whose move failed; `NEXT <= POPULATED` while the pre-fault thread runs;
@@ -21,7 +23,8 @@
 
 use crate::os;
 use crate::pagemap::CHUNK_SIZE;
-use crate::dram_budget::LARGE_LIVE_BYTES;
+use crate::dram_budget;
+use crate::fast::size_class::SLICE_SIZE;
 use crate::stats::SharedCounter;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -165,37 +168,49 @@ fn take(len: usize) -> Option<usize> {
 pub(crate) fn map_chunks(map_len: usize, touched: usize) -> Option<NonNull<u8>> {
     debug_assert!(map_len % CHUNK_SIZE == 0 && touched <= map_len);
     let fresh = os::map_aligned(map_len, CHUNK_SIZE)?;
-    if PROFILING.load(Ordering::Relaxed) {
-        let touched = touched.next_multiple_of(os::PAGE_SIZE);
-        match take(touched) {
-            // SAFETY: `[src, src + touched)` is the reserve's, ours alone once taken, zero or
-            // never written; `fresh` is our new mapping, which the move overwrites in part.
-            Some(src) if unsafe {
-                os::remap_to(src as *mut u8, touched, fresh.as_ptr(), touched)
-            } => RESERVE_USED.add(touched as u64),
-            _ => RESERVE_MISS.add(touched as u64),
-        }
-    }
+    // SAFETY: the first `touched` bytes of our fresh mapping, untouched.
+    unsafe { fill(fresh.as_ptr() as usize, touched.next_multiple_of(os::PAGE_SIZE)) };
     Some(fresh)
 }
 
-/// Live segments' bytes.
-static SEGMENT_USE: AtomicU64 = AtomicU64::new(0);
+/// Replaces the pages of `[at, at + len)` (page-aligned) by pre-faulted pages of the reserve,
+/// when a profile is active and the reserve has them; counts a use or a miss.
+///
+/// # Safety
+/// `[at, at + len)` must be part of an anonymous mapping of ours whose bytes there are dead
+/// (never written, or free).
+pub(crate) unsafe fn fill(at: usize, len: usize) {
+    if len == 0 || !PROFILING.load(Ordering::Relaxed) {
+        return;
+    }
+    match take(len) {
+        // SAFETY: `[src, src + len)` is the reserve's, ours alone once taken; the target's
+        // bytes are dead (contract); the move replaces them with zeroed resident pages.
+        Some(src) if unsafe { os::remap_to(src as *mut u8, len, at as *mut u8, len) } => {
+            RESERVE_USED.add(len as u64)
+        }
+        _ => RESERVE_MISS.add(len as u64),
+    }
+}
+
+/// Bytes of live segments' header slices (their other slices are counted as pages).
+static SEGMENT_HEADERS: AtomicU64 = AtomicU64::new(0);
 
 /// A thread heap mapped a segment.
 pub(crate) fn note_segment_created() {
-    SEGMENT_USE.fetch_add(CHUNK_SIZE as u64, Ordering::Relaxed);
+    SEGMENT_HEADERS.fetch_add(SLICE_SIZE as u64, Ordering::Relaxed);
     observe();
 }
 
 /// A thread heap unmapped a segment.
 pub(crate) fn note_segment_released() {
-    SEGMENT_USE.fetch_sub(CHUNK_SIZE as u64, Ordering::Relaxed);
+    SEGMENT_HEADERS.fetch_sub(SLICE_SIZE as u64, Ordering::Relaxed);
 }
 
-/// Raises the peak to the current use if it is higher (a large block started or grew).
+/// Raises the peak to the current use if it is higher (a page was cut, a large block
+/// started or grew).
 pub(crate) fn observe() {
-    let now = SEGMENT_USE.load(Ordering::Relaxed) + LARGE_LIVE_BYTES.get();
+    let now = SEGMENT_HEADERS.load(Ordering::Relaxed) + dram_budget::held();
     if now > PEAK.load(Ordering::Relaxed) && PEAK.fetch_max(now, Ordering::Relaxed) < now {
         PEAK_AT_NS.store(os::coarse_now_ns(), Ordering::Relaxed);
         publish_peak(now);
