@@ -25,16 +25,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn time(reps: usize, mut f: impl FnMut()) -> Duration {
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    )
+/// Medians of `a` and `b`, run alternately so that the machine's drift hits both alike.
+fn pair(reps: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (Duration, Duration) {
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t = Instant::now();
+        a();
+        ta.push(t.elapsed());
+        let t = Instant::now();
+        b();
+        tb.push(t.elapsed());
+    }
+    (median(ta), median(tb))
 }
 
 fn us(d: Duration) -> f64 {
@@ -94,7 +96,7 @@ impl Drop for Shm {
 fn pool(tag: &str, size_mib: usize, keys: &str) -> (std::sync::Arc<Pool>, String) {
     let path = format!("/dev/shm/tm-pool-bench-{tag}-{}", std::process::id());
     let _ = std::fs::remove_file(&path);
-    let spec = format!("path={path},size={}M,create{keys}", size_mib * 5 + 64);
+    let spec = format!("path={path},size={}M,create{keys}", size_mib * 3 + 64);
     (Pool::open_str(&spec).unwrap(), path)
 }
 
@@ -115,13 +117,16 @@ fn main() {
             std::mem::forget(s);
             let shm = Shm::new(name, size);
             let reps = if size == big { 20 } else { 2000 };
-            let ours = time(reps, || {
-                let m = pool.open_space(name, MapMode::Read).unwrap();
-                std::hint::black_box(m.as_slice()[0]);
-            });
-            let peer = time(reps, || {
-                std::hint::black_box(shm.open_map_close());
-            });
+            let (ours, peer) = pair(
+                reps,
+                || {
+                    let m = pool.open_space(name, MapMode::Read).unwrap();
+                    std::hint::black_box(m.as_slice()[0]);
+                },
+                || {
+                    std::hint::black_box(shm.open_map_close());
+                },
+            );
             println!(
                 "open+map READ+close {:>5} MiB: pool {:>10.1} us   shm_open+mmap {:>8.1} us   ratio {:.2}",
                 size >> 20,
@@ -133,24 +138,26 @@ fn main() {
 
         // Create + fill + publish against writing the bytes.
         let mut n = 0;
-        let create = time(3, || {
-            n += 1;
-            let mut s = pool.create_space(&format!("made{n}"), big).unwrap();
-            s.as_mut_slice().unwrap().fill(7);
-            s.publish().unwrap();
-        });
-        pool.collect_spaces(Duration::ZERO).unwrap();
-        let anon = time(3, || {
-            let p = tiermalloc_anon(big);
-            // SAFETY: our fresh mapping.
-            unsafe {
-                p.write_bytes(7, big);
-                libc::munmap(p.cast(), big);
-            }
-        });
-        let shm_fill = time(3, || {
-            drop(Shm::new("fill", big));
-        });
+        let (create, anon) = pair(
+            5,
+            || {
+                n += 1;
+                let mut s = pool.create_space(&format!("made{n}"), big).unwrap();
+                s.as_mut_slice().unwrap().fill(7);
+                s.publish().unwrap();
+                drop(s);
+                pool.collect_spaces(Duration::ZERO).unwrap();
+            },
+            || {
+                let p = tiermalloc_anon(big);
+                // SAFETY: our fresh mapping.
+                unsafe {
+                    p.write_bytes(7, big);
+                    libc::munmap(p.cast(), big);
+                }
+            },
+        );
+        let (_, shm_fill) = pair(1, || {}, || drop(Shm::new("fill", big)));
         println!(
             "create+fill+publish {big_mib} MiB: pool {:.1} ms   fill fresh anon {:.1} ms (ratio {:.2})   shm create+fill {:.1} ms (ratio {:.2})",
             ms(create),
@@ -162,23 +169,26 @@ fn main() {
 
         // PRIVATE: cost per written page.
         let pages = big / PAGE;
-        let private = time(3, || {
-            let mut m = pool.open_space("big", MapMode::Private).unwrap();
-            let s = m.as_mut_slice().unwrap();
-            for p in 0..pages {
-                s[p * PAGE] = 2;
-            }
-        });
-        let fresh = time(3, || {
-            let p = tiermalloc_anon(big);
-            // SAFETY: our fresh mapping.
-            unsafe {
-                for i in 0..pages {
-                    p.add(i * PAGE).write_volatile(2);
+        let (private, fresh) = pair(
+            5,
+            || {
+                let mut m = pool.open_space("big", MapMode::Private).unwrap();
+                let s = m.as_mut_slice().unwrap();
+                for p in 0..pages {
+                    s[p * PAGE] = 2;
                 }
-                libc::munmap(p.cast(), big);
-            }
-        });
+            },
+            || {
+                let p = tiermalloc_anon(big);
+                // SAFETY: our fresh mapping.
+                unsafe {
+                    for i in 0..pages {
+                        p.add(i * PAGE).write_volatile(2);
+                    }
+                    libc::munmap(p.cast(), big);
+                }
+            },
+        );
         println!(
             "PRIVATE write, per page: {:.2} us   first write to fresh anon, per page: {:.2} us   ratio {:.2}",
             us(private) / pages as f64,
@@ -187,23 +197,26 @@ fn main() {
         );
 
         // Giving the data to a reader: copy it, or open it READ.
-        let copy = time(5, || {
-            let src = pool.open_space("big", MapMode::Read).unwrap();
-            let dst = tiermalloc_anon(big);
-            // SAFETY: `dst` is our fresh mapping of `big` bytes.
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), dst, big);
-                libc::munmap(dst.cast(), big);
-            }
-        });
-        let read = time(5, || {
-            let m = pool.open_space("big", MapMode::Read).unwrap();
-            let mut sum = 0u64;
-            for p in (0..big).step_by(PAGE) {
-                sum += m.as_slice()[p] as u64;
-            }
-            std::hint::black_box(sum);
-        });
+        let (copy, read) = pair(
+            5,
+            || {
+                let src = pool.open_space("big", MapMode::Read).unwrap();
+                let dst = tiermalloc_anon(big);
+                // SAFETY: `dst` is our fresh mapping of `big` bytes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), dst, big);
+                    libc::munmap(dst.cast(), big);
+                }
+            },
+            || {
+                let m = pool.open_space("big", MapMode::Read).unwrap();
+                let mut sum = 0u64;
+                for p in (0..big).step_by(PAGE) {
+                    sum += m.as_slice()[p] as u64;
+                }
+                std::hint::black_box(sum);
+            },
+        );
         println!(
             "hand {big_mib} MiB to a reader: copy {:.1} ms   open READ + touch every page {:.1} ms   ratio {:.1}",
             ms(copy),

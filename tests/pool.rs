@@ -314,19 +314,19 @@ fn refs_count_openers_and_a_killed_opener_gives_its_reference_back() {
 
 #[test]
 fn another_hosts_dead_node_is_reclaimed_when_its_lease_runs_out() {
-    let file = PoolFile::new("lease", "8M", "lease=400ms");
+    let file = PoolFile::new("lease", "8M", "lease=1s");
     let pool = file.open();
     let _creator = publish_data(&pool, "data", &pattern(6, PAGE));
     // The child claims another host id: its pid means nothing here, only its heartbeat.
     let mut other = spawn("hold", &format!("{},host=77", file.spec()), &[]);
     wait_for_line(&mut other, "holding");
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(pool.space("data").unwrap().refs, 2, "a live node's heartbeat keeps its lease");
     // SAFETY: killing our own child.
     unsafe { libc::kill(other.id() as i32, libc::SIGKILL) };
     wait(other);
     assert_eq!(pool.space("data").unwrap().refs, 2, "not before the lease runs out");
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(pool.space("data").unwrap().refs, 1, "reclaimed after the lease");
     assert_consistent(&pool);
 }
@@ -484,7 +484,8 @@ fn churn(pool: &Arc<Pool>, who: &str, iterations: usize) {
 
 #[test]
 fn six_processes_churn_with_a_common_space_checked_throughout() {
-    let file = PoolFile::new("churn", "64M", "");
+    // check_flush: every publish of the churn is checked to have written the whole space back.
+    let file = PoolFile::new("churn", "64M", "check_flush");
     let pool = file.open();
     let common = pattern(99, 16 * PAGE);
     let _common = publish_data(&pool, "common", &common);

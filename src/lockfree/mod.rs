@@ -14,16 +14,7 @@ pub mod remote_list;
 /// violation (not some other failure): the proof that a model can fail.
 #[cfg(all(test, loom))]
 pub(crate) fn assert_loom_catches(model: impl FnOnce() + std::panic::UnwindSafe) {
-    let caught = std::panic::catch_unwind(model).expect_err("loom must catch the broken model");
-    let message = caught
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| caught.downcast_ref::<&str>().copied())
-        .unwrap_or("");
-    assert!(
-        message.contains("Causality violation"),
-        "unexpected failure: {message}"
-    );
+    assert_loom_fails(model, "Causality violation")
 }
 
 /// Runs a model that was deliberately broken and checks that loom finds an execution where

@@ -132,7 +132,7 @@ impl Pool {
     pub fn open_str(spec: &str) -> io::Result<Arc<Pool>> {
         let spec = PoolSpec::parse(spec.as_bytes())
             .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
-        Pool::open(spec).map_err(|e| io::Error::new(io::ErrorKind::Other, e.to_string()))
+        Pool::open(spec).map_err(|e| io::Error::other(e.to_string()))
     }
 
     /// A new private space, zeroed, mapped read-write for this process.

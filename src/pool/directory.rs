@@ -14,7 +14,7 @@ use super::Pool;
 use crate::lockfree::published::{self, publish_word, BUSY};
 use core::sync::atomic::AtomicU64;
 
-const F_ID: usize = (E_ID - E_ID) / 8;
+const F_ID: usize = 0;
 const F_SIZE: usize = (E_SIZE - E_ID) / 8;
 const F_OFFSET: usize = (E_OFFSET - E_ID) / 8;
 const F_LEN: usize = (E_LEN - E_ID) / 8;
@@ -33,6 +33,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     /// A new entry's fields (checksum filled in by `txn_write_entry`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
         id: u64,
@@ -133,9 +134,10 @@ impl Pool {
     pub(crate) fn find(&self, name: &[u8], wanted: impl Fn(u64) -> bool) -> Option<Entry> {
         let words = name_words(name);
         (0..MAX_SPACES).find_map(|index| {
-            // Cheap pre-check on the first name word before reading the whole entry.
-            let first = self.load(entry_at(index) + E_NAME);
-            if first != words[0] && self.coherent() {
+            // Cheap pre-check on the first name word before reading the whole entry (which
+            // checks the whole name again, consistently).
+            self.invalidate_meta(entry_at(index) + E_NAME, 8);
+            if self.load(entry_at(index) + E_NAME) != words[0] {
                 return None;
             }
             self.read_entry(index)

@@ -34,6 +34,7 @@ mod spec;
 pub mod testing;
 mod txn;
 
+pub use api::{MapMode, Space, SpaceMap, SpaceState};
 pub use spec::PoolSpec;
 
 use crate::os;

@@ -14,7 +14,7 @@
 //! (holdings, and the refs they count), their private spaces, their slots.
 
 use super::layout::*;
-use super::txn::Txn;
+use super::txn::{Locked, Txn};
 use super::{getpid, realtime_ns, Errno, Pool};
 use core::sync::atomic::Ordering;
 
@@ -159,7 +159,9 @@ impl Pool {
                 // SAFETY: kill with signal 0 only checks that the process exists.
                 let exists = unsafe { libc::kill(pid as i32, 0) } == 0
                     || crate::os::errno() == libc::EPERM;
-                exists && pid_start(pid).unwrap_or(0) == self.load(at + NODE_PID_START)
+                // A start time we cannot read (/proc mounted hidepid) proves nothing.
+                exists
+                    && pid_start(pid).map_or(true, |start| start == self.load(at + NODE_PID_START))
             }
             NODE_ALIVE => self.load(at + NODE_HEARTBEAT).saturating_add(lease_ns) >= now,
             _ => false,
@@ -188,20 +190,9 @@ impl Pool {
             if tag == 0 || live(tag) {
                 continue;
             }
-            let mut txn = Txn::new();
-            let index = self.load(at + H_ENTRY) as usize;
-            let id = self.load(at + H_SPACE);
-            if let Some(entry) = self.read_entry(index).filter(|e| e.id() == id) {
-                let refs = self.load(entry_at(index) + E_REFS);
-                let left = refs.saturating_sub(self.load(at + H_COUNT));
-                txn.set(entry_at(index) + E_REFS, left);
-                if entry.state() == SPACE_PRIVATE && entry.creator() == tag {
-                    self.txn_free_entry(&mut txn, &entry);
-                    deleted += 1;
-                }
+            if self.release_holding(&locked, h, tag) {
+                deleted += 1;
             }
-            self.txn_clear_holding(&mut txn, h);
-            locked.commit(&txn);
         }
         for index in 0..MAX_SPACES {
             if let Some(entry) = self.read_entry(index) {
@@ -231,6 +222,30 @@ impl Pool {
         Ok(deleted)
     }
 
+    /// Gives back every mapping holding `h` (of node `tag`) counts, deleting the space if it
+    /// is a private space of that node: one transaction. Whether it deleted a space.
+    fn release_holding(&self, locked: &Locked<'_>, h: usize, tag: u64) -> bool {
+        let at = holding_at(h);
+        let mut txn = Txn::new();
+        let mut deleted = false;
+        let index = self.load(at + H_ENTRY) as usize;
+        let id = self.load(at + H_SPACE);
+        if let Some(entry) = self.read_entry(index).filter(|e| e.id() == id) {
+            let refs = self.load(entry_at(index) + E_REFS);
+            txn.set(
+                entry_at(index) + E_REFS,
+                refs.saturating_sub(self.load(at + H_COUNT)),
+            );
+            if entry.state() == SPACE_PRIVATE && entry.creator() == tag {
+                self.txn_free_entry(&mut txn, &entry);
+                deleted = true;
+            }
+        }
+        self.txn_clear_holding(&mut txn, h);
+        locked.commit(&txn);
+        deleted
+    }
+
     /// This node leaves: its mappings' holdings and private spaces go, its slot is freed.
     pub(crate) fn leave(&self) {
         let node = *self.node.lock();
@@ -240,18 +255,7 @@ impl Pool {
         if let Ok(locked) = self.lock() {
             for h in 0..MAX_HOLDINGS {
                 if self.load(holding_at(h) + H_TAG) == node.tag {
-                    let mut txn = Txn::new();
-                    let index = self.load(holding_at(h) + H_ENTRY) as usize;
-                    if let Some(entry) = self.read_entry(index) {
-                        let refs = self.load(entry_at(index) + E_REFS);
-                        let count = self.load(holding_at(h) + H_COUNT);
-                        txn.set(entry_at(index) + E_REFS, refs.saturating_sub(count));
-                        if entry.state() == SPACE_PRIVATE && entry.creator() == node.tag {
-                            self.txn_free_entry(&mut txn, &entry);
-                        }
-                    }
-                    self.txn_clear_holding(&mut txn, h);
-                    locked.commit(&txn);
+                    self.release_holding(&locked, h, node.tag);
                 }
             }
         }

@@ -87,6 +87,9 @@ impl Pool {
             }
         }
         self.write_back_meta(SB_LOCK, 8);
+        // Whatever the previous holder (maybe on another host) wrote is on the device: drop
+        // this CPU's copies of the metadata so every read under the lock sees it.
+        self.invalidate_meta(0, META_END);
         testing::step();
         let locked = Locked { pool: self, tag };
         locked.replay();
