@@ -6,7 +6,7 @@
 //! is rounded up to whole chunks (the reserve's unit) and capped by `TIERMALLOC_PROFILE_MAX`
 //! rounded down to whole chunks, so the reserve never exceeds the cap.
 
-use crate::pagemap::CHUNK_SIZE;
+use crate::chunk::CHUNK_SIZE;
 
 /// Finished runs a profile keeps.
 pub(crate) const HISTORY_RUNS: usize = 5;

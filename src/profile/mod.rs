@@ -20,7 +20,7 @@ pub(crate) mod reserve;
 
 use crate::config;
 use crate::os::{self, LineBuf};
-use crate::pagemap::CHUNK_SIZE;
+use crate::chunk::CHUNK_SIZE;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
 use estimate::Source;

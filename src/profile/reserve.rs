@@ -10,7 +10,7 @@
 //!   consumed front to back by bumping `NEXT` (one compare-and-swap) and only ever shrinks:
 //!   a freed segment or large block goes back to the kernel as any other. A mapping the
 //!   reserve cannot fill is a *miss*.
-//! - **the DRAM use**: what DRAM holds for blocks (`dram_budget::held`: the pages thread
+//! - **the DRAM use**: what DRAM holds for blocks (`dram::budget::held`: the pages thread
 //!   heaps cut from segments, the usable bytes of large blocks) plus the segments' header
 //!   slices, its peak and when it was reached: what a profile records and the next run
 //!   reserves. Reserve pages go where that memory is first touched: a segment's header slice
@@ -22,9 +22,7 @@
 //! `use <= PEAK`. Nothing here allocates; it runs on the slow paths that map memory.
 
 use crate::os;
-use crate::pagemap::CHUNK_SIZE;
-use crate::dram_budget;
-use crate::fast::size_class::SLICE_SIZE;
+use crate::chunk::CHUNK_SIZE;
 use crate::stats::SharedCounter;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -196,21 +194,28 @@ pub(crate) unsafe fn fill(at: usize, len: usize) {
 /// Bytes of live segments' header slices (their other slices are counted as pages).
 static SEGMENT_HEADERS: AtomicU64 = AtomicU64::new(0);
 
-/// A thread heap mapped a segment.
-pub(crate) fn note_segment_created() {
-    SEGMENT_HEADERS.fetch_add(SLICE_SIZE as u64, Ordering::Relaxed);
-    observe();
+/// A thread heap mapped a segment whose header takes `header` bytes.
+pub(crate) fn note_segment_created(header: usize) {
+    SEGMENT_HEADERS.fetch_add(header as u64, Ordering::Relaxed);
+    observe(0);
 }
 
-/// A thread heap unmapped a segment.
-pub(crate) fn note_segment_released() {
-    SEGMENT_HEADERS.fetch_sub(SLICE_SIZE as u64, Ordering::Relaxed);
+/// A thread heap unmapped a segment whose header took `header` bytes.
+pub(crate) fn note_segment_released(header: usize) {
+    SEGMENT_HEADERS.fetch_sub(header as u64, Ordering::Relaxed);
 }
 
-/// Raises the peak to the current use if it is higher (a page was cut, a large block
-/// started or grew).
-pub(crate) fn observe() {
-    let now = SEGMENT_HEADERS.load(Ordering::Relaxed) + dram_budget::held();
+/// What DRAM holds for blocks, as the DRAM tier last reported it (`observe`).
+static HELD: AtomicU64 = AtomicU64::new(0);
+
+/// Raises the peak to the current use if it is higher: the DRAM tier calls it with what it
+/// holds for blocks (`dram::budget::held`) when that grew (a page was cut, a large block
+/// started or grew); 0 keeps the last figure.
+pub(crate) fn observe(held: u64) {
+    if held != 0 {
+        HELD.store(held, Ordering::Relaxed);
+    }
+    let now = SEGMENT_HEADERS.load(Ordering::Relaxed) + HELD.load(Ordering::Relaxed);
     if now > PEAK.load(Ordering::Relaxed) && PEAK.fetch_max(now, Ordering::Relaxed) < now {
         PEAK_AT_NS.store(os::coarse_now_ns(), Ordering::Relaxed);
         publish_peak(now);

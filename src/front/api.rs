@@ -5,8 +5,8 @@
 //! assert!(stats.capacity > 0);
 //! ```
 
-pub use crate::config::{Fit, Kind};
-use crate::place;
+pub use crate::kind::{Fit, Kind};
+use crate::{place, tier};
 
 pub use crate::stats::TierStats;
 
@@ -27,17 +27,17 @@ impl core::fmt::Display for TierError {
 
 /// The statistics of tier `kind`.
 pub fn stats(kind: Kind) -> Result<TierStats, TierError> {
-    place::stats(kind).ok_or(TierError::NotConfigured(kind))
+    tier::stats(kind).ok_or(TierError::NotConfigured(kind))
 }
 
 /// Prints every configured tier's statistics on stderr.
 pub fn print_stats() {
-    place::print_stats()
+    super::report::print_stats()
 }
 
 /// The tier of a block, `None` if it is not ours.
 pub fn kind_of<T: ?Sized>(p: *const T) -> Option<Kind> {
-    place::kind_of(p.cast())
+    tier::kind_of(p.cast())
 }
 
 /// One tier as an allocator: collections from `allocator_api2` and `hashbrown` live on it.
@@ -77,7 +77,7 @@ impl Tier {
         let p = place::alloc_on(self.kind, layout.size(), layout.align().max(16), zero);
         let p = core::ptr::NonNull::new(p).ok_or(allocator_api2::alloc::AllocError)?;
         // SAFETY: a live block of ours.
-        let usable = unsafe { place::usable_size(p.as_ptr()) };
+        let usable = unsafe { tier::usable_size(p.as_ptr()) };
         Ok(core::ptr::NonNull::slice_from_raw_parts(p, usable))
     }
 }
@@ -102,6 +102,6 @@ unsafe impl allocator_api2::alloc::Allocator for Tier {
 
     unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, _layout: core::alloc::Layout) {
         // SAFETY: a live block from `allocate` (Allocator contract).
-        unsafe { place::free(ptr.as_ptr()) }
+        unsafe { tier::free(ptr.as_ptr()) }
     }
 }

@@ -1,0 +1,15 @@
+//! The entry points: the C interface (`capi`, `tm_*`), the unprefixed malloc family
+//! (`override_libc`), the Rust global allocator (`global_alloc`), the Rust API (`api`), the
+//! process start and exit hooks (`runtime`) and the statistics report (`report`).
+//!
+//! They check arguments and turn results into the caller's conventions (`NULL` + `errno`,
+//! `Result`); placement (`place`) picks the tier of a new block, `tier` finds the tier of an
+//! existing one.
+
+pub mod api;
+pub mod capi;
+pub mod global_alloc;
+#[cfg(feature = "override")]
+mod override_libc;
+mod report;
+mod runtime;
