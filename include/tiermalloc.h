@@ -8,7 +8,13 @@
 #include <stdint.h>
 /* The unprefixed malloc family (malloc, free, calloc, realloc, reallocarray, posix_memalign,
  * aligned_alloc, memalign, valloc, pvalloc, malloc_usable_size, free_sized,
- * free_aligned_sized) is exported too and declared by <stdlib.h> and <malloc.h>. */
+ * free_aligned_sized) is exported too and declared by <stdlib.h> and <malloc.h>, as are glibc's
+ * mallinfo2, mallinfo, malloc_stats, malloc_trim, mallopt and malloc_info. */
+
+/*
+ Bytes of the header before each device-tier block.
+ */
+#define TM_HEADER_SIZE 16
 
 /*
  `state` of a space still private to its creator (read-write).
@@ -20,10 +26,7 @@
  */
 #define TM_SPACE_SHARED 2
 
-/*
- Bytes of the header before each device-tier block.
- */
-#define TM_HEADER_SIZE 16
+#define IDLE (1 << 63)
 
 /*
  The memory kinds (tiers).
@@ -58,33 +61,6 @@ typedef enum tm_map {
    */
   TM_MAP_PRIVATE = 1,
 } tm_map;
-
-/*
- A space as `tm_space_stat` and `tm_space_list` report it.
- */
-typedef struct tm_space_info {
-  /*
-   NUL-terminated, at most 63 bytes.
-   */
-  char name[64];
-  /*
-   Unique, never reused.
-   */
-  uint64_t id;
-  uint64_t size;
-  /*
-   TM_SPACE_PRIVATE or TM_SPACE_SHARED.
-   */
-  uint32_t state;
-  /*
-   Live mappings held by processes, the creator's included.
-   */
-  uint32_t refs;
-  /*
-   CLOCK_REALTIME of creation.
-   */
-  uint64_t created_ns;
-} tm_space_info;
 
 /*
  A tier's figures: what `tm_get_stats` fills in, laid out as the C header's `tm_stats`
@@ -137,6 +113,33 @@ typedef struct tm_stats {
 } tm_stats;
 
 /*
+ A space as `tm_space_stat` and `tm_space_list` report it.
+ */
+typedef struct tm_space_info {
+  /*
+   NUL-terminated, at most 63 bytes.
+   */
+  char name[64];
+  /*
+   Unique, never reused.
+   */
+  uint64_t id;
+  uint64_t size;
+  /*
+   TM_SPACE_PRIVATE or TM_SPACE_SHARED.
+   */
+  uint32_t state;
+  /*
+   Live mappings held by processes, the creator's included.
+   */
+  uint32_t refs;
+  /*
+   CLOCK_REALTIME of creation.
+   */
+  uint64_t created_ns;
+} tm_space_info;
+
+/*
  The header written immediately before each block on CXL, CMB and PMR (the C header's
  `tm_block_header`): `((const tm_block_header *)p)[-1].size == tm_usable_size(p)`.
  */
@@ -164,6 +167,80 @@ typedef struct tm_block_header {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/*
+ Allocates `size` bytes on tier `kind` only; NULL + ENOMEM if that tier cannot (also when it
+ is not configured), NULL + EINVAL for an unknown kind.
+ */
+void *tm_malloc(tm_kind kind, size_t size);
+
+/*
+ Like `tm_malloc` for `count * size` zeroed bytes; NULL + ENOMEM on overflow.
+ */
+void *tm_calloc(tm_kind kind, size_t count, size_t size);
+
+/*
+ `size` bytes on tier `kind` aligned to `alignment` (a power of two); NULL + EINVAL for a bad
+ alignment or kind, NULL + ENOMEM if the tier cannot serve it.
+ */
+void *tm_aligned_alloc(tm_kind kind, size_t alignment, size_t size);
+
+/*
+ Resizes `ptr` on its own tier. `tm_realloc(NULL, n)` is a plain `malloc(n)`; `size == 0`
+ frees and returns NULL (as glibc's `realloc`). On failure returns NULL + ENOMEM and leaves
+ `ptr` intact. A pointer that is not a live block of ours is reported as `tm_free` reports
+ it (NULL + EINVAL if ignored), unless the library was loaded after the program's own
+ malloc (`dlopen`), when the program's `realloc` gets it.
+
+ # Safety
+ `ptr` must be NULL or a live block of ours.
+ */
+void *tm_realloc(void *ptr, size_t size);
+
+/*
+ Frees any block of ours, whatever its tier; NULL is ignored. Keeps `errno`. A double free,
+ a pointer into a block, a corrupted free list or a pointer that is not ours is detected
+ from host metadata: one line on stderr, then an abort (or, with
+ `TIERMALLOC_ON_ERROR=ignore`, reported, counted and ignored).
+
+ # Safety
+ `ptr` must be NULL or a live block, not used afterwards.
+ */
+void tm_free(void *ptr);
+
+/*
+ The usable size of block `ptr` (0 for NULL or a pointer that is not ours). On a device tier
+ it equals the `size` field of the block's header.
+
+ # Safety
+ `ptr` must be NULL, foreign, or a live block of ours.
+ */
+size_t tm_usable_size(const void *ptr);
+
+/*
+ The `tm_kind` of block `ptr`, or -1 if it is not ours.
+ */
+int tm_kind_of(const void *ptr);
+
+/*
+ Chooses the fit policy of tier `kind`: 0, or -1 + EINVAL (unknown kind or fit) / ENODEV
+ (kind not configured).
+ */
+int tm_set_fit(tm_kind kind, tm_fit fit);
+
+/*
+ Fills `*out` with tier `kind`'s statistics: 0, or -1 + EINVAL (unknown kind, NULL out) /
+ ENODEV (kind not configured).
+
+ # Safety
+ `out` must be NULL or valid for writing a `tm_stats` (`TierStats`).
+ */
+int tm_get_stats(tm_kind kind, struct tm_stats *out);
+
+/*
+ Prints every configured tier's statistics on stderr.
+ */
+void tm_print_stats(void);
 
 /*
  Creates a private read-write space of `size` bytes (zeroed) named `name`; its base, or
@@ -229,78 +306,6 @@ int tm_space_list(struct tm_space_info *out, size_t max);
  creator died: how many, or -1 + ENODEV.
  */
 int tm_space_collect(uint64_t min_age_ms);
-
-/*
- Allocates `size` bytes on tier `kind` only; NULL + ENOMEM if that tier cannot (also when it
- is not configured), NULL + EINVAL for an unknown kind.
- */
-void *tm_malloc(tm_kind kind, size_t size);
-
-/*
- Like `tm_malloc` for `count * size` zeroed bytes; NULL + ENOMEM on overflow.
- */
-void *tm_calloc(tm_kind kind, size_t count, size_t size);
-
-/*
- `size` bytes on tier `kind` aligned to `alignment` (a power of two); NULL + EINVAL for a bad
- alignment or kind, NULL + ENOMEM if the tier cannot serve it.
- */
-void *tm_aligned_alloc(tm_kind kind, size_t alignment, size_t size);
-
-/*
- Resizes `ptr` on its own tier. `tm_realloc(NULL, n)` is a plain `malloc(n)`; `size == 0`
- frees and returns NULL (as glibc's `realloc`). On failure returns NULL + ENOMEM and leaves
- `ptr` intact; NULL + EINVAL if `ptr` is not ours.
-
- # Safety
- `ptr` must be NULL or a live block of ours.
- */
-void *tm_realloc(void *ptr, size_t size);
-
-/*
- Frees any block of ours, whatever its tier; NULL and foreign pointers are ignored. Keeps
- `errno`. A double free or a pointer into a block on a device tier is detected from host
- metadata: one line on stderr, then an abort (or, with `TIERMALLOC_ON_ERROR=ignore`, counted
- in the tier's failures and ignored).
-
- # Safety
- `ptr` must be NULL or a live block, not used afterwards.
- */
-void tm_free(void *ptr);
-
-/*
- The usable size of block `ptr` (0 for NULL or a pointer that is not ours). On a device tier
- it equals the `size` field of the block's header.
-
- # Safety
- `ptr` must be NULL, foreign, or a live block of ours.
- */
-size_t tm_usable_size(const void *ptr);
-
-/*
- The `tm_kind` of block `ptr`, or -1 if it is not ours.
- */
-int tm_kind_of(const void *ptr);
-
-/*
- Chooses the fit policy of tier `kind`: 0, or -1 + EINVAL (unknown kind or fit) / ENODEV
- (kind not configured).
- */
-int tm_set_fit(tm_kind kind, tm_fit fit);
-
-/*
- Fills `*out` with tier `kind`'s statistics: 0, or -1 + EINVAL (unknown kind, NULL out) /
- ENODEV (kind not configured).
-
- # Safety
- `out` must be NULL or valid for writing a `tm_stats` (`TierStats`).
- */
-int tm_get_stats(tm_kind kind, struct tm_stats *out);
-
-/*
- Prints every configured tier's statistics on stderr.
- */
-void tm_print_stats(void);
 
 #ifdef __cplusplus
 }  // extern "C"

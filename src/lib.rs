@@ -12,9 +12,9 @@
 //! | the tier interface | `tier` (`Tier`, the tiers by kind, dispatch of a pointer to its tier) |
 //! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
 //! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`) |
-//! | shared pool | `pool` (named spaces on a device shared by processes and hosts; C in `capi_pool`) |
+//! | shared pool | `pool` (named spaces on a device shared by processes and hosts; its C functions in `front::capi_pool`) |
 //! | workload profiles | `profile` (seed 003: DRAM reserved from a workload's recorded peak; a memory source of the DRAM tier) |
-//! | foundations | `pagemap`, `backend`, `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `sync`, `lockfree` |
+//! | foundations | `pagemap`, `backend` (with `device_space`, `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `sync`, `lockfree` |
 //!
 //! Room is left by name for `device/persist` (persistent tiers), `device/evacuate` (live
 //! evacuation) and `pool/` (a device shared by processes: named spaces, lending).
@@ -37,14 +37,17 @@ macro_rules! not_under_loom {
 
 not_under_loom! {
     mod backend;
-    pub mod capi_pool;
     mod chunk;
     mod config;
     mod device;
+    mod device_sigbus;
+    mod device_space;
     mod dram;
+    mod foreign;
     mod front;
     mod kind;
     mod meta;
+    mod misuse;
     mod os;
     mod pagemap;
     mod place;
@@ -56,6 +59,7 @@ not_under_loom! {
 
     pub use front::api::{kind_of, print_stats, stats, Fit, Kind, Tier, TierError, TierStats};
     pub use front::capi;
+    pub use front::capi_pool;
     pub use front::global_alloc::TierMalloc;
 }
 

@@ -255,6 +255,11 @@ c_tests! {
     out_of_memory,
     dlopen_lib,
     stress_mt,
+    heap_misuse,
+    address_limit,
+    malloc_introspection,
+    tier_files,
+    secure_mode,
     pool_spaces,
 }
 

@@ -240,7 +240,8 @@ fn the_copy_fallback_for_devices_without_map_private_behaves_the_same() {
     let reader = pool.open_space("data", MapMode::Read).unwrap();
     assert_eq!(reader.as_slice()[0], data[0]);
     assert_eq!(private.as_slice()[1..], data[1..]);
-    assert_eq!(private_dirty_kb(private.as_ptr()), 64, "the fallback copies every page");
+    // At least: the kernel may merge the copy with a neighbouring anonymous mapping.
+    assert!(private_dirty_kb(private.as_ptr()) >= 64, "the fallback copies every page");
 }
 
 /// Private_Dirty (kB) of the mapping starting at `p`, from /proc/self/smaps.
@@ -270,11 +271,12 @@ fn republish_is_the_modified_pages_plus_the_original_rest() {
     let mut expected = data.clone();
     expected[PAGE..2 * PAGE].fill(0xaa);
     expected[20 * PAGE + 9] = 0x55;
-    assert_eq!(v2.as_slice(), &expected[..]);
+    let differs = |a: &[u8], b: &[u8]| a.iter().zip(b).position(|(x, y)| x != y);
+    assert_eq!(differs(v2.as_slice(), &expected), None, "republished bytes differ at");
     let reopened = pool.open_space("v2", MapMode::Read).unwrap();
-    assert_eq!(reopened.as_slice(), &expected[..]);
+    assert_eq!(differs(reopened.as_slice(), &expected), None, "reopened bytes differ at");
     let v1 = pool.open_space("v1", MapMode::Read).unwrap();
-    assert_eq!(v1.as_slice(), &data[..], "the original is unchanged");
+    assert_eq!(differs(v1.as_slice(), &data), None, "the original is unchanged");
     let info = pool.space("v2").unwrap();
     assert_eq!((info.state, info.refs, info.size), (SpaceState::Shared, 2, data.len() as u64));
     assert_consistent(&pool);
@@ -629,4 +631,74 @@ fn a_region_holding_other_data_is_refused_and_a_bad_spec_named() {
     std::fs::remove_file(&path).unwrap();
     let e = Pool::open_str("path=/dev/shm/x,colour=red").err().unwrap();
     assert!(e.to_string().contains("unknown key"), "{e}");
+}
+
+#[test]
+fn a_lock_held_by_a_dead_node_of_another_host_is_taken_over_after_its_lease() {
+    let file = PoolFile::new("deadholder", "8M", "lease=1s");
+    let pool = file.open();
+    let _base = publish_data(&pool, "base", &pattern(13, PAGE));
+    // The child plays another host and dies right after taking the pool lock (step 1 of its
+    // open): only its lease can tell the others that it is dead.
+    let (status, _) = run_child(
+        "die",
+        &format!("{},host=77", file.spec()),
+        &[("TM_POOL_OP", "open".into()), ("TM_POOL_STEP", "1".into())],
+    );
+    assert_eq!(signal_of(&status), Some(libc::SIGKILL));
+    let started = Instant::now();
+    assert_eq!(pool.space("base").unwrap().refs, 1, "its references went with it");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the lock was taken over after {waited:?}, before the lease could have run out"
+    );
+    assert!(waited < Duration::from_secs(20), "taken over at last: {waited:?}");
+    assert_consistent(&pool);
+}
+
+#[test]
+fn a_pool_at_an_offset_keeps_to_its_range() {
+    let path = format!("/dev/shm/tm-pool-offset-{}", std::process::id());
+    std::fs::write(&path, vec![0x5au8; 1 << 20]).unwrap();
+    let spec = format!("path={path},offset=1M,size=4M,create");
+    {
+        let pool = Pool::open_str(&spec).unwrap();
+        let _s = publish_data(&pool, "at-offset", &[0xc3; 3 * PAGE]);
+        let again = Pool::open_str(&spec).unwrap();
+        assert_eq!(again.open_space("at-offset", MapMode::Read).unwrap().as_slice(), &[0xc3; 3 * PAGE][..]);
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 5 << 20);
+    assert!(bytes[..1 << 20].iter().all(|&b| b == 0x5a), "the bytes before offset= are untouched");
+    assert!(bytes[1 << 20..].windows(PAGE).any(|w| w.iter().all(|&b| b == 0xc3)));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn threads_of_one_process_share_its_node() {
+    let file = PoolFile::new("threads", "32M", "");
+    let pool = file.open();
+    let data = pattern(14, 8 * PAGE);
+    let _common = publish_data(&pool, "common", &data);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (pool, data) = (pool.clone(), &data);
+            s.spawn(move || {
+                for i in 0..100 {
+                    let name = format!("t{t}-{i}");
+                    drop(publish_data(&pool, &name, &pattern(i, PAGE)));
+                    let m = pool.open_space("common", MapMode::Read).unwrap();
+                    assert_eq!(m.as_slice(), &data[..]);
+                    if i % 10 == 0 {
+                        pool.collect_spaces(Duration::ZERO).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    assert_consistent(&pool);
+    assert_eq!(pool.space("common").unwrap().refs, 1);
+    pool.collect_spaces(Duration::ZERO).unwrap();
+    assert_eq!(pool.spaces().len(), 1);
 }

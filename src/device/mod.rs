@@ -21,7 +21,7 @@ pub mod header;
 pub mod slabs;
 
 use crate::backend::{self, Problem, Region};
-use crate::config::{self, TierSpec};
+use crate::config::TierSpec;
 use crate::kind::{Fit, Kind};
 use crate::os;
 use crate::pagemap::{self, ChunkTag};
@@ -73,10 +73,7 @@ impl DeviceTier {
         let Some((heap, slabs)) = metadata else {
             // SAFETY: nothing uses the fresh region.
             unsafe { backend::unmap_region(region) };
-            return Err(Problem {
-                what: "no host memory for the tier's metadata",
-                errno: 0,
-            });
+            return Err(Problem::new("no host memory for the tier's metadata"));
         };
         pagemap::set(
             region.base,
@@ -316,6 +313,7 @@ pub fn open(spec: &TierSpec) -> bool {
     match DeviceTier::open(spec) {
         Ok(tier) => {
             slot.call_once(|| tier);
+            crate::device_sigbus::install();
             true
         }
         Err(problem) => {
@@ -347,6 +345,9 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
         );
     }
     let _ = write!(line, ": {}", problem.what);
+    if let Some((needed, free)) = problem.room {
+        let _ = write!(line, " (size {needed} bytes, {free} bytes free)");
+    }
     if problem.errno != 0 {
         let mut buf = [0u8; 128];
         // SAFETY: strerror_r writes a NUL-terminated message into our buffer.
@@ -370,23 +371,11 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
 /// Reports a refused free in one line, then aborts unless `TIERMALLOC_ON_ERROR=ignore`.
 #[cold]
 fn report_bad_free(kind: Kind, p: *mut u8, error: FreeError) {
-    let ignore = config::get().ignore_bad_free;
-    let mut line = os::LineBuf::new();
     let what = match error {
-        FreeError::DoubleFree => "double free",
-        FreeError::NotAllocated => "not the start of a live block",
+        FreeError::DoubleFree => crate::misuse::Misuse::DoubleFree,
+        FreeError::NotAllocated => crate::misuse::Misuse::NotABlockStart,
     };
-    let action = if ignore { "ignored" } else { "aborting" };
-    let _ = writeln!(
-        line,
-        "tiermalloc: free({p:p}) on tier {}: {what}; {action}",
-        kind.name()
-    );
-    line.flush();
-    if !ignore {
-        // SAFETY: abort has no preconditions.
-        unsafe { libc::abort() };
-    }
+    crate::misuse::report_on("free", p, kind.name(), what);
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! The entry points: the C interface (`capi`, `tm_*`), the unprefixed malloc family
+//! The entry points: the C interface (`capi`, `tm_*`; `capi_pool`, `tm_space_*` of the shared
+//! pool), the unprefixed malloc family
 //! (`override_libc`), the Rust global allocator (`global_alloc`), the Rust API (`api`), the
-//! process start and exit hooks (`runtime`) and the statistics report (`report`).
+//! process start and exit hooks (`runtime`), the statistics report (`report`) and glibc's
+//! introspection names (`malloc_info`: `mallinfo2`, `malloc_stats`, ...).
 //!
 //! They check arguments and turn results into the caller's conventions (`NULL` + `errno`,
 //! `Result`); placement (`place`) picks the tier of a new block, `tier` finds the tier of an
@@ -8,7 +10,10 @@
 
 pub mod api;
 pub mod capi;
+pub mod capi_pool;
 pub mod global_alloc;
+#[cfg(feature = "override")]
+mod malloc_info;
 #[cfg(feature = "override")]
 mod override_libc;
 mod report;

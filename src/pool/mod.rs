@@ -19,7 +19,7 @@
 //! `coherence` (write-back and invalidation), `txn` (lock + redo log), `registry` (nodes),
 //! `directory` (entries), `extents` (where a space's bytes go), `map` (this process's
 //! mappings), `spaces` (the operations), `check` (the consistency checker), `api` (the Rust
-//! types). The C functions are in `capi_pool.rs`.
+//! types). The C functions are in `front/capi_pool.rs`.
 
 pub mod api;
 pub mod check;
@@ -50,8 +50,10 @@ pub type Errno = i32;
 pub struct Pool {
     pub(crate) spec: PoolSpec,
     pub(crate) fd: i32,
-    /// `[0, META_END)` of the pool, mapped shared read-write.
+    /// `[0, meta_len)` of the pool, mapped shared read-write: the metadata, `META_END` bytes,
+    /// rounded up to the granule (device DAX maps only whole multiples of its alignment).
     meta: *mut u8,
+    meta_len: usize,
     pub(crate) total_len: u64,
     pub(crate) data_start: u64,
     pub(crate) granule: u64,
@@ -145,11 +147,12 @@ impl Pool {
                 "is too small for a pool (metadata takes 96 KiB, plus one granule of data)",
             )));
         }
-        // SAFETY: mapping our descriptor's first META_END bytes of the pool, shared.
+        let meta_len = data_start as usize;
+        // SAFETY: mapping our descriptor's first meta_len bytes of the pool, shared.
         let meta = unsafe {
             libc::mmap(
                 core::ptr::null_mut(),
-                META_END,
+                meta_len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd,
@@ -164,6 +167,7 @@ impl Pool {
             spec,
             fd,
             meta: meta.cast(),
+            meta_len,
             total_len,
             data_start,
             granule,
@@ -329,7 +333,7 @@ impl Drop for Pool {
         self.leave();
         // SAFETY: the metadata mapping and descriptor are ours; nothing uses them after drop.
         unsafe {
-            libc::munmap(self.meta.cast(), META_END);
+            libc::munmap(self.meta.cast(), self.meta_len);
             libc::close(self.fd);
         }
     }
@@ -346,27 +350,18 @@ fn pool_len(spec: &PoolSpec, fd: i32) -> Result<(u64, bool), OpenError> {
     }
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => {
-            let file_len = st.st_size as u64;
-            let end = match spec.size {
-                Some(size) => spec
-                    .offset
-                    .checked_add(size)
-                    .ok_or(OpenError::new("size= too large"))?,
-                None if file_len > spec.offset => file_len,
-                None => return Err(OpenError::new("is empty (give size= and create to make it)")),
-            };
-            if end > file_len {
-                if !spec.create {
-                    return Err(OpenError::new(
-                        "size= is larger than the file (add create to extend it)",
-                    ));
-                }
-                // SAFETY: resizing our own open file.
-                if unsafe { libc::ftruncate(fd, end as libc::off_t) } != 0 {
-                    return Err(OpenError::os("cannot extend the file to size="));
-                }
-            }
-            Ok((end - spec.offset, true))
+            let len = crate::backend::file_range_len(
+                fd,
+                st.st_size as u64,
+                spec.size,
+                spec.offset,
+                spec.create,
+            )
+            .map_err(|p| OpenError {
+                what: p.what,
+                errno: p.errno,
+            })?;
+            Ok((len, true))
         }
         libc::S_IFCHR => Ok((
             spec.size

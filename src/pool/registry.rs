@@ -207,19 +207,26 @@ impl Pool {
         for slot in 0..MAX_NODES {
             let at = node_at(slot);
             let word = self.load(at + NODE_STATE);
-            let (secs, incarnation, state) = node_state_parts(word);
+            let (_, incarnation, state) = node_state_parts(word);
             if state != NODE_FREE && !live(node_tag(slot, incarnation)) {
-                // A CAS, not a logged store: joiners claim slots without the lock.
-                let _ = self.word(at + NODE_STATE).compare_exchange(
-                    word,
-                    node_state_word(secs, incarnation, NODE_FREE),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                );
-                self.write_back_meta(at, 8);
+                self.free_slot(slot, word);
             }
         }
         Ok(deleted)
+    }
+
+    /// Frees registry slot `slot` if its state word is still `word`: a CAS, not a logged
+    /// store, because joiners claim slots without the lock.
+    fn free_slot(&self, slot: usize, word: u64) {
+        let at = node_at(slot);
+        let (secs, incarnation, _) = node_state_parts(word);
+        let _ = self.word(at + NODE_STATE).compare_exchange(
+            word,
+            node_state_word(secs, incarnation, NODE_FREE),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        self.write_back_meta(at, 8);
     }
 
     /// Gives back every mapping holding `h` (of node `tag`) counts, deleting the space if it
@@ -259,17 +266,10 @@ impl Pool {
                 }
             }
         }
-        let at = node_at(node.slot);
-        let word = self.load(at + NODE_STATE);
-        let (secs, incarnation, _) = node_state_parts(word);
+        let word = self.load(node_at(node.slot) + NODE_STATE);
+        let (_, incarnation, _) = node_state_parts(word);
         if node_tag(node.slot, incarnation) == node.tag {
-            let _ = self.word(at + NODE_STATE).compare_exchange(
-                word,
-                node_state_word(secs, incarnation, NODE_FREE),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
-            self.write_back_meta(at, 8);
+            self.free_slot(node.slot, word);
         }
         *self.node.lock() = Node::NONE;
     }

@@ -8,9 +8,9 @@
 //!
 //! Costs: publish writes back the space's bytes (unless `coherent`) and stores three words;
 //! open stores five; a READ mapping copies nothing; a PRIVATE mapping copies each page the
-//! process writes, when it writes it; republish copies the whole space once into a new extent
-//! (written pages from local memory, the rest from the device through the copy-on-write
-//! mapping, which maps unwritten pages without copying them), then publishes it.
+//! process writes, when it writes it; republish writes the new extent once (the pages the
+//! process wrote from its memory, the others device to device with `copy_file_range`, which
+//! faults nothing into either mapping), then publishes it.
 
 use super::coherence;
 use super::directory::Entry;
@@ -312,14 +312,63 @@ impl Pool {
             .filter(|m| matches!(m.mode, Mode::Private | Mode::PrivateCopy))
             .ok_or(libc::EINVAL)?;
         let new = self.create(name, m.size)?;
-        // SAFETY: both mappings hold at least `m.size` bytes: the source readable, the new
-        // space writable (its creator's mapping); they are distinct mappings.
-        unsafe { core::ptr::copy_nonoverlapping(base as *const u8, new as *mut u8, m.size as usize) };
+        self.copy_private(&m, new);
         if let Err(e) = self.publish(new) {
             let _ = self.close(new);
             return Err(e);
         }
         Ok(new)
+    }
+
+    /// Copies PRIVATE mapping `m` into the new space at `new` (its creator's mapping): the
+    /// pages this process wrote from its memory, the others from the device to the device by
+    /// `copy_file_range`, without faulting them into either mapping. Where the pages cannot be
+    /// told apart (no /proc/self/pagemap, a copy made at open, `check_flush`, a device file),
+    /// the whole mapping is copied.
+    fn copy_private(&self, m: &Mapping, new: usize) {
+        let copy = |from: usize, len: usize| {
+            // SAFETY: `[from, from + len)` lies in both mappings (each `m.len` bytes): the
+            // source readable, the new space writable; they are distinct mappings.
+            unsafe {
+                core::ptr::copy_nonoverlapping((m.base + from) as *const u8, (new + from) as *mut u8, len)
+            }
+        };
+        let source = self.read_entry(m.index).filter(|e| e.id() == m.id);
+        let target = self.maps.lock().get(new).and_then(|t| self.read_entry(t.index));
+        let written = (m.mode == Mode::Private && self.regular && !self.spec.check_flush)
+            .then(|| written_pages(m.base, m.len))
+            .flatten();
+        let (Some(source), Some(target), Some(written)) = (source, target, written) else {
+            copy(0, m.len);
+            return;
+        };
+        let mut page = 0;
+        while page < written.len() {
+            let run = written[page..].iter().take_while(|&&w| w == written[page]).count();
+            let (from, len) = (page * crate::os::PAGE_SIZE, run * crate::os::PAGE_SIZE);
+            if written[page]
+                || !self.copy_on_device(source.offset() + from as u64, target.offset() + from as u64, len)
+            {
+                copy(from, len);
+            }
+            page += run;
+        }
+    }
+
+    /// Copies `len` bytes of the pool from `from` to `to` inside the kernel.
+    fn copy_on_device(&self, from: u64, to: u64, len: usize) -> bool {
+        let mut src = (self.spec.offset + from) as libc::loff_t;
+        let mut dst = (self.spec.offset + to) as libc::loff_t;
+        let mut left = len;
+        while left > 0 {
+            // SAFETY: our descriptor, both ranges inside the pool; the offsets are ours.
+            let n = unsafe { libc::copy_file_range(self.fd, &mut src, self.fd, &mut dst, left, 0) };
+            if n <= 0 {
+                return false;
+            }
+            left -= n as usize;
+        }
+        true
     }
 
     /// The space named `name` (PRIVATE or SHARED).
@@ -373,4 +422,25 @@ impl Pool {
         }
         Ok(deleted)
     }
+}
+
+/// Which pages of the private file mapping `[base, base + len)` this process wrote: those
+/// present and no longer the file's page (/proc/self/pagemap: bit 63 present, bit 61 file
+/// page or shared), or swapped out (bit 62: only anonymous pages, copies, are swapped).
+/// `None` if pagemap cannot be read.
+fn written_pages(base: usize, len: usize) -> Option<Vec<bool>> {
+    use std::os::unix::fs::FileExt;
+    let pages = len / crate::os::PAGE_SIZE;
+    let file = std::fs::File::open("/proc/self/pagemap").ok()?;
+    let mut raw = vec![0u8; pages * 8];
+    file.read_exact_at(&mut raw, (base / crate::os::PAGE_SIZE * 8) as u64)
+        .ok()?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|e| {
+                let v = u64::from_le_bytes(e.try_into().unwrap());
+                (v >> 63 & 1 == 1 && v >> 61 & 1 == 0) || v >> 62 & 1 == 1
+            })
+            .collect(),
+    )
 }
