@@ -243,6 +243,24 @@ int tm_get_stats(tm_kind kind, struct tm_stats *out);
 void tm_print_stats(void);
 
 /*
+ Moves every byte of device tier `kind` onto `target` (a file or device at least as large
+ as the tier; a regular file is created or extended; NULL means the tier's `spare=` path)
+ while the program's threads keep using its blocks, which keep their addresses. Afterwards
+ the tier's range is backed by `target` at the same offsets and the old device is closed.
+ Returns 0, or -1 + errno: EINVAL (TM_DRAM, an unknown kind, NULL without `spare=`), ENODEV
+ (kind not configured), EOPNOTSUPP (the tier's backing cannot be moved safely: only shmem,
+ hugetlbfs and NUMA tiers can), EBUSY (a move of it is running, or the target is in use),
+ ENOSPC/EFBIG (target too small), or the error of opening or mapping `target`; each failure
+ is also explained in one line on stderr. On failure the tier is left as it was, unless the
+ kernel refuses to map the target midway (out of memory or mappings): then the tier works on,
+ split between both devices, and both stay open.
+
+ # Safety
+ `target` must be NULL or a NUL-terminated string.
+ */
+int tm_evacuate(tm_kind kind, const char *target);
+
+/*
  Creates a private read-write space of `size` bytes (zeroed) named `name`; its base, or
  NULL + EEXIST (name taken) / ENOSPC (no room) / ENAMETOOLONG (over 63 bytes) / EINVAL /
  ENODEV (no pool).
