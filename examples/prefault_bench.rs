@@ -41,7 +41,10 @@ fn populate(len: usize) -> (Duration, i64) {
     while done < len {
         let n = STEP.min(len - done);
         // SAFETY: our mapping.
-        assert_eq!(unsafe { libc::madvise(p.add(done).cast(), n, libc::MADV_POPULATE_WRITE) }, 0);
+        assert_eq!(
+            unsafe { libc::madvise(p.add(done).cast(), n, libc::MADV_POPULATE_WRITE) },
+            0
+        );
         done += n;
     }
     let r = (t.elapsed(), minflt() - f);
@@ -64,7 +67,9 @@ fn touch(len: usize) -> (Duration, i64) {
 }
 
 fn main() {
-    let mib: usize = std::env::args().nth(1).map_or(256, |a| a.parse().expect("SIZE_MIB"));
+    let mib: usize = std::env::args()
+        .nth(1)
+        .map_or(256, |a| a.parse().expect("SIZE_MIB"));
     let len = mib << 20;
     let (mut pop, mut tch) = (Vec::new(), Vec::new());
     for _ in 0..7 {
@@ -78,7 +83,18 @@ fn main() {
     let (p, t) = (med(&mut pop), med(&mut tch));
     let gbs = |d: Duration| len as f64 / d.as_secs_f64() / 1e9;
     println!("{mib} MiB, medians of 7, interleaved");
-    println!("MADV_POPULATE_WRITE  {:6.2} GB/s  {:7} faults", gbs(p.0), p.1);
-    println!("touching loop        {:6.2} GB/s  {:7} faults", gbs(t.0), t.1);
-    println!("populate / touch: {:.2}x", t.0.as_secs_f64() / p.0.as_secs_f64());
+    println!(
+        "MADV_POPULATE_WRITE  {:6.2} GB/s  {:7} faults",
+        gbs(p.0),
+        p.1
+    );
+    println!(
+        "touching loop        {:6.2} GB/s  {:7} faults",
+        gbs(t.0),
+        t.1
+    );
+    println!(
+        "populate / touch: {:.2}x",
+        t.0.as_secs_f64() / p.0.as_secs_f64()
+    );
 }

@@ -113,6 +113,33 @@ typedef struct tm_stats {
 } tm_stats;
 
 /*
+ One live node (a process using the pool); `tm_node_info` in C. `share`, `in_use`, `lent`
+ and `borrowed` stay 0 until pool-backed tiers exist.
+ */
+typedef struct tm_node_info {
+  /*
+   Its registry slot.
+   */
+  uint32_t node;
+  uint32_t pid;
+  /*
+   Its host (boot and pid namespace): nodes with equal `host` share a kernel.
+   */
+  uint64_t host;
+  /*
+   Bytes of the pool given to it as its share, used by it, lent to others, borrowed.
+   */
+  uint64_t share;
+  uint64_t in_use;
+  uint64_t lent;
+  uint64_t borrowed;
+  /*
+   CLOCK_REALTIME of its last heartbeat.
+   */
+  uint64_t heartbeat_ns;
+} tm_node_info;
+
+/*
  A space as `tm_space_stat` and `tm_space_list` report it.
  */
 typedef struct tm_space_info {
@@ -259,6 +286,15 @@ void tm_print_stats(void);
  `target` must be NULL or a NUL-terminated string.
  */
 int tm_evacuate(tm_kind kind, const char *target);
+
+/*
+ Fills `out` with up to `max` live nodes (this process joins first, so it is one) and
+ returns how many live nodes there are (may exceed `max`), or -1 + ENODEV (no pool).
+
+ # Safety
+ `out` must be valid for `max` writes (NULL when `max` is 0).
+ */
+int tm_pool_nodes(struct tm_node_info *out, size_t max);
 
 /*
  Creates a private read-write space of `size` bytes (zeroed) named `name`; its base, or

@@ -63,6 +63,7 @@ not_under_loom! {
     };
     pub use front::capi;
     pub use front::capi_evacuate;
+    pub use front::capi_nodes;
     pub use front::capi_pool;
     pub use front::global_alloc::TierMalloc;
 }

@@ -20,15 +20,30 @@ struct Shared {
 }
 
 fn map(path: &str) -> Shared {
-    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
     f.set_len(4096).unwrap();
     // SAFETY: mapping the file we sized, shared; it stays mapped for the process's life.
     let p = unsafe {
-        libc::mmap(core::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+        libc::mmap(
+            core::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
     };
     assert_ne!(p, libc::MAP_FAILED);
     // SAFETY: 4096 bytes of u64 words, accessed only atomically.
-    Shared { words: unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), EXTENTS) } }
+    Shared {
+        words: unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), EXTENTS) },
+    }
 }
 
 fn live(tag: u64) -> bool {
@@ -43,7 +58,19 @@ fn me() -> u64 {
 /// The child roles. Each prints lines the parent waits for, and reads commands on stdin.
 #[test]
 fn child() {
-    let Ok(role) = std::env::var("TM_LEND_ROLE") else { return };
+    let Ok(role) = std::env::var("TM_LEND_ROLE") else {
+        return;
+    };
+    if role == "pool-node" {
+        // A node of the pool: joins, says so, waits.
+        let pool =
+            tiermalloc::pool::Pool::open_str(&std::env::var("TM_LEND_POOL").unwrap()).unwrap();
+        pool.nodes(|_| {}).unwrap();
+        println!("joined");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        return;
+    }
     let s = map(&std::env::var("TM_LEND_TABLE").unwrap());
     let t = LendTable { words: s.words };
     let share: usize = std::env::var("TM_LEND_SHARE").unwrap().parse().unwrap();
@@ -123,7 +150,9 @@ impl Table {
         Table { path, s }
     }
     fn t(&self) -> LendTable<'static> {
-        LendTable { words: self.s.words }
+        LendTable {
+            words: self.s.words,
+        }
     }
     fn spawn(&self, role: &str, share: usize, use_own: usize, need: usize) -> Child {
         Command::new(std::env::current_exe().unwrap())
@@ -141,7 +170,12 @@ impl Table {
     }
     /// Every extent: (unassigned, assigned) — assigned ones are in exactly one share.
     fn census(&self) -> (usize, usize) {
-        let zero = self.s.words.iter().filter(|w| w.load(Ordering::Acquire) == 0).count();
+        let zero = self
+            .s
+            .words
+            .iter()
+            .filter(|w| w.load(Ordering::Acquire) == 0)
+            .count();
         (zero, EXTENTS - zero)
     }
     fn loans(&self) -> Vec<(u64, u64)> {
@@ -203,13 +237,45 @@ fn a_borrows_from_b_and_every_saturated_node_says_so() {
     wait_for(&mut c, "ready");
     let mut a = table.spawn("borrow", 2, 2, 5);
     let (pa, pb, pc) = (a.id() as u64, b.id() as u64, c.id() as u64);
-    assert_eq!(wait_for(&mut a, "borrowed"), "borrowed 3\n", "B lends its 3 idle extents, then all are saturated");
+    assert_eq!(
+        wait_for(&mut a, "borrowed"),
+        "borrowed 3\n",
+        "B lends its 3 idle extents, then all are saturated"
+    );
     wait_for(&mut a, "ready");
     assert_eq!(table.loans(), vec![(pb, pa); 3], "the table shows B -> A");
-    assert_eq!(table.t().account(pa), Account { share: 2, in_use: 5, lent: 0, borrowed: 3 });
-    assert_eq!(table.t().account(pb), Account { share: 4, in_use: 1, lent: 3, borrowed: 0 });
-    assert_eq!(table.t().account(pc), Account { share: 2, in_use: 2, lent: 0, borrowed: 0 });
-    assert_eq!(table.t().borrow(999_999_999, |_| 0), None, "a fourth node finds every node saturated");
+    assert_eq!(
+        table.t().account(pa),
+        Account {
+            share: 2,
+            in_use: 5,
+            lent: 0,
+            borrowed: 3
+        }
+    );
+    assert_eq!(
+        table.t().account(pb),
+        Account {
+            share: 4,
+            in_use: 1,
+            lent: 3,
+            borrowed: 0
+        }
+    );
+    assert_eq!(
+        table.t().account(pc),
+        Account {
+            share: 2,
+            in_use: 2,
+            lent: 0,
+            borrowed: 0
+        }
+    );
+    assert_eq!(
+        table.t().borrow(999_999_999, |_| 0),
+        None,
+        "a fourth node finds every node saturated"
+    );
     // A gives back: B's extents are B's again, idle.
     send(&mut a, "give back");
     wait_for(&mut a, "given back");
@@ -231,8 +297,20 @@ fn kill_9_of_the_borrower_returns_the_lenders_capacity() {
     wait_for(&mut a, "ready");
     assert_eq!(table.t().account(pb).lent, 3);
     kill9(a);
-    assert_eq!(table.t().reclaim(live), 5, "A's 2 to the pool, B's 3 back to B");
-    assert_eq!(table.t().account(pb), Account { share: 4, in_use: 0, lent: 0, borrowed: 0 });
+    assert_eq!(
+        table.t().reclaim(live),
+        5,
+        "A's 2 to the pool, B's 3 back to B"
+    );
+    assert_eq!(
+        table.t().account(pb),
+        Account {
+            share: 4,
+            in_use: 0,
+            lent: 0,
+            borrowed: 0
+        }
+    );
     assert_eq!(table.t().account(pa), Account::default());
     finish(b);
     assert_eq!(table.census(), (EXTENTS, 0));
@@ -253,7 +331,11 @@ fn kill_9_of_the_lender_while_lending_loses_nothing() {
     assert_eq!(table.loans(), vec![(pb, pa); 2]);
     send(&mut a, "give back");
     wait_for(&mut a, "given back");
-    assert_eq!(table.t().reclaim(live), 2, "given back to a dead owner: to the pool");
+    assert_eq!(
+        table.t().reclaim(live),
+        2,
+        "given back to a dead owner: to the pool"
+    );
     finish(a);
     assert_eq!(table.census(), (EXTENTS, 0));
 }
@@ -276,8 +358,68 @@ fn kill_9_at_random_points_loses_no_capacity() {
         }
         // Every extent is in one state: reclaim returns all of it.
         table.t().reclaim(live);
-        assert_eq!(table.census(), (EXTENTS, 0), "round {rounds}: capacity lost: {:x?}",
-            table.s.words.iter().map(|w| parts(w.load(Ordering::Relaxed))).collect::<Vec<_>>());
+        assert_eq!(
+            table.census(),
+            (EXTENTS, 0),
+            "round {rounds}: capacity lost: {:x?}",
+            table
+                .s
+                .words
+                .iter()
+                .map(|w| parts(w.load(Ordering::Relaxed)))
+                .collect::<Vec<_>>()
+        );
         rounds += 1;
     }
+}
+
+#[test]
+fn tm_pool_nodes_lists_live_nodes_only() {
+    let path = format!("/dev/shm/tm-lend-nodes-{}", std::process::id());
+    let _ = std::fs::remove_file(&path);
+    let spec = format!("path={path},size=4M,create");
+    let pool = tiermalloc::pool::Pool::open_str(&spec).unwrap();
+    let spawn = || {
+        let mut c = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+            .env("TM_LEND_ROLE", "pool-node")
+            .env("TM_LEND_POOL", &spec)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        wait_for(&mut c, "joined");
+        c
+    };
+    let (b, c) = (spawn(), spawn());
+    let listed = || {
+        let mut v = Vec::new();
+        pool.nodes(|n| v.push(n)).unwrap();
+        v
+    };
+    let nodes = listed();
+    let pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
+    for pid in [std::process::id(), b.id(), c.id()] {
+        assert!(pids.contains(&pid), "{pid} not in {nodes:?}");
+    }
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    assert!(nodes.iter().all(|n| n.host == nodes[0].host), "one host");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(nodes
+        .iter()
+        .all(|n| now.saturating_sub(n.heartbeat_ns) < 60_000_000_000));
+    let b_pid = b.id();
+    kill9(b);
+    let after: Vec<u32> = listed().iter().map(|n| n.pid).collect();
+    assert!(
+        !after.contains(&b_pid) && after.len() == 2,
+        "a killed node is not listed: {after:?}"
+    );
+    finish(c);
+    drop(pool);
+    let _ = std::fs::remove_file(&path);
 }

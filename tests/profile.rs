@@ -29,7 +29,8 @@ const SCRUB: Scrub = Scrub {
 fn workload() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("tiermalloc-profile-grow-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tiermalloc-profile-grow-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let exe = dir.join("grow");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/grow.c");
@@ -76,7 +77,10 @@ fn command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
 /// The number after `key ` in `text` (`key 123` or `key 123 B`).
 fn figure(text: &str, key: &str) -> Option<u64> {
     let at = text.find(&format!("{key} "))? + key.len() + 1;
-    let digits: String = text[at..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     digits.parse::<f64>().ok().map(|f| f as u64)
 }
 
@@ -87,8 +91,10 @@ fn parse(stdout: &str, stderr: &str) -> Run {
         .and_then(|s| s.trim().parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no time in {stdout:?}"));
     Run {
-        minflt: figure(stdout, "thread_minflt").unwrap_or_else(|| panic!("no faults in {stdout:?}")),
-        process_minflt: figure(stdout, "grown minflt").unwrap_or_else(|| panic!("no faults in {stdout:?}")),
+        minflt: figure(stdout, "thread_minflt")
+            .unwrap_or_else(|| panic!("no faults in {stdout:?}")),
+        process_minflt: figure(stdout, "grown minflt")
+            .unwrap_or_else(|| panic!("no faults in {stdout:?}")),
         ms,
         reserved: figure(stderr, "reserved").unwrap_or(0),
         reserve_used: figure(stderr, "reserve_used").unwrap_or(0),
@@ -124,9 +130,15 @@ fn the_second_run_faults_90_percent_less_and_is_not_slower() {
     let first = profiled(dir.path(), "w");
     assert_eq!(first.reserved, 0, "nothing recorded yet: {}", first.stderr);
     assert!(first.peak >= 300 * MIB, "peak recorded: {first:?}");
-    assert!(first.reserve_miss >= 300 * MIB, "the whole use missed: {first:?}");
+    assert!(
+        first.reserve_miss >= 300 * MIB,
+        "the whole use missed: {first:?}"
+    );
     let second = profiled(dir.path(), "w");
-    assert!(second.reserved >= first.peak, "reserves the recorded peak: {second:?}");
+    assert!(
+        second.reserved >= first.peak,
+        "reserves the recorded peak: {second:?}"
+    );
     assert!(
         second.minflt * 10 <= first.minflt,
         "minor faults {} then {}: not 90% fewer",
@@ -149,7 +161,10 @@ fn the_second_run_faults_90_percent_less_and_is_not_slower() {
         reserved.push(profiled(dir.path(), "w").ms);
     }
     let (p, r) = (median(plain.clone()), median(reserved.clone()));
-    assert!(r <= p * 1.10, "reserved runs slower: {reserved:?} ms against {plain:?} ms");
+    assert!(
+        r <= p * 1.10,
+        "reserved runs slower: {reserved:?} ms against {plain:?} ms"
+    );
 }
 
 #[test]
@@ -181,17 +196,44 @@ fn no_reservation_beyond_the_cap() {
     profiled(dir.path(), "w");
     let capped = run(
         dir.path(),
-        &[("TIERMALLOC_PROFILE", "w"), ("TIERMALLOC_PROFILE_MAX", "100M"), ("TIERMALLOC_VERBOSE", "1")],
+        &[
+            ("TIERMALLOC_PROFILE", "w"),
+            ("TIERMALLOC_PROFILE_MAX", "100M"),
+            ("TIERMALLOC_VERBOSE", "1"),
+        ],
     );
-    assert!(capped.reserved > 0 && capped.reserved <= 100 * MIB, "{capped:?}");
-    assert!(capped.stderr.contains("capped by TIERMALLOC_PROFILE_MAX"), "{}", capped.stderr);
+    assert!(
+        capped.reserved > 0 && capped.reserved <= 100 * MIB,
+        "{capped:?}"
+    );
+    assert!(
+        capped.stderr.contains("capped by TIERMALLOC_PROFILE_MAX"),
+        "{}",
+        capped.stderr
+    );
     // What the cap left out is grown on demand, and counted as missed.
     assert!(capped.reserve_miss >= 190 * MIB, "{capped:?}");
-    let bad = run(dir.path(), &[("TIERMALLOC_PROFILE", "w"), ("TIERMALLOC_PROFILE_MAX", "lots")]);
+    let bad = run(
+        dir.path(),
+        &[
+            ("TIERMALLOC_PROFILE", "w"),
+            ("TIERMALLOC_PROFILE_MAX", "lots"),
+        ],
+    );
     assert_eq!(bad.reserved, 0);
-    assert!(bad.stderr.contains("TIERMALLOC_PROFILE_MAX=lots: not a size"), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("TIERMALLOC_PROFILE_MAX=lots: not a size"),
+        "{}",
+        bad.stderr
+    );
     let bad = run(dir.path(), &[("TIERMALLOC_PROFILE", "../w")]);
-    assert!(bad.stderr.contains("TIERMALLOC_PROFILE=../w: a profile name is"), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("TIERMALLOC_PROFILE=../w: a profile name is"),
+        "{}",
+        bad.stderr
+    );
 }
 
 /// Starts a profiled workload that grows and then waits; returns it once grown.
@@ -203,7 +245,9 @@ fn start_peer(dir: &Path, name: &str) -> std::process::Child {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.starts_with("grown"), "peer said {line:?}");
     child
 }
@@ -215,7 +259,11 @@ fn live_peers_come_first_and_dead_peers_are_ignored() {
     // A live peer of the name, no history: its peak is the estimate.
     let mut peer = start_peer(dir.path(), "p");
     let with_peer = run(dir.path(), &verbose);
-    assert!(with_peer.stderr.contains("from the peak of 1 live peer(s)"), "{}", with_peer.stderr);
+    assert!(
+        with_peer.stderr.contains("from the peak of 1 live peer(s)"),
+        "{}",
+        with_peer.stderr
+    );
     assert!(with_peer.reserved >= 300 * MIB, "{with_peer:?}");
     peer.stdin.take().unwrap().write_all(b"\n").unwrap();
     assert!(peer.wait().unwrap().success());
@@ -225,13 +273,32 @@ fn live_peers_come_first_and_dead_peers_are_ignored() {
     dead.kill().unwrap();
     dead.wait().unwrap();
     let records = |d: &Path| {
-        std::fs::read_dir(d).unwrap().filter(|e| {
-            e.as_ref().unwrap().file_name().to_string_lossy().starts_with("p.live.")
-        }).count()
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("p.live.")
+            })
+            .count()
     };
-    assert_eq!(records(other.path()), 1, "the killed peer's record is there");
+    assert_eq!(
+        records(other.path()),
+        1,
+        "the killed peer's record is there"
+    );
     let after = run(other.path(), &verbose);
-    assert_eq!(after.reserved, 0, "a dead peer's record was used: {}", after.stderr);
-    assert!(after.stderr.contains("from nothing recorded yet"), "{}", after.stderr);
+    assert_eq!(
+        after.reserved, 0,
+        "a dead peer's record was used: {}",
+        after.stderr
+    );
+    assert!(
+        after.stderr.contains("from nothing recorded yet"),
+        "{}",
+        after.stderr
+    );
     assert_eq!(records(other.path()), 0, "the dead record was removed");
 }

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod capi;
 pub mod capi_evacuate;
+pub mod capi_nodes;
 pub mod capi_pool;
 pub mod global_alloc;
 #[cfg(feature = "override")]

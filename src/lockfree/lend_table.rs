@@ -64,8 +64,7 @@ impl<'a> LendTable<'a> {
             if got == n {
                 break;
             }
-            if w
-                .compare_exchange(0, word(me, me, true), Ordering::AcqRel, Ordering::Relaxed)
+            if w.compare_exchange(0, word(me, me, true), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 got += 1;
@@ -78,8 +77,13 @@ impl<'a> LendTable<'a> {
     pub fn take_own(&self, me: u64) -> Option<usize> {
         let idle = word(me, me, true);
         self.words.iter().position(|w| {
-            w.compare_exchange(idle, word(me, me, false), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+            w.compare_exchange(
+                idle,
+                word(me, me, false),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
         })
     }
 
@@ -102,7 +106,12 @@ impl<'a> LendTable<'a> {
             let (_, i, v) = best?;
             let (owner, _, _) = parts(v);
             if self.words[i]
-                .compare_exchange(v, word(owner, me, false), Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    v,
+                    word(owner, me, false),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
                 return Some(i);
@@ -141,7 +150,11 @@ impl<'a> LendTable<'a> {
             if v == 0 || holder != me {
                 continue;
             }
-            let next = if owner == me { 0 } else { word(owner, owner, true) };
+            let next = if owner == me {
+                0
+            } else {
+                word(owner, owner, true)
+            };
             let _ = w.compare_exchange(v, next, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
@@ -162,7 +175,9 @@ impl<'a> LendTable<'a> {
                 (true, _) if holder != owner && !live(holder) => word(owner, owner, true),
                 _ => continue,
             };
-            if w.compare_exchange(v, next, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if w.compare_exchange(v, next, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 n += 1;
             }
         }
@@ -219,9 +234,29 @@ mod tests {
         assert_eq!(t.take_own(a), None);
         let rank = |owner| if owner == c { 0 } else { 1 };
         let i = t.borrow(a, rank).unwrap();
-        assert_eq!(parts(words[i].load(Ordering::Relaxed)).0, c, "same host first");
-        assert_eq!(t.account(a), Account { share: 2, in_use: 3, lent: 0, borrowed: 1 });
-        assert_eq!(t.account(c), Account { share: 2, in_use: 0, lent: 1, borrowed: 0 });
+        assert_eq!(
+            parts(words[i].load(Ordering::Relaxed)).0,
+            c,
+            "same host first"
+        );
+        assert_eq!(
+            t.account(a),
+            Account {
+                share: 2,
+                in_use: 3,
+                lent: 0,
+                borrowed: 1
+            }
+        );
+        assert_eq!(
+            t.account(c),
+            Account {
+                share: 2,
+                in_use: 0,
+                lent: 1,
+                borrowed: 0
+            }
+        );
         // Saturation: B and C busy, nothing left to lend.
         t.borrow(a, rank).unwrap();
         t.take_own(b).unwrap();
@@ -234,7 +269,15 @@ mod tests {
         // A dies holding C's other extent: it goes back to C; A's own go to the pool.
         let reclaimed = t.reclaim(|tag| tag != a);
         assert_eq!(reclaimed, 3);
-        assert_eq!(t.account(c), Account { share: 2, in_use: 0, lent: 0, borrowed: 0 });
+        assert_eq!(
+            t.account(c),
+            Account {
+                share: 2,
+                in_use: 0,
+                lent: 0,
+                borrowed: 0
+            }
+        );
         assert_eq!(t.account(a), Account::default());
         assert_eq!(t.grant(4, 9), 2, "A's share is the pool's again");
     }
@@ -295,7 +338,11 @@ mod loom_tests {
                 let w = words.clone();
                 loom::thread::spawn(move || {
                     let t = LendTable { words: &w[..] };
-                    if me == 1 { t.take_own(1).is_some() } else { t.borrow(me, |_| 0).is_some() }
+                    if me == 1 {
+                        t.take_own(1).is_some()
+                    } else {
+                        t.borrow(me, |_| 0).is_some()
+                    }
                 })
             };
             let (a, b) = (spawn(2), spawn(3));

@@ -28,6 +28,7 @@ mod directory;
 mod extents;
 mod layout;
 mod map;
+mod nodes;
 pub(crate) mod registry;
 mod spaces;
 mod spec;
@@ -35,6 +36,7 @@ pub mod testing;
 mod txn;
 
 pub use api::{MapMode, Space, SpaceMap, SpaceState};
+pub use nodes::NodeInfo;
 pub use spec::PoolSpec;
 
 use crate::os;
