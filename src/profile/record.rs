@@ -199,10 +199,9 @@ impl Live {
         unsafe { self.words.add(LIVE_PEAK) }
     }
 
-    /// Unmaps and removes the record (the process is finishing).
+    /// Removes the record's file (the process is finishing). The mapping stays for the rest
+    /// of the process: a thread still allocating may be storing a peak into it.
     pub(crate) fn remove(self) {
-        // SAFETY: our mapping; `reserve::stop_live` ran, so no one stores into it any more.
-        unsafe { libc::munmap(self.words.cast(), LIVE_BYTES) };
         let _ = std::fs::remove_file(&self.path);
     }
 }

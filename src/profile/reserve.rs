@@ -55,7 +55,7 @@ pub(crate) fn start_profiling(live_peak: *mut AtomicU64) {
     publish_peak(PEAK.load(Ordering::Relaxed));
 }
 
-/// Stops writing the live record (before it is unmapped).
+/// Stops writing the live record (its file is being removed).
 pub(crate) fn stop_live() {
     LIVE_PEAK.store(core::ptr::null_mut(), Ordering::Release);
 }
@@ -225,7 +225,7 @@ pub(crate) fn observe(held: u64) {
 fn publish_peak(peak: u64) {
     let word = LIVE_PEAK.load(Ordering::Acquire);
     if !word.is_null() {
-        // SAFETY: the live record stays mapped while LIVE_PEAK points into it.
+        // SAFETY: the live record, once mapped, stays mapped for the process's life.
         unsafe { (*word).fetch_max(peak, Ordering::Relaxed) };
     }
 }
