@@ -23,8 +23,15 @@ extern "C" fn at_exit() {
 
 #[used]
 #[link_section = ".init_array"]
-static AT_START: extern "C" fn() = at_start;
+pub(crate) static AT_START: extern "C" fn() = at_start;
 
 #[used]
 #[link_section = ".fini_array"]
-static AT_EXIT: extern "C" fn() = at_exit;
+pub(crate) static AT_EXIT: extern "C" fn() = at_exit;
+
+/// A static link (`libtiermalloc.a`) takes from the archive only the objects a program refers
+/// to, and nothing refers to the two entries above: without this, a statically linked program
+/// never opened its tiers. The C entry points (`capi`, `override_libc`) each keep this
+/// reference, so the hooks come with them.
+pub(crate) type Hooks = [&'static extern "C" fn(); 2];
+pub(crate) const HOOKS: Hooks = [&AT_START, &AT_EXIT];
