@@ -187,7 +187,9 @@ impl Page {
         }
     }
 
-    /// Pops a block from `free`, or null.
+    /// Pops a block from `free`, or null: the fast path, which trusts the link (it is
+    /// checked where a list is taken on the slow path, `pop_checked`, and on every pop under
+    /// `TIERMALLOC_SECURE=1`, whose heaps never let the fast path reach a page).
     #[inline(always)]
     pub fn pop(&mut self) -> *mut u8 {
         let block = self.free;
@@ -196,11 +198,6 @@ impl Page {
         }
         // SAFETY: blocks on `free` are ours and hold a link.
         let next = guard::decode(unsafe { (*block).link }, self.key);
-        if !guard::plausible(next, block as usize) {
-            // Corrupted: the slow path, which finds the page still holding blocks, reports it
-            // (`pop_checked`). No call here keeps the fast path free of register saves.
-            return ptr::null_mut();
-        }
         self.free = next as *mut Block;
         self.used += 1;
         // A block handed out carries no free mark (`suspect`).
@@ -209,14 +206,20 @@ impl Page {
         block.cast()
     }
 
-    /// `pop` for the slow path: a null from `pop` while `free` is not empty means the head's
-    /// link was overwritten, which is reported here.
+    /// `pop` for the slow path: the head's link must be null or a carved block start of this
+    /// page (which also keeps every later pop inside the page); an overwritten link is
+    /// reported here.
     pub fn pop_checked(&mut self) -> *mut u8 {
-        let p = self.pop();
-        if p.is_null() && !self.free.is_null() {
-            return self.pop_corrupted(self.free);
+        let block = self.free;
+        if block.is_null() {
+            return ptr::null_mut();
         }
-        p
+        // SAFETY: blocks on `free` are ours and hold a link.
+        let next = guard::decode(unsafe { (*block).link }, self.key);
+        if next != 0 && !self.is_block_start(next as *mut u8) {
+            return self.pop_corrupted(block);
+        }
+        self.pop()
     }
 
     /// The head `block`'s link was overwritten: reported; if the program goes on
