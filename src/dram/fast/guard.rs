@@ -9,8 +9,9 @@
 //!   random address, rejected unless it falls in the segment (a chance of about 2^-25).
 //! - **Double free** (glibc's tcache key): a free block's second word holds its page's
 //!   descriptor address (`Block::tag`), which `pop` clears. `free` of a block whose second word
-//!   is that address walks the page's lists (`is_on_lists`) and reports it if found there;
-//!   program data equal to an address inside our segment header costs one walk and passes.
+//!   is that address walks the page's lists (`is_on_lists`, which reads only carved block
+//!   starts of the page) and reports it if found there; program data equal to an address
+//!   inside our segment header costs one walk and passes.
 //! - **Block start**: a page's blocks sit at multiples of `block_size` from its start; `free`
 //!   tests the offset with one multiplication and one comparison (`is_block_offset`, after
 //!   Lemire's divisibility test), which also bounds it by the page's block count. A slice that
@@ -137,33 +138,34 @@ pub fn is_block_offset(magic: u64, limit: u64, offset: usize) -> bool {
 }
 
 /// Whether block `p` is on one of the lists that start at `first_local` and `first_remote`
-/// (both decoded with `decode`), looking at no more than `limit` links in all. A link that is
-/// not plausible ends a walk: this runs on a double-free suspicion and must itself never
-/// leave the segment.
+/// (both decoded with `decode`), looking at no more than `limit` links in all. This runs on a
+/// double-free suspicion, possibly in a thread that does not own the lists while their owner
+/// changes them: a block popped meanwhile holds program data where its link was. So every
+/// address is tested with `is_block` (a carved block start of the page) before it is read, and
+/// one that fails ends the walk: the walk never reads outside the page's carved blocks, which
+/// stay mapped while the page holds a live block (a plausible address elsewhere in the segment
+/// may be a `PROT_NONE` slice).
 ///
 /// # Safety
-/// Every plausible link must point into a mapped segment (the page's own).
+/// Every address `is_block` accepts must be readable for the whole walk.
 pub unsafe fn is_on_lists(
     p: usize,
     first_local: usize,
     first_remote: usize,
     key: usize,
     limit: u32,
+    is_block: impl Fn(usize) -> bool,
 ) -> bool {
     let mut steps = 0u32;
     for first in [first_local, first_remote] {
         let mut b = first;
-        while b != 0 && steps <= limit {
+        while b != 0 && steps <= limit && is_block(b) {
             if b == p {
                 return true;
             }
-            // SAFETY: `b` is the head or a plausible link, inside the segment (contract).
+            // SAFETY: `b` passed `is_block` (contract).
             let word = unsafe { (b as *const usize).read_volatile() };
-            let next = decode(word, key);
-            if !plausible(next, b) {
-                break;
-            }
-            b = next;
+            b = decode(word, key);
             steps += 1;
         }
     }
@@ -189,6 +191,45 @@ mod tests {
             }
         }
         assert!(!is_block_offset(123, 0, 0), "a zero limit (a page not in use) accepts nothing");
+    }
+
+    /// A walk racing the owner meets a popped block whose link word is program data; data
+    /// that decodes into an unmapped part of the segment must end the walk, not fault.
+    #[test]
+    fn a_walk_never_reads_outside_the_carved_blocks() {
+        init_key();
+        let key = process_key();
+        // SAFETY: a private anonymous mapping of 8 MiB, of which one 4 MiB-aligned chunk is
+        // used; its second MiB is made PROT_NONE; unmapped at the end.
+        unsafe {
+            let len = 2 * CHUNK_SIZE;
+            let map = libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            let chunk = (map as usize + CHUNK_SIZE - 1) & !(CHUNK_SIZE - 1);
+            let hole = chunk + (1 << 20);
+            assert_eq!(libc::mprotect(hole as *mut _, 1 << 20, libc::PROT_NONE), 0);
+            let (d, blocks) = (64u32, 16u32);
+            let (magic, limit) = (divisor_magic(d), block_limit(d, blocks));
+            let is_block = |b: usize| is_block_offset(magic, limit, b.wrapping_sub(chunk));
+            let block = |i: usize| chunk + i * d as usize;
+            // Block 0 links to block 1, whose link word holds program data decoding into the
+            // hole: an address in the same segment, which the old plausibility test accepted.
+            *(block(0) as *mut usize) = encode(block(1), key);
+            *(block(1) as *mut usize) = encode(hole + 64, key);
+            assert!(plausible(hole + 64, block(1)), "the data is what a segment test accepts");
+            assert!(!is_on_lists(block(5), block(0), 0, key, blocks, is_block));
+            assert!(is_on_lists(block(1), block(0), 0, key, blocks, is_block));
+            // A head that is not a block start is not followed either.
+            assert!(!is_on_lists(block(5), hole, 0, key, blocks, is_block));
+            libc::munmap(map, len);
+        }
     }
 
     #[test]

@@ -171,18 +171,33 @@ impl Page {
     }
 
     /// Whether block `p` of this page is on its free or remote list (a suspected double free,
-    /// see `guard`). Exact for the owner's thread; another thread reads the lists racily,
-    /// which may miss a block being moved but never leaves the segment.
+    /// see `guard`). Exact for the owner's thread. Another thread reads the lists while the
+    /// owner changes them, which may miss a block being moved; it reads only carved block
+    /// starts of this page (`guard::is_on_lists`), mapped as long as the page is in use, which
+    /// it is while `p` is live, i.e. in every correct program.
     pub fn holds_free(&self, p: *mut u8) -> bool {
-        // SAFETY: the lists' blocks lie in this page's segment, which is mapped while the page
-        // holds `p`; a link that is not plausible ends the walk.
+        let this: *const Page = self;
+        // SAFETY: plain reads of this descriptor, which the owner may be writing: a torn or
+        // stale value only ends the walk sooner (every address is tested before it is read).
+        let (start, magic, block_limit, free) = unsafe {
+            (
+                ptr::addr_of!((*this).start).read_volatile() as usize,
+                ptr::addr_of!((*this).div_magic).read_volatile(),
+                ptr::addr_of!((*this).block_limit).read_volatile(),
+                ptr::addr_of!((*this).free).read_volatile() as usize,
+            )
+        };
+        let is_block = |b: usize| guard::is_block_offset(magic, block_limit, b.wrapping_sub(start));
+        // SAFETY: addresses that pass `is_block` are carved blocks of this page, mapped while
+        // the page holds `p` (contract of `is_on_lists`).
         unsafe {
             guard::is_on_lists(
                 p as usize,
-                self.free as usize,
+                free,
                 self.remote.first::<Block>() as usize,
                 self.key,
                 self.reserved,
+                is_block,
             )
         }
     }
