@@ -176,8 +176,8 @@ unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
             }
         }
     } else {
-        // SAFETY: forwarded.
-        unsafe { free_remote(page, owner, p) }
+        // SAFETY: forwarded; `owner_heap` drops the secure level's tag.
+        unsafe { free_remote(page, (*segment).owner_heap() as *mut heap::Heap, p) }
     }
 }
 

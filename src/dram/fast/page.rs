@@ -14,7 +14,8 @@ use crate::os::PAGE_SIZE;
 use core::ptr;
 
 /// A free block (every class holds at least these 16 bytes): its first word links to the next
-/// free block, encoded (`guard::encode`); its second word is its page's descriptor address,
+/// free block, encoded (`guard::encode`) under `TIERMALLOC_SECURE=1`, as it is otherwise (the
+/// key is 0); its second word is its page's descriptor address,
 /// the mark `free` tests to suspect a double free, cleared when the block is handed out.
 #[repr(C)]
 pub struct Block {
@@ -211,9 +212,9 @@ impl Page {
         if block.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: blocks on `free` are ours and hold a link.
-        let next = guard::decode(unsafe { (*block).link }, self.key);
-        self.free = next as *mut Block;
+        // SAFETY: blocks on `free` are ours and hold a link, stored as it is: the key is 0
+        // outside `TIERMALLOC_SECURE=1`, and under it no fast path reaches a page.
+        self.free = unsafe { (*block).link } as *mut Block;
         self.used += 1;
         // A block handed out carries no free mark (`suspect`).
         // SAFETY: the block is ours until returned.
@@ -234,7 +235,11 @@ impl Page {
         if next != 0 && !self.is_block_start(next as *mut u8) {
             return self.pop_corrupted(block);
         }
-        self.pop()
+        self.free = next as *mut Block;
+        self.used += 1;
+        // SAFETY: the block is ours until returned.
+        unsafe { (*block).tag = 0 };
+        block.cast()
     }
 
     /// The head `block`'s link was overwritten: reported; if the program goes on
@@ -265,7 +270,9 @@ impl Page {
         let block = p.cast::<Block>();
         // SAFETY: the block is dead and at least 16 bytes.
         unsafe {
-            (*block).link = guard::encode(self.free as usize, self.key);
+            // Stored as it is: the owner's thread frees here only outside
+            // `TIERMALLOC_SECURE=1`, whose key is 0 (see `Segment::owner`).
+            (*block).link = self.free as usize;
             (*block).tag = self as *const Page as usize;
         }
         self.free = block;
@@ -383,7 +390,7 @@ impl Page {
             // SAFETY: taken blocks are ours; each link was written before its push.
             unsafe {
                 let next = Block::next(list);
-                if !guard::plausible(next as usize, list as usize) {
+                if !next.is_null() && !self.is_block_start(next.cast()) {
                     crate::misuse::report(
                         "free",
                         list.cast(),
