@@ -2,7 +2,7 @@
 //! fixed-size tables, once, on first use.
 //!
 //! `TIERMALLOC_TIERS` lists tiers in fallback order, `;`-separated, each `KIND[:key=value,...]`
-//! with KIND one of `dram cxl cmb pmr` and keys `path size offset create numa limit fit`.
+//! with KIND one of `dram cxl cmb pmr` and keys `path size offset create numa limit fit spare`.
 //! `TIERMALLOC_PLACE` lists size rules `KIND:min=SIZE[,max=SIZE]`. A bad entry is reported in
 //! one line on stderr naming it, and skipped; the rest still applies.
 
@@ -63,6 +63,9 @@ pub struct TierSpec {
     pub numa: Option<u32>,
     pub limit: Option<u64>,
     pub fit: Fit,
+    /// `spare=PATH`: where `tm_evacuate(kind, NULL)` moves the tier (opened only then).
+    spare: [u8; MAX_PATH],
+    spare_len: usize,
     /// The path named `%p`: a file of this process alone, removed at its exit unless `keep`.
     pub per_process: bool,
     /// `keep`: a `%p` file stays after the process exits.
@@ -81,9 +84,27 @@ impl TierSpec {
             numa: None,
             limit: None,
             fit: Fit::Best,
+            spare: [0; MAX_PATH],
+            spare_len: 0,
             per_process: false,
             keep: false,
         }
+    }
+
+    /// The spec of an evacuation target: `path` (its `%p` expanded) mapped from offset 0 for
+    /// `size` bytes, created or extended if a regular file. `None` if the path is too long.
+    pub fn target(kind: Kind, path: &[u8], size: u64) -> Option<TierSpec> {
+        let mut spec = TierSpec::new(kind);
+        spec.path_len = expand_path(path, &mut spec.path).filter(|&n| n > 0)?;
+        spec.size = Some(size);
+        spec.create = true;
+        Some(spec)
+    }
+
+    /// The `spare=` path as a C string.
+    pub fn spare_cstr(&self) -> Option<&core::ffi::CStr> {
+        let with_nul = &self.spare[..self.spare_len + 1];
+        (self.spare_len > 0).then(|| core::ffi::CStr::from_bytes_with_nul(with_nul).ok())?
     }
 
     pub fn path(&self) -> Option<&[u8]> {
@@ -219,6 +240,11 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
                     .ok_or("path= needs a file name shorter than 256 bytes")?;
             }
             (b"path", _) => return Err("path= needs a file name shorter than 256 bytes"),
+            (b"spare", Some(v)) if !v.is_empty() => {
+                spec.spare_len = expand_path(v, &mut spec.spare)
+                    .ok_or("spare= needs a file name shorter than 256 bytes")?;
+            }
+            (b"spare", _) => return Err("spare= needs a file name shorter than 256 bytes"),
             (b"size", Some(v)) => spec.size = Some(parse_size(v).ok_or("bad size= value")?),
             (b"offset", Some(v)) => spec.offset = parse_size(v).ok_or("bad offset= value")?,
             (b"limit", Some(v)) => spec.limit = Some(parse_size(v).ok_or("bad limit= value")?),
@@ -232,7 +258,7 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
             (b"fit", Some(b"worst")) => spec.fit = Fit::Worst,
             (b"fit", _) => return Err("fit= must be best or worst"),
             _ => return Err(
-                "unknown key (expected path, size, offset, create, keep, numa, limit, fit)",
+                "unknown key (expected path, size, offset, create, keep, numa, limit, fit, spare)",
             ),
         }
     }
@@ -241,8 +267,8 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
 }
 
 /// The keys of a tier entry, in the order of `parse_tier`'s bit set of keys seen.
-const KEYS: [&[u8]; 8] = [
-    b"path", b"size", b"offset", b"create", b"numa", b"limit", b"fit", b"keep",
+const KEYS: [&[u8]; 9] = [
+    b"path", b"size", b"offset", b"create", b"numa", b"limit", b"fit", b"keep", b"spare",
 ];
 
 /// The most bytes a tier can span: the user address space.
@@ -490,6 +516,7 @@ mod tests {
             )
         );
         assert_eq!(c.tiers()[2].numa, Some(1));
+        assert_eq!(pmr.spare_cstr(), None);
         assert_eq!(
             c.rules(),
             &[PlaceRule {
@@ -536,6 +563,31 @@ mod tests {
         // The one left of the overlapping pair and the one after it, which does not overlap.
         assert_eq!(c.tier_count, 2);
         assert_eq!((c.tiers()[1].kind, c.tiers()[1].offset), (Kind::Pmr, 8 << 20));
+    }
+
+    #[test]
+    fn spare_names_the_evacuation_target() {
+        let mut r = Collect::default();
+        let c = parse(
+            Some(b"cxl:path=/dev/shm/a,size=4M,create,spare=/dev/shm/b-%p;pmr:spare="),
+            None,
+            None,
+            None,
+            &mut r,
+        );
+        let spare = format!("/dev/shm/b-{}", std::process::id());
+        assert_eq!(
+            c.tiers()[0].spare_cstr().unwrap().to_bytes(),
+            spare.as_bytes()
+        );
+        assert_eq!(c.tier_count, 1);
+        assert!(r.0[0].contains("spare="), "{:?}", r.0);
+        let target = TierSpec::target(Kind::Cxl, b"/dev/shm/t", 4096).unwrap();
+        assert_eq!(
+            (target.path(), target.size, target.create, target.offset),
+            (Some(&b"/dev/shm/t"[..]), Some(4096), true, 0)
+        );
+        assert!(TierSpec::target(Kind::Cxl, b"", 4096).is_none());
     }
 
     #[test]

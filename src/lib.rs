@@ -11,11 +11,12 @@
 //! | placement | `place` (which tier serves a request, spilling) |
 //! | the tier interface | `tier` (`Tier`, the tiers by kind, dispatch of a pointer to its tier) |
 //! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
-//! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`) |
+//! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`, `evacuate/`) |
+//! | shared pool | `pool` (named spaces on a device shared by processes and hosts; its C functions in `front::capi_pool`) |
 //! | foundations | `pagemap`, `backend` (with `device_space`, `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `sync`, `lockfree` |
 //!
-//! Room is left by name for `device/persist` (persistent tiers), `device/evacuate` (live
-//! evacuation) and `pool/` (a device shared by processes: named spaces, lending).
+//! Room is left by name for `device/persist` (persistent tiers) and `pool/` (a device shared
+//! by processes: named spaces, lending).
 //!
 //! Only `sync` and `lockfree` are built under `--cfg loom`, where their models run; everything
 //! else needs `const` statics, mmap and thread-local storage, which loom cannot model.
@@ -49,12 +50,18 @@ not_under_loom! {
     mod os;
     mod pagemap;
     mod place;
+    pub mod pool;
     mod stats;
     mod thread_slot;
     mod tier;
 
-    pub use front::api::{kind_of, print_stats, stats, Fit, Kind, Tier, TierError, TierStats};
+    pub use front::api::{
+        evacuate, kind_of, print_stats, stats, EvacuateError, Evacuation, Fit, Kind, Tier,
+        TierError, TierStats,
+    };
     pub use front::capi;
+    pub use front::capi_evacuate;
+    pub use front::capi_pool;
     pub use front::global_alloc::TierMalloc;
 }
 

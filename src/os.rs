@@ -224,6 +224,24 @@ pub fn environ_ready() -> bool {
     !unsafe { ptr::addr_of!(environ).read() }.is_null()
 }
 
+/// Appends `": <strerror(errno)>"` to `line` (`": errno N"` if the text cannot be had);
+/// nothing for `errno == 0`.
+pub fn write_errno_text(line: &mut impl core::fmt::Write, errno: i32) {
+    if errno == 0 {
+        return;
+    }
+    let mut buf = [0u8; 128];
+    // SAFETY: strerror_r writes a NUL-terminated message into our buffer.
+    let rc = unsafe { libc::strerror_r(errno, buf.as_mut_ptr().cast(), buf.len()) };
+    let text = core::ffi::CStr::from_bytes_until_nul(&buf)
+        .ok()
+        .and_then(|c| c.to_str().ok());
+    let _ = match text {
+        Some(text) if rc == 0 => write!(line, ": {text}"),
+        _ => write!(line, ": errno {errno}"),
+    };
+}
+
 /// A fixed-capacity line buffer that implements `core::fmt::Write` without allocating, for
 /// diagnostics and the statistics report. Output past the capacity is dropped.
 pub struct LineBuf {

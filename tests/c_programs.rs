@@ -246,6 +246,7 @@ c_tests! {
     usable_size,
     tm_api,
     device_tiers,
+    evacuate,
     fork_stdio,
     fork_signal,
     thread_churn,
@@ -260,6 +261,7 @@ c_tests! {
     malloc_introspection,
     tier_files,
     secure_mode,
+    pool_spaces,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

@@ -1,4 +1,5 @@
-//! The entry points: the C interface (`capi`, `tm_*`), the unprefixed malloc family
+//! The entry points: the C interface (`capi`, `tm_*`; `capi_evacuate`, `tm_evacuate`;
+//! `capi_pool`, `tm_space_*` of the shared pool), the unprefixed malloc family
 //! (`override_libc`), the Rust global allocator (`global_alloc`), the Rust API (`api`), the
 //! process start and exit hooks (`runtime`), the statistics report (`report`) and glibc's
 //! introspection names (`malloc_info`: `mallinfo2`, `malloc_stats`, ...).
@@ -9,6 +10,8 @@
 
 pub mod api;
 pub mod capi;
+pub mod capi_evacuate;
+pub mod capi_pool;
 pub mod global_alloc;
 #[cfg(feature = "override")]
 mod malloc_info;
