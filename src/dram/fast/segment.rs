@@ -35,7 +35,11 @@ const ALL_BLOCK_SLICES: u64 = !1;
 /// (except for the heap's cached empty segment, which is on no list).
 #[repr(C)]
 pub struct Segment {
-    /// The address of the thread heap (`heap::Heap`) that owns the segment.
+    /// The address of the thread heap (`heap::Heap`) that owns the segment, plus 1 under
+    /// `TIERMALLOC_SECURE=1`: then no thread's `free` matches it, so every free takes the
+    /// remote path, whose links are encoded with the process key and tested by the owner
+    /// when it collects them, and the owner's unencoded local push is never used (`owner()`
+    /// gives the heap).
     pub owner: usize,
     /// For each slice, the descriptor of the page covering it (the empty page if none, which
     /// `Page::suspect` rejects): `free` finds a block's page with one load.
@@ -72,6 +76,12 @@ fn find_run(mask: u64, n: usize) -> Option<usize> {
 }
 
 impl Segment {
+    /// The heap that owns the segment (`owner` without the secure level's tag).
+    #[inline(always)]
+    pub fn owner_heap(&self) -> usize {
+        self.owner & !1
+    }
+
     /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
     /// memory.
     pub fn create(owner: usize) -> Option<*mut Segment> {
@@ -90,7 +100,7 @@ impl Segment {
         // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
         // `Page` is an unused descriptor.
         unsafe {
-            (*segment).owner = owner;
+            (*segment).owner = owner | usize::from(crate::dram::fast::guard::secure());
             (*segment).free_slices = ALL_BLOCK_SLICES;
             (*segment).page_of_slice = [Page::empty_page(); SLICES];
             (*segment).open_slices = if closed { 0 } else { u64::MAX };
