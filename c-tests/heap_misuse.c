@@ -6,10 +6,10 @@
  *    by the owner, the second remote: OpenBSD's malloc_threaderr);
  *  - a free of a pointer inside a block (small, large, aligned), of the stack, of static data,
  *    of the program's own mmap, of an unmapped far address (mimalloc-bench's invalid_free*);
- *  - a freed block written to, then two mallocs of its class: the corrupted link is caught
- *    (glibc's tst-safe-linking, tst-tcfree*), whatever the bytes written;
  *  - realloc of a freed block and of an interior pointer;
  *  - free_sized with a size the block cannot have been allocated with; correct sizes pass.
+ * A freed block's overwritten link is caught under TIERMALLOC_SECURE=1 only (secure_mode.c):
+ * the default fast path follows links unchecked, for its cost (BENCHMARKS.md, "Hardening").
  * Then, re-executed with TIERMALLOC_ON_ERROR=ignore: each misuse prints one line and the
  * program goes on with a consistent heap: no block is ever handed out twice (before the
  * checks, a double free made every later malloc(64) return the same pointer).
@@ -84,24 +84,6 @@ static void free_own_mmap(void *arg)
 static void free_far(void *arg)
 {
     free(arg);
-}
-
-struct corrupt {
-    size_t size;
-    int byte;
-};
-
-static void corrupt_then_malloc(void *arg)
-{
-    struct corrupt *c = arg;
-    char *a = malloc(c->size), *b = malloc(c->size), *d = malloc(c->size);
-    free(a);
-    free(b);
-    free(d);
-    memset(d, c->byte, c->size); /* a use after free over the most recently freed block */
-    void *x = malloc(c->size);
-    void *y = malloc(c->size);
-    printf("%p %p\n", x, y);
 }
 
 static void realloc_freed(void *arg)
@@ -217,15 +199,6 @@ int main(int argc, char **argv)
     void *far[] = {(void *)0x12345670, (void *)0x7ffffff0000, (void *)(uintptr_t)0x5555deadbee0ULL};
     for (size_t i = 0; i < sizeof far / sizeof far[0]; i++)
         EXPECT_ABORT(free_far, far[i], "not allocated by tiermalloc", far[i]);
-
-    /* tst-safe-linking's idea: whatever byte overwrites a freed block, the link is caught. */
-    static const size_t csizes[] = {16, 48, 128, 1000, 20000};
-    static const int bytes[] = {0x00, 0x41, 0xff, 0x5a, 0x13};
-    for (size_t i = 0; i < sizeof csizes / sizeof csizes[0]; i++)
-        for (size_t j = 0; j < sizeof bytes / sizeof bytes[0]; j++) {
-            struct corrupt c = {csizes[i], bytes[j]};
-            EXPECT_ABORT(corrupt_then_malloc, &c, "corrupted free list", NULL);
-        }
 
     free_sized_fn fs = (free_sized_fn)dlsym(RTLD_DEFAULT, "free_sized");
     if (CHECK(fs != NULL, "free_sized is not exported")) {

@@ -1,7 +1,11 @@
-/* secure_mode.c — TIERMALLOC_SECURE=1 carves a page's blocks in a random order: consecutive
- * mallocs of one size are rarely neighbours (without it, a fresh page hands them out front to
- * back, which this test also checks, so that it can tell the two apart). Re-executes itself
- * with and without the variable, since the configuration is read at start.
+/* secure_mode.c — what TIERMALLOC_SECURE=1 adds to the default checks:
+ *  - a page's blocks are carved in a random order: consecutive mallocs of one size are rarely
+ *    neighbours (without it, a fresh page hands them out front to back, which this test also
+ *    checks, so that it can tell the two apart);
+ *  - a freed block's link overwritten (a use after free, glibc's tst-safe-linking idea) is
+ *    caught before it is followed, whatever the bytes written, and a double free is still
+ *    caught though every free takes the encoded (remote) path.
+ * Re-executes itself with and without the variable, since the configuration is read at start.
  */
 #include "check.h"
 
@@ -21,7 +25,49 @@ static int neighbours(void)
     return n;
 }
 
-static int run_with(const char *secure)
+struct corrupt {
+    size_t size;
+    int byte;
+};
+
+/* Frees 64 blocks, writes over the last one freed, then allocates until its link is read. */
+static void corrupt_then_malloc(void *arg)
+{
+    struct corrupt *c = arg;
+    char *p[64];
+    for (int i = 0; i < 64; i++)
+        p[i] = malloc(c->size);
+    for (int i = 0; i < 64; i++)
+        free(p[i]);
+    memset(p[63], c->byte, 16); /* a use after free over the block's link and mark */
+    for (int i = 0; i < 100000; i++)
+        if (!malloc(c->size))
+            break;
+}
+
+static void double_free(void *arg)
+{
+    char *p = malloc((size_t)arg), *q = malloc((size_t)arg);
+    free(p);
+    free(q);
+    free(p);
+}
+
+static int secure_checks(void)
+{
+    static const size_t sizes[] = {16, 48, 128, 1000, 20000};
+    static const int bytes[] = {0x00, 0x41, 0xff, 0x5a, 0x13};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        for (size_t j = 0; j < sizeof bytes / sizeof bytes[0]; j++) {
+            struct corrupt c = {sizes[i], bytes[j]};
+            EXPECT_ABORT(corrupt_then_malloc, &c, "corrupted free list", NULL);
+        }
+        EXPECT_ABORT(double_free, (void *)sizes[i], "double free", NULL);
+    }
+    return check_done();
+}
+
+static int run_with(const char *secure, const char *mode)
 {
     fflush(stdout);
     pid_t pid = fork();
@@ -30,7 +76,7 @@ static int run_with(const char *secure)
             setenv("TIERMALLOC_SECURE", secure, 1);
         else
             unsetenv("TIERMALLOC_SECURE");
-        execl("/proc/self/exe", "secure_mode", "--count", (char *)NULL);
+        execl("/proc/self/exe", "secure_mode", mode, (char *)NULL);
         _exit(255);
     }
     int st = 0;
@@ -40,10 +86,12 @@ static int run_with(const char *secure)
 
 int main(int argc, char **argv)
 {
-    (void)argv;
+    if (argc > 1 && strcmp(argv[1], "--checks") == 0)
+        return secure_checks();
     if (argc > 1)
         return neighbours();
-    int plain = run_with(NULL), secure = run_with("1");
+    int plain = run_with(NULL, "--count"), secure = run_with("1", "--count");
+    CHECK(run_with("1", "--checks") == 0, "checks of the secure level failed (see above)");
     CHECK(plain >= 150, "without TIERMALLOC_SECURE only %d of 199 were neighbours", plain);
     CHECK(secure >= 0 && secure <= 20, "with TIERMALLOC_SECURE=1 %d of 199 were neighbours", secure);
     return check_done();

@@ -80,3 +80,75 @@ extern "C" fn on_sigbus(sig: i32, info: *mut libc::siginfo_t, context: *mut libc
         f(sig);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern "C" fn plain_handler(_: i32) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(42) }
+    }
+
+    extern "C" fn siginfo_handler(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // SAFETY: the kernel's siginfo; _exit is async-signal-safe.
+        let from_fault = sig == libc::SIGBUS && unsafe { !(*info).si_addr().is_null() };
+        unsafe { libc::_exit(if from_fault { 43 } else { 1 }) }
+    }
+
+    /// A forked child installs `handler` (with `flags`), then ours over it (as a tier's
+    /// opening would), and touches a mapping of a truncated file: the exit status the
+    /// program's handler chose, if ours passed the signal on to it.
+    fn child_status(handler: usize, flags: i32) -> i32 {
+        let path = format!("/dev/shm/tiermalloc-sigbus-test-{}\0", std::process::id());
+        // SAFETY: plain libc calls on a file of our own; the child uses only async-signal-safe
+        // calls (sigaction, ftruncate, _exit) and memory mapped before the fork.
+        unsafe {
+            let fd = libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CREAT, 0o600);
+            assert!(fd >= 0);
+            assert_eq!(libc::ftruncate(fd, 4096), 0);
+            let map = libc::mmap(
+                core::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            libc::unlink(path.as_ptr().cast());
+            let pid = libc::fork();
+            if pid == 0 {
+                let mut action: libc::sigaction = core::mem::zeroed();
+                action.sa_sigaction = handler;
+                action.sa_flags = flags;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(libc::SIGBUS, &action, core::ptr::null_mut());
+                INSTALLED.store(false, Ordering::Relaxed);
+                install();
+                libc::ftruncate(fd, 0);
+                core::ptr::write_volatile(map.cast::<u8>(), 1);
+                libc::_exit(0);
+            }
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+            libc::munmap(map, 4096);
+            libc::close(fd);
+            status
+        }
+    }
+
+    #[test]
+    fn sigbus_reaches_the_handler_the_program_installed_before() {
+        let status = child_status(plain_handler as *const () as usize, 0);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42, "status {status:#x}");
+        let status = child_status(siginfo_handler as *const () as usize, libc::SA_SIGINFO);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 43, "status {status:#x}");
+    }
+
+    #[test]
+    fn without_a_handler_of_the_program_sigbus_keeps_its_default_action() {
+        let status = child_status(libc::SIG_DFL, 0);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS, "status {status:#x}");
+    }
+}

@@ -14,6 +14,10 @@ use crate::tier;
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
+/// Brings the process start and exit hooks into a static link (see `runtime::HOOKS`).
+#[used]
+static LINK_RUNTIME_HOOKS: super::runtime::Hooks = super::runtime::HOOKS;
+
 /// The memory kinds (tiers).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

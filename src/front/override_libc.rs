@@ -12,6 +12,10 @@ use crate::os::PAGE_SIZE;
 use crate::place;
 use core::ffi::{c_int, c_void};
 
+/// Brings the process start and exit hooks into a static link (see `runtime::HOOKS`).
+#[used]
+static LINK_RUNTIME_HOOKS: super::runtime::Hooks = super::runtime::HOOKS;
+
 /// # Safety
 /// As C `malloc`.
 #[no_mangle]

@@ -6,26 +6,35 @@
 //! register (unlike `atexit` from inside `malloc`), and work for the shared library, the static
 //! library and a Rust program using `TierMalloc` alike.
 
-use crate::{config, device, place};
+use crate::{config, device, place, profile};
 
 extern "C" fn at_start() {
     place::init();
     // Registration allocates: from here, never from inside `malloc`.
     device::fork::register_fork_handlers();
+    profile::start();
 }
 
 extern "C" fn at_exit() {
     if config::get().show_stats {
         super::report::print_stats();
     }
+    profile::finish();
     // Persistent heaps marked closed cleanly, after everything else this hook does.
     device::close_all();
 }
 
 #[used]
 #[link_section = ".init_array"]
-static AT_START: extern "C" fn() = at_start;
+pub(crate) static AT_START: extern "C" fn() = at_start;
 
 #[used]
 #[link_section = ".fini_array"]
-static AT_EXIT: extern "C" fn() = at_exit;
+pub(crate) static AT_EXIT: extern "C" fn() = at_exit;
+
+/// A static link (`libtiermalloc.a`) takes from the archive only the objects a program refers
+/// to, and nothing refers to the two entries above: without this, a statically linked program
+/// never opened its tiers. The C entry points (`capi`, `override_libc`) each keep this
+/// reference, so the hooks come with them.
+pub(crate) type Hooks = [&'static extern "C" fn(); 2];
+pub(crate) const HOOKS: Hooks = [&AT_START, &AT_EXIT];

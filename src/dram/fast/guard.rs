@@ -1,22 +1,32 @@
-//! The small-block checks, each a few instructions on the fast paths (costs measured in
-//! BENCHMARKS.md, "Hardening"):
+//! The small-block checks (costs per malloc/free pair measured in BENCHMARKS.md, "Hardening").
 //!
-//! - **Corrupted link** (glibc's safe-linking, mimalloc's secure mode): `pop` takes a free
-//!   block's link only if it is null or lies in the block's own 4 MiB segment (`plausible`).
-//!   Links are stored encoded, `next ^ KEY`, with `KEY` a random word chosen once per process
-//!   before the first segment exists: a link the program overwrote (a use after free, an
-//!   overflow from the block below), with bytes or with an address it knows, decodes to a
-//!   random address, rejected unless it falls in the segment (a chance of about 2^-25).
-//! - **Double free** (glibc's tcache key): a free block's second word holds its page's
-//!   descriptor address (`Block::tag`), which `pop` clears. `free` of a block whose second word
-//!   is that address walks the page's lists (`is_on_lists`) and reports it if found there;
-//!   program data equal to an address inside our segment header costs one walk and passes.
+//! By default, on `free`'s fast path:
 //! - **Block start**: a page's blocks sit at multiples of `block_size` from its start; `free`
 //!   tests the offset with one multiplication and one comparison (`is_block_offset`, after
-//!   Lemire's divisibility test), which also bounds it by the page's block count. A slice that
-//!   belongs to no page points at the empty page, whose limit of 0 accepts nothing: a pointer
-//!   into freed slices fails the same test.
+//!   Lemire's divisibility test), which also bounds it by the page's carved block count. A
+//!   slice that belongs to no page points at the empty page, whose limit of 0 accepts nothing:
+//!   a pointer into freed slices fails the same test.
+//! - **Double free** (glibc's tcache key): a free block's second word holds its page's
+//!   descriptor address (`Block::tag`), which `pop` clears. `free` of a block whose second word
+//!   is that address walks the page's lists (`is_on_lists`, which reads only carved block
+//!   starts of the page, so that a walk racing the owner from another thread stays in mapped
+//!   memory) and reports it if found there; program data equal to the mark costs one walk.
+//! - **Corrupted link**, on the slow path only: when a page's list is taken (`pop_checked`),
+//!   its head's link must be null or a carved block start of the page; remote lists are
+//!   checked link by link when collected. The fast `pop` follows links unchecked.
+//!
+//! `TIERMALLOC_SECURE=1` adds, at no cost to the default fast paths (the level is chosen where
+//! a segment or page is set up, never tested per operation):
+//! - links stored encoded, `next ^ KEY` (glibc's safe-linking, mimalloc's secure mode), `KEY`
+//!   random per process (0, links as they are, without the level): an overwritten link decodes
+//!   to a random address;
+//! - every link tested before it is followed: the heaps keep their fast-path tables on the empty
+//!   page, so every allocation takes the slow path's `pop_checked`, and segments carry a tagged
+//!   owner (`Segment::owner`) so that every free takes the remote path, whose links the owner
+//!   tests when it collects them;
+//! - blocks carved in a random order (`Page::extend`).
 
+#[cfg(test)]
 use crate::chunk::CHUNK_SIZE;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -25,7 +35,9 @@ static KEY: AtomicUsize = AtomicUsize::new(0);
 
 /// Chooses the link key, once, before any block exists (called by `Segment::create`).
 pub fn init_key() {
-    if KEY.load(Ordering::Relaxed) != 0 {
+    // Outside the secure level links are stored as they are (key 0): the owner's fast paths
+    // then pay nothing for the encoding, which they never apply (see `Segment::owner`).
+    if KEY.load(Ordering::Relaxed) != 0 || !secure() {
         return;
     }
     let mut seed = [0u64; 2];
@@ -39,12 +51,14 @@ pub fn init_key() {
     }
     // Mix in what differs between processes even without AT_RANDOM (forked children share it
     // with their parent, and share the parent's blocks too, so they must keep its key).
-    let mut x = seed[1] ^ os_entropy() ^ (&seed as *const _ as u64);
-    x = splitmix(x ^ seed[0]);
-    // A key with its top bits set keeps `KEY` itself (the encoding of null) far from any
-    // address, so a zeroed link never decodes to a plausible one.
-    let key = (x as usize) | (1 << 63) | 1;
-    let _ = KEY.compare_exchange(0, key, Ordering::AcqRel, Ordering::Relaxed);
+    let x = seed[1] ^ os_entropy() ^ (&seed as *const _ as u64);
+    let _ = KEY.compare_exchange(0, key_from(x ^ seed[0]), Ordering::AcqRel, Ordering::Relaxed);
+}
+
+/// A link key from random bits. With its top bit set, the key itself (the encoding of null)
+/// is far from any address, so a zeroed link never decodes to a block.
+fn key_from(random: u64) -> usize {
+    (splitmix(random) as usize) | (1 << 63) | 1
 }
 
 fn os_entropy() -> u64 {
@@ -104,6 +118,7 @@ pub fn encode_global(next: usize) -> usize {
 /// Whether `next` can be the link of the free block at `at`: null, or in the same segment.
 /// Computed as `min(next ^ at, next) < CHUNK_SIZE`, one comparison: it also accepts an address
 /// below 4 MiB, which no decoded overwrite gives unless it guessed the key.
+#[cfg(test)]
 #[inline(always)]
 pub fn plausible(next: usize, at: usize) -> bool {
     (next ^ at).min(next) < CHUNK_SIZE
@@ -137,33 +152,34 @@ pub fn is_block_offset(magic: u64, limit: u64, offset: usize) -> bool {
 }
 
 /// Whether block `p` is on one of the lists that start at `first_local` and `first_remote`
-/// (both decoded with `decode`), looking at no more than `limit` links in all. A link that is
-/// not plausible ends a walk: this runs on a double-free suspicion and must itself never
-/// leave the segment.
+/// (both decoded with `decode`), looking at no more than `limit` links in all. This runs on a
+/// double-free suspicion, possibly in a thread that does not own the lists while their owner
+/// changes them: a block popped meanwhile holds program data where its link was. So every
+/// address is tested with `is_block` (a carved block start of the page) before it is read, and
+/// one that fails ends the walk: the walk never reads outside the page's carved blocks, which
+/// stay mapped while the page holds a live block (a plausible address elsewhere in the segment
+/// may be a `PROT_NONE` slice).
 ///
 /// # Safety
-/// Every plausible link must point into a mapped segment (the page's own).
+/// Every address `is_block` accepts must be readable for the whole walk.
 pub unsafe fn is_on_lists(
     p: usize,
     first_local: usize,
     first_remote: usize,
     key: usize,
     limit: u32,
+    is_block: impl Fn(usize) -> bool,
 ) -> bool {
     let mut steps = 0u32;
     for first in [first_local, first_remote] {
         let mut b = first;
-        while b != 0 && steps <= limit {
+        while b != 0 && steps <= limit && is_block(b) {
             if b == p {
                 return true;
             }
-            // SAFETY: `b` is the head or a plausible link, inside the segment (contract).
+            // SAFETY: `b` passed `is_block` (contract).
             let word = unsafe { (b as *const usize).read_volatile() };
-            let next = decode(word, key);
-            if !plausible(next, b) {
-                break;
-            }
-            b = next;
+            b = decode(word, key);
             steps += 1;
         }
     }
@@ -191,10 +207,47 @@ mod tests {
         assert!(!is_block_offset(123, 0, 0), "a zero limit (a page not in use) accepts nothing");
     }
 
+    /// A walk racing the owner meets a popped block whose link word is program data; data
+    /// that decodes into an unmapped part of the segment must end the walk, not fault.
+    #[test]
+    fn a_walk_never_reads_outside_the_carved_blocks() {
+        let key = key_from(1);
+        // SAFETY: a private anonymous mapping of 8 MiB, of which one 4 MiB-aligned chunk is
+        // used; its second MiB is made PROT_NONE; unmapped at the end.
+        unsafe {
+            let len = 2 * CHUNK_SIZE;
+            let map = libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            let chunk = (map as usize + CHUNK_SIZE - 1) & !(CHUNK_SIZE - 1);
+            let hole = chunk + (1 << 20);
+            assert_eq!(libc::mprotect(hole as *mut _, 1 << 20, libc::PROT_NONE), 0);
+            let (d, blocks) = (64u32, 16u32);
+            let (magic, limit) = (divisor_magic(d), block_limit(d, blocks));
+            let is_block = |b: usize| is_block_offset(magic, limit, b.wrapping_sub(chunk));
+            let block = |i: usize| chunk + i * d as usize;
+            // Block 0 links to block 1, whose link word holds program data decoding into the
+            // hole: an address in the same segment, which the old plausibility test accepted.
+            *(block(0) as *mut usize) = encode(block(1), key);
+            *(block(1) as *mut usize) = encode(hole + 64, key);
+            assert!(plausible(hole + 64, block(1)), "the data is what a segment test accepts");
+            assert!(!is_on_lists(block(5), block(0), 0, key, blocks, is_block));
+            assert!(is_on_lists(block(1), block(0), 0, key, blocks, is_block));
+            // A head that is not a block start is not followed either.
+            assert!(!is_on_lists(block(5), hole, 0, key, blocks, is_block));
+            libc::munmap(map, len);
+        }
+    }
+
     #[test]
     fn links_round_trip_and_overwritten_links_are_implausible() {
-        init_key();
-        let key = process_key();
+        let key = key_from(2);
         let at = 0x7f00_1240_0100usize;
         for next in [0, at + 0x40, at - 0x100] {
             let word = encode(next, key);

@@ -159,15 +159,6 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn alloc_slow(&mut self, class: usize) -> *mut u8 {
-        let current = self.tables.current[class];
-        // SAFETY: the current page of a class is a page of ours or the empty page.
-        if unsafe { !(*current).free.is_null() } {
-            // The fast path's pop refused a block: its link was overwritten.
-            // SAFETY: as above.
-            let p = unsafe { (*current).pop_checked() };
-            self.traffic.on_alloc(class);
-            return p;
-        }
         self.take_delayed();
         if self.purge_due != 0 {
             self.consider_purge();
@@ -256,7 +247,11 @@ impl Heap {
     }
 
     /// Makes `page` the page the fast paths of `class` pop from.
+    /// Under `TIERMALLOC_SECURE=1` the tables stay on the empty page: every allocation takes
+    /// the slow path, whose `pop_checked` tests each link before following it, while the
+    /// default fast path pays nothing for that level.
     fn set_current(&mut self, class: usize, page: *mut Page) {
+        let page = if crate::dram::fast::guard::secure() { Page::empty_page() } else { page };
         self.tables.current[class] = page;
         if !DIRECT_OFF.load(Ordering::Relaxed) {
             for slot in direct_slots(class) {
@@ -420,6 +415,7 @@ impl Heap {
         let page = self.cut_page(class);
         if page.is_some() {
             budget::PAGE_BYTES.add(bytes as u64);
+            crate::profile::reserve::observe(budget::held());
         }
         page
     }

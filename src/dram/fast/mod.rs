@@ -176,8 +176,8 @@ unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
             }
         }
     } else {
-        // SAFETY: forwarded.
-        unsafe { free_remote(page, owner, p) }
+        // SAFETY: forwarded; `owner_heap` drops the secure level's tag.
+        unsafe { free_remote(page, (*segment).owner_heap() as *mut heap::Heap, p) }
     }
 }
 
@@ -315,6 +315,58 @@ mod tests {
         }
         // SAFETY: as above.
         unsafe { (*heap).check_invariants() };
+    }
+
+    /// Remote frees of live blocks whose second word equals their page's free mark (program
+    /// data can), so that each one walks the owner's lists while the owner pops, pushes,
+    /// retires pages and releases segments: no fault, and no live block taken for a double
+    /// free (which would abort the test process).
+    #[test]
+    fn suspect_remote_frees_race_the_owner_safely() {
+        use std::sync::mpsc;
+        let (to_remote, from_owner) = mpsc::sync_channel::<Vec<usize>>(4);
+        let remote = std::thread::spawn(move || {
+            for batch in from_owner {
+                for p in batch {
+                    let p = p as *mut u8;
+                    // SAFETY: a live block handed over by the owner; its page is live with it.
+                    unsafe {
+                        let page = Segment::page_of(Segment::of(p as usize), p as usize);
+                        page::Block::mark_free(p, page);
+                        free(p);
+                    }
+                }
+            }
+        });
+        let mut rng = Rng(77);
+        for round in 0..1000 {
+            let size = 16 + (rng.next() % 8) as usize * 48;
+            let batch: Vec<usize> = (0..400).map(|_| alloc(size) as usize).collect();
+            // Churn of the owner's lists and pages while the remote thread walks them.
+            // Each churn block's first word gets data that decodes to the segment's last
+            // slice (never used by a page here, so PROT_NONE): a walk that followed any
+            // address inside the segment would fault on it.
+            let churn: Vec<*mut u8> = (0..2000)
+                .map(|i| {
+                    let p = alloc(size + i % 3 * 16);
+                    let far = (p as usize & !(crate::chunk::CHUNK_SIZE - 1)) + crate::chunk::CHUNK_SIZE - 64;
+                    // SAFETY: a live block of at least 16 bytes.
+                    unsafe { (p as *mut usize).write(guard::encode_global(far)) };
+                    p
+                })
+                .collect();
+            to_remote.send(batch).unwrap();
+            for p in churn {
+                // SAFETY: live blocks of ours.
+                unsafe { free(p) };
+            }
+            if round % 50 == 0 {
+                // SAFETY: this thread's heap, used by no other thread right now.
+                unsafe { (*binding::current()).check_invariants() };
+            }
+        }
+        drop(to_remote);
+        remote.join().unwrap();
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::os::PAGE_SIZE;
 use core::ptr;
 
 /// A free block (every class holds at least these 16 bytes): its first word links to the next
-/// free block, encoded (`guard::encode`); its second word is its page's descriptor address,
+/// free block, encoded (`guard::encode`) under `TIERMALLOC_SECURE=1`, as it is otherwise (the
+/// key is 0); its second word is its page's descriptor address,
 /// the mark `free` tests to suspect a double free, cleared when the block is handed out.
 #[repr(C)]
 pub struct Block {
@@ -171,37 +172,49 @@ impl Page {
     }
 
     /// Whether block `p` of this page is on its free or remote list (a suspected double free,
-    /// see `guard`). Exact for the owner's thread; another thread reads the lists racily,
-    /// which may miss a block being moved but never leaves the segment.
+    /// see `guard`). Exact for the owner's thread. Another thread reads the lists while the
+    /// owner changes them, which may miss a block being moved; it reads only carved block
+    /// starts of this page (`guard::is_on_lists`), mapped as long as the page is in use, which
+    /// it is while `p` is live, i.e. in every correct program.
     pub fn holds_free(&self, p: *mut u8) -> bool {
-        // SAFETY: the lists' blocks lie in this page's segment, which is mapped while the page
-        // holds `p`; a link that is not plausible ends the walk.
+        let this: *const Page = self;
+        // SAFETY: plain reads of this descriptor, which the owner may be writing: a torn or
+        // stale value only ends the walk sooner (every address is tested before it is read).
+        let (start, magic, block_limit, free) = unsafe {
+            (
+                ptr::addr_of!((*this).start).read_volatile() as usize,
+                ptr::addr_of!((*this).div_magic).read_volatile(),
+                ptr::addr_of!((*this).block_limit).read_volatile(),
+                ptr::addr_of!((*this).free).read_volatile() as usize,
+            )
+        };
+        let is_block = |b: usize| guard::is_block_offset(magic, block_limit, b.wrapping_sub(start));
+        // SAFETY: addresses that pass `is_block` are carved blocks of this page, mapped while
+        // the page holds `p` (contract of `is_on_lists`).
         unsafe {
             guard::is_on_lists(
                 p as usize,
-                self.free as usize,
+                free,
                 self.remote.first::<Block>() as usize,
                 self.key,
                 self.reserved,
+                is_block,
             )
         }
     }
 
-    /// Pops a block from `free`, or null.
+    /// Pops a block from `free`, or null: the fast path, which trusts the link (it is
+    /// checked where a list is taken on the slow path, `pop_checked`, and on every pop under
+    /// `TIERMALLOC_SECURE=1`, whose heaps never let the fast path reach a page).
     #[inline(always)]
     pub fn pop(&mut self) -> *mut u8 {
         let block = self.free;
         if block.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: blocks on `free` are ours and hold a link.
-        let next = guard::decode(unsafe { (*block).link }, self.key);
-        if !guard::plausible(next, block as usize) {
-            // Corrupted: the slow path, which finds the page still holding blocks, reports it
-            // (`pop_checked`). No call here keeps the fast path free of register saves.
-            return ptr::null_mut();
-        }
-        self.free = next as *mut Block;
+        // SAFETY: blocks on `free` are ours and hold a link, stored as it is: the key is 0
+        // outside `TIERMALLOC_SECURE=1`, and under it no fast path reaches a page.
+        self.free = unsafe { (*block).link } as *mut Block;
         self.used += 1;
         // A block handed out carries no free mark (`suspect`).
         // SAFETY: the block is ours until returned.
@@ -209,14 +222,24 @@ impl Page {
         block.cast()
     }
 
-    /// `pop` for the slow path: a null from `pop` while `free` is not empty means the head's
-    /// link was overwritten, which is reported here.
+    /// `pop` for the slow path: the head's link must be null or a carved block start of this
+    /// page (which also keeps every later pop inside the page); an overwritten link is
+    /// reported here.
     pub fn pop_checked(&mut self) -> *mut u8 {
-        let p = self.pop();
-        if p.is_null() && !self.free.is_null() {
-            return self.pop_corrupted(self.free);
+        let block = self.free;
+        if block.is_null() {
+            return ptr::null_mut();
         }
-        p
+        // SAFETY: blocks on `free` are ours and hold a link.
+        let next = guard::decode(unsafe { (*block).link }, self.key);
+        if next != 0 && !self.is_block_start(next as *mut u8) {
+            return self.pop_corrupted(block);
+        }
+        self.free = next as *mut Block;
+        self.used += 1;
+        // SAFETY: the block is ours until returned.
+        unsafe { (*block).tag = 0 };
+        block.cast()
     }
 
     /// The head `block`'s link was overwritten: reported; if the program goes on
@@ -247,7 +270,9 @@ impl Page {
         let block = p.cast::<Block>();
         // SAFETY: the block is dead and at least 16 bytes.
         unsafe {
-            (*block).link = guard::encode(self.free as usize, self.key);
+            // Stored as it is: the owner's thread frees here only outside
+            // `TIERMALLOC_SECURE=1`, whose key is 0 (see `Segment::owner`).
+            (*block).link = self.free as usize;
             (*block).tag = self as *const Page as usize;
         }
         self.free = block;
@@ -365,7 +390,7 @@ impl Page {
             // SAFETY: taken blocks are ours; each link was written before its push.
             unsafe {
                 let next = Block::next(list);
-                if !guard::plausible(next as usize, list as usize) {
+                if !next.is_null() && !self.is_block_start(next.cast()) {
                     crate::misuse::report(
                         "free",
                         list.cast(),

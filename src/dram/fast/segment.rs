@@ -35,7 +35,11 @@ const ALL_BLOCK_SLICES: u64 = !1;
 /// (except for the heap's cached empty segment, which is on no list).
 #[repr(C)]
 pub struct Segment {
-    /// The address of the thread heap (`heap::Heap`) that owns the segment.
+    /// The address of the thread heap (`heap::Heap`) that owns the segment, plus 1 under
+    /// `TIERMALLOC_SECURE=1`: then no thread's `free` matches it, so every free takes the
+    /// remote path, whose links are encoded with the process key and tested by the owner
+    /// when it collects them, and the owner's unencoded local push is never used (`owner()`
+    /// gives the heap).
     pub owner: usize,
     /// For each slice, the descriptor of the page covering it (the empty page if none, which
     /// `Page::suspect` rejects): `free` finds a block's page with one load.
@@ -47,6 +51,10 @@ pub struct Segment {
     pub next: *mut Segment,
     pub prev: *mut Segment,
     pub in_available: bool,
+    /// Slices whose memory has been handed out at least once (the header's from the start):
+    /// the others are still untouched, and get the profile reserve's pre-faulted pages when
+    /// first cut (`profile::reserve::fill`).
+    first_cut: u64,
     pub pages: [Page; SLICES],
 }
 
@@ -68,11 +76,17 @@ fn find_run(mask: u64, n: usize) -> Option<usize> {
 }
 
 impl Segment {
+    /// The heap that owns the segment (`owner` without the secure level's tag).
+    #[inline(always)]
+    pub fn owner_heap(&self) -> usize {
+        self.owner & !1
+    }
+
     /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
     /// memory.
     pub fn create(owner: usize) -> Option<*mut Segment> {
         crate::dram::fast::guard::init_key();
-        let base = os::map_aligned(CHUNK_SIZE, CHUNK_SIZE)?.as_ptr();
+        let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, SLICE_SIZE)?.as_ptr();
         if !chunk::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
             unsafe { os::unmap(base, CHUNK_SIZE) };
@@ -86,10 +100,11 @@ impl Segment {
         // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
         // `Page` is an unused descriptor.
         unsafe {
-            (*segment).owner = owner;
+            (*segment).owner = owner | usize::from(crate::dram::fast::guard::secure());
             (*segment).free_slices = ALL_BLOCK_SLICES;
             (*segment).page_of_slice = [Page::empty_page(); SLICES];
             (*segment).open_slices = if closed { 0 } else { u64::MAX };
+            (*segment).first_cut = !ALL_BLOCK_SLICES;
         }
         pagemap::set(
             base as usize,
@@ -97,6 +112,7 @@ impl Segment {
             ChunkTag::Segment,
             ChunkTag::Segment,
         );
+        crate::profile::reserve::note_segment_created(SLICE_SIZE);
         Some(segment)
     }
 
@@ -108,6 +124,7 @@ impl Segment {
         pagemap::clear(segment as usize, CHUNK_SIZE);
         // SAFETY: the caller guarantees nothing refers to the segment any more.
         unsafe { os::unmap(segment.cast(), CHUNK_SIZE) };
+        crate::profile::reserve::note_segment_released(SLICE_SIZE);
     }
 
     /// The segment holding block or page descriptor `p`.
@@ -154,6 +171,18 @@ impl Segment {
             *entry = head;
         }
         let memory = (self as *mut Segment as usize + start * SLICE_SIZE) as *mut u8;
+        let untouched = mask & !self.first_cut;
+        if untouched != 0 {
+            self.first_cut |= mask;
+            let (first, count) = (untouched.trailing_zeros(), untouched.count_ones());
+            // Slices are cut as runs, so the never-cut slices of a run are one run too
+            // unless an earlier page sat in between (then the rest faults in as usual).
+            if untouched == run_mask(first as usize, count as usize) {
+                let at = self as *mut Segment as usize + first as usize * SLICE_SIZE;
+                // SAFETY: never-cut slices of our segment: untouched memory.
+                unsafe { crate::profile::reserve::fill(at, count as usize * SLICE_SIZE) };
+            }
+        }
         // SAFETY: `head` points into this segment's descriptor array.
         unsafe { (*head).init(class, memory, n) };
         Some(head)

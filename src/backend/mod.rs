@@ -4,13 +4,19 @@
 //! anonymous memory bound to that node with `mbind`.
 //!
 //! Every region is placed at a chunk-aligned address and its chunks are reserved whole, so the
-//! page map can own it. Nothing here reads the device: sizes come from `fstat` and sysfs.
-//! Every failure is a `Problem` naming what went wrong; the caller prints it in one line with
+//! page map can own it. Nothing here reads the device's memory: sizes come from `fstat` and
+//! sysfs. Device specifics live in their own files: `nvme` (an NVMe controller's CMB and PMR
+//! BARs, set up through its registers when the tier opens, and the PMR's persistence barrier),
+//! `devdax` (a device DAX's size and alignment). `device_barrier` is the read that makes
+//! earlier writes durable on a device, for the persistent tiers. Every failure is a `Problem` naming what went wrong; the caller prints it in one line with
 //! the tier and path, and runs on without the tier.
 
+mod devdax;
+mod nvme;
+
+use crate::chunk::{self, CHUNK_SIZE};
 use crate::config::TierSpec;
 use crate::os;
-use crate::chunk::{self, CHUNK_SIZE};
 use core::ffi::{c_char, CStr};
 
 /// A mapped device region: `[base, base + len)`, chunk-aligned, its chunks
@@ -31,6 +37,10 @@ pub(crate) struct Region {
     /// The region's bytes did not exist before this open (a file just created or extended
     /// over them): they are zeroes.
     pub new_bytes: bool,
+    /// How to make the writes so far durable on the device (`device_barrier`).
+    pub barrier: Barrier,
+    /// An NVMe PMR's register page, mapped for the barrier, or 0; unmapped by `unmap_region`.
+    pub registers: usize,
 }
 
 /// What backs a region.
@@ -46,13 +56,30 @@ pub(crate) enum Media {
     Anonymous,
 }
 
-/// Waits until every write to `region` issued before it has reached the device: one read of
-/// the region, which a PCIe device answers only after the posted writes before it (PCIe
-/// ordering: a read does not pass a posted write). The real-devices code extends this for an
-/// NVMe PMR with a read of its PMRSTS register.
+/// The read that orders a device's earlier writes before anything after it: PCIe posts
+/// writes, and a read completion cannot pass them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Barrier {
+    /// Read one word of the region itself (any device; an NVMe PMR with PMRCAP.PMRWBM bit 0).
+    ReadRegion,
+    /// Read the 32-bit register at this address (an NVMe PMR's PMRSTS, PMRWBM bit 1).
+    ReadRegister(usize),
+}
+
+/// Waits until every write to `region` issued before it has reached the device (`tm_persist`
+/// on a BAR, `device::persist`): drains write-combining buffers, then performs the read
+/// `region.barrier` names — one read of the region, which a PCIe device answers only after the
+/// posted writes before it (a read does not pass a posted write), or an NVMe PMR's PMRSTS read.
 pub(crate) fn device_barrier(region: &Region) {
-    // SAFETY: the region's first bytes are mapped and readable for as long as it exists.
-    unsafe { core::ptr::read_volatile(region.base as *const u64) };
+    // Drains write-combining buffers (a `resourceN_wc` mapping) before the read.
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    match region.barrier {
+        // SAFETY: the region is mapped readable for `len > 0` bytes from `base`.
+        Barrier::ReadRegion => unsafe { (region.base as *const u8).read_volatile() },
+        // SAFETY: the register page stays mapped as long as the region (`unmap_region`).
+        Barrier::ReadRegister(at) => unsafe { (at as *const u32).read_volatile() as u8 },
+    };
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }
 
 /// Why a tier could not be mapped: a fixed text, plus the `errno` of the failing call if any.
@@ -114,6 +141,9 @@ pub(crate) unsafe fn unmap_region(region: Region) {
     if region.lock_fd >= 0 {
         drop(Fd(region.lock_fd));
     }
+    if region.registers != 0 {
+        nvme::release_registers(region.registers);
+    }
 }
 
 struct Fd(i32);
@@ -140,8 +170,7 @@ fn map_path_noting_creation(
     path: &CStr,
     created: &mut bool,
 ) -> Result<Region, Problem> {
-    let offset = spec.offset as usize;
-    if offset % os::PAGE_SIZE != 0 {
+    if spec.offset as usize % os::PAGE_SIZE != 0 {
         return Err(Problem::new(
             "offset= must be a multiple of the page size (4096)",
         ));
@@ -151,7 +180,13 @@ fn map_path_noting_creation(
     let mut fd = unsafe { libc::open(path.as_ptr(), flags, 0o600 as libc::c_uint) };
     if fd < 0 && spec.create && os::errno() == libc::ENOENT {
         // SAFETY: as above. O_EXCL tells us the file is ours to remove if the tier fails.
-        fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CREAT | libc::O_EXCL, 0o600 as libc::c_uint) };
+        fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                flags | libc::O_CREAT | libc::O_EXCL,
+                0o600 as libc::c_uint,
+            )
+        };
         *created = fd >= 0;
     }
     if fd < 0 {
@@ -171,20 +206,43 @@ fn map_path_noting_creation(
         _ if path.to_bytes().starts_with(b"/sys/") => Media::Bar,
         _ => Media::File,
     };
-    let len = match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG => regular_file_len(spec, &fd, st.st_size as u64)?,
-        libc::S_IFCHR => device_len(spec, st.st_rdev)?,
+    let mut spec = *spec;
+    let (len, bar) = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => {
+            // A PCI BAR is a regular file in sysfs; an NVMe one needs its controller set up.
+            let bar = nvme::prepare(path, spec.kind)?;
+            if let nvme::Bar::Cmb { offset, len } = bar {
+                if spec.offset == 0 && spec.size.is_none() {
+                    (spec.offset, spec.size) = (offset, Some(len));
+                }
+            }
+            (regular_file_len(&spec, &fd, st.st_size as u64), bar)
+        }
+        libc::S_IFCHR => (devdax::device_len(&spec, st.st_rdev), nvme::Bar::NotNvme),
         _ => {
             return Err(Problem::new(
                 "is neither a regular file nor a character device",
             ))
         }
     };
-    lock_range(&fd, offset, len)?;
-    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-        crate::device_space::reserve(fd.0, offset as u64, len as u64)?;
+    let (barrier, registers) = match bar {
+        nvme::Bar::Pmr { barrier, registers } => (barrier, registers),
+        _ => (Barrier::ReadRegion, 0),
+    };
+    let release = |problem: Problem| {
+        if registers != 0 {
+            nvme::release_registers(registers);
+        }
+        problem
+    };
+    let len = len.map_err(release)?;
+    let offset = spec.offset as usize;
+    lock_range(&fd, offset, len).map_err(release)?;
+    // A PCI BAR's file in sysfs has no room to reserve (and must never be written to).
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG && !is_sysfs(&fd) {
+        crate::device_space::reserve(fd.0, offset as u64, len as u64).map_err(release)?;
     }
-    let reserved = reserve(len)?;
+    let reserved = reserve(len).map_err(release)?;
     // SAFETY: mapping our descriptor over our own fresh reservation at `reserved.base`.
     let p = unsafe {
         libc::mmap(
@@ -197,10 +255,14 @@ fn map_path_noting_creation(
         )
     };
     if p == libc::MAP_FAILED {
-        let problem = Problem::os("cannot map");
+        let problem = if os::errno() == libc::EINVAL && nvme::is_bar_path(path) {
+            Problem::os("cannot map the BAR while a driver owns it: boot with iomem=relaxed or unbind the driver")
+        } else {
+            Problem::os("cannot map")
+        };
         // SAFETY: the reservation is ours and unused.
         unsafe { os::unmap(reserved.base as *mut u8, reserved.reserved) };
-        return Err(problem);
+        return Err(release(problem));
     }
     // The descriptor stays open while the region is mapped: it holds the lock (it is
     // close-on-exec, so a program this one executes does not inherit it).
@@ -212,8 +274,19 @@ fn map_path_noting_creation(
         lock_fd,
         media,
         new_bytes,
+        barrier,
+        registers,
         ..reserved
     })
+}
+
+/// Whether `fd` is a file of sysfs (a PCI BAR's `resourceN`).
+fn is_sysfs(fd: &Fd) -> bool {
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    // SAFETY: all-zero is a valid `statfs`, an out-parameter for fstatfs on our descriptor.
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::fstatfs(fd.0, &mut st) == 0 && st.f_type as i64 == SYSFS_MAGIC }
 }
 
 /// Takes an exclusive lock on bytes `[offset, offset + len)` of the file, so that no other
@@ -278,33 +351,6 @@ pub(crate) fn file_range_len(
     Ok(end - offset)
 }
 
-/// The usable length of a character device: device DAX, whose size and alignment sysfs gives.
-fn device_len(spec: &TierSpec, rdev: libc::dev_t) -> Result<usize, Problem> {
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    let mut path = PathBuf::new();
-    let device_size = read_sysfs_number(path.format(major, minor, b"size"));
-    let align =
-        read_sysfs_number(path.format(major, minor, b"align")).unwrap_or(os::PAGE_SIZE as u64);
-    let available = device_size
-        .and_then(|s| s.checked_sub(spec.offset))
-        .ok_or(Problem::new(
-            "device size unknown (no sysfs size) or below offset=",
-        ))?;
-    let len = match spec.size {
-        Some(size) if size > available => {
-            return Err(Problem::new("size= is larger than the device"))
-        }
-        Some(size) => size,
-        None => available,
-    };
-    if align == 0 || spec.offset % align != 0 || len % align != 0 {
-        return Err(Problem::new(
-            "offset= and size= must be multiples of the device's alignment",
-        ));
-    }
-    page_floor(len)
-}
-
 fn page_floor(len: u64) -> Result<usize, Problem> {
     let len = (len as usize) & !(os::PAGE_SIZE - 1);
     if len == 0 {
@@ -335,6 +381,8 @@ fn reserve(len: usize) -> Result<Region, Problem> {
         lock_fd: -1,
         media: Media::Anonymous,
         new_bytes: true,
+        barrier: Barrier::ReadRegion,
+        registers: 0,
     })
 }
 
@@ -511,7 +559,8 @@ mod tests {
         assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
         let free = st.f_bavail * st.f_frsize;
         let size = (free + (1 << 30)) & !(CHUNK_SIZE as u64 - 1);
-        let problem = map_region(&spec(&format!("cxl:path={path},size={size},create"))).unwrap_err();
+        let problem =
+            map_region(&spec(&format!("cxl:path={path},size={size},create"))).unwrap_err();
         let (needed, reported_free) = problem.room.expect("a problem naming the room");
         assert_eq!(needed, size);
         assert!(reported_free <= free + (64 << 20), "{problem:?}");
@@ -522,7 +571,10 @@ mod tests {
         // A file that fits is reserved whole: no SIGBUS later for want of space.
         let region = map_region(&spec(&format!("cxl:path={path},size=8M,create"))).unwrap();
         let blocks = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m));
-        assert!(blocks.unwrap() * 512 >= 8 << 20, "the file's space is not reserved");
+        assert!(
+            blocks.unwrap() * 512 >= 8 << 20,
+            "the file's space is not reserved"
+        );
         // SAFETY: nothing uses the region.
         unsafe { unmap_region(region) };
         std::fs::remove_file(path).unwrap();
