@@ -1038,3 +1038,42 @@ fn a_clean_exit_leaves_the_heap_clean_and_a_kill_leaves_it_dirty() {
     drop(tier);
     std::fs::remove_file(path).unwrap();
 }
+
+/// Blocks are cut from the end of free space, so a new block has the free space in front of
+/// it; a block whose neighbour behind was freed still grows in place into that space, and
+/// the grown block, its contents and the rest of the free space recover.
+#[test]
+fn a_block_grows_in_place_into_the_free_extent_behind_it() {
+    let path = shm("grow");
+    let tier = open("pmr", &path, ",size=1M,create").unwrap();
+    let fresh = tier.stats();
+    let behind = tier.alloc(20000, 16).unwrap();
+    let p = tier.alloc(10000, 16).unwrap();
+    let usable = tier.usable_size(p).unwrap() as u64;
+    assert_eq!(
+        header_offset(&tier, p) + HEADER_SIZE + usable,
+        header_offset(&tier, behind),
+        "cut from the end: the later block lies right in front of the earlier one"
+    );
+    assert!(!tier.resize_in_place(p, 15000), "grew over a live neighbour");
+    tier.free(behind).unwrap();
+    assert!(tier.resize_in_place(p, 25000), "no growth into the free extent behind");
+    assert!(tier.usable_size(p).unwrap() >= 25000);
+    // SAFETY: the block holds at least 25000 bytes now.
+    unsafe { p.add(24992).cast::<u64>().write_unaligned(0x9a0e) };
+    let offset = tier.offset_in_region(p).unwrap();
+    let grown = tier.usable_size(p).unwrap() as u64;
+    drop(tier);
+    let report = check::check_file(std::path::Path::new(&path), 0).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let tier = open("pmr", &path, "").unwrap();
+    assert_eq!(live_blocks(&tier), vec![(offset, grown)]);
+    let p = tier.at_offset(offset).unwrap();
+    // SAFETY: as above, recovered.
+    assert_eq!(unsafe { p.add(24992).cast::<u64>().read_unaligned() }, 0x9a0e);
+    tier.free(p).unwrap();
+    let s = tier.stats();
+    assert_eq!((s.in_use, s.largest_free), (fresh.in_use, fresh.largest_free));
+    drop(tier);
+    std::fs::remove_file(path).unwrap();
+}
