@@ -688,10 +688,8 @@ pub fn close_all() {
 /// a clean close or after a run that did not end cleanly.
 fn report_opening(kind: Kind, path: Option<&[u8]>, previous_run_clean: Option<bool>) {
     let mut line = os::LineBuf::new();
-    let _ = write!(line, "tiermalloc: tier '{}'", kind.name());
-    if let Some(path) = path {
-        let _ = write!(line, " ({})", core::str::from_utf8(path).unwrap_or("<not UTF-8>"));
-    }
+    let _ = write!(line, "tiermalloc: ");
+    write_tier_name(&mut line, kind, path);
     let how = match previous_run_clean {
         None => "formatted",
         Some(true) => "recovered; the last run closed it cleanly",
@@ -701,16 +699,18 @@ fn report_opening(kind: Kind, path: Option<&[u8]>, previous_run_clean: Option<bo
     line.flush();
 }
 
+/// "tier 'KIND' (PATH)", how the lines about a tier name it.
+fn write_tier_name(line: &mut os::LineBuf, kind: Kind, path: Option<&[u8]>) {
+    let _ = write!(line, "tier '{}'", kind.name());
+    if let Some(path) = path {
+        let _ = write!(line, " ({})", core::str::from_utf8(path).unwrap_or("<not UTF-8>"));
+    }
+}
+
 fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
     let mut line = os::LineBuf::new();
-    let _ = write!(line, "tiermalloc: TIERMALLOC_TIERS: tier '{}'", kind.name());
-    if let Some(path) = path {
-        let _ = write!(
-            line,
-            " ({})",
-            core::str::from_utf8(path).unwrap_or("<not UTF-8>")
-        );
-    }
+    let _ = write!(line, "tiermalloc: TIERMALLOC_TIERS: ");
+    write_tier_name(&mut line, kind, path);
     let _ = write!(line, ": {}", problem.what);
     if let Some(at) = problem.at {
         let _ = write!(line, " at offset {at}");
