@@ -612,6 +612,9 @@ def add_common_options(ap):
     ap.add_argument("--json", metavar="FILE", help="write every raw measurement to FILE")
     ap.add_argument("--timeout", type=int, default=120, help="seconds per run (default 120)")
     ap.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler (default cc)")
+    ap.add_argument("--peer", action="append", default=[], metavar="NAME=LIB",
+                    help="one more allocator to preload under NAME, e.g. a build of this library "
+                    "with one check compiled out (repeatable; --before LIB is --peer before=LIB)")
 
 
 def repetitions(ap, opts):
@@ -641,15 +644,22 @@ def choose_allocators(ap, opts, whichmalloc):
         ours = build_ours() if wanted else None
     libs = {}
     order = []
-    before = [("before", os.path.abspath(opts.before))] if opts.before else []
+    # --before LIB is --peer before=LIB.
+    specs = (["before=" + opts.before] if opts.before else []) + opts.peer
+    extra = []
+    for spec in specs:
+        name, sep, lib = spec.partition("=")
+        if not sep or not name or not lib:
+            ap.error("--peer wants NAME=LIB, got %r" % spec)
+        extra.append((name, os.path.abspath(lib)))
     want = None
     if opts.allocators:
         want = [a.strip() for a in opts.allocators.split(",") if a.strip()]
         for a in want:
-            if a not in ["ours", "glibc"] + [b[0] for b in before + PEERS] + list(BUILT_PEERS):
+            if a not in ["ours"] + [c[0] for c in extra + PEERS] + list(BUILT_PEERS):
                 ap.error("unknown allocator %r" % a)
     to_build = [n for n in BUILT_PEERS if want is None or n in want]
-    candidates = [("ours", ours)] + before + PEERS + (peers.built(to_build) if to_build else [])
+    candidates = [("ours", ours)] + extra + PEERS + (peers.built(to_build) if to_build else [])
     for name, lib in candidates:
         if want is not None and name not in want:
             continue

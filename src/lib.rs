@@ -11,11 +11,11 @@
 //! | placement | `place` (which tier serves a request, spilling) |
 //! | the tier interface | `tier` (`Tier`, the tiers by kind, dispatch of a pointer to its tier) |
 //! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
-//! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`) |
-//! | foundations | `pagemap`, `backend`, `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `sync`, `lockfree` |
+//! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`, `evacuate/`) |
+//! | foundations | `pagemap`, `backend` (with `device_space`, `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `sync`, `lockfree` |
 //!
-//! Room is left by name for `device/persist` (persistent tiers), `device/evacuate` (live
-//! evacuation) and `pool/` (a device shared by processes: named spaces, lending).
+//! Room is left by name for `device/persist` (persistent tiers) and `pool/` (a device shared
+//! by processes: named spaces, lending).
 //!
 //! Only `sync` and `lockfree` are built under `--cfg loom`, where their models run; everything
 //! else needs `const` statics, mmap and thread-local storage, which loom cannot model.
@@ -38,10 +38,14 @@ not_under_loom! {
     mod chunk;
     mod config;
     mod device;
+    mod device_sigbus;
+    mod device_space;
     mod dram;
+    mod foreign;
     mod front;
     mod kind;
     mod meta;
+    mod misuse;
     mod os;
     mod pagemap;
     mod place;
@@ -49,8 +53,12 @@ not_under_loom! {
     mod thread_slot;
     mod tier;
 
-    pub use front::api::{kind_of, print_stats, stats, Fit, Kind, Tier, TierError, TierStats};
+    pub use front::api::{
+        evacuate, kind_of, print_stats, stats, EvacuateError, Evacuation, Fit, Kind, Tier,
+        TierError, TierStats,
+    };
     pub use front::capi;
+    pub use front::capi_evacuate;
     pub use front::global_alloc::TierMalloc;
 }
 

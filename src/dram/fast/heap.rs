@@ -165,6 +165,15 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        let current = self.tables.current[class];
+        // SAFETY: the current page of a class is a page of ours or the empty page.
+        if unsafe { !(*current).free.is_null() } {
+            // The fast path's pop refused a block: its link was overwritten.
+            // SAFETY: as above.
+            let p = unsafe { (*current).pop_checked() };
+            self.traffic.on_alloc(class);
+            return p;
+        }
         self.take_delayed();
         if self.purge_due != 0 {
             self.consider_purge();
@@ -172,7 +181,7 @@ impl Heap {
         match self.find_page(class) {
             // SAFETY: find_page returns a valid page with a free block.
             Some(page) => unsafe {
-                let p = (*page).pop();
+                let p = (*page).pop_checked();
                 self.traffic.on_alloc(class);
                 p
             },
@@ -390,15 +399,17 @@ impl Heap {
     }
 
     /// Returns the memory of every free slice of this heap to the kernel, and unmaps every empty
-    /// segment but one.
-    pub fn purge(&mut self) {
-        self.purge_at_least(usize::MAX);
+    /// segment but one: the bytes purged.
+    pub fn purge(&mut self) -> usize {
+        let purged = self.purge_at_least(usize::MAX);
         self.purge_due = 0;
+        purged
     }
 
     /// Purges whole segments until at least `bytes` went back to the kernel (or none is left):
-    /// empty segments first (all but one unmapped), then those with free slices.
-    fn purge_at_least(&mut self, bytes: usize) {
+    /// empty segments first (all but one unmapped), then those with free slices. Returns the
+    /// bytes purged.
+    fn purge_at_least(&mut self, bytes: usize) -> usize {
         let mut purged = 0;
         while purged < bytes && !self.empty.is_null() {
             let segment = self.empty;
@@ -428,6 +439,7 @@ impl Heap {
             }
         }
         self.dirty_low = self.dirty_low.min(self.dirty_bytes);
+        purged
     }
 
     /// Cuts a page of `class` from `segment`, keeping `dirty_bytes` true.
