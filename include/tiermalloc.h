@@ -17,6 +17,16 @@
 #define TM_HEADER_SIZE 16
 
 /*
+ `state` of a space still private to its creator (read-write).
+ */
+#define TM_SPACE_PRIVATE 1
+
+/*
+ `state` of a published space (read-only, shared).
+ */
+#define TM_SPACE_SHARED 2
+
+/*
  The memory kinds (tiers).
  */
 typedef enum tm_kind {
@@ -35,6 +45,20 @@ typedef enum tm_fit {
   TM_BEST_FIT = 0,
   TM_WORST_FIT = 1,
 } tm_fit;
+
+/*
+ How `tm_space_open` maps a shared space.
+ */
+typedef enum tm_map {
+  /*
+   The device itself, read-only: no copy; a write faults (SIGSEGV).
+   */
+  TM_MAP_READ = 0,
+  /*
+   Copy-on-write: pages are copied into this process's memory when it writes them.
+   */
+  TM_MAP_PRIVATE = 1,
+} tm_map;
 
 /*
  A tier's figures: what `tm_get_stats` fills in, laid out as the C header's `tm_stats`
@@ -73,6 +97,33 @@ typedef struct tm_stats {
    */
   uint64_t spilled_out;
 } tm_stats;
+
+/*
+ A space as `tm_space_stat` and `tm_space_list` report it.
+ */
+typedef struct tm_space_info {
+  /*
+   NUL-terminated, at most 63 bytes.
+   */
+  char name[64];
+  /*
+   Unique, never reused.
+   */
+  uint64_t id;
+  uint64_t size;
+  /*
+   TM_SPACE_PRIVATE or TM_SPACE_SHARED.
+   */
+  uint32_t state;
+  /*
+   Live mappings held by processes, the creator's included.
+   */
+  uint32_t refs;
+  /*
+   CLOCK_REALTIME of creation.
+   */
+  uint64_t created_ns;
+} tm_space_info;
 
 /*
  The header written immediately before each block on CXL, CMB and PMR (the C header's
@@ -194,6 +245,71 @@ void tm_print_stats(void);
  `target` must be NULL or a NUL-terminated string.
  */
 int tm_evacuate(tm_kind kind, const char *target);
+
+/*
+ Creates a private read-write space of `size` bytes (zeroed) named `name`; its base, or
+ NULL + EEXIST (name taken) / ENOSPC (no room) / ENAMETOOLONG (over 63 bytes) / EINVAL /
+ ENODEV (no pool).
+
+ # Safety
+ `name` must be NULL or a NUL-terminated string.
+ */
+void *tm_space_create(const char *name, size_t size);
+
+/*
+ Publishes the private space at `base` (its creator's mapping): it becomes shared and
+ read-only, the creator's mapping included. 0, or -1 + EINVAL (not a private space of ours).
+ */
+int tm_space_publish(void *base);
+
+/*
+ Opens the shared space `name`: TM_MAP_READ maps the device read-only, TM_MAP_PRIVATE maps
+ it copy-on-write. Its base (and its size in `*size` unless NULL), or NULL + ENOENT /
+ ENAMETOOLONG / EINVAL / ENODEV.
+
+ # Safety
+ `name` must be NULL or a NUL-terminated string; `size` NULL or valid for a write.
+ */
+void *tm_space_open(const char *name, tm_map how, size_t *size);
+
+/*
+ Unmaps a mapping `tm_space_create`, `tm_space_open` or `tm_space_republish` returned and
+ gives its reference back. 0, or -1 + EINVAL.
+ */
+int tm_space_close(void *base);
+
+/*
+ The current contents of the PRIVATE mapping at `base` as a new shared space `name`,
+ returned opened READ; NULL + errno as `tm_space_create`, or EINVAL if `base` is not a
+ PRIVATE mapping of ours.
+
+ # Safety
+ `name` must be NULL or a NUL-terminated string.
+ */
+void *tm_space_republish(void *base, const char *name);
+
+/*
+ Fills `*out` with the space `name`: 0, or -1 + ENOENT / ENAMETOOLONG / EINVAL / ENODEV.
+
+ # Safety
+ `name` must be NULL or a NUL-terminated string; `out` NULL or valid for a write.
+ */
+int tm_space_stat(const char *name, struct tm_space_info *out);
+
+/*
+ Fills `out[0..min(n, max)]` with the pool's spaces: returns n, the number of spaces (which
+ may exceed `max`), or -1 + ENODEV.
+
+ # Safety
+ `out` must be valid for `max` writes (NULL when `max` is 0).
+ */
+int tm_space_list(struct tm_space_info *out, size_t max);
+
+/*
+ Deletes the shared spaces with refs == 0 and age >= `min_age_ms`, and private spaces whose
+ creator died: how many, or -1 + ENODEV.
+ */
+int tm_space_collect(uint64_t min_age_ms);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -202,26 +202,39 @@ fn lock_range(fd: &Fd, offset: usize, len: usize) -> Result<(), Problem> {
 /// The usable length of a regular file (a file in /dev/shm, on disk, or a PCI `resourceN`
 /// file, whose size sysfs reports as the BAR's), creating or extending it when asked.
 fn regular_file_len(spec: &TierSpec, fd: &Fd, file_len: u64) -> Result<usize, Problem> {
-    let end = match spec.size {
-        Some(size) => spec
-            .offset
+    let len = file_range_len(fd.0, file_len, spec.size, spec.offset, spec.create)?;
+    page_floor(len)
+}
+
+/// The bytes from `offset` a region of the regular file `fd` (`file_len` bytes) spans: `size`
+/// if given (extending the file to `offset + size` when `create` allows), else the rest of the
+/// file. Shared with the pool, which opens its files the same way.
+pub(crate) fn file_range_len(
+    fd: i32,
+    file_len: u64,
+    size: Option<u64>,
+    offset: u64,
+    create: bool,
+) -> Result<u64, Problem> {
+    let end = match size {
+        Some(size) => offset
             .checked_add(size)
             .ok_or(Problem::new("size= too large"))?,
-        None if file_len > spec.offset => file_len,
+        None if file_len > offset => file_len,
         None => return Err(Problem::new("is empty (give size= and create to make it)")),
     };
     if end > file_len {
-        if !spec.create {
+        if !create {
             return Err(Problem::new(
                 "size= is larger than the file (add create to extend it)",
             ));
         }
-        // SAFETY: resizing our own open file.
-        if unsafe { libc::ftruncate(fd.0, end as libc::off_t) } != 0 {
+        // SAFETY: resizing the caller's open file.
+        if unsafe { libc::ftruncate(fd, end as libc::off_t) } != 0 {
             return Err(Problem::os("cannot extend the file to size="));
         }
     }
-    page_floor(end - spec.offset)
+    Ok(end - offset)
 }
 
 /// The usable length of a character device: device DAX, whose size and alignment sysfs gives.

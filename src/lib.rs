@@ -12,6 +12,7 @@
 //! | the tier interface | `tier` (`Tier`, the tiers by kind, dispatch of a pointer to its tier) |
 //! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
 //! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`, `evacuate/`) |
+//! | shared pool | `pool` (named spaces on a device shared by processes and hosts; its C functions in `front::capi_pool`) |
 //! | foundations | `pagemap`, `backend` (with `device_space`, `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `sync`, `lockfree` |
 //!
 //! Room is left by name for `device/persist` (persistent tiers) and `pool/` (a device shared
@@ -49,6 +50,7 @@ not_under_loom! {
     mod os;
     mod pagemap;
     mod place;
+    pub mod pool;
     mod stats;
     mod thread_slot;
     mod tier;
@@ -59,6 +61,7 @@ not_under_loom! {
     };
     pub use front::capi;
     pub use front::capi_evacuate;
+    pub use front::capi_pool;
     pub use front::global_alloc::TierMalloc;
 }
 

@@ -261,6 +261,7 @@ c_tests! {
     malloc_introspection,
     tier_files,
     secure_mode,
+    pool_spaces,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

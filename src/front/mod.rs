@@ -1,7 +1,8 @@
-//! The entry points: the C interface (`capi`, `tm_*`; `capi_evacuate`, `tm_evacuate`), the
-//! unprefixed malloc family (`override_libc`), the Rust global allocator (`global_alloc`), the
-//! Rust API (`api`), the process start and exit hooks (`runtime`), the statistics report
-//! (`report`) and glibc's introspection names (`malloc_info`: `mallinfo2`, `malloc_stats`, ...).
+//! The entry points: the C interface (`capi`, `tm_*`; `capi_evacuate`, `tm_evacuate`;
+//! `capi_pool`, `tm_space_*` of the shared pool), the unprefixed malloc family
+//! (`override_libc`), the Rust global allocator (`global_alloc`), the Rust API (`api`), the
+//! process start and exit hooks (`runtime`), the statistics report (`report`) and glibc's
+//! introspection names (`malloc_info`: `mallinfo2`, `malloc_stats`, ...).
 //!
 //! They check arguments and turn results into the caller's conventions (`NULL` + `errno`,
 //! `Result`); placement (`place`) picks the tier of a new block, `tier` finds the tier of an
@@ -10,6 +11,7 @@
 pub mod api;
 pub mod capi;
 pub mod capi_evacuate;
+pub mod capi_pool;
 pub mod global_alloc;
 #[cfg(feature = "override")]
 mod malloc_info;
