@@ -61,7 +61,14 @@ impl Shm {
             let fd = libc::shm_open(name.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600);
             assert!(fd >= 0);
             assert_eq!(libc::ftruncate(fd, size as i64), 0);
-            let p = libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
             assert_ne!(p, libc::MAP_FAILED);
             (p as *mut u8).write_bytes(1, size);
             libc::munmap(p, size);
@@ -78,7 +85,14 @@ impl Shm {
             let mut st: libc::stat = std::mem::zeroed();
             libc::fstat(fd, &mut st);
             let size = st.st_size as usize;
-            let p = libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
             let b = *(p as *const u8);
             libc::munmap(p, size);
             libc::close(fd);
@@ -102,7 +116,10 @@ fn pool(tag: &str, size_mib: usize, keys: &str) -> (std::sync::Arc<Pool>, String
 }
 
 fn main() {
-    let big_mib: usize = std::env::args().nth(1).map(|a| a.parse().unwrap()).unwrap_or(1024);
+    let big_mib: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().unwrap())
+        .unwrap_or(1024);
     let big = big_mib << 20;
     println!("# pool_bench: big space {big_mib} MiB; medians");
 

@@ -27,8 +27,16 @@ fn fail(what: impl std::fmt::Display) -> ! {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let pool = pool::global().unwrap_or_else(|| fail("TIERMALLOC_POOL names no usable pool"));
-    let arg = |i: usize| args.get(i).cloned().unwrap_or_else(|| fail("missing argument (see the source's top comment)"));
-    let num = |i: usize| arg(i).parse::<u64>().unwrap_or_else(|_| fail("not a number"));
+    let arg = |i: usize| {
+        args.get(i)
+            .cloned()
+            .unwrap_or_else(|| fail("missing argument (see the source's top comment)"))
+    };
+    let num = |i: usize| {
+        arg(i)
+            .parse::<u64>()
+            .unwrap_or_else(|_| fail("not a number"))
+    };
     match args.first().map(String::as_str) {
         Some("publish") => {
             let (name, size, seed) = (arg(1), num(2) as usize * 1024 * 1024, num(3));
@@ -42,7 +50,9 @@ fn main() {
         }
         Some("verify") => {
             let (name, seed) = (arg(1), num(2));
-            let space = pool.open_space(&name, MapMode::Read).unwrap_or_else(|e| fail(e));
+            let space = pool
+                .open_space(&name, MapMode::Read)
+                .unwrap_or_else(|e| fail(e));
             if let Some(i) = (0..space.len()).find(|&i| space.as_slice()[i] != pattern(seed, i)) {
                 fail(format!("{name}: byte {i} differs"));
             }
@@ -50,7 +60,9 @@ fn main() {
         }
         Some("republish") => {
             let (name, new, seed) = (arg(1), arg(2), num(3));
-            let mut private = pool.open_space(&name, MapMode::Private).unwrap_or_else(|e| fail(e));
+            let mut private = pool
+                .open_space(&name, MapMode::Private)
+                .unwrap_or_else(|e| fail(e));
             for page in private.as_mut_slice().unwrap().chunks_mut(4096) {
                 page[0] = !page[0];
             }
@@ -77,7 +89,9 @@ fn main() {
             println!("collected {n}");
         }
         Some("check") => {
-            let problems = pool.check().unwrap_or_else(|e| fail(std::io::Error::from_raw_os_error(e)));
+            let problems = pool
+                .check()
+                .unwrap_or_else(|e| fail(std::io::Error::from_raw_os_error(e)));
             for p in &problems {
                 println!("{p}");
             }

@@ -247,6 +247,53 @@ void tm_print_stats(void);
 int tm_evacuate(tm_kind kind, const char *target);
 
 /*
+ Makes `[addr, addr + len)` on a device tier durable, and with it every earlier write to
+ that tier (block headers included): `msync` for a file, cache-line write-back and fence
+ for DAX, a read of the device for a PCI BAR. 0, or -1 + errno (EINVAL: not on a device
+ tier, or the range leaves its region).
+ */
+int tm_persist(const void *addr, size_t len);
+
+/*
+ Maps durable root `name` (1 to 63 bytes) of tier `kind` to `block`, a live block of that
+ tier; `block` NULL removes the root. The change is ordered on the device (a crash leaves
+ the old or the new mapping) but durable only after `tm_persist`. 0, or -1 + errno (EINVAL
+ bad kind, name or block; ENODEV kind not configured; ENOSPC the table of 48 roots is full).
+
+ # Safety
+ `name` is NULL or a NUL-terminated string.
+ */
+int tm_root_set(tm_kind kind, const char *name, const void *block);
+
+/*
+ The live block durable root `name` of tier `kind` names, or NULL + errno (ENOENT no such
+ root, or its block is no longer live; EINVAL bad kind or name; ENODEV not configured).
+
+ # Safety
+ `name` is NULL or a NUL-terminated string.
+ */
+void *tm_root_get(tm_kind kind, const char *name);
+
+/*
+ The live blocks of tier `kind` in address order: `tm_next_block(kind, NULL)` is the first,
+ `tm_next_block(kind, p)` the one after live block `p`; NULL at the end (errno untouched),
+ or NULL + errno for a bad kind (EINVAL) or one not configured (ENODEV).
+ */
+void *tm_next_block(tm_kind kind, const void *prev);
+
+/*
+ The offset of `p` from the start of its device tier's region (stable across runs, where
+ the address is not); `UINT64_MAX` if `p` is not on a device tier.
+ */
+uint64_t tm_offset_of(const void *p);
+
+/*
+ The address at `offset` of tier `kind`'s region (the inverse of `tm_offset_of`), or NULL
+ + EINVAL outside the region or for a kind that is not a configured device tier.
+ */
+void *tm_at_offset(tm_kind kind, uint64_t offset);
+
+/*
  Creates a private read-write space of `size` bytes (zeroed) named `name`; its base, or
  NULL + EEXIST (name taken) / ENOSPC (no room) / ENAMETOOLONG (over 63 bytes) / EINVAL /
  ENODEV (no pool).

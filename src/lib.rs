@@ -59,8 +59,10 @@ not_under_loom! {
         evacuate, kind_of, print_stats, stats, EvacuateError, Evacuation, Fit, Kind, Tier,
         TierError, TierStats,
     };
+    pub use front::api_persist::{check_file, free_block, Blocks, HeapReport, Offset, PersistError};
     pub use front::capi;
     pub use front::capi_evacuate;
+    pub use front::capi_persist;
     pub use front::capi_pool;
     pub use front::global_alloc::TierMalloc;
 }

@@ -246,6 +246,7 @@ c_tests! {
     usable_size,
     tm_api,
     device_tiers,
+    persist,
     evacuate,
     fork_stdio,
     fork_signal,

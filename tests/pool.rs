@@ -98,10 +98,19 @@ fn wait(mut child: Child) -> std::process::ExitStatus {
     }
 }
 
-fn run_child(role: &str, spec: &str, extra: &[(&str, String)]) -> (std::process::ExitStatus, String) {
+fn run_child(
+    role: &str,
+    spec: &str,
+    extra: &[(&str, String)],
+) -> (std::process::ExitStatus, String) {
     let mut child = spawn(role, spec, extra);
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     (wait(child), out)
 }
 
@@ -111,7 +120,10 @@ fn wait_for_line(child: &mut Child, prefix: &str) -> String {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "child ended before saying {prefix}");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "child ended before saying {prefix}"
+        );
         if line.contains(prefix) {
             return line.trim().to_string();
         }
@@ -160,17 +172,23 @@ fn child() {
             std::process::exit(0);
         }
         "churn" => churn(&pool(), &arg("TM_POOL_WHO"), 200),
-        "steps" | "die" => die_in_operation(&pool(), &arg("TM_POOL_OP"), &role, &arg("TM_POOL_STEP")),
+        "steps" | "die" => {
+            die_in_operation(&pool(), &arg("TM_POOL_OP"), &role, &arg("TM_POOL_STEP"))
+        }
         "c-api" => c_api_child(),
         "check-flush" => {
             let pool = pool();
             let mut space = pool.create_space("flushed", 16 * PAGE).unwrap();
             space.as_mut_slice().unwrap().fill(7);
-            space.publish().expect("a complete write-back passes the check");
+            space
+                .publish()
+                .expect("a complete write-back passes the check");
             let mut short = pool.create_space("short", 16 * PAGE).unwrap();
             short.as_mut_slice().unwrap().fill(9);
             testing::short_flush(PAGE as u64);
-            let e = short.publish().expect_err("the check must catch the unflushed page");
+            let e = short
+                .publish()
+                .expect_err("the check must catch the unflushed page");
             assert_eq!(e.raw_os_error(), Some(libc::EIO));
             testing::short_flush(0);
             std::process::exit(0);
@@ -218,12 +236,20 @@ fn private_mappings_are_isolated_and_copy_only_written_pages() {
     assert!(status.success(), "{status:?}");
     let mut private = pool.open_space("data", MapMode::Private).unwrap();
     let reader = pool.open_space("data", MapMode::Read).unwrap();
-    assert_eq!(private_dirty_kb(private.as_ptr()), 0, "reading copies nothing");
+    assert_eq!(
+        private_dirty_kb(private.as_ptr()),
+        0,
+        "reading copies nothing"
+    );
     assert_eq!(private.as_slice(), &data[..]);
     for page in [3, 17, 40] {
         private.as_mut_slice().unwrap()[page * PAGE + 5] ^= 0xff;
     }
-    assert_eq!(private_dirty_kb(private.as_ptr()), 12, "three written pages, three copies");
+    assert_eq!(
+        private_dirty_kb(private.as_ptr()),
+        12,
+        "three written pages, three copies"
+    );
     assert_eq!(reader.as_slice(), &data[..], "the device is untouched");
     assert_eq!(private.as_slice()[3 * PAGE + 5], data[3 * PAGE + 5] ^ 0xff);
     assert_eq!(pool.space("data").unwrap().refs, 3);
@@ -241,7 +267,10 @@ fn the_copy_fallback_for_devices_without_map_private_behaves_the_same() {
     assert_eq!(reader.as_slice()[0], data[0]);
     assert_eq!(private.as_slice()[1..], data[1..]);
     // At least: the kernel may merge the copy with a neighbouring anonymous mapping.
-    assert!(private_dirty_kb(private.as_ptr()) >= 64, "the fallback copies every page");
+    assert!(
+        private_dirty_kb(private.as_ptr()) >= 64,
+        "the fallback copies every page"
+    );
 }
 
 /// Private_Dirty (kB) of the mapping starting at `p`, from /proc/self/smaps.
@@ -272,13 +301,28 @@ fn republish_is_the_modified_pages_plus_the_original_rest() {
     expected[PAGE..2 * PAGE].fill(0xaa);
     expected[20 * PAGE + 9] = 0x55;
     let differs = |a: &[u8], b: &[u8]| a.iter().zip(b).position(|(x, y)| x != y);
-    assert_eq!(differs(v2.as_slice(), &expected), None, "republished bytes differ at");
+    assert_eq!(
+        differs(v2.as_slice(), &expected),
+        None,
+        "republished bytes differ at"
+    );
     let reopened = pool.open_space("v2", MapMode::Read).unwrap();
-    assert_eq!(differs(reopened.as_slice(), &expected), None, "reopened bytes differ at");
+    assert_eq!(
+        differs(reopened.as_slice(), &expected),
+        None,
+        "reopened bytes differ at"
+    );
     let v1 = pool.open_space("v1", MapMode::Read).unwrap();
-    assert_eq!(differs(v1.as_slice(), &data), None, "the original is unchanged");
+    assert_eq!(
+        differs(v1.as_slice(), &data),
+        None,
+        "the original is unchanged"
+    );
     let info = pool.space("v2").unwrap();
-    assert_eq!((info.state, info.refs, info.size), (SpaceState::Shared, 2, data.len() as u64));
+    assert_eq!(
+        (info.state, info.refs, info.size),
+        (SpaceState::Shared, 2, data.len() as u64)
+    );
     assert_consistent(&pool);
 }
 
@@ -304,8 +348,16 @@ fn refs_count_openers_and_a_killed_opener_gives_its_reference_back() {
     // SAFETY: killing our own child.
     unsafe { libc::kill(victim.id() as i32, libc::SIGKILL) };
     assert_eq!(signal_of(&wait(victim)), Some(libc::SIGKILL));
-    assert_eq!(pool.space("data").unwrap().refs, 3, "a dead pid's reference is reclaimed at once");
-    assert_eq!(pool.collect_spaces(Duration::ZERO).unwrap(), 0, "held spaces stay");
+    assert_eq!(
+        pool.space("data").unwrap().refs,
+        3,
+        "a dead pid's reference is reclaimed at once"
+    );
+    assert_eq!(
+        pool.collect_spaces(Duration::ZERO).unwrap(),
+        0,
+        "held spaces stay"
+    );
     for mut h in holders {
         drop(h.stdin.take());
         wait(h);
@@ -323,13 +375,25 @@ fn another_hosts_dead_node_is_reclaimed_when_its_lease_runs_out() {
     let mut other = spawn("hold", &format!("{},host=77", file.spec()), &[]);
     wait_for_line(&mut other, "holding");
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(pool.space("data").unwrap().refs, 2, "a live node's heartbeat keeps its lease");
+    assert_eq!(
+        pool.space("data").unwrap().refs,
+        2,
+        "a live node's heartbeat keeps its lease"
+    );
     // SAFETY: killing our own child.
     unsafe { libc::kill(other.id() as i32, libc::SIGKILL) };
     wait(other);
-    assert_eq!(pool.space("data").unwrap().refs, 2, "not before the lease runs out");
+    assert_eq!(
+        pool.space("data").unwrap().refs,
+        2,
+        "not before the lease runs out"
+    );
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(pool.space("data").unwrap().refs, 1, "reclaimed after the lease");
+    assert_eq!(
+        pool.space("data").unwrap().refs,
+        1,
+        "reclaimed after the lease"
+    );
     assert_consistent(&pool);
 }
 
@@ -337,14 +401,29 @@ fn another_hosts_dead_node_is_reclaimed_when_its_lease_runs_out() {
 fn errors_are_eexist_enametoolong_enoent_enospc() {
     let file = PoolFile::new("errors", "4M", "");
     let pool = file.open();
-    let errno = |r: std::io::Result<tiermalloc::pool::api::SpaceMap>| r.err().and_then(|e| e.raw_os_error());
+    let errno = |r: std::io::Result<tiermalloc::pool::api::SpaceMap>| {
+        r.err().and_then(|e| e.raw_os_error())
+    };
     let _a = pool.create_space("a", PAGE).unwrap();
     assert_eq!(errno(pool.create_space("a", PAGE)), Some(libc::EEXIST));
     assert!(pool.create_space(&"n".repeat(63), PAGE).is_ok());
-    assert_eq!(errno(pool.create_space(&"n".repeat(64), PAGE)), Some(libc::ENAMETOOLONG));
-    assert_eq!(errno(pool.open_space("missing", MapMode::Read)), Some(libc::ENOENT));
-    assert_eq!(errno(pool.open_space("a", MapMode::Read)), Some(libc::ENOENT), "a private space is not open to others");
-    assert_eq!(pool.space("missing").unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(
+        errno(pool.create_space(&"n".repeat(64), PAGE)),
+        Some(libc::ENAMETOOLONG)
+    );
+    assert_eq!(
+        errno(pool.open_space("missing", MapMode::Read)),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        errno(pool.open_space("a", MapMode::Read)),
+        Some(libc::ENOENT),
+        "a private space is not open to others"
+    );
+    assert_eq!(
+        pool.space("missing").unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
     assert_eq!(errno(pool.create_space("big", 8 << 20)), Some(libc::ENOSPC));
     assert_eq!(errno(pool.create_space("", PAGE)), Some(libc::EINVAL));
     assert_consistent(&pool);
@@ -361,18 +440,34 @@ fn collect_spares_open_spaces_deletes_closed_ones_and_reuses_their_bytes() {
     let reader = pool.open_space("first", MapMode::Read).unwrap();
     drop(creator);
     assert_eq!(
-        pool.create_space("second", 2 << 20).err().unwrap().raw_os_error(),
+        pool.create_space("second", 2 << 20)
+            .err()
+            .unwrap()
+            .raw_os_error(),
         Some(libc::ENOSPC)
     );
-    assert_eq!(pool.collect_spaces(Duration::ZERO).unwrap(), 0, "a live opener keeps it");
+    assert_eq!(
+        pool.collect_spaces(Duration::ZERO).unwrap(),
+        0,
+        "a live opener keeps it"
+    );
     assert_eq!(reader.as_slice(), &data[..]);
     drop(reader);
-    assert_eq!(pool.collect_spaces(Duration::from_secs(3600)).unwrap(), 0, "too young");
+    assert_eq!(
+        pool.collect_spaces(Duration::from_secs(3600)).unwrap(),
+        0,
+        "too young"
+    );
     assert_eq!(pool.collect_spaces(Duration::ZERO).unwrap(), 1);
     assert!(pool.space("first").is_err());
     assert!(pool.free_space() > free_with_one);
-    let mut second = pool.create_space("second", 2 << 20).expect("the freed bytes are reused");
-    assert!(second.as_slice().iter().all(|&b| b == 0), "a new space reads zero");
+    let mut second = pool
+        .create_space("second", 2 << 20)
+        .expect("the freed bytes are reused");
+    assert!(
+        second.as_slice().iter().all(|&b| b == 0),
+        "a new space reads zero"
+    );
     second.as_mut_slice().unwrap()[0] = 1;
     assert_consistent(&pool);
 }
@@ -382,7 +477,10 @@ fn collect_age_applies_the_rule_automatically_and_dead_creators_private_spaces_g
     let file = PoolFile::new("autocollect", "8M", "collect_age=0ms");
     let pool = file.open();
     drop(publish_data(&pool, "gone", &pattern(8, PAGE)));
-    assert!(pool.space("gone").is_err(), "closed with refs 0: deleted by the next close");
+    assert!(
+        pool.space("gone").is_err(),
+        "closed with refs 0: deleted by the next close"
+    );
     // A private space whose creator is killed.
     let (status, _) = run_child("steps", &file.spec(), &[("TM_POOL_OP", "create".into())]);
     assert!(status.success());
@@ -442,7 +540,10 @@ fn c_api_child() {
         libc::__errno_location().write(1234);
         assert_eq!(tm_space_stat(name.as_ptr(), &mut info), 0);
         assert_eq!(errno(), 1234, "success keeps errno");
-        assert_eq!((info.size, info.state, info.refs), (10000, TM_SPACE_SHARED, 3));
+        assert_eq!(
+            (info.size, info.state, info.refs),
+            (10000, TM_SPACE_SHARED, 3)
+        );
         assert_eq!(std::ffi::CStr::from_ptr(info.name.as_ptr()), name);
         let mut all: [tm_space_info; 1] = std::mem::zeroed();
         assert_eq!(tm_space_list(all.as_mut_ptr(), 1), 2, "count beyond max");
@@ -473,7 +574,16 @@ fn churn(pool: &Arc<Pool>, who: &str, iterations: usize) {
         let mut own = pool.create_space(&name, bytes.len()).unwrap();
         own.as_mut_slice().unwrap().copy_from_slice(&bytes);
         own.publish().unwrap();
-        let reader = pool.open_space(&name, if i % 2 == 0 { MapMode::Read } else { MapMode::Private }).unwrap();
+        let reader = pool
+            .open_space(
+                &name,
+                if i % 2 == 0 {
+                    MapMode::Read
+                } else {
+                    MapMode::Private
+                },
+            )
+            .unwrap();
         assert_eq!(reader.as_slice(), &bytes[..], "{name}");
         let shared = pool.open_space("common", MapMode::Read).unwrap();
         assert_eq!(shared.as_slice(), &common[..], "the common space changed");
@@ -509,7 +619,9 @@ fn six_processes_churn_with_a_common_space_checked_throughout() {
 fn die_in_operation(pool: &Arc<Pool>, op: &str, role: &str, step: &str) {
     // Preparation, outside the counted steps: join, and what the operation needs.
     let _ = pool.spaces();
-    let mut private = pool.create_space(&format!("private-{}", std::process::id()), 2 * PAGE).unwrap();
+    let mut private = pool
+        .create_space(&format!("private-{}", std::process::id()), 2 * PAGE)
+        .unwrap();
     private.as_mut_slice().unwrap()[0] = 1;
     let opened = pool.open_space("base", MapMode::Private).ok();
     let die = |_: ()| {
@@ -563,16 +675,28 @@ fn sigkill_at_every_step_of_every_operation_leaves_the_pool_consistent() {
             let (status, _) = run_child(
                 "die",
                 &file.spec(),
-                &[("TM_POOL_OP", op.into()), ("TM_POOL_STEP", step.to_string())],
+                &[
+                    ("TM_POOL_OP", op.into()),
+                    ("TM_POOL_STEP", step.to_string()),
+                ],
             );
-            assert_eq!(signal_of(&status), Some(libc::SIGKILL), "{op} step {step}: {status:?}");
+            assert_eq!(
+                signal_of(&status),
+                Some(libc::SIGKILL),
+                "{op} step {step}: {status:?}"
+            );
             kills += 1;
             assert_consistent(&pool);
             pool.collect_spaces(Duration::ZERO).unwrap();
             assert_consistent(&pool);
-            let left: Vec<_> = pool.spaces().into_iter().map(|s| (s.name, s.refs)).collect();
+            let left: Vec<_> = pool
+                .spaces()
+                .into_iter()
+                .map(|s| (s.name, s.refs))
+                .collect();
             assert!(
-                left.iter().all(|(n, _)| n == "base" || n == "again" || n == "made"),
+                left.iter()
+                    .all(|(n, _)| n == "base" || n == "again" || n == "made"),
                 "{op} step {step}: a dead process's space was left: {left:?}"
             );
             assert_eq!(pool.space("base").unwrap().refs, 1, "{op} step {step}");
@@ -596,15 +720,25 @@ fn sigkill_at_random_times_during_churn_leaves_the_pool_consistent() {
     let _common = publish_data(&pool, "common", &pattern(99, 16 * PAGE));
     let mut seed = 0x1234_5678u64;
     for round in 0..12 {
-        let child = spawn("churn", &file.spec(), &[("TM_POOL_WHO", format!("r{round}"))]);
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let child = spawn(
+            "churn",
+            &file.spec(),
+            &[("TM_POOL_WHO", format!("r{round}"))],
+        );
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         std::thread::sleep(Duration::from_micros(2000 + (seed >> 33) % 40_000));
         // SAFETY: killing our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         wait(child);
         assert_consistent(&pool);
         pool.collect_spaces(Duration::ZERO).unwrap();
-        assert_eq!(pool.spaces().len(), 1, "round {round}: only the common space is left");
+        assert_eq!(
+            pool.spaces().len(),
+            1,
+            "round {round}: only the common space is left"
+        );
         assert_eq!(pool.space("common").unwrap().refs, 1);
     }
 }
@@ -617,7 +751,10 @@ fn check_flush_catches_a_space_not_written_back_before_publish() {
     let pool = file.open();
     let flushed = pool.open_space("flushed", MapMode::Read).unwrap();
     assert!(flushed.as_slice().iter().all(|&b| b == 7));
-    assert!(pool.open_space("short", MapMode::Read).is_err(), "never published");
+    assert!(
+        pool.open_space("short", MapMode::Read).is_err(),
+        "never published"
+    );
 }
 
 #[test]
@@ -626,7 +763,10 @@ fn a_region_holding_other_data_is_refused_and_a_bad_spec_named() {
     std::fs::write(&path, vec![0x42u8; 1 << 20]).unwrap();
     let e = Pool::open_str(&format!("path={path}")).err().unwrap();
     assert!(e.to_string().contains("not a tiermalloc pool"), "{e}");
-    assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 0x42), "left untouched");
+    assert!(
+        std::fs::read(&path).unwrap().iter().all(|&b| b == 0x42),
+        "left untouched"
+    );
     assert!(Pool::open_str(&format!("path={path},format")).is_ok());
     std::fs::remove_file(&path).unwrap();
     let e = Pool::open_str("path=/dev/shm/x,colour=red").err().unwrap();
@@ -647,13 +787,20 @@ fn a_lock_held_by_a_dead_node_of_another_host_is_taken_over_after_its_lease() {
     );
     assert_eq!(signal_of(&status), Some(libc::SIGKILL));
     let started = Instant::now();
-    assert_eq!(pool.space("base").unwrap().refs, 1, "its references went with it");
+    assert_eq!(
+        pool.space("base").unwrap().refs,
+        1,
+        "its references went with it"
+    );
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(500),
         "the lock was taken over after {waited:?}, before the lease could have run out"
     );
-    assert!(waited < Duration::from_secs(20), "taken over at last: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "taken over at last: {waited:?}"
+    );
     assert_consistent(&pool);
 }
 
@@ -666,12 +813,23 @@ fn a_pool_at_an_offset_keeps_to_its_range() {
         let pool = Pool::open_str(&spec).unwrap();
         let _s = publish_data(&pool, "at-offset", &[0xc3; 3 * PAGE]);
         let again = Pool::open_str(&spec).unwrap();
-        assert_eq!(again.open_space("at-offset", MapMode::Read).unwrap().as_slice(), &[0xc3; 3 * PAGE][..]);
+        assert_eq!(
+            again
+                .open_space("at-offset", MapMode::Read)
+                .unwrap()
+                .as_slice(),
+            &[0xc3; 3 * PAGE][..]
+        );
     }
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), 5 << 20);
-    assert!(bytes[..1 << 20].iter().all(|&b| b == 0x5a), "the bytes before offset= are untouched");
-    assert!(bytes[1 << 20..].windows(PAGE).any(|w| w.iter().all(|&b| b == 0xc3)));
+    assert!(
+        bytes[..1 << 20].iter().all(|&b| b == 0x5a),
+        "the bytes before offset= are untouched"
+    );
+    assert!(bytes[1 << 20..]
+        .windows(PAGE)
+        .any(|w| w.iter().all(|&b| b == 0xc3)));
     std::fs::remove_file(&path).unwrap();
 }
 

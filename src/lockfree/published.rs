@@ -45,7 +45,11 @@ pub(crate) fn store_in_sequence(word: &AtomicU64, value: u64) {
 
 /// Copies the record's fields into `out` if they form one publication: the publish word it
 /// belongs to, or `None` when the record is free, being rewritten, or changed while read.
-pub(crate) fn read_consistent(word: &AtomicU64, fields: &[AtomicU64], out: &mut [u64]) -> Option<u64> {
+pub(crate) fn read_consistent(
+    word: &AtomicU64,
+    fields: &[AtomicU64],
+    out: &mut [u64],
+) -> Option<u64> {
     read_consistent_with(word, fields, out, true)
 }
 
@@ -109,7 +113,11 @@ mod loom_models {
                 let mut out = [0u64; 2];
                 if let Some(word) = read_consistent_with(&r.word, &r.fields, &mut out, reader_fence)
                 {
-                    assert_eq!(out, fields_of(generation_of(word)), "a torn record was accepted");
+                    assert_eq!(
+                        out,
+                        fields_of(generation_of(word)),
+                        "a torn record was accepted"
+                    );
                 }
             }
             t.join().unwrap();
