@@ -35,6 +35,9 @@ pub(crate) const PURGE_THRESHOLD: usize = 4 << 20;
 const PURGE_DELAY_NS: u64 = 20_000_000;
 /// ... unless there are more than this many: then at once.
 const PURGE_HARD_MAX: usize = 32 << 20;
+/// Empty segments a heap keeps at most (their address space; what is resident of them counts
+/// in the dirty bytes and decays): as many as `PURGE_HARD_MAX` covers.
+const EMPTY_SEGMENTS_MAX: usize = PURGE_HARD_MAX / crate::chunk::CHUNK_SIZE;
 /// Dirty bytes all heaps waiting in the pool for a new thread may keep together: a program
 /// whose threads come and go reuses their warm memory (mstress, see `PURGE_DELAY_NS`: 242 k
 /// minor faults when every exiting heap purged), while many exited threads pin no more than
@@ -336,10 +339,14 @@ impl Heap {
             budget::PAGE_BYTES.add((bytes as u64).wrapping_neg());
             if (*segment).is_empty() {
                 self.unlink_available(segment);
-                // Kept as it is, resident parts and all (counted in dirty_bytes).
-                (*segment).next = self.empty;
-                self.empty = segment;
-                self.empty_count += 1;
+                if self.empty_count < EMPTY_SEGMENTS_MAX {
+                    // Kept as it is, resident parts and all (counted in dirty_bytes).
+                    (*segment).next = self.empty;
+                    self.empty = segment;
+                    self.empty_count += 1;
+                } else {
+                    self.release(segment);
+                }
             } else if !(*segment).in_available {
                 self.link_available(segment);
             }
