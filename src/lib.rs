@@ -13,6 +13,7 @@
 //! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
 //! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`, `evacuate/`) |
 //! | shared pool | `pool` (named spaces on a device shared by processes and hosts; its C functions in `front::capi_pool`) |
+//! | workload profiles | `profile` (seed 003: DRAM reserved from a workload's recorded peak; a memory source of the DRAM tier) |
 //! | foundations | `pagemap`, `backend` (with `device_space`, `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `sync`, `lockfree` |
 //!
 //! Room is left by name for `device/persist` (persistent tiers) and `pool/` (a device shared
@@ -51,6 +52,7 @@ not_under_loom! {
     mod pagemap;
     mod place;
     pub mod pool;
+    mod profile;
     mod stats;
     mod thread_slot;
     mod tier;
@@ -63,6 +65,7 @@ not_under_loom! {
     pub use front::capi;
     pub use front::capi_evacuate;
     pub use front::capi_persist;
+    pub use front::capi_nodes;
     pub use front::capi_pool;
     pub use front::global_alloc::TierMalloc;
 }

@@ -1,5 +1,5 @@
 //! The entry points: the C interface (`capi`, `tm_*`; `capi_evacuate`, `tm_evacuate`;
-//! `capi_pool`, `tm_space_*` of the shared pool; `capi_persist`, durability, roots, offsets),
+//! `capi_pool`, `tm_space_*` of the shared pool; `capi_persist`, durability, roots, offsets; `capi_nodes`, `tm_pool_nodes`),
 //! the unprefixed malloc family (`override_libc`), the Rust global allocator
 //! (`global_alloc`), the Rust API (`api`; `api_persist`), the process start and exit hooks
 //! (`runtime`), the statistics report (`report`) and glibc's introspection names
@@ -14,6 +14,7 @@ pub mod api_persist;
 pub mod capi;
 pub mod capi_evacuate;
 pub mod capi_persist;
+pub mod capi_nodes;
 pub mod capi_pool;
 pub mod global_alloc;
 #[cfg(feature = "override")]

@@ -37,5 +37,8 @@ pub fn print_stats() {
             s.spilled_out
         );
         line.flush();
+        if kind == Kind::Dram {
+            crate::profile::report();
+        }
     }
 }

@@ -5,18 +5,20 @@
 //! register (unlike `atexit` from inside `malloc`), and work for the shared library, the static
 //! library and a Rust program using `TierMalloc` alike.
 
-use crate::{config, device, place};
+use crate::{config, device, place, profile};
 
 extern "C" fn at_start() {
     place::init();
     // Registration allocates: from here, never from inside `malloc`.
     device::fork::register_fork_handlers();
+    profile::start();
 }
 
 extern "C" fn at_exit() {
     if config::get().show_stats {
         super::report::print_stats();
     }
+    profile::finish();
 }
 
 #[used]

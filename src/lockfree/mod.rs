@@ -5,6 +5,7 @@
 //! pages and heaps.
 
 pub mod lease_lock;
+pub mod lend_table;
 pub mod published;
 pub mod redo_log;
 pub mod remote_list;
