@@ -9,6 +9,8 @@ Builds the C workloads in benches/workloads/ (cc -O2 -pthread) and the tiermallo
     mimalloc  /usr/lib/x86_64-linux-gnu/libmimalloc.so.2        (Debian libmimalloc2.0)
     jemalloc  /usr/lib/x86_64-linux-gnu/libjemalloc.so.2        (Debian libjemalloc2)
     tcmalloc  /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 (Debian libtcmalloc-minimal4)
+    mimalloc3 mimalloc v3, built from the crate libmimalloc-sys's sources (benches/peers.py)
+    snmalloc  snmalloc, built from the crate snmalloc-sys's sources (benches/peers.py)
 
 Runs are interleaved: repetition r runs every workload under every allocator (in an order
 rotated by r) before repetition r+1 starts, so drift on a shared machine hits every allocator
@@ -36,6 +38,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402  (benches/peers.py)
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 WORKLOAD_DIR = os.path.join(BENCH_DIR, "workloads")
@@ -49,6 +54,8 @@ PEERS = [
     ("jemalloc", os.path.join(SYSLIB, "libjemalloc.so.2")),
     ("tcmalloc", os.path.join(SYSLIB, "libtcmalloc_minimal.so.4")),
 ]
+# Peers built at benchmark time from their crates' sources (benches/peers.py), after Debian's.
+BUILT_PEERS = ("mimalloc3", "snmalloc")
 
 # The workload whose instruction count issue 3 compares (`--targets`).
 TARGET_CALLGRIND = "sliding_window"
@@ -310,6 +317,10 @@ TARGETS = [
     ("peak-RSS geomean ours/jemalloc", "rss", "jemalloc", 1.1),
     ("instructions ours/mimalloc (`%s`, whole program)" % TARGET_CALLGRIND, "ir", "mimalloc",
      1.0),
+    # Issue 16's, against the strongest peers (built by benches/peers.py).
+    ("peak-RSS geomean ours/glibc", "rss", "glibc", 1.0),
+    ("instructions ours/mimalloc3 (`%s`, whole program)" % TARGET_CALLGRIND, "ir", "mimalloc3",
+     0.9),
 ]
 
 
@@ -317,7 +328,7 @@ def targets_table(names, results, callgrind_rows):
     """Issue 3's targets against this run's figures, as a markdown table."""
     ir = {a: total for a, total, _outside, _why in callgrind_rows}
     metrics = {"wall": lambda r: r.wall, "rss": lambda r: r.rss_kib}
-    lines = ["#### Targets (issue 3), all from this run", "",
+    lines = ["#### Targets (issues 3 and 16), all from this run", "",
              "| target | bound | measured | |", "|---|---:|---:|---|"]
     for what, kind, peer, bound in TARGETS:
         if kind == "ir":
@@ -559,6 +570,8 @@ def describe_allocator(name, lib):
     if name == "ours":
         return "ours (`%s`)" % lib
     pkg = package_of(lib or "/lib/x86_64-linux-gnu/libc.so.6")
+    if pkg is None and lib and peers.version_of(lib):
+        pkg = "built from the crate %s's sources" % peers.version_of(lib)
     where = "`%s`" % lib if lib else "no LD_PRELOAD"
     return "%s (%s%s)" % (name, where, ", " + pkg if pkg else "")
 
@@ -591,7 +604,7 @@ def add_common_options(ap):
                     help="another libtiermalloc.so (an earlier commit's) measured as allocator "
                     "'before', interleaved with the others: a change against its parent in one run")
     ap.add_argument("--allocators", help="comma-separated subset of: ours,before,glibc,mimalloc,"
-                    "jemalloc,tcmalloc")
+                    "jemalloc,tcmalloc,mimalloc3,snmalloc")
     ap.add_argument("--baseline", default="ours",
                     help="allocator the ratios are relative to (default ours; glibc if ours is "
                     "unavailable)")
@@ -639,17 +652,18 @@ def choose_allocators(ap, opts, whichmalloc):
         if not sep or not name or not lib:
             ap.error("--peer wants NAME=LIB, got %r" % spec)
         extra.append((name, os.path.abspath(lib)))
-    candidates = [("ours", ours)] + extra + PEERS
     want = None
     if opts.allocators:
         want = [a.strip() for a in opts.allocators.split(",") if a.strip()]
         for a in want:
-            if a not in [c[0] for c in candidates]:
+            if a not in ["ours"] + [c[0] for c in extra + PEERS] + list(BUILT_PEERS):
                 ap.error("unknown allocator %r" % a)
+    to_build = [n for n in BUILT_PEERS if want is None or n in want]
+    candidates = [("ours", ours)] + extra + PEERS + (peers.built(to_build) if to_build else [])
     for name, lib in candidates:
         if want is not None and name not in want:
             continue
-        if name == "ours" and lib is None:
+        if lib is None and name != "glibc":
             continue
         if lib is not None and not os.path.exists(lib):
             log("note: %s not installed (%s); skipped" % (name, lib))

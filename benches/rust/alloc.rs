@@ -1,6 +1,7 @@
 //! Micro-benchmarks: `tiermalloc::TierMalloc` against `std::alloc::System` (glibc),
-//! `mimalloc::MiMalloc` and `tikv_jemallocator::Jemalloc`, all called directly through
-//! `GlobalAlloc` in the same criterion group, so each scenario's report lists the four side by
+//! `mimalloc::MiMalloc` (mimalloc v3: `libmimalloc-sys` 0.1.49 and later build v3 by default),
+//! `snmalloc_rs::SnMalloc` and `tikv_jemallocator::Jemalloc`, all called directly through
+//! `GlobalAlloc` in the same criterion group, so each scenario's report lists the five side by
 //! side.
 //!
 //! Run (own target directory, as for every benchmark here):
@@ -22,8 +23,8 @@
 //!
 //! A filter after `--` selects scenarios as usual, e.g. `-- alloc_free/64B`.
 //!
-//! Scenarios (one criterion group each; functions `tiermalloc`, `system`, `mimalloc`,
-//! `jemalloc`):
+//! Scenarios (one criterion group each; functions `tiermalloc`, `system`, `mimalloc3`,
+//! `snmalloc`, `jemalloc`):
 //! - `alloc_free/{8B,64B,512B,4KiB,64KiB,1MiB}`: one `alloc` + one byte written + one `dealloc`
 //!   per iteration.
 //! - `realloc_double`: `alloc(8)`, then `realloc` doubling up to 1 MiB (17 reallocs), then
@@ -40,9 +41,9 @@
 //!   its spread is wide.
 //!
 //! Note on fairness: `TierMalloc` is Rust code that can be inlined into the benchmark (as it is
-//! into any Rust program that uses it as `#[global_allocator]`); the three peers are C libraries
-//! reached through one FFI call per operation (mimalloc and jemalloc statically linked, glibc
-//! dynamically).
+//! into any Rust program that uses it as `#[global_allocator]`); the four peers are C or C++
+//! libraries reached through one FFI call per operation (mimalloc, snmalloc and jemalloc
+//! statically linked, glibc dynamically).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -56,15 +57,17 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Thro
 static TIER: tiermalloc::TierMalloc = tiermalloc::TierMalloc;
 static SYSTEM: System = System;
 static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static SNMALLOC: snmalloc_rs::SnMalloc = snmalloc_rs::SnMalloc;
 static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Calls `$f(group, name, &ALLOCATOR, args...)` for each of the four allocators, monomorphised (no
+/// Calls `$f(group, name, &ALLOCATOR, args...)` for each of the five allocators, monomorphised (no
 /// dynamic dispatch in the measured loops).
 macro_rules! for_each_allocator {
     ($group:expr, $f:ident $(, $arg:expr)*) => {{
         $f($group, "tiermalloc", &TIER $(, $arg)*);
         $f($group, "system", &SYSTEM $(, $arg)*);
-        $f($group, "mimalloc", &MIMALLOC $(, $arg)*);
+        $f($group, "mimalloc3", &MIMALLOC $(, $arg)*);
+        $f($group, "snmalloc", &SNMALLOC $(, $arg)*);
         $f($group, "jemalloc", &JEMALLOC $(, $arg)*);
     }};
 }

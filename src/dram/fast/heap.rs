@@ -25,15 +25,19 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Dirty (freed but resident) bytes a heap keeps without a thought of purging them.
 pub(crate) const PURGE_THRESHOLD: usize = 4 << 20;
-/// Dirty bytes above `PURGE_THRESHOLD` are purged with `madvise` once they have waited this
-/// long for reuse (checked on the heap's slow paths), so that a working set freed and taken
-/// again soon after is not faulted back in page by page. mimalloc-bench's mstress (`2 100
-/// 100`), whose threads free and reallocate ~10 MB sets and end every few milliseconds: 205 k
-/// minor faults with an immediate purge, 8 k with this delay and `POOLED_DIRTY_BUDGET`
-/// (mimalloc 8 k).
+/// The decay window. Dirty bytes above `PURGE_THRESHOLD` that stayed unused through a whole
+/// window (the lowest the dirty bytes fell during it, less the threshold) are purged with
+/// `madvise` at its end (checked on the heap's slow paths); what was taken again during the
+/// window stays resident, so a working set freed and taken again is not faulted back in page
+/// by page however long the program runs. mimalloc-bench's mstress (`2 100 100`), whose
+/// threads free and reallocate ~10 MB sets and end every few milliseconds: 205 k minor faults
+/// with an immediate purge, 8 k with this delay and `POOLED_DIRTY_BUDGET` (mimalloc 8 k).
 const PURGE_DELAY_NS: u64 = 20_000_000;
 /// ... unless there are more than this many: then at once.
 const PURGE_HARD_MAX: usize = 32 << 20;
+/// Empty segments a heap keeps at most (their address space; what is resident of them counts
+/// in the dirty bytes and decays): as many as `PURGE_HARD_MAX` covers.
+const EMPTY_SEGMENTS_MAX: usize = PURGE_HARD_MAX / crate::chunk::CHUNK_SIZE;
 /// Dirty bytes all heaps waiting in the pool for a new thread may keep together: a program
 /// whose threads come and go reuses their warm memory (mstress, see `PURGE_DELAY_NS`: 242 k
 /// minor faults when every exiting heap purged), while many exited threads pin no more than
@@ -93,8 +97,9 @@ pub fn turn_direct_off(heap: *mut Heap) {
 /// `tables.direct[i] == tables.current[class_of(16 i)]` for every `i` (requests up to
 /// `DIRECT_MAX` bytes), else every `direct` entry is the empty page; every page of a segment
 /// of this heap that holds blocks is in exactly one of `queues[its class]` and `full`;
-/// `available` lists exactly the segments with a free slice, but `cached`; `dirty_bytes` is the
-/// sum of the dirty slices of the available and cached segments.
+/// `available` lists exactly the segments with a free slice that are not empty; `empty` the
+/// empty ones (`empty_count` of them); `dirty_bytes` is the sum of the dirty slices of both;
+/// `dirty_low <= dirty_bytes` while a decay window is open (`purge_due != 0`).
 #[repr(C, align(64))]
 pub struct Heap {
     /// First, so that a pointer to the heap is a pointer to its tables (see `PageTables`).
@@ -105,12 +110,16 @@ pub struct Heap {
     /// Pages of `full` that received a remote free (linked through `Page::delayed_next`).
     delayed: RemoteList,
     available: *mut Segment,
-    /// One empty segment kept to avoid a map/unmap cycle (purged with the rest).
-    cached: *mut Segment,
+    /// Empty segments (linked through `Segment::next`), kept so that a working set that empties
+    /// whole segments and fills them again pays no `munmap`, `mmap` and page faults; purged
+    /// and released by the decay (all but one).
+    empty: *mut Segment,
+    empty_count: usize,
     dirty_bytes: usize,
-    /// When the dirty bytes above `PURGE_THRESHOLD` are due for purging (coarse monotonic
-    /// ns); 0 when none is pending.
+    /// When the current decay window ends (coarse monotonic ns); 0 when none is open.
     purge_due: u64,
+    /// The fewest dirty bytes seen since the decay window opened.
+    dirty_low: usize,
     /// The dirty bytes this heap counts in `POOLED_DIRTY` (while it waits in the pool).
     pooled_dirty: usize,
     /// Link in the pool of heaps without a thread.
@@ -325,9 +334,11 @@ impl Heap {
             budget::PAGE_BYTES.add((bytes as u64).wrapping_neg());
             if (*segment).is_empty() {
                 self.unlink_available(segment);
-                if self.cached.is_null() {
+                if self.empty_count < EMPTY_SEGMENTS_MAX {
                     // Kept as it is, resident parts and all (counted in dirty_bytes).
-                    self.cached = segment;
+                    (*segment).next = self.empty;
+                    self.empty = segment;
+                    self.empty_count += 1;
                 } else {
                     self.release(segment);
                 }
@@ -354,8 +365,9 @@ impl Heap {
         SEGMENTS_RELEASED.add(1);
     }
 
-    /// Purges when the dirty bytes above `PURGE_THRESHOLD` have waited `PURGE_DELAY_NS` (or
-    /// passed `PURGE_HARD_MAX`); otherwise starts the wait.
+    /// The decay: above `PURGE_HARD_MAX` dirty bytes, purges them all at once; otherwise opens a
+    /// window of `PURGE_DELAY_NS`, and at its end purges the bytes above `PURGE_THRESHOLD` that
+    /// no allocation took during it (`dirty_low`), then opens the next window if any remain.
     #[cold]
     #[inline(never)]
     fn consider_purge(&mut self) {
@@ -363,31 +375,72 @@ impl Heap {
             self.purge_due = 0;
             return;
         }
-        let now = os::coarse_now_ns();
-        if self.dirty_bytes > PURGE_HARD_MAX || (self.purge_due != 0 && now >= self.purge_due) {
+        if self.dirty_bytes > PURGE_HARD_MAX {
             self.purge();
-        } else if self.purge_due == 0 {
-            self.purge_due = now + PURGE_DELAY_NS;
+            return;
+        }
+        let now = os::coarse_now_ns();
+        if self.purge_due == 0 {
+            self.open_window(now);
+        } else if now >= self.purge_due {
+            let idle = self.dirty_low.saturating_sub(PURGE_THRESHOLD);
+            if idle > 0 {
+                self.purge_at_least(idle);
+            }
+            if self.dirty_bytes > PURGE_THRESHOLD {
+                self.open_window(now);
+            } else {
+                self.purge_due = 0;
+            }
         }
     }
 
-    /// Returns the memory of every free slice of this heap to the kernel: the bytes purged.
+    fn open_window(&mut self, now: u64) {
+        self.purge_due = now + PURGE_DELAY_NS;
+        self.dirty_low = self.dirty_bytes;
+    }
+
+    /// Returns the memory of every free slice of this heap to the kernel, and unmaps every empty
+    /// segment but one: the bytes purged.
     pub fn purge(&mut self) -> usize {
+        let purged = self.purge_at_least(usize::MAX);
+        self.purge_due = 0;
+        purged
+    }
+
+    /// Purges whole segments until at least `bytes` went back to the kernel (or none is left):
+    /// empty segments first (all but one unmapped), then those with free slices. Returns the
+    /// bytes purged.
+    fn purge_at_least(&mut self, bytes: usize) -> usize {
         let mut purged = 0;
+        while purged < bytes && !self.empty.is_null() {
+            let segment = self.empty;
+            // SAFETY: list members are valid empty segments of this heap.
+            unsafe {
+                if self.empty_count > 1 {
+                    self.empty = (*segment).next;
+                    self.empty_count -= 1;
+                    purged += (*segment).dirty_bytes();
+                    self.release(segment);
+                } else {
+                    let n = (*segment).purge();
+                    self.dirty_bytes -= n;
+                    purged += n;
+                    break;
+                }
+            }
+        }
         let mut segment = self.available;
-        while !segment.is_null() {
+        while purged < bytes && !segment.is_null() {
             // SAFETY: list members are valid segments of this heap.
             unsafe {
-                purged += (*segment).purge();
+                let n = (*segment).purge();
+                self.dirty_bytes -= n;
+                purged += n;
                 segment = (*segment).next;
             }
         }
-        if !self.cached.is_null() {
-            // SAFETY: the cached segment is ours and empty.
-            purged += unsafe { (*self.cached).purge() };
-        }
-        self.dirty_bytes = 0;
-        self.purge_due = 0;
+        self.dirty_low = self.dirty_low.min(self.dirty_bytes);
         purged
     }
 
@@ -401,6 +454,7 @@ impl Heap {
             let dirty_before = (*segment).dirty_bytes();
             let page = (*segment).take_page(class, page_slices(class))?;
             self.dirty_bytes -= dirty_before - (*segment).dirty_bytes();
+            self.dirty_low = self.dirty_low.min(self.dirty_bytes);
             Some(page)
         }
     }
@@ -435,12 +489,16 @@ impl Heap {
                 segment = (*segment).next;
             }
         }
-        let segment = if self.cached.is_null() {
+        let segment = if self.empty.is_null() {
             let fresh = Segment::create(self as *mut Heap as usize)?;
             SEGMENT_BYTES.add(crate::chunk::CHUNK_SIZE as u64);
             fresh
         } else {
-            core::mem::replace(&mut self.cached, ptr::null_mut())
+            let kept = self.empty;
+            // SAFETY: the head of this heap's list of empty segments.
+            self.empty = unsafe { (*kept).next };
+            self.empty_count -= 1;
+            kept
         };
         // SAFETY: an empty segment of ours.
         unsafe {

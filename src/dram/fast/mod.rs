@@ -236,15 +236,30 @@ pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
 #[cold]
 #[inline(never)]
 unsafe fn free_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
-    // SAFETY: `page` is valid; the block is dead and ours to link.
-    let class = unsafe { (*page).class } as usize;
-    let mut mine = binding::current();
+    let mine = binding::current();
     if mine.is_null() {
-        // A thread that only frees (a consumer) gets a heap too, for its counters: the shared
-        // ones below would be written by every such thread on every free (measured: two
-        // consumers of xmalloc-test spent 80% of their time on those two atomics).
-        mine = binding::bind();
+        // SAFETY: forwarded.
+        return unsafe { free_remote_unbound(page, owner, p) };
     }
+    // SAFETY: this thread's own heap; `page` is valid. Binding a heap is kept out of this
+    // function so that it calls nothing and saves no registers (cachegrind on prodcons: 10
+    // fewer instructions per remote free).
+    unsafe {
+        (*mine).traffic.on_free((*page).class as usize);
+        push_remote(page, owner, p);
+    }
+}
+
+/// `free_remote` for a thread without a heap.
+#[cold]
+#[inline(never)]
+unsafe fn free_remote_unbound(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
+    // SAFETY: `page` is valid.
+    let class = unsafe { (*page).class } as usize;
+    // A thread that only frees (a consumer) gets a heap too, for its counters: the shared
+    // ones below would be written by every such thread on every free (measured: two
+    // consumers of xmalloc-test spent 80% of their time on those two atomics).
+    let mine = binding::bind();
     if mine.is_null() {
         UNBOUND_FREES.add(1);
         UNBOUND_FREED_BYTES.add(size_class::class_size(class) as u64);
@@ -252,7 +267,18 @@ unsafe fn free_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
         // SAFETY: this thread's own heap.
         unsafe { (*mine).traffic.on_free(class) };
     }
-    // SAFETY: see above; a page's remote list accepts pushes from any thread.
+    // SAFETY: forwarded.
+    unsafe { push_remote(page, owner, p) }
+}
+
+/// Pushes dead block `p` on `page`'s remote list, handing the page back to its owner's heap if
+/// it was full.
+///
+/// # Safety
+/// `page` is the valid page of block `p`, owned by `owner`; the block is dead and ours to link.
+#[inline(always)]
+unsafe fn push_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
+    // SAFETY: a page's remote list accepts pushes from any thread.
     unsafe {
         page::Block::mark_free(p, page);
         if (*page).remote.push(p.cast::<page::Block>())

@@ -32,7 +32,7 @@ const ALL_BLOCK_SLICES: u64 = !1;
 /// Invariants: `dirty_slices ⊆ free_slices ⊆ ALL_BLOCK_SLICES`; each slice `i` not in
 /// `free_slices` belongs to exactly one page, whose head descriptor is `page_of_slice[i]`;
 /// `in_available` ⇔ the segment is on its heap's `available` list ⇔ `free_slices != 0`
-/// (except for the heap's cached empty segment, which is on no list).
+/// (except for the heap's empty segments, which are on its list of those instead).
 #[repr(C)]
 pub struct Segment {
     /// The address of the thread heap (`heap::Heap`) that owns the segment, plus 1 under
