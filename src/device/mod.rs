@@ -81,6 +81,12 @@ pub(crate) struct DeviceTier {
     roots: spin::Mutex<()>,
     /// The device behind the region now, and a live move onto another one (`evacuate`).
     device: DeviceState,
+    /// Whether the run before this open closed the heap cleanly (its dirty flag clear);
+    /// `None` when this open formatted the region.
+    previous_run_clean: Option<bool>,
+    /// The process that opened the tier: only it closes the heap cleanly (a forked child
+    /// exiting must not mark a heap clean that its parent still writes).
+    opened_by: i32,
 }
 
 impl DeviceTier {
@@ -90,7 +96,7 @@ impl DeviceTier {
         let region = backend::map_region(spec)?;
         let built = persist::decide(&region, spec)
             .and_then(|opening| Self::metadata(&region, spec, opening));
-        let (mut heap, slabs) = match built {
+        let (mut heap, slabs, previous_run_clean) = match built {
             Ok(built) => built,
             Err(problem) => {
                 // SAFETY: nothing uses the region; recovery wrote nothing but marker states.
@@ -118,7 +124,33 @@ impl DeviceTier {
             inherited: AtomicBool::new(false),
             roots: spin::Mutex::new(()),
             device: DeviceState::new(&region, spec),
+            previous_run_clean,
+            // SAFETY: no preconditions.
+            opened_by: unsafe { libc::getpid() },
         })
+    }
+
+    /// Whether the run before this open ended with a clean close (`None`: this open formatted
+    /// the region).
+    pub fn previous_run_clean(&self) -> Option<bool> {
+        self.previous_run_clean
+    }
+
+    /// Closes the heap cleanly at process exit (`front::runtime`): every write of this run
+    /// made durable, then the superblock's dirty flag cleared, so that the next open knows the
+    /// run ended cleanly. Only in the process that opened the tier; a region in anonymous
+    /// memory keeps nothing and is skipped. Writes by threads still running after this are
+    /// crash-ordered like any other: the flag tells how the run ended, recovery does not
+    /// depend on it. False if a flush failed (the flag then stays set).
+    pub fn close_cleanly(&self) -> bool {
+        if self.region.media == backend::Media::Anonymous
+            || self.inherited.load(Ordering::Relaxed)
+            // SAFETY: no preconditions.
+            || unsafe { libc::getpid() } != self.opened_by
+        {
+            return true;
+        }
+        persist::superblock::mark_clean(&self.region)
     }
 
     /// The host metadata of a region: a fresh heap after formatting it, or the heap its
@@ -127,17 +159,18 @@ impl DeviceTier {
         region: &Region,
         spec: &TierSpec,
         opening: Opening,
-    ) -> Result<(ExtentHeap, Slabs), Problem> {
+    ) -> Result<(ExtentHeap, Slabs, Option<bool>), Problem> {
         const NO_MEMORY: &str = "no host memory for the tier's metadata";
         let len = region.len as u64;
         let mut builder =
             ExtentHeap::builder(len, GRANULE, spec.fit).ok_or(Problem::new(NO_MEMORY))?;
         let slabs = Slabs::new(len).ok_or(Problem::new(NO_MEMORY))?;
         builder.push(SUPERBLOCK_BYTES, false);
-        match opening {
+        let previous_run_clean = match opening {
             Opening::Format => {
                 persist::superblock::format(region, spec.kind as u32);
                 builder.push(len - SUPERBLOCK_BYTES, true);
+                None
             }
             Opening::Recover => {
                 os::advise_sequential(region.base as *mut u8, region.len);
@@ -146,6 +179,8 @@ impl DeviceTier {
                 // SAFETY: the region is mapped and readable; nothing else uses it yet.
                 let image =
                     unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
+                let clean = persist::superblock::read(image)
+                    .is_some_and(|f| persist::superblock::closed_cleanly(&f));
                 let scanned = persist::recover::scan(image, |offset, extent_len, extent| {
                     let free = match extent {
                         Extent::Free => true,
@@ -173,10 +208,11 @@ impl DeviceTier {
                 }
                 media::order(region);
                 persist::superblock::mark_dirty(region);
+                Some(clean)
             }
-        }
+        };
         let heap = builder.finish().ok_or(Problem::new(NO_MEMORY))?;
-        Ok((heap, slabs))
+        Ok((heap, slabs, previous_run_clean))
     }
 
     /// A block of at least `size` bytes aligned to `align` (a power of two ≥ 16), its header
@@ -587,6 +623,9 @@ pub fn open(spec: &TierSpec) -> bool {
     }
     match DeviceTier::open(spec) {
         Ok(tier) => {
+            if crate::config::get().verbose {
+                report_opening(spec.kind, spec.path(), tier.previous_run_clean);
+            }
             slot.call_once(|| tier);
             crate::device_sigbus::install();
             true
@@ -627,16 +666,51 @@ pub(crate) fn for_each_device(f: impl FnMut(&DeviceTier)) {
     OPENED.iter().filter_map(spin::Once::get).for_each(f);
 }
 
+/// Closes every opened device tier cleanly (at process exit): see `DeviceTier::close_cleanly`.
+/// A failed flush is reported in one line; the heap then stays marked dirty.
+pub fn close_all() {
+    for_each_device(|tier| {
+        if !tier.close_cleanly() {
+            let mut line = os::LineBuf::new();
+            let _ = write!(
+                line,
+                "tiermalloc: tier '{}': flushing at exit failed; the heap stays marked dirty",
+                tier.kind.name()
+            );
+            os::write_errno_text(&mut line, os::errno());
+            let _ = writeln!(line);
+            line.flush();
+        }
+    });
+}
+
+/// `TIERMALLOC_VERBOSE=1`: one line saying how a tier opened: formatted, or recovered after
+/// a clean close or after a run that did not end cleanly.
+fn report_opening(kind: Kind, path: Option<&[u8]>, previous_run_clean: Option<bool>) {
+    let mut line = os::LineBuf::new();
+    let _ = write!(line, "tiermalloc: ");
+    write_tier_name(&mut line, kind, path);
+    let how = match previous_run_clean {
+        None => "formatted",
+        Some(true) => "recovered; the last run closed it cleanly",
+        Some(false) => "recovered; the last run did not close it cleanly (killed or crashed)",
+    };
+    let _ = writeln!(line, ": {how}");
+    line.flush();
+}
+
+/// "tier 'KIND' (PATH)", how the lines about a tier name it.
+fn write_tier_name(line: &mut os::LineBuf, kind: Kind, path: Option<&[u8]>) {
+    let _ = write!(line, "tier '{}'", kind.name());
+    if let Some(path) = path {
+        let _ = write!(line, " ({})", core::str::from_utf8(path).unwrap_or("<not UTF-8>"));
+    }
+}
+
 fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
     let mut line = os::LineBuf::new();
-    let _ = write!(line, "tiermalloc: TIERMALLOC_TIERS: tier '{}'", kind.name());
-    if let Some(path) = path {
-        let _ = write!(
-            line,
-            " ({})",
-            core::str::from_utf8(path).unwrap_or("<not UTF-8>")
-        );
-    }
+    let _ = write!(line, "tiermalloc: TIERMALLOC_TIERS: ");
+    write_tier_name(&mut line, kind, path);
     let _ = write!(line, ": {}", problem.what);
     if let Some(at) = problem.at {
         let _ = write!(line, " at offset {at}");
@@ -663,6 +737,8 @@ fn report_bad_free(kind: Kind, p: *mut u8, error: FreeError) {
 #[cfg(test)]
 impl Drop for DeviceTier {
     fn drop(&mut self) {
+        // A test's tier closes as a process's would at exit.
+        self.close_cleanly();
         // The descriptor of the device behind the region now (a move replaces the first).
         let region = Region {
             lock_fd: self.device.current_fd(),

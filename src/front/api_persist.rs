@@ -64,6 +64,14 @@ impl Tier {
             .map_err(PersistError)
     }
 
+    /// How the run before this process's open ended: `Some(true)` if it closed the heap
+    /// cleanly (exited normally), `Some(false)` if it was killed or crashed with the heap open
+    /// (recovery made the heap consistent either way), `None` if this open formatted the
+    /// region.
+    pub fn previous_run_clean(&self) -> Result<Option<bool>, PersistError> {
+        Ok(self.device()?.previous_run_clean())
+    }
+
     /// Maps durable root `name` (1 to 63 bytes, no NUL) to live block `block` of this tier,
     /// or removes it (`None`).
     pub fn set_root(&self, name: &str, block: Option<NonNull<u8>>) -> Result<(), PersistError> {

@@ -1,5 +1,6 @@
-//! Process start and exit: opening the configured tiers as soon as the environment is there,
-//! and printing statistics at exit when `TIERMALLOC_SHOW_STATS=1`.
+//! Process start and exit: opening the configured tiers as soon as the environment is there;
+//! at exit, printing statistics when `TIERMALLOC_SHOW_STATS=1` and closing the device tiers'
+//! heaps cleanly (`device::close_all`).
 //!
 //! Both hooks are entries in `.init_array`/`.fini_array`, so they need no allocation to
 //! register (unlike `atexit` from inside `malloc`), and work for the shared library, the static
@@ -19,6 +20,8 @@ extern "C" fn at_exit() {
         super::report::print_stats();
     }
     profile::finish();
+    // Persistent heaps marked closed cleanly, after everything else this hook does.
+    device::close_all();
 }
 
 #[used]

@@ -14,6 +14,9 @@ pub struct HeapReport {
     /// Bytes of the region (the file from `offset`).
     pub region_len: u64,
     pub heap_id: u64,
+    /// Whether the last process that had the heap open closed it cleanly (its dirty flag
+    /// clear). False after a kill or a crash; the scan recovers the heap either way.
+    pub closed_cleanly: bool,
     /// Live blocks outside slabs, live slab slots, slabs with a live slot.
     pub blocks: u64,
     pub slots: u64,
@@ -54,6 +57,7 @@ pub fn check_image(image: &[u8]) -> Result<HeapReport, String> {
     let mut report = HeapReport {
         region_len: image.len() as u64,
         heap_id: fields.heap_id,
+        closed_cleanly: superblock::closed_cleanly(&fields),
         ..HeapReport::default()
     };
     let mut live_starts = Vec::new();

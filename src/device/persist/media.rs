@@ -148,7 +148,8 @@ pub(crate) mod recorder {
 
     /// A marker the checker uses to know where operations end (no device effect).
     pub fn fence(base: usize) {
-        LOG.with(|l| {
+        // `try_with`: the exit hook writes after this thread's locals are gone.
+        let _ = LOG.try_with(|l| {
             if let Some((b, events)) = l.borrow_mut().as_mut() {
                 if *b == base {
                     events.push(Event::Fence);
@@ -158,7 +159,7 @@ pub(crate) mod recorder {
     }
 
     pub fn write(base: usize, offset: u64, len: usize) {
-        LOG.with(|l| {
+        let _ = LOG.try_with(|l| {
             if let Some((b, events)) = l.borrow_mut().as_mut() {
                 if *b == base {
                     // SAFETY: the bytes were just written, inside the region.

@@ -33,6 +33,16 @@
 //!
 //! `persist` is the default on `pmr`, `fresh` on `cmb` and `cxl`.
 //!
+//! # The dirty flag
+//!
+//! Every open sets the superblock's dirty flag (a format writes it set). At process exit the
+//! library's exit hook (`front::runtime`) closes each heap the process opened: every write of
+//! the run made durable (`flush.rs`), then the flag cleared. So the next open knows whether
+//! the last run ended cleanly (`DeviceTier::previous_run_clean`, `Tier::previous_run_clean`,
+//! `HeapReport::closed_cleanly`, a line with `TIERMALLOC_VERBOSE=1`). Recovery is the same
+//! one scan either way: the flag says how the run ended, the write order keeps the heap
+//! sound.
+//!
 //! # Recovery (`recover.rs`)
 //!
 //! One sequential pass over the header chain, reading the region front to back: each

@@ -10,7 +10,8 @@
 //! 32  heap_start   8  offset of the first header (4096)
 //! 40  slab_bytes   8  16384 (the slab layout the chain's markers assume)
 //! 48  kind         4  the tm_kind that formatted it
-//! 52  dirty        4  set to 1 by every open (informational: nothing clears it yet)
+//! 52  dirty        4  1 from an open (or format) until the process's clean close sets 0:
+//!                     the next open reads whether the last run ended cleanly
 //! 256 roots table (roots.rs)
 //! ```
 
@@ -136,8 +137,27 @@ pub(crate) fn format(region: &Region, kind: u32) {
     media::order(region);
 }
 
+/// Whether the last process that had the heap open closed it cleanly (`dirty == 0`).
+pub(crate) fn closed_cleanly(f: &Fields) -> bool {
+    f.dirty == 0
+}
+
 /// Marks the heap open by a process (the dirty flag), before any other write of this run.
 pub(crate) fn mark_dirty(region: &Region) {
     media::write_bytes(region, DIRTY_AT, &1u32.to_le_bytes());
     media::order(region);
+}
+
+/// Marks the heap closed cleanly: every earlier write of this run made durable first
+/// (`flush::persist` with no range: `msync` of the region on a file; on DAX a fence, the
+/// headers and the roots having been flushed as they were written; a barrier read on a BAR),
+/// then the dirty flag cleared, then made durable the same way. A power loss before the
+/// last step leaves the flag set (an unclean close: recovery is the same scan either way).
+/// False (with `errno`) if the kernel refused a flush; the flag then stays set.
+pub(crate) fn mark_clean(region: &Region) -> bool {
+    if !super::flush::persist(region, 0, 0) {
+        return false;
+    }
+    media::write_bytes(region, DIRTY_AT, &0u32.to_le_bytes());
+    super::flush::persist(region, 0, 0)
 }

@@ -806,7 +806,9 @@ fn sigkill_storm_recovers_every_time() {
             "seed {seed}: {:?}",
             report.problems
         );
+        assert!(!report.closed_cleanly, "seed {seed}: a killed run left the heap marked clean");
         let tier = open("pmr", &path, "").unwrap();
+        assert_eq!(tier.previous_run_clean(), Some(false), "seed {seed}");
         let found: BTreeMap<u64, u64> = live_blocks(&tier).into_iter().collect();
         let differences: Vec<_> = expected
             .iter()
@@ -949,4 +951,129 @@ fn an_evacuated_tier_recovers_from_its_target() {
     for f in [path, target] {
         let _ = std::fs::remove_file(f);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dirty flag: a clean close at exit, a kill leaves it set
+// ---------------------------------------------------------------------------------------------
+
+/// Set in the exit test's child process: `MODE` (`exit` or `hang`). The child's tiers come
+/// from `TIERMALLOC_TIERS`, opened by the library's constructor as in any program.
+const EXIT_ENV: &str = "TIERMALLOC_TEST_EXIT_CHILD";
+
+/// The exit test's child (a no-op unless `EXIT_ENV` is set): allocates a block on the PMR
+/// tier the library opened, stamps it, names it root "exit"; then returns (the process exits
+/// through the library's exit hook) or, in mode `hang`, waits to be killed.
+#[test]
+fn exit_child() {
+    let Ok(mode) = std::env::var(EXIT_ENV) else {
+        return;
+    };
+    let tier = crate::device::get(crate::kind::Kind::Pmr).expect("the pmr tier opened");
+    let p = tier.alloc(3000, 16).unwrap();
+    // SAFETY: the block holds 3000 bytes.
+    unsafe { (p as *mut u64).write(0x0e_c0de) };
+    tier.root_set(b"exit", Some(p)).unwrap();
+    println!("allocated");
+    if mode == "hang" {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// A process that exits normally leaves its heap marked clean (the exit hook); one killed
+/// with SIGKILL leaves it dirty; the next open says which (`previous_run_clean`, the offline
+/// checker), and recovers the same blocks either way.
+#[test]
+fn a_clean_exit_leaves_the_heap_clean_and_a_kill_leaves_it_dirty() {
+    let path = shm("exit");
+    let exe = std::env::current_exe().unwrap();
+    let child_test = concat!(module_path!(), "::exit_child");
+    let child_test = child_test.split_once("::").unwrap().1;
+    let child = |mode: &str| {
+        std::process::Command::new(&exe)
+            .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+            .env(EXIT_ENV, mode)
+            // DRAM first: the test binary's own mallocs stay off the tier.
+            .env("TIERMALLOC_TIERS", format!("dram;pmr:path={path},size=1M,create"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let recovered_roots = |clean: bool, runs: usize| {
+        let report = check::check_file(std::path::Path::new(&path), 0).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.closed_cleanly, clean, "the checker's report: {report:?}");
+        assert_eq!(report.blocks + report.slots, runs as u64, "one block per run");
+        let tier = open("pmr", &path, "").unwrap();
+        assert_eq!(tier.previous_run_clean(), Some(clean));
+        let p = tier.root_get(b"exit").expect("the root survives");
+        // SAFETY: a live block of 3000 bytes.
+        assert_eq!(unsafe { (p as *const u64).read() }, 0x0e_c0de);
+        assert_eq!(live_blocks(&tier).len(), runs);
+        // Dropping a tier closes it as an exit does.
+        drop(tier);
+        assert!(check::check_file(std::path::Path::new(&path), 0).unwrap().closed_cleanly);
+    };
+
+    // A normal exit.
+    let status = child("exit").wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    recovered_roots(true, 1);
+
+    // A kill once the block is made.
+    let mut killed = child("hang");
+    let out = std::io::BufReader::new(killed.stdout.take().unwrap());
+    let made = std::io::BufRead::lines(out).any(|line| line.unwrap().contains("allocated"));
+    assert!(made, "the child ended before allocating");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(killed.id() as i32, libc::SIGKILL) };
+    killed.wait().unwrap();
+    recovered_roots(false, 2);
+
+    // A fresh open formats: no previous run.
+    let tier = open("pmr", &path, ",fresh").unwrap();
+    assert_eq!(tier.previous_run_clean(), None);
+    drop(tier);
+    std::fs::remove_file(path).unwrap();
+}
+
+/// Blocks are cut from the end of free space, so a new block has the free space in front of
+/// it; a block whose neighbour behind was freed still grows in place into that space, and
+/// the grown block, its contents and the rest of the free space recover.
+#[test]
+fn a_block_grows_in_place_into_the_free_extent_behind_it() {
+    let path = shm("grow");
+    let tier = open("pmr", &path, ",size=1M,create").unwrap();
+    let fresh = tier.stats();
+    let behind = tier.alloc(20000, 16).unwrap();
+    let p = tier.alloc(10000, 16).unwrap();
+    let usable = tier.usable_size(p).unwrap() as u64;
+    assert_eq!(
+        header_offset(&tier, p) + HEADER_SIZE + usable,
+        header_offset(&tier, behind),
+        "cut from the end: the later block lies right in front of the earlier one"
+    );
+    assert!(!tier.resize_in_place(p, 15000), "grew over a live neighbour");
+    tier.free(behind).unwrap();
+    assert!(tier.resize_in_place(p, 25000), "no growth into the free extent behind");
+    assert!(tier.usable_size(p).unwrap() >= 25000);
+    // SAFETY: the block holds at least 25000 bytes now.
+    unsafe { p.add(24992).cast::<u64>().write_unaligned(0x9a0e) };
+    let offset = tier.offset_in_region(p).unwrap();
+    let grown = tier.usable_size(p).unwrap() as u64;
+    drop(tier);
+    let report = check::check_file(std::path::Path::new(&path), 0).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let tier = open("pmr", &path, "").unwrap();
+    assert_eq!(live_blocks(&tier), vec![(offset, grown)]);
+    let p = tier.at_offset(offset).unwrap();
+    // SAFETY: as above, recovered.
+    assert_eq!(unsafe { p.add(24992).cast::<u64>().read_unaligned() }, 0x9a0e);
+    tier.free(p).unwrap();
+    let s = tier.stats();
+    assert_eq!((s.in_use, s.largest_free), (fresh.in_use, fresh.largest_free));
+    drop(tier);
+    std::fs::remove_file(path).unwrap();
 }
