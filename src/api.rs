@@ -30,9 +30,9 @@ pub fn stats(kind: Kind) -> Result<TierStats, TierError> {
     place::stats(kind).ok_or(TierError::NotConfigured(kind))
 }
 
-/// Prints every configured tier's statistics on stderr.
+/// Prints every configured tier's statistics on stderr (the text report).
 pub fn print_stats() {
-    place::print_stats()
+    crate::report::print_stats()
 }
 
 /// The tier of a block, `None` if it is not ours.

@@ -53,12 +53,12 @@ pub enum Fit {
 /// Most tiers and placement rules a configuration may list.
 pub(crate) const MAX_TIERS: usize = 8;
 pub(crate) const MAX_RULES: usize = 16;
-const MAX_PATH: usize = 256;
+pub(crate) const MAX_PATH: usize = 256;
 
 /// Copies `path` into `out` with every `%p` replaced by this process's id (so that each
 /// process of a program that starts others, all with the same environment, can have its own
 /// file), leaving room for the NUL after it. The length, or `None` if it does not fit.
-fn expand_path(path: &[u8], out: &mut [u8; MAX_PATH]) -> Option<usize> {
+pub(crate) fn expand_path(path: &[u8], out: &mut [u8; MAX_PATH]) -> Option<usize> {
     let mut pid_digits = [0u8; 20];
     // SAFETY: getpid has no preconditions.
     let mut pid = unsafe { libc::getpid() } as u32;
@@ -305,8 +305,25 @@ fn entries(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|e| !e.is_empty())
 }
 
-fn flag(value: Option<&[u8]>) -> bool {
-    matches!(value, Some(v) if !v.is_empty() && v != b"0")
+/// A boolean variable: `1 yes true on` or `0 no false off` (any case); unset or empty is off.
+/// Anything else is reported in one line naming the variable, and counts as off.
+pub fn parse_bool(name: &str, value: Option<&[u8]>, report: &mut dyn Report) -> bool {
+    let Some(v) = value.filter(|v| !v.is_empty()) else {
+        return false;
+    };
+    let is = |words: &[&str]| words.iter().any(|w| v.eq_ignore_ascii_case(w.as_bytes()));
+    if is(&["1", "yes", "true", "on"]) {
+        true
+    } else if is(&["0", "no", "false", "off"]) {
+        false
+    } else {
+        report.problem(
+            name,
+            v,
+            "expected 1/yes/true/on or 0/no/false/off; taken as off",
+        );
+        false
+    }
 }
 
 /// Builds a configuration from the variables' values, reporting every skipped entry.
@@ -345,8 +362,8 @@ pub fn parse(
             Err(why) => report.problem("TIERMALLOC_PLACE", entry, why),
         }
     }
-    config.show_stats = flag(show_stats);
-    config.verbose = flag(verbose);
+    config.show_stats = parse_bool("TIERMALLOC_SHOW_STATS", show_stats, report);
+    config.verbose = parse_bool("TIERMALLOC_VERBOSE", verbose, report);
     config
 }
 
@@ -476,6 +493,25 @@ mod tests {
         assert!(r.0[2].contains("listed already"));
         assert!(r.0[3].contains("needs min"));
         assert!(r.0[4].contains("nvm"));
+    }
+
+    #[test]
+    fn booleans_take_the_usual_words_and_refuse_the_rest() {
+        let mut r = Collect::default();
+        for on in ["1", "yes", "TRUE", "On"] {
+            assert!(parse_bool("V", Some(on.as_bytes()), &mut r), "{on}");
+        }
+        for off in ["0", "no", "False", "OFF", ""] {
+            assert!(!parse_bool("V", Some(off.as_bytes()), &mut r), "{off}");
+        }
+        assert!(!parse_bool("V", None, &mut r));
+        assert!(r.0.is_empty(), "{:?}", r.0);
+        assert!(!parse_bool("TIERMALLOC_SHOW_STATS", Some(b"maybe"), &mut r));
+        assert_eq!(r.0.len(), 1);
+        assert!(r.0[0].contains("TIERMALLOC_SHOW_STATS") && r.0[0].contains("maybe"));
+        let c = parse(None, None, Some(b"no"), Some(b"2"), &mut r);
+        assert!(!c.show_stats && !c.verbose);
+        assert_eq!(r.0.len(), 2, "{:?}", r.0);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 #![cfg_attr(loom, allow(dead_code))]
 
-pub mod lockfree;
+mod lockfree;
 mod sync;
 
 // One `#[cfg(not(loom))]` per module rather than a macro around them: cbindgen reads module
@@ -27,7 +27,11 @@ mod api;
 #[cfg(not(loom))]
 mod backend;
 #[cfg(not(loom))]
-pub mod capi;
+mod capi;
+#[cfg(not(loom))]
+mod capi_info;
+#[cfg(not(loom))]
+mod cgroup;
 #[cfg(not(loom))]
 mod config;
 #[cfg(not(loom))]
@@ -45,6 +49,8 @@ pub(crate) mod heap;
 #[cfg(not(loom))]
 mod large;
 #[cfg(not(loom))]
+mod live;
+#[cfg(not(loom))]
 mod meta;
 #[cfg(not(loom))]
 mod os;
@@ -55,11 +61,15 @@ mod pagemap;
 #[cfg(not(loom))]
 mod place;
 #[cfg(not(loom))]
+pub mod report;
+#[cfg(not(loom))]
 mod runtime;
 #[cfg(not(loom))]
 mod stats;
 #[cfg(all(test, not(loom)))]
 mod test_rng;
+#[cfg(not(loom))]
+mod textbuf;
 #[cfg(not(loom))]
 mod thread_slot;
 #[cfg(not(loom))]

@@ -15,7 +15,7 @@ use crate::backend::Problem;
 use crate::config::{self, Fit, Kind, PlaceRule, MAX_RULES, MAX_TIERS};
 use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierStats};
-use crate::tier::DeviceTier;
+use crate::tier::{DeviceFigures, DeviceTier};
 use crate::{dram, dram_budget, fast, os};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -463,39 +463,13 @@ fn for_each_device(f: impl FnMut(&DeviceTier)) {
     }
 }
 
-/// Prints every configured tier's figures on stderr.
-pub fn print_stats() {
-    for kind in Kind::ALL {
-        let Some(s) = stats(kind) else { continue };
-        let mut line = crate::os::LineBuf::new();
-        let _ = write!(
-            line,
-            "tiermalloc: {:<4} in_use {} B, capacity {} B, free {} B, largest_free {} B",
-            kind.name(),
-            s.in_use,
-            s.capacity,
-            s.free_bytes,
-            s.largest_free,
-        );
-        if kind == Kind::Dram {
-            let _ = write!(
-                line,
-                ", segments mapped {} B",
-                fast::heap::SEGMENT_BYTES.get()
-            );
-        }
-        let _ = writeln!(line);
-        line.flush();
-        let _ = writeln!(
-            line,
-            "tiermalloc: {:<4} allocations {}, frees {}, failures {}, spilled_in {}, spilled_out {}",
-            kind.name(),
-            s.allocations,
-            s.frees,
-            s.failures,
-            s.spilled_in,
-            s.spilled_out
-        );
-        line.flush();
+/// Device tier `kind`'s figures for a statistics report; `None` if it is not configured, or
+/// (`wait` false: a signal handler, the live publisher) while one of its locks is held.
+pub fn device_figures(kind: Kind, wait: bool) -> Option<DeviceFigures> {
+    let tier = device(kind)?;
+    if wait {
+        Some(tier.figures())
+    } else {
+        tier.try_figures()
     }
 }

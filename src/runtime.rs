@@ -1,20 +1,21 @@
 //! Process start and exit: opening the configured tiers as soon as the environment is there,
-//! and printing statistics at exit when `TIERMALLOC_SHOW_STATS=1`.
+//! setting up the statistics report's destinations, and making the report at exit
+//! (`report`: when `TIERMALLOC_SHOW_STATS=1` or `TIERMALLOC_STATS_FILE` asks for it).
 //!
 //! Both hooks are entries in `.init_array`/`.fini_array`, so they need no allocation to
 //! register (unlike `atexit` from inside `malloc`), and work for the shared library, the static
 //! library and a Rust program using `TierMalloc` alike.
 
-use crate::{config, place};
+use crate::{cgroup, place, report};
 
 extern "C" fn at_start() {
+    cgroup::init();
     place::init();
+    report::init();
 }
 
 extern "C" fn at_exit() {
-    if config::get().show_stats {
-        place::print_stats();
-    }
+    report::at_exit();
 }
 
 #[used]

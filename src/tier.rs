@@ -25,8 +25,8 @@
 
 use crate::backend::{self, Problem, Region};
 use crate::config::{Fit, Kind, TierSpec};
-use crate::device_slabs::{SlabFree, Slabs, SLAB_BYTES};
-use crate::heap::{ExtentHeap, FreeError};
+use crate::device_slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
+use crate::heap::{ExtentHeap, FreeError, HeapStats};
 use crate::os;
 use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierStats};
@@ -85,6 +85,15 @@ impl BlockHeader {
             dst.write_volatile(self)
         };
     }
+}
+
+/// A device tier's figures for a statistics report: `tm_stats`, plus the most bytes its
+/// extents (blocks, and slabs whole) have taken at once, and the bytes mapped for it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DeviceFigures {
+    pub stats: TierStats,
+    pub peak_in_use: u64,
+    pub mapped: u64,
 }
 
 /// One configured device tier.
@@ -378,10 +387,33 @@ impl DeviceTier {
     }
 
     pub fn stats(&self) -> TierStats {
+        self.figures().stats
+    }
+
+    /// The tier's figures for a report.
+    pub fn figures(&self) -> DeviceFigures {
         let h = self.heap.lock().stats();
+        self.figures_of(h, self.slabs.totals())
+    }
+
+    /// The figures, or `None` while a lock is held: a report from a signal handler or from
+    /// inside an allocation must not wait for the thread it interrupted.
+    pub fn try_figures(&self) -> Option<DeviceFigures> {
+        let h = self.heap.try_lock()?.stats();
+        Some(self.figures_of(h, self.slabs.try_totals()?))
+    }
+
+    fn figures_of(&self, h: HeapStats, slabs: SlabTotals) -> DeviceFigures {
+        DeviceFigures {
+            stats: self.stats_of(h, slabs),
+            peak_in_use: h.peak_in_use,
+            mapped: self.region.len as u64,
+        }
+    }
+
+    fn stats_of(&self, h: HeapStats, slabs: SlabTotals) -> TierStats {
         let capacity = h.capacity.min(self.limit);
         // Slabs are allocated extents; their slots without a live block are not in use.
-        let slabs = self.slabs.totals();
         let in_use = h.in_use.saturating_sub(slabs.idle_bytes);
         TierStats {
             capacity,

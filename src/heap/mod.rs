@@ -170,6 +170,8 @@ pub(crate) struct HeapStats {
     pub largest_free: u64,
     pub free_extents: u64,
     pub allocated_extents: u64,
+    /// The most `in_use` has been.
+    pub peak_in_use: u64,
 }
 
 /// Invariants (checked in full by `check_invariants`):
@@ -180,7 +182,8 @@ pub(crate) struct HeapStats {
 /// - `starts` records exactly every extent's start and node; `sizes` holds exactly the free
 ///   extents, so `sizes.len()` counts the free extents and `starts.len() - sizes.len()` the
 ///   allocated ones;
-/// - `in_use` = Σ allocated lengths, and `pool.live() == starts.len()`.
+/// - `in_use` = Σ allocated lengths, and `pool.live() == starts.len()`; `peak_in_use` ≥ every
+///   value `in_use` has had.
 pub(crate) struct ExtentHeap {
     starts: StartTable,
     sizes: SizeIndex,
@@ -189,6 +192,7 @@ pub(crate) struct ExtentHeap {
     granule: u64,
     fit: Fit,
     in_use: u64,
+    peak_in_use: u64,
     probe_limit: u32,
 }
 
@@ -216,6 +220,7 @@ impl ExtentHeap {
             granule,
             fit,
             in_use: 0,
+            peak_in_use: 0,
             probe_limit: PROBE_LIMIT,
         };
         if !heap.pool.reserve(1) || !heap.starts.reserve(1) {
@@ -390,6 +395,7 @@ impl ExtentHeap {
                 self.sizes.insert(t);
             }
             self.in_use += fit.need;
+            self.peak_in_use = self.peak_in_use.max(self.in_use);
             ((*block).offset, fit.need)
         }
     }
@@ -472,6 +478,7 @@ impl ExtentHeap {
                     self.sizes.insert(next);
                 }
                 self.in_use += extra;
+                self.peak_in_use = self.peak_in_use.max(self.in_use);
             } else if need < old {
                 let tail = old - need;
                 if next_free {
@@ -557,6 +564,7 @@ impl ExtentHeap {
             largest_free,
             free_extents,
             allocated_extents: self.starts.len() as u64 - free_extents,
+            peak_in_use: self.peak_in_use,
         }
     }
 
