@@ -46,8 +46,7 @@ pub fn path_of(pid: u32, buf: &mut [u8; 64]) -> usize {
     len
 }
 
-/// Creates this process's file and publishes a first report (library constructor, and a
-/// forked child for its own pid). Problems are reported in one line; the process runs on.
+/// Creates this process's file and publishes a first report (library constructor). Problems are reported in one line; the process runs on.
 pub fn start(writer: Writer) {
     WRITER.store(writer as usize, Ordering::Relaxed);
     let mut name = [0u8; 64];
@@ -175,21 +174,19 @@ pub fn stop() {
     os::keep_errno(|| unsafe { libc::unlink(name.as_ptr().cast()) });
 }
 
-/// A forked child gets a file of its own: the inherited mapping is the parent's.
+/// A forked child stops publishing: the inherited mapping is the parent's file. It gets a
+/// file of its own only if it `exec`s a program that loads the library again: a child that
+/// ends with `_exit` (as shells' subshells do) runs no exit hook and would leave its file
+/// behind.
 fn register_fork_handler() {
     static REGISTERED: AtomicBool = AtomicBool::new(false);
     extern "C" fn in_child() {
-        let old = MAP.swap(core::ptr::null_mut(), Ordering::AcqRel);
         NEXT_NS.store(u64::MAX, Ordering::Relaxed);
+        let old = MAP.swap(core::ptr::null_mut(), Ordering::AcqRel);
         BUSY.store(false, Ordering::Relaxed);
         if !old.is_null() {
             // SAFETY: the parent's mapping, of MAP_BYTES; no other thread exists in the child.
             unsafe { libc::munmap(old.cast(), MAP_BYTES) };
-        }
-        let writer = WRITER.load(Ordering::Relaxed);
-        if writer != 0 {
-            // SAFETY: as in `publish`.
-            start(unsafe { core::mem::transmute::<usize, Writer>(writer) });
         }
     }
     if !REGISTERED.swap(true, Ordering::Relaxed) {
