@@ -89,7 +89,10 @@ fn main() -> ExitCode {
                 .map(str::trim)
                 .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
                 .collect();
-            eprintln!("tiermalloc: {}", message.join(" ").trim_start_matches("error: "));
+            eprintln!(
+                "tiermalloc: {}",
+                message.join(" ").trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };

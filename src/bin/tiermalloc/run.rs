@@ -21,7 +21,8 @@ pub fn find_library() -> Result<PathBuf, Failure> {
             Err(format!("TIERMALLOC_LIB={}: no such file", lib.display()))
         };
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this command's path: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find this command's path: {e}"))?;
     let exe = exe.canonicalize().unwrap_or(exe);
     let dir = exe.parent().unwrap_or(Path::new("/"));
     let mut candidates = vec![dir.join("libtiermalloc.so"), dir.join("libtiermalloc.so.0")];

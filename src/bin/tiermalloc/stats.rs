@@ -10,7 +10,9 @@ use clap::ArgMatches;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
-use tiermalloc::report::{live_file, write_json, write_text, CapacitySource, Event, Snapshot, TierFigures};
+use tiermalloc::report::{
+    live_file, write_json, write_text, CapacitySource, Event, Snapshot, TierFigures,
+};
 use tiermalloc::{Kind, TierStats};
 
 /// Where `run` keeps reports: `$XDG_RUNTIME_DIR/tiermalloc`, else `/tmp/tiermalloc-UID`.
@@ -86,14 +88,18 @@ fn read_live(pid: u32) -> Result<Snapshot, Failure> {
     // read it only through atomics (header) and copies checked against that lock (text).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("{path}: {e}"))?;
     if map.len() < live_file::MAP_BYTES {
-        return Err(format!("{path}: not a tiermalloc live statistics file (too short)"));
+        return Err(format!(
+            "{path}: not a tiermalloc live statistics file (too short)"
+        ));
     }
     let word = |i: usize| {
         // SAFETY: 8-aligned (page-aligned mapping) words inside the mapping, accessed atomically.
         unsafe { &*(map.as_ptr() as *const AtomicU64).add(i) }
     };
     if word(0).load(Ordering::Relaxed) != live_file::MAGIC {
-        return Err(format!("{path}: not a tiermalloc live statistics file (bad magic)"));
+        return Err(format!(
+            "{path}: not a tiermalloc live statistics file (bad magic)"
+        ));
     }
     for _ in 0..1000 {
         let seq = word(1).load(Ordering::Acquire);
@@ -133,7 +139,10 @@ pub fn parse(text: &[u8]) -> Result<Snapshot, Failure> {
         Event::parse(&event).ok_or_else(|| format!("unknown event `{event}`"))?,
         num(&v, "time_ns")?,
     );
-    snap.complete = v.get("complete").and_then(serde_json::Value::as_bool).unwrap_or(true);
+    snap.complete = v
+        .get("complete")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(true);
     for t in v
         .get("tiers")
         .and_then(serde_json::Value::as_array)
