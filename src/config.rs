@@ -200,11 +200,17 @@ impl Report for Stderr {
 /// likewise `M` 2^20, `G` 2^30, `T` 2^40, and `B` = 1. A fraction is cut to whole bytes:
 /// `1.5G` = 1610612736, `0.5K` = 512. `None` for anything else and for values above 2^64 - 1.
 pub fn parse_size(s: &[u8]) -> Option<u64> {
-    let digits_end = s.iter().position(|c| !c.is_ascii_digit()).unwrap_or(s.len());
+    let digits_end = s
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(s.len());
     let (whole, rest) = s.split_at(digits_end);
     let (fraction, unit) = match rest.strip_prefix(b".") {
         Some(r) => {
-            let end = r.iter().position(|c| !c.is_ascii_digit()).unwrap_or(r.len());
+            let end = r
+                .iter()
+                .position(|c| !c.is_ascii_digit())
+                .unwrap_or(r.len());
             if end == 0 {
                 return None;
             }
@@ -220,7 +226,9 @@ pub fn parse_size(s: &[u8]) -> Option<u64> {
     for &d in whole {
         value = value.checked_mul(10)?.checked_add((d - b'0') as u64)?;
     }
-    let mut bytes = value.checked_mul(1 << shift).filter(|v| v >> shift == value)?;
+    let mut bytes = value
+        .checked_mul(1 << shift)
+        .filter(|v| v >> shift == value)?;
     // The fraction's bytes: 0.f * 2^shift, cut to whole bytes (at most 19 digits count).
     let mut numerator: u128 = 0;
     let mut denominator: u128 = 1;
@@ -248,7 +256,9 @@ fn unit_shift(unit: &[u8]) -> Option<u32> {
         b'T' => 40,
         _ => return None,
     };
-    let ok = suffix.is_empty() || suffix.eq_ignore_ascii_case(b"B") || suffix.eq_ignore_ascii_case(b"iB");
+    let ok = suffix.is_empty()
+        || suffix.eq_ignore_ascii_case(b"B")
+        || suffix.eq_ignore_ascii_case(b"iB");
     ok.then_some(shift)
 }
 
@@ -485,7 +495,9 @@ mod tests {
         assert_eq!(parse_size(b"99999999999999999999"), None);
         assert_eq!(parse_size(b"99999999999T"), None);
         // Every spelling of a unit is binary; fractions are cut to whole bytes.
-        for four_k in ["4K", "4k", "4KB", "4kb", "4KiB", "4kib", "4096B", "4096", "4.0K"] {
+        for four_k in [
+            "4K", "4k", "4KB", "4kb", "4KiB", "4kib", "4096B", "4096", "4.0K",
+        ] {
             assert_eq!(parse_size(four_k.as_bytes()), Some(4096), "{four_k}");
         }
         assert_eq!(parse_size(b"1.5G"), Some(3 << 29));
@@ -493,7 +505,9 @@ mod tests {
         assert_eq!(parse_size(b"0.1K"), Some(102));
         assert_eq!(parse_size(b"2TiB"), Some(2 << 40));
         assert_eq!(parse_size(b"16777216T"), None);
-        for bad in ["1.", ".5K", "1.5.5K", "4 K", "4KK", "4Kb2", "4iB", "-1", "1e3", "4Bi"] {
+        for bad in [
+            "1.", ".5K", "1.5.5K", "4 K", "4KK", "4Kb2", "4iB", "-1", "1e3", "4Bi",
+        ] {
             assert_eq!(parse_size(bad.as_bytes()), None, "{bad}");
         }
     }
