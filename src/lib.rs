@@ -1,17 +1,118 @@
 //! tiermalloc: a memory allocator for machines whose memory comes in tiers (DRAM, CXL, NVMe
 //! CMB/PMR), keeping every piece of its metadata in host DRAM.
 //!
-//! Layers, each importing only from those below it (see DESIGN.md):
+//! With no configuration it is a fast general-purpose allocator on DRAM. Configured tiers add
+//! CXL memory and NVMe controller memory (a CMB, or a PMR, which survives power loss), each a
+//! file or device mapped shared; the device is written only for the 16-byte header before each
+//! block and never read by `malloc` or `free`.
+//!
+//! # Quick start
+//!
+//! **Rust**, as the global allocator (`Cargo.toml`: `tiermalloc = { path = "../tiermalloc" }`,
+//! or a `git =` source):
+//!
+//! ```
+//! #[global_allocator]
+//! static A: tiermalloc::TierMalloc = tiermalloc::TierMalloc;
+//!
+//! fn main() {
+//!     let v: Vec<u64> = (0..1000).collect();
+//!     let dram = tiermalloc::stats(tiermalloc::Kind::Dram).expect("DRAM is always there");
+//!     assert!(dram.in_use >= 8000 && v.len() == 1000);
+//! }
+//! ```
+//!
+//! Collections on a chosen tier, through [`Tier`] and `allocator-api2`'s `Allocator`
+//! (`allocator-api2 = "0.2"`: the 0.2 series is the one tiermalloc implements):
+//!
+//! ```
+//! use allocator_api2::vec::Vec;
+//! use tiermalloc::{Kind, Tier};
+//!
+//! match Tier::new(Kind::Pmr) {
+//!     Ok(pmr) => {
+//!         let mut v: Vec<u64, Tier> = Vec::new_in(pmr);
+//!         v.extend(0..1000);
+//!         assert_eq!(tiermalloc::kind_of(v.as_ptr()), Some(Kind::Pmr));
+//!     }
+//!     // TIERMALLOC_TIERS does not list pmr in this process.
+//!     Err(e) => eprintln!("{e}"),
+//! }
+//! ```
+//!
+//! **Any program**, with the command (`tiermalloc run`) or `LD_PRELOAD`:
+//!
+//! ```sh
+//! tiermalloc run --stats -- python3 script.py
+//! TIERMALLOC_TIERS="dram;cxl:path=/dev/dax0.0" LD_PRELOAD=libtiermalloc.so.0 ./server
+//! ```
+//!
+//! **C**: `#include <tiermalloc.h>`, `tm_malloc(TM_PMR, n)`, build with
+//! `pkg-config --cflags --libs tiermalloc` (the README's install recipe; `man 3 tiermalloc`).
+//!
+//! # Environment variables
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `TIERMALLOC_TIERS` | tiers in fallback order, `;`-separated, `KIND[:key=value,...]`; KIND `dram`, `cxl`, `cmb` or `pmr`; unset: `dram` alone |
+//! | `TIERMALLOC_PLACE` | rules for plain `malloc`, `;`-separated, first match wins: `KIND:min=SIZE[,max=SIZE]`; no match: the first tier listed |
+//! | `TIERMALLOC_SHOW_STATS` | boolean: the statistics report on stderr at exit (only while descriptor 2 is still the original stderr) |
+//! | `TIERMALLOC_STATS_FILE` | the at-exit report into this file instead (`%p`: the pid) |
+//! | `TIERMALLOC_STATS_FORMAT` | `text` or `json`; default: JSON if the file name ends in `.json` |
+//! | `TIERMALLOC_STATS_SIGNAL` | a signal (`USR1`, `SIGUSR2`, `12`) on which the report is made, to the same destination |
+//! | `TIERMALLOC_STATS_LIVE` | boolean: keep the report current in `/dev/shm/tiermalloc-live.PID` for `tiermalloc stats PID` |
+//! | `TIERMALLOC_VERBOSE` | boolean: print the configuration understood at start-up |
+//! | `TIERMALLOC_ON_ERROR` | `abort` (default) or `ignore`: what a double or bad free on a device tier does after its line on stderr |
+//! | `TIERMALLOC_LIB` | (the command) the library `tiermalloc run` preloads |
+//!
+//! Booleans take `1 yes true on` or `0 no false off`, in any case; any other value is
+//! refused with one line and counts as off. A bad entry anywhere gets one line on stderr naming
+//! it and is skipped; the program runs on the rest.
+//!
+//! # Tier keys (`TIERMALLOC_TIERS`)
+//!
+//! | key | meaning |
+//! |---|---|
+//! | `path=FILE` | what to map: `/dev/daxX.Y`, a PCI BAR `/sys/bus/pci/devices/BDF/resourceN`, a regular file, a file in `/dev/shm`; `%p` stands for the pid (one file per process) |
+//! | `size=SIZE` | bytes to use (default: the rest of the file or device after `offset`) |
+//! | `offset=SIZE` | where in the file the tier starts (default 0) |
+//! | `create` | create the regular file, or extend it, to `size` |
+//! | `numa=N` | take the tier from NUMA node N (CXL memory onlined as a node) instead of a file |
+//! | `limit=SIZE` | the most bytes the tier serves; on `dram` too (then plain requests spill to the next tier) |
+//! | `fit=best` / `fit=worst` | which free extent a block of 4 KiB or more takes (also [`set_fit`], `tm_set_fit`) |
+//!
+//! A tier that is full or at its limit passes plain requests to the next tier listed
+//! (`spilled_out`/`spilled_in`); an explicit request on one tier (`tm_malloc(kind, ..)`,
+//! [`Tier`]) never spills.
+//!
+//! # Sizes
+//!
+//! Digits, an optional fraction, an optional unit, no spaces. Units are binary multiples
+//! however they are spelt: `K`, `KB` and `KiB` are 1024 bytes (any case), `M`/`MB`/`MiB`
+//! 2^20, `G`/`GB`/`GiB` 2^30, `T`/`TB`/`TiB` 2^40, `B` one byte. A fraction is cut to whole
+//! bytes: `1.5G` is 1610612736, `0.1K` is 102. Anything else (`4 K`, `1e3`, `-1`) is refused.
+//!
+//! # Statistics
+//!
+//! [`stats`] (`tm_get_stats` in C) gives a tier's capacity, bytes in use and free, its largest
+//! free block, and counts. The report ([`print_stats`], [`report`], `tm_stats_json`, the
+//! variables above, `tiermalloc stats`) adds the process's pid and name, each tier's peak,
+//! the address space it reserved (which is not memory in use), and where DRAM's capacity comes
+//! from: physical memory, the cgroup's memory limit, or `limit=`.
+//!
+//! # Layers
+//!
+//! Each imports only from those below it:
 //!
 //! | layer | modules |
 //! |---|---|
-//! | front ends | `capi` (`tm_*`), `override_libc` (malloc family), `global_alloc`, `api`, `runtime` |
+//! | front ends | `capi` (`tm_*`), `capi_info` (version, JSON), `override_libc` (malloc family), `global_alloc`, `api`, `report`, `runtime` |
 //! | placement | `place` |
 //! | tiers | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks); `tier` (a device tier: `heap` + `device_slabs` + headers) |
 //! | extent heap | `heap` (host-metadata best/worst fit, coalescing) |
 //! | address map | `pagemap` |
 //! | memory sources | `backend` (device mappings), `meta` (metadata arena), `thread_slot` (TLS), `os` |
-//! | foundations | `sync`, `lockfree`, `stats`, `dram_budget`, `config` |
+//! | foundations | `sync`, `lockfree`, `stats`, `dram_budget`, `cgroup`, `live`, `textbuf`, `config` |
 //!
 //! Only `sync` and `lockfree` are built under `--cfg loom`: their models run there.
 
@@ -76,6 +177,11 @@ mod thread_slot;
 mod tier;
 
 #[cfg(not(loom))]
-pub use api::{kind_of, print_stats, stats, Fit, Kind, Tier, TierError, TierStats};
+pub use api::{kind_of, print_stats, set_fit, stats, Fit, Kind, Tier, TierError, TierStats};
 #[cfg(not(loom))]
 pub use global_alloc::TierMalloc;
+
+/// The README's Rust examples, run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
