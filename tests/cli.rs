@@ -72,6 +72,29 @@ fn run_preloads_the_library_keeps_the_status_and_reports() {
 }
 
 #[test]
+fn run_leaves_the_programs_signals_alone() {
+    // ^C must reach the program: `run` ignores SIGINT itself, but not in the program it starts.
+    let state = TempDir::new("cli", "signals").kept_on_panic();
+    let out = output(tiermalloc(
+        state.path(),
+        &["run", "--", "bash", "-c", "grep SigIgn /proc/self/status"],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ignored =
+        u64::from_str_radix(text(&out.stdout).split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(
+        ignored & (1 << (libc::SIGINT - 1)),
+        0,
+        "SIGINT ignored in the program"
+    );
+    assert_eq!(
+        ignored & (1 << (libc::SIGQUIT - 1)),
+        0,
+        "SIGQUIT ignored in the program"
+    );
+}
+
+#[test]
 fn run_passes_tiers_and_placement() {
     let state = TempDir::new("cli", "tiers").kept_on_panic();
     let pmr = format!("/dev/shm/tiermalloc-cli-test-{}-%p", std::process::id());

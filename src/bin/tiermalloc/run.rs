@@ -71,13 +71,15 @@ pub fn run(m: &ArgMatches) -> Result<ExitCode, Failure> {
     if let Some(p) = m.get_one::<String>("place") {
         cmd.env("TIERMALLOC_PLACE", p);
     }
-    // The terminal's ^C and ^\ go to the program; this command waits for it to finish.
+    let child = cmd.spawn();
+    // The terminal's ^C and ^\ go to the program; this command waits for it to finish. Set
+    // after the spawn: an ignored signal stays ignored across exec, and the program must not
+    // inherit that.
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let child = cmd.spawn();
     let result = child
         .map_err(|e| format!("cannot run {program}: {e}"))
         .and_then(|mut c| {
