@@ -587,8 +587,11 @@ def add_common_options(ap):
                     help="do not run cargo build; use the existing target/release library")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, small parameters")
-    ap.add_argument("--allocators", help="comma-separated subset of: ours,glibc,mimalloc,jemalloc,"
-                    "tcmalloc")
+    ap.add_argument("--before", metavar="LIB",
+                    help="another libtiermalloc.so (an earlier commit's) measured as allocator "
+                    "'before', interleaved with the others: a change against its parent in one run")
+    ap.add_argument("--allocators", help="comma-separated subset of: ours,before,glibc,mimalloc,"
+                    "jemalloc,tcmalloc")
     ap.add_argument("--baseline", default="ours",
                     help="allocator the ratios are relative to (default ours; glibc if ours is "
                     "unavailable)")
@@ -625,7 +628,8 @@ def choose_allocators(ap, opts, whichmalloc):
         ours = build_ours() if wanted else None
     libs = {}
     order = []
-    candidates = [("ours", ours)] + PEERS
+    before = [("before", os.path.abspath(opts.before))] if opts.before else []
+    candidates = [("ours", ours)] + before + PEERS
     want = None
     if opts.allocators:
         want = [a.strip() for a in opts.allocators.split(",") if a.strip()]

@@ -10,7 +10,7 @@
 
 use crate::config::TierSpec;
 use crate::os;
-use crate::pagemap::{self, CHUNK_SIZE};
+use crate::chunk::{self, CHUNK_SIZE};
 use core::ffi::{c_char, CStr};
 
 /// A mapped device region: `[base, base + len)`, chunk-aligned, its chunks
@@ -58,12 +58,11 @@ pub(crate) fn map_region(spec: &TierSpec) -> Result<Region, Problem> {
     })
 }
 
-/// Unmaps a region (its whole reservation) and forgets its page-map tags.
+/// Unmaps a region (its whole reservation); the caller forgets its page-map tags first.
 ///
 /// # Safety
 /// No block of the region may be used afterwards.
 pub(crate) unsafe fn unmap_region(region: Region) {
-    pagemap::clear(region.base, region.reserved);
     // SAFETY: the reservation is ours and unused (contract).
     unsafe { os::unmap(region.base as *mut u8, region.reserved) };
     if region.lock_fd >= 0 {
@@ -232,7 +231,7 @@ fn reserve(len: usize) -> Result<Region, Problem> {
     let base = os::map_aligned(reserved, CHUNK_SIZE)
         .ok_or(Problem::os("cannot reserve address space"))?
         .as_ptr() as usize;
-    if !pagemap::covers(base, reserved) {
+    if !chunk::covers(base, reserved) {
         // SAFETY: fresh and unused.
         unsafe { os::unmap(base as *mut u8, reserved) };
         return Err(Problem::new("no address space the page map covers"));

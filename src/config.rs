@@ -6,49 +6,10 @@
 //! `TIERMALLOC_PLACE` lists size rules `KIND:min=SIZE[,max=SIZE]`. A bad entry is reported in
 //! one line on stderr naming it, and skipped; the rest still applies.
 
+use crate::kind::{Fit, Kind};
 use crate::os;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU8, Ordering};
-
-/// The memory kinds, as numbered by the C contract (`tm_kind`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Kind {
-    Dram = 0,
-    Cxl = 1,
-    Cmb = 2,
-    Pmr = 3,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Dram, Kind::Cxl, Kind::Cmb, Kind::Pmr];
-
-    pub fn from_u32(v: u32) -> Option<Kind> {
-        Kind::ALL.get(v as usize).copied()
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Dram => "dram",
-            Kind::Cxl => "cxl",
-            Kind::Cmb => "cmb",
-            Kind::Pmr => "pmr",
-        }
-    }
-
-    fn parse(s: &[u8]) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name().as_bytes() == s)
-    }
-}
-
-/// Fit policy of a device tier: which free extent a block of 4 KiB or more (or aligned to more
-/// than 16) takes; smaller blocks share slabs, which the policy places.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Fit {
-    Best = 0,
-    Worst = 1,
-}
 
 /// Most tiers and placement rules a configuration may list.
 pub(crate) const MAX_TIERS: usize = 8;
@@ -172,7 +133,6 @@ impl Config {
         &self.tiers[..self.tier_count]
     }
 
-    #[allow(dead_code)] // read by device-tier placement (issue 4) and the tests
     pub fn rules(&self) -> &[PlaceRule] {
         &self.rules[..self.rule_count]
     }

@@ -102,84 +102,64 @@
 //!
 //! # Layers
 //!
-//! Each imports only from those below it:
+//! The source tree shows the layers, each importing only from those below it; ARCHITECTURE.md
+//! (in the repository) walks through them, the paths of `malloc` and `free`, and where each
+//! capability to come belongs:
 //!
 //! | layer | modules |
 //! |---|---|
-//! | front ends | `capi` (`tm_*`), `capi_info` (version, JSON), `override_libc` (malloc family), `global_alloc`, `api`, `report`, `runtime` |
-//! | placement | `place` |
-//! | tiers | `dram` (dispatch), `fast` (small blocks), `large` (mapped blocks); `tier` (a device tier: `heap` + `device_slabs` + headers) |
-//! | extent heap | `heap` (host-metadata best/worst fit, coalescing) |
-//! | address map | `pagemap` |
-//! | memory sources | `backend` (device mappings), `meta` (metadata arena), `thread_slot` (TLS), `os` |
-//! | foundations | `sync`, `lockfree`, `stats`, `dram_budget`, `cgroup`, `live`, `textbuf`, `config` |
+//! | entry points | `front` (`capi`, `capi_info`, `override_libc`, `global_alloc`, `api`, `runtime`, `report`) |
+//! | placement | `place` (which tier serves a request, spilling) |
+//! | the tier interface | `tier` (`Tier`, the tiers by kind, dispatch of a pointer to its tier) |
+//! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
+//! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`) |
+//! | foundations | `pagemap`, `backend`, `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `cgroup`, `live`, `textbuf`, `sync`, `lockfree` |
 //!
-//! Only `sync` and `lockfree` are built under `--cfg loom`: their models run there.
+//! Room is left by name for `device/persist` (persistent tiers), `device/evacuate` (live
+//! evacuation) and `pool/` (a device shared by processes: named spaces, lending).
+//!
+//! Only `sync` and `lockfree` are built under `--cfg loom`, where their models run; everything
+//! else needs `const` statics, mmap and thread-local storage, which loom cannot model.
 
 #![cfg_attr(loom, allow(dead_code))]
 
+// The loom-built part.
 mod lockfree;
 mod sync;
 
-// One `#[cfg(not(loom))]` per module rather than a macro around them: cbindgen reads module
-// declarations literally and would not find `capi` inside a macro call.
-#[cfg(not(loom))]
-mod api;
-#[cfg(not(loom))]
-mod backend;
-#[cfg(not(loom))]
-mod capi;
-#[cfg(not(loom))]
-mod capi_info;
-#[cfg(not(loom))]
-mod cgroup;
-#[cfg(not(loom))]
-mod config;
-#[cfg(not(loom))]
-mod device_slabs;
-#[cfg(not(loom))]
-mod dram;
-#[cfg(not(loom))]
-mod dram_budget;
-#[cfg(not(loom))]
-mod fast;
-#[cfg(not(loom))]
-mod global_alloc;
-#[cfg(not(loom))]
-pub(crate) mod heap;
-#[cfg(not(loom))]
-mod large;
-#[cfg(not(loom))]
-mod live;
-#[cfg(not(loom))]
-mod meta;
-#[cfg(not(loom))]
-mod os;
-#[cfg(all(not(loom), feature = "override"))]
-mod override_libc;
-#[cfg(not(loom))]
-mod pagemap;
-#[cfg(not(loom))]
-mod place;
-#[cfg(not(loom))]
-pub mod report;
-#[cfg(not(loom))]
-mod runtime;
-#[cfg(not(loom))]
-mod stats;
+/// Declares the modules that are not built under loom: one `cfg` for all of them.
+macro_rules! not_under_loom {
+    ($($item:item)*) => {
+        $(#[cfg(not(loom))] $item)*
+    };
+}
+
+not_under_loom! {
+    mod backend;
+    mod cgroup;
+    mod chunk;
+    mod config;
+    mod device;
+    mod dram;
+    mod front;
+    mod kind;
+    mod live;
+    mod meta;
+    mod os;
+    mod pagemap;
+    mod place;
+    mod stats;
+    mod textbuf;
+    mod thread_slot;
+    mod tier;
+
+    pub use front::api::{kind_of, print_stats, set_fit, stats, Fit, Kind, Tier, TierError, TierStats};
+    pub use front::global_alloc::TierMalloc;
+    pub use front::report;
+}
+
 #[cfg(all(test, not(loom)))]
 mod test_rng;
-#[cfg(not(loom))]
-mod textbuf;
-#[cfg(not(loom))]
-mod thread_slot;
-#[cfg(not(loom))]
-mod tier;
-
-#[cfg(not(loom))]
-pub use api::{kind_of, print_stats, set_fit, stats, Fit, Kind, Tier, TierError, TierStats};
-#[cfg(not(loom))]
-pub use global_alloc::TierMalloc;
 
 /// The README's Rust examples, run as doctests.
 #[cfg(doctest)]

@@ -10,15 +10,10 @@
 //! metadata, so `owner_chunk(p) = (p - 1) & !CHUNK_MASK` finds that chunk even for a block that
 //! starts exactly on a chunk boundary (an alignment ≥ 4 MiB).
 
+use crate::chunk::{covers, ADDRESS_LIMIT, CHUNK_MASK, CHUNK_SHIFT};
+use crate::kind::Kind;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-/// log2 of the chunk size; segments and large mappings are aligned to it.
-pub(crate) const CHUNK_SHIFT: u32 = 22;
-pub(crate) const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
-pub(crate) const CHUNK_MASK: usize = CHUNK_SIZE - 1;
-
-/// The highest user address the map covers (exclusive).
-pub(crate) const ADDRESS_LIMIT: usize = 1 << 47;
 const ENTRIES: usize = ADDRESS_LIMIT >> CHUNK_SHIFT;
 
 /// What a chunk holds.
@@ -54,22 +49,55 @@ impl ChunkTag {
     }
 
     /// The tag of a device tier's chunks.
-    pub fn device(kind: crate::config::Kind) -> ChunkTag {
+    pub fn device(kind: Kind) -> ChunkTag {
         match kind {
-            crate::config::Kind::Cxl => ChunkTag::DeviceCxl,
-            crate::config::Kind::Cmb => ChunkTag::DeviceCmb,
+            Kind::Cxl => ChunkTag::DeviceCxl,
+            Kind::Cmb => ChunkTag::DeviceCmb,
             _ => ChunkTag::DevicePmr,
         }
     }
+}
 
-    /// The device kind a chunk belongs to, if it is a device tier's.
-    pub fn device_kind(self) -> Option<crate::config::Kind> {
+/// Who owns a block: the page map's one answer about a pointer, from which `free`, `realloc`,
+/// `malloc_usable_size` and `tm_kind_of` all dispatch (`tier`), so that no layer below asks
+/// again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Not ours (null included).
+    Foreign,
+    /// A DRAM small-object segment (`dram::fast`).
+    Segment,
+    /// The start of a DRAM large block (`dram::large`).
+    LargeHead,
+    /// Inside a DRAM large block, past its first chunk: DRAM's, but not a block start.
+    LargeInterior,
+    /// A device tier's region.
+    Device(Kind),
+}
+
+impl Owner {
+    /// The tier of the block, if it is ours.
+    #[inline]
+    pub fn kind(self) -> Option<Kind> {
         match self {
-            ChunkTag::DeviceCxl => Some(crate::config::Kind::Cxl),
-            ChunkTag::DeviceCmb => Some(crate::config::Kind::Cmb),
-            ChunkTag::DevicePmr => Some(crate::config::Kind::Pmr),
-            _ => None,
+            Owner::Foreign => None,
+            Owner::Device(kind) => Some(kind),
+            _ => Some(Kind::Dram),
         }
+    }
+}
+
+/// Who owns block `p`: one read of the map.
+#[inline(always)]
+pub fn owner_of(p: usize) -> Owner {
+    match tag_of_block(p) {
+        ChunkTag::Foreign => Owner::Foreign,
+        ChunkTag::Segment => Owner::Segment,
+        ChunkTag::LargeHead => Owner::LargeHead,
+        ChunkTag::LargeTail => Owner::LargeInterior,
+        ChunkTag::DeviceCxl => Owner::Device(Kind::Cxl),
+        ChunkTag::DeviceCmb => Owner::Device(Kind::Cmb),
+        ChunkTag::DevicePmr => Owner::Device(Kind::Pmr),
     }
 }
 
@@ -117,17 +145,11 @@ pub fn clear(start: usize, len: usize) {
     set(start, len, ChunkTag::Foreign, ChunkTag::Foreign);
 }
 
-/// Whether the map can describe `[start, start + len)`. The last chunk below
-/// `ADDRESS_LIMIT` is excluded so that null always maps to an untagged entry.
-pub fn covers(start: usize, len: usize) -> bool {
-    start
-        .checked_add(len)
-        .is_some_and(|end| end <= ADDRESS_LIMIT - CHUNK_SIZE)
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::CHUNK_SIZE;
 
     #[test]
     fn owner_chunk_of_chunk_aligned_block_is_previous_chunk() {
@@ -156,5 +178,26 @@ mod tests {
         assert_eq!(tag_of_chunk(base + 3 * CHUNK_SIZE), ChunkTag::Foreign);
         clear(base, 3 * CHUNK_SIZE);
         assert_eq!(tag_of_chunk(base + CHUNK_SIZE), ChunkTag::Foreign);
+    }
+
+    #[test]
+    fn owner_of_answers_once_for_every_kind_of_chunk() {
+        // Address ranges nobody maps in a test process: tags are only bookkeeping here.
+        let large = 0x7100_0000_0000usize;
+        set(large, 2 * CHUNK_SIZE, ChunkTag::LargeHead, ChunkTag::LargeTail);
+        assert_eq!(owner_of(large + 64), Owner::LargeHead);
+        assert_eq!(owner_of(large + CHUNK_SIZE + 64), Owner::LargeInterior);
+        assert_eq!(owner_of(large + CHUNK_SIZE + 64).kind(), Some(Kind::Dram));
+        let device = 0x7200_0000_0000usize;
+        for kind in [Kind::Cxl, Kind::Cmb, Kind::Pmr] {
+            set(device, CHUNK_SIZE, ChunkTag::device(kind), ChunkTag::device(kind));
+            assert_eq!(owner_of(device + 16), Owner::Device(kind));
+            assert_eq!(owner_of(device + 16).kind(), Some(kind));
+        }
+        clear(large, 2 * CHUNK_SIZE);
+        clear(device, CHUNK_SIZE);
+        assert_eq!(owner_of(large + 64), Owner::Foreign);
+        assert_eq!(owner_of(0), Owner::Foreign);
+        assert_eq!(owner_of(0).kind(), None);
     }
 }

@@ -1,11 +1,10 @@
-//! Counters, and the statistics report.
+//! Counters, and the figures of a tier (`TierStats`, the C header's `tm_stats`).
 //!
 //! Counters that sit on the malloc/free fast path belong to one thread heap each and are
-//! bumped with a relaxed load and store, not a read-modify-write: only the owning thread
-//! writes them, other threads only read them for a report. Counters of slow paths (large
-//! blocks, frees from threads without a heap) are shared atomics.
+//! bumped with a relaxed load and store, not a read-modify-write (`OwnedCounter`): only the
+//! owning thread writes them, other threads only read them for a report. Counters of slow
+//! paths (large blocks, frees from threads without a heap, device tiers) are shared atomics.
 
-use crate::fast::size_class::CLASS_COUNT;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// A counter written by one thread and read by any.
@@ -44,26 +43,6 @@ impl SharedCounter {
     }
 }
 
-/// Blocks allocated and freed, per size class. All-zero is the initial state (heaps start as
-/// zeroed memory). One counter bump per operation; bytes follow from the class sizes.
-pub struct Traffic {
-    pub allocations: [OwnedCounter; CLASS_COUNT],
-    pub frees: [OwnedCounter; CLASS_COUNT],
-}
-
-impl Traffic {
-    #[inline(always)]
-    pub fn on_alloc(&self, class: usize) {
-        // SAFETY: class indices come from `size_class` and are below CLASS_COUNT.
-        unsafe { self.allocations.get_unchecked(class) }.add(1);
-    }
-    #[inline(always)]
-    pub fn on_free(&self, class: usize) {
-        // SAFETY: as in `on_alloc`.
-        unsafe { self.frees.get_unchecked(class) }.add(1);
-    }
-}
-
 /// A tier's figures: what `tm_get_stats` fills in, laid out as the C header's `tm_stats`
 /// (cbindgen gives it that name).
 #[repr(C)]
@@ -86,4 +65,22 @@ pub struct TierStats {
     pub spilled_in: u64,
     /// Requests this tier passed on because it was full or at its limit.
     pub spilled_out: u64,
+}
+
+/// What every tier counts of its own (`tier::Tier::counters`): requests it could not serve, and
+/// its share of spilling. Placement bumps them; the tier reports them in its `TierStats`.
+pub struct TierCounters {
+    pub failures: SharedCounter,
+    pub spilled_in: SharedCounter,
+    pub spilled_out: SharedCounter,
+}
+
+impl TierCounters {
+    pub const fn new() -> Self {
+        TierCounters {
+            failures: SharedCounter::new(),
+            spilled_in: SharedCounter::new(),
+            spilled_out: SharedCounter::new(),
+        }
+    }
 }

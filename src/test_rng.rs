@@ -1,5 +1,6 @@
-//! A small deterministic random generator for the randomized unit tests (xorshift64*), so that
-//! they need no crate and repeat exactly.
+//! The one deterministic random generator of every test that needs one (xorshift64*): the unit
+//! tests use it as `crate::test_rng`, the integration tests include this file. No crate needed,
+//! and a failing run repeats exactly.
 
 /// xorshift64*; the seed must not be 0.
 pub struct Rng(pub u64);

@@ -336,19 +336,18 @@ fn file_digest(path: &Path) -> String {
     )
 }
 
-/// A small deterministic generator for the test's own file contents (xorshift64*).
-struct Rng(u64);
+/// The crate's one test generator (`src/test_rng.rs`), for the test's own file contents.
+#[path = "../src/test_rng.rs"]
+#[allow(dead_code)]
+mod test_rng;
+use test_rng::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+/// Words and text made from `Rng`'s numbers.
+trait Text {
+    fn word(&mut self) -> String;
+}
+
+impl Text for Rng {
     fn word(&mut self) -> String {
         const SYL: [&str; 16] = [
             "ka", "lo", "mi", "ter", "al", "lo", "cat", "or", "si", "ze", "page", "heap", "free",

@@ -4,8 +4,8 @@
 //! so the models can run them on plain test nodes while the allocator runs them on blocks,
 //! pages and heaps.
 
-pub mod index_stack;
 pub mod remote_list;
+pub mod tagged_stack;
 
 /// Runs a model that was deliberately broken and checks that loom reports a causality
 /// violation (not some other failure): the proof that a model can fail.

@@ -6,10 +6,11 @@
 
 #![allow(non_camel_case_types)]
 
-use crate::config::{Fit, Kind};
+use crate::kind::{Fit, Kind};
 use crate::os::set_errno;
 use crate::place;
 use crate::stats::TierStats;
+use crate::tier;
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
@@ -49,7 +50,7 @@ pub struct FitArg(pub u32);
 /// Bytes of the header before each device-tier block.
 pub const TM_HEADER_SIZE: usize = 16;
 
-const _: () = assert!(core::mem::size_of::<crate::tier::BlockHeader>() == TM_HEADER_SIZE);
+const _: () = assert!(core::mem::size_of::<crate::device::header::BlockHeader>() == TM_HEADER_SIZE);
 
 /// Sets `ENOMEM` and returns null (the failure is counted where it happened).
 #[cold]
@@ -145,15 +146,11 @@ pub unsafe extern "C" fn tm_realloc(ptr: *mut c_void, size: usize) -> *mut c_voi
         unsafe { tm_free(ptr) };
         return ptr::null_mut();
     }
-    if place::kind_of(ptr.cast()).is_none() {
-        return invalid();
-    }
     // SAFETY: a live block of ours (contract).
-    let q = unsafe { place::realloc(ptr.cast(), size, 16) };
-    if q.is_null() {
-        out_of_memory()
-    } else {
-        q.cast()
+    match unsafe { tier::realloc(ptr.cast(), size, 16) } {
+        None => invalid(),
+        Some(q) if q.is_null() => out_of_memory(),
+        Some(q) => q.cast(),
     }
 }
 
@@ -167,7 +164,7 @@ pub unsafe extern "C" fn tm_realloc(ptr: *mut c_void, size: usize) -> *mut c_voi
 #[no_mangle]
 pub unsafe extern "C" fn tm_free(ptr: *mut c_void) {
     // SAFETY: forwarded; freeing never sets errno.
-    unsafe { place::free(ptr.cast()) }
+    unsafe { tier::free(ptr.cast()) }
 }
 
 /// The usable size of block `ptr` (0 for NULL or a pointer that is not ours). On a device tier
@@ -178,13 +175,13 @@ pub unsafe extern "C" fn tm_free(ptr: *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn tm_usable_size(ptr: *const c_void) -> usize {
     // SAFETY: forwarded.
-    unsafe { place::usable_size(ptr as *mut u8) }
+    unsafe { tier::usable_size(ptr as *mut u8) }
 }
 
 /// The `tm_kind` of block `ptr`, or -1 if it is not ours.
 #[no_mangle]
 pub extern "C" fn tm_kind_of(ptr: *const c_void) -> c_int {
-    match place::kind_of(ptr.cast()) {
+    match tier::kind_of(ptr.cast()) {
         Some(kind) => kind as c_int,
         None => -1,
     }
@@ -200,7 +197,7 @@ pub extern "C" fn tm_set_fit(kind: KindArg, fit: FitArg) -> c_int {
     }
     let fit = if fit.0 == 0 { Fit::Best } else { Fit::Worst };
     match usable_kind(kind) {
-        Ok(kind) if place::set_fit(kind, fit) => 0,
+        Ok(kind) if tier::set_fit(kind, fit) => 0,
         Ok(_) => {
             set_errno(libc::ENODEV);
             -1
@@ -223,7 +220,7 @@ pub unsafe extern "C" fn tm_get_stats(kind: KindArg, out: *mut TierStats) -> c_i
         set_errno(libc::EINVAL);
         return -1;
     }
-    let stats = match usable_kind(kind).map(place::stats) {
+    let stats = match usable_kind(kind).map(tier::stats) {
         Ok(Some(s)) => s,
         Ok(None) => {
             set_errno(libc::ENODEV);
@@ -243,5 +240,5 @@ pub unsafe extern "C" fn tm_get_stats(kind: KindArg, out: *mut TierStats) -> c_i
 /// address space and counts, in human units, under a line naming the process.
 #[no_mangle]
 pub extern "C" fn tm_print_stats() {
-    crate::report::print_stats();
+    super::report::print_stats();
 }

@@ -287,6 +287,7 @@ pub(super) unsafe fn collect(root: *mut Node) -> (std::vec::Vec<*mut Node>, usiz
 #[cfg(test)]
 mod tests {
     use super::super::node::NodePool;
+    use crate::test_rng::Rng;
     use super::*;
 
     /// Random insert/remove/replace against a sorted Vec, checking the searches at each step.
@@ -295,11 +296,9 @@ mod tests {
         let mut pool = NodePool::new();
         let mut root = ptr::null_mut();
         let mut model: std::vec::Vec<(u64, *mut Node)> = std::vec::Vec::new();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = Rng(0x2545_f491_4f6c_dd1du64);
         for step in 0..if cfg!(miri) { 500 } else { 20_000 } {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next();
             let key = (x % 4096) * 64 + 64;
             let pos = model.binary_search_by_key(&key, |e| e.0);
             // SAFETY: every node comes from `pool` and is in the tree until removed here.

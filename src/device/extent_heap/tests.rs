@@ -1,6 +1,9 @@
 //! Tests of the extent heap: exact placement on crafted hole patterns, coalescing, bad frees,
 //! alignment, exhaustion, a randomized comparison with an exhaustive reference model, and an
 //! (ignored) timing of alloc+free pairs against the number of free extents.
+//!
+//! (A long file: every test of the heap shares the fixtures, the reference model and the hole
+//! patterns defined here; split up, each part would import the rest.)
 
 use super::{ExtentHeap, Fit, FreeError};
 use crate::test_rng::Rng;

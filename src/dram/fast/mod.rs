@@ -10,7 +10,8 @@ pub mod heap;
 pub mod page;
 pub mod segment;
 pub mod size_class;
-pub mod thread_heap;
+pub mod traffic;
+pub mod binding;
 
 use crate::stats::SharedCounter;
 use heap::PageTables;
@@ -51,7 +52,21 @@ pub fn alloc(size: usize) -> *mut u8 {
 /// Sends every plain request through the general path (device tiers are in use): `try_pop`
 /// fails from now on, in the calling thread at once and in every heap bound later.
 pub fn route_all_requests() {
-    heap::turn_direct_off(thread_heap::current());
+    heap::turn_direct_off(binding::current());
+}
+
+/// Whether `route_all_requests` was called.
+#[inline(always)]
+pub fn direct_off() -> bool {
+    heap::direct_off()
+}
+
+/// After `try_pop(size)` missed on `size <= DIRECT_MAX` (no heap yet, or an empty page): the
+/// slow path of `size`'s class at once, without a second pop of the page found empty.
+#[inline]
+pub fn alloc_after_miss(size: usize) -> *mut u8 {
+    debug_assert!(size <= size_class::DIRECT_MAX);
+    alloc_slow(binding::tables(), class_of(size))
 }
 
 /// The fastest path, for `malloc`: a block for a request of up to `DIRECT_MAX` bytes from the
@@ -62,7 +77,7 @@ pub fn try_pop(size: usize) -> *mut u8 {
     if size > size_class::DIRECT_MAX {
         return core::ptr::null_mut();
     }
-    let tables = thread_heap::tables();
+    let tables = binding::tables();
     // SAFETY: `tables` are this thread's heap's or a sentinel's; `direct_slot(size) <
     // DIRECT_SLOTS`; entries are valid pages or the empty page, whose pop fails, so a block
     // comes only from a heap's page and `tables` is then that heap.
@@ -87,7 +102,7 @@ fn pop_or_slow(
     class: impl FnOnce() -> usize,
     page_of: impl FnOnce(*mut PageTables) -> *mut Page,
 ) -> *mut u8 {
-    let tables = thread_heap::tables();
+    let tables = binding::tables();
     // SAFETY: as in `try_pop`: the tables are this thread's heap's or a sentinel's, and a
     // block comes only from a heap's page.
     unsafe {
@@ -106,7 +121,7 @@ fn pop_or_slow(
 /// The slow path of `pop_or_slow`: the heap's, or binding one first.
 #[inline(always)]
 fn alloc_slow(tables: *mut PageTables, class: usize) -> *mut u8 {
-    if thread_heap::is_sentinel(tables) {
+    if binding::is_sentinel(tables) {
         return alloc_unbound(class);
     }
     // SAFETY: not a sentinel, so this thread's heap.
@@ -116,12 +131,12 @@ fn alloc_slow(tables: *mut PageTables, class: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_unbound(class: usize) -> *mut u8 {
-    let heap = thread_heap::bind();
+    let heap = binding::bind();
     if !heap.is_null() {
         // SAFETY: just bound to this thread.
         return unsafe { (*heap).alloc_slow(class) };
     }
-    thread_heap::with_borrowed_heap(|heap| heap.alloc_slow(class)).unwrap_or(core::ptr::null_mut())
+    binding::with_borrowed_heap(|heap| heap.alloc_slow(class)).unwrap_or(core::ptr::null_mut())
 }
 
 /// Frees block `p` of a segment (the page map said so).
@@ -132,9 +147,9 @@ fn alloc_unbound(class: usize) -> *mut u8 {
 pub unsafe fn free(p: *mut u8) {
     let segment = Segment::of(p as usize);
     let page = Segment::page_of(segment, p as usize);
-    let slot = thread_heap::slot();
-    // SAFETY: `segment` is a live segment (page map); its `heap` never changes.
-    let owner = unsafe { (*segment).heap };
+    let slot = binding::slot();
+    // SAFETY: `segment` is a live segment (page map); its `owner` never changes.
+    let owner = unsafe { (*segment).owner } as *mut heap::Heap;
     if owner as usize == slot {
         // SAFETY: the calling thread owns the heap and so the page.
         unsafe {
@@ -154,12 +169,12 @@ pub unsafe fn free(p: *mut u8) {
 unsafe fn free_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
     // SAFETY: `page` is valid; the block is dead and ours to link.
     let class = unsafe { (*page).class } as usize;
-    let mut mine = thread_heap::current();
+    let mut mine = binding::current();
     if mine.is_null() {
         // A thread that only frees (a consumer) gets a heap too, for its counters: the shared
         // ones below would be written by every such thread on every free (measured: two
         // consumers of xmalloc-test spent 80% of their time on those two atomics).
-        mine = thread_heap::bind();
+        mine = binding::bind();
     }
     if mine.is_null() {
         UNBOUND_FREES.add(1);
@@ -192,16 +207,15 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
 
     /// Allocates and frees through this thread's heap and checks every page's lists.
     #[test]
     fn pages_keep_their_invariants_through_churn() {
         let mut live: Vec<(*mut u8, usize)> = Vec::new();
-        let mut seed = 12345u64;
+        let mut rng = Rng(12345);
         for round in 0..200_000 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            let seed = rng.next();
             if live.len() > 3000 || (seed >> 40) % 3 == 0 && !live.is_empty() {
                 let i = (seed >> 20) as usize % live.len();
                 let (p, size) = live.swap_remove(i);
@@ -222,7 +236,7 @@ mod tests {
                 live.push((p, size));
             }
         }
-        let heap = thread_heap::current();
+        let heap = binding::current();
         // SAFETY: this thread's heap, not used concurrently.
         unsafe { (*heap).check_invariants() };
         for (p, _) in live {
@@ -247,7 +261,7 @@ mod tests {
         // Allocating again collects the remote frees; the heap's lists must stay consistent.
         let again: Vec<*mut u8> = (0..10_000).map(|i| alloc(16 + i % 200)).collect();
         // SAFETY: this thread's heap.
-        unsafe { (*thread_heap::current()).check_invariants() };
+        unsafe { (*binding::current()).check_invariants() };
         for p in again {
             // SAFETY: live blocks of ours.
             unsafe { free(p) };

@@ -7,7 +7,7 @@
 //! `free` when `free` runs dry. Blocks past `capacity` have never been handed out and are carved
 //! a little at a time (`extend`), so a fresh page touches memory only as it fills.
 
-use crate::fast::size_class::{class_size, SLICE_SIZE};
+use crate::dram::fast::size_class::{class_size, SLICE_SIZE};
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::os::PAGE_SIZE;
 use core::ptr;

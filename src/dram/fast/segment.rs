@@ -6,14 +6,16 @@
 //! few shifts. Freed slices stay resident ("dirty") until the heap purges them with `madvise`,
 //! so a page that is emptied and refilled soon costs no page faults.
 //!
-//! A segment belongs to one heap for its whole life: `heap` never changes after creation,
+//! A segment belongs to one heap for its whole life: `owner` never changes after creation,
 //! which lets any thread compare it with its own heap to tell a local free from a remote one.
+//! The segment keeps its owner as an address only: it never looks inside the heap, so this
+//! module depends on `page`, not on `heap` (which cuts pages from segments).
 
-use crate::fast::heap::Heap;
-use crate::fast::page::Page;
-use crate::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
+use crate::dram::fast::page::Page;
+use crate::dram::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
 use crate::os;
-use crate::pagemap::{self, ChunkTag, CHUNK_MASK, CHUNK_SIZE};
+use crate::chunk::{self, CHUNK_MASK, CHUNK_SIZE};
+use crate::pagemap::{self, ChunkTag};
 use core::ptr;
 
 pub(crate) const SLICES: usize = CHUNK_SIZE / SLICE_SIZE;
@@ -26,7 +28,8 @@ const ALL_BLOCK_SLICES: u64 = !1;
 /// (except for the heap's cached empty segment, which is on no list).
 #[repr(C)]
 pub struct Segment {
-    pub heap: *mut Heap,
+    /// The address of the thread heap (`heap::Heap`) that owns the segment.
+    pub owner: usize,
     /// For each slice, the descriptor of the page covering it (null if free): `free` finds a
     /// block's page with one load.
     page_of_slice: [*mut Page; SLICES],
@@ -56,10 +59,11 @@ fn find_run(mask: u64, n: usize) -> Option<usize> {
 }
 
 impl Segment {
-    /// Maps a new segment for `heap`; `None` when the kernel has no memory.
-    pub fn create(heap: *mut Heap) -> Option<*mut Segment> {
+    /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
+    /// memory.
+    pub fn create(owner: usize) -> Option<*mut Segment> {
         let base = os::map_aligned(CHUNK_SIZE, CHUNK_SIZE)?.as_ptr();
-        if !pagemap::covers(base as usize, CHUNK_SIZE) {
+        if !chunk::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
             unsafe { os::unmap(base, CHUNK_SIZE) };
             return None;
@@ -68,7 +72,7 @@ impl Segment {
         // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
         // `Page` is an unused descriptor.
         unsafe {
-            (*segment).heap = heap;
+            (*segment).owner = owner;
             (*segment).free_slices = ALL_BLOCK_SLICES;
         }
         pagemap::set(

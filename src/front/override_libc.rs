@@ -6,15 +6,17 @@
 //! `free` keeps `errno`, overflow gives `NULL` + `ENOMEM`, a bad alignment `EINVAL`, a failed
 //! `realloc` keeps the old block, `pvalloc` rounds up to a page.
 
-use crate::capi::{out_of_memory, plain, tm_free, tm_realloc, tm_usable_size};
+use crate::dram;
+use crate::front::capi::{out_of_memory, plain, tm_free, tm_realloc, tm_usable_size};
 use crate::os::PAGE_SIZE;
+use crate::place;
 use core::ffi::{c_int, c_void};
 
 /// # Safety
 /// As C `malloc`.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    let p = crate::fast::try_pop(size);
+    let p = dram::try_pop(size);
     if !p.is_null() {
         return p.cast();
     }
@@ -22,11 +24,21 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 }
 
 /// Everything `malloc`'s inline pop does not cover; a separate function so that the fast path
-/// needs no stack frame and reaches it with a tail jump.
+/// needs no stack frame and reaches it with a tail jump. While plain requests stay on DRAM it
+/// goes on down into the DRAM tier (the thread heap's slow path, without a second pop), else
+/// to placement.
 #[cold]
 #[inline(never)]
 fn malloc_general(size: usize) -> *mut c_void {
-    plain(size, 16, false)
+    if place::routed() {
+        return plain(size, 16, false);
+    }
+    let p = dram::alloc_after_miss(size);
+    if p.is_null() {
+        out_of_memory()
+    } else {
+        p.cast()
+    }
 }
 
 /// # Safety
@@ -34,7 +46,7 @@ fn malloc_general(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
     // SAFETY: forwarded.
-    unsafe { crate::place::free(ptr.cast()) }
+    unsafe { crate::tier::free(ptr.cast()) }
 }
 
 /// # Safety

@@ -230,6 +230,7 @@ impl Drop for StartTable {
 #[cfg(test)]
 mod tests {
     use super::super::node::NodePool;
+    use crate::test_rng::Rng;
     use super::*;
 
     /// Random inserts and removes against a plain map, through several doublings, with offsets
@@ -239,12 +240,10 @@ mod tests {
         let mut pool = NodePool::new();
         let mut t = StartTable::new().unwrap();
         let mut model = std::collections::BTreeMap::new();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = Rng(0x2545_f491_4f6c_dd1du64);
         let steps = if cfg!(miri) { 2_000 } else { 200_000 };
         for step in 0..steps {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next();
             // Grow for the first half, then shrink.
             let grow = x % 100 < if step < steps / 2 { 70 } else { 25 };
             let offset = if x % 5 == 0 {

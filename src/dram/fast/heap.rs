@@ -10,14 +10,15 @@
 //! `full` and flags its remote list, so that the first remote free hands it back through
 //! `delayed`; thus `find_page` never walks full pages twice.
 
-use crate::dram_budget;
-use crate::fast::page::{Page, PageQueue};
-use crate::fast::segment::Segment;
-use crate::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
-use crate::lockfree::index_stack::StackLink;
+use crate::dram::budget;
+use crate::dram::fast::page::{Page, PageQueue};
+use crate::dram::fast::segment::Segment;
+use crate::dram::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
+use crate::lockfree::tagged_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::os;
-use crate::stats::{SharedCounter, Traffic};
+use crate::dram::fast::traffic::Traffic;
+use crate::stats::SharedCounter;
 use crate::sync::AtomicPtr;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -48,7 +49,7 @@ pub static SEGMENTS_RELEASED: SharedCounter = SharedCounter::new();
 
 /// The pages the fast paths pop from: by 16-byte step of request size up to `DIRECT_MAX`
 /// (`malloc` needs no size-class lookup), and by class. The first field of every `Heap`, and
-/// all there is of the sentinels that a thread without a heap points at (`thread_heap`):
+/// all there is of the sentinels that a thread without a heap points at (`binding`):
 /// their entries are all the empty page, so a pop from them fails into the slow path.
 #[repr(C)]
 pub struct PageTables {
@@ -69,8 +70,15 @@ impl PageTables {
 /// Set once when placement routes plain requests (device tiers): heaps then leave `direct`
 /// all empty, so `malloc`'s inline pop always fails into the general path, which asks `place`.
 /// Placement sets it from the library's constructor, before the program can start a thread;
-/// the constructing thread's heap and every heap bound later follow it.
+/// the constructing thread's heap and every heap bound later follow it. This is the one record
+/// of "routing is on": `place::routed` reads it.
 static DIRECT_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Whether the direct tables are off (see `DIRECT_OFF`).
+#[inline(always)]
+pub fn direct_off() -> bool {
+    DIRECT_OFF.load(Ordering::Relaxed)
+}
 
 /// Turns the direct tables off (see `DIRECT_OFF`), in the calling thread's heap at once.
 pub fn turn_direct_off(heap: *mut Heap) {
@@ -310,7 +318,7 @@ impl Heap {
             let segment = Segment::of(page as usize);
             let bytes = (*segment).give_back(page);
             self.dirty_bytes += bytes;
-            dram_budget::PAGE_BYTES.add((bytes as u64).wrapping_neg());
+            budget::PAGE_BYTES.add((bytes as u64).wrapping_neg());
             if (*segment).is_empty() {
                 self.unlink_available(segment);
                 if self.cached.is_null() {
@@ -338,7 +346,7 @@ impl Heap {
             self.dirty_bytes -= (*segment).dirty_bytes();
             Segment::release(segment);
         }
-        SEGMENT_BYTES.add((crate::pagemap::CHUNK_SIZE as u64).wrapping_neg());
+        SEGMENT_BYTES.add((crate::chunk::CHUNK_SIZE as u64).wrapping_neg());
         SEGMENTS_RELEASED.add(1);
     }
 
@@ -395,12 +403,12 @@ impl Heap {
     /// refuses it or memory runs out.
     fn new_page(&mut self, class: usize) -> Option<*mut Page> {
         let bytes = page_slices(class) * SLICE_SIZE;
-        if !dram_budget::admits(bytes as u64) {
+        if !budget::admits(bytes as u64) {
             return None;
         }
         let page = self.cut_page(class);
         if page.is_some() {
-            dram_budget::PAGE_BYTES.add(bytes as u64);
+            budget::PAGE_BYTES.add(bytes as u64);
         }
         page
     }
@@ -421,8 +429,8 @@ impl Heap {
             }
         }
         let segment = if self.cached.is_null() {
-            let fresh = Segment::create(self)?;
-            SEGMENT_BYTES.add(crate::pagemap::CHUNK_SIZE as u64);
+            let fresh = Segment::create(self as *mut Heap as usize)?;
+            SEGMENT_BYTES.add(crate::chunk::CHUNK_SIZE as u64);
             fresh
         } else {
             core::mem::replace(&mut self.cached, ptr::null_mut())

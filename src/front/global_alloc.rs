@@ -4,7 +4,8 @@
 //! resizes large blocks by remapping their pages; `alloc_zeroed` skips the clearing of fresh
 //! mappings, which the kernel zeroes.
 
-use crate::{dram, fast, pagemap, place};
+use crate::dram::{self, fast};
+use crate::{pagemap, place, tier};
 use core::alloc::{GlobalAlloc, Layout};
 
 /// The global allocator handle.
@@ -37,7 +38,7 @@ unsafe impl GlobalAlloc for TierMalloc {
             return unsafe { fast::free(ptr) };
         }
         // SAFETY: `ptr` is a live block of ours (GlobalAlloc contract).
-        unsafe { place::free(ptr) }
+        unsafe { tier::free(ptr) }
     }
 
     #[inline]
@@ -48,6 +49,6 @@ unsafe impl GlobalAlloc for TierMalloc {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: `ptr` is a live block of ours and `new_size` is non-zero (GlobalAlloc contract).
-        unsafe { place::realloc(ptr, new_size, layout.align()) }
+        unsafe { tier::realloc(ptr, new_size, layout.align()) }.unwrap_or(core::ptr::null_mut())
     }
 }

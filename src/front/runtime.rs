@@ -6,11 +6,14 @@
 //! register (unlike `atexit` from inside `malloc`), and work for the shared library, the static
 //! library and a Rust program using `TierMalloc` alike.
 
-use crate::{cgroup, place, report};
+use super::report;
+use crate::{cgroup, device, place};
 
 extern "C" fn at_start() {
     cgroup::init();
     place::init();
+    // Registration allocates: from here, never from inside `malloc`.
+    device::fork::register_fork_handlers();
     report::init();
 }
 

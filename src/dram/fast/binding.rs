@@ -14,11 +14,11 @@
 //! borrows a pooled heap for one call and returns it at once. Nothing here takes a lock, so a
 //! `fork` at any moment leaves the child able to allocate.
 
-use crate::fast::heap::{Heap, PageTables};
-use crate::lockfree::index_stack::TaggedStack;
+use crate::dram::fast::heap::{Heap, PageTables};
+use crate::dram::fast::traffic::Traffic;
 use crate::lockfree::remote_list::RemoteList;
+use crate::lockfree::tagged_stack::TaggedStack;
 use crate::meta;
-use crate::stats::Traffic;
 use crate::thread_slot::{self, initial_exec_word};
 use core::ffi::c_void;
 
@@ -36,7 +36,7 @@ unsafe impl Sync for Sentinel {}
 initial_exec_word!(
     word,
     "__tiermalloc_thread_heap",
-    crate::fast::thread_heap::UNBOUND
+    crate::dram::fast::binding::UNBOUND
 );
 
 static POOL: TaggedStack<Heap> = TaggedStack::new();

@@ -15,10 +15,12 @@
 //! a report can be made from a signal handler or from inside an allocation; from those, a tier
 //! whose lock is held is left out (`complete: false`) rather than waited for.
 
-use crate::config::{self, Kind, Report as _, MAX_PATH};
+use crate::config::{self, Report as _, MAX_PATH};
+use crate::dram::{self, budget};
+use crate::kind::Kind;
 use crate::stats::TierStats;
 use crate::textbuf::{FdWriter, SliceWriter};
-use crate::{dram_budget, fast, large, live, os, place};
+use crate::{device, live, os, tier};
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
@@ -159,9 +161,16 @@ fn take_snapshot(event: Event, wait: bool) -> Snapshot {
     let mut snap = Snapshot::new(os_pid(), program_name(), event, realtime_ns());
     for kind in Kind::ALL {
         snap.tiers[kind as usize] = if kind == Kind::Dram {
-            place::stats(Kind::Dram).map(dram_figures)
+            tier::stats(Kind::Dram).map(dram_figures)
         } else {
-            match place::device_figures(kind, wait) {
+            let figures = device::get(kind).and_then(|t| {
+                if wait {
+                    Some(t.figures())
+                } else {
+                    t.try_figures()
+                }
+            });
+            match figures {
                 Some(f) => Some(TierFigures {
                     kind,
                     stats: f.stats,
@@ -174,7 +183,7 @@ fn take_snapshot(event: Event, wait: bool) -> Snapshot {
                     },
                 }),
                 None => {
-                    snap.complete &= !place::is_configured(kind);
+                    snap.complete &= device::get(kind).is_none();
                     None
                 }
             }
@@ -184,7 +193,7 @@ fn take_snapshot(event: Event, wait: bool) -> Snapshot {
 }
 
 fn dram_figures(stats: TierStats) -> TierFigures {
-    let capacity_source = match (dram_budget::limit(), crate::cgroup::memory_limit()) {
+    let capacity_source = match (budget::limit(), crate::cgroup::memory_limit()) {
         (Some(l), _) if l == stats.capacity => CapacitySource::Limit,
         (_, Some(c)) if c == stats.capacity => CapacitySource::Cgroup,
         _ => CapacitySource::Machine,
@@ -192,10 +201,8 @@ fn dram_figures(stats: TierStats) -> TierFigures {
     TierFigures {
         kind: Kind::Dram,
         stats,
-        peak: dram_budget::peak_held(),
-        reserved: fast::heap::SEGMENT_BYTES
-            .get()
-            .wrapping_add(large::LARGE_LIVE_BYTES.get()),
+        peak: budget::peak_held(),
+        reserved: dram::segments_mapped().wrapping_add(budget::LARGE_LIVE_BYTES.get()),
         capacity_source,
     }
 }

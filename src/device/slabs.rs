@@ -26,7 +26,7 @@
 //! caller, while the class lock still holds the slot, so a retired slab's next owner never
 //! sees a late write).
 
-use crate::heap::FreeError;
+use crate::device::extent_heap::FreeError;
 use crate::os;
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
@@ -441,9 +441,59 @@ impl Slabs {
     }
 }
 
+impl Slabs {
+    /// Checks every invariant of `SlabDesc` and `ClassList` by walking all windows and every
+    /// class's partial list, each class under its lock (tests only: it reads every
+    /// descriptor).
+    #[cfg(test)]
+    pub fn check_invariants(&self) {
+        for class in 1..=CLASSES {
+            let list = self.classes[class - 1].lock();
+            let (slot, slots) = (slot_bytes(class), slots_of(class));
+            // The partial list: slabs of this class with a free slot, doubly linked.
+            let mut partial = std::collections::BTreeSet::new();
+            let (mut prev, mut at) = (NONE, list.partial);
+            while at != NONE {
+                assert!(partial.insert(at), "class {class}: partial list loops at {at}");
+                assert_eq!(self.desc(at as usize).class.load(Ordering::Relaxed) as usize, class);
+                // SAFETY: a slab of this class, whose lock we hold.
+                let f = unsafe { self.fields(at as usize) };
+                assert_eq!(f.prev, prev, "class {class}: slab {at}'s prev");
+                (prev, at) = (at, f.next);
+            }
+            let mut idle = 0;
+            for index in 0..self.windows {
+                if self.desc(index).class.load(Ordering::Relaxed) as usize != class {
+                    continue;
+                }
+                // SAFETY: as above.
+                let f = unsafe { self.fields(index) };
+                let ones: u32 = f.bitmap.iter().map(|w| w.count_ones()).sum();
+                assert_eq!(f.live, ones, "slab {index}: live counts the bitmap");
+                assert!(f.live > 0, "slab {index}: an empty slab is retired at once");
+                for n in slots..WORDS * 64 {
+                    assert_eq!(f.bitmap[n / 64] & 1 << (n % 64), 0, "slab {index}: bit {n}");
+                }
+                for word in 0..f.hint as usize {
+                    let full = u64::MAX >> (64 - (slots - 64 * word).min(64));
+                    assert_eq!(f.bitmap[word] & full, full, "slab {index}: hint past a free slot");
+                }
+                let is_partial = partial.contains(&(index as u32));
+                assert_eq!((f.live as usize) < slots, is_partial, "slab {index} in the list");
+                idle += SLAB_BYTES - u64::from(f.live) * slot;
+            }
+            assert_eq!(list.idle_bytes, idle, "class {class}: idle bytes");
+            assert!(list.frees <= list.allocations);
+        }
+    }
+}
+
 impl Drop for Slabs {
     fn drop(&mut self) {
         // SAFETY: our own mapping; nothing refers to it once the tier is dropped.
         unsafe { os::unmap(self.descs.as_ptr().cast(), map_bytes(self.windows)) };
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,8 @@
 //! `realloc` moving a growing small block here) keeps at most `CACHED_RESIDENT_KEEP` of them.
 
 use crate::os;
-use crate::pagemap::{self, ChunkTag, CHUNK_SIZE};
+use crate::chunk::{self, CHUNK_SIZE};
+use crate::pagemap::{self, ChunkTag};
 use crate::stats::SharedCounter;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -88,7 +89,7 @@ fn cache_put(h: usize, map_len: usize) -> bool {
 
 pub static LARGE_ALLOCATIONS: SharedCounter = SharedCounter::new();
 pub static LARGE_FREES: SharedCounter = SharedCounter::new();
-pub use crate::dram_budget::LARGE_LIVE_BYTES;
+pub use crate::dram::budget::LARGE_LIVE_BYTES;
 
 /// Invariants: the header sits at the chunk start `owner_chunk(block)`; the mapping is
 /// `[header, header + map_len)` with `map_len` a multiple of `CHUNK_SIZE`, so no one else's
@@ -200,7 +201,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     let Some(h) = map_for(map_len, offset, align) else {
         return core::ptr::null_mut();
     };
-    if !pagemap::covers(h, map_len) {
+    if !chunk::covers(h, map_len) {
         // SAFETY: fresh and unused.
         unsafe { os::unmap(h as *mut u8, map_len) };
         return core::ptr::null_mut();
@@ -371,7 +372,7 @@ unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usiz
     // SAFETY: `[h, h + map_len)` is our mapping and `[dst, dst + new_len)` our fresh
     // reservation, which is unmapped again if anything fails.
     unsafe {
-        if !pagemap::covers(dst, new_len)
+        if !chunk::covers(dst, new_len)
             || !os::remap_to(h as *mut u8, map_len, dst as *mut u8, new_len)
         {
             os::unmap(dst as *mut u8, new_len);

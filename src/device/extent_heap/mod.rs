@@ -5,6 +5,10 @@
 //! and hands out `base + offset + 16`, and on free gives back the offset, whose extent and size
 //! this heap finds from its own metadata. Seed 002, minus the slow reads.
 //!
+//! (A long file, on purpose: a third of it is this description, and the rest is the one
+//! structure's operations, which keep the invariants of `check_invariants` together; the parts
+//! that stand alone are in the files below.)
+//!
 //! # Data structures
 //!
 //! The region is cut into extents, each free or allocated, that tile it exactly. One `Node`
@@ -101,31 +105,12 @@
 //!
 //! # Measured
 //!
-//! `cost_is_flat_in_the_number_of_free_extents` (release, granule 16): ns per alloc+free pair
-//! with 10 / 1 000 / 100 000 free extents, best of 5 runs on a shared 2-core machine, and
-//! instructions per pair (cachegrind) with 10 / 100 000:
-//!
-//! | holes, requests | fit | ns | instructions |
-//! |---|---|---|---|
-//! | 64 B – 4 KiB, 64 lengths | best | 25 / 15 / 17 | 445 / 306 |
-//! | | worst | 31 / 32 / 32 | 573 / 605 |
-//! | | best, align 4096 | 69 / 213 / 168 | 848 / 1 348 |
-//! | | worst, align 4096 | 40 / 39 / 48 | 728 / 769 |
-//! | 4 KiB – 4 MiB, 64 lengths | best | 36 / 37 / 44 | 586 / 461 |
-//! | | worst | 37 / 37 / 39 | 598 / 632 |
-//! | | best, align 4096 | 47 / 56 / 258 | 750 / 1 461 |
-//! | | worst, align 4096 | 64 / 68 / 48 | 756 / 843 |
-//! | 4 KiB – 4 MiB, cold | best | 49 / 91 / 287 | 576 / 446 |
-//! | | worst | 36 / 57 / 86 | 595 / 630 |
-//! | | best, align 4096 | 69 / 137 / 1 806 | 738 / 1 474 |
-//! | | worst, align 4096 | 44 / 69 / 106 | 754 / 837 |
-//!
-//! The instructions stay flat except for aligned best fit, which meets more misfits the more
-//! holes there are, up to `PROBE_LIMIT` (see "Alignment"). Where the time still grows with
-//! flat instructions, it is cache misses: "cold" requests each touch a hole, a class and
-//! start-table slots of their own, and 100 000 holes with their separators make about 21 MB of
-//! metadata. The heap before the size classes: 65 / 167 / 582 ns and 677 / 1 279 instructions
-//! for the first line, 144 / 690 / 4 035 ns for the last but one (BENCHMARKS.md).
+//! `cost_is_flat_in_the_number_of_free_extents` (in `tests.rs`, ignored by default) times
+//! alloc + free pairs with 10, 1 000 and 100 000 free extents; its figures, and those of the
+//! heap before the size classes, are in BENCHMARKS.md ("Cost against the number of free
+//! extents"). The instructions per pair stay flat except for aligned best fit, which meets more
+//! misfits the more holes there are, up to `PROBE_LIMIT` (see "Alignment"); where the time
+//! still grows, it is cache misses (100 000 holes make about 21 MB of metadata).
 
 mod bitmap;
 mod host;
@@ -136,7 +121,7 @@ mod starts;
 mod tests;
 mod treap;
 
-pub(crate) use crate::config::Fit;
+pub(crate) use crate::kind::Fit;
 use core::ptr;
 use node::{Node, NodePool};
 use size_index::SizeIndex;

@@ -5,8 +5,8 @@
 //! assert!(stats.capacity > 0);
 //! ```
 
-pub use crate::config::{Fit, Kind};
-use crate::place;
+pub use crate::kind::{Fit, Kind};
+use crate::{place, tier};
 
 pub use crate::stats::TierStats;
 
@@ -29,7 +29,7 @@ impl std::error::Error for TierError {}
 
 /// The statistics of tier `kind`.
 pub fn stats(kind: Kind) -> Result<TierStats, TierError> {
-    place::stats(kind).ok_or(TierError::NotConfigured(kind))
+    tier::stats(kind).ok_or(TierError::NotConfigured(kind))
 }
 
 /// Chooses device tier `kind`'s fit policy: which free extent a block of 4 KiB or more
@@ -44,7 +44,7 @@ pub fn stats(kind: Kind) -> Result<TierStats, TierError> {
 /// }
 /// ```
 pub fn set_fit(kind: Kind, fit: Fit) -> Result<(), TierError> {
-    if place::set_fit(kind, fit) {
+    if tier::set_fit(kind, fit) {
         Ok(())
     } else {
         Err(TierError::NotConfigured(kind))
@@ -53,12 +53,12 @@ pub fn set_fit(kind: Kind, fit: Fit) -> Result<(), TierError> {
 
 /// Prints every configured tier's statistics on stderr (the text report).
 pub fn print_stats() {
-    crate::report::print_stats()
+    super::report::print_stats()
 }
 
 /// The tier of a block, `None` if it is not ours.
 pub fn kind_of<T: ?Sized>(p: *const T) -> Option<Kind> {
-    place::kind_of(p.cast())
+    tier::kind_of(p.cast())
 }
 
 /// One tier as an allocator: collections from `allocator_api2` and `hashbrown` live on it.
@@ -104,7 +104,7 @@ impl Tier {
         let p = place::alloc_on(self.kind, layout.size(), layout.align().max(16), zero);
         let p = core::ptr::NonNull::new(p).ok_or(allocator_api2::alloc::AllocError)?;
         // SAFETY: a live block of ours.
-        let usable = unsafe { place::usable_size(p.as_ptr()) };
+        let usable = unsafe { tier::usable_size(p.as_ptr()) };
         Ok(core::ptr::NonNull::slice_from_raw_parts(p, usable))
     }
 }
@@ -129,6 +129,6 @@ unsafe impl allocator_api2::alloc::Allocator for Tier {
 
     unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, _layout: core::alloc::Layout) {
         // SAFETY: a live block from `allocate` (Allocator contract).
-        unsafe { place::free(ptr.as_ptr()) }
+        unsafe { tier::free(ptr.as_ptr()) }
     }
 }

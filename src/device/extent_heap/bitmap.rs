@@ -208,6 +208,7 @@ impl Bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
 
     /// Sets and clears bits at random; every query against an ordered set.
     #[test]
@@ -217,12 +218,10 @@ mod tests {
             // SAFETY: `words` outlives `b` and is used only through it.
             let mut b = unsafe { Bitmap::new(words.as_mut_ptr(), bits) };
             let mut model = std::collections::BTreeSet::new();
-            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ bits as u64;
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15u64 ^ bits as u64);
             let steps = if cfg!(miri) { 200 } else { 20_000 };
             for step in 0..steps {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
+                let x = rng.next();
                 // Cluster the bits sometimes so that words fill and empty.
                 let i = if x % 3 == 0 {
                     (x >> 8) as usize % bits.min(200)

@@ -1,0 +1,424 @@
+//! Device tiers: a region mapped by `backend`, served by an extent heap (`extent_heap`),
+//! blocks of up to 4080 bytes grouped in slabs (`slabs`), a header before every block
+//! (`header`); every piece of metadata lives in host DRAM.
+//!
+//! Device memory is only ever written, and only the 16-byte header before each block:
+//! `malloc` writes the whole header (size, magic, kind, state) in one 16-byte store, `free`
+//! writes the state. The size on `free` and `malloc_usable_size` comes from the host-side
+//! extent map, never from the header, so neither operation reads the device. A free of a
+//! pointer the host metadata does not know as a live block start (a double free, a pointer
+//! into a block) is refused before anything is written, and reported.
+//!
+//! `fork` handling (a child's private copy of a shared region, the locks held across it) is in
+//! `fork`. The opened tiers are kept here, one per kind, for the layers above (`get`).
+//!
+//! Room is left by name for `device/persist` (superblock, recovery scan, roots, flush) and
+//! `device/evacuate` (moving live blocks, same addresses).
+
+pub mod extent_heap;
+pub mod fork;
+pub mod header;
+pub mod slabs;
+
+use crate::backend::{self, Problem, Region};
+use crate::config::{self, TierSpec};
+use crate::kind::{Fit, Kind};
+use crate::os;
+use crate::pagemap::{self, ChunkTag};
+use crate::stats::{SharedCounter, TierCounters, TierStats};
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
+use extent_heap::{ExtentHeap, FreeError, HeapStats};
+use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
+use slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
+
+
+/// Every extent offset and length is a multiple of this: the header size, so that a block
+/// (16 bytes after its extent's start) can be aligned to any power of two.
+const GRANULE: u64 = HEADER_SIZE;
+
+/// One configured device tier.
+///
+/// Invariants: the heap manages offsets `[0, region.len)`; an allocated extent at `off` is
+/// either a block, with its header at `region.base + off` and the block 16 bytes on, or a slab
+/// of `slabs` (its slots laid out the same way); the page map tags every chunk of
+/// `region.reserved` with this tier's kind. Lock order: a slab class's lock, then the heap's.
+pub(crate) struct DeviceTier {
+    pub kind: Kind,
+    region: Region,
+    heap: spin::Mutex<ExtentHeap>,
+    /// Blocks of up to 4080 bytes, in slabs (`device_slabs`).
+    slabs: Slabs,
+    /// The most bytes (extent lengths) this tier serves at once (`limit=`).
+    limit: u64,
+    /// Blocks allocated and freed outside slabs (slabs count their own).
+    allocations: SharedCounter,
+    frees: SharedCounter,
+    /// Failures and spills, bumped by placement.
+    pub counters: TierCounters,
+    /// The mapping is shared with the processes this one forks (until a child handler makes
+    /// its own copy private).
+    shared_across_fork: AtomicBool,
+    /// Set in a forked child whose shared region could not be made private (see the module
+    /// comment); never cleared.
+    inherited: AtomicBool,
+}
+
+impl DeviceTier {
+    /// Maps and prepares the tier `spec` describes.
+    pub fn open(spec: &TierSpec) -> Result<DeviceTier, Problem> {
+        let region = backend::map_region(spec)?;
+        let metadata = ExtentHeap::new(region.len as u64, GRANULE, spec.fit)
+            .zip(Slabs::new(region.len as u64));
+        let Some((heap, slabs)) = metadata else {
+            // SAFETY: nothing uses the fresh region.
+            unsafe { backend::unmap_region(region) };
+            return Err(Problem {
+                what: "no host memory for the tier's metadata",
+                errno: 0,
+            });
+        };
+        pagemap::set(
+            region.base,
+            region.reserved,
+            ChunkTag::device(spec.kind),
+            ChunkTag::device(spec.kind),
+        );
+        Ok(DeviceTier {
+            kind: spec.kind,
+            region,
+            heap: spin::Mutex::new(heap),
+            slabs,
+            limit: spec.limit.unwrap_or(u64::MAX),
+            allocations: SharedCounter::new(),
+            frees: SharedCounter::new(),
+            counters: TierCounters::new(),
+            shared_across_fork: AtomicBool::new(region.shared_across_fork),
+            inherited: AtomicBool::new(false),
+        })
+    }
+
+    /// A block of at least `size` bytes aligned to `align` (a power of two ≥ 16), its header
+    /// written; `None` if the tier is full or at its limit.
+    pub fn alloc(&self, size: usize, align: usize) -> Option<*mut u8> {
+        if self.inherited.load(Ordering::Relaxed) {
+            return None;
+        }
+        // A request for 0 bytes gets a block of one granule (slabs' smallest class), as on
+        // DRAM: its usable size is not 0 (which `realloc` would take for "not a block"), and
+        // its address is not the next block's header.
+        let (offset, extent) = match Slabs::class_of(size, align) {
+            Some(class) => self.slabs.alloc(class, || {
+                let claim = |offset| self.slabs.claim(offset, class);
+                self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0, claim)
+                    .map(|(offset, _)| offset)
+            })?,
+            None => {
+                let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
+                let extent = self.alloc_extent(len, align as u64, HEADER_SIZE, |_| {})?;
+                self.allocations.add(1);
+                extent
+            }
+        };
+        self.write_header(offset, extent);
+        Some((self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8)
+    }
+
+    /// Writes the header of the live block whose extent (or slot) of `extent` bytes starts at
+    /// `offset`.
+    fn write_header(&self, offset: u64, extent: u64) {
+        let header = BlockHeader {
+            size: extent - HEADER_SIZE,
+            magic: HEADER_MAGIC,
+            kind: self.kind as u16,
+            state: STATE_ALLOCATED,
+        };
+        // SAFETY: the caller holds the extent; it lies inside the mapped region, and its start
+        // (region base + a granule multiple) is 16-byte aligned.
+        unsafe { header.store((self.region.base + offset as usize) as *mut BlockHeader) };
+    }
+
+    /// An extent of the heap, within the tier's `limit=`: `(offset, length)`. `claim(offset)`
+    /// runs before the heap's lock is released.
+    fn alloc_extent(
+        &self,
+        len: u64,
+        align: u64,
+        prefix: u64,
+        claim: impl FnOnce(u64),
+    ) -> Option<(u64, u64)> {
+        let mut heap = self.heap.lock();
+        if self.over_limit(heap.in_use().saturating_add(len)) {
+            return None;
+        }
+        let (offset, extent) = heap.alloc(len, align, prefix)?;
+        if self.over_limit(heap.in_use()) {
+            let _ = heap.free(offset);
+            return None;
+        }
+        claim(offset);
+        Some((offset, extent))
+    }
+
+    /// Whether `in_use` bytes of extents would be more than `limit=` allows.
+    fn over_limit(&self, in_use: u64) -> bool {
+        self.limit != u64::MAX && in_use > self.limit
+    }
+
+    /// Writes "free" into the state of the header at `offset` (unless the tier is inherited).
+    /// The caller still holds the block, so no new owner of its bytes can be writing there.
+    fn mark_free(&self, offset: u64) {
+        if !self.inherited.load(Ordering::Relaxed) {
+            let header = (self.region.base + offset as usize) as *mut BlockHeader;
+            // SAFETY: the header lies in the mapped region and its block is still ours. Only
+            // the state field is written (a recovery scan of a PMR sees it).
+            unsafe { core::ptr::addr_of_mut!((*header).state).write_volatile(STATE_FREE) };
+        }
+    }
+
+    /// The extent offset of block `p` of this tier (`p` must be inside the region).
+    fn offset_of(&self, p: *mut u8) -> Option<u64> {
+        (p as usize)
+            .checked_sub(self.region.base + HEADER_SIZE as usize)
+            .map(|o| o as u64)
+    }
+
+    /// Frees block `p`; refuses (changing nothing) a pointer that is not a live block start.
+    pub fn free(&self, p: *mut u8) -> Result<(), FreeError> {
+        let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
+        let retire = |slab| {
+            let mut heap = self.heap.lock();
+            self.slabs.unclaim(slab);
+            let freed = heap.free(slab);
+            debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");
+        };
+        match self.slabs.free(offset, || self.mark_free(offset), retire) {
+            SlabFree::Freed => {}
+            SlabFree::Refused(error) => return Err(error),
+            SlabFree::NotSlab => {
+                let mut heap = self.heap.lock();
+                heap.allocated(offset)?;
+                // Before the heap frees the extent: once it does, another thread may make it
+                // a block and write its header there.
+                self.mark_free(offset);
+                let freed = heap.free(offset);
+                debug_assert!(freed.is_ok(), "checked above, under the same lock");
+                self.frees.add(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees block `p`; a pointer that is not a live block start is counted as a failure and
+    /// reported (then the process aborts, unless `TIERMALLOC_ON_ERROR=ignore`).
+    pub fn free_or_report(&self, p: *mut u8) {
+        if let Err(error) = self.free(p) {
+            self.counters.failures.add(1);
+            report_bad_free(self.kind, p, error);
+        }
+    }
+
+    /// Resizes live block `p` to `size` bytes where it lies: true if it already fits and would
+    /// not waste more than half of itself, or if a block outside the slabs grows into the free
+    /// space right behind it or gives its tail back (its header rewritten). False (nothing
+    /// changed) for a slab block or when the space behind is taken: the caller moves the block
+    /// (which reads it from the device; this does not).
+    pub fn resize_in_place(&self, p: *mut u8, size: usize) -> bool {
+        let Some(old) = self.usable_size(p) else {
+            return false;
+        };
+        if size <= old && size >= old / 2 {
+            return true;
+        }
+        let Some(offset) = self.offset_of(p) else {
+            return false;
+        };
+        if self.slabs.holds_live(offset) || self.inherited.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(len) = (size.max(1) as u64).checked_add(HEADER_SIZE) else {
+            return false;
+        };
+        let extent = {
+            let mut heap = self.heap.lock();
+            let Ok(old) = heap.allocated(offset) else {
+                return false;
+            };
+            if len > old && self.over_limit(heap.in_use().saturating_add(len - old)) {
+                return false;
+            }
+            match heap.resize(offset, len) {
+                Some(extent) => extent,
+                None => return false,
+            }
+        };
+        self.write_header(offset, extent);
+        true
+    }
+
+    /// The usable size of live block `p` from host metadata (no device read).
+    pub fn usable_size(&self, p: *mut u8) -> Option<usize> {
+        let offset = self.offset_of(p)?;
+        let len = match self.slabs.slot_len(offset) {
+            Some(slot) => slot?,
+            None => self.heap.lock().allocated_len(offset)?,
+        };
+        Some((len - HEADER_SIZE) as usize)
+    }
+
+    pub fn set_fit(&self, fit: Fit) {
+        self.heap.lock().set_fit(fit);
+    }
+
+    /// The mapped region.
+    #[cfg(test)]
+    pub fn region(&self) -> Region {
+        self.region
+    }
+
+    pub fn stats(&self) -> TierStats {
+        self.figures().stats
+    }
+
+    /// The tier's figures for a statistics report.
+    pub fn figures(&self) -> DeviceFigures {
+        let h = self.heap.lock().stats();
+        self.figures_of(h, self.slabs.totals())
+    }
+
+    /// The figures, or `None` while a lock is held: a report from a signal handler or from
+    /// inside an allocation must not wait for the thread it interrupted.
+    pub fn try_figures(&self) -> Option<DeviceFigures> {
+        let h = self.heap.try_lock()?.stats();
+        Some(self.figures_of(h, self.slabs.try_totals()?))
+    }
+
+    fn figures_of(&self, h: HeapStats, slabs: SlabTotals) -> DeviceFigures {
+        DeviceFigures {
+            stats: self.stats_of(h, slabs),
+            peak_in_use: h.peak_in_use,
+            mapped: self.region.len as u64,
+        }
+    }
+
+    fn stats_of(&self, h: HeapStats, slabs: SlabTotals) -> TierStats {
+        let capacity = h.capacity.min(self.limit);
+        // Slabs are allocated extents; their slots without a live block are not in use.
+        let in_use = h.in_use.saturating_sub(slabs.idle_bytes);
+        TierStats {
+            capacity,
+            in_use,
+            free_bytes: capacity.saturating_sub(in_use),
+            largest_free: h
+                .largest_free
+                .saturating_sub(HEADER_SIZE)
+                .min(capacity.saturating_sub(h.in_use)),
+            allocations: self.allocations.get() + slabs.allocations,
+            frees: self.frees.get() + slabs.frees,
+            failures: self.counters.failures.get(),
+            spilled_in: self.counters.spilled_in.get(),
+            spilled_out: self.counters.spilled_out.get(),
+        }
+    }
+}
+
+/// A device tier's figures for a statistics report: `tm_stats`, plus the most bytes its
+/// extents (blocks, and slabs whole) have taken at once, and the bytes mapped for it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DeviceFigures {
+    pub stats: TierStats,
+    pub peak_in_use: u64,
+    pub mapped: u64,
+}
+
+/// The opened device tiers, by kind (`Cxl`, `Cmb`, `Pmr`: index `kind - 1`). Each is set once,
+/// by the library's constructor, before the program can start a thread.
+static OPENED: [spin::Once<DeviceTier>; 3] = [spin::Once::new(), spin::Once::new(), spin::Once::new()];
+
+/// Opens the device tier `spec` describes and keeps it for `get` (once per kind: the
+/// configuration lists each kind once); reports a tier that cannot be used in one line on
+/// stderr and returns false (the program runs on without it).
+pub fn open(spec: &TierSpec) -> bool {
+    debug_assert!(spec.kind != Kind::Dram);
+    let slot = &OPENED[spec.kind as usize - 1];
+    if slot.is_completed() {
+        return false;
+    }
+    match DeviceTier::open(spec) {
+        Ok(tier) => {
+            slot.call_once(|| tier);
+            true
+        }
+        Err(problem) => {
+            report_tier(spec.kind, spec.path(), problem);
+            false
+        }
+    }
+}
+
+/// The opened tier of device kind `kind`.
+#[inline]
+pub fn get(kind: Kind) -> Option<&'static DeviceTier> {
+    OPENED.get((kind as usize).wrapping_sub(1))?.get()
+}
+
+/// Calls `f` on every opened device tier.
+pub(crate) fn for_each_device(f: impl FnMut(&DeviceTier)) {
+    OPENED.iter().filter_map(spin::Once::get).for_each(f);
+}
+
+fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
+    let mut line = os::LineBuf::new();
+    let _ = write!(line, "tiermalloc: TIERMALLOC_TIERS: tier '{}'", kind.name());
+    if let Some(path) = path {
+        let _ = write!(
+            line,
+            " ({})",
+            core::str::from_utf8(path).unwrap_or("<not UTF-8>")
+        );
+    }
+    let _ = write!(line, ": {}", problem.what);
+    if problem.errno != 0 {
+        let mut buf = [0u8; 128];
+        // SAFETY: strerror_r writes a NUL-terminated message into our buffer.
+        let rc = unsafe { libc::strerror_r(problem.errno, buf.as_mut_ptr().cast(), buf.len()) };
+        let text = core::ffi::CStr::from_bytes_until_nul(&buf)
+            .ok()
+            .and_then(|c| c.to_str().ok());
+        match text {
+            Some(text) if rc == 0 => {
+                let _ = write!(line, ": {text}");
+            }
+            _ => {
+                let _ = write!(line, ": errno {}", problem.errno);
+            }
+        }
+    }
+    let _ = writeln!(line, "; tier skipped");
+    line.flush();
+}
+
+/// Reports a refused free in one line, then aborts unless `TIERMALLOC_ON_ERROR=ignore`.
+#[cold]
+fn report_bad_free(kind: Kind, p: *mut u8, error: FreeError) {
+    let ignore = config::get().ignore_bad_free;
+    let mut line = os::LineBuf::new();
+    let what = match error {
+        FreeError::DoubleFree => "double free",
+        FreeError::NotAllocated => "not the start of a live block",
+    };
+    let action = if ignore { "ignored" } else { "aborting" };
+    let _ = writeln!(
+        line,
+        "tiermalloc: free({p:p}) on tier {}: {what}; {action}",
+        kind.name()
+    );
+    line.flush();
+    if !ignore {
+        // SAFETY: abort has no preconditions.
+        unsafe { libc::abort() };
+    }
+}
+
+#[cfg(test)]
+mod tests;
