@@ -1,6 +1,7 @@
 //! `tiermalloc run`: starts a program with the library preloaded, its tiers and placement set,
 //! live statistics on, and its at-exit report written as JSON into the state directory, where
-//! `tiermalloc stats` finds it (`last.json`).
+//! `tiermalloc stats` finds it (`last.json`). When the program has exited, the live files its
+//! processes left without running exit hooks (`_exit`) are removed.
 
 use crate::stats::{self, state_dir};
 use crate::Failure;
@@ -95,6 +96,7 @@ pub fn run(m: &ArgMatches) -> Result<ExitCode, Failure> {
         (kept, status)
     });
     let _ = std::fs::remove_dir_all(&reports);
+    stats::sweep_stale_live_files();
     let (kept, status) = outcome?;
     if m.get_flag("stats") {
         if kept {

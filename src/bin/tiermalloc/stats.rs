@@ -59,6 +59,32 @@ pub fn render(snap: &Snapshot, json: bool) -> String {
     out
 }
 
+/// Removes live statistics files whose process is gone (ended with `_exit`, as `sh -c`
+/// does, or killed): `run` calls this when its program has exited. Files of running
+/// processes and of other users stay.
+pub fn sweep_stale_live_files() {
+    let prefix = Path::new(live_file::PATH_PREFIX);
+    let (Some(dir), Some(stem)) = (prefix.parent(), prefix.file_name()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(stem.to_str().unwrap_or("\0")))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// A JSON report from a file.
 pub fn read_file(path: &Path) -> Result<Snapshot, Failure> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
