@@ -599,6 +599,9 @@ def add_common_options(ap):
     ap.add_argument("--json", metavar="FILE", help="write every raw measurement to FILE")
     ap.add_argument("--timeout", type=int, default=120, help="seconds per run (default 120)")
     ap.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler (default cc)")
+    ap.add_argument("--peer", action="append", default=[], metavar="NAME=LIB",
+                    help="one more allocator to preload under NAME, e.g. a build of this library "
+                    "with one check compiled out (repeatable; --before LIB is --peer before=LIB)")
 
 
 def repetitions(ap, opts):
@@ -628,8 +631,15 @@ def choose_allocators(ap, opts, whichmalloc):
         ours = build_ours() if wanted else None
     libs = {}
     order = []
-    before = [("before", os.path.abspath(opts.before))] if opts.before else []
-    candidates = [("ours", ours)] + before + PEERS
+    # --before LIB is --peer before=LIB.
+    specs = (["before=" + opts.before] if opts.before else []) + opts.peer
+    extra = []
+    for spec in specs:
+        name, sep, lib = spec.partition("=")
+        if not sep or not name or not lib:
+            ap.error("--peer wants NAME=LIB, got %r" % spec)
+        extra.append((name, os.path.abspath(lib)))
+    candidates = [("ours", ours)] + extra + PEERS
     want = None
     if opts.allocators:
         want = [a.strip() for a in opts.allocators.split(",") if a.strip()]

@@ -336,4 +336,64 @@ __attribute__((unused)) static size_t (*volatile const opq_malloc_usable_size_)(
 #define pvalloc(n) (opq_pvalloc_(n))
 #define malloc_usable_size(p) (opq_malloc_usable_size_(p))
 
+/* ---------------------------------------------------------------- misuse in a child */
+
+/* Runs fn(arg) in a fork()ed child (which then exits 0) with its stderr captured into
+ * err[0..size). Returns the child's wait status. For misuse that must abort the process. */
+__attribute__((unused)) static int in_child(void (*fn)(void *), void *arg, char *err, size_t size)
+{
+    int fds[2];
+    err[0] = 0;
+    if (pipe(fds) != 0)
+        return -1;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], 2);
+        alarm(20);
+        fn(arg);
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    for (;;) {
+        ssize_t n = read(fds[0], err + got, size - 1 - got);
+        if (n <= 0 || (got += (size_t)n) == size - 1)
+            break;
+    }
+    err[got] = 0;
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return status;
+}
+
+/* The number of lines in s. */
+__attribute__((unused)) static int line_count(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* Checks that fn(arg), in a child, aborts with exactly one line on stderr containing `want`
+ * and `ptr` printed as %p (NULL: not checked). Returns whether it did. */
+#define EXPECT_ABORT(fn, arg, want, ptr) expect_abort_(fn, arg, want, ptr, #fn, __FILE__, __LINE__)
+__attribute__((unused)) static int expect_abort_(void (*fn)(void *), void *arg, const char *want,
+                                                 const void *ptr, const char *name, const char *file,
+                                                 int line)
+{
+    char err[2048], p[32] = "";
+    if (ptr)
+        snprintf(p, sizeof p, "%p", ptr);
+    int st = in_child(fn, arg, err, sizeof err);
+    int ok = WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && strstr(err, want) && strstr(err, p) &&
+             line_count(err) == 1;
+    return check_impl(ok, file, line, name, "want SIGABRT and one line with '%s' and '%s'; status %#x, stderr: %s",
+                      want, p, st, err);
+}
+
 #endif /* TIERMALLOC_C_TESTS_CHECK_H */

@@ -8,7 +8,8 @@
 #include <stdint.h>
 /* The unprefixed malloc family (malloc, free, calloc, realloc, reallocarray, posix_memalign,
  * aligned_alloc, memalign, valloc, pvalloc, malloc_usable_size, free_sized,
- * free_aligned_sized) is exported too and declared by <stdlib.h> and <malloc.h>. */
+ * free_aligned_sized) is exported too and declared by <stdlib.h> and <malloc.h>, as are glibc's
+ * mallinfo2, mallinfo, malloc_stats, malloc_trim, mallopt and malloc_info. */
 
 /*
  Bytes of the header before each device-tier block.
@@ -136,7 +137,9 @@ void *tm_aligned_alloc(tm_kind kind, size_t alignment, size_t size);
 /*
  Resizes `ptr` on its own tier. `tm_realloc(NULL, n)` is a plain `malloc(n)`; `size == 0`
  frees and returns NULL (as glibc's `realloc`). On failure returns NULL + ENOMEM and leaves
- `ptr` intact; NULL + EINVAL if `ptr` is not ours.
+ `ptr` intact. A pointer that is not a live block of ours is reported as `tm_free` reports
+ it (NULL + EINVAL if ignored), unless the library was loaded after the program's own
+ malloc (`dlopen`), when the program's `realloc` gets it.
 
  # Safety
  `ptr` must be NULL or a live block of ours.
@@ -144,10 +147,10 @@ void *tm_aligned_alloc(tm_kind kind, size_t alignment, size_t size);
 void *tm_realloc(void *ptr, size_t size);
 
 /*
- Frees any block of ours, whatever its tier; NULL and foreign pointers are ignored. Keeps
- `errno`. A double free or a pointer into a block on a device tier is detected from host
- metadata: one line on stderr, then an abort (or, with `TIERMALLOC_ON_ERROR=ignore`, counted
- in the tier's failures and ignored).
+ Frees any block of ours, whatever its tier; NULL is ignored. Keeps `errno`. A double free,
+ a pointer into a block, a corrupted free list or a pointer that is not ours is detected
+ from host metadata: one line on stderr, then an abort (or, with
+ `TIERMALLOC_ON_ERROR=ignore`, reported, counted and ignored).
 
  # Safety
  `ptr` must be NULL or a live block, not used afterwards.
@@ -188,6 +191,24 @@ int tm_get_stats(tm_kind kind, struct tm_stats *out);
  address space and counts, in human units, under a line naming the process.
  */
 void tm_print_stats(void);
+
+/*
+ Moves every byte of device tier `kind` onto `target` (a file or device at least as large
+ as the tier; a regular file is created or extended; NULL means the tier's `spare=` path)
+ while the program's threads keep using its blocks, which keep their addresses. Afterwards
+ the tier's range is backed by `target` at the same offsets and the old device is closed.
+ Returns 0, or -1 + errno: EINVAL (TM_DRAM, an unknown kind, NULL without `spare=`), ENODEV
+ (kind not configured), EOPNOTSUPP (the tier's backing cannot be moved safely: only shmem,
+ hugetlbfs and NUMA tiers can), EBUSY (a move of it is running, or the target is in use),
+ ENOSPC/EFBIG (target too small), or the error of opening or mapping `target`; each failure
+ is also explained in one line on stderr. On failure the tier is left as it was, unless the
+ kernel refuses to map the target midway (out of memory or mappings): then the tier works on,
+ split between both devices, and both stay open.
+
+ # Safety
+ `target` must be NULL or a NUL-terminated string.
+ */
+int tm_evacuate(tm_kind kind, const char *target);
 
 /*
  The library's version as `"MAJOR.MINOR.PATCH"` (a static string): the version of the library

@@ -33,16 +33,30 @@ pub(crate) struct Region {
 pub(crate) struct Problem {
     pub what: &'static str,
     pub errno: i32,
+    /// For a file system without room: the bytes asked for and the bytes free.
+    pub room: Option<(u64, u64)>,
 }
 
 impl Problem {
-    fn new(what: &'static str) -> Self {
-        Problem { what, errno: 0 }
+    pub(crate) fn new(what: &'static str) -> Self {
+        Problem {
+            what,
+            errno: 0,
+            room: None,
+        }
     }
-    fn os(what: &'static str) -> Self {
+    pub(crate) fn os(what: &'static str) -> Self {
         Problem {
             what,
             errno: os::errno(),
+            room: None,
+        }
+    }
+    pub(crate) fn no_room(needed: u64, free: u64) -> Self {
+        Problem {
+            what: "the file system has no room for the file",
+            errno: 0,
+            room: Some((needed, free)),
         }
     }
 }
@@ -79,15 +93,35 @@ impl Drop for Fd {
 }
 
 fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
+    let mut created = false;
+    let result = map_path_noting_creation(spec, path, &mut created);
+    if result.is_err() && created {
+        crate::device_space::remove_created(path);
+    } else if created && spec.per_process && !spec.keep {
+        crate::device_space::remove_at_exit(path);
+    }
+    result
+}
+
+fn map_path_noting_creation(
+    spec: &TierSpec,
+    path: &CStr,
+    created: &mut bool,
+) -> Result<Region, Problem> {
     let offset = spec.offset as usize;
     if offset % os::PAGE_SIZE != 0 {
         return Err(Problem::new(
             "offset= must be a multiple of the page size (4096)",
         ));
     }
-    let flags = libc::O_RDWR | libc::O_CLOEXEC | if spec.create { libc::O_CREAT } else { 0 };
+    let flags = libc::O_RDWR | libc::O_CLOEXEC;
     // SAFETY: `path` is NUL-terminated; open has no other preconditions.
-    let fd = unsafe { libc::open(path.as_ptr(), flags, 0o600 as libc::c_uint) };
+    let mut fd = unsafe { libc::open(path.as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 && spec.create && os::errno() == libc::ENOENT {
+        // SAFETY: as above. O_EXCL tells us the file is ours to remove if the tier fails.
+        fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CREAT | libc::O_EXCL, 0o600 as libc::c_uint) };
+        *created = fd >= 0;
+    }
     if fd < 0 {
         return Err(Problem::os("cannot open"));
     }
@@ -108,6 +142,9 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
         }
     };
     lock_range(&fd, offset, len)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+        crate::device_space::reserve(fd.0, offset as u64, len as u64)?;
+    }
     let reserved = reserve(len)?;
     // SAFETY: mapping our descriptor over our own fresh reservation at `reserved.base`.
     let p = unsafe {
@@ -415,6 +452,32 @@ mod tests {
         assert_eq!(no_node.unwrap_err().what, "no such NUMA node");
         let nothing = map_region(&spec("cxl:size=4M")).unwrap_err();
         assert!(nothing.what.contains("path="));
+    }
+
+    #[test]
+    fn a_file_the_file_system_cannot_hold_is_refused_and_a_created_one_removed() {
+        let path = shm("room");
+        let c = std::ffi::CString::new("/dev/shm").unwrap();
+        // SAFETY: a valid path and out-parameter.
+        let mut st: libc::statvfs = unsafe { core::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        let free = st.f_bavail * st.f_frsize;
+        let size = (free + (1 << 30)) & !(CHUNK_SIZE as u64 - 1);
+        let problem = map_region(&spec(&format!("cxl:path={path},size={size},create"))).unwrap_err();
+        let (needed, reported_free) = problem.room.expect("a problem naming the room");
+        assert_eq!(needed, size);
+        assert!(reported_free <= free + (64 << 20), "{problem:?}");
+        assert!(
+            !std::path::Path::new(&path).exists(),
+            "the file created for the refused tier is left behind"
+        );
+        // A file that fits is reserved whole: no SIGBUS later for want of space.
+        let region = map_region(&spec(&format!("cxl:path={path},size=8M,create"))).unwrap();
+        let blocks = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m));
+        assert!(blocks.unwrap() * 512 >= 8 << 20, "the file's space is not reserved");
+        // SAFETY: nothing uses the region.
+        unsafe { unmap_region(region) };
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! fixed-size tables, once, on first use.
 //!
 //! `TIERMALLOC_TIERS` lists tiers in fallback order, `;`-separated, each `KIND[:key=value,...]`
-//! with KIND one of `dram cxl cmb pmr` and keys `path size offset create numa limit fit`.
+//! with KIND one of `dram cxl cmb pmr` and keys `path size offset create numa limit fit spare`.
 //! `TIERMALLOC_PLACE` lists size rules `KIND:min=SIZE[,max=SIZE]`. A bad entry is reported in
 //! one line on stderr naming it, and skipped; the rest still applies.
 
@@ -63,6 +63,13 @@ pub struct TierSpec {
     pub numa: Option<u32>,
     pub limit: Option<u64>,
     pub fit: Fit,
+    /// `spare=PATH`: where `tm_evacuate(kind, NULL)` moves the tier (opened only then).
+    spare: [u8; MAX_PATH],
+    spare_len: usize,
+    /// The path named `%p`: a file of this process alone, removed at its exit unless `keep`.
+    pub per_process: bool,
+    /// `keep`: a `%p` file stays after the process exits.
+    pub keep: bool,
 }
 
 impl TierSpec {
@@ -77,7 +84,27 @@ impl TierSpec {
             numa: None,
             limit: None,
             fit: Fit::Best,
+            spare: [0; MAX_PATH],
+            spare_len: 0,
+            per_process: false,
+            keep: false,
         }
+    }
+
+    /// The spec of an evacuation target: `path` (its `%p` expanded) mapped from offset 0 for
+    /// `size` bytes, created or extended if a regular file. `None` if the path is too long.
+    pub fn target(kind: Kind, path: &[u8], size: u64) -> Option<TierSpec> {
+        let mut spec = TierSpec::new(kind);
+        spec.path_len = expand_path(path, &mut spec.path).filter(|&n| n > 0)?;
+        spec.size = Some(size);
+        spec.create = true;
+        Some(spec)
+    }
+
+    /// The `spare=` path as a C string.
+    pub fn spare_cstr(&self) -> Option<&core::ffi::CStr> {
+        let with_nul = &self.spare[..self.spare_len + 1];
+        (self.spare_len > 0).then(|| core::ffi::CStr::from_bytes_with_nul(with_nul).ok())?
     }
 
     pub fn path(&self) -> Option<&[u8]> {
@@ -110,6 +137,8 @@ pub struct Config {
     /// `TIERMALLOC_ON_ERROR=ignore`: a bad free on a device tier is reported, counted and
     /// ignored instead of aborting.
     pub ignore_bad_free: bool,
+    /// `TIERMALLOC_SECURE=1`: the hardening that costs more (see `fast::guard::secure`).
+    pub secure: bool,
 }
 
 impl Config {
@@ -126,6 +155,7 @@ impl Config {
             show_stats: false,
             verbose: false,
             ignore_bad_free: false,
+            secure: false,
         }
     }
 
@@ -229,6 +259,7 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
     };
     let kind = Kind::parse(kind).ok_or("unknown kind (expected dram, cxl, cmb or pmr)")?;
     let mut spec = TierSpec::new(kind);
+    let mut seen: u32 = 0;
     for option in rest
         .unwrap_or(b"")
         .split(|&c| c == b',')
@@ -238,13 +269,25 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
             Some(i) => (&option[..i], Some(&option[i + 1..])),
             None => (option, None),
         };
+        let bit = KEYS.iter().position(|k| *k == key).map_or(0, |i| 1u32 << i);
+        if seen & bit != 0 {
+            return Err("a key is given twice (which one should apply?)");
+        }
+        seen |= bit;
         match (key, value) {
             (b"create", None) => spec.create = true,
+            (b"keep", None) => spec.keep = true,
             (b"path", Some(v)) if !v.is_empty() => {
+                spec.per_process = v.windows(2).any(|w| w == b"%p");
                 spec.path_len = expand_path(v, &mut spec.path)
                     .ok_or("path= needs a file name shorter than 256 bytes")?;
             }
             (b"path", _) => return Err("path= needs a file name shorter than 256 bytes"),
+            (b"spare", Some(v)) if !v.is_empty() => {
+                spec.spare_len = expand_path(v, &mut spec.spare)
+                    .ok_or("spare= needs a file name shorter than 256 bytes")?;
+            }
+            (b"spare", _) => return Err("spare= needs a file name shorter than 256 bytes"),
             (b"size", Some(v)) => spec.size = Some(parse_size(v).ok_or("bad size= value")?),
             (b"offset", Some(v)) => spec.offset = parse_size(v).ok_or("bad offset= value")?,
             (b"limit", Some(v)) => spec.limit = Some(parse_size(v).ok_or("bad limit= value")?),
@@ -257,10 +300,47 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
             (b"fit", Some(b"best")) => spec.fit = Fit::Best,
             (b"fit", Some(b"worst")) => spec.fit = Fit::Worst,
             (b"fit", _) => return Err("fit= must be best or worst"),
-            _ => return Err("unknown key (expected path, size, offset, create, numa, limit, fit)"),
+            _ => return Err(
+                "unknown key (expected path, size, offset, create, keep, numa, limit, fit, spare)",
+            ),
         }
     }
+    check_tier(&spec)?;
     Ok(spec)
+}
+
+/// The keys of a tier entry, in the order of `parse_tier`'s bit set of keys seen.
+const KEYS: [&[u8]; 9] = [
+    b"path", b"size", b"offset", b"create", b"numa", b"limit", b"fit", b"keep", b"spare",
+];
+
+/// The most bytes a tier can span: the user address space.
+const MAX_TIER_BYTES: u64 = 1 << 47;
+
+/// Combinations of keys that no tier can honour.
+fn check_tier(spec: &TierSpec) -> Result<(), &'static str> {
+    if spec.numa.is_some() && spec.path_len > 0 {
+        return Err("numa= and path= exclude each other (numa= maps memory of that node, path= a file)");
+    }
+    match spec.size {
+        Some(size) if size < 4096 => Err("size= must be at least 4K (one page)"),
+        Some(size) if size > MAX_TIER_BYTES => {
+            Err("size= is larger than the 128 TiB user address space")
+        }
+        Some(size) if spec.offset.checked_add(size).map_or(true, |end| end > u64::MAX >> 1) => {
+            Err("offset= + size= overflows")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether two tiers use overlapping byte ranges of the same file (`None`: to its end).
+fn overlaps(a: &TierSpec, b: &TierSpec) -> bool {
+    if a.path_len == 0 || a.path() != b.path() {
+        return false;
+    }
+    let end = |t: &TierSpec| t.size.map_or(u64::MAX, |s| t.offset.saturating_add(s));
+    a.offset < end(b) && b.offset < end(a)
 }
 
 fn parse_rule(entry: &[u8]) -> Result<PlaceRule, &'static str> {
@@ -346,6 +426,11 @@ pub fn parse(
             Ok(spec) if config.tiers().iter().any(|t| t.kind == spec.kind) => {
                 report.problem("TIERMALLOC_TIERS", entry, "this kind is listed already")
             }
+            Ok(spec) if config.tiers().iter().any(|t| overlaps(t, &spec)) => report.problem(
+                "TIERMALLOC_TIERS",
+                entry,
+                "its offset= range overlaps another tier's in the same file",
+            ),
             Ok(spec) => {
                 config.tiers[config.tier_count] = spec;
                 config.tier_count += 1;
@@ -363,6 +448,15 @@ pub fn parse(
                 config.rule_count += 1;
             }
             Err(why) => report.problem("TIERMALLOC_PLACE", entry, why),
+        }
+    }
+    for rule in config.rules() {
+        if rule.kind != Kind::Dram && !config.tiers().iter().any(|t| t.kind == rule.kind) {
+            report.problem(
+                "TIERMALLOC_PLACE",
+                rule.kind.name().as_bytes(),
+                "a rule for a tier TIERMALLOC_TIERS does not list; the rule never applies",
+            );
         }
     }
     config.show_stats = parse_bool("TIERMALLOC_SHOW_STATS", show_stats, report);
@@ -398,6 +492,7 @@ pub fn get() -> &'static Config {
                 os::getenv(b"TIERMALLOC_VERBOSE"),
                 &mut Stderr,
             );
+            config.secure = parse_bool("TIERMALLOC_SECURE", os::getenv(b"TIERMALLOC_SECURE"), &mut Stderr);
             match os::getenv(b"TIERMALLOC_ON_ERROR") {
                 None | Some(b"abort") => {}
                 Some(b"ignore") => config.ignore_bad_free = true,
@@ -497,6 +592,7 @@ mod tests {
             )
         );
         assert_eq!(c.tiers()[2].numa, Some(1));
+        assert_eq!(pmr.spare_cstr(), None);
         assert_eq!(
             c.rules(),
             &[PlaceRule {
@@ -531,6 +627,62 @@ mod tests {
         let c = parse(None, None, Some(b"no"), Some(b"2"), &mut r);
         assert!(!c.show_stats && !c.verbose);
         assert_eq!(r.0.len(), 2, "{:?}", r.0);
+    }
+
+    #[test]
+    fn contradictions_and_repeats_are_reported_each_in_one_line() {
+        let mut r = Collect::default();
+        let c = parse(
+            Some(
+                b"cxl:path=/a,size=4M,size=8M;cmb:numa=0,path=/b,size=4M;pmr:path=/c,size=0,create;\
+                  pmr:path=/c,size=1,create;pmr:path=/c,size=18446744073709551615;\
+                  cmb:path=/d,size=8M;pmr:path=/d,offset=4M,size=8M;pmr:path=/d,offset=8M,size=4M",
+            ),
+            Some(b"cxl:min=1"),
+            None,
+            None,
+            &mut r,
+        );
+        let lines = r.0.join("\n");
+        assert!(r.0[0].contains("size=4M,size=8M") && r.0[0].contains("twice"), "{lines}");
+        assert!(r.0[1].contains("numa=") && r.0[1].contains("exclude"), "{lines}");
+        assert!(r.0[2].contains("size=0") && r.0[2].contains("at least 4K"), "{lines}");
+        assert!(r.0[3].contains("size=1,") && r.0[3].contains("at least 4K"), "{lines}");
+        assert!(
+            r.0[4].contains("18446744073709551615") && r.0[4].contains("address space"),
+            "{lines}"
+        );
+        assert!(r.0[5].contains("offset=4M") && r.0[5].contains("overlaps"), "{lines}");
+        assert!(r.0[6].contains("cxl") && r.0[6].contains("does not list"), "{lines}");
+        assert_eq!(r.0.len(), 7, "{lines}");
+        // The one left of the overlapping pair and the one after it, which does not overlap.
+        assert_eq!(c.tier_count, 2);
+        assert_eq!((c.tiers()[1].kind, c.tiers()[1].offset), (Kind::Pmr, 8 << 20));
+    }
+
+    #[test]
+    fn spare_names_the_evacuation_target() {
+        let mut r = Collect::default();
+        let c = parse(
+            Some(b"cxl:path=/dev/shm/a,size=4M,create,spare=/dev/shm/b-%p;pmr:spare="),
+            None,
+            None,
+            None,
+            &mut r,
+        );
+        let spare = format!("/dev/shm/b-{}", std::process::id());
+        assert_eq!(
+            c.tiers()[0].spare_cstr().unwrap().to_bytes(),
+            spare.as_bytes()
+        );
+        assert_eq!(c.tier_count, 1);
+        assert!(r.0[0].contains("spare="), "{:?}", r.0);
+        let target = TierSpec::target(Kind::Cxl, b"/dev/shm/t", 4096).unwrap();
+        assert_eq!(
+            (target.path(), target.size, target.create, target.offset),
+            (Some(&b"/dev/shm/t"[..]), Some(4096), true, 0)
+        );
+        assert!(TierSpec::target(Kind::Cxl, b"", 4096).is_none());
     }
 
     #[test]

@@ -62,7 +62,9 @@
 //! | `TIERMALLOC_STATS_SIGNAL` | a signal (`USR1`, `SIGUSR2`, `12`) on which the report is made, to the same destination |
 //! | `TIERMALLOC_STATS_LIVE` | boolean: keep the report current in `/dev/shm/tiermalloc-live.PID` for `tiermalloc stats PID` |
 //! | `TIERMALLOC_VERBOSE` | boolean: print the configuration understood at start-up |
-//! | `TIERMALLOC_ON_ERROR` | `abort` (default) or `ignore`: what a double or bad free on a device tier does after its line on stderr |
+//! | `TIERMALLOC_ON_ERROR` | `abort` (default) or `ignore`: what heap misuse (a double free, a bad free, a corrupted free list) does after its line on stderr |
+//! | `TIERMALLOC_SECURE` | boolean: hardening that costs more (pages hand out their blocks in a random order) |
+//! | `TIERMALLOC_EVACUATE_CHUNK` | SIZE: the bytes [`evacuate`] (`tm_evacuate`) moves per step (default `256K`) |
 //! | `TIERMALLOC_LIB` | (the command) the library `tiermalloc run` preloads |
 //!
 //! Booleans take `1 yes true on` or `0 no false off`, in any case; any other value is
@@ -77,9 +79,13 @@
 //! | `size=SIZE` | bytes to use (default: the rest of the file or device after `offset`) |
 //! | `offset=SIZE` | where in the file the tier starts (default 0) |
 //! | `create` | create the regular file, or extend it, to `size` |
+//! | `keep` | leave a `%p` file in place when the process exits (it is removed otherwise) |
 //! | `numa=N` | take the tier from NUMA node N (CXL memory onlined as a node) instead of a file |
 //! | `limit=SIZE` | the most bytes the tier serves; on `dram` too (then plain requests spill to the next tier) |
 //! | `fit=best` / `fit=worst` | which free extent a block of 4 KiB or more takes (also [`set_fit`], `tm_set_fit`) |
+//! | `spare=FILE` | where [`evacuate`] (`tm_evacuate`) moves the tier when given no target |
+//!
+//! Each key may appear once per tier.
 //!
 //! A tier that is full or at its limit passes plain requests to the next tier listed
 //! (`spilled_out`/`spilled_in`); an explicit request on one tier (`tm_malloc(kind, ..)`,
@@ -112,11 +118,11 @@
 //! | placement | `place` (which tier serves a request, spilling) |
 //! | the tier interface | `tier` (`Tier`, the tiers by kind, dispatch of a pointer to its tier) |
 //! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
-//! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`) |
-//! | foundations | `pagemap`, `backend`, `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `cgroup`, `live`, `textbuf`, `sync`, `lockfree` |
+//! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`, `evacuate/`) |
+//! | foundations | `pagemap`, `backend` (with `device_space`, `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `cgroup`, `live`, `textbuf`, `sync`, `lockfree` |
 //!
-//! Room is left by name for `device/persist` (persistent tiers), `device/evacuate` (live
-//! evacuation) and `pool/` (a device shared by processes: named spaces, lending).
+//! Room is left by name for `device/persist` (persistent tiers) and `pool/` (a device shared
+//! by processes: named spaces, lending).
 //!
 //! Only `sync` and `lockfree` are built under `--cfg loom`, where their models run; everything
 //! else needs `const` statics, mmap and thread-local storage, which loom cannot model.
@@ -140,11 +146,15 @@ not_under_loom! {
     mod chunk;
     mod config;
     mod device;
+    mod device_sigbus;
+    mod device_space;
     mod dram;
+    mod foreign;
     mod front;
     mod kind;
     mod live;
     mod meta;
+    mod misuse;
     mod os;
     mod pagemap;
     mod place;
@@ -153,7 +163,16 @@ not_under_loom! {
     mod thread_slot;
     mod tier;
 
-    pub use front::api::{kind_of, print_stats, set_fit, stats, Fit, Kind, Tier, TierError, TierStats};
+    pub use front::api::{
+        evacuate, kind_of, print_stats, set_fit, stats, EvacuateError, Evacuation, Fit, Kind,
+        Tier, TierError, TierStats,
+    };
+    // The C functions, callable from Rust for tests that check their C semantics
+    // (tests/evacuate.rs); not part of the documented Rust API.
+    #[doc(hidden)]
+    pub use front::capi;
+    #[doc(hidden)]
+    pub use front::capi_evacuate;
     pub use front::global_alloc::TierMalloc;
     pub use front::report;
 }

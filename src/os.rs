@@ -108,6 +108,21 @@ pub unsafe fn discard(p: *mut u8, size: usize) {
     });
 }
 
+/// Makes `[p, p + size)` (page-aligned, ours) inaccessible (`writable` false) or readable and
+/// writable again. False if the kernel refused (out of mappings, `vm.max_map_count`).
+///
+/// # Safety
+/// The range must be ours, and nothing may use it while it is inaccessible.
+pub unsafe fn protect(p: *mut u8, size: usize, writable: bool) -> bool {
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_NONE
+    };
+    // SAFETY: per the contract.
+    keep_errno(|| unsafe { libc::mprotect(p.cast(), size, prot) } == 0)
+}
+
 /// A monotonic clock in nanoseconds, coarse (a few milliseconds) and cheap: the vDSO's
 /// `CLOCK_MONOTONIC_COARSE`, no system call.
 pub fn coarse_now_ns() -> u64 {
@@ -209,6 +224,24 @@ pub fn environ_ready() -> bool {
     !unsafe { ptr::addr_of!(environ).read() }.is_null()
 }
 
+/// Appends `": <strerror(errno)>"` to `line` (`": errno N"` if the text cannot be had);
+/// nothing for `errno == 0`.
+pub fn write_errno_text(line: &mut impl core::fmt::Write, errno: i32) {
+    if errno == 0 {
+        return;
+    }
+    let mut buf = [0u8; 128];
+    // SAFETY: strerror_r writes a NUL-terminated message into our buffer.
+    let rc = unsafe { libc::strerror_r(errno, buf.as_mut_ptr().cast(), buf.len()) };
+    let text = core::ffi::CStr::from_bytes_until_nul(&buf)
+        .ok()
+        .and_then(|c| c.to_str().ok());
+    let _ = match text {
+        Some(text) if rc == 0 => write!(line, ": {text}"),
+        _ => write!(line, ": errno {errno}"),
+    };
+}
+
 /// A fixed-capacity line buffer that implements `core::fmt::Write` without allocating, for
 /// diagnostics and the statistics report. Output past the capacity is dropped.
 pub struct LineBuf {
@@ -223,6 +256,12 @@ impl LineBuf {
             len: 0,
         }
     }
+    /// The text buffered so far.
+    #[cfg_attr(not(feature = "override"), allow(dead_code))] // for `malloc_info`
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
     /// Writes the buffered text to stderr and empties the buffer.
     pub fn flush(&mut self) {
         write_stderr(&self.buf[..self.len]);

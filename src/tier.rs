@@ -220,7 +220,8 @@ fn of(owner: Owner) -> Option<TierRef> {
     get(owner.kind()?)
 }
 
-/// Frees any block of ours; null and foreign pointers are ignored.
+/// Frees any block of ours; null is ignored, anything but a live block start reported (or
+/// handed to the program's own `free`: `foreign`).
 ///
 /// # Safety
 /// `p` must be null, foreign, or a live block of ours not used after this.
@@ -239,9 +240,12 @@ pub unsafe fn free(p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn free_other(p: *mut u8, owner: Owner) {
-    if let Some(tier) = of(owner) {
+    match of(owner) {
         // SAFETY: forwarded.
-        unsafe { tier.free(p, owner) }
+        Some(tier) => unsafe { tier.free(p, owner) },
+        // SAFETY: forwarded.
+        None if !p.is_null() => unsafe { crate::foreign::free(p) },
+        None => {}
     }
 }
 
@@ -268,11 +272,29 @@ pub fn kind_of(p: *const u8) -> Option<Kind> {
 pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> Option<*mut u8> {
     let owner = pagemap::owner_of(p as usize);
     let tier = of(owner)?;
-    // SAFETY: `p` is ours (owner) and live (contract).
-    let old = unsafe { tier.usable_size(p, owner) };
-    if old == 0 {
+    // A freed or interior pointer is reported, never resized (it would alias a live block).
+    let live = match tier {
+        // SAFETY: the page map said `owner`.
+        TierRef::Dram(dram) => unsafe { dram.check_realloc(p, owner) },
+        TierRef::Device(device) => {
+            // SAFETY: `p` is in this tier's region (owner).
+            let live = unsafe { Tier::usable_size(device, p, owner) } != 0;
+            if !live {
+                crate::misuse::report_on(
+                    "realloc",
+                    p,
+                    owner.kind().map_or("?", Kind::name),
+                    crate::misuse::Misuse::NotABlockStart,
+                );
+            }
+            live
+        }
+    };
+    if !live {
         return Some(core::ptr::null_mut());
     }
+    // SAFETY: `p` is ours (owner) and live (checked).
+    let old = unsafe { tier.usable_size(p, owner) };
     // SAFETY: as above.
     let q = unsafe { tier.resize_in_place(p, owner, old, size, align) };
     if !q.is_null() {

@@ -247,6 +247,7 @@ c_tests! {
     tm_api,
     stats_json,
     device_tiers,
+    evacuate,
     fork_stdio,
     fork_signal,
     thread_churn,
@@ -256,6 +257,11 @@ c_tests! {
     out_of_memory,
     dlopen_lib,
     stress_mt,
+    heap_misuse,
+    address_limit,
+    malloc_introspection,
+    tier_files,
+    secure_mode,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

@@ -297,7 +297,9 @@ fn man_pages_render_cleanly_and_name_what_exists() {
     );
 
     // Tier keys: those config.rs accepts, each named as `.B key` or `.B key=` in tiermalloc.3.
-    for key in ["path", "size", "offset", "create", "numa", "limit", "fit"] {
+    for key in [
+        "path", "size", "offset", "create", "keep", "numa", "limit", "fit", "spare",
+    ] {
         assert!(
             source_text().contains(&format!("(b\"{key}\"")),
             "config.rs no longer accepts {key}"

@@ -116,11 +116,13 @@ impl DeviceTier {
     /// shared region, or failing that makes the tier inherited (see the module comment).
     fn after_fork_in_child(&self) {
         self.unlock_after_fork();
+        self.device.after_fork_in_child();
         if !self.is_shared_across_fork() {
             return;
         }
         if self.copy_region_privately() {
             self.shared_across_fork.store(false, Ordering::Relaxed);
+            self.device.close_in_child();
         } else {
             self.inherited.store(true, Ordering::Relaxed);
         }

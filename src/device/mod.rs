@@ -15,19 +15,22 @@
 //! Room is left by name for `device/persist` (superblock, recovery scan, roots, flush) and
 //! `device/evacuate` (moving live blocks, same addresses).
 
+pub mod evacuate;
 pub mod extent_heap;
 pub mod fork;
 pub mod header;
 pub mod slabs;
 
 use crate::backend::{self, Problem, Region};
-use crate::config::{self, TierSpec};
+use crate::config::TierSpec;
 use crate::kind::{Fit, Kind};
 use crate::os;
 use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierCounters, TierStats};
 use core::fmt::Write;
+use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, Ordering};
+use evacuate::{DeviceState, LiveExtents};
 use extent_heap::{ExtentHeap, FreeError, HeapStats};
 use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
 use slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
@@ -62,6 +65,8 @@ pub(crate) struct DeviceTier {
     /// Set in a forked child whose shared region could not be made private (see the module
     /// comment); never cleared.
     inherited: AtomicBool,
+    /// The device behind the region now, and a live move onto another one (`evacuate`).
+    device: DeviceState,
 }
 
 impl DeviceTier {
@@ -73,10 +78,7 @@ impl DeviceTier {
         let Some((heap, slabs)) = metadata else {
             // SAFETY: nothing uses the fresh region.
             unsafe { backend::unmap_region(region) };
-            return Err(Problem {
-                what: "no host memory for the tier's metadata",
-                errno: 0,
-            });
+            return Err(Problem::new("no host memory for the tier's metadata"));
         };
         pagemap::set(
             region.base,
@@ -95,6 +97,7 @@ impl DeviceTier {
             counters: TierCounters::new(),
             shared_across_fork: AtomicBool::new(region.shared_across_fork),
             inherited: AtomicBool::new(false),
+            device: DeviceState::new(&region, spec),
         })
     }
 
@@ -266,6 +269,32 @@ impl DeviceTier {
         Some((len - HEADER_SIZE) as usize)
     }
 
+    /// Moves the tier's bytes onto `target` (the `spare=` path if `None`) while its blocks
+    /// stay in use at the same addresses (`evacuate`).
+    pub fn evacuate(&self, target: Option<&CStr>) -> Result<evacuate::Report, Problem> {
+        if self.inherited.load(Ordering::Relaxed) {
+            return Err(Problem {
+                what: "the tier was inherited from the parent process and serves nothing here",
+                errno: libc::EINVAL,
+                room: None,
+            });
+        }
+        let target = target.or(self.spare()).ok_or(Problem {
+            what: "no target given and no spare= configured",
+            errno: libc::EINVAL,
+            room: None,
+        })?;
+        let report = evacuate::evacuate(self.kind, &self.region, &self.device, self, target)?;
+        // A file or device now, mapped shared: `fork` must copy it for the child.
+        self.shared_across_fork.store(true, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// The `spare=` path.
+    pub fn spare(&self) -> Option<&CStr> {
+        self.device.spare()
+    }
+
     pub fn set_fit(&self, fit: Fit) {
         self.heap.lock().set_fit(fit);
     }
@@ -331,6 +360,31 @@ pub(crate) struct DeviceFigures {
     pub mapped: u64,
 }
 
+impl LiveExtents for DeviceTier {
+    fn hold_and_list(
+        &self,
+        lo: u64,
+        hi: u64,
+        hint: &mut u64,
+        hold: &mut dyn FnMut() -> bool,
+        live: &mut dyn FnMut(u64, u64),
+    ) -> bool {
+        let heap = self.heap.lock();
+        if !hold() {
+            return false;
+        }
+        heap.for_each_extent_between(lo, hi, hint, |offset, len, free| {
+            if free {
+                // SAFETY: a free extent of the region, which the held heap lock keeps free.
+                unsafe { evacuate::free_headers(self.region.base, offset, len, hi, &mut *live) }
+            } else {
+                live(offset, len)
+            }
+        });
+        true
+    }
+}
+
 /// The opened device tiers, by kind (`Cxl`, `Cmb`, `Pmr`: index `kind - 1`). Each is set once,
 /// by the library's constructor, before the program can start a thread.
 static OPENED: [spin::Once<DeviceTier>; 3] = [spin::Once::new(), spin::Once::new(), spin::Once::new()];
@@ -347,6 +401,7 @@ pub fn open(spec: &TierSpec) -> bool {
     match DeviceTier::open(spec) {
         Ok(tier) => {
             slot.call_once(|| tier);
+            crate::device_sigbus::install();
             true
         }
         Err(problem) => {
@@ -360,6 +415,24 @@ pub fn open(spec: &TierSpec) -> bool {
 #[inline]
 pub fn get(kind: Kind) -> Option<&'static DeviceTier> {
     OPENED.get((kind as usize).wrapping_sub(1))?.get()
+}
+
+/// Moves device tier `kind` onto `target` (its `spare=` if `None`) in place (`evacuate`).
+/// `Err(EINVAL)` for DRAM, `Err(ENODEV)` for a kind not configured; other failures are
+/// reported in one line on stderr, and with `TIERMALLOC_VERBOSE=1` a success too.
+pub fn evacuate_kind(kind: Kind, target: Option<&CStr>) -> Result<evacuate::Report, i32> {
+    if kind == Kind::Dram {
+        return Err(libc::EINVAL);
+    }
+    let tier = get(kind).ok_or(libc::ENODEV)?;
+    let report = tier.evacuate(target).map_err(|problem| {
+        evacuate::report_failure(kind, target, &problem);
+        problem.errno
+    })?;
+    if crate::config::get().verbose {
+        evacuate::report_success(kind, target.or(tier.spare()), &report);
+    }
+    Ok(report)
 }
 
 /// Calls `f` on every opened device tier.
@@ -378,22 +451,10 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
         );
     }
     let _ = write!(line, ": {}", problem.what);
-    if problem.errno != 0 {
-        let mut buf = [0u8; 128];
-        // SAFETY: strerror_r writes a NUL-terminated message into our buffer.
-        let rc = unsafe { libc::strerror_r(problem.errno, buf.as_mut_ptr().cast(), buf.len()) };
-        let text = core::ffi::CStr::from_bytes_until_nul(&buf)
-            .ok()
-            .and_then(|c| c.to_str().ok());
-        match text {
-            Some(text) if rc == 0 => {
-                let _ = write!(line, ": {text}");
-            }
-            _ => {
-                let _ = write!(line, ": errno {}", problem.errno);
-            }
-        }
+    if let Some((needed, free)) = problem.room {
+        let _ = write!(line, " (size {needed} bytes, {free} bytes free)");
     }
+    os::write_errno_text(&mut line, problem.errno);
     let _ = writeln!(line, "; tier skipped");
     line.flush();
 }
@@ -401,23 +462,11 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
 /// Reports a refused free in one line, then aborts unless `TIERMALLOC_ON_ERROR=ignore`.
 #[cold]
 fn report_bad_free(kind: Kind, p: *mut u8, error: FreeError) {
-    let ignore = config::get().ignore_bad_free;
-    let mut line = os::LineBuf::new();
     let what = match error {
-        FreeError::DoubleFree => "double free",
-        FreeError::NotAllocated => "not the start of a live block",
+        FreeError::DoubleFree => crate::misuse::Misuse::DoubleFree,
+        FreeError::NotAllocated => crate::misuse::Misuse::NotABlockStart,
     };
-    let action = if ignore { "ignored" } else { "aborting" };
-    let _ = writeln!(
-        line,
-        "tiermalloc: free({p:p}) on tier {}: {what}; {action}",
-        kind.name()
-    );
-    line.flush();
-    if !ignore {
-        // SAFETY: abort has no preconditions.
-        unsafe { libc::abort() };
-    }
+    crate::misuse::report_on("free", p, kind.name(), what);
 }
 
 #[cfg(test)]

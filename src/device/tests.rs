@@ -12,7 +12,9 @@ impl Report for Ignore {
 
 fn open(name: &str, extra: &str) -> (DeviceTier, String) {
     let path = format!("/dev/shm/tiermalloc-tier-{}-{name}", std::process::id());
-    let text = format!("pmr:path={path},size=4M,create{extra}");
+    // A key may be given once: `extra`'s size= replaces the default.
+    let size = if extra.contains("size=") { "" } else { ",size=4M" };
+    let text = format!("pmr:path={path},create{size}{extra}");
     let config = parse(Some(text.as_bytes()), None, None, None, &mut Ignore);
     (DeviceTier::open(&config.tiers()[0]).unwrap(), path)
 }

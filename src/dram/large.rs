@@ -254,6 +254,15 @@ fn header_of(p: *mut u8) -> Option<*mut LargeHeader> {
     (unsafe { (*header).offset } == p as usize - h).then_some(header)
 }
 
+/// Whether `p` was the start of a large block that has been freed (its mapping waits in the
+/// cache, marked so that a stale pointer cannot pass for a block). The page map must tag `p`'s
+/// chunk `LargeHead`.
+pub fn was_freed(p: *mut u8) -> bool {
+    // SAFETY: the page map says a large mapping starts at `p`'s owner chunk: its header is
+    // readable.
+    unsafe { (*(pagemap::owner_chunk(p as usize) as *const LargeHeader)).offset == usize::MAX }
+}
+
 /// The usable size of large block `p` (0 if `p` is not the start of one). The page map must
 /// tag `p`'s chunk `LargeHead`.
 pub fn usable_size(p: *mut u8) -> usize {

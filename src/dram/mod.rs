@@ -5,14 +5,15 @@
 //! `realloc` keeps a block where it fits; a growing one above `GROW_TO_CACHED` moves to a large
 //! mapping when the cache has one, where it then grows without copying.
 //!
-//! Pointers that are not ours (the page map says `Foreign`) are ignored by `free` and have no
-//! usable size: under `LD_PRELOAD` they can only come from before we were loaded.
+//! A pointer in DRAM of ours that is not the start of a live block is reported by `free`
+//! (`misuse`); `tier` reports `realloc`'s and hands pointers that are not ours to `foreign`.
 
 pub mod budget;
 pub mod fast;
 pub mod large;
 
 use crate::chunk::CHUNK_SIZE;
+use crate::misuse::{self, Misuse};
 use crate::pagemap::Owner;
 use crate::stats::{TierCounters, TierStats};
 use fast::size_class;
@@ -129,8 +130,8 @@ impl DramTier {
         }
     }
 
-    /// Frees `p`, whose owner the page map said is `owner` (`Segment` is the fast path's; a
-    /// large block's interior and anything foreign are ignored).
+    /// Frees `p`, whose owner the page map said is `owner` (`Segment` is the fast path's);
+    /// anything but a live block start is reported (`misuse`).
     ///
     /// # Safety
     /// `p` must be a live block of ours not used after this, or not a block start.
@@ -141,10 +142,30 @@ impl DramTier {
             Owner::Segment => unsafe { fast::free(p) },
             Owner::LargeHead => {
                 // SAFETY: forwarded; `large::free` checks `p` is a block start.
-                unsafe { large::free(p) };
+                if unsafe { !large::free(p) } {
+                    misuse::report("free", p, large_misuse(p));
+                }
             }
+            Owner::LargeInterior => misuse::report("free", p, Misuse::NotABlockStart),
             _ => {}
         }
+    }
+
+    /// Whether `p` (owned by `owner`) is a live block start that `realloc` may resize; if not,
+    /// the misuse is reported and false returned.
+    ///
+    /// # Safety
+    /// The page map must say `owner` for `p`.
+    pub unsafe fn check_realloc(&self, p: *mut u8, owner: Owner) -> bool {
+        let misuse = match owner {
+            // SAFETY: forwarded.
+            Owner::Segment => return unsafe { fast::check_live("realloc", p) },
+            Owner::LargeHead if large::usable_size(p) != 0 => return true,
+            Owner::LargeHead => large_misuse(p),
+            _ => Misuse::NotABlockStart,
+        };
+        misuse::report("realloc", p, misuse);
+        false
     }
 
     /// The usable size of `p` owned by `owner`: 0 if it is not a block start of ours.
@@ -247,6 +268,15 @@ impl DramTier {
         s.spilled_in = self.counters.spilled_in.get();
         s.spilled_out = self.counters.spilled_out.get();
         s
+    }
+}
+
+/// What `p`, in a large mapping but not the start of its live block, is.
+fn large_misuse(p: *mut u8) -> Misuse {
+    if large::was_freed(p) {
+        Misuse::DoubleFree
+    } else {
+        Misuse::NotABlockStart
     }
 }
 

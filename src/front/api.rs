@@ -61,6 +61,46 @@ pub fn kind_of<T: ?Sized>(p: *const T) -> Option<Kind> {
     tier::kind_of(p.cast())
 }
 
+/// What a live evacuation did (`evacuate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evacuation {
+    /// Bytes copied: live extents and slabs, and the headers of the device's header chain
+    /// inside free space.
+    pub copied: u64,
+    /// The tier's region, which now lies on the target.
+    pub region: u64,
+    /// Chunks moved one after another.
+    pub chunks: u64,
+    /// The longest time one chunk was held write-protected (nanoseconds): the most any
+    /// writer could have waited.
+    pub longest_hold_ns: u64,
+    /// The median and 99th percentile of the chunks' hold times (nanoseconds, within 12.5%).
+    pub hold_p50_ns: u64,
+    pub hold_p99_ns: u64,
+    /// The whole move (nanoseconds).
+    pub total_ns: u64,
+}
+
+/// Why `evacuate` failed: the `errno` `tm_evacuate` would set (the reason was printed on
+/// stderr in one line). The tier is left as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvacuateError(pub i32);
+
+/// Moves device tier `kind` onto `target` (its `spare=` path if `None`) while the program's
+/// threads keep using its blocks at the same addresses; see `tm_evacuate`.
+pub fn evacuate(kind: Kind, target: Option<&core::ffi::CStr>) -> Result<Evacuation, EvacuateError> {
+    let r = crate::device::evacuate_kind(kind, target).map_err(EvacuateError)?;
+    Ok(Evacuation {
+        copied: r.copied,
+        region: r.region,
+        chunks: r.chunks,
+        longest_hold_ns: r.longest_hold_ns,
+        hold_p50_ns: r.hold_quantile(0.5),
+        hold_p99_ns: r.hold_quantile(0.99),
+        total_ns: r.total_ns,
+    })
+}
+
 /// One tier as an allocator: collections from `allocator_api2` and `hashbrown` live on it.
 ///
 /// ```no_run

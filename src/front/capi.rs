@@ -132,7 +132,9 @@ pub(crate) fn plain(size: usize, align: usize, zero: bool) -> *mut c_void {
 
 /// Resizes `ptr` on its own tier. `tm_realloc(NULL, n)` is a plain `malloc(n)`; `size == 0`
 /// frees and returns NULL (as glibc's `realloc`). On failure returns NULL + ENOMEM and leaves
-/// `ptr` intact; NULL + EINVAL if `ptr` is not ours.
+/// `ptr` intact. A pointer that is not a live block of ours is reported as `tm_free` reports
+/// it (NULL + EINVAL if ignored), unless the library was loaded after the program's own
+/// malloc (`dlopen`), when the program's `realloc` gets it.
 ///
 /// # Safety
 /// `ptr` must be NULL or a live block of ours.
@@ -148,16 +150,21 @@ pub unsafe extern "C" fn tm_realloc(ptr: *mut c_void, size: usize) -> *mut c_voi
     }
     // SAFETY: a live block of ours (contract).
     match unsafe { tier::realloc(ptr.cast(), size, 16) } {
-        None => invalid(),
+        // Not ours: the program's realloc when the library was loaded late, else reported.
+        // SAFETY: forwarded.
+        None => match unsafe { crate::foreign::realloc(ptr.cast(), size) } {
+            Some(q) => q.cast(),
+            None => invalid(),
+        },
         Some(q) if q.is_null() => out_of_memory(),
         Some(q) => q.cast(),
     }
 }
 
-/// Frees any block of ours, whatever its tier; NULL and foreign pointers are ignored. Keeps
-/// `errno`. A double free or a pointer into a block on a device tier is detected from host
-/// metadata: one line on stderr, then an abort (or, with `TIERMALLOC_ON_ERROR=ignore`, counted
-/// in the tier's failures and ignored).
+/// Frees any block of ours, whatever its tier; NULL is ignored. Keeps `errno`. A double free,
+/// a pointer into a block, a corrupted free list or a pointer that is not ours is detected
+/// from host metadata: one line on stderr, then an abort (or, with
+/// `TIERMALLOC_ON_ERROR=ignore`, reported, counted and ignored).
 ///
 /// # Safety
 /// `ptr` must be NULL or a live block, not used afterwards.

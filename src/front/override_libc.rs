@@ -148,24 +148,64 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
     unsafe { tm_usable_size(ptr) }
 }
 
-/// C23 `free_sized`: the size is not needed (the page map knows it).
+/// C23 `free_sized`: `size` must be the size the block was requested with. It is not needed
+/// (the page map knows the block), but it is checked: a size larger than the block, or (on
+/// DRAM) less than half of it, which no `malloc`, `calloc` or `realloc` of that size could
+/// have given, is reported as a misuse (see `misuse`).
 ///
 /// # Safety
 /// As C `free`.
 #[no_mangle]
-pub unsafe extern "C" fn free_sized(ptr: *mut c_void, _size: usize) {
+pub unsafe extern "C" fn free_sized(ptr: *mut c_void, size: usize) {
     // SAFETY: forwarded.
-    unsafe { tm_free(ptr) }
+    if unsafe { size_fits("free_sized", ptr, size, true) } {
+        // SAFETY: forwarded.
+        unsafe { tm_free(ptr) }
+    }
 }
 
-/// C23 `free_aligned_sized`.
+/// C23 `free_aligned_sized`: the size is checked as in `free_sized`, except that alignment may
+/// have made the block much larger than asked.
 ///
 /// # Safety
 /// As C `free`.
 #[no_mangle]
-pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, _align: usize, _size: usize) {
+pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, _align: usize, size: usize) {
     // SAFETY: forwarded.
-    unsafe { tm_free(ptr) }
+    if unsafe { size_fits("free_aligned_sized", ptr, size, false) } {
+        // SAFETY: forwarded.
+        unsafe { tm_free(ptr) }
+    }
+}
+
+/// Whether `size` can be what block `ptr` was requested with (true for null and for pointers
+/// that are not ours, which `free` then judges); reports the misuse otherwise. Without
+/// alignment, a DRAM block holds less than twice its request: the size classes above 16 bytes
+/// are less than twice their predecessor, and `realloc` keeps a block only for a size of at
+/// least half of it.
+///
+/// # Safety
+/// `ptr` must be null, foreign or a block of ours.
+unsafe fn size_fits(call: &str, ptr: *mut c_void, size: usize, unaligned: bool) -> bool {
+    // SAFETY: forwarded.
+    let usable = unsafe { tm_usable_size(ptr) };
+    if usable == 0 {
+        return true;
+    }
+    let on_dram = crate::tier::kind_of(ptr.cast()) == Some(crate::kind::Kind::Dram);
+    let too_small = unaligned && on_dram && usable > 16 && size < usable / 2;
+    if size > usable || too_small {
+        crate::misuse::report(
+            call,
+            ptr.cast(),
+            crate::misuse::Misuse::SizeMismatch {
+                given: size,
+                usable,
+            },
+        );
+        return false;
+    }
+    true
 }
 
 /// Defines `__libc_NAME` forwarding to `NAME`, for programs that call glibc's internal names.

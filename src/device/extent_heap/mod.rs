@@ -632,6 +632,36 @@ impl ExtentHeap {
         });
     }
 
+    /// Calls `f(offset, len, free)` for every extent overlapping `[lo, hi)`, in address order.
+    /// The walk starts at the extent starting at `*hint` when there is one at or below `lo`,
+    /// else at offset 0, and leaves in `*hint` the start of the last extent it visited: a
+    /// caller walking the region chunk after chunk (the evacuation) pays for the extents it
+    /// meets, unless the extent at its hint merged away meanwhile. Allocates nothing.
+    pub fn for_each_extent_between(
+        &self,
+        lo: u64,
+        hi: u64,
+        hint: &mut u64,
+        mut f: impl FnMut(u64, u64, bool),
+    ) {
+        let mut node = match self.starts.get(*hint) {
+            n if !n.is_null() && *hint <= lo => n,
+            _ => self.starts.get(0),
+        };
+        // SAFETY: as in `for_each_extent`: nodes reached from the start table along `next`
+        // are live and listed.
+        unsafe {
+            while !node.is_null() && (*node).offset < hi {
+                let (offset, len) = ((*node).offset, (*node).len);
+                if offset + len > lo {
+                    f(offset, len, (*node).free);
+                }
+                *hint = offset;
+                node = (*node).next;
+            }
+        }
+    }
+
     /// Calls `f(offset, len, free)` for every extent in address order.
     fn for_each_extent(&self, mut f: impl FnMut(u64, u64, bool)) {
         let mut node = self.starts.get(0);

@@ -961,3 +961,37 @@ fn randomized_resizes_keep_the_invariants() {
     }
     assert_eq!(h.extents(), [(0, cap, true)]);
 }
+
+/// `for_each_extent_between` visits exactly the extents overlapping its window, whatever the
+/// hint: a good one from the previous window, a stale one (merged away), or 0.
+#[test]
+fn extents_between_match_a_full_walk_whatever_the_hint() {
+    let mut h = ExtentHeap::new(1 << 20, 16, Fit::Best).unwrap();
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut live = Vec::new();
+    for _ in 0..400 {
+        live.push(h.alloc(16 + rng.next() % 5000, 16, 16).unwrap().0);
+    }
+    for i in (0..live.len()).step_by(3) {
+        h.free(live[i]).unwrap();
+    }
+    let all = h.extents();
+    let window = 64 << 10;
+    let mut hint = 0;
+    for lo in (0..1u64 << 20).step_by(window as usize) {
+        let hi = lo + window;
+        let expected: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|&(o, l, _)| o < hi && o + l > lo)
+            .collect();
+        for start_hint in [hint, 0, lo + 16, hi] {
+            let mut h2 = start_hint;
+            let mut got = Vec::new();
+            h.for_each_extent_between(lo, hi, &mut h2, |o, l, f| got.push((o, l, f)));
+            assert_eq!(got, expected, "window {lo}, hint {start_hint}");
+            assert_eq!(h2, expected.last().unwrap().0);
+        }
+        h.for_each_extent_between(lo, hi, &mut hint, |_, _, _| {});
+    }
+}

@@ -159,6 +159,15 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        let current = self.tables.current[class];
+        // SAFETY: the current page of a class is a page of ours or the empty page.
+        if unsafe { !(*current).free.is_null() } {
+            // The fast path's pop refused a block: its link was overwritten.
+            // SAFETY: as above.
+            let p = unsafe { (*current).pop_checked() };
+            self.traffic.on_alloc(class);
+            return p;
+        }
         self.take_delayed();
         if self.purge_due != 0 {
             self.consider_purge();
@@ -166,7 +175,7 @@ impl Heap {
         match self.find_page(class) {
             // SAFETY: find_page returns a valid page with a free block.
             Some(page) => unsafe {
-                let p = (*page).pop();
+                let p = (*page).pop_checked();
                 self.traffic.on_alloc(class);
                 p
             },
@@ -367,22 +376,24 @@ impl Heap {
         }
     }
 
-    /// Returns the memory of every free slice of this heap to the kernel.
-    pub fn purge(&mut self) {
+    /// Returns the memory of every free slice of this heap to the kernel: the bytes purged.
+    pub fn purge(&mut self) -> usize {
+        let mut purged = 0;
         let mut segment = self.available;
         while !segment.is_null() {
             // SAFETY: list members are valid segments of this heap.
             unsafe {
-                (*segment).purge();
+                purged += (*segment).purge();
                 segment = (*segment).next;
             }
         }
         if !self.cached.is_null() {
             // SAFETY: the cached segment is ours and empty.
-            unsafe { (*self.cached).purge() };
+            purged += unsafe { (*self.cached).purge() };
         }
         self.dirty_bytes = 0;
         self.purge_due = 0;
+        purged
     }
 
     /// Cuts a page of `class` from `segment`, keeping `dirty_bytes` true.

@@ -6,6 +6,7 @@
 //! the calling thread's heap pushes it back. A block freed by another thread goes on its page's
 //! remote list with one CAS.
 
+pub mod guard;
 pub mod heap;
 pub mod page;
 pub mod segment;
@@ -147,6 +148,22 @@ fn alloc_unbound(class: usize) -> *mut u8 {
 pub unsafe fn free(p: *mut u8) {
     let segment = Segment::of(p as usize);
     let page = Segment::page_of(segment, p as usize);
+    // SAFETY: `page` is a page of this segment or the empty page (never null).
+    if unsafe { (*page).suspect(p) } {
+        // SAFETY: forwarded.
+        return unsafe { free_suspect(segment, page, p) };
+    }
+    // SAFETY: a live block of `page` (it passed the checks).
+    unsafe { free_block(segment, page, p) }
+}
+
+/// Frees live block `p` of `page` in `segment`: pushed on the page's own list by the owner's
+/// thread, on its remote list by any other.
+///
+/// # Safety
+/// `p` must be a live block of `page`, not used after this.
+#[inline(always)]
+unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
     let slot = binding::slot();
     // SAFETY: `segment` is a live segment (page map); its `owner` never changes.
     let owner = unsafe { (*segment).owner } as *mut heap::Heap;
@@ -161,6 +178,58 @@ pub unsafe fn free(p: *mut u8) {
     } else {
         // SAFETY: forwarded.
         unsafe { free_remote(page, owner, p) }
+    }
+}
+
+/// The rare case of `free`: `p` is not a block start, or its block carries the free mark.
+/// Frees it if it is a live block after all (program data that equals the mark); otherwise
+/// reports the misuse (see `misuse`).
+///
+/// # Safety
+/// `page` must be the descriptor (or the empty page) that `segment` gives for `p`.
+#[cold]
+#[inline(never)]
+unsafe fn free_suspect(segment: *mut Segment, page: *mut Page, p: *mut u8) {
+    // SAFETY: forwarded.
+    match unsafe { check_block(page, p) } {
+        // SAFETY: a live block of `page`.
+        Ok(()) => unsafe { free_block(segment, page, p) },
+        Err(misuse) => crate::misuse::report("free", p, misuse),
+    }
+}
+
+/// Whether `p`, in a segment, is a live block: `Err` says what it is instead.
+///
+/// # Safety
+/// `page` must be the descriptor (or the empty page) of the slice that holds `p`.
+unsafe fn check_block(page: *mut Page, p: *mut u8) -> Result<(), crate::misuse::Misuse> {
+    // SAFETY: a page descriptor of a live segment, or the empty page (contract); `p` is a
+    // block start of it before the block is read.
+    unsafe {
+        if !(*page).is_block_start(p) {
+            return Err(crate::misuse::Misuse::NotABlockStart);
+        }
+        if (*page).suspect(p) && (*page).holds_free(p) {
+            return Err(crate::misuse::Misuse::DoubleFree);
+        }
+    }
+    Ok(())
+}
+
+/// Whether small block `p` (the page map says a segment holds it) is live; `realloc` asks
+/// before it reuses or copies a block. Reports the misuse and returns false otherwise.
+///
+/// # Safety
+/// The page map must tag `p`'s chunk `Segment`.
+pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
+    let page = Segment::page_of(Segment::of(p as usize), p as usize);
+    // SAFETY: as in `free`.
+    match unsafe { check_block(page, p) } {
+        Ok(()) => true,
+        Err(misuse) => {
+            crate::misuse::report(call, p, misuse);
+            false
+        }
     }
 }
 
@@ -185,6 +254,7 @@ unsafe fn free_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
     }
     // SAFETY: see above; a page's remote list accepts pushes from any thread.
     unsafe {
+        page::Block::mark_free(p, page);
         if (*page).remote.push(p.cast::<page::Block>())
             == crate::lockfree::remote_list::Pushed::ClearedFlag
         {

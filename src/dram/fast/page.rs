@@ -7,28 +7,45 @@
 //! `free` when `free` runs dry. Blocks past `capacity` have never been handed out and are carved
 //! a little at a time (`extend`), so a fresh page touches memory only as it fills.
 
+use crate::dram::fast::guard;
 use crate::dram::fast::size_class::{class_size, SLICE_SIZE};
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::os::PAGE_SIZE;
 use core::ptr;
 
-/// A free block: its first word links to the next free block.
+/// A free block (every class holds at least these 16 bytes): its first word links to the next
+/// free block, encoded (`guard::encode`); its second word is its page's descriptor address,
+/// the mark `free` tests to suspect a double free, cleared when the block is handed out.
 #[repr(C)]
 pub struct Block {
-    next: *mut Block,
+    link: usize,
+    tag: usize,
 }
 
-// SAFETY: the link is the block's first word, which only the list holding the block touches.
+// SAFETY: the link is the block's first word, which only the list holding the block touches;
+// `next` decodes what `set_next` encoded (every page's key is the process key).
 unsafe impl Link for Block {
     #[inline(always)]
     unsafe fn set_next(node: *mut Self, next: *mut Self) {
         // SAFETY: the caller owns the free block.
-        unsafe { (*node).next = next }
+        unsafe { (*node).link = guard::encode_global(next as usize) }
     }
     #[inline(always)]
     unsafe fn next(node: *mut Self) -> *mut Self {
         // SAFETY: the caller owns the free block.
-        unsafe { (*node).next }
+        guard::encode_global(unsafe { (*node).link }) as *mut Block
+    }
+}
+
+impl Block {
+    /// Marks free block `p` as a free block of `page` (see `Page::suspect`).
+    ///
+    /// # Safety
+    /// `p` must be a block the caller is freeing.
+    #[inline(always)]
+    pub unsafe fn mark_free(p: *mut u8, page: *const Page) {
+        // SAFETY: blocks hold at least 16 bytes; the caller owns this dead one.
+        unsafe { (*p.cast::<Block>()).tag = page as usize }
     }
 }
 
@@ -56,6 +73,12 @@ pub struct Page {
     pub next: *mut Page,
     pub prev: *mut Page,
     pub delayed_next: *mut Page,
+    /// `guard::divisor_magic(block_size)` while in use.
+    pub div_magic: u64,
+    /// `guard::block_limit(block_size, capacity)` while in use, else 0 (no offset passes).
+    pub block_limit: u64,
+    /// The link key (`guard`): the process key, copied here where the fast paths have it.
+    pub key: usize,
 }
 
 // SAFETY: the link is `delayed_next`, written only by the one remote free that clears the
@@ -70,6 +93,9 @@ unsafe impl Link for Page {
         unsafe { (*node).delayed_next }
     }
 }
+
+/// The most blocks `carve_shuffled` links at once.
+const CARVE_SHUFFLED_MAX: usize = 256;
 
 /// The flag bit of `Page::used` that marks a page parked in `full`.
 const IN_FULL: u32 = 1 << 31;
@@ -96,6 +122,9 @@ impl Page {
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             delayed_next: ptr::null_mut(),
+            div_magic: 0,
+            block_limit: 0,
+            key: 0,
         }
     }
 
@@ -118,6 +147,44 @@ impl Page {
         self.start = start;
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
+        self.div_magic = guard::divisor_magic(size as u32);
+        // No block is carved yet: `extend` raises the limit as it carves.
+        self.block_limit = 0;
+        self.key = guard::process_key();
+    }
+
+    /// Whether `free(p)`, for an address `p` in this page's slices, needs a closer look: `p` is
+    /// not the start of a block, or the block carries the free mark. False for every live
+    /// block; true for the empty page (a slice of no page), whose block limit is 0.
+    #[inline(always)]
+    pub fn suspect(&self, p: *mut u8) -> bool {
+        let offset = (p as usize).wrapping_sub(self.start as usize);
+        // SAFETY: read only once `p` is known to start a block of this page (16 bytes).
+        !guard::is_block_offset(self.div_magic, self.block_limit, offset)
+            || unsafe { (*p.cast::<Block>()).tag } == self as *const Page as usize
+    }
+
+    /// Whether `p`, an address inside this page's slices, is the start of one of its blocks.
+    pub fn is_block_start(&self, p: *mut u8) -> bool {
+        let offset = (p as usize).wrapping_sub(self.start as usize);
+        guard::is_block_offset(self.div_magic, self.block_limit, offset)
+    }
+
+    /// Whether block `p` of this page is on its free or remote list (a suspected double free,
+    /// see `guard`). Exact for the owner's thread; another thread reads the lists racily,
+    /// which may miss a block being moved but never leaves the segment.
+    pub fn holds_free(&self, p: *mut u8) -> bool {
+        // SAFETY: the lists' blocks lie in this page's segment, which is mapped while the page
+        // holds `p`; a link that is not plausible ends the walk.
+        unsafe {
+            guard::is_on_lists(
+                p as usize,
+                self.free as usize,
+                self.remote.first::<Block>() as usize,
+                self.key,
+                self.reserved,
+            )
+        }
     }
 
     /// Pops a block from `free`, or null.
@@ -127,9 +194,46 @@ impl Page {
         if block.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: blocks on `free` are ours and hold a valid link.
-        self.free = unsafe { (*block).next };
+        // SAFETY: blocks on `free` are ours and hold a link.
+        let next = guard::decode(unsafe { (*block).link }, self.key);
+        if !guard::plausible(next, block as usize) {
+            // Corrupted: the slow path, which finds the page still holding blocks, reports it
+            // (`pop_checked`). No call here keeps the fast path free of register saves.
+            return ptr::null_mut();
+        }
+        self.free = next as *mut Block;
         self.used += 1;
+        // A block handed out carries no free mark (`suspect`).
+        // SAFETY: the block is ours until returned.
+        unsafe { (*block).tag = 0 };
+        block.cast()
+    }
+
+    /// `pop` for the slow path: a null from `pop` while `free` is not empty means the head's
+    /// link was overwritten, which is reported here.
+    pub fn pop_checked(&mut self) -> *mut u8 {
+        let p = self.pop();
+        if p.is_null() && !self.free.is_null() {
+            return self.pop_corrupted(self.free);
+        }
+        p
+    }
+
+    /// The head `block`'s link was overwritten: reported; if the program goes on
+    /// (`TIERMALLOC_ON_ERROR=ignore`), the rest of the list is dropped (leaked) and `block`,
+    /// which was free, is handed out.
+    #[cold]
+    #[inline(never)]
+    fn pop_corrupted(&mut self, block: *mut Block) -> *mut u8 {
+        crate::misuse::report(
+            "malloc",
+            block.cast(),
+            crate::misuse::Misuse::CorruptedFreeList,
+        );
+        self.free = ptr::null_mut();
+        self.used += 1;
+        // SAFETY: the block was free, so it is ours to hand out.
+        unsafe { (*block).tag = 0 };
         block.cast()
     }
 
@@ -142,7 +246,10 @@ impl Page {
     pub unsafe fn push_local(&mut self, p: *mut u8) -> bool {
         let block = p.cast::<Block>();
         // SAFETY: the block is dead and at least 16 bytes.
-        unsafe { (*block).next = self.free };
+        unsafe {
+            (*block).link = guard::encode(self.free as usize, self.key);
+            (*block).tag = self as *const Page as usize;
+        }
         self.free = block;
         // SAFETY: the page holds this block, so `used` counts it: at least 1, with or without
         // the flag, and the signed subtraction cannot overflow. Saying so lets the compiler
@@ -181,21 +288,73 @@ impl Page {
         }
         let size = self.block_size as usize;
         let count = (PAGE_SIZE / size).clamp(1, (self.reserved - self.capacity) as usize);
-        // SAFETY: blocks [capacity, capacity + count) lie inside the page and were never
-        // handed out; we link them front to back and put them before the current free list.
+        let secure = guard::secure();
+        // Shuffling a few blocks would leave neighbours together: secure mode carves up to
+        // 256 at once (touching their memory sooner).
+        let count = if secure {
+            ((self.reserved - self.capacity) as usize).min(CARVE_SHUFFLED_MAX)
+        } else {
+            count
+        };
+        if secure {
+            self.carve_shuffled(count);
+        } else {
+            // SAFETY: as in `carve_shuffled`, front to back.
+            unsafe { self.carve_in_order(count) };
+        }
+        self.capacity += count as u32;
+        // Only carved blocks pass `free`'s block-start test: a pointer to one never carved
+        // would otherwise join the free list without ever having been handed out.
+        self.block_limit = guard::block_limit(self.block_size, self.capacity);
+        true
+    }
+
+    /// Links blocks `[capacity, capacity + count)` front to back before the free list.
+    ///
+    /// # Safety
+    /// Those blocks must lie inside the page and never have been handed out.
+    unsafe fn carve_in_order(&mut self, count: usize) {
+        let size = self.block_size as usize;
+        // SAFETY: per the contract.
         unsafe {
             let first = self.start.add(self.capacity as usize * size);
             let mut block = first;
             for _ in 1..count {
                 let next = block.add(size);
-                (*block.cast::<Block>()).next = next.cast();
+                Block::set_next(block.cast(), next.cast());
+                Block::mark_free(block, self);
                 block = next;
             }
-            (*block.cast::<Block>()).next = self.free;
+            Block::set_next(block.cast(), self.free);
+            Block::mark_free(block, self);
             self.free = first.cast();
         }
-        self.capacity += count as u32;
-        true
+    }
+
+    /// `TIERMALLOC_SECURE=1`: links blocks `[capacity, capacity + count)` in a random order
+    /// (a Fisher-Yates shuffle of their indices), so that consecutive allocations are not
+    /// neighbours an overflow can predict.
+    fn carve_shuffled(&mut self, count: usize) {
+        let size = self.block_size as usize;
+        let mut order = [0u16; CARVE_SHUFFLED_MAX];
+        let count = count.min(order.len());
+        for (i, slot) in order[..count].iter_mut().enumerate() {
+            *slot = i as u16;
+        }
+        let mut state = guard::splitmix(self.start as u64 ^ u64::from(self.capacity) ^ guard::process_key() as u64);
+        for i in (1..count).rev() {
+            state = guard::splitmix(state);
+            order.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        for &i in order[..count].iter().rev() {
+            // SAFETY: block `capacity + i` lies inside the page and was never handed out.
+            unsafe {
+                let block = self.start.add((self.capacity as usize + i as usize) * size);
+                Block::set_next(block.cast(), self.free);
+                Block::mark_free(block, self);
+                self.free = block.cast();
+            }
+        }
     }
 
     /// Moves blocks freed by other threads onto `free`. Returns how many.
@@ -205,8 +364,20 @@ impl Page {
         while !list.is_null() {
             // SAFETY: taken blocks are ours; each link was written before its push.
             unsafe {
-                let next = (*list).next;
-                (*list).next = self.free;
+                let next = Block::next(list);
+                if !guard::plausible(next as usize, list as usize) {
+                    crate::misuse::report(
+                        "free",
+                        list.cast(),
+                        crate::misuse::Misuse::CorruptedFreeList,
+                    );
+                    // Ignored: the rest of the remote list is leaked, never handed out.
+                    Block::set_next(list, self.free);
+                    self.free = list;
+                    count += 1;
+                    break;
+                }
+                Block::set_next(list, self.free);
                 self.free = list;
                 list = next;
             }
@@ -228,7 +399,7 @@ impl Page {
             assert_eq!((a - self.start as usize) % self.block_size as usize, 0);
             n += 1;
             // SAFETY: free blocks hold valid links (what this walk checks).
-            b = unsafe { (*b).next };
+            b = unsafe { Block::next(b) };
         }
         assert_eq!(n + self.blocks_used(), self.capacity);
         assert!(self.capacity <= self.reserved);

@@ -6,6 +6,13 @@
 //! few shifts. Freed slices stay resident ("dirty") until the heap purges them with `madvise`,
 //! so a page that is emptied and refilled soon costs no page faults.
 //!
+//! Slices no page has used yet are inaccessible (`PROT_NONE`), and so is the header slice past
+//! the header: an overflow or underflow that runs off a block into them (mimalloc-bench's
+//! `one_mbyte_overflow`, `*_underflow` on the first page) faults instead of corrupting or
+//! reading silently. `take_page` opens a run with one `mprotect` the first time it is used;
+//! slices stay open afterwards (purged or not), which keeps a segment at a few kernel mappings
+//! (VMAs) however its pages come and go.
+//!
 //! A segment belongs to one heap for its whole life: `owner` never changes after creation,
 //! which lets any thread compare it with its own heap to tell a local free from a remote one.
 //! The segment keeps its owner as an address only: it never looks inside the heap, so this
@@ -30,11 +37,13 @@ const ALL_BLOCK_SLICES: u64 = !1;
 pub struct Segment {
     /// The address of the thread heap (`heap::Heap`) that owns the segment.
     pub owner: usize,
-    /// For each slice, the descriptor of the page covering it (null if free): `free` finds a
-    /// block's page with one load.
+    /// For each slice, the descriptor of the page covering it (the empty page if none, which
+    /// `Page::suspect` rejects): `free` finds a block's page with one load.
     page_of_slice: [*mut Page; SLICES],
     pub free_slices: u64,
     pub dirty_slices: u64,
+    /// Slices made accessible (`take_page`); the others past the header are `PROT_NONE`.
+    open_slices: u64,
     pub next: *mut Segment,
     pub prev: *mut Segment,
     pub in_available: bool,
@@ -62,6 +71,7 @@ impl Segment {
     /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
     /// memory.
     pub fn create(owner: usize) -> Option<*mut Segment> {
+        crate::dram::fast::guard::init_key();
         let base = os::map_aligned(CHUNK_SIZE, CHUNK_SIZE)?.as_ptr();
         if !chunk::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
@@ -69,11 +79,17 @@ impl Segment {
             return None;
         }
         let segment = base.cast::<Segment>();
+        // SAFETY: the part of our fresh mapping past the header holds nothing yet. If the
+        // kernel refuses, the slices stay open: less protection, nothing wrong.
+        let header = os::page_round(core::mem::size_of::<Segment>());
+        let closed = unsafe { os::protect(base.add(header), CHUNK_SIZE - header, false) };
         // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
         // `Page` is an unused descriptor.
         unsafe {
             (*segment).owner = owner;
             (*segment).free_slices = ALL_BLOCK_SLICES;
+            (*segment).page_of_slice = [Page::empty_page(); SLICES];
+            (*segment).open_slices = if closed { 0 } else { u64::MAX };
         }
         pagemap::set(
             base as usize,
@@ -123,6 +139,14 @@ impl Segment {
     pub fn take_page(&mut self, class: usize, n: usize) -> Option<*mut Page> {
         let start = find_run(self.dirty_slices, n).or_else(|| find_run(self.free_slices, n))?;
         let mask = run_mask(start, n);
+        if self.open_slices & mask != mask {
+            let memory = (self as *mut Segment as usize + start * SLICE_SIZE) as *mut u8;
+            // SAFETY: free slices of this segment, which nothing uses.
+            if unsafe { !os::protect(memory, n * SLICE_SIZE, true) } {
+                return None;
+            }
+            self.open_slices |= mask;
+        }
         self.free_slices &= !mask;
         self.dirty_slices &= !mask;
         let head = ptr::addr_of_mut!(self.pages[start]);
@@ -143,9 +167,10 @@ impl Segment {
         // SAFETY: `page` is a head descriptor of this segment.
         let n = unsafe { (*page).slice_count } as usize;
         for entry in &mut self.page_of_slice[start..start + n] {
-            *entry = ptr::null_mut();
+            *entry = Page::empty_page();
         }
         self.pages[start].block_size = 0;
+        self.pages[start].block_limit = 0;
         let mask = run_mask(start, n);
         debug_assert!(self.free_slices & mask == 0);
         self.free_slices |= mask;
@@ -174,6 +199,42 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the byte at `p` can be read (write(2) from it into a pipe fails with EFAULT
+    /// instead of faulting).
+    fn readable(p: usize) -> bool {
+        let mut fds = [0; 2];
+        // SAFETY: a valid out-array; our own descriptors, closed below.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            let n = libc::write(fds[1], p as *const libc::c_void, 1);
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+            n == 1
+        }
+    }
+
+    #[test]
+    fn unused_slices_and_the_header_tail_are_inaccessible() {
+        let segment = Segment::create(0).unwrap();
+        let base = segment as usize;
+        let header = os::page_round(core::mem::size_of::<Segment>());
+        assert!(readable(base) && readable(base + header - 1));
+        assert!(!readable(base + header), "the header slice's tail is accessible");
+        assert!(!readable(base + SLICE_SIZE), "an unused slice is accessible");
+        // SAFETY: our segment, not shared; its page is given back before the release.
+        unsafe {
+            let page = (*segment).take_page(0, 2).unwrap();
+            let start = (*page).start as usize;
+            assert_eq!(start, base + SLICE_SIZE);
+            assert!(readable(start) && readable(start + 2 * SLICE_SIZE - 1));
+            assert!(!readable(start + 2 * SLICE_SIZE), "past the page");
+            assert!(!readable(base + CHUNK_SIZE - 1));
+            (*segment).give_back(page);
+            assert!(readable(start), "a given-back slice stays open");
+            Segment::release(segment);
+        }
+    }
 
     #[test]
     fn runs_are_found_at_their_lowest_start() {

@@ -1,0 +1,708 @@
+//! Live evacuation of a device tier (seed 004): its bytes move onto another file or device
+//! while the program's threads keep reading and writing them, and afterwards the tier's
+//! virtual range is backed by the new device at the same offsets. No address changes.
+//!
+//! # How
+//!
+//! The region is moved one chunk (`CHUNK_BYTES`, 256 KiB by default) at a time, in address
+//! order. For each chunk `[lo, hi)`:
+//! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the chunk is
+//!    write-protected through userfaultfd (`uffd.rs`) and the heap lists the allocated extents
+//!    that overlap it (plus the headers of the chain inside every free extent, so that the
+//!    header chain a recovery scan walks is the same on the target: `free_headers`); the lock
+//!    is released;
+//! 2. the live bytes are copied from the region into a second mapping of the target (the
+//!    *staging* mapping, at another address), at the same offsets; free space is not copied.
+//!    The staging pages for them were made present just before step 1 (`populate`), so the
+//!    hold covers a plain memcpy, not the target's page allocation;
+//! 3. the target is mapped over `[base + lo, base + hi)` (`mmap MAP_FIXED`, at file offset
+//!    `lo`): from here on the chunk's bytes are the target's;
+//! 4. the chunk's sleeping writers are woken; they retry their fault on the new mapping.
+//!
+//! Why this keeps every promise:
+//! - *reads never wait*: write-protection stops writers only. (The remap in step 3 holds the
+//!   process's mm lock for the few microseconds of an `mmap`, as any `mmap` does.)
+//! - *a write is held only while its own chunk is copied*: only one chunk is protected at a
+//!   time, from step 1 to step 4.
+//! - *no write is lost*: a store that completed before step 1 is in the old pages and copied
+//!   in step 2 (the protect flushes TLBs before it returns, so no store slips past it); one
+//!   issued after step 1 sleeps until step 4 and then lands in the target.
+//! - *system calls writing into a block*: `read(2)`, `recv`, `pread` fault on the protected
+//!   page inside the kernel's `copy_to_user` and sleep like a user store, then complete; no
+//!   EFAULT, nothing lost (an `mprotect` scheme fails here).
+//! - *allocation and free keep working*: they take the heap lock, which step 1 holds only for
+//!   the protect ioctl and the listing. An extent made before step 1 is listed and copied; one
+//!   made after it has its header write held until step 4, which puts it on the target; a block
+//!   freed before the listing is not copied (it need not arrive). A `free` that writes a
+//!   header state into the chunk being copied sleeps holding the heap lock, so other
+//!   allocations of the tier wait that long too ("held briefly"). The host metadata is never
+//!   touched, so the statistics stay exact.
+//! - *signal handlers*: the evacuating thread blocks signals while it holds a chunk; a handler
+//!   that wrote into the chunk on that thread would otherwise wait for the thread itself.
+//!
+//! What it cannot hold: writes that do not go through the page tables, i.e. through pages
+//! pinned before the move (io_uring fixed buffers, RDMA registrations, an `O_DIRECT` read in
+//! flight). Those land in the old pages after they were copied.
+//!
+//! # Backings
+//!
+//! The source must be one userfaultfd can write-protect: shmem (`/dev/shm`, tmpfs), hugetlbfs,
+//! anonymous memory (`numa=` tiers). A regular file on a disk file system, device DAX and PCI
+//! BARs are refused with -1 + EOPNOTSUPP and one line (their writers cannot be held, so a
+//! move could lose writes). The target may be anything a tier can map.
+//!
+//! # Mechanisms looked at (`benches/device/evacuate_probe.c`, Linux 6.18 here)
+//!
+//! | mechanism | shmem | disk file (ext4) | anonymous | used? |
+//! |---|---|---|---|---|
+//! | uffd write-protect, synchronous | yes; a `read(2)` into a protected page waits, then completes | no (EINVAL) | yes | yes: it is what holds writers, kernel ones included |
+//! | uffd-wp async + `PAGEMAP_SCAN` (`PM_SCAN_WP_MATCHING`) | yes | yes | yes | no, see below |
+//! | soft-dirty (`clear_refs` 4, pagemap bit 55) | no | no | no | no: not in this kernel's build |
+//! | `UFFDIO_MOVE` | no (EINVAL) | no | yes | no |
+//! | `move_pages` | yes | yes | yes | no, see below |
+//!
+//! - *Dirty tracking with pre-copy rounds* (async write-protection and `PAGEMAP_SCAN`) would
+//!   copy each chunk once without holding anyone, then hold it only to copy the pages written
+//!   since. It cannot replace the synchronous hold for the last pass (an async-protected page
+//!   is never held), and one range takes one registration, so the two modes would have to be
+//!   switched per chunk. With a hold of about one chunk's memcpy already (BENCHMARKS.md), it was
+//!   left for later. It works on disk files too, but without a synchronous final pass a disk
+//!   file still cannot be moved safely.
+//! - `UFFDIO_MOVE` moves anonymous pages between ranges of one process: no use for file-backed
+//!   tiers, and a target that is a file or device is never anonymous.
+//! - `move_pages` (or `mbind` with `MPOL_MF_MOVE`) migrates a `numa=` tier's pages to another
+//!   node in place, the kernel holding each page's readers *and* writers during its copy; the
+//!   contract's target is a file or device, so a `numa=` tier here moves onto a file with the
+//!   same protocol as shmem. (This machine has one node: nothing to measure.)
+//!
+//! # Failure
+//!
+//! Every check (kind, target, write-protection) happens before the first chunk moves: a bad
+//! target leaves the tier as it was. If mapping the target over a chunk fails midway (the
+//! kernel out of memory or of mappings), the chunk is un-protected and the move stops there:
+//! the tier stays usable, part on each device, and both stay open.
+
+mod uffd;
+
+use super::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE};
+use crate::backend::{self, Problem, Region};
+use crate::config::TierSpec;
+use crate::kind::Kind;
+use crate::os;
+use core::ffi::CStr;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use uffd::WriteProtector;
+
+/// Bytes moved per step by default. A writer of the chunk waits for its copy (36 µs for
+/// 256 KiB here) plus the protect, remap and wake (about 14 µs at 256 KiB, 60-80 µs at 1 MiB,
+/// BENCHMARKS.md), while the throughput is the same at either size (91-97% of memcpy per CPU
+/// second). `TIERMALLOC_EVACUATE_CHUNK` (a size, rounded up to 4 KiB) overrides it.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// Most separate live ranges remembered per chunk; past that, the last range is stretched to
+/// the chunk's end (copying some free space rather than allocating).
+const MAX_RANGES: usize = 256;
+
+/// The evacuation state of one device tier.
+///
+/// Invariants: `device_fd` is the open descriptor of the file or device behind the tier's
+/// range (holding its lock), or -1 for anonymous memory (`Region::lock_fd` is the one the
+/// tier was opened with, stale after a move); `moving` is true exactly while one
+/// evacuation runs, and `uffd` is then its userfaultfd (else -1).
+pub(crate) struct DeviceState {
+    device_fd: AtomicI32,
+    moving: AtomicBool,
+    uffd: AtomicI32,
+    /// A descriptor kept open after a move failed midway (see "Failure"), else -1.
+    half_moved_fd: AtomicI32,
+    /// `spare=` of the tier's spec.
+    spare: TierSpec,
+}
+
+impl DeviceState {
+    pub fn new(region: &Region, spec: &TierSpec) -> DeviceState {
+        DeviceState {
+            device_fd: AtomicI32::new(region.lock_fd),
+            moving: AtomicBool::new(false),
+            uffd: AtomicI32::new(-1),
+            half_moved_fd: AtomicI32::new(-1),
+            spare: *spec,
+        }
+    }
+
+    /// Closes the child's copies of the device descriptors once the child's region is a
+    /// private copy: the device's lock belongs to the parent's open file description, and a
+    /// child holding it too would keep the device locked after the parent moved off it.
+    pub fn close_in_child(&self) {
+        for fd in [&self.device_fd, &self.half_moved_fd] {
+            let fd = fd.swap(-1, Ordering::Relaxed);
+            if fd >= 0 {
+                // SAFETY: the child's copy of a descriptor nothing in the child maps any more.
+                os::keep_errno(|| unsafe { libc::close(fd) });
+            }
+        }
+    }
+
+    /// The tier's `spare=` path.
+    pub fn spare(&self) -> Option<&CStr> {
+        self.spare.spare_cstr()
+    }
+
+    /// The `fork` child handler's part: the child has no evacuation running (its mappings lost
+    /// their userfaultfd registration in `fork`), so it drops its copy of the descriptor.
+    pub fn after_fork_in_child(&self) {
+        let fd = self.uffd.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: the child's copy of the parent's descriptor, closed once here.
+            os::keep_errno(|| unsafe { libc::close(fd) });
+        }
+        self.moving.store(false, Ordering::Relaxed);
+    }
+}
+
+/// What a tier lends the evacuation: its live extents, listed with allocation held.
+pub(crate) trait LiveExtents {
+    /// With the tier's allocations and frees held (its heap lock), runs `hold`; if that
+    /// succeeds, calls `live(offset, len)` for every range of `[lo, hi)` the target must
+    /// hold, in address order: every allocated extent (blocks and slabs), the headers of the
+    /// chain inside free extents (`free_headers`), and whatever else a recovery of the
+    /// region reads (a persistent tier's superblock). `hint` carries where the previous call's
+    /// walk ended. False if `hold` failed.
+    fn hold_and_list(
+        &self,
+        lo: u64,
+        hi: u64,
+        hint: &mut u64,
+        hold: &mut dyn FnMut() -> bool,
+        live: &mut dyn FnMut(u64, u64),
+    ) -> bool;
+}
+
+/// Reports the headers of the device's header chain inside the free extent `[offset, offset +
+/// len)` that start below `hi`: the one at its start, then each at `h + 16 + size` while the
+/// header at `h` carries the magic and the next one stays inside the extent. The host heap
+/// merges free neighbours without rewriting the device, so a free extent can hold several
+/// chain headers; a recovery scan of the target walks them all. (A stale or absent header
+/// just ends the walk: on a tier that is not persistent the chain inside free space means
+/// nothing, and copying a few headers of it costs nothing.) Reads the device, the
+/// evacuation's only reads besides the copy.
+///
+/// # Safety
+/// `[base + offset, base + offset + len)` is a free extent of a mapped region, kept free by
+/// the caller (the heap lock).
+pub(crate) unsafe fn free_headers(
+    base: usize,
+    offset: u64,
+    len: u64,
+    hi: u64,
+    live: &mut dyn FnMut(u64, u64),
+) {
+    let end = offset + len;
+    let mut h = offset;
+    while h < hi && h + HEADER_SIZE <= end {
+        live(h, HEADER_SIZE);
+        // SAFETY: `h + 16 <= end` inside the mapped free extent; 16-byte aligned (granule).
+        let header = unsafe { ((base + h as usize) as *const BlockHeader).read_volatile() };
+        let next = h.saturating_add(HEADER_SIZE).saturating_add(header.size);
+        if header.magic != HEADER_MAGIC || next <= h || next >= end {
+            return;
+        }
+        h = next;
+    }
+}
+
+/// The live ranges of one chunk, merged where adjacent; never more than `MAX_RANGES`.
+struct Ranges {
+    items: [(u64, u64); MAX_RANGES],
+    len: usize,
+    lo: u64,
+    hi: u64,
+}
+
+impl Ranges {
+    fn reset(&mut self, lo: u64, hi: u64) {
+        (self.len, self.lo, self.hi) = (0, lo, hi);
+    }
+
+    /// Adds `[offset, offset + len)` clipped to the chunk.
+    fn add(&mut self, offset: u64, len: u64) {
+        let (start, end) = (offset.max(self.lo), (offset + len).min(self.hi));
+        if start >= end {
+            return;
+        }
+        if self.len > 0 {
+            let last = &mut self.items[self.len - 1];
+            if start <= last.1 || self.len == MAX_RANGES {
+                last.1 = last
+                    .1
+                    .max(if self.len == MAX_RANGES { self.hi } else { end });
+                return;
+            }
+        }
+        self.items[self.len] = (start, end);
+        self.len += 1;
+    }
+
+    fn bytes(&self) -> u64 {
+        self.items[..self.len].iter().map(|(s, e)| e - s).sum()
+    }
+}
+
+/// What one evacuation did (for the benchmark and the tests).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Report {
+    /// Bytes copied (live extents and headers), and the region's length.
+    pub copied: u64,
+    pub region: u64,
+    pub chunks: u64,
+    /// The longest time one chunk stayed write-protected, in nanoseconds.
+    pub longest_hold_ns: u64,
+    /// How long chunks stayed write-protected: a histogram, 8 buckets per power of two of
+    /// nanoseconds (`hold_bucket`).
+    pub holds: [u32; HOLD_BUCKETS],
+    /// The whole move, in nanoseconds.
+    pub total_ns: u64,
+}
+
+const HOLD_BUCKETS: usize = 8 * 40;
+
+/// The bucket of `ns`: exact below 8, else 8 per power of two (12.5% wide).
+fn hold_bucket(ns: u64) -> usize {
+    if ns < 8 {
+        return ns as usize;
+    }
+    let e = 63 - ns.leading_zeros() as usize;
+    (e * 8 + ((ns >> (e - 3)) & 7) as usize).min(HOLD_BUCKETS - 1)
+}
+
+/// The upper end of bucket `b`.
+fn hold_bucket_end(b: usize) -> u64 {
+    if b < 8 {
+        return b as u64 + 1;
+    }
+    let (e, m) = (b / 8, b % 8);
+    (9 + m as u64) << (e - 3)
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report {
+            copied: 0,
+            region: 0,
+            chunks: 0,
+            longest_hold_ns: 0,
+            holds: [0; HOLD_BUCKETS],
+            total_ns: 0,
+        }
+    }
+}
+
+impl Report {
+    fn record_hold(&mut self, ns: u64) {
+        self.longest_hold_ns = self.longest_hold_ns.max(ns);
+        self.holds[hold_bucket(ns)] += 1;
+    }
+
+    /// The `q`-quantile of the chunks' hold times (ns), to within 12.5%, never above the
+    /// longest.
+    pub fn hold_quantile(&self, q: f64) -> u64 {
+        let want = (self.chunks as f64 * q) as u64;
+        let mut seen = 0u64;
+        for (b, &n) in self.holds.iter().enumerate() {
+            seen += n as u64;
+            if seen > want {
+                return hold_bucket_end(b).min(self.longest_hold_ns);
+            }
+        }
+        self.longest_hold_ns
+    }
+}
+
+/// Moves tier `kind` (region `region`, state `state`, extents from `tier`) onto `target`.
+/// On error nothing has changed, except as "Failure" in the module comment says.
+pub(crate) fn evacuate(
+    kind: Kind,
+    region: &Region,
+    state: &DeviceState,
+    tier: &dyn LiveExtents,
+    target: &CStr,
+) -> Result<Report, Problem> {
+    if state
+        .moving
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return Err(Problem {
+            what: "another evacuation of this tier is running",
+            errno: libc::EBUSY,
+            room: None,
+        });
+    }
+    let result = move_region(kind, region, state, tier, target);
+    state.moving.store(false, Ordering::Release);
+    result
+}
+
+fn move_region(
+    kind: Kind,
+    region: &Region,
+    state: &DeviceState,
+    tier: &dyn LiveExtents,
+    target: &CStr,
+) -> Result<Report, Problem> {
+    let problem = |e: uffd::UffdError| Problem {
+        what: e.what,
+        errno: if e.errno == libc::EINVAL {
+            libc::EOPNOTSUPP
+        } else {
+            e.errno
+        },
+        room: None,
+    };
+    let wp = WriteProtector::new().map_err(problem)?;
+    wp.register(region.base, region.len).map_err(problem)?;
+    let spec = TierSpec::target(kind, target.to_bytes(), region.len as u64).ok_or(Problem {
+        what: "the target's path is longer than 255 bytes",
+        errno: libc::ENAMETOOLONG,
+        room: None,
+    })?;
+    let staging = match backend::map_region(&spec) {
+        Ok(staging) if staging.len >= region.len => staging,
+        Ok(staging) => {
+            // SAFETY: the staging mapping is ours and unused.
+            unsafe { backend::unmap_region(staging) };
+            wp.unregister(region.base, region.len);
+            return Err(Problem {
+                what: "the target is smaller than the tier",
+                errno: libc::ENOSPC,
+                room: None,
+            });
+        }
+        Err(p) => {
+            wp.unregister(region.base, region.len);
+            return Err(target_problem(p));
+        }
+    };
+    state.uffd.store(wp.fd(), Ordering::Relaxed);
+    let chunk = chunk_bytes();
+    let started = now_ns();
+    let mut report = Report {
+        region: region.len as u64,
+        ..Report::default()
+    };
+    let mut ranges = Ranges {
+        items: [(0, 0); MAX_RANGES],
+        len: 0,
+        lo: 0,
+        hi: 0,
+    };
+    let mut hint = 0u64;
+    let mut lo = 0usize;
+    let mut failure = None;
+    while lo < region.len {
+        let hi = (lo + chunk).min(region.len);
+        // The target's pages for the chunk's live bytes are made present before its writers
+        // are held, so that the hold covers the copy alone, not the page allocation.
+        ranges.reset(lo as u64, hi as u64);
+        let mut first_hint = hint;
+        tier.hold_and_list(
+            lo as u64,
+            hi as u64,
+            &mut first_hint,
+            &mut || true,
+            &mut |o, l| ranges.add(o, l),
+        );
+        populate(staging.base, &ranges);
+        ranges.reset(lo as u64, hi as u64);
+        // No signal handler runs on this thread while it holds a chunk: one that wrote into
+        // the chunk (a `free` writing a header state) would wait for this very thread.
+        let signals = SignalsBlocked::new();
+        let mut protect_error = None;
+        let mut protected_at = 0u64;
+        let listed = tier.hold_and_list(
+            lo as u64,
+            hi as u64,
+            &mut hint,
+            &mut || match wp.protect(region.base + lo, hi - lo) {
+                Ok(()) => {
+                    protected_at = now_ns();
+                    true
+                }
+                Err(e) => {
+                    protect_error = Some(e);
+                    false
+                }
+            },
+            &mut |offset, len| ranges.add(offset, len),
+        );
+        if !listed {
+            failure = Some(protect_error.map_or(
+                Problem {
+                    what: "cannot write-protect a chunk of the tier",
+                    errno: libc::EIO,
+                    room: None,
+                },
+                problem,
+            ));
+            break;
+        }
+        for &(start, end) in &ranges.items[..ranges.len] {
+            // SAFETY: `[start, end)` lies inside both the region and the staging mapping of
+            // the target (at least as long), which are distinct mappings.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    (region.base + start as usize) as *const u8,
+                    (staging.base + start as usize) as *mut u8,
+                    (end - start) as usize,
+                )
+            };
+        }
+        report.copied += ranges.bytes();
+        // SAFETY: `[base + lo, base + hi)` is the tier's own range, and the target holds the
+        // chunk's live bytes at the same offsets: replacing the mapping changes no byte any
+        // thread can see (writers of the chunk are held until the wake below).
+        let mapped = unsafe {
+            libc::mmap(
+                (region.base + lo) as *mut libc::c_void,
+                hi - lo,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                staging.lock_fd,
+                lo as libc::off_t,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            failure = Some(Problem {
+                what: "cannot map the target over the tier's range (it now lies partly on each device; both stay open)",
+                errno: os::errno(),
+                room: None,
+            });
+            let _ = wp.unprotect(region.base + lo, hi - lo);
+            break;
+        }
+        wp.wake(region.base + lo, hi - lo);
+        // The new mapping starts without page-table entries: map the live pages now, in one
+        // call, rather than leave a fault per page to the program's threads.
+        populate(region.base, &ranges);
+        report.record_hold(now_ns() - protected_at);
+        drop(signals);
+        report.chunks += 1;
+        lo = hi;
+    }
+    report.total_ns = now_ns() - started;
+    wp.unregister(region.base, region.len);
+    state.uffd.store(-1, Ordering::Relaxed);
+    drop(wp);
+    // SAFETY: the staging mapping is ours; nothing refers to its addresses (the tier's range
+    // maps the target on its own). Its descriptor stays open: it is the tier's device now.
+    unsafe { os::unmap(staging.base as *mut u8, staging.reserved) };
+    let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
+    match failure {
+        None => {
+            // The old device, and the one an earlier move failed to leave, are mapped nowhere
+            // any more: closing them releases their locks.
+            let half = state.half_moved_fd.swap(-1, Ordering::AcqRel);
+            for fd in [old, half] {
+                if fd >= 0 {
+                    // SAFETY: a descriptor of ours that nothing maps or uses.
+                    os::keep_errno(|| unsafe { libc::close(fd) });
+                }
+            }
+            Ok(report)
+        }
+        Some(p) => {
+            if lo == 0 {
+                // Nothing moved: the tier is where it was.
+                state.device_fd.store(old, Ordering::Release);
+                // SAFETY: the target's descriptor, mapped nowhere any more.
+                os::keep_errno(|| unsafe { libc::close(staging.lock_fd) });
+            } else {
+                state.half_moved_fd.store(old, Ordering::Release);
+            }
+            Err(p)
+        }
+    }
+}
+
+/// Blocks every signal on the calling thread until dropped (then restores its mask).
+struct SignalsBlocked {
+    old: libc::sigset_t,
+}
+
+impl SignalsBlocked {
+    fn new() -> SignalsBlocked {
+        // SAFETY: zeroed sigset_t values are valid out-parameters for sigfillset and
+        // pthread_sigmask, which initialise them.
+        let (mut all, mut old) = unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
+        // SAFETY: valid sigset pointers.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        }
+        SignalsBlocked { old }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restoring the mask `new` saved.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, core::ptr::null_mut()) };
+    }
+}
+
+/// Makes the pages of `ranges` in the mapping at `base` present and writable
+/// (`MADV_POPULATE_WRITE`, Linux 5.14), in one call per range rather than one fault per page;
+/// a shmem target allocates them here. Changes no byte. A backing that cannot (a PCI BAR) is
+/// simply written or faulted afterwards.
+fn populate(base: usize, ranges: &Ranges) {
+    const MADV_POPULATE_WRITE: i32 = 23;
+    for &(start, end) in &ranges.items[..ranges.len] {
+        let first = start as usize & !(os::PAGE_SIZE - 1);
+        let last = os::page_round(end as usize);
+        os::keep_errno(|| {
+            // SAFETY: a page range inside a mapping of ours; populating changes no byte.
+            unsafe {
+                libc::madvise(
+                    (base + first) as *mut libc::c_void,
+                    last - first,
+                    MADV_POPULATE_WRITE,
+                )
+            }
+        });
+    }
+}
+
+/// A target's mapping problem as `tm_evacuate` reports it: fixed texts get an errno too.
+fn target_problem(p: Problem) -> Problem {
+    if p.errno != 0 {
+        if p.errno == libc::EFBIG || p.errno == libc::ENOSPC {
+            return Problem {
+                what: "the target is smaller than the tier and cannot be extended",
+                errno: p.errno,
+                room: p.room,
+            };
+        }
+        return p;
+    }
+    let errno = if p.what.contains("larger") {
+        libc::ENOSPC
+    } else if p.what.contains("in use") {
+        libc::EBUSY
+    } else {
+        libc::EINVAL
+    };
+    Problem {
+        what: p.what,
+        errno,
+        room: p.room,
+    }
+}
+
+fn chunk_bytes() -> usize {
+    os::getenv(b"TIERMALLOC_EVACUATE_CHUNK")
+        .and_then(crate::config::parse_size)
+        .map(|c| os::page_round(c as usize))
+        .filter(|&c| c > 0)
+        .unwrap_or(CHUNK_BYTES)
+}
+
+fn now_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Prints what an evacuation did, in one line (`TIERMALLOC_VERBOSE=1`).
+pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
+    let mut line = os::LineBuf::new();
+    let _ = write!(line, "tiermalloc: tm_evacuate: tier '{}'", kind.name());
+    if let Some(target) = target {
+        let _ = write!(line, " onto '{}'", target.to_str().unwrap_or("<not UTF-8>"));
+    }
+    let _ = writeln!(
+        line,
+        ": {} of {} bytes copied in {} chunks, {} us; writers held per chunk: p50 {} us, p99 {} us, max {} us",
+        r.copied,
+        r.region,
+        r.chunks,
+        r.total_ns / 1000,
+        r.hold_quantile(0.5).div_ceil(1000),
+        r.hold_quantile(0.99).div_ceil(1000),
+        r.longest_hold_ns.div_ceil(1000)
+    );
+    line.flush();
+}
+
+/// Prints why an evacuation of `kind` onto `target` failed, in one line.
+pub(crate) fn report_failure(kind: Kind, target: Option<&CStr>, p: &Problem) {
+    let mut line = os::LineBuf::new();
+    let _ = write!(line, "tiermalloc: tm_evacuate: tier '{}'", kind.name());
+    if let Some(target) = target {
+        let _ = write!(line, " onto '{}'", target.to_str().unwrap_or("<not UTF-8>"));
+    }
+    let _ = write!(line, ": {}", p.what);
+    os::write_errno_text(&mut line, p.errno);
+    let _ = writeln!(line);
+    line.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(lo: u64, hi: u64) -> Ranges {
+        let mut r = Ranges {
+            items: [(0, 0); MAX_RANGES],
+            len: 0,
+            lo: 0,
+            hi: 0,
+        };
+        r.reset(lo, hi);
+        r
+    }
+
+    #[test]
+    fn hold_quantiles_are_within_an_eighth() {
+        let mut r = Report::default();
+        for ns in 1..=1000u64 {
+            r.record_hold(ns * 1000);
+            r.chunks += 1;
+        }
+        for (q, exact) in [(0.5, 500_000u64), (0.99, 990_000)] {
+            let got = r.hold_quantile(q);
+            assert!(got >= exact && got <= exact + exact / 8, "q {q}: {got}");
+        }
+        assert_eq!(r.hold_quantile(1.0), 1_000_000);
+        assert_eq!((hold_bucket(7), hold_bucket_end(7)), (7, 8));
+        assert!(hold_bucket_end(hold_bucket(12_345)) > 12_345);
+    }
+
+    #[test]
+    fn ranges_clip_merge_and_stretch_when_full() {
+        let mut r = ranges(1000, 2000);
+        r.add(900, 200); // clipped to [1000, 1100)
+        r.add(1100, 16); // adjacent: merged
+        r.add(1200, 16);
+        r.add(1990, 100); // clipped to [1990, 2000)
+        r.add(2000, 10); // outside
+        assert_eq!(
+            &r.items[..r.len],
+            &[(1000, 1116), (1200, 1216), (1990, 2000)]
+        );
+        assert_eq!(r.bytes(), 116 + 16 + 10);
+        let mut full = ranges(0, 1 << 20);
+        for i in 0..MAX_RANGES as u64 + 10 {
+            full.add(i * 64, 16);
+        }
+        assert_eq!(full.len, MAX_RANGES);
+        assert_eq!(
+            full.items[MAX_RANGES - 1],
+            ((MAX_RANGES as u64 - 1) * 64, 1 << 20)
+        );
+    }
+}

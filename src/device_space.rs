@@ -1,0 +1,119 @@
+//! Room for a tier file on its file system, reserved before the file is mapped.
+//!
+//! A file of `size=` bytes on a file system with less room (a sparse file, or one `create`
+//! just extended with `ftruncate`) maps without complaint and then kills the program with
+//! SIGBUS at the first touch of a page the file system cannot supply: Docker's default
+//! `/dev/shm` is 64 MiB. So the range is reserved at open (`fallocate`), and when the file
+//! system cannot hold it the tier is refused, naming the size and the free space.
+//!
+//! The free space is compared first (`fstatvfs`), so that a reservation bound to fail does not
+//! fill a tmpfs (RAM) on the way. A file system that cannot reserve (`EOPNOTSUPP`, such as
+//! sysfs, whose `resourceN` files are PCI BARs and must never be written to here) is used as it
+//! is.
+
+use crate::backend::Problem;
+use crate::os;
+
+/// Reserves bytes `[offset, offset + len)` of regular file `fd`.
+pub(crate) fn reserve(fd: i32, offset: u64, len: u64) -> Result<(), Problem> {
+    // SAFETY: `st` is a valid out-parameter; `fd` is an open descriptor of the caller's.
+    let mut st: libc::statvfs = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstatvfs(fd, &mut st) } == 0 {
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let allocated = allocated_bytes(fd);
+        // Blocks the file already holds count as room (a file mapped before, kept).
+        if len > free.saturating_add(allocated) {
+            return Err(Problem::no_room(len, free));
+        }
+    }
+    // SAFETY: fallocate on our own descriptor; mode 0 only allocates, never changes data.
+    if unsafe { libc::fallocate(fd, 0, offset as libc::off_t, len as libc::off_t) } == 0 {
+        return Ok(());
+    }
+    match os::errno() {
+        libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::ENODEV => Ok(()),
+        libc::ENOSPC => Err(Problem::no_room(len, free_bytes(fd))),
+        _ => Err(Problem::os("cannot reserve the file's space")),
+    }
+}
+
+/// Bytes of storage the file holds now.
+fn allocated_bytes(fd: i32) -> u64 {
+    // SAFETY: `st` is a valid out-parameter for fstat on our descriptor.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } == 0 {
+        (st.st_blocks as u64).saturating_mul(512)
+    } else {
+        0
+    }
+}
+
+fn free_bytes(fd: i32) -> u64 {
+    // SAFETY: as in `reserve`.
+    let mut st: libc::statvfs = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstatvfs(fd, &mut st) } == 0 {
+        st.f_bavail.saturating_mul(st.f_frsize)
+    } else {
+        0
+    }
+}
+
+/// Removes `path`, which this process created for a tier that then failed to open.
+pub(crate) fn remove_created(path: &core::ffi::CStr) {
+    os::keep_errno(|| {
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::unlink(path.as_ptr()) };
+    });
+}
+
+/// Files to remove when the process that created them exits: `%p` tier files (a file per
+/// process, which no other process will open), unless `keep`. A make -j2 once left 63 of them
+/// (56 MB) in /dev/shm. Written only while the tiers are opened (the constructor), read at exit.
+struct AtExit {
+    paths: [[u8; 256]; crate::config::MAX_TIERS],
+    count: usize,
+    /// The process that created them: a forked child exiting must not remove its parent's.
+    pid: i32,
+}
+
+static mut AT_EXIT: AtExit = AtExit {
+    paths: [[0; 256]; crate::config::MAX_TIERS],
+    count: 0,
+    pid: 0,
+};
+
+/// Arranges for `path` (created by this process for a `%p` tier) to be removed at exit.
+pub(crate) fn remove_at_exit(path: &core::ffi::CStr) {
+    let bytes = path.to_bytes_with_nul();
+    // SAFETY: the tiers are opened once, by one thread (place's `Once`), before any exit
+    // handler of ours can run; nothing else touches AT_EXIT.
+    unsafe {
+        let at_exit = &mut *core::ptr::addr_of_mut!(AT_EXIT);
+        if at_exit.count == at_exit.paths.len() || bytes.len() > 256 {
+            return;
+        }
+        if at_exit.count == 0 {
+            at_exit.pid = libc::getpid();
+            libc::atexit(remove_files);
+        }
+        at_exit.paths[at_exit.count][..bytes.len()].copy_from_slice(bytes);
+        at_exit.count += 1;
+    }
+}
+
+extern "C" fn remove_files() {
+    // SAFETY: written before this handler was registered, never after.
+    let at_exit = unsafe { &*core::ptr::addr_of!(AT_EXIT) };
+    // SAFETY: getpid has no preconditions.
+    if at_exit.pid != unsafe { libc::getpid() } {
+        return;
+    }
+    for path in &at_exit.paths[..at_exit.count] {
+        if let Ok(path) = core::ffi::CStr::from_bytes_until_nul(path) {
+            remove_created(path);
+        }
+    }
+}

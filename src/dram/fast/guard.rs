@@ -1,0 +1,210 @@
+//! The small-block checks, each a few instructions on the fast paths (costs measured in
+//! BENCHMARKS.md, "Hardening"):
+//!
+//! - **Corrupted link** (glibc's safe-linking, mimalloc's secure mode): `pop` takes a free
+//!   block's link only if it is null or lies in the block's own 4 MiB segment (`plausible`).
+//!   Links are stored encoded, `next ^ KEY`, with `KEY` a random word chosen once per process
+//!   before the first segment exists: a link the program overwrote (a use after free, an
+//!   overflow from the block below), with bytes or with an address it knows, decodes to a
+//!   random address, rejected unless it falls in the segment (a chance of about 2^-25).
+//! - **Double free** (glibc's tcache key): a free block's second word holds its page's
+//!   descriptor address (`Block::tag`), which `pop` clears. `free` of a block whose second word
+//!   is that address walks the page's lists (`is_on_lists`) and reports it if found there;
+//!   program data equal to an address inside our segment header costs one walk and passes.
+//! - **Block start**: a page's blocks sit at multiples of `block_size` from its start; `free`
+//!   tests the offset with one multiplication and one comparison (`is_block_offset`, after
+//!   Lemire's divisibility test), which also bounds it by the page's block count. A slice that
+//!   belongs to no page points at the empty page, whose limit of 0 accepts nothing: a pointer
+//!   into freed slices fails the same test.
+
+use crate::chunk::CHUNK_SIZE;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// The process's link key; 0 until the first segment is created (`init_key`), fixed after.
+static KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Chooses the link key, once, before any block exists (called by `Segment::create`).
+pub fn init_key() {
+    if KEY.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    let mut seed = [0u64; 2];
+    // SAFETY: AT_RANDOM, when the kernel gives it, points to 16 random bytes that live for the
+    // whole process; getauxval has no other preconditions.
+    unsafe {
+        let at_random = libc::getauxval(libc::AT_RANDOM) as *const u64;
+        if !at_random.is_null() {
+            seed = [at_random.read_unaligned(), at_random.add(1).read_unaligned()];
+        }
+    }
+    // Mix in what differs between processes even without AT_RANDOM (forked children share it
+    // with their parent, and share the parent's blocks too, so they must keep its key).
+    let mut x = seed[1] ^ os_entropy() ^ (&seed as *const _ as u64);
+    x = splitmix(x ^ seed[0]);
+    // A key with its top bits set keeps `KEY` itself (the encoding of null) far from any
+    // address, so a zeroed link never decodes to a plausible one.
+    let key = (x as usize) | (1 << 63) | 1;
+    let _ = KEY.compare_exchange(0, key, Ordering::AcqRel, Ordering::Relaxed);
+}
+
+fn os_entropy() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: getpid has no preconditions.
+    (ts.tv_nsec as u64) ^ ((ts.tv_sec as u64) << 32) ^ u64::from(unsafe { libc::getpid() } as u32)
+}
+
+/// One step of splitmix64: a well-mixed 64-bit value from any input.
+pub(crate) fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[inline(always)]
+fn key() -> usize {
+    KEY.load(Ordering::Relaxed)
+}
+
+/// `TIERMALLOC_SECURE=1`: checks and layout that cost more than the defaults (today: pages
+/// carve their blocks in a random order). Read on slow paths only.
+pub fn secure() -> bool {
+    crate::config::get().secure
+}
+
+/// The process's link key, for pages (copied into each page descriptor, where the fast
+/// paths find it without another load).
+pub fn process_key() -> usize {
+    key()
+}
+
+/// The stored form of link `next` under `key` (`process_key`, or its copy in a page).
+#[inline(always)]
+pub fn encode(next: usize, key: usize) -> usize {
+    next ^ key
+}
+
+/// The link stored as `word` under `key` (`encode` is its own inverse).
+#[inline(always)]
+pub fn decode(word: usize, key: usize) -> usize {
+    encode(word, key)
+}
+
+/// `encode` with the process's key, for lists that do not know their page (remote frees).
+#[inline(always)]
+pub fn encode_global(next: usize) -> usize {
+    next ^ key()
+}
+
+/// Whether `next` can be the link of the free block at `at`: null, or in the same segment.
+/// Computed as `min(next ^ at, next) < CHUNK_SIZE`, one comparison: it also accepts an address
+/// below 4 MiB, which no decoded overwrite gives unless it guessed the key.
+#[inline(always)]
+pub fn plausible(next: usize, at: usize) -> bool {
+    (next ^ at).min(next) < CHUNK_SIZE
+}
+
+/// The multiplier of the block-start test for blocks of `d` bytes (`16 <= d < 2^32`):
+/// `floor(2^64 / d) + 1`, one more for a power of two so that `e = magic * d - 2^64` is never 0.
+pub const fn divisor_magic(d: u32) -> u64 {
+    let base = u64::MAX / d as u64 + 1;
+    if d.is_power_of_two() {
+        base + 1
+    } else {
+        base
+    }
+}
+
+/// The bound of the block-start test for `blocks` blocks of `d` bytes: `blocks * e`.
+pub const fn block_limit(d: u32, blocks: u32) -> u64 {
+    divisor_magic(d).wrapping_mul(d as u64) * blocks as u64
+}
+
+/// Whether `offset` (< 2^21, a page's span) is `k * d` with `k < blocks`, given
+/// `magic = divisor_magic(d)` and `limit = block_limit(d, blocks)`: one multiplication and one
+/// comparison. For `offset = k * d`, `offset * magic mod 2^64 = k * e`, which grows with `k`
+/// and stays below `magic`; for any other offset below 2^32 it is at least `magic` (Lemire,
+/// Kaser and Kurz, "Faster remainder by direct computation", 2019), and `magic >= 2^45` exceeds
+/// every limit. A limit of 0 (a page not in use) accepts nothing.
+#[inline(always)]
+pub fn is_block_offset(magic: u64, limit: u64, offset: usize) -> bool {
+    (offset as u64).wrapping_mul(magic) < limit
+}
+
+/// Whether block `p` is on one of the lists that start at `first_local` and `first_remote`
+/// (both decoded with `decode`), looking at no more than `limit` links in all. A link that is
+/// not plausible ends a walk: this runs on a double-free suspicion and must itself never
+/// leave the segment.
+///
+/// # Safety
+/// Every plausible link must point into a mapped segment (the page's own).
+pub unsafe fn is_on_lists(
+    p: usize,
+    first_local: usize,
+    first_remote: usize,
+    key: usize,
+    limit: u32,
+) -> bool {
+    let mut steps = 0u32;
+    for first in [first_local, first_remote] {
+        let mut b = first;
+        while b != 0 && steps <= limit {
+            if b == p {
+                return true;
+            }
+            // SAFETY: `b` is the head or a plausible link, inside the segment (contract).
+            let word = unsafe { (b as *const usize).read_volatile() };
+            let next = decode(word, key);
+            if !plausible(next, b) {
+                break;
+            }
+            b = next;
+            steps += 1;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_offsets_are_recognised_exactly_for_every_class() {
+        for class in 0..crate::dram::fast::size_class::CLASS_COUNT {
+            let d = crate::dram::fast::size_class::class_size(class) as u32;
+            let slices = crate::dram::fast::size_class::page_slices(class) as u32;
+            let blocks = slices * crate::dram::fast::size_class::SLICE_SIZE as u32 / d;
+            let (magic, limit) = (divisor_magic(d), block_limit(d, blocks));
+            let span = (slices as usize) << 16;
+            let step = if d <= 64 { 1 } else { 8 };
+            for offset in (0..span).step_by(step).chain([span - 1]) {
+                let want = offset % d as usize == 0 && offset / (d as usize) < blocks as usize;
+                assert_eq!(is_block_offset(magic, limit, offset), want, "{d} {offset}");
+            }
+        }
+        assert!(!is_block_offset(123, 0, 0), "a zero limit (a page not in use) accepts nothing");
+    }
+
+    #[test]
+    fn links_round_trip_and_overwritten_links_are_implausible() {
+        init_key();
+        let key = process_key();
+        let at = 0x7f00_1240_0100usize;
+        for next in [0, at + 0x40, at - 0x100] {
+            let word = encode(next, key);
+            assert_ne!(word, next);
+            assert_eq!(decode(word, key), next);
+            assert!(plausible(decode(word, key), at));
+        }
+        // What a use after free typically writes over a link: bytes, zero, an address.
+        for data in [0usize, 1, usize::MAX, 0x4141_4141_4141_4141, at, at + 16] {
+            assert!(!plausible(decode(data, key), at), "{data:#x} passes for a link");
+        }
+    }
+}
