@@ -7,7 +7,8 @@
  * - each kind: tm_malloc(kind) lands there (tm_kind_of), the 16-byte header before the block
  *   says size == tm_usable_size >= request, magic "TMHB", kind, state allocated, and the block
  *   lies inside the tier's file (a pattern written to it is found in the file);
- * - exact best fit and worst fit on a crafted pattern of holes (8K, 16K, 32K);
+ * - exact best fit and worst fit (seed 002: an exact-size hole first, else the largest) on a
+ *   crafted pattern of holes (8K, 16K, 32K);
  * - freeing everything coalesces back to one extent of the tier's whole capacity;
  * - explicit tm_malloc beyond a tier's capacity or limit fails with ENOMEM and never spills;
  * - plain malloc routed by TIERMALLOC_PLACE spills past a full tier (limit=), counted in
@@ -107,10 +108,17 @@ static int all_bytes_are(const unsigned char *p, size_t n, unsigned char v)
 
 static void realloc_in_place(void)
 {
-    /* Worst fit carves from the front of the largest free extent: the rest of it is behind. */
+    /* A block is cut from the end of a free extent (so that the extent keeps its header on the
+     * device, see src/device/persist): free space behind p is made by freeing what was cut
+     * right after it from the same extent. */
     CHECK(tm_set_fit(TM_CMB, TM_WORST_FIT) == 0, "tm_set_fit: errno %d", errno);
+    unsigned char *spacer = tm_malloc(TM_CMB, 128 * 1024);
     unsigned char *p = tm_malloc(TM_CMB, 4096);
-    if (!CHECK(p != NULL, "tm_malloc(TM_CMB, 4096): errno %d", errno)) return;
+    if (!CHECK(p != NULL && spacer != NULL, "tm_malloc(TM_CMB): errno %d", errno)) return;
+    CHECK(p + 4096 + 16 == spacer, "p %p is not right in front of the spacer %p", (void *)p,
+          (void *)spacer);
+    unsigned char *spacer_end = spacer + tm_usable_size(spacer);
+    tm_free(spacer);
     memset(p, 0x5a, 4096);
     tm_stats s0 = stats_of(TM_CMB);
     unsigned char *q = tm_realloc(p, 65536);
@@ -132,7 +140,9 @@ static void realloc_in_place(void)
     CHECK(stats_of(TM_CMB).in_use == s0.in_use - 4096 + tm_usable_size(r),
           "shrinking in place gave back the wrong number of bytes");
     CHECK(all_bytes_are(r, 1000, 0x3c), "shrinking in place lost the contents");
-    unsigned char *behind = tm_malloc(TM_CMB, 4096); /* takes the space right behind r */
+    /* Worst fit takes a free extent of exactly the size asked for: the one right behind r. */
+    size_t behind_len = (size_t)(spacer_end - (r + tm_usable_size(r))) - 16;
+    unsigned char *behind = tm_malloc(TM_CMB, behind_len);
     CHECK(behind == r + tm_usable_size(r) + 16, "the next block is not right behind: %p, %p",
           (void *)r, (void *)behind);
     unsigned char *moved = tm_realloc(r, 8192);
@@ -161,16 +171,22 @@ static void fit_policies(void)
     tm_free(d);
     tm_free(f);
     /* Holes now: 16K at b, 32K at d, 8K at f. */
+    /* A block is cut from the end of the hole chosen: it lies inside [hole, hole + len). */
+#define IN_HOLE(x, hole, len) ((char *)(x) >= (char *)(hole) && (char *)(x) < (char *)(hole) + (len))
     void *best = tm_malloc(TM_CXL, 6000);
-    CHECK(best == f, "best fit chose %p, want the 8K hole at %p", best, f);
+    CHECK(IN_HOLE(best, f, 8192), "best fit chose %p, want the 8K hole at %p", best, f);
     tm_free(best);
     void *best_big = tm_malloc(TM_CXL, 12000);
-    CHECK(best_big == b, "best fit chose %p, want the 16K hole at %p", best_big, b);
+    CHECK(IN_HOLE(best_big, b, 16384), "best fit chose %p, want the 16K hole at %p", best_big, b);
     tm_free(best_big);
     CHECK(tm_set_fit(TM_CXL, TM_WORST_FIT) == 0, "tm_set_fit(worst)");
     void *worst = tm_malloc(TM_CXL, 6000);
-    CHECK(worst == d, "worst fit chose %p, want the 32K hole at %p", worst, d);
+    CHECK(IN_HOLE(worst, d, 32768), "worst fit chose %p, want the 32K hole at %p", worst, d);
     tm_free(worst);
+    /* Seed 002's worst fit: a hole of exactly the size asked for beats the largest. */
+    void *exact = extent(TM_CXL, 8192);
+    CHECK(exact == f, "worst fit chose %p for exactly 8K, want the 8K hole at %p", exact, f);
+    tm_free(exact);
     CHECK(tm_set_fit(TM_CXL, TM_BEST_FIT) == 0, "tm_set_fit(best)");
     void *all[] = {a, c, e, g, rest};
     for (int i = 0; i < 5; i++) tm_free(all[i]);

@@ -31,6 +31,16 @@
 #define TIERMALLOC_VERSION (((TIERMALLOC_VERSION_MAJOR * 10000) + (TIERMALLOC_VERSION_MINOR * 100)) + TIERMALLOC_VERSION_PATCH)
 
 /*
+ `state` of a space still private to its creator (read-write).
+ */
+#define TM_SPACE_PRIVATE 1
+
+/*
+ `state` of a published space (read-only, shared).
+ */
+#define TM_SPACE_SHARED 2
+
+/*
  The memory kinds (tiers).
  */
 typedef enum tm_kind {
@@ -49,6 +59,20 @@ typedef enum tm_fit {
   TM_BEST_FIT = 0,
   TM_WORST_FIT = 1,
 } tm_fit;
+
+/*
+ How `tm_space_open` maps a shared space.
+ */
+typedef enum tm_map {
+  /*
+   The device itself, read-only: no copy; a write faults (SIGSEGV).
+   */
+  TM_MAP_READ = 0,
+  /*
+   Copy-on-write: pages are copied into this process's memory when it writes them.
+   */
+  TM_MAP_PRIVATE = 1,
+} tm_map;
 
 /*
  A tier's figures: what `tm_get_stats` fills in, laid out as the C header's `tm_stats`
@@ -87,6 +111,33 @@ typedef struct tm_stats {
    */
   uint64_t spilled_out;
 } tm_stats;
+
+/*
+ A space as `tm_space_stat` and `tm_space_list` report it.
+ */
+typedef struct tm_space_info {
+  /*
+   NUL-terminated, at most 63 bytes.
+   */
+  char name[64];
+  /*
+   Unique, never reused.
+   */
+  uint64_t id;
+  uint64_t size;
+  /*
+   TM_SPACE_PRIVATE or TM_SPACE_SHARED.
+   */
+  uint32_t state;
+  /*
+   Live mappings held by processes, the creator's included.
+   */
+  uint32_t refs;
+  /*
+   CLOCK_REALTIME of creation.
+   */
+  uint64_t created_ns;
+} tm_space_info;
 
 /*
  The header written immediately before each block on CXL, CMB and PMR (the C header's
@@ -229,6 +280,118 @@ const char *tm_version(void);
  `buf` is valid for `len` bytes of writes, or `len` is 0.
  */
 size_t tm_stats_json(char *buf, size_t len);
+
+/*
+ Makes `[addr, addr + len)` on a device tier durable, and with it every earlier write to
+ that tier (block headers included): `msync` for a file, cache-line write-back and fence
+ for DAX, a read of the device for a PCI BAR. 0, or -1 + errno (EINVAL: not on a device
+ tier, or the range leaves its region).
+ */
+int tm_persist(const void *addr, size_t len);
+
+/*
+ Maps durable root `name` (1 to 63 bytes) of tier `kind` to `block`, a live block of that
+ tier; `block` NULL removes the root. The change is ordered on the device (a crash leaves
+ the old or the new mapping) but durable only after `tm_persist`. 0, or -1 + errno (EINVAL
+ bad kind, name or block; ENODEV kind not configured; ENOSPC the table of 48 roots is full).
+
+ # Safety
+ `name` is NULL or a NUL-terminated string.
+ */
+int tm_root_set(tm_kind kind, const char *name, const void *block);
+
+/*
+ The live block durable root `name` of tier `kind` names, or NULL + errno (ENOENT no such
+ root, or its block is no longer live; EINVAL bad kind or name; ENODEV not configured).
+
+ # Safety
+ `name` is NULL or a NUL-terminated string.
+ */
+void *tm_root_get(tm_kind kind, const char *name);
+
+/*
+ The live blocks of tier `kind` in address order: `tm_next_block(kind, NULL)` is the first,
+ `tm_next_block(kind, p)` the one after live block `p`; NULL at the end (errno untouched),
+ or NULL + errno for a bad kind (EINVAL) or one not configured (ENODEV).
+ */
+void *tm_next_block(tm_kind kind, const void *prev);
+
+/*
+ The offset of `p` from the start of its device tier's region (stable across runs, where
+ the address is not); `UINT64_MAX` if `p` is not on a device tier.
+ */
+uint64_t tm_offset_of(const void *p);
+
+/*
+ The address at `offset` of tier `kind`'s region (the inverse of `tm_offset_of`), or NULL
+ + EINVAL outside the region or for a kind that is not a configured device tier.
+ */
+void *tm_at_offset(tm_kind kind, uint64_t offset);
+
+/*
+ Creates a private read-write space of `size` bytes (zeroed) named `name`; its base, or
+ NULL + EEXIST (name taken) / ENOSPC (no room) / ENAMETOOLONG (over 63 bytes) / EINVAL /
+ ENODEV (no pool).
+
+ # Safety
+ `name` must be NULL or a NUL-terminated string.
+ */
+void *tm_space_create(const char *name, size_t size);
+
+/*
+ Publishes the private space at `base` (its creator's mapping): it becomes shared and
+ read-only, the creator's mapping included. 0, or -1 + EINVAL (not a private space of ours).
+ */
+int tm_space_publish(void *base);
+
+/*
+ Opens the shared space `name`: TM_MAP_READ maps the device read-only, TM_MAP_PRIVATE maps
+ it copy-on-write. Its base (and its size in `*size` unless NULL), or NULL + ENOENT /
+ ENAMETOOLONG / EINVAL / ENODEV.
+
+ # Safety
+ `name` must be NULL or a NUL-terminated string; `size` NULL or valid for a write.
+ */
+void *tm_space_open(const char *name, tm_map how, size_t *size);
+
+/*
+ Unmaps a mapping `tm_space_create`, `tm_space_open` or `tm_space_republish` returned and
+ gives its reference back. 0, or -1 + EINVAL.
+ */
+int tm_space_close(void *base);
+
+/*
+ The current contents of the PRIVATE mapping at `base` as a new shared space `name`,
+ returned opened READ; NULL + errno as `tm_space_create`, or EINVAL if `base` is not a
+ PRIVATE mapping of ours.
+
+ # Safety
+ `name` must be NULL or a NUL-terminated string.
+ */
+void *tm_space_republish(void *base, const char *name);
+
+/*
+ Fills `*out` with the space `name`: 0, or -1 + ENOENT / ENAMETOOLONG / EINVAL / ENODEV.
+
+ # Safety
+ `name` must be NULL or a NUL-terminated string; `out` NULL or valid for a write.
+ */
+int tm_space_stat(const char *name, struct tm_space_info *out);
+
+/*
+ Fills `out[0..min(n, max)]` with the pool's spaces: returns n, the number of spaces (which
+ may exceed `max`), or -1 + ENODEV.
+
+ # Safety
+ `out` must be valid for `max` writes (NULL when `max` is 0).
+ */
+int tm_space_list(struct tm_space_info *out, size_t max);
+
+/*
+ Deletes the shared spaces with refs == 0 and age >= `min_age_ms`, and private spaces whose
+ creator died: how many, or -1 + ENODEV.
+ */
+int tm_space_collect(uint64_t min_age_ms);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -26,6 +26,33 @@ pub(crate) struct Region {
     /// The open descriptor that holds the file's lock (`lock_range`), or -1; closed by
     /// `unmap_region`.
     pub lock_fd: i32,
+    /// What kind of memory backs the region (how writes are made durable: `device::persist`).
+    pub media: Media,
+    /// The region's bytes did not exist before this open (a file just created or extended
+    /// over them): they are zeroes.
+    pub new_bytes: bool,
+}
+
+/// What backs a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Media {
+    /// A regular file (on a disk, in /dev/shm): durable through `msync`.
+    File,
+    /// A PCI BAR (`/sys/.../resourceN`): posted writes, ordered, flushed by a read.
+    Bar,
+    /// Device DAX: durable once its cache lines are written back.
+    Dax,
+    /// Anonymous memory (CXL as a NUMA node): never durable.
+    Anonymous,
+}
+
+/// Waits until every write to `region` issued before it has reached the device: one read of
+/// the region, which a PCIe device answers only after the posted writes before it (PCIe
+/// ordering: a read does not pass a posted write). The real-devices code extends this for an
+/// NVMe PMR with a read of its PMRSTS register.
+pub(crate) fn device_barrier(region: &Region) {
+    // SAFETY: the region's first bytes are mapped and readable for as long as it exists.
+    unsafe { core::ptr::read_volatile(region.base as *const u64) };
 }
 
 /// Why a tier could not be mapped: a fixed text, plus the `errno` of the failing call if any.
@@ -35,6 +62,8 @@ pub(crate) struct Problem {
     pub errno: i32,
     /// For a file system without room: the bytes asked for and the bytes free.
     pub room: Option<(u64, u64)>,
+    /// The region offset the problem is at (a damaged heap), if any.
+    pub at: Option<u64>,
 }
 
 impl Problem {
@@ -43,6 +72,7 @@ impl Problem {
             what,
             errno: 0,
             room: None,
+            at: None,
         }
     }
     pub(crate) fn os(what: &'static str) -> Self {
@@ -50,6 +80,7 @@ impl Problem {
             what,
             errno: os::errno(),
             room: None,
+            at: None,
         }
     }
     pub(crate) fn no_room(needed: u64, free: u64) -> Self {
@@ -57,6 +88,7 @@ impl Problem {
             what: "the file system has no room for the file",
             errno: 0,
             room: Some((needed, free)),
+            at: None,
         }
     }
 }
@@ -132,6 +164,13 @@ fn map_path_noting_creation(
     if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
         return Err(Problem::os("cannot stat"));
     }
+    let is_file = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    let new_bytes = is_file && st.st_size as u64 <= spec.offset;
+    let media = match () {
+        _ if !is_file => Media::Dax,
+        _ if path.to_bytes().starts_with(b"/sys/") => Media::Bar,
+        _ => Media::File,
+    };
     let len = match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => regular_file_len(spec, &fd, st.st_size as u64)?,
         libc::S_IFCHR => device_len(spec, st.st_rdev)?,
@@ -171,6 +210,8 @@ fn map_path_noting_creation(
         len,
         shared_across_fork: true,
         lock_fd,
+        media,
+        new_bytes,
         ..reserved
     })
 }
@@ -202,26 +243,39 @@ fn lock_range(fd: &Fd, offset: usize, len: usize) -> Result<(), Problem> {
 /// The usable length of a regular file (a file in /dev/shm, on disk, or a PCI `resourceN`
 /// file, whose size sysfs reports as the BAR's), creating or extending it when asked.
 fn regular_file_len(spec: &TierSpec, fd: &Fd, file_len: u64) -> Result<usize, Problem> {
-    let end = match spec.size {
-        Some(size) => spec
-            .offset
+    let len = file_range_len(fd.0, file_len, spec.size, spec.offset, spec.create)?;
+    page_floor(len)
+}
+
+/// The bytes from `offset` a region of the regular file `fd` (`file_len` bytes) spans: `size`
+/// if given (extending the file to `offset + size` when `create` allows), else the rest of the
+/// file. Shared with the pool, which opens its files the same way.
+pub(crate) fn file_range_len(
+    fd: i32,
+    file_len: u64,
+    size: Option<u64>,
+    offset: u64,
+    create: bool,
+) -> Result<u64, Problem> {
+    let end = match size {
+        Some(size) => offset
             .checked_add(size)
             .ok_or(Problem::new("size= too large"))?,
-        None if file_len > spec.offset => file_len,
+        None if file_len > offset => file_len,
         None => return Err(Problem::new("is empty (give size= and create to make it)")),
     };
     if end > file_len {
-        if !spec.create {
+        if !create {
             return Err(Problem::new(
                 "size= is larger than the file (add create to extend it)",
             ));
         }
-        // SAFETY: resizing our own open file.
-        if unsafe { libc::ftruncate(fd.0, end as libc::off_t) } != 0 {
+        // SAFETY: resizing the caller's open file.
+        if unsafe { libc::ftruncate(fd, end as libc::off_t) } != 0 {
             return Err(Problem::os("cannot extend the file to size="));
         }
     }
-    page_floor(end - spec.offset)
+    Ok(end - offset)
 }
 
 /// The usable length of a character device: device DAX, whose size and alignment sysfs gives.
@@ -279,6 +333,8 @@ fn reserve(len: usize) -> Result<Region, Problem> {
         reserved,
         shared_across_fork: false,
         lock_fd: -1,
+        media: Media::Anonymous,
+        new_bytes: true,
     })
 }
 
@@ -395,16 +451,8 @@ fn read_sysfs_number(path: &CStr) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, Report};
 
-    struct Ignore;
-    impl Report for Ignore {
-        fn problem(&mut self, _: &str, _: &[u8], _: &str) {}
-    }
-
-    fn spec(tiers: &str) -> TierSpec {
-        parse(Some(tiers.as_bytes()), None, None, None, &mut Ignore).tiers()[0]
-    }
+    use crate::config::tier_spec_for_test as spec;
 
     fn shm(name: &str) -> String {
         format!("/dev/shm/tiermalloc-backend-{}-{name}", std::process::id())

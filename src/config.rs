@@ -2,7 +2,8 @@
 //! fixed-size tables, once, on first use.
 //!
 //! `TIERMALLOC_TIERS` lists tiers in fallback order, `;`-separated, each `KIND[:key=value,...]`
-//! with KIND one of `dram cxl cmb pmr` and keys `path size offset create numa limit fit spare`.
+//! with KIND one of `dram cxl cmb pmr` and keys `path size offset create numa limit fit spare`,
+//! and the flags `persist fresh format` (see `device::persist`).
 //! `TIERMALLOC_PLACE` lists size rules `KIND:min=SIZE[,max=SIZE]`. A bad entry is reported in
 //! one line on stderr naming it, and skipped; the rest still applies.
 
@@ -70,6 +71,11 @@ pub struct TierSpec {
     pub per_process: bool,
     /// `keep`: a `%p` file stays after the process exits.
     pub keep: bool,
+    /// `persist` (Some(true)) or `fresh` (Some(false)); `None`: the kind's default
+    /// (`persists`).
+    pub persist: Option<bool>,
+    /// `format`: overwrite whatever the region holds (foreign bytes included).
+    pub format: bool,
 }
 
 impl TierSpec {
@@ -88,7 +94,15 @@ impl TierSpec {
             spare_len: 0,
             per_process: false,
             keep: false,
+            persist: None,
+            format: false,
         }
+    }
+
+    /// Whether the tier recovers the heap its region holds (`persist`, the default on `pmr`)
+    /// rather than formatting it (`fresh`, the default on `cmb` and `cxl`).
+    pub fn persists(&self) -> bool {
+        self.persist.unwrap_or(self.kind == Kind::Pmr)
     }
 
     /// The spec of an evacuation target: `path` (its `%p` expanded) mapped from offset 0 for
@@ -277,6 +291,9 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
         match (key, value) {
             (b"create", None) => spec.create = true,
             (b"keep", None) => spec.keep = true,
+            (b"persist", None) => spec.persist = Some(true),
+            (b"fresh", None) => spec.persist = Some(false),
+            (b"format", None) => spec.format = true,
             (b"path", Some(v)) if !v.is_empty() => {
                 spec.per_process = v.windows(2).any(|w| w == b"%p");
                 spec.path_len = expand_path(v, &mut spec.path)
@@ -301,7 +318,7 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
             (b"fit", Some(b"worst")) => spec.fit = Fit::Worst,
             (b"fit", _) => return Err("fit= must be best or worst"),
             _ => return Err(
-                "unknown key (expected path, size, offset, create, keep, numa, limit, fit, spare)",
+                "unknown key (expected path, size, offset, create, keep, numa, limit, fit, spare, persist, fresh, format)",
             ),
         }
     }
@@ -469,6 +486,16 @@ const READING: u8 = 1;
 const READ: u8 = 2;
 static STATE: AtomicU8 = AtomicU8::new(UNREAD);
 static mut CONFIG: Config = Config::new();
+
+/// Test-only: the first tier `text` (a `TIERMALLOC_TIERS` value) describes, problems ignored.
+#[cfg(test)]
+pub(crate) fn tier_spec_for_test(text: &str) -> TierSpec {
+    struct Ignore;
+    impl Report for Ignore {
+        fn problem(&mut self, _: &str, _: &[u8], _: &str) {}
+    }
+    parse(Some(text.as_bytes()), None, None, None, &mut Ignore).tiers()[0]
+}
 
 /// The configuration, reading the environment on the first call that finds it ready. Before
 /// that (a `malloc` before libc set up `environ`) and while another thread reads it, the

@@ -63,6 +63,7 @@
 //! | `TIERMALLOC_STATS_LIVE` | boolean: keep the report current in `/dev/shm/tiermalloc-live.PID` for `tiermalloc stats PID` |
 //! | `TIERMALLOC_VERBOSE` | boolean: print the configuration understood at start-up |
 //! | `TIERMALLOC_ON_ERROR` | `abort` (default) or `ignore`: what heap misuse (a double free, a bad free, a corrupted free list) does after its line on stderr |
+//! | `TIERMALLOC_POOL` | `path=PATH[,size=SIZE][,offset=SIZE][,create]`: a device shared by processes and hosts, for named spaces (`tm_space_*`) |
 //! | `TIERMALLOC_SECURE` | boolean: hardening that costs more (pages hand out their blocks in a random order) |
 //! | `TIERMALLOC_EVACUATE_CHUNK` | SIZE: the bytes [`evacuate`] (`tm_evacuate`) moves per step (default `256K`) |
 //! | `TIERMALLOC_LIB` | (the command) the library `tiermalloc run` preloads |
@@ -84,6 +85,7 @@
 //! | `limit=SIZE` | the most bytes the tier serves; on `dram` too (then plain requests spill to the next tier) |
 //! | `fit=best` / `fit=worst` | which free extent a block of 4 KiB or more takes (also [`set_fit`], `tm_set_fit`) |
 //! | `spare=FILE` | where [`evacuate`] (`tm_evacuate`) moves the tier when given no target |
+//! | `persist` / `fresh` / `format` | flags: recover the heap the region holds (the default on `pmr`); format a region holding a tiermalloc heap or zeroes; overwrite whatever a regular file holds |
 //!
 //! Each key may appear once per tier.
 //!
@@ -119,6 +121,7 @@
 //! | the tier interface | `tier` (`Tier`, the tiers by kind, dispatch of a pointer to its tier) |
 //! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
 //! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`, `evacuate/`) |
+//! | shared pool | `pool` (named spaces on a device shared by processes and hosts; its C functions in `front::capi_pool`) |
 //! | foundations | `pagemap`, `backend` (with `device_space`, `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `cgroup`, `live`, `textbuf`, `sync`, `lockfree` |
 //!
 //! Room is left by name for `device/persist` (persistent tiers) and `pool/` (a device shared
@@ -158,6 +161,7 @@ not_under_loom! {
     mod os;
     mod pagemap;
     mod place;
+    pub mod pool;
     mod stats;
     mod textbuf;
     mod thread_slot;
@@ -167,12 +171,17 @@ not_under_loom! {
         evacuate, kind_of, print_stats, set_fit, stats, EvacuateError, Evacuation, Fit, Kind,
         Tier, TierError, TierStats,
     };
+    pub use front::api_persist::{check_file, free_block, Blocks, HeapReport, Offset, PersistError};
     // The C functions, callable from Rust for tests that check their C semantics
-    // (tests/evacuate.rs); not part of the documented Rust API.
+    // (tests/evacuate.rs and others); not part of the documented Rust API.
     #[doc(hidden)]
     pub use front::capi;
     #[doc(hidden)]
     pub use front::capi_evacuate;
+    #[doc(hidden)]
+    pub use front::capi_persist;
+    #[doc(hidden)]
+    pub use front::capi_pool;
     pub use front::global_alloc::TierMalloc;
     pub use front::report;
 }

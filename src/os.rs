@@ -108,6 +108,20 @@ pub unsafe fn discard(p: *mut u8, size: usize) {
     });
 }
 
+/// Tells the kernel that `[p, p + size)` (a file mapping) is about to be read front to back
+/// (a recovery scan): sequential read-ahead, started for the whole range at once, so that a
+/// file on a disk is read in large reads. (`MADV_POPULATE_READ` was slower: on a 1 GiB
+/// tmpfs file it faulted the pages in one by one, 266 against 210 ms for the whole open.)
+pub fn advise_sequential(p: *mut u8, size: usize) {
+    keep_errno(|| {
+        // SAFETY: madvise only changes read-ahead and paging advice, never contents.
+        unsafe {
+            libc::madvise(p.cast(), size, libc::MADV_SEQUENTIAL);
+            libc::madvise(p.cast(), size, libc::MADV_WILLNEED);
+        }
+    });
+}
+
 /// Makes `[p, p + size)` (page-aligned, ours) inaccessible (`writable` false) or readable and
 /// writable again. False if the kernel refused (out of mappings, `vm.max_map_count`).
 ///

@@ -5,9 +5,9 @@
 //! `const` statics, mmap and thread-local storage, none of which loom can model.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
+pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
+pub(crate) use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize};
 
 pub(crate) use core::sync::atomic::Ordering;

@@ -247,6 +247,7 @@ c_tests! {
     tm_api,
     stats_json,
     device_tiers,
+    persist,
     evacuate,
     fork_stdio,
     fork_signal,
@@ -262,6 +263,7 @@ c_tests! {
     malloc_introspection,
     tier_files,
     secure_mode,
+    pool_spaces,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

@@ -473,8 +473,11 @@ fn byte_k_of_the_region_is_byte_k_of_the_target() {
     // Three adjacent blocks, freed: one free extent for the host heap, three headers of the
     // device's chain, all of which must reach the target.
     let freed: Vec<usize> = (0..3).map(|_| tm_malloc(pmr, 10_000) as usize).collect();
+    // (Cut one after another from the end of the free space, each lies right below the last.)
     assert!(
-        freed.windows(2).all(|w| w[1] == w[0] + 10_016),
+        freed
+            .windows(2)
+            .all(|w| w[1] + 10_016 == w[0] || w[1] == w[0] + 10_016),
         "adjacent blocks"
     );
     let freed_headers: Vec<[u8; 16]> = freed.iter().map(|&p| header_of(p)).collect();
@@ -813,7 +816,8 @@ fn a_second_move_during_a_move_is_busy() {
     }
     std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "4K");
     let blocks = make_blocks(2000);
-    let (first, last) = (blocks[0].p, blocks.iter().map(|b| b.p).max().unwrap());
+    let lowest = blocks.iter().map(|b| b.p).min().unwrap();
+    let (first, last) = (lowest, blocks.iter().map(|b| b.p).max().unwrap());
     let mut caught = false;
     for round in 0..5 {
         let target = shm(&format!("target{round}"));

@@ -247,7 +247,11 @@ fn variables_read() -> BTreeSet<String> {
     let src = source_text();
     words_with_prefix(&src, "TIERMALLOC_")
         .into_iter()
-        .filter(|v| src.contains(&format!("\"{v}\"")) && !v.starts_with("TIERMALLOC_SURELY"))
+        .filter(|v| {
+            src.contains(&format!("\"{v}\""))
+                && !v.starts_with("TIERMALLOC_SURELY")
+                && !v.starts_with("TIERMALLOC_TEST_")
+        })
         .collect()
 }
 

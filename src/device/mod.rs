@@ -2,23 +2,28 @@
 //! blocks of up to 4080 bytes grouped in slabs (`slabs`), a header before every block
 //! (`header`); every piece of metadata lives in host DRAM.
 //!
-//! Device memory is only ever written, and only the 16-byte header before each block:
-//! `malloc` writes the whole header (size, magic, kind, state) in one 16-byte store, `free`
-//! writes the state. The size on `free` and `malloc_usable_size` comes from the host-side
-//! extent map, never from the header, so neither operation reads the device. A free of a
-//! pointer the host metadata does not know as a live block start (a double free, a pointer
-//! into a block) is refused before anything is written, and reported.
+//! Device memory is only ever written, and only headers: `malloc` writes the block's whole
+//! header (size, magic, kind, state) in one 16-byte store, `free` writes the state. The size
+//! on `free` and `malloc_usable_size` comes from the host-side extent map, never from the
+//! header, so neither operation reads the device. A free of a pointer the host metadata does
+//! not know as a live block start (a double free, a pointer into a block) is refused before
+//! anything is written, and reported.
+//!
+//! The region starts with a superblock and its headers form a chain a later run recovers
+//! (`persist`): opening a tier formats its region or rebuilds the heap from it; a block cut
+//! from free space (`publish`), a slab retired, a block resized in place write the few header
+//! bytes more the chain needs, in the order `persist` gives, under the heap lock.
 //!
 //! `fork` handling (a child's private copy of a shared region, the locks held across it) is in
 //! `fork`. The opened tiers are kept here, one per kind, for the layers above (`get`).
 //!
-//! Room is left by name for `device/persist` (superblock, recovery scan, roots, flush) and
-//! `device/evacuate` (moving live blocks, same addresses).
+//! Room is left by name for `device/evacuate` (moving live blocks, same addresses).
 
 pub mod evacuate;
 pub mod extent_heap;
 pub mod fork;
 pub mod header;
+pub mod persist;
 pub mod slabs;
 
 use crate::backend::{self, Problem, Region};
@@ -31,7 +36,8 @@ use core::fmt::Write;
 use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, Ordering};
 use evacuate::{DeviceState, LiveExtents};
-use extent_heap::{ExtentHeap, FreeError, HeapStats};
+use extent_heap::{Carved, ExtentHeap, FreeError, HeapStats};
+use persist::{media, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
 use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
 use slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
 
@@ -39,6 +45,12 @@ use slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
 /// Every extent offset and length is a multiple of this: the header size, so that a block
 /// (16 bytes after its extent's start) can be aligned to any power of two.
 const GRANULE: u64 = HEADER_SIZE;
+
+// Test-only: makes `publish` write in a wrong order (the crash-point checker's self-test).
+#[cfg(test)]
+std::thread_local! {
+    pub(crate) static BREAK_ORDER: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
 
 /// One configured device tier.
 ///
@@ -65,21 +77,28 @@ pub(crate) struct DeviceTier {
     /// Set in a forked child whose shared region could not be made private (see the module
     /// comment); never cleared.
     inherited: AtomicBool,
+    /// Serialises changes to the roots table, and reads against them (`persist::roots`).
+    roots: spin::Mutex<()>,
     /// The device behind the region now, and a live move onto another one (`evacuate`).
     device: DeviceState,
 }
 
 impl DeviceTier {
-    /// Maps and prepares the tier `spec` describes.
+    /// Maps and prepares the tier `spec` describes: formats its region, or recovers the
+    /// heap it holds, or refuses it (`persist::decide`).
     pub fn open(spec: &TierSpec) -> Result<DeviceTier, Problem> {
         let region = backend::map_region(spec)?;
-        let metadata = ExtentHeap::new(region.len as u64, GRANULE, spec.fit)
-            .zip(Slabs::new(region.len as u64));
-        let Some((heap, slabs)) = metadata else {
-            // SAFETY: nothing uses the fresh region.
-            unsafe { backend::unmap_region(region) };
-            return Err(Problem::new("no host memory for the tier's metadata"));
+        let built = persist::decide(&region, spec)
+            .and_then(|opening| Self::metadata(&region, spec, opening));
+        let (mut heap, slabs) = match built {
+            Ok(built) => built,
+            Err(problem) => {
+                // SAFETY: nothing uses the region; recovery wrote nothing but marker states.
+                unsafe { backend::unmap_region(region) };
+                return Err(problem);
+            }
         };
+        heap.set_carve_from_end(true);
         pagemap::set(
             region.base,
             region.reserved,
@@ -97,8 +116,67 @@ impl DeviceTier {
             counters: TierCounters::new(),
             shared_across_fork: AtomicBool::new(region.shared_across_fork),
             inherited: AtomicBool::new(false),
+            roots: spin::Mutex::new(()),
             device: DeviceState::new(&region, spec),
         })
+    }
+
+    /// The host metadata of a region: a fresh heap after formatting it, or the heap its
+    /// header chain holds (one scan, `persist::recover`).
+    fn metadata(
+        region: &Region,
+        spec: &TierSpec,
+        opening: Opening,
+    ) -> Result<(ExtentHeap, Slabs), Problem> {
+        const NO_MEMORY: &str = "no host memory for the tier's metadata";
+        let len = region.len as u64;
+        let mut builder =
+            ExtentHeap::builder(len, GRANULE, spec.fit).ok_or(Problem::new(NO_MEMORY))?;
+        let slabs = Slabs::new(len).ok_or(Problem::new(NO_MEMORY))?;
+        builder.push(SUPERBLOCK_BYTES, false);
+        match opening {
+            Opening::Format => {
+                persist::superblock::format(region, spec.kind as u32);
+                builder.push(len - SUPERBLOCK_BYTES, true);
+            }
+            Opening::Recover => {
+                os::advise_sequential(region.base as *mut u8, region.len);
+                // About one extent per slab window once the region is full of small blocks.
+                builder.expect_extents((len / SLAB_BYTES) as usize);
+                // SAFETY: the region is mapped and readable; nothing else uses it yet.
+                let image =
+                    unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
+                let scanned = persist::recover::scan(image, |offset, extent_len, extent| {
+                    let free = match extent {
+                        Extent::Free => true,
+                        Extent::Block => false,
+                        Extent::EmptySlab => {
+                            // Free space from now on: its marker must say so before a block
+                            // is cut from it (the chain's invariant, `persist`).
+                            media::write_state(region, offset, STATE_FREE);
+                            true
+                        }
+                        Extent::Slab { class, live } => {
+                            if !slabs.adopt(offset, class, live) {
+                                return false;
+                            }
+                            false
+                        }
+                    };
+                    builder.push(extent_len, free)
+                });
+                if let Err(damage) = scanned {
+                    return Err(Problem {
+                        at: Some(damage.offset),
+                        ..Problem::new(damage.what)
+                    });
+                }
+                media::order(region);
+                persist::superblock::mark_dirty(region);
+            }
+        }
+        let heap = builder.finish().ok_or(Problem::new(NO_MEMORY))?;
+        Ok((heap, slabs))
     }
 
     /// A block of at least `size` bytes aligned to `align` (a power of two ≥ 16), its header
@@ -110,35 +188,71 @@ impl DeviceTier {
         // A request for 0 bytes gets a block of one granule (slabs' smallest class), as on
         // DRAM: its usable size is not 0 (which `realloc` would take for "not a block"), and
         // its address is not the next block's header.
-        let (offset, extent) = match Slabs::class_of(size, align) {
-            Some(class) => self.slabs.alloc(class, || {
-                let claim = |offset| self.slabs.claim(offset, class);
-                self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0, claim)
-                    .map(|(offset, _)| offset)
-            })?,
+        let offset = match Slabs::class_of(size, align) {
+            Some(class) => {
+                let (offset, slot) = self.slabs.alloc(class, || {
+                    let claim = |offset| self.slabs.claim(offset, class);
+                    let marker = STATE_SLAB | class as u16;
+                    self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0, marker, claim)
+                        .map(|(offset, _)| offset)
+                })?;
+                self.write_header(offset, slot);
+                offset
+            }
             None => {
                 let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
-                let extent = self.alloc_extent(len, align as u64, HEADER_SIZE, |_| {})?;
+                let (offset, _) =
+                    self.alloc_extent(len, align as u64, HEADER_SIZE, STATE_ALLOCATED, |_| {})?;
                 self.allocations.add(1);
-                extent
+                offset
             }
         };
-        self.write_header(offset, extent);
         Some((self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8)
     }
 
     /// Writes the header of the live block whose extent (or slot) of `extent` bytes starts at
     /// `offset`.
     fn write_header(&self, offset: u64, extent: u64) {
+        self.write_header_state(offset, extent, STATE_ALLOCATED);
+    }
+
+    /// Writes a header with `state` for the extent of `extent` bytes at `offset`, which the
+    /// caller holds (a granule multiple inside the region).
+    fn write_header_state(&self, offset: u64, extent: u64, state: u16) {
         let header = BlockHeader {
             size: extent - HEADER_SIZE,
             magic: HEADER_MAGIC,
             kind: self.kind as u16,
-            state: STATE_ALLOCATED,
+            state,
         };
-        // SAFETY: the caller holds the extent; it lies inside the mapped region, and its start
-        // (region base + a granule multiple) is 16-byte aligned.
-        unsafe { header.store((self.region.base + offset as usize) as *mut BlockHeader) };
+        media::write_header(&self.region, offset, header);
+    }
+
+    /// Makes a block just cut from free space visible on the device, in the order the
+    /// recovery scan needs (`persist`): a new free extent behind it first, then its header
+    /// (with `state`), then the shrunk size of the free extent in front, which links it into
+    /// the chain. Runs under the heap lock: another cut from the same free extent must not
+    /// interleave its size write with ours.
+    fn publish(&self, carved: &Carved, state: u16) {
+        if let Some((tail, len)) = carved.tail {
+            self.write_header_state(tail, len, STATE_FREE);
+            media::order(&self.region);
+        }
+        #[cfg(test)]
+        if BREAK_ORDER.with(|b| b.get()) {
+            // The wrong order the crash-point checker must catch: the block linked into the
+            // chain before its header is written.
+            if let Some((front, len)) = carved.front {
+                media::write_size(&self.region, front, len - HEADER_SIZE);
+            }
+            self.write_header_state(carved.offset, carved.len, state);
+            return;
+        }
+        self.write_header_state(carved.offset, carved.len, state);
+        if let Some((front, len)) = carved.front {
+            media::order(&self.region);
+            media::write_size(&self.region, front, len - HEADER_SIZE);
+        }
     }
 
     /// An extent of the heap, within the tier's `limit=`: `(offset, length)`. `claim(offset)`
@@ -148,34 +262,36 @@ impl DeviceTier {
         len: u64,
         align: u64,
         prefix: u64,
+        state: u16,
         claim: impl FnOnce(u64),
     ) -> Option<(u64, u64)> {
         let mut heap = self.heap.lock();
         if self.over_limit(heap.in_use().saturating_add(len)) {
             return None;
         }
-        let (offset, extent) = heap.alloc(len, align, prefix)?;
+        let carved = heap.alloc_carved(len, align, prefix)?;
         if self.over_limit(heap.in_use()) {
-            let _ = heap.free(offset);
+            let _ = heap.free(carved.offset);
             return None;
         }
-        claim(offset);
-        Some((offset, extent))
+        claim(carved.offset);
+        self.publish(&carved, state);
+        Some((carved.offset, carved.len))
     }
 
-    /// Whether `in_use` bytes of extents would be more than `limit=` allows.
+    /// Whether `in_use` bytes of extents (the superblock's included) would be more than
+    /// `limit=` allows.
     fn over_limit(&self, in_use: u64) -> bool {
-        self.limit != u64::MAX && in_use > self.limit
+        self.limit != u64::MAX && in_use - SUPERBLOCK_BYTES > self.limit
     }
 
     /// Writes "free" into the state of the header at `offset` (unless the tier is inherited).
     /// The caller still holds the block, so no new owner of its bytes can be writing there.
     fn mark_free(&self, offset: u64) {
         if !self.inherited.load(Ordering::Relaxed) {
-            let header = (self.region.base + offset as usize) as *mut BlockHeader;
-            // SAFETY: the header lies in the mapped region and its block is still ours. Only
-            // the state field is written (a recovery scan of a PMR sees it).
-            unsafe { core::ptr::addr_of_mut!((*header).state).write_volatile(STATE_FREE) };
+            // The header lies in the mapped region and its block is still ours. Only the
+            // state field is written (a recovery scan of a PMR sees it).
+            media::write_state(&self.region, offset, STATE_FREE);
         }
     }
 
@@ -191,6 +307,12 @@ impl DeviceTier {
         let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
         let retire = |slab| {
             let mut heap = self.heap.lock();
+            if !self.inherited.load(Ordering::Relaxed) {
+                // The last slot's state first: a marker that says "free" must never hide a
+                // slot header that still says "allocated" (`persist`).
+                media::order(&self.region);
+                media::write_state(&self.region, slab, STATE_FREE);
+            }
             self.slabs.unclaim(slab);
             let freed = heap.free(slab);
             debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");
@@ -242,19 +364,21 @@ impl DeviceTier {
         let Some(len) = (size.max(1) as u64).checked_add(HEADER_SIZE) else {
             return false;
         };
-        let extent = {
-            let mut heap = self.heap.lock();
-            let Ok(old) = heap.allocated(offset) else {
-                return false;
-            };
-            if len > old && self.over_limit(heap.in_use().saturating_add(len - old)) {
-                return false;
-            }
-            match heap.resize(offset, len) {
-                Some(extent) => extent,
-                None => return false,
-            }
+        let mut heap = self.heap.lock();
+        let Ok(old) = heap.allocated(offset) else {
+            return false;
         };
+        if len > old && self.over_limit(heap.in_use().saturating_add(len - old)) {
+            return false;
+        }
+        let Some((extent, behind)) = heap.resize_carved(offset, len) else {
+            return false;
+        };
+        // Under the heap lock, the free extent behind first (`publish`).
+        if let Some((start, len)) = behind {
+            self.write_header_state(start, len, STATE_FREE);
+            media::order(&self.region);
+        }
         self.write_header(offset, extent);
         true
     }
@@ -269,6 +393,95 @@ impl DeviceTier {
         Some((len - HEADER_SIZE) as usize)
     }
 
+    /// The offset of `p` from the region's start, if `p` lies in the region.
+    pub fn offset_in_region(&self, p: *const u8) -> Option<u64> {
+        let o = (p as usize).checked_sub(self.region.base)?;
+        (o < self.region.len).then_some(o as u64)
+    }
+
+    /// The address at `offset` of the region, if inside it.
+    pub fn at_offset(&self, offset: u64) -> Option<*mut u8> {
+        (offset < self.region.len as u64).then(|| (self.region.base + offset as usize) as *mut u8)
+    }
+
+    /// Makes `[p, p + len)` and every earlier write to the region durable (`tm_persist`).
+    /// `Err(errno)`: `EINVAL` if the range is not inside the region, else the kernel's.
+    pub fn persist(&self, p: *const u8, len: usize) -> Result<(), i32> {
+        let offset = self.offset_in_region(p).ok_or(libc::EINVAL)? as usize;
+        if len > self.region.len - offset {
+            return Err(libc::EINVAL);
+        }
+        if persist::persist(&self.region, offset, len) {
+            Ok(())
+        } else {
+            Err(os::errno())
+        }
+    }
+
+    /// Maps root `name` to live block `block`, or removes it (`None`). `Err(errno)`:
+    /// `EINVAL` for a bad name or a pointer that is no live block of this tier, `ENOSPC` when
+    /// the table is full.
+    pub fn root_set(&self, name: &[u8], block: Option<*mut u8>) -> Result<(), i32> {
+        let offset = match block {
+            Some(p) => {
+                self.usable_size(p).ok_or(libc::EINVAL)?;
+                Some((p as usize - self.region.base) as u64)
+            }
+            None => None,
+        };
+        let _serial = self.roots.lock();
+        persist::roots::set(&self.region, name, offset).map_err(|e| match e {
+            persist::roots::RootError::BadName => libc::EINVAL,
+            persist::roots::RootError::Full => libc::ENOSPC,
+        })
+    }
+
+    /// The live block root `name` maps to (`None`: no such root, or its block is not live).
+    pub fn root_get(&self, name: &[u8]) -> Option<*mut u8> {
+        // Under the roots lock: a root being set is never read half-written.
+        let offset = {
+            let _serial = self.roots.lock();
+            persist::roots::get(&self.region, name)?
+        };
+        let p = self.at_offset(offset)?;
+        self.usable_size(p).map(|_| p)
+    }
+
+    /// The first live block after block `prev` in address order (from the start when
+    /// `None`); host metadata only. `prev` must be a live block of this tier, or `None`.
+    pub fn next_block(&self, prev: Option<*mut u8>) -> Option<*mut u8> {
+        let block = |offset: u64| (self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8;
+        let mut after = match prev {
+            None => None,
+            Some(p) => {
+                let offset = self.offset_of(p)?;
+                let window = offset - offset % SLAB_BYTES;
+                if self.slabs.slab_class(window).is_some() && offset != window {
+                    if let Some(slot) = self.slabs.next_live(window, Some(offset)) {
+                        return Some(block(slot));
+                    }
+                    Some(window)
+                } else {
+                    Some(offset)
+                }
+            }
+        };
+        loop {
+            let (offset, _) = self.heap.lock().next_allocated(after)?;
+            after = Some(offset);
+            if offset < SUPERBLOCK_BYTES {
+                continue;
+            }
+            if self.slabs.slab_class(offset).is_some() {
+                if let Some(slot) = self.slabs.next_live(offset, None) {
+                    return Some(block(slot));
+                }
+                continue;
+            }
+            return Some(block(offset));
+        }
+    }
+
     /// Moves the tier's bytes onto `target` (the `spare=` path if `None`) while its blocks
     /// stay in use at the same addresses (`evacuate`).
     pub fn evacuate(&self, target: Option<&CStr>) -> Result<evacuate::Report, Problem> {
@@ -277,12 +490,14 @@ impl DeviceTier {
                 what: "the tier was inherited from the parent process and serves nothing here",
                 errno: libc::EINVAL,
                 room: None,
+                at: None,
             });
         }
         let target = target.or(self.spare()).ok_or(Problem {
             what: "no target given and no spare= configured",
             errno: libc::EINVAL,
             room: None,
+            at: None,
         })?;
         let report = evacuate::evacuate(self.kind, &self.region, &self.device, self, target)?;
         // A file or device now, mapped shared: `fork` must copy it for the child.
@@ -325,12 +540,15 @@ impl DeviceTier {
     fn figures_of(&self, h: HeapStats, slabs: SlabTotals) -> DeviceFigures {
         DeviceFigures {
             stats: self.stats_of(h, slabs),
-            peak_in_use: h.peak_in_use,
+            peak_in_use: h.peak_in_use - SUPERBLOCK_BYTES,
             mapped: self.region.len as u64,
         }
     }
 
-    fn stats_of(&self, h: HeapStats, slabs: SlabTotals) -> TierStats {
+    fn stats_of(&self, mut h: HeapStats, slabs: SlabTotals) -> TierStats {
+        // The superblock is an allocated extent of the heap, but no block.
+        h.capacity -= SUPERBLOCK_BYTES;
+        h.in_use -= SUPERBLOCK_BYTES;
         let capacity = h.capacity.min(self.limit);
         // Slabs are allocated extents; their slots without a live block are not in use.
         let in_use = h.in_use.saturating_sub(slabs.idle_bytes);
@@ -451,6 +669,9 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
         );
     }
     let _ = write!(line, ": {}", problem.what);
+    if let Some(at) = problem.at {
+        let _ = write!(line, " at offset {at}");
+    }
     if let Some((needed, free)) = problem.room {
         let _ = write!(line, " (size {needed} bytes, {free} bytes free)");
     }
@@ -467,6 +688,20 @@ fn report_bad_free(kind: Kind, p: *mut u8, error: FreeError) {
         FreeError::NotAllocated => crate::misuse::Misuse::NotABlockStart,
     };
     crate::misuse::report_on("free", p, kind.name(), what);
+}
+
+/// Tiers live for the whole process in `OPENED`; only tests close one (to open its file again).
+#[cfg(test)]
+impl Drop for DeviceTier {
+    fn drop(&mut self) {
+        // The descriptor of the device behind the region now (a move replaces the first).
+        let region = Region {
+            lock_fd: self.device.current_fd(),
+            ..self.region
+        };
+        // SAFETY: the tier is going away with every block of it (tests only).
+        unsafe { backend::unmap_region(region) };
+    }
 }
 
 #[cfg(test)]

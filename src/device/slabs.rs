@@ -2,8 +2,9 @@
 //! of one size class, with every piece of their metadata in host DRAM.
 //!
 //! A block of up to `SLAB_MAX_USABLE` bytes (16-byte alignment) is a slot: its 16-byte header,
-//! then the block. The extent heap (`heap`) serves the slab itself, aligned to its own size,
-//! so the slab of a block is found by dividing its offset: `descs[offset / SLAB_BYTES]`, one
+//! then the block. A slab starts with a 16-byte marker header (`SLAB_MARKER`, written by the
+//! tier: its class, for a recovery scan), then its slots. The extent heap (`heap`) serves the
+//! slab itself, aligned to its own size, so the slab of a block is found by dividing its offset: `descs[offset / SLAB_BYTES]`, one
 //! descriptor per 16 KiB window of the region, in host memory mapped once (`MAP_NORESERVE`,
 //! so a window that never holds a slab costs nothing). A descriptor holds the slab's class,
 //! a bitmap of live slots and their count.
@@ -44,6 +45,9 @@ pub(crate) const SLAB_BYTES: u64 = 16 << 10;
 pub(crate) const SLAB_MAX_USABLE: usize = 4080;
 /// Bytes of a slot's header.
 const HEADER: u64 = 16;
+/// Bytes at the start of a slab before its first slot: the slab's own header on the device,
+/// the marker a recovery scan recognises it by (`device::persist`).
+pub(crate) const SLAB_MARKER: u64 = 16;
 /// Classes `1..=EXACT_CLASSES` have `16 * class` usable bytes; above 512 bytes, four classes
 /// per power of two (up to a quarter of a block unused), so that few classes keep few partly
 /// used slabs: those are `WIDE_USABLE`.
@@ -55,10 +59,12 @@ const CLASSES: usize = EXACT_CLASSES + WIDE_USABLE.len();
 
 const _: () = assert!(WIDE_USABLE[WIDE_USABLE.len() - 1] == SLAB_MAX_USABLE as u64);
 /// Slots of the smallest class (32-byte slots).
-const MAX_SLOTS: usize = (SLAB_BYTES / (16 + HEADER)) as usize;
-const WORDS: usize = MAX_SLOTS / 64;
+const MAX_SLOTS: usize = ((SLAB_BYTES - SLAB_MARKER) / (16 + HEADER)) as usize;
+const WORDS: usize = MAX_SLOTS.div_ceil(64);
 /// "No slab" in the lists (descriptor indices are below the window count).
 const NONE: u32 = u32::MAX;
+/// Words of a slab's bitmap of live slots.
+pub(crate) const SLAB_WORDS: usize = WORDS;
 
 /// The state of one 16 KiB window of the region.
 ///
@@ -126,7 +132,7 @@ unsafe impl Send for Slabs {}
 unsafe impl Sync for Slabs {}
 
 /// Usable bytes of a block of `class`.
-const fn usable_of(class: usize) -> u64 {
+pub(crate) const fn usable_of(class: usize) -> u64 {
     if class <= EXACT_CLASSES {
         16 * class as u64
     } else {
@@ -144,9 +150,19 @@ fn map_bytes(windows: usize) -> usize {
     os::page_round(windows.max(1) * core::mem::size_of::<SlabDesc>())
 }
 
-const fn slots_of(class: usize) -> usize {
-    (SLAB_BYTES / slot_bytes(class)) as usize
+/// Slots of a slab of `class`: slot `n`'s header is at `SLAB_MARKER + n * slot_bytes(class)`
+/// from the slab's start.
+pub(crate) const fn slots_of(class: usize) -> usize {
+    ((SLAB_BYTES - SLAB_MARKER) / slot_bytes(class)) as usize
 }
+
+/// The offset in the region of slot `n` of the slab at window `index`.
+const fn slot_offset(index: usize, class: usize, n: usize) -> u64 {
+    index as u64 * SLAB_BYTES + SLAB_MARKER + n as u64 * slot_bytes(class)
+}
+
+/// The number of classes (1..=CLASSES).
+pub(crate) const CLASS_COUNT: usize = CLASSES;
 
 /// What a free of an offset found.
 pub(crate) enum SlabFree {
@@ -278,7 +294,7 @@ impl Slabs {
         }
         list.idle_bytes -= slot;
         list.allocations += 1;
-        Some((index as u64 * SLAB_BYTES + n as u64 * slot, slot))
+        Some((slot_offset(index, class, n), slot))
     }
 
     /// Whether the live block whose header is at `offset` is a slot of a slab. No lock: a slab
@@ -312,7 +328,7 @@ impl Slabs {
             if self.desc(index).class.load(Ordering::Relaxed) as usize != class {
                 continue; // retired or remade since it was read: look again
             }
-            let within = offset - index as u64 * SLAB_BYTES;
+            let within = (offset - index as u64 * SLAB_BYTES).wrapping_sub(SLAB_MARKER);
             let slot = slot_bytes(class);
             let n = (within / slot) as usize;
             let found = if within % slot != 0 || n >= slots_of(class) {
@@ -403,6 +419,70 @@ impl Slabs {
                 self.fields(next as usize).prev = prev;
             }
         }
+    }
+
+    /// Installs a slab found by a recovery scan: the window at `offset` (an allocated extent
+    /// of the heap) is a slab of `class` whose live slots are the set bits of `live`. False
+    /// (nothing changed) for a bad class, window or bitmap.
+    pub fn adopt(&self, offset: u64, class: usize, live: &[u64; SLAB_WORDS]) -> bool {
+        let index = (offset / SLAB_BYTES) as usize;
+        if class == 0 || class > CLASSES || offset % SLAB_BYTES != 0 || index >= self.windows {
+            return false;
+        }
+        let slots = slots_of(class);
+        let count: u32 = live.iter().map(|w| w.count_ones()).sum();
+        let beyond = (slots..WORDS * 64).any(|n| live[n / 64] & (1 << (n % 64)) != 0);
+        if count == 0 || beyond {
+            return false;
+        }
+        let mut list = self.classes[class - 1].lock();
+        // SAFETY: the window is no slab yet (its class is 0); we hold the class lock.
+        let f = unsafe { self.fields(index) };
+        *f = SlabFields {
+            live: count,
+            hint: 0,
+            prev: NONE,
+            next: NONE,
+            bitmap: *live,
+        };
+        if (count as usize) < slots {
+            f.next = list.partial;
+            if list.partial != NONE {
+                // SAFETY: a slab of this class.
+                unsafe { self.fields(list.partial as usize) }.prev = index as u32;
+            }
+            list.partial = index as u32;
+        }
+        list.idle_bytes += SLAB_BYTES - count as u64 * slot_bytes(class);
+        self.claim(offset, class);
+        true
+    }
+
+    /// The first live slot of the slab at `slab` (an extent offset) after slot offset
+    /// `after` (from the first slot when `None`); `None` when there is none or no slab there.
+    pub fn next_live(&self, slab: u64, after: Option<u64>) -> Option<u64> {
+        let (index, class) = self.class_at(slab)?;
+        let list = self.classes[class - 1].lock();
+        if self.desc(index).class.load(Ordering::Relaxed) as usize != class {
+            return None;
+        }
+        let from = match after {
+            None => 0,
+            Some(o) => ((o - slab - SLAB_MARKER) / slot_bytes(class)) as usize + 1,
+        };
+        // SAFETY: a slab of `class`; we hold its lock.
+        let f = unsafe { self.fields(index) };
+        let n = (from..slots_of(class)).find(|&n| f.bitmap[n / 64] & (1 << (n % 64)) != 0)?;
+        drop(list);
+        Some(slot_offset(index, class, n))
+    }
+
+    /// The class of the live slab at `offset` (a window start), if one is there.
+    pub fn slab_class(&self, offset: u64) -> Option<usize> {
+        if offset % SLAB_BYTES != 0 {
+            return None;
+        }
+        self.class_at(offset).map(|(_, class)| class)
     }
 
     /// Bytes of slabs that hold no live block (free slots, slab tails), and the blocks

@@ -2,21 +2,15 @@
 //! refused frees, `limit=`, slabs, threads, alignment.
 
 use super::*;
-use crate::config::{parse, Report};
+use crate::config::tier_spec_for_test;
 use crate::test_rng::Rng;
-
-struct Ignore;
-impl Report for Ignore {
-    fn problem(&mut self, _: &str, _: &[u8], _: &str) {}
-}
 
 fn open(name: &str, extra: &str) -> (DeviceTier, String) {
     let path = format!("/dev/shm/tiermalloc-tier-{}-{name}", std::process::id());
     // A key may be given once: `extra`'s size= replaces the default.
     let size = if extra.contains("size=") { "" } else { ",size=4M" };
     let text = format!("pmr:path={path},create{size}{extra}");
-    let config = parse(Some(text.as_bytes()), None, None, None, &mut Ignore);
-    (DeviceTier::open(&config.tiers()[0]).unwrap(), path)
+    (DeviceTier::open(&tier_spec_for_test(&text)).unwrap(), path)
 }
 
 #[test]

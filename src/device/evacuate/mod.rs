@@ -121,6 +121,12 @@ pub(crate) struct DeviceState {
 }
 
 impl DeviceState {
+    /// Test-only: the descriptor of the device behind the region now (it holds its lock).
+    #[cfg(test)]
+    pub fn current_fd(&self) -> i32 {
+        self.device_fd.load(Ordering::Acquire)
+    }
+
     pub fn new(region: &Region, spec: &TierSpec) -> DeviceState {
         DeviceState {
             device_fd: AtomicI32::new(region.lock_fd),
@@ -337,6 +343,7 @@ pub(crate) fn evacuate(
             what: "another evacuation of this tier is running",
             errno: libc::EBUSY,
             room: None,
+            at: None,
         });
     }
     let result = move_region(kind, region, state, tier, target);
@@ -359,6 +366,7 @@ fn move_region(
             e.errno
         },
         room: None,
+        at: None,
     };
     let wp = WriteProtector::new().map_err(problem)?;
     wp.register(region.base, region.len).map_err(problem)?;
@@ -366,6 +374,7 @@ fn move_region(
         what: "the target's path is longer than 255 bytes",
         errno: libc::ENAMETOOLONG,
         room: None,
+        at: None,
     })?;
     let staging = match backend::map_region(&spec) {
         Ok(staging) if staging.len >= region.len => staging,
@@ -377,6 +386,7 @@ fn move_region(
                 what: "the target is smaller than the tier",
                 errno: libc::ENOSPC,
                 room: None,
+                at: None,
             });
         }
         Err(p) => {
@@ -442,6 +452,7 @@ fn move_region(
                     what: "cannot write-protect a chunk of the tier",
                     errno: libc::EIO,
                     room: None,
+                    at: None,
                 },
                 problem,
             ));
@@ -477,6 +488,7 @@ fn move_region(
                 what: "cannot map the target over the tier's range (it now lies partly on each device; both stay open)",
                 errno: os::errno(),
                 room: None,
+                at: None,
             });
             let _ = wp.unprotect(region.base + lo, hi - lo);
             break;
@@ -581,6 +593,7 @@ fn target_problem(p: Problem) -> Problem {
                 what: "the target is smaller than the tier and cannot be extended",
                 errno: p.errno,
                 room: p.room,
+                at: p.at,
             };
         }
         return p;
@@ -596,6 +609,7 @@ fn target_problem(p: Problem) -> Problem {
         what: p.what,
         errno,
         room: p.room,
+        at: p.at,
     }
 }
 

@@ -115,6 +115,7 @@
 mod bitmap;
 mod host;
 mod node;
+mod rebuild;
 mod size_index;
 mod starts;
 #[cfg(test)]
@@ -179,6 +180,20 @@ pub(crate) struct ExtentHeap {
     in_use: u64,
     peak_in_use: u64,
     probe_limit: u32,
+    /// Cut blocks from the end of the chosen free extent instead of its start (device tiers:
+    /// the extent keeps its start, so its header stays where it is; see `device::persist`).
+    carve_from_end: bool,
+}
+
+/// Where `alloc_carved` cut a block, and what became of the free extent it came from: the
+/// free extent left in front of the block (its start and new length) and the new free extent
+/// behind it, when there is one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Carved {
+    pub offset: u64,
+    pub len: u64,
+    pub front: Option<(u64, u64)>,
+    pub tail: Option<(u64, u64)>,
 }
 
 // SAFETY: the heap owns its nodes and all its host memory exclusively (nothing outside it
@@ -189,7 +204,23 @@ impl ExtentHeap {
     /// A heap for `[0, capacity)`, all free. `granule` is a power of two; `capacity` is rounded
     /// down to a multiple of it. `None` for a bad granule, a capacity below one granule or
     /// above 2^62, or when no host memory can be mapped for the metadata.
+    #[cfg_attr(not(test), allow(dead_code))] // the heap's tests; tiers use the builder
     pub fn new(capacity: u64, granule: u64, fit: Fit) -> Option<Self> {
+        let mut heap = Self::empty(capacity, granule, fit)?;
+        if !heap.pool.reserve(1) || !heap.starts.reserve(1) {
+            return None;
+        }
+        // SAFETY: reserved just above; the heap is empty and the node fresh and free.
+        unsafe {
+            let all = heap.pool.take(0, heap.capacity, true);
+            heap.starts.insert(0, all);
+            heap.sizes.insert(all);
+        }
+        Some(heap)
+    }
+
+    /// A heap with no extent at all (`rebuild.rs` fills it); the arguments as for `new`.
+    fn empty(capacity: u64, granule: u64, fit: Fit) -> Option<Self> {
         if !granule.is_power_of_two() || capacity > MAX_CAPACITY {
             return None;
         }
@@ -197,7 +228,7 @@ impl ExtentHeap {
         if capacity == 0 {
             return None;
         }
-        let mut heap = ExtentHeap {
+        Some(ExtentHeap {
             starts: StartTable::new()?,
             sizes: SizeIndex::new(capacity, granule)?,
             pool: NodePool::new(),
@@ -207,21 +238,17 @@ impl ExtentHeap {
             in_use: 0,
             peak_in_use: 0,
             probe_limit: PROBE_LIMIT,
-        };
-        if !heap.pool.reserve(1) || !heap.starts.reserve(1) {
-            return None;
-        }
-        // SAFETY: reserved just above; the heap is empty and the node fresh and free.
-        unsafe {
-            let all = heap.pool.take(0, capacity, true);
-            heap.starts.insert(0, all);
-            heap.sizes.insert(all);
-        }
-        Some(heap)
+            carve_from_end: false,
+        })
     }
 
     pub fn set_fit(&mut self, fit: Fit) {
         self.fit = fit;
+    }
+
+    /// Blocks are cut from the end of the free extent chosen (see `carve_from_end`).
+    pub fn set_carve_from_end(&mut self, on: bool) {
+        self.carve_from_end = on;
     }
 
     #[cfg(test)]
@@ -244,7 +271,14 @@ impl ExtentHeap {
     /// extent's offset and length; the caller's usable size is `length - prefix`. `None` when
     /// no free extent fits, the arguments are impossible (see the module comment), or host
     /// memory for the metadata runs out; the heap is then unchanged.
+    #[cfg_attr(not(test), allow(dead_code))] // the heap's tests; tiers use `_carved`
     pub fn alloc(&mut self, len: u64, align: u64, prefix: u64) -> Option<(u64, u64)> {
+        self.alloc_carved(len, align, prefix)
+            .map(|c| (c.offset, c.len))
+    }
+
+    /// `alloc`, telling also which free extents the cut changed (see `Carved`).
+    pub fn alloc_carved(&mut self, len: u64, align: u64, prefix: u64) -> Option<Carved> {
         let g = self.granule;
         if !align.is_power_of_two() || align > MAX_ALIGN || prefix % align.min(g) != 0 {
             return None;
@@ -327,13 +361,20 @@ impl ExtentHeap {
         sure
     }
 
-    /// Worst fit: the first extent in the down order (`size_index.rs`) that fits, or null.
+    /// Worst fit as seed 002 states it: a free extent of exactly the length needed if one
+    /// fits, else the first extent in the down order (`size_index.rs`) that fits; null if none.
     ///
     /// # Safety
     /// The invariants hold.
     unsafe fn find_worst(&self, fit: &Fitting) -> *mut Node {
         // SAFETY (whole body): nodes the size index returns are live free extents.
         unsafe {
+            // Seed 002: a free extent of exactly the length asked for, if there is one...
+            let exact = self.sizes.first_at_least(fit.need);
+            if !exact.is_null() && (*exact).len == fit.need && fit.fits(&*exact) {
+                return exact;
+            }
+            // ...else the largest.
             let mut cur = self.sizes.largest();
             while !cur.is_null() && (*cur).len >= fit.need {
                 if fit.fits(&*cur) {
@@ -345,13 +386,16 @@ impl ExtentHeap {
         }
     }
 
-    /// Cuts the allocation out of the free extent `n`: the alignment gap in front stays free
-    /// (in that node), the block gets a node, the tail behind becomes a new free extent.
+    /// Cuts the allocation out of the free extent `n`. From the start (the default): the
+    /// alignment gap in front stays free (in that node), the block gets a node, the tail
+    /// behind becomes a new free extent. From the end (`carve_from_end`): the block takes the
+    /// last suitable offset, the front stays free in `n`, and only an alignment remainder
+    /// behind the block becomes a new free extent.
     ///
     /// # Safety
     /// `n` is a free extent of this heap with `fit.fits(n)`; two pool nodes and two start-table
     /// slots are reserved.
-    unsafe fn carve(&mut self, n: *mut Node, fit: &Fitting) -> (u64, u64) {
+    unsafe fn carve(&mut self, n: *mut Node, fit: &Fitting) -> Carved {
         // SAFETY (whole body): `n` and its list neighbours are live nodes of ours; new nodes
         // and their start-table slots come from the reservations; each class insert is of a
         // free node in no class.
@@ -359,7 +403,17 @@ impl ExtentHeap {
             debug_assert!((*n).free && fit.fits(&*n));
             self.sizes.remove(n);
             let start = (*n).offset;
-            let gap = fit.gap(start);
+            let end = start + (*n).len;
+            let gap = if self.carve_from_end {
+                // The last offset `o <= end - need` with `(o + prefix) % align == 0`; at least
+                // `start + fit.gap(start)`, since the extent fits.
+                let last = end - fit.need;
+                let o = ((last + fit.prefix) & !(fit.align - 1)).wrapping_sub(fit.prefix);
+                debug_assert!(o >= start && (o + fit.prefix) % fit.align == 0);
+                o - start
+            } else {
+                fit.gap(start)
+            };
             let tail = (*n).len - gap - fit.need;
             let block = if gap > 0 {
                 (*n).len = gap;
@@ -373,15 +427,21 @@ impl ExtentHeap {
                 (*n).free = false;
                 n
             };
+            let tail_at = start + gap + fit.need;
             if tail > 0 {
-                let t = self.pool.take(start + gap + fit.need, tail, true);
-                self.starts.insert(start + gap + fit.need, t);
+                let t = self.pool.take(tail_at, tail, true);
+                self.starts.insert(tail_at, t);
                 link_after(block, t);
                 self.sizes.insert(t);
             }
             self.in_use += fit.need;
             self.peak_in_use = self.peak_in_use.max(self.in_use);
-            ((*block).offset, fit.need)
+            Carved {
+                offset: (*block).offset,
+                len: fit.need,
+                front: (gap > 0).then_some((start, gap)),
+                tail: (tail > 0).then_some((tail_at, tail)),
+            }
         }
     }
 
@@ -427,7 +487,15 @@ impl ExtentHeap {
     /// the tail back (merged with a free extent behind). Returns the new length; `None`, with
     /// the heap unchanged, when `offset` is no allocated extent's start, the extent behind is
     /// not free or too short, or host memory for the metadata runs out.
+    #[cfg_attr(not(test), allow(dead_code))] // the heap's tests; tiers use `_carved`
     pub fn resize(&mut self, offset: u64, len: u64) -> Option<u64> {
+        self.resize_carved(offset, len).map(|(len, _)| len)
+    }
+
+    /// `resize`, telling also the free extent right behind the block when its start moved
+    /// (shrunk by growing, or made or extended by shrinking): `(new length, Some((start,
+    /// length)))`.
+    pub fn resize_carved(&mut self, offset: u64, len: u64) -> Option<(u64, Option<(u64, u64)>)> {
         let n = self.starts.get(offset);
         // SAFETY: the start table holds live nodes.
         if n.is_null() || unsafe { (*n).free } || len > self.capacity {
@@ -446,6 +514,7 @@ impl ExtentHeap {
             let old = (*n).len;
             let next = (*n).next;
             let next_free = !next.is_null() && (*next).free;
+            let mut behind = None;
             if need > old {
                 let extra = need - old;
                 if !next_free || (*next).len < extra {
@@ -461,6 +530,7 @@ impl ExtentHeap {
                     (*next).len -= extra;
                     self.starts.insert((*next).offset, next);
                     self.sizes.insert(next);
+                    behind = Some(((*next).offset, (*next).len));
                 }
                 self.in_use += extra;
                 self.peak_in_use = self.peak_in_use.max(self.in_use);
@@ -473,16 +543,18 @@ impl ExtentHeap {
                     (*next).len += tail;
                     self.starts.insert((*next).offset, next);
                     self.sizes.insert(next);
+                    behind = Some(((*next).offset, (*next).len));
                 } else {
                     let t = self.pool.take(offset + need, tail, true);
                     self.starts.insert(offset + need, t);
                     link_after(n, t);
                     self.sizes.insert(t);
+                    behind = Some((offset + need, tail));
                 }
                 self.in_use -= tail;
             }
             (*n).len = need;
-            Some(need)
+            Some((need, behind))
         }
     }
 

@@ -111,13 +111,24 @@ fn best_fit_takes_the_smallest_hole_that_fits() {
     h.check_invariants();
 }
 
+/// Worst fit as seed 002 states it, on crafted holes of 64K, 16K, 32K and 8K: a hole of
+/// exactly the length asked for is taken if there is one; otherwise the block is carved from
+/// the largest hole.
 #[test]
-fn worst_fit_takes_the_largest_hole() {
-    for len in [1, 8 * K, 16 * K, 40 * K, 64 * K] {
+fn worst_fit_takes_an_exact_hole_else_the_largest() {
+    for (len, expect) in [
+        (8 * K, 124 * K), // exact: the 8K hole, not the largest
+        (16 * K, 68 * K), // exact: the 16K hole
+        (32 * K, 88 * K), // exact: the 32K hole
+        (64 * K, 0),      // exact, and the largest
+        (1, 0),           // no 64-byte hole: the largest
+        (8 * K + 64, 0),  // no hole of 8K + 64: the largest
+        (40 * K, 0),
+    ] {
         let mut h = four_holes(Fit::Worst);
         assert_eq!(
             h.alloc(len, 16, HDR).map(|r| r.0),
-            Some(0),
+            Some(expect),
             "worst fit for {len}"
         );
         h.check_invariants();
@@ -127,11 +138,11 @@ fn worst_fit_takes_the_largest_hole() {
     // 40K from the 64K hole leaves 24K @40K; the 32K hole is now the largest.
     assert_eq!(h.alloc(40 * K, 16, HDR).unwrap().0, 0);
     assert_eq!(h.alloc(20 * K, 16, HDR).unwrap().0, 88 * K);
-    // Holes: 24K @40K, 16K @68K, 12K @108K, 8K @124K.
-    assert_eq!(h.alloc(8 * K, 16, HDR).unwrap().0, 40 * K);
-    // 16K @48K and 16K @68K tie: the one inserted last, the tail just cut from the 24K hole.
-    assert_eq!(h.alloc(8 * K, 16, HDR).unwrap().0, 48 * K);
-    assert_eq!(h.alloc(8 * K, 16, HDR).unwrap().0, 68 * K);
+    // Holes: 24K @40K, 16K @68K, 12K @108K, 8K @124K. 8K: the exact hole.
+    assert_eq!(h.alloc(8 * K, 16, HDR).unwrap().0, 124 * K);
+    // 12K: the exact hole; 10K: none, so the largest (24K @40K).
+    assert_eq!(h.alloc(12 * K, 16, HDR).unwrap().0, 108 * K);
+    assert_eq!(h.alloc(10 * K, 16, HDR).unwrap().0, 40 * K);
     h.check_invariants();
 }
 
@@ -543,7 +554,21 @@ impl Model {
             Fit::Best => fitting
                 .clone()
                 .max_by_key(|(_, e)| (std::cmp::Reverse(e.len), e.stamp))?,
-            Fit::Worst => fitting.clone().max_by_key(|(_, e)| (e.len, e.stamp))?,
+            Fit::Worst => {
+                // Seed 002: the extent of exactly `need` bytes the index finds first (the one
+                // inserted last), if it fits; else the largest that fits.
+                let exact = self
+                    .ext
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.free && e.len == need)
+                    .max_by_key(|(_, e)| e.stamp)
+                    .filter(|(_, e)| start(e.off) + need <= e.off + e.len);
+                match exact {
+                    Some(found) => found,
+                    None => fitting.clone().max_by_key(|(_, e)| (e.len, e.stamp))?,
+                }
+            }
         };
         if fitting.filter(|(_, f)| f.len == e.len).count() > 1 {
             self.ties[(e.len / g >= 1 << 16) as usize] += 1;

@@ -73,7 +73,7 @@ fn a_slab_fills_then_the_next_is_made_and_empty_slabs_are_retired() {
     let blocks: Vec<_> = (0..slots + 1).map(|_| fx.alloc(10).unwrap()).collect();
     fx.slabs.check_invariants();
     assert!(blocks[..slots].iter().all(|&(o, _)| o < SLAB_BYTES), "first slab first");
-    assert_eq!(blocks[slots].0, SLAB_BYTES, "then a second slab");
+    assert_eq!(blocks[slots].0, SLAB_BYTES + SLAB_MARKER, "then a second slab, after its marker");
     assert_eq!(blocks[0].1, slot_bytes(1));
     let t = fx.slabs.totals();
     assert_eq!((t.allocations, t.frees), (slots as u64 + 1, 0));

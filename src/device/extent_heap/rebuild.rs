@@ -1,0 +1,105 @@
+//! Building an extent heap from the extents a recovery scan found (a persistent device tier,
+//! `device::persist`), and walking its allocated extents one at a time (`tm_next_block`).
+//!
+//! The builder takes the extents in address order and allocates nothing but the heap's own
+//! metadata (nodes, start-table slots, size classes: host memory it maps itself), so it can
+//! run inside the first `malloc` of a process.
+
+use super::{link_after, ExtentHeap, Fit, Node};
+use core::ptr;
+
+/// A heap being filled from offset 0 upward. Invariants: the extents pushed so far tile
+/// `[0, end)` with no two free ones adjacent; `last` is the one ending at `end` (null before
+/// the first push).
+pub(crate) struct HeapBuilder {
+    heap: ExtentHeap,
+    last: *mut Node,
+    end: u64,
+}
+
+impl ExtentHeap {
+    /// A builder for a heap of `[0, capacity)` (arguments as for `new`).
+    pub fn builder(capacity: u64, granule: u64, fit: Fit) -> Option<HeapBuilder> {
+        Some(HeapBuilder {
+            heap: ExtentHeap::empty(capacity, granule, fit)?,
+            last: ptr::null_mut(),
+            end: 0,
+        })
+    }
+
+    /// The first allocated extent starting after `after` (from 0 when `None`), in address
+    /// order: `(offset, length)`. O(1) per step when `after` is an extent's start.
+    pub fn next_allocated(&self, after: Option<u64>) -> Option<(u64, u64)> {
+        let mut node = match after {
+            None => self.starts.get(0),
+            Some(offset) => {
+                let n = self.starts.get(offset);
+                if n.is_null() {
+                    return None;
+                }
+                // SAFETY: the start table holds live nodes.
+                unsafe { (*n).next }
+            }
+        };
+        // SAFETY: list nodes are live.
+        unsafe {
+            while !node.is_null() {
+                if !(*node).free {
+                    return Some(((*node).offset, (*node).len));
+                }
+                node = (*node).next;
+            }
+        }
+        None
+    }
+}
+
+impl HeapBuilder {
+    /// Sizes the start table for `extents` extents at once (a guess; more still fit), so that
+    /// a large rebuild does not rehash it at every doubling.
+    pub fn expect_extents(&mut self, extents: usize) {
+        let _ = self.heap.starts.reserve(extents);
+    }
+
+    /// Appends the extent `[end, end + len)`, merged with the one before if both are free.
+    /// False (nothing changed) if `len` is 0 or not a multiple of the granule, reaches past
+    /// the capacity, or host memory for the metadata runs out.
+    pub fn push(&mut self, len: u64, free: bool) -> bool {
+        let h = &mut self.heap;
+        if len == 0 || len % h.granule != 0 || len > h.capacity - self.end {
+            return false;
+        }
+        // SAFETY (whole body): `last` is a live node of ours, listed, in the size index iff
+        // free; a new node and its slot come from the reservations just made.
+        unsafe {
+            if free && !self.last.is_null() && (*self.last).free {
+                h.sizes.remove(self.last);
+                (*self.last).len += len;
+                h.sizes.insert(self.last);
+            } else {
+                if !h.pool.reserve(1) || !h.starts.reserve(1) {
+                    return false;
+                }
+                let n = h.pool.take(self.end, len, free);
+                h.starts.insert(self.end, n);
+                if !self.last.is_null() {
+                    link_after(self.last, n);
+                }
+                if free {
+                    h.sizes.insert(n);
+                }
+                self.last = n;
+            }
+        }
+        if !free {
+            h.in_use += len;
+        }
+        self.end += len;
+        true
+    }
+
+    /// The heap, once the extents reach its capacity (`None` before).
+    pub fn finish(self) -> Option<ExtentHeap> {
+        (self.end == self.heap.capacity).then_some(self.heap)
+    }
+}

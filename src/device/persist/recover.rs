@@ -1,0 +1,141 @@
+//! The recovery scan: one pass over the header chain of a region image, front to back,
+//! telling each extent it finds (free space, a block, a slab with its live slots) to a sink
+//! in address order. The same scan serves opening a persistent tier (the sink builds the
+//! host metadata), the offline checker, and the crash-point checker's tests.
+
+use super::superblock::SUPERBLOCK_BYTES;
+use super::STATE_SLAB;
+use crate::device::slabs::{self, SLAB_BYTES, SLAB_MARKER, SLAB_WORDS};
+use crate::device::header::{HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
+
+/// One extent of the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Extent<'a> {
+    Free,
+    /// A live block (its header at the extent's start).
+    Block,
+    /// A slab of `class` with at least one live slot: bit `n` of `live` for slot `n`.
+    Slab {
+        class: usize,
+        live: &'a [u64; SLAB_WORDS],
+    },
+    /// A slab with no live slot: free space whose marker still says "slab".
+    EmptySlab,
+}
+
+/// Where and why the chain is broken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Damage {
+    pub offset: u64,
+    pub what: &'static str,
+}
+
+/// What a scan found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    pub blocks: u64,
+    pub slabs: u64,
+    pub live_slots: u64,
+    pub free_extents: u64,
+    /// Bytes of headers the scan read.
+    pub bytes_read: u64,
+}
+
+struct Header {
+    size: u64,
+    magic: u32,
+    state: u16,
+}
+
+#[inline]
+fn header_at(image: &[u8], at: u64) -> Header {
+    let at = at as usize;
+    let word = |i: usize| u64::from_le_bytes(image[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (size, tail) = (word(at), word(at + 8));
+    Header {
+        size,
+        magic: tail as u32,
+        state: (tail >> 48) as u16,
+    }
+}
+
+/// Scans the chain of `image` (a whole region whose superblock was found valid), calling
+/// `sink(offset, length, extent)` for every extent from the first header on, in address order
+/// (the superblock's own extent `[0, 4096)` is not told). `sink` returns false to stop (the
+/// scan then reports damage "stopped"). Reads each header once.
+pub(crate) fn scan(
+    image: &[u8],
+    mut sink: impl FnMut(u64, u64, Extent) -> bool,
+) -> Result<Scanned, Damage> {
+    let end = image.len() as u64;
+    let mut at = SUPERBLOCK_BYTES;
+    let mut found = Scanned::default();
+    let mut live = [0u64; SLAB_WORDS];
+    while at < end {
+        let damage = |what| Err(Damage { offset: at, what });
+        if end - at < HEADER_SIZE {
+            return damage("the chain ends inside a header");
+        }
+        let h = header_at(image, at);
+        found.bytes_read += HEADER_SIZE;
+        if h.magic != HEADER_MAGIC {
+            return damage("no block header (magic \"TMHB\" missing)");
+        }
+        if h.size % HEADER_SIZE != 0 || h.size > end - at - HEADER_SIZE {
+            return damage("a header's size is not a multiple of 16 or reaches past the region");
+        }
+        let len = h.size + HEADER_SIZE;
+        let extent = match h.state {
+            STATE_ALLOCATED => {
+                found.blocks += 1;
+                Extent::Block
+            }
+            STATE_FREE => {
+                found.free_extents += 1;
+                Extent::Free
+            }
+            s if s & STATE_SLAB != 0 => {
+                let class = (s & !STATE_SLAB) as usize;
+                if class == 0 || class > slabs::CLASS_COUNT {
+                    return damage("a slab marker names no size class");
+                }
+                if at % SLAB_BYTES != 0 || len != SLAB_BYTES {
+                    return damage("a slab marker is not on a 16 KiB boundary, or not 16 KiB long");
+                }
+                let count = slab_slots(image, at, class, &mut live);
+                found.bytes_read += slabs::slots_of(class) as u64 * HEADER_SIZE;
+                if count == 0 {
+                    found.free_extents += 1;
+                    Extent::EmptySlab
+                } else {
+                    found.slabs += 1;
+                    found.live_slots += count;
+                    Extent::Slab { class, live: &live }
+                }
+            }
+            _ => return damage("a header's state is neither allocated, free nor a slab"),
+        };
+        if !sink(at, len, extent) {
+            return damage("stopped (no host memory for the heap's metadata)");
+        }
+        at += len;
+    }
+    Ok(found)
+}
+
+/// Fills `live` with the live slots of the slab at `at` and returns their count: a slot is
+/// live when its header has the magic, state "allocated" and exactly the class's size.
+fn slab_slots(image: &[u8], at: u64, class: usize, live: &mut [u64; SLAB_WORDS]) -> u64 {
+    *live = [0; SLAB_WORDS];
+    let usable = slabs::usable_of(class);
+    let slot = usable + HEADER_SIZE;
+    let mut count = 0;
+    for n in 0..slabs::slots_of(class) {
+        let h = header_at(image, at + SLAB_MARKER + n as u64 * slot);
+        if h.magic == HEADER_MAGIC && h.state == STATE_ALLOCATED && h.size == usable {
+            live[n / 64] |= 1 << (n % 64);
+            count += 1;
+        }
+    }
+    count
+}

@@ -1,0 +1,276 @@
+//! The registry of nodes: one slot per process using the pool, naming its host, pid and
+//! heartbeat, so that every other process can tell whether it still lives.
+//!
+//! A process joins by claiming a free (or dead) slot with one compare-and-swap on its state
+//! word — no lock, since taking the pool lock needs a tag — then writes its host, pid and
+//! start time and marks the slot ALIVE. Its tag (`layout::node_tag`: slot and incarnation)
+//! names it in the lock word, in holdings and as creator of spaces.
+//!
+//! A tag is live (`tag_live`) when its slot still carries that incarnation and: the slot is
+//! ALIVE and, on our host, its pid exists with the recorded start time (a dead pid is seen at
+//! once, a reused pid too), or, on another host, its heartbeat is younger than the lease; or
+//! the slot is JOINING and its claim younger than the lease. A heartbeat thread refreshes the
+//! heartbeat every quarter lease. `sweep` reclaims what dead tags hold: their mappings
+//! (holdings, and the refs they count), their private spaces, their slots.
+
+use super::layout::*;
+use super::txn::{Locked, Txn};
+use super::{getpid, realtime_ns, Errno, Pool};
+use core::sync::atomic::Ordering;
+
+/// This process's node in one pool.
+#[derive(Clone, Copy)]
+pub(crate) struct Node {
+    pub pid: u32,
+    pub slot: usize,
+    pub tag: u64,
+    /// The process that started the heartbeat thread (a forked child starts its own).
+    pub heartbeat_pid: u32,
+}
+
+impl Node {
+    pub(crate) const NONE: Node = Node {
+        pid: 0,
+        slot: 0,
+        tag: 0,
+        heartbeat_pid: 0,
+    };
+}
+
+/// The start time of process `pid` (field 22 of /proc/PID/stat), if it exists.
+fn pid_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after its end.
+    let after = stat.iter().rposition(|&b| b == b')')?;
+    let field = stat[after + 2..].split(|&b| b == b' ').nth(19)?;
+    core::str::from_utf8(field).ok()?.parse().ok()
+}
+
+impl Pool {
+    /// This process's tag, joining the registry first if it has not (or if it is a child
+    /// forked from a process that had: the child is a node of its own, and the mappings it
+    /// inherited are not counted as its references).
+    pub(crate) fn me(&self) -> Result<u64, Errno> {
+        let pid = getpid();
+        let mut node = self.node.lock();
+        if node.tag != 0 && node.pid == pid {
+            return Ok(node.tag);
+        }
+        if node.tag != 0 {
+            self.maps.lock().forget_all();
+        }
+        let (slot, tag) = self.join(pid)?;
+        let start_heartbeat = node.heartbeat_pid != pid;
+        *node = Node {
+            pid,
+            slot,
+            tag,
+            heartbeat_pid: pid,
+        };
+        drop(node);
+        if start_heartbeat {
+            if let Some(me) = self.weak_self() {
+                me.start_heartbeat();
+            }
+        }
+        Ok(tag)
+    }
+
+    fn join(&self, pid: u32) -> Result<(usize, u64), Errno> {
+        let start = pid_start(pid).unwrap_or(0);
+        for pass in 0..2 {
+            for slot in 0..MAX_NODES {
+                let at = node_at(slot);
+                self.invalidate_meta(at, NODE_BYTES);
+                let word = self.load(at + NODE_STATE);
+                let (_, incarnation, state) = node_state_parts(word);
+                // First pass: free slots; second pass: slots of dead nodes too.
+                let takeable = state == NODE_FREE
+                    || (pass == 1 && !self.tag_live(node_tag(slot, incarnation)));
+                if !takeable {
+                    continue;
+                }
+                let now_secs = realtime_ns() / 1_000_000_000;
+                let next = (incarnation + 1) & 0xff_ffff;
+                let next = next.max(1);
+                let joining = node_state_word(now_secs, next, NODE_JOINING);
+                if self
+                    .word(at + NODE_STATE)
+                    .compare_exchange(word, joining, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                self.word(at + NODE_HOST).store(self.host, Ordering::Relaxed);
+                self.word(at + NODE_PID).store(pid as u64, Ordering::Relaxed);
+                self.word(at + NODE_PID_START).store(start, Ordering::Relaxed);
+                self.word(at + NODE_HEARTBEAT)
+                    .store(realtime_ns(), Ordering::Relaxed);
+                self.write_back_meta(at, NODE_BYTES);
+                self.word(at + NODE_STATE).store(
+                    node_state_word(now_secs, next, NODE_ALIVE),
+                    Ordering::Release,
+                );
+                self.write_back_meta(at, 8);
+                return Ok((slot, node_tag(slot, next)));
+            }
+        }
+        Err(libc::EUSERS)
+    }
+
+    /// Refreshes this node's heartbeat (the heartbeat thread calls it).
+    pub(crate) fn heartbeat(&self) {
+        let node = *self.node.lock();
+        if node.tag == 0 || node.pid != getpid() {
+            return;
+        }
+        let at = node_at(node.slot);
+        let (_, incarnation, _) = node_state_parts(self.load(at + NODE_STATE));
+        if node_tag(node.slot, incarnation) == node.tag {
+            self.word(at + NODE_HEARTBEAT)
+                .store(realtime_ns(), Ordering::Release);
+            self.write_back_meta(at + NODE_HEARTBEAT, 8);
+        }
+    }
+
+    /// Whether the node `tag` names still lives (see the module comment).
+    pub(crate) fn tag_live(&self, tag: u64) -> bool {
+        let Some(slot) = slot_of_tag(tag) else {
+            return false;
+        };
+        {
+            let node = self.node.lock();
+            if node.tag == tag && node.pid == getpid() {
+                return true;
+            }
+        }
+        let at = node_at(slot);
+        self.invalidate_meta(at, NODE_BYTES);
+        let (claim_secs, incarnation, state) = node_state_parts(self.load(at + NODE_STATE));
+        if node_tag(slot, incarnation) != tag {
+            return false;
+        }
+        let lease_ns = self.spec.lease_ms * 1_000_000;
+        let now = realtime_ns();
+        match state {
+            NODE_JOINING => now / 1_000_000_000 <= claim_secs + self.spec.lease_ms / 1000 + 1,
+            NODE_ALIVE if self.load(at + NODE_HOST) == self.host => {
+                let pid = self.load(at + NODE_PID) as u32;
+                // SAFETY: kill with signal 0 only checks that the process exists.
+                let exists = unsafe { libc::kill(pid as i32, 0) } == 0
+                    || crate::os::errno() == libc::EPERM;
+                // A start time we cannot read (/proc mounted hidepid) proves nothing.
+                exists
+                    && pid_start(pid).map_or(true, |start| start == self.load(at + NODE_PID_START))
+            }
+            NODE_ALIVE => self.load(at + NODE_HEARTBEAT).saturating_add(lease_ns) >= now,
+            _ => false,
+        }
+    }
+
+    /// Reclaims everything dead nodes hold: their holdings (and the refs those count), their
+    /// private spaces, their registry slots. Each space's reclaim is its own transaction.
+    /// Returns how many private spaces of dead creators it deleted.
+    pub(crate) fn sweep(&self) -> Result<usize, Errno> {
+        let mut deleted = 0;
+        let locked = self.lock()?;
+        let mut verdicts: [(u64, bool); 16] = [(0, false); 16];
+        let mut live = |tag: u64| -> bool {
+            if let Some(v) = verdicts.iter().find(|v| v.0 == tag) {
+                return v.1;
+            }
+            let v = self.tag_live(tag);
+            verdicts.rotate_right(1);
+            verdicts[0] = (tag, v);
+            v
+        };
+        for h in 0..MAX_HOLDINGS {
+            let at = holding_at(h);
+            let tag = self.load(at + H_TAG);
+            if tag == 0 || live(tag) {
+                continue;
+            }
+            if self.release_holding(&locked, h, tag) {
+                deleted += 1;
+            }
+        }
+        for index in 0..MAX_SPACES {
+            if let Some(entry) = self.read_entry(index) {
+                if entry.state() == SPACE_PRIVATE && !live(entry.creator()) {
+                    let mut txn = Txn::new();
+                    self.txn_free_entry(&mut txn, &entry);
+                    locked.commit(&txn);
+                    deleted += 1;
+                }
+            }
+        }
+        for slot in 0..MAX_NODES {
+            let at = node_at(slot);
+            let word = self.load(at + NODE_STATE);
+            let (_, incarnation, state) = node_state_parts(word);
+            if state != NODE_FREE && !live(node_tag(slot, incarnation)) {
+                self.free_slot(slot, word);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Frees registry slot `slot` if its state word is still `word`: a CAS, not a logged
+    /// store, because joiners claim slots without the lock.
+    fn free_slot(&self, slot: usize, word: u64) {
+        let at = node_at(slot);
+        let (secs, incarnation, _) = node_state_parts(word);
+        let _ = self.word(at + NODE_STATE).compare_exchange(
+            word,
+            node_state_word(secs, incarnation, NODE_FREE),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        self.write_back_meta(at, 8);
+    }
+
+    /// Gives back every mapping holding `h` (of node `tag`) counts, deleting the space if it
+    /// is a private space of that node: one transaction. Whether it deleted a space.
+    fn release_holding(&self, locked: &Locked<'_>, h: usize, tag: u64) -> bool {
+        let at = holding_at(h);
+        let mut txn = Txn::new();
+        let mut deleted = false;
+        let index = self.load(at + H_ENTRY) as usize;
+        let id = self.load(at + H_SPACE);
+        if let Some(entry) = self.read_entry(index).filter(|e| e.id() == id) {
+            let refs = self.load(entry_at(index) + E_REFS);
+            txn.set(
+                entry_at(index) + E_REFS,
+                refs.saturating_sub(self.load(at + H_COUNT)),
+            );
+            if entry.state() == SPACE_PRIVATE && entry.creator() == tag {
+                self.txn_free_entry(&mut txn, &entry);
+                deleted = true;
+            }
+        }
+        self.txn_clear_holding(&mut txn, h);
+        locked.commit(&txn);
+        deleted
+    }
+
+    /// This node leaves: its mappings' holdings and private spaces go, its slot is freed.
+    pub(crate) fn leave(&self) {
+        let node = *self.node.lock();
+        if node.tag == 0 || node.pid != getpid() {
+            return;
+        }
+        if let Ok(locked) = self.lock() {
+            for h in 0..MAX_HOLDINGS {
+                if self.load(holding_at(h) + H_TAG) == node.tag {
+                    self.release_holding(&locked, h, node.tag);
+                }
+            }
+        }
+        let word = self.load(node_at(node.slot) + NODE_STATE);
+        let (_, incarnation, _) = node_state_parts(word);
+        if node_tag(node.slot, incarnation) == node.tag {
+            self.free_slot(node.slot, word);
+        }
+        *self.node.lock() = Node::NONE;
+    }
+}

@@ -1,0 +1,41 @@
+//! Hooks for the crash and write-back tests: a process can be told to kill itself at the Nth
+//! step of the pool's protocol (every lock taken, log word written, store applied, lock
+//! released is a step), and publish can be told to write back too little so that the
+//! `check_flush` debug mode is seen to catch it. Off unless a test turns them on.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+static STEPS: AtomicU64 = AtomicU64::new(0);
+static DIE_AT: AtomicU64 = AtomicU64::new(0);
+static SHORT_FLUSH: AtomicU64 = AtomicU64::new(0);
+
+/// Kill this process (SIGKILL, no clean-up of any kind) at step `n` from now (1 = the next
+/// step); 0 turns it off.
+pub fn die_at_step(n: u64) {
+    STEPS.store(0, Ordering::Relaxed);
+    DIE_AT.store(n, Ordering::Relaxed);
+}
+
+/// Steps taken since `die_at_step` (to learn how many steps an operation has).
+pub fn steps() -> u64 {
+    STEPS.load(Ordering::Relaxed)
+}
+
+/// Make publish write back `bytes` fewer bytes of the space than it must.
+pub fn short_flush(bytes: u64) {
+    SHORT_FLUSH.store(bytes, Ordering::Relaxed);
+}
+
+pub(crate) fn short_flush_bytes() -> u64 {
+    SHORT_FLUSH.load(Ordering::Relaxed)
+}
+
+/// One step of the protocol.
+#[inline]
+pub(crate) fn step() {
+    let n = STEPS.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == DIE_AT.load(Ordering::Relaxed) {
+        // SAFETY: killing ourselves; no preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
