@@ -171,7 +171,9 @@ not_under_loom! {
         evacuate, kind_of, print_stats, set_fit, stats, EvacuateError, Evacuation, Fit, Kind,
         Tier, TierError, TierStats,
     };
-    pub use front::api_persist::{check_file, free_block, Blocks, HeapReport, Offset, PersistError};
+    pub use front::api_persist::{
+        check_file, check_image, free_block, Blocks, HeapReport, Offset, PersistError,
+    };
     // The C functions, callable from Rust for tests that check their C semantics
     // (tests/evacuate.rs and others); not part of the documented Rust API.
     #[doc(hidden)]

@@ -1,6 +1,6 @@
 //! The `tiermalloc` command: `run` (preloading, tiers, the program's status, the kept report),
-//! `stats` (the last run, a live process, a file, `--json`), and its errors (one line,
-//! non-zero). The command finds the library under test through `TIERMALLOC_LIB`, except in
+//! `stats` (the last run, a live process, a file, `--json`), `inspect` and `check` (a
+//! persistent tier's file, read-only), and its errors (one line, non-zero). The command finds the library under test through `TIERMALLOC_LIB`, except in
 //! the test of its own search (`run_finds_the_library_installed_beside_it`); state goes to a
 //! temporary `XDG_RUNTIME_DIR`.
 
@@ -277,4 +277,62 @@ fn errors_are_one_line_and_a_failure_status() {
         text(&out.stdout).trim(),
         format!("tiermalloc {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn inspect_and_check_read_a_persistent_tier_file_without_changing_it() {
+    let state = TempDir::new("cli", "offline").kept_on_panic();
+    let file = state.path().join("pmr");
+    let spec = format!("dram;pmr:path={},size=4M,create", file.display());
+    // Strings of 2000 bytes and more go to PMR while bash runs; the heap stays in the file.
+    let out = output(tiermalloc(
+        state.path(),
+        &[
+            "run",
+            "--tiers",
+            &spec,
+            "--place",
+            "pmr:min=2000",
+            "--",
+            "bash",
+            "-c",
+            "x=$(printf '%*s' 5000 a); echo ${#x}",
+        ],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = std::fs::read(&file).unwrap();
+
+    let out = output(tiermalloc(
+        state.path(),
+        &["inspect", file.to_str().unwrap()],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(": tiermalloc heap ") && shown.contains("region 4.0 MiB"),
+        "{shown}"
+    );
+
+    let out = output(tiermalloc(
+        state.path(),
+        &["check", "--json", file.to_str().unwrap()],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["region_len"], 4 << 20);
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(0));
+    assert_eq!(std::fs::read(&file).unwrap(), before, "the file changed");
+
+    // Not a heap: one line, a failure status.
+    let junk = state.path().join("junk");
+    std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+    for cmd in ["check", "inspect"] {
+        let out = output(tiermalloc(state.path(), &[cmd, junk.to_str().unwrap()]));
+        let err = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.lines().count() == 1 && err.contains("no tiermalloc superblock"),
+            "{err}"
+        );
+    }
 }

@@ -540,7 +540,7 @@ impl DeviceTier {
     fn figures_of(&self, h: HeapStats, slabs: SlabTotals) -> DeviceFigures {
         DeviceFigures {
             stats: self.stats_of(h, slabs),
-            peak_in_use: h.peak_in_use - SUPERBLOCK_BYTES,
+            peak_in_use: h.peak_in_use.saturating_sub(SUPERBLOCK_BYTES),
             mapped: self.region.len as u64,
         }
     }

@@ -4,6 +4,7 @@
 //! Every failure is one line on stderr, `tiermalloc: ...`, and exit status 1 (2 for a usage
 //! error); `run` exits with its program's status.
 
+mod offline;
 mod run;
 mod stats;
 
@@ -56,6 +57,8 @@ fn cli() -> Command {
                         .help("the program and its arguments, after --"),
                 ),
         )
+        .subcommand(offline_command("inspect", "Show what a persistent tier's file holds: its heap, blocks, free space and roots (read-only)"))
+        .subcommand(offline_command("check", "Verify a persistent tier's file offline (read-only); fails on the first inconsistency"))
         .subcommand(
             Command::new("stats")
                 .about("Show the last run's statistics, a running process's, or a stats file's")
@@ -70,6 +73,30 @@ fn cli() -> Command {
                         .value_name("PID|FILE")
                         .help("a process running with live statistics (under `tiermalloc run`, or TIERMALLOC_STATS_LIVE=1), or a JSON file written through TIERMALLOC_STATS_FILE; none: the last `tiermalloc run`"),
                 ),
+        )
+}
+
+/// `inspect` and `check`: a file, an offset into it, `--json`.
+fn offline_command(name: &'static str, about: &'static str) -> Command {
+    Command::new(name)
+        .about(about)
+        .arg(
+            Arg::new("path")
+                .value_name("PATH")
+                .required(true)
+                .help("the tier's file or device"),
+        )
+        .arg(
+            Arg::new("offset")
+                .long("offset")
+                .value_name("BYTES")
+                .help("where the tier starts in the file (its offset= key); default 0"),
+        )
+        .arg(
+            Arg::new("json")
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("print JSON"),
         )
 }
 
@@ -99,6 +126,8 @@ fn main() -> ExitCode {
     let result = match matches.subcommand() {
         Some(("run", m)) => run::run(m),
         Some(("stats", m)) => stats::stats(m),
+        Some(("inspect", m)) => offline::inspect(m),
+        Some(("check", m)) => offline::check(m),
         _ => Err("no such command".to_string()),
     };
     match result {

@@ -169,7 +169,8 @@ pub(crate) struct HeapStats {
 ///   extents, so `sizes.len()` counts the free extents and `starts.len() - sizes.len()` the
 ///   allocated ones;
 /// - `in_use` = Σ allocated lengths, and `pool.live() == starts.len()`; `peak_in_use` ≥ every
-///   value `in_use` has had.
+///   value `in_use` reached by allocating or growing (recovery inserts extents directly, so
+///   `stats` reports `max(peak_in_use, in_use)`).
 pub(crate) struct ExtentHeap {
     starts: StartTable,
     sizes: SizeIndex,
@@ -621,7 +622,8 @@ impl ExtentHeap {
             largest_free,
             free_extents,
             allocated_extents: self.starts.len() as u64 - free_extents,
-            peak_in_use: self.peak_in_use,
+            // Recovery rebuilds extents without carving them: in_use bounds the peak from below.
+            peak_in_use: self.peak_in_use.max(self.in_use),
         }
     }
 
