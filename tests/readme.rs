@@ -3,7 +3,8 @@
 //! the header and linked with the library under test; the device example runs twice: without
 //! `TIERMALLOC_TIERS` it must stop with its message (the NULL check), and with the README's
 //! own `export TIERMALLOC_TIERS=...` line (its `/dev/shm/` files renamed for this test) it must
-//! put its block on PMR.
+//! put its block on PMR. The persistent counter runs twice on its own PMR file and must count
+//! to 2; the pool example must succeed.
 
 mod support;
 
@@ -87,7 +88,7 @@ fn c_and_cpp_examples_compile_and_run() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let c = blocks(&readme, "c");
     let cpp = blocks(&readme, "cpp");
-    assert_eq!((c.len(), cpp.len()), (2, 1), "the examples this test knows");
+    assert_eq!((c.len(), cpp.len()), (4, 1), "the examples this test knows");
     let dir = TempDir::new("readme", "examples").kept_on_panic();
 
     // DRAM: a whole program that needs no configuration.
@@ -129,6 +130,33 @@ fn c_and_cpp_examples_compile_and_run() {
         stdout.contains("pmr: ") && stdout.contains("bytes in use"),
         "{stdout}"
     );
+
+    // The persistent counter: two runs on the README's PMR file (moved into our directory).
+    assert!(c[2].contains("tm_root_get"));
+    let counter = build(dir.path(), "counter", &c[2], false);
+    let export = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("export TIERMALLOC_TIERS=\""))
+        .find(|l| l.contains("state.pmr"))
+        .and_then(|l| l.split('"').next())
+        .expect("README exports the counter's TIERMALLOC_TIERS");
+    let state_file = dir.path().join("state.pmr");
+    let tiers = export.replace("/var/tmp/state.pmr", state_file.to_str().unwrap());
+    for run_number in 1..=2 {
+        let out = run(&counter, &[("TIERMALLOC_TIERS", tiers.clone())]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            format!("run {run_number}: written by the first run\n")
+        );
+    }
+
+    // The pool: publish, open from four children, collect (it names its own /dev/shm file).
+    assert!(c[3].contains("tm_space_create"));
+    let pool = build(dir.path(), "pool", &c[3], false);
+    let out = run(&pool, &[]);
+    let _ = std::fs::remove_file("/dev/shm/example-pool");
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     // C++: the memory resource.
     let pmr = build(dir.path(), "resource", &cpp[0], true);
