@@ -158,7 +158,7 @@ pub fn snapshot() -> Snapshot {
 }
 
 fn take_snapshot(event: Event, wait: bool) -> Snapshot {
-    let mut snap = Snapshot::new(os_pid(), program_name(), event, realtime_ns());
+    let mut snap = Snapshot::new(os_pid(), program_name(), event, os::clock_ns(libc::CLOCK_REALTIME));
     for kind in Kind::ALL {
         snap.tiers[kind as usize] = if kind == Kind::Dram {
             tier::stats(Kind::Dram).map(dram_figures)
@@ -229,15 +229,6 @@ fn program_name() -> &'static str {
     }
 }
 
-fn realtime_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
 
 // ---------------------------------------------------------------------------------------------
 // Formats
