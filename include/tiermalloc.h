@@ -40,6 +40,8 @@
  */
 #define TM_SPACE_SHARED 2
 
+#define IDLE (1 << 63)
+
 /*
  The memory kinds (tiers).
  */
@@ -110,7 +112,46 @@ typedef struct tm_stats {
    Requests this tier passed on because it was full or at its limit.
    */
   uint64_t spilled_out;
+  /*
+   Bytes reserved at start for the workload profile (`TIERMALLOC_PROFILE`); DRAM only.
+   */
+  uint64_t reserved;
+  /*
+   Bytes of the reserve handed out for blocks so far.
+   */
+  uint64_t reserve_used;
+  /*
+   Bytes mapped beyond the reserve while a profile is active: what the estimate missed.
+   */
+  uint64_t reserve_miss;
 } tm_stats;
+
+/*
+ One live node (a process using the pool); `tm_node_info` in C. `share`, `in_use`, `lent`
+ and `borrowed` stay 0 until pool-backed tiers exist.
+ */
+typedef struct tm_node_info {
+  /*
+   Its registry slot.
+   */
+  uint32_t node;
+  uint32_t pid;
+  /*
+   Its host (boot and pid namespace): nodes with equal `host` share a kernel.
+   */
+  uint64_t host;
+  /*
+   Bytes of the pool given to it as its share, used by it, lent to others, borrowed.
+   */
+  uint64_t share;
+  uint64_t in_use;
+  uint64_t lent;
+  uint64_t borrowed;
+  /*
+   CLOCK_REALTIME of its last heartbeat.
+   */
+  uint64_t heartbeat_ns;
+} tm_node_info;
 
 /*
  A space as `tm_space_stat` and `tm_space_list` report it.
@@ -327,6 +368,15 @@ uint64_t tm_offset_of(const void *p);
  + EINVAL outside the region or for a kind that is not a configured device tier.
  */
 void *tm_at_offset(tm_kind kind, uint64_t offset);
+
+/*
+ Fills `out` with up to `max` live nodes (this process joins first, so it is one) and
+ returns how many live nodes there are (may exceed `max`), or -1 + ENODEV (no pool).
+
+ # Safety
+ `out` must be valid for `max` writes (NULL when `max` is 0).
+ */
+int tm_pool_nodes(struct tm_node_info *out, size_t max);
 
 /*
  Creates a private read-write space of `size` bytes (zeroed) named `name`; its base, or

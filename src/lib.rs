@@ -64,6 +64,9 @@
 //! | `TIERMALLOC_VERBOSE` | boolean: print the configuration understood at start-up |
 //! | `TIERMALLOC_ON_ERROR` | `abort` (default) or `ignore`: what heap misuse (a double free, a bad free, a corrupted free list) does after its line on stderr |
 //! | `TIERMALLOC_POOL` | `path=PATH[,size=SIZE][,offset=SIZE][,create]`: a device shared by processes and hosts, for named spaces (`tm_space_*`) |
+//! | `TIERMALLOC_PROFILE` | a workload profile's name: record this run's DRAM peak, reserve it in the next run of the same name |
+//! | `TIERMALLOC_PROFILE_MAX` | SIZE: the most a profile may reserve |
+//! | `TIERMALLOC_PROFILE_DIR` | where profiles are recorded (default under `$XDG_STATE_HOME/tiermalloc/profiles`) |
 //! | `TIERMALLOC_SECURE` | boolean: hardening that costs more (pages hand out their blocks in a random order) |
 //! | `TIERMALLOC_EVACUATE_CHUNK` | SIZE: the bytes [`evacuate`] (`tm_evacuate`) moves per step (default `256K`) |
 //! | `TIERMALLOC_LIB` | (the command) the library `tiermalloc run` preloads |
@@ -122,6 +125,7 @@
 //! | DRAM tier | `dram` (`fast/` small blocks, `large`, `budget`) |
 //! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`, `evacuate/`) |
 //! | shared pool | `pool` (named spaces on a device shared by processes and hosts; its C functions in `front::capi_pool`) |
+//! | workload profiles | `profile` (seed 003: DRAM reserved from a workload's recorded peak; a memory source of the DRAM tier) |
 //! | foundations | `pagemap`, `backend` (with `device_space`, `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `cgroup`, `live`, `textbuf`, `sync`, `lockfree` |
 //!
 //! Room is left by name for `device/persist` (persistent tiers) and `pool/` (a device shared
@@ -162,6 +166,7 @@ not_under_loom! {
     mod pagemap;
     mod place;
     pub mod pool;
+    mod profile;
     mod stats;
     mod textbuf;
     mod thread_slot;
@@ -182,6 +187,8 @@ not_under_loom! {
     pub use front::capi_evacuate;
     #[doc(hidden)]
     pub use front::capi_persist;
+    #[doc(hidden)]
+    pub use front::capi_nodes;
     #[doc(hidden)]
     pub use front::capi_pool;
     pub use front::global_alloc::TierMalloc;

@@ -65,6 +65,12 @@ pub struct TierStats {
     pub spilled_in: u64,
     /// Requests this tier passed on because it was full or at its limit.
     pub spilled_out: u64,
+    /// Bytes reserved at start for the workload profile (`TIERMALLOC_PROFILE`); DRAM only.
+    pub reserved: u64,
+    /// Bytes of the reserve handed out for blocks so far.
+    pub reserve_used: u64,
+    /// Bytes mapped beyond the reserve while a profile is active: what the estimate missed.
+    pub reserve_miss: u64,
 }
 
 /// What every tier counts of its own (`tier::Tier::counters`): requests it could not serve, and

@@ -565,6 +565,7 @@ impl DeviceTier {
             failures: self.counters.failures.get(),
             spilled_in: self.counters.spilled_in.get(),
             spilled_out: self.counters.spilled_out.get(),
+            ..TierStats::default()
         }
     }
 }

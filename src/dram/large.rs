@@ -18,6 +18,7 @@
 use crate::os;
 use crate::chunk::{self, CHUNK_SIZE};
 use crate::pagemap::{self, ChunkTag};
+use crate::profile::reserve;
 use crate::stats::SharedCounter;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -125,10 +126,11 @@ fn offset_for(align: usize) -> usize {
 }
 
 /// Maps `map_len` bytes at a chunk-aligned address `h` such that `h + offset` is aligned to
-/// `align`.
-fn map_for(map_len: usize, offset: usize, align: usize) -> Option<usize> {
+/// `align`; its first `touched` bytes come pre-faulted from the profile's reserve when it
+/// has them.
+fn map_for(map_len: usize, offset: usize, align: usize, touched: usize) -> Option<usize> {
     if align <= CHUNK_SIZE {
-        return os::map_aligned(map_len, CHUNK_SIZE).map(|p| p.as_ptr() as usize);
+        return reserve::map_chunks(map_len, touched).map(|p| p.as_ptr() as usize);
     }
     // offset == CHUNK_SIZE here, so h = block - CHUNK_SIZE is chunk-aligned whenever the block
     // is `align`-aligned.
@@ -171,6 +173,7 @@ unsafe fn start_block(
     };
     LARGE_ALLOCATIONS.add(1);
     LARGE_LIVE_BYTES.add(usable as u64);
+    reserve::observe(super::budget::held());
     (h + offset) as *mut u8
 }
 
@@ -198,7 +201,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
             }
         }
     }
-    let Some(h) = map_for(map_len, offset, align) else {
+    let Some(h) = map_for(map_len, offset, align, end) else {
         return core::ptr::null_mut();
     };
     if !chunk::covers(h, map_len) {
@@ -337,6 +340,7 @@ pub unsafe fn resize(p: *mut u8, size: usize) -> *mut u8 {
                     (*moved).resident = resident.max(end).min(new_len);
                 }
                 LARGE_LIVE_BYTES.add((new_usable as u64).wrapping_sub(usable as u64));
+                reserve::observe(super::budget::held());
                 return (new_h + offset) as *mut u8;
             }
             None => return core::ptr::null_mut(),
@@ -357,6 +361,7 @@ pub unsafe fn resize(p: *mut u8, size: usize) -> *mut u8 {
         (*header).resident = resident;
     }
     LARGE_LIVE_BYTES.add((new_usable as u64).wrapping_sub(usable as u64));
+    reserve::observe(super::budget::held());
     p
 }
 

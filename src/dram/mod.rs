@@ -264,6 +264,9 @@ impl DramTier {
         s.free_bytes = s.capacity.saturating_sub(s.in_use);
         // New blocks need new pages or mappings once the ones held are full.
         s.largest_free = s.capacity.saturating_sub(budget::held().max(s.in_use));
+        s.reserved = crate::profile::reserve::RESERVED.get();
+        s.reserve_used = crate::profile::reserve::RESERVE_USED.get();
+        s.reserve_miss = crate::profile::reserve::RESERVE_MISS.get();
         s.failures = self.counters.failures.get();
         s.spilled_in = self.counters.spilled_in.get();
         s.spilled_out = self.counters.spilled_out.get();

@@ -69,7 +69,7 @@ impl From<&pool::api::Space> for tm_space_info {
 
 /// Runs `f` on the configured pool: its answer with `errno` kept on success, or `fail` with
 /// `errno` set.
-fn with_pool<T>(fail: T, f: impl FnOnce(&Pool) -> Result<T, Errno>) -> T {
+pub(super) fn with_pool<T>(fail: T, f: impl FnOnce(&Pool) -> Result<T, Errno>) -> T {
     let saved = errno();
     match pool::global().ok_or(libc::ENODEV).and_then(|p| f(p)) {
         Ok(v) => {

@@ -565,14 +565,20 @@ fn write_report(snap: &Snapshot) {
         let mut w = FdWriter::new(2);
         let _ = write_text(&mut w, snap);
         w.flush();
+        // The profile's line takes a lock: not from the signal handler.
+        if snap.event == Event::Exit {
+            crate::profile::report();
+        }
     }
 }
 
-/// Prints the text report on stderr now (`tm_print_stats`, `tiermalloc::print_stats`).
+/// Prints the text report on stderr now (`tm_print_stats`, `tiermalloc::print_stats`), and
+/// the workload profile's line when one is active.
 pub fn print_stats() {
     let mut w = FdWriter::new(2);
     let _ = write_text(&mut w, &snapshot());
     w.flush();
+    crate::profile::report();
 }
 
 /// At exit: the report, if `TIERMALLOC_SHOW_STATS` or `TIERMALLOC_STATS_FILE` asks for it;

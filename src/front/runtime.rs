@@ -7,7 +7,7 @@
 //! library and a Rust program using `TierMalloc` alike.
 
 use super::report;
-use crate::{cgroup, device, place};
+use crate::{cgroup, device, place, profile};
 
 extern "C" fn at_start() {
     cgroup::init();
@@ -15,10 +15,12 @@ extern "C" fn at_start() {
     // Registration allocates: from here, never from inside `malloc`.
     device::fork::register_fork_handlers();
     report::init();
+    profile::start();
 }
 
 extern "C" fn at_exit() {
     report::at_exit();
+    profile::finish();
 }
 
 #[used]

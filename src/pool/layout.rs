@@ -60,7 +60,12 @@ pub(crate) const NODE_PID: usize = 16;
 pub(crate) const NODE_HEARTBEAT: usize = 24;
 /// The process's start time (clock ticks since boot, /proc/PID/stat): a reused pid differs.
 pub(crate) const NODE_PID_START: usize = 32;
-// Words 40..72 are kept for capacity lending (share, in_use, lent, borrowed: issue 12).
+// Words 40..72: the node's capacity in the pool (issue 12), in bytes. No share is granted yet
+// (the pool-backed tier is to come), so they stay 0.
+pub(crate) const NODE_SHARE: usize = 40;
+pub(crate) const NODE_IN_USE: usize = 48;
+pub(crate) const NODE_LENT: usize = 56;
+pub(crate) const NODE_BORROWED: usize = 64;
 
 pub(crate) const NODE_FREE: u64 = 0;
 /// Claimed, host and pid not yet written: judged by its claim time alone.

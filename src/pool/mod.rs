@@ -28,13 +28,15 @@ mod directory;
 mod extents;
 mod layout;
 mod map;
-mod registry;
+mod nodes;
+pub(crate) mod registry;
 mod spaces;
 mod spec;
 pub mod testing;
 mod txn;
 
 pub use api::{MapMode, Space, SpaceMap, SpaceState};
+pub use nodes::NodeInfo;
 pub use spec::PoolSpec;
 
 use crate::os;

@@ -38,7 +38,7 @@ impl Node {
 }
 
 /// The start time of process `pid` (field 22 of /proc/PID/stat), if it exists.
-fn pid_start(pid: u32) -> Option<u64> {
+pub(crate) fn pid_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count after its end.
     let after = stat.iter().rposition(|&b| b == b')')?;

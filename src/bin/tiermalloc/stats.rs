@@ -192,6 +192,8 @@ pub fn parse(text: &[u8]) -> Result<Snapshot, Failure> {
                 failures: num(t, "failures")?,
                 spilled_in: num(t, "spilled_in")?,
                 spilled_out: num(t, "spilled_out")?,
+                // The profile's reserve figures are not in the JSON report.
+                ..TierStats::default()
             },
             peak: num(t, "peak")?,
             reserved: num(t, "reserved")?,

@@ -420,6 +420,7 @@ impl Heap {
         let page = self.cut_page(class);
         if page.is_some() {
             budget::PAGE_BYTES.add(bytes as u64);
+            crate::profile::reserve::observe(budget::held());
         }
         page
     }

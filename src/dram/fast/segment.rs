@@ -47,6 +47,10 @@ pub struct Segment {
     pub next: *mut Segment,
     pub prev: *mut Segment,
     pub in_available: bool,
+    /// Slices whose memory has been handed out at least once (the header's from the start):
+    /// the others are still untouched, and get the profile reserve's pre-faulted pages when
+    /// first cut (`profile::reserve::fill`).
+    first_cut: u64,
     pub pages: [Page; SLICES],
 }
 
@@ -72,7 +76,7 @@ impl Segment {
     /// memory.
     pub fn create(owner: usize) -> Option<*mut Segment> {
         crate::dram::fast::guard::init_key();
-        let base = os::map_aligned(CHUNK_SIZE, CHUNK_SIZE)?.as_ptr();
+        let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, SLICE_SIZE)?.as_ptr();
         if !chunk::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
             unsafe { os::unmap(base, CHUNK_SIZE) };
@@ -90,6 +94,7 @@ impl Segment {
             (*segment).free_slices = ALL_BLOCK_SLICES;
             (*segment).page_of_slice = [Page::empty_page(); SLICES];
             (*segment).open_slices = if closed { 0 } else { u64::MAX };
+            (*segment).first_cut = !ALL_BLOCK_SLICES;
         }
         pagemap::set(
             base as usize,
@@ -97,6 +102,7 @@ impl Segment {
             ChunkTag::Segment,
             ChunkTag::Segment,
         );
+        crate::profile::reserve::note_segment_created(SLICE_SIZE);
         Some(segment)
     }
 
@@ -108,6 +114,7 @@ impl Segment {
         pagemap::clear(segment as usize, CHUNK_SIZE);
         // SAFETY: the caller guarantees nothing refers to the segment any more.
         unsafe { os::unmap(segment.cast(), CHUNK_SIZE) };
+        crate::profile::reserve::note_segment_released(SLICE_SIZE);
     }
 
     /// The segment holding block or page descriptor `p`.
@@ -154,6 +161,18 @@ impl Segment {
             *entry = head;
         }
         let memory = (self as *mut Segment as usize + start * SLICE_SIZE) as *mut u8;
+        let untouched = mask & !self.first_cut;
+        if untouched != 0 {
+            self.first_cut |= mask;
+            let (first, count) = (untouched.trailing_zeros(), untouched.count_ones());
+            // Slices are cut as runs, so the never-cut slices of a run are one run too
+            // unless an earlier page sat in between (then the rest faults in as usual).
+            if untouched == run_mask(first as usize, count as usize) {
+                let at = self as *mut Segment as usize + first as usize * SLICE_SIZE;
+                // SAFETY: never-cut slices of our segment: untouched memory.
+                unsafe { crate::profile::reserve::fill(at, count as usize * SLICE_SIZE) };
+            }
+        }
         // SAFETY: `head` points into this segment's descriptor array.
         unsafe { (*head).init(class, memory, n) };
         Some(head)

@@ -1,0 +1,95 @@
+//! How much a workload will need: the estimate a profile's next process reserves at start.
+//!
+//! Sources, in the order seed 003 gives them: live peers of the same name (a running instance
+//! of the workload: the largest peak among them), else the history of finished runs (the
+//! 90th percentile, nearest rank, of the last `HISTORY_RUNS` peaks), else nothing. The result
+//! is rounded up to whole chunks (the reserve's unit) and capped by `TIERMALLOC_PROFILE_MAX`
+//! rounded down to whole chunks, so the reserve never exceeds the cap.
+
+use crate::chunk::CHUNK_SIZE;
+
+/// Finished runs a profile keeps.
+pub(crate) const HISTORY_RUNS: usize = 5;
+
+/// Where an estimate came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Live peers of the same name, this many.
+    Peers(usize),
+    /// Recorded runs, this many.
+    History(usize),
+    Nothing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Estimate {
+    /// Bytes to reserve: a multiple of `CHUNK_SIZE`, at most the cap.
+    pub bytes: u64,
+    pub source: Source,
+    /// Whether the cap cut the estimate.
+    pub capped: bool,
+}
+
+/// The 90th percentile of `values`, nearest rank (the value at rank ceil(0.9 n)).
+pub(crate) fn p90(values: &[u64]) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = [0u64; HISTORY_RUNS];
+    let n = values.len().min(HISTORY_RUNS);
+    sorted[..n].copy_from_slice(&values[values.len() - n..]);
+    sorted[..n].sort_unstable();
+    let rank = (9 * n).div_ceil(10);
+    Some(sorted[rank - 1])
+}
+
+/// The estimate from live peers' peaks and recorded peaks (oldest first), capped by `max`.
+pub(crate) fn estimate(peers: &[u64], history: &[u64], max: Option<u64>) -> Estimate {
+    let (raw, source) = if !peers.is_empty() {
+        (peers.iter().copied().max().unwrap_or(0), Source::Peers(peers.len()))
+    } else if let Some(p) = p90(history) {
+        (p, Source::History(history.len().min(HISTORY_RUNS)))
+    } else {
+        (0, Source::Nothing)
+    };
+    let chunk = CHUNK_SIZE as u64;
+    let rounded = raw.div_ceil(chunk).saturating_mul(chunk);
+    let cap = max.map_or(u64::MAX, |m| m / chunk * chunk);
+    Estimate {
+        bytes: rounded.min(cap),
+        source,
+        capped: rounded > cap,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const C: u64 = CHUNK_SIZE as u64;
+
+    #[test]
+    fn p90_is_the_nearest_rank() {
+        assert_eq!(p90(&[]), None);
+        assert_eq!(p90(&[7]), Some(7));
+        // Five runs: rank ceil(4.5) = 5, the largest.
+        assert_eq!(p90(&[5, 1, 4, 2, 3]), Some(5));
+        // Only the last HISTORY_RUNS count.
+        assert_eq!(p90(&[100, 1, 1, 1, 1, 1]), Some(1));
+        // Ten values would be rank 9, but only five are kept.
+        assert_eq!(p90(&[10, 9, 8, 7, 6, 5, 4, 3, 2, 1]), Some(5));
+    }
+
+    #[test]
+    fn peers_come_before_history_and_the_cap_bounds_everything() {
+        let e = estimate(&[3 * C, 5 * C], &[100 * C], None);
+        assert_eq!((e.bytes, e.source, e.capped), (5 * C, Source::Peers(2), false));
+        let e = estimate(&[], &[2 * C, 3 * C + 1], None);
+        assert_eq!((e.bytes, e.source), (4 * C, Source::History(2)));
+        let e = estimate(&[], &[], None);
+        assert_eq!((e.bytes, e.source), (0, Source::Nothing));
+        let e = estimate(&[], &[10 * C], Some(3 * C + 5));
+        assert_eq!((e.bytes, e.capped), (3 * C, true));
+        let e = estimate(&[], &[10 * C], Some(C - 1));
+        assert_eq!(e.bytes, 0);
+    }
+}

@@ -1,0 +1,269 @@
+//! Where a profile's records live when no pool holds them: a directory,
+//! `TIERMALLOC_PROFILE_DIR`, else `$XDG_STATE_HOME/tiermalloc/profiles`, else
+//! `$HOME/.local/state/tiermalloc/profiles`.
+//!
+//! Two kinds of file per profile NAME:
+//! - `NAME.runs`: the last `HISTORY_RUNS` finished runs, one line each,
+//!   `dram PEAK_BYTES MS_TO_PEAK UNIX_SECS PID`, oldest first. A finishing process rewrites
+//!   it whole into a temporary file and renames it over the old one, so a reader sees one
+//!   complete version or the other; two processes finishing at the same instant may lose one
+//!   of their two lines, never corrupt the file.
+//! - `NAME.live.PID`: the record of a running process, a 64-byte file it maps shared and
+//!   keeps current with plain atomic stores (no system call on the allocator's paths):
+//!   `LIVE_MAGIC, pid, pid start time, dram peak, reserved`. Peers read it as the current use
+//!   of a running instance. A record whose process is gone (pid missing, or reused: its
+//!   start time differs) is ignored and removed.
+//!
+//! Only start and exit read and write these files; they may allocate.
+
+use super::estimate::HISTORY_RUNS;
+use core::sync::atomic::AtomicU64;
+use std::io::Write;
+use std::path::PathBuf;
+
+const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"TMLIVE01");
+const LIVE_BYTES: usize = 64;
+const LIVE_PEAK: usize = 3;
+const LIVE_RESERVED: usize = 4;
+
+/// A profile's records in its directory.
+pub(crate) struct Store {
+    dir: PathBuf,
+    name: String,
+}
+
+/// A finished run's figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub peak: u64,
+    pub ms_to_peak: u64,
+    pub unix_secs: u64,
+    pub pid: u32,
+}
+
+/// This process's live record, mapped.
+pub(crate) struct Live {
+    words: *mut AtomicU64,
+    path: PathBuf,
+}
+
+/// Whether `name` may name a profile: 1..=63 bytes of `[A-Za-z0-9._-]`, not starting with a dot.
+pub(crate) fn valid_name(name: &[u8]) -> bool {
+    (1..=63).contains(&name.len())
+        && name[0] != b'.'
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// The directory `TIERMALLOC_PROFILE_DIR` (given as `dir`) or the XDG default names.
+pub(crate) fn directory(dir: Option<&[u8]>) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let os = |b: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(b));
+    if let Some(d) = dir.filter(|d| !d.is_empty()) {
+        return Some(os(d));
+    }
+    if let Some(x) = crate::os::getenv(b"XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return Some(os(x).join("tiermalloc/profiles"));
+    }
+    let home = crate::os::getenv(b"HOME").filter(|h| !h.is_empty())?;
+    Some(os(home).join(".local/state/tiermalloc/profiles"))
+}
+
+impl Store {
+    /// The store of profile `name` in `dir`, creating the directory.
+    pub(crate) fn open(dir: PathBuf, name: &str) -> std::io::Result<Store> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Store {
+            dir,
+            name: name.to_owned(),
+        })
+    }
+
+    pub(crate) fn runs_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.runs", self.name))
+    }
+
+    /// The recorded runs, oldest first (lines that do not parse are skipped).
+    pub(crate) fn history(&self) -> Vec<Run> {
+        let Ok(text) = std::fs::read_to_string(self.runs_path()) else {
+            return Vec::new();
+        };
+        text.lines().filter_map(parse_run).collect()
+    }
+
+    /// Appends `run`, keeping the last `HISTORY_RUNS`.
+    pub(crate) fn append(&self, run: Run) -> std::io::Result<()> {
+        let mut runs = self.history();
+        runs.push(run);
+        let keep = &runs[runs.len().saturating_sub(HISTORY_RUNS)..];
+        let mut text = String::new();
+        for r in keep {
+            text.push_str(&format!(
+                "dram {} {} {} {}\n",
+                r.peak, r.ms_to_peak, r.unix_secs, r.pid
+            ));
+        }
+        let tmp = self.dir.join(format!("{}.runs.tmp.{}", self.name, std::process::id()));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        drop(f);
+        std::fs::rename(&tmp, self.runs_path())
+    }
+
+    /// The dram peaks of live peers of this profile (not this process). Records of dead
+    /// processes are ignored and removed.
+    pub(crate) fn live_peers(&self) -> Vec<u64> {
+        let prefix = format!("{}.live.", self.name);
+        let me = std::process::id();
+        let mut peaks = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return peaks;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(pid) = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let word = |i: usize| {
+                bytes
+                    .get(i * 8..i * 8 + 8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+            };
+            if word(0) == LIVE_MAGIC && word(1) == pid as u64 && process_lives(pid, word(2)) {
+                peaks.push(word(LIVE_PEAK));
+            } else if word(0) == LIVE_MAGIC && !process_lives(pid, word(2)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        peaks
+    }
+
+    /// Creates and maps this process's live record.
+    pub(crate) fn publish_live(&self, reserved: u64) -> std::io::Result<Live> {
+        use std::os::unix::io::AsRawFd;
+        let pid = std::process::id();
+        let path = self.dir.join(format!("{}.live.{pid}", self.name));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        f.set_len(LIVE_BYTES as u64)?;
+        // SAFETY: mapping the file we just sized, shared, read-write.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                LIVE_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let words = p.cast::<AtomicU64>();
+        let start = crate::pool::registry::pid_start(pid).unwrap_or(0);
+        // SAFETY: the mapping holds LIVE_BYTES / 8 words.
+        unsafe {
+            use core::sync::atomic::Ordering::Relaxed;
+            (*words.add(1)).store(pid as u64, Relaxed);
+            (*words.add(2)).store(start, Relaxed);
+            (*words.add(LIVE_RESERVED)).store(reserved, Relaxed);
+            (*words).store(LIVE_MAGIC, core::sync::atomic::Ordering::Release);
+        }
+        Ok(Live { words, path })
+    }
+}
+
+// SAFETY: the record is a shared mapping accessed only through atomics.
+unsafe impl Send for Live {}
+
+impl Live {
+    /// The word peers read as this process's peak.
+    pub(crate) fn peak_word(&self) -> *mut AtomicU64 {
+        // SAFETY: within the mapping.
+        unsafe { self.words.add(LIVE_PEAK) }
+    }
+
+    /// Removes the record's file (the process is finishing). The mapping stays for the rest
+    /// of the process: a thread still allocating may be storing a peak into it.
+    pub(crate) fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn parse_run(line: &str) -> Option<Run> {
+    let mut f = line.split_ascii_whitespace();
+    if f.next()? != "dram" {
+        return None;
+    }
+    let mut n = || f.next()?.parse::<u64>().ok();
+    Some(Run {
+        peak: n()?,
+        ms_to_peak: n()?,
+        unix_secs: n()?,
+        pid: n()? as u32,
+    })
+}
+
+/// Whether process `pid` exists and started at `start` (its /proc start time).
+fn process_lives(pid: u32, start: u64) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid as i32, 0) } == 0 || crate::os::errno() == libc::EPERM;
+    exists && crate::pool::registry::pid_start(pid).unwrap_or(0) == start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_name(b"build-1.2_x"));
+        assert!(!valid_name(b""));
+        assert!(!valid_name(b".hidden"));
+        assert!(!valid_name(b"a/b"));
+        assert!(!valid_name(&[b'a'; 64]));
+    }
+
+    #[test]
+    fn history_keeps_the_last_runs_and_dead_peers_are_ignored() {
+        let dir = std::env::temp_dir().join(format!("tm-lend-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(dir.clone(), "w").unwrap();
+        for i in 0..7u64 {
+            let run = Run { peak: i, ms_to_peak: 2 * i, unix_secs: 3, pid: 4 };
+            store.append(run).unwrap();
+        }
+        let peaks: Vec<u64> = store.history().iter().map(|r| r.peak).collect();
+        assert_eq!(peaks, [2, 3, 4, 5, 6]);
+        // A record naming a pid that cannot exist is ignored, and removed.
+        let dead = dir.join("w.live.4194303");
+        let mut bytes = [0u8; 64];
+        bytes[..8].copy_from_slice(&LIVE_MAGIC.to_le_bytes());
+        bytes[8..16].copy_from_slice(&4194303u64.to_le_bytes());
+        bytes[24..32].copy_from_slice(&(1u64 << 30).to_le_bytes());
+        std::fs::write(&dead, bytes).unwrap();
+        assert!(store.live_peers().is_empty());
+        assert!(!dead.exists());
+        // Our own record is not a peer; a live child's is.
+        let live = store.publish_live(0).unwrap();
+        assert!(store.live_peers().is_empty());
+        live.remove();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,232 @@
+//! The DRAM reserve and the DRAM use a profile records.
+//!
+//! Owns two things, both process-wide statics:
+//! - **the reserve**: one anonymous mapping `[BASE, BASE + LEN)` made at start from the
+//!   profile's estimate and pre-faulted by a helper thread (`populate_thread`). When the DRAM
+//!   tier maps memory for blocks — a thread heap's segment, a large block's mapping — it still
+//!   maps fresh, chunk-aligned address space (the page map owns whole chunks), and then moves
+//!   pages from the reserve into the parts about to be touched with one `mremap` each
+//!   (page-table entries move; no page is faulted, zeroed or copied). The reserve is
+//!   consumed front to back by bumping `NEXT` (one compare-and-swap) and only ever shrinks:
+//!   a freed segment or large block goes back to the kernel as any other. A mapping the
+//!   reserve cannot fill is a *miss*.
+//! - **the DRAM use**: what DRAM holds for blocks (`dram::budget::held`: the pages thread
+//!   heaps cut from segments, the usable bytes of large blocks) plus the segments' header
+//!   slices, its peak and when it was reached: what a profile records and the next run
+//!   reserves. Reserve pages go where that memory is first touched: a segment's header slice
+//!   when it is mapped, each slice the first time a page is cut from it (`fill`), a large
+//!   block's pages up to its end (its mapping covers whole chunks, the rest is never touched).
+//!
+//! Invariants: `NEXT <= LEN`, `NEXT % PAGE_SIZE == 0`; `RESERVE_USED + lost == NEXT` where
+//! lost counts pieces whose move failed; `NEXT <= POPULATED` while the pre-fault thread runs;
+//! `use <= PEAK`. Nothing here allocates; it runs on the slow paths that map memory.
+
+use crate::os;
+use crate::chunk::CHUNK_SIZE;
+use crate::stats::SharedCounter;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+static BASE: AtomicUsize = AtomicUsize::new(0);
+static LEN: AtomicUsize = AtomicUsize::new(0);
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes reserved at start.
+pub(crate) static RESERVED: SharedCounter = SharedCounter::new();
+/// Bytes of the reserve handed out for blocks.
+pub(crate) static RESERVE_USED: SharedCounter = SharedCounter::new();
+/// Bytes mapped from the kernel for blocks while a profile was active because the reserve
+/// could not serve them (the estimate fell short by at least this much).
+pub(crate) static RESERVE_MISS: SharedCounter = SharedCounter::new();
+
+/// Whether a profile is active (misses are counted, use recorded).
+static PROFILING: AtomicBool = AtomicBool::new(false);
+static PEAK: AtomicU64 = AtomicU64::new(0);
+/// `os::coarse_now_ns` when the peak was last raised.
+static PEAK_AT_NS: AtomicU64 = AtomicU64::new(0);
+/// The word of this process's live record (a shared file mapping) that peers read as its
+/// peak; null when there is none.
+static LIVE_PEAK: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Turns recording on; `live_peak` is the word peers read (or null).
+pub(crate) fn start_profiling(live_peak: *mut AtomicU64) {
+    LIVE_PEAK.store(live_peak, Ordering::Release);
+    PROFILING.store(true, Ordering::Release);
+    publish_peak(PEAK.load(Ordering::Relaxed));
+}
+
+/// Stops writing the live record (its file is being removed).
+pub(crate) fn stop_live() {
+    LIVE_PEAK.store(core::ptr::null_mut(), Ordering::Release);
+}
+
+/// The peak of DRAM use, and `os::coarse_now_ns` when it was reached.
+pub(crate) fn peak() -> (u64, u64) {
+    (PEAK.load(Ordering::Relaxed), PEAK_AT_NS.load(Ordering::Relaxed))
+}
+
+/// Bytes from `BASE` the pre-fault thread has populated, or given up on: `take` hands out
+/// nothing beyond them while that thread runs, so the thread never populates memory that was
+/// handed out, freed and unmapped, whose addresses may by then hold someone else's mapping.
+static POPULATED: AtomicUsize = AtomicUsize::new(0);
+/// The process whose thread populates the reserve (a forked child has no such thread: for it
+/// the whole reserve is available).
+static POPULATER_PID: AtomicU64 = AtomicU64::new(0);
+/// The errno that stopped pre-faulting, 0 if none.
+pub(crate) static PREFAULT_ERRNO: AtomicUsize = AtomicUsize::new(0);
+/// Nanoseconds the pre-fault thread spent populating.
+pub(crate) static PREFAULT_NS: AtomicU64 = AtomicU64::new(0);
+
+const PREFAULT_STEP: usize = 8 << 20;
+
+/// Makes `[base, base + len)` (a fresh anonymous mapping) the reserve and
+/// starts the thread that pre-faults it. Called once, at start. Returns the errno of
+/// `pthread_create` if the thread could not start (the reserve is then handed out
+/// unpopulated, and the caller says so).
+pub(crate) fn install(base: usize, len: usize) -> Result<(), i32> {
+    debug_assert!(len % os::PAGE_SIZE == 0);
+    BASE.store(base, Ordering::Relaxed);
+    NEXT.store(0, Ordering::Relaxed);
+    POPULATED.store(0, Ordering::Relaxed);
+    // SAFETY: getpid has no preconditions.
+    POPULATER_PID.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
+    RESERVED.add(len as u64);
+    LEN.store(len, Ordering::Release);
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: `populate_thread` takes no argument and only touches statics; default attributes.
+    let r = unsafe {
+        libc::pthread_create(&mut thread, core::ptr::null(), populate_thread, core::ptr::null_mut())
+    };
+    if r != 0 {
+        POPULATED.store(len, Ordering::Release);
+        return Err(r);
+    }
+    // SAFETY: a thread we created and never join.
+    unsafe { libc::pthread_detach(thread) };
+    Ok(())
+}
+
+extern "C" fn populate_thread(_: *mut libc::c_void) -> *mut libc::c_void {
+    let (base, len) = region();
+    let started = os::coarse_now_ns();
+    let mut done = 0;
+    while done < len {
+        let n = PREFAULT_STEP.min(len - done);
+        // SAFETY: populating pages of the reserve no one was handed yet (`take` waits for
+        // POPULATED); it changes no byte of them.
+        let r = unsafe { libc::madvise((base + done) as *mut _, n, libc::MADV_POPULATE_WRITE) };
+        if r != 0 {
+            PREFAULT_ERRNO.store(os::errno() as usize, Ordering::Relaxed);
+            break;
+        }
+        done += n;
+        POPULATED.store(done, Ordering::Release);
+    }
+    PREFAULT_NS.store(os::coarse_now_ns() - started, Ordering::Relaxed);
+    POPULATED.store(len, Ordering::Release);
+    core::ptr::null_mut()
+}
+
+/// The reserve as installed: (base, len).
+pub(crate) fn region() -> (usize, usize) {
+    (BASE.load(Ordering::Relaxed), LEN.load(Ordering::Acquire))
+}
+
+/// Takes `len` bytes (a page multiple) from the reserve, if it has them, waiting for the
+/// pre-fault thread to get past them.
+fn take(len: usize) -> Option<usize> {
+    let total = LEN.load(Ordering::Acquire);
+    if total == 0 {
+        return None;
+    }
+    let mut next = NEXT.load(Ordering::Relaxed);
+    loop {
+        if total - next < len {
+            return None;
+        }
+        if next + len > POPULATED.load(Ordering::Acquire) {
+            // SAFETY: getpid has no preconditions.
+            if unsafe { libc::getpid() } as u64 == POPULATER_PID.load(Ordering::Relaxed) {
+                // SAFETY: no preconditions.
+                unsafe { libc::sched_yield() };
+                next = NEXT.load(Ordering::Relaxed);
+                continue;
+            }
+        }
+        match NEXT.compare_exchange_weak(next, next + len, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(BASE.load(Ordering::Relaxed) + next),
+            Err(seen) => next = seen,
+        }
+    }
+}
+
+/// A fresh mapping of `map_len` bytes (a multiple of `CHUNK_SIZE`) at a chunk-aligned
+/// address, zeroed, whose first `touched` bytes are the reserve's pre-faulted pages when it
+/// has them.
+pub(crate) fn map_chunks(map_len: usize, touched: usize) -> Option<NonNull<u8>> {
+    debug_assert!(map_len % CHUNK_SIZE == 0 && touched <= map_len);
+    let fresh = os::map_aligned(map_len, CHUNK_SIZE)?;
+    // SAFETY: the first `touched` bytes of our fresh mapping, untouched.
+    unsafe { fill(fresh.as_ptr() as usize, touched.next_multiple_of(os::PAGE_SIZE)) };
+    Some(fresh)
+}
+
+/// Replaces the pages of `[at, at + len)` (page-aligned) by pre-faulted pages of the reserve,
+/// when a profile is active and the reserve has them; counts a use or a miss.
+///
+/// # Safety
+/// `[at, at + len)` must be part of an anonymous mapping of ours whose bytes there are dead
+/// (never written, or free).
+pub(crate) unsafe fn fill(at: usize, len: usize) {
+    if len == 0 || !PROFILING.load(Ordering::Relaxed) {
+        return;
+    }
+    match take(len) {
+        // SAFETY: `[src, src + len)` is the reserve's, ours alone once taken; the target's
+        // bytes are dead (contract); the move replaces them with zeroed resident pages.
+        Some(src) if unsafe { os::remap_to(src as *mut u8, len, at as *mut u8, len) } => {
+            RESERVE_USED.add(len as u64)
+        }
+        _ => RESERVE_MISS.add(len as u64),
+    }
+}
+
+/// Bytes of live segments' header slices (their other slices are counted as pages).
+static SEGMENT_HEADERS: AtomicU64 = AtomicU64::new(0);
+
+/// A thread heap mapped a segment whose header takes `header` bytes.
+pub(crate) fn note_segment_created(header: usize) {
+    SEGMENT_HEADERS.fetch_add(header as u64, Ordering::Relaxed);
+    observe(0);
+}
+
+/// A thread heap unmapped a segment whose header took `header` bytes.
+pub(crate) fn note_segment_released(header: usize) {
+    SEGMENT_HEADERS.fetch_sub(header as u64, Ordering::Relaxed);
+}
+
+/// What DRAM holds for blocks, as the DRAM tier last reported it (`observe`).
+static HELD: AtomicU64 = AtomicU64::new(0);
+
+/// Raises the peak to the current use if it is higher: the DRAM tier calls it with what it
+/// holds for blocks (`dram::budget::held`) when that grew (a page was cut, a large block
+/// started or grew); 0 keeps the last figure.
+pub(crate) fn observe(held: u64) {
+    if held != 0 {
+        HELD.store(held, Ordering::Relaxed);
+    }
+    let now = SEGMENT_HEADERS.load(Ordering::Relaxed) + HELD.load(Ordering::Relaxed);
+    if now > PEAK.load(Ordering::Relaxed) && PEAK.fetch_max(now, Ordering::Relaxed) < now {
+        PEAK_AT_NS.store(os::coarse_now_ns(), Ordering::Relaxed);
+        publish_peak(now);
+    }
+}
+
+fn publish_peak(peak: u64) {
+    let word = LIVE_PEAK.load(Ordering::Acquire);
+    if !word.is_null() {
+        // SAFETY: the live record, once mapped, stays mapped for the process's life.
+        unsafe { (*word).fetch_max(peak, Ordering::Relaxed) };
+    }
+}
+

@@ -1,0 +1,304 @@
+//! Workload profiles (seed 003, DESIGN.md "Lending … and reservation"): `TIERMALLOC_PROFILE`
+//! records the DRAM a workload used at its peak; the next run reserves and pre-faults it.
+//!
+//! The workload is `tests/programs/grow.c`, compiled with `cc` and run under `LD_PRELOAD` of
+//! the tiermalloc cdylib: it grows to 300 MiB of live blocks and prints the minor faults of
+//! the growth (`ru_minflt`) of its own thread (`RUSAGE_THREAD`: the workload's critical path)
+//! and of the whole process (`RUSAGE_SELF`: the pre-fault thread's population included), and
+//! its time. Each test
+//! has its own profile directory (`TIERMALLOC_PROFILE_DIR`); the figures are read from the
+//! `TIERMALLOC_SHOW_STATS=1` report.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+use support::{library, run_with_timeout, scrubbed_env, Scrub, TempDir};
+
+const MIB: u64 = 1 << 20;
+const SCRUB: Scrub = Scrub {
+    prefixes: &["MALLOC_"],
+    keep: &[],
+    exact: &["GLIBC_TUNABLES", "XDG_STATE_HOME"],
+};
+
+/// The compiled workload (once per test binary).
+fn workload() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("tiermalloc-profile-grow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("grow");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/grow.c");
+        let status = Command::new("cc")
+            .args(["-O2", "-Wall", "-Werror", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .expect("cc runs");
+        assert!(status.success(), "compiling {} failed", src.display());
+        exe
+    })
+}
+
+/// One run's figures.
+#[derive(Debug, Default)]
+struct Run {
+    /// The workload thread's minor faults during the growth.
+    minflt: u64,
+    /// The whole process's.
+    process_minflt: u64,
+    ms: f64,
+    reserved: u64,
+    reserve_used: u64,
+    reserve_miss: u64,
+    peak: u64,
+    stderr: String,
+}
+
+fn command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(workload());
+    cmd.env_clear()
+        .envs(scrubbed_env(&SCRUB))
+        .env("LD_PRELOAD", &library().path)
+        .env("TIERMALLOC_SHOW_STATS", "1")
+        .env("TIERMALLOC_PROFILE_DIR", dir)
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The number after `key ` in `text` (`key 123` or `key 123 B`).
+fn figure(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(&format!("{key} "))? + key.len() + 1;
+    let digits: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    digits.parse::<f64>().ok().map(|f| f as u64)
+}
+
+fn parse(stdout: &str, stderr: &str) -> Run {
+    let ms = stdout
+        .split("ms ")
+        .nth(1)
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no time in {stdout:?}"));
+    Run {
+        minflt: figure(stdout, "thread_minflt")
+            .unwrap_or_else(|| panic!("no faults in {stdout:?}")),
+        process_minflt: figure(stdout, "grown minflt")
+            .unwrap_or_else(|| panic!("no faults in {stdout:?}")),
+        ms,
+        reserved: figure(stderr, "reserved").unwrap_or(0),
+        reserve_used: figure(stderr, "reserve_used").unwrap_or(0),
+        reserve_miss: figure(stderr, "reserve_miss").unwrap_or(0),
+        peak: figure(stderr, "peak").unwrap_or(0),
+        stderr: stderr.to_owned(),
+    }
+}
+
+fn run(dir: &Path, env: &[(&str, &str)]) -> Run {
+    let out = run_with_timeout(command(dir, env, &["300"]), None, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "workload failed: {stderr}");
+    parse(&stdout, &stderr)
+}
+
+fn profiled(dir: &Path, name: &str) -> Run {
+    run(dir, &[("TIERMALLOC_PROFILE", name)])
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[test]
+fn the_second_run_faults_90_percent_less_and_is_not_slower() {
+    let dir = TempDir::new("profile", "faults").kept_on_panic();
+    let first = profiled(dir.path(), "w");
+    assert_eq!(first.reserved, 0, "nothing recorded yet: {}", first.stderr);
+    assert!(first.peak >= 300 * MIB, "peak recorded: {first:?}");
+    assert!(
+        first.reserve_miss >= 300 * MIB,
+        "the whole use missed: {first:?}"
+    );
+    let second = profiled(dir.path(), "w");
+    assert!(
+        second.reserved >= first.peak,
+        "reserves the recorded peak: {second:?}"
+    );
+    assert!(
+        second.minflt * 10 <= first.minflt,
+        "minor faults {} then {}: not 90% fewer",
+        first.minflt,
+        second.minflt
+    );
+    // The pages are still faulted in, by the pre-fault thread, and not many more of them (the
+    // reserve covers pages cut for size classes, a few of whose blocks are never touched).
+    assert!(
+        second.process_minflt <= first.process_minflt + first.process_minflt * 15 / 100,
+        "process faults {} then {}",
+        first.process_minflt,
+        second.process_minflt
+    );
+    // Time: the same workload without a profile and with one, alternately, three times each
+    // (this machine is shared: medians of interleaved runs).
+    let (mut plain, mut reserved) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        plain.push(run(dir.path(), &[]).ms);
+        reserved.push(profiled(dir.path(), "w").ms);
+    }
+    let (p, r) = (median(plain.clone()), median(reserved.clone()));
+    assert!(
+        r <= p * 1.10,
+        "reserved runs slower: {reserved:?} ms against {plain:?} ms"
+    );
+}
+
+#[test]
+fn over_reservation_is_at_most_10_percent_after_three_runs() {
+    let dir = TempDir::new("profile", "over").kept_on_panic();
+    for _ in 0..3 {
+        profiled(dir.path(), "w");
+    }
+    let fourth = profiled(dir.path(), "w");
+    assert!(fourth.reserved > 0 && fourth.peak > 0, "{fourth:?}");
+    assert!(
+        fourth.reserved as f64 <= fourth.peak as f64 * 1.10,
+        "reserved {} B for a peak of {} B",
+        fourth.reserved,
+        fourth.peak
+    );
+    assert!(
+        fourth.reserve_used as f64 >= fourth.reserved as f64 * 0.90,
+        "used {} of {} reserved",
+        fourth.reserve_used,
+        fourth.reserved
+    );
+    assert_eq!(fourth.reserve_miss, 0, "{fourth:?}");
+}
+
+#[test]
+fn no_reservation_beyond_the_cap() {
+    let dir = TempDir::new("profile", "cap").kept_on_panic();
+    profiled(dir.path(), "w");
+    let capped = run(
+        dir.path(),
+        &[
+            ("TIERMALLOC_PROFILE", "w"),
+            ("TIERMALLOC_PROFILE_MAX", "100M"),
+            ("TIERMALLOC_VERBOSE", "1"),
+        ],
+    );
+    assert!(
+        capped.reserved > 0 && capped.reserved <= 100 * MIB,
+        "{capped:?}"
+    );
+    assert!(
+        capped.stderr.contains("capped by TIERMALLOC_PROFILE_MAX"),
+        "{}",
+        capped.stderr
+    );
+    // What the cap left out is grown on demand, and counted as missed.
+    assert!(capped.reserve_miss >= 190 * MIB, "{capped:?}");
+    let bad = run(
+        dir.path(),
+        &[
+            ("TIERMALLOC_PROFILE", "w"),
+            ("TIERMALLOC_PROFILE_MAX", "lots"),
+        ],
+    );
+    assert_eq!(bad.reserved, 0);
+    assert!(
+        bad.stderr
+            .contains("TIERMALLOC_PROFILE_MAX=lots: not a size"),
+        "{}",
+        bad.stderr
+    );
+    let bad = run(dir.path(), &[("TIERMALLOC_PROFILE", "../w")]);
+    assert!(
+        bad.stderr
+            .contains("TIERMALLOC_PROFILE=../w: a profile name is"),
+        "{}",
+        bad.stderr
+    );
+}
+
+/// Starts a profiled workload that grows and then waits; returns it once grown.
+fn start_peer(dir: &Path, name: &str) -> std::process::Child {
+    let mut child = command(dir, &[("TIERMALLOC_PROFILE", name)], &["300", "wait"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("grown"), "peer said {line:?}");
+    child
+}
+
+#[test]
+fn live_peers_come_first_and_dead_peers_are_ignored() {
+    let dir = TempDir::new("profile", "peers").kept_on_panic();
+    let verbose = [("TIERMALLOC_PROFILE", "p"), ("TIERMALLOC_VERBOSE", "1")];
+    // A live peer of the name, no history: its peak is the estimate.
+    let mut peer = start_peer(dir.path(), "p");
+    let with_peer = run(dir.path(), &verbose);
+    assert!(
+        with_peer.stderr.contains("from the peak of 1 live peer(s)"),
+        "{}",
+        with_peer.stderr
+    );
+    assert!(with_peer.reserved >= 300 * MIB, "{with_peer:?}");
+    peer.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert!(peer.wait().unwrap().success());
+    // A peer killed at its peak leaves its live record behind: ignored (and removed).
+    let other = TempDir::new("profile", "dead").kept_on_panic();
+    let mut dead = start_peer(other.path(), "p");
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    let records = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("p.live.")
+            })
+            .count()
+    };
+    assert_eq!(
+        records(other.path()),
+        1,
+        "the killed peer's record is there"
+    );
+    let after = run(other.path(), &verbose);
+    assert_eq!(
+        after.reserved, 0,
+        "a dead peer's record was used: {}",
+        after.stderr
+    );
+    assert!(
+        after.stderr.contains("from nothing recorded yet"),
+        "{}",
+        after.stderr
+    );
+    assert_eq!(records(other.path()), 0, "the dead record was removed");
+}
