@@ -137,7 +137,10 @@
 #![cfg_attr(loom, allow(dead_code))]
 
 // The loom-built part.
-mod lockfree;
+// Public only for tests/lending.rs, which drives the lending table from outside; not part of
+// the documented API.
+#[doc(hidden)]
+pub mod lockfree;
 mod sync;
 
 /// Declares the modules that are not built under loom: one `cfg` for all of them.
