@@ -17,6 +17,20 @@
 #define TM_HEADER_SIZE 16
 
 /*
+ The major version; the shared library's soname is `libtiermalloc.so.<major>`.
+ */
+#define TIERMALLOC_VERSION_MAJOR 0
+
+#define TIERMALLOC_VERSION_MINOR 1
+
+#define TIERMALLOC_VERSION_PATCH 0
+
+/*
+ `MAJOR * 10000 + MINOR * 100 + PATCH`, for `#if TIERMALLOC_VERSION >= 100`.
+ */
+#define TIERMALLOC_VERSION (((TIERMALLOC_VERSION_MAJOR * 10000) + (TIERMALLOC_VERSION_MINOR * 100)) + TIERMALLOC_VERSION_PATCH)
+
+/*
  `state` of a space still private to its creator (read-write).
  */
 #define TM_SPACE_PRIVATE 1
@@ -265,7 +279,8 @@ int tm_set_fit(tm_kind kind, tm_fit fit);
 int tm_get_stats(tm_kind kind, struct tm_stats *out);
 
 /*
- Prints every configured tier's statistics on stderr.
+ Prints every configured tier's statistics on stderr: in use, peak, capacity, reserved
+ address space and counts, in human units, under a line naming the process.
  */
 void tm_print_stats(void);
 
@@ -286,6 +301,26 @@ void tm_print_stats(void);
  `target` must be NULL or a NUL-terminated string.
  */
 int tm_evacuate(tm_kind kind, const char *target);
+
+/*
+ The library's version as `"MAJOR.MINOR.PATCH"` (a static string): the version of the library
+ actually loaded, where `TIERMALLOC_VERSION` is the one compiled against.
+ */
+const char *tm_version(void);
+
+/*
+ Writes every configured tier's statistics as one JSON object into `buf` (at most
+ `len - 1` bytes and a NUL), as `snprintf` does, and returns the length of the whole report
+ (without the NUL): call with a larger buffer when that is `>= len`. `buf` may be NULL when
+ `len` is 0. Fields: `pid`, `program`, `event`, `time_ns`, `complete`, and `tiers`, an array
+ of objects with `kind`, `in_use`, `peak`, `capacity`, `capacity_source`, `free`,
+ `largest_free`, `reserved`, `allocations`, `frees`, `failures`, `spilled_in`,
+ `spilled_out` (bytes and counts as integers).
+
+ # Safety
+ `buf` is valid for `len` bytes of writes, or `len` is 0.
+ */
+size_t tm_stats_json(char *buf, size_t len);
 
 /*
  Makes `[addr, addr + len)` on a device tier durable, and with it every earlier write to

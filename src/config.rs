@@ -15,12 +15,12 @@ use core::sync::atomic::{AtomicU8, Ordering};
 /// Most tiers and placement rules a configuration may list.
 pub(crate) const MAX_TIERS: usize = 8;
 pub(crate) const MAX_RULES: usize = 16;
-const MAX_PATH: usize = 256;
+pub(crate) const MAX_PATH: usize = 256;
 
 /// Copies `path` into `out` with every `%p` replaced by this process's id (so that each
 /// process of a program that starts others, all with the same environment, can have its own
 /// file), leaving room for the NUL after it. The length, or `None` if it does not fit.
-fn expand_path(path: &[u8], out: &mut [u8; MAX_PATH]) -> Option<usize> {
+pub(crate) fn expand_path(path: &[u8], out: &mut [u8; MAX_PATH]) -> Option<usize> {
     let mut pid_digits = [0u8; 20];
     // SAFETY: getpid has no preconditions.
     let mut pid = unsafe { libc::getpid() } as u32;
@@ -199,28 +199,71 @@ impl Report for Stderr {
     }
 }
 
-/// Parses `12`, `4K`, `16M`, `2G`, `1T` (binary multiples).
+/// Parses a size: digits, an optional fraction, an optional unit, no spaces. Units are binary
+/// multiples whatever their spelling, as memory sizes are: `K`, `KB`, `KiB` = 1024 (any case),
+/// likewise `M` 2^20, `G` 2^30, `T` 2^40, and `B` = 1. A fraction is cut to whole bytes:
+/// `1.5G` = 1610612736, `0.5K` = 512. `None` for anything else and for values above 2^64 - 1.
 pub fn parse_size(s: &[u8]) -> Option<u64> {
-    let (digits, shift) = match s.last()? {
-        b'k' | b'K' => (&s[..s.len() - 1], 10),
-        b'm' | b'M' => (&s[..s.len() - 1], 20),
-        b'g' | b'G' => (&s[..s.len() - 1], 30),
-        b't' | b'T' => (&s[..s.len() - 1], 40),
-        _ => (s, 0),
+    let digits_end = s
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(s.len());
+    let (whole, rest) = s.split_at(digits_end);
+    let (fraction, unit) = match rest.strip_prefix(b".") {
+        Some(r) => {
+            let end = r
+                .iter()
+                .position(|c| !c.is_ascii_digit())
+                .unwrap_or(r.len());
+            if end == 0 {
+                return None;
+            }
+            r.split_at(end)
+        }
+        None => (&b""[..], rest),
     };
-    if digits.is_empty() {
+    if whole.is_empty() {
         return None;
     }
+    let shift = unit_shift(unit)?;
     let mut value: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
+    for &d in whole {
         value = value.checked_mul(10)?.checked_add((d - b'0') as u64)?;
     }
-    value
+    let mut bytes = value
         .checked_mul(1 << shift)
-        .filter(|v| v >> shift == value)
+        .filter(|v| v >> shift == value)?;
+    // The fraction's bytes: 0.f * 2^shift, cut to whole bytes (at most 19 digits count).
+    let mut numerator: u128 = 0;
+    let mut denominator: u128 = 1;
+    for &d in fraction.iter().take(19) {
+        numerator = numerator * 10 + (d - b'0') as u128;
+        denominator *= 10;
+    }
+    bytes = bytes.checked_add(((numerator << shift) / denominator) as u64)?;
+    Some(bytes)
+}
+
+/// The power of two a size unit stands for (`""` and `B`: 0, `K`/`KB`/`KiB`: 10, ...).
+fn unit_shift(unit: &[u8]) -> Option<u32> {
+    let (letter, suffix) = match unit.split_first() {
+        None => return Some(0),
+        Some((l, s)) => (l.to_ascii_uppercase(), s),
+    };
+    if letter == b'B' && suffix.is_empty() {
+        return Some(0);
+    }
+    let shift = match letter {
+        b'K' => 10,
+        b'M' => 20,
+        b'G' => 30,
+        b'T' => 40,
+        _ => return None,
+    };
+    let ok = suffix.is_empty()
+        || suffix.eq_ignore_ascii_case(b"B")
+        || suffix.eq_ignore_ascii_case(b"iB");
+    ok.then_some(shift)
 }
 
 fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
@@ -362,8 +405,25 @@ fn entries(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|e| !e.is_empty())
 }
 
-fn flag(value: Option<&[u8]>) -> bool {
-    matches!(value, Some(v) if !v.is_empty() && v != b"0")
+/// A boolean variable: `1 yes true on` or `0 no false off` (any case); unset or empty is off.
+/// Anything else is reported in one line naming the variable, and counts as off.
+pub fn parse_bool(name: &str, value: Option<&[u8]>, report: &mut dyn Report) -> bool {
+    let Some(v) = value.filter(|v| !v.is_empty()) else {
+        return false;
+    };
+    let is = |words: &[&str]| words.iter().any(|w| v.eq_ignore_ascii_case(w.as_bytes()));
+    if is(&["1", "yes", "true", "on"]) {
+        true
+    } else if is(&["0", "no", "false", "off"]) {
+        false
+    } else {
+        report.problem(
+            name,
+            v,
+            "expected 1/yes/true/on or 0/no/false/off; taken as off",
+        );
+        false
+    }
 }
 
 /// Builds a configuration from the variables' values, reporting every skipped entry.
@@ -416,8 +476,8 @@ pub fn parse(
             );
         }
     }
-    config.show_stats = flag(show_stats);
-    config.verbose = flag(verbose);
+    config.show_stats = parse_bool("TIERMALLOC_SHOW_STATS", show_stats, report);
+    config.verbose = parse_bool("TIERMALLOC_VERBOSE", verbose, report);
     config
 }
 
@@ -459,7 +519,7 @@ pub fn get() -> &'static Config {
                 os::getenv(b"TIERMALLOC_VERBOSE"),
                 &mut Stderr,
             );
-            config.secure = flag(os::getenv(b"TIERMALLOC_SECURE"));
+            config.secure = parse_bool("TIERMALLOC_SECURE", os::getenv(b"TIERMALLOC_SECURE"), &mut Stderr);
             match os::getenv(b"TIERMALLOC_ON_ERROR") {
                 None | Some(b"abort") => {}
                 Some(b"ignore") => config.ignore_bad_free = true,
@@ -516,6 +576,22 @@ mod tests {
         assert_eq!(parse_size(b"1x"), None);
         assert_eq!(parse_size(b"99999999999999999999"), None);
         assert_eq!(parse_size(b"99999999999T"), None);
+        // Every spelling of a unit is binary; fractions are cut to whole bytes.
+        for four_k in [
+            "4K", "4k", "4KB", "4kb", "4KiB", "4kib", "4096B", "4096", "4.0K",
+        ] {
+            assert_eq!(parse_size(four_k.as_bytes()), Some(4096), "{four_k}");
+        }
+        assert_eq!(parse_size(b"1.5G"), Some(3 << 29));
+        assert_eq!(parse_size(b"0.5K"), Some(512));
+        assert_eq!(parse_size(b"0.1K"), Some(102));
+        assert_eq!(parse_size(b"2TiB"), Some(2 << 40));
+        assert_eq!(parse_size(b"16777216T"), None);
+        for bad in [
+            "1.", ".5K", "1.5.5K", "4 K", "4KK", "4Kb2", "4iB", "-1", "1e3", "4Bi",
+        ] {
+            assert_eq!(parse_size(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]
@@ -559,6 +635,25 @@ mod tests {
         assert!(r.0[2].contains("listed already"));
         assert!(r.0[3].contains("needs min"));
         assert!(r.0[4].contains("nvm"));
+    }
+
+    #[test]
+    fn booleans_take_the_usual_words_and_refuse_the_rest() {
+        let mut r = Collect::default();
+        for on in ["1", "yes", "TRUE", "On"] {
+            assert!(parse_bool("V", Some(on.as_bytes()), &mut r), "{on}");
+        }
+        for off in ["0", "no", "False", "OFF", ""] {
+            assert!(!parse_bool("V", Some(off.as_bytes()), &mut r), "{off}");
+        }
+        assert!(!parse_bool("V", None, &mut r));
+        assert!(r.0.is_empty(), "{:?}", r.0);
+        assert!(!parse_bool("TIERMALLOC_SHOW_STATS", Some(b"maybe"), &mut r));
+        assert_eq!(r.0.len(), 1);
+        assert!(r.0[0].contains("TIERMALLOC_SHOW_STATS") && r.0[0].contains("maybe"));
+        let c = parse(None, None, Some(b"no"), Some(b"2"), &mut r);
+        assert!(!c.show_stats && !c.verbose);
+        assert_eq!(r.0.len(), 2, "{:?}", r.0);
     }
 
     #[test]

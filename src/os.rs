@@ -140,12 +140,18 @@ pub unsafe fn protect(p: *mut u8, size: usize, writable: bool) -> bool {
 /// A monotonic clock in nanoseconds, coarse (a few milliseconds) and cheap: the vDSO's
 /// `CLOCK_MONOTONIC_COARSE`, no system call.
 pub fn coarse_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+/// Clock `clock` in nanoseconds (`CLOCK_MONOTONIC`, `CLOCK_REALTIME`, ...).
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `t` is a valid out-parameter; this clock exists on every Linux since 2.6.32.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
+    // SAFETY: `t` is a valid out-parameter; the clocks callers name exist on every Linux since
+    // 2.6.32.
+    unsafe { libc::clock_gettime(clock, &mut t) };
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 

@@ -245,6 +245,7 @@ c_tests! {
     calloc_zero,
     usable_size,
     tm_api,
+    stats_json,
     device_tiers,
     persist,
     evacuate,

@@ -84,6 +84,15 @@ fn figure(text: &str, key: &str) -> Option<u64> {
     digits.parse::<f64>().ok().map(|f| f as u64)
 }
 
+/// The `tiermalloc: dram  profile NAME: ...` line of a report, or "".
+fn profile_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("tiermalloc: dram  profile "))
+        .last()
+        .unwrap_or("")
+}
+
 fn parse(stdout: &str, stderr: &str) -> Run {
     let ms = stdout
         .split("ms ")
@@ -96,10 +105,11 @@ fn parse(stdout: &str, stderr: &str) -> Run {
         process_minflt: figure(stdout, "grown minflt")
             .unwrap_or_else(|| panic!("no faults in {stdout:?}")),
         ms,
-        reserved: figure(stderr, "reserved").unwrap_or(0),
-        reserve_used: figure(stderr, "reserve_used").unwrap_or(0),
-        reserve_miss: figure(stderr, "reserve_miss").unwrap_or(0),
-        peak: figure(stderr, "peak").unwrap_or(0),
+        // The profile's own line: the statistics report above it has peak and reserved too.
+        reserved: figure(profile_line(stderr), "reserved").unwrap_or(0),
+        reserve_used: figure(profile_line(stderr), "reserve_used").unwrap_or(0),
+        reserve_miss: figure(profile_line(stderr), "reserve_miss").unwrap_or(0),
+        peak: figure(profile_line(stderr), "peak").unwrap_or(0),
         stderr: stderr.to_owned(),
     }
 }

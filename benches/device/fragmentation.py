@@ -219,6 +219,12 @@ def main():
         run(["cargo", "build", "--release"], cwd=REPO)
     if not os.path.exists(os.path.join(libdir, "libtiermalloc.so")):
         sys.exit(f"no {libdir}/libtiermalloc.so: build it, or set CARGO_TARGET_DIR")
+    # The replayer is linked with -ltiermalloc, so it asks the loader for the soname
+    # (libtiermalloc.so.0, build.rs); cargo writes only libtiermalloc.so. install.sh makes
+    # the same link.
+    soname = os.path.join(libdir, "libtiermalloc.so.0")
+    if not os.path.lexists(soname):
+        os.symlink("libtiermalloc.so", soname)
 
     work = tempfile.mkdtemp(prefix="tm-frag-", dir="/tmp")
     try:

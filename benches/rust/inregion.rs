@@ -16,7 +16,7 @@
 //! - `large`: 1 000 live blocks of 4 KiB..64 KiB.
 //!
 //! Allocators, each on a 256 MiB file in /dev/shm mapped MAP_SHARED:
-//! - `ours-best`, `ours-worst`: `tm_malloc(TM_CXL)` / `tm_free` on a `cxl` tier
+//! - `ours-best`, `ours-worst`: the `cxl` tier's `Allocator` (`tm_malloc(TM_CXL)` / `tm_free`) on a `cxl` tier
 //!   (`TIERMALLOC_TIERS="dram;cxl:path=...,size=256M,create,fit=best|worst"`);
 //! - `rlsf`: `rlsf::Tlsf` (TLSF) given the whole mapping; its block headers and free-list links
 //!   are in the region, its bitmaps and list heads in the `Tlsf` value, which is in host memory;
@@ -66,13 +66,12 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use tiermalloc::capi::{tm_free, tm_malloc, KindArg};
+use allocator_api2::alloc::Allocator;
+use tiermalloc::{Kind, Tier};
 
 /// Bytes of every region (the /dev/shm file), the same for every allocator.
 const REGION: usize = 256 << 20;
 const ALLOCATORS: [&str; 4] = ["ours-best", "ours-worst", "rlsf", "talc"];
-/// `TM_CXL`.
-const CXL: KindArg = KindArg(1);
 /// Cache line, for the distinct-lines count.
 const LINE: u64 = 64;
 
@@ -146,16 +145,23 @@ trait RegionAlloc {
     unsafe fn free(&mut self, p: *mut u8, size: usize);
 }
 
-/// tiermalloc's CXL tier, configured by `TIERMALLOC_TIERS` (set by the driver).
-struct Ours;
+/// tiermalloc's CXL tier, configured by `TIERMALLOC_TIERS` (set by the driver), through its
+/// Rust `Allocator` (the same path as `tm_malloc(TM_CXL, size)` / `tm_free`).
+struct Ours(Tier);
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 16).expect("bench sizes are valid layouts")
+}
 
 impl RegionAlloc for Ours {
     fn alloc(&mut self, size: usize) -> *mut u8 {
-        tm_malloc(CXL, size).cast()
+        self.0
+            .allocate(layout(size))
+            .map_or(std::ptr::null_mut(), |b| b.as_ptr().cast())
     }
-    unsafe fn free(&mut self, p: *mut u8, _size: usize) {
-        // SAFETY: a live block of ours (caller's contract).
-        unsafe { tm_free(p.cast()) }
+    unsafe fn free(&mut self, p: *mut u8, size: usize) {
+        // SAFETY: a live block of ours from `alloc(size)` (caller's contract).
+        unsafe { self.0.deallocate(NonNull::new_unchecked(p), layout(size)) }
     }
 }
 
@@ -322,14 +328,15 @@ fn child(args: &[String]) {
     let path = args[4].as_str();
     match alloc {
         "ours-best" | "ours-worst" => {
-            // The first tm_malloc on the tier maps it; its mapping is the region.
-            let p = Ours.alloc(64);
-            assert!(!p.is_null(), "the cxl tier is not configured");
+            // The tier's mapping is the region.
+            let mut ours = Ours(Tier::new(Kind::Cxl).expect("the cxl tier is configured"));
+            let p = ours.alloc(64);
+            assert!(!p.is_null(), "the cxl tier is full");
             let range = mapping_of(p);
             // SAFETY: just allocated, never used.
-            unsafe { Ours.free(p, 64) };
+            unsafe { ours.free(p, 64) };
             populate(range);
-            drive(&mut Ours, w, pairs, warmup, range);
+            drive(&mut ours, w, pairs, warmup, range);
         }
         "rlsf" => {
             let base = map_file(path);

@@ -36,10 +36,10 @@ use core::fmt::Write;
 use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, Ordering};
 use evacuate::{DeviceState, LiveExtents};
-use extent_heap::{Carved, ExtentHeap, FreeError};
+use extent_heap::{Carved, ExtentHeap, FreeError, HeapStats};
 use persist::{media, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
 use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
-use slabs::{SlabFree, Slabs, SLAB_BYTES};
+use slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
 
 
 /// Every extent offset and length is a multiple of this: the header size, so that a block
@@ -557,13 +557,36 @@ impl DeviceTier {
     }
 
     pub fn stats(&self) -> TierStats {
-        let mut h = self.heap.lock().stats();
+        self.figures().stats
+    }
+
+    /// The tier's figures for a statistics report.
+    pub fn figures(&self) -> DeviceFigures {
+        let h = self.heap.lock().stats();
+        self.figures_of(h, self.slabs.totals())
+    }
+
+    /// The figures, or `None` while a lock is held: a report from a signal handler or from
+    /// inside an allocation must not wait for the thread it interrupted.
+    pub fn try_figures(&self) -> Option<DeviceFigures> {
+        let h = self.heap.try_lock()?.stats();
+        Some(self.figures_of(h, self.slabs.try_totals()?))
+    }
+
+    fn figures_of(&self, h: HeapStats, slabs: SlabTotals) -> DeviceFigures {
+        DeviceFigures {
+            stats: self.stats_of(h, slabs),
+            peak_in_use: h.peak_in_use.saturating_sub(SUPERBLOCK_BYTES),
+            mapped: self.region.len as u64,
+        }
+    }
+
+    fn stats_of(&self, mut h: HeapStats, slabs: SlabTotals) -> TierStats {
         // The superblock is an allocated extent of the heap, but no block.
         h.capacity -= SUPERBLOCK_BYTES;
         h.in_use -= SUPERBLOCK_BYTES;
         let capacity = h.capacity.min(self.limit);
         // Slabs are allocated extents; their slots without a live block are not in use.
-        let slabs = self.slabs.totals();
         let in_use = h.in_use.saturating_sub(slabs.idle_bytes);
         TierStats {
             capacity,
@@ -581,6 +604,15 @@ impl DeviceTier {
             ..TierStats::default()
         }
     }
+}
+
+/// A device tier's figures for a statistics report: `tm_stats`, plus the most bytes its
+/// extents (blocks, and slabs whole) have taken at once, and the bytes mapped for it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DeviceFigures {
+    pub stats: TierStats,
+    pub peak_in_use: u64,
+    pub mapped: u64,
 }
 
 impl LiveExtents for DeviceTier {

@@ -111,6 +111,14 @@ pub(crate) struct SlabTotals {
     pub frees: u64,
 }
 
+impl SlabTotals {
+    fn add(&mut self, class: &ClassList) {
+        self.idle_bytes += class.idle_bytes;
+        self.allocations += class.allocations;
+        self.frees += class.frees;
+    }
+}
+
 /// The slabs of one device tier. `descs` maps `windows` descriptors (zeroed: no slab).
 pub(crate) struct Slabs {
     descs: NonNull<SlabDesc>,
@@ -482,12 +490,19 @@ impl Slabs {
     pub fn totals(&self) -> SlabTotals {
         let mut t = SlabTotals::default();
         for class in &self.classes {
-            let c = class.lock();
-            t.idle_bytes += c.idle_bytes;
-            t.allocations += c.allocations;
-            t.frees += c.frees;
+            t.add(&class.lock());
         }
         t
+    }
+
+    /// The totals, or `None` if a class lock is held (a statistics report from a signal
+    /// handler must not wait for the thread it interrupted).
+    pub fn try_totals(&self) -> Option<SlabTotals> {
+        let mut t = SlabTotals::default();
+        for class in &self.classes {
+            t.add(&*class.try_lock()?);
+        }
+        Some(t)
     }
 
     /// Takes every class lock and keeps it (`fork` prepare handler).

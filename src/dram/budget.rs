@@ -13,6 +13,8 @@
 //! block per racing thread). A request the cap refuses fails on DRAM: a plain `malloc` passes
 //! on to the next tier (`place`), `tm_malloc(TM_DRAM, …)` returns `NULL` + `ENOMEM`.
 //!
+//! The peak of the held bytes is kept where they grow (`peak_held`).
+//!
 //! Not counted: segment descriptors, free slices still resident, the cache of freed large
 //! mappings, the allocator's metadata.
 
@@ -20,9 +22,44 @@ use crate::stats::SharedCounter;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes of the pages thread heaps hold for size classes.
-pub static PAGE_BYTES: SharedCounter = SharedCounter::new();
+pub static PAGE_BYTES: HeldCounter = HeldCounter::new();
 /// Usable bytes of live large blocks.
-pub static LARGE_LIVE_BYTES: SharedCounter = SharedCounter::new();
+pub static LARGE_LIVE_BYTES: HeldCounter = HeldCounter::new();
+
+/// The most `held()` has been: DRAM's peak, the figure a user sizes a `limit=` or a cgroup by.
+static PEAK_HELD: AtomicU64 = AtomicU64::new(0);
+
+/// A part of the held bytes. Adding to it (a new page, a new or grown large block: never the
+/// per-block fast path) raises the peak when the total passes it: one more load and compare,
+/// and a read-modify-write only while the peak is being set.
+pub struct HeldCounter(SharedCounter);
+
+impl HeldCounter {
+    const fn new() -> Self {
+        HeldCounter(SharedCounter::new())
+    }
+    /// Adds `n` (wrapping: a release adds the two's complement).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.add(n);
+        if n < 1 << 63 {
+            let now = held();
+            if now > PEAK_HELD.load(Ordering::Relaxed) {
+                PEAK_HELD.fetch_max(now, Ordering::Relaxed);
+            }
+        }
+        crate::live::tick();
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+/// The most DRAM has held for blocks at once since the process started.
+pub fn peak_held() -> u64 {
+    PEAK_HELD.load(Ordering::Relaxed).max(held())
+}
 
 /// The cap; `u64::MAX` when none is configured.
 static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);

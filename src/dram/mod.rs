@@ -306,7 +306,12 @@ unsafe fn move_to_cached_large(p: *mut u8, old: usize, size: usize, align: usize
     q
 }
 
+/// The machine's memory, or the process's cgroup memory limit if that is smaller.
 fn physical_memory() -> u64 {
+    machine_memory().min(crate::cgroup::memory_limit().unwrap_or(u64::MAX))
+}
+
+fn machine_memory() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let (pages, size) = unsafe {
         (

@@ -25,12 +25,33 @@ impl core::fmt::Display for TierError {
     }
 }
 
+impl std::error::Error for TierError {}
+
 /// The statistics of tier `kind`.
 pub fn stats(kind: Kind) -> Result<TierStats, TierError> {
     tier::stats(kind).ok_or(TierError::NotConfigured(kind))
 }
 
-/// Prints every configured tier's statistics on stderr.
+/// Chooses device tier `kind`'s fit policy: which free extent a block of 4 KiB or more
+/// takes (`TIERMALLOC_TIERS` key `fit=`; `tm_set_fit` in C). DRAM accepts either and has no
+/// extent heap to apply it to.
+///
+/// ```
+/// use tiermalloc::{Fit, Kind, TierError};
+/// assert_eq!(tiermalloc::set_fit(Kind::Dram, Fit::Worst), Ok(()));
+/// if std::env::var_os("TIERMALLOC_TIERS").is_none() {
+///     assert_eq!(tiermalloc::set_fit(Kind::Cxl, Fit::Best), Err(TierError::NotConfigured(Kind::Cxl)));
+/// }
+/// ```
+pub fn set_fit(kind: Kind, fit: Fit) -> Result<(), TierError> {
+    if tier::set_fit(kind, fit) {
+        Ok(())
+    } else {
+        Err(TierError::NotConfigured(kind))
+    }
+}
+
+/// Prints every configured tier's statistics on stderr (the text report).
 pub fn print_stats() {
     super::report::print_stats()
 }
@@ -107,6 +128,12 @@ impl Tier {
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// Chooses this tier's fit policy (see [`set_fit`]).
+    pub fn set_fit(&self, fit: Fit) {
+        // A `Tier` exists only for a configured kind, so this cannot fail.
+        let _ = set_fit(self.kind, fit);
     }
 
     fn allocate_with(

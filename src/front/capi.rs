@@ -19,6 +19,7 @@ use core::ptr;
 static LINK_RUNTIME_HOOKS: super::runtime::Hooks = super::runtime::HOOKS;
 
 /// The memory kinds (tiers).
+#[allow(dead_code)] // declared for the C header; Rust receives kinds as `KindArg`
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum tm_kind {
@@ -31,6 +32,7 @@ pub enum tm_kind {
 /// Fit policies of a device tier: which free extent a block of 4 KiB or more (or aligned to
 /// more than 16) takes. Smaller blocks share 16 KiB slabs of their size class, and the slabs
 /// are placed by the policy.
+#[allow(dead_code)] // declared for the C header; Rust receives fits as `FitArg`
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum tm_fit {
@@ -245,7 +247,8 @@ pub unsafe extern "C" fn tm_get_stats(kind: KindArg, out: *mut TierStats) -> c_i
     0
 }
 
-/// Prints every configured tier's statistics on stderr.
+/// Prints every configured tier's statistics on stderr: in use, peak, capacity, reserved
+/// address space and counts, in human units, under a line naming the process.
 #[no_mangle]
 pub extern "C" fn tm_print_stats() {
     super::report::print_stats();

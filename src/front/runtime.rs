@@ -1,24 +1,26 @@
-//! Process start and exit: opening the configured tiers as soon as the environment is there;
-//! at exit, printing statistics when `TIERMALLOC_SHOW_STATS=1` and closing the device tiers'
-//! heaps cleanly (`device::close_all`).
+//! Process start and exit: opening the configured tiers as soon as the environment is there,
+//! setting up the statistics report's destinations; at exit, making the report (`report`: when
+//! `TIERMALLOC_SHOW_STATS=1` or `TIERMALLOC_STATS_FILE` asks for it) and closing the device
+//! tiers' heaps cleanly (`device::close_all`).
 //!
 //! Both hooks are entries in `.init_array`/`.fini_array`, so they need no allocation to
 //! register (unlike `atexit` from inside `malloc`), and work for the shared library, the static
 //! library and a Rust program using `TierMalloc` alike.
 
-use crate::{config, device, place, profile};
+use super::report;
+use crate::{cgroup, device, place, profile};
 
 extern "C" fn at_start() {
+    cgroup::init();
     place::init();
     // Registration allocates: from here, never from inside `malloc`.
     device::fork::register_fork_handlers();
+    report::init();
     profile::start();
 }
 
 extern "C" fn at_exit() {
-    if config::get().show_stats {
-        super::report::print_stats();
-    }
+    report::at_exit();
     profile::finish();
     // Persistent heaps marked closed cleanly, after everything else this hook does.
     device::close_all();

@@ -5,6 +5,8 @@
 //! pages and heaps.
 
 pub mod lease_lock;
+// Its models run; nothing in the library uses it yet (lending is not yet behind a tier).
+#[allow(dead_code)]
 pub mod lend_table;
 pub mod published;
 pub mod redo_log;

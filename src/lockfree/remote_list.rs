@@ -28,6 +28,8 @@ pub unsafe trait Link {
     ///
     /// # Safety
     /// `node` must be valid for reads and its link written before it was published.
+    // The list's consumers walk a taken chain with their own field access; the models use this.
+    #[allow(dead_code)]
     unsafe fn next(node: *mut Self) -> *mut Self;
 }
 

@@ -93,6 +93,7 @@ pub fn library() -> Library {
     ];
     for c in &candidates {
         if c.is_file() {
+            soname_link_next_to(c);
             return Library {
                 path: fs::canonicalize(c).unwrap_or_else(|_| c.clone()),
                 is_tiermalloc: true,
@@ -106,6 +107,20 @@ pub fn library() -> Library {
         candidates[0].display(),
         candidates[1].display()
     );
+}
+
+/// The library's soname (`build.rs`): what a program linked with `-ltiermalloc` asks the
+/// loader for.
+pub const SONAME: &str = "libtiermalloc.so.0";
+
+/// Makes `SONAME` next to `lib` a link to it, as `install.sh` does, so that programs linked
+/// against the build directory find the library through their rpath. A link made by another
+/// test at the same time is as good as ours.
+fn soname_link_next_to(lib: &Path) {
+    let link = lib.with_file_name(SONAME);
+    if fs::symlink_metadata(&link).is_err() {
+        let _ = std::os::unix::fs::symlink("libtiermalloc.so", &link);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -622,13 +622,7 @@ fn chunk_bytes() -> usize {
 }
 
 fn now_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    crate::os::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Prints what an evacuation did, in one line (`TIERMALLOC_VERBOSE=1`).

@@ -156,6 +156,8 @@ pub(crate) struct HeapStats {
     pub largest_free: u64,
     pub free_extents: u64,
     pub allocated_extents: u64,
+    /// The most `in_use` has been.
+    pub peak_in_use: u64,
 }
 
 /// Invariants (checked in full by `check_invariants`):
@@ -166,7 +168,9 @@ pub(crate) struct HeapStats {
 /// - `starts` records exactly every extent's start and node; `sizes` holds exactly the free
 ///   extents, so `sizes.len()` counts the free extents and `starts.len() - sizes.len()` the
 ///   allocated ones;
-/// - `in_use` = Σ allocated lengths, and `pool.live() == starts.len()`.
+/// - `in_use` = Σ allocated lengths, and `pool.live() == starts.len()`; `peak_in_use` ≥ every
+///   value `in_use` reached by allocating or growing (recovery inserts extents directly, so
+///   `stats` reports `max(peak_in_use, in_use)`).
 pub(crate) struct ExtentHeap {
     starts: StartTable,
     sizes: SizeIndex,
@@ -175,6 +179,7 @@ pub(crate) struct ExtentHeap {
     granule: u64,
     fit: Fit,
     in_use: u64,
+    peak_in_use: u64,
     probe_limit: u32,
     /// Cut blocks from the end of the chosen free extent instead of its start (device tiers:
     /// the extent keeps its start, so its header stays where it is; see `device::persist`).
@@ -232,6 +237,7 @@ impl ExtentHeap {
             granule,
             fit,
             in_use: 0,
+            peak_in_use: 0,
             probe_limit: PROBE_LIMIT,
             carve_from_end: false,
         })
@@ -430,6 +436,7 @@ impl ExtentHeap {
                 self.sizes.insert(t);
             }
             self.in_use += fit.need;
+            self.peak_in_use = self.peak_in_use.max(self.in_use);
             Carved {
                 offset: (*block).offset,
                 len: fit.need,
@@ -527,6 +534,7 @@ impl ExtentHeap {
                     behind = Some(((*next).offset, (*next).len));
                 }
                 self.in_use += extra;
+                self.peak_in_use = self.peak_in_use.max(self.in_use);
             } else if need < old {
                 let tail = old - need;
                 if next_free {
@@ -614,6 +622,8 @@ impl ExtentHeap {
             largest_free,
             free_extents,
             allocated_extents: self.starts.len() as u64 - free_extents,
+            // Recovery rebuilds extents without carving them: in_use bounds the peak from below.
+            peak_in_use: self.peak_in_use.max(self.in_use),
         }
     }
 

@@ -114,7 +114,7 @@ pub(crate) mod superblock;
 #[cfg(test)]
 mod tests;
 
-pub use check::{check_file, HeapReport};
+pub use check::{check_file, check_image, HeapReport};
 pub(crate) use flush::persist;
 pub(crate) use superblock::SUPERBLOCK_BYTES;
 

@@ -1,0 +1,11 @@
+//! Gives the shared library its versioned soname, `libtiermalloc.so.0` (major version 0), as
+//! the allocators users know do (`libjemalloc.so.2`, `libmimalloc.so.2`): a program linked with
+//! `-ltiermalloc` then records `libtiermalloc.so.0` and keeps working across compatible
+//! updates. Cargo still writes the file as `libtiermalloc.so`, which `LD_PRELOAD` and `dlopen`
+//! take by path; `install.sh` adds the `libtiermalloc.so.0` link that the loader looks up.
+
+fn main() {
+    let major = std::env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets the version");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libtiermalloc.so.{major}");
+    println!("cargo:rerun-if-changed=build.rs");
+}
