@@ -755,7 +755,7 @@ fn signal_handlers_on_the_evacuating_thread_write_to_the_tier() {
         HANDLER_TARGETS.store(targets.as_mut_ptr(), Ordering::Release);
     }
     // SAFETY: installing a handler that only touches the blocks and atomics above.
-    unsafe { libc::signal(libc::SIGUSR1, write_blocks as usize) };
+    unsafe { libc::signal(libc::SIGUSR1, write_blocks as *const () as usize) };
     let done = Arc::new(AtomicBool::new(false));
     let target = shm("target");
     let mover = {

@@ -65,7 +65,7 @@ fn show_stats_names_the_process_and_takes_only_real_booleans() {
     let out = preloaded(&["bash", "-c", "true"], &[("TIERMALLOC_SHOW_STATS", "yes")]);
     let text = stderr(&out);
     assert!(
-        text.contains(&format!("(bash): statistics at exit")) && text.contains("tiermalloc: pid "),
+        text.contains("(bash): statistics at exit") && text.contains("tiermalloc: pid "),
         "{text}"
     );
     assert!(

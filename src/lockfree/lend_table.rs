@@ -98,7 +98,7 @@ impl<'a> LendTable<'a> {
                 let (owner, holder, idle) = parts(v);
                 if v != 0 && idle && owner == holder && owner != me {
                     let r = rank(owner);
-                    if best.is_none_or(|b| r < b.0) {
+                    if best.map_or(true, |b| r < b.0) {
                         best = Some((r, i, v));
                     }
                 }
