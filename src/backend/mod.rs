@@ -7,12 +7,18 @@
 //! page map can own it. Nothing here reads the device's memory: sizes come from `fstat` and
 //! sysfs. Device specifics live in their own files: `nvme` (an NVMe controller's CMB and PMR
 //! BARs, set up through its registers when the tier opens, and the PMR's persistence barrier),
-//! `devdax` (a device DAX's size and alignment). `device_barrier` is the read that makes
-//! earlier writes durable on a device, for the persistent tiers. Every failure is a `Problem` naming what went wrong; the caller prints it in one line with
-//! the tier and path, and runs on without the tier.
+//! `devdax` (a device DAX's size and alignment), `file_space` (a tier file's space reserved at
+//! open, created and `%p` files removed). `device_barrier` is the read that makes earlier
+//! writes durable on a device, for the persistent tiers. Every failure is a `Problem`
+//! (`problem`) naming what went wrong; the caller prints it in one line with the tier and
+//! path, and runs on without the tier.
 
 mod devdax;
+mod file_space;
 mod nvme;
+mod problem;
+
+pub(crate) use problem::Problem;
 
 use crate::chunk::{self, CHUNK_SIZE};
 use crate::config::TierSpec;
@@ -82,44 +88,6 @@ pub(crate) fn device_barrier(region: &Region) {
     core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }
 
-/// Why a tier could not be mapped: a fixed text, plus the `errno` of the failing call if any.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Problem {
-    pub what: &'static str,
-    pub errno: i32,
-    /// For a file system without room: the bytes asked for and the bytes free.
-    pub room: Option<(u64, u64)>,
-    /// The region offset the problem is at (a damaged heap), if any.
-    pub at: Option<u64>,
-}
-
-impl Problem {
-    pub(crate) fn new(what: &'static str) -> Self {
-        Problem {
-            what,
-            errno: 0,
-            room: None,
-            at: None,
-        }
-    }
-    pub(crate) fn os(what: &'static str) -> Self {
-        Problem {
-            what,
-            errno: os::errno(),
-            room: None,
-            at: None,
-        }
-    }
-    pub(crate) fn no_room(needed: u64, free: u64) -> Self {
-        Problem {
-            what: "the file system has no room for the file",
-            errno: 0,
-            room: Some((needed, free)),
-            at: None,
-        }
-    }
-}
-
 /// Maps the region `spec` describes.
 pub(crate) fn map_region(spec: &TierSpec) -> Result<Region, Problem> {
     os::keep_errno(|| match (spec.path_cstr(), spec.numa) {
@@ -158,9 +126,9 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
     let mut created = false;
     let result = map_path_noting_creation(spec, path, &mut created);
     if result.is_err() && created {
-        crate::device_space::remove_created(path);
+        file_space::remove_created(path);
     } else if created && spec.per_process && !spec.keep {
-        crate::device_space::remove_at_exit(path);
+        file_space::remove_at_exit(path);
     }
     result
 }
@@ -240,7 +208,7 @@ fn map_path_noting_creation(
     lock_range(&fd, offset, len).map_err(release)?;
     // A PCI BAR's file in sysfs has no room to reserve (and must never be written to).
     if st.st_mode & libc::S_IFMT == libc::S_IFREG && !is_sysfs(&fd) {
-        crate::device_space::reserve(fd.0, offset as u64, len as u64).map_err(release)?;
+        file_space::reserve(fd.0, offset as u64, len as u64).map_err(release)?;
     }
     let reserved = reserve(len).map_err(release)?;
     // SAFETY: mapping our descriptor over our own fresh reservation at `reserved.base`.

@@ -11,7 +11,7 @@
 //! sysfs, whose `resourceN` files are PCI BARs and must never be written to here) is used as it
 //! is.
 
-use crate::backend::Problem;
+use super::Problem;
 use crate::os;
 
 /// Reserves bytes `[offset, offset + len)` of regular file `fd`.
