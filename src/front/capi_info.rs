@@ -42,7 +42,7 @@ pub unsafe extern "C" fn tm_stats_json(buf: *mut c_char, len: usize) -> usize {
         // SAFETY: valid for `len` bytes (contract).
         unsafe { core::slice::from_raw_parts_mut(buf.cast(), len) }
     };
-    crate::report::json_into(out)
+    super::report::json_into(out)
 }
 
 #[cfg(test)]
