@@ -336,3 +336,203 @@ fn inspect_and_check_read_a_persistent_tier_file_without_changing_it() {
         );
     }
 }
+
+/// Python (ctypes on the library `tiermalloc run` preloads) against the PMR heap in `file`
+/// (1 MiB): `script` runs after `tm` (the library) and `PMR` (3) are set up.
+fn python_on_heap(state: &Path, file: &Path, script: &str) -> Output {
+    let spec = format!("dram;pmr:path={},size=1M,create", file.display());
+    let program = format!(
+        "import ctypes, os, sys\n\
+         tm = ctypes.CDLL(None)\n\
+         PMR = 3\n\
+         tm.tm_malloc.restype = ctypes.c_void_p\n\
+         tm.tm_malloc.argtypes = [ctypes.c_int, ctypes.c_size_t]\n\
+         tm.tm_root_set.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p]\n\
+         tm.tm_root_get.restype = ctypes.c_void_p\n\
+         tm.tm_root_get.argtypes = [ctypes.c_int, ctypes.c_char_p]\n\
+         tm.tm_next_block.restype = ctypes.c_void_p\n\
+         tm.tm_next_block.argtypes = [ctypes.c_int, ctypes.c_void_p]\n\
+         tm.tm_offset_of.restype = ctypes.c_uint64\n\
+         tm.tm_offset_of.argtypes = [ctypes.c_void_p]\n\
+         {script}"
+    );
+    output(tiermalloc(
+        state,
+        &["run", "--tiers", &spec, "--", "/usr/bin/python3", "-c", &program],
+    ))
+}
+
+/// Blocks of 20000 bytes filled with their name's letter: a, b, c named by roots, d not.
+const MAKE_HEAP: &str = "\
+for name in [b'a', b'b', b'c', b'd']:
+    p = tm.tm_malloc(PMR, 20000)
+    assert p, 'no pmr block'
+    ctypes.memset(p, name[0], 20000)
+    if name != b'd':
+        assert tm.tm_root_set(PMR, name, p) == 0
+    print(name.decode(), tm.tm_offset_of(p))
+";
+
+/// Each root's block (`a:ok` when it holds its 20000 letters, `a:gone` when the root is gone),
+/// the live blocks, and a new block allocated and freed.
+const READ_HEAP: &str = "\
+out = []
+for name in [b'a', b'b', b'c']:
+    p = tm.tm_root_get(PMR, name)
+    out.append(name.decode() + (':gone' if not p else ':ok' if ctypes.string_at(p, 20000) == name * 20000 else ':changed'))
+n, p = 0, None
+while True:
+    p = tm.tm_next_block(PMR, p)
+    if not p: break
+    n += 1
+q = tm.tm_malloc(PMR, 100000)
+out.append('blocks=%d new=%s' % (n, 'yes' if q else 'no'))
+print(' '.join(out))
+";
+
+/// `check PATH --repair` on each kind of damage a heap's file can come to, crafted on copies
+/// of a real heap: `check` names it, `--repair` mends it in one line a change, `check` then
+/// passes, and the library opens the file as the heap the repair says.
+#[test]
+fn check_repair_mends_each_kind_of_damage_and_the_heap_opens_after() {
+    let state = TempDir::new("cli", "repair").kept_on_panic();
+    let base = state.path().join("base");
+    let made = python_on_heap(state.path(), &base, MAKE_HEAP);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let offsets: std::collections::HashMap<String, u64> = text(&made.stdout)
+        .lines()
+        .map(|l| {
+            let (n, o) = l.split_once(' ').unwrap();
+            (n.to_string(), o.parse().unwrap())
+        })
+        .collect();
+    let image = std::fs::read(&base).unwrap();
+    let root_entry = |name: &[u8]| {
+        (0..48)
+            .map(|i| 256 + 80 * i)
+            .find(|&at| image[at..at + 64].starts_with(name) && image[at + name.len()] == 0)
+            .unwrap()
+    };
+    let check = |file: &Path, repair: bool| {
+        let mut args = vec!["check", file.to_str().unwrap()];
+        if repair {
+            args.push("--repair");
+        }
+        output(tiermalloc(state.path(), &args))
+    };
+
+    type Damage<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
+    let header_of = |name: &str| offsets[name] as usize - 16;
+    let cases: Vec<(&str, Damage, &str, &str, &str)> = vec![
+        (
+            "dirty",
+            Box::new(|i| i[52] = 1),
+            "not closed by its last run",
+            "dirty flag",
+            "a:ok b:ok c:ok blocks=4",
+        ),
+        (
+            "dangling-root",
+            Box::new(move |i| {
+                let at = root_entry(b"c") + 64;
+                i[at..at + 8].copy_from_slice(&(4096u64 + 48).to_le_bytes());
+            }),
+            "root \"c\" names offset 4144, which is no live block",
+            "root \"c\" named offset 4144, which is no live block: removed",
+            "a:ok b:ok c:gone blocks=4",
+        ),
+        (
+            "torn-named-header",
+            Box::new(move |i| i[header_of("b")..header_of("b") + 16].fill(0)),
+            "no block header",
+            "made one live block, as the root naming it says",
+            "a:ok b:ok c:ok blocks=4",
+        ),
+        (
+            "torn-header",
+            Box::new(move |i| i[header_of("d")..header_of("d") + 16].fill(0)),
+            "no block header",
+            "made free space",
+            "a:ok b:ok c:ok blocks=3",
+        ),
+        (
+            "torn-tail",
+            Box::new(move |i| i.truncate(header_of("a"))),
+            "the superblock is for a region of 1048576 bytes",
+            "extended with zeroes",
+            "a:gone b:ok c:ok blocks=3",
+        ),
+    ];
+    // The heap as made: sound, closed cleanly, nothing to repair.
+    let out = check(&base, true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("nothing to repair"), "{}", text(&out.stdout));
+    assert!(std::fs::read(&base).unwrap() == image, "nothing to repair, yet the file changed");
+
+    for (name, damage, found, repaired, after) in cases {
+        let file = state.path().join(name);
+        let mut bytes = image.clone();
+        damage(&mut bytes);
+        std::fs::write(&file, &bytes).unwrap();
+        let out = check(&file, false);
+        let said = text(&out.stdout) + &text(&out.stderr);
+        assert!(said.contains(found), "{name}: check said {said}");
+        assert_eq!(out.status.success(), name == "dirty", "{name}: {said}");
+        assert!(std::fs::read(&file).unwrap() == bytes, "{name}: check wrote");
+
+        let out = check(&file, true);
+        let said = text(&out.stdout);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let lines: Vec<_> = said.lines().filter(|l| l.contains(": repaired: ")).collect();
+        assert!(
+            !lines.is_empty() && lines.iter().any(|l| l.contains(repaired)),
+            "{name}: --repair said {said}"
+        );
+        let out = check(&file, false);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("closed cleanly"), "{name}");
+
+        let out = python_on_heap(state.path(), &file, READ_HEAP);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), format!("{after} new=yes"), "{name}");
+        let out = check(&file, false);
+        assert!(out.status.success(), "{name} after a run: {}", text(&out.stderr));
+    }
+
+    // Never a foreign file, never a heap in use.
+    let junk = state.path().join("junk");
+    std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+    let out = check(&junk, true);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("left untouched"), "{}", text(&out.stderr));
+    assert!(std::fs::read(&junk).unwrap() == vec![0x5a; 8192], "wrote a foreign file");
+
+    let busy = state.path().join("busy");
+    std::fs::write(&busy, &image).unwrap();
+    let spec = format!("dram;pmr:path={},size=1M", busy.display());
+    let mut holder = tiermalloc(
+        state.path(),
+        &["run", "--tiers", &spec, "--", "/usr/bin/python3", "-c",
+          "import ctypes, sys\ntm = ctypes.CDLL(None)\ntm.tm_malloc.restype = ctypes.c_void_p\nassert tm.tm_malloc(3, 64)\nprint('open', flush=True)\nsys.stdin.read()"],
+    );
+    let mut child = holder
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "open");
+    let before = std::fs::read(&busy).unwrap();
+    let out = check(&busy, true);
+    let after = std::fs::read(&busy).unwrap();
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("in use by a running process"), "{}", text(&out.stderr));
+    assert!(after == before, "repaired a heap in use");
+}

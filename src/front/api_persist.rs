@@ -23,7 +23,10 @@ use crate::place;
 use crate::device::{self, DeviceTier};
 use core::ptr::NonNull;
 
-pub use crate::device::persist::{check_file, check_image, HeapReport};
+pub use crate::device::persist::{
+    check_file, check_image, check_image_with_progress, heap_region_len, repair_file, HeapReport,
+    Repaired,
+};
 
 /// A position in a device tier's region, from its start: what a program stores inside
 /// persistent blocks, since the region may map at another address next run.

@@ -58,7 +58,15 @@ fn cli() -> Command {
                 ),
         )
         .subcommand(offline_command("inspect", "Show what a persistent tier's file holds: its heap, blocks, free space and roots (read-only)"))
-        .subcommand(offline_command("check", "Verify a persistent tier's file offline (read-only); fails on the first inconsistency"))
+        .subcommand(
+            offline_command("check", "Verify a persistent tier's file offline (read-only); fails on the first inconsistency")
+                .arg(
+                    Arg::new("repair")
+                        .long("repair")
+                        .action(ArgAction::SetTrue)
+                        .help("mend what recovery can mend offline (a file cut short, a broken header chain, roots naming no block, the dirty flag), one line per change; refuses a file that is not a heap or is in use"),
+                ),
+        )
         .subcommand(
             Command::new("stats")
                 .about("Show the last run's statistics, a running process's, or a stats file's")

@@ -109,12 +109,14 @@ mod check;
 mod flush;
 pub(crate) mod media;
 pub(crate) mod recover;
+mod repair;
 pub(crate) mod roots;
 pub(crate) mod superblock;
 #[cfg(test)]
 mod tests;
 
-pub use check::{check_file, check_image, HeapReport};
+pub use check::{check_file, check_image, check_image_with_progress, HeapReport};
+pub use repair::{heap_region_len, repair_file, Repaired};
 pub(crate) use flush::persist;
 pub(crate) use superblock::SUPERBLOCK_BYTES;
 
