@@ -536,3 +536,76 @@ fn check_repair_mends_each_kind_of_damage_and_the_heap_opens_after() {
     assert!(text(&out.stderr).contains("in use by a running process"), "{}", text(&out.stderr));
     assert!(after == before, "repaired a heap in use");
 }
+
+/// `spaces PATH` lists a real pool's spaces as the library sees them, `--collect` applies the
+/// deletion rule (with `--min-age`), and a file holding no pool is neither listed nor formatted.
+#[test]
+fn spaces_lists_a_pools_spaces_and_collects_the_unused_ones() {
+    use tiermalloc::pool::{MapMode, Pool};
+    let state = TempDir::new("cli", "spaces").kept_on_panic();
+    let file = state.path().join("pool");
+    let pool = Pool::open_str(&format!("path={},size=8M,create", file.display())).unwrap();
+    let mut weights = pool.create_space("weights", 1 << 20).unwrap();
+    weights.publish().unwrap();
+    let reader = pool.open_space("weights", MapMode::Read).unwrap();
+    let mut old = pool.create_space("old", 64 << 10).unwrap();
+    old.publish().unwrap();
+    drop(old);
+    let _draft = pool.create_space("draft", 256 << 10).unwrap();
+    let spaces = |args: &[&str]| {
+        let mut all = vec!["spaces", file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = output(tiermalloc(state.path(), &all));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    let v: serde_json::Value = serde_json::from_str(&spaces(&["--json"])).unwrap();
+    let mut listed: Vec<(String, u64, u64, String)> = v["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert!(s["age_ms"].as_u64().unwrap() < 60_000, "{s}");
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["size"].as_u64().unwrap(),
+                s["refs"].as_u64().unwrap(),
+                s["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    let mut expected: Vec<_> = pool
+        .spaces()
+        .into_iter()
+        .map(|s| (s.name, s.size, s.refs, format!("{:?}", s.state).to_lowercase()))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(
+        listed.iter().map(|s| (s.0.as_str(), s.2, s.3.as_str())).collect::<Vec<_>>(),
+        [("draft", 1, "private"), ("old", 0, "shared"), ("weights", 2, "shared")]
+    );
+    assert_eq!(v["free"], pool.free_space());
+
+    let shown = spaces(&[]);
+    assert!(shown.contains(": 3 space(s), ") && shown.contains("NAME"), "{shown}");
+    let row = shown.lines().find(|l| l.contains("weights")).unwrap();
+    assert!(row.contains("1.0 MiB") && row.contains(" 2 ") && row.ends_with("shared"), "{row}");
+
+    // Too young for an hour's minimum age; then the unmapped published space goes.
+    assert!(spaces(&["--collect", "--min-age", "1h"]).contains("collected 0 space(s)"));
+    let shown = spaces(&["--collect"]);
+    assert!(shown.contains("collected 1 space(s)") && !shown.contains("old"), "{shown}");
+    assert!(pool.space("old").is_err() && pool.space("weights").is_ok());
+    drop((reader, weights));
+
+    // A file of zeroes: no pool, refused in one line, and still zeroes (opening would format it).
+    let zeroes = state.path().join("zeroes");
+    std::fs::write(&zeroes, vec![0; 1 << 20]).unwrap();
+    let out = output(tiermalloc(state.path(), &["spaces", zeroes.to_str().unwrap()]));
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.lines().count() == 1 && err.contains("no tiermalloc pool"), "{err}");
+    assert!(std::fs::read(&zeroes).unwrap().iter().all(|&b| b == 0), "formatted a file of zeroes");
+}

@@ -29,6 +29,7 @@ mod extents;
 mod layout;
 mod map;
 mod nodes;
+mod probe;
 pub(crate) mod registry;
 mod spaces;
 mod spec;
@@ -37,6 +38,7 @@ mod txn;
 
 pub use api::{MapMode, Space, SpaceMap, SpaceState};
 pub use nodes::NodeInfo;
+pub use probe::holds_pool;
 pub use spec::PoolSpec;
 
 use crate::os;

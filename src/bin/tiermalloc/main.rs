@@ -6,6 +6,7 @@
 
 mod offline;
 mod run;
+mod spaces;
 mod stats;
 
 use clap::{Arg, ArgAction, Command};
@@ -68,6 +69,22 @@ fn cli() -> Command {
                 ),
         )
         .subcommand(
+            offline_command("spaces", "List a shared pool's named spaces (name, size, refs, age, state); --collect applies its deletion rule")
+                .arg(
+                    Arg::new("collect")
+                        .long("collect")
+                        .action(ArgAction::SetTrue)
+                        .help("delete the published spaces nobody maps (and older than --min-age), then list"),
+                )
+                .arg(
+                    Arg::new("min_age")
+                        .long("min-age")
+                        .value_name("AGE")
+                        .requires("collect")
+                        .help("with --collect: only spaces at least this old (10s, 5m, 2h, 1d; default 0)"),
+                ),
+        )
+        .subcommand(
             Command::new("stats")
                 .about("Show the last run's statistics, a running process's, or a stats file's")
                 .arg(
@@ -84,7 +101,7 @@ fn cli() -> Command {
         )
 }
 
-/// `inspect` and `check`: a file, an offset into it, `--json`.
+/// `inspect`, `check` and `spaces`: a file, an offset into it, `--json`.
 fn offline_command(name: &'static str, about: &'static str) -> Command {
     Command::new(name)
         .about(about)
@@ -98,7 +115,7 @@ fn offline_command(name: &'static str, about: &'static str) -> Command {
             Arg::new("offset")
                 .long("offset")
                 .value_name("BYTES")
-                .help("where the tier starts in the file (its offset= key); default 0"),
+                .help("where the tier or pool starts in the file (its offset= key); default 0"),
         )
         .arg(
             Arg::new("json")
@@ -136,6 +153,7 @@ fn main() -> ExitCode {
         Some(("stats", m)) => stats::stats(m),
         Some(("inspect", m)) => offline::inspect(m),
         Some(("check", m)) => offline::check(m),
+        Some(("spaces", m)) => spaces::spaces(m),
         _ => Err("no such command".to_string()),
     };
     match result {

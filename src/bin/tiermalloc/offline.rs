@@ -13,7 +13,7 @@ use tiermalloc::report::Bytes;
 use tiermalloc::HeapReport;
 
 /// The PATH and --offset arguments.
-fn target(m: &ArgMatches) -> Result<(String, u64), Failure> {
+pub fn target(m: &ArgMatches) -> Result<(String, u64), Failure> {
     let path = m.get_one::<String>("path").ok_or("no PATH given")?;
     let offset: u64 = match m.get_one::<String>("offset") {
         Some(o) => o

@@ -21,8 +21,8 @@
 
 use super::check::{check_image, live_blocks, HeapReport};
 use super::recover::{self, scan_from};
-use super::superblock::{self, DIRTY_AT, LAYOUT_VERSION, SUPERBLOCK_BYTES};
 use super::roots;
+use super::superblock::{self, DIRTY_AT, LAYOUT_VERSION, SUPERBLOCK_BYTES};
 use crate::device::header::{HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
 use std::string::String;
 use std::vec::Vec;
@@ -64,7 +64,11 @@ fn chain_resumes(image: &[u8], broken: u64) -> u64 {
     let end = image.len() as u64;
     let mut at = broken + HEADER_SIZE;
     while at < end {
-        let magic = u32::from_le_bytes(image[at as usize + 8..at as usize + 12].try_into().unwrap_or([0; 4]));
+        let magic = u32::from_le_bytes(
+            image[at as usize + 8..at as usize + 12]
+                .try_into()
+                .unwrap_or([0; 4]),
+        );
         if magic == HEADER_MAGIC && scan_from(image, at, |_, _, _| true).is_ok() {
             return at;
         }
@@ -180,7 +184,10 @@ pub fn repair_file(path: &std::path::Path, offset: u64) -> Result<Repaired, Stri
         .write(true)
         .open(path)
         .map_err(|e| std::format!("{show}: {e}"))?;
-    let file_len = file.metadata().map_err(|e| std::format!("{show}: {e}"))?.len();
+    let file_len = file
+        .metadata()
+        .map_err(|e| std::format!("{show}: {e}"))?
+        .len();
     let mut first = std::vec![0u8; SUPERBLOCK_BYTES as usize];
     let ours = |f: &superblock::Fields| {
         f.version == LAYOUT_VERSION
@@ -219,7 +226,9 @@ pub fn repair_file(path: &std::path::Path, offset: u64) -> Result<Repaired, Stri
     let patches = plan(&mut image, &mut changes);
     let report = check_image(&image).map_err(|why| std::format!("{show}: {why}"))?;
     if let Some(p) = report.problems.first() {
-        return Err(std::format!("{show}: the repair would leave a problem ({p}); nothing written"));
+        return Err(std::format!(
+            "{show}: the repair would leave a problem ({p}); nothing written"
+        ));
     }
     let write = |p: &Patch| {
         file.write_all_at(&p.bytes, offset + p.at)
