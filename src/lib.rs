@@ -179,8 +179,9 @@ not_under_loom! {
         Tier, TierError, TierStats,
     };
     pub use front::api_persist::{
-        check_file, check_image, check_image_with_progress, free_block, heap_region_len,
-        repair_file, Blocks, HeapReport, Offset, PersistError, Repaired,
+        check_file, check_image, check_image_with_progress, extent_map, free_block,
+        heap_region_len, repair_file, Blocks, ExtentKind, HeapReport, MapExtent, Offset,
+        PersistError, Repaired,
     };
     // The C functions, callable from Rust for tests that check their C semantics
     // (tests/evacuate.rs and others); not part of the documented Rust API.

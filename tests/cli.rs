@@ -609,3 +609,87 @@ fn spaces_lists_a_pools_spaces_and_collects_the_unused_ones() {
     assert!(!out.status.success() && err.lines().count() == 1 && err.contains("no tiermalloc pool"), "{err}");
     assert!(std::fs::read(&zeroes).unwrap().iter().all(|&b| b == 0), "formatted a file of zeroes");
 }
+
+/// `inspect PATH --map FILE.svg` draws a real, fragmented heap: the SVG parses as XML, its
+/// extents tile the region in order, and its free, in-use, largest-free and fragmentation
+/// figures are the checker's.
+#[test]
+fn inspect_map_draws_the_regions_extents_with_the_checkers_figures() {
+    let state = TempDir::new("cli", "map").kept_on_panic();
+    let file = state.path().join("heap");
+    let made = python_on_heap(
+        state.path(),
+        &file,
+        "tm.tm_free.argtypes = [ctypes.c_void_p]\n\
+         small = [tm.tm_malloc(PMR, 100) for i in range(30)]\n\
+         big = []\n\
+         while True:\n\
+         \x20   p = tm.tm_malloc(PMR, 10000)\n\
+         \x20   if not p: break\n\
+         \x20   big.append(p)\n\
+         assert all(small) and len(big) > 60\n\
+         for p in big[:40:2] + big[50:56] + small[::3]: tm.tm_free(p)\n",
+    );
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let svg = state.path().join("map.svg");
+    let out = output(tiermalloc(
+        state.path(),
+        &["inspect", "--json", file.to_str().unwrap(), "--map", svg.to_str().unwrap()],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let parse = "import xml.etree.ElementTree as E, json, sys\n\
+                 r = E.parse(sys.argv[1]).getroot()\n\
+                 ns = '{http://www.w3.org/2000/svg}'\n\
+                 ex = [(int(g.get('data-offset')), int(g.get('data-len')), g.get('data-state'), int(g.get('data-live-bytes') or 0)) for g in r.iter(ns + 'g') if g.get('class') == 'extent']\n\
+                 print(json.dumps({'root': dict(r.attrib), 'extents': ex, 'figures': [t.text for t in r.iter(ns + 'text') if t.get('id') == 'figures'][0]}))\n";
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", parse, svg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "not well-formed XML: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let root = |k: &str| v["root"][k].as_str().unwrap().parse::<f64>().unwrap();
+    let mut at = 0;
+    let (mut free, mut in_use, mut largest, mut run, mut blocks, mut slabs) = (0, 0, 0, 0, 0, 0);
+    for e in v["extents"].as_array().unwrap() {
+        let (offset, len, kind, live) = (
+            e[0].as_u64().unwrap(),
+            e[1].as_u64().unwrap(),
+            e[2].as_str().unwrap(),
+            e[3].as_u64().unwrap(),
+        );
+        assert_eq!(offset, at, "the extents tile the region in order");
+        at += len;
+        match kind {
+            "free" => {
+                free += len;
+                run += len;
+                largest = largest.max(run);
+                continue;
+            }
+            "block" => (in_use, blocks) = (in_use + len, blocks + 1),
+            "slab" => (in_use, slabs) = (in_use + live, slabs + 1),
+            "superblock" => assert_eq!(offset, 0),
+            other => panic!("extent state {other} in a sound heap"),
+        }
+        run = 0;
+    }
+    assert_eq!(at, report["region_len"].as_u64().unwrap());
+    assert_eq!(free, report["free"].as_u64().unwrap());
+    assert_eq!(in_use, report["in_use"].as_u64().unwrap());
+    assert_eq!(largest, report["largest_free"].as_u64().unwrap());
+    assert_eq!((blocks, slabs), (report["blocks"].as_u64().unwrap(), report["slabs"].as_u64().unwrap()));
+    assert!(blocks >= 20 && slabs >= 1, "{blocks} blocks, {slabs} slabs");
+    assert_eq!(root("data-largest-free") as u64, largest);
+    let fragmentation = 1.0 - largest as f64 / free as f64;
+    assert!(fragmentation > 0.0, "freeing every other block leaves holes");
+    assert!((root("data-fragmentation") - fragmentation).abs() < 1e-3);
+    let figures = v["figures"].as_str().unwrap();
+    assert!(
+        figures.contains(&format!("fragmentation {:.1}%", fragmentation * 100.0))
+            && figures.contains("largest free extent"),
+        "{figures}"
+    );
+}

@@ -24,8 +24,8 @@ use crate::device::{self, DeviceTier};
 use core::ptr::NonNull;
 
 pub use crate::device::persist::{
-    check_file, check_image, check_image_with_progress, heap_region_len, repair_file, HeapReport,
-    Repaired,
+    check_file, check_image, check_image_with_progress, extent_map, heap_region_len, repair_file,
+    ExtentKind, HeapReport, MapExtent, Repaired,
 };
 
 /// A position in a device tier's region, from its start: what a program stores inside

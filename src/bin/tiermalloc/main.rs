@@ -7,6 +7,7 @@
 mod offline;
 mod run;
 mod spaces;
+mod svg_map;
 mod stats;
 
 use clap::{Arg, ArgAction, Command};
@@ -58,7 +59,15 @@ fn cli() -> Command {
                         .help("the program and its arguments, after --"),
                 ),
         )
-        .subcommand(offline_command("inspect", "Show what a persistent tier's file holds: its heap, blocks, free space and roots (read-only)"))
+        .subcommand(
+            offline_command("inspect", "Show what a persistent tier's file holds: its heap, blocks, free space and roots (read-only)")
+                .arg(
+                    Arg::new("map")
+                        .long("map")
+                        .value_name("FILE.svg")
+                        .help("also draw the region's extents (allocated, slabs, free, damaged) into an SVG file, with the largest free extent and the fragmentation"),
+                ),
+        )
         .subcommand(
             offline_command("check", "Verify a persistent tier's file offline (read-only); fails on the first inconsistency")
                 .arg(

@@ -55,16 +55,13 @@ pub fn map_region(path: &str, offset: u64) -> Result<memmap2::Mmap, Failure> {
     }
 }
 
-/// Maps `path` read-only and checks the heap in it, with a progress bar on a terminal.
-fn examine(m: &ArgMatches) -> Result<(String, HeapReport), Failure> {
-    let (path, offset) = target(m)?;
-    let map = map_region(&path, offset)?;
-    let report = tiermalloc::check_image(&map).map_err(|why| {
+/// Checks the heap in `map` (the region of `path`), with a progress bar on a terminal.
+fn examine(path: &str, map: &[u8]) -> Result<HeapReport, Failure> {
+    tiermalloc::check_image(map).map_err(|why| {
         let short = tiermalloc::heap_region_len(&map).is_some_and(|n| n > map.len() as u64);
         let hint = if short { " (cut short? `tiermalloc check --repair` extends it)" } else { "" };
         format!("{path}: {why}{hint}")
-    })?;
-    Ok((path, report))
+    })
 }
 
 fn render(path: &str, r: &HeapReport, json: bool) -> String {
@@ -120,8 +117,15 @@ fn render(path: &str, r: &HeapReport, json: bool) -> String {
 }
 
 pub fn inspect(m: &ArgMatches) -> Result<ExitCode, Failure> {
-    let (path, report) = examine(m)?;
+    let (path, offset) = target(m)?;
+    let map = map_region(&path, offset)?;
+    let report = examine(&path, &map)?;
     print!("{}", render(&path, &report, m.get_flag("json")));
+    if let Some(svg) = m.get_one::<String>("map") {
+        let extents = tiermalloc::extent_map(&map).map_err(|why| format!("{path}: {why}"))?;
+        std::fs::write(svg, crate::svg_map::render(&path, &report, &extents))
+            .map_err(|e| format!("{svg}: {e}"))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -129,7 +133,8 @@ pub fn check(m: &ArgMatches) -> Result<ExitCode, Failure> {
     if m.get_flag("repair") {
         return repair(m);
     }
-    let (path, report) = examine(m)?;
+    let (path, offset) = target(m)?;
+    let report = examine(&path, &map_region(&path, offset)?)?;
     print!("{}", render(&path, &report, m.get_flag("json")));
     match report.problems.first() {
         None => Ok(ExitCode::SUCCESS),
