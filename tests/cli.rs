@@ -693,3 +693,30 @@ fn inspect_map_draws_the_regions_extents_with_the_checkers_figures() {
         "{figures}"
     );
 }
+
+/// `stats FILE` keeps the workload profile's reserve figures of a JSON report, as JSON and as
+/// text (tests/profile.rs checks that the library writes them).
+#[test]
+fn stats_keeps_the_profile_reserve_figures() {
+    let state = TempDir::new("cli", "reserve").kept_on_panic();
+    let file = state.path().join("report.json");
+    std::fs::write(
+        &file,
+        r#"{"pid":7,"program":"grow","event":"exit","time_ns":1,"complete":true,"tiers":[{"kind":"dram","in_use":4592,"peak":335781568,"capacity":25276182528,"capacity_source":"machine","free":25276177936,"largest_free":25265762304,"reserved":88080384,"allocations":2129,"frees":2123,"failures":0,"spilled_in":0,"spilled_out":0,"profile_reserved":339738624,"reserve_used":338681856,"reserve_miss":4096}]}"#,
+    )
+    .unwrap();
+    let out = output(tiermalloc(state.path(), &["stats", "--json", file.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dram = &v["tiers"][0];
+    assert_eq!(
+        (&dram["profile_reserved"], &dram["reserve_used"], &dram["reserve_miss"]),
+        (&339738624.into(), &338681856.into(), &4096.into())
+    );
+    let out = output(tiermalloc(state.path(), &["stats", file.to_str().unwrap()]));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("dram profile reserve 324.0 MiB, 323.0 MiB of it used, 4.0 KiB mapped beyond it"),
+        "{shown}"
+    );
+}

@@ -317,6 +317,15 @@ pub fn write_text<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
             "tiermalloc:   {name:<4} {} allocations, {} frees, {} failures, {} spilled in, {} spilled out",
             s.allocations, s.frees, s.failures, s.spilled_in, s.spilled_out
         )?;
+        if s.reserved > 0 {
+            writeln!(
+                w,
+                "tiermalloc:   {name:<4} profile reserve {}, {} of it used, {} mapped beyond it",
+                Bytes(s.reserved),
+                Bytes(s.reserve_used),
+                Bytes(s.reserve_miss)
+            )?;
+        }
     }
     Ok(())
 }
@@ -324,7 +333,11 @@ pub fn write_text<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
 /// The report as one JSON object (raw numbers; a newline at the end):
 /// `{"pid":..,"program":"..","event":"exit","time_ns":..,"complete":true,"tiers":[{"kind":"dram",
 /// "in_use":..,"peak":..,"capacity":..,"capacity_source":"machine","free":..,"largest_free":..,
-/// "reserved":..,"allocations":..,"frees":..,"failures":..,"spilled_in":..,"spilled_out":..}]}`.
+/// "reserved":..,"allocations":..,"frees":..,"failures":..,"spilled_in":..,"spilled_out":..,
+/// "profile_reserved":..,"reserve_used":..,"reserve_miss":..}]}`. `reserved` is address space;
+/// `profile_reserved`, `reserve_used` and `reserve_miss` are the workload profile's reserve
+/// (`TIERMALLOC_PROFILE`, DRAM only, 0 without one): bytes reserved at start, handed out from
+/// it, and mapped beyond it.
 pub fn write_json<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
     write!(w, "{{\"pid\":{},\"program\":\"", snap.pid)?;
     for c in snap.program().chars() {
@@ -348,7 +361,8 @@ pub fn write_json<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
             w,
             "{}{{\"kind\":\"{}\",\"in_use\":{},\"peak\":{},\"capacity\":{},\"capacity_source\":\"{}\",\
              \"free\":{},\"largest_free\":{},\"reserved\":{},\"allocations\":{},\"frees\":{},\
-             \"failures\":{},\"spilled_in\":{},\"spilled_out\":{}}}",
+             \"failures\":{},\"spilled_in\":{},\"spilled_out\":{},\"profile_reserved\":{},\
+             \"reserve_used\":{},\"reserve_miss\":{}}}",
             if i == 0 { "" } else { "," },
             t.kind.name(),
             s.in_use,
@@ -362,7 +376,10 @@ pub fn write_json<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
             s.frees,
             s.failures,
             s.spilled_in,
-            s.spilled_out
+            s.spilled_out,
+            s.reserved,
+            s.reserve_used,
+            s.reserve_miss
         )?;
     }
     writeln!(w, "]}}")

@@ -192,8 +192,10 @@ pub fn parse(text: &[u8]) -> Result<Snapshot, Failure> {
                 failures: num(t, "failures")?,
                 spilled_in: num(t, "spilled_in")?,
                 spilled_out: num(t, "spilled_out")?,
-                // The profile's reserve figures are not in the JSON report.
-                ..TierStats::default()
+                // The profile's reserve (absent from reports of older versions: 0).
+                reserved: num(t, "profile_reserved").unwrap_or(0),
+                reserve_used: num(t, "reserve_used").unwrap_or(0),
+                reserve_miss: num(t, "reserve_miss").unwrap_or(0),
             },
             peak: num(t, "peak")?,
             reserved: num(t, "reserved")?,
