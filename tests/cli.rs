@@ -720,3 +720,38 @@ fn stats_keeps_the_profile_reserve_figures() {
         "{shown}"
     );
 }
+
+/// On a terminal (a pty made by `script`), `check` of a large region shows a progress bar on
+/// stderr and clears it; into a pipe, it shows none.
+#[test]
+fn check_shows_a_progress_bar_only_on_a_terminal() {
+    let state = TempDir::new("cli", "progress").kept_on_panic();
+    let file = state.path().join("big");
+    // 512 MiB, sparse: blocks of 8 MiB spread headers over the region, their bytes untouched.
+    let spec = format!("dram;pmr:path={},size=512M,create", file.display());
+    let made = output(tiermalloc(
+        state.path(),
+        &["run", "--tiers", &spec, "--", "/usr/bin/python3", "-c",
+          "import ctypes\ntm = ctypes.CDLL(None)\ntm.tm_malloc.restype = ctypes.c_void_p\nassert all(tm.tm_malloc(3, 8 << 20) for i in range(60))"],
+    ));
+    assert!(made.status.success(), "{}", text(&made.stderr));
+
+    let piped = output(tiermalloc(state.path(), &["check", file.to_str().unwrap()]));
+    assert!(piped.status.success() && piped.stderr.is_empty(), "{}", text(&piped.stderr));
+
+    let line = format!(
+        "{} check {}",
+        env!("CARGO_BIN_EXE_tiermalloc"),
+        file.to_str().unwrap()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .envs(tiermalloc(state.path(), &[]).get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let out = output(script);
+    let tty = text(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("scanning ") && tty.contains("MiB/512"), "no bar on a terminal: {tty:?}");
+    assert!(tty.contains("tiermalloc heap"), "{tty}");
+}

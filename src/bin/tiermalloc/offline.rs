@@ -55,9 +55,42 @@ pub fn map_region(path: &str, offset: u64) -> Result<memmap2::Mmap, Failure> {
     }
 }
 
+/// Regions from this size on get a progress bar (on a terminal).
+const PROGRESS_FROM: usize = 256 << 20;
+
+/// A progress bar over `len` bytes on stderr, when stderr is a terminal and the region large;
+/// else none.
+fn progress_bar(path: &str, len: usize) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() || len < PROGRESS_FROM {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} ({eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(format!("scanning {path}"));
+    bar.tick();
+    Some(bar)
+}
+
 /// Checks the heap in `map` (the region of `path`), with a progress bar on a terminal.
 fn examine(path: &str, map: &[u8]) -> Result<HeapReport, Failure> {
-    tiermalloc::check_image(map).map_err(|why| {
+    let bar = progress_bar(path, map.len());
+    let checked = tiermalloc::check_image_with_progress(map, &mut |done| {
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    checked.map_err(|why| {
         let short = tiermalloc::heap_region_len(&map).is_some_and(|n| n > map.len() as u64);
         let hint = if short { " (cut short? `tiermalloc check --repair` extends it)" } else { "" };
         format!("{path}: {why}{hint}")
