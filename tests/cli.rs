@@ -358,7 +358,15 @@ fn python_on_heap(state: &Path, file: &Path, script: &str) -> Output {
     );
     output(tiermalloc(
         state,
-        &["run", "--tiers", &spec, "--", "/usr/bin/python3", "-c", &program],
+        &[
+            "run",
+            "--tiers",
+            &spec,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &program,
+        ],
     ))
 }
 
@@ -466,8 +474,15 @@ fn check_repair_mends_each_kind_of_damage_and_the_heap_opens_after() {
     // The heap as made: sound, closed cleanly, nothing to repair.
     let out = check(&base, true);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("nothing to repair"), "{}", text(&out.stdout));
-    assert!(std::fs::read(&base).unwrap() == image, "nothing to repair, yet the file changed");
+    assert!(
+        text(&out.stdout).contains("nothing to repair"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        std::fs::read(&base).unwrap() == image,
+        "nothing to repair, yet the file changed"
+    );
 
     for (name, damage, found, repaired, after) in cases {
         let file = state.path().join(name);
@@ -478,12 +493,18 @@ fn check_repair_mends_each_kind_of_damage_and_the_heap_opens_after() {
         let said = text(&out.stdout) + &text(&out.stderr);
         assert!(said.contains(found), "{name}: check said {said}");
         assert_eq!(out.status.success(), name == "dirty", "{name}: {said}");
-        assert!(std::fs::read(&file).unwrap() == bytes, "{name}: check wrote");
+        assert!(
+            std::fs::read(&file).unwrap() == bytes,
+            "{name}: check wrote"
+        );
 
         let out = check(&file, true);
         let said = text(&out.stdout);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
-        let lines: Vec<_> = said.lines().filter(|l| l.contains(": repaired: ")).collect();
+        let lines: Vec<_> = said
+            .lines()
+            .filter(|l| l.contains(": repaired: "))
+            .collect();
         assert!(
             !lines.is_empty() && lines.iter().any(|l| l.contains(repaired)),
             "{name}: --repair said {said}"
@@ -494,9 +515,17 @@ fn check_repair_mends_each_kind_of_damage_and_the_heap_opens_after() {
 
         let out = python_on_heap(state.path(), &file, READ_HEAP);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout).trim(), format!("{after} new=yes"), "{name}");
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("{after} new=yes"),
+            "{name}"
+        );
         let out = check(&file, false);
-        assert!(out.status.success(), "{name} after a run: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name} after a run: {}",
+            text(&out.stderr)
+        );
     }
 
     // Never a foreign file, never a heap in use.
@@ -504,8 +533,15 @@ fn check_repair_mends_each_kind_of_damage_and_the_heap_opens_after() {
     std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
     let out = check(&junk, true);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("left untouched"), "{}", text(&out.stderr));
-    assert!(std::fs::read(&junk).unwrap() == vec![0x5a; 8192], "wrote a foreign file");
+    assert!(
+        text(&out.stderr).contains("left untouched"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&junk).unwrap() == vec![0x5a; 8192],
+        "wrote a foreign file"
+    );
 
     let busy = state.path().join("busy");
     std::fs::write(&busy, &image).unwrap();
@@ -533,7 +569,11 @@ fn check_repair_mends_each_kind_of_damage_and_the_heap_opens_after() {
     drop(child.stdin.take());
     child.wait().unwrap();
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("in use by a running process"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("in use by a running process"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(after == before, "repaired a heap in use");
 }
 
@@ -579,35 +619,67 @@ fn spaces_lists_a_pools_spaces_and_collects_the_unused_ones() {
     let mut expected: Vec<_> = pool
         .spaces()
         .into_iter()
-        .map(|s| (s.name, s.size, s.refs, format!("{:?}", s.state).to_lowercase()))
+        .map(|s| {
+            (
+                s.name,
+                s.size,
+                s.refs,
+                format!("{:?}", s.state).to_lowercase(),
+            )
+        })
         .collect();
     expected.sort();
     assert_eq!(listed, expected);
     assert_eq!(
-        listed.iter().map(|s| (s.0.as_str(), s.2, s.3.as_str())).collect::<Vec<_>>(),
-        [("draft", 1, "private"), ("old", 0, "shared"), ("weights", 2, "shared")]
+        listed
+            .iter()
+            .map(|s| (s.0.as_str(), s.2, s.3.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("draft", 1, "private"),
+            ("old", 0, "shared"),
+            ("weights", 2, "shared")
+        ]
     );
     assert_eq!(v["free"], pool.free_space());
 
     let shown = spaces(&[]);
-    assert!(shown.contains(": 3 space(s), ") && shown.contains("NAME"), "{shown}");
+    assert!(
+        shown.contains(": 3 space(s), ") && shown.contains("NAME"),
+        "{shown}"
+    );
     let row = shown.lines().find(|l| l.contains("weights")).unwrap();
-    assert!(row.contains("1.0 MiB") && row.contains(" 2 ") && row.ends_with("shared"), "{row}");
+    assert!(
+        row.contains("1.0 MiB") && row.contains(" 2 ") && row.ends_with("shared"),
+        "{row}"
+    );
 
     // Too young for an hour's minimum age; then the unmapped published space goes.
     assert!(spaces(&["--collect", "--min-age", "1h"]).contains("collected 0 space(s)"));
     let shown = spaces(&["--collect"]);
-    assert!(shown.contains("collected 1 space(s)") && !shown.contains("old"), "{shown}");
+    assert!(
+        shown.contains("collected 1 space(s)") && !shown.contains("old"),
+        "{shown}"
+    );
     assert!(pool.space("old").is_err() && pool.space("weights").is_ok());
     drop((reader, weights));
 
     // A file of zeroes: no pool, refused in one line, and still zeroes (opening would format it).
     let zeroes = state.path().join("zeroes");
     std::fs::write(&zeroes, vec![0; 1 << 20]).unwrap();
-    let out = output(tiermalloc(state.path(), &["spaces", zeroes.to_str().unwrap()]));
+    let out = output(tiermalloc(
+        state.path(),
+        &["spaces", zeroes.to_str().unwrap()],
+    ));
     let err = text(&out.stderr);
-    assert!(!out.status.success() && err.lines().count() == 1 && err.contains("no tiermalloc pool"), "{err}");
-    assert!(std::fs::read(&zeroes).unwrap().iter().all(|&b| b == 0), "formatted a file of zeroes");
+    assert!(
+        !out.status.success() && err.lines().count() == 1 && err.contains("no tiermalloc pool"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&zeroes).unwrap().iter().all(|&b| b == 0),
+        "formatted a file of zeroes"
+    );
 }
 
 /// `inspect PATH --map FILE.svg` draws a real, fragmented heap: the SVG parses as XML, its
@@ -634,7 +706,13 @@ fn inspect_map_draws_the_regions_extents_with_the_checkers_figures() {
     let svg = state.path().join("map.svg");
     let out = output(tiermalloc(
         state.path(),
-        &["inspect", "--json", file.to_str().unwrap(), "--map", svg.to_str().unwrap()],
+        &[
+            "inspect",
+            "--json",
+            file.to_str().unwrap(),
+            "--map",
+            svg.to_str().unwrap(),
+        ],
     ));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -648,7 +726,11 @@ fn inspect_map_draws_the_regions_extents_with_the_checkers_figures() {
         .args(["-c", parse, svg.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "not well-formed XML: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "not well-formed XML: {}",
+        text(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let root = |k: &str| v["root"][k].as_str().unwrap().parse::<f64>().unwrap();
     let mut at = 0;
@@ -680,11 +762,20 @@ fn inspect_map_draws_the_regions_extents_with_the_checkers_figures() {
     assert_eq!(free, report["free"].as_u64().unwrap());
     assert_eq!(in_use, report["in_use"].as_u64().unwrap());
     assert_eq!(largest, report["largest_free"].as_u64().unwrap());
-    assert_eq!((blocks, slabs), (report["blocks"].as_u64().unwrap(), report["slabs"].as_u64().unwrap()));
+    assert_eq!(
+        (blocks, slabs),
+        (
+            report["blocks"].as_u64().unwrap(),
+            report["slabs"].as_u64().unwrap()
+        )
+    );
     assert!(blocks >= 20 && slabs >= 1, "{blocks} blocks, {slabs} slabs");
     assert_eq!(root("data-largest-free") as u64, largest);
     let fragmentation = 1.0 - largest as f64 / free as f64;
-    assert!(fragmentation > 0.0, "freeing every other block leaves holes");
+    assert!(
+        fragmentation > 0.0,
+        "freeing every other block leaves holes"
+    );
     assert!((root("data-fragmentation") - fragmentation).abs() < 1e-3);
     let figures = v["figures"].as_str().unwrap();
     assert!(
@@ -705,18 +796,27 @@ fn stats_keeps_the_profile_reserve_figures() {
         r#"{"pid":7,"program":"grow","event":"exit","time_ns":1,"complete":true,"tiers":[{"kind":"dram","in_use":4592,"peak":335781568,"capacity":25276182528,"capacity_source":"machine","free":25276177936,"largest_free":25265762304,"reserved":88080384,"allocations":2129,"frees":2123,"failures":0,"spilled_in":0,"spilled_out":0,"profile_reserved":339738624,"reserve_used":338681856,"reserve_miss":4096}]}"#,
     )
     .unwrap();
-    let out = output(tiermalloc(state.path(), &["stats", "--json", file.to_str().unwrap()]));
+    let out = output(tiermalloc(
+        state.path(),
+        &["stats", "--json", file.to_str().unwrap()],
+    ));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let dram = &v["tiers"][0];
     assert_eq!(
-        (&dram["profile_reserved"], &dram["reserve_used"], &dram["reserve_miss"]),
+        (
+            &dram["profile_reserved"],
+            &dram["reserve_used"],
+            &dram["reserve_miss"]
+        ),
         (&339738624.into(), &338681856.into(), &4096.into())
     );
     let out = output(tiermalloc(state.path(), &["stats", file.to_str().unwrap()]));
     let shown = text(&out.stdout);
     assert!(
-        shown.contains("dram profile reserve 324.0 MiB, 323.0 MiB of it used, 4.0 KiB mapped beyond it"),
+        shown.contains(
+            "dram profile reserve 324.0 MiB, 323.0 MiB of it used, 4.0 KiB mapped beyond it"
+        ),
         "{shown}"
     );
 }
@@ -737,7 +837,11 @@ fn check_shows_a_progress_bar_only_on_a_terminal() {
     assert!(made.status.success(), "{}", text(&made.stderr));
 
     let piped = output(tiermalloc(state.path(), &["check", file.to_str().unwrap()]));
-    assert!(piped.status.success() && piped.stderr.is_empty(), "{}", text(&piped.stderr));
+    assert!(
+        piped.status.success() && piped.stderr.is_empty(),
+        "{}",
+        text(&piped.stderr)
+    );
 
     let line = format!(
         "{} check {}",
@@ -745,13 +849,17 @@ fn check_shows_a_progress_bar_only_on_a_terminal() {
         file.to_str().unwrap()
     );
     let mut script = Command::new("script");
-    script
-        .args(["-qec", &line, "/dev/null"])
-        .env_clear()
-        .envs(tiermalloc(state.path(), &[]).get_envs().filter_map(|(k, v)| Some((k, v?))));
+    script.args(["-qec", &line, "/dev/null"]).env_clear().envs(
+        tiermalloc(state.path(), &[])
+            .get_envs()
+            .filter_map(|(k, v)| Some((k, v?))),
+    );
     let out = output(script);
     let tty = text(&out.stdout);
     assert!(out.status.success(), "{tty}");
-    assert!(tty.contains("scanning ") && tty.contains("MiB/512"), "no bar on a terminal: {tty:?}");
+    assert!(
+        tty.contains("scanning ") && tty.contains("MiB/512"),
+        "no bar on a terminal: {tty:?}"
+    );
     assert!(tty.contains("tiermalloc heap"), "{tty}");
 }

@@ -302,7 +302,10 @@ fn man_pages_render_cleanly_and_name_what_exists() {
 
     // The command: every subcommand and each of its long options is in tiermalloc.1.
     let help = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tiermalloc")).args(args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tiermalloc"))
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let top = help(&["--help"]);
@@ -316,13 +319,21 @@ fn man_pages_render_cleanly_and_name_what_exists() {
         .collect();
     assert!(commands.len() >= 5, "{top}");
     for command in commands {
-        assert!(page1.contains(&format!(".B tiermalloc {command}")), "tiermalloc.1 lacks {command}");
+        assert!(
+            page1.contains(&format!(".B tiermalloc {command}")),
+            "tiermalloc.1 lacks {command}"
+        );
         for option in help(&[command, "--help"]).split_whitespace() {
-            let Some(long) = option.strip_prefix("--") else { continue };
+            let Some(long) = option.strip_prefix("--") else {
+                continue;
+            };
             let long = long.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
             if !["help", ""].contains(&long) {
                 let roff = format!("\\-\\-{}", long.replace('-', "\\-"));
-                assert!(page1.contains(&roff), "tiermalloc.1 lacks {command} --{long}");
+                assert!(
+                    page1.contains(&roff),
+                    "tiermalloc.1 lacks {command} --{long}"
+                );
             }
         }
     }

@@ -207,7 +207,10 @@ fn over_reservation_is_at_most_10_percent_after_three_runs() {
     let json = dir.path().join("fifth.json");
     run(
         dir.path(),
-        &[("TIERMALLOC_PROFILE", "w"), ("TIERMALLOC_STATS_FILE", json.to_str().unwrap())],
+        &[
+            ("TIERMALLOC_PROFILE", "w"),
+            ("TIERMALLOC_STATS_FILE", json.to_str().unwrap()),
+        ],
     );
     let report = std::fs::read_to_string(&json).unwrap();
     let v: serde_json::Value = serde_json::from_str(&report).unwrap();

@@ -18,9 +18,9 @@
 //! pmr.persist(counter.cast(), 8).expect("durable");
 //! ```
 
+use crate::device::{self, DeviceTier};
 use crate::front::api::Tier;
 use crate::place;
-use crate::device::{self, DeviceTier};
 use core::ptr::NonNull;
 
 pub use crate::device::persist::{

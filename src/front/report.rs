@@ -158,7 +158,12 @@ pub fn snapshot() -> Snapshot {
 }
 
 fn take_snapshot(event: Event, wait: bool) -> Snapshot {
-    let mut snap = Snapshot::new(os_pid(), program_name(), event, os::clock_ns(libc::CLOCK_REALTIME));
+    let mut snap = Snapshot::new(
+        os_pid(),
+        program_name(),
+        event,
+        os::clock_ns(libc::CLOCK_REALTIME),
+    );
     for kind in Kind::ALL {
         snap.tiers[kind as usize] = if kind == Kind::Dram {
             tier::stats(Kind::Dram).map(dram_figures)
@@ -228,7 +233,6 @@ fn program_name() -> &'static str {
         core::ffi::CStr::from_ptr(p).to_str().unwrap_or("?")
     }
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Formats

@@ -7,8 +7,8 @@
 mod offline;
 mod run;
 mod spaces;
-mod svg_map;
 mod stats;
+mod svg_map;
 
 use clap::{Arg, ArgAction, Command};
 use std::process::ExitCode;

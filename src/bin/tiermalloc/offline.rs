@@ -92,7 +92,11 @@ fn examine(path: &str, map: &[u8]) -> Result<HeapReport, Failure> {
     }
     checked.map_err(|why| {
         let short = tiermalloc::heap_region_len(&map).is_some_and(|n| n > map.len() as u64);
-        let hint = if short { " (cut short? `tiermalloc check --repair` extends it)" } else { "" };
+        let hint = if short {
+            " (cut short? `tiermalloc check --repair` extends it)"
+        } else {
+            ""
+        };
         format!("{path}: {why}{hint}")
     })
 }

@@ -84,10 +84,12 @@ pub fn check_image_with_progress(
                 report.largest_free = report.largest_free.max(free_run);
                 return true;
             }
-            Extent::Block | Extent::Slab { .. } => live_blocks(offset, len, extent, |start, bytes| {
-                live_starts.push(start);
-                report.in_use += bytes;
-            }),
+            Extent::Block | Extent::Slab { .. } => {
+                live_blocks(offset, len, extent, |start, bytes| {
+                    live_starts.push(start);
+                    report.in_use += bytes;
+                })
+            }
         }
         free_run = 0;
         true

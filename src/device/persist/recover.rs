@@ -5,8 +5,8 @@
 
 use super::superblock::SUPERBLOCK_BYTES;
 use super::STATE_SLAB;
-use crate::device::slabs::{self, SLAB_BYTES, SLAB_MARKER, SLAB_WORDS};
 use crate::device::header::{HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
+use crate::device::slabs::{self, SLAB_BYTES, SLAB_MARKER, SLAB_WORDS};
 
 /// One extent of the chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
