@@ -153,30 +153,11 @@ fn plan(image: &mut [u8], changes: &mut Vec<String>) -> Vec<Patch> {
     patches
 }
 
-/// Takes the lock a process using `[offset, offset + len)` of the file as a tier holds
-/// (`backend::lock_range`), for as long as `file` is open.
-fn lock_range(file: &std::fs::File, offset: u64, len: u64) -> Result<(), &'static str> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: all-zero is a valid `flock`.
-    let mut lock: libc::flock = unsafe { core::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as i16;
-    lock.l_whence = libc::SEEK_SET as i16;
-    lock.l_start = offset as libc::off_t;
-    lock.l_len = len as libc::off_t;
-    // SAFETY: an open descriptor and a valid `flock`.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) } == 0 {
-        return Ok(());
-    }
-    match crate::os::errno() {
-        libc::EAGAIN | libc::EACCES => Err("is in use by a running process; not repaired"),
-        _ => Ok(()),
-    }
-}
-
 /// Repairs the heap in the file (or device) at `path`, from byte `offset` on: see the module
 /// comment. `Err` (nothing written) for a file that holds no tiermalloc heap, a heap in use, or
 /// damage that the plan cannot make sound.
 pub fn repair_file(path: &std::path::Path, offset: u64) -> Result<Repaired, String> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     let show = path.display();
     let file = std::fs::OpenOptions::new()
@@ -206,7 +187,9 @@ pub fn repair_file(path: &std::path::Path, offset: u64) -> Result<Repaired, Stri
             "{show}: no tiermalloc superblock (magic TMHEAP) of a layout this version knows; left untouched"
         )
     })?;
-    lock_range(&file, offset, region_len).map_err(|why| std::format!("{show}: {why}"))?;
+    // The lock a process using the range as a tier holds: a heap in use is not written.
+    crate::backend::lock_range(file.as_raw_fd(), offset as usize, region_len as usize)
+        .map_err(|_| std::format!("{show}: is in use by a running process; not repaired"))?;
     let mut changes = Vec::new();
     let have = file_len - offset;
     let extend = have < region_len;
