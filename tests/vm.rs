@@ -12,9 +12,9 @@
 //!   on the serial console; the test reads the console, and every `TM-` line the guest printed
 //!   is echoed as the test's output (`cargo test --test vm -- --nocapture` shows it). The whole
 //!   console log is kept in `<target>/tmp/vm/logs/`; a failure prints its tail.
-//! - Every VM has a time limit; VMs run one at a time (the two-host test runs its pair at
-//!   once), so the suite takes about 2 minutes on 2 cores; `TIERMALLOC_VM_SLOTS=2` lets two
-//!   run at once (one per core under TCG: about half that on an idle machine).
+//! - Every VM has a time limit; two VMs run at once on an idle machine of 2 cores or more (one
+//!   per core under TCG: the suite takes about a minute), one at a time on a loaded one (about
+//!   2 minutes); `TIERMALLOC_VM_SLOTS=N` sets it.
 //! - No QEMU (or busybox-static, cpio, a Debian kernel package): each test writes one line
 //!   `vm: SKIPPED — ...` straight to stderr (visible without --nocapture) and returns; with
 //!   `CI` set in the environment it fails instead. `.ci/run` installs what is needed.
@@ -253,18 +253,31 @@ impl Console {
     }
 }
 
-/// How many VMs may run at once across the tests: `TIERMALLOC_VM_SLOTS`, 1 by default. Each
-/// takes about one core under TCG, so 2 on an idle 2-core machine about halves the suite; on a
-/// loaded machine two at once can reach the time limit. A test that boots a pair takes two
-/// slots (or the one there is: its pair always runs at once).
+/// How many VMs may run at once across the tests: `TIERMALLOC_VM_SLOTS` if set, else 2 when
+/// the machine is idle enough (1-minute load average below its core count, as under CI), else
+/// 1. Each VM takes about one core under TCG: two at once took the suite from 105 s to 54 s on
+/// an idle 2-core machine, but at load average 18 two at once reached the 150 s time limit. A
+/// test that boots a pair takes two slots (or the one there is: its pair always runs at once).
 fn vm_slots() -> usize {
     static SLOTS: OnceLock<usize> = OnceLock::new();
     *SLOTS.get_or_init(|| {
-        std::env::var("TIERMALLOC_VM_SLOTS")
+        if let Some(n) = std::env::var("TIERMALLOC_VM_SLOTS")
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|&n| n >= 1)
-            .unwrap_or(1)
+        {
+            return n;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let load: f64 = fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(f64::MAX);
+        if cores >= 2 && load < cores as f64 {
+            2
+        } else {
+            1
+        }
     })
 }
 
