@@ -11,12 +11,11 @@ use std::ffi::CString;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tiermalloc::capi::{tm_free, tm_kind_of, tm_malloc, tm_usable_size, KindArg};
-use tiermalloc::capi_evacuate::tm_evacuate;
-use tiermalloc::Kind;
+use allocator_api2::alloc::{Allocator, Layout};
+use tiermalloc::{Evacuation, Kind, Tier};
 
 const CHILD: &str = "TIERMALLOC_EVACUATE_CHILD";
-const CXL: KindArg = KindArg(1);
+const CXL: Kind = Kind::Cxl;
 
 /// A file in /dev/shm of this test's own (named by the parent's pid and the test).
 fn shm(name: &str) -> String {
@@ -60,16 +59,42 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap()
 }
 
-fn evacuate(kind: KindArg, target: Option<&str>) -> Result<(), i32> {
+/// Moves tier `kind` onto `target` through the Rust API: what it did, or the errno
+/// `tm_evacuate` would set.
+fn evacuate_with_report(kind: Kind, target: Option<&str>) -> Result<Evacuation, i32> {
     let c = target.map(|t| CString::new(t).unwrap());
-    // SAFETY: NULL or a NUL-terminated string.
-    let rc = unsafe { tm_evacuate(kind, c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        assert_eq!(rc, -1);
-        Err(errno())
-    }
+    tiermalloc::evacuate(kind, c.as_deref()).map_err(|e| e.0)
+}
+
+fn evacuate(kind: Kind, target: Option<&str>) -> Result<(), i32> {
+    evacuate_with_report(kind, target).map(|_| ())
+}
+
+/// A block of `size` bytes on tier `kind` (16-aligned, as every device block is).
+fn alloc_on(kind: Kind, size: usize) -> usize {
+    let tier = Tier::new(kind).expect("the tier is configured");
+    let layout = Layout::from_size_align(size, 16).unwrap();
+    tier.allocate(layout)
+        .unwrap_or_else(|_| panic!("allocating {size} bytes on {kind:?} failed"))
+        .as_ptr() as *mut u8 as usize
+}
+
+/// Frees a block `alloc_on(kind, size)` returned.
+fn free_on(kind: Kind, p: usize, size: usize) {
+    let tier = Tier::new(kind).expect("the tier is configured");
+    // SAFETY: a live block of `tier` of `size` bytes, not used afterwards.
+    unsafe {
+        tier.deallocate(
+            std::ptr::NonNull::new(p as *mut u8).unwrap(),
+            Layout::from_size_align(size, 16).unwrap(),
+        )
+    };
+}
+
+/// The usable size of a live block, as the allocator reads it from the block's header.
+fn usable_size(p: usize) -> usize {
+    // SAFETY: a live block of ours (the library is this binary's malloc).
+    unsafe { libc::malloc_usable_size(p as *mut libc::c_void) }
 }
 
 /// The file mapped at address `addr` according to /proc/self/maps.
@@ -112,16 +137,14 @@ fn make_blocks(n: usize) -> Vec<Block> {
                 0 => 8192 + (seed % 60_000) as usize,
                 _ => 8 + (seed % 3000) as usize,
             };
-            let p = tm_malloc(CXL, size) as usize;
-            assert_ne!(p, 0, "tm_malloc({size}) failed");
+            let p = alloc_on(CXL, size);
             let fill = (i % 251) as u8 + 1;
             // SAFETY: a fresh block of `size` bytes.
             unsafe { std::ptr::write_bytes(p as *mut u8, fill, size) };
             Block {
                 p,
                 size,
-                // SAFETY: a live block.
-                usable: unsafe { tm_usable_size(p as *const _) },
+                usable: usable_size(p),
                 header: header_of(p),
                 fill,
             }
@@ -131,9 +154,8 @@ fn make_blocks(n: usize) -> Vec<Block> {
 
 fn check_blocks(blocks: &[Block], skip_counters: bool) {
     for b in blocks {
-        assert_eq!(tm_kind_of(b.p as *const _), Kind::Cxl as i32);
-        // SAFETY: a live block.
-        assert_eq!(unsafe { tm_usable_size(b.p as *const _) }, b.usable);
+        assert_eq!(tiermalloc::kind_of(b.p as *const u8), Some(Kind::Cxl));
+        assert_eq!(usable_size(b.p), b.usable);
         assert_eq!(header_of(b.p), b.header, "the header of {:#x} changed", b.p);
         let from = if skip_counters { 8 } else { 0 };
         // SAFETY: the block holds `size` bytes.
@@ -253,8 +275,7 @@ fn writers_keep_counting_while_the_tier_moves_twice() {
     );
     assert_eq!(stats_after.frees - stats_before.frees, churned);
     for b in blocks.iter() {
-        // SAFETY: live blocks, freed once.
-        unsafe { tm_free(b.p as *mut _) };
+        free_on(CXL, b.p, b.size);
     }
     assert_eq!(tiermalloc::stats(Kind::Cxl).unwrap().in_use, 0);
 }
@@ -283,8 +304,7 @@ fn churn_until(stop: &AtomicBool) -> u64 {
         } else {
             (n % 2000) as usize + 1
         };
-        let p = tm_malloc(CXL, size) as usize;
-        assert_ne!(p, 0);
+        let p = alloc_on(CXL, size);
         // SAFETY: a fresh block.
         unsafe { std::ptr::write_bytes(p as *mut u8, n as u8, size) };
         live.push((p, size, n as u8));
@@ -293,13 +313,11 @@ fn churn_until(stop: &AtomicBool) -> u64 {
             // SAFETY: a live block of `size` bytes.
             let b = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
             assert!(b.iter().all(|&x| x == fill), "a churned block changed");
-            // SAFETY: a live block, not used afterwards.
-            unsafe { tm_free(p as *mut _) };
+            free_on(CXL, p, size);
         }
     }
-    for (p, ..) in live {
-        // SAFETY: as above.
-        unsafe { tm_free(p as *mut _) };
+    for (p, size, _) in live {
+        free_on(CXL, p, size);
     }
     n
 }
@@ -320,8 +338,7 @@ fn reads_into_a_block_during_the_move_complete() {
     const STRIDE: usize = 64 << 10;
     const MESSAGE: usize = 4096;
     std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "64K");
-    let block = tm_malloc(CXL, SLOTS * STRIDE) as usize;
-    assert_ne!(block, 0);
+    let block = alloc_on(CXL, SLOTS * STRIDE);
     let mut fds = [0i32; 2];
     // SAFETY: a valid out-array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -422,8 +439,10 @@ fn fork_while_the_tier_moves() {
                     });
                     // The child's tier is its own: allocating and writing there, even over
                     // the parent's blocks, changes nothing in the parent.
-                    let p = tm_malloc(CXL, 1000) as *mut u8;
-                    let ok = intact && !p.is_null();
+                    let p = Tier::new(CXL)
+                        .unwrap()
+                        .allocate(Layout::from_size_align(1000, 16).unwrap());
+                    let ok = intact && p.is_ok();
                     for b in blocks.iter().step_by(7) {
                         // SAFETY: the child's copy of a block of `size` bytes.
                         unsafe { std::ptr::write_bytes(b.p as *mut u8, !b.fill, b.size) };
@@ -469,10 +488,10 @@ fn byte_k_of_the_region_is_byte_k_of_the_target() {
             "dram;pmr:path={shm}dev,size=8M,create",
         );
     }
-    let pmr = KindArg(3);
+    let pmr = Kind::Pmr;
     // Three adjacent blocks, freed: one free extent for the host heap, three headers of the
     // device's chain, all of which must reach the target.
-    let freed: Vec<usize> = (0..3).map(|_| tm_malloc(pmr, 10_000) as usize).collect();
+    let freed: Vec<usize> = (0..3).map(|_| alloc_on(pmr, 10_000)).collect();
     // (Cut one after another from the end of the free space, each lies right below the last.)
     assert!(
         freed
@@ -481,11 +500,10 @@ fn byte_k_of_the_region_is_byte_k_of_the_target() {
         "adjacent blocks"
     );
     let freed_headers: Vec<[u8; 16]> = freed.iter().map(|&p| header_of(p)).collect();
-    let a = tm_malloc(pmr, 100_000) as *mut u8;
-    let b = tm_malloc(pmr, 100) as *mut u8;
+    let a = alloc_on(pmr, 100_000) as *mut u8;
+    let b = alloc_on(pmr, 100) as *mut u8;
     for &p in &freed {
-        // SAFETY: live blocks, freed once.
-        unsafe { tm_free(p as *mut _) };
+        free_on(pmr, p, 10_000);
     }
     let freed_headers: Vec<[u8; 16]> = freed
         .iter()
@@ -562,18 +580,14 @@ fn bad_targets_are_refused_and_the_tier_stays() {
         Err(libc::EINVAL),
         "no spare= configured"
     );
+    // (An unknown kind number is the C interface's case: c-tests/evacuate.c.)
     assert_eq!(
-        evacuate(KindArg(0), Some(&shm("x"))),
+        evacuate(Kind::Dram, Some(&shm("x"))),
         Err(libc::EINVAL),
         "TM_DRAM"
     );
     assert_eq!(
-        evacuate(KindArg(9), Some(&shm("x"))),
-        Err(libc::EINVAL),
-        "no such kind"
-    );
-    assert_eq!(
-        evacuate(KindArg(3), Some(&shm("x"))),
+        evacuate(Kind::Pmr, Some(&shm("x"))),
         Err(libc::ENODEV),
         "pmr not configured"
     );
@@ -632,7 +646,7 @@ fn a_null_target_moves_the_tier_onto_its_spare() {
     check_blocks(&blocks, false);
     // Plain malloc still lands on the moved tier (listed first).
     let p = unsafe { libc::malloc(100) };
-    assert_eq!(tm_kind_of(p), Kind::Cxl as i32);
+    assert_eq!(tiermalloc::kind_of(p as *const u8), Some(Kind::Cxl));
 }
 
 /// A tier on a regular file of a disk file system cannot hold its writers during a move: it
@@ -848,4 +862,56 @@ fn a_second_move_during_a_move_is_busy() {
         }
     }
     assert!(caught, "never saw a move in progress");
+}
+
+/// Whether this process may make a thread real-time (root, CAP_SYS_NICE or RLIMIT_RTPRIO):
+/// tried on a scratch thread.
+fn may_be_real_time() -> bool {
+    std::thread::spawn(|| {
+        let fifo = libc::sched_param { sched_priority: 1 };
+        // SAFETY: the calling thread and a valid sched_param.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) == 0 }
+    })
+    .join()
+    .unwrap()
+}
+
+/// The calling thread's scheduling policy and nice value.
+fn scheduling() -> (i32, i32) {
+    // SAFETY: querying the calling thread.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    // SAFETY: the calling thread's nice value (PRIO_PROCESS with tid 0 is the caller).
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    (policy, nice)
+}
+
+/// Each hold runs at real-time priority where the process may have it, so that no ordinary
+/// thread preempts the evacuating thread while writers wait for it, and the thread gets back
+/// its own policy and nice value afterwards. `TIERMALLOC_EVACUATE_RT=0` turns it off.
+#[test]
+fn holds_run_at_real_time_priority_and_the_thread_gets_its_own_back() {
+    if !is_child() {
+        return in_child(
+            "holds_run_at_real_time_priority_and_the_thread_gets_its_own_back",
+            "dram;cxl:path={shm}dev,size=16M,create",
+        );
+    }
+    let blocks = make_blocks(500);
+    // SAFETY: the calling thread (tid 0) to nice 3.
+    assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 3) }, 0);
+    let before = scheduling();
+    assert_eq!(before, (libc::SCHED_OTHER, 3));
+    let report = evacuate_with_report(CXL, Some(&shm("first"))).unwrap();
+    assert_eq!(scheduling(), before, "the thread's own policy and nice value came back");
+    if may_be_real_time() {
+        assert_eq!(report.raised_holds, report.chunks, "{report:?}");
+    } else {
+        eprintln!("not allowed real-time priority here: holds at the thread's own");
+        assert_eq!(report.raised_holds, 0);
+    }
+    std::env::set_var("TIERMALLOC_EVACUATE_RT", "0");
+    let report = evacuate_with_report(CXL, Some(&shm("second"))).unwrap();
+    assert_eq!(report.raised_holds, 0, "TIERMALLOC_EVACUATE_RT=0");
+    assert_eq!(scheduling(), before);
+    check_blocks(&blocks, false);
 }

@@ -82,6 +82,7 @@
 //! kernel out of memory or of mappings), the chunk is un-protected and the move stops there:
 //! the tier stays usable, part on each device, and both stay open.
 
+mod hold_priority;
 mod uffd;
 
 use super::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE};
@@ -92,6 +93,7 @@ use crate::os;
 use core::ffi::CStr;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use hold_priority::HoldPriority;
 use uffd::WriteProtector;
 
 /// Bytes moved per step by default. A writer of the chunk waits for its copy (36 µs for
@@ -269,7 +271,29 @@ pub(crate) struct Report {
     pub holds: [u32; HOLD_BUCKETS],
     /// The whole move, in nanoseconds.
     pub total_ns: u64,
+    /// What the holds were made of: nanoseconds summed over all chunks, and the most in one
+    /// chunk, of each step while writers were held (`HeldStep`).
+    pub step_ns: [u64; HELD_STEPS],
+    pub step_max_ns: [u64; HELD_STEPS],
+    /// Holds during which the evacuating thread lost its core (an involuntary context
+    /// switch), and the longest hold among the others.
+    pub preempted_holds: u64,
+    pub longest_unpreempted_hold_ns: u64,
+    /// Holds run at real-time priority (`hold_priority`).
+    pub raised_holds: u64,
 }
+
+/// The steps of one hold, in order: write-protect and list the chunk's live extents (the heap
+/// lock held), copy them, map the target over the chunk, wake its writers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum HeldStep {
+    ProtectAndList = 0,
+    Copy = 1,
+    Remap = 2,
+    Wake = 3,
+}
+
+pub(crate) const HELD_STEPS: usize = 4;
 
 const HOLD_BUCKETS: usize = 8 * 40;
 
@@ -300,6 +324,11 @@ impl Default for Report {
             longest_hold_ns: 0,
             holds: [0; HOLD_BUCKETS],
             total_ns: 0,
+            step_ns: [0; HELD_STEPS],
+            step_max_ns: [0; HELD_STEPS],
+            preempted_holds: 0,
+            longest_unpreempted_hold_ns: 0,
+            raised_holds: 0,
         }
     }
 }
@@ -308,6 +337,23 @@ impl Report {
     fn record_hold(&mut self, ns: u64) {
         self.longest_hold_ns = self.longest_hold_ns.max(ns);
         self.holds[hold_bucket(ns)] += 1;
+    }
+
+    /// Records one hold from the clock readings at the start of each step and at its end
+    /// (`at[HELD_STEPS]`), and whether the thread was preempted meanwhile.
+    fn record_steps(&mut self, at: &[u64; HELD_STEPS + 1], preempted: bool) {
+        for step in 0..HELD_STEPS {
+            let ns = at[step + 1].saturating_sub(at[step]);
+            self.step_ns[step] += ns;
+            self.step_max_ns[step] = self.step_max_ns[step].max(ns);
+        }
+        let hold = at[HELD_STEPS].saturating_sub(at[0]);
+        self.record_hold(hold);
+        if preempted {
+            self.preempted_holds += 1;
+        } else {
+            self.longest_unpreempted_hold_ns = self.longest_unpreempted_hold_ns.max(hold);
+        }
     }
 
     /// The `q`-quantile of the chunks' hold times (ns), to within 12.5%, never above the
@@ -410,6 +456,7 @@ fn move_region(
     let mut hint = 0u64;
     let mut lo = 0usize;
     let mut failure = None;
+    let mut priority = HoldPriority::new();
     while lo < region.len {
         let hi = (lo + chunk).min(region.len);
         // The target's pages for the chunk's live bytes are made present before its writers
@@ -429,24 +476,31 @@ fn move_region(
         // the chunk (a `free` writing a header state) would wait for this very thread.
         let signals = SignalsBlocked::new();
         let mut protect_error = None;
-        let mut protected_at = 0u64;
+        // The clock at the start of each held step, and at the end of the hold.
+        let mut at = [0u64; HELD_STEPS + 1];
+        let mut switches_before = 0;
         let listed = tier.hold_and_list(
             lo as u64,
             hi as u64,
             &mut hint,
-            &mut || match wp.protect(region.base + lo, hi - lo) {
-                Ok(()) => {
-                    protected_at = now_ns();
-                    true
-                }
-                Err(e) => {
-                    protect_error = Some(e);
-                    false
+            &mut || {
+                // Raised with the heap lock held (see `hold_priority`), before the protect.
+                priority.raise();
+                switches_before = involuntary_switches();
+                at[HeldStep::ProtectAndList as usize] = now_ns();
+                match wp.protect(region.base + lo, hi - lo) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        protect_error = Some(e);
+                        false
+                    }
                 }
             },
             &mut |offset, len| ranges.add(offset, len),
         );
+        at[HeldStep::Copy as usize] = now_ns();
         if !listed {
+            priority.lower();
             failure = Some(protect_error.map_or(
                 Problem {
                     what: "cannot write-protect a chunk of the tier",
@@ -470,6 +524,7 @@ fn move_region(
             };
         }
         report.copied += ranges.bytes();
+        at[HeldStep::Remap as usize] = now_ns();
         // SAFETY: `[base + lo, base + hi)` is the tier's own range, and the target holds the
         // chunk's live bytes at the same offsets: replacing the mapping changes no byte any
         // thread can see (writers of the chunk are held until the wake below).
@@ -491,18 +546,25 @@ fn move_region(
                 at: None,
             });
             let _ = wp.unprotect(region.base + lo, hi - lo);
+            priority.lower();
             break;
         }
+        at[HeldStep::Wake as usize] = now_ns();
         wp.wake(region.base + lo, hi - lo);
+        at[HELD_STEPS] = now_ns();
+        // Counted before the priority drops: the drop itself may hand the core over.
+        let preempted = involuntary_switches() != switches_before;
+        priority.lower();
+        report.record_steps(&at, preempted);
         // The new mapping starts without page-table entries: map the live pages now, in one
         // call, rather than leave a fault per page to the program's threads.
         populate(region.base, &ranges);
-        report.record_hold(now_ns() - protected_at);
         drop(signals);
         report.chunks += 1;
         lo = hi;
     }
     report.total_ns = now_ns() - started;
+    report.raised_holds = priority.raised_holds;
     wp.unregister(region.base, region.len);
     state.uffd.store(-1, Ordering::Relaxed);
     drop(wp);
@@ -625,6 +687,15 @@ fn now_ns() -> u64 {
     crate::os::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
+/// How often the calling thread has lost its core to another (involuntary context switches).
+fn involuntary_switches() -> i64 {
+    // SAFETY: an all-zero rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { core::mem::zeroed() };
+    // SAFETY: the calling thread's usage into a valid out-parameter.
+    os::keep_errno(|| unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) });
+    usage.ru_nivcsw
+}
+
 /// Prints what an evacuation did, in one line (`TIERMALLOC_VERBOSE=1`).
 pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
     let mut line = os::LineBuf::new();
@@ -642,6 +713,31 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
         r.hold_quantile(0.5).div_ceil(1000),
         r.hold_quantile(0.99).div_ceil(1000),
         r.longest_hold_ns.div_ceil(1000)
+    );
+    line.flush();
+    // What the holds were made of, on a second line.
+    let mut line = os::LineBuf::new();
+    let chunks = r.chunks.max(1);
+    let _ = write!(line, "tiermalloc: tm_evacuate: held steps, mean/max us:");
+    for (name, step) in [
+        ("protect+list", HeldStep::ProtectAndList),
+        ("copy", HeldStep::Copy),
+        ("remap", HeldStep::Remap),
+        ("wake", HeldStep::Wake),
+    ] {
+        let _ = write!(
+            line,
+            " {name} {}/{}",
+            (r.step_ns[step as usize] / chunks).div_ceil(1000),
+            r.step_max_ns[step as usize].div_ceil(1000)
+        );
+    }
+    let _ = writeln!(
+        line,
+        "; {} holds preempted (longest other {} us); {} holds at real-time priority",
+        r.preempted_holds,
+        r.longest_unpreempted_hold_ns.div_ceil(1000),
+        r.raised_holds
     );
     line.flush();
 }
