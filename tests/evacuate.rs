@@ -27,6 +27,18 @@ fn shm(name: &str) -> String {
 /// of the test's files in /dev/shm, as `shm` makes them), then removes every file the child
 /// may have made.
 fn in_child(test: &str, tiers: &str) {
+    let out = child_run(test, tiers);
+    assert!(
+        out.status.success(),
+        "the child run of {test} failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `test` in a child as `in_child` does, and returns how it ended.
+fn child_run(test: &str, tiers: &str) -> support::Output {
     let tag = format!("{}-{}", std::process::id(), test);
     let prefix = format!("tiermalloc-evac-{tag}-");
     let tiers = tiers.replace("{shm}", &format!("/dev/shm/{prefix}"));
@@ -41,14 +53,7 @@ fn in_child(test: &str, tiers: &str) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    let out = out.unwrap_or_else(|e| panic!("the child run of {test}: {e}"));
-    assert!(
-        out.status.success(),
-        "the child run of {test} failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    out.unwrap_or_else(|e| panic!("the child run of {test}: {e}"))
 }
 
 fn is_child() -> bool {
@@ -914,4 +919,41 @@ fn holds_run_at_real_time_priority_and_the_thread_gets_its_own_back() {
     assert_eq!(report.raised_holds, 0, "TIERMALLOC_EVACUATE_RT=0");
     assert_eq!(scheduling(), before);
     check_blocks(&blocks, false);
+}
+
+/// After a move, a SIGBUS from the tier (its file truncated under it) is reported naming the
+/// device behind the tier now, the target, not the path the tier was configured with.
+#[test]
+fn a_sigbus_after_a_move_names_the_target() {
+    if !is_child() {
+        let out = child_run(
+            "a_sigbus_after_a_move_names_the_target",
+            "dram;cxl:path={shm}dev,size=8M,create",
+        );
+        use std::os::unix::process::ExitStatusExt;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("SIGBUS at"))
+            .unwrap_or_else(|| panic!("no SIGBUS line in: {stderr}"));
+        assert!(
+            line.contains("in tier 'cxl' (/dev/shm/tiermalloc-evac-")
+                && line.contains("-target):"),
+            "the line names the target: {line}"
+        );
+        return;
+    }
+    let blocks = make_blocks(50);
+    let target = shm("target");
+    assert_eq!(evacuate(CXL, Some(&target)), Ok(()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    // SAFETY: a live block, whose file is now empty: the store faults with SIGBUS.
+    unsafe { (blocks[0].p as *mut u8).write_volatile(1) };
+    unreachable!("the store into a truncated tier file did not fault");
 }

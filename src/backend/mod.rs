@@ -114,6 +114,12 @@ pub(crate) unsafe fn unmap_region(region: Region) {
     }
 }
 
+/// Unmaps an NVMe PMR's register page that a region kept for its barrier (`Region::registers`),
+/// once no barrier reads it (a tier that moved onto another device: `device::evacuate`).
+pub(crate) fn release_registers(registers: usize) {
+    nvme::release_registers(registers);
+}
+
 struct Fd(i32);
 impl Drop for Fd {
     fn drop(&mut self) {

@@ -86,13 +86,13 @@ mod hold_priority;
 mod uffd;
 
 use super::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE};
-use crate::backend::{self, Problem, Region};
+use crate::backend::{self, Barrier, Media, Problem, Region};
 use crate::config::TierSpec;
 use crate::kind::Kind;
 use crate::os;
 use core::ffi::CStr;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use hold_priority::HoldPriority;
 use uffd::WriteProtector;
 
@@ -111,9 +111,17 @@ const MAX_RANGES: usize = 256;
 /// Invariants: `device_fd` is the open descriptor of the file or device behind the tier's
 /// range (holding its lock), or -1 for anonymous memory (`Region::lock_fd` is the one the
 /// tier was opened with, stale after a move); `moving` is true exactly while one
-/// evacuation runs, and `uffd` is then its userfaultfd (else -1).
+/// evacuation runs, and `uffd` is then its userfaultfd (else -1). `media`, `barrier_at` and
+/// `registers` describe the device behind the range now (`backing`): after a move they are
+/// the target's, and the source's register page is released.
 pub(crate) struct DeviceState {
     device_fd: AtomicI32,
+    /// `Media` as a number (`media_code`).
+    media: AtomicU8,
+    /// The register a barrier reads (`Barrier::ReadRegister`), or 0 for `ReadRegion`.
+    barrier_at: AtomicUsize,
+    /// The PMR register page mapped for the barrier, or 0.
+    registers: AtomicUsize,
     moving: AtomicBool,
     uffd: AtomicI32,
     /// A descriptor kept open after a move failed midway (see "Failure"), else -1.
@@ -123,15 +131,59 @@ pub(crate) struct DeviceState {
 }
 
 impl DeviceState {
-    /// Test-only: the descriptor of the device behind the region now (it holds its lock).
-    #[cfg(test)]
+    /// The descriptor of the device behind the region now (it holds its lock), or -1.
     pub fn current_fd(&self) -> i32 {
         self.device_fd.load(Ordering::Acquire)
+    }
+
+    /// `region` as the device behind it now has it: its media, barrier and register page
+    /// (the target's after a move). Persistence and durability go through this, never
+    /// through the region the tier was opened with.
+    #[inline]
+    pub fn backing(&self, region: &Region) -> Region {
+        let at = self.barrier_at.load(Ordering::Acquire);
+        Region {
+            media: media_of(self.media.load(Ordering::Acquire)),
+            barrier: if at == 0 {
+                Barrier::ReadRegion
+            } else {
+                Barrier::ReadRegister(at)
+            },
+            registers: self.registers.load(Ordering::Acquire),
+            lock_fd: self.current_fd(),
+            ..*region
+        }
+    }
+
+    /// Makes `target` the device behind the range: its media, barrier and register page
+    /// replace the old ones, and the old register page is released (nothing reads it once
+    /// the barrier names the new one: barriers run on the tier's threads, which see the new
+    /// value from here on; one already past its load reads a page that stays mapped until
+    /// `release_registers` below, which runs after the swap).
+    fn adopt(&self, target: &Region) {
+        self.media.store(media_code(target.media), Ordering::Release);
+        self.barrier_at.store(
+            match target.barrier {
+                Barrier::ReadRegion => 0,
+                Barrier::ReadRegister(at) => at,
+            },
+            Ordering::Release,
+        );
+        let old = self.registers.swap(target.registers, Ordering::AcqRel);
+        if old != 0 {
+            backend::release_registers(old);
+        }
     }
 
     pub fn new(region: &Region, spec: &TierSpec) -> DeviceState {
         DeviceState {
             device_fd: AtomicI32::new(region.lock_fd),
+            media: AtomicU8::new(media_code(region.media)),
+            barrier_at: AtomicUsize::new(match region.barrier {
+                Barrier::ReadRegion => 0,
+                Barrier::ReadRegister(at) => at,
+            }),
+            registers: AtomicUsize::new(region.registers),
             moving: AtomicBool::new(false),
             uffd: AtomicI32::new(-1),
             half_moved_fd: AtomicI32::new(-1),
@@ -166,6 +218,24 @@ impl DeviceState {
             os::keep_errno(|| unsafe { libc::close(fd) });
         }
         self.moving.store(false, Ordering::Relaxed);
+    }
+}
+
+fn media_code(media: Media) -> u8 {
+    match media {
+        Media::File => 0,
+        Media::Bar => 1,
+        Media::Dax => 2,
+        Media::Anonymous => 3,
+    }
+}
+
+fn media_of(code: u8) -> Media {
+    match code {
+        0 => Media::File,
+        1 => Media::Bar,
+        2 => Media::Dax,
+        _ => Media::Anonymous,
     }
 }
 
@@ -574,6 +644,12 @@ fn move_region(
     let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
     match failure {
         None => {
+            // Durability and barriers follow the target from here on (its media, its PMR's
+            // register page); then everything written so far, through either device, is made
+            // durable on the target as a whole (a no-op on /dev/shm, an msync of a disk file,
+            // a barrier read on a BAR), so a persistent tier recovers from it alone.
+            state.adopt(&staging);
+            super::persist::persist(&state.backing(region), 0, region.len);
             // The old device, and the one an earlier move failed to leave, are mapped nowhere
             // any more: closing them releases their locks.
             let half = state.half_moved_fd.swap(-1, Ordering::AcqRel);
@@ -591,7 +667,12 @@ fn move_region(
                 state.device_fd.store(old, Ordering::Release);
                 // SAFETY: the target's descriptor, mapped nowhere any more.
                 os::keep_errno(|| unsafe { libc::close(staging.lock_fd) });
+                if staging.registers != 0 {
+                    backend::release_registers(staging.registers);
+                }
             } else {
+                // Half moved: the source's barrier and register page stay (the target's page
+                // stays mapped too, with its descriptor; see "Failure").
                 state.half_moved_fd.store(old, Ordering::Release);
             }
             Err(p)
@@ -768,6 +849,66 @@ mod tests {
         };
         r.reset(lo, hi);
         r
+    }
+
+    /// A page standing in for a PMR's register page.
+    fn page() -> usize {
+        os::map_anonymous(4096).unwrap().as_ptr() as usize
+    }
+
+    fn is_mapped(page: usize) -> bool {
+        // SAFETY: msync only inspects the range; ENOMEM means nothing is mapped there.
+        unsafe { libc::msync(page as *mut libc::c_void, 4096, libc::MS_ASYNC) == 0 }
+    }
+
+    fn region(media: Media, registers: usize) -> Region {
+        Region {
+            base: 0x1000_0000,
+            len: 1 << 20,
+            reserved: 1 << 20,
+            shared_across_fork: true,
+            lock_fd: -1,
+            media,
+            new_bytes: false,
+            barrier: if registers == 0 {
+                Barrier::ReadRegion
+            } else {
+                Barrier::ReadRegister(registers + 0xe08)
+            },
+            registers,
+        }
+    }
+
+    /// After a move, durability follows the target: its media and barrier register, and the
+    /// source's register page is released (the target's stays).
+    #[test]
+    fn the_target_becomes_the_backing_and_the_old_register_page_goes() {
+        let (old, new) = (page(), page());
+        let source = region(Media::Bar, old);
+        let spec = TierSpec::target(Kind::Pmr, b"/dev/shm/x", 1 << 20).unwrap();
+        let state = DeviceState::new(&source, &spec);
+        let before = state.backing(&source);
+        assert_eq!(
+            (before.media, before.barrier, before.registers),
+            (Media::Bar, Barrier::ReadRegister(old + 0xe08), old)
+        );
+        state.adopt(&region(Media::Bar, new));
+        let after = state.backing(&source);
+        assert_eq!(
+            (after.media, after.barrier, after.registers),
+            (Media::Bar, Barrier::ReadRegister(new + 0xe08), new)
+        );
+        assert_eq!((after.base, after.len), (source.base, source.len));
+        assert!(!is_mapped(old), "the old controller's register page is released");
+        assert!(is_mapped(new));
+        // Onto a file: a read of the region is the barrier, and no page is kept.
+        state.adopt(&region(Media::File, 0));
+        let after = state.backing(&source);
+        assert_eq!(
+            (after.media, after.barrier, after.registers),
+            (Media::File, Barrier::ReadRegion, 0)
+        );
+        assert!(!is_mapped(new));
     }
 
     #[test]
