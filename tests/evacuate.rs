@@ -957,3 +957,122 @@ fn a_sigbus_after_a_move_names_the_target() {
     unsafe { (blocks[0].p as *mut u8).write_volatile(1) };
     unreachable!("the store into a truncated tier file did not fault");
 }
+
+/// Runs `test` in a child with `tiers` and `TIERMALLOC_EVACUATE_STEP=step`, files left alone
+/// (the caller names and removes them).
+fn step_run(test: &str, tiers: &str, step: &str) -> support::Output {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, step)
+        .env("TIERMALLOC_EVACUATE_STEP", step)
+        .env("TIERMALLOC_TIERS", tiers);
+    support::run_with_timeout(cmd, None, std::time::Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("the child run of {test} ({step}): {e}"))
+}
+
+fn step() -> String {
+    std::env::var("TIERMALLOC_EVACUATE_STEP").unwrap_or_default()
+}
+
+/// Checks that a child run succeeded, showing its output if not.
+fn succeeded(out: &support::Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// Opening a persistent tier whose device a move left behind: refused, not recovered.
+fn refused_child() {
+    assert!(
+        Tier::new(Kind::Pmr).is_err(),
+        "a heap the move record marks was recovered"
+    );
+}
+
+/// A persistent tier moved onto a target recovers from it; its old device, whose copy is
+/// stale from the move on, is refused when opened again (its superblock's move record), in
+/// one line, instead of recovering an old heap silently.
+#[test]
+fn after_a_move_the_target_recovers_and_the_old_device_is_refused() {
+    const TEST: &str = "after_a_move_the_target_recovers_and_the_old_device_is_refused";
+    let name = |f: &str| format!("/dev/shm/tiermalloc-evacrec-{}-{f}", std::process::id());
+    if !is_child() {
+        let (dev, target) = (name("dev"), name("target"));
+        let tiers = |path: &str| format!("dram;pmr:path={path},size=8M,create");
+        let out = step_run(TEST, &tiers(&dev), &format!("move:{target}"));
+        succeeded(&out, "the move");
+        let out = step_run(TEST, &tiers(&target), "recover");
+        succeeded(&out, "recovery from the target");
+        let out = step_run(TEST, &tiers(&dev), "refused");
+        let stderr = succeeded(&out, "opening the old device");
+        let _ = (std::fs::remove_file(&dev), std::fs::remove_file(&target));
+        assert_eq!(
+            stderr.lines().filter(|l| l.contains("moved onto another device by tm_evacuate")).count(),
+            1,
+            "one line says why: {stderr}"
+        );
+        return;
+    }
+    let step = step();
+    if let Some(target) = step.strip_prefix("move:") {
+        let p = alloc_on(Kind::Pmr, 1000);
+        // SAFETY: a fresh block of 1000 bytes.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0x77, 1000) };
+        assert_eq!(evacuate(Kind::Pmr, Some(target)), Ok(()));
+    } else if step == "recover" {
+        let stats = tiermalloc::stats(Kind::Pmr).expect("the target recovers");
+        assert!(stats.in_use >= 1000, "the block came along: {stats:?}");
+    } else {
+        refused_child();
+    }
+}
+
+/// A process killed in the middle of a move leaves the heap split across both devices: opened
+/// again, neither recovers half a heap; each is refused in one line.
+#[test]
+fn a_move_cut_short_leaves_both_devices_refused() {
+    const TEST: &str = "a_move_cut_short_leaves_both_devices_refused";
+    let name = |f: &str| format!("/dev/shm/tiermalloc-evaccut-{}-{f}", std::process::id());
+    if !is_child() {
+        let (dev, target) = (name("dev"), name("target"));
+        let tiers = |path: &str| format!("dram;pmr:path={path},size=32M,create");
+        let out = step_run(TEST, &tiers(&dev), &format!("cut:{target}"));
+        succeeded(&out, "the move cut short");
+        let from_target = step_run(TEST, &tiers(&target), "refused");
+        let from_source = step_run(TEST, &tiers(&dev), "refused");
+        let _ = (std::fs::remove_file(&dev), std::fs::remove_file(&target));
+        let stderr = succeeded(&from_target, "opening the target");
+        assert!(stderr.contains("is the target of a live move (tm_evacuate) that did not finish"), "{stderr}");
+        let stderr = succeeded(&from_source, "opening the source");
+        assert!(stderr.contains("moved onto another device by tm_evacuate"), "{stderr}");
+        return;
+    }
+    let step = step();
+    let Some(target) = step.strip_prefix("cut:") else {
+        return refused_child();
+    };
+    std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "4K");
+    let blocks: Vec<usize> = (0..2000).map(|_| alloc_on(Kind::Pmr, 4000)).collect();
+    let (first, last) = (*blocks.iter().min().unwrap(), *blocks.iter().max().unwrap());
+    let target = target.to_string();
+    {
+        let target = target.clone();
+        std::thread::spawn(move || evacuate(Kind::Pmr, Some(&target)));
+    }
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(60) {
+        if mapped_file(first).as_deref() == Some(target.as_str())
+            && mapped_file(last).as_deref() != Some(target.as_str())
+        {
+            // Killed mid-move: every thread stops here, no exit handler runs.
+            // SAFETY: leaving at once.
+            unsafe { libc::_exit(0) };
+        }
+    }
+    panic!("never saw the move in progress");
+}

@@ -95,6 +95,7 @@ impl DeviceTier {
     pub fn open(spec: &TierSpec) -> Result<DeviceTier, Problem> {
         let region = backend::map_region(spec)?;
         let built = persist::decide(&region, spec)
+            .and_then(|opening| evacuate::refuse_split_heap(&region, spec, opening))
             .and_then(|opening| Self::metadata(&region, spec, opening));
         let (mut heap, slabs, previous_run_clean) = match built {
             Ok(built) => built,

@@ -83,6 +83,7 @@
 //! the tier stays usable, part on each device, and both stay open.
 
 mod hold_priority;
+mod move_record;
 mod uffd;
 
 use super::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE};
@@ -237,6 +238,33 @@ fn media_of(code: u8) -> Media {
         2 => Media::Dax,
         _ => Media::Anonymous,
     }
+}
+
+/// Refuses to recover a heap whose superblock holds a move record (`move_record`): the source
+/// of a move (stale, or split if the move was interrupted), or the target of one that did not
+/// finish. Formatting is not refused. With `TIERMALLOC_VERBOSE=1`, a line names the target.
+pub(crate) fn refuse_split_heap(
+    region: &Region,
+    spec: &TierSpec,
+    opening: super::persist::Opening,
+) -> Result<super::persist::Opening, Problem> {
+    if !matches!(opening, super::persist::Opening::Recover) {
+        return Ok(opening);
+    }
+    let Some((what, target)) = move_record::refusal(region, spec.path()) else {
+        return Ok(opening);
+    };
+    if crate::config::get().verbose {
+        let mut line = os::LineBuf::new();
+        let _ = writeln!(
+            line,
+            "tiermalloc: tier '{}': the superblock's move record names the target '{}'",
+            spec.kind.name(),
+            core::str::from_utf8(target).unwrap_or("<not UTF-8>")
+        );
+        line.flush();
+    }
+    Err(Problem::new(what))
 }
 
 /// What a tier lends the evacuation: its live extents, listed with allocation held.
@@ -511,6 +539,8 @@ fn move_region(
         }
     };
     state.uffd.store(wp.fd(), Ordering::Relaxed);
+    // From here until the target's record is cleared, a crash leaves both devices marked.
+    move_record::begin(&state.backing(region), target);
     let chunk = chunk_bytes();
     let started = now_ns();
     let mut report = Report {
@@ -649,6 +679,7 @@ fn move_region(
             // durable on the target as a whole (a no-op on /dev/shm, an msync of a disk file,
             // a barrier read on a BAR), so a persistent tier recovers from it alone.
             state.adopt(&staging);
+            move_record::clear(&state.backing(region));
             super::persist::persist(&state.backing(region), 0, region.len);
             // The old device, and the one an earlier move failed to leave, are mapped nowhere
             // any more: closing them releases their locks.
@@ -663,8 +694,10 @@ fn move_region(
         }
         Some(p) => {
             if lo == 0 {
-                // Nothing moved: the tier is where it was.
+                // Nothing moved: the tier is where it was, and its record goes.
                 state.device_fd.store(old, Ordering::Release);
+                move_record::clear(&state.backing(region));
+                super::persist::persist(&state.backing(region), 0, region.len);
                 // SAFETY: the target's descriptor, mapped nowhere any more.
                 os::keep_errno(|| unsafe { libc::close(staging.lock_fd) });
                 if staging.registers != 0 {
