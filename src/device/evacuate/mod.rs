@@ -23,7 +23,8 @@
 //! - *reads never wait*: write-protection stops writers only. (The remap in step 3 holds the
 //!   process's mm lock for the few microseconds of an `mmap`, as any `mmap` does.)
 //! - *a write is held only while its own chunk is copied*: only one chunk is protected at a
-//!   time, from step 1 to step 4.
+//!   time, from step 1 to step 4, and the evacuating thread runs that stretch at real-time
+//!   priority where it may (`hold_priority`), so no ordinary thread preempts it meanwhile.
 //! - *no write is lost*: a store that completed before step 1 is in the old pages and copied
 //!   in step 2 (the protect flushes TLBs before it returns, so no store slips past it); one
 //!   issued after step 1 sleeps until step 4 and then lands in the target.
@@ -64,10 +65,14 @@
 //! - *Dirty tracking with pre-copy rounds* (async write-protection and `PAGEMAP_SCAN`) would
 //!   copy each chunk once without holding anyone, then hold it only to copy the pages written
 //!   since. It cannot replace the synchronous hold for the last pass (an async-protected page
-//!   is never held), and one range takes one registration, so the two modes would have to be
-//!   switched per chunk. With a hold of about one chunk's memcpy already (BENCHMARKS.md), it was
-//!   left for later. It works on disk files too, but without a synchronous final pass a disk
-//!   file still cannot be moved safely.
+//!   is never held), and the probe shows the handover impossible here: a write-protecting scan
+//!   of a synchronously registered range is refused (EPERM), a synchronous userfaultfd cannot
+//!   register over the async one (EBUSY), and unregistering the async one drops its marks
+//!   (every page then looks written). It works on disk files too, but without a synchronous
+//!   final pass a disk file still cannot be moved safely.
+//! - *The faulting writer copying its own chunk*: it sleeps in the kernel and runs no user
+//!   code until woken; only `UFFD_FEATURE_SIGBUS` returns the fault to it, and then kernel
+//!   writes (`read(2)` into a block) fail with EFAULT.
 //! - `UFFDIO_MOVE` moves anonymous pages between ranges of one process: no use for file-backed
 //!   tiers, and a target that is a file or device is never anonymous.
 //! - `move_pages` (or `mbind` with `MPOL_MF_MOVE`) migrates a `numa=` tier's pages to another
@@ -80,7 +85,14 @@
 //! Every check (kind, target, write-protection) happens before the first chunk moves: a bad
 //! target leaves the tier as it was. If mapping the target over a chunk fails midway (the
 //! kernel out of memory or of mappings), the chunk is un-protected and the move stops there:
-//! the tier stays usable, part on each device, and both stay open.
+//! the tier stays usable, part on each device, and both stay open (with the target's PMR
+//! register page, if any; barriers keep reading the source's).
+//!
+//! A crash midway leaves a persistent heap split across both devices: the superblock's move
+//! record (`move_record`) makes the next open of either refuse it, in one line, rather than
+//! recover half a heap; after a move that finished, the old device's record makes it refused
+//! as stale. On success the tier's media, barrier and register page become the target's
+//! (`DeviceState::backing`) and the whole target is made durable before `tm_evacuate` returns.
 
 mod hold_priority;
 mod move_record;
