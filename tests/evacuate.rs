@@ -7,11 +7,11 @@
 
 mod support;
 
+use allocator_api2::alloc::{Allocator, Layout};
 use std::ffi::CString;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use allocator_api2::alloc::{Allocator, Layout};
 use tiermalloc::{Evacuation, Kind, Tier};
 
 const CHILD: &str = "TIERMALLOC_EVACUATE_CHILD";
@@ -907,7 +907,11 @@ fn holds_run_at_real_time_priority_and_the_thread_gets_its_own_back() {
     let before = scheduling();
     assert_eq!(before, (libc::SCHED_OTHER, 3));
     let report = evacuate_with_report(CXL, Some(&shm("first"))).unwrap();
-    assert_eq!(scheduling(), before, "the thread's own policy and nice value came back");
+    assert_eq!(
+        scheduling(),
+        before,
+        "the thread's own policy and nice value came back"
+    );
     if may_be_real_time() {
         assert_eq!(report.raised_holds, report.chunks, "{report:?}");
     } else {
@@ -938,8 +942,7 @@ fn a_sigbus_after_a_move_names_the_target() {
             .find(|l| l.contains("SIGBUS at"))
             .unwrap_or_else(|| panic!("no SIGBUS line in: {stderr}"));
         assert!(
-            line.contains("in tier 'cxl' (/dev/shm/tiermalloc-evac-")
-                && line.contains("-target):"),
+            line.contains("in tier 'cxl' (/dev/shm/tiermalloc-evac-") && line.contains("-target):"),
             "the line names the target: {line}"
         );
         return;
@@ -1012,7 +1015,10 @@ fn after_a_move_the_target_recovers_and_the_old_device_is_refused() {
         let stderr = succeeded(&out, "opening the old device");
         let _ = (std::fs::remove_file(&dev), std::fs::remove_file(&target));
         assert_eq!(
-            stderr.lines().filter(|l| l.contains("moved onto another device by tm_evacuate")).count(),
+            stderr
+                .lines()
+                .filter(|l| l.contains("moved onto another device by tm_evacuate"))
+                .count(),
             1,
             "one line says why: {stderr}"
         );
@@ -1047,9 +1053,15 @@ fn a_move_cut_short_leaves_both_devices_refused() {
         let from_source = step_run(TEST, &tiers(&dev), "refused");
         let _ = (std::fs::remove_file(&dev), std::fs::remove_file(&target));
         let stderr = succeeded(&from_target, "opening the target");
-        assert!(stderr.contains("is the target of a live move (tm_evacuate) that did not finish"), "{stderr}");
+        assert!(
+            stderr.contains("is the target of a live move (tm_evacuate) that did not finish"),
+            "{stderr}"
+        );
         let stderr = succeeded(&from_source, "opening the source");
-        assert!(stderr.contains("moved onto another device by tm_evacuate"), "{stderr}");
+        assert!(
+            stderr.contains("moved onto another device by tm_evacuate"),
+            "{stderr}"
+        );
         return;
     }
     let step = step();

@@ -682,7 +682,10 @@ pub fn open(spec: &TierSpec) -> bool {
 /// `/proc/self/fd`; after a move, the target) into `buf`; its length, or 0 if unknown (anonymous
 /// memory, no such tier). Async-signal-safe (`readlink`), for the SIGBUS line.
 fn device_path(kind: Kind, buf: &mut [u8]) -> usize {
-    let Some(fd) = get(kind).map(|t| t.device.current_fd()).filter(|&fd| fd >= 0) else {
+    let Some(fd) = get(kind)
+        .map(|t| t.device.current_fd())
+        .filter(|&fd| fd >= 0)
+    else {
         return 0;
     };
     let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";

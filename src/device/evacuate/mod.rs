@@ -174,7 +174,8 @@ impl DeviceState {
     /// value from here on; one already past its load reads a page that stays mapped until
     /// `release_registers` below, which runs after the swap).
     fn adopt(&self, target: &Region) {
-        self.media.store(media_code(target.media), Ordering::Release);
+        self.media
+            .store(media_code(target.media), Ordering::Release);
         self.barrier_at.store(
             match target.barrier {
                 Barrier::ReadRegion => 0,
@@ -944,7 +945,10 @@ mod tests {
             (Media::Bar, Barrier::ReadRegister(new + 0xe08), new)
         );
         assert_eq!((after.base, after.len), (source.base, source.len));
-        assert!(!is_mapped(old), "the old controller's register page is released");
+        assert!(
+            !is_mapped(old),
+            "the old controller's register page is released"
+        );
         assert!(is_mapped(new));
         // Onto a file: a read of the region is the barrier, and no page is kept.
         state.adopt(&region(Media::File, 0));

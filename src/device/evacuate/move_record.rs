@@ -39,7 +39,10 @@ const MOVING: u32 = u32::from_le_bytes(*b"MOVE");
 fn has_heap(region: &Region) -> bool {
     // SAFETY: a mapped region of at least one superblock (the tier opened it as a heap).
     let image = unsafe {
-        core::slice::from_raw_parts(region.base as *const u8, superblock::SUPERBLOCK_BYTES as usize)
+        core::slice::from_raw_parts(
+            region.base as *const u8,
+            superblock::SUPERBLOCK_BYTES as usize,
+        )
     };
     region.len as u64 >= superblock::SUPERBLOCK_BYTES && superblock::read(image).is_some()
 }
@@ -75,7 +78,10 @@ pub(super) fn clear(region: &Region) {
 pub(crate) enum Record<'a> {
     None,
     /// A move onto `target` began (`whole`: the path is not truncated).
-    Moving { target: &'a [u8], whole: bool },
+    Moving {
+        target: &'a [u8],
+        whole: bool,
+    },
 }
 
 /// Reads the record from the first 4 KiB of a region.
@@ -83,7 +89,13 @@ pub(crate) fn read(image: &[u8]) -> Record<'_> {
     if image.len() < END as usize || superblock::read(image).is_none() {
         return Record::None;
     }
-    let word = |at: u64| u32::from_le_bytes(image[at as usize..at as usize + 4].try_into().unwrap_or([0; 4]));
+    let word = |at: u64| {
+        u32::from_le_bytes(
+            image[at as usize..at as usize + 4]
+                .try_into()
+                .unwrap_or([0; 4]),
+        )
+    };
     if word(STATE_AT) != MOVING {
         return Record::None;
     }
@@ -98,10 +110,16 @@ pub(crate) fn read(image: &[u8]) -> Record<'_> {
 /// Why a heap about to be recovered from `region` (opened at `path`) must not be, if its
 /// superblock holds a move record: the problem's text, and the record's target for a
 /// verbose line.
-pub(crate) fn refusal<'a>(region: &'a Region, path: Option<&[u8]>) -> Option<(&'static str, &'a [u8])> {
+pub(crate) fn refusal<'a>(
+    region: &'a Region,
+    path: Option<&[u8]>,
+) -> Option<(&'static str, &'a [u8])> {
     // SAFETY: a mapped region of at least one superblock (`decide` checked its length).
     let image = unsafe {
-        core::slice::from_raw_parts(region.base as *const u8, superblock::SUPERBLOCK_BYTES as usize)
+        core::slice::from_raw_parts(
+            region.base as *const u8,
+            superblock::SUPERBLOCK_BYTES as usize,
+        )
     };
     match read(image) {
         Record::None => None,
@@ -126,11 +144,21 @@ mod tests {
         image[..8].copy_from_slice(b"TMHEAP\r\n");
         assert_eq!(read(&image), Record::None);
         image[STATE_AT as usize..STATE_AT as usize + 4].copy_from_slice(&MOVING.to_le_bytes());
-        image[TARGET_LEN_AT as usize..TARGET_LEN_AT as usize + 4].copy_from_slice(&5u32.to_le_bytes());
+        image[TARGET_LEN_AT as usize..TARGET_LEN_AT as usize + 4]
+            .copy_from_slice(&5u32.to_le_bytes());
         image[TARGET_AT as usize..TARGET_AT as usize + 5].copy_from_slice(b"/a/bc");
-        assert_eq!(read(&image), Record::Moving { target: b"/a/bc", whole: true });
-        image[TARGET_LEN_AT as usize..TARGET_LEN_AT as usize + 4].copy_from_slice(&300u32.to_le_bytes());
-        assert!(matches!(read(&image), Record::Moving { whole: false, target } if target.len() == TARGET_ROOM));
+        assert_eq!(
+            read(&image),
+            Record::Moving {
+                target: b"/a/bc",
+                whole: true
+            }
+        );
+        image[TARGET_LEN_AT as usize..TARGET_LEN_AT as usize + 4]
+            .copy_from_slice(&300u32.to_le_bytes());
+        assert!(
+            matches!(read(&image), Record::Moving { whole: false, target } if target.len() == TARGET_ROOM)
+        );
         // Not a heap: no record, whatever the bytes.
         image[0] = 0;
         assert_eq!(read(&image), Record::None);
