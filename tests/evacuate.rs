@@ -1070,14 +1070,16 @@ fn a_move_cut_short_leaves_both_devices_refused() {
     };
     std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "4K");
     let blocks: Vec<usize> = (0..2000).map(|_| alloc_on(Kind::Pmr, 4000)).collect();
-    let (first, last) = (*blocks.iter().min().unwrap(), *blocks.iter().max().unwrap());
+    // The region's first and last page: chunks move in address order, so the whole move lies
+    // between the first one landing on the target and the last one.
+    let block = blocks[0];
+    let (first, last) = mapping_of(block);
     let target = target.to_string();
-    {
+    let mover = {
         let target = target.clone();
-        std::thread::spawn(move || evacuate(Kind::Pmr, Some(&target)));
-    }
-    let started = std::time::Instant::now();
-    while started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::spawn(move || evacuate(Kind::Pmr, Some(&target)))
+    };
+    while !mover.is_finished() {
         if mapped_file(first).as_deref() == Some(target.as_str())
             && mapped_file(last).as_deref() != Some(target.as_str())
         {
@@ -1087,4 +1089,19 @@ fn a_move_cut_short_leaves_both_devices_refused() {
         }
     }
     panic!("never saw the move in progress");
+}
+
+/// The first and last byte of the mapping that holds `addr` (/proc/self/maps).
+fn mapping_of(addr: usize) -> (usize, usize) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .find_map(|line| {
+            let (lo, hi) = line.split_whitespace().next()?.split_once('-')?;
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).ok()?,
+                usize::from_str_radix(hi, 16).ok()?,
+            );
+            (lo <= addr && addr < hi).then_some((lo, hi - 1))
+        })
+        .expect("the address is mapped")
 }
