@@ -3,8 +3,8 @@
 //!
 //! The fast paths take no lock and do no atomic read-modify-write: `alloc` pops the current
 //! page's free list of the calling thread's heap; `free` of a block whose segment belongs to
-//! the calling thread's heap pushes it back. A block freed by another thread goes on its page's
-//! remote list with one CAS.
+//! the calling thread's heap pushes it back. A block freed by another thread joins that thread's
+//! chain for its page (`remote_batch`), which goes onto the page's remote list with one CAS.
 
 pub mod guard;
 pub mod heap;
