@@ -30,7 +30,7 @@ use crate::lockfree::remote_list::{Link, Pushed};
 use core::ptr;
 
 /// Classes whose frees are gathered: 0..SLOTS, the blocks of up to 1 KiB. A chain per class.
-pub const SLOTS: usize = 20;
+pub(crate) const SLOTS: usize = 20;
 /// Bytes a chain gathers before it goes to its page...
 const CHAIN_BYTES: usize = 8 << 10;
 /// ... but never more blocks than this.
