@@ -106,7 +106,7 @@ pub struct Heap {
     /// First, so that a pointer to the heap is a pointer to its tables (see `PageTables`).
     pub tables: PageTables,
     pub traffic: Traffic,
-    /// Blocks of other heaps this thread freed, gathered per page (`remote_batch`).
+    /// Blocks of other heaps this thread freed, gathered by size class (`remote_batch`).
     pub remote_batch: RemoteBatch,
     queues: [PageQueue; CLASS_COUNT],
     full: PageQueue,

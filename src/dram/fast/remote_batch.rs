@@ -1,10 +1,10 @@
-//! Remote frees gathered per page: a thread that frees blocks of another heap links them into
-//! one chain per page in its own heap, and hands a chain to the page's remote list with one
-//! CAS (`RemoteList::push_chain`) instead of one CAS per block.
+//! Remote frees gathered: a thread that frees blocks of another heap links them into chains in
+//! its own heap, each chain the blocks of one page, and hands a chain to the page's remote list
+//! with one CAS (`RemoteList::push_chain`) instead of one CAS per block.
 //!
 //! The CAS of a remote free is on a cache line the owner's thread swaps when it collects, so
-//! under a producer/consumer pattern every free paid a contended atomic. Gathering moves that
-//! cost to one in `CHAIN_MAX` frees, the way snmalloc's remote caches and the thread caches of
+//! under a producer/consumer pattern every free paid a contended atomic. Gathering pays that
+//! cost once per chain (on `prodcons`, once per 45 remote frees), the way snmalloc's remote caches and the thread caches of
 //! jemalloc and tcmalloc do.
 //!
 //! What a gathered block keeps:
