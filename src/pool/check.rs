@@ -11,6 +11,7 @@ impl Pool {
     /// Every invariant the metadata breaks, as one line each; empty when consistent.
     pub fn check(&self) -> Result<Vec<String>, i32> {
         let _locked = self.lock()?;
+        self.invalidate_meta(0, META_END);
         let mut problems = Vec::new();
         if self.load(SB_MAGIC) != MAGIC {
             problems.push("superblock magic is wrong".to_string());

@@ -193,6 +193,7 @@ impl Pool {
     /// A free directory index (under the lock).
     pub(crate) fn free_entry_index(&self) -> Option<(usize, u64)> {
         (0..MAX_SPACES).find_map(|i| {
+            self.invalidate_meta(entry_at(i) + E_PUBLISH, 8);
             let w = self.load(entry_at(i) + E_PUBLISH);
             (published::state_of(w) == SPACE_FREE).then_some((i, w))
         })

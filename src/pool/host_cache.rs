@@ -49,20 +49,13 @@ use super::{testing, Pool};
 
 /// Ranges `(from, len)` (bytes, page-aligned, relative to `base`) of the mapping
 /// `[base, base + len)` that this process touched: present in its page tables, or swapped
-/// out. `None` if /proc/self/pagemap cannot be read.
+/// out. `None` if its page tables cannot be read.
 pub(crate) fn touched_ranges(base: usize, len: usize) -> Option<Vec<(usize, usize)>> {
-    let entries = super::pagemap::entries(base, len)?;
     let mut ranges: Vec<(usize, usize)> = Vec::new();
-    for (page, &e) in entries.iter().enumerate() {
-        if !super::pagemap::present_or_swapped(e) {
-            continue;
-        }
-        let from = page * crate::os::PAGE_SIZE;
-        match ranges.last_mut() {
-            Some(last) if last.0 + last.1 == from => last.1 += crate::os::PAGE_SIZE,
-            _ => ranges.push((from, crate::os::PAGE_SIZE)),
-        }
-    }
+    super::pagemap::touched(base, len, |from, l, _| match ranges.last_mut() {
+        Some(last) if last.0 + last.1 == from => last.1 += l,
+        _ => ranges.push((from, l)),
+    })?;
     Some(ranges)
 }
 

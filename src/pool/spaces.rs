@@ -478,8 +478,14 @@ impl Pool {
 }
 
 /// Which pages of the private file mapping `[base, base + len)` this process wrote; `None`
-/// if /proc/self/pagemap cannot be read.
+/// if its page tables cannot be read.
 fn written_pages(base: usize, len: usize) -> Option<Vec<bool>> {
-    let entries = super::pagemap::entries(base, len)?;
-    Some(entries.into_iter().map(super::pagemap::written).collect())
+    let mut written = vec![false; len / crate::os::PAGE_SIZE];
+    super::pagemap::touched(base, len, |from, l, what| {
+        if what.copied {
+            let first = from / crate::os::PAGE_SIZE;
+            written[first..first + l / crate::os::PAGE_SIZE].fill(true);
+        }
+    })?;
+    Some(written)
 }
