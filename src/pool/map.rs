@@ -82,6 +82,11 @@ impl MapTable {
         slot.take()
     }
 
+    /// Every mapping (copies).
+    pub fn iter(&self) -> impl Iterator<Item = Mapping> + '_ {
+        self.maps.iter().flatten().copied()
+    }
+
     /// Every mapping, the table left empty.
     pub fn drain(&mut self) -> impl Iterator<Item = Mapping> + '_ {
         self.maps.iter_mut().filter_map(Option::take)

@@ -17,7 +17,8 @@
 //!
 //! Modules: `spec` (the `TIERMALLOC_POOL` keys), `layout` (the bytes on the device),
 //! `coherence` (write-back and invalidation), `host_cache` (which lines a host may hold, so
-//! that opening needs no invalidation), `stale_check` (its `check_flush` shadow), `txn` (lock + redo log), `registry` (nodes),
+//! that opening needs no invalidation), `stale_check` (its `check_flush` shadow), `fork` (a
+//! forked child's inherited mappings counted as its own), `txn` (lock + redo log), `registry` (nodes),
 //! `directory` (entries), `extents` (where a space's bytes go), `map` (this process's
 //! mappings), `pagemap` (which pages a mapping touched), `spaces` (the operations), `limits`
 //! (saying which table is full), `check` (the consistency checker), `api` (the Rust types). The C functions are in `front/capi_pool.rs`.
@@ -27,6 +28,7 @@ pub mod check;
 mod coherence;
 mod directory;
 mod extents;
+mod fork;
 mod host_cache;
 mod layout;
 mod limits;
@@ -190,6 +192,7 @@ impl Pool {
         pool.format_or_attach()?;
         let pool = Arc::new(pool);
         let _ = pool.weak.set(Arc::downgrade(&pool));
+        fork::register(Arc::as_ptr(&pool));
         Ok(pool)
     }
 
@@ -340,6 +343,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        fork::unregister(self);
         self.heartbeat_stop.store(true, Ordering::Relaxed);
         self.leave();
         // SAFETY: the metadata mapping and descriptor are ours; nothing uses them after drop.

@@ -48,8 +48,8 @@ pub(crate) fn pid_start(pid: u32) -> Option<u64> {
 
 impl Pool {
     /// This process's tag, joining the registry first if it has not (or if it is a child
-    /// forked from a process that had: the child is a node of its own, and the mappings it
-    /// inherited are not counted as its references).
+    /// forked from a process that had: the child is a node of its own; the `fork` handler
+    /// has made it one and counted its inherited mappings, else they are forgotten here).
     pub(crate) fn me(&self) -> Result<u64, Errno> {
         let pid = getpid();
         let mut node = self.node.lock();
