@@ -186,6 +186,15 @@ fn child() {
             die_in_operation(&pool(), &arg("TM_POOL_OP"), &role, &arg("TM_POOL_STEP"))
         }
         "c-api" => c_api_child(),
+        "fill-directory" => {
+            let pool = pool();
+            let made = (0..)
+                .map(|i| pool.create_space(&format!("s{i}"), PAGE))
+                .take_while(Result::is_ok)
+                .map(std::mem::forget)
+                .count();
+            println!("made {made}");
+        }
         "read-touch-hold" => {
             // Opens `data` READ, reads every page, and waits to be killed.
             let pool = pool();
@@ -461,6 +470,29 @@ fn errors_are_eexist_enametoolong_enoent_enospc() {
     assert_eq!(errno(pool.create_space("big", 8 << 20)), Some(libc::ENOSPC));
     assert_eq!(errno(pool.create_space("", PAGE)), Some(libc::EINVAL));
     assert_consistent(&pool);
+}
+
+#[test]
+fn a_full_table_is_named_in_one_line_with_the_pool() {
+    let file = PoolFile::new("fulltable", "8M", "");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("TM_POOL_CHILD", "fill-directory")
+        .env("TM_POOL_SPEC", file.spec())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("made 256"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "tiermalloc: pool '{}': its directory of spaces is full (256 entries); ENOSPC",
+            file.path
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -118,6 +118,7 @@ impl Pool {
                 return Ok((slot, node_tag(slot, next)));
             }
         }
+        self.say_full("registry of nodes", MAX_NODES);
         Err(libc::EUSERS)
     }
 
