@@ -139,9 +139,8 @@ fn read_entries(
             .ok()?;
         for (i, e) in raw[..n * 8].chunks_exact(8).enumerate() {
             let e = u64::from_le_bytes(e.try_into().unwrap());
-            let c = (e >> 63 & 1) * PAGE_IS_PRESENT
-                | (e >> 62 & 1) * PAGE_IS_SWAPPED
-                | (e >> 61 & 1) * PAGE_IS_FILE;
+            let bit = |n: u64, category: u64| if (e >> n) & 1 == 1 { category } else { 0 };
+            let c = bit(63, PAGE_IS_PRESENT) | bit(62, PAGE_IS_SWAPPED) | bit(61, PAGE_IS_FILE);
             let what = categories(c);
             let from = (page + i) * PAGE_SIZE;
             run = match run {
