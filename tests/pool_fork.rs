@@ -35,16 +35,20 @@ fn a_forked_childs_inherited_mappings_keep_the_space_alive() {
         }
         let intact = reader.as_slice() == &bytes[..] && creator.as_slice() == &bytes[..];
         let listed = pool.space("forked").map(|s| s.refs).unwrap_or(0);
-        // SAFETY: ending the child without running the parent's destructors.
-        unsafe {
-            libc::_exit(if !intact {
-                3
-            } else if listed != 2 {
-                4
-            } else {
-                0
-            })
+        // The child closes an inherited mapping like its own.
+        drop(reader);
+        let after_close = pool.space("forked").map(|s| s.refs).unwrap_or(0);
+        let code = if !intact {
+            3
+        } else if listed != 2 {
+            4
+        } else if after_close != 1 {
+            5
+        } else {
+            0
         };
+        // SAFETY: ending the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
     }
     // SAFETY: our pipe's read end (the child's).
     unsafe { libc::close(go[0]) };
@@ -72,7 +76,7 @@ fn a_forked_childs_inherited_mappings_keep_the_space_alive() {
     assert_eq!(
         libc::WEXITSTATUS(status),
         0,
-        "3: bytes changed, 4: refs wrong in the child"
+        "3: bytes changed, 4: refs wrong in the child, 5: its close gave none back"
     );
     drop(other);
     assert_eq!(
