@@ -174,8 +174,6 @@ impl DeviceTier {
             }
             Opening::Recover => {
                 os::advise_sequential(region.base as *mut u8, region.len);
-                // About one extent per slab window once the region is full of small blocks.
-                builder.expect_extents((len / SLAB_BYTES) as usize);
                 // SAFETY: the region is mapped and readable; nothing else uses it yet.
                 let image =
                     unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
