@@ -344,6 +344,7 @@ pub(crate) fn evacuate(
             errno: libc::EBUSY,
             room: None,
             at: None,
+            holder: None,
         });
     }
     let result = move_region(kind, region, state, tier, target);
@@ -367,6 +368,7 @@ fn move_region(
         },
         room: None,
         at: None,
+        holder: None,
     };
     let wp = WriteProtector::new().map_err(problem)?;
     wp.register(region.base, region.len).map_err(problem)?;
@@ -375,6 +377,7 @@ fn move_region(
         errno: libc::ENAMETOOLONG,
         room: None,
         at: None,
+        holder: None,
     })?;
     let staging = match backend::map_region(&spec) {
         Ok(staging) if staging.len >= region.len => staging,
@@ -387,6 +390,7 @@ fn move_region(
                 errno: libc::ENOSPC,
                 room: None,
                 at: None,
+                holder: None,
             });
         }
         Err(p) => {
@@ -453,6 +457,7 @@ fn move_region(
                     errno: libc::EIO,
                     room: None,
                     at: None,
+                    holder: None,
                 },
                 problem,
             ));
@@ -489,6 +494,7 @@ fn move_region(
                 errno: os::errno(),
                 room: None,
                 at: None,
+                holder: None,
             });
             let _ = wp.unprotect(region.base + lo, hi - lo);
             break;
@@ -594,6 +600,7 @@ fn target_problem(p: Problem) -> Problem {
                 errno: p.errno,
                 room: p.room,
                 at: p.at,
+                holder: None,
             };
         }
         return p;
@@ -610,6 +617,7 @@ fn target_problem(p: Problem) -> Problem {
         errno,
         room: p.room,
         at: p.at,
+        holder: p.holder,
     }
 }
 
