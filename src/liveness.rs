@@ -59,7 +59,16 @@ pub(crate) fn process_live(pid: u32, start: u64) -> bool {
     }
     // SAFETY: kill with signal 0 only checks that the process exists.
     let exists = unsafe { libc::kill(pid as i32, 0) } == 0 || crate::os::errno() == libc::EPERM;
-    exists && (start == 0 || pid_start(pid).map_or(true, |s| s == start))
+    if !exists {
+        return false;
+    }
+    match stat_fields(pid) {
+        // A zombie (killed, not yet reaped) runs no more.
+        Some((state, _)) if state == b'Z' || state == b'X' => false,
+        Some((_, s)) => start == 0 || s == start,
+        // A start time we cannot read (/proc mounted hidepid) proves nothing.
+        None => true,
+    }
 }
 
 /// CLOCK_REALTIME in nanoseconds (comparable across hosts whose clocks agree).
@@ -69,29 +78,18 @@ pub(crate) fn realtime_ns() -> u64 {
 
 /// Reads the file at `path` (NUL-terminated) into `buf`: the bytes read, or `None`.
 fn read_into<'a>(path: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
-    debug_assert_eq!(path.last(), Some(&0));
-    // SAFETY: `path` is NUL-terminated; the descriptor is ours and closed below.
-    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    let mut len = 0;
-    while len < buf.len() {
-        // SAFETY: reading into the rest of `buf`.
-        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
-        if n <= 0 {
-            break;
-        }
-        len += n as usize;
-    }
-    // SAFETY: our descriptor.
-    unsafe { libc::close(fd) };
+    let len = crate::os::read_file(path, buf)?;
     Some(&buf[..len])
 }
 
 /// The start time of process `pid` (field 22 of /proc/PID/stat, in clock ticks since boot),
 /// if it exists.
 pub(crate) fn pid_start(pid: u32) -> Option<u64> {
+    stat_fields(pid).map(|(_, start)| start)
+}
+
+/// The state letter and start time of process `pid` (fields 3 and 22 of /proc/PID/stat).
+fn stat_fields(pid: u32) -> Option<(u8, u64)> {
     use core::fmt::Write;
     let mut path = [0u8; 32];
     let mut w = crate::textbuf::SliceWriter::new(&mut path);
@@ -101,8 +99,10 @@ pub(crate) fn pid_start(pid: u32) -> Option<u64> {
     let stat = read_into(&path[..len], &mut buf)?;
     // The command name (field 2) is in parentheses and may hold spaces: count after its end.
     let after = stat.iter().rposition(|&b| b == b')')?;
-    let field = stat.get(after + 2..)?.split(|&b| b == b' ').nth(19)?;
-    core::str::from_utf8(field).ok()?.parse().ok()
+    let mut fields = stat.get(after + 2..)?.split(|&b| b == b' ');
+    let state = *fields.next()?.first()?;
+    let start = fields.nth(18)?;
+    Some((state, core::str::from_utf8(start).ok()?.parse().ok()?))
 }
 
 /// This host's identity: its boot (boot_id) and pid namespace; never 0.
@@ -160,5 +160,21 @@ mod tests {
         assert!(!remote.live(host, 1_000, realtime_ns()), "elsewhere the lease decides");
         let fresh = Holder { heartbeat_ns: realtime_ns(), ..remote };
         assert!(fresh.live(host, 10_000_000_000, realtime_ns()));
+    }
+
+    #[test]
+    fn a_killed_process_is_dead_before_and_after_it_is_reaped() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        assert!(process_live(pid, pid_start(pid).unwrap()));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let started = std::time::Instant::now();
+        while process_live(pid, 0) {
+            assert!(started.elapsed().as_secs() < 10, "a zombie counts as live");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        child.wait().unwrap();
+        assert!(!process_live(pid, 0));
     }
 }

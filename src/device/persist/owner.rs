@@ -4,7 +4,7 @@
 //! A host-local file lock (`backend::lock_range`) only keeps out processes of its own host.
 //!
 //! ```text
-//! 64   claim      8  0: no owner; else (claim time in seconds) << 32 | a random nonce, never 0
+//! 64   claim      8  0: no owner; else (low 32 bits of the owner's host id) << 32 | its pid
 //! 72   stamp      8  a copy of `claim`, written after the fields below: the record is whole
 //! 80   host       8  liveness::host_id of the owner's host
 //! 88   pid        8
@@ -17,9 +17,12 @@
 //! on our host its pid, on another its heartbeat within the lease) refuses the open, naming
 //! itself; a dead owner's claim, no claim, or bytes that are no heap are replaced by ours with
 //! one compare-and-swap, which only one of two racing openers wins (the other reads the
-//! winner's claim and judges it). A claim whose record is not whole yet (`stamp` differs) is
-//! live for a lease from its claim time. The record then gets our fields, then the stamp.
-//! Formatting the region keeps the record (`superblock::format` writes around it).
+//! winner's claim and judges it). The opener writes the heartbeat before its compare-and-swap
+//! (a newer time only lengthens a live owner's lease), the rest of the record after it, then
+//! the stamp. A claim whose record is not whole yet (`stamp` differs: its process may have
+//! been killed in between) is judged from the claim word itself: on our host by its pid, on
+//! another by the heartbeat. Formatting the region keeps the record (`superblock::format`
+//! writes around it).
 //!
 //! Closing (`release`, at a clean exit): the claim goes back to 0 if it is still ours. A
 //! killed owner leaves its claim: on its host the next opener sees its pid gone and takes it
@@ -104,63 +107,66 @@ fn holder(region: &Region) -> Holder {
     }
 }
 
-fn owner(region: &Region) -> HolderName {
+/// The owner claim word `claim` names: its pid, and its host's name once its record is whole
+/// ("?" before).
+fn owner(region: &Region, claim: u64) -> HolderName {
     let mut host = [0u8; 32];
-    for (i, chunk) in host.chunks_mut(8).enumerate() {
-        chunk.copy_from_slice(&load(region, NAME_AT + 8 * i as u64).to_le_bytes());
+    if load(region, STAMP_AT) == claim {
+        for (i, chunk) in host.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&load(region, NAME_AT + 8 * i as u64).to_le_bytes());
+        }
+    } else {
+        host[0] = b'?';
     }
     HolderName {
-        pid: load(region, PID_AT) as u32,
+        pid: claim as u32,
         host,
     }
 }
 
-/// A claim word for now: the time in seconds, a random nonce (never 0).
-fn new_claim() -> u64 {
-    let secs = liveness::realtime_ns() / 1_000_000_000;
-    let mut nonce = 0u32;
-    // SAFETY: getrandom writes at most 4 bytes into `nonce`.
-    unsafe { libc::getrandom((&mut nonce as *mut u32).cast(), 4, libc::GRND_NONBLOCK) };
-    // SAFETY: no preconditions.
-    let nonce = nonce ^ unsafe { libc::getpid() } as u32;
-    (secs << 32) | u64::from(nonce.max(1))
+/// Our claim word: the low half of our host id, our pid (never 0).
+fn claim_word(pid: u32) -> u64 {
+    (my_host() & 0xffff_ffff) << 32 | u64::from(pid.max(1))
 }
 
 /// Whether the owner that wrote claim word `claim` (not 0) still lives.
 fn claim_live(region: &Region, claim: u64) -> bool {
-    if load(region, STAMP_AT) != claim {
-        // Its record is being written.
-        return claim_fresh(claim);
-    }
-    holder(region).live(my_host(), lease_ns(), liveness::realtime_ns())
-}
-
-/// Whether claim word `claim` was made less than a lease ago (and not in the future, but for
-/// a minute of clocks that disagree): bytes that merely look like a claim almost never are.
-fn claim_fresh(claim: u64) -> bool {
-    let made = (claim >> 32).saturating_mul(1_000_000_000);
     let now = liveness::realtime_ns();
-    made.saturating_add(lease_ns()) >= now && made <= now + 60_000_000_000
+    if load(region, STAMP_AT) == claim {
+        return holder(region).live(my_host(), lease_ns(), now);
+    }
+    // Its record is not whole: judged by the claim word and the heartbeat written before it.
+    let on_our_host = claim >> 32 == my_host() & 0xffff_ffff;
+    if on_our_host {
+        liveness::process_live(claim as u32, 0)
+    } else {
+        // Not in the future either (but for a minute of clocks that disagree): bytes that
+        // merely look like a claim almost never are.
+        let beat = load(region, HEARTBEAT_AT);
+        beat.saturating_add(lease_ns()) >= now && beat <= now + 60_000_000_000
+    }
 }
 
 /// Claims the region for this process (see the module comment), or names its live owner.
 pub(crate) fn claim(region: &Region) -> Result<Claim, HolderName> {
     // SAFETY: the region is mapped and readable.
     let image = unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
-    let mine = new_claim();
+    // SAFETY: no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let mine = claim_word(pid);
     loop {
         let seen = load(region, CLAIM_AT);
-        // Bytes that are no heap yet hold no record, but for a claim just made by an opener
-        // that is formatting them (two openers of a new file): anything else there is taken
-        // over (the caller formats it).
-        let live = if superblock::read(image).is_some() {
-            seen != 0 && claim_live(region, seen)
-        } else {
-            seen != 0 && claim_fresh(seen)
-        };
+        // Bytes that are no heap (yet) hold a record only if an opener that is formatting
+        // them claimed it (two openers of a new file): its stamp is not written yet; anything
+        // else there is taken over (the caller formats it).
+        let heap = superblock::read(image).is_some();
+        let live = seen != 0
+            && (heap || load(region, STAMP_AT) != seen)
+            && claim_live(region, seen);
         if live {
-            return Err(owner(region));
+            return Err(owner(region, seen));
         }
+        media::write_bytes(region, HEARTBEAT_AT, &liveness::realtime_ns().to_le_bytes());
         if word(region, CLAIM_AT)
             .compare_exchange(seen, mine, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -168,8 +174,6 @@ pub(crate) fn claim(region: &Region) -> Result<Claim, HolderName> {
             break;
         }
     }
-    // SAFETY: no preconditions.
-    let pid = unsafe { libc::getpid() } as u32;
     let name = liveness::host_name();
     let mut fields = [0u8; (RECORD_END - HOST_AT) as usize];
     fields[0..8].copy_from_slice(&my_host().to_le_bytes());
@@ -225,13 +229,18 @@ pub(crate) fn named_in_file(path: &[u8], offset: u64) -> Option<HolderName> {
         return None;
     }
     let u64_at = |at: u64| u64::from_le_bytes(page[at as usize..at as usize + 8].try_into().unwrap_or([0; 8]));
-    if u64_at(CLAIM_AT) == 0 {
+    let claim = u64_at(CLAIM_AT);
+    if claim == 0 {
         return None;
     }
     let mut host = [0u8; 32];
-    host.copy_from_slice(&page[NAME_AT as usize..RECORD_END as usize]);
+    if u64_at(STAMP_AT) == claim {
+        host.copy_from_slice(&page[NAME_AT as usize..RECORD_END as usize]);
+    } else {
+        host[0] = b'?';
+    }
     Some(HolderName {
-        pid: u64_at(PID_AT) as u32,
+        pid: claim as u32,
         host,
     })
 }

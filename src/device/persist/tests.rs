@@ -1189,3 +1189,29 @@ fn a_killed_owner_is_taken_over_at_once_on_its_host() {
     let _ = std::fs::remove_file(ready);
     std::fs::remove_file(path).unwrap();
 }
+
+/// A claim whose record was never finished (its process killed between the compare-and-swap
+/// and the stamp): judged by the claim word alone; a dead pid of this host is taken over at
+/// once, a live one refuses, named with its pid.
+#[test]
+fn an_unfinished_claim_is_judged_by_its_pid() {
+    let path = shm("owner-unfinished");
+    drop(open("pmr", &path, ",size=1M,create").unwrap());
+    let host_half = crate::liveness::host_id() & 0xffff_ffff;
+    let claim_by = |pid: u32| {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&(host_half << 32 | u64::from(pid)).to_le_bytes(), 64).unwrap();
+        file.write_all_at(&0u64.to_le_bytes(), 72).unwrap(); // no stamp: unfinished
+    };
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    claim_by(dead);
+    drop(open_unlocked(&path, "").expect("a dead pid's unfinished claim is taken over"));
+    claim_by(my_pid());
+    let refused = open_unlocked(&path, "").err().expect("a live pid's unfinished claim refuses");
+    let holder = refused.holder.unwrap();
+    assert_eq!((holder.pid, holder.host_name()), (my_pid(), "?"));
+    std::fs::remove_file(path).unwrap();
+}
