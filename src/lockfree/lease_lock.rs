@@ -69,6 +69,15 @@ impl LeaseLock {
         self.word.load(Ordering::Relaxed)
     }
 
+    /// Releases the lock if `tag` still holds it (a holder that may have been found dead and
+    /// robbed, whose release must not free the thief's lock); false if it did not.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub fn release_if(&self, tag: u64) -> bool {
+        self.word
+            .compare_exchange(tag, 0, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// Releases the lock held by the caller.
     pub fn release(&self) {
         self.release_with(Ordering::Release)

@@ -17,9 +17,10 @@
 //! on our host its pid, on another its heartbeat within the lease) refuses the open, naming
 //! itself; a dead owner's claim, no claim, or bytes that are no heap are replaced by ours with
 //! one compare-and-swap, which only one of two racing openers wins (the other reads the
-//! winner's claim and judges it). The opener writes the heartbeat before its compare-and-swap
-//! (a newer time only lengthens a live owner's lease), the rest of the record after it, then
-//! the stamp. A claim whose record is not whole yet (`stamp` differs: its process may have
+//! winner's claim and judges it); the word is a `lockfree::LeaseLock` (its loom model covers
+//! taking, stealing from a dead holder, releasing). The opener writes the heartbeat just
+//! before its compare-and-swap (never when refused: that would keep a dead owner's lease
+//! young), the rest of the record after it, then the stamp. A claim whose record is not whole yet (`stamp` differs: its process may have
 //! been killed in between) is judged from the claim word itself: on our host by its pid, on
 //! another by the heartbeat. Formatting the region keeps the record (`superblock::format`
 //! writes around it).
@@ -37,6 +38,7 @@ use super::media;
 use super::superblock;
 use crate::backend::{Media, Region};
 use crate::liveness::{self, Holder, HolderName};
+use crate::lockfree::lease_lock::LeaseLock;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 const CLAIM_AT: u64 = 64;
@@ -91,6 +93,14 @@ fn word(region: &Region, at: u64) -> &AtomicU64 {
     // field 8-byte aligned in the page-aligned region; device memory shared with other
     // processes is exactly what atomics are for.
     unsafe { &*((region.base + at as usize) as *const AtomicU64) }
+}
+
+/// The claim word, as the lock it is (`lockfree::lease_lock`: 0 free, else the holder's tag,
+/// taken over from a dead holder by one compare-and-swap from exactly its tag).
+fn claim_lock(region: &Region) -> &LeaseLock {
+    // SAFETY: as for `word`: the claim word is 8-aligned, mapped while the region is, and
+    // accessed only atomically.
+    unsafe { LeaseLock::at((region.base + CLAIM_AT as usize) as *mut u64) }
 }
 
 fn load(region: &Region, at: u64) -> u64 {
@@ -154,23 +164,24 @@ pub(crate) fn claim(region: &Region) -> Result<Claim, HolderName> {
     // SAFETY: no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
     let mine = claim_word(pid);
+    let lock = claim_lock(region);
     loop {
         let seen = load(region, CLAIM_AT);
         // Bytes that are no heap (yet) hold a record only if an opener that is formatting
         // them claimed it (two openers of a new file): its stamp is not written yet; anything
         // else there is taken over (the caller formats it).
         let heap = superblock::read(image).is_some();
-        let live = seen != 0
-            && (heap || load(region, STAMP_AT) != seen)
-            && claim_live(region, seen);
-        if live {
+        if seen != 0 && (heap || load(region, STAMP_AT) != seen) && claim_live(region, seen) {
             return Err(owner(region, seen));
         }
+        // Only now, about to claim: a refused opener must not keep a dead owner's lease young.
         media::write_bytes(region, HEARTBEAT_AT, &liveness::realtime_ns().to_le_bytes());
-        if word(region, CLAIM_AT)
-            .compare_exchange(seen, mine, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        let taken = if seen == 0 {
+            lock.try_acquire(mine)
+        } else {
+            lock.steal(seen, mine)
+        };
+        if taken.is_ok() {
             break;
         }
     }
@@ -200,7 +211,7 @@ pub(crate) fn heartbeat(region: &Region, claim: Claim) -> bool {
 
 /// Gives the region up (a clean close): the claim back to 0 if it is still ours.
 pub(crate) fn release(region: &Region, claim: Claim) {
-    let _ = word(region, CLAIM_AT).compare_exchange(claim.0, 0, Ordering::AcqRel, Ordering::Relaxed);
+    claim_lock(region).release_if(claim.0);
     if region.media == Media::Dax {
         media::flush_lines(region.base + CLAIM_AT as usize, 8);
     }

@@ -1119,9 +1119,13 @@ fn the_owner_record_refuses_a_second_opener_until_the_owner_is_gone() {
 
     // Another host: the lease decides (the owner here never beats: no heartbeat thread).
     TEST_HOST.with(|h| h.set(crate::liveness::host_id() ^ 0x5eed));
-    TEST_LEASE_MS.with(|l| l.set(300));
+    TEST_LEASE_MS.with(|l| l.set(1000));
     assert!(open_unlocked(&path, "").is_err(), "within the lease");
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(open_unlocked(&path, "").is_err(), "still within the lease");
+    // 1.2 s after the owner's last beat, 0.6 s after the last refusal: a refused opener must
+    // not have made the owner's lease young again.
+    std::thread::sleep(std::time::Duration::from_millis(600));
     let second = open_unlocked(&path, "").expect("the lease ran out: taken over");
     TEST_HOST.with(|h| h.set(0));
     TEST_LEASE_MS.with(|l| l.set(0));
