@@ -1,6 +1,6 @@
 //! The heartbeat thread: refreshes the owner record (`persist::owner`) of every device tier
-//! this process opened, every quarter lease, so that another host sharing the device sees the
-//! owner alive. Started once at start-up (`front::runtime`, after the tiers opened), never on
+//! this process opened on device memory another host could map (`persist::owner::beats`),
+//! every quarter lease, so that such a host sees the owner alive. Started once at start-up (`front::runtime`, after the tiers opened), never on
 //! a malloc path; only when some tier has a record. A plain `pthread_create` with a function
 //! that allocates nothing. A forked child has no such thread (it owns no tier: its parent
 //! does).
@@ -14,7 +14,7 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 /// thread cannot start (the tiers then look dead to other hosts after a lease).
 pub fn start() {
     let mut needed = false;
-    super::for_each_device(|tier| needed |= tier.has_owner_record());
+    super::for_each_device(|tier| needed |= tier.needs_heartbeat());
     if !needed || STARTED.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -44,7 +44,7 @@ extern "C" fn beat(_: *mut libc::c_void) -> *mut libc::c_void {
         // SAFETY: `period` is valid; an interrupted sleep just beats early.
         unsafe { libc::nanosleep(&period, core::ptr::null_mut()) };
         super::for_each_device(|tier| {
-            if !tier.heartbeat() && !lost {
+            if tier.needs_heartbeat() && !tier.heartbeat() && !lost {
                 lost = true;
                 let mut line = crate::os::LineBuf::new();
                 use core::fmt::Write;

@@ -171,9 +171,10 @@ impl DeviceTier {
         }
     }
 
-    /// Whether this tier holds an owner record a heartbeat must keep fresh.
-    pub fn has_owner_record(&self) -> bool {
-        self.claim.is_some()
+    /// Whether this tier holds an owner record a heartbeat must keep fresh
+    /// (`persist::owner::beats`).
+    pub fn needs_heartbeat(&self) -> bool {
+        self.claim.is_some() && owner::beats(&self.region)
     }
 
     /// Whether the run before this open ended with a clean close (`None`: this open formatted

@@ -39,7 +39,8 @@
 //! before the region is formatted or recovered, so that a second opener (another process,
 //! another host sharing the device) is refused, naming the owner's host and pid. A dead owner
 //! is replaced: on its host at once (its pid is gone), elsewhere when its heartbeat is older
-//! than the lease (10 s; a thread of the owner refreshes it, never a malloc path).
+//! than the lease (10 s; on a BAR or DAX a thread of the owner refreshes it, never a malloc
+//! path; a file's owner on another machine is impossible, the host's file lock covers it).
 //!
 //! # The dirty flag
 //!

@@ -9,7 +9,7 @@
 //! 80   host       8  liveness::host_id of the owner's host
 //! 88   pid        8
 //! 96   pid_start  8  the pid's start time (a reused pid is another process)
-//! 104  heartbeat  8  CLOCK_REALTIME ns, refreshed every quarter lease (`heartbeat`)
+//! 104  heartbeat  8  CLOCK_REALTIME ns, refreshed every quarter lease on a BAR or DAX (`beats`)
 //! 112  host name 32  for the message that names the owner
 //! ```
 //!
@@ -197,6 +197,14 @@ pub(crate) fn claim(region: &Region) -> Result<Claim, HolderName> {
     media::write_bytes(region, STAMP_AT, &mine.to_le_bytes());
     media::order(region);
     Ok(Claim(mine))
+}
+
+/// Whether the owner of `region` must keep its heartbeat fresh: on device memory another host
+/// could map (a PCI BAR, device DAX). A regular file's mapping is shared coherently only
+/// within one machine, where the host's file lock keeps a second process out too; no thread
+/// then touches the device between a program's own operations.
+pub(crate) fn beats(region: &Region) -> bool {
+    matches!(region.media, Media::Bar | Media::Dax)
 }
 
 /// Refreshes our heartbeat, if the claim is still ours (false if another took it: a lease
