@@ -171,7 +171,10 @@ pub(crate) fn claim(region: &Region) -> Result<Claim, HolderName> {
         // them claimed it (two openers of a new file): its stamp is not written yet; anything
         // else there is taken over (the caller formats it).
         let heap = superblock::read(image).is_some();
-        if seen != 0 && (heap || load(region, STAMP_AT) != seen) && claim_live(region, seen) {
+        // A claim naming this very process is an earlier image's (`exec` keeps the pid and
+        // runs no exit hook) or an earlier attempt's: one image never holds a tier twice.
+        let others = seen != 0 && seen != mine;
+        if others && (heap || load(region, STAMP_AT) != seen) && claim_live(region, seen) {
             return Err(owner(region, seen));
         }
         // Only now, about to claim: a refused opener must not keep a dead owner's lease young.

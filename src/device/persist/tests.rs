@@ -1105,6 +1105,8 @@ fn the_owner_record_refuses_a_second_opener_until_the_owner_is_gone() {
     let p = first.alloc(3000, 16).unwrap();
     let offset = first.offset_in_region(p).unwrap();
     let before = image_of(&first);
+    // Another host (another host id): the owner's heartbeat is fresh.
+    TEST_HOST.with(|h| h.set(crate::liveness::host_id() ^ 0x5eed));
     for keys in ["", ",fresh", ",format"] {
         let refused = open_unlocked(&path, keys).err().expect("a second opener is refused");
         let holder = refused.holder.expect("the refusal names the owner");
@@ -1117,8 +1119,7 @@ fn the_owner_record_refuses_a_second_opener_until_the_owner_is_gone() {
     assert!(image_of(&first) == before, "a refused opener wrote nothing");
     assert!(first.heartbeat(), "the claim is still ours");
 
-    // Another host: the lease decides (the owner here never beats: no heartbeat thread).
-    TEST_HOST.with(|h| h.set(crate::liveness::host_id() ^ 0x5eed));
+    // The lease decides (the owner here never beats: no heartbeat thread).
     TEST_LEASE_MS.with(|l| l.set(1000));
     assert!(open_unlocked(&path, "").is_err(), "within the lease");
     std::thread::sleep(std::time::Duration::from_millis(600));
@@ -1136,6 +1137,12 @@ fn the_owner_record_refuses_a_second_opener_until_the_owner_is_gone() {
     // Both closed: the record is free, and a new opener takes it.
     let third = open_unlocked(&path, "").expect("a released record is free");
     drop(third);
+    // A record naming this very process (an earlier image of it: `exec` keeps the pid and
+    // runs no exit hook, so the claim stays) is ours to take.
+    let earlier = open("pmr", &path, "").unwrap();
+    core::mem::forget(earlier); // exits without closing, as an image replaced by exec
+    let again = open_unlocked(&path, "").expect("our own earlier claim is taken back");
+    drop(again);
     std::fs::remove_file(path).unwrap();
 }
 
@@ -1213,9 +1220,12 @@ fn an_unfinished_claim_is_judged_by_its_pid() {
     child.wait().unwrap();
     claim_by(dead);
     drop(open_unlocked(&path, "").expect("a dead pid's unfinished claim is taken over"));
-    claim_by(my_pid());
+    let mut live = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    claim_by(live.id());
     let refused = open_unlocked(&path, "").err().expect("a live pid's unfinished claim refuses");
     let holder = refused.holder.unwrap();
-    assert_eq!((holder.pid, holder.host_name()), (my_pid(), "?"));
+    assert_eq!((holder.pid, holder.host_name()), (live.id(), "?"));
+    live.kill().unwrap();
+    live.wait().unwrap();
     std::fs::remove_file(path).unwrap();
 }
