@@ -23,6 +23,7 @@ pub mod evacuate;
 pub mod extent_heap;
 pub mod fork;
 pub mod header;
+pub mod heartbeat;
 pub mod persist;
 pub mod slabs;
 
@@ -37,7 +38,7 @@ use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, Ordering};
 use evacuate::{DeviceState, LiveExtents};
 use extent_heap::{Carved, ExtentHeap, FreeError, HeapStats};
-use persist::{media, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
+use persist::{media, owner, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
 use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
 use slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
 
@@ -87,19 +88,35 @@ pub(crate) struct DeviceTier {
     /// The process that opened the tier: only it closes the heap cleanly (a forked child
     /// exiting must not mark a heap clean that its parent still writes).
     opened_by: i32,
+    /// Our claim on the region's owner record (`persist::owner`), `None` on anonymous memory.
+    claim: Option<owner::Claim>,
 }
 
 impl DeviceTier {
     /// Maps and prepares the tier `spec` describes: formats its region, or recovers the
     /// heap it holds, or refuses it (`persist::decide`).
     pub fn open(spec: &TierSpec) -> Result<DeviceTier, Problem> {
-        let region = backend::map_region(spec)?;
+        let region = backend::map_region(spec).map_err(|problem| match spec.path() {
+            // This host's lock refused it: name the owner the record holds.
+            Some(path) if problem.what == backend::IN_USE => Problem {
+                holder: owner::named_in_file(path, spec.offset),
+                ..problem
+            },
+            _ => problem,
+        })?;
+        let mut claim = None;
         let built = persist::decide(&region, spec)
             .and_then(|opening| evacuate::refuse_split_heap(&region, spec, opening))
-            .and_then(|opening| Self::metadata(&region, spec, opening));
+            .and_then(|opening| {
+                claim = Self::claim(&region)?;
+                Self::metadata(&region, spec, opening)
+            });
         let (mut heap, slabs, previous_run_clean) = match built {
             Ok(built) => built,
             Err(problem) => {
+                if let Some(claim) = claim {
+                    owner::release(&region, claim);
+                }
                 // SAFETY: nothing uses the region; recovery wrote nothing but marker states.
                 unsafe { backend::unmap_region(region) };
                 return Err(problem);
@@ -128,7 +145,38 @@ impl DeviceTier {
             previous_run_clean,
             // SAFETY: no preconditions.
             opened_by: unsafe { libc::getpid() },
+            claim,
         })
+    }
+
+    /// Claims the region's owner record for this process (`persist::owner`); `None` for
+    /// memory no other process can map. A live owner refuses the open, named.
+    fn claim(region: &Region) -> Result<Option<owner::Claim>, Problem> {
+        if !owner::recorded(region) {
+            return Ok(None);
+        }
+        owner::claim(region).map(Some).map_err(|holder| Problem {
+            holder: Some(holder),
+            ..Problem::new("is open in another process")
+        })
+    }
+
+    /// Refreshes the owner record's heartbeat (the heartbeat thread, `heartbeat.rs`), in the
+    /// process that opened the tier. False when the claim is no longer ours.
+    pub fn heartbeat(&self) -> bool {
+        match self.claim {
+            // SAFETY: no preconditions.
+            Some(claim) if unsafe { libc::getpid() } == self.opened_by => {
+                owner::heartbeat(&self.backing(), claim)
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether this tier holds an owner record a heartbeat must keep fresh
+    /// (`persist::owner::beats`).
+    pub fn needs_heartbeat(&self) -> bool {
+        self.claim.is_some() && owner::beats(&self.backing())
     }
 
     /// Whether the run before this open ended with a clean close (`None`: this open formatted
@@ -151,7 +199,12 @@ impl DeviceTier {
         {
             return true;
         }
-        persist::superblock::mark_clean(&self.backing())
+        let backing = self.backing();
+        let clean = persist::superblock::mark_clean(&backing);
+        if let Some(claim) = self.claim {
+            owner::release(&backing, claim);
+        }
+        clean
     }
 
     /// The region as the device behind it now has it: media, barrier, register page and
@@ -183,8 +236,6 @@ impl DeviceTier {
             }
             Opening::Recover => {
                 os::advise_sequential(region.base as *mut u8, region.len);
-                // About one extent per slab window once the region is full of small blocks.
-                builder.expect_extents((len / SLAB_BYTES) as usize);
                 // SAFETY: the region is mapped and readable; nothing else uses it yet.
                 let image =
                     unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
@@ -536,6 +587,7 @@ impl DeviceTier {
                 errno: libc::EINVAL,
                 room: None,
                 at: None,
+                holder: None,
             });
         }
         let target = target.or(self.spare()).ok_or(Problem {
@@ -543,6 +595,7 @@ impl DeviceTier {
             errno: libc::EINVAL,
             room: None,
             at: None,
+            holder: None,
         })?;
         let report = evacuate::evacuate(self.kind, &self.region, &self.device, self, target)?;
         // A file or device now, mapped shared: `fork` must copy it for the child.
@@ -791,6 +844,16 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
     }
     if let Some((needed, free)) = problem.room {
         let _ = write!(line, " (size {needed} bytes, {free} bytes free)");
+    }
+    if let Some(holder) = problem.holder {
+        let _ = write!(
+            line,
+            ": pid {} on host '{}' owns it (its owner record; taken over once that process \
+             is gone, or from another host once its heartbeat is {} s old)",
+            holder.pid,
+            holder.host_name(),
+            owner::LEASE_MS / 1000
+        );
     }
     os::write_errno_text(&mut line, problem.errno);
     let _ = writeln!(line, "; tier skipped");

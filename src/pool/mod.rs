@@ -116,16 +116,7 @@ impl core::fmt::Display for OpenError {
     }
 }
 
-/// CLOCK_REALTIME in nanoseconds (comparable across hosts whose clocks agree).
-pub(crate) fn realtime_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
+pub(crate) use crate::liveness::realtime_ns;
 
 pub(crate) fn getpid() -> u32 {
     // SAFETY: no preconditions.
@@ -389,17 +380,9 @@ fn pool_len(spec: &PoolSpec, fd: i32) -> Result<(u64, bool), OpenError> {
     }
 }
 
-/// This host's identity: its boot (boot_id) and pid namespace, so that two hosts — or two
-/// containers with their own pids — never take each other's pids for their own.
+/// This host's identity (`liveness::host_id`).
 fn host_id() -> u64 {
-    let boot = std::fs::read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let ns = std::fs::read_link("/proc/self/ns/pid")
-        .map(|p| p.into_os_string().into_encoded_bytes())
-        .unwrap_or_default();
-    let id = crate::lockfree::redo_log::checksum(
-        boot.iter().chain(b"/").chain(ns.iter()).map(|&b| b as u64),
-    );
-    id.max(1)
+    crate::liveness::host_id()
 }
 
 /// The pool `TIERMALLOC_POOL` names, opened on first use; `None` (ENODEV for the caller) when

@@ -37,14 +37,7 @@ impl Node {
     };
 }
 
-/// The start time of process `pid` (field 22 of /proc/PID/stat), if it exists.
-pub(crate) fn pid_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after its end.
-    let after = stat.iter().rposition(|&b| b == b')')?;
-    let field = stat[after + 2..].split(|&b| b == b' ').nth(19)?;
-    core::str::from_utf8(field).ok()?.parse().ok()
-}
+pub(crate) use crate::liveness::pid_start;
 
 impl Pool {
     /// This process's tag, joining the registry first if it has not (or if it is a child
@@ -158,16 +151,13 @@ impl Pool {
         let now = realtime_ns();
         match state {
             NODE_JOINING => now / 1_000_000_000 <= claim_secs + self.spec.lease_ms / 1000 + 1,
-            NODE_ALIVE if self.load(at + NODE_HOST) == self.host => {
-                let pid = self.load(at + NODE_PID) as u32;
-                // SAFETY: kill with signal 0 only checks that the process exists.
-                let exists =
-                    unsafe { libc::kill(pid as i32, 0) } == 0 || crate::os::errno() == libc::EPERM;
-                // A start time we cannot read (/proc mounted hidepid) proves nothing.
-                exists
-                    && pid_start(pid).map_or(true, |start| start == self.load(at + NODE_PID_START))
+            NODE_ALIVE => crate::liveness::Holder {
+                host: self.load(at + NODE_HOST),
+                pid: self.load(at + NODE_PID) as u32,
+                pid_start: self.load(at + NODE_PID_START),
+                heartbeat_ns: self.load(at + NODE_HEARTBEAT),
             }
-            NODE_ALIVE => self.load(at + NODE_HEARTBEAT).saturating_add(lease_ns) >= now,
+            .live(self.host, lease_ns, now),
             _ => false,
         }
     }

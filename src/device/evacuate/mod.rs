@@ -502,6 +502,7 @@ pub(crate) fn evacuate(
             errno: libc::EBUSY,
             room: None,
             at: None,
+            holder: None,
         });
     }
     let result = move_region(kind, region, state, tier, target);
@@ -525,6 +526,7 @@ fn move_region(
         },
         room: None,
         at: None,
+        holder: None,
     };
     let wp = WriteProtector::new().map_err(problem)?;
     wp.register(region.base, region.len).map_err(problem)?;
@@ -533,6 +535,7 @@ fn move_region(
         errno: libc::ENAMETOOLONG,
         room: None,
         at: None,
+        holder: None,
     })?;
     let staging = match backend::map_region(&spec) {
         Ok(staging) if staging.len >= region.len => staging,
@@ -545,6 +548,7 @@ fn move_region(
                 errno: libc::ENOSPC,
                 room: None,
                 at: None,
+                holder: None,
             });
         }
         Err(p) => {
@@ -621,6 +625,7 @@ fn move_region(
                     errno: libc::EIO,
                     room: None,
                     at: None,
+                    holder: None,
                 },
                 problem,
             ));
@@ -658,6 +663,7 @@ fn move_region(
                 errno: os::errno(),
                 room: None,
                 at: None,
+                holder: None,
             });
             let _ = wp.unprotect(region.base + lo, hi - lo);
             priority.lower();
@@ -784,6 +790,7 @@ fn target_problem(p: Problem) -> Problem {
                 errno: p.errno,
                 room: p.room,
                 at: p.at,
+                holder: None,
             };
         }
         return p;
@@ -800,6 +807,7 @@ fn target_problem(p: Problem) -> Problem {
         errno,
         room: p.room,
         at: p.at,
+        holder: p.holder,
     }
 }
 
