@@ -17,8 +17,10 @@ mod devdax;
 mod file_space;
 mod nvme;
 mod problem;
+mod shared_range;
 
 pub(crate) use problem::Problem;
+pub(crate) use shared_range::map_shared_range;
 
 use crate::chunk::{self, CHUNK_SIZE};
 use crate::config::TierSpec;

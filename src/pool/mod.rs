@@ -30,6 +30,7 @@ mod layout;
 mod map;
 mod nodes;
 pub(crate) mod registry;
+pub mod share;
 mod spaces;
 mod spec;
 pub mod testing;
