@@ -62,12 +62,21 @@ impl PoolFile {
     }
     /// A node with a share of `share` MiB.
     fn node(&self, share: u64) -> Node {
+        self.node_on(share, None)
+    }
+    /// A node with a share of `share` MiB claiming to run on host `host` (the pool's test key
+    /// `host=`), or on this one.
+    fn node_on(&self, share: u64, host: Option<u64>) -> Node {
+        let pool = match host {
+            Some(h) => format!("{},host={h}", self.spec()),
+            None => self.spec(),
+        };
         let stderr = format!("{}-{}.err", self.0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let child = Command::new(node_program())
             .env_clear()
             .envs(scrubbed_env(&SCRUB))
             .env("LD_PRELOAD", &library().path)
-            .env("TIERMALLOC_POOL", self.spec())
+            .env("TIERMALLOC_POOL", pool)
             .env(
                 "TIERMALLOC_TIERS",
                 format!("dram;cxl:pool,share={share}M,size={ARENA}"),
@@ -233,6 +242,25 @@ fn a_borrows_from_b_the_registry_and_stats_say_so_and_saturation_fails_or_spills
     assert_eq!((lb.lent, lb.in_use), (0, MIB));
     // With the loan back, B can use its whole share again.
     assert_eq!(b.take(3), (3, 0));
+    for n in [a, b, c] {
+        n.exit();
+    }
+}
+
+#[test]
+fn a_node_of_the_same_host_lends_first() {
+    let pool = PoolFile::new("hosts");
+    // B on host 2 with 4 idle extents, C on host 1 with 2; A on host 1 needs 3 beyond its
+    // share: C's two first, then one of B's.
+    let mut b = pool.node_on(4, Some(2));
+    let mut c = pool.node_on(4, Some(1));
+    assert_eq!(c.take(2), (2, 0));
+    let mut a = pool.node_on(4, Some(1));
+    assert_eq!(a.take(6), (6, 0));
+    assert_eq!(c.stats().1, 2 * MIB, "the same host's node lent first");
+    assert_eq!(b.stats().1, 0, "the other host's node was not asked yet");
+    assert_eq!(a.take(1), (1, 0));
+    assert_eq!(b.stats().1, MIB, "then the other host's");
     for n in [a, b, c] {
         n.exit();
     }
