@@ -18,8 +18,8 @@ use support::{library, scrubbed_env, Scrub};
 
 const MIB: u64 = 1 << 20;
 const ENOMEM: i32 = 12;
-/// 4 KiB of table and 12 extents of 1 MiB.
-const ARENA: &str = "12292K";
+/// 16 KiB of table and 12 extents of 1 MiB.
+const ARENA: &str = "12304K";
 const SCRUB: Scrub = Scrub {
     prefixes: &["MALLOC_"],
     keep: &[],
@@ -71,7 +71,11 @@ impl PoolFile {
             Some(h) => format!("{},host={h}", self.spec()),
             None => self.spec(),
         };
-        let stderr = format!("{}-{}.err", self.0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let stderr = format!(
+            "{}-{}.err",
+            self.0,
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let child = Command::new(node_program())
             .env_clear()
             .envs(scrubbed_env(&SCRUB))
@@ -136,7 +140,12 @@ impl Node {
                 }
             }
             let line = String::from_utf8(line).unwrap();
-            assert!(!line.is_empty(), "node {} ended before {prefix:?}: {}", self.pid, self.stderr_text());
+            assert!(
+                !line.is_empty(),
+                "node {} ended before {prefix:?}: {}",
+                self.pid,
+                self.stderr_text()
+            );
             if line.starts_with(prefix) {
                 return line.trim_end().to_owned();
             }
@@ -156,7 +165,11 @@ impl Node {
     fn stats(&mut self) -> (u64, u64, u64) {
         let line = self.ask("stats", "stats");
         let w: Vec<&str> = line.split(' ').collect();
-        (w[2].parse().unwrap(), w[6].parse().unwrap(), w[8].parse().unwrap())
+        (
+            w[2].parse().unwrap(),
+            w[6].parse().unwrap(),
+            w[8].parse().unwrap(),
+        )
     }
     fn nodes(&mut self) -> Vec<Listed> {
         writeln!(self.child.stdin.as_mut().unwrap(), "nodes").unwrap();
@@ -167,7 +180,12 @@ impl Node {
                 return v;
             }
             if let Some(rest) = line.strip_prefix("node ") {
-                let w: Vec<u64> = rest.split(' ').skip(1).step_by(2).map(|x| x.parse().unwrap()).collect();
+                let w: Vec<u64> = rest
+                    .split(' ')
+                    .skip(1)
+                    .step_by(2)
+                    .map(|x| x.parse().unwrap())
+                    .collect();
                 v.push(Listed {
                     pid: w[0] as u32,
                     share: w[1],
@@ -180,7 +198,9 @@ impl Node {
     }
     fn listed(&mut self, pid: u32) -> Listed {
         let all = self.nodes();
-        *all.iter().find(|n| n.pid == pid).unwrap_or_else(|| panic!("{pid} not in {all:?}"))
+        *all.iter()
+            .find(|n| n.pid == pid)
+            .unwrap_or_else(|| panic!("{pid} not in {all:?}"))
     }
     fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
@@ -195,7 +215,11 @@ impl Node {
         let _ = writeln!(self.child.stdin.as_mut().unwrap(), "exit");
         let status = self.child.wait().unwrap();
         let text = self.stderr_text();
-        assert!(status.success(), "node {} failed: {status:?}: {text}", self.pid);
+        assert!(
+            status.success(),
+            "node {} failed: {status:?}: {text}",
+            self.pid
+        );
         let _ = std::fs::remove_file(&self.stderr);
         text
     }
@@ -212,32 +236,56 @@ fn a_borrows_from_b_the_registry_and_stats_say_so_and_saturation_fails_or_spills
     // A needs 8 blocks: its own 4, then B lends its 3 idle extents, then every node is
     // saturated: tm_malloc(TM_CXL) fails with ENOMEM.
     let mut a = pool.node(4);
-    assert_eq!(a.take(8), (7, ENOMEM), "4 own, 3 borrowed from B, then ENOMEM");
+    assert_eq!(
+        a.take(8),
+        (7, ENOMEM),
+        "4 own, 3 borrowed from B, then ENOMEM"
+    );
     // Plain malloc spills to the next tier, DRAM.
     assert_eq!(a.ask("plain 2", "plain"), "plain cxl 0 dram 2 failed 0");
     // The tier's statistics: A borrowed 3 MiB, B lent 3 MiB, C neither.
     let (a_capacity, a_lent, a_borrowed) = a.stats();
     assert_eq!((a_lent, a_borrowed), (0, 3 * MIB));
-    assert_eq!(a_capacity, 7 * (MIB - 16), "A holds 7 extents (less their fences)");
+    assert_eq!(
+        a_capacity,
+        7 * (MIB - 16),
+        "A holds 7 extents (less their fences)"
+    );
     assert_eq!(b.stats().1, 3 * MIB, "B lent 3 MiB");
     assert_eq!(c.stats().1 + c.stats().2, 0);
     // The registry, as any node lists it.
     let la = c.listed(a.pid);
     let lb = c.listed(b.pid);
     let lc = c.listed(c.pid);
-    assert_eq!((la.share, la.in_use, la.lent, la.borrowed), (4 * MIB, 7 * MIB, 0, 3 * MIB));
-    assert_eq!((lb.share, lb.in_use, lb.lent, lb.borrowed), (4 * MIB, MIB, 3 * MIB, 0));
-    assert_eq!((lc.share, lc.in_use, lc.lent, lc.borrowed), (4 * MIB, 4 * MIB, 0, 0));
+    assert_eq!(
+        (la.share, la.in_use, la.lent, la.borrowed),
+        (4 * MIB, 7 * MIB, 0, 3 * MIB)
+    );
+    assert_eq!(
+        (lb.share, lb.in_use, lb.lent, lb.borrowed),
+        (4 * MIB, MIB, 3 * MIB, 0)
+    );
+    assert_eq!(
+        (lc.share, lc.in_use, lc.lent, lc.borrowed),
+        (4 * MIB, 4 * MIB, 0, 0)
+    );
     // TIERMALLOC_SHOW_STATS's report names the loan.
     a.ask("report", "reported");
     let report = a.stderr_text();
     let line = format!("pool: pid {} lent 3.0 MiB to pid {}", b.pid, a.pid);
     assert!(report.contains(&line), "no {line:?} in:\n{report}");
-    assert!(report.contains("share of the pool: lent 0 B, borrowed 3.0 MiB"), "{report}");
+    assert!(
+        report.contains("share of the pool: lent 0 B, borrowed 3.0 MiB"),
+        "{report}"
+    );
     // A frees everything: B's extents go back to B, idle.
     a.ask("free", "freed");
     assert_eq!(b.stats().1, 0, "B's loan came back");
-    assert_eq!(a.stats(), (0, 0, 0), "A holds nothing");
+    assert_eq!(
+        a.stats(),
+        (MIB - 16, 0, 0),
+        "A holds nothing borrowed, and one empty extent of its own (kept for the next block)"
+    );
     let lb = c.listed(b.pid);
     assert_eq!((lb.lent, lb.in_use), (0, MIB));
     // With the loan back, B can use its whole share again.

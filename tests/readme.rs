@@ -176,12 +176,20 @@ fn c_and_cpp_examples_compile_and_run() {
     let out = run(
         &lend,
         &[
-            ("TIERMALLOC_POOL", export("TIERMALLOC_POOL").replace("/dev/shm/example-shares", &pool_file)),
+            (
+                "TIERMALLOC_POOL",
+                export("TIERMALLOC_POOL").replace("/dev/shm/example-shares", &pool_file),
+            ),
             ("TIERMALLOC_TIERS", export("TIERMALLOC_TIERS")),
         ],
     );
     let _ = std::fs::remove_file(&pool_file);
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert_eq!(
         text(&out.stdout),
         "borrower: 7 blocks, borrowed 3145728 bytes, then ENOMEM\nlender: 1 node(s) live, lent 0 bytes\n"

@@ -4,13 +4,13 @@
 //! `tiermalloc.shares`: the first node that needs it creates it (`size=` of the tier, else all
 //! the pool's free bytes), writes its table and publishes it; every node keeps it open (a
 //! reference, so collection never deletes it while a node lives) and maps it read-write
-//! itself. Its first 4 KiB are the lend table (`lockfree::lend_table`: one word per extent,
+//! itself. Its first 16 KiB are the lend table (`lockfree::lend_table`: one word per extent,
 //! owner, holder, idle), then the extents:
 //!
 //! ```text
 //! 0     TABLE_MAGIC, extent bytes, extent count, 5 words reserved
 //! 64    one lend word per extent (at most MAX_EXTENTS)
-//! 4096  extent 0, extent 1, ...  (each `extent` bytes)
+//! 16384 extent 0, extent 1, ...  (each `extent` bytes)
 //! ```
 //!
 //! A node joining is granted its share out of the unassigned extents, idle. Its tier
@@ -49,13 +49,15 @@ use std::sync::{Arc, OnceLock};
 const ARENA_NAME: &[u8] = b"tiermalloc.shares";
 /// "TMSHARE1" as a little-endian u64.
 const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"TMSHARE1");
-const TABLE_BYTES: u64 = 4096;
+/// 16 KiB, so that extents start on a slab boundary (`device::outside`).
+const TABLE_BYTES: u64 = 16384;
 const T_MAGIC: usize = 0;
 const T_EXTENT: usize = 1;
 const T_COUNT: usize = 2;
 /// The first lend word.
 const T_WORDS: usize = 8;
-pub(crate) const MAX_EXTENTS: usize = TABLE_BYTES as usize / 8 - T_WORDS;
+pub(crate) const MAX_EXTENTS: usize = crate::device::outside::MAX_EXTENTS;
+const _: () = assert!(T_WORDS + MAX_EXTENTS <= TABLE_BYTES as usize / 8);
 const DEFAULT_EXTENT: u64 = 1 << 20;
 const TAG_MASK: u64 = 0x7fff_ffff;
 
@@ -108,30 +110,36 @@ impl Shares {
 
     /// Stores `lend_tag`'s figures into its registry slot (if the slot is still its).
     fn record(&self, lend_tag: u64) {
-        store_account(&self.pool, lend_tag, self.words().account(lend_tag), self.extent);
+        store_account(
+            &self.pool,
+            lend_tag,
+            self.words().account(lend_tag),
+            self.extent,
+        );
     }
 
-    fn ask(&self) -> Option<usize> {
+    /// An extent: (index, borrowed).
+    fn ask(&self) -> Option<(usize, bool)> {
         let t = self.words();
         if let Some(i) = t.take_own(self.me) {
-            return Some(i);
+            return Some((i, false));
         }
         // Extents that came back to the pool make the share whole again.
         let share = t.account(self.me).share as usize;
         if share < self.want && t.grant(self.me, self.want - share) > 0 {
             if let Some(i) = t.take_own(self.me) {
-                return Some(i);
+                return Some((i, false));
             }
         }
         let i = t.borrow(self.me, |owner| self.rank(owner))?;
         let (owner, _, _) = lend_table::parts(self.table[T_WORDS + i].load(Ordering::Relaxed));
         self.record(owner);
-        Some(i)
+        Some((i, true))
     }
 }
 
 impl ExtentSource for Shares {
-    fn acquire(&self) -> Option<usize> {
+    fn acquire(&self) -> Option<(usize, bool)> {
         if asking() {
             return None;
         }
@@ -189,7 +197,8 @@ fn store_account(pool: &Pool, lend_tag: u64, a: Account, extent: u64) {
         (NODE_LENT, a.lent),
         (NODE_BORROWED, a.borrowed),
     ] {
-        pool.word(at + off).store(extents * extent, Ordering::Release);
+        pool.word(at + off)
+            .store(extents * extent, Ordering::Release);
     }
     pool.write_back_meta(at + NODE_SHARE, 32);
 }
@@ -201,15 +210,22 @@ static SHARES: OnceLock<Shares> = OnceLock::new();
 /// is reported in one line by the caller (`device::outside::open_lent`).
 pub(crate) fn open_tier(spec: &TierSpec) -> Result<(), Problem> {
     let pool = super::global()
-        .ok_or(Problem::new("needs a pool: TIERMALLOC_POOL is unset or could not be opened"))?
+        .ok_or(Problem::new(
+            "needs a pool: TIERMALLOC_POOL is unset or could not be opened",
+        ))?
         .clone();
     let full_tag = pool.me().map_err(|e| Problem {
         errno: e,
         ..Problem::new("cannot join the pool's registry")
     })?;
     let (offset, len) = arena(&pool, spec)?;
-    let region = backend::map_shared_range(pool.fd, pool.spec.offset + offset, len as usize, pool.regular)?;
-    // SAFETY: the arena's first 4 KiB are mapped shared and live as long as the process (the
+    let region = backend::map_shared_range(
+        pool.fd,
+        pool.spec.offset + offset,
+        len as usize,
+        pool.regular,
+    )?;
+    // SAFETY: the arena's first 16 KiB are mapped shared and live as long as the process (the
     // tier is never closed); its words are only accessed atomically.
     let table: &'static [AtomicU64] = unsafe {
         core::slice::from_raw_parts(region.base as *const AtomicU64, TABLE_BYTES as usize / 8)
@@ -222,7 +238,9 @@ pub(crate) fn open_tier(spec: &TierSpec) -> Result<(), Problem> {
         || !extent.is_power_of_two()
         || TABLE_BYTES + count as u64 * extent > len
     {
-        return Err(Problem::new("the pool's space tiermalloc.shares holds no share table"));
+        return Err(Problem::new(
+            "the pool's space tiermalloc.shares holds no share table",
+        ));
     }
     let share = spec.share.unwrap_or(0);
     let want = share.div_ceil(extent) as usize;
@@ -262,7 +280,12 @@ fn arena(pool: &Arc<Pool>, spec: &TierSpec) -> Result<(u64, u64), Problem> {
                 return Ok((entry.offset(), entry.len()));
             }
             Err(libc::ENOENT) => {}
-            Err(e) => return Err(Problem { errno: e, ..Problem::new("cannot open the pool's share arena") }),
+            Err(e) => {
+                return Err(Problem {
+                    errno: e,
+                    ..Problem::new("cannot open the pool's share arena")
+                })
+            }
         }
         match create_arena(pool, spec) {
             Ok(()) => continue,
@@ -272,12 +295,16 @@ fn arena(pool: &Arc<Pool>, spec: &TierSpec) -> Result<(u64, u64), Problem> {
             Err(e) => {
                 return Err(Problem {
                     errno: e,
-                    ..Problem::new("cannot create the pool's share arena (size= of the tier sets its size)")
+                    ..Problem::new(
+                        "cannot create the pool's share arena (size= of the tier sets its size)",
+                    )
                 })
             }
         }
         if super::realtime_ns() - started > 10_000_000_000 {
-            return Err(Problem::new("the pool's share arena has been in creation for 10 s"));
+            return Err(Problem::new(
+                "the pool's share arena has been in creation for 10 s",
+            ));
         }
         let _ = pool.sweep();
         std::thread::sleep(std::time::Duration::from_millis(1));
@@ -290,16 +317,16 @@ fn create_arena(pool: &Arc<Pool>, spec: &TierSpec) -> Result<(), i32> {
     let free = pool.free_bytes();
     let bytes = spec.size.unwrap_or(free).min(free);
     let data = bytes.saturating_sub(TABLE_BYTES);
-    let extent = spec.extent.unwrap_or_else(|| {
-        DEFAULT_EXTENT.max((data / MAX_EXTENTS as u64).next_power_of_two())
-    });
+    let extent = spec
+        .extent
+        .unwrap_or_else(|| DEFAULT_EXTENT.max((data / MAX_EXTENTS as u64).next_power_of_two()));
     let count = ((data / extent) as usize).min(MAX_EXTENTS);
     if count == 0 {
         return Err(libc::ENOSPC);
     }
     let len = TABLE_BYTES + count as u64 * extent;
     let base = pool.create(ARENA_NAME, len)?;
-    // SAFETY: the new space is mapped read-write for its creator, at least 4 KiB long, zeroed.
+    // SAFETY: the new space is mapped read-write for its creator, at least 16 KiB long, zeroed.
     let table = unsafe { core::slice::from_raw_parts(base as *const AtomicU64, T_WORDS) };
     table[T_EXTENT].store(extent, Ordering::Relaxed);
     table[T_COUNT].store(count as u64, Ordering::Relaxed);
@@ -317,7 +344,7 @@ struct TableView {
 impl TableView {
     fn open(pool: &Pool) -> Option<TableView> {
         let entry = pool.find(ARENA_NAME, |s| s == SPACE_SHARED)?;
-        // SAFETY: mapping 4 KiB of the pool's descriptor, shared.
+        // SAFETY: mapping the table of the pool's descriptor, shared.
         let base = unsafe {
             libc::mmap(
                 core::ptr::null_mut(),
@@ -331,7 +358,11 @@ impl TableView {
         if base == libc::MAP_FAILED {
             return None;
         }
-        let mut view = TableView { base, extent: 0, count: 0 };
+        let mut view = TableView {
+            base,
+            extent: 0,
+            count: 0,
+        };
         let w = view.all();
         let (magic, extent, count) = (
             w[T_MAGIC].load(Ordering::Acquire),
@@ -344,8 +375,10 @@ impl TableView {
     }
 
     fn all(&self) -> &[AtomicU64] {
-        // SAFETY: 4 KiB mapped for as long as `self`, accessed atomically.
-        unsafe { core::slice::from_raw_parts(self.base as *const AtomicU64, TABLE_BYTES as usize / 8) }
+        // SAFETY: the table mapped for as long as `self`, accessed atomically.
+        unsafe {
+            core::slice::from_raw_parts(self.base as *const AtomicU64, TABLE_BYTES as usize / 8)
+        }
     }
 
     fn table(&self) -> LendTable<'_> {
@@ -389,7 +422,10 @@ pub fn for_each_loan(mut f: impl FnMut(u32, u32, u64)) {
     let mut pairs = [(0u64, 0u64, 0u64); 32];
     let mut n = 0;
     shares.words().loans(|lender, borrower| {
-        match pairs[..n].iter_mut().find(|p| p.0 == lender && p.1 == borrower) {
+        match pairs[..n]
+            .iter_mut()
+            .find(|p| p.0 == lender && p.1 == borrower)
+        {
             Some(p) => p.2 += 1,
             None if n < 32 => {
                 pairs[n] = (lender, borrower, 1);

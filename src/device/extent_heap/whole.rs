@@ -41,13 +41,22 @@ mod tests {
     fn a_range_freed_in_comes_back_out_whole_only_when_empty() {
         // [0,4096) table | [4096, 8192-16) range | 16-byte fence | ...
         let mut b = ExtentHeap::builder(3 * 4096, 16, Fit::Best).unwrap();
-        for (len, free) in [(4096, false), (4080, false), (16, false), (4080, false), (16, false)] {
+        for (len, free) in [
+            (4096, false),
+            (4080, false),
+            (16, false),
+            (4080, false),
+            (16, false),
+        ] {
             assert!(b.push(len, free));
         }
         let mut heap = b.finish().unwrap();
         assert_eq!(heap.alloc(100, 16, 16), None, "nothing received yet");
         assert_eq!(heap.free(4096), Ok(4080));
-        assert!(heap.is_whole_free(4096, 4080), "the fences keep it one extent");
+        assert!(
+            heap.is_whole_free(4096, 4080),
+            "the fences keep it one extent"
+        );
         let (block, _) = heap.alloc(100, 16, 16).unwrap();
         assert!((4096..8176).contains(&block));
         assert!(!heap.take_whole(4096, 4080), "a block lives in it");
