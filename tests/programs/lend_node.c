@@ -2,7 +2,7 @@
 /* A node of the pool for the lending tests (tests/lending.rs), run under LD_PRELOAD of the
  * tiermalloc cdylib with a tier `cxl:pool,share=...`. Prints "ready", then obeys one command
  * per line on stdin, answering each in one line:
- *   take N    tm_malloc(TM_CXL, BLOCK) N times or until it fails:  "took K errno E"
+ *   take N    tm_malloc(TM_CXL, BLOCK) N times or until it fails:  "took K errno E ns T"
  *   plain N   malloc(BLOCK) N times:                                 "plain cxl K dram D failed F"
  *   free      frees every block held:                                "freed"
  *   stats     tm_get_stats(TM_CXL):                                  "stats capacity C in_use U lent L borrowed B"
@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <tiermalloc.h>
 
@@ -31,6 +32,8 @@ int main(void) {
         int n = 0;
         if (sscanf(line, "take %d", &n) == 1) {
             int k = 0, e = 0;
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
             for (; k < n; k++) {
                 errno = 0;
                 void *p = tm_malloc(TM_CXL, BLOCK);
@@ -38,7 +41,9 @@ int main(void) {
                 memset(p, 0x5a, 4096);
                 held[n_held++] = p;
             }
-            printf("took %d errno %d\n", k, e);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            printf("took %d errno %d ns %lld\n", k, e,
+                   (long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
         } else if (sscanf(line, "plain %d", &n) == 1) {
             int cxl = 0, dram = 0, failed = 0;
             for (int i = 0; i < n; i++) {
