@@ -146,7 +146,8 @@ fn reserve(name: &str, len: usize) {
     // saw it). `TIERMALLOC_PROFILE_HUGE=1` asks for huge pages anyway: one fault per 2 MiB
     // (the process's minor faults fall 500-fold), at whatever building them costs on this
     // machine (BENCHMARKS.md, "Workload profiles").
-    if os::getenv(b"TIERMALLOC_PROFILE_HUGE") == Some(b"1") {
+    let huge = os::getenv(b"TIERMALLOC_PROFILE_HUGE");
+    if config::parse_bool("TIERMALLOC_PROFILE_HUGE", huge, &mut config::Stderr) {
         // SAFETY: advice on our own fresh mapping; it changes no byte.
         if unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_HUGEPAGE) } != 0 {
             say(format_args!(
