@@ -129,17 +129,8 @@ impl Node {
     /// Reads lines until one starts with `prefix`; returns it (a byte at a time: nothing
     /// after it is swallowed).
     fn wait_for(&mut self, prefix: &str) -> String {
-        let out = self.child.stdout.as_mut().unwrap();
         loop {
-            let mut line = Vec::new();
-            let mut byte = [0u8; 1];
-            while out.read(&mut byte).unwrap() == 1 {
-                line.push(byte[0]);
-                if byte[0] == b'\n' {
-                    break;
-                }
-            }
-            let line = String::from_utf8(line).unwrap();
+            let line = read_line(&mut self.child);
             assert!(
                 !line.is_empty(),
                 "node {} ended before {prefix:?}: {}",
@@ -419,23 +410,29 @@ fn child() {
 
 /// Reads lines from the child until one holds `prefix`.
 fn wait_for(child: &mut Child, prefix: &str) -> String {
-    let out = child.stdout.as_mut().unwrap();
     loop {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while out.read(&mut byte).unwrap() == 1 {
-            line.push(byte[0]);
-            if byte[0] == b'\n' {
-                break;
-            }
-        }
+        let line = read_line(child);
         assert!(!line.is_empty(), "child ended before {prefix:?}");
         // The harness may have written "test child ... " before our line, on the same line.
-        let line = String::from_utf8(line).unwrap();
         if let Some(at) = line.find(prefix) {
             return line[at..].to_owned();
         }
     }
+}
+
+/// One line of the child's output, "" at its end (a byte at a time: a buffered reader would
+/// swallow the lines after it).
+fn read_line(child: &mut Child) -> String {
+    let out = child.stdout.as_mut().unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte).unwrap() == 1 {
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    String::from_utf8(line).unwrap()
 }
 
 fn send(child: &mut Child, line: &str) {

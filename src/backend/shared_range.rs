@@ -4,7 +4,7 @@
 //! maps the same arena; the pool's lend table says which extent is whose) and reserves no
 //! file space (the pool's file already spans it).
 
-use super::{reserve, Barrier, Media, Problem, Region};
+use super::{map_shared_over, reserve, Barrier, Media, Problem, Region};
 use crate::os;
 
 /// Maps `[offset, offset + len)` of `fd` (a regular file when `regular`, else a device) shared
@@ -19,18 +19,7 @@ pub(crate) fn map_shared_range(
         return Err(Problem::new("the pool's arena is not page-aligned"));
     }
     let reserved = reserve(len)?;
-    // SAFETY: mapping the caller's descriptor over our own fresh reservation at its base.
-    let p = unsafe {
-        libc::mmap(
-            reserved.base as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            fd,
-            offset as libc::off_t,
-        )
-    };
-    if p == libc::MAP_FAILED {
+    if !map_shared_over(&reserved, fd, offset, len) {
         let problem = Problem::os("cannot map the pool's arena");
         // SAFETY: the reservation is ours and unused.
         unsafe { os::unmap(reserved.base as *mut u8, reserved.reserved) };

@@ -42,7 +42,15 @@ pub(crate) trait ExtentSource: Sync + Send {
     fn lent_and_borrowed(&self) -> (u64, u64);
 }
 
-/// The fence closing each extent.
+/// Where the extents lie in the region: `count` of `extent` bytes after `first` bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Arena {
+    pub first: u64,
+    pub extent: u64,
+    pub count: usize,
+}
+
+/// The fence opening each extent.
 const FENCE: u64 = HEADER_SIZE;
 
 /// A tier's link to its source, and the arena's geometry (see the module comment).
@@ -120,16 +128,19 @@ impl Outside {
 }
 
 impl DeviceTier {
-    /// A tier over `region`, the whole arena of `count` extents of `extent` bytes after
-    /// `first` bytes, which holds none of them until `source` gives it some.
+    /// A tier over `region`, the whole `arena`, which holds none of its extents until
+    /// `source` gives it some.
     pub(crate) fn open_outside(
         spec: &TierSpec,
         region: Region,
         source: &'static dyn ExtentSource,
-        first: u64,
-        extent: u64,
-        count: usize,
+        arena: Arena,
     ) -> Result<DeviceTier, Problem> {
+        let Arena {
+            first,
+            extent,
+            count,
+        } = arena;
         const NO_MEMORY: &str = "no host memory for the tier's metadata";
         let len = region.len as u64;
         debug_assert_eq!(first + count as u64 * extent, len);
@@ -216,15 +227,13 @@ pub(crate) fn open_lent(
     spec: &TierSpec,
     region: Region,
     source: &'static dyn ExtentSource,
-    first: u64,
-    extent: u64,
-    count: usize,
+    arena: Arena,
 ) -> Result<(), Problem> {
     let slot = &super::OPENED[spec.kind as usize - 1];
     if slot.is_completed() {
         return Err(Problem::new("is configured twice"));
     }
-    let tier = DeviceTier::open_outside(spec, region, source, first, extent, count)?;
+    let tier = DeviceTier::open_outside(spec, region, source, arena)?;
     slot.call_once(|| tier);
     crate::device_sigbus::install();
     Ok(())

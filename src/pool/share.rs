@@ -264,7 +264,12 @@ pub(crate) fn open_tier(spec: &TierSpec) -> Result<(), Problem> {
         ..region
     };
     let shares = SHARES.get_or_init(|| shares);
-    crate::device::outside::open_lent(spec, region, shares, TABLE_BYTES, extent, count)
+    let arena = crate::device::outside::Arena {
+        first: TABLE_BYTES,
+        extent,
+        count,
+    };
+    crate::device::outside::open_lent(spec, region, shares, arena)
 }
 
 /// The arena's offset and length in the pool, creating (and publishing) it if no node has
