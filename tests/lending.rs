@@ -329,6 +329,22 @@ fn kill_9_of_the_borrower_returns_the_lenders_capacity() {
     }
 }
 
+#[test]
+fn a_forked_child_takes_nothing_from_the_pool() {
+    let pool = PoolFile::new("fork");
+    let mut a = pool.node(4);
+    assert_eq!(a.take(2), (2, 0));
+    let before = a.stats();
+    // The child's copy of the tier is private (device::fork): it could use the room its copy
+    // has (none fits a block here), but receives no extent of the pool and gives none back.
+    assert_eq!(a.ask("fork", "forked"), "forked child took 0");
+    assert_eq!(a.stats(), before);
+    let listed = a.listed(a.pid);
+    assert_eq!((listed.share, listed.in_use), (4 * MIB, 2 * MIB));
+    a.exit();
+    assert_nothing_lost(&pool, 0);
+}
+
 /// Every extent of the arena is to be had again: a node asking for all 12 gets them (once
 /// the nodes before it are gone).
 fn assert_nothing_lost(pool: &PoolFile, round: usize) {

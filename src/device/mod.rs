@@ -339,7 +339,7 @@ impl DeviceTier {
                     claim(carved.offset);
                 }
                 if let Some(outside) = &self.outside {
-                    outside.note_in_use(heap.in_use() - outside.overhead());
+                    outside.note_in_use(heap.in_use().saturating_sub(outside.overhead()));
                 }
                 self.publish(&carved, state);
                 return Some((carved.offset, carved.len));
@@ -356,7 +356,7 @@ impl DeviceTier {
     /// Whether `in_use` bytes of extents (the superblock's included) would be more than
     /// `limit=` allows.
     fn over_limit(&self, in_use: u64) -> bool {
-        self.limit != u64::MAX && in_use - self.overhead() > self.limit
+        self.limit != u64::MAX && in_use.saturating_sub(self.overhead()) > self.limit
     }
 
     /// Bytes of the heap's allocated extents that hold no block: the superblock, or for a
@@ -642,8 +642,9 @@ impl DeviceTier {
             }
             None => (0, 0),
         };
-        h.capacity -= self.overhead();
-        h.in_use -= self.overhead();
+        // Saturating: a lent tier's overhead is read after the heap's lock was let go.
+        h.capacity = h.capacity.saturating_sub(self.overhead());
+        h.in_use = h.in_use.saturating_sub(self.overhead());
         let capacity = h.capacity.min(self.limit);
         // Slabs are allocated extents; their slots without a live block are not in use.
         let in_use = h.in_use.saturating_sub(slabs.idle_bytes);

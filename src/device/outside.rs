@@ -67,6 +67,8 @@ pub(crate) struct Outside {
     peak: AtomicU64,
     /// Bit `i` set: extent `i` is held and borrowed.
     borrowed: [AtomicU64; BORROWED_WORDS],
+    /// Bit `i` set: extent `i` is held (own or borrowed).
+    held_bits: [AtomicU64; BORROWED_WORDS],
     /// The empty own extent kept rather than given back (`NO_SPARE`: none). Changed under the
     /// heap lock.
     spare: AtomicUsize,
@@ -167,6 +169,7 @@ impl DeviceTier {
             held: AtomicU64::new(0),
             peak: AtomicU64::new(0),
             borrowed: Default::default(),
+            held_bits: Default::default(),
             spare: AtomicUsize::new(NO_SPARE),
         };
         Ok(Self::over(spec, region, heap, slabs, None, Some(outside)))
@@ -181,6 +184,7 @@ impl DeviceTier {
         if borrowed {
             outside.borrowed[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
         }
+        outside.held_bits[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
         let mut heap = self.heap.lock();
         let freed = heap.free(outside.start(i));
         debug_assert!(freed.is_ok(), "a received extent was a placeholder");
@@ -214,9 +218,24 @@ impl DeviceTier {
         }
         if heap.take_whole(outside.start(i), outside.usable()) {
             outside.borrowed[i / 64].fetch_and(!(1 << (i % 64)), Ordering::Relaxed);
+            outside.held_bits[i / 64].fetch_and(!(1 << (i % 64)), Ordering::Relaxed);
             outside.held.fetch_sub(1, Ordering::Relaxed);
             outside.source.release(i);
         }
+    }
+}
+
+impl DeviceTier {
+    /// Whether a forked child's private copy of the region needs the allocated extent at
+    /// `offset` (`fork`): for a tier lent its capacity, only extents it holds (not the
+    /// source's table, nor other nodes' extents behind placeholders).
+    pub(super) fn copied_on_fork(&self, offset: u64) -> bool {
+        let Some(outside) = &self.outside else {
+            return true;
+        };
+        outside
+            .index_of(offset)
+            .is_some_and(|i| outside.held_bits[i / 64].load(Ordering::Relaxed) & 1 << (i % 64) != 0)
     }
 }
 

@@ -72,6 +72,9 @@ pub(crate) struct Shares {
     me: u64,
     /// The share asked for, in extents.
     want: usize,
+    /// The process that joined as `me`: a forked child (whose copy of the tier is private,
+    /// `device::fork`) asks for and gives back nothing.
+    pid: u32,
 }
 
 // Set while this thread asks for capacity: `reclaim` may allocate (it reads /proc), and an
@@ -140,7 +143,7 @@ impl Shares {
 
 impl ExtentSource for Shares {
     fn acquire(&self) -> Option<(usize, bool)> {
-        if asking() {
+        if asking() || super::getpid() != self.pid {
             return None;
         }
         asking_word::set(core::ptr::addr_of!(ASKING) as usize);
@@ -155,6 +158,9 @@ impl ExtentSource for Shares {
     }
 
     fn release(&self, index: usize) {
+        if super::getpid() != self.pid {
+            return;
+        }
         let word = self.table[T_WORDS + index].load(Ordering::Relaxed);
         if self.words().release(self.me, index) {
             let (owner, _, _) = lend_table::parts(word);
@@ -251,6 +257,7 @@ pub(crate) fn open_tier(spec: &TierSpec) -> Result<(), Problem> {
         count,
         me: full_tag & TAG_MASK,
         want,
+        pid: super::getpid(),
     };
     // What dead nodes left is the pool's again before this node takes its share.
     shares.words().reclaim(|tag| shares.live(tag));

@@ -8,6 +8,7 @@
  *   stats     tm_get_stats(TM_CXL):                                  "stats capacity C in_use U lent L borrowed B"
  *   nodes     tm_pool_nodes, one line per node, then "end":          "node pid P share S in_use U lent L borrowed B"
  *   report    tm_print_stats() (to stderr), then                     "reported"
+ *   fork      a forked child (no exec) tries to take 3 blocks:      "forked child took K"
  *   churn N   N random take/free steps (for kill -9 at any point):   "churned"
  *   exit      exits (0).
  * BLOCK is 768 KiB: one block per 1 MiB extent. */
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <tiermalloc.h>
@@ -86,6 +88,18 @@ int main(void) {
                 }
             }
             printf("churned\n");
+        } else if (strncmp(line, "fork", 4) == 0) {
+            /* A child (no exec) that tries to take 3 blocks: its copy of the tier is private. */
+            fflush(stdout);
+            pid_t child = fork();
+            if (child == 0) {
+                int k = 0;
+                while (k < 3 && tm_malloc(TM_CXL, BLOCK)) k++;
+                _exit(k);
+            }
+            int status = 0;
+            waitpid(child, &status, 0);
+            printf("forked child took %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
         } else if (strncmp(line, "exit", 4) == 0) {
             return 0;
         }
