@@ -200,6 +200,11 @@ pub fn open(spec: &TierSpec) -> bool {
             DRAM.set_limit(limit);
         }
         true
+    } else if spec.pool {
+        // Capacity from the shared pool's shares (`pool::share`), not from a file.
+        crate::pool::share::open_tier(spec)
+            .map_err(|problem| device::report_tier(spec.kind, Some(b"pool"), problem))
+            .is_ok()
     } else {
         device::open(spec)
     }

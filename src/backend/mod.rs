@@ -17,8 +17,10 @@ mod devdax;
 mod file_space;
 mod nvme;
 mod problem;
+mod shared_range;
 
 pub(crate) use problem::Problem;
+pub(crate) use shared_range::map_shared_range;
 
 use crate::chunk::{self, CHUNK_SIZE};
 use crate::config::TierSpec;
@@ -238,18 +240,7 @@ fn map_path_noting_creation(
         file_space::reserve(fd.0, offset as u64, len as u64).map_err(release)?;
     }
     let reserved = reserve(len).map_err(release)?;
-    // SAFETY: mapping our descriptor over our own fresh reservation at `reserved.base`.
-    let p = unsafe {
-        libc::mmap(
-            reserved.base as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            fd.0,
-            offset as libc::off_t,
-        )
-    };
-    if p == libc::MAP_FAILED {
+    if !map_shared_over(&reserved, fd.0, offset as u64, len) {
         let problem = if os::errno() == libc::EINVAL && nvme::is_bar_path(path) {
             Problem::os("cannot map the BAR while a driver owns it: boot with iomem=relaxed or unbind the driver")
         } else {
@@ -273,6 +264,23 @@ fn map_path_noting_creation(
         registers,
         ..reserved
     })
+}
+
+/// Maps `[offset, offset + len)` of `fd` shared, read-write, over the fresh reservation
+/// `reserved` (its start). False (errno set) if the kernel refuses.
+fn map_shared_over(reserved: &Region, fd: i32, offset: u64, len: usize) -> bool {
+    // SAFETY: mapping the caller's descriptor over our own fresh reservation at its base.
+    let p = unsafe {
+        libc::mmap(
+            reserved.base as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd,
+            offset as libc::off_t,
+        )
+    };
+    p != libc::MAP_FAILED
 }
 
 /// Whether `fd` is a file of sysfs (a PCI BAR's `resourceN`).

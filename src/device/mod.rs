@@ -24,6 +24,7 @@ pub mod extent_heap;
 pub mod fork;
 pub mod header;
 pub mod heartbeat;
+pub(crate) mod outside;
 pub mod persist;
 pub mod slabs;
 
@@ -90,6 +91,9 @@ pub(crate) struct DeviceTier {
     opened_by: i32,
     /// Our claim on the region's owner record (`persist::owner`), `None` on anonymous memory.
     claim: Option<owner::Claim>,
+    /// Capacity lent from outside, extent by extent (a pool tier, `outside`); `None`: the
+    /// whole region is the tier's.
+    outside: Option<outside::Outside>,
 }
 
 impl DeviceTier {
@@ -111,7 +115,7 @@ impl DeviceTier {
                 claim = Self::claim(&region)?;
                 Self::metadata(&region, spec, opening)
             });
-        let (mut heap, slabs, previous_run_clean) = match built {
+        let (heap, slabs, previous_run_clean) = match built {
             Ok(built) => built,
             Err(problem) => {
                 if let Some(claim) = claim {
@@ -122,6 +126,19 @@ impl DeviceTier {
                 return Err(problem);
             }
         };
+        Ok(Self::over(spec, region, heap, slabs, previous_run_clean, None, claim))
+    }
+
+    /// The tier over a mapped region and its host metadata.
+    fn over(
+        spec: &TierSpec,
+        region: Region,
+        mut heap: ExtentHeap,
+        slabs: Slabs,
+        previous_run_clean: Option<bool>,
+        outside: Option<outside::Outside>,
+        claim: Option<owner::Claim>,
+    ) -> DeviceTier {
         heap.set_carve_from_end(true);
         pagemap::set(
             region.base,
@@ -129,7 +146,7 @@ impl DeviceTier {
             ChunkTag::device(spec.kind),
             ChunkTag::device(spec.kind),
         );
-        Ok(DeviceTier {
+        DeviceTier {
             kind: spec.kind,
             region,
             heap: spin::Mutex::new(heap),
@@ -146,7 +163,8 @@ impl DeviceTier {
             // SAFETY: no preconditions.
             opened_by: unsafe { libc::getpid() },
             claim,
-        })
+            outside,
+        }
     }
 
     /// Claims the region's owner record for this process (`persist::owner`); `None` for
@@ -193,6 +211,7 @@ impl DeviceTier {
     /// depend on it. False if a flush failed (the flag then stays set).
     pub fn close_cleanly(&self) -> bool {
         if self.backing().media == backend::Media::Anonymous
+            || self.outside.is_some()
             || self.inherited.load(Ordering::Relaxed)
             // SAFETY: no preconditions.
             || unsafe { libc::getpid() } != self.opened_by
@@ -361,24 +380,52 @@ impl DeviceTier {
         state: u16,
         claim: impl FnOnce(u64),
     ) -> Option<(u64, u64)> {
-        let mut heap = self.heap.lock();
-        if self.over_limit(heap.in_use().saturating_add(len)) {
-            return None;
+        if let Some(outside) = &self.outside {
+            if !outside.can_fit(len, align) {
+                return None;
+            }
         }
-        let carved = heap.alloc_carved(len, align, prefix)?;
-        if self.over_limit(heap.in_use()) {
-            let _ = heap.free(carved.offset);
-            return None;
+        let mut claim = Some(claim);
+        loop {
+            let mut heap = self.heap.lock();
+            if self.over_limit(heap.in_use().saturating_add(len)) {
+                return None;
+            }
+            if let Some(carved) = heap.alloc_carved(len, align, prefix) {
+                if self.over_limit(heap.in_use()) {
+                    let _ = heap.free(carved.offset);
+                    return None;
+                }
+                if let Some(claim) = claim.take() {
+                    claim(carved.offset);
+                }
+                if let Some(outside) = &self.outside {
+                    outside.note_in_use(heap.in_use().saturating_sub(outside.overhead()));
+                }
+                self.publish(&carved, state);
+                return Some((carved.offset, carved.len));
+            }
+            drop(heap);
+            // Full: a tier lent its capacity asks for one more extent, then tries again.
+            match &self.outside {
+                Some(outside) if self.receive_extent(outside) => {}
+                _ => return None,
+            }
         }
-        claim(carved.offset);
-        self.publish(&carved, state);
-        Some((carved.offset, carved.len))
     }
 
     /// Whether `in_use` bytes of extents (the superblock's included) would be more than
     /// `limit=` allows.
     fn over_limit(&self, in_use: u64) -> bool {
-        self.limit != u64::MAX && in_use - SUPERBLOCK_BYTES > self.limit
+        self.limit != u64::MAX && in_use.saturating_sub(self.overhead()) > self.limit
+    }
+
+    /// Bytes of the heap's allocated extents that hold no block: the superblock, or for a
+    /// tier lent its capacity, the source's table, fences and placeholders (`outside`).
+    fn overhead(&self) -> u64 {
+        self.outside
+            .as_ref()
+            .map_or(SUPERBLOCK_BYTES, outside::Outside::overhead)
     }
 
     /// Writes "free" into the state of the header at `offset` (unless the tier is inherited).
@@ -412,6 +459,7 @@ impl DeviceTier {
             self.slabs.unclaim(slab);
             let freed = heap.free(slab);
             debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");
+            self.release_if_empty(&mut heap, slab);
         };
         match self.slabs.free(offset, || self.mark_free(offset), retire) {
             SlabFree::Freed => {}
@@ -424,6 +472,7 @@ impl DeviceTier {
                 self.mark_free(offset);
                 let freed = heap.free(offset);
                 debug_assert!(freed.is_ok(), "checked above, under the same lock");
+                self.release_if_empty(&mut heap, offset);
                 self.frees.add(1);
             }
         }
@@ -590,6 +639,16 @@ impl DeviceTier {
                 holder: None,
             });
         }
+        if self.outside.is_some() {
+            // Its extents live in the pool's shared arena, beside other nodes' extents.
+            return Err(Problem {
+                what: "a share of the pool cannot be moved: its bytes belong to the pool",
+                errno: libc::EOPNOTSUPP,
+                room: None,
+                at: None,
+                holder: None,
+            });
+        }
         let target = target.or(self.spare()).ok_or(Problem {
             what: "no target given and no spare= configured",
             errno: libc::EINVAL,
@@ -638,15 +697,27 @@ impl DeviceTier {
     fn figures_of(&self, h: HeapStats, slabs: SlabTotals) -> DeviceFigures {
         DeviceFigures {
             stats: self.stats_of(h, slabs),
-            peak_in_use: h.peak_in_use.saturating_sub(SUPERBLOCK_BYTES),
+            peak_in_use: match &self.outside {
+                Some(outside) => outside.peak(),
+                None => h.peak_in_use.saturating_sub(SUPERBLOCK_BYTES),
+            },
             mapped: self.region.len as u64,
+            from_pool: self.outside.is_some(),
         }
     }
 
     fn stats_of(&self, mut h: HeapStats, slabs: SlabTotals) -> TierStats {
-        // The superblock is an allocated extent of the heap, but no block.
-        h.capacity -= SUPERBLOCK_BYTES;
-        h.in_use -= SUPERBLOCK_BYTES;
+        // The superblock (or a lent tier's placeholders) is allocated in the heap, but no block.
+        let (lent, borrowed) = match &self.outside {
+            Some(outside) => {
+                h.capacity = outside.capacity() + self.overhead();
+                outside.lent_and_borrowed()
+            }
+            None => (0, 0),
+        };
+        // Saturating: a lent tier's overhead is read after the heap's lock was let go.
+        h.capacity = h.capacity.saturating_sub(self.overhead());
+        h.in_use = h.in_use.saturating_sub(self.overhead());
         let capacity = h.capacity.min(self.limit);
         // Slabs are allocated extents; their slots without a live block are not in use.
         let in_use = h.in_use.saturating_sub(slabs.idle_bytes);
@@ -663,6 +734,8 @@ impl DeviceTier {
             failures: self.counters.failures.get(),
             spilled_in: self.counters.spilled_in.get(),
             spilled_out: self.counters.spilled_out.get(),
+            lent,
+            borrowed,
             ..TierStats::default()
         }
     }
@@ -675,6 +748,8 @@ pub(crate) struct DeviceFigures {
     pub stats: TierStats,
     pub peak_in_use: u64,
     pub mapped: u64,
+    /// Its capacity is lent to it from the shared pool (`outside`).
+    pub from_pool: bool,
 }
 
 impl LiveExtents for DeviceTier {
@@ -834,7 +909,7 @@ fn write_tier_name(line: &mut os::LineBuf, kind: Kind, path: Option<&[u8]>) {
     }
 }
 
-fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
+pub(crate) fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
     let mut line = os::LineBuf::new();
     let _ = write!(line, "tiermalloc: TIERMALLOC_TIERS: ");
     write_tier_name(&mut line, kind, path);

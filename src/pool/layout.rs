@@ -74,8 +74,8 @@ pub(crate) const NODE_PID: usize = 16;
 pub(crate) const NODE_HEARTBEAT: usize = 24;
 /// The process's start time (clock ticks since boot, /proc/PID/stat): a reused pid differs.
 pub(crate) const NODE_PID_START: usize = 32;
-// Words 40..72: the node's capacity in the pool (issue 12), in bytes. No share is granted yet
-// (the pool-backed tier is to come), so they stay 0.
+// Words 40..72: the node's capacity in the pool's share arena (issue 12), in bytes, stored by
+// `share` whenever a lend word of the node changes (0 for a node with no pool tier).
 pub(crate) const NODE_SHARE: usize = 40;
 pub(crate) const NODE_IN_USE: usize = 48;
 pub(crate) const NODE_LENT: usize = 56;

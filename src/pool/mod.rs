@@ -36,6 +36,7 @@ mod map;
 mod nodes;
 mod pagemap;
 pub(crate) mod registry;
+pub mod share;
 mod spaces;
 mod spec;
 mod stale_check;
