@@ -151,7 +151,6 @@ impl DeviceTier {
         }
         let mut builder =
             ExtentHeap::builder(len, super::GRANULE, spec.fit).ok_or(Problem::new(NO_MEMORY))?;
-        builder.expect_extents(2 * count + 1);
         let mut ok = builder.push(first, false);
         for _ in 0..count {
             ok &= builder.push(FENCE, false) && builder.push(extent - FENCE, false);
@@ -254,6 +253,6 @@ pub(crate) fn open_lent(
     }
     let tier = DeviceTier::open_outside(spec, region, source, arena)?;
     slot.call_once(|| tier);
-    crate::device_sigbus::install();
+    crate::device_sigbus::install(super::device_path);
     Ok(())
 }
