@@ -265,6 +265,7 @@ c_tests! {
     secure_mode,
     pool_spaces,
     traffic_counts,
+    double_free_race,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

@@ -360,6 +360,45 @@ mod tests {
         }
     }
 
+    /// What a `free` racing a release reads (an incorrect program's double free from another
+    /// thread): it read the page map before the release and the segment's descriptors, the
+    /// block's mark and the page's lists after it. All of it stays mapped, and the stale free
+    /// finds no live block. (With the chunk unmapped, as before, this test dies of SIGSEGV.)
+    #[test]
+    fn a_released_segment_stays_readable_and_holds_no_block() {
+        use crate::dram::fast::guard::{is_block_offset, is_on_lists};
+        let segment = Segment::create(0).unwrap();
+        // SAFETY: our segment, used by nothing else; its page is given back before the release.
+        unsafe {
+            let page = (*segment).take_page(3, 1).unwrap();
+            (*page).extend();
+            let p = (*page).pop_checked();
+            (*page).push_local(p);
+            assert!((*page).suspect(p) && (*page).carries_mark(p), "a freed block is suspect");
+            // What a walk of the page's lists (`Page::holds_free`) read before the release.
+            let (start, magic, limit, first) = (
+                (*page).start as usize,
+                (*page).div_magic,
+                (*page).block_limit,
+                (*page).free as usize,
+            );
+            (*segment).give_back(page);
+            Segment::release(segment);
+            // After the release: the page map still says "segment", every read is mapped.
+            assert_eq!(pagemap::tag_of_block(p as usize), ChunkTag::Segment);
+            let stale = Segment::page_of(Segment::of(p as usize), p as usize);
+            assert_eq!(stale, Page::empty_page(), "a released slice maps to the empty page");
+            assert!((*stale).suspect(p) && !(*stale).is_block_start(p));
+            assert!(!(*page).is_block_start(p));
+            // A walk that read the descriptor before the release reads the blocks after it:
+            // mapped, and zero now (the memory went back to the kernel), so the walk ends.
+            let is_block = |b: usize| is_block_offset(magic, limit, b.wrapping_sub(start));
+            assert!(is_on_lists(p as usize, first, 0, 0, 64, is_block));
+            assert!(!is_on_lists(p as usize + 64, first, 0, 0, 64, is_block));
+            assert!(readable(p as usize));
+        }
+    }
+
     #[test]
     fn runs_are_found_at_their_lowest_start() {
         assert_eq!(find_run(0b1110_1100, 2), Some(2));
