@@ -47,7 +47,8 @@ const POOLED_DIRTY_BUDGET: usize = 32 << 20;
 /// Dirty bytes kept by the heaps in the pool, against `POOLED_DIRTY_BUDGET`.
 static POOLED_DIRTY: AtomicUsize = AtomicUsize::new(0);
 
-/// Bytes of segments currently mapped, all heaps together.
+/// Bytes of segments the heaps hold, all heaps together (a released segment's chunk stays
+/// mapped with its memory discarded, see `segment`, and is not counted).
 pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();
 pub static SEGMENTS_RELEASED: SharedCounter = SharedCounter::new();
 
@@ -364,7 +365,7 @@ impl Heap {
         }
     }
 
-    /// Unmaps an empty segment of this heap that is on no list.
+    /// Releases an empty segment of this heap that is on no list (`Segment::release`).
     ///
     /// # Safety
     /// As stated.
