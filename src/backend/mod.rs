@@ -114,6 +114,33 @@ pub(crate) unsafe fn unmap_region(region: Region) {
     }
 }
 
+/// Unmaps an NVMe PMR's register page that a region kept for its barrier (`Region::registers`).
+pub(crate) fn release_registers(registers: usize) {
+    nvme::release_registers(registers);
+}
+
+/// Releases the register page of a device the tier has left (`device::evacuate`) while a
+/// barrier on another thread may still hold its address: the page is replaced by a page of
+/// zeroes (the controller's mapping goes with it, one `mmap` that swaps atomically), so such a
+/// late read returns 0 instead of faulting. The 4 KiB of address space stay reserved.
+pub(crate) fn retire_registers(registers: usize) {
+    // SAFETY: the register page is ours (mapped by `nvme::prepare`, one page); replacing it
+    // with an anonymous read-only page changes nothing any other mapping relies on.
+    let p = unsafe {
+        libc::mmap(
+            registers as *mut libc::c_void,
+            os::PAGE_SIZE,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        release_registers(registers);
+    }
+}
+
 struct Fd(i32);
 impl Drop for Fd {
     fn drop(&mut self) {

@@ -95,6 +95,7 @@ impl DeviceTier {
     pub fn open(spec: &TierSpec) -> Result<DeviceTier, Problem> {
         let region = backend::map_region(spec)?;
         let built = persist::decide(&region, spec)
+            .and_then(|opening| evacuate::refuse_split_heap(&region, spec, opening))
             .and_then(|opening| Self::metadata(&region, spec, opening));
         let (mut heap, slabs, previous_run_clean) = match built {
             Ok(built) => built,
@@ -143,14 +144,22 @@ impl DeviceTier {
     /// crash-ordered like any other: the flag tells how the run ended, recovery does not
     /// depend on it. False if a flush failed (the flag then stays set).
     pub fn close_cleanly(&self) -> bool {
-        if self.region.media == backend::Media::Anonymous
+        if self.backing().media == backend::Media::Anonymous
             || self.inherited.load(Ordering::Relaxed)
             // SAFETY: no preconditions.
             || unsafe { libc::getpid() } != self.opened_by
         {
             return true;
         }
-        persist::superblock::mark_clean(&self.region)
+        persist::superblock::mark_clean(&self.backing())
+    }
+
+    /// The region as the device behind it now has it: media, barrier, register page and
+    /// descriptor are the target's after a move (`evacuate`). Everything that makes writes
+    /// durable goes through this.
+    #[inline]
+    fn backing(&self) -> Region {
+        self.device.backing(&self.region)
     }
 
     /// The host metadata of a region: a fresh heap after formatting it, or the heap its
@@ -261,7 +270,7 @@ impl DeviceTier {
             kind: self.kind as u16,
             state,
         };
-        media::write_header(&self.region, offset, header);
+        media::write_header(&self.backing(), offset, header);
     }
 
     /// Makes a block just cut from free space visible on the device, in the order the
@@ -272,22 +281,22 @@ impl DeviceTier {
     fn publish(&self, carved: &Carved, state: u16) {
         if let Some((tail, len)) = carved.tail {
             self.write_header_state(tail, len, STATE_FREE);
-            media::order(&self.region);
+            media::order(&self.backing());
         }
         #[cfg(test)]
         if BREAK_ORDER.with(|b| b.get()) {
             // The wrong order the crash-point checker must catch: the block linked into the
             // chain before its header is written.
             if let Some((front, len)) = carved.front {
-                media::write_size(&self.region, front, len - HEADER_SIZE);
+                media::write_size(&self.backing(), front, len - HEADER_SIZE);
             }
             self.write_header_state(carved.offset, carved.len, state);
             return;
         }
         self.write_header_state(carved.offset, carved.len, state);
         if let Some((front, len)) = carved.front {
-            media::order(&self.region);
-            media::write_size(&self.region, front, len - HEADER_SIZE);
+            media::order(&self.backing());
+            media::write_size(&self.backing(), front, len - HEADER_SIZE);
         }
     }
 
@@ -327,7 +336,7 @@ impl DeviceTier {
         if !self.inherited.load(Ordering::Relaxed) {
             // The header lies in the mapped region and its block is still ours. Only the
             // state field is written (a recovery scan of a PMR sees it).
-            media::write_state(&self.region, offset, STATE_FREE);
+            media::write_state(&self.backing(), offset, STATE_FREE);
         }
     }
 
@@ -346,8 +355,8 @@ impl DeviceTier {
             if !self.inherited.load(Ordering::Relaxed) {
                 // The last slot's state first: a marker that says "free" must never hide a
                 // slot header that still says "allocated" (`persist`).
-                media::order(&self.region);
-                media::write_state(&self.region, slab, STATE_FREE);
+                media::order(&self.backing());
+                media::write_state(&self.backing(), slab, STATE_FREE);
             }
             self.slabs.unclaim(slab);
             let freed = heap.free(slab);
@@ -413,7 +422,7 @@ impl DeviceTier {
         // Under the heap lock, the free extent behind first (`publish`).
         if let Some((start, len)) = behind {
             self.write_header_state(start, len, STATE_FREE);
-            media::order(&self.region);
+            media::order(&self.backing());
         }
         self.write_header(offset, extent);
         true
@@ -447,7 +456,7 @@ impl DeviceTier {
         if len > self.region.len - offset {
             return Err(libc::EINVAL);
         }
-        if persist::persist(&self.region, offset, len) {
+        if persist::persist(&self.backing(), offset, len) {
             Ok(())
         } else {
             Err(os::errno())
@@ -466,7 +475,7 @@ impl DeviceTier {
             None => None,
         };
         let _serial = self.roots.lock();
-        persist::roots::set(&self.region, name, offset).map_err(|e| match e {
+        persist::roots::set(&self.backing(), name, offset).map_err(|e| match e {
             persist::roots::RootError::BadName => libc::EINVAL,
             persist::roots::RootError::Full => libc::ENOSPC,
         })
@@ -477,7 +486,7 @@ impl DeviceTier {
         // Under the roots lock: a root being set is never read half-written.
         let offset = {
             let _serial = self.roots.lock();
-            persist::roots::get(&self.region, name)?
+            persist::roots::get(&self.backing(), name)?
         };
         let p = self.at_offset(offset)?;
         self.usable_size(p).map(|_| p)
@@ -659,13 +668,46 @@ pub fn open(spec: &TierSpec) -> bool {
                 report_opening(spec.kind, spec.path(), tier.previous_run_clean);
             }
             slot.call_once(|| tier);
-            crate::device_sigbus::install();
+            crate::device_sigbus::install(device_path);
             true
         }
         Err(problem) => {
             report_tier(spec.kind, spec.path(), problem);
             false
         }
+    }
+}
+
+/// Writes the path of the file or device behind tier `kind` now (what its descriptor names,
+/// `/proc/self/fd`; after a move, the target) into `buf`; its length, or 0 if unknown (anonymous
+/// memory, no such tier). Async-signal-safe (`readlink`), for the SIGBUS line.
+fn device_path(kind: Kind, buf: &mut [u8]) -> usize {
+    let Some(fd) = get(kind)
+        .map(|t| t.device.current_fd())
+        .filter(|&fd| fd >= 0)
+    else {
+        return 0;
+    };
+    let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        link[14 + i] = digits[len - 1 - i];
+    }
+    // SAFETY: a NUL-terminated path (at most 10 digits after 14 bytes, in 25) and our buffer.
+    let got = unsafe { libc::readlink(link.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
+    if got <= 0 || got as usize >= buf.len() {
+        0
+    } else {
+        got as usize
     }
 }
 
@@ -771,13 +813,10 @@ impl Drop for DeviceTier {
     fn drop(&mut self) {
         // A test's tier closes as a process's would at exit.
         self.close_cleanly();
-        // The descriptor of the device behind the region now (a move replaces the first).
-        let region = Region {
-            lock_fd: self.device.current_fd(),
-            ..self.region
-        };
+        // The device behind the region now (a move replaces the first): its descriptor and
+        // register page.
         // SAFETY: the tier is going away with every block of it (tests only).
-        unsafe { backend::unmap_region(region) };
+        unsafe { backend::unmap_region(self.backing()) };
     }
 }
 

@@ -16,22 +16,29 @@
 //! coordinate as processes on one host do.
 //!
 //! Modules: `spec` (the `TIERMALLOC_POOL` keys), `layout` (the bytes on the device),
-//! `coherence` (write-back and invalidation), `txn` (lock + redo log), `registry` (nodes),
+//! `coherence` (write-back and invalidation), `host_cache` (which lines a host may hold, so
+//! that opening needs no invalidation), `stale_check` (its `check_flush` shadow), `fork` (a
+//! forked child's inherited mappings counted as its own), `txn` (lock + redo log), `registry` (nodes),
 //! `directory` (entries), `extents` (where a space's bytes go), `map` (this process's
-//! mappings), `spaces` (the operations), `check` (the consistency checker), `api` (the Rust
-//! types). The C functions are in `front/capi_pool.rs`.
+//! mappings), `pagemap` (which pages a mapping touched), `spaces` (the operations), `limits`
+//! (saying which table is full), `check` (the consistency checker), `api` (the Rust types). The C functions are in `front/capi_pool.rs`.
 
 pub mod api;
 pub mod check;
 mod coherence;
 mod directory;
 mod extents;
+mod fork;
+mod host_cache;
 mod layout;
+mod limits;
 mod map;
 mod nodes;
+mod pagemap;
 pub(crate) mod registry;
 mod spaces;
 mod spec;
+mod stale_check;
 pub mod testing;
 mod txn;
 
@@ -162,7 +169,9 @@ impl Pool {
             )
         };
         if meta == libc::MAP_FAILED {
-            return Err(close_on_error(OpenError::os("cannot map the pool's metadata")));
+            return Err(close_on_error(OpenError::os(
+                "cannot map the pool's metadata",
+            )));
         }
         let host = spec.host.unwrap_or_else(host_id);
         let mut pool = Pool {
@@ -183,6 +192,7 @@ impl Pool {
         pool.format_or_attach()?;
         let pool = Arc::new(pool);
         let _ = pool.weak.set(Arc::downgrade(&pool));
+        fork::register(Arc::as_ptr(&pool));
         Ok(pool)
     }
 
@@ -254,7 +264,9 @@ impl Pool {
                 return self.attach();
             }
             if realtime_ns() - started > 30_000_000_000 {
-                return Err(OpenError::new("another process has been formatting it for 30 s"));
+                return Err(OpenError::new(
+                    "another process has been formatting it for 30 s",
+                ));
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -331,6 +343,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        fork::unregister(self);
         self.heartbeat_stop.store(true, Ordering::Relaxed);
         self.leave();
         // SAFETY: the metadata mapping and descriptor are ours; nothing uses them after drop.
@@ -370,7 +383,9 @@ fn pool_len(spec: &PoolSpec, fd: i32) -> Result<(u64, bool), OpenError> {
                 .ok_or(OpenError::new("a device pool needs size="))?,
             false,
         )),
-        _ => Err(OpenError::new("is neither a regular file nor a character device")),
+        _ => Err(OpenError::new(
+            "is neither a regular file nor a character device",
+        )),
     }
 }
 
@@ -382,10 +397,7 @@ fn host_id() -> u64 {
         .map(|p| p.into_os_string().into_encoded_bytes())
         .unwrap_or_default();
     let id = crate::lockfree::redo_log::checksum(
-        boot.iter()
-            .chain(b"/")
-            .chain(ns.iter())
-            .map(|&b| b as u64),
+        boot.iter().chain(b"/").chain(ns.iter()).map(|&b| b as u64),
     );
     id.max(1)
 }

@@ -48,8 +48,8 @@ pub(crate) fn pid_start(pid: u32) -> Option<u64> {
 
 impl Pool {
     /// This process's tag, joining the registry first if it has not (or if it is a child
-    /// forked from a process that had: the child is a node of its own, and the mappings it
-    /// inherited are not counted as its references).
+    /// forked from a process that had: the child is a node of its own; the `fork` handler
+    /// has made it one and counted its inherited mappings, else they are forgotten here).
     pub(crate) fn me(&self) -> Result<u64, Errno> {
         let pid = getpid();
         let mut node = self.node.lock();
@@ -101,9 +101,12 @@ impl Pool {
                 {
                     continue;
                 }
-                self.word(at + NODE_HOST).store(self.host, Ordering::Relaxed);
-                self.word(at + NODE_PID).store(pid as u64, Ordering::Relaxed);
-                self.word(at + NODE_PID_START).store(start, Ordering::Relaxed);
+                self.word(at + NODE_HOST)
+                    .store(self.host, Ordering::Relaxed);
+                self.word(at + NODE_PID)
+                    .store(pid as u64, Ordering::Relaxed);
+                self.word(at + NODE_PID_START)
+                    .store(start, Ordering::Relaxed);
                 self.word(at + NODE_HEARTBEAT)
                     .store(realtime_ns(), Ordering::Relaxed);
                 self.write_back_meta(at, NODE_BYTES);
@@ -115,6 +118,7 @@ impl Pool {
                 return Ok((slot, node_tag(slot, next)));
             }
         }
+        self.say_full("registry of nodes", MAX_NODES);
         Err(libc::EUSERS)
     }
 
@@ -157,8 +161,8 @@ impl Pool {
             NODE_ALIVE if self.load(at + NODE_HOST) == self.host => {
                 let pid = self.load(at + NODE_PID) as u32;
                 // SAFETY: kill with signal 0 only checks that the process exists.
-                let exists = unsafe { libc::kill(pid as i32, 0) } == 0
-                    || crate::os::errno() == libc::EPERM;
+                let exists =
+                    unsafe { libc::kill(pid as i32, 0) } == 0 || crate::os::errno() == libc::EPERM;
                 // A start time we cannot read (/proc mounted hidepid) proves nothing.
                 exists
                     && pid_start(pid).map_or(true, |start| start == self.load(at + NODE_PID_START))
@@ -190,7 +194,7 @@ impl Pool {
             if tag == 0 || live(tag) {
                 continue;
             }
-            if self.release_holding(&locked, h, tag) {
+            if self.release_holding(&locked, h, tag, true) {
                 deleted += 1;
             }
         }
@@ -230,19 +234,22 @@ impl Pool {
     }
 
     /// Gives back every mapping holding `h` (of node `tag`) counts, deleting the space if it
-    /// is a private space of that node: one transaction. Whether it deleted a space.
-    fn release_holding(&self, locked: &Locked<'_>, h: usize, tag: u64) -> bool {
+    /// is a private space of that node: one transaction. A dead node's lines of the space are
+    /// dealt with first (`host_cache::forget_dead_lines`); if they cannot be, the holding stays.
+    /// Whether it deleted a space.
+    fn release_holding(&self, locked: &Locked<'_>, h: usize, tag: u64, dead: bool) -> bool {
         let at = holding_at(h);
         let mut txn = Txn::new();
         let mut deleted = false;
-        let index = self.load(at + H_ENTRY) as usize;
-        let id = self.load(at + H_SPACE);
+        let (index, id) = holding_space_parts(self.load(at + H_SPACE));
+        let count = self.load(at + H_COUNT);
         if let Some(entry) = self.read_entry(index).filter(|e| e.id() == id) {
+            let host = self.load(at + H_HOST);
+            if dead && !self.forget_dead_lines(&mut txn, host, entry.offset(), entry.len(), count) {
+                return false;
+            }
             let refs = self.load(entry_at(index) + E_REFS);
-            txn.set(
-                entry_at(index) + E_REFS,
-                refs.saturating_sub(self.load(at + H_COUNT)),
-            );
+            txn.set(entry_at(index) + E_REFS, refs.saturating_sub(count));
             if entry.state() == SPACE_PRIVATE && entry.creator() == tag {
                 self.txn_free_entry(&mut txn, &entry);
                 deleted = true;
@@ -259,10 +266,15 @@ impl Pool {
         if node.tag == 0 || node.pid != getpid() {
             return;
         }
+        // Mappings still open (their owners are going too): their lines first.
+        let open: Vec<_> = self.maps.lock().drain().collect();
+        for m in &open {
+            self.let_go(m);
+        }
         if let Ok(locked) = self.lock() {
             for h in 0..MAX_HOLDINGS {
                 if self.load(holding_at(h) + H_TAG) == node.tag {
-                    self.release_holding(&locked, h, node.tag);
+                    self.release_holding(&locked, h, node.tag, false);
                 }
             }
         }

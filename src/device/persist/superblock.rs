@@ -12,6 +12,7 @@
 //! 48  kind         4  the tm_kind that formatted it
 //! 52  dirty        4  1 from an open (or format) until the process's clean close sets 0:
 //!                     the next open reads whether the last run ended cleanly
+//! 144 move record  112 a live move of the heap onto another device began (evacuate/move_record.rs)
 //! 256 roots table (roots.rs)
 //! ```
 

@@ -12,6 +12,7 @@
 
 use crate::dram::budget;
 use crate::dram::fast::page::{Page, PageQueue};
+use crate::dram::fast::remote_batch::RemoteBatch;
 use crate::dram::fast::segment::Segment;
 use crate::dram::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
 use crate::lockfree::tagged_stack::StackLink;
@@ -106,6 +107,8 @@ pub struct Heap {
     /// First, so that a pointer to the heap is a pointer to its tables (see `PageTables`).
     pub tables: PageTables,
     pub traffic: Traffic,
+    /// Blocks of other heaps this thread freed, gathered by size class (`remote_batch`).
+    pub remote_batch: RemoteBatch,
     queues: [PageQueue; CLASS_COUNT],
     full: PageQueue,
     /// Pages of `full` that received a remote free (linked through `Page::delayed_next`).
@@ -189,6 +192,21 @@ impl Heap {
         // SAFETY: `delayed` is the heap's atomic list; the page link is ours to write (Page
         // invariant).
         unsafe { (*core::ptr::addr_of!((*heap).delayed)).push(page) };
+    }
+
+    /// `hand_back` for a page whose owner is read from its segment: what a gathered chain's
+    /// push calls when it cleared the page's flag.
+    ///
+    /// # Safety
+    /// As for `hand_back`.
+    pub unsafe fn hand_back_to_owner(page: *mut Page) {
+        // SAFETY: a page in use lies in a live segment, whose owner never changes.
+        unsafe { Self::hand_back((*Segment::of(page as usize)).owner_heap() as *mut Heap, page) }
+    }
+
+    /// Hands every chain of gathered remote frees to its page.
+    pub fn flush_remote_batch(&mut self) {
+        self.remote_batch.flush_all(Self::hand_back_to_owner);
     }
 
     /// Moves pages that got remote frees while full back to their queues.
@@ -417,6 +435,7 @@ impl Heap {
     /// Returns the memory of every free slice of this heap to the kernel, and unmaps every empty
     /// segment but one: the bytes purged.
     pub fn purge(&mut self) -> usize {
+        self.flush_remote_batch();
         let purged = self.purge_at_least(usize::MAX);
         self.purge_due = 0;
         purged
@@ -561,6 +580,8 @@ impl Heap {
     /// keeps its resident free slices if `POOLED_DIRTY_BUDGET` has room for them, else purges
     /// them. The heap keeps its pages for the next thread that adopts it.
     pub fn tidy_for_next_owner(&mut self) {
+        // First: under `TIERMALLOC_SECURE=1` the chains may hold this heap's own blocks.
+        self.flush_remote_batch();
         self.take_delayed();
         for class in 0..CLASS_COUNT {
             self.set_current(class, Page::empty_page());

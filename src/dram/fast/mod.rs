@@ -3,12 +3,13 @@
 //!
 //! The fast paths take no lock and do no atomic read-modify-write: `alloc` pops the current
 //! page's free list of the calling thread's heap; `free` of a block whose segment belongs to
-//! the calling thread's heap pushes it back. A block freed by another thread goes on its page's
-//! remote list with one CAS.
+//! the calling thread's heap pushes it back. A block freed by another thread joins that thread's
+//! chain for its page (`remote_batch`), which goes onto the page's remote list with one CAS.
 
 pub mod guard;
 pub mod heap;
 pub mod page;
+pub mod remote_batch;
 pub mod segment;
 pub mod size_class;
 pub mod traffic;
@@ -200,11 +201,29 @@ unsafe fn check_block(page: *mut Page, p: *mut u8) -> Result<(), crate::misuse::
         if !(*page).is_block_start(p) {
             return Err(crate::misuse::Misuse::NotABlockStart);
         }
-        if (*page).carries_mark(p) && (*page).holds_free(p) {
+        if (*page).carries_mark(p) && ((*page).holds_free(p) || waits_in_a_batch(page, p)) {
             return Err(crate::misuse::Misuse::DoubleFree);
         }
     }
     Ok(())
+}
+
+/// Whether block `p` of `page` waits in a chain of gathered remote frees of any heap (see
+/// `remote_batch::RemoteBatch::holds`).
+///
+/// # Safety
+/// `page` must be the page in use that holds `p`.
+#[cold]
+unsafe fn waits_in_a_batch(page: *mut Page, p: *mut u8) -> bool {
+    let mut found = false;
+    binding::for_each_heap(|heap| {
+        // SAFETY: registered heaps live forever; forwarded.
+        found = found
+            || unsafe {
+                remote_batch::RemoteBatch::holds(core::ptr::addr_of!((*heap).remote_batch), page, p)
+            };
+    });
+    found
 }
 
 /// Whether small block `p` (the page map says a segment holds it) is live; `realloc` asks
@@ -238,8 +257,12 @@ unsafe fn free_remote(page: *mut Page, segment: *mut Segment, p: *mut u8) {
     // function so that it calls nothing and saves no registers (cachegrind on prodcons: 10
     // fewer instructions per remote free).
     unsafe {
-        (*mine).traffic.on_remote_free((*page).class as usize);
-        push_remote(page, owner, p);
+        let class = (*page).class as usize;
+        (*mine).traffic.on_remote_free(class);
+        page::Block::mark_free(p, page);
+        if !(*mine).remote_batch.add(page, class, p, heap::Heap::hand_back_to_owner) {
+            push_remote(page, owner, p);
+        }
     }
 }
 
