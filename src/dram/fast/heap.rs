@@ -48,7 +48,8 @@ const POOLED_DIRTY_BUDGET: usize = 32 << 20;
 /// Dirty bytes kept by the heaps in the pool, against `POOLED_DIRTY_BUDGET`.
 static POOLED_DIRTY: AtomicUsize = AtomicUsize::new(0);
 
-/// Bytes of segments currently mapped, all heaps together.
+/// Bytes of segments the heaps hold, all heaps together (a released segment's chunk stays
+/// mapped with its memory discarded, see `segment`, and is not counted).
 pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();
 pub static SEGMENTS_RELEASED: SharedCounter = SharedCounter::new();
 
@@ -177,11 +178,7 @@ impl Heap {
         }
         match self.find_page(class) {
             // SAFETY: find_page returns a valid page with a free block.
-            Some(page) => unsafe {
-                let p = (*page).pop_checked();
-                self.traffic.on_alloc(class);
-                p
-            },
+            Some(page) => unsafe { (*page).pop_checked() },
             None => ptr::null_mut(),
         }
     }
@@ -239,7 +236,7 @@ impl Heap {
             unsafe {
                 let next = (*page).next;
                 if (*page).free.is_null() {
-                    (*page).collect_remote();
+                    self.collect_remote(page);
                 }
                 if (*page).free.is_null() {
                     (*page).extend();
@@ -273,6 +270,22 @@ impl Heap {
         self.set_current(class, page);
     }
 
+    /// Moves `page`'s remote frees onto its free list, counting them (`Traffic::collected`).
+    ///
+    /// # Safety
+    /// `page` must be a page of this heap.
+    #[inline(always)]
+    unsafe fn collect_remote(&mut self, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe {
+            if !(*page).remote.has_nodes() {
+                return;
+            }
+            let collected = (*page).collect_remote();
+            self.traffic.collected[(*page).class as usize].add(u64::from(collected));
+        }
+    }
+
     /// Makes `page` the page the fast paths of `class` pop from.
     /// Under `TIERMALLOC_SECURE=1` the tables stay on the empty page: every allocation takes
     /// the slow path, whose `pop_checked` tests each link before following it, while the
@@ -296,7 +309,7 @@ impl Heap {
         // SAFETY: per the contract.
         unsafe {
             if !(*page).remote.try_flag() {
-                (*page).collect_remote();
+                self.collect_remote(page);
                 return;
             }
             let class = (*page).class as usize;
@@ -346,6 +359,7 @@ impl Heap {
             if self.tables.current[class] == page {
                 self.set_current(class, Page::empty_page());
             }
+            self.traffic.retired_allocs[class].add((*page).allocs());
             let segment = Segment::of(page as usize);
             let bytes = (*segment).give_back(page);
             self.dirty_bytes += bytes;
@@ -369,7 +383,7 @@ impl Heap {
         }
     }
 
-    /// Unmaps an empty segment of this heap that is on no list.
+    /// Releases an empty segment of this heap that is on no list (`Segment::release`).
     ///
     /// # Safety
     /// As stated.
@@ -576,7 +590,7 @@ impl Heap {
                 // SAFETY: queue members are valid pages of this heap.
                 unsafe {
                     let next = (*page).next;
-                    (*page).collect_remote();
+                    self.collect_remote(page);
                     if (*page).blocks_used() == 0 {
                         self.retire(page);
                     }
