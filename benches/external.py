@@ -12,10 +12,10 @@ and scripts are not used), into $CARGO_TARGET_DIR/bench-external/, then runs eac
 under every allocator found (the allocators, the interleaving, spawn, the tables: all from
 run.py, imported).
 
-Fixed-duration programs (larson, xmalloc-test, glibc-thread) run for a set time whatever the
-allocator; their "time" is the program's own throughput figure turned into seconds the way the
-suite's bench.sh does (larson: its printed relative time; xmalloc-test: its printed rtime;
-glibc-thread: 1e9 / iterations), and their CPU time is scaled to the same amount of work
+Fixed-duration programs (larson, xmalloc-test, glibc-thread; rptest, which sleeps) run for a set
+time whatever the allocator; their "time" is the program's own throughput figure turned into
+seconds the way the suite's bench.sh does (larson: its printed relative time; xmalloc-test: its
+printed rtime; glibc-thread: 1e9 / iterations; rptest: 2e6 / its memory ops per CPU second), and their CPU time is scaled to the same amount of work
 (CPU seconds x derived time / wall time).
 
 At the end, an "ordering" line: the allocators sorted by the geometric mean of their median
@@ -28,13 +28,18 @@ differ; 2 usage/setup.
 """
 
 import argparse
+import hashlib
+import io
 import itertools
 import json
 import os
 import re
 import shutil
 import sys
+import subprocess
 import tempfile
+import urllib.request
+import zipfile
 
 sys.dont_write_bytecode = True  # no __pycache__ in benches/ from importing run.py
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +50,61 @@ from run import log  # noqa: E402
 # Compiler flags for the old K&R-style C programs: they rely on implicit int and implicit
 # function declarations, which gcc 12 accepts with a warning only in gnu89 mode.
 OLD_C = ["-std=gnu89", "-w"]
+
+# sh8bench's source as the suite's build script gets it: MicroQuill's zip (checked against the
+# SHA-256 the suite pins), SH8BENCH.C with DOS line ends removed, then the suite's own
+# bench/shbench/sh8bench.patch applied. A checkout where the suite's build script already made
+# bench/shbench/sh8bench-new.c is used as it is.
+SH8BENCH = {
+    "url": "http://www.microquill.com/smartheap/SH8BENCH.zip",
+    "sha256": "12a8e75248c9dcbfee28245c12bc937a16ef56ec9cbfab88d0e348271667726f",
+    "member": "SH8BENCH.C",
+    "patch": "shbench/sh8bench.patch",
+}
+SH8BENCH_SOURCE = "fetched:sh8bench-new.c"
+
+
+def fetch_sh8bench(bench_dir, build_dir):
+    """Path of sh8bench's patched source, fetching it once into build_dir; None (with a note
+    saying why) when it cannot be had."""
+    ready = os.path.join(bench_dir, "shbench", "sh8bench-new.c")
+    if os.path.isfile(ready):
+        return ready
+    out = os.path.join(build_dir, "sh8bench-new.c")
+    if os.path.isfile(out):
+        return out
+    try:
+        data = urllib.request.urlopen(SH8BENCH["url"], timeout=30).read()
+    except Exception as e:  # noqa: BLE001 (any network failure means: skip it)
+        log("note: sh8benchN skipped: could not fetch %s (%s)" % (SH8BENCH["url"], e))
+        return None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SH8BENCH["sha256"]:
+        log("note: sh8benchN skipped: %s has SHA-256 %s, the suite pins %s"
+            % (SH8BENCH["url"], digest, SH8BENCH["sha256"]))
+        return None
+    work = tempfile.mkdtemp(prefix="tm-sh8bench-")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            name = next((n for n in z.namelist() if n.upper() == SH8BENCH["member"]), None)
+            if name is None:
+                log("note: sh8benchN skipped: no %s in the zip" % SH8BENCH["member"])
+                return None
+            source = z.read(name).replace(b"\r\n", b"\n")
+        patch = open(os.path.join(bench_dir, SH8BENCH["patch"]), "rb").read().replace(b"\r\n", b"\n")
+        open(os.path.join(work, "SH8BENCH.C"), "wb").write(source)
+        open(os.path.join(work, "sh8bench.patch"), "wb").write(patch)
+        r = subprocess.run(["patch", "-p1", "-o", out, "SH8BENCH.C", "sh8bench.patch"], cwd=work,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            log("note: sh8benchN skipped: the suite's patch does not apply: %s" % r.stdout.strip())
+            if os.path.exists(out):
+                os.unlink(out)
+            return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
 
 # Programs of the suite and how to build them: language, sources (relative to bench/), extra
 # flags, libraries. Written from the sources (which files make up a program, which macros
@@ -75,6 +135,11 @@ PROGRAMS = {
     "alloc-test": ("c++", ["alloc-test/test_common.cpp", "alloc-test/allocator_tester.cpp"],
                    ["-DBENCH=4"], []),
     "malloc-large": ("c++", ["malloc-large/malloc-large.cpp"], [], []),
+    "rptest": ("c", ["rptest/rptest.c", "rptest/thread.c", "rptest/timer.c"], ["-w"], ["-lm"]),
+    # MicroQuill's SmartHeap benchmark: not in the suite's repository. Its source is fetched
+    # at benchmark time (SH8BENCH, below) into the build directory, never into this one.
+    # BENCH: takes the thread count as its argument instead of prompting.
+    "sh8bench": ("c", SH8BENCH_SOURCE, ["-DBENCH=1", "-DSYS_MULTI_THREAD=1", "-w"], []),
 }
 
 
@@ -91,6 +156,12 @@ def xmalloc_time(out):
 def glibc_thread_time(out):
     m = re.search(r"^(\d+) iterations", out, re.M)
     return 1e9 / int(m.group(1)) if m and int(m.group(1)) > 0 else None
+
+
+def rptest_time(out):
+    # the suite's bench.sh: 2e6 / the memory ops per CPU second rptest prints
+    m = re.search(r"\.\.\.(\d+) memory ops", out)
+    return 2e6 / int(m.group(1)) if m and int(m.group(1)) > 0 else None
 
 
 def dropping(pattern):
@@ -157,6 +228,22 @@ BENCHMARKS = {
     "mleak10": {"prog": "mleak", "full": ["10"], "quick": ["2"], "output": whole},
     "alloc-test1": {"prog": "alloc-test", "full": ["1"], "quick": ["1"]},
     "malloc-large": {"prog": "malloc-large", "full": [], "quick": []},
+    # the variants the suite's bench.sh runs too
+    "alloc-testN": {"prog": "alloc-test", "full": ["2"], "quick": ["2"]},
+    "mleak100": {"prog": "mleak", "full": ["50"], "quick": ["5"], "output": whole},
+    "cache-thrash1": {
+        "prog": "cache-thrash", "full": ["1", "1000", "1", "2000000", "2"],
+        "quick": ["1", "1000", "1", "100000", "2"]},
+    # threads mode size-mode cross-rate loops allocs ops min max (bench.sh's, 2 threads). It
+    # sleeps about 14 s between its phases whatever the allocator and reports memory ops per
+    # CPU second; it writes a result file into the working directory (a temporary one here).
+    "rptestN": {
+        "prog": "rptest", "full": ["2", "0", "1", "2", "500", "1000", "100", "8", "16000"],
+        "quick": ["2", "0", "1", "2", "50", "1000", "100", "8", "16000"],
+        "time": rptest_time, "in_tmpdir": True},
+    # 2 threads per core as bench.sh runs it; most blocks are freed by another thread than the
+    # one that allocated them
+    "sh8benchN": {"prog": "sh8bench", "full": ["4"], "quick": ["4"]},
 }
 
 
@@ -168,7 +255,10 @@ def suite_bench_dir(path):
     return None
 
 
-def sources_of(bench_dir, srcs):
+def sources_of(bench_dir, srcs, build_dir=None):
+    if srcs == SH8BENCH_SOURCE:
+        path = fetch_sh8bench(bench_dir, build_dir)
+        return [path] if path else None
     if isinstance(srcs, str):  # a glob pattern: dir/*.ext
         d, pat = os.path.split(srcs)
         ext = pat.lstrip("*")
@@ -184,7 +274,9 @@ def build_programs(bench_dir, build_dir, names, cc, cxx):
     built = {}
     for prog in sorted(names):
         lang, srcs, flags, libs = PROGRAMS[prog]
-        files = sources_of(bench_dir, srcs)
+        files = sources_of(bench_dir, srcs, build_dir)
+        if files is None:  # a fetched source that could not be had (said why)
+            continue
         srcdirs = sorted({os.path.dirname(f) for f in files})
         headers = [os.path.join(d, f) for d in srcdirs for f in os.listdir(d)
                    if f.endswith((".h", ".hpp"))]
@@ -331,7 +423,14 @@ def main():
     def one(b, lib):
         spec = BENCHMARKS[b]
         stdin = os.path.join(bench_dir, spec["stdin"]) if spec.get("stdin") else None
-        r = run.run_once(spawn, built[spec["prog"]], argv[b], lib, opts.timeout, tmpdir, stdin)
+        here = os.getcwd()
+        if spec.get("in_tmpdir"):  # a program that writes files where it runs
+            os.chdir(tmpdir)
+        try:
+            r = run.run_once(spawn, built[spec["prog"]], argv[b], lib, opts.timeout, tmpdir,
+                             stdin)
+        finally:
+            os.chdir(here)
         r.raw_wall = r.wall
         if r.ok and spec.get("time"):
             t = spec["time"](r.out)
@@ -362,8 +461,8 @@ def main():
     timed = [b for b in names if BENCHMARKS[b].get("time")]
     time_note = ("For the fixed-duration programs (%s) the time is the program's own throughput "
                  "figure as a time (larson: its relative time; xmalloc-test: its rtime; "
-                 "glibc-thread: 1e9 / iterations) and CPU time is scaled to that amount of "
-                 "work." % ", ".join(timed)) if timed else ""
+                 "glibc-thread: 1e9 / iterations; rptest: 2e6 / its memory ops per CPU second) "
+                 "and CPU time is scaled to that amount of work." % ", ".join(timed)) if timed else ""
     cmdline = run.command_line("external.py")
     arguments = "Commands (programs built from mimalloc-bench sources in `%s`): %s." % (
         bench_dir, "; ".join("%s %s" % (b, cmd_of(b)) for b in names))

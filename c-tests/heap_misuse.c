@@ -3,7 +3,8 @@
  * fork()ed child (check.h's EXPECT_ABORT):
  *  - double free of a small block of several classes, of a large block (cached mapping and
  *    unmapped one), of an aligned block, and a double free from another thread (the first free
- *    by the owner, the second remote: OpenBSD's malloc_threaderr);
+ *    by the owner, the second remote: OpenBSD's malloc_threaderr), and of a block another thread
+ *    freed and still holds gathered (freed twice by that thread, or again by the owner);
  *  - a free of a pointer inside a block (small, large, aligned), of the stack, of static data,
  *    of the program's own mmap, of an unmapped far address (mimalloc-bench's invalid_free*);
  *  - realloc of a freed block and of an interior pointer;
@@ -127,6 +128,62 @@ static void double_free_after_remote_free(void *arg)
     free(p);
 }
 
+/* Blocks another thread frees wait gathered in that thread's heap before they go to their
+ * page (dram/fast/remote_batch.rs): a second free must be caught while they wait. */
+static void *remote_free_twice(void *p)
+{
+    free(malloc(16)); /* a thread with a heap of its own gathers its remote frees */
+    free(p);
+    free(p);
+    return NULL;
+}
+
+static void double_free_twice_remote(void *arg)
+{
+    size_t size = (size_t)arg;
+    void *p = malloc(size);
+    pthread_t t;
+    if (pthread_create(&t, NULL, remote_free_twice, p) == 0)
+        pthread_join(t, NULL);
+}
+
+static pthread_mutex_t gathered_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gathered_cond = PTHREAD_COND_INITIALIZER;
+static int gathered_state;
+
+static void *remote_free_and_stay(void *p)
+{
+    free(malloc(16));
+    free(p);
+    pthread_mutex_lock(&gathered_lock);
+    gathered_state = 1;
+    pthread_cond_broadcast(&gathered_cond);
+    while (gathered_state != 2)
+        pthread_cond_wait(&gathered_cond, &gathered_lock);
+    pthread_mutex_unlock(&gathered_lock);
+    return NULL;
+}
+
+/* The owner frees a block that a live thread freed first and still holds gathered. */
+static void double_free_while_gathered(void *arg)
+{
+    size_t size = (size_t)arg;
+    void *p = malloc(size);
+    pthread_t t;
+    if (pthread_create(&t, NULL, remote_free_and_stay, p) != 0)
+        return;
+    pthread_mutex_lock(&gathered_lock);
+    while (gathered_state != 1)
+        pthread_cond_wait(&gathered_cond, &gathered_lock);
+    pthread_mutex_unlock(&gathered_lock);
+    free(p);
+    pthread_mutex_lock(&gathered_lock);
+    gathered_state = 2;
+    pthread_cond_broadcast(&gathered_cond);
+    pthread_mutex_unlock(&gathered_lock);
+    pthread_join(t, NULL);
+}
+
 typedef void (*free_sized_fn)(void *, size_t);
 
 static void free_sized_wrong(void *arg)
@@ -188,6 +245,8 @@ int main(int argc, char **argv)
         EXPECT_ABORT(realloc_interior, s, "not the start of a live block", NULL);
         EXPECT_ABORT(double_free_from_another_thread, s, "double free", NULL);
         EXPECT_ABORT(double_free_after_remote_free, s, "double free", NULL);
+        EXPECT_ABORT(double_free_twice_remote, s, "double free", NULL);
+        EXPECT_ABORT(double_free_while_gathered, s, "double free", NULL);
     }
     EXPECT_ABORT(free_uncarved_block, (void *)16, "not the start of a live block", NULL);
     EXPECT_ABORT(free_uncarved_block, (void *)4096, "not the start of a live block", NULL);

@@ -30,7 +30,7 @@ _Static_assert(TM_HEADER_SIZE == 16, "TM_HEADER_SIZE");
 _Static_assert(sizeof(tm_block_header) == 16, "tm_block_header is 16 bytes");
 /* DESIGN.md's nine counters first, in order; then the profile's reserved, reserve_used,
  * reserve_miss. */
-_Static_assert(sizeof(tm_stats) == 12 * sizeof(uint64_t), "tm_stats has 12 u64 counters");
+_Static_assert(sizeof(tm_stats) == 14 * sizeof(uint64_t), "tm_stats has 14 u64 counters");
 _Static_assert(offsetof(tm_stats, spilled_out) == 8 * sizeof(uint64_t), "the nine come first");
 _Static_assert(offsetof(tm_stats, reserve_miss) == 11 * sizeof(uint64_t), "then the reserve's");
 _Static_assert(TM_DRAM == 0 && TM_CXL == 1 && TM_CMB == 2 && TM_PMR == 3, "tm_kind values");

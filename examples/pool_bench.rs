@@ -1,5 +1,6 @@
 //! The shared pool's costs against what a user has without it, in one run (BENCHMARKS.md,
-//! "Shared pool"): `cargo run --release --example pool_bench [-- SIZE_MIB]`.
+//! "Shared pool"): `cargo run --release --example pool_bench [-- SIZE_MIB [open]]` (`open`:
+//! the open figures only).
 //!
 //! - open-by-name + map READ (+ close) of a published space, against `shm_open` + `fstat` +
 //!   `mmap` (+ `munmap` + `close`) of a POSIX shared memory object of the same size;
@@ -11,8 +12,8 @@
 //! - handing the data to a reader by copying it, against opening it READ.
 //!
 //! Each figure is the median of its repetitions; the pool is a file in /dev/shm. Both the
-//! default (non-coherent: write-back at publish, invalidation at open) and `coherent` pools
-//! are measured.
+//! default (non-coherent: write-back at publish, invalidation of the touched pages at close)
+//! and `coherent` pools are measured.
 
 use std::ffi::CString;
 use std::time::{Duration, Instant};
@@ -121,6 +122,8 @@ fn main() {
         .map(|a| a.parse().unwrap())
         .unwrap_or(1024);
     let big = big_mib << 20;
+    // `pool_bench SIZE_MIB open`: the open figures only.
+    let only_open = std::env::args().nth(2).as_deref() == Some("open");
     println!("# pool_bench: big space {big_mib} MiB; medians");
 
     for (label, keys) in [("non-coherent (default)", ""), ("coherent", ",coherent")] {
@@ -128,13 +131,13 @@ fn main() {
         println!("\n## pool {label}");
 
         // Open by name + map READ + touch + close.
-        for (name, size) in [("small", 1usize << 20), ("big", big)] {
+        for (name, size) in [("tiny", 4096usize), ("small", 1 << 20), ("big", big)] {
             let mut s = pool.create_space(name, size).unwrap();
             s.as_mut_slice().unwrap().fill(1);
             s.publish().unwrap();
             std::mem::forget(s);
             let shm = Shm::new(name, size);
-            let reps = if size == big { 20 } else { 2000 };
+            let reps = if size == big { 200 } else { 2000 };
             let (ours, peer) = pair(
                 reps,
                 || {
@@ -146,12 +149,18 @@ fn main() {
                 },
             );
             println!(
-                "open+map READ+close {:>5} MiB: pool {:>10.1} us   shm_open+mmap {:>8.1} us   ratio {:.2}",
-                size >> 20,
+                "open+map READ+close {:>7} KiB: pool {:>10.1} us   shm_open+mmap {:>8.1} us   ratio {:.2}",
+                size >> 10,
                 us(ours),
                 us(peer),
                 us(ours) / us(peer)
             );
+        }
+
+        if only_open {
+            drop(pool);
+            let _ = std::fs::remove_file(path);
+            continue;
         }
 
         // Create + fill + publish against writing the bytes.

@@ -40,6 +40,11 @@
  */
 #define TM_SPACE_SHARED 2
 
+/*
+ The most loans a report lists.
+ */
+#define MAX_LOANS 16
+
 #define IDLE (1 << 63)
 
 /*
@@ -124,11 +129,18 @@ typedef struct tm_stats {
    Bytes mapped beyond the reserve while a profile is active: what the estimate missed.
    */
   uint64_t reserve_miss;
+  /*
+   A tier from the shared pool (`cxl:pool,share=`): bytes of this process's share that
+   other processes have borrowed, and bytes of other processes' shares it has borrowed.
+   */
+  uint64_t lent;
+  uint64_t borrowed;
 } tm_stats;
 
 /*
  One live node (a process using the pool); `tm_node_info` in C. `share`, `in_use`, `lent`
- and `borrowed` stay 0 until pool-backed tiers exist.
+ and `borrowed` are its figures in the pool's share table (`share`), 0 for a node with no
+ pool tier.
  */
 typedef struct tm_node_info {
   /*

@@ -16,7 +16,7 @@ static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Reads the limit (the library's constructor calls this once).
 pub fn init() {
     let mut buf = [0u8; 1024];
-    let Some(n) = read_file(b"/proc/self/cgroup\0", &mut buf) else {
+    let Some(n) = crate::os::read_file(b"/proc/self/cgroup\0", &mut buf) else {
         return;
     };
     if let Some(limit) = limit_from(&buf[..n], b"/sys/fs/cgroup") {
@@ -70,7 +70,7 @@ fn smallest_up_the_tree(root: &[u8], mount: &[u8], path: &[u8], file: &[u8]) -> 
         let mut value = [0u8; 64];
         if let Some(v) = name
             .c_str()
-            .and_then(|p| read_file(p, &mut value))
+            .and_then(|p| crate::os::read_file(p, &mut value))
             .and_then(|n| parse_limit(&value[..n]))
         {
             best = Some(best.map_or(v, |b| b.min(v)));
@@ -128,29 +128,6 @@ impl PathBuf {
         self.buf[self.len] = 0;
         Some(&self.buf[..=self.len])
     }
-}
-
-/// Reads up to `buf.len()` bytes of the file named by the NUL-terminated `path`.
-fn read_file(path: &[u8], buf: &mut [u8]) -> Option<usize> {
-    crate::os::keep_errno(|| {
-        // SAFETY: `path` is NUL-terminated (callers pass a literal with `\0` or `c_str`).
-        let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        let mut len = 0;
-        while len < buf.len() {
-            // SAFETY: the rest of `buf` is writable.
-            let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
-            if n <= 0 {
-                break;
-            }
-            len += n as usize;
-        }
-        // SAFETY: our descriptor.
-        unsafe { libc::close(fd) };
-        Some(len)
-    })
 }
 
 #[cfg(test)]

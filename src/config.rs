@@ -76,6 +76,11 @@ pub struct TierSpec {
     pub persist: Option<bool>,
     /// `format`: overwrite whatever the region holds (foreign bytes included).
     pub format: bool,
+    /// `pool`: the tier's capacity comes from the shared pool (`TIERMALLOC_POOL`) as a share
+    /// of `share=` bytes, in extents of `extent=` bytes (`pool::share`), not from a file.
+    pub pool: bool,
+    pub share: Option<u64>,
+    pub extent: Option<u64>,
 }
 
 impl TierSpec {
@@ -96,6 +101,9 @@ impl TierSpec {
             keep: false,
             persist: None,
             format: false,
+            pool: false,
+            share: None,
+            extent: None,
         }
     }
 
@@ -294,6 +302,11 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
             (b"persist", None) => spec.persist = Some(true),
             (b"fresh", None) => spec.persist = Some(false),
             (b"format", None) => spec.format = true,
+            (b"pool", None) => spec.pool = true,
+            (b"share", Some(v)) => spec.share = Some(parse_size(v).ok_or("bad share= value")?),
+            (b"extent", Some(v)) => {
+                spec.extent = Some(parse_size(v).ok_or("bad extent= value")?)
+            }
             (b"path", Some(v)) if !v.is_empty() => {
                 spec.per_process = v.windows(2).any(|w| w == b"%p");
                 spec.path_len = expand_path(v, &mut spec.path)
@@ -318,7 +331,7 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
             (b"fit", Some(b"worst")) => spec.fit = Fit::Worst,
             (b"fit", _) => return Err("fit= must be best or worst"),
             _ => return Err(
-                "unknown key (expected path, size, offset, create, keep, numa, limit, fit, spare, persist, fresh, format)",
+                "unknown key (expected path, size, offset, create, keep, numa, limit, fit, spare, persist, fresh, format, pool, share, extent)",
             ),
         }
     }
@@ -327,8 +340,9 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
 }
 
 /// The keys of a tier entry, in the order of `parse_tier`'s bit set of keys seen.
-const KEYS: [&[u8]; 9] = [
+const KEYS: [&[u8]; 12] = [
     b"path", b"size", b"offset", b"create", b"numa", b"limit", b"fit", b"keep", b"spare",
+    b"pool", b"share", b"extent",
 ];
 
 /// The most bytes a tier can span: the user address space.
@@ -336,6 +350,18 @@ const MAX_TIER_BYTES: u64 = 1 << 47;
 
 /// Combinations of keys that no tier can honour.
 fn check_tier(spec: &TierSpec) -> Result<(), &'static str> {
+    if spec.pool != spec.share.is_some() {
+        return Err("pool and share=SIZE go together (a tier from the shared pool takes a share of it)");
+    }
+    if spec.pool && (spec.kind == Kind::Dram || spec.path_len > 0 || spec.numa.is_some()) {
+        return Err("pool is for a device kind (cxl, cmb, pmr), without path= or numa=");
+    }
+    if spec.extent.is_some() && !spec.pool {
+        return Err("extent= is a key of pool tiers");
+    }
+    if spec.extent.is_some_and(|e| !e.is_power_of_two() || !(64 << 10..=1 << 30).contains(&e)) {
+        return Err("extent= must be a power of two from 64K to 1G");
+    }
     if spec.numa.is_some() && spec.path_len > 0 {
         return Err("numa= and path= exclude each other (numa= maps memory of that node, path= a file)");
     }

@@ -11,14 +11,23 @@
 use crate::os;
 use crate::pagemap;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// The device layer's `DevicePath` (a tier's device now, which a move changes), as a
+/// function address; 0 until `install`.
+static DEVICE_PATH: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes the path of the file or device behind tier `kind` now into the buffer and returns
+/// its length, or 0 if unknown. Must be async-signal-safe.
+pub type DevicePath = fn(crate::kind::Kind, &mut [u8]) -> usize;
 /// The disposition found when ours was installed; written once, before ours can run.
 static mut PREVIOUS: core::mem::MaybeUninit<libc::sigaction> = core::mem::MaybeUninit::zeroed();
 
-/// Installs the handler (once; called when a device tier has been opened).
-pub fn install() {
+/// Installs the handler (once; called when a device tier has been opened). `device_path`
+/// names a tier's device now, for the line.
+pub fn install(device_path: DevicePath) {
+    DEVICE_PATH.store(device_path as usize, Ordering::Release);
     if INSTALLED.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -42,13 +51,28 @@ extern "C" fn on_sigbus(sig: i32, info: *mut libc::siginfo_t, context: *mut libc
     let addr = unsafe { (*info).si_addr() } as usize;
     // The chunk holding `addr` is the owner chunk of `addr + 1`.
     if let pagemap::Owner::Device(kind) = pagemap::owner_of(addr.wrapping_add(1)) {
-        let path = crate::config::get()
-            .tiers()
-            .iter()
-            .find(|t| t.kind == kind)
-            .and_then(|t| t.path())
-            .and_then(|p| core::str::from_utf8(p).ok())
-            .unwrap_or("?");
+        // The device behind the tier now (after a move, not the configured path), else the
+        // configured path.
+        let mut now = [0u8; 256];
+        let f = DEVICE_PATH.load(Ordering::Acquire);
+        let now_len = if f == 0 {
+            0
+        } else {
+            // SAFETY: `DEVICE_PATH` only ever holds a `DevicePath` (`install`).
+            let f: DevicePath = unsafe { core::mem::transmute(f) };
+            f(kind, &mut now)
+        };
+        let path = if now_len > 0 {
+            core::str::from_utf8(&now[..now_len]).ok()
+        } else {
+            crate::config::get()
+                .tiers()
+                .iter()
+                .find(|t| t.kind == kind)
+                .and_then(|t| t.path())
+                .and_then(|p| core::str::from_utf8(p).ok())
+        }
+        .unwrap_or("?");
         // Async-signal-safe: formatting into a stack buffer and one write(2).
         let mut line = os::LineBuf::new();
         let _ = writeln!(
@@ -125,7 +149,7 @@ mod tests {
                 libc::sigemptyset(&mut action.sa_mask);
                 libc::sigaction(libc::SIGBUS, &action, core::ptr::null_mut());
                 INSTALLED.store(false, Ordering::Relaxed);
-                install();
+                install(|_, _| 0);
                 libc::ftruncate(fd, 0);
                 core::ptr::write_volatile(map.cast::<u8>(), 1);
                 libc::_exit(0);

@@ -67,8 +67,10 @@
 //! | `TIERMALLOC_PROFILE` | a workload profile's name: record this run's DRAM peak, reserve it in the next run of the same name |
 //! | `TIERMALLOC_PROFILE_MAX` | SIZE: the most a profile may reserve |
 //! | `TIERMALLOC_PROFILE_DIR` | where profiles are recorded (default under `$XDG_STATE_HOME/tiermalloc/profiles`) |
+//! | `TIERMALLOC_PROFILE_HUGE` | boolean: reserve on transparent huge pages (fewer faults; building them may be slow) |
 //! | `TIERMALLOC_SECURE` | boolean: hardening that costs more (pages hand out their blocks in a random order) |
 //! | `TIERMALLOC_EVACUATE_CHUNK` | SIZE: the bytes [`evacuate`] (`tm_evacuate`) moves per step (default `256K`) |
+//! | `TIERMALLOC_EVACUATE_RT` | boolean, on unless set off: each chunk's hold of [`evacuate`] runs at real-time priority where allowed (`SCHED_FIFO` 1, then the thread's own policy again) |
 //! | `TIERMALLOC_LIB` | (the command) the library `tiermalloc run` preloads |
 //!
 //! Booleans take `1 yes true on` or `0 no false off`, in any case; any other value is
@@ -126,7 +128,7 @@
 //! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`, `evacuate/`) |
 //! | shared pool | `pool` (named spaces on a device shared by processes and hosts; its C functions in `front::capi_pool`) |
 //! | workload profiles | `profile` (seed 003: DRAM reserved from a workload's recorded peak; a memory source of the DRAM tier) |
-//! | foundations | `pagemap`, `backend` (with `file_space`, `problem`; `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `cgroup`, `live`, `textbuf`, `sync`, `lockfree` |
+//! | foundations | `pagemap`, `backend` (with `file_space`, `problem`; `device_sigbus`), `meta`, `thread_slot`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `cgroup`, `live`, `liveness`, `textbuf`, `sync`, `lockfree` |
 //!
 //! Room is left by name for `device/persist` (persistent tiers) and `pool/` (a device shared
 //! by processes: named spaces, lending).
@@ -163,6 +165,7 @@ not_under_loom! {
     mod front;
     mod kind;
     mod live;
+    mod liveness;
     mod meta;
     mod misuse;
     mod os;

@@ -299,6 +299,30 @@ impl core::fmt::Write for LineBuf {
     }
 }
 
+/// Reads up to `buf.len()` bytes of the file named by the NUL-terminated `path`, without
+/// allocating (`cgroup`, `liveness`): the count read, `None` if it cannot be opened.
+pub fn read_file(path: &[u8], buf: &mut [u8]) -> Option<usize> {
+    keep_errno(|| {
+        // SAFETY: `path` is NUL-terminated (callers pass a literal with `\0` or `c_str`).
+        let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        let mut len = 0;
+        while len < buf.len() {
+            // SAFETY: the rest of `buf` is writable.
+            let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+            if n <= 0 {
+                break;
+            }
+            len += n as usize;
+        }
+        // SAFETY: our descriptor.
+        unsafe { libc::close(fd) };
+        Some(len)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

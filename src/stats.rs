@@ -71,6 +71,10 @@ pub struct TierStats {
     pub reserve_used: u64,
     /// Bytes mapped beyond the reserve while a profile is active: what the estimate missed.
     pub reserve_miss: u64,
+    /// A tier from the shared pool (`cxl:pool,share=`): bytes of this process's share that
+    /// other processes have borrowed, and bytes of other processes' shares it has borrowed.
+    pub lent: u64,
+    pub borrowed: u64,
 }
 
 /// What every tier counts of its own (`tier::Tier::counters`): requests it could not serve, and

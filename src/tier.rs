@@ -200,6 +200,11 @@ pub fn open(spec: &TierSpec) -> bool {
             DRAM.set_limit(limit);
         }
         true
+    } else if spec.pool {
+        // Capacity from the shared pool's shares (`pool::share`), not from a file.
+        crate::pool::share::open_tier(spec)
+            .map_err(|problem| device::report_tier(spec.kind, Some(b"pool"), problem))
+            .is_ok()
     } else {
         device::open(spec)
     }
@@ -227,19 +232,20 @@ fn of(owner: Owner) -> Option<TierRef> {
 /// `p` must be null, foreign, or a live block of ours not used after this.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    let owner = pagemap::owner_of(p as usize);
-    if owner == Owner::Segment {
+    // The tag is compared in memory and read again off the fast path (one instruction less).
+    if pagemap::tag_of_block(p as usize) == pagemap::ChunkTag::Segment {
         // SAFETY: a segment owns `p`.
         unsafe { dram::fast::free(p) }
     } else {
         // SAFETY: forwarded.
-        unsafe { free_other(p, owner) }
+        unsafe { free_other(p) }
     }
 }
 
 #[cold]
 #[inline(never)]
-unsafe fn free_other(p: *mut u8, owner: Owner) {
+unsafe fn free_other(p: *mut u8) {
+    let owner = pagemap::owner_of(p as usize);
     match of(owner) {
         // SAFETY: forwarded.
         Some(tier) => unsafe { tier.free(p, owner) },

@@ -264,6 +264,8 @@ c_tests! {
     tier_files,
     secure_mode,
     pool_spaces,
+    traffic_counts,
+    double_free_race,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

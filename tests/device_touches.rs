@@ -92,9 +92,51 @@ fn within(t: &Touches, pattern: &str, bytes: u64, stores: u64) {
     );
 }
 
+/// A tier from the shared pool (`cxl:pool,share=`) holds to the same bounds: its lend table
+/// (the first page of the range measured) is touched only when an extent is received or given
+/// back, which a pair never makes it do (the tier keeps one empty extent of its own).
+#[test]
+fn a_pool_tier_reads_nothing_either() {
+    let pool = format!("/dev/shm/tiermalloc-touches-pool-{}", std::process::id());
+    let env = [
+        ("TIERMALLOC_POOL", format!("path={pool},size=16M,create")),
+        (
+            "TIERMALLOC_TIERS",
+            "dram;cxl:pool,share=4M,size=8208K".to_owned(),
+        ),
+    ];
+    let steady = measure_on("pool steady", "1", "1", &env);
+    within(&steady, "pool steady", 32, 2);
+    within(
+        &measure_on("pool extents", "2", "1", &env),
+        "pool extents",
+        32,
+        3,
+    );
+    within(
+        &measure_on("pool churn", "0", "1", &env),
+        "pool churn",
+        48,
+        5,
+    );
+    let _ = std::fs::remove_file(&pool);
+}
+
 /// Runs touches.c under lackey (`keep`: its pattern, see touches.c) and counts the device
 /// accesses of its loop; asserts that nothing was read.
 fn measure(name: &str, keep: &str) -> Touches {
+    let backing = format!("/dev/shm/tiermalloc-touches-{}", std::process::id());
+    let env = [(
+        "TIERMALLOC_TIERS",
+        format!("dram;pmr:path={backing},size=16M,create"),
+    )];
+    let t = measure_on(name, keep, "3", &env);
+    let _ = std::fs::remove_file(&backing);
+    t
+}
+
+/// `measure` on tier `kind` (its number) configured by `env`.
+fn measure_on(name: &str, keep: &str, kind: &str, env: &[(&str, String)]) -> Touches {
     let valgrind = Command::new("valgrind").arg("--version").output();
     assert!(
         valgrind.is_ok_and(|o| o.status.success()),
@@ -117,7 +159,6 @@ fn measure(name: &str, keep: &str) -> Touches {
         .status()
         .expect("cc runs");
     assert!(status.success(), "compiling touches.c failed");
-    let backing = format!("/dev/shm/tiermalloc-touches-{}", std::process::id());
     let log = dir.path().join("lackey.log");
     let mut cmd = Command::new("valgrind");
     // cargo test's LD_LIBRARY_PATH lists <profile>/ too, where an older `cargo build` may
@@ -126,13 +167,9 @@ fn measure(name: &str, keep: &str) -> Touches {
         .args(["--tool=lackey", "--trace-mem=yes"])
         .arg(format!("--log-file={}", log.display()))
         .arg(&exe)
-        .args(["3", &PAIRS.to_string(), keep])
-        .env(
-            "TIERMALLOC_TIERS",
-            format!("dram;pmr:path={backing},size=16M,create"),
-        );
+        .args([kind, &PAIRS.to_string(), keep])
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let out = support::run_with_timeout(cmd, None, Duration::from_secs(300)).unwrap();
-    let _ = std::fs::remove_file(&backing);
     assert!(
         out.status.success(),
         "touches failed: {}",

@@ -7,16 +7,15 @@
 
 mod support;
 
+use allocator_api2::alloc::{Allocator, Layout};
 use std::ffi::CString;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tiermalloc::capi::{tm_free, tm_kind_of, tm_malloc, tm_usable_size, KindArg};
-use tiermalloc::capi_evacuate::tm_evacuate;
-use tiermalloc::Kind;
+use tiermalloc::{Evacuation, Kind, Tier};
 
 const CHILD: &str = "TIERMALLOC_EVACUATE_CHILD";
-const CXL: KindArg = KindArg(1);
+const CXL: Kind = Kind::Cxl;
 
 /// A file in /dev/shm of this test's own (named by the parent's pid and the test).
 fn shm(name: &str) -> String {
@@ -28,6 +27,18 @@ fn shm(name: &str) -> String {
 /// of the test's files in /dev/shm, as `shm` makes them), then removes every file the child
 /// may have made.
 fn in_child(test: &str, tiers: &str) {
+    let out = child_run(test, tiers);
+    assert!(
+        out.status.success(),
+        "the child run of {test} failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `test` in a child as `in_child` does, and returns how it ended.
+fn child_run(test: &str, tiers: &str) -> support::Output {
     let tag = format!("{}-{}", std::process::id(), test);
     let prefix = format!("tiermalloc-evac-{tag}-");
     let tiers = tiers.replace("{shm}", &format!("/dev/shm/{prefix}"));
@@ -42,14 +53,7 @@ fn in_child(test: &str, tiers: &str) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    let out = out.unwrap_or_else(|e| panic!("the child run of {test}: {e}"));
-    assert!(
-        out.status.success(),
-        "the child run of {test} failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    out.unwrap_or_else(|e| panic!("the child run of {test}: {e}"))
 }
 
 fn is_child() -> bool {
@@ -60,16 +64,42 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap()
 }
 
-fn evacuate(kind: KindArg, target: Option<&str>) -> Result<(), i32> {
+/// Moves tier `kind` onto `target` through the Rust API: what it did, or the errno
+/// `tm_evacuate` would set.
+fn evacuate_with_report(kind: Kind, target: Option<&str>) -> Result<Evacuation, i32> {
     let c = target.map(|t| CString::new(t).unwrap());
-    // SAFETY: NULL or a NUL-terminated string.
-    let rc = unsafe { tm_evacuate(kind, c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        assert_eq!(rc, -1);
-        Err(errno())
-    }
+    tiermalloc::evacuate(kind, c.as_deref()).map_err(|e| e.0)
+}
+
+fn evacuate(kind: Kind, target: Option<&str>) -> Result<(), i32> {
+    evacuate_with_report(kind, target).map(|_| ())
+}
+
+/// A block of `size` bytes on tier `kind` (16-aligned, as every device block is).
+fn alloc_on(kind: Kind, size: usize) -> usize {
+    let tier = Tier::new(kind).expect("the tier is configured");
+    let layout = Layout::from_size_align(size, 16).unwrap();
+    tier.allocate(layout)
+        .unwrap_or_else(|_| panic!("allocating {size} bytes on {kind:?} failed"))
+        .as_ptr() as *mut u8 as usize
+}
+
+/// Frees a block `alloc_on(kind, size)` returned.
+fn free_on(kind: Kind, p: usize, size: usize) {
+    let tier = Tier::new(kind).expect("the tier is configured");
+    // SAFETY: a live block of `tier` of `size` bytes, not used afterwards.
+    unsafe {
+        tier.deallocate(
+            std::ptr::NonNull::new(p as *mut u8).unwrap(),
+            Layout::from_size_align(size, 16).unwrap(),
+        )
+    };
+}
+
+/// The usable size of a live block, as the allocator reads it from the block's header.
+fn usable_size(p: usize) -> usize {
+    // SAFETY: a live block of ours (the library is this binary's malloc).
+    unsafe { libc::malloc_usable_size(p as *mut libc::c_void) }
 }
 
 /// The file mapped at address `addr` according to /proc/self/maps.
@@ -112,16 +142,14 @@ fn make_blocks(n: usize) -> Vec<Block> {
                 0 => 8192 + (seed % 60_000) as usize,
                 _ => 8 + (seed % 3000) as usize,
             };
-            let p = tm_malloc(CXL, size) as usize;
-            assert_ne!(p, 0, "tm_malloc({size}) failed");
+            let p = alloc_on(CXL, size);
             let fill = (i % 251) as u8 + 1;
             // SAFETY: a fresh block of `size` bytes.
             unsafe { std::ptr::write_bytes(p as *mut u8, fill, size) };
             Block {
                 p,
                 size,
-                // SAFETY: a live block.
-                usable: unsafe { tm_usable_size(p as *const _) },
+                usable: usable_size(p),
                 header: header_of(p),
                 fill,
             }
@@ -131,9 +159,8 @@ fn make_blocks(n: usize) -> Vec<Block> {
 
 fn check_blocks(blocks: &[Block], skip_counters: bool) {
     for b in blocks {
-        assert_eq!(tm_kind_of(b.p as *const _), Kind::Cxl as i32);
-        // SAFETY: a live block.
-        assert_eq!(unsafe { tm_usable_size(b.p as *const _) }, b.usable);
+        assert_eq!(tiermalloc::kind_of(b.p as *const u8), Some(Kind::Cxl));
+        assert_eq!(usable_size(b.p), b.usable);
         assert_eq!(header_of(b.p), b.header, "the header of {:#x} changed", b.p);
         let from = if skip_counters { 8 } else { 0 };
         // SAFETY: the block holds `size` bytes.
@@ -253,8 +280,7 @@ fn writers_keep_counting_while_the_tier_moves_twice() {
     );
     assert_eq!(stats_after.frees - stats_before.frees, churned);
     for b in blocks.iter() {
-        // SAFETY: live blocks, freed once.
-        unsafe { tm_free(b.p as *mut _) };
+        free_on(CXL, b.p, b.size);
     }
     assert_eq!(tiermalloc::stats(Kind::Cxl).unwrap().in_use, 0);
 }
@@ -283,8 +309,7 @@ fn churn_until(stop: &AtomicBool) -> u64 {
         } else {
             (n % 2000) as usize + 1
         };
-        let p = tm_malloc(CXL, size) as usize;
-        assert_ne!(p, 0);
+        let p = alloc_on(CXL, size);
         // SAFETY: a fresh block.
         unsafe { std::ptr::write_bytes(p as *mut u8, n as u8, size) };
         live.push((p, size, n as u8));
@@ -293,13 +318,11 @@ fn churn_until(stop: &AtomicBool) -> u64 {
             // SAFETY: a live block of `size` bytes.
             let b = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
             assert!(b.iter().all(|&x| x == fill), "a churned block changed");
-            // SAFETY: a live block, not used afterwards.
-            unsafe { tm_free(p as *mut _) };
+            free_on(CXL, p, size);
         }
     }
-    for (p, ..) in live {
-        // SAFETY: as above.
-        unsafe { tm_free(p as *mut _) };
+    for (p, size, _) in live {
+        free_on(CXL, p, size);
     }
     n
 }
@@ -320,8 +343,7 @@ fn reads_into_a_block_during_the_move_complete() {
     const STRIDE: usize = 64 << 10;
     const MESSAGE: usize = 4096;
     std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "64K");
-    let block = tm_malloc(CXL, SLOTS * STRIDE) as usize;
-    assert_ne!(block, 0);
+    let block = alloc_on(CXL, SLOTS * STRIDE);
     let mut fds = [0i32; 2];
     // SAFETY: a valid out-array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -422,8 +444,10 @@ fn fork_while_the_tier_moves() {
                     });
                     // The child's tier is its own: allocating and writing there, even over
                     // the parent's blocks, changes nothing in the parent.
-                    let p = tm_malloc(CXL, 1000) as *mut u8;
-                    let ok = intact && !p.is_null();
+                    let p = Tier::new(CXL)
+                        .unwrap()
+                        .allocate(Layout::from_size_align(1000, 16).unwrap());
+                    let ok = intact && p.is_ok();
                     for b in blocks.iter().step_by(7) {
                         // SAFETY: the child's copy of a block of `size` bytes.
                         unsafe { std::ptr::write_bytes(b.p as *mut u8, !b.fill, b.size) };
@@ -469,10 +493,10 @@ fn byte_k_of_the_region_is_byte_k_of_the_target() {
             "dram;pmr:path={shm}dev,size=8M,create",
         );
     }
-    let pmr = KindArg(3);
+    let pmr = Kind::Pmr;
     // Three adjacent blocks, freed: one free extent for the host heap, three headers of the
     // device's chain, all of which must reach the target.
-    let freed: Vec<usize> = (0..3).map(|_| tm_malloc(pmr, 10_000) as usize).collect();
+    let freed: Vec<usize> = (0..3).map(|_| alloc_on(pmr, 10_000)).collect();
     // (Cut one after another from the end of the free space, each lies right below the last.)
     assert!(
         freed
@@ -481,11 +505,10 @@ fn byte_k_of_the_region_is_byte_k_of_the_target() {
         "adjacent blocks"
     );
     let freed_headers: Vec<[u8; 16]> = freed.iter().map(|&p| header_of(p)).collect();
-    let a = tm_malloc(pmr, 100_000) as *mut u8;
-    let b = tm_malloc(pmr, 100) as *mut u8;
+    let a = alloc_on(pmr, 100_000) as *mut u8;
+    let b = alloc_on(pmr, 100) as *mut u8;
     for &p in &freed {
-        // SAFETY: live blocks, freed once.
-        unsafe { tm_free(p as *mut _) };
+        free_on(pmr, p, 10_000);
     }
     let freed_headers: Vec<[u8; 16]> = freed
         .iter()
@@ -562,18 +585,14 @@ fn bad_targets_are_refused_and_the_tier_stays() {
         Err(libc::EINVAL),
         "no spare= configured"
     );
+    // (An unknown kind number is the C interface's case: c-tests/evacuate.c.)
     assert_eq!(
-        evacuate(KindArg(0), Some(&shm("x"))),
+        evacuate(Kind::Dram, Some(&shm("x"))),
         Err(libc::EINVAL),
         "TM_DRAM"
     );
     assert_eq!(
-        evacuate(KindArg(9), Some(&shm("x"))),
-        Err(libc::EINVAL),
-        "no such kind"
-    );
-    assert_eq!(
-        evacuate(KindArg(3), Some(&shm("x"))),
+        evacuate(Kind::Pmr, Some(&shm("x"))),
         Err(libc::ENODEV),
         "pmr not configured"
     );
@@ -632,7 +651,7 @@ fn a_null_target_moves_the_tier_onto_its_spare() {
     check_blocks(&blocks, false);
     // Plain malloc still lands on the moved tier (listed first).
     let p = unsafe { libc::malloc(100) };
-    assert_eq!(tm_kind_of(p), Kind::Cxl as i32);
+    assert_eq!(tiermalloc::kind_of(p as *const u8), Some(Kind::Cxl));
 }
 
 /// A tier on a regular file of a disk file system cannot hold its writers during a move: it
@@ -848,4 +867,241 @@ fn a_second_move_during_a_move_is_busy() {
         }
     }
     assert!(caught, "never saw a move in progress");
+}
+
+/// Whether this process may make a thread real-time (root, CAP_SYS_NICE or RLIMIT_RTPRIO):
+/// tried on a scratch thread.
+fn may_be_real_time() -> bool {
+    std::thread::spawn(|| {
+        let fifo = libc::sched_param { sched_priority: 1 };
+        // SAFETY: the calling thread and a valid sched_param.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) == 0 }
+    })
+    .join()
+    .unwrap()
+}
+
+/// The calling thread's scheduling policy and nice value.
+fn scheduling() -> (i32, i32) {
+    // SAFETY: querying the calling thread.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    // SAFETY: the calling thread's nice value (PRIO_PROCESS with tid 0 is the caller).
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    (policy, nice)
+}
+
+/// Each hold runs at real-time priority where the process may have it, so that no ordinary
+/// thread preempts the evacuating thread while writers wait for it, and the thread gets back
+/// its own policy and nice value afterwards. `TIERMALLOC_EVACUATE_RT=0` turns it off.
+#[test]
+fn holds_run_at_real_time_priority_and_the_thread_gets_its_own_back() {
+    if !is_child() {
+        return in_child(
+            "holds_run_at_real_time_priority_and_the_thread_gets_its_own_back",
+            "dram;cxl:path={shm}dev,size=16M,create",
+        );
+    }
+    let blocks = make_blocks(500);
+    // SAFETY: the calling thread (tid 0) to nice 3.
+    assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 3) }, 0);
+    let before = scheduling();
+    assert_eq!(before, (libc::SCHED_OTHER, 3));
+    let report = evacuate_with_report(CXL, Some(&shm("first"))).unwrap();
+    assert_eq!(
+        scheduling(),
+        before,
+        "the thread's own policy and nice value came back"
+    );
+    if may_be_real_time() {
+        assert_eq!(report.raised_holds, report.chunks, "{report:?}");
+    } else {
+        eprintln!("not allowed real-time priority here: holds at the thread's own");
+        assert_eq!(report.raised_holds, 0);
+    }
+    std::env::set_var("TIERMALLOC_EVACUATE_RT", "0");
+    let report = evacuate_with_report(CXL, Some(&shm("second"))).unwrap();
+    assert_eq!(report.raised_holds, 0, "TIERMALLOC_EVACUATE_RT=0");
+    assert_eq!(scheduling(), before);
+    check_blocks(&blocks, false);
+}
+
+/// After a move, a SIGBUS from the tier (its file truncated under it) is reported naming the
+/// device behind the tier now, the target, not the path the tier was configured with.
+#[test]
+fn a_sigbus_after_a_move_names_the_target() {
+    if !is_child() {
+        let out = child_run(
+            "a_sigbus_after_a_move_names_the_target",
+            "dram;cxl:path={shm}dev,size=8M,create",
+        );
+        use std::os::unix::process::ExitStatusExt;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("SIGBUS at"))
+            .unwrap_or_else(|| panic!("no SIGBUS line in: {stderr}"));
+        assert!(
+            line.contains("in tier 'cxl' (/dev/shm/tiermalloc-evac-") && line.contains("-target):"),
+            "the line names the target: {line}"
+        );
+        return;
+    }
+    let blocks = make_blocks(50);
+    let target = shm("target");
+    assert_eq!(evacuate(CXL, Some(&target)), Ok(()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    // SAFETY: a live block, whose file is now empty: the store faults with SIGBUS.
+    unsafe { (blocks[0].p as *mut u8).write_volatile(1) };
+    unreachable!("the store into a truncated tier file did not fault");
+}
+
+/// Runs `test` in a child with `tiers` and `TIERMALLOC_EVACUATE_STEP=step`, files left alone
+/// (the caller names and removes them).
+fn step_run(test: &str, tiers: &str, step: &str) -> support::Output {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, step)
+        .env("TIERMALLOC_EVACUATE_STEP", step)
+        .env("TIERMALLOC_TIERS", tiers);
+    support::run_with_timeout(cmd, None, std::time::Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("the child run of {test} ({step}): {e}"))
+}
+
+fn step() -> String {
+    std::env::var("TIERMALLOC_EVACUATE_STEP").unwrap_or_default()
+}
+
+/// Checks that a child run succeeded, showing its output if not.
+fn succeeded(out: &support::Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// Opening a persistent tier whose device a move left behind: refused, not recovered.
+fn refused_child() {
+    assert!(
+        Tier::new(Kind::Pmr).is_err(),
+        "a heap the move record marks was recovered"
+    );
+}
+
+/// A persistent tier moved onto a target recovers from it; its old device, whose copy is
+/// stale from the move on, is refused when opened again (its superblock's move record), in
+/// one line, instead of recovering an old heap silently.
+#[test]
+fn after_a_move_the_target_recovers_and_the_old_device_is_refused() {
+    const TEST: &str = "after_a_move_the_target_recovers_and_the_old_device_is_refused";
+    let name = |f: &str| format!("/dev/shm/tiermalloc-evacrec-{}-{f}", std::process::id());
+    if !is_child() {
+        let (dev, target) = (name("dev"), name("target"));
+        let tiers = |path: &str| format!("dram;pmr:path={path},size=8M,create");
+        let out = step_run(TEST, &tiers(&dev), &format!("move:{target}"));
+        succeeded(&out, "the move");
+        let out = step_run(TEST, &tiers(&target), "recover");
+        succeeded(&out, "recovery from the target");
+        let out = step_run(TEST, &tiers(&dev), "refused");
+        let stderr = succeeded(&out, "opening the old device");
+        let _ = (std::fs::remove_file(&dev), std::fs::remove_file(&target));
+        assert_eq!(
+            stderr
+                .lines()
+                .filter(|l| l.contains("moved onto another device by tm_evacuate"))
+                .count(),
+            1,
+            "one line says why: {stderr}"
+        );
+        return;
+    }
+    let step = step();
+    if let Some(target) = step.strip_prefix("move:") {
+        let p = alloc_on(Kind::Pmr, 1000);
+        // SAFETY: a fresh block of 1000 bytes.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0x77, 1000) };
+        assert_eq!(evacuate(Kind::Pmr, Some(target)), Ok(()));
+    } else if step == "recover" {
+        let stats = tiermalloc::stats(Kind::Pmr).expect("the target recovers");
+        assert!(stats.in_use >= 1000, "the block came along: {stats:?}");
+    } else {
+        refused_child();
+    }
+}
+
+/// A process killed in the middle of a move leaves the heap split across both devices: opened
+/// again, neither recovers half a heap; each is refused in one line.
+#[test]
+fn a_move_cut_short_leaves_both_devices_refused() {
+    const TEST: &str = "a_move_cut_short_leaves_both_devices_refused";
+    let name = |f: &str| format!("/dev/shm/tiermalloc-evaccut-{}-{f}", std::process::id());
+    if !is_child() {
+        let (dev, target) = (name("dev"), name("target"));
+        let tiers = |path: &str| format!("dram;pmr:path={path},size=32M,create");
+        let out = step_run(TEST, &tiers(&dev), &format!("cut:{target}"));
+        succeeded(&out, "the move cut short");
+        let from_target = step_run(TEST, &tiers(&target), "refused");
+        let from_source = step_run(TEST, &tiers(&dev), "refused");
+        let _ = (std::fs::remove_file(&dev), std::fs::remove_file(&target));
+        let stderr = succeeded(&from_target, "opening the target");
+        assert!(
+            stderr.contains("is the target of a live move (tm_evacuate) that did not finish"),
+            "{stderr}"
+        );
+        let stderr = succeeded(&from_source, "opening the source");
+        assert!(
+            stderr.contains("moved onto another device by tm_evacuate"),
+            "{stderr}"
+        );
+        return;
+    }
+    let step = step();
+    let Some(target) = step.strip_prefix("cut:") else {
+        return refused_child();
+    };
+    std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "4K");
+    let blocks: Vec<usize> = (0..2000).map(|_| alloc_on(Kind::Pmr, 4000)).collect();
+    // The region's first and last page: chunks move in address order, so the whole move lies
+    // between the first one landing on the target and the last one.
+    let block = blocks[0];
+    let (first, last) = mapping_of(block);
+    let target = target.to_string();
+    let mover = {
+        let target = target.clone();
+        std::thread::spawn(move || evacuate(Kind::Pmr, Some(&target)))
+    };
+    while !mover.is_finished() {
+        if mapped_file(first).as_deref() == Some(target.as_str())
+            && mapped_file(last).as_deref() != Some(target.as_str())
+        {
+            // Killed mid-move: every thread stops here, no exit handler runs.
+            // SAFETY: leaving at once.
+            unsafe { libc::_exit(0) };
+        }
+    }
+    panic!("never saw the move in progress");
+}
+
+/// The first and last byte of the mapping that holds `addr` (/proc/self/maps).
+fn mapping_of(addr: usize) -> (usize, usize) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .find_map(|line| {
+            let (lo, hi) = line.split_whitespace().next()?.split_once('-')?;
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).ok()?,
+                usize::from_str_radix(hi, 16).ok()?,
+            );
+            (lo <= addr && addr < hi).then_some((lo, hi - 1))
+        })
+        .expect("the address is mapped")
 }

@@ -43,6 +43,16 @@ impl PoolFile {
 impl Drop for PoolFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        // check_flush's per-host shadows (`PATH.lines-HOST`).
+        let (dir, name) = self.path.rsplit_once('/').unwrap();
+        for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if f.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}.lines-"))
+            {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
     }
 }
 
@@ -176,6 +186,39 @@ fn child() {
             die_in_operation(&pool(), &arg("TM_POOL_OP"), &role, &arg("TM_POOL_STEP"))
         }
         "c-api" => c_api_child(),
+        "fill-directory" => {
+            let pool = pool();
+            let made = (0..)
+                .map(|i| pool.create_space(&format!("s{i}"), PAGE))
+                .take_while(Result::is_ok)
+                .map(std::mem::forget)
+                .count();
+            println!("made {made}");
+        }
+        "read-touch-hold" => {
+            // Opens `data` READ, reads every page, and waits to be killed.
+            let pool = pool();
+            let map = pool
+                .open_space(&arg("TM_POOL_NAME"), MapMode::Read)
+                .unwrap();
+            let sum: u64 = map.as_slice().iter().step_by(PAGE).map(|&b| b as u64).sum();
+            println!("holding {sum}");
+            let mut s = String::new();
+            let _ = std::io::stdin().read_line(&mut s);
+            std::process::exit(0);
+        }
+        "open-expect" => {
+            // Opens TM_POOL_NAME READ: prints "opened" and checks the bytes, or prints the error.
+            let pool = pool();
+            match pool.open_space(&arg("TM_POOL_NAME"), MapMode::Read) {
+                Ok(map) => {
+                    let want = pattern(arg("TM_POOL_SEED").parse().unwrap(), map.len());
+                    assert_eq!(map.as_slice(), &want[..]);
+                    println!("opened");
+                }
+                Err(e) => println!("error {}", e.raw_os_error().unwrap_or(0)),
+            }
+        }
         "check-flush" => {
             let pool = pool();
             let mut space = pool.create_space("flushed", 16 * PAGE).unwrap();
@@ -427,6 +470,29 @@ fn errors_are_eexist_enametoolong_enoent_enospc() {
     assert_eq!(errno(pool.create_space("big", 8 << 20)), Some(libc::ENOSPC));
     assert_eq!(errno(pool.create_space("", PAGE)), Some(libc::EINVAL));
     assert_consistent(&pool);
+}
+
+#[test]
+fn a_full_table_is_named_in_one_line_with_the_pool() {
+    let file = PoolFile::new("fulltable", "8M", "");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("TM_POOL_CHILD", "fill-directory")
+        .env("TM_POOL_SPEC", file.spec())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("made 256"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "tiermalloc: pool '{}': its directory of spaces is full (256 entries); ENOSPC",
+            file.path
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -715,7 +781,9 @@ fn sigkill_at_every_step_of_every_operation_leaves_the_pool_consistent() {
 
 #[test]
 fn sigkill_at_random_times_during_churn_leaves_the_pool_consistent() {
-    let file = PoolFile::new("randomkill", "64M", "");
+    // check_flush: every reuse of a killed process's bytes is checked against the shadow of
+    // what this host may still cache (its lines must have been invalidated by the sweep).
+    let file = PoolFile::new("randomkill", "64M", "check_flush");
     let pool = file.open();
     let _common = publish_data(&pool, "common", &pattern(99, 16 * PAGE));
     let mut seed = 0x1234_5678u64;
@@ -755,6 +823,69 @@ fn check_flush_catches_a_space_not_written_back_before_publish() {
         pool.open_space("short", MapMode::Read).is_err(),
         "never published"
     );
+}
+
+/// A node of "host" 0xA (a child claiming `host=`) reads every page of space `old` and is
+/// killed; this process, another host, finds it dead when its lease runs out, deletes `old`
+/// and makes `new` on the same bytes. A process of host 0xA then opens `new`: it must have
+/// invalidated what the dead node may have left in its caches first (the debt the sweep left
+/// for host 0xA). With the debt forgotten on purpose, the check_flush shadow refuses the open.
+fn dead_remote_reader_then_reuse(forget_debts: bool) -> String {
+    let file = PoolFile::new(
+        if forget_debts {
+            "debt-forgotten"
+        } else {
+            "debt"
+        },
+        "8M",
+        "check_flush,lease=300ms",
+    );
+    let pool = file.open();
+    let old = publish_data(&pool, "old", &pattern(40, 8 * PAGE));
+    let a_spec = format!("{},host=10", file.spec());
+    let mut reader = spawn(
+        "read-touch-hold",
+        &a_spec,
+        &[("TM_POOL_NAME", "old".into())],
+    );
+    wait_for_line(&mut reader, "holding");
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(reader.id() as i32, libc::SIGKILL) };
+    wait(reader);
+    std::thread::sleep(Duration::from_millis(700));
+    testing::forget_debts(forget_debts);
+    drop(old);
+    assert_eq!(
+        pool.collect_spaces(Duration::ZERO).unwrap(),
+        1,
+        "old is deleted"
+    );
+    testing::forget_debts(false);
+    assert_consistent(&pool);
+    let new = publish_data(&pool, "new", &pattern(41, 8 * PAGE));
+    let (status, out) = run_child(
+        "open-expect",
+        &a_spec,
+        &[
+            ("TM_POOL_NAME", "new".into()),
+            ("TM_POOL_SEED", "41".into()),
+        ],
+    );
+    assert!(status.success(), "{status:?} {out}");
+    drop(new);
+    out
+}
+
+#[test]
+fn a_dead_remote_readers_lines_are_invalidated_by_its_host_before_the_bytes_are_read_again() {
+    let out = dead_remote_reader_then_reuse(false);
+    assert!(out.contains("opened"), "{out}");
+}
+
+#[test]
+fn check_flush_catches_a_host_reading_bytes_its_dead_node_left_in_its_caches() {
+    let out = dead_remote_reader_then_reuse(true);
+    assert!(out.contains(&format!("error {}", libc::EIO)), "{out}");
 }
 
 #[test]

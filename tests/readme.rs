@@ -88,7 +88,7 @@ fn c_and_cpp_examples_compile_and_run() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let c = blocks(&readme, "c");
     let cpp = blocks(&readme, "cpp");
-    assert_eq!((c.len(), cpp.len()), (4, 1), "the examples this test knows");
+    assert_eq!((c.len(), cpp.len()), (5, 1), "the examples this test knows");
     let dir = TempDir::new("readme", "examples").kept_on_panic();
 
     // DRAM: a whole program that needs no configuration.
@@ -157,6 +157,43 @@ fn c_and_cpp_examples_compile_and_run() {
     let out = run(&pool, &[]);
     let _ = std::fs::remove_file("/dev/shm/example-pool");
     assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Shares of the pool: the README's exports (its pool file renamed), a lender and the
+    // borrower it runs.
+    assert!(c[4].contains("tm_pool_nodes"));
+    let lend = build(dir.path(), "lend", &c[4], false);
+    let export = |var: &str| {
+        readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter(|l| l.starts_with(var))
+            .find(|l| l.contains("cxl:pool") || l.contains("example-shares"))
+            .and_then(|l| l.split('"').nth(1))
+            .unwrap_or_else(|| panic!("README exports {var} for the shares example"))
+            .to_owned()
+    };
+    let pool_file = format!("/dev/shm/tiermalloc-readme-shares-{}", std::process::id());
+    let out = run(
+        &lend,
+        &[
+            (
+                "TIERMALLOC_POOL",
+                export("TIERMALLOC_POOL").replace("/dev/shm/example-shares", &pool_file),
+            ),
+            ("TIERMALLOC_TIERS", export("TIERMALLOC_TIERS")),
+        ],
+    );
+    let _ = std::fs::remove_file(&pool_file);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "borrower: 7 blocks, borrowed 3145728 bytes, then ENOMEM\nlender: 1 node(s) live, lent 0 bytes\n"
+    );
 
     // C++: the memory resource.
     let pmr = build(dir.path(), "resource", &cpp[0], true);

@@ -2,20 +2,23 @@
  *
  * usage: evacuate TARGET LIVE_MB WRITERS [SECONDS_BEFORE]
  *        (TIERMALLOC_TIERS must list cxl on a shmem file larger than LIVE_MB; TARGET is a new
- *        file in /dev/shm; TIERMALLOC_EVACUATE_CHUNK sets the chunk, 1M by default)
+ *        file in /dev/shm; TIERMALLOC_EVACUATE_CHUNK sets the chunk, 256K by default;
+ *        TIERMALLOC_EVACUATE_RT=0 leaves the holds at the thread's own priority)
  *
  * 1. Fills the tier with LIVE_MB MiB of live blocks (95% of the bytes in 256 KiB blocks, the
  *    rest in 64..4000-byte slab blocks), every byte written.
  * 2. memcpy baseline: copies the same live bytes, block by block, into a fresh mapping of
  *    another /dev/shm file at the same offsets (the evacuation's copy pays the same first-touch
- *    faults on its target), and times every 1 MiB piece: "one chunk copy".
+ *    faults on its target), and times every 1 MiB piece; then times one chunk's memcpy into
+ *    present pages, 200 times: "one chunk copy".
  * 3. WRITERS threads store 8 bytes at a random place of a random block, timing every store
  *    (clock_gettime around it), for SECONDS_BEFORE (default 1) without a move, then during
  *    tm_evacuate(TM_CXL, TARGET).
  * Prints the evacuation's and memcpy's throughput and their ratio, in wall time and in the
  * copying thread's CPU time (steadier on a shared machine), the chunk copy time, the
- * writers' store latency (p99, p99.9, p99.99, max) before and during the move, and their
- * stores per second before and during it.
+ * writers' store latency (p99, p99.9, p99.99, max) before and during the move, their stores
+ * per second before and during it, and the stall of the stores during which the writer slept
+ * (held by the move, not preempted: its voluntary context switches, RUSAGE_THREAD).
  */
 #define _GNU_SOURCE 1
 #include <errno.h>
@@ -26,6 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 #include "tiermalloc.h"
@@ -87,13 +92,29 @@ struct writer {
     pthread_t thread;
     unsigned long seed;
     struct hist hist[2];
+    /* Stores during which the thread slept (a voluntary context switch): held by the move
+     * (a write-protected chunk, or the mm lock of a remap), not preempted. */
+    struct hist held[2];
+    /* The control: how late this writer runs again after a 20 us nanosleep (timer slack 1 ns),
+     * every 65536th store before the move: the scheduler's wake-up delay on this machine now,
+     * which a writer released from a held chunk pays too. */
+    struct hist wake;
     uint64_t stores[2];
 };
+
+static long voluntary_switches(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_THREAD, &u);
+    return u.ru_nvcsw;
+}
 
 static void *writer(void *arg)
 {
     struct writer *w = arg;
     unsigned long x = w->seed;
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    long slept = voluntary_switches();
     int p;
     while ((p = __atomic_load_n(&phase, __ATOMIC_RELAXED)) != DONE) {
         x ^= x << 13;
@@ -109,6 +130,27 @@ static void *writer(void *arg)
         h->n++;
         if (dt > h->max) h->max = dt;
         w->stores[p]++;
+        if (p == BEFORE && (w->stores[p] & 0xffff) == 0) {
+            struct timespec nap = {0, 20000};
+            uint64_t s0 = now_ns();
+            nanosleep(&nap, NULL);
+            uint64_t late = now_ns() - s0 - 20000;
+            w->wake.count[bucket_of(late)]++;
+            w->wake.n++;
+            if (late > w->wake.max) w->wake.max = late;
+            slept = voluntary_switches();
+            continue;
+        }
+        if (dt > 2000) {
+            long now = voluntary_switches();
+            if (now != slept) {
+                struct hist *held = &w->held[p];
+                held->count[bucket_of(dt)]++;
+                held->n++;
+                if (dt > held->max) held->max = dt;
+                slept = now;
+            }
+        }
     }
     return NULL;
 }
@@ -132,10 +174,36 @@ static void print_hist(const char *what, struct writer *ws, int n, int p, double
            (unsigned long long)percentile(&all, 0.999),
            (unsigned long long)percentile(&all, 0.9999), (double)all.max / 1e3,
            (unsigned long long)over10);
+    if (p == BEFORE) {
+        struct hist wake;
+        memset(&wake, 0, sizeof wake);
+        for (int t = 0; t < n; t++) {
+            for (int b = 0; b < BUCKETS; b++) wake.count[b] += ws[t].wake.count[b];
+            wake.n += ws[t].wake.n;
+            if (ws[t].wake.max > wake.max) wake.max = ws[t].wake.max;
+        }
+        printf("%-7s wake-up delay after a 20 us nanosleep (%llu): p50 %.1f us, p90 %.1f us, "
+               "p99 %.1f us, max %.1f us\n",
+               what, (unsigned long long)wake.n, (double)percentile(&wake, 0.5) / 1e3,
+               (double)percentile(&wake, 0.9) / 1e3, (double)percentile(&wake, 0.99) / 1e3,
+               (double)wake.max / 1e3);
+    }
+    struct hist held;
+    memset(&held, 0, sizeof held);
+    for (int t = 0; t < n; t++) {
+        for (int b = 0; b < BUCKETS; b++) held.count[b] += ws[t].held[p].count[b];
+        held.n += ws[t].held[p].n;
+        if (ws[t].held[p].max > held.max) held.max = ws[t].held[p].max;
+    }
+    printf("%-7s held stores (the writer slept): %llu; stall p50 %.1f us, p90 %.1f us, p99 %.1f us, "
+           "max %.1f us\n",
+           what, (unsigned long long)held.n, (double)percentile(&held, 0.5) / 1e3,
+           (double)percentile(&held, 0.9) / 1e3, (double)percentile(&held, 0.99) / 1e3,
+           (double)held.max / 1e3);
 }
 
-/* The tier's region: the mapping that holds `p`, and its file offset. */
-static uintptr_t region_base(const void *p)
+/* The tier's region: the mapping that holds `p`, and its file offset; its end in *end. */
+static uintptr_t region_base(const void *p, uintptr_t *end)
 {
     FILE *f = fopen("/proc/self/maps", "r");
     char line[512];
@@ -143,8 +211,10 @@ static uintptr_t region_base(const void *p)
     uintptr_t base = 0;
     while (f && fgets(line, sizeof line, f))
         if (sscanf(line, "%lx-%lx %*s %lx", &lo, &hi, &off) == 3 && (uintptr_t)p >= lo &&
-            (uintptr_t)p < hi)
+            (uintptr_t)p < hi) {
             base = lo - off;
+            *end = hi;
+        }
     if (f) fclose(f);
     return base;
 }
@@ -185,8 +255,10 @@ int main(int argc, char **argv)
         filled += size + 16;
     }
     tm_get_stats(TM_CXL, &s);
-    uintptr_t base = region_base(blocks[0]);
-    size_t region = (size_t)s.capacity;
+    uintptr_t region_end = 0;
+    uintptr_t base = region_base(blocks[0], &region_end);
+    /* The whole mapped region (the capacity leaves out a persistent tier's superblock). */
+    size_t region = (size_t)(region_end - base);
 
     /* memcpy baseline into a fresh shmem file, block by block at the same offsets. */
     char copy_path[256];
@@ -215,15 +287,26 @@ int main(int argc, char **argv)
         }
     }
     uint64_t memcpy_ns = now_ns() - t0, memcpy_cpu = cpu_ns() - c0;
-    /* One chunk's copy as the evacuation does it: 1 MiB into pages already present (the
-     * evacuation populates the target before it holds a chunk). Median of 200. */
+    /* One chunk's copy as the evacuation does it: CHUNK bytes (TIERMALLOC_EVACUATE_CHUNK,
+     * default 256K) into pages already present (the evacuation populates the target before it
+     * holds a chunk). Median and p99 of 200. */
+    size_t chunk = 256 << 10;
+    const char *chunk_env = getenv("TIERMALLOC_EVACUATE_CHUNK");
+    if (chunk_env) {
+        char *unit;
+        chunk = strtoul(chunk_env, &unit, 10);
+        chunk <<= *unit == 'K' ? 10 : *unit == 'M' ? 20 : 0;
+    }
     uint64_t chunk_ns[200];
-    size_t first_live = (size_t)((uintptr_t)blocks[0] - 16 - base);
+    uintptr_t lowest = (uintptr_t)blocks[0];
+    for (size_t i = 1; i < nblocks; i++)
+        if ((uintptr_t)blocks[i] < lowest) lowest = (uintptr_t)blocks[i];
+    size_t first_live = (size_t)(lowest - 16 - base) & ~(size_t)4095;
     for (int k = 0; k < 200; k++) {
-        size_t off = first_live + (size_t)(k % 64) * (1 << 20);
-        if (off + (1 << 20) > region) off = first_live;
+        size_t off = first_live + (size_t)(k % 64) * chunk;
+        if (off + chunk > region) off = region - chunk;
         uint64_t c = now_ns();
-        memcpy(copy + off, (unsigned char *)base + off, 1 << 20);
+        memcpy(copy + off, (unsigned char *)base + off, chunk);
         chunk_ns[k] = now_ns() - c;
     }
     for (int a = 1; a < 200; a++)
@@ -254,8 +337,9 @@ int main(int argc, char **argv)
         return 1;
     }
     double live_gb = (double)filled / 1e9;
-    printf("one 1 MiB chunk memcpy, pages present: median %.0f us, p90 %.0f us\n",
-           (double)chunk_ns[100] / 1e3, (double)chunk_ns[180] / 1e3);
+    printf("one %zu KiB chunk memcpy, pages present: median %.1f us, p90 %.1f us, p99 %.1f us\n",
+           chunk >> 10, (double)chunk_ns[100] / 1e3, (double)chunk_ns[180] / 1e3,
+           (double)chunk_ns[198] / 1e3);
     printf("live %zu MiB in %zu blocks, region %zu MiB, %d writers\n", filled >> 20, nblocks,
            region >> 20, nwriters);
     printf("memcpy   %.3f s, %.2f GB/s; one 1 MiB piece: mean %.0f us, max %.0f us\n",

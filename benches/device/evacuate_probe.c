@@ -8,6 +8,10 @@
  *   tm_evacuate uses), and whether a read(2) into a protected page waits instead of failing;
  * - uffd-wp async + PAGEMAP_SCAN (PM_SCAN_WP_MATCHING): dirty tracking for pre-copy rounds:
  *   write 3 pages, the scan must report exactly those 3, then 0;
+ * - whether that dirty tracking can hand a chunk over to a synchronous hold for a last pass:
+ *   (i) a write-protecting scan of a synchronously registered range, (ii) a synchronous
+ *   userfaultfd registered over the async one, (iii) the written-page marks after the async
+ *   one unregisters and a synchronous one takes the range (3 pages written);
  * - soft-dirty: clear_refs 4, write 3 pages, count pagemap bit 55 (the older dirty tracking);
  * - UFFDIO_MOVE of one page into a registered range (Linux 6.8);
  * - move_pages to node 0 (what a numa= tier would use; one node here).
@@ -165,6 +169,46 @@ static void probe(const char *kind, const char *dir)
         ok ? err : errno);
     close(pm);
     if (u >= 0) close(u);
+
+    /* 2b. Can async dirty tracking hand a chunk over to a synchronous hold for its last pass?
+     * (i) a PAGEMAP_SCAN that write-protects (WP_MATCHING) on a range registered synchronously;
+     * (ii) a second, synchronous userfaultfd on a range the async one holds;
+     * (iii) the async one's written-page marks after it lets go (unregister) and a synchronous
+     * one takes the range: how many of the 64 pages look written, when 3 were. */
+    {
+        int us = uffd_open(UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED);
+        int okr = us >= 0 && uffd_register(us, p, PAGES * PG, UFFDIO_REGISTER_MODE_WP) == 0;
+        int pmf = open("/proc/self/pagemap", O_RDONLY);
+        struct pm_scan_arg_ s1 = scan;
+        s1.flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC;
+        long r1 = okr ? ioctl(pmf, PAGEMAP_SCAN_, &s1) : -1;
+        printf("%-10s %-34s %s\n", kind, "  (i) WP-scan of a sync range",
+               !okr ? "not registered" : r1 >= 0 ? "works" : strerror(errno));
+        if (us >= 0) close(us);
+        int ua = uffd_open(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
+                           UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+        okr = ua >= 0 && uffd_register(ua, p, PAGES * PG, UFFDIO_REGISTER_MODE_WP) == 0;
+        long r0 = okr ? ioctl(pmf, PAGEMAP_SCAN_, &s1) : -1; /* protect all (async: allowed) */
+        p[3 * PG] = 4, p[7 * PG] = 4, p[9 * PG] = 4;
+        us = uffd_open(UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED);
+        int second = us >= 0 && uffd_register(us, p, PAGES * PG, UFFDIO_REGISTER_MODE_WP) == 0;
+        printf("%-10s %-34s %s\n", kind, "  (ii) sync uffd over the async one",
+               !okr || r0 < 0 ? "async not set up" : second ? "registers" : strerror(errno));
+        struct uffdio_range whole = {(uintptr_t)p, PAGES * PG};
+        ioctl(ua, UFFDIO_UNREGISTER, &whole);
+        second = us >= 0 && uffd_register(us, p, PAGES * PG, UFFDIO_REGISTER_MODE_WP) == 0;
+        struct pm_scan_arg_ s2 = scan;
+        s2.flags = 0;
+        long r2 = second ? ioctl(pmf, PAGEMAP_SCAN_, &s2) : -1;
+        long written = 0;
+        for (long i = 0; i < r2; i++) written += (long)((regions[i].end - regions[i].start) / PG);
+        printf("%-10s %-34s %s (%ld of 64 pages look written)\n", kind,
+               "  (iii) marks after the handover", second && r2 >= 0 ? "scanned" : strerror(errno),
+               written);
+        if (us >= 0) close(us);
+        if (ua >= 0) close(ua);
+        close(pmf);
+    }
 
     /* 3. soft-dirty. */
     int cr = open("/proc/self/clear_refs", O_WRONLY);

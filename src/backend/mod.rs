@@ -17,8 +17,10 @@ mod devdax;
 mod file_space;
 mod nvme;
 mod problem;
+mod shared_range;
 
 pub(crate) use problem::Problem;
+pub(crate) use shared_range::map_shared_range;
 
 use crate::chunk::{self, CHUNK_SIZE};
 use crate::config::TierSpec;
@@ -111,6 +113,33 @@ pub(crate) unsafe fn unmap_region(region: Region) {
     }
     if region.registers != 0 {
         nvme::release_registers(region.registers);
+    }
+}
+
+/// Unmaps an NVMe PMR's register page that a region kept for its barrier (`Region::registers`).
+pub(crate) fn release_registers(registers: usize) {
+    nvme::release_registers(registers);
+}
+
+/// Releases the register page of a device the tier has left (`device::evacuate`) while a
+/// barrier on another thread may still hold its address: the page is replaced by a page of
+/// zeroes (the controller's mapping goes with it, one `mmap` that swaps atomically), so such a
+/// late read returns 0 instead of faulting. The 4 KiB of address space stay reserved.
+pub(crate) fn retire_registers(registers: usize) {
+    // SAFETY: the register page is ours (mapped by `nvme::prepare`, one page); replacing it
+    // with an anonymous read-only page changes nothing any other mapping relies on.
+    let p = unsafe {
+        libc::mmap(
+            registers as *mut libc::c_void,
+            os::PAGE_SIZE,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        release_registers(registers);
     }
 }
 
@@ -211,18 +240,7 @@ fn map_path_noting_creation(
         file_space::reserve(fd.0, offset as u64, len as u64).map_err(release)?;
     }
     let reserved = reserve(len).map_err(release)?;
-    // SAFETY: mapping our descriptor over our own fresh reservation at `reserved.base`.
-    let p = unsafe {
-        libc::mmap(
-            reserved.base as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            fd.0,
-            offset as libc::off_t,
-        )
-    };
-    if p == libc::MAP_FAILED {
+    if !map_shared_over(&reserved, fd.0, offset as u64, len) {
         let problem = if os::errno() == libc::EINVAL && nvme::is_bar_path(path) {
             Problem::os("cannot map the BAR while a driver owns it: boot with iomem=relaxed or unbind the driver")
         } else {
@@ -248,6 +266,23 @@ fn map_path_noting_creation(
     })
 }
 
+/// Maps `[offset, offset + len)` of `fd` shared, read-write, over the fresh reservation
+/// `reserved` (its start). False (errno set) if the kernel refuses.
+fn map_shared_over(reserved: &Region, fd: i32, offset: u64, len: usize) -> bool {
+    // SAFETY: mapping the caller's descriptor over our own fresh reservation at its base.
+    let p = unsafe {
+        libc::mmap(
+            reserved.base as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd,
+            offset as libc::off_t,
+        )
+    };
+    p != libc::MAP_FAILED
+}
+
 /// Whether `fd` is a file of sysfs (a PCI BAR's `resourceN`).
 fn is_sysfs(fd: &Fd) -> bool {
     const SYSFS_MAGIC: i64 = 0x6265_6572;
@@ -255,6 +290,17 @@ fn is_sysfs(fd: &Fd) -> bool {
     let mut st: libc::statfs = unsafe { core::mem::zeroed() };
     // SAFETY: as above.
     unsafe { libc::fstatfs(fd.0, &mut st) == 0 && st.f_type as i64 == SYSFS_MAGIC }
+}
+
+/// What a region another process of this host holds is refused with (`lock_range`).
+pub(crate) const IN_USE: &str =
+    "is in use by another process (give each process its own file: %p in path= stands for the process id)";
+
+// Test-only: this thread's opens take no host lock, as two hosts' opens of one device would
+// not see each other's (the owner record in device memory must then refuse the second).
+#[cfg(test)]
+std::thread_local! {
+    pub(crate) static NO_HOST_LOCK: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
 /// Takes an exclusive lock on bytes `[offset, offset + len)` of the file, so that no other
@@ -270,14 +316,16 @@ pub(crate) fn lock_range(fd: i32, offset: usize, len: usize) -> Result<(), Probl
     lock.l_whence = libc::SEEK_SET as i16;
     lock.l_start = offset as libc::off_t;
     lock.l_len = len as libc::off_t;
+    #[cfg(test)]
+    if NO_HOST_LOCK.with(|n| n.get()) {
+        return Ok(());
+    }
     // SAFETY: our open descriptor and a valid `flock`.
     if unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &lock) } == 0 {
         return Ok(());
     }
     match os::errno() {
-        libc::EAGAIN | libc::EACCES => Err(Problem::new(
-            "is in use by another process (give each process its own file: %p in path= stands for the process id)",
-        )),
+        libc::EAGAIN | libc::EACCES => Err(Problem::new(IN_USE)),
         _ => Ok(()),
     }
 }

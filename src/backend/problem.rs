@@ -12,6 +12,8 @@ pub(crate) struct Problem {
     pub room: Option<(u64, u64)>,
     /// The region offset the problem is at (a damaged heap), if any.
     pub at: Option<u64>,
+    /// The live process that holds the region (a tier opened elsewhere), if that is why.
+    pub holder: Option<crate::liveness::HolderName>,
 }
 
 impl Problem {
@@ -21,6 +23,7 @@ impl Problem {
             errno: 0,
             room: None,
             at: None,
+            holder: None,
         }
     }
     pub(crate) fn os(what: &'static str) -> Self {
@@ -29,6 +32,7 @@ impl Problem {
             errno: os::errno(),
             room: None,
             at: None,
+            holder: None,
         }
     }
     pub(crate) fn no_room(needed: u64, free: u64) -> Self {
@@ -37,6 +41,7 @@ impl Problem {
             errno: 0,
             room: Some((needed, free)),
             at: None,
+            holder: None,
         }
     }
 }

@@ -138,6 +138,9 @@ impl DeviceTier {
         let copy = copy.as_ptr();
         let heap = self.heap.lock();
         heap.for_each_allocated(|offset, extent| {
+            if !self.copied_on_fork(offset) {
+                return;
+            }
             // SAFETY: the extent lies inside both the region and the fresh copy of its length;
             // the two mappings are distinct.
             unsafe {

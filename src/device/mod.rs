@@ -23,6 +23,8 @@ pub mod evacuate;
 pub mod extent_heap;
 pub mod fork;
 pub mod header;
+pub mod heartbeat;
+pub(crate) mod outside;
 pub mod persist;
 pub mod slabs;
 
@@ -37,7 +39,7 @@ use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, Ordering};
 use evacuate::{DeviceState, LiveExtents};
 use extent_heap::{Carved, ExtentHeap, FreeError, HeapStats};
-use persist::{media, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
+use persist::{media, owner, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
 use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
 use slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
 
@@ -87,23 +89,56 @@ pub(crate) struct DeviceTier {
     /// The process that opened the tier: only it closes the heap cleanly (a forked child
     /// exiting must not mark a heap clean that its parent still writes).
     opened_by: i32,
+    /// Our claim on the region's owner record (`persist::owner`), `None` on anonymous memory.
+    claim: Option<owner::Claim>,
+    /// Capacity lent from outside, extent by extent (a pool tier, `outside`); `None`: the
+    /// whole region is the tier's.
+    outside: Option<outside::Outside>,
 }
 
 impl DeviceTier {
     /// Maps and prepares the tier `spec` describes: formats its region, or recovers the
     /// heap it holds, or refuses it (`persist::decide`).
     pub fn open(spec: &TierSpec) -> Result<DeviceTier, Problem> {
-        let region = backend::map_region(spec)?;
+        let region = backend::map_region(spec).map_err(|problem| match spec.path() {
+            // This host's lock refused it: name the owner the record holds.
+            Some(path) if problem.what == backend::IN_USE => Problem {
+                holder: owner::named_in_file(path, spec.offset),
+                ..problem
+            },
+            _ => problem,
+        })?;
+        let mut claim = None;
         let built = persist::decide(&region, spec)
-            .and_then(|opening| Self::metadata(&region, spec, opening));
-        let (mut heap, slabs, previous_run_clean) = match built {
+            .and_then(|opening| evacuate::refuse_split_heap(&region, spec, opening))
+            .and_then(|opening| {
+                claim = Self::claim(&region)?;
+                Self::metadata(&region, spec, opening)
+            });
+        let (heap, slabs, previous_run_clean) = match built {
             Ok(built) => built,
             Err(problem) => {
+                if let Some(claim) = claim {
+                    owner::release(&region, claim);
+                }
                 // SAFETY: nothing uses the region; recovery wrote nothing but marker states.
                 unsafe { backend::unmap_region(region) };
                 return Err(problem);
             }
         };
+        Ok(Self::over(spec, region, heap, slabs, previous_run_clean, None, claim))
+    }
+
+    /// The tier over a mapped region and its host metadata.
+    fn over(
+        spec: &TierSpec,
+        region: Region,
+        mut heap: ExtentHeap,
+        slabs: Slabs,
+        previous_run_clean: Option<bool>,
+        outside: Option<outside::Outside>,
+        claim: Option<owner::Claim>,
+    ) -> DeviceTier {
         heap.set_carve_from_end(true);
         pagemap::set(
             region.base,
@@ -111,7 +146,7 @@ impl DeviceTier {
             ChunkTag::device(spec.kind),
             ChunkTag::device(spec.kind),
         );
-        Ok(DeviceTier {
+        DeviceTier {
             kind: spec.kind,
             region,
             heap: spin::Mutex::new(heap),
@@ -127,7 +162,39 @@ impl DeviceTier {
             previous_run_clean,
             // SAFETY: no preconditions.
             opened_by: unsafe { libc::getpid() },
+            claim,
+            outside,
+        }
+    }
+
+    /// Claims the region's owner record for this process (`persist::owner`); `None` for
+    /// memory no other process can map. A live owner refuses the open, named.
+    fn claim(region: &Region) -> Result<Option<owner::Claim>, Problem> {
+        if !owner::recorded(region) {
+            return Ok(None);
+        }
+        owner::claim(region).map(Some).map_err(|holder| Problem {
+            holder: Some(holder),
+            ..Problem::new("is open in another process")
         })
+    }
+
+    /// Refreshes the owner record's heartbeat (the heartbeat thread, `heartbeat.rs`), in the
+    /// process that opened the tier. False when the claim is no longer ours.
+    pub fn heartbeat(&self) -> bool {
+        match self.claim {
+            // SAFETY: no preconditions.
+            Some(claim) if unsafe { libc::getpid() } == self.opened_by => {
+                owner::heartbeat(&self.backing(), claim)
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether this tier holds an owner record a heartbeat must keep fresh
+    /// (`persist::owner::beats`).
+    pub fn needs_heartbeat(&self) -> bool {
+        self.claim.is_some() && owner::beats(&self.backing())
     }
 
     /// Whether the run before this open ended with a clean close (`None`: this open formatted
@@ -143,14 +210,28 @@ impl DeviceTier {
     /// crash-ordered like any other: the flag tells how the run ended, recovery does not
     /// depend on it. False if a flush failed (the flag then stays set).
     pub fn close_cleanly(&self) -> bool {
-        if self.region.media == backend::Media::Anonymous
+        if self.backing().media == backend::Media::Anonymous
+            || self.outside.is_some()
             || self.inherited.load(Ordering::Relaxed)
             // SAFETY: no preconditions.
             || unsafe { libc::getpid() } != self.opened_by
         {
             return true;
         }
-        persist::superblock::mark_clean(&self.region)
+        let backing = self.backing();
+        let clean = persist::superblock::mark_clean(&backing);
+        if let Some(claim) = self.claim {
+            owner::release(&backing, claim);
+        }
+        clean
+    }
+
+    /// The region as the device behind it now has it: media, barrier, register page and
+    /// descriptor are the target's after a move (`evacuate`). Everything that makes writes
+    /// durable goes through this.
+    #[inline]
+    fn backing(&self) -> Region {
+        self.device.backing(&self.region)
     }
 
     /// The host metadata of a region: a fresh heap after formatting it, or the heap its
@@ -174,8 +255,6 @@ impl DeviceTier {
             }
             Opening::Recover => {
                 os::advise_sequential(region.base as *mut u8, region.len);
-                // About one extent per slab window once the region is full of small blocks.
-                builder.expect_extents((len / SLAB_BYTES) as usize);
                 // SAFETY: the region is mapped and readable; nothing else uses it yet.
                 let image =
                     unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
@@ -261,7 +340,7 @@ impl DeviceTier {
             kind: self.kind as u16,
             state,
         };
-        media::write_header(&self.region, offset, header);
+        media::write_header(&self.backing(), offset, header);
     }
 
     /// Makes a block just cut from free space visible on the device, in the order the
@@ -272,22 +351,22 @@ impl DeviceTier {
     fn publish(&self, carved: &Carved, state: u16) {
         if let Some((tail, len)) = carved.tail {
             self.write_header_state(tail, len, STATE_FREE);
-            media::order(&self.region);
+            media::order(&self.backing());
         }
         #[cfg(test)]
         if BREAK_ORDER.with(|b| b.get()) {
             // The wrong order the crash-point checker must catch: the block linked into the
             // chain before its header is written.
             if let Some((front, len)) = carved.front {
-                media::write_size(&self.region, front, len - HEADER_SIZE);
+                media::write_size(&self.backing(), front, len - HEADER_SIZE);
             }
             self.write_header_state(carved.offset, carved.len, state);
             return;
         }
         self.write_header_state(carved.offset, carved.len, state);
         if let Some((front, len)) = carved.front {
-            media::order(&self.region);
-            media::write_size(&self.region, front, len - HEADER_SIZE);
+            media::order(&self.backing());
+            media::write_size(&self.backing(), front, len - HEADER_SIZE);
         }
     }
 
@@ -301,24 +380,52 @@ impl DeviceTier {
         state: u16,
         claim: impl FnOnce(u64),
     ) -> Option<(u64, u64)> {
-        let mut heap = self.heap.lock();
-        if self.over_limit(heap.in_use().saturating_add(len)) {
-            return None;
+        if let Some(outside) = &self.outside {
+            if !outside.can_fit(len, align) {
+                return None;
+            }
         }
-        let carved = heap.alloc_carved(len, align, prefix)?;
-        if self.over_limit(heap.in_use()) {
-            let _ = heap.free(carved.offset);
-            return None;
+        let mut claim = Some(claim);
+        loop {
+            let mut heap = self.heap.lock();
+            if self.over_limit(heap.in_use().saturating_add(len)) {
+                return None;
+            }
+            if let Some(carved) = heap.alloc_carved(len, align, prefix) {
+                if self.over_limit(heap.in_use()) {
+                    let _ = heap.free(carved.offset);
+                    return None;
+                }
+                if let Some(claim) = claim.take() {
+                    claim(carved.offset);
+                }
+                if let Some(outside) = &self.outside {
+                    outside.note_in_use(heap.in_use().saturating_sub(outside.overhead()));
+                }
+                self.publish(&carved, state);
+                return Some((carved.offset, carved.len));
+            }
+            drop(heap);
+            // Full: a tier lent its capacity asks for one more extent, then tries again.
+            match &self.outside {
+                Some(outside) if self.receive_extent(outside) => {}
+                _ => return None,
+            }
         }
-        claim(carved.offset);
-        self.publish(&carved, state);
-        Some((carved.offset, carved.len))
     }
 
     /// Whether `in_use` bytes of extents (the superblock's included) would be more than
     /// `limit=` allows.
     fn over_limit(&self, in_use: u64) -> bool {
-        self.limit != u64::MAX && in_use - SUPERBLOCK_BYTES > self.limit
+        self.limit != u64::MAX && in_use.saturating_sub(self.overhead()) > self.limit
+    }
+
+    /// Bytes of the heap's allocated extents that hold no block: the superblock, or for a
+    /// tier lent its capacity, the source's table, fences and placeholders (`outside`).
+    fn overhead(&self) -> u64 {
+        self.outside
+            .as_ref()
+            .map_or(SUPERBLOCK_BYTES, outside::Outside::overhead)
     }
 
     /// Writes "free" into the state of the header at `offset` (unless the tier is inherited).
@@ -327,7 +434,7 @@ impl DeviceTier {
         if !self.inherited.load(Ordering::Relaxed) {
             // The header lies in the mapped region and its block is still ours. Only the
             // state field is written (a recovery scan of a PMR sees it).
-            media::write_state(&self.region, offset, STATE_FREE);
+            media::write_state(&self.backing(), offset, STATE_FREE);
         }
     }
 
@@ -346,12 +453,13 @@ impl DeviceTier {
             if !self.inherited.load(Ordering::Relaxed) {
                 // The last slot's state first: a marker that says "free" must never hide a
                 // slot header that still says "allocated" (`persist`).
-                media::order(&self.region);
-                media::write_state(&self.region, slab, STATE_FREE);
+                media::order(&self.backing());
+                media::write_state(&self.backing(), slab, STATE_FREE);
             }
             self.slabs.unclaim(slab);
             let freed = heap.free(slab);
             debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");
+            self.release_if_empty(&mut heap, slab);
         };
         match self.slabs.free(offset, || self.mark_free(offset), retire) {
             SlabFree::Freed => {}
@@ -364,6 +472,7 @@ impl DeviceTier {
                 self.mark_free(offset);
                 let freed = heap.free(offset);
                 debug_assert!(freed.is_ok(), "checked above, under the same lock");
+                self.release_if_empty(&mut heap, offset);
                 self.frees.add(1);
             }
         }
@@ -413,7 +522,7 @@ impl DeviceTier {
         // Under the heap lock, the free extent behind first (`publish`).
         if let Some((start, len)) = behind {
             self.write_header_state(start, len, STATE_FREE);
-            media::order(&self.region);
+            media::order(&self.backing());
         }
         self.write_header(offset, extent);
         true
@@ -447,7 +556,7 @@ impl DeviceTier {
         if len > self.region.len - offset {
             return Err(libc::EINVAL);
         }
-        if persist::persist(&self.region, offset, len) {
+        if persist::persist(&self.backing(), offset, len) {
             Ok(())
         } else {
             Err(os::errno())
@@ -466,7 +575,7 @@ impl DeviceTier {
             None => None,
         };
         let _serial = self.roots.lock();
-        persist::roots::set(&self.region, name, offset).map_err(|e| match e {
+        persist::roots::set(&self.backing(), name, offset).map_err(|e| match e {
             persist::roots::RootError::BadName => libc::EINVAL,
             persist::roots::RootError::Full => libc::ENOSPC,
         })
@@ -477,7 +586,7 @@ impl DeviceTier {
         // Under the roots lock: a root being set is never read half-written.
         let offset = {
             let _serial = self.roots.lock();
-            persist::roots::get(&self.region, name)?
+            persist::roots::get(&self.backing(), name)?
         };
         let p = self.at_offset(offset)?;
         self.usable_size(p).map(|_| p)
@@ -527,6 +636,17 @@ impl DeviceTier {
                 errno: libc::EINVAL,
                 room: None,
                 at: None,
+                holder: None,
+            });
+        }
+        if self.outside.is_some() {
+            // Its extents live in the pool's shared arena, beside other nodes' extents.
+            return Err(Problem {
+                what: "a share of the pool cannot be moved: its bytes belong to the pool",
+                errno: libc::EOPNOTSUPP,
+                room: None,
+                at: None,
+                holder: None,
             });
         }
         let target = target.or(self.spare()).ok_or(Problem {
@@ -534,6 +654,7 @@ impl DeviceTier {
             errno: libc::EINVAL,
             room: None,
             at: None,
+            holder: None,
         })?;
         let report = evacuate::evacuate(self.kind, &self.region, &self.device, self, target)?;
         // A file or device now, mapped shared: `fork` must copy it for the child.
@@ -576,15 +697,27 @@ impl DeviceTier {
     fn figures_of(&self, h: HeapStats, slabs: SlabTotals) -> DeviceFigures {
         DeviceFigures {
             stats: self.stats_of(h, slabs),
-            peak_in_use: h.peak_in_use.saturating_sub(SUPERBLOCK_BYTES),
+            peak_in_use: match &self.outside {
+                Some(outside) => outside.peak(),
+                None => h.peak_in_use.saturating_sub(SUPERBLOCK_BYTES),
+            },
             mapped: self.region.len as u64,
+            from_pool: self.outside.is_some(),
         }
     }
 
     fn stats_of(&self, mut h: HeapStats, slabs: SlabTotals) -> TierStats {
-        // The superblock is an allocated extent of the heap, but no block.
-        h.capacity -= SUPERBLOCK_BYTES;
-        h.in_use -= SUPERBLOCK_BYTES;
+        // The superblock (or a lent tier's placeholders) is allocated in the heap, but no block.
+        let (lent, borrowed) = match &self.outside {
+            Some(outside) => {
+                h.capacity = outside.capacity() + self.overhead();
+                outside.lent_and_borrowed()
+            }
+            None => (0, 0),
+        };
+        // Saturating: a lent tier's overhead is read after the heap's lock was let go.
+        h.capacity = h.capacity.saturating_sub(self.overhead());
+        h.in_use = h.in_use.saturating_sub(self.overhead());
         let capacity = h.capacity.min(self.limit);
         // Slabs are allocated extents; their slots without a live block are not in use.
         let in_use = h.in_use.saturating_sub(slabs.idle_bytes);
@@ -601,6 +734,8 @@ impl DeviceTier {
             failures: self.counters.failures.get(),
             spilled_in: self.counters.spilled_in.get(),
             spilled_out: self.counters.spilled_out.get(),
+            lent,
+            borrowed,
             ..TierStats::default()
         }
     }
@@ -613,6 +748,8 @@ pub(crate) struct DeviceFigures {
     pub stats: TierStats,
     pub peak_in_use: u64,
     pub mapped: u64,
+    /// Its capacity is lent to it from the shared pool (`outside`).
+    pub from_pool: bool,
 }
 
 impl LiveExtents for DeviceTier {
@@ -659,13 +796,46 @@ pub fn open(spec: &TierSpec) -> bool {
                 report_opening(spec.kind, spec.path(), tier.previous_run_clean);
             }
             slot.call_once(|| tier);
-            crate::device_sigbus::install();
+            crate::device_sigbus::install(device_path);
             true
         }
         Err(problem) => {
             report_tier(spec.kind, spec.path(), problem);
             false
         }
+    }
+}
+
+/// Writes the path of the file or device behind tier `kind` now (what its descriptor names,
+/// `/proc/self/fd`; after a move, the target) into `buf`; its length, or 0 if unknown (anonymous
+/// memory, no such tier). Async-signal-safe (`readlink`), for the SIGBUS line.
+fn device_path(kind: Kind, buf: &mut [u8]) -> usize {
+    let Some(fd) = get(kind)
+        .map(|t| t.device.current_fd())
+        .filter(|&fd| fd >= 0)
+    else {
+        return 0;
+    };
+    let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        link[14 + i] = digits[len - 1 - i];
+    }
+    // SAFETY: a NUL-terminated path (at most 10 digits after 14 bytes, in 25) and our buffer.
+    let got = unsafe { libc::readlink(link.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
+    if got <= 0 || got as usize >= buf.len() {
+        0
+    } else {
+        got as usize
     }
 }
 
@@ -739,7 +909,7 @@ fn write_tier_name(line: &mut os::LineBuf, kind: Kind, path: Option<&[u8]>) {
     }
 }
 
-fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
+pub(crate) fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
     let mut line = os::LineBuf::new();
     let _ = write!(line, "tiermalloc: TIERMALLOC_TIERS: ");
     write_tier_name(&mut line, kind, path);
@@ -749,6 +919,16 @@ fn report_tier(kind: Kind, path: Option<&[u8]>, problem: Problem) {
     }
     if let Some((needed, free)) = problem.room {
         let _ = write!(line, " (size {needed} bytes, {free} bytes free)");
+    }
+    if let Some(holder) = problem.holder {
+        let _ = write!(
+            line,
+            ": pid {} on host '{}' owns it (its owner record; taken over once that process \
+             is gone, or from another host once its heartbeat is {} s old)",
+            holder.pid,
+            holder.host_name(),
+            owner::LEASE_MS / 1000
+        );
     }
     os::write_errno_text(&mut line, problem.errno);
     let _ = writeln!(line, "; tier skipped");
@@ -771,13 +951,10 @@ impl Drop for DeviceTier {
     fn drop(&mut self) {
         // A test's tier closes as a process's would at exit.
         self.close_cleanly();
-        // The descriptor of the device behind the region now (a move replaces the first).
-        let region = Region {
-            lock_fd: self.device.current_fd(),
-            ..self.region
-        };
+        // The device behind the region now (a move replaces the first): its descriptor and
+        // register page.
         // SAFETY: the tier is going away with every block of it (tests only).
-        unsafe { backend::unmap_region(region) };
+        unsafe { backend::unmap_region(self.backing()) };
     }
 }
 

@@ -243,23 +243,12 @@ impl DramTier {
     /// The DRAM tier's figures.
     pub fn stats(&self) -> TierStats {
         let mut s = TierStats::default();
-        let mut small_allocated = 0u64;
-        let mut small_freed = 0u64;
-        fast::binding::for_each_traffic(|t| {
-            for class in 0..size_class::CLASS_COUNT {
-                let (allocated, freed) = (t.allocations[class].get(), t.frees[class].get());
-                let size = size_class::class_size(class) as u64;
-                s.allocations += allocated;
-                s.frees += freed;
-                small_allocated += allocated * size;
-                small_freed += freed * size;
-            }
-        });
-        s.frees += fast::UNBOUND_FREES.get();
-        small_freed += fast::UNBOUND_FREED_BYTES.get();
+        let small = fast::traffic::totals();
+        s.allocations = small.allocations;
+        s.frees = small.frees;
         s.allocations += large::LARGE_ALLOCATIONS.get();
         s.frees += large::LARGE_FREES.get();
-        s.in_use = small_allocated.saturating_sub(small_freed) + large::LARGE_LIVE_BYTES.get();
+        s.in_use = small.live_bytes + large::LARGE_LIVE_BYTES.get();
         s.capacity = budget::limit().map_or(physical_memory(), |l| l.min(physical_memory()));
         s.free_bytes = s.capacity.saturating_sub(s.in_use);
         // New blocks need new pages or mappings once the ones held are full.

@@ -79,6 +79,11 @@ pub struct Evacuation {
     pub hold_p99_ns: u64,
     /// The whole move (nanoseconds).
     pub total_ns: u64,
+    /// Holds during which the evacuating thread lost its core to another thread.
+    pub preempted_holds: u64,
+    /// Holds run at real-time priority (`SCHED_FIFO` 1, where the thread may have it and
+    /// `TIERMALLOC_EVACUATE_RT` is not off), so that no ordinary thread preempts them.
+    pub raised_holds: u64,
 }
 
 /// Why `evacuate` failed: the `errno` `tm_evacuate` would set (the reason was printed on
@@ -98,6 +103,8 @@ pub fn evacuate(kind: Kind, target: Option<&core::ffi::CStr>) -> Result<Evacuati
         hold_p50_ns: r.hold_quantile(0.5),
         hold_p99_ns: r.hold_quantile(0.99),
         total_ns: r.total_ns,
+        preempted_holds: r.preempted_holds,
+        raised_holds: r.raised_holds,
     })
 }
 

@@ -69,6 +69,9 @@ pub enum CapacitySource {
     Limit,
     /// The device region's size.
     Device,
+    /// The extents of the shared pool the tier holds now: its share, less what it lent,
+    /// plus what it borrowed (`cxl:pool,share=`).
+    Share,
 }
 
 impl CapacitySource {
@@ -78,11 +81,12 @@ impl CapacitySource {
             CapacitySource::Cgroup => "cgroup",
             CapacitySource::Limit => "limit",
             CapacitySource::Device => "device",
+            CapacitySource::Share => "share",
         }
     }
     pub fn parse(s: &str) -> Option<CapacitySource> {
         use CapacitySource::*;
-        [Machine, Cgroup, Limit, Device]
+        [Machine, Cgroup, Limit, Device, Share]
             .into_iter()
             .find(|c| c.name() == s)
     }
@@ -119,7 +123,22 @@ pub struct Snapshot {
     pub complete: bool,
     /// Indexed by `Kind as usize`; `None` for kinds not configured.
     pub tiers: [Option<TierFigures>; 4],
+    /// Capacity out on loan in the pool this process's share tier draws on: (lender pid,
+    /// borrower pid, bytes), the first `loans_len` of them (`pool::share`).
+    pub loans: [Loan; MAX_LOANS],
+    pub loans_len: usize,
 }
+
+/// Capacity one node of the pool lent another (seed 000).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loan {
+    pub lender: u32,
+    pub borrower: u32,
+    pub bytes: u64,
+}
+
+/// The most loans a report lists.
+pub const MAX_LOANS: usize = 16;
 
 impl Snapshot {
     /// An empty snapshot (no tiers) of process `pid` named `program` (cut at 64 bytes).
@@ -132,6 +151,8 @@ impl Snapshot {
             time_ns,
             complete: true,
             tiers: [None; 4],
+            loans: [Loan::default(); MAX_LOANS],
+            loans_len: 0,
         };
         let mut end = program.len().min(64);
         while !program.is_char_boundary(end) {
@@ -144,6 +165,18 @@ impl Snapshot {
 
     pub fn program(&self) -> &str {
         core::str::from_utf8(&self.program[..self.program_len]).unwrap_or("?")
+    }
+
+    /// Adds a loan (beyond `MAX_LOANS`, left out).
+    pub fn add_loan(&mut self, loan: Loan) {
+        if self.loans_len < MAX_LOANS {
+            self.loans[self.loans_len] = loan;
+            self.loans_len += 1;
+        }
+    }
+
+    pub fn loans(&self) -> &[Loan] {
+        &self.loans[..self.loans_len]
     }
 
     /// The configured tiers' figures, DRAM first.
@@ -181,7 +214,9 @@ fn take_snapshot(event: Event, wait: bool) -> Snapshot {
                     stats: f.stats,
                     peak: f.peak_in_use,
                     reserved: f.mapped,
-                    capacity_source: if f.stats.capacity < f.mapped {
+                    capacity_source: if f.from_pool {
+                        CapacitySource::Share
+                    } else if f.stats.capacity < f.mapped {
                         CapacitySource::Limit
                     } else {
                         CapacitySource::Device
@@ -194,6 +229,13 @@ fn take_snapshot(event: Event, wait: bool) -> Snapshot {
             }
         };
     }
+    crate::pool::share::for_each_loan(|lender, borrower, bytes| {
+        snap.add_loan(Loan {
+            lender,
+            borrower,
+            bytes,
+        })
+    });
     snap
 }
 
@@ -295,6 +337,7 @@ pub fn write_text<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
             CapacitySource::Machine => write!(w, " (physical memory)")?,
             CapacitySource::Cgroup => write!(w, " (cgroup memory limit)")?,
             CapacitySource::Limit => write!(w, " (limit=)")?,
+            CapacitySource::Share => write!(w, " (extents held of the pool)")?,
             CapacitySource::Device => {}
         }
         if t.kind != Kind::Dram {
@@ -330,6 +373,23 @@ pub fn write_text<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
                 Bytes(s.reserve_miss)
             )?;
         }
+        if s.lent != 0 || s.borrowed != 0 {
+            writeln!(
+                w,
+                "tiermalloc:   {name:<4} share of the pool: lent {}, borrowed {}",
+                Bytes(s.lent),
+                Bytes(s.borrowed)
+            )?;
+        }
+    }
+    for l in snap.loans() {
+        writeln!(
+            w,
+            "tiermalloc:   pool: pid {} lent {} to pid {}",
+            l.lender,
+            Bytes(l.bytes),
+            l.borrower
+        )?;
     }
     Ok(())
 }
@@ -338,7 +398,8 @@ pub fn write_text<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
 /// `{"pid":..,"program":"..","event":"exit","time_ns":..,"complete":true,"tiers":[{"kind":"dram",
 /// "in_use":..,"peak":..,"capacity":..,"capacity_source":"machine","free":..,"largest_free":..,
 /// "reserved":..,"allocations":..,"frees":..,"failures":..,"spilled_in":..,"spilled_out":..,
-/// "profile_reserved":..,"reserve_used":..,"reserve_miss":..}]}`. `reserved` is address space;
+/// "lent":..,"borrowed":..,"profile_reserved":..,"reserve_used":..,"reserve_miss":..}],
+/// "loans":[{"lender":PID,"borrower":PID,"bytes":..}]}`. `reserved` is address space;
 /// `profile_reserved`, `reserve_used` and `reserve_miss` are the workload profile's reserve
 /// (`TIERMALLOC_PROFILE`, DRAM only, 0 without one): bytes reserved at start, handed out from
 /// it, and mapped beyond it.
@@ -365,8 +426,8 @@ pub fn write_json<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
             w,
             "{}{{\"kind\":\"{}\",\"in_use\":{},\"peak\":{},\"capacity\":{},\"capacity_source\":\"{}\",\
              \"free\":{},\"largest_free\":{},\"reserved\":{},\"allocations\":{},\"frees\":{},\
-             \"failures\":{},\"spilled_in\":{},\"spilled_out\":{},\"profile_reserved\":{},\
-             \"reserve_used\":{},\"reserve_miss\":{}}}",
+             \"failures\":{},\"spilled_in\":{},\"spilled_out\":{},\"lent\":{},\"borrowed\":{},\
+             \"profile_reserved\":{},\"reserve_used\":{},\"reserve_miss\":{}}}",
             if i == 0 { "" } else { "," },
             t.kind.name(),
             s.in_use,
@@ -381,9 +442,22 @@ pub fn write_json<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
             s.failures,
             s.spilled_in,
             s.spilled_out,
+            s.lent,
+            s.borrowed,
             s.reserved,
             s.reserve_used,
             s.reserve_miss
+        )?;
+    }
+    write!(w, "],\"loans\":[")?;
+    for (i, l) in snap.loans().iter().enumerate() {
+        write!(
+            w,
+            "{}{{\"lender\":{},\"borrower\":{},\"bytes\":{}}}",
+            if i == 0 { "" } else { "," },
+            l.lender,
+            l.borrower,
+            l.bytes
         )?;
     }
     writeln!(w, "]}}")

@@ -17,6 +17,7 @@ extern "C" fn at_start() {
     device::fork::register_fork_handlers();
     report::init();
     profile::start();
+    device::heartbeat::start();
 }
 
 extern "C" fn at_exit() {

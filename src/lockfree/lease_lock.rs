@@ -69,6 +69,14 @@ impl LeaseLock {
         self.word.load(Ordering::Relaxed)
     }
 
+    /// Releases the lock if `tag` still holds it (a holder that may have been found dead and
+    /// robbed, whose release must not free the thief's lock); false if it did not.
+    pub fn release_if(&self, tag: u64) -> bool {
+        self.word
+            .compare_exchange(tag, 0, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// Releases the lock held by the caller.
     pub fn release(&self) {
         self.release_with(Ordering::Release)
@@ -168,6 +176,26 @@ mod loom_models {
             assert_eq!(won, 1, "exactly one stealer wins");
             assert_eq!(g.value.with(|v| unsafe { *v }), 8);
             assert_eq!(g.lock.holder(), 0);
+        });
+    }
+
+    /// A holder taken for dead but still running (a device tier's owner whose lease ran out
+    /// while it could not run) releases at its exit with `release_if`, racing the thief: the
+    /// thief keeps the lock whatever the order, and the holder's release fails iff it was
+    /// robbed.
+    #[test]
+    fn a_robbed_holder_cannot_release_the_thiefs_lock() {
+        loom::model(|| {
+            let lock = Arc::new(LeaseLock::new());
+            lock.try_acquire(1).unwrap();
+            let thief = {
+                let lock = lock.clone();
+                thread::spawn(move || lock.steal(1, 2).is_ok())
+            };
+            let released = lock.release_if(1);
+            let stole = thief.join().unwrap();
+            assert!(released != stole, "exactly one of the release and the theft took effect");
+            assert_eq!(lock.holder(), if stole { 2 } else { 0 });
         });
     }
 }

@@ -76,14 +76,17 @@ impl<'a> LendTable<'a> {
     /// Takes one of `me`'s own idle extents for use.
     pub fn take_own(&self, me: u64) -> Option<usize> {
         let idle = word(me, me, true);
+        // A load first: a failed CAS on every other node's word would cost a locked
+        // read-modify-write of device memory each.
         self.words.iter().position(|w| {
-            w.compare_exchange(
-                idle,
-                word(me, me, false),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok()
+            w.load(Ordering::Relaxed) == idle
+                && w.compare_exchange(
+                    idle,
+                    word(me, me, false),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
         })
     }
 

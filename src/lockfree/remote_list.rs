@@ -78,22 +78,40 @@ impl RemoteList {
     /// `node` must be valid, not on any list, and stay valid until the consumer is done with it.
     #[inline]
     pub unsafe fn push<N: Link>(&self, node: *mut N) -> Pushed {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.push_with(node, Ordering::Release) }
+        // SAFETY: forwarded from the caller; one node is a chain from itself to itself.
+        unsafe { self.push_with(node, node, Ordering::Release) }
     }
 
-    /// `push` with the ordering of the publishing CAS given: the loom model passes a weaker one
-    /// to prove it is caught.
+    /// Pushes a chain of nodes linked from `first` to `last` (the producer linked them; `last`'s
+    /// link is overwritten) with one CAS: a producer that gathers several nodes for the same
+    /// list pays one contended atomic for all of them.
+    ///
+    /// # Safety
+    /// As for `push`, for every node of the chain; following links from `first` must reach
+    /// `last`.
     #[inline]
-    pub(crate) unsafe fn push_with<N: Link>(&self, node: *mut N, publish: Ordering) -> Pushed {
-        debug_assert!(node as usize & FLAG == 0);
+    pub unsafe fn push_chain<N: Link>(&self, first: *mut N, last: *mut N) -> Pushed {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_with(first, last, Ordering::Release) }
+    }
+
+    /// `push_chain` with the ordering of the publishing CAS given: the loom model passes a
+    /// weaker one to prove it is caught.
+    #[inline]
+    pub(crate) unsafe fn push_with<N: Link>(
+        &self,
+        first: *mut N,
+        last: *mut N,
+        publish: Ordering,
+    ) -> Pushed {
+        debug_assert!(first as usize & FLAG == 0);
         let mut old = self.head.load(Ordering::Relaxed);
         loop {
-            // SAFETY: the caller owns `node` until the CAS below publishes it.
-            unsafe { N::set_next(node, (old & !FLAG) as *mut N) };
+            // SAFETY: the caller owns the chain until the CAS below publishes it.
+            unsafe { N::set_next(last, (old & !FLAG) as *mut N) };
             match self
                 .head
-                .compare_exchange_weak(old, node as usize, publish, Ordering::Relaxed)
+                .compare_exchange_weak(old, first as usize, publish, Ordering::Relaxed)
             {
                 Ok(_) if old & FLAG != 0 => return Pushed::ClearedFlag,
                 Ok(_) => return Pushed::Plain,
@@ -191,16 +209,27 @@ mod loom_models {
     fn two_producers(publish: Ordering) {
         loom::model(move || {
             let list = Arc::new(RemoteList::new());
-            let producers: Vec<_> = [1usize, 10]
+            // The first producer pushes one node, the second a chain of two (a batch of
+            // remote frees): the chain's inner link is published by the same CAS.
+            let producers: Vec<_> = [(1usize, 0usize), (10, 100)]
                 .into_iter()
-                .map(|v| {
+                .map(|(v, w)| {
                     let list = list.clone();
                     thread::spawn(move || {
-                        let n = node(0);
-                        // SAFETY: we own `n` until it is pushed.
-                        unsafe { (*n).payload.with_mut(|p| *p = v) };
-                        // SAFETY: `n` is fresh and valid.
-                        unsafe { list.push_with(n, publish) }
+                        let first = node(0);
+                        // SAFETY: we own `first` until it is pushed.
+                        unsafe { (*first).payload.with_mut(|p| *p = v) };
+                        let mut last = first;
+                        if w != 0 {
+                            last = node(0);
+                            // SAFETY: we own both nodes until they are pushed.
+                            unsafe {
+                                (*last).payload.with_mut(|p| *p = w);
+                                Node::set_next(first, last);
+                            }
+                        }
+                        // SAFETY: the chain is fresh and valid and leads from first to last.
+                        unsafe { list.push_with(first, last, publish) }
                     })
                 })
                 .collect();
@@ -209,7 +238,7 @@ mod loom_models {
                 assert_eq!(t.join().unwrap(), Pushed::Plain);
             }
             seen += drain(&list);
-            assert_eq!(seen, 11, "every pushed node is taken exactly once");
+            assert_eq!(seen, 111, "every pushed node is taken exactly once");
         });
     }
 

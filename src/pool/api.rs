@@ -150,9 +150,7 @@ impl Pool {
 
     /// Opens a shared space: READ maps the device read-only, PRIVATE copy-on-write.
     pub fn open_space(self: &Arc<Self>, name: &str, how: MapMode) -> io::Result<SpaceMap> {
-        let (base, size) = self
-            .open_shared(name.as_bytes(), how)
-            .map_err(os_error)?;
+        let (base, size) = self.open_shared(name.as_bytes(), how).map_err(os_error)?;
         Ok(SpaceMap {
             pool: self.clone(),
             base,
@@ -163,7 +161,9 @@ impl Pool {
 
     /// The space named `name`.
     pub fn space(&self, name: &str) -> io::Result<Space> {
-        self.stat(name.as_bytes()).map(Space::from).map_err(os_error)
+        self.stat(name.as_bytes())
+            .map(Space::from)
+            .map_err(os_error)
     }
 
     /// Every space of the pool.

@@ -11,6 +11,7 @@ impl Pool {
     /// Every invariant the metadata breaks, as one line each; empty when consistent.
     pub fn check(&self) -> Result<Vec<String>, i32> {
         let _locked = self.lock()?;
+        self.invalidate_meta(0, META_END);
         let mut problems = Vec::new();
         if self.load(SB_MAGIC) != MAGIC {
             problems.push("superblock magic is wrong".to_string());
@@ -46,7 +47,10 @@ impl Pool {
             }
             names.push((name[..len].to_vec(), e.id()));
             if e.id() == 0 || e.id() >= next_id {
-                problems.push(format!("entry {index}: id {} not below next id {next_id}", e.id()));
+                problems.push(format!(
+                    "entry {index}: id {} not below next id {next_id}",
+                    e.id()
+                ));
             }
             if e.offset() < self.data_start
                 || e.offset() % self.granule != 0
@@ -85,15 +89,16 @@ impl Pool {
                 }
                 continue;
             }
-            let id = self.load(at + H_SPACE);
-            let index = self.load(at + H_ENTRY) as usize;
+            let (index, id) = holding_space_parts(self.load(at + H_SPACE));
             let count = self.load(at + H_COUNT);
             if count == 0 {
                 problems.push(format!("holding {h}: count 0"));
             }
             match refs_of.iter_mut().find(|r| r.0 == id && r.1 == index) {
                 Some(r) => r.3 += count,
-                None => problems.push(format!("holding {h}: names no live space (id {id}, entry {index})")),
+                None => problems.push(format!(
+                    "holding {h}: names no live space (id {id}, entry {index})"
+                )),
             }
             match slot_of_tag(tag) {
                 Some(slot) => {
@@ -110,6 +115,17 @@ impl Pool {
                 problems.push(format!(
                     "entry {index} (id {id}): refs {refs} but holdings count {counted}"
                 ));
+            }
+        }
+        for d in 0..MAX_DEBTS {
+            let at = debt_at(d);
+            let (host, lo, hi) = (
+                self.load(at + D_HOST),
+                self.load(at + D_LO),
+                self.load(at + D_HI),
+            );
+            if host != 0 && !(self.data_start <= lo && lo < hi && hi <= self.total_len) {
+                problems.push(format!("debt {d}: host {host:#x} owes [{lo:#x}, {hi:#x}), not a range of the data area"));
             }
         }
         let lock = self.load(SB_LOCK);

@@ -152,7 +152,13 @@ impl Pool {
 
     /// Plans the stores that publish `entry` (its fields) in state `state`, over whatever
     /// entry `entry.index` held (publish word `old_publish`).
-    pub(crate) fn txn_write_entry(&self, txn: &mut Txn, entry: &Entry, old_publish: u64, state: u64) {
+    pub(crate) fn txn_write_entry(
+        &self,
+        txn: &mut Txn,
+        entry: &Entry,
+        old_publish: u64,
+        state: u64,
+    ) {
         let at = entry_at(entry.index);
         let generation = published::generation_of(old_publish);
         let final_word = publish_word(generation + 2, state);
@@ -187,19 +193,21 @@ impl Pool {
     /// A free directory index (under the lock).
     pub(crate) fn free_entry_index(&self) -> Option<(usize, u64)> {
         (0..MAX_SPACES).find_map(|i| {
+            self.invalidate_meta(entry_at(i) + E_PUBLISH, 8);
             let w = self.load(entry_at(i) + E_PUBLISH);
             (published::state_of(w) == SPACE_FREE).then_some((i, w))
         })
     }
 
-    /// Plans the stores that add one mapping of `entry` to `tag`'s holdings; `None` if the
-    /// holdings table is full.
+    /// Plans the stores that add one mapping of `entry` to `tag`'s holdings (a node of this
+    /// host); `None` if the holdings table is full.
     pub(crate) fn txn_hold(&self, txn: &mut Txn, tag: u64, entry: &Entry) -> Option<()> {
+        let space = holding_space_word(entry.index, entry.id());
         let mut free = None;
         for h in 0..MAX_HOLDINGS {
             let at = holding_at(h);
             let t = self.load(at + H_TAG);
-            if t == tag && self.load(at + H_SPACE) == entry.id() {
+            if t == tag && self.load(at + H_SPACE) == space {
                 txn.set(at + H_COUNT, self.load(at + H_COUNT) + 1);
                 txn.set(entry_at(entry.index) + E_REFS, self.refs(entry.index) + 1);
                 return Some(());
@@ -209,8 +217,8 @@ impl Pool {
             }
         }
         let at = free?;
-        txn.set(at + H_ENTRY, entry.index as u64);
-        txn.set(at + H_SPACE, entry.id());
+        txn.set(at + H_HOST, self.host);
+        txn.set(at + H_SPACE, space);
         txn.set(at + H_COUNT, 1);
         txn.set(at + H_TAG, tag);
         txn.set(entry_at(entry.index) + E_REFS, self.refs(entry.index) + 1);
@@ -221,7 +229,9 @@ impl Pool {
     pub(crate) fn txn_unhold(&self, txn: &mut Txn, tag: u64, entry: &Entry) {
         for h in 0..MAX_HOLDINGS {
             let at = holding_at(h);
-            if self.load(at + H_TAG) == tag && self.load(at + H_SPACE) == entry.id() {
+            if self.load(at + H_TAG) == tag
+                && self.load(at + H_SPACE) == holding_space_word(entry.index, entry.id())
+            {
                 let count = self.load(at + H_COUNT);
                 if count <= 1 {
                     self.txn_clear_holding(txn, h);
@@ -240,6 +250,6 @@ impl Pool {
         txn.set(at + H_TAG, 0);
         txn.set(at + H_COUNT, 0);
         txn.set(at + H_SPACE, 0);
-        txn.set(at + H_ENTRY, 0);
+        txn.set(at + H_HOST, 0);
     }
 }

@@ -7,7 +7,8 @@
 //! granule, and runs to `total_len`.
 //!
 //! ```text
-//! 0       superblock (4 KiB)       magic, version, geometry, next space id, lock word
+//! 0       superblock (4 KiB)       magic, version, geometry, next space id, lock word;
+//!         at 1024: MAX_DEBTS host debts (`host_cache`): ranges a host must invalidate
 //! 4096    redo log (4 KiB)         RedoLog<LOG_ENTRIES>: the stores of the operation in flight
 //! 8192    registry                 MAX_NODES slots of NODE_BYTES: one per process (node)
 //! 16384   directory                MAX_SPACES entries of ENTRY_BYTES: one per space
@@ -24,11 +25,13 @@
 //! - `entry.refs == sum of holding.count over holdings with holding.space == entry.id`;
 //! - every holding with a non-zero tag names a live entry (index and id) and a registry slot
 //!   whose current tag is the holding's tag, and has `count >= 1`;
-//! - the lock word is 0 or a node tag.
+//! - the lock word is 0 or a node tag;
+//! - a debt with a non-zero host has `data_start <= lo < hi <= total_len`.
 
 /// "TMPOOL01" as a little-endian u64.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"TMPOOL01");
-pub(crate) const VERSION: u64 = 1;
+/// 2: holdings name their node's host, and the superblock page holds the host debts.
+pub(crate) const VERSION: u64 = 2;
 
 // Superblock words (byte offsets).
 pub(crate) const SB_MAGIC: usize = 0;
@@ -42,6 +45,17 @@ pub(crate) const SB_NEXT_ID: usize = 40;
 pub(crate) const SB_FORMAT: usize = 48;
 /// The pool lock (`LeaseLock`): 0 or the holder's node tag. A cache line of its own.
 pub(crate) const SB_LOCK: usize = 64;
+
+/// Host debts (`host_cache`): a host that may still cache lines of `[lo, hi)` (a node of
+/// it died holding a mapping there, found dead from another host) invalidates the range before
+/// it next maps a space.
+pub(crate) const DEBTS_AT: usize = 1024;
+pub(crate) const MAX_DEBTS: usize = 32;
+pub(crate) const DEBT_BYTES: usize = 32;
+// Debt words.
+pub(crate) const D_HOST: usize = 0;
+pub(crate) const D_LO: usize = 8;
+pub(crate) const D_HI: usize = 16;
 
 pub(crate) const LOG_AT: usize = 4096;
 /// Most stores one pool operation makes (a create makes about 25).
@@ -60,8 +74,8 @@ pub(crate) const NODE_PID: usize = 16;
 pub(crate) const NODE_HEARTBEAT: usize = 24;
 /// The process's start time (clock ticks since boot, /proc/PID/stat): a reused pid differs.
 pub(crate) const NODE_PID_START: usize = 32;
-// Words 40..72: the node's capacity in the pool (issue 12), in bytes. No share is granted yet
-// (the pool-backed tier is to come), so they stay 0.
+// Words 40..72: the node's capacity in the pool's share arena (issue 12), in bytes, stored by
+// `share` whenever a lend word of the node changes (0 for a node with no pool tier).
 pub(crate) const NODE_SHARE: usize = 40;
 pub(crate) const NODE_IN_USE: usize = 48;
 pub(crate) const NODE_LENT: usize = 56;
@@ -101,14 +115,18 @@ pub(crate) const SPACE_SHARED: u64 = 2;
 pub(crate) const HOLDINGS_AT: usize = DIRECTORY_AT + MAX_SPACES * ENTRY_BYTES;
 pub(crate) const MAX_HOLDINGS: usize = 1024;
 pub(crate) const HOLDING_BYTES: usize = 32;
-// Holding words: which node holds how many mappings of which space.
+// Holding words: which node (of which host) holds how many mappings of which space.
 pub(crate) const H_TAG: usize = 0;
-pub(crate) const H_ENTRY: usize = 8;
+/// The holding node's host: whose caches may hold the space's lines (`host_cache`).
+pub(crate) const H_HOST: usize = 8;
+/// `space id << 16 | entry index` (`holding_space_word`).
 pub(crate) const H_SPACE: usize = 16;
 pub(crate) const H_COUNT: usize = 24;
 
 pub(crate) const META_END: usize = HOLDINGS_AT + MAX_HOLDINGS * HOLDING_BYTES;
 
+const _: () = assert!(DEBTS_AT >= SB_LOCK + 64 && DEBTS_AT + MAX_DEBTS * DEBT_BYTES <= LOG_AT);
+const _: () = assert!(MAX_SPACES <= 1 << 16);
 const _: () = assert!(LOG_AT + 16 + LOG_ENTRIES * 16 <= REGISTRY_AT);
 const _: () = assert!(REGISTRY_AT + MAX_NODES * NODE_BYTES <= DIRECTORY_AT);
 const _: () = assert!(E_REFS + 8 <= ENTRY_BYTES && E_NAME + NAME_BYTES == E_REFS);
@@ -125,6 +143,20 @@ pub(crate) const fn entry_at(index: usize) -> usize {
 
 pub(crate) const fn holding_at(index: usize) -> usize {
     HOLDINGS_AT + index * HOLDING_BYTES
+}
+
+pub(crate) const fn debt_at(index: usize) -> usize {
+    DEBTS_AT + index * DEBT_BYTES
+}
+
+/// A holding's H_SPACE word: the space's id and directory index.
+pub(crate) const fn holding_space_word(index: usize, id: u64) -> u64 {
+    id << 16 | index as u64
+}
+
+/// (entry index, space id) of a holding's H_SPACE word.
+pub(crate) const fn holding_space_parts(word: u64) -> (usize, u64) {
+    ((word & 0xffff) as usize, word >> 16)
 }
 
 /// A node's tag: `incarnation << 8 | (slot + 1)`; never 0. The lock word and holdings name

@@ -30,6 +30,8 @@ pub(crate) enum Mode {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Mapping {
     pub base: usize,
+    /// Where the space's extent starts in the pool.
+    pub offset: u64,
     /// Bytes mapped (the space's extent length).
     pub len: usize,
     /// The space's size as created.
@@ -78,6 +80,16 @@ impl MapTable {
             .iter_mut()
             .find(|s| matches!(s, Some(m) if m.base == base))?;
         slot.take()
+    }
+
+    /// Every mapping (copies).
+    pub fn iter(&self) -> impl Iterator<Item = Mapping> + '_ {
+        self.maps.iter().flatten().copied()
+    }
+
+    /// Every mapping, the table left empty.
+    pub fn drain(&mut self) -> impl Iterator<Item = Mapping> + '_ {
+        self.maps.iter_mut().filter_map(Option::take)
     }
 
     /// A forked child's table: the inherited mappings stay mapped but are not this node's.
@@ -141,8 +153,12 @@ impl Pool {
         // disjoint; the source mapping is ours and unmapped right after.
         unsafe {
             core::ptr::copy_nonoverlapping(source as *const u8, copy, len);
-            libc::munmap(source as *mut libc::c_void, len);
         }
+        // Every line of the source was read: none may stay in this host's caches after this
+        // mapping goes (`host_cache`).
+        super::coherence::invalidate(self.coherent(), source as *const u8, len);
+        // SAFETY: our mapping, made above; nothing refers to it.
+        unsafe { libc::munmap(source as *mut libc::c_void, len) };
         Ok((copy as usize, Mode::PrivateCopy))
     }
 

@@ -16,23 +16,31 @@
 //! coordinate as processes on one host do.
 //!
 //! Modules: `spec` (the `TIERMALLOC_POOL` keys), `layout` (the bytes on the device),
-//! `coherence` (write-back and invalidation), `txn` (lock + redo log), `registry` (nodes),
+//! `coherence` (write-back and invalidation), `host_cache` (which lines a host may hold, so
+//! that opening needs no invalidation), `stale_check` (its `check_flush` shadow), `fork` (a
+//! forked child's inherited mappings counted as its own), `txn` (lock + redo log), `registry` (nodes),
 //! `directory` (entries), `extents` (where a space's bytes go), `map` (this process's
-//! mappings), `spaces` (the operations), `check` (the consistency checker), `api` (the Rust
-//! types). The C functions are in `front/capi_pool.rs`.
+//! mappings), `pagemap` (which pages a mapping touched), `spaces` (the operations), `limits`
+//! (saying which table is full), `check` (the consistency checker), `api` (the Rust types). The C functions are in `front/capi_pool.rs`.
 
 pub mod api;
 pub mod check;
 mod coherence;
 mod directory;
 mod extents;
+mod fork;
+mod host_cache;
 mod layout;
+mod limits;
 mod map;
 mod nodes;
+mod pagemap;
 mod probe;
 pub(crate) mod registry;
+pub mod share;
 mod spaces;
 mod spec;
+mod stale_check;
 pub mod testing;
 mod txn;
 
@@ -111,16 +119,7 @@ impl core::fmt::Display for OpenError {
     }
 }
 
-/// CLOCK_REALTIME in nanoseconds (comparable across hosts whose clocks agree).
-pub(crate) fn realtime_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
+pub(crate) use crate::liveness::realtime_ns;
 
 pub(crate) fn getpid() -> u32 {
     // SAFETY: no preconditions.
@@ -164,7 +163,9 @@ impl Pool {
             )
         };
         if meta == libc::MAP_FAILED {
-            return Err(close_on_error(OpenError::os("cannot map the pool's metadata")));
+            return Err(close_on_error(OpenError::os(
+                "cannot map the pool's metadata",
+            )));
         }
         let host = spec.host.unwrap_or_else(host_id);
         let mut pool = Pool {
@@ -185,6 +186,7 @@ impl Pool {
         pool.format_or_attach()?;
         let pool = Arc::new(pool);
         let _ = pool.weak.set(Arc::downgrade(&pool));
+        fork::register(Arc::as_ptr(&pool));
         Ok(pool)
     }
 
@@ -256,7 +258,9 @@ impl Pool {
                 return self.attach();
             }
             if realtime_ns() - started > 30_000_000_000 {
-                return Err(OpenError::new("another process has been formatting it for 30 s"));
+                return Err(OpenError::new(
+                    "another process has been formatting it for 30 s",
+                ));
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -333,6 +337,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        fork::unregister(self);
         self.heartbeat_stop.store(true, Ordering::Relaxed);
         self.leave();
         // SAFETY: the metadata mapping and descriptor are ours; nothing uses them after drop.
@@ -372,24 +377,15 @@ fn pool_len(spec: &PoolSpec, fd: i32) -> Result<(u64, bool), OpenError> {
                 .ok_or(OpenError::new("a device pool needs size="))?,
             false,
         )),
-        _ => Err(OpenError::new("is neither a regular file nor a character device")),
+        _ => Err(OpenError::new(
+            "is neither a regular file nor a character device",
+        )),
     }
 }
 
-/// This host's identity: its boot (boot_id) and pid namespace, so that two hosts — or two
-/// containers with their own pids — never take each other's pids for their own.
+/// This host's identity (`liveness::host_id`).
 fn host_id() -> u64 {
-    let boot = std::fs::read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let ns = std::fs::read_link("/proc/self/ns/pid")
-        .map(|p| p.into_os_string().into_encoded_bytes())
-        .unwrap_or_default();
-    let id = crate::lockfree::redo_log::checksum(
-        boot.iter()
-            .chain(b"/")
-            .chain(ns.iter())
-            .map(|&b| b as u64),
-    );
-    id.max(1)
+    crate::liveness::host_id()
 }
 
 /// The pool `TIERMALLOC_POOL` names, opened on first use; `None` (ENODEV for the caller) when

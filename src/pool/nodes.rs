@@ -5,7 +5,8 @@ use super::layout::*;
 use super::{Errno, Pool};
 
 /// One live node (a process using the pool); `tm_node_info` in C. `share`, `in_use`, `lent`
-/// and `borrowed` stay 0 until pool-backed tiers exist.
+/// and `borrowed` are its figures in the pool's share table (`share`), 0 for a node with no
+/// pool tier.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -31,17 +32,19 @@ impl Pool {
             let at = node_at(slot);
             self.invalidate_meta(at, NODE_BYTES);
             let (_, incarnation, state) = node_state_parts(self.load(at + NODE_STATE));
-            if state != NODE_ALIVE || !self.tag_live(node_tag(slot, incarnation)) {
+            let tag = node_tag(slot, incarnation);
+            if state != NODE_ALIVE || !self.tag_live(tag) {
                 continue;
             }
+            let shares = self.share_account(tag);
             f(NodeInfo {
                 node: slot as u32,
                 pid: self.load(at + NODE_PID) as u32,
                 host: self.load(at + NODE_HOST),
-                share: self.load(at + NODE_SHARE),
-                in_use: self.load(at + NODE_IN_USE),
-                lent: self.load(at + NODE_LENT),
-                borrowed: self.load(at + NODE_BORROWED),
+                share: shares.map_or(self.load(at + NODE_SHARE), |a| a.share),
+                in_use: shares.map_or(self.load(at + NODE_IN_USE), |a| a.in_use),
+                lent: shares.map_or(self.load(at + NODE_LENT), |a| a.lent),
+                borrowed: shares.map_or(self.load(at + NODE_BORROWED), |a| a.borrowed),
                 heartbeat_ns: self.load(at + NODE_HEARTBEAT),
             });
         }

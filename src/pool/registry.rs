@@ -37,19 +37,12 @@ impl Node {
     };
 }
 
-/// The start time of process `pid` (field 22 of /proc/PID/stat), if it exists.
-pub(crate) fn pid_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after its end.
-    let after = stat.iter().rposition(|&b| b == b')')?;
-    let field = stat[after + 2..].split(|&b| b == b' ').nth(19)?;
-    core::str::from_utf8(field).ok()?.parse().ok()
-}
+pub(crate) use crate::liveness::pid_start;
 
 impl Pool {
     /// This process's tag, joining the registry first if it has not (or if it is a child
-    /// forked from a process that had: the child is a node of its own, and the mappings it
-    /// inherited are not counted as its references).
+    /// forked from a process that had: the child is a node of its own; the `fork` handler
+    /// has made it one and counted its inherited mappings, else they are forgotten here).
     pub(crate) fn me(&self) -> Result<u64, Errno> {
         let pid = getpid();
         let mut node = self.node.lock();
@@ -101,9 +94,12 @@ impl Pool {
                 {
                     continue;
                 }
-                self.word(at + NODE_HOST).store(self.host, Ordering::Relaxed);
-                self.word(at + NODE_PID).store(pid as u64, Ordering::Relaxed);
-                self.word(at + NODE_PID_START).store(start, Ordering::Relaxed);
+                self.word(at + NODE_HOST)
+                    .store(self.host, Ordering::Relaxed);
+                self.word(at + NODE_PID)
+                    .store(pid as u64, Ordering::Relaxed);
+                self.word(at + NODE_PID_START)
+                    .store(start, Ordering::Relaxed);
                 self.word(at + NODE_HEARTBEAT)
                     .store(realtime_ns(), Ordering::Relaxed);
                 self.write_back_meta(at, NODE_BYTES);
@@ -115,6 +111,7 @@ impl Pool {
                 return Ok((slot, node_tag(slot, next)));
             }
         }
+        self.say_full("registry of nodes", MAX_NODES);
         Err(libc::EUSERS)
     }
 
@@ -138,8 +135,9 @@ impl Pool {
         let Some(slot) = slot_of_tag(tag) else {
             return false;
         };
-        {
-            let node = self.node.lock();
+        // `try_lock`: `join` asks about other slots while `me` holds the lock (a spin lock:
+        // waiting would never end); the slot check below answers for our own tag too.
+        if let Some(node) = self.node.try_lock() {
             if node.tag == tag && node.pid == getpid() {
                 return true;
             }
@@ -154,16 +152,13 @@ impl Pool {
         let now = realtime_ns();
         match state {
             NODE_JOINING => now / 1_000_000_000 <= claim_secs + self.spec.lease_ms / 1000 + 1,
-            NODE_ALIVE if self.load(at + NODE_HOST) == self.host => {
-                let pid = self.load(at + NODE_PID) as u32;
-                // SAFETY: kill with signal 0 only checks that the process exists.
-                let exists = unsafe { libc::kill(pid as i32, 0) } == 0
-                    || crate::os::errno() == libc::EPERM;
-                // A start time we cannot read (/proc mounted hidepid) proves nothing.
-                exists
-                    && pid_start(pid).map_or(true, |start| start == self.load(at + NODE_PID_START))
+            NODE_ALIVE => crate::liveness::Holder {
+                host: self.load(at + NODE_HOST),
+                pid: self.load(at + NODE_PID) as u32,
+                pid_start: self.load(at + NODE_PID_START),
+                heartbeat_ns: self.load(at + NODE_HEARTBEAT),
             }
-            NODE_ALIVE => self.load(at + NODE_HEARTBEAT).saturating_add(lease_ns) >= now,
+            .live(self.host, lease_ns, now),
             _ => false,
         }
     }
@@ -190,7 +185,7 @@ impl Pool {
             if tag == 0 || live(tag) {
                 continue;
             }
-            if self.release_holding(&locked, h, tag) {
+            if self.release_holding(&locked, h, tag, true) {
                 deleted += 1;
             }
         }
@@ -230,19 +225,22 @@ impl Pool {
     }
 
     /// Gives back every mapping holding `h` (of node `tag`) counts, deleting the space if it
-    /// is a private space of that node: one transaction. Whether it deleted a space.
-    fn release_holding(&self, locked: &Locked<'_>, h: usize, tag: u64) -> bool {
+    /// is a private space of that node: one transaction. A dead node's lines of the space are
+    /// dealt with first (`host_cache::forget_dead_lines`); if they cannot be, the holding stays.
+    /// Whether it deleted a space.
+    fn release_holding(&self, locked: &Locked<'_>, h: usize, tag: u64, dead: bool) -> bool {
         let at = holding_at(h);
         let mut txn = Txn::new();
         let mut deleted = false;
-        let index = self.load(at + H_ENTRY) as usize;
-        let id = self.load(at + H_SPACE);
+        let (index, id) = holding_space_parts(self.load(at + H_SPACE));
+        let count = self.load(at + H_COUNT);
         if let Some(entry) = self.read_entry(index).filter(|e| e.id() == id) {
+            let host = self.load(at + H_HOST);
+            if dead && !self.forget_dead_lines(&mut txn, host, entry.offset(), entry.len(), count) {
+                return false;
+            }
             let refs = self.load(entry_at(index) + E_REFS);
-            txn.set(
-                entry_at(index) + E_REFS,
-                refs.saturating_sub(self.load(at + H_COUNT)),
-            );
+            txn.set(entry_at(index) + E_REFS, refs.saturating_sub(count));
             if entry.state() == SPACE_PRIVATE && entry.creator() == tag {
                 self.txn_free_entry(&mut txn, &entry);
                 deleted = true;
@@ -259,10 +257,15 @@ impl Pool {
         if node.tag == 0 || node.pid != getpid() {
             return;
         }
+        // Mappings still open (their owners are going too): their lines first.
+        let open: Vec<_> = self.maps.lock().drain().collect();
+        for m in &open {
+            self.let_go(m);
+        }
         if let Ok(locked) = self.lock() {
             for h in 0..MAX_HOLDINGS {
                 if self.load(holding_at(h) + H_TAG) == node.tag {
-                    self.release_holding(&locked, h, node.tag);
+                    self.release_holding(&locked, h, node.tag, false);
                 }
             }
         }

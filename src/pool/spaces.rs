@@ -56,15 +56,22 @@ impl Pool {
         if size == 0 {
             return Err(libc::EINVAL);
         }
-        let len = size.checked_next_multiple_of(self.granule).ok_or(libc::ENOSPC)?;
+        let len = size
+            .checked_next_multiple_of(self.granule)
+            .ok_or(libc::ENOSPC)?;
         if len > self.total_len {
+            self.say_why_no_space(len);
             return Err(libc::ENOSPC);
         }
         self.auto_collect();
         let entry = self.create_entry(name, size, len).or_else(|e| match e {
             libc::ENOSPC => {
                 self.sweep()?;
-                self.create_entry(name, size, len)
+                self.create_entry(name, size, len).inspect_err(|&e| {
+                    if e == libc::ENOSPC {
+                        self.say_why_no_space(len);
+                    }
+                })
             }
             e => Err(e),
         })?;
@@ -76,13 +83,20 @@ impl Pool {
         };
         let mapping = Mapping {
             base: 0,
+            offset: entry.offset(),
             len: len as usize,
             size,
             index: entry.index,
             id: entry.id(),
             mode: Mode::Creator,
         };
-        let base = match self.map_device(entry.offset(), len as usize, prot, flags, None) {
+        let mapped = self
+            .shadow_map(entry.id(), entry.offset(), len)
+            .and_then(|()| {
+                self.map_device(entry.offset(), len as usize, prot, flags, None)
+                    .inspect_err(|_| self.shadow_let_go(entry.offset(), len))
+            });
+        let base = match mapped {
             Ok(base) => base,
             Err(e) => {
                 self.drop_reference(&mapping);
@@ -102,12 +116,22 @@ impl Pool {
         let (index, old_publish) = self.free_entry_index().ok_or(libc::ENOSPC)?;
         let offset = self.find_gap(len).ok_or(libc::ENOSPC)?;
         let id = self.load(SB_NEXT_ID);
-        let entry = Entry::new(index, id, size, offset, len, realtime_ns(), locked.tag, name);
+        let entry = Entry::new(
+            index,
+            id,
+            size,
+            offset,
+            len,
+            realtime_ns(),
+            locked.tag,
+            name,
+        );
         let mut txn = Txn::new();
         self.txn_write_entry(&mut txn, &entry, old_publish, SPACE_PRIVATE);
         self.txn_hold(&mut txn, locked.tag, &entry)
             .ok_or(libc::ENOSPC)?;
         txn.set(SB_NEXT_ID, id + 1);
+        self.pay_debt(&mut txn);
         locked.commit(&txn);
         Ok(entry)
     }
@@ -117,6 +141,7 @@ impl Pool {
         if self.maps.lock().insert(m) {
             return Ok(());
         }
+        self.let_go(&m);
         // SAFETY: the mapping was just made and never handed out.
         unsafe { map::unmap(m.base, m.len) };
         self.drop_reference(&m);
@@ -243,15 +268,16 @@ impl Pool {
         check_name(name)?;
         let mut counted = None;
         for _ in 0..8 {
-            let seen = self
-                .find(name, |s| s == SPACE_SHARED)
-                .ok_or(libc::ENOENT)?;
+            let seen = self.find(name, |s| s == SPACE_SHARED).ok_or(libc::ENOENT)?;
             let locked = self.lock()?;
             match self.read_entry(seen.index) {
                 Some(now) if now.publish == seen.publish => {
                     let mut txn = Txn::new();
-                    self.txn_hold(&mut txn, locked.tag, &now)
-                        .ok_or(libc::ENOSPC)?;
+                    if self.txn_hold(&mut txn, locked.tag, &now).is_none() {
+                        self.say_full("holdings table", MAX_HOLDINGS);
+                        return Err(libc::ENOSPC);
+                    }
+                    self.pay_debt(&mut txn);
                     locked.commit(&txn);
                     counted = Some(now);
                     break;
@@ -261,30 +287,35 @@ impl Pool {
         }
         let entry = counted.ok_or(libc::ENOENT)?;
         let len = entry.len() as usize;
-        let mapped = match how {
-            MapHow::Read => self
-                .map_device(entry.offset(), len, libc::PROT_READ, libc::MAP_SHARED, None)
-                .map(|b| (b, Mode::Read)),
-            MapHow::Private => self.map_private(entry.offset(), len),
-        };
         let mapping = Mapping {
             base: 0,
+            offset: entry.offset(),
             len,
             size: entry.size(),
             index: entry.index,
             id: entry.id(),
             mode: Mode::Read,
         };
+        // No invalidation: this host holds no line of the extent that predates the space
+        // (`host_cache`).
+        if let Err(e) = self.shadow_map(entry.id(), entry.offset(), len as u64) {
+            self.drop_reference(&mapping);
+            return Err(e);
+        }
+        let mapped = match how {
+            MapHow::Read => self
+                .map_device(entry.offset(), len, libc::PROT_READ, libc::MAP_SHARED, None)
+                .map(|b| (b, Mode::Read)),
+            MapHow::Private => self.map_private(entry.offset(), len),
+        };
         let (base, mode) = match mapped {
             Ok(m) => m,
             Err(e) => {
+                self.shadow_let_go(entry.offset(), len as u64);
                 self.drop_reference(&mapping);
                 return Err(e);
             }
         };
-        if mode != Mode::PrivateCopy {
-            coherence::invalidate(self.coherent(), base as *const u8, len);
-        }
         self.remember(Mapping {
             base,
             mode,
@@ -296,6 +327,7 @@ impl Pool {
     /// Unmaps a mapping of ours and gives its reference back.
     pub(crate) fn close(&self, base: usize) -> Result<(), Errno> {
         let m = self.maps.lock().remove(base).ok_or(libc::EINVAL)?;
+        self.let_go(&m);
         // SAFETY: the caller gives the mapping up (contract of tm_space_close).
         unsafe { map::unmap(m.base, m.len) };
         self.drop_reference(&m);
@@ -330,11 +362,19 @@ impl Pool {
             // SAFETY: `[from, from + len)` lies in both mappings (each `m.len` bytes): the
             // source readable, the new space writable; they are distinct mappings.
             unsafe {
-                core::ptr::copy_nonoverlapping((m.base + from) as *const u8, (new + from) as *mut u8, len)
+                core::ptr::copy_nonoverlapping(
+                    (m.base + from) as *const u8,
+                    (new + from) as *mut u8,
+                    len,
+                )
             }
         };
         let source = self.read_entry(m.index).filter(|e| e.id() == m.id);
-        let target = self.maps.lock().get(new).and_then(|t| self.read_entry(t.index));
+        let target = self
+            .maps
+            .lock()
+            .get(new)
+            .and_then(|t| self.read_entry(t.index));
         let written = (m.mode == Mode::Private && self.regular && !self.spec.check_flush)
             .then(|| written_pages(m.base, m.len))
             .flatten();
@@ -343,15 +383,30 @@ impl Pool {
             return;
         };
         let mut page = 0;
+        let mut read_by_kernel = Vec::new();
         while page < written.len() {
-            let run = written[page..].iter().take_while(|&&w| w == written[page]).count();
+            let run = written[page..]
+                .iter()
+                .take_while(|&&w| w == written[page])
+                .count();
             let (from, len) = (page * crate::os::PAGE_SIZE, run * crate::os::PAGE_SIZE);
-            if written[page]
-                || !self.copy_on_device(source.offset() + from as u64, target.offset() + from as u64, len)
-            {
+            if written[page] {
+                copy(from, len);
+            } else if self.copy_on_device(
+                source.offset() + from as u64,
+                target.offset() + from as u64,
+                len,
+            ) {
+                read_by_kernel.push((from, len));
+            } else {
                 copy(from, len);
             }
             page += run;
+        }
+        // The kernel read those source bytes on this host: drop its lines (`host_cache`). The
+        // target's are written back and dropped by the publish that follows.
+        if !self.coherent() && !read_by_kernel.is_empty() {
+            self.invalidate_device(source.offset(), m.len, &read_by_kernel, false);
         }
     }
 
@@ -377,9 +432,7 @@ impl Pool {
             return Err(libc::ENAMETOOLONG);
         }
         let _ = self.sweep();
-        let entry = self
-            .find(name, |s| s != SPACE_FREE)
-            .ok_or(libc::ENOENT)?;
+        let entry = self.find(name, |s| s != SPACE_FREE).ok_or(libc::ENOENT)?;
         Ok(SpaceView {
             refs: self.refs(entry.index),
             entry,
@@ -424,23 +477,15 @@ impl Pool {
     }
 }
 
-/// Which pages of the private file mapping `[base, base + len)` this process wrote: those
-/// present and no longer the file's page (/proc/self/pagemap: bit 63 present, bit 61 file
-/// page or shared), or swapped out (bit 62: only anonymous pages, copies, are swapped).
-/// `None` if pagemap cannot be read.
+/// Which pages of the private file mapping `[base, base + len)` this process wrote; `None`
+/// if its page tables cannot be read.
 fn written_pages(base: usize, len: usize) -> Option<Vec<bool>> {
-    use std::os::unix::fs::FileExt;
-    let pages = len / crate::os::PAGE_SIZE;
-    let file = std::fs::File::open("/proc/self/pagemap").ok()?;
-    let mut raw = vec![0u8; pages * 8];
-    file.read_exact_at(&mut raw, (base / crate::os::PAGE_SIZE * 8) as u64)
-        .ok()?;
-    Some(
-        raw.chunks_exact(8)
-            .map(|e| {
-                let v = u64::from_le_bytes(e.try_into().unwrap());
-                (v >> 63 & 1 == 1 && v >> 61 & 1 == 0) || v >> 62 & 1 == 1
-            })
-            .collect(),
-    )
+    let mut written = vec![false; len / crate::os::PAGE_SIZE];
+    super::pagemap::touched(base, len, |from, l, what| {
+        if what.copied {
+            let first = from / crate::os::PAGE_SIZE;
+            written[first..first + l / crate::os::PAGE_SIZE].fill(true);
+        }
+    })?;
+    Some(written)
 }

@@ -135,12 +135,23 @@ mod tests {
         assert_eq!(s.collect_age_ms, Some(2000));
         assert_eq!(s.lease_ms, 500);
         assert_eq!(s.private, PrivateHow::Copy);
-        assert_eq!(PoolSpec::parse(b"path=/x").unwrap().lease_ms, DEFAULT_LEASE_MS);
+        assert_eq!(
+            PoolSpec::parse(b"path=/x").unwrap().lease_ms,
+            DEFAULT_LEASE_MS
+        );
         assert_eq!(PoolSpec::parse(b"size=1M").unwrap_err(), "needs path=");
-        assert!(PoolSpec::parse(b"path=/x,size=1Q").unwrap_err().contains("size="));
-        assert!(PoolSpec::parse(b"path=/x,lease=5").unwrap_err().contains("lease="));
-        assert!(PoolSpec::parse(b"path=/x,offset=100").unwrap_err().contains("offset="));
-        assert!(PoolSpec::parse(b"path=/x,colour=red").unwrap_err().contains("unknown key"));
+        assert!(PoolSpec::parse(b"path=/x,size=1Q")
+            .unwrap_err()
+            .contains("size="));
+        assert!(PoolSpec::parse(b"path=/x,lease=5")
+            .unwrap_err()
+            .contains("lease="));
+        assert!(PoolSpec::parse(b"path=/x,offset=100")
+            .unwrap_err()
+            .contains("offset="));
+        assert!(PoolSpec::parse(b"path=/x,colour=red")
+            .unwrap_err()
+            .contains("unknown key"));
         assert_eq!(parse_duration_ms(b"3m"), Some(180_000));
         assert_eq!(parse_duration_ms(b"7"), Some(7));
         assert_eq!(parse_duration_ms(b"s"), None);

@@ -1,13 +1,15 @@
 //! Hooks for the crash and write-back tests: a process can be told to kill itself at the Nth
 //! step of the pool's protocol (every lock taken, log word written, store applied, lock
 //! released is a step), and publish can be told to write back too little so that the
-//! `check_flush` debug mode is seen to catch it. Off unless a test turns them on.
+//! `check_flush` debug mode is seen to catch it, or leave no debt for a dead node's host so
+//! that its reader-side shadow is seen to catch that. Off unless a test turns them on.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 static STEPS: AtomicU64 = AtomicU64::new(0);
 static DIE_AT: AtomicU64 = AtomicU64::new(0);
 static SHORT_FLUSH: AtomicU64 = AtomicU64::new(0);
+static FORGET_DEBTS: AtomicU64 = AtomicU64::new(0);
 
 /// Kill this process (SIGKILL, no clean-up of any kind) at step `n` from now (1 = the next
 /// step); 0 turns it off.
@@ -24,6 +26,16 @@ pub fn steps() -> u64 {
 /// Make publish write back `bytes` fewer bytes of the space than it must.
 pub fn short_flush(bytes: u64) {
     SHORT_FLUSH.store(bytes, Ordering::Relaxed);
+}
+
+/// Break the cache protocol on purpose: a node found dead from another host leaves no debt
+/// for its host (so the `check_flush` shadow must catch the stale read that follows).
+pub fn forget_debts(on: bool) {
+    FORGET_DEBTS.store(on as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn debts_forgotten() -> bool {
+    FORGET_DEBTS.load(Ordering::Relaxed) != 0
 }
 
 pub(crate) fn short_flush_bytes() -> u64 {

@@ -88,8 +88,11 @@ impl Pool {
         }
         self.write_back_meta(SB_LOCK, 8);
         // Whatever the previous holder (maybe on another host) wrote is on the device: drop
-        // this CPU's copies of the metadata so every read under the lock sees it.
-        self.invalidate_meta(0, META_END);
+        // this CPU's copies of the metadata so every read under the lock sees it. Directory
+        // entries are not included: every read of one invalidates it first (`read_entry`,
+        // `refs`, `free_entry_index`), which spares 768 lines per lock.
+        self.invalidate_meta(0, DIRECTORY_AT);
+        self.invalidate_meta(HOLDINGS_AT, META_END - HOLDINGS_AT);
         testing::step();
         let locked = Locked { pool: self, tag };
         locked.replay();
@@ -124,6 +127,11 @@ impl Locked<'_> {
             let off = off as usize;
             if off % 8 != 0 || off >= META_END {
                 continue; // not a store this code records: refuse to scribble
+            }
+            if (DIRECTORY_AT..HOLDINGS_AT).contains(&off) {
+                // The lock invalidated no directory line: fetch this one afresh, so that the
+                // write-back below does not carry stale neighbours of the stored word.
+                self.pool.invalidate_meta(off, 8);
             }
             store_in_sequence(self.pool.word(off), value);
             self.pool.write_back_meta(off, 8);

@@ -140,9 +140,22 @@ fn reserve(name: &str, len: usize) {
         return;
     };
     let base = base.as_ptr() as usize;
-    // Small pages, no MADV_HUGEPAGE: with the usual `defrag=madvise` setting the kernel
-    // compacts memory synchronously to build huge pages for such a range, and pre-faulting
-    // 460 MiB then took 4 s instead of 0.2 s on a busy machine (tests/profile.rs saw it).
+    // Small pages by default, no MADV_HUGEPAGE: with the usual `defrag=madvise` setting the
+    // kernel compacts memory synchronously to build huge pages for such a range, and
+    // pre-faulting 460 MiB then took 4 s instead of 0.2 s on a busy machine (tests/profile.rs
+    // saw it). `TIERMALLOC_PROFILE_HUGE=1` asks for huge pages anyway: one fault per 2 MiB
+    // (the process's minor faults fall 500-fold), at whatever building them costs on this
+    // machine (BENCHMARKS.md, "Workload profiles").
+    let huge = os::getenv(b"TIERMALLOC_PROFILE_HUGE");
+    if config::parse_bool("TIERMALLOC_PROFILE_HUGE", huge, &mut config::Stderr) {
+        // SAFETY: advice on our own fresh mapping; it changes no byte.
+        if unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_HUGEPAGE) } != 0 {
+            say(format_args!(
+                "tiermalloc: TIERMALLOC_PROFILE_HUGE=1: no transparent huge pages ({}); the reserve uses small pages",
+                std::io::Error::from_raw_os_error(os::errno())
+            ));
+        }
+    }
     if let Err(e) = reserve::install(base, len) {
         say(format_args!(
             "tiermalloc: profile {name}: cannot start the pre-fault thread: {}; the reserve \

@@ -192,15 +192,31 @@ pub fn parse(text: &[u8]) -> Result<Snapshot, Failure> {
                 failures: num(t, "failures")?,
                 spilled_in: num(t, "spilled_in")?,
                 spilled_out: num(t, "spilled_out")?,
+                // Reports from before pool shares have no lent/borrowed: 0.
+                lent: num(t, "lent").unwrap_or(0),
+                borrowed: num(t, "borrowed").unwrap_or(0),
                 // The profile's reserve (absent from reports of older versions: 0).
                 reserved: num(t, "profile_reserved").unwrap_or(0),
                 reserve_used: num(t, "reserve_used").unwrap_or(0),
                 reserve_miss: num(t, "reserve_miss").unwrap_or(0),
+                ..TierStats::default()
             },
             peak: num(t, "peak")?,
             reserved: num(t, "reserved")?,
             capacity_source: CapacitySource::parse(&source)
                 .ok_or_else(|| format!("unknown capacity_source `{source}`"))?,
+        });
+    }
+    for l in v
+        .get("loans")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        snap.add_loan(tiermalloc::report::Loan {
+            lender: num(l, "lender")? as u32,
+            borrower: num(l, "borrower")? as u32,
+            bytes: num(l, "bytes")?,
         });
     }
     Ok(snap)

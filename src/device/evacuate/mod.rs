@@ -23,7 +23,8 @@
 //! - *reads never wait*: write-protection stops writers only. (The remap in step 3 holds the
 //!   process's mm lock for the few microseconds of an `mmap`, as any `mmap` does.)
 //! - *a write is held only while its own chunk is copied*: only one chunk is protected at a
-//!   time, from step 1 to step 4.
+//!   time, from step 1 to step 4, and the evacuating thread runs that stretch at real-time
+//!   priority where it may (`hold_priority`), so no ordinary thread preempts it meanwhile.
 //! - *no write is lost*: a store that completed before step 1 is in the old pages and copied
 //!   in step 2 (the protect flushes TLBs before it returns, so no store slips past it); one
 //!   issued after step 1 sleeps until step 4 and then lands in the target.
@@ -64,10 +65,14 @@
 //! - *Dirty tracking with pre-copy rounds* (async write-protection and `PAGEMAP_SCAN`) would
 //!   copy each chunk once without holding anyone, then hold it only to copy the pages written
 //!   since. It cannot replace the synchronous hold for the last pass (an async-protected page
-//!   is never held), and one range takes one registration, so the two modes would have to be
-//!   switched per chunk. With a hold of about one chunk's memcpy already (BENCHMARKS.md), it was
-//!   left for later. It works on disk files too, but without a synchronous final pass a disk
-//!   file still cannot be moved safely.
+//!   is never held), and the probe shows the handover impossible here: a write-protecting scan
+//!   of a synchronously registered range is refused (EPERM), a synchronous userfaultfd cannot
+//!   register over the async one (EBUSY), and unregistering the async one drops its marks
+//!   (every page then looks written). It works on disk files too, but without a synchronous
+//!   final pass a disk file still cannot be moved safely.
+//! - *The faulting writer copying its own chunk*: it sleeps in the kernel and runs no user
+//!   code until woken; only `UFFD_FEATURE_SIGBUS` returns the fault to it, and then kernel
+//!   writes (`read(2)` into a block) fail with EFAULT.
 //! - `UFFDIO_MOVE` moves anonymous pages between ranges of one process: no use for file-backed
 //!   tiers, and a target that is a file or device is never anonymous.
 //! - `move_pages` (or `mbind` with `MPOL_MF_MOVE`) migrates a `numa=` tier's pages to another
@@ -80,18 +85,28 @@
 //! Every check (kind, target, write-protection) happens before the first chunk moves: a bad
 //! target leaves the tier as it was. If mapping the target over a chunk fails midway (the
 //! kernel out of memory or of mappings), the chunk is un-protected and the move stops there:
-//! the tier stays usable, part on each device, and both stay open.
+//! the tier stays usable, part on each device, and both stay open (with the target's PMR
+//! register page, if any; barriers keep reading the source's).
+//!
+//! A crash midway leaves a persistent heap split across both devices: the superblock's move
+//! record (`move_record`) makes the next open of either refuse it, in one line, rather than
+//! recover half a heap; after a move that finished, the old device's record makes it refused
+//! as stale. On success the tier's media, barrier and register page become the target's
+//! (`DeviceState::backing`) and the whole target is made durable before `tm_evacuate` returns.
 
+mod hold_priority;
+mod move_record;
 mod uffd;
 
 use super::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE};
-use crate::backend::{self, Problem, Region};
+use crate::backend::{self, Barrier, Media, Problem, Region};
 use crate::config::TierSpec;
 use crate::kind::Kind;
 use crate::os;
 use core::ffi::CStr;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use hold_priority::HoldPriority;
 use uffd::WriteProtector;
 
 /// Bytes moved per step by default. A writer of the chunk waits for its copy (36 µs for
@@ -109,9 +124,17 @@ const MAX_RANGES: usize = 256;
 /// Invariants: `device_fd` is the open descriptor of the file or device behind the tier's
 /// range (holding its lock), or -1 for anonymous memory (`Region::lock_fd` is the one the
 /// tier was opened with, stale after a move); `moving` is true exactly while one
-/// evacuation runs, and `uffd` is then its userfaultfd (else -1).
+/// evacuation runs, and `uffd` is then its userfaultfd (else -1). `media`, `barrier_at` and
+/// `registers` describe the device behind the range now (`backing`): after a move they are
+/// the target's, and the source's register page is released.
 pub(crate) struct DeviceState {
     device_fd: AtomicI32,
+    /// `Media` as a number (`media_code`).
+    media: AtomicU8,
+    /// The register a barrier reads (`Barrier::ReadRegister`), or 0 for `ReadRegion`.
+    barrier_at: AtomicUsize,
+    /// The PMR register page mapped for the barrier, or 0.
+    registers: AtomicUsize,
     moving: AtomicBool,
     uffd: AtomicI32,
     /// A descriptor kept open after a move failed midway (see "Failure"), else -1.
@@ -121,15 +144,61 @@ pub(crate) struct DeviceState {
 }
 
 impl DeviceState {
-    /// Test-only: the descriptor of the device behind the region now (it holds its lock).
-    #[cfg(test)]
+    /// The descriptor of the device behind the region now (it holds its lock), or -1.
     pub fn current_fd(&self) -> i32 {
         self.device_fd.load(Ordering::Acquire)
+    }
+
+    /// `region` as the device behind it now has it: its media, barrier and register page
+    /// (the target's after a move). Persistence and durability go through this, never
+    /// through the region the tier was opened with.
+    #[inline]
+    pub fn backing(&self, region: &Region) -> Region {
+        let at = self.barrier_at.load(Ordering::Acquire);
+        Region {
+            media: media_of(self.media.load(Ordering::Acquire)),
+            barrier: if at == 0 {
+                Barrier::ReadRegion
+            } else {
+                Barrier::ReadRegister(at)
+            },
+            registers: self.registers.load(Ordering::Acquire),
+            lock_fd: self.current_fd(),
+            ..*region
+        }
+    }
+
+    /// Makes `target` the device behind the range: its media, barrier and register page
+    /// replace the old ones, and the old register page is released. A barrier on another
+    /// thread that loaded the old address just before may still read it: the page is replaced
+    /// by zeroes rather than unmapped (`backend::retire_registers`), so that read returns 0
+    /// instead of faulting. (A source on a PMR BAR cannot be moved today, userfaultfd refusing
+    /// BARs; the swap is kept right for the day one can.)
+    fn adopt(&self, target: &Region) {
+        self.media
+            .store(media_code(target.media), Ordering::Release);
+        self.barrier_at.store(
+            match target.barrier {
+                Barrier::ReadRegion => 0,
+                Barrier::ReadRegister(at) => at,
+            },
+            Ordering::Release,
+        );
+        let old = self.registers.swap(target.registers, Ordering::AcqRel);
+        if old != 0 {
+            backend::retire_registers(old);
+        }
     }
 
     pub fn new(region: &Region, spec: &TierSpec) -> DeviceState {
         DeviceState {
             device_fd: AtomicI32::new(region.lock_fd),
+            media: AtomicU8::new(media_code(region.media)),
+            barrier_at: AtomicUsize::new(match region.barrier {
+                Barrier::ReadRegion => 0,
+                Barrier::ReadRegister(at) => at,
+            }),
+            registers: AtomicUsize::new(region.registers),
             moving: AtomicBool::new(false),
             uffd: AtomicI32::new(-1),
             half_moved_fd: AtomicI32::new(-1),
@@ -165,6 +234,51 @@ impl DeviceState {
         }
         self.moving.store(false, Ordering::Relaxed);
     }
+}
+
+fn media_code(media: Media) -> u8 {
+    match media {
+        Media::File => 0,
+        Media::Bar => 1,
+        Media::Dax => 2,
+        Media::Anonymous => 3,
+    }
+}
+
+fn media_of(code: u8) -> Media {
+    match code {
+        0 => Media::File,
+        1 => Media::Bar,
+        2 => Media::Dax,
+        _ => Media::Anonymous,
+    }
+}
+
+/// Refuses to recover a heap whose superblock holds a move record (`move_record`): the source
+/// of a move (stale, or split if the move was interrupted), or the target of one that did not
+/// finish. Formatting is not refused. With `TIERMALLOC_VERBOSE=1`, a line names the target.
+pub(crate) fn refuse_split_heap(
+    region: &Region,
+    spec: &TierSpec,
+    opening: super::persist::Opening,
+) -> Result<super::persist::Opening, Problem> {
+    if !matches!(opening, super::persist::Opening::Recover) {
+        return Ok(opening);
+    }
+    let Some((what, target)) = move_record::refusal(region, spec.path()) else {
+        return Ok(opening);
+    };
+    if crate::config::get().verbose {
+        let mut line = os::LineBuf::new();
+        let _ = writeln!(
+            line,
+            "tiermalloc: tier '{}': the superblock's move record names the target '{}'",
+            spec.kind.name(),
+            core::str::from_utf8(target).unwrap_or("<not UTF-8>")
+        );
+        line.flush();
+    }
+    Err(Problem::new(what))
 }
 
 /// What a tier lends the evacuation: its live extents, listed with allocation held.
@@ -269,7 +383,29 @@ pub(crate) struct Report {
     pub holds: [u32; HOLD_BUCKETS],
     /// The whole move, in nanoseconds.
     pub total_ns: u64,
+    /// What the holds were made of: nanoseconds summed over all chunks, and the most in one
+    /// chunk, of each step while writers were held (`HeldStep`).
+    pub step_ns: [u64; HELD_STEPS],
+    pub step_max_ns: [u64; HELD_STEPS],
+    /// Holds during which the evacuating thread lost its core (an involuntary context
+    /// switch), and the longest hold among the others.
+    pub preempted_holds: u64,
+    pub longest_unpreempted_hold_ns: u64,
+    /// Holds run at real-time priority (`hold_priority`).
+    pub raised_holds: u64,
 }
+
+/// The steps of one hold, in order: write-protect and list the chunk's live extents (the heap
+/// lock held), copy them, map the target over the chunk, wake its writers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum HeldStep {
+    ProtectAndList = 0,
+    Copy = 1,
+    Remap = 2,
+    Wake = 3,
+}
+
+pub(crate) const HELD_STEPS: usize = 4;
 
 const HOLD_BUCKETS: usize = 8 * 40;
 
@@ -300,6 +436,11 @@ impl Default for Report {
             longest_hold_ns: 0,
             holds: [0; HOLD_BUCKETS],
             total_ns: 0,
+            step_ns: [0; HELD_STEPS],
+            step_max_ns: [0; HELD_STEPS],
+            preempted_holds: 0,
+            longest_unpreempted_hold_ns: 0,
+            raised_holds: 0,
         }
     }
 }
@@ -308,6 +449,23 @@ impl Report {
     fn record_hold(&mut self, ns: u64) {
         self.longest_hold_ns = self.longest_hold_ns.max(ns);
         self.holds[hold_bucket(ns)] += 1;
+    }
+
+    /// Records one hold from the clock readings at the start of each step and at its end
+    /// (`at[HELD_STEPS]`), and whether the thread was preempted meanwhile.
+    fn record_steps(&mut self, at: &[u64; HELD_STEPS + 1], preempted: bool) {
+        for step in 0..HELD_STEPS {
+            let ns = at[step + 1].saturating_sub(at[step]);
+            self.step_ns[step] += ns;
+            self.step_max_ns[step] = self.step_max_ns[step].max(ns);
+        }
+        let hold = at[HELD_STEPS].saturating_sub(at[0]);
+        self.record_hold(hold);
+        if preempted {
+            self.preempted_holds += 1;
+        } else {
+            self.longest_unpreempted_hold_ns = self.longest_unpreempted_hold_ns.max(hold);
+        }
     }
 
     /// The `q`-quantile of the chunks' hold times (ns), to within 12.5%, never above the
@@ -344,6 +502,7 @@ pub(crate) fn evacuate(
             errno: libc::EBUSY,
             room: None,
             at: None,
+            holder: None,
         });
     }
     let result = move_region(kind, region, state, tier, target);
@@ -367,6 +526,7 @@ fn move_region(
         },
         room: None,
         at: None,
+        holder: None,
     };
     let wp = WriteProtector::new().map_err(problem)?;
     wp.register(region.base, region.len).map_err(problem)?;
@@ -375,6 +535,7 @@ fn move_region(
         errno: libc::ENAMETOOLONG,
         room: None,
         at: None,
+        holder: None,
     })?;
     let staging = match backend::map_region(&spec) {
         Ok(staging) if staging.len >= region.len => staging,
@@ -387,6 +548,7 @@ fn move_region(
                 errno: libc::ENOSPC,
                 room: None,
                 at: None,
+                holder: None,
             });
         }
         Err(p) => {
@@ -395,6 +557,8 @@ fn move_region(
         }
     };
     state.uffd.store(wp.fd(), Ordering::Relaxed);
+    // From here until the target's record is cleared, a crash leaves both devices marked.
+    move_record::begin(&state.backing(region), target);
     let chunk = chunk_bytes();
     let started = now_ns();
     let mut report = Report {
@@ -410,6 +574,7 @@ fn move_region(
     let mut hint = 0u64;
     let mut lo = 0usize;
     let mut failure = None;
+    let mut priority = HoldPriority::new();
     while lo < region.len {
         let hi = (lo + chunk).min(region.len);
         // The target's pages for the chunk's live bytes are made present before its writers
@@ -429,30 +594,38 @@ fn move_region(
         // the chunk (a `free` writing a header state) would wait for this very thread.
         let signals = SignalsBlocked::new();
         let mut protect_error = None;
-        let mut protected_at = 0u64;
+        // The clock at the start of each held step, and at the end of the hold.
+        let mut at = [0u64; HELD_STEPS + 1];
+        let mut switches_before = 0;
         let listed = tier.hold_and_list(
             lo as u64,
             hi as u64,
             &mut hint,
-            &mut || match wp.protect(region.base + lo, hi - lo) {
-                Ok(()) => {
-                    protected_at = now_ns();
-                    true
-                }
-                Err(e) => {
-                    protect_error = Some(e);
-                    false
+            &mut || {
+                // Raised with the heap lock held (see `hold_priority`), before the protect.
+                priority.raise();
+                switches_before = involuntary_switches();
+                at[HeldStep::ProtectAndList as usize] = now_ns();
+                match wp.protect(region.base + lo, hi - lo) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        protect_error = Some(e);
+                        false
+                    }
                 }
             },
             &mut |offset, len| ranges.add(offset, len),
         );
+        at[HeldStep::Copy as usize] = now_ns();
         if !listed {
+            priority.lower();
             failure = Some(protect_error.map_or(
                 Problem {
                     what: "cannot write-protect a chunk of the tier",
                     errno: libc::EIO,
                     room: None,
                     at: None,
+                    holder: None,
                 },
                 problem,
             ));
@@ -470,6 +643,7 @@ fn move_region(
             };
         }
         report.copied += ranges.bytes();
+        at[HeldStep::Remap as usize] = now_ns();
         // SAFETY: `[base + lo, base + hi)` is the tier's own range, and the target holds the
         // chunk's live bytes at the same offsets: replacing the mapping changes no byte any
         // thread can see (writers of the chunk are held until the wake below).
@@ -489,20 +663,28 @@ fn move_region(
                 errno: os::errno(),
                 room: None,
                 at: None,
+                holder: None,
             });
             let _ = wp.unprotect(region.base + lo, hi - lo);
+            priority.lower();
             break;
         }
+        at[HeldStep::Wake as usize] = now_ns();
         wp.wake(region.base + lo, hi - lo);
+        at[HELD_STEPS] = now_ns();
+        // Counted before the priority drops: the drop itself may hand the core over.
+        let preempted = involuntary_switches() != switches_before;
+        priority.lower();
+        report.record_steps(&at, preempted);
         // The new mapping starts without page-table entries: map the live pages now, in one
         // call, rather than leave a fault per page to the program's threads.
         populate(region.base, &ranges);
-        report.record_hold(now_ns() - protected_at);
         drop(signals);
         report.chunks += 1;
         lo = hi;
     }
     report.total_ns = now_ns() - started;
+    report.raised_holds = priority.raised_holds;
     wp.unregister(region.base, region.len);
     state.uffd.store(-1, Ordering::Relaxed);
     drop(wp);
@@ -512,6 +694,13 @@ fn move_region(
     let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
     match failure {
         None => {
+            // Durability and barriers follow the target from here on (its media, its PMR's
+            // register page); then everything written so far, through either device, is made
+            // durable on the target as a whole (a no-op on /dev/shm, an msync of a disk file,
+            // a barrier read on a BAR), so a persistent tier recovers from it alone.
+            state.adopt(&staging);
+            move_record::clear(&state.backing(region));
+            super::persist::persist(&state.backing(region), 0, region.len);
             // The old device, and the one an earlier move failed to leave, are mapped nowhere
             // any more: closing them releases their locks.
             let half = state.half_moved_fd.swap(-1, Ordering::AcqRel);
@@ -525,11 +714,18 @@ fn move_region(
         }
         Some(p) => {
             if lo == 0 {
-                // Nothing moved: the tier is where it was.
+                // Nothing moved: the tier is where it was, and its record goes.
                 state.device_fd.store(old, Ordering::Release);
+                move_record::clear(&state.backing(region));
+                super::persist::persist(&state.backing(region), 0, region.len);
                 // SAFETY: the target's descriptor, mapped nowhere any more.
                 os::keep_errno(|| unsafe { libc::close(staging.lock_fd) });
+                if staging.registers != 0 {
+                    backend::release_registers(staging.registers);
+                }
             } else {
+                // Half moved: the source's barrier and register page stay (the target's page
+                // stays mapped too, with its descriptor; see "Failure").
                 state.half_moved_fd.store(old, Ordering::Release);
             }
             Err(p)
@@ -594,6 +790,7 @@ fn target_problem(p: Problem) -> Problem {
                 errno: p.errno,
                 room: p.room,
                 at: p.at,
+                holder: None,
             };
         }
         return p;
@@ -610,6 +807,7 @@ fn target_problem(p: Problem) -> Problem {
         errno,
         room: p.room,
         at: p.at,
+        holder: p.holder,
     }
 }
 
@@ -623,6 +821,15 @@ fn chunk_bytes() -> usize {
 
 fn now_ns() -> u64 {
     crate::os::clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// How often the calling thread has lost its core to another (involuntary context switches).
+fn involuntary_switches() -> i64 {
+    // SAFETY: an all-zero rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { core::mem::zeroed() };
+    // SAFETY: the calling thread's usage into a valid out-parameter.
+    os::keep_errno(|| unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) });
+    usage.ru_nivcsw
 }
 
 /// Prints what an evacuation did, in one line (`TIERMALLOC_VERBOSE=1`).
@@ -642,6 +849,31 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
         r.hold_quantile(0.5).div_ceil(1000),
         r.hold_quantile(0.99).div_ceil(1000),
         r.longest_hold_ns.div_ceil(1000)
+    );
+    line.flush();
+    // What the holds were made of, on a second line.
+    let mut line = os::LineBuf::new();
+    let chunks = r.chunks.max(1);
+    let _ = write!(line, "tiermalloc: tm_evacuate: held steps, mean/max us:");
+    for (name, step) in [
+        ("protect+list", HeldStep::ProtectAndList),
+        ("copy", HeldStep::Copy),
+        ("remap", HeldStep::Remap),
+        ("wake", HeldStep::Wake),
+    ] {
+        let _ = write!(
+            line,
+            " {name} {}/{}",
+            (r.step_ns[step as usize] / chunks).div_ceil(1000),
+            r.step_max_ns[step as usize].div_ceil(1000)
+        );
+    }
+    let _ = writeln!(
+        line,
+        "; {} holds preempted (longest other {} us); {} holds at real-time priority",
+        r.preempted_holds,
+        r.longest_unpreempted_hold_ns.div_ceil(1000),
+        r.raised_holds
     );
     line.flush();
 }
@@ -672,6 +904,77 @@ mod tests {
         };
         r.reset(lo, hi);
         r
+    }
+
+    /// A page standing in for a PMR's register page.
+    fn page() -> usize {
+        os::map_anonymous(4096).unwrap().as_ptr() as usize
+    }
+
+    /// A page standing in for registers, with a value in its PMRSTS word.
+    fn registers() -> usize {
+        let p = page();
+        // SAFETY: our fresh page.
+        unsafe { ((p + 0xe08) as *mut u32).write(0x5a5a_5a5a) };
+        p
+    }
+
+    /// The PMRSTS word of a register page.
+    fn pmrsts(page: usize) -> u32 {
+        // SAFETY: a mapped page of ours (its registers, or the zeroes that replaced them).
+        unsafe { ((page + 0xe08) as *const u32).read_volatile() }
+    }
+
+    fn region(media: Media, registers: usize) -> Region {
+        Region {
+            base: 0x1000_0000,
+            len: 1 << 20,
+            reserved: 1 << 20,
+            shared_across_fork: true,
+            lock_fd: -1,
+            media,
+            new_bytes: false,
+            barrier: if registers == 0 {
+                Barrier::ReadRegion
+            } else {
+                Barrier::ReadRegister(registers + 0xe08)
+            },
+            registers,
+        }
+    }
+
+    /// After a move, durability follows the target: its media and barrier register, and the
+    /// source's register page is released (the target's stays).
+    #[test]
+    fn the_target_becomes_the_backing_and_the_old_register_page_goes() {
+        let (old, new) = (registers(), registers());
+        let source = region(Media::Bar, old);
+        let spec = TierSpec::target(Kind::Pmr, b"/dev/shm/x", 1 << 20).unwrap();
+        let state = DeviceState::new(&source, &spec);
+        let before = state.backing(&source);
+        assert_eq!(
+            (before.media, before.barrier, before.registers),
+            (Media::Bar, Barrier::ReadRegister(old + 0xe08), old)
+        );
+        state.adopt(&region(Media::Bar, new));
+        let after = state.backing(&source);
+        assert_eq!(
+            (after.media, after.barrier, after.registers),
+            (Media::Bar, Barrier::ReadRegister(new + 0xe08), new)
+        );
+        assert_eq!((after.base, after.len), (source.base, source.len));
+        // A barrier that loaded the old address just before reads zeroes, not the old
+        // controller's registers, and does not fault.
+        assert_eq!(pmrsts(old), 0, "the old controller's register page is released");
+        assert_eq!(pmrsts(new), 0x5a5a_5a5a);
+        // Onto a file: a read of the region is the barrier, and no page is kept.
+        state.adopt(&region(Media::File, 0));
+        let after = state.backing(&source);
+        assert_eq!(
+            (after.media, after.barrier, after.registers),
+            (Media::File, Barrier::ReadRegion, 0)
+        );
+        assert_eq!(pmrsts(new), 0);
     }
 
     #[test]

@@ -121,6 +121,7 @@ mod starts;
 #[cfg(test)]
 mod tests;
 mod treap;
+mod whole;
 
 pub(crate) use crate::kind::Fit;
 use core::ptr;

@@ -33,6 +33,15 @@
 //!
 //! `persist` is the default on `pmr`, `fresh` on `cmb` and `cxl`.
 //!
+//! # Who has it open (`owner.rs`)
+//!
+//! The superblock holds an owner record, claimed with a compare-and-swap in device memory
+//! before the region is formatted or recovered, so that a second opener (another process,
+//! another host sharing the device) is refused, naming the owner's host and pid. A dead owner
+//! is replaced: on its host at once (its pid is gone), elsewhere when its heartbeat is older
+//! than the lease (10 s; on a BAR or DAX a thread of the owner refreshes it, never a malloc
+//! path; a file's owner on another machine is impossible, the host's file lock covers it).
+//!
 //! # The dirty flag
 //!
 //! Every open sets the superblock's dirty flag (a format writes it set). At process exit the
@@ -109,6 +118,7 @@ mod check;
 mod extent_map;
 mod flush;
 pub(crate) mod media;
+pub(crate) mod owner;
 pub(crate) mod recover;
 mod repair;
 pub(crate) mod roots;

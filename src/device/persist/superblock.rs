@@ -12,10 +12,12 @@
 //! 48  kind         4  the tm_kind that formatted it
 //! 52  dirty        4  1 from an open (or format) until the process's clean close sets 0:
 //!                     the next open reads whether the last run ended cleanly
+//! 64  owner record 80 who has the region open (owner.rs); kept by a format
+//! 144 move record  112 a live move of the heap onto another device began (evacuate/move_record.rs)
 //! 256 roots table (roots.rs)
 //! ```
 
-use super::media;
+use super::{media, owner};
 use crate::backend::Region;
 use crate::device::slabs::SLAB_BYTES;
 use crate::device::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_FREE};
@@ -62,9 +64,14 @@ fn u32_at(image: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(image[at..at + 4].try_into().unwrap_or([0; 4]))
 }
 
+/// Whether `bytes` start with the superblock's magic.
+pub(crate) fn has_magic(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..8] == MAGIC
+}
+
 /// The fields, if `image` starts with the magic.
 pub(crate) fn read(image: &[u8]) -> Option<Fields> {
-    if image.len() < SUPERBLOCK_BYTES as usize || image[..8] != MAGIC {
+    if image.len() < SUPERBLOCK_BYTES as usize || !has_magic(image) {
         return None;
     }
     Some(Fields {
@@ -123,7 +130,10 @@ pub(crate) fn format(region: &Region, kind: u32) {
     page[40..48].copy_from_slice(&SLAB_BYTES.to_le_bytes());
     page[48..52].copy_from_slice(&kind.to_le_bytes());
     page[52..56].copy_from_slice(&1u32.to_le_bytes());
-    media::write_bytes(region, 0, &page);
+    // Around the owner record: the opener claimed it before formatting (`owner`).
+    let (start, end) = (owner::RECORD_START as usize, owner::RECORD_END as usize);
+    media::write_bytes(region, 0, &page[..start]);
+    media::write_bytes(region, end as u64, &page[end..]);
     media::order(region);
     let all_free = BlockHeader {
         size: region.len as u64 - SUPERBLOCK_BYTES - HEADER_SIZE,

@@ -1077,3 +1077,155 @@ fn a_block_grows_in_place_into_the_free_extent_behind_it() {
     drop(tier);
     std::fs::remove_file(path).unwrap();
 }
+
+/// Opens the tier at `path` as a second "host" would: without this host's file lock (which
+/// another host's kernel does not see), so that only the owner record can refuse it.
+fn open_unlocked(path: &str, keys: &str) -> Result<DeviceTier, crate::backend::Problem> {
+    crate::backend::NO_HOST_LOCK.with(|n| n.set(true));
+    let tier = open("pmr", path, keys);
+    crate::backend::NO_HOST_LOCK.with(|n| n.set(false));
+    tier
+}
+
+fn my_pid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::getpid() as u32 }
+}
+
+/// The owner record: a second opener (fresh or persist) is refused while the owner lives,
+/// naming its pid and host, and leaves the heap as it was; from "another host" (another host
+/// id) it is refused while the owner's heartbeat is younger than the lease, and takes the
+/// tier over after; the old owner's heartbeat then reports the claim lost. A clean close
+/// gives the record back.
+#[test]
+fn the_owner_record_refuses_a_second_opener_until_the_owner_is_gone() {
+    use super::owner::{TEST_HOST, TEST_LEASE_MS};
+    let path = shm("owner");
+    let first = open("pmr", &path, ",size=1M,create").unwrap();
+    let p = first.alloc(3000, 16).unwrap();
+    let offset = first.offset_in_region(p).unwrap();
+    let before = image_of(&first);
+    // Another host (another host id): the owner's heartbeat is fresh.
+    TEST_HOST.with(|h| h.set(crate::liveness::host_id() ^ 0x5eed));
+    for keys in ["", ",fresh", ",format"] {
+        let refused = open_unlocked(&path, keys).err().expect("a second opener is refused");
+        let holder = refused.holder.expect("the refusal names the owner");
+        assert_eq!(holder.pid, my_pid(), "{keys}");
+        assert_eq!(
+            holder.host_name().as_bytes(),
+            &crate::liveness::host_name()[..holder.host_name().len()]
+        );
+    }
+    assert!(image_of(&first) == before, "a refused opener wrote nothing");
+    assert!(first.heartbeat(), "the claim is still ours");
+
+    // The lease decides (the owner here never beats: no heartbeat thread).
+    TEST_LEASE_MS.with(|l| l.set(1000));
+    assert!(open_unlocked(&path, "").is_err(), "within the lease");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(open_unlocked(&path, "").is_err(), "still within the lease");
+    // 1.2 s after the owner's last beat, 0.6 s after the last refusal: a refused opener must
+    // not have made the owner's lease young again.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let second = open_unlocked(&path, "").expect("the lease ran out: taken over");
+    TEST_HOST.with(|h| h.set(0));
+    TEST_LEASE_MS.with(|l| l.set(0));
+    assert!(second.at_offset(offset).is_some(), "the heap recovered with its block");
+    assert!(!first.heartbeat(), "the old owner sees its claim lost");
+    drop(first);
+    drop(second);
+    // Both closed: the record is free, and a new opener takes it.
+    let third = open_unlocked(&path, "").expect("a released record is free");
+    drop(third);
+    // A record naming this very process (an earlier image of it: `exec` keeps the pid and
+    // runs no exit hook, so the claim stays) is ours to take.
+    let earlier = open("pmr", &path, "").unwrap();
+    core::mem::forget(earlier); // exits without closing, as an image replaced by exec
+    let again = open_unlocked(&path, "").expect("our own earlier claim is taken back");
+    drop(again);
+    std::fs::remove_file(path).unwrap();
+}
+
+const OWNER_ENV: &str = "TIERMALLOC_TEST_OWNER_CHILD";
+
+/// The owner child (a no-op unless `OWNER_ENV` is set): opens the tier at PATH, writes READY,
+/// and waits to be killed.
+#[test]
+fn owner_child() {
+    let Ok(args) = std::env::var(OWNER_ENV) else {
+        return;
+    };
+    let (path, ready) = args.split_once(' ').unwrap();
+    let _tier = open("pmr", path, "").unwrap();
+    std::fs::write(ready, b"ready").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+/// Two processes: while a child holds the tier, this process is refused, by the host's lock
+/// and by the owner record alike, each naming the child's pid; after `kill -9` of the child
+/// the tier opens at once (its pid is gone) and the record names this process.
+#[test]
+fn a_killed_owner_is_taken_over_at_once_on_its_host() {
+    let path = shm("owner-kill");
+    let ready = shm("owner-ready");
+    drop(open("pmr", &path, ",size=1M,create").unwrap());
+    let exe = std::env::current_exe().unwrap();
+    let child_test = concat!(module_path!(), "::owner_child");
+    let child_test = child_test.split_once("::").unwrap().1;
+    let mut child = std::process::Command::new(&exe)
+        .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .env(OWNER_ENV, format!("{path} {ready}"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::path::Path::new(&ready).exists() {
+        assert!(started.elapsed().as_secs() < 20, "the owner child never opened the tier");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let by_lock = open("pmr", &path, "").err().expect("the host lock refuses");
+    assert_eq!(by_lock.what, crate::backend::IN_USE);
+    assert_eq!(by_lock.holder.map(|h| h.pid), Some(child.id()), "named from the record");
+    let by_record = open_unlocked(&path, "").err().expect("the owner record refuses");
+    assert_eq!(by_record.holder.map(|h| h.pid), Some(child.id()));
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let tier = open_unlocked(&path, "").expect("a dead owner's record is taken over");
+    drop(tier);
+    let tier = open("pmr", &path, "").expect("and the host lock is gone with the process");
+    assert!(tier.heartbeat());
+    drop(tier);
+    let _ = std::fs::remove_file(ready);
+    std::fs::remove_file(path).unwrap();
+}
+
+/// A claim whose record was never finished (its process killed between the compare-and-swap
+/// and the stamp): judged by the claim word alone; a dead pid of this host is taken over at
+/// once, a live one refuses, named with its pid.
+#[test]
+fn an_unfinished_claim_is_judged_by_its_pid() {
+    let path = shm("owner-unfinished");
+    drop(open("pmr", &path, ",size=1M,create").unwrap());
+    let host_half = crate::liveness::host_id() & 0xffff_ffff;
+    let claim_by = |pid: u32| {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&(host_half << 32 | u64::from(pid)).to_le_bytes(), 64).unwrap();
+        file.write_all_at(&0u64.to_le_bytes(), 72).unwrap(); // no stamp: unfinished
+    };
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    claim_by(dead);
+    drop(open_unlocked(&path, "").expect("a dead pid's unfinished claim is taken over"));
+    let mut live = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    claim_by(live.id());
+    let refused = open_unlocked(&path, "").err().expect("a live pid's unfinished claim refuses");
+    let holder = refused.holder.unwrap();
+    assert_eq!((holder.pid, holder.host_name()), (live.id(), "?"));
+    live.kill().unwrap();
+    live.wait().unwrap();
+    std::fs::remove_file(path).unwrap();
+}

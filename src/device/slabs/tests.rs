@@ -149,3 +149,29 @@ fn random_traffic_matches_a_model() {
     let t = fx.slabs.totals();
     assert_eq!((t.idle_bytes, t.allocations), (0, t.frees));
 }
+
+/// `adopt` (recovery) takes a slab with its live slots, and refuses a bitmap naming a slot
+/// past the class's last one, or none at all: for classes whose last slot ends a bitmap word
+/// inside, on and past its boundary.
+#[test]
+fn adopt_takes_live_slots_and_refuses_bits_past_the_last_slot() {
+    for class in [1, 2, 3, 16, 32, 33, CLASSES] {
+        let fx = Fixture::new(4);
+        let slots = slots_of(class);
+        let mut live = [0u64; SLAB_WORDS];
+        assert!(!fx.slabs.adopt(0, class, &live), "class {class}: no live slot");
+        for past in [slots, slots + 1, WORDS * 64 - 1] {
+            if past < WORDS * 64 {
+                live = [0; SLAB_WORDS];
+                live[0] = 1;
+                live[past / 64] |= 1 << (past % 64);
+                assert!(!fx.slabs.adopt(0, class, &live), "class {class}: bit {past}");
+            }
+        }
+        live = [0; SLAB_WORDS];
+        live[(slots - 1) / 64] |= 1 << ((slots - 1) % 64);
+        live[0] |= 1;
+        assert!(fx.slabs.adopt(SLAB_BYTES, class, &live), "class {class}: first and last");
+        fx.slabs.check_invariants();
+    }
+}

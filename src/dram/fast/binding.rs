@@ -132,13 +132,18 @@ unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
 /// Calls `f` on the traffic counters of every heap ever made (the heaps may be in use: the
 /// counters are atomics, and nothing else of a heap is touched).
 pub fn for_each_traffic(mut f: impl FnMut(&Traffic)) {
+    // SAFETY: `traffic` holds only atomics.
+    for_each_heap(|heap| f(unsafe { &*core::ptr::addr_of!((*heap).traffic) }));
+}
+
+/// Calls `f` on every heap ever made. The heaps may be in use by their threads: `f` may read
+/// only what is safe to read racily.
+pub fn for_each_heap(mut f: impl FnMut(*mut Heap)) {
     let mut heap: *mut Heap = REGISTRY.first();
     while !heap.is_null() {
+        f(heap);
         // SAFETY: registered heaps live forever; `registry_next` is written once before a heap
-        // is published and `traffic` holds only atomics.
-        unsafe {
-            f(&*core::ptr::addr_of!((*heap).traffic));
-            heap = Heap::registry_next(heap);
-        }
+        // is published.
+        heap = unsafe { Heap::registry_next(heap) };
     }
 }

@@ -12,6 +12,7 @@
 
 use crate::dram::budget;
 use crate::dram::fast::page::{Page, PageQueue};
+use crate::dram::fast::remote_batch::RemoteBatch;
 use crate::dram::fast::segment::Segment;
 use crate::dram::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
 use crate::lockfree::tagged_stack::StackLink;
@@ -47,7 +48,8 @@ const POOLED_DIRTY_BUDGET: usize = 32 << 20;
 /// Dirty bytes kept by the heaps in the pool, against `POOLED_DIRTY_BUDGET`.
 static POOLED_DIRTY: AtomicUsize = AtomicUsize::new(0);
 
-/// Bytes of segments currently mapped, all heaps together.
+/// Bytes of segments the heaps hold, all heaps together (a released segment's chunk stays
+/// mapped with its memory discarded, see `segment`, and is not counted).
 pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();
 pub static SEGMENTS_RELEASED: SharedCounter = SharedCounter::new();
 
@@ -105,6 +107,8 @@ pub struct Heap {
     /// First, so that a pointer to the heap is a pointer to its tables (see `PageTables`).
     pub tables: PageTables,
     pub traffic: Traffic,
+    /// Blocks of other heaps this thread freed, gathered by size class (`remote_batch`).
+    pub remote_batch: RemoteBatch,
     queues: [PageQueue; CLASS_COUNT],
     full: PageQueue,
     /// Pages of `full` that received a remote free (linked through `Page::delayed_next`).
@@ -174,11 +178,7 @@ impl Heap {
         }
         match self.find_page(class) {
             // SAFETY: find_page returns a valid page with a free block.
-            Some(page) => unsafe {
-                let p = (*page).pop_checked();
-                self.traffic.on_alloc(class);
-                p
-            },
+            Some(page) => unsafe { (*page).pop_checked() },
             None => ptr::null_mut(),
         }
     }
@@ -192,6 +192,21 @@ impl Heap {
         // SAFETY: `delayed` is the heap's atomic list; the page link is ours to write (Page
         // invariant).
         unsafe { (*core::ptr::addr_of!((*heap).delayed)).push(page) };
+    }
+
+    /// `hand_back` for a page whose owner is read from its segment: what a gathered chain's
+    /// push calls when it cleared the page's flag.
+    ///
+    /// # Safety
+    /// As for `hand_back`.
+    pub unsafe fn hand_back_to_owner(page: *mut Page) {
+        // SAFETY: a page in use lies in a live segment, whose owner never changes.
+        unsafe { Self::hand_back((*Segment::of(page as usize)).owner_heap() as *mut Heap, page) }
+    }
+
+    /// Hands every chain of gathered remote frees to its page.
+    pub fn flush_remote_batch(&mut self) {
+        self.remote_batch.flush_all(Self::hand_back_to_owner);
     }
 
     /// Moves pages that got remote frees while full back to their queues.
@@ -221,7 +236,7 @@ impl Heap {
             unsafe {
                 let next = (*page).next;
                 if (*page).free.is_null() {
-                    (*page).collect_remote();
+                    self.collect_remote(page);
                 }
                 if (*page).free.is_null() {
                     (*page).extend();
@@ -255,6 +270,22 @@ impl Heap {
         self.set_current(class, page);
     }
 
+    /// Moves `page`'s remote frees onto its free list, counting them (`Traffic::collected`).
+    ///
+    /// # Safety
+    /// `page` must be a page of this heap.
+    #[inline(always)]
+    unsafe fn collect_remote(&mut self, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe {
+            if !(*page).remote.has_nodes() {
+                return;
+            }
+            let collected = (*page).collect_remote();
+            self.traffic.collected[(*page).class as usize].add(u64::from(collected));
+        }
+    }
+
     /// Makes `page` the page the fast paths of `class` pop from.
     /// Under `TIERMALLOC_SECURE=1` the tables stay on the empty page: every allocation takes
     /// the slow path, whose `pop_checked` tests each link before following it, while the
@@ -278,7 +309,7 @@ impl Heap {
         // SAFETY: per the contract.
         unsafe {
             if !(*page).remote.try_flag() {
-                (*page).collect_remote();
+                self.collect_remote(page);
                 return;
             }
             let class = (*page).class as usize;
@@ -328,6 +359,7 @@ impl Heap {
             if self.tables.current[class] == page {
                 self.set_current(class, Page::empty_page());
             }
+            self.traffic.retired_allocs[class].add((*page).allocs());
             let segment = Segment::of(page as usize);
             let bytes = (*segment).give_back(page);
             self.dirty_bytes += bytes;
@@ -351,7 +383,7 @@ impl Heap {
         }
     }
 
-    /// Unmaps an empty segment of this heap that is on no list.
+    /// Releases an empty segment of this heap that is on no list (`Segment::release`).
     ///
     /// # Safety
     /// As stated.
@@ -403,6 +435,7 @@ impl Heap {
     /// Returns the memory of every free slice of this heap to the kernel, and unmaps every empty
     /// segment but one: the bytes purged.
     pub fn purge(&mut self) -> usize {
+        self.flush_remote_batch();
         let purged = self.purge_at_least(usize::MAX);
         self.purge_due = 0;
         purged
@@ -547,6 +580,8 @@ impl Heap {
     /// keeps its resident free slices if `POOLED_DIRTY_BUDGET` has room for them, else purges
     /// them. The heap keeps its pages for the next thread that adopts it.
     pub fn tidy_for_next_owner(&mut self) {
+        // First: under `TIERMALLOC_SECURE=1` the chains may hold this heap's own blocks.
+        self.flush_remote_batch();
         self.take_delayed();
         for class in 0..CLASS_COUNT {
             self.set_current(class, Page::empty_page());
@@ -555,7 +590,7 @@ impl Heap {
                 // SAFETY: queue members are valid pages of this heap.
                 unsafe {
                     let next = (*page).next;
-                    (*page).collect_remote();
+                    self.collect_remote(page);
                     if (*page).blocks_used() == 0 {
                         self.retire(page);
                     }

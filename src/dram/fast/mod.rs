@@ -3,12 +3,13 @@
 //!
 //! The fast paths take no lock and do no atomic read-modify-write: `alloc` pops the current
 //! page's free list of the calling thread's heap; `free` of a block whose segment belongs to
-//! the calling thread's heap pushes it back. A block freed by another thread goes on its page's
-//! remote list with one CAS.
+//! the calling thread's heap pushes it back. A block freed by another thread joins that thread's
+//! chain for its page (`remote_batch`), which goes onto the page's remote list with one CAS.
 
 pub mod guard;
 pub mod heap;
 pub mod page;
+pub mod remote_batch;
 pub mod segment;
 pub mod size_class;
 pub mod traffic;
@@ -86,13 +87,7 @@ pub fn try_pop(size: usize) -> *mut u8 {
         let page = *(*tables)
             .direct
             .get_unchecked(size_class::direct_slot(size));
-        let p = (*page).pop();
-        if !p.is_null() {
-            (*tables.cast::<heap::Heap>())
-                .traffic
-                .on_alloc((*page).class as usize);
-        }
-        p
+        (*page).pop()
     }
 }
 
@@ -110,9 +105,6 @@ fn pop_or_slow(
         let page = page_of(tables);
         let p = (*page).pop();
         if !p.is_null() {
-            (*tables.cast::<heap::Heap>())
-                .traffic
-                .on_alloc((*page).class as usize);
             return p;
         }
     }
@@ -165,19 +157,19 @@ pub unsafe fn free(p: *mut u8) {
 #[inline(always)]
 unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
     let slot = binding::slot();
-    // SAFETY: `segment` is a live segment (page map); its `owner` never changes.
-    let owner = unsafe { (*segment).owner } as *mut heap::Heap;
-    if owner as usize == slot {
+    // SAFETY: `segment` is a live segment (page map); its `owner` never changes. It is
+    // compared in memory and read again on the remote path (one instruction less here).
+    if unsafe { (*segment).owner } == slot {
+        let owner = slot as *mut heap::Heap;
         // SAFETY: the calling thread owns the heap and so the page.
         unsafe {
-            (*owner).traffic.on_free((*page).class as usize);
             if (*page).push_local(p) {
                 (*owner).after_local_free(page);
             }
         }
     } else {
-        // SAFETY: forwarded; `owner_heap` drops the secure level's tag.
-        unsafe { free_remote(page, (*segment).owner_heap() as *mut heap::Heap, p) }
+        // SAFETY: forwarded.
+        unsafe { free_remote(page, segment, p) }
     }
 }
 
@@ -209,11 +201,29 @@ unsafe fn check_block(page: *mut Page, p: *mut u8) -> Result<(), crate::misuse::
         if !(*page).is_block_start(p) {
             return Err(crate::misuse::Misuse::NotABlockStart);
         }
-        if (*page).suspect(p) && (*page).holds_free(p) {
+        if (*page).carries_mark(p) && ((*page).holds_free(p) || waits_in_a_batch(page, p)) {
             return Err(crate::misuse::Misuse::DoubleFree);
         }
     }
     Ok(())
+}
+
+/// Whether block `p` of `page` waits in a chain of gathered remote frees of any heap (see
+/// `remote_batch::RemoteBatch::holds`).
+///
+/// # Safety
+/// `page` must be the page in use that holds `p`.
+#[cold]
+unsafe fn waits_in_a_batch(page: *mut Page, p: *mut u8) -> bool {
+    let mut found = false;
+    binding::for_each_heap(|heap| {
+        // SAFETY: registered heaps live forever; forwarded.
+        found = found
+            || unsafe {
+                remote_batch::RemoteBatch::holds(core::ptr::addr_of!((*heap).remote_batch), page, p)
+            };
+    });
+    found
 }
 
 /// Whether small block `p` (the page map says a segment holds it) is live; `realloc` asks
@@ -235,7 +245,9 @@ pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
 
 #[cold]
 #[inline(never)]
-unsafe fn free_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
+unsafe fn free_remote(page: *mut Page, segment: *mut Segment, p: *mut u8) {
+    // SAFETY: a live segment; `owner_heap` drops the secure level's tag.
+    let owner = unsafe { (*segment).owner_heap() } as *mut heap::Heap;
     let mine = binding::current();
     if mine.is_null() {
         // SAFETY: forwarded.
@@ -245,8 +257,12 @@ unsafe fn free_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
     // function so that it calls nothing and saves no registers (cachegrind on prodcons: 10
     // fewer instructions per remote free).
     unsafe {
-        (*mine).traffic.on_free((*page).class as usize);
-        push_remote(page, owner, p);
+        let class = (*page).class as usize;
+        (*mine).traffic.on_remote_free(class);
+        page::Block::mark_free(p, page);
+        if !(*mine).remote_batch.add(page, class, p, heap::Heap::hand_back_to_owner) {
+            push_remote(page, owner, p);
+        }
     }
 }
 
@@ -265,7 +281,7 @@ unsafe fn free_remote_unbound(page: *mut Page, owner: *mut heap::Heap, p: *mut u
         UNBOUND_FREED_BYTES.add(size_class::class_size(class) as u64);
     } else {
         // SAFETY: this thread's own heap.
-        unsafe { (*mine).traffic.on_free(class) };
+        unsafe { (*mine).traffic.on_remote_free(class) };
     }
     // SAFETY: forwarded.
     unsafe { push_remote(page, owner, p) }

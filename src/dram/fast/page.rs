@@ -12,6 +12,7 @@ use crate::dram::fast::size_class::{class_size, SLICE_SIZE};
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::os::PAGE_SIZE;
 use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// A free block (every class holds at least these 16 bytes): its first word links to the next
 /// free block, encoded (`guard::encode`) under `TIERMALLOC_SECURE=1`, as it is otherwise (the
@@ -65,6 +66,9 @@ pub struct Page {
     pub free: *mut Block,
     pub used: u32,
     pub block_size: u32,
+    /// Blocks handed out since `init` (statistics, see `traffic`): bumped by the owner only,
+    /// read by any thread.
+    allocs: AtomicU64,
     pub capacity: u32,
     pub reserved: u32,
     pub class: u8,
@@ -78,6 +82,11 @@ pub struct Page {
     pub div_magic: u64,
     /// `guard::block_limit(block_size, capacity)` while in use, else 0 (no offset passes).
     pub block_limit: u64,
+    /// `block_limit` for a page of one slice, 0 for a longer one: `free`'s fast test takes the
+    /// offset from the slice (`p mod SLICE_SIZE`, one instruction instead of two), which is
+    /// the offset from the page only in a one-slice page; blocks of longer pages (over 8 KiB)
+    /// are all tested on the slow path (`free_suspect`), against `start`.
+    pub fast_limit: u64,
     /// The link key (`guard`): the process key, copied here where the fast paths have it.
     pub key: usize,
 }
@@ -114,6 +123,7 @@ impl Page {
             free: ptr::null_mut(),
             used: 0,
             block_size: 0,
+            allocs: AtomicU64::new(0),
             capacity: 0,
             reserved: 0,
             class: 0,
@@ -125,6 +135,7 @@ impl Page {
             delayed_next: ptr::null_mut(),
             div_magic: 0,
             block_limit: 0,
+            fast_limit: 0,
             key: 0,
         }
     }
@@ -140,29 +151,47 @@ impl Page {
         self.free = ptr::null_mut();
         self.used = 0;
         self.block_size = size as u32;
+        self.allocs.store(0, Ordering::Relaxed);
         self.capacity = 0;
         self.reserved = (slices * SLICE_SIZE / size) as u32;
         self.class = class as u8;
         self.slice_count = slices as u8;
-        debug_assert!(!self.remote.has_nodes());
+        // Empty in a correct program. An incorrect one's double free from another thread,
+        // checked while the page's last incarnation was in use and pushed after it was retired,
+        // leaves a block of that incarnation here: dropped (its memory was given back with
+        // the page), not counted against this one's `used` (`c-tests/double_free_race.c`).
+        let _stale: *mut Block = self.remote.take_all();
         self.start = start;
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
         self.div_magic = guard::divisor_magic(size as u32);
         // No block is carved yet: `extend` raises the limit as it carves.
         self.block_limit = 0;
+        self.fast_limit = 0;
         self.key = guard::process_key();
     }
 
     /// Whether `free(p)`, for an address `p` in this page's slices, needs a closer look: `p` is
-    /// not the start of a block, or the block carries the free mark. False for every live
-    /// block; true for the empty page (a slice of no page), whose block limit is 0.
+    /// not the start of a block of a one-slice page, or the block carries the free mark. False
+    /// for every live block of a one-slice page; true for the empty page (a slice of no page)
+    /// and for every block of a longer page (`fast_limit` 0), which `free_suspect` then tests
+    /// exactly.
     #[inline(always)]
     pub fn suspect(&self, p: *mut u8) -> bool {
-        let offset = (p as usize).wrapping_sub(self.start as usize);
+        let offset = (p as usize) & (SLICE_SIZE - 1);
         // SAFETY: read only once `p` is known to start a block of this page (16 bytes).
-        !guard::is_block_offset(self.div_magic, self.block_limit, offset)
-            || unsafe { (*p.cast::<Block>()).tag } == self as *const Page as usize
+        !guard::is_block_offset(self.div_magic, self.fast_limit, offset)
+            || unsafe { self.carries_mark(p) }
+    }
+
+    /// Whether block `p` of this page carries the free mark (`Block::mark_free`).
+    ///
+    /// # Safety
+    /// `p` must be a block start of this page.
+    #[inline(always)]
+    pub unsafe fn carries_mark(&self, p: *mut u8) -> bool {
+        // SAFETY: per the contract, 16 readable bytes.
+        unsafe { (*p.cast::<Block>()).tag == self as *const Page as usize }
     }
 
     /// Whether `p`, an address inside this page's slices, is the start of one of its blocks.
@@ -216,6 +245,7 @@ impl Page {
         // outside `TIERMALLOC_SECURE=1`, and under it no fast path reaches a page.
         self.free = unsafe { (*block).link } as *mut Block;
         self.used += 1;
+        self.count_alloc();
         // A block handed out carries no free mark (`suspect`).
         // SAFETY: the block is ours until returned.
         unsafe { (*block).tag = 0 };
@@ -237,6 +267,7 @@ impl Page {
         }
         self.free = next as *mut Block;
         self.used += 1;
+        self.count_alloc();
         // SAFETY: the block is ours until returned.
         unsafe { (*block).tag = 0 };
         block.cast()
@@ -255,6 +286,7 @@ impl Page {
         );
         self.free = ptr::null_mut();
         self.used += 1;
+        self.count_alloc();
         // SAFETY: the block was free, so it is ours to hand out.
         unsafe { (*block).tag = 0 };
         block.cast()
@@ -284,10 +316,40 @@ impl Page {
         used <= 0
     }
 
+    /// One more block handed out (`allocs`): a relaxed load and store, which the compiler
+    /// makes one `inc` of memory, as only the owner writes it.
+    #[inline(always)]
+    fn count_alloc(&self) {
+        let n = self.allocs.load(Ordering::Relaxed);
+        self.allocs.store(n.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Blocks handed out since the page was set up.
+    #[inline]
+    pub fn allocs(&self) -> u64 {
+        self.allocs.load(Ordering::Relaxed)
+    }
+
+    /// `allocs` of a descriptor another thread may be writing (statistics).
+    ///
+    /// # Safety
+    /// `page` must point to a mapped descriptor.
+    #[inline]
+    pub unsafe fn allocs_of(page: *const Page) -> u64 {
+        // SAFETY: per the contract; the field is atomic.
+        unsafe { (*ptr::addr_of!((*page).allocs)).load(Ordering::Relaxed) }
+    }
+
+    /// The blocks used in a value of `used` (without the `IN_FULL` flag).
+    #[inline]
+    pub fn used_without_flag(used: u32) -> u32 {
+        used & !IN_FULL
+    }
+
     /// Blocks handed out (the `used` count without the `IN_FULL` flag).
     #[inline]
     pub fn blocks_used(&self) -> u32 {
-        self.used & !IN_FULL
+        Self::used_without_flag(self.used)
     }
 
     /// Whether the page is parked in its heap's `full` queue.
@@ -307,6 +369,7 @@ impl Page {
 
     /// Carves up to one OS page worth of never-used blocks (at least one) onto `free`.
     /// Returns false if the page has no uncarved block left.
+    #[inline]
     pub fn extend(&mut self) -> bool {
         if self.capacity >= self.reserved {
             return false;
@@ -331,6 +394,9 @@ impl Page {
         // Only carved blocks pass `free`'s block-start test: a pointer to one never carved
         // would otherwise join the free list without ever having been handed out.
         self.block_limit = guard::block_limit(self.block_size, self.capacity);
+        if self.slice_count == 1 {
+            self.fast_limit = self.block_limit;
+        }
         true
     }
 
@@ -359,6 +425,8 @@ impl Page {
     /// `TIERMALLOC_SECURE=1`: links blocks `[capacity, capacity + count)` in a random order
     /// (a Fisher-Yates shuffle of their indices), so that consecutive allocations are not
     /// neighbours an overflow can predict.
+    #[cold]
+    #[inline(never)]
     fn carve_shuffled(&mut self, count: usize) {
         let size = self.block_size as usize;
         let mut order = [0u16; CARVE_SHUFFLED_MAX];
@@ -408,7 +476,10 @@ impl Page {
             }
             count += 1;
         }
-        self.used -= count;
+        // At most the blocks handed out: more only after an incorrect program's double free
+        // from another thread pushed a block of a retired incarnation of this page
+        // (`c-tests/double_free_race.c`), which must not wrap `used`.
+        self.used -= count.min(self.blocks_used());
         count
     }
 

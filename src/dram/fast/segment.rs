@@ -15,6 +15,14 @@
 //!
 //! A segment belongs to one heap for its whole life: `owner` never changes after creation,
 //! which lets any thread compare it with its own heap to tell a local free from a remote one.
+//!
+//! A released segment's chunk is never unmapped: its memory goes back to the kernel
+//! (`MADV_DONTNEED`, reading as zero afterwards) and the chunk waits in `RETAINED`, still
+//! tagged in the page map, until `create` reuses it. Its header keeps every slice on the empty
+//! page, so a `free` of a stale pointer into it (a double free racing the release, from any
+//! thread) reads mapped memory at every step and is reported, never a fault; and statistics can
+//! walk every segment's page descriptors (`for_each_page`) without a lock. The address space
+//! kept is the most the heaps ever held at once.
 //! The segment keeps its owner as an address only: it never looks inside the heap, so this
 //! module depends on `page`, not on `heap` (which cuts pages from segments).
 
@@ -22,8 +30,16 @@ use crate::dram::fast::page::Page;
 use crate::dram::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
 use crate::os;
 use crate::chunk::{self, CHUNK_MASK, CHUNK_SIZE};
+use crate::lockfree::remote_list::{Link, RemoteList};
+use crate::lockfree::tagged_stack::{StackLink, TaggedStack};
 use crate::pagemap::{self, ChunkTag};
+use crate::sync::AtomicPtr;
 use core::ptr;
+
+/// Chunks of released segments, reused first by `create` (see the module comment).
+static RETAINED: TaggedStack<Segment> = TaggedStack::new();
+/// Every segment chunk ever mapped (they are never unmapped), linked through `registry_next`.
+static REGISTRY: RemoteList = RemoteList::new();
 
 pub(crate) const SLICES: usize = CHUNK_SIZE / SLICE_SIZE;
 /// Every slice but slice 0 (the header).
@@ -55,7 +71,29 @@ pub struct Segment {
     /// the others are still untouched, and get the profile reserve's pre-faulted pages when
     /// first cut (`profile::reserve::fill`).
     first_cut: u64,
+    /// Link in `RETAINED` while the chunk waits there.
+    retained_link: AtomicPtr<Segment>,
+    /// Link in `REGISTRY`, written once before the chunk is published.
+    registry_next: *mut Segment,
     pub pages: [Page; SLICES],
+}
+
+impl StackLink for Segment {
+    fn link(&self) -> &AtomicPtr<Segment> {
+        &self.retained_link
+    }
+}
+
+// SAFETY: the link is `registry_next`, written once before the chunk is published.
+unsafe impl Link for Segment {
+    unsafe fn set_next(node: *mut Self, next: *mut Self) {
+        // SAFETY: the caller owns the unpublished chunk.
+        unsafe { (*node).registry_next = next }
+    }
+    unsafe fn next(node: *mut Self) -> *mut Self {
+        // SAFETY: published chunks stay mapped forever.
+        unsafe { (*node).registry_next }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<Segment>() <= SLICE_SIZE);
@@ -86,6 +124,27 @@ impl Segment {
     /// memory.
     pub fn create(owner: usize) -> Option<*mut Segment> {
         crate::dram::fast::guard::init_key();
+        let owner = owner | usize::from(crate::dram::fast::guard::secure());
+        if let Some(segment) = RETAINED.pop() {
+            // SAFETY: a retained chunk is ours alone once popped: every slice free and given
+            // back (`release`), header mapped, page map tagged.
+            unsafe {
+                (*segment).owner = owner;
+                (*segment).free_slices = ALL_BLOCK_SLICES;
+                (*segment).dirty_slices = 0;
+                (*segment).first_cut = !ALL_BLOCK_SLICES;
+                (*segment).next = ptr::null_mut();
+                (*segment).prev = ptr::null_mut();
+                (*segment).in_available = false;
+            }
+            crate::profile::reserve::note_segment_created(SLICE_SIZE);
+            return Some(segment);
+        }
+        Self::create_fresh(owner)
+    }
+
+    /// `create` in a newly mapped chunk, whose unused slices are all `PROT_NONE`.
+    fn create_fresh(owner: usize) -> Option<*mut Segment> {
         let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, SLICE_SIZE)?.as_ptr();
         if !chunk::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
@@ -100,7 +159,7 @@ impl Segment {
         // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
         // `Page` is an unused descriptor.
         unsafe {
-            (*segment).owner = owner | usize::from(crate::dram::fast::guard::secure());
+            (*segment).owner = owner;
             (*segment).free_slices = ALL_BLOCK_SLICES;
             (*segment).page_of_slice = [Page::empty_page(); SLICES];
             (*segment).open_slices = if closed { 0 } else { u64::MAX };
@@ -112,19 +171,54 @@ impl Segment {
             ChunkTag::Segment,
             ChunkTag::Segment,
         );
+        // SAFETY: initialised above, published now.
+        unsafe { REGISTRY.push(segment) };
         crate::profile::reserve::note_segment_created(SLICE_SIZE);
         Some(segment)
     }
 
-    /// Gives the segment back to the kernel.
+    /// Gives the segment's memory back to the kernel and keeps its chunk for `create` (see the
+    /// module comment: the chunk stays mapped and tagged, its slices all on the empty page).
     ///
     /// # Safety
     /// The segment must hold no page and be on no list.
     pub unsafe fn release(segment: *mut Segment) {
-        pagemap::clear(segment as usize, CHUNK_SIZE);
-        // SAFETY: the caller guarantees nothing refers to the segment any more.
-        unsafe { os::unmap(segment.cast(), CHUNK_SIZE) };
+        // SAFETY: the caller guarantees no page uses the slices: their contents are dead.
+        unsafe {
+            debug_assert!((*segment).is_empty());
+            let mut open = (*segment).open_slices & ALL_BLOCK_SLICES;
+            while open != 0 {
+                let start = open.trailing_zeros() as usize;
+                let len = (!(open >> start)).trailing_zeros() as usize;
+                os::discard((segment as *mut u8).add(start * SLICE_SIZE), len * SLICE_SIZE);
+                open &= !run_mask(start, len);
+            }
+            (*segment).owner = 0;
+            (*segment).dirty_slices = 0;
+            RETAINED.push(segment);
+        }
         crate::profile::reserve::note_segment_released(SLICE_SIZE);
+    }
+
+    /// Calls `f` on every in-use page descriptor of every segment (statistics, from any
+    /// thread). The descriptors are read while their owners change them: `f` gets a page that
+    /// was in use at some moment of the walk, and must read its fields as such.
+    pub fn for_each_page(mut f: impl FnMut(*const Page)) {
+        let mut segment: *mut Segment = REGISTRY.first();
+        while !segment.is_null() {
+            // SAFETY: registered chunks stay mapped forever (never unmapped, see `release`),
+            // `registry_next` is written before a chunk is published, and a head descriptor
+            // is in use exactly while its `block_size` is not 0 (`take_page`, `give_back`).
+            unsafe {
+                for i in 1..SLICES {
+                    let page = ptr::addr_of!((*segment).pages[i]);
+                    if ptr::addr_of!((*page).block_size).read_volatile() != 0 {
+                        f(page);
+                    }
+                }
+                segment = Self::next(segment);
+            }
+        }
     }
 
     /// The segment holding block or page descriptor `p`.
@@ -200,6 +294,7 @@ impl Segment {
         }
         self.pages[start].block_size = 0;
         self.pages[start].block_limit = 0;
+        self.pages[start].fast_limit = 0;
         let mask = run_mask(start, n);
         debug_assert!(self.free_slices & mask == 0);
         self.free_slices |= mask;
@@ -245,7 +340,7 @@ mod tests {
 
     #[test]
     fn unused_slices_and_the_header_tail_are_inaccessible() {
-        let segment = Segment::create(0).unwrap();
+        let segment = Segment::create_fresh(0).unwrap();
         let base = segment as usize;
         let header = os::page_round(core::mem::size_of::<Segment>());
         assert!(readable(base) && readable(base + header - 1));
@@ -262,6 +357,45 @@ mod tests {
             (*segment).give_back(page);
             assert!(readable(start), "a given-back slice stays open");
             Segment::release(segment);
+        }
+    }
+
+    /// What a `free` racing a release reads (an incorrect program's double free from another
+    /// thread): it read the page map before the release and the segment's descriptors, the
+    /// block's mark and the page's lists after it. All of it stays mapped, and the stale free
+    /// finds no live block. (With the chunk unmapped, as before, this test dies of SIGSEGV.)
+    #[test]
+    fn a_released_segment_stays_readable_and_holds_no_block() {
+        use crate::dram::fast::guard::{is_block_offset, is_on_lists};
+        let segment = Segment::create(0).unwrap();
+        // SAFETY: our segment, used by nothing else; its page is given back before the release.
+        unsafe {
+            let page = (*segment).take_page(3, 1).unwrap();
+            (*page).extend();
+            let p = (*page).pop_checked();
+            (*page).push_local(p);
+            assert!((*page).suspect(p) && (*page).carries_mark(p), "a freed block is suspect");
+            // What a walk of the page's lists (`Page::holds_free`) read before the release.
+            let (start, magic, limit, first) = (
+                (*page).start as usize,
+                (*page).div_magic,
+                (*page).block_limit,
+                (*page).free as usize,
+            );
+            (*segment).give_back(page);
+            Segment::release(segment);
+            // After the release: the page map still says "segment", every read is mapped.
+            assert_eq!(pagemap::tag_of_block(p as usize), ChunkTag::Segment);
+            let stale = Segment::page_of(Segment::of(p as usize), p as usize);
+            assert_eq!(stale, Page::empty_page(), "a released slice maps to the empty page");
+            assert!((*stale).suspect(p) && !(*stale).is_block_start(p));
+            assert!(!(*page).is_block_start(p));
+            // A walk that read the descriptor before the release reads the blocks after it:
+            // mapped, and zero now (the memory went back to the kernel), so the walk ends.
+            let is_block = |b: usize| is_block_offset(magic, limit, b.wrapping_sub(start));
+            assert!(is_on_lists(p as usize, first, 0, 0, 64, is_block));
+            assert!(!is_on_lists(p as usize + 64, first, 0, 0, 64, is_block));
+            assert!(readable(p as usize));
         }
     }
 

@@ -103,7 +103,7 @@ pub fn class_of(size: usize) -> usize {
 
 /// The block size of `class`.
 #[inline(always)]
-pub fn class_size(class: usize) -> usize {
+pub const fn class_size(class: usize) -> usize {
     SIZES[class] as usize
 }
 

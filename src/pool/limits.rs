@@ -1,0 +1,30 @@
+//! Saying, in one line on stderr, why the pool answered ENOSPC: which of its tables is full
+//! (directory of spaces, holdings, host debts) or that no free extent is large enough.
+
+use super::layout::*;
+use super::Pool;
+
+impl Pool {
+    /// One line: the pool's table `what`, of `entries` entries, is full.
+    pub(crate) fn say_full(&self, what: &str, entries: usize) {
+        eprintln!(
+            "tiermalloc: pool '{}': its {what} is full ({entries} entries); ENOSPC",
+            self.spec.path.to_string_lossy()
+        );
+    }
+
+    /// After a create failed with ENOSPC (sweep and retry included): says why.
+    pub(crate) fn say_why_no_space(&self, len: u64) {
+        if self.free_entry_index().is_none() {
+            self.say_full("directory of spaces", MAX_SPACES);
+        } else if (0..MAX_HOLDINGS).all(|h| self.load(holding_at(h) + H_TAG) != 0) {
+            self.say_full("holdings table", MAX_HOLDINGS);
+        } else {
+            eprintln!(
+                "tiermalloc: pool '{}': no free extent of {len} bytes ({} bytes free in all); ENOSPC",
+                self.spec.path.to_string_lossy(),
+                self.free_bytes()
+            );
+        }
+    }
+}
