@@ -139,10 +139,7 @@
 #![cfg_attr(loom, allow(dead_code))]
 
 // The loom-built part.
-// Public only for tests/lending.rs, which drives the lending table from outside; not part of
-// the documented API.
-#[doc(hidden)]
-pub mod lockfree;
+mod lockfree;
 mod sync;
 
 /// Declares the modules that are not built under loom: one `cfg` for all of them.
@@ -182,12 +179,13 @@ not_under_loom! {
         Tier, TierError, TierStats,
     };
     pub use front::api_persist::{
-        check_file, check_image, free_block, Blocks, HeapReport, Offset, PersistError,
+        check_file, check_image, check_image_with_progress, extent_map, free_block,
+        heap_region_len, repair_file, Blocks, ExtentKind, HeapReport, MapExtent, Offset,
+        PersistError, Repaired,
     };
-    // The C functions, callable from Rust for tests that check their C semantics
-    // (tests/evacuate.rs and others); not part of the documented Rust API.
-    #[doc(hidden)]
-    pub use front::capi;
+    // The C functions of the newer C APIs, callable from Rust for tests that check their C
+    // semantics; not part of the documented Rust API. (The malloc family and the core tm_*,
+    // `front::capi`, are not: Rust code uses the Rust API.)
     #[doc(hidden)]
     pub use front::capi_evacuate;
     #[doc(hidden)]

@@ -87,24 +87,27 @@ fn run_removes_the_live_files_of_processes_that_ended_with_exit() {
 
 #[test]
 fn run_leaves_the_programs_signals_alone() {
-    // ^C must reach the program: `run` ignores SIGINT itself, but not in the program it starts.
+    // ^C must reach the program: `run` ignores SIGINT itself, but not in the program it starts,
+    // which gets the dispositions it would get without `run` (this test's own, which a shell
+    // sets to ignored for a background job).
     let state = TempDir::new("cli", "signals").kept_on_panic();
-    let out = output(tiermalloc(
+    let ignored = |out: Output| {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mask = text(&out.stdout).split_whitespace().nth(1).unwrap().to_string();
+        u64::from_str_radix(&mask, 16).unwrap()
+            & (1 << (libc::SIGINT - 1) | 1 << (libc::SIGQUIT - 1))
+    };
+    let probe = ["bash", "-c", "grep SigIgn /proc/self/status"];
+    let under_run = ignored(output(tiermalloc(
         state.path(),
-        &["run", "--", "bash", "-c", "grep SigIgn /proc/self/status"],
-    ));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ignored =
-        u64::from_str_radix(text(&out.stdout).split_whitespace().nth(1).unwrap(), 16).unwrap();
+        &[&["run", "--"][..], &probe[..]].concat(),
+    )));
+    let mut plain = Command::new(probe[0]);
+    plain.args(&probe[1..]);
+    let without = ignored(output(plain));
     assert_eq!(
-        ignored & (1 << (libc::SIGINT - 1)),
-        0,
-        "SIGINT ignored in the program"
-    );
-    assert_eq!(
-        ignored & (1 << (libc::SIGQUIT - 1)),
-        0,
-        "SIGQUIT ignored in the program"
+        under_run, without,
+        "SIGINT/SIGQUIT ignored under run: {under_run:#x}, without: {without:#x}"
     );
 }
 
@@ -335,4 +338,531 @@ fn inspect_and_check_read_a_persistent_tier_file_without_changing_it() {
             "{err}"
         );
     }
+}
+
+/// Python (ctypes on the library `tiermalloc run` preloads) against the PMR heap in `file`
+/// (1 MiB): `script` runs after `tm` (the library) and `PMR` (3) are set up.
+fn python_on_heap(state: &Path, file: &Path, script: &str) -> Output {
+    let spec = format!("dram;pmr:path={},size=1M,create", file.display());
+    let program = format!(
+        "import ctypes, os, sys\n\
+         tm = ctypes.CDLL(None)\n\
+         PMR = 3\n\
+         tm.tm_malloc.restype = ctypes.c_void_p\n\
+         tm.tm_malloc.argtypes = [ctypes.c_int, ctypes.c_size_t]\n\
+         tm.tm_root_set.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p]\n\
+         tm.tm_root_get.restype = ctypes.c_void_p\n\
+         tm.tm_root_get.argtypes = [ctypes.c_int, ctypes.c_char_p]\n\
+         tm.tm_next_block.restype = ctypes.c_void_p\n\
+         tm.tm_next_block.argtypes = [ctypes.c_int, ctypes.c_void_p]\n\
+         tm.tm_offset_of.restype = ctypes.c_uint64\n\
+         tm.tm_offset_of.argtypes = [ctypes.c_void_p]\n\
+         {script}"
+    );
+    output(tiermalloc(
+        state,
+        &[
+            "run",
+            "--tiers",
+            &spec,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &program,
+        ],
+    ))
+}
+
+/// Blocks of 20000 bytes filled with their name's letter: a, b, c named by roots, d not.
+const MAKE_HEAP: &str = "\
+for name in [b'a', b'b', b'c', b'd']:
+    p = tm.tm_malloc(PMR, 20000)
+    assert p, 'no pmr block'
+    ctypes.memset(p, name[0], 20000)
+    if name != b'd':
+        assert tm.tm_root_set(PMR, name, p) == 0
+    print(name.decode(), tm.tm_offset_of(p))
+";
+
+/// Each root's block (`a:ok` when it holds its 20000 letters, `a:gone` when the root is gone),
+/// the live blocks, and a new block allocated and freed.
+const READ_HEAP: &str = "\
+out = []
+for name in [b'a', b'b', b'c']:
+    p = tm.tm_root_get(PMR, name)
+    out.append(name.decode() + (':gone' if not p else ':ok' if ctypes.string_at(p, 20000) == name * 20000 else ':changed'))
+n, p = 0, None
+while True:
+    p = tm.tm_next_block(PMR, p)
+    if not p: break
+    n += 1
+q = tm.tm_malloc(PMR, 100000)
+out.append('blocks=%d new=%s' % (n, 'yes' if q else 'no'))
+print(' '.join(out))
+";
+
+/// `check PATH --repair` on each kind of damage a heap's file can come to, crafted on copies
+/// of a real heap: `check` names it, `--repair` mends it in one line a change, `check` then
+/// passes, and the library opens the file as the heap the repair says.
+#[test]
+fn check_repair_mends_each_kind_of_damage_and_the_heap_opens_after() {
+    let state = TempDir::new("cli", "repair").kept_on_panic();
+    let base = state.path().join("base");
+    let made = python_on_heap(state.path(), &base, MAKE_HEAP);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let offsets: std::collections::HashMap<String, u64> = text(&made.stdout)
+        .lines()
+        .map(|l| {
+            let (n, o) = l.split_once(' ').unwrap();
+            (n.to_string(), o.parse().unwrap())
+        })
+        .collect();
+    let image = std::fs::read(&base).unwrap();
+    let root_entry = |name: &[u8]| {
+        (0..48)
+            .map(|i| 256 + 80 * i)
+            .find(|&at| image[at..at + 64].starts_with(name) && image[at + name.len()] == 0)
+            .unwrap()
+    };
+    let check = |file: &Path, repair: bool| {
+        let mut args = vec!["check", file.to_str().unwrap()];
+        if repair {
+            args.push("--repair");
+        }
+        output(tiermalloc(state.path(), &args))
+    };
+
+    type Damage<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
+    let header_of = |name: &str| offsets[name] as usize - 16;
+    let cases: Vec<(&str, Damage, &str, &str, &str)> = vec![
+        (
+            "dirty",
+            Box::new(|i| i[52] = 1),
+            "not closed by its last run",
+            "dirty flag",
+            "a:ok b:ok c:ok blocks=4",
+        ),
+        (
+            "dangling-root",
+            Box::new(move |i| {
+                let at = root_entry(b"c") + 64;
+                i[at..at + 8].copy_from_slice(&(4096u64 + 48).to_le_bytes());
+            }),
+            "root \"c\" names offset 4144, which is no live block",
+            "root \"c\" named offset 4144, which is no live block: removed",
+            "a:ok b:ok c:gone blocks=4",
+        ),
+        (
+            "torn-named-header",
+            Box::new(move |i| i[header_of("b")..header_of("b") + 16].fill(0)),
+            "no block header",
+            "made one live block, as the root naming it says",
+            "a:ok b:ok c:ok blocks=4",
+        ),
+        (
+            "torn-header",
+            Box::new(move |i| i[header_of("d")..header_of("d") + 16].fill(0)),
+            "no block header",
+            "made free space",
+            "a:ok b:ok c:ok blocks=3",
+        ),
+        (
+            "torn-tail",
+            Box::new(move |i| i.truncate(header_of("a"))),
+            "the superblock is for a region of 1048576 bytes",
+            "extended with zeroes",
+            "a:gone b:ok c:ok blocks=3",
+        ),
+    ];
+    // The heap as made: sound, closed cleanly, nothing to repair.
+    let out = check(&base, true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("nothing to repair"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        std::fs::read(&base).unwrap() == image,
+        "nothing to repair, yet the file changed"
+    );
+
+    for (name, damage, found, repaired, after) in cases {
+        let file = state.path().join(name);
+        let mut bytes = image.clone();
+        damage(&mut bytes);
+        std::fs::write(&file, &bytes).unwrap();
+        let out = check(&file, false);
+        let said = text(&out.stdout) + &text(&out.stderr);
+        assert!(said.contains(found), "{name}: check said {said}");
+        assert_eq!(out.status.success(), name == "dirty", "{name}: {said}");
+        assert!(
+            std::fs::read(&file).unwrap() == bytes,
+            "{name}: check wrote"
+        );
+
+        let out = check(&file, true);
+        let said = text(&out.stdout);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let lines: Vec<_> = said
+            .lines()
+            .filter(|l| l.contains(": repaired: "))
+            .collect();
+        assert!(
+            !lines.is_empty() && lines.iter().any(|l| l.contains(repaired)),
+            "{name}: --repair said {said}"
+        );
+        let out = check(&file, false);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("closed cleanly"), "{name}");
+
+        let out = python_on_heap(state.path(), &file, READ_HEAP);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("{after} new=yes"),
+            "{name}"
+        );
+        let out = check(&file, false);
+        assert!(
+            out.status.success(),
+            "{name} after a run: {}",
+            text(&out.stderr)
+        );
+    }
+
+    // Never a foreign file, never a heap in use.
+    let junk = state.path().join("junk");
+    std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+    let out = check(&junk, true);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("left untouched"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&junk).unwrap() == vec![0x5a; 8192],
+        "wrote a foreign file"
+    );
+
+    let busy = state.path().join("busy");
+    std::fs::write(&busy, &image).unwrap();
+    let spec = format!("dram;pmr:path={},size=1M", busy.display());
+    let mut holder = tiermalloc(
+        state.path(),
+        &["run", "--tiers", &spec, "--", "/usr/bin/python3", "-c",
+          "import ctypes, sys\ntm = ctypes.CDLL(None)\ntm.tm_malloc.restype = ctypes.c_void_p\nassert tm.tm_malloc(3, 64)\nprint('open', flush=True)\nsys.stdin.read()"],
+    );
+    let mut child = holder
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "open");
+    let before = std::fs::read(&busy).unwrap();
+    let out = check(&busy, true);
+    let after = std::fs::read(&busy).unwrap();
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("in use by a running process"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(after == before, "repaired a heap in use");
+}
+
+/// `spaces PATH` lists a real pool's spaces as the library sees them, `--collect` applies the
+/// deletion rule (with `--min-age`), and a file holding no pool is neither listed nor formatted.
+#[test]
+fn spaces_lists_a_pools_spaces_and_collects_the_unused_ones() {
+    use tiermalloc::pool::{MapMode, Pool};
+    let state = TempDir::new("cli", "spaces").kept_on_panic();
+    let file = state.path().join("pool");
+    let pool = Pool::open_str(&format!("path={},size=8M,create", file.display())).unwrap();
+    let mut weights = pool.create_space("weights", 1 << 20).unwrap();
+    weights.publish().unwrap();
+    let reader = pool.open_space("weights", MapMode::Read).unwrap();
+    let mut old = pool.create_space("old", 64 << 10).unwrap();
+    old.publish().unwrap();
+    drop(old);
+    let _draft = pool.create_space("draft", 256 << 10).unwrap();
+    let spaces = |args: &[&str]| {
+        let mut all = vec!["spaces", file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = output(tiermalloc(state.path(), &all));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    let v: serde_json::Value = serde_json::from_str(&spaces(&["--json"])).unwrap();
+    let mut listed: Vec<(String, u64, u64, String)> = v["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert!(s["age_ms"].as_u64().unwrap() < 60_000, "{s}");
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["size"].as_u64().unwrap(),
+                s["refs"].as_u64().unwrap(),
+                s["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    let mut expected: Vec<_> = pool
+        .spaces()
+        .into_iter()
+        .map(|s| {
+            (
+                s.name,
+                s.size,
+                s.refs,
+                format!("{:?}", s.state).to_lowercase(),
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| (s.0.as_str(), s.2, s.3.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("draft", 1, "private"),
+            ("old", 0, "shared"),
+            ("weights", 2, "shared")
+        ]
+    );
+    assert_eq!(v["free"], pool.free_space());
+
+    let shown = spaces(&[]);
+    assert!(
+        shown.contains(": 3 space(s), ") && shown.contains("NAME"),
+        "{shown}"
+    );
+    let row = shown.lines().find(|l| l.contains("weights")).unwrap();
+    assert!(
+        row.contains("1.0 MiB") && row.contains(" 2 ") && row.ends_with("shared"),
+        "{row}"
+    );
+
+    // Too young for an hour's minimum age; then the unmapped published space goes.
+    assert!(spaces(&["--collect", "--min-age", "1h"]).contains("collected 0 space(s)"));
+    let shown = spaces(&["--collect"]);
+    assert!(
+        shown.contains("collected 1 space(s)") && !shown.contains("old"),
+        "{shown}"
+    );
+    assert!(pool.space("old").is_err() && pool.space("weights").is_ok());
+    drop((reader, weights));
+
+    // A file of zeroes: no pool, refused in one line, and still zeroes (opening would format it).
+    let zeroes = state.path().join("zeroes");
+    std::fs::write(&zeroes, vec![0; 1 << 20]).unwrap();
+    let out = output(tiermalloc(
+        state.path(),
+        &["spaces", zeroes.to_str().unwrap()],
+    ));
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.lines().count() == 1 && err.contains("no tiermalloc pool"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&zeroes).unwrap().iter().all(|&b| b == 0),
+        "formatted a file of zeroes"
+    );
+}
+
+/// `inspect PATH --map FILE.svg` draws a real, fragmented heap: the SVG parses as XML, its
+/// extents tile the region in order, and its free, in-use, largest-free and fragmentation
+/// figures are the checker's.
+#[test]
+fn inspect_map_draws_the_regions_extents_with_the_checkers_figures() {
+    let state = TempDir::new("cli", "map").kept_on_panic();
+    let file = state.path().join("heap");
+    let made = python_on_heap(
+        state.path(),
+        &file,
+        "tm.tm_free.argtypes = [ctypes.c_void_p]\n\
+         small = [tm.tm_malloc(PMR, 100) for i in range(30)]\n\
+         big = []\n\
+         while True:\n\
+         \x20   p = tm.tm_malloc(PMR, 10000)\n\
+         \x20   if not p: break\n\
+         \x20   big.append(p)\n\
+         assert all(small) and len(big) > 60\n\
+         for p in big[:40:2] + big[50:56] + small[::3]: tm.tm_free(p)\n",
+    );
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let svg = state.path().join("map.svg");
+    let out = output(tiermalloc(
+        state.path(),
+        &[
+            "inspect",
+            "--json",
+            file.to_str().unwrap(),
+            "--map",
+            svg.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let parse = "import xml.etree.ElementTree as E, json, sys\n\
+                 r = E.parse(sys.argv[1]).getroot()\n\
+                 ns = '{http://www.w3.org/2000/svg}'\n\
+                 ex = [(int(g.get('data-offset')), int(g.get('data-len')), g.get('data-state'), int(g.get('data-live-bytes') or 0)) for g in r.iter(ns + 'g') if g.get('class') == 'extent']\n\
+                 print(json.dumps({'root': dict(r.attrib), 'extents': ex, 'figures': [t.text for t in r.iter(ns + 'text') if t.get('id') == 'figures'][0]}))\n";
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", parse, svg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "not well-formed XML: {}",
+        text(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let root = |k: &str| v["root"][k].as_str().unwrap().parse::<f64>().unwrap();
+    let mut at = 0;
+    let (mut free, mut in_use, mut largest, mut run, mut blocks, mut slabs) = (0, 0, 0, 0, 0, 0);
+    for e in v["extents"].as_array().unwrap() {
+        let (offset, len, kind, live) = (
+            e[0].as_u64().unwrap(),
+            e[1].as_u64().unwrap(),
+            e[2].as_str().unwrap(),
+            e[3].as_u64().unwrap(),
+        );
+        assert_eq!(offset, at, "the extents tile the region in order");
+        at += len;
+        match kind {
+            "free" => {
+                free += len;
+                run += len;
+                largest = largest.max(run);
+                continue;
+            }
+            "block" => (in_use, blocks) = (in_use + len, blocks + 1),
+            "slab" => (in_use, slabs) = (in_use + live, slabs + 1),
+            "superblock" => assert_eq!(offset, 0),
+            other => panic!("extent state {other} in a sound heap"),
+        }
+        run = 0;
+    }
+    assert_eq!(at, report["region_len"].as_u64().unwrap());
+    assert_eq!(free, report["free"].as_u64().unwrap());
+    assert_eq!(in_use, report["in_use"].as_u64().unwrap());
+    assert_eq!(largest, report["largest_free"].as_u64().unwrap());
+    assert_eq!(
+        (blocks, slabs),
+        (
+            report["blocks"].as_u64().unwrap(),
+            report["slabs"].as_u64().unwrap()
+        )
+    );
+    assert!(blocks >= 20 && slabs >= 1, "{blocks} blocks, {slabs} slabs");
+    assert_eq!(root("data-largest-free") as u64, largest);
+    let fragmentation = 1.0 - largest as f64 / free as f64;
+    assert!(
+        fragmentation > 0.0,
+        "freeing every other block leaves holes"
+    );
+    assert!((root("data-fragmentation") - fragmentation).abs() < 1e-3);
+    let figures = v["figures"].as_str().unwrap();
+    assert!(
+        figures.contains(&format!("fragmentation {:.1}%", fragmentation * 100.0))
+            && figures.contains("largest free extent"),
+        "{figures}"
+    );
+}
+
+/// `stats FILE` keeps the workload profile's reserve figures of a JSON report, as JSON and as
+/// text (tests/profile.rs checks that the library writes them).
+#[test]
+fn stats_keeps_the_profile_reserve_figures() {
+    let state = TempDir::new("cli", "reserve").kept_on_panic();
+    let file = state.path().join("report.json");
+    std::fs::write(
+        &file,
+        r#"{"pid":7,"program":"grow","event":"exit","time_ns":1,"complete":true,"tiers":[{"kind":"dram","in_use":4592,"peak":335781568,"capacity":25276182528,"capacity_source":"machine","free":25276177936,"largest_free":25265762304,"reserved":88080384,"allocations":2129,"frees":2123,"failures":0,"spilled_in":0,"spilled_out":0,"profile_reserved":339738624,"reserve_used":338681856,"reserve_miss":4096}]}"#,
+    )
+    .unwrap();
+    let out = output(tiermalloc(
+        state.path(),
+        &["stats", "--json", file.to_str().unwrap()],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dram = &v["tiers"][0];
+    assert_eq!(
+        (
+            &dram["profile_reserved"],
+            &dram["reserve_used"],
+            &dram["reserve_miss"]
+        ),
+        (&339738624.into(), &338681856.into(), &4096.into())
+    );
+    let out = output(tiermalloc(state.path(), &["stats", file.to_str().unwrap()]));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(
+            "dram profile reserve 324.0 MiB, 323.0 MiB of it used, 4.0 KiB mapped beyond it"
+        ),
+        "{shown}"
+    );
+}
+
+/// On a terminal (a pty made by `script`), `check` of a large region shows a progress bar on
+/// stderr and clears it; into a pipe, it shows none.
+#[test]
+fn check_shows_a_progress_bar_only_on_a_terminal() {
+    let state = TempDir::new("cli", "progress").kept_on_panic();
+    let file = state.path().join("big");
+    // 512 MiB, sparse: blocks of 8 MiB spread headers over the region, their bytes untouched.
+    let spec = format!("dram;pmr:path={},size=512M,create", file.display());
+    let made = output(tiermalloc(
+        state.path(),
+        &["run", "--tiers", &spec, "--", "/usr/bin/python3", "-c",
+          "import ctypes\ntm = ctypes.CDLL(None)\ntm.tm_malloc.restype = ctypes.c_void_p\nassert all(tm.tm_malloc(3, 8 << 20) for i in range(60))"],
+    ));
+    assert!(made.status.success(), "{}", text(&made.stderr));
+
+    let piped = output(tiermalloc(state.path(), &["check", file.to_str().unwrap()]));
+    assert!(
+        piped.status.success() && piped.stderr.is_empty(),
+        "{}",
+        text(&piped.stderr)
+    );
+
+    let line = format!(
+        "{} check {}",
+        env!("CARGO_BIN_EXE_tiermalloc"),
+        file.to_str().unwrap()
+    );
+    let mut script = Command::new("script");
+    script.args(["-qec", &line, "/dev/null"]).env_clear().envs(
+        tiermalloc(state.path(), &[])
+            .get_envs()
+            .filter_map(|(k, v)| Some((k, v?))),
+    );
+    let out = output(script);
+    let tty = text(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains("scanning ") && tty.contains("MiB/512"),
+        "no bar on a terminal: {tty:?}"
+    );
+    assert!(tty.contains("tiermalloc heap"), "{tty}");
 }

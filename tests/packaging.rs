@@ -300,6 +300,44 @@ fn man_pages_render_cleanly_and_name_what_exists() {
         "variables in the man pages against those the code reads"
     );
 
+    // The command: every subcommand and each of its long options is in tiermalloc.1.
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tiermalloc"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    let commands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 5, "{top}");
+    for command in commands {
+        assert!(
+            page1.contains(&format!(".B tiermalloc {command}")),
+            "tiermalloc.1 lacks {command}"
+        );
+        for option in help(&[command, "--help"]).split_whitespace() {
+            let Some(long) = option.strip_prefix("--") else {
+                continue;
+            };
+            let long = long.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+            if !["help", ""].contains(&long) {
+                let roff = format!("\\-\\-{}", long.replace('-', "\\-"));
+                assert!(
+                    page1.contains(&roff),
+                    "tiermalloc.1 lacks {command} --{long}"
+                );
+            }
+        }
+    }
+
     // Tier keys: those config.rs accepts, each named as `.B key` or `.B key=` in tiermalloc.3.
     for key in [
         "path", "size", "offset", "create", "keep", "numa", "limit", "fit", "spare",

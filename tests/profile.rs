@@ -228,6 +228,30 @@ fn over_reservation_is_at_most_10_percent_after_three_runs() {
         fourth.reserved
     );
     assert_eq!(fourth.reserve_miss, 0, "{fourth:?}");
+
+    // The JSON report (TIERMALLOC_STATS_FILE, in place of the text and the profile's line)
+    // carries the same reserve.
+    let json = dir.path().join("fifth.json");
+    run(
+        dir.path(),
+        &[
+            ("TIERMALLOC_PROFILE", "w"),
+            ("TIERMALLOC_STATS_FILE", json.to_str().unwrap()),
+        ],
+    );
+    let report = std::fs::read_to_string(&json).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let field = |key: &str| v["tiers"][0][key].as_u64().unwrap_or(0);
+    assert_eq!(v["tiers"][0]["kind"], "dram");
+    let (reserved, used) = (field("profile_reserved"), field("reserve_used"));
+    assert!(
+        reserved as f64 >= fourth.reserved as f64 * 0.9
+            && reserved as f64 <= fourth.reserved as f64 * 1.1,
+        "JSON reserve {reserved} B, the profile line's {} B: {report}",
+        fourth.reserved
+    );
+    assert!(used as f64 >= reserved as f64 * 0.9, "{report}");
+    assert_eq!(field("reserve_miss"), 0, "{report}");
 }
 
 #[test]

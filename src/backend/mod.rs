@@ -234,7 +234,7 @@ fn map_path_noting_creation(
     };
     let len = len.map_err(release)?;
     let offset = spec.offset as usize;
-    lock_range(&fd, offset, len).map_err(release)?;
+    lock_range(fd.0, offset, len).map_err(release)?;
     // A PCI BAR's file in sysfs has no room to reserve (and must never be written to).
     if st.st_mode & libc::S_IFMT == libc::S_IFREG && !is_sysfs(&fd) {
         file_space::reserve(fd.0, offset as u64, len as u64).map_err(release)?;
@@ -308,7 +308,8 @@ std::thread_local! {
 /// (Programs started by this one inherit its environment, and with it the tier's path.) An
 /// open-file-description lock, so a forked child shares it and an executed program does not.
 /// A file system without such locks is used unlocked.
-fn lock_range(fd: &Fd, offset: usize, len: usize) -> Result<(), Problem> {
+/// Also taken by the offline repair (`device::persist::repair`) while it writes a heap's file.
+pub(crate) fn lock_range(fd: i32, offset: usize, len: usize) -> Result<(), Problem> {
     // SAFETY: all-zero is a valid `flock`.
     let mut lock: libc::flock = unsafe { core::mem::zeroed() };
     lock.l_type = libc::F_WRLCK as i16;
@@ -320,7 +321,7 @@ fn lock_range(fd: &Fd, offset: usize, len: usize) -> Result<(), Problem> {
         return Ok(());
     }
     // SAFETY: our open descriptor and a valid `flock`.
-    if unsafe { libc::fcntl(fd.0, libc::F_OFD_SETLK, &lock) } == 0 {
+    if unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &lock) } == 0 {
         return Ok(());
     }
     match os::errno() {

@@ -18,12 +18,15 @@
 //! pmr.persist(counter.cast(), 8).expect("durable");
 //! ```
 
+use crate::device::{self, DeviceTier};
 use crate::front::api::Tier;
 use crate::place;
-use crate::device::{self, DeviceTier};
 use core::ptr::NonNull;
 
-pub use crate::device::persist::{check_file, check_image, HeapReport};
+pub use crate::device::persist::{
+    check_file, check_image, check_image_with_progress, extent_map, heap_region_len, repair_file,
+    ExtentKind, HeapReport, MapExtent, Repaired,
+};
 
 /// A position in a device tier's region, from its start: what a program stores inside
 /// persistent blocks, since the region may map at another address next run.

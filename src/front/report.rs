@@ -191,7 +191,12 @@ pub fn snapshot() -> Snapshot {
 }
 
 fn take_snapshot(event: Event, wait: bool) -> Snapshot {
-    let mut snap = Snapshot::new(os_pid(), program_name(), event, os::clock_ns(libc::CLOCK_REALTIME));
+    let mut snap = Snapshot::new(
+        os_pid(),
+        program_name(),
+        event,
+        os::clock_ns(libc::CLOCK_REALTIME),
+    );
     for kind in Kind::ALL {
         snap.tiers[kind as usize] = if kind == Kind::Dram {
             tier::stats(Kind::Dram).map(dram_figures)
@@ -270,7 +275,6 @@ fn program_name() -> &'static str {
         core::ffi::CStr::from_ptr(p).to_str().unwrap_or("?")
     }
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Formats
@@ -360,6 +364,15 @@ pub fn write_text<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
             "tiermalloc:   {name:<4} {} allocations, {} frees, {} failures, {} spilled in, {} spilled out",
             s.allocations, s.frees, s.failures, s.spilled_in, s.spilled_out
         )?;
+        if s.reserved > 0 {
+            writeln!(
+                w,
+                "tiermalloc:   {name:<4} profile reserve {}, {} of it used, {} mapped beyond it",
+                Bytes(s.reserved),
+                Bytes(s.reserve_used),
+                Bytes(s.reserve_miss)
+            )?;
+        }
         if s.lent != 0 || s.borrowed != 0 {
             writeln!(
                 w,
@@ -385,7 +398,11 @@ pub fn write_text<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
 /// `{"pid":..,"program":"..","event":"exit","time_ns":..,"complete":true,"tiers":[{"kind":"dram",
 /// "in_use":..,"peak":..,"capacity":..,"capacity_source":"machine","free":..,"largest_free":..,
 /// "reserved":..,"allocations":..,"frees":..,"failures":..,"spilled_in":..,"spilled_out":..,
-/// "lent":..,"borrowed":..}],"loans":[{"lender":PID,"borrower":PID,"bytes":..}]}`.
+/// "lent":..,"borrowed":..,"profile_reserved":..,"reserve_used":..,"reserve_miss":..}],
+/// "loans":[{"lender":PID,"borrower":PID,"bytes":..}]}`. `reserved` is address space;
+/// `profile_reserved`, `reserve_used` and `reserve_miss` are the workload profile's reserve
+/// (`TIERMALLOC_PROFILE`, DRAM only, 0 without one): bytes reserved at start, handed out from
+/// it, and mapped beyond it.
 pub fn write_json<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
     write!(w, "{{\"pid\":{},\"program\":\"", snap.pid)?;
     for c in snap.program().chars() {
@@ -409,7 +426,8 @@ pub fn write_json<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
             w,
             "{}{{\"kind\":\"{}\",\"in_use\":{},\"peak\":{},\"capacity\":{},\"capacity_source\":\"{}\",\
              \"free\":{},\"largest_free\":{},\"reserved\":{},\"allocations\":{},\"frees\":{},\
-             \"failures\":{},\"spilled_in\":{},\"spilled_out\":{},\"lent\":{},\"borrowed\":{}}}",
+             \"failures\":{},\"spilled_in\":{},\"spilled_out\":{},\"lent\":{},\"borrowed\":{},\
+             \"profile_reserved\":{},\"reserve_used\":{},\"reserve_miss\":{}}}",
             if i == 0 { "" } else { "," },
             t.kind.name(),
             s.in_use,
@@ -425,7 +443,10 @@ pub fn write_json<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
             s.spilled_in,
             s.spilled_out,
             s.lent,
-            s.borrowed
+            s.borrowed,
+            s.reserved,
+            s.reserve_used,
+            s.reserve_miss
         )?;
     }
     write!(w, "],\"loans\":[")?;

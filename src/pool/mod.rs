@@ -35,6 +35,7 @@ mod limits;
 mod map;
 mod nodes;
 mod pagemap;
+mod probe;
 pub(crate) mod registry;
 pub mod share;
 mod spaces;
@@ -45,6 +46,7 @@ mod txn;
 
 pub use api::{MapMode, Space, SpaceMap, SpaceState};
 pub use nodes::NodeInfo;
+pub use probe::holds_pool;
 pub use spec::PoolSpec;
 
 use crate::os;

@@ -7,7 +7,8 @@
 #
 # Writes CACHE_DIR/vmlinuz and CACHE_DIR/initramfs.cpio. The kernel package is downloaded once
 # (`apt-get download` the package that linux-image-amd64 depends on, unpacked with dpkg-deb,
-# never installed) and kept in CACHE_DIR/kernel; the initramfs is rebuilt on every call (a
+# never installed) and kept in ~/.cache/tiermalloc/vm-kernel (CACHE_DIR/kernel when that cannot
+# be written); the initramfs is rebuilt on every call (a
 # second or two), so changed programs and scripts always reach the guest.
 # Exit status 3 with one line on stderr: something this machine lacks (the caller skips).
 set -euo pipefail
@@ -30,33 +31,40 @@ show_depends() { # KERNEL_DIR VERSION MODULE -> the .ko files to insmod, depende
         awk '$1 == "insmod" { print $2 }'
 }
 
-# --- the guest kernel (cached) ---------------------------------------------------------------
-if ! ls "$cache"/kernel/boot/vmlinuz-* >/dev/null 2>&1; then
+# --- the guest kernel (cached per user) ------------------------------------------------------
+# Kept outside the target directory, so that a fresh clone or another CARGO_TARGET_DIR does not
+# download and unpack the package again (a 100 MB download, 400 MB unpacked). Processes racing
+# to fill it each unpack into their own directory; the first rename wins.
+kernels=${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/tiermalloc/vm-kernel
+mkdir -p "$kernels" 2>/dev/null && [ -w "$kernels" ] || kernels="$cache"
+kernel="$kernels/kernel"
+if ! ls "$kernel"/boot/vmlinuz-* >/dev/null 2>&1; then
     command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
         lacks "no apt-get/dpkg-deb to fetch the Debian kernel package"
     package=$(apt-cache depends linux-image-amd64 2>/dev/null |
               awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
     [ -n "$package" ] || lacks "apt knows no linux-image-amd64 (run apt-get update)"
-    rm -rf "$cache/download" "$cache/kernel.partial"
-    mkdir -p "$cache/download"
-    (cd "$cache/download" && apt-get download "$package" >/dev/null 2>&1) ||
+    partial="$kernels/partial.$$"
+    rm -rf "$partial"
+    mkdir -p "$partial/download"
+    (cd "$partial/download" && apt-get download "$package" >/dev/null 2>&1) ||
         lacks "apt-get download $package failed"
-    dpkg-deb -x "$cache"/download/*.deb "$cache/kernel.partial"
-    version=$(ls "$cache/kernel.partial/lib/modules")
-    depmod -b "$cache/kernel.partial" "$version"
+    dpkg-deb -x "$partial"/download/*.deb "$partial/kernel"
+    version=$(ls "$partial/kernel/lib/modules")
+    depmod -b "$partial/kernel" "$version"
     # Keep the kernel and the modules we load (about 10 MB of the package's 400).
-    for module in $modules; do show_depends "$cache/kernel.partial" "$version" "$module"; done |
-        sort -u > "$cache/keep"
-    [ -s "$cache/keep" ] || { echo "vm prepare: no module found in the kernel package" >&2; exit 1; }
-    find "$cache/kernel.partial/lib/modules" -name '*.ko*' | grep -vxF -f "$cache/keep" |
+    for module in $modules; do show_depends "$partial/kernel" "$version" "$module"; done |
+        sort -u > "$partial/keep"
+    [ -s "$partial/keep" ] || { echo "vm prepare: no module found in the kernel package" >&2; exit 1; }
+    find "$partial/kernel/lib/modules" -name '*.ko*' | grep -vxF -f "$partial/keep" |
         xargs rm -f
-    rm -rf "$cache/kernel.partial/usr" "$cache/keep"
-    depmod -b "$cache/kernel.partial" "$version"
-    rm -rf "$cache/download"
-    mv "$cache/kernel.partial" "$cache/kernel"
+    rm -rf "$partial/kernel/usr"
+    depmod -b "$partial/kernel" "$version"
+    mv -T "$partial/kernel" "$kernel" 2>/dev/null || true
+    rm -rf "$partial"
 fi
-version=$(ls "$cache/kernel/lib/modules")
-cp "$cache/kernel/boot/vmlinuz-$version" "$cache/vmlinuz"
+version=$(ls "$kernel/lib/modules")
+cp "$kernel/boot/vmlinuz-$version" "$cache/vmlinuz"
 
 # --- the initramfs root ----------------------------------------------------------------------
 root="$cache/root"
@@ -66,8 +74,8 @@ cp "$busybox_path" "$root/bin/busybox"
 
 # Each module named here gets /mods/NAME: the .ko files to insmod, dependencies first.
 for module in $modules; do
-    show_depends "$cache/kernel" "$version" "$module" | while read -r path; do
-        relative=${path#"$cache/kernel"}
+    show_depends "$kernel" "$version" "$module" | while read -r path; do
+        relative=${path#"$kernel"}
         mkdir -p "$root$(dirname "$relative")"
         cp -n "$path" "$root$relative"
         echo "$relative"

@@ -6,7 +6,9 @@
 
 mod offline;
 mod run;
+mod spaces;
 mod stats;
+mod svg_map;
 
 use clap::{Arg, ArgAction, Command};
 use std::process::ExitCode;
@@ -57,8 +59,40 @@ fn cli() -> Command {
                         .help("the program and its arguments, after --"),
                 ),
         )
-        .subcommand(offline_command("inspect", "Show what a persistent tier's file holds: its heap, blocks, free space and roots (read-only)"))
-        .subcommand(offline_command("check", "Verify a persistent tier's file offline (read-only); fails on the first inconsistency"))
+        .subcommand(
+            offline_command("inspect", "Show what a persistent tier's file holds: its heap, blocks, free space and roots (read-only)")
+                .arg(
+                    Arg::new("map")
+                        .long("map")
+                        .value_name("FILE.svg")
+                        .help("also draw the region's extents (allocated, slabs, free, damaged) into an SVG file, with the largest free extent and the fragmentation"),
+                ),
+        )
+        .subcommand(
+            offline_command("check", "Verify a persistent tier's file offline (read-only); fails on the first inconsistency")
+                .arg(
+                    Arg::new("repair")
+                        .long("repair")
+                        .action(ArgAction::SetTrue)
+                        .help("mend what recovery can mend offline (a file cut short, a broken header chain, roots naming no block, the dirty flag), one line per change; refuses a file that is not a heap or is in use"),
+                ),
+        )
+        .subcommand(
+            offline_command("spaces", "List a shared pool's named spaces (name, size, refs, age, state); --collect applies its deletion rule")
+                .arg(
+                    Arg::new("collect")
+                        .long("collect")
+                        .action(ArgAction::SetTrue)
+                        .help("delete the published spaces nobody maps (and older than --min-age), then list"),
+                )
+                .arg(
+                    Arg::new("min_age")
+                        .long("min-age")
+                        .value_name("AGE")
+                        .requires("collect")
+                        .help("with --collect: only spaces at least this old (10s, 5m, 2h, 1d; default 0)"),
+                ),
+        )
         .subcommand(
             Command::new("stats")
                 .about("Show the last run's statistics, a running process's, or a stats file's")
@@ -76,7 +110,7 @@ fn cli() -> Command {
         )
 }
 
-/// `inspect` and `check`: a file, an offset into it, `--json`.
+/// `inspect`, `check` and `spaces`: a file, an offset into it, `--json`.
 fn offline_command(name: &'static str, about: &'static str) -> Command {
     Command::new(name)
         .about(about)
@@ -90,7 +124,7 @@ fn offline_command(name: &'static str, about: &'static str) -> Command {
             Arg::new("offset")
                 .long("offset")
                 .value_name("BYTES")
-                .help("where the tier starts in the file (its offset= key); default 0"),
+                .help("where the tier or pool starts in the file (its offset= key); default 0"),
         )
         .arg(
             Arg::new("json")
@@ -128,6 +162,7 @@ fn main() -> ExitCode {
         Some(("stats", m)) => stats::stats(m),
         Some(("inspect", m)) => offline::inspect(m),
         Some(("check", m)) => offline::check(m),
+        Some(("spaces", m)) => spaces::spaces(m),
         _ => Err("no such command".to_string()),
     };
     match result {

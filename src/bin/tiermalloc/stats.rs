@@ -195,7 +195,10 @@ pub fn parse(text: &[u8]) -> Result<Snapshot, Failure> {
                 // Reports from before pool shares have no lent/borrowed: 0.
                 lent: num(t, "lent").unwrap_or(0),
                 borrowed: num(t, "borrowed").unwrap_or(0),
-                // The profile's reserve figures are not in the JSON report.
+                // The profile's reserve (absent from reports of older versions: 0).
+                reserved: num(t, "profile_reserved").unwrap_or(0),
+                reserve_used: num(t, "reserve_used").unwrap_or(0),
+                reserve_miss: num(t, "reserve_miss").unwrap_or(0),
                 ..TierStats::default()
             },
             peak: num(t, "peak")?,

@@ -36,6 +36,15 @@ pub struct HeapReport {
 
 /// Checks the heap in `image` (a whole region). `Err` when it holds no finished heap at all.
 pub fn check_image(image: &[u8]) -> Result<HeapReport, String> {
+    check_image_with_progress(image, &mut |_| {})
+}
+
+/// `check_image`, telling `progress` how far the scan has come (bytes of the region behind
+/// it) now and then: for a progress bar over a large device.
+pub fn check_image_with_progress(
+    image: &[u8],
+    progress: &mut dyn FnMut(u64),
+) -> Result<HeapReport, String> {
     let fields = superblock::read(image).ok_or("no tiermalloc superblock (magic TMHEAP)")?;
     match superblock::examine(image) {
         superblock::Found::Heap => {}
@@ -62,7 +71,12 @@ pub fn check_image(image: &[u8]) -> Result<HeapReport, String> {
     };
     let mut live_starts = Vec::new();
     let mut free_run = 0u64;
+    let mut told = 0u64;
     let scanned = recover::scan(image, |offset, len, extent| {
+        if offset - told >= PROGRESS_STEP {
+            told = offset;
+            progress(offset);
+        }
         match extent {
             Extent::Free | Extent::EmptySlab => {
                 free_run += len;
@@ -70,19 +84,11 @@ pub fn check_image(image: &[u8]) -> Result<HeapReport, String> {
                 report.largest_free = report.largest_free.max(free_run);
                 return true;
             }
-            Extent::Block => {
-                live_starts.push(offset + 16);
-                report.in_use += len;
-            }
-            Extent::Slab { class, live } => {
-                let slot = crate::device::slabs::usable_of(class) + 16;
-                for n in 0..crate::device::slabs::slots_of(class) {
-                    if live[n / 64] & (1 << (n % 64)) != 0 {
-                        let at = offset + crate::device::slabs::SLAB_MARKER + n as u64 * slot;
-                        live_starts.push(at + 16);
-                        report.in_use += slot;
-                    }
-                }
+            Extent::Block | Extent::Slab { .. } => {
+                live_blocks(offset, len, extent, |start, bytes| {
+                    live_starts.push(start);
+                    report.in_use += bytes;
+                })
             }
         }
         free_run = 0;
@@ -109,6 +115,27 @@ pub fn check_image(image: &[u8]) -> Result<HeapReport, String> {
         report.roots.push((name, offset));
     });
     Ok(report)
+}
+
+/// Bytes of the region between two calls of a progress callback.
+const PROGRESS_STEP: u64 = 64 << 20;
+
+/// The live blocks of one extent of the chain (the block, or a slab's live slots):
+/// `f(block offset, bytes with its header)`, in address order.
+pub(super) fn live_blocks(offset: u64, len: u64, extent: Extent, mut f: impl FnMut(u64, u64)) {
+    match extent {
+        Extent::Free | Extent::EmptySlab => {}
+        Extent::Block => f(offset + 16, len),
+        Extent::Slab { class, live } => {
+            let slot = crate::device::slabs::usable_of(class) + 16;
+            for n in 0..crate::device::slabs::slots_of(class) {
+                if live[n / 64] & (1 << (n % 64)) != 0 {
+                    let at = offset + crate::device::slabs::SLAB_MARKER + n as u64 * slot;
+                    f(at + 16, slot);
+                }
+            }
+        }
+    }
 }
 
 /// Checks the heap in the file (or device) at `path`, from byte `offset` on, read-only.

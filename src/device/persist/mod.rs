@@ -115,16 +115,20 @@
 //! later slab's slot would be taken for a live slot (a leak, never an overlap).
 
 mod check;
+mod extent_map;
 mod flush;
 pub(crate) mod media;
 pub(crate) mod owner;
 pub(crate) mod recover;
+mod repair;
 pub(crate) mod roots;
 pub(crate) mod superblock;
 #[cfg(test)]
 mod tests;
 
-pub use check::{check_file, check_image, HeapReport};
+pub use check::{check_file, check_image, check_image_with_progress, HeapReport};
+pub use extent_map::{extent_map, ExtentKind, MapExtent};
+pub use repair::{heap_region_len, repair_file, Repaired};
 pub(crate) use flush::persist;
 pub(crate) use superblock::SUPERBLOCK_BYTES;
 

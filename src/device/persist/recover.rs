@@ -5,8 +5,8 @@
 
 use super::superblock::SUPERBLOCK_BYTES;
 use super::STATE_SLAB;
-use crate::device::slabs::{self, SLAB_BYTES, SLAB_MARKER, SLAB_WORDS};
 use crate::device::header::{HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
+use crate::device::slabs::{self, SLAB_BYTES, SLAB_MARKER, SLAB_WORDS};
 
 /// One extent of the chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,10 +65,20 @@ fn header_at(image: &[u8], at: u64) -> Header {
 /// scan then reports damage "stopped"). Reads each header once.
 pub(crate) fn scan(
     image: &[u8],
+    sink: impl FnMut(u64, u64, Extent) -> bool,
+) -> Result<Scanned, Damage> {
+    scan_from(image, SUPERBLOCK_BYTES, sink)
+}
+
+/// `scan`, from the header at `start` (16-byte aligned, past the superblock) on: the offline
+/// repair asks where an intact chain resumes behind damage.
+pub(crate) fn scan_from(
+    image: &[u8],
+    start: u64,
     mut sink: impl FnMut(u64, u64, Extent) -> bool,
 ) -> Result<Scanned, Damage> {
     let end = image.len() as u64;
-    let mut at = SUPERBLOCK_BYTES;
+    let mut at = start;
     let mut found = Scanned::default();
     let mut live = [0u64; SLAB_WORDS];
     while at < end {

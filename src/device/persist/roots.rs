@@ -31,6 +31,11 @@ pub(crate) enum RootError {
     Full,
 }
 
+/// Where the valid flag of entry `i` lies in the region (8 bytes, 1 valid, 0 not).
+pub(crate) fn valid_flag_at(i: usize) -> u64 {
+    entry_at(i) + VALID_AT
+}
+
 fn entry_at(i: usize) -> u64 {
     ROOTS_AT + i as u64 * ENTRY
 }
@@ -38,6 +43,11 @@ fn entry_at(i: usize) -> u64 {
 /// The valid entries of the table in `image` (the first 4 KiB of a region at least):
 /// `f(name, offset)`.
 pub(crate) fn for_each(image: &[u8], mut f: impl FnMut(&[u8], u64)) {
+    for_each_entry(image, |_, name, offset| f(name, offset))
+}
+
+/// `for_each`, with each entry's index (`f(index, name, offset)`).
+pub(crate) fn for_each_entry(image: &[u8], mut f: impl FnMut(usize, &[u8], u64)) {
     for i in 0..ROOT_SLOTS {
         let at = entry_at(i) as usize;
         let e = &image[at..at + ENTRY as usize];
@@ -50,6 +60,7 @@ pub(crate) fn for_each(image: &[u8], mut f: impl FnMut(&[u8], u64)) {
                 .unwrap_or(64)
                 .min(ROOT_NAME_MAX);
             f(
+                i,
                 &name[..len],
                 u64::from_le_bytes(e[64..72].try_into().unwrap_or([0; 8])),
             );

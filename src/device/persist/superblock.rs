@@ -28,7 +28,7 @@ pub(crate) const LAYOUT_VERSION: u32 = 1;
 const FORMATTING: u32 = 1;
 const READY: u32 = 2;
 const STATE_AT: u64 = 12;
-const DIRTY_AT: u64 = 52;
+pub(crate) const DIRTY_AT: u64 = 52;
 
 /// What the start of a region holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
