@@ -13,9 +13,9 @@
 //! lane of each class), each over the lane's list of slabs with free slots and every bitmap
 //! of the lane's slabs; threads allocating or freeing different sizes, or the same size in
 //! different lanes, never meet, and none of them takes the tier's heap lock but to make or
-//! retire a slab. Below, "the class's lock" of a slab means the lock of its class in its lane. A slab whose last block is
-//! freed goes back to the extent heap at once (it coalesces with its neighbours, so a tier
-//! whose blocks are all freed is one free extent again).
+//! retire a slab. Below, "the class's lock" of a slab means the lock of its class in its
+//! lane. A slab whose last block is freed goes back to the extent heap at once (it coalesces
+//! with its neighbours, so a tier whose blocks are all freed is one free extent again).
 //!
 //! A free finds the descriptor of its window without a lock (its `class`, atomic), then takes
 //! that class's lock and reads the class again: a slab is made and retired under its class's
@@ -76,9 +76,10 @@ pub(crate) const SLAB_WORDS: usize = WORDS;
 ///
 /// Invariants: `class == 0` unless the window is the extent of a live slab, and then it is
 /// `Lane::key(class)` of the slab's lane and class; every other field is read and written
-/// only under the lock of that class in that lane (`class` is set and cleared under it too). In a slab, `live` counts the set bits of `bitmap`, which lie below
-/// `slots = SLAB_BYTES / slot_bytes(class)`; the slab is in its class's partial list exactly
-/// when `live < slots`, linked by `prev`/`next`.
+/// only under the lock of that class in that lane (`class` is set and cleared under it
+/// too). In a slab, `live` counts the set bits of `bitmap`, which lie below
+/// `slots = SLAB_BYTES / slot_bytes(class)`; the slab is in its lane's partial list of its
+/// class exactly when `live < slots`, linked by `prev`/`next`.
 // A cache line each, as `ClassList`: slabs cut one after another have adjacent descriptors,
 // often of classes other threads are using.
 #[repr(align(64))]
@@ -447,8 +448,7 @@ impl Slabs {
 
     /// Installs a slab found by a recovery scan: the window at `offset` (an allocated extent
     /// of the heap) is a slab of `class`, in lane 0, whose live slots are the set bits of
-    /// `live`. False
-    /// (nothing changed) for a bad class, window or bitmap.
+    /// `live`. False (nothing changed) for a bad class, window or bitmap.
     pub fn adopt(&self, offset: u64, class: usize, live: &[u64; SLAB_WORDS]) -> bool {
         let index = (offset / SLAB_BYTES) as usize;
         if class == 0 || class > CLASSES || offset % SLAB_BYTES != 0 || index >= self.windows {
