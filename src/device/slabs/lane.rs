@@ -1,6 +1,6 @@
 //! Lanes of the slabs: each size class has `LANES` independent lists of slabs, each under its
 //! own lock, and every thread allocates from one lane (assigned round-robin at its first
-//! device allocation). Two threads allocating the same size on one tier then take different
+//! allocation from a slab). Two threads allocating the same size on one tier then take different
 //! locks and touch different slabs, instead of bouncing one class lock and its slabs'
 //! descriptors between their cores (two threads on one tier paid 5-8x one thread's time per
 //! pair with one list per class, `benches/device/throughput.c`).
