@@ -305,8 +305,8 @@ impl DeviceTier {
         // its address is not the next block's header.
         let offset = match Slabs::class_of(size, align) {
             Some(class) => {
-                let (offset, slot) = self.slabs.alloc(class, || {
-                    let claim = |offset| self.slabs.claim(offset, class);
+                let (offset, slot) = self.slabs.alloc(class, |lane| {
+                    let claim = |offset| self.slabs.claim(offset, class, lane);
                     let marker = STATE_SLAB | class as u16;
                     self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0, marker, claim)
                         .map(|(offset, _)| offset)
@@ -960,3 +960,5 @@ impl Drop for DeviceTier {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod lane_tests;

@@ -9,11 +9,13 @@
 //! so a window that never holds a slab costs nothing). A descriptor holds the slab's class,
 //! a bitmap of live slots and their count.
 //!
-//! Each size class has its own lock, over the list of its slabs with free slots and every
-//! bitmap of its slabs; threads allocating or freeing different sizes never meet, and none of
-//! them takes the tier's heap lock but to make or retire a slab. A slab whose last block is
-//! freed goes back to the extent heap at once (it coalesces with its neighbours, so a tier
-//! whose blocks are all freed is one free extent again).
+//! Each size class has its own locks, one per lane (`lane`: every thread allocates from one
+//! lane of each class), each over the lane's list of slabs with free slots and every bitmap
+//! of the lane's slabs; threads allocating or freeing different sizes, or the same size in
+//! different lanes, never meet, and none of them takes the tier's heap lock but to make or
+//! retire a slab. Below, "the class's lock" of a slab means the lock of its class in its
+//! lane. A slab whose last block is freed goes back to the extent heap at once (it coalesces
+//! with its neighbours, so a tier whose blocks are all freed is one free extent again).
 //!
 //! A free finds the descriptor of its window without a lock (its `class`, atomic), then takes
 //! that class's lock and reads the class again: a slab is made and retired under its class's
@@ -32,6 +34,10 @@ use crate::os;
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, Ordering};
+pub(crate) use lane::Lane;
+use lane::LANES;
+
+pub(crate) mod lane;
 
 /// Bytes of a slab, and the alignment of its offset in the region. 16 KiB rather than 64:
 /// on the fragmentation replay of a gcc trace (7 MiB live), best fit's footprint was 1.39x
@@ -68,11 +74,12 @@ pub(crate) const SLAB_WORDS: usize = WORDS;
 
 /// The state of one 16 KiB window of the region.
 ///
-/// Invariants: `class == 0` unless the window is the extent of a live slab of `class`; every
-/// other field is read and written only under the lock of class `class` (set and cleared
-/// under it too). In a slab, `live` counts the set bits of `bitmap`, which lie below
-/// `slots = SLAB_BYTES / slot_bytes(class)`; the slab is in its class's partial list exactly
-/// when `live < slots`, linked by `prev`/`next`.
+/// Invariants: `class == 0` unless the window is the extent of a live slab, and then it is
+/// `Lane::key(class)` of the slab's lane and class; every other field is read and written
+/// only under the lock of that class in that lane (`class` is set and cleared under it
+/// too). In a slab, `live` counts the set bits of `bitmap`, which lie below
+/// `slots = SLAB_BYTES / slot_bytes(class)`; the slab is in its lane's partial list of its
+/// class exactly when `live < slots`, linked by `prev`/`next`.
 // A cache line each, as `ClassList`: slabs cut one after another have adjacent descriptors,
 // often of classes other threads are using.
 #[repr(align(64))]
@@ -123,7 +130,8 @@ impl SlabTotals {
 pub(crate) struct Slabs {
     descs: NonNull<SlabDesc>,
     windows: usize,
-    classes: [spin::Mutex<ClassList>; CLASSES],
+    /// `classes[lane][class - 1]`.
+    classes: [[spin::Mutex<ClassList>; CLASSES]; LANES],
 }
 
 // SAFETY: descriptors are shared through atomics and the class locks (see SlabDesc).
@@ -183,13 +191,15 @@ impl Slabs {
             descs,
             windows,
             classes: [const {
-                spin::Mutex::new(ClassList {
-                    partial: NONE,
-                    idle_bytes: 0,
-                    allocations: 0,
-                    frees: 0,
-                })
-            }; CLASSES],
+                [const {
+                    spin::Mutex::new(ClassList {
+                        partial: NONE,
+                        idle_bytes: 0,
+                        allocations: 0,
+                        frees: 0,
+                    })
+                }; CLASSES]
+            }; LANES],
         })
     }
 
@@ -204,6 +214,16 @@ impl Slabs {
         }
         let wide = WIDE_USABLE.iter().position(|&u| u >= size as u64)?;
         Some(EXACT_CLASSES + 1 + wide)
+    }
+
+    /// The lock of `class`'s list in `lane`.
+    fn list(&self, lane: Lane, class: usize) -> &spin::Mutex<ClassList> {
+        &self.classes[lane.0 as usize][class - 1]
+    }
+
+    /// Every list lock, lane by lane.
+    fn all_lists(&self) -> impl Iterator<Item = &spin::Mutex<ClassList>> {
+        self.classes.iter().flatten()
     }
 
     fn desc(&self, index: usize) -> &SlabDesc {
@@ -222,12 +242,13 @@ impl Slabs {
         unsafe { &mut *self.desc(index).fields.get() }
     }
 
-    /// Marks the window at `offset` (a fresh `SLAB_BYTES` extent) as a slab of `class`. The
-    /// caller holds the extent heap's lock that gave it the extent.
-    pub fn claim(&self, offset: u64, class: usize) {
+    /// Marks the window at `offset` (a fresh `SLAB_BYTES` extent) as a slab of `class` in
+    /// `lane` (the lane `alloc` passed to its `new_slab`). The caller holds the extent heap's
+    /// lock that gave it the extent.
+    pub fn claim(&self, offset: u64, class: usize, lane: Lane) {
         self.desc((offset / SLAB_BYTES) as usize)
             .class
-            .store(class as u8, Ordering::Release);
+            .store(lane.key(class), Ordering::Release);
     }
 
     /// Marks the window at `offset` as no slab. The caller holds the extent heap's lock and
@@ -238,20 +259,21 @@ impl Slabs {
             .store(0, Ordering::Release);
     }
 
-    /// A slot of `class`: `(slot offset, slot bytes)`; the header goes at the slot offset.
-    /// `new_slab` gets a `SLAB_BYTES` extent aligned to `SLAB_BYTES` from the extent heap, and
-    /// `claim`s it for `class`, when every slab of the class is full (`None`: the tier is full
-    /// or at its limit).
+    /// A slot of `class`, from this thread's lane: `(slot offset, slot bytes)`; the header
+    /// goes at the slot offset. `new_slab(lane)` gets a `SLAB_BYTES` extent aligned to
+    /// `SLAB_BYTES` from the extent heap, and `claim`s it for `class` in `lane`, when every
+    /// slab of the lane's class is full (`None`: the tier is full or at its limit).
     pub fn alloc(
         &self,
         class: usize,
-        new_slab: impl FnOnce() -> Option<u64>,
+        new_slab: impl FnOnce(Lane) -> Option<u64>,
     ) -> Option<(u64, u64)> {
         let slot = slot_bytes(class);
         let slots = slots_of(class);
-        let mut list = self.classes[class - 1].lock();
+        let lane = Lane::of_this_thread();
+        let mut list = self.list(lane, class).lock();
         if list.partial == NONE {
-            let offset = new_slab()?;
+            let offset = new_slab(lane)?;
             let index = (offset / SLAB_BYTES) as usize;
             debug_assert!(offset % SLAB_BYTES == 0 && index < self.windows);
             // SAFETY: the window was free space until now: no lock guards it but ours.
@@ -264,8 +286,8 @@ impl Slabs {
                 bitmap: [0; WORDS],
             };
             debug_assert_eq!(
-                self.desc(index).class.load(Ordering::Relaxed) as usize,
-                class
+                self.desc(index).class.load(Ordering::Relaxed),
+                lane.key(class)
             );
             list.partial = index as u32;
             list.idle_bytes += SLAB_BYTES;
@@ -303,15 +325,18 @@ impl Slabs {
         self.class_at(offset).is_some()
     }
 
-    /// The class of the slab holding `offset` (`None`: no slab there).
-    fn class_at(&self, offset: u64) -> Option<(usize, usize)> {
+    /// The window, lane and class of the slab holding `offset` (`None`: no slab there).
+    fn class_at(&self, offset: u64) -> Option<(usize, Lane, usize)> {
         let index = (offset / SLAB_BYTES) as usize;
         if index >= self.windows {
             return None;
         }
         match self.desc(index).class.load(Ordering::Acquire) {
             0 => None,
-            class => Some((index, class as usize)),
+            key => {
+                let (lane, class) = Lane::of_key(key);
+                Some((index, lane, class))
+            }
         }
     }
 
@@ -323,9 +348,9 @@ impl Slabs {
         f: impl FnOnce(&mut ClassList, usize, usize, Result<usize, FreeError>) -> R,
     ) -> Option<R> {
         loop {
-            let (index, class) = self.class_at(offset)?;
-            let mut list = self.classes[class - 1].lock();
-            if self.desc(index).class.load(Ordering::Relaxed) as usize != class {
+            let (index, lane, class) = self.class_at(offset)?;
+            let mut list = self.list(lane, class).lock();
+            if self.desc(index).class.load(Ordering::Relaxed) != lane.key(class) {
                 continue; // retired or remade since it was read: look again
             }
             let within = (offset - index as u64 * SLAB_BYTES).wrapping_sub(SLAB_MARKER);
@@ -422,8 +447,8 @@ impl Slabs {
     }
 
     /// Installs a slab found by a recovery scan: the window at `offset` (an allocated extent
-    /// of the heap) is a slab of `class` whose live slots are the set bits of `live`. False
-    /// (nothing changed) for a bad class, window or bitmap.
+    /// of the heap) is a slab of `class`, in lane 0, whose live slots are the set bits of
+    /// `live`. False (nothing changed) for a bad class, window or bitmap.
     pub fn adopt(&self, offset: u64, class: usize, live: &[u64; SLAB_WORDS]) -> bool {
         let index = (offset / SLAB_BYTES) as usize;
         if class == 0 || class > CLASSES || offset % SLAB_BYTES != 0 || index >= self.windows {
@@ -441,7 +466,7 @@ impl Slabs {
         if count == 0 || beyond {
             return false;
         }
-        let mut list = self.classes[class - 1].lock();
+        let mut list = self.list(Lane(0), class).lock();
         // SAFETY: the window is no slab yet (its class is 0); we hold the class lock.
         let f = unsafe { self.fields(index) };
         *f = SlabFields {
@@ -460,16 +485,16 @@ impl Slabs {
             list.partial = index as u32;
         }
         list.idle_bytes += SLAB_BYTES - count as u64 * slot_bytes(class);
-        self.claim(offset, class);
+        self.claim(offset, class, Lane(0));
         true
     }
 
     /// The first live slot of the slab at `slab` (an extent offset) after slot offset
     /// `after` (from the first slot when `None`); `None` when there is none or no slab there.
     pub fn next_live(&self, slab: u64, after: Option<u64>) -> Option<u64> {
-        let (index, class) = self.class_at(slab)?;
-        let list = self.classes[class - 1].lock();
-        if self.desc(index).class.load(Ordering::Relaxed) as usize != class {
+        let (index, lane, class) = self.class_at(slab)?;
+        let list = self.list(lane, class).lock();
+        if self.desc(index).class.load(Ordering::Relaxed) != lane.key(class) {
             return None;
         }
         let from = match after {
@@ -488,15 +513,15 @@ impl Slabs {
         if offset % SLAB_BYTES != 0 {
             return None;
         }
-        self.class_at(offset).map(|(_, class)| class)
+        self.class_at(offset).map(|(_, _, class)| class)
     }
 
     /// Bytes of slabs that hold no live block (free slots, slab tails), and the blocks
     /// allocated and freed in slabs.
     pub fn totals(&self) -> SlabTotals {
         let mut t = SlabTotals::default();
-        for class in &self.classes {
-            t.add(&class.lock());
+        for list in self.all_lists() {
+            t.add(&list.lock());
         }
         t
     }
@@ -505,24 +530,24 @@ impl Slabs {
     /// handler must not wait for the thread it interrupted).
     pub fn try_totals(&self) -> Option<SlabTotals> {
         let mut t = SlabTotals::default();
-        for class in &self.classes {
-            t.add(&*class.try_lock()?);
+        for list in self.all_lists() {
+            t.add(&*list.try_lock()?);
         }
         Some(t)
     }
 
     /// Takes every class lock and keeps it (`fork` prepare handler).
     pub fn lock_all(&self) {
-        for class in &self.classes {
-            core::mem::forget(class.lock());
+        for list in self.all_lists() {
+            core::mem::forget(list.lock());
         }
     }
 
     /// Releases the locks `lock_all` kept.
     pub fn unlock_all(&self) {
-        for class in &self.classes {
+        for list in self.all_lists() {
             // SAFETY: `lock_all` of this same fork took the lock and forgot its guard.
-            unsafe { class.force_unlock() };
+            unsafe { list.force_unlock() };
         }
     }
 }
@@ -533,15 +558,16 @@ impl Slabs {
     /// descriptor).
     #[cfg(test)]
     pub fn check_invariants(&self) {
-        for class in 1..=CLASSES {
-            let list = self.classes[class - 1].lock();
+        for (lane, class) in (0..LANES as u8).flat_map(|l| (1..=CLASSES).map(move |c| (l, c))) {
+            let key = Lane(lane).key(class);
+            let list = self.list(Lane(lane), class).lock();
             let (slot, slots) = (slot_bytes(class), slots_of(class));
             // The partial list: slabs of this class with a free slot, doubly linked.
             let mut partial = std::collections::BTreeSet::new();
             let (mut prev, mut at) = (NONE, list.partial);
             while at != NONE {
                 assert!(partial.insert(at), "class {class}: partial list loops at {at}");
-                assert_eq!(self.desc(at as usize).class.load(Ordering::Relaxed) as usize, class);
+                assert_eq!(self.desc(at as usize).class.load(Ordering::Relaxed), key);
                 // SAFETY: a slab of this class, whose lock we hold.
                 let f = unsafe { self.fields(at as usize) };
                 assert_eq!(f.prev, prev, "class {class}: slab {at}'s prev");
@@ -549,7 +575,7 @@ impl Slabs {
             }
             let mut idle = 0;
             for index in 0..self.windows {
-                if self.desc(index).class.load(Ordering::Relaxed) as usize != class {
+                if self.desc(index).class.load(Ordering::Relaxed) != key {
                     continue;
                 }
                 // SAFETY: as above.

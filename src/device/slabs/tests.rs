@@ -25,9 +25,9 @@ impl Fixture {
 
     fn alloc(&self, size: usize) -> Option<(u64, u64)> {
         let class = Slabs::class_of(size, 16).unwrap();
-        self.slabs.alloc(class, || {
+        self.slabs.alloc(class, |lane| {
             let offset = self.free_windows.borrow_mut().pop()?;
-            self.slabs.claim(offset, class);
+            self.slabs.claim(offset, class, lane);
             Some(offset)
         })
     }
