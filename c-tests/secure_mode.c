@@ -30,16 +30,26 @@ struct corrupt {
     int byte;
 };
 
-/* Frees 64 blocks, writes over the last one freed, then allocates until its link is read. */
+/* Frees 64 blocks, then 64 more so that the first 64 leave the quarantine (delayed reuse,
+ * secure_reuse.c), writes over the last of them, frees 64 more so that the blocks of its
+ * page's chain of gathered frees reach the page, then allocates until its link is read. */
 static void corrupt_then_malloc(void *arg)
 {
     struct corrupt *c = arg;
-    char *p[64];
+    char *p[64], *later[64], *last[64];
     for (int i = 0; i < 64; i++)
         p[i] = malloc(c->size);
     for (int i = 0; i < 64; i++)
+        later[i] = malloc(c->size);
+    for (int i = 0; i < 64; i++)
+        last[i] = malloc(c->size);
+    for (int i = 0; i < 64; i++)
         free(p[i]);
+    for (int i = 0; i < 64; i++)
+        free(later[i]);
     memset(p[63], c->byte, 16); /* a use after free over the block's link and mark */
+    for (int i = 0; i < 64; i++)
+        free(last[i]);
     for (int i = 0; i < 100000; i++)
         if (!malloc(c->size))
             break;

@@ -71,6 +71,9 @@ pub struct Segment {
     /// the others are still untouched, and get the profile reserve's pre-faulted pages when
     /// first cut (`profile::reserve::fill`).
     first_cut: u64,
+    /// Slices whose last OS page is a `PROT_NONE` guard (`close_tail`, secure level only):
+    /// the last slice of each page cut under `TIERMALLOC_SECURE=1`, kept across releases.
+    guarded_slices: u64,
     /// Link in `RETAINED` while the chunk waits there.
     retained_link: AtomicPtr<Segment>,
     /// Link in `REGISTRY`, written once before the chunk is published.
@@ -118,6 +121,13 @@ impl Segment {
     #[inline(always)]
     pub fn owner_heap(&self) -> usize {
         self.owner & !1
+    }
+
+    /// Whether the segment was made under `TIERMALLOC_SECURE=1` (its owner carries the tag):
+    /// its frees go through the freeing thread's quarantine.
+    #[inline(always)]
+    pub fn secure(&self) -> bool {
+        self.owner & 1 != 0
     }
 
     /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
@@ -277,9 +287,32 @@ impl Segment {
                 unsafe { crate::profile::reserve::fill(at, count as usize * SLICE_SIZE) };
             }
         }
+        let guard = if self.secure() { self.close_tail(memory, n, mask) } else { 0 };
         // SAFETY: `head` points into this segment's descriptor array.
-        unsafe { (*head).init(class, memory, n) };
+        unsafe { (*head).init(class, memory, n, guard) };
         Some(head)
+    }
+
+    /// `TIERMALLOC_SECURE=1`: makes the last OS page of the run of `n` slices at `memory`
+    /// (`mask`) a `PROT_NONE` guard, after opening the whole run again (an earlier page over
+    /// these slices may have left its guard inside it). Returns the guard's bytes, which the
+    /// page must not use, or 0 if the kernel refused (no guard, nothing wrong).
+    #[cold]
+    fn close_tail(&mut self, memory: *mut u8, n: usize, mask: u64) -> usize {
+        let len = n * SLICE_SIZE;
+        if self.guarded_slices & mask != 0 {
+            // SAFETY: free slices of this segment, which nothing uses.
+            if unsafe { !os::protect(memory, len, true) } {
+                return 0;
+            }
+            self.guarded_slices &= !mask;
+        }
+        // SAFETY: the run's last OS page, which the page will not use.
+        if unsafe { !os::protect(memory.add(len - os::PAGE_SIZE), os::PAGE_SIZE, false) } {
+            return 0;
+        }
+        self.guarded_slices |= 1 << (mask.trailing_zeros() as usize + n - 1);
+        os::PAGE_SIZE
     }
 
     /// Returns the slices of `page` (a head descriptor of this segment) as free and dirty.
