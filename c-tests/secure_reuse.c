@@ -14,6 +14,7 @@
 
 #define QUARANTINE_BLOCKS 64
 #define SLICE (64 * 1024)
+#define CHECKED_BYTES 64 /* quarantine.rs: bytes of a freed block filled and checked */
 
 /* Frees p, then counts the malloc/free pairs of the same size until p comes back (at most
  * `limit`; -1 if it never did). */
@@ -75,7 +76,7 @@ static int uaf_checks(void)
 {
     static const size_t sizes[] = {16, 48, 200, 1000, 5000};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-        size_t last = (sizes[i] < 256 ? sizes[i] : 256) - 1;
+        size_t last = (sizes[i] < CHECKED_BYTES ? sizes[i] : CHECKED_BYTES) - 1;
         size_t offsets[] = {0, 8, last / 2, last};
         for (size_t j = 0; j < 4; j++) {
             struct uaf u = {sizes[i], offsets[j]};
