@@ -5,6 +5,7 @@
  *  - a freed block's link overwritten (a use after free, glibc's tst-safe-linking idea) is
  *    caught before it is followed, whatever the bytes written, and a double free is still
  *    caught though every free takes the encoded (remote) path.
+ * Delayed reuse and guard pages, the rest of the level, are tested in secure_reuse.c.
  * Re-executes itself with and without the variable, since the configuration is read at start.
  */
 #include "check.h"
@@ -79,19 +80,7 @@ static int secure_checks(void)
 
 static int run_with(const char *secure, const char *mode)
 {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (secure)
-            setenv("TIERMALLOC_SECURE", secure, 1);
-        else
-            unsetenv("TIERMALLOC_SECURE");
-        execl("/proc/self/exe", "secure_mode", mode, (char *)NULL);
-        _exit(255);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return rerun_self_with("TIERMALLOC_SECURE", secure, mode);
 }
 
 int main(int argc, char **argv)

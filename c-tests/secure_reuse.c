@@ -131,19 +131,7 @@ static int guard_checks(int secure)
 
 static int run_with(const char *secure, const char *mode)
 {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (secure)
-            setenv("TIERMALLOC_SECURE", secure, 1);
-        else
-            unsetenv("TIERMALLOC_SECURE");
-        execl("/proc/self/exe", "secure_reuse", mode, (char *)NULL);
-        _exit(255);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return rerun_self_with("TIERMALLOC_SECURE", secure, mode);
 }
 
 int main(int argc, char **argv)

@@ -21,13 +21,13 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Blocks a quarantine holds at most: a block is handed out again only after at least this
 /// many other frees by the same thread.
-pub const BLOCKS: usize = 64;
+pub(crate) const BLOCKS: usize = 64;
 /// Bytes (block sizes) a quarantine holds at most: big blocks leave sooner.
-pub const BYTES: usize = 1 << 20;
+pub(crate) const BYTES: usize = 1 << 20;
 /// Bytes of a block filled on entry and checked on exit (the whole block when smaller).
-pub const CHECKED_BYTES: usize = 64;
+pub(crate) const CHECKED_BYTES: usize = 64;
 /// The fill word: no address, no small integer, not a repeated byte.
-pub const FILL: usize = 0xF4EE_D0C5_A1DE_AD5B;
+pub(crate) const FILL: usize = 0xF4EE_D0C5_A1DE_AD5B;
 
 /// Invariants: `count <= BLOCKS`; the `count` slots from `oldest` (modulo `BLOCKS`) hold the
 /// quarantined blocks, oldest first, each a dead block with the free mark whose first

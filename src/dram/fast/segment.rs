@@ -62,7 +62,8 @@ pub struct Segment {
     page_of_slice: [*mut Page; SLICES],
     pub free_slices: u64,
     pub dirty_slices: u64,
-    /// Slices made accessible (`take_page`); the others past the header are `PROT_NONE`.
+    /// Slices made accessible (`take_page`); the others past the header are `PROT_NONE`, or
+    /// (`guarded_slices`) open but for their last OS page.
     open_slices: u64,
     pub next: *mut Segment,
     pub prev: *mut Segment,
@@ -71,8 +72,8 @@ pub struct Segment {
     /// the others are still untouched, and get the profile reserve's pre-faulted pages when
     /// first cut (`profile::reserve::fill`).
     first_cut: u64,
-    /// Slices whose last OS page is a `PROT_NONE` guard (`close_tail`, secure level only):
-    /// the last slice of each page cut under `TIERMALLOC_SECURE=1`, kept across releases.
+    /// Slices whose last OS page is a `PROT_NONE` guard and the rest open (`close_tail`,
+    /// secure level only), not in `open_slices`: their memory is discarded on release too.
     guarded_slices: u64,
     /// Link in `RETAINED` while the chunk waits there.
     retained_link: AtomicPtr<Segment>,
@@ -196,7 +197,7 @@ impl Segment {
         // SAFETY: the caller guarantees no page uses the slices: their contents are dead.
         unsafe {
             debug_assert!((*segment).is_empty());
-            let mut open = (*segment).open_slices & ALL_BLOCK_SLICES;
+            let mut open = ((*segment).open_slices | (*segment).guarded_slices) & ALL_BLOCK_SLICES;
             while open != 0 {
                 let start = open.trailing_zeros() as usize;
                 let len = (!(open >> start)).trailing_zeros() as usize;
@@ -267,6 +268,7 @@ impl Segment {
                 return None;
             }
             self.open_slices |= mask;
+            self.guarded_slices &= !mask;
         }
         self.free_slices &= !mask;
         self.dirty_slices &= !mask;
@@ -294,24 +296,19 @@ impl Segment {
     }
 
     /// `TIERMALLOC_SECURE=1`: makes the last OS page of the run of `n` slices at `memory`
-    /// (`mask`) a `PROT_NONE` guard, after opening the whole run again (an earlier page over
-    /// these slices may have left its guard inside it). Returns the guard's bytes, which the
+    /// (`mask`) a `PROT_NONE` guard. Its slice then counts as not open, so that the next page
+    /// cut over it opens it again whole (`take_page`). Returns the guard's bytes, which the
     /// page must not use, or 0 if the kernel refused (no guard, nothing wrong).
     #[cold]
     fn close_tail(&mut self, memory: *mut u8, n: usize, mask: u64) -> usize {
         let len = n * SLICE_SIZE;
-        if self.guarded_slices & mask != 0 {
-            // SAFETY: free slices of this segment, which nothing uses.
-            if unsafe { !os::protect(memory, len, true) } {
-                return 0;
-            }
-            self.guarded_slices &= !mask;
-        }
         // SAFETY: the run's last OS page, which the page will not use.
         if unsafe { !os::protect(memory.add(len - os::PAGE_SIZE), os::PAGE_SIZE, false) } {
             return 0;
         }
-        self.guarded_slices |= 1 << (mask.trailing_zeros() as usize + n - 1);
+        let last = 1u64 << (mask.trailing_zeros() as usize + n - 1);
+        self.open_slices &= !last;
+        self.guarded_slices |= last;
         os::PAGE_SIZE
     }
 
