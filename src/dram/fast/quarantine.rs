@@ -13,7 +13,8 @@
 //! `free_remote`, see `mod.rs`); the default level never reaches this module. Blocks in
 //! quarantine still count as used on their page (statistics show them live), which also keeps
 //! their page from being retired while they wait. A heap's quarantine is drained when its
-//! thread leaves (`Heap::tidy_for_next_owner`).
+//! thread leaves (`Heap::tidy_for_next_owner`). A thread that cannot get a heap at all (out
+//! of memory for one) frees without delay.
 
 use crate::dram::fast::page::Page;
 use crate::dram::fast::segment::Segment;
