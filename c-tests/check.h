@@ -396,4 +396,24 @@ __attribute__((unused)) static int expect_abort_(void (*fn)(void *), void *arg, 
                       want, p, st, err);
 }
 
+/* Runs this program again in a child with environment variable `var` set to `value` (unset if
+ * NULL) and one argument `arg`, for settings read at start-up. Returns its exit status, or -1
+ * if it did not exit. */
+__attribute__((unused)) static int rerun_self_with(const char *var, const char *value, const char *arg)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (value)
+            setenv(var, value, 1);
+        else
+            unsetenv(var);
+        execl("/proc/self/exe", "rerun", arg, (char *)NULL);
+        _exit(255);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 #endif /* TIERMALLOC_C_TESTS_CHECK_H */

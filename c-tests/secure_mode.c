@@ -5,6 +5,7 @@
  *  - a freed block's link overwritten (a use after free, glibc's tst-safe-linking idea) is
  *    caught before it is followed, whatever the bytes written, and a double free is still
  *    caught though every free takes the encoded (remote) path.
+ * Delayed reuse and guard pages, the rest of the level, are tested in secure_reuse.c.
  * Re-executes itself with and without the variable, since the configuration is read at start.
  */
 #include "check.h"
@@ -30,16 +31,26 @@ struct corrupt {
     int byte;
 };
 
-/* Frees 64 blocks, writes over the last one freed, then allocates until its link is read. */
+/* Frees 64 blocks, then 64 more so that the first 64 leave the quarantine (delayed reuse,
+ * secure_reuse.c), writes over the last of them, frees 64 more so that the blocks of its
+ * page's chain of gathered frees reach the page, then allocates until its link is read. */
 static void corrupt_then_malloc(void *arg)
 {
     struct corrupt *c = arg;
-    char *p[64];
+    char *p[64], *later[64], *last[64];
     for (int i = 0; i < 64; i++)
         p[i] = malloc(c->size);
     for (int i = 0; i < 64; i++)
+        later[i] = malloc(c->size);
+    for (int i = 0; i < 64; i++)
+        last[i] = malloc(c->size);
+    for (int i = 0; i < 64; i++)
         free(p[i]);
+    for (int i = 0; i < 64; i++)
+        free(later[i]);
     memset(p[63], c->byte, 16); /* a use after free over the block's link and mark */
+    for (int i = 0; i < 64; i++)
+        free(last[i]);
     for (int i = 0; i < 100000; i++)
         if (!malloc(c->size))
             break;
@@ -69,19 +80,7 @@ static int secure_checks(void)
 
 static int run_with(const char *secure, const char *mode)
 {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (secure)
-            setenv("TIERMALLOC_SECURE", secure, 1);
-        else
-            unsetenv("TIERMALLOC_SECURE");
-        execl("/proc/self/exe", "secure_mode", mode, (char *)NULL);
-        _exit(255);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return rerun_self_with("TIERMALLOC_SECURE", secure, mode);
 }
 
 int main(int argc, char **argv)

@@ -24,6 +24,8 @@ pub enum Misuse {
     NotOurs,
     /// A free block's link was overwritten (a use after free or an overflow).
     CorruptedFreeList,
+    /// A block waiting in the quarantine (`TIERMALLOC_SECURE=1`) was written to.
+    WrittenAfterFree,
     /// `free_sized`'s size cannot be the size this block was allocated with.
     #[cfg_attr(not(feature = "override"), allow(dead_code))] // `free_sized` is an override name
     SizeMismatch { given: usize, usable: usize },
@@ -38,6 +40,9 @@ impl Misuse {
             Misuse::NotOurs => write!(line, "invalid pointer (not allocated by tiermalloc)"),
             Misuse::CorruptedFreeList => {
                 write!(line, "corrupted free list (a freed block was written to)")
+            }
+            Misuse::WrittenAfterFree => {
+                write!(line, "freed block written after free (use after free, found at its reuse)")
             }
             Misuse::SizeMismatch { given, usable } => write!(
                 line,

@@ -263,6 +263,7 @@ c_tests! {
     malloc_introspection,
     tier_files,
     secure_mode,
+    secure_reuse,
     pool_spaces,
     traffic_counts,
     double_free_race,

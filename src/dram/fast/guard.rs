@@ -24,7 +24,16 @@
 //!   page, so every allocation takes the slow path's `pop_checked`, and segments carry a tagged
 //!   owner (`Segment::owner`) so that every free takes the remote path, whose links the owner
 //!   tests when it collects them;
-//! - blocks carved in a random order (`Page::extend`).
+//! - blocks carved in a random order (`Page::extend`);
+//! - delayed reuse: every free goes through the freeing thread's quarantine (`quarantine`),
+//!   which checks on the way out that the block was not written after its free;
+//! - a `PROT_NONE` guard over the last OS page of every page of blocks (`Segment::close_tail`).
+//!   Guarded: the end of each small-block page (one or more slices), so a linear overflow
+//!   off a page's last blocks faults before it reaches the next page or segment. Not guarded:
+//!   one block into its neighbour inside a page, and large blocks (`large`): the pages past a
+//!   large block's end, up to its chunk boundary, belong to its own read-write mapping (kept
+//!   for `realloc` in place), so an overflow runs through them before it reaches the next
+//!   mapping.
 
 #[cfg(test)]
 use crate::chunk::CHUNK_SIZE;

@@ -11,7 +11,8 @@
 //! `delayed`; thus `find_page` never walks full pages twice.
 
 use crate::dram::budget;
-use crate::dram::fast::page::{Page, PageQueue};
+use crate::dram::fast::page::{Block, Page, PageQueue};
+use crate::dram::fast::quarantine::{self, Quarantine};
 use crate::dram::fast::remote_batch::RemoteBatch;
 use crate::dram::fast::segment::Segment;
 use crate::dram::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
@@ -109,6 +110,9 @@ pub struct Heap {
     pub traffic: Traffic,
     /// Blocks of other heaps this thread freed, gathered by size class (`remote_batch`).
     pub remote_batch: RemoteBatch,
+    /// Blocks this thread freed under `TIERMALLOC_SECURE=1`, waiting before reuse
+    /// (`quarantine`); always empty otherwise.
+    pub quarantine: Quarantine,
     queues: [PageQueue; CLASS_COUNT],
     full: PageQueue,
     /// Pages of `full` that received a remote free (linked through `Page::delayed_next`).
@@ -202,6 +206,89 @@ impl Heap {
     pub unsafe fn hand_back_to_owner(page: *mut Page) {
         // SAFETY: a page in use lies in a live segment, whose owner never changes.
         unsafe { Self::hand_back((*Segment::of(page as usize)).owner_heap() as *mut Heap, page) }
+    }
+
+    /// Frees dead block `p` of `page` (of `owner`'s segment) by the remote path from this
+    /// thread's heap: into the chain of gathered frees of its page, or onto the page's remote
+    /// list.
+    ///
+    /// # Safety
+    /// `p` must be a dead block of `page`, owned by heap `owner`; `self` the calling thread's.
+    #[inline(always)]
+    pub unsafe fn free_remote_block(&mut self, page: *mut Page, owner: *mut Heap, p: *mut u8) {
+        // SAFETY: per the contract.
+        unsafe {
+            let class = (*page).class as usize;
+            self.traffic.on_remote_free(class);
+            Block::mark_free(p, page);
+            if !self.remote_batch.add(page, class, p, Heap::hand_back_to_owner) {
+                Heap::push_remote(page, owner, p);
+            }
+        }
+    }
+
+    /// Pushes dead block `p` on `page`'s remote list, handing the page back to its owner's
+    /// heap if it was full.
+    ///
+    /// # Safety
+    /// `page` is the valid page of block `p`, owned by `owner`; the block is dead and ours to
+    /// link.
+    #[inline(always)]
+    pub unsafe fn push_remote(page: *mut Page, owner: *mut Heap, p: *mut u8) {
+        // SAFETY: a page's remote list accepts pushes from any thread.
+        unsafe {
+            Block::mark_free(p, page);
+            if (*page).remote.push(p.cast::<Block>())
+                == crate::lockfree::remote_list::Pushed::ClearedFlag
+            {
+                Heap::hand_back(owner, page);
+            }
+        }
+    }
+
+    /// `free` of block `p` of `page` under `TIERMALLOC_SECURE=1`: into this thread's
+    /// quarantine, which lets its oldest blocks go (checked) to their pages.
+    ///
+    /// # Safety
+    /// `p` must be a live block of `page`, not used after this; `self` the calling thread's.
+    #[cold]
+    #[inline(never)]
+    pub unsafe fn free_quarantined(&mut self, page: *mut Page, p: *mut u8) {
+        // SAFETY: per the contract.
+        unsafe {
+            let size = (*page).block_size as usize;
+            Quarantine::fill(page, p);
+            while self.quarantine.must_leave(size) {
+                let out = self.quarantine.take_oldest();
+                self.release_quarantined(out);
+            }
+            self.quarantine.insert(p, size);
+        }
+    }
+
+    /// Sends every quarantined block to its page (the thread leaves).
+    fn drain_quarantine(&mut self) {
+        while self.quarantine.len() > 0 {
+            let out = self.quarantine.take_oldest();
+            // SAFETY: a block out of this heap's quarantine.
+            unsafe { self.release_quarantined(out) };
+        }
+    }
+
+    /// Frees block `out`, just out of the quarantine, unless it was written to meanwhile
+    /// (reported; leaked if the program goes on).
+    ///
+    /// # Safety
+    /// `out` must be a block taken out of this heap's quarantine.
+    unsafe fn release_quarantined(&mut self, out: *mut u8) {
+        // SAFETY: a quarantined block's page and segment are live (it counts as used).
+        unsafe {
+            if quarantine::verify(out) {
+                let segment = Segment::of(out as usize);
+                let page = Segment::page_of(segment, out as usize);
+                self.free_remote_block(page, (*segment).owner_heap() as *mut Heap, out);
+            }
+        }
     }
 
     /// Hands every chain of gathered remote frees to its page.
@@ -580,7 +667,9 @@ impl Heap {
     /// keeps its resident free slices if `POOLED_DIRTY_BUDGET` has room for them, else purges
     /// them. The heap keeps its pages for the next thread that adopts it.
     pub fn tidy_for_next_owner(&mut self) {
-        // First: under `TIERMALLOC_SECURE=1` the chains may hold this heap's own blocks.
+        // First: under `TIERMALLOC_SECURE=1` the quarantine and the chains may hold this
+        // heap's own blocks.
+        self.drain_quarantine();
         self.flush_remote_batch();
         self.take_delayed();
         for class in 0..CLASS_COUNT {

@@ -9,6 +9,7 @@
 pub mod guard;
 pub mod heap;
 pub mod page;
+pub mod quarantine;
 pub mod remote_batch;
 pub mod segment;
 pub mod size_class;
@@ -201,7 +202,9 @@ unsafe fn check_block(page: *mut Page, p: *mut u8) -> Result<(), crate::misuse::
         if !(*page).is_block_start(p) {
             return Err(crate::misuse::Misuse::NotABlockStart);
         }
-        if (*page).carries_mark(p) && ((*page).holds_free(p) || waits_in_a_batch(page, p)) {
+        if (*page).carries_mark(p)
+            && ((*page).holds_free(p) || waits_in_a_batch(page, p) || waits_in_a_quarantine(p))
+        {
             return Err(crate::misuse::Misuse::DoubleFree);
         }
     }
@@ -222,6 +225,22 @@ unsafe fn waits_in_a_batch(page: *mut Page, p: *mut u8) -> bool {
             || unsafe {
                 remote_batch::RemoteBatch::holds(core::ptr::addr_of!((*heap).remote_batch), page, p)
             };
+    });
+    found
+}
+
+/// Whether block `p` waits in the quarantine of any heap (`TIERMALLOC_SECURE=1` only; see
+/// `quarantine::Quarantine::holds`).
+#[cold]
+fn waits_in_a_quarantine(p: *mut u8) -> bool {
+    if !guard::secure() {
+        return false;
+    }
+    let mut found = false;
+    binding::for_each_heap(|heap| {
+        // SAFETY: registered heaps live forever; forwarded.
+        found = found
+            || unsafe { quarantine::Quarantine::holds(core::ptr::addr_of!((*heap).quarantine), p) };
     });
     found
 }
@@ -251,27 +270,25 @@ unsafe fn free_remote(page: *mut Page, segment: *mut Segment, p: *mut u8) {
     let mine = binding::current();
     if mine.is_null() {
         // SAFETY: forwarded.
-        return unsafe { free_remote_unbound(page, owner, p) };
+        return unsafe { free_remote_unbound(page, segment, p) };
     }
     // SAFETY: this thread's own heap; `page` is valid. Binding a heap is kept out of this
     // function so that it calls nothing and saves no registers (cachegrind on prodcons: 10
     // fewer instructions per remote free).
     unsafe {
-        let class = (*page).class as usize;
-        (*mine).traffic.on_remote_free(class);
-        page::Block::mark_free(p, page);
-        if !(*mine).remote_batch.add(page, class, p, heap::Heap::hand_back_to_owner) {
-            push_remote(page, owner, p);
+        if (*segment).secure() {
+            return (*mine).free_quarantined(page, p);
         }
+        (*mine).free_remote_block(page, owner, p);
     }
 }
 
 /// `free_remote` for a thread without a heap.
 #[cold]
 #[inline(never)]
-unsafe fn free_remote_unbound(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
-    // SAFETY: `page` is valid.
-    let class = unsafe { (*page).class } as usize;
+unsafe fn free_remote_unbound(page: *mut Page, segment: *mut Segment, p: *mut u8) {
+    // SAFETY: `page` and `segment` are valid.
+    let (class, owner) = unsafe { ((*page).class as usize, (*segment).owner_heap() as *mut heap::Heap) };
     // A thread that only frees (a consumer) gets a heap too, for its counters: the shared
     // ones below would be written by every such thread on every free (measured: two
     // consumers of xmalloc-test spent 80% of their time on those two atomics).
@@ -280,29 +297,16 @@ unsafe fn free_remote_unbound(page: *mut Page, owner: *mut heap::Heap, p: *mut u
         UNBOUND_FREES.add(1);
         UNBOUND_FREED_BYTES.add(size_class::class_size(class) as u64);
     } else {
-        // SAFETY: this thread's own heap.
-        unsafe { (*mine).traffic.on_remote_free(class) };
-    }
-    // SAFETY: forwarded.
-    unsafe { push_remote(page, owner, p) }
-}
-
-/// Pushes dead block `p` on `page`'s remote list, handing the page back to its owner's heap if
-/// it was full.
-///
-/// # Safety
-/// `page` is the valid page of block `p`, owned by `owner`; the block is dead and ours to link.
-#[inline(always)]
-unsafe fn push_remote(page: *mut Page, owner: *mut heap::Heap, p: *mut u8) {
-    // SAFETY: a page's remote list accepts pushes from any thread.
-    unsafe {
-        page::Block::mark_free(p, page);
-        if (*page).remote.push(p.cast::<page::Block>())
-            == crate::lockfree::remote_list::Pushed::ClearedFlag
-        {
-            heap::Heap::hand_back(owner, page);
+        // SAFETY: this thread's own heap; a live segment.
+        unsafe {
+            if (*segment).secure() {
+                return (*mine).free_quarantined(page, p);
+            }
+            (*mine).traffic.on_remote_free(class);
         }
     }
+    // SAFETY: forwarded.
+    unsafe { heap::Heap::push_remote(page, owner, p) }
 }
 
 /// The usable size of block `p` of a segment.

@@ -145,15 +145,16 @@ impl Page {
         ptr::addr_of!(EMPTY_PAGE.0) as *mut Page
     }
 
-    /// Makes this (head) descriptor a fresh page of `class` over `slices` slices at `start`.
-    pub fn init(&mut self, class: usize, start: *mut u8, slices: usize) {
+    /// Makes this (head) descriptor a fresh page of `class` over `slices` slices at `start`,
+    /// whose last `guard` bytes hold no block (a guard page, `TIERMALLOC_SECURE=1`).
+    pub fn init(&mut self, class: usize, start: *mut u8, slices: usize, guard: usize) {
         let size = class_size(class);
         self.free = ptr::null_mut();
         self.used = 0;
         self.block_size = size as u32;
         self.allocs.store(0, Ordering::Relaxed);
         self.capacity = 0;
-        self.reserved = (slices * SLICE_SIZE / size) as u32;
+        self.reserved = ((slices * SLICE_SIZE - guard) / size) as u32;
         self.class = class as u8;
         self.slice_count = slices as u8;
         // Empty in a correct program. An incorrect one's double free from another thread,

@@ -62,7 +62,8 @@ pub struct Segment {
     page_of_slice: [*mut Page; SLICES],
     pub free_slices: u64,
     pub dirty_slices: u64,
-    /// Slices made accessible (`take_page`); the others past the header are `PROT_NONE`.
+    /// Slices made accessible (`take_page`); the others past the header are `PROT_NONE`, or
+    /// (`guarded_slices`) open but for their last OS page.
     open_slices: u64,
     pub next: *mut Segment,
     pub prev: *mut Segment,
@@ -71,6 +72,9 @@ pub struct Segment {
     /// the others are still untouched, and get the profile reserve's pre-faulted pages when
     /// first cut (`profile::reserve::fill`).
     first_cut: u64,
+    /// Slices whose last OS page is a `PROT_NONE` guard and the rest open (`close_tail`,
+    /// secure level only), not in `open_slices`: their memory is discarded on release too.
+    guarded_slices: u64,
     /// Link in `RETAINED` while the chunk waits there.
     retained_link: AtomicPtr<Segment>,
     /// Link in `REGISTRY`, written once before the chunk is published.
@@ -118,6 +122,13 @@ impl Segment {
     #[inline(always)]
     pub fn owner_heap(&self) -> usize {
         self.owner & !1
+    }
+
+    /// Whether the segment was made under `TIERMALLOC_SECURE=1` (its owner carries the tag):
+    /// its frees go through the freeing thread's quarantine.
+    #[inline(always)]
+    pub fn secure(&self) -> bool {
+        self.owner & 1 != 0
     }
 
     /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
@@ -186,7 +197,7 @@ impl Segment {
         // SAFETY: the caller guarantees no page uses the slices: their contents are dead.
         unsafe {
             debug_assert!((*segment).is_empty());
-            let mut open = (*segment).open_slices & ALL_BLOCK_SLICES;
+            let mut open = ((*segment).open_slices | (*segment).guarded_slices) & ALL_BLOCK_SLICES;
             while open != 0 {
                 let start = open.trailing_zeros() as usize;
                 let len = (!(open >> start)).trailing_zeros() as usize;
@@ -257,6 +268,7 @@ impl Segment {
                 return None;
             }
             self.open_slices |= mask;
+            self.guarded_slices &= !mask;
         }
         self.free_slices &= !mask;
         self.dirty_slices &= !mask;
@@ -277,9 +289,27 @@ impl Segment {
                 unsafe { crate::profile::reserve::fill(at, count as usize * SLICE_SIZE) };
             }
         }
+        let guard = if self.secure() { self.close_tail(memory, n, mask) } else { 0 };
         // SAFETY: `head` points into this segment's descriptor array.
-        unsafe { (*head).init(class, memory, n) };
+        unsafe { (*head).init(class, memory, n, guard) };
         Some(head)
+    }
+
+    /// `TIERMALLOC_SECURE=1`: makes the last OS page of the run of `n` slices at `memory`
+    /// (`mask`) a `PROT_NONE` guard. Its slice then counts as not open, so that the next page
+    /// cut over it opens it again whole (`take_page`). Returns the guard's bytes, which the
+    /// page must not use, or 0 if the kernel refused (no guard, nothing wrong).
+    #[cold]
+    fn close_tail(&mut self, memory: *mut u8, n: usize, mask: u64) -> usize {
+        let len = n * SLICE_SIZE;
+        // SAFETY: the run's last OS page, which the page will not use.
+        if unsafe { !os::protect(memory.add(len - os::PAGE_SIZE), os::PAGE_SIZE, false) } {
+            return 0;
+        }
+        let last = 1u64 << (mask.trailing_zeros() as usize + n - 1);
+        self.open_slices &= !last;
+        self.guarded_slices |= last;
+        os::PAGE_SIZE
     }
 
     /// Returns the slices of `page` (a head descriptor of this segment) as free and dirty.
