@@ -93,7 +93,11 @@ fn run_leaves_the_programs_signals_alone() {
     let state = TempDir::new("cli", "signals").kept_on_panic();
     let ignored = |out: Output| {
         assert!(out.status.success(), "{}", text(&out.stderr));
-        let mask = text(&out.stdout).split_whitespace().nth(1).unwrap().to_string();
+        let mask = text(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
         u64::from_str_radix(&mask, 16).unwrap()
             & (1 << (libc::SIGINT - 1) | 1 << (libc::SIGQUIT - 1))
     };

@@ -188,14 +188,17 @@ fn the_second_run_faults_90_percent_less_and_is_not_slower() {
 /// which is why it is not the default.
 #[test]
 fn with_huge_pages_the_process_faults_90_percent_less() {
-    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .unwrap_or_default();
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if !thp.contains("[always]") && !thp.contains("[madvise]") {
         eprintln!("transparent huge pages are off here ({thp:?}): nothing to measure");
         return;
     }
     let dir = TempDir::new("profile", "huge").kept_on_panic();
-    let huge = [("TIERMALLOC_PROFILE", "h"), ("TIERMALLOC_PROFILE_HUGE", "1")];
+    let huge = [
+        ("TIERMALLOC_PROFILE", "h"),
+        ("TIERMALLOC_PROFILE_HUGE", "1"),
+    ];
     let first = run(dir.path(), &huge);
     let second = run(dir.path(), &huge);
     assert!(second.reserved >= first.peak, "{second:?}");

@@ -194,7 +194,10 @@ mod loom_models {
             };
             let released = lock.release_if(1);
             let stole = thief.join().unwrap();
-            assert!(released != stole, "exactly one of the release and the theft took effect");
+            assert!(
+                released != stole,
+                "exactly one of the release and the theft took effect"
+            );
             assert_eq!(lock.holder(), if stole { 2 } else { 0 });
         });
     }
