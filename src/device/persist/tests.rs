@@ -1118,12 +1118,20 @@ fn the_owner_record_refuses_a_second_opener_until_the_owner_is_gone() {
     }
     assert!(image_of(&first) == before, "a refused opener wrote nothing");
     assert!(first.heartbeat(), "the claim is still ours");
+    let beat = std::time::Instant::now();
 
-    // The lease decides (the owner here never beats: no heartbeat thread).
+    // The lease decides (the owner here never beats again: no heartbeat thread). An opener
+    // that got in must have come after the lease ran out: a loaded machine can stall this
+    // thread past it, which is no failure of the record.
     TEST_LEASE_MS.with(|l| l.set(1000));
-    assert!(open_unlocked(&path, "").is_err(), "within the lease");
+    let lease = std::time::Duration::from_millis(1000);
+    let within = |what: &str| {
+        let refused = open_unlocked(&path, "").is_err();
+        assert!(refused || beat.elapsed() >= lease, "{what}");
+    };
+    within("within the lease");
     std::thread::sleep(std::time::Duration::from_millis(600));
-    assert!(open_unlocked(&path, "").is_err(), "still within the lease");
+    within("still within the lease");
     // 1.2 s after the owner's last beat, 0.6 s after the last refusal: a refused opener must
     // not have made the owner's lease young again.
     std::thread::sleep(std::time::Duration::from_millis(600));
