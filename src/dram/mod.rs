@@ -243,7 +243,7 @@ impl DramTier {
     /// The DRAM tier's figures.
     pub fn stats(&self) -> TierStats {
         let mut s = TierStats::default();
-        let small = fast::traffic::totals();
+        let small = fast::traffic_totals();
         s.allocations = small.allocations;
         s.frees = small.frees;
         s.allocations += large::LARGE_ALLOCATIONS.get();

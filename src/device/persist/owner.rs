@@ -41,16 +41,16 @@ use crate::liveness::{self, Holder, HolderName};
 use crate::lockfree::lease_lock::LeaseLock;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-const CLAIM_AT: u64 = 64;
+const CLAIM_AT: u64 = superblock::OWNER_RECORD_START;
 const STAMP_AT: u64 = 72;
 const HOST_AT: u64 = 80;
 const PID_AT: u64 = 88;
 const PID_START_AT: u64 = 96;
 const HEARTBEAT_AT: u64 = 104;
 const NAME_AT: u64 = 112;
-/// The record's bytes: `[RECORD_START, RECORD_END)` of the superblock.
-pub(crate) const RECORD_START: u64 = CLAIM_AT;
-pub(crate) const RECORD_END: u64 = NAME_AT + 32;
+/// The record's end: `[CLAIM_AT, RECORD_END)` of the superblock.
+const RECORD_END: u64 = superblock::OWNER_RECORD_END;
+const _: () = assert!(NAME_AT + 32 == RECORD_END, "the host name ends the record");
 
 /// The lease: how long another host's owner stays live after its last heartbeat.
 pub(crate) const LEASE_MS: u64 = 10_000;

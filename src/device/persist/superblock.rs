@@ -17,7 +17,7 @@
 //! 256 roots table (roots.rs)
 //! ```
 
-use super::{media, owner};
+use super::media;
 use crate::backend::Region;
 use crate::device::slabs::SLAB_BYTES;
 use crate::device::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_FREE};
@@ -29,6 +29,10 @@ const FORMATTING: u32 = 1;
 const READY: u32 = 2;
 const STATE_AT: u64 = 12;
 pub(crate) const DIRTY_AT: u64 = 52;
+/// The owner record's bytes, `[OWNER_RECORD_START, OWNER_RECORD_END)`: its fields are
+/// `owner.rs`'s, a format writes around them.
+pub(crate) const OWNER_RECORD_START: u64 = 64;
+pub(crate) const OWNER_RECORD_END: u64 = 144;
 
 /// What the start of a region holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +135,7 @@ pub(crate) fn format(region: &Region, kind: u32) {
     page[48..52].copy_from_slice(&kind.to_le_bytes());
     page[52..56].copy_from_slice(&1u32.to_le_bytes());
     // Around the owner record: the opener claimed it before formatting (`owner`).
-    let (start, end) = (owner::RECORD_START as usize, owner::RECORD_END as usize);
+    let (start, end) = (OWNER_RECORD_START as usize, OWNER_RECORD_END as usize);
     media::write_bytes(region, 0, &page[..start]);
     media::write_bytes(region, end as u64, &page[end..]);
     media::order(region);

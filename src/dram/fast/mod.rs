@@ -26,6 +26,12 @@ use size_class::class_of;
 pub static UNBOUND_FREES: SharedCounter = SharedCounter::new();
 pub static UNBOUND_FREED_BYTES: SharedCounter = SharedCounter::new();
 
+/// The small-block traffic figures of every heap (`traffic::totals` over the heaps
+/// `binding` knows).
+pub fn traffic_totals() -> traffic::Totals {
+    traffic::totals(|each| binding::for_each_traffic(each))
+}
+
 /// A block of class `class` (≤ `SMALL_MAX` bytes); null when out of memory.
 #[inline(always)]
 pub fn alloc_class(class: usize) -> *mut u8 {

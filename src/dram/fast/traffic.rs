@@ -49,8 +49,9 @@ pub struct Totals {
     pub live_bytes: u64,
 }
 
-/// Adds up the figures (see the module comment).
-pub fn totals() -> Totals {
+/// Adds up the figures (see the module comment); `each_heap` calls its argument on every
+/// heap's counters (`binding::for_each_traffic`, passed in by `fast`, which sits above both).
+pub fn totals(each_heap: impl FnOnce(&mut dyn FnMut(&Traffic))) -> Totals {
     let mut allocated = [0u64; CLASS_COUNT];
     // Blocks live per class, as wrapping arithmetic: pages' `used` plus collected less remote
     // frees (a remote free counted before its page is seen can make a term negative a while).
@@ -70,7 +71,7 @@ pub fn totals() -> Totals {
             live[class] = live[class].wrapping_add(u64::from(Page::used_without_flag(used)));
         }
     });
-    crate::dram::fast::binding::for_each_traffic(|t| {
+    each_heap(&mut |t| {
         for class in 0..CLASS_COUNT {
             allocated[class] += t.retired_allocs[class].get();
             live[class] = live[class]
