@@ -21,6 +21,7 @@ use super::registry::Node;
 use super::txn::Txn;
 use super::Pool;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
+use std::os::unix::ffi::OsStrExt;
 
 const MAX_POOLS: usize = 16;
 
@@ -48,9 +49,18 @@ pub(crate) fn register(pool: *const Pool) {
             return;
         }
     }
-    eprintln!(
+    say(format_args!(
         "tiermalloc: pool: more than {MAX_POOLS} pools open in one process: a forked child's mappings of the last ones are not counted"
-    );
+    ));
+}
+
+/// One line on stderr through a buffer of our own: `eprintln!` takes std's stderr lock, which
+/// another thread of the parent may have held at the fork, for ever in the child.
+fn say(line: core::fmt::Arguments) {
+    use core::fmt::Write;
+    let mut err = crate::textbuf::FdWriter::new(2);
+    let _ = writeln!(err, "{line}");
+    err.flush();
 }
 
 /// Unregisters `pool` (its drop).
@@ -192,10 +202,10 @@ impl Pool {
     }
 
     fn say_not_adopted(&self, errno: i32) {
-        eprintln!(
+        say(format_args!(
             "tiermalloc: pool '{}': a forked child's inherited mapping is not counted as its reference: {}",
-            self.spec.path.to_string_lossy(),
+            std::path::Path::new(std::ffi::OsStr::from_bytes(self.spec.path.as_bytes())).display(),
             std::io::Error::from_raw_os_error(errno)
-        );
+        ));
     }
 }
