@@ -334,13 +334,19 @@ impl DeviceTier {
     /// Writes a header with `state` for the extent of `extent` bytes at `offset`, which the
     /// caller holds (a granule multiple inside the region).
     fn write_header_state(&self, offset: u64, extent: u64, state: u16) {
+        self.write_header_on(&self.backing(), offset, extent, state);
+    }
+
+    /// `write_header_state` onto `backing` (`self.backing()`, read once by a caller that
+    /// writes several times).
+    fn write_header_on(&self, backing: &Region, offset: u64, extent: u64, state: u16) {
         let header = BlockHeader {
             size: extent - HEADER_SIZE,
             magic: HEADER_MAGIC,
             kind: self.kind as u16,
             state,
         };
-        media::write_header(&self.backing(), offset, header);
+        media::write_header(backing, offset, header);
     }
 
     /// Makes a block just cut from free space visible on the device, in the order the
@@ -349,24 +355,25 @@ impl DeviceTier {
     /// the chain. Runs under the heap lock: another cut from the same free extent must not
     /// interleave its size write with ours.
     fn publish(&self, carved: &Carved, state: u16) {
+        let backing = self.backing();
         if let Some((tail, len)) = carved.tail {
-            self.write_header_state(tail, len, STATE_FREE);
-            media::order(&self.backing());
+            self.write_header_on(&backing, tail, len, STATE_FREE);
+            media::order(&backing);
         }
         #[cfg(test)]
         if BREAK_ORDER.with(|b| b.get()) {
             // The wrong order the crash-point checker must catch: the block linked into the
             // chain before its header is written.
             if let Some((front, len)) = carved.front {
-                media::write_size(&self.backing(), front, len - HEADER_SIZE);
+                media::write_size(&backing, front, len - HEADER_SIZE);
             }
-            self.write_header_state(carved.offset, carved.len, state);
+            self.write_header_on(&backing, carved.offset, carved.len, state);
             return;
         }
-        self.write_header_state(carved.offset, carved.len, state);
+        self.write_header_on(&backing, carved.offset, carved.len, state);
         if let Some((front, len)) = carved.front {
-            media::order(&self.backing());
-            media::write_size(&self.backing(), front, len - HEADER_SIZE);
+            media::order(&backing);
+            media::write_size(&backing, front, len - HEADER_SIZE);
         }
     }
 
@@ -453,8 +460,9 @@ impl DeviceTier {
             if !self.inherited.load(Ordering::Relaxed) {
                 // The last slot's state first: a marker that says "free" must never hide a
                 // slot header that still says "allocated" (`persist`).
-                media::order(&self.backing());
-                media::write_state(&self.backing(), slab, STATE_FREE);
+                let backing = self.backing();
+                media::order(&backing);
+                media::write_state(&backing, slab, STATE_FREE);
             }
             self.slabs.unclaim(slab);
             let freed = heap.free(slab);
@@ -520,11 +528,12 @@ impl DeviceTier {
             return false;
         };
         // Under the heap lock, the free extent behind first (`publish`).
+        let backing = self.backing();
         if let Some((start, len)) = behind {
-            self.write_header_state(start, len, STATE_FREE);
-            media::order(&self.backing());
+            self.write_header_on(&backing, start, len, STATE_FREE);
+            media::order(&backing);
         }
-        self.write_header(offset, extent);
+        self.write_header_on(&backing, offset, extent, STATE_ALLOCATED);
         true
     }
 
