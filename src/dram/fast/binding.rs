@@ -136,14 +136,26 @@ pub fn for_each_traffic(mut f: impl FnMut(&Traffic)) {
     for_each_heap(|heap| f(unsafe { &*core::ptr::addr_of!((*heap).traffic) }));
 }
 
-/// Calls `f` on every heap ever made. The heaps may be in use by their threads: `f` may read
-/// only what is safe to read racily.
-pub fn for_each_heap(mut f: impl FnMut(*mut Heap)) {
+/// Whether `f` holds for some heap ever made, stopping at the first. The heaps may be in use
+/// by their threads: `f` may read only what is safe to read racily.
+pub fn any_heap(mut f: impl FnMut(*mut Heap) -> bool) -> bool {
     let mut heap: *mut Heap = REGISTRY.first();
     while !heap.is_null() {
-        f(heap);
+        if f(heap) {
+            return true;
+        }
         // SAFETY: registered heaps live forever; `registry_next` is written once before a heap
         // is published.
         heap = unsafe { Heap::registry_next(heap) };
     }
+    false
+}
+
+/// Calls `f` on every heap ever made. The heaps may be in use by their threads: `f` may read
+/// only what is safe to read racily.
+pub fn for_each_heap(mut f: impl FnMut(*mut Heap)) {
+    any_heap(|heap| {
+        f(heap);
+        false
+    });
 }

@@ -224,15 +224,12 @@ unsafe fn check_block(page: *mut Page, p: *mut u8) -> Result<(), crate::misuse::
 /// `page` must be the page in use that holds `p`.
 #[cold]
 unsafe fn waits_in_a_batch(page: *mut Page, p: *mut u8) -> bool {
-    let mut found = false;
-    binding::for_each_heap(|heap| {
+    binding::any_heap(|heap| {
         // SAFETY: registered heaps live forever; forwarded.
-        found = found
-            || unsafe {
-                remote_batch::RemoteBatch::holds(core::ptr::addr_of!((*heap).remote_batch), page, p)
-            };
-    });
-    found
+        unsafe {
+            remote_batch::RemoteBatch::holds(core::ptr::addr_of!((*heap).remote_batch), page, p)
+        }
+    })
 }
 
 /// Whether block `p` waits in the quarantine of any heap (`TIERMALLOC_SECURE=1` only; see
@@ -242,13 +239,10 @@ fn waits_in_a_quarantine(p: *mut u8) -> bool {
     if !guard::secure() {
         return false;
     }
-    let mut found = false;
-    binding::for_each_heap(|heap| {
+    binding::any_heap(|heap| {
         // SAFETY: registered heaps live forever; forwarded.
-        found = found
-            || unsafe { quarantine::Quarantine::holds(core::ptr::addr_of!((*heap).quarantine), p) };
-    });
-    found
+        unsafe { quarantine::Quarantine::holds(core::ptr::addr_of!((*heap).quarantine), p) }
+    })
 }
 
 /// Whether small block `p` (the page map says a segment holds it) is live; `realloc` asks
