@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -41,6 +42,15 @@ static double now(void) { return clock_s(CLOCK_MONOTONIC); }
 /* CPU time of this thread (user and kernel: page faults included): on a loaded machine, less
  * of other programs' noise than the wall time. */
 static double cpu(void) { return clock_s(CLOCK_THREAD_CPUTIME_ID); }
+
+/* Page faults of this thread so far: the open and the bound must fault in the same pages of the
+ * file for the bound to be fair (the open also faults in its host metadata). */
+static double faults(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_THREAD, &u);
+    return (double)u.ru_minflt + (double)u.ru_majflt;
+}
 
 typedef void *(*malloc_fn)(int, size_t);
 typedef int (*persist_fn)(const void *, size_t);
@@ -142,19 +152,19 @@ int main(int argc, char **argv)
         pid = fork();
         if (pid == 0) {
             setenv("TIERMALLOC_TIERS", tiers, 1);
-            double c0 = cpu(), t0 = now();
+            double f0 = faults(), c0 = cpu(), t0 = now();
             void *h = open_lib(lib);
-            double t1 = now(), c1 = cpu();
+            double t1 = now(), c1 = cpu(), f1 = faults();
             malloc_fn tm_malloc = (malloc_fn)dlsym(h, "tm_malloc");
             double t2 = now();
             void *p = tm_malloc(3, 100);
             double t3 = now();
-            double r[3] = {t1 - t0, p ? t3 - t2 : -1, c1 - c0};
+            double r[4] = {t1 - t0, p ? t3 - t2 : -1, c1 - c0, f1 - f0};
             if (write(pipefd[1], r, sizeof r) != sizeof r) _exit(3);
             _exit(0);
         }
         close(pipefd[1]);
-        double r[3] = {0, 0, 0};
+        double r[4] = {0, 0, 0, 0};
         ssize_t got = read(pipefd[0], r, sizeof r);
         close(pipefd[0]);
         waitpid(pid, &status, 0);
@@ -164,14 +174,15 @@ int main(int argc, char **argv)
         }
         unsigned char *image = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
         uint64_t sum;
-        double c0 = cpu(), t0 = now();
+        double f0 = faults(), c0 = cpu(), t0 = now();
         header_bytes = read_headers(image, (uint64_t)st.st_size, &sum);
-        double t1 = now(), c1 = cpu();
+        double t1 = now(), c1 = cpu(), f1 = faults();
         munmap(image, (size_t)st.st_size);
         printf("round %d: open (dlopen, recovery included) %.1f ms (cpu %.1f ms); first tm_malloc "
-               "%.1f us; reading the %llu header bytes %.1f ms (cpu %.1f ms) (sum %llx)\n",
+               "%.1f us; reading the %llu header bytes %.1f ms (cpu %.1f ms) (sum %llx); page faults: "
+               "open %.0f, read %.0f\n",
                round, r[0] * 1e3, r[2] * 1e3, r[1] * 1e6, (unsigned long long)header_bytes,
-               (t1 - t0) * 1e3, (c1 - c0) * 1e3, (unsigned long long)(sum & 0xfff));
+               (t1 - t0) * 1e3, (c1 - c0) * 1e3, (unsigned long long)(sum & 0xfff), r[3], f1 - f0);
         if (r[2] < best_open_cpu) best_open_cpu = r[2];
         if (c1 - c0 < best_read_cpu) best_read_cpu = c1 - c0;
         if (r[0] < best_open) best_open = r[0];

@@ -47,6 +47,8 @@ use slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
 /// Every extent offset and length is a multiple of this: the header size, so that a block
 /// (16 bytes after its extent's start) can be aligned to any power of two.
 const GRANULE: u64 = HEADER_SIZE;
+/// Slab descriptors a recovery makes present at a time, ahead of the scan (`metadata`).
+const DESCS_AHEAD: usize = 512;
 
 // Test-only: makes `publish` write in a wrong order (the crash-point checker's self-test).
 #[cfg(test)]
@@ -254,12 +256,14 @@ impl DeviceTier {
                 None
             }
             Opening::Recover => {
-                os::advise_sequential(region.base as *mut u8, region.len);
+                os::advise_sequential(region.base as *mut u8, region.len, region.lock_fd);
                 // SAFETY: the region is mapped and readable; nothing else uses it yet.
                 let image =
                     unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
                 let clean = persist::superblock::read(image)
                     .is_some_and(|f| persist::superblock::closed_cleanly(&f));
+                // Slab descriptors below this window are present (`prefault_descs`).
+                let mut descs_ready = 0;
                 let scanned = persist::recover::scan(image, |offset, extent_len, extent| {
                     let free = match extent {
                         Extent::Free => true,
@@ -271,6 +275,13 @@ impl DeviceTier {
                             true
                         }
                         Extent::Slab { class, live } => {
+                            let window = (offset / SLAB_BYTES) as usize;
+                            if window >= descs_ready {
+                                // 512 descriptors (64 KiB, 8 MiB of region) at a time: at
+                                // most that much made present for windows left without a slab.
+                                slabs.prefault_descs(window, DESCS_AHEAD);
+                                descs_ready = window + DESCS_AHEAD;
+                            }
                             if !slabs.adopt(offset, class, live) {
                                 return false;
                             }

@@ -25,8 +25,12 @@ pub(crate) struct HeapBuilder {
 impl ExtentHeap {
     /// A builder for a heap of `[0, capacity)` (arguments as for `new`).
     pub fn builder(capacity: u64, granule: u64, fit: Fit) -> Option<HeapBuilder> {
+        let mut heap = ExtentHeap::empty(capacity, granule, fit)?;
+        // The builder fills its node chunks front to back: each made present in one call
+        // rather than a fault per page (recovery of 1 M blocks: ~1 000 faults fewer).
+        heap.pool.set_prefault(true);
         Some(HeapBuilder {
-            heap: ExtentHeap::empty(capacity, granule, fit)?,
+            heap,
             first: ptr::null_mut(),
             last: ptr::null_mut(),
             end: 0,
@@ -105,9 +109,12 @@ impl HeapBuilder {
     /// the start table runs out): the start table sized once for every extent and filled.
     pub fn finish(mut self) -> Option<ExtentHeap> {
         let h = &mut self.heap;
+        h.pool.set_prefault(false);
         if self.end != h.capacity || !h.starts.reserve(self.extents) {
             return None;
         }
+        // Every page of the table is about to be written (hashed slots): present at once.
+        h.starts.prefault();
         let mut n = self.first;
         // SAFETY: the list from `first` holds exactly the `extents` live nodes pushed, each
         // keyed by its own offset; the reservation leaves room for all of them.

@@ -124,6 +124,12 @@ impl StartTable {
         true
     }
 
+    /// Makes every page of the table present at once (`os::prefault_write`): a recovery
+    /// (`rebuild.rs`) fills a table sized for its extents, whose hashed slots touch every page.
+    pub fn prefault(&self) {
+        os::prefault_write(self.slots.cast(), (self.mask + 1) * SLOT);
+    }
+
     /// Records that the extent of `node` starts at `offset`.
     ///
     /// # Safety
