@@ -130,6 +130,22 @@ impl StartTable {
         os::prefault_write(self.slots.cast(), (self.mask + 1) * SLOT);
     }
 
+    /// Asks the cache for the home slot of `offset`: a hint a few steps before its `insert`,
+    /// so that a loop of inserts (`rebuild.rs`) overlaps their cache misses.
+    #[inline(always)]
+    pub fn prefetch(&self, offset: u64) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint that never faults; the home slot is inside the mapping.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch(
+                self.slot(self.home(offset)) as *const i8,
+                core::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = offset;
+    }
+
     /// Records that the extent of `node` starts at `offset`.
     ///
     /// # Safety
