@@ -466,15 +466,16 @@ impl DeviceTier {
     /// Frees block `p`; refuses (changing nothing) a pointer that is not a live block start.
     pub fn free(&self, p: *mut u8) -> Result<(), FreeError> {
         let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
+        // Retiring writes nothing to the device: the last slot's state, written by `mark_free`,
+        // already makes the slab one with no live slot, free space to a recovery scan. Its
+        // marker stays, as the head of free space, until a block or slab is cut over it
+        // (`persist`: a marker whose slots are all free, or whose size a cut rewrote, is free).
         let retire = |slab| {
             let mut heap = self.heap.lock();
-            if !self.inherited.load(Ordering::Relaxed) {
-                // The last slot's state first: a marker that says "free" must never hide a
-                // slot header that still says "allocated" (`persist`).
-                let backing = self.backing();
-                media::order(&backing);
-                media::write_state(&backing, slab, STATE_FREE);
-            }
+            // The slot's state ordered before the window is handed back (an `sfence` on DAX,
+            // nothing on a file or BAR): a new slab of the same class made there by another
+            // thread must not reach the device before it, or that slot would come back live.
+            media::order(&self.backing());
             self.slabs.unclaim(slab);
             let freed = heap.free(slab);
             debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");
