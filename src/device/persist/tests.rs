@@ -410,6 +410,12 @@ fn record_run(name: &str, seed: u64, count: usize) -> Run {
         ops.push(rec);
         writes_since_fence = recorder::writes_since_fence();
     }
+    end_run(tier, &path, initial, ops)
+}
+
+/// Ends a recording on `tier` (its file at `path` removed): the run from `initial` through the
+/// events recorded since, split into `ops`.
+fn end_run(tier: DeviceTier, path: &str, initial: Vec<u8>, ops: Vec<OpRecord>) -> Run {
     let events = recorder::take();
     drop(tier);
     std::fs::remove_file(path).unwrap();
@@ -707,14 +713,7 @@ fn record_retired_window_cut(name: &str) -> Run {
     let last_slot = window + SLAB_MARKER + (slabs::slots_of(2) as u64 - 1) * 48;
     assert_eq!(header_offset(&tier, cut), last_slot, "the cut block is on the last slot");
     assert_eq!(tier.usable_size(cut), Some(32));
-    let events = recorder::take();
-    drop(tier);
-    std::fs::remove_file(path).unwrap();
-    Run {
-        initial,
-        events,
-        ops,
-    }
+    end_run(tier, &path, initial, ops)
 }
 
 /// A retired slab's marker, left on the chain as the head of free space, and then rewritten
