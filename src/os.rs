@@ -112,13 +112,43 @@ pub unsafe fn discard(p: *mut u8, size: usize) {
 /// (a recovery scan): sequential read-ahead, started for the whole range at once, so that a
 /// file on a disk is read in large reads. (`MADV_POPULATE_READ` was slower: on a 1 GiB
 /// tmpfs file it faulted the pages in one by one, 266 against 210 ms for the whole open.)
-pub fn advise_sequential(p: *mut u8, size: usize) {
+/// `fd` is the mapped file's descriptor (or -1): a file in memory (tmpfs, `/dev/shm`) has
+/// nothing to read ahead, and there `MADV_WILLNEED` only walks the file's page cache looking
+/// for swapped-out pages (0.8 ms of CPU for 1 GiB, about 1 % of recovering 1 M blocks), so it
+/// is skipped.
+pub fn advise_sequential(p: *mut u8, size: usize, fd: i32) {
     keep_errno(|| {
         // SAFETY: madvise only changes read-ahead and paging advice, never contents.
-        unsafe {
-            libc::madvise(p.cast(), size, libc::MADV_SEQUENTIAL);
-            libc::madvise(p.cast(), size, libc::MADV_WILLNEED);
+        unsafe { libc::madvise(p.cast(), size, libc::MADV_SEQUENTIAL) };
+        if !in_memory_fs(fd) {
+            // SAFETY: as above.
+            unsafe { libc::madvise(p.cast(), size, libc::MADV_WILLNEED) };
         }
+    });
+}
+
+/// Whether the open file `fd` lives in memory (tmpfs); false for -1 or when unknown.
+fn in_memory_fs(fd: i32) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: all-zero is a valid `statfs`, an out-parameter for fstatfs on a descriptor.
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: `st` is a valid out-parameter; a bad descriptor makes fstatfs fail, nothing more.
+    unsafe { libc::fstatfs(fd, &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC }
+}
+
+/// Makes the pages of `[p, p + size)` (page-aligned, a private anonymous mapping of ours) present
+/// and writable in one call (`MADV_POPULATE_WRITE`, Linux 5.14) instead of one fault per page:
+/// for host metadata a recovery is about to fill in full (on the 2-core VM a page fault's entry
+/// alone is about a third of a microsecond). Best effort: an older kernel refuses, and the pages
+/// are then faulted one by one as before. Changes no byte.
+pub fn prefault_write(p: *mut u8, size: usize) {
+    const MADV_POPULATE_WRITE: i32 = 23;
+    keep_errno(|| {
+        // SAFETY: populating pages of a mapping of ours changes none of their bytes.
+        unsafe { libc::madvise(p.cast(), size, MADV_POPULATE_WRITE) };
     });
 }
 

@@ -47,6 +47,8 @@ use slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
 /// Every extent offset and length is a multiple of this: the header size, so that a block
 /// (16 bytes after its extent's start) can be aligned to any power of two.
 const GRANULE: u64 = HEADER_SIZE;
+/// Slab descriptors a recovery makes present at a time, ahead of the scan (`metadata`).
+const DESCS_AHEAD: usize = 512;
 
 // Test-only: makes `publish` write in a wrong order (the crash-point checker's self-test).
 #[cfg(test)]
@@ -254,12 +256,14 @@ impl DeviceTier {
                 None
             }
             Opening::Recover => {
-                os::advise_sequential(region.base as *mut u8, region.len);
+                os::advise_sequential(region.base as *mut u8, region.len, region.lock_fd);
                 // SAFETY: the region is mapped and readable; nothing else uses it yet.
                 let image =
                     unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
                 let clean = persist::superblock::read(image)
                     .is_some_and(|f| persist::superblock::closed_cleanly(&f));
+                // Slab descriptors below this window are present (`prefault_descs`).
+                let mut descs_ready = 0;
                 let scanned = persist::recover::scan(image, |offset, extent_len, extent| {
                     let free = match extent {
                         Extent::Free => true,
@@ -271,6 +275,13 @@ impl DeviceTier {
                             true
                         }
                         Extent::Slab { class, live } => {
+                            let window = (offset / SLAB_BYTES) as usize;
+                            if window >= descs_ready {
+                                // 512 descriptors (64 KiB, 8 MiB of region) at a time: at
+                                // most that much made present for windows left without a slab.
+                                slabs.prefault_descs(window, DESCS_AHEAD);
+                                descs_ready = window + DESCS_AHEAD;
+                            }
                             if !slabs.adopt(offset, class, live) {
                                 return false;
                             }
@@ -455,15 +466,16 @@ impl DeviceTier {
     /// Frees block `p`; refuses (changing nothing) a pointer that is not a live block start.
     pub fn free(&self, p: *mut u8) -> Result<(), FreeError> {
         let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
+        // Retiring writes nothing to the device: the last slot's state, written by `mark_free`,
+        // already makes the slab one with no live slot, free space to a recovery scan. Its
+        // marker stays, as the head of free space, until a block or slab is cut over it
+        // (`persist`: a marker whose slots are all free, or whose size a cut rewrote, is free).
         let retire = |slab| {
             let mut heap = self.heap.lock();
-            if !self.inherited.load(Ordering::Relaxed) {
-                // The last slot's state first: a marker that says "free" must never hide a
-                // slot header that still says "allocated" (`persist`).
-                let backing = self.backing();
-                media::order(&backing);
-                media::write_state(&backing, slab, STATE_FREE);
-            }
+            // The slot's state ordered before the window is handed back (an `sfence` on DAX,
+            // nothing on a file or BAR): a new slab of the same class made there by another
+            // thread must not reach the device before it, or that slot would come back live.
+            media::order(&self.backing());
             self.slabs.unclaim(slab);
             let freed = heap.free(slab);
             debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");

@@ -489,6 +489,19 @@ impl Slabs {
         true
     }
 
+    /// Makes the descriptors of windows `[first, first + count)` (clipped to the region)
+    /// present in one call (`os::prefault_write`): a recovery scan about to `adopt` slabs
+    /// there asks ahead, instead of a page fault every 32 descriptors.
+    pub fn prefault_descs(&self, first: usize, count: usize) {
+        let size = core::mem::size_of::<SlabDesc>();
+        let base = self.descs.as_ptr() as usize;
+        let from = (base + first.min(self.windows) * size) & !(os::PAGE_SIZE - 1);
+        let to = os::page_round(base + (first + count).min(self.windows) * size);
+        if to > from {
+            os::prefault_write(from as *mut u8, to - from);
+        }
+    }
+
     /// The first live slot of the slab at `slab` (an extent offset) after slot offset
     /// `after` (from the first slot when `None`); `None` when there is none or no slab there.
     pub fn next_live(&self, slab: u64, after: Option<u64>) -> Option<u64> {

@@ -100,6 +100,9 @@ pub(super) struct NodePool {
     chunks: *mut Chunk,
     next_chunk: usize,
     live: usize,
+    /// New chunks are made present in one call (`os::prefault_write`): set while a recovery
+    /// fills the pool front to back (`rebuild.rs`), which uses a chunk in full.
+    prefault: bool,
 }
 
 impl NodePool {
@@ -112,7 +115,13 @@ impl NodePool {
             chunks: ptr::null_mut(),
             next_chunk: FIRST_CHUNK,
             live: 0,
+            prefault: false,
         }
+    }
+
+    /// Whether chunks mapped from now on are made present at once (a recovery's builder).
+    pub fn set_prefault(&mut self, on: bool) {
+        self.prefault = on;
     }
 
     /// Nodes `take` can hand out without mapping more memory.
@@ -138,6 +147,9 @@ impl NodePool {
         let Some(base) = host::map(bytes) else {
             return false;
         };
+        if self.prefault {
+            os::prefault_write(base.as_ptr(), bytes);
+        }
         // The rest of the old chunk is not lost: its fresh slots join the recycle list.
         while self.fresh < self.fresh_end {
             let node = self.fresh;

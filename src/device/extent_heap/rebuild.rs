@@ -8,12 +8,18 @@
 use super::{link_after, ExtentHeap, Fit, Node};
 use core::ptr;
 
+#[cfg(test)]
+#[path = "rebuild_tests.rs"]
+mod tests;
+
 /// A heap being filled from offset 0 upward. Invariants: the extents pushed so far tile
 /// `[0, end)` with no two free ones adjacent, listed in address order from `first`; `last` is
 /// the one ending at `end` (both null before the first push); `extents` counts them. The
-/// start table stays empty until `finish`, which fills it in one pass: inserted while the scan
-/// runs, each extent's random slot was a cache miss between the scan's sequential reads (a
-/// tenth of a large recovery); in a tight loop of their own the misses overlap.
+/// start table and the size index stay empty until `finish`, which fills them in one pass:
+/// inserted while the scan runs, each extent's random slot was a cache miss between the scan's
+/// sequential reads (a tenth of a large recovery); in a tight loop of their own, with the slots
+/// asked for a few extents ahead, the misses overlap. A free extent grown by the next push is
+/// then inserted in the size index once, at its final length.
 pub(crate) struct HeapBuilder {
     heap: ExtentHeap,
     first: *mut Node,
@@ -25,8 +31,12 @@ pub(crate) struct HeapBuilder {
 impl ExtentHeap {
     /// A builder for a heap of `[0, capacity)` (arguments as for `new`).
     pub fn builder(capacity: u64, granule: u64, fit: Fit) -> Option<HeapBuilder> {
+        let mut heap = ExtentHeap::empty(capacity, granule, fit)?;
+        // The builder fills its node chunks front to back: each made present in one call
+        // rather than a fault per page (recovery of 1 M blocks: ~1 000 faults fewer).
+        heap.pool.set_prefault(true);
         Some(HeapBuilder {
-            heap: ExtentHeap::empty(capacity, granule, fit)?,
+            heap,
             first: ptr::null_mut(),
             last: ptr::null_mut(),
             end: 0,
@@ -74,9 +84,7 @@ impl HeapBuilder {
         // free; a new node and its slot come from the reservations just made.
         unsafe {
             if free && !self.last.is_null() && (*self.last).free {
-                h.sizes.remove(self.last);
                 (*self.last).len += len;
-                h.sizes.insert(self.last);
             } else {
                 if !h.pool.reserve(1) {
                     return false;
@@ -88,9 +96,6 @@ impl HeapBuilder {
                     link_after(self.last, n);
                 }
                 self.extents += 1;
-                if free {
-                    h.sizes.insert(n);
-                }
                 self.last = n;
             }
         }
@@ -105,15 +110,34 @@ impl HeapBuilder {
     /// the start table runs out): the start table sized once for every extent and filled.
     pub fn finish(mut self) -> Option<ExtentHeap> {
         let h = &mut self.heap;
+        h.pool.set_prefault(false);
         if self.end != h.capacity || !h.starts.reserve(self.extents) {
             return None;
         }
-        let mut n = self.first;
+        // Every page of the table is about to be written (hashed slots): present at once.
+        h.starts.prefault();
+        /// Extents between the one whose start-table slot is asked for and the one inserted.
+        const AHEAD: usize = 8;
+        let (mut n, mut ahead) = (self.first, self.first);
         // SAFETY: the list from `first` holds exactly the `extents` live nodes pushed, each
-        // keyed by its own offset; the reservation leaves room for all of them.
+        // keyed by its own offset, in no size class yet; the reservation leaves room for all
+        // of them in the start table.
         unsafe {
+            for _ in 0..AHEAD {
+                if !ahead.is_null() {
+                    h.starts.prefetch((*ahead).offset);
+                    ahead = (*ahead).next;
+                }
+            }
             while !n.is_null() {
+                if !ahead.is_null() {
+                    h.starts.prefetch((*ahead).offset);
+                    ahead = (*ahead).next;
+                }
                 h.starts.insert((*n).offset, n);
+                if (*n).free {
+                    h.sizes.insert(n);
+                }
                 n = (*n).next;
             }
         }

@@ -124,6 +124,28 @@ impl StartTable {
         true
     }
 
+    /// Makes every page of the table present at once (`os::prefault_write`): a recovery
+    /// (`rebuild.rs`) fills a table sized for its extents, whose hashed slots touch every page.
+    pub fn prefault(&self) {
+        os::prefault_write(self.slots.cast(), (self.mask + 1) * SLOT);
+    }
+
+    /// Asks the cache for the home slot of `offset`: a hint a few steps before its `insert`,
+    /// so that a loop of inserts (`rebuild.rs`) overlaps their cache misses.
+    #[inline(always)]
+    pub fn prefetch(&self, offset: u64) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint that never faults; the home slot is inside the mapping.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch(
+                self.slot(self.home(offset)) as *const i8,
+                core::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = offset;
+    }
+
     /// Records that the extent of `node` starts at `offset`.
     ///
     /// # Safety

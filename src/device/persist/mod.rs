@@ -18,7 +18,9 @@
 //! after the marker at `16 + n * slot` (`device_slabs`), each slot a header and a block; a
 //! live slot is a slot header with state 1 and the class's exact size. Consecutive free
 //! extents are allowed (the heap coalesces in host memory and never rewrites the device for
-//! it); recovery merges them.
+//! it); recovery merges them. Free space may also start with the marker of a slab that was
+//! retired (retiring writes nothing): a marker whose slots are all free, or whose length is
+//! not 16 KiB (a cut from that free space rewrote its size, never its state), is free space.
 //!
 //! # Opening (`decide`)
 //!
@@ -66,8 +68,9 @@
 //! The invariant the heap keeps on the device, between operations: the chain from 4096
 //! reaches exactly the region's end; every host extent boundary is a chain header; the header
 //! at a live block's (or slab's) start says so, with its exact size; every header inside a
-//! free host extent, on the chain or not, is free (or a stale free); no header anywhere says
-//! "allocated" but a live block's (or one whose free is in flight). Blocks are cut from the
+//! free host extent, on the chain or not, is free, a stale free, or a retired slab's marker
+//! (whose slots are all free); no header anywhere says "allocated" but a live block's (or one
+//! whose free is in flight, or whose malloc is). Blocks are cut from the
 //! *end* of a free extent (`ExtentHeap::set_carve_from_end`), so the free extent keeps its
 //! header and only its size shrinks:
 //!
@@ -79,7 +82,7 @@
 //! | free | state (2 B) |
 //! | slab made | the slab's marker header, as a block (above) |
 //! | slot malloc / free | slot header (16 B) / state (2 B) |
-//! | slab retired | last slot's state `|` marker state free (2 B) |
+//! | slab retired | `|` only: the last slot's free (its state) left no live slot |
 //! | resize, grow / shrink | header of the free extent behind (16 B) `|` block header |
 //! | root set (new) | name and offset `|` valid flag |
 //!
@@ -97,9 +100,10 @@
 //! an exact fit), 16 + 8 + 2 = 26 bytes in 3 stores (a split). The split's 8-byte store is
 //! the one store correctness adds: without it the free space behind a new block has no
 //! header a scan could find. Carving from the end makes it 8 bytes, not a 16-byte header for
-//! a new tail. No operation reads the device. A slab's life adds its marker (16 B), the size
-//! in front (8 B) and the marker's state at retirement (2 B): a program that makes and retires
-//! a slab on every pair pays 44 bytes in 5 stores (tests/device_touches.rs measures all three
+//! a new tail. No operation reads the device. A slab's life adds its marker (16 B) and the size
+//! in front (8 B): a program that makes and retires a slab on every pair pays 42 bytes in 4
+//! stores (until session 6 retiring wrote the marker's state too: 44 in 5;
+//! tests/device_touches.rs measures all three
 //! patterns). The price of cutting from the end: the size store lands on the free extent's
 //! first line, often far from the block (a cache miss on a file, BENCHMARKS.md), and a block
 //! has free space behind it (to grow in place into) less often than when cut from the front.

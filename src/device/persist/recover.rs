@@ -19,7 +19,8 @@ pub(crate) enum Extent<'a> {
         class: usize,
         live: &'a [u64; SLAB_WORDS],
     },
-    /// A slab with no live slot: free space whose marker still says "slab".
+    /// Free space whose header is a slab's marker: a slab with no live slot (retired, or
+    /// never given a block), or one whose size a cut from its free space rewrote.
     EmptySlab,
 }
 
@@ -110,11 +111,19 @@ pub(crate) fn scan_from(
                 if class == 0 || class > slabs::CLASS_COUNT {
                     return damage("a slab marker names no size class");
                 }
-                if at % SLAB_BYTES != 0 || len != SLAB_BYTES {
-                    return damage("a slab marker is not on a 16 KiB boundary, or not 16 KiB long");
+                if at % SLAB_BYTES != 0 {
+                    return damage("a slab marker is not on a 16 KiB boundary");
                 }
-                let count = slab_slots(image, at, class, &mut live);
-                found.bytes_read += slabs::slots_of(class) as u64 * HEADER_SIZE;
+                // A retired slab keeps its marker (retiring writes nothing, `persist`): once
+                // its window is free space, a block cut from the end of that space rewrites
+                // the marker's size, never its state. A live slab is never free space, so its
+                // size is never rewritten: a marker of another length heads free space.
+                let count = if len == SLAB_BYTES {
+                    found.bytes_read += slabs::slots_of(class) as u64 * HEADER_SIZE;
+                    slab_slots(image, at, class, &mut live)
+                } else {
+                    0
+                };
                 if count == 0 {
                     found.free_extents += 1;
                     Extent::EmptySlab

@@ -410,6 +410,12 @@ fn record_run(name: &str, seed: u64, count: usize) -> Run {
         ops.push(rec);
         writes_since_fence = recorder::writes_since_fence();
     }
+    end_run(tier, &path, initial, ops)
+}
+
+/// Ends a recording on `tier` (its file at `path` removed): the run from `initial` through the
+/// events recorded since, split into `ops`.
+fn end_run(tier: DeviceTier, path: &str, initial: Vec<u8>, ops: Vec<OpRecord>) -> Run {
     let events = recorder::take();
     drop(tier);
     std::fs::remove_file(path).unwrap();
@@ -657,6 +663,67 @@ fn the_checker_catches_a_wrong_write_order() {
         failure.contains("damage") || failure.contains("not live"),
         "{failure}"
     );
+}
+
+/// A scripted run: a slab of class 2 (48-byte slots) retired into a 16 KiB window of free space
+/// of its own (its marker left as it was: retiring writes nothing), then a 32-byte block with
+/// 32-byte alignment cut from that window's end, where its header lands exactly on the old
+/// slab's last slot with the class's size, and the marker's size is rewritten to the free
+/// space left in front of it. Every operation is checked to land where the script needs it.
+fn record_retired_window_cut(name: &str) -> Run {
+    let path = shm(name);
+    let tier = open("pmr", &path, ",size=1M,create,fresh,fit=best").unwrap();
+    let initial = image_of(&tier);
+    recorder::start(tier.region().base);
+    let mut ops = Vec::new();
+    let step = |ops: &mut Vec<OpRecord>, blocks: &mut dyn FnMut() -> Vec<_>| {
+        let start = recorder::len();
+        let blocks = blocks();
+        ops.push(OpRecord {
+            events: start..recorder::len(),
+            blocks,
+            roots: Vec::new(),
+        });
+    };
+    let mut slot = core::ptr::null_mut();
+    step(&mut ops, &mut || {
+        slot = tier.alloc(32, 16).unwrap();
+        vec![(header_offset(&tier, slot), None, Some(32))]
+    });
+    let slot_at = header_offset(&tier, slot);
+    let window = slot_at / slabs::SLAB_BYTES * slabs::SLAB_BYTES;
+    // A block in front of the window, so that its free space stays 16 KiB on its own.
+    let mut front = core::ptr::null_mut();
+    step(&mut ops, &mut || {
+        front = tier.alloc(8000, 16).unwrap();
+        let usable = tier.usable_size(front).unwrap() as u64;
+        vec![(header_offset(&tier, front), None, Some(usable))]
+    });
+    let front_end = header_offset(&tier, front) + tier.usable_size(front).unwrap() as u64 + 16;
+    assert_eq!(front_end, window, "the block in front ends at the window");
+    step(&mut ops, &mut || {
+        tier.free(slot).unwrap();
+        vec![(slot_at, Some(32), None)]
+    });
+    let mut cut = core::ptr::null_mut();
+    step(&mut ops, &mut || {
+        cut = tier.alloc(32, 32).unwrap();
+        vec![(header_offset(&tier, cut), None, Some(32))]
+    });
+    let last_slot = window + SLAB_MARKER + (slabs::slots_of(2) as u64 - 1) * 48;
+    assert_eq!(header_offset(&tier, cut), last_slot, "the cut block is on the last slot");
+    assert_eq!(tier.usable_size(cut), Some(32));
+    end_run(tier, &path, initial, ops)
+}
+
+/// A retired slab's marker, left on the chain as the head of free space, and then rewritten
+/// in size by a cut from that space: every crash point recovers (the scan takes a marker of
+/// another length for free space, and one whose slots are all free too).
+#[test]
+fn a_retired_slabs_marker_heads_free_space_at_every_crash_point() {
+    let run = record_retired_window_cut("retired-cut");
+    let checked = check_run(&run).unwrap_or_else(|e| panic!("{e}"));
+    assert!(checked.prefixes > 0 && checked.reorderings > 0);
 }
 
 // ---------------------------------------------------------------------------------------------
