@@ -110,7 +110,7 @@ impl DeviceTier {
         })?;
         let mut claim = None;
         let built = persist::decide(&region, spec)
-            .and_then(|opening| evacuate::refuse_split_heap(&region, spec, opening))
+            .and_then(|opening| evacuate::stitch_split_heap(&region, spec, opening))
             .and_then(|opening| {
                 claim = Self::claim(&region)?;
                 Self::metadata(&region, spec, opening)

@@ -89,8 +89,10 @@
 //! register page, if any; barriers keep reading the source's).
 //!
 //! A crash midway leaves a persistent heap split across both devices: the superblock's move
-//! record (`move_record`) makes the next open of either refuse it, in one line, rather than
-//! recover half a heap; after a move that finished, the old device's record makes it refused
+//! record (`move_record`) says how far the move got on each, and the next open of the source
+//! (the path the tier's configuration names) rolls the move back, copying the moved part back
+//! from the target, so that the heap recovers whole; the target of the unfinished move is
+//! refused in one line. After a move that finished, the old device's record makes it refused
 //! as stale. On success the tier's media, barrier and register page become the target's
 //! (`DeviceState::backing`) and the whole target is made durable before `tm_evacuate` returns.
 
@@ -105,7 +107,7 @@ use crate::kind::Kind;
 use crate::os;
 use core::ffi::CStr;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use hold_priority::HoldPriority;
 use uffd::WriteProtector;
 
@@ -139,6 +141,9 @@ pub(crate) struct DeviceState {
     uffd: AtomicI32,
     /// A descriptor kept open after a move failed midway (see "Failure"), else -1.
     half_moved_fd: AtomicI32,
+    /// The offset in the file of `device_fd` at which the region starts (`offset=` of the
+    /// spec; 0 once a move made the target the device).
+    file_offset: AtomicU64,
     /// `spare=` of the tier's spec.
     spare: TierSpec,
 }
@@ -202,6 +207,7 @@ impl DeviceState {
             moving: AtomicBool::new(false),
             uffd: AtomicI32::new(-1),
             half_moved_fd: AtomicI32::new(-1),
+            file_offset: AtomicU64::new(spec.offset),
             spare: *spec,
         }
     }
@@ -254,10 +260,17 @@ fn media_of(code: u8) -> Media {
     }
 }
 
-/// Refuses to recover a heap whose superblock holds a move record (`move_record`): the source
-/// of a move (stale, or split if the move was interrupted), or the target of one that did not
-/// finish. Formatting is not refused. With `TIERMALLOC_VERBOSE=1`, a line names the target.
-pub(crate) fn refuse_split_heap(
+fn path_text(path: &[u8]) -> &str {
+    core::str::from_utf8(path).unwrap_or("<not UTF-8>")
+}
+
+/// Makes a heap that a crash left split by a live move whole again before it is recovered,
+/// or refuses it (`move_record::stitch`): the source of a move cut short gets the moved part
+/// back from the target, with one line saying so; the target of such a move, and the stale
+/// source of a finished one, are refused. Formatting is not refused. With
+/// `TIERMALLOC_VERBOSE=1`, a refusal's line names the record's target.
+
+pub(crate) fn stitch_split_heap(
     region: &Region,
     spec: &TierSpec,
     opening: super::persist::Opening,
@@ -265,20 +278,34 @@ pub(crate) fn refuse_split_heap(
     if !matches!(opening, super::persist::Opening::Recover) {
         return Ok(opening);
     }
-    let Some((what, target)) = move_record::refusal(region, spec.path()) else {
-        return Ok(opening);
-    };
-    if crate::config::get().verbose {
-        let mut line = os::LineBuf::new();
-        let _ = writeln!(
-            line,
-            "tiermalloc: tier '{}': the superblock's move record names the target '{}'",
-            spec.kind.name(),
-            core::str::from_utf8(target).unwrap_or("<not UTF-8>")
-        );
-        line.flush();
+    match move_record::stitch(region, spec.path()) {
+        move_record::Stitched::Whole => Ok(opening),
+        move_record::Stitched::RolledBack { target, bytes } => {
+            let mut line = os::LineBuf::new();
+            let _ = writeln!(
+                line,
+                "tiermalloc: tier '{}': a live move onto '{}' was cut short; rolled back ({} bytes copied back from it), the heap recovers whole here",
+                spec.kind.name(),
+                path_text(target),
+                bytes
+            );
+            line.flush();
+            Ok(opening)
+        }
+        move_record::Stitched::Refused { what, target } => {
+            if crate::config::get().verbose {
+                let mut line = os::LineBuf::new();
+                let _ = writeln!(
+                    line,
+                    "tiermalloc: tier '{}': the superblock's move record names the target '{}'",
+                    spec.kind.name(),
+                    path_text(target)
+                );
+                line.flush();
+            }
+            Err(Problem::new(what))
+        }
     }
-    Err(Problem::new(what))
 }
 
 /// What a tier lends the evacuation: its live extents, listed with allocation held.
@@ -558,7 +585,13 @@ fn move_region(
     };
     state.uffd.store(wp.fd(), Ordering::Relaxed);
     // From here until the target's record is cleared, a crash leaves both devices marked.
-    move_record::begin(&state.backing(region), target);
+    let old_fd = state.current_fd();
+    let recorded = move_record::begin(
+        &state.backing(region),
+        target,
+        state.current_fd(),
+        state.file_offset.load(Ordering::Relaxed),
+    );
     let chunk = chunk_bytes();
     let started = now_ns();
     let mut report = Report {
@@ -669,6 +702,17 @@ fn move_region(
             priority.lower();
             break;
         }
+        if recorded {
+            // Before the wake: from it on, the chunk's writes land on the target only.
+            move_record::advance(&state.backing(region), hi as u64);
+            if lo == 0 {
+                move_record::mark_source(
+                    old_fd,
+                    state.file_offset.load(Ordering::Relaxed),
+                    hi as u64,
+                );
+            }
+        }
         at[HeldStep::Wake as usize] = now_ns();
         wp.wake(region.base + lo, hi - lo);
         at[HELD_STEPS] = now_ns();
@@ -692,6 +736,7 @@ fn move_region(
     // maps the target on its own). Its descriptor stays open: it is the tier's device now.
     unsafe { os::unmap(staging.base as *mut u8, staging.reserved) };
     let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
+    let source_offset = state.file_offset.swap(0, Ordering::AcqRel);
     match failure {
         None => {
             // Durability and barriers follow the target from here on (its media, its PMR's
@@ -716,6 +761,7 @@ fn move_region(
             if lo == 0 {
                 // Nothing moved: the tier is where it was, and its record goes.
                 state.device_fd.store(old, Ordering::Release);
+                state.file_offset.store(source_offset, Ordering::Release);
                 move_record::clear(&state.backing(region));
                 super::persist::persist(&state.backing(region), 0, region.len);
                 // SAFETY: the target's descriptor, mapped nowhere any more.
