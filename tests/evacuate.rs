@@ -705,6 +705,105 @@ fn a_numa_tier_moves_onto_a_file() {
     check_blocks(&blocks, false);
 }
 
+/// The node `move_pages` finds each page of `[p, p + len)` on (its status query), or the
+/// negative errno it gives for a page (-ENOENT: not present).
+fn nodes_of(p: usize, len: usize) -> Vec<i32> {
+    let mut pages: Vec<*mut libc::c_void> = Vec::new();
+    let mut a = p & !4095;
+    while a < p + len {
+        pages.push(a as *mut libc::c_void);
+        a += 4096;
+    }
+    let mut status = vec![i32::MIN; pages.len()];
+    // SAFETY: our own pages and arrays of as many entries; no nodes: a query.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_pages,
+            0,
+            pages.len(),
+            pages.as_ptr(),
+            std::ptr::null::<i32>(),
+            status.as_mut_ptr(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "move_pages query: errno {}", errno());
+    status
+}
+
+/// `tm_evacuate(kind, "numa=N")` moves a `numa=` tier's pages onto node N with `move_pages`,
+/// in place (the range stays anonymous memory), while writers count; a node that does not
+/// exist, a malformed `numa=`, and a tier on a file are refused with EINVAL and one line.
+/// (This host has one node: the pages move from node 0 to node 0; `tests/vm.rs` moves them
+/// between two nodes.)
+#[test]
+fn a_numa_tier_moves_between_nodes_with_move_pages() {
+    if !is_child() {
+        in_child(
+            "a_numa_tier_moves_between_nodes_with_move_pages",
+            "dram;cxl:numa=0,size=16M;pmr:path={shm}pmr,size=4M,create",
+        );
+        return;
+    }
+    let blocks = Arc::new(make_blocks(500));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (blocks, stop) = (blocks.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            for b in blocks.iter() {
+                // SAFETY: every block holds at least 8 bytes, 16-aligned; only this thread
+                // writes its first word.
+                unsafe { (b.p as *mut u64).write(0) };
+            }
+            while !stop.load(Ordering::Relaxed) {
+                for b in blocks.iter() {
+                    // SAFETY: as above.
+                    unsafe {
+                        (b.p as *mut u64).write_volatile((b.p as *mut u64).read_volatile() + 1)
+                    };
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    let report = evacuate_with_report(CXL, Some("numa=0")).expect("the move onto node 0");
+    eprintln!("numa move: {report:?}");
+    let live: usize = blocks.iter().map(|b| b.size).sum();
+    assert!(
+        report.copied >= live as u64 && report.copied < report.region / 2,
+        "the live pages moved, not the free space: {report:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    assert!(rounds > 0);
+    for b in blocks.iter() {
+        // SAFETY: a live block's first word.
+        assert_eq!(
+            unsafe { (b.p as *const u64).read() },
+            rounds,
+            "a write was lost"
+        );
+        assert!(
+            nodes_of(b.p, b.size).iter().all(|&n| n == 0),
+            "a page is off node 0"
+        );
+    }
+    check_blocks(&blocks, true);
+    assert_eq!(
+        mapped_file(blocks[0].p).as_deref(),
+        Some(""),
+        "still anonymous memory"
+    );
+    for bad in ["numa=7", "numa=", "numa=x1"] {
+        assert_eq!(evacuate(CXL, Some(bad)), Err(libc::EINVAL), "{bad}");
+    }
+    assert_eq!(evacuate(Kind::Pmr, Some("numa=0")), Err(libc::EINVAL));
+    check_blocks(&blocks, true);
+}
+
 /// The target may be a regular file on a disk file system (only the source must be
 /// write-protectable): the tier moves onto one, and from there cannot move again.
 #[test]
@@ -1212,7 +1311,10 @@ fn crash_checker(log_path: &str) {
         }
         covered += 1;
         let Some(&usable) = allocated.get(&offset) else {
-            assert_eq!(state, FREEING, "slot {slot}: block at {offset} ({state}) is not allocated");
+            assert_eq!(
+                state, FREEING,
+                "slot {slot}: block at {offset} ({state}) is not allocated"
+            );
             continue;
         };
         assert!(usable >= size as usize, "slot {slot}: {usable} < {size}");
@@ -1302,7 +1404,10 @@ fn a_move_killed_at_random_points_recovers_whole() {
             line.clear();
             if stdout.read_line(&mut line).unwrap() == 0 {
                 let out = child.wait_with_output().unwrap();
-                panic!("the mover never started: {}", String::from_utf8_lossy(&out.stderr));
+                panic!(
+                    "the mover never started: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         // Round 0 lets the move finish, to learn how long one takes; the others kill it at a
@@ -1333,7 +1438,10 @@ fn a_move_killed_at_random_points_recovers_whole() {
             assert!(round > 0, "the mover failed: {status}");
         }
         let (refused, stderr) = check(&dev);
-        let said = stderr.lines().filter(|l| l.contains("tiermalloc")).collect::<Vec<_>>();
+        let said = stderr
+            .lines()
+            .filter(|l| l.contains("tiermalloc"))
+            .collect::<Vec<_>>();
         eprintln!("round {round} (move {move_us} us): {status}; opening the source: {said:?}");
         round += 1;
         if refused {
@@ -1350,7 +1458,10 @@ fn a_move_killed_at_random_points_recovers_whole() {
             rolled_back_midway += (bytes > 0) as u32;
             if bytes > 0 {
                 let (refused, stderr) = check(&target);
-                assert!(refused, "round {round}: the target of a cut-short move recovered");
+                assert!(
+                    refused,
+                    "round {round}: the target of a cut-short move recovered"
+                );
                 assert!(stderr.contains("did not finish"), "{stderr}");
             }
         }
@@ -1358,7 +1469,10 @@ fn a_move_killed_at_random_points_recovers_whole() {
     for f in [&dev, &target, &log] {
         let _ = std::fs::remove_file(f);
     }
-    assert!(finished >= 1, "round 0's finished move must leave the source refused");
+    assert!(
+        finished >= 1,
+        "round 0's finished move must leave the source refused"
+    );
     assert!(
         rolled_back_midway >= 4,
         "only {rolled_back_midway} of {round} kills landed in the middle of a move ({move_us} us)"

@@ -771,9 +771,6 @@ impl LiveExtents for DeviceTier {
         live: &mut dyn FnMut(u64, u64),
     ) -> bool {
         let heap = self.heap.lock();
-        if !hold() {
-            return false;
-        }
         heap.for_each_extent_between(lo, hi, hint, |offset, len, free| {
             if free {
                 // SAFETY: a free extent of the region, which the held heap lock keeps free.
@@ -782,7 +779,7 @@ impl LiveExtents for DeviceTier {
                 live(offset, len)
             }
         });
-        true
+        hold()
     }
 }
 

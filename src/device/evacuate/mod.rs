@@ -6,11 +6,11 @@
 //!
 //! The region is moved one chunk (`CHUNK_BYTES`, 256 KiB by default) at a time, in address
 //! order. For each chunk `[lo, hi)`:
-//! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the chunk is
-//!    write-protected through userfaultfd (`uffd.rs`) and the heap lists the allocated extents
-//!    that overlap it (plus the headers of the chain inside every free extent, so that the
-//!    header chain a recovery scan walks is the same on the target: `free_headers`); the lock
-//!    is released;
+//! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the heap lists
+//!    the allocated extents that overlap the chunk (plus the headers of the chain inside every
+//!    free extent, so that the header chain a recovery scan walks is the same on the target:
+//!    `free_headers`), then the chunk is write-protected through userfaultfd (`uffd.rs`),
+//!    which starts the writers' hold; the lock is released;
 //! 2. the live bytes are copied from the region into a second mapping of the target (the
 //!    *staging* mapping, at another address), at the same offsets; free space is not copied.
 //!    The staging pages for them were made present just before step 1 (`populate`), so the
@@ -98,6 +98,7 @@
 
 mod hold_priority;
 mod move_record;
+mod numa_move;
 mod uffd;
 
 use super::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE};
@@ -310,12 +311,13 @@ pub(crate) fn stitch_split_heap(
 
 /// What a tier lends the evacuation: its live extents, listed with allocation held.
 pub(crate) trait LiveExtents {
-    /// With the tier's allocations and frees held (its heap lock), runs `hold`; if that
-    /// succeeds, calls `live(offset, len)` for every range of `[lo, hi)` the target must
-    /// hold, in address order: every allocated extent (blocks and slabs), the headers of the
-    /// chain inside free extents (`free_headers`), and whatever else a recovery of the
-    /// region reads (a persistent tier's superblock). `hint` carries where the previous call's
-    /// walk ended. False if `hold` failed.
+    /// With the tier's allocations and frees held (its heap lock) throughout, calls
+    /// `live(offset, len)` for every range of `[lo, hi)` the target must hold, in address
+    /// order: every allocated extent (blocks and slabs), the headers of the chain inside free
+    /// extents (`free_headers`), and whatever else a recovery of the region reads (a
+    /// persistent tier's superblock); then runs `hold`, and returns what it returned (false:
+    /// the listing is void). Listing first keeps the walk out of the writers' hold: no extent
+    /// is made or freed between the two. `hint` carries where the previous call's walk ended.
     fn hold_and_list(
         &self,
         lo: u64,
@@ -414,6 +416,8 @@ pub(crate) struct Report {
     /// chunk, of each step while writers were held (`HeldStep`).
     pub step_ns: [u64; HELD_STEPS],
     pub step_max_ns: [u64; HELD_STEPS],
+    /// Each step's times, histograms like `holds` (where a long hold's time went).
+    pub step_holds: [[u32; HOLD_BUCKETS]; HELD_STEPS],
     /// Holds during which the evacuating thread lost its core (an involuntary context
     /// switch), and the longest hold among the others.
     pub preempted_holds: u64,
@@ -422,11 +426,11 @@ pub(crate) struct Report {
     pub raised_holds: u64,
 }
 
-/// The steps of one hold, in order: write-protect and list the chunk's live extents (the heap
-/// lock held), copy them, map the target over the chunk, wake its writers.
+/// The steps of one hold, in order: write-protect the chunk (the heap lock held, its live
+/// extents listed just before), copy them, map the target over the chunk, wake its writers.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum HeldStep {
-    ProtectAndList = 0,
+    Protect = 0,
     Copy = 1,
     Remap = 2,
     Wake = 3,
@@ -465,6 +469,7 @@ impl Default for Report {
             total_ns: 0,
             step_ns: [0; HELD_STEPS],
             step_max_ns: [0; HELD_STEPS],
+            step_holds: [[0; HOLD_BUCKETS]; HELD_STEPS],
             preempted_holds: 0,
             longest_unpreempted_hold_ns: 0,
             raised_holds: 0,
@@ -485,6 +490,7 @@ impl Report {
             let ns = at[step + 1].saturating_sub(at[step]);
             self.step_ns[step] += ns;
             self.step_max_ns[step] = self.step_max_ns[step].max(ns);
+            self.step_holds[step][hold_bucket(ns)] += 1;
         }
         let hold = at[HELD_STEPS].saturating_sub(at[0]);
         self.record_hold(hold);
@@ -498,16 +504,27 @@ impl Report {
     /// The `q`-quantile of the chunks' hold times (ns), to within 12.5%, never above the
     /// longest.
     pub fn hold_quantile(&self, q: f64) -> u64 {
-        let want = (self.chunks as f64 * q) as u64;
-        let mut seen = 0u64;
-        for (b, &n) in self.holds.iter().enumerate() {
-            seen += n as u64;
-            if seen > want {
-                return hold_bucket_end(b).min(self.longest_hold_ns);
-            }
-        }
-        self.longest_hold_ns
+        quantile(&self.holds, self.chunks, q, self.longest_hold_ns)
     }
+
+    /// The `q`-quantile of one held step's times (ns), as `hold_quantile`.
+    pub fn step_quantile(&self, step: HeldStep, q: f64) -> u64 {
+        let s = step as usize;
+        quantile(&self.step_holds[s], self.chunks, q, self.step_max_ns[s])
+    }
+}
+
+/// The `q`-quantile of `n` times in histogram `holds` whose longest is `longest`.
+fn quantile(holds: &[u32; HOLD_BUCKETS], n: u64, q: f64, longest: u64) -> u64 {
+    let want = (n as f64 * q) as u64;
+    let mut seen = 0u64;
+    for (b, &count) in holds.iter().enumerate() {
+        seen += count as u64;
+        if seen > want {
+            return hold_bucket_end(b).min(longest);
+        }
+    }
+    longest
 }
 
 /// Moves tier `kind` (region `region`, state `state`, extents from `tier`) onto `target`.
@@ -532,7 +549,10 @@ pub(crate) fn evacuate(
             holder: None,
         });
     }
-    let result = move_region(kind, region, state, tier, target);
+    let result = match numa_move::target_node(target) {
+        Some(node) => node.and_then(|node| numa_move::move_to_node(region, tier, node, chunk_bytes())),
+        None => move_region(kind, region, state, tier, target),
+    };
     state.moving.store(false, Ordering::Release);
     result
 }
@@ -638,7 +658,7 @@ fn move_region(
                 // Raised with the heap lock held (see `hold_priority`), before the protect.
                 priority.raise();
                 switches_before = involuntary_switches();
-                at[HeldStep::ProtectAndList as usize] = now_ns();
+                at[HeldStep::Protect as usize] = now_ns();
                 match wp.protect(region.base + lo, hi - lo) {
                     Ok(()) => true,
                     Err(e) => {
@@ -900,17 +920,18 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
     // What the holds were made of, on a second line.
     let mut line = os::LineBuf::new();
     let chunks = r.chunks.max(1);
-    let _ = write!(line, "tiermalloc: tm_evacuate: held steps, mean/max us:");
+    let _ = write!(line, "tiermalloc: tm_evacuate: held steps, mean/p99/max us:");
     for (name, step) in [
-        ("protect+list", HeldStep::ProtectAndList),
+        ("protect", HeldStep::Protect),
         ("copy", HeldStep::Copy),
         ("remap", HeldStep::Remap),
         ("wake", HeldStep::Wake),
     ] {
         let _ = write!(
             line,
-            " {name} {}/{}",
+            " {name} {}/{}/{}",
             (r.step_ns[step as usize] / chunks).div_ceil(1000),
+            r.step_quantile(step, 0.99).div_ceil(1000),
             r.step_max_ns[step as usize].div_ceil(1000)
         );
     }
