@@ -207,8 +207,9 @@ fn move_ranges(
                 if first_pass {
                     report.copied += os::PAGE_SIZE as u64;
                 }
-            } else if s != -libc::ENOENT {
-                // Not present is fine (never touched: it will fault in on `node`).
+            } else if s != -libc::ENOENT && s != -libc::EFAULT {
+                // Not present (never touched: it will fault in on `node`) and the shared zero
+                // page (only ever read: no memory of its own on any node) are fine.
                 stuck.pages += 1;
                 if stuck.first_errno == 0 {
                     stuck.first_errno = -s;
