@@ -370,6 +370,15 @@ struct Ranges {
 }
 
 impl Ranges {
+    fn new() -> Ranges {
+        Ranges {
+            items: [(0, 0); MAX_RANGES],
+            len: 0,
+            lo: 0,
+            hi: 0,
+        }
+    }
+
     fn reset(&mut self, lo: u64, hi: u64) {
         (self.len, self.lo, self.hi) = (0, lo, hi);
     }
@@ -478,6 +487,14 @@ impl Default for Report {
 }
 
 impl Report {
+    /// An empty report of a move of `region`.
+    fn of_region(region: &Region) -> Report {
+        Report {
+            region: region.len as u64,
+            ..Report::default()
+        }
+    }
+
     fn record_hold(&mut self, ns: u64) {
         self.longest_hold_ns = self.longest_hold_ns.max(ns);
         self.holds[hold_bucket(ns)] += 1;
@@ -614,16 +631,8 @@ fn move_region(
     );
     let chunk = chunk_bytes();
     let started = now_ns();
-    let mut report = Report {
-        region: region.len as u64,
-        ..Report::default()
-    };
-    let mut ranges = Ranges {
-        items: [(0, 0); MAX_RANGES],
-        len: 0,
-        lo: 0,
-        hi: 0,
-    };
+    let mut report = Report::of_region(region);
+    let mut ranges = Ranges::new();
     let mut hint = 0u64;
     let mut lo = 0usize;
     let mut failure = None;
@@ -963,12 +972,7 @@ mod tests {
     use super::*;
 
     fn ranges(lo: u64, hi: u64) -> Ranges {
-        let mut r = Ranges {
-            items: [(0, 0); MAX_RANGES],
-            len: 0,
-            lo: 0,
-            hi: 0,
-        };
+        let mut r = Ranges::new();
         r.reset(lo, hi);
         r
     }

@@ -26,7 +26,7 @@
 //! one line naming how many, the rest moved, the tier usable. A block made after the second
 //! pass's listing on a page that was present and free stays where that page is.
 
-use super::{now_ns, HeldStep, LiveExtents, Ranges, Report, HELD_STEPS, MAX_RANGES};
+use super::{now_ns, HeldStep, LiveExtents, Ranges, Report, HELD_STEPS};
 use crate::backend::{Media, Problem, Region};
 use crate::os;
 use core::ffi::CStr;
@@ -102,16 +102,8 @@ pub(super) fn move_to_node(
         ));
     }
     let started = now_ns();
-    let mut report = Report {
-        region: region.len as u64,
-        ..Report::default()
-    };
-    let mut ranges = Ranges {
-        items: [(0, 0); MAX_RANGES],
-        len: 0,
-        lo: 0,
-        hi: 0,
-    };
+    let mut report = Report::of_region(region);
+    let mut ranges = Ranges::new();
     let mut stuck = Stuck::default();
     for pass in 0..2 {
         stuck = Stuck::default();
