@@ -270,7 +270,6 @@ fn path_text(path: &[u8]) -> &str {
 /// back from the target, with one line saying so; the target of such a move, and the stale
 /// source of a finished one, are refused. Formatting is not refused. With
 /// `TIERMALLOC_VERBOSE=1`, a refusal's line names the record's target.
-
 pub(crate) fn stitch_split_heap(
     region: &Region,
     spec: &TierSpec,
@@ -621,12 +620,13 @@ fn move_region(
         }
     };
     state.uffd.store(wp.fd(), Ordering::Relaxed);
-    // From here until the target's record is cleared, a crash leaves both devices marked.
+    // From here until the target's record is cleared, a crash leaves both devices marked, and
+    // the next open of the source rolls the move back (`move_record`).
     let old_fd = state.current_fd();
     let recorded = move_record::begin(
         &state.backing(region),
         target,
-        state.current_fd(),
+        old_fd,
         state.file_offset.load(Ordering::Relaxed),
     );
     let chunk = chunk_bytes();
