@@ -705,6 +705,20 @@ fn move_region(
             };
         }
         report.copied += ranges.bytes();
+        if recorded {
+            // Before the remap: from the remap on, any thread that writes into the chunk
+            // (not only the woken ones: the new mapping holds nobody) writes the target only.
+            // Through the staging mapping: the chunk being moved may be the superblock's own,
+            // still the source's and held.
+            move_record::advance(&staging, hi as u64);
+            if lo == 0 {
+                move_record::mark_source(
+                    old_fd,
+                    state.file_offset.load(Ordering::Relaxed),
+                    hi as u64,
+                );
+            }
+        }
         at[HeldStep::Remap as usize] = now_ns();
         // SAFETY: `[base + lo, base + hi)` is the tier's own range, and the target holds the
         // chunk's live bytes at the same offsets: replacing the mapping changes no byte any
@@ -727,20 +741,13 @@ fn move_region(
                 at: None,
                 holder: None,
             });
+            if recorded {
+                // The chunk stays the source's: a roll-back must not take the target's copy.
+                move_record::advance(&staging, lo as u64);
+            }
             let _ = wp.unprotect(region.base + lo, hi - lo);
             priority.lower();
             break;
-        }
-        if recorded {
-            // Before the wake: from it on, the chunk's writes land on the target only.
-            move_record::advance(&state.backing(region), hi as u64);
-            if lo == 0 {
-                move_record::mark_source(
-                    old_fd,
-                    state.file_offset.load(Ordering::Relaxed),
-                    hi as u64,
-                );
-            }
         }
         at[HeldStep::Wake as usize] = now_ns();
         wp.wake(region.base + lo, hi - lo);

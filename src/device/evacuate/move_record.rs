@@ -9,13 +9,15 @@
 //! - `begin`: before the first chunk moves, the record (the target's path, frontier 0) is
 //!   written into the source's superblock and made durable. The first chunk's copy carries it
 //!   onto the target.
-//! - `advance`: after each chunk is mapped from the target and *before its writers are woken*,
-//!   the target's frontier is set to the chunk's end (a store through the tier's range, whose
-//!   first chunk is the target's from the first chunk on). After the first chunk, and before
-//!   its writers are woken, the source's frontier is set too (`mark_source`, a `pwrite` into the
-//!   source file, whose superblock is mapped nowhere any more): "some writes may be on the
-//!   target only". Until a chunk's writers are woken its bytes are the same on both devices, so
-//!   a crash between these steps loses nothing whichever device a chunk is taken from.
+//! - `advance`: after each chunk is copied and *before it is mapped from the target*, the
+//!   target's frontier is set to the chunk's end (a store through the staging mapping of the
+//!   target). From the remap on, any thread may write the chunk on the target only (the new
+//!   mapping holds nobody, woken or not), so the frontier must already cover it; before the
+//!   remap the chunk's writers are held and its live bytes are the same on both devices. For
+//!   the first chunk, the source's frontier is set too, before the remap (`mark_source`, a
+//!   `pwrite` into the source file, since its superblock is about to be mapped from the
+//!   target): "some writes may be on the target only". A remap that fails sets the target's
+//!   frontier back to the chunk's start.
 //! - the end: the target's record is cleared (then the whole target is made durable); the
 //!   source keeps its record with a nonzero frontier: its copy is stale from then on.
 //!
@@ -123,16 +125,16 @@ fn pwrite_frontier(fd: i32, offset: u64, frontier: u64) -> bool {
     n == 8
 }
 
-/// Sets the target's frontier to `hi` through the tier's range `region` (whose first chunk is
-/// the target's once the first chunk moved). Called with the chunk's writers still held.
-pub(super) fn advance(region: &Region, hi: u64) {
-    media::write_bytes(region, FRONTIER_AT, &hi.to_le_bytes());
-    media::order(region);
+/// Sets the target's frontier to `hi` through `target`, a mapping of the target whose
+/// superblock the first chunk's copy wrote. Called with the chunk's writers still held,
+/// before it is mapped from the target.
+pub(super) fn advance(target: &Region, hi: u64) {
+    media::write_bytes(target, FRONTIER_AT, &hi.to_le_bytes());
+    media::order(target);
 }
 
-/// Sets the source's frontier (its superblock is mapped nowhere once the first chunk moved)
-/// through its file. Called once, after the first chunk moved and before its writers are
-/// woken; durable as the source's page cache is (a source that userfaultfd can hold is shmem
+/// Sets the source's frontier through its file (its superblock is held, and then mapped
+/// from the target). Called once, after the first chunk's copy and before its remap; durable as the source's page cache is (a source that userfaultfd can hold is shmem
 /// or hugetlbfs memory, which survives a process's crash, not the machine's). A write
 /// refused here was refused by `begin`'s check too, which then recorded `UNKNOWN`.
 pub(super) fn mark_source(source_fd: i32, source_offset: u64, hi: u64) {
