@@ -705,6 +705,105 @@ fn a_numa_tier_moves_onto_a_file() {
     check_blocks(&blocks, false);
 }
 
+/// The node `move_pages` finds each page of `[p, p + len)` on (its status query), or the
+/// negative errno it gives for a page (-ENOENT: not present).
+fn nodes_of(p: usize, len: usize) -> Vec<i32> {
+    let mut pages: Vec<*mut libc::c_void> = Vec::new();
+    let mut a = p & !4095;
+    while a < p + len {
+        pages.push(a as *mut libc::c_void);
+        a += 4096;
+    }
+    let mut status = vec![i32::MIN; pages.len()];
+    // SAFETY: our own pages and arrays of as many entries; no nodes: a query.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_pages,
+            0,
+            pages.len(),
+            pages.as_ptr(),
+            std::ptr::null::<i32>(),
+            status.as_mut_ptr(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "move_pages query: errno {}", errno());
+    status
+}
+
+/// `tm_evacuate(kind, "numa=N")` moves a `numa=` tier's pages onto node N with `move_pages`,
+/// in place (the range stays anonymous memory), while writers count; a node that does not
+/// exist, a malformed `numa=`, and a tier on a file are refused with EINVAL and one line.
+/// (This host has one node: the pages move from node 0 to node 0; `tests/vm.rs` moves them
+/// between two nodes.)
+#[test]
+fn a_numa_tier_moves_between_nodes_with_move_pages() {
+    if !is_child() {
+        in_child(
+            "a_numa_tier_moves_between_nodes_with_move_pages",
+            "dram;cxl:numa=0,size=16M;pmr:path={shm}pmr,size=4M,create",
+        );
+        return;
+    }
+    let blocks = Arc::new(make_blocks(500));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (blocks, stop) = (blocks.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            for b in blocks.iter() {
+                // SAFETY: every block holds at least 8 bytes, 16-aligned; only this thread
+                // writes its first word.
+                unsafe { (b.p as *mut u64).write(0) };
+            }
+            while !stop.load(Ordering::Relaxed) {
+                for b in blocks.iter() {
+                    // SAFETY: as above.
+                    unsafe {
+                        (b.p as *mut u64).write_volatile((b.p as *mut u64).read_volatile() + 1)
+                    };
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    let report = evacuate_with_report(CXL, Some("numa=0")).expect("the move onto node 0");
+    eprintln!("numa move: {report:?}");
+    let live: usize = blocks.iter().map(|b| b.size).sum();
+    assert!(
+        report.copied >= live as u64 && report.copied < report.region / 2,
+        "the live pages moved, not the free space: {report:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    assert!(rounds > 0);
+    for b in blocks.iter() {
+        // SAFETY: a live block's first word.
+        assert_eq!(
+            unsafe { (b.p as *const u64).read() },
+            rounds,
+            "a write was lost"
+        );
+        assert!(
+            nodes_of(b.p, b.size).iter().all(|&n| n == 0),
+            "a page is off node 0"
+        );
+    }
+    check_blocks(&blocks, true);
+    assert_eq!(
+        mapped_file(blocks[0].p).as_deref(),
+        Some(""),
+        "still anonymous memory"
+    );
+    for bad in ["numa=7", "numa=", "numa=x1"] {
+        assert_eq!(evacuate(CXL, Some(bad)), Err(libc::EINVAL), "{bad}");
+    }
+    assert_eq!(evacuate(Kind::Pmr, Some("numa=0")), Err(libc::EINVAL));
+    check_blocks(&blocks, true);
+}
+
 /// The target may be a regular file on a disk file system (only the source must be
 /// write-protectable): the tier moves onto one, and from there cannot move again.
 #[test]
@@ -1038,70 +1137,344 @@ fn after_a_move_the_target_recovers_and_the_old_device_is_refused() {
     }
 }
 
-/// A process killed in the middle of a move leaves the heap split across both devices: opened
-/// again, neither recovers half a heap; each is refused in one line.
-#[test]
-fn a_move_cut_short_leaves_both_devices_refused() {
-    const TEST: &str = "a_move_cut_short_leaves_both_devices_refused";
-    let name = |f: &str| format!("/dev/shm/tiermalloc-evaccut-{}-{f}", std::process::id());
-    if !is_child() {
-        let (dev, target) = (name("dev"), name("target"));
-        let tiers = |path: &str| format!("dram;pmr:path={path},size=32M,create");
-        let out = step_run(TEST, &tiers(&dev), &format!("cut:{target}"));
-        succeeded(&out, "the move cut short");
-        let from_target = step_run(TEST, &tiers(&target), "refused");
-        let from_source = step_run(TEST, &tiers(&dev), "refused");
-        let _ = (std::fs::remove_file(&dev), std::fs::remove_file(&target));
-        let stderr = succeeded(&from_target, "opening the target");
-        assert!(
-            stderr.contains("is the target of a live move (tm_evacuate) that did not finish"),
-            "{stderr}"
-        );
-        let stderr = succeeded(&from_source, "opening the source");
-        assert!(
-            stderr.contains("moved onto another device by tm_evacuate"),
-            "{stderr}"
-        );
-        return;
-    }
-    let step = step();
-    let Some(target) = step.strip_prefix("cut:") else {
-        return refused_child();
+// ---------------------------------------------------------------------------------------------
+// A persistent tier killed at random points of a move
+// ---------------------------------------------------------------------------------------------
+
+/// The crash test's log: one entry per slot, in a /dev/shm file beside the tier (not on it),
+/// which survives the kill. Entry: the block's offset, its size, its version, its state. A
+/// writer updates the entry only after the block says what the entry says (and marks it in
+/// flux before changing the block), so after a kill the log is a lower bound of the truth.
+const SLOTS: usize = 1500;
+const CRASH_WRITERS: usize = 3;
+const EMPTY: u64 = 0;
+const LIVE: u64 = 1;
+const REWRITING: u64 = 2;
+const FREEING: u64 = 3;
+/// A block's second word while it is being rewritten.
+const BUSY: u64 = u64::MAX;
+
+fn crash_log(path: &str, create: bool) -> &'static [[AtomicU64; 4]] {
+    let bytes = SLOTS * 32;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(create)
+        .open(path)
+        .unwrap();
+    file.set_len(bytes as u64).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh shared mapping of our file, never unmapped (the process is short).
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
     };
-    std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "4K");
-    let blocks: Vec<usize> = (0..2000).map(|_| alloc_on(Kind::Pmr, 4000)).collect();
-    // The region's first and last page: chunks move in address order, so the whole move lies
-    // between the first one landing on the target and the last one.
-    let block = blocks[0];
-    let (first, last) = mapping_of(block);
-    let target = target.to_string();
-    let mover = {
-        let target = target.clone();
-        std::thread::spawn(move || evacuate(Kind::Pmr, Some(&target)))
-    };
-    while !mover.is_finished() {
-        if mapped_file(first).as_deref() == Some(target.as_str())
-            && mapped_file(last).as_deref() != Some(target.as_str())
-        {
-            // Killed mid-move: every thread stops here, no exit handler runs.
-            // SAFETY: leaving at once.
-            unsafe { libc::_exit(0) };
-        }
-    }
-    panic!("never saw the move in progress");
+    assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: `bytes` mapped bytes, 8-aligned, accessed only atomically.
+    unsafe { std::slice::from_raw_parts(p as *const [AtomicU64; 4], SLOTS) }
 }
 
-/// The first and last byte of the mapping that holds `addr` (/proc/self/maps).
-fn mapping_of(addr: usize) -> (usize, usize) {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines()
-        .find_map(|line| {
-            let (lo, hi) = line.split_whitespace().next()?.split_once('-')?;
-            let (lo, hi) = (
-                usize::from_str_radix(lo, 16).ok()?,
-                usize::from_str_radix(hi, 16).ok()?,
-            );
-            (lo <= addr && addr < hi).then_some((lo, hi - 1))
+/// Word `i` (from 2) of a block at `offset` in version `v`; word 0 is the tag, word 1 `v`.
+fn crash_word(offset: u64, v: u64, i: usize) -> u64 {
+    let mut x = offset.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ v.rotate_left(29) ^ (i as u64) << 40;
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^ x >> 29
+}
+
+fn crash_tag(offset: u64) -> u64 {
+    offset ^ 0x7a9c_0000_0000_0000
+}
+
+/// Writes version `v` of the block at `p` (`offset`, `size` bytes): second word BUSY, the
+/// data, the tag, then the version.
+fn crash_fill(p: usize, offset: u64, size: usize, v: u64) {
+    let words = p as *mut u64;
+    // SAFETY: a live block of at least `size` bytes (a multiple of 8, 24 or more) of ours.
+    unsafe {
+        words.add(1).write_volatile(BUSY);
+        for i in 2..size / 8 {
+            words.add(i).write_volatile(crash_word(offset, v, i));
+        }
+        words.write_volatile(crash_tag(offset));
+        words.add(1).write_volatile(v);
+    }
+}
+
+/// Whether the block at `p` holds version `v` whole; `None` if so, else the first bad word.
+fn crash_bad_word(p: usize, offset: u64, size: usize, v: u64) -> Option<usize> {
+    let words = p as *const u64;
+    // SAFETY: a live block of at least `size` bytes.
+    unsafe {
+        if words.read() != crash_tag(offset) {
+            return Some(0);
+        }
+        if words.add(1).read() != v {
+            return Some(1);
+        }
+        (2..size / 8).find(|&i| words.add(i).read() != crash_word(offset, v, i))
+    }
+}
+
+/// The child that is killed: fills half the slots, starts writers that allocate, rewrite and
+/// free blocks of their own slots (logging each step), then moves the tier onto `target`.
+fn crash_mover(target: &str, log_path: &str) {
+    std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "16K");
+    let log = crash_log(log_path, true);
+    let tier = Tier::new(Kind::Pmr).expect("the tier is configured");
+    let step = |slot: usize, seed: &mut u64| {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let e = &log[slot];
+        match e[3].load(Ordering::Acquire) {
+            EMPTY => {
+                let size = 24 + (*seed % 1000) as usize * 8;
+                let p = alloc_on(Kind::Pmr, size);
+                let offset = tier.offset_of(p as *const u8).unwrap().0;
+                crash_fill(p, offset, size, 1);
+                e[0].store(offset, Ordering::Relaxed);
+                e[1].store(size as u64, Ordering::Relaxed);
+                e[2].store(1, Ordering::Relaxed);
+                e[3].store(LIVE, Ordering::Release);
+            }
+            _ => {
+                let offset = e[0].load(Ordering::Relaxed);
+                let size = e[1].load(Ordering::Relaxed) as usize;
+                let v = e[2].load(Ordering::Relaxed);
+                let p = tier.at_offset(tiermalloc::Offset(offset)).unwrap().as_ptr() as usize;
+                if *seed % 4 == 0 {
+                    e[3].store(FREEING, Ordering::Release);
+                    free_on(Kind::Pmr, p, size);
+                    e[3].store(EMPTY, Ordering::Release);
+                } else {
+                    e[3].store(REWRITING, Ordering::Release);
+                    crash_fill(p, offset, size, v + 1);
+                    e[2].store(v + 1, Ordering::Relaxed);
+                    e[3].store(LIVE, Ordering::Release);
+                }
+            }
+        }
+    };
+    let mut seed = 0x5eed_u64;
+    for slot in (0..SLOTS).step_by(2) {
+        step(slot, &mut seed);
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for w in 0..CRASH_WRITERS {
+            let (stop, step) = (&stop, &step);
+            s.spawn(move || {
+                let mut seed = 0x1234_5678 + w as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let slot = w + CRASH_WRITERS * (seed as usize % (SLOTS / CRASH_WRITERS));
+                    step(slot, &mut seed);
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        println!("MOVING");
+        let started = std::time::Instant::now();
+        assert_eq!(evacuate(Kind::Pmr, Some(target)), Ok(()));
+        println!("MOVED {}", started.elapsed().as_micros());
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+/// The checking child: opens the tier (whichever path `TIERMALLOC_TIERS` names) and checks it
+/// against the log: `CHECKED n` on stdout, or `REFUSED` if the tier does not open.
+fn crash_checker(log_path: &str) {
+    let log = crash_log(log_path, false);
+    let Ok(tier) = Tier::new(Kind::Pmr) else {
+        println!("REFUSED");
+        return;
+    };
+    let allocated: std::collections::BTreeMap<u64, usize> = tier
+        .blocks()
+        .map(|p| {
+            let p = p.as_ptr() as usize;
+            (tier.offset_of(p as *const u8).unwrap().0, usable_size(p))
         })
-        .expect("the address is mapped")
+        .collect();
+    let mut covered = 0;
+    for (slot, e) in log.iter().enumerate() {
+        let [offset, size, v, state] = e.each_ref().map(|w| w.load(Ordering::Relaxed));
+        if state == EMPTY {
+            continue;
+        }
+        covered += 1;
+        let Some(&usable) = allocated.get(&offset) else {
+            assert_eq!(
+                state, FREEING,
+                "slot {slot}: block at {offset} ({state}) is not allocated"
+            );
+            continue;
+        };
+        assert!(usable >= size as usize, "slot {slot}: {usable} < {size}");
+        let p = tier.at_offset(tiermalloc::Offset(offset)).unwrap().as_ptr() as usize;
+        let bad = match state {
+            LIVE => crash_bad_word(p, offset, size as usize, v),
+            // SAFETY: a live block's second word.
+            REWRITING => match unsafe { (p as *const u64).add(1).read() } {
+                BUSY => None,
+                w if w == v || w == v + 1 => crash_bad_word(p, offset, size as usize, w),
+                _ => Some(1),
+            },
+            _ => None,
+        };
+        if let Some(word) = bad {
+            panic!("slot {slot}: the block at offset {offset} ({size} B, version {v}, state {state}) lost its contents at word {word}");
+        }
+    }
+    // An allocation the log does not show yet: at most one per writer.
+    assert!(
+        allocated.len() <= covered + CRASH_WRITERS,
+        "{} blocks allocated, the log accounts for {covered}",
+        allocated.len()
+    );
+    println!("CHECKED {}", allocated.len());
+}
+
+/// A persistent tier is killed (SIGKILL) at random points of a move while writer threads
+/// allocate, rewrite and free its blocks. Reopened at its configured path, the source rolls a
+/// cut-short move back (the moved part copied back from the target) or, if the move finished,
+/// is refused as stale and the target recovers; either way every block the log says is
+/// allocated is, with the contents the log says, and the target of a cut-short move is
+/// refused.
+#[test]
+fn a_move_killed_at_random_points_recovers_whole() {
+    const TEST: &str = "a_move_killed_at_random_points_recovers_whole";
+    let name = |f: &str| format!("/dev/shm/tiermalloc-evackill-{}-{f}", std::process::id());
+    let (dev, target, log) = (name("dev"), name("target"), name("log"));
+    let tiers = |path: &str| format!("dram;pmr:path={path},size=24M,create");
+    if is_child() {
+        match step().split_once(':') {
+            Some(("move", target)) => crash_mover(target, &std::env::var("CRASH_LOG").unwrap()),
+            _ => crash_checker(&std::env::var("CRASH_LOG").unwrap()),
+        }
+        return;
+    }
+    let check = |path: &str| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "check")
+            .env("TIERMALLOC_EVACUATE_STEP", "check")
+            .env("CRASH_LOG", &log)
+            .env("TIERMALLOC_TIERS", tiers(path));
+        let out = support::run_with_timeout(cmd, None, std::time::Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("checking {path}: {e}"));
+        let stderr = succeeded(&out, "the check");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            stdout.contains("REFUSED") || stdout.contains("CHECKED"),
+            "the check of {path} said nothing: {stdout}"
+        );
+        (stdout.contains("REFUSED"), stderr)
+    };
+    let mut seed = std::process::id() as u64 | 1;
+    let mut move_us = 0u64;
+    let (mut rolled_back_midway, mut finished) = (0, 0);
+    let mut round = 0;
+    while round < 8 || (rolled_back_midway < 4 && round < 24) {
+        for f in [&dev, &target, &log] {
+            let _ = std::fs::remove_file(f);
+        }
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "move")
+            .env("TIERMALLOC_EVACUATE_STEP", format!("move:{target}"))
+            .env("TIERMALLOC_EVACUATE_RT", "0")
+            .env("CRASH_LOG", &log)
+            .env("TIERMALLOC_TIERS", tiers(&dev))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        use std::io::BufRead;
+        while !line.contains("MOVING") {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the mover never started: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        // Round 0 lets the move finish, to learn how long one takes; the others kill it at a
+        // random point of that span (a few after it).
+        if round > 0 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Squared, so that as many kills land early in the move as late.
+            let u = (seed % 1000) as f64 / 1000.0;
+            let delay = (move_us as f64 * u * u) as u64;
+            std::thread::sleep(std::time::Duration::from_micros(delay));
+            // SAFETY: our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        }
+        let mut rest = String::new();
+        use std::io::Read;
+        stdout.read_to_string(&mut rest).unwrap();
+        let status = child.wait().unwrap();
+        if status.success() {
+            // The move finished before the kill: the next kills aim at its span.
+            let took = rest
+                .lines()
+                .find_map(|l| l.strip_prefix("MOVED ")?.trim().parse().ok())
+                .expect("the mover says how long the move took");
+            move_us = if round == 0 { took } else { move_us.min(took) };
+        } else {
+            assert!(round > 0, "the mover failed: {status}");
+        }
+        let (refused, stderr) = check(&dev);
+        let said = stderr
+            .lines()
+            .filter(|l| l.contains("tiermalloc"))
+            .collect::<Vec<_>>();
+        eprintln!("round {round} (move {move_us} us): {status}; opening the source: {said:?}");
+        round += 1;
+        if refused {
+            // The move finished: the source is stale, the target holds the heap.
+            assert!(stderr.contains("moved onto another device"), "{stderr}");
+            let (refused, _) = check(&target);
+            assert!(!refused, "round {round}: neither device recovers");
+            finished += 1;
+        } else if let Some(bytes) = stderr
+            .split("rolled back (")
+            .nth(1)
+            .and_then(|s| s.split(' ').next()?.parse::<u64>().ok())
+        {
+            rolled_back_midway += (bytes > 0) as u32;
+            if bytes > 0 {
+                let (refused, stderr) = check(&target);
+                assert!(
+                    refused,
+                    "round {round}: the target of a cut-short move recovered"
+                );
+                assert!(stderr.contains("did not finish"), "{stderr}");
+            }
+        }
+    }
+    for f in [&dev, &target, &log] {
+        let _ = std::fs::remove_file(f);
+    }
+    assert!(
+        finished >= 1,
+        "round 0's finished move must leave the source refused"
+    );
+    assert!(
+        rolled_back_midway >= 4,
+        "only {rolled_back_midway} of {round} kills landed in the middle of a move ({move_us} us)"
+    );
 }

@@ -1,5 +1,6 @@
 //! Real device paths under QEMU: NVMe CMB and PMR BARs, CXL type-3 memory as device DAX and as
-//! a NUMA node, and one device file shared by two VMs (two hosts). Each `#[test]` boots one or
+//! a NUMA node, a `numa=` tier moved between two NUMA nodes (`tm_evacuate`), and one device file
+//! shared by two VMs (two hosts). Each `#[test]` boots one or
 //! two VMs (TCG, 10-40 s each; `TIERMALLOC_VM_ACCEL=kvm` where KVM really boots a stock
 //! kernel; `TIERMALLOC_VM_QEMU=/path/to/qemu-system-x86_64` picks the binary) whose guest runs
 //! a script of `tests/vm/guest/` with `tm_vm` (built here from `tests/vm/guest/tm_vm.c`) and
@@ -618,6 +619,46 @@ fn vm_cxl_devdax_serves_the_contract_keeps_its_bytes_and_onlines_as_numa_node() 
         let pages = second.number("pages");
         assert_eq!(second.number("on_node_1"), pages);
         assert!(pages >= 8000, "{pages} pages checked");
+    });
+}
+
+/// A `numa=` tier moved between NUMA nodes in place (`tm_evacuate(TM_CXL, "numa=1")`, which
+/// uses `move_pages`): a VM with two nodes of 256 MiB each (QEMU `-numa`, one memory backend
+/// per node), a numa=0 tier of 2 000 blocks whose pages are all on node 0, two threads
+/// counting in every block during the move; afterwards move_pages' status query finds every
+/// page on node 1, and every count and pattern is exact.
+#[test]
+fn vm_numa_tier_moves_to_the_other_node_with_move_pages() {
+    with_vms("vm_numa", |boot| {
+        let mut devices = Vec::new();
+        for node in 0..2 {
+            devices.extend([
+                "-object".to_string(),
+                format!("memory-backend-ram,id=node{node},size=256M"),
+                "-numa".to_string(),
+                format!("node,nodeid={node},memdev=node{node}"),
+            ]);
+        }
+        let console = run(
+            boot,
+            Vm {
+                script: "numa_evacuate",
+                log_name: "numa_evacuate",
+                modules: "",
+                cmdline: "",
+                machine: "q35",
+                memory: "512M",
+                devices,
+            },
+        );
+        assert_eq!(console.number("nodes"), 2);
+        let pages = console.number("numa_pages");
+        assert!(pages > 2000, "{pages} pages checked");
+        assert_eq!(console.number("before_on_from"), pages);
+        assert_eq!(console.number("after_on_to"), pages);
+        assert_eq!(console.number("lost_counts"), 0);
+        assert_eq!(console.number("broken_patterns"), 0);
+        assert!(console.number("rounds") > 0);
     });
 }
 

@@ -112,7 +112,7 @@ impl DeviceTier {
         })?;
         let mut claim = None;
         let built = persist::decide(&region, spec)
-            .and_then(|opening| evacuate::refuse_split_heap(&region, spec, opening))
+            .and_then(|opening| evacuate::stitch_split_heap(&region, spec, opening))
             .and_then(|opening| {
                 claim = Self::claim(&region)?;
                 Self::metadata(&region, spec, opening)
@@ -783,9 +783,6 @@ impl LiveExtents for DeviceTier {
         live: &mut dyn FnMut(u64, u64),
     ) -> bool {
         let heap = self.heap.lock();
-        if !hold() {
-            return false;
-        }
         heap.for_each_extent_between(lo, hi, hint, |offset, len, free| {
             if free {
                 // SAFETY: a free extent of the region, which the held heap lock keeps free.
@@ -794,7 +791,7 @@ impl LiveExtents for DeviceTier {
                 live(offset, len)
             }
         });
-        true
+        hold()
     }
 }
 

@@ -16,7 +16,9 @@ use core::ffi::{c_char, c_int, CStr};
 /// ENOSPC/EFBIG (target too small), or the error of opening or mapping `target`; each failure
 /// is also explained in one line on stderr. On failure the tier is left as it was, unless the
 /// kernel refuses to map the target midway (out of memory or mappings): then the tier works on,
-/// split between both devices, and both stay open.
+/// split between both devices, and both stay open. A `target` of the form `numa=N` moves a
+/// `numa=` tier onto NUMA node N in place (`move_pages`; EINVAL for another tier or a node
+/// that does not exist, EBUSY if some page could not move).
 ///
 /// # Safety
 /// `target` must be NULL or a NUL-terminated string.

@@ -6,11 +6,11 @@
 //!
 //! The region is moved one chunk (`CHUNK_BYTES`, 256 KiB by default) at a time, in address
 //! order. For each chunk `[lo, hi)`:
-//! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the chunk is
-//!    write-protected through userfaultfd (`uffd.rs`) and the heap lists the allocated extents
-//!    that overlap it (plus the headers of the chain inside every free extent, so that the
-//!    header chain a recovery scan walks is the same on the target: `free_headers`); the lock
-//!    is released;
+//! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the heap lists
+//!    the allocated extents that overlap the chunk (plus the headers of the chain inside every
+//!    free extent, so that the header chain a recovery scan walks is the same on the target:
+//!    `free_headers`), then the chunk is write-protected through userfaultfd (`uffd.rs`),
+//!    which starts the writers' hold; the lock is released;
 //! 2. the live bytes are copied from the region into a second mapping of the target (the
 //!    *staging* mapping, at another address), at the same offsets; free space is not copied.
 //!    The staging pages for them were made present just before step 1 (`populate`), so the
@@ -89,13 +89,16 @@
 //! register page, if any; barriers keep reading the source's).
 //!
 //! A crash midway leaves a persistent heap split across both devices: the superblock's move
-//! record (`move_record`) makes the next open of either refuse it, in one line, rather than
-//! recover half a heap; after a move that finished, the old device's record makes it refused
+//! record (`move_record`) says how far the move got on each, and the next open of the source
+//! (the path the tier's configuration names) rolls the move back, copying the moved part back
+//! from the target, so that the heap recovers whole; the target of the unfinished move is
+//! refused in one line. After a move that finished, the old device's record makes it refused
 //! as stale. On success the tier's media, barrier and register page become the target's
 //! (`DeviceState::backing`) and the whole target is made durable before `tm_evacuate` returns.
 
 mod hold_priority;
 mod move_record;
+mod numa_move;
 mod uffd;
 
 use super::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE};
@@ -105,7 +108,7 @@ use crate::kind::Kind;
 use crate::os;
 use core::ffi::CStr;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use hold_priority::HoldPriority;
 use uffd::WriteProtector;
 
@@ -139,6 +142,9 @@ pub(crate) struct DeviceState {
     uffd: AtomicI32,
     /// A descriptor kept open after a move failed midway (see "Failure"), else -1.
     half_moved_fd: AtomicI32,
+    /// The offset in the file of `device_fd` at which the region starts (`offset=` of the
+    /// spec; 0 once a move made the target the device).
+    file_offset: AtomicU64,
     /// `spare=` of the tier's spec.
     spare: TierSpec,
 }
@@ -202,6 +208,7 @@ impl DeviceState {
             moving: AtomicBool::new(false),
             uffd: AtomicI32::new(-1),
             half_moved_fd: AtomicI32::new(-1),
+            file_offset: AtomicU64::new(spec.offset),
             spare: *spec,
         }
     }
@@ -254,10 +261,16 @@ fn media_of(code: u8) -> Media {
     }
 }
 
-/// Refuses to recover a heap whose superblock holds a move record (`move_record`): the source
-/// of a move (stale, or split if the move was interrupted), or the target of one that did not
-/// finish. Formatting is not refused. With `TIERMALLOC_VERBOSE=1`, a line names the target.
-pub(crate) fn refuse_split_heap(
+fn path_text(path: &[u8]) -> &str {
+    core::str::from_utf8(path).unwrap_or("<not UTF-8>")
+}
+
+/// Makes a heap that a crash left split by a live move whole again before it is recovered,
+/// or refuses it (`move_record::stitch`): the source of a move cut short gets the moved part
+/// back from the target, with one line saying so; the target of such a move, and the stale
+/// source of a finished one, are refused. Formatting is not refused. With
+/// `TIERMALLOC_VERBOSE=1`, a refusal's line names the record's target.
+pub(crate) fn stitch_split_heap(
     region: &Region,
     spec: &TierSpec,
     opening: super::persist::Opening,
@@ -265,30 +278,45 @@ pub(crate) fn refuse_split_heap(
     if !matches!(opening, super::persist::Opening::Recover) {
         return Ok(opening);
     }
-    let Some((what, target)) = move_record::refusal(region, spec.path()) else {
-        return Ok(opening);
-    };
-    if crate::config::get().verbose {
-        let mut line = os::LineBuf::new();
-        let _ = writeln!(
-            line,
-            "tiermalloc: tier '{}': the superblock's move record names the target '{}'",
-            spec.kind.name(),
-            core::str::from_utf8(target).unwrap_or("<not UTF-8>")
-        );
-        line.flush();
+    match move_record::stitch(region, spec.path()) {
+        move_record::Stitched::Whole => Ok(opening),
+        move_record::Stitched::RolledBack { target, bytes } => {
+            let mut line = os::LineBuf::new();
+            let _ = writeln!(
+                line,
+                "tiermalloc: tier '{}': a live move onto '{}' was cut short; rolled back ({} bytes copied back from it), the heap recovers whole here",
+                spec.kind.name(),
+                path_text(target),
+                bytes
+            );
+            line.flush();
+            Ok(opening)
+        }
+        move_record::Stitched::Refused { what, target } => {
+            if crate::config::get().verbose {
+                let mut line = os::LineBuf::new();
+                let _ = writeln!(
+                    line,
+                    "tiermalloc: tier '{}': the superblock's move record names the target '{}'",
+                    spec.kind.name(),
+                    path_text(target)
+                );
+                line.flush();
+            }
+            Err(Problem::new(what))
+        }
     }
-    Err(Problem::new(what))
 }
 
 /// What a tier lends the evacuation: its live extents, listed with allocation held.
 pub(crate) trait LiveExtents {
-    /// With the tier's allocations and frees held (its heap lock), runs `hold`; if that
-    /// succeeds, calls `live(offset, len)` for every range of `[lo, hi)` the target must
-    /// hold, in address order: every allocated extent (blocks and slabs), the headers of the
-    /// chain inside free extents (`free_headers`), and whatever else a recovery of the
-    /// region reads (a persistent tier's superblock). `hint` carries where the previous call's
-    /// walk ended. False if `hold` failed.
+    /// With the tier's allocations and frees held (its heap lock) throughout, calls
+    /// `live(offset, len)` for every range of `[lo, hi)` the target must hold, in address
+    /// order: every allocated extent (blocks and slabs), the headers of the chain inside free
+    /// extents (`free_headers`), and whatever else a recovery of the region reads (a
+    /// persistent tier's superblock); then runs `hold`, and returns what it returned (false:
+    /// the listing is void). Listing first keeps the walk out of the writers' hold: no extent
+    /// is made or freed between the two. `hint` carries where the previous call's walk ended.
     fn hold_and_list(
         &self,
         lo: u64,
@@ -341,6 +369,15 @@ struct Ranges {
 }
 
 impl Ranges {
+    fn new() -> Ranges {
+        Ranges {
+            items: [(0, 0); MAX_RANGES],
+            len: 0,
+            lo: 0,
+            hi: 0,
+        }
+    }
+
     fn reset(&mut self, lo: u64, hi: u64) {
         (self.len, self.lo, self.hi) = (0, lo, hi);
     }
@@ -387,6 +424,8 @@ pub(crate) struct Report {
     /// chunk, of each step while writers were held (`HeldStep`).
     pub step_ns: [u64; HELD_STEPS],
     pub step_max_ns: [u64; HELD_STEPS],
+    /// Each step's times, histograms like `holds` (where a long hold's time went).
+    pub step_holds: [[u32; HOLD_BUCKETS]; HELD_STEPS],
     /// Holds during which the evacuating thread lost its core (an involuntary context
     /// switch), and the longest hold among the others.
     pub preempted_holds: u64,
@@ -395,11 +434,11 @@ pub(crate) struct Report {
     pub raised_holds: u64,
 }
 
-/// The steps of one hold, in order: write-protect and list the chunk's live extents (the heap
-/// lock held), copy them, map the target over the chunk, wake its writers.
+/// The steps of one hold, in order: write-protect the chunk (the heap lock held, its live
+/// extents listed just before), copy them, map the target over the chunk, wake its writers.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum HeldStep {
-    ProtectAndList = 0,
+    Protect = 0,
     Copy = 1,
     Remap = 2,
     Wake = 3,
@@ -438,6 +477,7 @@ impl Default for Report {
             total_ns: 0,
             step_ns: [0; HELD_STEPS],
             step_max_ns: [0; HELD_STEPS],
+            step_holds: [[0; HOLD_BUCKETS]; HELD_STEPS],
             preempted_holds: 0,
             longest_unpreempted_hold_ns: 0,
             raised_holds: 0,
@@ -446,6 +486,14 @@ impl Default for Report {
 }
 
 impl Report {
+    /// An empty report of a move of `region`.
+    fn of_region(region: &Region) -> Report {
+        Report {
+            region: region.len as u64,
+            ..Report::default()
+        }
+    }
+
     fn record_hold(&mut self, ns: u64) {
         self.longest_hold_ns = self.longest_hold_ns.max(ns);
         self.holds[hold_bucket(ns)] += 1;
@@ -458,6 +506,7 @@ impl Report {
             let ns = at[step + 1].saturating_sub(at[step]);
             self.step_ns[step] += ns;
             self.step_max_ns[step] = self.step_max_ns[step].max(ns);
+            self.step_holds[step][hold_bucket(ns)] += 1;
         }
         let hold = at[HELD_STEPS].saturating_sub(at[0]);
         self.record_hold(hold);
@@ -471,16 +520,27 @@ impl Report {
     /// The `q`-quantile of the chunks' hold times (ns), to within 12.5%, never above the
     /// longest.
     pub fn hold_quantile(&self, q: f64) -> u64 {
-        let want = (self.chunks as f64 * q) as u64;
-        let mut seen = 0u64;
-        for (b, &n) in self.holds.iter().enumerate() {
-            seen += n as u64;
-            if seen > want {
-                return hold_bucket_end(b).min(self.longest_hold_ns);
-            }
-        }
-        self.longest_hold_ns
+        quantile(&self.holds, self.chunks, q, self.longest_hold_ns)
     }
+
+    /// The `q`-quantile of one held step's times (ns), as `hold_quantile`.
+    pub fn step_quantile(&self, step: HeldStep, q: f64) -> u64 {
+        let s = step as usize;
+        quantile(&self.step_holds[s], self.chunks, q, self.step_max_ns[s])
+    }
+}
+
+/// The `q`-quantile of `n` times in histogram `holds` whose longest is `longest`.
+fn quantile(holds: &[u32; HOLD_BUCKETS], n: u64, q: f64, longest: u64) -> u64 {
+    let want = (n as f64 * q) as u64;
+    let mut seen = 0u64;
+    for (b, &count) in holds.iter().enumerate() {
+        seen += count as u64;
+        if seen > want {
+            return hold_bucket_end(b).min(longest);
+        }
+    }
+    longest
 }
 
 /// Moves tier `kind` (region `region`, state `state`, extents from `tier`) onto `target`.
@@ -505,7 +565,10 @@ pub(crate) fn evacuate(
             holder: None,
         });
     }
-    let result = move_region(kind, region, state, tier, target);
+    let result = match numa_move::target_node(target) {
+        Some(node) => node.and_then(|node| numa_move::move_to_node(region, tier, node, chunk_bytes())),
+        None => move_region(kind, region, state, tier, target),
+    };
     state.moving.store(false, Ordering::Release);
     result
 }
@@ -557,20 +620,19 @@ fn move_region(
         }
     };
     state.uffd.store(wp.fd(), Ordering::Relaxed);
-    // From here until the target's record is cleared, a crash leaves both devices marked.
-    move_record::begin(&state.backing(region), target);
+    // From here until the target's record is cleared, a crash leaves both devices marked, and
+    // the next open of the source rolls the move back (`move_record`).
+    let old_fd = state.current_fd();
+    let recorded = move_record::begin(
+        &state.backing(region),
+        target,
+        old_fd,
+        state.file_offset.load(Ordering::Relaxed),
+    );
     let chunk = chunk_bytes();
     let started = now_ns();
-    let mut report = Report {
-        region: region.len as u64,
-        ..Report::default()
-    };
-    let mut ranges = Ranges {
-        items: [(0, 0); MAX_RANGES],
-        len: 0,
-        lo: 0,
-        hi: 0,
-    };
+    let mut report = Report::of_region(region);
+    let mut ranges = Ranges::new();
     let mut hint = 0u64;
     let mut lo = 0usize;
     let mut failure = None;
@@ -605,7 +667,7 @@ fn move_region(
                 // Raised with the heap lock held (see `hold_priority`), before the protect.
                 priority.raise();
                 switches_before = involuntary_switches();
-                at[HeldStep::ProtectAndList as usize] = now_ns();
+                at[HeldStep::Protect as usize] = now_ns();
                 match wp.protect(region.base + lo, hi - lo) {
                     Ok(()) => true,
                     Err(e) => {
@@ -643,6 +705,20 @@ fn move_region(
             };
         }
         report.copied += ranges.bytes();
+        if recorded {
+            // Before the remap: from the remap on, any thread that writes into the chunk
+            // (not only the woken ones: the new mapping holds nobody) writes the target only.
+            // Through the staging mapping: the chunk being moved may be the superblock's own,
+            // still the source's and held.
+            move_record::advance(&staging, hi as u64);
+            if lo == 0 {
+                move_record::mark_source(
+                    old_fd,
+                    state.file_offset.load(Ordering::Relaxed),
+                    hi as u64,
+                );
+            }
+        }
         at[HeldStep::Remap as usize] = now_ns();
         // SAFETY: `[base + lo, base + hi)` is the tier's own range, and the target holds the
         // chunk's live bytes at the same offsets: replacing the mapping changes no byte any
@@ -665,6 +741,10 @@ fn move_region(
                 at: None,
                 holder: None,
             });
+            if recorded {
+                // The chunk stays the source's: a roll-back must not take the target's copy.
+                move_record::advance(&staging, lo as u64);
+            }
             let _ = wp.unprotect(region.base + lo, hi - lo);
             priority.lower();
             break;
@@ -692,6 +772,7 @@ fn move_region(
     // maps the target on its own). Its descriptor stays open: it is the tier's device now.
     unsafe { os::unmap(staging.base as *mut u8, staging.reserved) };
     let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
+    let source_offset = state.file_offset.swap(0, Ordering::AcqRel);
     match failure {
         None => {
             // Durability and barriers follow the target from here on (its media, its PMR's
@@ -716,6 +797,7 @@ fn move_region(
             if lo == 0 {
                 // Nothing moved: the tier is where it was, and its record goes.
                 state.device_fd.store(old, Ordering::Release);
+                state.file_offset.store(source_offset, Ordering::Release);
                 move_record::clear(&state.backing(region));
                 super::persist::persist(&state.backing(region), 0, region.len);
                 // SAFETY: the target's descriptor, mapped nowhere any more.
@@ -854,17 +936,18 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
     // What the holds were made of, on a second line.
     let mut line = os::LineBuf::new();
     let chunks = r.chunks.max(1);
-    let _ = write!(line, "tiermalloc: tm_evacuate: held steps, mean/max us:");
+    let _ = write!(line, "tiermalloc: tm_evacuate: held steps, mean/p99/max us:");
     for (name, step) in [
-        ("protect+list", HeldStep::ProtectAndList),
+        ("protect", HeldStep::Protect),
         ("copy", HeldStep::Copy),
         ("remap", HeldStep::Remap),
         ("wake", HeldStep::Wake),
     ] {
         let _ = write!(
             line,
-            " {name} {}/{}",
+            " {name} {}/{}/{}",
             (r.step_ns[step as usize] / chunks).div_ceil(1000),
+            r.step_quantile(step, 0.99).div_ceil(1000),
             r.step_max_ns[step as usize].div_ceil(1000)
         );
     }
@@ -896,12 +979,7 @@ mod tests {
     use super::*;
 
     fn ranges(lo: u64, hi: u64) -> Ranges {
-        let mut r = Ranges {
-            items: [(0, 0); MAX_RANGES],
-            len: 0,
-            lo: 0,
-            hi: 0,
-        };
+        let mut r = Ranges::new();
         r.reset(lo, hi);
         r
     }

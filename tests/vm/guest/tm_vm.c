@@ -24,6 +24,12 @@
  *                              "TMHB", state 1) in DEVICE, mapped read-only
  *   tm_vm numa NODE SIZE       a cxl tier (numa=NODE): move_pages says every page of a block
  *                              of SIZE bytes is on NODE
+ *   tm_vm numa_evacuate FROM TO
+ *                              a cxl tier (numa=FROM) with 2 000 blocks, all of whose pages
+ *                              move_pages finds on FROM, is moved with tm_evacuate(TM_CXL,
+ *                              "numa=TO") while two threads increment counters in every block:
+ *                              afterwards every page of every block is on TO, every count is
+ *                              exact, every pattern and tm_kind_of intact
  *   tm_vm skipped KIND         KIND was refused (tm_get_stats fails), and malloc still works
  *   tm_vm touches LOG LO HI MARKER
  *                              counts the bytes a `valgrind --tool=lackey --trace-mem=yes` log
@@ -246,6 +252,89 @@ static int numa(int node, size_t size)
     printf("TM-CHECK pages=%zu on_node_%d=%zu\n", count, node, on_node);
     CHECK(count > 0 && on_node == count, "%zu of %zu pages on node %d (first status %d)", on_node,
           count, node, count ? status[0] : 0);
+    return check_done();
+}
+
+/* numa_evacuate: the blocks, their counters (first word) and pattern (the rest). */
+enum { NUMA_BLOCKS = 2000, NUMA_WRITERS = 2 };
+static unsigned char *numa_block[NUMA_BLOCKS];
+static size_t numa_size[NUMA_BLOCKS];
+static volatile int numa_stop;
+static uint64_t numa_rounds[NUMA_WRITERS];
+
+static void *numa_writer(void *arg)
+{
+    size_t w = (size_t)arg;
+    uint64_t rounds = 0;
+    while (!numa_stop) {
+        for (size_t i = w; i < NUMA_BLOCKS; i += NUMA_WRITERS) {
+            volatile uint64_t *c = (volatile uint64_t *)numa_block[i];
+            *c = *c + 1;
+        }
+        rounds++;
+    }
+    numa_rounds[w] = rounds;
+    return NULL;
+}
+
+/* How many pages of the blocks move_pages finds on `node`, of *pages (all of them). */
+static size_t numa_pages_on(int node, size_t *pages)
+{
+    enum { MAXP = 1 << 16 };
+    static void *addr[MAXP];
+    static int status[MAXP];
+    size_t count = 0, on = 0;
+    for (size_t i = 0; i < NUMA_BLOCKS; i++) {
+        uintptr_t first = (uintptr_t)numa_block[i] & ~(uintptr_t)4095;
+        for (uintptr_t a = first; a < (uintptr_t)numa_block[i] + numa_size[i] && count < MAXP;
+             a += 4096)
+            if (count == 0 || addr[count - 1] != (void *)a) addr[count++] = (void *)a;
+    }
+    long rc = syscall(SYS_move_pages, 0, count, addr, NULL, status, 0);
+    CHECK(rc == 0, "move_pages query: %s", strerror(errno));
+    for (size_t i = 0; i < count; i++) on += status[i] == node;
+    *pages = count;
+    return on;
+}
+
+static int numa_evacuate(int from, int to)
+{
+    for (size_t i = 0; i < NUMA_BLOCKS; i++) {
+        numa_size[i] = i % 10 == 0 ? 8192 + (i * 7919) % 40000 : 16 + (i * 104729) % 3000;
+        numa_block[i] = tm_malloc(TM_CXL, numa_size[i]);
+        if (!CHECK(numa_block[i] != NULL, "tm_malloc(TM_CXL, %zu): errno %d", numa_size[i], errno))
+            return check_done();
+        memset(numa_block[i], (int)(i % 251) + 1, numa_size[i]);
+        memset(numa_block[i], 0, 8);
+    }
+    size_t pages, on = numa_pages_on(from, &pages);
+    printf("TM-CHECK numa_pages=%zu before_on_from=%zu\n", pages, on);
+    CHECK(on == pages, "%zu of %zu pages on node %d before the move", on, pages, from);
+    pthread_t t[NUMA_WRITERS];
+    for (size_t w = 0; w < NUMA_WRITERS; w++)
+        pthread_create(&t[w], NULL, numa_writer, (void *)w);
+    usleep(100000);
+    char target[32];
+    snprintf(target, sizeof target, "numa=%d", to);
+    int rc = tm_evacuate(TM_CXL, target);
+    int saved = errno;
+    usleep(100000);
+    numa_stop = 1;
+    for (size_t w = 0; w < NUMA_WRITERS; w++) pthread_join(t[w], NULL);
+    CHECK(rc == 0, "tm_evacuate(TM_CXL, %s): errno %d", target, saved);
+    size_t lost = 0, broken = 0;
+    for (size_t i = 0; i < NUMA_BLOCKS; i++) {
+        lost += *(uint64_t *)numa_block[i] != numa_rounds[i % NUMA_WRITERS];
+        for (size_t b = 8; b < numa_size[i]; b++)
+            if (numa_block[i][b] != (unsigned char)(i % 251 + 1)) { broken++; break; }
+        CHECK(tm_kind_of(numa_block[i]) == TM_CXL, "block %zu changed tier", i);
+    }
+    on = numa_pages_on(to, &pages);
+    printf("TM-CHECK after_on_to=%zu rounds=%llu lost_counts=%zu broken_patterns=%zu\n", on,
+           (unsigned long long)(numa_rounds[0] + numa_rounds[1]), lost, broken);
+    CHECK(on == pages, "%zu of %zu pages on node %d after the move", on, pages, to);
+    CHECK(lost == 0 && broken == 0, "%zu counts lost, %zu patterns broken", lost, broken);
+    CHECK(numa_rounds[0] > 0 && numa_rounds[1] > 0, "the writers ran");
     return check_done();
 }
 
@@ -500,6 +589,8 @@ int main(int argc, char **argv)
     if (argc == 4 && !strcmp(argv[1], "root_verify"))
         return root_verify(kind_named(argv[2]), strtoull(argv[3], NULL, 0));
     if (argc == 4 && !strcmp(argv[1], "headers")) return count_headers(argv[2], argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "numa_evacuate"))
+        return numa_evacuate(atoi(argv[2]), atoi(argv[3]));
     if (argc == 3 && !strcmp(argv[1], "skipped")) return skipped(kind_named(argv[2]));
     if (argc == 6 && !strcmp(argv[1], "touches")) return touches(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 3 && !strcmp(argv[1], "host_a")) return host_a(argv[2]);
