@@ -97,20 +97,8 @@ pub extern "C" fn mallinfo() -> Mallinfo {
 /// writes (`write` is one), so that a pending cancellation does not cut the report short.
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
-    let mut cancel_state: c_int = 0;
-    // SAFETY: changes only the calling thread's cancelability; restored below.
-    unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut cancel_state) };
-    write_malloc_stats();
-    // SAFETY: as above.
-    unsafe { pthread_setcancelstate(cancel_state, &mut cancel_state) };
+    os::without_cancellation(write_malloc_stats);
 }
-
-// POSIX, in glibc's libc; not in the `libc` crate.
-extern "C" {
-    fn pthread_setcancelstate(state: c_int, old_state: *mut c_int) -> c_int;
-}
-/// glibc's value of `PTHREAD_CANCEL_DISABLE` (`<pthread.h>`).
-const PTHREAD_CANCEL_DISABLE: c_int = 1;
 
 fn write_malloc_stats() {
     let m = figures();
