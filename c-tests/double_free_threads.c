@@ -127,39 +127,25 @@ static int child(const char *mode) {
     return check_done();
 }
 
+struct line_counts {
+    const char *mode;
+    long double_frees, other;
+};
+
+static void count_line(const char *line, void *ctx) {
+    struct line_counts *c = ctx;
+    if (strstr(line, "double free; ignored")) c->double_frees++;
+    else if (c->other++ < 3) fprintf(stderr, "%s: unexpected line: %s\n", c->mode, line);
+}
+
 static void run_case(const char *argv0, const char *mode) {
-    int fds[2];
-    CHECK(pipe(fds) == 0, "pipe");
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        int out = open("/dev/null", O_WRONLY);
-        dup2(out, 1);
-        setenv("TIERMALLOC_ON_ERROR", "ignore", 1);
-        if (strcmp(mode, "secure") == 0) setenv("TIERMALLOC_SECURE", "1", 1);
-        setenv("DOUBLE_FREE_THREADS_CHILD", mode, 1);
-        execl("/proc/self/exe", argv0, (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    long double_frees = 0, other = 0;
-    char buf[65536], line[512];
-    size_t len = 0;
-    ssize_t n;
-    while ((n = read(fds[0], buf, sizeof buf)) > 0) {
-        for (ssize_t i = 0; i < n; i++) {
-            if (buf[i] != '\n') {
-                if (len < sizeof line - 1) line[len++] = buf[i];
-                continue;
-            }
-            line[len] = 0;
-            len = 0;
-            if (strstr(line, "double free; ignored")) double_frees++;
-            else if (other++ < 3) fprintf(stderr, "%s: unexpected line: %s\n", mode, line);
-        }
-    }
-    close(fds[0]);
+    int secure = strcmp(mode, "secure") == 0, fd = -1;
+    pid_t pid = rerun_ignoring(argv0, "DOUBLE_FREE_THREADS_CHILD", mode, secure ? "TIERMALLOC_SECURE" : NULL, "1", &fd);
+    CHECK(pid > 0, "pipe or fork");
+    struct line_counts counts = {mode, 0, 0};
+    for_each_line(fd, count_line, &counts);
+    long double_frees = counts.double_frees, other = counts.other;
+    close(fd);
     int st = 0;
     waitpid(pid, &st, 0);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: the racing child: %s %d", mode,
