@@ -20,6 +20,13 @@
  *                             becomes a failure, not a hang. (Not for programs that must stay
  *                             single-threaded: use alarm() there, see fork_signal.c.)
  *   raw_msg(s)                write(2) a string to stderr: async-signal-safe, malloc-free.
+ *   for_each_line(fd, f, ctx) reads fd to its end, calling f(line, ctx) for each line (without
+ *                             its newline; a longer line is cut at 511 bytes).
+ *   rerun_ignoring(argv0, var, value, var2, value2, &fd)
+ *                             re-executes this program in a child with TIERMALLOC_ON_ERROR=ignore,
+ *                             var=value and var2=value2 (each pair skipped when NULL), its stdout
+ *                             on /dev/null and its stderr into a pipe whose read end goes to fd;
+ *                             returns the child's pid.
  *
  * Why the malloc family is redefined: GCC knows malloc/free/calloc/realloc as built-ins. At
  * -O1 it may delete a malloc/free pair whose pointer is unused, fold `p != q` to true for two
@@ -189,6 +196,46 @@ __attribute__((unused)) static void watchdog(unsigned seconds, const char *what)
 /* ---------------------------------------------------------------- helpers */
 
 /* Round-trips a value through a register the optimiser cannot look into. */
+__attribute__((unused)) static void for_each_line(int fd, void (*f)(const char *line, void *ctx), void *ctx)
+{
+    char buf[65536], line[512];
+    size_t len = 0;
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) {
+        for (ssize_t i = 0; i < n; i++) {
+            if (buf[i] != '\n') {
+                if (len < sizeof line - 1) line[len++] = buf[i];
+                continue;
+            }
+            line[len] = 0;
+            len = 0;
+            f(line, ctx);
+        }
+    }
+}
+
+__attribute__((unused)) static pid_t rerun_ignoring(const char *argv0, const char *var, const char *value,
+                                                    const char *var2, const char *value2, int *fd)
+{
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) dup2(null, 1);
+        setenv("TIERMALLOC_ON_ERROR", "ignore", 1);
+        if (var) setenv(var, value, 1);
+        if (var2) setenv(var2, value2, 1);
+        execl("/proc/self/exe", argv0, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    *fd = fds[0];
+    return pid;
+}
+
 __attribute__((unused)) static inline size_t opaque_size(size_t x)
 {
     __asm__ volatile("" : "+r"(x));

@@ -59,41 +59,31 @@ static int child(void) {
     return 0;
 }
 
+struct line_counts {
+    long double_frees, invalid, other;
+};
+
+/* Sorts one of the child's lines: a double free, a pointer into a page or segment no longer in
+ * use, or any other. */
+static void count_line(const char *line, void *ctx) {
+    struct line_counts *c = ctx;
+    if (strstr(line, "double free; ignored")) c->double_frees++;
+    else if (strstr(line, "invalid pointer (not the start of a live block); ignored")) c->invalid++;
+    else if (c->other++ < 3) fprintf(stderr, "unexpected line: %s\n", line);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     if (getenv("DOUBLE_FREE_RACE_CHILD")) return child();
     watchdog(120, "double_free_race");
-    int fds[2];
-    CHECK(pipe(fds) == 0, "pipe");
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        setenv("TIERMALLOC_ON_ERROR", "ignore", 1);
-        setenv("DOUBLE_FREE_RACE_CHILD", "1", 1);
-        execl("/proc/self/exe", argv[0], (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
+    int fd = -1;
+    pid_t pid = rerun_ignoring(argv[0], "DOUBLE_FREE_RACE_CHILD", "1", NULL, NULL, &fd);
+    CHECK(pid > 0, "pipe or fork");
     /* Count the child's lines as they come (there are many): those of a double free, those of
      * a pointer into a page or segment no longer in use, and any other. */
-    long double_frees = 0, invalid = 0, other = 0;
-    char buf[65536], line[512];
-    size_t len = 0;
-    ssize_t n;
-    while ((n = read(fds[0], buf, sizeof buf)) > 0) {
-        for (ssize_t i = 0; i < n; i++) {
-            if (buf[i] != '\n') {
-                if (len < sizeof line - 1) line[len++] = buf[i];
-                continue;
-            }
-            line[len] = 0;
-            len = 0;
-            if (strstr(line, "double free; ignored")) double_frees++;
-            else if (strstr(line, "invalid pointer (not the start of a live block); ignored")) invalid++;
-            else if (other++ < 3) fprintf(stderr, "unexpected line: %s\n", line);
-        }
-    }
+    struct line_counts counts = {0, 0, 0};
+    for_each_line(fd, count_line, &counts);
+    long double_frees = counts.double_frees, invalid = counts.invalid, other = counts.other;
     int st = 0;
     waitpid(pid, &st, 0);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the racing child: %s %d",

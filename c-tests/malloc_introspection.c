@@ -6,7 +6,10 @@
  *    scenario of glibc's tst-malloc-tcache-leak, whose assert on uordblks aborted under
  *    LD_PRELOAD when glibc answered for its own empty arena);
  *  - malloc_stats writes glibc's summary to stderr, malloc_info writes XML and rejects options
- *    != 0 with EINVAL, malloc_trim returns 0 or 1, mallopt says 0 (nothing changed).
+ *    != 0 with EINVAL, malloc_trim returns 0 or 1;
+ *  - mallopt accepts glibc's parameters with the values glibc accepts (1) and refuses others (0);
+ *  - malloc_stats in a thread with a cancellation pending writes its whole report (the tier
+ *    lines after glibc's summary), and the thread is cancelled at its next cancellation point.
  */
 #include "check.h"
 
@@ -17,6 +20,38 @@ static void *worker(void *arg)
     __asm__ volatile("" ::: "memory");
     free(p);
     return malloc(32);
+}
+
+/* Called with a cancellation pending: malloc_stats must finish, and the write after it (a
+ * cancellation point) must not happen. */
+static void *reporter_with_cancel_pending(void *arg)
+{
+    (void)arg;
+    pthread_cancel(pthread_self());
+    malloc_stats();
+    static const char after[] = "written after malloc_stats\n";
+    if (write(2, after, sizeof after - 1) < 0) return NULL;
+    return NULL;
+}
+
+static void stats_in_cancelled_thread(void *arg)
+{
+    (void)arg;
+    pthread_t t;
+    void *rv = NULL;
+    if (pthread_create(&t, NULL, reporter_with_cancel_pending, NULL) != 0) _exit(2);
+    pthread_join(t, &rv);
+    _exit(rv == PTHREAD_CANCELED ? 0 : 3);
+}
+
+static int stats_survive_cancellation(void)
+{
+    char err[16384];
+    int st = in_child(stats_in_cancelled_thread, NULL, err, sizeof err);
+    return CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the thread was not cancelled (status %#x)", st) &&
+           CHECK(strstr(err, "max mmap bytes") && strstr(err, "allocations,") &&
+                     !strstr(err, "written after malloc_stats"),
+                 "stderr of the cancelled thread: %s", err);
 }
 
 int main(void)
@@ -74,7 +109,16 @@ int main(void)
     CHECK(malloc_info(1, stdout) == -1 && errno == EINVAL, "malloc_info(1) did not give EINVAL");
     int trimmed = malloc_trim(0);
     CHECK(trimmed == 0 || trimmed == 1, "malloc_trim = %d", trimmed);
-    CHECK(mallopt(M_ARENA_MAX, 1) == 0, "mallopt claimed to change something");
+    /* glibc's parameters are accepted with the values glibc accepts (they have nothing to
+     * tune here), anything else refused: glibc's answers. */
+    CHECK(mallopt(M_ARENA_MAX, 1) == 1, "mallopt(M_ARENA_MAX, 1) refused");
+    CHECK(mallopt(M_MMAP_THRESHOLD, 64 * 1024) == 1 && mallopt(M_TRIM_THRESHOLD, -1) == 1 &&
+              mallopt(M_TOP_PAD, 0) == 1 && mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_PERTURB, 0) == 1 &&
+              mallopt(M_CHECK_ACTION, 1) == 1 && mallopt(M_ARENA_TEST, 2) == 1 && mallopt(M_MXFAST, 0) == 1,
+          "mallopt refused one of glibc's parameters");
+    CHECK(mallopt(M_ARENA_MAX, 0) == 0 && mallopt(M_MXFAST, 1000) == 0 && mallopt(12345, 1) == 0,
+          "mallopt accepted a value or parameter glibc refuses");
+    CHECK(stats_survive_cancellation(), "malloc_stats was cut short by a pending cancellation");
     free(keep);
     return check_done();
 }

@@ -4,7 +4,8 @@
  * current size + 384 MiB, then 4 threads (created before the limit, so their stacks exist)
  * allocate with the entry points (malloc, calloc, realloc(NULL, n), posix_memalign,
  * aligned_alloc) blocks of 16 B .. 1 MiB until allocations fail. Every call must either
- * succeed with writable memory or fail with NULL + ENOMEM (posix_memalign: return ENOMEM);
+ * succeed with writable memory or fail with NULL + ENOMEM (posix_memalign: return ENOMEM, and
+ * errno ENOMEM as glibc leaves it);
  * a failed realloc keeps its block. Nothing may crash or abort — also not when the allocator's
  * own metadata cannot be mapped. Then everything is freed and the same threads must be able to
  * allocate 64 MiB again; a new thread must be able to allocate too.
@@ -57,7 +58,9 @@ static void *grab(void *arg)
         int e = get_errno();
         if (p == NULL) {
             if ((r >> 40) % 5 == 3)
-                CHECK(rc == ENOMEM, "thread %d: failed posix_memalign(256, %zu) returned %d (want ENOMEM)", id, s, rc);
+                CHECK(rc == ENOMEM && e == ENOMEM,
+                      "thread %d: failed posix_memalign(256, %zu) returned %d, errno %d (want ENOMEM, as glibc's)", id,
+                      s, rc, e);
             else
                 CHECK(e == ENOMEM, "thread %d: failed allocation of %zu (route %d) left errno %d (want ENOMEM)", id, s,
                       (int)((r >> 40) % 5), e);

@@ -5,7 +5,7 @@
 //! may be called from inside `malloc`. Calls that can fail harmlessly (madvise, munmap) keep
 //! `errno` as it was, because a successful `malloc` must leave `errno` untouched.
 
-use core::ffi::{c_char, c_void};
+use core::ffi::{c_char, c_int, c_void};
 use core::ptr::{self, NonNull};
 
 /// The size of a base page. 4 KiB on every Linux target we build for; checked at start-up by
@@ -240,6 +240,23 @@ pub fn write_stderr(bytes: &[u8]) {
 
 extern "C" {
     static mut environ: *const *const c_char;
+    // POSIX, in glibc's libc; not in the `libc` crate.
+    fn pthread_setcancelstate(state: c_int, old_state: *mut c_int) -> c_int;
+}
+
+/// glibc's value of `PTHREAD_CANCEL_DISABLE` (`<pthread.h>`).
+const PTHREAD_CANCEL_DISABLE: c_int = 1;
+
+/// Runs `f` with the calling thread's cancellation held off (a cancellation pending stays
+/// pending and acts at the thread's next cancellation point after `f`): for output that must
+/// not be cut short, since `write` is a cancellation point.
+pub fn without_cancellation(f: impl FnOnce()) {
+    let mut state: c_int = 0;
+    // SAFETY: changes only the calling thread's cancelability; restored below.
+    unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut state) };
+    f();
+    // SAFETY: as above.
+    unsafe { pthread_setcancelstate(state, &mut state) };
 }
 
 /// Looks `name` up in the process environment without allocating and without libc's

@@ -267,6 +267,8 @@ c_tests! {
     pool_spaces,
     traffic_counts,
     double_free_race,
+    double_free_threads,
+    secure_large_guard,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

@@ -18,6 +18,7 @@
 //! by the next large allocation or free, so a program that stops using big buffers does not
 //! keep them resident.
 
+use super::large_guard;
 use crate::os;
 use crate::chunk::{self, CHUNK_SIZE};
 use crate::pagemap::{self, ChunkTag};
@@ -251,7 +252,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     let Some(end) = size.checked_add(offset).and_then(round_to_page) else {
         return core::ptr::null_mut();
     };
-    let Some(map_len) = round_to_chunk(end) else {
+    let Some(map_len) = large_guard::room(end).and_then(round_to_chunk) else {
         return core::ptr::null_mut();
     };
     let usable = end - offset;
@@ -265,6 +266,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
                 if zero {
                     p.write_bytes(0, usable);
                 }
+                large_guard::set(h + end);
                 return p;
             }
         }
@@ -278,8 +280,12 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
         return core::ptr::null_mut();
     }
     pagemap::set(h, map_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
-    // SAFETY: a fresh, tagged mapping (zero-filled by the kernel).
-    unsafe { start_block(h, map_len, offset, usable, 0) }
+    // SAFETY: a fresh, tagged mapping (zero-filled by the kernel), with room for the guard.
+    unsafe {
+        let p = start_block(h, map_len, offset, usable, 0);
+        large_guard::set(h + end);
+        p
+    }
 }
 
 /// The most of a cached mapping `alloc_cached` leaves resident past its new block: enough for
@@ -298,7 +304,8 @@ pub fn alloc_cached(size: usize, align: usize) -> *mut u8 {
     let Some(map_len) = round_to_chunk(end) else {
         return core::ptr::null_mut();
     };
-    if offset != MIN_OFFSET {
+    // Under the secure level blocks carry a guard page: `alloc` sets it.
+    if offset != MIN_OFFSET || large_guard::enabled() {
         return core::ptr::null_mut();
     }
     let Some((h, cached_len)) = cache_take(map_len) else {
@@ -360,7 +367,8 @@ pub fn usable_size(p: *mut u8) -> usize {
     }
 }
 
-/// Frees large block `p`; false if `p` is not the start of a large block. The page map must
+/// Frees large block `p`; false if `p` is not the start of a large block (a free that loses
+/// a race to another free of `p` is reported here, and true). The page map must
 /// tag `p`'s chunk `LargeHead`.
 ///
 /// # Safety
@@ -372,12 +380,21 @@ pub unsafe fn free(p: *mut u8) -> bool {
     // SAFETY: a valid header of a mapping whose block dies here.
     unsafe {
         let LargeHeader {
-            map_len, usable, ..
+            map_len, offset, usable, ..
         } = header.read();
+        // A stale pointer to a cached mapping must not pass for a block. Swapped in
+        // atomically: of two frees racing (a double free from two threads), one only passes.
+        let offset_word = &*core::ptr::addr_of!((*header).offset).cast::<AtomicUsize>();
+        if offset_word
+            .compare_exchange(offset, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            crate::misuse::report("free", p, crate::misuse::Misuse::DoubleFree);
+            return true;
+        }
+        large_guard::lift(header as usize + offset + usable);
         LARGE_FREES.add(1);
         LARGE_LIVE_BYTES.add((usable as u64).wrapping_neg());
-        // A stale pointer to a cached mapping must not pass for a block.
-        (*header).offset = usize::MAX;
         decay();
         if !cache_put(header as usize, map_len) {
             pagemap::clear(header as usize, map_len);
@@ -389,11 +406,38 @@ pub unsafe fn free(p: *mut u8) -> bool {
 
 /// Resizes large block `p` to hold `size` bytes without copying: within its mapping, by
 /// growing or shrinking the mapping in place, or by moving its pages. Returns the (possibly
-/// moved) block, or null if it could not (`p` is then intact).
+/// moved) block, or null if it could not (`p` is then intact). Under the secure level its
+/// guard page moves to the new end (`large_guard`).
 ///
 /// # Safety
 /// `p` must be a live large block.
 pub unsafe fn resize(p: *mut u8, size: usize) -> *mut u8 {
+    if !large_guard::enabled() {
+        // SAFETY: forwarded.
+        return unsafe { resize_unguarded(p, size) };
+    }
+    let Some(header) = header_of(p) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: a valid header; the guard sits at the block's end while it lives.
+    unsafe {
+        let end_of = |h: usize| {
+            let header = h as *const LargeHeader;
+            h + (*header).offset + (*header).usable
+        };
+        large_guard::lift(end_of(header as usize));
+        let q = resize_unguarded(p, size);
+        let h = if q.is_null() { header as usize } else { pagemap::owner_chunk(q as usize) };
+        large_guard::set(end_of(h));
+        q
+    }
+}
+
+/// `resize` with no guard page at the block's end.
+///
+/// # Safety
+/// As `resize`.
+unsafe fn resize_unguarded(p: *mut u8, size: usize) -> *mut u8 {
     let Some(header) = header_of(p) else {
         return core::ptr::null_mut();
     };
@@ -407,7 +451,7 @@ pub unsafe fn resize(p: *mut u8, size: usize) -> *mut u8 {
     let Some(end) = size.checked_add(offset).and_then(round_to_page) else {
         return core::ptr::null_mut();
     };
-    let Some(new_len) = round_to_chunk(end) else {
+    let Some(new_len) = large_guard::room(end).and_then(round_to_chunk) else {
         return core::ptr::null_mut();
     };
     let h = header as usize;

@@ -11,6 +11,7 @@
 pub mod budget;
 pub mod fast;
 pub mod large;
+pub mod large_guard;
 
 use crate::chunk::CHUNK_SIZE;
 use crate::misuse::{self, Misuse};

@@ -8,7 +8,8 @@
 //! their usable bytes, `uordblks` = bytes of live blocks (small ones at their class size, large
 //! ones at their usable size), `fordblks` = `arena` minus the small blocks' share of
 //! `uordblks`. Fields that describe glibc's bins (`ordblks`, `smblks`, `usmblks`, `fsmblks`,
-//! `keepcost`) are 0: we have no such thing. `mallopt` changes nothing and says so (0);
+//! `keepcost`) are 0: we have no such thing. `mallopt` accepts glibc's parameters, which tune
+//! glibc's arenas, bins and thresholds and have nothing to act on here (see `mallopt`);
 //! `malloc_trim` gives free slices of the calling thread's heap back to the kernel.
 
 use crate::dram::{self, fast, large, DRAM};
@@ -91,9 +92,15 @@ pub extern "C" fn mallinfo() -> Mallinfo {
     }
 }
 
-/// glibc's `malloc_stats`: glibc's summary lines on stderr, then every tier's figures.
+/// glibc's `malloc_stats`: glibc's summary lines on stderr, then every tier's figures. Like
+/// glibc's, it is not a cancellation point: the thread's cancellation is held off while it
+/// writes (`write` is one), so that a pending cancellation does not cut the report short.
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
+    os::without_cancellation(write_malloc_stats);
+}
+
+fn write_malloc_stats() {
     let m = figures();
     let mut line = os::LineBuf::new();
     let system = m.arena + m.hblkhd;
@@ -124,11 +131,31 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
     c_int::from(unsafe { (*heap).purge() } > 0)
 }
 
-/// glibc's `mallopt`: none of glibc's parameters (arenas, thresholds, tcache, checking) has a
-/// meaning here, so nothing changes and the answer is 0, glibc's "not done".
+/// glibc's `mallopt` parameters (`<malloc.h>`).
+const M_MXFAST: c_int = 1;
+const M_ARENA_MAX: c_int = -8;
+const M_ARENA_TEST: c_int = -7;
+/// The lowest parameter number glibc knows (`M_ARENA_MAX`); `M_TRIM_THRESHOLD` (-1) to
+/// `M_ARENA_MAX` (-8) and `M_MXFAST` (1) are all of them.
+const M_LOWEST: c_int = M_ARENA_MAX;
+/// glibc's largest `M_MXFAST` (`80 * sizeof(size_t) / 4`).
+const MXFAST_MAX: c_int = 160;
+
+/// glibc's `mallopt`: 1 for a parameter and value glibc itself would accept, 0 for the rest
+/// (glibc's answers). glibc's parameters tune its arenas, bins, thresholds and checking, none
+/// of which exists here, so an accepted one changes nothing: the advice is taken and has no
+/// object. Answering 0 ("failed") made programs that check the call stop (glibc's own
+/// tst-malloc-thread-fail, tst-malloc-thread-exit and tst-malloc-fork-deadlock call
+/// `mallopt(M_ARENA_MAX, …)` first and fail on 0).
 #[no_mangle]
-pub extern "C" fn mallopt(_param: c_int, _value: c_int) -> c_int {
-    0
+pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
+    let accepted = match param {
+        M_MXFAST => (0..=MXFAST_MAX).contains(&value),
+        M_ARENA_MAX | M_ARENA_TEST => value > 0,
+        M_LOWEST..=-1 => true,
+        _ => false,
+    };
+    c_int::from(accepted)
 }
 
 /// glibc's `malloc_info`: an XML summary on `stream`; `options` must be 0 (else `EINVAL`).

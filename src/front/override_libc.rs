@@ -89,7 +89,7 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
-    crate::os::keep_errno(|| {
+    let rc = crate::os::keep_errno(|| {
         let p = plain(size, align, false);
         if p.is_null() {
             return libc::ENOMEM;
@@ -97,7 +97,14 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
         // SAFETY: `out` is valid (contract).
         unsafe { out.write(p) };
         0
-    })
+    });
+    // glibc's also leaves errno at ENOMEM when it fails for want of memory, and programs
+    // written against it test errno (glibc's tst-malloc-thread-fail aborts otherwise); a
+    // success leaves errno alone.
+    if rc == libc::ENOMEM {
+        crate::os::set_errno(libc::ENOMEM);
+    }
+    rc
 }
 
 /// # Safety

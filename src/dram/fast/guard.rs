@@ -29,11 +29,9 @@
 //!   which checks on the way out that the block was not written after its free;
 //! - a `PROT_NONE` guard over the last OS page of every page of blocks (`Segment::close_tail`).
 //!   Guarded: the end of each small-block page (one or more slices), so a linear overflow
-//!   off a page's last blocks faults before it reaches the next page or segment. Not guarded:
-//!   one block into its neighbour inside a page, and large blocks (`large`): the pages past a
-//!   large block's end, up to its chunk boundary, belong to its own read-write mapping (kept
-//!   for `realloc` in place), so an overflow runs through them before it reaches the next
-//!   mapping.
+//!   off a page's last blocks faults before it reaches the next page or segment (large blocks
+//!   get a guard page right after their end: `dram::large_guard`). Not guarded: one block
+//!   into its neighbour inside a page.
 
 #[cfg(test)]
 use crate::chunk::CHUNK_SIZE;

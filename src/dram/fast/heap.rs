@@ -134,6 +134,9 @@ pub struct Heap {
     pool_link: AtomicPtr<Heap>,
     /// Link in the registry of all heaps (for statistics).
     registry_next: *mut Heap,
+    /// The block this thread's free has claimed and not yet put where freed blocks wait, or
+    /// 0 (`claim`).
+    pub freeing: core::sync::atomic::AtomicUsize,
 }
 
 impl StackLink for Heap {

@@ -49,6 +49,11 @@ impl Block {
         // SAFETY: blocks hold at least 16 bytes; the caller owns this dead one.
         unsafe { (*p.cast::<Block>()).tag = page as usize }
     }
+
+    /// Where block `p` keeps its free mark (its second word; `claim` swaps it atomically).
+    pub fn tag_of(p: *mut u8) -> *mut usize {
+        p.wrapping_add(core::mem::offset_of!(Block, tag)).cast()
+    }
 }
 
 /// Invariants, for a page in use (`block_size != 0`), with `blocks_used() = used & !IN_FULL`:

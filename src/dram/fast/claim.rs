@@ -1,0 +1,69 @@
+//! A free's claim on its block, so that two threads freeing one block at the same moment (an
+//! incorrect program's double free, raced) cannot both push it.
+//!
+//! The default checks read a block's free mark (`Block::tag`) on the fast path and write it
+//! later, when the block is pushed: two frees of one block that both read it before either
+//! writes both pass, and the block lands on the lists twice (the heap then hands it out twice).
+//! Frees from a thread other than the block's owner, and every free under
+//! `TIERMALLOC_SECURE=1` (which takes that path), claim the block before anything else:
+//!
+//! 1. the freeing heap publishes the block in its `freeing` slot;
+//! 2. it swaps the free mark in atomically: a mark already there means that another free
+//!    claimed the block first (after this free's fast path read it), and this one is the
+//!    double free;
+//! 3. once the block is in a batch, a quarantine or a list, the slot is cleared.
+//!
+//! A free that finds the mark already set on its fast path walks where freed blocks wait
+//! (`check_block`): it looks in the other heaps' `freeing` slots first, so that a block
+//! between another free's claim (step 2) and its list (step 3) is found. The slot is written
+//! before the swap (a locked instruction, which orders it), the walk reads it after the mark,
+//! so a walk that saw the mark sees the slot or, after step 3, the block where it went.
+//!
+//! Not covered: the owner's own free on the fast path, which reads and writes the mark
+//! without an atomic instruction (a locked swap there costs a full barrier on every free; see
+//! BENCHMARKS.md, "Hardening"): a free by the owner racing a free by another thread can still
+//! both pass.
+
+use super::heap::Heap;
+use super::page::{Block, Page};
+use core::sync::atomic::{fence, AtomicUsize, Ordering};
+
+/// Claims dead block `p` of `page` for a free by `heap`'s thread: true if this free is the
+/// first, false if another free claimed it already (a double free). On true the caller must
+/// call `release` once the block is where freed blocks wait.
+///
+/// # Safety
+/// `p` must be a block start of `page` (16 readable bytes) and `heap` the calling thread's.
+#[inline]
+pub unsafe fn claim(heap: *mut Heap, page: *const Page, p: *mut u8) -> bool {
+    // SAFETY: the calling thread's heap; the block's second word is aligned.
+    unsafe {
+        (*heap).freeing.store(p as usize, Ordering::Relaxed);
+        let tag = &*Block::tag_of(p).cast::<AtomicUsize>();
+        if tag.swap(page as usize, Ordering::SeqCst) == page as usize {
+            (*heap).freeing.store(0, Ordering::Relaxed);
+            return false;
+        }
+    }
+    true
+}
+
+/// Ends `heap`'s claim (see `claim`).
+///
+/// # Safety
+/// `heap` must be the calling thread's.
+#[inline]
+pub unsafe fn release(heap: *mut Heap) {
+    // SAFETY: the calling thread's heap.
+    unsafe { (*heap).freeing.store(0, Ordering::Release) };
+}
+
+/// Whether some heap's free has claimed `p` and not yet put it where freed blocks wait. Called
+/// after `p`'s free mark was seen.
+pub fn being_freed(p: *mut u8) -> bool {
+    fence(Ordering::SeqCst);
+    super::binding::any_heap(|heap| {
+        // SAFETY: registered heaps live forever; the slot is atomic.
+        unsafe { (*heap).freeing.load(Ordering::Acquire) == p as usize }
+    })
+}
