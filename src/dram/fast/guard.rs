@@ -12,8 +12,9 @@
 //!   starts of the page, so that a walk racing the owner from another thread stays in mapped
 //!   memory) and reports it if found there; program data equal to the mark costs one walk.
 //! - **Corrupted link**, on the slow path only: when a page's list is taken (`pop_checked`),
-//!   its head's link must be null or a carved block start of the page; remote lists are
-//!   checked link by link when collected. The fast `pop` follows links unchecked.
+//!   its head's link must be null or a carved block start of the page (a remote list taken
+//!   onto an empty `free` becomes that list unread, see `Page::collect_remote`; appended to
+//!   blocks already there, it is checked link by link). The fast `pop` follows links unchecked.
 //!
 //! `TIERMALLOC_SECURE=1` adds, at no cost to the default fast paths (the level is chosen where
 //! a segment or page is set up, never tested per operation):

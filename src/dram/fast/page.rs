@@ -66,6 +66,15 @@ impl Block {
 ///   and pushed (or is pushing) the page onto the heap's `delayed` list. Keeping this flag in
 ///   the top bit of `used` lets `free` test "page now empty, or parked in full" with one
 ///   signed comparison: `used as i32 <= 0`.
+///
+/// Layout (112 bytes, `repr(C)`): the fields the owner's thread writes on every `malloc` and
+/// local `free` (`free`, `used`, `allocs`) first, then its queue links and `key`; from byte 64 what a
+/// free from another thread reads or writes (`div_magic`, `fast_limit`, `class`, `remote`).
+/// Descriptors sit 112 bytes apart, so for most of them the two groups fall in different
+/// cache lines: a remote free's reads no longer take the line of `free` away from the owner's
+/// next `malloc` (`perf` on `prodcons`: the owner's load of `free` and the consumer's of
+/// `div_magic` were a fifth of the samples when they shared a line). A 128-byte descriptor that
+/// separated them always made `leak_steady` 1.3x slower (BENCHMARKS.md, issue 16).
 #[repr(C)]
 pub struct Page {
     pub free: *mut Block,
@@ -76,25 +85,28 @@ pub struct Page {
     allocs: AtomicU64,
     pub capacity: u32,
     pub reserved: u32,
-    pub class: u8,
-    pub slice_count: u8,
-    pub remote: RemoteList,
     pub start: *mut u8,
     pub next: *mut Page,
     pub prev: *mut Page,
-    pub delayed_next: *mut Page,
+    /// The link key (`guard`): the process key, copied here where the fast paths have it.
+    pub key: usize,
     /// `guard::divisor_magic(block_size)` while in use.
     pub div_magic: u64,
-    /// `guard::block_limit(block_size, capacity)` while in use, else 0 (no offset passes).
-    pub block_limit: u64,
     /// `block_limit` for a page of one slice, 0 for a longer one: `free`'s fast test takes the
     /// offset from the slice (`p mod SLICE_SIZE`, one instruction instead of two), which is
     /// the offset from the page only in a one-slice page; blocks of longer pages (over 8 KiB)
     /// are all tested on the slow path (`free_suspect`), against `start`.
     pub fast_limit: u64,
-    /// The link key (`guard`): the process key, copied here where the fast paths have it.
-    pub key: usize,
+    /// `guard::block_limit(block_size, capacity)` while in use, else 0 (no offset passes).
+    pub block_limit: u64,
+    pub remote: RemoteList,
+    pub delayed_next: *mut Page,
+    pub class: u8,
+    pub slice_count: u8,
 }
+
+const _: () = assert!(core::mem::size_of::<Page>() == 112);
+const _: () = assert!(core::mem::offset_of!(Page, div_magic) == 64);
 
 // SAFETY: the link is `delayed_next`, written only by the one remote free that clears the
 // page's flag, and read by the owner after taking the delayed list.
@@ -457,8 +469,37 @@ impl Page {
     }
 
     /// Moves blocks freed by other threads onto `free`. Returns how many.
+    ///
+    /// When `free` is empty (always, but for a heap tidied for its next thread), the taken list
+    /// becomes `free` as it is, counted by its head (`RemoteList::take_all_counted`), and no
+    /// block is read here: each is read when it is popped, by which time the program's own
+    /// work has overlapped the miss. Walking them cost one cross-core cache miss per block,
+    /// one after another (`perf` on `prodcons`: 86% of the owner's slow path). Their links
+    /// are then trusted as the links of blocks the owner freed are: the head's is tested by
+    /// `pop_checked`, and under `TIERMALLOC_SECURE=1` every link before it is followed.
     pub fn collect_remote(&mut self) -> u32 {
-        let mut list: *mut Block = self.remote.take_all();
+        let (list, taken) = self.remote.take_all_counted::<Block>();
+        if list.is_null() {
+            return 0;
+        }
+        let count = if self.free.is_null() {
+            self.free = list;
+            taken
+        } else {
+            self.append_remote(list)
+        };
+        // At most the blocks handed out: more only after an incorrect program's double free
+        // from another thread pushed a block of a retired incarnation of this page
+        // (`c-tests/double_free_race.c`), which must not wrap `used`.
+        self.used -= count.min(self.blocks_used());
+        count
+    }
+
+    /// Moves the blocks of taken remote list `list` onto `free` one by one, testing each link:
+    /// `collect_remote` when `free` holds blocks. Returns how many.
+    #[cold]
+    #[inline(never)]
+    fn append_remote(&mut self, mut list: *mut Block) -> u32 {
         let mut count = 0;
         while !list.is_null() {
             // SAFETY: taken blocks are ours; each link was written before its push.
@@ -482,10 +523,6 @@ impl Page {
             }
             count += 1;
         }
-        // At most the blocks handed out: more only after an incorrect program's double free
-        // from another thread pushed a block of a retired incarnation of this page
-        // (`c-tests/double_free_race.c`), which must not wrap `used`.
-        self.used -= count.min(self.blocks_used());
         count
     }
 

@@ -180,11 +180,11 @@ unsafe fn start(chain: &mut Chain, page: *mut Page, block: *mut Block, hand_back
 #[inline(never)]
 unsafe fn push(chain: &mut Chain, hand_back: unsafe fn(*mut Page)) {
     let page = chain.page;
-    chain.count = 0;
-    // SAFETY: the chain's blocks are dead blocks of `page`, linked first to last (invariant);
-    // a page's remote list accepts pushes from any thread.
+    let count = core::mem::take(&mut chain.count);
+    // SAFETY: the chain's blocks are `count` dead blocks of `page`, linked first to last
+    // (invariant); a page's remote list accepts pushes from any thread.
     unsafe {
-        if (*page).remote.push_chain(chain.first, chain.last) == Pushed::ClearedFlag {
+        if (*page).remote.push_chain(chain.first, chain.last, count) == Pushed::ClearedFlag {
             hand_back(page);
         }
     }
