@@ -38,8 +38,11 @@ pub const OVERRIDE_VAR: &str = "TIERMALLOC_TEST_PRELOAD";
 extern "C" {
     // libc's kill(2); std links libc, so no extra crate is needed. pid_t is i32 on Linux.
     fn kill(pid: i32, sig: i32) -> i32;
+    fn sysconf(name: i32) -> i64;
 }
 const SIGKILL: i32 = 9;
+/// `_SC_CLK_TCK` of glibc and musl on Linux.
+const SC_CLK_TCK: i32 = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Locating the library
@@ -318,9 +321,23 @@ pub fn show_cmd(cmd: &Command) -> String {
 /// the pipes) if it is not done within `timeout`, and then returns an error with the output's
 /// tails.
 pub fn run_with_timeout(
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Output, String> {
+    run_with_limits(cmd, stdin, timeout, None)
+}
+
+/// [`run_with_timeout`], and the group is also killed when the child itself (the group's
+/// leader) has used more than `cpu` of CPU time (user + system, from `/proc/PID/stat`, looked
+/// at once a second): a limit that means the same on an idle machine and on a loaded one, where
+/// a wall-clock limit tight enough to catch a spinning child would also kill one that only got
+/// a small share of the cores.
+pub fn run_with_limits(
     mut cmd: Command,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
+    cpu: Option<Duration>,
 ) -> Result<Output, String> {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -359,6 +376,7 @@ pub fn run_with_timeout(
 
     let mut status = None;
     let mut outs: [Option<Vec<u8>>; 2] = [None, None];
+    let mut cpu_checked = start;
     loop {
         if status.is_none() {
             status = child.try_wait().map_err(|e| format!("wait: {e}"))?;
@@ -369,7 +387,16 @@ pub fn run_with_timeout(
         if status.is_some() && outs.iter().all(Option::is_some) {
             break;
         }
-        if start.elapsed() > timeout {
+        let mut over = (start.elapsed() > timeout).then(|| format!("after {timeout:?}"));
+        if let (Some(limit), None) = (cpu, status) {
+            if cpu_checked.elapsed() >= Duration::from_secs(1) {
+                cpu_checked = Instant::now();
+                if let Some(used) = cpu_time(pid).filter(|used| *used > limit) {
+                    over = Some(format!("having used {used:.0?} of CPU (limit {limit:?})"));
+                }
+            }
+        }
+        if let Some(over) = over {
             // SAFETY (of the FFI call): plain kill(2) on the process group we created. The group
             // id cannot have been reused: either the leader is unreaped, or a member still holds
             // our pipes, and the kernel does not hand out a pid that is an active group id.
@@ -386,7 +413,7 @@ pub fn run_with_timeout(
                 }
             }
             return Err(format!(
-                "TIMED OUT after {timeout:?} (deadlock or livelock?): process group killed\n\
+                "TIMED OUT {over} (deadlock or livelock?): process group killed\n\
                  --- stdout (tail) ---\n{}\n--- stderr (tail) ---\n{}",
                 tail(outs[0].as_deref().unwrap_or_default(), 3000),
                 tail(outs[1].as_deref().unwrap_or_default(), 6000)
@@ -403,4 +430,17 @@ pub fn run_with_timeout(
         stderr: e.expect("stderr collected"),
         elapsed: start.elapsed(),
     })
+}
+
+/// The CPU time (user + system) process `pid` has used so far: fields 14 and 15 of
+/// `/proc/PID/stat`, in clock ticks. `None` once it is gone.
+fn cpu_time(pid: i32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY (of the FFI call): sysconf reads a constant of the C library.
+    let ticks = unsafe { sysconf(SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_millis((utime + stime) * 1000 / ticks))
 }
