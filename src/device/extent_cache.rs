@@ -285,12 +285,12 @@ impl ExtentCache {
         names(e, offset) && e & LIVE != 0
     }
 
-    /// Whether the extent at `offset` is a freed block waiting in a lane (the heap still
-    /// counts it allocated; it is no live block).
+    /// The length of the extent at `offset` if the table names it: `Some(Some(len))` while
+    /// its block is live, `Some(None)` while it waits in a lane; `None`: ask the heap.
     #[inline]
-    pub fn holds_freed(&self, offset: u64) -> bool {
+    pub fn named_len(&self, offset: u64) -> Option<Option<u64>> {
         let e = self.slot(offset).load(Ordering::Acquire);
-        names(e, offset) && e & LIVE == 0
+        names(e, offset).then(|| (e & LIVE != 0).then(|| len_of(e)))
     }
 
     /// Puts the freed extent `[offset, offset + len)` (`free` returned `Taken(len)`) in this
@@ -480,7 +480,7 @@ mod tests {
             cache.free(a),
             CacheFree::Refused(FreeError::DoubleFree)
         ));
-        assert!(cache.holds_freed(a) && !cache.holds_freed(b));
+        assert_eq!((cache.named_len(a), cache.named_len(b)), (Some(None), Some(Some(8192))));
         let mut evicted = Evicted::new();
         cache.push(a, 4992, &mut evicted);
         assert_eq!(evicted.n, 0);

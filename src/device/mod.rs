@@ -654,8 +654,11 @@ impl DeviceTier {
         let offset = self.offset_of(p)?;
         let len = match self.slabs.slot_len(offset) {
             Some(slot) => slot?,
-            None if self.freed_in_cache(offset) => return None,
-            None => self.heap.lock().allocated_len(offset)?,
+            // A cached-size extent's length is in the cache's table: no heap lock.
+            None => match self.cache_named_len(offset) {
+                Some(named) => named?,
+                None => self.heap.lock().allocated_len(offset)?,
+            },
         };
         Some((len - HEADER_SIZE) as usize)
     }
@@ -674,11 +677,16 @@ impl DeviceTier {
         }
     }
 
+    /// The extent cache's word on the extent at `offset`: see `ExtentCache::named_len`.
+    fn cache_named_len(&self, offset: u64) -> Option<Option<u64>> {
+        let cache = self.cache.as_ref().filter(|_| offset < self.region.len as u64)?;
+        cache.named_len(offset)
+    }
+
     /// Whether the extent at `offset` (in the region) holds a freed block waiting in the
     /// extent cache: allocated in the heap, but no live block.
     fn freed_in_cache(&self, offset: u64) -> bool {
-        offset < self.region.len as u64
-            && self.cache.as_ref().is_some_and(|c| c.holds_freed(offset))
+        self.cache_named_len(offset) == Some(None)
     }
 
     /// The offset of `p` from the region's start, if `p` lies in the region.
