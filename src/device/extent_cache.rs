@@ -36,7 +36,7 @@ use super::extent_heap::FreeError;
 use super::slabs::{Lane, LANES};
 use crate::os;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The shortest cached-size extent (header included).
 pub(crate) const MIN_LEN: u64 = 4096;
@@ -198,6 +198,9 @@ pub(crate) struct ExtentCache {
     cached: AtomicU64,
     /// The most bytes one lane holds.
     lane_budget: u64,
+    /// Whether frees and requests use the lanes: under best fit only (a cached extent is a
+    /// good fit, at most a quarter longer than asked; worst fit's point is the largest hole).
+    enabled: AtomicBool,
 }
 
 // SAFETY: the table is shared through atomics, the bins through the lane locks.
@@ -211,7 +214,7 @@ fn map_bytes(buckets: usize) -> usize {
 
 impl ExtentCache {
     /// The caches of a region of `region_len` bytes; `None` without host memory.
-    pub fn new(region_len: u64) -> Option<ExtentCache> {
+    pub fn new(region_len: u64, enabled: bool) -> Option<ExtentCache> {
         let buckets = region_len.div_ceil(BUCKET) as usize;
         // Zeroed memory is `buckets` absent entries.
         let table = os::map_anonymous(map_bytes(buckets))?.cast::<AtomicU64>();
@@ -230,7 +233,20 @@ impl ExtentCache {
             }; LANES],
             cached: AtomicU64::new(0),
             lane_budget: (region_len / 32).min(LANE_BYTES_MAX),
+            enabled: AtomicBool::new(enabled),
         })
+    }
+
+    /// Whether the lanes are in use (`enabled`).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Turns the lanes on or off (the tier's fit policy changed); the caller empties them
+    /// after turning them off.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
     }
 
     #[inline]
@@ -467,7 +483,7 @@ mod tests {
 
     #[test]
     fn a_second_free_is_refused_and_a_freed_extent_comes_back() {
-        let cache = ExtentCache::new(1 << 20).unwrap();
+        let cache = ExtentCache::new(1 << 20, true).unwrap();
         let (a, b) = (4096 + 32, 3 * 4096);
         cache.adopt(a, 5000 & !15);
         cache.adopt(b, 8192);
@@ -508,7 +524,7 @@ mod tests {
 
     #[test]
     fn a_full_bin_gives_its_older_half_back() {
-        let cache = ExtentCache::new(64 << 20).unwrap();
+        let cache = ExtentCache::new(64 << 20, true).unwrap();
         let mut evicted = Evicted::new();
         let offsets: std::vec::Vec<u64> = (1..=BIN_SLOTS as u64 + 1).map(|i| i * 8192).collect();
         for &o in &offsets {

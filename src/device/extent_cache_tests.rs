@@ -186,3 +186,29 @@ fn threads_share_cached_blocks() {
     assert_eq!(s.in_use, 0);
     assert_eq!(s.largest_free, s.capacity - HEADER_SIZE);
 }
+
+/// Worst fit takes the largest hole, so the lanes are off under it: turning it on gives their
+/// extents back to the heap, and a block allocated while they were on is still freed exactly
+/// once (its table entry forgotten), a second free refused.
+#[test]
+fn worst_fit_turns_the_lanes_off() {
+    let tier = open("cache-worst", ",size=16M");
+    let a = tier.alloc(9000, 16).unwrap();
+    let b = tier.alloc(9000, 16).unwrap();
+    tier.free(a).unwrap();
+    tier.set_fit(Fit::Worst);
+    assert_eq!(tier.cache.as_ref().unwrap().cached_bytes(), 0, "the lanes were emptied");
+    // Shorter than `a`'s hole: worst fit cuts it from the largest one, the space in front.
+    let c = tier.alloc(5000, 16).unwrap() as usize;
+    let in_a = (a as usize..a as usize + 9000).contains(&c);
+    assert!(!in_a, "worst fit took the cached block's hole");
+    let c = c as *mut u8;
+    tier.free(b).unwrap();
+    assert_eq!(tier.free(b), Err(FreeError::DoubleFree));
+    assert_eq!(tier.usable_size(b), None);
+    tier.free(c).unwrap();
+    tier.set_fit(Fit::Best);
+    let s = tier.stats();
+    assert_eq!(s.in_use, 0);
+    assert_eq!(s.largest_free, s.capacity - HEADER_SIZE);
+}

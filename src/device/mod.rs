@@ -159,7 +159,7 @@ impl DeviceTier {
             heap: spin::Mutex::new(heap),
             slabs,
             cache: match outside {
-                None => ExtentCache::new(region.len as u64),
+                None => ExtentCache::new(region.len as u64, spec.fit == Fit::Best),
                 Some(_) => None,
             },
             limit: spec.limit.unwrap_or(u64::MAX),
@@ -342,7 +342,7 @@ impl DeviceTier {
         let cache = self
             .cache
             .as_ref()
-            .filter(|_| extent_cache::cached_size(len, align));
+            .filter(|c| c.enabled() && extent_cache::cached_size(len, align));
         if let Some(cache) = cache {
             if let Some((offset, extent)) = cache.pop(len) {
                 self.write_header(offset, extent);
@@ -553,11 +553,8 @@ impl DeviceTier {
             SlabFree::Freed => {}
             SlabFree::Refused(error) => return Err(error),
             SlabFree::NotSlab => {
-                if let Some(cache) = self
-                    .cache
-                    .as_ref()
-                    .filter(|_| offset < self.region.len as u64)
-                {
+                let in_region = offset < self.region.len as u64;
+                if let Some(cache) = self.cache.as_ref().filter(|c| in_region && c.enabled()) {
                     match cache.free(offset) {
                         CacheFree::NotCached => {}
                         CacheFree::Refused(error) => return Err(error),
@@ -574,6 +571,14 @@ impl DeviceTier {
                 }
                 let mut heap = self.heap.lock();
                 heap.allocated(offset)?;
+                if let Some(cache) = self.cache.as_ref().filter(|_| in_region) {
+                    // A block allocated while the lanes were on (the fit changed since); one
+                    // still waiting in a lane was freed already.
+                    if cache.named_len(offset) == Some(None) {
+                        return Err(FreeError::DoubleFree);
+                    }
+                    cache.forget(offset);
+                }
                 // Before the heap frees the extent: once it does, another thread may make it
                 // a block and write its header there.
                 self.mark_free(offset);
@@ -822,6 +827,13 @@ impl DeviceTier {
     }
 
     pub fn set_fit(&self, fit: Fit) {
+        if let Some(cache) = &self.cache {
+            // The lanes serve best fit only (`extent_cache`).
+            cache.set_enabled(fit == Fit::Best);
+            if fit != Fit::Best {
+                self.drain_cache();
+            }
+        }
         self.heap.lock().set_fit(fit);
     }
 
