@@ -34,6 +34,7 @@
 
 use super::extent_heap::FreeError;
 use super::slabs::{Lane, LANES};
+use crate::lockfree::live_bit::{self, Cleared, LIVE};
 use crate::os;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,7 +61,6 @@ pub(crate) const PUSH_EVICTS: usize = BIN_SLOTS + 1;
 const LANE_BYTES_MAX: u64 = 4 << 20;
 
 const PRESENT: u64 = 1 << 63;
-const LIVE: u64 = 1 << 62;
 /// Entry bits: start within the bucket in granules (8 bits), then the length in granules.
 const START_BITS: u32 = 8;
 const GRANULE_SHIFT: u32 = 4;
@@ -279,18 +279,10 @@ impl ExtentCache {
     /// cached-size extent.
     #[inline]
     pub fn free(&self, offset: u64) -> CacheFree {
-        let slot = self.slot(offset);
-        let e = slot.load(Ordering::Acquire);
-        if !names(e, offset) {
-            return CacheFree::NotCached;
-        }
-        if e & LIVE == 0 {
-            return CacheFree::Refused(FreeError::DoubleFree);
-        }
-        match slot.compare_exchange(e, e & !LIVE, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => CacheFree::Taken(len_of(e)),
-            // Only a free of the same block racing with this one changes a live entry.
-            Err(_) => CacheFree::Refused(FreeError::DoubleFree),
+        match live_bit::clear(self.slot(offset), |e| names(e, offset)) {
+            Cleared::Now(e) => CacheFree::Taken(len_of(e)),
+            Cleared::Already => CacheFree::Refused(FreeError::DoubleFree),
+            Cleared::NotNamed => CacheFree::NotCached,
         }
     }
 
@@ -384,7 +376,7 @@ impl ExtentCache {
     /// Sets the live bit of the extent `pop` returned, its header written.
     #[inline]
     pub fn revive(&self, offset: u64) {
-        self.slot(offset).fetch_or(LIVE, Ordering::Release);
+        live_bit::set(self.slot(offset));
     }
 
     /// Takes the freed extent at `offset` out of whichever lane holds it, for the caller to
