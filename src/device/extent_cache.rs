@@ -4,24 +4,28 @@
 //! 16..65535-byte blocks, all of it on that lock and on heap metadata moving between cores).
 //!
 //! **Which extents.** A *cached-size* extent is one of `MIN_LEN..MAX_LEN` bytes holding one
-//! block (not a slab) of alignment 16. Each has an entry in `table`, one `AtomicU64` per
+//! block (not a slab) of alignment 16, on a tier under best fit (a cached extent is a good
+//! fit, less than a quarter longer than asked; worst fit's point is the largest hole, so the
+//! lanes are off under it, `set_enabled`). Each has an entry in `table`, one `AtomicU64` per
 //! 4 KiB bucket of the region, in the bucket of its start: extents of 4 KiB and more are at
 //! least 4 KiB apart, so no two share a bucket. The entry holds the extent's start within the
 //! bucket, its length and a *live bit*; nothing else writes it while the extent lives.
 //!
-//! **Free.** One compare-and-swap clears the live bit (a second free of the same block finds
+//! **Free.** One compare-and-swap clears the live bit (`lockfree::live_bit`; a second free of the same block finds
 //! it clear: a double free, refused before anything is written), the caller writes the
 //! header's state "free" (the device write of every free, as before), and the extent goes to
 //! this thread's lane, in the bin of its length. The heap still counts it allocated: nobody
 //! else can take it, and the device already holds its header with its size.
 //!
-//! **Alloc.** A request looks in the bin whose every extent is at least as long as it needs;
-//! a hit writes the whole header (its size is the extent's, unchanged since it was carved) and
+//! **Alloc.** A request looks in its own bin for an extent long enough (a block freed and
+//! asked for again at the same size), then in the bin above, whose every extent is; a hit
+//! writes the whole header (its size is the extent's, unchanged since it was carved) and
 //! sets the live bit. A miss goes to the heap as before.
 //!
 //! **Back to the heap, in batches.** A bin that is full, or a lane over its byte budget, gives
 //! the older half of the bin back to the heap under one heap lock (`Evicted`); so does
-//! `take_all` (statistics, a tier that ran out of room, tests). The entry is cleared under the
+//! `take_lane` (statistics, a tier that ran out of room or was switched to worst fit), and
+//! `withdraw` one extent (a block behind it grows in place into its space). The entry is cleared under the
 //! heap lock before the heap frees the extent, so a stale entry never names free space.
 //!
 //! **Crash order.** A cached extent is, on the device, a free extent with its own header
@@ -30,7 +34,8 @@
 //! as a block cut from free space without a split. No device byte is ever read.
 //!
 //! Lock order: a slab class's lock (a slab made while the lanes hold the room it needs), then
-//! a lane's, then the heap's; a lane's lock is never held while another lane's is taken.
+//! a lane's, then the heap's; a lane's lock is never held while another lane's is taken
+//! (but by `fork`'s prepare handler, which takes them all in order).
 
 use super::extent_heap::FreeError;
 use super::slabs::{Lane, LANES};
