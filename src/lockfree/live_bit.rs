@@ -8,7 +8,7 @@
 use crate::sync::{AtomicU64, Ordering};
 
 /// The live bit (bit 63 is left to the caller, to mark a word in use).
-pub const LIVE: u64 = 1 << 62;
+pub(crate) const LIVE: u64 = 1 << 62;
 
 /// What `clear` found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
