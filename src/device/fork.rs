@@ -93,10 +93,13 @@ pub fn register_fork_handlers() {
 }
 
 impl DeviceTier {
-    /// Takes the slab locks and the heap lock, in that order, and keeps them (`fork` prepare
-    /// handler).
+    /// Takes the slab locks, the extent cache's lane locks and the heap lock, in that order
+    /// (the tier's lock order), and keeps them (`fork` prepare handler).
     fn lock_for_fork(&self) {
         self.slabs.lock_all();
+        if let Some(cache) = &self.cache {
+            cache.lock_all();
+        }
         core::mem::forget(self.heap.lock());
     }
 
@@ -105,6 +108,9 @@ impl DeviceTier {
         // SAFETY: the prepare handler of this same fork took the lock and forgot its guard.
         unsafe { self.heap.force_unlock() };
         self.slabs.unlock_all();
+        if let Some(cache) = &self.cache {
+            cache.unlock_all();
+        }
     }
 
     /// Whether a `fork` now would share this tier's bytes with the child.

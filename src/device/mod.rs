@@ -20,6 +20,7 @@
 //! Room is left by name for `device/evacuate` (moving live blocks, same addresses).
 
 pub mod evacuate;
+pub(crate) mod extent_cache;
 pub mod extent_heap;
 pub mod fork;
 pub mod header;
@@ -38,6 +39,7 @@ use core::fmt::Write;
 use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, Ordering};
 use evacuate::{DeviceState, LiveExtents};
+use extent_cache::{CacheFree, Evicted, ExtentCache};
 use extent_heap::{Carved, ExtentHeap, FreeError, HeapStats};
 use persist::{media, owner, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
 use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
@@ -61,13 +63,18 @@ std::thread_local! {
 /// Invariants: the heap manages offsets `[0, region.len)`; an allocated extent at `off` is
 /// either a block, with its header at `region.base + off` and the block 16 bytes on, or a slab
 /// of `slabs` (its slots laid out the same way); the page map tags every chunk of
-/// `region.reserved` with this tier's kind. Lock order: a slab class's lock, then the heap's.
+/// `region.reserved` with this tier's kind. Lock order: a slab class's lock, then a lane of
+/// the extent cache, then the heap's.
 pub(crate) struct DeviceTier {
     pub kind: Kind,
     region: Region,
     heap: spin::Mutex<ExtentHeap>,
     /// Blocks of up to 4080 bytes, in slabs (`device_slabs`).
     slabs: Slabs,
+    /// Freed blocks of 4 KiB to 256 KiB kept per lane, and their live bits (`extent_cache`);
+    /// `None` for a tier lent its capacity (its extents go back to the pool) or when host
+    /// memory for its table could not be had.
+    cache: Option<ExtentCache>,
     /// The most bytes (extent lengths) this tier serves at once (`limit=`).
     limit: u64,
     /// Blocks allocated and freed outside slabs (slabs count their own).
@@ -153,6 +160,10 @@ impl DeviceTier {
             region,
             heap: spin::Mutex::new(heap),
             slabs,
+            cache: match outside {
+                None => ExtentCache::new(region.len as u64, spec.fit == Fit::Best),
+                Some(_) => None,
+            },
             limit: spec.limit.unwrap_or(u64::MAX),
             allocations: SharedCounter::new(),
             frees: SharedCounter::new(),
@@ -327,13 +338,62 @@ impl DeviceTier {
             }
             None => {
                 let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
-                let (offset, _) =
-                    self.alloc_extent(len, align as u64, HEADER_SIZE, STATE_ALLOCATED, |_| {})?;
+                let offset = self.alloc_block_extent(len, align as u64)?;
                 self.allocations.add(1);
                 offset
             }
         };
         Some((self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8)
+    }
+
+    /// The extent of a block outside the slabs, of at least `len` bytes (header included) for
+    /// a block aligned to `align`, its header written: from this thread's lane of the extent
+    /// cache when it holds one of that size (no heap lock), else from the heap.
+    fn alloc_block_extent(&self, len: u64, align: u64) -> Option<u64> {
+        let cache = self
+            .cache
+            .as_ref()
+            .filter(|c| c.enabled() && extent_cache::cached_size(len, align));
+        if let Some(cache) = cache {
+            if let Some((offset, extent)) = cache.pop(len) {
+                self.write_header(offset, extent);
+                cache.revive(offset);
+                return Some(offset);
+            }
+        }
+        let (offset, extent) =
+            self.alloc_extent(len, align, HEADER_SIZE, STATE_ALLOCATED, |_| {})?;
+        if let Some(cache) = cache.filter(|_| extent_cache::cached_size(extent, align)) {
+            cache.adopt(offset, extent);
+        }
+        Some(offset)
+    }
+
+    /// Gives every extent the lanes of the extent cache hold back to the heap (statistics, a
+    /// full tier).
+    fn drain_cache(&self) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        for lane in 0..slabs::LANES {
+            let mut evicted = Evicted::<{ extent_cache::LANE_SLOTS }>::new();
+            cache.take_lane(lane, &mut evicted);
+            self.free_cached(cache, evicted.as_slice());
+        }
+    }
+
+    /// Frees extents the cache gave back (their headers already say "free"), under one heap
+    /// lock.
+    fn free_cached(&self, cache: &ExtentCache, offsets: &[u64]) {
+        if offsets.is_empty() {
+            return;
+        }
+        let mut heap = self.heap.lock();
+        for &offset in offsets {
+            cache.forget(offset);
+            let freed = heap.free(offset);
+            debug_assert!(freed.is_ok(), "a cached extent is allocated in the heap");
+        }
     }
 
     /// Writes the header of the live block whose extent (or slot) of `extent` bytes starts at
@@ -404,14 +464,32 @@ impl DeviceTier {
             }
         }
         let mut claim = Some(claim);
+        // Full or at `limit=` while the extent cache holds freed blocks: they go back to the
+        // heap, then once more.
+        let mut may_drain = self.cache.is_some();
+        let mut drain = |heap: spin::MutexGuard<'_, ExtentHeap>| {
+            drop(heap);
+            let cached = self.cache.as_ref().is_some_and(|c| c.cached_bytes() > 0);
+            let again = core::mem::take(&mut may_drain) && cached;
+            if again {
+                self.drain_cache();
+            }
+            again
+        };
         loop {
             let mut heap = self.heap.lock();
             if self.over_limit(heap.in_use().saturating_add(len)) {
+                if drain(heap) {
+                    continue;
+                }
                 return None;
             }
             if let Some(carved) = heap.alloc_carved(len, align, prefix) {
                 if self.over_limit(heap.in_use()) {
                     let _ = heap.free(carved.offset);
+                    if drain(heap) {
+                        continue;
+                    }
                     return None;
                 }
                 if let Some(claim) = claim.take() {
@@ -423,7 +501,9 @@ impl DeviceTier {
                 self.publish(&carved, state);
                 return Some((carved.offset, carved.len));
             }
-            drop(heap);
+            if drain(heap) {
+                continue;
+            }
             // Full: a tier lent its capacity asks for one more extent, then tries again.
             match &self.outside {
                 Some(outside) if self.receive_extent(outside) => {}
@@ -485,8 +565,32 @@ impl DeviceTier {
             SlabFree::Freed => {}
             SlabFree::Refused(error) => return Err(error),
             SlabFree::NotSlab => {
+                let in_region = offset < self.region.len as u64;
+                if let Some(cache) = self.cache.as_ref().filter(|c| in_region && c.enabled()) {
+                    match cache.free(offset) {
+                        CacheFree::NotCached => {}
+                        CacheFree::Refused(error) => return Err(error),
+                        CacheFree::Taken(len) => {
+                            // The block is ours until the heap gets it back: its state first.
+                            self.mark_free(offset);
+                            let mut evicted = Evicted::<{ extent_cache::PUSH_EVICTS }>::new();
+                            cache.push(offset, len, &mut evicted);
+                            self.free_cached(cache, evicted.as_slice());
+                            self.frees.add(1);
+                            return Ok(());
+                        }
+                    }
+                }
                 let mut heap = self.heap.lock();
                 heap.allocated(offset)?;
+                if let Some(cache) = self.cache.as_ref().filter(|_| in_region) {
+                    // A block allocated while the lanes were on (the fit changed since); one
+                    // still waiting in a lane was freed already.
+                    if cache.named_len(offset) == Some(None) {
+                        return Err(FreeError::DoubleFree);
+                    }
+                    cache.forget(offset);
+                }
                 // Before the heap frees the extent: once it does, another thread may make it
                 // a block and write its header there.
                 self.mark_free(offset);
@@ -529,6 +633,10 @@ impl DeviceTier {
         let Some(len) = (size.max(1) as u64).checked_add(HEADER_SIZE) else {
             return false;
         };
+        if len > old as u64 + HEADER_SIZE {
+            // A freed block right behind that waits in a lane is free space to grow into.
+            self.withdraw_from_cache(offset + old as u64 + HEADER_SIZE);
+        }
         let mut heap = self.heap.lock();
         let Ok(old) = heap.allocated(offset) else {
             return false;
@@ -539,6 +647,15 @@ impl DeviceTier {
         let Some((extent, behind)) = heap.resize_carved(offset, len) else {
             return false;
         };
+        if let Some(cache) = &self.cache {
+            // A cached-size block stays one at its new length only if the table named it.
+            if cache.names_live(offset) {
+                cache.forget(offset);
+                if extent_cache::cached_size(extent, GRANULE) {
+                    cache.adopt(offset, extent);
+                }
+            }
+        }
         // Under the heap lock, the free extent behind first (`publish`).
         let backing = self.backing();
         if let Some((start, len)) = behind {
@@ -554,9 +671,39 @@ impl DeviceTier {
         let offset = self.offset_of(p)?;
         let len = match self.slabs.slot_len(offset) {
             Some(slot) => slot?,
-            None => self.heap.lock().allocated_len(offset)?,
+            // A cached-size extent's length is in the cache's table: no heap lock.
+            None => match self.cache_named_len(offset) {
+                Some(named) => named?,
+                None => self.heap.lock().allocated_len(offset)?,
+            },
         };
         Some((len - HEADER_SIZE) as usize)
+    }
+
+    /// Gives the extent at `offset` back to the heap if it is a freed block waiting in a lane
+    /// of the extent cache (not while another thread takes it from there).
+    fn withdraw_from_cache(&self, offset: u64) {
+        if let Some(cache) = self
+            .cache
+            .as_ref()
+            .filter(|_| offset < self.region.len as u64)
+        {
+            if cache.withdraw(offset) {
+                self.free_cached(cache, &[offset]);
+            }
+        }
+    }
+
+    /// The extent cache's word on the extent at `offset`: see `ExtentCache::named_len`.
+    fn cache_named_len(&self, offset: u64) -> Option<Option<u64>> {
+        let cache = self.cache.as_ref().filter(|_| offset < self.region.len as u64)?;
+        cache.named_len(offset)
+    }
+
+    /// Whether the extent at `offset` (in the region) holds a freed block waiting in the
+    /// extent cache: allocated in the heap, but no live block.
+    fn freed_in_cache(&self, offset: u64) -> bool {
+        self.cache_named_len(offset) == Some(None)
     }
 
     /// The offset of `p` from the region's start, if `p` lies in the region.
@@ -644,6 +791,9 @@ impl DeviceTier {
                 }
                 continue;
             }
+            if self.freed_in_cache(offset) {
+                continue;
+            }
             return Some(block(offset));
         }
     }
@@ -689,6 +839,13 @@ impl DeviceTier {
     }
 
     pub fn set_fit(&self, fit: Fit) {
+        if let Some(cache) = &self.cache {
+            // The lanes serve best fit only (`extent_cache`).
+            cache.set_enabled(fit == Fit::Best);
+            if fit != Fit::Best {
+                self.drain_cache();
+            }
+        }
         self.heap.lock().set_fit(fit);
     }
 
@@ -704,6 +861,8 @@ impl DeviceTier {
 
     /// The tier's figures for a statistics report.
     pub fn figures(&self) -> DeviceFigures {
+        // Exact figures: freed blocks waiting in the lanes are free space of the heap again.
+        self.drain_cache();
         let h = self.heap.lock().stats();
         self.figures_of(h, self.slabs.totals())
     }
@@ -740,8 +899,13 @@ impl DeviceTier {
         h.capacity = h.capacity.saturating_sub(self.overhead());
         h.in_use = h.in_use.saturating_sub(self.overhead());
         let capacity = h.capacity.min(self.limit);
-        // Slabs are allocated extents; their slots without a live block are not in use.
-        let in_use = h.in_use.saturating_sub(slabs.idle_bytes);
+        // Slabs are allocated extents; their slots without a live block are not in use, nor
+        // are the freed extents the cache holds.
+        let cached = self.cache.as_ref().map_or(0, ExtentCache::cached_bytes);
+        let in_use = h
+            .in_use
+            .saturating_sub(slabs.idle_bytes)
+            .saturating_sub(cached);
         TierStats {
             capacity,
             in_use,
@@ -980,3 +1144,5 @@ impl Drop for DeviceTier {
 mod tests;
 #[cfg(test)]
 mod lane_tests;
+#[cfg(test)]
+mod extent_cache_tests;

@@ -34,8 +34,7 @@ use crate::os;
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, Ordering};
-pub(crate) use lane::Lane;
-use lane::LANES;
+pub(crate) use lane::{Lane, LANES};
 
 pub(crate) mod lane;
 

@@ -1,0 +1,535 @@
+//! Per-lane caches of freed extents of 4 KiB to 256 KiB, and the live bit of every such
+//! extent, so that a device block of that size is freed and allocated again without the
+//! tier's heap lock (two threads on one tier paid 7.5-7.9x one thread's time per pair on
+//! 16..65535-byte blocks, all of it on that lock and on heap metadata moving between cores).
+//!
+//! **Which extents.** A *cached-size* extent is one of `MIN_LEN..MAX_LEN` bytes holding one
+//! block (not a slab) of alignment 16, on a tier under best fit (a cached extent is a good
+//! fit, less than a quarter longer than asked; worst fit's point is the largest hole, so the
+//! lanes are off under it, `set_enabled`). Each has an entry in `table`, one `AtomicU64` per
+//! 4 KiB bucket of the region, in the bucket of its start: extents of 4 KiB and more are at
+//! least 4 KiB apart, so no two share a bucket. The entry holds the extent's start within the
+//! bucket, its length and a *live bit*; nothing else writes it while the extent lives.
+//!
+//! **Free.** One compare-and-swap clears the live bit (`lockfree::live_bit`; a second free of the same block finds
+//! it clear: a double free, refused before anything is written), the caller writes the
+//! header's state "free" (the device write of every free, as before), and the extent goes to
+//! this thread's lane, in the bin of its length. The heap still counts it allocated: nobody
+//! else can take it, and the device already holds its header with its size.
+//!
+//! **Alloc.** A request looks in its own bin for an extent long enough (a block freed and
+//! asked for again at the same size), then in the bin above, whose every extent is; a hit
+//! writes the whole header (its size is the extent's, unchanged since it was carved) and
+//! sets the live bit. A miss goes to the heap as before.
+//!
+//! **Back to the heap, in batches.** A bin that is full, or a lane over its byte budget, gives
+//! the older half of the bin back to the heap under one heap lock (`Evicted`); so does
+//! `take_lane` (statistics, a tier that ran out of room or was switched to worst fit), and
+//! `withdraw` one extent (a block behind it grows in place into its space). The entry is cleared under the
+//! heap lock before the heap frees the extent, so a stale entry never names free space.
+//!
+//! **Crash order.** A cached extent is, on the device, a free extent with its own header
+//! (state "free", size unchanged), exactly what a free wrote before; recovery merges it with
+//! free neighbours as it always did. A hit writes one 16-byte header over it, the same store
+//! as a block cut from free space without a split. No device byte is ever read.
+//!
+//! Lock order: a slab class's lock (a slab made while the lanes hold the room it needs), then
+//! a lane's, then the heap's; a lane's lock is never held while another lane's is taken
+//! (but by `fork`'s prepare handler, which takes them all in order).
+
+use super::extent_heap::FreeError;
+use super::slabs::{Lane, LANES};
+use crate::lockfree::live_bit::{self, Cleared, LIVE};
+use crate::os;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// The shortest cached-size extent (header included).
+pub(crate) const MIN_LEN: u64 = 4096;
+/// Cached-size extents are shorter than this.
+pub(crate) const MAX_LEN: u64 = 256 << 10;
+/// Bytes of the region per table entry: at most one cached-size extent starts in each.
+const BUCKET: u64 = MIN_LEN;
+/// Bins per doubling of the length: an extent taken from a bin is less than a quarter longer
+/// than the request (it is in the bin above the request's, whose bins are an eighth apart).
+const STEPS: u32 = 8;
+/// Bins: `STEPS` per doubling from `MIN_LEN` to `MAX_LEN`.
+pub(crate) const BINS: usize =
+    (STEPS * (MAX_LEN.trailing_zeros() - MIN_LEN.trailing_zeros())) as usize;
+/// Extents a bin holds.
+const BIN_SLOTS: usize = 8;
+/// The most extents a lane holds (`take_lane` gives back at most this many).
+pub(crate) const LANE_SLOTS: usize = BINS * BIN_SLOTS;
+/// The most extents one `push` gives back.
+pub(crate) const PUSH_EVICTS: usize = BIN_SLOTS + 1;
+/// The most bytes a lane holds, whatever the tier's size.
+const LANE_BYTES_MAX: u64 = 4 << 20;
+
+const PRESENT: u64 = 1 << 63;
+/// Entry bits: start within the bucket in granules (8 bits), then the length in granules.
+const START_BITS: u32 = 8;
+const GRANULE_SHIFT: u32 = 4;
+
+const _: () = assert!(BUCKET >> GRANULE_SHIFT <= 1 << START_BITS);
+const _: () = assert!(BINS == 48);
+
+/// The bin of an extent of `len` bytes (`MIN_LEN..MAX_LEN`): the largest bin whose lower
+/// bound is at most `len`.
+#[inline]
+fn bin_floor(len: u64) -> usize {
+    let log = 63 - len.leading_zeros();
+    let step = (len >> (log - STEPS.trailing_zeros())) & (STEPS as u64 - 1);
+    ((log - MIN_LEN.trailing_zeros()) * STEPS) as usize + step as usize
+}
+
+/// The shortest length of bin `bin`.
+#[inline]
+fn bin_low(bin: usize) -> u64 {
+    let (doubling, step) = (bin as u32 / STEPS, bin as u64 % STEPS as u64);
+    (STEPS as u64 + step) << (MIN_LEN.trailing_zeros() + doubling - STEPS.trailing_zeros())
+}
+
+/// The bin whose every extent is at least `want` bytes long, if there is one.
+#[inline]
+fn bin_ceil(want: u64) -> Option<usize> {
+    if !(MIN_LEN..MAX_LEN).contains(&want) {
+        return None;
+    }
+    let bin = bin_floor(want);
+    let bin = if bin_low(bin) == want { bin } else { bin + 1 };
+    (bin < BINS).then_some(bin)
+}
+
+/// Whether an extent of `len` bytes holding a block of alignment `align` is cached-size.
+#[inline]
+pub(crate) fn cached_size(len: u64, align: u64) -> bool {
+    align <= 1 << GRANULE_SHIFT && (MIN_LEN..MAX_LEN).contains(&len)
+}
+
+#[inline]
+fn entry(offset: u64, len: u64, live: bool) -> u64 {
+    PRESENT
+        | if live { LIVE } else { 0 }
+        | (len >> GRANULE_SHIFT) << START_BITS
+        | (offset % BUCKET) >> GRANULE_SHIFT
+}
+
+/// Whether `e` is the entry of the extent starting at `offset`.
+#[inline]
+fn names(e: u64, offset: u64) -> bool {
+    e & PRESENT != 0 && e & ((1 << START_BITS) - 1) == (offset % BUCKET) >> GRANULE_SHIFT
+}
+
+#[inline]
+fn len_of(e: u64) -> u64 {
+    ((e & !(PRESENT | LIVE)) >> START_BITS) << GRANULE_SHIFT
+}
+
+/// One bin: `n` cached extents, oldest first, each as its offset and its length in granules
+/// (`packed`), so that a request searches a bin without touching the table.
+#[derive(Clone, Copy)]
+struct Bin {
+    n: u32,
+    extents: [u64; BIN_SLOTS],
+}
+
+/// Bits of a bin's entry that hold the length in granules (lengths are below `MAX_LEN`).
+const LEN_BITS: u32 = 16;
+const _: () = assert!(MAX_LEN >> GRANULE_SHIFT <= 1 << LEN_BITS);
+
+#[inline]
+fn packed(offset: u64, len: u64) -> u64 {
+    offset << LEN_BITS | len >> GRANULE_SHIFT
+}
+
+#[inline]
+fn unpacked(e: u64) -> (u64, u64) {
+    (e >> LEN_BITS, (e & ((1 << LEN_BITS) - 1)) << GRANULE_SHIFT)
+}
+
+/// One lane's bins. A cache line apart from the next lane's.
+#[repr(align(64))]
+struct LaneCache {
+    bins: [Bin; BINS],
+    /// Bytes of the extents in the bins.
+    bytes: u64,
+}
+
+/// Extents to give back to the heap (the caller does, under the heap lock: `ExtentCache::forget`
+/// then `ExtentHeap::free` for each).
+pub(crate) struct Evicted<const N: usize> {
+    n: usize,
+    offsets: [u64; N],
+}
+
+impl<const N: usize> Evicted<N> {
+    pub const fn new() -> Evicted<N> {
+        Evicted {
+            n: 0,
+            offsets: [0; N],
+        }
+    }
+
+    fn push(&mut self, offset: u64) {
+        self.offsets[self.n] = offset;
+        self.n += 1;
+    }
+
+    pub fn as_slice(&self) -> &[u64] {
+        &self.offsets[..self.n]
+    }
+}
+
+/// What a free found in the table.
+pub(crate) enum CacheFree {
+    /// Not a cached-size extent's start: the heap decides, under its lock.
+    NotCached,
+    /// The live bit was cleared: the caller owns the extent of this length and must `push` it.
+    Taken(u64),
+    Refused(FreeError),
+}
+
+/// The caches and live bits of one device tier. `table` maps `buckets` zeroed entries.
+///
+/// Invariants: a table entry is present exactly while the heap holds its extent allocated
+/// (set after the heap hands the extent out, cleared under the heap lock before the heap
+/// frees it); its live bit is clear exactly while the extent sits in a lane's bin; a lane's
+/// `bytes` is the sum of its extents' lengths, and `cached` that of every lane.
+pub(crate) struct ExtentCache {
+    table: NonNull<AtomicU64>,
+    buckets: usize,
+    lanes: [spin::Mutex<LaneCache>; LANES],
+    /// Bytes in every lane, for statistics (read without a lane lock).
+    cached: AtomicU64,
+    /// The most bytes one lane holds.
+    lane_budget: u64,
+    /// Whether frees and requests use the lanes: under best fit only (a cached extent is a
+    /// good fit, at most a quarter longer than asked; worst fit's point is the largest hole).
+    enabled: AtomicBool,
+}
+
+// SAFETY: the table is shared through atomics, the bins through the lane locks.
+unsafe impl Send for ExtentCache {}
+// SAFETY: as above.
+unsafe impl Sync for ExtentCache {}
+
+fn map_bytes(buckets: usize) -> usize {
+    os::page_round(buckets.max(1) * core::mem::size_of::<AtomicU64>())
+}
+
+impl ExtentCache {
+    /// The caches of a region of `region_len` bytes; `None` without host memory.
+    pub fn new(region_len: u64, enabled: bool) -> Option<ExtentCache> {
+        let buckets = region_len.div_ceil(BUCKET) as usize;
+        // Zeroed memory is `buckets` absent entries.
+        let table = os::map_anonymous(map_bytes(buckets))?.cast::<AtomicU64>();
+        const EMPTY: Bin = Bin {
+            n: 0,
+            extents: [0; BIN_SLOTS],
+        };
+        Some(ExtentCache {
+            table,
+            buckets,
+            lanes: [const {
+                spin::Mutex::new(LaneCache {
+                    bins: [EMPTY; BINS],
+                    bytes: 0,
+                })
+            }; LANES],
+            cached: AtomicU64::new(0),
+            lane_budget: (region_len / 32).min(LANE_BYTES_MAX),
+            enabled: AtomicBool::new(enabled),
+        })
+    }
+
+    /// Whether the lanes are in use (`enabled`).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Turns the lanes on or off (the tier's fit policy changed); the caller empties them
+    /// after turning them off.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn slot(&self, offset: u64) -> &AtomicU64 {
+        let i = (offset / BUCKET) as usize;
+        debug_assert!(i < self.buckets);
+        // SAFETY: `offset` lies in the region, so its bucket is one of the table's.
+        unsafe { &*self.table.as_ptr().add(i) }
+    }
+
+    /// Records the extent `[offset, offset + len)` just allocated from the heap (cached-size,
+    /// see `cached_size`) as live. The caller holds it; nothing else names its bucket.
+    #[inline]
+    pub fn adopt(&self, offset: u64, len: u64) {
+        self.slot(offset)
+            .store(entry(offset, len, true), Ordering::Release);
+    }
+
+    /// Forgets the extent at `offset` if the table names it (before the heap frees it or
+    /// changes its length; under the heap lock).
+    #[inline]
+    pub fn forget(&self, offset: u64) {
+        let slot = self.slot(offset);
+        if names(slot.load(Ordering::Relaxed), offset) {
+            slot.store(0, Ordering::Release);
+        }
+    }
+
+    /// A free of the block whose extent starts at `offset`: clears its live bit if it is a
+    /// cached-size extent.
+    #[inline]
+    pub fn free(&self, offset: u64) -> CacheFree {
+        match live_bit::clear(self.slot(offset), |e| names(e, offset)) {
+            Cleared::Now(e) => CacheFree::Taken(len_of(e)),
+            Cleared::Already => CacheFree::Refused(FreeError::DoubleFree),
+            Cleared::NotNamed => CacheFree::NotCached,
+        }
+    }
+
+    /// Whether the table names the extent at `offset` as a live block.
+    #[inline]
+    pub fn names_live(&self, offset: u64) -> bool {
+        let e = self.slot(offset).load(Ordering::Acquire);
+        names(e, offset) && e & LIVE != 0
+    }
+
+    /// The length of the extent at `offset` if the table names it: `Some(Some(len))` while
+    /// its block is live, `Some(None)` while it waits in a lane; `None`: ask the heap.
+    #[inline]
+    pub fn named_len(&self, offset: u64) -> Option<Option<u64>> {
+        let e = self.slot(offset).load(Ordering::Acquire);
+        names(e, offset).then(|| (e & LIVE != 0).then(|| len_of(e)))
+    }
+
+    /// Puts the freed extent `[offset, offset + len)` (`free` returned `Taken(len)`) in this
+    /// thread's lane; fills `evicted` with what the lane gives back to the heap to make room.
+    pub fn push(&self, offset: u64, len: u64, evicted: &mut Evicted<PUSH_EVICTS>) {
+        let mut lane = self.lanes[Lane::of_this_thread().0 as usize].lock();
+        let lane = &mut *lane;
+        let bin = &mut lane.bins[bin_floor(len)];
+        if bin.n as usize == BIN_SLOTS || lane.bytes + len > self.lane_budget {
+            // The older half back to the heap (the whole bin if the lane is over budget).
+            let keep = if bin.n as usize == BIN_SLOTS {
+                BIN_SLOTS / 2
+            } else {
+                0
+            };
+            let give = bin.n as usize - keep.min(bin.n as usize);
+            let mut bytes = 0;
+            for &e in &bin.extents[..give] {
+                let (off, len) = unpacked(e);
+                bytes += len;
+                evicted.push(off);
+            }
+            bin.extents.copy_within(give..bin.n as usize, 0);
+            bin.n -= give as u32;
+            lane.bytes -= bytes;
+            self.cached.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        if bin.n as usize == BIN_SLOTS || lane.bytes + len > self.lane_budget {
+            // Still no room (a budget smaller than this bin's extents): this one goes back too.
+            evicted.push(offset);
+            return;
+        }
+        bin.extents[bin.n as usize] = packed(offset, len);
+        bin.n += 1;
+        lane.bytes += len;
+        self.cached.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// A freed extent of at least `want` bytes (`MIN_LEN..MAX_LEN`) from this thread's lane:
+    /// the newest long enough in `want`'s own bin (a block freed and asked for again at the
+    /// same size), else the newest of the bin above, whose every extent is long enough.
+    /// `(offset, length)`; its live bit stays clear until `revive`.
+    #[inline]
+    pub fn pop(&self, want: u64) -> Option<(u64, u64)> {
+        let above = bin_ceil(want)?;
+        let own = bin_floor(want);
+        let mut lane = self.lanes[Lane::of_this_thread().0 as usize].lock();
+        let lane = &mut *lane;
+        let mut found = None;
+        if own != above {
+            let b = &mut lane.bins[own];
+            if let Some(i) = (0..b.n as usize)
+                .rev()
+                .find(|&i| unpacked(b.extents[i]).1 >= want)
+            {
+                found = Some(unpacked(b.extents[i]));
+                b.extents.copy_within(i + 1..b.n as usize, i);
+                b.n -= 1;
+            }
+        }
+        if found.is_none() {
+            let b = &mut lane.bins[above];
+            if b.n == 0 {
+                return None;
+            }
+            b.n -= 1;
+            found = Some(unpacked(b.extents[b.n as usize]));
+        }
+        let (offset, len) = found?;
+        lane.bytes -= len;
+        self.cached.fetch_sub(len, Ordering::Relaxed);
+        Some((offset, len))
+    }
+
+    /// Sets the live bit of the extent `pop` returned, its header written.
+    #[inline]
+    pub fn revive(&self, offset: u64) {
+        live_bit::set(self.slot(offset));
+    }
+
+    /// Takes the freed extent at `offset` out of whichever lane holds it, for the caller to
+    /// give back to the heap (a block behind it grows into its space); false if no lane holds
+    /// it (no freed extent there, or another thread is taking it).
+    pub fn withdraw(&self, offset: u64) -> bool {
+        let e = self.slot(offset).load(Ordering::Acquire);
+        if !names(e, offset) || e & LIVE != 0 {
+            return false;
+        }
+        let len = len_of(e);
+        let want = packed(offset, len);
+        for lane in &self.lanes {
+            let mut lane = lane.lock();
+            let lane = &mut *lane;
+            let b = &mut lane.bins[bin_floor(len)];
+            if let Some(i) = b.extents[..b.n as usize].iter().position(|&x| x == want) {
+                b.extents.copy_within(i + 1..b.n as usize, i);
+                b.n -= 1;
+                lane.bytes -= len;
+                self.cached.fetch_sub(len, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Empties lane `lane` into `evicted`.
+    pub fn take_lane(&self, lane: usize, evicted: &mut Evicted<LANE_SLOTS>) {
+        let mut lane = self.lanes[lane].lock();
+        let lane = &mut *lane;
+        for bin in lane.bins.iter_mut() {
+            for &e in &bin.extents[..bin.n as usize] {
+                evicted.push(unpacked(e).0);
+            }
+            bin.n = 0;
+        }
+        self.cached.fetch_sub(lane.bytes, Ordering::Relaxed);
+        lane.bytes = 0;
+    }
+
+    /// Bytes of freed extents waiting in the lanes.
+    #[inline]
+    pub fn cached_bytes(&self) -> u64 {
+        self.cached.load(Ordering::Relaxed)
+    }
+
+    /// Takes every lane lock and keeps it (`fork` prepare handler).
+    pub fn lock_all(&self) {
+        for lane in &self.lanes {
+            core::mem::forget(lane.lock());
+        }
+    }
+
+    /// Releases the locks `lock_all` kept.
+    pub fn unlock_all(&self) {
+        for lane in &self.lanes {
+            // SAFETY: `lock_all` of this same fork took the lock and forgot its guard.
+            unsafe { lane.force_unlock() };
+        }
+    }
+}
+
+impl Drop for ExtentCache {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new` with this length; nothing uses it any more.
+        unsafe { os::unmap(self.table.as_ptr().cast(), map_bytes(self.buckets)) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_bound_their_extents() {
+        for len in (MIN_LEN..MAX_LEN).step_by(16) {
+            let floor = bin_floor(len);
+            assert!(floor < BINS);
+            assert!(bin_low(floor) <= len, "{len} in bin {floor}");
+            if floor + 1 < BINS {
+                assert!(len < bin_low(floor + 1), "{len} in bin {floor}");
+            }
+            if let Some(ceil) = bin_ceil(len) {
+                // Every extent of that bin is long enough, and less than a quarter too long.
+                assert!(bin_low(ceil) >= len);
+                if ceil + 1 < BINS {
+                    assert!(bin_low(ceil + 1) <= len + len / 4, "{len}: bin {ceil}");
+                }
+            }
+        }
+        assert_eq!(bin_ceil(MIN_LEN), Some(0));
+        assert_eq!(bin_ceil(MIN_LEN - 16), None);
+        assert_eq!(bin_ceil(MAX_LEN), None);
+    }
+
+    #[test]
+    fn a_second_free_is_refused_and_a_freed_extent_comes_back() {
+        let cache = ExtentCache::new(1 << 20, true).unwrap();
+        let (a, b) = (4096 + 32, 3 * 4096);
+        cache.adopt(a, 5000 & !15);
+        cache.adopt(b, 8192);
+        assert!(
+            matches!(cache.free(a + 16), CacheFree::NotCached),
+            "not a start"
+        );
+        assert!(matches!(cache.free(a), CacheFree::Taken(4992)));
+        assert!(matches!(
+            cache.free(a),
+            CacheFree::Refused(FreeError::DoubleFree)
+        ));
+        assert_eq!((cache.named_len(a), cache.named_len(b)), (Some(None), Some(Some(8192))));
+        let mut evicted = Evicted::new();
+        cache.push(a, 4992, &mut evicted);
+        assert_eq!(evicted.n, 0);
+        let mut all = Evicted::new();
+        assert_eq!(cache.cached_bytes(), 4992);
+        assert_eq!(cache.pop(5000), None, "4992 bytes do not hold 5000");
+        assert_eq!(cache.pop(4992 - 16 * 12), Some((a, 4992)), "its own bin");
+        cache.revive(a);
+        assert!(matches!(cache.free(a), CacheFree::Taken(4992)));
+        cache.push(a, 4992, &mut evicted);
+        assert_eq!(
+            cache.pop(4096 + 16),
+            Some((a, 4992)),
+            "the bin above the request's"
+        );
+        cache.revive(a);
+        assert!(matches!(cache.free(a), CacheFree::Taken(4992)));
+        cache.push(a, 4992, &mut evicted);
+        cache.take_lane(Lane::of_this_thread().0 as usize, &mut all);
+        assert_eq!(all.as_slice(), &[a]);
+        assert_eq!(cache.cached_bytes(), 0);
+        cache.forget(a);
+        assert!(matches!(cache.free(a), CacheFree::NotCached));
+    }
+
+    #[test]
+    fn a_full_bin_gives_its_older_half_back() {
+        let cache = ExtentCache::new(64 << 20, true).unwrap();
+        let mut evicted = Evicted::new();
+        let offsets: std::vec::Vec<u64> = (1..=BIN_SLOTS as u64 + 1).map(|i| i * 8192).collect();
+        for &o in &offsets {
+            cache.adopt(o, 4096);
+            assert!(matches!(cache.free(o), CacheFree::Taken(4096)));
+            cache.push(o, 4096, &mut evicted);
+        }
+        assert_eq!(evicted.as_slice(), &offsets[..BIN_SLOTS / 2]);
+        assert_eq!(cache.cached_bytes(), 4096 * (BIN_SLOTS as u64 / 2 + 1));
+    }
+}
