@@ -43,26 +43,35 @@ pub(crate) fn wait_while_equal(word: &AtomicU32, value: u32) {
 
 /// Wakes every thread sleeping in `wait_while_equal` on `word`; call it after changing the word.
 pub(crate) fn wake_all(word: &AtomicU32) {
+    wake(word, i32::MAX);
+}
+
+/// Wakes one thread sleeping in `wait_while_equal` on `word` (a lock's next holder).
+pub(crate) fn wake_one(word: &AtomicU32) {
+    wake(word, 1);
+}
+
+fn wake(word: &AtomicU32, threads: i32) {
     // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE only wakes sleepers on its address.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
+            threads,
         );
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
 
     /// Pins the calling thread to CPU 0 and makes it SCHED_FIFO at `priority`; false if the
     /// system refuses (not root, no RT budget in this cgroup).
-    fn fifo_on_cpu0(priority: i32) -> bool {
+    pub(crate) fn fifo_on_cpu0(priority: i32) -> bool {
         // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and the calls get valid pointers
         // and act on the calling thread (0).
         unsafe {
@@ -76,6 +85,60 @@ mod tests {
         }
     }
 
+    /// Runs `low` on a thread at SCHED_FIFO 1 and then `high` on one at SCHED_FIFO 2, both
+    /// pinned to CPU 0, and fails unless `high` returns within 2 s. `high` waits for something
+    /// `low` does, which `low` can only do while `high` sleeps: a spinning or yielding wait in
+    /// `high` livelocks CPU 0. The calling thread (normal policy, any CPU) is the watchdog:
+    /// past the deadline it calls `rescue` to end `high`'s wait, so a broken wait fails the
+    /// test instead of holding CPU 0 for long. Skipped with a line where SCHED_FIFO is
+    /// refused. Both threads are real-time before `high` waits, so neither needs the CFS time
+    /// on CPU 0 that real-time throttling leaves.
+    pub(crate) fn lower_priority_thread_on_cpu0_must_run(
+        low: fn(),
+        high: fn(),
+        rescue: fn(),
+    ) {
+        static LOW_READY: AtomicU32 = AtomicU32::new(0); // 1 ready, 2 refused
+        static HIGH_FIFO: AtomicBool = AtomicBool::new(false);
+        LOW_READY.store(0, Ordering::Release);
+        let low_thread = std::thread::spawn(move || {
+            if !fifo_on_cpu0(1) {
+                LOW_READY.store(2, Ordering::Release);
+                return;
+            }
+            LOW_READY.store(1, Ordering::Release);
+            low();
+        });
+        while LOW_READY.load(Ordering::Acquire) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if LOW_READY.load(Ordering::Acquire) == 2 {
+            low_thread.join().unwrap();
+            eprintln!("skipped: SCHED_FIFO on CPU 0 refused (needs root and an RT budget)");
+            return;
+        }
+        let started = Instant::now();
+        let high_thread = std::thread::spawn(move || {
+            HIGH_FIFO.store(fifo_on_cpu0(2), Ordering::Release);
+            high();
+        });
+        let deadline = Duration::from_secs(2);
+        while !high_thread.is_finished() && started.elapsed() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = started.elapsed();
+        if !high_thread.is_finished() {
+            rescue();
+        }
+        high_thread.join().unwrap();
+        low_thread.join().unwrap();
+        assert!(HIGH_FIFO.load(Ordering::Acquire), "the waiter could not become SCHED_FIFO");
+        assert!(
+            took < deadline,
+            "the SCHED_FIFO waiter kept CPU 0 from the thread it waited for for {took:?}"
+        );
+    }
+
     #[test]
     fn wakes_on_change_and_returns_at_once_when_changed() {
         static WORD: AtomicU32 = AtomicU32::new(1);
@@ -87,61 +150,30 @@ mod tests {
         t.join().unwrap();
     }
 
-    /// The case that motivated this module (issue 16): a SCHED_FIFO waiter and the thread it
-    /// waits for, of lower priority, pinned to one CPU. A spinning or yielding waiter never lets
-    /// the other run, so the word never changes; a sleeping one does. The main thread (normal
-    /// policy, any CPU) is the watchdog: past the deadline it changes the word itself, so a
-    /// broken wait fails the test instead of holding CPU 0 for long.
+    /// The case that motivated this module (issue 16): a SCHED_FIFO thread waits for a word
+    /// that a lower-priority thread on its CPU is to change.
     #[test]
     fn a_fifo_waiter_lets_a_lower_priority_setter_on_its_cpu_run() {
         static WORD: AtomicU32 = AtomicU32::new(0);
-        static SETTER_READY: AtomicU32 = AtomicU32::new(0); // 1 ready, 2 refused
         static WAITING: AtomicBool = AtomicBool::new(false);
         const BUSY: u32 = 1;
         WORD.store(BUSY, Ordering::Release);
-        // Real-time before the waiter is, so that it needs no CFS time on CPU 0 (which RT
-        // throttling would give it): it runs there only when the waiter sleeps.
-        let setter = std::thread::spawn(|| {
-            if !fifo_on_cpu0(1) {
-                SETTER_READY.store(2, Ordering::Release);
-                return;
-            }
-            SETTER_READY.store(1, Ordering::Release);
-            while !WAITING.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            WORD.store(2, Ordering::Release);
-            wake_all(&WORD);
-        });
-        while SETTER_READY.load(Ordering::Acquire) == 0 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if SETTER_READY.load(Ordering::Acquire) == 2 {
-            setter.join().unwrap();
-            eprintln!("skipped: SCHED_FIFO on CPU 0 refused (needs root and an RT budget)");
-            return;
-        }
-        let started = Instant::now();
-        let waiter = std::thread::spawn(|| {
-            let fifo = fifo_on_cpu0(2);
-            WAITING.store(true, Ordering::Release);
-            wait_while_equal(&WORD, BUSY);
-            fifo
-        });
-        let deadline = Duration::from_secs(2);
-        while !waiter.is_finished() && started.elapsed() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let took = started.elapsed();
-        // Rescue a livelocked waiter before asserting, so CPU 0 is freed either way.
-        WORD.store(3, Ordering::Release);
-        wake_all(&WORD);
-        let waiter_was_fifo = waiter.join().unwrap();
-        setter.join().unwrap();
-        assert!(waiter_was_fifo, "the waiter could not become SCHED_FIFO on CPU 0");
-        assert!(
-            took < deadline,
-            "the SCHED_FIFO waiter kept CPU 0 from the thread it waited for for {took:?}"
+        lower_priority_thread_on_cpu0_must_run(
+            || {
+                while !WAITING.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                WORD.store(2, Ordering::Release);
+                wake_all(&WORD);
+            },
+            || {
+                WAITING.store(true, Ordering::Release);
+                wait_while_equal(&WORD, BUSY);
+            },
+            || {
+                WORD.store(3, Ordering::Release);
+                wake_all(&WORD);
+            },
         );
     }
 }

@@ -65,7 +65,7 @@ std::thread_local! {
 pub(crate) struct DeviceTier {
     pub kind: Kind,
     region: Region,
-    heap: spin::Mutex<ExtentHeap>,
+    heap: crate::futex_mutex::Mutex<ExtentHeap>,
     /// Blocks of up to 4080 bytes, in slabs (`device_slabs`).
     slabs: Slabs,
     /// The most bytes (extent lengths) this tier serves at once (`limit=`).
@@ -82,7 +82,7 @@ pub(crate) struct DeviceTier {
     /// comment); never cleared.
     inherited: AtomicBool,
     /// Serialises changes to the roots table, and reads against them (`persist::roots`).
-    roots: spin::Mutex<()>,
+    roots: crate::futex_mutex::Mutex<()>,
     /// The device behind the region now, and a live move onto another one (`evacuate`).
     device: DeviceState,
     /// Whether the run before this open closed the heap cleanly (its dirty flag clear);
@@ -151,7 +151,7 @@ impl DeviceTier {
         DeviceTier {
             kind: spec.kind,
             region,
-            heap: spin::Mutex::new(heap),
+            heap: crate::futex_mutex::Mutex::new(heap),
             slabs,
             limit: spec.limit.unwrap_or(u64::MAX),
             allocations: SharedCounter::new(),
@@ -159,7 +159,7 @@ impl DeviceTier {
             counters: TierCounters::new(),
             shared_across_fork: AtomicBool::new(region.shared_across_fork),
             inherited: AtomicBool::new(false),
-            roots: spin::Mutex::new(()),
+            roots: crate::futex_mutex::Mutex::new(()),
             device: DeviceState::new(&region, spec),
             previous_run_clean,
             // SAFETY: no preconditions.
