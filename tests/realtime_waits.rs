@@ -9,31 +9,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use support::{library, run_with_timeout, scrubbed_env, Scrub, TempDir};
+use support::{compile_test_program, library, run_with_timeout, scrubbed_env, Scrub, TempDir};
 
 const SCRUB: Scrub = Scrub {
     prefixes: &["MALLOC_"],
     keep: &[],
     exact: &["GLIBC_TUNABLES", "XDG_STATE_HOME"],
 };
-
-fn compile(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tiermalloc-rt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join(name);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
-    let status = Command::new("cc")
-        .args(["-O2", "-Wall", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("cc runs");
-    assert!(status.success(), "compiling {} failed", src.display());
-    exe
-}
 
 fn command(exe: &Path, dir: &Path, mib: &str) -> Command {
     let mut cmd = Command::new(exe);
@@ -52,11 +37,11 @@ fn a_fifo_thread_waiting_for_the_reserve_lets_the_prefault_thread_run() {
     let dir = TempDir::new("realtime", "reserve");
     // First run records a peak of about 256 MiB, so the second reserves that much and its
     // pre-fault thread is still at work when the workload pins it (populating takes 50 ms+).
-    let grow = compile("grow");
+    let grow = compile_test_program("grow", "realtime");
     let first = run_with_timeout(command(&grow, dir.path(), "256"), None, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(first.status.success(), "recording run failed");
-    let rt = compile("rt_reserve");
+    let rt = compile_test_program("rt_reserve", "realtime");
     let out = run_with_timeout(command(&rt, dir.path(), "128"), None, Duration::from_secs(5));
     let out = match out {
         Ok(out) => out,
