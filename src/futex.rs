@@ -80,7 +80,9 @@ pub(crate) mod tests {
             if libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
                 return false;
             }
-            let param = libc::sched_param { sched_priority: priority };
+            let param = libc::sched_param {
+                sched_priority: priority,
+            };
             libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0
         }
     }
@@ -93,11 +95,7 @@ pub(crate) mod tests {
     /// test instead of holding CPU 0 for long. Skipped with a line where SCHED_FIFO is
     /// refused. Both threads are real-time before `high` waits, so neither needs the CFS time
     /// on CPU 0 that real-time throttling leaves.
-    pub(crate) fn lower_priority_thread_on_cpu0_must_run(
-        low: fn(),
-        high: fn(),
-        rescue: fn(),
-    ) {
+    pub(crate) fn lower_priority_thread_on_cpu0_must_run(low: fn(), high: fn(), rescue: fn()) {
         static LOW_READY: AtomicU32 = AtomicU32::new(0); // 1 ready, 2 refused
         static HIGH_FIFO: AtomicBool = AtomicBool::new(false);
         LOW_READY.store(0, Ordering::Release);
@@ -132,7 +130,10 @@ pub(crate) mod tests {
         }
         high_thread.join().unwrap();
         low_thread.join().unwrap();
-        assert!(HIGH_FIFO.load(Ordering::Acquire), "the waiter could not become SCHED_FIFO");
+        assert!(
+            HIGH_FIFO.load(Ordering::Acquire),
+            "the waiter could not become SCHED_FIFO"
+        );
         assert!(
             took < deadline,
             "the SCHED_FIFO waiter kept CPU 0 from the thread it waited for for {took:?}"

@@ -38,11 +38,19 @@ fn a_fifo_thread_waiting_for_the_reserve_lets_the_prefault_thread_run() {
     // First run records a peak of about 256 MiB, so the second reserves that much and its
     // pre-fault thread is still at work when the workload pins it (populating takes 50 ms+).
     let grow = compile_test_program("grow", "realtime");
-    let first = run_with_timeout(command(&grow, dir.path(), "256"), None, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let first = run_with_timeout(
+        command(&grow, dir.path(), "256"),
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(first.status.success(), "recording run failed");
     let rt = compile_test_program("rt_reserve", "realtime");
-    let out = run_with_timeout(command(&rt, dir.path(), "128"), None, Duration::from_secs(5));
+    let out = run_with_timeout(
+        command(&rt, dir.path(), "128"),
+        None,
+        Duration::from_secs(5),
+    );
     let out = match out {
         Ok(out) => out,
         Err(e) => panic!("the FIFO thread waiting for the reserve livelocked CPU 0: {e}"),
@@ -61,5 +69,8 @@ fn a_fifo_thread_waiting_for_the_reserve_lets_the_prefault_thread_run() {
         .find_map(|l| l.split("reserve_used ").nth(1))
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
         .unwrap_or(0.0);
-    assert!(used > 0.0, "the reserve served nothing, so nothing waited for it: {stderr}");
+    assert!(
+        used > 0.0,
+        "the reserve served nothing, so nothing waited for it: {stderr}"
+    );
 }
