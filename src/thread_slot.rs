@@ -88,6 +88,7 @@ macro_rules! initial_exec_word {
 }
 pub(crate) use initial_exec_word;
 
+use crate::futex;
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -97,7 +98,9 @@ static EXIT_KEY: AtomicU32 = AtomicU32::new(KEY_NONE);
 
 /// Arranges for `on_exit(value)` to run when this thread exits (pthread key destructor; glibc
 /// runs them up to four rounds while values are re-set). The first call creates the key; a
-/// concurrent first call waits for it. Returns false if no key could be created.
+/// concurrent first call waits for it, sleeping in the kernel after a short spin (a spinning
+/// SCHED_FIFO waiter would keep the creator from running on its CPU). Returns false if no key
+/// could be created.
 pub fn call_at_exit(value: *mut c_void, on_exit: unsafe extern "C" fn(*mut c_void)) -> bool {
     let key = loop {
         match EXIT_KEY.load(Ordering::Acquire) {
@@ -113,12 +116,14 @@ pub fn call_at_exit(value: *mut c_void, on_exit: unsafe extern "C" fn(*mut c_voi
                 let rc = unsafe { libc::pthread_key_create(&mut key, Some(on_exit)) };
                 if rc != 0 || key >= KEY_BUSY {
                     EXIT_KEY.store(KEY_NONE, Ordering::Release);
+                    futex::wake_all(&EXIT_KEY);
                     return false;
                 }
                 EXIT_KEY.store(key, Ordering::Release);
+                futex::wake_all(&EXIT_KEY);
                 break key;
             }
-            KEY_BUSY => core::hint::spin_loop(),
+            KEY_BUSY => futex::wait_while_equal(&EXIT_KEY, KEY_BUSY),
             key => break key,
         }
     };

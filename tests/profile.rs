@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
-use support::{library, run_with_timeout, scrubbed_env, Scrub, TempDir};
+use support::{compile_test_program, library, run_with_timeout, scrubbed_env, Scrub, TempDir};
 
 const MIB: u64 = 1 << 20;
 const SCRUB: Scrub = Scrub {
@@ -28,21 +28,7 @@ const SCRUB: Scrub = Scrub {
 /// The compiled workload (once per test binary).
 fn workload() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("tiermalloc-profile-grow-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let exe = dir.join("grow");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/grow.c");
-        let status = Command::new("cc")
-            .args(["-O2", "-Wall", "-Werror", "-o"])
-            .arg(&exe)
-            .arg(&src)
-            .status()
-            .expect("cc runs");
-        assert!(status.success(), "compiling {} failed", src.display());
-        exe
-    })
+    EXE.get_or_init(|| compile_test_program("grow", "profile-grow"))
 }
 
 /// One run's figures.

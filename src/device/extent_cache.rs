@@ -198,7 +198,7 @@ pub(crate) enum CacheFree {
 pub(crate) struct ExtentCache {
     table: NonNull<AtomicU64>,
     buckets: usize,
-    lanes: [spin::Mutex<LaneCache>; LANES],
+    lanes: [crate::futex_mutex::Mutex<LaneCache>; LANES],
     /// Bytes in every lane, for statistics (read without a lane lock).
     cached: AtomicU64,
     /// The most bytes one lane holds.
@@ -231,7 +231,7 @@ impl ExtentCache {
             table,
             buckets,
             lanes: [const {
-                spin::Mutex::new(LaneCache {
+                crate::futex_mutex::Mutex::new(LaneCache {
                     bins: [EMPTY; BINS],
                     bytes: 0,
                 })

@@ -68,7 +68,7 @@ std::thread_local! {
 pub(crate) struct DeviceTier {
     pub kind: Kind,
     region: Region,
-    heap: spin::Mutex<ExtentHeap>,
+    heap: crate::futex_mutex::Mutex<ExtentHeap>,
     /// Blocks of up to 4080 bytes, in slabs (`device_slabs`).
     slabs: Slabs,
     /// Freed blocks of 4 KiB to 256 KiB kept per lane, and their live bits (`extent_cache`);
@@ -89,7 +89,7 @@ pub(crate) struct DeviceTier {
     /// comment); never cleared.
     inherited: AtomicBool,
     /// Serialises changes to the roots table, and reads against them (`persist::roots`).
-    roots: spin::Mutex<()>,
+    roots: crate::futex_mutex::Mutex<()>,
     /// The device behind the region now, and a live move onto another one (`evacuate`).
     device: DeviceState,
     /// Whether the run before this open closed the heap cleanly (its dirty flag clear);
@@ -158,7 +158,7 @@ impl DeviceTier {
         DeviceTier {
             kind: spec.kind,
             region,
-            heap: spin::Mutex::new(heap),
+            heap: crate::futex_mutex::Mutex::new(heap),
             slabs,
             cache: match outside {
                 None => ExtentCache::new(region.len as u64, spec.fit == Fit::Best),
@@ -170,7 +170,7 @@ impl DeviceTier {
             counters: TierCounters::new(),
             shared_across_fork: AtomicBool::new(region.shared_across_fork),
             inherited: AtomicBool::new(false),
-            roots: spin::Mutex::new(()),
+            roots: crate::futex_mutex::Mutex::new(()),
             device: DeviceState::new(&region, spec),
             previous_run_clean,
             // SAFETY: no preconditions.
@@ -467,7 +467,7 @@ impl DeviceTier {
         // Full or at `limit=` while the extent cache holds freed blocks: they go back to the
         // heap, then once more.
         let mut may_drain = self.cache.is_some();
-        let mut drain = |heap: spin::MutexGuard<'_, ExtentHeap>| {
+        let mut drain = |heap: crate::futex_mutex::MutexGuard<'_, ExtentHeap>| {
             drop(heap);
             let cached = self.cache.as_ref().is_some_and(|c| c.cached_bytes() > 0);
             let again = core::mem::take(&mut may_drain) && cached;

@@ -130,7 +130,7 @@ pub(crate) struct Slabs {
     descs: NonNull<SlabDesc>,
     windows: usize,
     /// `classes[lane][class - 1]`.
-    classes: [[spin::Mutex<ClassList>; CLASSES]; LANES],
+    classes: [[crate::futex_mutex::Mutex<ClassList>; CLASSES]; LANES],
 }
 
 // SAFETY: descriptors are shared through atomics and the class locks (see SlabDesc).
@@ -191,7 +191,7 @@ impl Slabs {
             windows,
             classes: [const {
                 [const {
-                    spin::Mutex::new(ClassList {
+                    crate::futex_mutex::Mutex::new(ClassList {
                         partial: NONE,
                         idle_bytes: 0,
                         allocations: 0,
@@ -216,12 +216,12 @@ impl Slabs {
     }
 
     /// The lock of `class`'s list in `lane`.
-    fn list(&self, lane: Lane, class: usize) -> &spin::Mutex<ClassList> {
+    fn list(&self, lane: Lane, class: usize) -> &crate::futex_mutex::Mutex<ClassList> {
         &self.classes[lane.0 as usize][class - 1]
     }
 
     /// Every list lock, lane by lane.
-    fn all_lists(&self) -> impl Iterator<Item = &spin::Mutex<ClassList>> {
+    fn all_lists(&self) -> impl Iterator<Item = &crate::futex_mutex::Mutex<ClassList>> {
         self.classes.iter().flatten()
     }
 

@@ -72,8 +72,8 @@ pub struct Pool {
     pub(crate) host: u64,
     /// Whether the file is a regular file (holes can be punched to zero a space).
     pub(crate) regular: bool,
-    pub(crate) node: spin::Mutex<registry::Node>,
-    pub(crate) maps: spin::Mutex<map::MapTable>,
+    pub(crate) node: crate::futex_mutex::Mutex<registry::Node>,
+    pub(crate) maps: crate::futex_mutex::Mutex<map::MapTable>,
     heartbeat_stop: Arc<AtomicBool>,
     /// This pool's own `Arc`, for the heartbeat thread a node starts when it joins.
     weak: OnceLock<Weak<Pool>>,
@@ -178,8 +178,8 @@ impl Pool {
             granule,
             host,
             regular,
-            node: spin::Mutex::new(registry::Node::NONE),
-            maps: spin::Mutex::new(map::MapTable::new()),
+            node: crate::futex_mutex::Mutex::new(registry::Node::NONE),
+            maps: crate::futex_mutex::Mutex::new(map::MapTable::new()),
             heartbeat_stop: Arc::new(AtomicBool::new(false)),
             weak: OnceLock::new(),
         };

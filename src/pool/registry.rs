@@ -135,8 +135,8 @@ impl Pool {
         let Some(slot) = slot_of_tag(tag) else {
             return false;
         };
-        // `try_lock`: `join` asks about other slots while `me` holds the lock (a spin lock:
-        // waiting would never end); the slot check below answers for our own tag too.
+        // `try_lock`: `join` asks about other slots while `me` holds the lock (waiting for
+        // our own lock would never end); the slot check below answers for our own tag too.
         if let Some(node) = self.node.try_lock() {
             if node.tag == tag && node.pid == getpid() {
                 return true;

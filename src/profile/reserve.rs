@@ -21,11 +21,12 @@
 //! lost counts pieces whose move failed; `NEXT <= POPULATED` while the pre-fault thread runs;
 //! `use <= PEAK`. Nothing here allocates; it runs on the slow paths that map memory.
 
+use crate::futex;
 use crate::os;
 use crate::chunk::CHUNK_SIZE;
 use crate::stats::SharedCounter;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 static BASE: AtomicUsize = AtomicUsize::new(0);
 static LEN: AtomicUsize = AtomicUsize::new(0);
@@ -69,6 +70,9 @@ pub(crate) fn peak() -> (u64, u64) {
 /// nothing beyond them while that thread runs, so the thread never populates memory that was
 /// handed out, freed and unmapped, whose addresses may by then hold someone else's mapping.
 static POPULATED: AtomicUsize = AtomicUsize::new(0);
+/// Bumped (then waiters woken) after every store to `POPULATED`: the 32-bit word a waiting
+/// `take` sleeps on.
+static POPULATED_STEPS: AtomicU32 = AtomicU32::new(0);
 /// The process whose thread populates the reserve (a forked child has no such thread: for it
 /// the whole reserve is available).
 static POPULATER_PID: AtomicU64 = AtomicU64::new(0);
@@ -98,7 +102,7 @@ pub(crate) fn install(base: usize, len: usize) -> Result<(), i32> {
         libc::pthread_create(&mut thread, core::ptr::null(), populate_thread, core::ptr::null_mut())
     };
     if r != 0 {
-        POPULATED.store(len, Ordering::Release);
+        populated(len);
         return Err(r);
     }
     // SAFETY: a thread we created and never join.
@@ -120,11 +124,19 @@ extern "C" fn populate_thread(_: *mut libc::c_void) -> *mut libc::c_void {
             break;
         }
         done += n;
-        POPULATED.store(done, Ordering::Release);
+        populated(done);
     }
     PREFAULT_NS.store(os::coarse_now_ns() - started, Ordering::Relaxed);
-    POPULATED.store(len, Ordering::Release);
+    populated(len);
     core::ptr::null_mut()
+}
+
+/// Publishes that the reserve is populated (or given up on) up to `upto` and wakes `take`s
+/// waiting for it.
+fn populated(upto: usize) {
+    POPULATED.store(upto, Ordering::Release);
+    POPULATED_STEPS.fetch_add(1, Ordering::Release);
+    futex::wake_all(&POPULATED_STEPS);
 }
 
 /// The reserve as installed: (base, len).
@@ -133,7 +145,9 @@ pub(crate) fn region() -> (usize, usize) {
 }
 
 /// Takes `len` bytes (a page multiple) from the reserve, if it has them, waiting for the
-/// pre-fault thread to get past them.
+/// pre-fault thread to get past them. The wait sleeps in the kernel: a `sched_yield` loop
+/// never lets a pre-fault thread of lower priority run on the waiter's CPU (a SCHED_FIFO
+/// program whose thread raised its priority after start), so it would spin for good.
 fn take(len: usize) -> Option<usize> {
     let total = LEN.load(Ordering::Acquire);
     if total == 0 {
@@ -144,11 +158,13 @@ fn take(len: usize) -> Option<usize> {
         if total - next < len {
             return None;
         }
+        // Read before POPULATED: a step published after this read changes the word, so the
+        // sleep below returns at once instead of missing it.
+        let steps = POPULATED_STEPS.load(Ordering::Acquire);
         if next + len > POPULATED.load(Ordering::Acquire) {
             // SAFETY: getpid has no preconditions.
             if unsafe { libc::getpid() } as u64 == POPULATER_PID.load(Ordering::Relaxed) {
-                // SAFETY: no preconditions.
-                unsafe { libc::sched_yield() };
+                futex::wait_while_equal(&POPULATED_STEPS, steps);
                 next = NEXT.load(Ordering::Relaxed);
                 continue;
             }

@@ -57,6 +57,23 @@ pub fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// Compiles `tests/programs/NAME.c` (`cc -O2 -Wall -Werror`) into `tiermalloc-TAG-PID` in the
+/// temporary directory and returns the executable's path; panics if it does not compile.
+pub fn compile_test_program(name: &str, tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tiermalloc-{tag}-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
+    let status = Command::new("cc")
+        .args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "compiling {} failed", src.display());
+    exe
+}
+
 /// The library under test.
 pub struct Library {
     /// Canonical path of the shared object.

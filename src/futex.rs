@@ -1,0 +1,180 @@
+//! Waiting for another thread of this process without starving it: a short spin, then a sleep
+//! in the kernel (a private futex) until the word changes.
+//!
+//! A pure spin-wait (or a `sched_yield` loop) is a livelock for real-time threads: a
+//! `SCHED_FIFO` waiter never gives its CPU to a holder of lower priority on the same CPU, nor to
+//! one of equal priority that was preempted or slept there, and `sched_yield` only yields to
+//! threads of the caller's own priority. Sleeping in the kernel lets whichever thread the
+//! waiter waits for run, as glibc's and mimalloc's locks do. The spin comes first because the
+//! usual case, a holder running on another CPU, ends within it and costs no system call.
+//!
+//! Owns nothing but the two calls; the words belong to their callers. Nothing here allocates.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// Spins before the first sleep: about a microsecond of `pause`, far more than the few stores
+/// the callers' critical sections take when their holder is running.
+const SPINS: u32 = 100;
+
+/// Returns once `word` no longer holds `value` (read with Acquire). Spins briefly, then sleeps
+/// until a `wake_all` on the word; whoever changes the word must call `wake_all` after.
+pub(crate) fn wait_while_equal(word: &AtomicU32, value: u32) {
+    for _ in 0..SPINS {
+        if word.load(Ordering::Acquire) != value {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    while word.load(Ordering::Acquire) == value {
+        // SAFETY: `word` is a valid, aligned u32 for the call; FUTEX_WAIT only reads it and
+        // returns at once (EAGAIN) if it no longer holds `value`, so a change made before the
+        // call is never slept through. EINTR and spurious wake-ups loop to the check above.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                value,
+                core::ptr::null::<libc::timespec>(),
+            );
+        }
+    }
+}
+
+/// Wakes every thread sleeping in `wait_while_equal` on `word`; call it after changing the word.
+pub(crate) fn wake_all(word: &AtomicU32) {
+    wake(word, i32::MAX);
+}
+
+/// Wakes one thread sleeping in `wait_while_equal` on `word` (a lock's next holder).
+pub(crate) fn wake_one(word: &AtomicU32) {
+    wake(word, 1);
+}
+
+fn wake(word: &AtomicU32, threads: i32) {
+    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE only wakes sleepers on its address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            threads,
+        );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    /// Pins the calling thread to CPU 0 and makes it SCHED_FIFO at `priority`; false if the
+    /// system refuses (not root, no RT budget in this cgroup).
+    pub(crate) fn fifo_on_cpu0(priority: i32) -> bool {
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and the calls get valid pointers
+        // and act on the calling thread (0).
+        unsafe {
+            let mut set: libc::cpu_set_t = core::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            if libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return false;
+            }
+            let param = libc::sched_param {
+                sched_priority: priority,
+            };
+            libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0
+        }
+    }
+
+    /// Runs `low` on a thread at SCHED_FIFO 1 and then `high` on one at SCHED_FIFO 2, both
+    /// pinned to CPU 0, and fails unless `high` returns within 2 s. `high` waits for something
+    /// `low` does, which `low` can only do while `high` sleeps: a spinning or yielding wait in
+    /// `high` livelocks CPU 0. The calling thread (normal policy, any CPU) is the watchdog:
+    /// past the deadline it calls `rescue` to end `high`'s wait, so a broken wait fails the
+    /// test instead of holding CPU 0 for long. Skipped with a line where SCHED_FIFO is
+    /// refused. Both threads are real-time before `high` waits, so neither needs the CFS time
+    /// on CPU 0 that real-time throttling leaves.
+    pub(crate) fn lower_priority_thread_on_cpu0_must_run(low: fn(), high: fn(), rescue: fn()) {
+        static LOW_READY: AtomicU32 = AtomicU32::new(0); // 1 ready, 2 refused
+        static HIGH_FIFO: AtomicBool = AtomicBool::new(false);
+        LOW_READY.store(0, Ordering::Release);
+        let low_thread = std::thread::spawn(move || {
+            if !fifo_on_cpu0(1) {
+                LOW_READY.store(2, Ordering::Release);
+                return;
+            }
+            LOW_READY.store(1, Ordering::Release);
+            low();
+        });
+        while LOW_READY.load(Ordering::Acquire) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if LOW_READY.load(Ordering::Acquire) == 2 {
+            low_thread.join().unwrap();
+            eprintln!("skipped: SCHED_FIFO on CPU 0 refused (needs root and an RT budget)");
+            return;
+        }
+        let started = Instant::now();
+        let high_thread = std::thread::spawn(move || {
+            HIGH_FIFO.store(fifo_on_cpu0(2), Ordering::Release);
+            high();
+        });
+        let deadline = Duration::from_secs(2);
+        while !high_thread.is_finished() && started.elapsed() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = started.elapsed();
+        if !high_thread.is_finished() {
+            rescue();
+        }
+        high_thread.join().unwrap();
+        low_thread.join().unwrap();
+        assert!(
+            HIGH_FIFO.load(Ordering::Acquire),
+            "the waiter could not become SCHED_FIFO"
+        );
+        assert!(
+            took < deadline,
+            "the SCHED_FIFO waiter kept CPU 0 from the thread it waited for for {took:?}"
+        );
+    }
+
+    #[test]
+    fn wakes_on_change_and_returns_at_once_when_changed() {
+        static WORD: AtomicU32 = AtomicU32::new(1);
+        wait_while_equal(&WORD, 0); // already different: no sleep
+        let t = std::thread::spawn(|| wait_while_equal(&WORD, 1));
+        std::thread::sleep(Duration::from_millis(20)); // let it reach the futex
+        WORD.store(2, Ordering::Release);
+        wake_all(&WORD);
+        t.join().unwrap();
+    }
+
+    /// The case that motivated this module (issue 16): a SCHED_FIFO thread waits for a word
+    /// that a lower-priority thread on its CPU is to change.
+    #[test]
+    fn a_fifo_waiter_lets_a_lower_priority_setter_on_its_cpu_run() {
+        static WORD: AtomicU32 = AtomicU32::new(0);
+        static WAITING: AtomicBool = AtomicBool::new(false);
+        const BUSY: u32 = 1;
+        WORD.store(BUSY, Ordering::Release);
+        lower_priority_thread_on_cpu0_must_run(
+            || {
+                while !WAITING.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                WORD.store(2, Ordering::Release);
+                wake_all(&WORD);
+            },
+            || {
+                WAITING.store(true, Ordering::Release);
+                wait_while_equal(&WORD, BUSY);
+            },
+            || {
+                WORD.store(3, Ordering::Release);
+                wake_all(&WORD);
+            },
+        );
+    }
+}

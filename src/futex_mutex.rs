@@ -1,0 +1,186 @@
+//! A mutual-exclusion lock for host-local state that spins briefly and then sleeps in the
+//! kernel (a private futex), in place of a pure spin lock.
+//!
+//! A spin lock's waiter at `SCHED_FIFO` livelocks when its holder shares its CPU and cannot run
+//! there: a holder of lower priority, or one of equal priority that slept while holding it
+//! (a page fault on a device mapping, `mremap`) and whose wake-up cannot preempt the spinning
+//! waiter. This lock's waiter sleeps, so the holder runs and its unlock wakes the waiter.
+//! The uncontended cost is the spin lock's: one compare-and-swap to lock, one swap to unlock.
+//!
+//! The word's states (the classic three-state futex lock): 0 free, 1 locked, 2 locked and a
+//! waiter may sleep; whoever unlocks a 2 wakes one sleeper. The lock lives in this process's
+//! private memory, never on a device (state shared through a device is coordinated by atomics
+//! there). Nothing here allocates.
+
+use crate::futex;
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+const FREE: u32 = 0;
+const LOCKED: u32 = 1;
+const CONTENDED: u32 = 2;
+
+/// Spins on a held lock before sleeping: the callers' critical sections are short, so a
+/// holder running on another CPU usually lets go within them.
+const SPINS: u32 = 100;
+
+/// `value` guarded by a spin-then-sleep lock.
+pub(crate) struct Mutex<T> {
+    state: AtomicU32,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands `value` to one thread at a time.
+unsafe impl<T: Send> Sync for Mutex<T> {}
+// SAFETY: moving the lock moves `value`.
+unsafe impl<T: Send> Send for Mutex<T> {}
+
+/// Exclusive access to a `Mutex`'s value until dropped.
+pub(crate) struct MutexGuard<'a, T> {
+    lock: &'a Mutex<T>,
+}
+
+impl<T> Mutex<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        Self {
+            state: AtomicU32::new(FREE),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Takes the lock, spinning briefly and then sleeping while another thread holds it.
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        if self
+            .state
+            .compare_exchange(FREE, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_contended();
+        }
+        MutexGuard { lock: self }
+    }
+
+    #[cold]
+    fn lock_contended(&self) {
+        for _ in 0..SPINS {
+            if self.state.load(Ordering::Relaxed) == FREE
+                && self
+                    .state
+                    .compare_exchange(FREE, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return;
+            }
+            core::hint::spin_loop();
+        }
+        // Mark the lock contended; whoever held it wakes a sleeper on unlock. Taking it here
+        // leaves it marked contended, which costs at most one needless wake.
+        while self.state.swap(CONTENDED, Ordering::Acquire) != FREE {
+            futex::wait_while_equal(&self.state, CONTENDED);
+        }
+    }
+
+    /// Takes the lock if it is free.
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        self.state
+            .compare_exchange(FREE, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| MutexGuard { lock: self })
+    }
+
+    /// Releases the lock without a guard, waking a sleeper as an unlock does (in a `fork`'s
+    /// parent, threads may have gone to sleep on a lock its prepare handler kept).
+    ///
+    /// # Safety
+    /// The caller must own the lock in place of a guard: a guard it forgot (`fork`'s prepare
+    /// handler), or, in a forked child, whose only thread uses no guard, a lock held at the
+    /// fork.
+    pub(crate) unsafe fn force_unlock(&self) {
+        self.unlock();
+    }
+
+    fn unlock(&self) {
+        if self.state.swap(FREE, Ordering::Release) == CONTENDED {
+            futex::wake_one(&self.state);
+        }
+    }
+}
+
+impl<T> Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock: no other reference to the value exists.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard holds the lock: no other reference to the value exists.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for MutexGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.lock.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::futex::tests::lower_priority_thread_on_cpu0_must_run;
+
+    #[test]
+    fn counts_under_contention() {
+        static COUNT: Mutex<u64> = Mutex::new(0);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..20_000 {
+                        *COUNT.lock() += 1;
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(*COUNT.lock(), 80_000);
+        assert!(COUNT.try_lock().is_some());
+        let held = COUNT.lock();
+        assert!(COUNT.try_lock().is_none());
+        drop(held);
+    }
+
+    /// A SCHED_FIFO thread waits for the lock that a lower-priority thread on its CPU holds
+    /// (issue 16): a spin lock livelocks there; this one sleeps and the holder lets go.
+    #[test]
+    fn a_fifo_waiter_lets_a_lower_priority_holder_on_its_cpu_unlock() {
+        static LOCK: Mutex<u32> = Mutex::new(0);
+        static HELD: AtomicU32 = AtomicU32::new(0);
+        lower_priority_thread_on_cpu0_must_run(
+            || {
+                // The holder: takes the lock, then lets the waiter start and waits for it to
+                // block (it runs again only when the waiter sleeps).
+                let mut guard = LOCK.lock();
+                HELD.store(1, Ordering::Release);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                *guard += 1;
+            },
+            || {
+                while HELD.load(Ordering::Acquire) == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                *LOCK.lock() += 1;
+            },
+            || {
+                // Rescue: a waiter livelocked on the lock is freed by releasing it by force.
+                // SAFETY: test only; the holder's later unlock then frees a free lock.
+                unsafe { LOCK.force_unlock() }
+            },
+        );
+    }
+}
