@@ -381,13 +381,13 @@ fn records_live_in_the_pool_when_there_is_one() {
     let _ = std::fs::remove_file(&pool_path);
     let spec = format!("path={pool_path},size=8M,create");
     let other_host = format!("{spec},host=77");
-    let env = |pool: &str| {
+    fn env(pool: &str) -> Vec<(&'static str, &str)> {
         vec![
             ("TIERMALLOC_PROFILE", "inpool"),
             ("TIERMALLOC_POOL", pool),
             ("TIERMALLOC_VERBOSE", "1"),
         ]
-    };
+    }
     let first = run(dir.path(), &env(&spec));
     assert_eq!(first.reserved, 0, "{}", first.stderr);
     assert!(first.peak > 250 * MIB, "{first:?}");

@@ -259,6 +259,11 @@ impl<'a> Slot<'a> {
         Entry::Whole
     }
 
+    /// Whether entry `i` was ever taken by a writer (whole or not).
+    pub(crate) fn written(&self, i: usize) -> bool {
+        self.words[self.shape.entry(i)].load(Ordering::Relaxed) != 0
+    }
+
     /// Claims a live entry for `tag` (non-zero, below 2^63): a free one, or one whose tag
     /// `dead` says is a dead process's. Its figures start at 0. `None`: every entry is live.
     pub(crate) fn live_claim(&self, tag: u64, dead: impl Fn(u64) -> bool) -> Option<usize> {

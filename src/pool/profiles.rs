@@ -144,8 +144,8 @@ impl ProfileRecords {
             .collect()
     }
 
-    /// Every entry of `name`'s runs: the whole records, and how many entries are not (being
-    /// written, their writer killed, or mixed by two writers).
+    /// Every entry of `name`'s runs: the whole records, and how many entries a writer took
+    /// that are not (being written, their writer killed, or mixed by two writers).
     pub(crate) fn entries(&self, name: &[u8]) -> (Vec<[u64; FIELDS]>, usize) {
         let Some(slot) = self.slot(name, false) else {
             return (Vec::new(), 0);
@@ -156,7 +156,7 @@ impl ProfileRecords {
             let mut out = [0u64; FIELDS];
             match slot.read(i, &mut out) {
                 Entry::Whole => whole.push(out),
-                _ => not += 1,
+                _ => not += slot.written(i) as usize,
             }
         }
         (whole, not)
