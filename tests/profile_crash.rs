@@ -6,7 +6,10 @@
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tiermalloc::pool::testing::{ProfileRecordsForTest, PROFILE_FIELDS, PROFILE_RUNS};
+use tiermalloc::pool::testing::ProfileRecordsForTest;
+
+const PROFILE_FIELDS: usize = ProfileRecordsForTest::FIELDS;
+const PROFILE_RUNS: usize = ProfileRecordsForTest::RUNS;
 
 const WRITER_ENV: &str = "TM_LEND_PROFILE_WRITER";
 

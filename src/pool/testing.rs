@@ -56,12 +56,12 @@ pub(crate) fn step() {
 /// (`tests/profile_crash.rs`): writers appending in a loop are killed at random points.
 pub struct ProfileRecordsForTest(super::profiles::ProfileRecords);
 
-/// Words of one profile record.
-pub const PROFILE_FIELDS: usize = super::profiles::FIELDS;
-/// Records kept per name.
-pub const PROFILE_RUNS: usize = super::profiles::RUNS;
-
 impl ProfileRecordsForTest {
+    /// Words of one profile record.
+    pub const FIELDS: usize = super::profiles::FIELDS;
+    /// Records kept per name.
+    pub const RUNS: usize = super::profiles::RUNS;
+
     /// The records of the pool `spec` names (a `TIERMALLOC_POOL` value).
     pub fn open(spec: &str) -> Result<Self, String> {
         let spec = super::PoolSpec::parse(spec.as_bytes()).map_err(str::to_owned)?;
@@ -72,12 +72,12 @@ impl ProfileRecordsForTest {
     }
 
     /// Appends one record of `name`; whether it was published.
-    pub fn append(&self, name: &str, fields: [u64; PROFILE_FIELDS]) -> bool {
+    pub fn append(&self, name: &str, fields: [u64; Self::FIELDS]) -> bool {
         self.0.append(name.as_bytes(), fields).is_ok()
     }
 
     /// The whole records of `name`, and how many of its entries are not whole.
-    pub fn entries(&self, name: &str) -> (Vec<[u64; PROFILE_FIELDS]>, usize) {
+    pub fn entries(&self, name: &str) -> (Vec<[u64; Self::FIELDS]>, usize) {
         self.0.entries(name.as_bytes())
     }
 }
