@@ -67,6 +67,10 @@ impl PoolFile {
     /// A node with a share of `share` MiB claiming to run on host `host` (the pool's test key
     /// `host=`), or on this one.
     fn node_on(&self, share: u64, host: Option<u64>) -> Node {
+        self.node_with(share, host, &[])
+    }
+    /// `node_on` with more environment.
+    fn node_with(&self, share: u64, host: Option<u64>, env: &[(&str, &str)]) -> Node {
         let pool = match host {
             Some(h) => format!("{},host={h}", self.spec()),
             None => self.spec(),
@@ -88,6 +92,7 @@ impl PoolFile {
             // Only the test's 768 KiB blocks go to the pool tier, not libc's own.
             .env("TIERMALLOC_PLACE", "cxl:min=512K")
             .env("TIERMALLOC_SHOW_STATS", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -514,4 +519,49 @@ fn tm_pool_nodes_lists_live_nodes_only() {
     finish(c);
     drop(pool);
     let _ = std::fs::remove_file(&path);
+}
+
+/// Reservation on the pool tier (seed 003): a profiled run records the pool tier's peak use
+/// (in the pool itself); the next run of the name starts with its share raised to that (it
+/// takes the same blocks without borrowing: they are its own), capped by
+/// `TIERMALLOC_PROFILE_MAX`; a run without the profile keeps its `share=`.
+#[test]
+fn a_second_run_starts_with_the_share_the_first_used() {
+    let pool = PoolFile::new("reserve");
+    let dir = std::env::temp_dir().join(format!("tm-lend-reserve-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let profiled = [("TIERMALLOC_PROFILE", "lendres"), ("TIERMALLOC_PROFILE_DIR", dir_s.as_str())];
+    // First run: a share of 6 MiB, 5 of them used.
+    let mut first = pool.node_with(6, None, &profiled);
+    assert_eq!(first.take(5), (5, 0));
+    let err = first.exit();
+    assert!(err.contains("pool  profile lendres: share reserved 0 B, peak 5242880 B"), "{err}");
+
+    // Second run: share=2M, but the profile reserves the 5 MiB the first used.
+    let mut second = pool.node_with(2, None, &profiled);
+    let me = second.listed(second.pid);
+    assert_eq!(me.share, 5 * MIB, "{me:?}");
+    assert_eq!(second.take(5), (5, 0));
+    assert_eq!(second.listed(second.pid).borrowed, 0);
+    let err = second.exit();
+    assert!(err.contains("share reserved 5242880 B, peak 5242880 B"), "{err}");
+
+    // Capped by TIERMALLOC_PROFILE_MAX (3 MiB); without the profile, share= alone.
+    let capped = [
+        ("TIERMALLOC_PROFILE", "lendres"),
+        ("TIERMALLOC_PROFILE_DIR", dir_s.as_str()),
+        ("TIERMALLOC_PROFILE_MAX", "3M"),
+    ];
+    let mut third = pool.node_with(2, None, &capped);
+    assert_eq!(third.listed(third.pid).share, 3 * MIB);
+    let mut plain = pool.node(2);
+    assert_eq!(plain.listed(plain.pid).share, 2 * MIB);
+    third.exit();
+    plain.exit();
+    // The records were in the pool, not in the directory.
+    assert!(
+        std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none()),
+        "records written to {dir_s}"
+    );
 }

@@ -355,3 +355,70 @@ fn live_peers_come_first_and_dead_peers_are_ignored() {
     );
     assert_eq!(records(other.path()), 0, "the dead record was removed");
 }
+
+/// With `TIERMALLOC_POOL` the records live in the pool (its space `tiermalloc.profiles`), not
+/// in the directory: the second process of the name reserves what the first used, reading it
+/// from the pool, and the directory stays empty. A process claiming to run on another host
+/// (the pool's test key `host=`) reads the same records.
+#[test]
+fn records_live_in_the_pool_when_there_is_one() {
+    let dir = TempDir::new("profile", "pool").kept_on_panic();
+    let pool_path = format!("/dev/shm/tm-lend-profile-pool-{}", std::process::id());
+    let _ = std::fs::remove_file(&pool_path);
+    let spec = format!("path={pool_path},size=8M,create");
+    let other_host = format!("{spec},host=77");
+    fn env(pool: &str) -> Vec<(&'static str, &str)> {
+        vec![
+            ("TIERMALLOC_PROFILE", "inpool"),
+            ("TIERMALLOC_POOL", pool),
+            ("TIERMALLOC_VERBOSE", "1"),
+        ]
+    }
+    let first = run(dir.path(), &env(&spec));
+    assert_eq!(first.reserved, 0, "{}", first.stderr);
+    assert!(first.peak > 250 * MIB, "{first:?}");
+    assert!(
+        first.stderr.contains("records in the pool's space tiermalloc.profiles"),
+        "{}",
+        first.stderr
+    );
+    for (run_no, pool) in [(2, &spec), (3, &other_host)] {
+        let next = run(dir.path(), &env(pool));
+        assert!(
+            next.reserved >= first.peak && next.reserved <= first.peak + 4 * MIB,
+            "run {run_no} reserved {} B after a first run's peak of {} B: {}",
+            next.reserved,
+            first.peak,
+            next.stderr
+        );
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(files.is_empty(), "records written to the directory: {files:?}");
+    let _ = std::fs::remove_file(&pool_path);
+}
+
+/// A pool that cannot be opened: the records go to the directory, and a line says so.
+#[test]
+fn without_a_usable_pool_the_records_go_to_the_directory_and_a_line_says_why() {
+    let dir = TempDir::new("profile", "nopool").kept_on_panic();
+    let out = run_with_timeout(
+        command(
+            dir.path(),
+            &[
+                ("TIERMALLOC_PROFILE", "fallback"),
+                ("TIERMALLOC_POOL", "path=/nonexistent/tm-lend-pool"),
+            ],
+            &["8"],
+        ),
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("profile fallback: records not in the pool (the pool could not be opened); kept in"),
+        "{stderr}"
+    );
+    assert!(dir.path().join("fallback.runs").exists(), "{stderr}");
+}

@@ -12,6 +12,7 @@ pub mod live_bit;
 pub mod published;
 pub mod redo_log;
 pub mod remote_list;
+pub mod run_records;
 pub mod tagged_stack;
 
 /// Runs a model that was deliberately broken and checks that loom reports a causality

@@ -70,8 +70,8 @@ pub(crate) struct Shares {
     count: usize,
     /// This node's tag in the table.
     me: u64,
-    /// The share asked for, in extents.
-    want: usize,
+    /// The share asked for, in extents (`share=`, raised by a profile's reservation).
+    want: core::sync::atomic::AtomicUsize,
     /// The process that joined as `me`: a forked child (whose copy of the tier is private,
     /// `device::fork`) asks for and gives back nothing.
     pid: u32,
@@ -111,14 +111,12 @@ impl Shares {
         (self.pool.load(node_at(slot) + NODE_HOST) != self.pool.host) as u32
     }
 
-    /// Stores `lend_tag`'s figures into its registry slot (if the slot is still its).
-    fn record(&self, lend_tag: u64) {
-        store_account(
-            &self.pool,
-            lend_tag,
-            self.words().account(lend_tag),
-            self.extent,
-        );
+    /// Stores `lend_tag`'s figures into its registry slot (if the slot is still its), and
+    /// returns them (in extents).
+    fn record(&self, lend_tag: u64) -> Account {
+        let a = self.words().account(lend_tag);
+        store_account(&self.pool, lend_tag, a, self.extent);
+        a
     }
 
     /// An extent: (index, borrowed).
@@ -129,7 +127,8 @@ impl Shares {
         }
         // Extents that came back to the pool make the share whole again.
         let share = t.account(self.me).share as usize;
-        if share < self.want && t.grant(self.me, self.want - share) > 0 {
+        let want = self.want.load(Ordering::Relaxed);
+        if share < want && t.grant(self.me, want - share) > 0 {
             if let Some(i) = t.take_own(self.me) {
                 return Some((i, false));
             }
@@ -153,7 +152,8 @@ impl ExtentSource for Shares {
             (reclaimed > 0).then(|| self.ask()).flatten()
         });
         asking_word::set(core::ptr::addr_of!(NOT_ASKING) as usize);
-        self.record(self.me);
+        let a = self.record(self.me);
+        note_in_use(a.in_use * self.extent);
         got
     }
 
@@ -211,6 +211,61 @@ fn store_account(pool: &Pool, lend_tag: u64, a: Account, extent: u64) {
 
 static SHARES: OnceLock<Shares> = OnceLock::new();
 
+/// The most bytes of extents this node's tier has held in use (own and borrowed), and
+/// `os::coarse_now_ns` when that was reached: what a profile records for the pool tier.
+static PEAK: AtomicU64 = AtomicU64::new(0);
+static PEAK_AT_NS: AtomicU64 = AtomicU64::new(0);
+/// The word of this process's live profile record that peers read as its pool peak (null:
+/// none).
+static PEAK_WORD: core::sync::atomic::AtomicPtr<AtomicU64> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+fn note_in_use(bytes: u64) {
+    if bytes > PEAK.load(Ordering::Relaxed) && PEAK.fetch_max(bytes, Ordering::Relaxed) < bytes {
+        PEAK_AT_NS.store(crate::os::coarse_now_ns(), Ordering::Relaxed);
+        let word = PEAK_WORD.load(Ordering::Acquire);
+        if !word.is_null() {
+            // SAFETY: the live record stays mapped for the process's life (`publish_peak_to`).
+            unsafe { (*word).fetch_max(bytes, Ordering::Relaxed) };
+        }
+    }
+}
+
+/// The pool tier's peak use in bytes and when it was reached (`os::coarse_now_ns`); (0, 0)
+/// without a pool tier.
+pub(crate) fn peak() -> (u64, u64) {
+    (PEAK.load(Ordering::Relaxed), PEAK_AT_NS.load(Ordering::Relaxed))
+}
+
+/// From now on the pool tier's peak is also raised in `word` (null: no longer), which must
+/// stay mapped for the rest of the process.
+pub(crate) fn publish_peak_to(word: *mut AtomicU64) {
+    PEAK_WORD.store(word, Ordering::Release);
+    if !word.is_null() {
+        // SAFETY: the caller's contract.
+        unsafe { (*word).fetch_max(PEAK.load(Ordering::Relaxed), Ordering::Relaxed) };
+    }
+}
+
+/// The reservation of a profile (seed 003) on the pool tier: raises this node's share to
+/// `bytes` (whole extents) out of the pool's unassigned capacity, at start, so the extents the
+/// workload used last time are its own before it asks (beyond them it borrows on demand, as
+/// any node). Returns the share now held, in bytes; `Err` when there is no pool tier. Extents
+/// of the share the tier does not hold are idle, so lendable, as every share's are.
+pub(crate) fn reserve(bytes: u64) -> Result<u64, &'static str> {
+    let shares = SHARES.get().ok_or("no pool tier (cxl:pool,share=) is open")?;
+    let want = bytes.div_ceil(shares.extent) as usize;
+    if want > shares.want.load(Ordering::Relaxed) {
+        shares.want.store(want, Ordering::Relaxed);
+    }
+    let t = shares.words();
+    let share = t.account(shares.me).share as usize;
+    if share < want {
+        t.grant(shares.me, want - share);
+    }
+    Ok(shares.record(shares.me).share * shares.extent)
+}
+
 /// Opens the tier `spec` describes (`KIND:pool,share=SIZE`) over the arena of the pool
 /// `TIERMALLOC_POOL` names, creating the arena if no node has yet. A tier that cannot be had
 /// is reported in one line by the caller (`device::outside::open_lent`).
@@ -256,7 +311,7 @@ pub(crate) fn open_tier(spec: &TierSpec) -> Result<(), Problem> {
         extent,
         count,
         me: full_tag & TAG_MASK,
-        want,
+        want: core::sync::atomic::AtomicUsize::new(want),
         pid: super::getpid(),
     };
     // What dead nodes left is the pool's again before this node takes its share.
@@ -282,24 +337,41 @@ pub(crate) fn open_tier(spec: &TierSpec) -> Result<(), Problem> {
 /// The arena's offset and length in the pool, creating (and publishing) it if no node has
 /// yet; this node holds a reference to it from then on.
 fn arena(pool: &Arc<Pool>, spec: &TierSpec) -> Result<(u64, u64), Problem> {
+    open_or_create(
+        pool,
+        ARENA_NAME,
+        || create_arena(pool, spec),
+        "cannot create the pool's share arena (size= of the tier sets its size)",
+    )
+}
+
+/// The offset and length in the pool of the well-known shared space `name`, which
+/// `create` creates and publishes if no node has yet (`create_what` says what failed when it
+/// cannot); this node holds a reference to it from then on.
+pub(super) fn open_or_create(
+    pool: &Arc<Pool>,
+    name: &[u8],
+    create: impl Fn() -> Result<(), i32>,
+    create_what: &'static str,
+) -> Result<(u64, u64), Problem> {
     let started = super::realtime_ns();
     loop {
-        match pool.open_shared(ARENA_NAME, super::spaces::MapHow::Read) {
+        match pool.open_shared(name, super::spaces::MapHow::Read) {
             Ok(_) => {
                 let entry = pool
-                    .find(ARENA_NAME, |s| s == SPACE_SHARED)
-                    .ok_or(Problem::new("the pool's share arena vanished while opened"))?;
+                    .find(name, |s| s == SPACE_SHARED)
+                    .ok_or(Problem::new("a space of the pool vanished while opened"))?;
                 return Ok((entry.offset(), entry.len()));
             }
             Err(libc::ENOENT) => {}
             Err(e) => {
                 return Err(Problem {
                     errno: e,
-                    ..Problem::new("cannot open the pool's share arena")
+                    ..Problem::new("cannot open a space of the pool")
                 })
             }
         }
-        match create_arena(pool, spec) {
+        match create() {
             Ok(()) => continue,
             // Another node is creating it: wait for it to be published (or swept, if that
             // node died before).
@@ -307,15 +379,13 @@ fn arena(pool: &Arc<Pool>, spec: &TierSpec) -> Result<(u64, u64), Problem> {
             Err(e) => {
                 return Err(Problem {
                     errno: e,
-                    ..Problem::new(
-                        "cannot create the pool's share arena (size= of the tier sets its size)",
-                    )
+                    ..Problem::new(create_what)
                 })
             }
         }
         if super::realtime_ns() - started > 10_000_000_000 {
             return Err(Problem::new(
-                "the pool's share arena has been in creation for 10 s",
+                "a space of the pool has been in creation for 10 s",
             ));
         }
         let _ = pool.sweep();

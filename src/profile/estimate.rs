@@ -43,8 +43,18 @@ pub(crate) fn p90(values: &[u64]) -> Option<u64> {
     Some(sorted[rank - 1])
 }
 
-/// The estimate from live peers' peaks and recorded peaks (oldest first), capped by `max`.
+/// The estimate from live peers' peaks and recorded peaks (oldest first), capped by `max`,
+/// in whole chunks (the DRAM reserve's unit).
 pub(crate) fn estimate(peers: &[u64], history: &[u64], max: Option<u64>) -> Estimate {
+    estimate_in(peers, history, max, CHUNK_SIZE as u64)
+}
+
+/// `estimate` in bytes (a pool tier's share is rounded to its extents by the pool).
+pub(crate) fn estimate_bytes(peers: &[u64], history: &[u64], max: Option<u64>) -> Estimate {
+    estimate_in(peers, history, max, 1)
+}
+
+fn estimate_in(peers: &[u64], history: &[u64], max: Option<u64>, unit: u64) -> Estimate {
     let (raw, source) = if !peers.is_empty() {
         (peers.iter().copied().max().unwrap_or(0), Source::Peers(peers.len()))
     } else if let Some(p) = p90(history) {
@@ -52,7 +62,7 @@ pub(crate) fn estimate(peers: &[u64], history: &[u64], max: Option<u64>) -> Esti
     } else {
         (0, Source::Nothing)
     };
-    let chunk = CHUNK_SIZE as u64;
+    let chunk = unit;
     let rounded = raw.div_ceil(chunk).saturating_mul(chunk);
     let cap = max.map_or(u64::MAX, |m| m / chunk * chunk);
     Estimate {

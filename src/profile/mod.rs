@@ -1,9 +1,13 @@
-//! Workload profiles (seed 003): `TIERMALLOC_PROFILE=NAME` records the DRAM a workload used at
-//! its peak and how long it took to get there; the next process of that name reserves that
-//! much at start, pre-faulted off the critical path, and grows on demand beyond it.
+//! Workload profiles (seed 003): `TIERMALLOC_PROFILE=NAME` records, per tier, what a workload
+//! used at its peak and how long it took to get there (the DRAM tier, and the pool tier
+//! `cxl:pool,share=`); the next process of that name reserves that much at start — DRAM
+//! pre-faulted off the critical path, the pool tier's share raised to it — and grows on demand
+//! beyond it.
 //!
 //! - `estimate`: how much to reserve, from live peers of the name, else the history, capped
 //!   by `TIERMALLOC_PROFILE_MAX`;
+//! - `store`: where the records live: the pool when `TIERMALLOC_POOL` names one
+//!   (`pool::profiles`), else the directory of `record`;
 //! - `record`: the records in `TIERMALLOC_PROFILE_DIR` (finished runs, live processes);
 //! - `reserve`: the reserve the DRAM tier maps from, the pre-fault thread, and the use and
 //!   peak it records.
@@ -17,6 +21,9 @@
 mod estimate;
 mod record;
 pub(crate) mod reserve;
+mod store;
+
+const _: () = assert!(crate::pool::profiles::RUNS == estimate::HISTORY_RUNS);
 
 use crate::config;
 use crate::os::{self, LineBuf};
@@ -28,8 +35,10 @@ use std::sync::Mutex;
 
 /// The active profile of this process.
 struct Active {
-    store: record::Store,
-    live: Option<record::Live>,
+    store: store::Store,
+    live: Option<store::Live>,
+    /// The pool tier's share after the reservation, if one was made.
+    pool_reserved: u64,
     name: String,
     started_ns: u64,
     pid: u32,
@@ -74,28 +83,30 @@ pub(crate) fn start() {
             }
         },
     };
-    let Some(dir) = record::directory(os::getenv(b"TIERMALLOC_PROFILE_DIR")) else {
-        say(format_args!(
-            "tiermalloc: profile {shown}: no directory for its records (set \
-             TIERMALLOC_PROFILE_DIR, XDG_STATE_HOME or HOME); no profile"
-        ));
+    let Some(store) = open_store(&shown) else {
         return;
     };
-    let store = match record::Store::open(dir.clone(), &shown) {
-        Ok(s) => s,
-        Err(e) => {
-            say(format_args!(
-                "tiermalloc: profile {shown}: cannot create {}: {e}; no profile",
-                dir.display()
-            ));
-            return;
-        }
-    };
     let peers = store.live_peers();
-    let history: Vec<u64> = store.history().iter().map(|r| r.peak).collect();
-    let estimate = estimate::estimate(&peers, &history, max);
+    let runs = store.history();
+    let dram_peers: Vec<u64> = peers.iter().map(|p| p.0).collect();
+    let dram_history: Vec<u64> = runs.iter().map(|r| r.peak).collect();
+    let estimate = estimate::estimate(&dram_peers, &dram_history, max);
     if estimate.bytes > 0 && reserve_allowed {
         reserve(&shown, estimate.bytes as usize);
+    }
+    let pool_peers: Vec<u64> = peers.iter().map(|p| p.1).filter(|&b| b > 0).collect();
+    let pool_history: Vec<u64> = runs.iter().map(|r| r.pool_peak).filter(|&b| b > 0).collect();
+    let pool_estimate = estimate::estimate_bytes(&pool_peers, &pool_history, max);
+    let mut pool_reserved = 0;
+    if pool_estimate.bytes > 0 && reserve_allowed {
+        match crate::pool::share::reserve(pool_estimate.bytes) {
+            Ok(share) => pool_reserved = share,
+            Err(why) => say(format_args!(
+                "tiermalloc: profile {shown}: its runs used {} B of a pool tier: {why}; \
+                 nothing reserved there",
+                pool_estimate.bytes
+            )),
+        }
     }
     let live = match store.publish_live(estimate.bytes) {
         Ok(l) => Some(l),
@@ -103,12 +114,15 @@ pub(crate) fn start() {
             say(format_args!(
                 "tiermalloc: profile {shown}: cannot write its live record in {}: {e}; peers \
                  will not see this process",
-                dir.display()
+                store.place()
             ));
             None
         }
     };
-    reserve::start_profiling(live.as_ref().map_or(core::ptr::null_mut(), |l| l.peak_word()));
+    let (dram_word, pool_word) =
+        live.as_ref().map_or((core::ptr::null_mut(), core::ptr::null_mut()), |l| l.peak_words());
+    crate::pool::share::publish_peak_to(pool_word);
+    reserve::start_profiling(dram_word);
     if config::get().verbose {
         let from = match estimate.source {
             Source::Peers(n) => format!("the peak of {n} live peer(s)"),
@@ -116,14 +130,23 @@ pub(crate) fn start() {
             Source::Nothing => "nothing recorded yet".to_owned(),
         };
         say(format_args!(
-            "tiermalloc: profile {shown}: reserving {} B of dram from {from}{}",
+            "tiermalloc: profile {shown}: reserving {} B of dram from {from}{}; records in {}",
             estimate.bytes,
-            if estimate.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" }
+            if estimate.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" },
+            store.place()
         ));
+        if pool_estimate.bytes > 0 {
+            say(format_args!(
+                "tiermalloc: profile {shown}: reserving {} B of the pool tier{}",
+                pool_estimate.bytes,
+                if pool_estimate.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" }
+            ));
+        }
     }
     *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Active {
         store,
         live,
+        pool_reserved,
         name: shown.into_owned(),
         started_ns,
         pid: std::process::id(),
@@ -174,13 +197,17 @@ pub(crate) fn finish() {
         return; // a forked child: its parent records the run
     }
     reserve::stop_live();
+    crate::pool::share::publish_peak_to(core::ptr::null_mut());
     let (peak, at) = reserve::peak();
+    let (pool_peak, pool_at) = crate::pool::share::peak();
     let unix_secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let run = record::Run {
         peak,
         ms_to_peak: at.saturating_sub(active.started_ns) / 1_000_000,
+        pool_peak,
+        pool_ms_to_peak: pool_at.saturating_sub(active.started_ns) / 1_000_000,
         unix_secs,
         pid: active.pid,
     };
@@ -188,7 +215,7 @@ pub(crate) fn finish() {
         say(format_args!(
             "tiermalloc: profile {}: cannot record this run in {}: {e}",
             active.name,
-            active.store.runs_path().display()
+            active.store.place()
         ));
     }
     if let Some(live) = active.live {
@@ -220,4 +247,49 @@ pub(crate) fn report() {
         at.saturating_sub(active.started_ns) / 1_000_000,
         reserve::PREFAULT_NS.load(Ordering::Relaxed) / 1_000_000,
     ));
+    let (pool_peak, pool_at) = crate::pool::share::peak();
+    if active.pool_reserved > 0 || pool_peak > 0 {
+        say(format_args!(
+            "tiermalloc: pool  profile {}: share reserved {} B, peak {} B after {} ms",
+            active.name,
+            active.pool_reserved,
+            pool_peak,
+            pool_at.saturating_sub(active.started_ns) / 1_000_000,
+        ));
+    }
+}
+
+/// The store of profile `name`: the pool's when `TIERMALLOC_POOL` is set and the pool can
+/// hold it, else the directory (saying why it is not the pool); `None` (said) when neither.
+fn open_store(name: &str) -> Option<store::Store> {
+    let mut why_not_pool = None;
+    if os::getenv(b"TIERMALLOC_POOL").is_some() {
+        match store::Store::in_pool(name) {
+            Ok(s) => return Some(s),
+            Err(why) => why_not_pool = Some(why),
+        }
+    }
+    let Some(dir) = record::directory(os::getenv(b"TIERMALLOC_PROFILE_DIR")) else {
+        say(format_args!(
+            "tiermalloc: profile {name}: no directory for its records (set \
+             TIERMALLOC_PROFILE_DIR, XDG_STATE_HOME or HOME); no profile"
+        ));
+        return None;
+    };
+    if let Some(why) = why_not_pool {
+        say(format_args!(
+            "tiermalloc: profile {name}: records not in the pool ({why}); kept in {} instead",
+            dir.display()
+        ));
+    }
+    match store::Store::in_dir(dir.clone(), name) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            say(format_args!(
+                "tiermalloc: profile {name}: cannot create {}: {e}; no profile",
+                dir.display()
+            ));
+            None
+        }
+    }
 }

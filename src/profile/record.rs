@@ -4,13 +4,14 @@
 //!
 //! Two kinds of file per profile NAME:
 //! - `NAME.runs`: the last `HISTORY_RUNS` finished runs, one line each,
-//!   `dram PEAK_BYTES MS_TO_PEAK UNIX_SECS PID`, oldest first. A finishing process rewrites
+//!   `dram PEAK_BYTES MS_TO_PEAK UNIX_SECS PID pool PEAK_BYTES MS_TO_PEAK`, oldest first (the
+//!   pool part is absent from lines an older version wrote: 0). A finishing process rewrites
 //!   it whole into a temporary file and renames it over the old one, so a reader sees one
 //!   complete version or the other; two processes finishing at the same instant may lose one
 //!   of their two lines, never corrupt the file.
 //! - `NAME.live.PID`: the record of a running process, a 64-byte file it maps shared and
 //!   keeps current with plain atomic stores (no system call on the allocator's paths):
-//!   `LIVE_MAGIC, pid, pid start time, dram peak, reserved`. Peers read it as the current use
+//!   `LIVE_MAGIC, pid, pid start time, dram peak, reserved, pool peak`. Peers read it as the current use
 //!   of a running instance. A record whose process is gone (pid missing, or reused: its
 //!   start time differs) is ignored and removed.
 //!
@@ -25,6 +26,7 @@ const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"TMLIVE01");
 const LIVE_BYTES: usize = 64;
 const LIVE_PEAK: usize = 3;
 const LIVE_RESERVED: usize = 4;
+const LIVE_POOL_PEAK: usize = 5;
 
 /// A profile's records in its directory.
 pub(crate) struct Store {
@@ -35,8 +37,12 @@ pub(crate) struct Store {
 /// A finished run's figures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Run {
+    /// Peak use of the DRAM tier, and when it was reached (ms after start).
     pub peak: u64,
     pub ms_to_peak: u64,
+    /// Peak use of the pool tier (`cxl:pool,share=`), and when.
+    pub pool_peak: u64,
+    pub pool_ms_to_peak: u64,
     pub unix_secs: u64,
     pub pid: u32,
 }
@@ -100,8 +106,8 @@ impl Store {
         let mut text = String::new();
         for r in keep {
             text.push_str(&format!(
-                "dram {} {} {} {}\n",
-                r.peak, r.ms_to_peak, r.unix_secs, r.pid
+                "dram {} {} {} {} pool {} {}\n",
+                r.peak, r.ms_to_peak, r.unix_secs, r.pid, r.pool_peak, r.pool_ms_to_peak
             ));
         }
         let tmp = self.dir.join(format!("{}.runs.tmp.{}", self.name, std::process::id()));
@@ -111,9 +117,9 @@ impl Store {
         std::fs::rename(&tmp, self.runs_path())
     }
 
-    /// The dram peaks of live peers of this profile (not this process). Records of dead
-    /// processes are ignored and removed.
-    pub(crate) fn live_peers(&self) -> Vec<u64> {
+    /// The (dram, pool) peaks of live peers of this profile (not this process). Records of
+    /// dead processes are ignored and removed.
+    pub(crate) fn live_peers(&self) -> Vec<(u64, u64)> {
         let prefix = format!("{}.live.", self.name);
         let me = std::process::id();
         let mut peaks = Vec::new();
@@ -141,7 +147,7 @@ impl Store {
                     .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
             };
             if word(0) == LIVE_MAGIC && word(1) == pid as u64 && process_lives(pid, word(2)) {
-                peaks.push(word(LIVE_PEAK));
+                peaks.push((word(LIVE_PEAK), word(LIVE_POOL_PEAK)));
             } else if word(0) == LIVE_MAGIC && !process_lives(pid, word(2)) {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -199,6 +205,12 @@ impl Live {
         unsafe { self.words.add(LIVE_PEAK) }
     }
 
+    /// The word peers read as this process's peak on the pool tier.
+    pub(crate) fn pool_peak_word(&self) -> *mut AtomicU64 {
+        // SAFETY: within the mapping.
+        unsafe { self.words.add(LIVE_POOL_PEAK) }
+    }
+
     /// Removes the record's file (the process is finishing). The mapping stays for the rest
     /// of the process: a thread still allocating may be storing a peak into it.
     pub(crate) fn remove(self) {
@@ -212,11 +224,21 @@ fn parse_run(line: &str) -> Option<Run> {
         return None;
     }
     let mut n = || f.next()?.parse::<u64>().ok();
+    let (peak, ms_to_peak, unix_secs, pid) = (n()?, n()?, n()?, n()? as u32);
+    let (pool_peak, pool_ms_to_peak) = match f.next() {
+        Some("pool") => {
+            let mut n = || f.next()?.parse::<u64>().ok();
+            (n()?, n()?)
+        }
+        _ => (0, 0),
+    };
     Some(Run {
-        peak: n()?,
-        ms_to_peak: n()?,
-        unix_secs: n()?,
-        pid: n()? as u32,
+        peak,
+        ms_to_peak,
+        pool_peak,
+        pool_ms_to_peak,
+        unix_secs,
+        pid,
     })
 }
 
@@ -246,11 +268,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let store = Store::open(dir.clone(), "w").unwrap();
         for i in 0..7u64 {
-            let run = Run { peak: i, ms_to_peak: 2 * i, unix_secs: 3, pid: 4 };
+            let run = Run {
+                peak: i,
+                ms_to_peak: 2 * i,
+                pool_peak: 5 * i,
+                pool_ms_to_peak: 1,
+                unix_secs: 3,
+                pid: 4,
+            };
             store.append(run).unwrap();
         }
         let peaks: Vec<u64> = store.history().iter().map(|r| r.peak).collect();
         assert_eq!(peaks, [2, 3, 4, 5, 6]);
+        assert_eq!(store.history()[4].pool_peak, 30);
+        // A line of the older format (no pool part) still reads.
+        assert_eq!(parse_run("dram 7 1 2 3").map(|r| (r.peak, r.pool_peak)), Some((7, 0)));
         // A record naming a pid that cannot exist is ignored, and removed.
         let dead = dir.join("w.live.4194303");
         let mut bytes = [0u8; 64];

@@ -1,0 +1,124 @@
+//! Where a profile's records are kept: in the pool when `TIERMALLOC_POOL` names one (the seed's
+//! shared disk: `pool::profiles`, readable from every process and host that maps the pool),
+//! else in a directory (`record`). One interface over both, for `profile::start` and
+//! `finish`, which alone use it (start and exit: allocating is allowed).
+
+use super::record::{self, Run};
+use crate::pool::profiles::{self, LiveEntry, ProfileRecords};
+use core::sync::atomic::AtomicU64;
+use std::path::PathBuf;
+
+pub(crate) enum Store {
+    Pool { records: ProfileRecords, name: String },
+    Dir(record::Store),
+}
+
+/// A running process's record, which peers read.
+pub(crate) enum Live {
+    Pool(LiveEntry),
+    Dir(record::Live),
+}
+
+impl Store {
+    /// The store in the pool.
+    pub(crate) fn in_pool(name: &str) -> Result<Store, &'static str> {
+        Ok(Store::Pool {
+            records: ProfileRecords::open()?,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The store in `dir`, creating it.
+    pub(crate) fn in_dir(dir: PathBuf, name: &str) -> std::io::Result<Store> {
+        record::Store::open(dir, name).map(Store::Dir)
+    }
+
+    /// Where the records are, for messages.
+    pub(crate) fn place(&self) -> String {
+        match self {
+            Store::Pool { .. } => "the pool's space tiermalloc.profiles".to_owned(),
+            Store::Dir(d) => d.runs_path().display().to_string(),
+        }
+    }
+
+    /// The recorded runs (the last `HISTORY_RUNS`), oldest first.
+    pub(crate) fn history(&self) -> Vec<Run> {
+        match self {
+            Store::Dir(d) => d.history(),
+            Store::Pool { records, name } => {
+                let mut runs: Vec<Run> = records
+                    .history(name.as_bytes())
+                    .iter()
+                    .map(|f| Run {
+                        peak: f[profiles::F_DRAM_PEAK],
+                        ms_to_peak: f[profiles::F_MS_TO_PEAK],
+                        pool_peak: f[profiles::F_POOL_PEAK],
+                        pool_ms_to_peak: f[profiles::F_POOL_MS_TO_PEAK],
+                        unix_secs: f[profiles::F_UNIX_SECS],
+                        pid: f[profiles::F_PID] as u32,
+                    })
+                    .collect();
+                runs.sort_by_key(|r| r.unix_secs);
+                runs
+            }
+        }
+    }
+
+    /// Records a finished run.
+    pub(crate) fn append(&self, run: Run) -> Result<(), String> {
+        match self {
+            Store::Dir(d) => d.append(run).map_err(|e| e.to_string()),
+            Store::Pool { records, name } => {
+                let mut f = [0u64; profiles::FIELDS];
+                f[profiles::F_DRAM_PEAK] = run.peak;
+                f[profiles::F_MS_TO_PEAK] = run.ms_to_peak;
+                f[profiles::F_POOL_PEAK] = run.pool_peak;
+                f[profiles::F_POOL_MS_TO_PEAK] = run.pool_ms_to_peak;
+                f[profiles::F_UNIX_SECS] = run.unix_secs;
+                f[profiles::F_PID] = run.pid as u64;
+                f[profiles::F_HOST] = records.host();
+                records.append(name.as_bytes(), f).map_err(str::to_owned)
+            }
+        }
+    }
+
+    /// The (dram, pool) peaks of live peers of the same name.
+    pub(crate) fn live_peers(&self) -> Vec<(u64, u64)> {
+        match self {
+            Store::Dir(d) => d.live_peers(),
+            Store::Pool { records, name } => records.live_peers(name.as_bytes()),
+        }
+    }
+
+    /// Publishes this process's live record.
+    pub(crate) fn publish_live(&self, reserved: u64) -> Result<Live, String> {
+        match self {
+            Store::Dir(d) => d.publish_live(reserved).map(Live::Dir).map_err(|e| e.to_string()),
+            Store::Pool { records, name } => records
+                .publish_live(name.as_bytes())
+                .map(Live::Pool)
+                .map_err(str::to_owned),
+        }
+    }
+}
+
+impl Live {
+    /// The words peers read as this process's (dram, pool) peaks.
+    pub(crate) fn peak_words(&self) -> (*mut AtomicU64, *mut AtomicU64) {
+        match self {
+            Live::Dir(l) => (l.peak_word(), l.pool_peak_word()),
+            Live::Pool(e) => (
+                e.dram_peak() as *const AtomicU64 as *mut AtomicU64,
+                e.pool_peak() as *const AtomicU64 as *mut AtomicU64,
+            ),
+        }
+    }
+
+    /// Removes the record (the process is finishing).
+    pub(crate) fn remove(self) {
+        match self {
+            Live::Dir(l) => l.remove(),
+            Live::Pool(e) => e.remove(),
+        }
+    }
+}
