@@ -6,7 +6,7 @@
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tiermalloc::pool::testing::ProfileRecordsForTest;
+use tiermalloc::pool::profile_records_for_test::ProfileRecordsForTest;
 
 const PROFILE_FIELDS: usize = ProfileRecordsForTest::FIELDS;
 const PROFILE_RUNS: usize = ProfileRecordsForTest::RUNS;

@@ -36,6 +36,7 @@ mod map;
 mod nodes;
 mod pagemap;
 mod probe;
+pub mod profile_records_for_test;
 pub(crate) mod profiles;
 pub(crate) mod registry;
 pub mod share;
