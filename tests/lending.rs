@@ -531,12 +531,18 @@ fn a_second_run_starts_with_the_share_the_first_used() {
     let dir = std::env::temp_dir().join(format!("tm-lend-reserve-dir-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let dir_s = dir.to_str().unwrap().to_owned();
-    let profiled = [("TIERMALLOC_PROFILE", "lendres"), ("TIERMALLOC_PROFILE_DIR", dir_s.as_str())];
+    let profiled = [
+        ("TIERMALLOC_PROFILE", "lendres"),
+        ("TIERMALLOC_PROFILE_DIR", dir_s.as_str()),
+    ];
     // First run: a share of 6 MiB, 5 of them used.
     let mut first = pool.node_with(6, None, &profiled);
     assert_eq!(first.take(5), (5, 0));
     let err = first.exit();
-    assert!(err.contains("pool  profile lendres: share reserved 0 B, peak 5242880 B"), "{err}");
+    assert!(
+        err.contains("pool  profile lendres: share reserved 0 B, peak 5242880 B"),
+        "{err}"
+    );
 
     // Second run: share=2M, but the profile reserves the 5 MiB the first used.
     let mut second = pool.node_with(2, None, &profiled);
@@ -545,7 +551,10 @@ fn a_second_run_starts_with_the_share_the_first_used() {
     assert_eq!(second.take(5), (5, 0));
     assert_eq!(second.listed(second.pid).borrowed, 0);
     let err = second.exit();
-    assert!(err.contains("share reserved 5242880 B, peak 5242880 B"), "{err}");
+    assert!(
+        err.contains("share reserved 5242880 B, peak 5242880 B"),
+        "{err}"
+    );
 
     // Capped by TIERMALLOC_PROFILE_MAX (3 MiB); without the profile, share= alone.
     let capped = [

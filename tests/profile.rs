@@ -378,7 +378,9 @@ fn records_live_in_the_pool_when_there_is_one() {
     assert_eq!(first.reserved, 0, "{}", first.stderr);
     assert!(first.peak > 250 * MIB, "{first:?}");
     assert!(
-        first.stderr.contains("records in the pool's space tiermalloc.profiles"),
+        first
+            .stderr
+            .contains("records in the pool's space tiermalloc.profiles"),
         "{}",
         first.stderr
     );
@@ -393,7 +395,10 @@ fn records_live_in_the_pool_when_there_is_one() {
         );
     }
     let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert!(files.is_empty(), "records written to the directory: {files:?}");
+    assert!(
+        files.is_empty(),
+        "records written to the directory: {files:?}"
+    );
     let _ = std::fs::remove_file(&pool_path);
 }
 
@@ -417,7 +422,9 @@ fn without_a_usable_pool_the_records_go_to_the_directory_and_a_line_says_why() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("profile fallback: records not in the pool (the pool could not be opened); kept in"),
+        stderr.contains(
+            "profile fallback: records not in the pool (the pool could not be opened); kept in"
+        ),
         "{stderr}"
     );
     assert!(dir.path().join("fallback.runs").exists(), "{stderr}");

@@ -20,7 +20,9 @@ fn record(w: u64, i: u64) -> [u64; PROFILE_FIELDS] {
 }
 
 fn is_whole(f: &[u64; PROFILE_FIELDS]) -> bool {
-    f.iter().enumerate().all(|(k, &v)| v == (f[0] & !0xf) | k as u64)
+    f.iter()
+        .enumerate()
+        .all(|(k, &v)| v == (f[0] & !0xf) | k as u64)
 }
 
 /// The writer: run by the test below as a child process of this test binary.
@@ -90,7 +92,10 @@ fn kill_9_while_writing_a_record_loses_at_most_that_record() {
         }
         let (whole, not_whole) = records.entries("crash");
         for f in &whole {
-            assert!(is_whole(f), "round {round}: a torn record was accepted: {f:x?}");
+            assert!(
+                is_whole(f),
+                "round {round}: a torn record was accepted: {f:x?}"
+            );
         }
         assert!(
             not_whole <= 2 && (round == 0 || whole.len() + not_whole == PROFILE_RUNS),

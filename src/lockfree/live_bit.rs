@@ -71,7 +71,10 @@ mod tests {
             };
             let mine = clear(&word, names);
             let theirs = other.join().unwrap();
-            let won = [mine, theirs].iter().filter(|c| matches!(c, Cleared::Now(_))).count();
+            let won = [mine, theirs]
+                .iter()
+                .filter(|c| matches!(c, Cleared::Now(_)))
+                .count();
             assert_eq!(won, 1, "{mine:?} {theirs:?}");
         });
     }
@@ -93,7 +96,11 @@ mod tests {
             };
             data.store(42, Ordering::Relaxed);
             set_with(&word, order);
-            assert_eq!(freer.join().unwrap(), 42, "the free saw the thing before it was written");
+            assert_eq!(
+                freer.join().unwrap(),
+                42,
+                "the free saw the thing before it was written"
+            );
         });
     }
 

@@ -126,10 +126,12 @@ impl RemoteList {
             unsafe { N::set_next(last, (old & NODE_MASK) as *mut N) };
             // The count's bits wrap among themselves: a carry leaves the word at its top.
             let counted = (old & COUNT_MASK).wrapping_add((count as usize) << COUNT_SHIFT);
-            match self
-                .head
-                .compare_exchange_weak(old, first as usize | counted, publish, Ordering::Relaxed)
-            {
+            match self.head.compare_exchange_weak(
+                old,
+                first as usize | counted,
+                publish,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) if old & FLAG != 0 => return Pushed::ClearedFlag,
                 Ok(_) => return Pushed::Plain,
                 Err(now) => old = now,
@@ -333,7 +335,11 @@ mod tests {
     /// after each take.
     #[test]
     fn the_head_counts_what_was_pushed() {
-        let mut nodes: Vec<Node> = (0..5).map(|_| Node { next: core::ptr::null_mut() }).collect();
+        let mut nodes: Vec<Node> = (0..5)
+            .map(|_| Node {
+                next: core::ptr::null_mut(),
+            })
+            .collect();
         let n: Vec<*mut Node> = nodes.iter_mut().map(|x| x as *mut Node).collect();
         let list = RemoteList::new();
         assert!(list.try_flag());

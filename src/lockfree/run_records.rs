@@ -149,12 +149,8 @@ impl<'a> Table<'a> {
                 if !claim {
                     return None; // the probe sequence ends at a slot never claimed
                 }
-                match word.compare_exchange(
-                    0,
-                    hash | CLAIMING,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
+                match word.compare_exchange(0, hash | CLAIMING, Ordering::AcqRel, Ordering::Acquire)
+                {
                     Ok(_) => seen = hash | CLAIMING,
                     Err(now) => seen = now,
                 }
@@ -274,7 +270,12 @@ impl<'a> Slot<'a> {
             let seen = word.load(Ordering::Acquire);
             if (seen == 0 || (seen & LIVE_CLAIMING == 0 && dead(seen)))
                 && word
-                    .compare_exchange(seen, tag | LIVE_CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(
+                        seen,
+                        tag | LIVE_CLAIMING,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
                     .is_ok()
             {
                 for w in &self.words[at + 1..at + 1 + self.shape.fields] {
@@ -336,7 +337,9 @@ mod tests {
     };
 
     fn table(slots: usize) -> Vec<AtomicU64> {
-        (0..slots * SHAPE.slot_words()).map(|_| AtomicU64::new(0)).collect()
+        (0..slots * SHAPE.slot_words())
+            .map(|_| AtomicU64::new(0))
+            .collect()
     }
 
     fn name(s: &str) -> [u64; NAME_WORDS] {
@@ -357,12 +360,18 @@ mod tests {
     #[test]
     fn names_meet_at_one_slot_and_the_ring_keeps_the_last_runs() {
         let words = table(3);
-        let t = Table { words: &words, shape: SHAPE };
+        let t = Table {
+            words: &words,
+            shape: SHAPE,
+        };
         assert!(t.find(&name("a"), false).is_none());
         let a = t.find(&name("a"), true).unwrap();
         let b = t.find(&name("b"), true).unwrap();
         assert!(!core::ptr::eq(a.words, b.words));
-        assert!(core::ptr::eq(t.find(&name("a"), false).unwrap().words, a.words));
+        assert!(core::ptr::eq(
+            t.find(&name("a"), false).unwrap().words,
+            a.words
+        ));
         for i in 0..5 {
             assert!(a.append(&[i, i, i]));
         }
@@ -378,7 +387,10 @@ mod tests {
     #[test]
     fn a_killed_writer_loses_only_its_record_and_the_next_one_takes_the_entry_over() {
         let words = table(1);
-        let t = Table { words: &words, shape: SHAPE };
+        let t = Table {
+            words: &words,
+            shape: SHAPE,
+        };
         let s = t.find(&name("k"), true).unwrap();
         assert!(s.append(&[1, 1, 1]));
         // Killed after every possible number of its stores: entry 1 is never accepted, the
@@ -403,7 +415,10 @@ mod tests {
     #[test]
     fn a_claimer_killed_before_naming_its_slot_is_finished_by_the_next() {
         let words = table(2);
-        let t = Table { words: &words, shape: SHAPE };
+        let t = Table {
+            words: &words,
+            shape: SHAPE,
+        };
         let n = name("x");
         let start = (name_hash(&n) as usize / 256) % 2;
         words[start * SHAPE.slot_words()].store(name_hash(&n) | CLAIMING, Ordering::Relaxed);
@@ -416,7 +431,10 @@ mod tests {
     #[test]
     fn live_entries_of_dead_holders_are_taken_with_zeroed_figures() {
         let words = table(1);
-        let t = Table { words: &words, shape: SHAPE };
+        let t = Table {
+            words: &words,
+            shape: SHAPE,
+        };
         let s = t.find(&name("l"), true).unwrap();
         let i = s.live_claim(7, |_| false).unwrap();
         s.live_word(i, 0).fetch_max(100, Ordering::Relaxed);
@@ -449,7 +467,11 @@ mod loom_models {
     };
 
     fn table(slots: usize) -> Arc<Vec<AtomicU64>> {
-        Arc::new((0..slots * SHAPE.slot_words()).map(|_| AtomicU64::new(0)).collect())
+        Arc::new(
+            (0..slots * SHAPE.slot_words())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        )
     }
 
     const NAME: [u64; NAME_WORDS] = [0x61, 0, 0, 0, 0, 0, 0, 0];
@@ -465,13 +487,19 @@ mod loom_models {
     fn writers_against_reader(order: Ordering) {
         loom::model(move || {
             let words = table(1);
-            let t = Table { words: &words, shape: SHAPE };
+            let t = Table {
+                words: &words,
+                shape: SHAPE,
+            };
             let slot = t.find(&NAME, true).unwrap();
             let handles: Vec<_> = (1..=2u64)
                 .map(|w| {
                     let words = words.clone();
                     thread::spawn(move || {
-                        let t = Table { words: &words, shape: SHAPE };
+                        let t = Table {
+                            words: &words,
+                            shape: SHAPE,
+                        };
                         t.slot(0).append_with(&record_of(w), order, usize::MAX)
                     })
                 })
@@ -529,7 +557,10 @@ mod loom_models {
     fn a_killed_writer_loses_only_its_own_record() {
         loom::model(|| {
             let words = table(1);
-            let t = Table { words: &words, shape: SHAPE };
+            let t = Table {
+                words: &words,
+                shape: SHAPE,
+            };
             let slot = t.find(&NAME, true).unwrap();
             slot.words[W_NEXT].store(1, Ordering::Relaxed);
             assert!(slot.append(&record_of(3))); // entry 1
@@ -537,7 +568,10 @@ mod loom_models {
             slot.words[W_NEXT].store(2, Ordering::Relaxed);
             let w = words.clone();
             let h = thread::spawn(move || {
-                let t = Table { words: &w, shape: SHAPE };
+                let t = Table {
+                    words: &w,
+                    shape: SHAPE,
+                };
                 t.slot(0).append(&record_of(2)) // entry 0, taken over
             });
             let mut out = [0u64; 2];
@@ -558,11 +592,20 @@ mod loom_models {
             let words = table(2);
             let w = words.clone();
             let h = thread::spawn(move || {
-                let t = Table { words: &w, shape: SHAPE };
-                t.find_with(&NAME, true, named).map(|s| s.words.as_ptr() as usize)
+                let t = Table {
+                    words: &w,
+                    shape: SHAPE,
+                };
+                t.find_with(&NAME, true, named)
+                    .map(|s| s.words.as_ptr() as usize)
             });
-            let t = Table { words: &words, shape: SHAPE };
-            let mine = t.find_with(&NAME, true, named).map(|s| s.words.as_ptr() as usize);
+            let t = Table {
+                words: &words,
+                shape: SHAPE,
+            };
+            let mine = t
+                .find_with(&NAME, true, named)
+                .map(|s| s.words.as_ptr() as usize);
             let theirs = h.join().unwrap();
             assert!(mine.is_some() && mine == theirs, "two slots for one name");
         });

@@ -86,7 +86,10 @@ fn every_grouped_file_is_a_module_here_and_nothing_else_is() {
     }
     in_cargo.sort();
     here.sort();
-    assert!(!here.is_empty(), "no `#[path = \"../NAME.rs\"]` module found in main.rs");
+    assert!(
+        !here.is_empty(),
+        "no `#[path = \"../NAME.rs\"]` module found in main.rs"
+    );
     assert_eq!(
         in_cargo, here,
         "Cargo.toml's [[test]] targets with `test = false` (left) must be the modules of \
