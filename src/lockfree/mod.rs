@@ -8,6 +8,7 @@ pub mod lease_lock;
 // Its models run; nothing in the library uses it yet (lending is not yet behind a tier).
 #[allow(dead_code)]
 pub mod lend_table;
+pub mod mark_claim;
 pub mod published;
 pub mod redo_log;
 pub mod remote_list;
