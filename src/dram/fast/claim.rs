@@ -23,10 +23,14 @@
 //! without an atomic instruction (a locked swap there costs a full barrier on every free; see
 //! BENCHMARKS.md, "Hardening"): a free by the owner racing a free by another thread can still
 //! both pass.
+//!
+//! The ordering itself (publish, then swap; fence, then read the slots) is
+//! `lockfree::mark_claim`, whose loom models check it and catch its broken variants.
 
 use super::heap::Heap;
 use super::page::{Block, Page};
-use core::sync::atomic::{fence, AtomicUsize, Ordering};
+use crate::lockfree::mark_claim;
+use core::sync::atomic::AtomicUsize;
 
 /// Claims dead block `p` of `page` for a free by `heap`'s thread: true if this free is the
 /// first, false if another free claimed it already (a double free). On true the caller must
@@ -36,16 +40,12 @@ use core::sync::atomic::{fence, AtomicUsize, Ordering};
 /// `p` must be a block start of `page` (16 readable bytes) and `heap` the calling thread's.
 #[inline]
 pub unsafe fn claim(heap: *mut Heap, page: *const Page, p: *mut u8) -> bool {
-    // SAFETY: the calling thread's heap; the block's second word is aligned.
+    // SAFETY: the calling thread's heap; the block's second word is aligned, and every other
+    // thread that writes it at the same time is a claim (atomic) too.
     unsafe {
-        (*heap).freeing.store(p as usize, Ordering::Relaxed);
         let tag = &*Block::tag_of(p).cast::<AtomicUsize>();
-        if tag.swap(page as usize, Ordering::SeqCst) == page as usize {
-            (*heap).freeing.store(0, Ordering::Relaxed);
-            return false;
-        }
+        mark_claim::claim(&(*heap).freeing, tag, p as usize, page as usize)
     }
-    true
 }
 
 /// Ends `heap`'s claim (see `claim`).
@@ -55,15 +55,16 @@ pub unsafe fn claim(heap: *mut Heap, page: *const Page, p: *mut u8) -> bool {
 #[inline]
 pub unsafe fn release(heap: *mut Heap) {
     // SAFETY: the calling thread's heap.
-    unsafe { (*heap).freeing.store(0, Ordering::Release) };
+    mark_claim::release(unsafe { &(*heap).freeing })
 }
 
 /// Whether some heap's free has claimed `p` and not yet put it where freed blocks wait. Called
 /// after `p`'s free mark was seen.
 pub fn being_freed(p: *mut u8) -> bool {
-    fence(Ordering::SeqCst);
-    super::binding::any_heap(|heap| {
-        // SAFETY: registered heaps live forever; the slot is atomic.
-        unsafe { (*heap).freeing.load(Ordering::Acquire) == p as usize }
+    mark_claim::being_claimed(p as usize, |holds| {
+        super::binding::any_heap(|heap| {
+            // SAFETY: registered heaps live forever.
+            holds(unsafe { &(*heap).freeing })
+        })
     })
 }
