@@ -1214,7 +1214,10 @@ fn the_owner_record_refuses_a_second_opener_until_the_owner_is_gone() {
     drop(third);
     // A record naming this very process (an earlier image of it: `exec` keeps the pid and
     // runs no exit hook, so the claim stays) is ours to take.
-    let earlier = open("pmr", &path, "").unwrap();
+    // (Opened without the host lock: a child that another test of this binary is spawning
+    // at this moment may still hold a copy of `first`'s descriptor, and with it its lock,
+    // until it executes; the record, not the lock, is what this part checks.)
+    let earlier = open_unlocked(&path, "").unwrap();
     core::mem::forget(earlier); // exits without closing, as an image replaced by exec
     let again = open_unlocked(&path, "").expect("our own earlier claim is taken back");
     drop(again);
