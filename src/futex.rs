@@ -41,12 +41,33 @@ pub(crate) fn wait_while_equal(word: &AtomicU32, value: u32) {
     }
 }
 
+/// Sleeps until a wake on `word`, or `nanos` have passed, unless `word` no longer holds `value`
+/// (then it returns at once). One sleep: the caller checks its condition and loops.
+pub(crate) fn sleep_while_equal_at_most(word: &AtomicU32, value: u32, nanos: i64) {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: nanos,
+    };
+    // SAFETY: `word` is a valid, aligned u32 and `timeout` a valid relative time for the call;
+    // FUTEX_WAIT only reads the word. EINTR, EAGAIN and ETIMEDOUT all return to the caller.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            value,
+            &timeout as *const libc::timespec,
+        );
+    }
+}
+
 /// Wakes every thread sleeping in `wait_while_equal` on `word`; call it after changing the word.
 pub(crate) fn wake_all(word: &AtomicU32) {
     wake(word, i32::MAX);
 }
 
-/// Wakes one thread sleeping in `wait_while_equal` on `word` (a lock's next holder).
+/// Wakes one thread sleeping on `word` (in `wait_while_equal` or `sleep_while_equal_at_most`:
+/// a lock's next holder).
 pub(crate) fn wake_one(word: &AtomicU32) {
     wake(word, 1);
 }
