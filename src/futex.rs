@@ -25,19 +25,10 @@ pub(crate) fn wait_while_equal(word: &AtomicU32, value: u32) {
         }
         core::hint::spin_loop();
     }
+    // A change made before a sleep is never slept through (the kernel compares first);
+    // EINTR and spurious wake-ups loop to the check.
     while word.load(Ordering::Acquire) == value {
-        // SAFETY: `word` is a valid, aligned u32 for the call; FUTEX_WAIT only reads it and
-        // returns at once (EAGAIN) if it no longer holds `value`, so a change made before the
-        // call is never slept through. EINTR and spurious wake-ups loop to the check above.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word.as_ptr(),
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                value,
-                core::ptr::null::<libc::timespec>(),
-            );
-        }
+        sleep_if_equal(word, value, None);
     }
 }
 
@@ -48,15 +39,23 @@ pub(crate) fn sleep_while_equal_at_most(word: &AtomicU32, value: u32, nanos: i64
         tv_sec: 0,
         tv_nsec: nanos,
     };
-    // SAFETY: `word` is a valid, aligned u32 and `timeout` a valid relative time for the call;
-    // FUTEX_WAIT only reads the word. EINTR, EAGAIN and ETIMEDOUT all return to the caller.
+    sleep_if_equal(word, value, Some(&timeout));
+}
+
+/// One FUTEX_WAIT on `word` while it holds `value`, for at most `timeout` (relative) if given.
+/// Returns on a wake, at once if the word no longer holds `value` (EAGAIN), on a signal
+/// (EINTR) or when the time is up (ETIMEDOUT): every caller re-checks its condition.
+fn sleep_if_equal(word: &AtomicU32, value: u32, timeout: Option<&libc::timespec>) {
+    let timeout = timeout.map_or(core::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a valid, aligned u32 for the call, and `timeout` null or a valid
+    // relative time that outlives it; FUTEX_WAIT only reads the word.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
             value,
-            &timeout as *const libc::timespec,
+            timeout,
         );
     }
 }
