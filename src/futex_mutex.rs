@@ -5,7 +5,8 @@
 //! there: a holder of lower priority, or one of equal priority that slept while holding it
 //! (a page fault on a device mapping, `mremap`) and whose wake-up cannot preempt the spinning
 //! waiter. This lock's waiter sleeps, so the holder runs and its unlock wakes the waiter.
-//! The uncontended cost is the spin lock's: one compare-and-swap to lock, one swap to unlock.
+//! The uncontended cost is the spin lock's: one compare-and-swap to lock, a load and a plain
+//! store to unlock (`unlock` says why a missed wake-up costs a waiter at most a millisecond).
 //!
 //! The word's states (the classic three-state futex lock): 0 free, 1 locked, 2 locked and a
 //! waiter may sleep; whoever unlocks a 2 wakes one sleeper. The lock lives in this process's
