@@ -336,6 +336,14 @@ mod tests {
         live: 2,
     };
 
+    /// The table over `words`, in this module's shape.
+    fn over(words: &[AtomicU64]) -> Table<'_> {
+        Table {
+            words,
+            shape: SHAPE,
+        }
+    }
+
     fn table(slots: usize) -> Vec<AtomicU64> {
         (0..slots * SHAPE.slot_words())
             .map(|_| AtomicU64::new(0))
@@ -360,10 +368,7 @@ mod tests {
     #[test]
     fn names_meet_at_one_slot_and_the_ring_keeps_the_last_runs() {
         let words = table(3);
-        let t = Table {
-            words: &words,
-            shape: SHAPE,
-        };
+        let t = over(&words);
         assert!(t.find(&name("a"), false).is_none());
         let a = t.find(&name("a"), true).unwrap();
         let b = t.find(&name("b"), true).unwrap();
@@ -387,10 +392,7 @@ mod tests {
     #[test]
     fn a_killed_writer_loses_only_its_record_and_the_next_one_takes_the_entry_over() {
         let words = table(1);
-        let t = Table {
-            words: &words,
-            shape: SHAPE,
-        };
+        let t = over(&words);
         let s = t.find(&name("k"), true).unwrap();
         assert!(s.append(&[1, 1, 1]));
         // Killed after every possible number of its stores: entry 1 is never accepted, the
@@ -415,10 +417,7 @@ mod tests {
     #[test]
     fn a_claimer_killed_before_naming_its_slot_is_finished_by_the_next() {
         let words = table(2);
-        let t = Table {
-            words: &words,
-            shape: SHAPE,
-        };
+        let t = over(&words);
         let n = name("x");
         let start = (name_hash(&n) as usize / 256) % 2;
         words[start * SHAPE.slot_words()].store(name_hash(&n) | CLAIMING, Ordering::Relaxed);
@@ -431,10 +430,7 @@ mod tests {
     #[test]
     fn live_entries_of_dead_holders_are_taken_with_zeroed_figures() {
         let words = table(1);
-        let t = Table {
-            words: &words,
-            shape: SHAPE,
-        };
+        let t = over(&words);
         let s = t.find(&name("l"), true).unwrap();
         let i = s.live_claim(7, |_| false).unwrap();
         s.live_word(i, 0).fetch_max(100, Ordering::Relaxed);
@@ -466,6 +462,14 @@ mod loom_models {
         live: 0,
     };
 
+    /// The table over `words`, in this module's shape.
+    fn over(words: &[AtomicU64]) -> Table<'_> {
+        Table {
+            words,
+            shape: SHAPE,
+        }
+    }
+
     fn table(slots: usize) -> Arc<Vec<AtomicU64>> {
         Arc::new(
             (0..slots * SHAPE.slot_words())
@@ -487,19 +491,13 @@ mod loom_models {
     fn writers_against_reader(order: Ordering) {
         loom::model(move || {
             let words = table(1);
-            let t = Table {
-                words: &words,
-                shape: SHAPE,
-            };
+            let t = over(&words);
             let slot = t.find(&NAME, true).unwrap();
             let handles: Vec<_> = (1..=2u64)
                 .map(|w| {
                     let words = words.clone();
                     thread::spawn(move || {
-                        let t = Table {
-                            words: &words,
-                            shape: SHAPE,
-                        };
+                        let t = over(&words);
                         t.slot(0).append_with(&record_of(w), order, usize::MAX)
                     })
                 })
@@ -557,10 +555,7 @@ mod loom_models {
     fn a_killed_writer_loses_only_its_own_record() {
         loom::model(|| {
             let words = table(1);
-            let t = Table {
-                words: &words,
-                shape: SHAPE,
-            };
+            let t = over(&words);
             let slot = t.find(&NAME, true).unwrap();
             slot.words[W_NEXT].store(1, Ordering::Relaxed);
             assert!(slot.append(&record_of(3))); // entry 1
@@ -568,10 +563,7 @@ mod loom_models {
             slot.words[W_NEXT].store(2, Ordering::Relaxed);
             let w = words.clone();
             let h = thread::spawn(move || {
-                let t = Table {
-                    words: &w,
-                    shape: SHAPE,
-                };
+                let t = over(&w);
                 t.slot(0).append(&record_of(2)) // entry 0, taken over
             });
             let mut out = [0u64; 2];
@@ -597,17 +589,11 @@ mod loom_models {
             let words = table(2);
             let w = words.clone();
             let h = thread::spawn(move || {
-                let t = Table {
-                    words: &w,
-                    shape: SHAPE,
-                };
+                let t = over(&w);
                 t.find_with(&NAME, true, named)
                     .map(|s| s.words.as_ptr() as usize)
             });
-            let t = Table {
-                words: &words,
-                shape: SHAPE,
-            };
+            let t = over(&words);
             let mine = t
                 .find_with(&NAME, true, named)
                 .map(|s| s.words.as_ptr() as usize);
