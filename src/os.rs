@@ -139,11 +139,12 @@ fn in_memory_fs(fd: i32) -> bool {
     unsafe { libc::fstatfs(fd, &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC }
 }
 
-/// Makes the pages of `[p, p + size)` (page-aligned, a private anonymous mapping of ours) present
-/// and writable in one call (`MADV_POPULATE_WRITE`, Linux 5.14) instead of one fault per page:
-/// for host metadata a recovery is about to fill in full (on the 2-core VM a page fault's entry
-/// alone is about a third of a microsecond). Best effort: an older kernel refuses, and the pages
-/// are then faulted one by one as before. Changes no byte.
+/// Makes the pages of `[p, p + size)` (page-aligned, a mapping of ours) present and writable in
+/// one call (`MADV_POPULATE_WRITE`, Linux 5.14) instead of one fault per page: for host metadata
+/// a recovery is about to fill in full (on the 2-core VM a page fault's entry alone is about a
+/// third of a microsecond), or an evacuation target's chunk (a shmem file allocates its pages
+/// here). Best effort: an older kernel or a backing that cannot (a PCI BAR) refuses, and the
+/// pages are then faulted one by one as before. Changes no byte.
 pub fn prefault_write(p: *mut u8, size: usize) {
     const MADV_POPULATE_WRITE: i32 = 23;
     keep_errno(|| {

@@ -846,20 +846,10 @@ impl Drop for SignalsBlocked {
 /// a shmem target allocates them here. Changes no byte. A backing that cannot (a PCI BAR) is
 /// simply written or faulted afterwards.
 fn populate(base: usize, ranges: &Ranges) {
-    const MADV_POPULATE_WRITE: i32 = 23;
     for &(start, end) in &ranges.items[..ranges.len] {
         let first = start as usize & !(os::PAGE_SIZE - 1);
         let last = os::page_round(end as usize);
-        os::keep_errno(|| {
-            // SAFETY: a page range inside a mapping of ours; populating changes no byte.
-            unsafe {
-                libc::madvise(
-                    (base + first) as *mut libc::c_void,
-                    last - first,
-                    MADV_POPULATE_WRITE,
-                )
-            }
-        });
+        os::prefault_write((base + first) as *mut u8, last - first);
     }
 }
 
