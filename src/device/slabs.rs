@@ -206,6 +206,7 @@ pub(crate) enum SlabKill {
 }
 
 /// What a free of an offset found.
+#[cfg(test)]
 pub(crate) enum SlabFree {
     /// The offset is not in a slab: the extent heap owns it.
     NotSlab,
@@ -466,21 +467,17 @@ impl Slabs {
         }
     }
 
-    /// Frees the slot whose header is at `offset`: clears its live bit (`kill`), runs
-    /// `mark_free` (which writes the header's state), then gives the slot back to its slab
-    /// (`release`, counted as a free; `retire` as there).
-    pub fn free(
-        &self,
-        offset: u64,
-        mark_free: impl FnOnce(),
-        retire: impl FnMut(u64),
-    ) -> SlabFree {
+    /// Frees the slot whose header is at `offset` as the tier does without a thread cache:
+    /// clears its live bit (`kill`), runs `mark_free` (which writes the header's state), then
+    /// gives the slot back to its slab (`release`, counted as a free).
+    #[cfg(test)]
+    pub fn free(&self, offset: u64, mark_free: impl FnOnce(), retire: impl FnMut(u64)) -> SlabFree {
         match self.kill(offset) {
             SlabKill::NotSlab => SlabFree::NotSlab,
             SlabKill::Refused(e) => SlabFree::Refused(e),
             SlabKill::Killed { .. } => {
                 mark_free();
-                self.release_counted(&[offset], retire, true);
+                self.release(&[offset], retire, true);
                 SlabFree::Freed
             }
         }
@@ -489,13 +486,9 @@ impl Slabs {
     /// Gives the held, not live, slots at `offsets` back to their slabs, under one class lock
     /// for each run of slots of one lane and class. When that empties a slab, `retire(slab
     /// offset)` runs, still under the class lock: it must `unclaim` the slab and give its
-    /// extent back to the heap, under the heap's lock.
-    pub fn release(&self, offsets: &[u64], retire: impl FnMut(u64)) {
-        self.release_counted(offsets, retire, false);
-    }
-
-    /// `release`, counting the slots as frees if `count`.
-    fn release_counted(&self, offsets: &[u64], mut retire: impl FnMut(u64), count: bool) {
+    /// extent back to the heap, under the heap's lock. The slots count as frees if `count`
+    /// (a free that no thread's cache took).
+    pub fn release(&self, offsets: &[u64], mut retire: impl FnMut(u64), count: bool) {
         let mut locked: Option<(u8, crate::futex_mutex::MutexGuard<'_, ClassList>)> = None;
         for &offset in offsets {
             // A held slot keeps its slab: the class read without the lock stays true.

@@ -323,7 +323,7 @@ impl DeviceTier {
 
     /// Gives the held slots at `offsets` back to their slabs (a slab emptied is retired).
     fn release_slots(&self, offsets: &[u64]) {
-        self.slabs.release(offsets, |slab| self.retire_slab(slab));
+        self.slabs.release(offsets, |slab| self.retire_slab(slab), false);
     }
 
     /// A live slot of `class` for this thread, its header written: `(offset, slot bytes)`.
@@ -371,13 +371,8 @@ impl DeviceTier {
     /// Frees the slot whose header is at `offset`, if it is in a slab: `None` when it is not
     /// (the extent heap's), else whether it was a live slot (refused: why not).
     pub(super) fn free_slot(&self, offset: u64) -> Option<Result<(), super::FreeError>> {
-        let Some(entry) = self.slot_entry() else {
-            return match self.slabs.free(offset, || self.mark_free(offset), |s| self.retire_slab(s)) {
-                slabs::SlabFree::NotSlab => None,
-                slabs::SlabFree::Freed => Some(Ok(())),
-                slabs::SlabFree::Refused(e) => Some(Err(e)),
-            };
-        };
+        // Blocks outside the slabs leave at the first test, before the thread's cache is
+        // looked up.
         let class = match self.slabs.kill(offset) {
             slabs::SlabKill::NotSlab => return None,
             slabs::SlabKill::Refused(e) => return Some(Err(e)),
@@ -385,6 +380,10 @@ impl DeviceTier {
         };
         // The slot is still held: nobody else writes its header now.
         self.mark_free(offset);
+        let Some(entry) = self.slot_entry() else {
+            self.slabs.release(&[offset], |slab| self.retire_slab(slab), true);
+            return Some(Ok(()));
+        };
         bump(&entry.frees, 1);
         let slot = slabs::usable_of(class) + super::HEADER_SIZE;
         // SAFETY: this thread's entry.
