@@ -326,8 +326,8 @@ impl DeviceTier {
         self.slabs.release(offsets, |slab| self.retire_slab(slab), false);
     }
 
-    /// A live slot of `class` for this thread, its header written: `(offset, slot bytes)`.
-    /// From its cache when it has one (no lock), else from the slabs.
+    /// The offset of a live slot of `class` for this thread, its header written: from its
+    /// cache when it has one (no lock), else from the slabs (`REFILL` at a time).
     pub(super) fn alloc_slot(&self, class: usize) -> Option<u64> {
         let slot = slabs::usable_of(class) + super::HEADER_SIZE;
         let Some(entry) = self.slot_entry() else {
@@ -402,7 +402,8 @@ impl DeviceTier {
         // SAFETY: as above (`release_slots` does not touch the stacks).
         let stack = &mut unsafe { entry.stacks() }[class - 1];
         if entry.bytes.load(Ordering::Relaxed) + slot > self.slot_budget {
-            // A budget below one slot of this class (a tiny tier): straight back.
+            // Still over budget (other classes' slots fill it, or a tiny tier's budget is
+            // below one slot): straight back, as without a cache.
             self.release_slots(&[offset]);
         } else {
             stack.offsets[stack.n as usize] = offset;
