@@ -414,8 +414,12 @@ impl DeviceTier {
     }
 
     /// Gives every slot of this thread's cache for this tier back to the slabs (statistics,
-    /// a full tier, a fit change).
+    /// a full tier). A thread without caches gets none made.
     pub(super) fn give_back_own_slots(&self) {
+        let word = cache_word::get();
+        if word == core::ptr::addr_of!(UNSET) as usize || word == core::ptr::addr_of!(EXITED) as usize {
+            return;
+        }
         if let Some(entry) = self.slot_entry() {
             // SAFETY: this thread's entry.
             unsafe { self.give_back_all(entry) };
