@@ -94,39 +94,60 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 const KEY_NONE: u32 = u32::MAX;
 const KEY_BUSY: u32 = u32::MAX - 1;
-static EXIT_KEY: AtomicU32 = AtomicU32::new(KEY_NONE);
 
-/// Arranges for `on_exit(value)` to run when this thread exits (pthread key destructor; glibc
-/// runs them up to four rounds while values are re-set). The first call creates the key; a
-/// concurrent first call waits for it, sleeping in the kernel after a short spin (a spinning
-/// SCHED_FIFO waiter would keep the creator from running on its CPU). Returns false if no key
-/// could be created.
+/// A pthread key created on first use, whose destructor is the function its first
+/// `call_at_exit` names (each user with its own destructor needs its own key).
+pub struct ExitKey(AtomicU32);
+
+static EXIT_KEY: ExitKey = ExitKey::new();
+
+/// `EXIT_KEY.call_at_exit` (the DRAM heaps' key).
 pub fn call_at_exit(value: *mut c_void, on_exit: unsafe extern "C" fn(*mut c_void)) -> bool {
-    let key = loop {
-        match EXIT_KEY.load(Ordering::Acquire) {
-            KEY_NONE => {
-                if EXIT_KEY
-                    .compare_exchange(KEY_NONE, KEY_BUSY, Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
-                {
-                    continue;
+    EXIT_KEY.call_at_exit(value, on_exit)
+}
+
+impl ExitKey {
+    pub const fn new() -> ExitKey {
+        ExitKey(AtomicU32::new(KEY_NONE))
+    }
+
+    /// Arranges for `on_exit(value)` to run when this thread exits (pthread key destructor;
+    /// glibc runs them up to four rounds while values are re-set). The first call creates the
+    /// key; a concurrent first call waits for it, sleeping in the kernel after a short spin
+    /// (a spinning SCHED_FIFO waiter would keep the creator from running on its CPU). Returns
+    /// false if no key could be created.
+    pub fn call_at_exit(
+        &self,
+        value: *mut c_void,
+        on_exit: unsafe extern "C" fn(*mut c_void),
+    ) -> bool {
+        let exit_key = &self.0;
+        let key = loop {
+            match exit_key.load(Ordering::Acquire) {
+                KEY_NONE => {
+                    if exit_key
+                        .compare_exchange(KEY_NONE, KEY_BUSY, Ordering::Acquire, Ordering::Relaxed)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let mut key: libc::pthread_key_t = 0;
+                    // SAFETY: `key` is a valid out-pointer; the destructor is a plain function.
+                    let rc = unsafe { libc::pthread_key_create(&mut key, Some(on_exit)) };
+                    if rc != 0 || key >= KEY_BUSY {
+                        exit_key.store(KEY_NONE, Ordering::Release);
+                        futex::wake_all(exit_key);
+                        return false;
+                    }
+                    exit_key.store(key, Ordering::Release);
+                    futex::wake_all(exit_key);
+                    break key;
                 }
-                let mut key: libc::pthread_key_t = 0;
-                // SAFETY: `key` is a valid out-pointer; the destructor is a plain function.
-                let rc = unsafe { libc::pthread_key_create(&mut key, Some(on_exit)) };
-                if rc != 0 || key >= KEY_BUSY {
-                    EXIT_KEY.store(KEY_NONE, Ordering::Release);
-                    futex::wake_all(&EXIT_KEY);
-                    return false;
-                }
-                EXIT_KEY.store(key, Ordering::Release);
-                futex::wake_all(&EXIT_KEY);
-                break key;
+                KEY_BUSY => futex::wait_while_equal(exit_key, KEY_BUSY),
+                key => break key,
             }
-            KEY_BUSY => futex::wait_while_equal(&EXIT_KEY, KEY_BUSY),
-            key => break key,
-        }
-    };
-    // SAFETY: `key` was created above; setspecific stores a pointer-sized value.
-    unsafe { libc::pthread_setspecific(key, value) == 0 }
+        };
+        // SAFETY: `key` was created above; setspecific stores a pointer-sized value.
+        unsafe { libc::pthread_setspecific(key, value) == 0 }
+    }
 }

@@ -43,6 +43,8 @@ pub fn register_fork_handlers() {
                 FORK_PIPE[1].store(fds[1], Ordering::Relaxed);
             }
         }
+        // The slot caches' registry first: the lock order.
+        super::slot_cache::lock_for_fork();
         for_each_device(|t| t.lock_for_fork());
     }
     extern "C" fn in_parent() {
@@ -63,9 +65,11 @@ pub fn register_fork_handlers() {
         }
         // Only now: meanwhile no thread of the parent could take a new block.
         for_each_device(|t| t.unlock_after_fork());
+        super::slot_cache::unlock_after_fork();
     }
     extern "C" fn in_child() {
         for_each_device(|t| t.after_fork_in_child());
+        super::slot_cache::after_fork_in_child();
         let (read_end, write_end) = take_fork_pipe();
         if read_end >= 0 {
             os::keep_errno(|| {

@@ -28,6 +28,7 @@ pub mod heartbeat;
 pub(crate) mod outside;
 pub mod persist;
 pub mod slabs;
+pub(crate) mod slot_cache;
 
 use crate::backend::{self, Problem, Region};
 use crate::config::TierSpec;
@@ -37,13 +38,13 @@ use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierCounters, TierStats};
 use core::fmt::Write;
 use core::ffi::CStr;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use evacuate::{DeviceState, LiveExtents};
 use extent_cache::{CacheFree, Evicted, ExtentCache};
 use extent_heap::{Carved, ExtentHeap, FreeError, HeapStats};
 use persist::{media, owner, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
 use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
-use slabs::{SlabFree, SlabTotals, Slabs, SLAB_BYTES};
+use slabs::{SlabTotals, Slabs, SLAB_BYTES};
 
 
 /// Every extent offset and length is a multiple of this: the header size, so that a block
@@ -75,6 +76,10 @@ pub(crate) struct DeviceTier {
     /// `None` for a tier lent its capacity (its extents go back to the pool) or when host
     /// memory for its table could not be had.
     cache: Option<ExtentCache>,
+    /// The id under which threads cache this tier's slab slots (`slot_cache`); 0: they do not.
+    slot_cache_id: AtomicU64,
+    /// The most slot bytes one thread caches for this tier.
+    slot_budget: u64,
     /// The most bytes (extent lengths) this tier serves at once (`limit=`).
     limit: u64,
     /// Blocks allocated and freed outside slabs (slabs count their own).
@@ -164,6 +169,8 @@ impl DeviceTier {
                 None => ExtentCache::new(region.len as u64, spec.fit == Fit::Best),
                 Some(_) => None,
             },
+            slot_cache_id: AtomicU64::new(0),
+            slot_budget: slot_cache::budget_of(region.len as u64),
             limit: spec.limit.unwrap_or(u64::MAX),
             allocations: SharedCounter::new(),
             frees: SharedCounter::new(),
@@ -326,16 +333,7 @@ impl DeviceTier {
         // DRAM: its usable size is not 0 (which `realloc` would take for "not a block"), and
         // its address is not the next block's header.
         let offset = match Slabs::class_of(size, align) {
-            Some(class) => {
-                let (offset, slot) = self.slabs.alloc(class, |lane| {
-                    let claim = |offset| self.slabs.claim(offset, class, lane);
-                    let marker = STATE_SLAB | class as u16;
-                    self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0, marker, claim)
-                        .map(|(offset, _)| offset)
-                })?;
-                self.write_header(offset, slot);
-                offset
-            }
+            Some(class) => self.alloc_slot(class)?,
             None => {
                 let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
                 let offset = self.alloc_block_extent(len, align as u64)?;
@@ -344,6 +342,34 @@ impl DeviceTier {
             }
         };
         Some((self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8)
+    }
+
+    /// A new slab of `class` for `lane` (`Slabs::take`): its extent, claimed and its marker
+    /// written.
+    fn new_slab(&self, class: usize, lane: slabs::Lane) -> Option<u64> {
+        let claim = |offset| self.slabs.claim(offset, class, lane);
+        let marker = STATE_SLAB | class as u16;
+        self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0, marker, claim)
+            .map(|(offset, _)| offset)
+    }
+
+    /// Gives the extent of slab `slab`, whose last slot was given back, to the heap (under the
+    /// slot's class lock: `Slabs::release`).
+    fn retire_slab(&self, slab: u64) {
+        // Retiring writes nothing to the device: the last slot's state, written by
+        // `mark_free`, already makes the slab one with no live slot, free space to a recovery
+        // scan. Its marker stays, as the head of free space, until a block or slab is cut over
+        // it (`persist`: a marker whose slots are all free, or whose size a cut rewrote, is
+        // free).
+        let mut heap = self.heap.lock();
+        // The slot's state ordered before the window is handed back (an `sfence` on DAX,
+        // nothing on a file or BAR): a new slab of the same class made there by another
+        // thread must not reach the device before it, or that slot would come back live.
+        media::order(&self.backing());
+        self.slabs.unclaim(slab);
+        let freed = heap.free(slab);
+        debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");
+        self.release_if_empty(&mut heap, slab);
     }
 
     /// The extent of a block outside the slabs, of at least `len` bytes (header included) for
@@ -546,25 +572,10 @@ impl DeviceTier {
     /// Frees block `p`; refuses (changing nothing) a pointer that is not a live block start.
     pub fn free(&self, p: *mut u8) -> Result<(), FreeError> {
         let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
-        // Retiring writes nothing to the device: the last slot's state, written by `mark_free`,
-        // already makes the slab one with no live slot, free space to a recovery scan. Its
-        // marker stays, as the head of free space, until a block or slab is cut over it
-        // (`persist`: a marker whose slots are all free, or whose size a cut rewrote, is free).
-        let retire = |slab| {
-            let mut heap = self.heap.lock();
-            // The slot's state ordered before the window is handed back (an `sfence` on DAX,
-            // nothing on a file or BAR): a new slab of the same class made there by another
-            // thread must not reach the device before it, or that slot would come back live.
-            media::order(&self.backing());
-            self.slabs.unclaim(slab);
-            let freed = heap.free(slab);
-            debug_assert!(freed.is_ok(), "a retired slab is an allocated extent");
-            self.release_if_empty(&mut heap, slab);
-        };
-        match self.slabs.free(offset, || self.mark_free(offset), retire) {
-            SlabFree::Freed => {}
-            SlabFree::Refused(error) => return Err(error),
-            SlabFree::NotSlab => {
+        match self.free_slot(offset) {
+            Some(Ok(())) => {}
+            Some(Err(error)) => return Err(error),
+            None => {
                 let in_region = offset < self.region.len as u64;
                 if let Some(cache) = self.cache.as_ref().filter(|c| in_region && c.enabled()) {
                     match cache.free(offset) {
@@ -861,22 +872,27 @@ impl DeviceTier {
 
     /// The tier's figures for a statistics report.
     pub fn figures(&self) -> DeviceFigures {
-        // Exact figures: freed blocks waiting in the lanes are free space of the heap again.
+        // Exact figures: freed blocks waiting in the lanes are free space of the heap again,
+        // and so are this thread's cached slots (other threads' count as idle below).
+        self.give_back_own_slots();
         self.drain_cache();
+        let cached = slot_cache::cached_totals(self.slot_cache_id.load(Ordering::Relaxed), true);
         let h = self.heap.lock().stats();
-        self.figures_of(h, self.slabs.totals())
+        self.figures_of(h, self.slabs.totals(), cached.unwrap_or_default())
     }
 
     /// The figures, or `None` while a lock is held: a report from a signal handler or from
     /// inside an allocation must not wait for the thread it interrupted.
     pub fn try_figures(&self) -> Option<DeviceFigures> {
+        let cached = slot_cache::cached_totals(self.slot_cache_id.load(Ordering::Relaxed), false)?;
         let h = self.heap.try_lock()?.stats();
-        Some(self.figures_of(h, self.slabs.try_totals()?))
+        Some(self.figures_of(h, self.slabs.try_totals()?, cached))
     }
 
-    fn figures_of(&self, h: HeapStats, slabs: SlabTotals) -> DeviceFigures {
+    /// `cached`: the threads' slot caches' `(bytes, allocations, frees)`.
+    fn figures_of(&self, h: HeapStats, slabs: SlabTotals, cached: (u64, u64, u64)) -> DeviceFigures {
         DeviceFigures {
-            stats: self.stats_of(h, slabs),
+            stats: self.stats_of(h, slabs, cached),
             peak_in_use: match &self.outside {
                 Some(outside) => outside.peak(),
                 None => h.peak_in_use.saturating_sub(SUPERBLOCK_BYTES),
@@ -886,7 +902,7 @@ impl DeviceTier {
         }
     }
 
-    fn stats_of(&self, mut h: HeapStats, slabs: SlabTotals) -> TierStats {
+    fn stats_of(&self, mut h: HeapStats, slabs: SlabTotals, slots: (u64, u64, u64)) -> TierStats {
         // The superblock (or a lent tier's placeholders) is allocated in the heap, but no block.
         let (lent, borrowed) = match &self.outside {
             Some(outside) => {
@@ -899,12 +915,13 @@ impl DeviceTier {
         h.capacity = h.capacity.saturating_sub(self.overhead());
         h.in_use = h.in_use.saturating_sub(self.overhead());
         let capacity = h.capacity.min(self.limit);
-        // Slabs are allocated extents; their slots without a live block are not in use, nor
-        // are the freed extents the cache holds.
+        // Slabs are allocated extents; their slots without a live block are not in use (free,
+        // or in a thread's cache), nor are the freed extents the cache holds.
         let cached = self.cache.as_ref().map_or(0, ExtentCache::cached_bytes);
         let in_use = h
             .in_use
             .saturating_sub(slabs.idle_bytes)
+            .saturating_sub(slots.0)
             .saturating_sub(cached);
         TierStats {
             capacity,
@@ -914,8 +931,8 @@ impl DeviceTier {
                 .largest_free
                 .saturating_sub(HEADER_SIZE)
                 .min(capacity.saturating_sub(h.in_use)),
-            allocations: self.allocations.get() + slabs.allocations,
-            frees: self.frees.get() + slabs.frees,
+            allocations: self.allocations.get() + slabs.allocations + slots.1,
+            frees: self.frees.get() + slabs.frees + slots.2,
             failures: self.counters.failures.get(),
             spilled_in: self.counters.spilled_in.get(),
             spilled_out: self.counters.spilled_out.get(),
@@ -977,7 +994,9 @@ pub fn open(spec: &TierSpec) -> bool {
             if crate::config::get().verbose {
                 report_opening(spec.kind, spec.path(), tier.previous_run_clean);
             }
-            slot.call_once(|| tier);
+            let tier = slot.call_once(|| tier);
+            // SAFETY: kept in `OPENED` for the process's life, never moved.
+            unsafe { tier.enable_slot_cache() };
             crate::device_sigbus::install(device_path);
             true
         }
@@ -1131,6 +1150,8 @@ fn report_bad_free(kind: Kind, p: *mut u8, error: FreeError) {
 #[cfg(test)]
 impl Drop for DeviceTier {
     fn drop(&mut self) {
+        // Threads' cached slots go with the tier.
+        slot_cache::forget_tier(self.slot_cache_id.load(Ordering::Relaxed));
         // A test's tier closes as a process's would at exit.
         self.close_cleanly();
         // The device behind the region now (a move replaces the first): its descriptor and
@@ -1146,3 +1167,5 @@ mod tests;
 mod lane_tests;
 #[cfg(test)]
 mod extent_cache_tests;
+#[cfg(test)]
+mod slot_cache_tests;

@@ -24,16 +24,24 @@
 //! extent heap's lock, in the same step that takes the slab's extent from the heap or gives it
 //! back: a free that found no slab and asks the heap instead can never see the slab's extent
 //! as an ordinary allocated block.
-//! A double free finds its slot's bit clear; a pointer that is not a slot's block start is
-//! refused. Device memory is only written: the header on `alloc`, its state on `free` (by the
-//! caller, while the class lock still holds the slot, so a retired slab's next owner never
-//! sees a late write).
+//! A slot is *held* while its bit in the descriptor's bitmap is set (under the class lock):
+//! live, or waiting in a thread's cache (`slot_cache`). It is *live* while its bit in `live`,
+//! one bit per 16 bytes of the region at the slot's header, is set (`lockfree::live_bitmap`,
+//! no lock): live slots are held ones. A free clears the live bit with one atomic AND and so
+//! needs no lock: a double free finds it clear, and two racing frees of one block cannot both
+//! win; a pointer that is not a slot's block start is refused. The bit is keyed by the
+//! header's place in the region, not by the slab, so a bit found set names a live block
+//! starting there whatever slab holds it now. Giving a held slot back to its slab
+//! (`release`) and taking free slots (`take`) are under the class lock, in batches. Device
+//! memory is only written: the header on `alloc`, its state on `free` (by the caller, while
+//! the slot is still held, so a retired slab's next owner never sees a late write).
 
 use crate::device::extent_heap::FreeError;
+use crate::lockfree::live_bitmap;
 use crate::os;
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 pub(crate) use lane::{Lane, LANES};
 
 pub(crate) mod lane;
@@ -76,7 +84,8 @@ pub(crate) const SLAB_WORDS: usize = WORDS;
 /// Invariants: `class == 0` unless the window is the extent of a live slab, and then it is
 /// `Lane::key(class)` of the slab's lane and class; every other field is read and written
 /// only under the lock of that class in that lane (`class` is set and cleared under it
-/// too). In a slab, `live` counts the set bits of `bitmap`, which lie below
+/// too). In a slab, `bitmap` has a bit set per held slot (live, or in a thread's cache), and
+/// `live` counts its set bits, which lie below
 /// `slots = SLAB_BYTES / slot_bytes(class)`; the slab is in its lane's partial list of its
 /// class exactly when `live < slots`, linked by `prev`/`next`.
 // A cache line each, as `ClassList`: slabs cut one after another have adjacent descriptors,
@@ -125,10 +134,15 @@ impl SlabTotals {
     }
 }
 
-/// The slabs of one device tier. `descs` maps `windows` descriptors (zeroed: no slab).
+/// The slabs of one device tier. `descs` maps `windows` descriptors (zeroed: no slab);
+/// `live` maps `live_words` words of live bits, one per 16 bytes of the region.
+///
+/// Invariant: a live bit is set only at the header of a held slot of a live slab.
 pub(crate) struct Slabs {
     descs: NonNull<SlabDesc>,
     windows: usize,
+    live: NonNull<AtomicU64>,
+    live_words: usize,
     /// `classes[lane][class - 1]`.
     classes: [[crate::futex_mutex::Mutex<ClassList>; CLASSES]; LANES],
 }
@@ -157,6 +171,16 @@ fn map_bytes(windows: usize) -> usize {
     os::page_round(windows.max(1) * core::mem::size_of::<SlabDesc>())
 }
 
+/// Words of live bits for a region of `region_len` bytes (a bit per 16 bytes).
+fn live_words_of(region_len: u64) -> usize {
+    (region_len / HEADER).div_ceil(64).max(1) as usize
+}
+
+/// Host bytes mapped for `words` words of live bits.
+fn live_map_bytes(words: usize) -> usize {
+    os::page_round(words * core::mem::size_of::<AtomicU64>())
+}
+
 /// Slots of a slab of `class`: slot `n`'s header is at `SLAB_MARKER + n * slot_bytes(class)`
 /// from the slab's start.
 pub(crate) const fn slots_of(class: usize) -> usize {
@@ -171,7 +195,18 @@ const fn slot_offset(index: usize, class: usize, n: usize) -> u64 {
 /// The number of classes (1..=CLASSES).
 pub(crate) const CLASS_COUNT: usize = CLASSES;
 
+/// What clearing the live bit of an offset found (`Slabs::kill`).
+pub(crate) enum SlabKill {
+    /// The offset is not in a slab: the extent heap owns it.
+    NotSlab,
+    /// The live slot of this class at the offset is no longer live: the caller holds it and
+    /// must give it back (`release`) or hand it out again (`revive`).
+    Killed { class: usize },
+    Refused(FreeError),
+}
+
 /// What a free of an offset found.
+#[cfg(test)]
 pub(crate) enum SlabFree {
     /// The offset is not in a slab: the extent heap owns it.
     NotSlab,
@@ -186,9 +221,18 @@ impl Slabs {
         let windows = (region_len / SLAB_BYTES) as usize;
         // Zeroed memory is `windows` descriptors of class 0 (no slab).
         let descs = os::map_anonymous(map_bytes(windows))?.cast::<SlabDesc>();
+        let live_words = live_words_of(region_len);
+        // Zeroed memory: no live bit set.
+        let Some(live) = os::map_anonymous(live_map_bytes(live_words)) else {
+            // SAFETY: mapped just above, with this length; nothing refers to it.
+            unsafe { os::unmap(descs.as_ptr().cast(), map_bytes(windows)) };
+            return None;
+        };
         Some(Slabs {
             descs,
             windows,
+            live: live.cast::<AtomicU64>(),
+            live_words,
             classes: [const {
                 [const {
                     crate::futex_mutex::Mutex::new(ClassList {
@@ -258,21 +302,58 @@ impl Slabs {
             .store(0, Ordering::Release);
     }
 
-    /// A slot of `class`, from this thread's lane: `(slot offset, slot bytes)`; the header
-    /// goes at the slot offset. `new_slab(lane)` gets a `SLAB_BYTES` extent aligned to
-    /// `SLAB_BYTES` from the extent heap, and `claim`s it for `class` in `lane`, when every
-    /// slab of the lane's class is full (`None`: the tier is full or at its limit).
+    /// The live bits.
+    fn live(&self) -> &[AtomicU64] {
+        // SAFETY: mapped in `new` for `live_words` words; they live as long as `self`.
+        unsafe { core::slice::from_raw_parts(self.live.as_ptr(), self.live_words) }
+    }
+
+    /// A slot of `class`, from this thread's lane, live: `(slot offset, slot bytes)`; the
+    /// header goes at the slot offset (the caller writes it). `new_slab` as for `take`.
     pub fn alloc(
         &self,
         class: usize,
         new_slab: impl FnOnce(Lane) -> Option<u64>,
     ) -> Option<(u64, u64)> {
+        let mut one = [0];
+        if self.take_counted(class, &mut one, new_slab, true) == 0 {
+            return None;
+        }
+        self.revive(one[0]);
+        Some((one[0], slot_bytes(class)))
+    }
+
+    /// Holds up to `out.len()` free slots of `class` from this thread's lane, under one lock,
+    /// and writes their offsets into `out`: how many (0 only when a slab was needed and
+    /// `new_slab` gave none). The slots are not live (`revive` makes one so, its header
+    /// written). `new_slab(lane)` gets a `SLAB_BYTES` extent aligned to `SLAB_BYTES` from the
+    /// extent heap, and `claim`s it for `class` in `lane`, when every slab of the lane's class
+    /// is full (`None`: the tier is full or at its limit); at most one slab is made per call.
+    pub fn take(
+        &self,
+        class: usize,
+        out: &mut [u64],
+        new_slab: impl FnOnce(Lane) -> Option<u64>,
+    ) -> usize {
+        self.take_counted(class, out, new_slab, false)
+    }
+
+    /// `take`, counting the slots as allocations if `count`.
+    fn take_counted(
+        &self,
+        class: usize,
+        out: &mut [u64],
+        new_slab: impl FnOnce(Lane) -> Option<u64>,
+        count: bool,
+    ) -> usize {
         let slot = slot_bytes(class);
         let slots = slots_of(class);
         let lane = Lane::of_this_thread();
         let mut list = self.list(lane, class).lock();
         if list.partial == NONE {
-            let offset = new_slab(lane)?;
+            let Some(offset) = new_slab(lane) else {
+                return 0;
+            };
             let index = (offset / SLAB_BYTES) as usize;
             debug_assert!(offset % SLAB_BYTES == 0 && index < self.windows);
             // SAFETY: the window was free space until now: no lock guards it but ours.
@@ -291,31 +372,175 @@ impl Slabs {
             list.partial = index as u32;
             list.idle_bytes += SLAB_BYTES;
         }
-        let index = list.partial as usize;
-        // SAFETY: a slab of this class; we hold its lock.
-        let f = unsafe { self.fields(index) };
-        let mut word = f.hint as usize;
-        while f.bitmap[word] == u64::MAX {
-            word += 1;
-        }
-        let bit = (!f.bitmap[word]).trailing_zeros() as usize;
-        let n = word * 64 + bit;
-        debug_assert!(n < slots, "a partial slab has a free slot below `slots`");
-        f.bitmap[word] |= 1 << bit;
-        f.hint = word as u32;
-        f.live += 1;
-        if f.live as usize == slots {
-            // Full: off the partial list (it is the head).
-            list.partial = f.next;
-            if f.next != NONE {
-                // SAFETY: a slab of this class.
-                unsafe { self.fields(f.next as usize) }.prev = NONE;
+        let mut taken = 0;
+        while taken < out.len() && list.partial != NONE {
+            let index = list.partial as usize;
+            // SAFETY: a slab of this class; we hold its lock.
+            let f = unsafe { self.fields(index) };
+            let mut word = f.hint as usize;
+            while f.bitmap[word] == u64::MAX {
+                word += 1;
             }
-            f.next = NONE;
+            let bit = (!f.bitmap[word]).trailing_zeros() as usize;
+            let n = word * 64 + bit;
+            debug_assert!(n < slots, "a partial slab has a free slot below `slots`");
+            f.bitmap[word] |= 1 << bit;
+            f.hint = word as u32;
+            f.live += 1;
+            if f.live as usize == slots {
+                // Full: off the partial list (it is the head).
+                list.partial = f.next;
+                if f.next != NONE {
+                    // SAFETY: a slab of this class.
+                    unsafe { self.fields(f.next as usize) }.prev = NONE;
+                }
+                f.next = NONE;
+            }
+            out[taken] = slot_offset(index, class, n);
+            taken += 1;
         }
-        list.idle_bytes -= slot;
-        list.allocations += 1;
-        Some((slot_offset(index, class, n), slot))
+        list.idle_bytes -= slot * taken as u64;
+        if count {
+            list.allocations += taken as u64;
+        }
+        taken
+    }
+
+    /// Makes the held slot whose header is at `offset` live (its header written).
+    #[inline]
+    pub fn revive(&self, offset: u64) {
+        live_bitmap::set(self.live(), (offset / HEADER) as usize);
+    }
+
+    /// Whether a live block's header is at `offset` (a snapshot).
+    #[inline]
+    fn is_live(&self, offset: u64) -> bool {
+        live_bitmap::get(self.live(), (offset / HEADER) as usize)
+    }
+
+    /// The slot number of `offset` in the slab at window `index` of `class`, if a slot's
+    /// header starts there.
+    #[inline]
+    fn slot_number(index: usize, class: usize, offset: u64) -> Option<usize> {
+        let within = (offset - index as u64 * SLAB_BYTES).wrapping_sub(SLAB_MARKER);
+        let slot = slot_bytes(class);
+        let n = within / slot;
+        // `within` wraps for an offset inside the marker: `n` is then past every slot.
+        (n * slot == within && n < (SLAB_BYTES - SLAB_MARKER) / slot).then_some(n as usize)
+    }
+
+    /// A free of the block whose header is at `offset`, without a lock: clears its live bit
+    /// if it is a live slot; the caller then holds the slot (see `SlabKill`).
+    #[inline]
+    pub fn kill(&self, offset: u64) -> SlabKill {
+        let Some((index, _, class)) = self.class_at(offset) else {
+            return SlabKill::NotSlab;
+        };
+        if Self::slot_number(index, class, offset).is_none() {
+            return SlabKill::Refused(FreeError::NotAllocated);
+        }
+        if !live_bitmap::clear(self.live(), (offset / HEADER) as usize) {
+            return SlabKill::Refused(FreeError::DoubleFree);
+        }
+        // The slot is ours now, so its slab stays: its class, read again, is the truth (the
+        // first read may be of a slab retired and remade since, if `offset` was no live
+        // block then and became one).
+        match Lane::of_key(self.desc(index).class.load(Ordering::Acquire)) {
+            (_, 0) => {
+                debug_assert!(false, "a live bit outside a slab");
+                SlabKill::Refused(FreeError::NotAllocated)
+            }
+            (_, class) => SlabKill::Killed { class },
+        }
+    }
+
+    /// The slot bytes (header included) of the live slot whose header is at `offset`.
+    /// `None`: no slab there; `Some(None)`: a slab, but no live slot starts there.
+    pub fn slot_len(&self, offset: u64) -> Option<Option<u64>> {
+        loop {
+            let (index, lane, class) = self.class_at(offset)?;
+            let live = Self::slot_number(index, class, offset).is_some() && self.is_live(offset);
+            if self.desc(index).class.load(Ordering::Acquire) != lane.key(class) {
+                continue; // retired or remade meanwhile: look again
+            }
+            return Some(live.then(|| slot_bytes(class)));
+        }
+    }
+
+    /// Frees the slot whose header is at `offset` as the tier does without a thread cache:
+    /// clears its live bit (`kill`), runs `mark_free` (which writes the header's state), then
+    /// gives the slot back to its slab (`release`, counted as a free).
+    #[cfg(test)]
+    pub fn free(&self, offset: u64, mark_free: impl FnOnce(), retire: impl FnMut(u64)) -> SlabFree {
+        match self.kill(offset) {
+            SlabKill::NotSlab => SlabFree::NotSlab,
+            SlabKill::Refused(e) => SlabFree::Refused(e),
+            SlabKill::Killed { .. } => {
+                mark_free();
+                self.release(&[offset], retire, true);
+                SlabFree::Freed
+            }
+        }
+    }
+
+    /// Gives the held, not live, slots at `offsets` back to their slabs, under one class lock
+    /// for each run of slots of one lane and class. When that empties a slab, `retire(slab
+    /// offset)` runs, still under the class lock: it must `unclaim` the slab and give its
+    /// extent back to the heap, under the heap's lock. The slots count as frees if `count`
+    /// (a free that no thread's cache took).
+    pub fn release(&self, offsets: &[u64], mut retire: impl FnMut(u64), count: bool) {
+        let mut locked: Option<(u8, crate::futex_mutex::MutexGuard<'_, ClassList>)> = None;
+        for &offset in offsets {
+            // A held slot keeps its slab: the class read without the lock stays true.
+            let Some((index, lane, class)) = self.class_at(offset) else {
+                debug_assert!(false, "a held slot outside a slab");
+                continue;
+            };
+            let key = lane.key(class);
+            if locked.as_ref().map(|(k, _)| *k) != Some(key) {
+                drop(locked.take()); // never two class locks at once
+                locked = Some((key, self.list(lane, class).lock()));
+            }
+            let Some((_, list)) = locked.as_mut() else {
+                continue;
+            };
+            let Some(n) = Self::slot_number(index, class, offset) else {
+                debug_assert!(false, "a held slot at no slot's start");
+                continue;
+            };
+            debug_assert!(!self.is_live(offset), "released a live slot");
+            // SAFETY: a slab of `class`; we hold its lock.
+            let f = unsafe { self.fields(index) };
+            debug_assert!(f.bitmap[n / 64] & (1 << (n % 64)) != 0, "released a free slot");
+            let was_full = f.live as usize == slots_of(class);
+            f.bitmap[n / 64] &= !(1 << (n % 64));
+            f.hint = f.hint.min((n / 64) as u32);
+            f.live -= 1;
+            list.idle_bytes += slot_bytes(class);
+            if count {
+                list.frees += 1;
+            }
+            if f.live == 0 {
+                if !was_full {
+                    self.unlink(list, index);
+                }
+                list.idle_bytes -= SLAB_BYTES;
+                retire(index as u64 * SLAB_BYTES);
+                // Once `retire` has handed the window back to the heap, another lane may
+                // already have claimed it as a new slab: nothing of it is touched again.
+                continue;
+            }
+            if was_full {
+                // Back on the partial list, at its head.
+                f.prev = NONE;
+                f.next = list.partial;
+                if list.partial != NONE {
+                    // SAFETY: a slab of this class.
+                    unsafe { self.fields(list.partial as usize) }.prev = index as u32;
+                }
+                list.partial = index as u32;
+            }
+        }
     }
 
     /// Whether the live block whose header is at `offset` is a slot of a slab. No lock: a slab
@@ -325,6 +550,7 @@ impl Slabs {
     }
 
     /// The window, lane and class of the slab holding `offset` (`None`: no slab there).
+    #[inline]
     fn class_at(&self, offset: u64) -> Option<(usize, Lane, usize)> {
         let index = (offset / SLAB_BYTES) as usize;
         if index >= self.windows {
@@ -337,94 +563,6 @@ impl Slabs {
                 Some((index, lane, class))
             }
         }
-    }
-
-    /// Runs `f` on the slot whose header is at `offset` under its class's lock, with the
-    /// slot's number (or the reason it is no live slot's start). `None`: no slab there.
-    fn with_slot<R>(
-        &self,
-        offset: u64,
-        f: impl FnOnce(&mut ClassList, usize, usize, Result<usize, FreeError>) -> R,
-    ) -> Option<R> {
-        loop {
-            let (index, lane, class) = self.class_at(offset)?;
-            let mut list = self.list(lane, class).lock();
-            if self.desc(index).class.load(Ordering::Relaxed) != lane.key(class) {
-                continue; // retired or remade since it was read: look again
-            }
-            let within = (offset - index as u64 * SLAB_BYTES).wrapping_sub(SLAB_MARKER);
-            let slot = slot_bytes(class);
-            let n = (within / slot) as usize;
-            let found = if within % slot != 0 || n >= slots_of(class) {
-                Err(FreeError::NotAllocated)
-            } else {
-                // SAFETY: a slab of `class`; we hold its lock.
-                let bits = unsafe { self.fields(index) }.bitmap[n / 64];
-                if bits & (1 << (n % 64)) == 0 {
-                    Err(FreeError::DoubleFree)
-                } else {
-                    Ok(n)
-                }
-            };
-            return Some(f(&mut list, index, class, found));
-        }
-    }
-
-    /// The slot bytes (header included) of the live slot whose header is at `offset`.
-    /// `None`: no slab there; `Some(None)`: a slab, but no live slot starts there.
-    pub fn slot_len(&self, offset: u64) -> Option<Option<u64>> {
-        self.with_slot(offset, |_, _, class, found| {
-            found.ok().map(|_| slot_bytes(class))
-        })
-    }
-
-    /// Frees the slot whose header is at `offset`. `mark_free` runs first, under the class
-    /// lock, when the slot is a live one (it writes the header's state). When that was the
-    /// slab's last block, `retire(slab offset)` runs, still under the class lock: it must
-    /// `unclaim` the slab and give its extent back to the heap, under the heap's lock.
-    pub fn free(
-        &self,
-        offset: u64,
-        mark_free: impl FnOnce(),
-        retire: impl FnOnce(u64),
-    ) -> SlabFree {
-        let freed = self.with_slot(offset, |list, index, class, found| {
-            let n = match found {
-                Ok(n) => n,
-                Err(e) => return SlabFree::Refused(e),
-            };
-            mark_free();
-            // SAFETY: a slab of `class`; we hold its lock.
-            let f = unsafe { self.fields(index) };
-            let was_full = f.live as usize == slots_of(class);
-            f.bitmap[n / 64] &= !(1 << (n % 64));
-            f.hint = f.hint.min((n / 64) as u32);
-            f.live -= 1;
-            list.idle_bytes += slot_bytes(class);
-            list.frees += 1;
-            if f.live == 0 {
-                if !was_full {
-                    self.unlink(list, index);
-                }
-                list.idle_bytes -= SLAB_BYTES;
-                retire(index as u64 * SLAB_BYTES);
-                // No check of the slab's class here: once `retire` has handed the window back
-                // to the heap, another lane may already have claimed it as a new slab.
-                return SlabFree::Freed;
-            }
-            if was_full {
-                // Back on the partial list, at its head.
-                f.prev = NONE;
-                f.next = list.partial;
-                if list.partial != NONE {
-                    // SAFETY: a slab of this class.
-                    unsafe { self.fields(list.partial as usize) }.prev = index as u32;
-                }
-                list.partial = index as u32;
-            }
-            SlabFree::Freed
-        });
-        freed.unwrap_or(SlabFree::NotSlab)
     }
 
     /// Takes slab `index` off its class's partial list (the caller holds the class lock).
@@ -485,6 +623,14 @@ impl Slabs {
             list.partial = index as u32;
         }
         list.idle_bytes += SLAB_BYTES - count as u64 * slot_bytes(class);
+        for (w, &bits) in live.iter().enumerate() {
+            let mut bits = bits;
+            while bits != 0 {
+                let n = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                self.revive(slot_offset(index, class, n));
+            }
+        }
         self.claim(offset, class, Lane(0));
         true
     }
@@ -516,7 +662,10 @@ impl Slabs {
         };
         // SAFETY: a slab of `class`; we hold its lock.
         let f = unsafe { self.fields(index) };
-        let n = (from..slots_of(class)).find(|&n| f.bitmap[n / 64] & (1 << (n % 64)) != 0)?;
+        // Held and live: a slot waiting in a thread's cache is held but no block.
+        let n = (from..slots_of(class)).find(|&n| {
+            f.bitmap[n / 64] & (1 << (n % 64)) != 0 && self.is_live(slot_offset(index, class, n))
+        })?;
         drop(list);
         Some(slot_offset(index, class, n))
     }
@@ -595,6 +744,11 @@ impl Slabs {
                 let f = unsafe { self.fields(index) };
                 let ones: u32 = f.bitmap.iter().map(|w| w.count_ones()).sum();
                 assert_eq!(f.live, ones, "slab {index}: live counts the bitmap");
+                for n in 0..slots {
+                    if self.is_live(slot_offset(index, class, n)) {
+                        assert!(f.bitmap[n / 64] & 1 << (n % 64) != 0, "slab {index}: slot {n} live, not held");
+                    }
+                }
                 assert!(f.live > 0, "slab {index}: an empty slab is retired at once");
                 for n in slots..WORDS * 64 {
                     assert_eq!(f.bitmap[n / 64] & 1 << (n % 64), 0, "slab {index}: bit {n}");
@@ -617,6 +771,8 @@ impl Drop for Slabs {
     fn drop(&mut self) {
         // SAFETY: our own mapping; nothing refers to it once the tier is dropped.
         unsafe { os::unmap(self.descs.as_ptr().cast(), map_bytes(self.windows)) };
+        // SAFETY: as above.
+        unsafe { os::unmap(self.live.as_ptr().cast(), live_map_bytes(self.live_words)) };
     }
 }
 

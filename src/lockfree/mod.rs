@@ -9,6 +9,7 @@ pub mod lease_lock;
 #[allow(dead_code)]
 pub mod lend_table;
 pub mod live_bit;
+pub mod live_bitmap;
 pub mod mark_claim;
 pub mod published;
 pub mod redo_log;

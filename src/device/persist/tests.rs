@@ -330,6 +330,9 @@ struct Run {
 fn record_run(name: &str, seed: u64, count: usize) -> Run {
     let path = shm(name);
     let tier = open("pmr", &path, ",size=1M,create,fresh").unwrap();
+    // Freed slots wait in this thread's cache and come back from there (`slot_cache`).
+    // SAFETY: the tier is not moved but into `end_run`, which drops it.
+    unsafe { tier.enable_slot_cache() };
     let initial = image_of(&tier);
     recorder::start(tier.region().base);
     let mut rng = Rng(seed);
