@@ -100,20 +100,21 @@ mod tests {
     /// `wake_all`, long before its timeout (900 ms here, so only a wake ends it early).
     #[test]
     fn a_wake_from_another_process_ends_the_sleep() {
-        let path = format!("/dev/shm/tm-xlocks-wait-{}", std::process::id());
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(4096).unwrap();
-        let _ = std::fs::remove_file(&path);
-        // SAFETY: a shared mapping of a 4096-byte file we hold open.
-        let map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
-        // SAFETY: offset 0 of the mapping is 8-aligned, accessed only atomically below.
-        let word = unsafe { &*(map.as_ptr() as *const AtomicU64) };
+        // SAFETY: a new shared anonymous mapping (shared with the forked child, and a
+        // shared-memory page to the kernel, as a pool file's is).
+        let page = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(page, libc::MAP_FAILED);
+        // SAFETY: the page is 8-aligned, mapped for the test's life, accessed only atomically.
+        let word = unsafe { &*(page as *const AtomicU64) };
         word.store(1, Ordering::Release);
         const ROUNDS: u64 = 3;
         // SAFETY: fork in a test: the child only waits on the word, stores and exits.

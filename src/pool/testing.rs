@@ -74,15 +74,7 @@ pub(crate) fn stall_if_asked() {
     if let Some(starting) = *STALL_STARTS.lock().unwrap_or_else(|e| e.into_inner()) {
         starting();
     }
-    let cpu_now = || {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `t` is a valid timespec to write.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-    };
+    let cpu_now = || crate::os::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
     let until = cpu_now() + ns;
     while cpu_now() < until {
         core::hint::spin_loop();
