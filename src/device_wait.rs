@@ -43,6 +43,11 @@ impl DeviceWait {
         self.rounds
     }
 
+    /// Sleeps done so far (0 while spinning).
+    pub(crate) fn sleeps(&self) -> u32 {
+        self.rounds.saturating_sub(SPINS)
+    }
+
     /// Whether the next `pause` sleeps: a lock's waiter announces itself before it (so that
     /// the holder's release wakes it).
     pub(crate) fn sleeps_next(&self) -> bool {

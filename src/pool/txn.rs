@@ -77,7 +77,10 @@ impl Pool {
                 break;
             };
             let holder = holder_of(seen);
-            if wait.rounds() % 16 == 15 && holder != tag && !self.tag_live(holder) {
+            // Whether the holder lives is asked once the spin is over, then every 16 sleeps
+            // (it costs a look at /proc for a holder of this host).
+            let ask = wait.sleeps_next() && wait.sleeps() % 16 == 0;
+            if ask && holder != tag && !self.tag_live(holder) {
                 if lock.steal(seen, tag).is_ok() {
                     break;
                 }
