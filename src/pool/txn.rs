@@ -77,9 +77,9 @@ impl Pool {
                 break;
             };
             let holder = holder_of(seen);
-            // Whether the holder lives is asked once the spin is over, then every 16 sleeps
-            // (it costs a look at /proc for a holder of this host).
-            let ask = wait.sleeps_next() && wait.sleeps() % 16 == 0;
+            // Whether the holder lives is asked every 16 sleeps (about 16 ms: it costs a look
+            // at /proc for a holder of this host, more than a usual hand-off's whole wait).
+            let ask = wait.sleeps() % 16 == 15;
             if ask && holder != tag && !self.tag_live(holder) {
                 if lock.steal(seen, tag).is_ok() {
                     break;
