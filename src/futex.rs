@@ -68,7 +68,12 @@ pub(crate) fn sleep_shared_while_equal_at_most(word: &AtomicU32, value: u32, nan
 /// Returns on a wake, at once if the word no longer holds `value` (EAGAIN), on a signal
 /// (EINTR) or when the time is up (ETIMEDOUT): every caller re-checks its condition.
 fn sleep_if_equal(word: &AtomicU32, value: u32, timeout: Option<&libc::timespec>) {
-    sleep_with(word, value, timeout, libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG);
+    sleep_with(
+        word,
+        value,
+        timeout,
+        libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+    );
 }
 
 /// The FUTEX_WAIT call (`op` private or not); the system call's result.

@@ -225,7 +225,12 @@ fn a_fifo_process_waiting_for_the_pool_lock_lets_a_lower_priority_holder_run() {
         // from the holder: about a fifth of its wait. A sleeping one takes a few percent.
         let number = |key: &str| -> f64 {
             let at = answer.find(key).unwrap() + key.len();
-            answer[at..].split_whitespace().next().unwrap().parse().unwrap()
+            answer[at..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
         };
         let (waited, cpu) = (number("after "), number("cpu "));
         assert!(

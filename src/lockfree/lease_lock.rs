@@ -125,12 +125,12 @@ impl LeaseLock {
     pub fn release(&self) -> bool {
         self.release_with(Ordering::Release)
     }
+
     /// `release` with its ordering given: the loom model passes a weaker one to show that it
     /// is caught.
     pub fn release_with(&self, ordering: Ordering) -> bool {
         self.word.swap(0, ordering) & WAITERS != 0
     }
-
 }
 
 #[cfg(not(loom))]

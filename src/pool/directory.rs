@@ -11,8 +11,8 @@
 use super::layout::*;
 use super::txn::Txn;
 use super::Pool;
-use crate::lockfree::published::{self, publish_word, BUSY};
 use crate::device_wait::{self, DeviceWait};
+use crate::lockfree::published::{self, publish_word, BUSY};
 use core::sync::atomic::AtomicU64;
 
 /// How long a reader waits for an entry being rewritten, in `DeviceWait` rounds: its spin,
@@ -123,7 +123,7 @@ impl Pool {
 
     /// Entry `index` if it holds a whole publication (PRIVATE or SHARED), else `None`. An
     /// entry being rewritten is waited for (`device_wait`: the writer, maybe on this CPU at a
-    /// lower priority, must run), for at most about READ_WAIT_ROUNDS ms: longer, its writer
+    /// lower priority, must run) for READ_WAIT_ROUNDS rounds, about 200 ms: longer, its writer
     /// died mid-rewrite, and the entry stays unreadable until the next lock holder replays.
     pub(crate) fn read_entry(&self, index: usize) -> Option<Entry> {
         let at = entry_at(index);

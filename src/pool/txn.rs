@@ -8,8 +8,8 @@
 //! order (each with Release and written back, so that a directory entry's publish word, stored
 //! last, reaches the device after its fields), and clears the log.
 
-use super::layout::*;
 use super::directory::is_publish_word;
+use super::layout::*;
 use super::{testing, Errno, Pool};
 use crate::device_wait::{self, DeviceWait};
 use crate::lockfree::lease_lock::{holder_of, LeaseLock};
