@@ -26,10 +26,10 @@ use crate::sync::{AtomicU64, Ordering};
 
 /// Set in the word by a waiter about to sleep, so that the release wakes it; never part of a
 /// tag of a lock that is waited on.
-pub const WAITERS: u64 = 1 << 63;
+pub(crate) const WAITERS: u64 = 1 << 63;
 
 /// The holder's tag in a word seen (the word without `WAITERS`).
-pub const fn holder_of(word: u64) -> u64 {
+pub(crate) const fn holder_of(word: u64) -> u64 {
     word & !WAITERS
 }
 
