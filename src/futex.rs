@@ -8,7 +8,12 @@
 //! waiter waits for run, as glibc's and mimalloc's locks do. The spin comes first because the
 //! usual case, a holder running on another CPU, ends within it and costs no system call.
 //!
-//! Owns nothing but the two calls; the words belong to their callers. Nothing here allocates.
+//! The same two calls exist for a word in memory shared with other processes (`*_shared`: no
+//! FUTEX_PRIVATE_FLAG, so the kernel keys the sleep on the mapped page, and every process
+//! mapping that file page meets on it); `device_wait` builds the waits on device memory on
+//! them.
+//!
+//! Owns nothing but these calls; the words belong to their callers. Nothing here allocates.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -42,22 +47,41 @@ pub(crate) fn sleep_while_equal_at_most(word: &AtomicU32, value: u32, nanos: i64
     sleep_if_equal(word, value, Some(&timeout));
 }
 
+/// `sleep_while_equal_at_most` for a word other processes map too (a shared file mapping):
+/// a `wake_all_shared` on the same file page from any process of this host ends the sleep.
+/// False if the kernel cannot sleep on this memory (a PCI BAR or other mapping without pages
+/// answers EFAULT): the caller must sleep otherwise.
+pub(crate) fn sleep_shared_while_equal_at_most(word: &AtomicU32, value: u32, nanos: i64) -> bool {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: nanos,
+    };
+    let refused = sleep_with(word, value, Some(&timeout), libc::FUTEX_WAIT) != 0
+        && !matches!(
+            crate::os::errno(),
+            libc::ETIMEDOUT | libc::EAGAIN | libc::EINTR
+        );
+    !refused
+}
+
 /// One FUTEX_WAIT on `word` while it holds `value`, for at most `timeout` (relative) if given.
 /// Returns on a wake, at once if the word no longer holds `value` (EAGAIN), on a signal
 /// (EINTR) or when the time is up (ETIMEDOUT): every caller re-checks its condition.
 fn sleep_if_equal(word: &AtomicU32, value: u32, timeout: Option<&libc::timespec>) {
+    sleep_with(
+        word,
+        value,
+        timeout,
+        libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+    );
+}
+
+/// The FUTEX_WAIT call (`op` private or not); the system call's result.
+fn sleep_with(word: &AtomicU32, value: u32, timeout: Option<&libc::timespec>, op: i32) -> i64 {
     let timeout = timeout.map_or(core::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `word` is a valid, aligned u32 for the call, and `timeout` null or a valid
     // relative time that outlives it; FUTEX_WAIT only reads the word.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            value,
-            timeout,
-        );
-    }
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), op, value, timeout) }
 }
 
 /// Wakes every thread sleeping in `wait_while_equal` on `word`; call it after changing the word.
@@ -71,15 +95,21 @@ pub(crate) fn wake_one(word: &AtomicU32) {
     wake(word, 1);
 }
 
+/// Wakes every process of this host sleeping in `sleep_shared_while_equal_at_most` on
+/// `word` (the same file page and offset, whatever address each process mapped it at).
+pub(crate) fn wake_all_shared(word: &AtomicU32) {
+    wake_with(word, i32::MAX, libc::FUTEX_WAKE);
+}
+
 fn wake(word: &AtomicU32, threads: i32) {
-    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE only wakes sleepers on its address.
+    wake_with(word, threads, libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG);
+}
+
+fn wake_with(word: &AtomicU32, threads: i32, op: i32) {
+    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE only wakes sleepers on its address
+    // (an address the kernel cannot key answers EFAULT, which changes nothing).
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            threads,
-        );
+        libc::syscall(libc::SYS_futex, word.as_ptr(), op, threads);
     }
 }
 

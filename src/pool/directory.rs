@@ -11,8 +11,13 @@
 use super::layout::*;
 use super::txn::Txn;
 use super::Pool;
+use crate::device_wait::{self, DeviceWait};
 use crate::lockfree::published::{self, publish_word, BUSY};
 use core::sync::atomic::AtomicU64;
+
+/// How long a reader waits for an entry being rewritten, in `DeviceWait` rounds: its spin,
+/// then sleeps of at most 1 ms each (about 200 ms in all).
+const READ_WAIT_ROUNDS: u32 = 300;
 
 const F_ID: usize = 0;
 const F_SIZE: usize = (E_SIZE - E_ID) / 8;
@@ -93,7 +98,22 @@ impl Entry {
     }
 }
 
+/// Whether metadata offset `off` is the publish word of a directory entry.
+pub(crate) fn is_publish_word(off: usize) -> bool {
+    (DIRECTORY_AT..HOLDINGS_AT).contains(&off) && (off - DIRECTORY_AT) % ENTRY_BYTES == E_PUBLISH
+}
+
 impl Pool {
+    /// Called by the lock holder after it stored (and wrote back) `value` into the publish
+    /// word at `off`: a publication ends the sleeps of this host's readers of the entry.
+    pub(crate) fn publish_word_stored(&self, off: usize, value: u64) {
+        if published::state_of(value) == BUSY {
+            super::testing::stall_if_asked();
+        } else {
+            device_wait::wake_all(self.word(off));
+        }
+    }
+
     fn entry_fields(&self, index: usize) -> &[AtomicU64] {
         let p = self.meta_ptr(entry_at(index) + E_ID) as *const AtomicU64;
         // SAFETY: E_FIELDS words from E_ID lie inside the entry, inside the metadata mapping,
@@ -101,10 +121,14 @@ impl Pool {
         unsafe { core::slice::from_raw_parts(p, E_FIELDS) }
     }
 
-    /// Entry `index` if it holds a whole publication (PRIVATE or SHARED), else `None`.
+    /// Entry `index` if it holds a whole publication (PRIVATE or SHARED), else `None`. An
+    /// entry being rewritten is waited for (`device_wait`: the writer, maybe on this CPU at a
+    /// lower priority, must run) for READ_WAIT_ROUNDS rounds, about 200 ms: longer, its writer
+    /// died mid-rewrite, and the entry stays unreadable until the next lock holder replays.
     pub(crate) fn read_entry(&self, index: usize) -> Option<Entry> {
         let at = entry_at(index);
-        for _ in 0..10_000 {
+        let mut wait = DeviceWait::new();
+        while wait.rounds() < READ_WAIT_ROUNDS {
             self.invalidate_meta(at, ENTRY_BYTES);
             let word = self.word(at + E_PUBLISH);
             let mut fields = [0u64; E_FIELDS];
@@ -125,7 +149,8 @@ impl Pool {
                 }
                 None => {} // being rewritten
             }
-            std::thread::yield_now();
+            let word = self.word(at + E_PUBLISH);
+            wait.pause(word, word.load(core::sync::atomic::Ordering::Relaxed));
         }
         None
     }

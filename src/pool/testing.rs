@@ -51,3 +51,41 @@ pub(crate) fn step() {
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
 }
+
+static STALL_IN_PUBLISH_NS: AtomicU64 = AtomicU64::new(0);
+static STALL_STARTS: std::sync::Mutex<Option<fn()>> = std::sync::Mutex::new(None);
+
+/// Make the next commits call `starting` and then burn `cpu_ns` of this thread's CPU time
+/// (0: off) right after a directory entry's publish word goes BUSY: the pool lock is held and
+/// the entry is being rewritten, so other processes wait for the lock and readers for the
+/// entry. The real-time wait tests use it: a holder that needs the CPU to finish, and tells a
+/// waiter when to start.
+pub fn stall_in_publish(cpu_ns: u64, starting: fn()) {
+    *STALL_STARTS.lock().unwrap_or_else(|e| e.into_inner()) = Some(starting);
+    STALL_IN_PUBLISH_NS.store(cpu_ns, Ordering::Relaxed);
+}
+
+/// Burns the CPU time `stall_in_publish` asked for, if any (called with the entry BUSY).
+pub(crate) fn stall_if_asked() {
+    let ns = STALL_IN_PUBLISH_NS.load(Ordering::Relaxed);
+    if ns == 0 {
+        return;
+    }
+    if let Some(starting) = *STALL_STARTS.lock().unwrap_or_else(|e| e.into_inner()) {
+        starting();
+    }
+    let cpu_now = || crate::os::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+    let until = cpu_now() + ns;
+    while cpu_now() < until {
+        core::hint::spin_loop();
+    }
+}
+
+/// Takes the pool lock, runs `held`, releases the lock: for the hand-off benchmark and the
+/// real-time tests (the lock itself is the crate's).
+pub fn with_lock(pool: &super::Pool, held: impl FnOnce()) -> std::io::Result<()> {
+    let locked = pool.lock().map_err(std::io::Error::from_raw_os_error)?;
+    held();
+    drop(locked);
+    Ok(())
+}

@@ -8,9 +8,11 @@
 //! order (each with Release and written back, so that a directory entry's publish word, stored
 //! last, reaches the device after its fields), and clears the log.
 
+use super::directory::is_publish_word;
 use super::layout::*;
 use super::{testing, Errno, Pool};
-use crate::lockfree::lease_lock::LeaseLock;
+use crate::device_wait::{self, DeviceWait};
+use crate::lockfree::lease_lock::{holder_of, LeaseLock};
 use crate::lockfree::published::store_in_sequence;
 use crate::lockfree::redo_log::RedoLog;
 use core::sync::atomic::AtomicU64;
@@ -63,27 +65,30 @@ impl Pool {
         unsafe { RedoLog::at(self.meta_ptr(LOG_AT) as *mut u8) }
     }
 
-    /// Takes the pool lock for this process's node.
+    /// Takes the pool lock for this process's node: waits (`device_wait`: a short spin, then
+    /// sleeps) while its holder lives, steals it from a holder found dead.
     pub(crate) fn lock(&self) -> Result<Locked<'_>, Errno> {
         let tag = self.me()?;
         let lock = self.lease_lock();
-        let mut spins = 0u32;
+        let mut wait = DeviceWait::new();
         loop {
             self.invalidate_meta(SB_LOCK, 8);
-            match lock.try_acquire(tag) {
-                Ok(()) => break,
-                Err(holder) => {
-                    spins += 1;
-                    if spins % 64 == 0 && holder != tag && !self.tag_live(holder) {
-                        if lock.steal(holder, tag).is_ok() {
-                            break;
-                        }
-                    } else if spins > 1000 {
-                        std::thread::sleep(std::time::Duration::from_micros(50));
-                    } else {
-                        std::thread::yield_now();
-                    }
+            let Err(seen) = lock.try_acquire(tag) else {
+                break;
+            };
+            let holder = holder_of(seen);
+            // Whether the holder lives is asked every 16 sleeps (about 16 ms: it costs a look
+            // at /proc for a holder of this host, more than a usual hand-off's whole wait).
+            let ask = wait.sleeps() % 16 == 15;
+            if ask && holder != tag && !self.tag_live(holder) {
+                if lock.steal(seen, tag).is_ok() {
+                    break;
                 }
+            } else if !wait.sleeps_next() {
+                wait.pause(lock.word(), seen);
+            } else if let Ok(marked) = lock.announce_waiter(seen) {
+                self.write_back_meta(SB_LOCK, 8);
+                wait.pause(lock.word(), marked);
             }
         }
         self.write_back_meta(SB_LOCK, 8);
@@ -135,6 +140,9 @@ impl Locked<'_> {
             }
             store_in_sequence(self.pool.word(off), value);
             self.pool.write_back_meta(off, 8);
+            if is_publish_word(off) {
+                self.pool.publish_word_stored(off, value);
+            }
             testing::step();
         }
     }
@@ -155,7 +163,11 @@ impl Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         testing::step();
-        self.pool.lease_lock().release();
+        let lock = self.pool.lease_lock();
+        let waiters = lock.release();
         self.pool.write_back_meta(SB_LOCK, 8);
+        if waiters {
+            device_wait::wake_all(lock.word());
+        }
     }
 }
