@@ -101,7 +101,9 @@ pub fn owner_of(p: usize) -> Owner {
     }
 }
 
-static MAP: [AtomicU8; ENTRIES] = [const { AtomicU8::new(0) }; ENTRIES];
+/// The entries, one before the first: `MAP[i + 1]` is chunk `i`'s, and `MAP[0]`, never
+/// tagged, is what `tag_at_index(-1)` reads for null (see `block_chunk_index`).
+static MAP: [AtomicU8; ENTRIES + 1] = [const { AtomicU8::new(0) }; ENTRIES + 1];
 
 /// The start of the chunk that holds the metadata of the block at `p` (see module comment).
 #[inline(always)]
@@ -125,7 +127,29 @@ pub fn tag_of_block(p: usize) -> ChunkTag {
 /// last entry, which is never tagged (see `covers`).
 #[inline(always)]
 pub fn tag_of_chunk(chunk: usize) -> ChunkTag {
-    ChunkTag::from_u8(MAP[(chunk >> CHUNK_SHIFT) & (ENTRIES - 1)].load(Ordering::Relaxed))
+    ChunkTag::from_u8(MAP[((chunk >> CHUNK_SHIFT) & (ENTRIES - 1)) + 1].load(Ordering::Relaxed))
+}
+
+/// `free`'s form of `owner_chunk`, as a chunk index: `(p - 1) >> CHUNK_SHIFT`, shifted
+/// arithmetically, so that null gives -1 (the map's never-tagged first entry) with no mask:
+/// one instruction less than `tag_of_block` on every `free`, and the chunk's start is this
+/// index shifted back. Every address of the user half (below `ADDRESS_LIMIT`) gives an index
+/// of the map; an address above it, which no allocator hands out, gives one outside, which
+/// `tag_at_index` must not be asked for (glibc's `free` faults on those addresses too: it
+/// reads the word before them).
+#[inline(always)]
+pub fn block_chunk_index(p: usize) -> isize {
+    (p as isize).wrapping_sub(1) >> CHUNK_SHIFT
+}
+
+/// The tag of chunk `index` (from `block_chunk_index`).
+///
+/// # Safety
+/// `index` must be -1 or the index of a chunk below `ADDRESS_LIMIT`.
+#[inline(always)]
+pub unsafe fn tag_at_index(index: isize) -> ChunkTag {
+    // SAFETY: per the contract, `index + 1` is within the map.
+    ChunkTag::from_u8(unsafe { (*MAP.as_ptr().offset(index + 1)).load(Ordering::Relaxed) })
 }
 
 /// Tags the chunks of `[start, start + len)` (start chunk-aligned): the first `first`, the rest
@@ -134,8 +158,8 @@ pub fn set(start: usize, len: usize, first: ChunkTag, rest: ChunkTag) {
     debug_assert!(start & CHUNK_MASK == 0 && covers(start, len));
     let first_index = start >> CHUNK_SHIFT;
     let end_index = (start + len + CHUNK_MASK) >> CHUNK_SHIFT;
-    MAP[first_index].store(first as u8, Ordering::Release);
-    for entry in &MAP[first_index + 1..end_index] {
+    MAP[first_index + 1].store(first as u8, Ordering::Release);
+    for entry in &MAP[first_index + 2..end_index + 1] {
         entry.store(rest as u8, Ordering::Release);
     }
 }

@@ -183,10 +183,41 @@ impl Heap {
         if self.purge_due != 0 {
             self.consider_purge();
         }
-        match self.find_page(class) {
+        loop {
+            let Some(page) = self.find_page(class) else {
+                return ptr::null_mut();
+            };
             // SAFETY: find_page returns a valid page with a free block.
-            Some(page) => unsafe { (*page).pop_checked() },
-            None => ptr::null_mut(),
+            let p = unsafe { (*page).pop_checked() };
+            if !p.is_null() {
+                return p;
+            }
+            // The page's list was corrupted, reported and dropped (the program goes on):
+            // find another block.
+        }
+    }
+
+    /// Tests the head of the free list of every current page, and its link, as `pop_checked`
+    /// would (`Page::list_head_sound`), reporting the first that fails: asked when a page is
+    /// cut (`new_page`) and for a large allocation (`dram::alloc_large`), so that a link
+    /// overwritten after its block was freed is found even in a program whose next request
+    /// is of another class (glibc checks its fast bins on a large request too). At most `CLASS_COUNT` pages, each one head read; a report ends
+    /// the program unless `TIERMALLOC_ON_ERROR=ignore`, then that list is dropped.
+    pub fn check_list_heads(&mut self) {
+        for class in 0..CLASS_COUNT {
+            let page = self.tables.current[class];
+            // SAFETY: current pages are valid pages of this heap, or the empty page, whose
+            // list is empty.
+            unsafe {
+                if !(*page).free.is_null() && !(*page).list_head_sound() {
+                    crate::misuse::report(
+                        "malloc",
+                        (*page).free.cast(),
+                        crate::misuse::Misuse::CorruptedFreeList,
+                    );
+                    (*page).free = ptr::null_mut();
+                }
+            }
         }
     }
 
@@ -585,6 +616,9 @@ impl Heap {
     /// A fresh page of `class`, counted in what DRAM holds; `None` when DRAM's `limit=`
     /// refuses it or memory runs out.
     fn new_page(&mut self, class: usize) -> Option<*mut Page> {
+        // A new page is a rare event (one per page of blocks allocated): the moment to look
+        // at the other lists' heads too.
+        self.check_list_heads();
         let bytes = page_slices(class) * SLICE_SIZE;
         if !budget::admits(bytes as u64) {
             return None;

@@ -140,13 +140,51 @@ fn alloc_unbound(class: usize) -> *mut u8 {
     binding::with_borrowed_heap(|heap| heap.alloc_slow(class)).unwrap_or(core::ptr::null_mut())
 }
 
+/// Tests the heads of the calling thread's current free lists (`Heap::check_list_heads`), if
+/// it has a heap: what a large allocation asks first.
+pub fn check_list_heads() {
+    let heap = binding::current();
+    if !heap.is_null() {
+        // SAFETY: this thread's own heap.
+        unsafe { (*heap).check_list_heads() };
+    }
+}
+
 /// Frees block `p` of a segment (the page map said so).
 ///
 /// # Safety
 /// `p` must be a live block handed out by `alloc` (any thread).
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    let segment = Segment::of(p as usize);
+    // SAFETY: forwarded.
+    unsafe { free_in(Segment::of(p as usize), p) }
+}
+
+/// `free` of block `p` of the segment at chunk `index` (`pagemap::block_chunk_index`, whose
+/// tag said `Segment`): the segment's address is the index shifted back, one instruction
+/// instead of masking `p`.
+///
+/// # Safety
+/// As for `free`; `index` is the chunk index of `p`'s segment.
+#[inline(always)]
+pub unsafe fn free_in_chunk(index: isize, p: *mut u8) {
+    let mut segment = index as usize;
+    // SAFETY: a shift of a register, nothing else. Written as an instruction because the
+    // compiler otherwise masks `p - 1` instead, which costs a copy more.
+    unsafe {
+        core::arch::asm!("shl {0}, {shift}", inout(reg) segment,
+            shift = const crate::chunk::CHUNK_SHIFT, options(pure, nomem, nostack));
+    }
+    // SAFETY: forwarded.
+    unsafe { free_in(segment as *mut Segment, p) }
+}
+
+/// `free` of block `p` of `segment`.
+///
+/// # Safety
+/// As for `free`; `segment` is the segment holding `p`.
+#[inline(always)]
+unsafe fn free_in(segment: *mut Segment, p: *mut u8) {
     let page = Segment::page_of(segment, p as usize);
     // SAFETY: `page` is a page of this segment or the empty page (never null).
     if unsafe { (*page).suspect(p) } {
