@@ -102,7 +102,7 @@ pub fn owner_of(p: usize) -> Owner {
 }
 
 /// The entries, one before the first: `MAP[i + 1]` is chunk `i`'s, and `MAP[0]`, never
-/// tagged, is what `tag_at_index(-1)` reads for null (see `block_chunk_index`).
+/// tagged, is what `is_segment_at_index(-1)` reads for null (see `block_chunk_index`).
 static MAP: [AtomicU8; ENTRIES + 1] = [const { AtomicU8::new(0) }; ENTRIES + 1];
 
 /// The start of the chunk that holds the metadata of the block at `p` (see module comment).
@@ -135,21 +135,35 @@ pub fn tag_of_chunk(chunk: usize) -> ChunkTag {
 /// one instruction less than `tag_of_block` on every `free`, and the chunk's start is this
 /// index shifted back. Every address of the user half (below `ADDRESS_LIMIT`) gives an index
 /// of the map; an address above it, which no allocator hands out, gives one outside, which
-/// `tag_at_index` must not be asked for (glibc's `free` faults on those addresses too: it
-/// reads the word before them).
+/// `is_segment_at_index` must not be asked about (glibc's `free` faults on those addresses
+/// too: it reads the word before them).
 #[inline(always)]
 pub fn block_chunk_index(p: usize) -> isize {
     (p as isize).wrapping_sub(1) >> CHUNK_SHIFT
 }
 
-/// The tag of chunk `index` (from `block_chunk_index`).
+/// Whether chunk `index` (from `block_chunk_index`) is a segment's, one instruction less
+/// than `tag_of_chunk`'s load and comparison: the map's byte is compared in memory. The
+/// compiler does not fold an atomic load into a comparison, so the comparison is written
+/// out: a plain byte read, as a relaxed load is on x86_64.
 ///
 /// # Safety
 /// `index` must be -1 or the index of a chunk below `ADDRESS_LIMIT`.
 #[inline(always)]
-pub unsafe fn tag_at_index(index: isize) -> ChunkTag {
-    // SAFETY: per the contract, `index + 1` is within the map.
-    ChunkTag::from_u8(unsafe { (*MAP.as_ptr().offset(index + 1)).load(Ordering::Relaxed) })
+pub unsafe fn is_segment_at_index(index: isize) -> bool {
+    // SAFETY: per the contract, `MAP + index + 1` is an entry of the map: one byte read.
+    unsafe {
+        core::arch::asm!(
+            "cmp byte ptr [{map} + {index} + 1], {segment}",
+            "jne {other}",
+            map = in(reg) MAP.as_ptr(),
+            index = in(reg) index,
+            segment = const ChunkTag::Segment as u8,
+            other = label { return false; },
+            options(nostack, readonly),
+        );
+    }
+    true
 }
 
 /// Tags the chunks of `[start, start + len)` (start chunk-aligned): the first `first`, the rest

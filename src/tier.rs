@@ -252,7 +252,7 @@ pub unsafe fn free(p: *mut u8) {
     // The tag is compared in memory and read again off the fast path (one instruction less).
     let chunk = pagemap::block_chunk_index(p as usize);
     // SAFETY: null or an address of the user half (contract).
-    if unsafe { pagemap::tag_at_index(chunk) } == pagemap::ChunkTag::Segment {
+    if unsafe { pagemap::is_segment_at_index(chunk) } {
         // SAFETY: a segment owns `p`, and starts at chunk `chunk`.
         unsafe { dram::fast::free_in_chunk(chunk, p) }
     } else {

@@ -198,8 +198,8 @@ impl Heap {
     }
 
     /// Tests the head of the free list of every current page, and its link, as `pop_checked`
-    /// would (`Page::list_head_sound`), reporting the first that fails: asked when a page is
-    /// cut (`new_page`) and for a large allocation (`dram::alloc_large`), so that a link
+    /// would (`Page::list_head_sound`), reporting the first that fails: asked when the first
+    /// page of a class is cut (`new_page`) and for a large allocation (`dram::alloc_large`), so that a link
     /// overwritten after its block was freed is found even in a program whose next request
     /// is of another class (glibc checks its fast bins on a large request too). At most `CLASS_COUNT` pages, each one head read; a report ends
     /// the program unless `TIERMALLOC_ON_ERROR=ignore`, then that list is dropped.
@@ -616,9 +616,12 @@ impl Heap {
     /// A fresh page of `class`, counted in what DRAM holds; `None` when DRAM's `limit=`
     /// refuses it or memory runs out.
     fn new_page(&mut self, class: usize) -> Option<*mut Page> {
-        // A new page is a rare event (one per page of blocks allocated): the moment to look
-        // at the other lists' heads too.
-        self.check_list_heads();
+        // The heap's first page of the class (none since its last was retired): a request of
+        // a size the program has not asked for lately, the moment to look at the other lists'
+        // heads (every new page cost 0.13 instructions per pair on `sliding_window`).
+        if self.queues[class].first.is_null() {
+            self.check_list_heads();
+        }
         let bytes = page_slices(class) * SLICE_SIZE;
         if !budget::admits(bytes as u64) {
             return None;

@@ -189,7 +189,7 @@ unsafe fn free_in(segment: *mut Segment, p: *mut u8) {
     // SAFETY: `page` is a page of this segment or the empty page (never null).
     if unsafe { (*page).suspect(p) } {
         // SAFETY: forwarded.
-        return unsafe { free_suspect(segment, page, p) };
+        return unsafe { free_suspect(p, segment, page) };
     }
     // SAFETY: a live block of `page` (it passed the checks).
     unsafe { free_block(segment, page, p) }
@@ -215,7 +215,7 @@ unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
         }
     } else {
         // SAFETY: forwarded.
-        unsafe { free_remote(page, segment, p) }
+        unsafe { free_remote(p, page, segment) }
     }
 }
 
@@ -227,7 +227,7 @@ unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
 /// `page` must be the descriptor (or the empty page) that `segment` gives for `p`.
 #[cold]
 #[inline(never)]
-unsafe fn free_suspect(segment: *mut Segment, page: *mut Page, p: *mut u8) {
+unsafe fn free_suspect(p: *mut u8, segment: *mut Segment, page: *mut Page) {
     // SAFETY: forwarded.
     match unsafe { check_block(page, p) } {
         // SAFETY: a live block of `page`, whose data equalled the mark: cleared, so that the
@@ -312,7 +312,7 @@ pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
 
 #[cold]
 #[inline(never)]
-unsafe fn free_remote(page: *mut Page, segment: *mut Segment, p: *mut u8) {
+unsafe fn free_remote(p: *mut u8, page: *mut Page, segment: *mut Segment) {
     // SAFETY: a live segment; `owner_heap` drops the secure level's tag.
     let owner = unsafe { (*segment).owner_heap() } as *mut heap::Heap;
     let mine = binding::current();
