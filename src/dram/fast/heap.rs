@@ -199,23 +199,19 @@ impl Heap {
 
     /// Tests the head of the free list of every current page, and its link, as `pop_checked`
     /// would (`Page::list_head_sound`), reporting the first that fails: asked when the first
-    /// page of a class is cut (`new_page`) and for a large allocation (`dram::alloc_large`), so that a link
-    /// overwritten after its block was freed is found even in a program whose next request
-    /// is of another class (glibc checks its fast bins on a large request too). At most `CLASS_COUNT` pages, each one head read; a report ends
-    /// the program unless `TIERMALLOC_ON_ERROR=ignore`, then that list is dropped.
+    /// page of a class is cut (`new_page`) and for a large allocation (`dram::alloc_large`),
+    /// so that a link overwritten after its block was freed is found even in a program whose
+    /// next request is of another class (glibc checks its fast bins on a large request too).
+    /// At most `CLASS_COUNT` pages, each one head read; a report ends the program unless
+    /// `TIERMALLOC_ON_ERROR=ignore`, then that list is dropped.
     pub fn check_list_heads(&mut self) {
         for class in 0..CLASS_COUNT {
             let page = self.tables.current[class];
             // SAFETY: current pages are valid pages of this heap, or the empty page, whose
             // list is empty.
             unsafe {
-                if !(*page).free.is_null() && !(*page).list_head_sound() {
-                    crate::misuse::report(
-                        "malloc",
-                        (*page).free.cast(),
-                        crate::misuse::Misuse::CorruptedFreeList,
-                    );
-                    (*page).free = ptr::null_mut();
+                if !(*page).list_head_sound() {
+                    (*page).drop_corrupted_list();
                 }
             }
         }

@@ -252,8 +252,8 @@ impl Page {
     }
 
     /// Pops a block from `free`, or null: the fast path. The head is followed only if it lies
-    /// in the page's carved span `[start, start + carved)`, which null (an empty list) does not: one
-    /// range test in place of the null test, two instructions more. So a link overwritten
+    /// in the page's carved span `[start, start + carved)`, which null (an empty list) does
+    /// not: one range test in place of the null test, two instructions more. So a link overwritten
     /// after its block was freed (a use after free) is never followed out of its page: the
     /// pop that would follow it fails into the slow path, whose `pop_checked` tests the head
     /// exactly and reports it. The link itself is stored as it is (the key is 0 outside
@@ -285,7 +285,7 @@ impl Page {
             return ptr::null_mut();
         }
         if !self.is_block_start(block.cast()) {
-            return self.head_corrupted(block);
+            return self.drop_corrupted_list();
         }
         // SAFETY: a carved block of this page, on `free`: it holds a link.
         let next = guard::decode(unsafe { (*block).link }, guard::process_key());
@@ -319,13 +319,13 @@ impl Page {
         block.cast()
     }
 
-    /// The head of `free`, `head`, is no block of this page: the link it came from (that of a
-    /// block popped before) was overwritten. Reported; if the program goes on, the list is
-    /// dropped (its blocks leaked) and null returned.
+    /// The head of `free` is no block of this page, or its link is none (`list_head_sound`):
+    /// a link was overwritten after its block was freed. Reported with the head; if the
+    /// program goes on, the list is dropped (its blocks leaked) and null returned.
     #[cold]
     #[inline(never)]
-    fn head_corrupted(&mut self, head: *mut Block) -> *mut u8 {
-        crate::misuse::report("malloc", head.cast(), crate::misuse::Misuse::CorruptedFreeList);
+    pub fn drop_corrupted_list(&mut self) -> *mut u8 {
+        crate::misuse::report("malloc", self.free.cast(), crate::misuse::Misuse::CorruptedFreeList);
         self.free = ptr::null_mut();
         ptr::null_mut()
     }
