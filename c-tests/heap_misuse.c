@@ -9,8 +9,7 @@
  *    of the program's own mmap, of an unmapped far address (mimalloc-bench's invalid_free*);
  *  - realloc of a freed block and of an interior pointer;
  *  - free_sized with a size the block cannot have been allocated with; correct sizes pass.
- * A freed block's overwritten link is caught under TIERMALLOC_SECURE=1 only (secure_mode.c):
- * the default fast path follows links unchecked, for its cost (BENCHMARKS.md, "Hardening").
+ * A freed block's overwritten link: free_list_links.c (default level) and secure_mode.c.
  * Then, re-executed with TIERMALLOC_ON_ERROR=ignore: each misuse prints one line and the
  * program goes on with a consistent heap: no block is ever handed out twice (before the
  * checks, a double free made every later malloc(64) return the same pointer).

@@ -101,7 +101,9 @@ pub fn owner_of(p: usize) -> Owner {
     }
 }
 
-static MAP: [AtomicU8; ENTRIES] = [const { AtomicU8::new(0) }; ENTRIES];
+/// The entries, one before the first: `MAP[i + 1]` is chunk `i`'s, and `MAP[0]`, never
+/// tagged, is what `is_segment_at_index(-1)` reads for null (see `block_chunk_index`).
+static MAP: [AtomicU8; ENTRIES + 1] = [const { AtomicU8::new(0) }; ENTRIES + 1];
 
 /// The start of the chunk that holds the metadata of the block at `p` (see module comment).
 #[inline(always)]
@@ -125,7 +127,43 @@ pub fn tag_of_block(p: usize) -> ChunkTag {
 /// last entry, which is never tagged (see `covers`).
 #[inline(always)]
 pub fn tag_of_chunk(chunk: usize) -> ChunkTag {
-    ChunkTag::from_u8(MAP[(chunk >> CHUNK_SHIFT) & (ENTRIES - 1)].load(Ordering::Relaxed))
+    ChunkTag::from_u8(MAP[((chunk >> CHUNK_SHIFT) & (ENTRIES - 1)) + 1].load(Ordering::Relaxed))
+}
+
+/// `free`'s form of `owner_chunk`, as a chunk index: `(p - 1) >> CHUNK_SHIFT`, shifted
+/// arithmetically, so that null gives -1 (the map's never-tagged first entry) with no mask:
+/// one instruction less than `tag_of_block` on every `free`, and the chunk's start is this
+/// index shifted back. Every address of the user half (below `ADDRESS_LIMIT`) gives an index
+/// of the map; an address above it, which no allocator hands out, gives one outside, which
+/// `is_segment_at_index` must not be asked about (glibc's `free` faults on those addresses
+/// too: it reads the word before them).
+#[inline(always)]
+pub fn block_chunk_index(p: usize) -> isize {
+    (p as isize).wrapping_sub(1) >> CHUNK_SHIFT
+}
+
+/// Whether chunk `index` (from `block_chunk_index`) is a segment's, one instruction less
+/// than `tag_of_chunk`'s load and comparison: the map's byte is compared in memory. The
+/// compiler does not fold an atomic load into a comparison, so the comparison is written
+/// out: a plain byte read, as a relaxed load is on x86_64.
+///
+/// # Safety
+/// `index` must be -1 or the index of a chunk below `ADDRESS_LIMIT`.
+#[inline(always)]
+pub unsafe fn is_segment_at_index(index: isize) -> bool {
+    // SAFETY: per the contract, `MAP + index + 1` is an entry of the map: one byte read.
+    unsafe {
+        core::arch::asm!(
+            "cmp byte ptr [{map} + {index} + 1], {segment}",
+            "jne {other}",
+            map = in(reg) MAP.as_ptr(),
+            index = in(reg) index,
+            segment = const ChunkTag::Segment as u8,
+            other = label { return false; },
+            options(nostack, readonly),
+        );
+    }
+    true
 }
 
 /// Tags the chunks of `[start, start + len)` (start chunk-aligned): the first `first`, the rest
@@ -134,8 +172,8 @@ pub fn set(start: usize, len: usize, first: ChunkTag, rest: ChunkTag) {
     debug_assert!(start & CHUNK_MASK == 0 && covers(start, len));
     let first_index = start >> CHUNK_SHIFT;
     let end_index = (start + len + CHUNK_MASK) >> CHUNK_SHIFT;
-    MAP[first_index].store(first as u8, Ordering::Release);
-    for entry in &MAP[first_index + 1..end_index] {
+    MAP[first_index + 1].store(first as u8, Ordering::Release);
+    for entry in &MAP[first_index + 2..end_index + 1] {
         entry.store(rest as u8, Ordering::Release);
     }
 }

@@ -245,13 +245,16 @@ fn of(owner: Owner) -> Option<TierRef> {
 /// handed to the program's own `free`: `foreign`).
 ///
 /// # Safety
-/// `p` must be null, foreign, or a live block of ours not used after this.
+/// `p` must be null, foreign, or a live block of ours not used after this; an address above
+/// the user half faults (`pagemap::block_chunk_index`), as in glibc.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
     // The tag is compared in memory and read again off the fast path (one instruction less).
-    if pagemap::tag_of_block(p as usize) == pagemap::ChunkTag::Segment {
-        // SAFETY: a segment owns `p`.
-        unsafe { dram::fast::free(p) }
+    let chunk = pagemap::block_chunk_index(p as usize);
+    // SAFETY: null or an address of the user half (contract).
+    if unsafe { pagemap::is_segment_at_index(chunk) } {
+        // SAFETY: a segment owns `p`, and starts at chunk `chunk`.
+        unsafe { dram::fast::free_in_chunk(chunk, p) }
     } else {
         // SAFETY: forwarded.
         unsafe { free_other(p) }

@@ -11,10 +11,17 @@
 //!   is that address walks the page's lists (`is_on_lists`, which reads only carved block
 //!   starts of the page, so that a walk racing the owner from another thread stays in mapped
 //!   memory) and reports it if found there; program data equal to the mark costs one walk.
-//! - **Corrupted link**, on the slow path only: when a page's list is taken (`pop_checked`),
-//!   its head's link must be null or a carved block start of the page (a remote list taken
-//!   onto an empty `free` becomes that list unread, see `Page::collect_remote`; appended to
-//!   blocks already there, it is checked link by link). The fast `pop` follows links unchecked.
+//! - **Corrupted link** (glibc's safe-linking test): the fast `pop` follows a list head only
+//!   inside its page's carved blocks (`Page::pop`: one range test in place of the null test);
+//!   a head outside fails into the slow path, whose `pop_checked` requires a carved block
+//!   start of the page, and a head's link null or another (a remote list taken onto an empty
+//!   `free` becomes that list unread, see `Page::collect_remote`; appended to blocks already
+//!   there, it is checked link by link). Cutting a new page and allocating a large block test
+//!   the heads of the thread's current lists the same way (`Heap::check_list_heads`), so a
+//!   program whose next requests are of other sizes is caught too. Not caught: a link
+//!   overwritten with another address inside its page's carved blocks (the block is then
+//!   handed out; freeing it, if it is no block start, is reported), and zero, which ends the
+//!   list (the rest is leaked, nothing is handed out twice).
 //!
 //! `TIERMALLOC_SECURE=1` adds, at no cost to the default fast paths (the level is chosen where
 //! a segment or page is set up, never tested per operation):

@@ -140,18 +140,56 @@ fn alloc_unbound(class: usize) -> *mut u8 {
     binding::with_borrowed_heap(|heap| heap.alloc_slow(class)).unwrap_or(core::ptr::null_mut())
 }
 
+/// Tests the heads of the calling thread's current free lists (`Heap::check_list_heads`), if
+/// it has a heap: what a large allocation asks first.
+pub fn check_list_heads() {
+    let heap = binding::current();
+    if !heap.is_null() {
+        // SAFETY: this thread's own heap.
+        unsafe { (*heap).check_list_heads() };
+    }
+}
+
 /// Frees block `p` of a segment (the page map said so).
 ///
 /// # Safety
 /// `p` must be a live block handed out by `alloc` (any thread).
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    let segment = Segment::of(p as usize);
+    // SAFETY: forwarded.
+    unsafe { free_in(Segment::of(p as usize), p) }
+}
+
+/// `free` of block `p` of the segment at chunk `index` (`pagemap::block_chunk_index`, whose
+/// tag said `Segment`): the segment's address is the index shifted back, one instruction
+/// instead of masking `p`.
+///
+/// # Safety
+/// As for `free`; `index` is the chunk index of `p`'s segment.
+#[inline(always)]
+pub unsafe fn free_in_chunk(index: isize, p: *mut u8) {
+    let mut segment = index as usize;
+    // SAFETY: a shift of a register, nothing else. Written as an instruction because the
+    // compiler otherwise masks `p - 1` instead, which costs a copy more.
+    unsafe {
+        core::arch::asm!("shl {0}, {shift}", inout(reg) segment,
+            shift = const crate::chunk::CHUNK_SHIFT, options(pure, nomem, nostack));
+    }
+    // SAFETY: forwarded.
+    unsafe { free_in(segment as *mut Segment, p) }
+}
+
+/// `free` of block `p` of `segment`.
+///
+/// # Safety
+/// As for `free`; `segment` is the segment holding `p`.
+#[inline(always)]
+unsafe fn free_in(segment: *mut Segment, p: *mut u8) {
     let page = Segment::page_of(segment, p as usize);
     // SAFETY: `page` is a page of this segment or the empty page (never null).
     if unsafe { (*page).suspect(p) } {
         // SAFETY: forwarded.
-        return unsafe { free_suspect(segment, page, p) };
+        return unsafe { free_suspect(p, segment, page) };
     }
     // SAFETY: a live block of `page` (it passed the checks).
     unsafe { free_block(segment, page, p) }
@@ -177,7 +215,7 @@ unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
         }
     } else {
         // SAFETY: forwarded.
-        unsafe { free_remote(page, segment, p) }
+        unsafe { free_remote(p, page, segment) }
     }
 }
 
@@ -189,7 +227,7 @@ unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
 /// `page` must be the descriptor (or the empty page) that `segment` gives for `p`.
 #[cold]
 #[inline(never)]
-unsafe fn free_suspect(segment: *mut Segment, page: *mut Page, p: *mut u8) {
+unsafe fn free_suspect(p: *mut u8, segment: *mut Segment, page: *mut Page) {
     // SAFETY: forwarded.
     match unsafe { check_block(page, p) } {
         // SAFETY: a live block of `page`, whose data equalled the mark: cleared, so that the
@@ -274,7 +312,7 @@ pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
 
 #[cold]
 #[inline(never)]
-unsafe fn free_remote(page: *mut Page, segment: *mut Segment, p: *mut u8) {
+unsafe fn free_remote(p: *mut u8, page: *mut Page, segment: *mut Segment) {
     // SAFETY: a live segment; `owner_heap` drops the secure level's tag.
     let owner = unsafe { (*segment).owner_heap() } as *mut heap::Heap;
     let mine = binding::current();

@@ -88,8 +88,9 @@ pub struct Page {
     pub start: *mut u8,
     pub next: *mut Page,
     pub prev: *mut Page,
-    /// The link key (`guard`): the process key, copied here where the fast paths have it.
-    pub key: usize,
+    /// The bytes of the carved blocks, `capacity * block_size`: `pop` follows a head only
+    /// inside `[start, start + carved)` (see `pop`).
+    pub carved: usize,
     /// `guard::divisor_magic(block_size)` while in use.
     pub div_magic: u64,
     /// `block_limit` for a page of one slice, 0 for a longer one: `free`'s fast test takes the
@@ -153,7 +154,7 @@ impl Page {
             div_magic: 0,
             block_limit: 0,
             fast_limit: 0,
-            key: 0,
+            carved: 0,
         }
     }
 
@@ -186,7 +187,7 @@ impl Page {
         // No block is carved yet: `extend` raises the limit as it carves.
         self.block_limit = 0;
         self.fast_limit = 0;
-        self.key = guard::process_key();
+        self.carved = 0;
     }
 
     /// Whether `free(p)`, for an address `p` in this page's slices, needs a closer look: `p` is
@@ -243,20 +244,24 @@ impl Page {
                 p as usize,
                 free,
                 self.remote.first::<Block>() as usize,
-                self.key,
+                guard::process_key(),
                 self.reserved,
                 is_block,
             )
         }
     }
 
-    /// Pops a block from `free`, or null: the fast path, which trusts the link (it is
-    /// checked where a list is taken on the slow path, `pop_checked`, and on every pop under
-    /// `TIERMALLOC_SECURE=1`, whose heaps never let the fast path reach a page).
+    /// Pops a block from `free`, or null: the fast path. The head is followed only if it lies
+    /// in the page's carved span `[start, start + carved)`, which null (an empty list) does
+    /// not: one range test in place of the null test, two instructions more. So a link overwritten
+    /// after its block was freed (a use after free) is never followed out of its page: the
+    /// pop that would follow it fails into the slow path, whose `pop_checked` tests the head
+    /// exactly and reports it. The link itself is stored as it is (the key is 0 outside
+    /// `TIERMALLOC_SECURE=1`, under which no fast path reaches a page).
     #[inline(always)]
     pub fn pop(&mut self) -> *mut u8 {
         let block = self.free;
-        if block.is_null() {
+        if (block as usize).wrapping_sub(self.start as usize) >= self.carved {
             return ptr::null_mut();
         }
         // SAFETY: blocks on `free` are ours and hold a link, stored as it is: the key is 0
@@ -270,16 +275,20 @@ impl Page {
         block.cast()
     }
 
-    /// `pop` for the slow path: the head's link must be null or a carved block start of this
-    /// page (which also keeps every later pop inside the page); an overwritten link is
-    /// reported here.
+    /// `pop` for the slow path: the head must be a carved block start of this page, and its
+    /// link null or another; an overwritten link is reported here (`pop` leaves every head it
+    /// does not follow to this test). Null if the list is empty, or was dropped as corrupted
+    /// (the program goes on after the report, `TIERMALLOC_ON_ERROR=ignore`).
     pub fn pop_checked(&mut self) -> *mut u8 {
         let block = self.free;
         if block.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: blocks on `free` are ours and hold a link.
-        let next = guard::decode(unsafe { (*block).link }, self.key);
+        if !self.is_block_start(block.cast()) {
+            return self.drop_corrupted_list();
+        }
+        // SAFETY: a carved block of this page, on `free`: it holds a link.
+        let next = guard::decode(unsafe { (*block).link }, guard::process_key());
         if next != 0 && !self.is_block_start(next as *mut u8) {
             return self.pop_corrupted(block);
         }
@@ -308,6 +317,33 @@ impl Page {
         // SAFETY: the block was free, so it is ours to hand out.
         unsafe { (*block).tag = 0 };
         block.cast()
+    }
+
+    /// The head of `free` is no block of this page, or its link is none (`list_head_sound`):
+    /// a link was overwritten after its block was freed. Reported with the head; if the
+    /// program goes on, the list is dropped (its blocks leaked) and null returned.
+    #[cold]
+    #[inline(never)]
+    pub fn drop_corrupted_list(&mut self) -> *mut u8 {
+        crate::misuse::report("malloc", self.free.cast(), crate::misuse::Misuse::CorruptedFreeList);
+        self.free = ptr::null_mut();
+        ptr::null_mut()
+    }
+
+    /// Whether the head of `free` and the head's link are what they must be (`pop_checked`'s
+    /// tests, without popping): checked for every current page when a large block is
+    /// allocated (`Heap::check_list_heads`). Reads the head block when it is a carved block.
+    pub fn list_head_sound(&self) -> bool {
+        let block = self.free;
+        if block.is_null() {
+            return true;
+        }
+        if !self.is_block_start(block.cast()) {
+            return false;
+        }
+        // SAFETY: a carved block of this page, on `free`: it holds a link.
+        let next = guard::decode(unsafe { (*block).link }, guard::process_key());
+        next == 0 || self.is_block_start(next as *mut u8)
     }
 
     /// Pushes a block freed by the owner. Returns true if the page needs its heap's attention:
@@ -412,6 +448,7 @@ impl Page {
         // Only carved blocks pass `free`'s block-start test: a pointer to one never carved
         // would otherwise join the free list without ever having been handed out.
         self.block_limit = guard::block_limit(self.block_size, self.capacity);
+        self.carved = self.capacity as usize * size;
         if self.slice_count == 1 {
             self.fast_limit = self.block_limit;
         }

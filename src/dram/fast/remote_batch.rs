@@ -207,7 +207,7 @@ impl Page {
         let is_block = |b: usize| guard::is_block_offset(magic, block_limit, b.wrapping_sub(start));
         // SAFETY: addresses that pass `is_block` are carved blocks of this page, mapped while
         // the page holds `p`.
-        unsafe { guard::is_on_lists(p as usize, first, 0, self.key, count, is_block) }
+        unsafe { guard::is_on_lists(p as usize, first, 0, guard::process_key(), count, is_block) }
     }
 }
 
