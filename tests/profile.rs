@@ -141,14 +141,25 @@ fn the_second_run_faults_90_percent_less_and_is_not_slower() {
         first.minflt,
         second.minflt
     );
-    // The pages are still faulted in, by the pre-fault thread, and not many more of them (the
-    // reserve covers pages cut for size classes, a few of whose blocks are never touched).
-    assert!(
-        second.process_minflt <= first.process_minflt + first.process_minflt * 15 / 100,
-        "process faults {} then {}",
-        first.process_minflt,
-        second.process_minflt
-    );
+    // The measure on the whole process (`RUSAGE_SELF`, the filling thread included):
+    // the reserve's pages are put in place by `UFFDIO_COPY`, which takes no fault. Where
+    // userfaultfd is refused the library says so and populates with `MADV_POPULATE_WRITE`,
+    // whose faults the kernel counts as the process's: then only the thread's fall.
+    if second.stderr.contains("no userfaultfd") {
+        eprintln!("userfaultfd refused here: the process's faults are not expected to fall");
+    } else {
+        assert!(
+            second.stderr.contains("by UFFDIO_COPY"),
+            "{}",
+            profile_line(&second.stderr)
+        );
+        assert!(
+            second.process_minflt * 10 <= first.process_minflt,
+            "process minor faults {} then {}: not 90% fewer",
+            first.process_minflt,
+            second.process_minflt
+        );
+    }
     // Time: the same workload without a profile and with one, alternately, five times each.
     // The "not slower" figure itself (0.91x on a quiet machine) is BENCHMARKS.md's; here, with
     // other tests running beside this one on two cores, a 10% bound failed on noise alone
@@ -166,12 +177,11 @@ fn the_second_run_faults_90_percent_less_and_is_not_slower() {
     );
 }
 
-/// The measure taken on the whole process (`RUSAGE_SELF`, the pre-fault thread
-/// included): with small pages the pre-fault thread's `MADV_POPULATE_WRITE` faults as many
-/// pages as the workload would have (the test above), so the process's count falls only with
-/// `TIERMALLOC_PROFILE_HUGE=1`, one fault per 2 MiB huge page. Not timed: building huge pages
-/// costs from nothing to seconds on this shared VM (BENCHMARKS.md, "Workload profiles"),
-/// which is why it is not the default.
+/// `TIERMALLOC_PROFILE_HUGE=1` populates the reserve with `MADV_POPULATE_WRITE` on huge
+/// pages: its faults count in the process's (`RUSAGE_SELF`), one per 2 MiB. Not timed:
+/// building huge pages costs from nothing to seconds on this VM (its host takes back the
+/// guest's free 2 MiB blocks: BENCHMARKS.md, "Filling the reserve without faults"). With
+/// `=0` (small pages), one per 4 KiB: the process's count does not fall.
 #[test]
 fn with_huge_pages_the_process_faults_90_percent_less() {
     let thp =
@@ -193,6 +203,14 @@ fn with_huge_pages_the_process_faults_90_percent_less() {
         "process minor faults {} then {}: not 90% fewer",
         first.process_minflt,
         second.process_minflt
+    );
+    assert!(second.stderr.contains("by MADV_POPULATE_WRITE on huge pages"), "{}", second.stderr);
+    let small = run(dir.path(), &[("TIERMALLOC_PROFILE", "h"), ("TIERMALLOC_PROFILE_HUGE", "0")]);
+    assert!(small.reserved >= first.peak, "{small:?}");
+    assert!(small.minflt * 10 <= first.minflt, "{small:?}");
+    assert!(
+        small.process_minflt * 10 > first.process_minflt,
+        "small pages populated by MADV_POPULATE_WRITE count their faults: {small:?}"
     );
 }
 
