@@ -27,9 +27,8 @@ mod store;
 const _: () = assert!(crate::pool::profiles::RUNS == estimate::HISTORY_RUNS);
 
 use crate::config;
-use crate::os::{self, LineBuf};
+use crate::os::{self, say};
 use crate::chunk::CHUNK_SIZE;
-use core::fmt::Write;
 use core::sync::atomic::Ordering;
 use estimate::Source;
 use std::sync::Mutex;
@@ -47,12 +46,6 @@ struct Active {
 
 static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
 
-fn say(args: core::fmt::Arguments) {
-    let mut line = LineBuf::new();
-    let _ = line.write_fmt(args);
-    let _ = line.write_str("\n");
-    line.flush();
-}
 
 /// Reads `TIERMALLOC_PROFILE*`, reserves the estimate and starts recording.
 pub(crate) fn start() {
