@@ -309,7 +309,12 @@ fn no_reservation_beyond_the_cap() {
 
 /// Starts a profiled workload that grows and then waits; returns it once grown.
 fn start_peer(dir: &Path, name: &str) -> std::process::Child {
-    let mut child = command(dir, &[("TIERMALLOC_PROFILE", name)], &["300", "wait"])
+    start_peer_with(dir, &[("TIERMALLOC_PROFILE", name)])
+}
+
+/// `start_peer` with the environment `env`.
+fn start_peer_with(dir: &Path, env: &[(&str, &str)]) -> std::process::Child {
+    let mut child = command(dir, env, &["300", "wait"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -417,6 +422,43 @@ fn records_live_in_the_pool_when_there_is_one() {
         files.is_empty(),
         "records written to the directory: {files:?}"
     );
+    let _ = std::fs::remove_file(&pool_path);
+}
+
+/// In the pool too, a live peer's peak is the estimate, and a peer killed at its peak (its
+/// live entry left behind under its registry tag) is ignored: its pid is gone.
+#[test]
+fn in_the_pool_live_peers_count_and_dead_ones_do_not() {
+    let dir = TempDir::new("profile", "poolpeers").kept_on_panic();
+    let pool_path = format!("/dev/shm/tm-lend-profile-peers-{}", std::process::id());
+    let _ = std::fs::remove_file(&pool_path);
+    let spec = format!("path={pool_path},size=8M,create");
+    let env = [
+        ("TIERMALLOC_PROFILE", "pp"),
+        ("TIERMALLOC_POOL", spec.as_str()),
+        ("TIERMALLOC_VERBOSE", "1"),
+    ];
+    let mut peer = start_peer_with(dir.path(), &env);
+    let with_peer = run(dir.path(), &env);
+    assert!(
+        with_peer.stderr.contains("from the peak of 1 live peer(s)") && with_peer.reserved >= 300 * MIB,
+        "{}",
+        with_peer.stderr
+    );
+    peer.kill().unwrap();
+    peer.wait().unwrap();
+    // The killed peer recorded no run; the run above did, so use a new name for the rest.
+    let env = [
+        ("TIERMALLOC_PROFILE", "pd"),
+        ("TIERMALLOC_POOL", spec.as_str()),
+        ("TIERMALLOC_VERBOSE", "1"),
+    ];
+    let mut dead = start_peer_with(dir.path(), &env);
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    let after = run(dir.path(), &env);
+    assert_eq!(after.reserved, 0, "a dead peer's entry was used: {}", after.stderr);
+    assert!(after.stderr.contains("from nothing recorded yet"), "{}", after.stderr);
     let _ = std::fs::remove_file(&pool_path);
 }
 
