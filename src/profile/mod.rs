@@ -213,7 +213,7 @@ pub(crate) fn finish() {
     let e = reserve::COPY_REFUSED_ERRNO.load(Ordering::Relaxed);
     if e != 0 {
         say(format_args!(
-            "tiermalloc: profile {}: no userfaultfd ({}): the reserve was populated with \
+            "tiermalloc: profile {}: UFFDIO_COPY refused ({}): the reserve was populated with \
              MADV_POPULATE_WRITE instead, whose page faults count in the process's",
             active.name,
             std::io::Error::from_raw_os_error(e as i32)

@@ -189,7 +189,7 @@ extern "C" fn populate_thread(_: *mut libc::c_void) -> *mut libc::c_void {
         x if x == Pages::Measured as u32 => Pages::Measured,
         _ => Pages::Small,
     };
-    let copier = match pages {
+    let mut copier = match pages {
         Pages::Copied => match CopyFill::new() {
             Ok(c) => Some(c),
             Err(e) => {
@@ -210,14 +210,22 @@ extern "C" fn populate_thread(_: *mut libc::c_void) -> *mut libc::c_void {
     while done < len {
         let n = PREFAULT_STEP.min(len - done);
         let at = base + done;
-        if let Some(copier) = &copier {
-            if let Err(e) = copier.fill(at, n) {
-                PREFAULT_ERRNO.store(e as usize, Ordering::Relaxed);
-                break;
+        if let Some(c) = &copier {
+            match c.fill(at, n) {
+                Ok(()) => {
+                    done += n;
+                    populated(done);
+                    continue;
+                }
+                Err(e) => {
+                    // Refused for this range (the step is unregistered again, the pages it
+                    // did copy stay): this step and the rest are populated instead.
+                    COPY_REFUSED_ERRNO.store(e as usize, Ordering::Relaxed);
+                    copier = None;
+                    pages = Pages::Measured;
+                    FILLED_BY.store(pages as u32, Ordering::Relaxed);
+                }
             }
-            done += n;
-            populated(done);
-            continue;
         }
         let this_huge = huge && (pages == Pages::Huge || small_step.is_some());
         let cpu = os::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
