@@ -2,7 +2,9 @@
 //!
 //! Owns two things, both process-wide statics:
 //! - **the reserve**: one anonymous mapping `[BASE, BASE + LEN)` made at start from the
-//!   profile's estimate and pre-faulted by a helper thread (`populate_thread`). When the DRAM
+//!   profile's estimate and filled with resident pages by a helper thread (`populate_thread`):
+//!   by `UFFDIO_COPY` (`copy_fill`), which takes no page fault, else `MADV_POPULATE_WRITE`,
+//!   whose faults the kernel counts as the process's (`Pages`). When the DRAM
 //!   tier maps memory for blocks — a thread heap's segment, a large block's mapping — it still
 //!   maps fresh, chunk-aligned address space (the page map owns whole chunks), and then moves
 //!   pages from the reserve into the parts about to be touched with one `mremap` each
@@ -83,6 +85,7 @@ pub(crate) static PREFAULT_ERRNO: AtomicUsize = AtomicUsize::new(0);
 pub(crate) static PREFAULT_NS: AtomicU64 = AtomicU64::new(0);
 
 const PREFAULT_STEP: usize = 8 << 20;
+const HUGE_PAGE: usize = 2 << 20;
 
 /// Which pages the pre-fault thread builds the reserve from (`TIERMALLOC_PROFILE_HUGE`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -95,9 +98,9 @@ pub(crate) enum Pages {
     Small,
     /// Transparent huge pages throughout (`=1`), whatever they cost to build.
     Huge,
-    /// `MADV_POPULATE_WRITE` with the first step on small pages, measured; then huge pages for as long as a
-    /// step of them costs the thread no more CPU per byte than that small step did
-    /// (`keep_huge`), small pages for the rest once one costs more.
+    /// `MADV_POPULATE_WRITE` with the first step on small pages, measured; then huge pages
+    /// for as long as a step of them costs the thread no more CPU per byte than that small
+    /// step did (`keep_huge`), small pages for the rest once one costs more.
     Measured,
 }
 
@@ -107,7 +110,7 @@ pub(crate) enum Pages {
 /// 2 MiB clear per huge page); they are dearer when the kernel must compact memory to build
 /// them (`defrag=madvise` does it synchronously for an advised range), or on a virtual
 /// machine whose host takes back the guest's free 2 MiB blocks (virtio-balloon free page
-/// reporting) and must back each huge page again (BENCHMARKS.md, "Huge pages by default").
+/// reporting) and must back each huge page again (BENCHMARKS.md, "Filling the reserve without faults").
 pub(crate) fn keep_huge(huge_ns: u64, huge_len: usize, small_ns: u64, small_len: usize) -> bool {
     (huge_ns as u128) * (small_len as u128) <= (small_ns as u128) * (huge_len as u128)
 }
@@ -163,8 +166,6 @@ pub(crate) fn install(base: usize, len: usize, pages: Pages) -> Result<(), i32> 
     unsafe { libc::pthread_detach(thread) };
     Ok(())
 }
-
-const HUGE_PAGE: usize = 2 << 20;
 
 /// The calling thread's minor faults so far.
 fn thread_minflt() -> u64 {
