@@ -533,17 +533,50 @@ mod loom_models {
         writers_against_reader(Ordering::Release);
     }
 
-    // Not caught as written (session 6, LOOM_MAX_PREEMPTIONS=3): with the fields and the final
-    // CAS relaxed, the final CAS still continues the release sequence of the BUSY CAS, and
-    // loom found no execution where a reader accepts stale fields under it. The broken
-    // ordering this file's models do catch is `a_relaxed_naming_is_caught`; the record
-    // protocol's crash test (`tests/profile_crash.rs`) was seen to fail with a record
-    // published before its fields. A model that makes this break observable is still to do.
+    /// One writer appends to a fresh entry while a reader reads it once: the reader finds
+    /// it empty (not published yet) or whole and equal to the writer's record; never
+    /// published with fields or a checksum it cannot match (`Mixed`), which is what a reader
+    /// sees when the fields and checksum are stored without Release: it can then acquire the
+    /// final publish word (whose CAS continues the release sequence of the BUSY CAS, which
+    /// orders nothing stored after it) and still read the fields' old values.
+    fn writer_against_reader(order: Ordering) {
+        loom::model(move || {
+            let words = table(1);
+            let slot = over(&words).find(&NAME, true).unwrap();
+            let w = words.clone();
+            let h = thread::spawn(move || {
+                over(&w)
+                    .slot(0)
+                    .append_with(&record_of(1), order, usize::MAX)
+            });
+            let mut out = [0u64; 2];
+            match slot.read(0, &mut out) {
+                Entry::Whole => assert_eq!(out, record_of(1), "a torn record was accepted"),
+                Entry::Mixed => panic!("a torn record was published"),
+                Entry::Empty => {}
+            }
+            assert!(h.join().unwrap());
+        });
+    }
+
     #[test]
-    #[ignore = "the relaxed record stores are not caught by this model yet"]
+    fn a_record_is_read_whole_or_not_at_all() {
+        writer_against_reader(Ordering::Release);
+    }
+
+    // Still not caught (session 7, LOOM_MAX_PREEMPTIONS=3), even by this smallest model (one
+    // writer, one read): with the fields, the checksum and the final CAS relaxed, loom 0.7
+    // completed every execution without the reader acquiring the final publish word and then
+    // reading a field's or the checksum's old value, although its `Store::sync` for a relaxed
+    // RMW only continues the BUSY CAS's release (which orders none of the field stores).
+    // What a relaxed ordering can cost here is a published record read as `Mixed` (rejected:
+    // the checksum covers the publish word's generation, so stale fields never pass it), not
+    // a torn record accepted. The crash test (`tests/profile_crash.rs`) covers the kill side.
+    #[test]
+    #[ignore = "loom 0.7 finds no stale field read after the relaxed final CAS (see above)"]
     fn relaxed_record_stores_are_caught() {
         crate::lockfree::assert_loom_fails(
-            || writers_against_reader(Ordering::Relaxed),
+            || writer_against_reader(Ordering::Relaxed),
             "torn record",
         );
     }
