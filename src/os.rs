@@ -310,6 +310,20 @@ pub fn write_errno_text(line: &mut impl core::fmt::Write, errno: i32) {
     };
 }
 
+/// Writes one line to stderr: the text of `args` and a newline, in one `write`, without
+/// allocating and without std's stderr lock (which another thread may hold, or held at a
+/// fork). A line longer than the buffer is cut, and still ends with its newline.
+pub fn say(args: core::fmt::Arguments) {
+    use core::fmt::Write;
+    let mut line = LineBuf::new();
+    let _ = line.write_fmt(args);
+    if line.len == line.buf.len() {
+        line.len -= 1;
+    }
+    let _ = line.write_str("\n");
+    line.flush();
+}
+
 /// A fixed-capacity line buffer that implements `core::fmt::Write` without allocating, for
 /// diagnostics and the statistics report. Output past the capacity is dropped.
 pub struct LineBuf {

@@ -47,7 +47,24 @@ struct Run {
 }
 
 fn command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(workload());
+    command_via(None, dir, env, args)
+}
+
+/// `command`, run by `wrapper` (a program that execs its arguments) when there is one.
+fn command_via(
+    wrapper: Option<&Path>,
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Command {
+    let mut cmd = match wrapper {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.arg(workload());
+            c
+        }
+        None => Command::new(workload()),
+    };
     cmd.env_clear()
         .envs(scrubbed_env(&SCRUB))
         .env("LD_PRELOAD", &library().path)
@@ -101,7 +118,12 @@ fn parse(stdout: &str, stderr: &str) -> Run {
 }
 
 fn run(dir: &Path, env: &[(&str, &str)]) -> Run {
-    let out = run_with_timeout(command(dir, env, &["300"]), None, Duration::from_secs(120))
+    run_via(None, dir, env)
+}
+
+fn run_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)]) -> Run {
+    let cmd = command_via(wrapper, dir, env, &["300"]);
+    let out = run_with_timeout(cmd, None, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -141,14 +163,25 @@ fn the_second_run_faults_90_percent_less_and_is_not_slower() {
         first.minflt,
         second.minflt
     );
-    // The pages are still faulted in, by the pre-fault thread, and not many more of them (the
-    // reserve covers pages cut for size classes, a few of whose blocks are never touched).
-    assert!(
-        second.process_minflt <= first.process_minflt + first.process_minflt * 15 / 100,
-        "process faults {} then {}",
-        first.process_minflt,
-        second.process_minflt
-    );
+    // The measure on the whole process (`RUSAGE_SELF`, the filling thread included):
+    // the reserve's pages are put in place by `UFFDIO_COPY`, which takes no fault. Where
+    // userfaultfd is refused the library says so and populates with `MADV_POPULATE_WRITE`,
+    // whose faults the kernel counts as the process's: then only the thread's fall.
+    if second.stderr.contains("UFFDIO_COPY refused") {
+        eprintln!("userfaultfd refused here: the process's faults are not expected to fall");
+    } else {
+        assert!(
+            second.stderr.contains("by UFFDIO_COPY"),
+            "{}",
+            profile_line(&second.stderr)
+        );
+        assert!(
+            second.process_minflt * 10 <= first.process_minflt,
+            "process minor faults {} then {}: not 90% fewer",
+            first.process_minflt,
+            second.process_minflt
+        );
+    }
     // Time: the same workload without a profile and with one, alternately, five times each.
     // The "not slower" figure itself (0.91x on a quiet machine) is BENCHMARKS.md's; here, with
     // other tests running beside this one on two cores, a 10% bound failed on noise alone
@@ -166,12 +199,11 @@ fn the_second_run_faults_90_percent_less_and_is_not_slower() {
     );
 }
 
-/// The measure taken on the whole process (`RUSAGE_SELF`, the pre-fault thread
-/// included): with small pages the pre-fault thread's `MADV_POPULATE_WRITE` faults as many
-/// pages as the workload would have (the test above), so the process's count falls only with
-/// `TIERMALLOC_PROFILE_HUGE=1`, one fault per 2 MiB huge page. Not timed: building huge pages
-/// costs from nothing to seconds on this shared VM (BENCHMARKS.md, "Workload profiles"),
-/// which is why it is not the default.
+/// `TIERMALLOC_PROFILE_HUGE=1` populates the reserve with `MADV_POPULATE_WRITE` on huge
+/// pages: its faults count in the process's (`RUSAGE_SELF`), one per 2 MiB. Not timed:
+/// building huge pages costs from nothing to seconds on this VM (its host takes back the
+/// guest's free 2 MiB blocks: BENCHMARKS.md, "Filling the reserve without faults"). With
+/// `=0` (small pages), one per 4 KiB: the process's count does not fall.
 #[test]
 fn with_huge_pages_the_process_faults_90_percent_less() {
     let thp =
@@ -194,6 +226,37 @@ fn with_huge_pages_the_process_faults_90_percent_less() {
         first.process_minflt,
         second.process_minflt
     );
+    assert!(second.stderr.contains("by MADV_POPULATE_WRITE on huge pages"), "{}", second.stderr);
+    let small = run(dir.path(), &[("TIERMALLOC_PROFILE", "h"), ("TIERMALLOC_PROFILE_HUGE", "0")]);
+    assert!(small.reserved >= first.peak, "{small:?}");
+    assert!(small.minflt * 10 <= first.minflt, "{small:?}");
+    assert!(
+        small.process_minflt * 10 > first.process_minflt,
+        "small pages populated by MADV_POPULATE_WRITE count their faults: {small:?}"
+    );
+}
+
+/// Where userfaultfd is refused (a seccomp filter, as containers may have), the reserve is
+/// populated with `MADV_POPULATE_WRITE` instead and one line says so: the workload thread's
+/// faults still fall, the process's do not (with small pages) or do (huge pages granted
+/// cheaply), and nothing fails.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn without_userfaultfd_the_reserve_is_populated_and_a_line_says_so() {
+    let wrapper = compile_test_program("no_userfaultfd", "profile-nouffd");
+    let dir = TempDir::new("profile", "nouffd").kept_on_panic();
+    let env = [("TIERMALLOC_PROFILE", "n")];
+    let first = run_via(Some(&wrapper), dir.path(), &env);
+    let second = run_via(Some(&wrapper), dir.path(), &env);
+    assert!(second.reserved >= first.peak, "{second:?}");
+    assert!(
+        second.stderr.contains("UFFDIO_COPY refused (Operation not permitted")
+            && second.stderr.contains("by MADV_POPULATE_WRITE, huge pages while cheaper"),
+        "{}",
+        second.stderr
+    );
+    assert!(second.minflt * 10 <= first.minflt, "{second:?}");
+    assert_eq!(second.reserve_miss, 0, "{second:?}");
 }
 
 #[test]
@@ -291,7 +354,12 @@ fn no_reservation_beyond_the_cap() {
 
 /// Starts a profiled workload that grows and then waits; returns it once grown.
 fn start_peer(dir: &Path, name: &str) -> std::process::Child {
-    let mut child = command(dir, &[("TIERMALLOC_PROFILE", name)], &["300", "wait"])
+    start_peer_with(dir, &[("TIERMALLOC_PROFILE", name)])
+}
+
+/// `start_peer` with the environment `env`.
+fn start_peer_with(dir: &Path, env: &[(&str, &str)]) -> std::process::Child {
+    let mut child = command(dir, env, &["300", "wait"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -399,6 +467,43 @@ fn records_live_in_the_pool_when_there_is_one() {
         files.is_empty(),
         "records written to the directory: {files:?}"
     );
+    let _ = std::fs::remove_file(&pool_path);
+}
+
+/// In the pool too, a live peer's peak is the estimate, and a peer killed at its peak (its
+/// live entry left behind under its registry tag) is ignored: its pid is gone.
+#[test]
+fn in_the_pool_live_peers_count_and_dead_ones_do_not() {
+    let dir = TempDir::new("profile", "poolpeers").kept_on_panic();
+    let pool_path = format!("/dev/shm/tm-lend-profile-peers-{}", std::process::id());
+    let _ = std::fs::remove_file(&pool_path);
+    let spec = format!("path={pool_path},size=8M,create");
+    let env = [
+        ("TIERMALLOC_PROFILE", "pp"),
+        ("TIERMALLOC_POOL", spec.as_str()),
+        ("TIERMALLOC_VERBOSE", "1"),
+    ];
+    let mut peer = start_peer_with(dir.path(), &env);
+    let with_peer = run(dir.path(), &env);
+    assert!(
+        with_peer.stderr.contains("from the peak of 1 live peer(s)") && with_peer.reserved >= 300 * MIB,
+        "{}",
+        with_peer.stderr
+    );
+    peer.kill().unwrap();
+    peer.wait().unwrap();
+    // The killed peer recorded no run; the run above did, so use a new name for the rest.
+    let env = [
+        ("TIERMALLOC_PROFILE", "pd"),
+        ("TIERMALLOC_POOL", spec.as_str()),
+        ("TIERMALLOC_VERBOSE", "1"),
+    ];
+    let mut dead = start_peer_with(dir.path(), &env);
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    let after = run(dir.path(), &env);
+    assert_eq!(after.reserved, 0, "a dead peer's entry was used: {}", after.stderr);
+    assert!(after.stderr.contains("from nothing recorded yet"), "{}", after.stderr);
     let _ = std::fs::remove_file(&pool_path);
 }
 

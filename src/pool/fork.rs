@@ -22,6 +22,9 @@ use super::txn::Txn;
 use super::Pool;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 use std::os::unix::ffi::OsStrExt;
+// One line on stderr without std's stderr lock, which another thread of the parent may have
+// held at the fork, for ever in the child.
+use crate::os::say;
 
 const MAX_POOLS: usize = 16;
 
@@ -52,15 +55,6 @@ pub(crate) fn register(pool: *const Pool) {
     say(format_args!(
         "tiermalloc: pool: more than {MAX_POOLS} pools open in one process: a forked child's mappings of the last ones are not counted"
     ));
-}
-
-/// One line on stderr through a buffer of our own: `eprintln!` takes std's stderr lock, which
-/// another thread of the parent may have held at the fork, for ever in the child.
-fn say(line: core::fmt::Arguments) {
-    use core::fmt::Write;
-    let mut err = crate::textbuf::FdWriter::new(2);
-    let _ = writeln!(err, "{line}");
-    err.flush();
 }
 
 /// Unregisters `pool` (its drop).

@@ -105,10 +105,10 @@ impl Pool {
                 // SAFETY: our mapping, made just above, used by nothing else.
                 unsafe { super::map::unmap(base, extent) };
             }
-            Err(e) => eprintln!(
+            Err(e) => crate::os::say(format_args!(
                 "tiermalloc: pool: cannot map bytes [{offset:#x}, +{extent:#x}) to invalidate them: {}",
                 std::io::Error::from_raw_os_error(e)
-            ),
+            )),
         }
     }
 

@@ -7,10 +7,10 @@ use super::Pool;
 impl Pool {
     /// One line: the pool's table `what`, of `entries` entries, is full.
     pub(crate) fn say_full(&self, what: &str, entries: usize) {
-        eprintln!(
+        crate::os::say(format_args!(
             "tiermalloc: pool '{}': its {what} is full ({entries} entries); ENOSPC",
             self.spec.path.to_string_lossy()
-        );
+        ));
     }
 
     /// After a create failed with ENOSPC (sweep and retry included): says why.
@@ -20,11 +20,11 @@ impl Pool {
         } else if (0..MAX_HOLDINGS).all(|h| self.load(holding_at(h) + H_TAG) != 0) {
             self.say_full("holdings table", MAX_HOLDINGS);
         } else {
-            eprintln!(
+            crate::os::say(format_args!(
                 "tiermalloc: pool '{}': no free extent of {len} bytes ({} bytes free in all); ENOSPC",
                 self.spec.path.to_string_lossy(),
                 self.free_bytes()
-            );
+            ));
         }
     }
 }

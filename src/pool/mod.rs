@@ -398,10 +398,10 @@ pub fn global() -> Option<&'static Arc<Pool>> {
         .get_or_init(|| {
             let text = os::getenv(b"TIERMALLOC_POOL")?;
             let report = |why: &dyn core::fmt::Display| {
-                eprintln!(
+                crate::os::say(format_args!(
                     "tiermalloc: TIERMALLOC_POOL: '{}': {why}; no pool",
                     String::from_utf8_lossy(text)
-                )
+                ))
             };
             let spec = PoolSpec::parse(text).map_err(|why| report(&why)).ok()?;
             Pool::open(spec).map_err(|e| report(&e)).ok()

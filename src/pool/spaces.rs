@@ -251,11 +251,11 @@ impl Pool {
             let view = unsafe { core::slice::from_raw_parts((base + done) as *const u8, n) };
             if let Some(i) = (0..n).find(|&i| view[i] != buf[i]) {
                 let (name, name_len) = entry.name();
-                eprintln!(
+                crate::os::say(format_args!(
                     "tiermalloc: pool: space '{}': byte {} was not written back before its publish store",
                     String::from_utf8_lossy(&name[..name_len]),
                     done + i
-                );
+                ));
                 return Err(libc::EIO);
             }
             done += n;

@@ -97,12 +97,12 @@ impl Pool {
         for (page, w) in shadow.words(offset, len).iter().enumerate() {
             let v = w.load(Ordering::Acquire);
             if v & (HOLDERS | DEBTED) != 0 && v >> 32 != id32 {
-                eprintln!(
+                crate::os::say(format_args!(
                     "tiermalloc: pool: space id {id}: page {page} may be stale in this host's caches: {} mapping(s) and {} unpaid debt(s) of space id {} were never invalidated",
                     v & HOLDERS,
                     (v & DEBTED) >> 16,
                     v >> 32
-                );
+                ));
                 return Err(libc::EIO);
             }
         }

@@ -18,6 +18,7 @@
 //! runs on without that part: nothing falls back silently. With `TIERMALLOC_VERBOSE=1` the
 //! estimate and its source are printed too.
 
+mod copy_fill;
 mod estimate;
 mod record;
 pub(crate) mod reserve;
@@ -26,9 +27,8 @@ mod store;
 const _: () = assert!(crate::pool::profiles::RUNS == estimate::HISTORY_RUNS);
 
 use crate::config;
-use crate::os::{self, LineBuf};
+use crate::os::{self, say};
 use crate::chunk::CHUNK_SIZE;
-use core::fmt::Write;
 use core::sync::atomic::Ordering;
 use estimate::Source;
 use std::sync::Mutex;
@@ -46,12 +46,6 @@ struct Active {
 
 static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
 
-fn say(args: core::fmt::Arguments) {
-    let mut line = LineBuf::new();
-    let _ = line.write_fmt(args);
-    let _ = line.write_str("\n");
-    line.flush();
-}
 
 /// Reads `TIERMALLOC_PROFILE*`, reserves the estimate and starts recording.
 pub(crate) fn start() {
@@ -163,23 +157,18 @@ fn reserve(name: &str, len: usize) {
         return;
     };
     let base = base.as_ptr() as usize;
-    // Small pages by default, no MADV_HUGEPAGE: with the usual `defrag=madvise` setting the
-    // kernel compacts memory synchronously to build huge pages for such a range, and
-    // pre-faulting 460 MiB then took 4 s instead of 0.2 s on a busy machine (tests/profile.rs
-    // saw it). `TIERMALLOC_PROFILE_HUGE=1` asks for huge pages anyway: one fault per 2 MiB
-    // (the process's minor faults fall 500-fold), at whatever building them costs on this
-    // machine (BENCHMARKS.md, "Workload profiles").
-    let huge = os::getenv(b"TIERMALLOC_PROFILE_HUGE");
-    if config::parse_bool("TIERMALLOC_PROFILE_HUGE", huge, &mut config::Stderr) {
-        // SAFETY: advice on our own fresh mapping; it changes no byte.
-        if unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_HUGEPAGE) } != 0 {
-            say(format_args!(
-                "tiermalloc: TIERMALLOC_PROFILE_HUGE=1: no transparent huge pages ({}); the reserve uses small pages",
-                std::io::Error::from_raw_os_error(os::errno())
-            ));
-        }
-    }
-    if let Err(e) = reserve::install(base, len) {
+    // By default the pages are put in place without faults (`reserve::Pages::Copied`), so the
+    // process's minor faults fall with the workload thread's (BENCHMARKS.md, "Filling the
+    // reserve without faults"); `TIERMALLOC_PROFILE_HUGE` picks `MADV_POPULATE_WRITE` on huge
+    // (1) or small (0) pages instead.
+    let pages = match os::getenv(b"TIERMALLOC_PROFILE_HUGE") {
+        None => reserve::Pages::Copied,
+        v => match config::parse_bool("TIERMALLOC_PROFILE_HUGE", v, &mut config::Stderr) {
+            true => reserve::Pages::Huge,
+            false => reserve::Pages::Small,
+        },
+    };
+    if let Err(e) = reserve::install(base, len, pages) {
         say(format_args!(
             "tiermalloc: profile {name}: cannot start the pre-fault thread: {}; the reserve \
              faults in as it is used",
@@ -221,6 +210,15 @@ pub(crate) fn finish() {
     if let Some(live) = active.live {
         live.remove();
     }
+    let e = reserve::COPY_REFUSED_ERRNO.load(Ordering::Relaxed);
+    if e != 0 {
+        say(format_args!(
+            "tiermalloc: profile {}: UFFDIO_COPY refused ({}): the reserve was populated with \
+             MADV_POPULATE_WRITE instead, whose page faults count in the process's",
+            active.name,
+            std::io::Error::from_raw_os_error(e as i32)
+        ));
+    }
     let e = reserve::PREFAULT_ERRNO.load(Ordering::Relaxed);
     if e != 0 {
         say(format_args!(
@@ -238,7 +236,8 @@ pub(crate) fn report() {
     let (peak, at) = reserve::peak();
     say(format_args!(
         "tiermalloc: dram  profile {}: reserved {} B, reserve_used {} B, reserve_miss {} B, \
-         peak {} B after {} ms, pre-faulted in {} ms",
+         peak {} B after {} ms, filled in {} ms by {}, {} B of it with the huge-page advice, \
+         {} faults (CPU per MiB: small pages {} us, huge pages {} us)",
         active.name,
         reserve::RESERVED.get(),
         reserve::RESERVE_USED.get(),
@@ -246,6 +245,11 @@ pub(crate) fn report() {
         peak,
         at.saturating_sub(active.started_ns) / 1_000_000,
         reserve::PREFAULT_NS.load(Ordering::Relaxed) / 1_000_000,
+        reserve::filled_by(),
+        reserve::PREFAULT_HUGE_BYTES.load(Ordering::Relaxed),
+        reserve::PREFAULT_FAULTS.load(Ordering::Relaxed),
+        reserve::SMALL_NS_PER_MIB.load(Ordering::Relaxed) / 1000,
+        reserve::HUGE_NS_PER_MIB.load(Ordering::Relaxed) / 1000,
     ));
     let (pool_peak, pool_at) = crate::pool::share::peak();
     if active.pool_reserved > 0 || pool_peak > 0 {

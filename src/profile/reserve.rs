@@ -2,7 +2,9 @@
 //!
 //! Owns two things, both process-wide statics:
 //! - **the reserve**: one anonymous mapping `[BASE, BASE + LEN)` made at start from the
-//!   profile's estimate and pre-faulted by a helper thread (`populate_thread`). When the DRAM
+//!   profile's estimate and filled with resident pages by a helper thread (`populate_thread`):
+//!   by `UFFDIO_COPY` (`copy_fill`), which takes no page fault, else `MADV_POPULATE_WRITE`,
+//!   whose faults the kernel counts as the process's (`Pages`). When the DRAM
 //!   tier maps memory for blocks — a thread heap's segment, a large block's mapping — it still
 //!   maps fresh, chunk-aligned address space (the page map owns whole chunks), and then moves
 //!   pages from the reserve into the parts about to be touched with one `mremap` each
@@ -21,6 +23,7 @@
 //! lost counts pieces whose move failed; `NEXT <= POPULATED` while the pre-fault thread runs;
 //! `use <= PEAK`. Nothing here allocates; it runs on the slow paths that map memory.
 
+use super::copy_fill::CopyFill;
 use crate::futex;
 use crate::os;
 use crate::chunk::CHUNK_SIZE;
@@ -82,16 +85,70 @@ pub(crate) static PREFAULT_ERRNO: AtomicUsize = AtomicUsize::new(0);
 pub(crate) static PREFAULT_NS: AtomicU64 = AtomicU64::new(0);
 
 const PREFAULT_STEP: usize = 8 << 20;
+const HUGE_PAGE: usize = 2 << 20;
 
-/// Makes `[base, base + len)` (a fresh anonymous mapping) the reserve and
-/// starts the thread that pre-faults it. Called once, at start. Returns the errno of
-/// `pthread_create` if the thread could not start (the reserve is then handed out
+/// Which pages the pre-fault thread builds the reserve from (`TIERMALLOC_PROFILE_HUGE`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Pages {
+    /// The default: small pages the kernel allocates and maps on request, with no fault
+    /// (`copy_fill`); where userfaultfd is refused, `Measured`.
+    Copied,
+    /// Small pages only (`=0`): one fault per 4 KiB page, each counted in the process's
+    /// `ru_minflt` (the kernel counts `MADV_POPULATE_WRITE`'s faults as the caller's).
+    Small,
+    /// Transparent huge pages throughout (`=1`), whatever they cost to build.
+    Huge,
+    /// `MADV_POPULATE_WRITE` with the first step on small pages, measured; then huge pages
+    /// for as long as a step of them costs the thread no more CPU per byte than that small
+    /// step did (`keep_huge`), small pages for the rest once one costs more.
+    Measured,
+}
+
+/// Whether the pre-fault thread goes on with huge pages after a step of them cost `huge_ns`
+/// of its CPU for `huge_len` bytes, when the small-page step cost `small_ns` for `small_len`:
+/// while huge pages are no dearer per byte. They are usually cheaper (one fault and one
+/// 2 MiB clear per huge page); they are dearer when the kernel must compact memory to build
+/// them (`defrag=madvise` does it synchronously for an advised range), or on a virtual
+/// machine whose host takes back the guest's free 2 MiB blocks (virtio-balloon free page
+/// reporting) and must back each huge page again (BENCHMARKS.md, "Filling the reserve without faults").
+pub(crate) fn keep_huge(huge_ns: u64, huge_len: usize, small_ns: u64, small_len: usize) -> bool {
+    (huge_ns as u128) * (small_len as u128) <= (small_ns as u128) * (huge_len as u128)
+}
+
+static PAGES: AtomicU32 = AtomicU32::new(0);
+/// How the reserve was filled (a `Pages` as u32): `Measured` where `Copied` was refused.
+pub(crate) static FILLED_BY: AtomicU32 = AtomicU32::new(u32::MAX);
+/// The errno userfaultfd was refused with (0: it was not).
+pub(crate) static COPY_REFUSED_ERRNO: AtomicUsize = AtomicUsize::new(0);
+
+/// What `FILLED_BY` says, for the report.
+pub(crate) fn filled_by() -> &'static str {
+    match FILLED_BY.load(Ordering::Relaxed) {
+        x if x == Pages::Copied as u32 => "UFFDIO_COPY",
+        x if x == Pages::Huge as u32 => "MADV_POPULATE_WRITE on huge pages",
+        x if x == Pages::Measured as u32 => "MADV_POPULATE_WRITE, huge pages while cheaper",
+        x if x == Pages::Small as u32 => "MADV_POPULATE_WRITE on small pages",
+        _ => "nothing yet",
+    }
+}
+/// Bytes of the reserve populated with the huge-page advice.
+pub(crate) static PREFAULT_HUGE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// The pre-fault thread's minor faults: about one per 4 KiB small page, one per huge page.
+pub(crate) static PREFAULT_FAULTS: AtomicU64 = AtomicU64::new(0);
+/// CPU nanoseconds per MiB of the measured small step and of the last huge step (0: none).
+pub(crate) static SMALL_NS_PER_MIB: AtomicU64 = AtomicU64::new(0);
+pub(crate) static HUGE_NS_PER_MIB: AtomicU64 = AtomicU64::new(0);
+
+/// Makes `[base, base + len)` (a fresh anonymous mapping, 2 MiB-aligned) the reserve and
+/// starts the thread that pre-faults it with `pages`. Called once, at start. Returns the errno
+/// of `pthread_create` if the thread could not start (the reserve is then handed out
 /// unpopulated, and the caller says so).
-pub(crate) fn install(base: usize, len: usize) -> Result<(), i32> {
-    debug_assert!(len % os::PAGE_SIZE == 0);
+pub(crate) fn install(base: usize, len: usize, pages: Pages) -> Result<(), i32> {
+    debug_assert!(len % os::PAGE_SIZE == 0 && base % HUGE_PAGE == 0);
     BASE.store(base, Ordering::Relaxed);
     NEXT.store(0, Ordering::Relaxed);
     POPULATED.store(0, Ordering::Relaxed);
+    PAGES.store(pages as u32, Ordering::Relaxed);
     // SAFETY: getpid has no preconditions.
     POPULATER_PID.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
     RESERVED.add(len as u64);
@@ -110,22 +167,109 @@ pub(crate) fn install(base: usize, len: usize) -> Result<(), i32> {
     Ok(())
 }
 
+/// The calling thread's minor faults so far.
+fn thread_minflt() -> u64 {
+    // SAFETY: an all-zero rusage is a valid out-parameter.
+    let mut u: libc::rusage = unsafe { core::mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD (Linux 2.6.26) fills `u`.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    u.ru_minflt as u64
+}
+
+/// Advice `advice` on `[at, at + n)`, part of the reserve. False if refused.
+fn advise(at: usize, n: usize, advice: i32) -> bool {
+    // SAFETY: advice on the reserve's pages no one was handed yet; it changes no byte.
+    unsafe { libc::madvise(at as *mut _, n, advice) == 0 }
+}
+
 extern "C" fn populate_thread(_: *mut libc::c_void) -> *mut libc::c_void {
     let (base, len) = region();
+    let mut pages = match PAGES.load(Ordering::Relaxed) {
+        x if x == Pages::Copied as u32 => Pages::Copied,
+        x if x == Pages::Huge as u32 => Pages::Huge,
+        x if x == Pages::Measured as u32 => Pages::Measured,
+        _ => Pages::Small,
+    };
+    let mut copier = match pages {
+        Pages::Copied => match CopyFill::new() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                COPY_REFUSED_ERRNO.store(e as usize, Ordering::Relaxed);
+                pages = Pages::Measured;
+                None
+            }
+        },
+        _ => None,
+    };
+    FILLED_BY.store(pages as u32, Ordering::Relaxed);
     let started = os::coarse_now_ns();
+    let faults_before = thread_minflt();
+    let mut huge = pages != Pages::Small;
+    // The measured small step: (CPU ns, bytes).
+    let mut small_step: Option<(u64, usize)> = None;
     let mut done = 0;
     while done < len {
         let n = PREFAULT_STEP.min(len - done);
+        let at = base + done;
+        if let Some(c) = &copier {
+            match c.fill(at, n) {
+                Ok(()) => {
+                    done += n;
+                    populated(done);
+                    continue;
+                }
+                Err(e) => {
+                    // Refused for this range (the step is unregistered again, the pages it
+                    // did copy stay): this step and the rest are populated instead.
+                    COPY_REFUSED_ERRNO.store(e as usize, Ordering::Relaxed);
+                    copier = None;
+                    pages = Pages::Measured;
+                    FILLED_BY.store(pages as u32, Ordering::Relaxed);
+                }
+            }
+        }
+        let this_huge = huge && (pages == Pages::Huge || small_step.is_some());
+        let cpu = os::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+        // The advice is taken off again once the step is populated: the huge pages stay (a
+        // piece later moved out of one maps its small pages), but the DRAM tier's mappings
+        // the pieces move into do not carry it, so refaulting a purged range builds no huge
+        // page there (nor compacts memory for one).
+        let advised = this_huge && advise(at, n, libc::MADV_HUGEPAGE);
+        if this_huge && !advised {
+            huge = false; // no transparent huge pages in this kernel: small pages throughout
+        }
         // SAFETY: populating pages of the reserve no one was handed yet (`take` waits for
         // POPULATED); it changes no byte of them.
-        let r = unsafe { libc::madvise((base + done) as *mut _, n, libc::MADV_POPULATE_WRITE) };
+        let r = unsafe { libc::madvise(at as *mut _, n, libc::MADV_POPULATE_WRITE) };
+        let errno = os::errno();
+        if advised {
+            advise(at, n, libc::MADV_NOHUGEPAGE);
+            PREFAULT_HUGE_BYTES.fetch_add(n, Ordering::Relaxed);
+        }
         if r != 0 {
-            PREFAULT_ERRNO.store(os::errno() as usize, Ordering::Relaxed);
+            PREFAULT_ERRNO.store(errno as usize, Ordering::Relaxed);
             break;
+        }
+        let cost = os::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(cpu).max(1);
+        let per_mib = cost * (1 << 20) / n as u64;
+        if pages == Pages::Measured {
+            match small_step {
+                None => {
+                    small_step = Some((cost, n));
+                    SMALL_NS_PER_MIB.store(per_mib, Ordering::Relaxed);
+                }
+                Some((small_ns, small_len)) if advised => {
+                    HUGE_NS_PER_MIB.store(per_mib, Ordering::Relaxed);
+                    huge = keep_huge(cost, n, small_ns, small_len);
+                }
+                Some(_) => {}
+            }
         }
         done += n;
         populated(done);
     }
+    drop(copier);
+    PREFAULT_FAULTS.store(thread_minflt() - faults_before, Ordering::Relaxed);
     PREFAULT_NS.store(os::coarse_now_ns() - started, Ordering::Relaxed);
     populated(len);
     core::ptr::null_mut()
@@ -246,3 +390,21 @@ fn publish_peak(peak: u64) {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::keep_huge;
+
+    #[test]
+    fn huge_pages_are_kept_while_no_dearer_per_byte_than_small_ones() {
+        // The same cost per byte, and cheaper: kept.
+        assert!(keep_huge(100, 8 << 20, 100, 8 << 20));
+        assert!(keep_huge(40, 8 << 20, 250, 8 << 20));
+        // Per byte, not per step: half the bytes for 60% of the cost is dearer.
+        assert!(!keep_huge(60, 4 << 20, 100, 8 << 20));
+        // A host backing each huge page again (BENCHMARKS.md): 1 460 against 250 us per MiB.
+        assert!(!keep_huge(1460, 1 << 20, 250, 1 << 20));
+        // No overflow at the sizes seen (seconds of CPU, a whole reserve).
+        assert!(!keep_huge(u64::MAX, usize::MAX, u64::MAX - 1, usize::MAX));
+    }
+}
