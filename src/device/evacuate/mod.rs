@@ -147,6 +147,9 @@ pub(crate) struct DeviceState {
     file_offset: AtomicU64,
     /// `spare=` of the tier's spec.
     spare: TierSpec,
+    /// The path of the device behind the region now (the spec's, then each move's target;
+    /// none for anonymous memory): a move's target records it (`move_record::mark_target`).
+    device_path: crate::futex_mutex::Mutex<TierSpec>,
 }
 
 impl DeviceState {
@@ -210,6 +213,7 @@ impl DeviceState {
             half_moved_fd: AtomicI32::new(-1),
             file_offset: AtomicU64::new(spec.offset),
             spare: *spec,
+            device_path: crate::futex_mutex::Mutex::new(*spec),
         }
     }
 
@@ -267,9 +271,10 @@ fn path_text(path: &[u8]) -> &str {
 
 /// Makes a heap that a crash left split by a live move whole again before it is recovered,
 /// or refuses it (`move_record::stitch`): the source of a move cut short gets the moved part
-/// back from the target, with one line saying so; the target of such a move, and the stale
-/// source of a finished one, are refused. Formatting is not refused. With
-/// `TIERMALLOC_VERBOSE=1`, a refusal's line names the record's target.
+/// back from the target, and the target of one gets the rest from the source, with one line
+/// saying so; a target whose source no longer holds the move, and the stale source of a
+/// finished one, are refused. Formatting is not refused. With `TIERMALLOC_VERBOSE=1`, a
+/// refusal's line names the path the record names.
 pub(crate) fn stitch_split_heap(
     region: &Region,
     spec: &TierSpec,
@@ -292,14 +297,26 @@ pub(crate) fn stitch_split_heap(
             line.flush();
             Ok(opening)
         }
-        move_record::Stitched::Refused { what, target } => {
+        move_record::Stitched::RolledForward { source, bytes } => {
+            let mut line = os::LineBuf::new();
+            let _ = writeln!(
+                line,
+                "tiermalloc: tier '{}': a live move from '{}' was cut short; rolled forward ({} bytes copied from it), the heap recovers whole here and the source is stale",
+                spec.kind.name(),
+                path_text(source),
+                bytes
+            );
+            line.flush();
+            Ok(opening)
+        }
+        move_record::Stitched::Refused { what, named } => {
             if crate::config::get().verbose {
                 let mut line = os::LineBuf::new();
                 let _ = writeln!(
                     line,
-                    "tiermalloc: tier '{}': the superblock's move record names the target '{}'",
+                    "tiermalloc: tier '{}': the superblock's move record names '{}'",
                     spec.kind.name(),
-                    path_text(target)
+                    path_text(named)
                 );
                 line.flush();
             }
@@ -566,7 +583,9 @@ pub(crate) fn evacuate(
         });
     }
     let result = match numa_move::target_node(target) {
-        Some(node) => node.and_then(|node| numa_move::move_to_node(region, tier, node, chunk_bytes())),
+        Some(node) => {
+            node.and_then(|node| numa_move::move_to_node(region, tier, node, chunk_bytes()))
+        }
         None => move_region(kind, region, state, tier, target),
     };
     state.moving.store(false, Ordering::Release);
@@ -629,6 +648,14 @@ fn move_region(
         old_fd,
         state.file_offset.load(Ordering::Relaxed),
     );
+    if recorded {
+        let source = *state.device_path.lock();
+        move_record::mark_target(
+            &staging,
+            source.path().unwrap_or_default(),
+            state.file_offset.load(Ordering::Relaxed),
+        );
+    }
     let chunk = chunk_bytes();
     let started = now_ns();
     let mut report = Report::of_region(region);
@@ -694,15 +721,21 @@ fn move_region(
             break;
         }
         for &(start, end) in &ranges.items[..ranges.len] {
+            let (start, end) = (start as usize, end as usize);
             // SAFETY: `[start, end)` lies inside both the region and the staging mapping of
             // the target (at least as long), which are distinct mappings.
             unsafe {
-                core::ptr::copy_nonoverlapping(
-                    (region.base + start as usize) as *const u8,
-                    (staging.base + start as usize) as *mut u8,
-                    (end - start) as usize,
-                )
-            };
+                if recorded && lo == 0 {
+                    // The target's move record is its own (`move_record::mark_target`).
+                    move_record::copy_but_record(region.base, staging.base, start, end);
+                } else {
+                    core::ptr::copy_nonoverlapping(
+                        (region.base + start) as *const u8,
+                        (staging.base + start) as *mut u8,
+                        end - start,
+                    );
+                }
+            }
         }
         report.copied += ranges.bytes();
         if recorded {
@@ -780,6 +813,7 @@ fn move_region(
             // durable on the target as a whole (a no-op on /dev/shm, an msync of a disk file,
             // a barrier read on a BAR), so a persistent tier recovers from it alone.
             state.adopt(&staging);
+            *state.device_path.lock() = spec;
             move_record::clear(&state.backing(region));
             super::persist::persist(&state.backing(region), 0, region.len);
             // The old device, and the one an earlier move failed to leave, are mapped nowhere
@@ -926,7 +960,10 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
     // What the holds were made of, on a second line.
     let mut line = os::LineBuf::new();
     let chunks = r.chunks.max(1);
-    let _ = write!(line, "tiermalloc: tm_evacuate: held steps, mean/p99/max us:");
+    let _ = write!(
+        line,
+        "tiermalloc: tm_evacuate: held steps, mean/p99/max us:"
+    );
     for (name, step) in [
         ("protect", HeldStep::Protect),
         ("copy", HeldStep::Copy),
@@ -1033,7 +1070,11 @@ mod tests {
         assert_eq!((after.base, after.len), (source.base, source.len));
         // A barrier that loaded the old address just before reads zeroes, not the old
         // controller's registers, and does not fault.
-        assert_eq!(pmrsts(old), 0, "the old controller's register page is released");
+        assert_eq!(
+            pmrsts(old),
+            0,
+            "the old controller's register page is released"
+        );
         assert_eq!(pmrsts(new), 0x5a5a_5a5a);
         // Onto a file: a read of the region is the barrier, and no page is kept.
         state.adopt(&region(Media::File, 0));
