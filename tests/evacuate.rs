@@ -1625,3 +1625,73 @@ fn tiermalloc_lines(stderr: &str) -> Vec<&str> {
         .filter(|l| l.contains("tiermalloc"))
         .collect()
 }
+
+/// A hugetlbfs mount with at least `bytes` free, from /proc/mounts.
+fn hugetlbfs_with_room(bytes: u64) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (dir, fs) = (f.nth(1)?, f.next()?);
+            (fs == "hugetlbfs").then(|| dir.to_owned())
+        })
+        .find(|dir| {
+            let path = CString::new(dir.as_str()).unwrap();
+            // SAFETY: an all-zero statvfs is a valid out-parameter.
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: a NUL-terminated path and a valid out-parameter.
+            let ok = unsafe { libc::statvfs(path.as_ptr(), &mut st) == 0 };
+            ok && st.f_bavail as u64 * st.f_bsize as u64 >= bytes
+        })
+}
+
+/// A tier on hugetlbfs moves in chunks of whole huge pages (the kernel write-protects, splits
+/// and replaces hugetlbfs mappings only so): writers keep counting, nothing is lost, and the
+/// target backs the range. Runs where a hugetlbfs mount has 16 MiB free (none by default:
+/// `echo 16 > /proc/sys/vm/nr_hugepages; mount -t hugetlbfs -o size=32M none DIR`), else
+/// says it was skipped.
+#[test]
+fn a_hugetlbfs_tier_moves_in_huge_pages() {
+    const TEST: &str = "a_hugetlbfs_tier_moves_in_huge_pages";
+    if !is_child() {
+        let Some(dir) = hugetlbfs_with_room(16 << 20) else {
+            eprintln!("{TEST}: skipped, no hugetlbfs mount with 16 MiB free");
+            return;
+        };
+        let src = format!("{dir}/tiermalloc-evac-{}-src", std::process::id());
+        let out = child_run(TEST, &format!("dram;cxl:path={src},size=8M,create"));
+        let _ = std::fs::remove_file(&src);
+        succeeded(&out, "the move off hugetlbfs");
+        return;
+    }
+    let blocks = Arc::new(make_blocks(300));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (blocks, stop) = (blocks.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for b in blocks.iter() {
+                    // SAFETY: every block holds at least 8 bytes, 16-aligned; only this
+                    // thread writes its first word.
+                    unsafe { (b.p as *mut u64).write_volatile(rounds + 1) };
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let target = shm("target");
+    assert_eq!(evacuate(CXL, Some(&target)), Ok(()), "errno of the move");
+    assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(target.as_str()));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    for b in blocks.iter() {
+        // SAFETY: a live block's first word.
+        assert_eq!(unsafe { (b.p as *const u64).read() }, rounds, "a write was lost at {:#x}", b.p);
+    }
+    check_blocks(&blocks, true);
+}

@@ -48,7 +48,8 @@
 //! # Backings
 //!
 //! The source must be one userfaultfd can write-protect: shmem (`/dev/shm`, tmpfs), hugetlbfs,
-//! anonymous memory (`numa=` tiers). A regular file on a disk file system, device DAX and PCI
+//! anonymous memory (`numa=` tiers). A hugetlbfs source moves in chunks of whole huge pages
+//! (`page_size_of`): the kernel protects and replaces its mappings only so. A regular file on a disk file system, device DAX and PCI
 //! BARs are refused with -1 + EOPNOTSUPP and one line (their writers cannot be held, so a
 //! move could lose writes). The target may be anything a tier can map.
 //!
@@ -91,8 +92,8 @@
 //! A crash midway leaves a persistent heap split across both devices: the superblock's move
 //! record (`move_record`) says how far the move got on each, and the next open of the source
 //! (the path the tier's configuration names) rolls the move back, copying the moved part back
-//! from the target, so that the heap recovers whole; the target of the unfinished move is
-//! refused in one line. After a move that finished, the old device's record makes it refused
+//! from the target, so that the heap recovers whole; the next open of the target instead
+//! rolls it forward, copying the rest from the source, which is stale from then on. After a move that finished, the old device's record makes it refused
 //! as stale. On success the tier's media, barrier and register page become the target's
 //! (`DeviceState::backing`) and the whole target is made durable before `tm_evacuate` returns.
 
@@ -656,7 +657,7 @@ fn move_region(
             state.file_offset.load(Ordering::Relaxed),
         );
     }
-    let chunk = chunk_bytes();
+    let chunk = chunk_bytes().next_multiple_of(page_size_of(old_fd));
     let started = now_ns();
     let mut report = Report::of_region(region);
     let mut ranges = Ranges::new();
@@ -923,6 +924,23 @@ fn chunk_bytes() -> usize {
         .map(|c| os::page_round(c as usize))
         .filter(|&c| c > 0)
         .unwrap_or(CHUNK_BYTES)
+}
+
+/// The size of the pages behind the descriptor `fd` (the huge page size on hugetlbfs, whose
+/// mappings can be write-protected, split and replaced only in whole huge pages), or 4 KiB.
+fn page_size_of(fd: i32) -> usize {
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    // SAFETY: an all-zero statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: a descriptor of ours (or -1, refused) and a valid out-parameter.
+    let hugetlbfs = fd >= 0
+        && os::keep_errno(|| unsafe { libc::fstatfs(fd, &mut st) }) == 0
+        && st.f_type as i64 == HUGETLBFS_MAGIC;
+    if hugetlbfs {
+        st.f_bsize as usize
+    } else {
+        4096
+    }
 }
 
 fn now_ns() -> u64 {
