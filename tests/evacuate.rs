@@ -1303,6 +1303,12 @@ fn crash_checker(log_path: &str) {
             (tier.offset_of(p as *const u8).unwrap().0, usable_size(p))
         })
         .collect();
+    if allocated.is_empty() {
+        // A fresh heap (a target the move had not reached): the caller decides whether that
+        // may be.
+        println!("EMPTY");
+        return;
+    }
     let mut covered = 0;
     for (slot, e) in log.iter().enumerate() {
         let [offset, size, v, state] = e.each_ref().map(|w| w.load(Ordering::Relaxed));
@@ -1343,11 +1349,18 @@ fn crash_checker(log_path: &str) {
 }
 
 /// A persistent tier is killed (SIGKILL) at random points of a move while writer threads
-/// allocate, rewrite and free its blocks. Reopened at its configured path, the source rolls a
-/// cut-short move back (the moved part copied back from the target) or, if the move finished,
-/// is refused as stale and the target recovers; either way every block the log says is
-/// allocated is, with the contents the log says, and the target of a cut-short move is
-/// refused.
+/// allocate, rewrite and free its blocks. Then, in alternate rounds, one of the two devices is
+/// opened first:
+/// - the source: it rolls a cut-short move back (the moved part copied back from the target)
+///   or, if the move finished, is refused as stale and the target recovers; the target of a
+///   rolled-back move is refused;
+/// - the target: it rolls a cut-short move forward (the rest copied from the source), after
+///   which the source is refused as stale and the target opens again plainly; or, if the move
+///   had not reached it, it holds no heap (refused as foreign bytes, or empty) and the source
+///   recovers whole.
+///
+/// Whichever device recovers, every block the log says is allocated is, with the contents the
+/// log says.
 #[test]
 fn a_move_killed_at_random_points_recovers_whole() {
     const TEST: &str = "a_move_killed_at_random_points_recovers_whole";
@@ -1361,7 +1374,7 @@ fn a_move_killed_at_random_points_recovers_whole() {
         }
         return;
     }
-    let check = |path: &str| {
+    let check = |path: &str| -> (Checked, String) {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args(["--exact", TEST, "--nocapture", "--test-threads=1"])
             .env(CHILD, "check")
@@ -1372,17 +1385,24 @@ fn a_move_killed_at_random_points_recovers_whole() {
             .unwrap_or_else(|e| panic!("checking {path}: {e}"));
         let stderr = succeeded(&out, "the check");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            stdout.contains("REFUSED") || stdout.contains("CHECKED"),
-            "the check of {path} said nothing: {stdout}"
-        );
-        (stdout.contains("REFUSED"), stderr)
+        let outcome = if stdout.contains("REFUSED") {
+            Checked::Refused
+        } else if stdout.contains("EMPTY") {
+            Checked::Empty
+        } else {
+            assert!(
+                stdout.contains("CHECKED"),
+                "the check of {path} said nothing: {stdout}"
+            );
+            Checked::Blocks
+        };
+        (outcome, stderr)
     };
     let mut seed = std::process::id() as u64 | 1;
     let mut move_us = 0u64;
-    let (mut rolled_back_midway, mut finished) = (0, 0);
+    let (mut rolled_back_midway, mut rolled_forward, mut finished, mut busy) = (0, 0, 0, 0);
     let mut round = 0;
-    while round < 8 || (rolled_back_midway < 4 && round < 24) {
+    while round < 10 || ((rolled_back_midway < 3 || rolled_forward < 3) && round < 30) {
         for f in [&dev, &target, &log] {
             let _ = std::fs::remove_file(f);
         }
@@ -1437,18 +1457,109 @@ fn a_move_killed_at_random_points_recovers_whole() {
         } else {
             assert!(round > 0, "the mover failed: {status}");
         }
-        let (refused, stderr) = check(&dev);
-        let said = stderr
-            .lines()
-            .filter(|l| l.contains("tiermalloc"))
-            .collect::<Vec<_>>();
-        eprintln!("round {round} (move {move_us} us): {status}; opening the source: {said:?}");
+        let killed = !status.success();
         round += 1;
-        if refused {
+        if killed && round % 2 == 0 {
+            // The target first. While the source is open in another process (here: its
+            // range locked as a tier's open locks it), or gone, a pending roll-forward is
+            // refused and changes nothing.
+            let source = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&dev)
+                .unwrap();
+            assert!(
+                lock_range(&source, 24 << 20),
+                "the source's range could not be locked"
+            );
+            let (outcome, stderr) = check(&target);
+            drop(source);
+            if stderr.contains("its source is open in another process") {
+                assert_eq!(outcome, Checked::Refused, "{stderr}");
+                busy += 1;
+                let away = format!("{dev}-away");
+                std::fs::rename(&dev, &away).unwrap();
+                let (outcome, stderr) = check(&target);
+                std::fs::rename(&away, &dev).unwrap();
+                assert_eq!(
+                    outcome,
+                    Checked::Refused,
+                    "round {round}: without its source: {stderr}"
+                );
+                assert!(stderr.contains("its source cannot be opened"), "{stderr}");
+            }
+            let (outcome, stderr) = check(&target);
+            eprintln!("round {round} (move {move_us} us): {status}; opening the target: {outcome:?}, {:?}", tiermalloc_lines(&stderr));
+            if stderr.contains("rolled forward (") {
+                assert_eq!(outcome, Checked::Blocks, "round {round}: {stderr}");
+                rolled_forward += 1;
+                let (outcome, stderr) = check(&dev);
+                assert_eq!(
+                    outcome,
+                    Checked::Refused,
+                    "round {round}: the source recovered after the target rolled forward: {stderr}"
+                );
+                assert!(stderr.contains("moved onto another device"), "{stderr}");
+                let (outcome, stderr) = check(&target);
+                assert_eq!(
+                    outcome,
+                    Checked::Blocks,
+                    "round {round}: the target again: {stderr}"
+                );
+                assert!(
+                    !stderr.contains("rolled"),
+                    "round {round}: stitched twice: {stderr}"
+                );
+            } else if outcome == Checked::Blocks {
+                // The move had finished (the kill came after the target's record was
+                // cleared): the source is stale.
+                let (outcome, stderr) = check(&dev);
+                assert_eq!(
+                    outcome,
+                    Checked::Refused,
+                    "round {round}: both devices recover: {stderr}"
+                );
+                assert!(stderr.contains("moved onto another device"), "{stderr}");
+                finished += 1;
+            } else {
+                // The move had not reached the target: it holds no heap, and the source is
+                // whole.
+                assert!(
+                    !stderr.contains("is the target of a live move"),
+                    "round {round}: the target could not roll forward: {stderr}"
+                );
+                let (outcome, stderr) = check(&dev);
+                assert_eq!(
+                    outcome,
+                    Checked::Blocks,
+                    "round {round}: the source after an early kill: {stderr}"
+                );
+                assert!(
+                    !stderr.contains("rolled back (") || stderr.contains("rolled back (0 bytes"),
+                    "round {round}: {stderr}"
+                );
+            }
+            continue;
+        }
+        let (outcome, stderr) = check(&dev);
+        eprintln!(
+            "round {round} (move {move_us} us): {status}; opening the source: {outcome:?}, {:?}",
+            tiermalloc_lines(&stderr)
+        );
+        assert_ne!(
+            outcome,
+            Checked::Empty,
+            "round {round}: the source lost its heap: {stderr}"
+        );
+        if outcome == Checked::Refused {
             // The move finished: the source is stale, the target holds the heap.
             assert!(stderr.contains("moved onto another device"), "{stderr}");
-            let (refused, _) = check(&target);
-            assert!(!refused, "round {round}: neither device recovers");
+            let (outcome, _) = check(&target);
+            assert_eq!(
+                outcome,
+                Checked::Blocks,
+                "round {round}: neither device recovers"
+            );
             finished += 1;
         } else if let Some(bytes) = stderr
             .split("rolled back (")
@@ -1457,12 +1568,13 @@ fn a_move_killed_at_random_points_recovers_whole() {
         {
             rolled_back_midway += (bytes > 0) as u32;
             if bytes > 0 {
-                let (refused, stderr) = check(&target);
-                assert!(
-                    refused,
-                    "round {round}: the target of a cut-short move recovered"
+                let (outcome, stderr) = check(&target);
+                assert_eq!(
+                    outcome,
+                    Checked::Refused,
+                    "round {round}: the target of a rolled-back move recovered: {stderr}"
                 );
-                assert!(stderr.contains("did not finish"), "{stderr}");
+                assert!(stderr.contains("no longer holds"), "{stderr}");
             }
         }
     }
@@ -1474,7 +1586,112 @@ fn a_move_killed_at_random_points_recovers_whole() {
         "round 0's finished move must leave the source refused"
     );
     assert!(
-        rolled_back_midway >= 4,
-        "only {rolled_back_midway} of {round} kills landed in the middle of a move ({move_us} us)"
+        rolled_back_midway >= 3 && rolled_forward >= 3,
+        "only {rolled_back_midway} roll-backs and {rolled_forward} roll-forwards in {round} kills ({move_us} us a move)"
     );
+    assert_eq!(
+        busy, rolled_forward,
+        "each pending roll-forward was refused while the source was locked"
+    );
+}
+
+/// Takes an open-file-description write lock on the first `len` bytes of `file`, as a tier's
+/// open does; false if another holds one.
+fn lock_range(file: &std::fs::File, len: i64) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid `flock`.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as i16;
+    lock.l_whence = libc::SEEK_SET as i16;
+    lock.l_len = len;
+    // SAFETY: our open descriptor and a valid `flock`.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) == 0 }
+}
+
+/// What the crash test's checker found on opening a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Checked {
+    /// The tier did not open.
+    Refused,
+    /// A fresh heap without a block.
+    Empty,
+    /// A heap whose blocks match the log.
+    Blocks,
+}
+
+fn tiermalloc_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("tiermalloc"))
+        .collect()
+}
+
+/// A hugetlbfs mount with at least `bytes` free, from /proc/mounts.
+fn hugetlbfs_with_room(bytes: u64) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (dir, fs) = (f.nth(1)?, f.next()?);
+            (fs == "hugetlbfs").then(|| dir.to_owned())
+        })
+        .find(|dir| {
+            let path = CString::new(dir.as_str()).unwrap();
+            // SAFETY: an all-zero statvfs is a valid out-parameter.
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: a NUL-terminated path and a valid out-parameter.
+            let ok = unsafe { libc::statvfs(path.as_ptr(), &mut st) == 0 };
+            ok && st.f_bavail as u64 * st.f_bsize as u64 >= bytes
+        })
+}
+
+/// A tier on hugetlbfs moves in chunks of whole huge pages (the kernel write-protects, splits
+/// and replaces hugetlbfs mappings only so): writers keep counting, nothing is lost, and the
+/// target backs the range. Runs where a hugetlbfs mount has 16 MiB free (none by default:
+/// `echo 16 > /proc/sys/vm/nr_hugepages; mount -t hugetlbfs -o size=32M none DIR`), else
+/// says it was skipped.
+#[test]
+fn a_hugetlbfs_tier_moves_in_huge_pages() {
+    const TEST: &str = "a_hugetlbfs_tier_moves_in_huge_pages";
+    if !is_child() {
+        let Some(dir) = hugetlbfs_with_room(16 << 20) else {
+            eprintln!("{TEST}: skipped, no hugetlbfs mount with 16 MiB free");
+            return;
+        };
+        let src = format!("{dir}/tiermalloc-evac-{}-src", std::process::id());
+        let out = child_run(TEST, &format!("dram;cxl:path={src},size=8M,create"));
+        let _ = std::fs::remove_file(&src);
+        succeeded(&out, "the move off hugetlbfs");
+        return;
+    }
+    let blocks = Arc::new(make_blocks(300));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (blocks, stop) = (blocks.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for b in blocks.iter() {
+                    // SAFETY: every block holds at least 8 bytes, 16-aligned; only this
+                    // thread writes its first word.
+                    unsafe { (b.p as *mut u64).write_volatile(rounds + 1) };
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let target = shm("target");
+    assert_eq!(evacuate(CXL, Some(&target)), Ok(()), "errno of the move");
+    assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(target.as_str()));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    for b in blocks.iter() {
+        // SAFETY: a live block's first word.
+        assert_eq!(unsafe { (b.p as *const u64).read() }, rounds, "a write was lost at {:#x}", b.p);
+    }
+    check_blocks(&blocks, true);
 }

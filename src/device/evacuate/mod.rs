@@ -48,7 +48,8 @@
 //! # Backings
 //!
 //! The source must be one userfaultfd can write-protect: shmem (`/dev/shm`, tmpfs), hugetlbfs,
-//! anonymous memory (`numa=` tiers). A regular file on a disk file system, device DAX and PCI
+//! anonymous memory (`numa=` tiers). A hugetlbfs source moves in chunks of whole huge pages
+//! (`page_size_of`): the kernel protects and replaces its mappings only so. A regular file on a disk file system, device DAX and PCI
 //! BARs are refused with -1 + EOPNOTSUPP and one line (their writers cannot be held, so a
 //! move could lose writes). The target may be anything a tier can map.
 //!
@@ -91,8 +92,8 @@
 //! A crash midway leaves a persistent heap split across both devices: the superblock's move
 //! record (`move_record`) says how far the move got on each, and the next open of the source
 //! (the path the tier's configuration names) rolls the move back, copying the moved part back
-//! from the target, so that the heap recovers whole; the target of the unfinished move is
-//! refused in one line. After a move that finished, the old device's record makes it refused
+//! from the target, so that the heap recovers whole; the next open of the target instead
+//! rolls it forward, copying the rest from the source, which is stale from then on. After a move that finished, the old device's record makes it refused
 //! as stale. On success the tier's media, barrier and register page become the target's
 //! (`DeviceState::backing`) and the whole target is made durable before `tm_evacuate` returns.
 
@@ -147,6 +148,9 @@ pub(crate) struct DeviceState {
     file_offset: AtomicU64,
     /// `spare=` of the tier's spec.
     spare: TierSpec,
+    /// The path of the device behind the region now (the spec's, then each move's target;
+    /// none for anonymous memory): a move's target records it (`move_record::mark_target`).
+    device_path: crate::futex_mutex::Mutex<TierSpec>,
 }
 
 impl DeviceState {
@@ -210,6 +214,7 @@ impl DeviceState {
             half_moved_fd: AtomicI32::new(-1),
             file_offset: AtomicU64::new(spec.offset),
             spare: *spec,
+            device_path: crate::futex_mutex::Mutex::new(*spec),
         }
     }
 
@@ -267,9 +272,10 @@ fn path_text(path: &[u8]) -> &str {
 
 /// Makes a heap that a crash left split by a live move whole again before it is recovered,
 /// or refuses it (`move_record::stitch`): the source of a move cut short gets the moved part
-/// back from the target, with one line saying so; the target of such a move, and the stale
-/// source of a finished one, are refused. Formatting is not refused. With
-/// `TIERMALLOC_VERBOSE=1`, a refusal's line names the record's target.
+/// back from the target, and the target of one gets the rest from the source, with one line
+/// saying so; a target whose source no longer holds the move, and the stale source of a
+/// finished one, are refused. Formatting is not refused. With `TIERMALLOC_VERBOSE=1`, a
+/// refusal's line names the path the record names.
 pub(crate) fn stitch_split_heap(
     region: &Region,
     spec: &TierSpec,
@@ -292,14 +298,26 @@ pub(crate) fn stitch_split_heap(
             line.flush();
             Ok(opening)
         }
-        move_record::Stitched::Refused { what, target } => {
+        move_record::Stitched::RolledForward { source, bytes } => {
+            let mut line = os::LineBuf::new();
+            let _ = writeln!(
+                line,
+                "tiermalloc: tier '{}': a live move from '{}' was cut short; rolled forward ({} bytes copied from it), the heap recovers whole here and the source is stale",
+                spec.kind.name(),
+                path_text(source),
+                bytes
+            );
+            line.flush();
+            Ok(opening)
+        }
+        move_record::Stitched::Refused { what, named } => {
             if crate::config::get().verbose {
                 let mut line = os::LineBuf::new();
                 let _ = writeln!(
                     line,
-                    "tiermalloc: tier '{}': the superblock's move record names the target '{}'",
+                    "tiermalloc: tier '{}': the superblock's move record names '{}'",
                     spec.kind.name(),
-                    path_text(target)
+                    path_text(named)
                 );
                 line.flush();
             }
@@ -566,7 +584,9 @@ pub(crate) fn evacuate(
         });
     }
     let result = match numa_move::target_node(target) {
-        Some(node) => node.and_then(|node| numa_move::move_to_node(region, tier, node, chunk_bytes())),
+        Some(node) => {
+            node.and_then(|node| numa_move::move_to_node(region, tier, node, chunk_bytes()))
+        }
         None => move_region(kind, region, state, tier, target),
     };
     state.moving.store(false, Ordering::Release);
@@ -629,7 +649,15 @@ fn move_region(
         old_fd,
         state.file_offset.load(Ordering::Relaxed),
     );
-    let chunk = chunk_bytes();
+    if recorded {
+        let source = *state.device_path.lock();
+        move_record::mark_target(
+            &staging,
+            source.path().unwrap_or_default(),
+            state.file_offset.load(Ordering::Relaxed),
+        );
+    }
+    let chunk = chunk_bytes().next_multiple_of(page_size_of(old_fd));
     let started = now_ns();
     let mut report = Report::of_region(region);
     let mut ranges = Ranges::new();
@@ -694,15 +722,21 @@ fn move_region(
             break;
         }
         for &(start, end) in &ranges.items[..ranges.len] {
+            let (start, end) = (start as usize, end as usize);
             // SAFETY: `[start, end)` lies inside both the region and the staging mapping of
             // the target (at least as long), which are distinct mappings.
             unsafe {
-                core::ptr::copy_nonoverlapping(
-                    (region.base + start as usize) as *const u8,
-                    (staging.base + start as usize) as *mut u8,
-                    (end - start) as usize,
-                )
-            };
+                if recorded && lo == 0 {
+                    // The target's move record is its own (`move_record::mark_target`).
+                    move_record::copy_but_record(region.base, staging.base, start, end);
+                } else {
+                    core::ptr::copy_nonoverlapping(
+                        (region.base + start) as *const u8,
+                        (staging.base + start) as *mut u8,
+                        end - start,
+                    );
+                }
+            }
         }
         report.copied += ranges.bytes();
         if recorded {
@@ -780,6 +814,7 @@ fn move_region(
             // durable on the target as a whole (a no-op on /dev/shm, an msync of a disk file,
             // a barrier read on a BAR), so a persistent tier recovers from it alone.
             state.adopt(&staging);
+            *state.device_path.lock() = spec;
             move_record::clear(&state.backing(region));
             super::persist::persist(&state.backing(region), 0, region.len);
             // The old device, and the one an earlier move failed to leave, are mapped nowhere
@@ -891,6 +926,23 @@ fn chunk_bytes() -> usize {
         .unwrap_or(CHUNK_BYTES)
 }
 
+/// The size of the pages behind the descriptor `fd` (the huge page size on hugetlbfs, whose
+/// mappings can be write-protected, split and replaced only in whole huge pages), or 4 KiB.
+fn page_size_of(fd: i32) -> usize {
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    // SAFETY: an all-zero statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: a descriptor of ours (or -1, refused) and a valid out-parameter.
+    let hugetlbfs = fd >= 0
+        && os::keep_errno(|| unsafe { libc::fstatfs(fd, &mut st) }) == 0
+        && st.f_type as i64 == HUGETLBFS_MAGIC;
+    if hugetlbfs {
+        st.f_bsize as usize
+    } else {
+        4096
+    }
+}
+
 fn now_ns() -> u64 {
     crate::os::clock_ns(libc::CLOCK_MONOTONIC)
 }
@@ -926,7 +978,10 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
     // What the holds were made of, on a second line.
     let mut line = os::LineBuf::new();
     let chunks = r.chunks.max(1);
-    let _ = write!(line, "tiermalloc: tm_evacuate: held steps, mean/p99/max us:");
+    let _ = write!(
+        line,
+        "tiermalloc: tm_evacuate: held steps, mean/p99/max us:"
+    );
     for (name, step) in [
         ("protect", HeldStep::Protect),
         ("copy", HeldStep::Copy),
@@ -1033,7 +1088,11 @@ mod tests {
         assert_eq!((after.base, after.len), (source.base, source.len));
         // A barrier that loaded the old address just before reads zeroes, not the old
         // controller's registers, and does not fault.
-        assert_eq!(pmrsts(old), 0, "the old controller's register page is released");
+        assert_eq!(
+            pmrsts(old),
+            0,
+            "the old controller's register page is released"
+        );
         assert_eq!(pmrsts(new), 0x5a5a_5a5a);
         // Onto a file: a read of the region is the barrier, and no page is kept.
         state.adopt(&region(Media::File, 0));

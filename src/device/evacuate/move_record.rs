@@ -11,7 +11,10 @@
 //!   onto the target.
 //! - `advance`: after each chunk is copied and *before it is mapped from the target*, the
 //!   target's frontier is set to the chunk's end (a store through the staging mapping of the
-//!   target). From the remap on, any thread may write the chunk on the target only (the new
+//!   target). Before the first chunk's copy (the superblock's), the target's own record is
+//!   written (`mark_target`): state MOVED_FROM, the *source's* path and offset, so that the
+//!   target alone can find its source; the copy leaves the record's bytes out.
+//!   From the remap on, any thread may write the chunk on the target only (the new
 //!   mapping holds nobody, woken or not), so the frontier must already cover it; before the
 //!   remap the chunk's writers are held and its live bytes are the same on both devices. For
 //!   the first chunk, the source's frontier is set too, before the remap (`mark_source`, a
@@ -32,18 +35,36 @@
 //! - the source, frontier not 0, and the target does not hold the move (it finished, and the
 //!   target was cleared, reformatted or moved again; or it is gone): the source is stale and
 //!   is refused in one line;
-//! - the target of a move that did not finish (its record names its own path): refused in one
-//!   line; its source recovers the heap. `TIERMALLOC_VERBOSE=1` names the target.
+//! - the target of a move that did not finish (its record is MOVED_FROM): the move is *rolled
+//!   forward* (`roll_forward`) if the source still holds the same move: the source's bytes
+//!   from the target's frontier on are copied onto the target, the source is marked stale
+//!   (its frontier set to UNKNOWN if it was 0), and the target's record is cleared last; the
+//!   heap then recovers from the target as the killed process left it, and the source is
+//!   refused as stale from then on, as after a move that finished. The source's lock is held
+//!   meanwhile (an open of the source, which would roll back, waits out or is refused). A
+//!   crash during it repeats it at the next open of either device: the source rolls back, or
+//!   the target rolls forward again. The target is refused in one line instead when its
+//!   source is gone, is open in a process, no longer holds the move (it was rolled back, or
+//!   formatted, or moved elsewhere since), or its path did not fit the record;
+//! - a target without a heap (the crash came before the first chunk's copy wrote its
+//!   superblock): the target holds nothing of the move; its source is whole (frontier 0).
+//!   `TIERMALLOC_VERBOSE=1` names the path a refusal's record names.
 //!
 //! Formatting the device (`mode=fresh`) clears the record.
 //!
 //! ```text
 //! superblock (persist/superblock.rs)
-//! 144  state       4  MOVING ("MOVE"), or 0
+//! 144  state       4  MOVING ("MOVE") on the source, MOVED_FROM ("FROM") on the target, or 0
 //! 148  target_len  4  the target path's length (longer than 96: truncated below)
 //! 152  frontier    8  bytes of the region on the target (see above)
 //! 160  target     96  the target's path, NUL-padded
 //! 256  roots table
+//!
+//! on the target, state MOVED_FROM:
+//! 148  source_len  4  the source path's length (longer than 88: truncated below)
+//! 152  frontier    8  as above
+//! 160  offset      8  where the region starts in the source's file (`offset=`)
+//! 168  source     88  the source's path, NUL-padded
 //! ```
 
 use crate::backend::{Media, Region};
@@ -57,6 +78,10 @@ const TARGET_AT: u64 = 160;
 const END: u64 = 256;
 const TARGET_ROOM: usize = (END - TARGET_AT) as usize;
 const MOVING: u32 = u32::from_le_bytes(*b"MOVE");
+const MOVED_FROM: u32 = u32::from_le_bytes(*b"FROM");
+const SOURCE_OFFSET_AT: u64 = 160;
+const SOURCE_AT: u64 = 168;
+const SOURCE_ROOM: usize = (END - SOURCE_AT) as usize;
 /// A source frontier meaning "cannot tell how far": the source's superblock could not be
 /// written once the move began, so the source is never taken as whole.
 const UNKNOWN: u64 = u64::MAX;
@@ -143,6 +168,29 @@ pub(super) fn mark_source(source_fd: i32, source_offset: u64, hi: u64) {
     }
 }
 
+/// The record's bytes in the superblock, `[RECORD.0, RECORD.1)`: copies between the two
+/// devices leave them out (`copy_but_record`), each device's record being its own.
+const RECORD: (usize, usize) = (STATE_AT as usize, END as usize);
+
+/// Writes the target's record through `target`, its staging mapping: MOVED_FROM, naming
+/// `source` (the path of the device the tier is moving off; empty for anonymous memory,
+/// which nothing can roll forward from) at `source_offset`, frontier 0. Called before the
+/// first chunk's copy, which leaves these bytes out (`RECORD`): so the target's superblock
+/// never shows the heap without this record, however early a crash comes.
+pub(super) fn mark_target(target: &Region, source: &[u8], source_offset: u64) {
+    let mut record = [0u8; (END - TARGET_LEN_AT) as usize];
+    record[..4].copy_from_slice(&(source.len() as u32).to_le_bytes());
+    let at = (SOURCE_OFFSET_AT - TARGET_LEN_AT) as usize;
+    record[at..at + 8].copy_from_slice(&source_offset.to_le_bytes());
+    let kept = source.len().min(SOURCE_ROOM);
+    let at = (SOURCE_AT - TARGET_LEN_AT) as usize;
+    record[at..at + kept].copy_from_slice(&source[..kept]);
+    media::write_bytes(target, TARGET_LEN_AT, &record);
+    media::order(target);
+    media::write_bytes(target, STATE_AT, &MOVED_FROM.to_le_bytes());
+    media::order(target);
+}
+
 /// Clears the record in the superblock of `region` (the device behind it now); the caller
 /// makes it durable.
 pub(super) fn clear(region: &Region) {
@@ -163,6 +211,14 @@ pub(crate) enum Record<'a> {
         whole: bool,
         frontier: u64,
     },
+    /// The target's form: a move from `source` (`whole`: the path is not truncated), whose
+    /// region starts at `offset` in the source's file, reached `frontier`.
+    MovedFrom {
+        source: &'a [u8],
+        whole: bool,
+        offset: u64,
+        frontier: u64,
+    },
 }
 
 /// Reads the record from the first 4 KiB of a region.
@@ -177,20 +233,34 @@ pub(crate) fn read(image: &[u8]) -> Record<'_> {
                 .unwrap_or([0; 4]),
         )
     };
-    if word(STATE_AT) != MOVING {
-        return Record::None;
-    }
+    let double = |at: u64| {
+        u64::from_le_bytes(
+            image[at as usize..at as usize + 8]
+                .try_into()
+                .unwrap_or([0xff; 8]),
+        )
+    };
     let len = word(TARGET_LEN_AT) as usize;
-    let kept = len.min(TARGET_ROOM);
-    let frontier = u64::from_le_bytes(
-        image[FRONTIER_AT as usize..FRONTIER_AT as usize + 8]
-            .try_into()
-            .unwrap_or([0xff; 8]),
-    );
-    Record::Moving {
-        target: &image[TARGET_AT as usize..TARGET_AT as usize + kept],
-        whole: kept == len,
-        frontier,
+    let frontier = double(FRONTIER_AT);
+    match word(STATE_AT) {
+        MOVING => {
+            let kept = len.min(TARGET_ROOM);
+            Record::Moving {
+                target: &image[TARGET_AT as usize..TARGET_AT as usize + kept],
+                whole: kept == len,
+                frontier,
+            }
+        }
+        MOVED_FROM => {
+            let kept = len.min(SOURCE_ROOM);
+            Record::MovedFrom {
+                source: &image[SOURCE_AT as usize..SOURCE_AT as usize + kept],
+                whole: kept == len,
+                offset: double(SOURCE_OFFSET_AT),
+                frontier,
+            }
+        }
+        _ => Record::None,
     }
 }
 
@@ -202,33 +272,45 @@ pub(crate) enum Stitched<'a> {
     /// A move that had not reached the target (`bytes` 0), or whose first `bytes` were
     /// copied back from `target`: the heap is whole here again, the record cleared.
     RolledBack { target: &'a [u8], bytes: u64 },
-    /// Not to be recovered: why, and the record's target.
-    Refused {
-        what: &'static str,
-        target: &'a [u8],
-    },
+    /// The target of a move cut short, completed: `bytes` copied from `source`, whose copy
+    /// is stale from now on; the heap is whole here, the record cleared.
+    RolledForward { source: &'a [u8], bytes: u64 },
+    /// Not to be recovered: why, and the path the record names.
+    Refused { what: &'static str, named: &'a [u8] },
 }
 
-const TARGET_UNFINISHED: &str = "is the target of a live move (tm_evacuate) that did not finish: the heap lies partly here and partly on its source, which recovers it whole when opened (README: Live evacuation)";
+const SOURCE_GONE: &str = "is the target of a live move (tm_evacuate) that did not finish, and its source cannot be opened (or is shorter) to complete it: the heap lies partly here and partly on the source (README: Live evacuation)";
+const SOURCE_BUSY: &str = "is the target of a live move (tm_evacuate) that did not finish, and its source is open in another process, which holds the heap (README: Live evacuation)";
+const SOURCE_MOVED_ON: &str = "is the target of a live move (tm_evacuate) that its source no longer holds (rolled back at the source's open, or formatted or moved elsewhere since): the heap is the source's, this copy is stale (README: Live evacuation; mode=fresh formats it anew)";
 const STALE_SOURCE: &str = "holds a heap that was moved onto another device by tm_evacuate: this copy is stale (the target no longer holds an unfinished move to roll back; README: Live evacuation; mode=fresh formats it anew)";
 
 /// Makes the heap in `region` (opened at `path`) whole if a move of it was cut short, as the
 /// module comment says, or says why it must not be recovered.
 pub(crate) fn stitch<'a>(region: &'a Region, path: Option<&[u8]>) -> Stitched<'a> {
-    let Record::Moving {
-        target,
-        whole,
-        frontier,
-    } = read(image(region))
-    else {
-        return Stitched::Whole;
-    };
-    if whole && path == Some(target) {
-        return Stitched::Refused {
-            what: TARGET_UNFINISHED,
+    match read(image(region)) {
+        Record::None => Stitched::Whole,
+        Record::Moving {
             target,
-        };
+            whole,
+            frontier,
+        } => roll_back(region, path, target, whole, frontier),
+        Record::MovedFrom {
+            source,
+            whole,
+            offset,
+            frontier,
+        } => roll_forward(region, path, source, whole, offset, frontier),
     }
+}
+
+/// `stitch` for a source (its record MOVING, naming `target`).
+fn roll_back<'a>(
+    region: &'a Region,
+    path: Option<&[u8]>,
+    target: &'a [u8],
+    whole: bool,
+    frontier: u64,
+) -> Stitched<'a> {
     if frontier == 0 {
         clear(region);
         persist::persist(region, 0, superblock::SUPERBLOCK_BYTES as usize);
@@ -236,116 +318,263 @@ pub(crate) fn stitch<'a>(region: &'a Region, path: Option<&[u8]>) -> Stitched<'a
     }
     let refused = Stitched::Refused {
         what: STALE_SOURCE,
-        target,
+        named: target,
     };
     if !whole {
         return refused;
     }
-    let Some(moved) = TargetImage::open(target, region.len) else {
+    let Ok(moved) = Mapped::open(target, 0, region.len, false) else {
         return refused;
     };
-    let Some(bytes) = moved.frontier_of_same_move(region, target) else {
+    let Some(bytes) = moved.target_frontier(region, path) else {
         return refused;
     };
     // The moved part comes back over the source's stale one, the superblock with it (the
-    // target's: roots and records as the program last set them; its record still says
-    // MOVING, so a crash during the copy repeats it).
+    // target's: roots as the program last set them) except for the record, which stays
+    // the source's until it is cleared below (so a crash during the copy repeats it, and the
+    // target's name read above stays what it was).
     // SAFETY: `[0, bytes)` lies inside both our writable region and the target's read-only
-    // mapping (`frontier_of_same_move` checked `bytes <= region.len`), distinct mappings.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            moved.base as *const u8,
-            region.base as *mut u8,
-            bytes as usize,
-        )
-    };
+    // mapping (`target_frontier` checked `bytes <= region.len`), distinct mappings.
+    unsafe { copy_but_record(moved.base, region.base, 0, bytes as usize) };
     persist::persist(region, 0, bytes as usize);
     clear(region);
     persist::persist(region, 0, superblock::SUPERBLOCK_BYTES as usize);
     Stitched::RolledBack { target, bytes }
 }
 
-/// The target of a cut-short move, mapped read-only (unmapped on drop).
-struct TargetImage {
-    base: usize,
-    len: usize,
+/// `stitch` for a target (its record MOVED_FROM, naming `source` at `offset`, `frontier`
+/// bytes moved): completes the move from the source if the source still holds it.
+fn roll_forward<'a>(
+    region: &'a Region,
+    path: Option<&[u8]>,
+    source: &'a [u8],
+    whole: bool,
+    offset: u64,
+    frontier: u64,
+) -> Stitched<'a> {
+    let refused = |what| Stitched::Refused {
+        what,
+        named: source,
+    };
+    if !whole || frontier > region.len as u64 {
+        return refused(SOURCE_GONE);
+    }
+    let moved = match Mapped::open(source, offset, region.len, true) {
+        Ok(moved) => moved,
+        Err(Unavailable::InUse) => return refused(SOURCE_BUSY),
+        Err(Unavailable::Gone) => return refused(SOURCE_GONE),
+    };
+    let Some(source_frontier) = moved.source_frontier(region, path) else {
+        return refused(SOURCE_MOVED_ON);
+    };
+    // The source's bytes from the frontier on are the heap's (they never moved); below it,
+    // the target's are. If the frontier lies inside the superblock (the first chunk's remap
+    // failed), the source's superblock comes along except for the record, which stays the
+    // target's until it is cleared below.
+    // SAFETY: `[frontier, len)` lies inside our writable region and the source's read-only
+    // mapping of the same length, distinct mappings.
+    unsafe { copy_but_record(moved.base, region.base, frontier as usize, region.len) };
+    persist::persist(region, 0, region.len);
+    // The source must not be taken as whole from now on: a frontier of 0 would let its next
+    // open clear its record and recover the heap beside ours.
+    if source_frontier == 0 && !moved.write_source_frontier(offset, UNKNOWN) {
+        return refused(SOURCE_GONE);
+    }
+    clear(region);
+    persist::persist(region, 0, superblock::SUPERBLOCK_BYTES as usize);
+    Stitched::RolledForward {
+        source,
+        bytes: region.len as u64 - frontier,
+    }
 }
 
-impl TargetImage {
-    /// Maps the first `len` bytes of the file or device at `path` read-only; `None` if it
-    /// cannot be opened or is shorter.
-    fn open(path: &[u8], len: usize) -> Option<TargetImage> {
-        let mut name = [0u8; TARGET_ROOM + 1];
-        name[..path.len()].copy_from_slice(path);
+/// Copies bytes `[lo, hi)` from the mapping at `from` to the one at `to`, except the move
+/// record's (`RECORD`): a device's record is only ever its own.
+///
+/// # Safety
+/// `[lo, hi)` lies inside both mappings, which are distinct; `to` is writable.
+pub(super) unsafe fn copy_but_record(from: usize, to: usize, lo: usize, hi: usize) {
+    for (a, b) in [(lo, hi.min(RECORD.0)), (lo.max(RECORD.1), hi)] {
+        if a < b {
+            // SAFETY: as the caller promises.
+            unsafe {
+                core::ptr::copy_nonoverlapping((from + a) as *const u8, (to + a) as *mut u8, b - a)
+            };
+        }
+    }
+}
+
+/// Whether `named` (a path from a record) is the file opened at `path` as `fd`: the same
+/// bytes, or the same file.
+fn names(named: &[u8], path: Option<&[u8]>, fd: i32) -> bool {
+    if path == Some(named) {
+        return true;
+    }
+    let Some(name) = c_path(named) else {
+        return false;
+    };
+    // SAFETY: all-zero stat values are valid out-parameters.
+    let (mut a, mut b): (libc::stat, libc::stat) = unsafe { core::mem::zeroed() };
+    crate::os::keep_errno(|| {
+        // SAFETY: a NUL-terminated path, our descriptor and valid out-parameters.
+        unsafe {
+            fd >= 0
+                && libc::stat(name.as_ptr().cast(), &mut a) == 0
+                && libc::fstat(fd, &mut b) == 0
+                && a.st_dev == b.st_dev
+                && a.st_ino == b.st_ino
+        }
+    })
+}
+
+/// `path` NUL-terminated in a buffer, if it fits and holds no NUL.
+fn c_path(path: &[u8]) -> Option<[u8; TARGET_ROOM + 1]> {
+    if path.len() > TARGET_ROOM || path.contains(&0) {
+        return None;
+    }
+    let mut name = [0u8; TARGET_ROOM + 1];
+    name[..path.len()].copy_from_slice(path);
+    Some(name)
+}
+
+/// Why the other device of a move could not be mapped.
+enum Unavailable {
+    /// Missing, unreadable, shorter than the region, or not mappable.
+    Gone,
+    /// Its range is locked: a process has it open as a tier.
+    InUse,
+}
+
+/// The other device of a cut-short move, mapped read-only (unmapped and closed on drop).
+struct Mapped {
+    base: usize,
+    len: usize,
+    fd: i32,
+}
+
+impl Mapped {
+    /// Maps `len` bytes at `offset` of the file or device at `path` read-only; `None` if it
+    /// cannot be opened or is shorter. `locked`: the range is locked first as a tier's open
+    /// locks it (`backend::lock_range`), so that no process uses it meanwhile.
+    fn open(path: &[u8], offset: u64, len: usize, locked: bool) -> Result<Mapped, Unavailable> {
+        let name = c_path(path).ok_or(Unavailable::Gone)?;
+        let flags = if locked { libc::O_RDWR } else { libc::O_RDONLY };
         let fd = crate::os::keep_errno(|| {
             // SAFETY: a NUL-terminated path in a local buffer.
-            unsafe { libc::open(name.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) }
+            unsafe { libc::open(name.as_ptr().cast(), flags | libc::O_CLOEXEC) }
         });
         if fd < 0 {
-            return None;
+            return Err(Unavailable::Gone);
         }
+        let mut mapped = Mapped { base: 0, len, fd };
         // SAFETY: an all-zero stat is a valid out-parameter.
         let mut st: libc::stat = unsafe { core::mem::zeroed() };
         // SAFETY: our descriptor and a valid out-parameter.
         let sized = unsafe { libc::fstat(fd, &mut st) } == 0
-            && (st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 >= len as u64);
-        let base = if sized {
-            // SAFETY: a fresh read-only shared mapping of our descriptor.
-            unsafe {
-                libc::mmap(
-                    core::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ,
-                    libc::MAP_SHARED,
-                    fd,
-                    0,
-                )
-            }
-        } else {
-            libc::MAP_FAILED
+            && (st.st_mode & libc::S_IFMT != libc::S_IFREG
+                || st.st_size as u64 >= offset + len as u64);
+        if !sized {
+            return Err(Unavailable::Gone);
+        }
+        if locked && crate::backend::lock_range(fd, offset as usize, len).is_err() {
+            return Err(Unavailable::InUse);
+        }
+        // SAFETY: a fresh read-only shared mapping of our descriptor.
+        let base = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                offset as libc::off_t,
+            )
         };
-        crate::os::keep_errno(|| {
-            // SAFETY: our own descriptor; the mapping keeps the file.
-            unsafe { libc::close(fd) }
-        });
-        (base != libc::MAP_FAILED).then_some(TargetImage {
-            base: base as usize,
-            len,
-        })
+        if base == libc::MAP_FAILED {
+            return Err(Unavailable::Gone);
+        }
+        mapped.base = base as usize;
+        Ok(mapped)
     }
 
-    /// The target's frontier, if it holds the same move as `source`: a superblock of the same
-    /// heap and region length whose record names `target` (itself), its frontier inside the
-    /// region.
-    fn frontier_of_same_move(&self, source: &Region, target: &[u8]) -> Option<u64> {
-        let region = Region {
+    fn as_region(&self, like: &Region) -> Region {
+        Region {
             base: self.base,
             len: self.len,
             media: Media::File,
-            ..*source
-        };
-        let (ours, theirs) = (
-            superblock::read(image(source))?,
-            superblock::read(image(&region))?,
-        );
-        if ours.heap_id != theirs.heap_id || ours.region_len != theirs.region_len {
+            ..*like
+        }
+    }
+
+    /// Whether this mapping holds the same heap as `other` (heap id and region length).
+    fn same_heap(&self, other: &Region) -> bool {
+        let region = self.as_region(other);
+        match (
+            superblock::read(image(other)),
+            superblock::read(image(&region)),
+        ) {
+            (Some(ours), Some(theirs)) => {
+                ours.heap_id == theirs.heap_id && ours.region_len == theirs.region_len
+            }
+            _ => false,
+        }
+    }
+
+    /// Mapping the target of a move whose source is `source` (opened at `path`): the
+    /// target's frontier, if it holds the same move (the same heap, its record MOVED_FROM
+    /// naming the source, its frontier inside the region).
+    fn target_frontier(&self, source: &Region, path: Option<&[u8]>) -> Option<u64> {
+        if !self.same_heap(source) {
             return None;
         }
-        match read(image(&region)) {
+        match read(image(&self.as_region(source))) {
+            Record::MovedFrom {
+                source: named,
+                whole: true,
+                frontier,
+                ..
+            } if frontier <= source.len as u64 && names(named, path, source.lock_fd) => {
+                Some(frontier)
+            }
+            _ => None,
+        }
+    }
+
+    /// Mapping the source of a move whose target is `target` (opened at `path`): the
+    /// source's frontier, if it holds the same move (the same heap, its record MOVING naming
+    /// the target).
+    fn source_frontier(&self, target: &Region, path: Option<&[u8]>) -> Option<u64> {
+        if !self.same_heap(target) {
+            return None;
+        }
+        match read(image(&self.as_region(target))) {
             Record::Moving {
                 target: named,
                 whole: true,
                 frontier,
-            } if named == target && frontier <= source.len as u64 => Some(frontier),
+            } if names(named, path, target.lock_fd) => Some(frontier),
             _ => None,
         }
     }
+
+    /// Writes the source's frontier through its file (the mapping is read-only) and makes
+    /// it durable.
+    fn write_source_frontier(&self, offset: u64, frontier: u64) -> bool {
+        // SAFETY: our descriptor.
+        pwrite_frontier(self.fd, offset, frontier) && unsafe { libc::fdatasync(self.fd) } == 0
+    }
 }
 
-impl Drop for TargetImage {
+impl Drop for Mapped {
     fn drop(&mut self) {
-        // SAFETY: our own read-only mapping, used no more.
-        crate::os::keep_errno(|| unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) });
+        if self.base != 0 {
+            // SAFETY: our own read-only mapping, used no more.
+            crate::os::keep_errno(|| unsafe {
+                libc::munmap(self.base as *mut libc::c_void, self.len)
+            });
+        }
+        // SAFETY: our own descriptor; closing it releases its lock.
+        crate::os::keep_errno(|| unsafe { libc::close(self.fd) });
     }
 }
 
@@ -377,6 +606,28 @@ mod tests {
             .copy_from_slice(&300u32.to_le_bytes());
         assert!(
             matches!(read(&image), Record::Moving { whole: false, target, .. } if target.len() == TARGET_ROOM)
+        );
+        // The target's form names the source and its offset.
+        let target = Region {
+            base: image.as_mut_ptr() as usize,
+            len: image.len(),
+            reserved: image.len(),
+            shared_across_fork: false,
+            lock_fd: -1,
+            media: Media::Anonymous,
+            new_bytes: false,
+            barrier: crate::backend::Barrier::ReadRegion,
+            registers: 0,
+        };
+        mark_target(&target, b"/dev/shm/src", 8192);
+        assert_eq!(
+            read(&image),
+            Record::MovedFrom {
+                source: b"/dev/shm/src",
+                whole: true,
+                offset: 8192,
+                frontier: 0
+            }
         );
         // Not a heap: no record, whatever the bytes.
         image[0] = 0;
