@@ -567,6 +567,10 @@ fn check_run(run: &Run) -> Result<Checked, String> {
         }
         apply(&mut model, &mut roots, op);
     }
+    // The end of the run: every operation has returned, nothing is in flight.
+    Expect::around(&model, &roots, &[])
+        .check(&image, &mut scratch)
+        .map_err(|e| format!("after the last operation: {e}"))?;
     // Every loss allowed between ordering points: windows of writes between two fences.
     let mut image = run.initial.clone();
     let (mut model, mut roots) = (BTreeMap::new(), BTreeMap::new());
@@ -722,6 +726,107 @@ fn record_retired_window_cut(name: &str) -> Run {
 #[test]
 fn a_retired_slabs_marker_heads_free_space_at_every_crash_point() {
     let run = record_retired_window_cut("retired-cut");
+    let checked = check_run(&run).unwrap_or_else(|e| panic!("{e}"));
+    assert!(checked.prefixes > 0 && checked.reorderings > 0);
+}
+
+/// A slab cut again at the window of the last slab cut writes nothing but its slot
+/// (`slab_memo`), and a resize in place whose free header lands on the remembered free extent
+/// makes the next cut write in full: a 512 KiB block at the region's end is freed behind a
+/// block `x` (the space in front of `x` taken but for 2 KiB); a slot's slab is cut from that free space's end, its slot freed (the slab
+/// retired) and taken again (the cut remembered: one 16-byte write); `x` grows into the free
+/// space and shrinks back, rewriting the size at the remembered free extent's start; a slot
+/// is taken again at the same window. Every crash point recovers; the last cut must write its
+/// marker and the size in front, or the recovered chain would skip the window's live slot.
+fn record_slab_cut_again(name: &str) -> Run {
+    let path = shm(name);
+    let tier = open("pmr", &path, ",size=1M,create,fresh").unwrap();
+    let initial = image_of(&tier);
+    recorder::start(tier.region().base);
+    let mut ops = Vec::new();
+    let step = |ops: &mut Vec<OpRecord>, blocks: &mut dyn FnMut() -> Vec<_>| {
+        let start = recorder::len();
+        let blocks = blocks();
+        ops.push(OpRecord {
+            events: start..recorder::len(),
+            blocks,
+            roots: Vec::new(),
+        });
+        start..recorder::len()
+    };
+    let null = core::ptr::null_mut;
+    let (mut big, mut x, mut slot) = (null(), null(), null());
+    step(&mut ops, &mut || {
+        big = tier.alloc((512 << 10) - 16, 16).unwrap();
+        vec![(header_offset(&tier, big), None, Some((512 << 10) - 16))]
+    });
+    let big_at = header_offset(&tier, big);
+    assert_eq!(big_at, 512 << 10, "the big block is cut from the region's end");
+    step(&mut ops, &mut || {
+        x = tier.alloc(8000, 16).unwrap();
+        vec![(header_offset(&tier, x), None, Some(8000))]
+    });
+    let x_at = header_offset(&tier, x);
+    assert_eq!(x_at + 16 + 8000, big_at, "x lies right in front of the big block");
+    // The free space in front of x, but for 2 KiB, taken: the slab can only come from behind.
+    let filler = x_at - super::SUPERBLOCK_BYTES - 2048 - 16;
+    step(&mut ops, &mut || {
+        let p = tier.alloc(filler as usize, 16).unwrap();
+        vec![(header_offset(&tier, p), None, Some(filler))]
+    });
+    step(&mut ops, &mut || {
+        tier.free(big).unwrap();
+        vec![(big_at, Some((512 << 10) - 16), None)]
+    });
+    let take_slot = |ops: &mut Vec<OpRecord>, slot: &mut *mut u8| {
+        step(ops, &mut || {
+            *slot = tier.alloc(32, 16).unwrap();
+            vec![(header_offset(&tier, *slot), None, Some(32))]
+        })
+    };
+    let first = take_slot(&mut ops, &mut slot);
+    let slot_at = header_offset(&tier, slot);
+    let window = (1 << 20) - slabs::SLAB_BYTES;
+    assert_eq!(slot_at, window + SLAB_MARKER, "the slab is cut from the free space's end");
+    let free_slot = |ops: &mut Vec<OpRecord>, slot: *mut u8| {
+        step(ops, &mut || {
+            tier.free(slot).unwrap();
+            vec![(slot_at, Some(32), None)]
+        });
+    };
+    free_slot(&mut ops, slot);
+    let again = take_slot(&mut ops, &mut slot);
+    assert_eq!(header_offset(&tier, slot), slot_at, "the same slot again");
+    assert_eq!(recorder::writes_in(first).len(), 3, "the first cut: marker, size, slot");
+    assert_eq!(
+        recorder::writes_in(again),
+        vec![(slot_at, 16)],
+        "a slab cut again in place writes its slot's header and nothing else"
+    );
+    free_slot(&mut ops, slot);
+    step(&mut ops, &mut || {
+        assert!(tier.resize_in_place(x, 20000), "x grows into the free space behind it");
+        vec![(x_at, Some(8000), Some(tier.usable_size(x).unwrap() as u64))]
+    });
+    let grown = tier.usable_size(x).unwrap() as u64;
+    step(&mut ops, &mut || {
+        assert!(tier.resize_in_place(x, 8000), "x gives its tail back");
+        vec![(x_at, Some(grown), Some(8000))]
+    });
+    let last = take_slot(&mut ops, &mut slot);
+    assert_eq!(header_offset(&tier, slot), slot_at, "the same window once more");
+    assert_eq!(
+        recorder::writes_in(last).len(),
+        3,
+        "after a resize wrote into the free space, the cut writes marker, size and slot"
+    );
+    end_run(tier, &path, initial, ops)
+}
+
+/// See `record_slab_cut_again`.
+#[test]
+fn a_slab_cut_again_in_place_writes_only_its_slot_and_recovers_at_every_crash_point() {
+    let run = record_slab_cut_again("cut-again");
     let checked = check_run(&run).unwrap_or_else(|e| panic!("{e}"));
     assert!(checked.prefixes > 0 && checked.reorderings > 0);
 }
