@@ -106,9 +106,10 @@
 //! extent, whose two writes the device already holds: `slab_memo.rs` remembers the last slab
 //! cut and skips them, 18 bytes in 2 stores when every pair re-cuts it (23.8 in 2.5 measured;
 //! until session 6 retiring wrote the marker's state too: 44 in 5; tests/device_touches.rs
-//! measures all three patterns). The price of cutting from the end: the size store lands on the free extent's
-//! first line, often far from the block (a cache miss on a file, BENCHMARKS.md), and a block
-//! has free space behind it (to grow in place into) less often than when cut from the front.
+//! measures all three patterns). The price of cutting from the end: the size store lands on
+//! the free extent's first line, often far from the block (a cache miss on a file,
+//! BENCHMARKS.md), and a block has free space behind it (to grow in place into) less often
+//! than when cut from the front.
 //!
 //! What `order()` costs: nothing on a file or a BAR (stores reach the page cache, and a PCIe
 //! device, in program order; a compiler fence keeps them so), a cache-line flush and `sfence`
