@@ -431,10 +431,9 @@ impl DeviceTier {
     /// interleave its size write with ours.
     fn publish(&self, carved: &Carved, state: u16) {
         // A slab cut again where the last one was: the device holds these writes already.
-        if self.slab_memo.holds(carved, state) {
+        if !self.slab_memo.must_write(carved, state) {
             return;
         }
-        self.slab_memo.note(carved, state);
         let backing = self.backing();
         if let Some((tail, len)) = carved.tail {
             self.write_header_on(&backing, tail, len, STATE_FREE);

@@ -14,7 +14,7 @@
 //! true while nothing has written into the free extent in front of the window or into the
 //! window's marker since the cut it remembers. Everything that writes there does so under the
 //! tier's heap lock, as does every use of the memo:
-//! - another cut from the heap (`publish`) replaces or clears the memo (`note`);
+//! - another cut from the heap (`publish`) replaces or clears the memo (`must_write`);
 //! - a resize in place (a block growing into free space, or giving its tail back, writes a
 //!   free header that may land on the remembered front) clears it (`forget`);
 //! - slots are written only inside a live slab (after the marker), never on the marker;
@@ -53,42 +53,42 @@ impl SlabMemo {
     /// The memo's key of a cut with `state` written at its header: the window and the marker's
     /// state, and the front free extent's start, for a slab cut from the end of a free extent
     /// with nothing behind it; `None` for any other cut.
+    #[inline(always)]
     fn key(carved: &Carved, state: u16) -> Option<(u64, u64)> {
+        // Most cuts are blocks: the state is the first test.
+        if state & super::STATE_SLAB == 0 {
+            return None;
+        }
         let (front, front_len) = carved.front?;
-        let slab = state & super::STATE_SLAB != 0;
         let shaped = carved.len == SLAB_BYTES
             && carved.offset % SLAB_BYTES == 0
             && carved.offset != 0
             && carved.tail.is_none()
             && front + front_len == carved.offset;
-        (slab && shaped).then_some((carved.offset | state as u64, front))
+        shaped.then_some((carved.offset | state as u64, front))
     }
 
-    /// Whether the device already holds every write `publish` would make for `carved`: the
-    /// same slab cut as the one remembered. The caller holds the heap lock.
-    pub fn holds(&self, carved: &Carved, state: u16) -> bool {
-        if !self.enabled {
-            return false;
-        }
-        match Self::key(carved, state) {
-            Some((window, front)) => {
-                self.window.load(Ordering::Relaxed) == window
-                    && self.front.load(Ordering::Relaxed) == front
-            }
-            None => false,
-        }
-    }
-
-    /// Remembers `carved`, just written in full by `publish`, if it is a slab cut the memo can
-    /// name; forgets the memo otherwise. The caller holds the heap lock.
-    pub fn note(&self, carved: &Carved, state: u16) {
+    /// Whether `publish` must write `carved` (cut with `state` at its header): false when the
+    /// device already holds every write it would make, the same slab cut as the one
+    /// remembered. When true, the memo now names `carved` if it is a slab cut it can name, and
+    /// nothing otherwise (the writes follow). The caller holds the heap lock.
+    #[inline(always)]
+    pub fn must_write(&self, carved: &Carved, state: u16) -> bool {
         match Self::key(carved, state).filter(|_| self.enabled) {
             Some((window, front)) => {
+                if self.window.load(Ordering::Relaxed) == window
+                    && self.front.load(Ordering::Relaxed) == front
+                {
+                    return false;
+                }
                 self.window.store(window, Ordering::Relaxed);
                 self.front.store(front, Ordering::Relaxed);
             }
-            None => self.forget(),
+            // Most cuts are blocks: a load, and no store when there is nothing to forget.
+            None if self.window.load(Ordering::Relaxed) != 0 => self.forget(),
+            None => {}
         }
+        true
     }
 
     /// Forgets the memo: a write may have touched the free space it names. The caller holds
