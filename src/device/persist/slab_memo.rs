@@ -31,7 +31,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// ends at it. Read and written only under the tier's heap lock (atomics only to be `Sync`).
 ///
 /// Invariant: `window` is 0, or the offset of a window (16 KiB aligned, never 0: the
-/// superblock's) plus the marker's state, such that the device holds at that window the marker
+/// superblock's) plus the slab's class, such that the device holds at that window the marker
 /// header written then, and at `front` the header of a free extent whose size ends at the
 /// window, and no write since has touched either.
 pub(crate) struct SlabMemo {
@@ -50,8 +50,8 @@ impl SlabMemo {
         }
     }
 
-    /// The memo's key of a cut with `state` written at its header: the window and the marker's
-    /// state, and the front free extent's start, for a slab cut from the end of a free extent
+    /// The memo's key of a cut with `state` written at its header: the window and the slab's
+    /// class, and the front free extent's start, for a slab cut from the end of a free extent
     /// with nothing behind it; `None` for any other cut.
     #[inline(always)]
     fn key(carved: &Carved, state: u16) -> Option<(u64, u64)> {
@@ -65,7 +65,10 @@ impl SlabMemo {
             && carved.offset != 0
             && carved.tail.is_none()
             && front + front_len == carved.offset;
-        shaped.then_some((carved.offset | state as u64, front))
+        // The class (below 64) fits under the window's 16 KiB alignment; the marker's state bit
+        // would not.
+        let class = u64::from(state & !super::STATE_SLAB);
+        shaped.then_some((carved.offset | class, front))
     }
 
     /// Whether `publish` must write `carved` (cut with `state` at its header): false when the
