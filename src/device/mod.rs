@@ -108,6 +108,9 @@ pub(crate) struct DeviceTier {
     /// Capacity lent from outside, extent by extent (a pool tier, `outside`); `None`: the
     /// whole region is the tier's.
     outside: Option<outside::Outside>,
+    /// The last slab cut, whose writes a cut at the same place need not repeat
+    /// (`persist::slab_memo`); under the heap lock.
+    slab_memo: persist::SlabMemo,
 }
 
 impl DeviceTier {
@@ -183,6 +186,7 @@ impl DeviceTier {
             // SAFETY: no preconditions.
             opened_by: unsafe { libc::getpid() },
             claim,
+            slab_memo: persist::SlabMemo::new(outside.is_none()),
             outside,
         }
     }
@@ -452,6 +456,10 @@ impl DeviceTier {
     /// the chain. Runs under the heap lock: another cut from the same free extent must not
     /// interleave its size write with ours.
     fn publish(&self, carved: &Carved, state: u16) {
+        // A slab cut again where the last one was: the device holds these writes already.
+        if !self.slab_memo.must_write(carved, state) {
+            return;
+        }
         let backing = self.backing();
         if let Some((tail, len)) = carved.tail {
             self.write_header_on(&backing, tail, len, STATE_FREE);
@@ -667,7 +675,9 @@ impl DeviceTier {
                 }
             }
         }
-        // Under the heap lock, the free extent behind first (`publish`).
+        // Under the heap lock, the free extent behind first (`publish`). Its header may land
+        // on the free extent a remembered slab cut names.
+        self.slab_memo.forget();
         let backing = self.backing();
         if let Some((start, len)) = behind {
             self.write_header_on(&backing, start, len, STATE_FREE);

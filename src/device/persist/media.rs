@@ -141,6 +141,21 @@ pub(crate) mod recorder {
         })
     }
 
+    /// The writes among events `range` recorded so far: `(offset, bytes)` each.
+    pub fn writes_in(range: core::ops::Range<usize>) -> Vec<(u64, usize)> {
+        LOG.with(|l| {
+            l.borrow().as_ref().map_or(Vec::new(), |(_, e)| {
+                e[range]
+                    .iter()
+                    .filter_map(|e| match e {
+                        Event::Write(at, bytes) => Some((*at, bytes.len())),
+                        Event::Fence => None,
+                    })
+                    .collect()
+            })
+        })
+    }
+
     /// Stops and returns what was recorded.
     pub fn take() -> Vec<Event> {
         LOG.with(|l| l.borrow_mut().take().map(|(_, e)| e).unwrap_or_default())

@@ -80,7 +80,7 @@
 //! | malloc, split | block header (16 B) `|` size of the free extent in front (8 B) |
 //! | malloc, aligned remainder behind | its free header (16 B) `|` block header `|` front size |
 //! | free | state (2 B) |
-//! | slab made | the slab's marker header, as a block (above) |
+//! | slab made | the slab's marker header, as a block (above); nothing when it is cut again at the window of the last slab cut, with the same free extent in front and nothing written there since (`slab_memo.rs`: the device holds both writes already) |
 //! | slot malloc / free | slot header (16 B) / state (2 B) |
 //! | slab retired | `|` only: the last slot's free (its state) left no live slot |
 //! | resize, grow / shrink | header of the free extent behind (16 B) `|` block header |
@@ -101,12 +101,15 @@
 //! the one store correctness adds: without it the free space behind a new block has no
 //! header a scan could find. Carving from the end makes it 8 bytes, not a 16-byte header for
 //! a new tail. No operation reads the device. A slab's life adds its marker (16 B) and the size
-//! in front (8 B): a program that makes and retires a slab on every pair pays 42 bytes in 4
-//! stores (until session 6 retiring wrote the marker's state too: 44 in 5;
-//! tests/device_touches.rs measures all three
-//! patterns). The price of cutting from the end: the size store lands on the free extent's
-//! first line, often far from the block (a cache miss on a file, BENCHMARKS.md), and a block
-//! has free space behind it (to grow in place into) less often than when cut from the front.
+//! in front (8 B): a program that makes and retires a slab on every pair would pay 42 bytes
+//! in 4 stores, but the next slab of that class is cut at the same window from the same free
+//! extent, whose two writes the device already holds: `slab_memo.rs` remembers the last slab
+//! cut and skips them, 18 bytes in 2 stores when every pair re-cuts it (23.8 in 2.5 measured;
+//! until session 6 retiring wrote the marker's state too: 44 in 5; tests/device_touches.rs
+//! measures all three patterns). The price of cutting from the end: the size store lands on
+//! the free extent's first line, often far from the block (a cache miss on a file,
+//! BENCHMARKS.md), and a block has free space behind it (to grow in place into) less often
+//! than when cut from the front.
 //!
 //! What `order()` costs: nothing on a file or a BAR (stores reach the page cache, and a PCIe
 //! device, in program order; a compiler fence keeps them so), a cache-line flush and `sfence`
@@ -125,6 +128,7 @@ pub(crate) mod media;
 pub(crate) mod owner;
 pub(crate) mod recover;
 mod repair;
+mod slab_memo;
 pub(crate) mod roots;
 pub(crate) mod superblock;
 #[cfg(test)]
@@ -134,6 +138,7 @@ pub use check::{check_file, check_image, check_image_with_progress, HeapReport};
 pub use extent_map::{extent_map, ExtentKind, MapExtent};
 pub use repair::{heap_region_len, repair_file, Repaired};
 pub(crate) use flush::persist;
+pub(crate) use slab_memo::SlabMemo;
 pub(crate) use superblock::SUPERBLOCK_BYTES;
 
 use crate::backend::{Media, Problem, Region};

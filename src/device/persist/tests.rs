@@ -570,6 +570,10 @@ fn check_run(run: &Run) -> Result<Checked, String> {
         }
         apply(&mut model, &mut roots, op);
     }
+    // The end of the run: every operation has returned, nothing is in flight.
+    Expect::around(&model, &roots, &[])
+        .check(&image, &mut scratch)
+        .map_err(|e| format!("after the last operation: {e}"))?;
     // Every loss allowed between ordering points: windows of writes between two fences.
     let mut image = run.initial.clone();
     let (mut model, mut roots) = (BTreeMap::new(), BTreeMap::new());
@@ -668,28 +672,42 @@ fn the_checker_catches_a_wrong_write_order() {
     );
 }
 
+/// A fresh 1 MiB PMR tier for a scripted run (`keys` added), its image as formatted, and the
+/// recorder started on it: `(path, tier, image)`.
+fn scripted(name: &str, keys: &str) -> (String, DeviceTier, Vec<u8>) {
+    let path = shm(name);
+    let tier = open("pmr", &path, &format!(",size=1M,create,fresh{keys}")).unwrap();
+    let initial = image_of(&tier);
+    recorder::start(tier.region().base);
+    (path, tier, initial)
+}
+
+/// Runs one operation of a scripted run: records its device writes with the blocks `blocks`
+/// returns (offset, size before, size after) as the next of `ops`; the range of its events.
+fn step(
+    ops: &mut Vec<OpRecord>,
+    blocks: impl FnOnce() -> Vec<(u64, Option<u64>, Option<u64>)>,
+) -> core::ops::Range<usize> {
+    let start = recorder::len();
+    let blocks = blocks();
+    ops.push(OpRecord {
+        events: start..recorder::len(),
+        blocks,
+        roots: Vec::new(),
+    });
+    start..recorder::len()
+}
+
 /// A scripted run: a slab of class 2 (48-byte slots) retired into a 16 KiB window of free space
 /// of its own (its marker left as it was: retiring writes nothing), then a 32-byte block with
 /// 32-byte alignment cut from that window's end, where its header lands exactly on the old
 /// slab's last slot with the class's size, and the marker's size is rewritten to the free
 /// space left in front of it. Every operation is checked to land where the script needs it.
 fn record_retired_window_cut(name: &str) -> Run {
-    let path = shm(name);
-    let tier = open("pmr", &path, ",size=1M,create,fresh,fit=best").unwrap();
-    let initial = image_of(&tier);
-    recorder::start(tier.region().base);
+    let (path, tier, initial) = scripted(name, ",fit=best");
     let mut ops = Vec::new();
-    let step = |ops: &mut Vec<OpRecord>, blocks: &mut dyn FnMut() -> Vec<_>| {
-        let start = recorder::len();
-        let blocks = blocks();
-        ops.push(OpRecord {
-            events: start..recorder::len(),
-            blocks,
-            roots: Vec::new(),
-        });
-    };
     let mut slot = core::ptr::null_mut();
-    step(&mut ops, &mut || {
+    step(&mut ops, || {
         slot = tier.alloc(32, 16).unwrap();
         vec![(header_offset(&tier, slot), None, Some(32))]
     });
@@ -697,19 +715,19 @@ fn record_retired_window_cut(name: &str) -> Run {
     let window = slot_at / slabs::SLAB_BYTES * slabs::SLAB_BYTES;
     // A block in front of the window, so that its free space stays 16 KiB on its own.
     let mut front = core::ptr::null_mut();
-    step(&mut ops, &mut || {
+    step(&mut ops, || {
         front = tier.alloc(8000, 16).unwrap();
         let usable = tier.usable_size(front).unwrap() as u64;
         vec![(header_offset(&tier, front), None, Some(usable))]
     });
     let front_end = header_offset(&tier, front) + tier.usable_size(front).unwrap() as u64 + 16;
     assert_eq!(front_end, window, "the block in front ends at the window");
-    step(&mut ops, &mut || {
+    step(&mut ops, || {
         tier.free(slot).unwrap();
         vec![(slot_at, Some(32), None)]
     });
     let mut cut = core::ptr::null_mut();
-    step(&mut ops, &mut || {
+    step(&mut ops, || {
         cut = tier.alloc(32, 32).unwrap();
         vec![(header_offset(&tier, cut), None, Some(32))]
     });
@@ -725,6 +743,94 @@ fn record_retired_window_cut(name: &str) -> Run {
 #[test]
 fn a_retired_slabs_marker_heads_free_space_at_every_crash_point() {
     let run = record_retired_window_cut("retired-cut");
+    let checked = check_run(&run).unwrap_or_else(|e| panic!("{e}"));
+    assert!(checked.prefixes > 0 && checked.reorderings > 0);
+}
+
+/// A slab cut again at the window of the last slab cut writes nothing but its slot
+/// (`slab_memo`), and a resize in place whose free header lands on the remembered free extent
+/// makes the next cut write in full: a 512 KiB block at the region's end is freed behind a
+/// block `x` (the space in front of `x` taken but for 2 KiB); a slot's slab is cut from that
+/// free space's end, its slot freed (the slab retired) and taken again (the cut remembered: one
+/// 16-byte write); `x` grows into the free space and shrinks back, rewriting the size at the remembered free extent's start; a slot
+/// is taken again at the same window. Every crash point recovers; the last cut must write its
+/// marker and the size in front, or the recovered chain would skip the window's live slot.
+fn record_slab_cut_again(name: &str) -> Run {
+    let (path, tier, initial) = scripted(name, "");
+    let mut ops = Vec::new();
+    let null = core::ptr::null_mut;
+    let (mut big, mut x, mut slot) = (null(), null(), null());
+    step(&mut ops, || {
+        big = tier.alloc((512 << 10) - 16, 16).unwrap();
+        vec![(header_offset(&tier, big), None, Some((512 << 10) - 16))]
+    });
+    let big_at = header_offset(&tier, big);
+    assert_eq!(big_at, 512 << 10, "the big block is cut from the region's end");
+    step(&mut ops, || {
+        x = tier.alloc(8000, 16).unwrap();
+        vec![(header_offset(&tier, x), None, Some(8000))]
+    });
+    let x_at = header_offset(&tier, x);
+    assert_eq!(x_at + 16 + 8000, big_at, "x lies right in front of the big block");
+    // The free space in front of x, but for 2 KiB, taken: the slab can only come from behind.
+    let filler = x_at - super::SUPERBLOCK_BYTES - 2048 - 16;
+    step(&mut ops, || {
+        let p = tier.alloc(filler as usize, 16).unwrap();
+        vec![(header_offset(&tier, p), None, Some(filler))]
+    });
+    step(&mut ops, || {
+        tier.free(big).unwrap();
+        vec![(big_at, Some((512 << 10) - 16), None)]
+    });
+    let take_slot = |ops: &mut Vec<OpRecord>, slot: &mut *mut u8| {
+        step(ops, || {
+            *slot = tier.alloc(32, 16).unwrap();
+            vec![(header_offset(&tier, *slot), None, Some(32))]
+        })
+    };
+    let first = take_slot(&mut ops, &mut slot);
+    let slot_at = header_offset(&tier, slot);
+    let window = (1 << 20) - slabs::SLAB_BYTES;
+    assert_eq!(slot_at, window + SLAB_MARKER, "the slab is cut from the free space's end");
+    let free_slot = |ops: &mut Vec<OpRecord>, slot: *mut u8| {
+        step(ops, || {
+            tier.free(slot).unwrap();
+            vec![(slot_at, Some(32), None)]
+        });
+    };
+    free_slot(&mut ops, slot);
+    let again = take_slot(&mut ops, &mut slot);
+    assert_eq!(header_offset(&tier, slot), slot_at, "the same slot again");
+    assert_eq!(recorder::writes_in(first).len(), 3, "the first cut: marker, size, slot");
+    assert_eq!(
+        recorder::writes_in(again),
+        vec![(slot_at, 16)],
+        "a slab cut again in place writes its slot's header and nothing else"
+    );
+    free_slot(&mut ops, slot);
+    step(&mut ops, || {
+        assert!(tier.resize_in_place(x, 20000), "x grows into the free space behind it");
+        vec![(x_at, Some(8000), Some(tier.usable_size(x).unwrap() as u64))]
+    });
+    let grown = tier.usable_size(x).unwrap() as u64;
+    step(&mut ops, || {
+        assert!(tier.resize_in_place(x, 8000), "x gives its tail back");
+        vec![(x_at, Some(grown), Some(8000))]
+    });
+    let last = take_slot(&mut ops, &mut slot);
+    assert_eq!(header_offset(&tier, slot), slot_at, "the same window once more");
+    assert_eq!(
+        recorder::writes_in(last).len(),
+        3,
+        "after a resize wrote into the free space, the cut writes marker, size and slot"
+    );
+    end_run(tier, &path, initial, ops)
+}
+
+/// See `record_slab_cut_again`.
+#[test]
+fn a_slab_cut_again_in_place_writes_only_its_slot_and_recovers_at_every_crash_point() {
+    let run = record_slab_cut_again("cut-again");
     let checked = check_run(&run).unwrap_or_else(|e| panic!("{e}"));
     assert!(checked.prefixes > 0 && checked.reorderings > 0);
 }
