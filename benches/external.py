@@ -371,7 +371,6 @@ def build_debian_programs(build_dir, names):
     return built, binaries
 
 
-
 # ----------------------------------------------------------------------------------------
 # ordering
 
