@@ -269,6 +269,7 @@ c_tests! {
     double_free_race,
     double_free_threads,
     secure_large_guard,
+    cxx_delete,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.
