@@ -12,6 +12,18 @@ and scripts are not used), into $CARGO_TARGET_DIR/bench-external/, then runs eac
 under every allocator found (the allocators, the interleaving, spawn, the tables: all from
 run.py, imported).
 
+The suite's real-program rows (gs, lua, redis) run programs that are not in its repository:
+Ghostscript, the Lua interpreter and the Redis server (with its own allocator off, MALLOC=libc)
+are built at benchmark time from Debian's source packages (benches/debian_sources.py: `apt-get
+source`, deb-src lines needed) into $CARGO_TARGET_DIR/bench-external/debian/; the first run
+builds them (Ghostscript takes the longest, about 20 min on 2 loaded cores), later runs reuse
+them. The inputs are ours: Ghostscript's own sample documents, benches/real/lua_alloc.lua, and
+a redis-benchmark mix (benches/server_bench.py runs the server and its client).
+
+Per row, issue 16's two criteria are computed and printed (also in --markdown and --json):
+ours' median time against the fastest peer's (bound 1.10), and ours' spread across reps
+((max - min) / median) against the steadiest peer's (bound 1.2x).
+
 Fixed-duration programs (larson, xmalloc-test, glibc-thread; rptest, which sleeps) run for a set
 time whatever the allocator; their "time" is the program's own throughput figure turned into
 seconds the way the suite's bench.sh does (larson: its printed relative time; xmalloc-test: its
@@ -44,6 +56,8 @@ import zipfile
 sys.dont_write_bytecode = True  # no __pycache__ in benches/ from importing run.py
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (benches/run.py)
+import debian_sources  # noqa: E402  (benches/debian_sources.py)
+import server_bench  # noqa: E402  (benches/server_bench.py)
 
 from run import log  # noqa: E402
 
@@ -142,6 +156,14 @@ PROGRAMS = {
     "sh8bench": ("c", SH8BENCH_SOURCE, ["-DBENCH=1", "-DSYS_MULTI_THREAD=1", "-w"], []),
 }
 
+# Real programs the suite runs too, not in its repository: built from Debian's source packages
+# at benchmark time (benches/debian_sources.py). Program -> (its recipe there, the binary).
+DEBIAN_PROGRAMS = {
+    "gs": ("gs", "gs"),
+    "lua": ("lua", "lua"),
+    "redis-server": ("redis", "redis-server"),
+}
+
 
 def larson_time(out):
     m = re.search(r"relative time: ([0-9.]+)s", out)
@@ -164,6 +186,17 @@ def rptest_time(out):
     return 2e6 / int(m.group(1)) if m and int(m.group(1)) > 0 else None
 
 
+def redis_time(out):
+    """Seconds the server took per the client: the sum over redis-benchmark's tests of requests
+    / requests per second (its -q lines `TEST: N requests per second`)."""
+    rates = re.findall(r"^[^\r\n]*?: ([0-9.]+) requests per second", out.replace("\r", "\n"),
+                       re.M)
+    requests = re.search(r"(?:^|\s)-n (\d+)", out)
+    if not rates or not requests or any(float(x) <= 0 for x in rates):
+        return None
+    return sum(int(requests.group(1)) / float(x) for x in rates)
+
+
 def dropping(pattern):
     """output_of for programs that print timings: their output minus lines matching pattern."""
     rx = re.compile(pattern)
@@ -173,6 +206,11 @@ def dropping(pattern):
 def whole(out):
     return out.strip()
 
+
+# Ghostscript's sample documents (examples/ of its source package) the gs row reads.
+GS_DOCUMENTS = ["annots.pdf", "text_graphic_image.pdf", "text_graph_image_cmyk_rgb.pdf",
+                "tiger.eps", "golfer.eps", "escher.ps", "snowflak.ps", "colorcir.ps",
+                "vasarely.ps", "alphabet.ps", "doretree.ps", "waterfal.ps"]
 
 # Benchmarks: program, arguments (full: 0.3-5 s each under glibc on a 2-core machine; quick:
 # smoke), stdin file (relative to bench/), `time` (None: wall time; else a function of stdout
@@ -244,6 +282,30 @@ BENCHMARKS = {
     # 2 threads per core as bench.sh runs it; most blocks are freed by another thread than the
     # one that allocated them
     "sh8benchN": {"prog": "sh8bench", "full": ["4"], "quick": ["4"]},
+    # Real programs built from Debian's sources ("{tree:NAME}": that program's source tree).
+    # Ghostscript interpreting PDF and PostScript without a display, as the suite runs it; the
+    # inputs are the sample documents of Ghostscript's own source package, each read several
+    # times in one run (the suite's own large PDF is not in its repository).
+    "gs": {"prog": "gs",
+           "full": ["-q", "-dBATCH", "-dNODISPLAY", "-dNOPAUSE", "-dSAFER"]
+           + ["{tree:gs}/examples/" + f for f in GS_DOCUMENTS] * 8,
+           "quick": ["-q", "-dBATCH", "-dNODISPLAY", "-dNOPAUSE", "-dSAFER",
+                     "{tree:gs}/examples/tiger.eps"],
+           "output": whole},
+    # The Lua interpreter on a script of ours that allocates the way Lua programs do (tables,
+    # strings, closures, through Lua's realloc-style allocator and its collector).
+    "lua": {"prog": "lua", "full": ["{real}/lua_alloc.lua", "2"],
+            "quick": ["{real}/lua_alloc.lua", "1"], "output": whole},
+    # The Redis server (its own allocator off: MALLOC=libc) under the allocator, driven over a
+    # Unix socket by redis-benchmark (not preloaded): pipelined requests on a random key space,
+    # each test the server's allocation pattern for one data type. The time is the server's
+    # per the client (redis_time); RSS and CPU are the server's.
+    "redis": {"prog": "redis-server", "client": "redis-benchmark",
+              "full": ["-n", "300000", "-r", "200000", "-P", "16", "-d", "64", "-q",
+                       "-t", "set,get,lpush,lpop,sadd,hset,spop"],
+              "quick": ["-n", "20000", "-r", "10000", "-P", "16", "-d", "64", "-q",
+                        "-t", "set,get,lpush,lpop"],
+              "time": redis_time},
 }
 
 
@@ -273,6 +335,8 @@ def build_programs(bench_dir, build_dir, names, cc, cxx):
     os.makedirs(build_dir, exist_ok=True)
     built = {}
     for prog in sorted(names):
+        if prog in DEBIAN_PROGRAMS:
+            continue
         lang, srcs, flags, libs = PROGRAMS[prog]
         files = sources_of(bench_dir, srcs, build_dir)
         if files is None:  # a fetched source that could not be had (said why)
@@ -289,6 +353,22 @@ def build_programs(bench_dir, build_dir, names, cc, cxx):
         else:
             log("warning: %s did not build; its benchmarks are skipped" % prog)
     return built
+
+
+def build_debian_programs(build_dir, names):
+    """Fetch and build the Debian programs among names (DEBIAN_PROGRAMS; last: they take
+    longest). Returns ({program: path}, {recipe: {binary: path}}) of those that built; one that
+    could not be had is reported (debian_sources says why) and left out."""
+    built, binaries = {}, {}
+    for prog in sorted(n for n in names if n in DEBIAN_PROGRAMS):
+        recipe, binary = DEBIAN_PROGRAMS[prog]
+        if recipe not in binaries:
+            got = debian_sources.build(recipe, os.path.join(build_dir, "debian"))
+            if got is None:
+                continue
+            binaries[recipe] = got
+        built[prog] = binaries[recipe][binary]
+    return built, binaries
 
 
 # ----------------------------------------------------------------------------------------
@@ -373,6 +453,93 @@ def ordering_lines(results, order, compare_json):
 
 
 # ----------------------------------------------------------------------------------------
+# issue 16's per-row criteria: time within 10% of the best peer, and a spread across reps no
+# wider than the steadiest peer's by more than 1.2x
+
+ROW_TIME_BOUND = 1.10
+ROW_SPREAD_BOUND = 1.2
+
+
+def spread(vals):
+    """(max - min) / median of a row's times across reps; None with fewer than 2 reps."""
+    if len(vals) < 2:
+        return None
+    m = run.median(vals)
+    return (max(vals) - min(vals)) / m if m > 0 else None
+
+
+def row_criteria(names, order, results):
+    """Per benchmark, ours against the peers (Debian's and the built ones; not 'before' nor
+    other --peer variants of ours): {workload: {...}} with ours' median time, the best peer and
+    ours / its median, ours' spread, the steadiest peer and ours' spread / its spread."""
+    peers = [a for a in order if a in dict(run.PEERS) or a in run.BUILT_PEERS]
+    rows = {}
+    for w in names:
+        times = {a: [r.wall for r in results.get((w, a), []) if r.ok] for a in order}
+        # a run that failed leaves its allocator out of the row
+        ok = {a: v for a, v in times.items()
+              if v and all(r.ok for r in results.get((w, a), []))}
+        if "ours" not in ok:
+            continue
+        row = {"ours_s": run.median(ok["ours"]), "ours_spread": spread(ok["ours"])}
+        have = [a for a in peers if a in ok]
+        if have:
+            best = min(have, key=lambda a: run.median(ok[a]))
+            row.update(best=best, best_s=run.median(ok[best]),
+                       ours_per_best=row["ours_s"] / run.median(ok[best]))
+        spreads = {a: spread(ok[a]) for a in have if spread(ok[a]) is not None}
+        if spreads:
+            steady = min(spreads, key=lambda a: spreads[a])
+            row.update(steadiest=steady, steadiest_spread=spreads[steady],
+                       peers_median_spread=run.median(list(spreads.values())))
+            if row["ours_spread"] is not None and spreads[steady] > 0:
+                row["spread_ratio"] = row["ours_spread"] / spreads[steady]
+        row["time_met"] = (row["ours_per_best"] <= ROW_TIME_BOUND
+                           if "ours_per_best" in row else None)
+        row["spread_met"] = (None if row["ours_spread"] is None or "steadiest" not in row else
+                             row["ours_spread"] <= ROW_SPREAD_BOUND * row["steadiest_spread"])
+        rows[w] = row
+    return rows
+
+
+def criteria_table(rows, reps):
+    """The per-row criteria as a markdown paragraph and table."""
+    def pct(x):
+        return "—" if x is None else "%.1f%%" % (100 * x)
+
+    def yes(x):
+        return "—" if x is None else ("yes" if x else "**no**")
+
+    lines = ["#### Per row: ours against the best and the steadiest peer", "",
+             "Time: ours' median / the fastest peer's (bound ≤ %.2f). Spread: (max − min) / "
+             "median of a row's times over the %d reps; bound: ours' ≤ %.1f× the steadiest "
+             "peer's (the peers' median spread is shown for scale: the steadiest of several "
+             "peers is steadier than a typical one). Peers: Debian's and the built ones (not "
+             "`before` or other variants of ours)." % (ROW_TIME_BOUND, reps, ROW_SPREAD_BOUND),
+             "",
+             "| workload | ours (s) | best peer | ours / best | ≤ %.2f | ours' spread | "
+             "steadiest peer | its spread | peers' median spread | spread ratio | ≤ %.1f |"
+             % (ROW_TIME_BOUND, ROW_SPREAD_BOUND),
+             "|---|---:|---|---:|---|---:|---|---:|---:|---:|---|"]
+    for w, r in rows.items():
+        lines.append("| %s | %.3f | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            w, r["ours_s"], r.get("best", "—"), run.fmt_ratio(r.get("ours_per_best")),
+            yes(r["time_met"]), pct(r["ours_spread"]), r.get("steadiest", "—"),
+            pct(r.get("steadiest_spread")), pct(r.get("peers_median_spread")),
+            run.fmt_ratio(r.get("spread_ratio")), yes(r["spread_met"])))
+    ratios = [r["ours_per_best"] for r in rows.values() if "ours_per_best" in r]
+    gm = run.geomean(ratios)
+    timed = [r["time_met"] for r in rows.values() if r["time_met"] is not None]
+    spread_ok = [r["spread_met"] for r in rows.values() if r["spread_met"] is not None]
+    lines += ["", "Geomean of ours / best peer over %d rows: **%s**; rows within %d%% of the "
+              "best peer: **%d of %d**; rows whose spread is within %.1f× the steadiest peer's: "
+              "**%d of %d**." % (len(ratios), run.fmt_ratio(gm), round(100 * (ROW_TIME_BOUND - 1)),
+                                 sum(timed), len(timed), ROW_SPREAD_BOUND, sum(spread_ok),
+                                 len(spread_ok)), ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
 
 
 def main():
@@ -406,8 +573,11 @@ def main():
 
     spawn, whichmalloc = run.build_tools(os.path.join(run.target_dir(), "bench-workloads"),
                                          opts.cc)
-    built = build_programs(bench_dir, os.path.join(run.target_dir(), "bench-external"),
-                           {BENCHMARKS[b]["prog"] for b in names}, opts.cc, opts.cxx)
+    build_dir = os.path.join(run.target_dir(), "bench-external")
+    progs = {BENCHMARKS[b]["prog"] for b in names}
+    built = build_programs(bench_dir, build_dir, progs, opts.cc, opts.cxx)
+    debian_built, debian_binaries = build_debian_programs(build_dir, progs)
+    built.update(debian_built)
     skipped = [b for b in names if BENCHMARKS[b]["prog"] not in built]
     names = [b for b in names if b not in skipped]
     if not names:
@@ -416,7 +586,16 @@ def main():
     libs, order, baseline = run.choose_allocators(ap, opts, whichmalloc)
 
     kind = "quick" if opts.quick else "full"
-    argv = {b: [a.replace("{bench}", bench_dir) for a in BENCHMARKS[b][kind]] for b in names}
+    places = {"{bench}": bench_dir, "{real}": os.path.join(run.BENCH_DIR, "real")}
+    places.update({"{tree:%s}" % r: debian_sources.tree_of(os.path.join(build_dir, "debian"), r)
+                   for r in debian_binaries})
+
+    def placed(arg):
+        for k, v in places.items():
+            arg = arg.replace(k, v)
+        return arg
+
+    argv = {b: [placed(a) for a in BENCHMARKS[b][kind]] for b in names}
 
     tmpdir = tempfile.mkdtemp(prefix="tm-external-")
 
@@ -427,8 +606,14 @@ def main():
         if spec.get("in_tmpdir"):  # a program that writes files where it runs
             os.chdir(tmpdir)
         try:
-            r = run.run_once(spawn, built[spec["prog"]], argv[b], lib, opts.timeout, tmpdir,
-                             stdin)
+            if spec.get("client"):
+                recipe = DEBIAN_PROGRAMS[spec["prog"]][0]
+                r = server_bench.run_once(spawn, built[spec["prog"]],
+                                          debian_binaries[recipe][spec["client"]], argv[b], lib,
+                                          opts.timeout, tmpdir)
+            else:
+                r = run.run_once(spawn, built[spec["prog"]], argv[b], lib, opts.timeout, tmpdir,
+                                 stdin)
         finally:
             os.chdir(here)
         r.raw_wall = r.wall
@@ -454,6 +639,8 @@ def main():
     def cmd_of(b):
         spec = BENCHMARKS[b]
         words = [spec["prog"]] + argv[b]
+        if spec.get("client"):  # the client's arguments; the server runs as server_bench says
+            words = [spec["prog"], "+", spec["client"]] + argv[b]
         if spec.get("stdin"):
             words += ["<", os.path.join(bench_dir, spec["stdin"])]
         return "`%s`" % " ".join(words)
@@ -461,11 +648,15 @@ def main():
     timed = [b for b in names if BENCHMARKS[b].get("time")]
     time_note = ("For the fixed-duration programs (%s) the time is the program's own throughput "
                  "figure as a time (larson: its relative time; xmalloc-test: its rtime; "
-                 "glibc-thread: 1e9 / iterations; rptest: 2e6 / its memory ops per CPU second) "
-                 "and CPU time is scaled to that amount of work." % ", ".join(timed)) if timed else ""
+                 "glibc-thread: 1e9 / iterations; rptest: 2e6 / its memory ops per CPU second; "
+                 "redis: the sum over redis-benchmark's tests of requests / requests per "
+                 "second, with the server's RSS and CPU) and CPU time is scaled to that amount "
+                 "of work." % ", ".join(timed)) if timed else ""
     cmdline = run.command_line("external.py")
-    arguments = "Commands (programs built from mimalloc-bench sources in `%s`): %s." % (
-        bench_dir, "; ".join("%s %s" % (b, cmd_of(b)) for b in names))
+    arguments = ("Commands (programs built from mimalloc-bench sources in `%s`; %s from "
+                 "Debian's source packages): %s." % (
+                     bench_dir, ", ".join(sorted(DEBIAN_PROGRAMS)),
+                     "; ".join("%s %s" % (b, cmd_of(b)) for b in names)))
     extra = []
     if skipped:
         extra.append("Skipped (did not build): " + ", ".join(skipped) + ".")
@@ -473,10 +664,13 @@ def main():
                            elapsed, cmdline, arguments, time_note, extra)
     order_text, agree = ordering_lines(results, order, opts.compare_json)
     text += "\n" + order_text
+    rows = row_criteria(names, order, results)
+    if rows:
+        text += "\n" + criteria_table(rows, reps)
     run.emit(text, opts.markdown)
     if opts.json:
         run.write_json(opts.json, note, reps, libs, order, argv, results,
-                       lambda r: {"raw_wall_s": r.raw_wall})
+                       lambda r: {"raw_wall_s": r.raw_wall}, extra={"rows": rows})
     sys.exit(1 if (bad or agree is False or skipped) else 0)
 
 

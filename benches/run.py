@@ -774,14 +774,15 @@ def emit(text, markdown):
             f.write(text + "\n")
 
 
-def write_json(path, note, reps, libs, order, argv, results, fields=lambda r: {}):
-    """Every raw measurement; fields(r) adds per-run entries."""
+def write_json(path, note, reps, libs, order, argv, results, fields=lambda r: {}, extra=None):
+    """Every raw measurement; fields(r) adds per-run entries, extra top-level ones."""
     raw = {"machine": note, "reps": reps, "allocators": {a: libs[a] for a in order},
            "args": argv, "runs": [
                dict({"workload": w, "allocator": a, "ok": r.ok, "wall_s": r.wall,
                      "maxrss_kib": r.rss_kib, "utime_s": r.utime, "stime_s": r.stime,
                      "stdout": r.out.strip(), "why": r.why}, **fields(r))
                for (w, a), rs in sorted(results.items()) for r in rs]}
+    raw.update(extra or {})
     with open(path, "w") as f:
         json.dump(raw, f, indent=1)
 

@@ -270,6 +270,7 @@ c_tests! {
     double_free_threads,
     secure_large_guard,
     free_list_links,
+    cxx_delete,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

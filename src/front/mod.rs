@@ -22,6 +22,8 @@ pub mod global_alloc;
 #[cfg(feature = "override")]
 mod malloc_info;
 #[cfg(feature = "override")]
+mod override_cxx;
+#[cfg(feature = "override")]
 mod override_libc;
 pub mod report;
 mod runtime;

@@ -67,6 +67,12 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
 /// As C `realloc`.
 #[no_mangle]
 pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    if ptr.is_null() {
+        // `realloc(NULL, n)` is `malloc(n)`, and gets its inline pop: programs with one
+        // realloc-style allocation function (Lua's `l_alloc`) allocate every block this way.
+        // SAFETY: forwarded.
+        return unsafe { malloc(size) };
+    }
     // SAFETY: forwarded.
     unsafe { tm_realloc(ptr, size) }
 }
