@@ -16,45 +16,10 @@
 //! unregistered by the kernel (no `UFFD_FEATURE_EVENT_FORK`): it faults as usual there.
 
 use crate::os;
-use core::ffi::c_ulong;
-
-const UFFD_API: u64 = 0xAA;
-const UFFD_USER_MODE_ONLY: i32 = 1;
-const UFFDIO_API: c_ulong = 0xC018_AA3F; // _IOWR(0xAA, 0x3F, struct uffdio_api)
-const UFFDIO_REGISTER: c_ulong = 0xC020_AA00; // _IOWR(0xAA, 0x00, struct uffdio_register)
-const UFFDIO_UNREGISTER: c_ulong = 0x8010_AA01; // _IOR(0xAA, 0x01, struct uffdio_range)
-const UFFDIO_COPY: c_ulong = 0xC028_AA03; // _IOWR(0xAA, 0x03, struct uffdio_copy)
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
-
-#[repr(C)]
-struct Api {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct Range {
-    start: u64,
-    len: u64,
-}
-
-#[repr(C)]
-struct Register {
-    range: Range,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct Copy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    /// Bytes copied, or a negative errno (written by the kernel).
-    copy: i64,
-}
+use crate::userfaultfd::{
+    self as abi, UffdioCopy, UFFDIO_COPY, UFFDIO_REGISTER_MODE_MISSING, UFFDIO_UNREGISTER,
+    UFFD_USER_MODE_ONLY,
+};
 
 /// Bytes copied per `UFFDIO_COPY`: the zeroed source's size.
 const SOURCE: usize = 64 << 10;
@@ -86,9 +51,7 @@ impl CopyFill {
         // The source's own pages, made present once (a handful of faults) so that copying
         // from it faults nowhere.
         os::prefault_write(zeros.as_ptr(), SOURCE);
-        let mut api = Api { api: UFFD_API, features: 0, ioctls: 0 };
-        // SAFETY: our descriptor and a valid uffdio_api.
-        if unsafe { libc::ioctl(fd, UFFDIO_API, &mut api) } != 0 {
+        if !abi::handshake(fd, 0) {
             return Err(os::errno());
         }
         Ok(this)
@@ -99,19 +62,13 @@ impl CopyFill {
     /// writable small pages. On an error (returned as errno) the range is unregistered again
     /// and its remaining pages fault in when touched, as any others.
     pub(crate) fn fill(&self, at: usize, len: usize) -> Result<(), i32> {
-        let mut reg = Register {
-            range: Range { start: at as u64, len: len as u64 },
-            mode: UFFDIO_REGISTER_MODE_MISSING,
-            ioctls: 0,
-        };
-        // SAFETY: our descriptor and a valid uffdio_register over our own mapping.
-        if unsafe { libc::ioctl(self.fd, UFFDIO_REGISTER, &mut reg) } != 0 {
+        if abi::register(self.fd, at, len, UFFDIO_REGISTER_MODE_MISSING).is_none() {
             return Err(os::errno());
         }
         let mut result = Ok(());
         let mut done = 0;
         while done < len {
-            let mut copy = Copy {
+            let mut copy = UffdioCopy {
                 dst: (at + done) as u64,
                 src: self.zeros as u64,
                 len: SOURCE.min(len - done) as u64,
@@ -137,9 +94,7 @@ impl CopyFill {
                 break;
             }
         }
-        let mut range = Range { start: at as u64, len: len as u64 };
-        // SAFETY: our descriptor and the range registered above.
-        unsafe { libc::ioctl(self.fd, UFFDIO_UNREGISTER, &mut range) };
+        abi::range_request(self.fd, UFFDIO_UNREGISTER, at, len);
         result
     }
 }

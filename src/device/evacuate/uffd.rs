@@ -13,53 +13,14 @@
 //! which marks even pages not yet mapped in this process). The kernel refuses registration
 //! (EINVAL) for any other mapping: regular files on disk file systems, device DAX, PCI BARs.
 //!
-//! The ioctl numbers and structs are those of `<linux/userfaultfd.h>` (the libc crate does not
-//! carry them). Nothing here allocates.
+//! The ioctl numbers and structs are in `crate::userfaultfd`. Nothing here allocates.
 
+use crate::userfaultfd::{
+    self as abi, UffdioRange, UffdioWriteprotect, UFFDIO_REGISTER_MODE_WP, UFFDIO_UNREGISTER,
+    UFFDIO_WAKE, UFFDIO_WRITEPROTECT, UFFDIO_WRITEPROTECT_BIT, UFFDIO_WRITEPROTECT_MODE_WP,
+    UFFD_FEATURE_WP_HUGETLBFS_SHMEM, UFFD_FEATURE_WP_UNPOPULATED, USERFAULTFD_IOC_NEW,
+};
 use core::ffi::c_ulong;
-
-const UFFD_API: u64 = 0xAA;
-const UFFDIO_API: c_ulong = 0xC018_AA3F; // _IOWR(0xAA, 0x3F, struct uffdio_api)
-const UFFDIO_REGISTER: c_ulong = 0xC020_AA00; // _IOWR(0xAA, 0x00, struct uffdio_register)
-const UFFDIO_UNREGISTER: c_ulong = 0x8010_AA01; // _IOR(0xAA, 0x01, struct uffdio_range)
-const UFFDIO_WAKE: c_ulong = 0x8010_AA02; // _IOR(0xAA, 0x02, struct uffdio_range)
-const UFFDIO_WRITEPROTECT: c_ulong = 0xC018_AA06; // _IOWR(0xAA, 0x06, struct uffdio_writeprotect)
-const USERFAULTFD_IOC_NEW: c_ulong = 0xAA00; // _IO(0xAA, 0x00), on /dev/userfaultfd
-
-const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
-const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
-const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
-const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-/// `_UFFDIO_WRITEPROTECT` in a registration's `ioctls` answer: write-protection is available
-/// on the range.
-const UFFDIO_WRITEPROTECT_BIT: u64 = 1 << 0x06;
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    range: UffdioRange,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioWriteprotect {
-    range: UffdioRange,
-    mode: u64,
-}
 
 /// Why write-protection is not to be had; `errno` of the failing call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,13 +67,10 @@ impl WriteProtector {
             }
         }
         let this = WriteProtector { fd };
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED,
-            ioctls: 0,
-        };
-        // SAFETY: our descriptor and a valid uffdio_api.
-        if unsafe { libc::ioctl(this.fd, UFFDIO_API, &mut api) } != 0 {
+        if !abi::handshake(
+            this.fd,
+            UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED,
+        ) {
             return Err(error(
                 "the kernel's userfaultfd lacks write-protection of shmem and unpopulated pages (Linux 6.4 or later needed)",
             ));
@@ -127,21 +85,12 @@ impl WriteProtector {
 
     /// Registers `[start, start + len)` (page-aligned, mapped) for write-protection.
     pub fn register(&self, start: usize, len: usize) -> Result<(), UffdError> {
-        let mut reg = UffdioRegister {
-            range: UffdioRange {
-                start: start as u64,
-                len: len as u64,
-            },
-            mode: UFFDIO_REGISTER_MODE_WP,
-            ioctls: 0,
-        };
-        // SAFETY: our descriptor and a valid uffdio_register.
-        if unsafe { libc::ioctl(self.fd, UFFDIO_REGISTER, &mut reg) } != 0 {
+        let Some(ioctls) = abi::register(self.fd, start, len, UFFDIO_REGISTER_MODE_WP) else {
             return Err(error(
                 "the tier's backing cannot be write-protected by userfaultfd (only shmem such as /dev/shm, hugetlbfs and anonymous memory can; not a regular file on a disk file system, device DAX or a PCI BAR), and without that a system call writing into a block during the move could lose its data",
             ));
-        }
-        if reg.ioctls & UFFDIO_WRITEPROTECT_BIT == 0 {
+        };
+        if ioctls & UFFDIO_WRITEPROTECT_BIT == 0 {
             self.unregister(start, len);
             crate::os::set_errno(libc::EOPNOTSUPP);
             return Err(error(
@@ -169,10 +118,7 @@ impl WriteProtector {
 
     fn write_protect(&self, start: usize, len: usize, mode: u64) -> Result<(), UffdError> {
         let mut wp = UffdioWriteprotect {
-            range: UffdioRange {
-                start: start as u64,
-                len: len as u64,
-            },
+            range: UffdioRange::new(start, len),
             mode,
         };
         // SAFETY: our descriptor and a valid uffdio_writeprotect.
@@ -191,13 +137,8 @@ impl WriteProtector {
     /// Runs `request` (one that takes a `uffdio_range` and cannot harm: unregister, wake) on
     /// `[start, start + len)`, errors ignored and errno kept.
     fn range_ioctl(&self, request: c_ulong, start: usize, len: usize) {
-        let range = UffdioRange {
-            start: start as u64,
-            len: len as u64,
-        };
         crate::os::keep_errno(|| {
-            // SAFETY: our descriptor and a valid uffdio_range for a range request.
-            unsafe { libc::ioctl(self.fd, request, &range) };
+            abi::range_request(self.fd, request, start, len);
         });
     }
 }
