@@ -1691,7 +1691,12 @@ fn a_hugetlbfs_tier_moves_in_huge_pages() {
     let rounds = writer.join().unwrap();
     for b in blocks.iter() {
         // SAFETY: a live block's first word.
-        assert_eq!(unsafe { (b.p as *const u64).read() }, rounds, "a write was lost at {:#x}", b.p);
+        assert_eq!(
+            unsafe { (b.p as *const u64).read() },
+            rounds,
+            "a write was lost at {:#x}",
+            b.p
+        );
     }
     check_blocks(&blocks, true);
 }

@@ -51,12 +51,7 @@ fn command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
 }
 
 /// `command`, run by `wrapper` (a program that execs its arguments) when there is one.
-fn command_via(
-    wrapper: Option<&Path>,
-    dir: &Path,
-    env: &[(&str, &str)],
-    args: &[&str],
-) -> Command {
+fn command_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut cmd = match wrapper {
         Some(w) => {
             let mut c = Command::new(w);
@@ -123,8 +118,8 @@ fn run(dir: &Path, env: &[(&str, &str)]) -> Run {
 
 fn run_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)]) -> Run {
     let cmd = command_via(wrapper, dir, env, &["300"]);
-    let out = run_with_timeout(cmd, None, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        run_with_timeout(cmd, None, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -226,8 +221,20 @@ fn with_huge_pages_the_process_faults_90_percent_less() {
         first.process_minflt,
         second.process_minflt
     );
-    assert!(second.stderr.contains("by MADV_POPULATE_WRITE on huge pages"), "{}", second.stderr);
-    let small = run(dir.path(), &[("TIERMALLOC_PROFILE", "h"), ("TIERMALLOC_PROFILE_HUGE", "0")]);
+    assert!(
+        second
+            .stderr
+            .contains("by MADV_POPULATE_WRITE on huge pages"),
+        "{}",
+        second.stderr
+    );
+    let small = run(
+        dir.path(),
+        &[
+            ("TIERMALLOC_PROFILE", "h"),
+            ("TIERMALLOC_PROFILE_HUGE", "0"),
+        ],
+    );
     assert!(small.reserved >= first.peak, "{small:?}");
     assert!(small.minflt * 10 <= first.minflt, "{small:?}");
     assert!(
@@ -250,8 +257,12 @@ fn without_userfaultfd_the_reserve_is_populated_and_a_line_says_so() {
     let second = run_via(Some(&wrapper), dir.path(), &env);
     assert!(second.reserved >= first.peak, "{second:?}");
     assert!(
-        second.stderr.contains("UFFDIO_COPY refused (Operation not permitted")
-            && second.stderr.contains("by MADV_POPULATE_WRITE, huge pages while cheaper"),
+        second
+            .stderr
+            .contains("UFFDIO_COPY refused (Operation not permitted")
+            && second
+                .stderr
+                .contains("by MADV_POPULATE_WRITE, huge pages while cheaper"),
         "{}",
         second.stderr
     );
@@ -486,7 +497,8 @@ fn in_the_pool_live_peers_count_and_dead_ones_do_not() {
     let mut peer = start_peer_with(dir.path(), &env);
     let with_peer = run(dir.path(), &env);
     assert!(
-        with_peer.stderr.contains("from the peak of 1 live peer(s)") && with_peer.reserved >= 300 * MIB,
+        with_peer.stderr.contains("from the peak of 1 live peer(s)")
+            && with_peer.reserved >= 300 * MIB,
         "{}",
         with_peer.stderr
     );
@@ -502,8 +514,16 @@ fn in_the_pool_live_peers_count_and_dead_ones_do_not() {
     dead.kill().unwrap();
     dead.wait().unwrap();
     let after = run(dir.path(), &env);
-    assert_eq!(after.reserved, 0, "a dead peer's entry was used: {}", after.stderr);
-    assert!(after.stderr.contains("from nothing recorded yet"), "{}", after.stderr);
+    assert_eq!(
+        after.reserved, 0,
+        "a dead peer's entry was used: {}",
+        after.stderr
+    );
+    assert!(
+        after.stderr.contains("from nothing recorded yet"),
+        "{}",
+        after.stderr
+    );
     let _ = std::fs::remove_file(&pool_path);
 }
 
