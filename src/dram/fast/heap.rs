@@ -183,6 +183,9 @@ impl Heap {
         if self.purge_due != 0 {
             self.consider_purge();
         }
+        // A page ran out: a rare enough moment to give back big blocks nobody took again
+        // (one relaxed load when none is cached).
+        crate::dram::large::decay();
         match self.find_page(class) {
             // SAFETY: find_page returns a valid page with a free block.
             Some(page) => unsafe { (*page).pop_checked() },
