@@ -7,16 +7,17 @@
 //! in place or moves its pages to a new chunk-aligned place without copying.
 //!
 //! A freed mapping of up to `CACHE_ENTRY_MAX` bytes is kept, still resident, in a small
-//! lock-free cache (at most `CACHE_BYTES_MAX` in all) for the next large request it fits
-//! without wasting more than three quarters of it: programs that allocate and free big
-//! buffers in a loop then pay no `mmap`, `munmap` or page faults. Anything else goes back to
-//! the kernel at once.
-//! A cached mapping keeps the pages its last block touched: each header bounds them
-//! (`resident`), so a shrink gives back an earlier block's pages too, and a block taken from
-//! the cache keeps them only up to half its own size past its end (`trim_resident`).
+//! lock-free cache: programs that allocate and free big buffers in a loop then pay no `mmap`,
+//! `munmap` or page faults. A new block takes the cached mapping whose resident pages cover
+//! most of it: a longer one is split and its rest cached again, a shorter one grown by
+//! `mremap` (its pages move; only the part past them faults). Each header bounds the pages its
+//! blocks touched (`resident`), so a shrink gives back an earlier block's pages too, and the
+//! cache counts what it holds resident: at most half the bytes of live large blocks, within
+//! `CACHE_BYTES_MIN..=CACHE_BYTES_MAX`; when full, it unmaps the entry with the fewest
+//! resident pages for one with more, or the new one.
 //! The cache decays: a mapping no request took within `CACHE_DECAY_NS` of its free is unmapped
-//! by the next large allocation or free, so a program that stops using big buffers does not
-//! keep them resident.
+//! by the next large allocation or free, or a thread heap's next page miss, so a program that
+//! stops using big buffers does not keep them resident; `malloc_trim` empties it at once.
 
 use super::large_guard;
 use crate::os;
@@ -29,10 +30,11 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// Bytes between the chunk start and a block aligned to at most this.
 const MIN_OFFSET: usize = 64;
 
-/// Largest mapping the cache keeps, and the most it keeps in all (address space: only the
-/// pages a block touched are resident). Measured on the `large` workload (4 live blocks of
-/// 64 KiB–32 MiB): 64 MiB in all and a fit within twice the request, 607 k page faults and
-/// 2.5× glibc's time; 96 MiB and four times, 222 k faults and 1.0×, peak RSS 129 → 140 MiB.
+/// Largest mapping the cache keeps, and the bounds of what it keeps resident in all (see the
+/// module comment). Measured on mimalloc-bench's malloc-large (BENCHMARKS.md, session 7):
+/// 96 MiB fixed and a 100 ms decay, 943 k faults; 160 MiB and 1 s, 581 k faults and 531 MiB
+/// peak RSS (glibc 534); half the live bytes within these bounds, 630 k and 522 MiB, while
+/// the `large` workload's 4 live blocks keep 64 MiB.
 const CACHE_ENTRY_MAX: usize = 32 << 20;
 const CACHE_BYTES_MAX: usize = 160 << 20;
 const CACHE_BYTES_MIN: usize = 64 << 20;
