@@ -18,22 +18,9 @@ const PAGE: usize = 4096;
 /// The working set: 40 MiB in blocks of 1.5..9 MiB (below the cache's 64 MiB floor).
 const SIZES: [usize; 8] = [3 * MIB / 2, 9 * MIB, 2 * MIB, 7 * MIB, 5 * MIB, 3 * MIB, 8 * MIB, 4 * MIB + 12345];
 
-/// Minor page faults of the calling thread so far.
-fn thread_minor_faults() -> u64 {
-    // SAFETY: getrusage writes the struct we pass.
-    unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
-        usage.ru_minflt as u64
-    }
-}
-
-/// Resident bytes of this process (`/proc/self/statm`).
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * PAGE
-}
+#[path = "support/process_memory.rs"]
+mod process_memory;
+use process_memory::{resident_bytes, thread_minor_faults};
 
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 16).unwrap()
