@@ -15,22 +15,9 @@ const BLOCK: usize = 64 << 10;
 const BATCH: usize = 256;
 const PAGE: usize = 4096;
 
-/// Minor page faults of the calling thread so far.
-fn thread_minor_faults() -> u64 {
-    // SAFETY: getrusage writes the struct we pass.
-    unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
-        usage.ru_minflt as u64
-    }
-}
-
-/// Resident bytes of this process (`/proc/self/statm`).
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * PAGE
-}
+#[path = "support/process_memory.rs"]
+mod process_memory;
+use process_memory::{resident_bytes, thread_minor_faults};
 
 /// Allocates `BATCH` blocks of `BLOCK` bytes, touching every page of each.
 fn fill(blocks: &mut Vec<*mut u8>) {

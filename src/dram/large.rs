@@ -7,16 +7,17 @@
 //! in place or moves its pages to a new chunk-aligned place without copying.
 //!
 //! A freed mapping of up to `CACHE_ENTRY_MAX` bytes is kept, still resident, in a small
-//! lock-free cache (at most `CACHE_BYTES_MAX` in all) for the next large request it fits
-//! without wasting more than three quarters of it: programs that allocate and free big
-//! buffers in a loop then pay no `mmap`, `munmap` or page faults. Anything else goes back to
-//! the kernel at once.
-//! A cached mapping keeps the pages its last block touched: each header bounds them
-//! (`resident`), so a shrink gives back an earlier block's pages too, and a block taken from
-//! the cache keeps them only up to half its own size past its end (`trim_resident`).
+//! lock-free cache: programs that allocate and free big buffers in a loop then pay no `mmap`,
+//! `munmap` or page faults. A new block takes the cached mapping whose resident pages cover
+//! most of it: a longer one is split and its rest cached again, a shorter one grown by
+//! `mremap` (its pages move; only the part past them faults). Each header bounds the pages its
+//! blocks touched (`resident`), so a shrink gives back an earlier block's pages too, and the
+//! cache counts what it holds resident: at most half the bytes of live large blocks, within
+//! `CACHE_BYTES_MIN..=CACHE_BYTES_MAX`; when full, it unmaps the entry with the fewest
+//! resident pages for one with more, or the new one.
 //! The cache decays: a mapping no request took within `CACHE_DECAY_NS` of its free is unmapped
-//! by the next large allocation or free, so a program that stops using big buffers does not
-//! keep them resident.
+//! by the next large allocation or free, or a thread heap's next page miss, so a program that
+//! stops using big buffers does not keep them resident; `malloc_trim` empties it at once.
 
 use super::large_guard;
 use crate::os;
@@ -29,93 +30,236 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// Bytes between the chunk start and a block aligned to at most this.
 const MIN_OFFSET: usize = 64;
 
-/// Largest mapping the cache keeps, and the most it keeps in all (address space: only the
-/// pages a block touched are resident). Measured on the `large` workload (4 live blocks of
-/// 64 KiB–32 MiB): 64 MiB in all and a fit within twice the request, 607 k page faults and
-/// 2.5× glibc's time; 96 MiB and four times, 222 k faults and 1.0×, peak RSS 129 → 140 MiB.
+/// Largest mapping the cache keeps, and the bounds of what it keeps resident in all (see the
+/// module comment). Measured on mimalloc-bench's malloc-large (BENCHMARKS.md, session 7):
+/// 96 MiB fixed and a 100 ms decay, 943 k faults; 160 MiB and 1 s, 581 k faults and 531 MiB
+/// peak RSS (glibc 534); half the live bytes within these bounds, 630 k and 522 MiB, while
+/// the `large` workload's 4 live blocks keep 64 MiB.
 const CACHE_ENTRY_MAX: usize = 32 << 20;
-const CACHE_BYTES_MAX: usize = 96 << 20;
+const CACHE_BYTES_MAX: usize = 160 << 20;
+const CACHE_BYTES_MIN: usize = 64 << 20;
 const CACHE_SLOTS: usize = 16;
 
-/// Each slot is 0 or `header | (map_len / PAGE_SIZE)`: headers are chunk-aligned and cached
-/// lengths below `CHUNK_SIZE` pages, so both fit in one word and a slot is taken whole with one
-/// compare-and-swap, without reading the mapping (which its taker may already have freed).
+/// Each slot is 0 or an `Entry` word: the header's address (chunk-aligned), the mapping's
+/// length in chunks and its resident bound in pages, so that a slot is chosen and taken whole
+/// with one compare-and-swap, without reading the mapping (which its taker may already have
+/// freed).
 static CACHE: [AtomicUsize; CACHE_SLOTS] = [const { AtomicUsize::new(0) }; CACHE_SLOTS];
 /// When each slot's mapping was cached (coarse monotonic ns): written after the slot, so a
 /// reader may see an older time for a newer entry, and then only unmaps it sooner.
 static CACHED_AT: [AtomicU64; CACHE_SLOTS] = [const { AtomicU64::new(0) }; CACHE_SLOTS];
 /// A cached mapping older than this is unmapped (see the module comment).
-const CACHE_DECAY_NS: u64 = 100_000_000;
+const CACHE_DECAY_NS: u64 = 1_000_000_000;
 /// The earliest time an entry may have to decay (0: none cached); lets `decay` skip the scan.
 static NEXT_DECAY: AtomicU64 = AtomicU64::new(0);
-static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Bytes the cached mappings may hold resident (the sum of their entries' resident bounds):
+/// what the cache costs in memory, bounded by `CACHE_BYTES_MAX`.
+static CACHED_RESIDENT: AtomicUsize = AtomicUsize::new(0);
 pub(crate) static CACHE_HITS: SharedCounter = SharedCounter::new();
 
-const _: () = assert!(CACHE_ENTRY_MAX / os::PAGE_SIZE < CHUNK_SIZE);
+/// A cache slot's word: `header | len_chunks << RESIDENT_BITS | resident_pages`.
+#[derive(Clone, Copy)]
+struct Entry(usize);
 
-/// Takes the smallest cached mapping of at least `need` bytes and at most four times that (the
-/// smallest: a block in a bigger one leaves more of the mapping's pages to give back, and to
-/// fault in again for the next big block).
-fn cache_take(need: usize) -> Option<(usize, usize)> {
-    if CACHED_BYTES.load(Ordering::Relaxed) < need {
+const RESIDENT_BITS: u32 = 14;
+const _: () = assert!(CACHE_ENTRY_MAX / os::PAGE_SIZE < 1 << RESIDENT_BITS);
+const _: () = assert!((CACHE_ENTRY_MAX / CHUNK_SIZE) << RESIDENT_BITS < CHUNK_SIZE);
+
+impl Entry {
+    fn new(h: usize, len: usize, resident: usize) -> Entry {
+        let pages = resident.div_ceil(os::PAGE_SIZE);
+        Entry(h | (len / CHUNK_SIZE) << RESIDENT_BITS | pages)
+    }
+    fn header(self) -> usize {
+        self.0 & !(CHUNK_SIZE - 1)
+    }
+    fn len(self) -> usize {
+        ((self.0 & (CHUNK_SIZE - 1)) >> RESIDENT_BITS) * CHUNK_SIZE
+    }
+    fn resident(self) -> usize {
+        (self.0 & ((1 << RESIDENT_BITS) - 1)) * os::PAGE_SIZE
+    }
+}
+
+/// Takes the cached mapping that best serves a block needing a mapping of `need` bytes: the
+/// one whose resident pages cover most of the block (of those, the shortest), where one of
+/// at least `need` bytes beats a shorter one (`fit_cached` splits off its rest, or grows the
+/// shorter one, only when `or_shorter`). Any cached mapping's resident pages are worth more
+/// than a fresh mapping's, every page of which faults.
+fn cache_take(need: usize, or_shorter: bool) -> Option<(usize, usize)> {
+    if CACHED_RESIDENT.load(Ordering::Relaxed) == 0 {
         return None;
     }
+    // Larger is better: (resident pages the block can use, fits, shorter).
+    let score = |e: Entry| (e.resident().min(need), e.len() >= need, usize::MAX - e.len());
     // A few tries: a slot can be taken between the scan and the compare-and-swap.
     for _ in 0..4 {
-        let mut best: Option<(&AtomicUsize, usize, usize)> = None;
+        let mut best: Option<(&AtomicUsize, Entry)> = None;
         for slot in &CACHE {
-            let entry = slot.load(Ordering::Relaxed);
-            let len = (entry & (CHUNK_SIZE - 1)) * os::PAGE_SIZE;
-            if entry == 0 || len < need || len / 4 > need {
+            let entry = Entry(slot.load(Ordering::Relaxed));
+            if entry.0 == 0 || !(or_shorter || entry.len() >= need) {
                 continue;
             }
-            if !matches!(best, Some((_, _, best_len)) if best_len <= len) {
-                best = Some((slot, entry, len));
+            if !matches!(best, Some((_, b)) if score(b) >= score(entry)) {
+                best = Some((slot, entry));
             }
         }
-        let (slot, entry, len) = best?;
+        let (slot, entry) = best?;
         if slot
-            .compare_exchange(entry, 0, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(entry.0, 0, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            CACHED_BYTES.fetch_sub(len, Ordering::Relaxed);
+            CACHED_RESIDENT.fetch_sub(entry.resident(), Ordering::Relaxed);
             CACHE_HITS.add(1);
-            return Some((entry & !(CHUNK_SIZE - 1), len));
+            return Some((entry.header(), entry.len()));
         }
     }
     None
 }
 
-/// Offers a dead mapping to the cache; false if it does not fit (the caller unmaps it).
-fn cache_put(h: usize, map_len: usize) -> bool {
-    if map_len > CACHE_ENTRY_MAX
-        || CACHED_BYTES.fetch_add(map_len, Ordering::Relaxed) + map_len > CACHE_BYTES_MAX
-    {
-        if map_len <= CACHE_ENTRY_MAX {
-            CACHED_BYTES.fetch_sub(map_len, Ordering::Relaxed);
+/// Makes the cached mapping `[h, h + len)` (taken from the cache) `map_len` bytes long for a
+/// new block, keeping its resident pages: a longer one is split, its rest cached again as a
+/// mapping of its own (or unmapped when none of its pages is resident), with no system call;
+/// a shorter one is grown by `mremap`, in place or by moving its pages. Returns where the
+/// mapping now starts, its header's `map_len` and `resident` updated, or `None` if growing
+/// failed (the mapping is then unmapped).
+///
+/// # Safety
+/// `[h, h + len)` must be a cached mapping the caller has taken.
+unsafe fn fit_cached(h: usize, len: usize, map_len: usize) -> Option<usize> {
+    // SAFETY: per the contract: the mapping and its header are ours alone, its bytes dead.
+    unsafe {
+        let header = h as *mut LargeHeader;
+        if len > map_len {
+            let resident = (*header).resident;
+            let (rest, rest_len) = (h + map_len, len - map_len);
+            (*header).map_len = map_len;
+            (*header).resident = resident.min(map_len);
+            pagemap::set(h, map_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+            if resident > map_len {
+                (rest as *mut LargeHeader).write(LargeHeader {
+                    map_len: rest_len,
+                    offset: usize::MAX,
+                    usable: 0,
+                    resident: resident - map_len,
+                });
+                pagemap::set(rest, rest_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+                if cache_put(rest, rest_len) {
+                    CACHE_SPLITS.add(1);
+                    return Some(h);
+                }
+            }
+            pagemap::clear(rest, rest_len);
+            os::unmap(rest as *mut u8, rest_len);
+            return Some(h);
         }
+        if len < map_len {
+            let Some(new_h) = place_mapping(h, len, map_len) else {
+                pagemap::clear(h, len);
+                os::unmap(h as *mut u8, len);
+                return None;
+            };
+            CACHE_GROWN.add(1);
+            (*(new_h as *mut LargeHeader)).map_len = map_len;
+            return Some(new_h);
+        }
+        Some(h)
+    }
+}
+
+/// Offers a dead mapping, its header's `resident` set, to the cache; false if it does not fit
+/// (the caller unmaps it).
+///
+/// # Safety
+/// `[h, h + map_len)` must be a dead mapping of ours, tagged, its header valid.
+unsafe fn cache_put(h: usize, map_len: usize) -> bool {
+    if map_len > CACHE_ENTRY_MAX {
         return false;
     }
-    let entry = h | (map_len / os::PAGE_SIZE);
-    for (slot, at) in CACHE.iter().zip(&CACHED_AT) {
-        if slot
-            .compare_exchange(0, entry, Ordering::Release, Ordering::Relaxed)
-            .is_ok()
-        {
-            let now = os::coarse_now_ns();
-            at.store(now, Ordering::Relaxed);
-            let _ = NEXT_DECAY.compare_exchange(0, now + CACHE_DECAY_NS, Ordering::Relaxed,
-                Ordering::Relaxed);
-            return true;
+    // SAFETY: per the contract, the header is ours to read.
+    let entry = Entry::new(h, map_len, unsafe { (*(h as *const LargeHeader)).resident });
+    let resident = entry.resident();
+    // Each round either caches the mapping or evicts one with fewer resident pages: a full
+    // cache keeps the mappings that save the most page faults.
+    for _ in 0..=CACHE_SLOTS {
+        if CACHED_RESIDENT.fetch_add(resident, Ordering::Relaxed) + resident <= cache_cap() {
+            for (slot, at) in CACHE.iter().zip(&CACHED_AT) {
+                if slot
+                    .compare_exchange(0, entry.0, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    let now = os::coarse_now_ns();
+                    at.store(now, Ordering::Relaxed);
+                    let _ = NEXT_DECAY.compare_exchange(0, now + CACHE_DECAY_NS,
+                        Ordering::Relaxed, Ordering::Relaxed);
+                    return true;
+                }
+            }
+        }
+        CACHED_RESIDENT.fetch_sub(resident, Ordering::Relaxed);
+        if !evict_below(resident) {
+            return false;
         }
     }
-    CACHED_BYTES.fetch_sub(map_len, Ordering::Relaxed);
     false
 }
 
+/// The most the cached mappings may hold resident now: half the bytes of live large blocks,
+/// within `CACHE_BYTES_MIN..=CACHE_BYTES_MAX`.
+fn cache_cap() -> usize {
+    let half = (LARGE_LIVE_BYTES.get() / 2) as usize;
+    half.clamp(CACHE_BYTES_MIN, CACHE_BYTES_MAX)
+}
+
+/// Unmaps the cached mapping with the fewest resident pages, if it has fewer than
+/// `resident` bytes; false if none has.
+fn evict_below(resident: usize) -> bool {
+    let mut victim: Option<(&AtomicUsize, Entry)> = None;
+    for slot in &CACHE {
+        let entry = Entry(slot.load(Ordering::Relaxed));
+        if entry.0 != 0
+            && entry.resident() < resident
+            && !matches!(victim, Some((_, v)) if v.resident() <= entry.resident())
+        {
+            victim = Some((slot, entry));
+        }
+    }
+    let Some((slot, entry)) = victim else {
+        return false;
+    };
+    if slot
+        .compare_exchange(entry.0, 0, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
+    {
+        CACHED_RESIDENT.fetch_sub(entry.resident(), Ordering::Relaxed);
+        CACHE_EVICTED.add(1);
+        pagemap::clear(entry.header(), entry.len());
+        // SAFETY: a cached mapping is ours alone once taken; no live block is in it.
+        unsafe { os::unmap(entry.header() as *mut u8, entry.len()) };
+    }
+    // Lost the race: another thread took it, which made room as well.
+    true
+}
+
 /// Unmaps every cached mapping older than `CACHE_DECAY_NS`. Called on the large paths (each
-/// costs a system call or page faults anyway); one relaxed load when nothing is due.
-fn decay() {
+/// costs a system call or page faults anyway) and on a thread heap's page misses (so that a
+/// program that stops using big blocks but goes on allocating small ones gets the memory back);
+/// one relaxed load when nothing is cached.
+pub(crate) fn decay() {
+    decay_older_than(CACHE_DECAY_NS);
+}
+
+/// Unmaps every cached mapping now (`malloc_trim`); the bytes it held resident.
+pub(crate) fn release_cached() -> usize {
+    let before = CACHED_RESIDENT.load(Ordering::Relaxed);
+    if before != 0 {
+        NEXT_DECAY.store(1, Ordering::Relaxed);
+        decay_older_than(0);
+    }
+    before.saturating_sub(CACHED_RESIDENT.load(Ordering::Relaxed))
+}
+
+fn decay_older_than(age_ns: u64) {
     let due = NEXT_DECAY.load(Ordering::Relaxed);
     if due == 0 {
         return;
@@ -126,21 +270,21 @@ fn decay() {
     }
     let mut next = 0u64;
     for (slot, at) in CACHE.iter().zip(&CACHED_AT) {
-        let entry = slot.load(Ordering::Relaxed);
-        if entry == 0 {
+        let entry = Entry(slot.load(Ordering::Relaxed));
+        if entry.0 == 0 {
             continue;
         }
-        let expires = at.load(Ordering::Relaxed) + CACHE_DECAY_NS;
+        let expires = at.load(Ordering::Relaxed) + age_ns;
         if expires > now {
             next = if next == 0 { expires } else { next.min(expires) };
             continue;
         }
         if slot
-            .compare_exchange(entry, 0, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(entry.0, 0, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            let (h, len) = (entry & !(CHUNK_SIZE - 1), (entry & (CHUNK_SIZE - 1)) * os::PAGE_SIZE);
-            CACHED_BYTES.fetch_sub(len, Ordering::Relaxed);
+            let (h, len) = (entry.header(), entry.len());
+            CACHED_RESIDENT.fetch_sub(entry.resident(), Ordering::Relaxed);
             CACHE_DECAYED.add(1);
             pagemap::clear(h, len);
             // SAFETY: a cached mapping is ours alone once taken; no live block is in it.
@@ -156,6 +300,11 @@ fn decay() {
 }
 
 pub(crate) static CACHE_DECAYED: SharedCounter = SharedCounter::new();
+/// Cached mappings unmapped to make room for one with more resident pages.
+pub(crate) static CACHE_EVICTED: SharedCounter = SharedCounter::new();
+/// Cached mappings split for a smaller block (`fit_cached`), and grown for a larger one.
+pub(crate) static CACHE_SPLITS: SharedCounter = SharedCounter::new();
+pub(crate) static CACHE_GROWN: SharedCounter = SharedCounter::new();
 pub static LARGE_ALLOCATIONS: SharedCounter = SharedCounter::new();
 pub static LARGE_FREES: SharedCounter = SharedCounter::new();
 pub use crate::dram::budget::LARGE_LIVE_BYTES;
@@ -258,16 +407,22 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     let usable = end - offset;
     decay();
     if offset == MIN_OFFSET {
-        if let Some((h, cached_len)) = cache_take(map_len) {
+        // A mapping too long to be cached again would take cached pages with it to `munmap`.
+        if let Some((h, cached_len)) = cache_take(map_len, map_len <= CACHE_ENTRY_MAX) {
             // SAFETY: a cached mapping is ours alone once taken, its tags still set.
-            unsafe {
-                let resident = trim_resident(h, end);
-                let p = start_block(h, cached_len, offset, usable, resident);
-                if zero {
-                    p.write_bytes(0, usable);
+            if let Some(h) = unsafe { fit_cached(h, cached_len, map_len) } {
+                // SAFETY: the mapping fitted to `map_len`, its tags set.
+                unsafe {
+                    let resident = (*(h as *mut LargeHeader)).resident;
+                    let p = start_block(h, map_len, offset, usable, resident);
+                    if zero {
+                        // Pages past `resident` were never written since the kernel zeroed
+                        // them: writing zeroes there would only fault them in.
+                        p.write_bytes(0, resident.min(end).saturating_sub(offset));
+                    }
+                    large_guard::set(h + end);
+                    return p;
                 }
-                large_guard::set(h + end);
-                return p;
             }
         }
     }
@@ -288,14 +443,8 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     }
 }
 
-/// The most of a cached mapping `alloc_cached` leaves resident past its new block: enough for
-/// the pages of a buffer that grew to 2 MiB and is freed and grown again, while a small block
-/// does not hold the pages of a big one it replaces (an `madvise` then drops them).
-const CACHED_RESIDENT_KEEP: usize = 2 << 20;
-
 /// A block of at least `size` bytes aligned to `align` (a power of two) from a cached mapping,
-/// contents undefined; null when the cache has none that fits. Makes no system call unless the
-/// mapping has more than `CACHED_RESIDENT_KEEP` resident past the block.
+/// contents undefined; null when the cache has none long enough. Makes no system call.
 pub fn alloc_cached(size: usize, align: usize) -> *mut u8 {
     let offset = offset_for(align);
     let Some(end) = size.checked_add(offset).and_then(round_to_page) else {
@@ -308,35 +457,16 @@ pub fn alloc_cached(size: usize, align: usize) -> *mut u8 {
     if offset != MIN_OFFSET || large_guard::enabled() {
         return core::ptr::null_mut();
     }
-    let Some((h, cached_len)) = cache_take(map_len) else {
+    let Some((h, cached_len)) = cache_take(map_len, false) else {
         return core::ptr::null_mut();
     };
-    // SAFETY: a cached mapping is ours alone once taken, its tags and header still set.
+    // SAFETY: a cached mapping is ours alone once taken, its tags and header still set; at
+    // least `map_len` long, so fitting it only splits it.
     unsafe {
-        let resident = trim_resident(h, end);
-        start_block(h, cached_len, offset, end - offset, resident)
-    }
-}
-
-/// Gives back the pages of the cached mapping at `h` that an earlier block left resident past
-/// `end + end / 2` (`end`: where the new block ends) or past its first `CACHED_RESIDENT_KEEP`
-/// bytes, whichever is further; returns what stays resident. Measured on mimalloc-bench's
-/// malloc-large (20 live blocks of 5–25 MiB, where a 6 MiB block in a 24 MiB mapping kept the
-/// other 18 MiB resident), `/usr/bin/time`: peak RSS 617 → 513 MiB, minor faults 822 k → 737 k;
-/// trimming at `end` gave 425 MiB but 1.96 M faults and twice the system time (BENCHMARKS.md).
-///
-/// # Safety
-/// `h` must be a cached mapping its caller has taken, whose next block ends at `end`.
-unsafe fn trim_resident(h: usize, end: usize) -> usize {
-    // SAFETY: per the contract; the pages past `keep` hold nothing.
-    unsafe {
-        let resident = (*(h as *mut LargeHeader)).resident;
-        let keep = (end + end / 2).max(CACHED_RESIDENT_KEEP);
-        if resident > keep {
-            os::discard((h + keep) as *mut u8, resident - keep);
-            return keep;
-        }
-        resident
+        let Some(h) = fit_cached(h, cached_len, map_len) else {
+            return core::ptr::null_mut();
+        };
+        start_block(h, map_len, offset, end - offset, (*(h as *mut LargeHeader)).resident)
     }
 }
 

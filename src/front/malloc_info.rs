@@ -10,7 +10,8 @@
 //! `uordblks`. Fields that describe glibc's bins (`ordblks`, `smblks`, `usmblks`, `fsmblks`,
 //! `keepcost`) are 0: we have no such thing. `mallopt` accepts glibc's parameters, which tune
 //! glibc's arenas, bins and thresholds and have nothing to act on here (see `mallopt`);
-//! `malloc_trim` gives free slices of the calling thread's heap back to the kernel.
+//! `malloc_trim` gives free slices of the calling thread's heap and the cached large mappings
+//! back to the kernel.
 
 use crate::dram::{self, fast, large, DRAM};
 use crate::os;
@@ -119,16 +120,18 @@ fn write_malloc_stats() {
     super::report::print_stats();
 }
 
-/// glibc's `malloc_trim`: gives the free slices of the calling thread's heap back to the
-/// kernel (`pad` is not needed: nothing is kept at a top). 1 if anything was released.
+/// glibc's `malloc_trim`: gives the free slices of the calling thread's heap and the cached
+/// large mappings back to the kernel (`pad` is not needed: nothing is kept at a top). 1 if
+/// anything was released.
 #[no_mangle]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    let cached = large::release_cached();
     let heap = fast::binding::current();
     if heap.is_null() {
-        return 0;
+        return c_int::from(cached > 0);
     }
     // SAFETY: this thread's own heap, used by no other thread while it is bound here.
-    c_int::from(unsafe { (*heap).purge() } > 0)
+    c_int::from(unsafe { (*heap).purge() } > 0 || cached > 0)
 }
 
 /// glibc's `mallopt` parameters (`<malloc.h>`).

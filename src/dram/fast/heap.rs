@@ -183,6 +183,9 @@ impl Heap {
         if self.purge_due != 0 {
             self.consider_purge();
         }
+        // A page ran out: a rare enough moment to give back big blocks nobody took again
+        // (one relaxed load when none is cached).
+        crate::dram::large::decay();
         loop {
             let Some(page) = self.find_page(class) else {
                 return ptr::null_mut();
