@@ -11,7 +11,7 @@
 use super::layout::*;
 use super::txn::Txn;
 use super::Pool;
-use crate::device_wait::{self, DeviceWait};
+use crate::device_wait::DeviceWait;
 use crate::lockfree::published::{self, publish_word, BUSY};
 use core::sync::atomic::AtomicU64;
 
@@ -98,22 +98,7 @@ impl Entry {
     }
 }
 
-/// Whether metadata offset `off` is the publish word of a directory entry.
-pub(crate) fn is_publish_word(off: usize) -> bool {
-    (DIRECTORY_AT..HOLDINGS_AT).contains(&off) && (off - DIRECTORY_AT) % ENTRY_BYTES == E_PUBLISH
-}
-
 impl Pool {
-    /// Called by the lock holder after it stored (and wrote back) `value` into the publish
-    /// word at `off`: a publication ends the sleeps of this host's readers of the entry.
-    pub(crate) fn publish_word_stored(&self, off: usize, value: u64) {
-        if published::state_of(value) == BUSY {
-            super::testing::stall_if_asked();
-        } else {
-            device_wait::wake_all(self.word(off));
-        }
-    }
-
     fn entry_fields(&self, index: usize) -> &[AtomicU64] {
         let p = self.meta_ptr(entry_at(index) + E_ID) as *const AtomicU64;
         // SAFETY: E_FIELDS words from E_ID lie inside the entry, inside the metadata mapping,

@@ -125,6 +125,11 @@ pub(crate) const H_COUNT: usize = 24;
 
 pub(crate) const META_END: usize = HOLDINGS_AT + MAX_HOLDINGS * HOLDING_BYTES;
 
+/// Whether metadata offset `off` is the publish word of a directory entry.
+pub(crate) fn is_publish_word(off: usize) -> bool {
+    (DIRECTORY_AT..HOLDINGS_AT).contains(&off) && (off - DIRECTORY_AT) % ENTRY_BYTES == E_PUBLISH
+}
+
 const _: () = assert!(DEBTS_AT >= SB_LOCK + 64 && DEBTS_AT + MAX_DEBTS * DEBT_BYTES <= LOG_AT);
 const _: () = assert!(MAX_SPACES <= 1 << 16);
 const _: () = assert!(LOG_AT + 16 + LOG_ENTRIES * 16 <= REGISTRY_AT);

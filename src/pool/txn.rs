@@ -8,12 +8,11 @@
 //! order (each with Release and written back, so that a directory entry's publish word, stored
 //! last, reaches the device after its fields), and clears the log.
 
-use super::directory::is_publish_word;
 use super::layout::*;
 use super::{testing, Errno, Pool};
 use crate::device_wait::{self, DeviceWait};
 use crate::lockfree::lease_lock::{holder_of, LeaseLock};
-use crate::lockfree::published::store_in_sequence;
+use crate::lockfree::published::{self, store_in_sequence, BUSY};
 use crate::lockfree::redo_log::RedoLog;
 use core::sync::atomic::AtomicU64;
 
@@ -141,9 +140,20 @@ impl Locked<'_> {
             store_in_sequence(self.pool.word(off), value);
             self.pool.write_back_meta(off, 8);
             if is_publish_word(off) {
-                self.pool.publish_word_stored(off, value);
+                self.publish_word_stored(off, value);
             }
             testing::step();
+        }
+    }
+
+    /// Called by the lock holder after it stored (and wrote back) `value` into the publish
+    /// word at `off`: a publication ends the sleeps of this host's readers of the entry
+    /// (`directory::read_entry`).
+    fn publish_word_stored(&self, off: usize, value: u64) {
+        if published::state_of(value) == BUSY {
+            testing::stall_if_asked();
+        } else {
+            device_wait::wake_all(self.pool.word(off));
         }
     }
 
