@@ -16,7 +16,16 @@ static GLOBAL: TierMalloc = TierMalloc;
 const MIB: usize = 1 << 20;
 const PAGE: usize = 4096;
 /// The working set: 40 MiB in blocks of 1.5..9 MiB (below the cache's 64 MiB floor).
-const SIZES: [usize; 8] = [3 * MIB / 2, 9 * MIB, 2 * MIB, 7 * MIB, 5 * MIB, 3 * MIB, 8 * MIB, 4 * MIB + 12345];
+const SIZES: [usize; 8] = [
+    3 * MIB / 2,
+    9 * MIB,
+    2 * MIB,
+    7 * MIB,
+    5 * MIB,
+    3 * MIB,
+    8 * MIB,
+    4 * MIB + 12345,
+];
 
 #[path = "support/process_memory.rs"]
 mod process_memory;
