@@ -160,6 +160,7 @@ mod loom_models {
         while g.lock.try_acquire(tag).is_err() {
             thread::yield_now();
         }
+        // SAFETY: the model's threads touch the value only under the lock or after the join.
         g.value.with_mut(|v| unsafe { *v += 1 });
         let _ = g.lock.release_with(release);
     }
@@ -174,6 +175,7 @@ mod loom_models {
             let t = thread::spawn(move || locked_increment(&other, 2, release));
             locked_increment(&g, 1, release);
             t.join().unwrap();
+            // SAFETY: the model's threads touch the value only under the lock or after the join.
             assert_eq!(g.value.with(|v| unsafe { *v }), 2);
         });
     }
@@ -199,6 +201,7 @@ mod loom_models {
                 value: UnsafeCell::new(0),
             });
             g.lock.try_acquire(1).unwrap();
+            // SAFETY: the model's threads touch the value only under the lock or after the join.
             g.value.with_mut(|v| unsafe { *v = 7 });
             // Holder 1 dies here, holding the lock.
             let stealers: Vec<_> = [2u64, 3]
@@ -207,6 +210,7 @@ mod loom_models {
                     let g = g.clone();
                     thread::spawn(move || {
                         if g.lock.steal(1, tag).is_ok() {
+                            // SAFETY: the model's threads touch the value only under the lock or after the join.
                             g.value.with_mut(|v| unsafe { *v += 1 });
                             let _ = g.lock.release();
                             1
@@ -218,6 +222,7 @@ mod loom_models {
                 .collect();
             let won: u32 = stealers.into_iter().map(|t| t.join().unwrap()).sum();
             assert_eq!(won, 1, "exactly one stealer wins");
+            // SAFETY: the model's threads touch the value only under the lock or after the join.
             assert_eq!(g.value.with(|v| unsafe { *v }), 8);
             assert_eq!(g.lock.holder(), 0);
         });
@@ -298,6 +303,7 @@ mod loom_models {
             let holder = {
                 let s = s.clone();
                 thread::spawn(move || {
+                    // SAFETY: the model's threads touch the value only under the lock or after the join.
                     s.value.with_mut(|v| unsafe { *v = 7 });
                     release(&s);
                 })
@@ -307,6 +313,7 @@ mod loom_models {
                     s.futex.sleep_while(&s.lock.word, marked);
                 }
             }
+            // SAFETY: the model's threads touch the value only under the lock or after the join.
             assert_eq!(s.value.with(|v| unsafe { *v }), 7);
             holder.join().unwrap();
         });
