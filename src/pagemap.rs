@@ -151,19 +151,28 @@ pub fn block_chunk_index(p: usize) -> isize {
 /// `index` must be -1 or the index of a chunk below `ADDRESS_LIMIT`.
 #[inline(always)]
 pub unsafe fn is_segment_at_index(index: isize) -> bool {
-    // SAFETY: per the contract, `MAP + index + 1` is an entry of the map: one byte read.
-    unsafe {
-        core::arch::asm!(
-            "cmp byte ptr [{map} + {index} + 1], {segment}",
-            "jne {other}",
-            map = in(reg) MAP.as_ptr(),
-            index = in(reg) index,
-            segment = const ChunkTag::Segment as u8,
-            other = label { return false; },
-            options(nostack, readonly),
-        );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: per the contract, `MAP + index + 1` is an entry of the map: one byte read.
+        unsafe {
+            core::arch::asm!(
+                "cmp byte ptr [{map} + {index} + 1], {segment}",
+                "jne {other}",
+                map = in(reg) MAP.as_ptr(),
+                index = in(reg) index,
+                segment = const ChunkTag::Segment as u8,
+                other = label { return false; },
+                options(nostack, readonly),
+            );
+        }
+        true
     }
-    true
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: per the contract, `index + 1` is an index of the map.
+        let entry = unsafe { MAP.get_unchecked((index + 1) as usize) };
+        entry.load(Ordering::Relaxed) == ChunkTag::Segment as u8
+    }
 }
 
 /// Tags the chunks of `[start, start + len)` (start chunk-aligned): the first `first`, the rest

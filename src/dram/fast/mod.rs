@@ -168,13 +168,19 @@ pub unsafe fn free(p: *mut u8) {
 /// As for `free`; `index` is the chunk index of `p`'s segment.
 #[inline(always)]
 pub unsafe fn free_in_chunk(index: isize, p: *mut u8) {
-    let mut segment = index as usize;
-    // SAFETY: a shift of a register, nothing else. Written as an instruction because the
-    // compiler otherwise masks `p - 1` instead, which costs a copy more.
-    unsafe {
-        core::arch::asm!("shl {0}, {shift}", inout(reg) segment,
-            shift = const crate::chunk::CHUNK_SHIFT, options(pure, nomem, nostack));
-    }
+    #[cfg(target_arch = "x86_64")]
+    let segment = {
+        let mut segment = index as usize;
+        // SAFETY: a shift of a register, nothing else. Written as an instruction because the
+        // compiler otherwise masks `p - 1` instead, which costs a copy more.
+        unsafe {
+            core::arch::asm!("shl {0}, {shift}", inout(reg) segment,
+                shift = const crate::chunk::CHUNK_SHIFT, options(pure, nomem, nostack));
+        }
+        segment
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let segment = (index as usize) << crate::chunk::CHUNK_SHIFT;
     // SAFETY: forwarded.
     unsafe { free_in(segment as *mut Segment, p) }
 }
