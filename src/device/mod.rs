@@ -440,10 +440,17 @@ impl DeviceTier {
 
     /// Frees extents the cache gave back (their headers already say "free"), under one heap
     /// lock.
+    #[inline]
     fn free_cached(&self, cache: &ExtentCache, offsets: &[u64]) {
-        if offsets.is_empty() {
-            return;
+        if !offsets.is_empty() {
+            self.free_cached_now(cache, offsets);
         }
+    }
+
+    /// `free_cached` of at least one extent: out of line, so that the free it follows (which
+    /// seldom gives any back) stays short.
+    #[inline(never)]
+    fn free_cached_now(&self, cache: &ExtentCache, offsets: &[u64]) {
         let mut heap = self.heap.lock();
         for &offset in offsets {
             cache.forget(offset);
@@ -510,6 +517,8 @@ impl DeviceTier {
 
     /// An extent of the heap, within the tier's `limit=`: `(offset, length)`. `claim(offset)`
     /// runs before the heap's lock is released.
+    // Out of line: the heap's path, taken on a miss of the caches, is long and seldom run.
+    #[inline(never)]
     fn alloc_extent(
         &self,
         len: u64,
