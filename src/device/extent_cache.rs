@@ -125,8 +125,8 @@ fn len_of(e: u64) -> u64 {
     ((e & !(PRESENT | LIVE)) >> START_BITS) << GRANULE_SHIFT
 }
 
-/// One bin: `n` cached extents, roughly oldest first (`pop`), each as its offset and its length in granules
-/// (`packed`), so that a request searches a bin without touching the table.
+/// One bin: `n` cached extents, roughly oldest first (`pop`), each as its offset and its
+/// length in granules (`packed`), so that a request searches a bin without touching the table.
 #[derive(Clone, Copy)]
 struct Bin {
     n: u32,
@@ -157,6 +157,7 @@ struct LaneCache {
 
 /// Extents to give back to the heap (the caller does, under the heap lock: `ExtentCache::forget`
 /// then `ExtentHeap::free` for each).
+///
 /// Invariant: the first `n` offsets are written.
 pub(crate) struct Evicted<const N: usize> {
     n: usize,
