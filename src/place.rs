@@ -126,6 +126,19 @@ pub fn alloc_on(kind: Kind, size: usize, align: usize, zero: bool) -> *mut u8 {
     p
 }
 
+/// `alloc_on`, with the block's usable size (`(null, 0)` on failure).
+#[inline]
+pub fn alloc_on_sized(kind: Kind, size: usize, align: usize, zero: bool) -> (*mut u8, usize) {
+    let Some(tier) = tier::get(kind) else {
+        return (core::ptr::null_mut(), 0);
+    };
+    let (p, usable) = tier::alloc_sized(tier, size, align, zero);
+    if p.is_null() {
+        tier.counters().failures.add(1);
+    }
+    (p, usable)
+}
+
 /// A plain request (`malloc` and friends, the Rust global allocator): DRAM unless routing is
 /// on, then the rule's tier, spilling along the fallback order.
 pub fn alloc_plain(size: usize, align: usize, zero: bool) -> *mut u8 {

@@ -274,6 +274,45 @@ unsafe fn free_other(p: *mut u8) {
     }
 }
 
+/// A block of tier `tier` with its usable size (`(null, 0)` if the tier cannot serve it): a
+/// device tier knows the size as it hands the block out, DRAM is asked afterwards.
+#[inline]
+pub fn alloc_sized(tier: TierRef, size: usize, align: usize, zero: bool) -> (*mut u8, usize) {
+    match tier {
+        TierRef::Device(device) => match device.alloc_sized(size, align.max(16)) {
+            Some((p, usable)) => {
+                if zero {
+                    // SAFETY: the block holds `usable >= size` bytes; this writes, never reads.
+                    unsafe { p.write_bytes(0, size) };
+                }
+                (p, usable)
+            }
+            None => (core::ptr::null_mut(), 0),
+        },
+        TierRef::Dram(dram) => {
+            let p = Tier::alloc(dram, size, align, zero);
+            // SAFETY: null or a live block of ours.
+            (p, if p.is_null() { 0 } else { unsafe { usable_size(p) } })
+        }
+    }
+}
+
+/// Frees block `p` of tier `kind` (the caller knows the tier: the Rust `Allocator` of one
+/// tier): a device tier's block goes to its tier without the page map; anything else as
+/// `free`.
+///
+/// # Safety
+/// As `free`.
+#[inline]
+pub unsafe fn free_on(kind: Kind, p: *mut u8) {
+    if let Some(device) = device::get(kind).filter(|d| d.holds(p)) {
+        device.free_or_report(p);
+    } else {
+        // SAFETY: forwarded.
+        unsafe { free(p) }
+    }
+}
+
 /// The usable size of `p`: 0 for null and foreign pointers.
 ///
 /// # Safety

@@ -125,8 +125,8 @@ fn len_of(e: u64) -> u64 {
     ((e & !(PRESENT | LIVE)) >> START_BITS) << GRANULE_SHIFT
 }
 
-/// One bin: `n` cached extents, oldest first, each as its offset and its length in granules
-/// (`packed`), so that a request searches a bin without touching the table.
+/// One bin: `n` cached extents, roughly oldest first (`pop`), each as its offset and its
+/// length in granules (`packed`), so that a request searches a bin without touching the table.
 #[derive(Clone, Copy)]
 struct Bin {
     n: u32,
@@ -157,26 +157,32 @@ struct LaneCache {
 
 /// Extents to give back to the heap (the caller does, under the heap lock: `ExtentCache::forget`
 /// then `ExtentHeap::free` for each).
+///
+/// Invariant: the first `n` offsets are written.
 pub(crate) struct Evicted<const N: usize> {
     n: usize,
-    offsets: [u64; N],
+    // Not zeroed first: every free makes one, and almost none evicts anything.
+    offsets: [core::mem::MaybeUninit<u64>; N],
 }
 
 impl<const N: usize> Evicted<N> {
+    #[inline]
     pub const fn new() -> Evicted<N> {
         Evicted {
             n: 0,
-            offsets: [0; N],
+            offsets: [core::mem::MaybeUninit::uninit(); N],
         }
     }
 
     fn push(&mut self, offset: u64) {
-        self.offsets[self.n] = offset;
+        self.offsets[self.n].write(offset);
         self.n += 1;
     }
 
+    #[inline]
     pub fn as_slice(&self) -> &[u64] {
-        &self.offsets[..self.n]
+        // SAFETY: the first `n` are written (invariant); `MaybeUninit<u64>` has `u64`'s layout.
+        unsafe { core::slice::from_raw_parts(self.offsets.as_ptr().cast::<u64>(), self.n) }
     }
 }
 
@@ -360,7 +366,10 @@ impl ExtentCache {
                 .find(|&i| unpacked(b.extents[i]).1 >= want)
             {
                 found = Some(unpacked(b.extents[i]));
-                b.extents.copy_within(i + 1..b.n as usize, i);
+                // The newest takes its place (moving the younger ones down cost a `memmove`
+                // on two hits in three): the bin's order is then only roughly by age, which
+                // only decides which half a full bin gives back.
+                b.extents[i] = b.extents[b.n as usize - 1];
                 b.n -= 1;
             }
         }

@@ -258,6 +258,17 @@ impl DeviceTier {
         self.device.backing(&self.region)
     }
 
+    /// `backing()` for one header store on a malloc or free path: `media::write_header` and
+    /// `media::write_state` use only the region's base (the same on every device) and the
+    /// media, so only the media is loaded.
+    #[inline]
+    fn store_target(&self) -> Region {
+        Region {
+            media: self.device.media(),
+            ..self.region
+        }
+    }
+
     /// The host metadata of a region: a fresh heap after formatting it, or the heap its
     /// header chain holds (one scan, `persist::recover`).
     fn metadata(
@@ -330,22 +341,37 @@ impl DeviceTier {
     /// A block of at least `size` bytes aligned to `align` (a power of two ≥ 16), its header
     /// written; `None` if the tier is full or at its limit.
     pub fn alloc(&self, size: usize, align: usize) -> Option<*mut u8> {
+        self.alloc_sized(size, align).map(|(p, _)| p)
+    }
+
+    /// `alloc`, with the block's usable size (what `usable_size` would answer), known here
+    /// without a second lookup: the Rust `Allocator` returns it with every block.
+    #[inline]
+    pub fn alloc_sized(&self, size: usize, align: usize) -> Option<(*mut u8, usize)> {
         if self.inherited.load(Ordering::Relaxed) {
             return None;
         }
         // A request for 0 bytes gets a block of one granule (slabs' smallest class), as on
         // DRAM: its usable size is not 0 (which `realloc` would take for "not a block"), and
         // its address is not the next block's header.
-        let offset = match Slabs::class_of(size, align) {
-            Some(class) => self.alloc_slot(class)?,
+        let (offset, usable) = match Slabs::class_of(size, align) {
+            Some(class) => (self.alloc_slot(class)?, slabs::usable_of(class)),
             None => {
                 let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
-                let offset = self.alloc_block_extent(len, align as u64)?;
+                let (offset, extent) = self.alloc_block_extent(len, align as u64)?;
                 self.allocations.add(1);
-                offset
+                (offset, extent - HEADER_SIZE)
             }
         };
-        Some((self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8)
+        let p = (self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8;
+        Some((p, usable as usize))
+    }
+
+    /// Whether `p` lies in this tier's region (a caller that knows the tier skips the page
+    /// map: the Rust `Allocator` of one tier).
+    #[inline]
+    pub fn holds(&self, p: *const u8) -> bool {
+        (p as usize).wrapping_sub(self.region.base) < self.region.len
     }
 
     /// A new slab of `class` for `lane` (`Slabs::take`): its extent, claimed and its marker
@@ -379,7 +405,7 @@ impl DeviceTier {
     /// The extent of a block outside the slabs, of at least `len` bytes (header included) for
     /// a block aligned to `align`, its header written: from this thread's lane of the extent
     /// cache when it holds one of that size (no heap lock), else from the heap.
-    fn alloc_block_extent(&self, len: u64, align: u64) -> Option<u64> {
+    fn alloc_block_extent(&self, len: u64, align: u64) -> Option<(u64, u64)> {
         let cache = self
             .cache
             .as_ref()
@@ -388,7 +414,7 @@ impl DeviceTier {
             if let Some((offset, extent)) = cache.pop(len) {
                 self.write_header(offset, extent);
                 cache.revive(offset);
-                return Some(offset);
+                return Some((offset, extent));
             }
         }
         let (offset, extent) =
@@ -396,7 +422,7 @@ impl DeviceTier {
         if let Some(cache) = cache.filter(|_| extent_cache::cached_size(extent, align)) {
             cache.adopt(offset, extent);
         }
-        Some(offset)
+        Some((offset, extent))
     }
 
     /// Gives every extent the lanes of the extent cache hold back to the heap (statistics, a
@@ -414,10 +440,17 @@ impl DeviceTier {
 
     /// Frees extents the cache gave back (their headers already say "free"), under one heap
     /// lock.
+    #[inline]
     fn free_cached(&self, cache: &ExtentCache, offsets: &[u64]) {
-        if offsets.is_empty() {
-            return;
+        if !offsets.is_empty() {
+            self.free_cached_now(cache, offsets);
         }
+    }
+
+    /// `free_cached` of at least one extent: out of line, so that the free it follows (which
+    /// seldom gives any back) stays short.
+    #[inline(never)]
+    fn free_cached_now(&self, cache: &ExtentCache, offsets: &[u64]) {
         let mut heap = self.heap.lock();
         for &offset in offsets {
             cache.forget(offset);
@@ -435,7 +468,7 @@ impl DeviceTier {
     /// Writes a header with `state` for the extent of `extent` bytes at `offset`, which the
     /// caller holds (a granule multiple inside the region).
     fn write_header_state(&self, offset: u64, extent: u64, state: u16) {
-        self.write_header_on(&self.backing(), offset, extent, state);
+        self.write_header_on(&self.store_target(), offset, extent, state);
     }
 
     /// `write_header_state` onto `backing` (`self.backing()`, read once by a caller that
@@ -484,6 +517,8 @@ impl DeviceTier {
 
     /// An extent of the heap, within the tier's `limit=`: `(offset, length)`. `claim(offset)`
     /// runs before the heap's lock is released.
+    // Out of line: the heap's path, taken on a miss of the caches, is long and seldom run.
+    #[inline(never)]
     fn alloc_extent(
         &self,
         len: u64,
@@ -566,7 +601,7 @@ impl DeviceTier {
         if !self.inherited.load(Ordering::Relaxed) {
             // The header lies in the mapped region and its block is still ours. Only the
             // state field is written (a recovery scan of a PMR sees it).
-            media::write_state(&self.backing(), offset, STATE_FREE);
+            media::write_state(&self.store_target(), offset, STATE_FREE);
         }
     }
 

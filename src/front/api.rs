@@ -148,10 +148,10 @@ impl Tier {
         layout: core::alloc::Layout,
         zero: bool,
     ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
-        let p = place::alloc_on(self.kind, layout.size(), layout.align().max(16), zero);
+        // The usable size comes with the block (no second lookup of it).
+        let (p, usable) =
+            place::alloc_on_sized(self.kind, layout.size(), layout.align().max(16), zero);
         let p = core::ptr::NonNull::new(p).ok_or(allocator_api2::alloc::AllocError)?;
-        // SAFETY: a live block of ours.
-        let usable = unsafe { tier::usable_size(p.as_ptr()) };
         Ok(core::ptr::NonNull::slice_from_raw_parts(p, usable))
     }
 }
@@ -176,6 +176,6 @@ unsafe impl allocator_api2::alloc::Allocator for Tier {
 
     unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, _layout: core::alloc::Layout) {
         // SAFETY: a live block from `allocate` (Allocator contract).
-        unsafe { tier::free(ptr.as_ptr()) }
+        unsafe { tier::free_on(self.kind, ptr.as_ptr()) }
     }
 }

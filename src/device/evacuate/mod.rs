@@ -178,6 +178,13 @@ impl DeviceState {
         }
     }
 
+    /// The media of the device behind the region now: all a header store needs of
+    /// `backing` (one atomic load where `backing` makes four).
+    #[inline]
+    pub fn media(&self) -> Media {
+        media_of(self.media.load(Ordering::Acquire))
+    }
+
     /// Makes `target` the device behind the range: its media, barrier and register page
     /// replace the old ones, and the old register page is released. A barrier on another
     /// thread that loaded the old address just before may still read it: the page is replaced
