@@ -23,6 +23,7 @@ pub mod evacuate;
 pub(crate) mod extent_cache;
 pub mod extent_heap;
 pub mod fork;
+mod free_space;
 pub mod header;
 pub mod heartbeat;
 pub(crate) mod outside;
@@ -533,6 +534,8 @@ impl DeviceTier {
                     outside.note_in_use(heap.in_use().saturating_sub(outside.overhead()));
                 }
                 self.publish(&carved, state);
+                let in_use = heap.in_use().saturating_sub(self.overhead());
+                crate::profile::device_reserve::note_carved(self.kind, carved.offset, carved.len, in_use);
                 return Some((carved.offset, carved.len));
             }
             if drain(heap) {
@@ -925,6 +928,7 @@ impl DeviceTier {
         h.capacity = h.capacity.saturating_sub(self.overhead());
         h.in_use = h.in_use.saturating_sub(self.overhead());
         let capacity = h.capacity.min(self.limit);
+        let reserve = crate::profile::device_reserve::figures(self.kind);
         // Slabs are allocated extents; their slots without a live block are not in use (free,
         // or in a thread's cache), nor are the freed extents the cache holds.
         let cached = self.cache.as_ref().map_or(0, ExtentCache::cached_bytes);
@@ -948,6 +952,9 @@ impl DeviceTier {
             spilled_out: self.counters.spilled_out.get(),
             lent,
             borrowed,
+            reserved: reserve.reserved,
+            reserve_used: reserve.used,
+            reserve_miss: reserve.miss,
             ..TierStats::default()
         }
     }

@@ -54,6 +54,8 @@ impl Store {
                         ms_to_peak: f[profiles::F_MS_TO_PEAK],
                         pool_peak: f[profiles::F_POOL_PEAK],
                         pool_ms_to_peak: f[profiles::F_POOL_MS_TO_PEAK],
+                        // The pool's record has no field for private device tiers (yet).
+                        devices: [(0, 0); 3],
                         unix_secs: f[profiles::F_UNIX_SECS],
                         pid: f[profiles::F_PID] as u32,
                     })
