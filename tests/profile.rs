@@ -132,6 +132,14 @@ fn profiled(dir: &Path, name: &str) -> Run {
     run(dir, &[("TIERMALLOC_PROFILE", name)])
 }
 
+/// `after` is at most a tenth of `before` (the "90 % fewer").
+fn assert_90_percent_fewer(before: u64, after: u64, what: &str) {
+    assert!(
+        after * 10 <= before,
+        "{what} {before} then {after}: not 90% fewer"
+    );
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -152,12 +160,7 @@ fn the_second_run_faults_90_percent_less_and_is_not_slower() {
         second.reserved >= first.peak,
         "reserves the recorded peak: {second:?}"
     );
-    assert!(
-        second.minflt * 10 <= first.minflt,
-        "minor faults {} then {}: not 90% fewer",
-        first.minflt,
-        second.minflt
-    );
+    assert_90_percent_fewer(first.minflt, second.minflt, "minor faults");
     // The measure on the whole process (`RUSAGE_SELF`, the filling thread included):
     // the reserve's pages are put in place by `UFFDIO_COPY`, which takes no fault. Where
     // userfaultfd is refused the library says so and populates with `MADV_POPULATE_WRITE`,
@@ -215,11 +218,10 @@ fn with_huge_pages_the_process_faults_90_percent_less() {
     let first = run(dir.path(), &huge);
     let second = run(dir.path(), &huge);
     assert!(second.reserved >= first.peak, "{second:?}");
-    assert!(
-        second.process_minflt * 10 <= first.process_minflt,
-        "process minor faults {} then {}: not 90% fewer",
+    assert_90_percent_fewer(
         first.process_minflt,
-        second.process_minflt
+        second.process_minflt,
+        "process minor faults",
     );
     assert!(
         second
@@ -661,11 +663,10 @@ fn a_private_device_tier_is_made_present_and_the_second_run_faults_90_percent_le
         second.stderr
     );
     // The whole process's faults (`RUSAGE_SELF`) while the workload grows.
-    assert!(
-        second.process_minflt * 10 <= first.process_minflt,
-        "process minor faults {} then {}: not 90% fewer",
+    assert_90_percent_fewer(
         first.process_minflt,
-        second.process_minflt
+        second.process_minflt,
+        "process minor faults",
     );
     // And making the reserve present took none either, unless userfaultfd was refused (which
     // a line says).
