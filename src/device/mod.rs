@@ -534,8 +534,10 @@ impl DeviceTier {
                     outside.note_in_use(heap.in_use().saturating_sub(outside.overhead()));
                 }
                 self.publish(&carved, state);
+                // A workload profile counts the pages cut and the tier's peak.
                 let in_use = heap.in_use().saturating_sub(self.overhead());
-                crate::profile::device_reserve::note_carved(self.kind, carved.offset, carved.len, in_use);
+                let (offset, len) = (carved.offset, carved.len);
+                crate::profile::device_reserve::note_carved(self.kind, offset, len, in_use);
                 return Some((carved.offset, carved.len));
             }
             if drain(heap) {

@@ -109,10 +109,11 @@ impl CopyFill {
     /// anonymous memory: EINVAL) or a request fails; it is unregistered again either way.
     pub(crate) fn map_free_space(&self, at: usize, len: usize) -> Result<(), i32> {
         let minor = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR;
+        let missing_only = || abi::register(self.fd, at, len, UFFDIO_REGISTER_MODE_MISSING);
         let can_continue = match abi::register(self.fd, at, len, minor) {
             Some(_) => true,
             // Anonymous memory has no minor mode: its present pages stay as they are.
-            None if abi::register(self.fd, at, len, UFFDIO_REGISTER_MODE_MISSING).is_some() => false,
+            None if missing_only().is_some() => false,
             None => return Err(os::errno()),
         };
         let end = at + len;
@@ -141,13 +142,15 @@ impl CopyFill {
                 Ok(n) => next += n,
                 // A page the file holds or one mapped already: `continue` takes the first,
                 // the second stays.
-                Err(libc::EEXIST) if can_continue => match self.request_continue(next, os::PAGE_SIZE) {
-                    Ok(_) | Err(libc::EEXIST) => next += os::PAGE_SIZE,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
+                Err(libc::EEXIST) if can_continue => {
+                    match self.request_continue(next, os::PAGE_SIZE) {
+                        Ok(_) | Err(libc::EEXIST) => next += os::PAGE_SIZE,
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
                     }
-                },
+                }
                 Err(libc::EEXIST) => next += os::PAGE_SIZE,
                 Err(e) => {
                     result = Err(e);

@@ -152,7 +152,13 @@ pub(crate) fn start(name: &str, estimates: [u64; 3]) {
 fn fill(name: &str, kind: Kind, tier: &DeviceTier, r: &TierReserve, want: u64) {
     let started = os::coarse_now_ns();
     let faults_before = super::reserve::thread_minflt();
-    let mut copier = CopyFill::for_shared().map_err(|e| r.refused_errno.store(e as u32, Ordering::Relaxed)).ok();
+    let mut copier = match CopyFill::for_shared() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            r.refused_errno.store(e as u32, Ordering::Relaxed);
+            None
+        }
+    };
     let (base, _) = tier.region_span();
     let words = r.words.load(Ordering::Relaxed);
     // SAFETY: the bitmap was mapped above with `words` words and lives for the process.
@@ -185,7 +191,8 @@ fn fill(name: &str, kind: Kind, tier: &DeviceTier, r: &TierReserve, want: u64) {
     r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
     if named.is_some_and(|n| n < want) && crate::config::get().verbose {
         os::say(format_args!(
-            "tiermalloc: profile {name}: tier '{}' has {} B of free space for a reserve of {want} B",
+            "tiermalloc: profile {name}: tier '{}' has {} B of free space for a reserve of \
+             {want} B",
             kind.name(),
             named.unwrap_or(0)
         ));

@@ -105,10 +105,19 @@ pub(crate) fn start() {
             )),
         }
     }
+    // Private device tiers: from the history alone (a live peer's device use is not published),
+    // in whole pages.
     let device_estimates: [u64; 3] = core::array::from_fn(|i| {
-        let history: Vec<u64> = runs.iter().map(|r| r.devices[i].0).filter(|&b| b > 0).collect();
-        let e = estimate::estimate_bytes(&[], &history, max);
-        if reserve_allowed { e.bytes / os::PAGE_SIZE as u64 * os::PAGE_SIZE as u64 } else { 0 }
+        let history: Vec<u64> = runs
+            .iter()
+            .map(|r| r.devices[i].0)
+            .filter(|&b| b > 0)
+            .collect();
+        let page = os::PAGE_SIZE as u64;
+        match reserve_allowed {
+            true => estimate::estimate_bytes(&[], &history, max).bytes / page * page,
+            false => 0,
+        }
     });
     device_reserve::start(&shown, device_estimates);
     let live = match store.publish_live(estimate.bytes) {
