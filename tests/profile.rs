@@ -112,12 +112,9 @@ fn parse(stdout: &str, stderr: &str) -> Run {
     }
 }
 
-fn run(dir: &Path, env: &[(&str, &str)]) -> Run {
-    run_via(None, dir, env)
-}
-
-fn run_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)]) -> Run {
-    let cmd = command_via(wrapper, dir, env, &["300"]);
+/// Runs the workload `cmd` to its end (2 minutes at most), which must succeed: its (stdout,
+/// stderr).
+fn outputs(cmd: Command) -> (String, String) {
     let out =
         run_with_timeout(cmd, None, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
     let (stdout, stderr) = (
@@ -125,6 +122,16 @@ fn run_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)]) -> Run {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
     assert!(out.status.success(), "workload failed: {stderr}");
+    (stdout, stderr)
+}
+
+fn run(dir: &Path, env: &[(&str, &str)]) -> Run {
+    run_via(None, dir, env)
+}
+
+fn run_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)]) -> Run {
+    let cmd = command_via(wrapper, dir, env, &["300"]);
+    let (stdout, stderr) = outputs(cmd);
     parse(&stdout, &stderr)
 }
 
@@ -579,13 +586,7 @@ fn run_on_device(dir: &Path, tiers: &str, env: &[(&str, &str)], mib: &str) -> De
     let mut all = vec![("TIERMALLOC_TIERS", tiers)];
     all.extend_from_slice(env);
     let cmd = command(dir, &all, &[mib]);
-    let out =
-        run_with_timeout(cmd, None, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "workload failed: {stderr}");
+    let (stdout, stderr) = outputs(cmd);
     let kind = &tiers[..3];
     let line = stderr
         .lines()
