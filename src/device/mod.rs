@@ -28,6 +28,7 @@ pub mod header;
 pub mod heartbeat;
 pub(crate) mod outside;
 pub mod persist;
+pub(crate) mod reserve_use;
 pub mod slabs;
 pub(crate) mod slot_cache;
 
@@ -537,7 +538,7 @@ impl DeviceTier {
                 // A workload profile counts the pages cut and the tier's peak.
                 let in_use = heap.in_use().saturating_sub(self.overhead());
                 let (offset, len) = (carved.offset, carved.len);
-                crate::profile::device_reserve::note_carved(self.kind, offset, len, in_use);
+                reserve_use::note_carved(self.kind, offset, len, in_use);
                 return Some((carved.offset, carved.len));
             }
             if drain(heap) {
@@ -930,7 +931,7 @@ impl DeviceTier {
         h.capacity = h.capacity.saturating_sub(self.overhead());
         h.in_use = h.in_use.saturating_sub(self.overhead());
         let capacity = h.capacity.min(self.limit);
-        let reserve = crate::profile::device_reserve::figures(self.kind);
+        let reserve = reserve_use::figures(self.kind);
         // Slabs are allocated extents; their slots without a live block are not in use (free,
         // or in a thread's cache), nor are the freed extents the cache holds.
         let cached = self.cache.as_ref().map_or(0, ExtentCache::cached_bytes);
