@@ -118,7 +118,8 @@ typedef struct tm_stats {
    */
   uint64_t spilled_out;
   /*
-   Bytes reserved at start for the workload profile (`TIERMALLOC_PROFILE`); DRAM only.
+   Bytes reserved at start for the workload profile (`TIERMALLOC_PROFILE`): DRAM
+   pre-faulted, or a private device tier's free space made present.
    */
   uint64_t reserved;
   /*

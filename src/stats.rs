@@ -65,7 +65,8 @@ pub struct TierStats {
     pub spilled_in: u64,
     /// Requests this tier passed on because it was full or at its limit.
     pub spilled_out: u64,
-    /// Bytes reserved at start for the workload profile (`TIERMALLOC_PROFILE`); DRAM only.
+    /// Bytes reserved at start for the workload profile (`TIERMALLOC_PROFILE`): DRAM
+    /// pre-faulted, or a private device tier's free space made present.
     pub reserved: u64,
     /// Bytes of the reserve handed out for blocks so far.
     pub reserve_used: u64,

@@ -2,7 +2,8 @@
 //! ioctl numbers, the structs they take, and the three calls both users make on a descriptor
 //! (the API handshake, registering a range, a request on a range). The users own what they do
 //! with it: evacuation write-protects a device tier's chunks (`device/evacuate/uffd.rs`), the
-//! workload-profile reserve fills DRAM without page faults (`profile/copy_fill.rs`).
+//! workload-profile reserve fills DRAM, and device tiers' free space, without page faults
+//! (`profile/copy_fill.rs`).
 //! Nothing here allocates.
 
 use core::ffi::c_ulong;
@@ -19,9 +20,13 @@ pub(crate) const UFFDIO_UNREGISTER: c_ulong = 0x8010_AA01; // _IOR(0xAA, 0x01, s
 pub(crate) const UFFDIO_WAKE: c_ulong = 0x8010_AA02; // _IOR(0xAA, 0x02, struct uffdio_range)
 pub(crate) const UFFDIO_COPY: c_ulong = 0xC028_AA03; // _IOWR(0xAA, 0x03, struct uffdio_copy)
 pub(crate) const UFFDIO_WRITEPROTECT: c_ulong = 0xC018_AA06; // _IOWR(0xAA, 0x06, struct uffdio_writeprotect)
+pub(crate) const UFFDIO_CONTINUE: c_ulong = 0xC020_AA07; // _IOWR(0xAA, 0x07, struct uffdio_continue)
 
 pub(crate) const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
 pub(crate) const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+pub(crate) const UFFDIO_REGISTER_MODE_MINOR: u64 = 1 << 2;
+/// Minor faults (a page in the page cache, not mapped here) on shmem: `UFFDIO_CONTINUE`.
+pub(crate) const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 pub(crate) const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 pub(crate) const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
 pub(crate) const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
@@ -73,6 +78,14 @@ pub(crate) struct UffdioCopy {
     pub mode: u64,
     /// Bytes copied, or a negative errno (written by the kernel).
     pub copy: i64,
+}
+
+#[repr(C)]
+pub(crate) struct UffdioContinue {
+    pub range: UffdioRange,
+    pub mode: u64,
+    /// Bytes mapped, or a negative errno (written by the kernel).
+    pub mapped: i64,
 }
 
 /// The API handshake every new descriptor needs before any other request, asking for

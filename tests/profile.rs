@@ -112,12 +112,9 @@ fn parse(stdout: &str, stderr: &str) -> Run {
     }
 }
 
-fn run(dir: &Path, env: &[(&str, &str)]) -> Run {
-    run_via(None, dir, env)
-}
-
-fn run_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)]) -> Run {
-    let cmd = command_via(wrapper, dir, env, &["300"]);
+/// Runs the workload `cmd` to its end (2 minutes at most), which must succeed: its (stdout,
+/// stderr).
+fn outputs(cmd: Command) -> (String, String) {
     let out =
         run_with_timeout(cmd, None, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
     let (stdout, stderr) = (
@@ -125,11 +122,29 @@ fn run_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)]) -> Run {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
     assert!(out.status.success(), "workload failed: {stderr}");
+    (stdout, stderr)
+}
+
+fn run(dir: &Path, env: &[(&str, &str)]) -> Run {
+    run_via(None, dir, env)
+}
+
+fn run_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)]) -> Run {
+    let cmd = command_via(wrapper, dir, env, &["300"]);
+    let (stdout, stderr) = outputs(cmd);
     parse(&stdout, &stderr)
 }
 
 fn profiled(dir: &Path, name: &str) -> Run {
     run(dir, &[("TIERMALLOC_PROFILE", name)])
+}
+
+/// `after` is at most a tenth of `before` (the "90 % fewer").
+fn assert_90_percent_fewer(before: u64, after: u64, what: &str) {
+    assert!(
+        after * 10 <= before,
+        "{what} {before} then {after}: not 90% fewer"
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -152,12 +167,7 @@ fn the_second_run_faults_90_percent_less_and_is_not_slower() {
         second.reserved >= first.peak,
         "reserves the recorded peak: {second:?}"
     );
-    assert!(
-        second.minflt * 10 <= first.minflt,
-        "minor faults {} then {}: not 90% fewer",
-        first.minflt,
-        second.minflt
-    );
+    assert_90_percent_fewer(first.minflt, second.minflt, "minor faults");
     // The measure on the whole process (`RUSAGE_SELF`, the filling thread included):
     // the reserve's pages are put in place by `UFFDIO_COPY`, which takes no fault. Where
     // userfaultfd is refused the library says so and populates with `MADV_POPULATE_WRITE`,
@@ -215,11 +225,10 @@ fn with_huge_pages_the_process_faults_90_percent_less() {
     let first = run(dir.path(), &huge);
     let second = run(dir.path(), &huge);
     assert!(second.reserved >= first.peak, "{second:?}");
-    assert!(
-        second.process_minflt * 10 <= first.process_minflt,
-        "process minor faults {} then {}: not 90% fewer",
+    assert_90_percent_fewer(
         first.process_minflt,
-        second.process_minflt
+        second.process_minflt,
+        "process minor faults",
     );
     assert!(
         second
@@ -553,4 +562,195 @@ fn without_a_usable_pool_the_records_go_to_the_directory_and_a_line_says_why() {
         "{stderr}"
     );
     assert!(dir.path().join("fallback.runs").exists(), "{stderr}");
+}
+
+// Private device tiers (`cxl:path=…`, `pmr:path=…`): the profile records each one's peak, and
+// the next run makes that much of its free space present at start, the top of the region down
+// where the heap cuts first.
+
+/// A device-tier run's figures: its `tiermalloc: KIND  profile` line and the workload's.
+#[derive(Debug)]
+struct DeviceRun {
+    process_minflt: u64,
+    reserved: u64,
+    reserve_used: u64,
+    reserve_miss: u64,
+    peak: u64,
+    /// Faults taken making the reserve present.
+    fill_faults: u64,
+    stderr: String,
+}
+
+/// Runs `grow MIB` with `tiers` (a private device tier only: every block goes there).
+fn run_on_device(dir: &Path, tiers: &str, env: &[(&str, &str)], mib: &str) -> DeviceRun {
+    let mut all = vec![("TIERMALLOC_TIERS", tiers)];
+    all.extend_from_slice(env);
+    let cmd = command(dir, &all, &[mib]);
+    let (stdout, stderr) = outputs(cmd);
+    let kind = &tiers[..3];
+    let line = stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("tiermalloc: {kind}   profile ")))
+        .last()
+        .unwrap_or("");
+    DeviceRun {
+        process_minflt: figure(&stdout, "grown minflt")
+            .unwrap_or_else(|| panic!("no faults in {stdout:?}")),
+        reserved: figure(line, "reserved").unwrap_or(0),
+        reserve_used: figure(line, "reserve_used").unwrap_or(0),
+        reserve_miss: figure(line, "reserve_miss").unwrap_or(0),
+        peak: figure(line, "peak").unwrap_or(0),
+        fill_faults: line
+            .rsplit(", ")
+            .next()
+            .and_then(|f| f.strip_suffix(" faults"))
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(u64::MAX),
+        stderr,
+    }
+}
+
+/// A file in /dev/shm for one test's device tier, removed when dropped.
+struct ShmFile(PathBuf);
+
+impl ShmFile {
+    fn new(name: &str) -> ShmFile {
+        let p = PathBuf::from(format!(
+            "/dev/shm/tiermalloc-profile-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&p);
+        ShmFile(p)
+    }
+}
+
+impl Drop for ShmFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_private_device_tier_is_made_present_and_the_second_run_faults_90_percent_less() {
+    let dir = TempDir::new("profile", "device").kept_on_panic();
+    let file = ShmFile::new("cxl");
+    let tiers = format!("cxl:path={},size=512M,create", file.0.display());
+    let profile = [("TIERMALLOC_PROFILE", "d")];
+    let first = run_on_device(dir.path(), &tiers, &profile, "200");
+    assert_eq!(first.reserved, 0, "nothing recorded yet: {}", first.stderr);
+    assert!(
+        first.peak >= 200 * MIB,
+        "the tier's peak is recorded: {first:?}"
+    );
+    assert!(
+        first.reserve_miss >= 200 * MIB,
+        "the whole use missed: {first:?}"
+    );
+    let second = run_on_device(dir.path(), &tiers, &profile, "200");
+    assert!(
+        // Less what the tier holds at start (the blocks of the library's own start-up).
+        second.reserved >= first.peak - MIB,
+        "reserves the recorded peak: {second:?}"
+    );
+    assert!(
+        second.reserve_used as f64 >= second.reserved as f64 * 0.95,
+        "the reserve is where the heap cuts: {second:?}"
+    );
+    assert!(second.reserve_miss <= 4 * MIB, "{second:?}");
+    // The statistics report's tier lines carry the reserve too.
+    assert!(
+        second.stderr.contains("cxl  profile reserve "),
+        "{}",
+        second.stderr
+    );
+    // The whole process's faults (`RUSAGE_SELF`) while the workload grows.
+    assert_90_percent_fewer(
+        first.process_minflt,
+        second.process_minflt,
+        "process minor faults",
+    );
+    // And making the reserve present took none either, unless userfaultfd was refused (which
+    // a line says).
+    if second.stderr.contains("userfaultfd refused") {
+        eprintln!("userfaultfd refused here: the reserve was populated with faults");
+    } else {
+        assert!(
+            second.stderr.contains("by userfaultfd"),
+            "{}",
+            second.stderr
+        );
+        assert!(second.fill_faults < 200, "{second:?}");
+    }
+    // Records in the pool (TIERMALLOC_POOL) keep the device tier's peak too.
+    let pool = ShmFile::new("device-pool");
+    let spec = format!("path={},size=8M,create", pool.0.display());
+    let in_pool = [
+        ("TIERMALLOC_PROFILE", "d"),
+        ("TIERMALLOC_POOL", spec.as_str()),
+    ];
+    let first_in_pool = run_on_device(dir.path(), &tiers, &in_pool, "100");
+    assert_eq!(first_in_pool.reserved, 0, "{}", first_in_pool.stderr);
+    let second_in_pool = run_on_device(dir.path(), &tiers, &in_pool, "100");
+    assert!(
+        second_in_pool.reserved >= first_in_pool.peak - MIB
+            && second_in_pool.reserved <= first_in_pool.peak + 4 * MIB,
+        "{second_in_pool:?}"
+    );
+    // Capped: no reservation beyond TIERMALLOC_PROFILE_MAX on a device tier either.
+    let capped = run_on_device(
+        dir.path(),
+        &tiers,
+        &[
+            ("TIERMALLOC_PROFILE", "d"),
+            ("TIERMALLOC_PROFILE_MAX", "50M"),
+        ],
+        "200",
+    );
+    assert!(
+        capped.reserved <= 50 * MIB && capped.reserved >= 49 * MIB,
+        "{capped:?}"
+    );
+}
+
+/// A persistent tier's reserve writes nothing to the device: a run that reserves 100 MiB and
+/// uses 1 leaves a heap that recovers exactly as the same run without the reserve does.
+#[test]
+fn a_persistent_tier_recovers_the_same_after_an_unused_reserve() {
+    let dir = TempDir::new("profile", "device-persist").kept_on_panic();
+    // The `pmr` line of the statistics report's figures a recovery determines.
+    let heap_figures = |stderr: &str| -> String {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("tiermalloc:   pmr  in use"))
+            .unwrap_or_else(|| panic!("no pmr line: {stderr}"));
+        line.to_owned()
+    };
+    let mut last = Vec::new();
+    for (name, cap) in [("reserved", None), ("plain", Some("0"))] {
+        let file = ShmFile::new(&format!("pmr-{name}"));
+        let profiles = dir.path().join(name);
+        let tiers = format!("pmr:path={},size=256M,create", file.0.display());
+        let mut env = vec![("TIERMALLOC_PROFILE", "p")];
+        let first = run_on_device(&profiles, &tiers, &env, "100");
+        assert!(first.peak >= 100 * MIB, "{first:?}");
+        if let Some(cap) = cap {
+            env.push(("TIERMALLOC_PROFILE_MAX", cap));
+        }
+        let small = run_on_device(&profiles, &tiers, &env, "1");
+        match cap {
+            None => assert!(small.reserved >= 100 * MIB, "{small:?}"),
+            Some(_) => assert_eq!(small.reserved, 0, "{small:?}"),
+        }
+        let after = run_on_device(&profiles, &tiers, &[], "0");
+        assert!(
+            after.stderr.contains("tiermalloc:   pmr  in use"),
+            "recovered: {}",
+            after.stderr
+        );
+        last.push(heap_figures(&after.stderr));
+    }
+    assert_eq!(
+        last[0], last[1],
+        "the heap after a reserve, and without one"
+    );
 }

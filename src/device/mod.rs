@@ -23,10 +23,12 @@ pub mod evacuate;
 pub(crate) mod extent_cache;
 pub mod extent_heap;
 pub mod fork;
+mod free_space;
 pub mod header;
 pub mod heartbeat;
 pub(crate) mod outside;
 pub mod persist;
+pub(crate) mod reserve_use;
 pub mod slabs;
 pub(crate) mod slot_cache;
 
@@ -568,6 +570,10 @@ impl DeviceTier {
                     outside.note_in_use(heap.in_use().saturating_sub(outside.overhead()));
                 }
                 self.publish(&carved, state);
+                // A workload profile counts the pages cut and the tier's peak.
+                let in_use = heap.in_use().saturating_sub(self.overhead());
+                let (offset, len) = (carved.offset, carved.len);
+                reserve_use::note_carved(self.kind, offset, len, in_use);
                 return Some((carved.offset, carved.len));
             }
             if drain(heap) {
@@ -960,6 +966,7 @@ impl DeviceTier {
         h.capacity = h.capacity.saturating_sub(self.overhead());
         h.in_use = h.in_use.saturating_sub(self.overhead());
         let capacity = h.capacity.min(self.limit);
+        let reserve = reserve_use::figures(self.kind);
         // Slabs are allocated extents; their slots without a live block are not in use (free,
         // or in a thread's cache), nor are the freed extents the cache holds.
         let cached = self.cache.as_ref().map_or(0, ExtentCache::cached_bytes);
@@ -983,6 +990,9 @@ impl DeviceTier {
             spilled_out: self.counters.spilled_out.get(),
             lent,
             borrowed,
+            reserved: reserve.reserved,
+            reserve_used: reserve.used,
+            reserve_miss: reserve.miss,
             ..TierStats::default()
         }
     }

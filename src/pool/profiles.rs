@@ -38,7 +38,9 @@ pub(crate) const F_UNIX_SECS: usize = 3;
 pub(crate) const F_PID: usize = 4;
 pub(crate) const F_HOST: usize = 5;
 pub(crate) const F_POOL_MS_TO_PEAK: usize = 6;
-pub(crate) const FIELDS: usize = 7;
+/// Peak use of each private device tier (`cxl`, `cmb`, `pmr`).
+pub(crate) const F_DEVICE_PEAKS: [usize; 3] = [7, 8, 9];
+pub(crate) const FIELDS: usize = 10;
 
 const SHAPE: Shape = Shape {
     fields: FIELDS,

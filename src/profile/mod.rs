@@ -1,8 +1,8 @@
 //! Workload profiles (seed 003): `TIERMALLOC_PROFILE=NAME` records, per tier, what a workload
-//! used at its peak and how long it took to get there (the DRAM tier, and the pool tier
-//! `cxl:pool,share=`); the next process of that name reserves that much at start — DRAM
-//! pre-faulted off the critical path, the pool tier's share raised to it — and grows on demand
-//! beyond it.
+//! used at its peak and how long it took to get there (the DRAM tier, the pool tier
+//! `cxl:pool,share=`, and private device tiers); the next process of that name reserves that
+//! much at start — DRAM pre-faulted off the critical path, the pool tier's share raised to it,
+//! a private device tier's free space made present — and grows on demand beyond it.
 //!
 //! - `estimate`: how much to reserve, from live peers of the name, else the history, capped
 //!   by `TIERMALLOC_PROFILE_MAX`;
@@ -10,7 +10,9 @@
 //!   (`pool::profiles`), else the directory of `record`;
 //! - `record`: the records in `TIERMALLOC_PROFILE_DIR` (finished runs, live processes);
 //! - `reserve`: the reserve the DRAM tier maps from, the pre-fault thread, and the use and
-//!   peak it records.
+//!   peak it records;
+//! - `device_reserve`: the same for each private device tier (`cxl:path=…`): its free space
+//!   made present at start, its use and peak.
 //!
 //! `start` runs from the library's constructor (`runtime`), `finish` from its destructor.
 //! Every problem — a bad name, a bad cap, a directory that cannot be written, a reserve the
@@ -19,6 +21,7 @@
 //! estimate and its source are printed too.
 
 mod copy_fill;
+pub(crate) mod device_reserve;
 mod estimate;
 mod record;
 pub(crate) mod reserve;
@@ -102,6 +105,21 @@ pub(crate) fn start() {
             )),
         }
     }
+    // Private device tiers: from the history alone (a live peer's device use is not published),
+    // in whole pages.
+    let device_estimates: [u64; 3] = core::array::from_fn(|i| {
+        let history: Vec<u64> = runs
+            .iter()
+            .map(|r| r.devices[i].0)
+            .filter(|&b| b > 0)
+            .collect();
+        let page = os::PAGE_SIZE as u64;
+        match reserve_allowed {
+            true => estimate::estimate_bytes(&[], &history, max).bytes / page * page,
+            false => 0,
+        }
+    });
+    device_reserve::start(&shown, device_estimates);
     let live = match store.publish_live(estimate.bytes) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -129,6 +147,12 @@ pub(crate) fn start() {
             if estimate.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" },
             store.place()
         ));
+        for (i, &bytes) in device_estimates.iter().enumerate().filter(|(_, &b)| b > 0) {
+            say(format_args!(
+                "tiermalloc: profile {shown}: reserving {bytes} B of tier '{}'",
+                device_reserve::KINDS[i].name()
+            ));
+        }
         if pool_estimate.bytes > 0 {
             say(format_args!(
                 "tiermalloc: profile {shown}: reserving {} B of the pool tier{}",
@@ -197,6 +221,8 @@ pub(crate) fn finish() {
         ms_to_peak: at.saturating_sub(active.started_ns) / 1_000_000,
         pool_peak,
         pool_ms_to_peak: pool_at.saturating_sub(active.started_ns) / 1_000_000,
+        devices: device_reserve::peaks()
+            .map(|(peak, at)| (peak, at.saturating_sub(active.started_ns) / 1_000_000)),
         unix_secs,
         pid: active.pid,
     };
@@ -210,6 +236,7 @@ pub(crate) fn finish() {
     if let Some(live) = active.live {
         live.remove();
     }
+    device_reserve::say_fallbacks(&active.name);
     let e = reserve::COPY_REFUSED_ERRNO.load(Ordering::Relaxed);
     if e != 0 {
         say(format_args!(
@@ -251,6 +278,7 @@ pub(crate) fn report() {
         reserve::SMALL_NS_PER_MIB.load(Ordering::Relaxed) / 1000,
         reserve::HUGE_NS_PER_MIB.load(Ordering::Relaxed) / 1000,
     ));
+    device_reserve::report(&active.name, active.started_ns);
     let (pool_peak, pool_at) = crate::pool::share::peak();
     if active.pool_reserved > 0 || pool_peak > 0 {
         say(format_args!(

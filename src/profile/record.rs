@@ -4,8 +4,10 @@
 //!
 //! Two kinds of file per profile NAME:
 //! - `NAME.runs`: the last `HISTORY_RUNS` finished runs, one line each,
-//!   `dram PEAK_BYTES MS_TO_PEAK UNIX_SECS PID pool PEAK_BYTES MS_TO_PEAK`, oldest first (the
-//!   pool part is absent from lines an older version wrote: 0). A finishing process rewrites
+//!   `dram PEAK_BYTES MS_TO_PEAK UNIX_SECS PID pool PEAK_BYTES MS_TO_PEAK`, then
+//!   `KIND PEAK_BYTES MS_TO_PEAK` for each private device tier (`cxl`, `cmb`, `pmr`) the run
+//!   used, oldest first (parts an older version did not write read as 0; parts a newer one
+//!   adds are skipped). A finishing process rewrites
 //!   it whole into a temporary file and renames it over the old one, so a reader sees one
 //!   complete version or the other; two processes finishing at the same instant may lose one
 //!   of their two lines, never corrupt the file.
@@ -43,9 +45,15 @@ pub(crate) struct Run {
     /// Peak use of the pool tier (`cxl:pool,share=`), and when.
     pub pool_peak: u64,
     pub pool_ms_to_peak: u64,
+    /// Peak use of each private device tier (`cxl`, `cmb`, `pmr`: `Kind as usize - 1`), and
+    /// when: (bytes, ms after start).
+    pub devices: [(u64, u64); 3],
     pub unix_secs: u64,
     pub pid: u32,
 }
+
+/// The names of the device kinds in a run's line, by `Kind as usize - 1`.
+const DEVICE_NAMES: [&str; 3] = ["cxl", "cmb", "pmr"];
 
 /// This process's live record, mapped.
 pub(crate) struct Live {
@@ -106,9 +114,15 @@ impl Store {
         let mut text = String::new();
         for r in keep {
             text.push_str(&format!(
-                "dram {} {} {} {} pool {} {}\n",
+                "dram {} {} {} {} pool {} {}",
                 r.peak, r.ms_to_peak, r.unix_secs, r.pid, r.pool_peak, r.pool_ms_to_peak
             ));
+            for (name, &(peak, ms)) in DEVICE_NAMES.iter().zip(&r.devices) {
+                if peak > 0 {
+                    text.push_str(&format!(" {name} {peak} {ms}"));
+                }
+            }
+            text.push('\n');
         }
         let tmp = self.dir.join(format!("{}.runs.tmp.{}", self.name, std::process::id()));
         let mut f = std::fs::File::create(&tmp)?;
@@ -225,21 +239,29 @@ fn parse_run(line: &str) -> Option<Run> {
     }
     let mut n = || f.next()?.parse::<u64>().ok();
     let (peak, ms_to_peak, unix_secs, pid) = (n()?, n()?, n()?, n()? as u32);
-    let (pool_peak, pool_ms_to_peak) = match f.next() {
-        Some("pool") => {
-            let mut n = || f.next()?.parse::<u64>().ok();
-            (n()?, n()?)
-        }
-        _ => (0, 0),
-    };
-    Some(Run {
+    let mut run = Run {
         peak,
         ms_to_peak,
-        pool_peak,
-        pool_ms_to_peak,
+        pool_peak: 0,
+        pool_ms_to_peak: 0,
+        devices: [(0, 0); 3],
         unix_secs,
         pid,
-    })
+    };
+    // Then `NAME PEAK MS` parts: the pool's, each device tier's; unknown names are skipped.
+    while let Some(part) = f.next() {
+        let mut n = || f.next()?.parse::<u64>().ok();
+        let figures = (n()?, n()?);
+        match part {
+            "pool" => (run.pool_peak, run.pool_ms_to_peak) = figures,
+            device => {
+                if let Some(i) = DEVICE_NAMES.iter().position(|&d| d == device) {
+                    run.devices[i] = figures;
+                }
+            }
+        }
+    }
+    Some(run)
 }
 
 /// Whether process `pid` exists and started at `start` (its /proc start time).
@@ -273,6 +295,7 @@ mod tests {
                 ms_to_peak: 2 * i,
                 pool_peak: 5 * i,
                 pool_ms_to_peak: 1,
+                devices: [(0, 0), (0, 0), (7 * i, 9)],
                 unix_secs: 3,
                 pid: 4,
             };
@@ -281,8 +304,13 @@ mod tests {
         let peaks: Vec<u64> = store.history().iter().map(|r| r.peak).collect();
         assert_eq!(peaks, [2, 3, 4, 5, 6]);
         assert_eq!(store.history()[4].pool_peak, 30);
+        assert_eq!(store.history()[4].devices, [(0, 0), (0, 0), (42, 9)]);
+        assert_eq!(store.history()[0].devices, [(0, 0), (0, 0), (14, 9)]);
         // A line of the older format (no pool part) still reads.
         assert_eq!(parse_run("dram 7 1 2 3").map(|r| (r.peak, r.pool_peak)), Some((7, 0)));
+        // Device parts in any order; a name this version does not know is skipped.
+        let run = parse_run("dram 7 1 2 3 pool 4 5 pmr 6 7 nvm 8 9 cxl 10 11").unwrap();
+        assert_eq!((run.pool_peak, run.devices), (4, [(10, 11), (0, 0), (6, 7)]));
         // A record naming a pid that cannot exist is ignored, and removed.
         let dead = dir.join("w.live.4194303");
         let mut bytes = [0u8; 64];

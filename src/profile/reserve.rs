@@ -168,7 +168,7 @@ pub(crate) fn install(base: usize, len: usize, pages: Pages) -> Result<(), i32> 
 }
 
 /// The calling thread's minor faults so far.
-fn thread_minflt() -> u64 {
+pub(crate) fn thread_minflt() -> u64 {
     // SAFETY: an all-zero rusage is a valid out-parameter.
     let mut u: libc::rusage = unsafe { core::mem::zeroed() };
     // SAFETY: RUSAGE_THREAD (Linux 2.6.26) fills `u`.

@@ -54,6 +54,8 @@ impl Store {
                         ms_to_peak: f[profiles::F_MS_TO_PEAK],
                         pool_peak: f[profiles::F_POOL_PEAK],
                         pool_ms_to_peak: f[profiles::F_POOL_MS_TO_PEAK],
+                        // The pool's record keeps a device tier's peak, not when it was.
+                        devices: profiles::F_DEVICE_PEAKS.map(|i| (f[i], 0)),
                         unix_secs: f[profiles::F_UNIX_SECS],
                         pid: f[profiles::F_PID] as u32,
                     })
@@ -77,6 +79,9 @@ impl Store {
                 f[profiles::F_UNIX_SECS] = run.unix_secs;
                 f[profiles::F_PID] = run.pid as u64;
                 f[profiles::F_HOST] = records.host();
+                for (&field, &(peak, _)) in profiles::F_DEVICE_PEAKS.iter().zip(&run.devices) {
+                    f[field] = peak;
+                }
                 records.append(name.as_bytes(), f).map_err(str::to_owned)
             }
         }

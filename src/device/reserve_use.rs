@@ -1,0 +1,166 @@
+//! What a workload profile counts of a private device tier's use: which pages of the region
+//! its reserve made present (`profile::device_reserve` fills them) and which the heap has cut
+//! from since, the tier's peak use and when, and how the reserve was made. Kept here, under the
+//! device, because the heap's cuts report to it (`note_carved`, from `DeviceTier::alloc_extent`
+//! under the heap lock): the profile reads it, and the device never calls up into the profile.
+//!
+//! Invariants: a tier's bitmaps are set before `active`, and never freed (the process's life);
+//! `used <= reserved`. `note_carved` allocates nothing.
+
+use crate::kind::Kind;
+use crate::os::{self, PAGE_SIZE};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// The device kinds, by `Kind as usize - 1`.
+pub(crate) const KINDS: [Kind; 3] = [Kind::Cxl, Kind::Cmb, Kind::Pmr];
+
+/// How a reserve was made present (`TierReserve::filled_by`).
+pub(crate) const BY_NOTHING: u32 = 0;
+pub(crate) const BY_USERFAULTFD: u32 = 1;
+pub(crate) const BY_POPULATE: u32 = 2;
+pub(crate) const BY_MAPPED_WHOLE: u32 = 3;
+
+pub(crate) struct TierReserve {
+    /// A profile records this tier (its bitmaps are set).
+    pub(crate) active: AtomicBool,
+    /// One bit per page of the region: made present at start (`filled`), cut from since the
+    /// profile started (`seen`).
+    pub(crate) filled: AtomicPtr<AtomicU64>,
+    pub(crate) seen: AtomicPtr<AtomicU64>,
+    /// Words in each bitmap.
+    pub(crate) words: AtomicUsize,
+    pub(crate) reserved: AtomicU64,
+    pub(crate) used: AtomicU64,
+    pub(crate) miss: AtomicU64,
+    /// The tier's use (bytes of extents) at its highest, and `os::coarse_now_ns` then.
+    pub(crate) peak: AtomicU64,
+    pub(crate) peak_at_ns: AtomicU64,
+    /// Making the reserve present: wall nanoseconds, the thread's minor faults, how, and the
+    /// errno userfaultfd or populating was refused with (0: none).
+    pub(crate) fill_ns: AtomicU64,
+    pub(crate) fill_faults: AtomicU64,
+    pub(crate) filled_by: AtomicU32,
+    pub(crate) refused_errno: AtomicU32,
+    pub(crate) populate_errno: AtomicU32,
+}
+
+impl TierReserve {
+    const fn new() -> TierReserve {
+        TierReserve {
+            active: AtomicBool::new(false),
+            filled: AtomicPtr::new(core::ptr::null_mut()),
+            seen: AtomicPtr::new(core::ptr::null_mut()),
+            words: AtomicUsize::new(0),
+            reserved: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            miss: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            peak_at_ns: AtomicU64::new(0),
+            fill_ns: AtomicU64::new(0),
+            fill_faults: AtomicU64::new(0),
+            filled_by: AtomicU32::new(BY_NOTHING),
+            refused_errno: AtomicU32::new(0),
+            populate_errno: AtomicU32::new(0),
+        }
+    }
+}
+
+pub(crate) static RESERVES: [TierReserve; 3] = [TierReserve::new(), TierReserve::new(), TierReserve::new()];
+
+pub(crate) fn of(kind: Kind) -> Option<&'static TierReserve> {
+    RESERVES.get((kind as usize).wrapping_sub(1))
+}
+
+/// A device tier's reserve figures for its statistics: (reserved, used, miss), zeros when no
+/// profile records it.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Figures {
+    pub reserved: u64,
+    pub used: u64,
+    pub miss: u64,
+}
+
+pub(crate) fn figures(kind: Kind) -> Figures {
+    of(kind).map_or_else(Figures::default, |r| Figures {
+        reserved: r.reserved.load(Ordering::Relaxed),
+        used: r.used.load(Ordering::Relaxed),
+        miss: r.miss.load(Ordering::Relaxed),
+    })
+}
+
+/// Sets bits `[first, first + n)` of `bitmap`.
+pub(crate) fn mark(bitmap: &[AtomicU64], first: usize, n: usize) {
+    for_words(first, n, |w, mask| {
+        if let Some(word) = bitmap.get(w) {
+            word.fetch_or(mask, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Calls `f(word, mask)` for the words covering bits `[first, first + n)`.
+fn for_words(first: usize, n: usize, mut f: impl FnMut(usize, u64)) {
+    let end = first + n;
+    let mut bit = first;
+    while bit < end {
+        let (w, b) = (bit / 64, bit % 64);
+        let take = (64 - b).min(end - bit);
+        let mask = if take == 64 { u64::MAX } else { ((1u64 << take) - 1) << b };
+        f(w, mask);
+        bit += take;
+    }
+}
+
+/// Tier `kind` cut the extent `[offset, offset + len)` from its free space; its use is now
+/// `in_use` bytes. Counts the pages cut for the first time as used (in the reserve) or missed
+/// (outside it), and raises the peak. Under the tier's heap lock; allocates nothing.
+#[inline]
+pub(crate) fn note_carved(kind: Kind, offset: u64, len: u64, in_use: u64) {
+    let Some(r) = of(kind) else { return };
+    if !r.active.load(Ordering::Acquire) {
+        return;
+    }
+    if in_use > r.peak.load(Ordering::Relaxed) {
+        r.peak.store(in_use, Ordering::Relaxed);
+        r.peak_at_ns.store(os::coarse_now_ns(), Ordering::Relaxed);
+    }
+    let words = r.words.load(Ordering::Relaxed);
+    // SAFETY: both bitmaps hold `words` words for the process's life (set before `active`).
+    let (filled, seen) = unsafe {
+        (
+            core::slice::from_raw_parts(r.filled.load(Ordering::Relaxed), words),
+            core::slice::from_raw_parts(r.seen.load(Ordering::Relaxed), words),
+        )
+    };
+    let page = PAGE_SIZE as u64;
+    let first = (offset / page) as usize;
+    let n = ((offset + len).div_ceil(page) - offset / page) as usize;
+    let (mut used, mut miss) = (0u64, 0u64);
+    for_words(first, n, |w, mask| {
+        let (Some(seen), Some(filled)) = (seen.get(w), filled.get(w)) else {
+            return;
+        };
+        let new = mask & !seen.fetch_or(mask, Ordering::Relaxed);
+        let in_reserve = new & filled.load(Ordering::Relaxed);
+        used += in_reserve.count_ones() as u64;
+        miss += (new & !in_reserve).count_ones() as u64;
+    });
+    if used > 0 {
+        r.used.fetch_add(used * page, Ordering::Relaxed);
+    }
+    if miss > 0 {
+        r.miss.fetch_add(miss * page, Ordering::Relaxed);
+    }
+}
+
+/// The (peak, `os::coarse_now_ns` at the peak) of each device kind a profile recorded; zeros
+/// for kinds it did not.
+pub(crate) fn peaks() -> [(u64, u64); 3] {
+    core::array::from_fn(|i| {
+        let r = &RESERVES[i];
+        if r.active.load(Ordering::Acquire) {
+            (r.peak.load(Ordering::Relaxed), r.peak_at_ns.load(Ordering::Relaxed))
+        } else {
+            (0, 0)
+        }
+    })
+}
