@@ -41,6 +41,13 @@
 //!   get a guard page right after their end: `dram::large_guard`). Not guarded: one block
 //!   into its neighbour inside a page.
 
+/// Whether the default checks above are compiled in: always, but for a build made to measure
+/// what they cost (`RUSTFLAGS="--cfg tiermalloc_no_default_checks"`, BENCHMARKS.md "Hardening"),
+/// which drops the block-start test, the free mark (its test, its store and its clear), the
+/// list-head range test (a null test instead), the remote path's claim and the list-head
+/// sweeps. Such a build catches no misuse: it is never shipped.
+pub const DEFAULT_CHECKS: bool = !cfg!(tiermalloc_no_default_checks);
+
 #[cfg(test)]
 use crate::chunk::CHUNK_SIZE;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

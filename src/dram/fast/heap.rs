@@ -618,7 +618,7 @@ impl Heap {
         // The heap's first page of the class (none since its last was retired): a request of
         // a size the program has not asked for lately, the moment to look at the other lists'
         // heads (every new page cost 0.13 instructions per pair on `sliding_window`).
-        if self.queues[class].first.is_null() {
+        if crate::dram::fast::guard::DEFAULT_CHECKS && self.queues[class].first.is_null() {
             self.check_list_heads();
         }
         let bytes = page_slices(class) * SLICE_SIZE;
