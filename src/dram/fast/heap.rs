@@ -78,7 +78,8 @@ impl PageTables {
 }
 
 /// Set once when placement routes plain requests (device tiers): heaps then point every
-/// `direct` byte at the always-empty `ROUTED_CLASS`, so `malloc`'s inline pop always fails into the general path, which asks `place`.
+/// `direct` byte at the always-empty `ROUTED_CLASS`, so `malloc`'s inline pop always fails
+/// into the general path, which asks `place`.
 /// Placement sets it from the library's constructor, before the program can start a thread;
 /// the constructing thread's heap and every heap bound later follow it. This is the one record
 /// of "routing is on": `place::routed` reads it.

@@ -359,9 +359,8 @@ impl Page {
         self.used -= 1;
         let n = self.allocs.load(Ordering::Relaxed);
         self.allocs.store(n.wrapping_sub(1), Ordering::Relaxed);
-        crate::misuse::report("malloc", block.cast(), crate::misuse::Misuse::FreeMarkLost);
-        self.free = ptr::null_mut();
-        ptr::null_mut()
+        self.free = block;
+        self.drop_list(crate::misuse::Misuse::FreeMarkLost)
     }
 
     /// `pop` for the slow path: the head must be a carved block start of this page, and its
@@ -378,7 +377,8 @@ impl Page {
         }
         // SAFETY: a carved block of this page, on `free`.
         if guard::DEFAULT_CHECKS && unsafe { !Block::is_marked(block, self) } {
-            return self.drop_unmarked_list();
+            // In use already (see `pop_unmarked`).
+            return self.drop_list(crate::misuse::Misuse::FreeMarkLost);
         }
         // SAFETY: a carved block of this page, on `free`: it holds a link.
         let next = guard::decode(unsafe { (*block).link }, guard::process_key());
@@ -418,17 +418,15 @@ impl Page {
     #[cold]
     #[inline(never)]
     pub fn drop_corrupted_list(&mut self) -> *mut u8 {
-        crate::misuse::report("malloc", self.free.cast(), crate::misuse::Misuse::CorruptedFreeList);
-        self.free = ptr::null_mut();
-        ptr::null_mut()
+        self.drop_list(crate::misuse::Misuse::CorruptedFreeList)
     }
 
-    /// The head of `free` carries no free mark (see `pop_unmarked`): reported with the head;
-    /// if the program goes on, the list is dropped (its blocks leaked) and null returned.
+    /// Reports `what` of the head of `free`; if the program goes on, the list is dropped (its
+    /// blocks leaked) and null returned.
     #[cold]
     #[inline(never)]
-    pub fn drop_unmarked_list(&mut self) -> *mut u8 {
-        crate::misuse::report("malloc", self.free.cast(), crate::misuse::Misuse::FreeMarkLost);
+    fn drop_list(&mut self, what: crate::misuse::Misuse) -> *mut u8 {
+        crate::misuse::report("malloc", self.free.cast(), what);
         self.free = ptr::null_mut();
         ptr::null_mut()
     }
