@@ -17,9 +17,11 @@
  *           fast-path free takes no claim (an atomic swap there costs every free a barrier), so
  *           a few of these races pass both frees and the block sits on two lists. It is caught
  *           when it is handed out from the second (src/dram/fast/page.rs, `Block::take_mark`:
- *           it no longer carries the free mark), as a "corrupted free list" line. Here every
- *           round is reported at its free or at that reuse, and no block is handed out twice.
- *           On a loaded machine both threads seldom run at once, so a run may see no race;
+ *           it no longer carries the free mark), as a "corrupted free list" line, and no
+ *           block is handed out twice (main before the mark test: 60 and 129 blocks in two
+ *           runs of a 200 000-round version). On a loaded machine both threads seldom run at
+ *           once, so a run may see no race: `two_lists` below is the case that always fails
+ *           without the test;
  *   two_lists the state such a race leaves, made without luck: the owner frees each block, the
  *           program clears its second word (the free mark) after the free, then another thread
  *           frees it (its claim now succeeds), so every block sits on the owner's list and on
@@ -217,10 +219,10 @@ static void run_case(const char *argv0, const char *mode) {
     long expected = strcmp(mode, "large") == 0 ? LARGE_BLOCKS : SMALL_BLOCKS;
     if (strcmp(mode, "owner") == 0) {
         /* A raced pair whose frees both passed leaves its page's count short, so the page can
-         * be retired early and later frees of its blocks are each reported: the rounds
-         * reported at their free do not add up exactly. */
-        CHECK(double_frees + found >= expected && other == 0,
-              "owner: %ld reported at the free, %ld at reuse, %ld other lines, for %ld rounds",
+         * be retired early and later frees of its blocks are each reported, and one dropped
+         * list can hold more than one raced block: the reports do not add up to the rounds
+         * exactly. What must hold is the child's check, no block handed out twice. */
+        CHECK(other == 0, "owner: %ld reported at the free, %ld at reuse, %ld other lines, for %ld rounds",
               double_frees, found, other, expected);
         printf("owner: %ld rounds, %ld reports at the free, %ld at reuse (races both frees passed)\n",
                expected, double_frees, found);
