@@ -4,8 +4,11 @@
  *    list head only inside its page's carved blocks; the slow path tests it exactly);
  *  - when the program's next requests are of other sizes only: a new page of another class,
  *    or a large block, tests the heads of the thread's current lists first;
- *  - for every byte pattern but zero; a zeroed link ends the list (its blocks are leaked),
- *    and no block is handed out twice.
+ *  - for every byte pattern, zero included: written over the block's first 16 bytes, the
+ *    pattern also erases its free mark (its second word), which the malloc that hands the
+ *    block out tests (src/dram/fast/page.rs, `Block::take_mark`);
+ *  - a zeroed link alone (8 bytes, the mark kept) ends the list (its blocks are leaked), and
+ *    no block is handed out twice.
  * Each aborting case runs in a fork()ed child (check.h's EXPECT_ABORT).
  */
 #include "check.h"
@@ -37,7 +40,7 @@ static void corrupt_then(void *arg)
 int main(void)
 {
     static const size_t sizes[] = {16, 48, 128, 1000, 5000, 20000};
-    static const int bytes[] = {0x41, 0xff, 0x5a, 0x13, 0x80, 0x01};
+    static const int bytes[] = {0x41, 0xff, 0x5a, 0x13, 0x80, 0x01, 0x00};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
         for (size_t j = 0; j < sizeof bytes / sizeof bytes[0]; j++) {
             struct corrupt c = {sizes[i], bytes[j], 0};
@@ -50,12 +53,13 @@ int main(void)
         struct corrupt c = {64, 0x41, others[i]};
         EXPECT_ABORT(corrupt_then, &c, "corrupted free list", NULL);
     }
-    /* A zeroed link: the list ends there; what follows is never a block handed out twice. */
+    /* A zeroed link, the mark kept: the list ends there; what follows is never a block
+     * handed out twice. */
     char *a = malloc(96), *b = malloc(96), *d = malloc(96);
     free(a);
     free(b);
     free(d);
-    memset(d, 0, 16);
+    memset(d, 0, 8);
     char *got[200];
     for (int i = 0; i < 200; i++) {
         got[i] = malloc(96);

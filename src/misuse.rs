@@ -24,6 +24,10 @@ pub enum Misuse {
     NotOurs,
     /// A free block's link was overwritten (a use after free or an overflow).
     CorruptedFreeList,
+    /// A block on a free list no longer carries its free mark when handed out: it was handed
+    /// out already (freed twice at the same moment by its owner's thread and another), or its
+    /// second word was written after its free.
+    FreeMarkLost,
     /// A block waiting in the quarantine (`TIERMALLOC_SECURE=1`) was written to.
     WrittenAfterFree,
     /// `free_sized`'s size cannot be the size this block was allocated with.
@@ -41,6 +45,10 @@ impl Misuse {
             Misuse::CorruptedFreeList => {
                 write!(line, "corrupted free list (a freed block was written to)")
             }
+            Misuse::FreeMarkLost => write!(
+                line,
+                "corrupted free list (a free block is in use: freed twice at once, or written after free)"
+            ),
             Misuse::WrittenAfterFree => {
                 write!(line, "freed block written after free (use after free, found at its reuse)")
             }

@@ -20,8 +20,19 @@
 //!   the heads of the thread's current lists the same way (`Heap::check_list_heads`), so a
 //!   program whose next requests are of other sizes is caught too. Not caught: a link
 //!   overwritten with another address inside its page's carved blocks (the block is then
-//!   handed out; freeing it, if it is no block start, is reported), and zero, which ends the
-//!   list (the rest is leaked, nothing is handed out twice).
+//!   handed out; freeing it, if it is no block start, is reported), and a link alone
+//!   overwritten with zero, which ends the list (the rest is leaked, nothing is handed out
+//!   twice).
+//! - **Free mark at hand-out**: every block on a list carries the free mark, and `pop` takes
+//!   it off with one `xor` of memory whose flags it tests (`Block::take_mark`, one instruction
+//!   more than a plain clear). A block without it is in use already, or was written after its
+//!   free: reported, never handed out. This catches the owner's fast-path free racing another
+//!   thread's free of the same block (both pass their tests, the block sits on two lists, and
+//!   the copy popped second has lost its mark: `claim` cannot cover the owner's side without
+//!   an atomic swap on every free), and an overwrite of a freed block's first 16 bytes with
+//!   anything, zero included.
+//!
+//! `DEFAULT_CHECKS` compiles all of these out, for measuring their cost only.
 //!
 //! `TIERMALLOC_SECURE=1` adds, at no cost to the default fast paths (the level is chosen where
 //! a segment or page is set up, never tested per operation):
@@ -40,6 +51,13 @@
 //!   off a page's last blocks faults before it reaches the next page or segment (large blocks
 //!   get a guard page right after their end: `dram::large_guard`). Not guarded: one block
 //!   into its neighbour inside a page.
+
+/// Whether the default checks above are compiled in: always, but for a build made to measure
+/// what they cost (`RUSTFLAGS="--cfg tiermalloc_no_default_checks"`, BENCHMARKS.md "Hardening"),
+/// which drops the block-start test, the free mark (its test, its store and its clear), the
+/// list-head range test (a null test instead), the remote path's claim and the list-head
+/// sweeps. Such a build catches no misuse: it is never shipped.
+pub const DEFAULT_CHECKS: bool = !cfg!(tiermalloc_no_default_checks);
 
 #[cfg(test)]
 use crate::chunk::CHUNK_SIZE;

@@ -15,7 +15,7 @@ use crate::dram::fast::page::{Block, Page, PageQueue};
 use crate::dram::fast::quarantine::{self, Quarantine};
 use crate::dram::fast::remote_batch::RemoteBatch;
 use crate::dram::fast::segment::Segment;
-use crate::dram::fast::size_class::{direct_slots, page_slices, CLASS_COUNT, DIRECT_SLOTS, SLICE_SIZE};
+use crate::dram::fast::size_class::{page_slices, CLASS_COUNT, DIRECT_CLASSES, DIRECT_SLOTS, ROUTED_CLASS, SLICE_SIZE};
 use crate::lockfree::tagged_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::os;
@@ -54,28 +54,32 @@ static POOLED_DIRTY: AtomicUsize = AtomicUsize::new(0);
 pub static SEGMENT_BYTES: SharedCounter = SharedCounter::new();
 pub static SEGMENTS_RELEASED: SharedCounter = SharedCounter::new();
 
-/// The pages the fast paths pop from: by 16-byte step of request size up to `DIRECT_MAX`
-/// (`malloc` needs no size-class lookup), and by class. The first field of every `Heap`, and
-/// all there is of the sentinels that a thread without a heap points at (`binding`):
-/// their entries are all the empty page, so a pop from them fails into the slow path.
+/// The pages the fast paths pop from: by class, and the class of every request size up to
+/// `DIRECT_MAX` (`malloc` indexes `direct` with the size, then `current` with the class; see
+/// `size_class::DIRECT_MAX`). The first field of every `Heap`, and all there is of the
+/// sentinels that a thread without a heap points at (`binding`): their `current` entries are
+/// all the empty page, so a pop from them fails into the slow path.
 #[repr(C)]
 pub struct PageTables {
-    pub direct: [*mut Page; DIRECT_SLOTS],
-    pub current: [*mut Page; CLASS_COUNT],
+    /// By class, and one more slot (`ROUTED_CLASS`) that always holds the empty page.
+    pub current: [*mut Page; CLASS_COUNT + 1],
+    /// By request size: its class, or `ROUTED_CLASS` for every size while `DIRECT_OFF`.
+    pub direct: [u8; DIRECT_SLOTS],
 }
 
 impl PageTables {
-    /// Every entry the empty page.
+    /// Every page the empty page.
     pub const fn empty() -> PageTables {
         PageTables {
-            direct: [Page::empty_page(); DIRECT_SLOTS],
-            current: [Page::empty_page(); CLASS_COUNT],
+            current: [Page::empty_page(); CLASS_COUNT + 1],
+            direct: DIRECT_CLASSES,
         }
     }
 }
 
-/// Set once when placement routes plain requests (device tiers): heaps then leave `direct`
-/// all empty, so `malloc`'s inline pop always fails into the general path, which asks `place`.
+/// Set once when placement routes plain requests (device tiers): heaps then point every
+/// `direct` byte at the always-empty `ROUTED_CLASS`, so `malloc`'s inline pop always fails
+/// into the general path, which asks `place`.
 /// Placement sets it from the library's constructor, before the program can start a thread;
 /// the constructing thread's heap and every heap bound later follow it. This is the one record
 /// of "routing is on": `place::routed` reads it.
@@ -96,9 +100,10 @@ pub fn turn_direct_off(heap: *mut Heap) {
     }
 }
 
-/// Invariants: `tables.current[c]` is `queues[c].first` or the empty page; unless `DIRECT_OFF`,
-/// `tables.direct[i] == tables.current[class_of(16 i)]` for every `i` (requests up to
-/// `DIRECT_MAX` bytes), else every `direct` entry is the empty page; every page of a segment
+/// Invariants: `tables.current[c]` is `queues[c].first` or the empty page, and
+/// `tables.current[ROUTED_CLASS]` the empty page; unless `DIRECT_OFF`,
+/// `tables.direct[i] == class_of(i)` for every `i` (requests up to `DIRECT_MAX` bytes), else
+/// every `direct` byte is `ROUTED_CLASS`; every page of a segment
 /// of this heap that holds blocks is in exactly one of `queues[its class]` and `full`;
 /// `available` lists exactly the segments with a free slice that are not empty; `empty` the
 /// empty ones (`empty_count` of them); `dirty_bytes` is the sum of the dirty slices of both;
@@ -167,11 +172,11 @@ impl Heap {
         unsafe { (*heap).tables = PageTables::empty() };
     }
 
-    /// Empties `direct` if the direct tables were turned off after this heap filled them
-    /// (a heap made before placement routed requests, adopted now).
+    /// Points every `direct` byte at `ROUTED_CLASS` if the direct tables were turned off
+    /// (now, or before this heap, made earlier, was adopted).
     pub fn follow_direct_switch(&mut self) {
         if DIRECT_OFF.load(Ordering::Relaxed) {
-            self.tables.direct = [Page::empty_page(); DIRECT_SLOTS];
+            self.tables.direct = [ROUTED_CLASS as u8; DIRECT_SLOTS];
         }
     }
 
@@ -413,11 +418,6 @@ impl Heap {
     fn set_current(&mut self, class: usize, page: *mut Page) {
         let page = if crate::dram::fast::guard::secure() { Page::empty_page() } else { page };
         self.tables.current[class] = page;
-        if !DIRECT_OFF.load(Ordering::Relaxed) {
-            for slot in direct_slots(class) {
-                self.tables.direct[slot] = page;
-            }
-        }
     }
 
     /// Parks a page with no free block in `full`, flagging its remote list so the next remote
@@ -618,7 +618,7 @@ impl Heap {
         // The heap's first page of the class (none since its last was retired): a request of
         // a size the program has not asked for lately, the moment to look at the other lists'
         // heads (every new page cost 0.13 instructions per pair on `sliding_window`).
-        if self.queues[class].first.is_null() {
+        if crate::dram::fast::guard::DEFAULT_CHECKS && self.queues[class].first.is_null() {
             self.check_list_heads();
         }
         let bytes = page_slices(class) * SLICE_SIZE;
@@ -752,18 +752,19 @@ impl Heap {
     /// Walks every list of every page (tests only).
     #[cfg(test)]
     pub fn check_invariants(&self) {
+        assert_eq!(self.tables.current[ROUTED_CLASS], Page::empty_page());
+        for size in 0..DIRECT_SLOTS {
+            let class = if DIRECT_OFF.load(Ordering::Relaxed) {
+                ROUTED_CLASS
+            } else {
+                crate::dram::fast::size_class::class_of(size)
+            };
+            assert_eq!(self.tables.direct[size] as usize, class, "size {size}");
+        }
         for class in 0..CLASS_COUNT {
             let mut page = self.queues[class].first;
             if self.tables.current[class] != Page::empty_page() {
                 assert_eq!(self.tables.current[class], page);
-            }
-            for slot in direct_slots(class) {
-                let direct = if DIRECT_OFF.load(Ordering::Relaxed) {
-                    Page::empty_page()
-                } else {
-                    self.tables.current[class]
-                };
-                assert_eq!(self.tables.direct[slot], direct);
             }
             while !page.is_null() {
                 // SAFETY: queue members are valid pages of this heap.

@@ -48,12 +48,8 @@ pub fn alloc_class(class: usize) -> *mut u8 {
 #[inline(always)]
 pub fn alloc(size: usize) -> *mut u8 {
     if size <= size_class::DIRECT_MAX {
-        let slot = size_class::direct_slot(size);
-        // SAFETY: `slot < DIRECT_SLOTS` for `size <= DIRECT_MAX`.
-        pop_or_slow(
-            || class_of(size),
-            |tables| unsafe { *(*tables).direct.get_unchecked(slot) },
-        )
+        // SAFETY: `size < DIRECT_SLOTS`, and `direct` holds class indices of `current`.
+        pop_or_slow(|| class_of(size), |tables| unsafe { direct_page(tables, size) })
     } else {
         alloc_class(class_of(size))
     }
@@ -88,14 +84,24 @@ pub fn try_pop(size: usize) -> *mut u8 {
         return core::ptr::null_mut();
     }
     let tables = binding::tables();
-    // SAFETY: `tables` are this thread's heap's or a sentinel's; `direct_slot(size) <
-    // DIRECT_SLOTS`; entries are valid pages or the empty page, whose pop fails, so a block
+    // SAFETY: `tables` are this thread's heap's or a sentinel's; `size <= DIRECT_MAX`;
+    // `current` entries are valid pages or the empty page, whose pop fails, so a block
     // comes only from a heap's page and `tables` is then that heap.
+    unsafe { (*direct_page(tables, size)).pop() }
+}
+
+/// The current page for requests of `size` bytes (`size <= DIRECT_MAX`) in `tables`: the
+/// class from `direct`, the page from `current` (two loads).
+///
+/// # Safety
+/// `tables` must be a heap's or a sentinel's tables and `size <= DIRECT_MAX`.
+#[inline(always)]
+unsafe fn direct_page(tables: *mut PageTables, size: usize) -> *mut Page {
+    // SAFETY: `size < DIRECT_SLOTS`; `direct` bytes are classes or `ROUTED_CLASS`, all
+    // indices of `current`.
     unsafe {
-        let page = *(*tables)
-            .direct
-            .get_unchecked(size_class::direct_slot(size));
-        (*page).pop()
+        let class = *(*tables).direct.get_unchecked(size);
+        *(*tables).current.get_unchecked(class as usize)
     }
 }
 

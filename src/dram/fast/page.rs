@@ -46,8 +46,68 @@ impl Block {
     /// `p` must be a block the caller is freeing.
     #[inline(always)]
     pub unsafe fn mark_free(p: *mut u8, page: *const Page) {
-        // SAFETY: blocks hold at least 16 bytes; the caller owns this dead one.
-        unsafe { (*p.cast::<Block>()).tag = page as usize }
+        if guard::DEFAULT_CHECKS {
+            // SAFETY: blocks hold at least 16 bytes; the caller owns this dead one.
+            unsafe { (*p.cast::<Block>()).tag = page as usize }
+        }
+    }
+
+    /// Takes the free mark off free block `block` of `page` as it is handed out: true if it
+    /// carried the mark (every block on a list does: it is written as the block is carved or
+    /// pushed), which is then cleared. False if it did not: the word is then left changed,
+    /// and `restore_mark_word` must put it back. One `xor` of memory and a branch on its flags,
+    /// one instruction more than a plain clear.
+    ///
+    /// # Safety
+    /// `block` must be a block of `page` the caller is handing out.
+    #[inline(always)]
+    pub unsafe fn take_mark(block: *mut Block, page: *const Page) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: the block's second word is ours to read and write (contract); the flags
+            // of the `xor` say whether the word equalled `page`.
+            unsafe {
+                core::arch::asm!(
+                    "xor qword ptr [{block} + {tag}], {page}",
+                    "jne {lost}",
+                    block = in(reg) block,
+                    tag = const core::mem::offset_of!(Block, tag),
+                    page = in(reg) page as usize,
+                    lost = label { return false; },
+                    options(nostack),
+                );
+            }
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            // SAFETY: as above.
+            unsafe {
+                let word = (*block).tag ^ page as usize;
+                (*block).tag = word;
+                word == 0
+            }
+        }
+    }
+
+    /// Puts back the second word of a block whose `take_mark` failed.
+    ///
+    /// # Safety
+    /// As for `take_mark`, right after it failed.
+    #[inline(always)]
+    pub unsafe fn restore_mark_word(block: *mut Block, page: *const Page) {
+        // SAFETY: per the contract.
+        unsafe { (*block).tag ^= page as usize }
+    }
+
+    /// Whether free block `block` carries its page's free mark (a plain read).
+    ///
+    /// # Safety
+    /// `block` must be a carved block of `page`.
+    #[inline]
+    pub unsafe fn is_marked(block: *const Block, page: *const Page) -> bool {
+        // SAFETY: per the contract.
+        unsafe { (*block).tag == page as usize }
     }
 
     /// Where block `p` keeps its free mark (its second word; `claim` swaps it atomically).
@@ -197,6 +257,9 @@ impl Page {
     /// exactly.
     #[inline(always)]
     pub fn suspect(&self, p: *mut u8) -> bool {
+        if !guard::DEFAULT_CHECKS {
+            return false;
+        }
         let offset = (p as usize) & (SLICE_SIZE - 1);
         // SAFETY: read only once `p` is known to start a block of this page (16 bytes).
         !guard::is_block_offset(self.div_magic, self.fast_limit, offset)
@@ -261,7 +324,11 @@ impl Page {
     #[inline(always)]
     pub fn pop(&mut self) -> *mut u8 {
         let block = self.free;
-        if (block as usize).wrapping_sub(self.start as usize) >= self.carved {
+        if !guard::DEFAULT_CHECKS {
+            if block.is_null() {
+                return ptr::null_mut();
+            }
+        } else if (block as usize).wrapping_sub(self.start as usize) >= self.carved {
             return ptr::null_mut();
         }
         // SAFETY: blocks on `free` are ours and hold a link, stored as it is: the key is 0
@@ -269,10 +336,31 @@ impl Page {
         self.free = unsafe { (*block).link } as *mut Block;
         self.used += 1;
         self.count_alloc();
-        // A block handed out carries no free mark (`suspect`).
+        // A block handed out carries no free mark (`suspect`), and every block on the list
+        // must carry it (`take_mark`): one that does not is in use already.
         // SAFETY: the block is ours until returned.
-        unsafe { (*block).tag = 0 };
+        if guard::DEFAULT_CHECKS && unsafe { !Block::take_mark(block, self) } {
+            return self.pop_unmarked(block);
+        }
         block.cast()
+    }
+
+    /// `pop` took block `block`, which carries no free mark: it is in use already (an owner's
+    /// free raced another thread's free of it, so it sat on two lists and was handed out from
+    /// the other), or its second word was written after its free. Its word is put back, the
+    /// pop undone, and the misuse reported; if the program goes on
+    /// (`TIERMALLOC_ON_ERROR=ignore`) the rest of the list, whose link came from that block,
+    /// is dropped (leaked) and null returned, so the caller's slow path finds another block.
+    #[cold]
+    #[inline(never)]
+    fn pop_unmarked(&mut self, block: *mut Block) -> *mut u8 {
+        // SAFETY: `take_mark` just failed on this block of this page.
+        unsafe { Block::restore_mark_word(block, self) };
+        self.used -= 1;
+        let n = self.allocs.load(Ordering::Relaxed);
+        self.allocs.store(n.wrapping_sub(1), Ordering::Relaxed);
+        self.free = block;
+        self.drop_list(crate::misuse::Misuse::FreeMarkLost)
     }
 
     /// `pop` for the slow path: the head must be a carved block start of this page, and its
@@ -286,6 +374,11 @@ impl Page {
         }
         if !self.is_block_start(block.cast()) {
             return self.drop_corrupted_list();
+        }
+        // SAFETY: a carved block of this page, on `free`.
+        if guard::DEFAULT_CHECKS && unsafe { !Block::is_marked(block, self) } {
+            // In use already (see `pop_unmarked`).
+            return self.drop_list(crate::misuse::Misuse::FreeMarkLost);
         }
         // SAFETY: a carved block of this page, on `free`: it holds a link.
         let next = guard::decode(unsafe { (*block).link }, guard::process_key());
@@ -325,7 +418,15 @@ impl Page {
     #[cold]
     #[inline(never)]
     pub fn drop_corrupted_list(&mut self) -> *mut u8 {
-        crate::misuse::report("malloc", self.free.cast(), crate::misuse::Misuse::CorruptedFreeList);
+        self.drop_list(crate::misuse::Misuse::CorruptedFreeList)
+    }
+
+    /// Reports `what` of the head of `free`; if the program goes on, the list is dropped (its
+    /// blocks leaked) and null returned.
+    #[cold]
+    #[inline(never)]
+    fn drop_list(&mut self, what: crate::misuse::Misuse) -> *mut u8 {
+        crate::misuse::report("malloc", self.free.cast(), what);
         self.free = ptr::null_mut();
         ptr::null_mut()
     }
@@ -341,7 +442,11 @@ impl Page {
         if !self.is_block_start(block.cast()) {
             return false;
         }
-        // SAFETY: a carved block of this page, on `free`: it holds a link.
+        // SAFETY: a carved block of this page, on `free`: it holds a link and a mark.
+        if guard::DEFAULT_CHECKS && unsafe { !Block::is_marked(block, self) } {
+            return false;
+        }
+        // SAFETY: as above.
         let next = guard::decode(unsafe { (*block).link }, guard::process_key());
         next == 0 || self.is_block_start(next as *mut u8)
     }
@@ -359,7 +464,9 @@ impl Page {
             // Stored as it is: the owner's thread frees here only outside
             // `TIERMALLOC_SECURE=1`, whose key is 0 (see `Segment::owner`).
             (*block).link = self.free as usize;
-            (*block).tag = self as *const Page as usize;
+            if guard::DEFAULT_CHECKS {
+                (*block).tag = self as *const Page as usize;
+            }
         }
         self.free = block;
         // SAFETY: the page holds this block, so `used` counts it: at least 1, with or without
@@ -541,6 +648,12 @@ impl Page {
         while !list.is_null() {
             // SAFETY: taken blocks are ours; each link was written before its push.
             unsafe {
+                if guard::DEFAULT_CHECKS && !Block::is_marked(list, self) {
+                    // In use already (see `pop_unmarked`): neither it nor the rest, whose
+                    // link it held, is taken.
+                    crate::misuse::report("free", list.cast(), crate::misuse::Misuse::FreeMarkLost);
+                    break;
+                }
                 let next = Block::next(list);
                 if !next.is_null() && !self.is_block_start(next.cast()) {
                     crate::misuse::report(
