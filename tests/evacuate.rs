@@ -1137,6 +1137,58 @@ fn after_a_move_the_target_recovers_and_the_old_device_is_refused() {
     }
 }
 
+/// Paths the move record cannot hold: a target path longer than 96 bytes is refused before a
+/// persistent heap moves (ENAMETOOLONG, one line, the tier as it was), and a source path
+/// longer than 88 bytes moves with one line saying that a crash could be rolled back only at
+/// the source's open; the target then recovers as usual.
+#[test]
+fn paths_the_move_record_cannot_hold_are_refused_or_said() {
+    const TEST: &str = "paths_the_move_record_cannot_hold_are_refused_or_said";
+    let name = |f: &str| format!("/dev/shm/tiermalloc-evaclong-{}-{f}", std::process::id());
+    if !is_child() {
+        let (dev, target) = (name(&"s".repeat(70)), name("dst"));
+        let long_target = name(&"t".repeat(80));
+        assert!(dev.len() > 88 && long_target.len() > 96 && target.len() <= 88);
+        let tiers = |path: &str| format!("dram;pmr:path={path},size=8M,create");
+        let out = step_run(TEST, &tiers(&dev), &format!("move:{long_target}:{target}"));
+        let stderr = succeeded(&out, "the moves");
+        let recovered = step_run(TEST, &tiers(&target), "recover");
+        let _ = (std::fs::remove_file(&dev), std::fs::remove_file(&target));
+        let _ = std::fs::remove_file(&long_target);
+        succeeded(&recovered, "recovery from the target");
+        let lines = |what: &str| stderr.lines().filter(|l| l.contains(what)).count();
+        assert_eq!(lines("longer than the 96 bytes"), 1, "{stderr}");
+        assert_eq!(lines("is longer than the 88 bytes"), 1, "{stderr}");
+        return;
+    }
+    let step = step();
+    if let Some(targets) = step.strip_prefix("move:") {
+        let (long_target, target) = targets.split_once(':').unwrap();
+        let p = alloc_on(Kind::Pmr, 1000);
+        // SAFETY: a fresh block of 1000 bytes.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0x5c, 1000) };
+        assert_eq!(
+            evacuate(Kind::Pmr, Some(long_target)),
+            Err(libc::ENAMETOOLONG)
+        );
+        assert!(
+            std::fs::metadata(long_target).is_err(),
+            "the refused target was not made"
+        );
+        let tiers = std::env::var("TIERMALLOC_TIERS").unwrap();
+        let source = tiers.split("path=").nth(1).unwrap().split(',').next();
+        assert_eq!(mapped_file(p).as_deref(), source, "the tier stayed on its device");
+        assert_eq!(evacuate(Kind::Pmr, Some(target)), Ok(()));
+        // SAFETY: the block, now on the target.
+        assert!(unsafe { std::slice::from_raw_parts(p as *const u8, 1000) }
+            .iter()
+            .all(|&b| b == 0x5c));
+    } else {
+        let stats = tiermalloc::stats(Kind::Pmr).expect("the target recovers");
+        assert!(stats.in_use >= 1000, "the block came along: {stats:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A persistent tier killed at random points of a move
 // ---------------------------------------------------------------------------------------------

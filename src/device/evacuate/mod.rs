@@ -642,6 +642,15 @@ fn move_region(
         at: None,
         holder: None,
     };
+    move_record::target_fits(&state.backing(region), target.to_bytes()).map_err(|what| {
+        Problem {
+            what,
+            errno: libc::ENAMETOOLONG,
+            room: None,
+            at: None,
+            holder: None,
+        }
+    })?;
     let wp = WriteProtector::new().map_err(problem)?;
     wp.register(region.base, region.len).map_err(problem)?;
     let spec = TierSpec::target(kind, target.to_bytes(), region.len as u64).ok_or(Problem {
@@ -682,6 +691,17 @@ fn move_region(
     );
     if recorded {
         let source = *state.device_path.lock();
+        let source_path = source.path().unwrap_or_default();
+        if !move_record::source_fits(source_path) {
+            let mut line = os::LineBuf::new();
+            let _ = writeln!(
+                line,
+                "tiermalloc: tm_evacuate: tier '{}': the source's path '{}' is longer than the 88 bytes the move record holds: a crash during this move is rolled back at the source's open, but cannot be rolled forward at the target's",
+                kind.name(),
+                path_text(source_path)
+            );
+            line.flush();
+        }
         move_record::mark_target(
             &staging,
             source.path().unwrap_or_default(),
