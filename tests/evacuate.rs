@@ -1415,9 +1415,38 @@ fn crash_checker(log_path: &str) {
 /// log says.
 #[test]
 fn a_move_killed_at_random_points_recovers_whole() {
-    const TEST: &str = "a_move_killed_at_random_points_recovers_whole";
-    let name = |f: &str| format!("/dev/shm/tiermalloc-evackill-{}-{f}", std::process::id());
-    let (dev, target, log) = (name("dev"), name("target"), name("log"));
+    killed_moves_recover_whole("a_move_killed_at_random_points_recovers_whole", "/dev/shm");
+}
+
+/// The same with the source on hugetlbfs (moved in 2 MiB chunks), where a mount with 24 MiB
+/// free exists; skipped with a line otherwise.
+#[test]
+fn a_hugetlbfs_move_killed_at_random_points_recovers_whole() {
+    const TEST: &str = "a_hugetlbfs_move_killed_at_random_points_recovers_whole";
+    let dir = if is_child() {
+        std::env::var("CRASH_SOURCE_DIR").unwrap()
+    } else {
+        let Some(dir) = hugetlbfs_with_room(24 << 20) else {
+            eprintln!("{TEST}: skipped, no hugetlbfs mount with 24 MiB free");
+            return;
+        };
+        dir
+    };
+    killed_moves_recover_whole(TEST, &dir);
+}
+
+/// `a_move_killed_at_random_points_recovers_whole` run as test `test` (its child runs are
+/// that test again), the source in directory `dir`, the target and the log in /dev/shm.
+fn killed_moves_recover_whole(test: &'static str, dir: &str) {
+    // Named by the test too (the two names differ in length): both run at once in one
+    // process.
+    let pid = std::process::id();
+    let name = |f: &str| format!("/dev/shm/tiermalloc-evackill-{pid}-{}-{f}", test.len());
+    let (dev, target, log) = (
+        format!("{dir}/tiermalloc-evackill-{pid}-{}-dev", test.len()),
+        name("target"),
+        name("log"),
+    );
     let tiers = |path: &str| format!("dram;pmr:path={path},size=24M,create");
     if is_child() {
         match step().split_once(':') {
@@ -1428,7 +1457,8 @@ fn a_move_killed_at_random_points_recovers_whole() {
     }
     let check = |path: &str| -> (Checked, String) {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env("CRASH_SOURCE_DIR", dir)
             .env(CHILD, "check")
             .env("TIERMALLOC_EVACUATE_STEP", "check")
             .env("CRASH_LOG", &log)
@@ -1459,7 +1489,8 @@ fn a_move_killed_at_random_points_recovers_whole() {
             let _ = std::fs::remove_file(f);
         }
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env("CRASH_SOURCE_DIR", dir)
             .env(CHILD, "move")
             .env("TIERMALLOC_EVACUATE_STEP", format!("move:{target}"))
             .env("TIERMALLOC_EVACUATE_RT", "0")
