@@ -34,10 +34,11 @@
 //! - *a write is held only while its own chunk is copied*: only one chunk is protected at a
 //!   time, from step 1 to step 4, and the evacuating thread runs that stretch at real-time
 //!   priority where it may (`hold_priority`), so no ordinary thread preempts it meanwhile.
-//! - *no write is lost*: a store that completed before step 1 is in the old pages and copied
-//!   in step 0 (if it completed before the entries were dropped) or step 2 (after: its page
-//!   was mapped again) (the protect flushes TLBs before it returns, so no store slips past
-//!   it); one issued after step 1 sleeps until step 4 and then lands in the target.
+//! - *no write is lost*: a store that completed before step 1 is in the old pages: the
+//!   pre-copy has it if it completed before the entries were dropped, step 2 copies it
+//!   otherwise (its page was mapped again). The protect flushes TLBs before it returns, so no
+//!   store slips past it; one issued after step 1 sleeps until step 4 and then lands in the
+//!   target.
 //! - *system calls writing into a block*: `read(2)`, `recv`, `pread` fault on the protected
 //!   page inside the kernel's `copy_to_user` and sleep like a user store, then complete; no
 //!   EFAULT, nothing lost (an `mprotect` scheme fails here).
@@ -125,10 +126,12 @@ use hold_priority::HoldPriority;
 use precopy::{Precopy, Touched};
 use uffd::WriteProtector;
 
-/// Bytes moved per step by default. A writer of the chunk waits for its copy (36 µs for
-/// 256 KiB here) plus the protect, remap and wake (about 14 µs at 256 KiB, 60-80 µs at 1 MiB,
-/// BENCHMARKS.md), while the throughput is the same at either size (91-97% of memcpy per CPU
-/// second). `TIERMALLOC_EVACUATE_CHUNK` (a size, rounded up to 4 KiB) overrides it.
+/// Bytes moved per step by default. With a pre-copy a writer of the chunk waits for the
+/// protect, the copy of what changed meanwhile (usually nothing), the remap and the wake
+/// (median 5-7 us, BENCHMARKS.md); without one (anonymous memory), for the chunk's copy too
+/// (36 us for 256 KiB here). The throughput is the same at 256 KiB or 1 MiB (91-97% of memcpy
+/// per CPU second before the pre-copy). `TIERMALLOC_EVACUATE_CHUNK` (a size, rounded up to
+/// 4 KiB) overrides it.
 const CHUNK_BYTES: usize = 256 << 10;
 
 /// Most separate live ranges remembered per chunk; past that, the last range is stretched to
@@ -158,7 +161,7 @@ pub(crate) struct DeviceState {
     /// The offset in the file of `device_fd` at which the region starts (`offset=` of the
     /// spec; 0 once a move made the target the device).
     file_offset: AtomicU64,
-    /// `spare=` of the tier's spec.
+    /// The tier's spec: its `spare=` path, and whether it persists.
     spare: TierSpec,
     /// The path of the device behind the region now (the spec's, then each move's target;
     /// none for anonymous memory): a move's target records it (`move_record::mark_target`).
@@ -642,7 +645,8 @@ fn move_region(
         at: None,
         holder: None,
     };
-    move_record::target_fits(&state.backing(region), target.to_bytes()).map_err(|what| {
+    let persistent = state.spare.persists();
+    move_record::target_fits(&state.backing(region), persistent, target.to_bytes()).map_err(|what| {
         Problem {
             what,
             errno: libc::ENAMETOOLONG,
@@ -692,7 +696,7 @@ fn move_region(
     if recorded {
         let source = *state.device_path.lock();
         let source_path = source.path().unwrap_or_default();
-        if !move_record::source_fits(source_path) {
+        if persistent && !move_record::source_fits(source_path) {
             let mut line = os::LineBuf::new();
             let _ = writeln!(
                 line,

@@ -104,10 +104,15 @@ fn has_heap(region: &Region) -> bool {
 
 /// Why a move of the heap in `region` onto `target` cannot be recorded, if it cannot: a
 /// persistent heap's record holds a target path of at most 96 bytes, and a truncated one
-/// could not be rolled back at the source's open after a crash. (A region without a heap
-/// records nothing, whatever the path.)
-pub(super) fn target_fits(region: &Region, target: &[u8]) -> Result<(), &'static str> {
-    if target.len() > TARGET_ROOM && has_heap(region) {
+/// could not be rolled back at the source's open after a crash. (A tier that is not
+/// `persistent`, formatted afresh at every open, or a region without a heap, needs no record
+/// to come back, whatever the path.)
+pub(super) fn target_fits(
+    region: &Region,
+    persistent: bool,
+    target: &[u8],
+) -> Result<(), &'static str> {
+    if persistent && target.len() > TARGET_ROOM && has_heap(region) {
         return Err("the target's path is longer than the 96 bytes a persistent heap's move record holds (a crash during the move could not be rolled back); give a shorter path, e.g. a symbolic link");
     }
     Ok(())
@@ -147,7 +152,8 @@ pub(super) fn begin(region: &Region, target: &CStr, source_fd: i32, source_offse
     true
 }
 
-/// Whether the source's frontier can be written through its file (`mark_source`): writes
+/// Whether the source's frontier can be written through its file (`mark_source`; through a
+/// mapping of its page where the file takes no `write(2)`, as on hugetlbfs): writes
 /// the frontier's present value (0 before a move) back.
 fn source_writable(fd: i32, offset: u64) -> bool {
     fd >= 0 && pwrite_frontier(fd, offset, 0)
@@ -155,16 +161,50 @@ fn source_writable(fd: i32, offset: u64) -> bool {
 
 fn pwrite_frontier(fd: i32, offset: u64, frontier: u64) -> bool {
     let bytes = frontier.to_le_bytes();
+    let at = offset + FRONTIER_AT;
     // SAFETY: our open descriptor of the source, 8 bytes from a live buffer.
-    let n = unsafe {
-        libc::pwrite(
+    let n = unsafe { libc::pwrite(fd, bytes.as_ptr().cast(), 8, at as libc::off_t) };
+    n == 8 || (n < 0 && crate::os::errno() == libc::EINVAL && map_write(fd, at, &bytes))
+}
+
+/// Writes `bytes` at `at` of the file `fd` through a mapping of its page there: for a file
+/// that takes no `write(2)` (hugetlbfs, whose page is a huge page). False if it cannot.
+fn map_write(fd: i32, at: u64, bytes: &[u8]) -> bool {
+    // SAFETY: an all-zero statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: our descriptor and a valid out-parameter.
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 || st.f_bsize <= 0 {
+        return false;
+    }
+    let page = st.f_bsize as u64;
+    let start = at / page * page;
+    if at + bytes.len() as u64 > start + page {
+        return false;
+    }
+    // SAFETY: a fresh shared mapping of one page of the caller's descriptor.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            page as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
             fd,
-            bytes.as_ptr().cast(),
-            8,
-            (offset + FRONTIER_AT) as libc::off_t,
+            start as libc::off_t,
         )
     };
-    n == 8
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: `[at - start, + len)` lies inside the mapped page; then our mapping goes.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (p as *mut u8).add((at - start) as usize),
+            bytes.len(),
+        );
+        libc::munmap(p, page as usize);
+    }
+    true
 }
 
 /// Sets the target's frontier to `hi` through `target`, a mapping of the target whose
@@ -500,21 +540,7 @@ impl Mapped {
         if locked && crate::backend::lock_range(fd, offset as usize, len).is_err() {
             return Err(Unavailable::InUse);
         }
-        // SAFETY: a fresh read-only shared mapping of our descriptor.
-        let base = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                offset as libc::off_t,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(Unavailable::Gone);
-        }
-        mapped.base = base as usize;
+        mapped.base = super::precopy::map_read_only(fd, offset, len).ok_or(Unavailable::Gone)?;
         Ok(mapped)
     }
 
@@ -667,11 +693,12 @@ mod tests {
         );
         // A target path the source's record cannot hold is refused before a heap moves.
         let long = [b'y'; TARGET_ROOM + 1];
-        assert!(target_fits(&target, &long).is_err());
-        assert!(target_fits(&target, &long[..TARGET_ROOM]).is_ok());
+        assert!(target_fits(&target, true, &long).is_err());
+        assert!(target_fits(&target, true, &long[..TARGET_ROOM]).is_ok());
+        assert!(target_fits(&target, false, &long).is_ok(), "not persistent");
         // Not a heap: no record, whatever the bytes.
         image[0] = 0;
-        assert!(target_fits(&target, &long).is_ok());
+        assert!(target_fits(&target, true, &long).is_ok());
         assert_eq!(read(&image), Record::None);
     }
 }

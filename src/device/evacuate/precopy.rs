@@ -83,21 +83,7 @@ impl Precopy {
             return None;
         }
         os::keep_errno(|| {
-            // SAFETY: a fresh shared read-only mapping of a descriptor of ours; it changes no
-            // other mapping.
-            let p = unsafe {
-                libc::mmap(
-                    core::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ,
-                    libc::MAP_SHARED,
-                    fd,
-                    offset as libc::off_t,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return None;
-            }
+            let p = map_read_only(fd, offset, len)? as *mut libc::c_void;
             // A child forked during the move has no use for it.
             // SAFETY: advice on our fresh mapping.
             unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) };
@@ -204,6 +190,24 @@ impl Precopy {
         }
         touched.known = true;
     }
+}
+
+/// Maps `[offset, offset + len)` of `fd` shared and read-only at a fresh address: its address,
+/// or None (errno set) if the kernel refuses.
+pub(super) fn map_read_only(fd: i32, offset: u64, len: usize) -> Option<usize> {
+    // SAFETY: a fresh shared read-only mapping of a descriptor of the caller's; it changes no
+    // other mapping.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            offset as libc::off_t,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p as usize)
 }
 
 impl Drop for Precopy {
