@@ -1137,6 +1137,58 @@ fn after_a_move_the_target_recovers_and_the_old_device_is_refused() {
     }
 }
 
+/// Paths the move record cannot hold: a target path longer than 96 bytes is refused before a
+/// persistent heap moves (ENAMETOOLONG, one line, the tier as it was), and a source path
+/// longer than 88 bytes moves with one line saying that a crash could be rolled back only at
+/// the source's open; the target then recovers as usual.
+#[test]
+fn paths_the_move_record_cannot_hold_are_refused_or_said() {
+    const TEST: &str = "paths_the_move_record_cannot_hold_are_refused_or_said";
+    let name = |f: &str| format!("/dev/shm/tiermalloc-evaclong-{}-{f}", std::process::id());
+    if !is_child() {
+        let (dev, target) = (name(&"s".repeat(70)), name("dst"));
+        let long_target = name(&"t".repeat(80));
+        assert!(dev.len() > 88 && long_target.len() > 96 && target.len() <= 88);
+        let tiers = |path: &str| format!("dram;pmr:path={path},size=8M,create");
+        let out = step_run(TEST, &tiers(&dev), &format!("move:{long_target}:{target}"));
+        let stderr = succeeded(&out, "the moves");
+        let recovered = step_run(TEST, &tiers(&target), "recover");
+        let _ = (std::fs::remove_file(&dev), std::fs::remove_file(&target));
+        let _ = std::fs::remove_file(&long_target);
+        succeeded(&recovered, "recovery from the target");
+        let lines = |what: &str| stderr.lines().filter(|l| l.contains(what)).count();
+        assert_eq!(lines("longer than the 96 bytes"), 1, "{stderr}");
+        assert_eq!(lines("is longer than the 88 bytes"), 1, "{stderr}");
+        return;
+    }
+    let step = step();
+    if let Some(targets) = step.strip_prefix("move:") {
+        let (long_target, target) = targets.split_once(':').unwrap();
+        let p = alloc_on(Kind::Pmr, 1000);
+        // SAFETY: a fresh block of 1000 bytes.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0x5c, 1000) };
+        assert_eq!(
+            evacuate(Kind::Pmr, Some(long_target)),
+            Err(libc::ENAMETOOLONG)
+        );
+        assert!(
+            std::fs::metadata(long_target).is_err(),
+            "the refused target was not made"
+        );
+        let tiers = std::env::var("TIERMALLOC_TIERS").unwrap();
+        let source = tiers.split("path=").nth(1).unwrap().split(',').next();
+        assert_eq!(mapped_file(p).as_deref(), source, "the tier stayed on its device");
+        assert_eq!(evacuate(Kind::Pmr, Some(target)), Ok(()));
+        // SAFETY: the block, now on the target.
+        assert!(unsafe { std::slice::from_raw_parts(p as *const u8, 1000) }
+            .iter()
+            .all(|&b| b == 0x5c));
+    } else {
+        let stats = tiermalloc::stats(Kind::Pmr).expect("the target recovers");
+        assert!(stats.in_use >= 1000, "the block came along: {stats:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A persistent tier killed at random points of a move
 // ---------------------------------------------------------------------------------------------
@@ -1363,9 +1415,38 @@ fn crash_checker(log_path: &str) {
 /// log says.
 #[test]
 fn a_move_killed_at_random_points_recovers_whole() {
-    const TEST: &str = "a_move_killed_at_random_points_recovers_whole";
-    let name = |f: &str| format!("/dev/shm/tiermalloc-evackill-{}-{f}", std::process::id());
-    let (dev, target, log) = (name("dev"), name("target"), name("log"));
+    killed_moves_recover_whole("a_move_killed_at_random_points_recovers_whole", "/dev/shm");
+}
+
+/// The same with the source on hugetlbfs (moved in 2 MiB chunks), where a mount with 24 MiB
+/// free exists; skipped with a line otherwise.
+#[test]
+fn a_hugetlbfs_move_killed_at_random_points_recovers_whole() {
+    const TEST: &str = "a_hugetlbfs_move_killed_at_random_points_recovers_whole";
+    let dir = if is_child() {
+        std::env::var("CRASH_SOURCE_DIR").unwrap()
+    } else {
+        let Some(dir) = hugetlbfs_with_room(24 << 20) else {
+            eprintln!("{TEST}: skipped, no hugetlbfs mount with 24 MiB free");
+            return;
+        };
+        dir
+    };
+    killed_moves_recover_whole(TEST, &dir);
+}
+
+/// `a_move_killed_at_random_points_recovers_whole` run as test `test` (its child runs are
+/// that test again), the source in directory `dir`, the target and the log in /dev/shm.
+fn killed_moves_recover_whole(test: &'static str, dir: &str) {
+    // Named by the test too (the two names differ in length): both run at once in one
+    // process.
+    let pid = std::process::id();
+    let name = |f: &str| format!("/dev/shm/tiermalloc-evackill-{pid}-{}-{f}", test.len());
+    let (dev, target, log) = (
+        format!("{dir}/tiermalloc-evackill-{pid}-{}-dev", test.len()),
+        name("target"),
+        name("log"),
+    );
     let tiers = |path: &str| format!("dram;pmr:path={path},size=24M,create");
     if is_child() {
         match step().split_once(':') {
@@ -1376,7 +1457,8 @@ fn a_move_killed_at_random_points_recovers_whole() {
     }
     let check = |path: &str| -> (Checked, String) {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env("CRASH_SOURCE_DIR", dir)
             .env(CHILD, "check")
             .env("TIERMALLOC_EVACUATE_STEP", "check")
             .env("CRASH_LOG", &log)
@@ -1407,7 +1489,8 @@ fn a_move_killed_at_random_points_recovers_whole() {
             let _ = std::fs::remove_file(f);
         }
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env("CRASH_SOURCE_DIR", dir)
             .env(CHILD, "move")
             .env("TIERMALLOC_EVACUATE_STEP", format!("move:{target}"))
             .env("TIERMALLOC_EVACUATE_RT", "0")

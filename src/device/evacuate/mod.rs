@@ -6,18 +6,27 @@
 //!
 //! The region is moved one chunk (`CHUNK_BYTES`, 256 KiB by default) at a time, in address
 //! order. For each chunk `[lo, hi)`:
+//! 0. *pre-copy* (writers not held; a source mapped from a file only, `precopy`): the chunk's
+//!    live extents are listed, the chunk's entries in the tier's page tables are dropped
+//!    (the file keeps its pages), and the live bytes are copied into the target through a
+//!    second mapping of the source. A thread that touches the chunk from here on maps its
+//!    page again, which is how step 2 knows what changed;
 //! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the heap lists
 //!    the allocated extents that overlap the chunk (plus the headers of the chain inside every
 //!    free extent, so that the header chain a recovery scan walks is the same on the target:
 //!    `free_headers`), then the chunk is write-protected through userfaultfd (`uffd.rs`),
 //!    which starts the writers' hold; the lock is released;
-//! 2. the live bytes are copied from the region into a second mapping of the target (the
-//!    *staging* mapping, at another address), at the same offsets; free space is not copied.
-//!    The staging pages for them were made present just before step 1 (`populate`), so the
-//!    hold covers a plain memcpy, not the target's page allocation;
+//! 2. the live bytes that may have changed since the pre-copy (pages mapped again, ranges the
+//!    pre-copy did not list; all of them without a pre-copy) are copied from the source into
+//!    a second mapping of the target (the *staging* mapping, at another address), at the same
+//!    offsets; free space is not copied. The staging pages for them were made present before
+//!    (`populate`), so the hold covers a plain memcpy, not the target's page allocation;
 //! 3. the target is mapped over `[base + lo, base + hi)` (`mmap MAP_FIXED`, at file offset
 //!    `lo`): from here on the chunk's bytes are the target's;
 //! 4. the chunk's sleeping writers are woken; they retry their fault on the new mapping.
+//!
+//! With the entries dropped in step 0, neither step 1 nor step 3 has a TLB entry to shoot
+//! down on another CPU, which was most of a long hold (`precopy` says why).
 //!
 //! Why this keeps every promise:
 //! - *reads never wait*: write-protection stops writers only. (The remap in step 3 holds the
@@ -25,9 +34,11 @@
 //! - *a write is held only while its own chunk is copied*: only one chunk is protected at a
 //!   time, from step 1 to step 4, and the evacuating thread runs that stretch at real-time
 //!   priority where it may (`hold_priority`), so no ordinary thread preempts it meanwhile.
-//! - *no write is lost*: a store that completed before step 1 is in the old pages and copied
-//!   in step 2 (the protect flushes TLBs before it returns, so no store slips past it); one
-//!   issued after step 1 sleeps until step 4 and then lands in the target.
+//! - *no write is lost*: a store that completed before step 1 is in the old pages: the
+//!   pre-copy has it if it completed before the entries were dropped, step 2 copies it
+//!   otherwise (its page was mapped again). The protect flushes TLBs before it returns, so no
+//!   store slips past it; one issued after step 1 sleeps until step 4 and then lands in the
+//!   target.
 //! - *system calls writing into a block*: `read(2)`, `recv`, `pread` fault on the protected
 //!   page inside the kernel's `copy_to_user` and sleep like a user store, then complete; no
 //!   EFAULT, nothing lost (an `mprotect` scheme fails here).
@@ -100,6 +111,7 @@
 mod hold_priority;
 mod move_record;
 mod numa_move;
+mod precopy;
 mod uffd;
 
 use super::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE};
@@ -111,12 +123,15 @@ use core::ffi::CStr;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use hold_priority::HoldPriority;
+use precopy::{Precopy, Touched};
 use uffd::WriteProtector;
 
-/// Bytes moved per step by default. A writer of the chunk waits for its copy (36 µs for
-/// 256 KiB here) plus the protect, remap and wake (about 14 µs at 256 KiB, 60-80 µs at 1 MiB,
-/// BENCHMARKS.md), while the throughput is the same at either size (91-97% of memcpy per CPU
-/// second). `TIERMALLOC_EVACUATE_CHUNK` (a size, rounded up to 4 KiB) overrides it.
+/// Bytes moved per step by default. With a pre-copy a writer of the chunk waits for the
+/// protect, the copy of what changed meanwhile (usually nothing), the remap and the wake
+/// (median 5-7 us, BENCHMARKS.md); without one (anonymous memory), for the chunk's copy too
+/// (36 us for 256 KiB here). The throughput is the same at 256 KiB or 1 MiB (91-97% of memcpy
+/// per CPU second before the pre-copy). `TIERMALLOC_EVACUATE_CHUNK` (a size, rounded up to
+/// 4 KiB) overrides it.
 const CHUNK_BYTES: usize = 256 << 10;
 
 /// Most separate live ranges remembered per chunk; past that, the last range is stretched to
@@ -146,7 +161,7 @@ pub(crate) struct DeviceState {
     /// The offset in the file of `device_fd` at which the region starts (`offset=` of the
     /// spec; 0 once a move made the target the device).
     file_offset: AtomicU64,
-    /// `spare=` of the tier's spec.
+    /// The tier's spec: its `spare=` path, and whether it persists.
     spare: TierSpec,
     /// The path of the device behind the region now (the spec's, then each move's target;
     /// none for anonymous memory): a move's target records it (`move_record::mark_target`).
@@ -342,11 +357,14 @@ pub(crate) trait LiveExtents {
     /// persistent tier's superblock); then runs `hold`, and returns what it returned (false:
     /// the listing is void). Listing first keeps the walk out of the writers' hold: no extent
     /// is made or freed between the two. `hint` carries where the previous call's walk ended.
+    /// The device's bytes it reads (`free_headers`) are read at `read_at + offset`: the
+    /// region, or a view of the same bytes that leaves the region's page tables alone.
     fn hold_and_list(
         &self,
         lo: u64,
         hi: u64,
         hint: &mut u64,
+        read_at: usize,
         hold: &mut dyn FnMut() -> bool,
         live: &mut dyn FnMut(u64, u64),
     ) -> bool;
@@ -427,7 +445,20 @@ impl Ranges {
     }
 
     fn bytes(&self) -> u64 {
-        self.items[..self.len].iter().map(|(s, e)| e - s).sum()
+        self.live().iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// The ranges, in address order.
+    fn live(&self) -> &[(u64, u64)] {
+        &self.items[..self.len]
+    }
+
+    /// Whether `[start, end)` lies inside one of the ranges.
+    fn covers(&self, start: u64, end: u64) -> bool {
+        let live = self.live();
+        // The last range starting at or before `start`.
+        let i = live.partition_point(|&(s, _)| s <= start);
+        i > 0 && live[i - 1].1 >= end
     }
 }
 
@@ -436,6 +467,8 @@ impl Ranges {
 pub(crate) struct Report {
     /// Bytes copied (live extents and headers), and the region's length.
     pub copied: u64,
+    /// Bytes copied while writers were held (with a pre-copy, those touched during it).
+    pub held_copied: u64,
     pub region: u64,
     pub chunks: u64,
     /// The longest time one chunk stayed write-protected, in nanoseconds.
@@ -495,6 +528,7 @@ impl Default for Report {
     fn default() -> Self {
         Report {
             copied: 0,
+            held_copied: 0,
             region: 0,
             chunks: 0,
             longest_hold_ns: 0,
@@ -618,6 +652,16 @@ fn move_region(
         at: None,
         holder: None,
     };
+    let persistent = state.spare.persists();
+    move_record::target_fits(&state.backing(region), persistent, target.to_bytes()).map_err(|what| {
+        Problem {
+            what,
+            errno: libc::ENAMETOOLONG,
+            room: None,
+            at: None,
+            holder: None,
+        }
+    })?;
     let wp = WriteProtector::new().map_err(problem)?;
     wp.register(region.base, region.len).map_err(problem)?;
     let spec = TierSpec::target(kind, target.to_bytes(), region.len as u64).ok_or(Problem {
@@ -658,6 +702,17 @@ fn move_region(
     );
     if recorded {
         let source = *state.device_path.lock();
+        let source_path = source.path().unwrap_or_default();
+        if persistent && !move_record::source_fits(source_path) {
+            let mut line = os::LineBuf::new();
+            let _ = writeln!(
+                line,
+                "tiermalloc: tm_evacuate: tier '{}': the source's path '{}' is longer than the 88 bytes the move record holds: a crash during this move is rolled back at the source's open, but cannot be rolled forward at the target's",
+                kind.name(),
+                path_text(source_path)
+            );
+            line.flush();
+        }
         move_record::mark_target(
             &staging,
             source.path().unwrap_or_default(),
@@ -665,9 +720,40 @@ fn move_region(
         );
     }
     let chunk = chunk_bytes().next_multiple_of(page_size_of(old_fd));
+    // Chunks are pre-copied before their hold from a second mapping of the source, their
+    // entries in the tier's page tables dropped first, and the hold copies only what was
+    // touched meanwhile (`precopy`); without one (anonymous memory), a chunk is copied from
+    // the tier's range inside its hold.
+    let precopy = Precopy::new(
+        old_fd,
+        state.file_offset.load(Ordering::Relaxed),
+        region.len,
+    );
+    let source = precopy.as_ref().map_or(region.base, Precopy::view);
+    // Copies `[start, end)` of the source into the target's staging mapping.
+    let copy = |start: usize, end: usize, lo: usize| {
+        // SAFETY: `[start, end)` lies inside both the source (the region, or its view, as
+        // long) and the staging mapping of the target (at least as long), which are distinct
+        // mappings.
+        unsafe {
+            if recorded && lo == 0 {
+                // The target's move record is its own (`move_record::mark_target`).
+                move_record::copy_but_record(source, staging.base, start, end);
+            } else {
+                core::ptr::copy_nonoverlapping(
+                    (source + start) as *const u8,
+                    (staging.base + start) as *mut u8,
+                    end - start,
+                );
+            }
+        }
+    };
     let started = now_ns();
     let mut report = Report::of_region(region);
+    // The chunk's live ranges as the pre-copy listed them, and as the hold does.
+    let mut precopied = Ranges::new();
     let mut ranges = Ranges::new();
+    let mut touched = Touched::new();
     let mut hint = 0u64;
     let mut lo = 0usize;
     let mut failure = None;
@@ -676,16 +762,25 @@ fn move_region(
         let hi = (lo + chunk).min(region.len);
         // The target's pages for the chunk's live bytes are made present before its writers
         // are held, so that the hold covers the copy alone, not the page allocation.
-        ranges.reset(lo as u64, hi as u64);
+        precopied.reset(lo as u64, hi as u64);
         let mut first_hint = hint;
         tier.hold_and_list(
             lo as u64,
             hi as u64,
             &mut first_hint,
+            source,
             &mut || true,
-            &mut |o, l| ranges.add(o, l),
+            &mut |o, l| precopied.add(o, l),
         );
-        populate(staging.base, &ranges);
+        populate(staging.base, &precopied);
+        if let Some(pre) = &precopy {
+            // SAFETY: a precopy exists only for a source mapped shared from its file, and
+            // `[lo, hi)` is a chunk of it aligned to its page size.
+            unsafe { pre.drop_entries(region.base, lo, hi, precopied.live()) };
+            for &(start, end) in precopied.live() {
+                copy(start as usize, end as usize, lo);
+            }
+        }
         ranges.reset(lo as u64, hi as u64);
         // No signal handler runs on this thread while it holds a chunk: one that wrote into
         // the chunk (a `free` writing a header state) would wait for this very thread.
@@ -698,6 +793,7 @@ fn move_region(
             lo as u64,
             hi as u64,
             &mut hint,
+            source,
             &mut || {
                 // Raised with the heap lock held (see `hold_priority`), before the protect.
                 priority.raise();
@@ -728,21 +824,28 @@ fn move_region(
             ));
             break;
         }
-        for &(start, end) in &ranges.items[..ranges.len] {
-            let (start, end) = (start as usize, end as usize);
-            // SAFETY: `[start, end)` lies inside both the region and the staging mapping of
-            // the target (at least as long), which are distinct mappings.
-            unsafe {
-                if recorded && lo == 0 {
-                    // The target's move record is its own (`move_record::mark_target`).
-                    move_record::copy_but_record(region.base, staging.base, start, end);
-                } else {
-                    core::ptr::copy_nonoverlapping(
-                        (region.base + start) as *const u8,
-                        (staging.base + start) as *mut u8,
-                        end - start,
-                    );
+        match &precopy {
+            Some(pre) => {
+                // Again only what may have changed since the pre-copy: the pages mapped
+                // since the entries were dropped, and ranges it did not list.
+                pre.touched(region.base, lo, hi, &mut touched);
+                for &(start, end) in ranges.live() {
+                    let (mut at, end) = (start as usize, end as usize);
+                    while at < end {
+                        let piece_end = (os::page_round(at + 1)).min(end);
+                        if touched.page(at - lo) || !precopied.covers(at as u64, piece_end as u64) {
+                            copy(at, piece_end, lo);
+                            report.held_copied += (piece_end - at) as u64;
+                        }
+                        at = piece_end;
+                    }
                 }
+            }
+            None => {
+                for &(start, end) in ranges.live() {
+                    copy(start as usize, end as usize, lo);
+                }
+                report.held_copied += ranges.bytes();
             }
         }
         report.copied += ranges.bytes();
@@ -809,6 +912,7 @@ fn move_region(
     wp.unregister(region.base, region.len);
     state.uffd.store(-1, Ordering::Relaxed);
     drop(wp);
+    drop(precopy);
     // SAFETY: the staging mapping is ours; nothing refers to its addresses (the tier's range
     // maps the target on its own). Its descriptor stays open: it is the tier's device now.
     unsafe { os::unmap(staging.base as *mut u8, staging.reserved) };
@@ -888,7 +992,7 @@ impl Drop for SignalsBlocked {
 /// a shmem target allocates them here. Changes no byte. A backing that cannot (a PCI BAR) is
 /// simply written or faulted afterwards.
 fn populate(base: usize, ranges: &Ranges) {
-    for &(start, end) in &ranges.items[..ranges.len] {
+    for &(start, end) in ranges.live() {
         let first = start as usize & !(os::PAGE_SIZE - 1);
         let last = os::page_round(end as usize);
         os::prefault_write((base + first) as *mut u8, last - first);
@@ -1005,7 +1109,9 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
     }
     let _ = writeln!(
         line,
-        "; {} holds preempted (longest other {} us); {} holds at real-time priority",
+        "; {} of {} bytes copied while held; {} holds preempted (longest other {} us); {} holds at real-time priority",
+        r.held_copied,
+        r.copied,
         r.preempted_holds,
         r.longest_unpreempted_hold_ns.div_ceil(1000),
         r.raised_holds
@@ -1140,6 +1246,10 @@ mod tests {
             &[(1000, 1116), (1200, 1216), (1990, 2000)]
         );
         assert_eq!(r.bytes(), 116 + 16 + 10);
+        // What the pre-copy listed covers a piece only from inside one range.
+        assert!(r.covers(1000, 1116) && r.covers(1100, 1110) && r.covers(1995, 2000));
+        assert!(!r.covers(990, 1010) && !r.covers(1110, 1200) && !r.covers(1116, 1117));
+        assert!(!r.covers(1210, 1220) && !ranges(0, 10).covers(0, 1));
         let mut full = ranges(0, 1 << 20);
         for i in 0..MAX_RANGES as u64 + 10 {
             full.add(i * 64, 16);

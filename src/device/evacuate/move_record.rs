@@ -102,6 +102,28 @@ fn has_heap(region: &Region) -> bool {
     region.len as u64 >= superblock::SUPERBLOCK_BYTES && superblock::read(image(region)).is_some()
 }
 
+/// Why a move of the heap in `region` onto `target` cannot be recorded, if it cannot: a
+/// persistent heap's record holds a target path of at most 96 bytes, and a truncated one
+/// could not be rolled back at the source's open after a crash. (A tier that is not
+/// `persistent`, formatted afresh at every open, or a region without a heap, needs no record
+/// to come back, whatever the path.)
+pub(super) fn target_fits(
+    region: &Region,
+    persistent: bool,
+    target: &[u8],
+) -> Result<(), &'static str> {
+    if persistent && target.len() > TARGET_ROOM && has_heap(region) {
+        return Err("the target's path is longer than the 96 bytes a persistent heap's move record holds (a crash during the move could not be rolled back); give a shorter path, e.g. a symbolic link");
+    }
+    Ok(())
+}
+
+/// Whether the target's record holds `source` whole (at most 88 bytes): if not, a move cut
+/// short can be rolled back at the source's open, but not forward at the target's.
+pub(super) fn source_fits(source: &[u8]) -> bool {
+    source.len() <= SOURCE_ROOM
+}
+
 /// Writes the record naming `target` into the superblock of `region` (the device behind it
 /// now, the source; `source_fd` and `source_offset` the file and offset it is mapped from, or
 /// -1) and makes it durable. False, and nothing written, for a region without a heap's
@@ -130,7 +152,8 @@ pub(super) fn begin(region: &Region, target: &CStr, source_fd: i32, source_offse
     true
 }
 
-/// Whether the source's frontier can be written through its file (`mark_source`): writes
+/// Whether the source's frontier can be written through its file (`mark_source`; through a
+/// mapping of its page where the file takes no `write(2)`, as on hugetlbfs): writes
 /// the frontier's present value (0 before a move) back.
 fn source_writable(fd: i32, offset: u64) -> bool {
     fd >= 0 && pwrite_frontier(fd, offset, 0)
@@ -138,16 +161,50 @@ fn source_writable(fd: i32, offset: u64) -> bool {
 
 fn pwrite_frontier(fd: i32, offset: u64, frontier: u64) -> bool {
     let bytes = frontier.to_le_bytes();
+    let at = offset + FRONTIER_AT;
     // SAFETY: our open descriptor of the source, 8 bytes from a live buffer.
-    let n = unsafe {
-        libc::pwrite(
+    let n = unsafe { libc::pwrite(fd, bytes.as_ptr().cast(), 8, at as libc::off_t) };
+    n == 8 || (n < 0 && crate::os::errno() == libc::EINVAL && map_write(fd, at, &bytes))
+}
+
+/// Writes `bytes` at `at` of the file `fd` through a mapping of its page there: for a file
+/// that takes no `write(2)` (hugetlbfs, whose page is a huge page). False if it cannot.
+fn map_write(fd: i32, at: u64, bytes: &[u8]) -> bool {
+    // SAFETY: an all-zero statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: our descriptor and a valid out-parameter.
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 || st.f_bsize <= 0 {
+        return false;
+    }
+    let page = st.f_bsize as u64;
+    let start = at / page * page;
+    if at + bytes.len() as u64 > start + page {
+        return false;
+    }
+    // SAFETY: a fresh shared mapping of one page of the caller's descriptor.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            page as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
             fd,
-            bytes.as_ptr().cast(),
-            8,
-            (offset + FRONTIER_AT) as libc::off_t,
+            start as libc::off_t,
         )
     };
-    n == 8
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: `[at - start, + len)` lies inside the mapped page; then our mapping goes.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (p as *mut u8).add((at - start) as usize),
+            bytes.len(),
+        );
+        libc::munmap(p, page as usize);
+    }
+    true
 }
 
 /// Sets the target's frontier to `hi` through `target`, a mapping of the target whose
@@ -282,6 +339,7 @@ pub(crate) enum Stitched<'a> {
 const SOURCE_GONE: &str = "is the target of a live move (tm_evacuate) that did not finish, and its source cannot be opened (or is shorter) to complete it: the heap lies partly here and partly on the source (README: Live evacuation)";
 const SOURCE_BUSY: &str = "is the target of a live move (tm_evacuate) that did not finish, and its source is open in another process, which holds the heap (README: Live evacuation)";
 const SOURCE_MOVED_ON: &str = "is the target of a live move (tm_evacuate) that its source no longer holds (rolled back at the source's open, or formatted or moved elsewhere since): the heap is the source's, this copy is stale (README: Live evacuation; mode=fresh formats it anew)";
+const SOURCE_PATH_LONG: &str = "is the target of a live move (tm_evacuate) that did not finish, and its source's path was longer than the 88 bytes the move record holds, so the source cannot be found from here: open the source (the tier's path= before the move) to roll the move back (README: Live evacuation)";
 const STALE_SOURCE: &str = "holds a heap that was moved onto another device by tm_evacuate: this copy is stale (the target no longer holds an unfinished move to roll back; README: Live evacuation; mode=fresh formats it anew)";
 
 /// Makes the heap in `region` (opened at `path`) whole if a move of it was cut short, as the
@@ -356,7 +414,10 @@ fn roll_forward<'a>(
         what,
         named: source,
     };
-    if !whole || frontier > region.len as u64 {
+    if !whole {
+        return refused(SOURCE_PATH_LONG);
+    }
+    if frontier > region.len as u64 {
         return refused(SOURCE_GONE);
     }
     let moved = match Mapped::open(source, offset, region.len, true) {
@@ -479,21 +540,7 @@ impl Mapped {
         if locked && crate::backend::lock_range(fd, offset as usize, len).is_err() {
             return Err(Unavailable::InUse);
         }
-        // SAFETY: a fresh read-only shared mapping of our descriptor.
-        let base = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                offset as libc::off_t,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(Unavailable::Gone);
-        }
-        mapped.base = base as usize;
+        mapped.base = super::precopy::map_read_only(fd, offset, len).ok_or(Unavailable::Gone)?;
         Ok(mapped)
     }
 
@@ -583,7 +630,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_reads_back_and_long_paths_are_marked_truncated() {
+    fn a_record_reads_back_and_long_paths_are_marked_truncated_and_refused() {
         let mut image = vec![0u8; 4096];
         image[..8].copy_from_slice(b"TMHEAP\r\n");
         assert_eq!(read(&image), Record::None);
@@ -629,8 +676,29 @@ mod tests {
                 frontier: 0
             }
         );
+        // A source path longer than the record holds: the target says so, and cannot roll
+        // forward (it could not find the source).
+        let long = [b'x'; SOURCE_ROOM + 1];
+        mark_target(&target, &long, 0);
+        assert!(
+            matches!(read(&image), Record::MovedFrom { whole: false, source, .. } if source.len() == SOURCE_ROOM)
+        );
+        assert!(!source_fits(&long) && source_fits(&long[..SOURCE_ROOM]));
+        assert_eq!(
+            stitch(&target, Some(b"/dev/shm/t")),
+            Stitched::Refused {
+                what: SOURCE_PATH_LONG,
+                named: &long[..SOURCE_ROOM]
+            }
+        );
+        // A target path the source's record cannot hold is refused before a heap moves.
+        let long = [b'y'; TARGET_ROOM + 1];
+        assert!(target_fits(&target, true, &long).is_err());
+        assert!(target_fits(&target, true, &long[..TARGET_ROOM]).is_ok());
+        assert!(target_fits(&target, false, &long).is_ok(), "not persistent");
         // Not a heap: no record, whatever the bytes.
         image[0] = 0;
+        assert!(target_fits(&target, true, &long).is_ok());
         assert_eq!(read(&image), Record::None);
     }
 }
