@@ -174,24 +174,23 @@ extern "C" fn new_array_aligned_nothrow_block(size: usize, align: usize) -> NewA
     answer(unsafe { aligned_alloc(align, size) }, Form::NewArrayAlignedNothrow)
 }
 
-/// The stub of a form whose only argument is the size: `rdi` is saved across the call (the
-/// push also aligns the stack to 16 for it), the fallback address moves to `r11` (not an
-/// argument register), and on failure the stub jumps there with `rdi` restored.
-macro_rules! stub_of_size {
-    ($name:ident, $half:ident) => {
+/// The stub of one form: saves the argument registers the form uses (`push`, for the size only
+/// `rdi`, else all three, an odd count so that the stack is 16-aligned at the call), calls the
+/// Rust half, moves the fallback address to `r11` (not an argument register), restores them
+/// (`pop`, the reverse order) and returns the block, or on failure jumps to the fallback.
+macro_rules! stub {
+    ($name:ident, $half:ident, push [$($push:literal),*], pop [$($pop:literal),*]) => {
         /// # Safety
         /// As the C++ operator of this name.
         #[unsafe(naked)]
         #[no_mangle]
-        pub unsafe extern "C" fn $name(_size: usize) -> *mut c_void {
+        pub unsafe extern "C" fn $name() -> *mut c_void {
             core::arch::naked_asm!(
                 ".cfi_startproc",
-                "push rdi",
-                ".cfi_adjust_cfa_offset 8",
+                $(concat!("push ", $push), ".cfi_adjust_cfa_offset 8",)*
                 "call {half}",
                 "mov r11, rdx",
-                "pop rdi",
-                ".cfi_adjust_cfa_offset -8",
+                $(concat!("pop ", $pop), ".cfi_adjust_cfa_offset -8",)*
                 "test rax, rax",
                 "jz 2f",
                 "ret",
@@ -202,51 +201,19 @@ macro_rules! stub_of_size {
             )
         }
     };
-}
-
-/// The stub of a form with up to three arguments (size, alignment, `nothrow_t&`): all three
-/// argument registers are saved (three pushes keep the stack 16-aligned for the call) and
-/// restored before the jump.
-macro_rules! stub_of_three {
-    ($name:ident, $half:ident) => {
-        /// # Safety
-        /// As the C++ operator of this name.
-        #[unsafe(naked)]
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(_size: usize, _a: usize, _b: usize) -> *mut c_void {
-            core::arch::naked_asm!(
-                ".cfi_startproc",
-                "push rdi",
-                ".cfi_adjust_cfa_offset 8",
-                "push rsi",
-                ".cfi_adjust_cfa_offset 8",
-                "push rdx",
-                ".cfi_adjust_cfa_offset 8",
-                "call {half}",
-                "mov r11, rdx",
-                "pop rdx",
-                ".cfi_adjust_cfa_offset -8",
-                "pop rsi",
-                ".cfi_adjust_cfa_offset -8",
-                "pop rdi",
-                ".cfi_adjust_cfa_offset -8",
-                "test rax, rax",
-                "jz 2f",
-                "ret",
-                "2:",
-                "jmp r11",
-                ".cfi_endproc",
-                half = sym $half,
-            )
-        }
+    ($name:ident, $half:ident, size only) => {
+        stub!($name, $half, push ["rdi"], pop ["rdi"]);
+    };
+    ($name:ident, $half:ident, three) => {
+        stub!($name, $half, push ["rdi", "rsi", "rdx"], pop ["rdx", "rsi", "rdi"]);
     };
 }
 
-stub_of_size!(_Znwm, new_block);
-stub_of_size!(_Znam, new_array_block);
-stub_of_three!(_ZnwmRKSt9nothrow_t, new_nothrow_block);
-stub_of_three!(_ZnamRKSt9nothrow_t, new_array_nothrow_block);
-stub_of_three!(_ZnwmSt11align_val_t, new_aligned_block);
-stub_of_three!(_ZnamSt11align_val_t, new_array_aligned_block);
-stub_of_three!(_ZnwmSt11align_val_tRKSt9nothrow_t, new_aligned_nothrow_block);
-stub_of_three!(_ZnamSt11align_val_tRKSt9nothrow_t, new_array_aligned_nothrow_block);
+stub!(_Znwm, new_block, size only);
+stub!(_Znam, new_array_block, size only);
+stub!(_ZnwmRKSt9nothrow_t, new_nothrow_block, three);
+stub!(_ZnamRKSt9nothrow_t, new_array_nothrow_block, three);
+stub!(_ZnwmSt11align_val_t, new_aligned_block, three);
+stub!(_ZnamSt11align_val_t, new_array_aligned_block, three);
+stub!(_ZnwmSt11align_val_tRKSt9nothrow_t, new_aligned_nothrow_block, three);
+stub!(_ZnamSt11align_val_tRKSt9nothrow_t, new_array_aligned_nothrow_block, three);
