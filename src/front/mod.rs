@@ -23,6 +23,8 @@ pub mod global_alloc;
 mod malloc_info;
 #[cfg(feature = "override")]
 mod override_cxx;
+#[cfg(all(feature = "override", target_arch = "x86_64"))]
+mod override_cxx_new;
 #[cfg(feature = "override")]
 mod override_libc;
 pub mod report;

@@ -1,12 +1,10 @@
-//! C++ `operator delete` in its four plain forms (feature `override`): exported here so that a
-//! C++ program's `delete p` reaches `free` in one call instead of through libstdc++'s own
-//! `operator delete` and its call to `free` through the PLT.
+//! C++ `operator delete` in its plain, sized, aligned and `nothrow` forms (feature
+//! `override`): exported here so that a C++ program's `delete p` reaches `free` in one call
+//! instead of through libstdc++'s own `operator delete` and its call to `free` through the PLT.
+//! `operator new` is in `override_cxx_new` (it must be able to throw, which needs a stub).
 //!
-//! Why delete and not new: libstdc++'s `operator new` loops over the program's `new_handler`
-//! and throws `std::bad_alloc` when memory runs out, which a Rust function cannot do, and an
-//! exception must not unwind through one. `delete` never throws: it is `free`, with the size
-//! of the sized forms ignored (the page map knows the block), as libstdc++'s does. The aligned
-//! forms (`std::align_val_t`) stay libstdc++'s: they free through `free` already.
+//! `delete` never throws: every form is `free`, with the size and the alignment ignored (the
+//! page map knows the block), as libstdc++'s does.
 //!
 //! Measured: callgrind of mimalloc-bench's alloc-test 1 (`new[]`/`delete[]` of up to 1 KiB)
 //! spent 7.6 % of its instructions in libstdc++'s four operators under this library, a quarter
@@ -52,4 +50,30 @@ pub unsafe extern "C" fn _ZdlPvm(p: *mut c_void, _size: usize) {
 pub unsafe extern "C" fn _ZdaPvm(p: *mut c_void, _size: usize) {
     // SAFETY: forwarded.
     unsafe { crate::tier::free(p.cast()) }
+}
+
+/// The forms that carry more than the pointer (`std::align_val_t`, a size, `std::nothrow_t`),
+/// each `free` with the rest ignored.
+macro_rules! delete_ignoring_rest {
+    ($($name:ident($($rest:ident: $ty:ty),*);)*) => {$(
+        /// # Safety
+        /// As C `free`.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(p: *mut c_void, $($rest: $ty),*) {
+            $(let _ = $rest;)*
+            // SAFETY: forwarded.
+            unsafe { crate::tier::free(p.cast()) }
+        }
+    )*};
+}
+
+delete_ignoring_rest! {
+    _ZdlPvSt11align_val_t(align: usize);
+    _ZdaPvSt11align_val_t(align: usize);
+    _ZdlPvmSt11align_val_t(size: usize, align: usize);
+    _ZdaPvmSt11align_val_t(size: usize, align: usize);
+    _ZdlPvRKSt9nothrow_t(nothrow: *const c_void);
+    _ZdaPvRKSt9nothrow_t(nothrow: *const c_void);
+    _ZdlPvSt11align_val_tRKSt9nothrow_t(align: usize, nothrow: *const c_void);
+    _ZdaPvSt11align_val_tRKSt9nothrow_t(align: usize, nothrow: *const c_void);
 }

@@ -29,6 +29,8 @@
 mod c_programs;
 #[path = "../cli.rs"]
 mod cli;
+#[path = "../cxx_operators.rs"]
+mod cxx_operators;
 #[path = "../device_touches.rs"]
 mod device_touches;
 #[path = "../header.rs"]
