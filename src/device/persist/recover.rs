@@ -192,19 +192,20 @@ fn slab_slots(
     live[words..].fill(0);
     for (w, word) in live[..words].iter_mut().enumerate() {
         let in_word = (slots - 64 * w).min(64);
+        // Slot `b` of the word enters at the top and moves down one place per slot after it.
         let mut bits = 0u64;
-        for b in 0..in_word {
+        for _ in 0..in_word {
             debug_assert!(header as usize + HEADER_SIZE as usize <= slab.as_ptr() as usize + slab.len());
             // SAFETY: as above; unaligned reads, as an image read into a buffer may not be
             // 8-byte aligned (a mapped region is).
             let (size, tail) = unsafe { (header.read_unaligned(), header.add(1).read_unaligned()) };
             let is_live = ((size == usable) & (tail & NOT_KIND == allocated)) as u64;
-            bits |= is_live << b;
+            bits = bits >> 1 | is_live << 63;
             headers[(bit / 64) % WINDOW_LIVE_WORDS] |= is_live << (bit % 64);
             bit += step;
             header = header.wrapping_byte_add(slot);
         }
-        *word = bits;
+        *word = bits >> (64 - in_word);
         count += bits.count_ones() as u64;
     }
     count
