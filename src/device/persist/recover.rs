@@ -176,9 +176,6 @@ fn slab_slots(
     let step = slot / HEADER_SIZE as usize;
     let slots = slabs::slots_of(class);
     let slab = &image[at as usize..at as usize + SLAB_BYTES as usize];
-    // The second word of a live slot's header, but for its kind (bits 32..48).
-    const NOT_KIND: u64 = !(0xffff << 32);
-    let allocated = HEADER_MAGIC as u64 | (STATE_ALLOCATED as u64) << 48;
     let mut count = 0;
     prefetch_next_slab(image, at);
     *headers = [0; WINDOW_LIVE_WORDS];
@@ -192,14 +189,12 @@ fn slab_slots(
     live[words..].fill(0);
     for (w, word) in live[..words].iter_mut().enumerate() {
         let in_word = (slots - 64 * w).min(64);
-        // Slot `b` of the word enters at the top and moves down one place per slot after it.
+        // Each slot's bit enters at the top and moves down one place per slot after it.
         let mut bits = 0u64;
         for _ in 0..in_word {
             debug_assert!(header as usize + HEADER_SIZE as usize <= slab.as_ptr() as usize + slab.len());
-            // SAFETY: as above; unaligned reads, as an image read into a buffer may not be
-            // 8-byte aligned (a mapped region is).
-            let (size, tail) = unsafe { (header.read_unaligned(), header.add(1).read_unaligned()) };
-            let is_live = ((size == usable) & (tail & NOT_KIND == allocated)) as u64;
+            // SAFETY: as above.
+            let is_live = unsafe { live_header(header, usable) };
             bits = bits >> 1 | is_live << 63;
             headers[(bit / 64) % WINDOW_LIVE_WORDS] |= is_live << (bit % 64);
             bit += step;
@@ -209,6 +204,36 @@ fn slab_slots(
         count += bits.count_ones() as u64;
     }
     count
+}
+
+/// 1 if the slot header at `header` is a live slot's of `usable` bytes (size `usable`, the
+/// magic, state "allocated", any kind), else 0.
+///
+/// # Safety
+/// `header` points at 16 readable bytes, not necessarily aligned (an image read into a buffer
+/// may not be; a mapped region is).
+#[inline(always)]
+unsafe fn live_header(header: *const u64, usable: u64) -> u64 {
+    // The second word of a live slot's header, but for its kind (bits 32..48).
+    const NOT_KIND: u64 = !(0xffff << 32);
+    const ALLOCATED: u64 = HEADER_MAGIC as u64 | (STATE_ALLOCATED as u64) << 48;
+    // One 16-byte load, mask and compare (SSE2, baseline on x86_64): 2 instructions a slot
+    // fewer than two word loads and tests, on the recovery's hottest loop.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller guarantees 16 readable bytes; the load is unaligned.
+    unsafe {
+        use core::arch::x86_64::*;
+        let h = _mm_loadu_si128(header as *const __m128i);
+        let masked = _mm_and_si128(h, _mm_set_epi64x(NOT_KIND as i64, -1));
+        let expect = _mm_set_epi64x(ALLOCATED as i64, usable as i64);
+        (_mm_movemask_epi8(_mm_cmpeq_epi32(masked, expect)) == 0xffff) as u64
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: as above.
+    unsafe {
+        let (size, tail) = (header.read_unaligned(), header.add(1).read_unaligned());
+        ((size == usable) & (tail & NOT_KIND == ALLOCATED)) as u64
+    }
 }
 
 /// Asks the cache for the first line of each page of the slab window after the one at `at`
