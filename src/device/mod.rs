@@ -305,8 +305,8 @@ impl DeviceTier {
                             let window = (offset / SLAB_BYTES) as usize;
                             if window >= descs_ready {
                                 // 512 windows (64 KiB of descriptors and as many of live
-                                // bits, 8 MiB of region) at a time: at
-                                // most that much made present for windows left without a slab.
+                                // bits, 8 MiB of region) at a time: at most that much made
+                                // present for windows left without a slab.
                                 slabs.prefault_windows(window, DESCS_AHEAD);
                                 descs_ready = window + DESCS_AHEAD;
                             }
