@@ -297,7 +297,8 @@ impl DeviceTier {
                     unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
                 let clean = persist::superblock::read(image)
                     .is_some_and(|f| persist::superblock::closed_cleanly(&f));
-                // Slab descriptors below this window are present (`prefault_descs`).
+                // Slab descriptors and live bits below this window are present
+                // (`prefault_windows`).
                 let mut descs_ready = 0;
                 let scanned = persist::recover::scan(image, |offset, extent_len, extent| {
                     let free = match extent {
@@ -309,15 +310,20 @@ impl DeviceTier {
                             media::write_state(region, offset, STATE_FREE);
                             true
                         }
-                        Extent::Slab { class, live } => {
+                        Extent::Slab {
+                            class,
+                            live,
+                            headers,
+                        } => {
                             let window = (offset / SLAB_BYTES) as usize;
                             if window >= descs_ready {
-                                // 512 descriptors (64 KiB, 8 MiB of region) at a time: at
-                                // most that much made present for windows left without a slab.
-                                slabs.prefault_descs(window, DESCS_AHEAD);
+                                // 512 windows (64 KiB of descriptors and as many of live
+                                // bits, 8 MiB of region) at a time: at most that much made
+                                // present for windows left without a slab.
+                                slabs.prefault_windows(window, DESCS_AHEAD);
                                 descs_ready = window + DESCS_AHEAD;
                             }
-                            if !slabs.adopt(offset, class, live) {
+                            if !slabs.adopt(offset, class, live, headers) {
                                 return false;
                             }
                             false

@@ -44,6 +44,10 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 pub(crate) use lane::{Lane, LANES};
 
+mod adopt;
+#[cfg(test)]
+pub(crate) use adopt::headers_of;
+pub(crate) use adopt::WINDOW_LIVE_WORDS;
 pub(crate) mod lane;
 
 /// Bytes of a slab, and the alignment of its offset in the region. 16 KiB rather than 64:
@@ -587,70 +591,6 @@ impl Slabs {
             if next != NONE {
                 self.fields(next as usize).prev = prev;
             }
-        }
-    }
-
-    /// Installs a slab found by a recovery scan: the window at `offset` (an allocated extent
-    /// of the heap) is a slab of `class`, in lane 0, whose live slots are the set bits of
-    /// `live`. False (nothing changed) for a bad class, window or bitmap.
-    pub fn adopt(&self, offset: u64, class: usize, live: &[u64; SLAB_WORDS]) -> bool {
-        let index = (offset / SLAB_BYTES) as usize;
-        if class == 0 || class > CLASSES || offset % SLAB_BYTES != 0 || index >= self.windows {
-            return false;
-        }
-        let slots = slots_of(class);
-        let count: u32 = live.iter().map(|w| w.count_ones()).sum();
-        // A word at a time (a bit loop over the words past the slots cost a tenth of a large
-        // recovery): the bits of word `w` that name no slot must be clear.
-        let beyond = live.iter().enumerate().any(|(w, &bits)| {
-            let slots_here = slots.saturating_sub(64 * w).min(64);
-            let no_slot = if slots_here == 64 { 0 } else { u64::MAX << slots_here };
-            bits & no_slot != 0
-        });
-        if count == 0 || beyond {
-            return false;
-        }
-        let mut list = self.list(Lane(0), class).lock();
-        // SAFETY: the window is no slab yet (its class is 0); we hold the class lock.
-        let f = unsafe { self.fields(index) };
-        *f = SlabFields {
-            live: count,
-            hint: 0,
-            prev: NONE,
-            next: NONE,
-            bitmap: *live,
-        };
-        if (count as usize) < slots {
-            f.next = list.partial;
-            if list.partial != NONE {
-                // SAFETY: a slab of this class.
-                unsafe { self.fields(list.partial as usize) }.prev = index as u32;
-            }
-            list.partial = index as u32;
-        }
-        list.idle_bytes += SLAB_BYTES - count as u64 * slot_bytes(class);
-        for (w, &bits) in live.iter().enumerate() {
-            let mut bits = bits;
-            while bits != 0 {
-                let n = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                self.revive(slot_offset(index, class, n));
-            }
-        }
-        self.claim(offset, class, Lane(0));
-        true
-    }
-
-    /// Makes the descriptors of windows `[first, first + count)` (clipped to the region)
-    /// present in one call (`os::prefault_write`): a recovery scan about to `adopt` slabs
-    /// there asks ahead, instead of a page fault every 32 descriptors.
-    pub fn prefault_descs(&self, first: usize, count: usize) {
-        let size = core::mem::size_of::<SlabDesc>();
-        let base = self.descs.as_ptr() as usize;
-        let from = (base + first.min(self.windows) * size) & !(os::PAGE_SIZE - 1);
-        let to = os::page_round(base + (first + count).min(self.windows) * size);
-        if to > from {
-            os::prefault_write(from as *mut u8, to - from);
         }
     }
 

@@ -77,7 +77,8 @@ impl HeapBuilder {
     /// the capacity, or host memory for the metadata runs out.
     pub fn push(&mut self, len: u64, free: bool) -> bool {
         let h = &mut self.heap;
-        if len == 0 || len % h.granule != 0 || len > h.capacity - self.end {
+        // The granule is a power of two (`ExtentHeap::new`): a mask, not a division per extent.
+        if len == 0 || len & (h.granule - 1) != 0 || len > h.capacity - self.end {
             return false;
         }
         // SAFETY (whole body): `last` is a live node of ours, listed, in the size index iff

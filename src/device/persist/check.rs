@@ -126,7 +126,7 @@ pub(super) fn live_blocks(offset: u64, len: u64, extent: Extent, mut f: impl FnM
     match extent {
         Extent::Free | Extent::EmptySlab => {}
         Extent::Block => f(offset + 16, len),
-        Extent::Slab { class, live } => {
+        Extent::Slab { class, live, .. } => {
             let slot = crate::device::slabs::usable_of(class) + 16;
             for n in 0..crate::device::slabs::slots_of(class) {
                 if live[n / 64] & (1 << (n % 64)) != 0 {

@@ -6,7 +6,7 @@
 use super::superblock::SUPERBLOCK_BYTES;
 use super::STATE_SLAB;
 use crate::device::header::{HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
-use crate::device::slabs::{self, SLAB_BYTES, SLAB_MARKER, SLAB_WORDS};
+use crate::device::slabs::{self, SLAB_BYTES, SLAB_MARKER, SLAB_WORDS, WINDOW_LIVE_WORDS};
 
 /// One extent of the chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,10 +14,13 @@ pub(crate) enum Extent<'a> {
     Free,
     /// A live block (its header at the extent's start).
     Block,
-    /// A slab of `class` with at least one live slot: bit `n` of `live` for slot `n`.
+    /// A slab of `class` with at least one live slot: bit `n` of `live` for slot `n`; the
+    /// same slots in `headers` as one bit per 16 bytes of the slab, set at each live slot's
+    /// header (the layout of the slabs' live bits, `Slabs::adopt`).
     Slab {
         class: usize,
         live: &'a [u64; SLAB_WORDS],
+        headers: &'a [u64; WINDOW_LIVE_WORDS],
     },
     /// Free space whose header is a slab's marker: a slab with no live slot (retired, or
     /// never given a block), or one whose size a cut from its free space rewrote.
@@ -82,6 +85,7 @@ pub(crate) fn scan_from(
     let mut at = start;
     let mut found = Scanned::default();
     let mut live = [0u64; SLAB_WORDS];
+    let mut headers = [0u64; WINDOW_LIVE_WORDS];
     while at < end {
         let damage = |what| Err(Damage { offset: at, what });
         if end - at < HEADER_SIZE {
@@ -120,7 +124,7 @@ pub(crate) fn scan_from(
                 // size is never rewritten: a marker of another length heads free space.
                 let count = if len == SLAB_BYTES {
                     found.bytes_read += slabs::slots_of(class) as u64 * HEADER_SIZE;
-                    slab_slots(image, at, class, &mut live)
+                    slab_slots(image, at, class, &mut live, &mut headers)
                 } else {
                     0
                 };
@@ -130,7 +134,11 @@ pub(crate) fn scan_from(
                 } else {
                     found.slabs += 1;
                     found.live_slots += count;
-                    Extent::Slab { class, live: &live }
+                    Extent::Slab {
+                        class,
+                        live: &live,
+                        headers: &headers,
+                    }
                 }
             }
             _ => return damage("a header's state is neither allocated, free nor a slab"),
@@ -143,38 +151,89 @@ pub(crate) fn scan_from(
     Ok(found)
 }
 
-/// Fills `live` with the live slots of the slab at `at` and returns their count: a slot is
-/// live when its header has the magic, state "allocated" and exactly the class's size (its
-/// kind is not looked at). The caller checked that the slab lies inside `image`.
+/// Fills `live` with the live slots of the slab at `at` (bit `n` for slot `n`) and `headers`
+/// with them as bits of the window (bit `k` for the 16 bytes at `16 k`), and returns their
+/// count: a slot is live when its header has the magic, state "allocated" and exactly the
+/// class's size (its kind is not looked at). The caller checked that the slab lies inside
+/// `image`.
 ///
 /// This loop reads nearly all the bytes a recovery reads (a million slot headers for a
 /// million small blocks), so it is kept to what reading them costs: one bounds check per slab,
-/// two word loads and a branch-free test per slot.
-fn slab_slots(image: &[u8], at: u64, class: usize, live: &mut [u64; SLAB_WORDS]) -> u64 {
-    *live = [0; SLAB_WORDS];
+/// and per slot a branch-free test of the header (`live_header`) whose bit goes into a
+/// register, and that bit or-ed into `headers` (cheaper here than spreading `live` out again a bit at a time when the
+/// slab is adopted); each word of `live` that holds slots is stored once and counted once.
+/// Callgrind, the open of 984 382 slots: 20.9 M instructions here plus 15 M in adopting them
+/// before (a read-modify-write of `live` and a count per slot, then an atomic OR per live bit).
+fn slab_slots(
+    image: &[u8],
+    at: u64,
+    class: usize,
+    live: &mut [u64; SLAB_WORDS],
+    headers: &mut [u64; WINDOW_LIVE_WORDS],
+) -> u64 {
     let usable = slabs::usable_of(class);
     let slot = (usable + HEADER_SIZE) as usize;
+    let step = slot / HEADER_SIZE as usize;
+    let slots = slabs::slots_of(class);
     let slab = &image[at as usize..at as usize + SLAB_BYTES as usize];
-    // The second word of a live slot's header, but for its kind (bits 32..48).
-    const NOT_KIND: u64 = !(0xffff << 32);
-    let allocated = HEADER_MAGIC as u64 | (STATE_ALLOCATED as u64) << 48;
     let mut count = 0;
     prefetch_next_slab(image, at);
-    for n in 0..slabs::slots_of(class) {
-        let h = SLAB_MARKER as usize + n * slot;
-        debug_assert!(h + HEADER_SIZE as usize <= slab.len());
-        // SAFETY: slot `n`'s header lies inside the slab (`slots_of` counts only slots that
-        // fit), inside `slab`; unaligned reads, as an image read into a buffer may not be
-        // 8-byte aligned (a mapped region is).
-        let (size, tail) = unsafe {
-            let p = slab.as_ptr().add(h) as *const u64;
-            (p.read_unaligned(), p.add(1).read_unaligned())
-        };
-        let is_live = (size == usable) & (tail & NOT_KIND == allocated);
-        live[n / 64] |= (is_live as u64) << (n % 64);
-        count += is_live as u64;
+    *headers = [0; WINDOW_LIVE_WORDS];
+    // The bit of slot `n`'s header in `headers`: `SLAB_MARKER / 16 + n * step`, below
+    // `SLAB_BYTES / 16` for every slot.
+    let mut bit = (SLAB_MARKER / HEADER_SIZE) as usize;
+    // SAFETY: slot `n`'s header lies inside the slab for every `n < slots` (`slots_of` counts
+    // only slots that fit), inside `slab`: `header` never passes the last slot's.
+    let mut header = unsafe { slab.as_ptr().add(SLAB_MARKER as usize) } as *const u64;
+    let words = slots.div_ceil(64);
+    live[words..].fill(0);
+    for (w, word) in live[..words].iter_mut().enumerate() {
+        let in_word = (slots - 64 * w).min(64);
+        // Each slot's bit enters at the top and moves down one place per slot after it.
+        let mut bits = 0u64;
+        for _ in 0..in_word {
+            debug_assert!(header as usize + HEADER_SIZE as usize <= slab.as_ptr() as usize + slab.len());
+            // SAFETY: as above.
+            let is_live = unsafe { live_header(header, usable) };
+            bits = bits >> 1 | is_live << 63;
+            headers[(bit / 64) % WINDOW_LIVE_WORDS] |= is_live << (bit % 64);
+            bit += step;
+            header = header.wrapping_byte_add(slot);
+        }
+        *word = bits >> (64 - in_word);
+        count += bits.count_ones() as u64;
     }
     count
+}
+
+/// 1 if the slot header at `header` is a live slot's of `usable` bytes (size `usable`, the
+/// magic, state "allocated", any kind), else 0.
+///
+/// # Safety
+/// `header` points at 16 readable bytes, not necessarily aligned (an image read into a buffer
+/// may not be; a mapped region is).
+#[inline(always)]
+unsafe fn live_header(header: *const u64, usable: u64) -> u64 {
+    // The second word of a live slot's header, but for its kind (bits 32..48).
+    const NOT_KIND: u64 = !(0xffff << 32);
+    const ALLOCATED: u64 = HEADER_MAGIC as u64 | (STATE_ALLOCATED as u64) << 48;
+    // One 16-byte load, mask and compare (SSE2, baseline on x86_64): 2 instructions a slot
+    // fewer than two word loads and tests, on the recovery's hottest loop.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller guarantees 16 readable bytes; the load is unaligned.
+    unsafe {
+        use core::arch::x86_64::*;
+        let h = _mm_loadu_si128(header as *const __m128i);
+        let masked = _mm_and_si128(h, _mm_set_epi64x(NOT_KIND as i64, -1));
+        let expect = _mm_set_epi64x(ALLOCATED as i64, usable as i64);
+        (_mm_movemask_epi8(_mm_cmpeq_epi32(masked, expect)) == 0xffff) as u64
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: as above.
+    unsafe {
+        let (size, tail) = (header.read_unaligned(), header.add(1).read_unaligned());
+        ((size == usable) & (tail & NOT_KIND == ALLOCATED)) as u64
+    }
 }
 
 /// Asks the cache for the first line of each page of the slab window after the one at `at`

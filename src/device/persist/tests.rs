@@ -39,7 +39,7 @@ fn recovered(image: &[u8], out: &mut Vec<(u64, u64)>) -> Result<(), String> {
     recover::scan(image, |offset, len, extent| {
         match extent {
             Extent::Block => out.push((offset, len - HEADER_SIZE)),
-            Extent::Slab { class, live } => {
+            Extent::Slab { class, live, .. } => {
                 let usable = slabs::usable_of(class);
                 for n in 0..slabs::slots_of(class) {
                     if live[n / 64] & (1 << (n % 64)) != 0 {
