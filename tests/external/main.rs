@@ -33,6 +33,8 @@ mod cli;
 mod device_touches;
 #[path = "../header.rs"]
 mod header;
+#[path = "../hot_text.rs"]
+mod hot_text;
 #[path = "../packaging.rs"]
 mod packaging;
 #[path = "../profile.rs"]
