@@ -7,5 +7,9 @@
 fn main() {
     let major = std::env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets the version");
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libtiermalloc.so.{major}");
+    // The code a typical program runs goes first in the text (link/hot_text.ld says why).
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets the manifest dir");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-T,{manifest}/link/hot_text.ld");
+    println!("cargo:rerun-if-changed=link/hot_text.ld");
     println!("cargo:rerun-if-changed=build.rs");
 }

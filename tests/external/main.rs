@@ -35,6 +35,8 @@ mod cxx_operators;
 mod device_touches;
 #[path = "../header.rs"]
 mod header;
+#[path = "../hot_text.rs"]
+mod hot_text;
 #[path = "../packaging.rs"]
 mod packaging;
 #[path = "../profile.rs"]
