@@ -18,9 +18,14 @@
 //! before the next. One read per window on an idle machine; a few when the thread gets a
 //! small share of a CPU. Opening a window is one read.
 //!
+//! A heap changes threads (a thread exits, the next new one adopts its heap): a CPU clock
+//! reading that leaves more than a window's length to go is another thread's clock, and ends
+//! the window (its length has passed on the wall clock by then).
+//!
 //! Invariant: `wall_due == 0` ⇔ no window is open; while one is, `cpu_due` is when it ends on
-//! the thread's CPU clock, `wall_max` when it ends on the wall clock at the latest, and
-//! `wall_due <= wall_max` the earliest wall time at which it can have ended.
+//! the CPU clock of the thread that opened it, `length` its length, `wall_max` when it ends on
+//! the wall clock at the latest, and `wall_due <= wall_max` the earliest wall time at which it
+//! can have ended.
 
 use crate::os;
 
@@ -30,6 +35,7 @@ pub struct DecayClock {
     wall_due: u64,
     wall_max: u64,
     cpu_due: u64,
+    length: u64,
 }
 
 impl DecayClock {
@@ -46,6 +52,7 @@ impl DecayClock {
         self.cpu_due = thread_cpu_ns() + length_ns;
         self.wall_due = wall + length_ns;
         self.wall_max = wall + wall_max_ns;
+        self.length = length_ns;
     }
 
     /// Closes the window.
@@ -63,7 +70,7 @@ impl DecayClock {
             return true;
         }
         let cpu = thread_cpu_ns();
-        if cpu >= self.cpu_due {
+        if cpu >= self.cpu_due || self.cpu_due - cpu > self.length {
             return true;
         }
         // At least the CPU time left must pass on the wall clock first.
@@ -85,7 +92,7 @@ mod tests {
     /// it, spending it on the CPU does; sleeping through the wall-clock bound does too.
     #[test]
     fn a_window_ends_on_cpu_time_or_the_wall_bound() {
-        let mut clock = DecayClock { wall_due: 0, wall_max: 0, cpu_due: 0 };
+        let mut clock = DecayClock { wall_due: 0, wall_max: 0, cpu_due: 0, length: 0 };
         assert!(!clock.is_open());
         let length = 30_000_000;
         let wall_max = 10 * length;
@@ -105,5 +112,12 @@ mod tests {
         clock.open(length, wall_max);
         std::thread::sleep(std::time::Duration::from_nanos(wall_max + 10_000_000));
         assert!(clock.expired(), "a window outlived its wall-clock bound");
+
+        // Opened by a thread that spent more CPU time than this one has: another thread's
+        // clock, so it ends once its length has passed on the wall clock.
+        clock.open(length, wall_max);
+        clock.cpu_due += 1_000_000_000_000;
+        std::thread::sleep(std::time::Duration::from_nanos(length + 10_000_000));
+        assert!(clock.expired(), "a window adopted by another thread outlived its length");
     }
 }
