@@ -3,12 +3,13 @@
 //! A window measured on the wall clock ends at a point of the program's work that depends on
 //! how much of the machine the process got meanwhile: on a loaded machine a 20 ms window spans
 //! less work, so the same deterministic program purges different slices in different runs and
-//! faults them back (lua under load, BENCHMARKS.md "Session 8, spread": 33-43 k minor faults
-//! per run on the wall clock). Measured on the thread's CPU time, a window spans the same work
-//! in every run, whatever else runs. A thread that sleeps spends no CPU time, so a window also
-//! ends once a longer bound has passed on the wall clock (`open`'s `wall_max_ns`, 1 s for the
-//! heaps, the large-mapping cache's decay): an idle thread's memory still goes back at its next
-//! slow path, and only a thread getting under `length / wall_max` of a CPU (2 %) sees its
+//! faults them back (lua at load 14-28, BENCHMARKS.md "Session 8: why ours' time varies
+//! across reps": 33-53 k minor faults per run on the wall clock, 29-33 k on this one, glibc's
+//! 28.5 k). Measured on the thread's CPU time, a window spans the same work in every run,
+//! whatever else runs. A thread that sleeps spends no CPU time, so a window also ends once a
+//! longer bound has passed on the wall clock (`open`'s `wall_max_ns`: 1 s for the heaps, as
+//! long as the large-mapping cache's decay): an idle thread's memory still goes back at its
+//! next slow path, and only a thread getting under `length / wall_max` of a CPU (2 %) sees its
 //! windows end on the wall clock.
 //!
 //! The thread CPU clock is a system call (`CLOCK_THREAD_CPUTIME_ID` has no vDSO path), the
