@@ -43,6 +43,21 @@ fn empty(blocks: &mut Vec<*mut u8>) {
     }
 }
 
+/// Spends `d` of the calling thread's CPU time.
+fn spin_cpu(d: Duration) {
+    let cpu = || {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid out-parameter for an existing clock.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
+    let start = cpu();
+    let mut spins = 0u64;
+    while cpu() - start < d {
+        spins = std::hint::black_box(spins + 1);
+    }
+}
+
 #[test]
 fn a_steady_working_set_is_not_refaulted_and_an_idle_one_is_purged() {
     // A thread of its own: its heap starts empty, and RUSAGE_THREAD counts only its faults.
@@ -64,14 +79,15 @@ fn a_steady_working_set_is_not_refaulted_and_an_idle_one_is_purged() {
             "{per_pair:.3} page faults per alloc+free pair on a steady working set"
         );
 
-        // Now leave the 16 MiB unused: within two decay windows (20 ms each) of slow paths,
-        // the bytes idle through a whole window go back. Each allocation below is of a size
-        // class this thread has not used, so each takes the slow path, where the decay runs.
+        // Now leave the 16 MiB unused: within two decay windows (20 ms of the thread's CPU
+        // time each, spent here spinning) of slow paths, the bytes idle through a whole window
+        // go back. Each allocation below is of a size class this thread has not used, so each
+        // takes the slow path, where the decay runs.
         let resident_full = resident_bytes();
         let sizes = [5000usize, 9000, 17000, 33000];
         let mut kept = Vec::new();
         for size in sizes {
-            std::thread::sleep(Duration::from_millis(30));
+            spin_cpu(Duration::from_millis(30));
             let layout = Layout::from_size_align(size, 8).unwrap();
             // SAFETY: a non-zero layout; freed below.
             kept.push((unsafe { GLOBAL.alloc(layout) }, layout));

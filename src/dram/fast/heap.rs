@@ -11,6 +11,7 @@
 //! `delayed`; thus `find_page` never walks full pages twice.
 
 use crate::dram::budget;
+use crate::dram::fast::decay_clock::DecayClock;
 use crate::dram::fast::page::{Block, Page, PageQueue};
 use crate::dram::fast::quarantine::{self, Quarantine};
 use crate::dram::fast::remote_batch::RemoteBatch;
@@ -18,7 +19,6 @@ use crate::dram::fast::segment::Segment;
 use crate::dram::fast::size_class::{page_slices, CLASS_COUNT, DIRECT_CLASSES, DIRECT_SLOTS, ROUTED_CLASS, SLICE_SIZE};
 use crate::lockfree::tagged_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
-use crate::os;
 use crate::dram::fast::traffic::Traffic;
 use crate::stats::SharedCounter;
 use crate::sync::AtomicPtr;
@@ -27,14 +27,17 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Dirty (freed but resident) bytes a heap keeps without a thought of purging them.
 pub(crate) const PURGE_THRESHOLD: usize = 4 << 20;
-/// The decay window. Dirty bytes above `PURGE_THRESHOLD` that stayed unused through a whole
-/// window (the lowest the dirty bytes fell during it, less the threshold) are purged with
+/// The decay window, on the heap's thread's CPU time (`decay_clock`: the same work in every
+/// run, however loaded the machine). Dirty bytes above `PURGE_THRESHOLD` that stayed unused
+/// through a whole window (the lowest the dirty bytes fell during it, less the threshold) are purged with
 /// `madvise` at its end (checked on the heap's slow paths); what was taken again during the
 /// window stays resident, so a working set freed and taken again is not faulted back in page
 /// by page however long the program runs. mimalloc-bench's mstress (`2 100 100`), whose
 /// threads free and reallocate ~10 MB sets and end every few milliseconds: 205 k minor faults
 /// with an immediate purge, 8 k with this delay and `POOLED_DIRTY_BUDGET` (mimalloc 8 k).
 const PURGE_DELAY_NS: u64 = 20_000_000;
+/// ... or this long on the wall clock, for a thread that sleeps (`decay_clock`).
+const PURGE_DELAY_WALL_MAX_NS: u64 = 1_000_000_000;
 /// ... unless there are more than this many: then at once.
 const PURGE_HARD_MAX: usize = 32 << 20;
 /// Empty segments a heap keeps at most (their address space; what is resident of them counts
@@ -107,7 +110,7 @@ pub fn turn_direct_off(heap: *mut Heap) {
 /// of this heap that holds blocks is in exactly one of `queues[its class]` and `full`;
 /// `available` lists exactly the segments with a free slice that are not empty; `empty` the
 /// empty ones (`empty_count` of them); `dirty_bytes` is the sum of the dirty slices of both;
-/// `dirty_low <= dirty_bytes` while a decay window is open (`purge_due != 0`).
+/// `dirty_low <= dirty_bytes` while a decay window is open (`decay.is_open()`).
 #[repr(C, align(64))]
 pub struct Heap {
     /// First, so that a pointer to the heap is a pointer to its tables (see `PageTables`).
@@ -129,8 +132,8 @@ pub struct Heap {
     empty: *mut Segment,
     empty_count: usize,
     dirty_bytes: usize,
-    /// When the current decay window ends (coarse monotonic ns); 0 when none is open.
-    purge_due: u64,
+    /// The current decay window, if one is open.
+    decay: DecayClock,
     /// The fewest dirty bytes seen since the decay window opened.
     dirty_low: usize,
     /// The dirty bytes this heap counts in `POOLED_DIRTY` (while it waits in the pool).
@@ -185,7 +188,7 @@ impl Heap {
     #[inline(never)]
     pub fn alloc_slow(&mut self, class: usize) -> *mut u8 {
         self.take_delayed();
-        if self.purge_due != 0 {
+        if self.decay.is_open() {
             self.consider_purge();
         }
         // A page ran out: a rare enough moment to give back big blocks nobody took again
@@ -520,35 +523,38 @@ impl Heap {
     /// The decay: above `PURGE_HARD_MAX` dirty bytes, purges them all at once; otherwise opens a
     /// window of `PURGE_DELAY_NS`, and at its end purges the bytes above `PURGE_THRESHOLD` that
     /// no allocation took during it (`dirty_low`), then opens the next window if any remain.
+    /// A window stays open to its end when the dirty bytes dip below the threshold meanwhile
+    /// (it then purges nothing): opening one reads the CPU clock, a system call, which a heap
+    /// whose dirty bytes hover at the threshold would otherwise make on every page it retires.
     #[cold]
     #[inline(never)]
     fn consider_purge(&mut self) {
-        if self.dirty_bytes <= PURGE_THRESHOLD {
-            self.purge_due = 0;
-            return;
-        }
         if self.dirty_bytes > PURGE_HARD_MAX {
             self.purge();
             return;
         }
-        let now = os::coarse_now_ns();
-        if self.purge_due == 0 {
-            self.open_window(now);
-        } else if now >= self.purge_due {
-            let idle = self.dirty_low.saturating_sub(PURGE_THRESHOLD);
-            if idle > 0 {
-                self.purge_at_least(idle);
-            }
+        if !self.decay.is_open() {
             if self.dirty_bytes > PURGE_THRESHOLD {
-                self.open_window(now);
-            } else {
-                self.purge_due = 0;
+                self.open_window();
             }
+            return;
+        }
+        if !self.decay.expired() {
+            return;
+        }
+        let idle = self.dirty_low.saturating_sub(PURGE_THRESHOLD);
+        if idle > 0 {
+            self.purge_at_least(idle);
+        }
+        if self.dirty_bytes > PURGE_THRESHOLD {
+            self.open_window();
+        } else {
+            self.decay.close();
         }
     }
 
-    fn open_window(&mut self, now: u64) {
-        self.purge_due = now + PURGE_DELAY_NS;
+    fn open_window(&mut self) {
+        self.decay.open(PURGE_DELAY_NS, PURGE_DELAY_WALL_MAX_NS);
         self.dirty_low = self.dirty_bytes;
     }
 
@@ -557,7 +563,7 @@ impl Heap {
     pub fn purge(&mut self) -> usize {
         self.flush_remote_batch();
         let purged = self.purge_at_least(usize::MAX);
-        self.purge_due = 0;
+        self.decay.close();
         purged
     }
 

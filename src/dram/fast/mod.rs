@@ -6,6 +6,7 @@
 //! the calling thread's heap pushes it back. A block freed by another thread joins that thread's
 //! chain for its page (`remote_batch`), which goes onto the page's remote list with one CAS.
 
+pub mod decay_clock;
 pub mod guard;
 pub mod heap;
 pub mod page;
