@@ -9,6 +9,8 @@
 //! without the heap lock (a slab's slots, a cached block's header). The free extents
 //! themselves are written only under the heap lock (`publish`, `free`, `resize_in_place`), which
 //! is held while the caller works on the ranges, so nothing reads or writes them meanwhile.
+//! The reserve's fill thread names a few MiB per call (`with_free_pages_below`, one step), so
+//! the lock is held for one step at a time and allocations go on between steps.
 
 use super::DeviceTier;
 use crate::os::PAGE_SIZE;
@@ -16,11 +18,13 @@ use core::sync::atomic::Ordering;
 
 impl DeviceTier {
     /// Calls `f(address, len)` on the highest `bytes` (rounded up to pages) of whole pages of
-    /// free space, or all there is, in address order, under the heap lock; `f` may make
-    /// the pages present (it must change no byte). Returns the bytes named; `None` for a tier
-    /// whose free space is not its own (lent from the pool, or inherited from a parent).
-    pub(crate) fn with_free_pages_from_top(
+    /// free space below the address `below`, or all there is, in address order, under the heap
+    /// lock; `f` may make the pages present (it must change no byte). Returns the bytes named;
+    /// `None` for a tier whose free space is not its own (lent from the pool, or inherited
+    /// from a parent).
+    pub(crate) fn with_free_pages_below(
         &self,
+        below: usize,
         bytes: u64,
         mut f: impl FnMut(usize, usize),
     ) -> Option<u64> {
@@ -31,11 +35,12 @@ impl DeviceTier {
         // The whole pages of a free extent: [lo, hi) addresses.
         let pages = |offset: u64, len: u64| {
             let lo = (base + offset as usize).next_multiple_of(PAGE_SIZE);
-            let hi = (base + (offset + len) as usize) / PAGE_SIZE * PAGE_SIZE;
+            let hi = ((base + (offset + len) as usize) / PAGE_SIZE * PAGE_SIZE).min(below);
             (lo, hi.max(lo))
         };
         // Two walks, allocating nothing (the host allocator may be this very tier, whose lock
         // is held): the free pages in all, then the top `bytes` of them.
+        let region_len = region_len.min(below.saturating_sub(base) as u64);
         let heap = self.heap.lock();
         let mut total = 0u64;
         let mut hint = 0;

@@ -541,6 +541,8 @@ impl DeviceTier {
             }
         }
         let mut claim = Some(claim);
+        // A workload profile's reserve being made present: this cut waits to land in it.
+        reserve_use::wait_for_fill(self.kind, len);
         // Full or at `limit=` while the extent cache holds freed blocks: they go back to the
         // heap, then once more.
         let mut may_drain = self.cache.is_some();

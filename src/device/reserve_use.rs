@@ -4,8 +4,17 @@
 //! device, because the heap's cuts report to it (`note_carved`, from `DeviceTier::alloc_extent`
 //! under the heap lock): the profile reads it, and the device never calls up into the profile.
 //!
+//! The reserve is made present by a thread (`profile::device_reserve`) while the program runs;
+//! `wait_for_fill` keeps the heap's new cuts behind it (as the DRAM reserve's `take` waits for
+//! its pre-fault thread), so the workload's first allocations neither fault nor wait for the
+//! whole fill, only for the step in progress when they catch up with it.
+//!
 //! Invariants: a tier's bitmaps are set before `active`, and never freed (the process's life);
-//! `used <= reserved`. `note_carved` allocates nothing.
+//! `used <= reserved`; `fill_state` goes `FILL_IDLE` -> `FILL_RUNNING` (once the fill thread
+//! is created; never if it is not) -> `FILL_ENDED` (when that thread ends, whatever ends it;
+//! then `fill_steps` is bumped and its waiters woken), or straight to `FILL_ENDED` if the
+//! thread ends first: never back, so no cut waits for a thread that has ended. `note_carved`
+//! and `wait_for_fill` allocate nothing.
 
 use crate::kind::Kind;
 use crate::os::{self, PAGE_SIZE};
@@ -19,6 +28,11 @@ pub(crate) const BY_NOTHING: u32 = 0;
 pub(crate) const BY_USERFAULTFD: u32 = 1;
 pub(crate) const BY_POPULATE: u32 = 2;
 pub(crate) const BY_MAPPED_WHOLE: u32 = 3;
+
+/// `TierReserve::fill_state`.
+pub(crate) const FILL_IDLE: u32 = 0;
+pub(crate) const FILL_RUNNING: u32 = 1;
+pub(crate) const FILL_ENDED: u32 = 2;
 
 pub(crate) struct TierReserve {
     /// A profile records this tier (its bitmaps are set).
@@ -42,6 +56,15 @@ pub(crate) struct TierReserve {
     pub(crate) filled_by: AtomicU32,
     pub(crate) refused_errno: AtomicU32,
     pub(crate) populate_errno: AtomicU32,
+    /// Whether the fill thread is making this tier's reserve present (in process
+    /// `filler_pid`): a `FILL_*`.
+    pub(crate) fill_state: AtomicU32,
+    pub(crate) filler_pid: AtomicU64,
+    /// Bumped after every step of the fill thread (and when it ends): the word a waiting cut
+    /// sleeps on.
+    pub(crate) fill_steps: AtomicU32,
+    /// The fill found no free page left before it made its estimate present.
+    pub(crate) short: AtomicBool,
 }
 
 impl TierReserve {
@@ -61,6 +84,10 @@ impl TierReserve {
             filled_by: AtomicU32::new(BY_NOTHING),
             refused_errno: AtomicU32::new(0),
             populate_errno: AtomicU32::new(0),
+            fill_state: AtomicU32::new(FILL_IDLE),
+            filler_pid: AtomicU64::new(0),
+            fill_steps: AtomicU32::new(0),
+            short: AtomicBool::new(false),
         }
     }
 }
@@ -150,6 +177,36 @@ pub(crate) fn note_carved(kind: Kind, offset: u64, len: u64, in_use: u64) {
     if miss > 0 {
         r.miss.fetch_add(miss * page, Ordering::Relaxed);
     }
+}
+
+/// Before tier `kind` cuts `len` bytes from its free space (without its heap lock: the fill
+/// thread takes it per step): while its reserve is being made present, waits until the fill
+/// has made at least as many bytes present as the heap has cut new pages since the profile
+/// started, this cut included, so that the cut lands in pages made present (both go from the
+/// top of the region down). A forked child has no fill thread: it never waits.
+#[inline]
+pub(crate) fn wait_for_fill(kind: Kind, len: u64) {
+    let Some(r) = of(kind) else { return };
+    while r.fill_state.load(Ordering::Acquire) == FILL_RUNNING {
+        // Read before the figures: a step published after this read changes the word, so the
+        // wait below returns at once instead of missing it.
+        let steps = r.fill_steps.load(Ordering::Acquire);
+        let cut = r.used.load(Ordering::Relaxed) + r.miss.load(Ordering::Relaxed);
+        if cut.saturating_add(len) <= r.reserved.load(Ordering::Acquire)
+            || r.fill_state.load(Ordering::Acquire) != FILL_RUNNING
+            // SAFETY: getpid has no preconditions.
+            || unsafe { libc::getpid() } as u64 != r.filler_pid.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        crate::futex::wait_while_equal(&r.fill_steps, steps);
+    }
+}
+
+/// The fill thread made another step of `r` present (or ended): wakes the cuts waiting.
+pub(crate) fn fill_stepped(r: &TierReserve) {
+    r.fill_steps.fetch_add(1, Ordering::Release);
+    crate::futex::wake_all(&r.fill_steps);
 }
 
 /// The (peak, `os::coarse_now_ns` at the peak) of each device kind a profile recorded; zeros

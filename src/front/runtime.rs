@@ -12,6 +12,7 @@ use crate::{cgroup, device, place, profile};
 
 extern "C" fn at_start() {
     cgroup::init();
+    profile::spawn_early();
     place::init();
     // Registration allocates: from here, never from inside `malloc`.
     device::fork::register_fork_handlers();
@@ -21,6 +22,7 @@ extern "C" fn at_start() {
 }
 
 extern "C" fn at_exit() {
+    profile::stop_filling();
     report::at_exit();
     profile::finish();
     // Persistent heaps marked closed cleanly, after everything else this hook does.

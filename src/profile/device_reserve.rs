@@ -6,34 +6,41 @@
 //!   (a slab, a block outside the slabs: `DeviceTier::alloc_extent`) is noted
 //!   (`device::reserve_use::note_carved`, which owns these counts) with the tier's use after
 //!   the cut; the peak of that use and when it was reached are what the run records.
-//! - **The reserve**: at start, the estimate (the p90 of the recorded peaks, capped by
+//! - **The reserve**: the estimate (the p90 of the recorded peaks, capped by
 //!   `TIERMALLOC_PROFILE_MAX`, less what the tier already holds) is made present in the free
 //!   space the heap will cut from first, the top of the region down
-//!   (`DeviceTier::with_free_pages_from_top`), before the program runs: its first allocations
-//!   then take no page fault. On a file in /dev/shm (shmem) and on anonymous memory the pages
-//!   are put in place by userfaultfd (`CopyFill::map_free_space`), which takes no fault at
+//!   (`DeviceTier::with_free_pages_below`) by a thread (`fill_thread`, started waiting before
+//!   the tiers open: `helper_thread`) while the program runs: `main` does not wait for it. It
+//!   works in steps of `STEP` bytes, each under the heap lock (the pages it names stay free
+//!   until the step ends: a cut needs that lock); the heap's cuts wait behind it
+//!   (`device::reserve_use::wait_for_fill`), so the workload's first allocations take no page
+//!   fault and wait only when they catch up with the step in progress. At exit the thread is
+//!   stopped after its step in progress (`stop_filling`). On a file in /dev/shm (shmem) and on
+//!   anonymous memory the pages are put in place by userfaultfd (`CopyFill::map_free_space`), which takes no fault at
 //!   all; elsewhere by `MADV_POPULATE_WRITE`, whose faults the kernel counts as the process's,
 //!   said in one line at exit. A PCI BAR is mapped whole by the kernel: nothing to do. No byte
 //!   of the device changes, and nothing is written to it: a persistent tier recovers exactly as
 //!   it would have, and a reserve never used leaves nothing behind.
 //! - **How good the estimate was**: `reserved` (bytes made present), `reserve_used` (pages of
-//!   the reserve the tier has cut from, once each), `reserve_miss` (pages outside it the tier
-//!   cut from for the first time while the profile was active), per page of the region, in two
-//!   bitmaps (present at start, cut since).
+//!   the reserve the tier has cut from, once each), `reserve_miss` (pages the tier cut from for
+//!   the first time while the profile was active and the fill had not made present: outside
+//!   the estimate, or cut before the fill reached them, e.g. by the library's own start-up),
+//!   per page of the region, in two bitmaps (made present, cut since).
 //!
 //! `start`, `say_fallbacks` and `report` run at start and exit, where allocating is allowed;
-//! the filling itself, under the tier's heap lock, allocates nothing (the host allocator may
-//! be that tier).
+//! the fill thread allocates nothing and says nothing (the host allocator may be the tier it
+//! fills, whose lock it holds during a step).
 
 use super::copy_fill::CopyFill;
+use super::helper_thread::HelperThread;
 use crate::device::reserve_use::{
-    mark, TierReserve, BY_MAPPED_WHOLE, BY_POPULATE, BY_USERFAULTFD, RESERVES,
+    fill_stepped, mark, TierReserve, BY_MAPPED_WHOLE, BY_POPULATE, BY_USERFAULTFD, FILL_ENDED,
+    FILL_IDLE, FILL_RUNNING, RESERVES,
 };
 pub(crate) use crate::device::reserve_use::{peaks, KINDS};
 use crate::device::{self, DeviceTier};
-use crate::kind::Kind;
 use crate::os::{self, PAGE_SIZE};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The private device tiers this process opened, with their reserve state.
 fn private_tiers() -> impl Iterator<Item = (usize, &'static DeviceTier, &'static TierReserve)> {
@@ -43,10 +50,20 @@ fn private_tiers() -> impl Iterator<Item = (usize, &'static DeviceTier, &'static
     })
 }
 
-/// Starts recording every private device tier, and makes `estimates[i]` bytes (for kind
-/// `KINDS[i]`; 0: none) of its free space present. Problems are said in one line each, naming
-/// the profile `name`; the tier runs on without (that part of) its reserve.
+/// Bytes each tier's fill thread is to make present (by `KINDS` index).
+static WANT: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+/// Set at exit: the fill thread stops after its step in progress.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// Bytes made present per step, under the heap lock: what a cut that catches up with the fill
+/// waits for at most (about 1 ms of CPU by `UFFDIO_COPY`, BENCHMARKS.md).
+const STEP: u64 = 2 << 20;
+
+/// Starts recording every private device tier, and releases the fill thread to make
+/// `estimates[i]` bytes (for kind `KINDS[i]`; 0: none) of its free space present while the program runs.
+/// Problems are said in one line each, naming the profile `name`; the tier runs on without
+/// (that part of) its reserve.
 pub(crate) fn start(name: &str, estimates: [u64; 3]) {
+    let mut any = false;
     for (i, tier, r) in private_tiers() {
         let (_, len) = tier.region_span();
         let words = (len / PAGE_SIZE).div_ceil(64);
@@ -69,14 +86,77 @@ pub(crate) fn start(name: &str, estimates: [u64; 3]) {
         // What the tier holds already (a persistent heap's live blocks) needs no reserve.
         let want = estimates[i].saturating_sub(in_use);
         if want > 0 {
-            fill(name, KINDS[i], tier, r, want);
+            WANT[i].store(want, Ordering::Relaxed);
+            // SAFETY: getpid has no preconditions.
+            r.filler_pid.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
+            any = true;
         }
         r.active.store(true, Ordering::Release);
     }
+    if !any || !FILLER.is_waiting() {
+        FILLER.dismiss();
+        return;
+    }
+    FILLER.release();
+    // The tiers' cuts wait for the fill from here; unless the thread has ended already.
+    for (i, _, r) in private_tiers() {
+        if WANT[i].load(Ordering::Relaxed) > 0 {
+            let _ = r.fill_state.compare_exchange(
+                FILL_IDLE,
+                FILL_RUNNING,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
 }
 
-/// Makes `want` bytes of `tier`'s free space present (see the module comment).
-fn fill(name: &str, kind: Kind, tier: &DeviceTier, r: &TierReserve, want: u64) {
+/// The fill thread, started waiting before the tiers open (`super::helper_thread`).
+pub(crate) static FILLER: HelperThread = HelperThread::new();
+
+/// Starts the fill thread, waiting (in the constructor, before the tiers open). Said in one
+/// line if it cannot start; the reserves then fault in as used.
+pub(crate) fn spawn_early() {
+    if let Err(e) = FILLER.spawn(fill_thread) {
+        os::say(format_args!(
+            "tiermalloc: TIERMALLOC_PROFILE: cannot start the thread that makes device tiers' \
+             reserves present: {}; they fault in as used",
+            std::io::Error::from_raw_os_error(e)
+        ));
+    }
+}
+
+/// Marks `r`'s fill ended and wakes the cuts waiting for it.
+fn end_fill(r: &TierReserve) {
+    r.fill_state.store(FILL_ENDED, Ordering::Release);
+    fill_stepped(r);
+}
+
+/// The fill thread: each tier's reserve in turn (see `fill`). Allocates nothing (the host
+/// allocator may be the very tier it fills) and says nothing: what went wrong is kept for
+/// `say_fallbacks` at exit.
+extern "C" fn fill_thread(_: *mut libc::c_void) -> *mut libc::c_void {
+    if !FILLER.wait_for_go() {
+        return core::ptr::null_mut();
+    }
+    for (i, tier, r) in private_tiers() {
+        let want = WANT[i].load(Ordering::Relaxed);
+        if want > 0 {
+            fill(tier, r, want);
+            end_fill(r);
+        }
+    }
+    core::ptr::null_mut()
+}
+
+/// Makes `want` bytes of `tier`'s free space present (see the module comment), in steps of
+/// `STEP` bytes from the top of the region down, each under the heap lock (the free pages it
+/// names stay free until it ends: a cut needs the lock), then published (`fill_stepped`) to
+/// the cuts waiting in `wait_for_fill`. A page the heap cut before the fill reached it
+/// (`wait_for_fill` lets a cut bigger than what is left of the fill go ahead, and a freed
+/// block is cut again anywhere) is counted as missed, and the fill stops once what it made
+/// present and what the heap missed cover `want`.
+fn fill(tier: &DeviceTier, r: &TierReserve, want: u64) {
     let started = os::coarse_now_ns();
     let faults_before = super::reserve::thread_minflt();
     let mut copier = match CopyFill::for_shared() {
@@ -86,43 +166,75 @@ fn fill(name: &str, kind: Kind, tier: &DeviceTier, r: &TierReserve, want: u64) {
             None
         }
     };
-    let (base, _) = tier.region_span();
+    let (base, len) = tier.region_span();
     let words = r.words.load(Ordering::Relaxed);
-    // SAFETY: the bitmap was mapped above with `words` words and lives for the process.
+    // SAFETY: the bitmap was mapped by `start` with `words` words and lives for the process.
     let filled = unsafe { core::slice::from_raw_parts(r.filled.load(Ordering::Relaxed), words) };
     let mapped_whole = tier.mapped_whole();
-    let named = tier.with_free_pages_from_top(want, |at, len| {
-        if mapped_whole {
-            r.filled_by.store(BY_MAPPED_WHOLE, Ordering::Relaxed);
-        } else if r.populate_errno.load(Ordering::Relaxed) != 0 {
-            return; // populating failed once: the rest faults in as it is used
-        } else if let Some(c) = &copier {
-            match c.map_free_space(at, len) {
-                Ok(()) => r.filled_by.store(BY_USERFAULTFD, Ordering::Relaxed),
-                Err(e) => {
-                    // Not shmem nor anonymous memory (EINVAL), or refused partway: populated.
-                    r.refused_errno.store(e as u32, Ordering::Relaxed);
-                    copier = None;
-                    populate(r, at, len);
+    // Everything at or above `below` has been made present or was not free when named.
+    let mut below = base + len;
+    loop {
+        let done = r.reserved.load(Ordering::Relaxed) + r.miss.load(Ordering::Relaxed);
+        if done >= want || STOP.load(Ordering::Acquire) {
+            break;
+        }
+        let mut lowest = below;
+        let named = tier.with_free_pages_below(below, STEP.min(want - done), |at, len| {
+            lowest = lowest.min(at);
+            if mapped_whole {
+                r.filled_by.store(BY_MAPPED_WHOLE, Ordering::Relaxed);
+            } else if r.populate_errno.load(Ordering::Relaxed) != 0 {
+                return; // populating failed once: the rest faults in as it is used
+            } else if let Some(c) = &copier {
+                match c.map_free_space(at, len) {
+                    Ok(()) => r.filled_by.store(BY_USERFAULTFD, Ordering::Relaxed),
+                    Err(e) => {
+                        // Not shmem nor anonymous memory (EINVAL), or refused partway:
+                        // populated.
+                        r.refused_errno.store(e as u32, Ordering::Relaxed);
+                        copier = None;
+                        populate(r, at, len);
+                    }
                 }
+            } else {
+                populate(r, at, len);
             }
-        } else {
-            populate(r, at, len);
+            if r.populate_errno.load(Ordering::Relaxed) == 0 {
+                mark(filled, (at - base) / PAGE_SIZE, len / PAGE_SIZE);
+                r.reserved.fetch_add(len as u64, Ordering::Release);
+            }
+        });
+        fill_stepped(r);
+        r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
+        if r.populate_errno.load(Ordering::Relaxed) != 0 {
+            break;
         }
-        if r.populate_errno.load(Ordering::Relaxed) == 0 {
-            mark(filled, (at - base) / PAGE_SIZE, len / PAGE_SIZE);
-            r.reserved.fetch_add(len as u64, Ordering::Relaxed);
+        if named.unwrap_or(0) == 0 {
+            // No free page left below: the tier has less free space than the reserve.
+            r.short.store(true, Ordering::Relaxed);
+            break;
         }
-    });
+        below = lowest;
+    }
     r.fill_faults.store(super::reserve::thread_minflt() - faults_before, Ordering::Relaxed);
     r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
-    if named.is_some_and(|n| n < want) && crate::config::get().verbose {
-        os::say(format_args!(
-            "tiermalloc: profile {name}: tier '{}' has {} B of free space for a reserve of \
-             {want} B",
-            kind.name(),
-            named.unwrap_or(0)
-        ));
+}
+
+/// At exit, before the report and before the tiers close: stops the fill thread after its
+/// step in progress, and waits for that (at most one `STEP`), so that the figures reported are
+/// final and no step runs while a persistent heap is marked closed.
+pub(crate) fn stop_filling() {
+    STOP.store(true, Ordering::Release);
+    for r in &RESERVES {
+        loop {
+            let steps = r.fill_steps.load(Ordering::Acquire);
+            // SAFETY: getpid has no preconditions.
+            let ours = unsafe { libc::getpid() } as u64 == r.filler_pid.load(Ordering::Relaxed);
+            if !ours || r.fill_state.load(Ordering::Acquire) != FILL_RUNNING {
+                break;
+            }
+            crate::futex::wait_while_equal(&r.fill_steps, steps);
+        }
     }
 }
 
@@ -141,6 +253,14 @@ fn populate(r: &TierReserve, at: usize, len: usize) {
 pub(crate) fn say_fallbacks(name: &str) {
     for (i, r) in RESERVES.iter().enumerate() {
         let kind = KINDS[i].name();
+        if r.short.load(Ordering::Relaxed) && crate::config::get().verbose {
+            os::say(format_args!(
+                "tiermalloc: profile {name}: tier '{kind}' had {} B of free space for a \
+                 reserve of {} B",
+                r.reserved.load(Ordering::Relaxed),
+                WANT[i].load(Ordering::Relaxed)
+            ));
+        }
         let e = r.populate_errno.load(Ordering::Relaxed);
         if e != 0 {
             os::say(format_args!(

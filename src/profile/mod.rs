@@ -23,6 +23,7 @@
 mod copy_fill;
 pub(crate) mod device_reserve;
 mod estimate;
+mod helper_thread;
 mod record;
 pub(crate) mod reserve;
 mod store;
@@ -52,6 +53,7 @@ static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
 
 /// Reads `TIERMALLOC_PROFILE*`, reserves the estimate and starts recording.
 pub(crate) fn start() {
+    let _dismiss = DismissUnreleased;
     let started_ns = os::coarse_now_ns();
     let Some(name) = os::getenv(b"TIERMALLOC_PROFILE") else {
         return;
@@ -199,6 +201,31 @@ fn reserve(name: &str, len: usize) {
             std::io::Error::from_raw_os_error(e)
         ));
     }
+}
+
+/// In the constructor, before the tiers open: the threads that will fill the reserves, waiting
+/// (`helper_thread` says why then). `start` releases or dismisses them.
+pub(crate) fn spawn_early() {
+    if helper_thread::profile_asked() {
+        reserve::spawn_early();
+        device_reserve::spawn_early();
+    }
+}
+
+/// Dismisses the helper threads `start` did not release, however it returns.
+struct DismissUnreleased;
+
+impl Drop for DismissUnreleased {
+    fn drop(&mut self) {
+        reserve::POPULATER.dismiss();
+        device_reserve::FILLER.dismiss();
+    }
+}
+
+/// At exit, first: stops the threads that make device tiers' reserves present (after their
+/// step in progress), so that the report's figures are final.
+pub(crate) fn stop_filling() {
+    device_reserve::stop_filling();
 }
 
 /// Records this run (peak and time to peak) and removes the live record.

@@ -24,6 +24,7 @@
 //! `use <= PEAK`. Nothing here allocates; it runs on the slow paths that map memory.
 
 use super::copy_fill::CopyFill;
+use super::helper_thread::HelperThread;
 use crate::futex;
 use crate::os;
 use crate::chunk::CHUNK_SIZE;
@@ -153,18 +154,24 @@ pub(crate) fn install(base: usize, len: usize, pages: Pages) -> Result<(), i32> 
     POPULATER_PID.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
     RESERVED.add(len as u64);
     LEN.store(len, Ordering::Release);
-    let mut thread: libc::pthread_t = 0;
-    // SAFETY: `populate_thread` takes no argument and only touches statics; default attributes.
-    let r = unsafe {
-        libc::pthread_create(&mut thread, core::ptr::null(), populate_thread, core::ptr::null_mut())
-    };
-    if r != 0 {
-        populated(len);
-        return Err(r);
+    // Started waiting in the constructor before the tiers opened (`helper_thread`), else now.
+    if !POPULATER.is_waiting() {
+        if let Err(e) = POPULATER.spawn(populate_thread) {
+            populated(len);
+            return Err(e);
+        }
     }
-    // SAFETY: a thread we created and never join.
-    unsafe { libc::pthread_detach(thread) };
+    POPULATER.release();
     Ok(())
+}
+
+/// The pre-fault thread (`super::helper_thread`).
+pub(crate) static POPULATER: HelperThread = HelperThread::new();
+
+/// Starts the pre-fault thread, waiting (in the constructor, before the tiers open); if it
+/// cannot start here, `install` tries again and says why.
+pub(crate) fn spawn_early() {
+    let _ = POPULATER.spawn(populate_thread);
 }
 
 /// The calling thread's minor faults so far.
@@ -183,6 +190,9 @@ fn advise(at: usize, n: usize, advice: i32) -> bool {
 }
 
 extern "C" fn populate_thread(_: *mut libc::c_void) -> *mut libc::c_void {
+    if !POPULATER.wait_for_go() {
+        return core::ptr::null_mut();
+    }
     let (base, len) = region();
     let mut pages = match PAGES.load(Ordering::Relaxed) {
         x if x == Pages::Copied as u32 => Pages::Copied,

@@ -3,7 +3,9 @@
  * three in four of 64 B-2 KiB and one in four of 256 KiB-1 MiB, writing every byte it gets.
  * Prints "grown minflt N thread_minflt M ms T" (faults of the whole process and of this
  * thread during the growth, and its time). With a second argument "wait", then waits for a
- * line on stdin before exiting (a live peer). */
+ * line on stdin before exiting (a live peer). With GROW_START_SHMEM set in the environment,
+ * first prints "start shmem_kb N": the shared memory mapped in the process when main starts
+ * (RssShmem), i.e. how much of a device tier's reserve was made present before main. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +14,22 @@
 
 static void *keep[1 << 20];
 
+static void print_start_shmem(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "RssShmem: %ld", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    printf("start shmem_kb %ld\n", kb);
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
+    if (getenv("GROW_START_SHMEM"))
+        print_start_shmem();
     size_t total = (argc > 1 ? strtoul(argv[1], 0, 10) : 300) << 20;
     struct rusage s0, s1, t0, t1;
     struct timespec c0, c1;
