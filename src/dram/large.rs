@@ -10,8 +10,10 @@
 //! lock-free cache: programs that allocate and free big buffers in a loop then pay no `mmap`,
 //! `munmap` or page faults. A new block takes the cached mapping whose resident pages cover
 //! most of it: a longer one is split and its rest cached again, a shorter one grown by
-//! `mremap` (its pages move; only the part past them faults). Each header bounds the pages its
-//! blocks touched (`resident`), so a shrink gives back an earlier block's pages too, and the
+//! `mremap` (its pages move), its growth filled with the resident pages of other cached
+//! mappings, moved there by `mremap` too (`gather`): only what they cannot fill faults.
+//! Each header bounds the pages its blocks touched (`resident`), so a shrink gives back an
+//! earlier block's pages too, and the
 //! cache counts what it holds resident: at most half the bytes of live large blocks, within
 //! `CACHE_BYTES_MIN..=CACHE_BYTES_MAX`; when full, it unmaps the entry with the fewest
 //! resident pages for one with more, or the new one.
@@ -142,6 +144,7 @@ unsafe fn fit_cached(h: usize, len: usize, map_len: usize) -> Option<usize> {
                     offset: usize::MAX,
                     usable: 0,
                     resident: resident - map_len,
+                    gathered: (*header).gathered,
                 });
                 pagemap::set(rest, rest_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
                 if cache_put(rest, rest_len) {
@@ -160,10 +163,79 @@ unsafe fn fit_cached(h: usize, len: usize, map_len: usize) -> Option<usize> {
                 return None;
             };
             CACHE_GROWN.add(1);
-            (*(new_h as *mut LargeHeader)).map_len = map_len;
+            let header = new_h as *mut LargeHeader;
+            (*header).map_len = map_len;
+            gather(new_h, len, map_len);
             return Some(new_h);
         }
         Some(h)
+    }
+}
+
+/// Fills `[h + from, h + to)`, the unfaulted growth of a mapping `fit_cached` took and grew,
+/// with resident pages of other cached mappings, moved there by `mremap` (page tables move,
+/// no page faults or zeroing): the pages of freed blocks gather into one mapping for a block
+/// larger than any of them, where growing alone faulted every page of the growth. A donor is
+/// moved from its start (its header's page goes along as dead bytes); a rest with resident
+/// pages is cached again with a header of its own, one without is unmapped. Stops when the
+/// cache has no mapping with resident pages left, or a move fails (everything then as it was).
+///
+/// # Safety
+/// `[h, h + to)` must be a tagged mapping of ours that no live block uses, with a valid header
+/// whose `resident` bounds its resident pages; `from` and `to` chunk multiples.
+unsafe fn gather(h: usize, mut from: usize, to: usize) {
+    while from < to {
+        let need = to - from;
+        let Some((d, d_len)) = cache_take(need, true) else {
+            return;
+        };
+        // SAFETY: a cached mapping is ours alone once taken; its header is valid, and the
+        // caller's mapping is ours; the two are disjoint (one was taken from the cache, the
+        // other is the caller's).
+        unsafe {
+            let d_resident = (*(d as *const LargeHeader)).resident;
+            if d_resident == 0 {
+                if !cache_put(d, d_len) {
+                    pagemap::clear(d, d_len);
+                    os::unmap(d as *mut u8, d_len);
+                }
+                return;
+            }
+            let moved = need.min(d_len);
+            if !os::remap_to(d as *mut u8, moved, (h + from) as *mut u8, moved) {
+                if !cache_put(d, d_len) {
+                    pagemap::clear(d, d_len);
+                    os::unmap(d as *mut u8, d_len);
+                }
+                return;
+            }
+            pagemap::clear(d, moved);
+            CACHE_GATHERED.add(1);
+            let header = h as *mut LargeHeader;
+            (*header).resident = (*header).resident.max(from + d_resident.min(moved));
+            (*header).gathered = true;
+            if d_len > moved {
+                let (rest, rest_len) = (d + moved, d_len - moved);
+                let rest_resident = d_resident.saturating_sub(moved);
+                let mut cached = false;
+                if rest_resident > 0 {
+                    (rest as *mut LargeHeader).write(LargeHeader {
+                        map_len: rest_len,
+                        offset: usize::MAX,
+                        usable: 0,
+                        resident: rest_resident,
+                        gathered: true,
+                    });
+                    pagemap::set(rest, rest_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+                    cached = cache_put(rest, rest_len);
+                }
+                if !cached {
+                    pagemap::clear(rest, rest_len);
+                    os::unmap(rest as *mut u8, rest_len);
+                }
+            }
+            from += moved;
+        }
     }
 }
 
@@ -305,6 +377,8 @@ pub(crate) static CACHE_EVICTED: SharedCounter = SharedCounter::new();
 /// Cached mappings split for a smaller block (`fit_cached`), and grown for a larger one.
 pub(crate) static CACHE_SPLITS: SharedCounter = SharedCounter::new();
 pub(crate) static CACHE_GROWN: SharedCounter = SharedCounter::new();
+/// Cached mappings whose pages `gather` moved into another one grown for a larger block.
+pub(crate) static CACHE_GATHERED: SharedCounter = SharedCounter::new();
 pub static LARGE_ALLOCATIONS: SharedCounter = SharedCounter::new();
 pub static LARGE_FREES: SharedCounter = SharedCounter::new();
 pub use crate::dram::budget::LARGE_LIVE_BYTES;
@@ -323,6 +397,10 @@ struct LargeHeader {
     offset: usize,
     usable: usize,
     resident: usize,
+    /// Whether `gather` moved pages of other mappings in (this mapping's or the one it was
+    /// split from): the mapping then spans several kernel mappings (VMAs), which `mremap`
+    /// cannot resize in place (it fails with EFAULT), so `place_mapping` does not try.
+    gathered: bool,
 }
 
 fn round_to_page(n: usize) -> Option<usize> {
@@ -367,25 +445,29 @@ fn map_for(map_len: usize, offset: usize, align: usize, touched: usize) -> Optio
     Some(h)
 }
 
-/// Writes the header of a block in the mapping at `h` and counts it; `resident` bounds the
-/// pages an earlier block left resident (0 for a fresh mapping).
+/// Writes the header of a block in the mapping at `h` and counts it. A `cached` mapping's
+/// header already bounds the pages an earlier block left resident and says whether it was
+/// gathered: both are kept; a fresh mapping has none resident.
 ///
 /// # Safety
-/// `[h, h + map_len)` must be a mapping of ours, tagged, that no live block uses.
-unsafe fn start_block(
-    h: usize,
-    map_len: usize,
-    offset: usize,
-    usable: usize,
-    resident: usize,
-) -> *mut u8 {
-    // SAFETY: the header fits in the mapping's first bytes (offset ≥ 64).
+/// `[h, h + map_len)` must be a mapping of ours, tagged, that no live block uses; if `cached`,
+/// with a valid header.
+unsafe fn start_block(h: usize, map_len: usize, offset: usize, usable: usize, cached: bool) -> *mut u8 {
+    let header = h as *mut LargeHeader;
+    // SAFETY: the header fits in the mapping's first bytes (offset ≥ 64); a cached mapping's
+    // is valid.
     unsafe {
-        (h as *mut LargeHeader).write(LargeHeader {
+        let (resident, gathered) = if cached {
+            ((*header).resident, (*header).gathered)
+        } else {
+            (0, false)
+        };
+        header.write(LargeHeader {
             map_len,
             offset,
             usable,
             resident: resident.max(offset + usable),
+            gathered,
         })
     };
     LARGE_ALLOCATIONS.add(1);
@@ -414,7 +496,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
                 // SAFETY: the mapping fitted to `map_len`, its tags set.
                 unsafe {
                     let resident = (*(h as *mut LargeHeader)).resident;
-                    let p = start_block(h, map_len, offset, usable, resident);
+                    let p = start_block(h, map_len, offset, usable, true);
                     if zero {
                         // Pages past `resident` were never written since the kernel zeroed
                         // them: writing zeroes there would only fault them in.
@@ -437,7 +519,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     pagemap::set(h, map_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
     // SAFETY: a fresh, tagged mapping (zero-filled by the kernel), with room for the guard.
     unsafe {
-        let p = start_block(h, map_len, offset, usable, 0);
+        let p = start_block(h, map_len, offset, usable, false);
         large_guard::set(h + end);
         p
     }
@@ -466,7 +548,7 @@ pub fn alloc_cached(size: usize, align: usize) -> *mut u8 {
         let Some(h) = fit_cached(h, cached_len, map_len) else {
             return core::ptr::null_mut();
         };
-        start_block(h, map_len, offset, end - offset, (*(h as *mut LargeHeader)).resident)
+        start_block(h, map_len, offset, end - offset, true)
     }
 }
 
@@ -577,6 +659,7 @@ unsafe fn resize_unguarded(p: *mut u8, size: usize) -> *mut u8 {
         offset,
         usable,
         resident,
+        ..
     } = unsafe { header.read() };
     let Some(end) = size.checked_add(offset).and_then(round_to_page) else {
         return core::ptr::null_mut();
@@ -631,8 +714,11 @@ unsafe fn resize_unguarded(p: *mut u8, size: usize) -> *mut u8 {
 /// # Safety
 /// `[h, h + map_len)` must be a whole tagged mapping of ours.
 unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usize> {
-    // SAFETY: our whole mapping; mremap without MAYMOVE resizes it where it is or fails.
-    if unsafe { os::remap_in_place(h as *mut u8, map_len, new_len) } {
+    // SAFETY: our whole mapping with a valid header; mremap without MAYMOVE resizes it where
+    // it is or fails. A shrink only unmaps the tail, which works on a gathered mapping too.
+    if (new_len < map_len || !unsafe { (*(h as *const LargeHeader)).gathered })
+        && unsafe { os::remap_in_place(h as *mut u8, map_len, new_len) }
+    {
         if new_len < map_len {
             pagemap::clear(h + new_len, map_len - new_len);
         }
@@ -640,16 +726,24 @@ unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usiz
         return Some(h);
     }
     // Move the pages (offset < CHUNK_SIZE keeps the block's alignment up to a chunk; larger
-    // alignments are not promised by realloc).
+    // alignments are not promised by realloc) into the start of a fresh reservation of
+    // `new_len`, which keeps its zero-filled rest. A move that does not resize: a mapping whose
+    // pages `gather` moved in spans several kernel mappings (VMAs), which `mremap` moves
+    // (Linux 6.17 and later) but does not resize.
     let dst = os::map_aligned(new_len, CHUNK_SIZE)?.as_ptr() as usize;
+    let moved = map_len.min(new_len);
     // SAFETY: `[h, h + map_len)` is our mapping and `[dst, dst + new_len)` our fresh
     // reservation, which is unmapped again if anything fails.
     unsafe {
         if !chunk::covers(dst, new_len)
-            || !os::remap_to(h as *mut u8, map_len, dst as *mut u8, new_len)
+            || !os::remap_to(h as *mut u8, moved, dst as *mut u8, moved)
         {
             os::unmap(dst as *mut u8, new_len);
             return None;
+        }
+        if map_len > moved {
+            // A shrink that could not happen in place: the pages past the new length stayed.
+            os::unmap((h + moved) as *mut u8, map_len - moved);
         }
     }
     pagemap::clear(h, map_len);
