@@ -195,46 +195,48 @@ unsafe fn gather(h: usize, mut from: usize, to: usize) {
         unsafe {
             let d_resident = (*(d as *const LargeHeader)).resident;
             if d_resident == 0 {
-                if !cache_put(d, d_len) {
-                    pagemap::clear(d, d_len);
-                    os::unmap(d as *mut u8, d_len);
-                }
+                cache_or_unmap(d, d_len);
                 return;
             }
             let moved = need.min(d_len);
+            // Tags come off first: once moved, another thread's mapping may land at `d`.
+            pagemap::clear(d, moved);
             if !os::remap_to(d as *mut u8, moved, (h + from) as *mut u8, moved) {
-                if !cache_put(d, d_len) {
-                    pagemap::clear(d, d_len);
-                    os::unmap(d as *mut u8, d_len);
-                }
+                pagemap::set(d, d_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+                cache_or_unmap(d, d_len);
                 return;
             }
-            pagemap::clear(d, moved);
             CACHE_GATHERED.add(1);
             let header = h as *mut LargeHeader;
             (*header).resident = (*header).resident.max(from + d_resident.min(moved));
             (*header).gathered = true;
             if d_len > moved {
                 let (rest, rest_len) = (d + moved, d_len - moved);
-                let rest_resident = d_resident.saturating_sub(moved);
-                let mut cached = false;
-                if rest_resident > 0 {
-                    (rest as *mut LargeHeader).write(LargeHeader {
-                        map_len: rest_len,
-                        offset: usize::MAX,
-                        usable: 0,
-                        resident: rest_resident,
-                        gathered: true,
-                    });
-                    pagemap::set(rest, rest_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
-                    cached = cache_put(rest, rest_len);
-                }
-                if !cached {
-                    pagemap::clear(rest, rest_len);
-                    os::unmap(rest as *mut u8, rest_len);
-                }
+                (rest as *mut LargeHeader).write(LargeHeader {
+                    map_len: rest_len,
+                    offset: usize::MAX,
+                    usable: 0,
+                    resident: d_resident.saturating_sub(moved),
+                    gathered: true,
+                });
+                pagemap::set(rest, rest_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+                cache_or_unmap(rest, rest_len);
             }
             from += moved;
+        }
+    }
+}
+
+/// Caches a dead mapping that has resident pages, or unmaps it.
+///
+/// # Safety
+/// As `cache_put`.
+unsafe fn cache_or_unmap(h: usize, map_len: usize) {
+    // SAFETY: per the contract, the header is ours to read and the mapping ours to unmap.
+    unsafe {
+        if (*(h as *const LargeHeader)).resident == 0 || !cache_put(h, map_len) {
+            pagemap::clear(h, map_len);
+            os::unmap(h as *mut u8, map_len);
         }
     }
 }
@@ -608,10 +610,7 @@ pub unsafe fn free(p: *mut u8) -> bool {
         LARGE_FREES.add(1);
         LARGE_LIVE_BYTES.add((usable as u64).wrapping_neg());
         decay();
-        if !cache_put(header as usize, map_len) {
-            pagemap::clear(header as usize, map_len);
-            os::unmap(header.cast(), map_len);
-        }
+        cache_or_unmap(header as usize, map_len);
     }
     true
 }
@@ -714,15 +713,18 @@ unsafe fn resize_unguarded(p: *mut u8, size: usize) -> *mut u8 {
 /// # Safety
 /// `[h, h + map_len)` must be a whole tagged mapping of ours.
 unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usize> {
+    let tag = |at: usize, len: usize| pagemap::set(at, len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+    // Tags come off address space before it is given back: once unmapped, another thread's
+    // mapping may land there and tag it.
+    if new_len < map_len {
+        pagemap::clear(h + new_len, map_len - new_len);
+    }
     // SAFETY: our whole mapping with a valid header; mremap without MAYMOVE resizes it where
     // it is or fails. A shrink only unmaps the tail, which works on a gathered mapping too.
     if (new_len < map_len || !unsafe { (*(h as *const LargeHeader)).gathered })
         && unsafe { os::remap_in_place(h as *mut u8, map_len, new_len) }
     {
-        if new_len < map_len {
-            pagemap::clear(h + new_len, map_len - new_len);
-        }
-        pagemap::set(h, new_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+        tag(h, new_len);
         return Some(h);
     }
     // Move the pages (offset < CHUNK_SIZE keeps the block's alignment up to a chunk; larger
@@ -730,8 +732,13 @@ unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usiz
     // `new_len`, which keeps its zero-filled rest. A move that does not resize: a mapping whose
     // pages `gather` moved in spans several kernel mappings (VMAs), which `mremap` moves
     // (Linux 6.17 and later) but does not resize.
-    let dst = os::map_aligned(new_len, CHUNK_SIZE)?.as_ptr() as usize;
     let moved = map_len.min(new_len);
+    let Some(dst) = os::map_aligned(new_len, CHUNK_SIZE) else {
+        tag(h, map_len);
+        return None;
+    };
+    let dst = dst.as_ptr() as usize;
+    pagemap::clear(h, moved);
     // SAFETY: `[h, h + map_len)` is our mapping and `[dst, dst + new_len)` our fresh
     // reservation, which is unmapped again if anything fails.
     unsafe {
@@ -739,6 +746,7 @@ unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usiz
             || !os::remap_to(h as *mut u8, moved, dst as *mut u8, moved)
         {
             os::unmap(dst as *mut u8, new_len);
+            tag(h, map_len);
             return None;
         }
         if map_len > moved {
@@ -746,8 +754,7 @@ unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usiz
             os::unmap((h + moved) as *mut u8, map_len - moved);
         }
     }
-    pagemap::clear(h, map_len);
-    pagemap::set(dst, new_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+    tag(dst, new_len);
     // SAFETY: the header moved with its pages.
     unsafe { (*(dst as *mut LargeHeader)).map_len = new_len };
     Some(dst)
