@@ -203,8 +203,8 @@ pub unsafe fn remap_in_place(p: *mut u8, old: usize, new: usize) -> bool {
 /// bytes (the part past `old` zero-filled). Replaces whatever was mapped at `[dst, dst + new)`.
 ///
 /// # Safety
-/// `[p, p + old)` must be a whole anonymous mapping of ours and `[dst, dst + new)` a range we
-/// own (reserved by us), disjoint from it.
+/// `[p, p + old)` must be an anonymous mapping of ours (the whole of one, or the start of one
+/// when `new == old`) and `[dst, dst + new)` a range we own (reserved by us), disjoint from it.
 pub unsafe fn remap_to(p: *mut u8, old: usize, dst: *mut u8, new: usize) -> bool {
     keep_errno(|| {
         // SAFETY: as stated by the caller; MREMAP_FIXED replaces our own reservation at dst.

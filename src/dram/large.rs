@@ -10,8 +10,10 @@
 //! lock-free cache: programs that allocate and free big buffers in a loop then pay no `mmap`,
 //! `munmap` or page faults. A new block takes the cached mapping whose resident pages cover
 //! most of it: a longer one is split and its rest cached again, a shorter one grown by
-//! `mremap` (its pages move; only the part past them faults). Each header bounds the pages its
-//! blocks touched (`resident`), so a shrink gives back an earlier block's pages too, and the
+//! `mremap` (its pages move), its growth filled with the resident pages of other cached
+//! mappings, moved there by `mremap` too (`gather`): only what they cannot fill faults.
+//! Each header bounds the pages its blocks touched (`resident`), so a shrink gives back an
+//! earlier block's pages too, and the
 //! cache counts what it holds resident: at most half the bytes of live large blocks, within
 //! `CACHE_BYTES_MIN..=CACHE_BYTES_MAX`; when full, it unmaps the entry with the fewest
 //! resident pages for one with more, or the new one.
@@ -142,6 +144,7 @@ unsafe fn fit_cached(h: usize, len: usize, map_len: usize) -> Option<usize> {
                     offset: usize::MAX,
                     usable: 0,
                     resident: resident - map_len,
+                    gathered: (*header).gathered,
                 });
                 pagemap::set(rest, rest_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
                 if cache_put(rest, rest_len) {
@@ -160,10 +163,81 @@ unsafe fn fit_cached(h: usize, len: usize, map_len: usize) -> Option<usize> {
                 return None;
             };
             CACHE_GROWN.add(1);
-            (*(new_h as *mut LargeHeader)).map_len = map_len;
+            let header = new_h as *mut LargeHeader;
+            (*header).map_len = map_len;
+            gather(new_h, len, map_len);
             return Some(new_h);
         }
         Some(h)
+    }
+}
+
+/// Fills `[h + from, h + to)`, the unfaulted growth of a mapping `fit_cached` took and grew,
+/// with resident pages of other cached mappings, moved there by `mremap` (page tables move,
+/// no page faults or zeroing): the pages of freed blocks gather into one mapping for a block
+/// larger than any of them, where growing alone faulted every page of the growth. A donor is
+/// moved from its start (its header's page goes along as dead bytes); a rest with resident
+/// pages is cached again with a header of its own, one without is unmapped. Stops when the
+/// cache has no mapping with resident pages left, or a move fails (everything then as it was).
+///
+/// # Safety
+/// `[h, h + to)` must be a tagged mapping of ours that no live block uses, with a valid header
+/// whose `resident` bounds its resident pages; `from` and `to` chunk multiples.
+unsafe fn gather(h: usize, mut from: usize, to: usize) {
+    while from < to {
+        let need = to - from;
+        let Some((d, d_len)) = cache_take(need, true) else {
+            return;
+        };
+        // SAFETY: a cached mapping is ours alone once taken; its header is valid, and the
+        // caller's mapping is ours; the two are disjoint (one was taken from the cache, the
+        // other is the caller's).
+        unsafe {
+            let d_resident = (*(d as *const LargeHeader)).resident;
+            if d_resident == 0 {
+                cache_or_unmap(d, d_len);
+                return;
+            }
+            let moved = need.min(d_len);
+            // Tags come off first: once moved, another thread's mapping may land at `d`.
+            pagemap::clear(d, moved);
+            if !os::remap_to(d as *mut u8, moved, (h + from) as *mut u8, moved) {
+                pagemap::set(d, d_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+                cache_or_unmap(d, d_len);
+                return;
+            }
+            CACHE_GATHERED.add(1);
+            let header = h as *mut LargeHeader;
+            (*header).resident = (*header).resident.max(from + d_resident.min(moved));
+            (*header).gathered = true;
+            if d_len > moved {
+                let (rest, rest_len) = (d + moved, d_len - moved);
+                (rest as *mut LargeHeader).write(LargeHeader {
+                    map_len: rest_len,
+                    offset: usize::MAX,
+                    usable: 0,
+                    resident: d_resident.saturating_sub(moved),
+                    gathered: true,
+                });
+                pagemap::set(rest, rest_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+                cache_or_unmap(rest, rest_len);
+            }
+            from += moved;
+        }
+    }
+}
+
+/// Caches a dead mapping that has resident pages, or unmaps it.
+///
+/// # Safety
+/// As `cache_put`.
+unsafe fn cache_or_unmap(h: usize, map_len: usize) {
+    // SAFETY: per the contract, the header is ours to read and the mapping ours to unmap.
+    unsafe {
+        if (*(h as *const LargeHeader)).resident == 0 || !cache_put(h, map_len) {
+            pagemap::clear(h, map_len);
+            os::unmap(h as *mut u8, map_len);
+        }
     }
 }
 
@@ -305,6 +379,8 @@ pub(crate) static CACHE_EVICTED: SharedCounter = SharedCounter::new();
 /// Cached mappings split for a smaller block (`fit_cached`), and grown for a larger one.
 pub(crate) static CACHE_SPLITS: SharedCounter = SharedCounter::new();
 pub(crate) static CACHE_GROWN: SharedCounter = SharedCounter::new();
+/// Cached mappings whose pages `gather` moved into another one grown for a larger block.
+pub(crate) static CACHE_GATHERED: SharedCounter = SharedCounter::new();
 pub static LARGE_ALLOCATIONS: SharedCounter = SharedCounter::new();
 pub static LARGE_FREES: SharedCounter = SharedCounter::new();
 pub use crate::dram::budget::LARGE_LIVE_BYTES;
@@ -323,6 +399,10 @@ struct LargeHeader {
     offset: usize,
     usable: usize,
     resident: usize,
+    /// Whether `gather` moved pages of other mappings in (this mapping's or the one it was
+    /// split from): the mapping then spans several kernel mappings (VMAs), which `mremap`
+    /// cannot resize in place (it fails with EFAULT), so `place_mapping` does not try.
+    gathered: bool,
 }
 
 fn round_to_page(n: usize) -> Option<usize> {
@@ -367,25 +447,29 @@ fn map_for(map_len: usize, offset: usize, align: usize, touched: usize) -> Optio
     Some(h)
 }
 
-/// Writes the header of a block in the mapping at `h` and counts it; `resident` bounds the
-/// pages an earlier block left resident (0 for a fresh mapping).
+/// Writes the header of a block in the mapping at `h` and counts it. A `cached` mapping's
+/// header already bounds the pages an earlier block left resident and says whether it was
+/// gathered: both are kept; a fresh mapping has none resident.
 ///
 /// # Safety
-/// `[h, h + map_len)` must be a mapping of ours, tagged, that no live block uses.
-unsafe fn start_block(
-    h: usize,
-    map_len: usize,
-    offset: usize,
-    usable: usize,
-    resident: usize,
-) -> *mut u8 {
-    // SAFETY: the header fits in the mapping's first bytes (offset ≥ 64).
+/// `[h, h + map_len)` must be a mapping of ours, tagged, that no live block uses; if `cached`,
+/// with a valid header.
+unsafe fn start_block(h: usize, map_len: usize, offset: usize, usable: usize, cached: bool) -> *mut u8 {
+    let header = h as *mut LargeHeader;
+    // SAFETY: the header fits in the mapping's first bytes (offset ≥ 64); a cached mapping's
+    // is valid.
     unsafe {
-        (h as *mut LargeHeader).write(LargeHeader {
+        let (resident, gathered) = if cached {
+            ((*header).resident, (*header).gathered)
+        } else {
+            (0, false)
+        };
+        header.write(LargeHeader {
             map_len,
             offset,
             usable,
             resident: resident.max(offset + usable),
+            gathered,
         })
     };
     LARGE_ALLOCATIONS.add(1);
@@ -414,7 +498,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
                 // SAFETY: the mapping fitted to `map_len`, its tags set.
                 unsafe {
                     let resident = (*(h as *mut LargeHeader)).resident;
-                    let p = start_block(h, map_len, offset, usable, resident);
+                    let p = start_block(h, map_len, offset, usable, true);
                     if zero {
                         // Pages past `resident` were never written since the kernel zeroed
                         // them: writing zeroes there would only fault them in.
@@ -437,7 +521,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     pagemap::set(h, map_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
     // SAFETY: a fresh, tagged mapping (zero-filled by the kernel), with room for the guard.
     unsafe {
-        let p = start_block(h, map_len, offset, usable, 0);
+        let p = start_block(h, map_len, offset, usable, false);
         large_guard::set(h + end);
         p
     }
@@ -466,7 +550,7 @@ pub fn alloc_cached(size: usize, align: usize) -> *mut u8 {
         let Some(h) = fit_cached(h, cached_len, map_len) else {
             return core::ptr::null_mut();
         };
-        start_block(h, map_len, offset, end - offset, (*(h as *mut LargeHeader)).resident)
+        start_block(h, map_len, offset, end - offset, true)
     }
 }
 
@@ -526,10 +610,7 @@ pub unsafe fn free(p: *mut u8) -> bool {
         LARGE_FREES.add(1);
         LARGE_LIVE_BYTES.add((usable as u64).wrapping_neg());
         decay();
-        if !cache_put(header as usize, map_len) {
-            pagemap::clear(header as usize, map_len);
-            os::unmap(header.cast(), map_len);
-        }
+        cache_or_unmap(header as usize, map_len);
     }
     true
 }
@@ -577,6 +658,7 @@ unsafe fn resize_unguarded(p: *mut u8, size: usize) -> *mut u8 {
         offset,
         usable,
         resident,
+        ..
     } = unsafe { header.read() };
     let Some(end) = size.checked_add(offset).and_then(round_to_page) else {
         return core::ptr::null_mut();
@@ -631,29 +713,48 @@ unsafe fn resize_unguarded(p: *mut u8, size: usize) -> *mut u8 {
 /// # Safety
 /// `[h, h + map_len)` must be a whole tagged mapping of ours.
 unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usize> {
-    // SAFETY: our whole mapping; mremap without MAYMOVE resizes it where it is or fails.
-    if unsafe { os::remap_in_place(h as *mut u8, map_len, new_len) } {
-        if new_len < map_len {
-            pagemap::clear(h + new_len, map_len - new_len);
-        }
-        pagemap::set(h, new_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+    let tag = |at: usize, len: usize| pagemap::set(at, len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+    // Tags come off address space before it is given back: once unmapped, another thread's
+    // mapping may land there and tag it.
+    if new_len < map_len {
+        pagemap::clear(h + new_len, map_len - new_len);
+    }
+    // SAFETY: our whole mapping with a valid header; mremap without MAYMOVE resizes it where
+    // it is or fails. A shrink only unmaps the tail, which works on a gathered mapping too.
+    if (new_len < map_len || !unsafe { (*(h as *const LargeHeader)).gathered })
+        && unsafe { os::remap_in_place(h as *mut u8, map_len, new_len) }
+    {
+        tag(h, new_len);
         return Some(h);
     }
     // Move the pages (offset < CHUNK_SIZE keeps the block's alignment up to a chunk; larger
-    // alignments are not promised by realloc).
-    let dst = os::map_aligned(new_len, CHUNK_SIZE)?.as_ptr() as usize;
+    // alignments are not promised by realloc) into the start of a fresh reservation of
+    // `new_len`, which keeps its zero-filled rest. A move that does not resize: a mapping whose
+    // pages `gather` moved in spans several kernel mappings (VMAs), which `mremap` moves
+    // (Linux 6.17 and later) but does not resize.
+    let moved = map_len.min(new_len);
+    let Some(dst) = os::map_aligned(new_len, CHUNK_SIZE) else {
+        tag(h, map_len);
+        return None;
+    };
+    let dst = dst.as_ptr() as usize;
+    pagemap::clear(h, moved);
     // SAFETY: `[h, h + map_len)` is our mapping and `[dst, dst + new_len)` our fresh
     // reservation, which is unmapped again if anything fails.
     unsafe {
         if !chunk::covers(dst, new_len)
-            || !os::remap_to(h as *mut u8, map_len, dst as *mut u8, new_len)
+            || !os::remap_to(h as *mut u8, moved, dst as *mut u8, moved)
         {
             os::unmap(dst as *mut u8, new_len);
+            tag(h, map_len);
             return None;
         }
+        if map_len > moved {
+            // A shrink that could not happen in place: the pages past the new length stayed.
+            os::unmap((h + moved) as *mut u8, map_len - moved);
+        }
     }
-    pagemap::clear(h, map_len);
-    pagemap::set(dst, new_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+    tag(dst, new_len);
     // SAFETY: the header moved with its pages.
     unsafe { (*(dst as *mut LargeHeader)).map_len = new_len };
     Some(dst)

@@ -1,7 +1,7 @@
 //! This process's memory figures as the kernel counts them: the calling thread's minor page
-//! faults and the process's resident bytes. Shared by `tests/refaults.rs` and
-//! `tests/large_cache.rs` (by `#[path]`), which assert that memory is reused without faults and
-//! given back when idle.
+//! faults and the process's resident bytes. Shared by `tests/refaults.rs`,
+//! `tests/large_cache.rs` and `tests/large_gather.rs` (by `#[path]`), which assert that memory
+//! is reused without faults and given back when idle.
 
 /// Minor page faults of the calling thread so far.
 pub fn thread_minor_faults() -> u64 {
