@@ -23,6 +23,24 @@ fn open(kind: &str, path: &str, keys: &str) -> Result<DeviceTier, crate::backend
     DeviceTier::open(&spec(&format!("{kind}:path={path}{keys}")))
 }
 
+/// `open`, waiting up to 30 s while the file's host lock is held. The lock is an
+/// open-file-description lock: a child another test of this binary is spawning shares each of
+/// our descriptors from its fork until its exec, so a tier this process closed a moment ago can
+/// stay locked for that window (long under load). Used where a test reopens a file it or its
+/// child closed just before, never to wait for a live holder.
+fn open_when_unlocked(kind: &str, path: &str, keys: &str) -> DeviceTier {
+    let started = std::time::Instant::now();
+    loop {
+        match open(kind, path, keys) {
+            Ok(tier) => return tier,
+            Err(p) if p.what == crate::backend::IN_USE && started.elapsed().as_secs() < 30 => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(p) => panic!("{path}: {}", p.what),
+        }
+    }
+}
+
 /// A copy of the tier's whole region.
 fn image_of(tier: &DeviceTier) -> Vec<u8> {
     let r = tier.region();
@@ -856,7 +874,7 @@ fn storm_child() {
     };
     let args: Vec<&str> = args.split(' ').collect();
     let (path, log, seed) = (args[0], args[1], args[2].parse::<u64>().unwrap());
-    let tier = open("pmr", path, "").unwrap();
+    let tier = open_when_unlocked("pmr", path, "");
     let log = std::ffi::CString::new(log).unwrap();
     // SAFETY: a NUL-terminated path; an append-only log of our own.
     let fd = unsafe {
@@ -985,7 +1003,7 @@ fn sigkill_storm_recovers_every_time() {
             report.problems
         );
         assert!(!report.closed_cleanly, "seed {seed}: a killed run left the heap marked clean");
-        let tier = open("pmr", &path, "").unwrap();
+        let tier = open_when_unlocked("pmr", &path, "");
         assert_eq!(tier.previous_run_clean(), Some(false), "seed {seed}");
         let found: BTreeMap<u64, u64> = live_blocks(&tier).into_iter().collect();
         let differences: Vec<_> = expected
