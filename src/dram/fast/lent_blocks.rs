@@ -1,5 +1,5 @@
-//! Lent blocks: while a heap is young, a request of a class that has no page yet takes a
-//! free block of a slightly larger class's page instead of cutting a page of its own.
+//! Lent blocks: while a heap is young, a request that would cut a new page for its class takes
+//! a free block of a slightly larger class's page instead.
 //!
 //! Every class's first page is a 64 KiB slice of its own, and its first carve touches one OS
 //! page (4 KiB) of it. A small program asks for a handful of blocks in each of many classes
@@ -96,7 +96,7 @@ mod tests {
                 assert_eq!(l % (1 << size.trailing_zeros()), 0, "class {size}: lender {l}");
             }
         }
-        // 64 B (aligned to 64) borrows from 128 and 256 only, never from 80.
+        // 64 B (aligned to 64) borrows from 128, 192 and 256, never from 80 or 96.
         let of_64: Vec<usize> = lenders(class_of(64)).map(class_size).collect();
         assert_eq!(of_64, vec![128, 192, 256]);
         // Classes above `BORROW_CLASS_MAX` never borrow.
