@@ -415,6 +415,8 @@ impl Heap {
         let (page, waste) =
             unsafe { lent_blocks::lender(class, &self.tables.current, LEND_WASTE_MAX - self.lent_waste) }?;
         self.lent_waste += waste;
+        // SAFETY: a page of this heap (`lender`).
+        unsafe { (*page).lent = true };
         Some(page)
     }
 

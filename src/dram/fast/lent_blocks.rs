@@ -8,7 +8,9 @@
 //! out costs no page fault.
 //!
 //! The lent block stays a block of its page: `free`, `malloc_usable_size` and `realloc` see
-//! the lender's class (a larger size), so nothing else needs to know. Three bounds keep it a
+//! the lender's class (a larger size). Only `free_sized`'s check, which takes a size under
+//! half the block for a wrong one, needs to know: a page that lent (`Page::lent`) allows
+//! `LEND_RATIO` (`may_hold_a_lent_block`). Three bounds keep it a
 //! start-up matter:
 //! - the lender's blocks are at most `LEND_RATIO` times the request's class, and keep every
 //!   power-of-two alignment the request's class gives (`class_for_aligned` picks a class for
@@ -30,15 +32,15 @@ use crate::dram::fast::page::Page;
 use crate::dram::fast::size_class::{class_size, CLASS_COUNT};
 
 /// The most slack one heap gives away by lending, in bytes.
-pub const LEND_WASTE_MAX: usize = 8 * 1024;
+pub(crate) const LEND_WASTE_MAX: usize = 8 * 1024;
 /// The most times a class of one heap asks to borrow a block, lent or not: a class asked for
 /// more is one the program uses, which then cuts its own page (lending to it further would only
 /// carve the lenders' pages sooner, at up to `LEND_RATIO` times the memory). Counting the tries
 /// that found no lender too bounds the looking: a heap that cuts thousands of pages looks
 /// at most this many times per class.
-pub const BORROW_TRIES_PER_CLASS: usize = 4;
+pub(crate) const BORROW_TRIES_PER_CLASS: usize = 4;
 /// A lender's blocks are at most this many times the request's class.
-const LEND_RATIO: usize = 4;
+pub(crate) const LEND_RATIO: usize = 4;
 /// Classes above this size never borrow: a block of theirs spans OS pages of its own, so a
 /// lent one saves little against the slack it gives away.
 const BORROW_CLASS_MAX: usize = 4096;
