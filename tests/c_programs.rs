@@ -271,6 +271,7 @@ c_tests! {
     secure_large_guard,
     free_list_links,
     cxx_delete,
+    first_pages_shared,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

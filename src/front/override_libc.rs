@@ -199,7 +199,8 @@ pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, _align: usize, siz
 /// that are not ours, which `free` then judges); reports the misuse otherwise. Without
 /// alignment, a DRAM block holds less than twice its request: the size classes above 16 bytes
 /// are less than twice their predecessor, and `realloc` keeps a block only for a size of at
-/// least half of it.
+/// least half of it; a block of a page that lent to smaller classes may hold up to
+/// `2 * LEND_RATIO` times its request (`lent_and_fits`).
 ///
 /// # Safety
 /// `ptr` must be null, foreign or a block of ours.
@@ -210,7 +211,9 @@ unsafe fn size_fits(call: &str, ptr: *mut c_void, size: usize, unaligned: bool) 
         return true;
     }
     let on_dram = crate::tier::kind_of(ptr.cast()) == Some(crate::kind::Kind::Dram);
-    let too_small = unaligned && on_dram && usable > 16 && size < usable / 2;
+    // SAFETY: `lent_and_fits` is asked only for a block of ours on DRAM.
+    let too_small =
+        unaligned && on_dram && usable > 16 && size < usable / 2 && unsafe { !lent_and_fits(ptr, size, usable) };
     if size > usable || too_small {
         crate::misuse::report(
             call,
@@ -223,6 +226,21 @@ unsafe fn size_fits(call: &str, ptr: *mut c_void, size: usize, unaligned: bool) 
         return false;
     }
     true
+}
+
+/// Whether DRAM block `ptr` (`usable` bytes) lies on a page that lent blocks to smaller
+/// classes (`dram::fast::lent_blocks`) and `size` fits what such a block may hold: up to
+/// `LEND_RATIO` times its request.
+///
+/// # Safety
+/// `ptr` must be a block of ours on DRAM.
+unsafe fn lent_and_fits(ptr: *mut c_void, size: usize, usable: usize) -> bool {
+    use crate::dram::fast::lent_blocks::LEND_RATIO;
+    if crate::pagemap::owner_of(ptr as usize) != crate::pagemap::Owner::Segment {
+        return false;
+    }
+    // SAFETY: a block of a segment (contract, page map).
+    unsafe { dram::fast::may_hold_a_lent_block(ptr.cast()) && size >= usable / (2 * LEND_RATIO) }
 }
 
 /// Defines `__libc_NAME` forwarding to `NAME`, for programs that call glibc's internal names.

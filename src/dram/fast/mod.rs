@@ -9,6 +9,7 @@
 pub mod decay_clock;
 pub mod guard;
 pub mod heap;
+pub mod lent_blocks;
 pub mod page;
 pub mod quarantine;
 pub mod remote_batch;
@@ -393,6 +394,17 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
     let segment = Segment::of(p as usize);
     // SAFETY: per the contract.
     unsafe { (*Segment::page_of(segment, p as usize)).block_size as usize }
+}
+
+/// Whether `p`'s page lent blocks to smaller classes (`lent_blocks`): then `p` may hold up to
+/// `LEND_RATIO` times what it was requested with.
+///
+/// # Safety
+/// As `usable_size`.
+pub unsafe fn may_hold_a_lent_block(p: *mut u8) -> bool {
+    let segment = Segment::of(p as usize);
+    // SAFETY: per the contract.
+    unsafe { (*Segment::page_of(segment, p as usize)).lent }
 }
 
 #[cfg(test)]

@@ -164,6 +164,9 @@ pub struct Page {
     pub delayed_next: *mut Page,
     pub class: u8,
     pub slice_count: u8,
+    /// A block of this page was lent to a smaller class (`lent_blocks`) since `init`: a block
+    /// here may hold up to `LEND_RATIO` times its request (`free_sized`'s check).
+    pub lent: bool,
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 112);
@@ -206,6 +209,7 @@ impl Page {
             reserved: 0,
             class: 0,
             slice_count: 0,
+            lent: false,
             remote: RemoteList::new(),
             start: ptr::null_mut(),
             next: ptr::null_mut(),
@@ -235,6 +239,7 @@ impl Page {
         self.reserved = ((slices * SLICE_SIZE - guard) / size) as u32;
         self.class = class as u8;
         self.slice_count = slices as u8;
+        self.lent = false;
         // Empty in a correct program. An incorrect one's double free from another thread,
         // checked while the page's last incarnation was in use and pushed after it was retired,
         // leaves a block of that incarnation here: dropped (its memory was given back with
