@@ -1177,7 +1177,11 @@ fn paths_the_move_record_cannot_hold_are_refused_or_said() {
         );
         let tiers = std::env::var("TIERMALLOC_TIERS").unwrap();
         let source = tiers.split("path=").nth(1).unwrap().split(',').next();
-        assert_eq!(mapped_file(p).as_deref(), source, "the tier stayed on its device");
+        assert_eq!(
+            mapped_file(p).as_deref(),
+            source,
+            "the tier stayed on its device"
+        );
         assert_eq!(evacuate(Kind::Pmr, Some(target)), Ok(()));
         // SAFETY: the block, now on the target.
         assert!(unsafe { std::slice::from_raw_parts(p as *const u8, 1000) }

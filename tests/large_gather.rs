@@ -81,7 +81,11 @@ fn a_block_larger_than_any_cached_mapping_is_gathered_from_several_without_fault
             let q = GLOBAL.realloc(p, layout(size), 40 * MIB);
             assert!(!q.is_null());
             for (i, off) in (0..size).step_by(PAGE).enumerate() {
-                assert_eq!(*q.add(off), i as u8, "byte {off} of a reallocated gathered block");
+                assert_eq!(
+                    *q.add(off),
+                    i as u8,
+                    "byte {off} of a reallocated gathered block"
+                );
             }
             q.add(40 * MIB - 1).write(7);
             GLOBAL.dealloc(q, layout(40 * MIB));

@@ -663,8 +663,7 @@ fn run_on_device_filled(
     out.read_line(&mut grown).unwrap();
     let pid = child.id();
     let shmem_kb = || {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("RssShmem:"))
@@ -684,7 +683,12 @@ fn run_on_device_filled(
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(child.wait().unwrap().success(), "workload failed: {stderr}");
     (device_run(&tiers[..3], grown + &rest, stderr), start_kb)
 }
@@ -807,8 +811,14 @@ fn main_starts_while_the_device_reserve_is_made_present() {
     assert!(first.peak >= 200 * MIB, "{first:?}");
     // A fresh file: every page of the reserve is a new one (the slower fill).
     std::fs::remove_file(&file.0).unwrap();
-    let (second, start_kb) =
-        run_on_device_filled(dir.path(), &tiers, &profile, "0", first.peak - 2 * MIB, true);
+    let (second, start_kb) = run_on_device_filled(
+        dir.path(),
+        &tiers,
+        &profile,
+        "0",
+        first.peak - 2 * MIB,
+        true,
+    );
     assert!(
         start_kb * 1024 < first.peak / 2,
         "main started after {start_kb} kB of the reserve were present: {second:?}"

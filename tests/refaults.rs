@@ -46,7 +46,10 @@ fn empty(blocks: &mut Vec<*mut u8>) {
 /// Spends `d` of the calling thread's CPU time.
 fn spin_cpu(d: Duration) {
     let cpu = || {
-        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: a valid out-parameter for an existing clock.
         unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
         Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
