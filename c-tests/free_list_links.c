@@ -7,6 +7,9 @@
  *  - for every byte pattern, zero included: written over the block's first 16 bytes, the
  *    pattern also erases its free mark (its second word), which the malloc that hands the
  *    block out tests (src/dram/fast/page.rs, `Block::take_mark`);
+ *  - a link alone overwritten (8 bytes, the mark kept) with an address outside the block's
+ *    page, unmapped or another object's: the mark cannot tell, the list-head range test of the
+ *    fast pop does (without it the pop reads and writes at that address);
  *  - a zeroed link alone (8 bytes, the mark kept) ends the list (its blocks are leaked), and
  *    no block is handed out twice.
  * Each aborting case runs in a fork()ed child (check.h's EXPECT_ABORT).
@@ -37,6 +40,24 @@ static void corrupt_then(void *arg)
     printf("%p %p\n", (void *)a, (void *)b);
 }
 
+/* An object outside every page of blocks, whose address a link is overwritten with. */
+static size_t outside_object[4];
+
+/* Three blocks freed in turn, the head's link alone (its first 8 bytes) overwritten with
+ * `*arg`, then two requests of the size: the second would follow the link. */
+static void corrupt_link_then(void *arg)
+{
+    size_t size = 64;
+    char *volatile a = malloc(size), *volatile b = malloc(size), *volatile d = malloc(size);
+    free(a);
+    free(b);
+    free(d);
+    memcpy(d, arg, sizeof(void *));
+    a = malloc(size);
+    b = malloc(size);
+    printf("%p %p\n", (void *)a, (void *)b);
+}
+
 int main(void)
 {
     static const size_t sizes[] = {16, 48, 128, 1000, 5000, 20000};
@@ -53,6 +74,13 @@ int main(void)
         struct corrupt c = {64, 0x41, others[i]};
         EXPECT_ABORT(corrupt_then, &c, "corrupted free list", NULL);
     }
+    /* The link alone, the mark kept: a non-canonical address (the pop would fault on it),
+     * and the address of an object outside the heap's pages. */
+    static uintptr_t links[2];
+    links[0] = (uintptr_t)0x4141414141414141ull;
+    links[1] = (uintptr_t)&outside_object[0];
+    for (size_t i = 0; i < 2; i++)
+        EXPECT_ABORT(corrupt_link_then, &links[i], "corrupted free list", NULL);
     /* A zeroed link, the mark kept: the list ends there; what follows is never a block
      * handed out twice. */
     char *a = malloc(96), *b = malloc(96), *d = malloc(96);

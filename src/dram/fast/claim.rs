@@ -41,7 +41,7 @@ use core::sync::atomic::AtomicUsize;
 /// `p` must be a block start of `page` (16 readable bytes) and `heap` the calling thread's.
 #[inline]
 pub unsafe fn claim(heap: *mut Heap, page: *const Page, p: *mut u8) -> bool {
-    if !super::guard::DEFAULT_CHECKS {
+    if !super::guard::FREE_MARK {
         return true;
     }
     // SAFETY: the calling thread's heap; the block's second word is aligned, and every other

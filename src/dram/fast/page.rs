@@ -46,7 +46,7 @@ impl Block {
     /// `p` must be a block the caller is freeing.
     #[inline(always)]
     pub unsafe fn mark_free(p: *mut u8, page: *const Page) {
-        if guard::DEFAULT_CHECKS {
+        if guard::FREE_MARK {
             // SAFETY: blocks hold at least 16 bytes; the caller owns this dead one.
             unsafe { (*p.cast::<Block>()).tag = page as usize }
         }
@@ -266,9 +266,11 @@ impl Page {
             return false;
         }
         let offset = (p as usize) & (SLICE_SIZE - 1);
-        // SAFETY: read only once `p` is known to start a block of this page (16 bytes).
-        !guard::is_block_offset(self.div_magic, self.fast_limit, offset)
-            || unsafe { self.carries_mark(p) }
+        // SAFETY: read only once `p` is known to start a block of this page (16 bytes); read
+        // regardless in a build without the block-start test, made to measure its cost only.
+        (guard::BLOCK_START_CHECK
+            && !guard::is_block_offset(self.div_magic, self.fast_limit, offset))
+            || (guard::FREE_MARK && unsafe { self.carries_mark(p) })
     }
 
     /// Whether block `p` of this page carries the free mark (`Block::mark_free`).
@@ -329,7 +331,7 @@ impl Page {
     #[inline(always)]
     pub fn pop(&mut self) -> *mut u8 {
         let block = self.free;
-        if !guard::DEFAULT_CHECKS {
+        if !guard::LIST_RANGE_CHECK {
             if block.is_null() {
                 return ptr::null_mut();
             }
@@ -344,8 +346,12 @@ impl Page {
         // A block handed out carries no free mark (`suspect`), and every block on the list
         // must carry it (`take_mark`): one that does not is in use already.
         // SAFETY: the block is ours until returned.
-        if guard::DEFAULT_CHECKS && unsafe { !Block::take_mark(block, self) } {
+        if guard::HAND_OUT_MARK_TEST && unsafe { !Block::take_mark(block, self) } {
             return self.pop_unmarked(block);
+        }
+        if guard::FREE_MARK && !guard::HAND_OUT_MARK_TEST {
+            // SAFETY: as above.
+            unsafe { (*block).tag = 0 };
         }
         block.cast()
     }
@@ -381,7 +387,7 @@ impl Page {
             return self.drop_corrupted_list();
         }
         // SAFETY: a carved block of this page, on `free`.
-        if guard::DEFAULT_CHECKS && unsafe { !Block::is_marked(block, self) } {
+        if guard::FREE_MARK && unsafe { !Block::is_marked(block, self) } {
             // In use already (see `pop_unmarked`).
             return self.drop_list(crate::misuse::Misuse::FreeMarkLost);
         }
@@ -448,7 +454,7 @@ impl Page {
             return false;
         }
         // SAFETY: a carved block of this page, on `free`: it holds a link and a mark.
-        if guard::DEFAULT_CHECKS && unsafe { !Block::is_marked(block, self) } {
+        if guard::FREE_MARK && unsafe { !Block::is_marked(block, self) } {
             return false;
         }
         // SAFETY: as above.
@@ -469,7 +475,7 @@ impl Page {
             // Stored as it is: the owner's thread frees here only outside
             // `TIERMALLOC_SECURE=1`, whose key is 0 (see `Segment::owner`).
             (*block).link = self.free as usize;
-            if guard::DEFAULT_CHECKS {
+            if guard::FREE_MARK {
                 (*block).tag = self as *const Page as usize;
             }
         }
@@ -653,7 +659,7 @@ impl Page {
         while !list.is_null() {
             // SAFETY: taken blocks are ours; each link was written before its push.
             unsafe {
-                if guard::DEFAULT_CHECKS && !Block::is_marked(list, self) {
+                if guard::FREE_MARK && !Block::is_marked(list, self) {
                     // In use already (see `pop_unmarked`): neither it nor the rest, whose
                     // link it held, is taken.
                     crate::misuse::report("free", list.cast(), crate::misuse::Misuse::FreeMarkLost);
