@@ -204,3 +204,47 @@ fn libgcc_s_is_needed_only_for_unwinding_itself() {
             .collect::<Vec<_>>()
     );
 }
+
+/// No function every process runs has a frame of a page or more: such a frame is probed a page
+/// at a time (`sub $0x1000,%rsp`), and the start-up path's deepest frame decides how many
+/// stack pages every process keeps resident. `config::get` built the whole configuration on
+/// the stack (13 KiB) until it filled the static in place (src/config.rs, `parse_into`).
+#[test]
+fn no_function_every_process_runs_probes_a_page_of_stack() {
+    let lib = library().path;
+    let syms = symbols(&lib);
+    let (start, end) = (
+        syms["__tiermalloc_hot_text_start"],
+        syms["__tiermalloc_hot_text_end"],
+    );
+    let out = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(format!("--start-address={start:#x}"))
+        .arg(format!("--stop-address={end:#x}"))
+        .arg(&lib)
+        .output()
+        .expect("objdump (binutils) runs");
+    assert!(out.status.success(), "objdump {} failed", lib.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut function = "";
+    let mut instructions = 0;
+    let mut probing = Vec::new();
+    for line in text.lines() {
+        if line.ends_with(">:") {
+            function = line;
+        } else if line.contains(":\t") {
+            instructions += 1;
+            if line.contains("sub    $0x1000,%rsp") && !probing.contains(&function) {
+                probing.push(function);
+            }
+        }
+    }
+    assert!(
+        instructions > 1000,
+        "the group was not disassembled: {instructions} instructions"
+    );
+    assert!(
+        probing.is_empty(),
+        "frames of a page or more in the start-up and malloc paths: {probing:?}"
+    );
+}
