@@ -452,7 +452,9 @@ pub fn parse_bool(name: &str, value: Option<&[u8]>, report: &mut dyn Report) -> 
     }
 }
 
-/// Builds a configuration from the variables' values, reporting every skipped entry.
+/// Builds a configuration from the variables' values, reporting every skipped entry (the tests'
+/// entry point; `get` reads the environment with `parse_into`).
+#[cfg(test)]
 pub fn parse(
     tiers: Option<&[u8]>,
     place: Option<&[u8]>,
@@ -461,6 +463,21 @@ pub fn parse(
     report: &mut dyn Report,
 ) -> Config {
     let mut config = Config::new();
+    parse_into(&mut config, tiers, place, show_stats, verbose, report);
+    config
+}
+
+/// `parse`, into a configuration that is `Config::new()`: `get` fills the static in place, so
+/// reading the environment at start-up does not build a copy on the stack (a 13 KiB frame,
+/// whose pages stayed resident in every process; BENCHMARKS.md, "Session 9, branch rss").
+fn parse_into(
+    config: &mut Config,
+    tiers: Option<&[u8]>,
+    place: Option<&[u8]>,
+    show_stats: Option<&[u8]>,
+    verbose: Option<&[u8]>,
+    report: &mut dyn Report,
+) {
     for entry in entries(tiers.unwrap_or(b"")) {
         match parse_tier(entry) {
             Ok(_) if config.tier_count == MAX_TIERS => {
@@ -504,7 +521,6 @@ pub fn parse(
     }
     config.show_stats = parse_bool("TIERMALLOC_SHOW_STATS", show_stats, report);
     config.verbose = parse_bool("TIERMALLOC_VERBOSE", verbose, report);
-    config
 }
 
 const UNREAD: u8 = 0;
@@ -523,45 +539,51 @@ pub(crate) fn tier_spec_for_test(text: &str) -> TierSpec {
     parse(Some(text.as_bytes()), None, None, None, &mut Ignore).tiers()[0]
 }
 
+/// What `get` answers before the environment is read.
+static DEFAULTS: Config = Config::new();
+
 /// The configuration, reading the environment on the first call that finds it ready. Before
 /// that (a `malloc` before libc set up `environ`) and while another thread reads it, the
 /// defaults.
 pub fn get() -> &'static Config {
-    static DEFAULTS: Config = Config::new();
     match STATE.load(Ordering::Acquire) {
         // SAFETY: CONFIG is written once, before STATE becomes READ (Release), never again.
         READ => unsafe { &*core::ptr::addr_of!(CONFIG) },
-        UNREAD if os::environ_ready() => {
-            if STATE
-                .compare_exchange(UNREAD, READING, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
-                return &DEFAULTS;
-            }
-            let mut config = parse(
-                os::getenv(b"TIERMALLOC_TIERS"),
-                os::getenv(b"TIERMALLOC_PLACE"),
-                os::getenv(b"TIERMALLOC_SHOW_STATS"),
-                os::getenv(b"TIERMALLOC_VERBOSE"),
-                &mut Stderr,
-            );
-            config.secure = parse_bool("TIERMALLOC_SECURE", os::getenv(b"TIERMALLOC_SECURE"), &mut Stderr);
-            match os::getenv(b"TIERMALLOC_ON_ERROR") {
-                None | Some(b"abort") => {}
-                Some(b"ignore") => config.ignore_bad_free = true,
-                Some(other) => {
-                    Stderr.problem("TIERMALLOC_ON_ERROR", other, "expected abort or ignore")
-                }
-            }
-            // SAFETY: we won the READING state: no one else writes CONFIG, no one reads it
-            // before READ is published below.
-            unsafe { core::ptr::addr_of_mut!(CONFIG).write(config) };
-            STATE.store(READ, Ordering::Release);
-            // SAFETY: as in the READ arm.
-            unsafe { &*core::ptr::addr_of!(CONFIG) }
-        }
+        UNREAD if os::environ_ready() => read_environment(),
         _ => &DEFAULTS,
     }
+}
+
+/// The first reading of the environment, out of line: `get`'s callers pay no frame for it.
+#[cold]
+#[inline(never)]
+fn read_environment() -> &'static Config {
+    if STATE
+        .compare_exchange(UNREAD, READING, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return &DEFAULTS;
+    }
+    // SAFETY: we won the READING state: no one else writes CONFIG, no one reads it before
+    // READ is published below; CONFIG still holds `Config::new()`.
+    let config = unsafe { &mut *core::ptr::addr_of_mut!(CONFIG) };
+    parse_into(
+        config,
+        os::getenv(b"TIERMALLOC_TIERS"),
+        os::getenv(b"TIERMALLOC_PLACE"),
+        os::getenv(b"TIERMALLOC_SHOW_STATS"),
+        os::getenv(b"TIERMALLOC_VERBOSE"),
+        &mut Stderr,
+    );
+    config.secure = parse_bool("TIERMALLOC_SECURE", os::getenv(b"TIERMALLOC_SECURE"), &mut Stderr);
+    match os::getenv(b"TIERMALLOC_ON_ERROR") {
+        None | Some(b"abort") => {}
+        Some(b"ignore") => config.ignore_bad_free = true,
+        Some(other) => Stderr.problem("TIERMALLOC_ON_ERROR", other, "expected abort or ignore"),
+    }
+    STATE.store(READ, Ordering::Release);
+    // SAFETY: as in `get`'s READ arm.
+    unsafe { &*core::ptr::addr_of!(CONFIG) }
 }
 
 #[cfg(test)]

@@ -176,6 +176,8 @@ not_under_loom! {
     mod textbuf;
     mod thread_slot;
     mod tier;
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+    mod unwind_lazy;
     mod userfaultfd;
 
     pub use front::api::{

@@ -1,6 +1,7 @@
-//! The shared library's layout: the code every process runs lies together at the front of
-//! `.text` (`link/hot_text.ld` says why: the kernel maps a library's text a 64 KiB window at a
-//! time, and every mapped page counts in the process's RSS). Read from the built library with
+//! The shared library's layout and what it makes the loader map: the code every process runs
+//! lies together at the front of `.text` (`link/hot_text.ld` says why: the kernel maps a
+//! library's text a 64 KiB window at a time, and every mapped page counts in the process's
+//! RSS), and libgcc_s is loaded only by a build that unwinds. Read from the built library with
 //! `nm` and `readelf`, so it holds for whichever profile the tests link.
 
 mod support;
@@ -126,5 +127,124 @@ fn what_every_process_runs_lies_together_at_the_front_of_the_text() {
     assert!(
         group * 3 < text_len,
         "the group is {group} of the text's {text_len} bytes: more than a third"
+    );
+}
+
+/// `(needed libraries, imported symbols)` of the library, from `readelf -dW` and
+/// `nm -D --undefined-only`.
+fn dynamic_imports(lib: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let d = Command::new("readelf")
+        .arg("-dW")
+        .arg(lib)
+        .output()
+        .expect("readelf runs");
+    let needed = String::from_utf8_lossy(&d.stdout)
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| Some(l.split_once('[')?.1.trim_end_matches(']').to_string()))
+        .collect();
+    let u = Command::new("nm")
+        .args(["-D", "--undefined-only"])
+        .arg(lib)
+        .output()
+        .expect("nm runs");
+    let imported = String::from_utf8_lossy(&u.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|s| s.split('@').next().unwrap_or(s).to_string())
+        .collect();
+    (needed, imported)
+}
+
+/// libgcc_s is mapped only when unwinding needs it (src/unwind_lazy.rs): the unwinder entry
+/// points std names for backtraces and landing pads are the library's own lazy stubs, never
+/// imports, so a `panic = "abort"` build (the release library: run with
+/// `TIERMALLOC_TEST_PRELOAD=target/release/libtiermalloc.so`) imports no `_Unwind_*` symbol and
+/// does not list libgcc_s.so.1; a `panic = "unwind"` build (the tests') still imports
+/// `_Unwind_RaiseException` for its panics.
+#[test]
+fn libgcc_s_is_needed_only_for_unwinding_itself() {
+    let lib = library().path;
+    let (needed, imported) = dynamic_imports(&lib);
+    assert!(
+        needed.iter().any(|n| n.starts_with("libc.so")),
+        "the dynamic section was not read: {needed:?}"
+    );
+    let lazy = [
+        "_Unwind_Resume",
+        "_Unwind_Backtrace",
+        "_Unwind_GetIP",
+        "_Unwind_GetIPInfo",
+        "_Unwind_GetDataRelBase",
+        "_Unwind_GetTextRelBase",
+        "_Unwind_GetRegionStart",
+        "_Unwind_GetLanguageSpecificData",
+        "_Unwind_SetGR",
+        "_Unwind_SetIP",
+    ];
+    let imported_lazy: Vec<&String> = imported
+        .iter()
+        .filter(|s| lazy.contains(&s.as_str()))
+        .collect();
+    assert!(
+        imported_lazy.is_empty(),
+        "{} imports {imported_lazy:?}: they should bind to src/unwind_lazy.rs's stubs",
+        lib.display()
+    );
+    let unwinds = imported.iter().any(|s| s.starts_with("_Unwind_"));
+    let needs_gcc_s = needed.iter().any(|n| n.starts_with("libgcc_s"));
+    assert!(
+        needs_gcc_s == unwinds,
+        "{} lists {needed:?} and imports {:?}: libgcc_s should be needed exactly when an \
+         _Unwind_ symbol is imported",
+        lib.display(),
+        imported
+            .iter()
+            .filter(|s| s.starts_with("_Unwind_"))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// No function every process runs has a frame of a page or more: such a frame is probed a page
+/// at a time (`sub $0x1000,%rsp`), and the start-up path's deepest frame decides how many
+/// stack pages every process keeps resident. `config::get` built the whole configuration on
+/// the stack (13 KiB) until it filled the static in place (src/config.rs, `parse_into`).
+#[test]
+fn no_function_every_process_runs_probes_a_page_of_stack() {
+    let lib = library().path;
+    let syms = symbols(&lib);
+    let (start, end) = (
+        syms["__tiermalloc_hot_text_start"],
+        syms["__tiermalloc_hot_text_end"],
+    );
+    let out = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(format!("--start-address={start:#x}"))
+        .arg(format!("--stop-address={end:#x}"))
+        .arg(&lib)
+        .output()
+        .expect("objdump (binutils) runs");
+    assert!(out.status.success(), "objdump {} failed", lib.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut function = "";
+    let mut instructions = 0;
+    let mut probing = Vec::new();
+    for line in text.lines() {
+        if line.ends_with(">:") {
+            function = line;
+        } else if line.contains(":\t") {
+            instructions += 1;
+            if line.contains("sub    $0x1000,%rsp") && !probing.contains(&function) {
+                probing.push(function);
+            }
+        }
+    }
+    assert!(
+        instructions > 1000,
+        "the group was not disassembled: {instructions} instructions"
+    );
+    assert!(
+        probing.is_empty(),
+        "frames of a page or more in the start-up and malloc paths: {probing:?}"
     );
 }
