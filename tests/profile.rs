@@ -380,7 +380,12 @@ fn start_peer(dir: &Path, name: &str) -> std::process::Child {
 
 /// `start_peer` with the environment `env`.
 fn start_peer_with(dir: &Path, env: &[(&str, &str)]) -> std::process::Child {
-    let mut child = command(dir, env, &["300", "wait"])
+    start_peer_growing(dir, env, "300")
+}
+
+/// `start_peer_with`, growing to `mib` MiB.
+fn start_peer_growing(dir: &Path, env: &[(&str, &str)], mib: &str) -> std::process::Child {
+    let mut child = command(dir, env, &[mib, "wait"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -871,4 +876,44 @@ fn a_persistent_tier_recovers_the_same_after_an_unused_reserve() {
         last[0], last[1],
         "the heap after a reserve, and without one"
     );
+}
+
+/// A live peer's use of a private device tier is what the next process of the name reserves
+/// there (before any history: the seed's "a running instance of it first"); a peer killed
+/// at its peak leaves a record that is ignored.
+#[test]
+fn a_live_peers_device_use_is_reserved_and_a_dead_peers_is_not() {
+    let dir = TempDir::new("profile", "device-peers").kept_on_panic();
+    let (peer_file, own_file) = (ShmFile::new("peer-cxl"), ShmFile::new("own-cxl"));
+    let peer_tiers = format!("cxl:path={},size=256M,create", peer_file.0.display());
+    let own_tiers = format!("cxl:path={},size=256M,create", own_file.0.display());
+    let profile = [("TIERMALLOC_PROFILE", "dp"), ("TIERMALLOC_VERBOSE", "1")];
+    let mut peer_env = vec![("TIERMALLOC_TIERS", peer_tiers.as_str())];
+    peer_env.extend_from_slice(&profile);
+    let mut peer = start_peer_growing(dir.path(), &peer_env, "100");
+    let with_peer = run_on_device(dir.path(), &own_tiers, &profile, "0");
+    assert!(
+        with_peer.stderr.contains("of tier 'cxl' from the peak of 1 live peer(s)"),
+        "{}",
+        with_peer.stderr
+    );
+    // What it reserves (the workload exits at once: the fill is stopped partway).
+    let reserving = with_peer
+        .stderr
+        .lines()
+        .filter(|l| l.contains("of tier 'cxl'"))
+        .find_map(|l| l.strip_prefix("tiermalloc: profile dp: reserving "))
+        .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        reserving >= 100 * MIB && reserving <= 110 * MIB,
+        "reserves the peer's peak: {with_peer:?}"
+    );
+    // Killed at its peak: its live record stays behind, with no run recorded.
+    peer.kill().unwrap();
+    peer.wait().unwrap();
+    // The next process has only the history of the run above (which used almost nothing).
+    let after = run_on_device(dir.path(), &own_tiers, &profile, "0");
+    assert!(after.reserved < MIB, "a dead peer's use was reserved: {}", after.stderr);
+    assert!(!after.stderr.contains("live peer"), "{}", after.stderr);
 }

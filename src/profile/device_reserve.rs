@@ -34,7 +34,7 @@
 use super::copy_fill::CopyFill;
 use super::helper_thread::HelperThread;
 use crate::device::reserve_use::{
-    fill_stepped, mark, TierReserve, BY_MAPPED_WHOLE, BY_POPULATE, BY_USERFAULTFD, FILL_ENDED,
+    fill_stepped, mark, publish_peak, TierReserve, BY_MAPPED_WHOLE, BY_POPULATE, BY_USERFAULTFD, FILL_ENDED,
     FILL_IDLE, FILL_RUNNING, RESERVES,
 };
 pub(crate) use crate::device::reserve_use::{peaks, KINDS};
@@ -107,6 +107,17 @@ pub(crate) fn start(name: &str, estimates: [u64; 3]) {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             );
+        }
+    }
+}
+
+/// Publishes each recorded tier's peak to `words` (by `KINDS` index: this process's live
+/// record, which peers read), from now on; null words stop it.
+pub(crate) fn publish_peaks_to(words: [*mut AtomicU64; 3]) {
+    for (r, word) in RESERVES.iter().zip(words) {
+        r.live_peak.store(word, Ordering::Release);
+        if !word.is_null() && r.active.load(Ordering::Acquire) {
+            publish_peak(r, r.peak.load(Ordering::Relaxed));
         }
     }
 }

@@ -87,13 +87,13 @@ pub(crate) fn start() {
     };
     let peers = store.live_peers();
     let runs = store.history();
-    let dram_peers: Vec<u64> = peers.iter().map(|p| p.0).collect();
+    let dram_peers: Vec<u64> = peers.iter().map(|p| p.dram).collect();
     let dram_history: Vec<u64> = runs.iter().map(|r| r.peak).collect();
     let estimate = estimate::estimate(&dram_peers, &dram_history, max);
     if estimate.bytes > 0 && reserve_allowed {
         reserve(&shown, estimate.bytes as usize);
     }
-    let pool_peers: Vec<u64> = peers.iter().map(|p| p.1).filter(|&b| b > 0).collect();
+    let pool_peers: Vec<u64> = peers.iter().map(|p| p.pool).filter(|&b| b > 0).collect();
     let pool_history: Vec<u64> = runs.iter().map(|r| r.pool_peak).filter(|&b| b > 0).collect();
     let pool_estimate = estimate::estimate_bytes(&pool_peers, &pool_history, max);
     let mut pool_reserved = 0;
@@ -107,21 +107,21 @@ pub(crate) fn start() {
             )),
         }
     }
-    // Private device tiers: from the history alone (a live peer's device use is not published),
-    // in whole pages.
-    let device_estimates: [u64; 3] = core::array::from_fn(|i| {
+    // Private device tiers: from live peers that use one, else the history, in whole pages.
+    let device_estimates: [estimate::Estimate; 3] = core::array::from_fn(|i| {
+        let peers: Vec<u64> = peers.iter().map(|p| p.devices[i]).filter(|&b| b > 0).collect();
         let history: Vec<u64> = runs
             .iter()
             .map(|r| r.devices[i].0)
             .filter(|&b| b > 0)
             .collect();
         let page = os::PAGE_SIZE as u64;
-        match reserve_allowed {
-            true => estimate::estimate_bytes(&[], &history, max).bytes / page * page,
-            false => 0,
-        }
+        let mut e = estimate::estimate_bytes(&peers, &history, max);
+        e.bytes = if reserve_allowed { e.bytes / page * page } else { 0 };
+        e
     });
-    device_reserve::start(&shown, device_estimates);
+    let device_bytes = device_estimates.map(|e| e.bytes);
+    device_reserve::start(&shown, device_bytes);
     let live = match store.publish_live(estimate.bytes) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -136,23 +136,30 @@ pub(crate) fn start() {
     let (dram_word, pool_word) =
         live.as_ref().map_or((core::ptr::null_mut(), core::ptr::null_mut()), |l| l.peak_words());
     crate::pool::share::publish_peak_to(pool_word);
+    device_reserve::publish_peaks_to(
+        live.as_ref().map_or([core::ptr::null_mut(); 3], |l| l.device_peak_words()),
+    );
     reserve::start_profiling(dram_word);
     if config::get().verbose {
-        let from = match estimate.source {
+        let from = |source| match source {
             Source::Peers(n) => format!("the peak of {n} live peer(s)"),
             Source::History(n) => format!("the p90 of {n} recorded run(s)"),
             Source::Nothing => "nothing recorded yet".to_owned(),
         };
         say(format_args!(
-            "tiermalloc: profile {shown}: reserving {} B of dram from {from}{}; records in {}",
+            "tiermalloc: profile {shown}: reserving {} B of dram from {}{}; records in {}",
             estimate.bytes,
+            from(estimate.source),
             if estimate.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" },
             store.place()
         ));
-        for (i, &bytes) in device_estimates.iter().enumerate().filter(|(_, &b)| b > 0) {
+        for (i, e) in device_estimates.iter().enumerate().filter(|(_, e)| e.bytes > 0) {
             say(format_args!(
-                "tiermalloc: profile {shown}: reserving {bytes} B of tier '{}'",
-                device_reserve::KINDS[i].name()
+                "tiermalloc: profile {shown}: reserving {} B of tier '{}' from {}{}",
+                e.bytes,
+                device_reserve::KINDS[i].name(),
+                from(e.source),
+                if e.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" }
             ));
         }
         if pool_estimate.bytes > 0 {
@@ -238,6 +245,7 @@ pub(crate) fn finish() {
     }
     reserve::stop_live();
     crate::pool::share::publish_peak_to(core::ptr::null_mut());
+    device_reserve::publish_peaks_to([core::ptr::null_mut(); 3]);
     let (peak, at) = reserve::peak();
     let (pool_peak, pool_at) = crate::pool::share::peak();
     let unix_secs = std::time::SystemTime::now()

@@ -13,8 +13,9 @@
 //!   of their two lines, never corrupt the file.
 //! - `NAME.live.PID`: the record of a running process, a 64-byte file it maps shared and
 //!   keeps current with plain atomic stores (no system call on the allocator's paths):
-//!   `LIVE_MAGIC, pid, pid start time, dram peak, reserved, pool peak`. Peers read it as the current use
-//!   of a running instance. A record whose process is gone (pid missing, or reused: its
+//!   `LIVE_MAGIC, pid, pid start time, dram peak, reserved, pool peak, cxl peak, cmb peak,
+//!   pmr peak` (128 bytes; a 64-byte record of an older version reads 0 for the device
+//!   peaks). Peers read it as the current use of a running instance. A record whose process is gone (pid missing, or reused: its
 //!   start time differs) is ignored and removed.
 //!
 //! Only start and exit read and write these files; they may allocate.
@@ -25,10 +26,21 @@ use std::io::Write;
 use std::path::PathBuf;
 
 const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"TMLIVE01");
-const LIVE_BYTES: usize = 64;
+const LIVE_BYTES: usize = 128;
 const LIVE_PEAK: usize = 3;
 const LIVE_RESERVED: usize = 4;
 const LIVE_POOL_PEAK: usize = 5;
+/// The words of each private device tier's peak (`cxl`, `cmb`, `pmr`).
+const LIVE_DEVICE_PEAKS: [usize; 3] = [6, 7, 8];
+
+/// What a live peer of the profile has used at most so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LivePeer {
+    pub dram: u64,
+    pub pool: u64,
+    /// Each private device tier's (`cxl`, `cmb`, `pmr`).
+    pub devices: [u64; 3],
+}
 
 /// A profile's records in its directory.
 pub(crate) struct Store {
@@ -131,9 +143,9 @@ impl Store {
         std::fs::rename(&tmp, self.runs_path())
     }
 
-    /// The (dram, pool) peaks of live peers of this profile (not this process). Records of
-    /// dead processes are ignored and removed.
-    pub(crate) fn live_peers(&self) -> Vec<(u64, u64)> {
+    /// The peaks of live peers of this profile (not this process). Records of dead
+    /// processes are ignored and removed.
+    pub(crate) fn live_peers(&self) -> Vec<LivePeer> {
         let prefix = format!("{}.live.", self.name);
         let me = std::process::id();
         let mut peaks = Vec::new();
@@ -161,7 +173,11 @@ impl Store {
                     .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
             };
             if word(0) == LIVE_MAGIC && word(1) == pid as u64 && process_lives(pid, word(2)) {
-                peaks.push((word(LIVE_PEAK), word(LIVE_POOL_PEAK)));
+                peaks.push(LivePeer {
+                    dram: word(LIVE_PEAK),
+                    pool: word(LIVE_POOL_PEAK),
+                    devices: LIVE_DEVICE_PEAKS.map(word),
+                });
             } else if word(0) == LIVE_MAGIC && !process_lives(pid, word(2)) {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -223,6 +239,12 @@ impl Live {
     pub(crate) fn pool_peak_word(&self) -> *mut AtomicU64 {
         // SAFETY: within the mapping.
         unsafe { self.words.add(LIVE_POOL_PEAK) }
+    }
+
+    /// The word peers read as this process's peak on private device tier `KINDS[i]`.
+    pub(crate) fn device_peak_word(&self, i: usize) -> *mut AtomicU64 {
+        // SAFETY: within the mapping.
+        unsafe { self.words.add(LIVE_DEVICE_PEAKS[i]) }
     }
 
     /// Removes the record's file (the process is finishing). The mapping stays for the rest
