@@ -917,3 +917,63 @@ fn a_live_peers_device_use_is_reserved_and_a_dead_peers_is_not() {
     assert!(after.reserved < MIB, "a dead peer's use was reserved: {}", after.stderr);
     assert!(!after.stderr.contains("live peer"), "{}", after.stderr);
 }
+
+/// `tests/programs/count_threads.c` built as a library to preload (once per test binary).
+fn thread_counter() -> &'static Path {
+    static SO: OnceLock<PathBuf> = OnceLock::new();
+    SO.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tiermalloc-count-threads-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let so = dir.join("count_threads.so");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/count_threads.c");
+        let status = Command::new("cc")
+            .args(["-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o"])
+            .arg(&so)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .expect("cc runs");
+        assert!(status.success(), "compiling {} failed", src.display());
+        so
+    })
+}
+
+/// The threads a `grow 20` run created (its `pthread_create` calls), and the run.
+fn threads_created(dir: &Path, env: &[(&str, &str)]) -> (u64, Run) {
+    let preload = format!("{} {}", thread_counter().display(), library().path.display());
+    let mut all = vec![("LD_PRELOAD", preload.as_str())];
+    all.extend_from_slice(env);
+    let (stdout, stderr) = outputs(command(dir, &all, &["20"]));
+    let n = figure(&stderr, "threads_created").unwrap_or_else(|| panic!("{stderr}"));
+    (n, parse(&stdout, &stderr))
+}
+
+/// The profile's helper threads start only when there is something to reserve: a process
+/// with no record and no live peer of its name, or capped at 0, creates no more threads than
+/// one without a profile; the next run, which reserves, does.
+#[test]
+fn a_profile_with_nothing_to_reserve_starts_no_thread() {
+    let dir = TempDir::new("profile", "threads").kept_on_panic();
+    let (plain, _) = threads_created(dir.path(), &[]);
+    let profile = [("TIERMALLOC_PROFILE", "t")];
+    let (first, run) = threads_created(dir.path(), &profile);
+    assert_eq!(first, plain, "nothing recorded yet: {}", run.stderr);
+    assert_eq!(run.reserved, 0);
+    let (capped, run) = threads_created(
+        dir.path(),
+        &[("TIERMALLOC_PROFILE", "t"), ("TIERMALLOC_PROFILE_MAX", "0")],
+    );
+    assert_eq!(capped, plain, "capped at 0: {}", run.stderr);
+    let (second, run) = threads_created(dir.path(), &profile);
+    assert!(run.reserved >= 20 * MIB, "{run:?}");
+    assert_eq!(second, plain + 1, "the DRAM reserve's thread: {}", run.stderr);
+    // A private device tier's first run: nothing recorded for it, no thread either.
+    let file = ShmFile::new("threads-cxl");
+    let tiers = format!("cxl:path={},size=64M,create", file.0.display());
+    let device_dir = dir.path().join("device");
+    let (on_device, run) = threads_created(
+        &device_dir,
+        &[("TIERMALLOC_PROFILE", "t"), ("TIERMALLOC_TIERS", tiers.as_str())],
+    );
+    assert_eq!(on_device, plain, "{}", run.stderr);
+}

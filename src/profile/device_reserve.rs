@@ -93,6 +93,14 @@ pub(crate) fn start(name: &str, estimates: [u64; 3]) {
         }
         r.active.store(true, Ordering::Release);
     }
+    if any && !FILLER.was_started() {
+        // `profile::spawn_early` found nothing to reserve before the tiers opened (a peer
+        // started in between): the thread cannot be started now (`helper_thread` says why).
+        os::say(format_args!(
+            "tiermalloc: profile {name}: nothing was to be reserved in device tiers when the \
+             process started; their reserve fills in as used"
+        ));
+    }
     if !any || !FILLER.is_waiting() {
         FILLER.dismiss();
         return;

@@ -6,6 +6,7 @@
 //! is rounded up to whole chunks (the reserve's unit) and capped by `TIERMALLOC_PROFILE_MAX`
 //! rounded down to whole chunks, so the reserve never exceeds the cap.
 
+use super::record::{LivePeer, Run};
 use crate::chunk::CHUNK_SIZE;
 
 /// Finished runs a profile keeps.
@@ -69,6 +70,37 @@ fn estimate_in(peers: &[u64], history: &[u64], max: Option<u64>, unit: u64) -> E
         bytes: rounded.min(cap),
         source,
         capped: rounded > cap,
+    }
+}
+
+/// What a profile reserves in each tier: DRAM (whole chunks), the pool tier (bytes), each
+/// private device tier (`cxl`, `cmb`, `pmr`: whole pages).
+pub(crate) struct Plan {
+    pub dram: Estimate,
+    pub pool: Estimate,
+    pub devices: [Estimate; 3],
+}
+
+/// The plan from live peers of the name and its recorded runs, capped by `max`: for each
+/// tier, the peers' peaks there, else the history's (a tier a peer or run did not use does
+/// not count for it).
+pub(crate) fn plan(peers: &[LivePeer], runs: &[Run], max: Option<u64>) -> Plan {
+    let used = |v: Vec<u64>| -> Vec<u64> { v.into_iter().filter(|&b| b > 0).collect() };
+    let dram_peers: Vec<u64> = peers.iter().map(|p| p.dram).collect();
+    let dram_history: Vec<u64> = runs.iter().map(|r| r.peak).collect();
+    let pool_peers = used(peers.iter().map(|p| p.pool).collect());
+    let pool_history = used(runs.iter().map(|r| r.pool_peak).collect());
+    let page = crate::os::PAGE_SIZE as u64;
+    Plan {
+        dram: estimate(&dram_peers, &dram_history, max),
+        pool: estimate_bytes(&pool_peers, &pool_history, max),
+        devices: core::array::from_fn(|i| {
+            let peers = used(peers.iter().map(|p| p.devices[i]).collect());
+            let history = used(runs.iter().map(|r| r.devices[i].0).collect());
+            let mut e = estimate_bytes(&peers, &history, max);
+            e.bytes = e.bytes / page * page;
+            e
+        }),
     }
 }
 

@@ -100,10 +100,15 @@ impl Store {
     /// The store of profile `name` in `dir`, creating the directory.
     pub(crate) fn open(dir: PathBuf, name: &str) -> std::io::Result<Store> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Store {
+        Ok(Store::at(dir, name))
+    }
+
+    /// The store of profile `name` in `dir`, to read (nothing is created).
+    pub(crate) fn at(dir: PathBuf, name: &str) -> Store {
+        Store {
             dir,
             name: name.to_owned(),
-        })
+        }
     }
 
     pub(crate) fn runs_path(&self) -> PathBuf {
