@@ -18,9 +18,17 @@
 //!   stopped after its step in progress (`stop_filling`). On a file in /dev/shm (shmem) and on
 //!   anonymous memory the pages are put in place by userfaultfd (`CopyFill::map_free_space`), which takes no fault at
 //!   all; elsewhere by `MADV_POPULATE_WRITE`, whose faults the kernel counts as the process's,
-//!   said in one line at exit. A PCI BAR is mapped whole by the kernel: nothing to do. No byte
-//!   of the device changes, and nothing is written to it: a persistent tier recovers exactly as
-//!   it would have, and a reserve never used leaves nothing behind.
+//!   said in one line at exit. A PCI BAR is mapped whole by the kernel: nothing to do. Making
+//!   the pages present changes no byte of the device.
+//! - **Slabs cut ahead**: the run records, per lane and size class, the most slabs it had in
+//!   use at once (`record::SlabPeak`); the next run's fill thread, once its first step is
+//!   present, cuts that many (the p90 of the recorded runs, within the reserve) before the
+//!   workload asks (`DeviceTier::cut_slabs_ahead`, `device::slabs_ahead`), so that the first
+//!   allocation of each class takes a slot without the heap lock. On a persistent heap these
+//!   cuts write each slab's marker, as any slab's cut does: an empty slab is free space to a
+//!   recovery (see `device::slabs_ahead`). They are the reserve's only device writes: a
+//!   persistent tier recovers the same blocks as it would have, and a reserve never used
+//!   leaves only free space behind (`tests/profile.rs`).
 //! - **How good the estimate was**: `reserved` (bytes made present), `reserve_used` (pages of
 //!   the reserve the tier has cut from, once each), `reserve_miss` (pages the tier cut from for
 //!   the first time while the profile was active and the fill had not made present: outside
@@ -33,14 +41,16 @@
 
 use super::copy_fill::CopyFill;
 use super::helper_thread::HelperThread;
+use super::record::SlabPeak;
 use crate::device::reserve_use::{
-    fill_stepped, mark, publish_peak, TierReserve, BY_MAPPED_WHOLE, BY_POPULATE, BY_USERFAULTFD, FILL_ENDED,
-    FILL_IDLE, FILL_RUNNING, RESERVES,
+    fill_stepped, mark, publish_peak, TierReserve, BY_MAPPED_WHOLE, BY_POPULATE, BY_USERFAULTFD,
+    FILL_ENDED, FILL_IDLE, FILL_RUNNING, RESERVES,
 };
 pub(crate) use crate::device::reserve_use::{peaks, KINDS};
+use crate::device::slabs::{Lane, SLAB_BYTES};
 use crate::device::{self, DeviceTier};
 use crate::os::{self, PAGE_SIZE};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// The private device tiers this process opened, with their reserve state.
 fn private_tiers() -> impl Iterator<Item = (usize, &'static DeviceTier, &'static TierReserve)> {
@@ -52,6 +62,9 @@ fn private_tiers() -> impl Iterator<Item = (usize, &'static DeviceTier, &'static
 
 /// Bytes each tier's fill thread is to make present (by `KINDS` index).
 static WANT: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+/// The slabs each tier's fill thread is to cut ahead, by `KINDS` index and lane-and-class key
+/// (`slabs::Lane::key`): set by `start` before the thread is released.
+static SLAB_TARGETS: [[AtomicU32; 256]; 3] = [const { [const { AtomicU32::new(0) }; 256] }; 3];
 /// Set at exit: the fill thread stops after its step in progress.
 static STOP: AtomicBool = AtomicBool::new(false);
 /// Bytes made present per step, under the heap lock: what a cut that catches up with the fill
@@ -62,7 +75,12 @@ const STEP: u64 = 2 << 20;
 /// `estimates[i]` bytes (for kind `KINDS[i]`; 0: none) of its free space present while the program runs.
 /// Problems are said in one line each, naming the profile `name`; the tier runs on without
 /// (that part of) its reserve.
-pub(crate) fn start(name: &str, estimates: [u64; 3]) {
+pub(crate) fn start(name: &str, estimates: [u64; 3], slabs: &[SlabPeak]) {
+    for p in slabs {
+        if let Some(targets) = SLAB_TARGETS.get(p.device as usize) {
+            targets[p.key as usize].store(p.slabs, Ordering::Relaxed);
+        }
+    }
     let mut any = false;
     for (i, tier, r) in private_tiers() {
         let (_, len) = tier.region_span();
@@ -88,7 +106,8 @@ pub(crate) fn start(name: &str, estimates: [u64; 3]) {
         if want > 0 {
             WANT[i].store(want, Ordering::Relaxed);
             // SAFETY: getpid has no preconditions.
-            r.filler_pid.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
+            r.filler_pid
+                .store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
             any = true;
         }
         r.active.store(true, Ordering::Release);
@@ -161,7 +180,7 @@ extern "C" fn fill_thread(_: *mut libc::c_void) -> *mut libc::c_void {
     for (i, tier, r) in private_tiers() {
         let want = WANT[i].load(Ordering::Relaxed);
         if want > 0 {
-            fill(tier, r, want);
+            fill(i, tier, r, want);
             end_fill(r);
         }
     }
@@ -175,7 +194,7 @@ extern "C" fn fill_thread(_: *mut libc::c_void) -> *mut libc::c_void {
 /// (`wait_for_fill` lets a cut bigger than what is left of the fill go ahead, and a freed
 /// block is cut again anywhere) is counted as missed, and the fill stops once what it made
 /// present and what the heap missed cover `want`.
-fn fill(tier: &DeviceTier, r: &TierReserve, want: u64) {
+fn fill(i: usize, tier: &DeviceTier, r: &TierReserve, want: u64) {
     let started = os::coarse_now_ns();
     let faults_before = super::reserve::thread_minflt();
     let mut copier = match CopyFill::for_shared() {
@@ -192,6 +211,7 @@ fn fill(tier: &DeviceTier, r: &TierReserve, want: u64) {
     let mapped_whole = tier.mapped_whole();
     // Everything at or above `below` has been made present or was not free when named.
     let mut below = base + len;
+    let mut slabs_cut = false;
     loop {
         let done = r.reserved.load(Ordering::Relaxed) + r.miss.load(Ordering::Relaxed);
         if done >= want || STOP.load(Ordering::Acquire) {
@@ -224,7 +244,14 @@ fn fill(tier: &DeviceTier, r: &TierReserve, want: u64) {
             }
         });
         fill_stepped(r);
-        r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
+        if !slabs_cut {
+            // The top of the free space is present now: the slabs go there, as the heap cuts
+            // from the top down.
+            slabs_cut = true;
+            cut_slabs_ahead(i, tier, want);
+        }
+        r.fill_ns
+            .store(os::coarse_now_ns() - started, Ordering::Relaxed);
         if r.populate_errno.load(Ordering::Relaxed) != 0 {
             break;
         }
@@ -235,8 +262,43 @@ fn fill(tier: &DeviceTier, r: &TierReserve, want: u64) {
         }
         below = lowest;
     }
-    r.fill_faults.store(super::reserve::thread_minflt() - faults_before, Ordering::Relaxed);
-    r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
+    r.fill_faults.store(
+        super::reserve::thread_minflt() - faults_before,
+        Ordering::Relaxed,
+    );
+    r.fill_ns
+        .store(os::coarse_now_ns() - started, Ordering::Relaxed);
+}
+
+/// Cuts the slabs `SLAB_TARGETS[i]` names for `tier` (at most `want` bytes of them), lane
+/// by lane and class by class.
+fn cut_slabs_ahead(i: usize, tier: &DeviceTier, want: u64) {
+    let mut budget = (want / SLAB_BYTES) as u32;
+    for (key, target) in SLAB_TARGETS[i].iter().enumerate() {
+        let target = target.load(Ordering::Relaxed);
+        if target == 0 || budget == 0 || STOP.load(Ordering::Acquire) {
+            continue;
+        }
+        let (lane, class) = Lane::of_key(key as u8);
+        budget -= tier.cut_slabs_ahead(lane.0, class, target, budget);
+    }
+}
+
+/// The most slabs of each lane and class each private device tier had in use at once.
+pub(crate) fn slab_peaks() -> Vec<SlabPeak> {
+    let mut peaks = Vec::new();
+    for (i, tier, r) in private_tiers() {
+        if r.active.load(Ordering::Acquire) {
+            tier.slab_peaks(|lane, class, slabs| {
+                peaks.push(SlabPeak {
+                    device: i as u8,
+                    key: lane.key(class),
+                    slabs,
+                });
+            });
+        }
+    }
+    peaks
 }
 
 /// At exit, before the report and before the tiers close: stops the fill thread after its
@@ -264,7 +326,8 @@ fn populate(r: &TierReserve, at: usize, len: usize) {
     if unsafe { libc::madvise(at as *mut _, len, libc::MADV_POPULATE_WRITE) } == 0 {
         r.filled_by.store(BY_POPULATE, Ordering::Relaxed);
     } else {
-        r.populate_errno.store(os::errno() as u32, Ordering::Relaxed);
+        r.populate_errno
+            .store(os::errno() as u32, Ordering::Relaxed);
     }
 }
 
@@ -302,10 +365,11 @@ pub(crate) fn say_fallbacks(name: &str) {
 
 /// The statistics report's line for each device tier a profile records.
 pub(crate) fn report(name: &str, started_ns: u64) {
-    for (i, r) in RESERVES.iter().enumerate() {
+    for (i, tier, r) in private_tiers() {
         if !r.active.load(Ordering::Acquire) {
             continue;
         }
+        let cuts = tier.slab_cuts();
         let by = match r.filled_by.load(Ordering::Relaxed) {
             BY_USERFAULTFD => "userfaultfd",
             BY_POPULATE => "MADV_POPULATE_WRITE",
@@ -314,13 +378,20 @@ pub(crate) fn report(name: &str, started_ns: u64) {
         };
         os::say(format_args!(
             "tiermalloc: {:<5} profile {name}: reserved {} B, reserve_used {} B, reserve_miss \
-             {} B, peak {} B after {} ms, made present in {} ms by {by}, {} faults",
+             {} B, slabs_ahead {} ({} used), slabs_on_demand {}, peak {} B after {} ms, made \
+             present in {} ms by {by}, {} faults",
             KINDS[i].name(),
             r.reserved.load(Ordering::Relaxed),
             r.used.load(Ordering::Relaxed),
             r.miss.load(Ordering::Relaxed),
+            cuts.ahead,
+            cuts.ahead_used,
+            cuts.on_demand,
             r.peak.load(Ordering::Relaxed),
-            r.peak_at_ns.load(Ordering::Relaxed).saturating_sub(started_ns) / 1_000_000,
+            r.peak_at_ns
+                .load(Ordering::Relaxed)
+                .saturating_sub(started_ns)
+                / 1_000_000,
             r.fill_ns.load(Ordering::Relaxed) / 1_000_000,
             r.fill_faults.load(Ordering::Relaxed),
         ));

@@ -6,7 +6,7 @@
 //! is rounded up to whole chunks (the reserve's unit) and capped by `TIERMALLOC_PROFILE_MAX`
 //! rounded down to whole chunks, so the reserve never exceeds the cap.
 
-use super::record::{LivePeer, Run};
+use super::record::{LivePeer, Run, SlabPeak};
 use crate::chunk::CHUNK_SIZE;
 
 /// Finished runs a profile keeps.
@@ -57,7 +57,10 @@ pub(crate) fn estimate_bytes(peers: &[u64], history: &[u64], max: Option<u64>) -
 
 fn estimate_in(peers: &[u64], history: &[u64], max: Option<u64>, unit: u64) -> Estimate {
     let (raw, source) = if !peers.is_empty() {
-        (peers.iter().copied().max().unwrap_or(0), Source::Peers(peers.len()))
+        (
+            peers.iter().copied().max().unwrap_or(0),
+            Source::Peers(peers.len()),
+        )
     } else if let Some(p) = p90(history) {
         (p, Source::History(history.len().min(HISTORY_RUNS)))
     } else {
@@ -79,6 +82,9 @@ pub(crate) struct Plan {
     pub dram: Estimate,
     pub pool: Estimate,
     pub devices: [Estimate; 3],
+    /// The slabs to cut ahead on private device tiers: per tier, lane and class, the p90 of
+    /// the recorded runs' most slabs in use at once (a run without that class counts 0).
+    pub slabs: Vec<SlabPeak>,
 }
 
 /// The plan from live peers of the name and its recorded runs, capped by `max`: for each
@@ -101,7 +107,32 @@ pub(crate) fn plan(peers: &[LivePeer], runs: &[Run], max: Option<u64>) -> Plan {
             e.bytes = e.bytes / page * page;
             e
         }),
+        slabs: slab_targets(runs),
     }
+}
+
+/// `Plan::slabs` from `runs` (oldest first).
+fn slab_targets(runs: &[Run]) -> Vec<SlabPeak> {
+    let mut kinds: Vec<(u8, u8)> = runs
+        .iter()
+        .flat_map(|r| r.slabs.iter().map(|p| (p.device, p.key)))
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    kinds
+        .into_iter()
+        .filter_map(|(device, key)| {
+            let counts: Vec<u64> = runs
+                .iter()
+                .map(|r| {
+                    let of = |p: &&SlabPeak| p.device == device && p.key == key;
+                    r.slabs.iter().find(of).map_or(0, |p| u64::from(p.slabs))
+                })
+                .collect();
+            let slabs = p90(&counts)? as u32;
+            (slabs > 0).then_some(SlabPeak { device, key, slabs })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -124,7 +155,10 @@ mod tests {
     #[test]
     fn peers_come_before_history_and_the_cap_bounds_everything() {
         let e = estimate(&[3 * C, 5 * C], &[100 * C], None);
-        assert_eq!((e.bytes, e.source, e.capped), (5 * C, Source::Peers(2), false));
+        assert_eq!(
+            (e.bytes, e.source, e.capped),
+            (5 * C, Source::Peers(2), false)
+        );
         let e = estimate(&[], &[2 * C, 3 * C + 1], None);
         assert_eq!((e.bytes, e.source), (4 * C, Source::History(2)));
         let e = estimate(&[], &[], None);
@@ -133,5 +167,31 @@ mod tests {
         assert_eq!((e.bytes, e.capped), (3 * C, true));
         let e = estimate(&[], &[10 * C], Some(C - 1));
         assert_eq!(e.bytes, 0);
+    }
+
+    #[test]
+    fn the_slabs_to_cut_are_the_p90_of_each_class_across_runs() {
+        let slab = |device, key, slabs| SlabPeak { device, key, slabs };
+        let run = |slabs: Vec<SlabPeak>| Run {
+            peak: 0,
+            ms_to_peak: 0,
+            pool_peak: 0,
+            pool_ms_to_peak: 0,
+            devices: [(0, 0); 3],
+            slabs,
+            unix_secs: 0,
+            pid: 0,
+        };
+        let runs = [
+            run(vec![slab(0, 3, 4), slab(2, 3, 1)]),
+            run(vec![slab(0, 3, 9)]),
+            run(vec![slab(0, 3, 2), slab(0, 70, 5)]),
+        ];
+        // Three runs: rank ceil(2.7) = 3, the largest; a class a run lacks counts 0 there.
+        assert_eq!(
+            plan(&[], &runs, None).slabs,
+            [slab(0, 3, 9), slab(0, 70, 5), slab(2, 3, 1)]
+        );
+        assert!(plan(&[], &runs[..0], None).slabs.is_empty());
     }
 }

@@ -116,7 +116,7 @@ pub(crate) fn start() {
     }
     let device_estimates = plan.devices;
     let device_bytes = device_estimates.map(|e| e.bytes);
-    device_reserve::start(&shown, device_bytes);
+    device_reserve::start(&shown, device_bytes, &plan.slabs);
     let live = match store.publish_live(estimate.bytes) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -276,6 +276,7 @@ pub(crate) fn finish() {
         pool_ms_to_peak: pool_at.saturating_sub(active.started_ns) / 1_000_000,
         devices: device_reserve::peaks()
             .map(|(peak, at)| (peak, at.saturating_sub(active.started_ns) / 1_000_000)),
+        slabs: device_reserve::slab_peaks(),
         unix_secs,
         pid: active.pid,
     };

@@ -6,7 +6,8 @@
 //! - `NAME.runs`: the last `HISTORY_RUNS` finished runs, one line each,
 //!   `dram PEAK_BYTES MS_TO_PEAK UNIX_SECS PID pool PEAK_BYTES MS_TO_PEAK`, then
 //!   `KIND PEAK_BYTES MS_TO_PEAK` for each private device tier (`cxl`, `cmb`, `pmr`) the run
-//!   used, oldest first (parts an older version did not write read as 0; parts a newer one
+//!   used, then `KIND.slab KEY SLABS` for each lane and size class of its slabs (`KEY`:
+//!   `slabs::Lane::key`) and the most slabs of it in use at once, oldest first (parts an older version did not write read as 0; parts a newer one
 //!   adds are skipped). A finishing process rewrites
 //!   it whole into a temporary file and renames it over the old one, so a reader sees one
 //!   complete version or the other; two processes finishing at the same instant may lose one
@@ -48,8 +49,19 @@ pub(crate) struct Store {
     name: String,
 }
 
-/// A finished run's figures.
+/// The most slabs of one lane and size class a run had in use at once on a private device
+/// tier: what the next run cuts ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlabPeak {
+    /// The tier: `Kind as usize - 1` (`cxl`, `cmb`, `pmr`).
+    pub device: u8,
+    /// The lane and class (`slabs::Lane::key`).
+    pub key: u8,
+    pub slabs: u32,
+}
+
+/// A finished run's figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Run {
     /// Peak use of the DRAM tier, and when it was reached (ms after start).
     pub peak: u64,
@@ -60,6 +72,8 @@ pub(crate) struct Run {
     /// Peak use of each private device tier (`cxl`, `cmb`, `pmr`: `Kind as usize - 1`), and
     /// when: (bytes, ms after start).
     pub devices: [(u64, u64); 3],
+    /// Its slabs on private device tiers (none where the records are in the pool).
+    pub slabs: Vec<SlabPeak>,
     pub unix_secs: u64,
     pub pid: u32,
 }
@@ -139,9 +153,15 @@ impl Store {
                     text.push_str(&format!(" {name} {peak} {ms}"));
                 }
             }
+            for p in &r.slabs {
+                let name = DEVICE_NAMES[p.device as usize % 3];
+                text.push_str(&format!(" {name}.slab {} {}", p.key, p.slabs));
+            }
             text.push('\n');
         }
-        let tmp = self.dir.join(format!("{}.runs.tmp.{}", self.name, std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!("{}.runs.tmp.{}", self.name, std::process::id()));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
         drop(f);
@@ -272,6 +292,7 @@ fn parse_run(line: &str) -> Option<Run> {
         pool_peak: 0,
         pool_ms_to_peak: 0,
         devices: [(0, 0); 3],
+        slabs: Vec::new(),
         unix_secs,
         pid,
     };
@@ -284,6 +305,19 @@ fn parse_run(line: &str) -> Option<Run> {
             device => {
                 if let Some(i) = DEVICE_NAMES.iter().position(|&d| d == device) {
                     run.devices[i] = figures;
+                } else if let Some(i) = device
+                    .strip_suffix(".slab")
+                    .and_then(|d| DEVICE_NAMES.iter().position(|&n| n == d))
+                {
+                    if let (Ok(key), Ok(slabs)) =
+                        (u8::try_from(figures.0), u32::try_from(figures.1))
+                    {
+                        run.slabs.push(SlabPeak {
+                            device: i as u8,
+                            key,
+                            slabs,
+                        });
+                    }
                 }
             }
         }
@@ -323,6 +357,11 @@ mod tests {
                 pool_peak: 5 * i,
                 pool_ms_to_peak: 1,
                 devices: [(0, 0), (0, 0), (7 * i, 9)],
+                slabs: vec![SlabPeak {
+                    device: 2,
+                    key: 65,
+                    slabs: i as u32 + 1,
+                }],
                 unix_secs: 3,
                 pid: 4,
             };
@@ -333,11 +372,29 @@ mod tests {
         assert_eq!(store.history()[4].pool_peak, 30);
         assert_eq!(store.history()[4].devices, [(0, 0), (0, 0), (42, 9)]);
         assert_eq!(store.history()[0].devices, [(0, 0), (0, 0), (14, 9)]);
+        assert_eq!(
+            store.history()[4].slabs,
+            [SlabPeak {
+                device: 2,
+                key: 65,
+                slabs: 7
+            }]
+        );
         // A line of the older format (no pool part) still reads.
-        assert_eq!(parse_run("dram 7 1 2 3").map(|r| (r.peak, r.pool_peak)), Some((7, 0)));
+        assert_eq!(
+            parse_run("dram 7 1 2 3").map(|r| (r.peak, r.pool_peak)),
+            Some((7, 0))
+        );
         // Device parts in any order; a name this version does not know is skipped.
         let run = parse_run("dram 7 1 2 3 pool 4 5 pmr 6 7 nvm 8 9 cxl 10 11").unwrap();
-        assert_eq!((run.pool_peak, run.devices), (4, [(10, 11), (0, 0), (6, 7)]));
+        assert_eq!(
+            (run.pool_peak, run.devices),
+            (4, [(10, 11), (0, 0), (6, 7)])
+        );
+        let run =
+            parse_run("dram 7 1 2 3 cxl 10 11 cxl.slab 3 12 pmr.slab 70 1 nvm.slab 1 1").unwrap();
+        let slab = |device, key, slabs| SlabPeak { device, key, slabs };
+        assert_eq!(run.slabs, [slab(0, 3, 12), slab(2, 70, 1)]);
         // A record naming a pid that cannot exist is ignored, and removed.
         let dead = dir.join("w.live.4194303");
         let mut bytes = [0u8; 64];

@@ -56,6 +56,8 @@ impl Store {
                         pool_ms_to_peak: f[profiles::F_POOL_MS_TO_PEAK],
                         // The pool's record keeps a device tier's peak, not when it was.
                         devices: profiles::F_DEVICE_PEAKS.map(|i| (f[i], 0)),
+                        // Nor its slabs (the pool's table has a fixed shape).
+                        slabs: Vec::new(),
                         unix_secs: f[profiles::F_UNIX_SECS],
                         pid: f[profiles::F_PID] as u32,
                     })
