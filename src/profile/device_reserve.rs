@@ -106,8 +106,7 @@ pub(crate) fn start(name: &str, estimates: [u64; 3], slabs: &[SlabPeak]) {
         if want > 0 {
             WANT[i].store(want, Ordering::Relaxed);
             // SAFETY: getpid has no preconditions.
-            r.filler_pid
-                .store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
+            r.filler_pid.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
             any = true;
         }
         r.active.store(true, Ordering::Release);
@@ -250,8 +249,7 @@ fn fill(i: usize, tier: &DeviceTier, r: &TierReserve, want: u64) {
             slabs_cut = true;
             cut_slabs_ahead(i, tier, want);
         }
-        r.fill_ns
-            .store(os::coarse_now_ns() - started, Ordering::Relaxed);
+        r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
         if r.populate_errno.load(Ordering::Relaxed) != 0 {
             break;
         }
@@ -262,12 +260,8 @@ fn fill(i: usize, tier: &DeviceTier, r: &TierReserve, want: u64) {
         }
         below = lowest;
     }
-    r.fill_faults.store(
-        super::reserve::thread_minflt() - faults_before,
-        Ordering::Relaxed,
-    );
-    r.fill_ns
-        .store(os::coarse_now_ns() - started, Ordering::Relaxed);
+    r.fill_faults.store(super::reserve::thread_minflt() - faults_before, Ordering::Relaxed);
+    r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
 }
 
 /// Cuts the slabs `SLAB_TARGETS[i]` names for `tier` (at most `want` bytes of them), lane
@@ -326,8 +320,7 @@ fn populate(r: &TierReserve, at: usize, len: usize) {
     if unsafe { libc::madvise(at as *mut _, len, libc::MADV_POPULATE_WRITE) } == 0 {
         r.filled_by.store(BY_POPULATE, Ordering::Relaxed);
     } else {
-        r.populate_errno
-            .store(os::errno() as u32, Ordering::Relaxed);
+        r.populate_errno.store(os::errno() as u32, Ordering::Relaxed);
     }
 }
 
@@ -388,10 +381,7 @@ pub(crate) fn report(name: &str, started_ns: u64) {
             cuts.ahead_used,
             cuts.on_demand,
             r.peak.load(Ordering::Relaxed),
-            r.peak_at_ns
-                .load(Ordering::Relaxed)
-                .saturating_sub(started_ns)
-                / 1_000_000,
+            r.peak_at_ns.load(Ordering::Relaxed).saturating_sub(started_ns) / 1_000_000,
             r.fill_ns.load(Ordering::Relaxed) / 1_000_000,
             r.fill_faults.load(Ordering::Relaxed),
         ));
