@@ -210,7 +210,7 @@ fn fill(i: usize, tier: &DeviceTier, r: &TierReserve, want: u64) {
     let mapped_whole = tier.mapped_whole();
     // Everything at or above `below` has been made present or was not free when named.
     let mut below = base + len;
-    let mut slabs_cut = false;
+    let mut slabs = SlabsAhead::new(i, want);
     loop {
         let done = r.reserved.load(Ordering::Relaxed) + r.miss.load(Ordering::Relaxed);
         if done >= want || STOP.load(Ordering::Acquire) {
@@ -243,12 +243,9 @@ fn fill(i: usize, tier: &DeviceTier, r: &TierReserve, want: u64) {
             }
         });
         fill_stepped(r);
-        if !slabs_cut {
-            // The top of the free space is present now: the slabs go there, as the heap cuts
-            // from the top down.
-            slabs_cut = true;
-            cut_slabs_ahead(i, tier, want);
-        }
+        // Present pages are there now (from the top of the free space, where the heap cuts):
+        // the slabs go into what the heap has not cut of them.
+        slabs.cut_within(r, tier);
         r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
         if r.populate_errno.load(Ordering::Relaxed) != 0 {
             break;
@@ -264,17 +261,42 @@ fn fill(i: usize, tier: &DeviceTier, r: &TierReserve, want: u64) {
     r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
 }
 
-/// Cuts the slabs `SLAB_TARGETS[i]` names for `tier` (at most `want` bytes of them), lane
-/// by lane and class by class.
-fn cut_slabs_ahead(i: usize, tier: &DeviceTier, want: u64) {
-    let mut budget = (want / SLAB_BYTES) as u32;
-    for (key, target) in SLAB_TARGETS[i].iter().enumerate() {
-        let target = target.load(Ordering::Relaxed);
-        if target == 0 || budget == 0 || STOP.load(Ordering::Acquire) {
-            continue;
+/// The slabs `SLAB_TARGETS[i]` names, cut ahead by the fill thread for tier `KINDS[i]`, lane by
+/// lane and class by class, at most `want` bytes of them in all: each only once the fill has
+/// made present more than the heap has cut (as `reserve_use::wait_for_fill` asks of the
+/// heap's own cuts), so that it lands in present pages; what does not fit yet is cut after a
+/// later step.
+struct SlabsAhead {
+    i: usize,
+    /// The next lane-and-class key to cut for, and how many more slabs may be cut.
+    key: usize,
+    budget: u32,
+}
+
+impl SlabsAhead {
+    fn new(i: usize, want: u64) -> SlabsAhead {
+        SlabsAhead { i, key: 0, budget: (want / SLAB_BYTES) as u32 }
+    }
+
+    /// Cuts the next slabs while they fit in what is present and not cut.
+    fn cut_within(&mut self, r: &TierReserve, tier: &DeviceTier) {
+        let room = || {
+            let cut = r.used.load(Ordering::Relaxed) + r.miss.load(Ordering::Relaxed);
+            cut + SLAB_BYTES <= r.reserved.load(Ordering::Acquire)
+        };
+        while self.key < 256 && self.budget > 0 && !STOP.load(Ordering::Acquire) {
+            let target = SLAB_TARGETS[self.i][self.key].load(Ordering::Relaxed);
+            let (lane, class) = Lane::of_key(self.key as u8);
+            if target == 0 {
+                self.key += 1;
+            } else if !room() {
+                return;
+            } else if tier.cut_slabs_ahead(lane.0, class, target, 1) == 1 {
+                self.budget -= 1;
+            } else {
+                self.key += 1; // at its target, or the tier is full
+            }
         }
-        let (lane, class) = Lane::of_key(key as u8);
-        budget -= tier.cut_slabs_ahead(lane.0, class, target, budget);
     }
 }
 
