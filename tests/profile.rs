@@ -52,7 +52,7 @@ fn command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
 
 /// `command`, run by `wrapper` (a program that execs its arguments) when there is one.
 fn command_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut cmd = match wrapper {
+    let cmd = match wrapper {
         Some(w) => {
             let mut c = Command::new(w);
             c.arg(workload());
@@ -60,6 +60,12 @@ fn command_via(wrapper: Option<&Path>, dir: &Path, env: &[(&str, &str)], args: &
         }
         None => Command::new(workload()),
     };
+    profiled_command(cmd, dir, env, args)
+}
+
+/// `cmd` with the library preloaded, its statistics shown, profiles in `dir`, then `env`
+/// and `args`.
+fn profiled_command(mut cmd: Command, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
     cmd.env_clear()
         .envs(scrubbed_env(&SCRUB))
         .env("LD_PRELOAD", &library().path)
@@ -380,7 +386,12 @@ fn start_peer(dir: &Path, name: &str) -> std::process::Child {
 
 /// `start_peer` with the environment `env`.
 fn start_peer_with(dir: &Path, env: &[(&str, &str)]) -> std::process::Child {
-    let mut child = command(dir, env, &["300", "wait"])
+    start_peer_growing(dir, env, "300")
+}
+
+/// `start_peer_with`, growing to `mib` MiB.
+fn start_peer_growing(dir: &Path, env: &[(&str, &str)], mib: &str) -> std::process::Child {
+    let mut child = command(dir, env, &[mib, "wait"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -579,6 +590,11 @@ struct DeviceRun {
     peak: u64,
     /// Faults taken making the reserve present.
     fill_faults: u64,
+    /// Slabs cut ahead, how many of them a slot was taken from, and slabs made on an
+    /// allocation's path.
+    slabs_ahead: u64,
+    slabs_ahead_used: u64,
+    slabs_on_demand: u64,
     stderr: String,
 }
 
@@ -599,8 +615,7 @@ fn device_run(kind: &str, stdout: String, stderr: String) -> DeviceRun {
         .last()
         .unwrap_or("");
     DeviceRun {
-        process_minflt: figure(&stdout, "grown minflt")
-            .unwrap_or_else(|| panic!("no faults in {stdout:?}")),
+        process_minflt: figure(&stdout, "grown minflt").unwrap_or(0),
         reserved: figure(line, "reserved").unwrap_or(0),
         reserve_used: figure(line, "reserve_used").unwrap_or(0),
         reserve_miss: figure(line, "reserve_miss").unwrap_or(0),
@@ -611,6 +626,13 @@ fn device_run(kind: &str, stdout: String, stderr: String) -> DeviceRun {
             .and_then(|f| f.strip_suffix(" faults"))
             .and_then(|f| f.parse().ok())
             .unwrap_or(u64::MAX),
+        slabs_ahead: figure(line, "slabs_ahead").unwrap_or(0),
+        slabs_ahead_used: line
+            .split("slabs_ahead ")
+            .nth(1)
+            .and_then(|r| r.split_once('(')?.1.split(' ').next()?.parse().ok())
+            .unwrap_or(0),
+        slabs_on_demand: figure(line, "slabs_on_demand").unwrap_or(0),
         stderr,
     }
 }
@@ -828,8 +850,9 @@ fn main_starts_while_the_device_reserve_is_made_present() {
     assert!(second.reserve_miss <= MIB, "{second:?}");
 }
 
-/// A persistent tier's reserve writes nothing to the device: a run that reserves 100 MiB and
-/// uses 1 leaves a heap that recovers exactly as the same run without the reserve does.
+/// A persistent tier's reserve changes nothing a recovery finds: a run that reserves 100 MiB
+/// (its slabs cut ahead, their markers written) and uses 1 leaves a heap that recovers
+/// exactly as the same run without the reserve does.
 #[test]
 fn a_persistent_tier_recovers_the_same_after_an_unused_reserve() {
     let dir = TempDir::new("profile", "device-persist").kept_on_panic();
@@ -856,8 +879,10 @@ fn a_persistent_tier_recovers_the_same_after_an_unused_reserve() {
         let fill = if cap.is_none() { 100 * MIB } else { 0 };
         let (small, _) = run_on_device_filled(&profiles, &tiers, &env, "1", fill, false);
         match cap {
-            None => assert!(small.reserved >= 100 * MIB, "{small:?}"),
-            Some(_) => assert_eq!(small.reserved, 0, "{small:?}"),
+            // With slabs cut ahead, whose markers are the reserve's only device writes: an
+            // empty slab is free space to the recovery.
+            None => assert!(small.reserved >= 100 * MIB && small.slabs_ahead > 10, "{small:?}"),
+            Some(_) => assert_eq!((small.reserved, small.slabs_ahead), (0, 0), "{small:?}"),
         }
         let after = run_on_device(&profiles, &tiers, &[], "0");
         assert!(
@@ -870,5 +895,168 @@ fn a_persistent_tier_recovers_the_same_after_an_unused_reserve() {
     assert_eq!(
         last[0], last[1],
         "the heap after a reserve, and without one"
+    );
+}
+
+/// A live peer's use of a private device tier is what the next process of the name reserves
+/// there (before any history: the seed's "a running instance of it first"); a peer killed
+/// at its peak leaves a record that is ignored.
+#[test]
+fn a_live_peers_device_use_is_reserved_and_a_dead_peers_is_not() {
+    let dir = TempDir::new("profile", "device-peers").kept_on_panic();
+    let (peer_file, own_file) = (ShmFile::new("peer-cxl"), ShmFile::new("own-cxl"));
+    let peer_tiers = format!("cxl:path={},size=256M,create", peer_file.0.display());
+    let own_tiers = format!("cxl:path={},size=256M,create", own_file.0.display());
+    let profile = [("TIERMALLOC_PROFILE", "dp"), ("TIERMALLOC_VERBOSE", "1")];
+    let mut peer_env = vec![("TIERMALLOC_TIERS", peer_tiers.as_str())];
+    peer_env.extend_from_slice(&profile);
+    let mut peer = start_peer_growing(dir.path(), &peer_env, "100");
+    let with_peer = run_on_device(dir.path(), &own_tiers, &profile, "0");
+    assert!(
+        with_peer
+            .stderr
+            .contains("of tier 'cxl' from the peak of 1 live peer(s)"),
+        "{}",
+        with_peer.stderr
+    );
+    // What it reserves (the workload exits at once: the fill is stopped partway).
+    let reserving = with_peer
+        .stderr
+        .lines()
+        .filter(|l| l.contains("of tier 'cxl'"))
+        .find_map(|l| l.strip_prefix("tiermalloc: profile dp: reserving "))
+        .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        reserving >= 100 * MIB && reserving <= 110 * MIB,
+        "reserves the peer's peak: {with_peer:?}"
+    );
+    // Killed at its peak: its live record stays behind, with no run recorded.
+    peer.kill().unwrap();
+    peer.wait().unwrap();
+    // The next process has only the history of the run above (which used almost nothing).
+    let after = run_on_device(dir.path(), &own_tiers, &profile, "0");
+    assert!(
+        after.reserved < MIB,
+        "a dead peer's use was reserved: {}",
+        after.stderr
+    );
+    assert!(!after.stderr.contains("live peer"), "{}", after.stderr);
+}
+
+/// `tests/programs/count_threads.c` built as a library to preload (once per test binary).
+fn thread_counter() -> &'static Path {
+    static SO: OnceLock<PathBuf> = OnceLock::new();
+    SO.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("tiermalloc-count-threads-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let so = dir.join("count_threads.so");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/count_threads.c");
+        let status = Command::new("cc")
+            .args(["-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o"])
+            .arg(&so)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .expect("cc runs");
+        assert!(status.success(), "compiling {} failed", src.display());
+        so
+    })
+}
+
+/// The threads a `grow 20` run created (its `pthread_create` calls), and the run.
+fn threads_created(dir: &Path, env: &[(&str, &str)]) -> (u64, Run) {
+    let preload = format!(
+        "{} {}",
+        thread_counter().display(),
+        library().path.display()
+    );
+    let mut all = vec![("LD_PRELOAD", preload.as_str())];
+    all.extend_from_slice(env);
+    let (stdout, stderr) = outputs(command(dir, &all, &["20"]));
+    let n = figure(&stderr, "threads_created").unwrap_or_else(|| panic!("{stderr}"));
+    (n, parse(&stdout, &stderr))
+}
+
+/// The profile's helper threads start only when there is something to reserve: a process
+/// with no record and no live peer of its name, or capped at 0, creates no more threads than
+/// one without a profile; the next run, which reserves, does.
+#[test]
+fn a_profile_with_nothing_to_reserve_starts_no_thread() {
+    let dir = TempDir::new("profile", "threads").kept_on_panic();
+    let (plain, _) = threads_created(dir.path(), &[]);
+    let profile = [("TIERMALLOC_PROFILE", "t")];
+    let (first, run) = threads_created(dir.path(), &profile);
+    assert_eq!(first, plain, "nothing recorded yet: {}", run.stderr);
+    assert_eq!(run.reserved, 0);
+    let (capped, run) = threads_created(
+        dir.path(),
+        &[("TIERMALLOC_PROFILE", "t"), ("TIERMALLOC_PROFILE_MAX", "0")],
+    );
+    assert_eq!(capped, plain, "capped at 0: {}", run.stderr);
+    let (second, run) = threads_created(dir.path(), &profile);
+    assert!(run.reserved >= 20 * MIB, "{run:?}");
+    assert_eq!(
+        second,
+        plain + 1,
+        "the DRAM reserve's thread: {}",
+        run.stderr
+    );
+    // A private device tier's first run: nothing recorded for it, no thread either.
+    let file = ShmFile::new("threads-cxl");
+    let tiers = format!("cxl:path={},size=64M,create", file.0.display());
+    let device_dir = dir.path().join("device");
+    let (on_device, run) = threads_created(
+        &device_dir,
+        &[
+            ("TIERMALLOC_PROFILE", "t"),
+            ("TIERMALLOC_TIERS", tiers.as_str()),
+        ],
+    );
+    assert_eq!(on_device, plain, "{}", run.stderr);
+}
+
+/// The first allocations of each slab class (`tests/programs/first_allocs.c`, after 500 ms
+/// of start-up) on a private device tier, profiled.
+fn first_allocs(dir: &Path, tiers: &str, name: &str) -> (DeviceRun, String) {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    let exe = EXE.get_or_init(|| compile_test_program("first_allocs", "profile-first-allocs"));
+    let env = [("TIERMALLOC_TIERS", tiers), ("TIERMALLOC_PROFILE", name)];
+    let (stdout, stderr) = outputs(profiled_command(Command::new(exe), dir, &env, &["500"]));
+    let run = device_run(&tiers[..3], String::new(), stderr);
+    (run, stdout)
+}
+
+/// A profiled run's slabs (per lane and size class, the most in use at once) are cut ahead by
+/// the next run's fill thread: its first allocation of each class takes a slot of a slab
+/// already there, and the heap makes (nearly) no slab on an allocation's path; the slabs cut
+/// ahead are the workload's, not more: the recorded peak does not grow run after run.
+#[test]
+fn the_next_run_finds_its_slabs_cut_ahead() {
+    let dir = TempDir::new("profile", "slabs-ahead").kept_on_panic();
+    let file = ShmFile::new("slabs-cxl");
+    let tiers = format!("cxl:path={},size=64M,create", file.0.display());
+    let (first, out) = first_allocs(dir.path(), &tiers, "s");
+    assert!(out.starts_with("first_allocs 44"), "{out}");
+    assert_eq!(first.slabs_ahead, 0, "{}", first.stderr);
+    assert!(first.slabs_on_demand >= 44, "one slab per class at least: {first:?}");
+    let mut peaks = vec![first.peak];
+    for _ in 0..2 {
+        let (next, _) = first_allocs(dir.path(), &tiers, "s");
+        assert!(next.slabs_ahead >= 35, "{next:?}");
+        // Every class of `main` but those the library's own start-up left a slab of.
+        assert!(next.slabs_ahead_used >= 35, "{next:?}");
+        assert!(
+            next.slabs_on_demand + 30 <= first.slabs_on_demand,
+            "slabs made on an allocation's path: {} then {}: {next:?}",
+            first.slabs_on_demand,
+            next.slabs_on_demand
+        );
+        peaks.push(next.peak);
+    }
+    assert!(
+        peaks.iter().all(|&p| p <= first.peak + 64 * 1024),
+        "the recorded peak grew: {peaks:?}"
     );
 }

@@ -30,6 +30,7 @@ pub(crate) mod outside;
 pub mod persist;
 pub(crate) mod reserve_use;
 pub mod slabs;
+mod slabs_ahead;
 pub(crate) mod slot_cache;
 
 use crate::backend::{self, Problem, Region};
@@ -385,9 +386,20 @@ impl DeviceTier {
     /// A new slab of `class` for `lane` (`Slabs::take`): its extent, claimed and its marker
     /// written.
     fn new_slab(&self, class: usize, lane: slabs::Lane) -> Option<u64> {
-        let claim = |offset| self.slabs.claim(offset, class, lane);
+        self.new_slab_for(class, lane, false)
+    }
+
+    /// `new_slab`, or with `ahead` one cut ahead of need by a profile's fill thread
+    /// (`slabs_ahead`): counted as held but not used, and cut without waiting for that fill.
+    fn new_slab_for(&self, class: usize, lane: slabs::Lane, ahead: bool) -> Option<u64> {
+        let claim = |offset| {
+            self.slabs.claim(offset, class, lane);
+            if ahead {
+                self.slabs.note_ahead();
+            }
+        };
         let marker = STATE_SLAB | class as u16;
-        self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0, marker, claim)
+        self.alloc_extent(SLAB_BYTES, SLAB_BYTES, 0, marker, !ahead, claim)
             .map(|(offset, _)| offset)
     }
 
@@ -426,7 +438,7 @@ impl DeviceTier {
             }
         }
         let (offset, extent) =
-            self.alloc_extent(len, align, HEADER_SIZE, STATE_ALLOCATED, |_| {})?;
+            self.alloc_extent(len, align, HEADER_SIZE, STATE_ALLOCATED, true, |_| {})?;
         if let Some(cache) = cache.filter(|_| extent_cache::cached_size(extent, align)) {
             cache.adopt(offset, extent);
         }
@@ -524,7 +536,9 @@ impl DeviceTier {
     }
 
     /// An extent of the heap, within the tier's `limit=`: `(offset, length)`. `claim(offset)`
-    /// runs before the heap's lock is released.
+    /// runs before the heap's lock is released. With `fill_wait`, waits for a profile's
+    /// reserve being made present to get ahead of the cut (`reserve_use::wait_for_fill`);
+    /// the fill thread itself cuts without.
     // Out of line: the heap's path, taken on a miss of the caches, is long and seldom run.
     #[inline(never)]
     fn alloc_extent(
@@ -533,6 +547,7 @@ impl DeviceTier {
         align: u64,
         prefix: u64,
         state: u16,
+        fill_wait: bool,
         claim: impl FnOnce(u64),
     ) -> Option<(u64, u64)> {
         if let Some(outside) = &self.outside {
@@ -542,7 +557,9 @@ impl DeviceTier {
         }
         let mut claim = Some(claim);
         // A workload profile's reserve being made present: this cut waits to land in it.
-        reserve_use::wait_for_fill(self.kind, len);
+        if fill_wait {
+            reserve_use::wait_for_fill(self.kind, len);
+        }
         // Full or at `limit=` while the extent cache holds freed blocks: they go back to the
         // heap, then once more.
         let mut may_drain = self.cache.is_some();
@@ -578,8 +595,11 @@ impl DeviceTier {
                     outside.note_in_use(heap.in_use().saturating_sub(outside.overhead()));
                 }
                 self.publish(&carved, state);
-                // A workload profile counts the pages cut and the tier's peak.
-                let in_use = heap.in_use().saturating_sub(self.overhead());
+                // A workload profile counts the pages cut and the tier's peak (slabs cut
+                // ahead and not used yet are no use of the workload's).
+                let in_use = heap
+                    .in_use()
+                    .saturating_sub(self.overhead() + self.slabs.ahead_unused_bytes());
                 let (offset, len) = (carved.offset, carved.len);
                 reserve_use::note_carved(self.kind, offset, len, in_use);
                 return Some((carved.offset, carved.len));

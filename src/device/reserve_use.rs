@@ -49,6 +49,9 @@ pub(crate) struct TierReserve {
     /// The tier's use (bytes of extents) at its highest, and `os::coarse_now_ns` then.
     pub(crate) peak: AtomicU64,
     pub(crate) peak_at_ns: AtomicU64,
+    /// The word of this process's live profile record that peers read as this tier's peak
+    /// (a shared mapping; null when there is none).
+    pub(crate) live_peak: AtomicPtr<AtomicU64>,
     /// Making the reserve present: wall nanoseconds, the thread's minor faults, how, and the
     /// errno userfaultfd or populating was refused with (0: none).
     pub(crate) fill_ns: AtomicU64,
@@ -79,6 +82,7 @@ impl TierReserve {
             miss: AtomicU64::new(0),
             peak: AtomicU64::new(0),
             peak_at_ns: AtomicU64::new(0),
+            live_peak: AtomicPtr::new(core::ptr::null_mut()),
             fill_ns: AtomicU64::new(0),
             fill_faults: AtomicU64::new(0),
             filled_by: AtomicU32::new(BY_NOTHING),
@@ -149,6 +153,7 @@ pub(crate) fn note_carved(kind: Kind, offset: u64, len: u64, in_use: u64) {
     if in_use > r.peak.load(Ordering::Relaxed) {
         r.peak.store(in_use, Ordering::Relaxed);
         r.peak_at_ns.store(os::coarse_now_ns(), Ordering::Relaxed);
+        publish_peak(r, in_use);
     }
     let words = r.words.load(Ordering::Relaxed);
     // SAFETY: both bitmaps hold `words` words for the process's life (set before `active`).
@@ -176,6 +181,15 @@ pub(crate) fn note_carved(kind: Kind, offset: u64, len: u64, in_use: u64) {
     }
     if miss > 0 {
         r.miss.fetch_add(miss * page, Ordering::Relaxed);
+    }
+}
+
+/// Stores `peak` in `r`'s word of the live profile record, if there is one.
+pub(crate) fn publish_peak(r: &TierReserve, peak: u64) {
+    let word = r.live_peak.load(Ordering::Acquire);
+    if !word.is_null() {
+        // SAFETY: a word of the live record's shared mapping, which is never unmapped.
+        unsafe { (*word).store(peak, Ordering::Relaxed) };
     }
 }
 

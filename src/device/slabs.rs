@@ -117,10 +117,24 @@ struct SlabFields {
 #[repr(align(64))]
 struct ClassList {
     partial: u32,
+    /// Empty slabs cut ahead (`add_ahead`) that no slot was taken from yet: in the partial
+    /// list. The only empty slabs (a slab emptied by a free is retired at once).
+    ahead: u32,
+    /// Slabs a slot was taken from that are not retired (made on demand or cut ahead), and
+    /// the most of them at once: what a workload profile records per lane and class.
+    slabs: u32,
+    peak_slabs: u32,
+    /// Slabs made because the list was empty (`take`'s `new_slab`: the heap lock on an
+    /// allocation's path), slabs cut ahead, and cut-ahead slabs a slot was taken from.
+    cut_on_demand: u32,
+    ahead_cut: u32,
+    ahead_used: u32,
     idle_bytes: u64,
     allocations: u64,
     frees: u64,
 }
+
+const _: () = assert!(core::mem::size_of::<ClassList>() == 64);
 
 /// The figures of all classes together.
 #[derive(Default)]
@@ -128,6 +142,10 @@ pub(crate) struct SlabTotals {
     pub idle_bytes: u64,
     pub allocations: u64,
     pub frees: u64,
+    /// Slabs made on an allocation's path, cut ahead, and cut ahead then used.
+    pub cut_on_demand: u64,
+    pub ahead_cut: u64,
+    pub ahead_used: u64,
 }
 
 impl SlabTotals {
@@ -135,6 +153,9 @@ impl SlabTotals {
         self.idle_bytes += class.idle_bytes;
         self.allocations += class.allocations;
         self.frees += class.frees;
+        self.cut_on_demand += u64::from(class.cut_on_demand);
+        self.ahead_cut += u64::from(class.ahead_cut);
+        self.ahead_used += u64::from(class.ahead_used);
     }
 }
 
@@ -149,6 +170,9 @@ pub(crate) struct Slabs {
     live_words: usize,
     /// `classes[lane][class - 1]`.
     classes: [[crate::futex_mutex::Mutex<ClassList>; CLASSES]; LANES],
+    /// Bytes of the slabs cut ahead that no slot was taken from yet (every class's `ahead`):
+    /// held by the heap, but not used by the workload (`ahead_unused_bytes`).
+    ahead_bytes: AtomicU64,
 }
 
 // SAFETY: descriptors are shared through atomics and the class locks (see SlabDesc).
@@ -241,12 +265,19 @@ impl Slabs {
                 [const {
                     crate::futex_mutex::Mutex::new(ClassList {
                         partial: NONE,
+                        ahead: 0,
+                        slabs: 0,
+                        peak_slabs: 0,
+                        cut_on_demand: 0,
+                        ahead_cut: 0,
+                        ahead_used: 0,
                         idle_bytes: 0,
                         allocations: 0,
                         frees: 0,
                     })
                 }; CLASSES]
             }; LANES],
+            ahead_bytes: AtomicU64::new(0),
         })
     }
 
@@ -358,33 +389,32 @@ impl Slabs {
         let slots = slots_of(class);
         let lane = Lane::of_this_thread();
         let mut list = self.list(lane, class).lock();
+        let mut made = NONE;
         if list.partial == NONE {
             let Some(offset) = new_slab(lane) else {
                 return 0;
             };
-            let index = (offset / SLAB_BYTES) as usize;
-            debug_assert!(offset % SLAB_BYTES == 0 && index < self.windows);
-            // SAFETY: the window was free space until now: no lock guards it but ours.
-            let f = unsafe { self.fields(index) };
-            *f = SlabFields {
-                live: 0,
-                hint: 0,
-                prev: NONE,
-                next: NONE,
-                bitmap: [0; WORDS],
-            };
-            debug_assert_eq!(
-                self.desc(index).class.load(Ordering::Relaxed),
-                lane.key(class)
-            );
-            list.partial = index as u32;
+            made = self.start_slab(offset, lane, class);
+            list.partial = made;
             list.idle_bytes += SLAB_BYTES;
+            list.cut_on_demand += 1;
         }
         let mut taken = 0;
         while taken < out.len() && list.partial != NONE {
             let index = list.partial as usize;
             // SAFETY: a slab of this class; we hold its lock.
             let f = unsafe { self.fields(index) };
+            if f.live == 0 {
+                // The slab's first slot: in use from now. Empty, and not the one just made:
+                // cut ahead (the only other empty slabs).
+                if index as u32 != made {
+                    list.ahead -= 1;
+                    list.ahead_used += 1;
+                    self.ahead_bytes.fetch_sub(SLAB_BYTES, Ordering::Relaxed);
+                }
+                list.slabs += 1;
+                list.peak_slabs = list.peak_slabs.max(list.slabs);
+            }
             let mut word = f.hint as usize;
             while f.bitmap[word] == u64::MAX {
                 word += 1;
@@ -412,6 +442,97 @@ impl Slabs {
             list.allocations += taken as u64;
         }
         taken
+    }
+
+    /// The descriptor of the fresh slab of `class` in `lane` at `offset` (a `SLAB_BYTES`
+    /// extent just claimed), its fields reset and unlinked; its index. Under the class lock.
+    fn start_slab(&self, offset: u64, lane: Lane, class: usize) -> u32 {
+        let index = (offset / SLAB_BYTES) as usize;
+        debug_assert!(offset % SLAB_BYTES == 0 && index < self.windows);
+        // SAFETY: the window was free space until now: no lock guards it but ours.
+        let f = unsafe { self.fields(index) };
+        *f = SlabFields {
+            live: 0,
+            hint: 0,
+            prev: NONE,
+            next: NONE,
+            bitmap: [0; WORDS],
+        };
+        debug_assert_eq!(
+            self.desc(index).class.load(Ordering::Relaxed),
+            lane.key(class)
+        );
+        index as u32
+    }
+
+    /// Cuts a slab of `class` for `lane` ahead of need (a workload profile's reserve, from a
+    /// helper thread): `new_slab(lane)` as for `take`, which must also `note_ahead` the
+    /// extent under the heap lock. The slab stays empty in the lane's partial list, second
+    /// (after the slab allocations take from now, so that that one fills first), until a
+    /// `take` of the lane takes its first slot without the heap's lock. False if no slab was
+    /// made: the lane's class has `target` slabs in use or cut ahead already (a recovered
+    /// heap's, the library's own), or the tier is full or at its limit.
+    pub fn add_ahead(
+        &self,
+        class: usize,
+        lane: Lane,
+        target: u32,
+        new_slab: impl FnOnce(Lane) -> Option<u64>,
+    ) -> bool {
+        let mut list = self.list(lane, class).lock();
+        if list.slabs + list.ahead >= target {
+            return false;
+        }
+        let Some(offset) = new_slab(lane) else {
+            return false;
+        };
+        let index = self.start_slab(offset, lane, class);
+        let head = list.partial;
+        if head == NONE {
+            list.partial = index;
+        } else {
+            // SAFETY: slabs of this class; we hold its lock.
+            let next = unsafe { self.fields(head as usize) }.next;
+            // SAFETY: as above.
+            unsafe {
+                let f = self.fields(index as usize);
+                f.prev = head;
+                f.next = next;
+                self.fields(head as usize).next = index;
+                if next != NONE {
+                    self.fields(next as usize).prev = index;
+                }
+            }
+        }
+        list.idle_bytes += SLAB_BYTES;
+        list.ahead += 1;
+        list.ahead_cut += 1;
+        true
+    }
+
+    /// Counts the extent of a slab being cut ahead (`add_ahead`'s `new_slab`, under the heap
+    /// lock, before the cut's use is noted) as held but not used.
+    pub fn note_ahead(&self) {
+        self.ahead_bytes.fetch_add(SLAB_BYTES, Ordering::Relaxed);
+    }
+
+    /// Bytes of slabs cut ahead that no slot was taken from yet.
+    #[inline]
+    pub fn ahead_unused_bytes(&self) -> u64 {
+        self.ahead_bytes.load(Ordering::Relaxed)
+    }
+
+    /// `f(lane, class, slabs)` for every lane and class whose slabs were in use
+    /// (`ClassList::peak_slabs`): at most that many at once.
+    pub fn slab_peaks(&self, mut f: impl FnMut(Lane, usize, u32)) {
+        for (lane, classes) in self.classes.iter().enumerate() {
+            for (i, list) in classes.iter().enumerate() {
+                let peak = list.lock().peak_slabs;
+                if peak > 0 {
+                    f(Lane(lane as u8), i + 1, peak);
+                }
+            }
+        }
     }
 
     /// Makes the held slot whose header is at `offset` live (its header written).
@@ -535,6 +656,7 @@ impl Slabs {
                     self.unlink(list, index);
                 }
                 list.idle_bytes -= SLAB_BYTES;
+                list.slabs -= 1;
                 retire(index as u64 * SLAB_BYTES);
                 // Once `retire` has handed the window back to the heap, another lane may
                 // already have claimed it as a new slab: nothing of it is touched again.
@@ -681,7 +803,7 @@ impl Slabs {
                 assert_eq!(f.prev, prev, "class {class}: slab {at}'s prev");
                 (prev, at) = (at, f.next);
             }
-            let mut idle = 0;
+            let (mut idle, mut empty, mut used) = (0, 0, 0);
             for index in 0..self.windows {
                 if self.desc(index).class.load(Ordering::Relaxed) != key {
                     continue;
@@ -692,22 +814,43 @@ impl Slabs {
                 assert_eq!(f.live, ones, "slab {index}: live counts the bitmap");
                 for n in 0..slots {
                     if self.is_live(slot_offset(index, class, n)) {
-                        assert!(f.bitmap[n / 64] & 1 << (n % 64) != 0, "slab {index}: slot {n} live, not held");
+                        assert!(
+                            f.bitmap[n / 64] & 1 << (n % 64) != 0,
+                            "slab {index}: slot {n} live, not held"
+                        );
                     }
                 }
-                assert!(f.live > 0, "slab {index}: an empty slab is retired at once");
+                // An empty slab is retired at once, unless it was cut ahead and never used.
+                match f.live {
+                    0 => empty += 1,
+                    _ => used += 1,
+                }
                 for n in slots..WORDS * 64 {
                     assert_eq!(f.bitmap[n / 64] & 1 << (n % 64), 0, "slab {index}: bit {n}");
                 }
                 for word in 0..f.hint as usize {
                     let full = u64::MAX >> (64 - (slots - 64 * word).min(64));
-                    assert_eq!(f.bitmap[word] & full, full, "slab {index}: hint past a free slot");
+                    assert_eq!(
+                        f.bitmap[word] & full,
+                        full,
+                        "slab {index}: hint past a free slot"
+                    );
                 }
                 let is_partial = partial.contains(&(index as u32));
-                assert_eq!((f.live as usize) < slots, is_partial, "slab {index} in the list");
+                assert_eq!(
+                    (f.live as usize) < slots,
+                    is_partial,
+                    "slab {index} in the list"
+                );
                 idle += SLAB_BYTES - u64::from(f.live) * slot;
             }
             assert_eq!(list.idle_bytes, idle, "class {class}: idle bytes");
+            assert_eq!(
+                list.ahead, empty,
+                "class {class}: empty slabs are the ones cut ahead"
+            );
+            assert_eq!(list.slabs, used, "class {class}: slabs in use");
+            assert!(list.slabs <= list.peak_slabs && list.ahead_used <= list.ahead_cut);
             assert!(list.frees <= list.allocations);
         }
     }

@@ -73,6 +73,10 @@ impl LiveEntry {
     pub(crate) fn pool_peak(&self) -> &'static AtomicU64 {
         self.slot.live_word(self.index, F_POOL_PEAK)
     }
+    /// The word peers read as this process's peak use of private device tier `KINDS[i]`.
+    pub(crate) fn device_peak(&self, i: usize) -> &'static AtomicU64 {
+        self.slot.live_word(self.index, F_DEVICE_PEAKS[i])
+    }
     /// Gives the entry back (the process finishes).
     pub(crate) fn remove(self) {
         self.slot.live_release(self.index, self.tag);
@@ -176,13 +180,15 @@ impl ProfileRecords {
         }
     }
 
-    /// The (dram, pool) peaks of the live processes of `name`, this one excepted.
-    pub(crate) fn live_peers(&self, name: &[u8]) -> Vec<(u64, u64)> {
+    /// The figures (`F_*`: the peaks) of the live processes of `name`, this one excepted.
+    pub(crate) fn live_peers(&self, name: &[u8]) -> Vec<[u64; FIELDS]> {
         let mut peers = Vec::new();
         if let Some(slot) = self.slot(name, false) {
             slot.live_figures(|tag, f| {
                 if tag != self.tag && self.pool.tag_live(tag) {
-                    peers.push((f[F_DRAM_PEAK], f[F_POOL_PEAK]));
+                    let mut figures = [0u64; FIELDS];
+                    figures.copy_from_slice(&f[..FIELDS]);
+                    peers.push(figures);
                 }
             });
         }

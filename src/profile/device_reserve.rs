@@ -18,9 +18,17 @@
 //!   stopped after its step in progress (`stop_filling`). On a file in /dev/shm (shmem) and on
 //!   anonymous memory the pages are put in place by userfaultfd (`CopyFill::map_free_space`), which takes no fault at
 //!   all; elsewhere by `MADV_POPULATE_WRITE`, whose faults the kernel counts as the process's,
-//!   said in one line at exit. A PCI BAR is mapped whole by the kernel: nothing to do. No byte
-//!   of the device changes, and nothing is written to it: a persistent tier recovers exactly as
-//!   it would have, and a reserve never used leaves nothing behind.
+//!   said in one line at exit. A PCI BAR is mapped whole by the kernel: nothing to do. Making
+//!   the pages present changes no byte of the device.
+//! - **Slabs cut ahead**: the run records, per lane and size class, the most slabs it had in
+//!   use at once (`record::SlabPeak`); the next run's fill thread, once its first step is
+//!   present, cuts that many (the p90 of the recorded runs, within the reserve) before the
+//!   workload asks (`DeviceTier::cut_slabs_ahead`, `device::slabs_ahead`), so that the first
+//!   allocation of each class takes a slot without the heap lock. On a persistent heap these
+//!   cuts write each slab's marker, as any slab's cut does: an empty slab is free space to a
+//!   recovery (see `device::slabs_ahead`). They are the reserve's only device writes: a
+//!   persistent tier recovers the same blocks as it would have, and a reserve never used
+//!   leaves only free space behind (`tests/profile.rs`).
 //! - **How good the estimate was**: `reserved` (bytes made present), `reserve_used` (pages of
 //!   the reserve the tier has cut from, once each), `reserve_miss` (pages the tier cut from for
 //!   the first time while the profile was active and the fill had not made present: outside
@@ -33,14 +41,16 @@
 
 use super::copy_fill::CopyFill;
 use super::helper_thread::HelperThread;
+use super::record::SlabPeak;
 use crate::device::reserve_use::{
-    fill_stepped, mark, TierReserve, BY_MAPPED_WHOLE, BY_POPULATE, BY_USERFAULTFD, FILL_ENDED,
-    FILL_IDLE, FILL_RUNNING, RESERVES,
+    fill_stepped, mark, publish_peak, TierReserve, BY_MAPPED_WHOLE, BY_POPULATE, BY_USERFAULTFD,
+    FILL_ENDED, FILL_IDLE, FILL_RUNNING, RESERVES,
 };
 pub(crate) use crate::device::reserve_use::{peaks, KINDS};
+use crate::device::slabs::{Lane, SLAB_BYTES};
 use crate::device::{self, DeviceTier};
 use crate::os::{self, PAGE_SIZE};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// The private device tiers this process opened, with their reserve state.
 fn private_tiers() -> impl Iterator<Item = (usize, &'static DeviceTier, &'static TierReserve)> {
@@ -52,6 +62,9 @@ fn private_tiers() -> impl Iterator<Item = (usize, &'static DeviceTier, &'static
 
 /// Bytes each tier's fill thread is to make present (by `KINDS` index).
 static WANT: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+/// The slabs each tier's fill thread is to cut ahead, by `KINDS` index and lane-and-class key
+/// (`slabs::Lane::key`): set by `start` before the thread is released.
+static SLAB_TARGETS: [[AtomicU32; 256]; 3] = [const { [const { AtomicU32::new(0) }; 256] }; 3];
 /// Set at exit: the fill thread stops after its step in progress.
 static STOP: AtomicBool = AtomicBool::new(false);
 /// Bytes made present per step, under the heap lock: what a cut that catches up with the fill
@@ -62,7 +75,12 @@ const STEP: u64 = 2 << 20;
 /// `estimates[i]` bytes (for kind `KINDS[i]`; 0: none) of its free space present while the program runs.
 /// Problems are said in one line each, naming the profile `name`; the tier runs on without
 /// (that part of) its reserve.
-pub(crate) fn start(name: &str, estimates: [u64; 3]) {
+pub(crate) fn start(name: &str, estimates: [u64; 3], slabs: &[SlabPeak]) {
+    for p in slabs {
+        if let Some(targets) = SLAB_TARGETS.get(p.device as usize) {
+            targets[p.key as usize].store(p.slabs, Ordering::Relaxed);
+        }
+    }
     let mut any = false;
     for (i, tier, r) in private_tiers() {
         let (_, len) = tier.region_span();
@@ -93,6 +111,14 @@ pub(crate) fn start(name: &str, estimates: [u64; 3]) {
         }
         r.active.store(true, Ordering::Release);
     }
+    if any && !FILLER.was_started() {
+        // `profile::spawn_early` found nothing to reserve before the tiers opened (a peer
+        // started in between): the thread cannot be started now (`helper_thread` says why).
+        os::say(format_args!(
+            "tiermalloc: profile {name}: nothing was to be reserved in device tiers when the \
+             process started; their reserve fills in as used"
+        ));
+    }
     if !any || !FILLER.is_waiting() {
         FILLER.dismiss();
         return;
@@ -107,6 +133,17 @@ pub(crate) fn start(name: &str, estimates: [u64; 3]) {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             );
+        }
+    }
+}
+
+/// Publishes each recorded tier's peak to `words` (by `KINDS` index: this process's live
+/// record, which peers read), from now on; null words stop it.
+pub(crate) fn publish_peaks_to(words: [*mut AtomicU64; 3]) {
+    for (r, word) in RESERVES.iter().zip(words) {
+        r.live_peak.store(word, Ordering::Release);
+        if !word.is_null() && r.active.load(Ordering::Acquire) {
+            publish_peak(r, r.peak.load(Ordering::Relaxed));
         }
     }
 }
@@ -142,7 +179,7 @@ extern "C" fn fill_thread(_: *mut libc::c_void) -> *mut libc::c_void {
     for (i, tier, r) in private_tiers() {
         let want = WANT[i].load(Ordering::Relaxed);
         if want > 0 {
-            fill(tier, r, want);
+            fill(i, tier, r, want);
             end_fill(r);
         }
     }
@@ -156,7 +193,7 @@ extern "C" fn fill_thread(_: *mut libc::c_void) -> *mut libc::c_void {
 /// (`wait_for_fill` lets a cut bigger than what is left of the fill go ahead, and a freed
 /// block is cut again anywhere) is counted as missed, and the fill stops once what it made
 /// present and what the heap missed cover `want`.
-fn fill(tier: &DeviceTier, r: &TierReserve, want: u64) {
+fn fill(i: usize, tier: &DeviceTier, r: &TierReserve, want: u64) {
     let started = os::coarse_now_ns();
     let faults_before = super::reserve::thread_minflt();
     let mut copier = match CopyFill::for_shared() {
@@ -173,6 +210,7 @@ fn fill(tier: &DeviceTier, r: &TierReserve, want: u64) {
     let mapped_whole = tier.mapped_whole();
     // Everything at or above `below` has been made present or was not free when named.
     let mut below = base + len;
+    let mut slabs = SlabsAhead::new(i, want);
     loop {
         let done = r.reserved.load(Ordering::Relaxed) + r.miss.load(Ordering::Relaxed);
         if done >= want || STOP.load(Ordering::Acquire) {
@@ -205,6 +243,9 @@ fn fill(tier: &DeviceTier, r: &TierReserve, want: u64) {
             }
         });
         fill_stepped(r);
+        // Present pages are there now (from the top of the free space, where the heap cuts):
+        // the slabs go into what the heap has not cut of them.
+        slabs.cut_within(r, tier);
         r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
         if r.populate_errno.load(Ordering::Relaxed) != 0 {
             break;
@@ -218,6 +259,62 @@ fn fill(tier: &DeviceTier, r: &TierReserve, want: u64) {
     }
     r.fill_faults.store(super::reserve::thread_minflt() - faults_before, Ordering::Relaxed);
     r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
+}
+
+/// The slabs `SLAB_TARGETS[i]` names, cut ahead by the fill thread for tier `KINDS[i]`, lane by
+/// lane and class by class, at most `want` bytes of them in all: each only once the fill has
+/// made present more than the heap has cut (as `reserve_use::wait_for_fill` asks of the
+/// heap's own cuts), so that it lands in present pages; what does not fit yet is cut after a
+/// later step.
+struct SlabsAhead {
+    i: usize,
+    /// The next lane-and-class key to cut for, and how many more slabs may be cut.
+    key: usize,
+    budget: u32,
+}
+
+impl SlabsAhead {
+    fn new(i: usize, want: u64) -> SlabsAhead {
+        SlabsAhead { i, key: 0, budget: (want / SLAB_BYTES) as u32 }
+    }
+
+    /// Cuts the next slabs while they fit in what is present and not cut.
+    fn cut_within(&mut self, r: &TierReserve, tier: &DeviceTier) {
+        let room = || {
+            let cut = r.used.load(Ordering::Relaxed) + r.miss.load(Ordering::Relaxed);
+            cut + SLAB_BYTES <= r.reserved.load(Ordering::Acquire)
+        };
+        while self.key < 256 && self.budget > 0 && !STOP.load(Ordering::Acquire) {
+            let target = SLAB_TARGETS[self.i][self.key].load(Ordering::Relaxed);
+            let (lane, class) = Lane::of_key(self.key as u8);
+            if target == 0 {
+                self.key += 1;
+            } else if !room() {
+                return;
+            } else if tier.cut_slabs_ahead(lane.0, class, target, 1) == 1 {
+                self.budget -= 1;
+            } else {
+                self.key += 1; // at its target, or the tier is full
+            }
+        }
+    }
+}
+
+/// The most slabs of each lane and class each private device tier had in use at once.
+pub(crate) fn slab_peaks() -> Vec<SlabPeak> {
+    let mut peaks = Vec::new();
+    for (i, tier, r) in private_tiers() {
+        if r.active.load(Ordering::Acquire) {
+            tier.slab_peaks(|lane, class, slabs| {
+                peaks.push(SlabPeak {
+                    device: i as u8,
+                    key: lane.key(class),
+                    slabs,
+                });
+            });
+        }
+    }
+    peaks
 }
 
 /// At exit, before the report and before the tiers close: stops the fill thread after its
@@ -283,10 +380,11 @@ pub(crate) fn say_fallbacks(name: &str) {
 
 /// The statistics report's line for each device tier a profile records.
 pub(crate) fn report(name: &str, started_ns: u64) {
-    for (i, r) in RESERVES.iter().enumerate() {
+    for (i, tier, r) in private_tiers() {
         if !r.active.load(Ordering::Acquire) {
             continue;
         }
+        let cuts = tier.slab_cuts();
         let by = match r.filled_by.load(Ordering::Relaxed) {
             BY_USERFAULTFD => "userfaultfd",
             BY_POPULATE => "MADV_POPULATE_WRITE",
@@ -295,11 +393,15 @@ pub(crate) fn report(name: &str, started_ns: u64) {
         };
         os::say(format_args!(
             "tiermalloc: {:<5} profile {name}: reserved {} B, reserve_used {} B, reserve_miss \
-             {} B, peak {} B after {} ms, made present in {} ms by {by}, {} faults",
+             {} B, slabs_ahead {} ({} used), slabs_on_demand {}, peak {} B after {} ms, made \
+             present in {} ms by {by}, {} faults",
             KINDS[i].name(),
             r.reserved.load(Ordering::Relaxed),
             r.used.load(Ordering::Relaxed),
             r.miss.load(Ordering::Relaxed),
+            cuts.ahead,
+            cuts.ahead_used,
+            cuts.on_demand,
             r.peak.load(Ordering::Relaxed),
             r.peak_at_ns.load(Ordering::Relaxed).saturating_sub(started_ns) / 1_000_000,
             r.fill_ns.load(Ordering::Relaxed) / 1_000_000,

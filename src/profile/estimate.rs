@@ -6,6 +6,7 @@
 //! is rounded up to whole chunks (the reserve's unit) and capped by `TIERMALLOC_PROFILE_MAX`
 //! rounded down to whole chunks, so the reserve never exceeds the cap.
 
+use super::record::{LivePeer, Run, SlabPeak};
 use crate::chunk::CHUNK_SIZE;
 
 /// Finished runs a profile keeps.
@@ -72,6 +73,65 @@ fn estimate_in(peers: &[u64], history: &[u64], max: Option<u64>, unit: u64) -> E
     }
 }
 
+/// What a profile reserves in each tier: DRAM (whole chunks), the pool tier (bytes), each
+/// private device tier (`cxl`, `cmb`, `pmr`: whole pages).
+pub(crate) struct Plan {
+    pub dram: Estimate,
+    pub pool: Estimate,
+    pub devices: [Estimate; 3],
+    /// The slabs to cut ahead on private device tiers: per tier, lane and class, the p90 of
+    /// the recorded runs' most slabs in use at once (a run without that class counts 0).
+    pub slabs: Vec<SlabPeak>,
+}
+
+/// The plan from live peers of the name and its recorded runs, capped by `max`: for each
+/// tier, the peers' peaks there, else the history's (a tier a peer or run did not use does
+/// not count for it).
+pub(crate) fn plan(peers: &[LivePeer], runs: &[Run], max: Option<u64>) -> Plan {
+    let used = |v: Vec<u64>| -> Vec<u64> { v.into_iter().filter(|&b| b > 0).collect() };
+    let dram_peers: Vec<u64> = peers.iter().map(|p| p.dram).collect();
+    let dram_history: Vec<u64> = runs.iter().map(|r| r.peak).collect();
+    let pool_peers = used(peers.iter().map(|p| p.pool).collect());
+    let pool_history = used(runs.iter().map(|r| r.pool_peak).collect());
+    let page = crate::os::PAGE_SIZE as u64;
+    Plan {
+        dram: estimate(&dram_peers, &dram_history, max),
+        pool: estimate_bytes(&pool_peers, &pool_history, max),
+        devices: core::array::from_fn(|i| {
+            let peers = used(peers.iter().map(|p| p.devices[i]).collect());
+            let history = used(runs.iter().map(|r| r.devices[i].0).collect());
+            let mut e = estimate_bytes(&peers, &history, max);
+            e.bytes = e.bytes / page * page;
+            e
+        }),
+        slabs: slab_targets(runs),
+    }
+}
+
+/// `Plan::slabs` from `runs` (oldest first).
+fn slab_targets(runs: &[Run]) -> Vec<SlabPeak> {
+    let mut kinds: Vec<(u8, u8)> = runs
+        .iter()
+        .flat_map(|r| r.slabs.iter().map(|p| (p.device, p.key)))
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    kinds
+        .into_iter()
+        .filter_map(|(device, key)| {
+            let counts: Vec<u64> = runs
+                .iter()
+                .map(|r| {
+                    let of = |p: &&SlabPeak| p.device == device && p.key == key;
+                    r.slabs.iter().find(of).map_or(0, |p| u64::from(p.slabs))
+                })
+                .collect();
+            let slabs = p90(&counts)? as u32;
+            (slabs > 0).then_some(SlabPeak { device, key, slabs })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +161,31 @@ mod tests {
         assert_eq!((e.bytes, e.capped), (3 * C, true));
         let e = estimate(&[], &[10 * C], Some(C - 1));
         assert_eq!(e.bytes, 0);
+    }
+
+    #[test]
+    fn the_slabs_to_cut_are_the_p90_of_each_class_across_runs() {
+        let slab = |device, key, slabs| SlabPeak { device, key, slabs };
+        let run = |slabs: Vec<SlabPeak>| Run {
+            peak: 0,
+            ms_to_peak: 0,
+            pool_peak: 0,
+            pool_ms_to_peak: 0,
+            devices: [(0, 0); 3],
+            slabs,
+            unix_secs: 0,
+            pid: 0,
+        };
+        let runs = [
+            run(vec![slab(0, 3, 4), slab(2, 3, 1)]),
+            run(vec![slab(0, 3, 9)]),
+            run(vec![slab(0, 3, 2), slab(0, 70, 5)]),
+        ];
+        // Three runs: rank ceil(2.7) = 3, the largest; a class a run lacks counts 0 there.
+        assert_eq!(
+            plan(&[], &runs, None).slabs,
+            [slab(0, 3, 9), slab(0, 70, 5), slab(2, 3, 1)]
+        );
+        assert!(plan(&[], &runs[..0], None).slabs.is_empty());
     }
 }

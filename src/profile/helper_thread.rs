@@ -13,7 +13,6 @@
 //! body only on `RUN`. Nothing here allocates.
 
 use crate::futex;
-use crate::os;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 const WAIT: u32 = 0;
@@ -51,6 +50,11 @@ impl HelperThread {
         Ok(())
     }
 
+    /// Whether the thread was started (whatever it does now).
+    pub(crate) fn was_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
     /// Whether the thread was started (and not yet released or dismissed: it waits).
     pub(crate) fn is_waiting(&self) -> bool {
         self.started.load(Ordering::Acquire) && self.go.load(Ordering::Acquire) == WAIT
@@ -82,9 +86,4 @@ impl HelperThread {
             }
         }
     }
-}
-
-/// Whether `TIERMALLOC_PROFILE` is set (the helpers are started only then).
-pub(crate) fn profile_asked() -> bool {
-    os::getenv(b"TIERMALLOC_PROFILE").is_some()
 }

@@ -51,53 +51,60 @@ struct Active {
 static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
 
 
-/// Reads `TIERMALLOC_PROFILE*`, reserves the estimate and starts recording.
-pub(crate) fn start() {
-    let _dismiss = DismissUnreleased;
-    let started_ns = os::coarse_now_ns();
-    let Some(name) = os::getenv(b"TIERMALLOC_PROFILE") else {
-        return;
-    };
-    let shown = String::from_utf8_lossy(name);
+/// The profile the environment asks for: its name (`TIERMALLOC_PROFILE`, checked) and cap
+/// (`TIERMALLOC_PROFILE_MAX`; a cap that is not a size reserves nothing: `Some(0)`). `None`
+/// when there is none. Problems are said only if `say_problems`.
+fn settings(say_problems: bool) -> Option<(String, Option<u64>)> {
+    let name = os::getenv(b"TIERMALLOC_PROFILE")?;
+    let shown = String::from_utf8_lossy(name).into_owned();
     if !record::valid_name(name) {
-        say(format_args!(
-            "tiermalloc: TIERMALLOC_PROFILE={shown}: a profile name is 1 to 63 characters of \
-             A-Z a-z 0-9 . _ - not starting with a dot; no profile"
-        ));
-        return;
+        if say_problems {
+            say(format_args!(
+                "tiermalloc: TIERMALLOC_PROFILE={shown}: a profile name is 1 to 63 characters \
+                 of A-Z a-z 0-9 . _ - not starting with a dot; no profile"
+            ));
+        }
+        return None;
     }
-    let mut reserve_allowed = true;
     let max = match os::getenv(b"TIERMALLOC_PROFILE_MAX") {
         None => None,
         Some(v) => match config::parse_size(v) {
             Some(m) => Some(m),
             None => {
-                say(format_args!(
-                    "tiermalloc: TIERMALLOC_PROFILE_MAX={}: not a size (e.g. 512M, 2G); \
-                     profile {shown} records but reserves nothing",
-                    String::from_utf8_lossy(v)
-                ));
-                reserve_allowed = false;
+                if say_problems {
+                    say(format_args!(
+                        "tiermalloc: TIERMALLOC_PROFILE_MAX={}: not a size (e.g. 512M, 2G); \
+                         profile {shown} records but reserves nothing",
+                        String::from_utf8_lossy(v)
+                    ));
+                }
                 Some(0)
             }
         },
+    };
+    Some((shown, max))
+}
+
+/// Reads `TIERMALLOC_PROFILE*`, reserves the estimate and starts recording.
+pub(crate) fn start() {
+    let _dismiss = DismissUnreleased;
+    let started_ns = os::coarse_now_ns();
+    let Some((shown, max)) = settings(true) else {
+        return;
     };
     let Some(store) = open_store(&shown) else {
         return;
     };
     let peers = store.live_peers();
     let runs = store.history();
-    let dram_peers: Vec<u64> = peers.iter().map(|p| p.0).collect();
-    let dram_history: Vec<u64> = runs.iter().map(|r| r.peak).collect();
-    let estimate = estimate::estimate(&dram_peers, &dram_history, max);
-    if estimate.bytes > 0 && reserve_allowed {
+    let plan = estimate::plan(&peers, &runs, max);
+    let estimate = plan.dram;
+    if estimate.bytes > 0 {
         reserve(&shown, estimate.bytes as usize);
     }
-    let pool_peers: Vec<u64> = peers.iter().map(|p| p.1).filter(|&b| b > 0).collect();
-    let pool_history: Vec<u64> = runs.iter().map(|r| r.pool_peak).filter(|&b| b > 0).collect();
-    let pool_estimate = estimate::estimate_bytes(&pool_peers, &pool_history, max);
+    let pool_estimate = plan.pool;
     let mut pool_reserved = 0;
-    if pool_estimate.bytes > 0 && reserve_allowed {
+    if pool_estimate.bytes > 0 {
         match crate::pool::share::reserve(pool_estimate.bytes) {
             Ok(share) => pool_reserved = share,
             Err(why) => say(format_args!(
@@ -107,21 +114,9 @@ pub(crate) fn start() {
             )),
         }
     }
-    // Private device tiers: from the history alone (a live peer's device use is not published),
-    // in whole pages.
-    let device_estimates: [u64; 3] = core::array::from_fn(|i| {
-        let history: Vec<u64> = runs
-            .iter()
-            .map(|r| r.devices[i].0)
-            .filter(|&b| b > 0)
-            .collect();
-        let page = os::PAGE_SIZE as u64;
-        match reserve_allowed {
-            true => estimate::estimate_bytes(&[], &history, max).bytes / page * page,
-            false => 0,
-        }
-    });
-    device_reserve::start(&shown, device_estimates);
+    let device_estimates = plan.devices;
+    let device_bytes = device_estimates.map(|e| e.bytes);
+    device_reserve::start(&shown, device_bytes, &plan.slabs);
     let live = match store.publish_live(estimate.bytes) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -136,23 +131,30 @@ pub(crate) fn start() {
     let (dram_word, pool_word) =
         live.as_ref().map_or((core::ptr::null_mut(), core::ptr::null_mut()), |l| l.peak_words());
     crate::pool::share::publish_peak_to(pool_word);
+    device_reserve::publish_peaks_to(
+        live.as_ref().map_or([core::ptr::null_mut(); 3], |l| l.device_peak_words()),
+    );
     reserve::start_profiling(dram_word);
     if config::get().verbose {
-        let from = match estimate.source {
+        let from = |source| match source {
             Source::Peers(n) => format!("the peak of {n} live peer(s)"),
             Source::History(n) => format!("the p90 of {n} recorded run(s)"),
             Source::Nothing => "nothing recorded yet".to_owned(),
         };
         say(format_args!(
-            "tiermalloc: profile {shown}: reserving {} B of dram from {from}{}; records in {}",
+            "tiermalloc: profile {shown}: reserving {} B of dram from {}{}; records in {}",
             estimate.bytes,
+            from(estimate.source),
             if estimate.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" },
             store.place()
         ));
-        for (i, &bytes) in device_estimates.iter().enumerate().filter(|(_, &b)| b > 0) {
+        for (i, e) in device_estimates.iter().enumerate().filter(|(_, e)| e.bytes > 0) {
             say(format_args!(
-                "tiermalloc: profile {shown}: reserving {bytes} B of tier '{}'",
-                device_reserve::KINDS[i].name()
+                "tiermalloc: profile {shown}: reserving {} B of tier '{}' from {}{}",
+                e.bytes,
+                device_reserve::KINDS[i].name(),
+                from(e.source),
+                if e.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" }
             ));
         }
         if pool_estimate.bytes > 0 {
@@ -167,7 +169,7 @@ pub(crate) fn start() {
         store,
         live,
         pool_reserved,
-        name: shown.into_owned(),
+        name: shown,
         started_ns,
         pid: std::process::id(),
     });
@@ -204,12 +206,35 @@ fn reserve(name: &str, len: usize) {
 }
 
 /// In the constructor, before the tiers open: the threads that will fill the reserves, waiting
-/// (`helper_thread` says why then). `start` releases or dismisses them.
+/// (`helper_thread` says why then), each only if there may be something for it to fill.
+/// `start` releases or dismisses them.
 pub(crate) fn spawn_early() {
-    if helper_thread::profile_asked() {
+    let Some((name, max)) = settings(false) else {
+        return;
+    };
+    let (dram, devices) = helpers_needed(&name, max);
+    if dram {
         reserve::spawn_early();
+    }
+    if devices {
         device_reserve::spawn_early();
     }
+}
+
+/// Whether profile `name` may reserve (DRAM, device tiers) at start: what `start` will
+/// estimate, read early. Records in the pool cannot be read before the tiers open (the pool
+/// opens with them): then both may. A process with nothing recorded and no live peer needs
+/// neither, and starts no thread (`tests/profile.rs`).
+fn helpers_needed(name: &str, max: Option<u64>) -> (bool, bool) {
+    if os::getenv(b"TIERMALLOC_POOL").is_some() {
+        return (true, true);
+    }
+    let Some(dir) = record::directory(os::getenv(b"TIERMALLOC_PROFILE_DIR")) else {
+        return (false, false);
+    };
+    let store = record::Store::at(dir, name);
+    let plan = estimate::plan(&store.live_peers(), &store.history(), max);
+    (plan.dram.bytes > 0, plan.devices.iter().any(|e| e.bytes > 0))
 }
 
 /// Dismisses the helper threads `start` did not release, however it returns.
@@ -238,6 +263,7 @@ pub(crate) fn finish() {
     }
     reserve::stop_live();
     crate::pool::share::publish_peak_to(core::ptr::null_mut());
+    device_reserve::publish_peaks_to([core::ptr::null_mut(); 3]);
     let (peak, at) = reserve::peak();
     let (pool_peak, pool_at) = crate::pool::share::peak();
     let unix_secs = std::time::SystemTime::now()
@@ -250,6 +276,7 @@ pub(crate) fn finish() {
         pool_ms_to_peak: pool_at.saturating_sub(active.started_ns) / 1_000_000,
         devices: device_reserve::peaks()
             .map(|(peak, at)| (peak, at.saturating_sub(active.started_ns) / 1_000_000)),
+        slabs: device_reserve::slab_peaks(),
         unix_secs,
         pid: active.pid,
     };

@@ -6,15 +6,17 @@
 //! - `NAME.runs`: the last `HISTORY_RUNS` finished runs, one line each,
 //!   `dram PEAK_BYTES MS_TO_PEAK UNIX_SECS PID pool PEAK_BYTES MS_TO_PEAK`, then
 //!   `KIND PEAK_BYTES MS_TO_PEAK` for each private device tier (`cxl`, `cmb`, `pmr`) the run
-//!   used, oldest first (parts an older version did not write read as 0; parts a newer one
+//!   used, then `KIND.slab KEY SLABS` for each lane and size class of its slabs (`KEY`:
+//!   `slabs::Lane::key`) and the most slabs of it in use at once, oldest first (parts an older version did not write read as 0; parts a newer one
 //!   adds are skipped). A finishing process rewrites
 //!   it whole into a temporary file and renames it over the old one, so a reader sees one
 //!   complete version or the other; two processes finishing at the same instant may lose one
 //!   of their two lines, never corrupt the file.
 //! - `NAME.live.PID`: the record of a running process, a 64-byte file it maps shared and
 //!   keeps current with plain atomic stores (no system call on the allocator's paths):
-//!   `LIVE_MAGIC, pid, pid start time, dram peak, reserved, pool peak`. Peers read it as the current use
-//!   of a running instance. A record whose process is gone (pid missing, or reused: its
+//!   `LIVE_MAGIC, pid, pid start time, dram peak, reserved, pool peak, cxl peak, cmb peak,
+//!   pmr peak` (128 bytes; a 64-byte record of an older version reads 0 for the device
+//!   peaks). Peers read it as the current use of a running instance. A record whose process is gone (pid missing, or reused: its
 //!   start time differs) is ignored and removed.
 //!
 //! Only start and exit read and write these files; they may allocate.
@@ -25,10 +27,21 @@ use std::io::Write;
 use std::path::PathBuf;
 
 const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"TMLIVE01");
-const LIVE_BYTES: usize = 64;
+const LIVE_BYTES: usize = 128;
 const LIVE_PEAK: usize = 3;
 const LIVE_RESERVED: usize = 4;
 const LIVE_POOL_PEAK: usize = 5;
+/// The words of each private device tier's peak (`cxl`, `cmb`, `pmr`).
+const LIVE_DEVICE_PEAKS: [usize; 3] = [6, 7, 8];
+
+/// What a live peer of the profile has used at most so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LivePeer {
+    pub dram: u64,
+    pub pool: u64,
+    /// Each private device tier's (`cxl`, `cmb`, `pmr`).
+    pub devices: [u64; 3],
+}
 
 /// A profile's records in its directory.
 pub(crate) struct Store {
@@ -36,8 +49,19 @@ pub(crate) struct Store {
     name: String,
 }
 
-/// A finished run's figures.
+/// The most slabs of one lane and size class a run had in use at once on a private device
+/// tier: what the next run cuts ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlabPeak {
+    /// The tier: `Kind as usize - 1` (`cxl`, `cmb`, `pmr`).
+    pub device: u8,
+    /// The lane and class (`slabs::Lane::key`).
+    pub key: u8,
+    pub slabs: u32,
+}
+
+/// A finished run's figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Run {
     /// Peak use of the DRAM tier, and when it was reached (ms after start).
     pub peak: u64,
@@ -48,6 +72,8 @@ pub(crate) struct Run {
     /// Peak use of each private device tier (`cxl`, `cmb`, `pmr`: `Kind as usize - 1`), and
     /// when: (bytes, ms after start).
     pub devices: [(u64, u64); 3],
+    /// Its slabs on private device tiers (none where the records are in the pool).
+    pub slabs: Vec<SlabPeak>,
     pub unix_secs: u64,
     pub pid: u32,
 }
@@ -88,10 +114,15 @@ impl Store {
     /// The store of profile `name` in `dir`, creating the directory.
     pub(crate) fn open(dir: PathBuf, name: &str) -> std::io::Result<Store> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Store {
+        Ok(Store::at(dir, name))
+    }
+
+    /// The store of profile `name` in `dir`, to read (nothing is created).
+    pub(crate) fn at(dir: PathBuf, name: &str) -> Store {
+        Store {
             dir,
             name: name.to_owned(),
-        })
+        }
     }
 
     pub(crate) fn runs_path(&self) -> PathBuf {
@@ -122,6 +153,10 @@ impl Store {
                     text.push_str(&format!(" {name} {peak} {ms}"));
                 }
             }
+            for p in &r.slabs {
+                let name = DEVICE_NAMES[p.device as usize % 3];
+                text.push_str(&format!(" {name}.slab {} {}", p.key, p.slabs));
+            }
             text.push('\n');
         }
         let tmp = self.dir.join(format!("{}.runs.tmp.{}", self.name, std::process::id()));
@@ -131,9 +166,9 @@ impl Store {
         std::fs::rename(&tmp, self.runs_path())
     }
 
-    /// The (dram, pool) peaks of live peers of this profile (not this process). Records of
-    /// dead processes are ignored and removed.
-    pub(crate) fn live_peers(&self) -> Vec<(u64, u64)> {
+    /// The peaks of live peers of this profile (not this process). Records of dead
+    /// processes are ignored and removed.
+    pub(crate) fn live_peers(&self) -> Vec<LivePeer> {
         let prefix = format!("{}.live.", self.name);
         let me = std::process::id();
         let mut peaks = Vec::new();
@@ -161,7 +196,11 @@ impl Store {
                     .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
             };
             if word(0) == LIVE_MAGIC && word(1) == pid as u64 && process_lives(pid, word(2)) {
-                peaks.push((word(LIVE_PEAK), word(LIVE_POOL_PEAK)));
+                peaks.push(LivePeer {
+                    dram: word(LIVE_PEAK),
+                    pool: word(LIVE_POOL_PEAK),
+                    devices: LIVE_DEVICE_PEAKS.map(word),
+                });
             } else if word(0) == LIVE_MAGIC && !process_lives(pid, word(2)) {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -225,6 +264,12 @@ impl Live {
         unsafe { self.words.add(LIVE_POOL_PEAK) }
     }
 
+    /// The word peers read as this process's peak on private device tier `KINDS[i]`.
+    pub(crate) fn device_peak_word(&self, i: usize) -> *mut AtomicU64 {
+        // SAFETY: within the mapping.
+        unsafe { self.words.add(LIVE_DEVICE_PEAKS[i]) }
+    }
+
     /// Removes the record's file (the process is finishing). The mapping stays for the rest
     /// of the process: a thread still allocating may be storing a peak into it.
     pub(crate) fn remove(self) {
@@ -245,6 +290,7 @@ fn parse_run(line: &str) -> Option<Run> {
         pool_peak: 0,
         pool_ms_to_peak: 0,
         devices: [(0, 0); 3],
+        slabs: Vec::new(),
         unix_secs,
         pid,
     };
@@ -257,6 +303,19 @@ fn parse_run(line: &str) -> Option<Run> {
             device => {
                 if let Some(i) = DEVICE_NAMES.iter().position(|&d| d == device) {
                     run.devices[i] = figures;
+                } else if let Some(i) = device
+                    .strip_suffix(".slab")
+                    .and_then(|d| DEVICE_NAMES.iter().position(|&n| n == d))
+                {
+                    if let (Ok(key), Ok(slabs)) =
+                        (u8::try_from(figures.0), u32::try_from(figures.1))
+                    {
+                        run.slabs.push(SlabPeak {
+                            device: i as u8,
+                            key,
+                            slabs,
+                        });
+                    }
                 }
             }
         }
@@ -296,6 +355,11 @@ mod tests {
                 pool_peak: 5 * i,
                 pool_ms_to_peak: 1,
                 devices: [(0, 0), (0, 0), (7 * i, 9)],
+                slabs: vec![SlabPeak {
+                    device: 2,
+                    key: 65,
+                    slabs: i as u32 + 1,
+                }],
                 unix_secs: 3,
                 pid: 4,
             };
@@ -306,11 +370,23 @@ mod tests {
         assert_eq!(store.history()[4].pool_peak, 30);
         assert_eq!(store.history()[4].devices, [(0, 0), (0, 0), (42, 9)]);
         assert_eq!(store.history()[0].devices, [(0, 0), (0, 0), (14, 9)]);
+        assert_eq!(
+            store.history()[4].slabs,
+            [SlabPeak {
+                device: 2,
+                key: 65,
+                slabs: 7
+            }]
+        );
         // A line of the older format (no pool part) still reads.
         assert_eq!(parse_run("dram 7 1 2 3").map(|r| (r.peak, r.pool_peak)), Some((7, 0)));
         // Device parts in any order; a name this version does not know is skipped.
         let run = parse_run("dram 7 1 2 3 pool 4 5 pmr 6 7 nvm 8 9 cxl 10 11").unwrap();
         assert_eq!((run.pool_peak, run.devices), (4, [(10, 11), (0, 0), (6, 7)]));
+        let run =
+            parse_run("dram 7 1 2 3 cxl 10 11 cxl.slab 3 12 pmr.slab 70 1 nvm.slab 1 1").unwrap();
+        let slab = |device, key, slabs| SlabPeak { device, key, slabs };
+        assert_eq!(run.slabs, [slab(0, 3, 12), slab(2, 70, 1)]);
         // A record naming a pid that cannot exist is ignored, and removed.
         let dead = dir.join("w.live.4194303");
         let mut bytes = [0u8; 64];

@@ -3,7 +3,7 @@
 //! else in a directory (`record`). One interface over both, for `profile::start` and
 //! `finish`, which alone use it (start and exit: allocating is allowed).
 
-use super::record::{self, Run};
+use super::record::{self, LivePeer, Run};
 use crate::pool::profiles::{self, LiveEntry, ProfileRecords};
 use core::sync::atomic::AtomicU64;
 use std::path::PathBuf;
@@ -56,6 +56,8 @@ impl Store {
                         pool_ms_to_peak: f[profiles::F_POOL_MS_TO_PEAK],
                         // The pool's record keeps a device tier's peak, not when it was.
                         devices: profiles::F_DEVICE_PEAKS.map(|i| (f[i], 0)),
+                        // Nor its slabs (the pool's table has a fixed shape).
+                        slabs: Vec::new(),
                         unix_secs: f[profiles::F_UNIX_SECS],
                         pid: f[profiles::F_PID] as u32,
                     })
@@ -87,11 +89,19 @@ impl Store {
         }
     }
 
-    /// The (dram, pool) peaks of live peers of the same name.
-    pub(crate) fn live_peers(&self) -> Vec<(u64, u64)> {
+    /// The peaks of live peers of the same name.
+    pub(crate) fn live_peers(&self) -> Vec<LivePeer> {
         match self {
             Store::Dir(d) => d.live_peers(),
-            Store::Pool { records, name } => records.live_peers(name.as_bytes()),
+            Store::Pool { records, name } => records
+                .live_peers(name.as_bytes())
+                .iter()
+                .map(|f| LivePeer {
+                    dram: f[profiles::F_DRAM_PEAK],
+                    pool: f[profiles::F_POOL_PEAK],
+                    devices: profiles::F_DEVICE_PEAKS.map(|i| f[i]),
+                })
+                .collect(),
         }
     }
 
@@ -117,6 +127,14 @@ impl Live {
                 e.pool_peak() as *const AtomicU64 as *mut AtomicU64,
             ),
         }
+    }
+
+    /// The words peers read as this process's peak on each private device tier (`KINDS`).
+    pub(crate) fn device_peak_words(&self) -> [*mut AtomicU64; 3] {
+        core::array::from_fn(|i| match self {
+            Live::Dir(l) => l.device_peak_word(i),
+            Live::Pool(e) => e.device_peak(i) as *const AtomicU64 as *mut AtomicU64,
+        })
     }
 
     /// Removes the record (the process is finishing).

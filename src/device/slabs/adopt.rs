@@ -68,6 +68,8 @@ impl Slabs {
             list.partial = index as u32;
         }
         list.idle_bytes += SLAB_BYTES - count as u64 * slot_bytes(class);
+        list.slabs += 1;
+        list.peak_slabs = list.peak_slabs.max(list.slabs);
         live_bitmap::or_words_unshared(self.live(), index * WINDOW_LIVE_WORDS, headers);
         self.claim(offset, class, Lane(0));
         true

@@ -175,3 +175,45 @@ fn adopt_takes_live_slots_and_refuses_bits_past_the_last_slot() {
         fx.slabs.check_invariants();
     }
 }
+
+/// Slabs cut ahead wait empty behind the slab allocations take from (second in the lane's
+/// partial list), are taken without a new slab, count as in use only once a slot is taken
+/// (the peaks a profile records), and stop at their target; the invariants hold throughout.
+#[test]
+fn slabs_cut_ahead_are_taken_without_a_new_slab_and_counted_once_used() {
+    let fx = Fixture::new(8);
+    let lane = Lane::of_this_thread();
+    let ahead = |target| {
+        fx.slabs.add_ahead(1, lane, target, |lane| {
+            let offset = fx.free_windows.borrow_mut().pop()?;
+            fx.slabs.claim(offset, 1, lane);
+            fx.slabs.note_ahead();
+            Some(offset)
+        })
+    };
+    let first = fx.alloc(10).unwrap();
+    assert!(ahead(3) && ahead(3));
+    assert!(!ahead(3), "one slab in use and two ahead: the target");
+    fx.slabs.check_invariants();
+    assert_eq!(fx.slabs.ahead_unused_bytes(), 2 * SLAB_BYTES);
+    let peaks = |fx: &Fixture| {
+        let mut v = Vec::new();
+        fx.slabs.slab_peaks(|l, class, n| v.push((l, class, n)));
+        v
+    };
+    assert_eq!(peaks(&fx), [(lane, 1, 1)], "slabs cut ahead are not in use yet");
+    // The rest of the first slab, then the next slot comes from a slab cut ahead.
+    let slots = slots_of(1);
+    let rest: Vec<_> = (1..slots).map(|_| fx.alloc(10).unwrap()).collect();
+    assert!(rest.iter().all(|&(o, _)| o / SLAB_BYTES == first.0 / SLAB_BYTES), "the head first");
+    let next = fx.alloc(10).unwrap();
+    let t = fx.slabs.totals();
+    assert_eq!((t.cut_on_demand, t.ahead_cut, t.ahead_used), (1, 2, 1));
+    assert_eq!(fx.slabs.ahead_unused_bytes(), SLAB_BYTES);
+    assert_eq!(peaks(&fx), [(lane, 1, 2)]);
+    fx.slabs.check_invariants();
+    // Emptied once used, a slab cut ahead is retired as any other.
+    assert!(matches!(fx.free(next.0), SlabFree::Freed));
+    assert_eq!(*fx.retired.borrow(), 1);
+    fx.slabs.check_invariants();
+}
