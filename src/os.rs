@@ -153,26 +153,6 @@ pub fn prefault_write(p: *mut u8, size: usize) {
     });
 }
 
-/// The size of a huge page of host memory (a PMD on x86_64 and aarch64 with 4 KiB pages).
-pub const HUGE_PAGE_SIZE: usize = 2 << 20;
-
-/// `prefault_write` for a range of private anonymous memory about to be filled in full (a
-/// recovery's host metadata), asking first for huge pages (`MADV_HUGEPAGE`): every 2 MiB of the
-/// range that lies on a 2 MiB boundary then costs one page allocation instead of 512 (on the
-/// 1 GiB recovery benchmark, the 4 KiB pages' allocation and memory-cgroup charging were 8 % of
-/// the time to read the headers; zeroing them 0.5 %). As the range is made present in full
-/// anyway, this costs no memory. Best effort: where transparent huge pages are off, or no huge
-/// page is free, the kernel populates 4 KiB pages as `prefault_write` does.
-pub fn prefault_write_huge(p: *mut u8, size: usize) {
-    if size >= HUGE_PAGE_SIZE {
-        keep_errno(|| {
-            // SAFETY: paging advice for a mapping of ours; changes no byte.
-            unsafe { libc::madvise(p.cast(), size, libc::MADV_HUGEPAGE) };
-        });
-    }
-    prefault_write(p, size);
-}
-
 /// Makes `[p, p + size)` (page-aligned, ours) inaccessible (`writable` false) or readable and
 /// writable again. False if the kernel refused (out of mappings, `vm.max_map_count`).
 ///

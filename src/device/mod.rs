@@ -52,6 +52,8 @@ use slabs::{SlabTotals, Slabs, SLAB_BYTES};
 /// Every extent offset and length is a multiple of this: the header size, so that a block
 /// (16 bytes after its extent's start) can be aligned to any power of two.
 const GRANULE: u64 = HEADER_SIZE;
+/// Slab descriptors a recovery makes present at a time, ahead of the scan (`metadata`).
+const DESCS_AHEAD: usize = 512;
 
 // Test-only: makes `publish` write in a wrong order (the crash-point checker's self-test).
 #[cfg(test)]
@@ -295,7 +297,9 @@ impl DeviceTier {
                     unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
                 let clean = persist::superblock::read(image)
                     .is_some_and(|f| persist::superblock::closed_cleanly(&f));
-                let mut ahead = persist::MetadataAhead::new();
+                // Slab descriptors and live bits below this window are present
+                // (`prefault_windows`).
+                let mut descs_ready = 0;
                 let scanned = persist::recover::scan(image, |offset, extent_len, extent| {
                     let free = match extent {
                         Extent::Free => true,
@@ -311,7 +315,14 @@ impl DeviceTier {
                             live,
                             headers,
                         } => {
-                            ahead.before_slab(&slabs, image, (offset / SLAB_BYTES) as usize);
+                            let window = (offset / SLAB_BYTES) as usize;
+                            if window >= descs_ready {
+                                // 512 windows (64 KiB of descriptors and as many of live
+                                // bits, 8 MiB of region) at a time: at most that much made
+                                // present for windows left without a slab.
+                                slabs.prefault_windows(window, DESCS_AHEAD);
+                                descs_ready = window + DESCS_AHEAD;
+                            }
                             if !slabs.adopt(offset, class, live, headers) {
                                 return false;
                             }

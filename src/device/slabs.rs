@@ -47,7 +47,7 @@ pub(crate) use lane::{Lane, LANES};
 mod adopt;
 #[cfg(test)]
 pub(crate) use adopt::headers_of;
-pub(crate) use adopt::{SPAN_WINDOWS, WINDOW_LIVE_WORDS};
+pub(crate) use adopt::WINDOW_LIVE_WORDS;
 pub(crate) mod lane;
 
 /// Bytes of a slab, and the alignment of its offset in the region. 16 KiB rather than 64:
@@ -175,17 +175,6 @@ fn map_bytes(windows: usize) -> usize {
     os::page_round(windows.max(1) * core::mem::size_of::<SlabDesc>())
 }
 
-/// Zeroed host memory for the descriptors or the live bits: on a huge-page boundary when it
-/// spans one, so that a recovery can make a dense span of it present as one huge page
-/// (`Slabs::populate_span`).
-fn map_arrays(bytes: usize) -> Option<NonNull<u8>> {
-    if bytes >= os::HUGE_PAGE_SIZE {
-        os::map_aligned(bytes, os::HUGE_PAGE_SIZE)
-    } else {
-        os::map_anonymous(bytes)
-    }
-}
-
 /// Words of live bits for a region of `region_len` bytes (a bit per 16 bytes).
 fn live_words_of(region_len: u64) -> usize {
     (region_len / HEADER).div_ceil(64).max(1) as usize
@@ -235,10 +224,10 @@ impl Slabs {
     pub fn new(region_len: u64) -> Option<Slabs> {
         let windows = (region_len / SLAB_BYTES) as usize;
         // Zeroed memory is `windows` descriptors of class 0 (no slab).
-        let descs = map_arrays(map_bytes(windows))?.cast::<SlabDesc>();
+        let descs = os::map_anonymous(map_bytes(windows))?.cast::<SlabDesc>();
         let live_words = live_words_of(region_len);
         // Zeroed memory: no live bit set.
-        let Some(live) = map_arrays(live_map_bytes(live_words)) else {
+        let Some(live) = os::map_anonymous(live_map_bytes(live_words)) else {
             // SAFETY: mapped just above, with this length; nothing refers to it.
             unsafe { os::unmap(descs.as_ptr().cast(), map_bytes(windows)) };
             return None;

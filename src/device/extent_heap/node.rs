@@ -100,7 +100,7 @@ pub(super) struct NodePool {
     chunks: *mut Chunk,
     next_chunk: usize,
     live: usize,
-    /// New chunks are made present in one call (`os::prefault_write_huge`): set while a recovery
+    /// New chunks are made present in one call (`os::prefault_write`): set while a recovery
     /// fills the pool front to back (`rebuild.rs`), which uses a chunk in full.
     prefault: bool,
 }
@@ -148,8 +148,7 @@ impl NodePool {
             return false;
         };
         if self.prefault {
-            // Used in full by the builder: huge pages cost no memory here.
-            os::prefault_write_huge(base.as_ptr(), bytes);
+            os::prefault_write(base.as_ptr(), bytes);
         }
         // The rest of the old chunk is not lost: its fresh slots join the recycle list.
         while self.fresh < self.fresh_end {

@@ -124,10 +124,10 @@ impl StartTable {
         true
     }
 
-    /// Makes every page of the table present at once (`os::prefault_write_huge`): a recovery
+    /// Makes every page of the table present at once (`os::prefault_write`): a recovery
     /// (`rebuild.rs`) fills a table sized for its extents, whose hashed slots touch every page.
     pub fn prefault(&self) {
-        os::prefault_write_huge(self.slots.cast(), (self.mask + 1) * SLOT);
+        os::prefault_write(self.slots.cast(), (self.mask + 1) * SLOT);
     }
 
     /// Asks the cache for the home slot of `offset`: a hint a few steps before its `insert`,

@@ -124,7 +124,6 @@
 mod check;
 mod extent_map;
 mod flush;
-mod metadata_ahead;
 pub(crate) mod media;
 pub(crate) mod owner;
 pub(crate) mod recover;
@@ -139,7 +138,6 @@ pub use check::{check_file, check_image, check_image_with_progress, HeapReport};
 pub use extent_map::{extent_map, ExtentKind, MapExtent};
 pub use repair::{heap_region_len, repair_file, Repaired};
 pub(crate) use flush::persist;
-pub(crate) use metadata_ahead::MetadataAhead;
 pub(crate) use slab_memo::SlabMemo;
 pub(crate) use superblock::SUPERBLOCK_BYTES;
 

@@ -151,23 +151,6 @@ pub(crate) fn scan_from(
     Ok(found)
 }
 
-/// How many of `probes` windows spread evenly over windows `[first, first + windows)` start
-/// with a slab's marker (the magic, a slab state, the length of a slab): a guess, read out of
-/// the chain's order, at how dense with slabs a span is, before the scan reaches it
-/// (`metadata_ahead.rs`). A block's contents may look like a marker: only host memory rides
-/// on the answer, never the heap.
-pub(crate) fn slab_markers(image: &[u8], first: usize, windows: usize, probes: usize) -> usize {
-    let end = image.len() as u64;
-    (0..probes)
-        .map(|i| (first + i * windows / probes) as u64 * SLAB_BYTES)
-        .filter(|&at| at + HEADER_SIZE <= end)
-        .map(|at| header_at(image, at))
-        .filter(|h| {
-            h.magic == HEADER_MAGIC && h.state & STATE_SLAB != 0 && h.size + HEADER_SIZE == SLAB_BYTES
-        })
-        .count()
-}
-
 /// Fills `live` with the live slots of the slab at `at` (bit `n` for slot `n`) and `headers`
 /// with them as bits of the window (bit `k` for the 16 bytes at `16 k`), and returns their
 /// count: a slot is live when its header has the magic, state "allocated" and exactly the

@@ -13,10 +13,6 @@ use crate::os;
 pub(crate) const WINDOW_LIVE_WORDS: usize = (SLAB_BYTES / HEADER / 64) as usize;
 const _: () = assert!(SLAB_BYTES % (HEADER * 64) == 0);
 
-/// Windows whose live bits fill one huge page of host memory (`populate_span`): 16 384, 256
-/// MiB of region. Their descriptors take as many bytes (128 each).
-pub(crate) const SPAN_WINDOWS: usize = os::HUGE_PAGE_SIZE / (WINDOW_LIVE_WORDS * 8);
-
 impl Slabs {
     /// Installs a slab found by a recovery scan: the window at `offset` (an allocated extent
     /// of the heap) is a slab of `class`, in lane 0, whose live slots are the set bits of
@@ -86,37 +82,6 @@ impl Slabs {
         prefault(self.descs.as_ptr() as usize, first * size, end * size);
         let size = WINDOW_LIVE_WORDS * 8;
         prefault(self.live.as_ptr() as usize, first * size, end * size);
-    }
-
-    /// Makes the descriptors and the live bits of every window of span `span` (windows
-    /// `[span * SPAN_WINDOWS, (span + 1) * SPAN_WINDOWS)`, 256 MiB of region) present, in huge
-    /// pages where the kernel has them (`os::prefault_write_huge`): for a span a recovery found
-    /// dense with slabs, whose 512-window groups `prefault_windows` would make present one by
-    /// one, 4 MiB of 4 KiB pages. False (nothing done) for a span the region does not hold in
-    /// full: its last, partial span goes by groups.
-    pub fn populate_span(&self, span: usize) -> bool {
-        let Some(arrays) = self.span_memory(span) else {
-            return false;
-        };
-        for (start, len) in arrays {
-            os::prefault_write_huge(start as *mut u8, len);
-        }
-        true
-    }
-
-    /// The host memory of span `span`'s descriptors and of its live bits, `(address, bytes)`
-    /// each; `None` if the region does not hold the span in full.
-    pub(crate) fn span_memory(&self, span: usize) -> Option<[(usize, usize); 2]> {
-        let (first, end) = (span * SPAN_WINDOWS, (span + 1) * SPAN_WINDOWS);
-        if end > self.windows || end * WINDOW_LIVE_WORDS > self.live_words {
-            return None;
-        }
-        let desc = core::mem::size_of::<super::SlabDesc>();
-        let live = WINDOW_LIVE_WORDS * 8;
-        Some([
-            (self.descs.as_ptr() as usize + first * desc, SPAN_WINDOWS * desc),
-            (self.live.as_ptr() as usize + first * live, SPAN_WINDOWS * live),
-        ])
     }
 }
 
