@@ -160,10 +160,12 @@ pub(crate) fn scan_from(
 /// This loop reads nearly all the bytes a recovery reads (a million slot headers for a
 /// million small blocks), so it is kept to what reading them costs: one bounds check per slab,
 /// and per slot a branch-free test of the header (`live_header`) whose bit goes into a
-/// register, and that bit or-ed into `headers` (cheaper here than spreading `live` out again a bit at a time when the
-/// slab is adopted); each word of `live` that holds slots is stored once and counted once.
-/// Callgrind, the open of 984 382 slots: 20.9 M instructions here plus 15 M in adopting them
-/// before (a read-modify-write of `live` and a count per slot, then an atomic OR per live bit).
+/// register; each word of `live` that holds slots is stored once and counted once. `headers`
+/// is made after the loop: a full slab's is its class's constant (`FULL_HEADERS`), and only a
+/// partial slab's live slots are spread out one by one. (Or-ing each slot's bit into `headers`
+/// inside the loop was a read-modify-write of one word per slot, each waiting for the last:
+/// callgrind, the open of 984 382 slots, 23.87 M instructions here, now BENCHMARKS.md "Session
+/// 9, branch recov".)
 fn slab_slots(
     image: &[u8],
     at: u64,
@@ -173,15 +175,10 @@ fn slab_slots(
 ) -> u64 {
     let usable = slabs::usable_of(class);
     let slot = (usable + HEADER_SIZE) as usize;
-    let step = slot / HEADER_SIZE as usize;
     let slots = slabs::slots_of(class);
     let slab = &image[at as usize..at as usize + SLAB_BYTES as usize];
     let mut count = 0;
     prefetch_next_slab(image, at);
-    *headers = [0; WINDOW_LIVE_WORDS];
-    // The bit of slot `n`'s header in `headers`: `SLAB_MARKER / 16 + n * step`, below
-    // `SLAB_BYTES / 16` for every slot.
-    let mut bit = (SLAB_MARKER / HEADER_SIZE) as usize;
     // SAFETY: slot `n`'s header lies inside the slab for every `n < slots` (`slots_of` counts
     // only slots that fit), inside `slab`: `header` never passes the last slot's.
     let mut header = unsafe { slab.as_ptr().add(SLAB_MARKER as usize) } as *const u64;
@@ -192,18 +189,54 @@ fn slab_slots(
         // Each slot's bit enters at the top and moves down one place per slot after it.
         let mut bits = 0u64;
         for _ in 0..in_word {
-            debug_assert!(header as usize + HEADER_SIZE as usize <= slab.as_ptr() as usize + slab.len());
+            debug_assert!(
+                header as usize + HEADER_SIZE as usize <= slab.as_ptr() as usize + slab.len()
+            );
             // SAFETY: as above.
             let is_live = unsafe { live_header(header, usable) };
             bits = bits >> 1 | is_live << 63;
-            headers[(bit / 64) % WINDOW_LIVE_WORDS] |= is_live << (bit % 64);
-            bit += step;
             header = header.wrapping_byte_add(slot);
         }
         *word = bits >> (64 - in_word);
         count += bits.count_ones() as u64;
     }
+    if count as usize == slots {
+        *headers = FULL_HEADERS[class];
+    } else {
+        *headers = [0; WINDOW_LIVE_WORDS];
+        let step = slot / HEADER_SIZE as usize;
+        for (w, &word) in live[..words].iter().enumerate() {
+            let mut rest = word;
+            while rest != 0 {
+                let n = 64 * w + rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                // Below `SLAB_BYTES / 16` for every slot: its header lies in the window.
+                let bit = (SLAB_MARKER / HEADER_SIZE) as usize + n * step;
+                headers[(bit / 64) % WINDOW_LIVE_WORDS] |= 1 << (bit % 64);
+            }
+        }
+    }
     count
+}
+
+/// `headers` of a slab of each class whose slots are all live (`slab_slots`): the bit of
+/// every slot's header, one per 16 bytes of the window.
+static FULL_HEADERS: [[u64; WINDOW_LIVE_WORDS]; slabs::CLASS_COUNT + 1] = full_headers();
+
+const fn full_headers() -> [[u64; WINDOW_LIVE_WORDS]; slabs::CLASS_COUNT + 1] {
+    let mut table = [[0u64; WINDOW_LIVE_WORDS]; slabs::CLASS_COUNT + 1];
+    let mut class = 1;
+    while class <= slabs::CLASS_COUNT {
+        let slot = slabs::usable_of(class) + HEADER_SIZE;
+        let mut n = 0;
+        while n < slabs::slots_of(class) {
+            let bit = ((SLAB_MARKER + n as u64 * slot) / HEADER_SIZE) as usize;
+            table[class][bit / 64] |= 1 << (bit % 64);
+            n += 1;
+        }
+        class += 1;
+    }
+    table
 }
 
 /// 1 if the slot header at `header` is a live slot's of `usable` bytes (size `usable`, the
