@@ -102,28 +102,19 @@ impl Precopy {
         })
     }
 
+    /// The `/proc/self/pagemap` descriptor, or -1 (for a forked child to close its copy).
+    pub fn pagemap(&self) -> i32 {
+        self.pagemap
+    }
+
     /// The view's address of the region's byte 0: where the source is read.
     pub fn view(&self) -> usize {
         self.view
     }
 
-    /// Readies the chunk `[lo, hi)` for its pre-copy: maps the view's pages of the live
-    /// `ranges` (so the copies read present pages), then drops every page-table entry of the
-    /// chunk in the tier's range at `region_base` (the one TLB shootdown, here rather than in
-    /// the hold). Changes no byte: the file keeps its pages, and a thread that touches the
-    /// chunk from here on maps them again, which `touched` sees. The pre-copy must start
-    /// after this returns.
-    ///
-    /// # Safety
-    /// `[region_base + lo, region_base + hi)` is a `MAP_SHARED` mapping of the same file as
-    /// the view (never anonymous memory: its bytes would go), aligned to its page size.
-    pub unsafe fn drop_entries(
-        &self,
-        region_base: usize,
-        lo: usize,
-        hi: usize,
-        ranges: &[(u64, u64)],
-    ) {
+    /// Maps the view's pages of the live `ranges` (so that the pre-copies read present pages,
+    /// one call per range rather than a fault per page). Changes no byte.
+    pub fn populate_view(&self, ranges: &[(u64, u64)]) {
         os::keep_errno(|| {
             for &(start, end) in ranges {
                 let first = start as usize & !(os::PAGE_SIZE - 1);
@@ -138,15 +129,27 @@ impl Precopy {
                     )
                 };
             }
-            // SAFETY: the caller promises a shared file mapping: MADV_DONTNEED drops its
-            // page-table entries only, the file's pages (and so every byte) stay.
-            unsafe {
-                libc::madvise(
-                    (region_base + lo) as *mut libc::c_void,
-                    hi - lo,
-                    libc::MADV_DONTNEED,
-                )
-            };
+        });
+    }
+
+    /// Readies the chunk `[lo, hi)` for its pre-copy: drops every page-table entry of the
+    /// chunk in the tier's range at `region_base` (the one TLB shootdown, here rather than in
+    /// the hold). Changes no byte: the file keeps its pages, and a thread that touches the
+    /// chunk from here on maps them again, which `touched` sees. The chunk's pre-copy must
+    /// start after this returns.
+    ///
+    /// # Safety
+    /// `[region_base + lo, region_base + hi)` is a `MAP_SHARED` mapping of the same file as
+    /// the view (never anonymous memory: its bytes would go), aligned to its page size.
+    pub unsafe fn drop_entries(&self, region_base: usize, lo: usize, hi: usize) {
+        // SAFETY: the caller promises a shared file mapping: MADV_DONTNEED drops its
+        // page-table entries only, the file's pages (and so every byte) stay.
+        os::keep_errno(|| unsafe {
+            libc::madvise(
+                (region_base + lo) as *mut libc::c_void,
+                hi - lo,
+                libc::MADV_DONTNEED,
+            )
         });
     }
 
@@ -252,8 +255,9 @@ mod tests {
         // SAFETY: our mapping.
         unsafe { core::ptr::write_bytes(region as *mut u8, 7, len) };
         let pre = Precopy::new(fd, 0, len).unwrap();
+        pre.populate_view(&[(0, len as u64)]);
         // SAFETY: a shared file mapping, the whole of it.
-        unsafe { pre.drop_entries(region, 0, len, &[(0, len as u64)]) };
+        unsafe { pre.drop_entries(region, 0, len) };
         let mut t = Touched::new();
         pre.touched(region, 0, len, &mut t);
         assert!((0..64).all(|p| !t.page(p * os::PAGE_SIZE)), "all dropped");
