@@ -466,20 +466,34 @@ fn fork_while_the_tier_moves() {
                         .unwrap()
                         .allocate(Layout::from_size_align(1000, 16).unwrap());
                     // Nor does it keep the move's descriptor of the parent's page map.
-                    let ok = intact && p.is_ok() && !holds_a_pagemap();
+                    let code = if !intact {
+                        1
+                    } else if p.is_err() {
+                        2
+                    } else if holds_a_pagemap() {
+                        3
+                    } else {
+                        0
+                    };
                     for b in blocks.iter().step_by(7) {
                         // SAFETY: the child's copy of a block of `size` bytes.
                         unsafe { std::ptr::write_bytes(b.p as *mut u8, !b.fill, b.size) };
                     }
                     // SAFETY: leaving the child at once.
-                    unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+                    unsafe { libc::_exit(code) };
                 }
                 let mut status = 0;
                 // SAFETY: our child.
                 assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
                 assert!(
                     libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "a forked child saw a broken block"
+                    "a forked child saw {} (wait status {status:#x})",
+                    match libc::WEXITSTATUS(status) {
+                        1 => "a broken block",
+                        2 => "its tier refuse an allocation",
+                        3 => "a descriptor of the parent's page map open",
+                        _ => "something else go wrong",
+                    }
                 );
                 forks.fetch_add(1, Ordering::Relaxed);
             }

@@ -135,10 +135,10 @@ use uffd::WriteProtector;
 /// 4 KiB) overrides it.
 const CHUNK_BYTES: usize = 256 << 10;
 
-/// Bytes pre-copied together by default (`batch_bytes`).
+/// Bytes readied together by default (`batch_bytes`).
 const BATCH_BYTES: usize = 4 << 20;
 
-/// Most separate live ranges remembered per chunk; past that, the last range is stretched to
+/// Most separate live ranges remembered per chunk or batch; past that, the last range is stretched to
 /// the chunk's end (copying some free space rather than allocating).
 const MAX_RANGES: usize = 256;
 
@@ -751,15 +751,19 @@ fn move_region(
     // entries in the tier's page tables dropped first, and the hold copies only what was
     // touched meanwhile (`precopy`); without one (anonymous memory), a chunk is copied from
     // the tier's range inside its hold.
-    let precopy = Precopy::new(
+    let mut precopy = Precopy::new(
         old_fd,
         state.file_offset.load(Ordering::Relaxed),
         region.len,
     );
+    if let Some(pre) = &mut precopy {
+        // Opened and published with `fork` held off: a child forked at any moment either
+        // finds the descriptor in `state` and closes it, or never had it.
+        with_fork_held(tier, region, &mut || {
+            state.pagemap.store(pre.open_pagemap(), Ordering::Relaxed)
+        });
+    }
     let source = precopy.as_ref().map_or(region.base, Precopy::view);
-    state
-        .pagemap
-        .store(precopy.as_ref().map_or(-1, Precopy::pagemap), Ordering::Relaxed);
     // Copies `[start, end)` of the source into the target's staging mapping.
     let copy = |start: usize, end: usize, lo: usize| {
         // SAFETY: `[start, end)` lies inside both the source (the region, or its view, as
@@ -964,9 +968,17 @@ fn move_region(
     report.total_ns = now_ns() - started;
     report.raised_holds = priority.raised_holds;
     wp.unregister(region.base, region.len);
-    state.uffd.store(-1, Ordering::Relaxed);
-    state.pagemap.store(-1, Ordering::Relaxed);
-    drop(wp);
+    // Unpublished and closed with `fork` held off (a child forked in between would otherwise
+    // keep a copy, or close a descriptor that reused the number); the view is unmapped after.
+    let mut wp = Some(wp);
+    with_fork_held(tier, region, &mut || {
+        state.uffd.store(-1, Ordering::Relaxed);
+        state.pagemap.store(-1, Ordering::Relaxed);
+        drop(wp.take());
+        if let Some(pre) = &mut precopy {
+            pre.close_pagemap();
+        }
+    });
     drop(precopy);
     // SAFETY: the staging mapping is ours; nothing refers to its addresses (the tier's range
     // maps the target on its own). Its descriptor stays open: it is the tier's device now.
@@ -1014,6 +1026,25 @@ fn move_region(
             Err(p)
         }
     }
+}
+
+/// Runs `f` with the tier's heap lock held, which `fork`'s prepare handler takes too
+/// (`device::fork`): a descriptor `f` opens and publishes in `DeviceState` (or unpublishes and
+/// closes) is, at any `fork`, either published for the child handler to close or not open.
+fn with_fork_held(tier: &dyn LiveExtents, region: &Region, f: &mut dyn FnMut()) {
+    let mut hint = 0;
+    // An empty range: nothing is listed, and no byte of the device is read.
+    tier.hold_and_list(
+        0,
+        0,
+        &mut hint,
+        region.base,
+        &mut || {
+            f();
+            true
+        },
+        &mut |_, _| {},
+    );
 }
 
 /// Blocks every signal on the calling thread until dropped (then restores its mask).
@@ -1322,6 +1353,11 @@ mod tests {
         assert!(r.covers(1000, 1116) && r.covers(1100, 1110) && r.covers(1995, 2000));
         assert!(!r.covers(990, 1010) && !r.covers(1110, 1200) && !r.covers(1116, 1117));
         assert!(!r.covers(1210, 1220) && !ranges(0, 10).covers(0, 1));
+        // A batch's ranges as one chunk of it sees them.
+        let clipped: Vec<(u64, u64)> = r.within(1100, 1995).collect();
+        assert_eq!(clipped, [(1100, 1116), (1200, 1216), (1990, 1995)]);
+        assert_eq!(r.within(1116, 1200).count(), 0);
+        assert_eq!(r.within(1210, 1212).collect::<Vec<_>>(), [(1210, 1212)]);
         let mut full = ranges(0, 1 << 20);
         for i in 0..MAX_RANGES as u64 + 10 {
             full.add(i * 64, 16);

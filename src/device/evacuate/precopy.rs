@@ -87,24 +87,37 @@ impl Precopy {
             // A child forked during the move has no use for it.
             // SAFETY: advice on our fresh mapping.
             unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) };
-            // SAFETY: a NUL-terminated path.
-            let pagemap = unsafe {
-                libc::open(
-                    c"/proc/self/pagemap".as_ptr(),
-                    libc::O_RDONLY | libc::O_CLOEXEC,
-                )
-            };
             Some(Precopy {
                 view: p as usize,
                 len,
-                pagemap,
+                pagemap: -1,
             })
         })
     }
 
-    /// The `/proc/self/pagemap` descriptor, or -1 (for a forked child to close its copy).
-    pub fn pagemap(&self) -> i32 {
+    /// Opens `/proc/self/pagemap` (left -1 if it cannot be: every hold then copies its chunk
+    /// whole) and returns the descriptor. The caller publishes it for a forked child to close,
+    /// with `fork` held off (`evacuate::with_fork_held`).
+    pub fn open_pagemap(&mut self) -> i32 {
+        if self.pagemap < 0 {
+            // SAFETY: a NUL-terminated path.
+            self.pagemap = os::keep_errno(|| unsafe {
+                libc::open(
+                    c"/proc/self/pagemap".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            });
+        }
         self.pagemap
+    }
+
+    /// Closes the page map descriptor (with `fork` held off, once it is unpublished).
+    pub fn close_pagemap(&mut self) {
+        if self.pagemap >= 0 {
+            // SAFETY: our own descriptor, closed once (set to -1 here).
+            os::keep_errno(|| unsafe { libc::close(self.pagemap) });
+            self.pagemap = -1;
+        }
     }
 
     /// The view's address of the region's byte 0: where the source is read.
@@ -217,10 +230,7 @@ impl Drop for Precopy {
     fn drop(&mut self) {
         // SAFETY: our own mapping, which nothing refers to once the move is over.
         unsafe { os::unmap(self.view as *mut u8, self.len) };
-        if self.pagemap >= 0 {
-            // SAFETY: our own descriptor, closed once.
-            os::keep_errno(|| unsafe { libc::close(self.pagemap) });
-        }
+        self.close_pagemap();
     }
 }
 
@@ -254,7 +264,8 @@ mod tests {
         assert_ne!(region, libc::MAP_FAILED as usize);
         // SAFETY: our mapping.
         unsafe { core::ptr::write_bytes(region as *mut u8, 7, len) };
-        let pre = Precopy::new(fd, 0, len).unwrap();
+        let mut pre = Precopy::new(fd, 0, len).unwrap();
+        assert!(pre.open_pagemap() >= 0);
         pre.populate_view(&[(0, len as u64)]);
         // SAFETY: a shared file mapping, the whole of it.
         unsafe { pre.drop_entries(region, 0, len) };
