@@ -422,7 +422,7 @@ fn holds_a_pagemap() -> bool {
         // "/proc/self/fd/" and the number without leading zeroes (the kernel refuses them).
         let mut path = [0u8; 24];
         path[..14].copy_from_slice(b"/proc/self/fd/");
-        let digits = if fd >= 100 { 3 } else if fd >= 10 { 2 } else { 1 };
+        let digits = 1 + usize::from(fd >= 10) + usize::from(fd >= 100);
         for i in 0..digits {
             path[14 + digits - 1 - i] = b'0' + (fd / 10i32.pow(i as u32) % 10) as u8;
         }
