@@ -415,9 +415,27 @@ fn reads_into_a_block_during_the_move_complete() {
     }
 }
 
+/// Whether the calling process has a descriptor open on some process's `pagemap` (without
+/// allocating: it runs in a forked child of a threaded process).
+fn holds_a_pagemap() -> bool {
+    (0..1000).any(|fd: i32| {
+        // "/proc/self/fd/" and the number without leading zeroes (the kernel refuses them).
+        let mut path = [0u8; 24];
+        path[..14].copy_from_slice(b"/proc/self/fd/");
+        let digits = 1 + usize::from(fd >= 10) + usize::from(fd >= 100);
+        for i in 0..digits {
+            path[14 + digits - 1 - i] = b'0' + (fd / 10i32.pow(i as u32) % 10) as u8;
+        }
+        let mut target = [0u8; 64];
+        // SAFETY: a NUL-terminated path and a buffer of its length.
+        let n = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), 64) };
+        n > 0 && target[..n as usize].ends_with(b"/pagemap")
+    })
+}
+
 /// A thread forks again and again while the tier moves: every child sees its blocks intact
-/// (the fork handlers copy the tier for it, whichever device each chunk is on), and the parent
-/// ends on the target with everything intact.
+/// (the fork handlers copy the tier for it, whichever device each chunk is on) and holds no
+/// descriptor of the move's, and the parent ends on the target with everything intact.
 #[test]
 fn fork_while_the_tier_moves() {
     if !is_child() {
@@ -447,20 +465,35 @@ fn fork_while_the_tier_moves() {
                     let p = Tier::new(CXL)
                         .unwrap()
                         .allocate(Layout::from_size_align(1000, 16).unwrap());
-                    let ok = intact && p.is_ok();
+                    // Nor does it keep the move's descriptor of the parent's page map.
+                    let code = if !intact {
+                        1
+                    } else if p.is_err() {
+                        2
+                    } else if holds_a_pagemap() {
+                        3
+                    } else {
+                        0
+                    };
                     for b in blocks.iter().step_by(7) {
                         // SAFETY: the child's copy of a block of `size` bytes.
                         unsafe { std::ptr::write_bytes(b.p as *mut u8, !b.fill, b.size) };
                     }
                     // SAFETY: leaving the child at once.
-                    unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+                    unsafe { libc::_exit(code) };
                 }
                 let mut status = 0;
                 // SAFETY: our child.
                 assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
                 assert!(
                     libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "a forked child saw a broken block"
+                    "a forked child saw {} (wait status {status:#x})",
+                    match libc::WEXITSTATUS(status) {
+                        1 => "a broken block",
+                        2 => "its tier refuse an allocation",
+                        3 => "a descriptor of the parent's page map open",
+                        _ => "something else go wrong",
+                    }
                 );
                 forks.fetch_add(1, Ordering::Relaxed);
             }

@@ -24,6 +24,10 @@
 pub(super) struct HoldPriority {
     enabled: bool,
     raised: Option<(i32, libc::sched_param)>,
+    /// The thread's own policy, read at the first raise and put back after every hold (two
+    /// system calls a chunk fewer than reading it each time; nothing but this evacuation
+    /// changes the thread's policy while it runs `tm_evacuate`).
+    own: Option<(i32, libc::sched_param)>,
     /// Holds that ran raised.
     pub raised_holds: u64,
 }
@@ -38,6 +42,7 @@ impl HoldPriority {
         HoldPriority {
             enabled,
             raised: None,
+            own: None,
             raised_holds: 0,
         }
     }
@@ -49,26 +54,33 @@ impl HoldPriority {
             return;
         }
         crate::os::keep_errno(|| {
-            // SAFETY: querying the calling thread (0).
-            let policy = unsafe { libc::sched_getscheduler(0) };
-            // SAFETY: an all-zero sched_param is a valid out-parameter.
-            let mut old: libc::sched_param = unsafe { core::mem::zeroed() };
-            // SAFETY: the calling thread and a valid out-parameter.
-            if policy < 0
-                || policy == libc::SCHED_FIFO
-                || policy == libc::SCHED_RR
-                || unsafe { libc::sched_getparam(0, &mut old) } != 0
-            {
-                self.enabled = false;
-                return;
-            }
+            let own = match self.own {
+                Some(own) => own,
+                None => {
+                    // SAFETY: querying the calling thread (0).
+                    let policy = unsafe { libc::sched_getscheduler(0) };
+                    // SAFETY: an all-zero sched_param is a valid out-parameter.
+                    let mut old: libc::sched_param = unsafe { core::mem::zeroed() };
+                    // SAFETY: the calling thread and a valid out-parameter.
+                    if policy < 0
+                        || policy == libc::SCHED_FIFO
+                        || policy == libc::SCHED_RR
+                        || unsafe { libc::sched_getparam(0, &mut old) } != 0
+                    {
+                        self.enabled = false;
+                        return;
+                    }
+                    self.own = Some((policy, old));
+                    (policy, old)
+                }
+            };
             let fifo = libc::sched_param { sched_priority: 1 };
             // SAFETY: the calling thread and a valid sched_param.
             if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) } != 0 {
                 self.enabled = false;
                 return;
             }
-            self.raised = Some((policy, old));
+            self.raised = Some(own);
             self.raised_holds += 1;
         });
     }

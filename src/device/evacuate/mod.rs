@@ -5,9 +5,10 @@
 //! # How
 //!
 //! The region is moved one chunk (`CHUNK_BYTES`, 256 KiB by default) at a time, in address
-//! order. For each chunk `[lo, hi)`:
-//! 0. *pre-copy* (writers not held; a source mapped from a file only, `precopy`): the chunk's
-//!    live extents are listed, the chunk's entries in the tier's page tables are dropped
+//! order, the chunks readied in batches (`BATCH_BYTES`, 4 MiB: the live extents listed, the
+//! target's and the view's pages populated, once per batch). For each chunk `[lo, hi)`:
+//! 0. *pre-copy* (writers not held; a source mapped from a file only, `precopy`): the batch's
+//!    live extents were listed, the chunk's entries in the tier's page tables are dropped
 //!    (the file keeps its pages), and the live bytes are copied into the target through a
 //!    second mapping of the source. A thread that touches the chunk from here on maps its
 //!    page again, which is how step 2 knows what changed;
@@ -134,7 +135,10 @@ use uffd::WriteProtector;
 /// 4 KiB) overrides it.
 const CHUNK_BYTES: usize = 256 << 10;
 
-/// Most separate live ranges remembered per chunk; past that, the last range is stretched to
+/// Bytes readied together by default (`batch_bytes`).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Most separate live ranges remembered per chunk or batch; past that, the last range is stretched to
 /// the chunk's end (copying some free space rather than allocating).
 const MAX_RANGES: usize = 256;
 
@@ -156,6 +160,9 @@ pub(crate) struct DeviceState {
     registers: AtomicUsize,
     moving: AtomicBool,
     uffd: AtomicI32,
+    /// The move's `/proc/self/pagemap` descriptor (`precopy`) while one runs, else -1: a
+    /// child forked meanwhile closes its copy (it would read the parent's page tables).
+    pagemap: AtomicI32,
     /// A descriptor kept open after a move failed midway (see "Failure"), else -1.
     half_moved_fd: AtomicI32,
     /// The offset in the file of `device_fd` at which the region starts (`offset=` of the
@@ -233,6 +240,7 @@ impl DeviceState {
             registers: AtomicUsize::new(region.registers),
             moving: AtomicBool::new(false),
             uffd: AtomicI32::new(-1),
+            pagemap: AtomicI32::new(-1),
             half_moved_fd: AtomicI32::new(-1),
             file_offset: AtomicU64::new(spec.offset),
             spare: *spec,
@@ -259,12 +267,15 @@ impl DeviceState {
     }
 
     /// The `fork` child handler's part: the child has no evacuation running (its mappings lost
-    /// their userfaultfd registration in `fork`), so it drops its copy of the descriptor.
+    /// their userfaultfd registration in `fork`), so it drops its copies of the move's
+    /// descriptors (the pre-copy's view is not inherited at all: `MADV_DONTFORK`).
     pub fn after_fork_in_child(&self) {
-        let fd = self.uffd.swap(-1, Ordering::Relaxed);
-        if fd >= 0 {
-            // SAFETY: the child's copy of the parent's descriptor, closed once here.
-            os::keep_errno(|| unsafe { libc::close(fd) });
+        for fd in [&self.uffd, &self.pagemap] {
+            let fd = fd.swap(-1, Ordering::Relaxed);
+            if fd >= 0 {
+                // SAFETY: the child's copy of the parent's descriptor, closed once here.
+                os::keep_errno(|| unsafe { libc::close(fd) });
+            }
         }
         self.moving.store(false, Ordering::Relaxed);
     }
@@ -442,6 +453,22 @@ impl Ranges {
         }
         self.items[self.len] = (start, end);
         self.len += 1;
+    }
+
+    /// The ranges clipped to `[lo, hi)`, in address order.
+    fn within(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let live = self.live();
+        // The first range ending after `lo`.
+        let first = live.partition_point(|&(_, e)| e <= lo);
+        live[first..]
+            .iter()
+            .take_while(move |&&(s, _)| s < hi)
+            .map(move |&(s, e)| (s.max(lo), e.min(hi)))
+    }
+
+    /// Whether the ranges ran out: the last one may have been stretched over free space.
+    fn full(&self) -> bool {
+        self.len == MAX_RANGES
     }
 
     fn bytes(&self) -> u64 {
@@ -724,11 +751,18 @@ fn move_region(
     // entries in the tier's page tables dropped first, and the hold copies only what was
     // touched meanwhile (`precopy`); without one (anonymous memory), a chunk is copied from
     // the tier's range inside its hold.
-    let precopy = Precopy::new(
+    let mut precopy = Precopy::new(
         old_fd,
         state.file_offset.load(Ordering::Relaxed),
         region.len,
     );
+    if let Some(pre) = &mut precopy {
+        // Opened and published with `fork` held off: a child forked at any moment either
+        // finds the descriptor in `state` and closes it, or never had it.
+        with_fork_held(tier, region, &mut || {
+            state.pagemap.store(pre.open_pagemap(), Ordering::Relaxed)
+        });
+    }
     let source = precopy.as_ref().map_or(region.base, Precopy::view);
     // Copies `[start, end)` of the source into the target's staging mapping.
     let copy = |start: usize, end: usize, lo: usize| {
@@ -750,7 +784,8 @@ fn move_region(
     };
     let started = now_ns();
     let mut report = Report::of_region(region);
-    // The chunk's live ranges as the pre-copy listed them, and as the hold does.
+    // The live ranges of the batch as its pre-copy listed them, and of the chunk as its hold
+    // does.
     let mut precopied = Ranges::new();
     let mut ranges = Ranges::new();
     let mut touched = Touched::new();
@@ -758,160 +793,192 @@ fn move_region(
     let mut lo = 0usize;
     let mut failure = None;
     let mut priority = HoldPriority::new();
-    while lo < region.len {
-        let hi = (lo + chunk).min(region.len);
-        // The target's pages for the chunk's live bytes are made present before its writers
-        // are held, so that the hold covers the copy alone, not the page allocation.
-        precopied.reset(lo as u64, hi as u64);
-        let mut first_hint = hint;
-        tier.hold_and_list(
-            lo as u64,
-            hi as u64,
-            &mut first_hint,
-            source,
-            &mut || true,
-            &mut |o, l| precopied.add(o, l),
-        );
+    let batch = batch_bytes(chunk);
+    'batches: while lo < region.len {
+        // The batch's target pages (and the view's) for its live bytes are made present
+        // before any of its writers are held, so that a hold covers a plain memcpy, not the
+        // target's page allocation (`batch_bytes`); then its chunks are pre-copied and held
+        // one at a time. A batch whose listing would not fit `Ranges` shrinks to one chunk,
+        // listed exactly.
+        let mut batch_hi = (lo + batch).min(region.len);
+        loop {
+            precopied.reset(lo as u64, batch_hi as u64);
+            let mut first_hint = hint;
+            tier.hold_and_list(
+                lo as u64,
+                batch_hi as u64,
+                &mut first_hint,
+                source,
+                &mut || true,
+                &mut |o, l| precopied.add(o, l),
+            );
+            if !precopied.full() || batch_hi - lo <= chunk {
+                break;
+            }
+            batch_hi = (lo + chunk).min(region.len);
+        }
         populate(staging.base, &precopied);
         if let Some(pre) = &precopy {
-            // SAFETY: a precopy exists only for a source mapped shared from its file, and
-            // `[lo, hi)` is a chunk of it aligned to its page size.
-            unsafe { pre.drop_entries(region.base, lo, hi, precopied.live()) };
-            for &(start, end) in precopied.live() {
-                copy(start as usize, end as usize, lo);
-            }
+            pre.populate_view(precopied.live());
         }
-        ranges.reset(lo as u64, hi as u64);
         // No signal handler runs on this thread while it holds a chunk: one that wrote into
-        // the chunk (a `free` writing a header state) would wait for this very thread.
+        // the chunk (a `free` writing a header state) would wait for this very thread. Blocked
+        // for the batch's holds together (a signal waits at most one batch).
         let signals = SignalsBlocked::new();
-        let mut protect_error = None;
-        // The clock at the start of each held step, and at the end of the hold.
-        let mut at = [0u64; HELD_STEPS + 1];
-        let mut switches_before = 0;
-        let listed = tier.hold_and_list(
-            lo as u64,
-            hi as u64,
-            &mut hint,
-            source,
-            &mut || {
-                // Raised with the heap lock held (see `hold_priority`), before the protect.
-                priority.raise();
-                switches_before = involuntary_switches();
-                at[HeldStep::Protect as usize] = now_ns();
-                match wp.protect(region.base + lo, hi - lo) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        protect_error = Some(e);
-                        false
+        while lo < batch_hi {
+            let hi = (lo + chunk).min(batch_hi);
+            if let Some(pre) = &precopy {
+                // Chunk by chunk, right before the chunk's pre-copy: a page the program
+                // touches between the drop and the hold is copied again in the hold, so the
+                // window stays one chunk's pre-copy long.
+                // SAFETY: a precopy exists only for a source mapped shared from its file, and
+                // `[lo, hi)` is a chunk of it aligned to its page size.
+                unsafe { pre.drop_entries(region.base, lo, hi) };
+                for (start, end) in precopied.within(lo as u64, hi as u64) {
+                    copy(start as usize, end as usize, lo);
+                }
+            }
+            ranges.reset(lo as u64, hi as u64);
+            let mut protect_error = None;
+            // The clock at the start of each held step, and at the end of the hold.
+            let mut at = [0u64; HELD_STEPS + 1];
+            let mut switches_before = 0;
+            let listed = tier.hold_and_list(
+                lo as u64,
+                hi as u64,
+                &mut hint,
+                source,
+                &mut || {
+                    // Raised with the heap lock held (see `hold_priority`), before the protect.
+                    priority.raise();
+                    switches_before = involuntary_switches();
+                    at[HeldStep::Protect as usize] = now_ns();
+                    match wp.protect(region.base + lo, hi - lo) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            protect_error = Some(e);
+                            false
+                        }
+                    }
+                },
+                &mut |offset, len| ranges.add(offset, len),
+            );
+            at[HeldStep::Copy as usize] = now_ns();
+            if !listed {
+                priority.lower();
+                failure = Some(protect_error.map_or(
+                    Problem {
+                        what: "cannot write-protect a chunk of the tier",
+                        errno: libc::EIO,
+                        room: None,
+                        at: None,
+                        holder: None,
+                    },
+                    problem,
+                ));
+                break 'batches;
+            }
+            match &precopy {
+                Some(pre) => {
+                    // Again only what may have changed since the pre-copy: the pages mapped
+                    // since the entries were dropped, and ranges it did not list.
+                    pre.touched(region.base, lo, hi, &mut touched);
+                    for &(start, end) in ranges.live() {
+                        let (mut at, end) = (start as usize, end as usize);
+                        while at < end {
+                            let piece_end = (os::page_round(at + 1)).min(end);
+                            if touched.page(at - lo)
+                                || !precopied.covers(at as u64, piece_end as u64)
+                            {
+                                copy(at, piece_end, lo);
+                                report.held_copied += (piece_end - at) as u64;
+                            }
+                            at = piece_end;
+                        }
                     }
                 }
-            },
-            &mut |offset, len| ranges.add(offset, len),
-        );
-        at[HeldStep::Copy as usize] = now_ns();
-        if !listed {
-            priority.lower();
-            failure = Some(protect_error.map_or(
-                Problem {
-                    what: "cannot write-protect a chunk of the tier",
-                    errno: libc::EIO,
+                None => {
+                    for &(start, end) in ranges.live() {
+                        copy(start as usize, end as usize, lo);
+                    }
+                    report.held_copied += ranges.bytes();
+                }
+            }
+            report.copied += ranges.bytes();
+            if recorded {
+                // Before the remap: from the remap on, any thread that writes into the chunk
+                // (not only the woken ones: the new mapping holds nobody) writes the target
+                // only. Through the staging mapping: the chunk being moved may be the
+                // superblock's own, still the source's and held.
+                move_record::advance(&staging, hi as u64);
+                if lo == 0 {
+                    move_record::mark_source(
+                        old_fd,
+                        state.file_offset.load(Ordering::Relaxed),
+                        hi as u64,
+                    );
+                }
+            }
+            at[HeldStep::Remap as usize] = now_ns();
+            // SAFETY: `[base + lo, base + hi)` is the tier's own range, and the target holds
+            // the chunk's live bytes at the same offsets: replacing the mapping changes no
+            // byte any thread can see (writers of the chunk are held until the wake below).
+            let mapped = unsafe {
+                libc::mmap(
+                    (region.base + lo) as *mut libc::c_void,
+                    hi - lo,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    staging.lock_fd,
+                    lo as libc::off_t,
+                )
+            };
+            if mapped == libc::MAP_FAILED {
+                failure = Some(Problem {
+                    what: "cannot map the target over the tier's range (it now lies partly on each device; both stay open)",
+                    errno: os::errno(),
                     room: None,
                     at: None,
                     holder: None,
-                },
-                problem,
-            ));
-            break;
-        }
-        match &precopy {
-            Some(pre) => {
-                // Again only what may have changed since the pre-copy: the pages mapped
-                // since the entries were dropped, and ranges it did not list.
-                pre.touched(region.base, lo, hi, &mut touched);
-                for &(start, end) in ranges.live() {
-                    let (mut at, end) = (start as usize, end as usize);
-                    while at < end {
-                        let piece_end = (os::page_round(at + 1)).min(end);
-                        if touched.page(at - lo) || !precopied.covers(at as u64, piece_end as u64) {
-                            copy(at, piece_end, lo);
-                            report.held_copied += (piece_end - at) as u64;
-                        }
-                        at = piece_end;
-                    }
+                });
+                if recorded {
+                    // The chunk stays the source's: a roll-back must not take the target's
+                    // copy.
+                    move_record::advance(&staging, lo as u64);
                 }
+                let _ = wp.unprotect(region.base + lo, hi - lo);
+                priority.lower();
+                break 'batches;
             }
-            None => {
-                for &(start, end) in ranges.live() {
-                    copy(start as usize, end as usize, lo);
-                }
-                report.held_copied += ranges.bytes();
-            }
-        }
-        report.copied += ranges.bytes();
-        if recorded {
-            // Before the remap: from the remap on, any thread that writes into the chunk
-            // (not only the woken ones: the new mapping holds nobody) writes the target only.
-            // Through the staging mapping: the chunk being moved may be the superblock's own,
-            // still the source's and held.
-            move_record::advance(&staging, hi as u64);
-            if lo == 0 {
-                move_record::mark_source(
-                    old_fd,
-                    state.file_offset.load(Ordering::Relaxed),
-                    hi as u64,
-                );
-            }
-        }
-        at[HeldStep::Remap as usize] = now_ns();
-        // SAFETY: `[base + lo, base + hi)` is the tier's own range, and the target holds the
-        // chunk's live bytes at the same offsets: replacing the mapping changes no byte any
-        // thread can see (writers of the chunk are held until the wake below).
-        let mapped = unsafe {
-            libc::mmap(
-                (region.base + lo) as *mut libc::c_void,
-                hi - lo,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                staging.lock_fd,
-                lo as libc::off_t,
-            )
-        };
-        if mapped == libc::MAP_FAILED {
-            failure = Some(Problem {
-                what: "cannot map the target over the tier's range (it now lies partly on each device; both stay open)",
-                errno: os::errno(),
-                room: None,
-                at: None,
-                holder: None,
-            });
-            if recorded {
-                // The chunk stays the source's: a roll-back must not take the target's copy.
-                move_record::advance(&staging, lo as u64);
-            }
-            let _ = wp.unprotect(region.base + lo, hi - lo);
+            at[HeldStep::Wake as usize] = now_ns();
+            wp.wake(region.base + lo, hi - lo);
+            at[HELD_STEPS] = now_ns();
+            // Counted before the priority drops: the drop itself may hand the core over.
+            let preempted = involuntary_switches() != switches_before;
             priority.lower();
-            break;
+            report.record_steps(&at, preempted);
+            report.chunks += 1;
+            lo = hi;
         }
-        at[HeldStep::Wake as usize] = now_ns();
-        wp.wake(region.base + lo, hi - lo);
-        at[HELD_STEPS] = now_ns();
-        // Counted before the priority drops: the drop itself may hand the core over.
-        let preempted = involuntary_switches() != switches_before;
-        priority.lower();
-        report.record_steps(&at, preempted);
-        // The new mapping starts without page-table entries: map the live pages now, in one
-        // call, rather than leave a fault per page to the program's threads.
-        populate(region.base, &ranges);
         drop(signals);
-        report.chunks += 1;
-        lo = hi;
+        // The new mappings start without page-table entries: map the batch's live pages now,
+        // in one call per range, rather than leave a fault per page to the program's threads.
+        populate(region.base, &precopied);
     }
     report.total_ns = now_ns() - started;
     report.raised_holds = priority.raised_holds;
     wp.unregister(region.base, region.len);
-    state.uffd.store(-1, Ordering::Relaxed);
-    drop(wp);
+    // Unpublished and closed with `fork` held off (a child forked in between would otherwise
+    // keep a copy, or close a descriptor that reused the number); the view is unmapped after.
+    let mut wp = Some(wp);
+    with_fork_held(tier, region, &mut || {
+        state.uffd.store(-1, Ordering::Relaxed);
+        state.pagemap.store(-1, Ordering::Relaxed);
+        drop(wp.take());
+        if let Some(pre) = &mut precopy {
+            pre.close_pagemap();
+        }
+    });
     drop(precopy);
     // SAFETY: the staging mapping is ours; nothing refers to its addresses (the tier's range
     // maps the target on its own). Its descriptor stays open: it is the tier's device now.
@@ -959,6 +1026,25 @@ fn move_region(
             Err(p)
         }
     }
+}
+
+/// Runs `f` with the tier's heap lock held, which `fork`'s prepare handler takes too
+/// (`device::fork`): a descriptor `f` opens and publishes in `DeviceState` (or unpublishes and
+/// closes) is, at any `fork`, either published for the child handler to close or not open.
+fn with_fork_held(tier: &dyn LiveExtents, region: &Region, f: &mut dyn FnMut()) {
+    let mut hint = 0;
+    // An empty range: nothing is listed, and no byte of the device is read.
+    tier.hold_and_list(
+        0,
+        0,
+        &mut hint,
+        region.base,
+        &mut || {
+            f();
+            true
+        },
+        &mut |_, _| {},
+    );
 }
 
 /// Blocks every signal on the calling thread until dropped (then restores its mask).
@@ -1035,6 +1121,23 @@ fn chunk_bytes() -> usize {
         .map(|c| os::page_round(c as usize))
         .filter(|&c| c > 0)
         .unwrap_or(CHUNK_BYTES)
+}
+
+/// Bytes readied together (a whole number of `chunk`s): for each batch the live extents are
+/// listed once, the target's pages for them and the view's are populated in one call per
+/// range, the evacuating thread's signals are blocked once, and after its chunks' holds the
+/// tier's new mappings are populated in one call per range. A chunk's entries are still
+/// dropped chunk by chunk, right before its pre-copy: dropping a whole batch at once let the
+/// program touch (and so fault back, and have copied again in the hold) pages for the whole
+/// batch's time, 53 MB of 1 GiB held-copied in the benchmark instead of 33 KB.
+/// `TIERMALLOC_EVACUATE_BATCH` (a size) overrides it; the chunk is the least.
+fn batch_bytes(chunk: usize) -> usize {
+    os::getenv(b"TIERMALLOC_EVACUATE_BATCH")
+        .and_then(crate::config::parse_size)
+        .map(|b| b as usize)
+        .unwrap_or(BATCH_BYTES)
+        .next_multiple_of(chunk)
+        .max(chunk)
 }
 
 /// The size of the pages behind the descriptor `fd` (the huge page size on hugetlbfs, whose
@@ -1250,6 +1353,11 @@ mod tests {
         assert!(r.covers(1000, 1116) && r.covers(1100, 1110) && r.covers(1995, 2000));
         assert!(!r.covers(990, 1010) && !r.covers(1110, 1200) && !r.covers(1116, 1117));
         assert!(!r.covers(1210, 1220) && !ranges(0, 10).covers(0, 1));
+        // A batch's ranges as one chunk of it sees them.
+        let clipped: Vec<(u64, u64)> = r.within(1100, 1995).collect();
+        assert_eq!(clipped, [(1100, 1116), (1200, 1216), (1990, 1995)]);
+        assert_eq!(r.within(1116, 1200).count(), 0);
+        assert_eq!(r.within(1210, 1212).collect::<Vec<_>>(), [(1210, 1212)]);
         let mut full = ranges(0, 1 << 20);
         for i in 0..MAX_RANGES as u64 + 10 {
             full.add(i * 64, 16);

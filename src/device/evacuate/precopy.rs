@@ -87,19 +87,37 @@ impl Precopy {
             // A child forked during the move has no use for it.
             // SAFETY: advice on our fresh mapping.
             unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) };
+            Some(Precopy {
+                view: p as usize,
+                len,
+                pagemap: -1,
+            })
+        })
+    }
+
+    /// Opens `/proc/self/pagemap` (left -1 if it cannot be: every hold then copies its chunk
+    /// whole) and returns the descriptor. The caller publishes it for a forked child to close,
+    /// with `fork` held off (`evacuate::with_fork_held`).
+    pub fn open_pagemap(&mut self) -> i32 {
+        if self.pagemap < 0 {
             // SAFETY: a NUL-terminated path.
-            let pagemap = unsafe {
+            self.pagemap = os::keep_errno(|| unsafe {
                 libc::open(
                     c"/proc/self/pagemap".as_ptr(),
                     libc::O_RDONLY | libc::O_CLOEXEC,
                 )
-            };
-            Some(Precopy {
-                view: p as usize,
-                len,
-                pagemap,
-            })
-        })
+            });
+        }
+        self.pagemap
+    }
+
+    /// Closes the page map descriptor (with `fork` held off, once it is unpublished).
+    pub fn close_pagemap(&mut self) {
+        if self.pagemap >= 0 {
+            // SAFETY: our own descriptor, closed once (set to -1 here).
+            os::keep_errno(|| unsafe { libc::close(self.pagemap) });
+            self.pagemap = -1;
+        }
     }
 
     /// The view's address of the region's byte 0: where the source is read.
@@ -107,23 +125,9 @@ impl Precopy {
         self.view
     }
 
-    /// Readies the chunk `[lo, hi)` for its pre-copy: maps the view's pages of the live
-    /// `ranges` (so the copies read present pages), then drops every page-table entry of the
-    /// chunk in the tier's range at `region_base` (the one TLB shootdown, here rather than in
-    /// the hold). Changes no byte: the file keeps its pages, and a thread that touches the
-    /// chunk from here on maps them again, which `touched` sees. The pre-copy must start
-    /// after this returns.
-    ///
-    /// # Safety
-    /// `[region_base + lo, region_base + hi)` is a `MAP_SHARED` mapping of the same file as
-    /// the view (never anonymous memory: its bytes would go), aligned to its page size.
-    pub unsafe fn drop_entries(
-        &self,
-        region_base: usize,
-        lo: usize,
-        hi: usize,
-        ranges: &[(u64, u64)],
-    ) {
+    /// Maps the view's pages of the live `ranges` (so that the pre-copies read present pages,
+    /// one call per range rather than a fault per page). Changes no byte.
+    pub fn populate_view(&self, ranges: &[(u64, u64)]) {
         os::keep_errno(|| {
             for &(start, end) in ranges {
                 let first = start as usize & !(os::PAGE_SIZE - 1);
@@ -138,15 +142,27 @@ impl Precopy {
                     )
                 };
             }
-            // SAFETY: the caller promises a shared file mapping: MADV_DONTNEED drops its
-            // page-table entries only, the file's pages (and so every byte) stay.
-            unsafe {
-                libc::madvise(
-                    (region_base + lo) as *mut libc::c_void,
-                    hi - lo,
-                    libc::MADV_DONTNEED,
-                )
-            };
+        });
+    }
+
+    /// Readies the chunk `[lo, hi)` for its pre-copy: drops every page-table entry of the
+    /// chunk in the tier's range at `region_base` (the one TLB shootdown, here rather than in
+    /// the hold). Changes no byte: the file keeps its pages, and a thread that touches the
+    /// chunk from here on maps them again, which `touched` sees. The chunk's pre-copy must
+    /// start after this returns.
+    ///
+    /// # Safety
+    /// `[region_base + lo, region_base + hi)` is a `MAP_SHARED` mapping of the same file as
+    /// the view (never anonymous memory: its bytes would go), aligned to its page size.
+    pub unsafe fn drop_entries(&self, region_base: usize, lo: usize, hi: usize) {
+        // SAFETY: the caller promises a shared file mapping: MADV_DONTNEED drops its
+        // page-table entries only, the file's pages (and so every byte) stay.
+        os::keep_errno(|| unsafe {
+            libc::madvise(
+                (region_base + lo) as *mut libc::c_void,
+                hi - lo,
+                libc::MADV_DONTNEED,
+            )
         });
     }
 
@@ -214,10 +230,7 @@ impl Drop for Precopy {
     fn drop(&mut self) {
         // SAFETY: our own mapping, which nothing refers to once the move is over.
         unsafe { os::unmap(self.view as *mut u8, self.len) };
-        if self.pagemap >= 0 {
-            // SAFETY: our own descriptor, closed once.
-            os::keep_errno(|| unsafe { libc::close(self.pagemap) });
-        }
+        self.close_pagemap();
     }
 }
 
@@ -251,9 +264,11 @@ mod tests {
         assert_ne!(region, libc::MAP_FAILED as usize);
         // SAFETY: our mapping.
         unsafe { core::ptr::write_bytes(region as *mut u8, 7, len) };
-        let pre = Precopy::new(fd, 0, len).unwrap();
+        let mut pre = Precopy::new(fd, 0, len).unwrap();
+        assert!(pre.open_pagemap() >= 0);
+        pre.populate_view(&[(0, len as u64)]);
         // SAFETY: a shared file mapping, the whole of it.
-        unsafe { pre.drop_entries(region, 0, len, &[(0, len as u64)]) };
+        unsafe { pre.drop_entries(region, 0, len) };
         let mut t = Touched::new();
         pre.touched(region, 0, len, &mut t);
         assert!((0..64).all(|p| !t.page(p * os::PAGE_SIZE)), "all dropped");
