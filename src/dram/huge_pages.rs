@@ -6,15 +6,15 @@
 //! grown by doubling): 28 k page faults under small pages against 2-10 k under mimalloc v3,
 //! which backs its arenas with huge pages, and 1.11x its time with the same instruction count.
 //!
-//! - **Segments.** Once the process has mapped `SMALL_PAGE_CHUNKS` segment chunks (the address
-//!   space the heaps held at their most; small programs never get there and keep paying only
-//!   for the pages they touch), each new chunk is advised `MADV_HUGEPAGE` and made accessible
-//!   whole: a `PROT_NONE` slice would split the chunk's mapping and rule out a 2 MiB page over
-//!   it (the kernel builds one at a fault only when the whole aligned 2 MiB lies in one mapping
-//!   with the advice). Such a segment gives up the guards of its unused slices and of its
-//!   header's tail (an overflow off its last page reads zeros instead of faulting);
-//!   `TIERMALLOC_SECURE=1` keeps them on every segment. A retained chunk reused by
-//!   `Segment::create` keeps the state of its first life.
+//! - **Segments.** A heap that already holds `SMALL_PAGE_SEGMENTS` segments (a thread walking
+//!   32 MiB or more of small blocks; a small program, or one whose memory is spread over
+//!   many threads, never gets there and keeps paying only for the pages it touches) gets its
+//!   new chunks advised `MADV_HUGEPAGE` and accessible whole: a `PROT_NONE` slice would split
+//!   the chunk's mapping and rule out a 2 MiB page over it (the kernel builds one at a fault
+//!   only when the whole aligned 2 MiB lies in one mapping with the advice). Such a segment
+//!   gives up the guards of its unused slices and of its header's tail (an overflow off its
+//!   last page reads zeros instead of faulting); `TIERMALLOC_SECURE=1` keeps them on every
+//!   segment. A retained chunk reused by `Segment::create` keeps the state of its first life.
 //! - **Large blocks.** The whole 2 MiB pages a large block covers (from its mapping's start,
 //!   which is chunk-aligned, to its end rounded down) are advised when it is mapped or grown:
 //!   its tail and a block under 2 MiB keep small pages, so the advice makes resident no page
@@ -23,18 +23,17 @@
 //! Purging part of a huge page (`MADV_DONTNEED` of a slice, a large block's shrink) splits it
 //! and gives back just those bytes, so the decay still returns memory as before.
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// The transparent huge page size on x86_64 and arm64 with 4 KiB pages.
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
-/// Segment chunks mapped with small pages before the next ones are huge: 32 MiB of segments.
-/// mimalloc-bench's mstress (`2 100 100`) maps 8 and keeps its peak RSS (34 MiB; with 4, its
-/// last 4 chunks huge, 40.5 MiB); lua maps about 20.
-pub(crate) const SMALL_PAGE_CHUNKS: usize = 8;
+/// Segments a heap holds with small pages before its next ones are huge: 32 MiB. Counted per
+/// heap, not per process: mimalloc-bench's mstress (`2 100 100`, two threads) maps 8-10
+/// chunks in all and would pay for partly used huge pages in peak RSS (38 against 34 MiB
+/// counted per process), while lua's one heap holds about 16.
+pub(crate) const SMALL_PAGE_SEGMENTS: usize = 8;
 
-/// Segment chunks mapped so far (never unmapped, see `segment`).
-static CHUNKS_MAPPED: AtomicUsize = AtomicUsize::new(0);
 /// Cleared when the kernel refused the advice (no transparent huge pages): then no segment is
 /// opened whole for nothing, and no large block is advised again.
 static KERNEL_TAKES_ADVICE: AtomicBool = AtomicBool::new(true);
@@ -43,9 +42,9 @@ fn wanted() -> bool {
     KERNEL_TAKES_ADVICE.load(Ordering::Relaxed) && !crate::dram::fast::guard::secure()
 }
 
-/// Counts a freshly mapped segment chunk and says whether it should be backed by huge pages.
-pub(crate) fn next_segment_chunk_huge() -> bool {
-    CHUNKS_MAPPED.fetch_add(1, Ordering::Relaxed) >= SMALL_PAGE_CHUNKS && wanted()
+/// Whether a new segment of a heap that holds `held` segments should be backed by huge pages.
+pub(crate) fn segment_huge(held: usize) -> bool {
+    held >= SMALL_PAGE_SEGMENTS && wanted()
 }
 
 /// Advises `[base, base + len)` to be backed by huge pages; false (and no further advice)

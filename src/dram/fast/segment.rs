@@ -11,7 +11,7 @@
 //! `one_mbyte_overflow`, `*_underflow` on the first page) faults instead of corrupting or
 //! reading silently. `take_page` opens a run with one `mprotect` the first time it is used;
 //! slices stay open afterwards (purged or not), which keeps a segment at a few kernel mappings
-//! (VMAs) however its pages come and go. A chunk mapped once the heaps hold many is instead
+//! (VMAs) however its pages come and go. A chunk mapped for a heap that holds many is instead
 //! backed by transparent huge pages and open whole (`dram::huge_pages`).
 //!
 //! A segment belongs to one heap for its whole life: `owner` never changes after creation,
@@ -133,9 +133,9 @@ impl Segment {
         self.owner & 1 != 0
     }
 
-    /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
-    /// memory.
-    pub fn create(owner: usize) -> Option<*mut Segment> {
+    /// Maps a new segment for the heap at address `owner`, which holds `held` segments already;
+    /// `None` when the kernel has no memory.
+    pub fn create(owner: usize, held: usize) -> Option<*mut Segment> {
         crate::dram::fast::guard::init_key();
         let owner = owner | usize::from(crate::dram::fast::guard::secure());
         if let Some(segment) = RETAINED.pop() {
@@ -153,12 +153,7 @@ impl Segment {
             crate::profile::reserve::note_segment_created(SLICE_SIZE);
             return Some(segment);
         }
-        Self::create_fresh(owner)
-    }
-
-    /// `create` in a newly mapped chunk, backed by huge pages if `huge_pages` says so.
-    fn create_fresh(owner: usize) -> Option<*mut Segment> {
-        Self::map_fresh(owner, huge_pages::next_segment_chunk_huge())
+        Self::map_fresh(owner, huge_pages::segment_huge(held))
     }
 
     /// `create` in a newly mapped chunk: if `huge` (and the kernel takes the advice), advised
@@ -409,7 +404,7 @@ mod tests {
     #[test]
     fn a_released_segment_stays_readable_and_holds_no_block() {
         use crate::dram::fast::guard::{is_block_offset, is_on_lists};
-        let segment = Segment::create(0).unwrap();
+        let segment = Segment::create(0, 0).unwrap();
         // SAFETY: our segment, used by nothing else; its page is given back before the release.
         unsafe {
             let page = (*segment).take_page(3, 1).unwrap();
