@@ -20,8 +20,6 @@
 //! The cache decays: a mapping no request took within `CACHE_DECAY_NS` of its free is unmapped
 //! by the next large allocation or free, or a thread heap's next page miss, so a program that
 //! stops using big buffers does not keep them resident; `malloc_trim` empties it at once.
-//! The whole 2 MiB pages a block covers are advised `MADV_HUGEPAGE` when it is mapped or grown
-//! (`huge_pages`).
 
 use super::large_guard;
 use crate::os;
@@ -523,7 +521,6 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     pagemap::set(h, map_len, ChunkTag::LargeHead, ChunkTag::LargeTail);
     // SAFETY: a fresh, tagged mapping (zero-filled by the kernel), with room for the guard.
     unsafe {
-        super::huge_pages::advise_large(h, end);
         let p = start_block(h, map_len, offset, usable, false);
         large_guard::set(h + end);
         p
@@ -674,12 +671,7 @@ unsafe fn resize_unguarded(p: *mut u8, size: usize) -> *mut u8 {
     let old_end = offset + usable;
     if new_len != map_len {
         // SAFETY: our whole mapping; `place_mapping` keeps it intact on failure.
-        let placed = unsafe { place_mapping(h, map_len, new_len) };
-        if let Some(new_h) = placed.filter(|_| new_len > map_len) {
-            // SAFETY: the grown mapping is ours; `end` lies within it.
-            unsafe { super::huge_pages::advise_large(new_h, end) };
-        }
-        match placed {
+        match unsafe { place_mapping(h, map_len, new_len) } {
             Some(new_h) if new_h == h => {}
             Some(new_h) => {
                 // SAFETY: the header moved with its pages.

@@ -156,8 +156,8 @@ impl Segment {
         Self::map_fresh(owner, huge_pages::segment_huge(held))
     }
 
-    /// `create` in a newly mapped chunk: if `huge` (and the kernel takes the advice), advised
-    /// `MADV_HUGEPAGE` and open whole, else with its unused slices `PROT_NONE`.
+    /// `create` in a newly mapped chunk: if `huge` (and the kernel takes it), present on huge
+    /// pages and open whole, else with its unused slices `PROT_NONE`.
     fn map_fresh(owner: usize, huge: bool) -> Option<*mut Segment> {
         let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, SLICE_SIZE)?.as_ptr();
         if !chunk::covers(base as usize, CHUNK_SIZE) {
@@ -170,7 +170,7 @@ impl Segment {
         // of our fresh mapping past the header, which holds nothing yet, is closed; if the
         // kernel refuses, the slices stay open: less protection, nothing wrong.
         // SAFETY: our fresh private anonymous mapping, unused.
-        let huge = huge && unsafe { huge_pages::advise(base, CHUNK_SIZE) };
+        let huge = huge && unsafe { huge_pages::populate_huge(base, CHUNK_SIZE) };
         let header = os::page_round(core::mem::size_of::<Segment>());
         // SAFETY: as above.
         let closed = !huge && unsafe { os::protect(base.add(header), CHUNK_SIZE - header, false) };
@@ -436,10 +436,11 @@ mod tests {
         }
     }
 
-    /// A chunk mapped for huge pages is one mapping, advised, and open whole: a `PROT_NONE`
-    /// slice in it would rule out a 2 MiB page over its half.
+    /// A chunk mapped for huge pages is one mapping, open whole (a `PROT_NONE` slice in it
+    /// would rule out a 2 MiB page over its half), present, and advised `MADV_NOHUGEPAGE`
+    /// afterwards (so that khugepaged never fills purged slices back in).
     #[test]
-    fn a_huge_chunk_is_one_advised_mapping_open_whole() {
+    fn a_huge_chunk_is_one_present_mapping_open_whole() {
         if huge_pages::tests::kernel_has_thp().is_none() {
             eprintln!("skipped: this kernel has no transparent huge pages");
             return;
@@ -449,11 +450,14 @@ mod tests {
         let header = os::page_round(core::mem::size_of::<Segment>());
         assert!(readable(base + header), "the header slice's tail is closed");
         assert!(readable(base + CHUNK_SIZE - 1), "an unused slice is closed");
-        let (start, end, advised) = huge_pages::tests::mapping_of(base).unwrap();
+        let (start, end, rss, no_huge) = huge_pages::tests::mapping_of(base).unwrap();
         assert!(start <= base && end >= base + CHUNK_SIZE, "the chunk is split: {start:#x}..{end:#x}");
-        assert!(advised, "the chunk is not advised MADV_HUGEPAGE");
+        assert!(rss >= CHUNK_SIZE, "the chunk is not present: {rss} bytes");
+        assert!(no_huge, "the advice was left on");
         // SAFETY: our segment, not shared, empty.
         unsafe { Segment::release(segment) };
+        let (_, _, rss, _) = huge_pages::tests::mapping_of(base).unwrap();
+        assert!(rss < CHUNK_SIZE, "the release gave nothing back: {rss} bytes");
     }
 
     #[test]
