@@ -20,7 +20,10 @@
 //! the decay purged back into a huge page (with the advice left on, its default
 //! `max_ptes_none` of 511 fills the purged pages again: rptest's peak RSS went from 32-41 to
 //! 67 MiB in one run). Purging part of a huge page (`MADV_DONTNEED` of a slice) splits it and
-//! gives back just those bytes; refaults of purged slices get small pages.
+//! gives back just those bytes; refaults of purged slices get small pages. Not done: the
+//! slices of a huge chunk that no page has used yet are resident but not counted as dirty, so
+//! the decay leaves them until a page uses them or the segment is released (at most a chunk
+//! per segment the heap has not filled).
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -34,8 +37,13 @@ pub(crate) const SMALL_PAGE_SEGMENTS: usize = 8;
 /// no memory): then no segment is opened whole for nothing.
 static KERNEL_TAKES_ADVICE: AtomicBool = AtomicBool::new(true);
 
+/// Not under `TIERMALLOC_SECURE=1` (guards kept), nor under a workload profile: its reserve
+/// already moves pre-faulted pages into new segments (on huge pages where they pay,
+/// `profile::reserve`), and populating a chunk first would fault every page it replaces.
 fn wanted() -> bool {
-    KERNEL_TAKES_ADVICE.load(Ordering::Relaxed) && !crate::dram::fast::guard::secure()
+    KERNEL_TAKES_ADVICE.load(Ordering::Relaxed)
+        && !crate::dram::fast::guard::secure()
+        && !crate::profile::reserve::profiling()
 }
 
 /// Whether a new segment of a heap that holds `held` segments should be backed by huge pages.
