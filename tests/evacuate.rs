@@ -1488,6 +1488,7 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str) {
     if is_child() {
         match step().split_once(':') {
             Some(("move", target)) => crash_mover(target, &std::env::var("CRASH_LOG").unwrap()),
+            Some(("lock", path)) => hold_lock(path),
             _ => crash_checker(&std::env::var("CRASH_LOG").unwrap()),
         }
         return;
@@ -1583,17 +1584,37 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str) {
             // The target first. While the source is open in another process (here: its
             // range locked as a tier's open locks it), or gone, a pending roll-forward is
             // refused and changes nothing.
-            let source = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&dev)
+            // The lock is held by a child of ours, not by this process: a description this
+            // process opened would also be held by every child another test of this process
+            // spawns meanwhile (the fd table is copied at the fork; O_CLOEXEC closes it only at
+            // the exec), and an open-file-description lock lasts while any copy does. On a
+            // loaded machine such a child can sit between fork and exec past the checks
+            // below, which then found the source still locked ("is open in another process:
+            // pid N owns it", N the killed mover the record names).
+            let mut holder = Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", test, "--nocapture", "--test-threads=1"])
+                .env(CHILD, "lock")
+                .env("TIERMALLOC_EVACUATE_STEP", format!("lock:{dev}"))
+                .env_remove("TIERMALLOC_TIERS")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
                 .unwrap();
+            let mut said = String::new();
+            let mut lines = std::io::BufReader::new(holder.stdout.as_mut().unwrap());
+            while !said.contains("LOCKED") {
+                said.clear();
+                if std::io::BufRead::read_line(&mut lines, &mut said).unwrap() == 0 {
+                    break;
+                }
+            }
             assert!(
-                lock_range(&source, 24 << 20),
-                "the source's range could not be locked"
+                said.contains("LOCKED") && !said.contains("NOT LOCKED"),
+                "the source's range could not be locked: {said}"
             );
             let (outcome, stderr) = check(&target);
-            drop(source);
+            drop(holder.stdin.take());
+            assert!(holder.wait().unwrap().success(), "the lock holder failed");
             if stderr.contains("its source is open in another process") {
                 assert_eq!(outcome, Checked::Refused, "{stderr}");
                 busy += 1;
@@ -1713,6 +1734,23 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str) {
         busy, rolled_forward,
         "each pending roll-forward was refused while the source was locked"
     );
+}
+
+/// The crash test's lock holder: locks the source's range at `path` as a tier's open does,
+/// says LOCKED, and holds it until its standard input closes.
+fn hold_lock(path: &str) {
+    let source = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    if lock_range(&source, 24 << 20) {
+        println!("LOCKED");
+    } else {
+        println!("NOT LOCKED");
+    }
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    drop(source);
 }
 
 /// Takes an open-file-description write lock on the first `len` bytes of `file`, as a tier's
