@@ -599,7 +599,8 @@ fn spaces_lists_a_pools_spaces_and_collects_the_unused_ones() {
     const NAME: &str = "spaces_lists_a_pools_spaces_and_collects_the_unused_ones";
     if std::env::var_os(ALONE).is_none() {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([NAME, "--nocapture", "--test-threads=1"]).env(ALONE, "1");
+        cmd.args([NAME, "--nocapture", "--test-threads=1"])
+            .env(ALONE, "1");
         let out = run_with_timeout(cmd, None, Duration::from_secs(300)).unwrap();
         assert!(
             out.status.success() && text(&out.stdout).contains("1 passed"),

@@ -881,7 +881,10 @@ fn a_persistent_tier_recovers_the_same_after_an_unused_reserve() {
         match cap {
             // With slabs cut ahead, whose markers are the reserve's only device writes: an
             // empty slab is free space to the recovery.
-            None => assert!(small.reserved >= 100 * MIB && small.slabs_ahead > 10, "{small:?}"),
+            None => assert!(
+                small.reserved >= 100 * MIB && small.slabs_ahead > 10,
+                "{small:?}"
+            ),
             Some(_) => assert_eq!((small.reserved, small.slabs_ahead), (0, 0), "{small:?}"),
         }
         let after = run_on_device(&profiles, &tiers, &[], "0");
@@ -1040,7 +1043,10 @@ fn the_next_run_finds_its_slabs_cut_ahead() {
     let (first, out) = first_allocs(dir.path(), &tiers, "s");
     assert!(out.starts_with("first_allocs 44"), "{out}");
     assert_eq!(first.slabs_ahead, 0, "{}", first.stderr);
-    assert!(first.slabs_on_demand >= 44, "one slab per class at least: {first:?}");
+    assert!(
+        first.slabs_on_demand >= 44,
+        "one slab per class at least: {first:?}"
+    );
     let mut peaks = vec![first.peak];
     for _ in 0..2 {
         let (next, _) = first_allocs(dir.path(), &tiers, "s");
