@@ -27,7 +27,7 @@ const SPACE_NAME: &[u8] = b"tiermalloc.profiles";
 const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"TMPROF01");
 const HEADER_WORDS: usize = 8;
 const SLOTS: usize = 64;
-/// Runs kept per name (`profile::estimate::HISTORY_RUNS`, asserted there).
+/// Runs kept per name (`profile::record::HISTORY_RUNS`, asserted there).
 pub(crate) const RUNS: usize = 5;
 
 /// A run's fields, in this order.

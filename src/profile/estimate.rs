@@ -6,11 +6,8 @@
 //! is rounded up to whole chunks (the reserve's unit) and capped by `TIERMALLOC_PROFILE_MAX`
 //! rounded down to whole chunks, so the reserve never exceeds the cap.
 
-use super::record::{LivePeer, Run, SlabPeak};
+use super::record::{LivePeer, Run, SlabPeak, HISTORY_RUNS};
 use crate::chunk::CHUNK_SIZE;
-
-/// Finished runs a profile keeps.
-pub(crate) const HISTORY_RUNS: usize = 5;
 
 /// Where an estimate came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,7 +28,7 @@ mod record;
 pub(crate) mod reserve;
 mod store;
 
-const _: () = assert!(crate::pool::profiles::RUNS == estimate::HISTORY_RUNS);
+const _: () = assert!(crate::pool::profiles::RUNS == record::HISTORY_RUNS);
 
 use crate::config;
 use crate::os::{self, say};

@@ -7,24 +7,26 @@
 //!   `dram PEAK_BYTES MS_TO_PEAK UNIX_SECS PID pool PEAK_BYTES MS_TO_PEAK`, then
 //!   `KIND PEAK_BYTES MS_TO_PEAK` for each private device tier (`cxl`, `cmb`, `pmr`) the run
 //!   used, then `KIND.slab KEY SLABS` for each lane and size class of its slabs (`KEY`:
-//!   `slabs::Lane::key`) and the most slabs of it in use at once, oldest first (parts an older version did not write read as 0; parts a newer one
-//!   adds are skipped). A finishing process rewrites
-//!   it whole into a temporary file and renames it over the old one, so a reader sees one
-//!   complete version or the other; two processes finishing at the same instant may lose one
-//!   of their two lines, never corrupt the file.
-//! - `NAME.live.PID`: the record of a running process, a 64-byte file it maps shared and
+//!   `slabs::Lane::key`) and the most slabs of it in use at once, oldest first (parts an
+//!   older version did not write read as 0; parts a newer one adds are skipped). A finishing
+//!   process rewrites it whole into a temporary file and renames it over the old one, so a
+//!   reader sees one complete version or the other; two processes finishing at the same
+//!   instant may lose one of their two lines, never corrupt the file.
+//! - `NAME.live.PID`: the record of a running process, a 128-byte file it maps shared and
 //!   keeps current with plain atomic stores (no system call on the allocator's paths):
 //!   `LIVE_MAGIC, pid, pid start time, dram peak, reserved, pool peak, cxl peak, cmb peak,
-//!   pmr peak` (128 bytes; a 64-byte record of an older version reads 0 for the device
-//!   peaks). Peers read it as the current use of a running instance. A record whose process is gone (pid missing, or reused: its
-//!   start time differs) is ignored and removed.
+//!   pmr peak` (a 64-byte record of an older version reads 0 for the device peaks). Peers
+//!   read it as the current use of a running instance. A record whose process is gone (pid
+//!   missing, or reused: its start time differs) is ignored and removed.
 //!
 //! Only start and exit read and write these files; they may allocate.
 
-use super::estimate::HISTORY_RUNS;
 use core::sync::atomic::AtomicU64;
 use std::io::Write;
 use std::path::PathBuf;
+
+/// Finished runs a profile keeps (its history: `estimate` reads no more than these).
+pub(crate) const HISTORY_RUNS: usize = 5;
 
 const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"TMLIVE01");
 const LIVE_BYTES: usize = 128;
