@@ -5,8 +5,9 @@
 //! # How
 //!
 //! The region is moved one chunk (`CHUNK_BYTES`, 256 KiB by default) at a time, in address
-//! order, the chunks readied in batches (`BATCH_BYTES`, 4 MiB: the live extents listed, the
-//! target's and the view's pages populated, once per batch). For each chunk `[lo, hi)`:
+//! order, the chunks readied in batches (`BATCH_BYTES`: one chunk unless
+//! `TIERMALLOC_EVACUATE_BATCH` says more; the live extents listed, the target's and the
+//! view's pages populated, once per batch). For each chunk `[lo, hi)`:
 //! 0. *pre-copy* (writers not held; a source mapped from a file only, `precopy`): the batch's
 //!    live extents were listed, the chunk's entries in the tier's page tables are dropped
 //!    (the file keeps its pages), and the live bytes are copied into the target through a
@@ -135,8 +136,12 @@ use uffd::WriteProtector;
 /// 4 KiB) overrides it.
 const CHUNK_BYTES: usize = 256 << 10;
 
-/// Bytes readied together by default (`batch_bytes`).
-const BATCH_BYTES: usize = 4 << 20;
+/// Bytes readied together by default (`batch_bytes`): one chunk. Batches of 4 MiB cut the
+/// system calls per chunk from 15.4 to 9.3, but on the quiet machine, paired with batches of
+/// one chunk in the same sitting (BENCHMARKS.md, "Session 9, after every merge"), they made
+/// the writers' hold p99 91-115 us against 62-74 (the remap's p99 62-74 against 29-37) and
+/// the copying thread's CPU per byte 63-66 % of memcpy's against 66-70 %; 1 MiB was between.
+const BATCH_BYTES: usize = CHUNK_BYTES;
 
 /// Most separate live ranges remembered per chunk or batch; past that, the last range is stretched to
 /// the chunk's end (copying some free space rather than allocating).
