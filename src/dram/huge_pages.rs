@@ -31,7 +31,13 @@ use core::sync::atomic::{AtomicBool, Ordering};
 /// heap, not per process: mimalloc-bench's mstress (`2 100 100`, two threads) maps 8-10
 /// chunks in all and would pay for partly used huge pages in peak RSS (38 against 34 MiB
 /// counted per process), while lua's one heap holds about 16.
-pub(crate) const SMALL_PAGE_SEGMENTS: usize = 8;
+///
+/// **Off for now (`usize::MAX`)**: with 8, `tests/programs/grow.c 300` (300 MiB of live
+/// blocks, every byte written) peaked at 430.7 MiB against 310.7 with small pages, since every
+/// new chunk is made present whole while the heap leaves parts of chunks unused (BENCHMARKS.md,
+/// "Session 9, after every merge"); lua's gain (CPU 0.93x) does not pay for that. Counting
+/// the unused slices, or populating only the slices a page takes, comes first.
+pub(crate) const SMALL_PAGE_SEGMENTS: usize = usize::MAX;
 
 /// Cleared when the kernel refused (no transparent huge pages, no `MADV_POPULATE_WRITE`, or
 /// no memory): then no segment is opened whole for nothing.
