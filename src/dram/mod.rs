@@ -10,7 +10,6 @@
 
 pub mod budget;
 pub mod fast;
-pub mod huge_pages;
 pub mod large;
 pub mod large_guard;
 

@@ -152,9 +152,6 @@ pub struct Heap {
     /// Times each class asked to borrow a block (`lend_page`), lent or not: at most
     /// `BORROW_TRIES_PER_CLASS`.
     borrow_tries: [u8; CLASS_COUNT],
-    /// Segments this heap holds (created and not yet released): past
-    /// `huge_pages::SMALL_PAGE_SEGMENTS`, its new segments are backed by huge pages.
-    segments_held: usize,
 }
 
 impl StackLink for Heap {
@@ -552,7 +549,6 @@ impl Heap {
             self.dirty_bytes -= (*segment).dirty_bytes();
             Segment::release(segment);
         }
-        self.segments_held -= 1;
         SEGMENT_BYTES.add((crate::chunk::CHUNK_SIZE as u64).wrapping_neg());
         SEGMENTS_RELEASED.add(1);
     }
@@ -692,8 +688,7 @@ impl Heap {
             }
         }
         let segment = if self.empty.is_null() {
-            let fresh = Segment::create(self as *mut Heap as usize, self.segments_held)?;
-            self.segments_held += 1;
+            let fresh = Segment::create(self as *mut Heap as usize)?;
             SEGMENT_BYTES.add(crate::chunk::CHUNK_SIZE as u64);
             fresh
         } else {

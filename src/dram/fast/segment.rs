@@ -11,8 +11,7 @@
 //! `one_mbyte_overflow`, `*_underflow` on the first page) faults instead of corrupting or
 //! reading silently. `take_page` opens a run with one `mprotect` the first time it is used;
 //! slices stay open afterwards (purged or not), which keeps a segment at a few kernel mappings
-//! (VMAs) however its pages come and go. A chunk mapped for a heap that holds many is instead
-//! backed by transparent huge pages and open whole (`dram::huge_pages`).
+//! (VMAs) however its pages come and go.
 //!
 //! A segment belongs to one heap for its whole life: `owner` never changes after creation,
 //! which lets any thread compare it with its own heap to tell a local free from a remote one.
@@ -27,7 +26,6 @@
 //! The segment keeps its owner as an address only: it never looks inside the heap, so this
 //! module depends on `page`, not on `heap` (which cuts pages from segments).
 
-use crate::dram::huge_pages;
 use crate::dram::fast::page::Page;
 use crate::dram::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
 use crate::os;
@@ -133,9 +131,9 @@ impl Segment {
         self.owner & 1 != 0
     }
 
-    /// Maps a new segment for the heap at address `owner`, which holds `held` segments already;
-    /// `None` when the kernel has no memory.
-    pub fn create(owner: usize, held: usize) -> Option<*mut Segment> {
+    /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
+    /// memory.
+    pub fn create(owner: usize) -> Option<*mut Segment> {
         crate::dram::fast::guard::init_key();
         let owner = owner | usize::from(crate::dram::fast::guard::secure());
         if let Some(segment) = RETAINED.pop() {
@@ -153,12 +151,11 @@ impl Segment {
             crate::profile::reserve::note_segment_created(SLICE_SIZE);
             return Some(segment);
         }
-        Self::map_fresh(owner, huge_pages::segment_huge(held))
+        Self::create_fresh(owner)
     }
 
-    /// `create` in a newly mapped chunk: if `huge` (and the kernel takes it), present on huge
-    /// pages and open whole, else with its unused slices `PROT_NONE`.
-    fn map_fresh(owner: usize, huge: bool) -> Option<*mut Segment> {
+    /// `create` in a newly mapped chunk, whose unused slices are all `PROT_NONE`.
+    fn create_fresh(owner: usize) -> Option<*mut Segment> {
         let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, SLICE_SIZE)?.as_ptr();
         if !chunk::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
@@ -166,14 +163,10 @@ impl Segment {
             return None;
         }
         let segment = base.cast::<Segment>();
-        // A chunk backed by huge pages stays open whole (`dram::huge_pages`). Otherwise the part
-        // of our fresh mapping past the header, which holds nothing yet, is closed; if the
+        // SAFETY: the part of our fresh mapping past the header holds nothing yet. If the
         // kernel refuses, the slices stay open: less protection, nothing wrong.
-        // SAFETY: our fresh private anonymous mapping, unused.
-        let huge = huge && unsafe { huge_pages::populate_huge(base, CHUNK_SIZE) };
         let header = os::page_round(core::mem::size_of::<Segment>());
-        // SAFETY: as above.
-        let closed = !huge && unsafe { os::protect(base.add(header), CHUNK_SIZE - header, false) };
+        let closed = unsafe { os::protect(base.add(header), CHUNK_SIZE - header, false) };
         // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
         // `Page` is an unused descriptor.
         unsafe {
@@ -377,7 +370,7 @@ mod tests {
 
     #[test]
     fn unused_slices_and_the_header_tail_are_inaccessible() {
-        let segment = Segment::map_fresh(0, false).unwrap();
+        let segment = Segment::create_fresh(0).unwrap();
         let base = segment as usize;
         let header = os::page_round(core::mem::size_of::<Segment>());
         assert!(readable(base) && readable(base + header - 1));
@@ -404,7 +397,7 @@ mod tests {
     #[test]
     fn a_released_segment_stays_readable_and_holds_no_block() {
         use crate::dram::fast::guard::{is_block_offset, is_on_lists};
-        let segment = Segment::create(0, 0).unwrap();
+        let segment = Segment::create(0).unwrap();
         // SAFETY: our segment, used by nothing else; its page is given back before the release.
         unsafe {
             let page = (*segment).take_page(3, 1).unwrap();
@@ -434,30 +427,6 @@ mod tests {
             assert!(!is_on_lists(p as usize + 64, first, 0, 0, 64, is_block));
             assert!(readable(p as usize));
         }
-    }
-
-    /// A chunk mapped for huge pages is one mapping, open whole (a `PROT_NONE` slice in it
-    /// would rule out a 2 MiB page over its half), present, and advised `MADV_NOHUGEPAGE`
-    /// afterwards (so that khugepaged never fills purged slices back in).
-    #[test]
-    fn a_huge_chunk_is_one_present_mapping_open_whole() {
-        if huge_pages::tests::kernel_has_thp().is_none() {
-            eprintln!("skipped: this kernel has no transparent huge pages");
-            return;
-        }
-        let segment = Segment::map_fresh(0, true).unwrap();
-        let base = segment as usize;
-        let header = os::page_round(core::mem::size_of::<Segment>());
-        assert!(readable(base + header), "the header slice's tail is closed");
-        assert!(readable(base + CHUNK_SIZE - 1), "an unused slice is closed");
-        let (start, end, rss, no_huge) = huge_pages::tests::mapping_of(base).unwrap();
-        assert!(start <= base && end >= base + CHUNK_SIZE, "the chunk is split: {start:#x}..{end:#x}");
-        assert!(rss >= CHUNK_SIZE, "the chunk is not present: {rss} bytes");
-        assert!(no_huge, "the advice was left on");
-        // SAFETY: our segment, not shared, empty.
-        unsafe { Segment::release(segment) };
-        let (_, _, rss, _) = huge_pages::tests::mapping_of(base).unwrap();
-        assert!(rss < CHUNK_SIZE, "the release gave nothing back: {rss} bytes");
     }
 
     #[test]
