@@ -53,6 +53,23 @@ fn kernel_has_thp() -> bool {
     mode.contains("[always]") || mode.contains("[madvise]")
 }
 
+/// Grows a thread by `total` bytes (`grow`) and checks that the process's resident bytes grew
+/// by at most `slack` more; returns the growth of its bytes on huge pages.
+fn grow_within(total: usize, slack: usize, sizes: impl FnMut() -> usize + Send + 'static) -> usize {
+    let (resident, huge) = grow(total, sizes);
+    eprintln!(
+        "held {} MiB: resident +{:.1} MiB, on huge pages +{:.1} MiB",
+        total / MIB,
+        resident as f64 / MIB as f64,
+        huge as f64 / MIB as f64
+    );
+    assert!(
+        resident <= total + slack,
+        "resident +{resident} bytes for {total} held"
+    );
+    huge
+}
+
 /// Allocates blocks of the sizes `sizes` yields, writing every byte, until `total` bytes are
 /// held; never frees them. Returns the growth of the process's resident bytes and of its bytes
 /// on huge pages.
@@ -87,19 +104,9 @@ fn a_growth_of_small_blocks_is_on_huge_pages_and_holds_no_more_than_it_uses() {
     // 1 KiB blocks (a size class of its own, pages of one slice): a lua-like heap of small
     // objects, 96 MiB of them.
     let total = 96 * MIB;
-    let (resident, huge) = grow(total, || 1024);
-    eprintln!(
-        "held {} MiB: resident +{:.1} MiB, on huge pages +{:.1} MiB",
-        total / MIB,
-        resident as f64 / MIB as f64,
-        huge as f64 / MIB as f64
-    );
-    // The heap's first segment stays on small pages, and the last half is filled only partly:
-    // what it holds past its blocks is at most a half and a page per class.
-    assert!(
-        resident <= total + 4 * MIB,
-        "resident +{resident} bytes for {total} held"
-    );
+    // The last half is filled only partly: what the heap holds past its blocks is at most a
+    // half and a page (measured: +1.2 MiB).
+    let huge = grow_within(total, 4 * MIB, || 1024);
     if !kernel_has_thp() {
         eprintln!("skipped the huge page figure: this kernel has no transparent huge pages");
         return;
@@ -132,19 +139,9 @@ fn a_growth_of_large_block_pages_makes_no_unused_half_present() {
         }
     };
     let total = 160 * MIB;
-    let (resident, huge) = grow(total, sizes);
-    eprintln!(
-        "held {} MiB: resident +{:.1} MiB, on huge pages +{:.1} MiB",
-        total / MIB,
-        resident as f64 / MIB as f64,
-        huge as f64 / MIB as f64
-    );
-    // Measured: +161.9 MiB (the part of a block its class rounds up to is never touched); with
-    // whole chunks present, 2 MiB more for every segment.
-    assert!(
-        resident <= total + 8 * MIB,
-        "resident +{resident} bytes for {total} held"
-    );
+    // Measured: +1.9-3.8 MiB (the part of a block its class rounds up to is never touched);
+    // with whole chunks present, 2 MiB more for every segment.
+    let huge = grow_within(total, 8 * MIB, sizes);
     assert!(
         huge <= 8 * MIB,
         "{huge} bytes on huge pages: halves the heap does not fill were made huge"
