@@ -11,14 +11,14 @@
 //! a heap that already holds `SMALL_PAGE_SEGMENTS` segments cuts a page of small blocks (at
 //! most `HUGE_PAGE_SLICES_MAX` slices) from it while nothing of it was ever touched: the
 //! second half when such a page is the first cut over it, the first half when such a page
-//! needs a new chunk (the header is then written into the huge page). A heap cuts pages of
-//! small blocks over a fresh half only once its other free slices are taken (`take_page` takes
-//! resident slices first, then the lowest run), so such a half is filled by the heap's next
-//! pages; pages of large blocks (a 2 MiB page of 256 KiB blocks next to a half nothing else
-//! uses, `tests/programs/grow.c`) never make a half huge. The half's slices no page has taken
-//! yet are counted dirty (free and resident), so the heap takes them first and the decay gives
-//! them back if the heap stops growing: what a wrong guess costs is bounded by the decay like
-//! any freed page. A huge half is open whole: a `PROT_NONE` slice (or the header's guarded
+//! needs a new chunk (the header is then written into the huge page). A segment gives a page of
+//! small blocks a fresh half only once the free slices before it are taken (`take_page` takes
+//! resident slices first, then the lowest run), so such a half is what the heap fills next.
+//! Pages of large blocks (a 2 MiB page of 256 KiB blocks next to a half nothing else uses,
+//! `tests/programs/grow.c`) never make a half huge, and a half one was cut over first stays on
+//! small pages. The half's slices no page has taken yet are counted dirty (free and resident),
+//! so the heap takes them first and the decay gives them back if the heap stops growing: what
+//! a wrong guess costs is bounded by the decay like any freed page. A huge half is open whole: a `PROT_NONE` slice (or the header's guarded
 //! tail) would split its mapping and rule out the 2 MiB page. `TIERMALLOC_SECURE=1` keeps the
 //! guards on every segment.
 //!
