@@ -29,7 +29,7 @@
 //! run). Purging part of a huge page (`MADV_DONTNEED` of a slice) splits it and gives back just
 //! those bytes; a half purged whole is given back whole.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Segments a heap holds with small pages only before it makes halves huge: 32 MiB. Counted
 /// per heap, not per process: a small program, or one whose memory is spread over many
@@ -43,17 +43,51 @@ pub(crate) const HUGE_PAGE_SLICES_MAX: usize = 4;
 /// Bytes of a huge page, and of a segment's half.
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
-/// Cleared when the kernel refused (no transparent huge pages, no `MADV_POPULATE_WRITE`, or
-/// no memory): then no half is opened whole for nothing.
-static KERNEL_TAKES_ADVICE: AtomicBool = AtomicBool::new(true);
+/// Whether the kernel gives huge pages on advice: `UNKNOWN` until first asked (`kernel_takes_advice`),
+/// `REFUSED` when its transparent huge pages are off (`never`, or none) or it refused the
+/// advice or the populate (no `MADV_POPULATE_WRITE`, no memory): then no half is made present
+/// whole for nothing.
+static KERNEL: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const TAKES: u8 = 1;
+const REFUSED: u8 = 2;
+
+/// Reads the kernel's mode once (`/sys/kernel/mm/transparent_hugepage/enabled`: `always` or
+/// `madvise` take the advice; `never`, or no such file, do not).
+fn kernel_takes_advice() -> bool {
+    match KERNEL.load(Ordering::Relaxed) {
+        TAKES => true,
+        REFUSED => false,
+        _ => kernel_mode_read(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn kernel_mode_read() -> bool {
+    let mut buf = [0u8; 64];
+    let len = crate::os::read_file(b"/sys/kernel/mm/transparent_hugepage/enabled\0", &mut buf);
+    let mode = &buf[..len.unwrap_or(0)];
+    let takes = [&b"[always]"[..], b"[madvise]"]
+        .iter()
+        .any(|m| mode.windows(m.len()).any(|w| w == *m));
+    // A racing `populate_huge` failure wins: it only ever stores `REFUSED`.
+    let _ = KERNEL.compare_exchange(
+        UNKNOWN,
+        if takes { TAKES } else { REFUSED },
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    takes
+}
 
 /// Not under `TIERMALLOC_SECURE=1` (guards kept), nor under a workload profile: its reserve
 /// already moves pre-faulted pages into new segments (on huge pages where they pay,
 /// `profile::reserve`), and populating a half first would fault every page it replaces.
 pub(crate) fn wanted() -> bool {
-    KERNEL_TAKES_ADVICE.load(Ordering::Relaxed)
-        && !crate::dram::fast::guard::secure()
+    !crate::dram::fast::guard::secure()
         && !crate::profile::reserve::profiling()
+        && kernel_takes_advice()
 }
 
 /// Whether a heap holding `held` segments that cuts a page of `slices` slices over a fresh half
@@ -85,13 +119,19 @@ pub(crate) unsafe fn populate_huge(base: *mut u8) -> bool {
         populated
     });
     if !taken {
-        KERNEL_TAKES_ADVICE.store(false, Ordering::Relaxed);
+        KERNEL.store(REFUSED, Ordering::Relaxed);
     }
     taken
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
+    /// The mode read without allocating agrees with the kernel's file.
+    #[test]
+    fn the_kernel_mode_is_read_as_the_kernel_says() {
+        assert_eq!(super::kernel_mode_read(), kernel_has_thp().is_some());
+    }
+
     /// The kernel's transparent huge page mode (`always` or `madvise`), `None` if it has none.
     pub(crate) fn kernel_has_thp() -> Option<&'static str> {
         let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
