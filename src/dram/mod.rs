@@ -10,6 +10,7 @@
 
 pub mod budget;
 pub mod fast;
+pub(crate) mod huge_pages;
 pub mod large;
 pub mod large_guard;
 

@@ -46,6 +46,11 @@ pub(crate) static RESERVE_MISS: SharedCounter = SharedCounter::new();
 
 /// Whether a profile is active (misses are counted, use recorded).
 static PROFILING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a profile is active: the reserve then brings pre-faulted pages to new segments.
+pub(crate) fn profiling() -> bool {
+    PROFILING.load(Ordering::Relaxed)
+}
 static PEAK: AtomicU64 = AtomicU64::new(0);
 /// `os::coarse_now_ns` when the peak was last raised.
 static PEAK_AT_NS: AtomicU64 = AtomicU64::new(0);

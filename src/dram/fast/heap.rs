@@ -17,6 +17,7 @@ use crate::dram::fast::page::{Block, Page, PageQueue};
 use crate::dram::fast::quarantine::{self, Quarantine};
 use crate::dram::fast::remote_batch::RemoteBatch;
 use crate::dram::fast::segment::Segment;
+use crate::dram::huge_pages;
 use crate::dram::fast::size_class::{page_slices, CLASS_COUNT, DIRECT_CLASSES, DIRECT_SLOTS, ROUTED_CLASS, SLICE_SIZE};
 use crate::lockfree::tagged_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
@@ -152,6 +153,9 @@ pub struct Heap {
     /// Times each class asked to borrow a block (`lend_page`), lent or not: at most
     /// `BORROW_TRIES_PER_CLASS`.
     borrow_tries: [u8; CLASS_COUNT],
+    /// Segments this heap holds (created and not yet released): past
+    /// `huge_pages::SMALL_PAGE_SEGMENTS`, fresh halves it fills with small blocks are huge.
+    segments_held: usize,
 }
 
 impl StackLink for Heap {
@@ -549,6 +553,7 @@ impl Heap {
             self.dirty_bytes -= (*segment).dirty_bytes();
             Segment::release(segment);
         }
+        self.segments_held -= 1;
         SEGMENT_BYTES.add((crate::chunk::CHUNK_SIZE as u64).wrapping_neg());
         SEGMENTS_RELEASED.add(1);
     }
@@ -644,8 +649,11 @@ impl Heap {
         // SAFETY: per the contract.
         unsafe {
             let dirty_before = (*segment).dirty_bytes();
-            let page = (*segment).take_page(class, page_slices(class))?;
-            self.dirty_bytes -= dirty_before - (*segment).dirty_bytes();
+            let n = page_slices(class);
+            let huge = huge_pages::half_huge(self.segments_held, n);
+            let page = (*segment).take_page(class, n, huge)?;
+            // A half made huge adds its slices to the dirty ones (`Segment::take_page`).
+            self.dirty_bytes = self.dirty_bytes + (*segment).dirty_bytes() - dirty_before;
             self.dirty_low = self.dirty_low.min(self.dirty_bytes);
             Some(page)
         }
@@ -688,7 +696,11 @@ impl Heap {
             }
         }
         let segment = if self.empty.is_null() {
-            let fresh = Segment::create(self as *mut Heap as usize)?;
+            let huge = huge_pages::half_huge(self.segments_held, page_slices(class));
+            let fresh = Segment::create(self as *mut Heap as usize, huge)?;
+            self.segments_held += 1;
+            // SAFETY: just created, ours: a huge first half's slices are dirty already.
+            self.dirty_bytes += unsafe { (*fresh).dirty_bytes() };
             SEGMENT_BYTES.add(crate::chunk::CHUNK_SIZE as u64);
             fresh
         } else {

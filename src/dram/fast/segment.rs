@@ -11,7 +11,9 @@
 //! `one_mbyte_overflow`, `*_underflow` on the first page) faults instead of corrupting or
 //! reading silently. `take_page` opens a run with one `mprotect` the first time it is used;
 //! slices stay open afterwards (purged or not), which keeps a segment at a few kernel mappings
-//! (VMAs) however its pages come and go.
+//! (VMAs) however its pages come and go. A half of the chunk (2 MiB, aligned) that a heap
+//! holding many segments is about to fill with small blocks is instead backed by one
+//! transparent huge page and open whole (`dram::huge_pages`).
 //!
 //! A segment belongs to one heap for its whole life: `owner` never changes after creation,
 //! which lets any thread compare it with its own heap to tell a local free from a remote one.
@@ -27,6 +29,7 @@
 //! module depends on `page`, not on `heap` (which cuts pages from segments).
 
 use crate::dram::fast::page::Page;
+use crate::dram::huge_pages::{self, HUGE_PAGE};
 use crate::dram::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
 use crate::os;
 use crate::chunk::{self, CHUNK_MASK, CHUNK_SIZE};
@@ -44,6 +47,9 @@ static REGISTRY: RemoteList = RemoteList::new();
 pub(crate) const SLICES: usize = CHUNK_SIZE / SLICE_SIZE;
 /// Every slice but slice 0 (the header).
 const ALL_BLOCK_SLICES: u64 = !1;
+/// The slices of each 2 MiB half of the chunk: a huge page covers one of them.
+const HALF_SLICES: [u64; 2] = [u32::MAX as u64, (u32::MAX as u64) << 32];
+const _: () = assert!(CHUNK_SIZE == 2 * HUGE_PAGE && HUGE_PAGE == 32 * SLICE_SIZE);
 
 /// Invariants: `dirty_slices ⊆ free_slices ⊆ ALL_BLOCK_SLICES`; each slice `i` not in
 /// `free_slices` belongs to exactly one page, whose head descriptor is `page_of_slice[i]`;
@@ -75,6 +81,10 @@ pub struct Segment {
     /// Slices whose last OS page is a `PROT_NONE` guard and the rest open (`close_tail`,
     /// secure level only), not in `open_slices`: their memory is discarded on release too.
     guarded_slices: u64,
+    /// Bit 1: the second half has not been touched since the chunk was mapped (no page was
+    /// cut over it, so the kernel holds no small page there and can fault in a huge one).
+    /// The first half holds the header and is never fresh after creation.
+    fresh_halves: u8,
     /// Link in `RETAINED` while the chunk waits there.
     retained_link: AtomicPtr<Segment>,
     /// Link in `REGISTRY`, written once before the chunk is published.
@@ -132,8 +142,9 @@ impl Segment {
     }
 
     /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
-    /// memory.
-    pub fn create(owner: usize) -> Option<*mut Segment> {
+    /// memory. If `huge` and the chunk is newly mapped, its first half is one huge page
+    /// (`dram::huge_pages`), its block slices counted dirty.
+    pub fn create(owner: usize, huge: bool) -> Option<*mut Segment> {
         crate::dram::fast::guard::init_key();
         let owner = owner | usize::from(crate::dram::fast::guard::secure());
         if let Some(segment) = RETAINED.pop() {
@@ -151,11 +162,12 @@ impl Segment {
             crate::profile::reserve::note_segment_created(SLICE_SIZE);
             return Some(segment);
         }
-        Self::create_fresh(owner)
+        Self::create_fresh(owner, huge)
     }
 
-    /// `create` in a newly mapped chunk, whose unused slices are all `PROT_NONE`.
-    fn create_fresh(owner: usize) -> Option<*mut Segment> {
+    /// `create` in a newly mapped chunk, whose unused slices are all `PROT_NONE`; if `huge`
+    /// (and the kernel takes it), but for its first half, which is one huge page, open whole.
+    fn create_fresh(owner: usize, huge: bool) -> Option<*mut Segment> {
         let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, SLICE_SIZE)?.as_ptr();
         if !chunk::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
@@ -163,18 +175,26 @@ impl Segment {
             return None;
         }
         let segment = base.cast::<Segment>();
-        // SAFETY: the part of our fresh mapping past the header holds nothing yet. If the
-        // kernel refuses, the slices stay open: less protection, nothing wrong.
-        let header = os::page_round(core::mem::size_of::<Segment>());
+        // The huge page goes in before the header is written: a small page faulted in the
+        // half first would rule it out.
+        // SAFETY: our fresh private anonymous mapping, unused.
+        let huge = huge && unsafe { huge_pages::populate_huge(base) };
+        // SAFETY: the part of our fresh mapping past the header (past the huge half) holds
+        // nothing yet. If the kernel refuses, the slices stay open: less protection, nothing
+        // wrong.
+        let header = if huge { HUGE_PAGE } else { os::page_round(core::mem::size_of::<Segment>()) };
         let closed = unsafe { os::protect(base.add(header), CHUNK_SIZE - header, false) };
+        let (open, present) = if huge { (HALF_SLICES[0], HALF_SLICES[0] & ALL_BLOCK_SLICES) } else { (0, 0) };
         // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
         // `Page` is an unused descriptor.
         unsafe {
             (*segment).owner = owner;
             (*segment).free_slices = ALL_BLOCK_SLICES;
             (*segment).page_of_slice = [Page::empty_page(); SLICES];
-            (*segment).open_slices = if closed { 0 } else { u64::MAX };
-            (*segment).first_cut = !ALL_BLOCK_SLICES;
+            (*segment).open_slices = if closed { open } else { u64::MAX };
+            (*segment).first_cut = !ALL_BLOCK_SLICES | present;
+            (*segment).dirty_slices = present;
+            (*segment).fresh_halves = 2;
         }
         pagemap::set(
             base as usize,
@@ -258,9 +278,17 @@ impl Segment {
 
     /// Takes `n` free slices, preferring resident (dirty) ones, and makes them a page of
     /// `class`. Returns its descriptor, or `None` if no run of `n` free slices exists.
-    pub fn take_page(&mut self, class: usize, n: usize) -> Option<*mut Page> {
+    /// If `huge` and the page is the first cut over the segment's second half, that half is
+    /// made one huge page first (`dram::huge_pages`), its other slices counted dirty.
+    pub fn take_page(&mut self, class: usize, n: usize, huge: bool) -> Option<*mut Page> {
         let start = find_run(self.dirty_slices, n).or_else(|| find_run(self.free_slices, n))?;
         let mask = run_mask(start, n);
+        if mask & HALF_SLICES[1] != 0 && self.fresh_halves & 2 != 0 {
+            self.fresh_halves &= !2;
+            if huge {
+                self.back_second_half_with_huge_page();
+            }
+        }
         if self.open_slices & mask != mask {
             let memory = (self as *mut Segment as usize + start * SLICE_SIZE) as *mut u8;
             // SAFETY: free slices of this segment, which nothing uses.
@@ -293,6 +321,28 @@ impl Segment {
         // SAFETY: `head` points into this segment's descriptor array.
         unsafe { (*head).init(class, memory, n, guard) };
         Some(head)
+    }
+
+    /// Opens the untouched second half whole and makes it present on one huge page; its slices
+    /// become resident free slices (dirty), taken before any other. Nothing when the kernel
+    /// refuses the `mprotect`.
+    #[cold]
+    fn back_second_half_with_huge_page(&mut self) {
+        let half = HALF_SLICES[1];
+        let memory = (self as *mut Segment as usize + HUGE_PAGE) as *mut u8;
+        debug_assert!(self.free_slices & half == half && self.first_cut & half == 0);
+        // SAFETY: free slices of this segment that no page ever used.
+        if self.open_slices & half != half && unsafe { !os::protect(memory, HUGE_PAGE, true) } {
+            return;
+        }
+        self.open_slices |= half;
+        self.guarded_slices &= !half;
+        // Even a refused populate may leave part of the half present: counted dirty all the
+        // same, so that the decay gives it back.
+        // SAFETY: open now, and its bytes are dead.
+        unsafe { huge_pages::populate_huge(memory) };
+        self.first_cut |= half;
+        self.dirty_slices |= half;
     }
 
     /// `TIERMALLOC_SECURE=1`: makes the last OS page of the run of `n` slices at `memory`
@@ -370,7 +420,7 @@ mod tests {
 
     #[test]
     fn unused_slices_and_the_header_tail_are_inaccessible() {
-        let segment = Segment::create_fresh(0).unwrap();
+        let segment = Segment::create_fresh(0, false).unwrap();
         let base = segment as usize;
         let header = os::page_round(core::mem::size_of::<Segment>());
         assert!(readable(base) && readable(base + header - 1));
@@ -378,7 +428,7 @@ mod tests {
         assert!(!readable(base + SLICE_SIZE), "an unused slice is accessible");
         // SAFETY: our segment, not shared; its page is given back before the release.
         unsafe {
-            let page = (*segment).take_page(0, 2).unwrap();
+            let page = (*segment).take_page(0, 2, false).unwrap();
             let start = (*page).start as usize;
             assert_eq!(start, base + SLICE_SIZE);
             assert!(readable(start) && readable(start + 2 * SLICE_SIZE - 1));
@@ -397,10 +447,10 @@ mod tests {
     #[test]
     fn a_released_segment_stays_readable_and_holds_no_block() {
         use crate::dram::fast::guard::{is_block_offset, is_on_lists};
-        let segment = Segment::create(0).unwrap();
+        let segment = Segment::create(0, false).unwrap();
         // SAFETY: our segment, used by nothing else; its page is given back before the release.
         unsafe {
-            let page = (*segment).take_page(3, 1).unwrap();
+            let page = (*segment).take_page(3, 1, false).unwrap();
             (*page).extend();
             let p = (*page).pop_checked();
             (*page).push_local(p);
@@ -426,6 +476,61 @@ mod tests {
             assert!(is_on_lists(p as usize, first, 0, 0, 64, is_block));
             assert!(!is_on_lists(p as usize + 64, first, 0, 0, 64, is_block));
             assert!(readable(p as usize));
+        }
+    }
+
+    /// A half made huge is one mapping, open whole (the header's tail too: a `PROT_NONE` page
+    /// in it would rule out the 2 MiB page), present and advised `MADV_NOHUGEPAGE` afterwards;
+    /// its slices no page took count as dirty, and the other half stays closed until a page
+    /// of small blocks is the first cut over it.
+    #[test]
+    fn a_huge_half_is_open_present_and_its_untaken_slices_dirty() {
+        if huge_pages::tests::kernel_has_thp().is_none() {
+            eprintln!("skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        let segment = Segment::create_fresh(0, true).unwrap();
+        let base = segment as usize;
+        let header = os::page_round(core::mem::size_of::<Segment>());
+        assert!(readable(base + header), "the header slice's tail is closed");
+        assert!(readable(base + HUGE_PAGE - 1) && !readable(base + HUGE_PAGE));
+        let (start, end, rss, _, no_huge) = huge_pages::tests::mapping_of(base).unwrap();
+        assert!(start <= base && end >= base + HUGE_PAGE, "the half is split: {start:#x}..{end:#x}");
+        assert!(rss >= HUGE_PAGE && no_huge, "not present ({rss} bytes) or the advice left on");
+        // SAFETY: our segment, not shared; its pages are given back before the release.
+        unsafe {
+            assert_eq!((*segment).dirty_slices, HALF_SLICES[0] & ALL_BLOCK_SLICES);
+            let first = (*segment).take_page(0, 31, true).unwrap();
+            assert_eq!((*first).start as usize, base + SLICE_SIZE, "the dirty slices go first");
+            assert!(!readable(base + HUGE_PAGE));
+            // The first cut over the second half, a page of small blocks, makes it huge: open,
+            // present, the rest of it dirty.
+            let small = (*segment).take_page(0, 1, true).unwrap();
+            assert_eq!((*small).start as usize, base + HUGE_PAGE);
+            assert!(readable(base + CHUNK_SIZE - 1));
+            assert_eq!((*segment).dirty_slices, HALF_SLICES[1] & !(1 << 32));
+            let (_, _, rss, _, no_huge) = huge_pages::tests::mapping_of(base + HUGE_PAGE).unwrap();
+            assert!(rss >= HUGE_PAGE && no_huge);
+            (*segment).give_back(small);
+            (*segment).give_back(first);
+            Segment::release(segment);
+        }
+        // A first cut over the second half that may not make it huge (a page of large blocks)
+        // leaves the rest closed, and no later cut makes it huge: its small pages may be there.
+        let segment = Segment::create_fresh(0, false).unwrap();
+        let base = segment as usize;
+        // SAFETY: as above.
+        unsafe {
+            let first = (*segment).take_page(0, 31, false).unwrap();
+            let large = (*segment).take_page(0, 2, false).unwrap();
+            assert_eq!((*large).start as usize, base + HUGE_PAGE);
+            let small = (*segment).take_page(0, 1, true).unwrap();
+            assert!(!readable(base + CHUNK_SIZE - 1), "a half already cut was made huge");
+            assert_eq!((*segment).dirty_slices, 0);
+            for page in [small, large, first] {
+                (*segment).give_back(page);
+            }
+            Segment::release(segment);
         }
     }
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Runs programs under several allocators (LD_PRELOAD), interleaved, and prints each one's
+median CPU time (user + sys), peak RSS and minor page faults from wait4, with the ratio to the
+first allocator: a change against main's library in one run, on a loaded machine.
+
+    preload_pairs.py --reps 12 --lib before=/tmp/main/libtiermalloc.so.0 \\
+        --lib ours=target/release/libtiermalloc.so --lib glibc= \\
+        --prog 'lua=LUA benches/real/lua_alloc.lua 2' --prog 'grow=/tmp/grow 300'
+
+An empty library path runs the program on glibc's malloc. The program's stdout is discarded.
+"""
+import argparse
+import os
+import shlex
+import statistics
+
+
+def run(argv, lib):
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if lib:
+        env["LD_PRELOAD"] = lib
+    pid = os.fork()
+    if pid == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.execvpe(argv[0], argv, env)
+    _, status, usage = os.wait4(pid, 0)
+    if status != 0:
+        raise SystemExit(f"{argv[0]} under {lib or 'glibc'}: exit status {status:#x}")
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, usage.ru_minflt
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--lib", action="append", required=True, help="NAME=PATH (first: the base)")
+    ap.add_argument("--prog", action="append", required=True, help="NAME=COMMAND LINE")
+    a = ap.parse_args()
+    libs = [l.split("=", 1) for l in a.lib]
+    progs = [(n, shlex.split(c)) for n, c in (p.split("=", 1) for p in a.prog)]
+    got = {}
+    for _ in range(a.reps):
+        for pname, argv in progs:
+            for lname, lib in libs:
+                got.setdefault((pname, lname), []).append(run(argv, lib))
+    for pname, _ in progs:
+        base = None
+        for lname, _ in libs:
+            med = [statistics.median(r[i] for r in got[(pname, lname)]) for i in range(3)]
+            base = base or med
+            print(f"{pname:8} {lname:10} cpu {med[0]:.3f} s ({med[0] / base[0]:.3f})  "
+                  f"peak RSS {med[1]:.1f} MiB ({med[1] / base[1]:.3f})  "
+                  f"minflt {med[2]:.0f} ({med[2] / base[2]:.3f})")
+
+
+if __name__ == "__main__":
+    main()
