@@ -22,6 +22,12 @@
 //! writes the whole header (its size is the extent's, unchanged since it was carved) and
 //! sets the live bit. A miss goes to the heap as before.
 //!
+//! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
+//! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet, a
+//! miss or a full bin fall back to `pop` and `push`, which wait for the lock. A lane's figures
+//! (bytes, blocks handed out and freed into it: `LaneFigures`) are written under its lock with
+//! a plain load and store, so no counter every lane shares is on these paths.
+//!
 //! **Back to the heap, in batches.** A bin that is full, or a lane over its byte budget, gives
 //! the older half of the bin back to the heap under one heap lock (`Evicted`); so does
 //! `take_lane` (statistics, a tier that ran out of room or was switched to worst fit), and
@@ -58,9 +64,8 @@ pub(crate) const BINS: usize =
     (STEPS * (MAX_LEN.trailing_zeros() - MIN_LEN.trailing_zeros())) as usize;
 /// Extents a bin holds.
 const BIN_SLOTS: usize = 16;
-const SPAN: usize = 1;
-/// The most extents a lane holds (`take_lane` gives back at most this many).
-pub(crate) const LANE_SLOTS: usize = BINS * BIN_SLOTS;
+/// The most extents `drain_cache` gives back under one heap lock (`take_lane`).
+pub(crate) const DRAIN_BATCH: usize = 128;
 /// The most extents one `push` gives back.
 pub(crate) const PUSH_EVICTS: usize = BIN_SLOTS + 1;
 /// The most bytes a lane holds, whatever the tier's size.
@@ -219,15 +224,13 @@ impl LaneCache {
                 }
             }
         }
-        for bin in above..(above + SPAN).min(BINS) {
-            let b = &mut self.bins[bin];
-            let n = (b.n as usize).min(BIN_SLOTS);
-            if n != 0 {
-                b.n -= 1;
-                return Some(b.extents[n - 1]);
-            }
+        let b = &mut self.bins[above];
+        let n = (b.n as usize).min(BIN_SLOTS);
+        if n == 0 {
+            return None;
         }
-        None
+        b.n -= 1;
+        Some(b.extents[n - 1])
     }
 
     /// Puts `[offset, offset + len)` in its bin if the bin has room; false if it is full.
@@ -556,17 +559,27 @@ impl ExtentCache {
         false
     }
 
-    /// Empties lane `lane` into `evicted`.
-    pub fn take_lane(&self, lane: usize, evicted: &mut Evicted<LANE_SLOTS>) {
+    /// Takes up to `N` extents out of lane `lane` into `evicted`; true once the lane is empty.
+    /// (In parts: a whole lane's `LANE_SLOTS` offsets would make a 6 KiB stack frame on the
+    /// path of a request that found the tier full.)
+    pub fn take_lane<const N: usize>(&self, lane: usize, evicted: &mut Evicted<N>) -> bool {
         let slot = &self.lanes[lane];
         let mut lane = slot.cache.lock();
+        let mut bytes = 0u64;
         for bin in lane.bins.iter_mut() {
-            for &e in &bin.extents[..bin.n as usize] {
-                evicted.push(unpacked(e).0);
+            while bin.n > 0 {
+                if evicted.n == N {
+                    LaneFigures::bump(&slot.figures.bytes, bytes.wrapping_neg());
+                    return false;
+                }
+                bin.n -= 1;
+                let (offset, len) = unpacked(bin.extents[bin.n as usize]);
+                evicted.push(offset);
+                bytes += len;
             }
-            bin.n = 0;
         }
-        slot.figures.bytes.store(0, Ordering::Relaxed);
+        LaneFigures::bump(&slot.figures.bytes, bytes.wrapping_neg());
+        true
     }
 
     /// Bytes of freed extents waiting in the lanes.
@@ -658,7 +671,7 @@ mod tests {
         let mut evicted = Evicted::new();
         cache.push(a, 4992, &mut evicted);
         assert_eq!(evicted.n, 0);
-        let mut all = Evicted::new();
+        let mut all = Evicted::<4>::new();
         assert_eq!(cache.cached_bytes(), 4992);
         assert_eq!(cache.pop(5000), None, "4992 bytes do not hold 5000");
         assert_eq!(cache.pop(4992 - 16 * 12), Some((a, 4992)), "its own bin");
@@ -673,11 +686,41 @@ mod tests {
         cache.revive(a);
         assert!(matches!(cache.free(a), CacheFree::Taken(4992)));
         cache.push(a, 4992, &mut evicted);
-        cache.take_lane(Lane::of_this_thread().0 as usize, &mut all);
+        assert!(cache.take_lane(Lane::of_this_thread().0 as usize, &mut all));
         assert_eq!(all.as_slice(), &[a]);
         assert_eq!(cache.cached_bytes(), 0);
         cache.forget(a);
         assert!(matches!(cache.free(a), CacheFree::NotCached));
+    }
+
+    #[test]
+    fn a_lane_is_taken_in_parts() {
+        let cache = ExtentCache::new(64 << 20, true).unwrap();
+        let mut evicted = Evicted::new();
+        // Five extents in three bins.
+        let extents = [(8192, 4096), (16384, 4096), (32768, 8192), (65536, 8192), (98304, 12288)];
+        for &(o, len) in &extents {
+            cache.adopt(o, len);
+            assert!(matches!(cache.free(o), CacheFree::Taken(_)));
+            cache.push(o, len, &mut evicted);
+        }
+        assert_eq!(evicted.n, 0);
+        let lane = Lane::of_this_thread().0 as usize;
+        let mut taken = std::vec::Vec::new();
+        let mut parts = 0;
+        loop {
+            let mut part = Evicted::<2>::new();
+            let emptied = cache.take_lane(lane, &mut part);
+            taken.extend_from_slice(part.as_slice());
+            parts += 1;
+            if emptied {
+                break;
+            }
+        }
+        taken.sort_unstable();
+        assert_eq!(taken, extents.map(|(o, _)| o));
+        assert_eq!(parts, 3);
+        assert_eq!(cache.cached_bytes(), 0);
     }
 
     #[test]

@@ -481,9 +481,14 @@ impl DeviceTier {
             return;
         };
         for lane in 0..slabs::LANES {
-            let mut evicted = Evicted::<{ extent_cache::LANE_SLOTS }>::new();
-            cache.take_lane(lane, &mut evicted);
-            self.free_cached(cache, evicted.as_slice());
+            loop {
+                let mut evicted = Evicted::<{ extent_cache::DRAIN_BATCH }>::new();
+                let emptied = cache.take_lane(lane, &mut evicted);
+                self.free_cached(cache, evicted.as_slice());
+                if emptied {
+                    break;
+                }
+            }
         }
     }
 
