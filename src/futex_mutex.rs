@@ -88,6 +88,7 @@ impl<T> Mutex<T> {
     }
 
     /// Takes the lock if it is free.
+    #[inline]
     pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
         self.state
             .compare_exchange(FREE, LOCKED, Ordering::Acquire, Ordering::Relaxed)

@@ -22,6 +22,12 @@
 //! writes the whole header (its size is the extent's, unchanged since it was carved) and
 //! sets the live bit. A miss goes to the heap as before.
 //!
+//! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
+//! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet, a
+//! miss or a full bin fall back to `pop` and `push`, which wait for the lock. A lane's figures
+//! (bytes, blocks handed out and freed into it: `LaneFigures`) are written under its lock with
+//! a plain load and store, so no counter every lane shares is on these paths.
+//!
 //! **Back to the heap, in batches.** A bin that is full, or a lane over its byte budget, gives
 //! the older half of the bin back to the heap under one heap lock (`Evicted`); so does
 //! `take_lane` (statistics, a tier that ran out of room or was switched to worst fit), and
@@ -57,13 +63,13 @@ const STEPS: u32 = 8;
 pub(crate) const BINS: usize =
     (STEPS * (MAX_LEN.trailing_zeros() - MIN_LEN.trailing_zeros())) as usize;
 /// Extents a bin holds.
-const BIN_SLOTS: usize = 8;
-/// The most extents a lane holds (`take_lane` gives back at most this many).
-pub(crate) const LANE_SLOTS: usize = BINS * BIN_SLOTS;
+const BIN_SLOTS: usize = 16;
+/// The most extents `drain_cache` gives back under one heap lock (`take_lane`).
+pub(crate) const DRAIN_BATCH: usize = 128;
 /// The most extents one `push` gives back.
 pub(crate) const PUSH_EVICTS: usize = BIN_SLOTS + 1;
 /// The most bytes a lane holds, whatever the tier's size.
-const LANE_BYTES_MAX: u64 = 4 << 20;
+const LANE_BYTES_MAX: u64 = 8 << 20;
 
 const PRESENT: u64 = 1 << 63;
 /// Entry bits: start within the bucket in granules (8 bits), then the length in granules.
@@ -74,30 +80,68 @@ const _: () = assert!(BUCKET >> GRANULE_SHIFT <= 1 << START_BITS);
 const _: () = assert!(BINS == 48);
 
 /// The bin of an extent of `len` bytes (`MIN_LEN..MAX_LEN`): the largest bin whose lower
-/// bound is at most `len`.
-#[inline]
-fn bin_floor(len: u64) -> usize {
+/// bound is at most `len`. The definition; the paths read it from `FLOOR`.
+const fn bin_floor_of(len: u64) -> usize {
     let log = 63 - len.leading_zeros();
     let step = (len >> (log - STEPS.trailing_zeros())) & (STEPS as u64 - 1);
     ((log - MIN_LEN.trailing_zeros()) * STEPS) as usize + step as usize
 }
 
 /// The shortest length of bin `bin`.
-#[inline]
-fn bin_low(bin: usize) -> u64 {
+const fn bin_low(bin: usize) -> u64 {
     let (doubling, step) = (bin as u32 / STEPS, bin as u64 % STEPS as u64);
-    (STEPS as u64 + step) << (MIN_LEN.trailing_zeros() + doubling - STEPS.trailing_zeros())
+    (STEPS as u64 + step) << (LOW_SHIFT + doubling)
 }
 
-/// The bin whose every extent is at least `want` bytes long, if there is one.
-#[inline]
-fn bin_ceil(want: u64) -> Option<usize> {
-    if !(MIN_LEN..MAX_LEN).contains(&want) {
-        return None;
+/// Every bin's lower bound is a multiple of `1 << LOW_SHIFT` (512 bytes), so a length's bins
+/// are a table's entry for its multiple of 512 (rounded down for its own bin, up for the bin
+/// whose every extent holds it): one load each instead of ~20 instructions of arithmetic.
+const LOW_SHIFT: u32 = MIN_LEN.trailing_zeros() - STEPS.trailing_zeros();
+const LOWS: usize = (MAX_LEN >> LOW_SHIFT) as usize + 1;
+
+/// `FLOOR[len >> LOW_SHIFT]` is `bin_floor_of(len)` (0 below `MIN_LEN`, never asked).
+static FLOOR: [u8; LOWS] = {
+    let mut t = [0u8; LOWS];
+    let mut k = (MIN_LEN >> LOW_SHIFT) as usize;
+    while k < LOWS - 1 {
+        t[k] = bin_floor_of((k as u64) << LOW_SHIFT) as u8;
+        k += 1;
     }
-    let bin = bin_floor(want);
-    let bin = if bin_low(bin) == want { bin } else { bin + 1 };
-    (bin < BINS).then_some(bin)
+    t
+};
+
+/// `CEIL[k]`: the first bin whose lower bound is at least `k << LOW_SHIFT`, or `BINS`.
+static CEIL: [u8; LOWS] = {
+    let mut t = [BINS as u8; LOWS];
+    let mut k = 0;
+    while k < LOWS {
+        let mut bin = 0;
+        while bin < BINS && bin_low(bin) < (k as u64) << LOW_SHIFT {
+            bin += 1;
+        }
+        t[k] = bin as u8;
+        k += 1;
+    }
+    t
+};
+
+const _: () = assert!(bin_low(0) == MIN_LEN && bin_low(BINS) == MAX_LEN);
+
+/// The bin of an extent of `len` bytes (`MIN_LEN..MAX_LEN`).
+#[inline(always)]
+fn bin_floor(len: u64) -> usize {
+    debug_assert!((MIN_LEN..MAX_LEN).contains(&len));
+    FLOOR[(len >> LOW_SHIFT) as usize % LOWS] as usize
+}
+
+/// For a request of `want` bytes (`MIN_LEN..MAX_LEN`): its own bin (`bin_floor`), and the
+/// bin whose every extent is at least `want` bytes long (`BINS` if there is none).
+#[inline(always)]
+fn bins_for(want: u64) -> (usize, usize) {
+    debug_assert!((MIN_LEN..MAX_LEN).contains(&want));
+    let own = bin_floor(want);
+    let above = CEIL[((want + (1 << LOW_SHIFT) - 1) >> LOW_SHIFT) as usize % LOWS] as usize;
+    (own, above)
 }
 
 /// Whether an extent of `len` bytes holding a block of alignment `align` is cached-size.
@@ -137,22 +181,111 @@ struct Bin {
 const LEN_BITS: u32 = 16;
 const _: () = assert!(MAX_LEN >> GRANULE_SHIFT <= 1 << LEN_BITS);
 
-#[inline]
+#[inline(always)]
 fn packed(offset: u64, len: u64) -> u64 {
     offset << LEN_BITS | len >> GRANULE_SHIFT
 }
 
-#[inline]
+#[inline(always)]
 fn unpacked(e: u64) -> (u64, u64) {
     (e >> LEN_BITS, (e & ((1 << LEN_BITS) - 1)) << GRANULE_SHIFT)
 }
 
-/// One lane's bins. A cache line apart from the next lane's.
-#[repr(align(64))]
+/// One lane's bins.
 struct LaneCache {
     bins: [Bin; BINS],
+}
+
+impl LaneCache {
+    /// The newest extent of at least `want` bytes (`MIN_LEN..MAX_LEN`) in `want`'s own bin
+    /// (a block freed and asked for again at the same size), else the newest of the bin above,
+    /// whose every extent is long enough: taken out of its bin, as `packed`.
+    // Always: inlined into `try_pop`, whose hit path then calls nothing.
+    #[inline(always)]
+    fn take(&mut self, want: u64) -> Option<u64> {
+        let (own, above) = bins_for(want);
+        if above >= BINS {
+            return None;
+        }
+        if own != above {
+            let b = &mut self.bins[own];
+            let n = (b.n as usize).min(BIN_SLOTS);
+            let mut i = n;
+            while i > 0 {
+                i -= 1;
+                let e = b.extents[i];
+                if unpacked(e).1 >= want {
+                    // The newest takes its place (moving the younger ones down cost a
+                    // `memmove` on two hits in three): the bin's order is then only roughly by
+                    // age, which only decides which half a full bin gives back.
+                    b.extents[i] = b.extents[n - 1];
+                    b.n -= 1;
+                    return Some(e);
+                }
+            }
+        }
+        let b = &mut self.bins[above];
+        let n = (b.n as usize).min(BIN_SLOTS);
+        if n == 0 {
+            return None;
+        }
+        b.n -= 1;
+        Some(b.extents[n - 1])
+    }
+
+    /// Puts `[offset, offset + len)` in its bin if the bin has room; false if it is full.
+    #[inline(always)]
+    fn put(&mut self, offset: u64, len: u64) -> bool {
+        let bin = &mut self.bins[bin_floor(len)];
+        if bin.n as usize >= BIN_SLOTS {
+            return false;
+        }
+        bin.extents[bin.n as usize] = packed(offset, len);
+        bin.n += 1;
+        true
+    }
+}
+
+/// What a lane has, for statistics and the lane's budget, read without its lock.
+///
+/// Invariant: written only under the lane's lock (a load and a store, no read-modify-write:
+/// one writer at a time), so that a frequent free or request pays no atomic instruction for
+/// them and no counter shared by every lane moves between cores.
+#[derive(Default)]
+struct LaneFigures {
     /// Bytes of the extents in the bins.
-    bytes: u64,
+    bytes: AtomicU64,
+    /// Blocks handed out from the bins, and freed into them.
+    allocations: AtomicU64,
+    frees: AtomicU64,
+}
+
+impl LaneFigures {
+    #[inline]
+    fn bump(counter: &AtomicU64, by: u64) {
+        counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    }
+
+    /// One extent of `len` bytes out of the bins, handed out.
+    #[inline]
+    fn taken(&self, len: u64) {
+        Self::bump(&self.bytes, len.wrapping_neg());
+        Self::bump(&self.allocations, 1);
+    }
+
+    /// One freed extent of `len` bytes into the bins.
+    #[inline]
+    fn put(&self, len: u64) {
+        Self::bump(&self.bytes, len);
+        Self::bump(&self.frees, 1);
+    }
+}
+
+/// One lane: its bins behind its lock, and its figures. A cache line apart from the next lane.
+#[repr(align(64))]
+struct LaneSlot {
+    cache: crate::futex_mutex::Mutex<LaneCache>,
+    figures: LaneFigures,
 }
 
 /// Extents to give back to the heap (the caller does, under the heap lock: `ExtentCache::forget`
@@ -200,13 +333,11 @@ pub(crate) enum CacheFree {
 /// Invariants: a table entry is present exactly while the heap holds its extent allocated
 /// (set after the heap hands the extent out, cleared under the heap lock before the heap
 /// frees it); its live bit is clear exactly while the extent sits in a lane's bin; a lane's
-/// `bytes` is the sum of its extents' lengths, and `cached` that of every lane.
+/// `figures.bytes` is the sum of its extents' lengths.
 pub(crate) struct ExtentCache {
     table: NonNull<AtomicU64>,
     buckets: usize,
-    lanes: [crate::futex_mutex::Mutex<LaneCache>; LANES],
-    /// Bytes in every lane, for statistics (read without a lane lock).
-    cached: AtomicU64,
+    lanes: [LaneSlot; LANES],
     /// The most bytes one lane holds.
     lane_budget: u64,
     /// Whether frees and requests use the lanes: under best fit only (a cached extent is a
@@ -237,12 +368,15 @@ impl ExtentCache {
             table,
             buckets,
             lanes: [const {
-                crate::futex_mutex::Mutex::new(LaneCache {
-                    bins: [EMPTY; BINS],
-                    bytes: 0,
-                })
+                LaneSlot {
+                    cache: crate::futex_mutex::Mutex::new(LaneCache { bins: [EMPTY; BINS] }),
+                    figures: LaneFigures {
+                        bytes: AtomicU64::new(0),
+                        allocations: AtomicU64::new(0),
+                        frees: AtomicU64::new(0),
+                    },
+                }
             }; LANES],
-            cached: AtomicU64::new(0),
             lane_budget: (region_len / 32).min(LANE_BYTES_MAX),
             enabled: AtomicBool::new(enabled),
         })
@@ -315,17 +449,14 @@ impl ExtentCache {
     /// Puts the freed extent `[offset, offset + len)` (`free` returned `Taken(len)`) in this
     /// thread's lane; fills `evicted` with what the lane gives back to the heap to make room.
     pub fn push(&self, offset: u64, len: u64, evicted: &mut Evicted<PUSH_EVICTS>) {
-        let mut lane = self.lanes[Lane::of_this_thread().0 as usize].lock();
-        let lane = &mut *lane;
+        let slot = self.lane(Lane::of_this_thread());
+        let mut lane = slot.cache.lock();
+        let figures = &slot.figures;
         let bin = &mut lane.bins[bin_floor(len)];
-        if bin.n as usize == BIN_SLOTS || lane.bytes + len > self.lane_budget {
-            // The older half back to the heap (the whole bin if the lane is over budget).
-            let keep = if bin.n as usize == BIN_SLOTS {
-                BIN_SLOTS / 2
-            } else {
-                0
-            };
-            let give = bin.n as usize - keep.min(bin.n as usize);
+        let bytes_now = || figures.bytes.load(Ordering::Relaxed);
+        if bin.n as usize == BIN_SLOTS || bytes_now() + len > self.lane_budget {
+            // The older half back to the heap (rounded up: a bin of one gives it back).
+            let give = (bin.n as usize).div_ceil(2);
             let mut bytes = 0;
             for &e in &bin.extents[..give] {
                 let (off, len) = unpacked(e);
@@ -334,57 +465,69 @@ impl ExtentCache {
             }
             bin.extents.copy_within(give..bin.n as usize, 0);
             bin.n -= give as u32;
-            lane.bytes -= bytes;
-            self.cached.fetch_sub(bytes, Ordering::Relaxed);
+            LaneFigures::bump(&figures.bytes, bytes.wrapping_neg());
         }
-        if bin.n as usize == BIN_SLOTS || lane.bytes + len > self.lane_budget {
-            // Still no room (a budget smaller than this bin's extents): this one goes back too.
+        if bin.n as usize == BIN_SLOTS || bytes_now() + len > self.lane_budget {
+            // Still no room (a budget smaller than this bin's extents): this one goes back too
+            // (a free all the same).
             evicted.push(offset);
+            LaneFigures::bump(&figures.frees, 1);
             return;
         }
         bin.extents[bin.n as usize] = packed(offset, len);
         bin.n += 1;
-        lane.bytes += len;
-        self.cached.fetch_add(len, Ordering::Relaxed);
+        figures.put(len);
     }
 
-    /// A freed extent of at least `want` bytes (`MIN_LEN..MAX_LEN`) from this thread's lane:
-    /// the newest long enough in `want`'s own bin (a block freed and asked for again at the
-    /// same size), else the newest of the bin above, whose every extent is long enough.
-    /// `(offset, length)`; its live bit stays clear until `revive`.
-    #[inline]
+    /// `push` without waiting and without giving anything back: false (nothing done) if this
+    /// thread has no lane yet, its lane is busy, or the extent's bin or the lane's budget is
+    /// full; the caller then `push`es. The path of almost every free of a cached-size block.
+    #[inline(always)]
+    pub fn try_push(&self, offset: u64, len: u64) -> bool {
+        let Some(lane) = Lane::assigned() else {
+            return false;
+        };
+        let slot = self.lane(lane);
+        let Some(mut cache) = slot.cache.try_lock() else {
+            return false;
+        };
+        if slot.figures.bytes.load(Ordering::Relaxed) + len > self.lane_budget
+            || !cache.put(offset, len)
+        {
+            return false;
+        }
+        slot.figures.put(len);
+        true
+    }
+
+    /// This thread's lane (`Lane` values are below `LANES`; the mask spares a bounds check).
+    #[inline(always)]
+    fn lane(&self, lane: Lane) -> &LaneSlot {
+        &self.lanes[lane.0 as usize % LANES]
+    }
+
+    /// A freed extent of at least `want` bytes (`MIN_LEN..MAX_LEN`) from this thread's lane
+    /// (`LaneCache::take`): `(offset, length)`; its live bit stays clear until `revive`.
     pub fn pop(&self, want: u64) -> Option<(u64, u64)> {
-        let above = bin_ceil(want)?;
-        let own = bin_floor(want);
-        let mut lane = self.lanes[Lane::of_this_thread().0 as usize].lock();
-        let lane = &mut *lane;
-        let mut found = None;
-        if own != above {
-            let b = &mut lane.bins[own];
-            if let Some(i) = (0..b.n as usize)
-                .rev()
-                .find(|&i| unpacked(b.extents[i]).1 >= want)
-            {
-                found = Some(unpacked(b.extents[i]));
-                // The newest takes its place (moving the younger ones down cost a `memmove`
-                // on two hits in three): the bin's order is then only roughly by age, which
-                // only decides which half a full bin gives back.
-                b.extents[i] = b.extents[b.n as usize - 1];
-                b.n -= 1;
-            }
-        }
-        if found.is_none() {
-            let b = &mut lane.bins[above];
-            if b.n == 0 {
-                return None;
-            }
-            b.n -= 1;
-            found = Some(unpacked(b.extents[b.n as usize]));
-        }
-        let (offset, len) = found?;
-        lane.bytes -= len;
-        self.cached.fetch_sub(len, Ordering::Relaxed);
-        Some((offset, len))
+        let slot = self.lane(Lane::of_this_thread());
+        let mut cache = slot.cache.lock();
+        let found = unpacked(cache.take(want)?);
+        // Under the lock: the figures have one writer at a time.
+        slot.figures.taken(found.1);
+        drop(cache);
+        Some(found)
+    }
+
+    /// `pop` without waiting: `None` also when this thread has no lane yet or its lane is
+    /// busy (the caller then `pop`s). The path of almost every cached-size request.
+    #[inline(always)]
+    pub fn try_pop(&self, want: u64) -> Option<(u64, u64)> {
+        let slot = self.lane(Lane::assigned()?);
+        let mut cache = slot.cache.try_lock()?;
+        let found = unpacked(cache.take(want)?);
+        slot.figures.taken(found.1);
+        drop(cache);
+        Some(found)
     }
 
     /// Sets the live bit of the extent `pop` returned, its header written.
@@ -403,45 +546,64 @@ impl ExtentCache {
         }
         let len = len_of(e);
         let want = packed(offset, len);
-        for lane in &self.lanes {
-            let mut lane = lane.lock();
-            let lane = &mut *lane;
+        for slot in &self.lanes {
+            let mut lane = slot.cache.lock();
             let b = &mut lane.bins[bin_floor(len)];
             if let Some(i) = b.extents[..b.n as usize].iter().position(|&x| x == want) {
                 b.extents.copy_within(i + 1..b.n as usize, i);
                 b.n -= 1;
-                lane.bytes -= len;
-                self.cached.fetch_sub(len, Ordering::Relaxed);
+                LaneFigures::bump(&slot.figures.bytes, len.wrapping_neg());
                 return true;
             }
         }
         false
     }
 
-    /// Empties lane `lane` into `evicted`.
-    pub fn take_lane(&self, lane: usize, evicted: &mut Evicted<LANE_SLOTS>) {
-        let mut lane = self.lanes[lane].lock();
-        let lane = &mut *lane;
+    /// Takes up to `N` extents out of lane `lane` into `evicted`; true once the lane is empty.
+    /// (In parts: a whole lane's `LANE_SLOTS` offsets would make a 6 KiB stack frame on the
+    /// path of a request that found the tier full.)
+    pub fn take_lane<const N: usize>(&self, lane: usize, evicted: &mut Evicted<N>) -> bool {
+        let slot = &self.lanes[lane];
+        let mut lane = slot.cache.lock();
+        let mut bytes = 0u64;
         for bin in lane.bins.iter_mut() {
-            for &e in &bin.extents[..bin.n as usize] {
-                evicted.push(unpacked(e).0);
+            while bin.n > 0 {
+                if evicted.n == N {
+                    LaneFigures::bump(&slot.figures.bytes, bytes.wrapping_neg());
+                    return false;
+                }
+                bin.n -= 1;
+                let (offset, len) = unpacked(bin.extents[bin.n as usize]);
+                evicted.push(offset);
+                bytes += len;
             }
-            bin.n = 0;
         }
-        self.cached.fetch_sub(lane.bytes, Ordering::Relaxed);
-        lane.bytes = 0;
+        LaneFigures::bump(&slot.figures.bytes, bytes.wrapping_neg());
+        true
     }
 
     /// Bytes of freed extents waiting in the lanes.
-    #[inline]
     pub fn cached_bytes(&self) -> u64 {
-        self.cached.load(Ordering::Relaxed)
+        self.lanes
+            .iter()
+            .map(|l| l.figures.bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Blocks handed out from the lanes, and freed into them, so far.
+    pub fn counts(&self) -> (u64, u64) {
+        self.lanes.iter().fold((0, 0), |(a, f), l| {
+            (
+                a + l.figures.allocations.load(Ordering::Relaxed),
+                f + l.figures.frees.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Takes every lane lock and keeps it (`fork` prepare handler).
     pub fn lock_all(&self) {
         for lane in &self.lanes {
-            core::mem::forget(lane.lock());
+            core::mem::forget(lane.cache.lock());
         }
     }
 
@@ -449,7 +611,7 @@ impl ExtentCache {
     pub fn unlock_all(&self) {
         for lane in &self.lanes {
             // SAFETY: `lock_all` of this same fork took the lock and forgot its guard.
-            unsafe { lane.force_unlock() };
+            unsafe { lane.cache.force_unlock() };
         }
     }
 }
@@ -469,12 +631,16 @@ mod tests {
     fn bins_bound_their_extents() {
         for len in (MIN_LEN..MAX_LEN).step_by(16) {
             let floor = bin_floor(len);
+            assert_eq!(floor, bin_floor_of(len), "{len}: the table is the definition");
             assert!(floor < BINS);
             assert!(bin_low(floor) <= len, "{len} in bin {floor}");
             if floor + 1 < BINS {
                 assert!(len < bin_low(floor + 1), "{len} in bin {floor}");
             }
-            if let Some(ceil) = bin_ceil(len) {
+            let (own, ceil) = bins_for(len);
+            assert_eq!(own, floor);
+            assert!(ceil == 0 || bin_low(ceil - 1) < len, "{len}: bin {ceil} is the first");
+            if ceil < BINS {
                 // Every extent of that bin is long enough, and less than a quarter too long.
                 assert!(bin_low(ceil) >= len);
                 if ceil + 1 < BINS {
@@ -482,9 +648,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(bin_ceil(MIN_LEN), Some(0));
-        assert_eq!(bin_ceil(MIN_LEN - 16), None);
-        assert_eq!(bin_ceil(MAX_LEN), None);
+        assert_eq!(bins_for(MIN_LEN), (0, 0));
+        assert_eq!(bins_for(MAX_LEN - 16), (BINS - 1, BINS), "no bin holds it whole");
     }
 
     #[test]
@@ -506,7 +671,7 @@ mod tests {
         let mut evicted = Evicted::new();
         cache.push(a, 4992, &mut evicted);
         assert_eq!(evicted.n, 0);
-        let mut all = Evicted::new();
+        let mut all = Evicted::<4>::new();
         assert_eq!(cache.cached_bytes(), 4992);
         assert_eq!(cache.pop(5000), None, "4992 bytes do not hold 5000");
         assert_eq!(cache.pop(4992 - 16 * 12), Some((a, 4992)), "its own bin");
@@ -521,11 +686,41 @@ mod tests {
         cache.revive(a);
         assert!(matches!(cache.free(a), CacheFree::Taken(4992)));
         cache.push(a, 4992, &mut evicted);
-        cache.take_lane(Lane::of_this_thread().0 as usize, &mut all);
+        assert!(cache.take_lane(Lane::of_this_thread().0 as usize, &mut all));
         assert_eq!(all.as_slice(), &[a]);
         assert_eq!(cache.cached_bytes(), 0);
         cache.forget(a);
         assert!(matches!(cache.free(a), CacheFree::NotCached));
+    }
+
+    #[test]
+    fn a_lane_is_taken_in_parts() {
+        let cache = ExtentCache::new(64 << 20, true).unwrap();
+        let mut evicted = Evicted::new();
+        // Five extents in three bins.
+        let extents = [(8192, 4096), (16384, 4096), (32768, 8192), (65536, 8192), (98304, 12288)];
+        for &(o, len) in &extents {
+            cache.adopt(o, len);
+            assert!(matches!(cache.free(o), CacheFree::Taken(_)));
+            cache.push(o, len, &mut evicted);
+        }
+        assert_eq!(evicted.n, 0);
+        let lane = Lane::of_this_thread().0 as usize;
+        let mut taken = std::vec::Vec::new();
+        let mut parts = 0;
+        loop {
+            let mut part = Evicted::<2>::new();
+            let emptied = cache.take_lane(lane, &mut part);
+            taken.extend_from_slice(part.as_slice());
+            parts += 1;
+            if emptied {
+                break;
+            }
+        }
+        taken.sort_unstable();
+        assert_eq!(taken, extents.map(|(o, _)| o));
+        assert_eq!(parts, 3);
+        assert_eq!(cache.cached_bytes(), 0);
     }
 
     #[test]

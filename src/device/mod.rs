@@ -354,8 +354,9 @@ impl DeviceTier {
     }
 
     /// `alloc`, with the block's usable size (what `usable_size` would answer), known here
-    /// without a second lookup: the Rust `Allocator` returns it with every block.
-    #[inline]
+    /// without a second lookup: the Rust `Allocator` returns it with every block. Inlined
+    /// whole into its callers: a request served by the extent cache calls nothing.
+    #[inline(always)]
     pub fn alloc_sized(&self, size: usize, align: usize) -> Option<(*mut u8, usize)> {
         if self.inherited.load(Ordering::Relaxed) {
             return None;
@@ -368,7 +369,6 @@ impl DeviceTier {
             None => {
                 let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
                 let (offset, extent) = self.alloc_block_extent(len, align as u64)?;
-                self.allocations.add(1);
                 (offset, extent - HEADER_SIZE)
             }
         };
@@ -424,17 +424,45 @@ impl DeviceTier {
 
     /// The extent of a block outside the slabs, of at least `len` bytes (header included) for
     /// a block aligned to `align`, its header written: from this thread's lane of the extent
-    /// cache when it holds one of that size (no heap lock), else from the heap.
+    /// cache when it holds one of that size (no heap lock), else from the heap. Counted (the
+    /// lane counts its own).
+    #[inline(always)]
     fn alloc_block_extent(&self, len: u64, align: u64) -> Option<(u64, u64)> {
-        let cache = self
-            .cache
+        if let Some(cache) = self.cache_for(len, align) {
+            // The lane free, no wait: the path of almost every request of a cached size.
+            if let Some((offset, extent)) = cache.try_pop(len) {
+                return Some(self.hand_out_cached(cache, offset, extent));
+            }
+        }
+        self.alloc_block_extent_slow(len, align)
+    }
+
+    /// The extent cache, if a block of `len` bytes (header included) aligned to `align` is
+    /// one it serves.
+    #[inline(always)]
+    fn cache_for(&self, len: u64, align: u64) -> Option<&ExtentCache> {
+        self.cache
             .as_ref()
-            .filter(|c| c.enabled() && extent_cache::cached_size(len, align));
+            .filter(|c| c.enabled() && extent_cache::cached_size(len, align))
+    }
+
+    /// Makes the extent a lane gave out a live block: its whole header, then its live bit.
+    #[inline(always)]
+    fn hand_out_cached(&self, cache: &ExtentCache, offset: u64, extent: u64) -> (u64, u64) {
+        self.write_header(offset, extent);
+        cache.revive(offset);
+        (offset, extent)
+    }
+
+    /// `alloc_block_extent` when the lane could not answer at once: the lane waited for (or
+    /// given to this thread first), then the heap. Out of line, so that the hit path saves no
+    /// registers.
+    #[inline(never)]
+    fn alloc_block_extent_slow(&self, len: u64, align: u64) -> Option<(u64, u64)> {
+        let cache = self.cache_for(len, align);
         if let Some(cache) = cache {
             if let Some((offset, extent)) = cache.pop(len) {
-                self.write_header(offset, extent);
-                cache.revive(offset);
-                return Some((offset, extent));
+                return Some(self.hand_out_cached(cache, offset, extent));
             }
         }
         let (offset, extent) =
@@ -442,6 +470,7 @@ impl DeviceTier {
         if let Some(cache) = cache.filter(|_| extent_cache::cached_size(extent, align)) {
             cache.adopt(offset, extent);
         }
+        self.allocations.add(1);
         Some((offset, extent))
     }
 
@@ -452,9 +481,14 @@ impl DeviceTier {
             return;
         };
         for lane in 0..slabs::LANES {
-            let mut evicted = Evicted::<{ extent_cache::LANE_SLOTS }>::new();
-            cache.take_lane(lane, &mut evicted);
-            self.free_cached(cache, evicted.as_slice());
+            loop {
+                let mut evicted = Evicted::<{ extent_cache::DRAIN_BATCH }>::new();
+                let emptied = cache.take_lane(lane, &mut evicted);
+                self.free_cached(cache, evicted.as_slice());
+                if emptied {
+                    break;
+                }
+            }
         }
     }
 
@@ -647,57 +681,117 @@ impl DeviceTier {
     }
 
     /// Frees block `p`; refuses (changing nothing) a pointer that is not a live block start.
+    /// `free_or_report`'s dispatch, with the refusal returned (for tests; the paths report).
+    #[cfg(test)]
     pub fn free(&self, p: *mut u8) -> Result<(), FreeError> {
-        let offset = self.offset_of(p).ok_or(FreeError::NotAllocated)?;
-        match self.free_slot(offset) {
-            Some(Ok(())) => {}
-            Some(Err(error)) => return Err(error),
-            None => {
-                let in_region = offset < self.region.len as u64;
-                if let Some(cache) = self.cache.as_ref().filter(|c| in_region && c.enabled()) {
-                    match cache.free(offset) {
-                        CacheFree::NotCached => {}
-                        CacheFree::Refused(error) => return Err(error),
-                        CacheFree::Taken(len) => {
-                            // The block is ours until the heap gets it back: its state first.
-                            self.mark_free(offset);
-                            let mut evicted = Evicted::<{ extent_cache::PUSH_EVICTS }>::new();
-                            cache.push(offset, len, &mut evicted);
-                            self.free_cached(cache, evicted.as_slice());
-                            self.frees.add(1);
-                            return Ok(());
-                        }
+        match self.offset_of(p) {
+            Some(offset) if self.slabs.holds_live(offset) => self.free_in_slab(offset),
+            Some(offset) => self.free_outside_slabs(offset),
+            None => Err(FreeError::NotAllocated),
+        }
+    }
+
+    /// A free of the block at `offset`, outside the slabs: a cached-size block into this
+    /// thread's lane, else the heap's. The lane's part calls nothing.
+    #[inline(always)]
+    fn free_outside_slabs(&self, offset: u64) -> Result<(), FreeError> {
+        let in_region = offset < self.region.len as u64;
+        if let Some(cache) = self.cache.as_ref().filter(|c| in_region && c.enabled()) {
+            match cache.free(offset) {
+                CacheFree::NotCached => {}
+                CacheFree::Refused(error) => return Err(error),
+                CacheFree::Taken(len) => {
+                    // The block is ours until the heap gets it back: its state first.
+                    self.mark_free(offset);
+                    // The lane free and with room, no wait: almost every free of the size.
+                    if !cache.try_push(offset, len) {
+                        self.push_cached(cache, offset, len);
                     }
+                    return Ok(());
                 }
-                let mut heap = self.heap.lock();
-                heap.allocated(offset)?;
-                if let Some(cache) = self.cache.as_ref().filter(|_| in_region) {
-                    // A block allocated while the lanes were on (the fit changed since); one
-                    // still waiting in a lane was freed already.
-                    if cache.named_len(offset) == Some(None) {
-                        return Err(FreeError::DoubleFree);
-                    }
-                    cache.forget(offset);
-                }
-                // Before the heap frees the extent: once it does, another thread may make it
-                // a block and write its header there.
-                self.mark_free(offset);
-                let freed = heap.free(offset);
-                debug_assert!(freed.is_ok(), "checked above, under the same lock");
-                self.release_if_empty(&mut heap, offset);
-                self.frees.add(1);
             }
         }
+        self.free_uncached(offset)
+    }
+
+    /// The end of a free whose extent `try_push` could not take: the lane waited for, and
+    /// what it gives back to make room handed to the heap.
+    #[inline(never)]
+    fn push_cached(&self, cache: &ExtentCache, offset: u64, len: u64) {
+        let mut evicted = Evicted::<{ extent_cache::PUSH_EVICTS }>::new();
+        cache.push(offset, len, &mut evicted);
+        self.free_cached(cache, evicted.as_slice());
+    }
+
+    /// A free of a block in a slab (`Slabs::holds_live`): the slabs' (or, if the slab went
+    /// since, which only a pointer that is no live block sees, the heap's).
+    #[inline]
+    fn free_in_slab(&self, offset: u64) -> Result<(), FreeError> {
+        match self.free_slot(offset) {
+            Some(result) => result,
+            None => self.free_uncached(offset),
+        }
+    }
+
+    /// A free of a block outside the slabs that the extent cache does not name: the heap's.
+    #[inline(never)]
+    fn free_uncached(&self, offset: u64) -> Result<(), FreeError> {
+        let in_region = offset < self.region.len as u64;
+        let mut heap = self.heap.lock();
+        heap.allocated(offset)?;
+        if let Some(cache) = self.cache.as_ref().filter(|_| in_region) {
+            // A block allocated while the lanes were on (the fit changed since); one still
+            // waiting in a lane was freed already.
+            if cache.named_len(offset) == Some(None) {
+                return Err(FreeError::DoubleFree);
+            }
+            cache.forget(offset);
+        }
+        // Before the heap frees the extent: once it does, another thread may make it a block
+        // and write its header there.
+        self.mark_free(offset);
+        let freed = heap.free(offset);
+        debug_assert!(freed.is_ok(), "checked above, under the same lock");
+        self.release_if_empty(&mut heap, offset);
+        self.frees.add(1);
         Ok(())
     }
 
     /// Frees block `p`; a pointer that is not a live block start is counted as a failure and
     /// reported (then the process aborts, unless `TIERMALLOC_ON_ERROR=ignore`).
+    ///
+    /// Inlined into its callers as far as the slab test: a slab's free and every other go on
+    /// in one call each (tail calls), so that neither pays the other's registers.
+    #[inline(always)]
     pub fn free_or_report(&self, p: *mut u8) {
-        if let Err(error) = self.free(p) {
-            self.counters.failures.add(1);
-            report_bad_free(self.kind, p, error);
+        match self.offset_of(p) {
+            Some(offset) if self.slabs.holds_live(offset) => self.free_in_slab_or_report(p, offset),
+            Some(offset) => self.free_outside_slabs_or_report(p, offset),
+            None => self.report_failed_free(p, FreeError::NotAllocated),
         }
+    }
+
+    /// `free_or_report` of the block at `offset`, outside the slabs.
+    #[inline(never)]
+    fn free_outside_slabs_or_report(&self, p: *mut u8, offset: u64) {
+        if let Err(error) = self.free_outside_slabs(offset) {
+            self.report_failed_free(p, error);
+        }
+    }
+
+    /// `free_in_slab`, reporting a refusal.
+    #[inline(never)]
+    fn free_in_slab_or_report(&self, p: *mut u8, offset: u64) {
+        if let Err(error) = self.free_in_slab(offset) {
+            self.report_failed_free(p, error);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn report_failed_free(&self, p: *mut u8, error: FreeError) {
+        self.counters.failures.add(1);
+        report_bad_free(self.kind, p, error);
     }
 
     /// Resizes live block `p` to `size` bytes where it lies: true if it already fits and would
@@ -998,6 +1092,7 @@ impl DeviceTier {
         // Slabs are allocated extents; their slots without a live block are not in use (free,
         // or in a thread's cache), nor are the freed extents the cache holds.
         let cached = self.cache.as_ref().map_or(0, ExtentCache::cached_bytes);
+        let lanes = self.cache.as_ref().map_or((0, 0), ExtentCache::counts);
         let in_use = h
             .in_use
             .saturating_sub(slabs.idle_bytes)
@@ -1011,8 +1106,8 @@ impl DeviceTier {
                 .largest_free
                 .saturating_sub(HEADER_SIZE)
                 .min(capacity.saturating_sub(h.in_use)),
-            allocations: self.allocations.get() + slabs.allocations + slots.1,
-            frees: self.frees.get() + slabs.frees + slots.2,
+            allocations: self.allocations.get() + slabs.allocations + slots.1 + lanes.0,
+            frees: self.frees.get() + slabs.frees + slots.2 + lanes.1,
             failures: self.counters.failures.get(),
             spilled_in: self.counters.spilled_in.get(),
             spilled_out: self.counters.spilled_out.get(),

@@ -50,6 +50,14 @@ impl Lane {
     }
 
     /// Puts this thread in `lane` (tests: two threads in known lanes).
+    /// This thread's lane if it has one yet: a fast path that leaves the first use (which
+    /// assigns one, out of line) to its slow path's `of_this_thread`.
+    #[inline]
+    pub(crate) fn assigned() -> Option<Lane> {
+        let word = lane_word::get();
+        (word != core::ptr::addr_of!(UNASSIGNED) as usize).then_some(Lane(word as u8))
+    }
+
     #[cfg(test)]
     pub(crate) fn set_for_this_thread(lane: Lane) {
         lane_word::set(lane.0 as usize);
