@@ -59,23 +59,25 @@
 /// sweeps. Such a build catches no misuse: it is never shipped.
 pub const DEFAULT_CHECKS: bool = !cfg!(tiermalloc_no_default_checks);
 
-/// Each default check of the fast paths on its own, for measuring what each one costs (every
-/// one is on in a shipped build; each cfg, like `tiermalloc_no_default_checks`, is for a
-/// measurement build only, BENCHMARKS.md "Session 9, branch fastpath"):
-/// - `tiermalloc_no_block_start_check`: `free`'s fast block-start test (`Page::suspect`);
+/// The checks of the fast paths one by one, for measuring what each costs (BENCHMARKS.md,
+/// "Session 10, branch `checks`"). The first two are on in a shipped build, each removed by a
+/// measurement cfg; the last three are off in a shipped build (they cost more per small
+/// malloc/free pair than the +5 % the default level may take), each put back by one:
 /// - `tiermalloc_no_free_mark`: the free mark everywhere (its test and store in `free`, its
-///   test and clear in `pop`, the remote claim);
-/// - `tiermalloc_no_hand_out_mark_test`: `pop` clears the mark with a plain store instead of
-///   testing it (`Block::take_mark`), which is what catches a raced double free;
-/// - `tiermalloc_no_list_range_check`: `pop` tests its head for null instead of for a carved
-///   block of its page.
-pub const BLOCK_START_CHECK: bool = DEFAULT_CHECKS && !cfg!(tiermalloc_no_block_start_check);
-/// See `BLOCK_START_CHECK`.
+///   clear in `pop`, the remote claim);
+/// - `tiermalloc_block_start_check`: `free`'s fast block-start test (`Page::suspect`), on
+///   before session 10;
+/// - `tiermalloc_hand_out_mark_test`: `pop` tests the mark as it clears it
+///   (`Block::take_mark`) instead of a plain clear;
+/// - `tiermalloc_list_range_check`: `pop` tests its head for a carved block of its page
+///   instead of the sign test.
 pub const FREE_MARK: bool = DEFAULT_CHECKS && !cfg!(tiermalloc_no_free_mark);
-/// See `BLOCK_START_CHECK`.
-pub const HAND_OUT_MARK_TEST: bool = FREE_MARK && !cfg!(tiermalloc_no_hand_out_mark_test);
-/// See `BLOCK_START_CHECK`.
-pub const LIST_RANGE_CHECK: bool = DEFAULT_CHECKS && !cfg!(tiermalloc_no_list_range_check);
+/// See `FREE_MARK`.
+pub const BLOCK_START_CHECK: bool = DEFAULT_CHECKS && cfg!(tiermalloc_block_start_check);
+/// See `FREE_MARK`.
+pub const HAND_OUT_MARK_TEST: bool = FREE_MARK && cfg!(tiermalloc_hand_out_mark_test);
+/// See `FREE_MARK`.
+pub const LIST_RANGE_CHECK: bool = DEFAULT_CHECKS && cfg!(tiermalloc_list_range_check);
 
 #[cfg(test)]
 use crate::chunk::CHUNK_SIZE;
