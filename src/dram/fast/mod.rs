@@ -393,9 +393,22 @@ pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
 #[cold]
 #[inline(never)]
 unsafe fn free_remote(p: *mut u8, page: *mut Page, segment: *mut Segment) {
-    // SAFETY: a page descriptor of a live segment, or the empty page, which accepts nothing.
+    // SAFETY: a page descriptor of a live segment, or the empty page, which accepts nothing;
+    // `p` is read only once it is known to start a block of it.
     if guard::DEFAULT_CHECKS && unsafe { !(*page).is_block_start(p) } {
         return crate::misuse::report("free", p, crate::misuse::Misuse::NotABlockStart);
+    }
+    // A live block whose data equals the free mark is told from a freed one before the claim
+    // (which takes a mark already there for another free's): `check_block` looks where freed
+    // blocks wait; program data is cleared, as on the owner's path (`free_suspect`).
+    // SAFETY: as above.
+    if guard::FREE_MARK && unsafe { (*page).carries_mark(p) } {
+        // SAFETY: as above.
+        match unsafe { check_block(page, p) } {
+            // SAFETY: a live block of the page (16 bytes).
+            Ok(()) => unsafe { page::Block::tag_of(p).write(0) },
+            Err(misuse) => return crate::misuse::report("free", p, misuse),
+        }
     }
     // SAFETY: a live segment; `owner_heap` drops the secure level's tag.
     let owner = unsafe { (*segment).owner_heap() } as *mut heap::Heap;

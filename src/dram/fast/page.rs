@@ -321,13 +321,15 @@ impl Page {
         }
     }
 
-    /// Pops a block from `free`, or null: the fast path. The head is followed only if it lies
-    /// in the page's carved span `[start, start + carved)`, which null (an empty list) does
-    /// not: one range test in place of the null test, two instructions more. So a link overwritten
-    /// after its block was freed (a use after free) is never followed out of its page: the
-    /// pop that would follow it fails into the slow path, whose `pop_checked` tests the head
-    /// exactly and reports it. The link itself is stored as it is (the key is 0 outside
-    /// `TIERMALLOC_SECURE=1`, under which no fast path reaches a page).
+    /// Pops a block from `free`, or null: the fast path of blocks up to 1 KiB (`DIRECT_MAX`;
+    /// larger ones take `pop_validated`). The head is followed only if its sign bit is clear
+    /// and it is not null (`(head as isize) <= 0` fails, the same two instructions as a null
+    /// test), so an overwritten link whose top bit is set is never followed: the pop fails into
+    /// the slow path, whose `pop_checked` tests the head exactly and reports it (see `guard`
+    /// for what this leaves). The block's free mark is cleared with a plain store. The link
+    /// itself is stored as it is (the key is 0 outside `TIERMALLOC_SECURE=1`, under which no
+    /// fast path reaches a page). The measurement cfgs of `guard` put back the range test and
+    /// the mark test.
     #[inline(always)]
     pub fn pop(&mut self) -> *mut u8 {
         let block = self.free;
