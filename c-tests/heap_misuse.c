@@ -50,25 +50,20 @@ static void interior_free_of(void *arg)
     free(p + 8); /* + 16 would be the next block of the 16-byte class */
 }
 
-/* The default level takes a small block's interior pointer on the owner's free, and reports
- * it where it would be handed out: blocks over 1 KiB at the next malloc of the size (their
- * pop tests each block start), large blocks at the free. Never handed out overlapping p. */
-static void interior_free_then_malloc(void *arg)
-{
-    size_t size = (size_t)arg;
-    char *p = malloc(size);
-    free(p + 8);
-    char *q = malloc(size);
-    printf("%p %p\n", (void *)p, (void *)q);
-}
+/* The default level takes a small block's interior (or never-carved) pointer on the owner's
+ * free, and reports it where it would be handed out: blocks over 1 KiB at the next malloc of
+ * the size (their pop tests each block start), large blocks at the free. Never handed out
+ * overlapping p. */
+struct bad_free {
+    size_t size, offset; /* offset 0: the first block start never carved */
+};
 
-/* free_uncarved_block, then a malloc of the size (see interior_free_then_malloc). */
-static void free_uncarved_block_then_malloc(void *arg)
+static void bad_free_then_malloc(void *arg)
 {
-    size_t size = (size_t)arg;
-    char *p = malloc(size);
-    free(p + 4096 * ((size + 4095) / 4096) * 8);
-    char *q = malloc(size);
+    struct bad_free *b = arg;
+    char *p = malloc(b->size);
+    free(p + (b->offset ? b->offset : 4096 * ((b->size + 4095) / 4096) * 8));
+    char *q = malloc(b->size);
     printf("%p %p\n", (void *)p, (void *)q);
 }
 
@@ -295,8 +290,9 @@ int main(int argc, char **argv)
         EXPECT_ABORT(double_free_of, s, "double free", NULL);
         /* Blocks of up to 1 KiB: the default level no longer tests an interior pointer freed
          * by the owner (BENCHMARKS.md, "Session 10, branch checks"); secure_block_starts. */
+        struct bad_free interior = {sizes[i], 8};
         if (sizes[i] > 1024)
-            EXPECT_ABORT(interior_free_then_malloc, s, "not the start of a live block", NULL);
+            EXPECT_ABORT(bad_free_then_malloc, &interior, "not the start of a live block", NULL);
         EXPECT_ABORT(realloc_freed, s, "freed already", NULL);
         EXPECT_ABORT(realloc_interior, s, "not the start of a live block", NULL);
         EXPECT_ABORT(double_free_from_another_thread, s, "double free", NULL);
@@ -304,7 +300,8 @@ int main(int argc, char **argv)
         EXPECT_ABORT(double_free_twice_remote, s, "double free", NULL);
         EXPECT_ABORT(double_free_while_gathered, s, "double free", NULL);
     }
-    EXPECT_ABORT(free_uncarved_block_then_malloc, (void *)4096, "not the start of a live block", NULL);
+    struct bad_free uncarved = {4096, 0};
+    EXPECT_ABORT(bad_free_then_malloc, &uncarved, "not the start of a live block", NULL);
     EXPECT_ABORT(free_segment_header, NULL, "not the start of a live block", NULL);
     EXPECT_ABORT(double_free_aligned, NULL, "double free", NULL);
     EXPECT_ABORT(free_stack, NULL, "not allocated by tiermalloc", NULL);

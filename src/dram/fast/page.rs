@@ -347,11 +347,8 @@ impl Page {
         } else if block.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: blocks on `free` are ours and hold a link, stored as it is: the key is 0
-        // outside `TIERMALLOC_SECURE=1`, and under it no fast path reaches a page.
-        self.free = unsafe { (*block).link } as *mut Block;
-        self.used += 1;
-        self.count_alloc();
+        // SAFETY: blocks on `free` are ours and hold a link.
+        unsafe { self.unlink_head(block) };
         // A block handed out carries no free mark (`suspect`), and every block on the list
         // must carry it (`take_mark`): one that does not is in use already.
         // SAFETY: the block is ours until returned.
@@ -401,16 +398,28 @@ impl Page {
         if offset >= self.carved || !guard::is_block_offset(self.div_magic, self.block_limit, offset) {
             return ptr::null_mut();
         }
-        // SAFETY: a carved block of this page, on `free`: it holds a link, stored as it is
-        // (see `pop`).
-        self.free = unsafe { (*block).link } as *mut Block;
-        self.used += 1;
-        self.count_alloc();
+        // SAFETY: a carved block of this page, on `free`: it holds a link.
+        unsafe { self.unlink_head(block) };
         // SAFETY: the block is ours until returned.
         if guard::FREE_MARK && unsafe { !Block::take_mark(block, self) } {
             return self.pop_unmarked(block);
         }
         block.cast()
+    }
+
+    /// Takes head `block` off `free` and counts it handed out: the part of every pop after its
+    /// head test.
+    ///
+    /// # Safety
+    /// `block` must be the head of `free`, a block of this page holding a link, stored as it
+    /// is (the key is 0 outside `TIERMALLOC_SECURE=1`, and under it no fast path reaches a
+    /// page).
+    #[inline(always)]
+    unsafe fn unlink_head(&mut self, block: *mut Block) {
+        // SAFETY: per the contract.
+        self.free = unsafe { (*block).link } as *mut Block;
+        self.used += 1;
+        self.count_alloc();
     }
 
     /// `pop` for the slow path: the head must be a carved block start of this page, and its
