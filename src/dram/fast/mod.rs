@@ -252,7 +252,7 @@ unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
 }
 
 /// The owner's free counted (`Page::count_free`) and the page needs more than the push: it is
-/// no page in use (a slice with no page: reported, the count put back), or the block is
+/// no page in use (a slice with no page: reported, the count set back to 0), or the block is
 /// suspect, or the page became empty or is parked in `full` (`Heap::after_local_free`).
 ///
 /// # Safety
@@ -263,7 +263,7 @@ unsafe fn free_counted_cold(segment: *mut Segment, page: *mut Page, p: *mut u8, 
     // SAFETY: per the contract.
     unsafe {
         if (*page).block_size == 0 {
-            (*page).uncount_free();
+            Page::reset_empty_count(page);
             return crate::misuse::report("free", p, crate::misuse::Misuse::NotABlockStart);
         }
         if guard::FREE_MARK && (*page).carries_mark(p) {

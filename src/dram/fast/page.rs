@@ -195,9 +195,10 @@ const IN_FULL: u32 = 1 << 31;
 /// class gets a real page, so the fast path needs no null check, and every slice that holds no
 /// page maps here. Its `free` is never written; its `used` is, by an incorrect program's `free`
 /// of an address in such a slice: the owner's fast path counts the free (`count_free`) before it
-/// reads the block, and its cold path finds no page in use, puts the count back and reports
-/// (`Heap::free_counted_cold`). Those writes may race (several threads freeing such addresses at
-/// once): `used` is then off for a moment, which nothing reads.
+/// reads the block, and its cold path finds no page in use, sets the count back to 0 and
+/// reports (`fast::free_counted_cold`, `Page::reset_empty_count`). Those writes may race
+/// (several threads freeing such addresses at once): `used` is then off for a moment, which
+/// nothing reads.
 pub struct EmptyPage(pub core::cell::UnsafeCell<Page>);
 // SAFETY: only `used` is ever written (see above), and no reader depends on it.
 unsafe impl Sync for EmptyPage {}
@@ -570,6 +571,22 @@ impl Page {
     #[inline]
     pub fn uncount_free(&mut self) {
         self.used = self.used.wrapping_add(1);
+    }
+
+    /// Sets the empty page's count back to 0 after an incorrect free counted on it
+    /// (`count_free`), with an atomic store: several threads' such frees may race on it
+    /// (see `EmptyPage`), and 0 is what it always holds otherwise.
+    ///
+    /// # Safety
+    /// `page` must be the empty page.
+    #[inline]
+    pub unsafe fn reset_empty_count(page: *mut Page) {
+        // SAFETY: the field is a u32 of a static, aligned for an atomic; every other access
+        // to it is the fast path's `dec` (an instruction the compiler does not see) or this.
+        unsafe {
+            core::sync::atomic::AtomicU32::from_ptr(ptr::addr_of_mut!((*page).used))
+                .store(0, Ordering::Relaxed)
+        };
     }
 
     /// Pushes dead block `p` on `free`, with the free mark.
