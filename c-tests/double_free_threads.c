@@ -13,7 +13,8 @@
  *           src/dram/large.rs);
  *   secure  TIERMALLOC_SECURE=1: the owner (main thread) races one other thread (every free
  *           takes the claiming path at that level);
- *   owner   the default level, the owner (main thread) racing one other thread. The owner's
+ *   owner   the default level, the owner (main thread) racing one other thread, on blocks of
+ *           2000 bytes (see HAND_OUT_TESTED). The owner's
  *           fast-path free takes no claim (an atomic swap there costs every free a barrier), so
  *           a few of these races pass both frees and the block sits on two lists. It is caught
  *           when it is handed out from the second (src/dram/fast/page.rs, `Block::take_mark`:
@@ -22,7 +23,7 @@
  *           runs of a 200 000-round version). On a loaded machine both threads seldom run at
  *           once, so a run may see no race: `two_lists` below is the case that always fails
  *           without the test;
- *   two_lists the state such a race leaves, made without luck: the owner frees each block, the
+ *   two_lists the state such a race leaves, made without luck (blocks of 2000 bytes): the owner frees each block, the
  *           program clears its second word (the free mark) after the free, then another thread
  *           frees it (its claim now succeeds), so every block sits on the owner's list and on
  *           the page's remote list. The owner's mallocs afterwards must hand none out twice:
@@ -118,6 +119,11 @@ static void no_block_twice(size_t size, int count) {
 }
 
 #define TWO_LISTS_BLOCKS 1000
+/* The owner and two_lists cases use blocks over 1 KiB: only their allocations test the free
+ * mark of the block handed out at the default level (src/dram/fast/page.rs, `pop_validated`;
+ * BENCHMARKS.md, "Session 10, branch checks"); for smaller blocks the raced owner's free is
+ * caught under TIERMALLOC_SECURE=1 only (the secure case). */
+#define HAND_OUT_TESTED 2000
 
 static void *remote_freer(void *arg) {
     (void)arg;
@@ -128,8 +134,8 @@ static void *remote_freer(void *arg) {
 /* The two_lists case (see the top comment). */
 static int two_lists(void) {
     /* Live throughout, so that the owner's frees never empty (and retire) the first page. */
-    void *anchor = malloc(64);
-    for (int i = 0; i < TWO_LISTS_BLOCKS; i++) blocks[i] = malloc(64);
+    void *anchor = malloc(HAND_OUT_TESTED);
+    for (int i = 0; i < TWO_LISTS_BLOCKS; i++) blocks[i] = malloc(HAND_OUT_TESTED);
     for (int i = 0; i < TWO_LISTS_BLOCKS; i++) {
         free(blocks[i]);
         ((volatile uintptr_t *)blocks[i])[1] = 0; /* written after its free: the mark is gone */
@@ -137,7 +143,7 @@ static int two_lists(void) {
     pthread_t t;
     CHECK(pthread_create(&t, NULL, remote_freer, NULL) == 0, "pthread_create");
     pthread_join(t, NULL);
-    no_block_twice(64, 2 * TWO_LISTS_BLOCKS);
+    no_block_twice(HAND_OUT_TESTED, 2 * TWO_LISTS_BLOCKS);
     free(anchor);
     return check_done();
 }
@@ -147,7 +153,8 @@ static int child(const char *mode) {
     if (strcmp(mode, "owner") == 0) spins_before_yield = 100000;
     int large = strcmp(mode, "large") == 0;
     int owner_races = strcmp(mode, "secure") == 0 || strcmp(mode, "owner") == 0;
-    size_t size = large ? 1000000 : 64; /* above the largest size class (512 KiB) */
+    /* 1000000: above the largest size class (512 KiB) */
+    size_t size = large ? 1000000 : strcmp(mode, "owner") == 0 ? HAND_OUT_TESTED : 64;
     nblocks = large ? LARGE_BLOCKS : SMALL_BLOCKS;
     pthread_t a, b;
     if (large) {

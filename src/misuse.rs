@@ -30,6 +30,9 @@ pub enum Misuse {
     FreeMarkLost,
     /// A block waiting in the quarantine (`TIERMALLOC_SECURE=1`) was written to.
     WrittenAfterFree,
+    /// A page counted more frees than blocks handed out: an invalid pointer into it was freed
+    /// earlier, which the owner's fast path took without testing it (`dram::fast::guard`).
+    MoreFreesThanBlocks,
     /// `free_sized`'s size cannot be the size this block was allocated with.
     #[cfg_attr(not(feature = "override"), allow(dead_code))] // `free_sized` is an override name
     SizeMismatch { given: usize, usable: usize },
@@ -48,6 +51,10 @@ impl Misuse {
             Misuse::FreeMarkLost => write!(
                 line,
                 "corrupted free list (a free block is in use: freed twice at once, or written after free)"
+            ),
+            Misuse::MoreFreesThanBlocks => write!(
+                line,
+                "heap corrupted (more frees than blocks in use: an invalid pointer was freed before)"
             ),
             Misuse::WrittenAfterFree => {
                 write!(line, "freed block written after free (use after free, found at its reuse)")

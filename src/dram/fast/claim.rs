@@ -22,8 +22,10 @@
 //! Not covered here: the owner's own free on the fast path, which reads and writes the mark
 //! without an atomic instruction (a locked swap there costs a full barrier on every free; see
 //! BENCHMARKS.md, "Hardening"): a free by the owner racing a free by another thread can still
-//! both pass. The block then sits on two lists; it is caught when it is handed out from the
-//! second, whose copy has lost its mark (`page::Block::take_mark`).
+//! both pass. The block then sits on two lists; for blocks over 1 KiB it is caught when it is
+//! handed out from the second, whose copy has lost its mark (`page::Block::take_mark` in
+//! `Page::pop_validated`); for smaller ones only under `TIERMALLOC_SECURE=1`, where the owner's
+//! frees claim too (the mark test at their hand-out costs one instruction per pair, `guard`).
 //!
 //! The ordering itself (publish, then swap; fence, then read the slots) is
 //! `lockfree::mark_claim`, whose loom models check it and catch its broken variants.

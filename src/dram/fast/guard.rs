@@ -1,36 +1,47 @@
 //! The small-block checks (costs per malloc/free pair measured in BENCHMARKS.md, "Hardening").
 //!
-//! By default, on `free`'s fast path:
-//! - **Block start**: a page's blocks sit at multiples of `block_size` from its start; `free`
-//!   tests the offset with one multiplication and one comparison (`is_block_offset`, after
-//!   Lemire's divisibility test), which also bounds it by the page's carved block count. A
-//!   slice that belongs to no page points at the empty page, whose limit of 0 accepts nothing:
-//!   a pointer into freed slices fails the same test.
-//! - **Double free** (glibc's tcache key): a free block's second word holds its page's
-//!   descriptor address (`Block::tag`), which `pop` clears. `free` of a block whose second word
-//!   is that address walks the page's lists (`is_on_lists`, which reads only carved block
-//!   starts of the page, so that a walk racing the owner from another thread stays in mapped
-//!   memory) and reports it if found there; program data equal to the mark costs one walk.
-//! - **Corrupted link** (glibc's safe-linking test): the fast `pop` follows a list head only
-//!   inside its page's carved blocks (`Page::pop`: one range test in place of the null test);
-//!   a head outside fails into the slow path, whose `pop_checked` requires a carved block
-//!   start of the page, and a head's link null or another (a remote list taken onto an empty
-//!   `free` becomes that list unread, see `Page::collect_remote`; appended to blocks already
-//!   there, it is checked link by link). Cutting a new page and allocating a large block test
-//!   the heads of the thread's current lists the same way (`Heap::check_list_heads`), so a
-//!   program whose next requests are of other sizes is caught too. Not caught: a link
-//!   overwritten with another address inside its page's carved blocks (the block is then
-//!   handed out; freeing it, if it is no block start, is reported), and a link alone
-//!   overwritten with zero, which ends the list (the rest is leaked, nothing is handed out
-//!   twice).
-//! - **Free mark at hand-out**: every block on a list carries the free mark, and `pop` takes
-//!   it off with one `xor` of memory whose flags it tests (`Block::take_mark`, one instruction
-//!   more than a plain clear). A block without it is in use already, or was written after its
-//!   free: reported, never handed out. This catches the owner's fast-path free racing another
-//!   thread's free of the same block (both pass their tests, the block sits on two lists, and
-//!   the copy popped second has lost its mark: `claim` cannot cover the owner's side without
-//!   an atomic swap on every free), and an overwrite of a freed block's first 16 bytes with
-//!   anything, zero included.
+//! By default (what each costs and catches: BENCHMARKS.md, "Session 10, branch `checks`"; the
+//! default takes +4.5 % instructions on `sliding_window`, the goal +5 %):
+//! - **Double free at the free** (glibc's tcache key): a free block's second word holds its
+//!   page's descriptor address (`Block::tag`), which `pop` clears. The owner's `free` counts the
+//!   block freed first (`Page::count_free`: the empty page, where every slice without a page
+//!   points, fails it into the cold path, which reports the address without reading it), then
+//!   tests the mark; a block whose second word is that address is looked for on the page's
+//!   lists (`is_on_lists`, which reads only carved block starts of the page, so that a walk
+//!   racing the owner from another thread stays in mapped memory) and reported if found there;
+//!   program data equal to the mark costs one walk. A count that falls below zero (an invalid
+//!   pointer taken earlier, see below) is reported before the page is misread as parked.
+//! - **Block starts**, tested exactly (`is_block_offset`, Lemire's divisibility test, which
+//!   also bounds the offset by the page's carved block count) where it costs no small
+//!   malloc/free pair anything: on the remote path (frees by other threads, and every free
+//!   under `TIERMALLOC_SECURE=1`), on the slow path's `pop_checked`, by the list-head sweeps,
+//!   and as blocks over 1 KiB are handed out (`Page::pop_validated`). The owner's fast `free`
+//!   does not test it (four instructions per pair): an interior or never-carved pointer of a
+//!   block up to 1 KiB freed by the owner joins the free list and is reported only if it is a
+//!   list head at a slow path or sweep; over 1 KiB, at the next malloc of the size, before
+//!   anything overlapping a live block is handed out.
+//! - **Corrupted link** (glibc's safe-linking test): the fast `pop` of blocks up to 1 KiB
+//!   follows no head whose sign bit is set (null included: `(head as isize) <= 0`, the same two
+//!   instructions as a null test), so an overwritten link with its top bit set (text bytes
+//!   0x80 and up, -1, most random keys) fails into the slow path, whose `pop_checked` requires
+//!   a carved block start of the page and a link null or another, and reports it. Blocks over
+//!   1 KiB: every head is tested exactly (`pop_validated`). Cutting a new page and allocating
+//!   a large block test the heads of the thread's current lists the same way
+//!   (`Heap::check_list_heads`), so a program whose next requests are of other sizes is caught
+//!   too. Not caught by default: a link of a block up to 1 KiB overwritten with a value whose
+//!   top bit is clear (ASCII text, small numbers: the pop follows it, and faults or hands out
+//!   the address), a link overwritten with another address inside its page's carved blocks,
+//!   and a link alone overwritten with zero, which ends the list (the rest is leaked, nothing
+//!   is handed out twice).
+//! - **Free mark at hand-out**, blocks over 1 KiB (`pop_validated` takes the mark off with one
+//!   `xor` of memory whose flags it tests, `Block::take_mark`): a block without it is in use
+//!   already, or was written after its free: reported, never handed out. This catches the
+//!   owner's fast-path free racing another thread's free of the same block (both pass their
+//!   tests, the block sits on two lists, and the copy popped second has lost its mark: `claim`
+//!   cannot cover the owner's side without an atomic swap on every free), and an overwrite of
+//!   a freed block's first 16 bytes with anything. Blocks up to 1 KiB get a plain clear (one
+//!   instruction less per pair): that race there is caught under `TIERMALLOC_SECURE=1`, where
+//!   every free claims its block.
 //!
 //! `DEFAULT_CHECKS` compiles all of these out, for measuring their cost only.
 //!
@@ -39,6 +50,8 @@
 //! - links stored encoded, `next ^ KEY` (glibc's safe-linking, mimalloc's secure mode), `KEY`
 //!   random per process (0, links as they are, without the level): an overwritten link decodes
 //!   to a random address;
+//! - every free tested exactly for a block start at the free (its owner's too: the tagged
+//!   owner below sends every free the remote path's way, see `fast::free_remote`);
 //! - every link tested before it is followed: the heaps keep their fast-path tables on the empty
 //!   page, so every allocation takes the slow path's `pop_checked`, and segments carry a tagged
 //!   owner (`Segment::owner`) so that every free takes the remote path, whose links the owner
@@ -59,23 +72,25 @@
 /// sweeps. Such a build catches no misuse: it is never shipped.
 pub const DEFAULT_CHECKS: bool = !cfg!(tiermalloc_no_default_checks);
 
-/// Each default check of the fast paths on its own, for measuring what each one costs (every
-/// one is on in a shipped build; each cfg, like `tiermalloc_no_default_checks`, is for a
-/// measurement build only, BENCHMARKS.md "Session 9, branch fastpath"):
-/// - `tiermalloc_no_block_start_check`: `free`'s fast block-start test (`Page::suspect`);
+/// The checks of the fast paths one by one, for measuring what each costs (BENCHMARKS.md,
+/// "Session 10, branch `checks`"). The first two are on in a shipped build, each removed by a
+/// measurement cfg; the last three are off in a shipped build (they cost more per small
+/// malloc/free pair than the +5 % the default level may take), each put back by one:
 /// - `tiermalloc_no_free_mark`: the free mark everywhere (its test and store in `free`, its
-///   test and clear in `pop`, the remote claim);
-/// - `tiermalloc_no_hand_out_mark_test`: `pop` clears the mark with a plain store instead of
-///   testing it (`Block::take_mark`), which is what catches a raced double free;
-/// - `tiermalloc_no_list_range_check`: `pop` tests its head for null instead of for a carved
-///   block of its page.
-pub const BLOCK_START_CHECK: bool = DEFAULT_CHECKS && !cfg!(tiermalloc_no_block_start_check);
-/// See `BLOCK_START_CHECK`.
+///   clear in `pop`, the remote claim);
+/// - `tiermalloc_block_start_check`: `free`'s fast block-start test (`Page::suspect`), on
+///   before session 10;
+/// - `tiermalloc_hand_out_mark_test`: `pop` tests the mark as it clears it
+///   (`Block::take_mark`) instead of a plain clear;
+/// - `tiermalloc_list_range_check`: `pop` tests its head for a carved block of its page
+///   instead of the sign test.
 pub const FREE_MARK: bool = DEFAULT_CHECKS && !cfg!(tiermalloc_no_free_mark);
-/// See `BLOCK_START_CHECK`.
-pub const HAND_OUT_MARK_TEST: bool = FREE_MARK && !cfg!(tiermalloc_no_hand_out_mark_test);
-/// See `BLOCK_START_CHECK`.
-pub const LIST_RANGE_CHECK: bool = DEFAULT_CHECKS && !cfg!(tiermalloc_no_list_range_check);
+/// See `FREE_MARK`.
+pub const BLOCK_START_CHECK: bool = DEFAULT_CHECKS && cfg!(tiermalloc_block_start_check);
+/// See `FREE_MARK`.
+pub const HAND_OUT_MARK_TEST: bool = FREE_MARK && cfg!(tiermalloc_hand_out_mark_test);
+/// See `FREE_MARK`.
+pub const LIST_RANGE_CHECK: bool = DEFAULT_CHECKS && cfg!(tiermalloc_list_range_check);
 
 #[cfg(test)]
 use crate::chunk::CHUNK_SIZE;

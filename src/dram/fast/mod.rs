@@ -40,10 +40,17 @@ pub fn traffic_totals() -> traffic::Totals {
 pub fn alloc_class(class: usize) -> *mut u8 {
     debug_assert!(class < size_class::CLASS_COUNT);
     // SAFETY: `class` is a class index (callers get it from `size_class`).
-    pop_or_slow(
-        || class,
-        |tables| unsafe { *(*tables).current.get_unchecked(class) },
-    )
+    let tables = binding::tables();
+    // SAFETY: as in `pop_or_slow`; blocks of this path are tested as they are handed out
+    // (`Page::pop_validated`).
+    unsafe {
+        let page = *(*tables).current.get_unchecked(class);
+        let p = (*page).pop_validated();
+        if !p.is_null() {
+            return p;
+        }
+    }
+    alloc_slow(tables, class)
 }
 
 /// A block of at least `size` bytes (`size <= SMALL_MAX`); null when out of memory.
@@ -205,15 +212,20 @@ unsafe fn free_in(segment: *mut Segment, p: *mut u8) {
         // SAFETY: forwarded.
         return unsafe { free_suspect(p, segment, page) };
     }
-    // SAFETY: a live block of `page` (it passed the checks).
+    // SAFETY: forwarded; in a default build `p` is tested on the way (see `free_block`).
     unsafe { free_block(segment, page, p) }
 }
 
-/// Frees live block `p` of `page` in `segment`: pushed on the page's own list by the owner's
-/// thread, on its remote list by any other.
+/// Frees block `p` of `page` in `segment`: pushed on the page's own list by the owner's
+/// thread, on its remote list by any other (whose path tests `p` exactly first).
+///
+/// The owner's path counts the free first (`Page::count_free`, which fails for the empty page:
+/// a slice with no page is never read), then tests the free mark: a block that carries it is
+/// suspected of a double free (`free_counted_suspect`).
 ///
 /// # Safety
-/// `p` must be a live block of `page`, not used after this.
+/// `p` must be an address in `page`'s slices (`page` the empty page for a slice with no page),
+/// handed to `free` by the program.
 #[inline(always)]
 unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
     let slot = binding::slot();
@@ -221,15 +233,66 @@ unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
     // compared in memory and read again on the remote path (one instruction less here).
     if unsafe { (*segment).owner } == slot {
         let owner = slot as *mut heap::Heap;
-        // SAFETY: the calling thread owns the heap and so the page.
+        // SAFETY: the calling thread owns the heap and so the page; `p` lies in the page's
+        // slices, readable once the count says the page is in use (16 bytes: a block start,
+        // or an incorrect program's other address there, see `guard`).
         unsafe {
-            if (*page).push_local(p) {
-                (*owner).after_local_free(page);
+            if !(*page).count_free() {
+                return free_counted_cold(segment, page, p, owner);
             }
+            if guard::FREE_MARK && (*page).carries_mark(p) {
+                return free_counted_suspect(p, segment, page);
+            }
+            (*page).push_block(p);
         }
     } else {
         // SAFETY: forwarded.
         unsafe { free_remote(p, page, segment) }
+    }
+}
+
+/// The owner's free counted (`Page::count_free`) and the page needs more than the push: it is
+/// no page in use (a slice with no page: reported, the count set back to 0), or the block is
+/// suspect, or the page became empty or is parked in `full` (`Heap::after_local_free`).
+///
+/// # Safety
+/// As for `free_block`, after `count_free` returned false; `owner` is the calling thread's heap.
+#[cold]
+#[inline(never)]
+unsafe fn free_counted_cold(segment: *mut Segment, page: *mut Page, p: *mut u8, owner: *mut heap::Heap) {
+    // SAFETY: per the contract.
+    unsafe {
+        if (*page).block_size == 0 {
+            Page::reset_empty_count(page);
+            return crate::misuse::report("free", p, crate::misuse::Misuse::NotABlockStart);
+        }
+        if guard::FREE_MARK && (*page).carries_mark(p) {
+            return free_counted_suspect(p, segment, page);
+        }
+        // The count fell below zero (it then reads as `IN_FULL` with a count past `capacity`):
+        // an invalid pointer into this page was taken earlier (see `guard`). Put back and
+        // reported here, before `after_local_free` takes the page for one parked in `full`.
+        if (*page).blocks_used() > (*page).capacity {
+            (*page).uncount_free();
+            return crate::misuse::report("free", p, crate::misuse::Misuse::MoreFreesThanBlocks);
+        }
+        (*page).push_block(p);
+        (*owner).after_local_free(page);
+    }
+}
+
+/// The owner's free counted, and `p` carries the free mark: the count is put back and
+/// `free_suspect` decides.
+///
+/// # Safety
+/// As for `free_counted_cold`.
+#[cold]
+#[inline(never)]
+unsafe fn free_counted_suspect(p: *mut u8, segment: *mut Segment, page: *mut Page) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*page).uncount_free();
+        free_suspect(p, segment, page)
     }
 }
 
@@ -324,9 +387,29 @@ pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
     }
 }
 
+/// A free from a thread that does not own `p`'s segment (and every free under
+/// `TIERMALLOC_SECURE=1`): `p` is tested exactly for a block start first (the owner's fast
+/// path leaves that to the hand-out, see `guard`), then claimed (`claim`).
 #[cold]
 #[inline(never)]
 unsafe fn free_remote(p: *mut u8, page: *mut Page, segment: *mut Segment) {
+    // SAFETY: a page descriptor of a live segment, or the empty page, which accepts nothing;
+    // `p` is read only once it is known to start a block of it.
+    if guard::DEFAULT_CHECKS && unsafe { !(*page).is_block_start(p) } {
+        return crate::misuse::report("free", p, crate::misuse::Misuse::NotABlockStart);
+    }
+    // A live block whose data equals the free mark is told from a freed one before the claim
+    // (which takes a mark already there for another free's): `check_block` looks where freed
+    // blocks wait; program data is cleared, as on the owner's path (`free_suspect`).
+    // SAFETY: as above.
+    if guard::FREE_MARK && unsafe { (*page).carries_mark(p) } {
+        // SAFETY: as above.
+        match unsafe { check_block(page, p) } {
+            // SAFETY: a live block of the page (16 bytes).
+            Ok(()) => unsafe { page::Block::tag_of(p).write(0) },
+            Err(misuse) => return crate::misuse::report("free", p, misuse),
+        }
+    }
     // SAFETY: a live segment; `owner_heap` drops the secure level's tag.
     let owner = unsafe { (*segment).owner_heap() } as *mut heap::Heap;
     let mine = binding::current();

@@ -192,11 +192,17 @@ const CARVE_SHUFFLED_MAX: usize = 256;
 const IN_FULL: u32 = 1 << 31;
 
 /// A page whose free list is always empty: a heap's `current` entries point here until the
-/// class gets a real page, so the fast path needs no null check. Never written.
-pub struct EmptyPage(pub Page);
-// SAFETY: the empty page is never written after construction.
+/// class gets a real page, so the fast path needs no null check, and every slice that holds no
+/// page maps here. Its `free` is never written; its `used` is, by an incorrect program's `free`
+/// of an address in such a slice: the owner's fast path counts the free (`count_free`) before it
+/// reads the block, and its cold path finds no page in use, sets the count back to 0 and
+/// reports (`fast::free_counted_cold`, `Page::reset_empty_count`). Those writes may race
+/// (several threads freeing such addresses at once): `used` is then off for a moment, which
+/// nothing reads.
+pub struct EmptyPage(pub core::cell::UnsafeCell<Page>);
+// SAFETY: only `used` is ever written (see above), and no reader depends on it.
 unsafe impl Sync for EmptyPage {}
-pub static EMPTY_PAGE: EmptyPage = EmptyPage(Page::unused());
+pub static EMPTY_PAGE: EmptyPage = EmptyPage(core::cell::UnsafeCell::new(Page::unused()));
 
 impl Page {
     pub const fn unused() -> Page {
@@ -224,7 +230,7 @@ impl Page {
 
     #[inline(always)]
     pub const fn empty_page() -> *mut Page {
-        ptr::addr_of!(EMPTY_PAGE.0) as *mut Page
+        EMPTY_PAGE.0.get()
     }
 
     /// Makes this (head) descriptor a fresh page of `class` over `slices` slices at `start`,
@@ -255,22 +261,17 @@ impl Page {
         self.carved = 0;
     }
 
-    /// Whether `free(p)`, for an address `p` in this page's slices, needs a closer look: `p` is
-    /// not the start of a block of a one-slice page, or the block carries the free mark. False
-    /// for every live block of a one-slice page; true for the empty page (a slice of no page)
-    /// and for every block of a longer page (`fast_limit` 0), which `free_suspect` then tests
-    /// exactly.
+    /// Whether `free(p)`, for an address `p` in this page's slices, fails the at-free
+    /// block-start test: `p` is not the start of a carved block of a one-slice page. Always
+    /// false in a default build, where `free` tests only the free mark and a block start is
+    /// tested where the block would be handed out (`pop_validated`, the slow path, the
+    /// remote path); true for everything in a build with the test (`BLOCK_START_CHECK`, a
+    /// measurement cfg) for the empty page and for every block of a longer page
+    /// (`fast_limit` 0), which `free_suspect` then tests exactly.
     #[inline(always)]
     pub fn suspect(&self, p: *mut u8) -> bool {
-        if !guard::DEFAULT_CHECKS {
-            return false;
-        }
         let offset = (p as usize) & (SLICE_SIZE - 1);
-        // SAFETY: read only once `p` is known to start a block of this page (16 bytes); read
-        // regardless in a build without the block-start test, made to measure its cost only.
-        (guard::BLOCK_START_CHECK
-            && !guard::is_block_offset(self.div_magic, self.fast_limit, offset))
-            || (guard::FREE_MARK && unsafe { self.carries_mark(p) })
+        guard::BLOCK_START_CHECK && !guard::is_block_offset(self.div_magic, self.fast_limit, offset)
     }
 
     /// Whether block `p` of this page carries the free mark (`Block::mark_free`).
@@ -321,28 +322,34 @@ impl Page {
         }
     }
 
-    /// Pops a block from `free`, or null: the fast path. The head is followed only if it lies
-    /// in the page's carved span `[start, start + carved)`, which null (an empty list) does
-    /// not: one range test in place of the null test, two instructions more. So a link overwritten
-    /// after its block was freed (a use after free) is never followed out of its page: the
-    /// pop that would follow it fails into the slow path, whose `pop_checked` tests the head
-    /// exactly and reports it. The link itself is stored as it is (the key is 0 outside
-    /// `TIERMALLOC_SECURE=1`, under which no fast path reaches a page).
+    /// Pops a block from `free`, or null: the fast path of blocks up to 1 KiB (`DIRECT_MAX`;
+    /// larger ones take `pop_validated`). The head is followed only if its sign bit is clear
+    /// and it is not null (`(head as isize) <= 0` fails, the same two instructions as a null
+    /// test), so an overwritten link whose top bit is set is never followed: the pop fails into
+    /// the slow path, whose `pop_checked` tests the head exactly and reports it (see `guard`
+    /// for what this leaves). The block's free mark is cleared with a plain store. The link
+    /// itself is stored as it is (the key is 0 outside `TIERMALLOC_SECURE=1`, under which no
+    /// fast path reaches a page). The measurement cfgs of `guard` put back the range test and
+    /// the mark test.
     #[inline(always)]
     pub fn pop(&mut self) -> *mut u8 {
         let block = self.free;
-        if !guard::LIST_RANGE_CHECK {
-            if block.is_null() {
+        if guard::LIST_RANGE_CHECK {
+            if (block as usize).wrapping_sub(self.start as usize) >= self.carved {
                 return ptr::null_mut();
             }
-        } else if (block as usize).wrapping_sub(self.start as usize) >= self.carved {
+        } else if guard::DEFAULT_CHECKS {
+            // The sign test: null, and every head with its top bit set (what most overwritten
+            // links hold: text, -1, a key's bytes), fail into the slow path, whose
+            // `pop_checked` reports all but null. The same two instructions as a null test.
+            if (block as isize) <= 0 {
+                return ptr::null_mut();
+            }
+        } else if block.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: blocks on `free` are ours and hold a link, stored as it is: the key is 0
-        // outside `TIERMALLOC_SECURE=1`, and under it no fast path reaches a page.
-        self.free = unsafe { (*block).link } as *mut Block;
-        self.used += 1;
-        self.count_alloc();
+        // SAFETY: blocks on `free` are ours and hold a link.
+        unsafe { self.unlink_head(block) };
         // A block handed out carries no free mark (`suspect`), and every block on the list
         // must carry it (`take_mark`): one that does not is in use already.
         // SAFETY: the block is ours until returned.
@@ -374,6 +381,48 @@ impl Page {
         self.drop_list(crate::misuse::Misuse::FreeMarkLost)
     }
 
+    /// `pop` for blocks over `DIRECT_MAX` bytes (`fast::alloc_class`): the head is followed only
+    /// if it is a carved block start of this page (the range test, then the block-start
+    /// multiplication on the offset it bounds), and the block handed out must carry the free
+    /// mark (`Block::take_mark`). So an interior pointer freed into such a page, or a link
+    /// overwritten after its free, is reported at the next allocation of the class (by
+    /// `pop_checked`, on the slow path this fails into), before any block overlapping a live
+    /// one is handed out. A few instructions more than `pop` per allocation of at least 1 KiB,
+    /// which the program then writes.
+    #[inline(always)]
+    pub fn pop_validated(&mut self) -> *mut u8 {
+        if !guard::DEFAULT_CHECKS {
+            return self.pop();
+        }
+        let block = self.free;
+        let offset = (block as usize).wrapping_sub(self.start as usize);
+        if offset >= self.carved || !guard::is_block_offset(self.div_magic, self.block_limit, offset) {
+            return ptr::null_mut();
+        }
+        // SAFETY: a carved block of this page, on `free`: it holds a link.
+        unsafe { self.unlink_head(block) };
+        // SAFETY: the block is ours until returned.
+        if guard::FREE_MARK && unsafe { !Block::take_mark(block, self) } {
+            return self.pop_unmarked(block);
+        }
+        block.cast()
+    }
+
+    /// Takes head `block` off `free` and counts it handed out: the part of every pop after its
+    /// head test.
+    ///
+    /// # Safety
+    /// `block` must be the head of `free`, a block of this page holding a link, stored as it
+    /// is (the key is 0 outside `TIERMALLOC_SECURE=1`, and under it no fast path reaches a
+    /// page).
+    #[inline(always)]
+    unsafe fn unlink_head(&mut self, block: *mut Block) {
+        // SAFETY: per the contract.
+        self.free = unsafe { (*block).link } as *mut Block;
+        self.used += 1;
+        self.count_alloc();
+    }
+
     /// `pop` for the slow path: the head must be a carved block start of this page, and its
     /// link null or another; an overwritten link is reported here (`pop` leaves every head it
     /// does not follow to this test). Null if the list is empty, or was dropped as corrupted
@@ -384,6 +433,13 @@ impl Page {
             return ptr::null_mut();
         }
         if !self.is_block_start(block.cast()) {
+            // Inside the page's blocks but no carved block start: an address `free` took
+            // without testing it (an interior or never-carved pointer freed by the owner, see
+            // `guard`), reported as what it is; anything else is an overwritten link.
+            let span = self.reserved as usize * self.block_size as usize;
+            if (block as usize).wrapping_sub(self.start as usize) < span {
+                return self.drop_list(crate::misuse::Misuse::NotABlockStart);
+            }
             return self.drop_corrupted_list();
         }
         // SAFETY: a carved block of this page, on `free`.
@@ -467,8 +523,79 @@ impl Page {
     ///
     /// # Safety
     /// `p` must be a block of this page that is handed out, and the caller the page's owner.
-    #[inline(always)]
+    #[cfg(test)]
     pub unsafe fn push_local(&mut self, p: *mut u8) -> bool {
+        let settled = self.count_free();
+        // SAFETY: per the contract.
+        unsafe { self.push_block(p) };
+        !settled
+    }
+
+    /// Counts one block fewer in use (`used -= 1`), the first thing the owner's `free` does
+    /// to a page: true if nothing more than the push is needed, false if the page became empty,
+    /// is parked in `full`, or is no page in use (the empty page, `used` 0): the caller's cold
+    /// path then decides (`Heap::free_counted_cold`). Counting before the block is read keeps
+    /// the fast path off an address in a slice with no page (a `PROT_NONE` one, say): one
+    /// `dec` of memory and a branch on its flags, as before.
+    #[inline(always)]
+    pub fn count_free(&mut self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `used` is this descriptor's field, written by its owner's thread only
+            // (or raced by incorrect frees into the empty page, see `EmptyPage`). `jle` after
+            // `dec` is taken for a result of 0 or below, and for the wrap from `i32::MIN`
+            // (which an incorrect program's frees could reach): every such case goes cold.
+            // Written as instructions because the compiler, told to wrap, loads, decrements,
+            // stores and tests (three instructions more).
+            unsafe {
+                core::arch::asm!(
+                    "dec dword ptr [{page} + {used}]",
+                    "jle {unsettled}",
+                    page = in(reg) self as *mut Page,
+                    used = const core::mem::offset_of!(Page, used),
+                    unsettled = label { return false; },
+                    options(nostack),
+                );
+            }
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let used = (self.used as i32).wrapping_sub(1);
+            self.used = used as u32;
+            used > 0 && self.used != 1 << 31
+        }
+    }
+
+    /// Puts back what `count_free` took (its cold path found the free is not to happen).
+    #[inline]
+    pub fn uncount_free(&mut self) {
+        self.used = self.used.wrapping_add(1);
+    }
+
+    /// Sets the empty page's count back to 0 after an incorrect free counted on it
+    /// (`count_free`), with an atomic store: several threads' such frees may race on it
+    /// (see `EmptyPage`), and 0 is what it always holds otherwise.
+    ///
+    /// # Safety
+    /// `page` must be the empty page.
+    #[inline]
+    pub unsafe fn reset_empty_count(page: *mut Page) {
+        // SAFETY: the field is a u32 of a static, aligned for an atomic; every other access
+        // to it is the fast path's `dec` (an instruction the compiler does not see) or this.
+        unsafe {
+            core::sync::atomic::AtomicU32::from_ptr(ptr::addr_of_mut!((*page).used))
+                .store(0, Ordering::Relaxed)
+        };
+    }
+
+    /// Pushes dead block `p` on `free`, with the free mark.
+    ///
+    /// # Safety
+    /// `p` must be a block of this page that is handed out and counted free (`count_free`),
+    /// and the caller the page's owner.
+    #[inline(always)]
+    pub unsafe fn push_block(&mut self, p: *mut u8) {
         let block = p.cast::<Block>();
         // SAFETY: the block is dead and at least 16 bytes.
         unsafe {
@@ -480,12 +607,6 @@ impl Page {
             }
         }
         self.free = block;
-        // SAFETY: the page holds this block, so `used` counts it: at least 1, with or without
-        // the flag, and the signed subtraction cannot overflow. Saying so lets the compiler
-        // branch on the flags of one `dec` of memory.
-        let used = unsafe { (self.used as i32).unchecked_sub(1) };
-        self.used = used as u32;
-        used <= 0
     }
 
     /// One more block handed out (`allocs`): a relaxed load and store, which the compiler
