@@ -415,10 +415,12 @@ fn reads_into_a_block_during_the_move_complete() {
     }
 }
 
-/// Whether the calling process has a descriptor open on some process's `pagemap` (without
-/// allocating: it runs in a forked child of a threaded process).
-fn holds_a_pagemap() -> bool {
-    (0..1000).any(|fd: i32| {
+/// What of a move the calling process holds, named for a test's message (`Some`), looking at
+/// its descriptors (a `pagemap`, a userfaultfd, a file whose path starts with `files`) and, if
+/// `maps` is given, its mappings (a file whose path starts with `files`, read into `maps`).
+/// Allocates nothing: it runs in a forked child of a threaded process.
+fn holds_of_a_move(files: &[u8], maps: Option<&mut [u8]>) -> Option<&'static str> {
+    for fd in 0..1000i32 {
         // "/proc/self/fd/" and the number without leading zeroes (the kernel refuses them).
         let mut path = [0u8; 24];
         path[..14].copy_from_slice(b"/proc/self/fd/");
@@ -426,11 +428,38 @@ fn holds_a_pagemap() -> bool {
         for i in 0..digits {
             path[14 + digits - 1 - i] = b'0' + (fd / 10i32.pow(i as u32) % 10) as u8;
         }
-        let mut target = [0u8; 64];
+        let mut target = [0u8; 256];
         // SAFETY: a NUL-terminated path and a buffer of its length.
-        let n = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), 64) };
-        n > 0 && target[..n as usize].ends_with(b"/pagemap")
-    })
+        let n = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), 256) };
+        let target = &target[..n.max(0) as usize];
+        if target.ends_with(b"/pagemap") {
+            return Some("a descriptor of the parent's page map open");
+        }
+        if target == b"anon_inode:[userfaultfd]" {
+            return Some("the parent's userfaultfd open");
+        }
+        if target.starts_with(files) {
+            return Some("a descriptor of a device or target open");
+        }
+    }
+    let maps = maps?;
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY) };
+    let mut len = 0;
+    loop {
+        // SAFETY: our descriptor, and the rest of `maps` to read into.
+        let n = unsafe { libc::read(fd, maps[len..].as_mut_ptr().cast(), maps.len() - len) };
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+    let maps = &maps[..len];
+    maps.windows(files.len())
+        .any(|w| w == files)
+        .then_some("a mapping of a device or target")
 }
 
 /// A thread forks again and again while the tier moves: every child sees its blocks intact
@@ -448,6 +477,7 @@ fn fork_while_the_tier_moves() {
     let blocks = Arc::new(make_blocks(1000));
     let stop = Arc::new(AtomicBool::new(false));
     let forks = Arc::new(AtomicU64::new(0));
+    let files = shm("");
     let forker = {
         let (stop, blocks, forks) = (stop.clone(), blocks.clone(), forks.clone());
         std::thread::spawn(move || {
@@ -465,12 +495,13 @@ fn fork_while_the_tier_moves() {
                     let p = Tier::new(CXL)
                         .unwrap()
                         .allocate(Layout::from_size_align(1000, 16).unwrap());
-                    // Nor does it keep the move's descriptor of the parent's page map.
+                    // Nor does it keep the move's descriptors (its copy of the tier is
+                    // anonymous memory, and the device's descriptor closed).
                     let code = if !intact {
                         1
                     } else if p.is_err() {
                         2
-                    } else if holds_a_pagemap() {
+                    } else if holds_of_a_move(files.as_bytes(), None).is_some() {
                         3
                     } else {
                         0
@@ -491,7 +522,7 @@ fn fork_while_the_tier_moves() {
                     match libc::WEXITSTATUS(status) {
                         1 => "a broken block",
                         2 => "its tier refuse an allocation",
-                        3 => "a descriptor of the parent's page map open",
+                        3 => "a descriptor of the move's open (the page map, the userfaultfd, a device)",
                         _ => "something else go wrong",
                     }
                 );
@@ -513,6 +544,75 @@ fn fork_while_the_tier_moves() {
     let forks = forks.load(Ordering::Relaxed);
     eprintln!("{forks} forks during {moves} moves");
     assert!(forks >= 20, "only {forks} forks during {moves} moves");
+    assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(target.as_str()));
+    check_blocks(&blocks, false);
+}
+
+/// A thread forks again and again while a small tier moves back and forth, so that forks
+/// fall at every step of a move, its start and end included (most of a small tier's move is
+/// opening and closing): no child keeps a descriptor of the move (the userfaultfd, the page
+/// map, the target) or a mapping of the target; each is opened and published, or unpublished
+/// and closed, with `fork` held off, and the child handler closes what is published.
+#[test]
+fn a_child_forked_as_a_move_starts_or_ends_keeps_nothing_of_it() {
+    if !is_child() {
+        return in_child(
+            "a_child_forked_as_a_move_starts_or_ends_keeps_nothing_of_it",
+            "dram;cxl:path={shm}dev,size=1M,create",
+        );
+    }
+    let blocks = Arc::new(make_blocks(10));
+    let stop = Arc::new(AtomicBool::new(false));
+    let forks = Arc::new(AtomicU64::new(0));
+    let files = shm("");
+    let forker = {
+        let (stop, forks, files) = (stop.clone(), forks.clone(), files.clone());
+        std::thread::spawn(move || {
+            // Read into before the fork: the child allocates nothing.
+            let mut maps = vec![0u8; 1 << 20];
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: the child only reads /proc, then _exit.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    let code = match holds_of_a_move(files.as_bytes(), Some(&mut maps)) {
+                        None => 0,
+                        Some("the parent's userfaultfd open") => 1,
+                        Some("a descriptor of the parent's page map open") => 2,
+                        Some("a descriptor of a device or target open") => 3,
+                        Some(_) => 4,
+                    };
+                    // SAFETY: leaving the child at once.
+                    unsafe { libc::_exit(code) };
+                }
+                let mut status = 0;
+                // SAFETY: our child.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "a child forked during a move kept {} (wait status {status:#x})",
+                    match libc::WEXITSTATUS(status) {
+                        1 => "the parent's userfaultfd open",
+                        2 => "a descriptor of the parent's page map open",
+                        3 => "a descriptor of a device or target open",
+                        4 => "a mapping of a device or target",
+                        _ => "something else",
+                    }
+                );
+                forks.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut target = String::new();
+    for moves in 0..300 {
+        let previous = std::mem::replace(&mut target, shm(&format!("target{moves}")));
+        assert_eq!(evacuate(CXL, Some(&target)), Ok(()));
+        let _ = std::fs::remove_file(previous);
+    }
+    stop.store(true, Ordering::Relaxed);
+    forker.join().unwrap();
+    let forks = forks.load(Ordering::Relaxed);
+    eprintln!("{forks} forks during 300 moves");
+    assert!(forks >= 20, "only {forks} forks during 300 moves");
     assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(target.as_str()));
     check_blocks(&blocks, false);
 }

@@ -168,6 +168,9 @@ pub(crate) struct DeviceState {
     /// The move's `/proc/self/pagemap` descriptor (`precopy`) while one runs, else -1: a
     /// child forked meanwhile closes its copy (it would read the parent's page tables).
     pagemap: AtomicI32,
+    /// The move's target descriptor while one runs, else -1: a child forked meanwhile closes
+    /// its copy (it would keep the target's lock after the parent moved off it).
+    target_fd: AtomicI32,
     /// A descriptor kept open after a move failed midway (see "Failure"), else -1.
     half_moved_fd: AtomicI32,
     /// The offset in the file of `device_fd` at which the region starts (`offset=` of the
@@ -246,6 +249,7 @@ impl DeviceState {
             moving: AtomicBool::new(false),
             uffd: AtomicI32::new(-1),
             pagemap: AtomicI32::new(-1),
+            target_fd: AtomicI32::new(-1),
             half_moved_fd: AtomicI32::new(-1),
             file_offset: AtomicU64::new(spec.offset),
             spare: *spec,
@@ -273,9 +277,11 @@ impl DeviceState {
 
     /// The `fork` child handler's part: the child has no evacuation running (its mappings lost
     /// their userfaultfd registration in `fork`), so it drops its copies of the move's
-    /// descriptors (the pre-copy's view is not inherited at all: `MADV_DONTFORK`).
+    /// descriptors (the pre-copy's view and the target's staging mapping are not inherited at
+    /// all: `MADV_DONTFORK`). Every one of them is opened and published, and unpublished and
+    /// closed, with `fork` held off (`with_fork_held`): a child has each either here or not.
     pub fn after_fork_in_child(&self) {
-        for fd in [&self.uffd, &self.pagemap] {
+        for fd in [&self.uffd, &self.pagemap, &self.target_fd] {
             let fd = fd.swap(-1, Ordering::Relaxed);
             if fd >= 0 {
                 // SAFETY: the child's copy of the parent's descriptor, closed once here.
@@ -370,7 +376,7 @@ pub(crate) trait LiveExtents {
     /// `live(offset, len)` for every range of `[lo, hi)` the target must hold, in address
     /// order: every allocated extent (blocks and slabs), the headers of the chain inside free
     /// extents (`free_headers`), and whatever else a recovery of the region reads (a
-    /// persistent tier's superblock); then runs `hold`, and returns what it returned (false:
+    /// persistent tier's superblock); then runs `hold` (always, once), and returns what it returned (false:
     /// the listing is void). Listing first keeps the walk out of the writers' hold: no extent
     /// is made or freed between the two. `hint` carries where the previous call's walk ended.
     /// The device's bytes it reads (`free_headers`) are read at `read_at + offset`: the
@@ -694,8 +700,6 @@ fn move_region(
             holder: None,
         }
     })?;
-    let wp = WriteProtector::new().map_err(problem)?;
-    wp.register(region.base, region.len).map_err(problem)?;
     let spec = TierSpec::target(kind, target.to_bytes(), region.len as u64).ok_or(Problem {
         what: "the target's path is longer than 255 bytes",
         errno: libc::ENAMETOOLONG,
@@ -703,12 +707,53 @@ fn move_region(
         at: None,
         holder: None,
     })?;
-    let staging = match backend::map_region(&spec) {
+    // Every descriptor of the move is opened and published with `fork` held off, so that a
+    // child forked at any moment finds it in `state` and closes it, or never had it
+    // (`DeviceState::after_fork_in_child`); on the way out it is unpublished and closed so too.
+    let wp = with_fork_held(tier, region, || {
+        let wp = WriteProtector::new()?;
+        state.uffd.store(wp.fd(), Ordering::Relaxed);
+        Ok(wp)
+    })
+    .map_err(problem)?;
+    // Unpublishes and closes the userfaultfd, and the target's mapping and descriptor if it
+    // has them, when the move stops before its first chunk.
+    let give_up = |wp: WriteProtector, staging: Option<Region>| {
+        wp.unregister(region.base, region.len);
+        with_fork_held(tier, region, || {
+            state.uffd.store(-1, Ordering::Relaxed);
+            state.target_fd.store(-1, Ordering::Relaxed);
+            drop(wp);
+            if let Some(staging) = staging {
+                // SAFETY: the staging mapping is ours and unused.
+                unsafe { backend::unmap_region(staging) };
+            }
+        })
+    };
+    if let Err(e) = wp.register(region.base, region.len) {
+        give_up(wp, None);
+        return Err(problem(e));
+    }
+    let mapped = with_fork_held(tier, region, || {
+        let staging = backend::map_region(&spec)?;
+        state.target_fd.store(staging.lock_fd, Ordering::Relaxed);
+        // A child forked during the move has no use for it, and its copy of the mapping would
+        // keep the target's lock as a descriptor does. (A BAR refuses the advice; a child
+        // never copies such a mapping anyway.)
+        // SAFETY: advice on our fresh mapping.
+        os::keep_errno(|| unsafe {
+            libc::madvise(
+                staging.base as *mut libc::c_void,
+                staging.reserved,
+                libc::MADV_DONTFORK,
+            )
+        });
+        Ok(staging)
+    });
+    let staging = match mapped {
         Ok(staging) if staging.len >= region.len => staging,
         Ok(staging) => {
-            // SAFETY: the staging mapping is ours and unused.
-            unsafe { backend::unmap_region(staging) };
-            wp.unregister(region.base, region.len);
+            give_up(wp, Some(staging));
             return Err(Problem {
                 what: "the target is smaller than the tier",
                 errno: libc::ENOSPC,
@@ -718,11 +763,10 @@ fn move_region(
             });
         }
         Err(p) => {
-            wp.unregister(region.base, region.len);
+            give_up(wp, None);
             return Err(target_problem(p));
         }
     };
-    state.uffd.store(wp.fd(), Ordering::Relaxed);
     // From here until the target's record is cleared, a crash leaves both devices marked, and
     // the next open of the source rolls the move back (`move_record`).
     let old_fd = state.current_fd();
@@ -756,18 +800,17 @@ fn move_region(
     // entries in the tier's page tables dropped first, and the hold copies only what was
     // touched meanwhile (`precopy`); without one (anonymous memory), a chunk is copied from
     // the tier's range inside its hold.
-    let mut precopy = Precopy::new(
-        old_fd,
-        state.file_offset.load(Ordering::Relaxed),
-        region.len,
-    );
-    if let Some(pre) = &mut precopy {
-        // Opened and published with `fork` held off: a child forked at any moment either
-        // finds the descriptor in `state` and closes it, or never had it.
-        with_fork_held(tier, region, &mut || {
-            state.pagemap.store(pre.open_pagemap(), Ordering::Relaxed)
-        });
-    }
+    // The view mapped (and kept from children) and the page map opened and published with
+    // `fork` held off: a child forked at any moment has neither, or closes the descriptor.
+    let mut precopy = with_fork_held(tier, region, || {
+        let mut pre = Precopy::new(
+            old_fd,
+            state.file_offset.load(Ordering::Relaxed),
+            region.len,
+        )?;
+        state.pagemap.store(pre.open_pagemap(), Ordering::Relaxed);
+        Some(pre)
+    });
     let source = precopy.as_ref().map_or(region.base, Precopy::view);
     // Copies `[start, end)` of the source into the target's staging mapping.
     let copy = |start: usize, end: usize, lo: usize| {
@@ -974,22 +1017,48 @@ fn move_region(
     report.raised_holds = priority.raised_holds;
     wp.unregister(region.base, region.len);
     // Unpublished and closed with `fork` held off (a child forked in between would otherwise
-    // keep a copy, or close a descriptor that reused the number); the view is unmapped after.
-    let mut wp = Some(wp);
-    with_fork_held(tier, region, &mut || {
+    // keep a copy, or close a descriptor that reused the number). The target's descriptor
+    // becomes the tier's device in the same stretch, where a child finds it, or is closed if
+    // nothing moved; the old device's is closed, or kept as half moved ("Failure"). The view
+    // and the staging mapping (neither inherited by a child) are unmapped after.
+    let nothing_moved = failure.is_some() && lo == 0;
+    with_fork_held(tier, region, || {
         state.uffd.store(-1, Ordering::Relaxed);
         state.pagemap.store(-1, Ordering::Relaxed);
-        drop(wp.take());
+        state.target_fd.store(-1, Ordering::Relaxed);
+        drop(wp);
         if let Some(pre) = &mut precopy {
             pre.close_pagemap();
+        }
+        let close = |fd: i32| {
+            if fd >= 0 {
+                // SAFETY: a descriptor of ours, unpublished, that nothing uses any more
+                // (mappings of its file, if still there, hold the file on their own).
+                os::keep_errno(|| unsafe { libc::close(fd) });
+            }
+        };
+        if nothing_moved {
+            close(staging.lock_fd);
+            return;
+        }
+        let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
+        state.file_offset.store(0, Ordering::Release);
+        if failure.is_none() {
+            // The old device, and the one an earlier move failed to leave, are mapped
+            // nowhere any more (but by the view, unmapped below): closing them releases their
+            // locks.
+            close(old);
+            close(state.half_moved_fd.swap(-1, Ordering::AcqRel));
+        } else {
+            // Half moved: the source stays open (see "Failure").
+            state.half_moved_fd.store(old, Ordering::Release);
         }
     });
     drop(precopy);
     // SAFETY: the staging mapping is ours; nothing refers to its addresses (the tier's range
-    // maps the target on its own). Its descriptor stays open: it is the tier's device now.
+    // maps the target on its own). Its descriptor stays open unless nothing moved: it is the
+    // tier's device now.
     unsafe { os::unmap(staging.base as *mut u8, staging.reserved) };
-    let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
-    let source_offset = state.file_offset.swap(0, Ordering::AcqRel);
     match failure {
         None => {
             // Durability and barriers follow the target from here on (its media, its PMR's
@@ -1000,34 +1069,20 @@ fn move_region(
             *state.device_path.lock() = spec;
             move_record::clear(&state.backing(region));
             super::persist::persist(&state.backing(region), 0, region.len);
-            // The old device, and the one an earlier move failed to leave, are mapped nowhere
-            // any more: closing them releases their locks.
-            let half = state.half_moved_fd.swap(-1, Ordering::AcqRel);
-            for fd in [old, half] {
-                if fd >= 0 {
-                    // SAFETY: a descriptor of ours that nothing maps or uses.
-                    os::keep_errno(|| unsafe { libc::close(fd) });
-                }
-            }
             Ok(report)
         }
         Some(p) => {
             if lo == 0 {
-                // Nothing moved: the tier is where it was, and its record goes.
-                state.device_fd.store(old, Ordering::Release);
-                state.file_offset.store(source_offset, Ordering::Release);
+                // Nothing moved: the tier is where it was (its descriptor and offset kept,
+                // the target's closed above), and its record goes.
                 move_record::clear(&state.backing(region));
                 super::persist::persist(&state.backing(region), 0, region.len);
-                // SAFETY: the target's descriptor, mapped nowhere any more.
-                os::keep_errno(|| unsafe { libc::close(staging.lock_fd) });
                 if staging.registers != 0 {
                     backend::release_registers(staging.registers);
                 }
-            } else {
-                // Half moved: the source's barrier and register page stay (the target's page
-                // stays mapped too, with its descriptor; see "Failure").
-                state.half_moved_fd.store(old, Ordering::Release);
             }
+            // Half moved, the source's barrier and register page stay (the target's page
+            // stays mapped too, with its descriptor; see "Failure").
             Err(p)
         }
     }
@@ -1036,7 +1091,9 @@ fn move_region(
 /// Runs `f` with the tier's heap lock held, which `fork`'s prepare handler takes too
 /// (`device::fork`): a descriptor `f` opens and publishes in `DeviceState` (or unpublishes and
 /// closes) is, at any `fork`, either published for the child handler to close or not open.
-fn with_fork_held(tier: &dyn LiveExtents, region: &Region, f: &mut dyn FnMut()) {
+fn with_fork_held<T>(tier: &dyn LiveExtents, region: &Region, f: impl FnOnce() -> T) -> T {
+    let mut f = Some(f);
+    let mut out = None;
     let mut hint = 0;
     // An empty range: nothing is listed, and no byte of the device is read.
     tier.hold_and_list(
@@ -1045,11 +1102,17 @@ fn with_fork_held(tier: &dyn LiveExtents, region: &Region, f: &mut dyn FnMut()) 
         &mut hint,
         region.base,
         &mut || {
-            f();
+            out = f.take().map(|f| f());
             true
         },
         &mut |_, _| {},
     );
+    match (out, f) {
+        (Some(out), _) => out,
+        // `hold_and_list` runs its `hold` always; were it not to, `f` still runs.
+        (None, Some(f)) => f(),
+        (None, None) => unreachable!("`f` ran, so `out` holds its result"),
+    }
 }
 
 /// Blocks every signal on the calling thread until dropped (then restores its mask).
