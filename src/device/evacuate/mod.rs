@@ -4,7 +4,7 @@
 //!
 //! # How
 //!
-//! The region is moved one chunk (`CHUNK_BYTES`, 256 KiB by default) at a time, in address
+//! The region is moved one chunk (`CHUNK_BYTES`, 1 MiB by default) at a time, in address
 //! order, the chunks readied in batches (`BATCH_BYTES`: one chunk unless
 //! `TIERMALLOC_EVACUATE_BATCH` says more; the live extents listed, the target's and the
 //! view's pages populated, once per batch). For each chunk `[lo, hi)`:
@@ -128,13 +128,22 @@ use hold_priority::HoldPriority;
 use precopy::{Precopy, Touched};
 use uffd::WriteProtector;
 
-/// Bytes moved per step by default. With a pre-copy a writer of the chunk waits for the
-/// protect, the copy of what changed meanwhile (usually nothing), the remap and the wake
-/// (median 5-7 us, BENCHMARKS.md); without one (anonymous memory), for the chunk's copy too
-/// (36 us for 256 KiB here). The throughput is the same at 256 KiB or 1 MiB (91-97% of memcpy
-/// per CPU second before the pre-copy). `TIERMALLOC_EVACUATE_CHUNK` (a size, rounded up to
-/// 4 KiB) overrides it.
-const CHUNK_BYTES: usize = 256 << 10;
+/// Bytes moved per step by default: 1 MiB. With a pre-copy a writer of the chunk waits for
+/// the protect, the copy of what changed meanwhile (usually little), the remap and the wake;
+/// without one (anonymous memory), for the chunk's copy too. The goal is a hold p99 within one
+/// chunk's copy + 20 us. The fixed part of a hold (protect, remap, wake; their tails are the
+/// kernel's page-table and mapping work, and on an idle host the other vCPU's wake-up) grows
+/// more slowly than the chunk, while the budget grows with it. 1 GiB, 4 writers, chunk sizes
+/// interleaved in one sitting (BENCHMARKS.md, "Session 10"), hold p99 / (chunk memcpy + 20 us),
+/// median (range): 256 KiB 0.68 (0.42-0.91; 1.3-1.6 on session 9's quiet machine, whose tail
+/// was some 35 us longer), 512 KiB 0.54 (0.38-0.81), 1 MiB 0.55 (0.43-0.72), 2 MiB 0.46
+/// (0.19-0.52). A held writer waits longer in absolute terms (hold p99 median 33 us at
+/// 256 KiB, 50 at 512 KiB, 95 at 1 MiB, 148 at 2 MiB): 1 MiB keeps the goal with a margin
+/// for the quiet machine's longer tail that 512 KiB lacks, at two thirds of 2 MiB's wait. The
+/// copying thread's CPU per byte does not depend on the chunk (81-82 % of memcpy's at 256 KiB
+/// to 1 MiB, medians of 10). `TIERMALLOC_EVACUATE_CHUNK` (a size, rounded up to 4 KiB)
+/// overrides it.
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// Bytes readied together by default (`batch_bytes`): one chunk. Batches of 4 MiB cut the
 /// system calls per chunk from 15.4 to 9.3, but on the quiet machine, paired with batches of
@@ -376,9 +385,10 @@ pub(crate) trait LiveExtents {
     /// `live(offset, len)` for every range of `[lo, hi)` the target must hold, in address
     /// order: every allocated extent (blocks and slabs), the headers of the chain inside free
     /// extents (`free_headers`), and whatever else a recovery of the region reads (a
-    /// persistent tier's superblock); then runs `hold` (always, once), and returns what it returned (false:
-    /// the listing is void). Listing first keeps the walk out of the writers' hold: no extent
-    /// is made or freed between the two. `hint` carries where the previous call's walk ended.
+    /// persistent tier's superblock); then runs `hold` (always, once), and returns what it
+    /// returned (false: the listing is void). Listing first keeps the walk out of the writers'
+    /// hold: no extent is made or freed between the two. `hint` carries where the previous
+    /// call's walk ended.
     /// The device's bytes it reads (`free_headers`) are read at `read_at + offset`: the
     /// region, or a view of the same bytes that leaves the region's page tables alone.
     fn hold_and_list(
