@@ -415,11 +415,19 @@ fn reads_into_a_block_during_the_move_complete() {
     }
 }
 
-/// What of a move the calling process holds, named for a test's message (`Some`), looking at
-/// its descriptors (a `pagemap`, a userfaultfd, a file whose path starts with `files`) and, if
+/// What `holds_of_a_move` finds, by its number.
+const MOVE_HOLDS: [&str; 4] = [
+    "a descriptor of the parent's page map open",
+    "the parent's userfaultfd open",
+    "a descriptor of a device or target open",
+    "a mapping of a device or target",
+];
+
+/// What of a move the calling process holds (`Some(n)`: `MOVE_HOLDS[n - 1]`), looking at its
+/// descriptors (a `pagemap`, a userfaultfd, a file whose path starts with `files`) and, if
 /// `maps` is given, its mappings (a file whose path starts with `files`, read into `maps`).
 /// Allocates nothing: it runs in a forked child of a threaded process.
-fn holds_of_a_move(files: &[u8], maps: Option<&mut [u8]>) -> Option<&'static str> {
+fn holds_of_a_move(files: &[u8], maps: Option<&mut [u8]>) -> Option<i32> {
     for fd in 0..1000i32 {
         // "/proc/self/fd/" and the number without leading zeroes (the kernel refuses them).
         let mut path = [0u8; 24];
@@ -433,13 +441,13 @@ fn holds_of_a_move(files: &[u8], maps: Option<&mut [u8]>) -> Option<&'static str
         let n = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), 256) };
         let target = &target[..n.max(0) as usize];
         if target.ends_with(b"/pagemap") {
-            return Some("a descriptor of the parent's page map open");
+            return Some(1);
         }
         if target == b"anon_inode:[userfaultfd]" {
-            return Some("the parent's userfaultfd open");
+            return Some(2);
         }
         if target.starts_with(files) {
-            return Some("a descriptor of a device or target open");
+            return Some(3);
         }
     }
     let maps = maps?;
@@ -457,9 +465,32 @@ fn holds_of_a_move(files: &[u8], maps: Option<&mut [u8]>) -> Option<&'static str
     // SAFETY: our descriptor.
     unsafe { libc::close(fd) };
     let maps = &maps[..len];
-    maps.windows(files.len())
-        .any(|w| w == files)
-        .then_some("a mapping of a device or target")
+    maps.windows(files.len()).any(|w| w == files).then_some(4)
+}
+
+/// Forks: the child runs `child` and exits with what it returns (0: all well, `n`: what
+/// `failures[n - 1]` says); the parent waits for it and fails the test with that.
+fn check_in_forked_child(child: impl FnOnce() -> i32, failures: &[&str]) {
+    // SAFETY: the callers' `child` only reads memory, calls the allocator and makes system
+    // calls; then the child leaves at once.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = child();
+        // SAFETY: leaving the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let code = libc::WEXITSTATUS(status);
+    assert!(
+        libc::WIFEXITED(status) && code == 0,
+        "a child forked during a move failed: {} (wait status {status:#x})",
+        (code as usize)
+            .checked_sub(1)
+            .and_then(|i| failures.get(i))
+            .unwrap_or(&"it died, or something else went wrong")
+    );
 }
 
 /// A thread forks again and again while the tier moves: every child sees its blocks intact
@@ -482,49 +513,41 @@ fn fork_while_the_tier_moves() {
         let (stop, blocks, forks) = (stop.clone(), blocks.clone(), forks.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                // SAFETY: the child only reads memory, calls the allocator and _exit.
-                let pid = unsafe { libc::fork() };
-                if pid == 0 {
-                    let intact = blocks.iter().all(|b| {
-                        // SAFETY: the block holds `size` bytes.
-                        let bytes = unsafe { std::slice::from_raw_parts(b.p as *const u8, b.size) };
-                        bytes.iter().all(|&x| x == b.fill)
-                    });
-                    // The child's tier is its own: allocating and writing there, even over
-                    // the parent's blocks, changes nothing in the parent.
-                    let p = Tier::new(CXL)
-                        .unwrap()
-                        .allocate(Layout::from_size_align(1000, 16).unwrap());
-                    // Nor does it keep the move's descriptors (its copy of the tier is
-                    // anonymous memory, and the device's descriptor closed).
-                    let code = if !intact {
-                        1
-                    } else if p.is_err() {
-                        2
-                    } else if holds_of_a_move(files.as_bytes(), None).is_some() {
-                        3
-                    } else {
-                        0
-                    };
-                    for b in blocks.iter().step_by(7) {
-                        // SAFETY: the child's copy of a block of `size` bytes.
-                        unsafe { std::ptr::write_bytes(b.p as *mut u8, !b.fill, b.size) };
-                    }
-                    // SAFETY: leaving the child at once.
-                    unsafe { libc::_exit(code) };
-                }
-                let mut status = 0;
-                // SAFETY: our child.
-                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-                assert!(
-                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "a forked child saw {} (wait status {status:#x})",
-                    match libc::WEXITSTATUS(status) {
-                        1 => "a broken block",
-                        2 => "its tier refuse an allocation",
-                        3 => "a descriptor of the move's open (the page map, the userfaultfd, a device)",
-                        _ => "something else go wrong",
-                    }
+                check_in_forked_child(
+                    || {
+                        let intact = blocks.iter().all(|b| {
+                            // SAFETY: the block holds `size` bytes.
+                            let bytes =
+                                unsafe { std::slice::from_raw_parts(b.p as *const u8, b.size) };
+                            bytes.iter().all(|&x| x == b.fill)
+                        });
+                        // The child's tier is its own: allocating and writing there, even over
+                        // the parent's blocks, changes nothing in the parent.
+                        let p = Tier::new(CXL)
+                            .unwrap()
+                            .allocate(Layout::from_size_align(1000, 16).unwrap());
+                        // Nor does it keep the move's descriptors (its copy of the tier is
+                        // anonymous memory, and the device's descriptor closed).
+                        let code = if !intact {
+                            1
+                        } else if p.is_err() {
+                            2
+                        } else {
+                            holds_of_a_move(files.as_bytes(), None).map_or(0, |n| 2 + n)
+                        };
+                        for b in blocks.iter().step_by(7) {
+                            // SAFETY: the child's copy of a block of `size` bytes.
+                            unsafe { std::ptr::write_bytes(b.p as *mut u8, !b.fill, b.size) };
+                        }
+                        code
+                    },
+                    &[
+                        "a broken block",
+                        "its tier refused an allocation",
+                        MOVE_HOLDS[0],
+                        MOVE_HOLDS[1],
+                        MOVE_HOLDS[2],
+                    ],
                 );
                 forks.fetch_add(1, Ordering::Relaxed);
             }
@@ -571,48 +594,29 @@ fn a_child_forked_as_a_move_starts_or_ends_keeps_nothing_of_it() {
             // Read into before the fork: the child allocates nothing.
             let mut maps = vec![0u8; 1 << 20];
             while !stop.load(Ordering::Relaxed) {
-                // SAFETY: the child only reads /proc, then _exit.
-                let pid = unsafe { libc::fork() };
-                if pid == 0 {
-                    let code = match holds_of_a_move(files.as_bytes(), Some(&mut maps)) {
-                        None => 0,
-                        Some("the parent's userfaultfd open") => 1,
-                        Some("a descriptor of the parent's page map open") => 2,
-                        Some("a descriptor of a device or target open") => 3,
-                        Some(_) => 4,
-                    };
-                    // SAFETY: leaving the child at once.
-                    unsafe { libc::_exit(code) };
-                }
-                let mut status = 0;
-                // SAFETY: our child.
-                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-                assert!(
-                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "a child forked during a move kept {} (wait status {status:#x})",
-                    match libc::WEXITSTATUS(status) {
-                        1 => "the parent's userfaultfd open",
-                        2 => "a descriptor of the parent's page map open",
-                        3 => "a descriptor of a device or target open",
-                        4 => "a mapping of a device or target",
-                        _ => "something else",
-                    }
+                check_in_forked_child(
+                    || holds_of_a_move(files.as_bytes(), Some(&mut maps)).unwrap_or(0),
+                    &MOVE_HOLDS,
                 );
                 forks.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
+    // At least 300 moves, and on until 50 forks have happened during them (a loaded machine
+    // slows the forker more than the moves).
     let mut target = String::new();
-    for moves in 0..300 {
+    let mut moves = 0;
+    while moves < 300 || (forks.load(Ordering::Relaxed) < 50 && moves < 3000) {
         let previous = std::mem::replace(&mut target, shm(&format!("target{moves}")));
         assert_eq!(evacuate(CXL, Some(&target)), Ok(()));
         let _ = std::fs::remove_file(previous);
+        moves += 1;
     }
     stop.store(true, Ordering::Relaxed);
     forker.join().unwrap();
     let forks = forks.load(Ordering::Relaxed);
-    eprintln!("{forks} forks during 300 moves");
-    assert!(forks >= 20, "only {forks} forks during 300 moves");
+    eprintln!("{forks} forks during {moves} moves");
+    assert!(forks >= 20, "only {forks} forks during {moves} moves");
     assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(target.as_str()));
     check_blocks(&blocks, false);
 }
