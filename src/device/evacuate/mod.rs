@@ -9,10 +9,12 @@
 //! `TIERMALLOC_EVACUATE_BATCH` says more; the live extents listed, the target's and the
 //! view's pages populated, once per batch). For each chunk `[lo, hi)`:
 //! 0. *pre-copy* (writers not held; a source mapped from a file only, `precopy`): the batch's
-//!    live extents were listed, the chunk's entries in the tier's page tables are dropped
-//!    (the file keeps its pages), and the live bytes are copied into the target through a
-//!    second mapping of the source. A thread that touches the chunk from here on maps its
-//!    page again, which is how step 2 knows what changed;
+//!    live extents were listed, the chunk is split off the rest of the source's mapping (so
+//!    that step 3 replaces a mapping whole, waiting for no fault elsewhere in the source),
+//!    the chunk's entries in the tier's page tables are dropped (the file keeps its pages),
+//!    and the live bytes are copied into the target through a second mapping of the source.
+//!    A thread that touches the chunk from here on maps its page again, which is how step 2
+//!    knows what changed;
 //! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the heap lists
 //!    the allocated extents that overlap the chunk (plus the headers of the chain inside every
 //!    free extent, so that the header chain a recovery scan walks is the same on the target:
@@ -886,6 +888,20 @@ fn move_region(
         while lo < batch_hi {
             let hi = (lo + chunk).min(batch_hi);
             if let Some(pre) = &precopy {
+                // The chunk made a mapping of its own first (a flag only it carries splits
+                // it off), so that its remap replaces one whole mapping: the remap then waits
+                // for no thread faulting elsewhere in the rest of the source, whose mapping it
+                // no longer has to split. The split waits for those instead, with no writer
+                // held.
+                // SAFETY: advice on the tier's own range; MADV_RANDOM only turns read-ahead
+                // off for its pages, changing no byte.
+                os::keep_errno(|| unsafe {
+                    libc::madvise(
+                        (region.base + lo) as *mut libc::c_void,
+                        hi - lo,
+                        libc::MADV_RANDOM,
+                    )
+                });
                 // Chunk by chunk, right before the chunk's pre-copy: a page the program
                 // touches between the drop and the hold is copied again in the hold, so the
                 // window stays one chunk's pre-copy long.
