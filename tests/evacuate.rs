@@ -553,22 +553,35 @@ fn fork_while_the_tier_moves() {
             }
         })
     };
-    // Moves from file to file until twenty forks have happened during the moves.
+    move_while_forking((4, 400), 20, &forks, &stop, forker, &blocks);
+}
+
+/// Moves the tier from file to file, `moves.0` times and on until `want` forks have happened
+/// meanwhile (at most `moves.1` times); then stops the `forker` and checks that 20 forks at
+/// least fell during the moves, and that the tier ends on the last target, `blocks` intact.
+fn move_while_forking(
+    moves: (usize, usize),
+    want: u64,
+    forks: &AtomicU64,
+    stop: &AtomicBool,
+    forker: std::thread::JoinHandle<()>,
+    blocks: &[Block],
+) {
     let mut target = String::new();
-    let mut moves = 0;
-    while moves < 4 || (forks.load(Ordering::Relaxed) < 20 && moves < 400) {
-        let previous = std::mem::replace(&mut target, shm(&format!("target{moves}")));
+    let mut made = 0;
+    while made < moves.0 || (forks.load(Ordering::Relaxed) < want && made < moves.1) {
+        let previous = std::mem::replace(&mut target, shm(&format!("target{made}")));
         assert_eq!(evacuate(CXL, Some(&target)), Ok(()));
         let _ = std::fs::remove_file(previous);
-        moves += 1;
+        made += 1;
     }
     stop.store(true, Ordering::Relaxed);
     forker.join().unwrap();
     let forks = forks.load(Ordering::Relaxed);
-    eprintln!("{forks} forks during {moves} moves");
-    assert!(forks >= 20, "only {forks} forks during {moves} moves");
+    eprintln!("{forks} forks during {made} moves");
+    assert!(forks >= 20, "only {forks} forks during {made} moves");
     assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(target.as_str()));
-    check_blocks(&blocks, false);
+    check_blocks(blocks, false);
 }
 
 /// A thread forks again and again while a small tier moves back and forth, so that forks
@@ -604,21 +617,7 @@ fn a_child_forked_as_a_move_starts_or_ends_keeps_nothing_of_it() {
     };
     // At least 300 moves, and on until 50 forks have happened during them (a loaded machine
     // slows the forker more than the moves).
-    let mut target = String::new();
-    let mut moves = 0;
-    while moves < 300 || (forks.load(Ordering::Relaxed) < 50 && moves < 3000) {
-        let previous = std::mem::replace(&mut target, shm(&format!("target{moves}")));
-        assert_eq!(evacuate(CXL, Some(&target)), Ok(()));
-        let _ = std::fs::remove_file(previous);
-        moves += 1;
-    }
-    stop.store(true, Ordering::Relaxed);
-    forker.join().unwrap();
-    let forks = forks.load(Ordering::Relaxed);
-    eprintln!("{forks} forks during {moves} moves");
-    assert!(forks >= 20, "only {forks} forks during {moves} moves");
-    assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(target.as_str()));
-    check_blocks(&blocks, false);
+    move_while_forking((300, 3000), 50, &forks, &stop, forker, &blocks);
 }
 
 /// Blocks written through the tier land in the target at the same offsets.
