@@ -415,10 +415,20 @@ fn reads_into_a_block_during_the_move_complete() {
     }
 }
 
-/// Whether the calling process has a descriptor open on some process's `pagemap` (without
-/// allocating: it runs in a forked child of a threaded process).
-fn holds_a_pagemap() -> bool {
-    (0..1000).any(|fd: i32| {
+/// What `holds_of_a_move` finds, by its number.
+const MOVE_HOLDS: [&str; 4] = [
+    "a descriptor of the parent's page map open",
+    "the parent's userfaultfd open",
+    "a descriptor of a device or target open",
+    "a mapping of a device or target",
+];
+
+/// What of a move the calling process holds (`Some(n)`: `MOVE_HOLDS[n - 1]`), looking at its
+/// descriptors (a `pagemap`, a userfaultfd, a file whose path starts with `files`) and, if
+/// `maps` is given, its mappings (a file whose path starts with `files`, read into `maps`).
+/// Allocates nothing: it runs in a forked child of a threaded process.
+fn holds_of_a_move(files: &[u8], maps: Option<&mut [u8]>) -> Option<i32> {
+    for fd in 0..1000i32 {
         // "/proc/self/fd/" and the number without leading zeroes (the kernel refuses them).
         let mut path = [0u8; 24];
         path[..14].copy_from_slice(b"/proc/self/fd/");
@@ -426,11 +436,61 @@ fn holds_a_pagemap() -> bool {
         for i in 0..digits {
             path[14 + digits - 1 - i] = b'0' + (fd / 10i32.pow(i as u32) % 10) as u8;
         }
-        let mut target = [0u8; 64];
+        let mut target = [0u8; 256];
         // SAFETY: a NUL-terminated path and a buffer of its length.
-        let n = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), 64) };
-        n > 0 && target[..n as usize].ends_with(b"/pagemap")
-    })
+        let n = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), 256) };
+        let target = &target[..n.max(0) as usize];
+        if target.ends_with(b"/pagemap") {
+            return Some(1);
+        }
+        if target == b"anon_inode:[userfaultfd]" {
+            return Some(2);
+        }
+        if target.starts_with(files) {
+            return Some(3);
+        }
+    }
+    let maps = maps?;
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY) };
+    let mut len = 0;
+    loop {
+        // SAFETY: our descriptor, and the rest of `maps` to read into.
+        let n = unsafe { libc::read(fd, maps[len..].as_mut_ptr().cast(), maps.len() - len) };
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+    let maps = &maps[..len];
+    maps.windows(files.len()).any(|w| w == files).then_some(4)
+}
+
+/// Forks: the child runs `child` and exits with what it returns (0: all well, `n`: what
+/// `failures[n - 1]` says); the parent waits for it and fails the test with that.
+fn check_in_forked_child(child: impl FnOnce() -> i32, failures: &[&str]) {
+    // SAFETY: the callers' `child` only reads memory, calls the allocator and makes system
+    // calls; then the child leaves at once.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = child();
+        // SAFETY: leaving the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let code = libc::WEXITSTATUS(status);
+    assert!(
+        libc::WIFEXITED(status) && code == 0,
+        "a child forked during a move failed: {} (wait status {status:#x})",
+        (code as usize)
+            .checked_sub(1)
+            .and_then(|i| failures.get(i))
+            .unwrap_or(&"it died, or something else went wrong")
+    );
 }
 
 /// A thread forks again and again while the tier moves: every child sees its blocks intact
@@ -448,73 +508,116 @@ fn fork_while_the_tier_moves() {
     let blocks = Arc::new(make_blocks(1000));
     let stop = Arc::new(AtomicBool::new(false));
     let forks = Arc::new(AtomicU64::new(0));
+    let files = shm("");
     let forker = {
         let (stop, blocks, forks) = (stop.clone(), blocks.clone(), forks.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                // SAFETY: the child only reads memory, calls the allocator and _exit.
-                let pid = unsafe { libc::fork() };
-                if pid == 0 {
-                    let intact = blocks.iter().all(|b| {
-                        // SAFETY: the block holds `size` bytes.
-                        let bytes = unsafe { std::slice::from_raw_parts(b.p as *const u8, b.size) };
-                        bytes.iter().all(|&x| x == b.fill)
-                    });
-                    // The child's tier is its own: allocating and writing there, even over
-                    // the parent's blocks, changes nothing in the parent.
-                    let p = Tier::new(CXL)
-                        .unwrap()
-                        .allocate(Layout::from_size_align(1000, 16).unwrap());
-                    // Nor does it keep the move's descriptor of the parent's page map.
-                    let code = if !intact {
-                        1
-                    } else if p.is_err() {
-                        2
-                    } else if holds_a_pagemap() {
-                        3
-                    } else {
-                        0
-                    };
-                    for b in blocks.iter().step_by(7) {
-                        // SAFETY: the child's copy of a block of `size` bytes.
-                        unsafe { std::ptr::write_bytes(b.p as *mut u8, !b.fill, b.size) };
-                    }
-                    // SAFETY: leaving the child at once.
-                    unsafe { libc::_exit(code) };
-                }
-                let mut status = 0;
-                // SAFETY: our child.
-                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-                assert!(
-                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "a forked child saw {} (wait status {status:#x})",
-                    match libc::WEXITSTATUS(status) {
-                        1 => "a broken block",
-                        2 => "its tier refuse an allocation",
-                        3 => "a descriptor of the parent's page map open",
-                        _ => "something else go wrong",
-                    }
+                check_in_forked_child(
+                    || {
+                        let intact = blocks.iter().all(|b| {
+                            // SAFETY: the block holds `size` bytes.
+                            let bytes =
+                                unsafe { std::slice::from_raw_parts(b.p as *const u8, b.size) };
+                            bytes.iter().all(|&x| x == b.fill)
+                        });
+                        // The child's tier is its own: allocating and writing there, even over
+                        // the parent's blocks, changes nothing in the parent.
+                        let p = Tier::new(CXL)
+                            .unwrap()
+                            .allocate(Layout::from_size_align(1000, 16).unwrap());
+                        // Nor does it keep the move's descriptors (its copy of the tier is
+                        // anonymous memory, and the device's descriptor closed).
+                        let code = if !intact {
+                            1
+                        } else if p.is_err() {
+                            2
+                        } else {
+                            holds_of_a_move(files.as_bytes(), None).map_or(0, |n| 2 + n)
+                        };
+                        for b in blocks.iter().step_by(7) {
+                            // SAFETY: the child's copy of a block of `size` bytes.
+                            unsafe { std::ptr::write_bytes(b.p as *mut u8, !b.fill, b.size) };
+                        }
+                        code
+                    },
+                    &[
+                        "a broken block",
+                        "its tier refused an allocation",
+                        MOVE_HOLDS[0],
+                        MOVE_HOLDS[1],
+                        MOVE_HOLDS[2],
+                    ],
                 );
                 forks.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
-    // Moves from file to file until twenty forks have happened during the moves.
+    move_while_forking((4, 400), 20, &forks, &stop, forker, &blocks);
+}
+
+/// Moves the tier from file to file, `moves.0` times and on until `want` forks have happened
+/// meanwhile (at most `moves.1` times); then stops the `forker` and checks that 20 forks at
+/// least fell during the moves, and that the tier ends on the last target, `blocks` intact.
+fn move_while_forking(
+    moves: (usize, usize),
+    want: u64,
+    forks: &AtomicU64,
+    stop: &AtomicBool,
+    forker: std::thread::JoinHandle<()>,
+    blocks: &[Block],
+) {
     let mut target = String::new();
-    let mut moves = 0;
-    while moves < 4 || (forks.load(Ordering::Relaxed) < 20 && moves < 400) {
-        let previous = std::mem::replace(&mut target, shm(&format!("target{moves}")));
+    let mut made = 0;
+    while made < moves.0 || (forks.load(Ordering::Relaxed) < want && made < moves.1) {
+        let previous = std::mem::replace(&mut target, shm(&format!("target{made}")));
         assert_eq!(evacuate(CXL, Some(&target)), Ok(()));
         let _ = std::fs::remove_file(previous);
-        moves += 1;
+        made += 1;
     }
     stop.store(true, Ordering::Relaxed);
     forker.join().unwrap();
     let forks = forks.load(Ordering::Relaxed);
-    eprintln!("{forks} forks during {moves} moves");
-    assert!(forks >= 20, "only {forks} forks during {moves} moves");
+    eprintln!("{forks} forks during {made} moves");
+    assert!(forks >= 20, "only {forks} forks during {made} moves");
     assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(target.as_str()));
-    check_blocks(&blocks, false);
+    check_blocks(blocks, false);
+}
+
+/// A thread forks again and again while a small tier moves back and forth, so that forks
+/// fall at every step of a move, its start and end included (most of a small tier's move is
+/// opening and closing): no child keeps a descriptor of the move (the userfaultfd, the page
+/// map, the target) or a mapping of the target; each is opened and published, or unpublished
+/// and closed, with `fork` held off, and the child handler closes what is published.
+#[test]
+fn a_child_forked_as_a_move_starts_or_ends_keeps_nothing_of_it() {
+    if !is_child() {
+        return in_child(
+            "a_child_forked_as_a_move_starts_or_ends_keeps_nothing_of_it",
+            "dram;cxl:path={shm}dev,size=1M,create",
+        );
+    }
+    let blocks = Arc::new(make_blocks(10));
+    let stop = Arc::new(AtomicBool::new(false));
+    let forks = Arc::new(AtomicU64::new(0));
+    let files = shm("");
+    let forker = {
+        let (stop, forks, files) = (stop.clone(), forks.clone(), files.clone());
+        std::thread::spawn(move || {
+            // Read into before the fork: the child allocates nothing.
+            let mut maps = vec![0u8; 1 << 20];
+            while !stop.load(Ordering::Relaxed) {
+                check_in_forked_child(
+                    || holds_of_a_move(files.as_bytes(), Some(&mut maps)).unwrap_or(0),
+                    &MOVE_HOLDS,
+                );
+                forks.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // At least 300 moves, and on until 50 forks have happened during them (a loaded machine
+    // slows the forker more than the moves).
+    move_while_forking((300, 3000), 50, &forks, &stop, forker, &blocks);
 }
 
 /// Blocks written through the tier land in the target at the same offsets.

@@ -2,7 +2,7 @@
  *
  * usage: evacuate TARGET LIVE_MB WRITERS [SECONDS_BEFORE]
  *        (TIERMALLOC_TIERS must list cxl on a shmem file larger than LIVE_MB; TARGET is a new
- *        file in /dev/shm; TIERMALLOC_EVACUATE_CHUNK sets the chunk, 256K by default;
+ *        file in /dev/shm; TIERMALLOC_EVACUATE_CHUNK sets the chunk, 1M by default;
  *        TIERMALLOC_EVACUATE_RT=0 leaves the holds at the thread's own priority)
  *
  * 1. Fills the tier with LIVE_MB MiB of live blocks (95% of the bytes in 256 KiB blocks, the
@@ -12,8 +12,10 @@
  *    faults on its target), and times every 1 MiB piece; then times one chunk's memcpy into
  *    present pages, 200 times: "one chunk copy".
  * 3. WRITERS threads store 8 bytes at a random place of a random block, timing every store
- *    (clock_gettime around it), for SECONDS_BEFORE (default 1) without a move, then during
- *    tm_evacuate(TM_CXL, TARGET).
+ *    (clock_gettime around it), for SECONDS_BEFORE (default 1) without a move, then (with
+ *    writers) while the main thread does the memcpy baseline of step 2 again into another
+ *    fresh file ("alongside": the same memory and core contention as the move will have),
+ *    then during tm_evacuate(TM_CXL, TARGET).
  * Prints the evacuation's and memcpy's throughput and their ratio, in wall time and in the
  * copying thread's CPU time (steadier on a shared machine), the chunk copy time, the
  * writers' store latency (p99, p99.9, p99.99, max) before and during the move, their stores
@@ -85,21 +87,21 @@ static uint64_t percentile(const struct hist *h, double q)
     return h->max;
 }
 
-enum { BEFORE = 0, DURING = 1, DONE = 2 };
+enum { BEFORE = 0, DURING = 1, ALONGSIDE = 2, DONE = 3 };
 static volatile int phase;
 
 struct writer {
     pthread_t thread;
     unsigned long seed;
-    struct hist hist[2];
+    struct hist hist[3];
     /* Stores during which the thread slept (a voluntary context switch): held by the move
      * (a write-protected chunk, or the mm lock of a remap), not preempted. */
-    struct hist held[2];
+    struct hist held[3];
     /* The control: how late this writer runs again after a 20 us nanosleep (timer slack 1 ns),
      * every 65536th store before the move: the scheduler's wake-up delay on this machine now,
      * which a writer released from a held chunk pays too. */
     struct hist wake;
-    uint64_t stores[2];
+    uint64_t stores[3];
 };
 
 static long voluntary_switches(void)
@@ -219,6 +221,19 @@ static uintptr_t region_base(const void *p, uintptr_t *end)
     return base;
 }
 
+/* A fresh shmem file of REGION bytes at PATH, mapped shared (NULL on failure). */
+static unsigned char *fresh_copy_target(const char *path, size_t region)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || ftruncate(fd, (off_t)region) != 0) {
+        perror("evacuate: baseline file");
+        return NULL;
+    }
+    unsigned char *copy = mmap(NULL, region, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    return copy == MAP_FAILED ? NULL : copy;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4) {
@@ -263,13 +278,8 @@ int main(int argc, char **argv)
     /* memcpy baseline into a fresh shmem file, block by block at the same offsets. */
     char copy_path[256];
     snprintf(copy_path, sizeof copy_path, "%s.memcpy", target);
-    int fd = open(copy_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || ftruncate(fd, (off_t)region) != 0) {
-        perror("evacuate: baseline file");
-        return 2;
-    }
-    unsigned char *copy = mmap(NULL, region, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
+    unsigned char *copy = fresh_copy_target(copy_path, region);
+    if (!copy) return 2;
     uint64_t c0 = cpu_ns();
     uint64_t t0 = now_ns(), piece_start = t0, pieces = 0, piece_sum = 0, piece_max = 0;
     size_t piece_bytes = 0;
@@ -288,9 +298,9 @@ int main(int argc, char **argv)
     }
     uint64_t memcpy_ns = now_ns() - t0, memcpy_cpu = cpu_ns() - c0;
     /* One chunk's copy as the evacuation does it: CHUNK bytes (TIERMALLOC_EVACUATE_CHUNK,
-     * default 256K) into pages already present (the evacuation populates the target before it
+     * default 1M) into pages already present (the evacuation populates the target before it
      * holds a chunk). Median and p99 of 200. */
-    size_t chunk = 256 << 10;
+    size_t chunk = 1 << 20;
     const char *chunk_env = getenv("TIERMALLOC_EVACUATE_CHUNK");
     if (chunk_env) {
         char *unit;
@@ -325,6 +335,25 @@ int main(int argc, char **argv)
         pthread_create(&ws[t].thread, NULL, writer, &ws[t]);
     }
     usleep((useconds_t)(before_s * 1e6));
+    /* The memcpy baseline again, with the writers running: the copy the move is compared with
+     * under the same contention for the cores and the memory. */
+    uint64_t alongside_ns = 0, alongside_cpu = 0;
+    if (nwriters > 0) {
+        __atomic_store_n(&phase, ALONGSIDE, __ATOMIC_RELAXED);
+        snprintf(copy_path, sizeof copy_path, "%s.memcpy2", target);
+        copy = fresh_copy_target(copy_path, region);
+        if (!copy) return 2;
+        c0 = cpu_ns();
+        t0 = now_ns();
+        for (size_t i = 0; i < nblocks; i++) {
+            size_t off = (size_t)((uintptr_t)blocks[i] - 16 - base);
+            memcpy(copy + off, blocks[i] - 16, sizes[i] + 16);
+        }
+        alongside_ns = now_ns() - t0;
+        alongside_cpu = cpu_ns() - c0;
+        munmap(copy, region);
+        unlink(copy_path);
+    }
     __atomic_store_n(&phase, DURING, __ATOMIC_RELAXED);
     c0 = cpu_ns();
     t0 = now_ns();
@@ -351,6 +380,12 @@ int main(int argc, char **argv)
            "of memcpy's throughput per CPU second\n",
            (double)memcpy_cpu / 1e9, (double)evac_cpu / 1e9,
            100.0 * (double)memcpy_cpu / (double)evac_cpu);
+    if (nwriters > 0)
+        printf("with the writers running: memcpy %.3f s wall, %.3f s cpu; evacuation at %.0f%% of "
+               "memcpy's wall throughput, %.0f%% per CPU second\n",
+               (double)alongside_ns / 1e9, (double)alongside_cpu / 1e9,
+               100.0 * (double)alongside_ns / (double)evac_ns,
+               100.0 * (double)alongside_cpu / (double)evac_cpu);
     if (nwriters > 0) {
         print_hist("before", ws, nwriters, BEFORE, before_s);
         print_hist("during", ws, nwriters, DURING, (double)evac_ns / 1e9);

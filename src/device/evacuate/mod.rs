@@ -4,15 +4,17 @@
 //!
 //! # How
 //!
-//! The region is moved one chunk (`CHUNK_BYTES`, 256 KiB by default) at a time, in address
+//! The region is moved one chunk (`CHUNK_BYTES`, 1 MiB by default) at a time, in address
 //! order, the chunks readied in batches (`BATCH_BYTES`: one chunk unless
 //! `TIERMALLOC_EVACUATE_BATCH` says more; the live extents listed, the target's and the
 //! view's pages populated, once per batch). For each chunk `[lo, hi)`:
 //! 0. *pre-copy* (writers not held; a source mapped from a file only, `precopy`): the batch's
-//!    live extents were listed, the chunk's entries in the tier's page tables are dropped
-//!    (the file keeps its pages), and the live bytes are copied into the target through a
-//!    second mapping of the source. A thread that touches the chunk from here on maps its
-//!    page again, which is how step 2 knows what changed;
+//!    live extents were listed, the chunk is split off the rest of the source's mapping (so
+//!    that step 3 replaces a mapping whole, waiting for no fault elsewhere in the source),
+//!    the chunk's entries in the tier's page tables are dropped (the file keeps its pages),
+//!    and the live bytes are copied into the target through a second mapping of the source.
+//!    A thread that touches the chunk from here on maps its page again, which is how step 2
+//!    knows what changed;
 //! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the heap lists
 //!    the allocated extents that overlap the chunk (plus the headers of the chain inside every
 //!    free extent, so that the header chain a recovery scan walks is the same on the target:
@@ -128,13 +130,22 @@ use hold_priority::HoldPriority;
 use precopy::{Precopy, Touched};
 use uffd::WriteProtector;
 
-/// Bytes moved per step by default. With a pre-copy a writer of the chunk waits for the
-/// protect, the copy of what changed meanwhile (usually nothing), the remap and the wake
-/// (median 5-7 us, BENCHMARKS.md); without one (anonymous memory), for the chunk's copy too
-/// (36 us for 256 KiB here). The throughput is the same at 256 KiB or 1 MiB (91-97% of memcpy
-/// per CPU second before the pre-copy). `TIERMALLOC_EVACUATE_CHUNK` (a size, rounded up to
-/// 4 KiB) overrides it.
-const CHUNK_BYTES: usize = 256 << 10;
+/// Bytes moved per step by default: 1 MiB. With a pre-copy a writer of the chunk waits for
+/// the protect, the copy of what changed meanwhile (usually little), the remap and the wake;
+/// without one (anonymous memory), for the chunk's copy too. The goal is a hold p99 within one
+/// chunk's copy + 20 us. The fixed part of a hold (protect, remap, wake; their tails are the
+/// kernel's page-table and mapping work, and on an idle host the other vCPU's wake-up) grows
+/// more slowly than the chunk, while the budget grows with it. 1 GiB, 4 writers, chunk sizes
+/// interleaved in one sitting (BENCHMARKS.md, "Session 10"), hold p99 / (chunk memcpy + 20 us),
+/// median (range): 256 KiB 0.68 (0.42-0.91; 1.3-1.6 on session 9's quiet machine, whose tail
+/// was some 35 us longer), 512 KiB 0.54 (0.38-0.81), 1 MiB 0.55 (0.43-0.72), 2 MiB 0.46
+/// (0.19-0.52). A held writer waits longer in absolute terms (hold p99 median 33 us at
+/// 256 KiB, 50 at 512 KiB, 95 at 1 MiB, 148 at 2 MiB): 1 MiB keeps the goal with a margin
+/// for the quiet machine's longer tail that 512 KiB lacks, at two thirds of 2 MiB's wait. The
+/// copying thread's CPU per byte does not depend on the chunk (81-82 % of memcpy's at 256 KiB
+/// to 1 MiB, medians of 10). `TIERMALLOC_EVACUATE_CHUNK` (a size, rounded up to 4 KiB)
+/// overrides it.
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// Bytes readied together by default (`batch_bytes`): one chunk. Batches of 4 MiB cut the
 /// system calls per chunk from 15.4 to 9.3, but on the quiet machine, paired with batches of
@@ -168,6 +179,9 @@ pub(crate) struct DeviceState {
     /// The move's `/proc/self/pagemap` descriptor (`precopy`) while one runs, else -1: a
     /// child forked meanwhile closes its copy (it would read the parent's page tables).
     pagemap: AtomicI32,
+    /// The move's target descriptor while one runs, else -1: a child forked meanwhile closes
+    /// its copy (it would keep the target's lock after the parent moved off it).
+    target_fd: AtomicI32,
     /// A descriptor kept open after a move failed midway (see "Failure"), else -1.
     half_moved_fd: AtomicI32,
     /// The offset in the file of `device_fd` at which the region starts (`offset=` of the
@@ -246,6 +260,7 @@ impl DeviceState {
             moving: AtomicBool::new(false),
             uffd: AtomicI32::new(-1),
             pagemap: AtomicI32::new(-1),
+            target_fd: AtomicI32::new(-1),
             half_moved_fd: AtomicI32::new(-1),
             file_offset: AtomicU64::new(spec.offset),
             spare: *spec,
@@ -273,9 +288,11 @@ impl DeviceState {
 
     /// The `fork` child handler's part: the child has no evacuation running (its mappings lost
     /// their userfaultfd registration in `fork`), so it drops its copies of the move's
-    /// descriptors (the pre-copy's view is not inherited at all: `MADV_DONTFORK`).
+    /// descriptors (the pre-copy's view and the target's staging mapping are not inherited at
+    /// all: `MADV_DONTFORK`). Every one of them is opened and published, and unpublished and
+    /// closed, with `fork` held off (`with_fork_held`): a child has each either here or not.
     pub fn after_fork_in_child(&self) {
-        for fd in [&self.uffd, &self.pagemap] {
+        for fd in [&self.uffd, &self.pagemap, &self.target_fd] {
             let fd = fd.swap(-1, Ordering::Relaxed);
             if fd >= 0 {
                 // SAFETY: the child's copy of the parent's descriptor, closed once here.
@@ -370,9 +387,10 @@ pub(crate) trait LiveExtents {
     /// `live(offset, len)` for every range of `[lo, hi)` the target must hold, in address
     /// order: every allocated extent (blocks and slabs), the headers of the chain inside free
     /// extents (`free_headers`), and whatever else a recovery of the region reads (a
-    /// persistent tier's superblock); then runs `hold`, and returns what it returned (false:
-    /// the listing is void). Listing first keeps the walk out of the writers' hold: no extent
-    /// is made or freed between the two. `hint` carries where the previous call's walk ended.
+    /// persistent tier's superblock); then runs `hold` (always, once), and returns what it
+    /// returned (false: the listing is void). Listing first keeps the walk out of the writers'
+    /// hold: no extent is made or freed between the two. `hint` carries where the previous
+    /// call's walk ended.
     /// The device's bytes it reads (`free_headers`) are read at `read_at + offset`: the
     /// region, or a view of the same bytes that leaves the region's page tables alone.
     fn hold_and_list(
@@ -694,8 +712,6 @@ fn move_region(
             holder: None,
         }
     })?;
-    let wp = WriteProtector::new().map_err(problem)?;
-    wp.register(region.base, region.len).map_err(problem)?;
     let spec = TierSpec::target(kind, target.to_bytes(), region.len as u64).ok_or(Problem {
         what: "the target's path is longer than 255 bytes",
         errno: libc::ENAMETOOLONG,
@@ -703,12 +719,53 @@ fn move_region(
         at: None,
         holder: None,
     })?;
-    let staging = match backend::map_region(&spec) {
+    // Every descriptor of the move is opened and published with `fork` held off, so that a
+    // child forked at any moment finds it in `state` and closes it, or never had it
+    // (`DeviceState::after_fork_in_child`); on the way out it is unpublished and closed so too.
+    let wp = with_fork_held(tier, region, || {
+        let wp = WriteProtector::new()?;
+        state.uffd.store(wp.fd(), Ordering::Relaxed);
+        Ok(wp)
+    })
+    .map_err(problem)?;
+    // Unpublishes and closes the userfaultfd, and the target's mapping and descriptor if it
+    // has them, when the move stops before its first chunk.
+    let give_up = |wp: WriteProtector, staging: Option<Region>| {
+        wp.unregister(region.base, region.len);
+        with_fork_held(tier, region, || {
+            state.uffd.store(-1, Ordering::Relaxed);
+            state.target_fd.store(-1, Ordering::Relaxed);
+            drop(wp);
+            if let Some(staging) = staging {
+                // SAFETY: the staging mapping is ours and unused.
+                unsafe { backend::unmap_region(staging) };
+            }
+        })
+    };
+    if let Err(e) = wp.register(region.base, region.len) {
+        give_up(wp, None);
+        return Err(problem(e));
+    }
+    let mapped = with_fork_held(tier, region, || {
+        let staging = backend::map_region(&spec)?;
+        state.target_fd.store(staging.lock_fd, Ordering::Relaxed);
+        // A child forked during the move has no use for it, and its copy of the mapping would
+        // keep the target's lock as a descriptor does. (A BAR refuses the advice; a child
+        // never copies such a mapping anyway.)
+        // SAFETY: advice on our fresh mapping.
+        os::keep_errno(|| unsafe {
+            libc::madvise(
+                staging.base as *mut libc::c_void,
+                staging.reserved,
+                libc::MADV_DONTFORK,
+            )
+        });
+        Ok(staging)
+    });
+    let staging = match mapped {
         Ok(staging) if staging.len >= region.len => staging,
         Ok(staging) => {
-            // SAFETY: the staging mapping is ours and unused.
-            unsafe { backend::unmap_region(staging) };
-            wp.unregister(region.base, region.len);
+            give_up(wp, Some(staging));
             return Err(Problem {
                 what: "the target is smaller than the tier",
                 errno: libc::ENOSPC,
@@ -718,11 +775,10 @@ fn move_region(
             });
         }
         Err(p) => {
-            wp.unregister(region.base, region.len);
+            give_up(wp, None);
             return Err(target_problem(p));
         }
     };
-    state.uffd.store(wp.fd(), Ordering::Relaxed);
     // From here until the target's record is cleared, a crash leaves both devices marked, and
     // the next open of the source rolls the move back (`move_record`).
     let old_fd = state.current_fd();
@@ -756,18 +812,17 @@ fn move_region(
     // entries in the tier's page tables dropped first, and the hold copies only what was
     // touched meanwhile (`precopy`); without one (anonymous memory), a chunk is copied from
     // the tier's range inside its hold.
-    let mut precopy = Precopy::new(
-        old_fd,
-        state.file_offset.load(Ordering::Relaxed),
-        region.len,
-    );
-    if let Some(pre) = &mut precopy {
-        // Opened and published with `fork` held off: a child forked at any moment either
-        // finds the descriptor in `state` and closes it, or never had it.
-        with_fork_held(tier, region, &mut || {
-            state.pagemap.store(pre.open_pagemap(), Ordering::Relaxed)
-        });
-    }
+    // The view mapped (and kept from children) and the page map opened and published with
+    // `fork` held off: a child forked at any moment has neither, or closes the descriptor.
+    let mut precopy = with_fork_held(tier, region, || {
+        let mut pre = Precopy::new(
+            old_fd,
+            state.file_offset.load(Ordering::Relaxed),
+            region.len,
+        )?;
+        state.pagemap.store(pre.open_pagemap(), Ordering::Relaxed);
+        Some(pre)
+    });
     let source = precopy.as_ref().map_or(region.base, Precopy::view);
     // Copies `[start, end)` of the source into the target's staging mapping.
     let copy = |start: usize, end: usize, lo: usize| {
@@ -833,6 +888,20 @@ fn move_region(
         while lo < batch_hi {
             let hi = (lo + chunk).min(batch_hi);
             if let Some(pre) = &precopy {
+                // The chunk made a mapping of its own first (a flag only it carries splits
+                // it off), so that its remap replaces one whole mapping: the remap then waits
+                // for no thread faulting elsewhere in the rest of the source, whose mapping it
+                // no longer has to split. The split waits for those instead, with no writer
+                // held.
+                // SAFETY: advice on the tier's own range; MADV_RANDOM only turns read-ahead
+                // off for its pages, changing no byte.
+                os::keep_errno(|| unsafe {
+                    libc::madvise(
+                        (region.base + lo) as *mut libc::c_void,
+                        hi - lo,
+                        libc::MADV_RANDOM,
+                    )
+                });
                 // Chunk by chunk, right before the chunk's pre-copy: a page the program
                 // touches between the drop and the hold is copied again in the hold, so the
                 // window stays one chunk's pre-copy long.
@@ -974,22 +1043,48 @@ fn move_region(
     report.raised_holds = priority.raised_holds;
     wp.unregister(region.base, region.len);
     // Unpublished and closed with `fork` held off (a child forked in between would otherwise
-    // keep a copy, or close a descriptor that reused the number); the view is unmapped after.
-    let mut wp = Some(wp);
-    with_fork_held(tier, region, &mut || {
+    // keep a copy, or close a descriptor that reused the number). The target's descriptor
+    // becomes the tier's device in the same stretch, where a child finds it, or is closed if
+    // nothing moved; the old device's is closed, or kept as half moved ("Failure"). The view
+    // and the staging mapping (neither inherited by a child) are unmapped after.
+    let nothing_moved = failure.is_some() && lo == 0;
+    with_fork_held(tier, region, || {
         state.uffd.store(-1, Ordering::Relaxed);
         state.pagemap.store(-1, Ordering::Relaxed);
-        drop(wp.take());
+        state.target_fd.store(-1, Ordering::Relaxed);
+        drop(wp);
         if let Some(pre) = &mut precopy {
             pre.close_pagemap();
+        }
+        let close = |fd: i32| {
+            if fd >= 0 {
+                // SAFETY: a descriptor of ours, unpublished, that nothing uses any more
+                // (mappings of its file, if still there, hold the file on their own).
+                os::keep_errno(|| unsafe { libc::close(fd) });
+            }
+        };
+        if nothing_moved {
+            close(staging.lock_fd);
+            return;
+        }
+        let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
+        state.file_offset.store(0, Ordering::Release);
+        if failure.is_none() {
+            // The old device, and the one an earlier move failed to leave, are mapped
+            // nowhere any more (but by the view, unmapped below): closing them releases their
+            // locks.
+            close(old);
+            close(state.half_moved_fd.swap(-1, Ordering::AcqRel));
+        } else {
+            // Half moved: the source stays open (see "Failure").
+            state.half_moved_fd.store(old, Ordering::Release);
         }
     });
     drop(precopy);
     // SAFETY: the staging mapping is ours; nothing refers to its addresses (the tier's range
-    // maps the target on its own). Its descriptor stays open: it is the tier's device now.
+    // maps the target on its own). Its descriptor stays open unless nothing moved: it is the
+    // tier's device now.
     unsafe { os::unmap(staging.base as *mut u8, staging.reserved) };
-    let old = state.device_fd.swap(staging.lock_fd, Ordering::AcqRel);
-    let source_offset = state.file_offset.swap(0, Ordering::AcqRel);
     match failure {
         None => {
             // Durability and barriers follow the target from here on (its media, its PMR's
@@ -1000,34 +1095,20 @@ fn move_region(
             *state.device_path.lock() = spec;
             move_record::clear(&state.backing(region));
             super::persist::persist(&state.backing(region), 0, region.len);
-            // The old device, and the one an earlier move failed to leave, are mapped nowhere
-            // any more: closing them releases their locks.
-            let half = state.half_moved_fd.swap(-1, Ordering::AcqRel);
-            for fd in [old, half] {
-                if fd >= 0 {
-                    // SAFETY: a descriptor of ours that nothing maps or uses.
-                    os::keep_errno(|| unsafe { libc::close(fd) });
-                }
-            }
             Ok(report)
         }
         Some(p) => {
             if lo == 0 {
-                // Nothing moved: the tier is where it was, and its record goes.
-                state.device_fd.store(old, Ordering::Release);
-                state.file_offset.store(source_offset, Ordering::Release);
+                // Nothing moved: the tier is where it was (its descriptor and offset kept,
+                // the target's closed above), and its record goes.
                 move_record::clear(&state.backing(region));
                 super::persist::persist(&state.backing(region), 0, region.len);
-                // SAFETY: the target's descriptor, mapped nowhere any more.
-                os::keep_errno(|| unsafe { libc::close(staging.lock_fd) });
                 if staging.registers != 0 {
                     backend::release_registers(staging.registers);
                 }
-            } else {
-                // Half moved: the source's barrier and register page stay (the target's page
-                // stays mapped too, with its descriptor; see "Failure").
-                state.half_moved_fd.store(old, Ordering::Release);
             }
+            // Half moved, the source's barrier and register page stay (the target's page
+            // stays mapped too, with its descriptor; see "Failure").
             Err(p)
         }
     }
@@ -1036,7 +1117,9 @@ fn move_region(
 /// Runs `f` with the tier's heap lock held, which `fork`'s prepare handler takes too
 /// (`device::fork`): a descriptor `f` opens and publishes in `DeviceState` (or unpublishes and
 /// closes) is, at any `fork`, either published for the child handler to close or not open.
-fn with_fork_held(tier: &dyn LiveExtents, region: &Region, f: &mut dyn FnMut()) {
+fn with_fork_held<T>(tier: &dyn LiveExtents, region: &Region, f: impl FnOnce() -> T) -> T {
+    let mut f = Some(f);
+    let mut out = None;
     let mut hint = 0;
     // An empty range: nothing is listed, and no byte of the device is read.
     tier.hold_and_list(
@@ -1045,11 +1128,17 @@ fn with_fork_held(tier: &dyn LiveExtents, region: &Region, f: &mut dyn FnMut()) 
         &mut hint,
         region.base,
         &mut || {
-            f();
+            out = f.take().map(|f| f());
             true
         },
         &mut |_, _| {},
     );
+    match (out, f) {
+        (Some(out), _) => out,
+        // `hold_and_list` runs its `hold` always; were it not to, `f` still runs.
+        (None, Some(f)) => f(),
+        (None, None) => unreachable!("`f` ran, so `out` holds its result"),
+    }
 }
 
 /// Blocks every signal on the calling thread until dropped (then restores its mask).
