@@ -5,11 +5,9 @@
  *    unmapped one), of an aligned block, and a double free from another thread (the first free
  *    by the owner, the second remote: OpenBSD's malloc_threaderr), and of a block another thread
  *    freed and still holds gathered (freed twice by that thread, or again by the owner);
- *  - a free of a pointer inside a block (small, large, aligned): at the default level, large
- *    blocks at the free, blocks over 1 KiB at the next malloc of the size (before an
- *    overlapping block is handed out), blocks up to 1 KiB not at all (the owner's free no
- *    longer tests block starts: BENCHMARKS.md, "Session 10, branch checks"); every size at the
- *    free under TIERMALLOC_SECURE=1 (re-executed);
+ *  - a free of a pointer inside a block (small, large, aligned), and of a block start never
+ *    carved: at the free, at the default level and under TIERMALLOC_SECURE=1 (re-executed); a
+ *    malloc right after such a free never hands out a block overlapping a live one;
  *  - a free of the stack, of static data, of the program's own mmap, of an unmapped far
  *    address (mimalloc-bench's invalid_free*);
  *  - realloc of a freed block and of an interior pointer;
@@ -50,10 +48,10 @@ static void interior_free_of(void *arg)
     free(p + 8); /* + 16 would be the next block of the 16-byte class */
 }
 
-/* The default level takes a small block's interior (or never-carved) pointer on the owner's
- * free, and reports it where it would be handed out: blocks over 1 KiB at the next malloc of
- * the size (their pop tests each block start), large blocks at the free. Never handed out
- * overlapping p. */
+/* An interior (or never-carved) pointer freed, then a malloc of the same size: reported at the
+ * free, or at the latest where the block would be handed out (a build measuring the cost of
+ * the owner's at-free test, tiermalloc_no_block_start_check, still reports blocks over 1 KiB
+ * there). Never handed out overlapping p. */
 struct bad_free {
     size_t size, offset; /* offset 0: the first block start never carved */
 };
@@ -288,11 +286,9 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         void *s = (void *)sizes[i];
         EXPECT_ABORT(double_free_of, s, "double free", NULL);
-        /* Blocks of up to 1 KiB: the default level no longer tests an interior pointer freed
-         * by the owner (BENCHMARKS.md, "Session 10, branch checks"); secure_block_starts. */
+        EXPECT_ABORT(interior_free_of, s, "not the start of a live block", NULL);
         struct bad_free interior = {sizes[i], 8};
-        if (sizes[i] > 1024)
-            EXPECT_ABORT(bad_free_then_malloc, &interior, "not the start of a live block", NULL);
+        EXPECT_ABORT(bad_free_then_malloc, &interior, "not the start of a live block", NULL);
         EXPECT_ABORT(realloc_freed, s, "freed already", NULL);
         EXPECT_ABORT(realloc_interior, s, "not the start of a live block", NULL);
         EXPECT_ABORT(double_free_from_another_thread, s, "double free", NULL);
@@ -300,6 +296,9 @@ int main(int argc, char **argv)
         EXPECT_ABORT(double_free_twice_remote, s, "double free", NULL);
         EXPECT_ABORT(double_free_while_gathered, s, "double free", NULL);
     }
+    EXPECT_ABORT(free_uncarved_block, (void *)16, "not the start of a live block", NULL);
+    EXPECT_ABORT(free_uncarved_block, (void *)4096, "not the start of a live block", NULL);
+    EXPECT_ABORT(interior_free_aligned, NULL, "not the start of a live block", NULL);
     struct bad_free uncarved = {4096, 0};
     EXPECT_ABORT(bad_free_then_malloc, &uncarved, "not the start of a live block", NULL);
     EXPECT_ABORT(free_segment_header, NULL, "not the start of a live block", NULL);

@@ -262,12 +262,10 @@ impl Page {
     }
 
     /// Whether `free(p)`, for an address `p` in this page's slices, fails the at-free
-    /// block-start test: `p` is not the start of a carved block of a one-slice page. Always
-    /// false in a default build, where `free` tests only the free mark and a block start is
-    /// tested where the block would be handed out (`pop_validated`, the slow path, the
-    /// remote path); true for everything in a build with the test (`BLOCK_START_CHECK`, a
-    /// measurement cfg) for the empty page and for every block of a longer page
-    /// (`fast_limit` 0), which `free_suspect` then tests exactly.
+    /// block-start test: `p` is not the start of a carved block of a one-slice page; true for
+    /// the empty page and for every block of a longer page (`fast_limit` 0), which
+    /// `free_suspect` then tests exactly. Always false in a build measuring the test's cost
+    /// (`BLOCK_START_CHECK` off), where blocks are tested only where they would be handed out.
     #[inline(always)]
     pub fn suspect(&self, p: *mut u8) -> bool {
         let offset = (p as usize) & (SLICE_SIZE - 1);
