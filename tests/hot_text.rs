@@ -166,14 +166,27 @@ fn what_every_process_runs_fits_one_aligned_window() {
         .output()
         .expect("readelf runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    let exec = text
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    let loads: Vec<Vec<&str>> = text
         .lines()
-        .find(|l| l.trim_start().starts_with("LOAD") && l.contains(" R E "))
+        .filter(|l| l.trim_start().starts_with("LOAD"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let exec = loads
+        .iter()
+        .position(|f| f.get(7) == Some(&"E"))
         .expect("an executable LOAD segment");
-    let f: Vec<&str> = exec.split_whitespace().collect();
-    let (offset, vaddr) = (
-        u64::from_str_radix(f[1].trim_start_matches("0x"), 16).unwrap(),
-        u64::from_str_radix(f[2].trim_start_matches("0x"), 16).unwrap(),
+    let (offset, vaddr) = (hex(loads[exec][1]), hex(loads[exec][2]));
+    // No hole in the file before the text: the segment before it runs up to it. `cp` and
+    // `install` copy a file with a hole in 128 KiB writes, which leave a 128 KiB folio at the
+    // file's start that the kernel then maps whole (64 KiB more of headers in every process).
+    assert!(exec > 0, "the text is the first LOAD segment");
+    let (before_offset, before_size) = (hex(loads[exec - 1][1]), hex(loads[exec - 1][4]));
+    assert_eq!(
+        before_offset + before_size,
+        offset,
+        "the file has a gap before the text at {offset:#x} (a hole `cp` writes around): \
+         link/hot_text.ld's pad section should fill it"
     );
     assert_eq!(
         offset % WINDOW,
