@@ -536,29 +536,27 @@ pub fn init() {
 #[cold]
 #[inline(never)]
 fn set_stats_file(path: &[u8], problems: &mut config::Stderr) {
-    {
-        let mut out = [0u8; MAX_PATH];
-        match config::expand_path(path, &mut out) {
-            Some(len) => {
-                // SAFETY: only `init` writes STATS_FILE, once, before publishing it.
-                unsafe { core::ptr::addr_of_mut!(STATS_FILE).write(out) };
-                let json = match os::getenv(b"TIERMALLOC_STATS_FORMAT") {
-                    Some(b"json") => true,
-                    Some(b"text") => false,
-                    None | Some(b"") => out[..len].ends_with(b".json"),
-                    Some(other) => {
-                        problems.problem("TIERMALLOC_STATS_FORMAT", other, "expected text or json");
-                        out[..len].ends_with(b".json")
-                    }
-                };
-                STATS_JSON.store(json, Ordering::Relaxed);
-            }
-            None => problems.problem(
-                "TIERMALLOC_STATS_FILE",
-                path,
-                "needs a file name shorter than 256 bytes",
-            ),
+    let mut out = [0u8; MAX_PATH];
+    match config::expand_path(path, &mut out) {
+        Some(len) => {
+            // SAFETY: only `init` writes STATS_FILE, once, before publishing it.
+            unsafe { core::ptr::addr_of_mut!(STATS_FILE).write(out) };
+            let json = match os::getenv(b"TIERMALLOC_STATS_FORMAT") {
+                Some(b"json") => true,
+                Some(b"text") => false,
+                None | Some(b"") => out[..len].ends_with(b".json"),
+                Some(other) => {
+                    problems.problem("TIERMALLOC_STATS_FORMAT", other, "expected text or json");
+                    out[..len].ends_with(b".json")
+                }
+            };
+            STATS_JSON.store(json, Ordering::Relaxed);
         }
+        None => problems.problem(
+            "TIERMALLOC_STATS_FILE",
+            path,
+            "needs a file name shorter than 256 bytes",
+        ),
     }
 }
 
