@@ -478,7 +478,23 @@ fn parse_into(
     verbose: Option<&[u8]>,
     report: &mut dyn Report,
 ) {
-    for entry in entries(tiers.unwrap_or(b"")) {
+    if let Some(tiers) = tiers.filter(|t| !t.is_empty()) {
+        parse_tiers_into(config, tiers, report);
+    }
+    if let Some(place) = place.filter(|p| !p.is_empty()) {
+        parse_rules_into(config, place, report);
+    }
+    config.show_stats = parse_bool("TIERMALLOC_SHOW_STATS", show_stats, report);
+    config.verbose = parse_bool("TIERMALLOC_VERBOSE", verbose, report);
+}
+
+/// `TIERMALLOC_TIERS` into `config`. Out of line and cold, as `parse_rules_into`: a process
+/// without tiers or rules configured runs only `parse_into`'s checks, the code every process
+/// runs (link/hot_text.ld) leaves them out.
+#[cold]
+#[inline(never)]
+fn parse_tiers_into(config: &mut Config, tiers: &[u8], report: &mut dyn Report) {
+    for entry in entries(tiers) {
         match parse_tier(entry) {
             Ok(_) if config.tier_count == MAX_TIERS => {
                 report.problem("TIERMALLOC_TIERS", entry, "more than 8 tiers")
@@ -498,7 +514,13 @@ fn parse_into(
             Err(why) => report.problem("TIERMALLOC_TIERS", entry, why),
         }
     }
-    for entry in entries(place.unwrap_or(b"")) {
+}
+
+/// `TIERMALLOC_PLACE` into `config`, after its tiers (see `parse_tiers_into`).
+#[cold]
+#[inline(never)]
+fn parse_rules_into(config: &mut Config, place: &[u8], report: &mut dyn Report) {
+    for entry in entries(place) {
         match parse_rule(entry) {
             Ok(_) if config.rule_count == MAX_RULES => {
                 report.problem("TIERMALLOC_PLACE", entry, "more than 16 rules")
@@ -519,8 +541,6 @@ fn parse_into(
             );
         }
     }
-    config.show_stats = parse_bool("TIERMALLOC_SHOW_STATS", show_stats, report);
-    config.verbose = parse_bool("TIERMALLOC_VERBOSE", verbose, report);
 }
 
 const UNREAD: u8 = 0;

@@ -86,6 +86,8 @@ fn decide_routing(order: &[Kind], rules: &[PlaceRule], dram_capped: bool) -> boo
     order[0] != Kind::Dram || rule_to_device || (dram_capped && order.len() > 1)
 }
 
+#[cold]
+#[inline(never)]
 fn report_order(tiers: &Tiers, routed: bool) {
     let mut line = os::LineBuf::new();
     let _ = write!(line, "tiermalloc: tiers in fallback order:");

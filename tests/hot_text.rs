@@ -130,6 +130,72 @@ fn what_every_process_runs_lies_together_at_the_front_of_the_text() {
     );
 }
 
+/// The kernel maps a library's text a 64 KiB window at a time (fault-around), and a large
+/// page-cache folio whole; both are aligned, windows in memory and folios in the file. The
+/// code every process runs (`.init`, `.fini`, `.plt`, crtbegin's `frame_dummy` and
+/// `__do_global_dtors_aux`, and the group) lies in one window that starts at a 64 KiB
+/// boundary both in memory and in the file, so a process maps 64 KiB of our text, not the
+/// 92-156 KiB it did when the group was 92 KiB and started mid-window.
+#[test]
+fn what_every_process_runs_fits_one_aligned_window() {
+    const WINDOW: u64 = 64 << 10;
+    let lib = library().path;
+    let syms = symbols(&lib);
+    let (start, end) = (
+        syms["__tiermalloc_hot_text_start"],
+        syms["__tiermalloc_hot_text_end"],
+    );
+    let (init, _) = sections(&lib)[".init"];
+    assert_eq!(init % WINDOW, 0, ".init at {init:#x}: not at a 64 KiB boundary");
+    assert!(
+        init <= start && end <= init + WINDOW,
+        "the group [{start:#x}, {end:#x}) is {} bytes: past the window [{init:#x}, {:#x}); \
+         move a rarely taken branch of the start-up or exit path out of line and cold",
+        end - start,
+        init + WINDOW
+    );
+    for f in ["frame_dummy", "__do_global_dtors_aux"] {
+        if let Some(&a) = syms.get(f) {
+            assert!((start..end).contains(&a), "{f} at {a:#x}: outside the group");
+        }
+    }
+    // The executable segment's file offset is the address's, modulo the window.
+    let out = Command::new("readelf")
+        .arg("-lW")
+        .arg(&lib)
+        .output()
+        .expect("readelf runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    let loads: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let exec = loads
+        .iter()
+        .position(|f| f.get(7) == Some(&"E"))
+        .expect("an executable LOAD segment");
+    let (offset, vaddr) = (hex(loads[exec][1]), hex(loads[exec][2]));
+    // No hole in the file before the text: the segment before it runs up to it. `cp` and
+    // `install` copy a file with a hole in 128 KiB writes, which leave a 128 KiB folio at the
+    // file's start that the kernel then maps whole (64 KiB more of headers in every process).
+    assert!(exec > 0, "the text is the first LOAD segment");
+    let (before_offset, before_size) = (hex(loads[exec - 1][1]), hex(loads[exec - 1][4]));
+    assert_eq!(
+        before_offset + before_size,
+        offset,
+        "the file has a gap before the text at {offset:#x} (a hole `cp` writes around): \
+         link/hot_text.ld's pad section should fill it"
+    );
+    assert_eq!(
+        offset % WINDOW,
+        vaddr % WINDOW,
+        "the text is at file offset {offset:#x} for address {vaddr:#x}: its window spans two \
+         64 KiB folios of the file (build.rs links with -z max-page-size=0x10000)"
+    );
+}
+
 /// `(needed libraries, imported symbols)` of the library, from `readelf -dW` and
 /// `nm -D --undefined-only`.
 fn dynamic_imports(lib: &std::path::Path) -> (Vec<String>, Vec<String>) {

@@ -18,6 +18,14 @@ pub fn start() {
     if !needed || STARTED.swap(true, Ordering::AcqRel) {
         return;
     }
+    spawn_beat();
+}
+
+/// Starts the heartbeat thread: out of line and cold, so that the code every process runs
+/// (link/hot_text.ld) holds only the check above.
+#[cold]
+#[inline(never)]
+fn spawn_beat() {
     let mut thread: libc::pthread_t = 0;
     // SAFETY: `beat` takes no argument and touches only the opened tiers; default attributes.
     let r = unsafe { libc::pthread_create(&mut thread, core::ptr::null(), beat, core::ptr::null_mut()) };

@@ -1252,19 +1252,27 @@ pub(crate) fn for_each_device(f: impl FnMut(&DeviceTier)) {
 /// Closes every opened device tier cleanly (at process exit): see `DeviceTier::close_cleanly`.
 /// A failed flush is reported in one line; the heap then stays marked dirty.
 pub fn close_all() {
-    for_each_device(|tier| {
-        if !tier.close_cleanly() {
-            let mut line = os::LineBuf::new();
-            let _ = write!(
-                line,
-                "tiermalloc: tier '{}': flushing at exit failed; the heap stays marked dirty",
-                tier.kind.name()
-            );
-            os::write_errno_text(&mut line, os::errno());
-            let _ = writeln!(line);
-            line.flush();
-        }
-    });
+    for_each_device(close_one);
+}
+
+/// `close_all` for one opened tier: out of line and cold, so that the exit path every process
+/// runs (link/hot_text.ld) holds only the loop over the tiers, none of them opened there.
+#[cold]
+#[inline(never)]
+fn close_one(tier: &DeviceTier) {
+    if tier.close_cleanly() {
+        return;
+    }
+    let kind = tier.kind;
+    let mut line = os::LineBuf::new();
+    let _ = write!(
+        line,
+        "tiermalloc: tier '{}': flushing at exit failed; the heap stays marked dirty",
+        kind.name()
+    );
+    os::write_errno_text(&mut line, os::errno());
+    let _ = writeln!(line);
+    line.flush();
 }
 
 /// `TIERMALLOC_VERBOSE=1`: one line saying how a tier opened: formatted, or recovered after

@@ -515,39 +515,11 @@ pub fn init() {
     }
     let mut problems = config::Stderr;
     if let Some(path) = os::getenv(b"TIERMALLOC_STATS_FILE").filter(|p| !p.is_empty()) {
-        let mut out = [0u8; MAX_PATH];
-        match config::expand_path(path, &mut out) {
-            Some(len) => {
-                // SAFETY: only `init` writes STATS_FILE, once, before publishing it.
-                unsafe { core::ptr::addr_of_mut!(STATS_FILE).write(out) };
-                let json = match os::getenv(b"TIERMALLOC_STATS_FORMAT") {
-                    Some(b"json") => true,
-                    Some(b"text") => false,
-                    None | Some(b"") => out[..len].ends_with(b".json"),
-                    Some(other) => {
-                        problems.problem("TIERMALLOC_STATS_FORMAT", other, "expected text or json");
-                        out[..len].ends_with(b".json")
-                    }
-                };
-                STATS_JSON.store(json, Ordering::Relaxed);
-            }
-            None => problems.problem(
-                "TIERMALLOC_STATS_FILE",
-                path,
-                "needs a file name shorter than 256 bytes",
-            ),
-        }
+        set_stats_file(path, &mut problems);
     }
     DESTINATION_SET.store(true, Ordering::Release);
     if let Some(sig) = os::getenv(b"TIERMALLOC_STATS_SIGNAL").filter(|s| !s.is_empty()) {
-        match parse_signal(sig) {
-            Some(n) => install_signal(n),
-            None => problems.problem(
-                "TIERMALLOC_STATS_SIGNAL",
-                sig,
-                "expected a signal name (USR1, SIGUSR2, ...) or number",
-            ),
-        }
+        set_stats_signal(sig, &mut problems);
     }
     if config::parse_bool(
         "TIERMALLOC_STATS_LIVE",
@@ -555,6 +527,50 @@ pub fn init() {
         &mut problems,
     ) {
         live::start(write_live);
+    }
+}
+
+/// `TIERMALLOC_STATS_FILE` and `TIERMALLOC_STATS_FORMAT` into STATS_FILE and STATS_JSON, before
+/// `init` publishes them. Out of line and cold, as `set_stats_signal`: the code every process
+/// runs (link/hot_text.ld) holds only the checks of `init`.
+#[cold]
+#[inline(never)]
+fn set_stats_file(path: &[u8], problems: &mut config::Stderr) {
+    let mut out = [0u8; MAX_PATH];
+    match config::expand_path(path, &mut out) {
+        Some(len) => {
+            // SAFETY: only `init` writes STATS_FILE, once, before publishing it.
+            unsafe { core::ptr::addr_of_mut!(STATS_FILE).write(out) };
+            let json = match os::getenv(b"TIERMALLOC_STATS_FORMAT") {
+                Some(b"json") => true,
+                Some(b"text") => false,
+                None | Some(b"") => out[..len].ends_with(b".json"),
+                Some(other) => {
+                    problems.problem("TIERMALLOC_STATS_FORMAT", other, "expected text or json");
+                    out[..len].ends_with(b".json")
+                }
+            };
+            STATS_JSON.store(json, Ordering::Relaxed);
+        }
+        None => problems.problem(
+            "TIERMALLOC_STATS_FILE",
+            path,
+            "needs a file name shorter than 256 bytes",
+        ),
+    }
+}
+
+/// `TIERMALLOC_STATS_SIGNAL`: the report's signal handler installed (see `set_stats_file`).
+#[cold]
+#[inline(never)]
+fn set_stats_signal(sig: &[u8], problems: &mut config::Stderr) {
+    match parse_signal(sig) {
+        Some(n) => install_signal(n),
+        None => problems.problem(
+            "TIERMALLOC_STATS_SIGNAL",
+            sig,
+            "expected a signal name (USR1, SIGUSR2, ...) or number",
+        ),
     }
 }
 
@@ -680,9 +696,16 @@ pub fn print_stats() {
 /// then the live file is removed.
 pub fn at_exit() {
     if config::get().show_stats || stats_file().is_some() {
-        write_report(&take_snapshot(Event::Exit, true));
+        write_exit_report();
     }
     live::stop();
+}
+
+/// The report at exit, when asked for: out of line and cold (see `set_stats_file`).
+#[cold]
+#[inline(never)]
+fn write_exit_report() {
+    write_report(&take_snapshot(Event::Exit, true));
 }
 
 /// The JSON report into `buf` (NUL-terminated when it has room); the length the whole report

@@ -56,6 +56,13 @@ static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
 /// when there is none. Problems are said only if `say_problems`.
 fn settings(say_problems: bool) -> Option<(String, Option<u64>)> {
     let name = os::getenv(b"TIERMALLOC_PROFILE")?;
+    named_settings(name, say_problems)
+}
+
+/// `settings` once `TIERMALLOC_PROFILE` is set: out of line and cold (see `start_configured`).
+#[cold]
+#[inline(never)]
+fn named_settings(name: &[u8], say_problems: bool) -> Option<(String, Option<u64>)> {
     let shown = String::from_utf8_lossy(name).into_owned();
     if !record::valid_name(name) {
         if say_problems {
@@ -92,6 +99,14 @@ pub(crate) fn start() {
     let Some((shown, max)) = settings(true) else {
         return;
     };
+    start_configured(shown, max, started_ns);
+}
+
+/// `start` once a profile is configured: out of line and cold, so that the code every process
+/// runs (link/hot_text.ld) holds only the check above.
+#[cold]
+#[inline(never)]
+fn start_configured(shown: String, max: Option<u64>, started_ns: u64) {
     let Some(store) = open_store(&shown) else {
         return;
     };
@@ -258,6 +273,13 @@ pub(crate) fn finish() {
     let Some(active) = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return;
     };
+    finish_active(active);
+}
+
+/// `finish` for a process whose profile started: out of line and cold (see `start_configured`).
+#[cold]
+#[inline(never)]
+fn finish_active(active: Active) {
     if active.pid != std::process::id() {
         return; // a forked child: its parent records the run
     }
