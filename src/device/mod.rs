@@ -1138,15 +1138,15 @@ impl LiveExtents for DeviceTier {
         lo: u64,
         hi: u64,
         hint: &mut u64,
-        read_at: usize,
+        read_at: evacuate::DeviceBytes,
         hold: &mut dyn FnMut() -> bool,
         live: &mut dyn FnMut(u64, u64),
     ) -> bool {
         let heap = self.heap.lock();
         heap.for_each_extent_between(lo, hi, hint, |offset, len, free| {
             if free {
-                // SAFETY: a free extent of the region (mapped at `read_at` too), which the
-                // held heap lock keeps free.
+                // SAFETY: a free extent of the region (mapped where `read_at` says), which
+                // the held heap lock keeps free.
                 unsafe { evacuate::free_headers(read_at, offset, len, hi, &mut *live) }
             } else {
                 live(offset, len)

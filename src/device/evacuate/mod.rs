@@ -17,8 +17,8 @@
 //!    knows what changed;
 //! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the heap lists
 //!    the allocated extents that overlap the chunk (plus the headers of the chain inside every
-//!    free extent, so that the header chain a recovery scan walks is the same on the target:
-//!    `free_headers`), then the chunk is write-protected through userfaultfd (`uffd.rs`),
+//!    free extent, and retired slabs' windows, so that what a recovery scan reads is the same
+//!    on the target: `free_headers`), then the chunk is write-protected through userfaultfd (`uffd.rs`),
 //!    which starts the writers' hold; the lock is released;
 //! 2. the live bytes that may have changed since the pre-copy (pages mapped again, ranges the
 //!    pre-copy did not list; all of them without a pre-copy) are copied from the source into
@@ -119,6 +119,8 @@ mod precopy;
 mod uffd;
 
 use super::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE};
+use super::persist::STATE_SLAB;
+use super::slabs::SLAB_BYTES;
 use crate::backend::{self, Barrier, Media, Problem, Region};
 use crate::config::TierSpec;
 use crate::kind::Kind;
@@ -391,33 +393,75 @@ pub(crate) trait LiveExtents {
     /// returned (false: the listing is void). Listing first keeps the walk out of the writers'
     /// hold: no extent is made or freed between the two. `hint` carries where the previous
     /// call's walk ended.
-    /// The device's bytes it reads (`free_headers`) are read at `read_at + offset`: the
-    /// region, or a view of the same bytes that leaves the region's page tables alone.
+    /// The device's bytes it reads (`free_headers`) are read where `read_at` says: the
+    /// chunks already moved on the target, the others on the source (the region, or a view
+    /// of the same bytes that leaves the region's page tables alone).
     fn hold_and_list(
         &self,
         lo: u64,
         hi: u64,
         hint: &mut u64,
-        read_at: usize,
+        read_at: DeviceBytes,
         hold: &mut dyn FnMut() -> bool,
         live: &mut dyn FnMut(u64, u64),
     ) -> bool;
+}
+
+/// Where a listing reads the device's bytes: offsets below `moved` on the target (at
+/// `target + offset`), the others on the source (at `source + offset`).
+///
+/// A chunk already moved lives on the target only: every write since its remap went there, and
+/// the source's copy of it is stale. A free extent that starts in such a chunk and reaches the
+/// one being listed has the start of its header chain there, so the walk (`free_headers`) must
+/// read those headers from the target. Read from the source, a header rewritten since (a slab
+/// cut from the free extent's front after its chunk moved, then retired, leaves a marker
+/// pointing at the header behind the slab) gave the walk a stale size: it jumped past the
+/// header in the chunk being listed, which was then never copied, and a recovery of the target
+/// found the chain broken there ("no block header": 18 of 94 runs of the kill test alone).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeviceBytes {
+    pub moved: u64,
+    pub target: usize,
+    pub source: usize,
+}
+
+impl DeviceBytes {
+    /// One mapping for every offset: a move in place (`numa_move`), or nothing moved yet.
+    pub fn at(base: usize) -> DeviceBytes {
+        DeviceBytes {
+            moved: 0,
+            target: base,
+            source: base,
+        }
+    }
+
+    /// The address of the device's byte at `offset`.
+    fn of(&self, offset: u64) -> usize {
+        let base = if offset < self.moved {
+            self.target
+        } else {
+            self.source
+        };
+        base + offset as usize
+    }
 }
 
 /// Reports the headers of the device's header chain inside the free extent `[offset, offset +
 /// len)` that start below `hi`: the one at its start, then each at `h + 16 + size` while the
 /// header at `h` carries the magic and the next one stays inside the extent. The host heap
 /// merges free neighbours without rewriting the device, so a free extent can hold several
-/// chain headers; a recovery scan of the target walks them all. (A stale or absent header
-/// just ends the walk: on a tier that is not persistent the chain inside free space means
-/// nothing, and copying a few headers of it costs nothing.) Reads the device, the
-/// evacuation's only reads besides the copy.
+/// chain headers; a recovery scan of the target walks them all. A retired slab's marker that
+/// still spans its whole window is reported with the window (the slot headers a recovery
+/// reads behind it). (A stale or absent header just ends the walk: on a tier that is not
+/// persistent the chain inside free space means nothing, and copying a few headers of it
+/// costs nothing.) Reads the device where `read_at` says (the headers of chunks already moved
+/// on the target), the evacuation's only reads besides the copy.
 ///
 /// # Safety
-/// `[base + offset, base + offset + len)` is a free extent of a mapped region, kept free by
-/// the caller (the heap lock).
+/// `[offset, offset + len)` is a free extent of a region mapped (on either device) where
+/// `read_at` says, kept free by the caller (the heap lock).
 pub(crate) unsafe fn free_headers(
-    base: usize,
+    read_at: DeviceBytes,
     offset: u64,
     len: u64,
     hi: u64,
@@ -426,10 +470,20 @@ pub(crate) unsafe fn free_headers(
     let end = offset + len;
     let mut h = offset;
     while h < hi && h + HEADER_SIZE <= end {
-        live(h, HEADER_SIZE);
         // SAFETY: `h + 16 <= end` inside the mapped free extent; 16-byte aligned (granule).
-        let header = unsafe { ((base + h as usize) as *const BlockHeader).read_volatile() };
+        let header = unsafe { (read_at.of(h) as *const BlockHeader).read_volatile() };
         let next = h.saturating_add(HEADER_SIZE).saturating_add(header.size);
+        // A retired slab's window keeps its marker, and a recovery reads the slot headers
+        // behind a marker that still spans the whole window (`persist::recover`): they come
+        // along. Its live bytes may have been pre-copied while the slab lived, and its last
+        // slots freed since; the free space around it is never copied again, so without this
+        // the target kept slot headers that said "allocated" and a recovery from it brought
+        // those freed blocks back.
+        let slab_window = header.magic == HEADER_MAGIC
+            && header.state & STATE_SLAB != 0
+            && next - h == SLAB_BYTES;
+        let listed = if slab_window { SLAB_BYTES } else { HEADER_SIZE };
+        live(h, listed.min(end - h));
         if header.magic != HEADER_MAGIC || next <= h || next >= end {
             return;
         }
@@ -842,6 +896,13 @@ fn move_region(
             }
         }
     };
+    // Where the listings read the device with `[0, lo)` moved: the moved chunks on the
+    // target (through the staging mapping, which leaves the tier's page tables alone too).
+    let read_at = |lo: usize| DeviceBytes {
+        moved: lo as u64,
+        target: staging.base,
+        source,
+    };
     let started = now_ns();
     let mut report = Report::of_region(region);
     // The live ranges of the batch as its pre-copy listed them, and of the chunk as its hold
@@ -868,7 +929,7 @@ fn move_region(
                 lo as u64,
                 batch_hi as u64,
                 &mut first_hint,
-                source,
+                read_at(lo),
                 &mut || true,
                 &mut |o, l| precopied.add(o, l),
             );
@@ -921,7 +982,7 @@ fn move_region(
                 lo as u64,
                 hi as u64,
                 &mut hint,
-                source,
+                read_at(lo),
                 &mut || {
                     // Raised with the heap lock held (see `hold_priority`), before the protect.
                     priority.raise();
@@ -1126,7 +1187,7 @@ fn with_fork_held<T>(tier: &dyn LiveExtents, region: &Region, f: impl FnOnce() -
         0,
         0,
         &mut hint,
-        region.base,
+        DeviceBytes::at(region.base),
         &mut || {
             out = f.take().map(|f| f());
             true
@@ -1332,6 +1393,7 @@ pub(crate) fn report_failure(kind: Kind, target: Option<&CStr>, p: &Problem) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::header::STATE_FREE;
 
     fn ranges(lo: u64, hi: u64) -> Ranges {
         let mut r = Ranges::new();
@@ -1461,5 +1523,102 @@ mod tests {
             full.items[MAX_RANGES - 1],
             ((MAX_RANGES as u64 - 1) * 64, 1 << 20)
         );
+    }
+
+    /// A free extent that starts in a chunk already moved and reaches the chunk being listed:
+    /// its chain is walked on the target below the frontier. The scenario the kill test hit:
+    /// the free extent `[16K, 64K)` had one header (free, to the end) when its first chunk
+    /// moved; then a slab was cut from its front (the marker written on the target only, the
+    /// rest's free header at 32K on the source, not moved yet) and retired (merged back, no
+    /// byte written). Listing chunk `[32K, 48K)`, the walk must report the header at 32K,
+    /// which the marker leads to; the source's stale header at 16K jumps to the end instead.
+    #[test]
+    fn a_free_extents_chain_is_read_on_the_target_below_the_frontier() {
+        const K16: u64 = 16 << 10;
+        let end = 4 * K16;
+        let (target, source) = (page_run(end), page_run(end));
+        let free = STATE_FREE;
+        let marker = STATE_SLAB | 1;
+        // As the first chunks moved: the extent's one header, on both devices.
+        header(source, K16, end - K16 - HEADER_SIZE, free);
+        // Since: the slab's marker on the target, the rest's header on the source.
+        header(target, K16, K16 - HEADER_SIZE, marker);
+        header(source, 2 * K16, end - 2 * K16 - HEADER_SIZE, free);
+        let listed = |read_at: DeviceBytes| {
+            let mut found = Vec::new();
+            // SAFETY: `[16K, 64K)` lies inside both fresh mappings, which nothing else uses.
+            unsafe {
+                free_headers(read_at, K16, end - K16, 3 * K16, &mut |at, len| {
+                    found.push((at, len))
+                })
+            };
+            found
+        };
+        let moved = DeviceBytes {
+            moved: 2 * K16,
+            target,
+            source,
+        };
+        // The retired slab with its window, then the header behind it.
+        assert_eq!(listed(moved), [(K16, K16), (2 * K16, HEADER_SIZE)]);
+        // What the walk found reading the source everywhere (the bug): the header at 32K,
+        // which the target's chain leads to, is missed.
+        assert_eq!(listed(DeviceBytes::at(source)), [(K16, HEADER_SIZE)]);
+    }
+
+    /// A retired slab inside free space, its marker still spanning the window, is listed with
+    /// its window (a recovery reads the slot headers behind such a marker); a marker whose size
+    /// a cut rewrote, and a free header, only as headers.
+    #[test]
+    fn a_retired_slabs_window_is_listed_whole() {
+        const K16: u64 = 16 << 10;
+        let end = 4 * K16;
+        let base = page_run(end);
+        let header = |at, size, state| header(base, at, size, state);
+        let marker = STATE_SLAB | 3;
+        // [0, 16K) a free header; [16K, 32K) a retired slab; [32K, 40K) a retired slab's
+        // marker cut short (a block cut from the end of its window); [40K, 64K) free.
+        header(0, K16 - HEADER_SIZE, STATE_FREE);
+        header(K16, K16 - HEADER_SIZE, marker);
+        header(2 * K16, K16 / 2 - HEADER_SIZE, marker);
+        header(
+            2 * K16 + K16 / 2,
+            end - 2 * K16 - K16 / 2 - HEADER_SIZE,
+            STATE_FREE,
+        );
+        let mut found = Vec::new();
+        // SAFETY: `[0, 64K)` lies inside our fresh mapping, which nothing else uses.
+        unsafe {
+            free_headers(DeviceBytes::at(base), 0, end, end, &mut |at, len| {
+                found.push((at, len))
+            })
+        };
+        assert_eq!(
+            found,
+            [
+                (0, HEADER_SIZE),
+                (K16, K16),
+                (2 * K16, HEADER_SIZE),
+                (2 * K16 + K16 / 2, HEADER_SIZE)
+            ]
+        );
+    }
+
+    /// Writes a header of `size` and `state` at `at` of the mapping at `base` (a test's own
+    /// pages, `page_run`).
+    fn header(base: usize, at: u64, size: u64, state: u16) {
+        let h = BlockHeader {
+            size,
+            magic: HEADER_MAGIC,
+            kind: 0,
+            state,
+        };
+        // SAFETY: 16-byte aligned, inside the test's fresh mapping.
+        unsafe { h.store((base + at as usize) as *mut BlockHeader) };
+    }
+
+    /// `len` bytes of fresh zeroed pages, kept for the test process's life.
+    fn page_run(len: u64) -> usize {
+        os::map_anonymous(len as usize).unwrap().as_ptr() as usize
     }
 }

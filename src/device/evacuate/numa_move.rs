@@ -116,7 +116,7 @@ pub(super) fn move_to_node(
                 lo as u64,
                 hi as u64,
                 &mut hint,
-                region.base,
+                super::DeviceBytes::at(region.base),
                 &mut || true,
                 &mut |offset, len| ranges.add(offset, len),
             );

@@ -6,7 +6,8 @@
 //!
 //! The pre-copy reads the source through a second, read-only mapping of it (the *view*):
 //! reading through the tier's range would map the pages again. The device's header reads of
-//! the listing (`free_headers`) go through the view too.
+//! the listing (`free_headers`) go through the view too, but for chunks already moved, which
+//! are read on the target (`DeviceBytes`: the view's copy of them is stale).
 //!
 //! Why: a hold used to be a write-protect, the copy, a remap and a wake, and the write-protect
 //! and the remap each shot down the chunk's TLB entries on the other CPU, waiting for it to
