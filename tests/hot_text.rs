@@ -146,7 +146,11 @@ fn what_every_process_runs_fits_one_aligned_window() {
         syms["__tiermalloc_hot_text_end"],
     );
     let (init, _) = sections(&lib)[".init"];
-    assert_eq!(init % WINDOW, 0, ".init at {init:#x}: not at a 64 KiB boundary");
+    assert_eq!(
+        init % WINDOW,
+        0,
+        ".init at {init:#x}: not at a 64 KiB boundary"
+    );
     assert!(
         init <= start && end <= init + WINDOW,
         "the group [{start:#x}, {end:#x}) is {} bytes: past the window [{init:#x}, {:#x}); \
@@ -156,7 +160,10 @@ fn what_every_process_runs_fits_one_aligned_window() {
     );
     for f in ["frame_dummy", "__do_global_dtors_aux"] {
         if let Some(&a) = syms.get(f) {
-            assert!((start..end).contains(&a), "{f} at {a:#x}: outside the group");
+            assert!(
+                (start..end).contains(&a),
+                "{f} at {a:#x}: outside the group"
+            );
         }
     }
     // The executable segment's file offset is the address's, modulo the window.
