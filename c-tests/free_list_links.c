@@ -24,14 +24,22 @@ struct corrupt {
     size_t next;  /* the request made afterwards (0: two of `size`) */
 };
 
+/* Three blocks of `size` freed in turn; returns the last, the head of its list. */
+static char *free_three(size_t size)
+{
+    char *volatile a = malloc(size), *volatile b = malloc(size), *volatile d = malloc(size);
+    free(a);
+    free(b);
+    free(d);
+    return d;
+}
+
 /* Three blocks freed in turn, the last (the list's head) written over, then requests. */
 static void corrupt_then(void *arg)
 {
     struct corrupt *c = arg;
-    char *volatile a = malloc(c->size), *volatile b = malloc(c->size), *volatile d = malloc(c->size);
-    free(a);
-    free(b);
-    free(d);
+    char *volatile a = NULL, *volatile b = NULL;
+    char *d = free_three(c->size);
     memset(d, c->byte, 16);
     if (c->next == 0) {
         a = malloc(c->size); /* the head itself: its link is read, not followed */
@@ -55,13 +63,9 @@ struct link {
 static void corrupt_link_then(void *arg)
 {
     struct link *l = arg;
-    char *volatile a = malloc(l->size), *volatile b = malloc(l->size), *volatile d = malloc(l->size);
-    free(a);
-    free(b);
-    free(d);
+    char *d = free_three(l->size);
     memcpy(d, &l->value, sizeof(void *));
-    a = malloc(l->size);
-    b = malloc(l->size);
+    char *volatile a = malloc(l->size), *volatile b = malloc(l->size);
     printf("%p %p\n", (void *)a, (void *)b);
 }
 
