@@ -75,8 +75,10 @@ pub const DEFAULT_CHECKS: bool = !cfg!(tiermalloc_no_default_checks);
 
 /// The checks of the fast paths one by one, for measuring what each costs (BENCHMARKS.md,
 /// "Session 10, branch `checks`"). The first two are on in a shipped build, each removed by a
-/// measurement cfg; the last two are off in a shipped build (they catch nothing the others do
-/// not for one or two more instructions per small malloc/free pair), each put back by one:
+/// measurement cfg; the last two are off in a shipped build for blocks up to 1 KiB (1 and 2
+/// more instructions per small malloc/free pair; what they alone catch there, a small
+/// block's link overwritten with a value whose top bit is clear and the owner's free racing
+/// another thread's, is caught under `TIERMALLOC_SECURE=1`), each put back by one:
 /// - `tiermalloc_no_free_mark`: the free mark everywhere (its test and store in `free`, its
 ///   clear in `pop`, the remote claim);
 /// - `tiermalloc_no_block_start_check`: `free`'s fast block-start test (`Page::suspect`);
