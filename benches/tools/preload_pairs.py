@@ -23,7 +23,8 @@ import time
 
 
 def interrupts():
-    """{RES, TLB}: the machine's interrupt counts so far, summed over CPUs."""
+    """{RES, TLB}: the machine's interrupt counts so far, summed over CPUs (either missing
+    where the kernel has no such line)."""
     got = {}
     with open("/proc/interrupts") as f:
         for line in f:
@@ -49,8 +50,8 @@ def run(argv, lib):
     if status != 0:
         raise SystemExit(f"{argv[0]} under {lib or 'glibc'}: exit status {status:#x}")
     return (usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, usage.ru_minflt, wall,
-            usage.ru_nvcsw, irq_after["RES"] - irq_before["RES"],
-            irq_after["TLB"] - irq_before["TLB"])
+            usage.ru_nvcsw, irq_after.get("RES", 0) - irq_before.get("RES", 0),
+            irq_after.get("TLB", 0) - irq_before.get("TLB", 0))
 
 
 def main():
