@@ -8,7 +8,10 @@
 //! at, fail on a sentinel, and only the slow path asks which case it is. A heap whose
 //! thread has exited goes to a lock-free pool, pages and all; the next new thread adopts it,
 //! so 3000 short-lived threads reuse a handful of heaps instead of growing memory. Blocks freed
-//! into a pooled heap's pages wait on their remote lists until it is adopted.
+//! into a pooled heap's pages wait on their remote lists until it is adopted. Once the heaps
+//! are made, binding and exiting add no system call and no page fault to a thread's lifetime
+//! (`c-tests/thread_lifetime_kernel.c` counts both over 2000 lifetimes: the few calls it sees
+//! open pages as the heaps grow).
 //!
 //! A dead thread (whose destructor ran, yet which still allocates from a later destructor)
 //! borrows a pooled heap for one call and returns it at once. Nothing here takes a lock, so a
