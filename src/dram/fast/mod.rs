@@ -412,10 +412,13 @@ unsafe fn free_remote(p: *mut u8, segment: *mut Segment, page: *mut Page) {
     {
         return free_misuse(p, crate::misuse::Misuse::NotABlockStart);
     }
+    // A live block whose data equals the free mark is told from a freed one before the claim
+    // (which takes a mark already there for another free's): `free_suspect` looks where freed
+    // blocks wait, and clears program data before the free comes back here.
     // SAFETY: as above.
     if guard::FREE_MARK && unsafe { (*page).carries_mark(p) } {
         // SAFETY: forwarded.
-        return unsafe { free_remote_marked(p, page, segment) };
+        return unsafe { free_suspect(p, segment, page) };
     }
     // SAFETY: a live segment; `owner_heap` drops the secure level's tag.
     let owner = unsafe { (*segment).owner_heap() } as *mut heap::Heap;
@@ -438,27 +441,6 @@ unsafe fn free_remote(p: *mut u8, segment: *mut Segment, page: *mut Page) {
             (*mine).free_remote_block(page, owner, p);
         }
         claim::release(mine);
-    }
-}
-
-/// `free_remote` of block `p`, which carries the free mark: a live block whose data equals the
-/// mark is told from a freed one before the claim (which takes a mark already there for
-/// another free's): `check_block` looks where freed blocks wait; program data is cleared, as
-/// on the owner's path (`free_suspect`), and the free goes on.
-///
-/// # Safety
-/// As for `free_remote`, with `p` a block start of `page`.
-#[cold]
-#[inline(never)]
-unsafe fn free_remote_marked(p: *mut u8, page: *mut Page, segment: *mut Segment) {
-    // SAFETY: forwarded.
-    match unsafe { check_block(page, p) } {
-        // SAFETY: a live block of the page (16 bytes); then forwarded.
-        Ok(()) => unsafe {
-            page::Block::tag_of(p).write(0);
-            free_remote(p, segment, page)
-        },
-        Err(misuse) => free_misuse(p, misuse),
     }
 }
 
