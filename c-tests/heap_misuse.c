@@ -6,8 +6,9 @@
  *    by the owner, the second remote: OpenBSD's malloc_threaderr), and of a block another thread
  *    freed and still holds gathered (freed twice by that thread, or again by the owner);
  *  - a free of a pointer inside a block (small, large, aligned), and of a block start never
- *    carved: at the free, at the default level and under TIERMALLOC_SECURE=1 (re-executed); a
- *    malloc right after such a free never hands out a block overlapping a live one;
+ *    carved: at the free, at the default level and under TIERMALLOC_SECURE=1 (re-executed), by
+ *    the owner and by another thread; a malloc right after such a free never hands out a block
+ *    overlapping a live one;
  *  - a free of the stack, of static data, of the program's own mmap, of an unmapped far
  *    address (mimalloc-bench's invalid_free*);
  *  - realloc of a freed block and of an interior pointer;
@@ -135,6 +136,20 @@ static void *remote_free(void *p)
 {
     free(p);
     return NULL;
+}
+
+/* A pointer inside a block (or a block start never carved), freed by a thread that does not
+ * own the block: its free takes the remote path, whose block-start test is the one its
+ * `free` ran before it learnt the block is another thread's (Page::suspect for a one-slice
+ * page, free_suspect's exact test for a longer one). */
+static void interior_free_from_another_thread(void *arg)
+{
+    struct bad_free *b = arg;
+    char *p = malloc(b->size);
+    pthread_t t;
+    void *bad = p + (b->offset ? b->offset : 4096 * ((b->size + 4095) / 4096) * 8);
+    if (pthread_create(&t, NULL, remote_free, bad) == 0)
+        pthread_join(t, NULL);
 }
 
 static void double_free_from_another_thread(void *arg)
@@ -291,6 +306,8 @@ int main(int argc, char **argv)
         EXPECT_ABORT(bad_free_then_malloc, &interior, "not the start of a live block", NULL);
         EXPECT_ABORT(realloc_freed, s, "freed already", NULL);
         EXPECT_ABORT(realloc_interior, s, "not the start of a live block", NULL);
+        EXPECT_ABORT(interior_free_from_another_thread, &interior, "not the start of a live block",
+                     NULL);
         EXPECT_ABORT(double_free_from_another_thread, s, "double free", NULL);
         EXPECT_ABORT(double_free_after_remote_free, s, "double free", NULL);
         EXPECT_ABORT(double_free_twice_remote, s, "double free", NULL);
@@ -301,6 +318,11 @@ int main(int argc, char **argv)
     EXPECT_ABORT(interior_free_aligned, NULL, "not the start of a live block", NULL);
     struct bad_free uncarved = {4096, 0};
     EXPECT_ABORT(bad_free_then_malloc, &uncarved, "not the start of a live block", NULL);
+    EXPECT_ABORT(interior_free_from_another_thread, &uncarved, "not the start of a live block",
+                 NULL);
+    struct bad_free uncarved_small = {16, 0};
+    EXPECT_ABORT(interior_free_from_another_thread, &uncarved_small,
+                 "not the start of a live block", NULL);
     EXPECT_ABORT(free_segment_header, NULL, "not the start of a live block", NULL);
     EXPECT_ABORT(double_free_aligned, NULL, "double free", NULL);
     EXPECT_ABORT(free_stack, NULL, "not allocated by tiermalloc", NULL);

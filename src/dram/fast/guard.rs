@@ -18,7 +18,9 @@
 //!   also bounds the offset by the page's carved block count) at every free: the owner's fast
 //!   `free` tests one-slice pages (`Page::suspect`, four instructions per pair) and sends
 //!   longer pages' frees to `free_suspect`; the remote path (frees by other threads, and every
-//!   free under `TIERMALLOC_SECURE=1`) tests them exactly. They are tested again where a
+//!   free under `TIERMALLOC_SECURE=1`) comes after that same test, which `free` runs before it
+//!   looks at the owner (a second test there read `Page::start`, on the owner's hot line:
+//!   BENCHMARKS.md, "Session 11, branch `remote`"). They are tested again where a
 //!   block could be handed out without passing a free: the slow path's `pop_checked`, the
 //!   list-head sweeps, and blocks over 1 KiB as they are handed out (`Page::pop_validated`).
 //! - **Corrupted link** (glibc's safe-linking test): the fast `pop` of blocks up to 1 KiB

@@ -262,17 +262,18 @@ impl Heap {
 
     /// Frees dead block `p` of `page` (of `owner`'s segment) by the remote path from this
     /// thread's heap: into the chain of gathered frees of its page, or onto the page's remote
-    /// list.
+    /// list. The block carries its free mark already (`Block::mark_free`, or the claim's swap,
+    /// `claim::claim`, which wrote it: marking it here again cost a store per remote free).
     ///
     /// # Safety
-    /// `p` must be a dead block of `page`, owned by heap `owner`; `self` the calling thread's.
+    /// `p` must be a dead block of `page`, marked free, owned by heap `owner`; `self` the
+    /// calling thread's.
     #[inline(always)]
     pub unsafe fn free_remote_block(&mut self, page: *mut Page, owner: *mut Heap, p: *mut u8) {
         // SAFETY: per the contract.
         unsafe {
             let class = (*page).class as usize;
             self.traffic.on_remote_free(class);
-            Block::mark_free(p, page);
             if !self.remote_batch.add(page, class, p, Heap::hand_back_to_owner) {
                 Heap::push_remote(page, owner, p);
             }
@@ -283,13 +284,12 @@ impl Heap {
     /// heap if it was full.
     ///
     /// # Safety
-    /// `page` is the valid page of block `p`, owned by `owner`; the block is dead and ours to
-    /// link.
+    /// `page` is the valid page of block `p`, owned by `owner`; the block is dead, marked free
+    /// (`Block::mark_free` or the claim) and ours to link.
     #[inline(always)]
     pub unsafe fn push_remote(page: *mut Page, owner: *mut Heap, p: *mut u8) {
         // SAFETY: a page's remote list accepts pushes from any thread.
         unsafe {
-            Block::mark_free(p, page);
             if (*page).remote.push(p.cast::<Block>())
                 == crate::lockfree::remote_list::Pushed::ClearedFlag
             {
@@ -338,6 +338,7 @@ impl Heap {
             if quarantine::verify(out) {
                 let segment = Segment::of(out as usize);
                 let page = Segment::page_of(segment, out as usize);
+                // Still marked free: `quarantine::fill` keeps the mark, `verify` tested it.
                 self.free_remote_block(page, (*segment).owner_heap() as *mut Heap, out);
             }
         }

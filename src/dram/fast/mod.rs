@@ -247,7 +247,7 @@ unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
         }
     } else {
         // SAFETY: forwarded.
-        unsafe { free_remote(p, page, segment) }
+        unsafe { free_remote(p, segment, page) }
     }
 }
 
@@ -388,27 +388,37 @@ pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
 }
 
 /// A free from a thread that does not own `p`'s segment (and every free under
-/// `TIERMALLOC_SECURE=1`): `p` is tested exactly for a block start first (the owner's fast
-/// path leaves that to the hand-out, see `guard`), then claimed (`claim`).
+/// `TIERMALLOC_SECURE=1`): `p` is a tested block start (see below), whose free mark is
+/// looked at, then claimed (`claim`).
+///
+/// What is rare (a block carrying the mark, a misuse to report) is out of line, so that this
+/// function calls nothing on its way and saves one register, as a build without checks does
+/// (callgrind on `prodcons`: 6 instructions per remote free; BENCHMARKS.md, "Session 11,
+/// branch remote").
 #[cold]
 #[inline(never)]
-unsafe fn free_remote(p: *mut u8, page: *mut Page, segment: *mut Segment) {
+unsafe fn free_remote(p: *mut u8, segment: *mut Segment, page: *mut Page) {
+    // Every way here passed an exact block-start test already: `free_in`'s `Page::suspect`
+    // (exact for a one-slice page), or `free_suspect`'s `check_block` (a longer page, or a
+    // one-slice page's suspect address). Testing again here read `Page::start`, on the cache
+    // line of the owner's `free` and `used`: on `prodcons` that shared line was most of what
+    // the remote path cost over a build without checks (BENCHMARKS.md, "Session 11, branch
+    // remote"). Only a build without `suspect` (a measurement cfg) tests here.
     // SAFETY: a page descriptor of a live segment, or the empty page, which accepts nothing;
     // `p` is read only once it is known to start a block of it.
-    if guard::DEFAULT_CHECKS && unsafe { !(*page).is_block_start(p) } {
-        return crate::misuse::report("free", p, crate::misuse::Misuse::NotABlockStart);
+    if guard::DEFAULT_CHECKS
+        && !guard::BLOCK_START_CHECK
+        && unsafe { !(*page).is_block_start(p) }
+    {
+        return free_misuse(p, crate::misuse::Misuse::NotABlockStart);
     }
     // A live block whose data equals the free mark is told from a freed one before the claim
-    // (which takes a mark already there for another free's): `check_block` looks where freed
-    // blocks wait; program data is cleared, as on the owner's path (`free_suspect`).
+    // (which takes a mark already there for another free's): `free_suspect` looks where freed
+    // blocks wait, and clears program data before the free comes back here.
     // SAFETY: as above.
     if guard::FREE_MARK && unsafe { (*page).carries_mark(p) } {
-        // SAFETY: as above.
-        match unsafe { check_block(page, p) } {
-            // SAFETY: a live block of the page (16 bytes).
-            Ok(()) => unsafe { page::Block::tag_of(p).write(0) },
-            Err(misuse) => return crate::misuse::report("free", p, misuse),
-        }
+        // SAFETY: forwarded.
+        return unsafe { free_suspect(p, segment, page) };
     }
     // SAFETY: a live segment; `owner_heap` drops the secure level's tag.
     let owner = unsafe { (*segment).owner_heap() } as *mut heap::Heap;
@@ -419,10 +429,11 @@ unsafe fn free_remote(p: *mut u8, page: *mut Page, segment: *mut Segment) {
     }
     // SAFETY: this thread's own heap; `page` is valid. Binding a heap is kept out of this
     // function so that it calls nothing and saves no registers (cachegrind on prodcons: 10
-    // fewer instructions per remote free).
+    // fewer instructions per remote free). The claim swapped the free mark in: the block
+    // goes on marked (`Heap::free_remote_block`).
     unsafe {
         if !claim::claim(mine, page, p) {
-            return crate::misuse::report("free", p, crate::misuse::Misuse::DoubleFree);
+            return free_twice(p);
         }
         if (*segment).secure() {
             (*mine).free_quarantined(page, p);
@@ -431,6 +442,22 @@ unsafe fn free_remote(p: *mut u8, page: *mut Page, segment: *mut Segment) {
         }
         claim::release(mine);
     }
+}
+
+/// Reports `free(p)`'s misuse, out of the remote path's line (its arguments would take a
+/// stack frame there).
+#[cold]
+#[inline(never)]
+fn free_misuse(p: *mut u8, misuse: crate::misuse::Misuse) {
+    crate::misuse::report("free", p, misuse)
+}
+
+/// `free_misuse` of a double free, whose one argument passes in a register (a `Misuse` is
+/// passed by reference, which took the remote path a stack frame).
+#[cold]
+#[inline(never)]
+fn free_twice(p: *mut u8) {
+    free_misuse(p, crate::misuse::Misuse::DoubleFree)
 }
 
 /// `free_remote` for a thread without a heap.
@@ -446,11 +473,13 @@ unsafe fn free_remote_unbound(page: *mut Page, segment: *mut Segment, p: *mut u8
     if mine.is_null() {
         UNBOUND_FREES.add(1);
         UNBOUND_FREED_BYTES.add(size_class::class_size(class) as u64);
+        // SAFETY: a dead block of `page`, not claimed (no heap to publish the claim in).
+        unsafe { page::Block::mark_free(p, page) };
     } else {
         // SAFETY: this thread's own heap; a live segment.
         unsafe {
             if !claim::claim(mine, page, p) {
-                return crate::misuse::report("free", p, crate::misuse::Misuse::DoubleFree);
+                return free_twice(p);
             }
             if (*segment).secure() {
                 (*mine).free_quarantined(page, p);

@@ -8,8 +8,9 @@
 //! jemalloc and tcmalloc do.
 //!
 //! What a gathered block keeps:
-//! - it is marked free (`Block::mark_free`) when it is freed, as before, and counted in its
-//!   page's `used` until the owner collects it, so its page and segment stay in use;
+//! - it is marked free when it is freed (the claim's swap, `claim`, writes the mark), and
+//!   counted in its page's `used` until the owner collects it, so its page and segment stay in
+//!   use;
 //! - a second `free` of it is still caught: the double-free walk (`holds`) reads the chains
 //!   waiting in every heap, exactly for the calling thread's own chains, and for other threads'
 //!   with the same race the walk of a page's remote list has (it reads only carved block starts
