@@ -272,6 +272,7 @@ c_tests! {
     free_list_links,
     cxx_delete,
     first_pages_shared,
+    idle_pages,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

@@ -12,6 +12,7 @@
 
 use crate::dram::budget;
 use crate::dram::fast::decay_clock::DecayClock;
+use crate::dram::fast::idle_pages::IdleWatch;
 use crate::dram::fast::lent_blocks::{self, BORROW_TRIES_PER_CLASS, LEND_WASTE_MAX};
 use crate::dram::fast::page::{Block, Page, PageQueue};
 use crate::dram::fast::quarantine::{self, Quarantine};
@@ -156,6 +157,8 @@ pub struct Heap {
     /// Segments this heap holds (created and not yet released): past
     /// `huge_pages::SMALL_PAGE_SEGMENTS`, fresh halves it fills with small blocks are huge.
     segments_held: usize,
+    /// Current pages' allocation counts at the last page cut (`idle_pages`).
+    idle: IdleWatch,
 }
 
 impl StackLink for Heap {
@@ -669,6 +672,12 @@ impl Heap {
             self.check_list_heads();
         }
         let bytes = page_slices(class) * SLICE_SIZE;
+        if self.dirty_bytes < bytes {
+            // Too few resident free slices for the page: fresh memory is about to be touched.
+            // First give back what idle empty pages hold (`idle_pages`).
+            // SAFETY: this heap's current pages, on its owner's thread.
+            unsafe { self.idle.give_back_idle(&self.tables.current, class) };
+        }
         if !budget::admits(bytes as u64) {
             return None;
         }
