@@ -383,6 +383,10 @@ impl Heap {
                     self.collect_remote(page);
                 }
                 if (*page).free.is_null() {
+                    if self.dirty_bytes == 0 && (*page).capacity < (*page).reserved {
+                        // Carving touches fresh memory, and no resident free slice is left.
+                        self.idle.on_carve(&self.tables.current, class);
+                    }
                     (*page).extend();
                 }
                 if !(*page).free.is_null() {
@@ -404,6 +408,13 @@ impl Heap {
         }
         self.set_current(class, page);
         Some(page)
+    }
+
+    /// Before fresh memory is touched for `class`: gives back what the other classes' idle
+    /// empty current pages hold (`idle_pages`).
+    fn give_back_idle(&mut self, class: usize) {
+        // SAFETY: this heap's current pages, on its owner's thread.
+        unsafe { self.idle.give_back_idle(&self.tables.current, class) };
     }
 
     /// A larger class's page with a carved free block, for `class`'s next request, when a
@@ -674,9 +685,7 @@ impl Heap {
         let bytes = page_slices(class) * SLICE_SIZE;
         if self.dirty_bytes < bytes {
             // Too few resident free slices for the page: fresh memory is about to be touched.
-            // First give back what idle empty pages hold (`idle_pages`).
-            // SAFETY: this heap's current pages, on its owner's thread.
-            unsafe { self.idle.give_back_idle(&self.tables.current, class) };
+            self.give_back_idle(class);
         }
         if !budget::admits(bytes as u64) {
             return None;

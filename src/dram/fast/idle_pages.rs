@@ -11,9 +11,13 @@
 //! such cut is reset to uncarved (`Page::uncarve`) and its carved memory discarded: its next
 //! request carves again from the page's start, one OS page at a time, as a fresh page does.
 //!
-//! Cost: a look at every class's current page on such cuts only (a heap reusing its resident
-//! slices never looks): `sliding_window` +0.02 % instructions. A page given back and used
-//! again pays its page faults again, so only pages idle between two cuts are given back.
+//! The same look happens, once every `CARVES_PER_LOOK` times, when a page carves fresh memory
+//! while the heap has no resident free slice: a page given back and used again touches its
+//! memory by carving, not by a cut (the phases' second round).
+//!
+//! Cost: a look at every class's current page, only when fresh memory is touched (a heap
+//! reusing its resident slices never looks). A page given back and used again pays its page
+//! faults again, so only pages idle between two looks are given back.
 //!
 //! Owned state: per class, the page's allocation count at the previous cut (`IdleWatch`),
 //! zero in a fresh heap. Only the heap's own thread reads or writes it.
@@ -25,9 +29,31 @@ use crate::dram::fast::size_class::CLASS_COUNT;
 /// Invariant: written only by the heap's owner, on the path that cuts a page.
 pub struct IdleWatch {
     seen: [u64; CLASS_COUNT],
+    /// Carves of fresh OS pages still to pass before `on_carve` looks again.
+    carves_until_look: u8,
 }
 
+/// `on_carve` looks once per this many carves of fresh memory: a carve touches one OS page, a
+/// look reads every class's current page.
+const CARVES_PER_LOOK: u8 = 8;
+
 impl IdleWatch {
+    /// `give_back_idle` once every `CARVES_PER_LOOK` calls: for a page about to carve fresh
+    /// memory, where a cut of a new page calls `give_back_idle` every time.
+    ///
+    /// # Safety
+    /// As for `give_back_idle`.
+    #[inline]
+    pub unsafe fn on_carve(&mut self, current: &[*mut Page], carving: usize) {
+        if self.carves_until_look > 0 {
+            self.carves_until_look -= 1;
+            return;
+        }
+        self.carves_until_look = CARVES_PER_LOOK - 1;
+        // SAFETY: per the contract.
+        unsafe { self.give_back_idle(current, carving) };
+    }
+
     /// Gives back the memory of every current page but `cutting`'s that is empty and handed out
     /// nothing since the last call, and notes each current page's count for the next call.
     /// Returns the bytes discarded.
