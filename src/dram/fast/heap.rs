@@ -157,7 +157,7 @@ pub struct Heap {
     /// Segments this heap holds (created and not yet released): past
     /// `huge_pages::SMALL_PAGE_SEGMENTS`, fresh halves it fills with small blocks are huge.
     segments_held: usize,
-    /// Current pages' allocation counts at the last page cut (`idle_pages`).
+    /// Current pages' allocation counts at the last look for idle pages (`idle_pages`).
     idle: IdleWatch,
 }
 

@@ -8,7 +8,7 @@
 //! peak, where a coalescing heap holds the largest. Here, when a heap is about to cut a new
 //! page and has fewer resident free slices than the page needs (fresh memory will be touched),
 //! every other class's current page that is empty and handed out no block since the previous
-//! such cut is reset to uncarved (`Page::uncarve`) and its carved memory discarded: its next
+//! such look is reset to uncarved (`Page::uncarve`) and its carved memory discarded: its next
 //! request carves again from the page's start, one OS page at a time, as a fresh page does.
 //!
 //! The same look happens, once every `CARVES_PER_LOOK` times, when a page carves fresh memory
@@ -19,14 +19,14 @@
 //! reusing its resident slices never looks). A page given back and used again pays its page
 //! faults again, so only pages idle between two looks are given back.
 //!
-//! Owned state: per class, the page's allocation count at the previous cut (`IdleWatch`),
-//! zero in a fresh heap. Only the heap's own thread reads or writes it.
+//! Owned state: per class, the current page's allocation count at the previous look
+//! (`IdleWatch`), zero in a fresh heap. Only the heap's own thread reads or writes it.
 
 use crate::dram::fast::page::Page;
 use crate::dram::fast::size_class::CLASS_COUNT;
 
-/// Per class, the `allocs` of its current page when the heap last cut a page.
-/// Invariant: written only by the heap's owner, on the path that cuts a page.
+/// Per class, the `allocs` of its current page at the heap's last look (`give_back_idle`).
+/// Invariant: read and written only by the heap's owner thread, on its slow path.
 pub struct IdleWatch {
     seen: [u64; CLASS_COUNT],
     /// Carves of fresh OS pages still to pass before `on_carve` looks again.
