@@ -273,6 +273,7 @@ c_tests! {
     cxx_delete,
     first_pages_shared,
     thread_lifetime_kernel,
+    idle_pages,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

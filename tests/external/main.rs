@@ -45,6 +45,8 @@ mod profile;
 mod readme;
 #[path = "../real_programs.rs"]
 mod real_programs;
+#[path = "../startup_footprint.rs"]
+mod startup_footprint;
 #[path = "../stats_report.rs"]
 mod stats_report;
 #[path = "../vm.rs"]

@@ -12,6 +12,7 @@
 
 use crate::dram::budget;
 use crate::dram::fast::decay_clock::DecayClock;
+use crate::dram::fast::idle_pages::IdleWatch;
 use crate::dram::fast::lent_blocks::{self, BORROW_TRIES_PER_CLASS, LEND_WASTE_MAX};
 use crate::dram::fast::page::{Block, Page, PageQueue};
 use crate::dram::fast::quarantine::{self, Quarantine};
@@ -156,6 +157,8 @@ pub struct Heap {
     /// Segments this heap holds (created and not yet released): past
     /// `huge_pages::SMALL_PAGE_SEGMENTS`, fresh halves it fills with small blocks are huge.
     segments_held: usize,
+    /// Current pages' allocation counts at the last look for idle pages (`idle_pages`).
+    idle: IdleWatch,
 }
 
 impl StackLink for Heap {
@@ -381,6 +384,10 @@ impl Heap {
                     self.collect_remote(page);
                 }
                 if (*page).free.is_null() {
+                    if self.dirty_bytes == 0 && (*page).capacity < (*page).reserved {
+                        // Carving touches fresh memory, and no resident free slice is left.
+                        self.idle.on_carve(&self.tables.current, class);
+                    }
                     (*page).extend();
                 }
                 if !(*page).free.is_null() {
@@ -402,6 +409,13 @@ impl Heap {
         }
         self.set_current(class, page);
         Some(page)
+    }
+
+    /// Before fresh memory is touched for `class`: gives back what the other classes' idle
+    /// empty current pages hold (`idle_pages`).
+    fn give_back_idle(&mut self, class: usize) {
+        // SAFETY: this heap's current pages, on its owner's thread.
+        unsafe { self.idle.give_back_idle(&self.tables.current, class) };
     }
 
     /// A larger class's page with a carved free block, for `class`'s next request, when a
@@ -670,6 +684,10 @@ impl Heap {
             self.check_list_heads();
         }
         let bytes = page_slices(class) * SLICE_SIZE;
+        if self.dirty_bytes < bytes {
+            // Too few resident free slices for the page: fresh memory is about to be touched.
+            self.give_back_idle(class);
+        }
         if !budget::admits(bytes as u64) {
             return None;
         }

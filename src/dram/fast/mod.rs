@@ -9,6 +9,7 @@
 pub mod decay_clock;
 pub mod guard;
 pub mod heap;
+pub mod idle_pages;
 pub mod lent_blocks;
 pub mod page;
 pub mod quarantine;

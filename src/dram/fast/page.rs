@@ -692,6 +692,36 @@ impl Page {
         true
     }
 
+    /// Makes an empty page uncarved again and gives the memory of its carved blocks back to
+    /// the kernel (`idle_pages`): the next `extend` carves from the start, as on a fresh page.
+    /// Does nothing (returns 0) unless the page is empty, has no remote free waiting, and
+    /// carved more than its first OS page. Returns the bytes discarded.
+    ///
+    /// # Safety
+    /// The page must be in use by the calling thread's heap, which owns it.
+    pub unsafe fn uncarve(&mut self) -> usize {
+        let start = self.start as usize;
+        if self.used != 0 || self.remote.has_nodes() || self.carved <= PAGE_SIZE {
+            return 0;
+        }
+        // Whole OS pages inside the carved blocks: the first partial one, if the page starts
+        // inside an OS page (after a segment's header), is not ours alone.
+        let from = (start + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+        let to = (start + self.carved) & !(PAGE_SIZE - 1);
+        self.free = ptr::null_mut();
+        self.capacity = 0;
+        self.carved = 0;
+        self.block_limit = 0;
+        self.fast_limit = 0;
+        if to <= from {
+            return 0;
+        }
+        // SAFETY: the carved blocks are all free (`used` 0, no remote free) and dropped from
+        // the free list above; the range lies inside this heap's private anonymous segment.
+        unsafe { crate::os::discard(from as *mut u8, to - from) };
+        to - from
+    }
+
     /// Links blocks `[capacity, capacity + count)` front to back before the free list.
     ///
     /// # Safety
