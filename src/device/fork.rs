@@ -135,6 +135,11 @@ impl DeviceTier {
             self.device.close_in_child();
         } else {
             self.inherited.store(true, Ordering::Relaxed);
+            // Its frees write nothing to the device: the lanes' free path, which writes the
+            // state without asking, is off (frees go to the heap's, which asks).
+            if let Some(cache) = &self.cache {
+                cache.set_enabled(false);
+            }
         }
     }
 

@@ -724,8 +724,9 @@ impl DeviceTier {
                 CacheFree::NotCached => {}
                 CacheFree::Refused(error) => return Err(error),
                 CacheFree::Taken(len) => {
-                    // The block is ours until the heap gets it back: its state first.
-                    self.mark_free(offset);
+                    // The block is ours until the heap gets it back: its state first. No test of
+                    // `inherited`: an inherited tier's lanes are off (`after_fork_in_child`).
+                    media::write_state(&self.store_target(), offset, STATE_FREE);
                     // The lane free and with room, no wait: almost every free of the size.
                     if !cache.try_push(offset, len) {
                         self.push_cached(cache, offset, len);
@@ -1078,7 +1079,8 @@ impl DeviceTier {
     pub fn set_fit(&self, fit: Fit) {
         if let Some(cache) = &self.cache {
             // The lanes serve best fit only (`extent_cache`).
-            cache.set_enabled(fit == Fit::Best);
+            // Never in an inherited tier (`after_fork_in_child`).
+            cache.set_enabled(fit == Fit::Best && !self.inherited.load(Ordering::Relaxed));
             if fit != Fit::Best {
                 self.drain_cache();
             }
