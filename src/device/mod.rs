@@ -705,37 +705,32 @@ impl DeviceTier {
     /// thread's lane, else the heap's. The lane's part calls nothing.
     #[inline(always)]
     fn free_outside_slabs(&self, offset: u64) -> Result<(), FreeError> {
-        self.free_cached_first(offset, || self.free_uncached(offset))
+        self.free_if_cached(offset)
+            .unwrap_or_else(|| self.free_uncached(offset))
     }
 
-    /// A free of the block at `offset`: a cached-size block the extent cache names into this
-    /// thread's lane, any other by `not_cached`. Only a block outside the slabs is named (a
-    /// table entry is present only while the heap holds its block's extent), so the lane's
-    /// part needs no slab test.
+    /// A free of the block at `offset` if the extent cache names it (a cached-size block,
+    /// into this thread's lane); `None`: not named, nothing done. Only a block outside the
+    /// slabs is named (a table entry is present only while the heap holds its block's
+    /// extent), so this needs no slab test.
     #[inline(always)]
-    fn free_cached_first(
-        &self,
-        offset: u64,
-        not_cached: impl FnOnce() -> Result<(), FreeError>,
-    ) -> Result<(), FreeError> {
+    fn free_if_cached(&self, offset: u64) -> Option<Result<(), FreeError>> {
         let in_region = offset < self.region.len as u64;
-        if let Some(cache) = self.cache.as_ref().filter(|c| in_region && c.enabled()) {
-            match cache.free(offset) {
-                CacheFree::NotCached => {}
-                CacheFree::Refused(error) => return Err(error),
-                CacheFree::Taken(len) => {
-                    // The block is ours until the heap gets it back: its state first. No test of
-                    // `inherited`: an inherited tier's lanes are off (`after_fork_in_child`).
-                    media::write_state(&self.store_target(), offset, STATE_FREE);
-                    // The lane free and with room, no wait: almost every free of the size.
-                    if !cache.try_push(offset, len) {
-                        self.push_cached(cache, offset, len);
-                    }
-                    return Ok(());
+        let cache = self.cache.as_ref().filter(|c| in_region && c.enabled())?;
+        match cache.free(offset) {
+            CacheFree::NotCached => None,
+            CacheFree::Refused(error) => Some(Err(error)),
+            CacheFree::Taken(len) => {
+                // The block is ours until the heap gets it back: its state first. No test of
+                // `inherited`: an inherited tier's lanes are off (`after_fork_in_child`).
+                media::write_state(&self.store_target(), offset, STATE_FREE);
+                // The lane free and with room, no wait: almost every free of the size.
+                if !cache.try_push(offset, len) {
+                    self.push_cached(cache, offset, len);
                 }
+                Some(Ok(()))
             }
         }
-        not_cached()
     }
 
     /// The end of a free whose extent `try_push` could not take: the lane waited for, and
@@ -810,18 +805,14 @@ impl DeviceTier {
         }
     }
 
-    /// `free_sized_or_report` of a block of a size no slab serves, at `offset`.
+    /// `free_sized_or_report` of a block of a size no slab serves, at `offset`: one the
+    /// extent cache does not name goes through `free_or_report`'s whole dispatch.
     #[inline(never)]
     fn free_cached_first_or_report(&self, p: *mut u8, offset: u64) {
-        let result = self.free_cached_first(offset, || {
-            if self.slabs.holds_live(offset) {
-                self.free_in_slab(offset)
-            } else {
-                self.free_uncached(offset)
-            }
-        });
-        if let Err(error) = result {
-            self.report_failed_free(p, error);
+        match self.free_if_cached(offset) {
+            Some(Ok(())) => {}
+            Some(Err(error)) => self.report_failed_free(p, error),
+            None => self.free_or_report(p),
         }
     }
 
