@@ -385,7 +385,14 @@ impl DeviceTier {
     /// The block whose extent (or slot) starts at `offset`.
     #[inline(always)]
     fn block_at(&self, offset: u64) -> *mut u8 {
-        (self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8
+        let p = (self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8;
+        if p.is_null() {
+            // SAFETY: `base` is a mapping's address and `offset` a header's offset in it, so
+            // the sum is an address in the mapping, never null. Said so that the callers'
+            // test for a null block (a failed request) leaves the paths that found one.
+            unsafe { core::hint::unreachable_unchecked() }
+        }
+        p
     }
 
     /// Whether `p` lies in this tier's region (a caller that knows the tier skips the page
