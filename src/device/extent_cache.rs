@@ -11,16 +11,20 @@
 //! least 4 KiB apart, so no two share a bucket. The entry holds the extent's start within the
 //! bucket, its length and a *live bit*; nothing else writes it while the extent lives.
 //!
-//! **Free.** One compare-and-swap clears the live bit (`lockfree::live_bit`; a second free of the same block finds
-//! it clear: a double free, refused before anything is written), the caller writes the
-//! header's state "free" (the device write of every free, as before), and the extent goes to
-//! this thread's lane, in the bin of its length. The heap still counts it allocated: nobody
+//! **Free.** One compare-and-swap clears the live bit (`lockfree::live_bit`; a second free of
+//! the same block finds it clear: a double free, refused before anything is written), the
+//! caller writes the header's state "free" (the device write of every free, as before), and
+//! the extent goes to this thread's lane, in the bin of its length. The heap still counts it allocated: nobody
 //! else can take it, and the device already holds its header with its size.
 //!
-//! **Alloc.** A request looks in its own bin for an extent long enough (a block freed and
-//! asked for again at the same size), then in the bin above, whose every extent is; a hit
-//! writes the whole header (its size is the extent's, unchanged since it was carved) and
-//! sets the live bit. A miss goes to the heap as before.
+//! **Alloc.** Bins are 1/32 of a doubling wide, and each lane keeps a map of its non-empty
+//! ones. A request takes the newest extent of the first non-empty bin among the `WINDOW`
+//! bins from the first whose every extent holds it: two map words, a shift and a bit scan, no
+//! bin searched (the hit path of `try_pop`). Only when none of them holds one does the
+//! waiting `pop` search the request's own bin for one long enough (a block freed and asked
+//! for again at the same size). A hit writes the whole header (its size is the extent's,
+//! unchanged since it was carved) and sets the live bit with one store. A miss goes to the
+//! heap as before.
 //!
 //! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
 //! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet, a
@@ -31,8 +35,9 @@
 //! **Back to the heap, in batches.** A bin that is full, or a lane over its byte budget, gives
 //! the older half of the bin back to the heap under one heap lock (`Evicted`); so does
 //! `take_lane` (statistics, a tier that ran out of room or was switched to worst fit), and
-//! `withdraw` one extent (a block behind it grows in place into its space). The entry is cleared under the
-//! heap lock before the heap frees the extent, so a stale entry never names free space.
+//! `withdraw` one extent (a block behind it grows in place into its space). The entry is
+//! cleared under the heap lock before the heap frees the extent, so a stale entry never names
+//! free space.
 //!
 //! **Crash order.** A cached extent is, on the device, a free extent with its own header
 //! (state "free", size unchanged), exactly what a free wrote before; recovery merges it with
