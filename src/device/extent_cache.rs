@@ -14,8 +14,8 @@
 //! **Free.** One compare-and-swap clears the live bit (`lockfree::live_bit`; a second free of
 //! the same block finds it clear: a double free, refused before anything is written), the
 //! caller writes the header's state "free" (the device write of every free, as before), and
-//! the extent goes to this thread's lane, in the bin of its length. The heap still counts it allocated: nobody
-//! else can take it, and the device already holds its header with its size.
+//! the extent goes to this thread's lane, in the bin of its length. The heap still counts it
+//! allocated: nobody else can take it, and the device already holds its header with its size.
 //!
 //! **Alloc.** Bins are 1/32 of a doubling wide, and each lane keeps a map of its non-empty
 //! ones. A request takes the newest extent of the first non-empty bin among the `WINDOW`
@@ -558,7 +558,8 @@ impl ExtentCache {
     }
 
     /// A freed extent of at least `want` bytes (`MIN_LEN..MAX_LEN`) from this thread's lane
-    /// (`LaneCache::take_or_own_bin`): `(offset, length)`; its live bit stays clear until `revive`.
+    /// (`LaneCache::take_or_own_bin`): `(offset, length)`; its live bit stays clear until
+    /// `revive`.
     pub fn pop(&self, want: u64) -> Option<(u64, u64)> {
         let slot = self.lane(Lane::of_this_thread());
         let mut cache = slot.cache.lock();
