@@ -297,16 +297,17 @@ pub fn alloc_sized(tier: TierRef, size: usize, align: usize, zero: bool) -> (*mu
     }
 }
 
-/// Frees block `p` of tier `kind` (the caller knows the tier: the Rust `Allocator` of one
-/// tier): a device tier's block goes to its tier without the page map; anything else as
-/// `free`.
+/// Frees block `p` of tier `kind`, which the caller says was asked for `size` bytes aligned
+/// to `align` (the Rust `Allocator` of one tier, with its layout): a device tier's block goes
+/// to its tier without the page map, with that hint (`DeviceTier::free_sized_or_report`);
+/// anything else as `free`.
 ///
 /// # Safety
 /// As `free`.
 #[inline]
-pub unsafe fn free_on(kind: Kind, p: *mut u8) {
+pub unsafe fn free_on_sized(kind: Kind, p: *mut u8, size: usize, align: usize) {
     if let Some(device) = device::get(kind).filter(|d| d.holds(p)) {
-        device.free_or_report(p);
+        device.free_sized_or_report(p, size, align.max(16));
     } else {
         // SAFETY: forwarded.
         unsafe { free(p) }

@@ -11,16 +11,20 @@
 //! least 4 KiB apart, so no two share a bucket. The entry holds the extent's start within the
 //! bucket, its length and a *live bit*; nothing else writes it while the extent lives.
 //!
-//! **Free.** One compare-and-swap clears the live bit (`lockfree::live_bit`; a second free of the same block finds
-//! it clear: a double free, refused before anything is written), the caller writes the
-//! header's state "free" (the device write of every free, as before), and the extent goes to
-//! this thread's lane, in the bin of its length. The heap still counts it allocated: nobody
-//! else can take it, and the device already holds its header with its size.
+//! **Free.** One compare-and-swap clears the live bit (`lockfree::live_bit`; a second free of
+//! the same block finds it clear: a double free, refused before anything is written), the
+//! caller writes the header's state "free" (the device write of every free, as before), and
+//! the extent goes to this thread's lane, in the bin of its length. The heap still counts it
+//! allocated: nobody else can take it, and the device already holds its header with its size.
 //!
-//! **Alloc.** A request looks in its own bin for an extent long enough (a block freed and
-//! asked for again at the same size), then in the bin above, whose every extent is; a hit
-//! writes the whole header (its size is the extent's, unchanged since it was carved) and
-//! sets the live bit. A miss goes to the heap as before.
+//! **Alloc.** Bins are 1/32 of a doubling wide, and each lane keeps a map of its non-empty
+//! ones. A request takes the newest extent of the first non-empty bin among the `WINDOW`
+//! bins from the first whose every extent holds it: two map words, a shift and a bit scan, no
+//! bin searched (the hit path of `try_pop`). Only when none of them holds one does the
+//! waiting `pop` search the request's own bin for one long enough (a block freed and asked
+//! for again at the same size). A hit writes the whole header (its size is the extent's,
+//! unchanged since it was carved) and sets the live bit with one store. A miss goes to the
+//! heap as before.
 //!
 //! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
 //! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet, a
@@ -31,8 +35,9 @@
 //! **Back to the heap, in batches.** A bin that is full, or a lane over its byte budget, gives
 //! the older half of the bin back to the heap under one heap lock (`Evicted`); so does
 //! `take_lane` (statistics, a tier that ran out of room or was switched to worst fit), and
-//! `withdraw` one extent (a block behind it grows in place into its space). The entry is cleared under the
-//! heap lock before the heap frees the extent, so a stale entry never names free space.
+//! `withdraw` one extent (a block behind it grows in place into its space). The entry is
+//! cleared under the heap lock before the heap frees the extent, so a stale entry never names
+//! free space.
 //!
 //! **Crash order.** A cached extent is, on the device, a free extent with its own header
 //! (state "free", size unchanged), exactly what a free wrote before; recovery merges it with
@@ -56,14 +61,19 @@ pub(crate) const MIN_LEN: u64 = 4096;
 pub(crate) const MAX_LEN: u64 = 256 << 10;
 /// Bytes of the region per table entry: at most one cached-size extent starts in each.
 const BUCKET: u64 = MIN_LEN;
-/// Bins per doubling of the length: an extent taken from a bin is less than a quarter longer
-/// than the request (it is in the bin above the request's, whose bins are an eighth apart).
-const STEPS: u32 = 8;
+/// Bins per doubling of the length (a bin is 1/32 of its doubling wide, 128 bytes at 4 KiB,
+/// 4 KiB at 128 KiB).
+const STEPS: u32 = 32;
 /// Bins: `STEPS` per doubling from `MIN_LEN` to `MAX_LEN`.
 pub(crate) const BINS: usize =
     (STEPS * (MAX_LEN.trailing_zeros() - MIN_LEN.trailing_zeros())) as usize;
+/// How many bins a request looks at, from the first whose every extent holds it (`CEIL`): the
+/// first of them that holds an extent answers. Seven bins keep a taken extent less than a
+/// quarter longer than the request: `want > low(ceil - 1)` and the extent is shorter than
+/// `low(ceil + WINDOW)`, at most `(STEPS + 1 + WINDOW) / STEPS` = 1.25 times `low(ceil - 1)`.
+const WINDOW: u32 = 7;
 /// Extents a bin holds.
-const BIN_SLOTS: usize = 16;
+const BIN_SLOTS: usize = 8;
 /// The most extents `drain_cache` gives back under one heap lock (`take_lane`).
 pub(crate) const DRAIN_BATCH: usize = 128;
 /// The most extents one `push` gives back.
@@ -77,7 +87,8 @@ const START_BITS: u32 = 8;
 const GRANULE_SHIFT: u32 = 4;
 
 const _: () = assert!(BUCKET >> GRANULE_SHIFT <= 1 << START_BITS);
-const _: () = assert!(BINS == 48);
+const _: () = assert!(BINS == 192);
+const _: () = assert!((STEPS + 1 + WINDOW) * 4 <= STEPS * 5, "a quarter at most");
 
 /// The bin of an extent of `len` bytes (`MIN_LEN..MAX_LEN`): the largest bin whose lower
 /// bound is at most `len`. The definition; the paths read it from `FLOOR`.
@@ -93,30 +104,35 @@ const fn bin_low(bin: usize) -> u64 {
     (STEPS as u64 + step) << (LOW_SHIFT + doubling)
 }
 
-/// Every bin's lower bound is a multiple of `1 << LOW_SHIFT` (512 bytes), so a length's bins
-/// are a table's entry for its multiple of 512 (rounded down for its own bin, up for the bin
-/// whose every extent holds it): one load each instead of ~20 instructions of arithmetic.
+/// Every bin's lower bound is a multiple of `1 << LOW_SHIFT` (128 bytes), so a length's bins
+/// are a table's entry for its multiple of 128 (rounded down for its own bin, up for the
+/// first bin whose every extent holds it): one load each instead of ~20 instructions of
+/// arithmetic. `LOWS` lengths below `MAX_LEN`, a power of two: the index is masked, not
+/// bounds-checked.
 const LOW_SHIFT: u32 = MIN_LEN.trailing_zeros() - STEPS.trailing_zeros();
-const LOWS: usize = (MAX_LEN >> LOW_SHIFT) as usize + 1;
+const LOWS: usize = (MAX_LEN >> LOW_SHIFT) as usize;
+const _: () = assert!(LOWS.is_power_of_two());
 
 /// `FLOOR[len >> LOW_SHIFT]` is `bin_floor_of(len)` (0 below `MIN_LEN`, never asked).
 static FLOOR: [u8; LOWS] = {
     let mut t = [0u8; LOWS];
     let mut k = (MIN_LEN >> LOW_SHIFT) as usize;
-    while k < LOWS - 1 {
+    while k < LOWS {
         t[k] = bin_floor_of((k as u64) << LOW_SHIFT) as u8;
         k += 1;
     }
     t
 };
 
-/// `CEIL[k]`: the first bin whose lower bound is at least `k << LOW_SHIFT`, or `BINS`.
+/// `CEIL[(want - 1) >> LOW_SHIFT]`: the first bin whose lower bound is at least `want`, or
+/// `BINS` (the lower bounds are multiples of `1 << LOW_SHIFT`, so that is the first bin whose
+/// bound is at least `((want - 1) >> LOW_SHIFT) + 1` multiples).
 static CEIL: [u8; LOWS] = {
     let mut t = [BINS as u8; LOWS];
     let mut k = 0;
     while k < LOWS {
         let mut bin = 0;
-        while bin < BINS && bin_low(bin) < (k as u64) << LOW_SHIFT {
+        while bin < BINS && bin_low(bin) < (k as u64 + 1) << LOW_SHIFT {
             bin += 1;
         }
         t[k] = bin as u8;
@@ -134,14 +150,12 @@ fn bin_floor(len: u64) -> usize {
     FLOOR[(len >> LOW_SHIFT) as usize % LOWS] as usize
 }
 
-/// For a request of `want` bytes (`MIN_LEN..MAX_LEN`): its own bin (`bin_floor`), and the
-/// bin whose every extent is at least `want` bytes long (`BINS` if there is none).
+/// The first bin whose every extent is at least `want` bytes long (`BINS` if there is none),
+/// for a request of `want` bytes (`MIN_LEN..MAX_LEN`).
 #[inline(always)]
-fn bins_for(want: u64) -> (usize, usize) {
+fn bin_ceil(want: u64) -> usize {
     debug_assert!((MIN_LEN..MAX_LEN).contains(&want));
-    let own = bin_floor(want);
-    let above = CEIL[((want + (1 << LOW_SHIFT) - 1) >> LOW_SHIFT) as usize % LOWS] as usize;
-    (own, above)
+    CEIL[((want - 1) >> LOW_SHIFT) as usize % LOWS] as usize
 }
 
 /// Whether an extent of `len` bytes holding a block of alignment `align` is cached-size.
@@ -150,7 +164,7 @@ pub(crate) fn cached_size(len: u64, align: u64) -> bool {
     align <= 1 << GRANULE_SHIFT && (MIN_LEN..MAX_LEN).contains(&len)
 }
 
-#[inline]
+#[inline(always)]
 fn entry(offset: u64, len: u64, live: bool) -> u64 {
     PRESENT
         | if live { LIVE } else { 0 }
@@ -169,8 +183,9 @@ fn len_of(e: u64) -> u64 {
     ((e & !(PRESENT | LIVE)) >> START_BITS) << GRANULE_SHIFT
 }
 
-/// One bin: `n` cached extents, roughly oldest first (`pop`), each as its offset and its
-/// length in granules (`packed`), so that a request searches a bin without touching the table.
+/// One bin: `n` cached extents, roughly oldest first (`take` takes the last), each as its
+/// offset and its length in granules (`packed`), so that a request finds one without
+/// touching the table.
 #[derive(Clone, Copy)]
 struct Bin {
     n: u32,
@@ -191,58 +206,91 @@ fn unpacked(e: u64) -> (u64, u64) {
     (e >> LEN_BITS, (e & ((1 << LEN_BITS) - 1)) << GRANULE_SHIFT)
 }
 
-/// One lane's bins.
+/// Words of a lane's map of bins holding an extent: one bit per bin, and a zero word past the
+/// last, so that the window of any first bin (`BINS` included) lies in two words.
+const MAP_WORDS: usize = BINS / 64 + 2;
+
+/// One lane's bins, and which of them hold an extent.
+///
+/// Invariant: bit `b` of `nonempty` (word `b / 64`, bit `b % 64`) is set exactly while
+/// `bins[b].n > 0`; the bits past `BINS` are clear.
 struct LaneCache {
+    nonempty: [u64; MAP_WORDS],
     bins: [Bin; BINS],
 }
 
 impl LaneCache {
-    /// The newest extent of at least `want` bytes (`MIN_LEN..MAX_LEN`) in `want`'s own bin
-    /// (a block freed and asked for again at the same size), else the newest of the bin above,
-    /// whose every extent is long enough: taken out of its bin, as `packed`.
+    /// The newest extent of the first bin of `want`'s window (`WINDOW` bins from `bin_ceil`,
+    /// every extent of which holds `want` bytes, `MIN_LEN..MAX_LEN`) that holds one: taken
+    /// out of its bin, as `packed`. Two map words, a shift and a bit scan: no bin is searched.
     // Always: inlined into `try_pop`, whose hit path then calls nothing.
     #[inline(always)]
     fn take(&mut self, want: u64) -> Option<u64> {
-        let (own, above) = bins_for(want);
-        if above >= BINS {
+        let ceil = bin_ceil(want);
+        let word = ceil / 64;
+        // Bins `ceil..`, in two words (the second is a zero word past the last bin's).
+        let pair = (self.nonempty[(word + 1) % MAP_WORDS] as u128) << 64
+            | self.nonempty[word % MAP_WORDS] as u128;
+        let window = (pair >> (ceil % 64)) as u64 & ((1 << WINDOW) - 1);
+        if window == 0 {
             return None;
         }
-        if own != above {
-            let b = &mut self.bins[own];
-            let n = (b.n as usize).min(BIN_SLOTS);
-            let mut i = n;
-            while i > 0 {
-                i -= 1;
-                let e = b.extents[i];
-                if unpacked(e).1 >= want {
-                    // The newest takes its place (moving the younger ones down cost a
-                    // `memmove` on two hits in three): the bin's order is then only roughly by
-                    // age, which only decides which half a full bin gives back.
-                    b.extents[i] = b.extents[n - 1];
-                    b.n -= 1;
-                    return Some(e);
-                }
-            }
-        }
-        let b = &mut self.bins[above];
-        let n = (b.n as usize).min(BIN_SLOTS);
-        if n == 0 {
-            return None;
-        }
+        let bin = ceil + window.trailing_zeros() as usize;
+        debug_assert!(bin < BINS && self.bins[bin].n > 0);
+        // SAFETY: the bit of `bin` is set, so `bin < BINS` (the map's invariant).
+        let b = unsafe { self.bins.get_unchecked_mut(bin) };
+        // At least one (its bit is set), at most `BIN_SLOTS`: the mask is no change.
+        let n = b.n as usize;
+        let e = b.extents[(n - 1) % BIN_SLOTS];
         b.n -= 1;
-        Some(b.extents[n - 1])
+        if n == 1 {
+            self.nonempty[bin / 64] &= !(1 << (bin % 64));
+        }
+        Some(e)
+    }
+
+    /// `take`, else (no bin of the window holds an extent) the newest extent of `want`'s own
+    /// bin (below the window, `bin_floor`) that is long enough, such as a block freed and asked
+    /// for again at the same size. Searched: `pop`'s, after `try_pop` found nothing.
+    fn take_or_own_bin(&mut self, want: u64) -> Option<u64> {
+        if let Some(e) = self.take(want) {
+            return Some(e);
+        }
+        let bin = bin_floor(want);
+        let b = &self.bins[bin];
+        let i = b.extents[..b.n as usize]
+            .iter()
+            .rposition(|&e| unpacked(e).1 >= want)?;
+        let e = b.extents[i];
+        self.remove(bin, i..i + 1);
+        Some(e)
     }
 
     /// Puts `[offset, offset + len)` in its bin if the bin has room; false if it is full.
     #[inline(always)]
     fn put(&mut self, offset: u64, len: u64) -> bool {
-        let bin = &mut self.bins[bin_floor(len)];
-        if bin.n as usize >= BIN_SLOTS {
+        let bin = bin_floor(len);
+        debug_assert!(bin < BINS);
+        // SAFETY: `FLOOR`'s entries are bins (`bins_bound_their_extents` checks every one).
+        let b = unsafe { self.bins.get_unchecked_mut(bin) };
+        let n = b.n as usize;
+        if n >= BIN_SLOTS {
             return false;
         }
-        bin.extents[bin.n as usize] = packed(offset, len);
-        bin.n += 1;
+        b.extents[n] = packed(offset, len);
+        b.n += 1;
+        self.nonempty[bin / 64] |= 1 << (bin % 64);
         true
+    }
+
+    /// Takes the extents `range` out of bin `bin` (the rest move down), keeping the map.
+    fn remove(&mut self, bin: usize, range: core::ops::Range<usize>) {
+        let b = &mut self.bins[bin];
+        b.extents.copy_within(range.end..b.n as usize, range.start);
+        b.n -= range.len() as u32;
+        if b.n == 0 {
+            self.nonempty[bin / 64] &= !(1 << (bin % 64));
+        }
     }
 }
 
@@ -369,7 +417,10 @@ impl ExtentCache {
             buckets,
             lanes: [const {
                 LaneSlot {
-                    cache: crate::futex_mutex::Mutex::new(LaneCache { bins: [EMPTY; BINS] }),
+                    cache: crate::futex_mutex::Mutex::new(LaneCache {
+                        nonempty: [0; MAP_WORDS],
+                        bins: [EMPTY; BINS],
+                    }),
                     figures: LaneFigures {
                         bytes: AtomicU64::new(0),
                         allocations: AtomicU64::new(0),
@@ -452,30 +503,30 @@ impl ExtentCache {
         let slot = self.lane(Lane::of_this_thread());
         let mut lane = slot.cache.lock();
         let figures = &slot.figures;
-        let bin = &mut lane.bins[bin_floor(len)];
+        let bin = bin_floor(len);
         let bytes_now = || figures.bytes.load(Ordering::Relaxed);
-        if bin.n as usize == BIN_SLOTS || bytes_now() + len > self.lane_budget {
+        let full = |lane: &LaneCache| lane.bins[bin].n as usize == BIN_SLOTS;
+        if full(&lane) || bytes_now() + len > self.lane_budget {
             // The older half back to the heap (rounded up: a bin of one gives it back).
-            let give = (bin.n as usize).div_ceil(2);
+            let give = (lane.bins[bin].n as usize).div_ceil(2);
             let mut bytes = 0;
-            for &e in &bin.extents[..give] {
+            for &e in &lane.bins[bin].extents[..give] {
                 let (off, len) = unpacked(e);
                 bytes += len;
                 evicted.push(off);
             }
-            bin.extents.copy_within(give..bin.n as usize, 0);
-            bin.n -= give as u32;
+            lane.remove(bin, 0..give);
             LaneFigures::bump(&figures.bytes, bytes.wrapping_neg());
         }
-        if bin.n as usize == BIN_SLOTS || bytes_now() + len > self.lane_budget {
+        if full(&lane) || bytes_now() + len > self.lane_budget {
             // Still no room (a budget smaller than this bin's extents): this one goes back too
             // (a free all the same).
             evicted.push(offset);
             LaneFigures::bump(&figures.frees, 1);
             return;
         }
-        bin.extents[bin.n as usize] = packed(offset, len);
-        bin.n += 1;
+        let put = lane.put(offset, len);
+        debug_assert!(put, "the bin has room");
         figures.put(len);
     }
 
@@ -507,19 +558,21 @@ impl ExtentCache {
     }
 
     /// A freed extent of at least `want` bytes (`MIN_LEN..MAX_LEN`) from this thread's lane
-    /// (`LaneCache::take`): `(offset, length)`; its live bit stays clear until `revive`.
+    /// (`LaneCache::take_or_own_bin`): `(offset, length)`; its live bit stays clear until
+    /// `revive`.
     pub fn pop(&self, want: u64) -> Option<(u64, u64)> {
         let slot = self.lane(Lane::of_this_thread());
         let mut cache = slot.cache.lock();
-        let found = unpacked(cache.take(want)?);
+        let found = unpacked(cache.take_or_own_bin(want)?);
         // Under the lock: the figures have one writer at a time.
         slot.figures.taken(found.1);
         drop(cache);
         Some(found)
     }
 
-    /// `pop` without waiting: `None` also when this thread has no lane yet or its lane is
-    /// busy (the caller then `pop`s). The path of almost every cached-size request.
+    /// `pop` without waiting and without searching a bin (`LaneCache::take`): `None` also when
+    /// this thread has no lane yet or its lane is busy (the caller then `pop`s). The path of
+    /// almost every cached-size request.
     #[inline(always)]
     pub fn try_pop(&self, want: u64) -> Option<(u64, u64)> {
         let slot = self.lane(Lane::assigned()?);
@@ -530,10 +583,16 @@ impl ExtentCache {
         Some(found)
     }
 
-    /// Sets the live bit of the extent `pop` returned, its header written.
-    #[inline]
-    pub fn revive(&self, offset: u64) {
-        live_bit::set(self.slot(offset));
+    /// Sets the live bit of the extent `[offset, offset + len)` `pop` returned, its header
+    /// written: one store (`live_bit::set`) of the entry it had, as the thread that took it
+    /// out of its lane is the entry's only writer until then.
+    #[inline(always)]
+    pub fn revive(&self, offset: u64, len: u64) {
+        let slot = self.slot(offset);
+        // Its own entry, read back (host memory): cheaper than making it again.
+        let cleared = slot.load(Ordering::Relaxed);
+        debug_assert_eq!(cleared, entry(offset, len, false));
+        live_bit::set(slot, cleared);
     }
 
     /// Takes the freed extent at `offset` out of whichever lane holds it, for the caller to
@@ -548,10 +607,10 @@ impl ExtentCache {
         let want = packed(offset, len);
         for slot in &self.lanes {
             let mut lane = slot.cache.lock();
-            let b = &mut lane.bins[bin_floor(len)];
+            let bin = bin_floor(len);
+            let b = &lane.bins[bin];
             if let Some(i) = b.extents[..b.n as usize].iter().position(|&x| x == want) {
-                b.extents.copy_within(i + 1..b.n as usize, i);
-                b.n -= 1;
+                lane.remove(bin, i..i + 1);
                 LaneFigures::bump(&slot.figures.bytes, len.wrapping_neg());
                 return true;
             }
@@ -566,14 +625,15 @@ impl ExtentCache {
         let slot = &self.lanes[lane];
         let mut lane = slot.cache.lock();
         let mut bytes = 0u64;
-        for bin in lane.bins.iter_mut() {
-            while bin.n > 0 {
+        for bin in 0..BINS {
+            while lane.bins[bin].n > 0 {
                 if evicted.n == N {
                     LaneFigures::bump(&slot.figures.bytes, bytes.wrapping_neg());
                     return false;
                 }
-                bin.n -= 1;
-                let (offset, len) = unpacked(bin.extents[bin.n as usize]);
+                let last = lane.bins[bin].n as usize - 1;
+                let (offset, len) = unpacked(lane.bins[bin].extents[last]);
+                lane.remove(bin, last..last + 1);
                 evicted.push(offset);
                 bytes += len;
             }
@@ -637,19 +697,55 @@ mod tests {
             if floor + 1 < BINS {
                 assert!(len < bin_low(floor + 1), "{len} in bin {floor}");
             }
-            let (own, ceil) = bins_for(len);
-            assert_eq!(own, floor);
+            let ceil = bin_ceil(len);
             assert!(ceil == 0 || bin_low(ceil - 1) < len, "{len}: bin {ceil} is the first");
             if ceil < BINS {
-                // Every extent of that bin is long enough, and less than a quarter too long.
+                // Every extent of the window's bins is long enough, and less than a quarter
+                // too long.
                 assert!(bin_low(ceil) >= len);
-                if ceil + 1 < BINS {
-                    assert!(bin_low(ceil + 1) <= len + len / 4, "{len}: bin {ceil}");
-                }
+                let past = (ceil + WINDOW as usize).min(BINS);
+                assert!(bin_low(past) <= len + len / 4, "{len}: bins {ceil}..{past}");
             }
         }
-        assert_eq!(bins_for(MIN_LEN), (0, 0));
-        assert_eq!(bins_for(MAX_LEN - 16), (BINS - 1, BINS), "no bin holds it whole");
+        assert_eq!(bin_ceil(MIN_LEN), 0);
+        assert_eq!(bin_ceil(MAX_LEN - 16), BINS, "no bin holds it whole");
+    }
+
+    /// A request takes the newest extent of the first bin of its window that holds one, and
+    /// finds none past the window; the map follows the bins.
+    #[test]
+    fn a_request_takes_from_the_first_bin_of_its_window_that_holds_one() {
+        let mut lane = LaneCache {
+            nonempty: [0; MAP_WORDS],
+            bins: [Bin {
+                n: 0,
+                extents: [0; BIN_SLOTS],
+            }; BINS],
+        };
+        let want = 20_000;
+        let ceil = bin_ceil(want);
+        let low = |k: usize| bin_low(ceil + k);
+        // Two extents three bins up, one six up, one a bin below (too short for some of its
+        // lengths), one past the window.
+        assert!(lane.put(4096, low(3)));
+        assert!(lane.put(8192, low(3) + 16));
+        assert!(lane.put(12288, low(6)));
+        assert!(lane.put(16384, bin_low(ceil - 1)));
+        assert!(lane.put(20480, low(WINDOW as usize)));
+        let taken = |lane: &mut LaneCache| lane.take(want).map(|e| unpacked(e).0);
+        assert_eq!(taken(&mut lane), Some(8192), "the newest of the first bin");
+        assert_eq!(taken(&mut lane), Some(4096));
+        assert_eq!(lane.nonempty[(ceil + 3) / 64] >> ((ceil + 3) % 64) & 1, 0, "bin emptied");
+        assert_eq!(taken(&mut lane), Some(12288));
+        assert_eq!(taken(&mut lane), None, "below and past the window");
+        assert_eq!(lane.take(bin_low(ceil - 1)).map(|e| unpacked(e).0), Some(16384));
+        for k in 0..BIN_SLOTS as u64 {
+            assert!(lane.put(65536 + 4096 * k, MAX_LEN - 4096));
+        }
+        assert!(!lane.put(1 << 20, MAX_LEN - 4096), "a full bin");
+        assert_eq!(lane.take(MAX_LEN - 4096 - 16).map(|e| unpacked(e).0), Some(65536 + 4096 * 7));
+        lane.remove(BINS - 1, 0..BIN_SLOTS - 1);
+        assert_eq!(lane.nonempty[(BINS - 1) / 64], 0, "the last bin emptied");
     }
 
     #[test]
@@ -674,16 +770,21 @@ mod tests {
         let mut all = Evicted::<4>::new();
         assert_eq!(cache.cached_bytes(), 4992);
         assert_eq!(cache.pop(5000), None, "4992 bytes do not hold 5000");
-        assert_eq!(cache.pop(4992 - 16 * 12), Some((a, 4992)), "its own bin");
-        cache.revive(a);
+        assert_eq!(cache.pop(4992 - 128 * 2), Some((a, 4992)), "two bins up");
+        cache.revive(a, 4992);
         assert!(matches!(cache.free(a), CacheFree::Taken(4992)));
         cache.push(a, 4992, &mut evicted);
+        assert_eq!(cache.pop(4096), None, "past the window");
         assert_eq!(
             cache.pop(4096 + 16),
             Some((a, 4992)),
-            "the bin above the request's"
+            "the last bin of the window"
         );
-        cache.revive(a);
+        cache.revive(a, 4992);
+        assert!(matches!(cache.free(a), CacheFree::Taken(4992)));
+        cache.push(a, 4992, &mut evicted);
+        assert_eq!(cache.pop(4992), Some((a, 4992)), "the same size, from its own bin");
+        cache.revive(a, 4992);
         assert!(matches!(cache.free(a), CacheFree::Taken(4992)));
         cache.push(a, 4992, &mut evicted);
         assert!(cache.take_lane(Lane::of_this_thread().0 as usize, &mut all));

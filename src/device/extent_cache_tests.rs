@@ -105,6 +105,33 @@ fn a_cached_block_is_no_live_block() {
     assert_eq!(s.largest_free, s.capacity - HEADER_SIZE);
 }
 
+/// An inherited tier (a forked child without a private copy) writes nothing to the device
+/// when a cached-size block is freed: the lanes, whose free writes the state without asking,
+/// are off; a second free is still refused, and the fit cannot turn them on again.
+#[test]
+fn an_inherited_tiers_free_writes_nothing() {
+    let tier = open("cache-inherited", ",size=16M");
+    let p = tier.alloc(20_000, 16).unwrap();
+    let q = tier.alloc(20_000, 16).unwrap();
+    let r = tier.alloc(20_000, 16).unwrap();
+    tier.free(q).unwrap();
+    let state = |p: *mut u8| {
+        // SAFETY: the header lies in the mapped region, before the block.
+        unsafe { core::ptr::read_volatile(p.sub(HEADER_SIZE as usize) as *const BlockHeader) }
+            .state
+    };
+    assert_eq!((state(p), state(q)), (STATE_ALLOCATED, STATE_FREE));
+    tier.become_inherited();
+    tier.free(p).unwrap();
+    assert_eq!(state(p), STATE_ALLOCATED, "the inherited block's header is the parent's");
+    tier.set_fit(Fit::Best);
+    tier.free(r).unwrap();
+    assert_eq!(state(r), STATE_ALLOCATED, "the fit turned the lanes on again");
+    assert_eq!(tier.free(p), Err(FreeError::DoubleFree), "the heap's, refused");
+    assert_eq!(tier.free(q), Err(FreeError::DoubleFree), "one waiting in a lane");
+    assert_eq!(tier.alloc(20_000, 16), None, "an inherited tier serves no block");
+}
+
 /// A tier whose free room sits in the lanes still serves a request for all of it.
 #[test]
 fn a_full_tier_takes_back_what_the_lanes_hold() {

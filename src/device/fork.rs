@@ -134,7 +134,17 @@ impl DeviceTier {
             self.shared_across_fork.store(false, Ordering::Relaxed);
             self.device.close_in_child();
         } else {
-            self.inherited.store(true, Ordering::Relaxed);
+            self.become_inherited();
+        }
+    }
+
+    /// Makes the tier inherited: it serves no block and its frees write nothing to the
+    /// device. The lanes' free path, which writes the state without asking, is turned off
+    /// (frees go to the heap's, which asks).
+    pub(super) fn become_inherited(&self) {
+        self.inherited.store(true, Ordering::Relaxed);
+        if let Some(cache) = &self.cache {
+            cache.set_enabled(false);
         }
     }
 

@@ -41,6 +41,7 @@ use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierCounters, TierStats};
 use core::fmt::Write;
 use core::ffi::CStr;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use evacuate::{DeviceState, LiveExtents};
 use extent_cache::{CacheFree, Evicted, ExtentCache};
@@ -364,16 +365,34 @@ impl DeviceTier {
         // A request for 0 bytes gets a block of one granule (slabs' smallest class), as on
         // DRAM: its usable size is not 0 (which `realloc` would take for "not a block"), and
         // its address is not the next block's header.
-        let (offset, usable) = match Slabs::class_of(size, align) {
-            Some(class) => (self.alloc_slot(class)?, slabs::usable_of(class)),
-            None => {
-                let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
-                let (offset, extent) = self.alloc_block_extent(len, align as u64)?;
-                (offset, extent - HEADER_SIZE)
+        if let Some(class) = Slabs::class_of(size, align) {
+            let offset = self.alloc_slot(class)?;
+            return Some((self.block_at(offset), slabs::usable_of(class) as usize));
+        }
+        let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
+        if let Some(cache) = self.cache_for(len, align as u64) {
+            // The lane free, no wait: the path of almost every request of a cached size,
+            // which returns from here (the slow path's answer comes back in two registers).
+            if let Some((offset, extent)) = cache.try_pop(len) {
+                self.hand_out_cached(cache, offset, extent);
+                return Some((self.block_at(offset), (extent - HEADER_SIZE) as usize));
             }
-        };
+        }
+        self.alloc_block_slow(len, align as u64)
+            .map(|(p, usable)| (p.as_ptr(), usable))
+    }
+
+    /// The block whose extent (or slot) starts at `offset`.
+    #[inline(always)]
+    fn block_at(&self, offset: u64) -> *mut u8 {
         let p = (self.region.base + (offset + HEADER_SIZE) as usize) as *mut u8;
-        Some((p, usable as usize))
+        if p.is_null() {
+            // SAFETY: `base` is a mapping's address and `offset` a header's offset in it, so
+            // the sum is an address in the mapping, never null. Said so that the callers'
+            // test for a null block (a failed request) leaves the paths that found one.
+            unsafe { core::hint::unreachable_unchecked() }
+        }
+        p
     }
 
     /// Whether `p` lies in this tier's region (a caller that knows the tier skips the page
@@ -422,19 +441,17 @@ impl DeviceTier {
         self.release_if_empty(&mut heap, slab);
     }
 
-    /// The extent of a block outside the slabs, of at least `len` bytes (header included) for
-    /// a block aligned to `align`, its header written: from this thread's lane of the extent
-    /// cache when it holds one of that size (no heap lock), else from the heap. Counted (the
-    /// lane counts its own).
-    #[inline(always)]
-    fn alloc_block_extent(&self, len: u64, align: u64) -> Option<(u64, u64)> {
-        if let Some(cache) = self.cache_for(len, align) {
-            // The lane free, no wait: the path of almost every request of a cached size.
-            if let Some((offset, extent)) = cache.try_pop(len) {
-                return Some(self.hand_out_cached(cache, offset, extent));
-            }
-        }
-        self.alloc_block_extent_slow(len, align)
+    /// A block outside the slabs, of at least `len` bytes (header included) aligned to
+    /// `align`, when this thread's lane could not answer at once (`alloc_sized`): its address
+    /// and usable size (in two registers: no answer through memory). Out of line, so that the
+    /// hit path saves no registers.
+    #[inline(never)]
+    fn alloc_block_slow(&self, len: u64, align: u64) -> Option<(NonNull<u8>, usize)> {
+        let (offset, extent) = self.alloc_block_extent_slow(len, align)?;
+        Some((
+            NonNull::new(self.block_at(offset))?,
+            (extent - HEADER_SIZE) as usize,
+        ))
     }
 
     /// The extent cache, if a block of `len` bytes (header included) aligned to `align` is
@@ -448,21 +465,21 @@ impl DeviceTier {
 
     /// Makes the extent a lane gave out a live block: its whole header, then its live bit.
     #[inline(always)]
-    fn hand_out_cached(&self, cache: &ExtentCache, offset: u64, extent: u64) -> (u64, u64) {
+    fn hand_out_cached(&self, cache: &ExtentCache, offset: u64, extent: u64) {
         self.write_header(offset, extent);
-        cache.revive(offset);
-        (offset, extent)
+        cache.revive(offset, extent);
     }
 
-    /// `alloc_block_extent` when the lane could not answer at once: the lane waited for (or
-    /// given to this thread first), then the heap. Out of line, so that the hit path saves no
-    /// registers.
-    #[inline(never)]
+    /// The extent of a block outside the slabs, its header written, when the lane could not
+    /// answer at once: the lane waited for (or given to this thread first), then the heap.
+    /// Counted (the lane counts its own).
+    #[inline(always)]
     fn alloc_block_extent_slow(&self, len: u64, align: u64) -> Option<(u64, u64)> {
         let cache = self.cache_for(len, align);
         if let Some(cache) = cache {
             if let Some((offset, extent)) = cache.pop(len) {
-                return Some(self.hand_out_cached(cache, offset, extent));
+                self.hand_out_cached(cache, offset, extent);
+                return Some((offset, extent));
             }
         }
         let (offset, extent) =
@@ -695,23 +712,32 @@ impl DeviceTier {
     /// thread's lane, else the heap's. The lane's part calls nothing.
     #[inline(always)]
     fn free_outside_slabs(&self, offset: u64) -> Result<(), FreeError> {
+        self.free_if_cached(offset)
+            .unwrap_or_else(|| self.free_uncached(offset))
+    }
+
+    /// A free of the block at `offset` if the extent cache names it (a cached-size block,
+    /// into this thread's lane); `None`: not named, nothing done. Only a block outside the
+    /// slabs is named (a table entry is present only while the heap holds its block's
+    /// extent), so this needs no slab test.
+    #[inline(always)]
+    fn free_if_cached(&self, offset: u64) -> Option<Result<(), FreeError>> {
         let in_region = offset < self.region.len as u64;
-        if let Some(cache) = self.cache.as_ref().filter(|c| in_region && c.enabled()) {
-            match cache.free(offset) {
-                CacheFree::NotCached => {}
-                CacheFree::Refused(error) => return Err(error),
-                CacheFree::Taken(len) => {
-                    // The block is ours until the heap gets it back: its state first.
-                    self.mark_free(offset);
-                    // The lane free and with room, no wait: almost every free of the size.
-                    if !cache.try_push(offset, len) {
-                        self.push_cached(cache, offset, len);
-                    }
-                    return Ok(());
+        let cache = self.cache.as_ref().filter(|c| in_region && c.enabled())?;
+        match cache.free(offset) {
+            CacheFree::NotCached => None,
+            CacheFree::Refused(error) => Some(Err(error)),
+            CacheFree::Taken(len) => {
+                // The block is ours until the heap gets it back: its state first. No test of
+                // `inherited`: an inherited tier's lanes are off (`after_fork_in_child`).
+                media::write_state(&self.store_target(), offset, STATE_FREE);
+                // The lane free and with room, no wait: almost every free of the size.
+                if !cache.try_push(offset, len) {
+                    self.push_cached(cache, offset, len);
                 }
+                Some(Ok(()))
             }
         }
-        self.free_uncached(offset)
     }
 
     /// The end of a free whose extent `try_push` could not take: the lane waited for, and
@@ -768,6 +794,32 @@ impl DeviceTier {
             Some(offset) if self.slabs.holds_live(offset) => self.free_in_slab_or_report(p, offset),
             Some(offset) => self.free_outside_slabs_or_report(p, offset),
             None => self.report_failed_free(p, FreeError::NotAllocated),
+        }
+    }
+
+    /// `free_or_report` of a block whose caller says it was asked for `size` bytes aligned to
+    /// `align` (the Rust `Allocator`'s layout): for a size no slab serves, the extent cache is
+    /// asked first and the slab test is left to a block it does not name. A wrong layout
+    /// costs only that order: what the cache does not name goes through `free_or_report`'s
+    /// whole dispatch.
+    #[inline(always)]
+    pub fn free_sized_or_report(&self, p: *mut u8, size: usize, align: usize) {
+        match self.offset_of(p) {
+            Some(offset) if Slabs::class_of(size, align).is_none() => {
+                self.free_cached_first_or_report(p, offset)
+            }
+            _ => self.free_or_report(p),
+        }
+    }
+
+    /// `free_sized_or_report` of a block of a size no slab serves, at `offset`: one the
+    /// extent cache does not name goes through `free_or_report`'s whole dispatch.
+    #[inline(never)]
+    fn free_cached_first_or_report(&self, p: *mut u8, offset: u64) {
+        match self.free_if_cached(offset) {
+            Some(Ok(())) => {}
+            Some(Err(error)) => self.report_failed_free(p, error),
+            None => self.free_or_report(p),
         }
     }
 
@@ -1025,7 +1077,8 @@ impl DeviceTier {
     pub fn set_fit(&self, fit: Fit) {
         if let Some(cache) = &self.cache {
             // The lanes serve best fit only (`extent_cache`).
-            cache.set_enabled(fit == Fit::Best);
+            // Never in an inherited tier (`after_fork_in_child`).
+            cache.set_enabled(fit == Fit::Best && !self.inherited.load(Ordering::Relaxed));
             if fit != Fit::Best {
                 self.drain_cache();
             }

@@ -174,8 +174,10 @@ unsafe impl allocator_api2::alloc::Allocator for Tier {
         self.allocate_with(layout, true)
     }
 
-    unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, _layout: core::alloc::Layout) {
-        // SAFETY: a live block from `allocate` (Allocator contract).
-        unsafe { tier::free_on(self.kind, ptr.as_ptr()) }
+    unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, layout: core::alloc::Layout) {
+        // SAFETY: a live block from `allocate` (Allocator contract). The layout only orders
+        // the lookups (a device tier's extent cache before its slabs for a size no slab
+        // serves); a wrong one frees the block all the same.
+        unsafe { tier::free_on_sized(self.kind, ptr.as_ptr(), layout.size(), layout.align()) }
     }
 }

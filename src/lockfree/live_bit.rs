@@ -1,9 +1,10 @@
 //! A live bit in a word that also names what it belongs to. Freeing the thing clears the bit
 //! with one compare-and-swap, so of two frees of it, racing or one after the other, exactly
 //! one succeeds and the other learns it was a double free. Whoever cleared it owns the thing
-//! and sets the bit again when it hands it out (`set`), after writing what the next owner must
-//! see; nothing else writes a word whose bit is set. The device tier's extent cache keeps one
-//! such word per 4 KiB of a region (`device/extent_cache.rs`).
+//! and sets the bit again when it hands it out (`set`, one store), after writing what the next
+//! owner must see; nothing else writes a word whose bit is set, nor one whose bit its owner
+//! cleared. The device tier's extent cache keeps one such word per 4 KiB of a region
+//! (`device/extent_cache.rs`).
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -39,14 +40,19 @@ pub fn clear(word: &AtomicU64, names: impl Fn(u64) -> bool) -> Cleared {
     }
 }
 
-/// Sets the live bit again: the owner hands the thing out, its writes done.
-#[inline]
-pub fn set(word: &AtomicU64) {
-    set_with(word, Ordering::Release);
+/// Sets the live bit again: the owner hands the thing out, its writes done. `cleared` is the
+/// word as the owner's `clear` left it (bit clear). One store, not a read-modify-write: while
+/// the bit is clear, the owner is the word's only writer (a `clear` finds the bit clear and
+/// writes nothing).
+#[inline(always)]
+pub fn set(word: &AtomicU64, cleared: u64) {
+    set_with(word, cleared, Ordering::Release);
 }
 
-fn set_with(word: &AtomicU64, order: Ordering) {
-    word.fetch_or(LIVE, order);
+#[inline(always)]
+fn set_with(word: &AtomicU64, cleared: u64, order: Ordering) {
+    debug_assert_eq!(cleared & LIVE, 0);
+    word.store(cleared | LIVE, order);
 }
 
 #[cfg(all(test, loom))]
@@ -95,7 +101,7 @@ mod tests {
                 })
             };
             data.store(42, Ordering::Relaxed);
-            set_with(&word, order);
+            set_with(&word, NAME, order);
             assert_eq!(
                 freer.join().unwrap(),
                 42,
