@@ -44,10 +44,16 @@ impl FileCopy {
     /// `target` (at 0), unless either is not a file (-1) or `TIERMALLOC_EVACUATE_COPY` says
     /// `mapped`.
     pub fn new(source: i32, source_offset: u64, target: i32) -> FileCopy {
-        let wanted = !matches!(
-            os::getenv(b"TIERMALLOC_EVACUATE_COPY"),
-            Some(b"mapped") | Some(b"map")
-        );
+        use crate::config::Report;
+        const NAME: &str = "TIERMALLOC_EVACUATE_COPY";
+        let wanted = match os::getenv(NAME.as_bytes()) {
+            None | Some(b"file") => true,
+            Some(b"mapped") => false,
+            Some(other) => {
+                crate::config::Stderr.problem(NAME, other, "expected file or mapped; file taken");
+                true
+            }
+        };
         FileCopy {
             source,
             source_offset,
