@@ -12,9 +12,11 @@
 //!    live extents were listed, the chunk is split off the rest of the source's mapping (so
 //!    that step 3 replaces a mapping whole, waiting for no fault elsewhere in the source),
 //!    the chunk's entries in the tier's page tables are dropped (the file keeps its pages),
-//!    and the live bytes are copied into the target through a second mapping of the source.
+//!    and the live bytes are copied into the target: file to file by the kernel where it can
+//!    (`file_copy`), else through a second mapping of the source into one of the target.
 //!    A thread that touches the chunk from here on maps its page again, which is how step 2
-//!    knows what changed;
+//!    knows what changed; a second, short pass drops and copies again the pages touched during
+//!    that copy (`Precopy::second_pass`), so that step 2 is left with those touched since;
 //! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the heap lists
 //!    the allocated extents that overlap the chunk (plus the headers of the chain inside every
 //!    free extent, and retired slabs' windows, so that what a recovery scan reads is the same

@@ -361,15 +361,22 @@ mod tests {
         (region, fd)
     }
 
+    /// `shared_file`'s region of 64 pages, its descriptor, and a pre-copy view of it with the
+    /// page map open.
+    fn region_and_view(tag: &str) -> (usize, i32, Precopy) {
+        let (region, fd) = shared_file(tag, 64 * os::PAGE_SIZE);
+        let mut pre = Precopy::new(fd, 0, 64 * os::PAGE_SIZE).unwrap();
+        assert!(pre.open_pagemap() >= 0);
+        (region, fd, pre)
+    }
+
     /// The second pass copies again, after dropping them again, exactly the pages touched
     /// during the first (a store that landed after its page was copied arrives), so that the
     /// hold sees only pages touched after that; runs past its limit stay mapped for the hold.
     #[test]
     fn the_second_pass_copies_the_pages_touched_during_the_first_again() {
         let len = 64 * os::PAGE_SIZE;
-        let (region, fd) = shared_file("second", len);
-        let mut pre = Precopy::new(fd, 0, len).unwrap();
-        assert!(pre.open_pagemap() >= 0);
+        let (region, fd, pre) = region_and_view("second");
         let mut target = vec![0u8; len];
         let copy_into = |target: &mut Vec<u8>, pre: &Precopy, start: usize, end: usize| {
             // SAFETY: `[start, end)` of the view, which maps `len` bytes.
@@ -438,9 +445,7 @@ mod tests {
     #[test]
     fn touched_pages_are_the_ones_written_after_the_drop() {
         let len = 64 * os::PAGE_SIZE;
-        let (region, fd) = shared_file("touched", len);
-        let mut pre = Precopy::new(fd, 0, len).unwrap();
-        assert!(pre.open_pagemap() >= 0);
+        let (region, fd, pre) = region_and_view("touched");
         pre.populate_view(&[(0, len as u64)]);
         // SAFETY: a shared file mapping, the whole of it.
         unsafe { pre.drop_entries(region, 0, len) };
