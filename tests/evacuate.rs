@@ -396,6 +396,29 @@ fn sparse_stores_during_moves_all_arrive() {
     }
 }
 
+/// A `TIERMALLOC_EVACUATE_COPY` that is neither `file` nor `mapped` gets one line naming it,
+/// and the move copies file to file, the default.
+#[test]
+fn a_bad_copy_setting_is_said_and_the_default_kept() {
+    const TEST: &str = "a_bad_copy_setting_is_said_and_the_default_kept";
+    if !is_child() {
+        let out = child_run(TEST, "dram;cxl:path={shm}dev,size=4M,create");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("tiermalloc: TIERMALLOC_EVACUATE_COPY: 'sideways': expected file or mapped (file is the default)"),
+            "{err}"
+        );
+        return;
+    }
+    let blocks = make_blocks(100);
+    std::env::set_var("TIERMALLOC_EVACUATE_COPY", "sideways");
+    let report = evacuate_with_report(CXL, Some(&shm("to"))).expect("the move");
+    std::env::remove_var("TIERMALLOC_EVACUATE_COPY");
+    assert!(report.file_copied > 0, "{report:?}");
+    check_blocks(&blocks, false);
+}
+
 /// Whether an exclusive open-file-description lock on all of `path` can be had now.
 fn can_lock(path: &str) -> bool {
     use std::os::fd::AsRawFd;
@@ -1067,13 +1090,16 @@ fn a_tier_moves_onto_a_disk_file_but_not_off_it() {
         std::process::id()
     ));
     let disk = disk.to_str().unwrap().to_string();
-    let moved = evacuate(CXL, Some(&disk));
+    let moved = evacuate_with_report(CXL, Some(&disk));
     assert_eq!(mapped_file(blocks[0].p).as_deref(), Some(disk.as_str()));
     check_blocks(&blocks, false);
+    // The kernel copies no file from /dev/shm onto another file system (EXDEV): every byte
+    // went through the mappings.
+    assert_eq!(moved.as_ref().map(|r| r.file_copied), Ok(0));
     // From the disk file the tier cannot move on (it cannot be write-protected).
     assert_eq!(evacuate(CXL, Some(&shm("back"))), Err(libc::EOPNOTSUPP));
     let _ = std::fs::remove_file(&disk);
-    assert_eq!(moved, Ok(()));
+    assert!(moved.is_ok());
     check_blocks(&blocks, false);
 }
 

@@ -18,9 +18,11 @@
 //! the remap, the tier's range map.
 //!
 //! Where it is refused: files on two different file systems (EXDEV: a `/dev/shm` source and a
-//! target on disk or on another tmpfs mount), a hugetlbfs source (no splice), a device or BAR
-//! target (EINVAL, EOPNOTSUPP). The first refusal turns it off for the rest of the move, and
-//! every copy goes through the mappings as before. `TIERMALLOC_EVACUATE_COPY=mapped` turns it
+//! target on disk or on another tmpfs mount; `a_tier_moves_onto_a_disk_file_but_not_off_it`
+//! takes this way), and whatever else the kernel cannot copy between (hugetlbfs reads no splice
+//! and takes no `write(2)`; a device or BAR target: not tried here, no such mount or device
+//! on this machine). The first refusal turns it off for the rest of the move, and every copy
+//! goes through the mappings as before. `TIERMALLOC_EVACUATE_COPY=mapped` turns it
 //! off from the start (the tests cover both ways so).
 
 use crate::os;
@@ -50,7 +52,7 @@ impl FileCopy {
             None | Some(b"file") => true,
             Some(b"mapped") => false,
             Some(other) => {
-                crate::config::Stderr.problem(NAME, other, "expected file or mapped; file taken");
+                crate::config::Stderr.problem(NAME, other, "expected file or mapped (file is the default)");
                 true
             }
         };

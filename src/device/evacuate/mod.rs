@@ -955,8 +955,8 @@ fn move_region(
         // The batch's target pages for its live bytes exist before any of its writers are
         // held (the pre-copy's file copy allocates them, or they are made present with the
         // view's), so that a hold covers a copy, not the target's page allocation
-        // (`batch_bytes`); then its chunks are pre-copied and held one at a time. A batch whose listing would not fit `Ranges` shrinks to one chunk,
-        // listed exactly.
+        // (`batch_bytes`); then its chunks are pre-copied and held one at a time. A batch
+        // whose listing would not fit `Ranges` shrinks to one chunk, listed exactly.
         let mut batch_hi = (lo + batch).min(region.len);
         loop {
             precopied.reset(lo as u64, batch_hi as u64);
