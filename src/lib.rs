@@ -70,6 +70,7 @@
 //! | `TIERMALLOC_PROFILE_HUGE` | boolean: fill the reserve with `MADV_POPULATE_WRITE` on transparent huge pages (1) or small pages (0) instead of the default `UFFDIO_COPY` (no faults) |
 //! | `TIERMALLOC_SECURE` | boolean: hardening that costs more (pages hand out their blocks in a random order) |
 //! | `TIERMALLOC_EVACUATE_CHUNK` | SIZE: the bytes [`evacuate`] (`tm_evacuate`) moves per step (default `1M`) |
+//! | `TIERMALLOC_EVACUATE_COPY` | `file` (default) or `mapped`: [`evacuate`] pre-copies file to file with `copy_file_range` where the kernel allows it, or always through mappings of the two files |
 //! | `TIERMALLOC_EVACUATE_RT` | boolean, on unless set off: each chunk's hold of [`evacuate`] runs at real-time priority where allowed (`SCHED_FIFO` 1, then the thread's own policy again) |
 //! | `TIERMALLOC_LIB` | (the command) the library `tiermalloc run` preloads |
 //!

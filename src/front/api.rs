@@ -67,6 +67,11 @@ pub struct Evacuation {
     /// Bytes copied: live extents and slabs, and the headers of the device's header chain
     /// inside free space.
     pub copied: u64,
+    /// Bytes the kernel copied from the source file into the target file
+    /// (`copy_file_range`), counting a page copied again (touched during its pre-copy) each
+    /// time; 0 when every copy went through the two mappings (files on different file
+    /// systems, a hugetlbfs source, `TIERMALLOC_EVACUATE_COPY=mapped`).
+    pub file_copied: u64,
     /// The tier's region, which now lies on the target.
     pub region: u64,
     /// Chunks moved one after another.
@@ -97,6 +102,7 @@ pub fn evacuate(kind: Kind, target: Option<&core::ffi::CStr>) -> Result<Evacuati
     let r = crate::device::evacuate_kind(kind, target).map_err(EvacuateError)?;
     Ok(Evacuation {
         copied: r.copied,
+        file_copied: r.file_copied,
         region: r.region,
         chunks: r.chunks,
         longest_hold_ns: r.longest_hold_ns,

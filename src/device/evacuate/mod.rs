@@ -12,9 +12,11 @@
 //!    live extents were listed, the chunk is split off the rest of the source's mapping (so
 //!    that step 3 replaces a mapping whole, waiting for no fault elsewhere in the source),
 //!    the chunk's entries in the tier's page tables are dropped (the file keeps its pages),
-//!    and the live bytes are copied into the target through a second mapping of the source.
+//!    and the live bytes are copied into the target: file to file by the kernel where it can
+//!    (`file_copy`), else through a second mapping of the source into one of the target.
 //!    A thread that touches the chunk from here on maps its page again, which is how step 2
-//!    knows what changed;
+//!    knows what changed; a second, short pass drops and copies again the pages touched during
+//!    that copy (`Precopy::second_pass`), so that step 2 is left with those touched since;
 //! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the heap lists
 //!    the allocated extents that overlap the chunk (plus the headers of the chain inside every
 //!    free extent, and retired slabs' windows, so that what a recovery scan reads is the same
@@ -112,6 +114,7 @@
 //! as stale. On success the tier's media, barrier and register page become the target's
 //! (`DeviceState::backing`) and the whole target is made durable before `tm_evacuate` returns.
 
+mod file_copy;
 mod hold_priority;
 mod move_record;
 mod numa_move;
@@ -128,6 +131,7 @@ use crate::os;
 use core::ffi::CStr;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use file_copy::FileCopy;
 use hold_priority::HoldPriority;
 use precopy::{Precopy, Touched};
 use uffd::WriteProtector;
@@ -155,6 +159,10 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// the writers' hold p99 91-115 us against 62-74 (the remap's p99 62-74 against 29-37) and
 /// the copying thread's CPU per byte 63-66 % of memcpy's against 66-70 %; 1 MiB was between.
 const BATCH_BYTES: usize = CHUNK_BYTES;
+
+/// Most runs of touched pages the pre-copy's second pass drops and copies again (a system call
+/// each); a chunk with more leaves the rest to its hold.
+const SECOND_PASS_RUNS: usize = 16;
 
 /// Most separate live ranges remembered per chunk or batch; past that, the last range is stretched to
 /// the chunk's end (copying some free space rather than allocating).
@@ -573,6 +581,12 @@ pub(crate) struct Report {
     pub copied: u64,
     /// Bytes copied while writers were held (with a pre-copy, those touched during it).
     pub held_copied: u64,
+    /// Bytes the kernel copied file to file (`file_copy`): pre-copies, second passes and
+    /// holds together (so a page copied twice counts twice). Copies it did not make went
+    /// through the mappings.
+    pub file_copied: u64,
+    /// Bytes the pre-copy's second pass copied again (touched during the first).
+    pub recopied: u64,
     pub region: u64,
     pub chunks: u64,
     /// The longest time one chunk stayed write-protected, in nanoseconds.
@@ -633,6 +647,8 @@ impl Default for Report {
         Report {
             copied: 0,
             held_copied: 0,
+            file_copied: 0,
+            recopied: 0,
             region: 0,
             chunks: 0,
             longest_hold_ns: 0,
@@ -861,7 +877,8 @@ fn move_region(
             state.file_offset.load(Ordering::Relaxed),
         );
     }
-    let chunk = chunk_bytes().next_multiple_of(page_size_of(old_fd));
+    let page = page_size_of(old_fd);
+    let chunk = chunk_bytes().next_multiple_of(page);
     // Chunks are pre-copied before their hold from a second mapping of the source, their
     // entries in the tier's page tables dropped first, and the hold copies only what was
     // touched meanwhile (`precopy`); without one (anonymous memory), a chunk is copied from
@@ -878,13 +895,32 @@ fn move_region(
         Some(pre)
     });
     let source = precopy.as_ref().map_or(region.base, Precopy::view);
-    // Copies `[start, end)` of the source into the target's staging mapping.
+    // With a view (a source mapped from a file), the kernel copies file to file where it can
+    // (`file_copy`), touching no page table.
+    let file_copy = FileCopy::new(
+        if precopy.is_some() { old_fd } else { -1 },
+        state.file_offset.load(Ordering::Relaxed),
+        staging.lock_fd,
+    );
+    // Whether the chunk at `lo` is copied through the mappings: the target's move record
+    // (in the first chunk) is written apart from the rest (`move_record::copy_but_record`).
+    let mapped_chunk = |lo: usize| recorded && lo == 0;
+    // Copies `[start, end)` of the source into the target: file to file, else from the source
+    // (the region, or its view) into the target's staging mapping.
     let copy = |start: usize, end: usize, lo: usize| {
+        let start = if mapped_chunk(lo) {
+            start
+        } else {
+            file_copy.copy(start, end)
+        };
+        if start >= end {
+            return;
+        }
         // SAFETY: `[start, end)` lies inside both the source (the region, or its view, as
         // long) and the staging mapping of the target (at least as long), which are distinct
         // mappings.
         unsafe {
-            if recorded && lo == 0 {
+            if mapped_chunk(lo) {
                 // The target's move record is its own (`move_record::mark_target`).
                 move_record::copy_but_record(source, staging.base, start, end);
             } else {
@@ -916,11 +952,11 @@ fn move_region(
     let mut priority = HoldPriority::new();
     let batch = batch_bytes(chunk);
     'batches: while lo < region.len {
-        // The batch's target pages (and the view's) for its live bytes are made present
-        // before any of its writers are held, so that a hold covers a plain memcpy, not the
-        // target's page allocation (`batch_bytes`); then its chunks are pre-copied and held
-        // one at a time. A batch whose listing would not fit `Ranges` shrinks to one chunk,
-        // listed exactly.
+        // The batch's target pages for its live bytes exist before any of its writers are
+        // held (the pre-copy's file copy allocates them, or they are made present with the
+        // view's), so that a hold covers a copy, not the target's page allocation
+        // (`batch_bytes`); then its chunks are pre-copied and held one at a time. A batch
+        // whose listing would not fit `Ranges` shrinks to one chunk, listed exactly.
         let mut batch_hi = (lo + batch).min(region.len);
         loop {
             precopied.reset(lo as u64, batch_hi as u64);
@@ -938,9 +974,14 @@ fn move_region(
             }
             batch_hi = (lo + chunk).min(region.len);
         }
-        populate(staging.base, &precopied);
-        if let Some(pre) = &precopy {
-            pre.populate_view(precopied.live());
+        // Copied through the mappings, the batch's pages of both are made present first, in
+        // one call per range rather than a fault per page (the kernel's file copy needs
+        // neither).
+        if !file_copy.works() || mapped_chunk(lo) {
+            populate(staging.base, &precopied);
+            if let Some(pre) = &precopy {
+                pre.populate_view(precopied.live());
+            }
         }
         // No signal handler runs on this thread while it holds a chunk: one that wrote into
         // the chunk (a `free` writing a header state) would wait for this very thread. Blocked
@@ -971,6 +1012,30 @@ fn move_region(
                 unsafe { pre.drop_entries(region.base, lo, hi) };
                 for (start, end) in precopied.within(lo as u64, hi as u64) {
                     copy(start as usize, end as usize, lo);
+                }
+                // A second, short pass: the pages the program touched during that copy (mapped
+                // again since the drop) are dropped again, each run of them right before it is
+                // copied again, so that the hold copies only the pages touched during this
+                // pass, not during the whole pre-copy (on the loaded machine a preempted
+                // pre-copy lasted milliseconds). Only on 4 KiB pages: a huge page's entry
+                // cannot be dropped in part. Runs past the first `SECOND_PASS_RUNS` are left
+                // to the hold.
+                if page == os::PAGE_SIZE {
+                    // SAFETY: as for the chunk's drop above.
+                    unsafe {
+                        pre.second_pass::<SECOND_PASS_RUNS>(
+                            region.base,
+                            lo,
+                            hi,
+                            &mut touched,
+                            |a, b| {
+                                for (start, end) in precopied.within(a as u64, b as u64) {
+                                    copy(start as usize, end as usize, lo);
+                                    report.recopied += end - start;
+                                }
+                            },
+                        )
+                    };
                 }
             }
             ranges.reset(lo as u64, hi as u64);
@@ -1101,6 +1166,7 @@ fn move_region(
         populate(region.base, &precopied);
     }
     report.total_ns = now_ns() - started;
+    report.file_copied = file_copy.copied();
     report.raised_holds = priority.raised_holds;
     wp.unregister(region.base, region.len);
     // Unpublished and closed with `fork` held off (a child forked in between would otherwise
@@ -1334,9 +1400,10 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
     }
     let _ = writeln!(
         line,
-        ": {} of {} bytes copied in {} chunks, {} us; writers held per chunk: p50 {} us, p99 {} us, max {} us",
+        ": {} of {} bytes copied ({} file to file) in {} chunks, {} us; writers held per chunk: p50 {} us, p99 {} us, max {} us",
         r.copied,
         r.region,
+        r.file_copied,
         r.chunks,
         r.total_ns / 1000,
         r.hold_quantile(0.5).div_ceil(1000),
@@ -1367,9 +1434,10 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
     }
     let _ = writeln!(
         line,
-        "; {} of {} bytes copied while held; {} holds preempted (longest other {} us); {} holds at real-time priority",
+        "; {} of {} bytes copied while held ({} again before the hold); {} holds preempted (longest other {} us); {} holds at real-time priority",
         r.held_copied,
         r.copied,
+        r.recopied,
         r.preempted_holds,
         r.longest_unpreempted_hold_ns.div_ceil(1000),
         r.raised_holds

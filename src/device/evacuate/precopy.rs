@@ -72,6 +72,39 @@ impl Touched {
         let p = at / os::PAGE_SIZE;
         !self.known || p >= MAX_PAGES || self.bits[p / 64] & (1 << (p % 64)) != 0
     }
+
+    /// The first `N` runs of touched pages among the first `pages` of the chunk, as chunk
+    /// offsets `[start, end)` in address order, and how many there are of them (at most `N`);
+    /// None if which pages were touched is not known.
+    pub fn runs<const N: usize>(&self, pages: usize) -> Option<([(usize, usize); N], usize)> {
+        if !self.known || pages > MAX_PAGES {
+            return None;
+        }
+        let mut runs = [(0, 0); N];
+        let mut n = 0;
+        let mut p = 0;
+        while p < pages {
+            let word = self.bits[p / 64] >> (p % 64);
+            if word == 0 {
+                p = (p / 64 + 1) * 64;
+                continue;
+            }
+            p += word.trailing_zeros() as usize;
+            if p >= pages {
+                break;
+            }
+            let start = p;
+            while p < pages && self.bits[p / 64] & (1 << (p % 64)) != 0 {
+                p += 1;
+            }
+            if n == N {
+                break;
+            }
+            runs[n] = (start * os::PAGE_SIZE, p * os::PAGE_SIZE);
+            n += 1;
+        }
+        Some((runs, n))
+    }
 }
 
 impl Precopy {
@@ -167,6 +200,36 @@ impl Precopy {
         });
     }
 
+    /// The pre-copy's second pass over the chunk `[lo, hi)` of the tier's range at
+    /// `region_base`, right after the first (`drop_entries`, then every live byte copied):
+    /// each of the first `N` runs of pages touched meanwhile is dropped again and then handed
+    /// to `recopy` as region offsets `[start, end)`, to be copied again. The hold then finds
+    /// mapped (and copies) only the pages touched since their last drop: during this short
+    /// pass for these runs, during the whole pre-copy for runs past the first `N`, which stay
+    /// mapped. `touched` is left as the first pass's. Nothing is dropped with 0 runs, or if the
+    /// page map cannot be read.
+    ///
+    /// # Safety
+    /// As `drop_entries` for the chunk.
+    pub unsafe fn second_pass<const N: usize>(
+        &self,
+        region_base: usize,
+        lo: usize,
+        hi: usize,
+        touched: &mut Touched,
+        mut recopy: impl FnMut(usize, usize),
+    ) {
+        self.touched(region_base, lo, hi, touched);
+        let Some((runs, n)) = touched.runs::<N>((hi - lo) / os::PAGE_SIZE) else {
+            return;
+        };
+        for &(start, end) in &runs[..n] {
+            // SAFETY: a page-aligned part of the chunk, which the caller promises is fit.
+            unsafe { self.drop_entries(region_base, lo + start, lo + end) };
+            recopy(lo + start, lo + end);
+        }
+    }
+
     /// Reads which pages of the chunk `[lo, hi)` of the tier's range at `region_base` are
     /// mapped now: those touched since `drop_entries`. Call it with the chunk write-protected:
     /// no write reaches the chunk from then on, so every page written since the drop is among
@@ -239,17 +302,47 @@ impl Drop for Precopy {
 mod tests {
     use super::*;
 
-    /// The pages touched after `drop_entries` are the ones `touched` reports, and dropping
-    /// the entries keeps every byte.
+    fn touched(pages: &[usize]) -> Touched {
+        let mut t = Touched::new();
+        t.known = true;
+        for &p in pages {
+            t.bits[p / 64] |= 1 << (p % 64);
+        }
+        t
+    }
+
+    /// The second pass drops and copies exactly the runs of touched pages: consecutive pages
+    /// merge, a run may cross a 64-page word, pages past the chunk are left out, only the
+    /// first runs are given when there are more than it takes, and an unknown set gives none
+    /// (the hold copies everything).
     #[test]
-    fn touched_pages_are_the_ones_written_after_the_drop() {
-        let path = format!("/dev/shm/tiermalloc-precopy-{}\0", std::process::id());
+    fn touched_pages_come_in_runs() {
+        let p = os::PAGE_SIZE;
+        let t = touched(&[0, 1, 2, 5, 63, 64, 65, 200, 255, 300]);
+        let (runs, n) = t.runs::<8>(256).unwrap();
+        assert_eq!(
+            &runs[..n],
+            &[(0, 3 * p), (5 * p, 6 * p), (63 * p, 66 * p), (200 * p, 201 * p), (255 * p, 256 * p)]
+        );
+        assert_eq!(t.runs::<8>(256).map(|(_, n)| n), Some(5));
+        let (runs, n) = t.runs::<2>(256).unwrap();
+        assert_eq!(&runs[..n], &[(0, 3 * p), (5 * p, 6 * p)], "the first two of five");
+        let (_, n) = touched(&[]).runs::<1>(256).unwrap();
+        assert_eq!(n, 0);
+        assert!(Touched::new().runs::<8>(256).is_none(), "unknown: the hold copies all");
+        let (runs, n) = touched(&[MAX_PAGES - 1]).runs::<1>(MAX_PAGES).unwrap();
+        assert_eq!(&runs[..n], &[((MAX_PAGES - 1) * p, MAX_PAGES * p)]);
+    }
+
+    /// A shared mapping of a fresh /dev/shm file of `len` bytes, filled with 7, and its
+    /// descriptor (the file already unlinked).
+    fn shared_file(tag: &str, len: usize) -> (usize, i32) {
+        let path = format!("/dev/shm/tiermalloc-precopy-{tag}-{}\0", std::process::id());
         // SAFETY: a NUL-terminated path.
         let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CREAT, 0o600) };
         assert!(fd >= 0);
         // SAFETY: as above.
         unsafe { libc::unlink(path.as_ptr().cast()) };
-        let len = 64 * os::PAGE_SIZE;
         // SAFETY: our descriptor; a fresh shared mapping of it.
         let region = unsafe {
             assert_eq!(libc::ftruncate(fd, len as libc::off_t), 0);
@@ -265,8 +358,94 @@ mod tests {
         assert_ne!(region, libc::MAP_FAILED as usize);
         // SAFETY: our mapping.
         unsafe { core::ptr::write_bytes(region as *mut u8, 7, len) };
-        let mut pre = Precopy::new(fd, 0, len).unwrap();
+        (region, fd)
+    }
+
+    /// `shared_file`'s region of 64 pages, its descriptor, and a pre-copy view of it with the
+    /// page map open.
+    fn region_and_view(tag: &str) -> (usize, i32, Precopy) {
+        let (region, fd) = shared_file(tag, 64 * os::PAGE_SIZE);
+        let mut pre = Precopy::new(fd, 0, 64 * os::PAGE_SIZE).unwrap();
         assert!(pre.open_pagemap() >= 0);
+        (region, fd, pre)
+    }
+
+    /// The second pass copies again, after dropping them again, exactly the pages touched
+    /// during the first (a store that landed after its page was copied arrives), so that the
+    /// hold sees only pages touched after that; runs past its limit stay mapped for the hold.
+    #[test]
+    fn the_second_pass_copies_the_pages_touched_during_the_first_again() {
+        let len = 64 * os::PAGE_SIZE;
+        let (region, fd, pre) = region_and_view("second");
+        let mut target = vec![0u8; len];
+        let copy_into = |target: &mut Vec<u8>, pre: &Precopy, start: usize, end: usize| {
+            // SAFETY: `[start, end)` of the view, which maps `len` bytes.
+            let from = unsafe { core::slice::from_raw_parts((pre.view() + start) as *const u8, end - start) };
+            target[start..end].copy_from_slice(from);
+        };
+        let store = |page: usize, v: u64| {
+            // SAFETY: our mapping, `page` < 64.
+            unsafe { ((region + page * os::PAGE_SIZE + 8) as *mut u64).write_volatile(v) };
+        };
+        let stored = |target: &Vec<u8>, page: usize| {
+            let at = page * os::PAGE_SIZE + 8;
+            u64::from_ne_bytes(target[at..at + 8].try_into().unwrap())
+        };
+        let present = |pre: &Precopy, t: &mut Touched| -> Vec<usize> {
+            pre.touched(region, 0, len, t);
+            (0..64).filter(|&p| t.page(p * os::PAGE_SIZE)).collect()
+        };
+        let mut t = Touched::new();
+        // The first pass: drop, copy everything; then stores land on pages 3, 4 and 40.
+        // SAFETY: a shared file mapping, the whole of it.
+        unsafe { pre.drop_entries(region, 0, len) };
+        copy_into(&mut target, &pre, 0, len);
+        store(3, 33);
+        store(4, 44);
+        store(40, 400);
+        let mut recopied = Vec::new();
+        // SAFETY: as above.
+        unsafe {
+            pre.second_pass::<16>(region, 0, len, &mut t, |a, b| {
+                recopied.push((a, b));
+                copy_into(&mut target, &pre, a, b);
+            })
+        };
+        let p = os::PAGE_SIZE;
+        assert_eq!(recopied, [(3 * p, 5 * p), (40 * p, 41 * p)]);
+        assert_eq!((stored(&target, 3), stored(&target, 4), stored(&target, 40)), (33, 44, 400));
+        assert_eq!(present(&pre, &mut t), Vec::<usize>::new(), "dropped again");
+        // A store after the second pass is the hold's.
+        store(7, 70);
+        assert_eq!(present(&pre, &mut t), [7]);
+        // More runs than the pass takes: the first two are copied again, the third stays
+        // mapped for the hold (with page 7's).
+        store(10, 1);
+        store(20, 2);
+        store(30, 3);
+        recopied.clear();
+        // SAFETY: as above.
+        unsafe {
+            pre.second_pass::<2>(region, 0, len, &mut t, |a, b| {
+                recopied.push((a, b));
+                copy_into(&mut target, &pre, a, b);
+            })
+        };
+        assert_eq!(recopied, [(7 * p, 8 * p), (10 * p, 11 * p)]);
+        assert_eq!(present(&pre, &mut t), [20, 30]);
+        // SAFETY: our mapping and descriptor.
+        unsafe {
+            libc::munmap(region as *mut libc::c_void, len);
+            libc::close(fd);
+        }
+    }
+
+    /// The pages touched after `drop_entries` are the ones `touched` reports, and dropping
+    /// the entries keeps every byte.
+    #[test]
+    fn touched_pages_are_the_ones_written_after_the_drop() {
+        let len = 64 * os::PAGE_SIZE;
+        let (region, fd, pre) = region_and_view("touched");
         pre.populate_view(&[(0, len as u64)]);
         // SAFETY: a shared file mapping, the whole of it.
         unsafe { pre.drop_entries(region, 0, len) };
