@@ -285,6 +285,10 @@ mod tests {
         std::thread::spawn(move || {
             // SAFETY: as above.
             unsafe { free(alloc(16)) };
+            // `spawn` frees in this thread what the parent allocated for it (the closure's
+            // box), which may be a block of the same page and class: start with no chain.
+            // SAFETY: this thread's heap (registered, alive).
+            unsafe { (*binding::current()).flush_remote_batch() };
             for &p in &freed[..limit] {
                 // SAFETY: live blocks of the other thread's heap.
                 unsafe { free(p as *mut u8) };
