@@ -22,7 +22,8 @@ const ENTRIES: usize = ADDRESS_LIMIT >> CHUNK_SHIFT;
 pub enum ChunkTag {
     /// Not ours.
     Foreign = 0,
-    /// The start of a small-object segment (its `Segment` header is at the chunk start).
+    /// The start of a small-object segment (its `Segment` header is at the chunk start). Its
+    /// entry holds the owner's tag (`SEGMENT_TAG_MIN` and up, `tag_segment`), never this value.
     Segment = 1,
     /// The first chunk of a large block (its `LargeHeader` is at the chunk start).
     LargeHead = 2,
@@ -38,7 +39,7 @@ impl ChunkTag {
     #[inline]
     fn from_u8(v: u8) -> ChunkTag {
         match v {
-            1 => ChunkTag::Segment,
+            SEGMENT_TAG_MIN..=SHARED_SEGMENT_TAG => ChunkTag::Segment,
             2 => ChunkTag::LargeHead,
             3 => ChunkTag::LargeTail,
             5 => ChunkTag::DeviceCxl,
@@ -57,6 +58,18 @@ impl ChunkTag {
         }
     }
 }
+
+/// The first byte that tags a segment's chunk: a segment's entry holds its owner heap's tag,
+/// `SEGMENT_TAG_MIN..SHARED_SEGMENT_TAG` (one per heap while they last, see
+/// `dram::fast::binding`), or `SHARED_SEGMENT_TAG`. The owner's `free` compares the entry with
+/// its thread's tag (`is_own_segment_at_index`): one comparison says both "a segment" and "its
+/// owner's thread", where the map test and the owner test took two.
+pub const SEGMENT_TAG_MIN: u8 = 8;
+/// The tag of a segment whose heap has no tag of its own (more heaps than tags), or made under
+/// `TIERMALLOC_SECURE=1` (where every free takes the path that compares owners).
+pub const SHARED_SEGMENT_TAG: u8 = 255;
+/// A byte no entry holds: the thread tag of a thread whose heap has no tag, or that has no heap.
+pub const NO_SEGMENT_TAG: u8 = 4;
 
 /// Who owns a block: the page map's one answer about a pointer, from which `free`, `realloc`,
 /// `malloc_usable_size` and `tm_kind_of` all dispatch (`tier`), so that no layer below asks
@@ -142,6 +155,38 @@ pub fn block_chunk_index(p: usize) -> isize {
     (p as isize).wrapping_sub(1) >> CHUNK_SHIFT
 }
 
+/// Whether chunk `index` (from `block_chunk_index`) is a segment tagged `tag` (a heap's tag,
+/// or `NO_SEGMENT_TAG`, which no entry holds): the map's byte compared in memory with the
+/// tag's register.
+///
+/// # Safety
+/// As for `is_segment_at_index`.
+#[inline(always)]
+pub unsafe fn is_own_segment_at_index(index: isize, tag: u8) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: per the contract, `MAP + index + 1` is an entry of the map: one byte read.
+        unsafe {
+            core::arch::asm!(
+                "cmp byte ptr [{map} + {index} + 1], {tag}",
+                "jne {other}",
+                map = in(reg) MAP.as_ptr(),
+                index = in(reg) index,
+                tag = in(reg_byte) tag,
+                other = label { return false; },
+                options(nostack, readonly),
+            );
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: per the contract, `index + 1` is an index of the map.
+        let entry = unsafe { MAP.get_unchecked((index + 1) as usize) };
+        entry.load(Ordering::Relaxed) == tag
+    }
+}
+
 /// Whether chunk `index` (from `block_chunk_index`) is a segment's, one instruction less
 /// than `tag_of_chunk`'s load and comparison: the map's byte is compared in memory. The
 /// compiler does not fold an atomic load into a comparison, so the comparison is written
@@ -157,10 +202,10 @@ pub unsafe fn is_segment_at_index(index: isize) -> bool {
         unsafe {
             core::arch::asm!(
                 "cmp byte ptr [{map} + {index} + 1], {segment}",
-                "jne {other}",
+                "jb {other}",
                 map = in(reg) MAP.as_ptr(),
                 index = in(reg) index,
-                segment = const ChunkTag::Segment as u8,
+                segment = const SEGMENT_TAG_MIN,
                 other = label { return false; },
                 options(nostack, readonly),
             );
@@ -171,14 +216,23 @@ pub unsafe fn is_segment_at_index(index: isize) -> bool {
     {
         // SAFETY: per the contract, `index + 1` is an index of the map.
         let entry = unsafe { MAP.get_unchecked((index + 1) as usize) };
-        entry.load(Ordering::Relaxed) == ChunkTag::Segment as u8
+        entry.load(Ordering::Relaxed) >= SEGMENT_TAG_MIN
     }
+}
+
+/// Tags the chunk at `start` as a segment's, with `tag` (`SEGMENT_TAG_MIN..=SHARED_SEGMENT_TAG`:
+/// its owner heap's tag, see `SEGMENT_TAG_MIN`).
+pub fn tag_segment(start: usize, tag: u8) {
+    debug_assert!(start & CHUNK_MASK == 0 && covers(start, crate::chunk::CHUNK_SIZE));
+    debug_assert!(tag >= SEGMENT_TAG_MIN);
+    MAP[(start >> CHUNK_SHIFT) + 1].store(tag, Ordering::Release);
 }
 
 /// Tags the chunks of `[start, start + len)` (start chunk-aligned): the first `first`, the rest
 /// `rest`. The range must lie below `ADDRESS_LIMIT` (see `covers`).
 pub fn set(start: usize, len: usize, first: ChunkTag, rest: ChunkTag) {
     debug_assert!(start & CHUNK_MASK == 0 && covers(start, len));
+    debug_assert!(first != ChunkTag::Segment && rest != ChunkTag::Segment, "segments: tag_segment");
     let first_index = start >> CHUNK_SHIFT;
     let end_index = (start + len + CHUNK_MASK) >> CHUNK_SHIFT;
     MAP[first_index + 1].store(first as u8, Ordering::Release);

@@ -183,6 +183,17 @@ pub unsafe fn free(p: *mut u8) {
 /// As for `free`; `index` is the chunk index of `p`'s segment.
 #[inline(always)]
 pub unsafe fn free_in_chunk(index: isize, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { free_in(segment_of_chunk(index), p) }
+}
+
+/// The segment at chunk `index` (`pagemap::block_chunk_index`): the index shifted back, one
+/// instruction instead of masking `p`.
+///
+/// # Safety
+/// `index` is the chunk index of a segment.
+#[inline(always)]
+unsafe fn segment_of_chunk(index: isize) -> *mut Segment {
     #[cfg(target_arch = "x86_64")]
     let segment = {
         let mut segment = index as usize;
@@ -196,8 +207,33 @@ pub unsafe fn free_in_chunk(index: isize, p: *mut u8) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let segment = (index as usize) << crate::chunk::CHUNK_SHIFT;
+    segment as *mut Segment
+}
+
+/// `free_in_chunk` by the thread of the segment's owner heap, which the page map's entry
+/// said (`pagemap::is_own_segment_at_index` with `thread_tag`): no owner test follows.
+///
+/// # Safety
+/// As for `free_in_chunk`, and the calling thread's heap owns the segment.
+#[inline(always)]
+pub unsafe fn free_own_in_chunk(index: isize, p: *mut u8) {
     // SAFETY: forwarded.
-    unsafe { free_in(segment as *mut Segment, p) }
+    let segment = unsafe { segment_of_chunk(index) };
+    let page = Segment::page_of(segment, p as usize);
+    // SAFETY: `page` is a page of this segment or the empty page (never null).
+    if unsafe { (*page).suspect(p) } {
+        // SAFETY: forwarded.
+        return unsafe { free_suspect(p, segment, page) };
+    }
+    // SAFETY: forwarded; the calling thread owns the segment (contract).
+    unsafe { free_local(segment, page, p) }
+}
+
+/// The tag this thread's `free` looks for in the page map (`pagemap::is_own_segment_at_index`):
+/// its heap's segment tag, or one that no entry holds.
+#[inline(always)]
+pub fn thread_tag() -> u8 {
+    binding::thread_tag()
 }
 
 /// `free` of block `p` of `segment`.
@@ -228,26 +264,35 @@ unsafe fn free_in(segment: *mut Segment, p: *mut u8) {
 /// handed to `free` by the program.
 #[inline(always)]
 unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
-    let slot = binding::slot();
     // SAFETY: `segment` is a live segment (page map); its `owner` never changes. It is
     // compared in memory and read again on the remote path (one instruction less here).
-    if unsafe { (*segment).owner } == slot {
-        let owner = slot as *mut heap::Heap;
-        // SAFETY: the calling thread owns the heap and so the page; `p` lies in the page's
-        // slices, readable once the count says the page is in use (16 bytes: a block start,
-        // or an incorrect program's other address there, see `guard`).
-        unsafe {
-            if !(*page).count_free() {
-                return free_counted_cold(segment, page, p, owner);
-            }
-            if guard::FREE_MARK && (*page).carries_mark(p) {
-                return free_counted_suspect(p, segment, page);
-            }
-            (*page).push_block(p);
-        }
+    if unsafe { (*segment).owner } == binding::slot() {
+        // SAFETY: forwarded; the calling thread owns the segment.
+        unsafe { free_local(segment, page, p) }
     } else {
         // SAFETY: forwarded.
         unsafe { free_remote(p, page, segment) }
+    }
+}
+
+/// `free_block` by the thread of the segment's owner heap: counted, tested for the free mark,
+/// pushed on the page's own list.
+///
+/// # Safety
+/// As for `free_block`, and the calling thread's heap owns `segment`.
+#[inline(always)]
+unsafe fn free_local(segment: *mut Segment, page: *mut Page, p: *mut u8) {
+    // SAFETY: the calling thread owns the heap and so the page; `p` lies in the page's
+    // slices, readable once the count says the page is in use (16 bytes: a block start,
+    // or an incorrect program's other address there, see `guard`).
+    unsafe {
+        if !(*page).count_free() {
+            return free_counted_cold(segment, page, p, binding::slot() as *mut heap::Heap);
+        }
+        if guard::FREE_MARK && (*page).carries_mark(p) {
+            return free_counted_suspect(p, segment, page);
+        }
+        (*page).push_block(p);
     }
 }
 

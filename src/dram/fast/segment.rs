@@ -35,7 +35,7 @@ use crate::os;
 use crate::chunk::{self, CHUNK_MASK, CHUNK_SIZE};
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::lockfree::tagged_stack::{StackLink, TaggedStack};
-use crate::pagemap::{self, ChunkTag};
+use crate::pagemap;
 use crate::sync::AtomicPtr;
 use core::ptr;
 
@@ -141,13 +141,18 @@ impl Segment {
         self.owner & 1 != 0
     }
 
-    /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
-    /// memory. If `huge` and the chunk is newly mapped, its first half is one huge page
-    /// (`dram::huge_pages`), its block slices counted dirty.
-    pub fn create(owner: usize, huge: bool) -> Option<*mut Segment> {
+    /// Maps a new segment for the heap at address `owner`, whose page-map tag is `tag`
+    /// (`pagemap::SEGMENT_TAG_MIN`); `None` when the kernel has no memory. If `huge` and the
+    /// chunk is newly mapped, its first half is one huge page (`dram::huge_pages`), its block
+    /// slices counted dirty.
+    pub fn create(owner: usize, tag: u8, huge: bool) -> Option<*mut Segment> {
         crate::dram::fast::guard::init_key();
-        let owner = owner | usize::from(crate::dram::fast::guard::secure());
+        let secure = crate::dram::fast::guard::secure();
+        let owner = owner | usize::from(secure);
+        // Under the secure level no thread's tag matches: every free compares owners.
+        let tag = if secure { pagemap::SHARED_SEGMENT_TAG } else { tag };
         if let Some(segment) = RETAINED.pop() {
+            pagemap::tag_segment(segment as usize, tag);
             // SAFETY: a retained chunk is ours alone once popped: every slice free and given
             // back (`release`), header mapped, page map tagged.
             unsafe {
@@ -162,12 +167,12 @@ impl Segment {
             crate::profile::reserve::note_segment_created(SLICE_SIZE);
             return Some(segment);
         }
-        Self::create_fresh(owner, huge)
+        Self::create_fresh(owner, tag, huge)
     }
 
     /// `create` in a newly mapped chunk, whose unused slices are all `PROT_NONE`; if `huge`
     /// (and the kernel takes it), but for its first half, which is one huge page, open whole.
-    fn create_fresh(owner: usize, huge: bool) -> Option<*mut Segment> {
+    fn create_fresh(owner: usize, tag: u8, huge: bool) -> Option<*mut Segment> {
         let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, SLICE_SIZE)?.as_ptr();
         if !chunk::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
@@ -196,12 +201,7 @@ impl Segment {
             (*segment).dirty_slices = present;
             (*segment).fresh_halves = 2;
         }
-        pagemap::set(
-            base as usize,
-            CHUNK_SIZE,
-            ChunkTag::Segment,
-            ChunkTag::Segment,
-        );
+        pagemap::tag_segment(base as usize, tag);
         // SAFETY: initialised above, published now.
         unsafe { REGISTRY.push(segment) };
         crate::profile::reserve::note_segment_created(SLICE_SIZE);
@@ -226,6 +226,9 @@ impl Segment {
             }
             (*segment).owner = 0;
             (*segment).dirty_slices = 0;
+            // Still a segment's chunk, but its last owner's `free` no longer takes it for one
+            // of its own.
+            pagemap::tag_segment(segment as usize, pagemap::SHARED_SEGMENT_TAG);
             RETAINED.push(segment);
         }
         crate::profile::reserve::note_segment_released(SLICE_SIZE);
@@ -420,7 +423,7 @@ mod tests {
 
     #[test]
     fn unused_slices_and_the_header_tail_are_inaccessible() {
-        let segment = Segment::create_fresh(0, false).unwrap();
+        let segment = Segment::create_fresh(0, pagemap::SHARED_SEGMENT_TAG, false).unwrap();
         let base = segment as usize;
         let header = os::page_round(core::mem::size_of::<Segment>());
         assert!(readable(base) && readable(base + header - 1));
@@ -447,7 +450,7 @@ mod tests {
     #[test]
     fn a_released_segment_stays_readable_and_holds_no_block() {
         use crate::dram::fast::guard::{is_block_offset, is_on_lists};
-        let segment = Segment::create(0, false).unwrap();
+        let segment = Segment::create(0, pagemap::SHARED_SEGMENT_TAG, false).unwrap();
         // SAFETY: our segment, used by nothing else; its page is given back before the release.
         unsafe {
             let page = (*segment).take_page(3, 1, false).unwrap();
@@ -465,7 +468,7 @@ mod tests {
             (*segment).give_back(page);
             Segment::release(segment);
             // After the release: the page map still says "segment", every read is mapped.
-            assert_eq!(pagemap::tag_of_block(p as usize), ChunkTag::Segment);
+            assert_eq!(pagemap::tag_of_block(p as usize), pagemap::ChunkTag::Segment);
             let stale = Segment::page_of(Segment::of(p as usize), p as usize);
             assert_eq!(stale, Page::empty_page(), "a released slice maps to the empty page");
             assert!((*stale).block_size == 0 && !(*stale).is_block_start(p));
@@ -489,7 +492,7 @@ mod tests {
             eprintln!("skipped: this kernel has no transparent huge pages");
             return;
         }
-        let segment = Segment::create_fresh(0, true).unwrap();
+        let segment = Segment::create_fresh(0, pagemap::SHARED_SEGMENT_TAG, true).unwrap();
         let base = segment as usize;
         let header = os::page_round(core::mem::size_of::<Segment>());
         assert!(readable(base + header), "the header slice's tail is closed");
@@ -517,7 +520,7 @@ mod tests {
         }
         // A first cut over the second half that may not make it huge (a page of large blocks)
         // leaves the rest closed, and no later cut makes it huge: its small pages may be there.
-        let segment = Segment::create_fresh(0, false).unwrap();
+        let segment = Segment::create_fresh(0, pagemap::SHARED_SEGMENT_TAG, false).unwrap();
         let base = segment as usize;
         // SAFETY: as above.
         unsafe {
