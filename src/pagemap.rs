@@ -115,7 +115,7 @@ pub fn owner_of(p: usize) -> Owner {
 }
 
 /// The entries, one before the first: `MAP[i + 1]` is chunk `i`'s, and `MAP[0]`, never
-/// tagged, is what `is_segment_at_index(-1)` reads for null (see `block_chunk_index`).
+/// tagged, is what `is_own_segment_at_index(-1, _)` reads for null (see `block_chunk_index`).
 static MAP: [AtomicU8; ENTRIES + 1] = [const { AtomicU8::new(0) }; ENTRIES + 1];
 
 /// The start of the chunk that holds the metadata of the block at `p` (see module comment).
@@ -148,7 +148,7 @@ pub fn tag_of_chunk(chunk: usize) -> ChunkTag {
 /// one instruction less than `tag_of_block` on every `free`, and the chunk's start is this
 /// index shifted back. Every address of the user half (below `ADDRESS_LIMIT`) gives an index
 /// of the map; an address above it, which no allocator hands out, gives one outside, which
-/// `is_segment_at_index` must not be asked about (glibc's `free` faults on those addresses
+/// `is_own_segment_at_index` must not be asked about (glibc's `free` faults on those addresses
 /// too: it reads the word before them).
 #[inline(always)]
 pub fn block_chunk_index(p: usize) -> isize {
@@ -160,7 +160,7 @@ pub fn block_chunk_index(p: usize) -> isize {
 /// tag's register.
 ///
 /// # Safety
-/// As for `is_segment_at_index`.
+/// `index` must be -1 or the index of a chunk below `ADDRESS_LIMIT`.
 #[inline(always)]
 pub unsafe fn is_own_segment_at_index(index: isize, tag: u8) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -187,37 +187,15 @@ pub unsafe fn is_own_segment_at_index(index: isize, tag: u8) -> bool {
     }
 }
 
-/// Whether chunk `index` (from `block_chunk_index`) is a segment's, one instruction less
-/// than `tag_of_chunk`'s load and comparison: the map's byte is compared in memory. The
-/// compiler does not fold an atomic load into a comparison, so the comparison is written
-/// out: a plain byte read, as a relaxed load is on x86_64.
+/// The entry of chunk `index` (from `block_chunk_index`), as it is: a segment's tag
+/// (`SEGMENT_TAG_MIN` and up) or another `ChunkTag`'s byte.
 ///
 /// # Safety
-/// `index` must be -1 or the index of a chunk below `ADDRESS_LIMIT`.
+/// As for `is_own_segment_at_index`.
 #[inline(always)]
-pub unsafe fn is_segment_at_index(index: isize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: per the contract, `MAP + index + 1` is an entry of the map: one byte read.
-        unsafe {
-            core::arch::asm!(
-                "cmp byte ptr [{map} + {index} + 1], {segment}",
-                "jb {other}",
-                map = in(reg) MAP.as_ptr(),
-                index = in(reg) index,
-                segment = const SEGMENT_TAG_MIN,
-                other = label { return false; },
-                options(nostack, readonly),
-            );
-        }
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        // SAFETY: per the contract, `index + 1` is an index of the map.
-        let entry = unsafe { MAP.get_unchecked((index + 1) as usize) };
-        entry.load(Ordering::Relaxed) >= SEGMENT_TAG_MIN
-    }
+pub unsafe fn entry_at_index(index: isize) -> u8 {
+    // SAFETY: per the contract, `index + 1` is an index of the map.
+    unsafe { MAP.get_unchecked((index + 1) as usize) }.load(Ordering::Relaxed)
 }
 
 /// Tags the chunk at `start` as a segment's, with `tag` (`SEGMENT_TAG_MIN..=SHARED_SEGMENT_TAG`:

@@ -249,16 +249,18 @@ fn of(owner: Owner) -> Option<TierRef> {
 /// the user half faults (`pagemap::block_chunk_index`), as in glibc.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    // The tag is compared in memory and read again off the fast path (one instruction less).
     let chunk = pagemap::block_chunk_index(p as usize);
     // SAFETY: null or an address of the user half (contract). The entry holds this thread's
     // tag only for a segment its heap owns: the owner's free without an owner test.
     if unsafe { pagemap::is_own_segment_at_index(chunk, dram::fast::thread_tag()) } {
         // SAFETY: a segment of this thread's heap owns `p`, and starts at chunk `chunk`.
-        unsafe { dram::fast::free_own_in_chunk(chunk, p) }
-    } else if unsafe { pagemap::is_segment_at_index(chunk) } {
-        // SAFETY: a segment owns `p`, and starts at chunk `chunk`.
-        unsafe { dram::fast::free_in_chunk(chunk, p) }
+        return unsafe { dram::fast::free_own_in_chunk(chunk, p) };
+    }
+    // SAFETY: as above.
+    let tag = unsafe { pagemap::entry_at_index(chunk) };
+    if tag >= pagemap::SEGMENT_TAG_MIN {
+        // SAFETY: a segment owns `p`, and starts at chunk `chunk`; the entry holds `tag`.
+        unsafe { dram::fast::free_other_in_chunk(chunk, tag, p) }
     } else {
         // SAFETY: forwarded.
         unsafe { free_other(p) }

@@ -211,8 +211,15 @@ pub const fn divisor_magic(d: u32) -> u64 {
 }
 
 /// The bound of the block-start test for `blocks` blocks of `d` bytes: `blocks * e`.
+#[cfg(test)]
 pub const fn block_limit(d: u32, blocks: u32) -> u64 {
-    divisor_magic(d).wrapping_mul(d as u64) * blocks as u64
+    block_limit_of(divisor_magic(d), d, blocks)
+}
+
+/// `block_limit` given `magic = divisor_magic(d)`.
+#[inline]
+pub const fn block_limit_of(magic: u64, d: u32, blocks: u32) -> u64 {
+    magic.wrapping_mul(d as u64) * blocks as u64
 }
 
 /// Whether `offset` (< 2^21, a page's span) is `k * d` with `k < blocks`, given

@@ -175,20 +175,8 @@ pub unsafe fn free(p: *mut u8) {
     unsafe { free_in(Segment::of(p as usize), p) }
 }
 
-/// `free` of block `p` of the segment at chunk `index` (`pagemap::block_chunk_index`, whose
-/// tag said `Segment`): the segment's address is the index shifted back, one instruction
-/// instead of masking `p`.
-///
-/// # Safety
-/// As for `free`; `index` is the chunk index of `p`'s segment.
-#[inline(always)]
-pub unsafe fn free_in_chunk(index: isize, p: *mut u8) {
-    // SAFETY: forwarded.
-    unsafe { free_in(segment_of_chunk(index), p) }
-}
-
-/// The segment at chunk `index` (`pagemap::block_chunk_index`): the index shifted back, one
-/// instruction instead of masking `p`.
+/// The segment at chunk `index` (`pagemap::block_chunk_index`, whose entry said a segment):
+/// the index shifted back, one instruction instead of masking `p`.
 ///
 /// # Safety
 /// `index` is the chunk index of a segment.
@@ -210,11 +198,12 @@ unsafe fn segment_of_chunk(index: isize) -> *mut Segment {
     segment as *mut Segment
 }
 
-/// `free_in_chunk` by the thread of the segment's owner heap, which the page map's entry
+/// `free` of block `p` of the segment at chunk `index`, by the thread of the segment's owner heap, which the page map's entry
 /// said (`pagemap::is_own_segment_at_index` with `thread_tag`): no owner test follows.
 ///
 /// # Safety
-/// As for `free_in_chunk`, and the calling thread's heap owns the segment.
+/// As for `free`; `index` is the chunk index of `p`'s segment, whose owner is the calling
+/// thread's heap.
 #[inline(always)]
 pub unsafe fn free_own_in_chunk(index: isize, p: *mut u8) {
     // SAFETY: forwarded.
@@ -227,6 +216,26 @@ pub unsafe fn free_own_in_chunk(index: isize, p: *mut u8) {
     }
     // SAFETY: forwarded; the calling thread owns the segment (contract).
     unsafe { free_local(segment, page, p) }
+}
+
+/// `free` of block `p` of the segment at chunk `index` by a thread whose tag the chunk's
+/// entry, `tag`, is not: a
+/// free from another thread than the owner's, which `free_remote` tests exactly, unless the
+/// tag is shared by heaps (`pagemap::SHARED_SEGMENT_TAG`), when the owners are compared.
+///
+/// # Safety
+/// As for `free`; `index` is the chunk index of `p`'s segment, `tag` its entry.
+#[inline(always)]
+pub unsafe fn free_other_in_chunk(index: isize, tag: u8, p: *mut u8) {
+    // SAFETY: forwarded.
+    let segment = unsafe { segment_of_chunk(index) };
+    if tag == crate::pagemap::SHARED_SEGMENT_TAG {
+        // SAFETY: forwarded.
+        return unsafe { free_in(segment, p) };
+    }
+    let page = Segment::page_of(segment, p as usize);
+    // SAFETY: forwarded: another heap's segment (its tag is not this thread's).
+    unsafe { free_remote(p, page, segment) }
 }
 
 /// The tag this thread's `free` looks for in the page map (`pagemap::is_own_segment_at_index`):
@@ -534,6 +543,9 @@ pub unsafe fn may_hold_a_lent_block(p: *mut u8) -> bool {
     // SAFETY: per the contract.
     unsafe { (*Segment::page_of(segment, p as usize)).lent }
 }
+
+#[cfg(test)]
+mod tag_tests;
 
 #[cfg(test)]
 mod tests {

@@ -707,7 +707,8 @@ impl Page {
         self.capacity += count as u32;
         // Only carved blocks pass `free`'s block-start test: a pointer to one never carved
         // would otherwise join the free list without ever having been handed out.
-        self.block_limit = guard::block_limit(self.block_size, self.capacity);
+        // `guard::block_limit` without its division: the page keeps the multiplier.
+        self.block_limit = guard::block_limit_of(self.div_magic, self.block_size, self.capacity);
         self.carved = (self.capacity as usize * size) as u32;
         if self.slice_count == 1 {
             self.fast_limit = self.block_limit;
