@@ -218,24 +218,29 @@ pub unsafe fn free_own_in_chunk(index: isize, p: *mut u8) {
     unsafe { free_local(segment, page, p) }
 }
 
-/// `free` of block `p` of the segment at chunk `index` by a thread whose tag the chunk's
-/// entry, `tag`, is not: a
-/// free from another thread than the owner's, which `free_remote` tests exactly, unless the
-/// tag is shared by heaps (`pagemap::SHARED_SEGMENT_TAG`), when the owners are compared.
+/// `free` of block `p` of the segment at chunk `index`, whose entry holds the tag of another
+/// heap than the calling thread's: `free_remote`, which tests `p` exactly.
 ///
 /// # Safety
-/// As for `free`; `index` is the chunk index of `p`'s segment, `tag` its entry.
+/// As for `free`; `index` is the chunk index of `p`'s segment, which another heap owns.
 #[inline(always)]
-pub unsafe fn free_other_in_chunk(index: isize, tag: u8, p: *mut u8) {
+pub unsafe fn free_remote_in_chunk(index: isize, p: *mut u8) {
     // SAFETY: forwarded.
     let segment = unsafe { segment_of_chunk(index) };
-    if tag == crate::pagemap::SHARED_SEGMENT_TAG {
-        // SAFETY: forwarded.
-        return unsafe { free_in(segment, p) };
-    }
     let page = Segment::page_of(segment, p as usize);
-    // SAFETY: forwarded: another heap's segment (its tag is not this thread's).
+    // SAFETY: forwarded.
     unsafe { free_remote(p, page, segment) }
+}
+
+/// `free` of block `p` of the segment at chunk `index`, whose entry holds the tag heaps share
+/// (`pagemap::SHARED_SEGMENT_TAG`): the owners are compared.
+///
+/// # Safety
+/// As for `free`; `index` is the chunk index of `p`'s segment.
+#[inline(always)]
+pub unsafe fn free_in_chunk(index: isize, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { free_in(segment_of_chunk(index), p) }
 }
 
 /// The tag this thread's `free` looks for in the page map (`pagemap::is_own_segment_at_index`):

@@ -127,9 +127,11 @@ impl Block {
 ///   the top bit of `used` lets `free` test "page now empty, or parked in full" with one
 ///   signed comparison: `used as i32 <= 0`.
 ///
-/// Layout (112 bytes, `repr(C)`): the fields the owner's thread writes on every `malloc` and
-/// local `free` (`free`, `used`, `allocs`) first, then its queue links and `key`; from byte 64 what a
-/// free from another thread reads or writes (`div_magic`, `fast_limit`, `class`, `remote`).
+/// Layout (112 bytes, `repr(C)`): the fields the owner's thread reads or writes on every
+/// `malloc` and local `free` (`free` with the `mark` beside it, `used`, `allocs`) first, then its
+/// queue links; from byte 64 what a free from another thread reads or writes (`div_magic`,
+/// `fast_limit`, `class`, `remote`), and `carved`, which only the owner's pops of blocks over
+/// 1 KiB read.
 /// Descriptors sit 112 bytes apart, so for most of them the two groups fall in different
 /// cache lines: a remote free's reads no longer take the line of `free` away from the owner's
 /// next `malloc` (`perf` on `prodcons`: the owner's load of `free` and the consumer's of
