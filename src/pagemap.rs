@@ -64,12 +64,12 @@ impl ChunkTag {
 /// `dram::fast::binding`), or `SHARED_SEGMENT_TAG`. The owner's `free` compares the entry with
 /// its thread's tag (`is_own_segment_at_index`): one comparison says both "a segment" and "its
 /// owner's thread", where the map test and the owner test took two.
-pub const SEGMENT_TAG_MIN: u8 = 8;
+pub(crate) const SEGMENT_TAG_MIN: u8 = 8;
 /// The tag of a segment whose heap has no tag of its own (more heaps than tags), or made under
 /// `TIERMALLOC_SECURE=1` (where every free takes the path that compares owners).
-pub const SHARED_SEGMENT_TAG: u8 = 255;
+pub(crate) const SHARED_SEGMENT_TAG: u8 = 255;
 /// A byte no entry holds: the thread tag of a thread whose heap has no tag, or that has no heap.
-pub const NO_SEGMENT_TAG: u8 = 4;
+pub(crate) const NO_SEGMENT_TAG: u8 = 4;
 
 /// Who owns a block: the page map's one answer about a pointer, from which `free`, `realloc`,
 /// `malloc_usable_size` and `tm_kind_of` all dispatch (`tier`), so that no layer below asks
@@ -194,15 +194,35 @@ pub unsafe fn is_own_segment_at_index(index: isize, tag: u8) -> bool {
 /// As for `is_own_segment_at_index`.
 #[inline(always)]
 pub unsafe fn entry_at_index(index: isize) -> u8 {
-    // SAFETY: per the contract, `index + 1` is an index of the map.
-    unsafe { MAP.get_unchecked((index + 1) as usize) }.load(Ordering::Relaxed)
+    #[cfg(target_arch = "x86_64")]
+    {
+        let entry: u32;
+        // SAFETY: per the contract, `MAP + index + 1` is an entry of the map: one byte read,
+        // as a relaxed load is on x86_64. (Written as an instruction: the debug build's checks
+        // of a reference would sit in every `free` and `operator delete`.)
+        unsafe {
+            core::arch::asm!(
+                "movzx {entry:e}, byte ptr [{map} + {index} + 1]",
+                entry = out(reg) entry,
+                map = in(reg) MAP.as_ptr(),
+                index = in(reg) index,
+                options(nostack, readonly, preserves_flags, pure),
+            );
+        }
+        entry as u8
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: per the contract, `index + 1` is an index of the map.
+        unsafe { MAP.get_unchecked((index + 1) as usize) }.load(Ordering::Relaxed)
+    }
 }
 
 /// Tags the chunk at `start` as a segment's, with `tag` (`SEGMENT_TAG_MIN..=SHARED_SEGMENT_TAG`:
 /// its owner heap's tag, see `SEGMENT_TAG_MIN`).
+#[inline(never)]
 pub fn tag_segment(start: usize, tag: u8) {
-    debug_assert!(start & CHUNK_MASK == 0 && covers(start, crate::chunk::CHUNK_SIZE));
-    debug_assert!(tag >= SEGMENT_TAG_MIN);
+    debug_assert!(start & CHUNK_MASK == 0 && tag >= SEGMENT_TAG_MIN);
     MAP[(start >> CHUNK_SHIFT) + 1].store(tag, Ordering::Release);
 }
 

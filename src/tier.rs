@@ -263,11 +263,25 @@ pub unsafe fn free(p: *mut u8) {
         unsafe { dram::fast::free_remote_in_chunk(chunk, p) }
     } else if tag == pagemap::SHARED_SEGMENT_TAG {
         // SAFETY: a segment owns `p`, and starts at chunk `chunk`.
-        unsafe { dram::fast::free_in_chunk(chunk, p) }
+        unsafe { free_in_shared_segment(chunk, p) }
     } else {
         // SAFETY: forwarded.
         unsafe { free_other(p) }
     }
+}
+
+/// `free` of block `p` of a segment whose page-map entry is the tag heaps share
+/// (`pagemap::SHARED_SEGMENT_TAG`): a second copy of the owner's path, out of line and outside
+/// the code every process runs (its name is not in `link/hot_text.ld`), as only heaps past the
+/// last tag and `TIERMALLOC_SECURE=1` come here.
+///
+/// # Safety
+/// As for `free`; a segment starts at chunk `chunk`.
+#[cold]
+#[inline(never)]
+unsafe fn free_in_shared_segment(chunk: isize, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { dram::fast::free_in_chunk(chunk, p) }
 }
 
 #[cold]

@@ -221,9 +221,12 @@ pub unsafe fn free_own_in_chunk(index: isize, p: *mut u8) {
 /// `free` of block `p` of the segment at chunk `index`, whose entry holds the tag of another
 /// heap than the calling thread's: `free_remote`, which tests `p` exactly.
 ///
+/// Out of line, one copy for `free` and every `operator delete` (`link/hot_text.ld`'s window):
+/// one jump more on this path.
+///
 /// # Safety
 /// As for `free`; `index` is the chunk index of `p`'s segment, which another heap owns.
-#[inline(always)]
+#[inline(never)]
 pub unsafe fn free_remote_in_chunk(index: isize, p: *mut u8) {
     // SAFETY: forwarded.
     let segment = unsafe { segment_of_chunk(index) };
@@ -233,7 +236,9 @@ pub unsafe fn free_remote_in_chunk(index: isize, p: *mut u8) {
 }
 
 /// `free` of block `p` of the segment at chunk `index`, whose entry holds the tag heaps share
-/// (`pagemap::SHARED_SEGMENT_TAG`): the owners are compared.
+/// (`pagemap::SHARED_SEGMENT_TAG`): the owners are compared. Only heaps past the last tag and
+/// `TIERMALLOC_SECURE=1` come here: `tier` calls it from an out-of-line function outside the
+/// code every process runs (`link/hot_text.ld`).
 ///
 /// # Safety
 /// As for `free`; `index` is the chunk index of `p`'s segment.
