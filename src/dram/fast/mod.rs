@@ -198,8 +198,9 @@ unsafe fn segment_of_chunk(index: isize) -> *mut Segment {
     segment as *mut Segment
 }
 
-/// `free` of block `p` of the segment at chunk `index`, by the thread of the segment's owner heap, which the page map's entry
-/// said (`pagemap::is_own_segment_at_index` with `thread_tag`): no owner test follows.
+/// `free` of block `p` of the segment at chunk `index`, by the thread of the segment's owner
+/// heap, which the page map's entry said (`pagemap::is_own_segment_at_index` with
+/// `thread_tag`): no owner test follows.
 ///
 /// # Safety
 /// As for `free`; `index` is the chunk index of `p`'s segment, whose owner is the calling
@@ -221,8 +222,8 @@ pub unsafe fn free_own_in_chunk(index: isize, p: *mut u8) {
 /// `free` of block `p` of the segment at chunk `index`, whose entry holds the tag of another
 /// heap than the calling thread's: `free_remote`, which tests `p` exactly.
 ///
-/// Inline in a release build (out of line, 5 instructions more a remote free: prodcons +2.5 %
-/// on callgrind); out of line in a build with debug assertions, whose checks would otherwise
+/// Inline in a release build (out of line, about 2.5 instructions more a remote free: prodcons
+/// +1.3 % on callgrind); out of line in a build with debug assertions, whose checks would otherwise
 /// copy it into `free` and every `operator delete` and push the code every process runs past
 /// its 64 KiB window (`link/hot_text.ld`, `tests/hot_text.rs`, which the test profile checks).
 ///
