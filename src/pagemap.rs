@@ -22,7 +22,8 @@ const ENTRIES: usize = ADDRESS_LIMIT >> CHUNK_SHIFT;
 pub enum ChunkTag {
     /// Not ours.
     Foreign = 0,
-    /// The start of a small-object segment (its `Segment` header is at the chunk start).
+    /// The start of a small-object segment (its `Segment` header is at the chunk start). Its
+    /// entry holds the owner's tag (`SEGMENT_TAG_MIN` and up, `tag_segment`), never this value.
     Segment = 1,
     /// The first chunk of a large block (its `LargeHeader` is at the chunk start).
     LargeHead = 2,
@@ -38,7 +39,7 @@ impl ChunkTag {
     #[inline]
     fn from_u8(v: u8) -> ChunkTag {
         match v {
-            1 => ChunkTag::Segment,
+            SEGMENT_TAG_MIN..=SHARED_SEGMENT_TAG => ChunkTag::Segment,
             2 => ChunkTag::LargeHead,
             3 => ChunkTag::LargeTail,
             5 => ChunkTag::DeviceCxl,
@@ -57,6 +58,18 @@ impl ChunkTag {
         }
     }
 }
+
+/// The first byte that tags a segment's chunk: a segment's entry holds its owner heap's tag,
+/// `SEGMENT_TAG_MIN..SHARED_SEGMENT_TAG` (one per heap while they last, see
+/// `dram::fast::binding`), or `SHARED_SEGMENT_TAG`. The owner's `free` compares the entry with
+/// its thread's tag (`is_own_segment_at_index`): one comparison says both "a segment" and "its
+/// owner's thread", where the map test and the owner test took two.
+pub(crate) const SEGMENT_TAG_MIN: u8 = 8;
+/// The tag of a segment whose heap has no tag of its own (more heaps than tags), or made under
+/// `TIERMALLOC_SECURE=1` (where every free takes the path that compares owners).
+pub(crate) const SHARED_SEGMENT_TAG: u8 = 255;
+/// A byte no entry holds: the thread tag of a thread whose heap has no tag, or that has no heap.
+pub(crate) const NO_SEGMENT_TAG: u8 = 4;
 
 /// Who owns a block: the page map's one answer about a pointer, from which `free`, `realloc`,
 /// `malloc_usable_size` and `tm_kind_of` all dispatch (`tier`), so that no layer below asks
@@ -102,7 +115,7 @@ pub fn owner_of(p: usize) -> Owner {
 }
 
 /// The entries, one before the first: `MAP[i + 1]` is chunk `i`'s, and `MAP[0]`, never
-/// tagged, is what `is_segment_at_index(-1)` reads for null (see `block_chunk_index`).
+/// tagged, is what `is_own_segment_at_index(-1, _)` reads for null (see `block_chunk_index`).
 static MAP: [AtomicU8; ENTRIES + 1] = [const { AtomicU8::new(0) }; ENTRIES + 1];
 
 /// The start of the chunk that holds the metadata of the block at `p` (see module comment).
@@ -135,32 +148,31 @@ pub fn tag_of_chunk(chunk: usize) -> ChunkTag {
 /// one instruction less than `tag_of_block` on every `free`, and the chunk's start is this
 /// index shifted back. Every address of the user half (below `ADDRESS_LIMIT`) gives an index
 /// of the map; an address above it, which no allocator hands out, gives one outside, which
-/// `is_segment_at_index` must not be asked about (glibc's `free` faults on those addresses
+/// `is_own_segment_at_index` must not be asked about (glibc's `free` faults on those addresses
 /// too: it reads the word before them).
 #[inline(always)]
 pub fn block_chunk_index(p: usize) -> isize {
     (p as isize).wrapping_sub(1) >> CHUNK_SHIFT
 }
 
-/// Whether chunk `index` (from `block_chunk_index`) is a segment's, one instruction less
-/// than `tag_of_chunk`'s load and comparison: the map's byte is compared in memory. The
-/// compiler does not fold an atomic load into a comparison, so the comparison is written
-/// out: a plain byte read, as a relaxed load is on x86_64.
+/// Whether chunk `index` (from `block_chunk_index`) is a segment tagged `tag` (a heap's tag,
+/// or `NO_SEGMENT_TAG`, which no entry holds): the map's byte compared in memory with the
+/// tag's register.
 ///
 /// # Safety
 /// `index` must be -1 or the index of a chunk below `ADDRESS_LIMIT`.
 #[inline(always)]
-pub unsafe fn is_segment_at_index(index: isize) -> bool {
+pub unsafe fn is_own_segment_at_index(index: isize, tag: u8) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: per the contract, `MAP + index + 1` is an entry of the map: one byte read.
         unsafe {
             core::arch::asm!(
-                "cmp byte ptr [{map} + {index} + 1], {segment}",
+                "cmp byte ptr [{map} + {index} + 1], {tag}",
                 "jne {other}",
                 map = in(reg) MAP.as_ptr(),
                 index = in(reg) index,
-                segment = const ChunkTag::Segment as u8,
+                tag = in(reg_byte) tag,
                 other = label { return false; },
                 options(nostack, readonly),
             );
@@ -171,14 +183,54 @@ pub unsafe fn is_segment_at_index(index: isize) -> bool {
     {
         // SAFETY: per the contract, `index + 1` is an index of the map.
         let entry = unsafe { MAP.get_unchecked((index + 1) as usize) };
-        entry.load(Ordering::Relaxed) == ChunkTag::Segment as u8
+        entry.load(Ordering::Relaxed) == tag
     }
+}
+
+/// The entry of chunk `index` (from `block_chunk_index`), as it is: a segment's tag
+/// (`SEGMENT_TAG_MIN` and up) or another `ChunkTag`'s byte.
+///
+/// # Safety
+/// As for `is_own_segment_at_index`.
+#[inline(always)]
+pub unsafe fn entry_at_index(index: isize) -> u8 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let entry: u32;
+        // SAFETY: per the contract, `MAP + index + 1` is an entry of the map: one byte read,
+        // as a relaxed load is on x86_64. (Written as an instruction: the debug build's checks
+        // of a reference would sit in every `free` and `operator delete`.)
+        unsafe {
+            core::arch::asm!(
+                "movzx {entry:e}, byte ptr [{map} + {index} + 1]",
+                entry = out(reg) entry,
+                map = in(reg) MAP.as_ptr(),
+                index = in(reg) index,
+                options(nostack, readonly, preserves_flags, pure),
+            );
+        }
+        entry as u8
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: per the contract, `index + 1` is an index of the map.
+        unsafe { MAP.get_unchecked((index + 1) as usize) }.load(Ordering::Relaxed)
+    }
+}
+
+/// Tags the chunk at `start` as a segment's, with `tag` (`SEGMENT_TAG_MIN..=SHARED_SEGMENT_TAG`:
+/// its owner heap's tag, see `SEGMENT_TAG_MIN`).
+#[inline(never)]
+pub fn tag_segment(start: usize, tag: u8) {
+    debug_assert!(start & CHUNK_MASK == 0 && tag >= SEGMENT_TAG_MIN);
+    MAP[(start >> CHUNK_SHIFT) + 1].store(tag, Ordering::Release);
 }
 
 /// Tags the chunks of `[start, start + len)` (start chunk-aligned): the first `first`, the rest
 /// `rest`. The range must lie below `ADDRESS_LIMIT` (see `covers`).
 pub fn set(start: usize, len: usize, first: ChunkTag, rest: ChunkTag) {
     debug_assert!(start & CHUNK_MASK == 0 && covers(start, len));
+    debug_assert!(first != ChunkTag::Segment && rest != ChunkTag::Segment, "segments: tag_segment");
     let first_index = start >> CHUNK_SHIFT;
     let end_index = (start + len + CHUNK_MASK) >> CHUNK_SHIFT;
     MAP[first_index + 1].store(first as u8, Ordering::Release);

@@ -15,9 +15,18 @@
 /// Declares `mod $module` with `get() -> usize` and `set(usize)` for one word of
 /// initial-exec TLS named `$symbol`, which holds the address of the static `$initial` until
 /// the thread first sets it. `$initial` must be a path that resolves from inside `$module`
-/// (e.g. `crate::...`).
+/// (e.g. `crate::...`). The form `value = N` starts the word at the non-zero constant `N`
+/// instead.
 macro_rules! initial_exec_word {
+    ($module:ident, $symbol:literal, value = $value:expr) => {
+        $crate::thread_slot::initial_exec_word!(@word $module, $symbol, (const $value), ($value));
+    };
     ($module:ident, $symbol:literal, $initial:path) => {
+        $crate::thread_slot::initial_exec_word!(
+            @word $module, $symbol, (sym $initial), (core::ptr::addr_of!($initial) as usize)
+        );
+    };
+    (@word $module:ident, $symbol:literal, ($($initial:tt)*), ($fallback:expr)) => {
         #[cfg(target_arch = "x86_64")]
         mod $module {
             core::arch::global_asm!(
@@ -30,7 +39,7 @@ macro_rules! initial_exec_word {
                 concat!($symbol, ":"),
                 ".quad {initial}",
                 ".popsection",
-                initial = sym $initial,
+                initial = $($initial)*,
             );
 
             #[inline(always)]
@@ -68,14 +77,14 @@ macro_rules! initial_exec_word {
         mod $module {
             use core::cell::Cell;
             thread_local! {
-                /// 0 stands for the address of the initial static, which a const initialiser
-                /// cannot turn into an integer.
+                /// 0 stands for the initial value (a static's address, which a const
+                /// initialiser cannot turn into an integer).
                 static WORD: Cell<usize> = const { Cell::new(0) };
             }
             #[inline(always)]
             pub fn get() -> usize {
                 match WORD.with(|w| w.get()) {
-                    0 => core::ptr::addr_of!($initial) as usize,
+                    0 => $fallback,
                     value => value,
                 }
             }

@@ -249,16 +249,39 @@ fn of(owner: Owner) -> Option<TierRef> {
 /// the user half faults (`pagemap::block_chunk_index`), as in glibc.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    // The tag is compared in memory and read again off the fast path (one instruction less).
     let chunk = pagemap::block_chunk_index(p as usize);
-    // SAFETY: null or an address of the user half (contract).
-    if unsafe { pagemap::is_segment_at_index(chunk) } {
+    // SAFETY: null or an address of the user half (contract). The entry holds this thread's
+    // tag only for a segment its heap owns: the owner's free without an owner test.
+    if unsafe { pagemap::is_own_segment_at_index(chunk, dram::fast::thread_tag()) } {
+        // SAFETY: a segment of this thread's heap owns `p`, and starts at chunk `chunk`.
+        return unsafe { dram::fast::free_own_in_chunk(chunk, p) };
+    }
+    // SAFETY: as above.
+    let tag = unsafe { pagemap::entry_at_index(chunk) };
+    if tag.wrapping_sub(pagemap::SEGMENT_TAG_MIN) < pagemap::SHARED_SEGMENT_TAG - pagemap::SEGMENT_TAG_MIN {
+        // SAFETY: a segment of another heap owns `p`, and starts at chunk `chunk`.
+        unsafe { dram::fast::free_remote_in_chunk(chunk, p) }
+    } else if tag == pagemap::SHARED_SEGMENT_TAG {
         // SAFETY: a segment owns `p`, and starts at chunk `chunk`.
-        unsafe { dram::fast::free_in_chunk(chunk, p) }
+        unsafe { free_in_shared_segment(chunk, p) }
     } else {
         // SAFETY: forwarded.
         unsafe { free_other(p) }
     }
+}
+
+/// `free` of block `p` of a segment whose page-map entry is the tag heaps share
+/// (`pagemap::SHARED_SEGMENT_TAG`): a second copy of the owner's path, out of line and outside
+/// the code every process runs (its name is not in `link/hot_text.ld`), as only heaps past the
+/// last tag and `TIERMALLOC_SECURE=1` come here.
+///
+/// # Safety
+/// As for `free`; a segment starts at chunk `chunk`.
+#[cold]
+#[inline(never)]
+unsafe fn free_in_shared_segment(chunk: isize, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { dram::fast::free_in_chunk(chunk, p) }
 }
 
 #[cold]

@@ -42,6 +42,14 @@ initial_exec_word!(
     crate::dram::fast::binding::UNBOUND
 );
 
+// The thread's segment tag (`pagemap::SEGMENT_TAG_MIN`): its heap's `segment_tag`, or
+// `NO_SEGMENT_TAG` (no heap, or one without a tag of its own), which no page-map entry holds.
+initial_exec_word!(
+    tag_word,
+    "__tiermalloc_thread_segment_tag",
+    value = crate::pagemap::NO_SEGMENT_TAG as usize
+);
+
 static POOL: TaggedStack<Heap> = TaggedStack::new();
 static REGISTRY: RemoteList = RemoteList::new();
 
@@ -75,6 +83,13 @@ pub fn slot() -> usize {
     word::get()
 }
 
+/// The tag the page map holds for the segments of this thread's heap (`pagemap::SEGMENT_TAG_MIN`),
+/// or `NO_SEGMENT_TAG`.
+#[inline(always)]
+pub fn thread_tag() -> u8 {
+    tag_word::get() as u8
+}
+
 fn pooled_or_new() -> Option<*mut Heap> {
     if let Some(heap) = POOL.pop() {
         return Some(heap);
@@ -106,6 +121,8 @@ pub fn bind() -> *mut Heap {
     }
     // The heap is usable before the key is registered: registering may allocate.
     word::set(heap as usize);
+    // SAFETY: ours, as above.
+    tag_word::set(usize::from(unsafe { (*heap).thread_tag() }));
     thread_slot::call_at_exit(heap.cast(), on_thread_exit);
     heap
 }
@@ -124,6 +141,7 @@ pub fn with_borrowed_heap<T>(f: impl FnOnce(&mut Heap) -> T) -> Option<T> {
 
 unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
     let heap = value.cast::<Heap>();
+    tag_word::set(usize::from(crate::pagemap::NO_SEGMENT_TAG));
     word::set(core::ptr::addr_of!(EXITED) as usize);
     // SAFETY: the value registered for this thread is its heap, still owned by it.
     unsafe {

@@ -1,12 +1,14 @@
 //! The small-block checks (costs per malloc/free pair measured in BENCHMARKS.md, "Hardening").
 //!
 //! By default (what each costs and catches: BENCHMARKS.md, "Session 10, branch `checks`" and
-//! "Session 10, lead"; the default takes +8.9 % instructions on `sliding_window`, of which the
-//! owner's at-free block-start test is 4.3 %; without that test +4.5 %, but a pointer into a
+//! "Session 10, lead"; the default takes +8.1 % instructions on `sliding_window` (session 11,
+//! branch `fast`; was +8.9 %), of which the owner's at-free block-start test is about 4.5 %;
+//! without that test about +4 %, but a pointer into a
 //! small block freed by its own thread would go unreported until the block overlapped a live
 //! one: issue 15 asks for interior frees caught on every path, so the test stays):
 //! - **Double free at the free** (glibc's tcache key): a free block's second word holds its
-//!   page's descriptor address (`Block::tag`), which `pop` clears. The owner's `free` counts the
+//!   page's descriptor address (`Block::tag`), which `pop` clears (the owner's push writes it
+//!   with the link in one 16-byte copy of the page's `free` and `mark`: `Page::push_block`). The owner's `free` counts the
 //!   block freed first (`Page::count_free`: the empty page, where every slice without a page
 //!   points, fails it into the cold path, which reports the address without reading it), then
 //!   tests the mark; a block whose second word is that address is looked for on the page's
@@ -213,8 +215,15 @@ pub const fn divisor_magic(d: u32) -> u64 {
 }
 
 /// The bound of the block-start test for `blocks` blocks of `d` bytes: `blocks * e`.
+#[cfg(test)]
 pub const fn block_limit(d: u32, blocks: u32) -> u64 {
-    divisor_magic(d).wrapping_mul(d as u64) * blocks as u64
+    block_limit_of(divisor_magic(d), d, blocks)
+}
+
+/// `block_limit` given `magic = divisor_magic(d)`.
+#[inline]
+pub const fn block_limit_of(magic: u64, d: u32, blocks: u32) -> u64 {
+    magic.wrapping_mul(d as u64) * blocks as u64
 }
 
 /// Whether `offset` (< 2^21, a page's span) is `k * d` with `k < blocks`, given

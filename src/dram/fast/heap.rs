@@ -23,6 +23,7 @@ use crate::dram::fast::size_class::{page_slices, CLASS_COUNT, DIRECT_CLASSES, DI
 use crate::lockfree::tagged_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::dram::fast::traffic::Traffic;
+use crate::pagemap;
 use crate::stats::SharedCounter;
 use crate::sync::AtomicPtr;
 use core::ptr;
@@ -159,7 +160,14 @@ pub struct Heap {
     segments_held: usize,
     /// Current pages' allocation counts at the last look for idle pages (`idle_pages`).
     idle: IdleWatch,
+    /// What the page map holds for this heap's segments (`pagemap::SEGMENT_TAG_MIN`): a tag of
+    /// its own, given at `init` while tags last (heaps live forever), else `SHARED_SEGMENT_TAG`.
+    segment_tag: u8,
 }
+
+/// The next heap's segment tag (`Heap::init`).
+static NEXT_SEGMENT_TAG: core::sync::atomic::AtomicU8 =
+    core::sync::atomic::AtomicU8::new(pagemap::SEGMENT_TAG_MIN);
 
 impl StackLink for Heap {
     fn link(&self) -> &AtomicPtr<Heap> {
@@ -185,8 +193,23 @@ impl Heap {
     /// # Safety
     /// `heap` must point to zeroed memory for a `Heap`, owned by the caller.
     pub unsafe fn init(heap: *mut Heap) {
-        // SAFETY: all-zero is a valid empty state for every field but the tables.
+        // SAFETY: all-zero is a valid empty state for every field but the tables and the tag.
         unsafe { (*heap).tables = PageTables::empty() };
+        let tag = NEXT_SEGMENT_TAG
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t < pagemap::SHARED_SEGMENT_TAG).then(|| t + 1))
+            .unwrap_or(pagemap::SHARED_SEGMENT_TAG);
+        // SAFETY: as above.
+        unsafe { (*heap).segment_tag = tag };
+    }
+
+    /// The tag the owner's `free` finds in the page map for this heap's segments
+    /// (`binding::thread_tag`): its own, or `NO_SEGMENT_TAG` if it has none.
+    pub fn thread_tag(&self) -> u8 {
+        if self.segment_tag == pagemap::SHARED_SEGMENT_TAG {
+            pagemap::NO_SEGMENT_TAG
+        } else {
+            self.segment_tag
+        }
     }
 
     /// Points every `direct` byte at `ROUTED_CLASS` if the direct tables were turned off
@@ -716,7 +739,7 @@ impl Heap {
         }
         let segment = if self.empty.is_null() {
             let huge = huge_pages::half_huge(self.segments_held, page_slices(class));
-            let fresh = Segment::create(self as *mut Heap as usize, huge)?;
+            let fresh = Segment::create(self as *mut Heap as usize, self.segment_tag, huge)?;
             self.segments_held += 1;
             // SAFETY: just created, ours: a huge first half's slices are dirty already.
             self.dirty_bytes += unsafe { (*fresh).dirty_bytes() };

@@ -176,14 +176,13 @@ pub unsafe fn free(p: *mut u8) {
     unsafe { free_in(Segment::of(p as usize), p) }
 }
 
-/// `free` of block `p` of the segment at chunk `index` (`pagemap::block_chunk_index`, whose
-/// tag said `Segment`): the segment's address is the index shifted back, one instruction
-/// instead of masking `p`.
+/// The segment at chunk `index` (`pagemap::block_chunk_index`, whose entry said a segment):
+/// the index shifted back, one instruction instead of masking `p`.
 ///
 /// # Safety
-/// As for `free`; `index` is the chunk index of `p`'s segment.
+/// `index` is the chunk index of a segment.
 #[inline(always)]
-pub unsafe fn free_in_chunk(index: isize, p: *mut u8) {
+unsafe fn segment_of_chunk(index: isize) -> *mut Segment {
     #[cfg(target_arch = "x86_64")]
     let segment = {
         let mut segment = index as usize;
@@ -197,8 +196,75 @@ pub unsafe fn free_in_chunk(index: isize, p: *mut u8) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let segment = (index as usize) << crate::chunk::CHUNK_SHIFT;
+    segment as *mut Segment
+}
+
+/// `free` of block `p` of the segment at chunk `index`, by the thread of the segment's owner
+/// heap, which the page map's entry said (`pagemap::is_own_segment_at_index` with
+/// `thread_tag`): no owner test follows.
+///
+/// # Safety
+/// As for `free`; `index` is the chunk index of `p`'s segment, whose owner is the calling
+/// thread's heap.
+#[inline(always)]
+pub unsafe fn free_own_in_chunk(index: isize, p: *mut u8) {
     // SAFETY: forwarded.
-    unsafe { free_in(segment as *mut Segment, p) }
+    let segment = unsafe { segment_of_chunk(index) };
+    let page = Segment::page_of(segment, p as usize);
+    // SAFETY: `page` is a page of this segment or the empty page (never null).
+    if unsafe { (*page).suspect(p) } {
+        // SAFETY: forwarded.
+        return unsafe { free_suspect(p, segment, page) };
+    }
+    // SAFETY: forwarded; the calling thread owns the segment (contract).
+    unsafe { free_local(segment, page, p) }
+}
+
+/// `free` of block `p` of the segment at chunk `index`, whose entry holds the tag of another
+/// heap than the calling thread's: `p` tested as by `free_in`, then `free_remote`.
+///
+/// Inline in a release build (out of line, about 2.5 instructions more a remote free: prodcons
+/// +1.3 % on callgrind); out of line in a build with debug assertions, whose checks would otherwise
+/// copy it into `free` and every `operator delete` and push the code every process runs past
+/// its 64 KiB window (`link/hot_text.ld`, `tests/hot_text.rs`, which the test profile checks).
+///
+/// # Safety
+/// As for `free`; `index` is the chunk index of `p`'s segment, which another heap owns.
+#[cfg_attr(debug_assertions, inline(never))]
+#[cfg_attr(not(debug_assertions), inline(always))]
+pub unsafe fn free_remote_in_chunk(index: isize, p: *mut u8) {
+    // SAFETY: forwarded.
+    let segment = unsafe { segment_of_chunk(index) };
+    let page = Segment::page_of(segment, p as usize);
+    // `free_remote` tests no block start itself (it would read the owner's hot line): the
+    // same test as `free_in`'s comes first.
+    // SAFETY: `page` is a page of this segment or the empty page (never null).
+    if unsafe { (*page).suspect(p) } {
+        // SAFETY: forwarded.
+        return unsafe { free_suspect(p, segment, page) };
+    }
+    // SAFETY: forwarded.
+    unsafe { free_remote(p, segment, page) }
+}
+
+/// `free` of block `p` of the segment at chunk `index`, whose entry holds the tag heaps share
+/// (`pagemap::SHARED_SEGMENT_TAG`): the owners are compared. Only heaps past the last tag and
+/// `TIERMALLOC_SECURE=1` come here: `tier` calls it from an out-of-line function outside the
+/// code every process runs (`link/hot_text.ld`).
+///
+/// # Safety
+/// As for `free`; `index` is the chunk index of `p`'s segment.
+#[inline(always)]
+pub unsafe fn free_in_chunk(index: isize, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { free_in(segment_of_chunk(index), p) }
+}
+
+/// The tag this thread's `free` looks for in the page map (`pagemap::is_own_segment_at_index`):
+/// its heap's segment tag, or one that no entry holds.
+#[inline(always)]
+pub fn thread_tag() -> u8 {
+    binding::thread_tag()
 }
 
 /// `free` of block `p` of `segment`.
@@ -229,26 +295,35 @@ unsafe fn free_in(segment: *mut Segment, p: *mut u8) {
 /// handed to `free` by the program.
 #[inline(always)]
 unsafe fn free_block(segment: *mut Segment, page: *mut Page, p: *mut u8) {
-    let slot = binding::slot();
     // SAFETY: `segment` is a live segment (page map); its `owner` never changes. It is
     // compared in memory and read again on the remote path (one instruction less here).
-    if unsafe { (*segment).owner } == slot {
-        let owner = slot as *mut heap::Heap;
-        // SAFETY: the calling thread owns the heap and so the page; `p` lies in the page's
-        // slices, readable once the count says the page is in use (16 bytes: a block start,
-        // or an incorrect program's other address there, see `guard`).
-        unsafe {
-            if !(*page).count_free() {
-                return free_counted_cold(segment, page, p, owner);
-            }
-            if guard::FREE_MARK && (*page).carries_mark(p) {
-                return free_counted_suspect(p, segment, page);
-            }
-            (*page).push_block(p);
-        }
+    if unsafe { (*segment).owner } == binding::slot() {
+        // SAFETY: forwarded; the calling thread owns the segment.
+        unsafe { free_local(segment, page, p) }
     } else {
         // SAFETY: forwarded.
         unsafe { free_remote(p, segment, page) }
+    }
+}
+
+/// `free_block` by the thread of the segment's owner heap: counted, tested for the free mark,
+/// pushed on the page's own list.
+///
+/// # Safety
+/// As for `free_block`, and the calling thread's heap owns `segment`.
+#[inline(always)]
+unsafe fn free_local(segment: *mut Segment, page: *mut Page, p: *mut u8) {
+    // SAFETY: the calling thread owns the heap and so the page; `p` lies in the page's
+    // slices, readable once the count says the page is in use (16 bytes: a block start,
+    // or an incorrect program's other address there, see `guard`).
+    unsafe {
+        if !(*page).count_free() {
+            return free_counted_cold(segment, page, p, binding::slot() as *mut heap::Heap);
+        }
+        if guard::FREE_MARK && (*page).carries_mark(p) {
+            return free_counted_suspect(p, segment, page);
+        }
+        (*page).push_block(p);
     }
 }
 
@@ -519,6 +594,9 @@ pub unsafe fn may_hold_a_lent_block(p: *mut u8) -> bool {
     // SAFETY: per the contract.
     unsafe { (*Segment::page_of(segment, p as usize)).lent }
 }
+
+#[cfg(test)]
+mod tag_tests;
 
 #[cfg(test)]
 mod tests {

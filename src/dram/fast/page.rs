@@ -127,9 +127,11 @@ impl Block {
 ///   the top bit of `used` lets `free` test "page now empty, or parked in full" with one
 ///   signed comparison: `used as i32 <= 0`.
 ///
-/// Layout (112 bytes, `repr(C)`): the fields the owner's thread writes on every `malloc` and
-/// local `free` (`free`, `used`, `allocs`) first, then its queue links and `key`; from byte 64 what a
-/// free from another thread reads or writes (`div_magic`, `fast_limit`, `class`, `remote`).
+/// Layout (112 bytes, `repr(C)`): the fields the owner's thread reads or writes on every
+/// `malloc` and local `free` (`free` with the `mark` beside it, `used`, `allocs`) first, then its
+/// queue links; from byte 64 what a free from another thread reads or writes (`div_magic`,
+/// `fast_limit`, `class`, `remote`), and `carved`, which only the owner's pops of blocks over
+/// 1 KiB read.
 /// Descriptors sit 112 bytes apart, so for most of them the two groups fall in different
 /// cache lines: a remote free's reads no longer take the line of `free` away from the owner's
 /// next `malloc` (`perf` on `prodcons`: the owner's load of `free` and the consumer's of
@@ -138,6 +140,10 @@ impl Block {
 #[repr(C)]
 pub struct Page {
     pub free: *mut Block,
+    /// This descriptor's own address while in use (0 in the empty page): the free mark, kept
+    /// next to `free` so that the owner's push copies both words of a free block, its link and
+    /// its mark, with one 16-byte load and one store (`push_block`; `Block` has the same layout).
+    mark: usize,
     pub used: u32,
     pub block_size: u32,
     /// Blocks handed out since `init` (statistics, see `traffic`): bumped by the owner only,
@@ -148,9 +154,6 @@ pub struct Page {
     pub start: *mut u8,
     pub next: *mut Page,
     pub prev: *mut Page,
-    /// The bytes of the carved blocks, `capacity * block_size`: `pop` follows a head only
-    /// inside `[start, start + carved)` (see `pop`).
-    pub carved: usize,
     /// `guard::divisor_magic(block_size)` while in use.
     pub div_magic: u64,
     /// `block_limit` for a page of one slice, 0 for a longer one: `free`'s fast test takes the
@@ -167,9 +170,16 @@ pub struct Page {
     /// A block of this page was lent to a smaller class (`lent_blocks`) since `init`: a block
     /// here may hold up to `LEND_RATIO` times its request (`free_sized`'s check).
     pub lent: bool,
+    /// The bytes of the carved blocks, `capacity * block_size` (a page spans at most one 4 MiB
+    /// segment): `pop_validated` follows a head only inside `[start, start + carved)`. Read by
+    /// the owner only, on pops of blocks over 1 KiB.
+    pub carved: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 112);
+// `push_block` copies `free` and `mark` as a block's `link` and `tag`.
+const _: () = assert!(core::mem::offset_of!(Page, mark) == core::mem::offset_of!(Page, free) + 8);
+const _: () = assert!(core::mem::offset_of!(Block, link) == 0 && core::mem::offset_of!(Block, tag) == 8);
 const _: () = assert!(core::mem::offset_of!(Page, div_magic) == 64);
 
 // SAFETY: the link is `delayed_next`, written only by the one remote free that clears the
@@ -208,6 +218,7 @@ impl Page {
     pub const fn unused() -> Page {
         Page {
             free: ptr::null_mut(),
+            mark: 0,
             used: 0,
             block_size: 0,
             allocs: AtomicU64::new(0),
@@ -238,6 +249,7 @@ impl Page {
     pub fn init(&mut self, class: usize, start: *mut u8, slices: usize, guard: usize) {
         let size = class_size(class);
         self.free = ptr::null_mut();
+        self.mark = self as *mut Page as usize;
         self.used = 0;
         self.block_size = size as u32;
         self.allocs.store(0, Ordering::Relaxed);
@@ -333,7 +345,7 @@ impl Page {
     pub fn pop(&mut self) -> *mut u8 {
         let block = self.free;
         if guard::LIST_RANGE_CHECK {
-            if (block as usize).wrapping_sub(self.start as usize) >= self.carved {
+            if (block as usize).wrapping_sub(self.start as usize) >= self.carved as usize {
                 return ptr::null_mut();
             }
         } else if guard::DEFAULT_CHECKS {
@@ -394,7 +406,7 @@ impl Page {
         }
         let block = self.free;
         let offset = (block as usize).wrapping_sub(self.start as usize);
-        if offset >= self.carved || !guard::is_block_offset(self.div_magic, self.block_limit, offset) {
+        if offset >= self.carved as usize || !guard::is_block_offset(self.div_magic, self.block_limit, offset) {
             return ptr::null_mut();
         }
         // SAFETY: a carved block of this page, on `free`: it holds a link.
@@ -595,13 +607,33 @@ impl Page {
     #[inline(always)]
     pub unsafe fn push_block(&mut self, p: *mut u8) {
         let block = p.cast::<Block>();
+        // The link is stored as it is: the owner's thread frees here only outside
+        // `TIERMALLOC_SECURE=1`, whose key is 0 (see `Segment::owner`).
+        #[cfg(target_arch = "x86_64")]
+        if guard::FREE_MARK {
+            // SAFETY: `free` and `mark` are 16 adjacent bytes of this descriptor, and the
+            // block is dead and at least 16 bytes: its link and tag get the head and the mark
+            // (the layouts match, see the asserts after `Page`). SSE2 is part of x86_64.
+            // Written as instructions: the intrinsics carry debug-build checks that tripled
+            // `free`'s code in the test profile (`tests/hot_text.rs`).
+            unsafe {
+                core::arch::asm!(
+                    "movups {pair}, xmmword ptr [{page}]",
+                    "movups xmmword ptr [{block}], {pair}",
+                    page = in(reg) ptr::addr_of!(self.free),
+                    block = in(reg) block,
+                    pair = out(xmm_reg) _,
+                    options(nostack, preserves_flags),
+                );
+            }
+            self.free = block;
+            return;
+        }
         // SAFETY: the block is dead and at least 16 bytes.
         unsafe {
-            // Stored as it is: the owner's thread frees here only outside
-            // `TIERMALLOC_SECURE=1`, whose key is 0 (see `Segment::owner`).
             (*block).link = self.free as usize;
             if guard::FREE_MARK {
-                (*block).tag = self as *const Page as usize;
+                (*block).tag = self.mark;
             }
         }
         self.free = block;
@@ -684,8 +716,9 @@ impl Page {
         self.capacity += count as u32;
         // Only carved blocks pass `free`'s block-start test: a pointer to one never carved
         // would otherwise join the free list without ever having been handed out.
-        self.block_limit = guard::block_limit(self.block_size, self.capacity);
-        self.carved = self.capacity as usize * size;
+        // `guard::block_limit` without its division: the page keeps the multiplier.
+        self.block_limit = guard::block_limit_of(self.div_magic, self.block_size, self.capacity);
+        self.carved = (self.capacity as usize * size) as u32;
         if self.slice_count == 1 {
             self.fast_limit = self.block_limit;
         }

@@ -35,7 +35,7 @@ use crate::os;
 use crate::chunk::{self, CHUNK_MASK, CHUNK_SIZE};
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::lockfree::tagged_stack::{StackLink, TaggedStack};
-use crate::pagemap::{self, ChunkTag};
+use crate::pagemap;
 use crate::sync::AtomicPtr;
 use core::ptr;
 
@@ -50,6 +50,36 @@ const ALL_BLOCK_SLICES: u64 = !1;
 /// The slices of each 2 MiB half of the chunk: a huge page covers one of them.
 const HALF_SLICES: [u64; 2] = [u32::MAX as u64, (u32::MAX as u64) << 32];
 const _: () = assert!(CHUNK_SIZE == 2 * HUGE_PAGE && HUGE_PAGE == 32 * SLICE_SIZE);
+
+/// The index of the slice that holds address `p` in its segment, `(p mod CHUNK_SIZE) >>
+/// SLICE_SHIFT`. On x86_64 a 32-bit multiplication by a power of two copies `p` and drops its
+/// bits above the chunk in one instruction, and the shift right leaves the index: two
+/// instructions where the compiler's copy, shift and mask took three (on every `free`).
+#[inline(always)]
+pub fn slice_index(p: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // A 32-bit result clears the register's upper half: the index is the whole register.
+        let slice: usize;
+        // SAFETY: arithmetic on registers only.
+        unsafe {
+            core::arch::asm!(
+                "imul {slice:e}, {p:e}, {scale}",
+                "shr {slice:e}, {shift}",
+                slice = out(reg) slice,
+                p = in(reg) p,
+                scale = const 1u32 << (32 - crate::chunk::CHUNK_SHIFT),
+                shift = const 32 - (crate::chunk::CHUNK_SHIFT - SLICE_SHIFT),
+                options(pure, nomem, nostack),
+            );
+        }
+        slice
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        (p >> SLICE_SHIFT) & (SLICES - 1)
+    }
+}
 
 /// Invariants: `dirty_slices ⊆ free_slices ⊆ ALL_BLOCK_SLICES`; each slice `i` not in
 /// `free_slices` belongs to exactly one page, whose head descriptor is `page_of_slice[i]`;
@@ -141,13 +171,18 @@ impl Segment {
         self.owner & 1 != 0
     }
 
-    /// Maps a new segment for the heap at address `owner`; `None` when the kernel has no
-    /// memory. If `huge` and the chunk is newly mapped, its first half is one huge page
-    /// (`dram::huge_pages`), its block slices counted dirty.
-    pub fn create(owner: usize, huge: bool) -> Option<*mut Segment> {
+    /// Maps a new segment for the heap at address `owner`, whose page-map tag is `tag`
+    /// (`pagemap::SEGMENT_TAG_MIN`); `None` when the kernel has no memory. If `huge` and the
+    /// chunk is newly mapped, its first half is one huge page (`dram::huge_pages`), its block
+    /// slices counted dirty.
+    pub fn create(owner: usize, tag: u8, huge: bool) -> Option<*mut Segment> {
         crate::dram::fast::guard::init_key();
-        let owner = owner | usize::from(crate::dram::fast::guard::secure());
+        let secure = crate::dram::fast::guard::secure();
+        let owner = owner | usize::from(secure);
+        // Under the secure level no thread's tag matches: every free compares owners.
+        let tag = if secure { pagemap::SHARED_SEGMENT_TAG } else { tag };
         if let Some(segment) = RETAINED.pop() {
+            pagemap::tag_segment(segment as usize, tag);
             // SAFETY: a retained chunk is ours alone once popped: every slice free and given
             // back (`release`), header mapped, page map tagged.
             unsafe {
@@ -162,12 +197,12 @@ impl Segment {
             crate::profile::reserve::note_segment_created(SLICE_SIZE);
             return Some(segment);
         }
-        Self::create_fresh(owner, huge)
+        Self::create_fresh(owner, tag, huge)
     }
 
     /// `create` in a newly mapped chunk, whose unused slices are all `PROT_NONE`; if `huge`
     /// (and the kernel takes it), but for its first half, which is one huge page, open whole.
-    fn create_fresh(owner: usize, huge: bool) -> Option<*mut Segment> {
+    fn create_fresh(owner: usize, tag: u8, huge: bool) -> Option<*mut Segment> {
         let base = crate::profile::reserve::map_chunks(CHUNK_SIZE, SLICE_SIZE)?.as_ptr();
         if !chunk::covers(base as usize, CHUNK_SIZE) {
             // SAFETY: just mapped, unused.
@@ -196,12 +231,7 @@ impl Segment {
             (*segment).dirty_slices = present;
             (*segment).fresh_halves = 2;
         }
-        pagemap::set(
-            base as usize,
-            CHUNK_SIZE,
-            ChunkTag::Segment,
-            ChunkTag::Segment,
-        );
+        pagemap::tag_segment(base as usize, tag);
         // SAFETY: initialised above, published now.
         unsafe { REGISTRY.push(segment) };
         crate::profile::reserve::note_segment_created(SLICE_SIZE);
@@ -226,6 +256,9 @@ impl Segment {
             }
             (*segment).owner = 0;
             (*segment).dirty_slices = 0;
+            // Still a segment's chunk, but its last owner's `free` no longer takes it for one
+            // of its own.
+            pagemap::tag_segment(segment as usize, pagemap::SHARED_SEGMENT_TAG);
             RETAINED.push(segment);
         }
         crate::profile::reserve::note_segment_released(SLICE_SIZE);
@@ -261,7 +294,7 @@ impl Segment {
     /// The descriptor of the page holding block `p` (of this segment).
     #[inline(always)]
     pub fn page_of(segment: *mut Segment, p: usize) -> *mut Page {
-        let slice = (p >> SLICE_SHIFT) & (SLICES - 1);
+        let slice = slice_index(p);
         // SAFETY: `p` lies in this segment, so `slice` is its slice index; the entry is valid
         // for every slice of a page (invariant).
         unsafe { *(*segment).page_of_slice.get_unchecked(slice) }
@@ -402,6 +435,17 @@ impl Segment {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn slice_index_is_the_slice_of_the_address_in_its_chunk() {
+        for p in [0usize, 1, 0xffff, 0x1_0000, 0x3f_ffff, 0x40_0000, 0x7f12_3456_789a, usize::MAX] {
+            assert_eq!(super::slice_index(p), (p % CHUNK_SIZE) >> SLICE_SHIFT, "{p:#x}");
+        }
+        for slice in 0..SLICES {
+            let p = 0x7f00_0000_0000 + slice * SLICE_SIZE + 0x1234;
+            assert_eq!(super::slice_index(p), slice);
+        }
+    }
+
     use super::*;
 
     /// Whether the byte at `p` can be read (write(2) from it into a pipe fails with EFAULT
@@ -420,7 +464,7 @@ mod tests {
 
     #[test]
     fn unused_slices_and_the_header_tail_are_inaccessible() {
-        let segment = Segment::create_fresh(0, false).unwrap();
+        let segment = Segment::create_fresh(0, pagemap::SHARED_SEGMENT_TAG, false).unwrap();
         let base = segment as usize;
         let header = os::page_round(core::mem::size_of::<Segment>());
         assert!(readable(base) && readable(base + header - 1));
@@ -447,7 +491,7 @@ mod tests {
     #[test]
     fn a_released_segment_stays_readable_and_holds_no_block() {
         use crate::dram::fast::guard::{is_block_offset, is_on_lists};
-        let segment = Segment::create(0, false).unwrap();
+        let segment = Segment::create(0, pagemap::SHARED_SEGMENT_TAG, false).unwrap();
         // SAFETY: our segment, used by nothing else; its page is given back before the release.
         unsafe {
             let page = (*segment).take_page(3, 1, false).unwrap();
@@ -465,7 +509,7 @@ mod tests {
             (*segment).give_back(page);
             Segment::release(segment);
             // After the release: the page map still says "segment", every read is mapped.
-            assert_eq!(pagemap::tag_of_block(p as usize), ChunkTag::Segment);
+            assert_eq!(pagemap::tag_of_block(p as usize), pagemap::ChunkTag::Segment);
             let stale = Segment::page_of(Segment::of(p as usize), p as usize);
             assert_eq!(stale, Page::empty_page(), "a released slice maps to the empty page");
             assert!((*stale).block_size == 0 && !(*stale).is_block_start(p));
@@ -489,7 +533,7 @@ mod tests {
             eprintln!("skipped: this kernel has no transparent huge pages");
             return;
         }
-        let segment = Segment::create_fresh(0, true).unwrap();
+        let segment = Segment::create_fresh(0, pagemap::SHARED_SEGMENT_TAG, true).unwrap();
         let base = segment as usize;
         let header = os::page_round(core::mem::size_of::<Segment>());
         assert!(readable(base + header), "the header slice's tail is closed");
@@ -517,7 +561,7 @@ mod tests {
         }
         // A first cut over the second half that may not make it huge (a page of large blocks)
         // leaves the rest closed, and no later cut makes it huge: its small pages may be there.
-        let segment = Segment::create_fresh(0, false).unwrap();
+        let segment = Segment::create_fresh(0, pagemap::SHARED_SEGMENT_TAG, false).unwrap();
         let base = segment as usize;
         // SAFETY: as above.
         unsafe {
