@@ -734,13 +734,14 @@ impl Page {
     /// The page must be in use by the calling thread's heap, which owns it.
     pub unsafe fn uncarve(&mut self) -> usize {
         let start = self.start as usize;
-        if self.used != 0 || self.remote.has_nodes() || self.carved <= PAGE_SIZE {
+        let carved = self.carved as usize;
+        if self.used != 0 || self.remote.has_nodes() || carved <= PAGE_SIZE {
             return 0;
         }
         // Whole OS pages inside the carved blocks: the first partial one, if the page starts
         // inside an OS page (after a segment's header), is not ours alone.
         let from = (start + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
-        let to = (start + self.carved) & !(PAGE_SIZE - 1);
+        let to = (start + carved) & !(PAGE_SIZE - 1);
         self.free = ptr::null_mut();
         self.capacity = 0;
         self.carved = 0;
