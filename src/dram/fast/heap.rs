@@ -500,8 +500,13 @@ impl Heap {
                 (*page).set_in_full(false);
                 self.queues[(*page).class as usize].push_back(page);
             }
-            if (*page).blocks_used() == 0 && self.tables.current[(*page).class as usize] != page {
-                self.retire(page);
+            let class = (*page).class as usize;
+            if (*page).blocks_used() == 0 && self.tables.current[class] != page {
+                if big_page_kept_as_current(page, self.tables.current[class]) {
+                    self.make_current(class, page);
+                } else {
+                    self.retire(page);
+                }
             }
         }
     }
@@ -827,5 +832,25 @@ impl Heap {
                 }
             }
         }
+    }
+}
+
+/// Whether an empty page of a big class (blocks over 8 KiB, a few to a page: `page_slices`)
+/// becomes its class's current page instead of being retired: when the current page has no
+/// block to give (full, or the empty stand-in). A program freeing and allocating blocks of one
+/// big class in turn then reuses the page instead of retiring it and cutting a new one at
+/// its next request; each big class keeps at most one empty page this way, as a class's
+/// empty current page always was.
+///
+/// # Safety
+/// `page` and `current` must be valid pages (`current` may be the empty page).
+#[inline]
+unsafe fn big_page_kept_as_current(page: *const Page, current: *const Page) -> bool {
+    // SAFETY: per the contract.
+    unsafe {
+        (*page).block_size as usize > SLICE_SIZE / 8
+            && (*current).free.is_null()
+            && (*current).capacity >= (*current).reserved
+            && !(*page).remote.has_nodes()
     }
 }
