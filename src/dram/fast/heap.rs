@@ -18,7 +18,7 @@ use crate::dram::fast::quarantine::{self, Quarantine};
 use crate::dram::fast::remote_batch::RemoteBatch;
 use crate::dram::fast::segment::Segment;
 use crate::dram::huge_pages;
-use crate::dram::fast::size_class::{page_slices, CLASS_COUNT, DIRECT_CLASSES, DIRECT_SLOTS, ROUTED_CLASS, SLICE_SIZE};
+use crate::dram::fast::size_class::{class_size, page_slices, CLASS_COUNT, DIRECT_CLASSES, DIRECT_SLOTS, ROUTED_CLASS, SLICE_SIZE};
 use crate::lockfree::tagged_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::dram::fast::traffic::Traffic;
@@ -654,7 +654,7 @@ impl Heap {
         // SAFETY: per the contract.
         unsafe {
             let dirty_before = (*segment).dirty_bytes();
-            let n = page_slices(class);
+            let n = slices_of_page(class);
             let huge = huge_pages::half_huge(self.segments_held, n);
             let page = (*segment).take_page(class, n, huge)?;
             // A half made huge adds its slices to the dirty ones (`Segment::take_page`).
@@ -673,7 +673,7 @@ impl Heap {
         if crate::dram::fast::guard::DEFAULT_CHECKS && self.queues[class].first.is_null() {
             self.check_list_heads();
         }
-        let bytes = page_slices(class) * SLICE_SIZE;
+        let bytes = slices_of_page(class) * SLICE_SIZE;
         if !budget::admits(bytes as u64) {
             return None;
         }
@@ -701,7 +701,7 @@ impl Heap {
             }
         }
         let segment = if self.empty.is_null() {
-            let huge = huge_pages::half_huge(self.segments_held, page_slices(class));
+            let huge = huge_pages::half_huge(self.segments_held, slices_of_page(class));
             let fresh = Segment::create(self as *mut Heap as usize, huge)?;
             self.segments_held += 1;
             // SAFETY: just created, ours: a huge first half's slices are dirty already.
@@ -852,5 +852,18 @@ unsafe fn big_page_kept_as_current(page: *const Page, current: *const Page) -> b
             && (*current).free.is_null()
             && (*current).capacity >= (*current).reserved
             && !(*page).remote.has_nodes()
+    }
+}
+
+/// The slices of a new page of `class`: `page_slices`, and one more under
+/// `TIERMALLOC_SECURE=1` for a page of one block that fills its slices, whose last OS page
+/// the guard takes (`Segment::close_tail`): the block needs room beside it.
+#[inline]
+fn slices_of_page(class: usize) -> usize {
+    let n = page_slices(class);
+    if crate::dram::fast::guard::secure() && n * SLICE_SIZE - class_size(class) < crate::os::PAGE_SIZE {
+        n + 1
+    } else {
+        n
     }
 }
