@@ -127,7 +127,7 @@ pub fn class_for_aligned(size: usize, align: usize) -> Option<usize> {
 
 /// How many slices a page of `class` spans: one for blocks up to 8 KiB (at least 8 blocks);
 /// for bigger blocks, the fewest slices that hold at least one block and leave at most an
-/// eighth of the page past its last block (`PAGE_BLOCKS_FOR_SLICES`).
+/// eighth of the page past its last block (`blocks_per_big_page`).
 #[inline]
 pub fn page_slices(class: usize) -> usize {
     PAGE_SLICES[class] as usize
