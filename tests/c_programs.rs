@@ -238,6 +238,7 @@ macro_rules! c_tests {
 }
 
 c_tests! {
+    big_class_pages,
     zero_and_errno,
     huge_and_overflow,
     alignment,

@@ -19,7 +19,7 @@ use crate::dram::fast::quarantine::{self, Quarantine};
 use crate::dram::fast::remote_batch::RemoteBatch;
 use crate::dram::fast::segment::Segment;
 use crate::dram::huge_pages;
-use crate::dram::fast::size_class::{page_slices, CLASS_COUNT, DIRECT_CLASSES, DIRECT_SLOTS, ROUTED_CLASS, SLICE_SIZE};
+use crate::dram::fast::size_class::{class_size, page_slices, CLASS_COUNT, DIRECT_CLASSES, DIRECT_SLOTS, ROUTED_CLASS, SLICE_SIZE};
 use crate::lockfree::tagged_stack::StackLink;
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::dram::fast::traffic::Traffic;
@@ -538,8 +538,13 @@ impl Heap {
                 (*page).set_in_full(false);
                 self.queues[(*page).class as usize].push_back(page);
             }
-            if (*page).blocks_used() == 0 && self.tables.current[(*page).class as usize] != page {
-                self.retire(page);
+            let class = (*page).class as usize;
+            if (*page).blocks_used() == 0 && self.tables.current[class] != page {
+                if big_page_kept_as_current(page, self.tables.current[class]) {
+                    self.make_current(class, page);
+                } else {
+                    self.retire(page);
+                }
             }
         }
     }
@@ -687,7 +692,7 @@ impl Heap {
         // SAFETY: per the contract.
         unsafe {
             let dirty_before = (*segment).dirty_bytes();
-            let n = page_slices(class);
+            let n = slices_of_page(class);
             let huge = huge_pages::half_huge(self.segments_held, n);
             let page = (*segment).take_page(class, n, huge)?;
             // A half made huge adds its slices to the dirty ones (`Segment::take_page`).
@@ -706,7 +711,7 @@ impl Heap {
         if crate::dram::fast::guard::DEFAULT_CHECKS && self.queues[class].first.is_null() {
             self.check_list_heads();
         }
-        let bytes = page_slices(class) * SLICE_SIZE;
+        let bytes = slices_of_page(class) * SLICE_SIZE;
         if self.dirty_bytes < bytes {
             // Too few resident free slices for the page: fresh memory is about to be touched.
             self.give_back_idle(class);
@@ -738,7 +743,7 @@ impl Heap {
             }
         }
         let segment = if self.empty.is_null() {
-            let huge = huge_pages::half_huge(self.segments_held, page_slices(class));
+            let huge = huge_pages::half_huge(self.segments_held, slices_of_page(class));
             let fresh = Segment::create(self as *mut Heap as usize, self.segment_tag, huge)?;
             self.segments_held += 1;
             // SAFETY: just created, ours: a huge first half's slices are dirty already.
@@ -869,5 +874,38 @@ impl Heap {
                 }
             }
         }
+    }
+}
+
+/// Whether an empty page of a big class (blocks over 8 KiB, a few to a page: `page_slices`)
+/// becomes its class's current page instead of being retired: when the current page has no
+/// block to give (full, or the empty stand-in). A program freeing and allocating blocks of one
+/// big class in turn then reuses the page instead of retiring it and cutting a new one at
+/// its next request; each big class keeps at most one empty page this way, as a class's
+/// empty current page always was.
+///
+/// # Safety
+/// `page` and `current` must be valid pages (`current` may be the empty page).
+#[inline]
+unsafe fn big_page_kept_as_current(page: *const Page, current: *const Page) -> bool {
+    // SAFETY: per the contract.
+    unsafe {
+        (*page).block_size as usize > SLICE_SIZE / 8
+            && (*current).free.is_null()
+            && (*current).capacity >= (*current).reserved
+            && !(*page).remote.has_nodes()
+    }
+}
+
+/// The slices of a new page of `class`: `page_slices`, and one more under
+/// `TIERMALLOC_SECURE=1` for a page of one block that fills its slices, whose last OS page
+/// the guard takes (`Segment::close_tail`): the block needs room beside it.
+#[inline]
+fn slices_of_page(class: usize) -> usize {
+    let n = page_slices(class);
+    if crate::dram::fast::guard::secure() && n * SLICE_SIZE - class_size(class) < crate::os::PAGE_SIZE {
+        n + 1
+    } else {
+        n
     }
 }

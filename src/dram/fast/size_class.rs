@@ -125,17 +125,44 @@ pub fn class_for_aligned(size: usize, align: usize) -> Option<usize> {
     Some(class)
 }
 
-/// How many slices a page of `class` spans: one for blocks up to 8 KiB (at least 8 blocks),
-/// otherwise enough for 8 blocks, at most 32 slices (2 MiB, 4 blocks of the largest class).
+/// How many slices a page of `class` spans: one for blocks up to 8 KiB (at least 8 blocks);
+/// for bigger blocks, the fewest slices that hold at least one block and leave at most an
+/// eighth of the page past its last block (`blocks_per_big_page`).
 #[inline]
 pub fn page_slices(class: usize) -> usize {
-    let size = class_size(class);
-    if size <= SLICE_SIZE / 8 {
-        1
-    } else {
-        ((8 * size).div_ceil(SLICE_SIZE)).min(32)
+    PAGE_SLICES[class] as usize
+}
+
+/// The fewest blocks of `size` (over 8 KiB) whose page of whole slices leaves at most an
+/// eighth of it unused: a page of a big class holds as few blocks as its slices allow, so
+/// that a class's pages keep little more than its blocks in use, and the slices of a page
+/// that empties are free for every other class (a page of 8 blocks of the largest class
+/// spanned 2 MiB, of which a program holding one block kept up to the whole carved part).
+const fn blocks_per_big_page(size: usize) -> usize {
+    let mut k = 1;
+    loop {
+        let span = (k * size).div_ceil(SLICE_SIZE) * SLICE_SIZE;
+        if (span - k * size) * 8 <= span {
+            return k;
+        }
+        k += 1;
     }
 }
+
+const PAGE_SLICES: [u8; CLASS_COUNT] = {
+    let mut t = [0u8; CLASS_COUNT];
+    let mut c = 0;
+    while c < CLASS_COUNT {
+        let size = compute_size(c);
+        t[c] = if size <= SLICE_SIZE / 8 {
+            1
+        } else {
+            (blocks_per_big_page(size) * size).div_ceil(SLICE_SIZE) as u8
+        };
+        c += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
@@ -188,11 +215,26 @@ mod tests {
     }
 
     #[test]
-    fn pages_hold_enough_blocks() {
+    fn pages_hold_enough_blocks_and_big_pages_few() {
         for c in 0..CLASS_COUNT {
-            let blocks = page_slices(c) * SLICE_SIZE / class_size(c);
-            assert!(blocks >= 4, "class {c}");
-            assert!(page_slices(c) <= 32);
+            let (size, span) = (class_size(c), page_slices(c) * SLICE_SIZE);
+            let blocks = span / size;
+            assert!(blocks >= 1 && page_slices(c) <= 32, "class {c}");
+            if size <= SLICE_SIZE / 8 {
+                assert!(page_slices(c) == 1 && blocks >= 8, "class {c}");
+            } else {
+                // At most an eighth of the page past its last block, with the fewest blocks
+                // that allow it (one slice less would hold fewer blocks or waste more).
+                assert!((span - blocks * size) * 8 <= span, "class {c}: {blocks} blocks in {span}");
+                let fewer = blocks - 1;
+                if fewer > 0 {
+                    let shorter = (fewer * size).div_ceil(SLICE_SIZE) * SLICE_SIZE;
+                    assert!((shorter - fewer * size) * 8 > shorter, "class {c}: {fewer} blocks would do");
+                }
+            }
         }
+        // the classes a multiple of a slice hold one block a page
+        assert_eq!(page_slices(class_of(SMALL_MAX)), SMALL_MAX / SLICE_SIZE);
+        assert_eq!(page_slices(class_of(128 * 1024)), 2);
     }
 }
