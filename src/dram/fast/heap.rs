@@ -331,6 +331,9 @@ impl Heap {
     /// `p` must be a live block of `page`, not used after this; `self` the calling thread's.
     #[cold]
     #[inline(never)]
+    // Run only under `TIERMALLOC_SECURE=1`: a section of its own keeps it out of the code every
+    // process runs (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_secure"]
     pub unsafe fn free_quarantined(&mut self, page: *mut Page, p: *mut u8) {
         // SAFETY: per the contract.
         unsafe {
@@ -358,6 +361,9 @@ impl Heap {
     ///
     /// # Safety
     /// `out` must be a block taken out of this heap's quarantine.
+    // Run only under `TIERMALLOC_SECURE=1`: a section of its own keeps it out of the code every
+    // process runs (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_secure"]
     unsafe fn release_quarantined(&mut self, out: *mut u8) {
         // SAFETY: a quarantined block's page and segment are live (it counts as used).
         unsafe {

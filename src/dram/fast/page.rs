@@ -783,6 +783,9 @@ impl Page {
     /// neighbours an overflow can predict.
     #[cold]
     #[inline(never)]
+    // Run only under `TIERMALLOC_SECURE=1`: a section of its own keeps it out of the code every
+    // process runs (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_secure"]
     fn carve_shuffled(&mut self, count: usize) {
         let size = self.block_size as usize;
         let mut order = [0u16; CARVE_SHUFFLED_MAX];

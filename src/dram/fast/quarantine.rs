@@ -102,6 +102,9 @@ impl Quarantine {
     }
 
     /// Takes the oldest block out (there is one), to be checked with `verify`.
+    // Run only under `TIERMALLOC_SECURE=1`: kept out of the code every process runs
+    // (`link/hot_text.ld`).
+    #[link_section = ".text.tiermalloc_secure"]
     pub fn take_oldest(&mut self) -> *mut u8 {
         debug_assert!(self.count > 0);
         let out = self.slots[self.oldest].swap(0, Ordering::Relaxed) as *mut u8;
@@ -129,6 +132,9 @@ impl Quarantine {
 ///
 /// # Safety
 /// `p` must be a block that sat in a quarantine.
+// Run only under `TIERMALLOC_SECURE=1`: kept out of the code every process runs
+// (`link/hot_text.ld`).
+#[link_section = ".text.tiermalloc_secure"]
 pub unsafe fn verify(p: *mut u8) -> bool {
     let page = page_of(p);
     // SAFETY: the block's page is live (the block counts as used on it).
