@@ -210,14 +210,8 @@ unsafe fn segment_of_chunk(index: isize) -> *mut Segment {
 pub unsafe fn free_own_in_chunk(index: isize, p: *mut u8) {
     // SAFETY: forwarded.
     let segment = unsafe { segment_of_chunk(index) };
-    let page = Segment::page_of(segment, p as usize);
-    // SAFETY: `page` is a page of this segment or the empty page (never null).
-    if unsafe { (*page).suspect(p) } {
-        // SAFETY: forwarded.
-        return unsafe { free_suspect(p, segment, page) };
-    }
     // SAFETY: forwarded; the calling thread owns the segment (contract).
-    unsafe { free_local(segment, page, p) }
+    unsafe { free_tested(segment, p, |page| free_local(segment, page, p)) }
 }
 
 /// `free` of block `p` of the segment at chunk `index`, whose entry holds the tag of another
@@ -235,16 +229,9 @@ pub unsafe fn free_own_in_chunk(index: isize, p: *mut u8) {
 pub unsafe fn free_remote_in_chunk(index: isize, p: *mut u8) {
     // SAFETY: forwarded.
     let segment = unsafe { segment_of_chunk(index) };
-    let page = Segment::page_of(segment, p as usize);
-    // `free_remote` tests no block start itself (it would read the owner's hot line): the
-    // same test as `free_in`'s comes first.
-    // SAFETY: `page` is a page of this segment or the empty page (never null).
-    if unsafe { (*page).suspect(p) } {
-        // SAFETY: forwarded.
-        return unsafe { free_suspect(p, segment, page) };
-    }
+    // `free_remote` tests no block start itself (it would read the owner's hot line).
     // SAFETY: forwarded.
-    unsafe { free_remote(p, segment, page) }
+    unsafe { free_tested(segment, p, |page| free_remote(p, segment, page)) }
 }
 
 /// `free` of block `p` of the segment at chunk `index`, whose entry holds the tag heaps share
@@ -273,14 +260,26 @@ pub fn thread_tag() -> u8 {
 /// As for `free`; `segment` is the segment holding `p`.
 #[inline(always)]
 unsafe fn free_in(segment: *mut Segment, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { free_tested(segment, p, |page| free_block(segment, page, p)) }
+}
+
+/// `free`'s block-start test (`Page::suspect`) of `p` in `segment`, then `free_suspect` for an
+/// address that fails it and `then` with its page for one that passes: what every way into a
+/// segment's `free` does first.
+///
+/// # Safety
+/// As for `free`; `segment` is the segment holding `p`, and `then` may be given a block of it
+/// that passed the test.
+#[inline(always)]
+unsafe fn free_tested(segment: *mut Segment, p: *mut u8, then: impl FnOnce(*mut Page)) {
     let page = Segment::page_of(segment, p as usize);
     // SAFETY: `page` is a page of this segment or the empty page (never null).
     if unsafe { (*page).suspect(p) } {
         // SAFETY: forwarded.
         return unsafe { free_suspect(p, segment, page) };
     }
-    // SAFETY: forwarded; in a default build `p` is tested on the way (see `free_block`).
-    unsafe { free_block(segment, page, p) }
+    then(page)
 }
 
 /// Frees block `p` of `page` in `segment`: pushed on the page's own list by the owner's
