@@ -18,9 +18,9 @@
 //! `tests/programs/grow.c`) never make a half huge, and a half one was cut over first stays on
 //! small pages. The half's slices no page has taken yet are counted dirty (free and resident),
 //! so the heap takes them first and the decay gives them back if the heap stops growing: what
-//! a wrong guess costs is bounded by the decay like any freed page. A huge half is open whole: a `PROT_NONE` slice (or the header's guarded
-//! tail) would split its mapping and rule out the 2 MiB page. `TIERMALLOC_SECURE=1` keeps the
-//! guards on every segment.
+//! a wrong guess costs is bounded by the decay like any freed page. A huge half is open whole:
+//! a `PROT_NONE` slice (or the header's guarded tail) would split its mapping and rule out the
+//! 2 MiB page. `TIERMALLOC_SECURE=1` keeps the guards on every segment.
 //!
 //! The half is populated (`MADV_POPULATE_WRITE`) under `MADV_HUGEPAGE` and the advice is then
 //! taken off (`MADV_NOHUGEPAGE`): the huge page stays, but khugepaged never collapses a range

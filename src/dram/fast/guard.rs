@@ -1,19 +1,20 @@
 //! The small-block checks (costs per malloc/free pair measured in BENCHMARKS.md, "Hardening").
 //!
 //! By default (what each costs and catches: BENCHMARKS.md, "Session 10, branch `checks`" and
-//! "Session 10, lead"; the default takes +8.1 % instructions on `sliding_window` (session 11,
-//! branch `fast`; was +8.9 %), of which the owner's at-free block-start test is about 4.5 %;
-//! without that test about +4 %, but a pointer into a
-//! small block freed by its own thread would go unreported until the block overlapped a live
-//! one: issue 15 asks for interior frees caught on every path, so the test stays):
+//! "Session 10, after every merge"): +8.1 % instructions on `sliding_window` (session 11, after
+//! every merge; session 10: +8.9 %), of which the owner's at-free block-start test is about
+//! 4.5 % (4 instructions per pair). Without that test, a pointer into a small block freed by
+//! its own thread would go unreported until the block overlapped a live one; issue 15 asks for
+//! interior frees caught on every path, so the test stays.
 //! - **Double free at the free** (glibc's tcache key): a free block's second word holds its
 //!   page's descriptor address (`Block::tag`), which `pop` clears (the owner's push writes it
-//!   with the link in one 16-byte copy of the page's `free` and `mark`: `Page::push_block`). The owner's `free` counts the
-//!   block freed first (`Page::count_free`: the empty page, where every slice without a page
-//!   points, fails it into the cold path, which reports the address without reading it), then
-//!   tests the mark; a block whose second word is that address is looked for on the page's
-//!   lists (`is_on_lists`, which reads only carved block starts of the page, so that a walk
-//!   racing the owner from another thread stays in mapped memory) and reported if found there;
+//!   with the link in one 16-byte copy of the page's `free` and `mark`: `Page::push_block`).
+//!   The owner's `free` counts the block freed first (`Page::count_free`: the empty page,
+//!   where every slice without a page points, fails it into the cold path, which reports the
+//!   address without reading it), then tests the mark; a block whose second word is that
+//!   address is looked for on the page's lists (`is_on_lists`, which reads only carved block
+//!   starts of the page, so that a walk racing the owner from another thread stays in mapped
+//!   memory) and reported if found there;
 //!   program data equal to the mark costs one walk. A count that falls below zero (an invalid
 //!   pointer taken earlier, see below) is reported before the page is misread as parked.
 //! - **Block starts**, tested exactly (`is_block_offset`, Lemire's divisibility test, which

@@ -435,6 +435,8 @@ impl Segment {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn slice_index_is_the_slice_of_the_address_in_its_chunk() {
         for p in [0usize, 1, 0xffff, 0x1_0000, 0x3f_ffff, 0x40_0000, 0x7f12_3456_789a, usize::MAX] {
@@ -445,8 +447,6 @@ mod tests {
             assert_eq!(super::slice_index(p), slice);
         }
     }
-
-    use super::*;
 
     /// Whether the byte at `p` can be read (write(2) from it into a pipe fails with EFAULT
     /// instead of faulting).
