@@ -54,6 +54,15 @@ impl<T> Mutex<T> {
         }
     }
 
+    /// A lock that is held from the start and never let go (no guard owns it): a stand-in
+    /// whose `try_lock` always fails, for a fast path's table entry that means "none".
+    pub(crate) const fn new_held(value: T) -> Self {
+        Self {
+            state: AtomicU32::new(LOCKED),
+            value: UnsafeCell::new(value),
+        }
+    }
+
     /// Takes the lock, spinning briefly and then sleeping while another thread holds it.
     #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {

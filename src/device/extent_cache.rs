@@ -27,10 +27,11 @@
 //! heap as before.
 //!
 //! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
-//! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet, a
-//! miss or a full bin fall back to `pop` and `push`, which wait for the lock. A lane's figures
-//! (bytes, blocks handed out and freed into it: `LaneFigures`) are written under its lock with
-//! a plain load and store, so no counter every lane shares is on these paths.
+//! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet (its
+//! lane word indexes a stand-in lane whose lock is always held), a miss or a full bin fall back
+//! to `pop` and `push`, which wait for the lock. A lane's figures (bytes, blocks handed out and
+//! freed into it: `LaneFigures`) are plain fields under its lock, one add each (statistics take
+//! the lock to read them), so no counter every lane shares is on these paths.
 //!
 //! **Back to the heap, in batches.** A bin that is full, or a lane over its byte budget, gives
 //! the older half of the bin back to the heap under one heap lock (`Evicted`); so does
@@ -217,6 +218,7 @@ const MAP_WORDS: usize = BINS / 64 + 2;
 struct LaneCache {
     nonempty: [u64; MAP_WORDS],
     bins: [Bin; BINS],
+    figures: LaneFigures,
 }
 
 impl LaneCache {
@@ -294,46 +296,38 @@ impl LaneCache {
     }
 }
 
-/// What a lane has, for statistics and the lane's budget, read without its lock.
-///
-/// Invariant: written only under the lane's lock (a load and a store, no read-modify-write:
-/// one writer at a time), so that a frequent free or request pays no atomic instruction for
-/// them and no counter shared by every lane moves between cores.
-#[derive(Default)]
+/// What a lane has, for statistics and the lane's budget: plain fields under the lane's
+/// lock (statistics take it), so that a frequent free or request adds to them with one
+/// instruction each, no atomic one, and no counter shared by every lane moves between cores.
+#[derive(Clone, Copy, Default)]
 struct LaneFigures {
     /// Bytes of the extents in the bins.
-    bytes: AtomicU64,
+    bytes: u64,
     /// Blocks handed out from the bins, and freed into them.
-    allocations: AtomicU64,
-    frees: AtomicU64,
+    allocations: u64,
+    frees: u64,
 }
 
 impl LaneFigures {
-    #[inline]
-    fn bump(counter: &AtomicU64, by: u64) {
-        counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
-    }
-
     /// One extent of `len` bytes out of the bins, handed out.
-    #[inline]
-    fn taken(&self, len: u64) {
-        Self::bump(&self.bytes, len.wrapping_neg());
-        Self::bump(&self.allocations, 1);
+    #[inline(always)]
+    fn taken(&mut self, len: u64) {
+        self.bytes = self.bytes.wrapping_sub(len);
+        self.allocations = self.allocations.wrapping_add(1);
     }
 
     /// One freed extent of `len` bytes into the bins.
-    #[inline]
-    fn put(&self, len: u64) {
-        Self::bump(&self.bytes, len);
-        Self::bump(&self.frees, 1);
+    #[inline(always)]
+    fn put(&mut self, len: u64) {
+        self.bytes = self.bytes.wrapping_add(len);
+        self.frees = self.frees.wrapping_add(1);
     }
 }
 
-/// One lane: its bins behind its lock, and its figures. A cache line apart from the next lane.
+/// One lane: its bins and figures behind its lock. A cache line apart from the next lane.
 #[repr(align(64))]
 struct LaneSlot {
     cache: crate::futex_mutex::Mutex<LaneCache>,
-    figures: LaneFigures,
 }
 
 /// Extents to give back to the heap (the caller does, under the heap lock: `ExtentCache::forget`
@@ -381,11 +375,14 @@ pub(crate) enum CacheFree {
 /// Invariants: a table entry is present exactly while the heap holds its extent allocated
 /// (set after the heap hands the extent out, cleared under the heap lock before the heap
 /// frees it); its live bit is clear exactly while the extent sits in a lane's bin; a lane's
-/// `figures.bytes` is the sum of its extents' lengths.
+/// `figures.bytes` is the sum of its extents' lengths. `lanes[LANES]` is a stand-in whose
+/// lock is always held (`Mutex::new_held`) and whose bins stay empty: the lane of a thread
+/// that has none yet (`Lane::index_or_unassigned`), so that `try_pop` and `try_push` find
+/// "no lane" and "lane busy" with the one `try_lock`.
 pub(crate) struct ExtentCache {
     table: NonNull<AtomicU64>,
     buckets: usize,
-    lanes: [LaneSlot; LANES],
+    lanes: [LaneSlot; LANES + 1],
     /// The most bytes one lane holds.
     lane_budget: u64,
     /// Whether frees and requests use the lanes: under best fit only (a cached extent is a
@@ -412,22 +409,27 @@ impl ExtentCache {
             n: 0,
             extents: [0; BIN_SLOTS],
         };
+        const CACHE: LaneCache = LaneCache {
+            nonempty: [0; MAP_WORDS],
+            bins: [EMPTY; BINS],
+            figures: LaneFigures {
+                bytes: 0,
+                allocations: 0,
+                frees: 0,
+            },
+        };
+        let mut lanes = [const {
+            LaneSlot {
+                cache: crate::futex_mutex::Mutex::new(CACHE),
+            }
+        }; LANES + 1];
+        lanes[LANES] = LaneSlot {
+            cache: crate::futex_mutex::Mutex::new_held(CACHE),
+        };
         Some(ExtentCache {
             table,
             buckets,
-            lanes: [const {
-                LaneSlot {
-                    cache: crate::futex_mutex::Mutex::new(LaneCache {
-                        nonempty: [0; MAP_WORDS],
-                        bins: [EMPTY; BINS],
-                    }),
-                    figures: LaneFigures {
-                        bytes: AtomicU64::new(0),
-                        allocations: AtomicU64::new(0),
-                        frees: AtomicU64::new(0),
-                    },
-                }
-            }; LANES],
+            lanes,
             lane_budget: (region_len / 32).min(LANE_BYTES_MAX),
             enabled: AtomicBool::new(enabled),
         })
@@ -502,11 +504,10 @@ impl ExtentCache {
     pub fn push(&self, offset: u64, len: u64, evicted: &mut Evicted<PUSH_EVICTS>) {
         let slot = self.lane(Lane::of_this_thread());
         let mut lane = slot.cache.lock();
-        let figures = &slot.figures;
         let bin = bin_floor(len);
-        let bytes_now = || figures.bytes.load(Ordering::Relaxed);
         let full = |lane: &LaneCache| lane.bins[bin].n as usize == BIN_SLOTS;
-        if full(&lane) || bytes_now() + len > self.lane_budget {
+        let over = |lane: &LaneCache| lane.figures.bytes + len > self.lane_budget;
+        if full(&lane) || over(&lane) {
             // The older half back to the heap (rounded up: a bin of one gives it back).
             let give = (lane.bins[bin].n as usize).div_ceil(2);
             let mut bytes = 0;
@@ -516,18 +517,18 @@ impl ExtentCache {
                 evicted.push(off);
             }
             lane.remove(bin, 0..give);
-            LaneFigures::bump(&figures.bytes, bytes.wrapping_neg());
+            lane.figures.bytes -= bytes;
         }
-        if full(&lane) || bytes_now() + len > self.lane_budget {
+        if full(&lane) || over(&lane) {
             // Still no room (a budget smaller than this bin's extents): this one goes back too
             // (a free all the same).
             evicted.push(offset);
-            LaneFigures::bump(&figures.frees, 1);
+            lane.figures.frees += 1;
             return;
         }
         let put = lane.put(offset, len);
         debug_assert!(put, "the bin has room");
-        figures.put(len);
+        lane.figures.put(len);
     }
 
     /// `push` without waiting and without giving anything back: false (nothing done) if this
@@ -535,19 +536,13 @@ impl ExtentCache {
     /// full; the caller then `push`es. The path of almost every free of a cached-size block.
     #[inline(always)]
     pub fn try_push(&self, offset: u64, len: u64) -> bool {
-        let Some(lane) = Lane::assigned() else {
+        let Some(mut cache) = self.own_lane().cache.try_lock() else {
             return false;
         };
-        let slot = self.lane(lane);
-        let Some(mut cache) = slot.cache.try_lock() else {
-            return false;
-        };
-        if slot.figures.bytes.load(Ordering::Relaxed) + len > self.lane_budget
-            || !cache.put(offset, len)
-        {
+        if cache.figures.bytes + len > self.lane_budget || !cache.put(offset, len) {
             return false;
         }
-        slot.figures.put(len);
+        cache.figures.put(len);
         true
     }
 
@@ -557,6 +552,23 @@ impl ExtentCache {
         &self.lanes[lane.0 as usize % LANES]
     }
 
+    /// This thread's lane for the paths that do not wait, or the stand-in whose lock is always
+    /// held (`lanes[LANES]`) while it has none yet: no test of its own.
+    #[inline(always)]
+    fn own_lane(&self) -> &LaneSlot {
+        let i = Lane::index_or_unassigned();
+        debug_assert!(i <= LANES);
+        // SAFETY: the lane word holds a lane (`0..LANES`) or `LANES` (`Lane`'s invariant),
+        // and there are `LANES + 1` slots.
+        unsafe { self.lanes.get_unchecked(i) }
+    }
+
+    /// The lanes, without the stand-in.
+    #[inline]
+    fn real_lanes(&self) -> &[LaneSlot] {
+        &self.lanes[..LANES]
+    }
+
     /// A freed extent of at least `want` bytes (`MIN_LEN..MAX_LEN`) from this thread's lane
     /// (`LaneCache::take_or_own_bin`): `(offset, length)`; its live bit stays clear until
     /// `revive`.
@@ -564,8 +576,7 @@ impl ExtentCache {
         let slot = self.lane(Lane::of_this_thread());
         let mut cache = slot.cache.lock();
         let found = unpacked(cache.take_or_own_bin(want)?);
-        // Under the lock: the figures have one writer at a time.
-        slot.figures.taken(found.1);
+        cache.figures.taken(found.1);
         drop(cache);
         Some(found)
     }
@@ -575,10 +586,9 @@ impl ExtentCache {
     /// almost every cached-size request.
     #[inline(always)]
     pub fn try_pop(&self, want: u64) -> Option<(u64, u64)> {
-        let slot = self.lane(Lane::assigned()?);
-        let mut cache = slot.cache.try_lock()?;
+        let mut cache = self.own_lane().cache.try_lock()?;
         let found = unpacked(cache.take(want)?);
-        slot.figures.taken(found.1);
+        cache.figures.taken(found.1);
         drop(cache);
         Some(found)
     }
@@ -605,13 +615,13 @@ impl ExtentCache {
         }
         let len = len_of(e);
         let want = packed(offset, len);
-        for slot in &self.lanes {
+        for slot in self.real_lanes() {
             let mut lane = slot.cache.lock();
             let bin = bin_floor(len);
             let b = &lane.bins[bin];
             if let Some(i) = b.extents[..b.n as usize].iter().position(|&x| x == want) {
                 lane.remove(bin, i..i + 1);
-                LaneFigures::bump(&slot.figures.bytes, len.wrapping_neg());
+                lane.figures.bytes -= len;
                 return true;
             }
         }
@@ -622,13 +632,13 @@ impl ExtentCache {
     /// (In parts: a whole lane's `LANE_SLOTS` offsets would make a 6 KiB stack frame on the
     /// path of a request that found the tier full.)
     pub fn take_lane<const N: usize>(&self, lane: usize, evicted: &mut Evicted<N>) -> bool {
-        let slot = &self.lanes[lane];
+        let slot = &self.real_lanes()[lane];
         let mut lane = slot.cache.lock();
         let mut bytes = 0u64;
         for bin in 0..BINS {
             while lane.bins[bin].n > 0 {
                 if evicted.n == N {
-                    LaneFigures::bump(&slot.figures.bytes, bytes.wrapping_neg());
+                    lane.figures.bytes -= bytes;
                     return false;
                 }
                 let last = lane.bins[bin].n as usize - 1;
@@ -638,38 +648,45 @@ impl ExtentCache {
                 bytes += len;
             }
         }
-        LaneFigures::bump(&slot.figures.bytes, bytes.wrapping_neg());
+        lane.figures.bytes -= bytes;
         true
+    }
+
+    /// The lanes' figures, summed (each lane's read under its lock).
+    fn figures(&self) -> LaneFigures {
+        self.real_lanes()
+            .iter()
+            .fold(LaneFigures::default(), |sum, l| {
+                let f = l.cache.lock().figures;
+                LaneFigures {
+                    bytes: sum.bytes + f.bytes,
+                    allocations: sum.allocations + f.allocations,
+                    frees: sum.frees + f.frees,
+                }
+            })
     }
 
     /// Bytes of freed extents waiting in the lanes.
     pub fn cached_bytes(&self) -> u64 {
-        self.lanes
-            .iter()
-            .map(|l| l.figures.bytes.load(Ordering::Relaxed))
-            .sum()
+        self.figures().bytes
     }
 
     /// Blocks handed out from the lanes, and freed into them, so far.
     pub fn counts(&self) -> (u64, u64) {
-        self.lanes.iter().fold((0, 0), |(a, f), l| {
-            (
-                a + l.figures.allocations.load(Ordering::Relaxed),
-                f + l.figures.frees.load(Ordering::Relaxed),
-            )
-        })
+        let f = self.figures();
+        (f.allocations, f.frees)
     }
 
     /// Takes every lane lock and keeps it (`fork` prepare handler).
     pub fn lock_all(&self) {
-        for lane in &self.lanes {
+        for lane in self.real_lanes() {
             core::mem::forget(lane.cache.lock());
         }
     }
 
     /// Releases the locks `lock_all` kept.
     pub fn unlock_all(&self) {
-        for lane in &self.lanes {
+        for lane in self.real_lanes() {
             // SAFETY: `lock_all` of this same fork took the lock and forgot its guard.
             unsafe { lane.cache.force_unlock() };
         }
@@ -721,6 +738,7 @@ mod tests {
                 n: 0,
                 extents: [0; BIN_SLOTS],
             }; BINS],
+            figures: LaneFigures::default(),
         };
         let want = 20_000;
         let ceil = bin_ceil(want);

@@ -359,13 +359,13 @@ impl DeviceTier {
     /// whole into its callers: a request served by the extent cache calls nothing.
     #[inline(always)]
     pub fn alloc_sized(&self, size: usize, align: usize) -> Option<(*mut u8, usize)> {
-        if self.inherited.load(Ordering::Relaxed) {
-            return None;
-        }
         // A request for 0 bytes gets a block of one granule (slabs' smallest class), as on
         // DRAM: its usable size is not 0 (which `realloc` would take for "not a block"), and
         // its address is not the next block's header.
         if let Some(class) = Slabs::class_of(size, align) {
+            if self.inherited.load(Ordering::Relaxed) {
+                return None;
+            }
             let offset = self.alloc_slot(class)?;
             return Some((self.block_at(offset), slabs::usable_of(class) as usize));
         }
@@ -373,6 +373,8 @@ impl DeviceTier {
         if let Some(cache) = self.cache_for(len, align as u64) {
             // The lane free, no wait: the path of almost every request of a cached size,
             // which returns from here (the slow path's answer comes back in two registers).
+            // No test of `inherited`: an inherited tier's lanes are off (`become_inherited`),
+            // and the slow path asks.
             if let Some((offset, extent)) = cache.try_pop(len) {
                 self.hand_out_cached(cache, offset, extent);
                 return Some((self.block_at(offset), (extent - HEADER_SIZE) as usize));
@@ -447,6 +449,9 @@ impl DeviceTier {
     /// hit path saves no registers.
     #[inline(never)]
     fn alloc_block_slow(&self, len: u64, align: u64) -> Option<(NonNull<u8>, usize)> {
+        if self.inherited.load(Ordering::Relaxed) {
+            return None;
+        }
         let (offset, extent) = self.alloc_block_extent_slow(len, align)?;
         Some((
             NonNull::new(self.block_at(offset))?,
