@@ -6,7 +6,7 @@
 //! **Which extents.** A *cached-size* extent is one of `MIN_LEN..MAX_LEN` bytes holding one
 //! block (not a slab) of alignment 16, on a tier under best fit (a cached extent is a good
 //! fit, less than a quarter longer than asked; worst fit's point is the largest hole, so the
-//! lanes are off under it, `set_enabled`). Each has an entry in `table`, one `AtomicU64` per
+//! lanes are off under it, `DeviceTier::set_lanes`). Each has an entry in `table`, one `AtomicU64` per
 //! 4 KiB bucket of the region, in the bucket of its start: extents of 4 KiB and more are at
 //! least 4 KiB apart, so no two share a bucket. The entry holds the extent's start within the
 //! bucket, its length and a *live bit*; nothing else writes it while the extent lives.
@@ -54,7 +54,7 @@ use super::slabs::{Lane, LANES};
 use crate::lockfree::live_bit::{self, Cleared, LIVE};
 use crate::os;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The shortest cached-size extent (header included).
 pub(crate) const MIN_LEN: u64 = 4096;
@@ -361,6 +361,19 @@ impl<const N: usize> Evicted<N> {
     }
 }
 
+/// A lane's lock, held between `try_push` and `push_held`.
+pub(crate) struct Held<'a>(crate::futex_mutex::MutexGuard<'a, LaneCache>);
+
+/// What `try_push` did.
+pub(crate) enum Pushed<'a> {
+    /// The extent is in this thread's lane.
+    Done,
+    /// Nothing: no lane yet, or the lane was busy.
+    Busy,
+    /// Nothing: the lane (held) has no room for it.
+    Full(Held<'a>),
+}
+
 /// What a free found in the table.
 pub(crate) enum CacheFree {
     /// Not a cached-size extent's start: the heap decides, under its lock.
@@ -385,9 +398,6 @@ pub(crate) struct ExtentCache {
     lanes: [LaneSlot; LANES + 1],
     /// The most bytes one lane holds.
     lane_budget: u64,
-    /// Whether frees and requests use the lanes: under best fit only (a cached extent is a
-    /// good fit, at most a quarter longer than asked; worst fit's point is the largest hole).
-    enabled: AtomicBool,
 }
 
 // SAFETY: the table is shared through atomics, the bins through the lane locks.
@@ -400,8 +410,9 @@ fn map_bytes(buckets: usize) -> usize {
 }
 
 impl ExtentCache {
-    /// The caches of a region of `region_len` bytes; `None` without host memory.
-    pub fn new(region_len: u64, enabled: bool) -> Option<ExtentCache> {
+    /// The caches of a region of `region_len` bytes; `None` without host memory. Whether
+    /// frees and requests use them is the tier's (`DeviceTier::lanes`).
+    pub fn new(region_len: u64) -> Option<ExtentCache> {
         let buckets = region_len.div_ceil(BUCKET) as usize;
         // Zeroed memory is `buckets` absent entries.
         let table = os::map_anonymous(map_bytes(buckets))?.cast::<AtomicU64>();
@@ -431,20 +442,7 @@ impl ExtentCache {
             buckets,
             lanes,
             lane_budget: (region_len / 32).min(LANE_BYTES_MAX),
-            enabled: AtomicBool::new(enabled),
         })
-    }
-
-    /// Whether the lanes are in use (`enabled`).
-    #[inline]
-    pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
-    }
-
-    /// Turns the lanes on or off (the tier's fit policy changed); the caller empties them
-    /// after turning them off.
-    pub fn set_enabled(&self, on: bool) {
-        self.enabled.store(on, Ordering::Relaxed);
     }
 
     #[inline]
@@ -503,7 +501,18 @@ impl ExtentCache {
     /// thread's lane; fills `evicted` with what the lane gives back to the heap to make room.
     pub fn push(&self, offset: u64, len: u64, evicted: &mut Evicted<PUSH_EVICTS>) {
         let slot = self.lane(Lane::of_this_thread());
-        let mut lane = slot.cache.lock();
+        self.push_held(Held(slot.cache.lock()), offset, len, evicted);
+    }
+
+    /// `push` into the lane `try_push` found full and still holds.
+    pub fn push_held(
+        &self,
+        lane: Held<'_>,
+        offset: u64,
+        len: u64,
+        evicted: &mut Evicted<PUSH_EVICTS>,
+    ) {
+        let mut lane = lane.0;
         let bin = bin_floor(len);
         let full = |lane: &LaneCache| lane.bins[bin].n as usize == BIN_SLOTS;
         let over = |lane: &LaneCache| lane.figures.bytes + len > self.lane_budget;
@@ -531,19 +540,21 @@ impl ExtentCache {
         lane.figures.put(len);
     }
 
-    /// `push` without waiting and without giving anything back: false (nothing done) if this
-    /// thread has no lane yet, its lane is busy, or the extent's bin or the lane's budget is
-    /// full; the caller then `push`es. The path of almost every free of a cached-size block.
+    /// `push` without waiting and without giving anything back: `Busy` (nothing done) if this
+    /// thread has no lane yet or its lane is busy (the caller then `push`es), `Full` with the
+    /// lane still held if the extent's bin or the lane's budget is full (the caller then
+    /// `push_held`s: no unlock and lock again, and no call on this path but tail calls). The
+    /// path of almost every free of a cached-size block.
     #[inline(always)]
-    pub fn try_push(&self, offset: u64, len: u64) -> bool {
+    pub fn try_push(&self, offset: u64, len: u64) -> Pushed<'_> {
         let Some(mut cache) = self.own_lane().cache.try_lock() else {
-            return false;
+            return Pushed::Busy;
         };
         if cache.figures.bytes + len > self.lane_budget || !cache.put(offset, len) {
-            return false;
+            return Pushed::Full(Held(cache));
         }
         cache.figures.put(len);
-        true
+        Pushed::Done
     }
 
     /// This thread's lane (`Lane` values are below `LANES`; the mask spares a bounds check).
@@ -584,13 +595,21 @@ impl ExtentCache {
     /// `pop` without waiting and without searching a bin (`LaneCache::take`): `None` also when
     /// this thread has no lane yet or its lane is busy (the caller then `pop`s). The path of
     /// almost every cached-size request.
+    ///
+    /// The third value: the lane's lock may have a sleeper, whom the caller wakes with
+    /// `wake_own_lane` once it is done (last, so that its hit path calls nothing in between).
     #[inline(always)]
-    pub fn try_pop(&self, want: u64) -> Option<(u64, u64)> {
+    pub fn try_pop(&self, want: u64) -> Option<(u64, u64, bool)> {
         let mut cache = self.own_lane().cache.try_lock()?;
         let found = unpacked(cache.take(want)?);
         cache.figures.taken(found.1);
-        drop(cache);
-        Some(found)
+        Some((found.0, found.1, cache.unlock_unwoken()))
+    }
+
+    /// Wakes a thread waiting for this thread's lane (`try_pop` said one may be).
+    #[cold]
+    pub fn wake_own_lane(&self) {
+        self.own_lane().cache.wake_one();
     }
 
     /// Sets the live bit of the extent `[offset, offset + len)` `pop` returned, its header
@@ -768,7 +787,7 @@ mod tests {
 
     #[test]
     fn a_second_free_is_refused_and_a_freed_extent_comes_back() {
-        let cache = ExtentCache::new(1 << 20, true).unwrap();
+        let cache = ExtentCache::new(1 << 20).unwrap();
         let (a, b) = (4096 + 32, 3 * 4096);
         cache.adopt(a, 5000 & !15);
         cache.adopt(b, 8192);
@@ -814,7 +833,7 @@ mod tests {
 
     #[test]
     fn a_lane_is_taken_in_parts() {
-        let cache = ExtentCache::new(64 << 20, true).unwrap();
+        let cache = ExtentCache::new(64 << 20).unwrap();
         let mut evicted = Evicted::new();
         // Five extents in three bins.
         let extents = [(8192, 4096), (16384, 4096), (32768, 8192), (65536, 8192), (98304, 12288)];
@@ -844,7 +863,7 @@ mod tests {
 
     #[test]
     fn a_full_bin_gives_its_older_half_back() {
-        let cache = ExtentCache::new(64 << 20, true).unwrap();
+        let cache = ExtentCache::new(64 << 20).unwrap();
         let mut evicted = Evicted::new();
         let offsets: std::vec::Vec<u64> = (1..=BIN_SLOTS as u64 + 1).map(|i| i * 8192).collect();
         for &o in &offsets {

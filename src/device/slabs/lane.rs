@@ -74,8 +74,8 @@ impl Lane {
     }
 }
 
-/// The lane word: this thread's lane, or its initial value `LANES` before it has one (never
-/// anything else: only `assign` and the tests' `set_for_this_thread` write it).
+// The lane word: this thread's lane, or its initial value `LANES` before it has one (never
+// anything else: only `assign` and the tests' `set_for_this_thread` write it).
 crate::thread_slot::initial_exec_word!(
     lane_word,
     "__tiermalloc_device_lane",
