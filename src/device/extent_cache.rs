@@ -874,4 +874,53 @@ mod tests {
         assert_eq!(evicted.as_slice(), &offsets[..BIN_SLOTS / 2]);
         assert_eq!(cache.cached_bytes(), 4096 * (BIN_SLOTS as u64 / 2 + 1));
     }
+
+    /// A thread without a lane yet indexes the stand-in lane, whose lock is always held: its
+    /// paths that do not wait do nothing (no extent lands where no lane would take it out),
+    /// and its waiting paths give it a lane.
+    #[test]
+    fn a_thread_without_a_lane_finds_the_stand_in_held() {
+        let cache = ExtentCache::new(64 << 20).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(Lane::index_or_unassigned(), LANES, "a new thread has no lane");
+                cache.adopt(8192, 4096);
+                assert!(matches!(cache.free(8192), CacheFree::Taken(4096)));
+                assert!(matches!(cache.try_push(8192, 4096), Pushed::Busy));
+                assert_eq!(cache.try_pop(4096), None);
+                let mut evicted = Evicted::new();
+                cache.push(8192, 4096, &mut evicted);
+                assert!(Lane::index_or_unassigned() < LANES, "the waiting path gave it one");
+                assert_eq!(cache.try_pop(4096).map(|(o, l, _)| (o, l)), Some((8192, 4096)));
+            });
+        });
+        assert!(cache.lanes[LANES].cache.try_lock().is_none(), "the stand-in stays held");
+    }
+
+    /// A free that finds its bin full without waiting (`try_push`) keeps the lane and gives
+    /// the bin's older half back (`push_held`), as `push` does, and lets the lane go.
+    #[test]
+    fn a_full_bin_found_without_waiting_gives_its_older_half_back() {
+        let cache = ExtentCache::new(64 << 20).unwrap();
+        let mut evicted = Evicted::new();
+        let offsets: std::vec::Vec<u64> = (1..=BIN_SLOTS as u64 + 1).map(|i| i * 8192).collect();
+        for &o in &offsets {
+            cache.adopt(o, 4096);
+            assert!(matches!(cache.free(o), CacheFree::Taken(4096)));
+        }
+        // The waiting path first: this thread then has a lane.
+        cache.push(offsets[0], 4096, &mut evicted);
+        for &o in &offsets[1..BIN_SLOTS] {
+            assert!(matches!(cache.try_push(o, 4096), Pushed::Done));
+        }
+        let last = offsets[BIN_SLOTS];
+        match cache.try_push(last, 4096) {
+            Pushed::Full(lane) => cache.push_held(lane, last, 4096, &mut evicted),
+            _ => panic!("the bin is full"),
+        }
+        assert_eq!(evicted.as_slice(), &offsets[..BIN_SLOTS / 2]);
+        assert_eq!(cache.cached_bytes(), 4096 * (BIN_SLOTS as u64 / 2 + 1));
+        let free = cache.real_lanes().iter().all(|l| l.cache.try_lock().is_some());
+        assert!(free, "no lane left held");
+    }
 }

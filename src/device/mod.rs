@@ -500,7 +500,7 @@ impl DeviceTier {
 
     /// Turns the lanes on or off (no-op without a cache); the caller empties them after
     /// turning them off.
-    pub(super) fn set_lanes(&self, on: bool) {
+    fn set_lanes(&self, on: bool) {
         self.lanes_on
             .store(on && self.cache.is_some(), Ordering::Relaxed);
     }

@@ -49,15 +49,6 @@ impl Lane {
         Lane(word as u8)
     }
 
-    /// Puts this thread in `lane` (tests: two threads in known lanes).
-    /// This thread's lane if it has one yet: a fast path that leaves the first use (which
-    /// assigns one, out of line) to its slow path's `of_this_thread`.
-    #[inline]
-    pub(crate) fn assigned() -> Option<Lane> {
-        let word = lane_word::get();
-        (word < LANES).then_some(Lane(word as u8))
-    }
-
     /// This thread's lane as a number, `LANES` before it has one: an index into a table of
     /// `LANES + 1` entries whose last stands for "no lane yet" (the extent cache's lanes,
     /// whose last is always locked), so that a fast path needs no test of its own.
@@ -68,6 +59,7 @@ impl Lane {
         word
     }
 
+    /// Puts this thread in `lane` (tests: two threads in known lanes).
     #[cfg(test)]
     pub(crate) fn set_for_this_thread(lane: Lane) {
         lane_word::set(lane.0 as usize);
