@@ -6,10 +6,11 @@
 //! **Which extents.** A *cached-size* extent is one of `MIN_LEN..MAX_LEN` bytes holding one
 //! block (not a slab) of alignment 16, on a tier under best fit (a cached extent is a good
 //! fit, less than a quarter longer than asked; worst fit's point is the largest hole, so the
-//! lanes are off under it, `DeviceTier::set_lanes`). Each has an entry in `table`, one `AtomicU64` per
-//! 4 KiB bucket of the region, in the bucket of its start: extents of 4 KiB and more are at
-//! least 4 KiB apart, so no two share a bucket. The entry holds the extent's start within the
-//! bucket, its length and a *live bit*; nothing else writes it while the extent lives.
+//! lanes are off under it, `DeviceTier::set_lanes`). Each has an entry in `table`, one
+//! `AtomicU64` per 4 KiB bucket of the region, in the bucket of its start: extents of 4 KiB and
+//! more are at least 4 KiB apart, so no two share a bucket. The entry holds the extent's start
+//! within the bucket, its length and a *live bit*; nothing else writes it while the extent
+//! lives.
 //!
 //! **Free.** One compare-and-swap clears the live bit (`lockfree::live_bit`; a second free of
 //! the same block finds it clear: a double free, refused before anything is written), the
@@ -28,8 +29,9 @@
 //!
 //! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
 //! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet (its
-//! lane word indexes a stand-in lane whose lock is always held), a miss or a full bin fall back
-//! to `pop` and `push`, which wait for the lock. A lane's figures (bytes, blocks handed out and
+//! lane word indexes a stand-in lane whose lock is always held) or a miss fall back to `pop`
+//! and `push`, which wait for the lock; a full bin or lane goes to `push_held` with the lane
+//! still held. A lane's figures (bytes, blocks handed out and
 //! freed into it: `LaneFigures`) are plain fields under its lock, one add each (statistics take
 //! the lock to read them), so no counter every lane shares is on these paths.
 //!
