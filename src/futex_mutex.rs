@@ -54,6 +54,15 @@ impl<T> Mutex<T> {
         }
     }
 
+    /// A lock that is held from the start and never let go (no guard owns it): a stand-in
+    /// whose `try_lock` always fails, for a fast path's table entry that means "none".
+    pub(crate) const fn new_held(value: T) -> Self {
+        Self {
+            state: AtomicU32::new(LOCKED),
+            value: UnsafeCell::new(value),
+        }
+    }
+
     /// Takes the lock, spinning briefly and then sleeping while another thread holds it.
     #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
@@ -117,8 +126,30 @@ impl<T> Mutex<T> {
         let contended = self.state.load(Ordering::Relaxed) == CONTENDED;
         self.state.store(FREE, Ordering::Release);
         if contended {
-            futex::wake_one(&self.state);
+            self.wake_one();
         }
+    }
+
+    /// Wakes a sleeper (`unlock` of a contended lock): out of line, so that an uncontended
+    /// unlock inlined at the end of a fast path leaves it no call to save registers around.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn wake_one(&self) {
+        futex::wake_one(&self.state);
+    }
+}
+
+impl<T> MutexGuard<'_, T> {
+    /// Lets go of the lock without waking anyone: true if a sleeper may be waiting, and the
+    /// caller must then `wake_one` (a fast path that does so last, from out of line, keeps
+    /// its values in registers across no call).
+    #[inline]
+    pub(crate) fn unlock_unwoken(self) -> bool {
+        let lock = self.lock;
+        core::mem::forget(self);
+        let contended = lock.state.load(Ordering::Relaxed) == CONTENDED;
+        lock.state.store(FREE, Ordering::Release);
+        contended
     }
 }
 

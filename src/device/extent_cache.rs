@@ -6,10 +6,11 @@
 //! **Which extents.** A *cached-size* extent is one of `MIN_LEN..MAX_LEN` bytes holding one
 //! block (not a slab) of alignment 16, on a tier under best fit (a cached extent is a good
 //! fit, less than a quarter longer than asked; worst fit's point is the largest hole, so the
-//! lanes are off under it, `set_enabled`). Each has an entry in `table`, one `AtomicU64` per
-//! 4 KiB bucket of the region, in the bucket of its start: extents of 4 KiB and more are at
-//! least 4 KiB apart, so no two share a bucket. The entry holds the extent's start within the
-//! bucket, its length and a *live bit*; nothing else writes it while the extent lives.
+//! lanes are off under it, `DeviceTier::set_lanes`). Each has an entry in `table`, one
+//! `AtomicU64` per 4 KiB bucket of the region, in the bucket of its start: extents of 4 KiB and
+//! more are at least 4 KiB apart, so no two share a bucket. The entry holds the extent's start
+//! within the bucket, its length and a *live bit*; nothing else writes it while the extent
+//! lives.
 //!
 //! **Free.** One compare-and-swap clears the live bit (`lockfree::live_bit`; a second free of
 //! the same block finds it clear: a double free, refused before anything is written), the
@@ -27,10 +28,12 @@
 //! heap as before.
 //!
 //! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
-//! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet, a
-//! miss or a full bin fall back to `pop` and `push`, which wait for the lock. A lane's figures
-//! (bytes, blocks handed out and freed into it: `LaneFigures`) are written under its lock with
-//! a plain load and store, so no counter every lane shares is on these paths.
+//! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet (its
+//! lane word indexes a stand-in lane whose lock is always held) or a miss fall back to `pop`
+//! and `push`, which wait for the lock; a full bin or lane goes to `push_held` with the lane
+//! still held. A lane's figures (bytes, blocks handed out and
+//! freed into it: `LaneFigures`) are plain fields under its lock, one add each (statistics take
+//! the lock to read them), so no counter every lane shares is on these paths.
 //!
 //! **Back to the heap, in batches.** A bin that is full, or a lane over its byte budget, gives
 //! the older half of the bin back to the heap under one heap lock (`Evicted`); so does
@@ -53,7 +56,7 @@ use super::slabs::{Lane, LANES};
 use crate::lockfree::live_bit::{self, Cleared, LIVE};
 use crate::os;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The shortest cached-size extent (header included).
 pub(crate) const MIN_LEN: u64 = 4096;
@@ -217,6 +220,7 @@ const MAP_WORDS: usize = BINS / 64 + 2;
 struct LaneCache {
     nonempty: [u64; MAP_WORDS],
     bins: [Bin; BINS],
+    figures: LaneFigures,
 }
 
 impl LaneCache {
@@ -294,46 +298,38 @@ impl LaneCache {
     }
 }
 
-/// What a lane has, for statistics and the lane's budget, read without its lock.
-///
-/// Invariant: written only under the lane's lock (a load and a store, no read-modify-write:
-/// one writer at a time), so that a frequent free or request pays no atomic instruction for
-/// them and no counter shared by every lane moves between cores.
-#[derive(Default)]
+/// What a lane has, for statistics and the lane's budget: plain fields under the lane's
+/// lock (statistics take it), so that a frequent free or request adds to them with one
+/// instruction each, no atomic one, and no counter shared by every lane moves between cores.
+#[derive(Clone, Copy, Default)]
 struct LaneFigures {
     /// Bytes of the extents in the bins.
-    bytes: AtomicU64,
+    bytes: u64,
     /// Blocks handed out from the bins, and freed into them.
-    allocations: AtomicU64,
-    frees: AtomicU64,
+    allocations: u64,
+    frees: u64,
 }
 
 impl LaneFigures {
-    #[inline]
-    fn bump(counter: &AtomicU64, by: u64) {
-        counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
-    }
-
     /// One extent of `len` bytes out of the bins, handed out.
-    #[inline]
-    fn taken(&self, len: u64) {
-        Self::bump(&self.bytes, len.wrapping_neg());
-        Self::bump(&self.allocations, 1);
+    #[inline(always)]
+    fn taken(&mut self, len: u64) {
+        self.bytes = self.bytes.wrapping_sub(len);
+        self.allocations = self.allocations.wrapping_add(1);
     }
 
     /// One freed extent of `len` bytes into the bins.
-    #[inline]
-    fn put(&self, len: u64) {
-        Self::bump(&self.bytes, len);
-        Self::bump(&self.frees, 1);
+    #[inline(always)]
+    fn put(&mut self, len: u64) {
+        self.bytes = self.bytes.wrapping_add(len);
+        self.frees = self.frees.wrapping_add(1);
     }
 }
 
-/// One lane: its bins behind its lock, and its figures. A cache line apart from the next lane.
+/// One lane: its bins and figures behind its lock. A cache line apart from the next lane.
 #[repr(align(64))]
 struct LaneSlot {
     cache: crate::futex_mutex::Mutex<LaneCache>,
-    figures: LaneFigures,
 }
 
 /// Extents to give back to the heap (the caller does, under the heap lock: `ExtentCache::forget`
@@ -367,6 +363,19 @@ impl<const N: usize> Evicted<N> {
     }
 }
 
+/// A lane's lock, held between `try_push` and `push_held`.
+pub(crate) struct Held<'a>(crate::futex_mutex::MutexGuard<'a, LaneCache>);
+
+/// What `try_push` did.
+pub(crate) enum Pushed<'a> {
+    /// The extent is in this thread's lane.
+    Done,
+    /// Nothing: no lane yet, or the lane was busy.
+    Busy,
+    /// Nothing: the lane (held) has no room for it.
+    Full(Held<'a>),
+}
+
 /// What a free found in the table.
 pub(crate) enum CacheFree {
     /// Not a cached-size extent's start: the heap decides, under its lock.
@@ -381,16 +390,16 @@ pub(crate) enum CacheFree {
 /// Invariants: a table entry is present exactly while the heap holds its extent allocated
 /// (set after the heap hands the extent out, cleared under the heap lock before the heap
 /// frees it); its live bit is clear exactly while the extent sits in a lane's bin; a lane's
-/// `figures.bytes` is the sum of its extents' lengths.
+/// `figures.bytes` is the sum of its extents' lengths. `lanes[LANES]` is a stand-in whose
+/// lock is always held (`Mutex::new_held`) and whose bins stay empty: the lane of a thread
+/// that has none yet (`Lane::index_or_unassigned`), so that `try_pop` and `try_push` find
+/// "no lane" and "lane busy" with the one `try_lock`.
 pub(crate) struct ExtentCache {
     table: NonNull<AtomicU64>,
     buckets: usize,
-    lanes: [LaneSlot; LANES],
+    lanes: [LaneSlot; LANES + 1],
     /// The most bytes one lane holds.
     lane_budget: u64,
-    /// Whether frees and requests use the lanes: under best fit only (a cached extent is a
-    /// good fit, at most a quarter longer than asked; worst fit's point is the largest hole).
-    enabled: AtomicBool,
 }
 
 // SAFETY: the table is shared through atomics, the bins through the lane locks.
@@ -403,8 +412,9 @@ fn map_bytes(buckets: usize) -> usize {
 }
 
 impl ExtentCache {
-    /// The caches of a region of `region_len` bytes; `None` without host memory.
-    pub fn new(region_len: u64, enabled: bool) -> Option<ExtentCache> {
+    /// The caches of a region of `region_len` bytes; `None` without host memory. Whether
+    /// frees and requests use them is the tier's (`DeviceTier::lanes`).
+    pub fn new(region_len: u64) -> Option<ExtentCache> {
         let buckets = region_len.div_ceil(BUCKET) as usize;
         // Zeroed memory is `buckets` absent entries.
         let table = os::map_anonymous(map_bytes(buckets))?.cast::<AtomicU64>();
@@ -412,37 +422,29 @@ impl ExtentCache {
             n: 0,
             extents: [0; BIN_SLOTS],
         };
+        const CACHE: LaneCache = LaneCache {
+            nonempty: [0; MAP_WORDS],
+            bins: [EMPTY; BINS],
+            figures: LaneFigures {
+                bytes: 0,
+                allocations: 0,
+                frees: 0,
+            },
+        };
+        let mut lanes = [const {
+            LaneSlot {
+                cache: crate::futex_mutex::Mutex::new(CACHE),
+            }
+        }; LANES + 1];
+        lanes[LANES] = LaneSlot {
+            cache: crate::futex_mutex::Mutex::new_held(CACHE),
+        };
         Some(ExtentCache {
             table,
             buckets,
-            lanes: [const {
-                LaneSlot {
-                    cache: crate::futex_mutex::Mutex::new(LaneCache {
-                        nonempty: [0; MAP_WORDS],
-                        bins: [EMPTY; BINS],
-                    }),
-                    figures: LaneFigures {
-                        bytes: AtomicU64::new(0),
-                        allocations: AtomicU64::new(0),
-                        frees: AtomicU64::new(0),
-                    },
-                }
-            }; LANES],
+            lanes,
             lane_budget: (region_len / 32).min(LANE_BYTES_MAX),
-            enabled: AtomicBool::new(enabled),
         })
-    }
-
-    /// Whether the lanes are in use (`enabled`).
-    #[inline]
-    pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
-    }
-
-    /// Turns the lanes on or off (the tier's fit policy changed); the caller empties them
-    /// after turning them off.
-    pub fn set_enabled(&self, on: bool) {
-        self.enabled.store(on, Ordering::Relaxed);
     }
 
     #[inline]
@@ -501,12 +503,22 @@ impl ExtentCache {
     /// thread's lane; fills `evicted` with what the lane gives back to the heap to make room.
     pub fn push(&self, offset: u64, len: u64, evicted: &mut Evicted<PUSH_EVICTS>) {
         let slot = self.lane(Lane::of_this_thread());
-        let mut lane = slot.cache.lock();
-        let figures = &slot.figures;
+        self.push_held(Held(slot.cache.lock()), offset, len, evicted);
+    }
+
+    /// `push` into the lane `try_push` found full and still holds.
+    pub fn push_held(
+        &self,
+        lane: Held<'_>,
+        offset: u64,
+        len: u64,
+        evicted: &mut Evicted<PUSH_EVICTS>,
+    ) {
+        let mut lane = lane.0;
         let bin = bin_floor(len);
-        let bytes_now = || figures.bytes.load(Ordering::Relaxed);
         let full = |lane: &LaneCache| lane.bins[bin].n as usize == BIN_SLOTS;
-        if full(&lane) || bytes_now() + len > self.lane_budget {
+        let over = |lane: &LaneCache| lane.figures.bytes + len > self.lane_budget;
+        if full(&lane) || over(&lane) {
             // The older half back to the heap (rounded up: a bin of one gives it back).
             let give = (lane.bins[bin].n as usize).div_ceil(2);
             let mut bytes = 0;
@@ -516,45 +528,58 @@ impl ExtentCache {
                 evicted.push(off);
             }
             lane.remove(bin, 0..give);
-            LaneFigures::bump(&figures.bytes, bytes.wrapping_neg());
+            lane.figures.bytes -= bytes;
         }
-        if full(&lane) || bytes_now() + len > self.lane_budget {
+        if full(&lane) || over(&lane) {
             // Still no room (a budget smaller than this bin's extents): this one goes back too
             // (a free all the same).
             evicted.push(offset);
-            LaneFigures::bump(&figures.frees, 1);
+            lane.figures.frees += 1;
             return;
         }
         let put = lane.put(offset, len);
         debug_assert!(put, "the bin has room");
-        figures.put(len);
+        lane.figures.put(len);
     }
 
-    /// `push` without waiting and without giving anything back: false (nothing done) if this
-    /// thread has no lane yet, its lane is busy, or the extent's bin or the lane's budget is
-    /// full; the caller then `push`es. The path of almost every free of a cached-size block.
+    /// `push` without waiting and without giving anything back: `Busy` (nothing done) if this
+    /// thread has no lane yet or its lane is busy (the caller then `push`es), `Full` with the
+    /// lane still held if the extent's bin or the lane's budget is full (the caller then
+    /// `push_held`s: no unlock and lock again, and no call on this path but tail calls). The
+    /// path of almost every free of a cached-size block.
     #[inline(always)]
-    pub fn try_push(&self, offset: u64, len: u64) -> bool {
-        let Some(lane) = Lane::assigned() else {
-            return false;
+    pub fn try_push(&self, offset: u64, len: u64) -> Pushed<'_> {
+        let Some(mut cache) = self.own_lane().cache.try_lock() else {
+            return Pushed::Busy;
         };
-        let slot = self.lane(lane);
-        let Some(mut cache) = slot.cache.try_lock() else {
-            return false;
-        };
-        if slot.figures.bytes.load(Ordering::Relaxed) + len > self.lane_budget
-            || !cache.put(offset, len)
-        {
-            return false;
+        if cache.figures.bytes + len > self.lane_budget || !cache.put(offset, len) {
+            return Pushed::Full(Held(cache));
         }
-        slot.figures.put(len);
-        true
+        cache.figures.put(len);
+        Pushed::Done
     }
 
     /// This thread's lane (`Lane` values are below `LANES`; the mask spares a bounds check).
     #[inline(always)]
     fn lane(&self, lane: Lane) -> &LaneSlot {
         &self.lanes[lane.0 as usize % LANES]
+    }
+
+    /// This thread's lane for the paths that do not wait, or the stand-in whose lock is always
+    /// held (`lanes[LANES]`) while it has none yet: no test of its own.
+    #[inline(always)]
+    fn own_lane(&self) -> &LaneSlot {
+        let i = Lane::index_or_unassigned();
+        debug_assert!(i <= LANES);
+        // SAFETY: the lane word holds a lane (`0..LANES`) or `LANES` (`Lane`'s invariant),
+        // and there are `LANES + 1` slots.
+        unsafe { self.lanes.get_unchecked(i) }
+    }
+
+    /// The lanes, without the stand-in.
+    #[inline]
+    fn real_lanes(&self) -> &[LaneSlot] {
+        &self.lanes[..LANES]
     }
 
     /// A freed extent of at least `want` bytes (`MIN_LEN..MAX_LEN`) from this thread's lane
@@ -564,8 +589,7 @@ impl ExtentCache {
         let slot = self.lane(Lane::of_this_thread());
         let mut cache = slot.cache.lock();
         let found = unpacked(cache.take_or_own_bin(want)?);
-        // Under the lock: the figures have one writer at a time.
-        slot.figures.taken(found.1);
+        cache.figures.taken(found.1);
         drop(cache);
         Some(found)
     }
@@ -573,14 +597,21 @@ impl ExtentCache {
     /// `pop` without waiting and without searching a bin (`LaneCache::take`): `None` also when
     /// this thread has no lane yet or its lane is busy (the caller then `pop`s). The path of
     /// almost every cached-size request.
+    ///
+    /// The third value: the lane's lock may have a sleeper, whom the caller wakes with
+    /// `wake_own_lane` once it is done (last, so that its hit path calls nothing in between).
     #[inline(always)]
-    pub fn try_pop(&self, want: u64) -> Option<(u64, u64)> {
-        let slot = self.lane(Lane::assigned()?);
-        let mut cache = slot.cache.try_lock()?;
+    pub fn try_pop(&self, want: u64) -> Option<(u64, u64, bool)> {
+        let mut cache = self.own_lane().cache.try_lock()?;
         let found = unpacked(cache.take(want)?);
-        slot.figures.taken(found.1);
-        drop(cache);
-        Some(found)
+        cache.figures.taken(found.1);
+        Some((found.0, found.1, cache.unlock_unwoken()))
+    }
+
+    /// Wakes a thread waiting for this thread's lane (`try_pop` said one may be).
+    #[cold]
+    pub fn wake_own_lane(&self) {
+        self.own_lane().cache.wake_one();
     }
 
     /// Sets the live bit of the extent `[offset, offset + len)` `pop` returned, its header
@@ -605,13 +636,13 @@ impl ExtentCache {
         }
         let len = len_of(e);
         let want = packed(offset, len);
-        for slot in &self.lanes {
+        for slot in self.real_lanes() {
             let mut lane = slot.cache.lock();
             let bin = bin_floor(len);
             let b = &lane.bins[bin];
             if let Some(i) = b.extents[..b.n as usize].iter().position(|&x| x == want) {
                 lane.remove(bin, i..i + 1);
-                LaneFigures::bump(&slot.figures.bytes, len.wrapping_neg());
+                lane.figures.bytes -= len;
                 return true;
             }
         }
@@ -622,13 +653,13 @@ impl ExtentCache {
     /// (In parts: a whole lane's `LANE_SLOTS` offsets would make a 6 KiB stack frame on the
     /// path of a request that found the tier full.)
     pub fn take_lane<const N: usize>(&self, lane: usize, evicted: &mut Evicted<N>) -> bool {
-        let slot = &self.lanes[lane];
+        let slot = &self.real_lanes()[lane];
         let mut lane = slot.cache.lock();
         let mut bytes = 0u64;
         for bin in 0..BINS {
             while lane.bins[bin].n > 0 {
                 if evicted.n == N {
-                    LaneFigures::bump(&slot.figures.bytes, bytes.wrapping_neg());
+                    lane.figures.bytes -= bytes;
                     return false;
                 }
                 let last = lane.bins[bin].n as usize - 1;
@@ -638,38 +669,45 @@ impl ExtentCache {
                 bytes += len;
             }
         }
-        LaneFigures::bump(&slot.figures.bytes, bytes.wrapping_neg());
+        lane.figures.bytes -= bytes;
         true
+    }
+
+    /// The lanes' figures, summed (each lane's read under its lock).
+    fn figures(&self) -> LaneFigures {
+        self.real_lanes()
+            .iter()
+            .fold(LaneFigures::default(), |sum, l| {
+                let f = l.cache.lock().figures;
+                LaneFigures {
+                    bytes: sum.bytes + f.bytes,
+                    allocations: sum.allocations + f.allocations,
+                    frees: sum.frees + f.frees,
+                }
+            })
     }
 
     /// Bytes of freed extents waiting in the lanes.
     pub fn cached_bytes(&self) -> u64 {
-        self.lanes
-            .iter()
-            .map(|l| l.figures.bytes.load(Ordering::Relaxed))
-            .sum()
+        self.figures().bytes
     }
 
     /// Blocks handed out from the lanes, and freed into them, so far.
     pub fn counts(&self) -> (u64, u64) {
-        self.lanes.iter().fold((0, 0), |(a, f), l| {
-            (
-                a + l.figures.allocations.load(Ordering::Relaxed),
-                f + l.figures.frees.load(Ordering::Relaxed),
-            )
-        })
+        let f = self.figures();
+        (f.allocations, f.frees)
     }
 
     /// Takes every lane lock and keeps it (`fork` prepare handler).
     pub fn lock_all(&self) {
-        for lane in &self.lanes {
+        for lane in self.real_lanes() {
             core::mem::forget(lane.cache.lock());
         }
     }
 
     /// Releases the locks `lock_all` kept.
     pub fn unlock_all(&self) {
-        for lane in &self.lanes {
+        for lane in self.real_lanes() {
             // SAFETY: `lock_all` of this same fork took the lock and forgot its guard.
             unsafe { lane.cache.force_unlock() };
         }
@@ -721,6 +759,7 @@ mod tests {
                 n: 0,
                 extents: [0; BIN_SLOTS],
             }; BINS],
+            figures: LaneFigures::default(),
         };
         let want = 20_000;
         let ceil = bin_ceil(want);
@@ -750,7 +789,7 @@ mod tests {
 
     #[test]
     fn a_second_free_is_refused_and_a_freed_extent_comes_back() {
-        let cache = ExtentCache::new(1 << 20, true).unwrap();
+        let cache = ExtentCache::new(1 << 20).unwrap();
         let (a, b) = (4096 + 32, 3 * 4096);
         cache.adopt(a, 5000 & !15);
         cache.adopt(b, 8192);
@@ -796,7 +835,7 @@ mod tests {
 
     #[test]
     fn a_lane_is_taken_in_parts() {
-        let cache = ExtentCache::new(64 << 20, true).unwrap();
+        let cache = ExtentCache::new(64 << 20).unwrap();
         let mut evicted = Evicted::new();
         // Five extents in three bins.
         let extents = [(8192, 4096), (16384, 4096), (32768, 8192), (65536, 8192), (98304, 12288)];
@@ -826,7 +865,7 @@ mod tests {
 
     #[test]
     fn a_full_bin_gives_its_older_half_back() {
-        let cache = ExtentCache::new(64 << 20, true).unwrap();
+        let cache = ExtentCache::new(64 << 20).unwrap();
         let mut evicted = Evicted::new();
         let offsets: std::vec::Vec<u64> = (1..=BIN_SLOTS as u64 + 1).map(|i| i * 8192).collect();
         for &o in &offsets {
@@ -836,5 +875,54 @@ mod tests {
         }
         assert_eq!(evicted.as_slice(), &offsets[..BIN_SLOTS / 2]);
         assert_eq!(cache.cached_bytes(), 4096 * (BIN_SLOTS as u64 / 2 + 1));
+    }
+
+    /// A thread without a lane yet indexes the stand-in lane, whose lock is always held: its
+    /// paths that do not wait do nothing (no extent lands where no lane would take it out),
+    /// and its waiting paths give it a lane.
+    #[test]
+    fn a_thread_without_a_lane_finds_the_stand_in_held() {
+        let cache = ExtentCache::new(64 << 20).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(Lane::index_or_unassigned(), LANES, "a new thread has no lane");
+                cache.adopt(8192, 4096);
+                assert!(matches!(cache.free(8192), CacheFree::Taken(4096)));
+                assert!(matches!(cache.try_push(8192, 4096), Pushed::Busy));
+                assert_eq!(cache.try_pop(4096), None);
+                let mut evicted = Evicted::new();
+                cache.push(8192, 4096, &mut evicted);
+                assert!(Lane::index_or_unassigned() < LANES, "the waiting path gave it one");
+                assert_eq!(cache.try_pop(4096).map(|(o, l, _)| (o, l)), Some((8192, 4096)));
+            });
+        });
+        assert!(cache.lanes[LANES].cache.try_lock().is_none(), "the stand-in stays held");
+    }
+
+    /// A free that finds its bin full without waiting (`try_push`) keeps the lane and gives
+    /// the bin's older half back (`push_held`), as `push` does, and lets the lane go.
+    #[test]
+    fn a_full_bin_found_without_waiting_gives_its_older_half_back() {
+        let cache = ExtentCache::new(64 << 20).unwrap();
+        let mut evicted = Evicted::new();
+        let offsets: std::vec::Vec<u64> = (1..=BIN_SLOTS as u64 + 1).map(|i| i * 8192).collect();
+        for &o in &offsets {
+            cache.adopt(o, 4096);
+            assert!(matches!(cache.free(o), CacheFree::Taken(4096)));
+        }
+        // The waiting path first: this thread then has a lane.
+        cache.push(offsets[0], 4096, &mut evicted);
+        for &o in &offsets[1..BIN_SLOTS] {
+            assert!(matches!(cache.try_push(o, 4096), Pushed::Done));
+        }
+        let last = offsets[BIN_SLOTS];
+        match cache.try_push(last, 4096) {
+            Pushed::Full(lane) => cache.push_held(lane, last, 4096, &mut evicted),
+            _ => panic!("the bin is full"),
+        }
+        assert_eq!(evicted.as_slice(), &offsets[..BIN_SLOTS / 2]);
+        assert_eq!(cache.cached_bytes(), 4096 * (BIN_SLOTS as u64 / 2 + 1));
+        let free = cache.real_lanes().iter().all(|l| l.cache.try_lock().is_some());
+        assert!(free, "no lane left held");
     }
 }

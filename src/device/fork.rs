@@ -143,9 +143,7 @@ impl DeviceTier {
     /// (frees go to the heap's, which asks).
     pub(super) fn become_inherited(&self) {
         self.inherited.store(true, Ordering::Relaxed);
-        if let Some(cache) = &self.cache {
-            cache.set_enabled(false);
-        }
+        self.set_lanes(false);
     }
 
     /// Replaces the region's mapping by anonymous memory holding a copy of every allocated

@@ -44,7 +44,7 @@ use core::ffi::CStr;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use evacuate::{DeviceState, LiveExtents};
-use extent_cache::{CacheFree, Evicted, ExtentCache};
+use extent_cache::{CacheFree, Evicted, ExtentCache, Held, Pushed};
 use extent_heap::{Carved, ExtentHeap, FreeError, HeapStats};
 use persist::{media, owner, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
 use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
@@ -80,6 +80,11 @@ pub(crate) struct DeviceTier {
     /// `None` for a tier lent its capacity (its extents go back to the pool) or when host
     /// memory for its table could not be had.
     cache: Option<ExtentCache>,
+    /// Whether frees and requests use `cache`'s lanes (`lanes`): under best fit only (a cached
+    /// extent is a good fit, at most a quarter longer than asked; worst fit's point is the
+    /// largest hole), never in an inherited tier. One flag for both tests ("is there a cache"
+    /// and "is it on") on the hit paths. Invariant: set only while `cache` is `Some`.
+    lanes_on: AtomicBool,
     /// The id under which threads cache this tier's slab slots (`slot_cache`); 0: they do not.
     slot_cache_id: AtomicU64,
     /// The most slot bytes one thread caches for this tier.
@@ -173,9 +178,10 @@ impl DeviceTier {
             heap: crate::futex_mutex::Mutex::new(heap),
             slabs,
             cache: match outside {
-                None => ExtentCache::new(region.len as u64, spec.fit == Fit::Best),
+                None => ExtentCache::new(region.len as u64),
                 Some(_) => None,
             },
+            lanes_on: AtomicBool::new(outside.is_none() && spec.fit == Fit::Best),
             slot_cache_id: AtomicU64::new(0),
             slot_budget: slot_cache::budget_of(region.len as u64),
             limit: spec.limit.unwrap_or(u64::MAX),
@@ -359,13 +365,13 @@ impl DeviceTier {
     /// whole into its callers: a request served by the extent cache calls nothing.
     #[inline(always)]
     pub fn alloc_sized(&self, size: usize, align: usize) -> Option<(*mut u8, usize)> {
-        if self.inherited.load(Ordering::Relaxed) {
-            return None;
-        }
         // A request for 0 bytes gets a block of one granule (slabs' smallest class), as on
         // DRAM: its usable size is not 0 (which `realloc` would take for "not a block"), and
         // its address is not the next block's header.
         if let Some(class) = Slabs::class_of(size, align) {
+            if self.inherited.load(Ordering::Relaxed) {
+                return None;
+            }
             let offset = self.alloc_slot(class)?;
             return Some((self.block_at(offset), slabs::usable_of(class) as usize));
         }
@@ -373,9 +379,15 @@ impl DeviceTier {
         if let Some(cache) = self.cache_for(len, align as u64) {
             // The lane free, no wait: the path of almost every request of a cached size,
             // which returns from here (the slow path's answer comes back in two registers).
-            if let Some((offset, extent)) = cache.try_pop(len) {
+            // No test of `inherited`: an inherited tier's lanes are off (`become_inherited`),
+            // and the slow path asks.
+            if let Some((offset, extent, wake)) = cache.try_pop(len) {
                 self.hand_out_cached(cache, offset, extent);
-                return Some((self.block_at(offset), (extent - HEADER_SIZE) as usize));
+                let block = (self.block_at(offset), (extent - HEADER_SIZE) as usize);
+                if wake {
+                    return Some(Self::woken(cache, block));
+                }
+                return Some(block);
             }
         }
         self.alloc_block_slow(len, align as u64)
@@ -447,6 +459,9 @@ impl DeviceTier {
     /// hit path saves no registers.
     #[inline(never)]
     fn alloc_block_slow(&self, len: u64, align: u64) -> Option<(NonNull<u8>, usize)> {
+        if self.inherited.load(Ordering::Relaxed) {
+            return None;
+        }
         let (offset, extent) = self.alloc_block_extent_slow(len, align)?;
         Some((
             NonNull::new(self.block_at(offset))?,
@@ -454,13 +469,40 @@ impl DeviceTier {
         ))
     }
 
+    /// `block`, once a thread waiting for this thread's lane is woken (`try_pop`): out of line
+    /// and last, a tail call.
+    #[cold]
+    #[inline(never)]
+    fn woken(cache: &ExtentCache, block: (*mut u8, usize)) -> (*mut u8, usize) {
+        cache.wake_own_lane();
+        block
+    }
+
     /// The extent cache, if a block of `len` bytes (header included) aligned to `align` is
     /// one it serves.
     #[inline(always)]
     fn cache_for(&self, len: u64, align: u64) -> Option<&ExtentCache> {
-        self.cache
-            .as_ref()
-            .filter(|c| c.enabled() && extent_cache::cached_size(len, align))
+        self.lanes()
+            .filter(|_| extent_cache::cached_size(len, align))
+    }
+
+    /// The extent cache if its lanes are on (`lanes_on`).
+    #[inline(always)]
+    fn lanes(&self) -> Option<&ExtentCache> {
+        if !self.lanes_on.load(Ordering::Relaxed) {
+            return None;
+        }
+        debug_assert!(self.cache.is_some());
+        // SAFETY: `lanes_on` is set only while `cache` is `Some` (its invariant), and `cache`
+        // never changes after the tier is made.
+        Some(unsafe { self.cache.as_ref().unwrap_unchecked() })
+    }
+
+    /// Turns the lanes on or off (no-op without a cache); the caller empties them after
+    /// turning them off.
+    fn set_lanes(&self, on: bool) {
+        self.lanes_on
+            .store(on && self.cache.is_some(), Ordering::Relaxed);
     }
 
     /// Makes the extent a lane gave out a live block: its whole header, then its live bit.
@@ -723,7 +765,7 @@ impl DeviceTier {
     #[inline(always)]
     fn free_if_cached(&self, offset: u64) -> Option<Result<(), FreeError>> {
         let in_region = offset < self.region.len as u64;
-        let cache = self.cache.as_ref().filter(|c| in_region && c.enabled())?;
+        let cache = self.lanes().filter(|_| in_region)?;
         match cache.free(offset) {
             CacheFree::NotCached => None,
             CacheFree::Refused(error) => Some(Err(error)),
@@ -732,8 +774,10 @@ impl DeviceTier {
                 // `inherited`: an inherited tier's lanes are off (`after_fork_in_child`).
                 media::write_state(&self.store_target(), offset, STATE_FREE);
                 // The lane free and with room, no wait: almost every free of the size.
-                if !cache.try_push(offset, len) {
-                    self.push_cached(cache, offset, len);
+                match cache.try_push(offset, len) {
+                    Pushed::Done => {}
+                    Pushed::Busy => self.push_cached(cache, offset, len),
+                    Pushed::Full(lane) => self.push_cached_held(cache, lane, offset, len),
                 }
                 Some(Ok(()))
             }
@@ -746,6 +790,14 @@ impl DeviceTier {
     fn push_cached(&self, cache: &ExtentCache, offset: u64, len: u64) {
         let mut evicted = Evicted::<{ extent_cache::PUSH_EVICTS }>::new();
         cache.push(offset, len, &mut evicted);
+        self.free_cached(cache, evicted.as_slice());
+    }
+
+    /// `push_cached` into the lane `try_push` found full and still holds.
+    #[inline(never)]
+    fn push_cached_held(&self, cache: &ExtentCache, lane: Held<'_>, offset: u64, len: u64) {
+        let mut evicted = Evicted::<{ extent_cache::PUSH_EVICTS }>::new();
+        cache.push_held(lane, offset, len, &mut evicted);
         self.free_cached(cache, evicted.as_slice());
     }
 
@@ -1075,10 +1127,10 @@ impl DeviceTier {
     }
 
     pub fn set_fit(&self, fit: Fit) {
-        if let Some(cache) = &self.cache {
+        if self.cache.is_some() {
             // The lanes serve best fit only (`extent_cache`).
             // Never in an inherited tier (`after_fork_in_child`).
-            cache.set_enabled(fit == Fit::Best && !self.inherited.load(Ordering::Relaxed));
+            self.set_lanes(fit == Fit::Best && !self.inherited.load(Ordering::Relaxed));
             if fit != Fit::Best {
                 self.drain_cache();
             }

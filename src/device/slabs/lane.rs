@@ -43,33 +43,35 @@ impl Lane {
     #[inline]
     pub(crate) fn of_this_thread() -> Lane {
         let word = lane_word::get();
-        if word == core::ptr::addr_of!(UNASSIGNED) as usize {
+        if word >= LANES {
             return assign();
         }
         Lane(word as u8)
     }
 
-    /// Puts this thread in `lane` (tests: two threads in known lanes).
-    /// This thread's lane if it has one yet: a fast path that leaves the first use (which
-    /// assigns one, out of line) to its slow path's `of_this_thread`.
-    #[inline]
-    pub(crate) fn assigned() -> Option<Lane> {
+    /// This thread's lane as a number, `LANES` before it has one: an index into a table of
+    /// `LANES + 1` entries whose last stands for "no lane yet" (the extent cache's lanes,
+    /// whose last is always locked), so that a fast path needs no test of its own.
+    #[inline(always)]
+    pub(crate) fn index_or_unassigned() -> usize {
         let word = lane_word::get();
-        (word != core::ptr::addr_of!(UNASSIGNED) as usize).then_some(Lane(word as u8))
+        debug_assert!(word <= LANES);
+        word
     }
 
+    /// Puts this thread in `lane` (tests: two threads in known lanes).
     #[cfg(test)]
     pub(crate) fn set_for_this_thread(lane: Lane) {
         lane_word::set(lane.0 as usize);
     }
 }
 
-/// The lane word's initial value (its address), before the thread has a lane.
-pub(crate) static UNASSIGNED: u8 = 0;
+// The lane word: this thread's lane, or its initial value `LANES` before it has one (never
+// anything else: only `assign` and the tests' `set_for_this_thread` write it).
 crate::thread_slot::initial_exec_word!(
     lane_word,
     "__tiermalloc_device_lane",
-    crate::device::slabs::lane::UNASSIGNED
+    value = crate::device::slabs::lane::LANES
 );
 
 /// Lanes handed out so far (modulo `LANES`).
