@@ -1555,7 +1555,12 @@ fn crash_bad_word(p: usize, offset: u64, size: usize, v: u64) -> Option<usize> {
 /// The child that is killed: fills half the slots, starts writers that allocate, rewrite and
 /// free blocks of their own slots (logging each step), then moves the tier onto `target`.
 fn crash_mover(target: &str, log_path: &str) {
-    std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "16K");
+    // The chunk the test runs at (`CRASH_CHUNK`): a size, or `default` (the variable unset).
+    match std::env::var("CRASH_CHUNK").as_deref() {
+        Ok("default") => std::env::remove_var("TIERMALLOC_EVACUATE_CHUNK"),
+        Ok(chunk) => std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", chunk),
+        Err(_) => std::env::set_var("TIERMALLOC_EVACUATE_CHUNK", "16K"),
+    }
     let log = crash_log(log_path, true);
     let tier = Tier::new(Kind::Pmr).expect("the tier is configured");
     let step = |slot: usize, seed: &mut u64| {
@@ -1611,8 +1616,10 @@ fn crash_mover(target: &str, log_path: &str) {
         std::thread::sleep(std::time::Duration::from_millis(20));
         println!("MOVING");
         let started = std::time::Instant::now();
-        assert_eq!(evacuate(Kind::Pmr, Some(target)), Ok(()));
-        println!("MOVED {}", started.elapsed().as_micros());
+        let report = evacuate_with_report(Kind::Pmr, Some(target)).unwrap();
+        let took = started.elapsed().as_micros();
+        println!("MOVED {took}");
+        println!("CHUNK {}", report.region / report.chunks.max(1));
         stop.store(true, Ordering::Relaxed);
     });
 }
@@ -1708,8 +1715,48 @@ fn crash_checker(log_path: &str) {
 /// log says.
 #[test]
 fn a_move_killed_at_random_points_recovers_whole() {
-    killed_moves_recover_whole("a_move_killed_at_random_points_recovers_whole", "/dev/shm");
+    killed_moves_recover_whole(
+        "a_move_killed_at_random_points_recovers_whole",
+        "/dev/shm",
+        KILLS_16K,
+    );
 }
+
+/// The same at the default chunk (1 MiB: 24 of them in the 24 MiB tier, where 16 KiB makes
+/// 1536), which programs run at: fewer rounds, so that it adds little to the suite's time.
+#[test]
+fn a_move_at_the_default_chunk_killed_at_random_points_recovers_whole() {
+    killed_moves_recover_whole(
+        "a_move_at_the_default_chunk_killed_at_random_points_recovers_whole",
+        "/dev/shm",
+        Kills {
+            chunk: None,
+            rounds: 6,
+            most_rounds: 16,
+            each_way: 2,
+        },
+    );
+}
+
+/// How a crash test kills: at which chunk, and how many rounds.
+#[derive(Clone, Copy)]
+struct Kills {
+    /// `TIERMALLOC_EVACUATE_CHUNK`, or `None` for the default (1 MiB).
+    chunk: Option<&'static str>,
+    /// Rounds always run.
+    rounds: u32,
+    /// Rounds run at most, until the move was rolled back midway and forward `each_way`
+    /// times each (the test fails with fewer).
+    most_rounds: u32,
+    each_way: u32,
+}
+
+const KILLS_16K: Kills = Kills {
+    chunk: Some("16K"),
+    rounds: 10,
+    most_rounds: 30,
+    each_way: 3,
+};
 
 /// The same with the source on hugetlbfs (moved in 2 MiB chunks), where a mount with 24 MiB
 /// free exists; skipped with a line otherwise.
@@ -1725,13 +1772,14 @@ fn a_hugetlbfs_move_killed_at_random_points_recovers_whole() {
         };
         dir
     };
-    killed_moves_recover_whole(TEST, &dir);
+    killed_moves_recover_whole(TEST, &dir, KILLS_16K);
 }
 
 /// `a_move_killed_at_random_points_recovers_whole` run as test `test` (its child runs are
-/// that test again), the source in directory `dir`, the target and the log in /dev/shm.
-fn killed_moves_recover_whole(test: &'static str, dir: &str) {
-    // Named by the test too (the two names differ in length): both run at once in one
+/// that test again), the source in directory `dir`, the target and the log in /dev/shm,
+/// killed as `kills` says.
+fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
+    // Named by the test too (the three names differ in length): all run at once in one
     // process.
     let pid = std::process::id();
     let name = |f: &str| format!("/dev/shm/tiermalloc-evackill-{pid}-{}-{f}", test.len());
@@ -1781,7 +1829,11 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str) {
     let mut move_us = 0u64;
     let (mut rolled_back_midway, mut rolled_forward, mut finished, mut busy) = (0, 0, 0, 0);
     let mut round = 0;
-    while round < 10 || ((rolled_back_midway < 3 || rolled_forward < 3) && round < 30) {
+    let each_way = kills.each_way;
+    while round < kills.rounds
+        || ((rolled_back_midway < each_way || rolled_forward < each_way)
+            && round < kills.most_rounds)
+    {
         for f in [&dev, &target, &log] {
             let _ = std::fs::remove_file(f);
         }
@@ -1789,6 +1841,7 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str) {
             .args(["--exact", test, "--nocapture", "--test-threads=1"])
             .env("CRASH_SOURCE_DIR", dir)
             .env(CHILD, "move")
+            .env("CRASH_CHUNK", kills.chunk.unwrap_or("default"))
             .env("TIERMALLOC_EVACUATE_STEP", format!("move:{target}"))
             .env("TIERMALLOC_EVACUATE_RT", "0")
             .env("CRASH_LOG", &log)
@@ -1834,6 +1887,16 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str) {
                 .find_map(|l| l.strip_prefix("MOVED ")?.trim().parse().ok())
                 .expect("the mover says how long the move took");
             move_us = if round == 0 { took } else { move_us.min(took) };
+            let chunk: u64 = rest
+                .lines()
+                .find_map(|l| l.strip_prefix("CHUNK ")?.trim().parse().ok())
+                .expect("the mover says its chunk");
+            let want = kills.chunk.map_or(1 << 20, |_| 16 << 10);
+            // hugetlbfs moves in its pages' size whatever the setting.
+            assert!(
+                chunk == want || (dir != "/dev/shm" && chunk == 2 << 20),
+                "the move ran at {chunk}-byte chunks, not {want}"
+            );
         } else {
             assert!(round > 0, "the mover failed: {status}");
         }
@@ -1987,7 +2050,7 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str) {
         "round 0's finished move must leave the source refused"
     );
     assert!(
-        rolled_back_midway >= 3 && rolled_forward >= 3,
+        rolled_back_midway >= each_way && rolled_forward >= each_way,
         "only {rolled_back_midway} roll-backs and {rolled_forward} roll-forwards in {round} kills ({move_us} us a move)"
     );
     assert_eq!(

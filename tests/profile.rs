@@ -1023,9 +1023,20 @@ fn a_profile_with_nothing_to_reserve_starts_no_thread() {
 /// The first allocations of each slab class (`tests/programs/first_allocs.c`, after 500 ms
 /// of start-up) on a private device tier, profiled.
 fn first_allocs(dir: &Path, tiers: &str, name: &str) -> (DeviceRun, String) {
+    first_allocs_with(dir, tiers, name, &[])
+}
+
+/// `first_allocs` with `more` in its environment.
+fn first_allocs_with(
+    dir: &Path,
+    tiers: &str,
+    name: &str,
+    more: &[(&str, &str)],
+) -> (DeviceRun, String) {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     let exe = EXE.get_or_init(|| compile_test_program("first_allocs", "profile-first-allocs"));
-    let env = [("TIERMALLOC_TIERS", tiers), ("TIERMALLOC_PROFILE", name)];
+    let mut env = vec![("TIERMALLOC_TIERS", tiers), ("TIERMALLOC_PROFILE", name)];
+    env.extend_from_slice(more);
     let (stdout, stderr) = outputs(profiled_command(Command::new(exe), dir, &env, &["500"]));
     let run = device_run(&tiers[..3], String::new(), stderr);
     (run, stdout)
@@ -1064,5 +1075,28 @@ fn the_next_run_finds_its_slabs_cut_ahead() {
     assert!(
         peaks.iter().all(|&p| p <= first.peak + 64 * 1024),
         "the recorded peak grew: {peaks:?}"
+    );
+}
+
+/// With the records in the pool (`TIERMALLOC_POOL`), a run's slabs are recorded too, and the
+/// next run finds them cut ahead, as from a directory's records.
+#[test]
+fn with_records_in_the_pool_the_next_run_finds_its_slabs_cut_ahead() {
+    let dir = TempDir::new("profile", "slabs-ahead-pool").kept_on_panic();
+    let file = ShmFile::new("slabs-pool-cxl");
+    let pool = ShmFile::new("slabs-pool");
+    let spec = format!("path={},size=8M,create", pool.0.display());
+    let tiers = format!("cxl:path={},size=64M,create", file.0.display());
+    let in_pool = [("TIERMALLOC_POOL", spec.as_str())];
+    let (first, out) = first_allocs_with(dir.path(), &tiers, "sp", &in_pool);
+    assert!(out.starts_with("first_allocs 44"), "{out}");
+    assert_eq!(first.slabs_ahead, 0, "{}", first.stderr);
+    let (next, _) = first_allocs_with(dir.path(), &tiers, "sp", &in_pool);
+    assert!(next.slabs_ahead >= 35, "{next:?}");
+    assert!(next.slabs_ahead_used >= 35, "{next:?}");
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        files.is_empty(),
+        "records written to the directory: {files:?}"
     );
 }

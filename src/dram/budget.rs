@@ -4,10 +4,15 @@
 //! Held bytes are counted where DRAM takes memory for blocks, never per block:
 //! - every page a thread heap cuts from a segment for a size class (its whole slices, 64 KiB
 //!   or more), from the cut until the page is given back empty (`fast::heap`);
-//! - every live large block's usable bytes (`large`).
+//! - every live large block's usable bytes (`large`);
+//! - the slices of a segment's half made one huge page (`huge_pages`) that no page has taken
+//!   yet: the populate makes the whole half present at once, so DRAM holds them from then
+//!   until a page takes them (counted as the page's from then on) or the decay gives them
+//!   back (`fast::segment`).
 //!
 //! The cap is checked at the same places, before memory is taken: a new page, a new large
-//! block, a large block growing. A thread keeps filling the pages it already holds, so the
+//! block, a large block growing, a half about to be made huge (one the cap does not admit
+//! stays on small pages, which only the pages cut from it make present). A thread keeps filling the pages it already holds, so the
 //! bytes in blocks never exceed the held bytes, and the held bytes exceed the limit only by
 //! what threads take at the same instant (check and count are two steps: at most one page or
 //! block per racing thread). A request the cap refuses fails on DRAM: a plain `malloc` passes
@@ -15,8 +20,8 @@
 //!
 //! The peak of the held bytes is kept where they grow (`peak_held`).
 //!
-//! Not counted: segment descriptors, free slices still resident, the cache of freed large
-//! mappings, the allocator's metadata.
+//! Not counted: segment descriptors, free slices still resident once a page has used them,
+//! the cache of freed large mappings, the allocator's metadata.
 
 use crate::stats::SharedCounter;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +30,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 pub static PAGE_BYTES: HeldCounter = HeldCounter::new();
 /// Usable bytes of live large blocks.
 pub static LARGE_LIVE_BYTES: HeldCounter = HeldCounter::new();
+/// Bytes of huge halves' slices no page has taken yet (see the module comment).
+pub static HUGE_UNTAKEN_BYTES: HeldCounter = HeldCounter::new();
 
 /// The most `held()` has been: DRAM's peak, the figure a user sizes a `limit=` or a cgroup by.
 static PEAK_HELD: AtomicU64 = AtomicU64::new(0);
@@ -76,7 +83,10 @@ pub fn limit() -> Option<u64> {
 
 /// Bytes held for blocks now.
 pub fn held() -> u64 {
-    PAGE_BYTES.get().wrapping_add(LARGE_LIVE_BYTES.get())
+    PAGE_BYTES
+        .get()
+        .wrapping_add(LARGE_LIVE_BYTES.get())
+        .wrapping_add(HUGE_UNTAKEN_BYTES.get())
 }
 
 /// Whether `bytes` more may be taken for blocks.

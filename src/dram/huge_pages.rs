@@ -18,7 +18,8 @@
 //! `tests/programs/grow.c`) never make a half huge, and a half one was cut over first stays on
 //! small pages. The half's slices no page has taken yet are counted dirty (free and resident),
 //! so the heap takes them first and the decay gives them back if the heap stops growing: what
-//! a wrong guess costs is bounded by the decay like any freed page. A huge half is open whole:
+//! a wrong guess costs is bounded by the decay like any freed page. They are held against
+//! DRAM's `limit=` too (`budget`), and a half the limit does not admit stays on small pages. A huge half is open whole:
 //! a `PROT_NONE` slice (or the header's guarded tail) would split its mapping and rule out the
 //! 2 MiB page. `TIERMALLOC_SECURE=1` keeps the guards on every segment.
 //!

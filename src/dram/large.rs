@@ -14,7 +14,9 @@
 //! mappings, moved there by `mremap` too (`gather`): only what they cannot fill faults.
 //! Each header bounds the pages its blocks touched (`resident`), so a shrink gives back an
 //! earlier block's pages too, and the
-//! cache counts what it holds resident: at most half the bytes of live large blocks, within
+//! cache counts what it holds resident (the pages `mincore` finds present in that bound when
+//! a mapping is cached: a block never written counts its header's page, not its length): at
+//! most half the bytes of live large blocks, within
 //! `CACHE_BYTES_MIN..=CACHE_BYTES_MAX`; when full, it unmaps the entry with the fewest
 //! resident pages for one with more, or the new one.
 //! The cache decays: a mapping no request took within `CACHE_DECAY_NS` of its free is unmapped
@@ -43,7 +45,7 @@ const CACHE_BYTES_MIN: usize = 64 << 20;
 const CACHE_SLOTS: usize = 16;
 
 /// Each slot is 0 or an `Entry` word: the header's address (chunk-aligned), the mapping's
-/// length in chunks and its resident bound in pages, so that a slot is chosen and taken whole
+/// length in chunks and its resident pages (`resident_bytes`, when it was cached), so that a slot is chosen and taken whole
 /// with one compare-and-swap, without reading the mapping (which its taker may already have
 /// freed).
 static CACHE: [AtomicUsize; CACHE_SLOTS] = [const { AtomicUsize::new(0) }; CACHE_SLOTS];
@@ -54,8 +56,8 @@ static CACHED_AT: [AtomicU64; CACHE_SLOTS] = [const { AtomicU64::new(0) }; CACHE
 const CACHE_DECAY_NS: u64 = 1_000_000_000;
 /// The earliest time an entry may have to decay (0: none cached); lets `decay` skip the scan.
 static NEXT_DECAY: AtomicU64 = AtomicU64::new(0);
-/// Bytes the cached mappings may hold resident (the sum of their entries' resident bounds):
-/// what the cache costs in memory, bounded by `CACHE_BYTES_MAX`.
+/// Bytes the cached mappings hold resident (the sum of their entries' resident pages, each
+/// counted when it was cached): what the cache costs in memory, bounded by `CACHE_BYTES_MAX`.
 static CACHED_RESIDENT: AtomicUsize = AtomicUsize::new(0);
 pub(crate) static CACHE_HITS: SharedCounter = SharedCounter::new();
 
@@ -251,7 +253,8 @@ unsafe fn cache_put(h: usize, map_len: usize) -> bool {
         return false;
     }
     // SAFETY: per the contract, the header is ours to read.
-    let entry = Entry::new(h, map_len, unsafe { (*(h as *const LargeHeader)).resident });
+    let bound = unsafe { (*(h as *const LargeHeader)).resident };
+    let entry = Entry::new(h, map_len, resident_bytes(h, bound));
     let resident = entry.resident();
     // Each round either caches the mapping or evicts one with fewer resident pages: a full
     // cache keeps the mappings that save the most page faults.
@@ -276,6 +279,31 @@ unsafe fn cache_put(h: usize, map_len: usize) -> bool {
         }
     }
     false
+}
+
+/// Bytes of `[h, h + len)` (`h` page-aligned, `len` a page multiple) present in memory now,
+/// by `mincore`: what a mapping about to be cached really holds, where its header's
+/// `resident` only bounds the pages its blocks may have written (a block never written counts
+/// whole there). `len` if the kernel does not say. One system call per 8 MiB.
+fn resident_bytes(h: usize, len: usize) -> usize {
+    const PAGES: usize = 2048;
+    let mut vec = [0u8; PAGES];
+    let mut present = 0;
+    let mut at = 0;
+    while at < len {
+        let bytes = (len - at).min(PAGES * os::PAGE_SIZE);
+        // SAFETY: a range of our own mapping; `vec` holds a byte for each of its pages.
+        let asked = os::keep_errno(|| unsafe {
+            libc::mincore((h + at) as *mut libc::c_void, bytes, vec.as_mut_ptr())
+        });
+        if asked != 0 {
+            return len;
+        }
+        let pages = bytes.div_ceil(os::PAGE_SIZE);
+        present += vec[..pages].iter().filter(|&&b| b & 1 != 0).count() * os::PAGE_SIZE;
+        at += bytes;
+    }
+    present
 }
 
 /// The most the cached mappings may hold resident now: half the bytes of live large blocks,
@@ -878,6 +906,58 @@ mod tests {
         unsafe { assert!(free(q)) };
         outcome
     }
+
+    #[test]
+    fn the_cache_counts_the_pages_resident_not_the_blocks_length() {
+        // The lib tests share the cache: another test may take our mapping before we look.
+        // Only that gets another attempt; a count of the block's length fails all three.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match cached_resident_once() {
+                Ok(()) => return,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("{failures:#?}");
+    }
+
+    /// Frees a 31 MiB block never written, then one whose first 8 MiB were: each cached entry
+    /// counts what is resident (the header's page, or one huge page where the kernel backs
+    /// it so), not the 31 MiB its header bounds.
+    fn cached_resident_once() -> Result<(), String> {
+        let entry_of = |h: usize| {
+            CACHE
+                .iter()
+                .map(|s| Entry(s.load(Ordering::Relaxed)))
+                .find(|e| e.0 != 0 && e.header() == h)
+        };
+        for written in [0usize, 8 << 20] {
+            // Aligned past the minimum offset: a fresh mapping, never one from the cache,
+            // which may hold pages other tests' blocks wrote (resident, and counted so).
+            let p = alloc(31 << 20, 4096, false);
+            let h = pagemap::owner_chunk(p as usize);
+            // SAFETY: our block of 31 MiB.
+            unsafe {
+                p.write_bytes(7, written);
+                assert!(free(p));
+            }
+            let Some(entry) = entry_of(h) else {
+                return Err(format!("the mapping of a freed block ({written} B written) is not cached"));
+            };
+            let (low, high) = (written, written + HUGE_PAGE_BYTES);
+            if entry.resident() < low || entry.resident() > high {
+                return Err(format!(
+                    "{} bytes counted resident for a 31 MiB block of which {written} were written",
+                    entry.resident()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A huge page: the header's first write may fault one in where the kernel's
+    /// transparent huge pages are `always`.
+    const HUGE_PAGE_BYTES: usize = 2 << 20;
 
     #[test]
     fn small_alignments_get_the_minimum_offset() {

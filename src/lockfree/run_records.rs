@@ -60,7 +60,11 @@ const W_NAME: usize = 1;
 const W_NEXT: usize = W_NAME + NAME_WORDS;
 const W_ENTRIES: usize = W_NEXT + 1;
 
-/// The shape of a table's slots: fields per record, records kept, live entries.
+/// The most fields a record may have (readers copy a record on the stack).
+pub(crate) const MAX_FIELDS: usize = 63;
+
+/// The shape of a table's slots: fields per record (at most `MAX_FIELDS`), records kept,
+/// live entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Shape {
     pub fields: usize,
@@ -251,8 +255,8 @@ impl<'a> Slot<'a> {
     pub(crate) fn read(&self, i: usize, out: &mut [u64]) -> Entry {
         let at = self.shape.entry(i);
         let n = self.shape.fields;
-        debug_assert!(n < 16);
-        let mut copy = [0u64; 16];
+        debug_assert!(n <= MAX_FIELDS);
+        let mut copy = [0u64; MAX_FIELDS + 1];
         let Some(word) = published::read_consistent(
             &self.words[at],
             &self.words[at + 1..at + 2 + n],
@@ -322,7 +326,7 @@ impl<'a> Slot<'a> {
     /// holder's state: the caller judges liveness.
     pub(crate) fn live_figures(&self, mut f: impl FnMut(u64, &[u64])) {
         let n = self.shape.fields;
-        let mut copy = [0u64; 16];
+        let mut copy = [0u64; MAX_FIELDS + 1];
         for i in 0..self.shape.live {
             let at = self.shape.live_entry(i);
             let tag = self.words[at].load(Ordering::Acquire);

@@ -12,9 +12,10 @@
 //! never inherits one held by a thread that does not exist there, and the parent's handler
 //! waits (a pipe) until the child has counted its references, so that nothing the parent does
 //! next can delete a space under the child. A child of a process with no
-//! mapping open does nothing (fork + exec stays cheap). A child that execs keeps its references
-//! until it exits, as its pid and start time stay those of the node (they are given back when
-//! the exec'd program exits).
+//! mapping open only closes its copy of the parent's exec-mark descriptor (fork + exec stays
+//! cheap). A child that execs or exits gives its references back: its node is judged gone
+//! (`exec_mark`: its mark's descriptor closed at exec, its pid gone at exit) and the next
+//! sweep releases its holdings, once, and never the parent's, which are its own node's.
 
 use super::map::Mode;
 use super::registry::Node;
@@ -141,6 +142,9 @@ extern "C" fn in_child() {
             pool.maps.force_unlock();
             pool.node.force_unlock();
         });
+        // The parent's exec mark is its own: a copy here would keep it held after the parent
+        // exec'd.
+        for_each_pool(|pool| pool.node.lock().close_mark());
         for_each_pool(Pool::adopt_inherited_mappings);
         let (read_end, write_end) = take_pipe();
         if write_end >= 0 {

@@ -80,6 +80,9 @@ pub(crate) const NODE_SHARE: usize = 40;
 pub(crate) const NODE_IN_USE: usize = 48;
 pub(crate) const NODE_LENT: usize = 56;
 pub(crate) const NODE_BORROWED: usize = 64;
+/// Where the node maps the pool's metadata (`exec_mark`: read only when `NODE_PID` has
+/// `NODE_PID_MARKED`, which the same join writes).
+pub(crate) const NODE_META_AT: usize = 72;
 
 pub(crate) const NODE_FREE: u64 = 0;
 /// Claimed, host and pid not yet written: judged by its claim time alone.

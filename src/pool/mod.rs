@@ -12,13 +12,15 @@
 //! take the lock finishes it. A dead holder is recognised by its registry slot (`registry`):
 //! at once on the same host (its pid is gone), after its lease elsewhere. Look-ups take no
 //! lock: directory entries are published records (`lockfree::published`) with a checksum.
-//! No host-OS lock, file lock or futex is used anywhere, so hosts that share only the device
-//! coordinate as processes on one host do.
+//! No host-OS lock, file lock or futex coordinates anything, so hosts that share only the
+//! device coordinate as processes on one host do (`exec_mark`'s file lock only tells, on its
+//! own host, whether a node exec'd).
 //!
 //! Modules: `spec` (the `TIERMALLOC_POOL` keys), `layout` (the bytes on the device),
 //! `coherence` (write-back and invalidation), `host_cache` (which lines a host may hold, so
 //! that opening needs no invalidation), `stale_check` (its `check_flush` shadow), `fork` (a
-//! forked child's inherited mappings counted as its own), `txn` (lock + redo log), `registry` (nodes),
+//! forked child's inherited mappings counted as its own), `exec_mark` (a node that exec'd
+//! told from one that lives), `txn` (lock + redo log), `registry` (nodes),
 //! `directory` (entries), `extents` (where a space's bytes go), `map` (this process's
 //! mappings), `pagemap` (which pages a mapping touched), `spaces` (the operations), `limits`
 //! (saying which table is full), `check` (the consistency checker), `api` (the Rust types). The C functions are in `front/capi_pool.rs`.
@@ -27,6 +29,7 @@ pub mod api;
 pub mod check;
 mod coherence;
 mod directory;
+mod exec_mark;
 mod extents;
 mod fork;
 mod host_cache;

@@ -12,7 +12,10 @@
 //!       of the name, and LIVE entries for its running processes
 //! ```
 //!
-//! A record's fields are `FIELDS` words (`F_*`). The live entries are tagged with the node's
+//! A record's fields are `FIELDS` words (`F_*`): the peaks, and the run's slabs on private
+//! device tiers (`F_SLABS`: the most slabs of each lane and size class in use at once, the
+//! `SLAB_PEAKS` largest, packed by `profile::store`), which the next run cuts ahead as it
+//! does from a directory's records. The live entries are tagged with the node's
 //! registry tag, so a peer is judged live or dead as every node is (`Pool::tag_live`: its pid
 //! on this host, its lease elsewhere), and a dead peer's entry is taken by the next process
 //! that needs one. Every change is a CAS or store on a device word: no host lock.
@@ -23,8 +26,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const SPACE_NAME: &[u8] = b"tiermalloc.profiles";
-/// "TMPROF01" as a little-endian u64.
-const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"TMPROF01");
+/// "TMPROF02" as a little-endian u64 (01: no slab words; its table is refused for its shape,
+/// and the records go to the directory).
+const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"TMPROF02");
 const HEADER_WORDS: usize = 8;
 const SLOTS: usize = 64;
 /// Runs kept per name (`profile::record::HISTORY_RUNS`, asserted there).
@@ -40,7 +44,14 @@ pub(crate) const F_HOST: usize = 5;
 pub(crate) const F_POOL_MS_TO_PEAK: usize = 6;
 /// Peak use of each private device tier (`cxl`, `cmb`, `pmr`).
 pub(crate) const F_DEVICE_PEAKS: [usize; 3] = [7, 8, 9];
-pub(crate) const FIELDS: usize = 10;
+/// The run's slab peaks, two to a word (`profile::store::pack_slab_peak`; 0: none).
+pub(crate) const F_SLABS: usize = 10;
+pub(crate) const SLAB_WORDS: usize = 32;
+/// Slab peaks a record keeps (two to a word): a run with more keeps those with the most
+/// slabs.
+pub(crate) const SLAB_PEAKS: usize = 2 * SLAB_WORDS;
+pub(crate) const FIELDS: usize = F_SLABS + SLAB_WORDS;
+const _: () = assert!(FIELDS <= crate::lockfree::run_records::MAX_FIELDS);
 
 const SHAPE: Shape = Shape {
     fields: FIELDS,

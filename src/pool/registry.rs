@@ -8,11 +8,12 @@
 //!
 //! A tag is live (`tag_live`) when its slot still carries that incarnation and: the slot is
 //! ALIVE and, on our host, its pid exists with the recorded start time (a dead pid is seen at
-//! once, a reused pid too), or, on another host, its heartbeat is younger than the lease; or
+//! once, a reused pid too) and it has not exec'd (`exec_mark`), or, on another host, its heartbeat is younger than the lease; or
 //! the slot is JOINING and its claim younger than the lease. A heartbeat thread refreshes the
 //! heartbeat every quarter lease. `sweep` reclaims what dead tags hold: their mappings
 //! (holdings, and the refs they count), their private spaces, their slots.
 
+use super::exec_mark::NODE_PID_MARKED;
 use super::layout::*;
 use super::txn::{Locked, Txn};
 use super::{getpid, realtime_ns, Errno, Pool};
@@ -26,6 +27,9 @@ pub(crate) struct Node {
     pub tag: u64,
     /// The process that started the heartbeat thread (a forked child starts its own).
     pub heartbeat_pid: u32,
+    /// The descriptor holding this node's exec mark (`exec_mark`), -1 if none. A forked
+    /// child closes its inherited copy (`close_mark`) at once.
+    pub mark_fd: i32,
 }
 
 impl Node {
@@ -34,7 +38,19 @@ impl Node {
         slot: 0,
         tag: 0,
         heartbeat_pid: 0,
+        mark_fd: -1,
     };
+
+    /// Closes the exec-mark descriptor: a forked child's copy of its parent's (which would keep
+    /// the parent's mark held after the parent exec'd), or ours when leaving.
+    /// Async-signal-safe.
+    pub(crate) fn close_mark(&mut self) {
+        if self.mark_fd >= 0 {
+            // SAFETY: the child's copy of the parent's descriptor; nothing else uses it.
+            crate::os::keep_errno(|| unsafe { libc::close(self.mark_fd) });
+            self.mark_fd = -1;
+        }
+    }
 }
 
 pub(crate) use crate::liveness::pid_start;
@@ -52,13 +68,15 @@ impl Pool {
         if node.tag != 0 {
             self.maps.lock().forget_all();
         }
-        let (slot, tag) = self.join(pid)?;
+        node.close_mark();
+        let (slot, tag, mark_fd) = self.join(pid)?;
         let start_heartbeat = node.heartbeat_pid != pid;
         *node = Node {
             pid,
             slot,
             tag,
             heartbeat_pid: pid,
+            mark_fd,
         };
         drop(node);
         if start_heartbeat {
@@ -69,7 +87,8 @@ impl Pool {
         Ok(tag)
     }
 
-    fn join(&self, pid: u32) -> Result<(usize, u64), Errno> {
+    /// Claims a slot for process `pid`: the slot, its tag and the exec mark's descriptor.
+    fn join(&self, pid: u32) -> Result<(usize, u64, i32), Errno> {
         let start = pid_start(pid).unwrap_or(0);
         for pass in 0..2 {
             for slot in 0..MAX_NODES {
@@ -96,8 +115,12 @@ impl Pool {
                 }
                 self.word(at + NODE_HOST)
                     .store(self.host, Ordering::Relaxed);
+                let mark_fd = self.take_exec_mark(slot);
+                let marked = if mark_fd >= 0 { NODE_PID_MARKED } else { 0 };
+                self.word(at + NODE_META_AT)
+                    .store(self.meta_ptr(0) as u64, Ordering::Relaxed);
                 self.word(at + NODE_PID)
-                    .store(pid as u64, Ordering::Relaxed);
+                    .store(pid as u64 | marked, Ordering::Relaxed);
                 self.word(at + NODE_PID_START)
                     .store(start, Ordering::Relaxed);
                 self.word(at + NODE_HEARTBEAT)
@@ -108,7 +131,7 @@ impl Pool {
                     Ordering::Release,
                 );
                 self.write_back_meta(at, 8);
-                return Ok((slot, node_tag(slot, next)));
+                return Ok((slot, node_tag(slot, next), mark_fd));
             }
         }
         self.say_full("registry of nodes", MAX_NODES);
@@ -152,13 +175,20 @@ impl Pool {
         let now = realtime_ns();
         match state {
             NODE_JOINING => now / 1_000_000_000 <= claim_secs + self.spec.lease_ms / 1000 + 1,
-            NODE_ALIVE => crate::liveness::Holder {
-                host: self.load(at + NODE_HOST),
-                pid: self.load(at + NODE_PID) as u32,
-                pid_start: self.load(at + NODE_PID_START),
-                heartbeat_ns: self.load(at + NODE_HEARTBEAT),
+            NODE_ALIVE => {
+                let host = self.load(at + NODE_HOST);
+                let pid_word = self.load(at + NODE_PID);
+                let holder = crate::liveness::Holder {
+                    host,
+                    pid: pid_word as u32,
+                    pid_start: self.load(at + NODE_PID_START),
+                    heartbeat_ns: self.load(at + NODE_HEARTBEAT),
+                };
+                holder.live(self.host, lease_ns, now)
+                    && !(host == self.host
+                        && pid_word & NODE_PID_MARKED != 0
+                        && self.exec_mark_gone(slot, pid_word as u32))
             }
-            .live(self.host, lease_ns, now),
             _ => false,
         }
     }
@@ -274,6 +304,9 @@ impl Pool {
         if node_tag(node.slot, incarnation) == node.tag {
             self.free_slot(node.slot, word);
         }
-        *self.node.lock() = Node::NONE;
+        let mut node = self.node.lock();
+        // Ours (the pid matched above): the slot is free, so the mark goes too.
+        node.close_mark();
+        *node = Node::NONE;
     }
 }

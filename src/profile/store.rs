@@ -3,7 +3,7 @@
 //! else in a directory (`record`). One interface over both, for `profile::start` and
 //! `finish`, which alone use it (start and exit: allocating is allowed).
 
-use super::record::{self, LivePeer, Run};
+use super::record::{self, LivePeer, Run, SlabPeak};
 use crate::pool::profiles::{self, LiveEntry, ProfileRecords};
 use core::sync::atomic::AtomicU64;
 use std::path::PathBuf;
@@ -56,8 +56,7 @@ impl Store {
                         pool_ms_to_peak: f[profiles::F_POOL_MS_TO_PEAK],
                         // The pool's record keeps a device tier's peak, not when it was.
                         devices: profiles::F_DEVICE_PEAKS.map(|i| (f[i], 0)),
-                        // Nor its slabs (the pool's table has a fixed shape).
-                        slabs: Vec::new(),
+                        slabs: unpack_slab_peaks(&f[profiles::F_SLABS..][..profiles::SLAB_WORDS]),
                         unix_secs: f[profiles::F_UNIX_SECS],
                         pid: f[profiles::F_PID] as u32,
                     })
@@ -84,6 +83,7 @@ impl Store {
                 for (&field, &(peak, _)) in profiles::F_DEVICE_PEAKS.iter().zip(&run.devices) {
                     f[field] = peak;
                 }
+                pack_slab_peaks(&run.slabs, &mut f[profiles::F_SLABS..][..profiles::SLAB_WORDS]);
                 records.append(name.as_bytes(), f).map_err(str::to_owned)
             }
         }
@@ -117,6 +117,40 @@ impl Store {
     }
 }
 
+/// The largest slab count a packed peak holds (a run's count above it is kept as this).
+const PACKED_SLABS_MAX: u32 = (1 << 22) - 1;
+
+/// A slab peak as 32 bits: `device << 30 | key << 22 | slabs` (0: none; a peak of 0 slabs is
+/// never recorded).
+fn pack_slab_peak(p: &SlabPeak) -> u64 {
+    u64::from(p.device & 3) << 30 | u64::from(p.key) << 22 | u64::from(p.slabs.min(PACKED_SLABS_MAX))
+}
+
+/// Packs `peaks` into `words`, two to a word: the `2 * words.len()` with the most slabs if
+/// there are more.
+fn pack_slab_peaks(peaks: &[SlabPeak], words: &mut [u64]) {
+    let mut kept: Vec<&SlabPeak> = peaks.iter().filter(|p| p.slabs > 0).collect();
+    kept.sort_by_key(|p| core::cmp::Reverse(p.slabs));
+    kept.truncate(profiles::SLAB_PEAKS.min(2 * words.len()));
+    for (i, p) in kept.iter().enumerate() {
+        words[i / 2] |= pack_slab_peak(p) << (32 * (i % 2));
+    }
+}
+
+/// The slab peaks `pack_slab_peaks` wrote into `words`.
+fn unpack_slab_peaks(words: &[u64]) -> Vec<SlabPeak> {
+    words
+        .iter()
+        .flat_map(|&w| [w & 0xffff_ffff, w >> 32])
+        .filter(|&v| v != 0)
+        .map(|v| SlabPeak {
+            device: (v >> 30) as u8,
+            key: (v >> 22) as u8,
+            slabs: (v as u32) & PACKED_SLABS_MAX,
+        })
+        .collect()
+}
+
 impl Live {
     /// The words peers read as this process's (dram, pool) peaks.
     pub(crate) fn peak_words(&self) -> (*mut AtomicU64, *mut AtomicU64) {
@@ -143,5 +177,35 @@ impl Live {
             Live::Dir(l) => l.remove(),
             Live::Pool(e) => e.remove(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slab_peaks_pack_into_the_pool_record_and_back() {
+        let peaks: Vec<SlabPeak> = (0..70u32)
+            .map(|i| SlabPeak {
+                device: (i % 3) as u8,
+                key: (i * 3 + 1) as u8,
+                slabs: if i == 5 { 1 << 30 } else { i + 1 },
+            })
+            .collect();
+        let mut words = [0u64; profiles::SLAB_WORDS];
+        pack_slab_peaks(&peaks, &mut words);
+        let mut back = unpack_slab_peaks(&words);
+        back.sort_by_key(|p| (p.device, p.key));
+        // The 64 with the most slabs: all but the 6 smallest (1-5 and 7 slabs; the sixth
+        // peak was made 2^30, kept and capped).
+        let mut want: Vec<SlabPeak> = peaks
+            .iter()
+            .filter(|p| p.slabs >= 8)
+            .map(|p| SlabPeak { slabs: p.slabs.min(PACKED_SLABS_MAX), ..*p })
+            .collect();
+        want.sort_by_key(|p| (p.device, p.key));
+        assert_eq!(back.len(), profiles::SLAB_PEAKS);
+        assert_eq!(back, want);
     }
 }

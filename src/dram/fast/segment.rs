@@ -29,6 +29,7 @@
 //! module depends on `page`, not on `heap` (which cuts pages from segments).
 
 use crate::dram::fast::page::Page;
+use crate::dram::budget;
 use crate::dram::huge_pages::{self, HUGE_PAGE};
 use crate::dram::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
 use crate::os;
@@ -124,6 +125,10 @@ pub struct Segment {
     /// Link in `REGISTRY`, written once before the chunk is published.
     registry_next: *mut Segment,
     pub pages: [Page; SLICES],
+    /// Slices of a half made huge that no page has taken yet (`⊆ dirty_slices`): counted in
+    /// `budget::HUGE_UNTAKEN_BYTES` until a page takes them or they are purged. Last, so that
+    /// the fields the fast paths read keep their offsets.
+    huge_untaken: u64,
 }
 
 impl StackLink for Segment {
@@ -194,6 +199,7 @@ impl Segment {
                 (*segment).free_slices = ALL_BLOCK_SLICES;
                 (*segment).dirty_slices = 0;
                 (*segment).written_slices = 0;
+                (*segment).huge_untaken = 0;
                 (*segment).first_cut = !ALL_BLOCK_SLICES;
                 (*segment).next = ptr::null_mut();
                 (*segment).prev = ptr::null_mut();
@@ -216,9 +222,11 @@ impl Segment {
         }
         let segment = base.cast::<Segment>();
         // The huge page goes in before the header is written: a small page faulted in the
-        // half first would rule it out.
+        // half first would rule it out. Its block slices are held from then on: only if
+        // DRAM's `limit=` admits them.
+        let present_bytes = (HALF_SLICES[0] & ALL_BLOCK_SLICES).count_ones() as u64 * SLICE_SIZE as u64;
         // SAFETY: our fresh private anonymous mapping, unused.
-        let huge = huge && unsafe { huge_pages::populate_huge(base) };
+        let huge = huge && budget::admits(present_bytes) && unsafe { huge_pages::populate_huge(base) };
         // SAFETY: the part of our fresh mapping past the header (past the huge half) holds
         // nothing yet. If the kernel refuses, the slices stay open: less protection, nothing
         // wrong.
@@ -234,7 +242,11 @@ impl Segment {
             (*segment).open_slices = if closed { open } else { u64::MAX };
             (*segment).first_cut = !ALL_BLOCK_SLICES | present;
             (*segment).dirty_slices = present;
+            (*segment).huge_untaken = present;
             (*segment).fresh_halves = 2;
+        }
+        if huge {
+            budget::HUGE_UNTAKEN_BYTES.add(present_bytes);
         }
         pagemap::tag_segment(base as usize, tag);
         // SAFETY: initialised above, published now.
@@ -262,6 +274,7 @@ impl Segment {
             (*segment).owner = 0;
             (*segment).dirty_slices = 0;
             (*segment).written_slices = 0;
+            (*segment).forget_huge_untaken((*segment).huge_untaken);
             // Still a segment's chunk, but its last owner's `free` no longer takes it for one
             // of its own.
             pagemap::tag_segment(segment as usize, pagemap::SHARED_SEGMENT_TAG);
@@ -341,6 +354,10 @@ impl Segment {
         self.free_slices &= !mask;
         self.dirty_slices &= !mask;
         self.written_slices &= !mask;
+        if self.huge_untaken & mask != 0 {
+            // Held already: the page's from now on (`new_page` counts it in `PAGE_BYTES`).
+            self.forget_huge_untaken(mask);
+        }
         let head = ptr::addr_of_mut!(self.pages[start]);
         for entry in &mut self.page_of_slice[start..start + n] {
             *entry = head;
@@ -368,13 +385,17 @@ impl Segment {
     }
 
     /// Opens the untouched second half whole and makes it present on one huge page; its slices
-    /// become resident free slices (dirty), taken before any other. Nothing when the kernel
-    /// refuses the `mprotect`.
+    /// become resident free slices (dirty), taken before any other, and held
+    /// (`budget::HUGE_UNTAKEN_BYTES`). Nothing when DRAM's `limit=` does not admit the half or
+    /// the kernel refuses the `mprotect`.
     #[cold]
     fn back_second_half_with_huge_page(&mut self) {
         let half = HALF_SLICES[1];
         let memory = (self as *mut Segment as usize + HUGE_PAGE) as *mut u8;
         debug_assert!(self.free_slices & half == half && self.first_cut & half == 0);
+        if !budget::admits(HUGE_PAGE as u64) {
+            return;
+        }
         // SAFETY: free slices of this segment that no page ever used.
         if self.open_slices & half != half && unsafe { !os::protect(memory, HUGE_PAGE, true) } {
             return;
@@ -387,6 +408,21 @@ impl Segment {
         unsafe { huge_pages::populate_huge(memory) };
         self.first_cut |= half;
         self.dirty_slices |= half;
+        self.huge_untaken |= half;
+        budget::HUGE_UNTAKEN_BYTES.add(HUGE_PAGE as u64);
+    }
+
+    /// Takes slices `mask` out of the huge halves' untaken ones (taken by a page, purged or
+    /// released) and out of what DRAM holds for them.
+    #[cold]
+    fn forget_huge_untaken(&mut self, mask: u64) {
+        let gone = self.huge_untaken & mask;
+        if gone == 0 {
+            return;
+        }
+        self.huge_untaken &= !mask;
+        let bytes = gone.count_ones() as u64 * SLICE_SIZE as u64;
+        budget::HUGE_UNTAKEN_BYTES.add(bytes.wrapping_neg());
     }
 
     /// `TIERMALLOC_SECURE=1`: makes the last OS page of the run of `n` slices at `memory`
@@ -447,6 +483,7 @@ impl Segment {
         }
         self.dirty_slices = 0;
         self.written_slices = 0;
+        self.forget_huge_untaken(self.huge_untaken);
         purged
     }
 }
