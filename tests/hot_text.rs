@@ -321,3 +321,29 @@ fn no_function_every_process_runs_probes_a_page_of_stack() {
         "frames of a page or more in the start-up and malloc paths: {probing:?}"
     );
 }
+
+/// The small statics a process writes at start-up (the DRAM tier's, `profile::reserve`'s,
+/// std's argument vector) lie together in `.bss`, the two large zeroed tables after them
+/// (`link/hot_text.ld`, `.tiermalloc_big_bss`): linked in the compiler's order, the page map
+/// (32 MiB) sat between them, and they dirtied three OS pages where two hold them (BENCHMARKS.md
+/// "Session 12, branch rss2").
+#[test]
+fn the_statics_written_at_start_up_are_not_split_by_the_large_tables() {
+    let lib = library().path;
+    let syms = symbols(&lib);
+    let secs = sections(&lib);
+    let (bss, bss_len) = secs[".bss"];
+    for table in ["tiermalloc::pagemap::MAP", "tiermalloc::device::OPENED"] {
+        let at = syms[table];
+        assert!(
+            at >= bss + bss_len,
+            "{table} at {at:#x} lies inside .bss ({bss:#x}, {bss_len:#x} bytes): the small \
+             statics around it are split over pages of their own"
+        );
+    }
+    // Every small static of `.bss` in at most four OS pages (release: 7.5 KiB).
+    assert!(
+        bss_len <= 16 * 1024,
+        ".bss holds {bss_len} bytes: a large table among the small statics?"
+    );
+}
