@@ -323,10 +323,11 @@ fn no_function_every_process_runs_probes_a_page_of_stack() {
 }
 
 /// The small statics a process writes at start-up (the DRAM tier's, `profile::reserve`'s,
-/// std's argument vector) lie together in `.bss`, the two large zeroed tables after them
-/// (`link/hot_text.ld`, `.tiermalloc_big_bss`): linked in the compiler's order, the page map
-/// (32 MiB) sat between them, and they dirtied three OS pages where two hold them (BENCHMARKS.md
-/// "Session 12, branch rss2").
+/// std's argument vector, the keys and limits of `.data`) lie together, the large tables
+/// before and after them (`link/hot_text.ld`, `.tiermalloc_cold_data`, `.tiermalloc_big_bss`):
+/// linked in the compiler's order, the page map (32 MiB) and the settings (5.3 KiB) sat between
+/// them, and they dirtied five OS pages where three hold them (BENCHMARKS.md "Session 12,
+/// branch rss2").
 #[test]
 fn the_statics_written_at_start_up_are_not_split_by_the_large_tables() {
     let lib = library().path;
@@ -341,9 +342,17 @@ fn the_statics_written_at_start_up_are_not_split_by_the_large_tables() {
              statics around it are split over pages of their own"
         );
     }
-    // Every small static of `.bss` in at most four OS pages (release: 7.5 KiB).
+    let data = secs[".data"].0;
+    let config = syms["tiermalloc::config::CONFIG"];
     assert!(
-        bss_len <= 16 * 1024,
-        ".bss holds {bss_len} bytes: a large table among the small statics?"
+        config < data,
+        "the settings at {config:#x} are not before .data ({data:#x}): the small statics around \
+         them are split over pages of their own"
+    );
+    // The small statics of `.data` and `.bss` together within four OS pages (release: 10 KiB).
+    let small = bss + bss_len - data;
+    assert!(
+        small <= 16 * 1024,
+        ".data and .bss hold {small} bytes: a large table among the small statics?"
     );
 }
