@@ -321,3 +321,39 @@ fn no_function_every_process_runs_probes_a_page_of_stack() {
         "frames of a page or more in the start-up and malloc paths: {probing:?}"
     );
 }
+
+/// The small statics a process writes at start-up (the DRAM tier's, `profile::reserve`'s,
+/// std's argument vector, the keys and limits of `.data`) lie together, the large tables
+/// before and after them (`link/hot_text.ld`, `.tiermalloc_cold_data`, `.tiermalloc_big_bss`):
+/// linked in the compiler's order, the page map (32 MiB), the device tiers' tables and the
+/// settings (5.3 KiB) sat among them, and they dirtied five OS pages where two hold them
+/// (BENCHMARKS.md "Session 12, branch rss2").
+#[test]
+fn the_statics_written_at_start_up_are_not_split_by_the_large_tables() {
+    let lib = library().path;
+    let syms = symbols(&lib);
+    let secs = sections(&lib);
+    let (bss, bss_len) = secs[".bss"];
+    for table in ["tiermalloc::pagemap::MAP", "tiermalloc::device::OPENED"] {
+        let at = syms[table];
+        assert!(
+            at >= bss + bss_len,
+            "{table} at {at:#x} lies inside .bss ({bss:#x}, {bss_len:#x} bytes): the small \
+             statics around it are split over pages of their own"
+        );
+    }
+    let data = secs[".data"].0;
+    let config = syms["tiermalloc::config::CONFIG"];
+    assert!(
+        config < data,
+        "the settings at {config:#x} are not before .data ({data:#x}): the small statics around \
+         them are split over pages of their own"
+    );
+    // The small statics of `.data` and `.bss` together within two OS pages' worth (5.2 KiB in
+    // the release and the tests' builds; 10.3 KiB with the device tiers' tables among them).
+    let small = bss + bss_len - data;
+    assert!(
+        small <= 8 * 1024,
+        ".data and .bss hold {small} bytes: a large table among the small statics?"
+    );
+}
