@@ -170,12 +170,6 @@ pub struct Page {
     /// A block of this page was lent to a smaller class (`lent_blocks`) since `init`: a block
     /// here may hold up to `LEND_RATIO` times its request (`free_sized`'s check).
     pub lent: bool,
-    /// The page was cut from slices an earlier page had written through to their last OS page,
-    /// and none was discarded since (`Segment::take_page`): its memory is resident, so `extend`
-    /// carves every block at once instead of an OS page at a time (each carve is a trip
-    /// through `malloc`'s slow path: BENCHMARKS.md, "Session 12, branch `checks3`"). Cleared
-    /// when `uncarve` discards the carved blocks.
-    pub resident: bool,
     /// The bytes of the carved blocks, `capacity * block_size` (a page spans at most one 4 MiB
     /// segment): `pop_validated` follows a head only inside `[start, start + carved)`. Read by
     /// the owner only, on pops of blocks over 1 KiB.
@@ -233,7 +227,6 @@ impl Page {
             class: 0,
             slice_count: 0,
             lent: false,
-            resident: false,
             remote: RemoteList::new(),
             start: ptr::null_mut(),
             next: ptr::null_mut(),
@@ -265,7 +258,6 @@ impl Page {
         self.class = class as u8;
         self.slice_count = slices as u8;
         self.lent = false;
-        self.resident = false;
         // Empty in a correct program. An incorrect one's double free from another thread,
         // checked while the page's last incarnation was in use and pushed after it was retired,
         // leaves a block of that incarnation here: dropped (its memory was given back with
@@ -706,10 +698,7 @@ impl Page {
             return false;
         }
         let size = self.block_size as usize;
-        let left = (self.reserved - self.capacity) as usize;
-        // Fresh memory is touched an OS page at a time, as the page fills; resident memory
-        // (`resident`) all at once, which costs no page fault and saves the slow path's trips.
-        let count = if self.resident { left } else { (PAGE_SIZE / size).clamp(1, left) };
+        let count = (PAGE_SIZE / size).clamp(1, (self.reserved - self.capacity) as usize);
         let secure = guard::secure();
         // Shuffling a few blocks would leave neighbours together: secure mode carves up to
         // 256 at once (touching their memory sooner).
@@ -758,7 +747,6 @@ impl Page {
         self.carved = 0;
         self.block_limit = 0;
         self.fast_limit = 0;
-        self.resident = false;
         if to <= from {
             return 0;
         }
@@ -768,15 +756,11 @@ impl Page {
         to - from
     }
 
-    /// Links blocks `[capacity, capacity + count)` front to back before the free list. The
-    /// links are stored as they are: this carve runs outside `TIERMALLOC_SECURE=1` only, whose
-    /// key is then 0 (`guard::init_key`), as the owner's push and the fast pop assume too
-    /// (reading the key for every block cost two instructions a block).
+    /// Links blocks `[capacity, capacity + count)` front to back before the free list.
     ///
     /// # Safety
     /// Those blocks must lie inside the page and never have been handed out.
     unsafe fn carve_in_order(&mut self, count: usize) {
-        debug_assert_eq!(guard::process_key(), 0);
         let size = self.block_size as usize;
         // SAFETY: per the contract.
         unsafe {
@@ -784,11 +768,11 @@ impl Page {
             let mut block = first;
             for _ in 1..count {
                 let next = block.add(size);
-                (*block.cast::<Block>()).link = next as usize;
+                Block::set_next(block.cast(), next.cast());
                 Block::mark_free(block, self);
                 block = next;
             }
-            (*block.cast::<Block>()).link = self.free as usize;
+            Block::set_next(block.cast(), self.free);
             Block::mark_free(block, self);
             self.free = first.cast();
         }

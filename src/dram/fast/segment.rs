@@ -118,10 +118,6 @@ pub struct Segment {
     fresh_halves: u8,
     /// Link in `RETAINED` while the chunk waits there.
     retained_link: AtomicPtr<Segment>,
-    /// Free slices whose whole memory, to their last OS page, was written by the page that
-    /// held them, and not discarded since: a subset of `dirty_slices`. A page cut over such
-    /// slices only is `Page::resident`.
-    written_slices: u64,
     /// Link in `REGISTRY`, written once before the chunk is published.
     registry_next: *mut Segment,
     pub pages: [Page; SLICES],
@@ -198,7 +194,6 @@ impl Segment {
                 (*segment).owner = owner;
                 (*segment).free_slices = ALL_BLOCK_SLICES;
                 (*segment).dirty_slices = 0;
-                (*segment).written_slices = 0;
                 (*segment).huge_untaken = 0;
                 (*segment).first_cut = !ALL_BLOCK_SLICES;
                 (*segment).next = ptr::null_mut();
@@ -273,7 +268,6 @@ impl Segment {
             }
             (*segment).owner = 0;
             (*segment).dirty_slices = 0;
-            (*segment).written_slices = 0;
             (*segment).forget_huge_untaken((*segment).huge_untaken);
             // Still a segment's chunk, but its last owner's `free` no longer takes it for one
             // of its own.
@@ -350,10 +344,8 @@ impl Segment {
             self.open_slices |= mask;
             self.guarded_slices &= !mask;
         }
-        let resident = self.written_slices & mask == mask;
         self.free_slices &= !mask;
         self.dirty_slices &= !mask;
-        self.written_slices &= !mask;
         if self.huge_untaken & mask != 0 {
             // Held already: the page's from now on (`new_page` counts it in `PAGE_BYTES`).
             self.forget_huge_untaken(mask);
@@ -377,10 +369,7 @@ impl Segment {
         }
         let guard = if self.secure() { self.close_tail(memory, n, mask) } else { 0 };
         // SAFETY: `head` points into this segment's descriptor array.
-        unsafe {
-            (*head).init(class, memory, n, guard);
-            (*head).resident = resident && guard == 0;
-        }
+        unsafe { (*head).init(class, memory, n, guard) };
         Some(head)
     }
 
@@ -449,9 +438,6 @@ impl Segment {
         let start = (page as usize - base) / core::mem::size_of::<Page>();
         // SAFETY: `page` is a head descriptor of this segment.
         let n = unsafe { (*page).slice_count } as usize;
-        // Written through when its carved blocks reach the last OS page of its slices.
-        // SAFETY: as above.
-        let written = unsafe { (*page).carved as usize + os::PAGE_SIZE >= n * SLICE_SIZE };
         for entry in &mut self.page_of_slice[start..start + n] {
             *entry = Page::empty_page();
         }
@@ -462,9 +448,6 @@ impl Segment {
         debug_assert!(self.free_slices & mask == 0);
         self.free_slices |= mask;
         self.dirty_slices |= mask;
-        if written {
-            self.written_slices |= mask;
-        }
         n * SLICE_SIZE
     }
 
@@ -482,7 +465,6 @@ impl Segment {
             dirty &= !run_mask(start, len);
         }
         self.dirty_slices = 0;
-        self.written_slices = 0;
         self.forget_huge_untaken(self.huge_untaken);
         purged
     }
@@ -641,54 +623,5 @@ mod tests {
         assert_eq!(find_run(ALL_BLOCK_SLICES, 63), Some(1));
         assert_eq!(find_run(ALL_BLOCK_SLICES, 64), None);
         assert_eq!(run_mask(1, 63), ALL_BLOCK_SLICES);
-    }
-
-    /// A page cut over slices an earlier page wrote through is carved whole by one `extend`;
-    /// over slices written only in part, or discarded since (`purge`), an OS page at a time.
-    #[test]
-    fn only_slices_written_through_and_kept_make_a_resident_page() {
-        let class = 8; // 160-byte blocks: 409 to a slice, 25 to an OS page
-        let carve = |page: *mut Page| {
-            // SAFETY: a page of our segment, used by nothing else.
-            unsafe {
-                let before = (*page).capacity;
-                assert!((*page).extend());
-                (*page).capacity - before
-            }
-        };
-        let segment = Segment::create_fresh(0, pagemap::SHARED_SEGMENT_TAG, false).unwrap();
-        // SAFETY: our segment, not shared; every page is given back before the release.
-        unsafe {
-            let page = (*segment).take_page(class, 1, false).unwrap();
-            assert!(!(*page).resident, "fresh memory");
-            let step = carve(page) as usize;
-            assert_eq!(step, crate::os::PAGE_SIZE / 160);
-            // Written in part only: the next page over it carves an OS page at a time.
-            (*segment).give_back(page);
-            let page = (*segment).take_page(class, 1, false).unwrap();
-            assert!(!(*page).resident);
-            while (*page).extend() {}
-            // Written through: the next page over it carves every block at once.
-            (*segment).give_back(page);
-            let page = (*segment).take_page(class, 1, false).unwrap();
-            assert!((*page).resident);
-            assert_eq!(carve(page), (*page).reserved);
-            // Discarded since: an OS page at a time again.
-            (*segment).give_back(page);
-            (*segment).purge();
-            let page = (*segment).take_page(class, 1, false).unwrap();
-            assert!(!(*page).resident);
-            assert_eq!(carve(page) as usize, step);
-            // A page made uncarved (its memory discarded) is no longer resident either.
-            while (*page).extend() {}
-            (*segment).give_back(page);
-            let page = (*segment).take_page(class, 1, false).unwrap();
-            assert!((*page).resident);
-            carve(page);
-            assert!((*page).uncarve() > 0);
-            assert!(!(*page).resident);
-            (*segment).give_back(page);
-            Segment::release(segment);
-        }
     }
 }
