@@ -13,12 +13,11 @@
 //! `mremap` (its pages move), its growth filled with the resident pages of other cached
 //! mappings, moved there by `mremap` too (`gather`): only what they cannot fill faults.
 //! Each header bounds the pages its blocks touched (`resident`), so a shrink gives back an
-//! earlier block's pages too, and the
-//! cache counts what it holds resident (the pages `mincore` finds present in that bound when
-//! a mapping is cached: a block never written counts its header's page, not its length): at
-//! most half the bytes of live large blocks, within
-//! `CACHE_BYTES_MIN..=CACHE_BYTES_MAX`; when full, it unmaps the entry with the fewest
-//! resident pages for one with more, or the new one.
+//! earlier block's pages too, and the cache counts what it holds resident (the pages
+//! `mincore` finds present in that bound when a mapping is cached: a block never written
+//! counts its header's page, not its length): at most half the bytes of live large blocks,
+//! within `CACHE_BYTES_MIN..=CACHE_BYTES_MAX`; when full, it unmaps the entry with the
+//! fewest resident pages for one with more, or the new one.
 //! The cache decays: a mapping no request took within `CACHE_DECAY_NS` of its free is unmapped
 //! by the next large allocation or free, or a thread heap's next page miss, so a program that
 //! stops using big buffers does not keep them resident; `malloc_trim` empties it at once.
@@ -45,9 +44,9 @@ const CACHE_BYTES_MIN: usize = 64 << 20;
 const CACHE_SLOTS: usize = 16;
 
 /// Each slot is 0 or an `Entry` word: the header's address (chunk-aligned), the mapping's
-/// length in chunks and its resident pages (`resident_bytes`, when it was cached), so that a slot is chosen and taken whole
-/// with one compare-and-swap, without reading the mapping (which its taker may already have
-/// freed).
+/// length in chunks and its resident pages (`resident_bytes`, when it was cached), so that a
+/// slot is chosen and taken whole with one compare-and-swap, without reading the mapping
+/// (which its taker may already have freed).
 static CACHE: [AtomicUsize; CACHE_SLOTS] = [const { AtomicUsize::new(0) }; CACHE_SLOTS];
 /// When each slot's mapping was cached (coarse monotonic ns): written after the slot, so a
 /// reader may see an older time for a newer entry, and then only unmaps it sooner.
