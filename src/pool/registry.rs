@@ -8,10 +8,11 @@
 //!
 //! A tag is live (`tag_live`) when its slot still carries that incarnation and: the slot is
 //! ALIVE and, on our host, its pid exists with the recorded start time (a dead pid is seen at
-//! once, a reused pid too) and it has not exec'd (`exec_mark`), or, on another host, its heartbeat is younger than the lease; or
-//! the slot is JOINING and its claim younger than the lease. A heartbeat thread refreshes the
-//! heartbeat every quarter lease. `sweep` reclaims what dead tags hold: their mappings
-//! (holdings, and the refs they count), their private spaces, their slots.
+//! once, a reused pid too) and it has not exec'd (`exec_mark`), or, on another host, its
+//! heartbeat is younger than the lease; or the slot is JOINING and its claim younger than the
+//! lease. A heartbeat thread refreshes the heartbeat every quarter lease. `sweep` reclaims
+//! what dead tags hold: their mappings (holdings, and the refs they count), their private
+//! spaces, their slots.
 
 use super::exec_mark::NODE_PID_MARKED;
 use super::layout::*;
