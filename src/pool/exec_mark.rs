@@ -138,26 +138,11 @@ impl Pool {
                 }
                 break;
             }
-            // A partial line moves to the front; one longer than the buffer (a long path) is
-            // judged by its start, which holds every field compared.
+            // A partial line moves to the front. None fills the buffer (a path is at most
+            // PATH_MAX bytes): one that did is not judged, and neither is the node (kept).
             if start == 0 && end == buf.len() {
-                if maps_line_is(&buf[..end], at, want) {
-                    found = Some(true);
-                    break;
-                }
-                // Skip the rest of that line.
-                loop {
-                    // SAFETY: as above.
-                    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-                    if n <= 0 {
-                        break 'read;
-                    }
-                    if let Some(nl) = buf[..n as usize].iter().position(|&b| b == b'\n') {
-                        buf.copy_within(nl + 1..n as usize, 0);
-                        kept = n as usize - nl - 1;
-                        continue 'read;
-                    }
-                }
+                found = None;
+                break;
             }
             buf.copy_within(start..end, 0);
             kept = end - start;
