@@ -722,15 +722,40 @@ impl Heap {
             // Too few resident free slices for the page: fresh memory is about to be touched.
             self.give_back_idle(class);
         }
-        if !budget::admits(bytes as u64) {
-            return None;
-        }
-        let page = self.cut_page(class);
+        let page = if budget::admits(bytes as u64) {
+            self.cut_page(class)
+        } else {
+            self.cut_held_page(class)
+        };
         if page.is_some() {
             budget::PAGE_BYTES.add(bytes as u64);
             crate::profile::reserve::observe(budget::held());
         }
         page
+    }
+
+    /// Cuts a page of `class` over slices of a huge half no page has taken yet, which DRAM
+    /// holds already: the one page `limit=` admits when it would refuse a new one.
+    #[cold]
+    fn cut_held_page(&mut self, class: usize) -> Option<*mut Page> {
+        let n = slices_of_page(class);
+        let mut segment = self.available;
+        while !segment.is_null() {
+            // SAFETY: list members are valid segments of this heap.
+            unsafe {
+                let dirty_before = (*segment).dirty_bytes();
+                if let Some(page) = (*segment).take_untaken_page(class, n) {
+                    self.dirty_bytes = self.dirty_bytes + (*segment).dirty_bytes() - dirty_before;
+                    self.dirty_low = self.dirty_low.min(self.dirty_bytes);
+                    if (*segment).free_slices == 0 {
+                        self.unlink_available(segment);
+                    }
+                    return Some(page);
+                }
+                segment = (*segment).next;
+            }
+        }
+        None
     }
 
     /// Cuts a page of `class` from an available segment, else from a new one.
