@@ -7,8 +7,11 @@
 
 use allocator_api2::alloc::Allocator;
 use std::alloc::Layout;
-use std::process::Command;
 use tiermalloc::{Kind, Tier};
+
+#[path = "support/limit_child.rs"]
+mod limit_child;
+use limit_child::{figure, run_child};
 
 const CHILD: &str = "TM_DRAM_LIMIT_BOUNDARY_CHILD";
 const KIB: u64 = 1 << 10;
@@ -66,26 +69,8 @@ fn a_dram_limit_serves_every_request_that_fits() {
     let huge = (0..32).map(|i| (1024usize, 36864 + 64 * i));
     for (size, limit_kib) in exact.into_iter().chain(huge) {
         let limit = limit_kib * KIB;
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-            .env(CHILD, size.to_string())
-            .env("TIERMALLOC_TIERS", format!("dram:limit={limit_kib}K"))
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "the child failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let figure = |key: &str| -> u64 {
-            stdout
-                .split_whitespace()
-                .skip_while(|w| *w != key)
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in {stdout}"))
-        };
+        let stdout = run_child(TEST, CHILD, &size.to_string(), limit_kib);
+        let figure = |key: &str| figure(&stdout, key);
         let (held, step) = (figure("HELD"), figure("STEP"));
         let (idle_before, idle) = (figure("IDLE0"), figure("IDLE"));
         eprintln!(
