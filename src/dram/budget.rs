@@ -107,6 +107,8 @@ pub fn held() -> u64 {
 
 /// What DRAM keeps resident for blocks now: the held bytes, the free slices heaps have not
 /// purged (but the huge halves' untaken ones, held already), the large cache's pages.
+#[inline(never)]
+#[link_section = ".text.tiermalloc_limit"]
 pub fn resident() -> u64 {
     let free = FREE_SLICE_BYTES.get().saturating_sub(HUGE_UNTAKEN_BYTES.get());
     held()
@@ -125,6 +127,9 @@ pub fn admits(bytes: u64) -> bool {
 
 #[cold]
 #[inline(never)]
+// Run only under a limit: a section of its own keeps it out of the code every process runs
+// (`link/hot_text.ld`, which takes every other `dram` function).
+#[link_section = ".text.tiermalloc_limit"]
 fn fits_under(limit: u64, bytes: u64) -> bool {
     if resident().saturating_add(bytes) <= limit {
         return true;

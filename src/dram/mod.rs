@@ -100,6 +100,8 @@ fn admits_large(bytes: u64) -> bool {
 
 #[cold]
 #[inline(never)]
+// Run only under `limit=` (see `budget::fits_under`).
+#[link_section = ".text.tiermalloc_limit"]
 fn admits_after_purge(bytes: u64) -> bool {
     let heap = fast::binding::current();
     // SAFETY: this thread's own heap, used by no other thread while it is bound here (no

@@ -745,6 +745,10 @@ impl Heap {
     /// resident: gives them back (they count against the limit) and cuts the page if it then
     /// fits.
     #[cold]
+    #[inline(never)]
+    // Run only under DRAM's `limit=`: a section of its own keeps it out of the code every
+    // process runs (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_limit"]
     fn cut_page_after_purge(&mut self, class: usize, bytes: usize) -> Option<*mut Page> {
         if self.dirty_bytes == 0 || self.purge() == 0 || !budget::admits(bytes as u64) {
             return None;
@@ -755,6 +759,9 @@ impl Heap {
     /// Cuts a page of `class` over slices of a huge half no page has taken yet, which DRAM
     /// holds already: the one page `limit=` admits when it would refuse a new one.
     #[cold]
+    #[inline(never)]
+    // Run only under `limit=` (see `cut_page_after_purge`).
+    #[link_section = ".text.tiermalloc_limit"]
     fn cut_held_page(&mut self, class: usize) -> Option<*mut Page> {
         let n = slices_of_page(class);
         let mut segment = self.available;

@@ -335,6 +335,10 @@ impl Segment {
     /// and makes them a page of `class`: DRAM holds them already (`budget::HUGE_UNTAKEN_BYTES`),
     /// so the page adds nothing to what it holds.
     #[cold]
+    #[inline(never)]
+    // Run only under `limit=`: a section of its own keeps it out of the code every process
+    // runs (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_limit"]
     pub fn take_untaken_page(&mut self, class: usize, n: usize) -> Option<*mut Page> {
         let start = find_run(self.huge_untaken, n)?;
         self.take_run(class, start, n, false)
