@@ -7,8 +7,11 @@
 
 use allocator_api2::alloc::Allocator;
 use std::alloc::Layout;
-use std::process::Command;
 use tiermalloc::{Kind, Tier};
+
+#[path = "support/limit_child.rs"]
+mod limit_child;
+use limit_child::{figure, run_child};
 
 #[path = "support/process_memory.rs"]
 #[allow(dead_code)]
@@ -64,31 +67,9 @@ fn a_dram_limit_bounds_the_resident_bytes_of_huge_halves_too() {
     // made huge; every 512 KiB over 12 MiB, so that the limit falls at every point of a half
     // (each child takes a few ms).
     for limit in (34 * 1024..46 * 1024).step_by(512).map(|k| k * KIB) {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "a_dram_limit_bounds_the_resident_bytes_of_huge_halves_too",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD, "1")
-            .env("TIERMALLOC_TIERS", format!("dram:limit={}K", limit / KIB))
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "the child failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let figure = |key: &str| -> usize {
-            stdout
-                .split_whitespace()
-                .skip_while(|w| *w != key)
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in {stdout}"))
-        };
+        let test = "a_dram_limit_bounds_the_resident_bytes_of_huge_halves_too";
+        let stdout = run_child(test, CHILD, "1", (limit / KIB) as u64);
+        let figure = |key: &str| figure(&stdout, key) as usize;
         let (grew, held, before) = (figure("GREW"), figure("HELD"), figure("BEFORE"));
         eprintln!(
             "limit {} KiB, {} KiB held before: resident +{} KiB for {} KiB of blocks",

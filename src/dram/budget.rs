@@ -12,7 +12,10 @@
 //!
 //! The cap is checked at the same places, before memory is taken: a new page, a new large
 //! block, a large block growing, a half about to be made huge (one the cap does not admit
-//! stays on small pages, which only the pages cut from it make present). A thread keeps
+//! stays on small pages, which only the pages cut from it make present). A request is
+//! admitted when what it adds fits exactly too (`admits`: held + bytes <= limit), and a page
+//! the cap refuses is still cut over a huge half's untaken slices if the heap has a run of
+//! them: held already, they add nothing (`fast::heap`'s `cut_held_page`). A thread keeps
 //! filling the pages it already holds, so the bytes in blocks never exceed the held bytes,
 //! and the held bytes exceed the limit only by what threads take at the same instant (check
 //! and count are two steps: at most one page or block per racing thread). A request the cap refuses fails on DRAM: a plain `malloc` passes
@@ -20,8 +23,17 @@
 //!
 //! The peak of the held bytes is kept where they grow (`peak_held`).
 //!
-//! Not counted: segment descriptors, free slices still resident once a page has used them,
-//! the cache of freed large mappings, the allocator's metadata.
+//! With a limit set, what the cap bounds is what DRAM keeps resident for blocks
+//! (`resident`): the held bytes, plus what the process keeps resident in no block and may
+//! reuse without a fault: thread heaps' free slices not yet purged (`FREE_SLICE_BYTES`, less
+//! the huge halves' untaken ones, held already) and the cache of freed large mappings
+//! (`large::cached_resident`). A request those would push over the limit gives them back
+//! first (the large cache here, the requesting thread's free slices in `fast::heap` and
+//! `dram`'s large paths), and is refused only if it still does not fit. Without a limit none
+//! of this runs: `admits` is one load and compare.
+//!
+//! Not counted: segment descriptors, the allocator's metadata, other threads' free slices
+//! beyond the figure (they are counted, but only their own thread gives them back).
 
 use crate::stats::SharedCounter;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +44,10 @@ pub static PAGE_BYTES: HeldCounter = HeldCounter::new();
 pub static LARGE_LIVE_BYTES: HeldCounter = HeldCounter::new();
 /// Bytes of huge halves' slices no page has taken yet (see the module comment).
 pub static HUGE_UNTAKEN_BYTES: HeldCounter = HeldCounter::new();
+
+/// Bytes of the free slices thread heaps keep resident (their dirty slices, the huge halves'
+/// untaken ones included): kept by `fast::heap` wherever a heap's `dirty_bytes` changes.
+pub static FREE_SLICE_BYTES: SharedCounter = SharedCounter::new();
 
 /// The most `held()` has been: DRAM's peak, the figure a user sizes a `limit=` or a cgroup by.
 static PEAK_HELD: AtomicU64 = AtomicU64::new(0);
@@ -89,9 +105,34 @@ pub fn held() -> u64 {
         .wrapping_add(HUGE_UNTAKEN_BYTES.get())
 }
 
-/// Whether `bytes` more may be taken for blocks.
+/// What DRAM keeps resident for blocks now: the held bytes, the free slices heaps have not
+/// purged (but the huge halves' untaken ones, held already), the large cache's pages.
+#[inline(never)]
+#[link_section = ".text.tiermalloc_limit"]
+pub fn resident() -> u64 {
+    let free = FREE_SLICE_BYTES.get().saturating_sub(HUGE_UNTAKEN_BYTES.get());
+    held()
+        .wrapping_add(free.min(1 << 62))
+        .wrapping_add(super::large::cached_resident() as u64)
+}
+
+/// Whether `bytes` more may be taken for blocks: without a limit, always; with one, if they
+/// fit in it beside what DRAM keeps resident, once the large cache's pages are given back if
+/// they must be (the caller gives back its thread's free slices, then asks again).
 #[inline]
 pub fn admits(bytes: u64) -> bool {
     let limit = LIMIT.load(Ordering::Relaxed);
-    limit == u64::MAX || held().saturating_add(bytes) <= limit
+    limit == u64::MAX || fits_under(limit, bytes)
+}
+
+#[cold]
+#[inline(never)]
+// Run only under a limit: a section of its own keeps it out of the code every process runs
+// (`link/hot_text.ld`, which takes every other `dram` function).
+#[link_section = ".text.tiermalloc_limit"]
+fn fits_under(limit: u64, bytes: u64) -> bool {
+    if resident().saturating_add(bytes) <= limit {
+        return true;
+    }
+    super::large::release_cached() > 0 && resident().saturating_add(bytes) <= limit
 }

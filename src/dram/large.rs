@@ -355,6 +355,11 @@ pub(crate) fn decay() {
     }
 }
 
+/// Bytes the cached mappings hold resident (`budget::resident`).
+pub(crate) fn cached_resident() -> usize {
+    CACHED_RESIDENT.load(Ordering::Relaxed)
+}
+
 /// Unmaps every cached mapping now (`malloc_trim`); the bytes it held resident.
 pub(crate) fn release_cached() -> usize {
     let before = CACHED_RESIDENT.load(Ordering::Relaxed);

@@ -82,13 +82,31 @@ pub fn segments_mapped() -> u64 {
 #[cold]
 #[inline(never)]
 fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
-    if size > MAX_REQUEST || !budget::admits(size as u64) {
+    if size > MAX_REQUEST || !admits_large(size as u64) {
         return core::ptr::null_mut();
     }
     if fast::guard::DEFAULT_CHECKS {
         fast::check_list_heads();
     }
     large::alloc(size, align, zero)
+}
+
+/// Whether DRAM's `limit=` admits `bytes` more for a large block (`budget::admits`), once the
+/// calling thread's free slices are given back if they stand in the way.
+#[inline]
+fn admits_large(bytes: u64) -> bool {
+    budget::admits(bytes) || admits_after_purge(bytes)
+}
+
+#[cold]
+#[inline(never)]
+// Run only under `limit=` (see `budget::fits_under`).
+#[link_section = ".text.tiermalloc_limit"]
+fn admits_after_purge(bytes: u64) -> bool {
+    let heap = fast::binding::current();
+    // SAFETY: this thread's own heap, used by no other thread while it is bound here (no
+    // method of it is running: the large paths are entered from the tier, not from the heap).
+    !heap.is_null() && unsafe { (*heap).purge() } > 0 && budget::admits(bytes)
 }
 
 /// Above this, a growing realloc moves a small block to a large mapping (`large`) if the cache
@@ -230,7 +248,7 @@ impl DramTier {
                 if keeps_block(size, old) {
                     return p;
                 }
-                if !budget::admits(size.saturating_sub(old) as u64) {
+                if !admits_large(size.saturating_sub(old) as u64) {
                     return core::ptr::null_mut();
                 }
                 // SAFETY: a live large block of ours.
@@ -286,7 +304,7 @@ fn large_misuse(p: *mut u8) -> Misuse {
 #[cold]
 #[inline(never)]
 unsafe fn move_to_cached_large(p: *mut u8, old: usize, size: usize, align: usize) -> *mut u8 {
-    if !budget::admits(size as u64) {
+    if !admits_large(size as u64) {
         return core::ptr::null_mut();
     }
     let q = large::alloc_cached(size, align.max(16));

@@ -14,10 +14,22 @@
 //!
 //! A node of our host whose mark is free is judged gone only when `/proc/PID/maps` also
 //! shows no mapping of the pool's file at its recorded metadata address (a program that
-//! closed its descriptors but still maps its spaces keeps them); a maps file that cannot be
-//! read proves nothing, and the node is kept. The mark is host-local: it only refines the
-//! same-host judgement, nodes of other hosts are judged by their heartbeat alone, and all
-//! coordination still lives on the device.
+//! closed its descriptors but still maps its spaces keeps them), or when its process holds a
+//! newer node of a later image (below); a maps file that cannot be read proves nothing, and
+//! the node is kept. The mark is host-local: it only refines the same-host judgement, nodes
+//! of other hosts are judged by their heartbeat alone, and all coordination still lives on
+//! the device.
+//!
+//! The maps test alone cannot tell an old image from a new one: a program the process exec'd
+//! may join the pool again and map its metadata where the old image did (the same binary
+//! doing the same things with randomisation off), and the old node would then be judged alive
+//! for ever. So every node also records which image of its process it is (`NODE_IMAGE`: the
+//! kernel's `AT_RANDOM` bytes, new at every exec) and when it joined (`NODE_JOINED`,
+//! CLOCK_BOOTTIME), with `NODE_PID_IMAGED` saying so. A node whose mark is free is gone when
+//! another node of the same process (host, pid, start time) holds its mark, joined later
+//! and names another image: images of one process follow each other, so the old node's image
+//! was replaced by an exec, and everything it mapped went with it. Two nodes of one image (the
+//! pool opened twice, one mark closed by the program) name the same image and are both kept.
 
 use super::layout::*;
 use super::Pool;
@@ -26,6 +38,31 @@ use super::Pool;
 const MARK_AT: u64 = 1 << 61;
 /// `NODE_PID`'s bit saying its node holds its exec mark (old nodes never set it).
 pub(crate) const NODE_PID_MARKED: u64 = 1 << 32;
+/// `NODE_PID`'s bit saying its node wrote `NODE_IMAGE` and `NODE_JOINED` (old nodes never do).
+pub(crate) const NODE_PID_IMAGED: u64 = 1 << 33;
+
+/// This image of the process: 8 of the 16 random bytes the kernel gives every `exec`
+/// (`AT_RANDOM`), never 0. A process whose kernel gives none is image 1.
+pub(crate) fn image_id() -> u64 {
+    // SAFETY: no preconditions; the answer is the address of 16 bytes or 0.
+    let at = unsafe { libc::getauxval(libc::AT_RANDOM) } as *const u8;
+    if at.is_null() {
+        return 1;
+    }
+    let mut bytes = [0u8; 8];
+    // SAFETY: the kernel's 16 random bytes, read-only for the process's life.
+    unsafe { core::ptr::copy_nonoverlapping(at, bytes.as_mut_ptr(), 8) };
+    u64::from_ne_bytes(bytes).max(1)
+}
+
+/// CLOCK_BOOTTIME in ns: when a node joined, compared between nodes of one host.
+pub(crate) fn boottime_ns() -> u64 {
+    // SAFETY: a plain C struct; all zero is valid.
+    let mut ts: libc::timespec = unsafe { core::mem::zeroed() };
+    // SAFETY: a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 fn mark_lock(pool: &Pool, slot: usize, kind: i32) -> libc::flock {
     // SAFETY: a plain C struct; all zero is valid.
@@ -67,18 +104,56 @@ impl Pool {
     }
 
     /// Whether the node of our host in `slot`, process `pid`, which set `NODE_PID_MARKED`,
-    /// has let its mark go and no longer maps the pool (see the module comment).
+    /// has let its mark go and either no longer maps the pool or was replaced by a later
+    /// image's node (see the module comment).
     pub(crate) fn exec_mark_gone(&self, slot: usize, pid: u32) -> bool {
+        if self.mark_held(slot) != Some(false) {
+            return false;
+        }
+        let meta_at = self.load(node_at(slot) + NODE_META_AT);
+        match self.maps_pool_at(pid, meta_at) {
+            Some(false) => true,
+            Some(true) => self.later_image_joined(slot),
+            None => false,
+        }
+    }
+
+    /// Whether some descriptor holds registry slot `slot`'s exec mark; `None` if the kernel
+    /// does not say.
+    fn mark_held(&self, slot: usize) -> Option<bool> {
         let mut fl = mark_lock(self, slot, libc::F_WRLCK);
         // SAFETY: our descriptor and a valid flock.
         let asked = crate::os::keep_errno(|| unsafe {
             libc::fcntl(self.fd, libc::F_OFD_GETLK, &mut fl)
         });
-        if asked != 0 || fl.l_type != libc::F_UNLCK as libc::c_short {
+        (asked == 0).then_some(fl.l_type != libc::F_UNLCK as libc::c_short)
+    }
+
+    /// Whether the process of the node in `slot` (of our host, its mark free) holds another
+    /// node, marked, that joined after it and names another image: then the node's image
+    /// was replaced by an exec (see the module comment).
+    fn later_image_joined(&self, slot: usize) -> bool {
+        let at = node_at(slot);
+        let pid_word = self.load(at + NODE_PID);
+        if pid_word & NODE_PID_IMAGED == 0 {
             return false;
         }
-        let meta_at = self.load(node_at(slot) + NODE_META_AT);
-        self.maps_pool_at(pid, meta_at) == Some(false)
+        let (pid, start) = (pid_word as u32, self.load(at + NODE_PID_START));
+        let (image, joined) = (self.load(at + NODE_IMAGE), self.load(at + NODE_JOINED));
+        (0..MAX_NODES).filter(|&s| s != slot).any(|s| {
+            let other = node_at(s);
+            self.invalidate_meta(other, NODE_BYTES);
+            let (_, _, state) = node_state_parts(self.load(other + NODE_STATE));
+            let other_pid = self.load(other + NODE_PID);
+            state == NODE_ALIVE
+                && other_pid as u32 == pid
+                && other_pid & NODE_PID_IMAGED != 0
+                && self.load(other + NODE_HOST) == self.host
+                && self.load(other + NODE_PID_START) == start
+                && self.load(other + NODE_IMAGE) != image
+                && self.load(other + NODE_JOINED) > joined
+                && self.mark_held(s) == Some(true)
+        })
     }
 
     /// Whether process `pid` maps the pool's file at address `at` (its `/proc/PID/maps`),

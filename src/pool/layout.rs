@@ -83,6 +83,11 @@ pub(crate) const NODE_BORROWED: usize = 64;
 /// Where the node maps the pool's metadata (`exec_mark`: read only when `NODE_PID` has
 /// `NODE_PID_MARKED`, which the same join writes).
 pub(crate) const NODE_META_AT: usize = 72;
+/// Which image of its process the node is (`exec_mark::image_id`: new at every `exec`), and
+/// when it joined (CLOCK_BOOTTIME ns, compared on its own host only): read only when
+/// `NODE_PID` has `NODE_PID_IMAGED`, which the same join writes.
+pub(crate) const NODE_IMAGE: usize = 80;
+pub(crate) const NODE_JOINED: usize = 88;
 
 pub(crate) const NODE_FREE: u64 = 0;
 /// Claimed, host and pid not yet written: judged by its claim time alone.

@@ -14,7 +14,7 @@
 //! what dead tags hold: their mappings (holdings, and the refs they count), their private
 //! spaces, their slots.
 
-use super::exec_mark::NODE_PID_MARKED;
+use super::exec_mark::{boottime_ns, image_id, NODE_PID_IMAGED, NODE_PID_MARKED};
 use super::layout::*;
 use super::txn::{Locked, Txn};
 use super::{getpid, realtime_ns, Errno, Pool};
@@ -117,9 +117,17 @@ impl Pool {
                 self.word(at + NODE_HOST)
                     .store(self.host, Ordering::Relaxed);
                 let mark_fd = self.take_exec_mark(slot);
-                let marked = if mark_fd >= 0 { NODE_PID_MARKED } else { 0 };
+                let marked = if mark_fd >= 0 {
+                    NODE_PID_MARKED | NODE_PID_IMAGED
+                } else {
+                    0
+                };
                 self.word(at + NODE_META_AT)
                     .store(self.meta_ptr(0) as u64, Ordering::Relaxed);
+                self.word(at + NODE_IMAGE)
+                    .store(image_id(), Ordering::Relaxed);
+                self.word(at + NODE_JOINED)
+                    .store(boottime_ns(), Ordering::Relaxed);
                 self.word(at + NODE_PID)
                     .store(pid as u64 | marked, Ordering::Relaxed);
                 self.word(at + NODE_PID_START)

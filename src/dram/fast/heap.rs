@@ -571,7 +571,7 @@ impl Heap {
             self.traffic.retired_allocs[class].add((*page).allocs());
             let segment = Segment::of(page as usize);
             let bytes = (*segment).give_back(page);
-            self.dirty_bytes += bytes;
+            self.set_dirty(self.dirty_bytes + bytes);
             budget::PAGE_BYTES.add((bytes as u64).wrapping_neg());
             if (*segment).is_empty() {
                 self.unlink_available(segment);
@@ -599,7 +599,7 @@ impl Heap {
     unsafe fn release(&mut self, segment: *mut Segment) {
         // SAFETY: per the contract.
         unsafe {
-            self.dirty_bytes -= (*segment).dirty_bytes();
+            self.set_dirty(self.dirty_bytes - (*segment).dirty_bytes());
             Segment::release(segment);
         }
         self.segments_held -= 1;
@@ -670,7 +670,7 @@ impl Heap {
                     self.release(segment);
                 } else {
                     let n = (*segment).purge();
-                    self.dirty_bytes -= n;
+                    self.set_dirty(self.dirty_bytes - n);
                     purged += n;
                     break;
                 }
@@ -681,7 +681,7 @@ impl Heap {
             // SAFETY: list members are valid segments of this heap.
             unsafe {
                 let n = (*segment).purge();
-                self.dirty_bytes -= n;
+                self.set_dirty(self.dirty_bytes - n);
                 purged += n;
                 segment = (*segment).next;
             }
@@ -702,7 +702,7 @@ impl Heap {
             let huge = huge_pages::half_huge(self.segments_held, n);
             let page = (*segment).take_page(class, n, huge)?;
             // A half made huge adds its slices to the dirty ones (`Segment::take_page`).
-            self.dirty_bytes = self.dirty_bytes + (*segment).dirty_bytes() - dirty_before;
+            self.set_dirty(self.dirty_bytes + (*segment).dirty_bytes() - dirty_before);
             self.dirty_low = self.dirty_low.min(self.dirty_bytes);
             Some(page)
         }
@@ -722,15 +722,65 @@ impl Heap {
             // Too few resident free slices for the page: fresh memory is about to be touched.
             self.give_back_idle(class);
         }
-        if !budget::admits(bytes as u64) {
-            return None;
-        }
-        let page = self.cut_page(class);
+        let page = if budget::admits(bytes as u64) {
+            self.cut_page(class)
+        } else {
+            self.cut_held_page(class).or_else(|| self.cut_page_after_purge(class, bytes))
+        };
         if page.is_some() {
             budget::PAGE_BYTES.add(bytes as u64);
             crate::profile::reserve::observe(budget::held());
         }
         page
+    }
+
+    /// Sets `dirty_bytes`, keeping `budget::FREE_SLICE_BYTES` (every heap's) in step.
+    #[inline]
+    fn set_dirty(&mut self, bytes: usize) {
+        budget::FREE_SLICE_BYTES.add((bytes as u64).wrapping_sub(self.dirty_bytes as u64));
+        self.dirty_bytes = bytes;
+    }
+
+    /// `limit=` refused a page of `class` (`bytes`) while this heap keeps free slices
+    /// resident: gives them back (they count against the limit) and cuts the page if it then
+    /// fits.
+    #[cold]
+    #[inline(never)]
+    // Run only under DRAM's `limit=`: a section of its own keeps it out of the code every
+    // process runs (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_limit"]
+    fn cut_page_after_purge(&mut self, class: usize, bytes: usize) -> Option<*mut Page> {
+        if self.dirty_bytes == 0 || self.purge() == 0 || !budget::admits(bytes as u64) {
+            return None;
+        }
+        self.cut_page(class)
+    }
+
+    /// Cuts a page of `class` over slices of a huge half no page has taken yet, which DRAM
+    /// holds already: the one page `limit=` admits when it would refuse a new one.
+    #[cold]
+    #[inline(never)]
+    // Run only under `limit=` (see `cut_page_after_purge`).
+    #[link_section = ".text.tiermalloc_limit"]
+    fn cut_held_page(&mut self, class: usize) -> Option<*mut Page> {
+        let n = slices_of_page(class);
+        let mut segment = self.available;
+        while !segment.is_null() {
+            // SAFETY: list members are valid segments of this heap.
+            unsafe {
+                let dirty_before = (*segment).dirty_bytes();
+                if let Some(page) = (*segment).take_untaken_page(class, n) {
+                    self.set_dirty(self.dirty_bytes + (*segment).dirty_bytes() - dirty_before);
+                    self.dirty_low = self.dirty_low.min(self.dirty_bytes);
+                    if (*segment).free_slices == 0 {
+                        self.unlink_available(segment);
+                    }
+                    return Some(page);
+                }
+                segment = (*segment).next;
+            }
+        }
+        None
     }
 
     /// Cuts a page of `class` from an available segment, else from a new one.
@@ -753,7 +803,7 @@ impl Heap {
             let fresh = Segment::create(self as *mut Heap as usize, self.segment_tag, huge)?;
             self.segments_held += 1;
             // SAFETY: just created, ours: a huge first half's slices are dirty already.
-            self.dirty_bytes += unsafe { (*fresh).dirty_bytes() };
+            self.set_dirty(self.dirty_bytes + unsafe { (*fresh).dirty_bytes() });
             SEGMENT_BYTES.add(crate::chunk::CHUNK_SIZE as u64);
             fresh
         } else {

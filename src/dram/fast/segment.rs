@@ -328,6 +328,25 @@ impl Segment {
     /// made one huge page first (`dram::huge_pages`), its other slices counted dirty.
     pub fn take_page(&mut self, class: usize, n: usize, huge: bool) -> Option<*mut Page> {
         let start = find_run(self.dirty_slices, n).or_else(|| find_run(self.free_slices, n))?;
+        self.take_run(class, start, n, huge)
+    }
+
+    /// Takes `n` slices of a huge half that no page has taken yet, if a run of them exists,
+    /// and makes them a page of `class`: DRAM holds them already (`budget::HUGE_UNTAKEN_BYTES`),
+    /// so the page adds nothing to what it holds.
+    #[cold]
+    #[inline(never)]
+    // Run only under `limit=`: a section of its own keeps it out of the code every process
+    // runs (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_limit"]
+    pub fn take_untaken_page(&mut self, class: usize, n: usize) -> Option<*mut Page> {
+        let start = find_run(self.huge_untaken, n)?;
+        self.take_run(class, start, n, false)
+    }
+
+    /// Makes free slices `start..start + n` a page of `class` (see `take_page`).
+    #[inline]
+    fn take_run(&mut self, class: usize, start: usize, n: usize, huge: bool) -> Option<*mut Page> {
         let mask = run_mask(start, n);
         if mask & HALF_SLICES[1] != 0 && self.fresh_halves & 2 != 0 {
             self.fresh_halves &= !2;
