@@ -885,18 +885,33 @@ mod tests {
         assert_eq!(cache.cached_bytes(), 0);
     }
 
-    #[test]
-    fn a_full_bin_gives_its_older_half_back() {
-        let cache = ExtentCache::new(64 << 20).unwrap();
-        let mut evicted = Evicted::new();
+    /// A bin's worth of 4 KiB extents and one more, each allocated and freed (not yet put in
+    /// a lane): their offsets.
+    fn freed_bin_and_one(cache: &ExtentCache) -> std::vec::Vec<u64> {
         let offsets: std::vec::Vec<u64> = (1..=BIN_SLOTS as u64 + 1).map(|i| i * 8192).collect();
         for &o in &offsets {
             cache.adopt(o, 4096);
             assert!(matches!(cache.free(o), CacheFree::Taken(4096)));
-            cache.push(o, 4096, &mut evicted);
         }
+        offsets
+    }
+
+    /// What a bin that was full when `offsets`' last came gives back (`freed_bin_and_one`):
+    /// its older half; the newer half and the last stay.
+    fn gave_its_older_half_back(cache: &ExtentCache, evicted: &Evicted<PUSH_EVICTS>, offsets: &[u64]) {
         assert_eq!(evicted.as_slice(), &offsets[..BIN_SLOTS / 2]);
         assert_eq!(cache.cached_bytes(), 4096 * (BIN_SLOTS as u64 / 2 + 1));
+    }
+
+    #[test]
+    fn a_full_bin_gives_its_older_half_back() {
+        let cache = ExtentCache::new(64 << 20).unwrap();
+        let mut evicted = Evicted::new();
+        let offsets = freed_bin_and_one(&cache);
+        for &o in &offsets {
+            cache.push(o, 4096, &mut evicted);
+        }
+        gave_its_older_half_back(&cache, &evicted, &offsets);
     }
 
     /// A thread without a lane yet indexes the stand-in lane, whose lock is always held: its
@@ -927,11 +942,7 @@ mod tests {
     fn a_full_bin_found_without_waiting_gives_its_older_half_back() {
         let cache = ExtentCache::new(64 << 20).unwrap();
         let mut evicted = Evicted::new();
-        let offsets: std::vec::Vec<u64> = (1..=BIN_SLOTS as u64 + 1).map(|i| i * 8192).collect();
-        for &o in &offsets {
-            cache.adopt(o, 4096);
-            assert!(matches!(cache.free(o), CacheFree::Taken(4096)));
-        }
+        let offsets = freed_bin_and_one(&cache);
         // The waiting path first: this thread then has a lane.
         cache.push(offsets[0], 4096, &mut evicted);
         for &o in &offsets[1..BIN_SLOTS] {
@@ -942,8 +953,7 @@ mod tests {
             Pushed::Full(lane) => cache.push_held(lane, last, 4096, &mut evicted),
             _ => panic!("the bin is full"),
         }
-        assert_eq!(evicted.as_slice(), &offsets[..BIN_SLOTS / 2]);
-        assert_eq!(cache.cached_bytes(), 4096 * (BIN_SLOTS as u64 / 2 + 1));
+        gave_its_older_half_back(&cache, &evicted, &offsets);
         let free = cache.real_lanes().iter().all(|l| l.cache.try_lock().is_some());
         assert!(free, "no lane left held");
     }
