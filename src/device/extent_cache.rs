@@ -320,11 +320,13 @@ impl LaneCache {
 struct LaneFigures {
     /// Bytes of the extents in the bins.
     bytes: u64,
+    /// Of the blocks freed into the lane, those that went back to the heap without being
+    /// handed out (evicted, taken by `take_lane` or `withdraw`, or given back at once by a
+    /// full lane). Between the two a free adds to (two adjacent ones were vectorised into five
+    /// SSE instructions).
+    given_back: u64,
     /// Blocks freed into the lane.
     frees: u64,
-    /// Of those, blocks that went back to the heap without being handed out (evicted, taken
-    /// by `take_lane` or `withdraw`, or given back at once by a full lane).
-    given_back: u64,
 }
 
 impl LaneFigures {
@@ -450,8 +452,8 @@ impl ExtentCache {
             bins: [EMPTY; BINS],
             figures: LaneFigures {
                 bytes: 0,
-                frees: 0,
                 given_back: 0,
+                frees: 0,
             },
         };
         let mut lanes = [const {
