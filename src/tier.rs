@@ -330,7 +330,8 @@ pub fn alloc_sized(tier: TierRef, size: usize, align: usize, zero: bool) -> (*mu
 #[inline]
 pub unsafe fn free_on_sized(kind: Kind, p: *mut u8, size: usize, align: usize) {
     if let Some(device) = device::get(kind).filter(|d| d.holds(p)) {
-        device.free_sized_or_report(p, size, align.max(16));
+        // SAFETY: the tier holds `p` (tested).
+        unsafe { device.free_sized_or_report(p, size, align.max(16)) };
     } else {
         // SAFETY: forwarded.
         unsafe { free(p) }

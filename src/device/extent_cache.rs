@@ -31,9 +31,9 @@
 //! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet (its
 //! lane word indexes a stand-in lane whose lock is always held) or a miss fall back to `pop`
 //! and `push`, which wait for the lock; a full bin or lane goes to `push_held` with the lane
-//! still held. A lane's figures (bytes, blocks handed out and
-//! freed into it: `LaneFigures`) are plain fields under its lock, one add each (statistics take
-//! the lock to read them), so no counter every lane shares is on these paths.
+//! still held. A lane's figures (bytes, blocks freed into it: `LaneFigures`) are plain fields
+//! under its lock, one add each (statistics take the lock to read them, and count the blocks
+//! handed out from what went in and out), so no counter every lane shares is on these paths.
 //!
 //! **Back to the heap, in batches.** A bin that is full, or a lane over its byte budget, gives
 //! the older half of the bin back to the heap under one heap lock (`Evicted`); so does
@@ -165,6 +165,17 @@ fn bin_ceil(want: u64) -> usize {
 #[inline]
 pub(crate) fn cached_size(len: u64, align: u64) -> bool {
     align <= 1 << GRANULE_SHIFT && (MIN_LEN..MAX_LEN).contains(&len)
+}
+
+/// The cached-size lengths, as `len - MIN_LEN < SPAN` (see `served`).
+pub(crate) const SPAN: u64 = MAX_LEN - MIN_LEN;
+
+/// `cached_size` while the lanes are on (`span` is `SPAN`), always false while they are off
+/// (`span` is 0): one compare (wrapping: a length below `MIN_LEN` is past the span).
+#[inline(always)]
+pub(crate) fn served(len: u64, align: u64, span: u64) -> bool {
+    debug_assert!(span == 0 || span == SPAN);
+    align <= 1 << GRANULE_SHIFT && len.wrapping_sub(MIN_LEN) < span
 }
 
 #[inline(always)]
@@ -301,12 +312,20 @@ impl LaneCache {
 /// What a lane has, for statistics and the lane's budget: plain fields under the lane's
 /// lock (statistics take it), so that a frequent free or request adds to them with one
 /// instruction each, no atomic one, and no counter shared by every lane moves between cores.
+/// The blocks handed out are not counted where they are handed out: every extent freed into
+/// the lane is in a bin, was handed out, or went back to the heap, so they are `frees -
+/// given_back - ` the extents in the bins (`ExtentCache::figures` counts those), and a
+/// request's hit path only subtracts its bytes.
 #[derive(Clone, Copy, Default)]
 struct LaneFigures {
     /// Bytes of the extents in the bins.
     bytes: u64,
-    /// Blocks handed out from the bins, and freed into them.
-    allocations: u64,
+    /// Of the blocks freed into the lane, those that went back to the heap without being
+    /// handed out (evicted, taken by `take_lane` or `withdraw`, or given back at once by a
+    /// full lane). Between the two a free adds to (two adjacent ones were vectorised into five
+    /// SSE instructions).
+    given_back: u64,
+    /// Blocks freed into the lane.
     frees: u64,
 }
 
@@ -315,7 +334,13 @@ impl LaneFigures {
     #[inline(always)]
     fn taken(&mut self, len: u64) {
         self.bytes = self.bytes.wrapping_sub(len);
-        self.allocations = self.allocations.wrapping_add(1);
+    }
+
+    /// `n` extents of `bytes` bytes in all out of the bins, back to the heap.
+    #[inline]
+    fn gone(&mut self, n: usize, bytes: u64) {
+        self.bytes -= bytes;
+        self.given_back += n as u64;
     }
 
     /// One freed extent of `len` bytes into the bins.
@@ -427,7 +452,7 @@ impl ExtentCache {
             bins: [EMPTY; BINS],
             figures: LaneFigures {
                 bytes: 0,
-                allocations: 0,
+                given_back: 0,
                 frees: 0,
             },
         };
@@ -528,13 +553,14 @@ impl ExtentCache {
                 evicted.push(off);
             }
             lane.remove(bin, 0..give);
-            lane.figures.bytes -= bytes;
+            lane.figures.gone(give, bytes);
         }
         if full(&lane) || over(&lane) {
             // Still no room (a budget smaller than this bin's extents): this one goes back too
             // (a free all the same).
             evicted.push(offset);
             lane.figures.frees += 1;
+            lane.figures.given_back += 1;
             return;
         }
         let put = lane.put(offset, len);
@@ -642,7 +668,7 @@ impl ExtentCache {
             let b = &lane.bins[bin];
             if let Some(i) = b.extents[..b.n as usize].iter().position(|&x| x == want) {
                 lane.remove(bin, i..i + 1);
-                lane.figures.bytes -= len;
+                lane.figures.gone(1, len);
                 return true;
             }
         }
@@ -655,11 +681,11 @@ impl ExtentCache {
     pub fn take_lane<const N: usize>(&self, lane: usize, evicted: &mut Evicted<N>) -> bool {
         let slot = &self.real_lanes()[lane];
         let mut lane = slot.cache.lock();
-        let mut bytes = 0u64;
+        let (mut bytes, first) = (0u64, evicted.n);
         for bin in 0..BINS {
             while lane.bins[bin].n > 0 {
                 if evicted.n == N {
-                    lane.figures.bytes -= bytes;
+                    lane.figures.gone(evicted.n - first, bytes);
                     return false;
                 }
                 let last = lane.bins[bin].n as usize - 1;
@@ -669,33 +695,31 @@ impl ExtentCache {
                 bytes += len;
             }
         }
-        lane.figures.bytes -= bytes;
+        lane.figures.gone(evicted.n - first, bytes);
         true
     }
 
-    /// The lanes' figures, summed (each lane's read under its lock).
-    fn figures(&self) -> LaneFigures {
-        self.real_lanes()
-            .iter()
-            .fold(LaneFigures::default(), |sum, l| {
-                let f = l.cache.lock().figures;
-                LaneFigures {
-                    bytes: sum.bytes + f.bytes,
-                    allocations: sum.allocations + f.allocations,
-                    frees: sum.frees + f.frees,
-                }
-            })
+    /// The lanes' figures, summed (each lane's read under its lock): bytes in the bins,
+    /// blocks handed out from them and blocks freed into them.
+    fn figures(&self) -> (u64, u64, u64) {
+        self.real_lanes().iter().fold((0, 0, 0), |sum, l| {
+            let lane = l.cache.lock();
+            let f = lane.figures;
+            let waiting: u64 = lane.bins.iter().map(|b| b.n as u64).sum();
+            let handed_out = f.frees.wrapping_sub(f.given_back).wrapping_sub(waiting);
+            (sum.0 + f.bytes, sum.1 + handed_out, sum.2 + f.frees)
+        })
     }
 
     /// Bytes of freed extents waiting in the lanes.
     pub fn cached_bytes(&self) -> u64 {
-        self.figures().bytes
+        self.figures().0
     }
 
     /// Blocks handed out from the lanes, and freed into them, so far.
     pub fn counts(&self) -> (u64, u64) {
-        let f = self.figures();
-        (f.allocations, f.frees)
+        let (_, allocations, frees) = self.figures();
+        (allocations, frees)
     }
 
     /// Takes every lane lock and keeps it (`fork` prepare handler).
@@ -863,18 +887,33 @@ mod tests {
         assert_eq!(cache.cached_bytes(), 0);
     }
 
-    #[test]
-    fn a_full_bin_gives_its_older_half_back() {
-        let cache = ExtentCache::new(64 << 20).unwrap();
-        let mut evicted = Evicted::new();
+    /// A bin's worth of 4 KiB extents and one more, each allocated and freed (not yet put in
+    /// a lane): their offsets.
+    fn freed_bin_and_one(cache: &ExtentCache) -> std::vec::Vec<u64> {
         let offsets: std::vec::Vec<u64> = (1..=BIN_SLOTS as u64 + 1).map(|i| i * 8192).collect();
         for &o in &offsets {
             cache.adopt(o, 4096);
             assert!(matches!(cache.free(o), CacheFree::Taken(4096)));
-            cache.push(o, 4096, &mut evicted);
         }
+        offsets
+    }
+
+    /// What a bin that was full when `offsets`' last came gives back (`freed_bin_and_one`):
+    /// its older half; the newer half and the last stay.
+    fn gave_its_older_half_back(cache: &ExtentCache, evicted: &Evicted<PUSH_EVICTS>, offsets: &[u64]) {
         assert_eq!(evicted.as_slice(), &offsets[..BIN_SLOTS / 2]);
         assert_eq!(cache.cached_bytes(), 4096 * (BIN_SLOTS as u64 / 2 + 1));
+    }
+
+    #[test]
+    fn a_full_bin_gives_its_older_half_back() {
+        let cache = ExtentCache::new(64 << 20).unwrap();
+        let mut evicted = Evicted::new();
+        let offsets = freed_bin_and_one(&cache);
+        for &o in &offsets {
+            cache.push(o, 4096, &mut evicted);
+        }
+        gave_its_older_half_back(&cache, &evicted, &offsets);
     }
 
     /// A thread without a lane yet indexes the stand-in lane, whose lock is always held: its
@@ -905,11 +944,7 @@ mod tests {
     fn a_full_bin_found_without_waiting_gives_its_older_half_back() {
         let cache = ExtentCache::new(64 << 20).unwrap();
         let mut evicted = Evicted::new();
-        let offsets: std::vec::Vec<u64> = (1..=BIN_SLOTS as u64 + 1).map(|i| i * 8192).collect();
-        for &o in &offsets {
-            cache.adopt(o, 4096);
-            assert!(matches!(cache.free(o), CacheFree::Taken(4096)));
-        }
+        let offsets = freed_bin_and_one(&cache);
         // The waiting path first: this thread then has a lane.
         cache.push(offsets[0], 4096, &mut evicted);
         for &o in &offsets[1..BIN_SLOTS] {
@@ -920,8 +955,7 @@ mod tests {
             Pushed::Full(lane) => cache.push_held(lane, last, 4096, &mut evicted),
             _ => panic!("the bin is full"),
         }
-        assert_eq!(evicted.as_slice(), &offsets[..BIN_SLOTS / 2]);
-        assert_eq!(cache.cached_bytes(), 4096 * (BIN_SLOTS as u64 / 2 + 1));
+        gave_its_older_half_back(&cache, &evicted, &offsets);
         let free = cache.real_lanes().iter().all(|l| l.cache.try_lock().is_some());
         assert!(free, "no lane left held");
     }

@@ -82,9 +82,11 @@ pub(crate) struct DeviceTier {
     cache: Option<ExtentCache>,
     /// Whether frees and requests use `cache`'s lanes (`lanes`): under best fit only (a cached
     /// extent is a good fit, at most a quarter longer than asked; worst fit's point is the
-    /// largest hole), never in an inherited tier. One flag for both tests ("is there a cache"
-    /// and "is it on") on the hit paths. Invariant: set only while `cache` is `Some`.
-    lanes_on: AtomicBool,
+    /// largest hole), never in an inherited tier. `extent_cache::SPAN` while they do, 0 while
+    /// they do not: one load and one compare on a request's hit path answer "is there a
+    /// cache", "is it on" and "is the length one it serves" (`cache_for`). Invariant: nonzero
+    /// only while `cache` is `Some`.
+    lanes_span: AtomicU64,
     /// The id under which threads cache this tier's slab slots (`slot_cache`); 0: they do not.
     slot_cache_id: AtomicU64,
     /// The most slot bytes one thread caches for this tier.
@@ -166,6 +168,10 @@ impl DeviceTier {
         claim: Option<owner::Claim>,
     ) -> DeviceTier {
         heap.set_carve_from_end(true);
+        let cache = match outside {
+            None => ExtentCache::new(region.len as u64),
+            Some(_) => None,
+        };
         pagemap::set(
             region.base,
             region.reserved,
@@ -177,11 +183,12 @@ impl DeviceTier {
             region,
             heap: crate::futex_mutex::Mutex::new(heap),
             slabs,
-            cache: match outside {
-                None => ExtentCache::new(region.len as u64),
-                Some(_) => None,
-            },
-            lanes_on: AtomicBool::new(outside.is_none() && spec.fit == Fit::Best),
+            lanes_span: AtomicU64::new(if cache.is_some() && spec.fit == Fit::Best {
+                extent_cache::SPAN
+            } else {
+                0
+            }),
+            cache,
             slot_cache_id: AtomicU64::new(0),
             slot_budget: slot_cache::budget_of(region.len as u64),
             limit: spec.limit.unwrap_or(u64::MAX),
@@ -369,11 +376,7 @@ impl DeviceTier {
         // DRAM: its usable size is not 0 (which `realloc` would take for "not a block"), and
         // its address is not the next block's header.
         if let Some(class) = Slabs::class_of(size, align) {
-            if self.inherited.load(Ordering::Relaxed) {
-                return None;
-            }
-            let offset = self.alloc_slot(class)?;
-            return Some((self.block_at(offset), slabs::usable_of(class) as usize));
+            return self.alloc_slot_block(class).map(|(p, usable)| (p.as_ptr(), usable));
         }
         let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
         if let Some(cache) = self.cache_for(len, align as u64) {
@@ -392,6 +395,21 @@ impl DeviceTier {
         }
         self.alloc_block_slow(len, align as u64)
             .map(|(p, usable)| (p.as_ptr(), usable))
+    }
+
+    /// A block in a slab slot of `class` and its usable size (`alloc_sized`'s slab part): out
+    /// of line and in two registers, so that a request outside the slabs saves no register
+    /// for this one's call.
+    #[inline(never)]
+    fn alloc_slot_block(&self, class: usize) -> Option<(NonNull<u8>, usize)> {
+        if self.inherited.load(Ordering::Relaxed) {
+            return None;
+        }
+        let offset = self.alloc_slot(class)?;
+        Some((
+            NonNull::new(self.block_at(offset))?,
+            slabs::usable_of(class) as usize,
+        ))
     }
 
     /// The block whose extent (or slot) starts at `offset`.
@@ -482,27 +500,48 @@ impl DeviceTier {
     /// one it serves.
     #[inline(always)]
     fn cache_for(&self, len: u64, align: u64) -> Option<&ExtentCache> {
-        self.lanes()
-            .filter(|_| extent_cache::cached_size(len, align))
-    }
-
-    /// The extent cache if its lanes are on (`lanes_on`).
-    #[inline(always)]
-    fn lanes(&self) -> Option<&ExtentCache> {
-        if !self.lanes_on.load(Ordering::Relaxed) {
+        let span = self.lanes_span.load(Ordering::Relaxed);
+        if !extent_cache::served(len, align, span) {
             return None;
         }
-        debug_assert!(self.cache.is_some());
-        // SAFETY: `lanes_on` is set only while `cache` is `Some` (its invariant), and `cache`
-        // never changes after the tier is made.
-        Some(unsafe { self.cache.as_ref().unwrap_unchecked() })
+        // SAFETY: `served` is false while `lanes_span` is 0, which it is unless `cache` is
+        // `Some` (its invariant).
+        Some(unsafe { self.cache_while_on() })
+    }
+
+    /// The extent cache if its lanes are on (`lanes_span`).
+    #[inline(always)]
+    fn lanes(&self) -> Option<&ExtentCache> {
+        if self.lanes_span.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        // SAFETY: `lanes_span` is nonzero only while `cache` is `Some` (its invariant).
+        Some(unsafe { self.cache_while_on() })
+    }
+
+    /// The extent cache, known to be there.
+    ///
+    /// # Safety
+    /// `cache` is `Some` (`lanes_span` was seen nonzero: `cache` never changes after the tier
+    /// is made).
+    #[inline(always)]
+    unsafe fn cache_while_on(&self) -> &ExtentCache {
+        match &self.cache {
+            Some(cache) => cache,
+            // SAFETY: per the contract.
+            None => unsafe { core::hint::unreachable_unchecked() },
+        }
     }
 
     /// Turns the lanes on or off (no-op without a cache); the caller empties them after
     /// turning them off.
     fn set_lanes(&self, on: bool) {
-        self.lanes_on
-            .store(on && self.cache.is_some(), Ordering::Relaxed);
+        let span = if on && self.cache.is_some() {
+            extent_cache::SPAN
+        } else {
+            0
+        };
+        self.lanes_span.store(span, Ordering::Relaxed);
     }
 
     /// Makes the extent a lane gave out a live block: its whole header, then its live bit.
@@ -764,8 +803,22 @@ impl DeviceTier {
     /// extent), so this needs no slab test.
     #[inline(always)]
     fn free_if_cached(&self, offset: u64) -> Option<Result<(), FreeError>> {
-        let in_region = offset < self.region.len as u64;
-        let cache = self.lanes().filter(|_| in_region)?;
+        if offset >= self.region.len as u64 {
+            return None;
+        }
+        // SAFETY: tested just above.
+        unsafe { self.free_if_cached_in_region(offset) }
+    }
+
+    /// `free_if_cached` of a block whose caller knows `offset` is in the region (the table
+    /// has its bucket).
+    ///
+    /// # Safety
+    /// `offset` lies in the region.
+    #[inline(always)]
+    unsafe fn free_if_cached_in_region(&self, offset: u64) -> Option<Result<(), FreeError>> {
+        debug_assert!(offset < self.region.len as u64);
+        let cache = self.lanes()?;
         match cache.free(offset) {
             CacheFree::NotCached => None,
             CacheFree::Refused(error) => Some(Err(error)),
@@ -854,11 +907,17 @@ impl DeviceTier {
     /// asked first and the slab test is left to a block it does not name. A wrong layout
     /// costs only that order: what the cache does not name goes through `free_or_report`'s
     /// whole dispatch.
+    ///
+    /// # Safety
+    /// `p` lies in the region (`holds`), so a block offset found from it is in the region
+    /// too and the cache's own region test is left out.
     #[inline(always)]
-    pub fn free_sized_or_report(&self, p: *mut u8, size: usize, align: usize) {
+    pub unsafe fn free_sized_or_report(&self, p: *mut u8, size: usize, align: usize) {
+        debug_assert!(self.holds(p));
         match self.offset_of(p) {
             Some(offset) if Slabs::class_of(size, align).is_none() => {
-                self.free_cached_first_or_report(p, offset)
+                // SAFETY: `offset` is `p`'s less the header, in the region (contract).
+                unsafe { self.free_cached_first_or_report(p, offset) }
             }
             _ => self.free_or_report(p),
         }
@@ -866,9 +925,13 @@ impl DeviceTier {
 
     /// `free_sized_or_report` of a block of a size no slab serves, at `offset`: one the
     /// extent cache does not name goes through `free_or_report`'s whole dispatch.
+    ///
+    /// # Safety
+    /// `offset` lies in the region.
     #[inline(never)]
-    fn free_cached_first_or_report(&self, p: *mut u8, offset: u64) {
-        match self.free_if_cached(offset) {
+    unsafe fn free_cached_first_or_report(&self, p: *mut u8, offset: u64) {
+        // SAFETY: forwarded (contract).
+        match unsafe { self.free_if_cached_in_region(offset) } {
             Some(Ok(())) => {}
             Some(Err(error)) => self.report_failed_free(p, error),
             None => self.free_or_report(p),
