@@ -8,13 +8,14 @@
 //! program's lookups), the size-class table and a few strings of `.rodata`. `MADV_RANDOM`
 //! does not stop fault-around (Linux 6.18: a touch of such a mapping still maps 64 KiB).
 //!
-//! What: `drop_unused_headers` gives each page of that window a VMA of its own (alternate
-//! pages `MADV_RANDOM` and `MADV_NORMAL`, flags that differ, so the kernel keeps them apart)
-//! and unmaps the window's pages (`MADV_DONTNEED`); a page read again faults in alone. Only
-//! the segments that are neither writable nor executable nor part of `PT_GNU_RELRO`: their
-//! pages are the file's, never written, so dropping them loses nothing (the relocated data, the
-//! RELRO and the `.data` pages are copies and are never touched here). Measured in
-//! BENCHMARKS.md "Session 13, branch rss3": 64 -> 12 KiB of the window resident at exit.
+//! What: `drop_unused_headers` gives each page of that window a VMA of its own (every other
+//! page `MADV_RANDOM`, those between left `MADV_NORMAL`: flags that differ, so the kernel keeps
+//! them apart) and unmaps the window's pages (`MADV_DONTNEED`); a page read again faults in
+//! alone. Only the segments that are neither writable nor executable nor part of
+//! `PT_GNU_RELRO`: their pages are the file's, never written, so dropping them loses nothing
+//! (the relocated data, the RELRO and the `.data` pages are copies and are never touched
+//! here). Measured in BENCHMARKS.md "Session 13, branch rss3": 64 -> 12 KiB of the window
+//! resident at exit, 9 system calls.
 //!
 //! Runs once, from the start-up hook (`front::runtime`), after the loader has relocated every
 //! object; a failing `madvise` (the process's map count at its limit) leaves the rest as it is.
@@ -87,20 +88,15 @@ fn overlaps(bias: usize, r: &libc::Elf64_Phdr, lo: usize, hi: usize) -> bool {
 /// per page and unmaps its pages.
 fn drop_window(lo: usize, hi: usize) {
     crate::os::keep_errno(|| {
-        let mut page = lo;
-        let mut random = false;
+        // Every other page: the pages between keep the loader's `MADV_NORMAL`.
+        let mut page = lo + PAGE_SIZE;
         while page < hi {
-            let advice = if random {
-                libc::MADV_RANDOM
-            } else {
-                libc::MADV_NORMAL
-            };
+            let at = page as *mut libc::c_void;
             // SAFETY: a page of this object's read-only segment; advice changes no contents.
-            if unsafe { libc::madvise(page as *mut libc::c_void, PAGE_SIZE, advice) } != 0 {
+            if unsafe { libc::madvise(at, PAGE_SIZE, libc::MADV_RANDOM) } != 0 {
                 return;
             }
-            random = !random;
-            page += PAGE_SIZE;
+            page += 2 * PAGE_SIZE;
         }
         // SAFETY: the pages are a private, read-only file mapping that nothing ever wrote
         // (no text relocations: the writable and RELRO segments are skipped above), so
