@@ -88,15 +88,19 @@ fn overlaps(bias: usize, r: &libc::Elf64_Phdr, lo: usize, hi: usize) -> bool {
 /// per page and unmaps its pages.
 fn drop_window(lo: usize, hi: usize) {
     crate::os::keep_errno(|| {
-        // Every other page: the pages between keep the loader's `MADV_NORMAL`.
-        let mut page = lo + PAGE_SIZE;
-        while page < hi {
+        // Every other page from the last: the pages between keep the loader's `MADV_NORMAL`,
+        // and the last differs from the rest of the segment after it. (A page left joined to
+        // the next mapping would not do: fault-around maps 64 KiB from the start of the
+        // mapping it touches, window or not.)
+        let mut page = hi;
+        while page >= lo + PAGE_SIZE {
+            page -= PAGE_SIZE;
             let at = page as *mut libc::c_void;
             // SAFETY: a page of this object's read-only segment; advice changes no contents.
             if unsafe { libc::madvise(at, PAGE_SIZE, libc::MADV_RANDOM) } != 0 {
                 return;
             }
-            page += 2 * PAGE_SIZE;
+            page = page.saturating_sub(PAGE_SIZE);
         }
         // SAFETY: the pages are a private, read-only file mapping that nothing ever wrote
         // (no text relocations: the writable and RELRO segments are skipped above), so
