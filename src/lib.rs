@@ -129,7 +129,7 @@
 //! | device tiers | `device` (`extent_heap/`, `slabs`, `header`, `fork`, `evacuate/`) |
 //! | shared pool | `pool` (named spaces on a device shared by processes and hosts; its C functions in `front::capi_pool`) |
 //! | workload profiles | `profile` (seed 003: DRAM reserved from a workload's recorded peak; a memory source of the DRAM tier) |
-//! | foundations | `pagemap`, `backend` (with `file_space`, `problem`; `device_sigbus`), `meta`, `thread_slot`, `futex`, `futex_mutex`, `device_wait`, `userfaultfd`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `file_pages`, `cgroup`, `live`, `liveness`, `textbuf`, `sync`, `lockfree` |
+//! | foundations | `pagemap`, `backend` (with `file_space`, `problem`; `device_sigbus`), `meta`, `thread_slot`, `futex`, `futex_mutex`, `device_wait`, `userfaultfd`, `os`, `chunk`, `stats`, `config`, `kind`, `misuse`, `foreign`, `cgroup`, `live`, `liveness`, `textbuf`, `sync`, `lockfree` |
 //!
 //! Room is left by name for `device/persist` (persistent tiers) and `pool/` (a device shared
 //! by processes: named spaces, lending).
@@ -159,7 +159,6 @@ not_under_loom! {
     mod device_sigbus;
     mod device_wait;
     mod dram;
-    mod file_pages;
     mod foreign;
     mod front;
     mod futex;

@@ -8,7 +8,7 @@
 //! library and a Rust program using `TierMalloc` alike.
 
 use super::report;
-use crate::{cgroup, device, file_pages, place, profile};
+use crate::{cgroup, device, place, profile};
 
 extern "C" fn at_start() {
     cgroup::init();
@@ -19,8 +19,6 @@ extern "C" fn at_start() {
     report::init();
     profile::start();
     device::heartbeat::start();
-    // Last: the start-up above reads some of the pages this drops.
-    file_pages::drop_unused_headers();
 }
 
 extern "C" fn at_exit() {
