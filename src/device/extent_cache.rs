@@ -312,14 +312,18 @@ impl LaneCache {
 /// What a lane has, for statistics and the lane's budget: plain fields under the lane's
 /// lock (statistics take it), so that a frequent free or request adds to them with one
 /// instruction each, no atomic one, and no counter shared by every lane moves between cores.
+/// The bytes in the bins are kept as the room left under the lane's budget (`room`, counted
+/// down), so that a free's budget test is one compare with no load of the budget; statistics
+/// find the bytes as the budget less the room.
 /// The blocks handed out are not counted where they are handed out: every extent freed into
 /// the lane is in a bin, was handed out, or went back to the heap, so they are `frees -
 /// given_back - ` the extents in the bins (`ExtentCache::figures` counts those), and a
 /// request's hit path only subtracts its bytes.
 #[derive(Clone, Copy, Default)]
 struct LaneFigures {
-    /// Bytes of the extents in the bins.
-    bytes: u64,
+    /// The lane's budget less the bytes of the extents in the bins (never below 0: a free
+    /// that would take it below gives extents back first).
+    room: u64,
     /// Of the blocks freed into the lane, those that went back to the heap without being
     /// handed out (evicted, taken by `take_lane` or `withdraw`, or given back at once by a
     /// full lane). Between the two a free adds to (two adjacent ones were vectorised into five
@@ -333,20 +337,20 @@ impl LaneFigures {
     /// One extent of `len` bytes out of the bins, handed out.
     #[inline(always)]
     fn taken(&mut self, len: u64) {
-        self.bytes = self.bytes.wrapping_sub(len);
+        self.room = self.room.wrapping_add(len);
     }
 
     /// `n` extents of `bytes` bytes in all out of the bins, back to the heap.
     #[inline]
     fn gone(&mut self, n: usize, bytes: u64) {
-        self.bytes -= bytes;
+        self.room += bytes;
         self.given_back += n as u64;
     }
 
     /// One freed extent of `len` bytes into the bins.
     #[inline(always)]
     fn put(&mut self, len: u64) {
-        self.bytes = self.bytes.wrapping_add(len);
+        self.room = self.room.wrapping_sub(len);
         self.frees = self.frees.wrapping_add(1);
     }
 }
@@ -415,7 +419,7 @@ pub(crate) enum CacheFree {
 /// Invariants: a table entry is present exactly while the heap holds its extent allocated
 /// (set after the heap hands the extent out, cleared under the heap lock before the heap
 /// frees it); its live bit is clear exactly while the extent sits in a lane's bin; a lane's
-/// `figures.bytes` is the sum of its extents' lengths. `lanes[LANES]` is a stand-in whose
+/// `lane_budget - figures.room` is the sum of its extents' lengths. `lanes[LANES]` is a stand-in whose
 /// lock is always held (`Mutex::new_held`) and whose bins stay empty: the lane of a thread
 /// that has none yet (`Lane::index_or_unassigned`), so that `try_pop` and `try_push` find
 /// "no lane" and "lane busy" with the one `try_lock`.
@@ -451,7 +455,7 @@ impl ExtentCache {
             nonempty: [0; MAP_WORDS],
             bins: [EMPTY; BINS],
             figures: LaneFigures {
-                bytes: 0,
+                room: 0,
                 given_back: 0,
                 frees: 0,
             },
@@ -461,14 +465,19 @@ impl ExtentCache {
                 cache: crate::futex_mutex::Mutex::new(CACHE),
             }
         }; LANES + 1];
+        let lane_budget = (region_len / 32).min(LANE_BYTES_MAX);
         lanes[LANES] = LaneSlot {
             cache: crate::futex_mutex::Mutex::new_held(CACHE),
         };
+        // Every lane's room is the whole budget (the stand-in's bins stay empty).
+        for slot in &lanes[..LANES] {
+            slot.cache.lock().figures.room = lane_budget;
+        }
         Some(ExtentCache {
             table,
             buckets,
             lanes,
-            lane_budget: (region_len / 32).min(LANE_BYTES_MAX),
+            lane_budget,
         })
     }
 
@@ -542,7 +551,7 @@ impl ExtentCache {
         let mut lane = lane.0;
         let bin = bin_floor(len);
         let full = |lane: &LaneCache| lane.bins[bin].n as usize == BIN_SLOTS;
-        let over = |lane: &LaneCache| lane.figures.bytes + len > self.lane_budget;
+        let over = |lane: &LaneCache| len > lane.figures.room;
         if full(&lane) || over(&lane) {
             // The older half back to the heap (rounded up: a bin of one gives it back).
             let give = (lane.bins[bin].n as usize).div_ceil(2);
@@ -578,7 +587,7 @@ impl ExtentCache {
         let Some(mut cache) = self.own_lane().cache.try_lock() else {
             return Pushed::Busy;
         };
-        if cache.figures.bytes + len > self.lane_budget || !cache.put(offset, len) {
+        if len > cache.figures.room || !cache.put(offset, len) {
             return Pushed::Full(Held(cache));
         }
         cache.figures.put(len);
@@ -707,7 +716,8 @@ impl ExtentCache {
             let f = lane.figures;
             let waiting: u64 = lane.bins.iter().map(|b| b.n as u64).sum();
             let handed_out = f.frees.wrapping_sub(f.given_back).wrapping_sub(waiting);
-            (sum.0 + f.bytes, sum.1 + handed_out, sum.2 + f.frees)
+            let bytes = self.lane_budget - f.room;
+            (sum.0 + bytes, sum.1 + handed_out, sum.2 + f.frees)
         })
     }
 
