@@ -29,7 +29,7 @@
 //!
 //! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
 //! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet (its
-//! lane word indexes a stand-in lane whose lock is always held) or a miss fall back to `pop`
+//! word `lane_end` names a stand-in lane whose lock is always held) or a miss fall back to `pop`
 //! and `push`, which wait for the lock; a full bin or lane goes to `push_held` with the lane
 //! still held. A lane's figures (bytes, blocks freed into it: `LaneFigures`) are plain fields
 //! under its lock, one add each (statistics take the lock to read them, and count the blocks
@@ -361,6 +361,26 @@ struct LaneSlot {
     cache: crate::futex_mutex::Mutex<LaneCache>,
 }
 
+/// Bytes of one lane (the stride of `ExtentCache::lanes`).
+const SLOT_BYTES: usize = core::mem::size_of::<LaneSlot>();
+
+/// `lane_end`'s value before the thread's first `pop` or `push`: the stand-in's.
+pub(crate) const STAND_IN_WORD: usize = LANES * SLOT_BYTES;
+
+// This thread's lane of the extent caches for the paths that do not wait (`own_lane`), as
+// the byte offset of its slot in `lanes`, `lane * SLOT_BYTES`, or `STAND_IN_WORD` (the
+// stand-in, always held) before the thread's first waiting `pop` or `push`, which sets it from
+// `Lane::of_this_thread`. A byte offset rather than the slabs' lane word: no multiply by the
+// 13.6 KiB slot on a hit path. A word left stale by a later change of the thread's lane
+// (tests) still names a lane, which any thread may use. (On targets without the TLS word, 0
+// reads back as the initial value: a thread in lane 0 finds the stand-in and takes the waiting
+// paths, correct but slower; the slabs' lane word has the same trait there.)
+crate::thread_slot::initial_exec_word!(
+    lane_end,
+    "__tiermalloc_device_extent_lane",
+    value = crate::device::extent_cache::STAND_IN_WORD
+);
+
 /// Extents to give back to the heap (the caller does, under the heap lock: `ExtentCache::forget`
 /// then `ExtentHeap::free` for each).
 ///
@@ -419,10 +439,10 @@ pub(crate) enum CacheFree {
 /// Invariants: a table entry is present exactly while the heap holds its extent allocated
 /// (set after the heap hands the extent out, cleared under the heap lock before the heap
 /// frees it); its live bit is clear exactly while the extent sits in a lane's bin; a lane's
-/// `lane_budget - figures.room` is the sum of its extents' lengths. `lanes[LANES]` is a stand-in whose
-/// lock is always held (`Mutex::new_held`) and whose bins stay empty: the lane of a thread
-/// that has none yet (`Lane::index_or_unassigned`), so that `try_pop` and `try_push` find
-/// "no lane" and "lane busy" with the one `try_lock`.
+/// `lane_budget - figures.room` is the sum of its extents' lengths. `lanes[LANES]` is a
+/// stand-in whose lock is always held (`Mutex::new_held`) and whose bins stay empty: the lane
+/// of a thread that has none yet (`lane_end`), so that `try_pop` and `try_push` find "no
+/// lane" and "lane busy" with the one `try_lock`.
 pub(crate) struct ExtentCache {
     table: NonNull<AtomicU64>,
     buckets: usize,
@@ -594,21 +614,25 @@ impl ExtentCache {
         Pushed::Done
     }
 
-    /// This thread's lane (`Lane` values are below `LANES`; the mask spares a bounds check).
+    /// This thread's lane (`Lane` values are below `LANES`; the mask spares a bounds check),
+    /// which `own_lane` finds from now on.
     #[inline(always)]
     fn lane(&self, lane: Lane) -> &LaneSlot {
-        &self.lanes[lane.0 as usize % LANES]
+        let i = lane.0 as usize % LANES;
+        lane_end::set(i * SLOT_BYTES);
+        &self.lanes[i]
     }
 
     /// This thread's lane for the paths that do not wait, or the stand-in whose lock is always
-    /// held (`lanes[LANES]`) while it has none yet: no test of its own.
+    /// held (`lanes[LANES]`) before its first `lane`: no test of its own.
     #[inline(always)]
     fn own_lane(&self) -> &LaneSlot {
-        let i = Lane::index_or_unassigned();
-        debug_assert!(i <= LANES);
-        // SAFETY: the lane word holds a lane (`0..LANES`) or `LANES` (`Lane`'s invariant),
-        // and there are `LANES + 1` slots.
-        unsafe { self.lanes.get_unchecked(i) }
+        let end = lane_end::get();
+        debug_assert!(end % SLOT_BYTES == 0 && end <= STAND_IN_WORD);
+        let at = self.lanes.as_ptr().cast::<u8>().wrapping_add(end);
+        // SAFETY: the word is `(i + 1) * SLOT_BYTES` for a slot `i <= LANES` (only `lane` and
+        // its initial value write it), and there are `LANES + 1` slots: `at` is slot `i`'s.
+        unsafe { &*at.cast::<LaneSlot>() }
     }
 
     /// The lanes, without the stand-in.
@@ -934,14 +958,15 @@ mod tests {
         let cache = ExtentCache::new(64 << 20).unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
-                assert_eq!(Lane::index_or_unassigned(), LANES, "a new thread has no lane");
+                assert_eq!(lane_end::get(), STAND_IN_WORD, "a new thread has no lane");
                 cache.adopt(8192, 4096);
                 assert!(matches!(cache.free(8192), CacheFree::Taken(4096)));
                 assert!(matches!(cache.try_push(8192, 4096), Pushed::Busy));
                 assert_eq!(cache.try_pop(4096), None);
                 let mut evicted = Evicted::new();
                 cache.push(8192, 4096, &mut evicted);
-                assert!(Lane::index_or_unassigned() < LANES, "the waiting path gave it one");
+                let mine = Lane::of_this_thread().0 as usize;
+                assert_eq!(lane_end::get(), mine * SLOT_BYTES, "the waiting path's lane");
                 assert_eq!(cache.try_pop(4096).map(|(o, l, _)| (o, l)), Some((8192, 4096)));
             });
         });
