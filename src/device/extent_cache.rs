@@ -294,7 +294,10 @@ impl LaneCache {
         }
         b.extents[n] = packed(offset, len);
         b.n += 1;
-        self.nonempty[bin / 64] |= 1 << (bin % 64);
+        if n == 0 {
+            // Only a bin that was empty changes the map (a test where the update took four).
+            self.nonempty[bin / 64] |= 1 << (bin % 64);
+        }
         true
     }
 
