@@ -629,13 +629,8 @@ impl DeviceTier {
     }
 
     /// Writes a header with `state` for the extent of `extent` bytes at `offset`, which the
-    /// caller holds (a granule multiple inside the region).
-    fn write_header_state(&self, offset: u64, extent: u64, state: u16) {
-        self.write_header_on(&self.store_target(), offset, extent, state);
-    }
-
-    /// `write_header_state` onto `backing` (`self.backing()`, read once by a caller that
-    /// writes several times).
+    /// caller holds (a granule multiple inside the region), onto `backing` (`self.backing()`,
+    /// read once by a caller that writes several times).
     fn write_header_on(&self, backing: &Region, offset: u64, extent: u64, state: u16) {
         let header = BlockHeader {
             size: extent - HEADER_SIZE,
