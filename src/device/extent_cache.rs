@@ -29,7 +29,7 @@
 //!
 //! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
 //! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet (its
-//! lane word indexes a stand-in lane whose lock is always held) or a miss fall back to `pop`
+//! word `lane_end` names a stand-in lane whose lock is always held) or a miss fall back to `pop`
 //! and `push`, which wait for the lock; a full bin or lane goes to `push_held` with the lane
 //! still held. A lane's figures (bytes, blocks freed into it: `LaneFigures`) are plain fields
 //! under its lock, one add each (statistics take the lock to read them, and count the blocks
@@ -254,9 +254,11 @@ impl LaneCache {
         debug_assert!(bin < BINS && self.bins[bin].n > 0);
         // SAFETY: the bit of `bin` is set, so `bin < BINS` (the map's invariant).
         let b = unsafe { self.bins.get_unchecked_mut(bin) };
-        // At least one (its bit is set), at most `BIN_SLOTS`: the mask is no change.
         let n = b.n as usize;
-        let e = b.extents[(n - 1) % BIN_SLOTS];
+        debug_assert!((1..=BIN_SLOTS).contains(&n));
+        // SAFETY: at least one (its bit is set: the map's invariant), at most `BIN_SLOTS`
+        // (`put` stops there), so `n - 1` is a slot (unchecked: a mask cost one instruction).
+        let e = unsafe { *b.extents.get_unchecked(n - 1) };
         b.n -= 1;
         if n == 1 {
             self.nonempty[bin / 64] &= !(1 << (bin % 64));
@@ -294,7 +296,10 @@ impl LaneCache {
         }
         b.extents[n] = packed(offset, len);
         b.n += 1;
-        self.nonempty[bin / 64] |= 1 << (bin % 64);
+        if n == 0 {
+            // Only a bin that was empty changes the map (a test where the update took four).
+            self.nonempty[bin / 64] |= 1 << (bin % 64);
+        }
         true
     }
 
@@ -312,14 +317,18 @@ impl LaneCache {
 /// What a lane has, for statistics and the lane's budget: plain fields under the lane's
 /// lock (statistics take it), so that a frequent free or request adds to them with one
 /// instruction each, no atomic one, and no counter shared by every lane moves between cores.
+/// The bytes in the bins are kept as the room left under the lane's budget (`room`, counted
+/// down), so that a free's budget test is one compare with no load of the budget; statistics
+/// find the bytes as the budget less the room.
 /// The blocks handed out are not counted where they are handed out: every extent freed into
 /// the lane is in a bin, was handed out, or went back to the heap, so they are `frees -
 /// given_back - ` the extents in the bins (`ExtentCache::figures` counts those), and a
 /// request's hit path only subtracts its bytes.
 #[derive(Clone, Copy, Default)]
 struct LaneFigures {
-    /// Bytes of the extents in the bins.
-    bytes: u64,
+    /// The lane's budget less the bytes of the extents in the bins (never below 0: a free
+    /// that would take it below gives extents back first).
+    room: u64,
     /// Of the blocks freed into the lane, those that went back to the heap without being
     /// handed out (evicted, taken by `take_lane` or `withdraw`, or given back at once by a
     /// full lane). Between the two a free adds to (two adjacent ones were vectorised into five
@@ -333,20 +342,20 @@ impl LaneFigures {
     /// One extent of `len` bytes out of the bins, handed out.
     #[inline(always)]
     fn taken(&mut self, len: u64) {
-        self.bytes = self.bytes.wrapping_sub(len);
+        self.room = self.room.wrapping_add(len);
     }
 
     /// `n` extents of `bytes` bytes in all out of the bins, back to the heap.
     #[inline]
     fn gone(&mut self, n: usize, bytes: u64) {
-        self.bytes -= bytes;
+        self.room += bytes;
         self.given_back += n as u64;
     }
 
     /// One freed extent of `len` bytes into the bins.
     #[inline(always)]
     fn put(&mut self, len: u64) {
-        self.bytes = self.bytes.wrapping_add(len);
+        self.room = self.room.wrapping_sub(len);
         self.frees = self.frees.wrapping_add(1);
     }
 }
@@ -356,6 +365,26 @@ impl LaneFigures {
 struct LaneSlot {
     cache: crate::futex_mutex::Mutex<LaneCache>,
 }
+
+/// Bytes of one lane (the stride of `ExtentCache::lanes`).
+const SLOT_BYTES: usize = core::mem::size_of::<LaneSlot>();
+
+/// `lane_end`'s value before the thread's first `pop` or `push`: the stand-in's.
+pub(crate) const STAND_IN_WORD: usize = LANES * SLOT_BYTES;
+
+// This thread's lane of the extent caches for the paths that do not wait (`own_lane`), as
+// the byte offset of its slot in `lanes`, `lane * SLOT_BYTES`, or `STAND_IN_WORD` (the
+// stand-in, always held) before the thread's first waiting `pop` or `push`, which sets it from
+// `Lane::of_this_thread`. A byte offset rather than the slabs' lane word: no multiply by the
+// 13.6 KiB slot on a hit path. A word left stale by a later change of the thread's lane
+// (tests) still names a lane, which any thread may use. (On targets without the TLS word, 0
+// reads back as the initial value: a thread in lane 0 finds the stand-in and takes the waiting
+// paths, correct but slower; the slabs' lane word has the same trait there.)
+crate::thread_slot::initial_exec_word!(
+    lane_end,
+    "__tiermalloc_device_extent_lane",
+    value = crate::device::extent_cache::STAND_IN_WORD
+);
 
 /// Extents to give back to the heap (the caller does, under the heap lock: `ExtentCache::forget`
 /// then `ExtentHeap::free` for each).
@@ -415,10 +444,10 @@ pub(crate) enum CacheFree {
 /// Invariants: a table entry is present exactly while the heap holds its extent allocated
 /// (set after the heap hands the extent out, cleared under the heap lock before the heap
 /// frees it); its live bit is clear exactly while the extent sits in a lane's bin; a lane's
-/// `figures.bytes` is the sum of its extents' lengths. `lanes[LANES]` is a stand-in whose
-/// lock is always held (`Mutex::new_held`) and whose bins stay empty: the lane of a thread
-/// that has none yet (`Lane::index_or_unassigned`), so that `try_pop` and `try_push` find
-/// "no lane" and "lane busy" with the one `try_lock`.
+/// `lane_budget - figures.room` is the sum of its extents' lengths. `lanes[LANES]` is a
+/// stand-in whose lock is always held (`Mutex::new_held`) and whose bins stay empty: the lane
+/// of a thread that has none yet (`lane_end`), so that `try_pop` and `try_push` find "no
+/// lane" and "lane busy" with the one `try_lock`.
 pub(crate) struct ExtentCache {
     table: NonNull<AtomicU64>,
     buckets: usize,
@@ -451,7 +480,7 @@ impl ExtentCache {
             nonempty: [0; MAP_WORDS],
             bins: [EMPTY; BINS],
             figures: LaneFigures {
-                bytes: 0,
+                room: 0,
                 given_back: 0,
                 frees: 0,
             },
@@ -461,14 +490,19 @@ impl ExtentCache {
                 cache: crate::futex_mutex::Mutex::new(CACHE),
             }
         }; LANES + 1];
+        let lane_budget = (region_len / 32).min(LANE_BYTES_MAX);
         lanes[LANES] = LaneSlot {
             cache: crate::futex_mutex::Mutex::new_held(CACHE),
         };
+        // Every lane's room is the whole budget (the stand-in's bins stay empty).
+        for slot in &lanes[..LANES] {
+            slot.cache.lock().figures.room = lane_budget;
+        }
         Some(ExtentCache {
             table,
             buckets,
             lanes,
-            lane_budget: (region_len / 32).min(LANE_BYTES_MAX),
+            lane_budget,
         })
     }
 
@@ -542,7 +576,7 @@ impl ExtentCache {
         let mut lane = lane.0;
         let bin = bin_floor(len);
         let full = |lane: &LaneCache| lane.bins[bin].n as usize == BIN_SLOTS;
-        let over = |lane: &LaneCache| lane.figures.bytes + len > self.lane_budget;
+        let over = |lane: &LaneCache| len > lane.figures.room;
         if full(&lane) || over(&lane) {
             // The older half back to the heap (rounded up: a bin of one gives it back).
             let give = (lane.bins[bin].n as usize).div_ceil(2);
@@ -578,28 +612,32 @@ impl ExtentCache {
         let Some(mut cache) = self.own_lane().cache.try_lock() else {
             return Pushed::Busy;
         };
-        if cache.figures.bytes + len > self.lane_budget || !cache.put(offset, len) {
+        if len > cache.figures.room || !cache.put(offset, len) {
             return Pushed::Full(Held(cache));
         }
         cache.figures.put(len);
         Pushed::Done
     }
 
-    /// This thread's lane (`Lane` values are below `LANES`; the mask spares a bounds check).
+    /// This thread's lane (`Lane` values are below `LANES`; the mask spares a bounds check),
+    /// which `own_lane` finds from now on.
     #[inline(always)]
     fn lane(&self, lane: Lane) -> &LaneSlot {
-        &self.lanes[lane.0 as usize % LANES]
+        let i = lane.0 as usize % LANES;
+        lane_end::set(i * SLOT_BYTES);
+        &self.lanes[i]
     }
 
     /// This thread's lane for the paths that do not wait, or the stand-in whose lock is always
-    /// held (`lanes[LANES]`) while it has none yet: no test of its own.
+    /// held (`lanes[LANES]`) before its first `lane`: no test of its own.
     #[inline(always)]
     fn own_lane(&self) -> &LaneSlot {
-        let i = Lane::index_or_unassigned();
-        debug_assert!(i <= LANES);
-        // SAFETY: the lane word holds a lane (`0..LANES`) or `LANES` (`Lane`'s invariant),
-        // and there are `LANES + 1` slots.
-        unsafe { self.lanes.get_unchecked(i) }
+        let end = lane_end::get();
+        debug_assert!(end % SLOT_BYTES == 0 && end <= STAND_IN_WORD);
+        let at = self.lanes.as_ptr().cast::<u8>().wrapping_add(end);
+        // SAFETY: the word is `(i + 1) * SLOT_BYTES` for a slot `i <= LANES` (only `lane` and
+        // its initial value write it), and there are `LANES + 1` slots: `at` is slot `i`'s.
+        unsafe { &*at.cast::<LaneSlot>() }
     }
 
     /// The lanes, without the stand-in.
@@ -707,7 +745,8 @@ impl ExtentCache {
             let f = lane.figures;
             let waiting: u64 = lane.bins.iter().map(|b| b.n as u64).sum();
             let handed_out = f.frees.wrapping_sub(f.given_back).wrapping_sub(waiting);
-            (sum.0 + f.bytes, sum.1 + handed_out, sum.2 + f.frees)
+            let bytes = self.lane_budget - f.room;
+            (sum.0 + bytes, sum.1 + handed_out, sum.2 + f.frees)
         })
     }
 
@@ -924,14 +963,15 @@ mod tests {
         let cache = ExtentCache::new(64 << 20).unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
-                assert_eq!(Lane::index_or_unassigned(), LANES, "a new thread has no lane");
+                assert_eq!(lane_end::get(), STAND_IN_WORD, "a new thread has no lane");
                 cache.adopt(8192, 4096);
                 assert!(matches!(cache.free(8192), CacheFree::Taken(4096)));
                 assert!(matches!(cache.try_push(8192, 4096), Pushed::Busy));
                 assert_eq!(cache.try_pop(4096), None);
                 let mut evicted = Evicted::new();
                 cache.push(8192, 4096, &mut evicted);
-                assert!(Lane::index_or_unassigned() < LANES, "the waiting path gave it one");
+                let mine = Lane::of_this_thread().0 as usize;
+                assert_eq!(lane_end::get(), mine * SLOT_BYTES, "the waiting path's lane");
                 assert_eq!(cache.try_pop(4096).map(|(o, l, _)| (o, l)), Some((8192, 4096)));
             });
         });

@@ -37,8 +37,7 @@ impl BlockHeader {
         #[cfg(target_arch = "x86_64")]
         {
             use core::arch::x86_64::{__m128i, _mm_set_epi64x};
-            // The header's second word, laid out as the struct is on a little-endian target.
-            let tail = self.magic as u64 | (self.kind as u64) << 32 | (self.state as u64) << 48;
+            let tail = self.tail();
             // SAFETY: SSE2 is part of the x86_64 baseline. The store: the caller's contract;
             // a volatile store of one SSE register is one aligned 16-byte store.
             unsafe {
@@ -51,5 +50,44 @@ impl BlockHeader {
         unsafe {
             dst.write_volatile(self)
         };
+    }
+
+    /// The header's second word: `magic`, `kind` and `state` as one `u64`, laid out as the
+    /// struct is on a little-endian target (`store_with_tail`).
+    #[inline]
+    pub(crate) const fn tail(&self) -> u64 {
+        self.magic as u64 | (self.kind as u64) << 32 | (self.state as u64) << 48
+    }
+
+    /// `store` of the header whose size is `size` and whose second word is `*tail` (`tail()`,
+    /// kept made by a tier: its live blocks' headers all share it), the word loaded straight
+    /// into the store's upper half (one instruction where making it took two).
+    ///
+    /// # Safety
+    /// As for `store`.
+    #[inline]
+    pub(crate) unsafe fn store_with_tail(size: u64, tail: &u64, dst: *mut BlockHeader) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{__m128d, _mm_castsi128_pd, _mm_cvtsi64_si128, _mm_loadh_pd};
+            // SAFETY: SSE2 is part of the x86_64 baseline; `tail` is a reference. The store:
+            // the caller's contract, one aligned 16-byte store as in `store`.
+            unsafe {
+                let low = _mm_castsi128_pd(_mm_cvtsi64_si128(size as i64));
+                let v = _mm_loadh_pd(low, (tail as *const u64).cast::<f64>());
+                (dst as *mut __m128d).write_volatile(v);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let header = BlockHeader {
+                size,
+                magic: *tail as u32,
+                kind: (*tail >> 32) as u16,
+                state: (*tail >> 48) as u16,
+            };
+            // SAFETY: the caller's contract.
+            unsafe { dst.write_volatile(header) };
+        }
     }
 }

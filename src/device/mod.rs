@@ -87,6 +87,9 @@ pub(crate) struct DeviceTier {
     /// cache", "is it on" and "is the length one it serves" (`cache_for`). Invariant: nonzero
     /// only while `cache` is `Some`.
     lanes_span: AtomicU64,
+    /// The second word of a live block's header (magic, kind, "allocated": `BlockHeader::tail`),
+    /// made once: a request's hit path loads it into the header's store (`write_header`).
+    live_tail: u64,
     /// The id under which threads cache this tier's slab slots (`slot_cache`); 0: they do not.
     slot_cache_id: AtomicU64,
     /// The most slot bytes one thread caches for this tier.
@@ -189,6 +192,13 @@ impl DeviceTier {
                 0
             }),
             cache,
+            live_tail: BlockHeader {
+                size: 0,
+                magic: HEADER_MAGIC,
+                kind: spec.kind as u16,
+                state: STATE_ALLOCATED,
+            }
+            .tail(),
             slot_cache_id: AtomicU64::new(0),
             slot_budget: slot_cache::budget_of(region.len as u64),
             limit: spec.limit.unwrap_or(u64::MAX),
@@ -614,17 +624,13 @@ impl DeviceTier {
     /// Writes the header of the live block whose extent (or slot) of `extent` bytes starts at
     /// `offset`.
     fn write_header(&self, offset: u64, extent: u64) {
-        self.write_header_state(offset, extent, STATE_ALLOCATED);
+        let size = extent - HEADER_SIZE;
+        media::write_header_with_tail(&self.store_target(), offset, size, &self.live_tail);
     }
 
     /// Writes a header with `state` for the extent of `extent` bytes at `offset`, which the
-    /// caller holds (a granule multiple inside the region).
-    fn write_header_state(&self, offset: u64, extent: u64, state: u16) {
-        self.write_header_on(&self.store_target(), offset, extent, state);
-    }
-
-    /// `write_header_state` onto `backing` (`self.backing()`, read once by a caller that
-    /// writes several times).
+    /// caller holds (a granule multiple inside the region), onto `backing` (`self.backing()`,
+    /// read once by a caller that writes several times).
     fn write_header_on(&self, backing: &Region, offset: u64, extent: u64, state: u16) {
         let header = BlockHeader {
             size: extent - HEADER_SIZE,

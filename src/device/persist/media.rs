@@ -18,6 +18,16 @@ pub(crate) fn write_header(region: &Region, offset: u64, header: BlockHeader) {
     after_store(region, offset, 16);
 }
 
+/// `write_header` of the header whose size is `size` and whose second word is `*tail`
+/// (`BlockHeader::store_with_tail`).
+#[inline]
+pub(crate) fn write_header_with_tail(region: &Region, offset: u64, size: u64, tail: &u64) {
+    let dst = (region.base + offset as usize) as *mut BlockHeader;
+    // SAFETY: as for `write_header`.
+    unsafe { BlockHeader::store_with_tail(size, tail, dst) };
+    after_store(region, offset, 16);
+}
+
 /// Writes the state field of the header at `offset` (2 bytes).
 #[inline]
 pub(crate) fn write_state(region: &Region, offset: u64, state: u16) {

@@ -49,16 +49,6 @@ impl Lane {
         Lane(word as u8)
     }
 
-    /// This thread's lane as a number, `LANES` before it has one: an index into a table of
-    /// `LANES + 1` entries whose last stands for "no lane yet" (the extent cache's lanes,
-    /// whose last is always locked), so that a fast path needs no test of its own.
-    #[inline(always)]
-    pub(crate) fn index_or_unassigned() -> usize {
-        let word = lane_word::get();
-        debug_assert!(word <= LANES);
-        word
-    }
-
     /// Puts this thread in `lane` (tests: two threads in known lanes).
     #[cfg(test)]
     pub(crate) fn set_for_this_thread(lane: Lane) {
