@@ -27,16 +27,17 @@
 //! (`resident`): the held bytes, plus what the process keeps resident in no block and may
 //! reuse without a fault: thread heaps' free slices not yet purged (`FREE_SLICE_BYTES`, less
 //! the huge halves' untaken ones, held already) and the cache of freed large mappings
-//! (`large::cached_resident`). A request those would push over the limit gives them back
-//! first (the large cache here, the requesting thread's free slices in `fast::heap` and
-//! `dram`'s large paths), and is refused only if it still does not fit. Without a limit none
-//! of this runs: `admits` is one load and compare.
+//! (`LARGE_CACHED_BYTES`, which `large` keeps). A request those would push over the limit
+//! gives them back first (the large cache, then the requesting thread's free slices: the
+//! callers do, `fast::heap` and `dram`'s large paths, this module only counts), and is refused
+//! only if it still does not fit. Without a limit none of this runs: `admits` is one load and
+//! compare.
 //!
 //! Not counted: segment descriptors, the allocator's metadata, other threads' free slices
 //! beyond the figure (they are counted, but only their own thread gives them back).
 
 use crate::stats::SharedCounter;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Bytes of the pages thread heaps hold for size classes.
 pub static PAGE_BYTES: HeldCounter = HeldCounter::new();
@@ -48,6 +49,10 @@ pub static HUGE_UNTAKEN_BYTES: HeldCounter = HeldCounter::new();
 /// Bytes of the free slices thread heaps keep resident (their dirty slices, the huge halves'
 /// untaken ones included): kept by `fast::heap` wherever a heap's `dirty_bytes` changes.
 pub static FREE_SLICE_BYTES: SharedCounter = SharedCounter::new();
+
+/// Bytes the cache of freed large mappings keeps resident (kept by `large`, which gives them
+/// back with `large::release_cached`).
+pub static LARGE_CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// The most `held()` has been: DRAM's peak, the figure a user sizes a `limit=` or a cgroup by.
 static PEAK_HELD: AtomicU64 = AtomicU64::new(0);
@@ -113,12 +118,12 @@ pub fn resident() -> u64 {
     let free = FREE_SLICE_BYTES.get().saturating_sub(HUGE_UNTAKEN_BYTES.get());
     held()
         .wrapping_add(free.min(1 << 62))
-        .wrapping_add(super::large::cached_resident() as u64)
+        .wrapping_add(LARGE_CACHED_BYTES.load(Ordering::Relaxed) as u64)
 }
 
 /// Whether `bytes` more may be taken for blocks: without a limit, always; with one, if they
-/// fit in it beside what DRAM keeps resident, once the large cache's pages are given back if
-/// they must be (the caller gives back its thread's free slices, then asks again).
+/// fit in it beside what DRAM keeps resident (a caller refused gives back the large cache and
+/// its thread's free slices, then asks again).
 #[inline]
 pub fn admits(bytes: u64) -> bool {
     let limit = LIMIT.load(Ordering::Relaxed);
@@ -131,8 +136,5 @@ pub fn admits(bytes: u64) -> bool {
 // (`link/hot_text.ld`, which takes every other `dram` function).
 #[link_section = ".text.tiermalloc_limit"]
 fn fits_under(limit: u64, bytes: u64) -> bool {
-    if resident().saturating_add(bytes) <= limit {
-        return true;
-    }
-    super::large::release_cached() > 0 && resident().saturating_add(bytes) <= limit
+    resident().saturating_add(bytes) <= limit
 }

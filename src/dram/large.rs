@@ -57,7 +57,8 @@ const CACHE_DECAY_NS: u64 = 1_000_000_000;
 static NEXT_DECAY: AtomicU64 = AtomicU64::new(0);
 /// Bytes the cached mappings hold resident (the sum of their entries' resident pages, each
 /// counted when it was cached): what the cache costs in memory, bounded by `CACHE_BYTES_MAX`.
-static CACHED_RESIDENT: AtomicUsize = AtomicUsize::new(0);
+/// Kept in `budget`, whose `limit=` counts it.
+use super::budget::LARGE_CACHED_BYTES as CACHED_RESIDENT;
 pub(crate) static CACHE_HITS: SharedCounter = SharedCounter::new();
 
 /// A cache slot's word: `header | len_chunks << RESIDENT_BITS | resident_pages`.
@@ -355,12 +356,8 @@ pub(crate) fn decay() {
     }
 }
 
-/// Bytes the cached mappings hold resident (`budget::resident`).
-pub(crate) fn cached_resident() -> usize {
-    CACHED_RESIDENT.load(Ordering::Relaxed)
-}
-
-/// Unmaps every cached mapping now (`malloc_trim`); the bytes it held resident.
+/// Unmaps every cached mapping now (`malloc_trim`, a request `limit=` refused); the bytes it
+/// held resident.
 pub(crate) fn release_cached() -> usize {
     let before = CACHED_RESIDENT.load(Ordering::Relaxed);
     if before != 0 {

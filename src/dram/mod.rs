@@ -92,7 +92,8 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 /// Whether DRAM's `limit=` admits `bytes` more for a large block (`budget::admits`), once the
-/// calling thread's free slices are given back if they stand in the way.
+/// large cache's pages, then the calling thread's free slices, are given back if they stand
+/// in the way.
 #[inline]
 fn admits_large(bytes: u64) -> bool {
     budget::admits(bytes) || admits_after_purge(bytes)
@@ -100,13 +101,14 @@ fn admits_large(bytes: u64) -> bool {
 
 #[cold]
 #[inline(never)]
-// Run only under `limit=` (see `budget::fits_under`).
+// Run only under `limit=` (see `budget::admits`).
 #[link_section = ".text.tiermalloc_limit"]
 fn admits_after_purge(bytes: u64) -> bool {
     let heap = fast::binding::current();
     // SAFETY: this thread's own heap, used by no other thread while it is bound here (no
     // method of it is running: the large paths are entered from the tier, not from the heap).
-    !heap.is_null() && unsafe { (*heap).purge() } > 0 && budget::admits(bytes)
+    (large::release_cached() > 0 && budget::admits(bytes))
+        || (!heap.is_null() && unsafe { (*heap).purge() } > 0 && budget::admits(bytes))
 }
 
 /// Above this, a growing realloc moves a small block to a large mapping (`large`) if the cache

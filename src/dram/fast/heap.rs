@@ -741,16 +741,18 @@ impl Heap {
         self.dirty_bytes = bytes;
     }
 
-    /// `limit=` refused a page of `class` (`bytes`) while this heap keeps free slices
-    /// resident: gives them back (they count against the limit) and cuts the page if it then
-    /// fits.
+    /// `limit=` refused a page of `class` (`bytes`): gives back what counts against the
+    /// limit without holding a block, the large cache's pages first, then this heap's free
+    /// slices, and cuts the page once it fits.
     #[cold]
     #[inline(never)]
     // Run only under DRAM's `limit=`: a section of its own keeps it out of the code every
     // process runs (`link/hot_text.ld`, which takes every other `dram` function).
     #[link_section = ".text.tiermalloc_limit"]
     fn cut_page_after_purge(&mut self, class: usize, bytes: usize) -> Option<*mut Page> {
-        if self.dirty_bytes == 0 || self.purge() == 0 || !budget::admits(bytes as u64) {
+        let fits = (crate::dram::large::release_cached() > 0 && budget::admits(bytes as u64))
+            || (self.dirty_bytes != 0 && self.purge() != 0 && budget::admits(bytes as u64));
+        if !fits {
             return None;
         }
         self.cut_page(class)
