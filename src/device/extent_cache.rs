@@ -28,12 +28,13 @@
 //! heap as before.
 //!
 //! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
-//! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet (its
-//! word `lane_end` names a stand-in lane whose lock is always held) or a miss fall back to `pop`
-//! and `push`, which wait for the lock; a full bin or lane goes to `push_held` with the lane
-//! still held. A lane's figures (bytes, blocks freed into it: `LaneFigures`) are plain fields
-//! under its lock, one add each (statistics take the lock to read them, and count the blocks
-//! handed out from what went in and out), so no counter every lane shares is on these paths.
+//! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet
+//! (its word `lane_offset` names a stand-in lane whose lock is always held) or a miss fall back
+//! to `pop` and `push`, which wait for the lock; a full bin or lane goes to `push_held` with
+//! the lane still held. A lane's figures (bytes, blocks freed into it: `LaneFigures`) are
+//! plain fields under its lock, one add each (statistics take the lock to read them, and count
+//! the blocks handed out from what went in and out), so no counter every lane shares is on
+//! these paths.
 //!
 //! **Back to the heap, in batches.** A bin that is full, or a lane over its byte budget, gives
 //! the older half of the bin back to the heap under one heap lock (`Evicted`); so does
@@ -369,7 +370,7 @@ struct LaneSlot {
 /// Bytes of one lane (the stride of `ExtentCache::lanes`).
 const SLOT_BYTES: usize = core::mem::size_of::<LaneSlot>();
 
-/// `lane_end`'s value before the thread's first `pop` or `push`: the stand-in's.
+/// `lane_offset`'s value before the thread's first `pop` or `push`: the stand-in's.
 pub(crate) const STAND_IN_WORD: usize = LANES * SLOT_BYTES;
 
 // This thread's lane of the extent caches for the paths that do not wait (`own_lane`), as
@@ -381,7 +382,7 @@ pub(crate) const STAND_IN_WORD: usize = LANES * SLOT_BYTES;
 // reads back as the initial value: a thread in lane 0 finds the stand-in and takes the waiting
 // paths, correct but slower; the slabs' lane word has the same trait there.)
 crate::thread_slot::initial_exec_word!(
-    lane_end,
+    lane_offset,
     "__tiermalloc_device_extent_lane",
     value = crate::device::extent_cache::STAND_IN_WORD
 );
@@ -446,7 +447,7 @@ pub(crate) enum CacheFree {
 /// frees it); its live bit is clear exactly while the extent sits in a lane's bin; a lane's
 /// `lane_budget - figures.room` is the sum of its extents' lengths. `lanes[LANES]` is a
 /// stand-in whose lock is always held (`Mutex::new_held`) and whose bins stay empty: the lane
-/// of a thread that has none yet (`lane_end`), so that `try_pop` and `try_push` find "no
+/// of a thread that has none yet (`lane_offset`), so that `try_pop` and `try_push` find "no
 /// lane" and "lane busy" with the one `try_lock`.
 pub(crate) struct ExtentCache {
     table: NonNull<AtomicU64>,
@@ -624,7 +625,7 @@ impl ExtentCache {
     #[inline(always)]
     fn lane(&self, lane: Lane) -> &LaneSlot {
         let i = lane.0 as usize % LANES;
-        lane_end::set(i * SLOT_BYTES);
+        lane_offset::set(i * SLOT_BYTES);
         &self.lanes[i]
     }
 
@@ -632,11 +633,12 @@ impl ExtentCache {
     /// held (`lanes[LANES]`) before its first `lane`: no test of its own.
     #[inline(always)]
     fn own_lane(&self) -> &LaneSlot {
-        let end = lane_end::get();
-        debug_assert!(end % SLOT_BYTES == 0 && end <= STAND_IN_WORD);
-        let at = self.lanes.as_ptr().cast::<u8>().wrapping_add(end);
-        // SAFETY: the word is `(i + 1) * SLOT_BYTES` for a slot `i <= LANES` (only `lane` and
-        // its initial value write it), and there are `LANES + 1` slots: `at` is slot `i`'s.
+        let offset = lane_offset::get();
+        debug_assert!(offset % SLOT_BYTES == 0 && offset <= STAND_IN_WORD);
+        let at = self.lanes.as_ptr().cast::<u8>().wrapping_add(offset);
+        // SAFETY: the word is `i * SLOT_BYTES` for a slot `i <= LANES` (only `lane`, with
+        // `i < LANES`, and its initial value, `i == LANES`, write it), and there are
+        // `LANES + 1` slots: `at` is slot `i`'s.
         unsafe { &*at.cast::<LaneSlot>() }
     }
 
@@ -939,7 +941,11 @@ mod tests {
 
     /// What a bin that was full when `offsets`' last came gives back (`freed_bin_and_one`):
     /// its older half; the newer half and the last stay.
-    fn gave_its_older_half_back(cache: &ExtentCache, evicted: &Evicted<PUSH_EVICTS>, offsets: &[u64]) {
+    fn gave_its_older_half_back(
+        cache: &ExtentCache,
+        evicted: &Evicted<PUSH_EVICTS>,
+        offsets: &[u64],
+    ) {
         assert_eq!(evicted.as_slice(), &offsets[..BIN_SLOTS / 2]);
         assert_eq!(cache.cached_bytes(), 4096 * (BIN_SLOTS as u64 / 2 + 1));
     }
@@ -963,7 +969,7 @@ mod tests {
         let cache = ExtentCache::new(64 << 20).unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
-                assert_eq!(lane_end::get(), STAND_IN_WORD, "a new thread has no lane");
+                assert_eq!(lane_offset::get(), STAND_IN_WORD, "a new thread has no lane");
                 cache.adopt(8192, 4096);
                 assert!(matches!(cache.free(8192), CacheFree::Taken(4096)));
                 assert!(matches!(cache.try_push(8192, 4096), Pushed::Busy));
@@ -971,7 +977,7 @@ mod tests {
                 let mut evicted = Evicted::new();
                 cache.push(8192, 4096, &mut evicted);
                 let mine = Lane::of_this_thread().0 as usize;
-                assert_eq!(lane_end::get(), mine * SLOT_BYTES, "the waiting path's lane");
+                assert_eq!(lane_offset::get(), mine * SLOT_BYTES, "the waiting path's lane");
                 assert_eq!(cache.try_pop(4096).map(|(o, l, _)| (o, l)), Some((8192, 4096)));
             });
         });
