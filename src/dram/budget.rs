@@ -13,13 +13,14 @@
 //! The cap is checked at the same places, before memory is taken: a new page, a new large
 //! block, a large block growing, a half about to be made huge (one the cap does not admit
 //! stays on small pages, which only the pages cut from it make present). A request is
-//! admitted when what it adds fits exactly too (`admits`: held + bytes <= limit), and a page
-//! the cap refuses is still cut over a huge half's untaken slices if the heap has a run of
-//! them: held already, they add nothing (`fast::heap`'s `cut_held_page`). A thread keeps
-//! filling the pages it already holds, so the bytes in blocks never exceed the held bytes,
-//! and the held bytes exceed the limit only by what threads take at the same instant (check
-//! and count are two steps: at most one page or block per racing thread). A request the cap refuses fails on DRAM: a plain `malloc` passes
-//! on to the next tier (`place`), `tm_malloc(TM_DRAM, …)` returns `NULL` + `ENOMEM`.
+//! admitted when what it adds fits exactly too (`admits`: resident + bytes <= limit, below),
+//! and a page the cap refuses is still cut over a huge half's untaken slices if the heap has a
+//! run of them: held already, they add nothing (`fast::heap`'s `cut_held_page`). A thread
+//! keeps filling the pages it already holds, so the bytes in blocks never exceed the held
+//! bytes, and the held bytes exceed the limit only by what threads take at the same instant
+//! (check and count are two steps: at most one page or block per racing thread). A request
+//! the cap refuses fails on DRAM: a plain `malloc` passes on to the next tier (`place`),
+//! `tm_malloc(TM_DRAM, …)` returns `NULL` + `ENOMEM`.
 //!
 //! The peak of the held bytes is kept where they grow (`peak_held`).
 //!
