@@ -695,17 +695,55 @@ impl Heap {
     /// # Safety
     /// `segment` must be a segment of this heap.
     unsafe fn take_page_from(&mut self, segment: *mut Segment, class: usize) -> Option<*mut Page> {
+        let n = slices_of_page(class);
+        let huge = huge_pages::half_huge(self.segments_held, n);
+        // SAFETY: per the contract.
+        unsafe { self.take_counted(segment, |s| s.take_page(class, n, huge)) }
+    }
+
+    /// The page `take` cuts from `segment`, with `dirty_bytes` kept true: a half made huge
+    /// adds its slices to the dirty ones (`Segment::take_page`), a page cut over dirty slices
+    /// takes them off.
+    ///
+    /// # Safety
+    /// `segment` must be a segment of this heap.
+    #[inline(always)]
+    unsafe fn take_counted(
+        &mut self,
+        segment: *mut Segment,
+        take: impl FnOnce(&mut Segment) -> Option<*mut Page>,
+    ) -> Option<*mut Page> {
         // SAFETY: per the contract.
         unsafe {
             let dirty_before = (*segment).dirty_bytes();
-            let n = slices_of_page(class);
-            let huge = huge_pages::half_huge(self.segments_held, n);
-            let page = (*segment).take_page(class, n, huge)?;
-            // A half made huge adds its slices to the dirty ones (`Segment::take_page`).
+            let page = take(&mut *segment)?;
             self.set_dirty(self.dirty_bytes + (*segment).dirty_bytes() - dirty_before);
             self.dirty_low = self.dirty_low.min(self.dirty_bytes);
             Some(page)
         }
+    }
+
+    /// The first page `take` cuts from a segment of the available list (a segment it leaves
+    /// without free slices leaves the list).
+    #[inline(always)]
+    fn cut_from_available(
+        &mut self,
+        mut take: impl FnMut(&mut Self, *mut Segment) -> Option<*mut Page>,
+    ) -> Option<*mut Page> {
+        let mut segment = self.available;
+        while !segment.is_null() {
+            // SAFETY: list members are valid segments of this heap.
+            unsafe {
+                if let Some(page) = take(self, segment) {
+                    if (*segment).free_slices == 0 {
+                        self.unlink_available(segment);
+                    }
+                    return Some(page);
+                }
+                segment = (*segment).next;
+            }
+        }
+        None
     }
 
     /// A fresh page of `class`, counted in what DRAM holds; `None` when DRAM's `limit=`
@@ -766,39 +804,18 @@ impl Heap {
     #[link_section = ".text.tiermalloc_limit"]
     fn cut_held_page(&mut self, class: usize) -> Option<*mut Page> {
         let n = slices_of_page(class);
-        let mut segment = self.available;
-        while !segment.is_null() {
-            // SAFETY: list members are valid segments of this heap.
-            unsafe {
-                let dirty_before = (*segment).dirty_bytes();
-                if let Some(page) = (*segment).take_untaken_page(class, n) {
-                    self.set_dirty(self.dirty_bytes + (*segment).dirty_bytes() - dirty_before);
-                    self.dirty_low = self.dirty_low.min(self.dirty_bytes);
-                    if (*segment).free_slices == 0 {
-                        self.unlink_available(segment);
-                    }
-                    return Some(page);
-                }
-                segment = (*segment).next;
-            }
-        }
-        None
+        self.cut_from_available(|heap, segment| {
+            // SAFETY: a segment of the available list, this heap's.
+            unsafe { heap.take_counted(segment, |s| s.take_untaken_page(class, n)) }
+        })
     }
 
     /// Cuts a page of `class` from an available segment, else from a new one.
     fn cut_page(&mut self, class: usize) -> Option<*mut Page> {
-        let mut segment = self.available;
-        while !segment.is_null() {
-            // SAFETY: list members are valid segments of this heap.
-            unsafe {
-                if let Some(page) = self.take_page_from(segment, class) {
-                    if (*segment).free_slices == 0 {
-                        self.unlink_available(segment);
-                    }
-                    return Some(page);
-                }
-                segment = (*segment).next;
-            }
+        // SAFETY: a segment of the available list, this heap's.
+        let page = self.cut_from_available(|heap, s| unsafe { heap.take_page_from(s, class) });
+        if page.is_some() {
+            return page;
         }
         let segment = if self.empty.is_null() {
             let huge = huge_pages::half_huge(self.segments_held, slices_of_page(class));
