@@ -452,6 +452,9 @@ impl Heap {
     /// memory); null otherwise (then `alloc_slow`). Marks the lender's page `lent`.
     #[cold]
     #[inline(never)]
+    // Run only by programs that ask for blocks over 8 KiB: a section of its own keeps it out of
+    // the code every process runs (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_big"]
     pub fn borrow_big(&mut self, class: usize) -> *mut u8 {
         let first = self.queues[class].first;
         // Pages handed back by remote frees (`take_delayed`) may be of this class.

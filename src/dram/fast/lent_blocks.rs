@@ -86,6 +86,7 @@ pub fn big(class: usize) -> bool {
 ///
 /// # Safety
 /// As for `lender`.
+#[inline(always)]
 pub unsafe fn big_lender(class: usize, pages: &[*mut Page]) -> Option<*mut Page> {
     debug_assert!(big(class));
     let size = class_size(class);
