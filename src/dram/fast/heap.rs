@@ -447,6 +447,42 @@ impl Heap {
         unsafe { self.idle.give_back_idle(&self.tables.current, class) };
     }
 
+    /// A block for big `class` (`lent_blocks::big`) from a larger class's carved free block,
+    /// when the class's own pages have none (its slow path would carve or cut a page, touching
+    /// memory); null otherwise (then `alloc_slow`). Marks the lender's page `lent`.
+    #[cold]
+    #[inline(never)]
+    // Run only by programs that ask for blocks over 8 KiB: a section of its own keeps it out of
+    // the code every process runs (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_big"]
+    pub fn borrow_big(&mut self, class: usize) -> *mut u8 {
+        let first = self.queues[class].first;
+        // Pages handed back by remote frees (`take_delayed`) may be of this class.
+        if self.delayed.has_nodes() {
+            return ptr::null_mut();
+        }
+        // SAFETY: queue members and current pages are valid pages of this heap (or the empty
+        // page), on its owner's thread.
+        unsafe {
+            // Another queued page, or blocks on this one's lists: `find_page` finds a block
+            // without touching memory.
+            if !first.is_null()
+                && (!(*first).free.is_null()
+                    || (*first).remote.has_nodes()
+                    || !(*first).next.is_null())
+            {
+                return ptr::null_mut();
+            }
+            let Some(page) = lent_blocks::big_lender(class, &self.tables.current) else {
+                return ptr::null_mut();
+            };
+            (*page).lent = true;
+            // Null on a head that fails the test: then the class's own slow path runs, and
+            // the lender's next allocation reports it (`pop_checked`).
+            (*page).pop_validated()
+        }
+    }
+
     /// A larger class's page with a carved free block, for `class`'s next request, when a
     /// new page of `class` would touch one more OS page and the heap is young (the bounds of
     /// `lent_blocks`); counts the try and the slack. Out of line: the slow path's common case (a

@@ -27,9 +27,20 @@
 //!
 //! Measured (BENCHMARKS.md, "Lent blocks: the first blocks of a class from a larger class's
 //! page"): `/bin/sleep` cuts 12 pages instead of 18.
+//!
+//! **Big classes** (blocks over `BIG_MIN`, pages of a few blocks each) borrow for the heap's
+//! whole life, without the bounds above: each carve of theirs touches a whole block's memory,
+//! and each class kept the memory of its own high water, where a coalescing heap reuses one
+//! heap's memory for every size (espresso: ten big classes' pages held 564 KiB at its peak,
+//! for 234 KiB of big blocks the program ever held at once). Before a big class carves or
+//! cuts (its own pages have no free block), it takes a carved free block of a class at most
+//! `BIG_LEND_QUARTERS` / 4 times its size (`big_lender`): memory already resident, handed out
+//! again instead of touching more. The request's class keeps taking the slow path while it
+//! borrows; only requests over `DIRECT_MAX` reach a big class, so the small classes' paths
+//! are unchanged.
 
 use crate::dram::fast::page::Page;
-use crate::dram::fast::size_class::{class_size, CLASS_COUNT};
+use crate::dram::fast::size_class::{class_size, CLASS_COUNT, SLICE_SIZE};
 
 /// The most slack one heap gives away by lending, in bytes.
 pub(crate) const LEND_WASTE_MAX: usize = 8 * 1024;
@@ -44,6 +55,55 @@ pub(crate) const LEND_RATIO: usize = 4;
 /// Classes above this size never borrow: a block of theirs spans OS pages of its own, so a
 /// lent one saves little against the slack it gives away.
 const BORROW_CLASS_MAX: usize = 4096;
+
+/// Classes above this size are big: they borrow without bounds (`big_lender`).
+pub(crate) const BIG_MIN: usize = SLICE_SIZE / 8;
+/// A big class's lenders' blocks are at most this many quarters of its own (1.75 times: the
+/// next three classes). A lent block's slack stays resident while it lives: with lenders of
+/// up to 4 times, a window of 64 blocks of random big sizes held 12 % more memory
+/// (`benches/tools/big_class_churn.c`); up to twice, gs's heap held 248 KiB more at its peak
+/// (17.9 MiB) and espresso's 168 KiB less; at 1.75, both less (BENCHMARKS.md, session 14,
+/// branch `rss4`).
+pub(crate) const BIG_LEND_QUARTERS: usize = 7;
+/// The largest class that is not big.
+const LAST_NOT_BIG: usize = {
+    let mut c = 0;
+    while class_size(c + 1) <= BIG_MIN {
+        c += 1;
+    }
+    c
+};
+
+/// Whether `class` is big (its blocks are over `BIG_MIN` bytes).
+#[inline(always)]
+pub fn big(class: usize) -> bool {
+    class > LAST_NOT_BIG
+}
+
+/// The first class after big `class`, up to `BIG_LEND_QUARTERS` / 4 times its size, keeping the
+/// alignment it gives, whose page in `pages` (indexed by class, as for `lender`) has a carved
+/// free block.
+///
+/// # Safety
+/// As for `lender`.
+#[inline(always)]
+pub unsafe fn big_lender(class: usize, pages: &[*mut Page]) -> Option<*mut Page> {
+    debug_assert!(big(class));
+    let size = class_size(class);
+    let align = 1usize << size.trailing_zeros();
+    let lenders = (class + 1..CLASS_COUNT)
+        .take_while(|&c| class_size(c) * 4 <= size * BIG_LEND_QUARTERS)
+        .filter(|&c| class_size(c) % align == 0);
+    for lender in lenders {
+        // SAFETY: `lender < CLASS_COUNT <= pages.len()` (contract).
+        let page = unsafe { *pages.get_unchecked(lender) };
+        // SAFETY: per the contract.
+        if !page.is_null() && unsafe { !(*page).free.is_null() } {
+            return Some(page);
+        }
+    }
+    None
+}
 
 /// The classes that may lend to `class`, smallest first (the least slack).
 #[inline]
@@ -103,5 +163,26 @@ mod tests {
         assert_eq!(of_64, vec![128, 192, 256]);
         // Classes above `BORROW_CLASS_MAX` never borrow.
         assert_eq!(lenders(class_of(8192)).count(), 0);
+    }
+
+    #[test]
+    fn big_classes_start_past_8_kib_and_borrow_within_1_75_times_their_size() {
+        assert!(!big(class_of(BIG_MIN)) && big(class_of(BIG_MIN + 1)));
+        let mut pages = [Page::empty_page(); CLASS_COUNT];
+        let mut lender_page = Page::unused();
+        let mut block = [0usize; 2];
+        lender_page.free = block.as_mut_ptr().cast();
+        // 20 KiB (4 KiB-aligned) borrows from 32 KiB, never from 40 KiB (over 1.75 times)
+        // nor from 14 KiB (smaller).
+        let (c20, c32) = (class_of(20480), class_of(32768));
+        let (c40, c14) = (class_of(40960), class_of(14336));
+        pages[c40] = &mut lender_page;
+        pages[c14] = &mut lender_page;
+        // SAFETY: every entry is the empty page or `lender_page`, whose `free` is only read.
+        unsafe {
+            assert_eq!(big_lender(c20, &pages), None);
+            pages[c32] = &mut lender_page;
+            assert_eq!(big_lender(c20, &pages), Some(&mut lender_page as *mut Page));
+        }
     }
 }

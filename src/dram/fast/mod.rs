@@ -50,6 +50,13 @@ pub fn alloc_class(class: usize) -> *mut u8 {
         if !p.is_null() {
             return p;
         }
+        if lent_blocks::big(class) && !binding::is_sentinel(tables) {
+            // Not a sentinel, so this thread's heap.
+            let p = (*tables.cast::<heap::Heap>()).borrow_big(class);
+            if !p.is_null() {
+                return p;
+            }
+        }
     }
     alloc_slow(tables, class)
 }
