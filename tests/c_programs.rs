@@ -275,6 +275,7 @@ c_tests! {
     first_pages_shared,
     thread_lifetime_kernel,
     idle_pages,
+    heap_adoption_order,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.
