@@ -81,7 +81,9 @@ struct Entry {
 }
 
 /// A thread's caches, one mapping per thread, linked in the registry: slots, and extents
-/// (`extent_stash`), each by device kind.
+/// (`extent_stash`), each by device kind. `repr(C)`: the slot entries first, at the block's
+/// start, as the slot paths address them (reordered, they paid one more add each).
+#[repr(C)]
 struct ThreadSlots {
     entries: [Entry; KINDS],
     stashes: [ExtentStash; KINDS],
