@@ -27,6 +27,10 @@
 //! unchanged since it was carved) and sets the live bit with one store. A miss goes to the
 //! heap as before.
 //!
+//! **Stashes first.** A thread with a stash of its own (`extent_stash`, at most `STASHES` per
+//! tier) frees into it and takes from it with no lock; the lanes serve the other threads, a
+//! stash's misses (`pop`) and what a stash's thread had freed before it had one.
+//!
 //! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
 //! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet
 //! (its word `lane_offset` names a stand-in lane whose lock is always held) or a miss fall back

@@ -45,9 +45,18 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 /// its table entry's live bit clear; `budget - room` is the sum of their lengths. Only the
 /// owning thread writes any field (or, its thread gone, the registry under its lock; `cache`
 /// also a tier's drop in tests).
-#[repr(C, align(64))]
+#[repr(C)]
 pub(crate) struct ExtentStash {
-    /// The cache whose extents this stash holds; null: none.
+    /// First (`repr(C)`): the TLS word names a stash by its head.
+    head: StashHead,
+    bins: UnsafeCell<LaneCache>,
+}
+
+/// A stash's figures and owner: the part `NO_STASH` has too (a whole stand-in stash would put
+/// 13.7 KiB of `.bss` among the small statics: `tests/hot_text.rs`).
+#[repr(C, align(64))]
+pub(crate) struct StashHead {
+    /// The cache whose extents this stash holds; null: none (always, in `NO_STASH`).
     cache: AtomicPtr<ExtentCache>,
     /// The tier of `cache`, as of the stash's last claim (a thread's exit gives the extents
     /// back), and its id (`slot_cache_id`: tests move a tier after its first use).
@@ -59,15 +68,22 @@ pub(crate) struct ExtentStash {
     /// Blocks handed out from the stash, and freed into it.
     allocations: AtomicU64,
     frees: AtomicU64,
-    bins: UnsafeCell<LaneCache>,
+}
+
+impl core::ops::Deref for ExtentStash {
+    type Target = StashHead;
+    #[inline(always)]
+    fn deref(&self) -> &StashHead {
+        &self.head
+    }
 }
 
 // SAFETY: the bins are only touched by the owning thread (or, that thread gone, under the
 // registry's lock); the rest are atomics.
 unsafe impl Sync for ExtentStash {}
 
-/// The stash a thread names before its first: no cache, so every compare fails.
-pub(crate) static NO_STASH: ExtentStash = ExtentStash {
+/// The stash head a thread names before its first stash: no cache, so every compare fails.
+pub(crate) static NO_STASH: StashHead = StashHead {
     cache: AtomicPtr::new(core::ptr::null_mut()),
     tier: AtomicPtr::new(core::ptr::null_mut()),
     tier_id: AtomicU64::new(0),
@@ -75,7 +91,6 @@ pub(crate) static NO_STASH: ExtentStash = ExtentStash {
     budget: AtomicU64::new(0),
     allocations: AtomicU64::new(0),
     frees: AtomicU64::new(0),
-    bins: UnsafeCell::new(LaneCache::EMPTY),
 };
 
 crate::thread_slot::initial_exec_word!(
@@ -84,12 +99,21 @@ crate::thread_slot::initial_exec_word!(
     crate::device::extent_stash::NO_STASH
 );
 
-/// The stash this thread used last (`NO_STASH` before its first, or after its exit).
+/// The stash this thread used last if it holds `cache`'s extents (one compare); `None` also
+/// before its first stash and after its exit (the word names `NO_STASH`).
 #[inline(always)]
-pub(crate) fn current() -> &'static ExtentStash {
-    // SAFETY: the word holds `NO_STASH`'s address or one of this thread's stashes, which live
-    // in its `slot_cache` block until its exit handler (which sets the word back first).
-    unsafe { &*(current_word::get() as *const ExtentStash) }
+pub(crate) fn current_for(cache: &ExtentCache) -> Option<&'static ExtentStash> {
+    let head = current_word::get() as *const StashHead;
+    // SAFETY: the word holds `NO_STASH`'s address or the head of one of this thread's stashes,
+    // which live in its `slot_cache` block until its exit handler (which sets the word back
+    // first).
+    let named = unsafe { (*head).cache.load(Ordering::Relaxed) };
+    if !core::ptr::eq(named, cache) {
+        return None;
+    }
+    // SAFETY: only a real stash's head names a cache (`NO_STASH`'s never does), and a head is
+    // the first field of its `ExtentStash` (`repr(C)`), from whose address the word was set.
+    Some(unsafe { &*(head as *const ExtentStash) })
 }
 
 /// Makes this thread's word name `NO_STASH` (its exit).
@@ -104,11 +128,6 @@ fn bump(counter: &AtomicU64, n: u64) {
 }
 
 impl ExtentStash {
-    /// Whether this stash holds `cache`'s extents: one compare.
-    #[inline(always)]
-    pub fn serves(&self, cache: &ExtentCache) -> bool {
-        core::ptr::eq(self.cache.load(Ordering::Relaxed), cache)
-    }
 
     /// The bins.
     ///
@@ -201,6 +220,9 @@ impl ExtentStash {
         emptied
     }
 
+}
+
+impl StashHead {
     /// Whether the stash holds the extents of the tier whose id is `tier_id` (nonzero).
     pub fn is_for(&self, tier_id: u64) -> bool {
         !self.cache.load(Ordering::Relaxed).is_null() && self.tier_id.load(Ordering::Relaxed) == tier_id
@@ -235,8 +257,7 @@ impl DeviceTier {
     /// room for one more. `None`: the lanes serve this thread.
     #[inline(never)]
     fn own_stash(&self, cache: &ExtentCache) -> Option<&'static ExtentStash> {
-        let stash = current();
-        if stash.serves(cache) {
+        if let Some(stash) = current_for(cache) {
             return Some(stash);
         }
         if self.slot_cache_id.load(Ordering::Relaxed) == 0 {

@@ -395,10 +395,8 @@ impl DeviceTier {
             // which returns from here (the slow path's answer comes back in two registers).
             // No test of `inherited`: an inherited tier's lanes are off (`become_inherited`),
             // and the slow path asks.
-            let stash = extent_stash::current();
-            if stash.serves(cache) {
-                // SAFETY: `current` is this thread's own stash (or `NO_STASH`, which serves
-                // nothing).
+            if let Some(stash) = extent_stash::current_for(cache) {
+                // SAFETY: `current_for` gives this thread's own stash.
                 if let Some((offset, extent)) = unsafe { stash.take(len) } {
                     self.hand_out_cached(cache, offset, extent);
                     return Some((self.block_at(offset), (extent - HEADER_SIZE) as usize));
@@ -847,10 +845,10 @@ impl DeviceTier {
                 // `inherited`: an inherited tier's lanes are off (`after_fork_in_child`).
                 media::write_state(&self.store_target(), offset, STATE_FREE);
                 // This thread's stash with room, no lock: almost every free of the size.
-                let stash = extent_stash::current();
-                // SAFETY: `current` is this thread's own stash (`NO_STASH` serves nothing);
-                // the live bit was cleared just above.
-                if !(stash.serves(cache) && unsafe { stash.try_put(offset, len) }) {
+                let stash = extent_stash::current_for(cache);
+                // SAFETY: `current_for` gives this thread's own stash; the live bit was
+                // cleared just above.
+                if !stash.is_some_and(|stash| unsafe { stash.try_put(offset, len) }) {
                     self.free_to_stash_or_lane(cache, offset, len);
                 }
                 Some(Ok(()))
