@@ -582,7 +582,8 @@ impl ExtentCache {
     pub fn claim_stash(&self) -> bool {
         let mut n = self.stashes.load(Ordering::Relaxed);
         while n < STASHES {
-            match self.stashes.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            let relaxed = Ordering::Relaxed;
+            match self.stashes.compare_exchange_weak(n, n + 1, relaxed, relaxed) {
                 Ok(_) => return true,
                 Err(now) => n = now,
             }

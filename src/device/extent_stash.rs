@@ -225,7 +225,8 @@ impl ExtentStash {
 impl StashHead {
     /// Whether the stash holds the extents of the tier whose id is `tier_id` (nonzero).
     pub fn is_for(&self, tier_id: u64) -> bool {
-        !self.cache.load(Ordering::Relaxed).is_null() && self.tier_id.load(Ordering::Relaxed) == tier_id
+        let named = self.tier_id.load(Ordering::Relaxed);
+        !self.cache.load(Ordering::Relaxed).is_null() && named == tier_id
     }
 
     /// `(bytes, allocations, frees)`: bytes of the extents in the stash, blocks handed out
@@ -330,8 +331,9 @@ impl DeviceTier {
 
     /// Bytes in this thread's stash for this tier (0 without one).
     pub(super) fn own_stash_bytes(&self) -> u64 {
+        let id = self.slot_cache_id.load(Ordering::Relaxed);
         match super::slot_cache::stash_if_made(self.kind) {
-            Some(stash) if stash.is_for(self.slot_cache_id.load(Ordering::Relaxed)) => stash.figures().0,
+            Some(stash) if stash.is_for(id) => stash.figures().0,
             _ => 0,
         }
     }

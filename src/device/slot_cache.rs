@@ -281,7 +281,8 @@ pub(crate) fn stash_of_this_thread(kind: crate::kind::Kind) -> Option<&'static E
 /// This thread's extent stash for device kind `kind` if its caches are made (none is made).
 pub(crate) fn stash_if_made(kind: crate::kind::Kind) -> Option<&'static ExtentStash> {
     let word = cache_word::get();
-    if word == core::ptr::addr_of!(UNSET) as usize || word == core::ptr::addr_of!(EXITED) as usize {
+    let (unset, exited) = (core::ptr::addr_of!(UNSET), core::ptr::addr_of!(EXITED));
+    if word == unset as usize || word == exited as usize {
         return None;
     }
     // SAFETY: the word holds this thread's mapping until its exit handler runs.
