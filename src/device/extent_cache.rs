@@ -27,6 +27,10 @@
 //! unchanged since it was carved) and sets the live bit with one store. A miss goes to the
 //! heap as before.
 //!
+//! **Stashes first.** A thread with a stash of its own (`extent_stash`, at most `STASHES` per
+//! tier) frees into it and takes from it with no lock; the lanes serve the other threads, a
+//! stash's misses (`pop`) and what a stash's thread had freed before it had one.
+//!
 //! **Without waiting.** Both take the lane with one `try_lock` (`try_pop`, `try_push`), inlined
 //! into the tier's paths, which then call nothing; a busy lane, a thread without a lane yet
 //! (its word `lane_offset` names a stand-in lane whose lock is always held) or a miss fall back
@@ -57,7 +61,7 @@ use super::slabs::{Lane, LANES};
 use crate::lockfree::live_bit::{self, Cleared, LIVE};
 use crate::os;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The shortest cached-size extent (header included).
 pub(crate) const MIN_LEN: u64 = 4096;
@@ -77,7 +81,7 @@ pub(crate) const BINS: usize =
 /// `low(ceil + WINDOW)`, at most `(STEPS + 1 + WINDOW) / STEPS` = 1.25 times `low(ceil - 1)`.
 const WINDOW: u32 = 7;
 /// Extents a bin holds.
-const BIN_SLOTS: usize = 8;
+pub(super) const BIN_SLOTS: usize = 8;
 /// The most extents `drain_cache` gives back under one heap lock (`take_lane`).
 pub(crate) const DRAIN_BATCH: usize = 128;
 /// The most extents one `push` gives back.
@@ -149,7 +153,7 @@ const _: () = assert!(bin_low(0) == MIN_LEN && bin_low(BINS) == MAX_LEN);
 
 /// The bin of an extent of `len` bytes (`MIN_LEN..MAX_LEN`).
 #[inline(always)]
-fn bin_floor(len: u64) -> usize {
+pub(super) fn bin_floor(len: u64) -> usize {
     debug_assert!((MIN_LEN..MAX_LEN).contains(&len));
     FLOOR[(len >> LOW_SHIFT) as usize % LOWS] as usize
 }
@@ -217,7 +221,7 @@ fn packed(offset: u64, len: u64) -> u64 {
 }
 
 #[inline(always)]
-fn unpacked(e: u64) -> (u64, u64) {
+pub(super) fn unpacked(e: u64) -> (u64, u64) {
     (e >> LEN_BITS, (e & ((1 << LEN_BITS) - 1)) << GRANULE_SHIFT)
 }
 
@@ -229,19 +233,33 @@ const MAP_WORDS: usize = BINS / 64 + 2;
 ///
 /// Invariant: bit `b` of `nonempty` (word `b / 64`, bit `b % 64`) is set exactly while
 /// `bins[b].n > 0`; the bits past `BINS` are clear.
-struct LaneCache {
+pub(super) struct LaneCache {
     nonempty: [u64; MAP_WORDS],
     bins: [Bin; BINS],
     figures: LaneFigures,
 }
 
 impl LaneCache {
+    /// No extent in any bin, no figures (zeroed memory is the same).
+    pub(super) const EMPTY: LaneCache = LaneCache {
+        nonempty: [0; MAP_WORDS],
+        bins: [Bin {
+            n: 0,
+            extents: [0; BIN_SLOTS],
+        }; BINS],
+        figures: LaneFigures {
+            room: 0,
+            given_back: 0,
+            frees: 0,
+        },
+    };
+
     /// The newest extent of the first bin of `want`'s window (`WINDOW` bins from `bin_ceil`,
     /// every extent of which holds `want` bytes, `MIN_LEN..MAX_LEN`) that holds one: taken
     /// out of its bin, as `packed`. Two map words, a shift and a bit scan: no bin is searched.
     // Always: inlined into `try_pop`, whose hit path then calls nothing.
     #[inline(always)]
-    fn take(&mut self, want: u64) -> Option<u64> {
+    pub(super) fn take(&mut self, want: u64) -> Option<u64> {
         let ceil = bin_ceil(want);
         let word = ceil / 64;
         // Bins `ceil..`, in two words (the second is a zero word past the last bin's).
@@ -270,7 +288,7 @@ impl LaneCache {
     /// `take`, else (no bin of the window holds an extent) the newest extent of `want`'s own
     /// bin (below the window, `bin_floor`) that is long enough, such as a block freed and asked
     /// for again at the same size. Searched: `pop`'s, after `try_pop` found nothing.
-    fn take_or_own_bin(&mut self, want: u64) -> Option<u64> {
+    pub(super) fn take_or_own_bin(&mut self, want: u64) -> Option<u64> {
         if let Some(e) = self.take(want) {
             return Some(e);
         }
@@ -286,7 +304,7 @@ impl LaneCache {
 
     /// Puts `[offset, offset + len)` in its bin if the bin has room; false if it is full.
     #[inline(always)]
-    fn put(&mut self, offset: u64, len: u64) -> bool {
+    pub(super) fn put(&mut self, offset: u64, len: u64) -> bool {
         let bin = bin_floor(len);
         debug_assert!(bin < BINS);
         // SAFETY: `FLOOR`'s entries are bins (`bins_bound_their_extents` checks every one).
@@ -304,8 +322,59 @@ impl LaneCache {
         true
     }
 
+    /// Takes the older half of bin `bin` (rounded up: a bin of one gives it) into `evicted`:
+    /// how many extents, and their bytes.
+    pub(super) fn give_older_half(
+        &mut self,
+        bin: usize,
+        evicted: &mut Evicted<PUSH_EVICTS>,
+    ) -> (usize, u64) {
+        let give = (self.bins[bin].n as usize).div_ceil(2);
+        let mut bytes = 0;
+        for &e in &self.bins[bin].extents[..give] {
+            let (off, len) = unpacked(e);
+            bytes += len;
+            evicted.push(off);
+        }
+        self.remove(bin, 0..give);
+        (give, bytes)
+    }
+
+    /// Takes extents out of the bins into `evicted` until it is full: whether the bins are
+    /// empty now, and the bytes taken.
+    pub(super) fn take_into<const N: usize>(&mut self, evicted: &mut Evicted<N>) -> (bool, u64) {
+        let mut bytes = 0u64;
+        for bin in 0..BINS {
+            while self.bins[bin].n > 0 {
+                if evicted.n == N {
+                    return (false, bytes);
+                }
+                let last = self.bins[bin].n as usize - 1;
+                let (offset, len) = unpacked(self.bins[bin].extents[last]);
+                self.remove(bin, last..last + 1);
+                evicted.push(offset);
+                bytes += len;
+            }
+        }
+        (true, bytes)
+    }
+
+    /// Forgets every extent in the bins (a stash reclaimed after its tier went: tests).
+    pub(super) fn clear(&mut self) {
+        self.nonempty = [0; MAP_WORDS];
+        for b in &mut self.bins {
+            b.n = 0;
+        }
+    }
+
+    /// Whether bin `bin` holds `BIN_SLOTS` extents.
+    #[inline]
+    pub(super) fn bin_full(&self, bin: usize) -> bool {
+        self.bins[bin].n as usize == BIN_SLOTS
+    }
+
     /// Takes the extents `range` out of bin `bin` (the rest move down), keeping the map.
-    fn remove(&mut self, bin: usize, range: core::ops::Range<usize>) {
+    pub(super) fn remove(&mut self, bin: usize, range: core::ops::Range<usize>) {
         let b = &mut self.bins[bin];
         b.extents.copy_within(range.end..b.n as usize, range.start);
         b.n -= range.len() as u32;
@@ -406,7 +475,7 @@ impl<const N: usize> Evicted<N> {
         }
     }
 
-    fn push(&mut self, offset: u64) {
+    pub(super) fn push(&mut self, offset: u64) {
         self.offsets[self.n].write(offset);
         self.n += 1;
     }
@@ -455,7 +524,14 @@ pub(crate) struct ExtentCache {
     lanes: [LaneSlot; LANES + 1],
     /// The most bytes one lane holds.
     lane_budget: u64,
+    /// Threads' stashes naming this cache (`extent_stash`): at most `STASHES`, so that the
+    /// bytes they keep out of the heap's and `withdraw`'s reach are at most `STASHES *
+    /// lane_budget`.
+    stashes: AtomicUsize,
 }
+
+/// The most threads' stashes one tier's cache has at once (a thread past them uses the lanes).
+pub(crate) const STASHES: usize = LANES;
 
 // SAFETY: the table is shared through atomics, the bins through the lane locks.
 unsafe impl Send for ExtentCache {}
@@ -473,19 +549,7 @@ impl ExtentCache {
         let buckets = region_len.div_ceil(BUCKET) as usize;
         // Zeroed memory is `buckets` absent entries.
         let table = os::map_anonymous(map_bytes(buckets))?.cast::<AtomicU64>();
-        const EMPTY: Bin = Bin {
-            n: 0,
-            extents: [0; BIN_SLOTS],
-        };
-        const CACHE: LaneCache = LaneCache {
-            nonempty: [0; MAP_WORDS],
-            bins: [EMPTY; BINS],
-            figures: LaneFigures {
-                room: 0,
-                given_back: 0,
-                frees: 0,
-            },
-        };
+        const CACHE: LaneCache = LaneCache::EMPTY;
         let mut lanes = [const {
             LaneSlot {
                 cache: crate::futex_mutex::Mutex::new(CACHE),
@@ -504,7 +568,32 @@ impl ExtentCache {
             buckets,
             lanes,
             lane_budget,
+            stashes: AtomicUsize::new(0),
         })
+    }
+
+    /// The most bytes one lane, or one thread's stash, holds.
+    #[inline]
+    pub fn lane_budget(&self) -> u64 {
+        self.lane_budget
+    }
+
+    /// One more thread's stash for this cache, if there are fewer than `STASHES`.
+    pub fn claim_stash(&self) -> bool {
+        let mut n = self.stashes.load(Ordering::Relaxed);
+        while n < STASHES {
+            let relaxed = Ordering::Relaxed;
+            match self.stashes.compare_exchange_weak(n, n + 1, relaxed, relaxed) {
+                Ok(_) => return true,
+                Err(now) => n = now,
+            }
+        }
+        false
+    }
+
+    /// A stash `claim_stash` gave is gone (emptied first).
+    pub fn release_stash(&self) {
+        self.stashes.fetch_sub(1, Ordering::Relaxed);
     }
 
     #[inline]
@@ -579,15 +668,7 @@ impl ExtentCache {
         let full = |lane: &LaneCache| lane.bins[bin].n as usize == BIN_SLOTS;
         let over = |lane: &LaneCache| len > lane.figures.room;
         if full(&lane) || over(&lane) {
-            // The older half back to the heap (rounded up: a bin of one gives it back).
-            let give = (lane.bins[bin].n as usize).div_ceil(2);
-            let mut bytes = 0;
-            for &e in &lane.bins[bin].extents[..give] {
-                let (off, len) = unpacked(e);
-                bytes += len;
-                evicted.push(off);
-            }
-            lane.remove(bin, 0..give);
+            let (give, bytes) = lane.give_older_half(bin, evicted);
             lane.figures.gone(give, bytes);
         }
         if full(&lane) || over(&lane) {
@@ -721,22 +802,10 @@ impl ExtentCache {
     pub fn take_lane<const N: usize>(&self, lane: usize, evicted: &mut Evicted<N>) -> bool {
         let slot = &self.real_lanes()[lane];
         let mut lane = slot.cache.lock();
-        let (mut bytes, first) = (0u64, evicted.n);
-        for bin in 0..BINS {
-            while lane.bins[bin].n > 0 {
-                if evicted.n == N {
-                    lane.figures.gone(evicted.n - first, bytes);
-                    return false;
-                }
-                let last = lane.bins[bin].n as usize - 1;
-                let (offset, len) = unpacked(lane.bins[bin].extents[last]);
-                lane.remove(bin, last..last + 1);
-                evicted.push(offset);
-                bytes += len;
-            }
-        }
+        let first = evicted.n;
+        let (emptied, bytes) = lane.take_into(evicted);
         lane.figures.gone(evicted.n - first, bytes);
-        true
+        emptied
     }
 
     /// The lanes' figures, summed (each lane's read under its lock): bytes in the bins,

@@ -21,6 +21,7 @@
 
 pub mod evacuate;
 pub(crate) mod extent_cache;
+pub(crate) mod extent_stash;
 pub mod extent_heap;
 pub mod fork;
 mod free_space;
@@ -390,11 +391,18 @@ impl DeviceTier {
         }
         let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
         if let Some(cache) = self.cache_for(len, align as u64) {
-            // The lane free, no wait: the path of almost every request of a cached size,
+            // This thread's stash, no lock: the path of almost every request of a cached size,
             // which returns from here (the slow path's answer comes back in two registers).
             // No test of `inherited`: an inherited tier's lanes are off (`become_inherited`),
             // and the slow path asks.
-            if let Some((offset, extent, wake)) = cache.try_pop(len) {
+            if let Some(stash) = extent_stash::current_for(cache) {
+                // SAFETY: `current_for` gives this thread's own stash.
+                if let Some((offset, extent)) = unsafe { stash.take(len) } {
+                    self.hand_out_cached(cache, offset, extent);
+                    return Some((self.block_at(offset), (extent - HEADER_SIZE) as usize));
+                }
+            } else if let Some((offset, extent, wake)) = cache.try_pop(len) {
+                // The lane free, no wait: a thread without a stash.
                 self.hand_out_cached(cache, offset, extent);
                 let block = (self.block_at(offset), (extent - HEADER_SIZE) as usize);
                 if wake {
@@ -568,7 +576,8 @@ impl DeviceTier {
     fn alloc_block_extent_slow(&self, len: u64, align: u64) -> Option<(u64, u64)> {
         let cache = self.cache_for(len, align);
         if let Some(cache) = cache {
-            if let Some((offset, extent)) = cache.pop(len) {
+            let found = self.take_from_stash(cache, len).or_else(|| cache.pop(len));
+            if let Some((offset, extent)) = found {
                 self.hand_out_cached(cache, offset, extent);
                 return Some((offset, extent));
             }
@@ -588,6 +597,8 @@ impl DeviceTier {
         let Some(cache) = &self.cache else {
             return;
         };
+        // This thread's stash too (other threads' stay theirs: `extent_stash`'s bound).
+        self.give_back_own_stash();
         for lane in 0..slabs::LANES {
             loop {
                 let mut evicted = Evicted::<{ extent_cache::DRAIN_BATCH }>::new();
@@ -703,7 +714,8 @@ impl DeviceTier {
         let mut may_drain = self.cache.is_some();
         let mut drain = |heap: crate::futex_mutex::MutexGuard<'_, ExtentHeap>| {
             drop(heap);
-            let cached = self.cache.as_ref().is_some_and(|c| c.cached_bytes() > 0);
+            let cached = self.cache.as_ref().is_some_and(|c| c.cached_bytes() > 0)
+                || self.own_stash_bytes() > 0;
             let again = core::mem::take(&mut may_drain) && cached;
             if again {
                 self.drain_cache();
@@ -832,14 +844,25 @@ impl DeviceTier {
                 // The block is ours until the heap gets it back: its state first. No test of
                 // `inherited`: an inherited tier's lanes are off (`after_fork_in_child`).
                 media::write_state(&self.store_target(), offset, STATE_FREE);
-                // The lane free and with room, no wait: almost every free of the size.
-                match cache.try_push(offset, len) {
-                    Pushed::Done => {}
-                    Pushed::Busy => self.push_cached(cache, offset, len),
-                    Pushed::Full(lane) => self.push_cached_held(cache, lane, offset, len),
+                // This thread's stash with room, no lock: almost every free of the size.
+                let stash = extent_stash::current_for(cache);
+                // SAFETY: `current_for` gives this thread's own stash; the live bit was
+                // cleared just above.
+                if !stash.is_some_and(|stash| unsafe { stash.try_put(offset, len) }) {
+                    self.free_to_stash_or_lane(cache, offset, len);
                 }
                 Some(Ok(()))
             }
+        }
+    }
+
+    /// A free of a cached-size block into this thread's lane (a thread without a stash).
+    fn free_to_lane(&self, cache: &ExtentCache, offset: u64, len: u64) {
+        // The lane free and with room, no wait.
+        match cache.try_push(offset, len) {
+            Pushed::Done => {}
+            Pushed::Busy => self.push_cached(cache, offset, len),
+            Pushed::Full(lane) => self.push_cached_held(cache, lane, offset, len),
         }
     }
 
@@ -1231,12 +1254,13 @@ impl DeviceTier {
     /// The figures, or `None` while a lock is held: a report from a signal handler or from
     /// inside an allocation must not wait for the thread it interrupted.
     pub fn try_figures(&self) -> Option<DeviceFigures> {
-        let cached = slot_cache::cached_totals(self.slot_cache_id.load(Ordering::Relaxed), false)?;
+        let id = self.slot_cache_id.load(Ordering::Relaxed);
+        let cached = slot_cache::cached_totals(id, false)?;
         let h = self.heap.try_lock()?.stats();
         Some(self.figures_of(h, self.slabs.try_totals()?, cached))
     }
 
-    /// `cached`: the threads' slot caches' `(bytes, allocations, frees)`.
+    /// `cached`: the threads' slot caches' and extent stashes' `(bytes, allocations, frees)`.
     fn figures_of(&self, h: HeapStats, slabs: SlabTotals, cached: (u64, u64, u64)) -> DeviceFigures {
         DeviceFigures {
             stats: self.stats_of(h, slabs, cached),
@@ -1531,3 +1555,5 @@ mod lane_tests;
 mod extent_cache_tests;
 #[cfg(test)]
 mod slot_cache_tests;
+#[cfg(test)]
+mod extent_stash_tests;

@@ -35,6 +35,7 @@
 //!
 //! Lock order: the registry's lock, then a slab class's, then the heap's.
 
+use super::extent_stash::{self, ExtentStash};
 use super::slabs::{self, CLASS_COUNT};
 use super::DeviceTier;
 use crate::futex_mutex::Mutex;
@@ -79,9 +80,13 @@ struct Entry {
     stacks: UnsafeCell<[Stack; CLASS_COUNT]>,
 }
 
-/// A thread's caches, one mapping per thread, linked in the registry.
+/// A thread's caches, one mapping per thread, linked in the registry: slots, and extents
+/// (`extent_stash`), each by device kind. `repr(C)`: the slot entries first, at the block's
+/// start, as the slot paths address them (reordered, they paid one more add each).
+#[repr(C)]
 struct ThreadSlots {
     entries: [Entry; KINDS],
+    stashes: [ExtentStash; KINDS],
     prev: *mut ThreadSlots,
     next: *mut ThreadSlots,
 }
@@ -168,6 +173,7 @@ fn make_for_this_thread() -> Option<&'static ThreadSlots> {
 /// caches; the thread's later frees and requests (other destructors) go to the slabs.
 unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
     cache_word::set(core::ptr::addr_of!(EXITED) as usize);
+    extent_stash::forget_current();
     let block = value.cast::<ThreadSlots>();
     let mut registry = REGISTRY.lock();
     // SAFETY: the value registered for this thread is its caches, in the registry.
@@ -194,6 +200,12 @@ unsafe fn retire(registry: &mut Registry, block: *mut ThreadSlots) {
         tier.frees.add(entry.frees.load(Ordering::Relaxed));
         entry.tier_id.store(0, Ordering::Relaxed);
     }
+    for stash in &slots.stashes {
+        if let Some(tier) = stash.tier() {
+            // SAFETY: the owner is gone: the stash is ours (under the registry's lock).
+            unsafe { tier.retire_stash(stash) };
+        }
+    }
     // SAFETY: links under the lock, per the contract.
     unsafe {
         let (prev, next) = ((*block).prev, (*block).next);
@@ -209,9 +221,9 @@ unsafe fn retire(registry: &mut Registry, block: *mut ThreadSlots) {
     }
 }
 
-/// The cached slots of every thread for the tier `tier_id`: `(bytes, allocations, frees)`
-/// counted by the caches (the slabs count the rest); `None` if `wait` is false and the
-/// registry is locked.
+/// The cached slots and stashed extents of every thread for the tier `tier_id`:
+/// `(bytes, allocations, frees)` counted by the caches (the slabs, lanes and heap count the
+/// rest); `None` if `wait` is false and the registry is locked.
 pub(crate) fn cached_totals(tier_id: u64, wait: bool) -> Option<(u64, u64, u64)> {
     if tier_id == 0 {
         return Some((0, 0, 0));
@@ -227,13 +239,17 @@ pub(crate) fn cached_totals(tier_id: u64, wait: bool) -> Option<(u64, u64, u64)>
             totals.1 += e.allocations.load(Ordering::Relaxed);
             totals.2 += e.frees.load(Ordering::Relaxed);
         }
+        for stash in slots.stashes.iter().filter(|s| s.is_for(tier_id)) {
+            let (bytes, allocations, frees) = stash.figures();
+            totals = (totals.0 + bytes, totals.1 + allocations, totals.2 + frees);
+        }
         at = slots.next;
     }
     Some(totals)
 }
 
-/// Forgets every thread's entry for the tier `tier_id`, which is going away (tests): its
-/// slots go with it.
+/// Forgets every thread's entry and stash for the tier `tier_id`, which is going away
+/// (tests): its slots and extents go with it.
 #[cfg(test)]
 pub(crate) fn forget_tier(tier_id: u64) {
     if tier_id == 0 {
@@ -249,8 +265,28 @@ pub(crate) fn forget_tier(tier_id: u64) {
                 e.tier_id.store(0, Ordering::Relaxed);
             }
         }
+        for stash in slots.stashes.iter().filter(|s| s.is_for(tier_id)) {
+            stash.forget();
+        }
         at = slots.next;
     }
+}
+
+/// This thread's extent stash for device kind `kind`, its caches made now if need be; `None`
+/// once it is exiting, or without host memory.
+pub(crate) fn stash_of_this_thread(kind: crate::kind::Kind) -> Option<&'static ExtentStash> {
+    Some(&this_thread()?.stashes[kind as usize - 1])
+}
+
+/// This thread's extent stash for device kind `kind` if its caches are made (none is made).
+pub(crate) fn stash_if_made(kind: crate::kind::Kind) -> Option<&'static ExtentStash> {
+    let word = cache_word::get();
+    let (unset, exited) = (core::ptr::addr_of!(UNSET), core::ptr::addr_of!(EXITED));
+    if word == unset as usize || word == exited as usize {
+        return None;
+    }
+    // SAFETY: the word holds this thread's mapping until its exit handler runs.
+    Some(&unsafe { &*(word as *const ThreadSlots) }.stashes[kind as usize - 1])
 }
 
 /// Takes the registry's lock and keeps it across `fork` (prepare handler; before the tiers').
