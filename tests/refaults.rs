@@ -18,6 +18,9 @@ const PAGE: usize = 4096;
 #[path = "support/process_memory.rs"]
 mod process_memory;
 use process_memory::{resident_bytes, thread_minor_faults};
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
+use thread_cpu::spin_cpu;
 
 /// Allocates `BATCH` blocks of `BLOCK` bytes, touching every page of each.
 fn fill(blocks: &mut Vec<*mut u8>) {
@@ -40,24 +43,6 @@ fn empty(blocks: &mut Vec<*mut u8>) {
     for p in blocks.drain(..) {
         // SAFETY: allocated by `fill` with this layout.
         unsafe { GLOBAL.dealloc(p, layout) };
-    }
-}
-
-/// Spends `d` of the calling thread's CPU time.
-fn spin_cpu(d: Duration) {
-    let cpu = || {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid out-parameter for an existing clock.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-    };
-    let start = cpu();
-    let mut spins = 0u64;
-    while cpu() - start < d {
-        spins = std::hint::black_box(spins + 1);
     }
 }
 

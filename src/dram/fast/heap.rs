@@ -29,8 +29,12 @@ use crate::sync::AtomicPtr;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Dirty (freed but resident) bytes a heap keeps without a thought of purging them.
-pub(crate) const PURGE_THRESHOLD: usize = 4 << 20;
+/// Dirty (freed but resident) bytes a heap keeps without a thought of purging them. 1 MiB, not
+/// the 4 MiB before: gs's heap at its peak held 3.6 MiB of such bytes (1.3 MiB less at 1 MiB),
+/// rptestN's peak RSS 10.3-11.0 MiB against 11.2-16.4 in five reps, with the same time on every
+/// outside row and the own suite (BENCHMARKS.md, session 14, "after every merge"); a set taken
+/// again within a decay window is not purged (`tests/idle_below_threshold.rs`).
+pub(crate) const PURGE_THRESHOLD: usize = 1 << 20;
 /// The decay window, on the heap's thread's CPU time (`decay_clock`: the same work in every
 /// run, however loaded the machine). Dirty bytes above `PURGE_THRESHOLD` that stayed unused
 /// through a whole window (the lowest the dirty bytes fell during it, less the threshold) are purged with
