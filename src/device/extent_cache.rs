@@ -197,9 +197,18 @@ fn names(e: u64, offset: u64) -> bool {
     e & PRESENT != 0 && e & ((1 << START_BITS) - 1) == (offset % BUCKET) >> GRANULE_SHIFT
 }
 
+/// `names` of a live entry: a live entry is present (`entry`), so only its start is tested.
+#[inline(always)]
+fn starts_at(e: u64, offset: u64) -> bool {
+    debug_assert!(e & LIVE == 0 || e & PRESENT != 0);
+    e & ((1 << START_BITS) - 1) == (offset % BUCKET) >> GRANULE_SHIFT
+}
+
+/// The length of a present entry's extent (below `MAX_LEN`, so its granules fit `LEN_BITS`:
+/// a 32-bit mask, no 64-bit constant).
 #[inline]
 fn len_of(e: u64) -> u64 {
-    ((e & !(PRESENT | LIVE)) >> START_BITS) << GRANULE_SHIFT
+    (e >> (START_BITS - GRANULE_SHIFT)) & (((1 << LEN_BITS) - 1) << GRANULE_SHIFT)
 }
 
 /// One bin: `n` cached extents, roughly oldest first (`take` takes the last), each as its
@@ -626,7 +635,8 @@ impl ExtentCache {
     /// cached-size extent.
     #[inline]
     pub fn free(&self, offset: u64) -> CacheFree {
-        match live_bit::clear(self.slot(offset), |e| names(e, offset)) {
+        let names_live = |e| starts_at(e, offset);
+        match live_bit::clear(self.slot(offset), names_live, |e| names(e, offset)) {
             Cleared::Now(e) => CacheFree::Taken(len_of(e)),
             Cleared::Already => CacheFree::Refused(FreeError::DoubleFree),
             Cleared::NotNamed => CacheFree::NotCached,
