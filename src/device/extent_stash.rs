@@ -33,7 +33,7 @@
 //! back under one heap lock (as a lane does); the owner gives its whole stash back for
 //! statistics, when the tier is full and when the lanes are turned off (`drain_cache`).
 
-use super::extent_cache::{self, unpacked, Evicted, ExtentCache, LaneCache, PUSH_EVICTS};
+use super::extent_cache::{self, Evicted, ExtentCache, LaneCache, PUSH_EVICTS};
 use super::DeviceTier;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -53,7 +53,7 @@ pub(crate) struct ExtentStash {
 }
 
 /// A stash's figures and owner: the part `NO_STASH` has too (a whole stand-in stash would put
-/// 13.7 KiB of `.bss` among the small statics: `tests/hot_text.rs`).
+/// 19.6 KiB of `.bss` among the small statics: `tests/hot_text.rs`).
 #[repr(C, align(64))]
 pub(crate) struct StashHead {
     /// The cache whose extents this stash holds; null: none (always, in `NO_STASH`).
@@ -159,7 +159,7 @@ impl ExtentStash {
     #[inline(always)]
     pub unsafe fn take(&self, want: u64) -> Option<(u64, u64)> {
         // SAFETY: per the contract.
-        let found = unpacked(unsafe { self.bins() }.take(want)?);
+        let found = unsafe { self.bins() }.take(want)?;
         bump(&self.room, found.1);
         bump(&self.allocations, 1);
         Some(found)
@@ -171,7 +171,7 @@ impl ExtentStash {
     /// The caller is the owning thread.
     unsafe fn take_searching(&self, want: u64) -> Option<(u64, u64)> {
         // SAFETY: per the contract.
-        let found = unpacked(unsafe { self.bins() }.take_or_own_bin(want)?);
+        let found = unsafe { self.bins() }.take_or_own_bin(want)?;
         bump(&self.room, found.1);
         bump(&self.allocations, 1);
         Some(found)
