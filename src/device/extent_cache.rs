@@ -12,9 +12,10 @@
 //! within the bucket, its length and a *live bit*; nothing else writes it while the extent
 //! lives.
 //!
-//! **Free.** One compare-and-swap clears the live bit (`lockfree::live_bit`; a second free of
-//! the same block finds it clear: a double free, refused before anything is written), the
-//! caller writes the header's state "free" (the device write of every free, as before), and
+//! **Free.** One atomic bit operation (`lock btr`) clears the live bit (`lockfree::live_bit`;
+//! a second free of the same block finds it clear: a double free, refused before anything is
+//! written), the caller writes the header's state "free" (the device write of every free, as
+//! before), and
 //! the extent goes to this thread's lane, in the bin of its length. The heap still counts it
 //! allocated: nobody else can take it, and the device already holds its header with its size.
 //!

@@ -24,7 +24,7 @@
 //! them: a block behind a stashed extent does not grow into it (`realloc` moves it).
 //!
 //! **Live bits, headers, recovery.** As in a lane: a stashed extent keeps its table entry with
-//! the live bit clear (a second free of its block is refused by the compare-and-swap), the
+//! the live bit clear (a second free of its block is refused by the bit clear), the
 //! free wrote "free" into its header on the device (recovery sees free space, as after any
 //! free), and the heap counts it allocated. A hit writes its header and sets its live bit as a
 //! lane's hit does. No device byte is read.

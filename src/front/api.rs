@@ -160,7 +160,8 @@ impl Tier {
         // The usable size comes with the block (no second lookup of it).
         // SAFETY: `new` found the tier (the invariant).
         let tier = unsafe { tier::get_configured(self.kind) };
-        let (p, usable) = place::alloc_on_tier_sized(tier, layout.size(), layout.align().max(16), zero)
+        let (size, align) = (layout.size(), layout.align().max(16));
+        let (p, usable) = place::alloc_on_tier_sized(tier, size, align, zero)
             .ok_or(allocator_api2::alloc::AllocError)?;
         Ok(core::ptr::NonNull::slice_from_raw_parts(p, usable))
     }
