@@ -1,11 +1,10 @@
 //! A live bit in a word that also names what it belongs to. Freeing the thing clears the bit
 //! with one atomic bit operation (`fetch_and` of the one bit, x86 `lock btr`), so of two frees
 //! of it, racing or one after the other, exactly one finds the bit set and the other learns it
-//! was a double free. Whoever cleared it owns the thing
-//! and sets the bit again when it hands it out (`set`, one store), after writing what the next
-//! owner must see; nothing else writes a word whose bit is set, nor one whose bit its owner
-//! cleared. The device tier's extent cache keeps one such word per 4 KiB of a region
-//! (`device/extent_cache.rs`).
+//! was a double free. Whoever cleared it owns the thing and sets the bit again when it hands
+//! it out (`set`, one store), after writing what the next owner must see; nothing else writes
+//! a word whose bit is set, nor one whose bit its owner cleared. The device tier's extent
+//! cache keeps one such word per 4 KiB of a region (`device/extent_cache.rs`).
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -40,10 +39,14 @@ pub fn clear(
     names_live: impl Fn(u64) -> bool,
     names: impl Fn(u64) -> bool,
 ) -> Cleared {
-    clear_with(word, names_live, names, |word| {
-        // Acquire: the clearer sees everything the setter wrote before `set`.
-        word.fetch_and(!LIVE, Ordering::AcqRel) & LIVE != 0
-    })
+    clear_with(word, names_live, names, take_bit)
+}
+
+/// Clears the bit: whether it was set (one `lock btr`).
+#[inline(always)]
+fn take_bit(word: &AtomicU64) -> bool {
+    // Acquire: the clearer sees everything the setter wrote before `set`.
+    word.fetch_and(!LIVE, Ordering::AcqRel) & LIVE != 0
 }
 
 #[inline(always)]
@@ -120,7 +123,7 @@ mod tests {
 
     #[test]
     fn of_two_frees_exactly_one_wins() {
-        two_frees(|word| word.fetch_and(!LIVE, Ordering::AcqRel) & LIVE != 0);
+        two_frees(take_bit);
     }
 
     /// The bit cleared by a load and a store, not one atomic operation: both frees win.
