@@ -15,7 +15,7 @@ use crate::config::{self, PlaceRule, MAX_TIERS};
 use crate::dram;
 use crate::kind::Kind;
 use crate::os;
-use crate::tier::{self, Tier};
+use crate::tier::{self, Tier, TierRef};
 use core::fmt::Write;
 
 /// Invariants: `order[..order_len]` lists the usable tiers in fallback order, each kind once,
@@ -128,17 +128,20 @@ pub fn alloc_on(kind: Kind, size: usize, align: usize, zero: bool) -> *mut u8 {
     p
 }
 
-/// `alloc_on`, with the block's usable size (`(null, 0)` on failure).
+/// `alloc_on` on a tier the caller holds (`tier::get`'s answer, kept: the Rust `Allocator`
+/// of one tier), with the block's usable size (`None` on failure).
 #[inline]
-pub fn alloc_on_sized(kind: Kind, size: usize, align: usize, zero: bool) -> (*mut u8, usize) {
-    let Some(tier) = tier::get(kind) else {
-        return (core::ptr::null_mut(), 0);
-    };
-    let (p, usable) = tier::alloc_sized(tier, size, align, zero);
-    if p.is_null() {
+pub fn alloc_on_tier_sized(
+    tier: TierRef,
+    size: usize,
+    align: usize,
+    zero: bool,
+) -> Option<(core::ptr::NonNull<u8>, usize)> {
+    let found = tier::alloc_sized(tier, size, align, zero);
+    if found.is_none() {
         tier.counters().failures.add(1);
     }
-    (p, usable)
+    found
 }
 
 /// A plain request (`malloc` and friends, the Rust global allocator): DRAM unless routing is

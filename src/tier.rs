@@ -235,6 +235,19 @@ pub fn get(kind: Kind) -> Option<TierRef> {
     }
 }
 
+/// `get` of a kind it answered before: no test of whether the tier is open.
+///
+/// # Safety
+/// `get(kind)` answered `Some` before (in this process).
+#[inline(always)]
+pub unsafe fn get_configured(kind: Kind) -> TierRef {
+    match kind {
+        Kind::Dram => TierRef::Dram(&DRAM),
+        // SAFETY: per the contract.
+        kind => TierRef::Device(unsafe { device::get_opened(kind) }),
+    }
+}
+
 /// The tier that owns a block, from the page map's answer.
 #[inline]
 fn of(owner: Owner) -> Option<TierRef> {
@@ -297,44 +310,49 @@ unsafe fn free_other(p: *mut u8) {
     }
 }
 
-/// A block of tier `tier` with its usable size (`(null, 0)` if the tier cannot serve it): a
-/// device tier knows the size as it hands the block out, DRAM is asked afterwards.
+/// A block of tier `tier` with its usable size (`None` if the tier cannot serve it): a device
+/// tier knows the size as it hands the block out, DRAM is asked afterwards. Non-null as the
+/// device tier's paths make it: a block found is not tested for null again.
 #[inline]
-pub fn alloc_sized(tier: TierRef, size: usize, align: usize, zero: bool) -> (*mut u8, usize) {
+pub fn alloc_sized(
+    tier: TierRef,
+    size: usize,
+    align: usize,
+    zero: bool,
+) -> Option<(core::ptr::NonNull<u8>, usize)> {
     match tier {
-        TierRef::Device(device) => match device.alloc_sized(size, align.max(16)) {
-            Some((p, usable)) => {
-                if zero {
-                    // SAFETY: the block holds `usable >= size` bytes; this writes, never reads.
-                    unsafe { p.write_bytes(0, size) };
-                }
-                (p, usable)
+        TierRef::Device(device) => {
+            let (p, usable) = device.alloc_sized(size, align.max(16))?;
+            if zero {
+                // SAFETY: the block holds `usable >= size` bytes; this writes, never reads.
+                unsafe { p.as_ptr().write_bytes(0, size) };
             }
-            None => (core::ptr::null_mut(), 0),
-        },
+            Some((p, usable))
+        }
         TierRef::Dram(dram) => {
-            let p = Tier::alloc(dram, size, align, zero);
-            // SAFETY: null or a live block of ours.
-            (p, if p.is_null() { 0 } else { unsafe { usable_size(p) } })
+            let p = core::ptr::NonNull::new(Tier::alloc(dram, size, align, zero))?;
+            // SAFETY: a live block of ours.
+            Some((p, unsafe { usable_size(p.as_ptr()) }))
         }
     }
 }
 
-/// Frees block `p` of tier `kind`, which the caller says was asked for `size` bytes aligned
-/// to `align` (the Rust `Allocator` of one tier, with its layout): a device tier's block goes
-/// to its tier without the page map, with that hint (`DeviceTier::free_sized_or_report`);
-/// anything else as `free`.
+/// Frees block `p` of tier `tier` (held by the caller: the Rust `Allocator` of one tier), which
+/// the caller says was asked for `size` bytes aligned to `align` (with its layout): a device
+/// tier's block goes to its tier without the page map, with that hint
+/// (`DeviceTier::free_sized_or_report`); anything else as `free`.
 ///
 /// # Safety
 /// As `free`.
 #[inline]
-pub unsafe fn free_on_sized(kind: Kind, p: *mut u8, size: usize, align: usize) {
-    if let Some(device) = device::get(kind).filter(|d| d.holds(p)) {
-        // SAFETY: the tier holds `p` (tested).
-        unsafe { device.free_sized_or_report(p, size, align.max(16)) };
-    } else {
+pub unsafe fn free_on_tier_sized(tier: TierRef, p: *mut u8, size: usize, align: usize) {
+    match tier {
+        TierRef::Device(device) if device.holds(p) => {
+            // SAFETY: the tier holds `p` (tested).
+            unsafe { device.free_sized_or_report(p, size, align.max(16)) }
+        }
         // SAFETY: forwarded.
-        unsafe { free(p) }
+        _ => unsafe { free(p) },
     }
 }
 

@@ -183,3 +183,49 @@ fn a_full_tier_takes_back_the_asking_threads_stash() {
     assert!(all_free(tier));
     std::fs::remove_file(path).unwrap();
 }
+
+/// Two threads with stashes free the same cached-size blocks at once, in step (both wait for
+/// the other before each free, so that many pairs of frees overlap): exactly one free of each
+/// block wins (the live bit's `fetch_and`), the other is refused as a double free, and every
+/// block comes back once (the counts stay exact, the tier ends empty).
+#[test]
+fn racing_frees_of_one_block_are_one_free_and_one_double_free() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const BLOCKS: usize = 2000;
+    let (tier, path) = open("race", "64M");
+    let blocks: Arc<Vec<usize>> = Arc::new(
+        (0..BLOCKS)
+            .map(|i| tier.alloc(4096 + 16 * (i % 200), 16).unwrap() as usize)
+            .collect(),
+    );
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let free_all = || {
+        let (blocks, arrived) = (blocks.clone(), arrived.clone());
+        std::thread::spawn(move || {
+            // A stash of this thread's own first (claimed by its first free).
+            let own = tier.alloc(8192, 16).unwrap();
+            tier.free(own).unwrap();
+            let mut won = vec![false; BLOCKS];
+            for (i, &p) in blocks.iter().enumerate() {
+                arrived.fetch_add(1, Ordering::AcqRel);
+                while arrived.load(Ordering::Acquire) < 2 * (i + 1) {
+                    std::hint::spin_loop();
+                }
+                match tier.free(p as *mut u8) {
+                    Ok(()) => won[i] = true,
+                    Err(e) => assert_eq!(e, FreeError::DoubleFree),
+                }
+            }
+            won
+        })
+    };
+    let (a, b) = (free_all(), free_all());
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let both = (0..BLOCKS).filter(|&i| a[i] && b[i]).count();
+    let neither = (0..BLOCKS).filter(|&i| !a[i] && !b[i]).count();
+    assert_eq!((both, neither), (0, 0), "exactly one free of each block wins");
+    let s = tier.stats();
+    assert_eq!((s.allocations, s.frees), (BLOCKS as u64 + 2, BLOCKS as u64 + 2));
+    assert!(all_free(tier), "the exiting threads gave every block back once");
+    std::fs::remove_file(path).unwrap();
+}

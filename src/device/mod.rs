@@ -375,19 +375,20 @@ impl DeviceTier {
     /// A block of at least `size` bytes aligned to `align` (a power of two ≥ 16), its header
     /// written; `None` if the tier is full or at its limit.
     pub fn alloc(&self, size: usize, align: usize) -> Option<*mut u8> {
-        self.alloc_sized(size, align).map(|(p, _)| p)
+        self.alloc_sized(size, align).map(|(p, _)| p.as_ptr())
     }
 
     /// `alloc`, with the block's usable size (what `usable_size` would answer), known here
     /// without a second lookup: the Rust `Allocator` returns it with every block. Inlined
-    /// whole into its callers: a request served by the extent cache calls nothing.
+    /// whole into its callers: a request served by the extent cache calls nothing. The block
+    /// comes as `NonNull` from every path, so that no caller tests it for null.
     #[inline(always)]
-    pub fn alloc_sized(&self, size: usize, align: usize) -> Option<(*mut u8, usize)> {
+    pub fn alloc_sized(&self, size: usize, align: usize) -> Option<(NonNull<u8>, usize)> {
         // A request for 0 bytes gets a block of one granule (slabs' smallest class), as on
         // DRAM: its usable size is not 0 (which `realloc` would take for "not a block"), and
         // its address is not the next block's header.
         if let Some(class) = Slabs::class_of(size, align) {
-            return self.alloc_slot_block(class).map(|(p, usable)| (p.as_ptr(), usable));
+            return self.alloc_slot_block(class);
         }
         let len = (size.max(1) as u64).checked_add(HEADER_SIZE)?;
         if let Some(cache) = self.cache_for(len, align as u64) {
@@ -399,12 +400,12 @@ impl DeviceTier {
                 // SAFETY: `current_for` gives this thread's own stash.
                 if let Some((offset, extent)) = unsafe { stash.take(len) } {
                     self.hand_out_cached(cache, offset, extent);
-                    return Some((self.block_at(offset), (extent - HEADER_SIZE) as usize));
+                    return Some((self.block_nonnull(offset), (extent - HEADER_SIZE) as usize));
                 }
             } else if let Some((offset, extent, wake)) = cache.try_pop(len) {
                 // The lane free, no wait: a thread without a stash.
                 self.hand_out_cached(cache, offset, extent);
-                let block = (self.block_at(offset), (extent - HEADER_SIZE) as usize);
+                let block = (self.block_nonnull(offset), (extent - HEADER_SIZE) as usize);
                 if wake {
                     return Some(Self::woken(cache, block));
                 }
@@ -412,7 +413,6 @@ impl DeviceTier {
             }
         }
         self.alloc_block_slow(len, align as u64)
-            .map(|(p, usable)| (p.as_ptr(), usable))
     }
 
     /// A block in a slab slot of `class` and its usable size (`alloc_sized`'s slab part): out
@@ -441,6 +441,13 @@ impl DeviceTier {
             unsafe { core::hint::unreachable_unchecked() }
         }
         p
+    }
+
+    /// `block_at`, as the non-null address it is.
+    #[inline(always)]
+    fn block_nonnull(&self, offset: u64) -> NonNull<u8> {
+        // SAFETY: never null (`block_at`).
+        unsafe { NonNull::new_unchecked(self.block_at(offset)) }
     }
 
     /// Whether `p` lies in this tier's region (a caller that knows the tier skips the page
@@ -509,7 +516,7 @@ impl DeviceTier {
     /// and last, a tail call.
     #[cold]
     #[inline(never)]
-    fn woken(cache: &ExtentCache, block: (*mut u8, usize)) -> (*mut u8, usize) {
+    fn woken(cache: &ExtentCache, block: (NonNull<u8>, usize)) -> (NonNull<u8>, usize) {
         cache.wake_own_lane();
         block
     }
@@ -1422,6 +1429,19 @@ fn device_path(kind: Kind, buf: &mut [u8]) -> usize {
 #[inline]
 pub fn get(kind: Kind) -> Option<&'static DeviceTier> {
     OPENED.get((kind as usize).wrapping_sub(1))?.get()
+}
+
+/// `get` of a kind whose tier is open: no test of the `Once` (a tier stays in `OPENED` for the
+/// process's life once opened).
+///
+/// # Safety
+/// `get(kind)` answered `Some` before (in this process).
+#[inline(always)]
+pub unsafe fn get_opened(kind: Kind) -> &'static DeviceTier {
+    debug_assert!(get(kind).is_some());
+    // SAFETY: per the contract, `kind` is a device kind (its slot exists) whose `Once` is
+    // complete, and stays so.
+    unsafe { OPENED.get_unchecked(kind as usize - 1).get_unchecked() }
 }
 
 /// Moves device tier `kind` onto `target` (its `spare=` if `None`) in place (`evacuate`).

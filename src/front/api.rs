@@ -124,6 +124,9 @@ pub fn evacuate(kind: Kind, target: Option<&core::ffi::CStr>) -> Result<Evacuati
 /// ```
 ///
 /// Requests go to that tier only (no spilling); a full tier answers `AllocError`.
+///
+/// Invariant: `tier::get(kind)` answered `Some` when the handle was made (`new`), so its
+/// requests and frees find the tier without asking whether it is open (`get_configured`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tier {
     kind: Kind,
@@ -155,9 +158,11 @@ impl Tier {
         zero: bool,
     ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
         // The usable size comes with the block (no second lookup of it).
-        let (p, usable) =
-            place::alloc_on_sized(self.kind, layout.size(), layout.align().max(16), zero);
-        let p = core::ptr::NonNull::new(p).ok_or(allocator_api2::alloc::AllocError)?;
+        // SAFETY: `new` found the tier (the invariant).
+        let tier = unsafe { tier::get_configured(self.kind) };
+        let (size, align) = (layout.size(), layout.align().max(16));
+        let (p, usable) = place::alloc_on_tier_sized(tier, size, align, zero)
+            .ok_or(allocator_api2::alloc::AllocError)?;
         Ok(core::ptr::NonNull::slice_from_raw_parts(p, usable))
     }
 }
@@ -181,9 +186,11 @@ unsafe impl allocator_api2::alloc::Allocator for Tier {
     }
 
     unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, layout: core::alloc::Layout) {
+        // SAFETY: `new` found the tier (the invariant).
+        let tier = unsafe { tier::get_configured(self.kind) };
         // SAFETY: a live block from `allocate` (Allocator contract). The layout only orders
         // the lookups (a device tier's extent cache before its slabs for a size no slab
         // serves); a wrong one frees the block all the same.
-        unsafe { tier::free_on_sized(self.kind, ptr.as_ptr(), layout.size(), layout.align()) }
+        unsafe { tier::free_on_tier_sized(tier, ptr.as_ptr(), layout.size(), layout.align()) }
     }
 }
