@@ -276,7 +276,6 @@ c_tests! {
     thread_lifetime_kernel,
     idle_pages,
     big_blocks_shared,
-    heap_adoption_order,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

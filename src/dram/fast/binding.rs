@@ -6,9 +6,8 @@
 //! the address of `EXITED` after the thread's exit destructor ran. The two sentinels are page
 //! tables whose pages are all the empty page: the fast paths pop from whatever the word points
 //! at, fail on a sentinel, and only the slow path asks which case it is. A heap whose
-//! thread has exited goes to a lock-free pool, pages and all; a new thread adopts the one that
-//! waited longest of the few on top (`adopt_longest_waiting`), so 3000 short-lived threads reuse a
-//! handful of heaps instead of growing memory. Blocks freed
+//! thread has exited goes to a lock-free pool, pages and all; the next new thread adopts it,
+//! so 3000 short-lived threads reuse a handful of heaps instead of growing memory. Blocks freed
 //! into a pooled heap's pages wait on their remote lists until it is adopted. Once the heaps
 //! are made, binding and exiting add no system call and no page fault to a thread's lifetime
 //! (`c-tests/thread_lifetime_kernel.c` counts both over 2000 lifetimes: the few calls it sees
@@ -91,53 +90,9 @@ pub fn thread_tag() -> u8 {
     tag_word::get() as u8
 }
 
-/// Heaps a new thread looks at on top of the pool, to adopt the one that waited longest.
-const ADOPT_LOOK: usize = 4;
-/// Counts the heaps entering the pool at their thread's exit (`Heap::pooled_at`).
-static POOL_CLOCK: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// `first`, just popped from the pool, or the heap that waited longest among it and the
-/// next `ADOPT_LOOK - 1` of the pool (the others go back in their order).
-///
-/// Not the last one pooled: a thread that hands its blocks on and exits (mimalloc-bench's
-/// larson starts its successor, which frees them one by one) pools a heap still full of live
-/// blocks, and a thread adopting it fills its free room with a second set, growing it up to
-/// twice the live set (larson: heaps of 6 MiB beside heaps of 3.4; BENCHMARKS.md, session 14,
-/// branch `rss5`). The heap that waited longest has had the most of its blocks freed. While
-/// the looked-at heaps are off the pool, a thread binding at that moment finds fewer there
-/// (at worst none, and makes a heap): the pool is only a reuse, never a guarantee.
-#[cold]
-#[inline(never)]
-// Run only where a thread binds after another exited: a section of its own keeps it out of
-// the code every process runs (`link/hot_text.ld`, which takes every other `dram` function).
-#[link_section = ".text.tiermalloc_threads"]
-fn adopt_longest_waiting(first: *mut Heap) -> *mut Heap {
-    let mut seen = [first; ADOPT_LOOK];
-    let mut n = 1;
-    while n < ADOPT_LOOK {
-        let Some(heap) = POOL.pop() else { break };
-        seen[n] = heap;
-        n += 1;
-    }
-    let mut oldest = 0;
-    for i in 1..n {
-        // SAFETY: popped heaps are ours until pushed back.
-        if unsafe { (*seen[i]).pooled_at < (*seen[oldest]).pooled_at } {
-            oldest = i;
-        }
-    }
-    for i in (0..n).rev() {
-        if i != oldest {
-            // SAFETY: popped above, not on the stack.
-            unsafe { POOL.push(seen[i]) };
-        }
-    }
-    seen[oldest]
-}
-
 fn pooled_or_new() -> Option<*mut Heap> {
     if let Some(heap) = POOL.pop() {
-        return Some(adopt_longest_waiting(heap));
+        return Some(heap);
     }
     let heap = meta::alloc_zeroed(core::mem::size_of::<Heap>(), 64)?.cast::<Heap>();
     // SAFETY: zeroed, exclusively ours; registered after initialisation.
@@ -191,7 +146,6 @@ unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
     // SAFETY: the value registered for this thread is its heap, still owned by it.
     unsafe {
         (*heap).tidy_for_next_owner();
-        (*heap).pooled_at = POOL_CLOCK.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         POOL.push(heap);
     }
 }

@@ -167,9 +167,6 @@ pub struct Heap {
     /// What the page map holds for this heap's segments (`pagemap::SEGMENT_TAG_MIN`): a tag of
     /// its own, given at `init` while tags last (heaps live forever), else `SHARED_SEGMENT_TAG`.
     segment_tag: u8,
-    /// When the heap last entered the pool at its thread's exit (`binding`'s pool clock):
-    /// a new thread adopts the longest-waiting of the few heaps on top of the pool.
-    pub pooled_at: u64,
 }
 
 /// The next heap's segment tag (`Heap::init`).
