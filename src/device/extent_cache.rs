@@ -902,15 +902,7 @@ mod tests {
     /// finds none past the window; the map follows the bins.
     #[test]
     fn a_request_takes_from_the_first_bin_of_its_window_that_holds_one() {
-        let mut lane = LaneCache {
-            nonempty: [0; MAP_WORDS],
-            bins: [Bin {
-                offsets: [0; BIN_SLOTS],
-                lens: [0; BIN_SLOTS],
-                n: 0,
-            }; BINS],
-            figures: LaneFigures::default(),
-        };
+        let mut lane = LaneCache::EMPTY;
         let want = 20_000;
         let ceil = bin_ceil(want);
         let low = |k: usize| bin_low(ceil + k);

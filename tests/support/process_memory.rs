@@ -1,5 +1,5 @@
 //! This process's memory figures as the kernel counts them: the calling thread's minor page
-//! faults and the process's resident bytes. Shared by `tests/refaults.rs`,
+//! faults and the process's resident bytes. Shared by `tests/support/decay_rounds.rs`,
 //! `tests/large_cache.rs` and `tests/large_gather.rs` (by `#[path]`), which assert that memory
 //! is reused without faults and given back when idle.
 
