@@ -14,8 +14,9 @@
 //! **Lookup.** The TLS word `current_word` names the stash the thread used last (of any kind),
 //! or `NO_STASH` (which names no cache) before its first: a request or free compares the
 //! stash's cache with the tier's, one compare. A mismatch (no stash yet, another kind used
-//! last, a busy tier's stashes all taken) goes the slow way (`DeviceTier::own_stash`), which
-//! finds or claims this kind's stash and makes the word name it, or uses the lanes.
+//! last, a busy tier's stashes all taken) goes the slow way (`DeviceTier::own_stash`, in
+//! `stash_use` with the rest of a tier's use of its thread's stash), which finds or claims
+//! this kind's stash (`ExtentStash::claim`) and makes the word name it, or uses the lanes.
 //!
 //! **Bound.** A stash holds at most a lane's budget of bytes (`ExtentCache::lane_budget`), and a
 //! tier has at most `extent_cache::STASHES` of them (`ExtentCache::claim_stash`; a thread past
@@ -169,7 +170,7 @@ impl ExtentStash {
     ///
     /// # Safety
     /// The caller is the owning thread.
-    unsafe fn take_searching(&self, want: u64) -> Option<(u64, u64)> {
+    pub(super) unsafe fn take_searching(&self, want: u64) -> Option<(u64, u64)> {
         // SAFETY: per the contract.
         let found = unsafe { self.bins() }.take_or_own_bin(want)?;
         bump(&self.room, found.1);
@@ -199,7 +200,12 @@ impl ExtentStash {
     ///
     /// # Safety
     /// As `try_put`.
-    unsafe fn put_evicting(&self, offset: u64, len: u64, evicted: &mut Evicted<PUSH_EVICTS>) {
+    pub(super) unsafe fn put_evicting(
+        &self,
+        offset: u64,
+        len: u64,
+        evicted: &mut Evicted<PUSH_EVICTS>,
+    ) {
         // SAFETY: per the contract.
         let bins = unsafe { self.bins() };
         let bin = extent_cache::bin_floor(len);
@@ -222,13 +228,47 @@ impl ExtentStash {
     ///
     /// # Safety
     /// As `bins`.
-    unsafe fn take_into<const N: usize>(&self, evicted: &mut Evicted<N>) -> bool {
+    pub(super) unsafe fn take_into<const N: usize>(&self, evicted: &mut Evicted<N>) -> bool {
         // SAFETY: per the contract.
         let (emptied, bytes) = unsafe { self.bins() }.take_into(evicted);
         bump(&self.room, bytes);
         emptied
     }
 
+
+    /// Makes this stash hold `tier`'s extents (`cache` its cache, `id` its `slot_cache_id`)
+    /// and the one this thread's word names: kept if it already names the tier (moved, in
+    /// tests), claimed if unused and the tier has room for one more stash. False: it names
+    /// another tier of the kind, or the tier's bound is reached (the lanes serve the thread).
+    ///
+    /// # Safety
+    /// `self` is the calling thread's stash.
+    pub(super) unsafe fn claim(&self, tier: &DeviceTier, cache: &ExtentCache, id: u64) -> bool {
+        let named = self.cache.load(Ordering::Relaxed);
+        let tier = tier as *const DeviceTier as *mut DeviceTier;
+        let cache_ptr = cache as *const ExtentCache as *mut ExtentCache;
+        if !named.is_null() && self.tier_id.load(Ordering::Relaxed) == id {
+            // Ours, claimed before the tier moved (tests): the same tier at a new address.
+            self.tier.store(tier, Ordering::Relaxed);
+            self.cache.store(cache_ptr, Ordering::Relaxed);
+        } else {
+            if !named.is_null() || !cache.claim_stash() {
+                return false; // another tier of the kind (tests), or the tier's bound reached
+            }
+            // SAFETY: this thread's stash, unused: its bins are ours.
+            unsafe { self.bins() }.clear();
+            let budget = cache.lane_budget();
+            self.budget.store(budget, Ordering::Relaxed);
+            self.room.store(budget, Ordering::Relaxed);
+            self.allocations.store(0, Ordering::Relaxed);
+            self.frees.store(0, Ordering::Relaxed);
+            self.tier.store(tier, Ordering::Relaxed);
+            self.tier_id.store(id, Ordering::Relaxed);
+            self.cache.store(cache_ptr, Ordering::Relaxed);
+        }
+        current_word::set(self as *const ExtentStash as usize);
+        true
+    }
 }
 
 impl StashHead {
@@ -258,128 +298,5 @@ impl StashHead {
     /// Forgets the tier (which is going away, tests): its extents go with it.
     pub fn forget(&self) {
         self.cache.store(core::ptr::null_mut(), Ordering::Relaxed);
-    }
-}
-
-impl DeviceTier {
-    /// This thread's stash for this tier (whose lanes are on: `cache` is its cache), made
-    /// `current`: claimed now if this thread's stash of the kind is unused and the tier has
-    /// room for one more. `None`: the lanes serve this thread.
-    #[inline(never)]
-    fn own_stash(&self, cache: &ExtentCache) -> Option<&'static ExtentStash> {
-        if let Some(stash) = current_for(cache) {
-            return Some(stash);
-        }
-        if self.slot_cache_id.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let id = self.slot_cache_id.load(Ordering::Relaxed);
-        let stash = super::slot_cache::stash_of_this_thread(self.kind)?;
-        let named = stash.cache.load(Ordering::Relaxed);
-        let tier = self as *const DeviceTier as *mut DeviceTier;
-        let cache_ptr = cache as *const ExtentCache as *mut ExtentCache;
-        if !named.is_null() && stash.tier_id.load(Ordering::Relaxed) == id {
-            // Ours, claimed before the tier moved (tests): the same tier at a new address.
-            stash.tier.store(tier, Ordering::Relaxed);
-            stash.cache.store(cache_ptr, Ordering::Relaxed);
-        } else {
-            if !named.is_null() || !cache.claim_stash() {
-                return None; // another tier of the kind (tests), or the tier's bound reached
-            }
-            // SAFETY: this thread's stash, unused: its bins are ours.
-            unsafe { stash.bins() }.clear();
-            let budget = cache.lane_budget();
-            stash.budget.store(budget, Ordering::Relaxed);
-            stash.room.store(budget, Ordering::Relaxed);
-            stash.allocations.store(0, Ordering::Relaxed);
-            stash.frees.store(0, Ordering::Relaxed);
-            stash.tier.store(tier, Ordering::Relaxed);
-            stash.tier_id.store(id, Ordering::Relaxed);
-            stash.cache.store(cache_ptr, Ordering::Relaxed);
-        }
-        current_word::set(stash as *const ExtentStash as usize);
-        Some(stash)
-    }
-
-    /// A freed extent of at least `len` bytes from this thread's stash, searched (the request's
-    /// slow path, after `take` found none or the stash was not `current`): `(offset, length)`.
-    pub(super) fn take_from_stash(&self, cache: &ExtentCache, len: u64) -> Option<(u64, u64)> {
-        let stash = self.own_stash(cache)?;
-        // SAFETY: this thread's stash.
-        unsafe { stash.take_searching(len) }
-    }
-
-    /// The end of a free of a cached-size block whose extent the `current` stash could not
-    /// take: this thread's stash (its bin's older half given back to make room), or the lanes.
-    #[inline(never)]
-    pub(super) fn free_to_stash_or_lane(&self, cache: &ExtentCache, offset: u64, len: u64) {
-        let Some(stash) = self.own_stash(cache) else {
-            return self.free_to_lane(cache, offset, len);
-        };
-        // SAFETY: this thread's stash; the caller cleared the extent's live bit.
-        if unsafe { stash.try_put(offset, len) } {
-            return;
-        }
-        let mut evicted = Evicted::<PUSH_EVICTS>::new();
-        // SAFETY: as above.
-        unsafe { stash.put_evicting(offset, len, &mut evicted) };
-        self.free_cached(cache, evicted.as_slice());
-    }
-
-    /// Gives every extent of this thread's stash for this tier back to the heap (statistics,
-    /// a full tier, the lanes turned off). A thread without a stash gets none made.
-    pub(super) fn give_back_own_stash(&self) {
-        let Some(stash) = super::slot_cache::stash_if_made(self.kind) else {
-            return;
-        };
-        if stash.is_for(self.slot_cache_id.load(Ordering::Relaxed)) {
-            // SAFETY: this thread's stash, naming this tier.
-            unsafe { self.give_back_stash(stash) };
-        }
-    }
-
-    /// Bytes in this thread's stash for this tier (0 without one).
-    pub(super) fn own_stash_bytes(&self) -> u64 {
-        let id = self.slot_cache_id.load(Ordering::Relaxed);
-        match super::slot_cache::stash_if_made(self.kind) {
-            Some(stash) if stash.is_for(id) => stash.figures().0,
-            _ => 0,
-        }
-    }
-
-    /// Gives every extent of `stash` back to the heap.
-    ///
-    /// # Safety
-    /// As `ExtentStash::bins`; the stash names this tier.
-    pub(super) unsafe fn give_back_stash(&self, stash: &ExtentStash) {
-        let Some(cache) = &self.cache else {
-            return;
-        };
-        loop {
-            let mut evicted = Evicted::<{ extent_cache::DRAIN_BATCH }>::new();
-            // SAFETY: per the contract.
-            let emptied = unsafe { stash.take_into(&mut evicted) };
-            self.free_cached(cache, evicted.as_slice());
-            if emptied {
-                break;
-            }
-        }
-    }
-
-    /// Gives `stash`'s extents back, folds its counts into the tier's and lets the stash go
-    /// (its thread is gone or exiting).
-    ///
-    /// # Safety
-    /// As `ExtentStash::bins`; the stash names this tier.
-    pub(super) unsafe fn retire_stash(&self, stash: &ExtentStash) {
-        // SAFETY: per the contract.
-        unsafe { self.give_back_stash(stash) };
-        let (_, allocations, frees) = stash.figures();
-        self.allocations.add(allocations);
-        self.frees.add(frees);
-        stash.forget();
-        if let Some(cache) = &self.cache {
-            cache.release_stash();
-        }
     }
 }

@@ -22,6 +22,7 @@
 pub mod evacuate;
 pub(crate) mod extent_cache;
 pub(crate) mod extent_stash;
+mod stash_use;
 pub mod extent_heap;
 pub mod fork;
 mod free_space;
