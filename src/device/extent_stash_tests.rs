@@ -9,14 +9,16 @@ use crate::config::tier_spec_for_test;
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::Duration;
 
-/// A tier with the caches on, leaked (the caches' contract: it never moves).
-fn open(name: &str, size: &str) -> (&'static DeviceTier, String) {
+/// A tier with the caches on, leaked (the caches' contract: it never moves). Its file is
+/// removed at once (the mapping stays), so a failing test leaves nothing in `/dev/shm`.
+fn open(name: &str, size: &str) -> &'static DeviceTier {
     let path = format!("/dev/shm/tiermalloc-tier-{}-stash-{name}", std::process::id());
     let spec = tier_spec_for_test(&format!("pmr:path={path},create,fresh,size={size}"));
     let tier: &'static DeviceTier = Box::leak(Box::new(DeviceTier::open(&spec).unwrap()));
     // SAFETY: leaked: never moved, never dropped.
     unsafe { tier.enable_slot_cache() };
-    (tier, path)
+    std::fs::remove_file(&path).unwrap();
+    tier
 }
 
 fn cache(tier: &DeviceTier) -> &ExtentCache {
@@ -32,7 +34,7 @@ fn all_free(tier: &DeviceTier) -> bool {
 /// the heap's: the stash takes none.
 #[test]
 fn a_freed_extent_comes_back_from_the_stash_without_a_lock() {
-    let (tier, path) = open("nolock", "16M");
+    let tier = open("nolock", "16M");
     let (ready, go) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
     let wait = Arc::new(Barrier::new(2));
     let (tx, rx) = mpsc::channel();
@@ -72,12 +74,11 @@ fn a_freed_extent_comes_back_from_the_stash_without_a_lock() {
     wait.wait();
     worker.join().unwrap();
     assert!(all_free(tier), "the exiting thread gave its stash back");
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn other_threads_stashed_extents_are_idle_and_go_back_when_they_exit() {
-    let (tier, path) = open("exit", "16M");
+    let tier = open("exit", "16M");
     const BLOCKS: usize = 12;
     let (stashed, counted) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
     let worker = {
@@ -120,13 +121,12 @@ fn other_threads_stashed_extents_are_idle_and_go_back_when_they_exit() {
     for _ in 0..extent_cache::STASHES {
         cache(tier).release_stash();
     }
-    std::fs::remove_file(path).unwrap();
 }
 
 /// `STASHES` threads get stashes; one more uses the lanes.
 #[test]
 fn a_tier_has_at_most_stashes_stashes() {
-    let (tier, path) = open("bound", "16M");
+    let tier = open("bound", "16M");
     let threads = extent_cache::STASHES + 1;
     let (freed, counted) = (
         Arc::new(Barrier::new(threads + 1)),
@@ -152,14 +152,13 @@ fn a_tier_has_at_most_stashes_stashes() {
     let stashed = workers.into_iter().filter_map(|w| w.join().unwrap().then_some(())).count();
     assert_eq!(stashed, extent_cache::STASHES);
     assert!(all_free(tier));
-    std::fs::remove_file(path).unwrap();
 }
 
 /// A tier full but for two adjacent extents in this thread's stash serves a request that
 /// needs them merged: the stash goes back to the heap first.
 #[test]
 fn a_full_tier_takes_back_the_asking_threads_stash() {
-    let (tier, path) = open("full", "4M");
+    let tier = open("full", "4M");
     std::thread::spawn(move || {
         let mut blocks = Vec::new();
         while let Some(p) = tier.alloc(32 << 10, 16) {
@@ -181,7 +180,6 @@ fn a_full_tier_takes_back_the_asking_threads_stash() {
     .join()
     .unwrap();
     assert!(all_free(tier));
-    std::fs::remove_file(path).unwrap();
 }
 
 /// Two threads with stashes free the same cached-size blocks at once, in step (both wait for
@@ -192,7 +190,7 @@ fn a_full_tier_takes_back_the_asking_threads_stash() {
 fn racing_frees_of_one_block_are_one_free_and_one_double_free() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     const BLOCKS: usize = 2000;
-    let (tier, path) = open("race", "64M");
+    let tier = open("race", "64M");
     let blocks: Arc<Vec<usize>> = Arc::new(
         (0..BLOCKS)
             .map(|i| tier.alloc(4096 + 16 * (i % 200), 16).unwrap() as usize)
@@ -227,5 +225,4 @@ fn racing_frees_of_one_block_are_one_free_and_one_double_free() {
     let s = tier.stats();
     assert_eq!((s.allocations, s.frees), (BLOCKS as u64 + 2, BLOCKS as u64 + 2));
     assert!(all_free(tier), "the exiting threads gave every block back once");
-    std::fs::remove_file(path).unwrap();
 }
