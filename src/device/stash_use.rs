@@ -18,10 +18,10 @@ impl DeviceTier {
         if let Some(stash) = current_for(cache) {
             return Some(stash);
         }
-        if self.slot_cache_id.load(Ordering::Relaxed) == 0 {
+        let id = self.slot_cache_id.load(Ordering::Relaxed);
+        if id == 0 {
             return None;
         }
-        let id = self.slot_cache_id.load(Ordering::Relaxed);
         let stash = super::slot_cache::stash_of_this_thread(self.kind)?;
         // SAFETY: this thread's stash.
         if !unsafe { stash.claim(self, cache, id) } {
