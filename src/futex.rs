@@ -116,6 +116,7 @@ fn wake_with(word: &AtomicU32, threads: i32, op: i32) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use core::sync::atomic::AtomicU64;
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
 
@@ -138,17 +139,35 @@ pub(crate) mod tests {
     }
 
     /// Runs `low` on a thread at SCHED_FIFO 1 and then `high` on one at SCHED_FIFO 2, both
-    /// pinned to CPU 0, and fails unless `high` returns within 2 s. `high` waits for something
-    /// `low` does, which `low` can only do while `high` sleeps: a spinning or yielding wait in
-    /// `high` livelocks CPU 0. The calling thread (normal policy, any CPU) is the watchdog:
-    /// past the deadline it calls `rescue` to end `high`'s wait, so a broken wait fails the
-    /// test instead of holding CPU 0 for long. Skipped with a line where SCHED_FIFO is
-    /// refused. Both threads are real-time before `high` waits, so neither needs the CFS time
-    /// on CPU 0 that real-time throttling leaves.
+    /// pinned to CPU 0, and fails unless `high` returns within 2 s of becoming SCHED_FIFO.
+    /// `high` waits for something `low` does, which `low` can only do while `high` sleeps: a
+    /// spinning or yielding wait in `high` livelocks CPU 0. The calling thread (normal policy,
+    /// any CPU) is the watchdog: past the deadline it calls `rescue` to end `high`'s wait, so a
+    /// broken wait fails the test instead of holding CPU 0 for long. Skipped with a line where
+    /// SCHED_FIFO is refused. Both threads are real-time before `high` waits, so neither needs
+    /// the CFS time on CPU 0 that real-time throttling leaves.
+    ///
+    /// The time is taken by `high` itself, from its first instant at SCHED_FIFO to its return:
+    /// only the two real-time threads run in that span, whatever the load. The watchdog and
+    /// the spawns run at the caller's policy, which under `nice -n 19` beside busy programs
+    /// can wait seconds for a CPU; they are timed by nothing (a watchdog that wakes late only
+    /// rescues a broken wait later, which still fails).
     pub(crate) fn lower_priority_thread_on_cpu0_must_run(low: fn(), high: fn(), rescue: fn()) {
         static LOW_READY: AtomicU32 = AtomicU32::new(0); // 1 ready, 2 refused
-        static HIGH_FIFO: AtomicBool = AtomicBool::new(false);
+        // 0 not yet, 1 SCHED_FIFO, 2 refused.
+        static HIGH_FIFO: AtomicU32 = AtomicU32::new(0);
+        // `high`'s wait in microseconds, as `high`'s thread measured it.
+        static HIGH_TOOK_US: AtomicU64 = AtomicU64::new(u64::MAX);
+        // When `high` became SCHED_FIFO, in nanoseconds from `base` below, for the watchdog
+        // (no lock: the watchdog, preempted holding one, would hold `high` up).
+        static HIGH_STARTED_NS: AtomicU64 = AtomicU64::new(0);
+        // One pair on CPU 0 at a time: the tests that call this run at once, and share the
+        // statics above.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         LOW_READY.store(0, Ordering::Release);
+        HIGH_FIFO.store(0, Ordering::Release);
+        HIGH_TOOK_US.store(u64::MAX, Ordering::Release);
         let low_thread = std::thread::spawn(move || {
             if !fifo_on_cpu0(1) {
                 LOW_READY.store(2, Ordering::Release);
@@ -165,25 +184,36 @@ pub(crate) mod tests {
             eprintln!("skipped: SCHED_FIFO on CPU 0 refused (needs root and an RT budget)");
             return;
         }
-        let started = Instant::now();
+        let base = Instant::now();
         let high_thread = std::thread::spawn(move || {
-            HIGH_FIFO.store(fifo_on_cpu0(2), Ordering::Release);
+            let fifo = fifo_on_cpu0(2);
+            let started = Instant::now();
+            HIGH_STARTED_NS.store((started - base).as_nanos() as u64, Ordering::Relaxed);
+            HIGH_FIFO.store(if fifo { 1 } else { 2 }, Ordering::Release);
             high();
+            HIGH_TOOK_US.store(started.elapsed().as_micros() as u64, Ordering::Release);
         });
         let deadline = Duration::from_secs(2);
+        // No bound on the spawn: the new thread runs at the caller's policy until it is
+        // real-time.
+        while HIGH_FIFO.load(Ordering::Acquire) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let started = base + Duration::from_nanos(HIGH_STARTED_NS.load(Ordering::Relaxed));
         while !high_thread.is_finished() && started.elapsed() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let took = started.elapsed();
         if !high_thread.is_finished() {
             rescue();
         }
         high_thread.join().unwrap();
         low_thread.join().unwrap();
-        assert!(
+        assert_eq!(
             HIGH_FIFO.load(Ordering::Acquire),
+            1,
             "the waiter could not become SCHED_FIFO"
         );
+        let took = Duration::from_micros(HIGH_TOOK_US.load(Ordering::Acquire));
         assert!(
             took < deadline,
             "the SCHED_FIFO waiter kept CPU 0 from the thread it waited for for {took:?}"

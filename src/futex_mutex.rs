@@ -205,20 +205,26 @@ mod tests {
     #[test]
     fn a_fifo_waiter_lets_a_lower_priority_holder_on_its_cpu_unlock() {
         static LOCK: Mutex<u32> = Mutex::new(0);
-        static HELD: AtomicU32 = AtomicU32::new(0);
+        static HELD: AtomicU32 = AtomicU32::new(0); // 1 held, 2 the waiter takes it
+        HELD.store(0, Ordering::Release);
         lower_priority_thread_on_cpu0_must_run(
             || {
-                // The holder: takes the lock, then lets the waiter start and waits for it to
-                // block (it runs again only when the waiter sleeps).
+                // The holder: takes the lock, then waits for the waiter to say it is about
+                // to take it. It runs again only when the waiter sleeps (same CPU, lower
+                // priority), so it lets go only while the waiter waits for the lock, however
+                // long the waiter took to start.
                 let mut guard = LOCK.lock();
                 HELD.store(1, Ordering::Release);
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                while HELD.load(Ordering::Acquire) != 2 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 *guard += 1;
             },
             || {
                 while HELD.load(Ordering::Acquire) == 0 {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
+                HELD.store(2, Ordering::Release);
                 *LOCK.lock() += 1;
             },
             || {

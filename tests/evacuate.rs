@@ -1738,6 +1738,55 @@ fn a_move_at_the_default_chunk_killed_at_random_points_recovers_whole() {
     );
 }
 
+/// What a kill found: the move not begun (nothing to roll either way), cut short midway
+/// (rolled back or forward), or finished.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Seen {
+    Early,
+    Midway,
+    Finished,
+}
+
+/// The span, in microseconds after the mover says MOVING, that the next kill is drawn from.
+/// A kill that found the move not begun moves its start up to that delay; one that found it
+/// finished moves its end down. Under load the mover takes longer both to begin (its setup)
+/// and to move: a span fixed by one unloaded run put most kills before the move began (16 of
+/// 16 rounds, in a full run on a loaded machine). If the load changes so that the two ends
+/// cross, the span is opened again around the last kill.
+struct KillWindow {
+    lo: u64,
+    hi: u64,
+}
+
+impl KillWindow {
+    /// The delay at `u` (in [0, 1)) of the span.
+    fn at(&self, u: f64) -> u64 {
+        self.lo + ((self.hi - self.lo) as f64 * u) as u64
+    }
+
+    /// Learns from what the kill at `delay` found (nothing from a round not killed).
+    fn after(&mut self, delay: Option<u64>, seen: Seen) {
+        let Some(delay) = delay else {
+            return;
+        };
+        match seen {
+            Seen::Early => {
+                self.lo = self.lo.max(delay);
+                if self.hi <= self.lo {
+                    self.hi = 2 * self.lo + 1;
+                }
+            }
+            Seen::Finished => {
+                self.hi = self.hi.min(delay);
+                if self.hi <= self.lo {
+                    self.lo = self.hi / 2;
+                }
+            }
+            Seen::Midway => {}
+        }
+    }
+}
+
 /// How a crash test kills: at which chunk, and how many rounds.
 #[derive(Clone, Copy)]
 struct Kills {
@@ -1827,6 +1876,11 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
     };
     let mut seed = std::process::id() as u64 | 1;
     let mut move_us = 0u64;
+    // Where kills land (round 0 sets its end): moved by what each kill found, so that they
+    // land in the move's span however long the mover takes under load to start and to move.
+    let mut window = KillWindow { lo: 0, hi: 0 };
+    // The round's kill, in microseconds after MOVING (`None`: round 0, not killed).
+    let mut delay: Option<u64> = None;
     let (mut rolled_back_midway, mut rolled_forward, mut finished, mut busy) = (0, 0, 0, 0);
     let mut round = 0;
     let each_way = kills.each_way;
@@ -1864,15 +1918,15 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
             }
         }
         // Round 0 lets the move finish, to learn how long one takes; the others kill it at a
-        // random point of that span (a few after it).
+        // random point of the window (`KillWindow`: the span the kills before found the move in).
         if round > 0 {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            // Squared, so that as many kills land early in the move as late.
             let u = (seed % 1000) as f64 / 1000.0;
-            let delay = (move_us as f64 * u * u) as u64;
-            std::thread::sleep(std::time::Duration::from_micros(delay));
+            let at = window.at(u);
+            delay = Some(at);
+            std::thread::sleep(std::time::Duration::from_micros(at));
             // SAFETY: our own child process.
             unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         }
@@ -1887,6 +1941,11 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
                 .find_map(|l| l.strip_prefix("MOVED ")?.trim().parse().ok())
                 .expect("the mover says how long the move took");
             move_us = if round == 0 { took } else { move_us.min(took) };
+            if round == 0 {
+                window.hi = took;
+            } else {
+                window.after(delay, Seen::Finished);
+            }
             let chunk: u64 = rest
                 .lines()
                 .find_map(|l| l.strip_prefix("CHUNK ")?.trim().parse().ok())
@@ -1953,10 +2012,11 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
                 assert!(stderr.contains("its source cannot be opened"), "{stderr}");
             }
             let (outcome, stderr) = check(&target);
-            eprintln!("round {round} (move {move_us} us): {status}; opening the target: {outcome:?}, {:?}", tiermalloc_lines(&stderr));
+            eprintln!("round {round} (move {move_us} us, killed at {delay:?} us): {status}; opening the target: {outcome:?}, {:?}", tiermalloc_lines(&stderr));
             if stderr.contains("rolled forward (") {
                 assert_eq!(outcome, Checked::Blocks, "round {round}: {stderr}");
                 rolled_forward += 1;
+                window.after(delay, Seen::Midway);
                 let (outcome, stderr) = check(&dev);
                 assert_eq!(
                     outcome,
@@ -1985,9 +2045,11 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
                 );
                 assert!(stderr.contains("moved onto another device"), "{stderr}");
                 finished += 1;
+                window.after(delay, Seen::Finished);
             } else {
                 // The move had not reached the target: it holds no heap, and the source is
                 // whole.
+                window.after(delay, Seen::Early);
                 assert!(
                     !stderr.contains("is the target of a live move"),
                     "round {round}: the target could not roll forward: {stderr}"
@@ -2007,7 +2069,7 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
         }
         let (outcome, stderr) = check(&dev);
         eprintln!(
-            "round {round} (move {move_us} us): {status}; opening the source: {outcome:?}, {:?}",
+            "round {round} (move {move_us} us, killed at {delay:?} us): {status}; opening the source: {outcome:?}, {:?}",
             tiermalloc_lines(&stderr)
         );
         assert_ne!(
@@ -2025,12 +2087,14 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
                 "round {round}: neither device recovers"
             );
             finished += 1;
+            window.after(delay, Seen::Finished);
         } else if let Some(bytes) = stderr
             .split("rolled back (")
             .nth(1)
             .and_then(|s| s.split(' ').next()?.parse::<u64>().ok())
         {
             rolled_back_midway += (bytes > 0) as u32;
+            window.after(delay, if bytes > 0 { Seen::Midway } else { Seen::Early });
             if bytes > 0 {
                 let (outcome, stderr) = check(&target);
                 assert_eq!(
@@ -2040,6 +2104,9 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
                 );
                 assert!(stderr.contains("no longer holds"), "{stderr}");
             }
+        } else {
+            // The source whole with nothing to roll back: the kill came before the move began.
+            window.after(delay, Seen::Early);
         }
     }
     for f in [&dev, &target, &log] {

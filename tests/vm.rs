@@ -710,6 +710,7 @@ fn vm_two_hosts_share_one_device_and_the_second_host_is_refused_the_tier() {
         let (a, b) = (&both[0], &both[1]);
         assert_eq!(a.number("shared_bar_bytes"), 16 << 20);
         assert_eq!(b.number("b_saw_a_hold"), 1, "B saw A's mailbox word");
+        assert_eq!(b.number("b_saw_a_beat"), 1, "B saw A's heartbeat change");
         let proof_at = b.value("b_sees_a_proof_at").unwrap();
         assert_ne!(
             proof_at, "-1",

@@ -387,6 +387,18 @@ impl LaneCache {
         self.bins[bin].n as usize == BIN_SLOTS
     }
 
+    /// Takes the extent `[offset, offset + len)` out of its bin if it is there: true if it
+    /// was (`withdraw`, a lane's or a stash's).
+    pub(super) fn remove_extent(&mut self, offset: u64, len: u64) -> bool {
+        let bin = bin_floor(len);
+        let b = &self.bins[bin];
+        let Some(i) = b.offsets[..b.n as usize].iter().position(|&x| x == offset) else {
+            return false;
+        };
+        self.remove(bin, i..i + 1);
+        true
+    }
+
     /// Takes the extents `range` out of bin `bin` (the rest move down), keeping the map.
     pub(super) fn remove(&mut self, bin: usize, range: core::ops::Range<usize>) {
         let b = &mut self.bins[bin];
@@ -664,6 +676,13 @@ impl ExtentCache {
         names(e, offset).then(|| (e & LIVE != 0).then(|| len_of(e)))
     }
 
+    /// The length of the extent at `offset` if the table names it freed (in a lane or a
+    /// stash, or being taken out of one).
+    pub fn freed_len(&self, offset: u64) -> Option<u64> {
+        let e = self.slot(offset).load(Ordering::Acquire);
+        (names(e, offset) && e & LIVE == 0).then(|| len_of(e))
+    }
+
     /// Puts the freed extent `[offset, offset + len)` (`free` returned `Taken(len)`) in this
     /// thread's lane; fills `evicted` with what the lane gives back to the heap to make room.
     pub fn push(&self, offset: u64, len: u64, evicted: &mut Evicted<PUSH_EVICTS>) {
@@ -800,10 +819,7 @@ impl ExtentCache {
         let len = len_of(e);
         for slot in self.real_lanes() {
             let mut lane = slot.cache.lock();
-            let bin = bin_floor(len);
-            let b = &lane.bins[bin];
-            if let Some(i) = b.offsets[..b.n as usize].iter().position(|&x| x == offset) {
-                lane.remove(bin, i..i + 1);
+            if lane.remove_extent(offset, len) {
                 lane.figures.gone(1, len);
                 return true;
             }

@@ -21,8 +21,11 @@
 //! **Bound.** A stash holds at most a lane's budget of bytes (`ExtentCache::lane_budget`), and a
 //! tier has at most `extent_cache::STASHES` of them (`ExtentCache::claim_stash`; a thread past
 //! them uses the lanes): stashes keep at most `STASHES * lane_budget` bytes out of the heap's
-//! and `withdraw`'s reach (an eighth of the region, 32 MiB at most). `withdraw` does not see
-//! them: a block behind a stashed extent does not grow into it (`realloc` moves it).
+//! and `withdraw`'s reach (an eighth of the region, 32 MiB at most). A block growing in place
+//! (`resize_in_place`, `realloc`) takes the freed extent behind it out of its own thread's
+//! stash as out of a lane (`withdraw_from_own_stash`); other threads' stashes are not searched
+//! (only their owners touch them, with no lock), so a block behind an extent another thread
+//! stashed moves instead.
 //!
 //! **Live bits, headers, recovery.** As in a lane: a stashed extent keeps its table entry with
 //! the live bit clear (a second free of its block is refused by the bit clear), the
@@ -222,6 +225,21 @@ impl ExtentStash {
         let put = bins.put(offset, len);
         debug_assert!(put, "the bin has room");
         bump(&self.room, len.wrapping_neg());
+    }
+
+    /// Takes the freed extent `[offset, offset + len)` out of the stash if it holds it, for
+    /// the caller to give back to the heap (`realloc` grows the block before it in place):
+    /// true if it did.
+    ///
+    /// # Safety
+    /// The caller is the owning thread.
+    pub(super) unsafe fn withdraw(&self, offset: u64, len: u64) -> bool {
+        // SAFETY: per the contract.
+        if !unsafe { self.bins() }.remove_extent(offset, len) {
+            return false;
+        }
+        bump(&self.room, len);
+        true
     }
 
     /// Takes extents out into `evicted` until it is full: true once the stash is empty.

@@ -226,3 +226,58 @@ fn racing_frees_of_one_block_are_one_free_and_one_double_free() {
     assert_eq!((s.allocations, s.frees), (BLOCKS as u64 + 2, BLOCKS as u64 + 2));
     assert!(all_free(tier), "the exiting threads gave every block back once");
 }
+
+/// A block grows in place (`resize_in_place`, as `realloc` calls it) into the freed extent
+/// right behind it while that extent waits in the growing thread's own stash, and the grown
+/// block's header says its new size; the stash no longer holds the extent. Another thread's
+/// stashed extent is not taken: the block there stays as it was (the caller moves it).
+#[test]
+fn a_block_grows_in_place_into_an_extent_its_own_thread_stashed() {
+    let tier = open("grow", "16M");
+    std::thread::spawn(move || {
+        // Cut from the end: the later block lies right before the earlier one.
+        let behind = tier.alloc(20_000, 16).unwrap();
+        let p = tier.alloc(20_000, 16).unwrap();
+        let stride = tier.usable_size(p).unwrap() + HEADER_SIZE as usize;
+        assert_eq!(p as usize + stride, behind as usize, "adjacent");
+        // SAFETY: the block's first 20 000 bytes, its own.
+        unsafe { p.write_bytes(7, 20_000) };
+        tier.free(behind).unwrap();
+        assert_eq!(tier.own_stash_bytes(), stride as u64, "the freed extent is stashed");
+        assert!(tier.resize_in_place(p, 36_000), "grows into the stashed extent");
+        assert!(tier.usable_size(p).unwrap() >= 36_000);
+        assert_eq!(tier.own_stash_bytes(), 0, "taken out of the stash");
+        // SAFETY: the block's first 20 000 bytes, written above.
+        assert!(unsafe { std::slice::from_raw_parts(p, 20_000) }.iter().all(|&b| b == 7));
+        let header = |p: *mut u8| {
+            // SAFETY: the header lies in the mapped region, before the block.
+            unsafe { core::ptr::read_volatile(p.sub(HEADER_SIZE as usize) as *const BlockHeader) }
+        };
+        assert_eq!(header(p).state, STATE_ALLOCATED);
+        assert_eq!(Some(header(p).size as usize), tier.usable_size(p));
+        tier.free(p).unwrap();
+    })
+    .join()
+    .unwrap();
+    // The same, the extent behind freed (and stashed) by another thread, which stays.
+    let behind = tier.alloc(20_000, 16).unwrap() as usize;
+    let p = tier.alloc(20_000, 16).unwrap();
+    assert_eq!(p as usize + 20_016, behind, "adjacent");
+    let (freed, done) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    let other = {
+        let (freed, done) = (freed.clone(), done.clone());
+        std::thread::spawn(move || {
+            tier.free(behind as *mut u8).unwrap();
+            assert_eq!(tier.own_stash_bytes(), 20_016, "stashed by the other thread");
+            freed.wait();
+            done.wait();
+        })
+    };
+    freed.wait();
+    assert!(!tier.resize_in_place(p, 36_000), "another thread's stash is its own");
+    assert_eq!(tier.usable_size(p), Some(20_000));
+    done.wait();
+    other.join().unwrap();
+    tier.free(p).unwrap();
+    assert!(all_free(tier));
+}

@@ -1068,15 +1068,16 @@ impl DeviceTier {
         Some((len - HEADER_SIZE) as usize)
     }
 
-    /// Gives the extent at `offset` back to the heap if it is a freed block waiting in a lane
-    /// of the extent cache (not while another thread takes it from there).
+    /// Gives the extent at `offset` back to the heap if it is a freed block waiting in this
+    /// thread's extent stash or in a lane of the extent cache (not while another thread takes
+    /// it from there; not from another thread's stash).
     fn withdraw_from_cache(&self, offset: u64) {
         if let Some(cache) = self
             .cache
             .as_ref()
             .filter(|_| offset < self.region.len as u64)
         {
-            if cache.withdraw(offset) {
+            if self.withdraw_from_own_stash(cache, offset) || cache.withdraw(offset) {
                 self.free_cached(cache, &[offset]);
             }
         }

@@ -1,7 +1,8 @@
 //! How a device tier uses the calling thread's extent stash (`extent_stash`, kept in its
 //! `slot_cache` block): finding or claiming it on a miss of the one-compare lookup, a request's
-//! search of it, a free into it or past it into the lanes, and giving its extents back (for
-//! statistics, a full tier, the lanes turned off, and its thread's exit through the registry).
+//! search of it, a free into it or past it into the lanes, taking one out for a block growing
+//! in place, and giving its extents back (for statistics, a full tier, the lanes turned off,
+//! and its thread's exit through the registry).
 //! Above both `slot_cache` (which holds the stashes) and `extent_stash` (what one is).
 
 use super::extent_cache::{self, Evicted, ExtentCache, PUSH_EVICTS};
@@ -65,6 +66,27 @@ impl DeviceTier {
             // SAFETY: this thread's stash, naming this tier.
             unsafe { self.give_back_stash(stash) };
         }
+    }
+
+    /// Takes the freed extent at `offset` out of this thread's stash for this tier if it is
+    /// there, for the caller to give back to the heap (a block before it grows into its
+    /// space): true if it did. Other threads' stashes are not searched: only their owners
+    /// touch them, with no lock, and a lock or a claim word there would cost every stashed
+    /// request and free an instruction or more for the rare `realloc` that meets them.
+    pub(super) fn withdraw_from_own_stash(&self, cache: &ExtentCache, offset: u64) -> bool {
+        let Some(len) = cache.freed_len(offset) else {
+            return false;
+        };
+        let Some(stash) = super::slot_cache::stash_if_made(self.kind) else {
+            return false;
+        };
+        if !stash.is_for(self.slot_cache_id.load(Ordering::Relaxed)) {
+            return false;
+        }
+        // SAFETY: this thread's stash, naming this tier. An extent it holds is its owner's
+        // alone, so its entry (and `len`) cannot change under us; one it does not hold is
+        // not found.
+        unsafe { stash.withdraw(offset, len) }
     }
 
     /// Bytes in this thread's stash for this tier (0 without one).

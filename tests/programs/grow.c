@@ -1,8 +1,9 @@
 #define _GNU_SOURCE
 /* A workload for the profile tests (tests/profile.rs): grows to MIB MiB of live blocks,
  * three in four of 64 B-2 KiB and one in four of 256 KiB-1 MiB, writing every byte it gets.
- * Prints "grown minflt N thread_minflt M ms T" (faults of the whole process and of this
- * thread during the growth, and its time). With a second argument "wait", then waits for a
+ * Prints "grown minflt N thread_minflt M thread_cpu_us C process_cpu_us P ms T" (faults of the
+ * whole process and of this thread during the growth, the CPU time, user and system, of this
+ * thread and of the whole process during it, and its time). With a second argument "wait", then waits for a
  * line on stdin before exiting (a live peer). With GROW_START_SHMEM set in the environment,
  * first prints "start shmem_kb N": the shared memory mapped in the process when main starts
  * (RssShmem), i.e. how much of a device tier's reserve was made present before main. */
@@ -13,6 +14,12 @@
 #include <time.h>
 
 static void *keep[1 << 20];
+
+/* User and system time of a rusage, in microseconds. */
+static long long cpu_us(const struct rusage *r) {
+    return (r->ru_utime.tv_sec + r->ru_stime.tv_sec) * 1000000LL + r->ru_utime.tv_usec +
+           r->ru_stime.tv_usec;
+}
 
 static void print_start_shmem(void) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -59,8 +66,9 @@ int main(int argc, char **argv) {
             fprintf(stderr, "block %zu lost its contents\n", i);
             return 1;
         }
-    printf("grown minflt %ld thread_minflt %ld ms %.1f\n", s1.ru_minflt - s0.ru_minflt,
-           t1.ru_minflt - t0.ru_minflt,
+    printf("grown minflt %ld thread_minflt %ld thread_cpu_us %lld process_cpu_us %lld ms %.1f\n",
+           s1.ru_minflt - s0.ru_minflt, t1.ru_minflt - t0.ru_minflt, cpu_us(&t1) - cpu_us(&t0),
+           cpu_us(&s1) - cpu_us(&s0),
            (c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) / 1e6);
     fflush(stdout);
     if (argc > 2 && strcmp(argv[2], "wait") == 0) {

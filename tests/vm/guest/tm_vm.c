@@ -43,6 +43,10 @@
  *                              same tier) opens the tier while A holds it, allocates and marks a
  *                              block, and posts "B done"; A then checks whether its proof is
  *                              intact. Prints what each saw; the host test judges.
+ *   tm_vm wait_beat DEVICE     B, before host_b: waits until A's tier's heartbeat (the owner
+ *                              record's word, offset 104 of the BAR) changes, so that host_b
+ *                              opens the tier right after A beat: A is live by the lease then,
+ *                              however long A's VM was held up before (a loaded host)
  *   tm_vm pool_a DEVICE        the same two hosts through the shared pool (TIERMALLOC_POOL on
  *   tm_vm pool_b DEVICE        the first 8 MiB): A publishes a space, B opens it, reads it and
  *                              republishes it changed, A reads B's
@@ -445,6 +449,15 @@ static uint64_t *mailbox(const char *device)
     return CHECK(p != MAP_FAILED, "mmap mailbox: %s", strerror(errno)) ? p : NULL;
 }
 
+/* How long one VM waits for the other: they boot at once, but under TCG on a loaded host one
+ * can boot minutes after the other. Well inside the host test's wall limit for a VM (900 s),
+ * which ends a broken run. */
+#define MAILBOX_WAIT_S 600
+
+/* The owner record's heartbeat word (device/persist/owner.rs: offset 104 of the superblock,
+ * which is the tier's first bytes, the BAR's). */
+#define HEARTBEAT_AT 104
+
 static int wait_for(uint64_t *word, uint64_t value, int seconds)
 {
     for (int i = 0; i < seconds * 100; i++) {
@@ -477,7 +490,7 @@ static int host_a(const char *device)
     for (size_t i = 0; i < size; i++) p[i] = proof_byte(i);
     __atomic_store_n(&box[0], A_HOLDS, __ATOMIC_RELEASE);
     printf("TM-CHECK a_holds=1\n");
-    int saw_b = wait_for(&box[1], B_DONE, 90);
+    int saw_b = wait_for(&box[1], B_DONE, MAILBOX_WAIT_S);
     printf("TM-CHECK a_saw_b=%d\n", saw_b);
     CHECK(saw_b, "A: B never reported");
     size_t intact = 0;
@@ -489,7 +502,7 @@ static int host_a(const char *device)
 static int wait_a(const char *device)
 {
     uint64_t *box = mailbox(device);
-    int held = box && wait_for(&box[0], A_HOLDS, 90);
+    int held = box && wait_for(&box[0], A_HOLDS, MAILBOX_WAIT_S);
     printf("TM-CHECK b_saw_a_hold=%d\n", held);
     CHECK(held, "B: A never posted");
     int fd = open(device, O_RDONLY);
@@ -497,6 +510,26 @@ static int wait_a(const char *device)
     close(fd);
     if (!CHECK(dev != MAP_FAILED, "B: mmap")) return check_done();
     printf("TM-CHECK b_sees_a_proof_at=%ld\n", find_in(dev, TIER_BYTES, 1 << 20));
+    return check_done();
+}
+
+static int wait_beat(const char *device)
+{
+    int fd = open(device, O_RDONLY);
+    if (!CHECK(fd >= 0, "open %s: %s", device, strerror(errno))) return check_done();
+    const unsigned char *dev = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (!CHECK(dev != MAP_FAILED, "B: mmap")) return check_done();
+    const uint64_t *beat = (const uint64_t *)(dev + HEARTBEAT_AT);
+    uint64_t first = __atomic_load_n(beat, __ATOMIC_ACQUIRE);
+    int beat_seen = 0;
+    /* A beats every 2.5 s of its own time. */
+    for (int i = 0; i < MAILBOX_WAIT_S * 1000 && !beat_seen; i++) {
+        beat_seen = __atomic_load_n(beat, __ATOMIC_ACQUIRE) != first;
+        if (!beat_seen) usleep(1000);
+    }
+    printf("TM-CHECK b_saw_a_beat=%d\n", beat_seen);
+    CHECK(beat_seen, "B: A's heartbeat never changed");
     return check_done();
 }
 
@@ -539,7 +572,7 @@ static int pool_a(const char *device)
     CHECK(tm_space_publish(p) == 0, "A: tm_space_publish: errno %d", errno);
     __atomic_store_n(&box[0], A_HOLDS, __ATOMIC_RELEASE);
     printf("TM-CHECK a_published=%zu\n", size);
-    int saw_b = wait_for(&box[1], B_DONE, 90);
+    int saw_b = wait_for(&box[1], B_DONE, MAILBOX_WAIT_S);
     printf("TM-CHECK a_saw_b=%d\n", saw_b);
     if (!CHECK(saw_b, "A: B never reported")) return check_done();
     size_t got = 0;
@@ -603,6 +636,7 @@ int main(int argc, char **argv)
     if (argc == 3 && !strcmp(argv[1], "pool_b")) return pool_b(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "wait_a")) return wait_a(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "host_b")) return host_b(argv[2]);
-    fprintf(stderr, "usage: tm_vm contract|root_write|root_verify|find|headers|numa|skipped|touches|host_a|wait_a|host_b|pool_a|pool_b ...\n");
+    if (argc == 3 && !strcmp(argv[1], "wait_beat")) return wait_beat(argv[2]);
+    fprintf(stderr, "usage: tm_vm contract|root_write|root_verify|find|headers|numa|skipped|touches|host_a|wait_a|wait_beat|host_b|pool_a|pool_b ...\n");
     return 2;
 }

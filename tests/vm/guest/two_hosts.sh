@@ -9,6 +9,9 @@ tiers="dram;cxl:path=$bar,size=8M"
 case $TM_role in
     a) run_tm host_a "$tiers" host_a "$bar" ;;
     b) tm_vm wait_a "$bar"
+       # Right after a beat of A's: B's open is judged against a fresh lease, not against
+       # how long A's VM waited for a CPU since its last beat.
+       tm_vm wait_beat "$bar"
        run_tm host_b "$tiers" host_b "$bar" ;;
     *) echo "TM-ERROR tm.role= a or b"; exit 1 ;;
 esac
