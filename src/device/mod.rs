@@ -747,10 +747,11 @@ impl DeviceTier {
             if let Some(carved) = heap.alloc_carved(len, align, prefix) {
                 // Pages the cut would write that may fault: undone, made present without the
                 // lock, tried again once (`touched_pages`).
-                if !faulted_in {
-                    let (front, tail) = (carved.front.map(|f| f.0), carved.tail.map(|t| t.0));
-                    if let Some(missing) = self.touched.missing([Some(carved.offset), front, tail])
-                    {
+                // Not the front's page: its header was written when its free extent was made (a
+                // cut's tail, a block's free, a merge), on a page known since its cut.
+                let writes = [Some(carved.offset), carved.tail.map(|t| t.0)];
+                if !faulted_in && !self.touched.knows_all(writes) {
+                    if let Some(missing) = self.touched.missing(writes) {
                         let _ = heap.free(carved.offset);
                         drop(heap);
                         self.touched.make_present(self.region.base, &missing);

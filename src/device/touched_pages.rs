@@ -11,7 +11,8 @@
 //! (two threads paid 1.9x one thread's time per pair; BENCHMARKS.md, session 15, `dev2t`).
 //!
 //! **What.** One bit per page of the region, set once the page is known present. A cut whose
-//! pages are not all known present is undone at once (the extent back to the heap, before
+//! pages (its block's header, its tail's; the front's header was written when that free extent
+//! was made, on a page known since) are not all known present is undone at once (the extent back to the heap, before
 //! anything is written: the heap is as it was), the heap lock released, the pages made present
 //! (`os::prefault_write`: no byte changes), and the cut tried again, which lands on the same
 //! place unless another thread took it meanwhile; a second try writes whatever it finds (as
@@ -23,12 +24,18 @@
 //! when the mapping is replaced (a forked child's private copy, an evacuation's new backing);
 //! the bits are never cleared.
 //!
+//! **Learnt from the page tables.** Before making a page present, the pages of its bitmap word
+//! (64 pages) that the page tables hold already are marked, from one read of
+//! `/proc/self/pagemap` (its descriptor kept open per process): a region made present by
+//! someone else (a program that populated it, as `benches/rust/inregion.rs` does) costs one
+//! retry per 64 pages instead of one per page.
+//!
 //! Host memory: one bit per 4 KiB page (32 KiB per GiB of region), mapped lazily; without it
 //! every page counts as present (the old behaviour).
 
 use crate::os;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 const PAGE: u64 = os::PAGE_SIZE as u64;
 
@@ -39,16 +46,23 @@ const PAGE: u64 = os::PAGE_SIZE as u64;
 pub(crate) struct TouchedPages {
     bits: Option<NonNull<AtomicU64>>,
     words: usize,
+    /// `/proc/self/pagemap` open for `learn` (`NOT_OPEN`: not yet; `NO_PAGEMAP`: cannot be),
+    /// and the process that opened it (a forked child's is its parent's: it opens its own).
+    pagemap: AtomicI32,
+    pagemap_pid: AtomicI32,
 }
+
+const NOT_OPEN: i32 = -1;
+const NO_PAGEMAP: i32 = -2;
 
 // SAFETY: the words are atomics.
 unsafe impl Send for TouchedPages {}
 // SAFETY: as above.
 unsafe impl Sync for TouchedPages {}
 
-/// The pages of a cut that are not known present: up to three, `n` of them.
+/// The pages of a cut that are not known present: up to two, `n` of them.
 pub(crate) struct Missing {
-    pages: [u64; 3],
+    pages: [u64; 2],
     n: usize,
 }
 
@@ -60,6 +74,8 @@ impl TouchedPages {
         TouchedPages {
             bits: os::map_anonymous(bytes).map(|p| p.cast::<AtomicU64>()),
             words,
+            pagemap: AtomicI32::new(NOT_OPEN),
+            pagemap_pid: AtomicI32::new(0),
         }
     }
 
@@ -74,7 +90,7 @@ impl TouchedPages {
     }
 
     /// Whether the page holding region offset `offset` is known present (true without a map).
-    #[inline]
+    #[inline(always)]
     fn known(&self, offset: u64) -> bool {
         let page = offset / PAGE;
         match self.word(page) {
@@ -83,12 +99,20 @@ impl TouchedPages {
         }
     }
 
+    /// Whether every page a cut writes is known present (the heap path's test, under the
+    /// lock: a few instructions per offset).
+    #[inline(always)]
+    pub fn knows_all(&self, offsets: [Option<u64>; 2]) -> bool {
+        offsets.into_iter().flatten().all(|offset| self.known(offset))
+    }
+
     /// The pages among those holding `offsets` (the header writes of one cut) not known
     /// present; `None` if all are.
-    #[inline]
-    pub fn missing(&self, offsets: [Option<u64>; 3]) -> Option<Missing> {
+    #[cold]
+    #[inline(never)]
+    pub fn missing(&self, offsets: [Option<u64>; 2]) -> Option<Missing> {
         let mut m = Missing {
-            pages: [0; 3],
+            pages: [0; 2],
             n: 0,
         };
         for offset in offsets.into_iter().flatten() {
@@ -109,9 +133,75 @@ impl TouchedPages {
     #[inline(never)]
     pub fn make_present(&self, base: usize, missing: &Missing) {
         for &page in &missing.pages[..missing.n] {
-            os::prefault_write((base + (page * PAGE) as usize) as *mut u8, PAGE as usize);
-            if let Some(w) = self.word(page) {
-                w.fetch_or(1 << (page % 64), Ordering::Relaxed);
+            if !self.known(page * PAGE) {
+                self.learn(base, page / 64);
+            }
+            if !self.known(page * PAGE) {
+                os::prefault_write((base + (page * PAGE) as usize) as *mut u8, PAGE as usize);
+                if let Some(w) = self.word(page) {
+                    w.fetch_or(1 << (page % 64), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Marks the pages of bitmap word `word` that the page tables hold already (read from
+    /// `/proc/self/pagemap`, one read for 64 pages): a region whose pages were made present by
+    /// someone else (a program that populated it, an earlier touch of a block) is learnt 64
+    /// pages per cut that does not know its page, not one.
+    fn learn(&self, base: usize, word: u64) {
+        let Some(w) = self.word(word * 64) else {
+            return;
+        };
+        let Some(fd) = self.pagemap_fd() else {
+            return;
+        };
+        let mut entries = [0u64; 64];
+        let first = (base / os::PAGE_SIZE) as u64 + word * 64;
+        let n = 64.min(self.words as u64 * 64 - word * 64) as usize;
+        let at = (first * 8) as libc::off_t;
+        // SAFETY: reading into our own buffer of `n` entries from our descriptor.
+        let got = os::keep_errno(|| unsafe { libc::pread(fd, entries.as_mut_ptr().cast(), n * 8, at) });
+        if got <= 0 {
+            return;
+        }
+        let mut present = 0u64;
+        for (i, e) in entries[..got as usize / 8].iter().enumerate() {
+            present |= (e >> 63) << i;
+        }
+        w.fetch_or(present, Ordering::Relaxed);
+    }
+
+    /// `/proc/self/pagemap` of this process, opened at first use; `None` if it cannot be.
+    fn pagemap_fd(&self) -> Option<i32> {
+        // SAFETY: no preconditions.
+        let pid = unsafe { libc::getpid() };
+        let fd = self.pagemap.load(Ordering::Acquire);
+        if fd == NO_PAGEMAP {
+            return None;
+        }
+        if fd >= 0 && self.pagemap_pid.load(Ordering::Relaxed) == pid {
+            return Some(fd);
+        }
+        let path = c"/proc/self/pagemap";
+        // SAFETY: a NUL-terminated path.
+        let new = os::keep_errno(|| unsafe {
+            libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
+        });
+        if new < 0 {
+            self.pagemap.store(NO_PAGEMAP, Ordering::Relaxed);
+            return None;
+        }
+        match self.pagemap.compare_exchange(fd, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                self.pagemap_pid.store(pid, Ordering::Relaxed);
+                Some(new)
+            }
+            Err(_) => {
+                // Another thread opened it first.
+                // SAFETY: our own descriptor, used by nobody else.
+                unsafe { libc::close(new) };
+                None
             }
         }
     }
@@ -119,6 +209,11 @@ impl TouchedPages {
 
 impl Drop for TouchedPages {
     fn drop(&mut self) {
+        let fd = self.pagemap.load(Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: our descriptor (`pagemap_fd`), used by nobody else now.
+            unsafe { libc::close(fd) };
+        }
         if let Some(bits) = self.bits {
             // SAFETY: mapped by `new` with this size, used by nobody else.
             unsafe { os::unmap(bits.as_ptr().cast(), os::page_round(self.words.max(1) * 8)) };
