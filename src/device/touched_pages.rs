@@ -26,9 +26,9 @@
 //!
 //! **Learnt from the page tables.** Before making a page present, the pages of its bitmap word
 //! (64 pages) that the page tables hold already are marked, from one read of
-//! `/proc/self/pagemap` (its descriptor kept open per process): a region made present by
-//! someone else (a program that populated it, as `benches/rust/inregion.rs` does) costs one
-//! retry per 64 pages instead of one per page.
+//! `/proc/self/pagemap` (its descriptor kept open per process; each word read once): a region
+//! made present by someone else (a program that populated it, as `benches/rust/inregion.rs`
+//! does) costs one retry per 64 pages instead of one per page.
 //!
 //! Host memory: one bit per 4 KiB page (32 KiB per GiB of region), mapped lazily; without it
 //! every page counts as present (the old behaviour).
@@ -46,6 +46,10 @@ const PAGE: u64 = os::PAGE_SIZE as u64;
 pub(crate) struct TouchedPages {
     bits: Option<NonNull<AtomicU64>>,
     words: usize,
+    /// One bit per word of `bits`: the word was learnt from the page tables once (`learn`),
+    /// so a region whose pages are absent pays one read per 64 pages, not one per cut. Past
+    /// `bits` in the same mapping.
+    learnt: usize,
     /// `/proc/self/pagemap` open for `learn` (`NOT_OPEN`: not yet; `NO_PAGEMAP`: cannot be),
     /// and the process that opened it (a forked child's is its parent's: it opens its own).
     pagemap: AtomicI32,
@@ -70,13 +74,32 @@ impl TouchedPages {
     /// For a region of `len` bytes, every page unknown (absent).
     pub fn new(len: u64) -> TouchedPages {
         let words = (len.div_ceil(PAGE) as usize).div_ceil(64);
-        let bytes = os::page_round(words.max(1) * 8);
+        let learnt = words.div_ceil(64);
         TouchedPages {
-            bits: os::map_anonymous(bytes).map(|p| p.cast::<AtomicU64>()),
+            bits: os::map_anonymous(Self::bytes(words)).map(|p| p.cast::<AtomicU64>()),
             words,
+            learnt,
             pagemap: AtomicI32::new(NOT_OPEN),
             pagemap_pid: AtomicI32::new(0),
         }
+    }
+
+    /// Bytes mapped for `words` words and their `learnt` bits.
+    fn bytes(words: usize) -> usize {
+        os::page_round((words.max(1) + words.div_ceil(64)) * 8)
+    }
+
+    /// Whether word `word` of `bits` was learnt already; marks it learnt.
+    fn first_learning(&self, word: u64) -> bool {
+        let (Some(bits), i) = (self.bits, (word / 64) as usize) else {
+            return false;
+        };
+        if i >= self.learnt {
+            return false;
+        }
+        // SAFETY: the `learnt` words follow the `words` ones in the mapping (`bytes`).
+        let w = unsafe { &*bits.as_ptr().add(self.words + i) };
+        w.fetch_or(1 << (word % 64), Ordering::Relaxed) & (1 << (word % 64)) == 0
     }
 
     fn word(&self, page: u64) -> Option<&AtomicU64> {
@@ -133,7 +156,7 @@ impl TouchedPages {
     #[inline(never)]
     pub fn make_present(&self, base: usize, missing: &Missing) {
         for &page in &missing.pages[..missing.n] {
-            if !self.known(page * PAGE) {
+            if !self.known(page * PAGE) && self.first_learning(page / 64) {
                 self.learn(base, page / 64);
             }
             if !self.known(page * PAGE) {
@@ -216,7 +239,7 @@ impl Drop for TouchedPages {
         }
         if let Some(bits) = self.bits {
             // SAFETY: mapped by `new` with this size, used by nobody else.
-            unsafe { os::unmap(bits.as_ptr().cast(), os::page_round(self.words.max(1) * 8)) };
+            unsafe { os::unmap(bits.as_ptr().cast(), Self::bytes(self.words)) };
         }
     }
 }
