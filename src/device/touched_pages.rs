@@ -26,7 +26,7 @@
 //!
 //! **Learnt from the page tables.** Before making a page present, the pages of its bitmap word
 //! (64 pages) that the page tables hold already are marked, from one read of
-//! `/proc/self/pagemap` (its descriptor kept open per process; each word read once): a region
+//! `/proc/self/pagemap` (opened for the read only; each word read once): a region
 //! made present by someone else (a program that populated it, as `benches/rust/inregion.rs`
 //! does) costs one retry per 64 pages instead of one per page.
 //!
@@ -35,7 +35,7 @@
 
 use crate::os;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 const PAGE: u64 = os::PAGE_SIZE as u64;
 
@@ -50,14 +50,8 @@ pub(crate) struct TouchedPages {
     /// so a region whose pages are absent pays one read per 64 pages, not one per cut. Past
     /// `bits` in the same mapping.
     learnt: usize,
-    /// `/proc/self/pagemap` open for `learn` (`NOT_OPEN`: not yet; `NO_PAGEMAP`: cannot be),
-    /// and the process that opened it (a forked child's is its parent's: it opens its own).
-    pagemap: AtomicI32,
-    pagemap_pid: AtomicI32,
 }
 
-const NOT_OPEN: i32 = -1;
-const NO_PAGEMAP: i32 = -2;
 
 // SAFETY: the words are atomics.
 unsafe impl Send for TouchedPages {}
@@ -79,8 +73,6 @@ impl TouchedPages {
             bits: os::map_anonymous(Self::bytes(words)).map(|p| p.cast::<AtomicU64>()),
             words,
             learnt,
-            pagemap: AtomicI32::new(NOT_OPEN),
-            pagemap_pid: AtomicI32::new(0),
         }
     }
 
@@ -176,15 +168,25 @@ impl TouchedPages {
         let Some(w) = self.word(word * 64) else {
             return;
         };
-        let Some(fd) = self.pagemap_fd() else {
+        let path = c"/proc/self/pagemap";
+        // SAFETY: a NUL-terminated path. Opened for this read only: a descriptor kept open
+        // would pass to a forked child (which must hold none of its parent's page map).
+        let fd = os::keep_errno(|| unsafe {
+            libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
+        });
+        if fd < 0 {
             return;
-        };
+        }
         let mut entries = [0u64; 64];
         let first = (base / os::PAGE_SIZE) as u64 + word * 64;
         let n = 64.min(self.words as u64 * 64 - word * 64) as usize;
         let at = (first * 8) as libc::off_t;
         // SAFETY: reading into our own buffer of `n` entries from our descriptor.
-        let got = os::keep_errno(|| unsafe { libc::pread(fd, entries.as_mut_ptr().cast(), n * 8, at) });
+        let got = os::keep_errno(|| unsafe {
+            let got = libc::pread(fd, entries.as_mut_ptr().cast(), n * 8, at);
+            libc::close(fd);
+            got
+        });
         if got <= 0 {
             return;
         }
@@ -194,49 +196,10 @@ impl TouchedPages {
         }
         w.fetch_or(present, Ordering::Relaxed);
     }
-
-    /// `/proc/self/pagemap` of this process, opened at first use; `None` if it cannot be.
-    fn pagemap_fd(&self) -> Option<i32> {
-        // SAFETY: no preconditions.
-        let pid = unsafe { libc::getpid() };
-        let fd = self.pagemap.load(Ordering::Acquire);
-        if fd == NO_PAGEMAP {
-            return None;
-        }
-        if fd >= 0 && self.pagemap_pid.load(Ordering::Relaxed) == pid {
-            return Some(fd);
-        }
-        let path = c"/proc/self/pagemap";
-        // SAFETY: a NUL-terminated path.
-        let new = os::keep_errno(|| unsafe {
-            libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
-        });
-        if new < 0 {
-            self.pagemap.store(NO_PAGEMAP, Ordering::Relaxed);
-            return None;
-        }
-        match self.pagemap.compare_exchange(fd, new, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                self.pagemap_pid.store(pid, Ordering::Relaxed);
-                Some(new)
-            }
-            Err(_) => {
-                // Another thread opened it first.
-                // SAFETY: our own descriptor, used by nobody else.
-                unsafe { libc::close(new) };
-                None
-            }
-        }
-    }
 }
 
 impl Drop for TouchedPages {
     fn drop(&mut self) {
-        let fd = self.pagemap.load(Ordering::Relaxed);
-        if fd >= 0 {
-            // SAFETY: our descriptor (`pagemap_fd`), used by nobody else now.
-            unsafe { libc::close(fd) };
-        }
         if let Some(bits) = self.bits {
             // SAFETY: mapped by `new` with this size, used by nobody else.
             unsafe { os::unmap(bits.as_ptr().cast(), Self::bytes(self.words)) };
