@@ -26,6 +26,7 @@ mod stash_use;
 pub mod extent_heap;
 pub mod fork;
 mod free_space;
+mod touched_pages;
 pub mod header;
 pub mod heartbeat;
 pub(crate) mod outside;
@@ -127,6 +128,9 @@ pub(crate) struct DeviceTier {
     /// The last slab cut, whose writes a cut at the same place need not repeat
     /// (`persist::slab_memo`); under the heap lock.
     slab_memo: persist::SlabMemo,
+    /// The region's pages known present, so that a cut's writes under the heap lock do not
+    /// fault (`touched_pages`).
+    touched: touched_pages::TouchedPages,
 }
 
 impl DeviceTier {
@@ -217,6 +221,7 @@ impl DeviceTier {
             claim,
             slab_memo: persist::SlabMemo::new(outside.is_none()),
             outside,
+            touched: touched_pages::TouchedPages::new(region.len as u64),
         }
     }
 
@@ -713,6 +718,7 @@ impl DeviceTier {
             }
         }
         let mut claim = Some(claim);
+        let mut faulted_in = false;
         // A workload profile's reserve being made present: this cut waits to land in it.
         if fill_wait {
             reserve_use::wait_for_fill(self.kind, len);
@@ -739,6 +745,20 @@ impl DeviceTier {
                 return None;
             }
             if let Some(carved) = heap.alloc_carved(len, align, prefix) {
+                // Pages the cut would write that may fault: undone, made present without the
+                // lock, tried again once (`touched_pages`).
+                // Not the front's page: its header was written when its free extent was made (a
+                // cut's tail, a block's free, a merge), on a page known since its cut.
+                let writes = [Some(carved.offset), carved.tail.map(|t| t.0)];
+                if !faulted_in && !self.touched.knows_all(writes) {
+                    if let Some(missing) = self.touched.missing(writes) {
+                        let _ = heap.free(carved.offset);
+                        drop(heap);
+                        self.touched.make_present(self.region.base, &missing);
+                        faulted_in = true;
+                        continue;
+                    }
+                }
                 if self.over_limit(heap.in_use()) {
                     let _ = heap.free(carved.offset);
                     if drain(heap) {
@@ -752,6 +772,8 @@ impl DeviceTier {
                 if let Some(outside) = &self.outside {
                     outside.note_in_use(heap.in_use().saturating_sub(outside.overhead()));
                 }
+                #[cfg(test)]
+                touched_pages::note_published(self.region.base, &carved);
                 self.publish(&carved, state);
                 // A workload profile counts the pages cut and the tier's peak (slabs cut
                 // ahead and not used yet are no use of the workload's).
@@ -1579,3 +1601,5 @@ mod extent_cache_tests;
 mod slot_cache_tests;
 #[cfg(test)]
 mod extent_stash_tests;
+#[cfg(test)]
+mod touched_pages_tests;
