@@ -27,6 +27,7 @@ pub mod extent_heap;
 pub mod fork;
 mod free_space;
 mod touched_pages;
+mod own_line;
 pub mod header;
 pub mod heartbeat;
 pub(crate) mod outside;
@@ -50,6 +51,7 @@ use evacuate::{DeviceState, LiveExtents};
 use extent_cache::{CacheFree, Evicted, ExtentCache, Held, Pushed};
 use extent_heap::{Carved, ExtentHeap, FreeError, HeapStats};
 use persist::{media, owner, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
+use own_line::OwnLine;
 use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
 use slabs::{SlabTotals, Slabs, SLAB_BYTES};
 
@@ -76,7 +78,7 @@ std::thread_local! {
 pub(crate) struct DeviceTier {
     pub kind: Kind,
     region: Region,
-    heap: crate::futex_mutex::Mutex<ExtentHeap>,
+    heap: OwnLine<crate::futex_mutex::Mutex<ExtentHeap>>,
     /// Blocks of up to 4080 bytes, in slabs (`device_slabs`).
     slabs: Slabs,
     /// Freed blocks of 4 KiB to 256 KiB kept per lane, and their live bits (`extent_cache`);
@@ -100,8 +102,8 @@ pub(crate) struct DeviceTier {
     /// The most bytes (extent lengths) this tier serves at once (`limit=`).
     limit: u64,
     /// Blocks allocated and freed outside slabs (slabs count their own).
-    allocations: SharedCounter,
-    frees: SharedCounter,
+    allocations: OwnLine<SharedCounter>,
+    frees: OwnLine<SharedCounter>,
     /// Failures and spills, bumped by placement.
     pub counters: TierCounters,
     /// The mapping is shared with the processes this one forks (until a child handler makes
@@ -127,7 +129,7 @@ pub(crate) struct DeviceTier {
     outside: Option<outside::Outside>,
     /// The last slab cut, whose writes a cut at the same place need not repeat
     /// (`persist::slab_memo`); under the heap lock.
-    slab_memo: persist::SlabMemo,
+    slab_memo: OwnLine<persist::SlabMemo>,
     /// The region's pages known present, so that a cut's writes under the heap lock do not
     /// fault (`touched_pages`).
     touched: touched_pages::TouchedPages,
@@ -190,7 +192,7 @@ impl DeviceTier {
         DeviceTier {
             kind: spec.kind,
             region,
-            heap: crate::futex_mutex::Mutex::new(heap),
+            heap: OwnLine(crate::futex_mutex::Mutex::new(heap)),
             slabs,
             lanes_span: AtomicU64::new(if cache.is_some() && spec.fit == Fit::Best {
                 extent_cache::SPAN
@@ -208,8 +210,8 @@ impl DeviceTier {
             slot_cache_id: AtomicU64::new(0),
             slot_budget: slot_cache::budget_of(region.len as u64),
             limit: spec.limit.unwrap_or(u64::MAX),
-            allocations: SharedCounter::new(),
-            frees: SharedCounter::new(),
+            allocations: OwnLine(SharedCounter::new()),
+            frees: OwnLine(SharedCounter::new()),
             counters: TierCounters::new(),
             shared_across_fork: AtomicBool::new(region.shared_across_fork),
             inherited: AtomicBool::new(false),
@@ -219,7 +221,7 @@ impl DeviceTier {
             // SAFETY: no preconditions.
             opened_by: unsafe { libc::getpid() },
             claim,
-            slab_memo: persist::SlabMemo::new(outside.is_none()),
+            slab_memo: OwnLine(persist::SlabMemo::new(outside.is_none())),
             outside,
             touched: touched_pages::TouchedPages::new(region.len as u64),
         }

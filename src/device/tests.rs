@@ -219,3 +219,34 @@ fn alignment_is_honoured() {
     }
     std::fs::remove_file(path).unwrap();
 }
+
+/// The fields every request and free reads share no cache line with the fields threads write
+/// on the heap path (`own_line`): a line that held both moved between the cores of two threads
+/// on one tier at each heap cut or give-back of the other thread.
+#[test]
+fn read_fields_share_no_line_with_heap_path_writes() {
+    use core::mem::{align_of, offset_of, size_of};
+    assert!(align_of::<DeviceTier>() >= 64, "offsets / 64 name the lines");
+    let line = |offset: usize| offset / 64;
+    let span = |offset: usize, size: usize| line(offset)..=line(offset + size - 1);
+    let written = [
+        span(offset_of!(DeviceTier, heap), size_of::<OwnLine<crate::futex_mutex::Mutex<ExtentHeap>>>()),
+        span(offset_of!(DeviceTier, allocations), size_of::<OwnLine<SharedCounter>>()),
+        span(offset_of!(DeviceTier, frees), size_of::<OwnLine<SharedCounter>>()),
+        span(offset_of!(DeviceTier, slab_memo), size_of::<OwnLine<persist::SlabMemo>>()),
+    ];
+    let read = [
+        ("lanes_span", offset_of!(DeviceTier, lanes_span), size_of::<AtomicU64>()),
+        ("live_tail", offset_of!(DeviceTier, live_tail), size_of::<u64>()),
+        ("slot_cache_id", offset_of!(DeviceTier, slot_cache_id), size_of::<AtomicU64>()),
+        ("limit", offset_of!(DeviceTier, limit), size_of::<u64>()),
+        ("region", offset_of!(DeviceTier, region), size_of::<Region>()),
+        ("kind", offset_of!(DeviceTier, kind), size_of::<Kind>()),
+        ("inherited", offset_of!(DeviceTier, inherited), size_of::<AtomicBool>()),
+    ];
+    for (name, offset, size) in read {
+        for l in span(offset, size) {
+            assert!(!written.iter().any(|w| w.contains(&l)), "{name} shares line {l}");
+        }
+    }
+}
