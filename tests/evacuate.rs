@@ -2012,7 +2012,11 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
                 assert!(stderr.contains("its source cannot be opened"), "{stderr}");
             }
             let (outcome, stderr) = check(&target);
-            eprintln!("round {round} (move {move_us} us, killed at {delay:?} us): {status}; opening the target: {outcome:?}, {:?}", tiermalloc_lines(&stderr));
+            eprintln!(
+                "round {round} (move {move_us} us, killed at {delay:?} us): {status}; \
+                 opening the target: {outcome:?}, {:?}",
+                tiermalloc_lines(&stderr)
+            );
             if stderr.contains("rolled forward (") {
                 assert_eq!(outcome, Checked::Blocks, "round {round}: {stderr}");
                 rolled_forward += 1;
@@ -2069,7 +2073,8 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
         }
         let (outcome, stderr) = check(&dev);
         eprintln!(
-            "round {round} (move {move_us} us, killed at {delay:?} us): {status}; opening the source: {outcome:?}, {:?}",
+            "round {round} (move {move_us} us, killed at {delay:?} us): {status}; \
+             opening the source: {outcome:?}, {:?}",
             tiermalloc_lines(&stderr)
         );
         assert_ne!(

@@ -227,10 +227,11 @@ fn alignment_is_honoured() {
 fn read_fields_share_no_line_with_heap_path_writes() {
     use core::mem::{align_of, offset_of, size_of};
     assert!(align_of::<DeviceTier>() >= 64, "offsets / 64 name the lines");
+    type HeapLock = crate::futex_mutex::Mutex<ExtentHeap>;
     let line = |offset: usize| offset / 64;
     let span = |offset: usize, size: usize| line(offset)..=line(offset + size - 1);
     let written = [
-        span(offset_of!(DeviceTier, heap), size_of::<OwnLine<crate::futex_mutex::Mutex<ExtentHeap>>>()),
+        span(offset_of!(DeviceTier, heap), size_of::<OwnLine<HeapLock>>()),
         span(offset_of!(DeviceTier, allocations), size_of::<OwnLine<SharedCounter>>()),
         span(offset_of!(DeviceTier, frees), size_of::<OwnLine<SharedCounter>>()),
         span(offset_of!(DeviceTier, slab_memo), size_of::<OwnLine<persist::SlabMemo>>()),

@@ -12,8 +12,9 @@
 //!
 //! **What.** One bit per page of the region, set once the page is known present. A cut whose
 //! pages (its block's header, its tail's; the front's header was written when that free extent
-//! was made, on a page known since) are not all known present is undone at once (the extent back to the heap, before
-//! anything is written: the heap is as it was), the heap lock released, the pages made present
+//! was made, on a page known since) are not all known present is undone at once (the extent
+//! back to the heap, before anything is written: the heap is as it was), the heap lock
+//! released, the pages made present
 //! (`os::prefault_write`: no byte changes), and the cut tried again, which lands on the same
 //! place unless another thread took it meanwhile; a second try writes whatever it finds (as
 //! before: the fault, if any, under the lock). Only the pages a cut writes are made present,

@@ -3,10 +3,11 @@
  * three in four of 64 B-2 KiB and one in four of 256 KiB-1 MiB, writing every byte it gets.
  * Prints "grown minflt N thread_minflt M thread_cpu_us C process_cpu_us P ms T" (faults of the
  * whole process and of this thread during the growth, the CPU time, user and system, of this
- * thread and of the whole process during it, and its time). With a second argument "wait", then waits for a
- * line on stdin before exiting (a live peer). With GROW_START_SHMEM set in the environment,
- * first prints "start shmem_kb N": the shared memory mapped in the process when main starts
- * (RssShmem), i.e. how much of a device tier's reserve was made present before main. */
+ * thread and of the whole process during it, and its time). With a second argument "wait",
+ * then waits for a line on stdin before exiting (a live peer). With GROW_START_SHMEM set in
+ * the environment, first prints "start shmem_kb N": the shared memory mapped in the process
+ * when main starts (RssShmem), i.e. how much of a device tier's reserve was made present
+ * before main. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -637,6 +637,7 @@ int main(int argc, char **argv)
     if (argc == 3 && !strcmp(argv[1], "wait_a")) return wait_a(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "host_b")) return host_b(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "wait_beat")) return wait_beat(argv[2]);
-    fprintf(stderr, "usage: tm_vm contract|root_write|root_verify|find|headers|numa|skipped|touches|host_a|wait_a|wait_beat|host_b|pool_a|pool_b ...\n");
+    fprintf(stderr, "usage: tm_vm contract|root_write|root_verify|find|headers|numa|skipped|"
+                    "touches|host_a|wait_a|wait_beat|host_b|pool_a|pool_b ...\n");
     return 2;
 }
