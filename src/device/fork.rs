@@ -97,18 +97,21 @@ pub fn register_fork_handlers() {
 }
 
 impl DeviceTier {
-    /// Takes the slab locks, the extent cache's lane locks and the heap lock, in that order
-    /// (the tier's lock order), and keeps them (`fork` prepare handler).
+    /// Takes the slab locks, the extent cache's lane locks, the heap lock and the page-map
+    /// read's (`touched_pages`), in that order (the tier's lock order), and keeps them (`fork`
+    /// prepare handler).
     fn lock_for_fork(&self) {
         self.slabs.lock_all();
         if let Some(cache) = &self.cache {
             cache.lock_all();
         }
         core::mem::forget(self.heap.lock());
+        self.touched.lock_for_fork();
     }
 
     /// Releases the locks `lock_for_fork` kept (`fork` parent handler).
     fn unlock_after_fork(&self) {
+        self.touched.unlock_after_fork();
         // SAFETY: the prepare handler of this same fork took the lock and forgot its guard.
         unsafe { self.heap.force_unlock() };
         self.slabs.unlock_all();

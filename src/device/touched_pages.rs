@@ -51,6 +51,11 @@ pub(crate) struct TouchedPages {
     /// so a region whose pages are absent pays one read per 64 pages, not one per cut. Past
     /// `bits` in the same mapping.
     learnt: usize,
+    /// Held across `learn`'s open, read and close of `/proc/self/pagemap`, and by the `fork`
+    /// handlers (`lock_for_fork`), so that no forked child inherits that descriptor. Taken
+    /// with no other lock held after it (`learn` takes none), so it comes last in the fork's
+    /// lock order.
+    reading: crate::futex_mutex::Mutex<()>,
 }
 
 
@@ -74,6 +79,7 @@ impl TouchedPages {
             bits: os::map_anonymous(Self::bytes(words)).map(|p| p.cast::<AtomicU64>()),
             words,
             learnt,
+            reading: crate::futex_mutex::Mutex::new(()),
         }
     }
 
@@ -165,11 +171,25 @@ impl TouchedPages {
     /// `/proc/self/pagemap`, one read for 64 pages): a region whose pages were made present by
     /// someone else (a program that populated it, an earlier touch of a block) is learnt 64
     /// pages per cut that does not know its page, not one.
-    fn learn(&self, base: usize, word: u64) {
+    /// Waits for a `learn` under way and keeps the next one out until `unlock_after_fork`
+    /// (`fork`'s prepare handler).
+    pub fn lock_for_fork(&self) {
+        core::mem::forget(self.reading.lock());
+    }
+
+    /// Lets `learn` run again (`fork`'s parent and child handlers).
+    pub fn unlock_after_fork(&self) {
+        // SAFETY: the prepare handler of this same fork took the lock and forgot its guard.
+        unsafe { self.reading.force_unlock() };
+    }
+
+    pub(super) fn learn(&self, base: usize, word: u64) {
         let Some(w) = self.word(word * 64) else {
             return;
         };
         let path = c"/proc/self/pagemap";
+        // Open, read and close under `reading`, which a `fork` waits for.
+        let _reading = self.reading.lock();
         // SAFETY: a NUL-terminated path. Opened for this read only: a descriptor kept open
         // would pass to a forked child (which must hold none of its parent's page map).
         let fd = os::keep_errno(|| unsafe {

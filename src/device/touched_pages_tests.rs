@@ -39,3 +39,31 @@ fn a_cut_writes_no_absent_page_under_the_heap_lock() {
         tier.free(p).unwrap();
     }
 }
+
+/// Whether this process holds a descriptor open on a `pagemap` file.
+fn holds_a_page_map() -> bool {
+    std::fs::read_dir("/proc/self/fd").unwrap().flatten().any(|e| {
+        std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().ends_with("/pagemap"))
+    })
+}
+
+/// While `fork`'s prepare handler holds the tier (`lock_for_fork`), a read of the page map
+/// waits: no descriptor on it is open at the fork, so no child inherits one.
+#[test]
+fn a_page_map_read_waits_for_a_fork_in_progress() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tier = open("fork");
+    let done: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    tier.touched.lock_for_fork();
+    let reader = std::thread::spawn(move || {
+        tier.touched.learn(tier.region.base, 0);
+        done.store(true, Ordering::Release);
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (finished, open_at_fork) = (done.load(Ordering::Acquire), holds_a_page_map());
+    tier.touched.unlock_after_fork();
+    reader.join().unwrap();
+    assert!(!finished, "the page map was read while a fork held the tier");
+    assert!(!open_at_fork, "a page-map descriptor was open while a fork held the tier");
+    assert!(done.load(Ordering::Acquire), "the read went ahead after the fork");
+}
