@@ -14,10 +14,9 @@
 //! pages (its block's header, its tail's; the front's header was written when that free extent
 //! was made, on a page known since) are not all known present is undone at once (the extent
 //! back to the heap, before anything is written: the heap is as it was), the heap lock
-//! released, the pages made present
-//! (`os::prefault_write`: no byte changes), and the cut tried again, which lands on the same
-//! place unless another thread took it meanwhile; a second try writes whatever it finds (as
-//! before: the fault, if any, under the lock). Only the pages a cut writes are made present,
+//! released, the pages made present (`os::prefault_write`: no byte changes), and the cut
+//! tried again, which lands on the same place unless another thread took it meanwhile; a
+//! second try writes whatever it finds (as before: the fault, if any, under the lock). Only the pages a cut writes are made present,
 //! so a backing gets no page it would not have got anyway (`MADV_POPULATE_WRITE` on anonymous
 //! memory or a file allocates or reads what the header write would have).
 //!
@@ -27,9 +26,10 @@
 //!
 //! **Learnt from the page tables.** Before making a page present, the pages of its bitmap word
 //! (64 pages) that the page tables hold already are marked, from one read of
-//! `/proc/self/pagemap` (opened for the read only; each word read once): a region
-//! made present by someone else (a program that populated it, as `benches/rust/inregion.rs`
-//! does) costs one retry per 64 pages instead of one per page.
+//! `/proc/self/pagemap` (opened for the read only, under a lock the `fork` handlers take;
+//! each word read once): a region made present by someone else (a program that populated
+//! it, as `benches/rust/inregion.rs` does) costs one retry per 64 pages instead of one per
+//! page.
 //!
 //! Host memory: one bit per 4 KiB page (32 KiB per GiB of region), mapped lazily; without it
 //! every page counts as present (the old behaviour).
@@ -167,10 +167,6 @@ impl TouchedPages {
         }
     }
 
-    /// Marks the pages of bitmap word `word` that the page tables hold already (read from
-    /// `/proc/self/pagemap`, one read for 64 pages): a region whose pages were made present by
-    /// someone else (a program that populated it, an earlier touch of a block) is learnt 64
-    /// pages per cut that does not know its page, not one.
     /// Waits for a `learn` under way and keeps the next one out until `unlock_after_fork`
     /// (`fork`'s prepare handler).
     pub fn lock_for_fork(&self) {
@@ -183,6 +179,10 @@ impl TouchedPages {
         unsafe { self.reading.force_unlock() };
     }
 
+    /// Marks the pages of bitmap word `word` that the page tables hold already (read from
+    /// `/proc/self/pagemap`, one read for 64 pages): a region whose pages were made present by
+    /// someone else (a program that populated it, an earlier touch of a block) is learnt 64
+    /// pages per cut that does not know its page, not one.
     pub(super) fn learn(&self, base: usize, word: u64) {
         let Some(w) = self.word(word * 64) else {
             return;
