@@ -16,9 +16,10 @@
 //! back to the heap, before anything is written: the heap is as it was), the heap lock
 //! released, the pages made present (`os::prefault_write`: no byte changes), and the cut
 //! tried again, which lands on the same place unless another thread took it meanwhile; a
-//! second try writes whatever it finds (as before: the fault, if any, under the lock). Only the pages a cut writes are made present,
-//! so a backing gets no page it would not have got anyway (`MADV_POPULATE_WRITE` on anonymous
-//! memory or a file allocates or reads what the header write would have).
+//! second try writes whatever it finds (as before: the fault, if any, under the lock). Only
+//! the pages a cut writes are made present, so a backing gets no page it would not have got
+//! anyway (`MADV_POPULATE_WRITE` on anonymous memory or a file allocates or reads what the
+//! header write would have).
 //!
 //! **Stale bits** cost a fault under the lock, never correctness: a bit is a hint. They arise
 //! when the mapping is replaced (a forked child's private copy, an evacuation's new backing);
