@@ -56,13 +56,16 @@ impl DeviceTier {
         self.free_cached(cache, evicted.as_slice());
     }
 
+    /// This thread's stash if it has one and it holds this tier's extents; none is made.
+    fn own_stash_if_made(&self) -> Option<&'static ExtentStash> {
+        let id = self.slot_cache_id.load(Ordering::Relaxed);
+        super::slot_cache::stash_if_made(self.kind).filter(|stash| stash.is_for(id))
+    }
+
     /// Gives every extent of this thread's stash for this tier back to the heap (statistics,
     /// a full tier, the lanes turned off). A thread without a stash gets none made.
     pub(super) fn give_back_own_stash(&self) {
-        let Some(stash) = super::slot_cache::stash_if_made(self.kind) else {
-            return;
-        };
-        if stash.is_for(self.slot_cache_id.load(Ordering::Relaxed)) {
+        if let Some(stash) = self.own_stash_if_made() {
             // SAFETY: this thread's stash, naming this tier.
             unsafe { self.give_back_stash(stash) };
         }
@@ -77,12 +80,9 @@ impl DeviceTier {
         let Some(len) = cache.freed_len(offset) else {
             return false;
         };
-        let Some(stash) = super::slot_cache::stash_if_made(self.kind) else {
+        let Some(stash) = self.own_stash_if_made() else {
             return false;
         };
-        if !stash.is_for(self.slot_cache_id.load(Ordering::Relaxed)) {
-            return false;
-        }
         // SAFETY: this thread's stash, naming this tier. An extent it holds is its owner's
         // alone, so its entry (and `len`) cannot change under us; one it does not hold is
         // not found.
@@ -91,11 +91,7 @@ impl DeviceTier {
 
     /// Bytes in this thread's stash for this tier (0 without one).
     pub(super) fn own_stash_bytes(&self) -> u64 {
-        let id = self.slot_cache_id.load(Ordering::Relaxed);
-        match super::slot_cache::stash_if_made(self.kind) {
-            Some(stash) if stash.is_for(id) => stash.figures().0,
-            _ => 0,
-        }
+        self.own_stash_if_made().map_or(0, |stash| stash.figures().0)
     }
 
     /// Gives every extent of `stash` back to the heap.
