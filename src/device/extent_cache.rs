@@ -15,9 +15,9 @@
 //! **Free.** One atomic bit operation (`lock btr`) clears the live bit (`lockfree::live_bit`;
 //! a second free of the same block finds it clear: a double free, refused before anything is
 //! written), the caller writes the header's state "free" (the device write of every free, as
-//! before), and
-//! the extent goes to this thread's lane, in the bin of its length. The heap still counts it
-//! allocated: nobody else can take it, and the device already holds its header with its size.
+//! before), and the extent goes to this thread's lane, in the bin of its length. The heap
+//! still counts it allocated: nobody else can take it, and the device already holds its
+//! header with its size.
 //!
 //! **Alloc.** Bins are 1/32 of a doubling wide, and each lane keeps a map of its non-empty
 //! ones. A request takes the newest extent of the first non-empty bin among the `WINDOW`
