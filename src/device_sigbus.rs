@@ -115,8 +115,9 @@ mod tests {
     }
 
     extern "C" fn siginfo_handler(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-        // SAFETY: the kernel's siginfo; _exit is async-signal-safe.
+        // SAFETY: the siginfo the kernel passed to this handler.
         let from_fault = sig == libc::SIGBUS && unsafe { !(*info).si_addr().is_null() };
+        // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(if from_fault { 43 } else { 1 }) }
     }
 

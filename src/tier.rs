@@ -297,6 +297,11 @@ unsafe fn free_in_shared_segment(chunk: isize, p: *mut u8) {
     unsafe { dram::fast::free_in_chunk(chunk, p) }
 }
 
+/// `free` of a pointer that is not in a segment: a large block, a device tier's block, a
+/// foreign pointer (the program's own malloc's, or reported), or null (nothing).
+///
+/// # Safety
+/// As for `free`.
 #[cold]
 #[inline(never)]
 unsafe fn free_other(p: *mut u8) {

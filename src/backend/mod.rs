@@ -571,8 +571,9 @@ mod tests {
     fn a_file_the_file_system_cannot_hold_is_refused_and_a_created_one_removed() {
         let path = shm("room");
         let c = std::ffi::CString::new("/dev/shm").unwrap();
-        // SAFETY: a valid path and out-parameter.
+        // SAFETY: all-zero is a valid `statvfs` (integers only).
         let mut st: libc::statvfs = unsafe { core::mem::zeroed() };
+        // SAFETY: a valid path and out-parameter.
         assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
         let free = st.f_bavail * st.f_frsize;
         let size = (free + (1 << 30)) & !(CHUNK_SIZE as u64 - 1);

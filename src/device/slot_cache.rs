@@ -171,6 +171,10 @@ fn make_for_this_thread() -> Option<&'static ThreadSlots> {
 
 /// The pthread key's destructor: gives the exiting thread's cached slots back and forgets its
 /// caches; the thread's later frees and requests (other destructors) go to the slabs.
+///
+/// # Safety
+/// Called once per thread, by pthread, with the value registered for it: its `ThreadSlots`
+/// block, in the registry.
 unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
     cache_word::set(core::ptr::addr_of!(EXITED) as usize);
     extent_stash::forget_current();

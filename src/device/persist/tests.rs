@@ -212,10 +212,10 @@ fn recovery_rebuilds_blocks_slabs_roots_and_statistics() {
     );
     let contents: Vec<(u64, Vec<u8>)> = live
         .iter()
-        // SAFETY: live blocks of `size` bytes.
         .map(|&(p, size)| {
             (
                 tier.offset_in_region(p).unwrap(),
+                // SAFETY: live blocks of `size` bytes.
                 unsafe { core::slice::from_raw_parts(p, size) }.to_vec(),
             )
         })

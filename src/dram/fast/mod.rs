@@ -477,6 +477,10 @@ pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
 /// function calls nothing on its way and saves one register, as a build without checks does
 /// (callgrind on `prodcons`: 6 instructions per remote free; BENCHMARKS.md, "Session 11,
 /// branch remote").
+///
+/// # Safety
+/// `segment` is a live segment and `page` the descriptor of `p`'s page in it (or the empty
+/// page); `p` passed an exact block-start test and is not used after this.
 #[cold]
 #[inline(never)]
 unsafe fn free_remote(p: *mut u8, segment: *mut Segment, page: *mut Page) {
@@ -543,6 +547,9 @@ fn free_twice(p: *mut u8) {
 }
 
 /// `free_remote` for a thread without a heap.
+///
+/// # Safety
+/// As for `free_remote`.
 #[cold]
 #[inline(never)]
 unsafe fn free_remote_unbound(page: *mut Page, segment: *mut Segment, p: *mut u8) {

@@ -222,10 +222,10 @@ impl Segment {
         let present_bytes = (HALF_SLICES[0] & ALL_BLOCK_SLICES).count_ones() as u64 * SLICE_SIZE as u64;
         // SAFETY: our fresh private anonymous mapping, unused.
         let huge = huge && budget::admits(present_bytes) && unsafe { huge_pages::populate_huge(base) };
+        let header = if huge { HUGE_PAGE } else { os::page_round(core::mem::size_of::<Segment>()) };
         // SAFETY: the part of our fresh mapping past the header (past the huge half) holds
         // nothing yet. If the kernel refuses, the slices stay open: less protection, nothing
         // wrong.
-        let header = if huge { HUGE_PAGE } else { os::page_round(core::mem::size_of::<Segment>()) };
         let closed = unsafe { os::protect(base.add(header), CHUNK_SIZE - header, false) };
         let (open, present) = if huge { (HALF_SLICES[0], HALF_SLICES[0] & ALL_BLOCK_SLICES) } else { (0, 0) };
         // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
