@@ -20,15 +20,11 @@ pub mod traffic;
 pub mod binding;
 pub mod claim;
 
-use crate::stats::SharedCounter;
 use heap::PageTables;
 use page::Page;
 use segment::Segment;
 use size_class::class_of;
-
-/// Frees made by threads that have no heap of their own (never allocated, or exiting).
-pub static UNBOUND_FREES: SharedCounter = SharedCounter::new();
-pub static UNBOUND_FREED_BYTES: SharedCounter = SharedCounter::new();
+use traffic::{UNBOUND_FREED_BYTES, UNBOUND_FREES};
 
 /// The small-block traffic figures of every heap (`traffic::totals` over the heaps
 /// `binding` knows).
