@@ -115,27 +115,32 @@ static void tls_dtor(void *v)
         __atomic_fetch_add(&tls_dtor_bad, 1, __ATOMIC_RELAXED);
 }
 
-static void cxa_dtor_inner(void *obj)
+/* What both __cxa_thread_atexit_impl destructors do first: check and free their object of 64
+ * bytes of 0x42, then allocate: 1 if anything was wrong. */
+static int cxa_object_done(unsigned char *p)
 {
-    unsigned char *p = obj;
     int bad = 0;
     for (int i = 0; i < 64; i++)
         bad |= p[i] != 0x42;
     free(p);
-    bad |= exercise_allocator();
+    return bad | exercise_allocator();
+}
+
+static void cxa_count(int bad)
+{
     __atomic_fetch_add(&cxa_runs, 1, __ATOMIC_RELAXED);
     if (bad)
         __atomic_fetch_add(&cxa_bad, 1, __ATOMIC_RELAXED);
 }
 
+static void cxa_dtor_inner(void *obj)
+{
+    cxa_count(cxa_object_done(obj));
+}
+
 static void cxa_dtor_outer(void *obj)
 {
-    unsigned char *p = obj;
-    int bad = 0;
-    for (int i = 0; i < 64; i++)
-        bad |= p[i] != 0x42;
-    free(p);
-    bad |= exercise_allocator();
+    int bad = cxa_object_done(obj);
     /* Register one more from inside a destructor: glibc allocates its list node now. */
     unsigned char *q = malloc(64);
     if (q) {
@@ -147,9 +152,7 @@ static void cxa_dtor_outer(void *obj)
     } else {
         bad = 1;
     }
-    __atomic_fetch_add(&cxa_runs, 1, __ATOMIC_RELAXED);
-    if (bad)
-        __atomic_fetch_add(&cxa_bad, 1, __ATOMIC_RELAXED);
+    cxa_count(bad);
 }
 
 static void *thread_body(void *arg)
