@@ -62,12 +62,24 @@ static void null_and_range(void)
     }
 }
 
+enum { N = 3000 };
+static unsigned char *blk[N];
+static size_t use[N];
+
+/* blk[i] = malloc(s), filled with its pattern to its last usable byte (use[i] bytes). */
+static void take_and_fill(int i, size_t s)
+{
+    blk[i] = malloc(s);
+    if (!CHECK(blk[i] != NULL, "malloc(%zu) failed", s))
+        return;
+    use[i] = malloc_usable_size(blk[i]);
+    CHECK(use[i] >= s, "malloc(%zu): usable %zu", s, use[i]);
+    memset(blk[i], (unsigned char)(i * 7 + 1), use[i]);
+}
+
 /* Live neighbours, each written to its very last usable byte. */
 static void write_whole_usable(void)
 {
-    enum { N = 3000 };
-    static unsigned char *blk[N];
-    static size_t use[N];
     uint64_t rng = 7;
     for (int i = 0; i < N; i++) {
         size_t s;
@@ -78,23 +90,12 @@ static void write_whole_usable(void)
             s = 1 + r % 20000;
         else
             s = 1 + r % 600;
-        blk[i] = malloc(s);
-        if (!CHECK(blk[i] != NULL, "malloc(%zu) failed", s))
-            continue;
-        use[i] = malloc_usable_size(blk[i]);
-        CHECK(use[i] >= s, "malloc(%zu): usable %zu", s, use[i]);
-        memset(blk[i], (unsigned char)(i * 7 + 1), use[i]);
+        take_and_fill(i, s);
     }
     /* Free every third one and refill the holes, writing the whole usable size again. */
     for (int i = 0; i < N; i += 3) {
         free(blk[i]);
-        size_t s = 1 + rng_next(&rng) % 700;
-        blk[i] = malloc(s);
-        if (!CHECK(blk[i] != NULL, "malloc(%zu) failed", s))
-            continue;
-        use[i] = malloc_usable_size(blk[i]);
-        CHECK(use[i] >= s, "malloc(%zu): usable %zu", s, use[i]);
-        memset(blk[i], (unsigned char)(i * 7 + 1), use[i]);
+        take_and_fill(i, 1 + rng_next(&rng) % 700);
     }
     int bad = 0;
     for (int i = 0; i < N; i++) {
