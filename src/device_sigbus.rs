@@ -77,7 +77,8 @@ extern "C" fn on_sigbus(sig: i32, info: *mut libc::siginfo_t, context: *mut libc
         let mut line = os::LineBuf::new();
         let _ = writeln!(
             line,
-            "tiermalloc: SIGBUS at {addr:#x} in tier '{}' ({path}): its file was truncated or its storage is gone",
+            "tiermalloc: SIGBUS at {addr:#x} in tier '{}' ({path}): its file was truncated or its \
+             storage is gone",
             kind.name()
         );
         line.flush();
@@ -174,6 +175,9 @@ mod tests {
     #[test]
     fn without_a_handler_of_the_program_sigbus_keeps_its_default_action() {
         let status = child_status(libc::SIG_DFL, 0);
-        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS, "status {status:#x}");
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS,
+            "status {status:#x}"
+        );
     }
 }

@@ -242,7 +242,8 @@ fn map_path_noting_creation(
     let reserved = reserve(len).map_err(release)?;
     if !map_shared_over(&reserved, fd.0, offset as u64, len) {
         let problem = if os::errno() == libc::EINVAL && nvme::is_bar_path(path) {
-            Problem::os("cannot map the BAR while a driver owns it: boot with iomem=relaxed or unbind the driver")
+            Problem::os("cannot map the BAR while a driver owns it: boot with iomem=relaxed or \
+                         unbind the driver")
         } else {
             Problem::os("cannot map")
         };
@@ -294,7 +295,8 @@ fn is_sysfs(fd: &Fd) -> bool {
 
 /// What a region another process of this host holds is refused with (`lock_range`).
 pub(crate) const IN_USE: &str =
-    "is in use by another process (give each process its own file: %p in path= stands for the process id)";
+    "is in use by another process (give each process its own file: %p in path= stands for the \
+     process id)";
 
 // Test-only: this thread's opens take no host lock, as two hosts' opens of one device would
 // not see each other's (the owner record in device memory must then refuse the second).

@@ -457,7 +457,9 @@ impl DeviceTier {
     /// a full tier). A thread without caches gets none made.
     pub(super) fn give_back_own_slots(&self) {
         let word = cache_word::get();
-        if word == core::ptr::addr_of!(UNSET) as usize || word == core::ptr::addr_of!(EXITED) as usize {
+        if word == core::ptr::addr_of!(UNSET) as usize
+            || word == core::ptr::addr_of!(EXITED) as usize
+        {
             return;
         }
         if let Some(entry) = self.slot_entry() {

@@ -113,7 +113,8 @@ fn write_malloc_stats() {
     );
     let _ = writeln!(
         line,
-        "Total (incl. mmap):\nsystem bytes     = {system:>10}\nin use bytes     = {:>10}\nmax mmap regions = {:>10}\nmax mmap bytes   = {:>10}",
+        "Total (incl. mmap):\nsystem bytes     = {system:>10}\nin use bytes     = {:>10}\nmax mmap \
+         regions = {:>10}\nmax mmap bytes   = {:>10}",
         m.uordblks, m.hblks, m.hblkhd
     );
     line.flush();

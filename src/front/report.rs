@@ -361,7 +361,8 @@ pub fn write_text<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
         )?;
         writeln!(
             w,
-            "tiermalloc:   {name:<4} {} allocations, {} frees, {} failures, {} spilled in, {} spilled out",
+            "tiermalloc:   {name:<4} {} allocations, {} frees, {} failures, {} spilled in, {} \
+             spilled out",
             s.allocations, s.frees, s.failures, s.spilled_in, s.spilled_out
         )?;
         if s.reserved > 0 {
@@ -779,7 +780,8 @@ mod tests {
             out.starts_with("tiermalloc: pid 42 (py\"thon): statistics at exit\n"),
             "{out}"
         );
-        assert!(out.contains("dram in use 3.0 MiB, peak 5.0 MiB held for blocks, capacity 1.0 GiB (cgroup memory limit)"), "{out}");
+        assert!(out.contains("dram in use 3.0 MiB, peak 5.0 MiB held for blocks, capacity 1.0 GiB \
+                              (cgroup memory limit)"), "{out}");
         assert!(
             out.contains("reserved 64.0 MiB of address space (segments"),
             "{out}"

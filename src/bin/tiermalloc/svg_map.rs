@@ -100,7 +100,8 @@ pub fn render(path: &str, report: &HeapReport, map: &[MapExtent]) -> String {
             Bytes(row_bytes)
         ),
         format!(
-            "in use {}; free {}; largest free extent {} at offset {largest_at}; fragmentation {:.1}% (1 - largest free / free)",
+            "in use {}; free {}; largest free extent {} at offset {largest_at}; fragmentation \
+             {:.1}% (1 - largest free / free)",
             Bytes(report.in_use),
             Bytes(report.free_bytes),
             Bytes(largest),

@@ -337,7 +337,12 @@ unsafe fn free_local(segment: *mut Segment, page: *mut Page, p: *mut u8) {
 /// As for `free_block`, after `count_free` returned false; `owner` is the calling thread's heap.
 #[cold]
 #[inline(never)]
-unsafe fn free_counted_cold(segment: *mut Segment, page: *mut Page, p: *mut u8, owner: *mut heap::Heap) {
+unsafe fn free_counted_cold(
+    segment: *mut Segment,
+    page: *mut Page,
+    p: *mut u8,
+    owner: *mut heap::Heap,
+) {
     // SAFETY: per the contract.
     unsafe {
         if (*page).block_size == 0 {
@@ -550,7 +555,12 @@ fn free_twice(p: *mut u8) {
 #[inline(never)]
 unsafe fn free_remote_unbound(page: *mut Page, segment: *mut Segment, p: *mut u8) {
     // SAFETY: `page` and `segment` are valid.
-    let (class, owner) = unsafe { ((*page).class as usize, (*segment).owner_heap() as *mut heap::Heap) };
+    let (class, owner) = unsafe {
+        (
+            (*page).class as usize,
+            (*segment).owner_heap() as *mut heap::Heap,
+        )
+    };
     // A thread that only frees (a consumer) gets a heap too, for its counters: the shared
     // ones below would be written by every such thread on every free (measured: two
     // consumers of xmalloc-test spent 80% of their time on those two atomics).
@@ -682,7 +692,9 @@ mod tests {
             let churn: Vec<*mut u8> = (0..2000)
                 .map(|i| {
                     let p = alloc(size + i % 3 * 16);
-                    let far = (p as usize & !(crate::chunk::CHUNK_SIZE - 1)) + crate::chunk::CHUNK_SIZE - 64;
+                    let far = (p as usize & !(crate::chunk::CHUNK_SIZE - 1))
+                        + crate::chunk::CHUNK_SIZE
+                        - 64;
                     // SAFETY: a live block of at least 16 bytes.
                     unsafe { (p as *mut usize).write(guard::encode_global(far)) };
                     p
