@@ -352,8 +352,9 @@ const MAX_TIER_BYTES: u64 = 1 << 47;
 /// Combinations of keys that no tier can honour.
 fn check_tier(spec: &TierSpec) -> Result<(), &'static str> {
     if spec.pool != spec.share.is_some() {
-        return Err("pool and share=SIZE go together (a tier from the shared pool takes a share of \
-                    it)");
+        return Err(
+            "pool and share=SIZE go together (a tier from the shared pool takes a share of it)",
+        );
     }
     if spec.pool && (spec.kind == Kind::Dram || spec.path_len > 0 || spec.numa.is_some()) {
         return Err("pool is for a device kind (cxl, cmb, pmr), without path= or numa=");
@@ -365,8 +366,9 @@ fn check_tier(spec: &TierSpec) -> Result<(), &'static str> {
         return Err("extent= must be a power of two from 64K to 1G");
     }
     if spec.numa.is_some() && spec.path_len > 0 {
-        return Err("numa= and path= exclude each other (numa= maps memory of that node, path= a \
-                    file)");
+        return Err(
+            "numa= and path= exclude each other (numa= maps memory of that node, path= a file)",
+        );
     }
     match spec.size {
         Some(size) if size < 4096 => Err("size= must be at least 4K (one page)"),

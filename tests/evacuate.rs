@@ -406,8 +406,10 @@ fn a_bad_copy_setting_is_said_and_the_default_kept() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{err}");
         assert!(
-            err.contains("tiermalloc: TIERMALLOC_EVACUATE_COPY: 'sideways': expected file or \
-                          mapped (file is the default)"),
+            err.contains(
+                "tiermalloc: TIERMALLOC_EVACUATE_COPY: 'sideways': expected file or \
+                 mapped (file is the default)"
+            ),
             "{err}"
         );
         return;
@@ -1673,8 +1675,10 @@ fn crash_checker(log_path: &str) {
             _ => None,
         };
         if let Some(word) = bad {
-            panic!("slot {slot}: the block at offset {offset} ({size} B, version {v}, state \
-                    {state}) lost its contents at word {word}");
+            panic!(
+                "slot {slot}: the block at offset {offset} ({size} B, version {v}, state \
+                 {state}) lost its contents at word {word}"
+            );
         }
     }
     // An allocation the log does not show yet: at most one per writer, none once the move

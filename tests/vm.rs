@@ -523,8 +523,10 @@ fn vm_nvme_pmr_is_enabled_and_keeps_its_bytes_across_power_off() {
 
         // The VM is off: the blocks are in the host's PMR file.
         let nodes = persist_nodes(&fs::read(&pmr).unwrap());
-        println!("host: pmr.img holds {nodes} of the 200 blocks of the write cycle (TMHB headers, \
-                  contents)");
+        println!(
+            "host: pmr.img holds {nodes} of the 200 blocks of the write cycle (TMHB headers, \
+             contents)"
+        );
         assert_eq!(nodes, 200);
 
         let second = run(

@@ -242,8 +242,10 @@ fn map_path_noting_creation(
     let reserved = reserve(len).map_err(release)?;
     if !map_shared_over(&reserved, fd.0, offset as u64, len) {
         let problem = if os::errno() == libc::EINVAL && nvme::is_bar_path(path) {
-            Problem::os("cannot map the BAR while a driver owns it: boot with iomem=relaxed or \
-                         unbind the driver")
+            Problem::os(
+                "cannot map the BAR while a driver owns it: boot with iomem=relaxed or unbind the \
+                 driver",
+            )
         } else {
             Problem::os("cannot map")
         };

@@ -958,8 +958,9 @@ mod tests {
                 assert!(free(p));
             }
             let Some(entry) = entry_of(h) else {
-                return Err(format!("the mapping of a freed block ({written} B written) is not \
-                                    cached"));
+                return Err(format!(
+                    "the mapping of a freed block ({written} B written) is not cached"
+                ));
             };
             let (low, high) = (written, written + HUGE_PAGE_BYTES);
             if entry.resident() < low || entry.resident() > high {

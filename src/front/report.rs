@@ -780,8 +780,13 @@ mod tests {
             out.starts_with("tiermalloc: pid 42 (py\"thon): statistics at exit\n"),
             "{out}"
         );
-        assert!(out.contains("dram in use 3.0 MiB, peak 5.0 MiB held for blocks, capacity 1.0 GiB \
-                              (cgroup memory limit)"), "{out}");
+        assert!(
+            out.contains(
+                "dram in use 3.0 MiB, peak 5.0 MiB held for blocks, capacity 1.0 GiB (cgroup \
+                 memory limit)"
+            ),
+            "{out}"
+        );
         assert!(
             out.contains("reserved 64.0 MiB of address space (segments"),
             "{out}"

@@ -135,8 +135,9 @@ impl ProfileRecords {
             && words[3].load(Ordering::Acquire) == SHAPE.runs as u64
             && words[4].load(Ordering::Acquire) == SHAPE.live as u64;
         if words[0].load(Ordering::Acquire) != TABLE_MAGIC || !shape_ok {
-            return Err("the pool's space tiermalloc.profiles holds no profile table of this \
-                        version");
+            return Err(
+                "the pool's space tiermalloc.profiles holds no profile table of this version",
+            );
         }
         Ok(ProfileRecords {
             pool,

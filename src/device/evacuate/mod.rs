@@ -1140,8 +1140,9 @@ fn move_region(
             };
             if mapped == libc::MAP_FAILED {
                 failure = Some(Problem {
-                    what: "cannot map the target over the tier's range (it now lies partly on each \
-                           device; both stay open)",
+                    what:
+                        "cannot map the target over the tier's range (it now lies partly on each \
+                         device; both stay open)",
                     errno: os::errno(),
                     room: None,
                     at: None,

@@ -113,9 +113,11 @@ pub(super) fn target_fits(
     target: &[u8],
 ) -> Result<(), &'static str> {
     if persistent && target.len() > TARGET_ROOM && has_heap(region) {
-        return Err("the target's path is longer than the 96 bytes a persistent heap's move record \
-                    holds (a crash during the move could not be rolled back); give a shorter path, \
-                    e.g. a symbolic link");
+        return Err(
+            "the target's path is longer than the 96 bytes a persistent heap's move record holds \
+             (a crash during the move could not be rolled back); give a shorter path, e.g. a \
+             symbolic link",
+        );
     }
     Ok(())
 }
@@ -339,12 +341,13 @@ pub(crate) enum Stitched<'a> {
     Refused { what: &'static str, named: &'a [u8] },
 }
 
-const SOURCE_GONE: &str = "is the target of a live move (tm_evacuate) that did not finish, and its \
-                           source cannot be opened (or is shorter) to complete it: the heap lies \
-                           partly here and partly on the source (README: Live evacuation)";
-const SOURCE_BUSY: &str = "is the target of a live move (tm_evacuate) that did not finish, and its \
-                           source is open in another process, which holds the heap (README: Live \
-                           evacuation)";
+const SOURCE_GONE: &str =
+    "is the target of a live move (tm_evacuate) that did not finish, and its source cannot be \
+     opened (or is shorter) to complete it: the heap lies partly here and partly on the source \
+     (README: Live evacuation)";
+const SOURCE_BUSY: &str =
+    "is the target of a live move (tm_evacuate) that did not finish, and its source is open in \
+     another process, which holds the heap (README: Live evacuation)";
 const SOURCE_MOVED_ON: &str = "is the target of a live move (tm_evacuate) that its source no \
                                longer holds (rolled back at the source's open, or formatted or \
                                moved elsewhere since): the heap is the source's, this copy is \

@@ -54,8 +54,10 @@ impl WriteProtector {
             let dev =
                 unsafe { libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
             if dev < 0 {
-                return Err(error("no userfaultfd (the system call is refused and /dev/userfaultfd \
-                                  cannot be opened)"));
+                return Err(error(
+                    "no userfaultfd (the system call is refused and /dev/userfaultfd cannot be \
+                     opened)",
+                ));
             }
             // SAFETY: USERFAULTFD_IOC_NEW takes the new descriptor's flags by value.
             fd = unsafe { libc::ioctl(dev, USERFAULTFD_IOC_NEW, flags) };
