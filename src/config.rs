@@ -671,7 +671,10 @@ mod tests {
     fn tiers_and_rules_parse_and_bad_entries_are_reported_and_skipped() {
         let mut r = Collect::default();
         let c = parse(
-            Some(b"dram:limit=1G; pmr:path=/dev/shm/p,size=64M,create,fit=worst;cxl:numa=1;ssd;cmb:fit=odd;dram"),
+            Some(
+                b"dram:limit=1G; \
+                  pmr:path=/dev/shm/p,size=64M,create,fit=worst;cxl:numa=1;ssd;cmb:fit=odd;dram",
+            ),
             Some(b"pmr:min=4K,max=1M;cxl:max=1M;nvm:min=1"),
             Some(b"1"),
             None,

@@ -670,9 +670,10 @@ mod tests {
         assert!(matches!(read(&image), Record::Moving { frontier, .. } if frontier == 3 << 20));
         image[TARGET_LEN_AT as usize..TARGET_LEN_AT as usize + 4]
             .copy_from_slice(&300u32.to_le_bytes());
-        assert!(
-            matches!(read(&image), Record::Moving { whole: false, target, .. } if target.len() == TARGET_ROOM)
-        );
+        assert!(matches!(
+            read(&image),
+            Record::Moving { whole: false, target, .. } if target.len() == TARGET_ROOM
+        ));
         // The target's form names the source and its offset.
         let target = Region {
             base: image.as_mut_ptr() as usize,
@@ -699,9 +700,10 @@ mod tests {
         // forward (it could not find the source).
         let long = [b'x'; SOURCE_ROOM + 1];
         mark_target(&target, &long, 0);
-        assert!(
-            matches!(read(&image), Record::MovedFrom { whole: false, source, .. } if source.len() == SOURCE_ROOM)
-        );
+        assert!(matches!(
+            read(&image),
+            Record::MovedFrom { whole: false, source, .. } if source.len() == SOURCE_ROOM
+        ));
         assert!(!source_fits(&long) && source_fits(&long[..SOURCE_ROOM]));
         assert_eq!(
             stitch(&target, Some(b"/dev/shm/t")),
