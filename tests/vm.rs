@@ -380,7 +380,8 @@ fn run(boot: &Boot, vm: Vm) -> Console {
 std::thread_local! {
     /// The device files this test's VMs used, removed when it passes (kept for a look when
     /// it fails).
-    static DEVICE_FILES: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+    static DEVICE_FILES: std::cell::RefCell<Vec<PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A scratch file (sparse, zeroes) for a VM's device memory, under this worktree's target/.
