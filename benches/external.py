@@ -27,8 +27,9 @@ ours' median time against the fastest peer's (bound 1.10), and ours' spread acro
 Fixed-duration programs (larson, xmalloc-test, glibc-thread; rptest, which sleeps) run for a set
 time whatever the allocator; their "time" is the program's own throughput figure turned into
 seconds the way the suite's bench.sh does (larson: its printed relative time; xmalloc-test: its
-printed rtime; glibc-thread: 1e9 / iterations; rptest: 2e6 / its memory ops per CPU second), and their CPU time is scaled to the same amount of work
-(CPU seconds x derived time / wall time).
+printed rtime; glibc-thread: 1e9 / iterations; rptest: 2e6 / its memory ops per CPU second),
+and their CPU time is scaled to the same amount of work (CPU seconds x derived time / wall
+time).
 
 At the end, an "ordering" line: the allocators sorted by the geometric mean of their median
 times over the benchmarks every one of them completed; with --compare-json FILE (a
@@ -105,7 +106,8 @@ def fetch_sh8bench(bench_dir, build_dir):
                 log("note: sh8benchN skipped: no %s in the zip" % SH8BENCH["member"])
                 return None
             source = z.read(name).replace(b"\r\n", b"\n")
-        patch = open(os.path.join(bench_dir, SH8BENCH["patch"]), "rb").read().replace(b"\r\n", b"\n")
+        patch = open(os.path.join(bench_dir, SH8BENCH["patch"]), "rb").read()
+        patch = patch.replace(b"\r\n", b"\n")
         open(os.path.join(work, "SH8BENCH.C"), "wb").write(source)
         open(os.path.join(work, "sh8bench.patch"), "wb").write(patch)
         r = subprocess.run(["patch", "-p1", "-o", out, "SH8BENCH.C", "sh8bench.patch"], cwd=work,

@@ -45,7 +45,8 @@ def crate_dirs(names):
         log("note: cargo not found; mimalloc3 and snmalloc are not built")
         return {}
     if r.returncode != 0:
-        log("note: cargo metadata failed; mimalloc3 and snmalloc are not built:\n" + r.stderr[-800:])
+        log("note: cargo metadata failed; mimalloc3 and snmalloc are not built:\n"
+            + r.stderr[-800:])
         return {}
     dirs = {}
     for pkg in json.loads(r.stdout)["packages"]:

@@ -217,12 +217,19 @@ def build_ours():
     return lib
 
 
-def check_preload(whichmalloc, name, lib):
-    """True if a process started with LD_PRELOAD=lib really calls lib's malloc and free."""
+def preload_env(lib):
+    """This process's environment with LD_PRELOAD=lib, or without LD_PRELOAD if lib is empty
+    (glibc's malloc)."""
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     if lib:
         env["LD_PRELOAD"] = lib
+    return env
+
+
+def check_preload(whichmalloc, name, lib):
+    """True if a process started with LD_PRELOAD=lib really calls lib's malloc and free."""
+    env = preload_env(lib)
     r = subprocess.run([whichmalloc], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         log("warning: %s: probe failed (exit %d): %s" % (name, r.returncode, r.stderr.strip()))
@@ -463,10 +470,7 @@ def run_callgrind(workload, prog, args, allocs, libs, timeout, tmpdir):
     outputs = {}
     for a in allocs:
         out_file = os.path.join(tmpdir, "callgrind.%s.out" % a)
-        env = dict(os.environ)
-        env.pop("LD_PRELOAD", None)
-        if libs[a]:
-            env["LD_PRELOAD"] = libs[a]
+        env = preload_env(libs[a])
         cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=" + out_file, prog] + args
         log("+ %s%s" % ("LD_PRELOAD=%s " % libs[a] if libs[a] else "", " ".join(cmd)))
         t0 = time.monotonic()
@@ -506,8 +510,8 @@ def callgrind_table(workload, args, rows, baseline, outputs):
     lines = ["#### Instructions (callgrind): `%s %s`" % (workload, " ".join(args)), ""]
     lines.append("Total Ir: every instruction the process executed. Outside program: total "
                  "minus the instructions in the workload binary's own functions, i.e. the "
-                 "allocator plus libc and dynamic-loader work (the latter two about equal under every "
-                 "allocator)."
+                 "allocator plus libc and dynamic-loader work (the latter two about equal under "
+                 "every allocator)."
                  + (" Per op: outside-program Ir / ops (one free + one malloc)." if ops else ""))
     lines.append("")
     head = ["allocator", "total Ir", "%s/X total" % baseline, "outside program",
@@ -547,7 +551,8 @@ def source_note():
     if head is None:
         return "no commit yet (measurement time)"
     dirty = git("status", "--porcelain", "--untracked-files=all", "--", "src", "Cargo.toml")
-    return "commit %s%s (measurement time)" % (head, " + uncommitted changes in src/" if dirty else "")
+    return "commit %s%s (measurement time)" % (
+        head, " + uncommitted changes in src/" if dirty else "")
 
 
 def package_of(path):
@@ -598,8 +603,10 @@ def add_common_options(ap):
     ap.add_argument("--lib", help="tiermalloc shared library to use as 'ours' (skips cargo build)")
     ap.add_argument("--no-build", action="store_true",
                     help="do not run cargo build; use the existing target/release library")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 1 with --quick)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, small parameters")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="repetitions (default 5; 1 with --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 repetition, small parameters")
     ap.add_argument("--before", metavar="LIB",
                     help="another libtiermalloc.so (an earlier commit's) measured as allocator "
                     "'before', interleaved with the others: a change against its parent in one run")

@@ -56,12 +56,8 @@ def build(suite, out):
 
 
 def caught(exe, lib):
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    if lib:
-        env["LD_PRELOAD"] = lib
     try:
-        r = subprocess.run([exe], env=env, capture_output=True, timeout=1)
+        r = subprocess.run([exe], env=run.preload_env(lib), capture_output=True, timeout=1)
     except subprocess.TimeoutExpired:
         return False
     return b"NOT_CAUGHT" not in r.stdout

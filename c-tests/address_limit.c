@@ -1,7 +1,8 @@
 /* address_limit.c — the library works in a small address space (RLIMIT_AS, `ulimit -v`):
  * start-up reserves only what it uses, so
- *  - under 64 MiB, malloc works from its first call (small, 1 MiB and 8 MiB blocks; the page map takes 32 MiB of address space in .bss), and a
- *    request the limit cannot hold fails with NULL + ENOMEM instead of crashing;
+ *  - under 64 MiB, malloc works from its first call (small, 1 MiB and 8 MiB blocks; the page
+ *    map takes 32 MiB of address space in .bss), and a request the limit cannot hold fails
+ *    with NULL + ENOMEM instead of crashing;
  *  - under 200 MiB (glibc's tst-malloc-thread-fail cap), 8 threads start and allocate, and
  *    allocation failures inside threads are NULL + ENOMEM;
  *  - python3, if installed, starts and runs under a 100 MB cap (`ulimit -v 100000`), as it does
@@ -25,7 +26,8 @@ static int small_space(void)
         memset(big, 1, 8 << 20);
     errno = 0;
     void *too_big = malloc(100 << 20);
-    CHECK(too_big == NULL && errno == ENOMEM, "malloc(100 MiB) under 64 MiB = %p, errno %d", too_big, errno);
+    CHECK(too_big == NULL && errno == ENOMEM, "malloc(100 MiB) under 64 MiB = %p, errno %d",
+          too_big, errno);
     free(mib);
     free(big);
     for (int i = 0; i < 1000; i++)
@@ -46,7 +48,8 @@ static void *thread_work(void *arg)
     errno = 0;
     void *huge = malloc(300 << 20);
     int e = errno;
-    CHECK(huge == NULL && e == ENOMEM, "malloc(300 MiB) in a thread under 200 MiB = %p, errno %d", huge, e);
+    CHECK(huge == NULL && e == ENOMEM, "malloc(300 MiB) in a thread under 200 MiB = %p, errno %d",
+          huge, e);
     return NULL;
 }
 
@@ -99,11 +102,13 @@ int main(int argc, char **argv)
     char *threads[] = {"/proc/self/exe", "--threads", NULL};
     st = run_limited(200 << 20, threads);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "under RLIMIT_AS 200 MiB: status %#x", st);
-    char *python[] = {"python3", "-c", "import json; assert len(json.dumps(list(range(100000)))) == 688890", NULL};
+    char *python[] = {"python3", "-c",
+                      "import json; assert len(json.dumps(list(range(100000)))) == 688890", NULL};
     st = run_limited(100000 << 10, python);
     if (WIFEXITED(st) && WEXITSTATUS(st) == 127)
         printf("python3 not found: skipped\n");
     else
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "python3 under RLIMIT_AS 100 MB: status %#x", st);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "python3 under RLIMIT_AS 100 MB: status %#x",
+              st);
     return check_done();
 }

@@ -44,7 +44,8 @@ static void default_alignment(void)
         void *p = malloc(big[i]);
         CHECK(p != NULL && is_aligned(p, 16), "malloc(%zu) = %p (want 16-byte aligned)", big[i], p);
         void *c = calloc(1, big[i]);
-        CHECK(c != NULL && is_aligned(c, 16), "calloc(1, %zu) = %p (want 16-byte aligned)", big[i], c);
+        CHECK(c != NULL && is_aligned(c, 16), "calloc(1, %zu) = %p (want 16-byte aligned)", big[i],
+              c);
         free(p);
         free(c);
     }
@@ -52,7 +53,8 @@ static void default_alignment(void)
         void *c = calloc(n, 3);
         CHECK(c != NULL && is_aligned(c, 16), "calloc(%zu, 3) = %p (want 16-byte aligned)", n, c);
         void *r = realloc(c, n * 5 + 1);
-        CHECK(r != NULL && is_aligned(r, 16), "realloc(%zu) = %p (want 16-byte aligned)", n * 5 + 1, r);
+        CHECK(r != NULL && is_aligned(r, 16), "realloc(%zu) = %p (want 16-byte aligned)", n * 5 + 1,
+              r);
         free(r ? r : c);
     }
 }
@@ -101,13 +103,16 @@ static void power_of_two_alignments(void)
                 set_errno(SENTINEL);
                 unsigned char *p = alloc_aligned(which, align, s, &rc);
                 int e = get_errno();
-                if (!CHECK(p != NULL, "%s(%zu, %zu) failed (rc %d, errno %d)", fn_name[which], align, s, rc, e))
+                if (!CHECK(p != NULL, "%s(%zu, %zu) failed (rc %d, errno %d)", fn_name[which],
+                           align, s, rc, e))
                     continue;
-                CHECK(e == SENTINEL, "successful %s(%zu, %zu) changed errno to %d", fn_name[which], align, s, e);
-                CHECK(is_aligned(p, align) && is_aligned(p, sizeof(void *)), "%s(%zu, %zu) = %p is misaligned",
-                      fn_name[which], align, s, p);
+                CHECK(e == SENTINEL, "successful %s(%zu, %zu) changed errno to %d", fn_name[which],
+                      align, s, e);
+                CHECK(is_aligned(p, align) && is_aligned(p, sizeof(void *)),
+                      "%s(%zu, %zu) = %p is misaligned", fn_name[which], align, s, p);
                 size_t u = malloc_usable_size(p);
-                CHECK(u >= s, "malloc_usable_size(%s(%zu, %zu)) = %zu < size", fn_name[which], align, s, u);
+                CHECK(u >= s, "malloc_usable_size(%s(%zu, %zu)) = %zu < size", fn_name[which],
+                      align, s, u);
                 /* Writable: all of it when small, both ends and every page when big. */
                 if (s <= (256u << 10)) {
                     memset(p, 0xC3, s);
@@ -126,14 +131,15 @@ static void power_of_two_alignments(void)
             qsort(live, (size_t)nlive, sizeof live[0], cmp_blk);
             for (int k = 0; k + 1 < nlive; k++)
                 CHECK(live[k].p + live[k].size <= live[k + 1].p,
-                      "%s(%zu, ...): blocks %p (+%zu) and %p overlap", fn_name[which], align, live[k].p,
-                      live[k].size, live[k + 1].p);
+                      "%s(%zu, ...): blocks %p (+%zu) and %p overlap", fn_name[which], align,
+                      live[k].p, live[k].size, live[k + 1].p);
             for (int k = 0; k < nlive; k++) {
-                CHECK(live[k].p[0] == 0xC3, "%s(%zu, ...): first byte of %p changed", fn_name[which], align,
-                      live[k].p);
+                CHECK(live[k].p[0] == 0xC3, "%s(%zu, ...): first byte of %p changed",
+                      fn_name[which], align, live[k].p);
                 set_errno(SENTINEL);
                 free(live[k].p);
-                CHECK(get_errno() == SENTINEL, "free of %s(%zu, ...) block changed errno", fn_name[which], align);
+                CHECK(get_errno() == SENTINEL, "free of %s(%zu, ...) block changed errno",
+                      fn_name[which], align);
             }
         }
     }
@@ -149,8 +155,10 @@ static void bad_alignments(void)
         void *p = (void *)0x1;
         set_errno(SENTINEL);
         int rc = posix_memalign(&p, al, 64);
-        CHECK(rc == EINVAL, "posix_memalign(&p, %#zx, 64) returned %d (want EINVAL=%d)", al, rc, EINVAL);
-        CHECK(p == (void *)0x1 || p == NULL, "failed posix_memalign(&p, %#zx, 64) stored %p", al, p);
+        CHECK(rc == EINVAL, "posix_memalign(&p, %#zx, 64) returned %d (want EINVAL=%d)", al, rc,
+              EINVAL);
+        CHECK(p == (void *)0x1 || p == NULL, "failed posix_memalign(&p, %#zx, 64) stored %p", al,
+              p);
         if (rc == 0 && p != (void *)0x1 && p != NULL)
             free(p);
     }
@@ -162,8 +170,9 @@ static void bad_alignments(void)
         set_errno(SENTINEL);
         void *p = aligned_alloc(al, 64);
         int e = get_errno();
-        CHECK(p == NULL && e == EINVAL, "aligned_alloc(%#zx, 64) returned %p, errno %d (want NULL, EINVAL=%d)", al,
-              p, e, EINVAL);
+        CHECK(p == NULL && e == EINVAL,
+              "aligned_alloc(%#zx, 64) returned %p, errno %d (want NULL, EINVAL=%d)", al, p, e,
+              EINVAL);
         if (p)
             free(p);
     }
@@ -177,16 +186,20 @@ static void bad_alignments(void)
         unsigned char *p = memalign(al, 64);
         int e = get_errno();
         if (p == NULL) {
-            CHECK(e == EINVAL, "memalign(%#zx, 64) returned NULL with errno %d (want EINVAL=%d)", al, e, EINVAL);
+            CHECK(e == EINVAL, "memalign(%#zx, 64) returned NULL with errno %d (want EINVAL=%d)",
+                  al, e, EINVAL);
         } else {
             size_t next = 1;
             while (next < al && next != 0)
                 next <<= 1;
-            CHECK(next != 0 && al <= SIZE_MAX / 2, "memalign(%#zx, 64) returned %p: no such alignment exists", al, p);
+            CHECK(next != 0 && al <= SIZE_MAX / 2,
+                  "memalign(%#zx, 64) returned %p: no such alignment exists", al, p);
             if (next != 0)
-                CHECK(is_aligned(p, next), "memalign(%#zx, 64) = %p is not aligned to %zu", al, p, next);
+                CHECK(is_aligned(p, next), "memalign(%#zx, 64) = %p is not aligned to %zu", al, p,
+                      next);
             CHECK(e == SENTINEL, "successful memalign(%#zx, 64) changed errno to %d", al, e);
-            CHECK(malloc_usable_size(p) >= 64, "memalign(%#zx, 64): usable size %zu", al, malloc_usable_size(p));
+            CHECK(malloc_usable_size(p) >= 64, "memalign(%#zx, 64): usable size %zu", al,
+                  malloc_usable_size(p));
             memset(p, 1, 64);
             free(p);
         }
@@ -202,7 +215,8 @@ static void valloc_pvalloc(void)
         unsigned char *v = valloc(s);
         if (CHECK(v != NULL, "valloc(%zu) returned NULL", s)) {
             CHECK(is_aligned(v, ps), "valloc(%zu) = %p is not page aligned", s, v);
-            CHECK(malloc_usable_size(v) >= s, "malloc_usable_size(valloc(%zu)) = %zu", s, malloc_usable_size(v));
+            CHECK(malloc_usable_size(v) >= s, "malloc_usable_size(valloc(%zu)) = %zu", s,
+                  malloc_usable_size(v));
             if (s)
                 memset(v, 0x11, s);
         }
@@ -211,7 +225,9 @@ static void valloc_pvalloc(void)
         if (CHECK(pv != NULL, "pvalloc(%zu) returned NULL", s)) {
             CHECK(is_aligned(pv, ps), "pvalloc(%zu) = %p is not page aligned", s, pv);
             size_t u = malloc_usable_size(pv);
-            CHECK(u >= rounded, "malloc_usable_size(pvalloc(%zu)) = %zu < %zu (size rounded to pages)", s, u, rounded);
+            CHECK(u >= rounded,
+                  "malloc_usable_size(pvalloc(%zu)) = %zu < %zu (size rounded to pages)", s, u,
+                  rounded);
             if (u >= rounded && rounded)
                 memset(pv, 0x22, rounded); /* the whole rounded size is ours */
         }

@@ -42,8 +42,8 @@ static void check_calloc(size_t count, size_t size, const char *what, int iter)
         return;
     __asm__ volatile("" : : "r"(c) : "memory");
     size_t bad = first_nonzero(c, count * size);
-    CHECK(bad == (size_t)-1, "%s iter %d: calloc(%zu, %zu) = %p has byte %zu = %#x, not 0", what, iter, count, size,
-          (void *)c, bad, bad == (size_t)-1 ? 0 : c[bad]);
+    CHECK(bad == (size_t)-1, "%s iter %d: calloc(%zu, %zu) = %p has byte %zu = %#x, not 0", what,
+          iter, count, size, (void *)c, bad, bad == (size_t)-1 ? 0 : c[bad]);
     /* dirty it ourselves before giving it back, for the next round */
     size_t u = malloc_usable_size(c);
     memset(c, 0xAA, u > count * size ? u : count * size);
@@ -98,7 +98,8 @@ static void many_live(const char *what)
                     continue;
                 __asm__ volatile("" : : "r"(b[k]) : "memory");
                 size_t bad = first_nonzero(b[k], s);
-                CHECK(bad == (size_t)-1, "%s: calloc(1, %zu) #%d (round %d) has nonzero byte at %zu", what, s, k,
+                CHECK(bad == (size_t)-1,
+                      "%s: calloc(1, %zu) #%d (round %d) has nonzero byte at %zu", what, s, k,
                       round, bad);
             }
             for (int k = 0; k < n; k++) {
@@ -148,8 +149,10 @@ int main(void)
     after_shrink("main");
     pthread_t t[2];
     int ok[2];
-    ok[0] = CHECK(pthread_create(&t[0], NULL, thread_body, "thread A") == 0, "pthread_create failed");
-    ok[1] = CHECK(pthread_create(&t[1], NULL, thread_body, "thread B") == 0, "pthread_create failed");
+    ok[0] =
+        CHECK(pthread_create(&t[0], NULL, thread_body, "thread A") == 0, "pthread_create failed");
+    ok[1] =
+        CHECK(pthread_create(&t[1], NULL, thread_body, "thread B") == 0, "pthread_create failed");
     for (int i = 0; i < 2; i++)
         if (ok[i])
             pthread_join(t[i], NULL);

@@ -116,7 +116,8 @@ check_impl(int ok, const char *file, int line, const char *expr, const char *fmt
 __attribute__((unused)) static int same_file_(const char *a, const char *b)
 {
     struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
 }
 
 /* When the test harness sets TIERMALLOC_TEST_EXPECT_LIB=/path/to/lib.so, every name of the
@@ -128,9 +129,9 @@ __attribute__((unused)) static void check_malloc_source_(void)
     const char *want = getenv("TIERMALLOC_TEST_EXPECT_LIB");
     if (!want || !*want)
         return;
-    static const char *const names[] = {"malloc",        "free",    "calloc", "realloc",
-                                        "reallocarray",  "posix_memalign", "aligned_alloc",
-                                        "memalign",      "valloc",  "pvalloc", "malloc_usable_size"};
+    static const char *const names[] = {
+        "malloc",        "free",     "calloc", "realloc", "reallocarray",      "posix_memalign",
+        "aligned_alloc", "memalign", "valloc", "pvalloc", "malloc_usable_size"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         void *f = dlsym(RTLD_DEFAULT, names[i]);
         Dl_info di;
@@ -196,7 +197,8 @@ __attribute__((unused)) static void watchdog(unsigned seconds, const char *what)
 /* ---------------------------------------------------------------- helpers */
 
 /* Round-trips a value through a register the optimiser cannot look into. */
-__attribute__((unused)) static void for_each_line(int fd, void (*f)(const char *line, void *ctx), void *ctx)
+__attribute__((unused)) static void for_each_line(int fd, void (*f)(const char *line, void *ctx),
+                                                  void *ctx)
 {
     char buf[65536], line[512];
     size_t len = 0;
@@ -214,8 +216,9 @@ __attribute__((unused)) static void for_each_line(int fd, void (*f)(const char *
     }
 }
 
-__attribute__((unused)) static pid_t rerun_ignoring(const char *argv0, const char *var, const char *value,
-                                                    const char *var2, const char *value2, int *fd)
+__attribute__((unused)) static pid_t rerun_ignoring(const char *argv0, const char *var,
+                                                    const char *value, const char *var2,
+                                                    const char *value2, int *fd)
 {
     int fds[2];
     if (pipe(fds) != 0) return -1;
@@ -363,13 +366,17 @@ __attribute__((unused)) static void *(*volatile const opq_malloc_)(size_t) = mal
 __attribute__((unused)) static void (*volatile const opq_free_)(void *) = free;
 __attribute__((unused)) static void *(*volatile const opq_calloc_)(size_t, size_t) = calloc;
 __attribute__((unused)) static void *(*volatile const opq_realloc_)(void *, size_t) = realloc;
-__attribute__((unused)) static void *(*volatile const opq_reallocarray_)(void *, size_t, size_t) = reallocarray;
-__attribute__((unused)) static int (*volatile const opq_posix_memalign_)(void **, size_t, size_t) = posix_memalign;
-__attribute__((unused)) static void *(*volatile const opq_aligned_alloc_)(size_t, size_t) = aligned_alloc;
+__attribute__((unused)) static void *(*volatile const opq_reallocarray_)(void *, size_t,
+                                                                         size_t) = reallocarray;
+__attribute__((unused)) static int (*volatile const opq_posix_memalign_)(void **, size_t,
+                                                                         size_t) = posix_memalign;
+__attribute__((unused)) static void *(*volatile const opq_aligned_alloc_)(size_t,
+                                                                          size_t) = aligned_alloc;
 __attribute__((unused)) static void *(*volatile const opq_memalign_)(size_t, size_t) = memalign;
 __attribute__((unused)) static void *(*volatile const opq_valloc_)(size_t) = valloc;
 __attribute__((unused)) static void *(*volatile const opq_pvalloc_)(size_t) = pvalloc;
-__attribute__((unused)) static size_t (*volatile const opq_malloc_usable_size_)(void *) = malloc_usable_size;
+__attribute__((unused)) static size_t (*volatile const opq_malloc_usable_size_)(void *) =
+    malloc_usable_size;
 
 #define malloc(n) (opq_malloc_(n))
 #define free(p) (opq_free_(p))
@@ -430,8 +437,8 @@ __attribute__((unused)) static int line_count(const char *s)
  * and `ptr` printed as %p (NULL: not checked). Returns whether it did. */
 #define EXPECT_ABORT(fn, arg, want, ptr) expect_abort_(fn, arg, want, ptr, #fn, __FILE__, __LINE__)
 __attribute__((unused)) static int expect_abort_(void (*fn)(void *), void *arg, const char *want,
-                                                 const void *ptr, const char *name, const char *file,
-                                                 int line)
+                                                 const void *ptr, const char *name,
+                                                 const char *file, int line)
 {
     char err[2048], p[32] = "";
     if (ptr)
@@ -439,14 +446,16 @@ __attribute__((unused)) static int expect_abort_(void (*fn)(void *), void *arg, 
     int st = in_child(fn, arg, err, sizeof err);
     int ok = WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && strstr(err, want) && strstr(err, p) &&
              line_count(err) == 1;
-    return check_impl(ok, file, line, name, "want SIGABRT and one line with '%s' and '%s'; status %#x, stderr: %s",
-                      want, p, st, err);
+    return check_impl(ok, file, line, name,
+                      "want SIGABRT and one line with '%s' and '%s'; status %#x, stderr: %s", want,
+                      p, st, err);
 }
 
 /* Runs this program again in a child with environment variable `var` set to `value` (unset if
  * NULL) and one argument `arg`, for settings read at start-up. Returns its exit status, or -1
  * if it did not exit. */
-__attribute__((unused)) static int rerun_self_with(const char *var, const char *value, const char *arg)
+__attribute__((unused)) static int rerun_self_with(const char *var, const char *value,
+                                                   const char *arg)
 {
     fflush(stdout);
     pid_t pid = fork();

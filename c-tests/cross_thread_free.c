@@ -76,16 +76,19 @@ static void *consume(void *arg)
             struct block *b = &table[t][i];
             if (!b->p)
                 continue;
-            CHECK(pattern_ok(b->p, b->size, b->seed), "block %d of dead thread %d (%zu bytes at %p) was corrupted", i,
-                  t, b->size, (void *)b->p);
-            CHECK(malloc_usable_size(b->p) >= b->size, "malloc_usable_size of a dead thread's %zu block = %zu", b->size,
+            CHECK(pattern_ok(b->p, b->size, b->seed),
+                  "block %d of dead thread %d (%zu bytes at %p) was corrupted", i, t, b->size,
+                  (void *)b->p);
+            CHECK(malloc_usable_size(b->p) >= b->size,
+                  "malloc_usable_size of a dead thread's %zu block = %zu", b->size,
                   malloc_usable_size(b->p));
             if (flat % 4 == 0) {
                 /* realloc a dead thread's block: grow, check, shrink */
                 size_t ns = b->size * 2 + 7;
                 unsigned char *q = realloc(b->p, ns);
                 if (CHECK(q != NULL, "realloc of a dead thread's block to %zu failed", ns)) {
-                    CHECK(pattern_ok(q, b->size, b->seed), "realloc of a dead thread's block lost contents");
+                    CHECK(pattern_ok(q, b->size, b->seed),
+                          "realloc of a dead thread's block lost contents");
                     b->p = q;
                 }
             }
@@ -96,7 +99,8 @@ static void *consume(void *arg)
             unsigned char *n = malloc(s);
             if (CHECK(n != NULL, "consumer malloc(%zu) failed", s)) {
                 pattern_fill(n, s, 0xC0FFEEu + (uint64_t)flat);
-                CHECK(pattern_ok(n, s, 0xC0FFEEu + (uint64_t)flat), "fresh block changed under its owner");
+                CHECK(pattern_ok(n, s, 0xC0FFEEu + (uint64_t)flat),
+                      "fresh block changed under its owner");
                 free(n);
             }
         }
@@ -205,12 +209,14 @@ int main(void)
 
     /* phase 1 */
     for (int t = 0; t < PRODUCERS; t++)
-        if (!CHECK(pthread_create(&th[t], NULL, produce, (void *)(uintptr_t)t) == 0, "pthread_create failed"))
+        if (!CHECK(pthread_create(&th[t], NULL, produce, (void *)(uintptr_t)t) == 0,
+                   "pthread_create failed"))
             return check_done();
     for (int t = 0; t < PRODUCERS; t++)
         pthread_join(th[t], NULL);
     for (int c = 0; c < CONSUMERS; c++)
-        if (!CHECK(pthread_create(&th[c], NULL, consume, (void *)(uintptr_t)c) == 0, "pthread_create failed"))
+        if (!CHECK(pthread_create(&th[c], NULL, consume, (void *)(uintptr_t)c) == 0,
+                   "pthread_create failed"))
             return check_done();
     for (int c = 0; c < CONSUMERS; c++)
         pthread_join(th[c], NULL);
@@ -222,10 +228,12 @@ int main(void)
     for (int round = 0; round < 8; round++) {
         q.producers_left = PRODUCERS;
         for (int t = 0; t < PRODUCERS; t++)
-            if (!CHECK(pthread_create(&th[t], NULL, produce_and_leave, (void *)(uintptr_t)t) == 0, "pthread_create"))
+            if (!CHECK(pthread_create(&th[t], NULL, produce_and_leave, (void *)(uintptr_t)t) == 0,
+                       "pthread_create"))
                 return check_done();
         for (int c = 0; c < CONSUMERS; c++)
-            if (!CHECK(pthread_create(&th[PRODUCERS + c], NULL, drain, NULL) == 0, "pthread_create failed"))
+            if (!CHECK(pthread_create(&th[PRODUCERS + c], NULL, drain, NULL) == 0,
+                       "pthread_create failed"))
                 return check_done();
         for (int t = 0; t < PRODUCERS + CONSUMERS; t++)
             pthread_join(th[t], NULL);
@@ -233,7 +241,8 @@ int main(void)
     }
 
     /* phase 3 */
-    if (!CHECK(pthread_create(&th[0], NULL, produce, (void *)(uintptr_t)0) == 0, "pthread_create failed"))
+    if (!CHECK(pthread_create(&th[0], NULL, produce, (void *)(uintptr_t)0) == 0,
+               "pthread_create failed"))
         return check_done();
     pthread_join(th[0], NULL);
     if (!CHECK(pthread_create(&th[1], NULL, churn, NULL) == 0, "pthread_create failed"))
@@ -242,7 +251,8 @@ int main(void)
         struct block *b = &table[0][i];
         if (!b->p)
             continue;
-        CHECK(pattern_ok(b->p, b->size, b->seed), "block %d of dead thread 0 corrupted (phase 3)", i);
+        CHECK(pattern_ok(b->p, b->size, b->seed), "block %d of dead thread 0 corrupted (phase 3)",
+              i);
         free(b->p);
         b->p = NULL;
     }

@@ -172,7 +172,8 @@ static void fit_policies(void)
     tm_free(f);
     /* Holes now: 16K at b, 32K at d, 8K at f. */
     /* A block is cut from the end of the hole chosen: it lies inside [hole, hole + len). */
-#define IN_HOLE(x, hole, len) ((char *)(x) >= (char *)(hole) && (char *)(x) < (char *)(hole) + (len))
+#define IN_HOLE(x, hole, len)                                                                      \
+    ((char *)(x) >= (char *)(hole) && (char *)(x) < (char *)(hole) + (len))
     void *best = tm_malloc(TM_CXL, 6000);
     CHECK(IN_HOLE(best, f, 8192), "best fit chose %p, want the 8K hole at %p", best, f);
     tm_free(best);
@@ -466,7 +467,8 @@ static void child_modes(void)
     char err[4096];
     char *broken[] = {"device_tiers", "--child-broken", NULL};
     int st = run_child(broken, "dram;pmr:path=/nonexistent-dir/pmr-file,size=1M", err, sizeof err);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "broken-path child: status %#x, stderr: %s", st, err);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "broken-path child: status %#x, stderr: %s", st,
+          err);
     CHECK(strstr(err, "pmr") && strstr(err, "/nonexistent-dir/pmr-file"),
           "no line naming the tier and path: %s", err);
     CHECK(count_lines(err) == 1, "want exactly one line, got: %s", err);
@@ -475,8 +477,8 @@ static void child_modes(void)
     snprintf(tiers, sizeof tiers, "dram;cxl:path=%s", cxl_path);
     char *busy[] = {"device_tiers", "--child-busy", NULL};
     st = run_child(busy, tiers, err, sizeof err);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "second user of a tier file: status %#x, stderr: %s",
-          st, err);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+          "second user of a tier file: status %#x, stderr: %s", st, err);
     CHECK(strstr(err, "cxl") && strstr(err, cxl_path) && strstr(err, "in use by another process") &&
               count_lines(err) == 1,
           "second user of a tier file: want one line naming it, got: %s", err);

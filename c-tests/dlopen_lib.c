@@ -55,9 +55,12 @@ static void use_library(const char *where)
         unsigned char *p = lib_malloc(s);
         if (!CHECK(p != NULL, "%s: library malloc(%zu) failed", where, s))
             continue;
-        CHECK(is_aligned(p, 16), "%s: library malloc(%zu) = %p not 16-byte aligned", where, s, (void *)p);
-        CHECK(lib_usable(p) >= s, "%s: library malloc_usable_size = %zu for %zu", where, lib_usable(p), s);
-        CHECK(lib_tm_kind_of(p) == TM_DRAM, "%s: tm_kind_of(library malloc(%zu)) = %d", where, s, lib_tm_kind_of(p));
+        CHECK(is_aligned(p, 16), "%s: library malloc(%zu) = %p not 16-byte aligned", where, s,
+              (void *)p);
+        CHECK(lib_usable(p) >= s, "%s: library malloc_usable_size = %zu for %zu", where,
+              lib_usable(p), s);
+        CHECK(lib_tm_kind_of(p) == TM_DRAM, "%s: tm_kind_of(library malloc(%zu)) = %d", where, s,
+              lib_tm_kind_of(p));
         pattern_fill(p, s, s + 1);
         unsigned char *q = lib_realloc(p, s * 3 + 16);
         if (CHECK(q != NULL, "%s: library realloc(%zu -> %zu) failed", where, s, s * 3 + 16)) {
@@ -78,8 +81,10 @@ static void use_library(const char *where)
 
         unsigned char *t = lib_tm_malloc(TM_DRAM, s);
         if (CHECK(t != NULL, "%s: tm_malloc(TM_DRAM, %zu) failed", where, s)) {
-            CHECK(lib_tm_usable_size(t) >= s, "%s: tm_usable_size = %zu for %zu", where, lib_tm_usable_size(t), s);
-            CHECK(lib_tm_kind_of(t) == TM_DRAM, "%s: tm_kind_of(tm_malloc) = %d", where, lib_tm_kind_of(t));
+            CHECK(lib_tm_usable_size(t) >= s, "%s: tm_usable_size = %zu for %zu", where,
+                  lib_tm_usable_size(t), s);
+            CHECK(lib_tm_kind_of(t) == TM_DRAM, "%s: tm_kind_of(tm_malloc) = %d", where,
+                  lib_tm_kind_of(t));
             memset(t, 0x44, s);
             lib_tm_free(t);
         }
@@ -108,7 +113,8 @@ static void *first_calls(void *arg)
         case 2: blocks[i] = lib_tm_malloc(TM_DRAM, s); break;
         default: if (lib_posix_memalign(&blocks[i], 64, s) != 0) blocks[i] = NULL; break;
         }
-        if (CHECK(blocks[i] != NULL, "first-use thread %d: allocation %d of %zu bytes failed", id, i, s))
+        if (CHECK(blocks[i] != NULL, "first-use thread %d: allocation %d of %zu bytes failed", id,
+                  i, s))
             pattern_fill(blocks[i], s, (uint64_t)id * 1000 + (uint64_t)i);
     }
     for (int i = 0; i < 200; i++) {
@@ -146,7 +152,8 @@ static void *thread_freeing(void *arg)
     for (int i = 0; i < 50; i++) {
         if (!CHECK(lb->blocks[i] != NULL, "library malloc(%zu) in a thread failed", lb->sizes[i]))
             continue;
-        CHECK(pattern_ok(lb->blocks[i], lb->sizes[i], 500 + (uint64_t)i), "block %d of an exited thread corrupted", i);
+        CHECK(pattern_ok(lb->blocks[i], lb->sizes[i], 500 + (uint64_t)i),
+              "block %d of an exited thread corrupted", i);
         lib_free(lb->blocks[i]);
     }
     return NULL;
@@ -178,20 +185,23 @@ int main(int argc, char **argv)
     lib_tm_usable_size = (size_t(*)(const void *))sym(h, "tm_usable_size");
     lib_tm_kind_of = (int (*)(const void *))sym(h, "tm_kind_of");
     lib_tm_get_stats = (int (*)(tm_kind, tm_stats *))sym(h, "tm_get_stats");
-    if (!lib_malloc || !lib_free || !lib_calloc || !lib_realloc || !lib_usable || !lib_posix_memalign ||
-        !lib_tm_malloc || !lib_tm_free || !lib_tm_usable_size || !lib_tm_kind_of || !lib_tm_get_stats)
+    if (!lib_malloc || !lib_free || !lib_calloc || !lib_realloc || !lib_usable ||
+        !lib_posix_memalign || !lib_tm_malloc || !lib_tm_free || !lib_tm_usable_size ||
+        !lib_tm_kind_of || !lib_tm_get_stats)
         return check_done();
 
     /* This test is about the library NOT being the process's malloc. */
     CHECK((void *)lib_malloc != dlsym(RTLD_DEFAULT, "malloc"),
-          "the library's malloc is the process's malloc: run this test without LD_PRELOAD or linking");
+          "the library's malloc is the process's malloc: run this test without LD_PRELOAD or "
+          "linking");
 
     /* The library's very first calls: 4 threads at once. */
     pthread_barrier_init(&first_use, NULL, 4);
     pthread_t ft[4];
     int started = 0;
     for (int i = 0; i < 4; i++)
-        if (CHECK(pthread_create(&ft[i], NULL, first_calls, (void *)(uintptr_t)i) == 0, "pthread_create failed"))
+        if (CHECK(pthread_create(&ft[i], NULL, first_calls, (void *)(uintptr_t)i) == 0,
+                  "pthread_create failed"))
             started++;
     if (started == 4)
         for (int i = 0; i < 4; i++)
@@ -206,18 +216,22 @@ int main(int argc, char **argv)
     void *gbig = malloc(4 << 20);
     int stack_thing = 0;
     CHECK(lib_tm_kind_of(g) == -1, "tm_kind_of(glibc malloc(64)) = %d, want -1", lib_tm_kind_of(g));
-    CHECK(lib_tm_kind_of(gbig) == -1, "tm_kind_of(glibc malloc(4 MiB)) = %d, want -1", lib_tm_kind_of(gbig));
+    CHECK(lib_tm_kind_of(gbig) == -1, "tm_kind_of(glibc malloc(4 MiB)) = %d, want -1",
+          lib_tm_kind_of(gbig));
     CHECK(lib_tm_kind_of(before) == -1, "tm_kind_of(glibc block from before dlopen) = %d, want -1",
           lib_tm_kind_of(before));
-    CHECK(lib_tm_kind_of(&stack_thing) == -1, "tm_kind_of(stack) = %d, want -1", lib_tm_kind_of(&stack_thing));
-    CHECK(lib_tm_kind_of(&static_thing) == -1, "tm_kind_of(static) = %d, want -1", lib_tm_kind_of(&static_thing));
+    CHECK(lib_tm_kind_of(&stack_thing) == -1, "tm_kind_of(stack) = %d, want -1",
+          lib_tm_kind_of(&stack_thing));
+    CHECK(lib_tm_kind_of(&static_thing) == -1, "tm_kind_of(static) = %d, want -1",
+          lib_tm_kind_of(&static_thing));
     /* A glibc block handed to the library's free/realloc goes to glibc's own (the library was
      * loaded late, so it may legitimately meet them): no abort, contents kept. */
     char *gr = malloc(100);
     memset(gr, 0x5b, 100);
     gr = lib_realloc(gr, 200);
     if (CHECK(gr != NULL, "library realloc of a glibc block failed"))
-        CHECK(gr[0] == 0x5b && gr[99] == 0x5b, "library realloc of a glibc block lost its contents");
+        CHECK(gr[0] == 0x5b && gr[99] == 0x5b,
+              "library realloc of a glibc block lost its contents");
     lib_free(gr);
     lib_free(g);
     free(gbig);
@@ -227,7 +241,8 @@ int main(int argc, char **argv)
     memset(&st, 0, sizeof st);
     int rc = lib_tm_get_stats(TM_DRAM, &st);
     CHECK(rc == 0, "tm_get_stats(TM_DRAM) = %d", rc);
-    CHECK(st.allocations > 0, "tm_get_stats(TM_DRAM).allocations = %" PRIu64 " after allocating", st.allocations);
+    CHECK(st.allocations > 0, "tm_get_stats(TM_DRAM).allocations = %" PRIu64 " after allocating",
+          st.allocations);
 
     struct left_behind lb;
     memset(&lb, 0, sizeof lb);
@@ -256,7 +271,8 @@ int main(int argc, char **argv)
     if (CHECK(pid > 0, "fork failed")) {
         int stw = 0;
         waitpid(pid, &stw, 0);
-        CHECK(WIFEXITED(stw) && WEXITSTATUS(stw) == 0, "forked child using the library failed (status %#x)", stw);
+        CHECK(WIFEXITED(stw) && WEXITSTATUS(stw) == 0,
+              "forked child using the library failed (status %#x)", stw);
     }
     /* No dlclose: an allocator cannot be unloaded while its blocks and thread hooks live. */
     return check_done();

@@ -89,8 +89,8 @@ int main(int argc, char **argv) {
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the racing child: %s %d",
           WIFSIGNALED(st) ? "killed by signal" : "exit status",
           WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
-    CHECK(double_frees + invalid == ROUNDS * BLOCKS, "%ld double frees and %ld invalid pointers reported",
-          double_frees, invalid);
+    CHECK(double_frees + invalid == ROUNDS * BLOCKS,
+          "%ld double frees and %ld invalid pointers reported", double_frees, invalid);
     CHECK(other == 0, "%ld other lines", other);
     printf("double frees reported %ld, invalid pointers %ld\n", double_frees, invalid);
     return check_done();

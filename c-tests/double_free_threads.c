@@ -23,12 +23,12 @@
  *           runs of a 200 000-round version). On a loaded machine both threads seldom run at
  *           once, so a run may see no race: `two_lists` below is the case that always fails
  *           without the test;
- *   two_lists the state such a race leaves, made without luck (blocks of 2000 bytes): the owner frees each block, the
- *           program clears its second word (the free mark) after the free, then another thread
- *           frees it (its claim now succeeds), so every block sits on the owner's list and on
- *           the page's remote list. The owner's mallocs afterwards must hand none out twice:
- *           the copy popped second is reported. Without the pop's mark test (main before it),
- *           a block comes out twice.
+ *   two_lists the state such a race leaves, made without luck (blocks of 2000 bytes): the
+ *           owner frees each block, the program clears its second word (the free mark) after
+ *           the free, then another thread frees it (its claim now succeeds), so every block
+ *           sits on the owner's list and on the page's remote list. The owner's mallocs
+ *           afterwards must hand none out twice: the copy popped second is reported. Without
+ *           the pop's mark test (main before it), a block comes out twice.
  */
 #include "check.h"
 #include <stdatomic.h>
@@ -113,7 +113,8 @@ static void no_block_twice(size_t size, int count) {
     int overlaps = 0;
     for (int i = 1; i < count; i++)
         if ((uintptr_t)p[i - 1] + size > (uintptr_t)p[i]) overlaps++;
-    CHECK(overlaps == 0, "%d blocks of %zu bytes handed out overlapping another live one", overlaps, size);
+    CHECK(overlaps == 0, "%d blocks of %zu bytes handed out overlapping another live one", overlaps,
+          size);
     for (int i = 0; i < count; i++) free(p[i]);
     free(p);
 }
@@ -205,7 +206,8 @@ static void count_line(const char *line, void *ctx) {
 
 static void run_case(const char *argv0, const char *mode) {
     int secure = strcmp(mode, "secure") == 0, fd = -1;
-    pid_t pid = rerun_ignoring(argv0, "DOUBLE_FREE_THREADS_CHILD", mode, secure ? "TIERMALLOC_SECURE" : NULL, "1", &fd);
+    pid_t pid = rerun_ignoring(argv0, "DOUBLE_FREE_THREADS_CHILD", mode,
+                               secure ? "TIERMALLOC_SECURE" : NULL, "1", &fd);
     CHECK(pid > 0, "pipe or fork");
     struct line_counts counts = {mode, 0, 0, 0};
     for_each_line(fd, count_line, &counts);
@@ -229,10 +231,12 @@ static void run_case(const char *argv0, const char *mode) {
          * be retired early and later frees of its blocks are each reported, and one dropped
          * list can hold more than one raced block: the reports do not add up to the rounds
          * exactly. What must hold is the child's check, no block handed out twice. */
-        CHECK(other == 0, "owner: %ld reported at the free, %ld at reuse, %ld other lines, for %ld rounds",
+        CHECK(other == 0,
+              "owner: %ld reported at the free, %ld at reuse, %ld other lines, for %ld rounds",
               double_frees, found, other, expected);
-        printf("owner: %ld rounds, %ld reports at the free, %ld at reuse (races both frees passed)\n",
-               expected, double_frees, found);
+        printf(
+            "owner: %ld rounds, %ld reports at the free, %ld at reuse (races both frees passed)\n",
+            expected, double_frees, found);
         return;
     }
     CHECK(double_frees + found == expected,

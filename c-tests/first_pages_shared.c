@@ -41,7 +41,8 @@ int main(void)
     memset(first, 0xee, 256);
     uintptr_t segment = (uintptr_t)first & ~(uintptr_t)(SEGMENT_BYTES - 1);
     size_t before = resident_pages(segment);
-    CHECK(before != SIZE_MAX, "mincore over the segment at %#" PRIxPTR ": %s", segment, strerror(errno));
+    CHECK(before != SIZE_MAX, "mincore over the segment at %#" PRIxPTR ": %s", segment,
+          strerror(errno));
 
     for (int i = 0; i < COUNT; i++) {
         blocks[i] = malloc(sizes[i]);

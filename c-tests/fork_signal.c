@@ -97,7 +97,8 @@ int main(void)
     pthread_barrierattr_t ba;
     pthread_barrierattr_init(&ba);
     pthread_barrierattr_setpshared(&ba, PTHREAD_PROCESS_SHARED);
-    if (!CHECK(pthread_barrier_init(&shared->barrier, &ba, SENDERS + 1) == 0, "pthread_barrier_init failed"))
+    if (!CHECK(pthread_barrier_init(&shared->barrier, &ba, SENDERS + 1) == 0,
+               "pthread_barrier_init failed"))
         return check_done();
     pthread_barrierattr_destroy(&ba);
 
@@ -137,7 +138,8 @@ int main(void)
                 do
                     w = waitpid(pid, &st, 0);
                 while (w < 0 && errno == EINTR);
-                CHECK(w == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0, "forked child did not exit(0)");
+                CHECK(w == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                      "forked child did not exit(0)");
                 own_forks++;
             }
         }
@@ -169,9 +171,11 @@ int main(void)
     alarm(0);
 
     CHECK(handler_errors == 0, "%d errors in the signal handler", (int)handler_errors);
-    CHECK(in_handler_forks > ITERATIONS / 2, "only %d forks from the signal handler happened (signals not delivered?)",
+    CHECK(in_handler_forks > ITERATIONS / 2,
+          "only %d forks from the signal handler happened (signals not delivered?)",
           (int)in_handler_forks);
-    printf("info: %d forks in the handler, %u own forks; signals hit fork %u, free %u, malloc %u times\n",
+    printf("info: %d forks in the handler, %u own forks; signals hit fork %u, free %u, malloc %u "
+           "times\n",
            (int)in_handler_forks, own_forks, signals_in_fork, signals_in_free, signals_in_malloc);
     return check_done();
 }

@@ -186,7 +186,8 @@ static int wait_child(pid_t pid, int n, unsigned seconds)
             if (WIFSIGNALED(st))
                 CHECK(0, "child %d killed by signal %d", n, WTERMSIG(st));
             else
-                CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d exited with status %d", n, WEXITSTATUS(st));
+                CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d exited with status %d", n,
+                      WEXITSTATUS(st));
             return 1;
         }
         if (r < 0) {
@@ -196,7 +197,8 @@ static int wait_child(pid_t pid, int n, unsigned seconds)
         if (waited_ms >= seconds * 1000u) {
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
-            CHECK(0, "child %d still running after %u s: deadlocked after fork (killed)", n, seconds);
+            CHECK(0, "child %d still running after %u s: deadlocked after fork (killed)", n,
+                  seconds);
             return 0;
         }
         nanosleep(&nap, NULL);
@@ -253,7 +255,8 @@ int main(void)
 
     pthread_t th[WORKERS + 1];
     for (int i = 0; i < WORKERS; i++)
-        if (!CHECK(pthread_create(&th[i], NULL, worker, (void *)(uintptr_t)(i + 1)) == 0, "pthread_create failed"))
+        if (!CHECK(pthread_create(&th[i], NULL, worker, (void *)(uintptr_t)(i + 1)) == 0,
+                   "pthread_create failed"))
             return check_done();
     if (!CHECK(pthread_create(&th[WORKERS], NULL, flush_all, NULL) == 0, "pthread_create failed"))
         return check_done();
@@ -262,7 +265,8 @@ int main(void)
     nanosleep(&settle, NULL); /* let the workers get going */
 
     pthread_t second_forker;
-    int have_forker = CHECK(pthread_create(&second_forker, NULL, forker, NULL) == 0, "pthread_create failed");
+    int have_forker =
+        CHECK(pthread_create(&second_forker, NULL, forker, NULL) == 0, "pthread_create failed");
     fflush(stdout);
     fork_loop(FORKS, 0);
     if (have_forker)

@@ -261,7 +261,8 @@ static void ignored_misuse_keeps_the_heap_consistent(void)
     for (int i = 0; i < 100; i++)
         for (int j = i + 1; j < 100; j++)
             aliased += blocks[i] == blocks[j];
-    CHECK(aliased == 0, "%d aliased pairs among 100 malloc(64) after an ignored double free", aliased);
+    CHECK(aliased == 0, "%d aliased pairs among 100 malloc(64) after an ignored double free",
+          aliased);
     for (int i = 0; i < 100; i++)
         free(blocks[i]);
     void *big = malloc(1 << 20);
@@ -370,7 +371,8 @@ int main(int argc, char **argv)
             out[got] = 0;
             int st = 0;
             waitpid(pid, &st, 0);
-            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "ignore child: status %#x, output: %s", st, out);
+            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "ignore child: status %#x, output: %s", st,
+                  out);
             int ignored = 0;
             for (const char *s = out; (s = strstr(s, "; ignored")) != NULL; s++)
                 ignored++;

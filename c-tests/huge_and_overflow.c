@@ -62,31 +62,37 @@ static void plain_huge(void)
             EXPECT_ENOMEM(memalign(al, s), "memalign(%zu, %#zx)", al, s);
             void *p = (void *)0x1; /* POSIX: on failure *memptr is left alone or set to NULL */
             int rc = posix_memalign(&p, al, s);
-            CHECK(rc == ENOMEM, "posix_memalign(%zu, %#zx) returned %d (want ENOMEM=%d)", al, s, rc, ENOMEM);
-            CHECK(p == (void *)0x1 || p == NULL, "failed posix_memalign(%zu, %#zx) stored %p", al, s, p);
+            CHECK(rc == ENOMEM, "posix_memalign(%zu, %#zx) returned %d (want ENOMEM=%d)", al, s, rc,
+                  ENOMEM);
+            CHECK(p == (void *)0x1 || p == NULL, "failed posix_memalign(%zu, %#zx) stored %p", al,
+                  s, p);
             if (rc == 0 && p && p != (void *)0x1)
                 free(p);
         }
     }
     /* Alignment so large that no address in user space satisfies it (except 0). */
-    static const size_t big_align[] = {(size_t)1 << 47, (size_t)1 << 52, (size_t)1 << 62, SIZE_MAX / 2 + 1};
+    static const size_t big_align[] = {(size_t)1 << 47, (size_t)1 << 52, (size_t)1 << 62,
+                                       SIZE_MAX / 2 + 1};
     for (size_t i = 0; i < sizeof big_align / sizeof big_align[0]; i++) {
         size_t al = opaque_size(big_align[i]);
         void *p = (void *)0x1;
         int rc = posix_memalign(&p, al, 16);
-        CHECK(rc == ENOMEM || rc == EINVAL, "posix_memalign(%#zx, 16) returned %d (want ENOMEM or EINVAL)", al, rc);
+        CHECK(rc == ENOMEM || rc == EINVAL,
+              "posix_memalign(%#zx, 16) returned %d (want ENOMEM or EINVAL)", al, rc);
         if (rc == 0)
             free(p);
         set_errno(SENTINEL);
         void *q = aligned_alloc(al, 16);
         int e = get_errno();
-        CHECK(q == NULL && (e == ENOMEM || e == EINVAL), "aligned_alloc(%#zx, 16) returned %p, errno %d", al, q, e);
+        CHECK(q == NULL && (e == ENOMEM || e == EINVAL),
+              "aligned_alloc(%#zx, 16) returned %p, errno %d", al, q, e);
         if (q)
             free(q);
         set_errno(SENTINEL);
         q = memalign(al, 16);
         e = get_errno();
-        CHECK(q == NULL && (e == ENOMEM || e == EINVAL), "memalign(%#zx, 16) returned %p, errno %d", al, q, e);
+        CHECK(q == NULL && (e == ENOMEM || e == EINVAL), "memalign(%#zx, 16) returned %p, errno %d",
+              al, q, e);
         if (q)
             free(q);
     }
@@ -118,13 +124,15 @@ static void overflow(void)
         set_errno(SENTINEL);
         void *r = reallocarray(old, n, s);
         int e = get_errno();
-        CHECK(r == NULL && e == ENOMEM, "reallocarray(p, %#zx, %#zx) returned %p, errno %d", n, s, r, e);
+        CHECK(r == NULL && e == ENOMEM, "reallocarray(p, %#zx, %#zx) returned %p, errno %d", n, s,
+              r, e);
         if (r == NULL) {
             int intact = 1;
             for (int k = 0; k < 100; k++)
                 intact &= old[k] == 'k';
             CHECK(intact, "failed reallocarray(p, %#zx, %#zx) damaged the old block", n, s);
-            CHECK(malloc_usable_size(old) >= 100, "old block's usable size shrank after failed reallocarray");
+            CHECK(malloc_usable_size(old) >= 100,
+                  "old block's usable size shrank after failed reallocarray");
             free(old);
         } else {
             free(r);
@@ -149,23 +157,29 @@ static void failed_realloc_keeps_block(void)
             set_errno(SENTINEL);
             void *r = realloc(p, s);
             int e = get_errno();
-            CHECK(r == NULL && e == ENOMEM, "realloc(block of %zu, %#zx) returned %p, errno %d", os, s, r, e);
+            CHECK(r == NULL && e == ENOMEM, "realloc(block of %zu, %#zx) returned %p, errno %d", os,
+                  s, r, e);
             if (r != NULL) {
                 /* Cannot continue with this block: its identity changed. */
                 p = NULL;
                 free(r);
                 break;
             }
-            if (!CHECK(pattern_ok(p, os, 77 + i), "failed realloc(block of %zu, %#zx) damaged its contents", os, s))
+            if (!CHECK(pattern_ok(p, os, 77 + i),
+                       "failed realloc(block of %zu, %#zx) damaged its contents", os, s))
                 break;
         }
         if (p) {
-            CHECK(malloc_usable_size(p) == usable_before, "usable size of a %zu block changed from %zu to %zu "
-                  "after failed reallocs", os, usable_before, malloc_usable_size(p));
+            CHECK(malloc_usable_size(p) == usable_before,
+                  "usable size of a %zu block changed from %zu to %zu "
+                  "after failed reallocs",
+                  os, usable_before, malloc_usable_size(p));
             /* The old block still works as a block: it can grow for real and then be freed. */
             unsigned char *g = realloc(p, os * 2 + 10);
-            if (CHECK(g != NULL, "realloc(%zu -> %zu) after failed reallocs returned NULL", os, os * 2 + 10)) {
-                CHECK(pattern_ok(g, os, 77 + i), "contents lost growing a block after failed reallocs");
+            if (CHECK(g != NULL, "realloc(%zu -> %zu) after failed reallocs returned NULL", os,
+                      os * 2 + 10)) {
+                CHECK(pattern_ok(g, os, 77 + i),
+                      "contents lost growing a block after failed reallocs");
                 free(g);
             } else {
                 free(p);
@@ -182,7 +196,8 @@ static void still_works(void)
         char *p = malloc(s);
         if (!CHECK(p != NULL, "malloc(%zu) failed after the huge requests", s))
             continue;
-        CHECK(get_errno() == SENTINEL, "malloc(%zu) after failures changed errno to %d", s, get_errno());
+        CHECK(get_errno() == SENTINEL, "malloc(%zu) after failures changed errno to %d", s,
+              get_errno());
         memset(p, 1, s);
         free(p);
     }

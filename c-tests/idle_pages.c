@@ -43,7 +43,8 @@ static int phase(size_t size)
     }
     for (int i = 0; i < BLOCKS; i++)
         for (size_t b = 0; b < size; b++)
-            if (!CHECK(blocks[i][b] == (i & 0xff), "block %d of %zu bytes lost its contents", i, size))
+            if (!CHECK(blocks[i][b] == (i & 0xff), "block %d of %zu bytes lost its contents", i,
+                       size))
                 return 0;
     for (int i = 0; i < BLOCKS / 2; i++)
         free(blocks[i]);

@@ -48,7 +48,8 @@ static int stats_survive_cancellation(void)
 {
     char err[16384];
     int st = in_child(stats_in_cancelled_thread, NULL, err, sizeof err);
-    return CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the thread was not cancelled (status %#x)", st) &&
+    return CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the thread was not cancelled (status %#x)",
+                 st) &&
            CHECK(strstr(err, "max mmap bytes") && strstr(err, "allocations,") &&
                      !strstr(err, "written after malloc_stats"),
                  "stderr of the cancelled thread: %s", err);
@@ -69,15 +70,17 @@ int main(void)
         blocks[i] = malloc(1000);
     char *big = malloc(4 << 20);
     struct mallinfo2 b = mallinfo2();
-    CHECK(b.uordblks >= a.uordblks + 100 * 1000 + (4 << 20), "uordblks %zu -> %zu after 4.1 MB", a.uordblks,
-          b.uordblks);
-    CHECK(b.hblks >= 1 && b.hblkhd >= (4 << 20), "hblks %zu hblkhd %zu with a 4 MiB block", b.hblks, b.hblkhd);
+    CHECK(b.uordblks >= a.uordblks + 100 * 1000 + (4 << 20), "uordblks %zu -> %zu after 4.1 MB",
+          a.uordblks, b.uordblks);
+    CHECK(b.hblks >= 1 && b.hblkhd >= (4 << 20), "hblks %zu hblkhd %zu with a 4 MiB block", b.hblks,
+          b.hblkhd);
     CHECK(b.arena > 0 && b.fordblks <= b.arena, "arena %zu fordblks %zu", b.arena, b.fordblks);
     for (int i = 0; i < 100; i++)
         free(blocks[i]);
     free(big);
     struct mallinfo2 c = mallinfo2();
-    CHECK(c.uordblks <= a.uordblks + 1000, "uordblks %zu after freeing, was %zu", c.uordblks, a.uordblks);
+    CHECK(c.uordblks <= a.uordblks + 1000, "uordblks %zu after freeing, was %zu", c.uordblks,
+          a.uordblks);
 
     struct mallinfo2 before = mallinfo2();
     for (int i = 0; i < 5000; i++) {
@@ -89,20 +92,21 @@ int main(void)
         free(r);
     }
     struct mallinfo2 after = mallinfo2();
-    CHECK(after.uordblks <= before.uordblks + 5000, "uordblks %zu -> %zu after 5000 threads", before.uordblks,
-          after.uordblks);
+    CHECK(after.uordblks <= before.uordblks + 5000, "uordblks %zu -> %zu after 5000 threads",
+          before.uordblks, after.uordblks);
 
     char err[4096];
     int st = in_child((void (*)(void *))malloc_stats, NULL, err, sizeof err);
-    CHECK(WIFEXITED(st) && strstr(err, "in use bytes") && strstr(err, "system bytes"), "malloc_stats wrote: %s",
-          err);
+    CHECK(WIFEXITED(st) && strstr(err, "in use bytes") && strstr(err, "system bytes"),
+          "malloc_stats wrote: %s", err);
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     if (CHECK(f != NULL, "open_memstream")) {
         CHECK(malloc_info(0, f) == 0, "malloc_info(0) failed");
         fclose(f);
-        CHECK(buf && strstr(buf, "<malloc") && strstr(buf, "</malloc>"), "malloc_info wrote: %s", buf ? buf : "");
+        CHECK(buf && strstr(buf, "<malloc") && strstr(buf, "</malloc>"), "malloc_info wrote: %s",
+              buf ? buf : "");
         free(buf);
     }
     errno = 0;
@@ -113,8 +117,9 @@ int main(void)
      * tune here), anything else refused: glibc's answers. */
     CHECK(mallopt(M_ARENA_MAX, 1) == 1, "mallopt(M_ARENA_MAX, 1) refused");
     CHECK(mallopt(M_MMAP_THRESHOLD, 64 * 1024) == 1 && mallopt(M_TRIM_THRESHOLD, -1) == 1 &&
-              mallopt(M_TOP_PAD, 0) == 1 && mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_PERTURB, 0) == 1 &&
-              mallopt(M_CHECK_ACTION, 1) == 1 && mallopt(M_ARENA_TEST, 2) == 1 && mallopt(M_MXFAST, 0) == 1,
+              mallopt(M_TOP_PAD, 0) == 1 && mallopt(M_MMAP_MAX, 0) == 1 &&
+              mallopt(M_PERTURB, 0) == 1 && mallopt(M_CHECK_ACTION, 1) == 1 &&
+              mallopt(M_ARENA_TEST, 2) == 1 && mallopt(M_MXFAST, 0) == 1,
           "mallopt refused one of glibc's parameters");
     CHECK(mallopt(M_ARENA_MAX, 0) == 0 && mallopt(M_MXFAST, 1000) == 0 && mallopt(12345, 1) == 0,
           "mallopt accepted a value or parameter glibc refuses");

@@ -44,7 +44,8 @@ static void *grab(void *arg)
     int n = 0, consecutive_failures = 0;
     while (blocks && sizes && n < MAX_BLOCKS && consecutive_failures < 64) {
         uint64_t r = rng_next(&rng);
-        size_t s = r % 8 == 0 ? (size_t)(64u << 10) + (r >> 8) % (960u << 10) : 16 + (r >> 8) % 4000;
+        size_t s =
+            r % 8 == 0 ? (size_t)(64u << 10) + (r >> 8) % (960u << 10) : 16 + (r >> 8) % 4000;
         unsigned char *p = NULL;
         int rc = 0;
         set_errno(0);
@@ -59,11 +60,13 @@ static void *grab(void *arg)
         if (p == NULL) {
             if ((r >> 40) % 5 == 3)
                 CHECK(rc == ENOMEM && e == ENOMEM,
-                      "thread %d: failed posix_memalign(256, %zu) returned %d, errno %d (want ENOMEM, as glibc's)", id,
-                      s, rc, e);
+                      "thread %d: failed posix_memalign(256, %zu) returned %d, errno %d (want "
+                      "ENOMEM, as glibc's)",
+                      id, s, rc, e);
             else
-                CHECK(e == ENOMEM, "thread %d: failed allocation of %zu (route %d) left errno %d (want ENOMEM)", id, s,
-                      (int)((r >> 40) % 5), e);
+                CHECK(e == ENOMEM,
+                      "thread %d: failed allocation of %zu (route %d) left errno %d (want ENOMEM)",
+                      id, s, (int)((r >> 40) % 5), e);
             fail_count[id]++;
             consecutive_failures++;
             /* A realloc that cannot grow keeps the old block. */
@@ -79,8 +82,10 @@ static void *grab(void *arg)
                     sizes[n - 1] = os + (64u << 20);
                     ((unsigned char *)q)[sizes[n - 1] - 1] = 0x5A;
                 } else {
-                    CHECK(get_errno() == ENOMEM, "thread %d: failed realloc left errno %d", id, get_errno());
-                    CHECK(old[0] == 0xA5 && old[os - 1] == 0x5A, "thread %d: failed realloc damaged the block", id);
+                    CHECK(get_errno() == ENOMEM, "thread %d: failed realloc left errno %d", id,
+                          get_errno());
+                    CHECK(old[0] == 0xA5 && old[os - 1] == 0x5A,
+                          "thread %d: failed realloc damaged the block", id);
                 }
             }
             continue;
@@ -97,7 +102,8 @@ static void *grab(void *arg)
         unsigned char *p = blocks[i];
         if (!p)
             continue;
-        CHECK(p[0] == (unsigned char)id || p[0] == 0xA5, "thread %d: block %d's first byte changed", id, i);
+        CHECK(p[0] == (unsigned char)id || p[0] == 0xA5, "thread %d: block %d's first byte changed",
+              id, i);
         free(p);
     }
     pthread_barrier_wait(&freed_all);
@@ -111,7 +117,9 @@ static void *grab(void *arg)
             ok++;
         }
     }
-    CHECK(ok == 16, "thread %d: after freeing everything only %d of 16 1-MiB blocks could be allocated", id, ok);
+    CHECK(ok == 16,
+          "thread %d: after freeing everything only %d of 16 1-MiB blocks could be allocated", id,
+          ok);
     for (int i = 0; i < 16; i++)
         free(again[i]);
     free(blocks);
@@ -157,12 +165,13 @@ static int child(void)
         fails += fail_count[i];
         successes += success_count[i];
     }
-    CHECK(fails > 0, "no allocation failed under RLIMIT_AS = VmSize + %zu MiB (%d succeeded)", HEADROOM >> 20,
-          successes);
+    CHECK(fails > 0, "no allocation failed under RLIMIT_AS = VmSize + %zu MiB (%d succeeded)",
+          HEADROOM >> 20, successes);
     CHECK(successes > 100, "only %d allocations succeeded before the limit", successes);
     /* A thread created now (its stack needs address space too: there is room again). */
     pthread_t t;
-    if (CHECK(pthread_create(&t, NULL, late_thread, NULL) == 0, "pthread_create after freeing everything failed")) {
+    if (CHECK(pthread_create(&t, NULL, late_thread, NULL) == 0,
+              "pthread_create after freeing everything failed")) {
         void *ret = NULL;
         pthread_join(t, &ret);
         CHECK(ret == NULL, "a new thread could not allocate after the memory was freed");
@@ -184,10 +193,12 @@ int main(void)
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
     }
     if (WIFSIGNALED(st))
-        CHECK(0, "the process running out of memory was killed by signal %d (crash or abort instead of NULL+ENOMEM)",
+        CHECK(0,
+              "the process running out of memory was killed by signal %d (crash or abort instead "
+              "of NULL+ENOMEM)",
               WTERMSIG(st));
     else
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the process running out of memory exited with status %d",
-              WEXITSTATUS(st));
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "the process running out of memory exited with status %d", WEXITSTATUS(st));
     return check_done();
 }

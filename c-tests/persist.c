@@ -81,12 +81,14 @@ static int child_verify(void)
     int count = 0;
     for (; n; count++) {
         const tm_block_header *h = (const tm_block_header *)n - 1;
-        CHECK(n->index == (uint64_t)count, "node %d says %llu", count, (unsigned long long)n->index);
+        CHECK(n->index == (uint64_t)count, "node %d says %llu", count,
+              (unsigned long long)n->index);
         CHECK(h->size == tm_usable_size(n) && h->state == 1 && h->magic == 0x42484d54u,
               "node %d: header size %llu state %u, usable %zu", count,
               (unsigned long long)h->size, h->state, tm_usable_size(n));
         int same = 1;
-        for (size_t i = 0; i < sizeof n->fill; i++) same &= n->fill[i] == (unsigned char)(count & 0xff);
+        for (size_t i = 0; i < sizeof n->fill; i++)
+            same &= n->fill[i] == (unsigned char)(count & 0xff);
         CHECK(same, "node %d lost its contents", count);
         n = n->next ? tm_at_offset(TM_PMR, n->next) : NULL;
         if (count > NODES) break;
@@ -121,7 +123,8 @@ static int child_storm(unsigned seed, int rounds)
             tm_free(live[i]);
             live[i] = NULL;
         } else {
-            size_t size = rand() % 4 == 0 ? 4097 + (size_t)(rand() % 40000) : (size_t)(rand() % 3000);
+            size_t size =
+                rand() % 4 == 0 ? 4097 + (size_t)(rand() % 40000) : (size_t)(rand() % 3000);
             live[i] = tm_malloc(TM_PMR, size);
             if (live[i]) memset(live[i], 0x77, size);
         }
@@ -137,8 +140,9 @@ static int child_check(int drain)
     int n = 0;
     for (char *b = tm_next_block(TM_PMR, NULL); b && n < MAX; b = tm_next_block(TM_PMR, b)) {
         const tm_block_header *h = (const tm_block_header *)b - 1;
-        CHECK(h->size == tm_usable_size(b) && h->state == 1, "block %p: header size %llu state %u, usable %zu",
-              (void *)b, (unsigned long long)h->size, h->state, tm_usable_size(b));
+        CHECK(h->size == tm_usable_size(b) && h->state == 1,
+              "block %p: header size %llu state %u, usable %zu", (void *)b,
+              (unsigned long long)h->size, h->state, tm_usable_size(b));
         blocks[n++] = b;
     }
     if (drain) {
@@ -222,15 +226,18 @@ int main(int argc, char **argv)
     unsigned char data[65536];
     for (size_t i = 0; i < sizeof data; i++) data[i] = (unsigned char)(i * 31 + 7);
     int fd = open(path, O_WRONLY | O_TRUNC);
-    CHECK(fd >= 0 && write(fd, data, sizeof data) == (ssize_t)sizeof data, "writing the foreign file");
+    CHECK(fd >= 0 && write(fd, data, sizeof data) == (ssize_t)sizeof data,
+          "writing the foreign file");
     close(fd);
     st = run("nothing", "", err, sizeof err);
     expect_ok(st, "a foreign file", err);
-    CHECK(strstr(err, path) && strstr(err, "not a tiermalloc heap") && strchr(err, '\n') == strrchr(err, '\n'),
+    CHECK(strstr(err, path) && strstr(err, "not a tiermalloc heap") &&
+              strchr(err, '\n') == strrchr(err, '\n'),
           "want one line naming the file: %s", err);
     unsigned char back[sizeof data];
     fd = open(path, O_RDONLY);
-    CHECK(fd >= 0 && read(fd, back, sizeof back) == (ssize_t)sizeof back && !memcmp(back, data, sizeof data),
+    CHECK(fd >= 0 && read(fd, back, sizeof back) == (ssize_t)sizeof back &&
+              !memcmp(back, data, sizeof data),
           "the foreign file was changed");
     close(fd);
     expect_ok(run("fresh", ",format", err, sizeof err), "format over the foreign file", err);

@@ -1,6 +1,6 @@
 /* mode: link-only */
-/* pool_spaces.c — the shared pool's C interface (DESIGN.md "The shared pool"), as README shows it:
- * one process publishes a data set, three others open it read-only and one privately (and
+/* pool_spaces.c — the shared pool's C interface (DESIGN.md "The shared pool"), as README shows
+ * it: one process publishes a data set, three others open it read-only and one privately (and
  * republishes its modified copy). The pool is a file in /dev/shm named after this process.
  *
  * - tm_space_create/publish: a private read-write space, filled, then shared read-only;
@@ -20,7 +20,8 @@
 
 static int reader(int private_copy) {
     size_t size = 0;
-    unsigned char *data = tm_space_open("dataset", private_copy ? TM_MAP_PRIVATE : TM_MAP_READ, &size);
+    unsigned char *data =
+        tm_space_open("dataset", private_copy ? TM_MAP_PRIVATE : TM_MAP_READ, &size);
     if (!data || size != SIZE) return 10;
     for (size_t i = 0; i < SIZE; i += 4096)
         if (data[i] != (unsigned char)(i / 4096)) return 11;

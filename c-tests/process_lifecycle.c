@@ -61,8 +61,8 @@ static void early_allocations(int argc, char **argv, char **envp)
         memset(preinit_block, 0x7A, 777);
 }
 
-__attribute__((section(".preinit_array"), used)) static void (*const preinit_entry)(int, char **, char **) =
-    early_allocations;
+__attribute__((section(".preinit_array"),
+               used)) static void (*const preinit_entry)(int, char **, char **) = early_allocations;
 
 /* ---- after main ---- */
 
@@ -96,7 +96,8 @@ static void *allocate_forever(void *arg)
     for (;;) {
         uint64_t r = rng_next(&rng);
         int i = (int)(r % 64);
-        size_t s = (r >> 8) % 16 == 0 ? (size_t)(100000 + (r >> 20) % 900000) : (size_t)(1 + (r >> 20) % 2000);
+        size_t s = (r >> 8) % 16 == 0 ? (size_t)(100000 + (r >> 20) % 900000)
+                                      : (size_t)(1 + (r >> 20) % 2000);
         if (slot[i] && (r & 0x100)) {
             void *q = realloc(slot[i], s);
             if (q)
@@ -148,9 +149,11 @@ int main(int argc, char **argv)
     atexit(late_allocations);
 
     CHECK(preinit_ran, "the .preinit_array function did not run");
-    CHECK(preinit_bad == 0, "allocations before any constructor misbehaved: flags %#x (1 malloc/calloc NULL, 2 calloc "
-                            "not zero, 4 realloc NULL, 8 realloc lost data, 16 posix_memalign, 32 malloc(4 MiB))",
-          preinit_bad);
+    CHECK(
+        preinit_bad == 0,
+        "allocations before any constructor misbehaved: flags %#x (1 malloc/calloc NULL, 2 calloc "
+        "not zero, 4 realloc NULL, 8 realloc lost data, 16 posix_memalign, 32 malloc(4 MiB))",
+        preinit_bad);
     if (CHECK(preinit_block != NULL, "malloc(777) in .preinit_array returned NULL")) {
         int ok = 1;
         for (int i = 0; i < 777; i++)
@@ -182,10 +185,14 @@ int main(int argc, char **argv)
             w = waitpid(pid, &st, 0);
         while (w < 0 && errno == EINTR);
         if (WIFSIGNALED(st))
-            CHECK(0, "child %d (%s, stats %s) was killed by signal %d during exit() with allocating threads", i,
-                  variant ? "exit() from a thread" : "return from main", show_stats ? "on" : "off", WTERMSIG(st));
+            CHECK(0,
+                  "child %d (%s, stats %s) was killed by signal %d during exit() with allocating "
+                  "threads",
+                  i, variant ? "exit() from a thread" : "return from main",
+                  show_stats ? "on" : "off", WTERMSIG(st));
         else
-            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d (%s, stats %s) exited with status %d", i,
+            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "child %d (%s, stats %s) exited with status %d", i,
                   variant ? "exit() from a thread" : "return from main", show_stats ? "on" : "off",
                   WEXITSTATUS(st));
     }

@@ -11,9 +11,10 @@
  */
 #include "check.h"
 
-static const size_t ladder[] = {1,     7,      16,     24,      100,     255,      256,      1000,
-                                4095,  4096,   4097,   16000,   32768,   65536,    65537,    131072,
-                                200000, 262144, 500000, 1 << 20, (1 << 20) + 1, 3 << 20, 9 << 20, 33 << 20};
+static const size_t ladder[] = {1,       7,       16,      24,     100,    255,     256,
+                                1000,    4095,    4096,    4097,   16000,  32768,   65536,
+                                65537,   131072,  200000,  262144, 500000, 1 << 20, (1 << 20) + 1,
+                                3 << 20, 9 << 20, 33 << 20};
 #define NL (sizeof ladder / sizeof ladder[0])
 
 /* A size-independent byte pattern, so the kept prefix of a resized block can be verified. */
@@ -52,12 +53,14 @@ static void realloc_null(void)
         if (!CHECK(p != NULL, "realloc(NULL, %zu) returned NULL", ladder[i]))
             continue;
         CHECK(is_aligned(p, 16), "realloc(NULL, %zu) = %p not 16-byte aligned", ladder[i], p);
-        CHECK(malloc_usable_size(p) >= ladder[i], "realloc(NULL, %zu): usable %zu", ladder[i], malloc_usable_size(p));
+        CHECK(malloc_usable_size(p) >= ladder[i], "realloc(NULL, %zu): usable %zu", ladder[i],
+              malloc_usable_size(p));
         memset(p, 0x3C, ladder[i]);
         free(p);
     }
     void *a = realloc(NULL, 0), *b = realloc(NULL, 0);
-    CHECK(a != NULL && b != NULL && a != b, "realloc(NULL, 0) twice: %p %p (want two distinct non-NULL)", a, b);
+    CHECK(a != NULL && b != NULL && a != b,
+          "realloc(NULL, 0) twice: %p %p (want two distinct non-NULL)", a, b);
     free(a);
     free(b);
 }
@@ -79,9 +82,10 @@ static void grow_shrink(uint64_t seed)
             return;
         }
         CHECK(is_aligned(q, 16), "realloc(%zu -> %zu) = %p not 16-byte aligned", cur, next, q);
-        CHECK(prefix_ok(q, cur, seed), "realloc(%zu -> %zu) lost the old contents (moved: %s)", cur, next,
-              q == p ? "no" : "yes");
-        CHECK(malloc_usable_size(q) >= next, "realloc(%zu -> %zu): usable %zu", cur, next, malloc_usable_size(q));
+        CHECK(prefix_ok(q, cur, seed), "realloc(%zu -> %zu) lost the old contents (moved: %s)", cur,
+              next, q == p ? "no" : "yes");
+        CHECK(malloc_usable_size(q) >= next, "realloc(%zu -> %zu): usable %zu", cur, next,
+              malloc_usable_size(q));
         fill_bytes(q, cur, next, seed);
         p = q;
         cur = next;
@@ -94,9 +98,10 @@ static void grow_shrink(uint64_t seed)
             free(p);
             return;
         }
-        CHECK(prefix_ok(q, next, seed), "realloc(%zu -> %zu) lost the kept prefix (moved: %s)", cur, next,
-              q == p ? "no" : "yes");
-        CHECK(malloc_usable_size(q) >= next, "realloc down to %zu: usable %zu", next, malloc_usable_size(q));
+        CHECK(prefix_ok(q, next, seed), "realloc(%zu -> %zu) lost the kept prefix (moved: %s)", cur,
+              next, q == p ? "no" : "yes");
+        CHECK(malloc_usable_size(q) >= next, "realloc down to %zu: usable %zu", next,
+              malloc_usable_size(q));
         p = q;
         cur = next;
     }
@@ -133,7 +138,8 @@ static void shrink_keeps_prefix(void)
             ok = 1;
             for (size_t k = 0; k < small; k++)
                 ok &= q[k] == (unsigned char)(k * 131 + big);
-            CHECK(ok, "after realloc(%zu -> %zu), a new malloc overwrote the kept prefix", big, small);
+            CHECK(ok, "after realloc(%zu -> %zu), a new malloc overwrote the kept prefix", big,
+                  small);
             free(r);
             free(q);
         }
@@ -181,7 +187,8 @@ static void realloc_of_special_blocks(void)
             pattern_fill(p, s, al + (size_t)which);
             unsigned char *q = realloc(p, 300000);
             if (CHECK(q != NULL, "realloc of an aligned(%zu) block to 300000 failed", al)) {
-                CHECK(pattern_ok(q, s, al + (size_t)which), "realloc of aligned(%zu) block lost contents", al);
+                CHECK(pattern_ok(q, s, al + (size_t)which),
+                      "realloc of aligned(%zu) block lost contents", al);
                 p = q;
             }
             q = realloc(p, 100);
@@ -220,12 +227,14 @@ static void reallocarray_basic(void)
     unsigned char *p = reallocarray(NULL, 10, 10);
     if (!CHECK(p != NULL, "reallocarray(NULL, 10, 10) failed"))
         return;
-    CHECK(malloc_usable_size(p) >= 100, "reallocarray(NULL, 10, 10): usable %zu", malloc_usable_size(p));
+    CHECK(malloc_usable_size(p) >= 100, "reallocarray(NULL, 10, 10): usable %zu",
+          malloc_usable_size(p));
     fill_bytes(p, 0, 100, 9);
     unsigned char *q = reallocarray(p, 1000, 100);
     if (CHECK(q != NULL, "reallocarray(p, 1000, 100) failed")) {
         CHECK(prefix_ok(q, 100, 9), "reallocarray lost contents growing");
-        CHECK(malloc_usable_size(q) >= 100000, "reallocarray(p, 1000, 100): usable %zu", malloc_usable_size(q));
+        CHECK(malloc_usable_size(q) >= 100000, "reallocarray(p, 1000, 100): usable %zu",
+              malloc_usable_size(q));
         memset(q + 100, 0, 100000 - 100);
         p = q;
     }

@@ -54,25 +54,30 @@ static void overflow_by_one(void *arg)
 
 static int guard_checks(int secure)
 {
-    static const size_t sizes[] = {600000, 1000000, 5 << 20, (4 << 20) - 4096 - 64}; /* the last: its guard is the chunk's last page */
+    static const size_t sizes[] = {600000, 1000000, 5 << 20,
+                                   (4 << 20) - 4096 -
+                                       64}; /* the last: its guard is the chunk's last page */
     for (int how = 0; how < CASES; how++)
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
             char err[1024];
-            int st = in_child(overflow_by_one, (void *)(uintptr_t)(sizes[i] << 3 | (size_t)how), err,
-                              sizeof err);
+            int st = in_child(overflow_by_one, (void *)(uintptr_t)(sizes[i] << 3 | (size_t)how),
+                              err, sizeof err);
             if (secure)
-                CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
-                      "%s block of %zu: a write one byte past its end did not fault (status %#x) %s",
-                      names[how], sizes[i], st, err);
+                CHECK(
+                    WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+                    "%s block of %zu: a write one byte past its end did not fault (status %#x) %s",
+                    names[how], sizes[i], st, err);
             else
-                CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                      "%s block of %zu: without TIERMALLOC_SECURE the write runs on (status %#x) %s",
-                      names[how], sizes[i], st, err);
+                CHECK(
+                    WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                    "%s block of %zu: without TIERMALLOC_SECURE the write runs on (status %#x) %s",
+                    names[how], sizes[i], st, err);
         }
     /* Many guarded blocks at once, freed in another order, then reused: nothing faults. */
     char *live[64];
     for (int round = 0; round < 3; round++) {
-        for (int i = 0; i < 64; i++) live[i] = block((enum how)(i % CASES), 600000 + (size_t)i * 70000);
+        for (int i = 0; i < 64; i++)
+            live[i] = block((enum how)(i % CASES), 600000 + (size_t)i * 70000);
         for (int i = 0; i < 64; i += 2) free(live[i]);
         for (int i = 1; i < 64; i += 2) free(live[i]);
     }

@@ -92,6 +92,7 @@ int main(int argc, char **argv)
     int plain = run_with(NULL, "--count"), secure = run_with("1", "--count");
     CHECK(run_with("1", "--checks") == 0, "checks of the secure level failed (see above)");
     CHECK(plain >= 150, "without TIERMALLOC_SECURE only %d of 199 were neighbours", plain);
-    CHECK(secure >= 0 && secure <= 20, "with TIERMALLOC_SECURE=1 %d of 199 were neighbours", secure);
+    CHECK(secure >= 0 && secure <= 20, "with TIERMALLOC_SECURE=1 %d of 199 were neighbours",
+          secure);
     return check_done();
 }

@@ -120,7 +120,8 @@ static int guard_checks(int secure)
         int st = overflow_status(sizes[i]);
         if (secure)
             CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
-                  "size %zu: the overflow to the slice's end did not fault (status %#x)", sizes[i], st);
+                  "size %zu: the overflow to the slice's end did not fault (status %#x)", sizes[i],
+                  st);
         else
             CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
                   "size %zu: without TIERMALLOC_SECURE the overflow stays in the page (status %#x)",

@@ -78,7 +78,8 @@ static size_t random_size(uint64_t *rng)
 
 static uint64_t make_seed(const void *p, size_t s, int tid, uint64_t n)
 {
-    return (uint64_t)(uintptr_t)p ^ ((uint64_t)s << 3) ^ ((uint64_t)tid << 58) ^ (n * 0x9E3779B97F4A7C15ULL);
+    return (uint64_t)(uintptr_t)p ^ ((uint64_t)s << 3) ^ ((uint64_t)tid << 58) ^
+           (n * 0x9E3779B97F4A7C15ULL);
 }
 
 static int verify_and_free(const struct blk *b, int tid, const char *how)
@@ -108,21 +109,25 @@ static int fresh_block(struct blk *b, uint64_t *rng, int tid, uint64_t n)
     } else if (route == 1) {
         size_t align = (size_t)16 << (rng_next(rng) % 9); /* 16 .. 4096 */
         void *v = NULL;
-        if (!CHECK(posix_memalign(&v, align, s) == 0, "thread %d: posix_memalign(%zu, %zu) failed", tid, align, s))
+        if (!CHECK(posix_memalign(&v, align, s) == 0, "thread %d: posix_memalign(%zu, %zu) failed",
+                   tid, align, s))
             return 0;
         p = v;
-        CHECK(is_aligned(p, align), "thread %d: posix_memalign(%zu, %zu) = %p", tid, align, s, (void *)p);
+        CHECK(is_aligned(p, align), "thread %d: posix_memalign(%zu, %zu) = %p", tid, align, s,
+              (void *)p);
     } else if (route == 2) {
         size_t align = (size_t)32 << (rng_next(rng) % 8);
         p = aligned_alloc(align, s);
         if (!CHECK(p != NULL, "thread %d: aligned_alloc(%zu, %zu) failed", tid, align, s))
             return 0;
-        CHECK(is_aligned(p, align), "thread %d: aligned_alloc(%zu, %zu) = %p", tid, align, s, (void *)p);
+        CHECK(is_aligned(p, align), "thread %d: aligned_alloc(%zu, %zu) = %p", tid, align, s,
+              (void *)p);
     } else {
         p = malloc(s);
         if (!CHECK(p != NULL, "thread %d: malloc(%zu) failed", tid, s))
             return 0;
-        CHECK(is_aligned(p, 16), "thread %d: malloc(%zu) = %p not 16-byte aligned", tid, s, (void *)p);
+        CHECK(is_aligned(p, 16), "thread %d: malloc(%zu) = %p not 16-byte aligned", tid, s,
+              (void *)p);
     }
     b->p = p;
     b->size = s;
@@ -157,8 +162,9 @@ static void *worker(void *arg)
             if (what < 2) {
                 /* realloc: contents up to the smaller size survive */
                 size_t ns = random_size(&rng);
-                CHECK(pattern_ok(b->p, b->size, b->seed), "thread %d: block %p (%zu) corrupted before realloc", tid,
-                      (void *)b->p, b->size);
+                CHECK(pattern_ok(b->p, b->size, b->seed),
+                      "thread %d: block %p (%zu) corrupted before realloc", tid, (void *)b->p,
+                      b->size);
                 /* when shrinking, remember the head and the new tail of the old contents */
                 unsigned char head[256], tail[64];
                 size_t hn = 0;
@@ -172,11 +178,12 @@ static void *worker(void *arg)
                 if (!CHECK(q != NULL, "thread %d: realloc(%zu -> %zu) failed", tid, b->size, ns))
                     continue;
                 if (ns >= b->size) {
-                    CHECK(pattern_ok(q, b->size, b->seed), "thread %d: realloc(%zu -> %zu) lost contents", tid,
-                          b->size, ns);
+                    CHECK(pattern_ok(q, b->size, b->seed),
+                          "thread %d: realloc(%zu -> %zu) lost contents", tid, b->size, ns);
                 } else {
-                    CHECK(memcmp(q, head, hn) == 0 && (ns < sizeof tail || memcmp(q + ns - sizeof tail, tail,
-                                                                                  sizeof tail) == 0),
+                    CHECK(memcmp(q, head, hn) == 0 &&
+                              (ns < sizeof tail ||
+                               memcmp(q + ns - sizeof tail, tail, sizeof tail) == 0),
                           "thread %d: realloc(%zu -> %zu) lost the kept prefix", tid, b->size, ns);
                 }
                 b->p = q;
@@ -224,7 +231,8 @@ int main(void)
     start_ns = now_ns();
     pthread_t th[THREADS];
     for (int t = 0; t < THREADS; t++)
-        if (!CHECK(pthread_create(&th[t], NULL, worker, (void *)(uintptr_t)t) == 0, "pthread_create failed"))
+        if (!CHECK(pthread_create(&th[t], NULL, worker, (void *)(uintptr_t)t) == 0,
+                   "pthread_create failed"))
             return check_done();
     for (int t = 0; t < THREADS; t++)
         pthread_join(th[t], NULL);

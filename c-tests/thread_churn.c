@@ -87,8 +87,8 @@ int main(void)
         for (int i = 0; i < PER_BATCH; i++) {
             memset(&jobs[i], 0, sizeof jobs[i]);
             jobs[i].id = id++;
-            if (!CHECK(pthread_create(&th[i], NULL, thread_body, &jobs[i]) == 0, "pthread_create failed in batch %d",
-                       b))
+            if (!CHECK(pthread_create(&th[i], NULL, thread_body, &jobs[i]) == 0,
+                       "pthread_create failed in batch %d", b))
                 break;
             started++;
         }
@@ -96,13 +96,16 @@ int main(void)
             pthread_join(th[i], NULL);
         /* The threads are gone; their kept blocks are freed here, after a content check. */
         for (int i = 0; i < started; i++) {
-            CHECK(jobs[i].failed != 1, "thread %d saw one of its blocks change under it", jobs[i].id);
+            CHECK(jobs[i].failed != 1, "thread %d saw one of its blocks change under it",
+                  jobs[i].id);
             CHECK(jobs[i].failed != 2, "malloc failed in thread %d", jobs[i].id);
             for (int k = 0; k < KEEP; k++) {
                 if (!jobs[i].kept[k])
                     continue;
-                CHECK(pattern_ok(jobs[i].kept[k], jobs[i].kept_size[k], (uint64_t)jobs[i].id * 7 + (uint64_t)k),
-                      "block %d of exited thread %d (%zu bytes) was corrupted", k, jobs[i].id, jobs[i].kept_size[k]);
+                CHECK(pattern_ok(jobs[i].kept[k], jobs[i].kept_size[k],
+                                 (uint64_t)jobs[i].id * 7 + (uint64_t)k),
+                      "block %d of exited thread %d (%zu bytes) was corrupted", k, jobs[i].id,
+                      jobs[i].kept_size[k]);
                 free(jobs[i].kept[k]);
             }
         }
@@ -113,14 +116,17 @@ int main(void)
             rss_after_10 = rss;
         if (b % 10 == 9)
             printf("batch %d: %d threads so far, VmRSS %ld KiB\n", b + 1, id, rss);
-        if (!CHECK(rss < RSS_LIMIT_KIB, "VmRSS %ld KiB after %d threads exceeds %ld KiB", rss, id, RSS_LIMIT_KIB))
+        if (!CHECK(rss < RSS_LIMIT_KIB, "VmRSS %ld KiB after %d threads exceeds %ld KiB", rss, id,
+                   RSS_LIMIT_KIB))
             break;
     }
     long rss_end = vm_rss_kib();
     CHECK(rss_end > 0, "could not read VmRSS from /proc/self/status");
     CHECK(rss_end - rss_after_10 < GROWTH_LIMIT_KIB,
-          "VmRSS grew from %ld KiB (after 1000 threads) to %ld KiB (after %d threads): memory of exited threads is "
-          "not reused", rss_after_10, rss_end, id);
+          "VmRSS grew from %ld KiB (after 1000 threads) to %ld KiB (after %d threads): memory of "
+          "exited threads is "
+          "not reused",
+          rss_after_10, rss_end, id);
     printf("max VmRSS %ld KiB, final %ld KiB\n", rss_max, rss_end);
     return check_done();
 }

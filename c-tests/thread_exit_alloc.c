@@ -29,7 +29,8 @@ static pthread_key_t keys[NKEYS];
 static pthread_key_t resetting_key;
 static __thread unsigned char *tls_buffer; /* a "thread_local" heap buffer */
 
-static int key_dtor_runs, key_dtor_bad, reset_rounds, tls_dtor_runs, tls_dtor_bad, cxa_runs, cxa_bad;
+static int key_dtor_runs, key_dtor_bad, reset_rounds, tls_dtor_runs, tls_dtor_bad, cxa_runs,
+    cxa_bad;
 static int threads_done;
 
 static int exercise_allocator(void)
@@ -115,27 +116,32 @@ static void tls_dtor(void *v)
         __atomic_fetch_add(&tls_dtor_bad, 1, __ATOMIC_RELAXED);
 }
 
-static void cxa_dtor_inner(void *obj)
+/* What both __cxa_thread_atexit_impl destructors do first: check and free their object of 64
+ * bytes of 0x42, then allocate: 1 if anything was wrong. */
+static int cxa_object_done(unsigned char *p)
 {
-    unsigned char *p = obj;
     int bad = 0;
     for (int i = 0; i < 64; i++)
         bad |= p[i] != 0x42;
     free(p);
-    bad |= exercise_allocator();
+    return bad | exercise_allocator();
+}
+
+static void cxa_count(int bad)
+{
     __atomic_fetch_add(&cxa_runs, 1, __ATOMIC_RELAXED);
     if (bad)
         __atomic_fetch_add(&cxa_bad, 1, __ATOMIC_RELAXED);
 }
 
+static void cxa_dtor_inner(void *obj)
+{
+    cxa_count(cxa_object_done(obj));
+}
+
 static void cxa_dtor_outer(void *obj)
 {
-    unsigned char *p = obj;
-    int bad = 0;
-    for (int i = 0; i < 64; i++)
-        bad |= p[i] != 0x42;
-    free(p);
-    bad |= exercise_allocator();
+    int bad = cxa_object_done(obj);
     /* Register one more from inside a destructor: glibc allocates its list node now. */
     unsigned char *q = malloc(64);
     if (q) {
@@ -147,9 +153,7 @@ static void cxa_dtor_outer(void *obj)
     } else {
         bad = 1;
     }
-    __atomic_fetch_add(&cxa_runs, 1, __ATOMIC_RELAXED);
-    if (bad)
-        __atomic_fetch_add(&cxa_bad, 1, __ATOMIC_RELAXED);
+    cxa_count(bad);
 }
 
 static void *thread_body(void *arg)
@@ -235,7 +239,8 @@ int main(void)
         pthread_attr_init(&attr);
         if (i % 2)
             pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (!CHECK(pthread_create(&th[i], &attr, wrapped, (void *)(uintptr_t)i) == 0, "pthread_create %d failed", i)) {
+        if (!CHECK(pthread_create(&th[i], &attr, wrapped, (void *)(uintptr_t)i) == 0,
+                   "pthread_create %d failed", i)) {
             pthread_attr_destroy(&attr);
             return check_done();
         }
@@ -255,15 +260,22 @@ int main(void)
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
-    CHECK(threads_done == THREADS, "only %d of %d threads finished their destructors", threads_done, THREADS);
-    CHECK(key_dtor_runs == THREADS * NKEYS, "key destructors ran %d times, want %d", key_dtor_runs, THREADS * NKEYS);
-    CHECK(reset_rounds == THREADS * 3, "resetting destructor ran %d times, want %d", reset_rounds, THREADS * 3);
-    CHECK(key_dtor_bad == 0, "%d key destructors saw a bad block or a failed allocation", key_dtor_bad);
-    CHECK(tls_dtor_runs == THREADS, "thread_local-style destructor ran %d times, want %d", tls_dtor_runs, THREADS);
-    CHECK(tls_dtor_bad == 0, "%d thread_local-style destructors saw a bad buffer or failed allocation", tls_dtor_bad);
-    CHECK(cxa_runs == THREADS * 2, "__cxa_thread_atexit_impl destructors ran %d times, want %d", cxa_runs,
-          THREADS * 2);
-    CHECK(cxa_bad == 0, "%d __cxa_thread_atexit_impl destructors saw bad memory or failed allocation", cxa_bad);
+    CHECK(threads_done == THREADS, "only %d of %d threads finished their destructors", threads_done,
+          THREADS);
+    CHECK(key_dtor_runs == THREADS * NKEYS, "key destructors ran %d times, want %d", key_dtor_runs,
+          THREADS * NKEYS);
+    CHECK(reset_rounds == THREADS * 3, "resetting destructor ran %d times, want %d", reset_rounds,
+          THREADS * 3);
+    CHECK(key_dtor_bad == 0, "%d key destructors saw a bad block or a failed allocation",
+          key_dtor_bad);
+    CHECK(tls_dtor_runs == THREADS, "thread_local-style destructor ran %d times, want %d",
+          tls_dtor_runs, THREADS);
+    CHECK(tls_dtor_bad == 0,
+          "%d thread_local-style destructors saw a bad buffer or failed allocation", tls_dtor_bad);
+    CHECK(cxa_runs == THREADS * 2, "__cxa_thread_atexit_impl destructors ran %d times, want %d",
+          cxa_runs, THREADS * 2);
+    CHECK(cxa_bad == 0,
+          "%d __cxa_thread_atexit_impl destructors saw bad memory or failed allocation", cxa_bad);
     CHECK(exercise_allocator() == 0, "allocator misbehaves in main after the threads exited");
     return check_done();
 }

@@ -1,15 +1,15 @@
 /* mode: link-only */
 /* thread_lifetime_kernel.c — a short-lived thread's malloc and exit ask nothing of the kernel.
  *
- * mimalloc-bench's mleak creates and joins 10 threads at a time, thousands of times; each
- * thread allocates one 128-byte block and frees one an earlier thread left. (Here each thread
- * also uses and frees 32 blocks of 2000 bytes first, so that its heap ends with an empty page.) Measured on a
- * 2-vCPU VM (BENCHMARKS.md, "Session 11, branch churn"), that program's time is glibc's
- * own thread start and exit: stacks mapped, protected, advised away and unmapped, and the
- * mmap_lock convoy between the creating thread and the exiting ones. Ours adds no system call
- * and no page fault to a thread's lifetime once its heap is reused, which is why ours runs at
- * glibc's kernel cost there; a purge, an unmap, a futex wait or a fresh heap per thread would
- * each add a call (and TLB shootdowns to the other CPU) to every thread's exit.
+ * mimalloc-bench's mleak creates and joins 10 threads at a time, thousands of times; each thread
+ * allocates one 128-byte block and frees one an earlier thread left. (Here each thread also uses
+ * and frees 32 blocks of 2000 bytes first, so that its heap ends with an empty page.) Measured on a
+ * 2-vCPU VM (BENCHMARKS.md, "Session 11, branch churn"), that program's time is glibc's own thread
+ * start and exit: stacks mapped, protected, advised away and unmapped, and the mmap_lock convoy
+ * between the creating thread and the exiting ones. Ours adds no system call and no page fault to a
+ * thread's lifetime once its heap is reused, which is why ours runs at glibc's kernel cost there; a
+ * purge, an unmap, a futex wait or a fresh heap per thread would each add a call (and TLB
+ * shootdowns to the other CPU) to every thread's exit.
  *
  * So: the program defines mmap, munmap, mprotect, madvise, mremap and syscall itself. Linked
  * against the library, the library's calls to them bind to these (the executable comes first

@@ -49,7 +49,8 @@ static int child_truncate(const char *path)
 
 /* Runs this program with TIERMALLOC_TIERS=tiers and the given mode; stderr into err, the wait
  * status into *status. Returns the child's pid. */
-static int run(const char *tiers, const char *mode, const char *arg, char *err, size_t size, int *status)
+static int run(const char *tiers, const char *mode, const char *arg, char *err, size_t size,
+               int *status)
 {
     int fds[2];
     if (pipe(fds) != 0)
@@ -89,7 +90,8 @@ int main(int argc, char **argv)
     int status = 0;
     snprintf(tiers, sizeof tiers, "dram;cxl:path=%s-%%p,size=4M,create", base);
     int pid = run(tiers, "--child", base, err, sizeof err, &status);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%%p child: status %#x, stderr: %s", status, err);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%%p child: status %#x, stderr: %s",
+          status, err);
     snprintf(path, sizeof path, "%s-%d", base, pid);
     struct stat st;
     CHECK(stat(path, &st) != 0, "%%p tier file %s left after its process exited", path);
@@ -98,7 +100,8 @@ int main(int argc, char **argv)
     /* keep: it stays. */
     snprintf(tiers, sizeof tiers, "dram;cxl:path=%s-%%p,size=4M,create,keep", base);
     pid = run(tiers, "--child", base, err, sizeof err, &status);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "keep child: status %#x, stderr: %s", status, err);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "keep child: status %#x, stderr: %s",
+          status, err);
     snprintf(path, sizeof path, "%s-%d", base, pid);
     CHECK(stat(path, &st) == 0, "%%p tier file %s with keep is gone", path);
     unlink(path);
@@ -107,8 +110,10 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s-truncated", base);
     snprintf(tiers, sizeof tiers, "dram;cxl:path=%s,size=4M,create", path);
     run(tiers, "--child-truncate", path, err, sizeof err, &status);
-    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "truncated tier: status %#x, stderr: %s", status, err);
-    CHECK(strstr(err, "SIGBUS") && strstr(err, "'cxl'") && strstr(err, path) && line_count(err) == 1,
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS,
+          "truncated tier: status %#x, stderr: %s", status, err);
+    CHECK(strstr(err, "SIGBUS") && strstr(err, "'cxl'") && strstr(err, path) &&
+              line_count(err) == 1,
           "want one line naming the tier and %s: %s", path, err);
     unlink(path);
 
@@ -117,7 +122,8 @@ int main(int argc, char **argv)
     snprintf(tiers, sizeof tiers, "dram;cxl:path=%s,size=64T,create", path);
     run(tiers, "--child-refused", NULL, err, sizeof err, &status);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "refused-tier child: status %#x", status);
-    CHECK(strstr(err, path) && strstr(err, "no room") && strstr(err, "bytes free") && line_count(err) == 1,
+    CHECK(strstr(err, path) && strstr(err, "no room") && strstr(err, "bytes free") &&
+              line_count(err) == 1,
           "want one line naming %s, the size and the free space: %s", path, err);
     CHECK(stat(path, &st) != 0, "the file %s created for the refused tier is left behind", path);
     unlink(path);

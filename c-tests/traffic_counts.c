@@ -102,8 +102,8 @@ int main(void) {
     tm_stats e = now();
     CHECK(e.allocations - d.allocations == 4 * N, "allocations +%llu, want %d",
           (unsigned long long)(e.allocations - d.allocations), 4 * N);
-    CHECK(e.frees - d.frees == 4 * N, "frees +%llu, want %d", (unsigned long long)(e.frees - d.frees),
-          4 * N);
+    CHECK(e.frees - d.frees == 4 * N, "frees +%llu, want %d",
+          (unsigned long long)(e.frees - d.frees), 4 * N);
     CHECK(e.in_use == a.in_use, "in_use %llu at the end, want %llu", (unsigned long long)e.in_use,
           (unsigned long long)a.in_use);
 

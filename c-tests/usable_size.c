@@ -22,7 +22,8 @@ static int plausible(size_t requested, size_t usable)
 
 static void null_and_range(void)
 {
-    CHECK(malloc_usable_size(NULL) == 0, "malloc_usable_size(NULL) = %zu", malloc_usable_size(NULL));
+    CHECK(malloc_usable_size(NULL) == 0, "malloc_usable_size(NULL) = %zu",
+          malloc_usable_size(NULL));
     int printed = 0;
     for (size_t s = 1; s <= 65536; s++) {
         unsigned char *p = malloc(s);
@@ -41,7 +42,8 @@ static void null_and_range(void)
         free(p);
     }
     CHECK(printed == 0, "%d sizes in 1..65536 had a bad usable size", printed);
-    static const size_t big[] = {65537, 70000, 100000, 131072, 250000, 1 << 20, (1 << 20) + 1, 5000000, 16 << 20};
+    static const size_t big[] = {65537,   70000,         100000,  131072,  250000,
+                                 1 << 20, (1 << 20) + 1, 5000000, 16 << 20};
     for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
         unsigned char *p = malloc(big[i]);
         if (!CHECK(p != NULL, "malloc(%zu) failed", big[i]))
@@ -62,12 +64,24 @@ static void null_and_range(void)
     }
 }
 
+enum { N = 3000 };
+static unsigned char *blk[N];
+static size_t use[N];
+
+/* blk[i] = malloc(s), filled with its pattern to its last usable byte (use[i] bytes). */
+static void take_and_fill(int i, size_t s)
+{
+    blk[i] = malloc(s);
+    if (!CHECK(blk[i] != NULL, "malloc(%zu) failed", s))
+        return;
+    use[i] = malloc_usable_size(blk[i]);
+    CHECK(use[i] >= s, "malloc(%zu): usable %zu", s, use[i]);
+    memset(blk[i], (unsigned char)(i * 7 + 1), use[i]);
+}
+
 /* Live neighbours, each written to its very last usable byte. */
 static void write_whole_usable(void)
 {
-    enum { N = 3000 };
-    static unsigned char *blk[N];
-    static size_t use[N];
     uint64_t rng = 7;
     for (int i = 0; i < N; i++) {
         size_t s;
@@ -78,23 +92,12 @@ static void write_whole_usable(void)
             s = 1 + r % 20000;
         else
             s = 1 + r % 600;
-        blk[i] = malloc(s);
-        if (!CHECK(blk[i] != NULL, "malloc(%zu) failed", s))
-            continue;
-        use[i] = malloc_usable_size(blk[i]);
-        CHECK(use[i] >= s, "malloc(%zu): usable %zu", s, use[i]);
-        memset(blk[i], (unsigned char)(i * 7 + 1), use[i]);
+        take_and_fill(i, s);
     }
     /* Free every third one and refill the holes, writing the whole usable size again. */
     for (int i = 0; i < N; i += 3) {
         free(blk[i]);
-        size_t s = 1 + rng_next(&rng) % 700;
-        blk[i] = malloc(s);
-        if (!CHECK(blk[i] != NULL, "malloc(%zu) failed", s))
-            continue;
-        use[i] = malloc_usable_size(blk[i]);
-        CHECK(use[i] >= s, "malloc(%zu): usable %zu", s, use[i]);
-        memset(blk[i], (unsigned char)(i * 7 + 1), use[i]);
+        take_and_fill(i, 1 + rng_next(&rng) % 700);
     }
     int bad = 0;
     for (int i = 0; i < N; i++) {
@@ -104,12 +107,15 @@ static void write_whole_usable(void)
         for (size_t k = 0; k < use[i]; k++)
             if (blk[i][k] != want) {
                 if (bad++ < 10)
-                    CHECK(0, "block %d (%p, usable %zu): byte %zu is %#x, want %#x (a neighbour wrote past its "
-                             "usable size, or two blocks overlap)", i, (void *)blk[i], use[i], k, blk[i][k], want);
+                    CHECK(0,
+                          "block %d (%p, usable %zu): byte %zu is %#x, want %#x (a neighbour wrote "
+                          "past its "
+                          "usable size, or two blocks overlap)",
+                          i, (void *)blk[i], use[i], k, blk[i][k], want);
                 break;
             }
-        CHECK(malloc_usable_size(blk[i]) == use[i], "block %d: usable size changed from %zu to %zu", i, use[i],
-              malloc_usable_size(blk[i]));
+        CHECK(malloc_usable_size(blk[i]) == use[i], "block %d: usable size changed from %zu to %zu",
+              i, use[i], malloc_usable_size(blk[i]));
         free(blk[i]);
     }
 }
@@ -133,7 +139,8 @@ static void realloc_within_usable(void)
         for (size_t k = 0; k < u; k++)
             ok &= q[k] == 0x6B;
         CHECK(ok, "realloc(p, its usable size %zu) lost bytes", u);
-        CHECK(malloc_usable_size(q) >= u, "after realloc to %zu: usable %zu", u, malloc_usable_size(q));
+        CHECK(malloc_usable_size(q) >= u, "after realloc to %zu: usable %zu", u,
+              malloc_usable_size(q));
         free(q);
     }
 }

@@ -34,7 +34,8 @@ static void malloc_zero(void)
 
     /* The other zero-size forms: also unique and freeable (glibc returns a minimum chunk). */
     void *c = calloc(0, 16), *d = calloc(16, 0), *e = calloc(0, 0);
-    CHECK(c != NULL && d != NULL && e != NULL, "calloc with a zero count/size returned NULL: %p %p %p", c, d, e);
+    CHECK(c != NULL && d != NULL && e != NULL,
+          "calloc with a zero count/size returned NULL: %p %p %p", c, d, e);
     CHECK(c != d && d != e && c != e, "zero-size callocs not distinct: %p %p %p", c, d, e);
     free(c);
     free(d);
@@ -69,14 +70,16 @@ static void free_keeps_errno(const char *where)
         memset(p, 0x5A, sizes[i]);
         set_errno(SENTINEL);
         free(p);
-        CHECK(get_errno() == SENTINEL, "%s: free(malloc(%zu)) changed errno to %d", where, sizes[i], get_errno());
+        CHECK(get_errno() == SENTINEL, "%s: free(malloc(%zu)) changed errno to %d", where, sizes[i],
+              get_errno());
 
         void *q = NULL;
         if (posix_memalign(&q, 4096, sizes[i]) == 0) {
             set_errno(SENTINEL);
             free(q);
-            CHECK(get_errno() == SENTINEL, "%s: free(posix_memalign(4096, %zu)) changed errno to %d", where,
-                  sizes[i], get_errno());
+            CHECK(get_errno() == SENTINEL,
+                  "%s: free(posix_memalign(4096, %zu)) changed errno to %d", where, sizes[i],
+                  get_errno());
         }
         void *c = calloc(1, sizes[i]);
         if (c) {
@@ -85,8 +88,8 @@ static void free_keeps_errno(const char *where)
                 c = r;
             set_errno(SENTINEL);
             free(c);
-            CHECK(get_errno() == SENTINEL, "%s: free(realloc(calloc(%zu))) changed errno to %d", where, sizes[i],
-                  get_errno());
+            CHECK(get_errno() == SENTINEL, "%s: free(realloc(calloc(%zu))) changed errno to %d",
+                  where, sizes[i], get_errno());
         }
     }
     set_errno(SENTINEL);
@@ -102,7 +105,8 @@ static void free_keeps_errno(const char *where)
     set_errno(SENTINEL);
     for (int i = 0; i < MANY; i++)
         free(blocks[i]);
-    CHECK(get_errno() == SENTINEL, "%s: freeing %d mixed blocks changed errno to %d", where, MANY, get_errno());
+    CHECK(get_errno() == SENTINEL, "%s: freeing %d mixed blocks changed errno to %d", where, MANY,
+          get_errno());
 }
 
 /* Successful allocations leave errno alone. */
@@ -117,78 +121,83 @@ static void success_keeps_errno(const char *where)
 
         set_errno(SENTINEL);
         p = malloc(s);
-        CHECK(p != NULL && get_errno() == SENTINEL, "%s: malloc(%zu) = %p, errno %d", where, s, p, get_errno());
+        CHECK(p != NULL && get_errno() == SENTINEL, "%s: malloc(%zu) = %p, errno %d", where, s, p,
+              get_errno());
 
         set_errno(SENTINEL);
         q = realloc(p, s * 2);
-        CHECK(q != NULL && get_errno() == SENTINEL, "%s: realloc(%zu -> %zu) = %p, errno %d", where, s, s * 2, q,
-              get_errno());
+        CHECK(q != NULL && get_errno() == SENTINEL, "%s: realloc(%zu -> %zu) = %p, errno %d", where,
+              s, s * 2, q, get_errno());
         if (q)
             p = q;
         set_errno(SENTINEL);
         q = realloc(p, s / 2 + 1);
-        CHECK(q != NULL && get_errno() == SENTINEL, "%s: realloc(shrink to %zu) = %p, errno %d", where, s / 2 + 1,
-              q, get_errno());
+        CHECK(q != NULL && get_errno() == SENTINEL, "%s: realloc(shrink to %zu) = %p, errno %d",
+              where, s / 2 + 1, q, get_errno());
         if (q)
             p = q;
         free(p);
 
         set_errno(SENTINEL);
         p = calloc(s, 1);
-        CHECK(p != NULL && get_errno() == SENTINEL, "%s: calloc(%zu, 1) = %p, errno %d", where, s, p, get_errno());
+        CHECK(p != NULL && get_errno() == SENTINEL, "%s: calloc(%zu, 1) = %p, errno %d", where, s,
+              p, get_errno());
         free(p);
 
         set_errno(SENTINEL);
         p = reallocarray(NULL, s, 2);
-        CHECK(p != NULL && get_errno() == SENTINEL, "%s: reallocarray(NULL, %zu, 2) = %p, errno %d", where, s, p,
-              get_errno());
+        CHECK(p != NULL && get_errno() == SENTINEL, "%s: reallocarray(NULL, %zu, 2) = %p, errno %d",
+              where, s, p, get_errno());
         free(p);
 
         p = NULL;
         set_errno(SENTINEL);
         rc = posix_memalign(&p, 64, s);
-        CHECK(rc == 0 && p != NULL && get_errno() == SENTINEL, "%s: posix_memalign(64, %zu) = %d, errno %d", where,
-              s, rc, get_errno());
+        CHECK(rc == 0 && p != NULL && get_errno() == SENTINEL,
+              "%s: posix_memalign(64, %zu) = %d, errno %d", where, s, rc, get_errno());
         free(p);
 
         p = NULL;
         set_errno(SENTINEL);
         rc = posix_memalign(&p, 1 << 16, s);
-        CHECK(rc == 0 && p != NULL && get_errno() == SENTINEL, "%s: posix_memalign(64K, %zu) = %d, errno %d",
-              where, s, rc, get_errno());
+        CHECK(rc == 0 && p != NULL && get_errno() == SENTINEL,
+              "%s: posix_memalign(64K, %zu) = %d, errno %d", where, s, rc, get_errno());
         free(p);
 
         set_errno(SENTINEL);
         p = aligned_alloc(128, s);
-        CHECK(p != NULL && get_errno() == SENTINEL, "%s: aligned_alloc(128, %zu) = %p, errno %d", where, s, p,
-              get_errno());
+        CHECK(p != NULL && get_errno() == SENTINEL, "%s: aligned_alloc(128, %zu) = %p, errno %d",
+              where, s, p, get_errno());
         free(p);
 
         set_errno(SENTINEL);
         p = memalign(4096, s);
-        CHECK(p != NULL && get_errno() == SENTINEL, "%s: memalign(4096, %zu) = %p, errno %d", where, s, p,
-              get_errno());
+        CHECK(p != NULL && get_errno() == SENTINEL, "%s: memalign(4096, %zu) = %p, errno %d", where,
+              s, p, get_errno());
         free(p);
 
         set_errno(SENTINEL);
         p = valloc(s);
-        CHECK(p != NULL && get_errno() == SENTINEL, "%s: valloc(%zu) = %p, errno %d", where, s, p, get_errno());
+        CHECK(p != NULL && get_errno() == SENTINEL, "%s: valloc(%zu) = %p, errno %d", where, s, p,
+              get_errno());
         free(p);
 
         set_errno(SENTINEL);
         p = pvalloc(s);
-        CHECK(p != NULL && get_errno() == SENTINEL, "%s: pvalloc(%zu) = %p, errno %d", where, s, p, get_errno());
+        CHECK(p != NULL && get_errno() == SENTINEL, "%s: pvalloc(%zu) = %p, errno %d", where, s, p,
+              get_errno());
         if (p) {
             set_errno(SENTINEL);
             size_t u = malloc_usable_size(p);
-            CHECK(u >= s && get_errno() == SENTINEL, "%s: malloc_usable_size(pvalloc(%zu)) = %zu, errno %d", where,
-                  s, u, get_errno());
+            CHECK(u >= s && get_errno() == SENTINEL,
+                  "%s: malloc_usable_size(pvalloc(%zu)) = %zu, errno %d", where, s, u, get_errno());
         }
         free(p);
     }
     set_errno(SENTINEL);
     size_t u = malloc_usable_size(NULL);
-    CHECK(u == 0 && get_errno() == SENTINEL, "%s: malloc_usable_size(NULL) = %zu, errno %d", where, u, get_errno());
+    CHECK(u == 0 && get_errno() == SENTINEL, "%s: malloc_usable_size(NULL) = %zu, errno %d", where,
+          u, get_errno());
 }
 
 /* A fresh thread: its very first allocation call must not disturb errno either. */
@@ -225,7 +234,8 @@ static void *free_foreign_thread(void *arg)
     void *p = arg;
     set_errno(SENTINEL);
     free(p);
-    CHECK(get_errno() == SENTINEL, "free() as a thread's first call (remote block) changed errno to %d", get_errno());
+    CHECK(get_errno() == SENTINEL,
+          "free() as a thread's first call (remote block) changed errno to %d", get_errno());
     return NULL;
 }
 
@@ -234,7 +244,8 @@ static void *free_foreign_thread(void *arg)
 static void sized_frees(void)
 {
     void (*fs)(void *, size_t) = (void (*)(void *, size_t))dlsym(RTLD_DEFAULT, "free_sized");
-    void (*fas)(void *, size_t, size_t) = (void (*)(void *, size_t, size_t))dlsym(RTLD_DEFAULT, "free_aligned_sized");
+    void (*fas)(void *, size_t, size_t) =
+        (void (*)(void *, size_t, size_t))dlsym(RTLD_DEFAULT, "free_aligned_sized");
     static const size_t sizes[] = {1, 100, 5000, 70000, 3 << 20};
     for (size_t i = 0; fs && i < sizeof sizes / sizeof sizes[0]; i++) {
         void *p = malloc(sizes[i]);
@@ -243,7 +254,8 @@ static void sized_frees(void)
         memset(p, 1, sizes[i]);
         set_errno(SENTINEL);
         fs(p, sizes[i]);
-        CHECK(get_errno() == SENTINEL, "free_sized(p, %zu) changed errno to %d", sizes[i], get_errno());
+        CHECK(get_errno() == SENTINEL, "free_sized(p, %zu) changed errno to %d", sizes[i],
+              get_errno());
     }
     if (fs) {
         set_errno(SENTINEL);
@@ -257,7 +269,8 @@ static void sized_frees(void)
         memset(p, 1, sizes[i]);
         set_errno(SENTINEL);
         fas(p, 4096, sizes[i]);
-        CHECK(get_errno() == SENTINEL, "free_aligned_sized(p, 4096, %zu) changed errno to %d", sizes[i], get_errno());
+        CHECK(get_errno() == SENTINEL, "free_aligned_sized(p, 4096, %zu) changed errno to %d",
+              sizes[i], get_errno());
     }
     /* The allocator still works after them. */
     void *q = malloc(5000);
@@ -279,8 +292,8 @@ int main(void)
             continue;
         pthread_join(t, NULL);
         CHECK(fc.ok, "first call #%d in a fresh thread failed", which);
-        CHECK(fc.errno_after == SENTINEL, "first call #%d in a fresh thread changed errno to %d", which,
-              fc.errno_after);
+        CHECK(fc.errno_after == SENTINEL, "first call #%d in a fresh thread changed errno to %d",
+              which, fc.errno_after);
     }
     for (int i = 0; i < 4; i++) {
         void *p = malloc(i == 3 ? (size_t)1 << 21 : (size_t)32 << (i * 4));

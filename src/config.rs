@@ -331,7 +331,8 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
             (b"fit", Some(b"worst")) => spec.fit = Fit::Worst,
             (b"fit", _) => return Err("fit= must be best or worst"),
             _ => return Err(
-                "unknown key (expected path, size, offset, create, keep, numa, limit, fit, spare, persist, fresh, format, pool, share, extent)",
+                "unknown key (expected path, size, offset, create, keep, numa, limit, fit, spare, \
+                 persist, fresh, format, pool, share, extent)",
             ),
         }
     }
@@ -351,7 +352,9 @@ const MAX_TIER_BYTES: u64 = 1 << 47;
 /// Combinations of keys that no tier can honour.
 fn check_tier(spec: &TierSpec) -> Result<(), &'static str> {
     if spec.pool != spec.share.is_some() {
-        return Err("pool and share=SIZE go together (a tier from the shared pool takes a share of it)");
+        return Err(
+            "pool and share=SIZE go together (a tier from the shared pool takes a share of it)",
+        );
     }
     if spec.pool && (spec.kind == Kind::Dram || spec.path_len > 0 || spec.numa.is_some()) {
         return Err("pool is for a device kind (cxl, cmb, pmr), without path= or numa=");
@@ -363,7 +366,9 @@ fn check_tier(spec: &TierSpec) -> Result<(), &'static str> {
         return Err("extent= must be a power of two from 64K to 1G");
     }
     if spec.numa.is_some() && spec.path_len > 0 {
-        return Err("numa= and path= exclude each other (numa= maps memory of that node, path= a file)");
+        return Err(
+            "numa= and path= exclude each other (numa= maps memory of that node, path= a file)",
+        );
     }
     match spec.size {
         Some(size) if size < 4096 => Err("size= must be at least 4K (one page)"),
@@ -666,7 +671,10 @@ mod tests {
     fn tiers_and_rules_parse_and_bad_entries_are_reported_and_skipped() {
         let mut r = Collect::default();
         let c = parse(
-            Some(b"dram:limit=1G; pmr:path=/dev/shm/p,size=64M,create,fit=worst;cxl:numa=1;ssd;cmb:fit=odd;dram"),
+            Some(
+                b"dram:limit=1G; \
+                  pmr:path=/dev/shm/p,size=64M,create,fit=worst;cxl:numa=1;ssd;cmb:fit=odd;dram",
+            ),
             Some(b"pmr:min=4K,max=1M;cxl:max=1M;nvm:min=1"),
             Some(b"1"),
             None,

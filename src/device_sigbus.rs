@@ -77,7 +77,8 @@ extern "C" fn on_sigbus(sig: i32, info: *mut libc::siginfo_t, context: *mut libc
         let mut line = os::LineBuf::new();
         let _ = writeln!(
             line,
-            "tiermalloc: SIGBUS at {addr:#x} in tier '{}' ({path}): its file was truncated or its storage is gone",
+            "tiermalloc: SIGBUS at {addr:#x} in tier '{}' ({path}): its file was truncated or its \
+             storage is gone",
             kind.name()
         );
         line.flush();
@@ -115,8 +116,9 @@ mod tests {
     }
 
     extern "C" fn siginfo_handler(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-        // SAFETY: the kernel's siginfo; _exit is async-signal-safe.
+        // SAFETY: the siginfo the kernel passed to this handler.
         let from_fault = sig == libc::SIGBUS && unsafe { !(*info).si_addr().is_null() };
+        // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(if from_fault { 43 } else { 1 }) }
     }
 
@@ -173,6 +175,9 @@ mod tests {
     #[test]
     fn without_a_handler_of_the_program_sigbus_keeps_its_default_action() {
         let status = child_status(libc::SIG_DFL, 0);
-        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS, "status {status:#x}");
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS,
+            "status {status:#x}"
+        );
     }
 }

@@ -46,7 +46,8 @@ pub fn path_of(pid: u32, buf: &mut [u8; 64]) -> usize {
     len
 }
 
-/// Creates this process's file and publishes a first report (library constructor). Problems are reported in one line; the process runs on.
+/// Creates this process's file and publishes a first report (library constructor). Problems are
+/// reported in one line; the process runs on.
 pub fn start(writer: Writer) {
     WRITER.store(writer as usize, Ordering::Relaxed);
     let mut name = [0u8; 64];
@@ -90,7 +91,8 @@ pub fn start(writer: Writer) {
         let _ = core::fmt::Write::write_fmt(
             &mut line,
             format_args!(
-                "tiermalloc: TIERMALLOC_STATS_LIVE: cannot create {PATH_PREFIX}{pid} (errno {}); no live statistics\n",
+                "tiermalloc: TIERMALLOC_STATS_LIVE: cannot create {PATH_PREFIX}{pid} (errno {}); \
+                 no live statistics\n",
                 os::errno()
             ),
         );

@@ -33,7 +33,12 @@ pub fn alloc_zeroed(size: usize, align: usize) -> Option<*mut u8> {
         let chunk = CURRENT.load(Ordering::Acquire);
         if !chunk.is_null() {
             // SAFETY: installed chunks stay mapped for the rest of the process.
-            let (offset, len) = unsafe { ((*chunk).used.fetch_add(need, Ordering::Relaxed), (*chunk).len) };
+            let (offset, len) = unsafe {
+                (
+                    (*chunk).used.fetch_add(need, Ordering::Relaxed),
+                    (*chunk).len,
+                )
+            };
             if offset.checked_add(need).is_some_and(|end| end <= len) {
                 let p = (chunk as usize + offset + align - 1) & !(align - 1);
                 return Some(p as *mut u8);

@@ -43,18 +43,22 @@ impl Misuse {
         let _ = match self {
             Misuse::DoubleFree if call == "free" => write!(line, "double free"),
             Misuse::DoubleFree => write!(line, "the block was freed already"),
-            Misuse::NotABlockStart => write!(line, "invalid pointer (not the start of a live block)"),
+            Misuse::NotABlockStart => {
+                write!(line, "invalid pointer (not the start of a live block)")
+            }
             Misuse::NotOurs => write!(line, "invalid pointer (not allocated by tiermalloc)"),
             Misuse::CorruptedFreeList => {
                 write!(line, "corrupted free list (a freed block was written to)")
             }
             Misuse::FreeMarkLost => write!(
                 line,
-                "corrupted free list (a free block is in use: freed twice at once, or written after free)"
+                "corrupted free list (a free block is in use: freed twice at once, or written \
+                 after free)"
             ),
             Misuse::MoreFreesThanBlocks => write!(
                 line,
-                "heap corrupted (more frees than blocks in use: an invalid pointer was freed before)"
+                "heap corrupted (more frees than blocks in use: an invalid pointer was freed \
+                 before)"
             ),
             Misuse::WrittenAfterFree => {
                 write!(line, "freed block written after free (use after free, found at its reuse)")

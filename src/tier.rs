@@ -271,7 +271,9 @@ pub unsafe fn free(p: *mut u8) {
     }
     // SAFETY: as above.
     let tag = unsafe { pagemap::entry_at_index(chunk) };
-    if tag.wrapping_sub(pagemap::SEGMENT_TAG_MIN) < pagemap::SHARED_SEGMENT_TAG - pagemap::SEGMENT_TAG_MIN {
+    if tag.wrapping_sub(pagemap::SEGMENT_TAG_MIN)
+        < pagemap::SHARED_SEGMENT_TAG - pagemap::SEGMENT_TAG_MIN
+    {
         // SAFETY: a segment of another heap owns `p`, and starts at chunk `chunk`.
         unsafe { dram::fast::free_remote_in_chunk(chunk, p) }
     } else if tag == pagemap::SHARED_SEGMENT_TAG {
@@ -297,6 +299,11 @@ unsafe fn free_in_shared_segment(chunk: isize, p: *mut u8) {
     unsafe { dram::fast::free_in_chunk(chunk, p) }
 }
 
+/// `free` of a pointer that is not in a segment: a large block, a device tier's block, a
+/// foreign pointer (the program's own malloc's, or reported), or null (nothing).
+///
+/// # Safety
+/// As for `free`.
 #[cold]
 #[inline(never)]
 unsafe fn free_other(p: *mut u8) {

@@ -19,8 +19,10 @@ const UFFDIO_REGISTER: c_ulong = 0xC020_AA00; // _IOWR(0xAA, 0x00, struct uffdio
 pub(crate) const UFFDIO_UNREGISTER: c_ulong = 0x8010_AA01; // _IOR(0xAA, 0x01, struct uffdio_range)
 pub(crate) const UFFDIO_WAKE: c_ulong = 0x8010_AA02; // _IOR(0xAA, 0x02, struct uffdio_range)
 pub(crate) const UFFDIO_COPY: c_ulong = 0xC028_AA03; // _IOWR(0xAA, 0x03, struct uffdio_copy)
-pub(crate) const UFFDIO_WRITEPROTECT: c_ulong = 0xC018_AA06; // _IOWR(0xAA, 0x06, struct uffdio_writeprotect)
-pub(crate) const UFFDIO_CONTINUE: c_ulong = 0xC020_AA07; // _IOWR(0xAA, 0x07, struct uffdio_continue)
+/// _IOWR(0xAA, 0x06, struct uffdio_writeprotect)
+pub(crate) const UFFDIO_WRITEPROTECT: c_ulong = 0xC018_AA06;
+/// _IOWR(0xAA, 0x07, struct uffdio_continue)
+pub(crate) const UFFDIO_CONTINUE: c_ulong = 0xC020_AA07;
 
 pub(crate) const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
 pub(crate) const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;

@@ -1,8 +1,8 @@
 //! The `tiermalloc` command: `run` (preloading, tiers, the program's status, the kept report),
 //! `stats` (the last run, a live process, a file, `--json`), `inspect` and `check` (a
-//! persistent tier's file, read-only), and its errors (one line, non-zero). The command finds the library under test through `TIERMALLOC_LIB`, except in
-//! the test of its own search (`run_finds_the_library_installed_beside_it`); state goes to a
-//! temporary `XDG_RUNTIME_DIR`.
+//! persistent tier's file, read-only), and its errors (one line, non-zero). The command finds the
+//! library under test through `TIERMALLOC_LIB`, except in the test of its own search
+//! (`run_finds_the_library_installed_beside_it`); state goes to a temporary `XDG_RUNTIME_DIR`.
 
 mod support;
 
@@ -348,6 +348,12 @@ fn inspect_and_check_read_a_persistent_tier_file_without_changing_it() {
 /// (1 MiB): `script` runs after `tm` (the library) and `PMR` (3) are set up.
 fn python_on_heap(state: &Path, file: &Path, script: &str) -> Output {
     let spec = format!("dram;pmr:path={},size=1M,create", file.display());
+    output(python_on_tiers(state, &spec, script))
+}
+
+/// `tiermalloc run --tiers SPEC` of Python, whose `script` runs after `tm` (the library, with
+/// the argument and result types of the functions the tests call) and `PMR` (3) are set up.
+fn python_on_tiers(state: &Path, spec: &str, script: &str) -> Command {
     let program = format!(
         "import ctypes, os, sys\n\
          tm = ctypes.CDLL(None)\n\
@@ -363,18 +369,18 @@ fn python_on_heap(state: &Path, file: &Path, script: &str) -> Output {
          tm.tm_offset_of.argtypes = [ctypes.c_void_p]\n\
          {script}"
     );
-    output(tiermalloc(
+    tiermalloc(
         state,
         &[
             "run",
             "--tiers",
-            &spec,
+            spec,
             "--",
             "/usr/bin/python3",
             "-c",
             &program,
         ],
-    ))
+    )
 }
 
 /// Blocks of 20000 bytes filled with their name's letter: a, b, c named by roots, d not.
@@ -553,10 +559,10 @@ fn check_repair_mends_each_kind_of_damage_and_the_heap_opens_after() {
     let busy = state.path().join("busy");
     std::fs::write(&busy, &image).unwrap();
     let spec = format!("dram;pmr:path={},size=1M", busy.display());
-    let mut holder = tiermalloc(
+    let mut holder = python_on_tiers(
         state.path(),
-        &["run", "--tiers", &spec, "--", "/usr/bin/python3", "-c",
-          "import ctypes, sys\ntm = ctypes.CDLL(None)\ntm.tm_malloc.restype = ctypes.c_void_p\nassert tm.tm_malloc(3, 64)\nprint('open', flush=True)\nsys.stdin.read()"],
+        &spec,
+        "assert tm.tm_malloc(PMR, 64)\nprint('open', flush=True)\nsys.stdin.read()",
     );
     let mut child = holder
         .stdin(std::process::Stdio::piped())
@@ -858,10 +864,10 @@ fn check_shows_a_progress_bar_only_on_a_terminal() {
     let file = state.path().join("big");
     // 512 MiB, sparse: blocks of 8 MiB spread headers over the region, their bytes untouched.
     let spec = format!("dram;pmr:path={},size=512M,create", file.display());
-    let made = output(tiermalloc(
+    let made = output(python_on_tiers(
         state.path(),
-        &["run", "--tiers", &spec, "--", "/usr/bin/python3", "-c",
-          "import ctypes\ntm = ctypes.CDLL(None)\ntm.tm_malloc.restype = ctypes.c_void_p\nassert all(tm.tm_malloc(3, 8 << 20) for i in range(60))"],
+        &spec,
+        "assert all(tm.tm_malloc(PMR, 8 << 20) for i in range(60))",
     ));
     assert!(made.status.success(), "{}", text(&made.stderr));
 

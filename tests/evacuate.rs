@@ -406,7 +406,10 @@ fn a_bad_copy_setting_is_said_and_the_default_kept() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{err}");
         assert!(
-            err.contains("tiermalloc: TIERMALLOC_EVACUATE_COPY: 'sideways': expected file or mapped (file is the default)"),
+            err.contains(
+                "tiermalloc: TIERMALLOC_EVACUATE_COPY: 'sideways': expected file or \
+                 mapped (file is the default)"
+            ),
             "{err}"
         );
         return;
@@ -1672,7 +1675,10 @@ fn crash_checker(log_path: &str) {
             _ => None,
         };
         if let Some(word) = bad {
-            panic!("slot {slot}: the block at offset {offset} ({size} B, version {v}, state {state}) lost its contents at word {word}");
+            panic!(
+                "slot {slot}: the block at offset {offset} ({size} B, version {v}, state \
+                 {state}) lost its contents at word {word}"
+            );
         }
     }
     // An allocation the log does not show yet: at most one per writer, none once the move
@@ -1693,7 +1699,8 @@ fn crash_checker(log_path: &str) {
             .filter(|(offset, _)| !logged.contains(offset))
             .collect();
         panic!(
-            "{} blocks allocated, the log accounts for {covered} (+ {unlogged} in flight); not in the log (offset, usable size): {extra:?}",
+            "{} blocks allocated, the log accounts for {covered} (+ {unlogged} in flight); not in \
+             the log (offset, usable size): {extra:?}",
             allocated.len()
         );
     }
@@ -2123,7 +2130,8 @@ fn killed_moves_recover_whole(test: &'static str, dir: &str, kills: Kills) {
     );
     assert!(
         rolled_back_midway >= each_way && rolled_forward >= each_way,
-        "only {rolled_back_midway} roll-backs and {rolled_forward} roll-forwards in {round} kills ({move_us} us a move)"
+        "only {rolled_back_midway} roll-backs and {rolled_forward} roll-forwards in {round} kills \
+         ({move_us} us a move)"
     );
     assert_eq!(
         busy, rolled_forward,

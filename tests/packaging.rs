@@ -141,7 +141,8 @@ fn installed_copy_builds_c_and_cpp_programs_through_pkg_config() {
         std::fs::read_link(lib.join("libtiermalloc.so")).unwrap(),
         Path::new("libtiermalloc.so.0")
     );
-    assert!(readelf_dynamic(&lib.join(&versioned)).contains("Library soname: [libtiermalloc.so.0]"));
+    let dynamic = readelf_dynamic(&lib.join(&versioned));
+    assert!(dynamic.contains("Library soname: [libtiermalloc.so.0]"));
     for f in [
         "include/tiermalloc.h",
         "include/tiermalloc_pmr.hpp",

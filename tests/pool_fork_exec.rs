@@ -1,7 +1,8 @@
 //! A forked child that execs or exits gives back the references it adopted at the fork, once,
-//! and never its parent's; one that only closes its descriptors keeps them (DESIGN.md "The shared pool": refs counts live mappings held by
-//! processes; an exec'd program maps none). In a file of its own: the fork handler adopts the
-//! mappings of every pool open in the process, which must be this test's only.
+//! and never its parent's; one that only closes its descriptors keeps them (DESIGN.md "The shared
+//! pool": refs counts live mappings held by processes; an exec'd program maps none). In a file of
+//! its own: the fork handler adopts the mappings of every pool open in the process, which must be
+//! this test's only.
 
 use std::ffi::CString;
 use std::time::{Duration, Instant};

@@ -192,7 +192,8 @@ fn c_and_cpp_examples_compile_and_run() {
     );
     assert_eq!(
         text(&out.stdout),
-        "borrower: 7 blocks, borrowed 3145728 bytes, then ENOMEM\nlender: 1 node(s) live, lent 0 bytes\n"
+        "borrower: 7 blocks, borrowed 3145728 bytes, then ENOMEM\nlender: 1 node(s) live, lent 0 \
+         bytes\n"
     );
 
     // C++: the memory resource.

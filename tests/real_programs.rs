@@ -6,10 +6,11 @@
 //! spawns goes through tiermalloc. Both runs must produce the same transcript, byte for byte:
 //! exit status, stdout and (where the program's stderr is deterministic) stderr of every step.
 //!
-//! The library is found next to this test executable (`<target>/<profile>/deps/real_programs-HASH`):
-//! `<target>/<profile>/deps/libtiermalloc.so`, where cargo builds the cdylib before integration
-//! tests, else `<target>/<profile>/libtiermalloc.so`. `TIERMALLOC_TEST_PRELOAD=/path/to/other.so`
-//! replaces it, e.g. to check the workloads against another allocator
+//! The library is found next to this test executable
+//! (`<target>/<profile>/deps/real_programs-HASH`): `<target>/<profile>/deps/libtiermalloc.so`,
+//! where cargo builds the cdylib before integration tests, else
+//! `<target>/<profile>/libtiermalloc.so`. `TIERMALLOC_TEST_PRELOAD=/path/to/other.so` replaces it,
+//! e.g. to check the workloads against another allocator
 //! (`/usr/lib/x86_64-linux-gnu/libmimalloc.so.2`) or to compare timings (run with `--nocapture`).
 //!
 //! `TIERMALLOC_*` variables are stripped from the children's environment, so the runs use the
@@ -208,7 +209,8 @@ impl Run {
         }
         if !out.status.success() {
             panic!(
-                "[{}] {} ({}): step `{name}` failed: {}\ncommand: {shown}\n--- stdout tail ---\n{}\n--- stderr tail ---\n{}",
+                "[{}] {} ({}): step `{name}` failed: {}\ncommand: {shown}\n\
+                 --- stdout tail ---\n{}\n--- stderr tail ---\n{}",
                 self.test,
                 self.label(),
                 self.lib_note(),
@@ -683,7 +685,13 @@ fn generate_c_source() -> String {
                 );
             }
             1 => {
-                let _ = writeln!(s, "uint64_t f{i}(const uint32_t *a, size_t n) {{\n\tint state = {};\n\tuint64_t acc = 0;", rng.below(16));
+                let _ = writeln!(
+                    s,
+                    "uint64_t f{i}(const uint32_t *a, size_t n) {{\n\
+                     \tint state = {};\n\
+                     \tuint64_t acc = 0;",
+                    rng.below(16)
+                );
                 let _ = writeln!(
                     s,
                     "\tfor (size_t k = 0; k < n; k++) {{\n\t\tswitch ((state + a[k]) & 15) {{"

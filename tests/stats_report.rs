@@ -2,8 +2,8 @@
 //! variables of `src/report.rs` (`TIERMALLOC_SHOW_STATS`, `_STATS_FILE` with `%p`,
 //! `_STATS_FORMAT`, `_STATS_SIGNAL`), the pid and program name, the peak that survives frees,
 //! and the check that descriptor 2 is still stderr. The programs are bash (dash ends with
-//! `_exit`, which runs no exit hooks, so it never makes an at-exit report) and a small C program. `tm_stats_json` and `tm_version` from C
-//! are in `c-tests/stats_json.c`.
+//! `_exit`, which runs no exit hooks, so it never makes an at-exit report) and a small C program.
+//! `tm_stats_json` and `tm_version` from C are in `c-tests/stats_json.c`.
 
 mod support;
 

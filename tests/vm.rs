@@ -7,8 +7,8 @@
 //! `touches` (`benches/device/touches.c`), linked statically against `libtiermalloc.a`.
 //!
 //! - `tests/vm/prepare.sh` downloads the Debian kernel package once (cached per user, in
-//!   `~/.cache/tiermalloc/vm-kernel`) and builds the initramfs (busybox, modules, ndctl/daxctl/cxl, tm_vm,
-//!   the guest scripts) on every run.
+//!   `~/.cache/tiermalloc/vm-kernel`) and builds the initramfs (busybox, modules, ndctl/daxctl/cxl,
+//!   tm_vm, the guest scripts) on every run.
 //! - The guest's `/init` (`tests/vm/init`) runs `/tm/NAME.sh` and prints `TM-RESULT PASS NAME`
 //!   on the serial console; the test reads the console, and every `TM-` line the guest printed
 //!   is echoed as the test's output (`cargo test --test vm -- --nocapture` shows it). The whole
@@ -38,7 +38,8 @@ use support::{run_with_limits, run_with_timeout};
 /// 250 MiB device DAX filled through emulated CXL memory) take about 40 s of CPU under TCG. A VM
 /// is stopped when QEMU has used `VM_CPU_LIMIT` of CPU (a guest that spins), which means the
 /// same at any load, or after `VM_WALL_LIMIT` (a guest that hangs idle; on a machine loaded 20
-/// times over, a VM that needs 40 s of CPU can take 15 minutes, so only that is caught by wall time).
+/// times over, a VM that needs 40 s of CPU can take 15 minutes, so only that is caught by wall
+/// time).
 const VM_CPU_LIMIT: Duration = Duration::from_secs(150);
 const VM_WALL_LIMIT: Duration = Duration::from_secs(900);
 
@@ -62,8 +63,8 @@ struct Boot {
     accel: String,
 }
 
-/// Builds the guest programs and the initramfs once per test process; `Err` = this machine cannot run VMs,
-/// and why.
+/// Builds the guest programs and the initramfs once per test process; `Err` = this machine cannot
+/// run VMs, and why.
 fn boot_files() -> Result<&'static Boot, String> {
     static BOOT: OnceLock<Result<Boot, String>> = OnceLock::new();
     BOOT.get_or_init(prepare).as_ref().map_err(Clone::clone)
@@ -379,7 +380,8 @@ fn run(boot: &Boot, vm: Vm) -> Console {
 std::thread_local! {
     /// The device files this test's VMs used, removed when it passes (kept for a look when
     /// it fails).
-    static DEVICE_FILES: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+    static DEVICE_FILES: std::cell::RefCell<Vec<PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A scratch file (sparse, zeroes) for a VM's device memory, under this worktree's target/.
@@ -522,7 +524,10 @@ fn vm_nvme_pmr_is_enabled_and_keeps_its_bytes_across_power_off() {
 
         // The VM is off: the blocks are in the host's PMR file.
         let nodes = persist_nodes(&fs::read(&pmr).unwrap());
-        println!("host: pmr.img holds {nodes} of the 200 blocks of the write cycle (TMHB headers, contents)");
+        println!(
+            "host: pmr.img holds {nodes} of the 200 blocks of the write cycle (TMHB headers, \
+             contents)"
+        );
         assert_eq!(nodes, 200);
 
         let second = run(

@@ -199,11 +199,12 @@ static void print_hist(const char *what, struct writer *ws, int n, int p, double
         held.n += ws[t].held[p].n;
         if (ws[t].held[p].max > held.max) held.max = ws[t].held[p].max;
     }
-    printf("%-7s held stores (the writer slept): %llu; stall p50 %.1f us, p90 %.1f us, p99 %.1f us, "
-           "max %.1f us\n",
-           what, (unsigned long long)held.n, (double)percentile(&held, 0.5) / 1e3,
-           (double)percentile(&held, 0.9) / 1e3, (double)percentile(&held, 0.99) / 1e3,
-           (double)held.max / 1e3);
+    printf(
+        "%-7s held stores (the writer slept): %llu; stall p50 %.1f us, p90 %.1f us, p99 %.1f us, "
+        "max %.1f us\n",
+        what, (unsigned long long)held.n, (double)percentile(&held, 0.5) / 1e3,
+        (double)percentile(&held, 0.9) / 1e3, (double)percentile(&held, 0.99) / 1e3,
+        (double)held.max / 1e3);
 }
 
 /* The tier's region: the mapping that holds `p`, and its file offset; its end in *end. */

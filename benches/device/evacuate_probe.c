@@ -154,10 +154,14 @@ static void probe(const char *kind, const char *dir)
     ok = u >= 0 && uffd_register(u, p, PAGES * PG, UFFDIO_REGISTER_MODE_WP) == 0;
     int pm = open("/proc/self/pagemap", O_RDONLY);
     struct page_region_ regions[PAGES];
-    struct pm_scan_arg_ scan = {.size = sizeof scan, .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-                                .start = (uintptr_t)p, .end = (uintptr_t)p + PAGES * PG,
-                                .vec = (uintptr_t)regions, .vec_len = PAGES,
-                                .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN};
+    struct pm_scan_arg_ scan = {.size = sizeof scan,
+                                .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                                .start = (uintptr_t)p,
+                                .end = (uintptr_t)p + PAGES * PG,
+                                .vec = (uintptr_t)regions,
+                                .vec_len = PAGES,
+                                .category_mask = PAGE_IS_WRITTEN,
+                                .return_mask = PAGE_IS_WRITTEN};
     long n0 = ok ? ioctl(pm, PAGEMAP_SCAN_, &scan) : -1; /* protects everything */
     int err = errno;
     p[3 * PG] = 2, p[7 * PG] = 2, p[9 * PG] = 2;

@@ -92,7 +92,8 @@ int main(int argc, char **argv)
     report("256 blocks x1.5 round-robin, 4 KiB -> 1 MiB");
 
     unsigned long x = 88172645463325252UL;
-    for (int i = 0; i < 1000; i++) v[i] = checked(tm_malloc(TM_PMR, size[i] = 4096 + next(&x) % 61440));
+    for (int i = 0; i < 1000; i++)
+        v[i] = checked(tm_malloc(TM_PMR, size[i] = 4096 + next(&x) % 61440));
     for (int step = 0; step < 20000; step++) {
         unsigned long r = next(&x);
         int i = (int)(r % 1000);

@@ -1,8 +1,9 @@
 /* recovery.c — how long opening a persistent tier takes, against the time to read the bytes
  * its recovery reads.
  *
- * usage: recovery LIB FILE [BLOCKS [SIZE [ROUNDS]]]   (LIB: path of libtiermalloc.so; FILE: the tier's
- *        file, made here; BLOCKS default 1000000; SIZE default 1G; ROUNDS default 5)
+ * usage: recovery LIB FILE [BLOCKS [SIZE [ROUNDS]]]   (LIB: path of libtiermalloc.so;
+ *        FILE: the tier's file, made here; BLOCKS default 1000000; SIZE default 1G;
+ *        ROUNDS default 5)
  *        recovery LIB FILE 0   opens the FILE an earlier run left, once, and nothing else
  *
  * 1. A child dlopens LIB with TIERMALLOC_TIERS=dram;pmr:path=FILE,size=SIZE,create,fresh and
@@ -96,7 +97,8 @@ static void fill(const char *lib, long blocks)
 /* The slab layout (src/device_slabs.rs): usable bytes of each class. */
 static uint64_t usable_of(unsigned class)
 {
-    static const uint64_t wide[] = {640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4080};
+    static const uint64_t wide[] = {640,  768,  896,  1024, 1280, 1536,
+                                    1792, 2048, 2560, 3072, 3584, 4080};
     return class <= 32 ? 16 * (uint64_t)class : wide[class - 33];
 }
 
@@ -213,12 +215,13 @@ int main(int argc, char **argv)
         header_bytes = read_headers(image, (uint64_t)st.st_size, &sum);
         double t1 = now(), c1 = cpu(), f1 = faults();
         munmap(image, (size_t)st.st_size);
-        printf("round %d: open (dlopen, recovery included) %.1f ms (cpu %.1f ms); first tm_malloc "
-               "%.1f us; reading the %llu header bytes %.1f ms (cpu %.1f ms) (sum %llx); page faults: "
-               "open %.0f, read %.0f; open's process cpu (every thread) %.1f ms\n",
-               round, r[0] * 1e3, r[2] * 1e3, r[1] * 1e6, (unsigned long long)header_bytes,
-               (t1 - t0) * 1e3, (c1 - c0) * 1e3, (unsigned long long)(sum & 0xfff), r[3], f1 - f0,
-               r[4] * 1e3);
+        printf(
+            "round %d: open (dlopen, recovery included) %.1f ms (cpu %.1f ms); first tm_malloc "
+            "%.1f us; reading the %llu header bytes %.1f ms (cpu %.1f ms) (sum %llx); page faults: "
+            "open %.0f, read %.0f; open's process cpu (every thread) %.1f ms\n",
+            round, r[0] * 1e3, r[2] * 1e3, r[1] * 1e6, (unsigned long long)header_bytes,
+            (t1 - t0) * 1e3, (c1 - c0) * 1e3, (unsigned long long)(sum & 0xfff), r[3], f1 - f0,
+            r[4] * 1e3);
         ratios[round] = r[2] / (c1 - c0);
         wall_ratios[round] = r[0] / (t1 - t0);
         process_ratios[round] = r[4] / (c1 - c0);

@@ -188,7 +188,8 @@ static void run(struct measure *m, int dry)
             unsigned lg = op == 'a' ? *p++ : 4;
             size = varint(&p);
             if (!dry) {
-                q = op == 'a' ? tm_aligned_alloc(KIND, (size_t)1 << lg, size) : tm_malloc(KIND, size);
+                q = op == 'a' ? tm_aligned_alloc(KIND, (size_t)1 << lg, size)
+                              : tm_malloc(KIND, size);
                 if (!q) failures++;
                 else if (m) grew(m, q, size);
             } else {
@@ -386,22 +387,21 @@ int main(int argc, char **argv)
         }
 
         printf("fit=%s ops=%llu allocs=%llu peak_req=%llu peak_usable=%llu peak_extent=%llu "
-               "peak_blocks=%llu footprint=%llu ratio_req=%.3f ratio_usable=%.3f ratio_extent=%.3f capacity=%llu "
+               "peak_blocks=%llu footprint=%llu ratio_req=%.3f ratio_usable=%.3f ratio_extent=%.3f "
+               "capacity=%llu "
                "failures=%llu unmatched=%llu end_in_use=%llu end_live_usable=%llu "
                "end_live_blocks=%llu end_largest_free=%llu zero_reallocs=%llu ns_per_op=%.1f "
                "dry_ns_per_op=%.1f\n",
                fits[f], (unsigned long long)n_ops, (unsigned long long)n_allocs,
                (unsigned long long)m.peak_req, (unsigned long long)m.peak_usable,
                (unsigned long long)m.peak_extent, (unsigned long long)m.peak_blocks,
-               (unsigned long long)m.footprint,
-               (double)m.footprint / (double)m.peak_req,
+               (unsigned long long)m.footprint, (double)m.footprint / (double)m.peak_req,
                (double)m.footprint / (double)m.peak_usable,
                (double)m.footprint / (double)m.peak_extent, (unsigned long long)s0.capacity,
                (unsigned long long)m.failures, (unsigned long long)m.unmatched,
                (unsigned long long)end.in_use, (unsigned long long)live_usable,
                (unsigned long long)live_blocks, (unsigned long long)end.largest_free,
-               (unsigned long long)zero_reallocs_seen, ns,
-               dry_ns);
+               (unsigned long long)zero_reallocs_seen, ns, dry_ns);
         fflush(stdout);
     }
     return 0;

@@ -2,11 +2,11 @@
  *
  * usage: throughput PAIRS LIVE [THREADS [MAX]]   (TIERMALLOC_TIERS must list pmr; the tier is
  *        any emulated one)
- * Keeps LIVE blocks of 16..MAX-1 bytes (MAX default 4096) alive and replaces a random one PAIRS times, first with
- * tm_malloc(TM_DRAM), then with tm_malloc(TM_PMR); prints ns per pair for each. With THREADS
- * (default 1), that many threads each run the whole workload at once on the same tier, and the
- * figure is wall time per pair of one thread (equal to the 1-thread figure when nothing is
- * shared).
+ * Keeps LIVE blocks of 16..MAX-1 bytes (MAX default 4096) alive and replaces a random one PAIRS
+ * times, first with tm_malloc(TM_DRAM), then with tm_malloc(TM_PMR); prints ns per pair for
+ * each. With THREADS (default 1), that many threads each run the whole workload at once on the
+ * same tier, and the figure is wall time per pair of one thread (equal to the 1-thread figure
+ * when nothing is shared).
  */
 #include <pthread.h>
 #include <stdio.h>

@@ -36,7 +36,8 @@ int main(int argc, char **argv)
     char line[512];
     while (maps && fgets(line, sizeof line, maps)) {
         unsigned long a, b;
-        if (sscanf(line, "%lx-%lx", &a, &b) == 2 && (unsigned long)warm >= a && (unsigned long)warm < b) {
+        if (sscanf(line, "%lx-%lx", &a, &b) == 2 && (unsigned long)warm >= a &&
+            (unsigned long)warm < b) {
             lo = a;
             hi = b;
         }

@@ -38,7 +38,8 @@ def run(kind):
     env = dict(os.environ, LD_PRELOAD=before if kind == "reserved-before" else lib,
                TIERMALLOC_SHOW_STATS="1", TIERMALLOC_PROFILE="g", GROW_START_SHMEM="1",
                TIERMALLOC_PROFILE_DIR=f"{tmp}/{kind}",
-               TIERMALLOC_TIERS=f"cxl:path=/dev/shm/tm-lend-bench-{os.getpid()}-{kind},size=1G,create",
+               TIERMALLOC_TIERS=f"cxl:path=/dev/shm/tm-lend-bench-{os.getpid()}-{kind},"
+                                "size=1G,create",
                **kinds[kind])
     t0 = time.monotonic()
     errf = tempfile.TemporaryFile()
@@ -73,18 +74,23 @@ finally:
         except FileNotFoundError:
             pass
 med = lambda k, f: statistics.median(r[f] for r in res[k])
-print("| run | reserved B | at main MiB | start ms | faults while growing | process faults | fill ms | growth ms | CPU s | wall s |")
+print("| run | reserved B | at main MiB | start ms | faults while growing | process faults "
+      "| fill ms | growth ms | CPU s | wall s |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for k in kinds:
-    print(f"| {k} | {med(k,'reserved'):.0f} | {med(k,'at_main_mib'):.1f} | {med(k,'start_ms'):.1f} | "
-          f"{med(k,'grown'):.0f} | {med(k,'process'):.0f} | "
-          f"{med(k,'fill_ms'):.0f} | {med(k,'grow_ms'):.1f} | {med(k,'cpu'):.3f} | {med(k,'wall'):.3f} |")
+    print(f"| {k} | {med(k,'reserved'):.0f} | {med(k,'at_main_mib'):.1f} | "
+          f"{med(k,'start_ms'):.1f} | {med(k,'grown'):.0f} | {med(k,'process'):.0f} | "
+          f"{med(k,'fill_ms'):.0f} | {med(k,'grow_ms'):.1f} | {med(k,'cpu'):.3f} | "
+          f"{med(k,'wall'):.3f} |")
 print(f"reserved/plain: process faults {med('reserved','process')/med('plain','process'):.4f}, "
-      f"CPU {med('reserved','cpu')/med('plain','cpu'):.2f}, wall {med('reserved','wall')/med('plain','wall'):.2f}")
+      f"CPU {med('reserved','cpu')/med('plain','cpu'):.2f}, "
+      f"wall {med('reserved','wall')/med('plain','wall'):.2f}")
 for k in kinds:
-    print(k, {f: [round(r[f], 3) for r in res[k]] for f in ("process", "cpu", "wall", "fill_ms", "grow_ms", "start_ms")})
+    print(k, {f: [round(r[f], 3) for r in res[k]]
+              for f in ("process", "cpu", "wall", "fill_ms", "grow_ms", "start_ms")})
 if before:
     b = "reserved-before"
     print(f"reserved/reserved-before: start {med('reserved','start_ms')/med(b,'start_ms'):.3f}, "
           f"process faults {med('reserved','process')/med(b,'process'):.3f}, "
-          f"CPU {med('reserved','cpu')/med(b,'cpu'):.2f}, wall {med('reserved','wall')/med(b,'wall'):.2f}")
+          f"CPU {med('reserved','cpu')/med(b,'cpu'):.2f}, "
+          f"wall {med('reserved','wall')/med(b,'wall'):.2f}")

@@ -39,7 +39,8 @@ int main(int argc, char **argv) {
     const char *names[4] = {"touch-fresh", "copy-fresh", "touch-cached", "continue-cached"};
     double t[4][64];
     long faults[4] = {0};
-    char *zeros = mmap(0, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    char *zeros =
+        mmap(0, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     for (int r = 0; r < rounds && r < 64; r++) {
         for (int way = 0; way < 4; way++) {
             if (way == 0 || way == 1) unlink(path);
@@ -62,7 +63,8 @@ int main(int argc, char **argv) {
                 for (size_t i = 0; i < len; i += 4096) p[i] = 1;
             } else if (way == 1) {
                 for (size_t at = 0; at < len;) {
-                    struct uffdio_copy c = {.dst = (unsigned long)p + at, .src = (unsigned long)zeros, .len = 65536};
+                    struct uffdio_copy c = {
+                        .dst = (unsigned long)p + at, .src = (unsigned long)zeros, .len = 65536};
                     ioctl(u, UFFDIO_COPY, &c);
                     if (c.copy <= 0) { perror("UFFDIO_COPY"); return 1; }
                     at += c.copy;
@@ -77,7 +79,8 @@ int main(int argc, char **argv) {
             }
             t[way][r] = cpu(&f1) - c0;
             faults[way] = f1 - f0;
-            printf("round %d %-16s %.3f s CPU, %ld faults\n", r, names[way], t[way][r], faults[way]);
+            printf("round %d %-16s %.3f s CPU, %ld faults\n", r, names[way], t[way][r],
+                   faults[way]);
             if (u >= 0) close(u);
             munmap(p, len);
             close(fd);
@@ -87,7 +90,8 @@ int main(int argc, char **argv) {
     for (int way = 0; way < 4; way++) {
         qsort(t[way], rounds, sizeof(double), cmp);
         double m = t[way][rounds / 2];
-        printf("%-16s median %.1f ms CPU, %.2f GB/s, %ld faults\n", names[way], m * 1e3, len / m / 1e9, faults[way]);
+        printf("%-16s median %.1f ms CPU, %.2f GB/s, %ld faults\n", names[way], m * 1e3,
+               len / m / 1e9, faults[way]);
     }
     return 0;
 }

@@ -36,9 +36,11 @@ def run(kind):
     wall = time.monotonic() - t0
     assert status == 0, out
     thread = int(out.split("thread_minflt ")[1].split()[0])
-    huge = err.split(" B of it with the huge-page advice")[0].rsplit(" ", 1)[-1] if "advice" in err else "-"
-    return {"huge": huge, "minflt": ru.ru_minflt, "thread": thread, "cpu": ru.ru_utime + ru.ru_stime,
-            "sys": ru.ru_stime, "wall": wall}
+    huge = "-"
+    if "advice" in err:
+        huge = err.split(" B of it with the huge-page advice")[0].rsplit(" ", 1)[-1]
+    return {"huge": huge, "minflt": ru.ru_minflt, "thread": thread,
+            "cpu": ru.ru_utime + ru.ru_stime, "sys": ru.ru_stime, "wall": wall}
 
 for k in ("default", "small", "huge"):
     run(k)  # prime: record the first run's peak
@@ -54,7 +56,9 @@ for k in kinds:
           f"{med(k,'sys'):.3f} | {med(k,'wall'):.3f} |")
 for k in ("default", "small", "huge"):
     print(f"{k}/plain: faults {med(k,'minflt')/med('plain','minflt'):.4f}, "
-          f"CPU {med(k,'cpu')/med('plain','cpu'):.2f}, wall {med(k,'wall')/med('plain','wall'):.2f}")
+          f"CPU {med(k,'cpu')/med('plain','cpu'):.2f}, "
+          f"wall {med(k,'wall')/med('plain','wall'):.2f}")
 for k in kinds:
-    print(k, "cpu", [round(r["cpu"], 3) for r in res[k]], "wall", [round(r["wall"], 3) for r in res[k]],
+    print(k, "cpu", [round(r["cpu"], 3) for r in res[k]],
+          "wall", [round(r["wall"], 3) for r in res[k]],
           "faults", [r["minflt"] for r in res[k]], "huge B", [r["huge"] for r in res[k]])

@@ -24,9 +24,18 @@
 #endif
 #define STEP (8UL << 20)
 #define PIECE (64UL << 10)
-static double ms(clockid_t c) { struct timespec t; clock_gettime(c, &t); return t.tv_sec * 1e3 + t.tv_nsec / 1e6; }
+static double ms(clockid_t c)
+{
+  struct timespec t;
+  clock_gettime(c, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
 static long minflt(void) { struct rusage r; getrusage(RUSAGE_SELF, &r); return r.ru_minflt; }
-static int cmp(const void *a, const void *b) { double x = *(double *)a, y = *(double *)b; return (x > y) - (x < y); }
+static int cmp(const void *a, const void *b)
+{
+  double x = *(double *)a, y = *(double *)b;
+  return (x > y) - (x < y);
+}
 static char *zeros;
 
 static void fill(int how, char *q, size_t len) {
@@ -34,7 +43,10 @@ static void fill(int how, char *q, size_t len) {
   if (how == 1 || how == 2) {
     madvise(q, len, how == 2 ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
     for (size_t o = 0; o < len; o += STEP)
-      if (madvise(q + o, len - o < STEP ? len - o : STEP, MADV_POPULATE_WRITE)) { perror("populate"); exit(1); }
+      if (madvise(q + o, len - o < STEP ? len - o : STEP, MADV_POPULATE_WRITE)) {
+        perror("populate");
+        exit(1);
+      }
     return;
   }
   int fd = syscall(SYS_userfaultfd, O_CLOEXEC | 1 /* UFFD_USER_MODE_ONLY */);
@@ -42,10 +54,12 @@ static void fill(int how, char *q, size_t len) {
   if (fd < 0 || ioctl(fd, UFFDIO_API, &api)) { perror("userfaultfd"); exit(1); }
   for (size_t o = 0; o < len; o += STEP) {
     size_t n = len - o < STEP ? len - o : STEP;
-    struct uffdio_register r = {.range = {(unsigned long)q + o, n}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+    struct uffdio_register r = {.range = {(unsigned long)q + o, n},
+                                .mode = UFFDIO_REGISTER_MODE_MISSING};
     if (ioctl(fd, UFFDIO_REGISTER, &r)) { perror("register"); exit(1); }
     for (size_t p = 0; p < n; p += PIECE) {
-      struct uffdio_copy c = {.dst = (unsigned long)q + o + p, .src = (unsigned long)zeros, .len = PIECE};
+      struct uffdio_copy c = {
+        .dst = (unsigned long)q + o + p, .src = (unsigned long)zeros, .len = PIECE};
       if (ioctl(fd, UFFDIO_COPY, &c)) { perror("copy"); exit(1); }
     }
     struct uffdio_range u = {(unsigned long)q + o, n};
@@ -62,7 +76,8 @@ int main(int argc, char **argv) {
   zeros = mmap(0, PIECE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   for (int r = 0; r < rounds; r++)
     for (int how = 0; how < 4; how++) {
-      char *p = mmap(0, len + (2 << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      char *p =
+        mmap(0, len + (2 << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       char *q = (char *)(((unsigned long)p + (2 << 20) - 1) & ~((2UL << 20) - 1));
       long f = minflt(); double w = ms(CLOCK_MONOTONIC), c = ms(CLOCK_THREAD_CPUTIME_ID);
       fill(how, q, len);
@@ -70,11 +85,13 @@ int main(int argc, char **argv) {
       faults[how] = minflt() - f;
       munmap(p, len + (2 << 20));
     }
-  printf("| way | wall ms | CPU ms | GB/s (wall) | GB/s (CPU) | minor faults |\n|---|---:|---:|---:|---:|---:|\n");
+  printf("| way | wall ms | CPU ms | GB/s (wall) | GB/s (CPU) | minor faults "
+         "|\n|---|---:|---:|---:|---:|---:|\n");
   for (int how = 0; how < 4; how++) {
     qsort(wall[how], rounds, sizeof(double), cmp); qsort(cpu[how], rounds, sizeof(double), cmp);
     double w = wall[how][rounds / 2], c = cpu[how][rounds / 2];
-    printf("| %s | %.1f | %.1f | %.2f | %.2f | %ld |\n", name[how], w, c, len / 1e6 / w, len / 1e6 / c, faults[how]);
+    printf("| %s | %.1f | %.1f | %.2f | %.2f | %ld |\n", name[how], w, c, len / 1e6 / w,
+           len / 1e6 / c, faults[how]);
   }
   return 0;
 }

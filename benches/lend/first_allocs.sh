@@ -16,7 +16,8 @@ run() { # $1 profile dir, $2 wrapper...
     rm -f "$CXL"
     env TIERMALLOC_TIERS="cxl:path=$CXL,size=64M,create" TIERMALLOC_PROFILE=f \
         TIERMALLOC_PROFILE_DIR="$dir" TIERMALLOC_SHOW_STATS=1 LD_PRELOAD="$LIB" \
-        "$@" "$T/first" 500 2>&1 | grep -E "^first_allocs|cxl   profile" | sed 's/, peak .*//; s/.*profile f: //'
+        "$@" "$T/first" 500 2>&1 | grep -E "^first_allocs|cxl   profile" |
+        sed 's/, peak .*//; s/.*profile f: //'
 }
 i=0
 while [ $i -lt "$ROUNDS" ]; do
@@ -33,7 +34,8 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
             TIERMALLOC_PROFILE_DIR="$T/cg" LD_PRELOAD="$LIB" \
             valgrind --tool=callgrind --toggle-collect=main --callgrind-out-file="$T/cg.$n" \
             "$T/first" 500 >/dev/null 2>&1
-        echo "callgrind run $n: main executed $(callgrind_annotate "$T/cg.$n" | grep -m1 'PROGRAM TOTALS' | awk '{print $1}') instructions"
+        total=$(callgrind_annotate "$T/cg.$n" | grep -m1 'PROGRAM TOTALS' | awk '{print $1}')
+        echo "callgrind run $n: main executed $total instructions"
     done
 fi
 rm -rf "$T" "$CXL"

@@ -18,7 +18,8 @@
 //! Smoke mode for CI (tiny measurement times: a few seconds of measuring once built):
 //!
 //! ```sh
-//! TIERMALLOC_BENCH_SMOKE=1 CARGO_TARGET_DIR=$PWD/target-criterion cargo bench -p tiermalloc-benches --bench alloc
+//! TIERMALLOC_BENCH_SMOKE=1 CARGO_TARGET_DIR=$PWD/target-criterion \
+//!     cargo bench -p tiermalloc-benches --bench alloc
 //! ```
 //!
 //! A filter after `--` selects scenarios as usual, e.g. `-- alloc_free/64B`.

@@ -16,8 +16,8 @@
 //! - `large`: 1 000 live blocks of 4 KiB..64 KiB.
 //!
 //! Allocators, each on a 256 MiB file in /dev/shm mapped MAP_SHARED:
-//! - `ours-best`, `ours-worst`: the `cxl` tier's `Allocator` (`tm_malloc(TM_CXL)` / `tm_free`) on a `cxl` tier
-//!   (`TIERMALLOC_TIERS="dram;cxl:path=...,size=256M,create,fit=best|worst"`);
+//! - `ours-best`, `ours-worst`: the `cxl` tier's `Allocator` (`tm_malloc(TM_CXL)` / `tm_free`) on a
+//!   `cxl` tier (`TIERMALLOC_TIERS="dram;cxl:path=...,size=256M,create,fit=best|worst"`);
 //! - `rlsf`: `rlsf::Tlsf` (TLSF) given the whole mapping; its block headers and free-list links
 //!   are in the region, its bitmaps and list heads in the `Tlsf` value, which is in host memory;
 //! - `talc`: `talc::base::Talc` with the mapping claimed as its heap; its boundary tags, free-list
@@ -41,7 +41,8 @@
 //! to read them are in `inregion-results.md`):
 //!
 //! ```sh
-//! CARGO_TARGET_DIR=$PWD/target-bench cargo bench -p tiermalloc-benches --bench inregion -- --callgrind --markdown /tmp/inregion.md
+//! CARGO_TARGET_DIR=$PWD/target-bench cargo bench -p tiermalloc-benches --bench inregion \
+//!     -- --callgrind --markdown /tmp/inregion.md
 //! ```
 //!
 //! Options after `--`: `--runs N` (default 5), `--quick` (1 run, few pairs: a smoke test),
@@ -711,7 +712,8 @@ fn driver(o: Options) {
         );
         let _ = writeln!(
             out,
-            "| allocator | ns (runs) | device bytes read | loads | distinct lines read | device bytes written | stores |"
+            "| allocator | ns (runs) | device bytes read | loads | distinct lines read | device \
+             bytes written | stores |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
         for (ai, a) in o.allocators.iter().enumerate() {
@@ -746,7 +748,8 @@ fn driver(o: Options) {
         );
         let _ = writeln!(
             out,
-            "| allocator | measured (/dev/shm) | CXL, 170–250 ns per line read | PCIe BAR, 1–2 µs per load |"
+            "| allocator | measured (/dev/shm) | CXL, 170–250 ns per line read | PCIe BAR, 1–2 µs \
+             per load |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|");
         for (ai, a) in o.allocators.iter().enumerate() {

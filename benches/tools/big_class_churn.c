@@ -5,7 +5,8 @@
  * (8 KiB, 512 KiB), writing one byte in each of its 4 KiB pages. Run under callgrind with the
  * library preloaded to count the allocator's instructions (the writes cost every allocator the
  * same), or under `/usr/bin/time -f %M` for its peak RSS:
- *   LD_PRELOAD=LIB valgrind --tool=callgrind --callgrind-out-file=/dev/null ./big_class_churn 64 100000
+ *   LD_PRELOAD=LIB valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+ *       ./big_class_churn 64 100000
  * The worst case for pages of few blocks: every request of a class without an empty block
  * cuts a page (BENCHMARKS.md, session 11, branch rsswork).
  */

@@ -35,7 +35,8 @@ static void *run(void *arg) {
     uint64_t sum = 0;
     for (uint64_t i = 0; i < t->iterations; i++) {
         volatile unsigned char *p = xmalloc(t->objsize);
-        for (size_t b = 0; b < t->objsize; b++) p[b] = (unsigned char)(i + b + 7 * (uint64_t)t->passive);
+        for (size_t b = 0; b < t->objsize; b++)
+            p[b] = (unsigned char)(i + b + 7 * (uint64_t)t->passive);
         for (uint64_t w = 0; w < t->writes; w++)
             for (size_t b = 0; b < t->objsize; b++) p[b] = (unsigned char)(p[b] * 3 + w + b);
         for (size_t b = 0; b < t->objsize; b++) sum += p[b];

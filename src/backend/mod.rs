@@ -242,7 +242,10 @@ fn map_path_noting_creation(
     let reserved = reserve(len).map_err(release)?;
     if !map_shared_over(&reserved, fd.0, offset as u64, len) {
         let problem = if os::errno() == libc::EINVAL && nvme::is_bar_path(path) {
-            Problem::os("cannot map the BAR while a driver owns it: boot with iomem=relaxed or unbind the driver")
+            Problem::os(
+                "cannot map the BAR while a driver owns it: boot with iomem=relaxed or unbind the \
+                 driver",
+            )
         } else {
             Problem::os("cannot map")
         };
@@ -294,7 +297,8 @@ fn is_sysfs(fd: &Fd) -> bool {
 
 /// What a region another process of this host holds is refused with (`lock_range`).
 pub(crate) const IN_USE: &str =
-    "is in use by another process (give each process its own file: %p in path= stands for the process id)";
+    "is in use by another process (give each process its own file: %p in path= stands for the \
+     process id)";
 
 // Test-only: this thread's opens take no host lock, as two hosts' opens of one device would
 // not see each other's (the owner record in device memory must then refuse the second).
@@ -571,8 +575,9 @@ mod tests {
     fn a_file_the_file_system_cannot_hold_is_refused_and_a_created_one_removed() {
         let path = shm("room");
         let c = std::ffi::CString::new("/dev/shm").unwrap();
-        // SAFETY: a valid path and out-parameter.
+        // SAFETY: all-zero is a valid `statvfs` (integers only).
         let mut st: libc::statvfs = unsafe { core::mem::zeroed() };
+        // SAFETY: a valid path and out-parameter.
         assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
         let free = st.f_bavail * st.f_frsize;
         let size = (free + (1 << 30)) & !(CHUNK_SIZE as u64 - 1);

@@ -97,7 +97,8 @@ pub(super) fn prepare(path: &CStr, kind: Kind) -> Result<Bar, Problem> {
         let (offset, len) = enable_cmb(&registers, bar)?;
         if kind == Kind::Pmr {
             return Err(Problem::new(
-                "is the NVMe CMB, which is volatile, not a PMR: use cmb: for it, or the PMR's BAR (PMRCAP.BIR)",
+                "is the NVMe CMB, which is volatile, not a PMR: use cmb: for it, or the PMR's BAR \
+                 (PMRCAP.BIR)",
             ));
         }
         let p2p_size = read_sysfs_number(buf.build(&[device_dir, b"/p2pmem/size"]));
@@ -105,7 +106,8 @@ pub(super) fn prepare(path: &CStr, kind: Kind) -> Result<Bar, Problem> {
         if let (Some(size), Some(free)) = (p2p_size, p2p_free) {
             if free < size {
                 return Err(Problem::new(
-                    "is a CMB the nvme driver uses for its queues (p2pmem allocated): load nvme with use_cmb_sqs=0 or unbind the driver",
+                    "is a CMB the nvme driver uses for its queues (p2pmem allocated): load nvme \
+                     with use_cmb_sqs=0 or unbind the driver",
                 ));
             }
         }
@@ -155,7 +157,8 @@ fn enable_pmr(registers: Registers, pmrcap: u32) -> Result<Bar, Problem> {
     while status & (1 << 8) != 0 {
         if os::coarse_now_ns() - start > timeout_ms * 1_000_000 {
             return Err(Problem::new(
-                "is an NVMe PMR that did not become ready after PMRCTL.EN = 1 (PMRSTS.NRDY stays set)",
+                "is an NVMe PMR that did not become ready after PMRCTL.EN = 1 (PMRSTS.NRDY stays \
+                 set)",
             ));
         }
         // SAFETY: sleeping has no preconditions.
@@ -209,7 +212,8 @@ impl Registers {
         };
         if p == libc::MAP_FAILED {
             return Err(Problem::os(if os::errno() == libc::EINVAL {
-                "is an NVMe BAR whose registers cannot be mapped while the nvme driver owns them: boot with iomem=relaxed or unbind the driver"
+                "is an NVMe BAR whose registers cannot be mapped while the nvme driver owns them: \
+                 boot with iomem=relaxed or unbind the driver"
             } else {
                 "is an NVMe BAR, but its controller's registers (resource0) cannot be mapped"
             }));

@@ -28,8 +28,8 @@ static FORK_PIPE: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
 
 /// Holds every device tier's lock across `fork`, so the child never inherits one held by a
 /// thread that does not exist there, and gives the child a private copy of every tier whose
-/// mapping `fork` would share (see the module comment). The parent waits until the child has made that copy,
-/// so that the copy is what the parent's memory was at the `fork`. Registered from the
+/// mapping `fork` would share (see the module comment). The parent waits until the child has made
+/// that copy, so that the copy is what the parent's memory was at the `fork`. Registered from the
 /// constructor (registration allocates, so never from inside `malloc`).
 pub fn register_fork_handlers() {
     extern "C" fn prepare() {

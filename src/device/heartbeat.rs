@@ -1,9 +1,9 @@
 //! The heartbeat thread: refreshes the owner record (`persist::owner`) of every device tier
 //! this process opened on device memory another host could map (`persist::owner::beats`),
-//! every quarter lease, so that such a host sees the owner alive. Started once at start-up (`front::runtime`, after the tiers opened), never on
-//! a malloc path; only when some tier has a record. A plain `pthread_create` with a function
-//! that allocates nothing. A forked child has no such thread (it owns no tier: its parent
-//! does).
+//! every quarter lease, so that such a host sees the owner alive. Started once at start-up
+//! (`front::runtime`, after the tiers opened), never on a malloc path; only when some tier has a
+//! record. A plain `pthread_create` with a function that allocates nothing. A forked child has no
+//! such thread (it owns no tier: its parent does).
 
 use super::persist::owner::LEASE_MS;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -28,13 +28,19 @@ pub fn start() {
 fn spawn_beat() {
     let mut thread: libc::pthread_t = 0;
     // SAFETY: `beat` takes no argument and touches only the opened tiers; default attributes.
-    let r = unsafe { libc::pthread_create(&mut thread, core::ptr::null(), beat, core::ptr::null_mut()) };
+    let r = unsafe {
+        libc::pthread_create(&mut thread, core::ptr::null(), beat, core::ptr::null_mut())
+    };
     if r != 0 {
         let mut line = crate::os::LineBuf::new();
         use core::fmt::Write;
         let _ = write!(line, "tiermalloc: the device tiers' heartbeat thread did not start");
         crate::os::write_errno_text(&mut line, r);
-        let _ = writeln!(line, "; other hosts will take the tiers for abandoned after {} s", LEASE_MS / 1000);
+        let _ = writeln!(
+            line,
+            "; other hosts will take the tiers for abandoned after {} s",
+            LEASE_MS / 1000
+        );
         line.flush();
         return;
     }

@@ -96,7 +96,8 @@ impl TierReserve {
     }
 }
 
-pub(crate) static RESERVES: [TierReserve; 3] = [TierReserve::new(), TierReserve::new(), TierReserve::new()];
+pub(crate) static RESERVES: [TierReserve; 3] =
+    [TierReserve::new(), TierReserve::new(), TierReserve::new()];
 
 pub(crate) fn of(kind: Kind) -> Option<&'static TierReserve> {
     RESERVES.get((kind as usize).wrapping_sub(1))

@@ -4,10 +4,10 @@
 //! A block of up to `SLAB_MAX_USABLE` bytes (16-byte alignment) is a slot: its 16-byte header,
 //! then the block. A slab starts with a 16-byte marker header (`SLAB_MARKER`, written by the
 //! tier: its class, for a recovery scan), then its slots. The extent heap (`heap`) serves the
-//! slab itself, aligned to its own size, so the slab of a block is found by dividing its offset: `descs[offset / SLAB_BYTES]`, one
-//! descriptor per 16 KiB window of the region, in host memory mapped once (`MAP_NORESERVE`,
-//! so a window that never holds a slab costs nothing). A descriptor holds the slab's class,
-//! a bitmap of live slots and their count.
+//! slab itself, aligned to its own size, so the slab of a block is found by dividing its offset:
+//! `descs[offset / SLAB_BYTES]`, one descriptor per 16 KiB window of the region, in host memory
+//! mapped once (`MAP_NORESERVE`, so a window that never holds a slab costs nothing). A descriptor
+//! holds the slab's class, a bitmap of live slots and their count.
 //!
 //! Each size class has its own locks, one per lane (`lane`: every thread allocates from one
 //! lane of each class), each over the lane's list of slabs with free slots and every bitmap

@@ -171,6 +171,10 @@ fn make_for_this_thread() -> Option<&'static ThreadSlots> {
 
 /// The pthread key's destructor: gives the exiting thread's cached slots back and forgets its
 /// caches; the thread's later frees and requests (other destructors) go to the slabs.
+///
+/// # Safety
+/// Called once per thread, by pthread, with the value registered for it: its `ThreadSlots`
+/// block, in the registry.
 unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
     cache_word::set(core::ptr::addr_of!(EXITED) as usize);
     extent_stash::forget_current();
@@ -453,7 +457,9 @@ impl DeviceTier {
     /// a full tier). A thread without caches gets none made.
     pub(super) fn give_back_own_slots(&self) {
         let word = cache_word::get();
-        if word == core::ptr::addr_of!(UNSET) as usize || word == core::ptr::addr_of!(EXITED) as usize {
+        if word == core::ptr::addr_of!(UNSET) as usize
+            || word == core::ptr::addr_of!(EXITED) as usize
+        {
             return;
         }
         if let Some(entry) = self.slot_entry() {

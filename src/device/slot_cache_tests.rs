@@ -157,7 +157,9 @@ fn threads_free_each_others_blocks_and_reuse_them() {
 fn racing_double_frees_of_cached_size_slots_have_one_winner() {
     let (tier, path) = open("race");
     const BLOCKS: usize = 500;
-    let blocks: Vec<usize> = (0..BLOCKS).map(|i| tier.alloc(16 + i % 500, 16).unwrap() as usize).collect();
+    let blocks: Vec<usize> = (0..BLOCKS)
+        .map(|i| tier.alloc(16 + i % 500, 16).unwrap() as usize)
+        .collect();
     let blocks = Arc::new(blocks);
     let start = Arc::new(Barrier::new(2));
     let free_all = || {

@@ -19,9 +19,9 @@
 //! small pages. The half's slices no page has taken yet are counted dirty (free and resident),
 //! so the heap takes them first and the decay gives them back if the heap stops growing: what
 //! a wrong guess costs is bounded by the decay like any freed page. They are held against
-//! DRAM's `limit=` too (`budget`), and a half the limit does not admit stays on small pages. A huge half is open whole:
-//! a `PROT_NONE` slice (or the header's guarded tail) would split its mapping and rule out the
-//! 2 MiB page. `TIERMALLOC_SECURE=1` keeps the guards on every segment.
+//! DRAM's `limit=` too (`budget`), and a half the limit does not admit stays on small pages. A huge
+//! half is open whole: a `PROT_NONE` slice (or the header's guarded tail) would split its mapping
+//! and rule out the 2 MiB page. `TIERMALLOC_SECURE=1` keeps the guards on every segment.
 //!
 //! The half is populated (`MADV_POPULATE_WRITE`) under `MADV_HUGEPAGE` and the advice is then
 //! taken off (`MADV_NOHUGEPAGE`): the huge page stays, but khugepaged never collapses a range
@@ -44,10 +44,10 @@ pub(crate) const HUGE_PAGE_SLICES_MAX: usize = 4;
 /// Bytes of a huge page, and of a segment's half.
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
-/// Whether the kernel gives huge pages on advice: `UNKNOWN` until first asked (`kernel_takes_advice`),
-/// `REFUSED` when its transparent huge pages are off (`never`, or none) or it refused the
-/// advice or the populate (no `MADV_POPULATE_WRITE`, no memory): then no half is made present
-/// whole for nothing.
+/// Whether the kernel gives huge pages on advice: `UNKNOWN` until first asked
+/// (`kernel_takes_advice`), `REFUSED` when its transparent huge pages are off (`never`, or none) or
+/// it refused the advice or the populate (no `MADV_POPULATE_WRITE`, no memory): then no half is
+/// made present whole for nothing.
 static KERNEL: AtomicU8 = AtomicU8::new(UNKNOWN);
 const UNKNOWN: u8 = 0;
 const TAKES: u8 = 1;

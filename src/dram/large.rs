@@ -373,7 +373,11 @@ fn decay_older_than(age_ns: u64) {
         return;
     }
     let now = os::coarse_now_ns();
-    if now < due || NEXT_DECAY.compare_exchange(due, 0, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+    if now < due
+        || NEXT_DECAY
+            .compare_exchange(due, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
         return;
     }
     let mut next = 0u64;
@@ -488,7 +492,13 @@ fn map_for(map_len: usize, offset: usize, align: usize, touched: usize) -> Optio
 /// # Safety
 /// `[h, h + map_len)` must be a mapping of ours, tagged, that no live block uses; if `cached`,
 /// with a valid header.
-unsafe fn start_block(h: usize, map_len: usize, offset: usize, usable: usize, cached: bool) -> *mut u8 {
+unsafe fn start_block(
+    h: usize,
+    map_len: usize,
+    offset: usize,
+    usable: usize,
+    cached: bool,
+) -> *mut u8 {
     let header = h as *mut LargeHeader;
     // SAFETY: the header fits in the mapping's first bytes (offset ≥ 64); a cached mapping's
     // is valid.
@@ -747,7 +757,8 @@ unsafe fn resize_unguarded(p: *mut u8, size: usize) -> *mut u8 {
 /// # Safety
 /// `[h, h + map_len)` must be a whole tagged mapping of ours.
 unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usize> {
-    let tag = |at: usize, len: usize| pagemap::set(at, len, ChunkTag::LargeHead, ChunkTag::LargeTail);
+    let tag =
+        |at: usize, len: usize| pagemap::set(at, len, ChunkTag::LargeHead, ChunkTag::LargeTail);
     // Tags come off address space before it is given back: once unmapped, another thread's
     // mapping may land there and tag it.
     if new_len < map_len {
@@ -889,7 +900,11 @@ mod tests {
         let decayed = CACHE_DECAYED.get();
         // SAFETY: our block.
         unsafe { assert!(free(p)) };
-        let cached = |h: usize| CACHE.iter().any(|s| s.load(Ordering::Relaxed) & !(CHUNK_SIZE - 1) == h);
+        let cached = |h: usize| {
+            CACHE
+                .iter()
+                .any(|s| s.load(Ordering::Relaxed) & !(CHUNK_SIZE - 1) == h)
+        };
         if !cached(h) {
             return Err("a freed 32 MiB mapping is cached");
         }
@@ -943,7 +958,9 @@ mod tests {
                 assert!(free(p));
             }
             let Some(entry) = entry_of(h) else {
-                return Err(format!("the mapping of a freed block ({written} B written) is not cached"));
+                return Err(format!(
+                    "the mapping of a freed block ({written} B written) is not cached"
+                ));
             };
             let (low, high) = (written, written + HUGE_PAGE_BYTES);
             if entry.resident() < low || entry.resident() > high {

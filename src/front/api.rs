@@ -40,7 +40,10 @@ pub fn stats(kind: Kind) -> Result<TierStats, TierError> {
 /// use tiermalloc::{Fit, Kind, TierError};
 /// assert_eq!(tiermalloc::set_fit(Kind::Dram, Fit::Worst), Ok(()));
 /// if std::env::var_os("TIERMALLOC_TIERS").is_none() {
-///     assert_eq!(tiermalloc::set_fit(Kind::Cxl, Fit::Best), Err(TierError::NotConfigured(Kind::Cxl)));
+///     assert_eq!(
+///         tiermalloc::set_fit(Kind::Cxl, Fit::Best),
+///         Err(TierError::NotConfigured(Kind::Cxl))
+///     );
 /// }
 /// ```
 pub fn set_fit(kind: Kind, fit: Fit) -> Result<(), TierError> {

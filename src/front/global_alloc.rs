@@ -1,4 +1,5 @@
-//! `TierMalloc`, the Rust global allocator: `#[global_allocator] static A: TierMalloc = TierMalloc;`
+//! `TierMalloc`, the Rust global allocator:
+//! `#[global_allocator] static A: TierMalloc = TierMalloc;`
 //!
 //! Serves DRAM through the same paths as `malloc`. `realloc` keeps the block where it fits and
 //! resizes large blocks by remapping their pages; `alloc_zeroed` skips the clearing of fresh

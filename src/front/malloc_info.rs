@@ -113,7 +113,8 @@ fn write_malloc_stats() {
     );
     let _ = writeln!(
         line,
-        "Total (incl. mmap):\nsystem bytes     = {system:>10}\nin use bytes     = {:>10}\nmax mmap regions = {:>10}\nmax mmap bytes   = {:>10}",
+        "Total (incl. mmap):\nsystem bytes     = {system:>10}\nin use bytes     = {:>10}\nmax mmap \
+         regions = {:>10}\nmax mmap bytes   = {:>10}",
         m.uordblks, m.hblks, m.hblkhd
     );
     line.flush();
@@ -175,7 +176,8 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut c_void) -> c_i
     let mut text = os::LineBuf::new();
     let _ = write!(
         text,
-        "<malloc version=\"tiermalloc-1\">\n<heap nr=\"0\">\n<system type=\"current\" size=\"{}\"/>\n\
+        "<malloc version=\"tiermalloc-1\">\n<heap nr=\"0\">\n\
+         <system type=\"current\" size=\"{}\"/>\n\
          <total type=\"mmap\" count=\"{}\" size=\"{}\"/>\n<inuse size=\"{}\"/>\n</heap>\n\
          <system type=\"current\" size=\"{}\"/>\n</malloc>\n",
         m.arena,

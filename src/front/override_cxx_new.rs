@@ -114,7 +114,8 @@ extern "C" fn no_operator_nothrow() -> *mut c_void {
 /// Stands in for a missing libstdc++ throwing operator: nothing can throw `std::bad_alloc`.
 extern "C" fn no_operator_throwing() -> *mut c_void {
     crate::os::write_stderr(
-        b"tiermalloc: operator new: out of memory, and no libstdc++ operator new to throw std::bad_alloc; aborting\n",
+        b"tiermalloc: operator new: out of memory, and no libstdc++ operator new to throw \
+          std::bad_alloc; aborting\n",
     );
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }

@@ -212,8 +212,11 @@ unsafe fn size_fits(call: &str, ptr: *mut c_void, size: usize, unaligned: bool) 
     }
     let on_dram = crate::tier::kind_of(ptr.cast()) == Some(crate::kind::Kind::Dram);
     // SAFETY: `lent_and_fits` is asked only for a block of ours on DRAM.
-    let too_small =
-        unaligned && on_dram && usable > 16 && size < usable / 2 && unsafe { !lent_and_fits(ptr, size, usable) };
+    let too_small = unaligned
+        && on_dram
+        && usable > 16
+        && size < usable / 2
+        && unsafe { !lent_and_fits(ptr, size, usable) };
     if size > usable || too_small {
         crate::misuse::report(
             call,

@@ -361,7 +361,8 @@ pub fn write_text<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
         )?;
         writeln!(
             w,
-            "tiermalloc:   {name:<4} {} allocations, {} frees, {} failures, {} spilled in, {} spilled out",
+            "tiermalloc:   {name:<4} {} allocations, {} frees, {} failures, {} spilled in, {} \
+             spilled out",
             s.allocations, s.frees, s.failures, s.spilled_in, s.spilled_out
         )?;
         if s.reserved > 0 {
@@ -424,7 +425,8 @@ pub fn write_json<W: Write>(w: &mut W, snap: &Snapshot) -> fmt::Result {
         let s = &t.stats;
         write!(
             w,
-            "{}{{\"kind\":\"{}\",\"in_use\":{},\"peak\":{},\"capacity\":{},\"capacity_source\":\"{}\",\
+            "{}{{\"kind\":\"{}\",\"in_use\":{},\"peak\":{},\"capacity\":{},\
+             \"capacity_source\":\"{}\",\
              \"free\":{},\"largest_free\":{},\"reserved\":{},\"allocations\":{},\"frees\":{},\
              \"failures\":{},\"spilled_in\":{},\"spilled_out\":{},\"lent\":{},\"borrowed\":{},\
              \"profile_reserved\":{},\"reserve_used\":{},\"reserve_miss\":{}}}",
@@ -779,7 +781,13 @@ mod tests {
             out.starts_with("tiermalloc: pid 42 (py\"thon): statistics at exit\n"),
             "{out}"
         );
-        assert!(out.contains("dram in use 3.0 MiB, peak 5.0 MiB held for blocks, capacity 1.0 GiB (cgroup memory limit)"), "{out}");
+        assert!(
+            out.contains(
+                "dram in use 3.0 MiB, peak 5.0 MiB held for blocks, capacity 1.0 GiB (cgroup \
+                 memory limit)"
+            ),
+            "{out}"
+        );
         assert!(
             out.contains("reserved 64.0 MiB of address space (segments"),
             "{out}"
@@ -795,7 +803,14 @@ mod tests {
     fn json_has_raw_numbers_and_escapes_the_program_name() {
         let mut out = String::new();
         write_json(&mut out, &sample()).unwrap();
-        assert!(out.starts_with("{\"pid\":42,\"program\":\"py\\\"thon\",\"event\":\"exit\",\"time_ns\":7,\"complete\":true,\"tiers\":[{\"kind\":\"dram\",\"in_use\":3145728,\"peak\":5242880,\"capacity\":1073741824,\"capacity_source\":\"cgroup\""), "{out}");
+        assert!(
+            out.starts_with(
+                "{\"pid\":42,\"program\":\"py\\\"thon\",\"event\":\"exit\",\"time_ns\":7,\
+                 \"complete\":true,\"tiers\":[{\"kind\":\"dram\",\"in_use\":3145728,\
+                 \"peak\":5242880,\"capacity\":1073741824,\"capacity_source\":\"cgroup\""
+            ),
+            "{out}"
+        );
         assert!(out.contains("},{\"kind\":\"pmr\""), "{out}");
         assert!(out.ends_with("]}\n"));
     }

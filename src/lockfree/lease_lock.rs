@@ -210,7 +210,8 @@ mod loom_models {
                     let g = g.clone();
                     thread::spawn(move || {
                         if g.lock.steal(1, tag).is_ok() {
-                            // SAFETY: the model's threads touch the value only under the lock or after the join.
+                            // SAFETY: the model's threads touch the value only under the lock or
+                            // after the join.
                             g.value.with_mut(|v| unsafe { *v += 1 });
                             let _ = g.lock.release();
                             1
@@ -303,7 +304,8 @@ mod loom_models {
             let holder = {
                 let s = s.clone();
                 thread::spawn(move || {
-                    // SAFETY: the model's threads touch the value only under the lock or after the join.
+                    // SAFETY: the model's threads touch the value only under the lock or after
+                    // the join.
                     s.value.with_mut(|v| unsafe { *v = 7 });
                     release(&s);
                 })

@@ -111,6 +111,9 @@ impl RemoteList {
 
     /// `push_chain` with the ordering of the publishing CAS given: the loom model passes a
     /// weaker one to prove it is caught.
+    ///
+    /// # Safety
+    /// As for `push_chain`.
     #[inline]
     pub(crate) unsafe fn push_with<N: Link>(
         &self,

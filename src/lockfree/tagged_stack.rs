@@ -65,6 +65,11 @@ impl<N: StackLink> TaggedStack<N> {
         unsafe { self.push_with(node, Ordering::Release) }
     }
 
+    /// `push` with the ordering of the publishing CAS given (the loom model passes a weaker
+    /// one to prove it is caught).
+    ///
+    /// # Safety
+    /// As for `push`.
     pub(crate) unsafe fn push_with(&self, node: *mut N, publish: Ordering) {
         let addr = node as u64;
         debug_assert!(addr & !PTR_MASK == 0, "node above 2^48");

@@ -28,7 +28,9 @@ impl Pool {
                 continue;
             }
             let Some(e) = self.read_entry(index) else {
-                problems.push(format!("entry {index}: state {state:#x} is not a whole publication (checksum or state)"));
+                problems.push(format!(
+                    "entry {index}: state {state:#x} is not a whole publication (checksum or state)"
+                ));
                 continue;
             };
             if e.state() != SPACE_PRIVATE && e.state() != SPACE_SHARED {
@@ -59,7 +61,8 @@ impl Pool {
                 || e.offset() + e.len() > self.total_len
             {
                 problems.push(format!(
-                    "entry {index}: extent [{:#x}, +{:#x}) of size {} is outside the data area or unaligned",
+                    "entry {index}: extent [{:#x}, +{:#x}) of size {} is outside the data area or \
+                     unaligned",
                     e.offset(),
                     e.len(),
                     e.size()
@@ -125,7 +128,9 @@ impl Pool {
                 self.load(at + D_HI),
             );
             if host != 0 && !(self.data_start <= lo && lo < hi && hi <= self.total_len) {
-                problems.push(format!("debt {d}: host {host:#x} owes [{lo:#x}, {hi:#x}), not a range of the data area"));
+                problems.push(format!(
+                    "debt {d}: host {host:#x} owes [{lo:#x}, {hi:#x}), not a range of the data area"
+                ));
             }
         }
         let lock = self.load(SB_LOCK);

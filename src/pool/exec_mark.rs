@@ -258,7 +258,8 @@ mod tests {
 
     #[test]
     fn a_maps_line_is_matched_by_address_device_and_inode() {
-        let line = b"7f12a000-7f12c000 rw-s 00000000 00:1a 4242                       /dev/shm/pool";
+        let line = b"7f12a000-7f12c000 rw-s 00000000 00:1a 4242                       \
+                     /dev/shm/pool";
         assert!(maps_line_is(line, 0x7f12a000, b"00:1a 4242"));
         assert!(!maps_line_is(line, 0x7f12b000, b"00:1a 4242"));
         assert!(!maps_line_is(line, 0x7f12a000, b"00:1a 424"));

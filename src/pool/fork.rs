@@ -54,7 +54,8 @@ pub(crate) fn register(pool: *const Pool) {
         }
     }
     say(format_args!(
-        "tiermalloc: pool: more than {MAX_POOLS} pools open in one process: a forked child's mappings of the last ones are not counted"
+        "tiermalloc: pool: more than {MAX_POOLS} pools open in one process: a forked child's \
+         mappings of the last ones are not counted"
     ));
 }
 
@@ -201,7 +202,8 @@ impl Pool {
 
     fn say_not_adopted(&self, errno: i32) {
         say(format_args!(
-            "tiermalloc: pool '{}': a forked child's inherited mapping is not counted as its reference: {}",
+            "tiermalloc: pool '{}': a forked child's inherited mapping is not counted as its \
+             reference: {}",
             std::path::Path::new(std::ffi::OsStr::from_bytes(self.spec.path.as_bytes())).display(),
             std::io::Error::from_raw_os_error(errno)
         ));

@@ -106,7 +106,8 @@ impl Pool {
                 unsafe { super::map::unmap(base, extent) };
             }
             Err(e) => crate::os::say(format_args!(
-                "tiermalloc: pool: cannot map bytes [{offset:#x}, +{extent:#x}) to invalidate them: {}",
+                "tiermalloc: pool: cannot map bytes [{offset:#x}, +{extent:#x}) to invalidate \
+                 them: {}",
                 std::io::Error::from_raw_os_error(e)
             )),
         }

@@ -21,7 +21,8 @@ impl Pool {
             self.say_full("holdings table", MAX_HOLDINGS);
         } else {
             crate::os::say(format_args!(
-                "tiermalloc: pool '{}': no free extent of {len} bytes ({} bytes free in all); ENOSPC",
+                "tiermalloc: pool '{}': no free extent of {len} bytes ({} bytes free in all); \
+                 ENOSPC",
                 self.spec.path.to_string_lossy(),
                 self.free_bytes()
             ));

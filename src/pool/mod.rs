@@ -23,7 +23,8 @@
 //! told from one that lives), `txn` (lock + redo log), `registry` (nodes),
 //! `directory` (entries), `extents` (where a space's bytes go), `map` (this process's
 //! mappings), `pagemap` (which pages a mapping touched), `spaces` (the operations), `limits`
-//! (saying which table is full), `check` (the consistency checker), `api` (the Rust types). The C functions are in `front/capi_pool.rs`.
+//! (saying which table is full), `check` (the consistency checker), `api` (the Rust types). The C
+//! functions are in `front/capi_pool.rs`.
 
 pub mod api;
 pub mod check;

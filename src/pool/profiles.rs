@@ -118,11 +118,15 @@ impl ProfileRecords {
             return Err("the pool's space tiermalloc.profiles is too small");
         }
         // The whole space (whole granules: a device maps nothing smaller).
-        let region =
-            crate::backend::map_shared_range(pool.fd, pool.spec.offset + offset, len as usize, pool.regular)
-                .map_err(|p| p.what)?;
-        // SAFETY: the space, at least TABLE_BYTES, mapped shared for the rest of the process (never unmapped: live
-        // entries are written until exit), accessed only through atomics.
+        let region = crate::backend::map_shared_range(
+            pool.fd,
+            pool.spec.offset + offset,
+            len as usize,
+            pool.regular,
+        )
+        .map_err(|p| p.what)?;
+        // SAFETY: the space, at least TABLE_BYTES, mapped shared for the rest of the process (never
+        // unmapped: live entries are written until exit), accessed only through atomics.
         let words: &'static [AtomicU64] = unsafe {
             core::slice::from_raw_parts(region.base as *const AtomicU64, TABLE_BYTES / 8)
         };
@@ -131,7 +135,9 @@ impl ProfileRecords {
             && words[3].load(Ordering::Acquire) == SHAPE.runs as u64
             && words[4].load(Ordering::Acquire) == SHAPE.live as u64;
         if words[0].load(Ordering::Acquire) != TABLE_MAGIC || !shape_ok {
-            return Err("the pool's space tiermalloc.profiles holds no profile table of this version");
+            return Err(
+                "the pool's space tiermalloc.profiles holds no profile table of this version",
+            );
         }
         Ok(ProfileRecords {
             pool,

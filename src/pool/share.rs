@@ -319,7 +319,10 @@ pub(crate) fn open_tier(spec: &TierSpec) -> Result<(), Problem> {
     let got = shares.words().grant(shares.me, want);
     shares.record(shares.me);
     if got < want {
-        crate::os::write_stderr(b"tiermalloc: TIERMALLOC_TIERS: pool tier: the pool had less unassigned capacity than share= asks; the rest is borrowed from other nodes when needed\n");
+        crate::os::write_stderr(
+            b"tiermalloc: TIERMALLOC_TIERS: pool tier: the pool had less unassigned capacity than \
+              share= asks; the rest is borrowed from other nodes when needed\n",
+        );
     }
     let region = crate::backend::Region {
         len: (TABLE_BYTES + count as u64 * extent) as usize,

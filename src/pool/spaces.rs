@@ -252,7 +252,8 @@ impl Pool {
             if let Some(i) = (0..n).find(|&i| view[i] != buf[i]) {
                 let (name, name_len) = entry.name();
                 crate::os::say(format_args!(
-                    "tiermalloc: pool: space '{}': byte {} was not written back before its publish store",
+                    "tiermalloc: pool: space '{}': byte {} was not written back before its publish \
+                     store",
                     String::from_utf8_lossy(&name[..name_len]),
                     done + i
                 ));

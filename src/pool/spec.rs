@@ -108,7 +108,10 @@ impl PoolSpec {
                 (b"private", Some(b"copy")) => spec.private = PrivateHow::Copy,
                 (b"private", Some(b"cow")) => spec.private = PrivateHow::CopyOnWrite,
                 (b"host", Some(v)) => spec.host = Some(parse_size(v).ok_or("bad host= value")?),
-                _ => return Err("unknown key (expected path, size, offset, create, format, collect_age, lease, coherent, check_flush, private)"),
+                _ => {
+                    return Err("unknown key (expected path, size, offset, create, format, \
+                                collect_age, lease, coherent, check_flush, private)")
+                }
             }
         }
         spec.path = path.ok_or("needs path=")?;

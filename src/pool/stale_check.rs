@@ -98,7 +98,9 @@ impl Pool {
             let v = w.load(Ordering::Acquire);
             if v & (HOLDERS | DEBTED) != 0 && v >> 32 != id32 {
                 crate::os::say(format_args!(
-                    "tiermalloc: pool: space id {id}: page {page} may be stale in this host's caches: {} mapping(s) and {} unpaid debt(s) of space id {} were never invalidated",
+                    "tiermalloc: pool: space id {id}: page {page} may be stale in this host's \
+                     caches: {} mapping(s) and {} unpaid debt(s) of space id {} were never \
+                     invalidated",
                     v & HOLDERS,
                     (v & DEBTED) >> 16,
                     v >> 32

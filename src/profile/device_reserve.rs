@@ -16,10 +16,10 @@
 //!   (`device::reserve_use::wait_for_fill`), so the workload's first allocations take no page
 //!   fault and wait only when they catch up with the step in progress. At exit the thread is
 //!   stopped after its step in progress (`stop_filling`). On a file in /dev/shm (shmem) and on
-//!   anonymous memory the pages are put in place by userfaultfd (`CopyFill::map_free_space`), which takes no fault at
-//!   all; elsewhere by `MADV_POPULATE_WRITE`, whose faults the kernel counts as the process's,
-//!   said in one line at exit. A PCI BAR is mapped whole by the kernel: nothing to do. Making
-//!   the pages present changes no byte of the device.
+//!   anonymous memory the pages are put in place by userfaultfd (`CopyFill::map_free_space`), which
+//!   takes no fault at all; elsewhere by `MADV_POPULATE_WRITE`, whose faults the kernel counts as
+//!   the process's, said in one line at exit. A PCI BAR is mapped whole by the kernel: nothing to
+//!   do. Making the pages present changes no byte of the device.
 //! - **Slabs cut ahead**: the run records, per lane and size class, the most slabs it had in
 //!   use at once (`record::SlabPeak`); the next run's fill thread, once its first step is
 //!   present, cuts that many (the p90 of the recorded runs, within the reserve) before the
@@ -72,8 +72,8 @@ static STOP: AtomicBool = AtomicBool::new(false);
 const STEP: u64 = 2 << 20;
 
 /// Starts recording every private device tier, and releases the fill thread to make
-/// `estimates[i]` bytes (for kind `KINDS[i]`; 0: none) of its free space present while the program runs.
-/// Problems are said in one line each, naming the profile `name`; the tier runs on without
+/// `estimates[i]` bytes (for kind `KINDS[i]`; 0: none) of its free space present while the program
+/// runs. Problems are said in one line each, naming the profile `name`; the tier runs on without
 /// (that part of) its reserve.
 pub(crate) fn start(name: &str, estimates: [u64; 3], slabs: &[SlabPeak]) {
     for p in slabs {

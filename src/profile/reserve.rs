@@ -116,7 +116,8 @@ pub(crate) enum Pages {
 /// 2 MiB clear per huge page); they are dearer when the kernel must compact memory to build
 /// them (`defrag=madvise` does it synchronously for an advised range), or on a virtual
 /// machine whose host takes back the guest's free 2 MiB blocks (virtio-balloon free page
-/// reporting) and must back each huge page again (BENCHMARKS.md, "Filling the reserve without faults").
+/// reporting) and must back each huge page again (BENCHMARKS.md, "Filling the reserve without
+/// faults").
 pub(crate) fn keep_huge(huge_ns: u64, huge_len: usize, small_ns: u64, small_len: usize) -> bool {
     (huge_ns as u128) * (small_len as u128) <= (small_ns as u128) * (huge_len as u128)
 }

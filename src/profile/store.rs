@@ -123,7 +123,9 @@ const PACKED_SLABS_MAX: u32 = (1 << 22) - 1;
 /// A slab peak as 32 bits: `device << 30 | key << 22 | slabs` (0: none; a peak of 0 slabs is
 /// never recorded).
 fn pack_slab_peak(p: &SlabPeak) -> u64 {
-    u64::from(p.device & 3) << 30 | u64::from(p.key) << 22 | u64::from(p.slabs.min(PACKED_SLABS_MAX))
+    u64::from(p.device & 3) << 30
+        | u64::from(p.key) << 22
+        | u64::from(p.slabs.min(PACKED_SLABS_MAX))
 }
 
 /// Packs `peaks` into `words`, two to a word: the `2 * words.len()` with the most slabs if

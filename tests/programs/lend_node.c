@@ -5,8 +5,10 @@
  *   take N    tm_malloc(TM_CXL, BLOCK) N times or until it fails:  "took K errno E ns T"
  *   plain N   malloc(BLOCK) N times:                                 "plain cxl K dram D failed F"
  *   free      frees every block held:                                "freed"
- *   stats     tm_get_stats(TM_CXL):                                  "stats capacity C in_use U lent L borrowed B"
- *   nodes     tm_pool_nodes, one line per node, then "end":          "node pid P share S in_use U lent L borrowed B"
+ *   stats     tm_get_stats(TM_CXL):
+ *                 "stats capacity C in_use U lent L borrowed B"
+ *   nodes     tm_pool_nodes, one line per node, then "end":
+ *                 "node pid P share S in_use U lent L borrowed B"
  *   report    tm_print_stats() (to stderr), then                     "reported"
  *   fork      a forked child (no exec) tries to take 3 blocks:      "forked child took K"
  *   churn N   N random take/free steps (for kill -9 at any point):   "churned"

@@ -22,7 +22,9 @@ for tool in busybox cpio depmod modprobe ldd; do
     command -v "$tool" >/dev/null || lacks "no $tool on this machine"
 done
 busybox_path=$(command -v busybox)
-if ldd "$busybox_path" >/dev/null 2>&1; then lacks "busybox is not static (install busybox-static)"; fi
+if ldd "$busybox_path" >/dev/null 2>&1; then
+    lacks "busybox is not static (install busybox-static)"
+fi
 
 # The modules the guests load (their dependencies come along).
 modules="nvme cxl_acpi cxl_pci cxl_mem cxl_pmem libnvdimm nd_pmem dax device_dax dax_pmem kmem"
@@ -55,7 +57,8 @@ if ! ls "$kernel"/boot/vmlinuz-* >/dev/null 2>&1; then
     # Keep the kernel and the modules we load (about 10 MB of the package's 400).
     for module in $modules; do show_depends "$partial/kernel" "$version" "$module"; done |
         sort -u > "$partial/keep"
-    [ -s "$partial/keep" ] || { echo "vm prepare: no module found in the kernel package" >&2; exit 1; }
+    [ -s "$partial/keep" ] ||
+        { echo "vm prepare: no module found in the kernel package" >&2; exit 1; }
     find "$partial/kernel/lib/modules" -name '*.ko*' | grep -vxF -f "$partial/keep" |
         xargs rm -f
     rm -rf "$partial/kernel/usr"

@@ -24,7 +24,10 @@ fn cli() -> Command {
         .arg_required_else_help(true)
         .subcommand(
             Command::new("run")
-                .about("Run CMD with tiermalloc preloaded (the library next to this command, or installed)")
+                .about(
+                    "Run CMD with tiermalloc preloaded (the library next to this command, or \
+                     installed)",
+                )
                 .arg(
                     Arg::new("tiers")
                         .long("tiers")
@@ -60,38 +63,58 @@ fn cli() -> Command {
                 ),
         )
         .subcommand(
-            offline_command("inspect", "Show what a persistent tier's file holds: its heap, blocks, free space and roots (read-only)")
-                .arg(
-                    Arg::new("map")
-                        .long("map")
-                        .value_name("FILE.svg")
-                        .help("also draw the region's extents (allocated, slabs, free, damaged) into an SVG file, with the largest free extent and the fragmentation"),
-                ),
+            offline_command(
+                "inspect",
+                "Show what a persistent tier's file holds: its heap, blocks, free space and roots \
+                 (read-only)",
+            )
+            .arg(Arg::new("map").long("map").value_name("FILE.svg").help(
+                "also draw the region's extents (allocated, slabs, free, damaged) into an SVG \
+                 file, with the largest free extent and the fragmentation",
+            )),
         )
         .subcommand(
-            offline_command("check", "Verify a persistent tier's file offline (read-only); fails on the first inconsistency")
-                .arg(
-                    Arg::new("repair")
-                        .long("repair")
-                        .action(ArgAction::SetTrue)
-                        .help("mend what recovery can mend offline (a file cut short, a broken header chain, roots naming no block, the dirty flag), one line per change; refuses a file that is not a heap or is in use"),
-                ),
+            offline_command(
+                "check",
+                "Verify a persistent tier's file offline (read-only); fails on the first \
+                 inconsistency",
+            )
+            .arg(
+                Arg::new("repair")
+                    .long("repair")
+                    .action(ArgAction::SetTrue)
+                    .help(
+                        "mend what recovery can mend offline (a file cut short, a broken header \
+                         chain, roots naming no block, the dirty flag), one line per change; \
+                         refuses a file that is not a heap or is in use",
+                    ),
+            ),
         )
         .subcommand(
-            offline_command("spaces", "List a shared pool's named spaces (name, size, refs, age, state); --collect applies its deletion rule")
-                .arg(
-                    Arg::new("collect")
-                        .long("collect")
-                        .action(ArgAction::SetTrue)
-                        .help("delete the published spaces nobody maps (and older than --min-age), then list"),
-                )
-                .arg(
-                    Arg::new("min_age")
-                        .long("min-age")
-                        .value_name("AGE")
-                        .requires("collect")
-                        .help("with --collect: only spaces at least this old (10s, 5m, 2h, 1d; default 0)"),
-                ),
+            offline_command(
+                "spaces",
+                "List a shared pool's named spaces (name, size, refs, age, state); --collect \
+                 applies its deletion rule",
+            )
+            .arg(
+                Arg::new("collect")
+                    .long("collect")
+                    .action(ArgAction::SetTrue)
+                    .help(
+                        "delete the published spaces nobody maps (and older than --min-age), then \
+                         list",
+                    ),
+            )
+            .arg(
+                Arg::new("min_age")
+                    .long("min-age")
+                    .value_name("AGE")
+                    .requires("collect")
+                    .help(
+                        "with --collect: only spaces at least this old (10s, 5m, 2h, 1d; \
+                               default 0)",
+                    ),
+            ),
         )
         .subcommand(
             Command::new("stats")
@@ -102,11 +125,11 @@ fn cli() -> Command {
                         .action(ArgAction::SetTrue)
                         .help("print JSON (raw numbers) instead of text"),
                 )
-                .arg(
-                    Arg::new("target")
-                        .value_name("PID|FILE")
-                        .help("a process running with live statistics (under `tiermalloc run`, or TIERMALLOC_STATS_LIVE=1), or a JSON file written through TIERMALLOC_STATS_FILE; none: the last `tiermalloc run`"),
-                ),
+                .arg(Arg::new("target").value_name("PID|FILE").help(
+                    "a process running with live statistics (under `tiermalloc run`, or \
+                     TIERMALLOC_STATS_LIVE=1), or a JSON file written through \
+                     TIERMALLOC_STATS_FILE; none: the last `tiermalloc run`",
+                )),
         )
 }
 

@@ -127,7 +127,8 @@ fn render(path: &str, r: &HeapReport, json: bool) -> String {
             + "\n";
     }
     let mut out = format!(
-        "{path}: tiermalloc heap {:016x}, region {}, {}\n  {} blocks, {} slots in {} slabs, {} in use; {} free, largest free extent {}\n  {} roots{}\n",
+        "{path}: tiermalloc heap {:016x}, region {}, {}\n  {} blocks, {} slots in {} slabs, {} in \
+         use; {} free, largest free extent {}\n  {} roots{}\n",
         r.heap_id,
         Bytes(r.region_len),
         if r.closed_cleanly {
@@ -176,7 +177,8 @@ pub fn check(m: &ArgMatches) -> Result<ExitCode, Failure> {
     match report.problems.first() {
         None => Ok(ExitCode::SUCCESS),
         Some(first) => Err(format!(
-            "{path}: {} problem(s), the first: {first} (`tiermalloc check --repair` mends what it can)",
+            "{path}: {} problem(s), the first: {first} (`tiermalloc check --repair` mends what it \
+             can)",
             report.problems.len()
         )),
     }

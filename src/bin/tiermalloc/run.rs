@@ -38,7 +38,8 @@ pub fn find_library() -> Result<PathBuf, Failure> {
         .cloned()
         .ok_or_else(|| {
             format!(
-                "cannot find libtiermalloc.so next to {} or in {}/lib; set TIERMALLOC_LIB=/path/to/libtiermalloc.so",
+                "cannot find libtiermalloc.so next to {} or in {}/lib; set \
+                 TIERMALLOC_LIB=/path/to/libtiermalloc.so",
                 exe.display(),
                 dir.parent().unwrap_or(dir).display()
             )
@@ -104,7 +105,8 @@ pub fn run(m: &ArgMatches) -> Result<ExitCode, Failure> {
             eprint!("{}", stats::render(&snap, m.get_flag("json")));
         } else {
             eprintln!(
-                "tiermalloc: {program} left no statistics (it did not exit normally, or does not load the library)"
+                "tiermalloc: {program} left no statistics (it did not exit normally, or does not \
+                 load the library)"
             );
         }
     }

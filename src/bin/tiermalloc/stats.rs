@@ -37,7 +37,8 @@ pub fn stats(m: &ArgMatches) -> Result<ExitCode, Failure> {
             let last = state_dir()?.join("last.json");
             if !last.exists() {
                 return Err(format!(
-                    "no last run recorded in {} (run a program with `tiermalloc run -- CMD`, or name a PID or FILE)",
+                    "no last run recorded in {} (run a program with `tiermalloc run -- CMD`, or \
+                     name a PID or FILE)",
                     last.display()
                 ));
             }
@@ -98,7 +99,8 @@ fn read_live(pid: u32) -> Result<Snapshot, Failure> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!(
-                "process {pid} publishes no live statistics (no {path}; start it with `tiermalloc run`, or with TIERMALLOC_STATS_LIVE=1 and the library)"
+                "process {pid} publishes no live statistics (no {path}; start it with `tiermalloc \
+                 run`, or with TIERMALLOC_STATS_LIVE=1 and the library)"
             ))
         }
         Err(e) => return Err(format!("{path}: {e}")),

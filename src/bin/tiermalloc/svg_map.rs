@@ -81,7 +81,8 @@ pub fn render(path: &str, report: &HeapReport, map: &[MapExtent]) -> String {
     let mut svg = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
-         data-region-len=\"{}\" data-free=\"{}\" data-in-use=\"{}\" data-largest-free=\"{largest}\" \
+         data-region-len=\"{}\" data-free=\"{}\" data-in-use=\"{}\" \
+         data-largest-free=\"{largest}\" \
          data-largest-free-offset=\"{largest_at}\" data-fragmentation=\"{fragmentation:.4}\">\n\
          <title>{} (tiermalloc heap map)</title>\n\
          <style>text {{ font: 12px monospace; }}</style>\n",
@@ -100,7 +101,8 @@ pub fn render(path: &str, report: &HeapReport, map: &[MapExtent]) -> String {
             Bytes(row_bytes)
         ),
         format!(
-            "in use {}; free {}; largest free extent {} at offset {largest_at}; fragmentation {:.1}% (1 - largest free / free)",
+            "in use {}; free {}; largest free extent {} at offset {largest_at}; fragmentation \
+             {:.1}% (1 - largest free / free)",
             Bytes(report.in_use),
             Bytes(report.free_bytes),
             Bytes(largest),
@@ -138,8 +140,8 @@ pub fn render(path: &str, report: &HeapReport, map: &[MapExtent]) -> String {
             _ => String::new(),
         };
         svg += &format!(
-            "<g class=\"extent\" data-offset=\"{}\" data-len=\"{}\" data-state=\"{name}\"{live} fill=\"{colour}\">\
-             <title>{name} at offset {}, {}</title>{}</g>\n",
+            "<g class=\"extent\" data-offset=\"{}\" data-len=\"{}\" data-state=\"{name}\"{live} \
+             fill=\"{colour}\"><title>{name} at offset {}, {}</title>{}</g>\n",
             e.offset,
             e.len,
             e.offset,

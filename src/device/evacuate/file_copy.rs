@@ -52,7 +52,11 @@ impl FileCopy {
             None | Some(b"file") => true,
             Some(b"mapped") => false,
             Some(other) => {
-                crate::config::Stderr.problem(NAME, other, "expected file or mapped (file is the default)");
+                crate::config::Stderr.problem(
+                    NAME,
+                    other,
+                    "expected file or mapped (file is the default)",
+                );
                 true
             }
         };

@@ -20,8 +20,8 @@
 //! 1. with the tier's heap lock held (no extent is made or freed meanwhile), the heap lists
 //!    the allocated extents that overlap the chunk (plus the headers of the chain inside every
 //!    free extent, and retired slabs' windows, so that what a recovery scan reads is the same
-//!    on the target: `free_headers`), then the chunk is write-protected through userfaultfd (`uffd.rs`),
-//!    which starts the writers' hold; the lock is released;
+//!    on the target: `free_headers`), then the chunk is write-protected through userfaultfd
+//!    (`uffd.rs`), which starts the writers' hold; the lock is released;
 //! 2. the live bytes that may have changed since the pre-copy (pages mapped again, ranges the
 //!    pre-copy did not list; all of them without a pre-copy) are copied from the source into
 //!    a second mapping of the target (the *staging* mapping, at another address), at the same
@@ -66,9 +66,9 @@
 //!
 //! The source must be one userfaultfd can write-protect: shmem (`/dev/shm`, tmpfs), hugetlbfs,
 //! anonymous memory (`numa=` tiers). A hugetlbfs source moves in chunks of whole huge pages
-//! (`page_size_of`): the kernel protects and replaces its mappings only so. A regular file on a disk file system, device DAX and PCI
-//! BARs are refused with -1 + EOPNOTSUPP and one line (their writers cannot be held, so a
-//! move could lose writes). The target may be anything a tier can map.
+//! (`page_size_of`): the kernel protects and replaces its mappings only so. A regular file on a
+//! disk file system, device DAX and PCI BARs are refused with -1 + EOPNOTSUPP and one line (their
+//! writers cannot be held, so a move could lose writes). The target may be anything a tier can map.
 //!
 //! # Mechanisms looked at (`benches/device/evacuate_probe.c`, Linux 6.18 here)
 //!
@@ -110,9 +110,10 @@
 //! record (`move_record`) says how far the move got on each, and the next open of the source
 //! (the path the tier's configuration names) rolls the move back, copying the moved part back
 //! from the target, so that the heap recovers whole; the next open of the target instead
-//! rolls it forward, copying the rest from the source, which is stale from then on. After a move that finished, the old device's record makes it refused
-//! as stale. On success the tier's media, barrier and register page become the target's
-//! (`DeviceState::backing`) and the whole target is made durable before `tm_evacuate` returns.
+//! rolls it forward, copying the rest from the source, which is stale from then on. After a move
+//! that finished, the old device's record makes it refused as stale. On success the tier's media,
+//! barrier and register page become the target's (`DeviceState::backing`) and the whole target is
+//! made durable before `tm_evacuate` returns.
 
 mod file_copy;
 mod hold_priority;
@@ -164,8 +165,8 @@ const BATCH_BYTES: usize = CHUNK_BYTES;
 /// each); a chunk with more leaves the rest to its hold.
 const SECOND_PASS_RUNS: usize = 16;
 
-/// Most separate live ranges remembered per chunk or batch; past that, the last range is stretched to
-/// the chunk's end (copying some free space rather than allocating).
+/// Most separate live ranges remembered per chunk or batch; past that, the last range is stretched
+/// to the chunk's end (copying some free space rather than allocating).
 const MAX_RANGES: usize = 256;
 
 /// The evacuation state of one device tier.
@@ -355,7 +356,8 @@ pub(crate) fn stitch_split_heap(
             let mut line = os::LineBuf::new();
             let _ = writeln!(
                 line,
-                "tiermalloc: tier '{}': a live move onto '{}' was cut short; rolled back ({} bytes copied back from it), the heap recovers whole here",
+                "tiermalloc: tier '{}': a live move onto '{}' was cut short; rolled back ({} bytes \
+                 copied back from it), the heap recovers whole here",
                 spec.kind.name(),
                 path_text(target),
                 bytes
@@ -367,7 +369,8 @@ pub(crate) fn stitch_split_heap(
             let mut line = os::LineBuf::new();
             let _ = writeln!(
                 line,
-                "tiermalloc: tier '{}': a live move from '{}' was cut short; rolled forward ({} bytes copied from it), the heap recovers whole here and the source is stale",
+                "tiermalloc: tier '{}': a live move from '{}' was cut short; rolled forward ({} \
+                 bytes copied from it), the heap recovers whole here and the source is stale",
                 spec.kind.name(),
                 path_text(source),
                 bytes
@@ -865,7 +868,9 @@ fn move_region(
             let mut line = os::LineBuf::new();
             let _ = writeln!(
                 line,
-                "tiermalloc: tm_evacuate: tier '{}': the source's path '{}' is longer than the 88 bytes the move record holds: a crash during this move is rolled back at the source's open, but cannot be rolled forward at the target's",
+                "tiermalloc: tm_evacuate: tier '{}': the source's path '{}' is longer than the 88 \
+                 bytes the move record holds: a crash during this move is rolled back at the \
+                 source's open, but cannot be rolled forward at the target's",
                 kind.name(),
                 path_text(source_path)
             );
@@ -1135,7 +1140,9 @@ fn move_region(
             };
             if mapped == libc::MAP_FAILED {
                 failure = Some(Problem {
-                    what: "cannot map the target over the tier's range (it now lies partly on each device; both stay open)",
+                    what:
+                        "cannot map the target over the tier's range (it now lies partly on each \
+                         device; both stay open)",
                     errno: os::errno(),
                     room: None,
                     at: None,
@@ -1400,7 +1407,8 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
     }
     let _ = writeln!(
         line,
-        ": {} of {} bytes copied ({} file to file) in {} chunks, {} us; writers held per chunk: p50 {} us, p99 {} us, max {} us",
+        ": {} of {} bytes copied ({} file to file) in {} chunks, {} us; writers held per chunk: \
+         p50 {} us, p99 {} us, max {} us",
         r.copied,
         r.region,
         r.file_copied,
@@ -1434,7 +1442,8 @@ pub(crate) fn report_success(kind: Kind, target: Option<&CStr>, r: &Report) {
     }
     let _ = writeln!(
         line,
-        "; {} of {} bytes copied while held ({} again before the hold); {} holds preempted (longest other {} us); {} holds at real-time priority",
+        "; {} of {} bytes copied while held ({} again before the hold); {} holds preempted \
+         (longest other {} us); {} holds at real-time priority",
         r.held_copied,
         r.copied,
         r.recopied,

@@ -113,7 +113,11 @@ pub(super) fn target_fits(
     target: &[u8],
 ) -> Result<(), &'static str> {
     if persistent && target.len() > TARGET_ROOM && has_heap(region) {
-        return Err("the target's path is longer than the 96 bytes a persistent heap's move record holds (a crash during the move could not be rolled back); give a shorter path, e.g. a symbolic link");
+        return Err(
+            "the target's path is longer than the 96 bytes a persistent heap's move record holds \
+             (a crash during the move could not be rolled back); give a shorter path, e.g. a \
+             symbolic link",
+        );
     }
     Ok(())
 }
@@ -216,9 +220,10 @@ pub(super) fn advance(target: &Region, hi: u64) {
 }
 
 /// Sets the source's frontier through its file (its superblock is held, and then mapped
-/// from the target). Called once, after the first chunk's copy and before its remap; durable as the source's page cache is (a source that userfaultfd can hold is shmem
-/// or hugetlbfs memory, which survives a process's crash, not the machine's). A write
-/// refused here was refused by `begin`'s check too, which then recorded `UNKNOWN`.
+/// from the target). Called once, after the first chunk's copy and before its remap; durable as the
+/// source's page cache is (a source that userfaultfd can hold is shmem or hugetlbfs memory, which
+/// survives a process's crash, not the machine's). A write refused here was refused by `begin`'s
+/// check too, which then recorded `UNKNOWN`.
 pub(super) fn mark_source(source_fd: i32, source_offset: u64, hi: u64) {
     if source_fd >= 0 {
         crate::os::keep_errno(|| pwrite_frontier(source_fd, source_offset, hi));
@@ -336,11 +341,25 @@ pub(crate) enum Stitched<'a> {
     Refused { what: &'static str, named: &'a [u8] },
 }
 
-const SOURCE_GONE: &str = "is the target of a live move (tm_evacuate) that did not finish, and its source cannot be opened (or is shorter) to complete it: the heap lies partly here and partly on the source (README: Live evacuation)";
-const SOURCE_BUSY: &str = "is the target of a live move (tm_evacuate) that did not finish, and its source is open in another process, which holds the heap (README: Live evacuation)";
-const SOURCE_MOVED_ON: &str = "is the target of a live move (tm_evacuate) that its source no longer holds (rolled back at the source's open, or formatted or moved elsewhere since): the heap is the source's, this copy is stale (README: Live evacuation; mode=fresh formats it anew)";
-const SOURCE_PATH_LONG: &str = "is the target of a live move (tm_evacuate) that did not finish, and its source's path was longer than the 88 bytes the move record holds, so the source cannot be found from here: open the source (the tier's path= before the move) to roll the move back (README: Live evacuation)";
-const STALE_SOURCE: &str = "holds a heap that was moved onto another device by tm_evacuate: this copy is stale (the target no longer holds an unfinished move to roll back; README: Live evacuation; mode=fresh formats it anew)";
+const SOURCE_GONE: &str =
+    "is the target of a live move (tm_evacuate) that did not finish, and its source cannot be \
+     opened (or is shorter) to complete it: the heap lies partly here and partly on the source \
+     (README: Live evacuation)";
+const SOURCE_BUSY: &str =
+    "is the target of a live move (tm_evacuate) that did not finish, and its source is open in \
+     another process, which holds the heap (README: Live evacuation)";
+const SOURCE_MOVED_ON: &str = "is the target of a live move (tm_evacuate) that its source no \
+                               longer holds (rolled back at the source's open, or formatted or \
+                               moved elsewhere since): the heap is the source's, this copy is \
+                               stale (README: Live evacuation; mode=fresh formats it anew)";
+const SOURCE_PATH_LONG: &str = "is the target of a live move (tm_evacuate) that did not finish, \
+                                and its source's path was longer than the 88 bytes the move record \
+                                holds, so the source cannot be found from here: open the source \
+                                (the tier's path= before the move) to roll the move back (README: \
+                                Live evacuation)";
+const STALE_SOURCE: &str = "holds a heap that was moved onto another device by tm_evacuate: this \
+                            copy is stale (the target no longer holds an unfinished move to roll \
+                            back; README: Live evacuation; mode=fresh formats it anew)";
 
 /// Makes the heap in `region` (opened at `path`) whole if a move of it was cut short, as the
 /// module comment says, or says why it must not be recovered.
@@ -651,9 +670,10 @@ mod tests {
         assert!(matches!(read(&image), Record::Moving { frontier, .. } if frontier == 3 << 20));
         image[TARGET_LEN_AT as usize..TARGET_LEN_AT as usize + 4]
             .copy_from_slice(&300u32.to_le_bytes());
-        assert!(
-            matches!(read(&image), Record::Moving { whole: false, target, .. } if target.len() == TARGET_ROOM)
-        );
+        assert!(matches!(
+            read(&image),
+            Record::Moving { whole: false, target, .. } if target.len() == TARGET_ROOM
+        ));
         // The target's form names the source and its offset.
         let target = Region {
             base: image.as_mut_ptr() as usize,
@@ -680,9 +700,10 @@ mod tests {
         // forward (it could not find the source).
         let long = [b'x'; SOURCE_ROOM + 1];
         mark_target(&target, &long, 0);
-        assert!(
-            matches!(read(&image), Record::MovedFrom { whole: false, source, .. } if source.len() == SOURCE_ROOM)
-        );
+        assert!(matches!(
+            read(&image),
+            Record::MovedFrom { whole: false, source, .. } if source.len() == SOURCE_ROOM
+        ));
         assert!(!source_fits(&long) && source_fits(&long[..SOURCE_ROOM]));
         assert_eq!(
             stitch(&target, Some(b"/dev/shm/t")),

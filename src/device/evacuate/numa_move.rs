@@ -76,7 +76,8 @@ pub(super) fn move_to_node(
 ) -> Result<Report, Problem> {
     if region.media != Media::Anonymous {
         return Err(problem(
-            "a numa=N target moves a numa= tier between nodes; this tier is mapped from a file or device (give a path)",
+            "a numa=N target moves a numa= tier between nodes; this tier is mapped from a file or \
+             device (give a path)",
             libc::EINVAL,
         ));
     }
@@ -129,12 +130,14 @@ pub(super) fn move_to_node(
         let mut line = os::LineBuf::new();
         let _ = writeln!(
             line,
-            "tiermalloc: tm_evacuate: {} pages of the tier stayed off node {node} (first error: errno {})",
+            "tiermalloc: tm_evacuate: {} pages of the tier stayed off node {node} (first error: \
+             errno {})",
             stuck.pages, stuck.first_errno
         );
         line.flush();
         return Err(problem(
-            "some pages of the tier could not be moved to the node (pinned or busy); the rest moved, and the tier works on both",
+            "some pages of the tier could not be moved to the node (pinned or busy); the rest \
+             moved, and the tier works on both",
             libc::EBUSY,
         ));
     }

@@ -380,7 +380,9 @@ mod tests {
         let mut target = vec![0u8; len];
         let copy_into = |target: &mut Vec<u8>, pre: &Precopy, start: usize, end: usize| {
             // SAFETY: `[start, end)` of the view, which maps `len` bytes.
-            let from = unsafe { core::slice::from_raw_parts((pre.view() + start) as *const u8, end - start) };
+            let from = unsafe {
+                core::slice::from_raw_parts((pre.view() + start) as *const u8, end - start)
+            };
             target[start..end].copy_from_slice(from);
         };
         let store = |page: usize, v: u64| {

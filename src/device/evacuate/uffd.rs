@@ -54,7 +54,10 @@ impl WriteProtector {
             let dev =
                 unsafe { libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
             if dev < 0 {
-                return Err(error("no userfaultfd (the system call is refused and /dev/userfaultfd cannot be opened)"));
+                return Err(error(
+                    "no userfaultfd (the system call is refused and /dev/userfaultfd cannot be \
+                     opened)",
+                ));
             }
             // SAFETY: USERFAULTFD_IOC_NEW takes the new descriptor's flags by value.
             fd = unsafe { libc::ioctl(dev, USERFAULTFD_IOC_NEW, flags) };
@@ -72,7 +75,8 @@ impl WriteProtector {
             UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED,
         ) {
             return Err(error(
-                "the kernel's userfaultfd lacks write-protection of shmem and unpopulated pages (Linux 6.4 or later needed)",
+                "the kernel's userfaultfd lacks write-protection of shmem and unpopulated pages \
+                 (Linux 6.4 or later needed)",
             ));
         }
         Ok(this)
@@ -87,7 +91,10 @@ impl WriteProtector {
     pub fn register(&self, start: usize, len: usize) -> Result<(), UffdError> {
         let Some(ioctls) = abi::register(self.fd, start, len, UFFDIO_REGISTER_MODE_WP) else {
             return Err(error(
-                "the tier's backing cannot be write-protected by userfaultfd (only shmem such as /dev/shm, hugetlbfs and anonymous memory can; not a regular file on a disk file system, device DAX or a PCI BAR), and without that a system call writing into a block during the move could lose its data",
+                "the tier's backing cannot be write-protected by userfaultfd (only shmem such as \
+                 /dev/shm, hugetlbfs and anonymous memory can; not a regular file on a disk file \
+                 system, device DAX or a PCI BAR), and without that a system call writing into a \
+                 block during the move could lose its data",
             ));
         };
         if ioctls & UFFDIO_WRITEPROTECT_BIT == 0 {

@@ -171,7 +171,8 @@ pub(crate) fn decide(region: &Region, spec: &TierSpec) -> Result<Opening, Proble
         superblock::Found::Heap | superblock::Found::Unfinished => Ok(Opening::Format),
         superblock::Found::OtherLength if !spec.persists() => Ok(Opening::Format),
         superblock::Found::OtherLength => Err(Problem::new(
-            "holds a tiermalloc heap of another size (give its size=, or add format to overwrite it)",
+            "holds a tiermalloc heap of another size (give its size=, or add format to overwrite \
+             it)",
         )),
         superblock::Found::Other => {
             let device = matches!(region.media, Media::Dax | Media::Bar | Media::Anonymous);
@@ -179,7 +180,8 @@ pub(crate) fn decide(region: &Region, spec: &TierSpec) -> Result<Opening, Proble
                 Ok(Opening::Format)
             } else {
                 Err(Problem::new(
-                    "holds data that is not a tiermalloc heap; left untouched (add format to overwrite it)",
+                    "holds data that is not a tiermalloc heap; left untouched (add format to \
+                     overwrite it)",
                 ))
             }
         }

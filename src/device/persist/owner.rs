@@ -20,10 +20,10 @@
 //! winner's claim and judges it); the word is a `lockfree::LeaseLock` (its loom model covers
 //! taking, stealing from a dead holder, releasing). The opener writes the heartbeat just
 //! before its compare-and-swap (never when refused: that would keep a dead owner's lease
-//! young), the rest of the record after it, then the stamp. A claim whose record is not whole yet (`stamp` differs: its process may have
-//! been killed in between) is judged from the claim word itself: on our host by its pid, on
-//! another by the heartbeat. Formatting the region keeps the record (`superblock::format`
-//! writes around it).
+//! young), the rest of the record after it, then the stamp. A claim whose record is not whole yet
+//! (`stamp` differs: its process may have been killed in between) is judged from the claim word
+//! itself: on our host by its pid, on another by the heartbeat. Formatting the region keeps the
+//! record (`superblock::format` writes around it).
 //!
 //! Closing (`release`, at a clean exit): the claim goes back to 0 if it is still ours. A
 //! killed owner leaves its claim: on its host the next opener sees its pid gone and takes it
@@ -250,7 +250,13 @@ pub(crate) fn named_in_file(path: &[u8], offset: u64) -> Option<HolderName> {
     if n != page.len() as isize || !superblock::has_magic(&page) {
         return None;
     }
-    let u64_at = |at: u64| u64::from_le_bytes(page[at as usize..at as usize + 8].try_into().unwrap_or([0; 8]));
+    let u64_at = |at: u64| {
+        u64::from_le_bytes(
+            page[at as usize..at as usize + 8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        )
+    };
     let claim = u64_at(CLAIM_AT);
     if claim == 0 {
         return None;

@@ -184,7 +184,8 @@ pub fn repair_file(path: &std::path::Path, offset: u64) -> Result<Repaired, Stri
     }
     .ok_or_else(|| {
         std::format!(
-            "{show}: no tiermalloc superblock (magic TMHEAP) of a layout this version knows; left untouched"
+            "{show}: no tiermalloc superblock (magic TMHEAP) of a layout this version knows; left \
+             untouched"
         )
     })?;
     // The lock a process using the range as a tier holds: a heap in use is not written.
@@ -202,7 +203,8 @@ pub fn repair_file(path: &std::path::Path, offset: u64) -> Result<Repaired, Stri
         .map_err(|e| std::format!("{show}: {e}"))?;
     if extend {
         changes.push(std::format!(
-            "the file ends {} bytes short of the heap's region ({region_len} bytes from offset {offset}): extended with zeroes",
+            "the file ends {} bytes short of the heap's region ({region_len} bytes from offset \
+             {offset}): extended with zeroes",
             region_len - have
         ));
     }

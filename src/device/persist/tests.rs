@@ -212,10 +212,10 @@ fn recovery_rebuilds_blocks_slabs_roots_and_statistics() {
     );
     let contents: Vec<(u64, Vec<u8>)> = live
         .iter()
-        // SAFETY: live blocks of `size` bytes.
         .map(|&(p, size)| {
             (
                 tier.offset_in_region(p).unwrap(),
+                // SAFETY: live blocks of `size` bytes.
                 unsafe { core::slice::from_raw_parts(p, size) }.to_vec(),
             )
         })
@@ -318,7 +318,11 @@ fn the_offline_checker_reports_problems() {
     );
     image[4096 + 8] ^= 0xff;
     let report = check::check_image(&image).unwrap();
-    assert!(report.problems[0].starts_with("offset 4096: no block header"), "{:?}", report.problems);
+    assert!(
+        report.problems[0].starts_with("offset 4096: no block header"),
+        "{:?}",
+        report.problems
+    );
     assert!(check::check_image(&vec![7u8; 1 << 20]).is_err());
     assert!(super::check_file(std::path::Path::new(&path), 0).unwrap().problems.len() == 1);
     std::fs::remove_file(path).unwrap();
@@ -667,7 +671,8 @@ fn every_crash_point_of_a_long_run_recovers() {
         .count();
     let checked = check_run(&run).unwrap_or_else(|e| panic!("{e}"));
     std::eprintln!(
-        "crash-point checker: {} ops, {writes} writes, {} fences, {} prefixes and {} reorderings recovered and checked",
+        "crash-point checker: {} ops, {writes} writes, {} fences, {} prefixes and {} reorderings \
+         recovered and checked",
         run.ops.len(),
         run.events.len() - writes,
         checked.prefixes,
@@ -770,9 +775,10 @@ fn a_retired_slabs_marker_heads_free_space_at_every_crash_point() {
 /// makes the next cut write in full: a 512 KiB block at the region's end is freed behind a
 /// block `x` (the space in front of `x` taken but for 2 KiB); a slot's slab is cut from that
 /// free space's end, its slot freed (the slab retired) and taken again (the cut remembered: one
-/// 16-byte write); `x` grows into the free space and shrinks back, rewriting the size at the remembered free extent's start; a slot
-/// is taken again at the same window. Every crash point recovers; the last cut must write its
-/// marker and the size in front, or the recovered chain would skip the window's live slot.
+/// 16-byte write); `x` grows into the free space and shrinks back, rewriting the size at the
+/// remembered free extent's start; a slot is taken again at the same window. Every crash point
+/// recovers; the last cut must write its marker and the size in front, or the recovered chain would
+/// skip the window's live slot.
 fn record_slab_cut_again(name: &str) -> Run {
     let (path, tier, initial) = scripted(name, "");
     let mut ops = Vec::new();
@@ -1059,7 +1065,11 @@ fn sigkill_storm_recovers_every_time() {
                     .map(|(o, s)| (*o, None, Some(*s))),
             )
             .collect();
-        assert!(differences.len() <= 1, "seed {seed}: blocks differ from the log beyond the one operation in flight: {differences:?}");
+        assert!(
+            differences.len() <= 1,
+            "seed {seed}: blocks differ from the log beyond the one operation in flight: \
+             {differences:?}"
+        );
         let stamped = |o: &u64| expected.contains_key(o) && !unstamped.contains(o);
         for (&offset, _) in found.iter().filter(|(o, _)| stamped(o)) {
             let p = tier.at_offset(offset).unwrap();
@@ -1129,12 +1139,23 @@ fn recovery_speed() {
         // SAFETY: a fresh shared read-only mapping of our own file, unmapped below.
         let fresh = unsafe {
             use std::os::fd::AsRawFd;
-            libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
         };
         assert_ne!(fresh, libc::MAP_FAILED);
         let t2 = std::time::Instant::now();
         // SAFETY: mapped above, `len` bytes.
-        let read = recover::scan(unsafe { core::slice::from_raw_parts(fresh as *const u8, len) }, |_, _, _| true).unwrap();
+        let read = recover::scan(
+            unsafe { core::slice::from_raw_parts(fresh as *const u8, len) },
+            |_, _, _| true,
+        )
+        .unwrap();
         let bound = t2.elapsed();
         // SAFETY: our mapping, no longer used.
         unsafe { libc::munmap(fresh, len) };

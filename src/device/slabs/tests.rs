@@ -159,19 +159,29 @@ fn adopt_takes_live_slots_and_refuses_bits_past_the_last_slot() {
         let fx = Fixture::new(4);
         let slots = slots_of(class);
         let mut live = [0u64; SLAB_WORDS];
-        assert!(!fx.slabs.adopt(0, class, &live, &headers_of(class, &live)), "class {class}: no live slot");
+        assert!(
+            !fx.slabs.adopt(0, class, &live, &headers_of(class, &live)),
+            "class {class}: no live slot"
+        );
         for past in [slots, slots + 1, WORDS * 64 - 1] {
             if past < WORDS * 64 {
                 live = [0; SLAB_WORDS];
                 live[0] = 1;
                 live[past / 64] |= 1 << (past % 64);
-                assert!(!fx.slabs.adopt(0, class, &live, &headers_of(class, &live)), "class {class}: bit {past}");
+                assert!(
+                    !fx.slabs.adopt(0, class, &live, &headers_of(class, &live)),
+                    "class {class}: bit {past}"
+                );
             }
         }
         live = [0; SLAB_WORDS];
         live[(slots - 1) / 64] |= 1 << ((slots - 1) % 64);
         live[0] |= 1;
-        assert!(fx.slabs.adopt(SLAB_BYTES, class, &live, &headers_of(class, &live)), "class {class}: first and last");
+        assert!(
+            fx.slabs
+                .adopt(SLAB_BYTES, class, &live, &headers_of(class, &live)),
+            "class {class}: first and last"
+        );
         fx.slabs.check_invariants();
     }
 }

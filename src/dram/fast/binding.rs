@@ -139,6 +139,12 @@ pub fn with_borrowed_heap<T>(f: impl FnOnce(&mut Heap) -> T) -> Option<T> {
     Some(result)
 }
 
+/// The pthread key's destructor: the exiting thread's heap is tidied and goes to the pool for
+/// the next thread.
+///
+/// # Safety
+/// Called once per thread, by pthread, with the value registered for it: its heap, which
+/// nothing else uses.
 unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
     let heap = value.cast::<Heap>();
     tag_word::set(usize::from(crate::pagemap::NO_SEGMENT_TAG));

@@ -18,11 +18,13 @@ use crate::dram::fast::page::{Block, Page, PageQueue};
 use crate::dram::fast::quarantine::{self, Quarantine};
 use crate::dram::fast::remote_batch::RemoteBatch;
 use crate::dram::fast::segment::Segment;
-use crate::dram::huge_pages;
-use crate::dram::fast::size_class::{class_size, page_slices, CLASS_COUNT, DIRECT_CLASSES, DIRECT_SLOTS, ROUTED_CLASS, SLICE_SIZE};
-use crate::lockfree::tagged_stack::StackLink;
-use crate::lockfree::remote_list::{Link, RemoteList};
+use crate::dram::fast::size_class::{
+    class_size, page_slices, CLASS_COUNT, DIRECT_CLASSES, DIRECT_SLOTS, ROUTED_CLASS, SLICE_SIZE,
+};
 use crate::dram::fast::traffic::Traffic;
+use crate::dram::huge_pages;
+use crate::lockfree::remote_list::{Link, RemoteList};
+use crate::lockfree::tagged_stack::StackLink;
 use crate::pagemap;
 use crate::stats::SharedCounter;
 use crate::sync::AtomicPtr;
@@ -37,12 +39,12 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 pub(crate) const PURGE_THRESHOLD: usize = 1 << 20;
 /// The decay window, on the heap's thread's CPU time (`decay_clock`: the same work in every
 /// run, however loaded the machine). Dirty bytes above `PURGE_THRESHOLD` that stayed unused
-/// through a whole window (the lowest the dirty bytes fell during it, less the threshold) are purged with
-/// `madvise` at its end (checked on the heap's slow paths); what was taken again during the
-/// window stays resident, so a working set freed and taken again is not faulted back in page
-/// by page however long the program runs. mimalloc-bench's mstress (`2 100 100`), whose
-/// threads free and reallocate ~10 MB sets and end every few milliseconds: 205 k minor faults
-/// with an immediate purge, 8 k with this delay and `POOLED_DIRTY_BUDGET` (mimalloc 8 k).
+/// through a whole window (the lowest the dirty bytes fell during it, less the threshold) are
+/// purged with `madvise` at its end (checked on the heap's slow paths); what was taken again during
+/// the window stays resident, so a working set freed and taken again is not faulted back in page by
+/// page however long the program runs. mimalloc-bench's mstress (`2 100 100`), whose threads free
+/// and reallocate ~10 MB sets and end every few milliseconds: 205 k minor faults with an immediate
+/// purge, 8 k with this delay and `POOLED_DIRTY_BUDGET` (mimalloc 8 k).
 const PURGE_DELAY_NS: u64 = 20_000_000;
 /// ... or this long on the wall clock, for a thread that sleeps (`decay_clock`).
 const PURGE_DELAY_WALL_MAX_NS: u64 = 1_000_000_000;
@@ -200,7 +202,9 @@ impl Heap {
         // SAFETY: all-zero is a valid empty state for every field but the tables and the tag.
         unsafe { (*heap).tables = PageTables::empty() };
         let tag = NEXT_SEGMENT_TAG
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t < pagemap::SHARED_SEGMENT_TAG).then(|| t + 1))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t < pagemap::SHARED_SEGMENT_TAG).then(|| t + 1)
+            })
             .unwrap_or(pagemap::SHARED_SEGMENT_TAG);
         // SAFETY: as above.
         unsafe { (*heap).segment_tag = tag };
@@ -494,14 +498,21 @@ impl Heap {
     #[cold]
     #[inline(never)]
     fn lend_page(&mut self, class: usize) -> Option<*mut Page> {
-        if self.lent_waste >= LEND_WASTE_MAX || usize::from(self.borrow_tries[class]) >= BORROW_TRIES_PER_CLASS {
+        if self.lent_waste >= LEND_WASTE_MAX
+            || usize::from(self.borrow_tries[class]) >= BORROW_TRIES_PER_CLASS
+        {
             return None;
         }
         self.borrow_tries[class] += 1;
         // SAFETY: `current` has `CLASS_COUNT + 1` entries, this heap's pages or the empty
         // page (invariant).
-        let (page, waste) =
-            unsafe { lent_blocks::lender(class, &self.tables.current, LEND_WASTE_MAX - self.lent_waste) }?;
+        let (page, waste) = unsafe {
+            lent_blocks::lender(
+                class,
+                &self.tables.current,
+                LEND_WASTE_MAX - self.lent_waste,
+            )
+        }?;
         self.lent_waste += waste;
         // SAFETY: a page of this heap (`lender`).
         unsafe { (*page).lent = true };
@@ -1018,7 +1029,9 @@ unsafe fn big_page_kept_as_current(page: *const Page, current: *const Page) -> b
 #[inline]
 fn slices_of_page(class: usize) -> usize {
     let n = page_slices(class);
-    if crate::dram::fast::guard::secure() && n * SLICE_SIZE - class_size(class) < crate::os::PAGE_SIZE {
+    if crate::dram::fast::guard::secure()
+        && n * SLICE_SIZE - class_size(class) < crate::os::PAGE_SIZE
+    {
         n + 1
     } else {
         n

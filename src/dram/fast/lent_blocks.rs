@@ -126,7 +126,11 @@ pub fn lenders(class: usize) -> impl Iterator<Item = usize> {
 /// # Safety
 /// `pages` must hold `CLASS_COUNT` entries or more, each null, the empty page or a valid page
 /// of the calling thread's heap.
-pub unsafe fn lender(class: usize, pages: &[*mut Page], waste_left: usize) -> Option<(*mut Page, usize)> {
+pub unsafe fn lender(
+    class: usize,
+    pages: &[*mut Page],
+    waste_left: usize,
+) -> Option<(*mut Page, usize)> {
     let size = class_size(class);
     for lender in lenders(class) {
         let waste = class_size(lender) - size;

@@ -20,15 +20,11 @@ pub mod traffic;
 pub mod binding;
 pub mod claim;
 
-use crate::stats::SharedCounter;
 use heap::PageTables;
 use page::Page;
 use segment::Segment;
 use size_class::class_of;
-
-/// Frees made by threads that have no heap of their own (never allocated, or exiting).
-pub static UNBOUND_FREES: SharedCounter = SharedCounter::new();
-pub static UNBOUND_FREED_BYTES: SharedCounter = SharedCounter::new();
+use traffic::{UNBOUND_FREED_BYTES, UNBOUND_FREES};
 
 /// The small-block traffic figures of every heap (`traffic::totals` over the heaps
 /// `binding` knows).
@@ -341,7 +337,12 @@ unsafe fn free_local(segment: *mut Segment, page: *mut Page, p: *mut u8) {
 /// As for `free_block`, after `count_free` returned false; `owner` is the calling thread's heap.
 #[cold]
 #[inline(never)]
-unsafe fn free_counted_cold(segment: *mut Segment, page: *mut Page, p: *mut u8, owner: *mut heap::Heap) {
+unsafe fn free_counted_cold(
+    segment: *mut Segment,
+    page: *mut Page,
+    p: *mut u8,
+    owner: *mut heap::Heap,
+) {
     // SAFETY: per the contract.
     unsafe {
         if (*page).block_size == 0 {
@@ -477,6 +478,10 @@ pub unsafe fn check_live(call: &str, p: *mut u8) -> bool {
 /// function calls nothing on its way and saves one register, as a build without checks does
 /// (callgrind on `prodcons`: 6 instructions per remote free; BENCHMARKS.md, "Session 11,
 /// branch remote").
+///
+/// # Safety
+/// `segment` is a live segment and `page` the descriptor of `p`'s page in it (or the empty
+/// page); `p` passed an exact block-start test and is not used after this.
 #[cold]
 #[inline(never)]
 unsafe fn free_remote(p: *mut u8, segment: *mut Segment, page: *mut Page) {
@@ -543,11 +548,19 @@ fn free_twice(p: *mut u8) {
 }
 
 /// `free_remote` for a thread without a heap.
+///
+/// # Safety
+/// As for `free_remote`.
 #[cold]
 #[inline(never)]
 unsafe fn free_remote_unbound(page: *mut Page, segment: *mut Segment, p: *mut u8) {
     // SAFETY: `page` and `segment` are valid.
-    let (class, owner) = unsafe { ((*page).class as usize, (*segment).owner_heap() as *mut heap::Heap) };
+    let (class, owner) = unsafe {
+        (
+            (*page).class as usize,
+            (*segment).owner_heap() as *mut heap::Heap,
+        )
+    };
     // A thread that only frees (a consumer) gets a heap too, for its counters: the shared
     // ones below would be written by every such thread on every free (measured: two
     // consumers of xmalloc-test spent 80% of their time on those two atomics).
@@ -679,7 +692,9 @@ mod tests {
             let churn: Vec<*mut u8> = (0..2000)
                 .map(|i| {
                     let p = alloc(size + i % 3 * 16);
-                    let far = (p as usize & !(crate::chunk::CHUNK_SIZE - 1)) + crate::chunk::CHUNK_SIZE - 64;
+                    let far = (p as usize & !(crate::chunk::CHUNK_SIZE - 1))
+                        + crate::chunk::CHUNK_SIZE
+                        - 64;
                     // SAFETY: a live block of at least 16 bytes.
                     unsafe { (p as *mut usize).write(guard::encode_global(far)) };
                     p

@@ -179,7 +179,8 @@ pub struct Page {
 const _: () = assert!(core::mem::size_of::<Page>() == 112);
 // `push_block` copies `free` and `mark` as a block's `link` and `tag`.
 const _: () = assert!(core::mem::offset_of!(Page, mark) == core::mem::offset_of!(Page, free) + 8);
-const _: () = assert!(core::mem::offset_of!(Block, link) == 0 && core::mem::offset_of!(Block, tag) == 8);
+const _: () =
+    assert!(core::mem::offset_of!(Block, link) == 0 && core::mem::offset_of!(Block, tag) == 8);
 const _: () = assert!(core::mem::offset_of!(Page, div_magic) == 64);
 
 // SAFETY: the link is `delayed_next`, written only by the one remote free that clears the
@@ -406,7 +407,9 @@ impl Page {
         }
         let block = self.free;
         let offset = (block as usize).wrapping_sub(self.start as usize);
-        if offset >= self.carved as usize || !guard::is_block_offset(self.div_magic, self.block_limit, offset) {
+        if offset >= self.carved as usize
+            || !guard::is_block_offset(self.div_magic, self.block_limit, offset)
+        {
             return ptr::null_mut();
         }
         // SAFETY: a carved block of this page, on `free`: it holds a link.
@@ -793,7 +796,9 @@ impl Page {
         for (i, slot) in order[..count].iter_mut().enumerate() {
             *slot = i as u16;
         }
-        let mut state = guard::splitmix(self.start as u64 ^ u64::from(self.capacity) ^ guard::process_key() as u64);
+        let mut state = guard::splitmix(
+            self.start as u64 ^ u64::from(self.capacity) ^ guard::process_key() as u64,
+        );
         for i in (1..count).rev() {
             state = guard::splitmix(state);
             order.swap(i, (state % (i as u64 + 1)) as usize);

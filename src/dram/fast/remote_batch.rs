@@ -4,8 +4,8 @@
 //!
 //! The CAS of a remote free is on a cache line the owner's thread swaps when it collects, so
 //! under a producer/consumer pattern every free paid a contended atomic. Gathering pays that
-//! cost once per chain (on `prodcons`, once per 45 remote frees), the way snmalloc's remote caches and the thread caches of
-//! jemalloc and tcmalloc do.
+//! cost once per chain (on `prodcons`, once per 45 remote frees), the way snmalloc's remote caches
+//! and the thread caches of jemalloc and tcmalloc do.
 //!
 //! What a gathered block keeps:
 //! - it is marked free when it is freed (the claim's swap, `claim`, writes the mark), and
@@ -158,7 +158,12 @@ impl RemoteBatch {
 /// As for `RemoteBatch::add`; `chain` is a slot of the caller's batch.
 #[cold]
 #[inline(never)]
-unsafe fn start(chain: &mut Chain, page: *mut Page, block: *mut Block, hand_back: unsafe fn(*mut Page)) {
+unsafe fn start(
+    chain: &mut Chain,
+    page: *mut Page,
+    block: *mut Block,
+    hand_back: unsafe fn(*mut Page),
+) {
     if chain.count != 0 {
         // SAFETY: a non-empty chain of this batch (invariant).
         unsafe { push(chain, hand_back) };
@@ -225,7 +230,13 @@ mod tests {
     fn gathered_here(p: usize) -> bool {
         let heap = binding::current();
         // SAFETY: this thread's heap (registered, alive); `p` is a block of a page in use.
-        unsafe { RemoteBatch::holds(core::ptr::addr_of!((*heap).remote_batch), page_of(p), p as *mut u8) }
+        unsafe {
+            RemoteBatch::holds(
+                core::ptr::addr_of!((*heap).remote_batch),
+                page_of(p),
+                p as *mut u8,
+            )
+        }
     }
 
     /// Whether `p` is on its page's free or remote list.

@@ -219,15 +219,25 @@ impl Segment {
         // The huge page goes in before the header is written: a small page faulted in the
         // half first would rule it out. Its block slices are held from then on: only if
         // DRAM's `limit=` admits them.
-        let present_bytes = (HALF_SLICES[0] & ALL_BLOCK_SLICES).count_ones() as u64 * SLICE_SIZE as u64;
+        let present_bytes =
+            (HALF_SLICES[0] & ALL_BLOCK_SLICES).count_ones() as u64 * SLICE_SIZE as u64;
         // SAFETY: our fresh private anonymous mapping, unused.
-        let huge = huge && budget::admits(present_bytes) && unsafe { huge_pages::populate_huge(base) };
+        let huge =
+            huge && budget::admits(present_bytes) && unsafe { huge_pages::populate_huge(base) };
+        let header = if huge {
+            HUGE_PAGE
+        } else {
+            os::page_round(core::mem::size_of::<Segment>())
+        };
         // SAFETY: the part of our fresh mapping past the header (past the huge half) holds
         // nothing yet. If the kernel refuses, the slices stay open: less protection, nothing
         // wrong.
-        let header = if huge { HUGE_PAGE } else { os::page_round(core::mem::size_of::<Segment>()) };
         let closed = unsafe { os::protect(base.add(header), CHUNK_SIZE - header, false) };
-        let (open, present) = if huge { (HALF_SLICES[0], HALF_SLICES[0] & ALL_BLOCK_SLICES) } else { (0, 0) };
+        let (open, present) = if huge {
+            (HALF_SLICES[0], HALF_SLICES[0] & ALL_BLOCK_SLICES)
+        } else {
+            (0, 0)
+        };
         // SAFETY: fresh zeroed memory, large enough for the header (asserted above); a zeroed
         // `Page` is an unused descriptor.
         unsafe {
@@ -595,8 +605,14 @@ mod tests {
         assert!(readable(base + header), "the header slice's tail is closed");
         assert!(readable(base + HUGE_PAGE - 1) && !readable(base + HUGE_PAGE));
         let (start, end, rss, _, no_huge) = huge_pages::tests::mapping_of(base).unwrap();
-        assert!(start <= base && end >= base + HUGE_PAGE, "the half is split: {start:#x}..{end:#x}");
-        assert!(rss >= HUGE_PAGE && no_huge, "not present ({rss} bytes) or the advice left on");
+        assert!(
+            start <= base && end >= base + HUGE_PAGE,
+            "the half is split: {start:#x}..{end:#x}"
+        );
+        assert!(
+            rss >= HUGE_PAGE && no_huge,
+            "not present ({rss} bytes) or the advice left on"
+        );
         // SAFETY: our segment, not shared; its pages are given back before the release.
         unsafe {
             assert_eq!((*segment).dirty_slices, HALF_SLICES[0] & ALL_BLOCK_SLICES);

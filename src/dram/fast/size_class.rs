@@ -229,7 +229,10 @@ mod tests {
                 let fewer = blocks - 1;
                 if fewer > 0 {
                     let shorter = (fewer * size).div_ceil(SLICE_SIZE) * SLICE_SIZE;
-                    assert!((shorter - fewer * size) * 8 > shorter, "class {c}: {fewer} blocks would do");
+                    assert!(
+                        (shorter - fewer * size) * 8 > shorter,
+                        "class {c}: {fewer} blocks would do"
+                    );
                 }
             }
         }

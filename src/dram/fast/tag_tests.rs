@@ -78,7 +78,11 @@ fn heaps_beyond_the_tags_free_their_own_blocks_by_comparing_owners() {
     let seen: Vec<(u8, u8, bool)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let shared = seen.iter().filter(|s| s.0 == pagemap::NO_SEGMENT_TAG).count();
     assert!(shared > 0, "{THREADS} heaps at once exceed the tags");
-    let mut own_tags: Vec<u8> = seen.iter().map(|s| s.0).filter(|&t| t != pagemap::NO_SEGMENT_TAG).collect();
+    let mut own_tags: Vec<u8> = seen
+        .iter()
+        .map(|s| s.0)
+        .filter(|&t| t != pagemap::NO_SEGMENT_TAG)
+        .collect();
     let tagged = own_tags.len();
     own_tags.sort();
     own_tags.dedup();

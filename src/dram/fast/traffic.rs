@@ -17,8 +17,12 @@
 use crate::dram::fast::page::Page;
 use crate::dram::fast::segment::Segment;
 use crate::dram::fast::size_class::{class_size, CLASS_COUNT};
-use crate::stats::OwnedCounter;
+use crate::stats::{OwnedCounter, SharedCounter};
 use core::ptr::addr_of;
+
+/// Frees made by threads that have no heap of their own (never allocated, or exiting).
+pub static UNBOUND_FREES: SharedCounter = SharedCounter::new();
+pub static UNBOUND_FREED_BYTES: SharedCounter = SharedCounter::new();
 
 /// A heap's share of the figures (see the module comment). All-zero is the initial state
 /// (heaps start as zeroed memory). Written by the heap's owner only.
@@ -87,8 +91,8 @@ pub fn totals(each_heap: impl FnOnce(&mut dyn FnMut(&Traffic))) -> Totals {
         live_count += live[class] as i64;
         live_bytes += live[class] as i64 * class_size(class) as i64;
     }
-    live_count -= crate::dram::fast::UNBOUND_FREES.get() as i64;
-    live_bytes -= crate::dram::fast::UNBOUND_FREED_BYTES.get() as i64;
+    live_count -= UNBOUND_FREES.get() as i64;
+    live_bytes -= UNBOUND_FREED_BYTES.get() as i64;
     let live_count = (live_count.max(0) as u64).min(totals.allocations);
     totals.frees = totals.allocations - live_count;
     totals.live_bytes = live_bytes.max(0) as u64;

@@ -5,5 +5,6 @@
 cxl_devdax
 size=$(cat /sys/bus/dax/devices/dax0.0/size)
 run_tm dax "dram;cxl:path=/dev/dax0.0" contract cxl /dev/dax0.0 "$size"
-expect_refused dax_misaligned cxl "dram;cxl:path=/dev/dax0.0,size=3M" "multiples of the device's alignment (2 MiB"
+expect_refused dax_misaligned cxl "dram;cxl:path=/dev/dax0.0,size=3M" \
+    "multiples of the device's alignment (2 MiB"
 run_tm dax_write "dram;cxl:path=/dev/dax0.0,persist" root_write cxl 1048576

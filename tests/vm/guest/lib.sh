@@ -53,7 +53,8 @@ cxl_devdax() {
         { cat /tmp/ndctl.out; echo "TM-ERROR ndctl create-namespace failed"; return 1; }
     [ -c /dev/dax0.0 ] || mdev -s
     [ -c /dev/dax0.0 ] || { echo "TM-ERROR no /dev/dax0.0"; return 1; }
-    echo "TM-CHECK dax_bytes=$(cat /sys/bus/dax/devices/dax0.0/size) dax_align=$(cat /sys/bus/dax/devices/dax0.0/align)"
+    echo "TM-CHECK dax_bytes=$(cat /sys/bus/dax/devices/dax0.0/size)" \
+        "dax_align=$(cat /sys/bus/dax/devices/dax0.0/align)"
 }
 
 # device_touches NAME TIERS KIND PAIRS: benches/device/touches.c under lackey on the tier, in

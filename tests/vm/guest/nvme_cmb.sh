@@ -2,7 +2,8 @@
 # tiermalloc must refuse. VM: an nvme device with cmb_size_mb=64 and a PMR.
 . /tm/lib.sh
 dev=$(pci_device 0x010802)
-echo "TM-INFO nvme at $dev; p2pmem: $(cat $dev/p2pmem/size 2>/dev/null) size, $(cat $dev/p2pmem/available 2>/dev/null) available"
+echo "TM-INFO nvme at $dev; p2pmem: $(cat $dev/p2pmem/size 2>/dev/null) size," \
+    "$(cat $dev/p2pmem/available 2>/dev/null) available"
 size=$(stat -c %s "$dev/resource2")
 echo "TM-CHECK cmb_bar_bytes=$size"
 # CMBSZ reads 0 until CMBMSC.CRE is set: tiermalloc sets it.

@@ -8,9 +8,10 @@
  *       need no second file): tm_malloc lands on KIND, the header says size == usable >=
  *       request, magic "TMHB", kind, allocated; a pattern written to a block is seen through a
  *       second, independent mapping of DEVICE; the tier's capacity is CAPACITY bytes (what
- *       sysfs says the BAR or device holds, less at most 64 KiB); filling the tier until ENOMEM and freeing it all
- *       coalesces back to one extent; tm_malloc beyond the capacity fails with ENOMEM and does
- *       not spill; realloc keeps contents and tier; blocks freed by other threads.
+ *       sysfs says the BAR or device holds, less at most 64 KiB); filling the tier until ENOMEM
+ *       and freeing it all coalesces back to one extent; tm_malloc beyond the capacity fails
+ *       with ENOMEM and does not spill; realloc keeps contents and tier; blocks freed by other
+ *       threads.
  *   tm_vm find DEVICE SIZE LABEL
  *                              finds a header with magic "TMHB" followed by SIZE bytes of the
  *                              proof pattern in DEVICE (mapped read-only) and prints
@@ -98,7 +99,10 @@ static const unsigned char *map_device(const char *path, size_t *len)
     return p;
 }
 
-static unsigned char proof_byte(size_t i) { return (unsigned char)("tiermalloc-proof:"[i % 17] ^ (i >> 12)); }
+static unsigned char proof_byte(size_t i)
+{
+    return (unsigned char)("tiermalloc-proof:"[i % 17] ^ (i >> 12));
+}
 
 static void *free_thread(void *arg)
 {
@@ -350,7 +354,8 @@ static int skipped(tm_kind kind)
     errno = 0;
     CHECK(tm_malloc(kind, 64) == NULL, "tm_malloc on a refused tier succeeded");
     char *p = malloc(100000);
-    CHECK(p != NULL && tm_kind_of(p) == TM_DRAM, "malloc after a refused tier (ours: %d)", tm_kind_of(p));
+    CHECK(p != NULL && tm_kind_of(p) == TM_DRAM, "malloc after a refused tier (ours: %d)",
+          tm_kind_of(p));
     memset(p, 1, 100000);
     free(p);
     printf("TM-CHECK runs_on=1\n");
@@ -550,7 +555,10 @@ static int host_b(const char *device)
             close(fd);
             long at = -1;
             for (size_t k = 0; dev != MAP_FAILED && k + 4096 <= TIER_BYTES; k += 16)
-                if (dev[k] == 0xB5 && dev[k + 4095] == 0xB5 && dev[k + 2048] == 0xB5) { at = (long)k; break; }
+                if (dev[k] == 0xB5 && dev[k + 4095] == 0xB5 && dev[k + 2048] == 0xB5) {
+                    at = (long)k;
+                    break;
+                }
             printf("TM-CHECK b_block_at=%ld\n", at);
         }
     }
@@ -621,7 +629,8 @@ int main(int argc, char **argv)
         return contract(kind_named(argv[2]), argv[3], strtoull(argv[4], NULL, 0));
     if (argc == 5 && !strcmp(argv[1], "find"))
         return find_proof(argv[2], strtoull(argv[3], NULL, 0), argv[4]);
-    if (argc == 4 && !strcmp(argv[1], "numa")) return numa(atoi(argv[2]), strtoull(argv[3], NULL, 0));
+    if (argc == 4 && !strcmp(argv[1], "numa"))
+        return numa(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (argc == 4 && !strcmp(argv[1], "root_write"))
         return root_write(kind_named(argv[2]), strtoull(argv[3], NULL, 0));
     if (argc == 4 && !strcmp(argv[1], "root_verify"))
@@ -630,7 +639,8 @@ int main(int argc, char **argv)
     if (argc == 4 && !strcmp(argv[1], "numa_evacuate"))
         return numa_evacuate(atoi(argv[2]), atoi(argv[3]));
     if (argc == 3 && !strcmp(argv[1], "skipped")) return skipped(kind_named(argv[2]));
-    if (argc == 6 && !strcmp(argv[1], "touches")) return touches(argv[2], argv[3], argv[4], argv[5]);
+    if (argc == 6 && !strcmp(argv[1], "touches"))
+        return touches(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 3 && !strcmp(argv[1], "host_a")) return host_a(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "pool_a")) return pool_a(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "pool_b")) return pool_b(argv[2]);
