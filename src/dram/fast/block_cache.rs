@@ -95,6 +95,9 @@ impl BlockCache {
     }
 
     /// Any block, or null when the cache is empty (to give them all back).
+    // Run only by programs that free blocks over 8 KiB: out of the code every process runs
+    // (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_big"]
     pub fn pop_any(&mut self) -> Option<(usize, *mut u8)> {
         if self.bytes == 0 {
             return None;
@@ -108,6 +111,9 @@ impl BlockCache {
     ///
     /// # Safety
     /// `this` must point to a live cache.
+    // Run only by programs that free blocks over 8 KiB: out of the code every process runs
+    // (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_big"]
     pub unsafe fn holds(this: *const BlockCache, class: usize, p: *mut u8) -> bool {
         if class < FIRST || class >= CLASS_COUNT {
             return false;

@@ -1116,6 +1116,8 @@ impl Heap {
 /// `p` must be a block of `page` whose `Block::take_mark` just failed.
 #[cold]
 #[inline(never)]
+// Run only by programs that allocate blocks over 8 KiB (see `Heap::borrow_big`).
+#[link_section = ".text.tiermalloc_big"]
 unsafe fn cached_mark_lost(p: *mut u8, page: *mut Page) -> *mut u8 {
     // SAFETY: per the contract.
     unsafe { Block::restore_mark_word(p.cast(), page) };

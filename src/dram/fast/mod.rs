@@ -457,6 +457,8 @@ unsafe fn waits_in_a_batch(page: *mut Page, p: *mut u8) -> bool {
 /// # Safety
 /// `page` must be the page in use that holds `p`.
 #[cold]
+// Asked only of blocks over 8 KiB (see `block_cache`): out of the code every process runs.
+#[link_section = ".text.tiermalloc_big"]
 unsafe fn waits_in_a_cache(page: *mut Page, p: *mut u8) -> bool {
     // SAFETY: per the contract.
     let (size, class) = unsafe { ((*page).block_size, (*page).class as usize) };
