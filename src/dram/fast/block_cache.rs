@@ -45,7 +45,7 @@ pub fn caches_size(block_size: u32) -> bool {
 
 /// Invariants: `len[i] <= SLOTS`; `slots[i][..len[i]]` are dead blocks of class `FIRST + i`,
 /// each carrying its page's free mark and counted used on its page, the other slots 0;
-/// `bytes` is the sum of their block sizes, at most `BYTES`. Zeroed memory is an empty cache
+/// `bytes` is the sum of their block sizes, at most `BYTES`; `low <= bytes`. Zeroed memory is an empty cache
 /// (heaps start zeroed). Slots and lengths are atomics only so that other threads may look for
 /// a block (`holds`); the owner's relaxed loads and stores are plain moves.
 #[repr(C)]
@@ -53,6 +53,9 @@ pub struct BlockCache {
     len: [AtomicUsize; CLASSES],
     slots: [[AtomicUsize; SLOTS]; CLASSES],
     bytes: usize,
+    /// The fewest `bytes` since the last `take_low` (the heap's decay window): what no
+    /// allocation took meanwhile.
+    low: usize,
 }
 
 impl BlockCache {
@@ -85,7 +88,14 @@ impl BlockCache {
         self.slots[i][n - 1].store(0, Ordering::Relaxed);
         self.len[i].store(n - 1, Ordering::Relaxed);
         self.bytes -= class_size(class);
+        self.low = self.low.min(self.bytes);
         p
+    }
+
+    /// The fewest bytes the cache held since the last call: blocks that long unused (the
+    /// heap gives that many back at its decay window's end). Starts the next count.
+    pub fn take_low(&mut self) -> usize {
+        core::mem::replace(&mut self.low, self.bytes)
     }
 
     /// Whether no block is cached.
@@ -103,7 +113,8 @@ impl BlockCache {
             return None;
         }
         let i = self.len.iter().position(|n| n.load(Ordering::Relaxed) != 0)?;
-        Some((FIRST + i, self.pop(FIRST + i)))
+        let p = self.pop(FIRST + i);
+        Some((FIRST + i, p))
     }
 
     /// Whether block `p` of `class` sits in the cache at `this` (any thread: the owner may be
@@ -154,6 +165,20 @@ mod tests {
     }
 
     #[test]
+    fn the_low_water_is_what_no_pop_took_since_the_last_look() {
+        let mut c = empty();
+        for i in 0..4 {
+            assert!(c.push(FIRST, (0x1000 * (i + 1)) as *mut u8));
+        }
+        assert_eq!(c.take_low(), 0, "nothing was held at the start");
+        c.pop(FIRST);
+        c.pop(FIRST);
+        assert!(c.push(FIRST, 0x9000 as *mut u8));
+        assert_eq!(c.take_low(), 2 * class_size(FIRST), "two blocks stayed the whole time");
+        assert_eq!(c.take_low(), 3 * class_size(FIRST), "untouched since");
+    }
+
+    #[test]
     fn holds_at_most_its_slots_and_bytes_last_in_first_out() {
         let mut c = empty();
         let class = FIRST;
@@ -180,6 +205,7 @@ mod tests {
             taken += 1;
         }
         assert_eq!(taken, SLOTS - 1 + n);
+        assert_eq!(c.take_low(), 0, "emptied meanwhile");
         assert_eq!(c.bytes, 0);
         assert!(c.pop(class).is_null());
         // SAFETY: a live cache.
