@@ -6,6 +6,7 @@
  *  - malloc_trim gives them back to their pages, whose memory it then returns: no freed
  *    block's memory stays resident (at most the page each class keeps as its current one);
  *  - a fork()ed child takes them as its parent would;
+ *  - under DRAM's limit=, a page refused gives the cached blocks back first;
  *  - under TIERMALLOC_SECURE=1 nothing is cached: a freed block waits in the quarantine.
  * Each aborting case runs in a fork()ed child (check.h's EXPECT_ABORT).
  */
@@ -82,10 +83,33 @@ static int secure_checks(void)
     return check_done();
 }
 
+/* Under DRAM's limit=, blocks freed into the cache do not hold their pages against the
+ * limit: every freed block cached (no page emptied, no free slice), a request of a class that
+ * cannot borrow them (over 1.75 times its size) still gets pages once the cache gives them up. */
+static int limit_checks(void)
+{
+    static char *held[4096];
+    int n = 0, got = 0;
+    while (n < 4096 && (held[n] = malloc(WHOLE)) != NULL) {
+        memset(held[n], 0x66, WHOLE);
+        n++;
+    }
+    CHECK(n > 32 && n < 4096, "%d blocks of %d bytes under the limit", n, WHOLE);
+    for (int i = 0; i < 16; i++)
+        free(held[i]);
+    while (got < 100 && malloc(BIG) != NULL)
+        got++;
+    CHECK(got >= 30, "under limit=, %d blocks of %d bytes after 16 of %d bytes were freed", got,
+          BIG, WHOLE);
+    return check_done();
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--secure") == 0)
         return secure_checks();
+    if (argc > 1 && strcmp(argv[1], "--limit") == 0)
+        return limit_checks();
     watchdog(60, "big_block_cache");
 
     /* Freed blocks, cached or not, are handed out again each once (pages that emptied may
@@ -149,5 +173,7 @@ int main(int argc, char **argv)
 
     CHECK(rerun_self_with("TIERMALLOC_SECURE", "1", "--secure") == 0,
           "TIERMALLOC_SECURE=1 cached a block (see above)");
+    CHECK(rerun_self_with("TIERMALLOC_TIERS", "dram:limit=16M", "--limit") == 0,
+          "under limit=, the cached blocks' pages were not given up (see above)");
     return check_done();
 }

@@ -951,7 +951,8 @@ impl Heap {
 
     /// `limit=` refused a page of `class` (`bytes`): gives back what counts against the
     /// limit without holding a block, the large cache's pages first, then this heap's free
-    /// slices, and cuts the page once it fits.
+    /// slices and its cached big blocks' pages (`block_cache`: a heap whose free slices were
+    /// all taken may hold pages only for those), and cuts the page once it fits.
     #[cold]
     #[inline(never)]
     // Run only under DRAM's `limit=`: a section of its own keeps it out of the code every
@@ -959,7 +960,9 @@ impl Heap {
     #[link_section = ".text.tiermalloc_limit"]
     fn cut_page_after_purge(&mut self, class: usize, bytes: usize) -> Option<*mut Page> {
         let fits = (crate::dram::large::release_cached() > 0 && budget::admits(bytes as u64))
-            || (self.dirty_bytes != 0 && self.purge() != 0 && budget::admits(bytes as u64));
+            || ((self.dirty_bytes != 0 || !self.block_cache.is_empty())
+                && self.purge() != 0
+                && budget::admits(bytes as u64));
         if !fits {
             return None;
         }
