@@ -11,6 +11,7 @@
 //! `delayed`; thus `find_page` never walks full pages twice.
 
 use crate::dram::budget;
+use crate::dram::fast::block_cache::BlockCache;
 use crate::dram::fast::decay_clock::DecayClock;
 use crate::dram::fast::idle_pages::IdleWatch;
 use crate::dram::fast::lent_blocks::{self, BORROW_TRIES_PER_CLASS, LEND_WASTE_MAX};
@@ -169,6 +170,9 @@ pub struct Heap {
     /// What the page map holds for this heap's segments (`pagemap::SEGMENT_TAG_MIN`): a tag of
     /// its own, given at `init` while tags last (heaps live forever), else `SHARED_SEGMENT_TAG`.
     segment_tag: u8,
+    /// Big blocks this heap's thread freed, kept for its next requests of their classes
+    /// (`block_cache`); counted in `traffic.cached`.
+    pub block_cache: BlockCache,
 }
 
 /// The next heap's segment tag (`Heap::init`).
@@ -455,8 +459,8 @@ impl Heap {
         unsafe { self.idle.give_back_idle(&self.tables.current, class) };
     }
 
-    /// A block for big `class` (`lent_blocks::big`) from a larger class's carved free block,
-    /// when the class's own pages have none (its slow path would carve or cut a page, touching
+    /// A block for big `class` (`lent_blocks::big`) from the heap's `block_cache`, else from a
+    /// larger class's carved free block, when the class's own pages have none (its slow path would carve or cut a page, touching
     /// memory); null otherwise (then `alloc_slow`). Marks the lender's page `lent`.
     #[cold]
     #[inline(never)]
@@ -464,6 +468,19 @@ impl Heap {
     // the code every process runs (`link/hot_text.ld`, which takes every other `dram` function).
     #[link_section = ".text.tiermalloc_big"]
     pub fn borrow_big(&mut self, class: usize) -> *mut u8 {
+        let p = self.alloc_cached(class);
+        if !p.is_null() {
+            return p;
+        }
+        self.borrow_big_from_lender(class)
+    }
+
+    /// `borrow_big` after the cache had no block: a larger class's carved free block, or null.
+    #[cold]
+    #[inline(never)]
+    // Run only by programs that ask for blocks over 8 KiB (see `borrow_big`).
+    #[link_section = ".text.tiermalloc_big"]
+    fn borrow_big_from_lender(&mut self, class: usize) -> *mut u8 {
         let first = self.queues[class].first;
         // Pages handed back by remote frees (`take_delayed`) may be of this class.
         if self.delayed.has_nodes() {
@@ -482,12 +499,116 @@ impl Heap {
                 return ptr::null_mut();
             }
             let Some(page) = lent_blocks::big_lender(class, &self.tables.current) else {
-                return ptr::null_mut();
+                return self.borrow_cached(class);
             };
             (*page).lent = true;
             // Null on a head that fails the test: then the class's own slow path runs, and
             // the lender's next allocation reports it (`pop_checked`).
             (*page).pop_validated()
+        }
+    }
+
+    /// A cached block (`block_cache`) of one of the classes that may lend to big `class`
+    /// (`lent_blocks::big_lenders`), its page marked `lent`; null if none: resident memory, as
+    /// the lender's free block of `borrow_big`, which the cache would otherwise keep from it.
+    fn borrow_cached(&mut self, class: usize) -> *mut u8 {
+        for lender in lent_blocks::big_lenders(class) {
+            let p = self.alloc_cached(lender);
+            if !p.is_null() {
+                // SAFETY: a block handed out lies in a page in use of this heap.
+                unsafe { (*Segment::page_of(Segment::of(p as usize), p as usize)).lent = true };
+                return p;
+            }
+        }
+        ptr::null_mut()
+    }
+
+    /// The block of big `class` this thread freed last into the cache (`block_cache`), handed
+    /// out again, or null. A block that lost its free mark while cached was written after its
+    /// free: reported, and never handed out (leaked, if the program goes on).
+    #[inline(always)]
+    fn alloc_cached(&mut self, class: usize) -> *mut u8 {
+        let p = self.block_cache.pop(class);
+        if p.is_null() {
+            return p;
+        }
+        self.traffic.cached[class].add(u64::MAX);
+        let page = Segment::page_of(Segment::of(p as usize), p as usize);
+        // SAFETY: a cached block is a dead block of its page, which it keeps in use.
+        unsafe {
+            if crate::dram::fast::guard::FREE_MARK && !Block::take_mark(p.cast(), page) {
+                return cached_mark_lost(p, page);
+            }
+            (*page).count_alloc();
+        }
+        p
+    }
+
+    /// Keeps address `p` of `page` (a big class's page of this heap), freed by this heap's
+    /// thread, in the cache (`block_cache`) with the free mark, if it is a block start without
+    /// the mark and the cache has room: false otherwise (the caller's exact test decides).
+    ///
+    /// # Safety
+    /// `page` must be a page in use of this heap holding address `p`; the calling thread the
+    /// heap's.
+    #[cold]
+    #[inline(never)]
+    // Run only by programs that free blocks over 8 KiB (see `borrow_big`).
+    #[link_section = ".text.tiermalloc_big"]
+    pub unsafe fn free_cached(&mut self, page: *mut Page, p: *mut u8) -> bool {
+        // SAFETY: per the contract; `p` is read only once it is known to start a block.
+        unsafe {
+            if !(*page).is_block_start(p)
+                || (crate::dram::fast::guard::FREE_MARK && (*page).carries_mark(p))
+            {
+                return false;
+            }
+            let class = (*page).class as usize;
+            if !self.block_cache.push(class, p) {
+                return false;
+            }
+            Block::mark_free(p, page);
+            self.traffic.cached[class].add(1);
+        }
+        true
+    }
+
+    /// Gives every cached block (`block_cache`) back to its page, as the owner's `free` would.
+    #[inline]
+    pub fn flush_block_cache(&mut self) {
+        if !self.block_cache.is_empty() {
+            self.flush_block_cache_now();
+        }
+    }
+
+    /// `flush_block_cache` of a cache that holds blocks.
+    fn flush_block_cache_now(&mut self) {
+        self.flush_block_cache_bytes(usize::MAX);
+    }
+
+    /// Gives cached blocks back to their pages until at least `bytes` went (or none is left).
+    #[cold]
+    #[inline(never)]
+    // Run only by programs that free blocks over 8 KiB (see `borrow_big`).
+    #[link_section = ".text.tiermalloc_big"]
+    fn flush_block_cache_bytes(&mut self, bytes: usize) {
+        let mut flushed = 0;
+        while flushed < bytes {
+            let Some((class, p)) = self.block_cache.pop_any() else {
+                break;
+            };
+            flushed += class_size(class);
+            self.traffic.cached[class].add(u64::MAX);
+            let page = Segment::page_of(Segment::of(p as usize), p as usize);
+            // SAFETY: a cached block is a dead block of its page, counted used there, of a
+            // page of this heap (only the owner's frees are cached).
+            unsafe {
+                let settled = (*page).count_free();
+                (*page).push_block(p);
+                if !settled {
+                    self.after_local_free(page);
+                }
+            }
         }
     }
 
@@ -680,6 +801,14 @@ impl Heap {
         if !self.decay.expired() {
             return;
         }
+        // The cached big blocks no allocation took during the window go back to their pages:
+        // what they free counts as dirty from now, and is purged at the next end if nothing
+        // takes it. Giving back every block at each end made a steady churn refault what it
+        // used again (mix2, two threads: 2 500 minor faults against 1 700).
+        let idle_cached = self.block_cache.take_low();
+        if idle_cached != 0 {
+            self.flush_block_cache_bytes(idle_cached);
+        }
         let idle = self.dirty_low.saturating_sub(PURGE_THRESHOLD);
         if idle > 0 {
             self.purge_at_least(idle);
@@ -696,9 +825,10 @@ impl Heap {
         self.dirty_low = self.dirty_bytes;
     }
 
-    /// Returns the memory of every free slice of this heap to the kernel, and unmaps every empty
-    /// segment but one: the bytes purged.
+    /// Gives the cached big blocks back to their pages, returns the memory of every free slice
+    /// of this heap to the kernel, and unmaps every empty segment but one: the bytes purged.
     pub fn purge(&mut self) -> usize {
+        self.flush_block_cache();
         self.flush_remote_batch();
         let purged = self.purge_at_least(usize::MAX);
         self.decay.close();
@@ -832,7 +962,8 @@ impl Heap {
 
     /// `limit=` refused a page of `class` (`bytes`): gives back what counts against the
     /// limit without holding a block, the large cache's pages first, then this heap's free
-    /// slices, and cuts the page once it fits.
+    /// slices and its cached big blocks' pages (`block_cache`: a heap whose free slices were
+    /// all taken may hold pages only for those), and cuts the page once it fits.
     #[cold]
     #[inline(never)]
     // Run only under DRAM's `limit=`: a section of its own keeps it out of the code every
@@ -840,7 +971,9 @@ impl Heap {
     #[link_section = ".text.tiermalloc_limit"]
     fn cut_page_after_purge(&mut self, class: usize, bytes: usize) -> Option<*mut Page> {
         let fits = (crate::dram::large::release_cached() > 0 && budget::admits(bytes as u64))
-            || (self.dirty_bytes != 0 && self.purge() != 0 && budget::admits(bytes as u64));
+            || ((self.dirty_bytes != 0 || !self.block_cache.is_empty())
+                && self.purge() != 0
+                && budget::admits(bytes as u64));
         if !fits {
             return None;
         }
@@ -934,6 +1067,7 @@ impl Heap {
         // heap's own blocks.
         self.drain_quarantine();
         self.flush_remote_batch();
+        self.flush_block_cache();
         self.take_delayed();
         for class in 0..CLASS_COUNT {
             self.set_current(class, Page::empty_page());
@@ -1001,6 +1135,23 @@ impl Heap {
             }
         }
     }
+}
+
+/// A block out of the cache (`block_cache`) without its free mark: written after its free, or
+/// handed out already. Its word is put back and the misuse reported; null (the block is leaked,
+/// if the program goes on).
+///
+/// # Safety
+/// `p` must be a block of `page` whose `Block::take_mark` just failed.
+#[cold]
+#[inline(never)]
+// Run only by programs that allocate blocks over 8 KiB (see `Heap::borrow_big`).
+#[link_section = ".text.tiermalloc_big"]
+unsafe fn cached_mark_lost(p: *mut u8, page: *mut Page) -> *mut u8 {
+    // SAFETY: per the contract.
+    unsafe { Block::restore_mark_word(p.cast(), page) };
+    crate::misuse::report("malloc", p, crate::misuse::Misuse::FreeMarkLost);
+    ptr::null_mut()
 }
 
 /// Whether an empty page of a big class (blocks over 8 KiB, a few to a page: `page_slices`)

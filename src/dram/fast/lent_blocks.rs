@@ -88,13 +88,7 @@ pub fn big(class: usize) -> bool {
 /// As for `lender`.
 #[inline(always)]
 pub unsafe fn big_lender(class: usize, pages: &[*mut Page]) -> Option<*mut Page> {
-    debug_assert!(big(class));
-    let size = class_size(class);
-    let align = 1usize << size.trailing_zeros();
-    let lenders = (class + 1..CLASS_COUNT)
-        .take_while(|&c| class_size(c) * 4 <= size * BIG_LEND_QUARTERS)
-        .filter(|&c| class_size(c) % align == 0);
-    for lender in lenders {
+    for lender in big_lenders(class) {
         // SAFETY: `lender < CLASS_COUNT <= pages.len()` (contract).
         let page = unsafe { *pages.get_unchecked(lender) };
         // SAFETY: per the contract.
@@ -103,6 +97,19 @@ pub unsafe fn big_lender(class: usize, pages: &[*mut Page]) -> Option<*mut Page>
         }
     }
     None
+}
+
+/// The classes that may lend to big `class`, smallest first: up to `BIG_LEND_QUARTERS` / 4
+/// times its size, keeping the alignment it gives (`big_lender`, and the cached blocks of
+/// `Heap::borrow_big`).
+#[inline(always)]
+pub fn big_lenders(class: usize) -> impl Iterator<Item = usize> {
+    debug_assert!(big(class));
+    let size = class_size(class);
+    let align = 1usize << size.trailing_zeros();
+    (class + 1..CLASS_COUNT)
+        .take_while(move |&c| class_size(c) * 4 <= size * BIG_LEND_QUARTERS)
+        .filter(move |&c| class_size(c) % align == 0)
 }
 
 /// The classes that may lend to `class`, smallest first (the least slack).

@@ -18,6 +18,7 @@ pub mod segment;
 pub mod size_class;
 pub mod traffic;
 pub mod binding;
+pub mod block_cache;
 pub mod claim;
 
 use heap::PageTables;
@@ -388,6 +389,17 @@ unsafe fn free_counted_suspect(p: *mut u8, segment: *mut Segment, page: *mut Pag
 #[cold]
 #[inline(never)]
 unsafe fn free_suspect(p: *mut u8, segment: *mut Segment, page: *mut Page) {
+    // A big class's block (whose page the fast test always sends here) freed by its owner's
+    // thread goes to the heap's cache if it is a live block start with room there.
+    // SAFETY: `page` is a descriptor or the empty page (block size 0); `segment` is live and
+    // its `owner` never changes: equal to the thread's word, it is the thread's heap.
+    if unsafe {
+        block_cache::caches_size((*page).block_size)
+            && (*segment).owner == binding::slot()
+            && (*(binding::slot() as *mut heap::Heap)).free_cached(page, p)
+    } {
+        return;
+    }
     // SAFETY: forwarded.
     match unsafe { check_block(page, p) } {
         // SAFETY: a live block of `page`, whose data equalled the mark: cleared, so that the
@@ -416,6 +428,7 @@ unsafe fn check_block(page: *mut Page, p: *mut u8) -> Result<(), crate::misuse::
         if (*page).carries_mark(p)
             && (claim::being_freed(p)
                 || waits_in_a_quarantine(p)
+                || waits_in_a_cache(page, p)
                 || waits_in_a_batch(page, p)
                 || (*page).holds_free(p))
         {
@@ -438,6 +451,25 @@ unsafe fn waits_in_a_batch(page: *mut Page, p: *mut u8) -> bool {
             remote_batch::RemoteBatch::holds(core::ptr::addr_of!((*heap).remote_batch), page, p)
         }
     })
+}
+
+/// Whether block `p` of `page` waits in the `block_cache` of any heap.
+///
+/// # Safety
+/// `page` must be the page in use that holds `p`.
+#[cold]
+// Asked only of blocks over 8 KiB (see `block_cache`): out of the code every process runs.
+#[link_section = ".text.tiermalloc_big"]
+unsafe fn waits_in_a_cache(page: *mut Page, p: *mut u8) -> bool {
+    // SAFETY: per the contract.
+    let (size, class) = unsafe { ((*page).block_size, (*page).class as usize) };
+    block_cache::caches_size(size)
+        && binding::any_heap(|heap| {
+            // SAFETY: registered heaps live forever; forwarded.
+            unsafe {
+                block_cache::BlockCache::holds(core::ptr::addr_of!((*heap).block_cache), class, p)
+            }
+        })
 }
 
 /// Whether block `p` waits in the quarantine of any heap (`TIERMALLOC_SECURE=1` only; see
@@ -616,6 +648,9 @@ pub unsafe fn may_hold_a_lent_block(p: *mut u8) -> bool {
 
 #[cfg(test)]
 mod tag_tests;
+
+#[cfg(test)]
+mod block_cache_tests;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 //! `free` when `free` runs dry. Blocks past `capacity` have never been handed out and are carved
 //! a little at a time (`extend`), so a fresh page touches memory only as it fills.
 
+use crate::dram::fast::block_cache;
 use crate::dram::fast::guard;
 use crate::dram::fast::size_class::{class_size, SLICE_SIZE};
 use crate::lockfree::remote_list::{Link, RemoteList};
@@ -156,10 +157,11 @@ pub struct Page {
     pub prev: *mut Page,
     /// `guard::divisor_magic(block_size)` while in use.
     pub div_magic: u64,
-    /// `block_limit` for a page of one slice, 0 for a longer one: `free`'s fast test takes the
-    /// offset from the slice (`p mod SLICE_SIZE`, one instruction instead of two), which is
-    /// the offset from the page only in a one-slice page; blocks of longer pages (over 8 KiB)
-    /// are all tested on the slow path (`free_suspect`), against `start`.
+    /// `block_limit` for a small class's page (one slice), 0 for a big class's: `free`'s fast
+    /// test takes the offset from the slice (`p mod SLICE_SIZE`, one instruction instead of
+    /// two), which is the offset from the page only in a one-slice page; blocks over 8 KiB
+    /// are all tested on the slow path (`free_suspect`), against `start`, where the owner's
+    /// free puts them in the heap's `block_cache` (`block_cache::caches_size`).
     pub fast_limit: u64,
     /// `guard::block_limit(block_size, capacity)` while in use, else 0 (no offset passes).
     pub block_limit: u64,
@@ -645,7 +647,7 @@ impl Page {
     /// One more block handed out (`allocs`): a relaxed load and store, which the compiler
     /// makes one `inc` of memory, as only the owner writes it.
     #[inline(always)]
-    fn count_alloc(&self) {
+    pub(crate) fn count_alloc(&self) {
         let n = self.allocs.load(Ordering::Relaxed);
         self.allocs.store(n.wrapping_add(1), Ordering::Relaxed);
     }
@@ -722,7 +724,12 @@ impl Page {
         // `guard::block_limit` without its division: the page keeps the multiplier.
         self.block_limit = guard::block_limit_of(self.div_magic, self.block_size, self.capacity);
         self.carved = (self.capacity as usize * size) as u32;
-        if self.slice_count == 1 {
+        // Only the small classes' pages (one slice each) get the fast test: a big class's
+        // blocks fail it, so that the owner's free of one reaches `free_suspect`, which puts
+        // it in the heap's `block_cache`. One comparison of the size in hand, as
+        // `slice_count == 1` was (`sliding_window`'s slow path runs it: `reserved >= 8` cost
+        // one load more).
+        if !block_cache::caches_size(size as u32) {
             self.fast_limit = self.block_limit;
         }
         true

@@ -8,9 +8,12 @@
 //! - A free from another thread is counted by the freeing thread's heap (`remote_frees`, on
 //!   the remote path, which is out of line), or in `UNBOUND_FREES` by a thread without a heap;
 //!   the owner counts what it moves from a page's remote list (`collected`).
+//! - A block in its heap's cache of freed big blocks (`block_cache`) still counts as used on
+//!   its page: the heap counts it in `cached` while it waits there, and a block taken back out
+//!   bumps its page's `allocs`.
 //!
 //! So, per class: allocated = retired + Σ pages' `allocs`; live = Σ pages' `used` − (remote
-//! frees − collected); freed = allocated − live. `totals` walks every page descriptor
+//! frees − collected) − cached; freed = allocated − live. `totals` walks every page descriptor
 //! (`Segment::for_each_page`, safe from any thread) and every heap's counters. Read while
 //! threads allocate, each figure is one that held at some moment of the walk; at rest exact.
 
@@ -33,6 +36,9 @@ pub struct Traffic {
     pub remote_frees: [OwnedCounter; CLASS_COUNT],
     /// Blocks this heap moved from its pages' remote lists onto their free lists.
     pub collected: [OwnedCounter; CLASS_COUNT],
+    /// Blocks freed by this heap's thread that wait in its `block_cache` (still counted used
+    /// on their pages).
+    pub cached: [OwnedCounter; CLASS_COUNT],
 }
 
 impl Traffic {
@@ -80,7 +86,8 @@ pub fn totals(each_heap: impl FnOnce(&mut dyn FnMut(&Traffic))) -> Totals {
             allocated[class] += t.retired_allocs[class].get();
             live[class] = live[class]
                 .wrapping_add(t.collected[class].get())
-                .wrapping_sub(t.remote_frees[class].get());
+                .wrapping_sub(t.remote_frees[class].get())
+                .wrapping_sub(t.cached[class].get());
         }
     });
     let mut totals = Totals::default();
