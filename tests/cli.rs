@@ -892,3 +892,58 @@ fn check_shows_a_progress_bar_only_on_a_terminal() {
     );
     assert!(tty.contains("tiermalloc heap"), "{tty}");
 }
+
+/// A user who exported `TIERMALLOC_TIERS` (as the README's persistent-tier recipe does) and
+/// then runs the command: the variables are the program's, not the command's. The command
+/// links the library, which opened the exported tier in the command itself: its program then
+/// found the tier "in use by another process" (the command) and ran without it, `inspect`
+/// called the heap "not closed (open now)", `check --repair` refused it as in use, and
+/// `TIERMALLOC_SHOW_STATS=1` printed the command's own statistics.
+#[test]
+fn exported_library_variables_are_the_programs_not_the_commands() {
+    let state = TempDir::new("cli", "exported").kept_on_panic();
+    let file = state.path().join("pmr");
+    let with_exported = |args: &[&str]| {
+        let mut cmd = tiermalloc(state.path(), args);
+        cmd.env(
+            "TIERMALLOC_TIERS",
+            format!("dram;pmr:path={},size=4M,create", file.display()),
+        )
+        .env("TIERMALLOC_PLACE", "pmr:min=2000")
+        .env("TIERMALLOC_SHOW_STATS", "1");
+        output(cmd)
+    };
+    let out = with_exported(&[
+        "run",
+        "--stats",
+        "--json",
+        "--",
+        "bash",
+        "-c",
+        "x=$(printf '%*s' 5000 a); echo ${#x} $TIERMALLOC_SHOW_STATS",
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(text(&out.stdout), "5000 1\n");
+    assert!(!err.contains("in use by another process"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&err).expect("only the program's report");
+    assert_eq!(v["tiers"][1]["kind"], "pmr", "{v}");
+    assert!(v["tiers"][1]["allocations"].as_u64() > Some(0), "{v}");
+
+    let out = with_exported(&["inspect", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("closed cleanly"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(text(&out.stderr), "", "the command's own statistics");
+
+    let out = with_exported(&["check", "--repair", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("nothing to repair"),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -61,8 +61,10 @@ pub fn run(m: &ArgMatches) -> Result<ExitCode, Failure> {
         preload.push(outer);
     }
     let mut cmd = Command::new(program);
-    cmd.args(argv)
-        .env("LD_PRELOAD", preload)
+    // The user's TIERMALLOC_* variables, which this command kept from the library (own_env),
+    // are the program's.
+    cmd.args(argv).envs(crate::own_env::held());
+    cmd.env("LD_PRELOAD", preload)
         .env("TIERMALLOC_STATS_LIVE", "1")
         .env("TIERMALLOC_STATS_FILE", reports.join("%p.json"))
         .env("TIERMALLOC_STATS_FORMAT", "json");
