@@ -1,7 +1,8 @@
 /* mode: link-only */
 /* tier_files.c — tier files are left behind only when asked:
  *  - a `%p` tier file (one per process) exists while its process runs and is removed when it
- *    exits; with `keep` it stays;
+ *    exits; with `keep` it stays; a process that execs is the same process: the new image
+ *    starts the file afresh (nothing of the old image's heap) and removes it at exit;
  *  - a tier file truncated under the running program: the SIGBUS at the next touch of a block
  *    kills it as before, after one line naming the tier and its file;
  *  - a file created for a tier that then fails (here: larger than the file system's free
@@ -25,6 +26,33 @@ static int child(const char *base)
     int exists = stat(own, &st) == 0;
     tm_free(p);
     return p != NULL && exists ? 0 : 1;
+}
+
+/* A %p child that execs (as `sh -c 'cmd; exec prog'` and make's shells do): the old image
+ * leaves a block on its pmr tier, and never exits. */
+static int child_exec(const char *base)
+{
+    void *p = tm_malloc(TM_PMR, 5000);
+    if (!p)
+        return 2;
+    execl("/proc/self/exe", "tier_files", "--child-after-exec", base, (char *)NULL);
+    return 3;
+}
+
+/* The exec'd image, same pid: the same file, an empty heap. */
+static int child_after_exec(const char *base)
+{
+    char own[160];
+    snprintf(own, sizeof own, "%s-%d", base, (int)getpid());
+    struct stat st;
+    tm_stats s;
+    if (stat(own, &st) != 0 || tm_get_stats(TM_PMR, &s) != 0)
+        return 4;
+    if (s.in_use != 0 || tm_next_block(TM_PMR, NULL) != NULL)
+        return 5; /* the old image's block recovered */
+    void *p = tm_malloc(TM_PMR, 1000);
+    tm_free(p);
+    return p ? 0 : 6;
 }
 
 static int child_refused(void)
@@ -77,6 +105,10 @@ int main(int argc, char **argv)
 {
     if (argc > 2 && strcmp(argv[1], "--child") == 0)
         return child(argv[2]);
+    if (argc > 2 && strcmp(argv[1], "--child-exec") == 0)
+        return child_exec(argv[2]);
+    if (argc > 2 && strcmp(argv[1], "--child-after-exec") == 0)
+        return child_after_exec(argv[2]);
     if (argc > 1 && strcmp(argv[1], "--child-refused") == 0)
         return child_refused();
     if (argc > 2 && strcmp(argv[1], "--child-truncate") == 0)
@@ -120,6 +152,15 @@ int main(int argc, char **argv)
     CHECK(strstr(err, path) && strstr(err, "no room") && strstr(err, "bytes free") && line_count(err) == 1,
           "want one line naming %s, the size and the free space: %s", path, err);
     CHECK(stat(path, &st) != 0, "the file %s created for the refused tier is left behind", path);
+    unlink(path);
+
+    /* %p across an exec: the exec'd image (same pid) starts the file afresh and removes it. */
+    snprintf(tiers, sizeof tiers, "dram;pmr:path=%s-%%p,size=4M,create", base);
+    pid = run(tiers, "--child-exec", base, err, sizeof err, &status);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exec child: status %#x, stderr: %s", status, err);
+    snprintf(path, sizeof path, "%s-%d", base, pid);
+    CHECK(stat(path, &st) != 0, "%%p tier file %s left after its exec'd process exited", path);
+    CHECK(strlen(err) == 0, "stderr of the exec child: %s", err);
     unlink(path);
     return check_done();
 }

@@ -108,9 +108,13 @@ impl TierSpec {
     }
 
     /// Whether the tier recovers the heap its region holds (`persist`, the default on `pmr`)
-    /// rather than formatting it (`fresh`, the default on `cmb` and `cxl`).
+    /// rather than formatting it (`fresh`, the default on `cmb` and `cxl`, and on a `%p` file
+    /// without `keep`: removed at its process's exit, such a file found at open was left by
+    /// the image the process replaced with `exec`, or by a dead process of the same pid, and
+    /// holds nothing of this program's).
     pub fn persists(&self) -> bool {
-        self.persist.unwrap_or(self.kind == Kind::Pmr)
+        let scratch = self.per_process && !self.keep;
+        self.persist.unwrap_or(self.kind == Kind::Pmr && !scratch)
     }
 
     /// The spec of an evacuation target: `path` (its `%p` expanded) mapped from offset 0 for

@@ -103,7 +103,7 @@ static mut AT_EXIT: AtExit = AtExit {
     pid: 0,
 };
 
-/// Arranges for `path` (created by this process for a `%p` tier) to be removed at exit.
+/// Arranges for `path` (this process's `%p` tier file) to be removed at exit.
 pub(crate) fn remove_at_exit(path: &core::ffi::CStr) {
     let bytes = path.to_bytes_with_nul();
     // SAFETY: the tiers are opened once, by one thread (place's `Once`), before any exit

@@ -156,7 +156,9 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
     let result = map_path_noting_creation(spec, path, &mut created);
     if result.is_err() && created {
         file_space::remove_created(path);
-    } else if created && spec.per_process && !spec.keep {
+    } else if result.is_ok() && spec.per_process && !spec.keep {
+        // This process's file, even if it did not create it now: an image of the same process
+        // before an `exec` did (its exit hooks never run), or a dead process of the same pid.
         file_space::remove_at_exit(path);
     }
     result
