@@ -947,3 +947,39 @@ fn exported_library_variables_are_the_programs_not_the_commands() {
         text(&out.stdout)
     );
 }
+
+/// The man page's example: `tiermalloc run -- ./server &` then `tiermalloc stats $!`. `$!` is
+/// the command's pid, not its program's; `stats` said the process "publishes no live
+/// statistics ... start it with `tiermalloc run`" of a process started just so.
+#[test]
+fn stats_of_a_run_commands_pid_shows_its_program() {
+    let state = TempDir::new("cli", "bang").kept_on_panic();
+    let mut child = tiermalloc(state.path(), &["run", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let run_pid = child.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let out = output(tiermalloc(state.path(), &["stats", &run_pid]));
+        if out.status.success() {
+            break text(&out.stdout);
+        }
+        // Until the program has started and published (a failure names no other problem).
+        assert!(
+            Instant::now() < deadline,
+            "no live statistics through the run's pid: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let program_pid: i32 = report
+        .strip_prefix("tiermalloc: pid ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(report.contains("(sleep): statistics live"), "{report}");
+    assert_ne!(program_pid.to_string(), run_pid);
+    // SAFETY: plain kill(2) of our grandchild.
+    unsafe { libc::kill(program_pid, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+}
