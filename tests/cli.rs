@@ -709,6 +709,21 @@ fn spaces_lists_a_pools_spaces_and_collects_the_unused_ones() {
         std::fs::read(&zeroes).unwrap().iter().all(|&b| b == 0),
         "formatted a file of zeroes"
     );
+
+    // inspect and check of the pool (a user's first guess: DESIGN.md's inspect shows spaces)
+    // said only "no tiermalloc superblock (magic TMHEAP)"; the line names the command that
+    // reads a pool.
+    for cmd in ["inspect", "check"] {
+        let out = output(tiermalloc(state.path(), &[cmd, file.to_str().unwrap()]));
+        let err = text(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.lines().count() == 1
+                && err.contains("holds a shared pool")
+                && err.contains(&format!("tiermalloc spaces {}", file.display())),
+            "{cmd}: {err}"
+        );
+    }
 }
 
 /// `inspect PATH --map FILE.svg` draws a real, fragmented heap: the SVG parses as XML, its
