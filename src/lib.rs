@@ -86,7 +86,7 @@
 //! | `size=SIZE` | bytes to use (default: the rest of the file or device after `offset`) |
 //! | `offset=SIZE` | where in the file the tier starts (default 0) |
 //! | `create` | create the regular file, or extend it, to `size` |
-//! | `keep` | leave a `%p` file in place when the process exits (it is removed otherwise) |
+//! | `keep` | leave a `%p` file in place (it is unlinked once mapped otherwise: none is left behind) |
 //! | `numa=N` | take the tier from NUMA node N (CXL memory onlined as a node) instead of a file |
 //! | `limit=SIZE` | the most bytes the tier serves; on `dram` too (then plain requests spill to the next tier) |
 //! | `fit=best` / `fit=worst` | which free extent a block of 4 KiB or more takes (also [`set_fit`], `tm_set_fit`) |
