@@ -998,3 +998,51 @@ fn stats_of_a_run_commands_pid_shows_its_program() {
     unsafe { libc::kill(program_pid, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
 }
+
+/// `tiermalloc stats PID` of a program that allocated in a burst and then went idle (a
+/// server after loading its data): the live figures were refreshed only when DRAM took memory
+/// and 50 ms had passed since the last refresh, so they stayed those of before the burst for
+/// as long as the program idled (python holding 50 MiB showed "1.7 MiB in use").
+#[test]
+fn live_statistics_catch_up_with_a_burst_when_the_program_idles() {
+    use std::io::BufRead;
+    let state = TempDir::new("cli", "burst").kept_on_panic();
+    let mut child = tiermalloc(
+        state.path(),
+        &[
+            "run",
+            "--",
+            "python3",
+            "-c",
+            "import time\n\
+             x = [bytearray(1 << 20) for i in range(64)]\n\
+             print('ready', flush=True)\n\
+             time.sleep(30)",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    // Several refresh periods (50 ms) of idling.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = output(tiermalloc(
+        state.path(),
+        &["stats", "--json", &child.id().to_string()],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let program_pid = v["pid"].as_i64().unwrap() as i32;
+    // SAFETY: plain kill(2) of our grandchild.
+    unsafe { libc::kill(program_pid, libc::SIGTERM) };
+    let _ = child.wait();
+    let in_use = v["tiers"][0]["in_use"].as_u64().unwrap();
+    assert!(
+        in_use >= 64 << 20,
+        "in use {in_use} after 64 MiB of blocks: {v}"
+    );
+}
