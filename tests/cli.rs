@@ -1046,3 +1046,40 @@ fn live_statistics_catch_up_with_a_burst_when_the_program_idles() {
         "in use {in_use} after 64 MiB of blocks: {v}"
     );
 }
+
+/// `kill` of `tiermalloc run -- ./server &` (its `$!`): the command died of the SIGTERM and
+/// left its program running on its own. It passes it on, and exits with the program's status.
+#[test]
+fn run_passes_a_signal_sent_to_it_on_to_its_program() {
+    let state = TempDir::new("cli", "forward").kept_on_panic();
+    let mut child = tiermalloc(state.path(), &["run", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    // The program is running once its live statistics are there (`stats` of the run's pid).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let program_pid: i32 = loop {
+        let out = output(tiermalloc(
+            state.path(),
+            &["stats", "--json", &child.id().to_string()],
+        ));
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            break v["pid"].as_i64().unwrap() as i32;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&out.stderr));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: plain kill(2) of our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let orphan = Path::new(&format!("/proc/{program_pid}")).exists();
+    if orphan {
+        // SAFETY: plain kill(2) of the program the test started, left running.
+        unsafe { libc::kill(program_pid, libc::SIGKILL) };
+    }
+    assert!(
+        !orphan,
+        "the program outlived its killed run (status {status:?})"
+    );
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
