@@ -276,6 +276,7 @@ c_tests! {
     thread_lifetime_kernel,
     idle_pages,
     big_blocks_shared,
+    realloc_placement,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.
