@@ -1,7 +1,8 @@
 /* mode: link-only */
 /* tier_files.c — tier files are left behind only when asked:
- *  - a `%p` tier file (one per process) exists while its process runs and is removed when it
- *    exits; with `keep` it stays;
+ *  - a `%p` tier file (one per process) is unlinked as soon as it is mapped, so nothing is left
+ *    however its process ends (`exit`, `_exit` as dash's `sh -c` ends, an `exec`); with `keep`
+ *    it stays;
  *  - a tier file truncated under the running program: the SIGBUS at the next touch of a block
  *    kills it as before, after one line naming the tier and its file;
  *  - a file created for a tier that then fails (here: larger than the file system's free
@@ -15,8 +16,9 @@
 
 #include "check.h"
 
-/* A child of a %p tier: its own file, base-PID, exists while it runs and serves tm_malloc. */
-static int child(const char *base)
+/* A child of a %p tier: its tier serves tm_malloc; its own file, base-PID, is there while
+ * it runs only with `keep` (`want_file`). Ends with `_exit` when asked (no exit hook runs). */
+static int child(const char *base, int want_file, int quick_exit)
 {
     char own[160];
     snprintf(own, sizeof own, "%s-%d", base, (int)getpid());
@@ -24,7 +26,35 @@ static int child(const char *base)
     struct stat st;
     int exists = stat(own, &st) == 0;
     tm_free(p);
-    return p != NULL && exists ? 0 : 1;
+    int status = p != NULL && exists == want_file ? 0 : 1;
+    if (quick_exit)
+        _exit(status);
+    return status;
+}
+
+/* A %p child that execs (as `sh -c 'cmd; exec prog'` and make's shells do): the old image
+ * leaves a block on its pmr tier, and never exits. */
+static int child_exec(const char *base)
+{
+    void *p = tm_malloc(TM_PMR, 5000);
+    if (!p)
+        return 2;
+    execl("/proc/self/exe", "tier_files", "--child-after-exec", base, (char *)NULL);
+    return 3;
+}
+
+/* The exec'd image, same pid: an empty heap. */
+static int child_after_exec(const char *base)
+{
+    (void)base;
+    tm_stats s;
+    if (tm_get_stats(TM_PMR, &s) != 0)
+        return 4;
+    if (s.in_use != 0 || tm_next_block(TM_PMR, NULL) != NULL)
+        return 5; /* the old image's block recovered */
+    void *p = tm_malloc(TM_PMR, 1000);
+    tm_free(p);
+    return p ? 0 : 6;
 }
 
 static int child_refused(void)
@@ -77,7 +107,15 @@ static int run(const char *tiers, const char *mode, const char *arg, char *err, 
 int main(int argc, char **argv)
 {
     if (argc > 2 && strcmp(argv[1], "--child") == 0)
-        return child(argv[2]);
+        return child(argv[2], 0, 0);
+    if (argc > 2 && strcmp(argv[1], "--child-keep") == 0)
+        return child(argv[2], 1, 0);
+    if (argc > 2 && strcmp(argv[1], "--child-quick-exit") == 0)
+        return child(argv[2], 0, 1);
+    if (argc > 2 && strcmp(argv[1], "--child-exec") == 0)
+        return child_exec(argv[2]);
+    if (argc > 2 && strcmp(argv[1], "--child-after-exec") == 0)
+        return child_after_exec(argv[2]);
     if (argc > 1 && strcmp(argv[1], "--child-refused") == 0)
         return child_refused();
     if (argc > 2 && strcmp(argv[1], "--child-truncate") == 0)
@@ -97,9 +135,17 @@ int main(int argc, char **argv)
     CHECK(stat(path, &st) != 0, "%%p tier file %s left after its process exited", path);
     CHECK(strlen(err) == 0, "stderr of the %%p child: %s", err);
 
+    /* Ended with _exit, as dash's `sh -c` ends: nothing left either. */
+    snprintf(tiers, sizeof tiers, "dram;cxl:path=%s-%%p,size=4M,create", base);
+    pid = run(tiers, "--child-quick-exit", base, err, sizeof err, &status);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "_exit child: status %#x, stderr: %s", status, err);
+    snprintf(path, sizeof path, "%s-%d", base, pid);
+    CHECK(stat(path, &st) != 0, "%%p tier file %s left after its process ended with _exit", path);
+    unlink(path);
+
     /* keep: it stays. */
     snprintf(tiers, sizeof tiers, "dram;cxl:path=%s-%%p,size=4M,create,keep", base);
-    pid = run(tiers, "--child", base, err, sizeof err, &status);
+    pid = run(tiers, "--child-keep", base, err, sizeof err, &status);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "keep child: status %#x, stderr: %s",
           status, err);
     snprintf(path, sizeof path, "%s-%d", base, pid);
@@ -126,6 +172,15 @@ int main(int argc, char **argv)
               line_count(err) == 1,
           "want one line naming %s, the size and the free space: %s", path, err);
     CHECK(stat(path, &st) != 0, "the file %s created for the refused tier is left behind", path);
+    unlink(path);
+
+    /* %p across an exec: the exec'd image (same pid) starts afresh, and nothing is left. */
+    snprintf(tiers, sizeof tiers, "dram;pmr:path=%s-%%p,size=4M,create", base);
+    pid = run(tiers, "--child-exec", base, err, sizeof err, &status);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exec child: status %#x, stderr: %s", status, err);
+    snprintf(path, sizeof path, "%s-%d", base, pid);
+    CHECK(stat(path, &st) != 0, "%%p tier file %s left after its exec'd process exited", path);
+    CHECK(strlen(err) == 0, "stderr of the exec child: %s", err);
     unlink(path);
     return check_done();
 }

@@ -67,7 +67,7 @@ pub struct TierSpec {
     /// `spare=PATH`: where `tm_evacuate(kind, NULL)` moves the tier (opened only then).
     spare: [u8; MAX_PATH],
     spare_len: usize,
-    /// The path named `%p`: a file of this process alone, removed at its exit unless `keep`.
+    /// The path named `%p`: a file of this process alone, unlinked once mapped unless `keep`.
     pub per_process: bool,
     /// `keep`: a `%p` file stays after the process exits.
     pub keep: bool,
@@ -108,9 +108,13 @@ impl TierSpec {
     }
 
     /// Whether the tier recovers the heap its region holds (`persist`, the default on `pmr`)
-    /// rather than formatting it (`fresh`, the default on `cmb` and `cxl`).
+    /// rather than formatting it (`fresh`, the default on `cmb` and `cxl`, and on a `%p` file
+    /// without `keep`: unlinked once mapped, such a file found at open was left by a dead
+    /// process of the same pid, or by a version that removed it at exit only, and holds
+    /// nothing of this program's).
     pub fn persists(&self) -> bool {
-        self.persist.unwrap_or(self.kind == Kind::Pmr)
+        let scratch = self.per_process && !self.keep;
+        self.persist.unwrap_or(self.kind == Kind::Pmr && !scratch)
     }
 
     /// The spec of an evacuation target: `path` (its `%p` expanded) mapped from offset 0 for

@@ -86,12 +86,12 @@
 //! | `size=SIZE` | bytes to use (default: the rest of the file or device after `offset`) |
 //! | `offset=SIZE` | where in the file the tier starts (default 0) |
 //! | `create` | create the regular file, or extend it, to `size` |
-//! | `keep` | leave a `%p` file in place when the process exits (it is removed otherwise) |
+//! | `keep` | leave a `%p` file in place (it is unlinked once mapped otherwise: none is left behind) |
 //! | `numa=N` | take the tier from NUMA node N (CXL memory onlined as a node) instead of a file |
 //! | `limit=SIZE` | the most bytes the tier serves; on `dram` too (then plain requests spill to the next tier) |
 //! | `fit=best` / `fit=worst` | which free extent a block of 4 KiB or more takes (also [`set_fit`], `tm_set_fit`) |
 //! | `spare=FILE` | where [`evacuate`] (`tm_evacuate`) moves the tier when given no target |
-//! | `persist` / `fresh` / `format` | flags: recover the heap the region holds (the default on `pmr`); format a region holding a tiermalloc heap or zeroes; overwrite whatever a regular file holds |
+//! | `persist` / `fresh` / `format` | flags: recover the heap the region holds (the default on `pmr`, but for a `%p` file without `keep`); format a region holding a tiermalloc heap or zeroes; overwrite whatever a regular file holds |
 //!
 //! Each key may appear once per tier.
 //!

@@ -172,6 +172,18 @@ pub fn alloc_plain(size: usize, align: usize, zero: bool) -> *mut u8 {
     core::ptr::null_mut()
 }
 
+/// Where a plain `realloc` moves a block it cannot resize in place: onto its own tier
+/// (`None`) unless routing is on; then where a plain request of the new size goes (the rules,
+/// then spilling), so that a block grown past a rule's `min=` follows the rule and one whose
+/// tier is full or at its `limit=` moves on, as `malloc` of that size would.
+#[inline]
+pub fn plain_move() -> Option<tier::MoveTo> {
+    fn alloc_moved(size: usize, align: usize) -> *mut u8 {
+        alloc_plain(size, align, false)
+    }
+    routed().then_some(alloc_moved as tier::MoveTo)
+}
+
 /// Where in fallback `order` a plain request of `size` bytes starts: the tier of the first
 /// rule matching its size whose tier `is_configured`, else the first tier listed (also when
 /// the rule's tier is not in `order`).

@@ -384,12 +384,22 @@ pub fn kind_of(p: *const u8) -> Option<Kind> {
     pagemap::owner_of(p as usize).kind()
 }
 
-/// Resizes `p` (non-null) to `size` (non-zero) bytes at `align` on its own tier: `None` if
-/// `p` is not ours, else the block, null with `p` intact on failure.
+/// Where a block that cannot be resized in place moves: a new block of `size` bytes at `align`
+/// (the caller's choice of tier; `place` passes the plain requests' placement).
+pub type MoveTo = fn(usize, usize) -> *mut u8;
+
+/// Resizes `p` (non-null) to `size` (non-zero) bytes at `align`: in place, else moved onto a
+/// new block of its own tier, or of `move_to` when given. `None` if `p` is not ours, else the
+/// block, null with `p` intact on failure.
 ///
 /// # Safety
 /// `p` must be a live block of ours, or foreign.
-pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> Option<*mut u8> {
+pub unsafe fn realloc(
+    p: *mut u8,
+    size: usize,
+    align: usize,
+    move_to: Option<MoveTo>,
+) -> Option<*mut u8> {
     let owner = pagemap::owner_of(p as usize);
     let tier = of(owner)?;
     // A freed or interior pointer is reported, never resized (it would alias a live block).
@@ -420,9 +430,15 @@ pub unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> Option<*mut u8> 
     if !q.is_null() {
         return Some(q);
     }
-    let q = tier.alloc(size, align, false);
+    let q = match move_to {
+        // Counts its own failure.
+        Some(alloc) => alloc(size, align),
+        None => tier.alloc(size, align, false),
+    };
     if q.is_null() {
-        tier.counters().failures.add(1);
+        if move_to.is_none() {
+            tier.counters().failures.add(1);
+        }
         return Some(q);
     }
     // SAFETY: two live blocks of ours, distinct, each holding the bytes copied; `p` is freed

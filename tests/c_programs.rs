@@ -277,6 +277,7 @@ c_tests! {
     idle_pages,
     big_blocks_shared,
     big_block_cache,
+    realloc_placement,
 }
 
 /// A new `c-tests/*.c` must be added to the list above, or it would silently never run.

@@ -715,6 +715,21 @@ fn spaces_lists_a_pools_spaces_and_collects_the_unused_ones() {
         std::fs::read(&zeroes).unwrap().iter().all(|&b| b == 0),
         "formatted a file of zeroes"
     );
+
+    // inspect and check of the pool (a user's first guess: DESIGN.md's inspect shows spaces)
+    // said only "no tiermalloc superblock (magic TMHEAP)"; the line names the command that
+    // reads a pool.
+    for cmd in ["inspect", "check"] {
+        let out = output(tiermalloc(state.path(), &[cmd, file.to_str().unwrap()]));
+        let err = text(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.lines().count() == 1
+                && err.contains("holds a shared pool")
+                && err.contains(&format!("tiermalloc spaces {}", file.display())),
+            "{cmd}: {err}"
+        );
+    }
 }
 
 /// `inspect PATH --map FILE.svg` draws a real, fragmented heap: the SVG parses as XML, its
@@ -897,4 +912,180 @@ fn check_shows_a_progress_bar_only_on_a_terminal() {
         "no bar on a terminal: {tty:?}"
     );
     assert!(tty.contains("tiermalloc heap"), "{tty}");
+}
+
+/// A user who exported `TIERMALLOC_TIERS` (as the README's persistent-tier recipe does) and
+/// then runs the command: the variables are the program's, not the command's. The command
+/// links the library, which opened the exported tier in the command itself: its program then
+/// found the tier "in use by another process" (the command) and ran without it, `inspect`
+/// called the heap "not closed (open now)", `check --repair` refused it as in use, and
+/// `TIERMALLOC_SHOW_STATS=1` printed the command's own statistics.
+#[test]
+fn exported_library_variables_are_the_programs_not_the_commands() {
+    let state = TempDir::new("cli", "exported").kept_on_panic();
+    let file = state.path().join("pmr");
+    let with_exported = |args: &[&str]| {
+        let mut cmd = tiermalloc(state.path(), args);
+        cmd.env(
+            "TIERMALLOC_TIERS",
+            format!("dram;pmr:path={},size=4M,create", file.display()),
+        )
+        .env("TIERMALLOC_PLACE", "pmr:min=2000")
+        .env("TIERMALLOC_SHOW_STATS", "1");
+        output(cmd)
+    };
+    let out = with_exported(&[
+        "run",
+        "--stats",
+        "--json",
+        "--",
+        "bash",
+        "-c",
+        "x=$(printf '%*s' 5000 a); echo ${#x} $TIERMALLOC_SHOW_STATS",
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(text(&out.stdout), "5000 1\n");
+    assert!(!err.contains("in use by another process"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&err).expect("only the program's report");
+    assert_eq!(v["tiers"][1]["kind"], "pmr", "{v}");
+    assert!(v["tiers"][1]["allocations"].as_u64() > Some(0), "{v}");
+
+    let out = with_exported(&["inspect", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("closed cleanly"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(text(&out.stderr), "", "the command's own statistics");
+
+    let out = with_exported(&["check", "--repair", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("nothing to repair"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// The man page's example: `tiermalloc run -- ./server &` then `tiermalloc stats $!`. `$!` is
+/// the command's pid, not its program's; `stats` said the process "publishes no live
+/// statistics ... start it with `tiermalloc run`" of a process started just so.
+#[test]
+fn stats_of_a_run_commands_pid_shows_its_program() {
+    let state = TempDir::new("cli", "bang").kept_on_panic();
+    let mut child = tiermalloc(state.path(), &["run", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let run_pid = child.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let out = output(tiermalloc(state.path(), &["stats", &run_pid]));
+        if out.status.success() {
+            break text(&out.stdout);
+        }
+        // Until the program has started and published (a failure names no other problem).
+        assert!(
+            Instant::now() < deadline,
+            "no live statistics through the run's pid: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let program_pid: i32 = report
+        .strip_prefix("tiermalloc: pid ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(report.contains("(sleep): statistics live"), "{report}");
+    assert_ne!(program_pid.to_string(), run_pid);
+    // SAFETY: plain kill(2) of our grandchild.
+    unsafe { libc::kill(program_pid, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+}
+
+/// `tiermalloc stats PID` of a program that allocated in a burst and then went idle (a
+/// server after loading its data): the live figures were refreshed only when DRAM took memory
+/// and 50 ms had passed since the last refresh, so they stayed those of before the burst for
+/// as long as the program idled (python holding 50 MiB showed "1.7 MiB in use").
+#[test]
+fn live_statistics_catch_up_with_a_burst_when_the_program_idles() {
+    use std::io::BufRead;
+    let state = TempDir::new("cli", "burst").kept_on_panic();
+    let mut child = tiermalloc(
+        state.path(),
+        &[
+            "run",
+            "--",
+            "python3",
+            "-c",
+            "import time\n\
+             x = [bytearray(1 << 20) for i in range(64)]\n\
+             print('ready', flush=True)\n\
+             time.sleep(30)",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    // Several refresh periods (50 ms) of idling.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = output(tiermalloc(
+        state.path(),
+        &["stats", "--json", &child.id().to_string()],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let program_pid = v["pid"].as_i64().unwrap() as i32;
+    // SAFETY: plain kill(2) of our grandchild.
+    unsafe { libc::kill(program_pid, libc::SIGTERM) };
+    let _ = child.wait();
+    let in_use = v["tiers"][0]["in_use"].as_u64().unwrap();
+    assert!(
+        in_use >= 64 << 20,
+        "in use {in_use} after 64 MiB of blocks: {v}"
+    );
+}
+
+/// `kill` of `tiermalloc run -- ./server &` (its `$!`): the command died of the SIGTERM and
+/// left its program running on its own. It passes it on, and exits with the program's status.
+#[test]
+fn run_passes_a_signal_sent_to_it_on_to_its_program() {
+    let state = TempDir::new("cli", "forward").kept_on_panic();
+    let mut child = tiermalloc(state.path(), &["run", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    // The program is running once its live statistics are there (`stats` of the run's pid).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let program_pid: i32 = loop {
+        let out = output(tiermalloc(
+            state.path(),
+            &["stats", "--json", &child.id().to_string()],
+        ));
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            break v["pid"].as_i64().unwrap() as i32;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&out.stderr));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: plain kill(2) of our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let orphan = Path::new(&format!("/proc/{program_pid}")).exists();
+    if orphan {
+        // SAFETY: plain kill(2) of the program the test started, left running.
+        unsafe { libc::kill(program_pid, libc::SIGKILL) };
+    }
+    assert!(
+        !orphan,
+        "the program outlived its killed run (status {status:?})"
+    );
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
 }

@@ -199,3 +199,28 @@ fn a_signal_makes_a_report_and_the_program_runs_on() {
         "{text}"
     );
 }
+
+/// A `TIERMALLOC_STATS_FILE` that cannot be opened: one line naming the file and why, then the
+/// report on stderr. The line said "cannot open it (errno 0)": the errno was read after the
+/// library had put the program's back.
+#[test]
+fn an_unopenable_stats_file_is_named_with_its_reason() {
+    let dir = TempDir::new("stats", "unopenable").kept_on_panic();
+    let path = dir.path().join("no-such-dir").join("r.json");
+    let out = preloaded(
+        &["bash", "-c", "true"],
+        &[("TIERMALLOC_STATS_FILE", path.to_str().unwrap())],
+    );
+    let err = stderr(&out);
+    let first = err.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!(
+            "tiermalloc: TIERMALLOC_STATS_FILE: cannot open '{}': No such file or directory; \
+             report on stderr",
+            path.display()
+        ),
+        "{err}"
+    );
+    assert!(err.contains("statistics at exit"), "{err}");
+}

@@ -79,59 +79,11 @@ fn free_bytes(fd: i32) -> u64 {
     }
 }
 
-/// Removes `path`, which this process created for a tier that then failed to open.
+/// Removes `path`: a file this process created for a tier that then failed to open, or its
+/// `%p` tier's file once mapped.
 pub(crate) fn remove_created(path: &core::ffi::CStr) {
     os::keep_errno(|| {
         // SAFETY: a NUL-terminated path.
         unsafe { libc::unlink(path.as_ptr()) };
     });
-}
-
-/// Files to remove when the process that created them exits: `%p` tier files (a file per
-/// process, which no other process will open), unless `keep`. A make -j2 once left 63 of them
-/// (56 MB) in /dev/shm. Written only while the tiers are opened (the constructor), read at exit.
-struct AtExit {
-    paths: [[u8; 256]; crate::config::MAX_TIERS],
-    count: usize,
-    /// The process that created them: a forked child exiting must not remove its parent's.
-    pid: i32,
-}
-
-static mut AT_EXIT: AtExit = AtExit {
-    paths: [[0; 256]; crate::config::MAX_TIERS],
-    count: 0,
-    pid: 0,
-};
-
-/// Arranges for `path` (created by this process for a `%p` tier) to be removed at exit.
-pub(crate) fn remove_at_exit(path: &core::ffi::CStr) {
-    let bytes = path.to_bytes_with_nul();
-    // SAFETY: the tiers are opened once, by one thread (place's `Once`), before any exit
-    // handler of ours can run; nothing else touches AT_EXIT.
-    unsafe {
-        let at_exit = &mut *core::ptr::addr_of_mut!(AT_EXIT);
-        if at_exit.count == at_exit.paths.len() || bytes.len() > 256 {
-            return;
-        }
-        if at_exit.count == 0 {
-            at_exit.pid = libc::getpid();
-            libc::atexit(remove_files);
-        }
-        at_exit.paths[at_exit.count][..bytes.len()].copy_from_slice(bytes);
-        at_exit.count += 1;
-    }
-}
-
-extern "C" fn remove_files() {
-    // SAFETY: written before this handler was registered, never after.
-    let at_exit = unsafe { &*core::ptr::addr_of!(AT_EXIT) };
-    // SAFETY: getpid has no preconditions.
-    if at_exit.pid != unsafe { libc::getpid() } {
-        return;
-    }
-    for path in &at_exit.paths[..at_exit.count] {
-        if let Ok(path) = core::ffi::CStr::from_bytes_until_nul(path) {
-            remove_created(path);
-        }
-    }
 }

@@ -156,8 +156,12 @@ fn map_path(spec: &TierSpec, path: &CStr) -> Result<Region, Problem> {
     let result = map_path_noting_creation(spec, path, &mut created);
     if result.is_err() && created {
         file_space::remove_created(path);
-    } else if created && spec.per_process && !spec.keep {
-        file_space::remove_at_exit(path);
+    } else if result.is_ok() && spec.per_process && !spec.keep {
+        // This process's file, whoever made it (an image of the process before an `exec`, a
+        // dead process of the same pid): unlinked now, its bytes live on as long as they are
+        // mapped, so nothing is left however the process ends. An exit hook missed `_exit`
+        // (dash's `sh -c` ends so), kills, and the images an `exec` replaced.
+        file_space::remove_created(path);
     }
     result
 }

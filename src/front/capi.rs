@@ -144,6 +144,20 @@ pub(crate) fn plain(size: usize, align: usize, zero: bool) -> *mut c_void {
 /// `ptr` must be NULL or a live block of ours.
 #[no_mangle]
 pub unsafe extern "C" fn tm_realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    unsafe { realloc_moving(ptr, size, None) }
+}
+
+/// `tm_realloc`, a block that cannot be resized in place moving onto `move_to`'s block instead
+/// of its own tier's (`place::plain_move`: the plain `realloc`).
+///
+/// # Safety
+/// As `tm_realloc`.
+pub(crate) unsafe fn realloc_moving(
+    ptr: *mut c_void,
+    size: usize,
+    move_to: Option<tier::MoveTo>,
+) -> *mut c_void {
     if ptr.is_null() {
         return plain(size, 16, false);
     }
@@ -153,7 +167,7 @@ pub unsafe extern "C" fn tm_realloc(ptr: *mut c_void, size: usize) -> *mut c_voi
         return ptr::null_mut();
     }
     // SAFETY: a live block of ours (contract).
-    match unsafe { tier::realloc(ptr.cast(), size, 16) } {
+    match unsafe { tier::realloc(ptr.cast(), size, 16, move_to) } {
         // Not ours: the program's realloc when the library was loaded late, else reported.
         // SAFETY: forwarded.
         None => match unsafe { crate::foreign::realloc(ptr.cast(), size) } {

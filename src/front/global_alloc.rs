@@ -50,6 +50,7 @@ unsafe impl GlobalAlloc for TierMalloc {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: `ptr` is a live block of ours and `new_size` is non-zero (GlobalAlloc contract).
-        unsafe { tier::realloc(ptr, new_size, layout.align()) }.unwrap_or(core::ptr::null_mut())
+        unsafe { tier::realloc(ptr, new_size, layout.align(), place::plain_move()) }
+            .unwrap_or(core::ptr::null_mut())
     }
 }

@@ -7,7 +7,7 @@
 //! `realloc` keeps the old block, `pvalloc` rounds up to a page.
 
 use crate::dram;
-use crate::front::capi::{out_of_memory, plain, tm_free, tm_realloc, tm_usable_size};
+use crate::front::capi::{out_of_memory, plain, realloc_moving, tm_free, tm_usable_size};
 use crate::os::PAGE_SIZE;
 use crate::place;
 use core::ffi::{c_int, c_void};
@@ -74,7 +74,7 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         return unsafe { malloc(size) };
     }
     // SAFETY: forwarded.
-    unsafe { tm_realloc(ptr, size) }
+    unsafe { realloc_moving(ptr, size, crate::place::plain_move()) }
 }
 
 /// # Safety
@@ -83,7 +83,7 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
 pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, count: usize, size: usize) -> *mut c_void {
     match count.checked_mul(size) {
         // SAFETY: forwarded.
-        Some(total) => unsafe { tm_realloc(ptr, total) },
+        Some(total) => unsafe { realloc(ptr, total) },
         None => out_of_memory(),
     }
 }

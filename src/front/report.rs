@@ -641,15 +641,19 @@ fn install_signal(sig: i32) {
 /// process's original stderr.
 fn write_report(snap: &Snapshot) {
     if let Some(path) = stats_file() {
+        // The open's errno, read before `keep_errno` puts the program's back.
+        let mut open_errno = 0;
         let fd = os::keep_errno(|| {
             // SAFETY: `path` is NUL-terminated (its buffer keeps a NUL after the name).
-            unsafe {
+            let fd = unsafe {
                 libc::open(
                     path.as_ptr().cast(),
                     libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
                     0o644,
                 )
-            }
+            };
+            open_errno = os::errno();
+            fd
         });
         if fd >= 0 {
             let mut w = FdWriter::new(fd);
@@ -665,11 +669,14 @@ fn write_report(snap: &Snapshot) {
         }
         // A file that cannot be opened: the report goes to stderr, with the reason.
         let mut w = FdWriter::new(2);
-        let _ = writeln!(
+        let name = path.split(|&b| b == 0).next().unwrap_or(&[]);
+        let _ = write!(
             w,
-            "tiermalloc: TIERMALLOC_STATS_FILE: cannot open it (errno {}); report on stderr",
-            os::errno()
+            "tiermalloc: TIERMALLOC_STATS_FILE: cannot open '{}'",
+            core::str::from_utf8(name).unwrap_or("(not UTF-8)")
         );
+        os::write_errno_text(&mut w, open_errno);
+        let _ = writeln!(w, "; report on stderr");
         if stderr_is_original() {
             w.flush();
         }

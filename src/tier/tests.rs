@@ -14,7 +14,7 @@ DRAM.alloc(size, align, false)
 /// As `tier::realloc`.
 unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
 // SAFETY: forwarded.
-unsafe { super::realloc(p, size, align) }.expect("a block of ours")
+unsafe { super::realloc(p, size, align, None) }.expect("a block of ours")
 }
 
 fn byte_at(k: usize, seed: usize) -> u8 {

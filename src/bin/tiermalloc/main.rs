@@ -5,6 +5,7 @@
 //! error); `run` exits with its program's status.
 
 mod offline;
+mod own_env;
 mod run;
 mod spaces;
 mod stats;

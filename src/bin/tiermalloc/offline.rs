@@ -93,9 +93,11 @@ fn examine(path: &str, map: &[u8]) -> Result<HeapReport, Failure> {
     checked.map_err(|why| {
         let short = tiermalloc::heap_region_len(&map).is_some_and(|n| n > map.len() as u64);
         let hint = if short {
-            " (cut short? `tiermalloc check --repair` extends it)"
+            " (cut short? `tiermalloc check --repair` extends it)".to_string()
+        } else if map.len() >= 8 && tiermalloc::pool::holds_pool(&map[..8]) {
+            format!(" (it holds a shared pool: `tiermalloc spaces {path}` lists its spaces)")
         } else {
-            ""
+            String::new()
         };
         format!("{path}: {why}{hint}")
     })

@@ -62,8 +62,10 @@ pub fn run(m: &ArgMatches) -> Result<ExitCode, Failure> {
         preload.push(outer);
     }
     let mut cmd = Command::new(program);
-    cmd.args(argv)
-        .env("LD_PRELOAD", preload)
+    // The user's TIERMALLOC_* variables, which this command kept from the library (own_env),
+    // are the program's.
+    cmd.args(argv).envs(crate::own_env::held());
+    cmd.env("LD_PRELOAD", preload)
         .env("TIERMALLOC_STATS_LIVE", "1")
         .env("TIERMALLOC_STATS_FILE", reports.join("%p.json"))
         .env("TIERMALLOC_STATS_FORMAT", "json");
@@ -81,6 +83,9 @@ pub fn run(m: &ArgMatches) -> Result<ExitCode, Failure> {
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    if let Ok(c) = &child {
+        forward_signals_to(c.id());
     }
     let result = child
         .map_err(|e| format!("cannot run {program}: {e}"))
@@ -111,6 +116,36 @@ pub fn run(m: &ArgMatches) -> Result<ExitCode, Failure> {
         }
     }
     Ok(exit_code_of(status))
+}
+
+/// The program's pid, for `forward`.
+static PROGRAM: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Signals sent to this command itself (not by a terminal, which signals the whole foreground
+/// group: ^C and ^\ reach the program directly) are passed on to the program: `kill` of a
+/// `tiermalloc run -- ./server &` (its `$!`), a service manager's SIGTERM, a hang-up. Before,
+/// the command died of them and left the program running on its own.
+fn forward_signals_to(pid: u32) {
+    extern "C" fn forward(sig: libc::c_int) {
+        let pid = PROGRAM.load(std::sync::atomic::Ordering::Relaxed);
+        if pid > 0 {
+            // SAFETY: kill(2) is async-signal-safe; the pid is our child's, not yet reaped
+            // (PROGRAM is set before the handlers and the wait reaps it only after).
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+    PROGRAM.store(pid as i32, std::sync::atomic::Ordering::Relaxed);
+    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: an all-zero sigaction is valid; we set a handler that only calls kill(2);
+        // SA_RESTART lets the wait go on.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = forward as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
 }
 
 /// The program's status as this command's: its exit code, or 128 + the signal that killed it.

@@ -30,7 +30,7 @@ pub fn stats(m: &ArgMatches) -> Result<ExitCode, Failure> {
     let snap = match m.get_one::<String>("target") {
         Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
             let pid: u32 = t.parse().map_err(|_| format!("{t}: not a process id"))?;
-            read_live(pid)?
+            read_live(publishing_pid(pid))?
         }
         Some(file) => read_file(Path::new(file))?,
         None => {
@@ -90,6 +90,32 @@ pub fn sweep_stale_live_files() {
 pub fn read_file(path: &Path) -> Result<Snapshot, Failure> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     parse(&text).map_err(|why| format!("{}: {why}", path.display()))
+}
+
+/// `pid`, or when it is a `tiermalloc run` (which publishes nothing itself), its child that
+/// publishes: `tiermalloc run -- CMD &` gives the shell the command's pid (`$!`), not CMD's.
+fn publishing_pid(pid: u32) -> u32 {
+    let publishes = |p: u32| Path::new(&format!("{}{p}", live_file::PATH_PREFIX)).exists();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if publishes(pid) || comm.trim_end() != "tiermalloc" {
+        return pid;
+    }
+    // Its children: the processes whose /proc/PID/stat names it as parent (the fourth field,
+    // after the `(comm)`).
+    let mut children: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let after_comm = &stat[stat.rfind(')')? + 1..];
+            let parent: u32 = after_comm.split_whitespace().nth(1)?.parse().ok()?;
+            (parent == pid).then_some(p)
+        })
+        .collect();
+    children.sort_unstable();
+    children.into_iter().find(|&p| publishes(p)).unwrap_or(pid)
 }
 
 /// Process `pid`'s live report.
