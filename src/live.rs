@@ -237,9 +237,16 @@ pub fn publish() -> bool {
 pub fn stop() {
     NEXT_NS.store(u64::MAX, Ordering::Relaxed);
     let map = MAP.load(Ordering::Acquire);
-    if map.is_null() {
-        return;
+    if !map.is_null() {
+        remove_file(map);
     }
+}
+
+/// `stop`'s work for a process that publishes: out of line, so that the exit path every
+/// process runs (`link/hot_text.ld` takes `stop`, not this) stays within its window.
+#[cold]
+#[inline(never)]
+fn remove_file(map: *mut u8) {
     // SAFETY: the header of a live mapping.
     let pid = unsafe { header(map, 3) }.load(Ordering::Relaxed) as u32;
     let mut name = [0u8; 64];

@@ -88,6 +88,9 @@ fn decide_routing(order: &[Kind], rules: &[PlaceRule], dram_capped: bool) -> boo
 
 #[cold]
 #[inline(never)]
+// Run only under `TIERMALLOC_VERBOSE`: out of the code every process runs (`link/hot_text.ld`
+// takes every other `place` function).
+#[link_section = ".text.tiermalloc_verbose"]
 fn report_order(tiers: &Tiers, routed: bool) {
     let mut line = os::LineBuf::new();
     let _ = write!(line, "tiermalloc: tiers in fallback order:");
