@@ -151,7 +151,8 @@ int main(int argc, char **argv)
     }
     int st = 0;
     waitpid(pid, &st, 0);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child did not get the cached block (%#x)", st);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child did not get the cached block (%#x)",
+          st);
 
     /* malloc_trim: every freed block's memory goes back, the cached ones' too. */
     char *whole[32];

@@ -40,7 +40,8 @@ static void at_the_limit(void)
     CHECK(p && tm_kind_of(p) == TM_DRAM, "a small block on DRAM");
     fill(p, 1000, 7);
     char *q = tm_realloc(p, 32 << 20);
-    CHECK(q == NULL && errno == ENOMEM, "tm_realloc beyond DRAM's limit: %p, errno %d", (void *)q, errno);
+    CHECK(q == NULL && errno == ENOMEM, "tm_realloc beyond DRAM's limit: %p, errno %d", (void *)q,
+          errno);
     CHECK(tm_kind_of(p) == TM_DRAM && same(p, 1000, 7), "tm_realloc's failure left the block");
     size_t size = 1000;
     for (size_t next = 4096; next <= (32u << 20); next *= 4) {
@@ -101,8 +102,8 @@ int main(int argc, char **argv)
         return check_done();
     }
     watchdog(60, "realloc_placement");
-    int status = run("dram:limit=8M;cxl:path=/dev/shm/tiermalloc-ct-realloc-%p,size=256M,create", "",
-                     "--at-the-limit");
+    int status = run("dram:limit=8M;cxl:path=/dev/shm/tiermalloc-ct-realloc-%p,size=256M,create",
+                     "", "--at-the-limit");
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "at DRAM's limit: status %#x", status);
     status = run("dram;cxl:path=/dev/shm/tiermalloc-ct-realloc-%p,size=256M,create", "cxl:min=1M",
                  "--past-a-rule");

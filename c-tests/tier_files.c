@@ -138,7 +138,8 @@ int main(int argc, char **argv)
     /* Ended with _exit, as dash's `sh -c` ends: nothing left either. */
     snprintf(tiers, sizeof tiers, "dram;cxl:path=%s-%%p,size=4M,create", base);
     pid = run(tiers, "--child-quick-exit", base, err, sizeof err, &status);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "_exit child: status %#x, stderr: %s", status, err);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "_exit child: status %#x, stderr: %s",
+          status, err);
     snprintf(path, sizeof path, "%s-%d", base, pid);
     CHECK(stat(path, &st) != 0, "%%p tier file %s left after its process ended with _exit", path);
     unlink(path);
@@ -177,7 +178,8 @@ int main(int argc, char **argv)
     /* %p across an exec: the exec'd image (same pid) starts afresh, and nothing is left. */
     snprintf(tiers, sizeof tiers, "dram;pmr:path=%s-%%p,size=4M,create", base);
     pid = run(tiers, "--child-exec", base, err, sizeof err, &status);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exec child: status %#x, stderr: %s", status, err);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exec child: status %#x, stderr: %s",
+          status, err);
     snprintf(path, sizeof path, "%s-%d", base, pid);
     CHECK(stat(path, &st) != 0, "%%p tier file %s left after its exec'd process exited", path);
     CHECK(strlen(err) == 0, "stderr of the exec child: %s", err);
