@@ -308,9 +308,7 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
             (b"format", None) => spec.format = true,
             (b"pool", None) => spec.pool = true,
             (b"share", Some(v)) => spec.share = Some(parse_size(v).ok_or("bad share= value")?),
-            (b"extent", Some(v)) => {
-                spec.extent = Some(parse_size(v).ok_or("bad extent= value")?)
-            }
+            (b"extent", Some(v)) => spec.extent = Some(parse_size(v).ok_or("bad extent= value")?),
             (b"path", Some(v)) if !v.is_empty() => {
                 spec.per_process = v.windows(2).any(|w| w == b"%p");
                 spec.path_len = expand_path(v, &mut spec.path)
@@ -346,8 +344,8 @@ fn parse_tier(entry: &[u8]) -> Result<TierSpec, &'static str> {
 
 /// The keys of a tier entry, in the order of `parse_tier`'s bit set of keys seen.
 const KEYS: [&[u8]; 12] = [
-    b"path", b"size", b"offset", b"create", b"numa", b"limit", b"fit", b"keep", b"spare",
-    b"pool", b"share", b"extent",
+    b"path", b"size", b"offset", b"create", b"numa", b"limit", b"fit", b"keep", b"spare", b"pool",
+    b"share", b"extent",
 ];
 
 /// The most bytes a tier can span: the user address space.
@@ -366,7 +364,10 @@ fn check_tier(spec: &TierSpec) -> Result<(), &'static str> {
     if spec.extent.is_some() && !spec.pool {
         return Err("extent= is a key of pool tiers");
     }
-    if spec.extent.is_some_and(|e| !e.is_power_of_two() || !(64 << 10..=1 << 30).contains(&e)) {
+    if spec
+        .extent
+        .is_some_and(|e| !e.is_power_of_two() || !(64 << 10..=1 << 30).contains(&e))
+    {
         return Err("extent= must be a power of two from 64K to 1G");
     }
     if spec.numa.is_some() && spec.path_len > 0 {
@@ -379,7 +380,12 @@ fn check_tier(spec: &TierSpec) -> Result<(), &'static str> {
         Some(size) if size > MAX_TIER_BYTES => {
             Err("size= is larger than the 128 TiB user address space")
         }
-        Some(size) if spec.offset.checked_add(size).map_or(true, |end| end > u64::MAX >> 1) => {
+        Some(size)
+            if spec
+                .offset
+                .checked_add(size)
+                .map_or(true, |end| end > u64::MAX >> 1) =>
+        {
             Err("offset= + size= overflows")
         }
         _ => Ok(()),
@@ -604,7 +610,11 @@ fn read_environment() -> &'static Config {
         os::getenv(b"TIERMALLOC_VERBOSE"),
         &mut Stderr,
     );
-    config.secure = parse_bool("TIERMALLOC_SECURE", os::getenv(b"TIERMALLOC_SECURE"), &mut Stderr);
+    config.secure = parse_bool(
+        "TIERMALLOC_SECURE",
+        os::getenv(b"TIERMALLOC_SECURE"),
+        &mut Stderr,
+    );
     match os::getenv(b"TIERMALLOC_ON_ERROR") {
         None | Some(b"abort") => {}
         Some(b"ignore") => config.ignore_bad_free = true,
@@ -751,20 +761,41 @@ mod tests {
             &mut r,
         );
         let lines = r.0.join("\n");
-        assert!(r.0[0].contains("size=4M,size=8M") && r.0[0].contains("twice"), "{lines}");
-        assert!(r.0[1].contains("numa=") && r.0[1].contains("exclude"), "{lines}");
-        assert!(r.0[2].contains("size=0") && r.0[2].contains("at least 4K"), "{lines}");
-        assert!(r.0[3].contains("size=1,") && r.0[3].contains("at least 4K"), "{lines}");
+        assert!(
+            r.0[0].contains("size=4M,size=8M") && r.0[0].contains("twice"),
+            "{lines}"
+        );
+        assert!(
+            r.0[1].contains("numa=") && r.0[1].contains("exclude"),
+            "{lines}"
+        );
+        assert!(
+            r.0[2].contains("size=0") && r.0[2].contains("at least 4K"),
+            "{lines}"
+        );
+        assert!(
+            r.0[3].contains("size=1,") && r.0[3].contains("at least 4K"),
+            "{lines}"
+        );
         assert!(
             r.0[4].contains("18446744073709551615") && r.0[4].contains("address space"),
             "{lines}"
         );
-        assert!(r.0[5].contains("offset=4M") && r.0[5].contains("overlaps"), "{lines}");
-        assert!(r.0[6].contains("cxl") && r.0[6].contains("does not list"), "{lines}");
+        assert!(
+            r.0[5].contains("offset=4M") && r.0[5].contains("overlaps"),
+            "{lines}"
+        );
+        assert!(
+            r.0[6].contains("cxl") && r.0[6].contains("does not list"),
+            "{lines}"
+        );
         assert_eq!(r.0.len(), 7, "{lines}");
         // The one left of the overlapping pair and the one after it, which does not overlap.
         assert_eq!(c.tier_count, 2);
-        assert_eq!((c.tiers()[1].kind, c.tiers()[1].offset), (Kind::Pmr, 8 << 20));
+        assert_eq!(
+            (c.tiers()[1].kind, c.tiers()[1].offset),
+            (Kind::Pmr, 8 << 20)
+        );
     }
 
     #[test]

@@ -167,9 +167,15 @@ mod tests {
     #[test]
     fn sigbus_reaches_the_handler_the_program_installed_before() {
         let status = child_status(plain_handler as *const () as usize, 0);
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42, "status {status:#x}");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42,
+            "status {status:#x}"
+        );
         let status = child_status(siginfo_handler as *const () as usize, libc::SA_SIGINFO);
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 43, "status {status:#x}");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 43,
+            "status {status:#x}"
+        );
     }
 
     #[test]

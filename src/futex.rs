@@ -154,7 +154,7 @@ pub(crate) mod tests {
     /// rescues a broken wait later, which still fails).
     pub(crate) fn lower_priority_thread_on_cpu0_must_run(low: fn(), high: fn(), rescue: fn()) {
         static LOW_READY: AtomicU32 = AtomicU32::new(0); // 1 ready, 2 refused
-        // 0 not yet, 1 SCHED_FIFO, 2 refused.
+                                                         // 0 not yet, 1 SCHED_FIFO, 2 refused.
         static HIGH_FIFO: AtomicU32 = AtomicU32::new(0);
         // `high`'s wait in microseconds, as `high`'s thread measured it.
         static HIGH_TOOK_US: AtomicU64 = AtomicU64::new(u64::MAX);

@@ -86,7 +86,7 @@
 //! | `size=SIZE` | bytes to use (default: the rest of the file or device after `offset`) |
 //! | `offset=SIZE` | where in the file the tier starts (default 0) |
 //! | `create` | create the regular file, or extend it, to `size` |
-//! | `keep` | leave a `%p` file in place (it is unlinked once mapped otherwise: none is left behind) |
+//! | `keep` | leave a `%p` file in place (otherwise unlinked once mapped: none is left behind) |
 //! | `numa=N` | take the tier from NUMA node N (CXL memory onlined as a node) instead of a file |
 //! | `limit=SIZE` | the most bytes the tier serves; on `dram` too (then plain requests spill to the next tier) |
 //! | `fit=best` / `fit=worst` | which free extent a block of 4 KiB or more takes (also [`set_fit`], `tm_set_fit`) |
@@ -143,67 +143,95 @@
 mod lockfree;
 mod sync;
 
-/// Declares the modules that are not built under loom: one `cfg` for all of them.
-macro_rules! not_under_loom {
-    ($($item:item)*) => {
-        $(#[cfg(not(loom))] $item)*
-    };
-}
+// Every module but `sync` and `lockfree` needs `const` statics, mmap and thread-local
+// storage, which loom cannot model: not built under loom.
+#[cfg(not(loom))]
+mod backend;
+#[cfg(not(loom))]
+mod cgroup;
+#[cfg(not(loom))]
+mod chunk;
+#[cfg(not(loom))]
+mod config;
+#[cfg(not(loom))]
+mod device;
+#[cfg(not(loom))]
+mod device_sigbus;
+#[cfg(not(loom))]
+mod device_wait;
+#[cfg(not(loom))]
+mod dram;
+#[cfg(not(loom))]
+mod foreign;
+#[cfg(not(loom))]
+mod front;
+#[cfg(not(loom))]
+mod futex;
+#[cfg(not(loom))]
+mod futex_mutex;
+#[cfg(not(loom))]
+mod kind;
+#[cfg(not(loom))]
+mod live;
+#[cfg(not(loom))]
+mod liveness;
+#[cfg(not(loom))]
+mod meta;
+#[cfg(not(loom))]
+mod misuse;
+#[cfg(not(loom))]
+mod os;
+#[cfg(not(loom))]
+mod pagemap;
+#[cfg(not(loom))]
+mod place;
+#[cfg(not(loom))]
+pub mod pool;
+#[cfg(not(loom))]
+mod profile;
+#[cfg(not(loom))]
+mod stats;
+#[cfg(not(loom))]
+mod textbuf;
+#[cfg(not(loom))]
+mod thread_slot;
+#[cfg(not(loom))]
+mod tier;
+#[cfg(not(loom))]
+#[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+mod unwind_lazy;
+#[cfg(not(loom))]
+mod userfaultfd;
 
-not_under_loom! {
-    mod backend;
-    mod cgroup;
-    mod chunk;
-    mod config;
-    mod device;
-    mod device_sigbus;
-    mod device_wait;
-    mod dram;
-    mod foreign;
-    mod front;
-    mod futex;
-    mod futex_mutex;
-    mod kind;
-    mod live;
-    mod liveness;
-    mod meta;
-    mod misuse;
-    mod os;
-    mod pagemap;
-    mod place;
-    pub mod pool;
-    mod profile;
-    mod stats;
-    mod textbuf;
-    mod thread_slot;
-    mod tier;
-    #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
-    mod unwind_lazy;
-    mod userfaultfd;
-
-    pub use front::api::{
-        evacuate, kind_of, print_stats, set_fit, stats, EvacuateError, Evacuation, Fit, Kind,
-        Tier, TierError, TierStats,
-    };
-    pub use front::api_persist::{
-        check_file, check_image, check_image_with_progress, extent_map, free_block,
-        heap_region_len, repair_file, Blocks, ExtentKind, HeapReport, MapExtent, Offset,
-        PersistError, Repaired,
-    };
-    // The C functions of the newer C APIs, callable from Rust for tests that check their C
-    // semantics; not part of the documented Rust API. (The malloc family and the core tm_*,
-    // `front::capi`, are not: Rust code uses the Rust API.)
-    #[doc(hidden)]
-    pub use front::capi_evacuate;
-    #[doc(hidden)]
-    pub use front::capi_persist;
-    #[doc(hidden)]
-    pub use front::capi_nodes;
-    #[doc(hidden)]
-    pub use front::capi_pool;
-    pub use front::global_alloc::TierMalloc;
-    pub use front::report;
-}
+#[cfg(not(loom))]
+pub use front::api::{
+    evacuate, kind_of, print_stats, set_fit, stats, EvacuateError, Evacuation, Fit, Kind, Tier,
+    TierError, TierStats,
+};
+#[cfg(not(loom))]
+pub use front::api_persist::{
+    check_file, check_image, check_image_with_progress, extent_map, free_block, heap_region_len,
+    repair_file, Blocks, ExtentKind, HeapReport, MapExtent, Offset, PersistError, Repaired,
+};
+// The C functions of the newer C APIs, callable from Rust for tests that check their C
+// semantics; not part of the documented Rust API. (The malloc family and the core tm_*,
+// `front::capi`, are not: Rust code uses the Rust API.)
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub use front::capi_evacuate;
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub use front::capi_nodes;
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub use front::capi_persist;
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub use front::capi_pool;
+#[cfg(not(loom))]
+pub use front::global_alloc::TierMalloc;
+#[cfg(not(loom))]
+pub use front::report;
 
 #[cfg(all(test, not(loom)))]
 mod test_rng;

@@ -20,7 +20,9 @@
 
 use crate::os;
 use crate::textbuf::SliceWriter;
-use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 
 /// `b"TMLIVE01"` as the file's first eight bytes.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TMLIVE01");
@@ -129,7 +131,12 @@ fn spawn_refresher() {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         let mut thread: libc::pthread_t = 0;
-        let r = libc::pthread_create(&mut thread, core::ptr::null(), refresher, core::ptr::null_mut());
+        let r = libc::pthread_create(
+            &mut thread,
+            core::ptr::null(),
+            refresher,
+            core::ptr::null_mut(),
+        );
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
         if r == 0 {
             libc::pthread_detach(thread);

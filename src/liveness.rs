@@ -120,10 +120,7 @@ pub(crate) fn host_id() -> u64 {
     };
     let ns = &ns[..n.max(0) as usize];
     let id = crate::lockfree::redo_log::checksum(
-        boot.iter()
-            .chain(b"/")
-            .chain(ns.iter())
-            .map(|&b| b as u64),
+        boot.iter().chain(b"/").chain(ns.iter()).map(|&b| b as u64),
     );
     id.max(1)
 }
@@ -150,21 +147,44 @@ mod tests {
         let start = pid_start(me).expect("our own /proc/PID/stat");
         assert!(process_live(me, start));
         assert!(process_live(me, 0));
-        assert!(!process_live(me, start + 1), "a reused pid is not the recorded process");
+        assert!(
+            !process_live(me, start + 1),
+            "a reused pid is not the recorded process"
+        );
         assert!(!process_live(0, 0));
         let host = host_id();
         assert_eq!(host, host_id(), "the host id is stable");
-        let holder = Holder { host, pid: me, pid_start: start, heartbeat_ns: 0 };
-        assert!(holder.live(host, 1, realtime_ns()), "on our host the pid decides");
-        let remote = Holder { host: host ^ 1, ..holder };
-        assert!(!remote.live(host, 1_000, realtime_ns()), "elsewhere the lease decides");
-        let fresh = Holder { heartbeat_ns: realtime_ns(), ..remote };
+        let holder = Holder {
+            host,
+            pid: me,
+            pid_start: start,
+            heartbeat_ns: 0,
+        };
+        assert!(
+            holder.live(host, 1, realtime_ns()),
+            "on our host the pid decides"
+        );
+        let remote = Holder {
+            host: host ^ 1,
+            ..holder
+        };
+        assert!(
+            !remote.live(host, 1_000, realtime_ns()),
+            "elsewhere the lease decides"
+        );
+        let fresh = Holder {
+            heartbeat_ns: realtime_ns(),
+            ..remote
+        };
         assert!(fresh.live(host, 10_000_000_000, realtime_ns()));
     }
 
     #[test]
     fn a_killed_process_is_dead_before_and_after_it_is_reaped() {
-        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         assert!(process_live(pid, pid_start(pid).unwrap()));
         // SAFETY: signalling our own child.

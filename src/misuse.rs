@@ -34,7 +34,8 @@ pub enum Misuse {
     /// earlier, which the owner's fast path took without testing it (`dram::fast::guard`).
     MoreFreesThanBlocks,
     /// `free_sized`'s size cannot be the size this block was allocated with.
-    #[cfg_attr(not(feature = "override"), allow(dead_code))] // `free_sized` is an override name
+    #[cfg_attr(not(feature = "override"), allow(dead_code))]
+    // `free_sized` is an override name
     SizeMismatch { given: usize, usable: usize },
 }
 
@@ -61,7 +62,10 @@ impl Misuse {
                  before)"
             ),
             Misuse::WrittenAfterFree => {
-                write!(line, "freed block written after free (use after free, found at its reuse)")
+                write!(
+                    line,
+                    "freed block written after free (use after free, found at its reuse)"
+                )
             }
             Misuse::SizeMismatch { given, usable } => write!(
                 line,

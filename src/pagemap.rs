@@ -230,7 +230,10 @@ pub fn tag_segment(start: usize, tag: u8) {
 /// `rest`. The range must lie below `ADDRESS_LIMIT` (see `covers`).
 pub fn set(start: usize, len: usize, first: ChunkTag, rest: ChunkTag) {
     debug_assert!(start & CHUNK_MASK == 0 && covers(start, len));
-    debug_assert!(first != ChunkTag::Segment && rest != ChunkTag::Segment, "segments: tag_segment");
+    debug_assert!(
+        first != ChunkTag::Segment && rest != ChunkTag::Segment,
+        "segments: tag_segment"
+    );
     let first_index = start >> CHUNK_SHIFT;
     let end_index = (start + len + CHUNK_MASK) >> CHUNK_SHIFT;
     MAP[first_index + 1].store(first as u8, Ordering::Release);
@@ -243,7 +246,6 @@ pub fn set(start: usize, len: usize, first: ChunkTag, rest: ChunkTag) {
 pub fn clear(start: usize, len: usize) {
     set(start, len, ChunkTag::Foreign, ChunkTag::Foreign);
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -283,13 +285,23 @@ mod tests {
     fn owner_of_answers_once_for_every_kind_of_chunk() {
         // Address ranges nobody maps in a test process: tags are only bookkeeping here.
         let large = 0x7100_0000_0000usize;
-        set(large, 2 * CHUNK_SIZE, ChunkTag::LargeHead, ChunkTag::LargeTail);
+        set(
+            large,
+            2 * CHUNK_SIZE,
+            ChunkTag::LargeHead,
+            ChunkTag::LargeTail,
+        );
         assert_eq!(owner_of(large + 64), Owner::LargeHead);
         assert_eq!(owner_of(large + CHUNK_SIZE + 64), Owner::LargeInterior);
         assert_eq!(owner_of(large + CHUNK_SIZE + 64).kind(), Some(Kind::Dram));
         let device = 0x7200_0000_0000usize;
         for kind in [Kind::Cxl, Kind::Cmb, Kind::Pmr] {
-            set(device, CHUNK_SIZE, ChunkTag::device(kind), ChunkTag::device(kind));
+            set(
+                device,
+                CHUNK_SIZE,
+                ChunkTag::device(kind),
+                ChunkTag::device(kind),
+            );
             assert_eq!(owner_of(device + 16), Owner::Device(kind));
             assert_eq!(owner_of(device + 16).kind(), Some(kind));
         }

@@ -221,11 +221,18 @@ mod tests {
     #[test]
     fn a_matching_rule_picks_its_tier_else_the_first_listed() {
         let order = [Kind::Dram, Kind::Cxl, Kind::Pmr];
-        let rules = [rule(Kind::Pmr, 1 << 20, u64::MAX), rule(Kind::Cxl, 4096, 1 << 20)];
+        let rules = [
+            rule(Kind::Pmr, 1 << 20, u64::MAX),
+            rule(Kind::Cxl, 4096, 1 << 20),
+        ];
         let all = |_| true;
         assert_eq!(first_choice(&order, &rules, 100, all), 0);
         assert_eq!(first_choice(&order, &rules, 4096, all), 1);
-        assert_eq!(first_choice(&order, &rules, 1 << 20, all), 2, "first rule wins");
+        assert_eq!(
+            first_choice(&order, &rules, 1 << 20, all),
+            2,
+            "first rule wins"
+        );
         assert_eq!(first_choice(&order, &rules, 5 << 20, all), 2);
     }
 
@@ -234,8 +241,16 @@ mod tests {
         let order = [Kind::Cxl, Kind::Dram];
         let rules = [rule(Kind::Pmr, 0, u64::MAX), rule(Kind::Dram, 0, 64)];
         let no_pmr = |k| k != Kind::Pmr;
-        assert_eq!(first_choice(&order, &rules, 10, no_pmr), 1, "next rule: dram");
-        assert_eq!(first_choice(&order, &rules, 100, no_pmr), 0, "no rule: first listed");
+        assert_eq!(
+            first_choice(&order, &rules, 10, no_pmr),
+            1,
+            "next rule: dram"
+        );
+        assert_eq!(
+            first_choice(&order, &rules, 100, no_pmr),
+            0,
+            "no rule: first listed"
+        );
         // A configured tier missing from the order starts at the first listed.
         assert_eq!(first_choice(&order, &rules, 10, |_| true), 0);
     }
@@ -246,13 +261,26 @@ mod tests {
         let dram_first = [Kind::Dram, Kind::Cxl];
         let cxl_first = [Kind::Cxl, Kind::Dram];
         assert!(!decide_routing(&dram_only, &[], false));
-        assert!(!decide_routing(&dram_only, &[], true), "nowhere to spill to");
+        assert!(
+            !decide_routing(&dram_only, &[], true),
+            "nowhere to spill to"
+        );
         assert!(!decide_routing(&dram_first, &[], false));
-        assert!(decide_routing(&dram_first, &[], true), "a capped DRAM spills");
+        assert!(
+            decide_routing(&dram_first, &[], true),
+            "a capped DRAM spills"
+        );
         assert!(decide_routing(&cxl_first, &[], false));
         let to_cxl = [rule(Kind::Cxl, 0, 10)];
         assert!(decide_routing(&dram_first, &to_cxl, false));
-        assert!(!decide_routing(&dram_only, &to_cxl, false), "cxl not opened");
-        assert!(!decide_routing(&dram_first, &[rule(Kind::Dram, 0, 10)], false));
+        assert!(
+            !decide_routing(&dram_only, &to_cxl, false),
+            "cxl not opened"
+        );
+        assert!(!decide_routing(
+            &dram_first,
+            &[rule(Kind::Dram, 0, 10)],
+            false
+        ));
     }
 }

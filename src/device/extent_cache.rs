@@ -290,7 +290,12 @@ impl LaneCache {
         debug_assert!((1..=BIN_SLOTS).contains(&n));
         // SAFETY: at least one (its bit is set: the map's invariant), at most `BIN_SLOTS`
         // (`put` stops there), so `n - 1` is a slot (unchecked: a mask cost one instruction).
-        let e = unsafe { (*b.offsets.get_unchecked(n - 1), *b.lens.get_unchecked(n - 1) as u64) };
+        let e = unsafe {
+            (
+                *b.offsets.get_unchecked(n - 1),
+                *b.lens.get_unchecked(n - 1) as u64,
+            )
+        };
         b.n -= 1;
         if n == 1 {
             self.nonempty[bin / 64] &= !(1 << (bin % 64));
@@ -610,7 +615,10 @@ impl ExtentCache {
         let mut n = self.stashes.load(Ordering::Relaxed);
         while n < STASHES {
             let relaxed = Ordering::Relaxed;
-            match self.stashes.compare_exchange_weak(n, n + 1, relaxed, relaxed) {
+            match self
+                .stashes
+                .compare_exchange_weak(n, n + 1, relaxed, relaxed)
+            {
                 Ok(_) => return true,
                 Err(now) => n = now,
             }
@@ -894,14 +902,21 @@ mod tests {
     fn bins_bound_their_extents() {
         for len in (MIN_LEN..MAX_LEN).step_by(16) {
             let floor = bin_floor(len);
-            assert_eq!(floor, bin_floor_of(len), "{len}: the table is the definition");
+            assert_eq!(
+                floor,
+                bin_floor_of(len),
+                "{len}: the table is the definition"
+            );
             assert!(floor < BINS);
             assert!(bin_low(floor) <= len, "{len} in bin {floor}");
             if floor + 1 < BINS {
                 assert!(len < bin_low(floor + 1), "{len} in bin {floor}");
             }
             let ceil = bin_ceil(len);
-            assert!(ceil == 0 || bin_low(ceil - 1) < len, "{len}: bin {ceil} is the first");
+            assert!(
+                ceil == 0 || bin_low(ceil - 1) < len,
+                "{len}: bin {ceil} is the first"
+            );
             if ceil < BINS {
                 // Every extent of the window's bins is long enough, and less than a quarter
                 // too long.
@@ -932,7 +947,11 @@ mod tests {
         let taken = |lane: &mut LaneCache| lane.take(want).map(|e| e.0);
         assert_eq!(taken(&mut lane), Some(8192), "the newest of the first bin");
         assert_eq!(taken(&mut lane), Some(4096));
-        assert_eq!(lane.nonempty[(ceil + 3) / 64] >> ((ceil + 3) % 64) & 1, 0, "bin emptied");
+        assert_eq!(
+            lane.nonempty[(ceil + 3) / 64] >> ((ceil + 3) % 64) & 1,
+            0,
+            "bin emptied"
+        );
         assert_eq!(taken(&mut lane), Some(12288));
         assert_eq!(taken(&mut lane), None, "below and past the window");
         assert_eq!(lane.take(bin_low(ceil - 1)).map(|e| e.0), Some(16384));
@@ -940,7 +959,10 @@ mod tests {
             assert!(lane.put(65536 + 4096 * k, MAX_LEN - 4096));
         }
         assert!(!lane.put(1 << 20, MAX_LEN - 4096), "a full bin");
-        assert_eq!(lane.take(MAX_LEN - 4096 - 16).map(|e| e.0), Some(65536 + 4096 * 7));
+        assert_eq!(
+            lane.take(MAX_LEN - 4096 - 16).map(|e| e.0),
+            Some(65536 + 4096 * 7)
+        );
         lane.remove(BINS - 1, 0..BIN_SLOTS - 1);
         assert_eq!(lane.nonempty[(BINS - 1) / 64], 0, "the last bin emptied");
     }
@@ -960,7 +982,10 @@ mod tests {
             cache.free(a),
             CacheFree::Refused(FreeError::DoubleFree)
         ));
-        assert_eq!((cache.named_len(a), cache.named_len(b)), (Some(None), Some(Some(8192))));
+        assert_eq!(
+            (cache.named_len(a), cache.named_len(b)),
+            (Some(None), Some(Some(8192)))
+        );
         let mut evicted = Evicted::new();
         cache.push(a, 4992, &mut evicted);
         assert_eq!(evicted.n, 0);
@@ -980,7 +1005,11 @@ mod tests {
         cache.revive(a, 4992);
         assert!(matches!(cache.free(a), CacheFree::Taken(4992)));
         cache.push(a, 4992, &mut evicted);
-        assert_eq!(cache.pop(4992), Some((a, 4992)), "the same size, from its own bin");
+        assert_eq!(
+            cache.pop(4992),
+            Some((a, 4992)),
+            "the same size, from its own bin"
+        );
         cache.revive(a, 4992);
         assert!(matches!(cache.free(a), CacheFree::Taken(4992)));
         cache.push(a, 4992, &mut evicted);
@@ -996,7 +1025,13 @@ mod tests {
         let cache = ExtentCache::new(64 << 20).unwrap();
         let mut evicted = Evicted::new();
         // Five extents in three bins.
-        let extents = [(8192, 4096), (16384, 4096), (32768, 8192), (65536, 8192), (98304, 12288)];
+        let extents = [
+            (8192, 4096),
+            (16384, 4096),
+            (32768, 8192),
+            (65536, 8192),
+            (98304, 12288),
+        ];
         for &(o, len) in &extents {
             cache.adopt(o, len);
             assert!(matches!(cache.free(o), CacheFree::Taken(_)));
@@ -1062,7 +1097,11 @@ mod tests {
         let cache = ExtentCache::new(64 << 20).unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
-                assert_eq!(lane_offset::get(), STAND_IN_WORD, "a new thread has no lane");
+                assert_eq!(
+                    lane_offset::get(),
+                    STAND_IN_WORD,
+                    "a new thread has no lane"
+                );
                 cache.adopt(8192, 4096);
                 assert!(matches!(cache.free(8192), CacheFree::Taken(4096)));
                 assert!(matches!(cache.try_push(8192, 4096), Pushed::Busy));
@@ -1070,11 +1109,21 @@ mod tests {
                 let mut evicted = Evicted::new();
                 cache.push(8192, 4096, &mut evicted);
                 let mine = Lane::of_this_thread().0 as usize;
-                assert_eq!(lane_offset::get(), mine * SLOT_BYTES, "the waiting path's lane");
-                assert_eq!(cache.try_pop(4096).map(|(o, l, _)| (o, l)), Some((8192, 4096)));
+                assert_eq!(
+                    lane_offset::get(),
+                    mine * SLOT_BYTES,
+                    "the waiting path's lane"
+                );
+                assert_eq!(
+                    cache.try_pop(4096).map(|(o, l, _)| (o, l)),
+                    Some((8192, 4096))
+                );
             });
         });
-        assert!(cache.lanes[LANES].cache.try_lock().is_none(), "the stand-in stays held");
+        assert!(
+            cache.lanes[LANES].cache.try_lock().is_none(),
+            "the stand-in stays held"
+        );
     }
 
     /// A free that finds its bin full without waiting (`try_push`) keeps the lane and gives
@@ -1095,7 +1144,10 @@ mod tests {
             _ => panic!("the bin is full"),
         }
         gave_its_older_half_back(&cache, &evicted, &offsets);
-        let free = cache.real_lanes().iter().all(|l| l.cache.try_lock().is_some());
+        let free = cache
+            .real_lanes()
+            .iter()
+            .all(|l| l.cache.try_lock().is_some());
         assert!(free, "no lane left held");
     }
 }

@@ -117,19 +117,38 @@ fn an_inherited_tiers_free_writes_nothing() {
     tier.free(q).unwrap();
     let state = |p: *mut u8| {
         // SAFETY: the header lies in the mapped region, before the block.
-        unsafe { core::ptr::read_volatile(p.sub(HEADER_SIZE as usize) as *const BlockHeader) }
-            .state
+        unsafe { core::ptr::read_volatile(p.sub(HEADER_SIZE as usize) as *const BlockHeader) }.state
     };
     assert_eq!((state(p), state(q)), (STATE_ALLOCATED, STATE_FREE));
     tier.become_inherited();
     tier.free(p).unwrap();
-    assert_eq!(state(p), STATE_ALLOCATED, "the inherited block's header is the parent's");
+    assert_eq!(
+        state(p),
+        STATE_ALLOCATED,
+        "the inherited block's header is the parent's"
+    );
     tier.set_fit(Fit::Best);
     tier.free(r).unwrap();
-    assert_eq!(state(r), STATE_ALLOCATED, "the fit turned the lanes on again");
-    assert_eq!(tier.free(p), Err(FreeError::DoubleFree), "the heap's, refused");
-    assert_eq!(tier.free(q), Err(FreeError::DoubleFree), "one waiting in a lane");
-    assert_eq!(tier.alloc(20_000, 16), None, "an inherited tier serves no block");
+    assert_eq!(
+        state(r),
+        STATE_ALLOCATED,
+        "the fit turned the lanes on again"
+    );
+    assert_eq!(
+        tier.free(p),
+        Err(FreeError::DoubleFree),
+        "the heap's, refused"
+    );
+    assert_eq!(
+        tier.free(q),
+        Err(FreeError::DoubleFree),
+        "one waiting in a lane"
+    );
+    assert_eq!(
+        tier.alloc(20_000, 16),
+        None,
+        "an inherited tier serves no block"
+    );
 }
 
 /// A tier whose free room sits in the lanes still serves a request for all of it.
@@ -224,7 +243,11 @@ fn worst_fit_turns_the_lanes_off() {
     let b = tier.alloc(9000, 16).unwrap();
     tier.free(a).unwrap();
     tier.set_fit(Fit::Worst);
-    assert_eq!(tier.cache.as_ref().unwrap().cached_bytes(), 0, "the lanes were emptied");
+    assert_eq!(
+        tier.cache.as_ref().unwrap().cached_bytes(),
+        0,
+        "the lanes were emptied"
+    );
     // Shorter than `a`'s hole: worst fit cuts it from the largest one, the space in front.
     let c = tier.alloc(5000, 16).unwrap() as usize;
     let in_a = (a as usize..a as usize + 9000).contains(&c);

@@ -128,7 +128,10 @@ pub(crate) fn forget_current() {
 /// Adds `n` to a counter only its owner writes (a load and a store, no locked instruction).
 #[inline(always)]
 fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 /// A counter only its owner writes, read by the owner: a plain load, which the compiler folds
@@ -141,7 +144,6 @@ fn owned(counter: &AtomicU64) -> u64 {
 }
 
 impl ExtentStash {
-
     /// The bins.
     ///
     /// # Safety
@@ -252,7 +254,6 @@ impl ExtentStash {
         bump(&self.room, bytes);
         emptied
     }
-
 
     /// Makes this stash hold `tier`'s extents (`cache` its cache, `id` its `slot_cache_id`)
     /// and the one this thread's word names: kept if it already names the tier (moved, in

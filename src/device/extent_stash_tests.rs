@@ -12,7 +12,10 @@ use std::time::Duration;
 /// A tier with the caches on, leaked (the caches' contract: it never moves). Its file is
 /// removed at once (the mapping stays), so a failing test leaves nothing in `/dev/shm`.
 fn open(name: &str, size: &str) -> &'static DeviceTier {
-    let path = format!("/dev/shm/tiermalloc-tier-{}-stash-{name}", std::process::id());
+    let path = format!(
+        "/dev/shm/tiermalloc-tier-{}-stash-{name}",
+        std::process::id()
+    );
     let spec = tier_spec_for_test(&format!("pmr:path={path},create,fresh,size={size}"));
     let tier: &'static DeviceTier = Box::leak(Box::new(DeviceTier::open(&spec).unwrap()));
     // SAFETY: leaked: never moved, never dropped.
@@ -104,11 +107,17 @@ fn other_threads_stashed_extents_are_idle_and_go_back_when_they_exit() {
     );
     assert_eq!(tier.next_block(None), None, "a stashed extent is no block");
     let held = tier.heap.lock().stats().in_use - SUPERBLOCK_BYTES;
-    assert!(held > 0, "the worker's stash holds extents allocated in the heap");
+    assert!(
+        held > 0,
+        "the worker's stash holds extents allocated in the heap"
+    );
     assert_eq!(cache(tier).cached_bytes(), 0, "in no lane");
     counted.wait();
     let (blocks, stashed_bytes) = worker.join().unwrap();
-    assert_eq!(stashed_bytes, held, "the heap holds exactly the stashed bytes");
+    assert_eq!(
+        stashed_bytes, held,
+        "the heap holds exactly the stashed bytes"
+    );
     assert!(all_free(tier), "the exiting thread gave its stash back");
     let s = tier.stats();
     assert_eq!((s.allocations, s.frees), (BLOCKS as u64, BLOCKS as u64));
@@ -149,7 +158,10 @@ fn a_tier_has_at_most_stashes_stashes() {
     assert_eq!(cache(tier).cached_bytes(), 8016, "one block in a lane");
     assert_eq!(tier.stats().in_use, 0);
     counted.wait();
-    let stashed = workers.into_iter().filter_map(|w| w.join().unwrap().then_some(())).count();
+    let stashed = workers
+        .into_iter()
+        .filter_map(|w| w.join().unwrap().then_some(()))
+        .count();
     assert_eq!(stashed, extent_cache::STASHES);
     assert!(all_free(tier));
 }
@@ -221,10 +233,20 @@ fn racing_frees_of_one_block_are_one_free_and_one_double_free() {
     let (a, b) = (a.join().unwrap(), b.join().unwrap());
     let both = (0..BLOCKS).filter(|&i| a[i] && b[i]).count();
     let neither = (0..BLOCKS).filter(|&i| !a[i] && !b[i]).count();
-    assert_eq!((both, neither), (0, 0), "exactly one free of each block wins");
+    assert_eq!(
+        (both, neither),
+        (0, 0),
+        "exactly one free of each block wins"
+    );
     let s = tier.stats();
-    assert_eq!((s.allocations, s.frees), (BLOCKS as u64 + 2, BLOCKS as u64 + 2));
-    assert!(all_free(tier), "the exiting threads gave every block back once");
+    assert_eq!(
+        (s.allocations, s.frees),
+        (BLOCKS as u64 + 2, BLOCKS as u64 + 2)
+    );
+    assert!(
+        all_free(tier),
+        "the exiting threads gave every block back once"
+    );
 }
 
 /// A block grows in place (`resize_in_place`, as `realloc` calls it) into the freed extent
@@ -243,12 +265,21 @@ fn a_block_grows_in_place_into_an_extent_its_own_thread_stashed() {
         // SAFETY: the block's first 20 000 bytes, its own.
         unsafe { p.write_bytes(7, 20_000) };
         tier.free(behind).unwrap();
-        assert_eq!(tier.own_stash_bytes(), stride as u64, "the freed extent is stashed");
-        assert!(tier.resize_in_place(p, 36_000), "grows into the stashed extent");
+        assert_eq!(
+            tier.own_stash_bytes(),
+            stride as u64,
+            "the freed extent is stashed"
+        );
+        assert!(
+            tier.resize_in_place(p, 36_000),
+            "grows into the stashed extent"
+        );
         assert!(tier.usable_size(p).unwrap() >= 36_000);
         assert_eq!(tier.own_stash_bytes(), 0, "taken out of the stash");
         // SAFETY: the block's first 20 000 bytes, written above.
-        assert!(unsafe { std::slice::from_raw_parts(p, 20_000) }.iter().all(|&b| b == 7));
+        assert!(unsafe { std::slice::from_raw_parts(p, 20_000) }
+            .iter()
+            .all(|&b| b == 7));
         let header = |p: *mut u8| {
             // SAFETY: the header lies in the mapped region, before the block.
             unsafe { core::ptr::read_volatile(p.sub(HEADER_SIZE as usize) as *const BlockHeader) }
@@ -268,13 +299,20 @@ fn a_block_grows_in_place_into_an_extent_its_own_thread_stashed() {
         let (freed, done) = (freed.clone(), done.clone());
         std::thread::spawn(move || {
             tier.free(behind as *mut u8).unwrap();
-            assert_eq!(tier.own_stash_bytes(), 20_016, "stashed by the other thread");
+            assert_eq!(
+                tier.own_stash_bytes(),
+                20_016,
+                "stashed by the other thread"
+            );
             freed.wait();
             done.wait();
         })
     };
     freed.wait();
-    assert!(!tier.resize_in_place(p, 36_000), "another thread's stash is its own");
+    assert!(
+        !tier.resize_in_place(p, 36_000),
+        "another thread's stash is its own"
+    );
     assert_eq!(tier.usable_size(p), Some(20_000));
     done.wait();
     other.join().unwrap();

@@ -34,7 +34,10 @@ fn spawn_beat() {
     if r != 0 {
         let mut line = crate::os::LineBuf::new();
         use core::fmt::Write;
-        let _ = write!(line, "tiermalloc: the device tiers' heartbeat thread did not start");
+        let _ = write!(
+            line,
+            "tiermalloc: the device tiers' heartbeat thread did not start"
+        );
         crate::os::write_errno_text(&mut line, r);
         let _ = writeln!(
             line,

@@ -21,21 +21,21 @@
 
 pub mod evacuate;
 pub(crate) mod extent_cache;
-pub(crate) mod extent_stash;
-mod stash_use;
 pub mod extent_heap;
+pub(crate) mod extent_stash;
 pub mod fork;
 mod free_space;
-mod touched_pages;
-mod own_line;
 pub mod header;
 pub mod heartbeat;
 pub(crate) mod outside;
+mod own_line;
 pub mod persist;
 pub(crate) mod reserve_use;
 pub mod slabs;
 mod slabs_ahead;
 pub(crate) mod slot_cache;
+mod stash_use;
+mod touched_pages;
 
 use crate::backend::{self, Problem, Region};
 use crate::config::TierSpec;
@@ -43,18 +43,17 @@ use crate::kind::{Fit, Kind};
 use crate::os;
 use crate::pagemap::{self, ChunkTag};
 use crate::stats::{SharedCounter, TierCounters, TierStats};
-use core::fmt::Write;
 use core::ffi::CStr;
+use core::fmt::Write;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use evacuate::{DeviceState, LiveExtents};
 use extent_cache::{CacheFree, Evicted, ExtentCache, Held, Pushed};
 use extent_heap::{Carved, ExtentHeap, FreeError, HeapStats};
-use persist::{media, owner, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
-use own_line::OwnLine;
 use header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_ALLOCATED, STATE_FREE};
+use own_line::OwnLine;
+use persist::{media, owner, recover::Extent, Opening, STATE_SLAB, SUPERBLOCK_BYTES};
 use slabs::{SlabTotals, Slabs, SLAB_BYTES};
-
 
 /// Every extent offset and length is a multiple of this: the header size, so that a block
 /// (16 bytes after its extent's start) can be aligned to any power of two.
@@ -165,7 +164,15 @@ impl DeviceTier {
                 return Err(problem);
             }
         };
-        Ok(Self::over(spec, region, heap, slabs, previous_run_clean, None, claim))
+        Ok(Self::over(
+            spec,
+            region,
+            heap,
+            slabs,
+            previous_run_clean,
+            None,
+            claim,
+        ))
     }
 
     /// The tier over a mapped region and its host metadata.
@@ -1109,7 +1116,10 @@ impl DeviceTier {
 
     /// The extent cache's word on the extent at `offset`: see `ExtentCache::named_len`.
     fn cache_named_len(&self, offset: u64) -> Option<Option<u64>> {
-        let cache = self.cache.as_ref().filter(|_| offset < self.region.len as u64)?;
+        let cache = self
+            .cache
+            .as_ref()
+            .filter(|_| offset < self.region.len as u64)?;
         cache.named_len(offset)
     }
 
@@ -1294,7 +1304,12 @@ impl DeviceTier {
     }
 
     /// `cached`: the threads' slot caches' and extent stashes' `(bytes, allocations, frees)`.
-    fn figures_of(&self, h: HeapStats, slabs: SlabTotals, cached: (u64, u64, u64)) -> DeviceFigures {
+    fn figures_of(
+        &self,
+        h: HeapStats,
+        slabs: SlabTotals,
+        cached: (u64, u64, u64),
+    ) -> DeviceFigures {
         DeviceFigures {
             stats: self.stats_of(h, slabs, cached),
             peak_in_use: match &self.outside {
@@ -1389,7 +1404,8 @@ impl LiveExtents for DeviceTier {
 
 /// The opened device tiers, by kind (`Cxl`, `Cmb`, `Pmr`: index `kind - 1`). Each is set once,
 /// by the library's constructor, before the program can start a thread.
-static OPENED: [spin::Once<DeviceTier>; 3] = [spin::Once::new(), spin::Once::new(), spin::Once::new()];
+static OPENED: [spin::Once<DeviceTier>; 3] =
+    [spin::Once::new(), spin::Once::new(), spin::Once::new()];
 
 /// Opens the device tier `spec` describes and keeps it for `get` (once per kind: the
 /// configuration lists each kind once); reports a tier that cannot be used in one line on
@@ -1538,7 +1554,11 @@ fn report_opening(kind: Kind, path: Option<&[u8]>, previous_run_clean: Option<bo
 fn write_tier_name(line: &mut os::LineBuf, kind: Kind, path: Option<&[u8]>) {
     let _ = write!(line, "tier '{}'", kind.name());
     if let Some(path) = path {
-        let _ = write!(line, " ({})", core::str::from_utf8(path).unwrap_or("<not UTF-8>"));
+        let _ = write!(
+            line,
+            " ({})",
+            core::str::from_utf8(path).unwrap_or("<not UTF-8>")
+        );
     }
 }
 
@@ -1594,14 +1614,14 @@ impl Drop for DeviceTier {
 }
 
 #[cfg(test)]
-mod tests;
+mod extent_cache_tests;
+#[cfg(test)]
+mod extent_stash_tests;
 #[cfg(test)]
 mod lane_tests;
 #[cfg(test)]
-mod extent_cache_tests;
-#[cfg(test)]
 mod slot_cache_tests;
 #[cfg(test)]
-mod extent_stash_tests;
+mod tests;
 #[cfg(test)]
 mod touched_pages_tests;

@@ -171,7 +171,15 @@ impl DeviceTier {
             held_bits: Default::default(),
             spare: AtomicUsize::new(NO_SPARE),
         };
-        Ok(Self::over(spec, region, heap, slabs, None, Some(outside), None))
+        Ok(Self::over(
+            spec,
+            region,
+            heap,
+            slabs,
+            None,
+            Some(outside),
+            None,
+        ))
     }
 
     /// Receives one more extent from the source into the heap. False when the source has

@@ -136,7 +136,11 @@ fn for_words(first: usize, n: usize, mut f: impl FnMut(usize, u64)) {
     while bit < end {
         let (w, b) = (bit / 64, bit % 64);
         let take = (64 - b).min(end - bit);
-        let mask = if take == 64 { u64::MAX } else { ((1u64 << take) - 1) << b };
+        let mask = if take == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << take) - 1) << b
+        };
         f(w, mask);
         bit += take;
     }
@@ -230,7 +234,10 @@ pub(crate) fn peaks() -> [(u64, u64); 3] {
     core::array::from_fn(|i| {
         let r = &RESERVES[i];
         if r.active.load(Ordering::Acquire) {
-            (r.peak.load(Ordering::Relaxed), r.peak_at_ns.load(Ordering::Relaxed))
+            (
+                r.peak.load(Ordering::Relaxed),
+                r.peak_at_ns.load(Ordering::Relaxed),
+            )
         } else {
             (0, 0)
         }

@@ -229,7 +229,9 @@ pub(crate) enum SlabKill {
     NotSlab,
     /// The live slot of this class at the offset is no longer live: the caller holds it and
     /// must give it back (`release`) or hand it out again (`revive`).
-    Killed { class: usize },
+    Killed {
+        class: usize,
+    },
     Refused(FreeError),
 }
 
@@ -642,7 +644,10 @@ impl Slabs {
             debug_assert!(!self.is_live(offset), "released a live slot");
             // SAFETY: a slab of `class`; we hold its lock.
             let f = unsafe { self.fields(index) };
-            debug_assert!(f.bitmap[n / 64] & (1 << (n % 64)) != 0, "released a free slot");
+            debug_assert!(
+                f.bitmap[n / 64] & (1 << (n % 64)) != 0,
+                "released a free slot"
+            );
             let was_full = f.live as usize == slots_of(class);
             f.bitmap[n / 64] &= !(1 << (n % 64));
             f.hint = f.hint.min((n / 64) as u32);
@@ -796,7 +801,10 @@ impl Slabs {
             let mut partial = std::collections::BTreeSet::new();
             let (mut prev, mut at) = (NONE, list.partial);
             while at != NONE {
-                assert!(partial.insert(at), "class {class}: partial list loops at {at}");
+                assert!(
+                    partial.insert(at),
+                    "class {class}: partial list loops at {at}"
+                );
                 assert_eq!(self.desc(at as usize).class.load(Ordering::Relaxed), key);
                 // SAFETY: a slab of this class, whose lock we hold.
                 let f = unsafe { self.fields(at as usize) };

@@ -128,7 +128,10 @@ pub(crate) fn budget_of(region_len: u64) -> u64 {
 /// Adds `n` to a counter only its owner writes (a load and a store, no locked instruction).
 #[inline]
 fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 /// This thread's caches, made at its first call; `None` once it is exiting, or without host
@@ -200,7 +203,8 @@ unsafe fn retire(registry: &mut Registry, block: *mut ThreadSlots) {
         let tier = unsafe { &*entry.tier.load(Ordering::Relaxed) };
         // SAFETY: the owner is gone: the stacks are ours.
         unsafe { tier.give_back_all(entry) };
-        tier.allocations.add(entry.allocations.load(Ordering::Relaxed));
+        tier.allocations
+            .add(entry.allocations.load(Ordering::Relaxed));
         tier.frees.add(entry.frees.load(Ordering::Relaxed));
         entry.tier_id.store(0, Ordering::Relaxed);
     }
@@ -221,7 +225,10 @@ unsafe fn retire(registry: &mut Registry, block: *mut ThreadSlots) {
         if !next.is_null() {
             (*next).prev = prev;
         }
-        os::unmap(block.cast(), os::page_round(core::mem::size_of::<ThreadSlots>()));
+        os::unmap(
+            block.cast(),
+            os::page_round(core::mem::size_of::<ThreadSlots>()),
+        );
     }
 }
 
@@ -232,13 +239,21 @@ pub(crate) fn cached_totals(tier_id: u64, wait: bool) -> Option<(u64, u64, u64)>
     if tier_id == 0 {
         return Some((0, 0, 0));
     }
-    let registry = if wait { REGISTRY.lock() } else { REGISTRY.try_lock()? };
+    let registry = if wait {
+        REGISTRY.lock()
+    } else {
+        REGISTRY.try_lock()?
+    };
     let mut totals = (0, 0, 0);
     let mut at = registry.head;
     while !at.is_null() {
         // SAFETY: a registered block, under the lock.
         let slots = unsafe { &*at };
-        for e in slots.entries.iter().filter(|e| e.tier_id.load(Ordering::Relaxed) == tier_id) {
+        for e in slots
+            .entries
+            .iter()
+            .filter(|e| e.tier_id.load(Ordering::Relaxed) == tier_id)
+        {
             totals.0 += e.bytes.load(Ordering::Relaxed);
             totals.1 += e.allocations.load(Ordering::Relaxed);
             totals.2 += e.frees.load(Ordering::Relaxed);
@@ -351,19 +366,28 @@ impl DeviceTier {
                 return None; // another tier of the same kind (tests)
             }
             // SAFETY: our own entry, unused: its stacks are ours.
-            unsafe { *entry.stacks() = [Stack { n: 0, offsets: [0; CLASS_SLOTS] }; CLASS_COUNT] };
+            unsafe {
+                *entry.stacks() = [Stack {
+                    n: 0,
+                    offsets: [0; CLASS_SLOTS],
+                }; CLASS_COUNT]
+            };
             entry.bytes.store(0, Ordering::Relaxed);
             entry.allocations.store(0, Ordering::Relaxed);
             entry.frees.store(0, Ordering::Relaxed);
             entry.tier_id.store(id, Ordering::Relaxed);
         }
-        entry.tier.store(self as *const DeviceTier as *mut DeviceTier, Ordering::Relaxed);
+        entry.tier.store(
+            self as *const DeviceTier as *mut DeviceTier,
+            Ordering::Relaxed,
+        );
         Some(entry)
     }
 
     /// Gives the held slots at `offsets` back to their slabs (a slab emptied is retired).
     fn release_slots(&self, offsets: &[u64]) {
-        self.slabs.release(offsets, |slab| self.retire_slab(slab), false);
+        self.slabs
+            .release(offsets, |slab| self.retire_slab(slab), false);
     }
 
     /// The offset of a live slot of `class` for this thread, its header written: from its
@@ -383,11 +407,15 @@ impl DeviceTier {
             stack.offsets[stack.n as usize]
         } else {
             let mut batch = [0u64; REFILL];
-            let mut taken = self.slabs.take(class, &mut batch, |lane| self.new_slab(class, lane));
+            let mut taken = self
+                .slabs
+                .take(class, &mut batch, |lane| self.new_slab(class, lane));
             if taken == 0 {
                 // Full: this thread's cached slots may hold slabs that would make room.
                 self.give_back_own_slots();
-                taken = self.slabs.take(class, &mut batch, |lane| self.new_slab(class, lane));
+                taken = self
+                    .slabs
+                    .take(class, &mut batch, |lane| self.new_slab(class, lane));
                 if taken == 0 {
                     return None;
                 }
@@ -421,7 +449,8 @@ impl DeviceTier {
         // The slot is still held: nobody else writes its header now.
         self.mark_free(offset);
         let Some(entry) = self.slot_entry() else {
-            self.slabs.release(&[offset], |slab| self.retire_slab(slab), true);
+            self.slabs
+                .release(&[offset], |slab| self.retire_slab(slab), true);
             return Some(Ok(()));
         };
         bump(&entry.frees, 1);

@@ -9,7 +9,10 @@ use std::sync::{Arc, Barrier};
 
 /// A tier with the slot caches on, leaked (the caches' contract: it never moves).
 fn open(name: &str) -> (&'static DeviceTier, String) {
-    let path = format!("/dev/shm/tiermalloc-tier-{}-slots-{name}", std::process::id());
+    let path = format!(
+        "/dev/shm/tiermalloc-tier-{}-slots-{name}",
+        std::process::id()
+    );
     let spec = tier_spec_for_test(&format!("pmr:path={path},create,size=4M"));
     let tier: &'static DeviceTier = Box::leak(Box::new(DeviceTier::open(&spec).unwrap()));
     // SAFETY: leaked: never moved, never dropped.
@@ -34,18 +37,27 @@ fn a_freed_slot_comes_back_and_a_second_free_is_refused() {
     assert_eq!(tier.free(p), Err(FreeError::DoubleFree));
     // SAFETY: the header lies before the block, in the mapping.
     let state = unsafe { (*(p as *const BlockHeader).sub(1)).state };
-    assert_eq!(state, STATE_FREE, "the free's device write happened before caching");
+    assert_eq!(
+        state, STATE_FREE,
+        "the free's device write happened before caching"
+    );
     let q = tier.alloc(100, 16).unwrap();
     assert_eq!(q, p, "the newest cached slot of the class");
     assert_eq!(tier.usable_size(q), Some(112));
     tier.free(q).unwrap();
     assert_eq!(tier.free(q), Err(FreeError::DoubleFree));
     // SAFETY: inside the slot's block: not a block start.
-    assert_eq!(tier.free(unsafe { q.add(16) }), Err(FreeError::NotAllocated));
+    assert_eq!(
+        tier.free(unsafe { q.add(16) }),
+        Err(FreeError::NotAllocated)
+    );
     let s = tier.stats();
     assert_eq!((s.allocations, s.frees), (2, 2));
     tier.slabs.check_invariants();
-    assert!(all_free(tier), "the statistics gave this thread's slots back");
+    assert!(
+        all_free(tier),
+        "the statistics gave this thread's slots back"
+    );
     std::fs::remove_file(path).unwrap();
 }
 
@@ -123,13 +135,19 @@ fn threads_free_each_others_blocks_and_reuse_them() {
                     (p as usize, size)
                 })
                 .collect();
-            let reused = theirs.iter().filter(|t| mine.iter().any(|m| m.0 == t.0)).count();
+            let reused = theirs
+                .iter()
+                .filter(|t| mine.iter().any(|m| m.0 == t.0))
+                .count();
             (mine, reused)
         })
     };
     let (x, y) = (swap(a, 3), swap(b, 4));
     let ((a2, reused_a), (b2, reused_b)) = (x.join().unwrap(), y.join().unwrap());
-    assert!(reused_a + reused_b > 0, "freed slots came back from the freeing thread's cache");
+    assert!(
+        reused_a + reused_b > 0,
+        "freed slots came back from the freeing thread's cache"
+    );
     // No two live blocks overlap, and their contents are intact.
     let mut all: Vec<(usize, usize, u8)> = a2
         .iter()
@@ -149,7 +167,10 @@ fn threads_free_each_others_blocks_and_reuse_them() {
     tier.slabs.check_invariants();
     assert!(all_free(tier));
     let s = tier.stats();
-    assert_eq!((s.allocations, s.frees), (4 * BLOCKS as u64, 4 * BLOCKS as u64));
+    assert_eq!(
+        (s.allocations, s.frees),
+        (4 * BLOCKS as u64, 4 * BLOCKS as u64)
+    );
     std::fs::remove_file(path).unwrap();
 }
 
@@ -166,11 +187,18 @@ fn racing_double_frees_of_cached_size_slots_have_one_winner() {
         let (blocks, start) = (blocks.clone(), start.clone());
         std::thread::spawn(move || {
             start.wait();
-            blocks.iter().filter(|&&p| tier.free(p as *mut u8).is_ok()).count()
+            blocks
+                .iter()
+                .filter(|&&p| tier.free(p as *mut u8).is_ok())
+                .count()
         })
     };
     let (x, y) = (free_all(), free_all());
-    assert_eq!(x.join().unwrap() + y.join().unwrap(), BLOCKS, "every block freed once");
+    assert_eq!(
+        x.join().unwrap() + y.join().unwrap(),
+        BLOCKS,
+        "every block freed once"
+    );
     tier.slabs.check_invariants();
     assert!(all_free(tier));
     std::fs::remove_file(path).unwrap();

@@ -91,7 +91,8 @@ impl DeviceTier {
 
     /// Bytes in this thread's stash for this tier (0 without one).
     pub(super) fn own_stash_bytes(&self) -> u64 {
-        self.own_stash_if_made().map_or(0, |stash| stash.figures().0)
+        self.own_stash_if_made()
+            .map_or(0, |stash| stash.figures().0)
     }
 
     /// Gives every extent of `stash` back to the heap.

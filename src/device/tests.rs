@@ -8,7 +8,11 @@ use crate::test_rng::Rng;
 fn open(name: &str, extra: &str) -> (DeviceTier, String) {
     let path = format!("/dev/shm/tiermalloc-tier-{}-{name}", std::process::id());
     // A key may be given once: `extra`'s size= replaces the default.
-    let size = if extra.contains("size=") { "" } else { ",size=4M" };
+    let size = if extra.contains("size=") {
+        ""
+    } else {
+        ",size=4M"
+    };
     let text = format!("pmr:path={path},create{size}{extra}");
     (DeviceTier::open(&tier_spec_for_test(&text)).unwrap(), path)
 }
@@ -226,28 +230,63 @@ fn alignment_is_honoured() {
 #[test]
 fn read_fields_share_no_line_with_heap_path_writes() {
     use core::mem::{align_of, offset_of, size_of};
-    assert!(align_of::<DeviceTier>() >= 64, "offsets / 64 name the lines");
+    assert!(
+        align_of::<DeviceTier>() >= 64,
+        "offsets / 64 name the lines"
+    );
     type HeapLock = crate::futex_mutex::Mutex<ExtentHeap>;
     let line = |offset: usize| offset / 64;
     let span = |offset: usize, size: usize| line(offset)..=line(offset + size - 1);
     let written = [
         span(offset_of!(DeviceTier, heap), size_of::<OwnLine<HeapLock>>()),
-        span(offset_of!(DeviceTier, allocations), size_of::<OwnLine<SharedCounter>>()),
-        span(offset_of!(DeviceTier, frees), size_of::<OwnLine<SharedCounter>>()),
-        span(offset_of!(DeviceTier, slab_memo), size_of::<OwnLine<persist::SlabMemo>>()),
+        span(
+            offset_of!(DeviceTier, allocations),
+            size_of::<OwnLine<SharedCounter>>(),
+        ),
+        span(
+            offset_of!(DeviceTier, frees),
+            size_of::<OwnLine<SharedCounter>>(),
+        ),
+        span(
+            offset_of!(DeviceTier, slab_memo),
+            size_of::<OwnLine<persist::SlabMemo>>(),
+        ),
     ];
     let read = [
-        ("lanes_span", offset_of!(DeviceTier, lanes_span), size_of::<AtomicU64>()),
-        ("live_tail", offset_of!(DeviceTier, live_tail), size_of::<u64>()),
-        ("slot_cache_id", offset_of!(DeviceTier, slot_cache_id), size_of::<AtomicU64>()),
+        (
+            "lanes_span",
+            offset_of!(DeviceTier, lanes_span),
+            size_of::<AtomicU64>(),
+        ),
+        (
+            "live_tail",
+            offset_of!(DeviceTier, live_tail),
+            size_of::<u64>(),
+        ),
+        (
+            "slot_cache_id",
+            offset_of!(DeviceTier, slot_cache_id),
+            size_of::<AtomicU64>(),
+        ),
         ("limit", offset_of!(DeviceTier, limit), size_of::<u64>()),
-        ("region", offset_of!(DeviceTier, region), size_of::<Region>()),
+        (
+            "region",
+            offset_of!(DeviceTier, region),
+            size_of::<Region>(),
+        ),
         ("kind", offset_of!(DeviceTier, kind), size_of::<Kind>()),
-        ("inherited", offset_of!(DeviceTier, inherited), size_of::<AtomicBool>()),
+        (
+            "inherited",
+            offset_of!(DeviceTier, inherited),
+            size_of::<AtomicBool>(),
+        ),
     ];
     for (name, offset, size) in read {
         for l in span(offset, size) {
-            assert!(!written.iter().any(|w| w.contains(&l)), "{name} shares line {l}");
+            assert!(
+                !written.iter().any(|w| w.contains(&l)),
+                "{name} shares line {l}"
+            );
         }
     }
 }

@@ -59,7 +59,6 @@ pub(crate) struct TouchedPages {
     reading: crate::futex_mutex::Mutex<()>,
 }
 
-
 // SAFETY: the words are atomics.
 unsafe impl Send for TouchedPages {}
 // SAFETY: as above.
@@ -126,7 +125,10 @@ impl TouchedPages {
     /// lock: a few instructions per offset).
     #[inline(always)]
     pub fn knows_all(&self, offsets: [Option<u64>; 2]) -> bool {
-        offsets.into_iter().flatten().all(|offset| self.known(offset))
+        offsets
+            .into_iter()
+            .flatten()
+            .all(|offset| self.known(offset))
     }
 
     /// The pages among those holding `offsets` (the header writes of one cut) not known
@@ -250,7 +252,11 @@ pub(crate) fn page_present(addr: usize) -> bool {
 /// Counts the pages `publish` is about to write that are absent (`ABSENT_AT_PUBLISH`).
 #[cfg(test)]
 pub(crate) fn note_published(base: usize, carved: &super::extent_heap::Carved) {
-    let offsets = [Some(carved.offset), carved.front.map(|f| f.0), carved.tail.map(|t| t.0)];
+    let offsets = [
+        Some(carved.offset),
+        carved.front.map(|f| f.0),
+        carved.tail.map(|t| t.0),
+    ];
     let absent = offsets
         .into_iter()
         .flatten()

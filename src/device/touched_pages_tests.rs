@@ -8,7 +8,10 @@ use touched_pages::{page_present, ABSENT_AT_PUBLISH};
 /// A fresh tier in `/dev/shm` (no page of it touched by this process yet), leaked; its file is
 /// removed at once (the mapping stays).
 fn open(name: &str) -> &'static DeviceTier {
-    let path = format!("/dev/shm/tiermalloc-tier-{}-touched-{name}", std::process::id());
+    let path = format!(
+        "/dev/shm/tiermalloc-tier-{}-touched-{name}",
+        std::process::id()
+    );
     let spec = tier_spec_for_test(&format!("pmr:path={path},create,fresh,size=64M"));
     let tier: &'static DeviceTier = Box::leak(Box::new(DeviceTier::open(&spec).unwrap()));
     std::fs::remove_file(&path).unwrap();
@@ -34,7 +37,10 @@ fn a_cut_writes_no_absent_page_under_the_heap_lock() {
         *p = tier.alloc(5_000 + i * 997, 16).unwrap();
     }
     let absent = ABSENT_AT_PUBLISH.with(|a| a.get());
-    assert_eq!(absent, 0, "pages a cut wrote under the heap lock were absent");
+    assert_eq!(
+        absent, 0,
+        "pages a cut wrote under the heap lock were absent"
+    );
     for p in blocks {
         tier.free(p).unwrap();
     }
@@ -42,9 +48,12 @@ fn a_cut_writes_no_absent_page_under_the_heap_lock() {
 
 /// Whether this process holds a descriptor open on a `pagemap` file.
 fn holds_a_page_map() -> bool {
-    std::fs::read_dir("/proc/self/fd").unwrap().flatten().any(|e| {
-        std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().ends_with("/pagemap"))
-    })
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().ends_with("/pagemap"))
+        })
 }
 
 /// While `fork`'s prepare handler holds the tier (`lock_for_fork`), a read of the page map
@@ -63,7 +72,16 @@ fn a_page_map_read_waits_for_a_fork_in_progress() {
     let (finished, open_at_fork) = (done.load(Ordering::Acquire), holds_a_page_map());
     tier.touched.unlock_after_fork();
     reader.join().unwrap();
-    assert!(!finished, "the page map was read while a fork held the tier");
-    assert!(!open_at_fork, "a page-map descriptor was open while a fork held the tier");
-    assert!(done.load(Ordering::Acquire), "the read went ahead after the fork");
+    assert!(
+        !finished,
+        "the page map was read while a fork held the tier"
+    );
+    assert!(
+        !open_at_fork,
+        "a page-map descriptor was open while a fork held the tier"
+    );
+    assert!(
+        done.load(Ordering::Acquire),
+        "the read went ahead after the fork"
+    );
 }

@@ -116,7 +116,9 @@ pub fn held() -> u64 {
 #[inline(never)]
 #[link_section = ".text.tiermalloc_limit"]
 pub fn resident() -> u64 {
-    let free = FREE_SLICE_BYTES.get().saturating_sub(HUGE_UNTAKEN_BYTES.get());
+    let free = FREE_SLICE_BYTES
+        .get()
+        .saturating_sub(HUGE_UNTAKEN_BYTES.get());
     held()
         .wrapping_add(free.min(1 << 62))
         .wrapping_add(LARGE_CACHED_BYTES.load(Ordering::Relaxed) as u64)

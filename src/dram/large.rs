@@ -23,8 +23,8 @@
 //! stops using big buffers does not keep them resident; `malloc_trim` empties it at once.
 
 use super::large_guard;
-use crate::os;
 use crate::chunk::{self, CHUNK_SIZE};
+use crate::os;
 use crate::pagemap::{self, ChunkTag};
 use crate::profile::reserve;
 use crate::stats::SharedCounter;
@@ -95,7 +95,13 @@ fn cache_take(need: usize, or_shorter: bool) -> Option<(usize, usize)> {
         return None;
     }
     // Larger is better: (resident pages the block can use, fits, shorter).
-    let score = |e: Entry| (e.resident().min(need), e.len() >= need, usize::MAX - e.len());
+    let score = |e: Entry| {
+        (
+            e.resident().min(need),
+            e.len() >= need,
+            usize::MAX - e.len(),
+        )
+    };
     // A few tries: a slot can be taken between the scan and the compare-and-swap.
     for _ in 0..4 {
         let mut best: Option<(&AtomicUsize, Entry)> = None;
@@ -267,8 +273,12 @@ unsafe fn cache_put(h: usize, map_len: usize) -> bool {
                 {
                     let now = os::coarse_now_ns();
                     at.store(now, Ordering::Relaxed);
-                    let _ = NEXT_DECAY.compare_exchange(0, now + CACHE_DECAY_NS,
-                        Ordering::Relaxed, Ordering::Relaxed);
+                    let _ = NEXT_DECAY.compare_exchange(
+                        0,
+                        now + CACHE_DECAY_NS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     return true;
                 }
             }
@@ -388,7 +398,11 @@ fn decay_older_than(age_ns: u64) {
         }
         let expires = at.load(Ordering::Relaxed) + age_ns;
         if expires > now {
-            next = if next == 0 { expires } else { next.min(expires) };
+            next = if next == 0 {
+                expires
+            } else {
+                next.min(expires)
+            };
             continue;
         }
         if slot
@@ -638,7 +652,10 @@ pub unsafe fn free(p: *mut u8) -> bool {
     // SAFETY: a valid header of a mapping whose block dies here.
     unsafe {
         let LargeHeader {
-            map_len, offset, usable, ..
+            map_len,
+            offset,
+            usable,
+            ..
         } = header.read();
         // A stale pointer to a cached mapping must not pass for a block. Swapped in
         // atomically: of two frees racing (a double free from two threads), one only passes.
@@ -682,7 +699,11 @@ pub unsafe fn resize(p: *mut u8, size: usize) -> *mut u8 {
         };
         large_guard::lift(end_of(header as usize));
         let q = resize_unguarded(p, size);
-        let h = if q.is_null() { header as usize } else { pagemap::owner_chunk(q as usize) };
+        let h = if q.is_null() {
+            header as usize
+        } else {
+            pagemap::owner_chunk(q as usize)
+        };
         large_guard::set(end_of(h));
         q
     }
@@ -787,8 +808,7 @@ unsafe fn place_mapping(h: usize, map_len: usize, new_len: usize) -> Option<usiz
     // SAFETY: `[h, h + map_len)` is our mapping and `[dst, dst + new_len)` our fresh
     // reservation, which is unmapped again if anything fails.
     unsafe {
-        if !chunk::covers(dst, new_len)
-            || !os::remap_to(h as *mut u8, moved, dst as *mut u8, moved)
+        if !chunk::covers(dst, new_len) || !os::remap_to(h as *mut u8, moved, dst as *mut u8, moved)
         {
             os::unmap(dst as *mut u8, new_len);
             tag(h, map_len);

@@ -2,10 +2,10 @@
 //! (`tm_persist`), durable named roots, a walk over live blocks, and offsets from a region's
 //! start, which stay valid when the region maps at another address next run.
 
+use crate::device::{self, DeviceTier};
 use crate::front::capi::KindArg;
 use crate::kind::Kind;
 use crate::os::set_errno;
-use crate::device::{self, DeviceTier};
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::ptr;
 

@@ -15,8 +15,8 @@ pub mod api_persist;
 pub mod capi;
 pub mod capi_evacuate;
 mod capi_info;
-pub mod capi_persist;
 pub mod capi_nodes;
+pub mod capi_persist;
 pub mod capi_pool;
 pub mod global_alloc;
 #[cfg(feature = "override")]

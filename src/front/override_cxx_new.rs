@@ -124,9 +124,15 @@ extern "C" fn no_operator_throwing() -> *mut c_void {
 #[inline(always)]
 fn answer(block: *mut c_void, form: Form) -> NewAnswer {
     if !block.is_null() {
-        return NewAnswer { block, otherwise: 0 };
+        return NewAnswer {
+            block,
+            otherwise: 0,
+        };
     }
-    NewAnswer { block, otherwise: otherwise(form) }
+    NewAnswer {
+        block,
+        otherwise: otherwise(form),
+    }
 }
 
 // The Rust halves. `extern "C"`: they never unwind (the allocator does not panic on these
@@ -167,12 +173,18 @@ extern "C" fn new_array_aligned_block(size: usize, align: usize) -> NewAnswer {
 
 extern "C" fn new_aligned_nothrow_block(size: usize, align: usize) -> NewAnswer {
     // SAFETY: as above.
-    answer(unsafe { aligned_alloc(align, size) }, Form::NewAlignedNothrow)
+    answer(
+        unsafe { aligned_alloc(align, size) },
+        Form::NewAlignedNothrow,
+    )
 }
 
 extern "C" fn new_array_aligned_nothrow_block(size: usize, align: usize) -> NewAnswer {
     // SAFETY: as above.
-    answer(unsafe { aligned_alloc(align, size) }, Form::NewArrayAlignedNothrow)
+    answer(
+        unsafe { aligned_alloc(align, size) },
+        Form::NewArrayAlignedNothrow,
+    )
 }
 
 /// The stub of one form: saves the argument registers the form uses (`push`, for the size only
@@ -216,5 +228,13 @@ stub!(_ZnwmRKSt9nothrow_t, new_nothrow_block, three);
 stub!(_ZnamRKSt9nothrow_t, new_array_nothrow_block, three);
 stub!(_ZnwmSt11align_val_t, new_aligned_block, three);
 stub!(_ZnamSt11align_val_t, new_array_aligned_block, three);
-stub!(_ZnwmSt11align_val_tRKSt9nothrow_t, new_aligned_nothrow_block, three);
-stub!(_ZnamSt11align_val_tRKSt9nothrow_t, new_array_aligned_nothrow_block, three);
+stub!(
+    _ZnwmSt11align_val_tRKSt9nothrow_t,
+    new_aligned_nothrow_block,
+    three
+);
+stub!(
+    _ZnamSt11align_val_tRKSt9nothrow_t,
+    new_array_aligned_nothrow_block,
+    three
+);

@@ -833,14 +833,20 @@ mod tests {
         assert_eq!(small[15], 0, "a short buffer is cut and terminated");
         let mut big = vec![0xffu8; needed + 4096];
         let written = json_into(&mut big);
-        assert_eq!(big[written], 0, "the count is the length written, without the NUL");
+        assert_eq!(
+            big[written], 0,
+            "the count is the length written, without the NUL"
+        );
         assert!(!big[..written].contains(&0));
         assert!(big.starts_with(b"{\"pid\":"));
         let agrees = (0..5).any(|_| {
             let counted = json_into(&mut []);
             counted == json_into(&mut big) && big[counted] == 0
         });
-        assert!(agrees, "counting without a buffer never matched a written document");
+        assert!(
+            agrees,
+            "counting without a buffer never matched a written document"
+        );
     }
 
     #[test]

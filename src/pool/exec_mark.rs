@@ -123,9 +123,8 @@ impl Pool {
     fn mark_held(&self, slot: usize) -> Option<bool> {
         let mut fl = mark_lock(self, slot, libc::F_WRLCK);
         // SAFETY: our descriptor and a valid flock.
-        let asked = crate::os::keep_errno(|| unsafe {
-            libc::fcntl(self.fd, libc::F_OFD_GETLK, &mut fl)
-        });
+        let asked =
+            crate::os::keep_errno(|| unsafe { libc::fcntl(self.fd, libc::F_OFD_GETLK, &mut fl) });
         (asked == 0).then_some(fl.l_type != libc::F_UNLCK as libc::c_short)
     }
 

@@ -101,7 +101,11 @@ impl ProfileRecords {
     /// The records of the pool `TIERMALLOC_POOL` names, creating their space if no process
     /// has yet; `Err` says why there are none (the caller falls back to the directory).
     pub(crate) fn open() -> Result<ProfileRecords, Why> {
-        Self::open_in(super::global().ok_or("the pool could not be opened")?.clone())
+        Self::open_in(
+            super::global()
+                .ok_or("the pool could not be opened")?
+                .clone(),
+        )
     }
 
     /// The records of `pool`.

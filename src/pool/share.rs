@@ -234,7 +234,10 @@ fn note_in_use(bytes: u64) {
 /// The pool tier's peak use in bytes and when it was reached (`os::coarse_now_ns`); (0, 0)
 /// without a pool tier.
 pub(crate) fn peak() -> (u64, u64) {
-    (PEAK.load(Ordering::Relaxed), PEAK_AT_NS.load(Ordering::Relaxed))
+    (
+        PEAK.load(Ordering::Relaxed),
+        PEAK_AT_NS.load(Ordering::Relaxed),
+    )
 }
 
 /// From now on the pool tier's peak is also raised in `word` (null: no longer), which must
@@ -253,7 +256,9 @@ pub(crate) fn publish_peak_to(word: *mut AtomicU64) {
 /// any node). Returns the share now held, in bytes; `Err` when there is no pool tier. Extents
 /// of the share the tier does not hold are idle, so lendable, as every share's are.
 pub(crate) fn reserve(bytes: u64) -> Result<u64, &'static str> {
-    let shares = SHARES.get().ok_or("no pool tier (cxl:pool,share=) is open")?;
+    let shares = SHARES
+        .get()
+        .ok_or("no pool tier (cxl:pool,share=) is open")?;
     let want = bytes.div_ceil(shares.extent) as usize;
     if want > shares.want.load(Ordering::Relaxed) {
         shares.want.store(want, Ordering::Relaxed);

@@ -53,9 +53,9 @@ impl CopyFill {
 
     fn with_features(features: u64) -> Result<CopyFill, i32> {
         // SAFETY: the system call takes only flags.
-        let fd = unsafe {
-            libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY)
-        } as i32;
+        let fd =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY) }
+                as i32;
         if fd < 0 {
             return Err(os::errno());
         }
@@ -65,7 +65,10 @@ impl CopyFill {
             unsafe { libc::close(fd) };
             return Err(e);
         };
-        let this = CopyFill { fd, zeros: zeros.as_ptr() as usize };
+        let this = CopyFill {
+            fd,
+            zeros: zeros.as_ptr() as usize,
+        };
         // The source's own pages, made present once (a handful of faults) so that copying
         // from it faults nowhere.
         os::prefault_write(zeros.as_ptr(), SOURCE);

@@ -106,7 +106,8 @@ pub(crate) fn start(name: &str, estimates: [u64; 3], slabs: &[SlabPeak]) {
         if want > 0 {
             WANT[i].store(want, Ordering::Relaxed);
             // SAFETY: getpid has no preconditions.
-            r.filler_pid.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
+            r.filler_pid
+                .store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
             any = true;
         }
         r.active.store(true, Ordering::Release);
@@ -246,7 +247,8 @@ fn fill(i: usize, tier: &DeviceTier, r: &TierReserve, want: u64) {
         // Present pages are there now (from the top of the free space, where the heap cuts):
         // the slabs go into what the heap has not cut of them.
         slabs.cut_within(r, tier);
-        r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
+        r.fill_ns
+            .store(os::coarse_now_ns() - started, Ordering::Relaxed);
         if r.populate_errno.load(Ordering::Relaxed) != 0 {
             break;
         }
@@ -257,8 +259,12 @@ fn fill(i: usize, tier: &DeviceTier, r: &TierReserve, want: u64) {
         }
         below = lowest;
     }
-    r.fill_faults.store(super::reserve::thread_minflt() - faults_before, Ordering::Relaxed);
-    r.fill_ns.store(os::coarse_now_ns() - started, Ordering::Relaxed);
+    r.fill_faults.store(
+        super::reserve::thread_minflt() - faults_before,
+        Ordering::Relaxed,
+    );
+    r.fill_ns
+        .store(os::coarse_now_ns() - started, Ordering::Relaxed);
 }
 
 /// The slabs `SLAB_TARGETS[i]` names, cut ahead by the fill thread for tier `KINDS[i]`, lane by
@@ -275,7 +281,11 @@ struct SlabsAhead {
 
 impl SlabsAhead {
     fn new(i: usize, want: u64) -> SlabsAhead {
-        SlabsAhead { i, key: 0, budget: (want / SLAB_BYTES) as u32 }
+        SlabsAhead {
+            i,
+            key: 0,
+            budget: (want / SLAB_BYTES) as u32,
+        }
     }
 
     /// Cuts the next slabs while they fit in what is present and not cut.
@@ -342,7 +352,8 @@ fn populate(r: &TierReserve, at: usize, len: usize) {
     if unsafe { libc::madvise(at as *mut _, len, libc::MADV_POPULATE_WRITE) } == 0 {
         r.filled_by.store(BY_POPULATE, Ordering::Relaxed);
     } else {
-        r.populate_errno.store(os::errno() as u32, Ordering::Relaxed);
+        r.populate_errno
+            .store(os::errno() as u32, Ordering::Relaxed);
     }
 }
 
@@ -403,7 +414,10 @@ pub(crate) fn report(name: &str, started_ns: u64) {
             cuts.ahead_used,
             cuts.on_demand,
             r.peak.load(Ordering::Relaxed),
-            r.peak_at_ns.load(Ordering::Relaxed).saturating_sub(started_ns) / 1_000_000,
+            r.peak_at_ns
+                .load(Ordering::Relaxed)
+                .saturating_sub(started_ns)
+                / 1_000_000,
             r.fill_ns.load(Ordering::Relaxed) / 1_000_000,
             r.fill_faults.load(Ordering::Relaxed),
         ));

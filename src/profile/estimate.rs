@@ -54,7 +54,10 @@ pub(crate) fn estimate_bytes(peers: &[u64], history: &[u64], max: Option<u64>) -
 
 fn estimate_in(peers: &[u64], history: &[u64], max: Option<u64>, unit: u64) -> Estimate {
     let (raw, source) = if !peers.is_empty() {
-        (peers.iter().copied().max().unwrap_or(0), Source::Peers(peers.len()))
+        (
+            peers.iter().copied().max().unwrap_or(0),
+            Source::Peers(peers.len()),
+        )
     } else if let Some(p) = p90(history) {
         (p, Source::History(history.len().min(HISTORY_RUNS)))
     } else {
@@ -149,7 +152,10 @@ mod tests {
     #[test]
     fn peers_come_before_history_and_the_cap_bounds_everything() {
         let e = estimate(&[3 * C, 5 * C], &[100 * C], None);
-        assert_eq!((e.bytes, e.source, e.capped), (5 * C, Source::Peers(2), false));
+        assert_eq!(
+            (e.bytes, e.source, e.capped),
+            (5 * C, Source::Peers(2), false)
+        );
         let e = estimate(&[], &[2 * C, 3 * C + 1], None);
         assert_eq!((e.bytes, e.source), (4 * C, Source::History(2)));
         let e = estimate(&[], &[], None);

@@ -27,7 +27,10 @@ pub(crate) struct HelperThread {
 
 impl HelperThread {
     pub(crate) const fn new() -> HelperThread {
-        HelperThread { go: AtomicU32::new(WAIT), started: AtomicBool::new(false) }
+        HelperThread {
+            go: AtomicU32::new(WAIT),
+            started: AtomicBool::new(false),
+        }
     }
 
     /// Starts the thread (waiting); `trampoline` must call `self.wait_for_go()` first and run
@@ -39,7 +42,12 @@ impl HelperThread {
         let mut thread: libc::pthread_t = 0;
         // SAFETY: `trampoline` takes no argument and touches only statics; default attributes.
         let e = unsafe {
-            libc::pthread_create(&mut thread, core::ptr::null(), trampoline, core::ptr::null_mut())
+            libc::pthread_create(
+                &mut thread,
+                core::ptr::null(),
+                trampoline,
+                core::ptr::null_mut(),
+            )
         };
         if e != 0 {
             return Err(e);
@@ -71,7 +79,11 @@ impl HelperThread {
     }
 
     fn set(&self, what: u32) {
-        if self.go.compare_exchange(WAIT, what, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if self
+            .go
+            .compare_exchange(WAIT, what, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
             futex::wake_all(&self.go);
         }
     }

@@ -30,9 +30,9 @@ mod store;
 
 const _: () = assert!(crate::pool::profiles::RUNS == record::HISTORY_RUNS);
 
+use crate::chunk::CHUNK_SIZE;
 use crate::config;
 use crate::os::{self, say};
-use crate::chunk::CHUNK_SIZE;
 use core::sync::atomic::Ordering;
 use estimate::Source;
 use std::sync::Mutex;
@@ -49,7 +49,6 @@ struct Active {
 }
 
 static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
-
 
 /// The profile the environment asks for: its name (`TIERMALLOC_PROFILE`, checked) and cap
 /// (`TIERMALLOC_PROFILE_MAX`; a cap that is not a size reserves nothing: `Some(0)`). `None`
@@ -143,11 +142,15 @@ fn start_configured(shown: String, max: Option<u64>, started_ns: u64) {
             None
         }
     };
-    let (dram_word, pool_word) =
-        live.as_ref().map_or((core::ptr::null_mut(), core::ptr::null_mut()), |l| l.peak_words());
+    let (dram_word, pool_word) = live
+        .as_ref()
+        .map_or((core::ptr::null_mut(), core::ptr::null_mut()), |l| {
+            l.peak_words()
+        });
     crate::pool::share::publish_peak_to(pool_word);
     device_reserve::publish_peaks_to(
-        live.as_ref().map_or([core::ptr::null_mut(); 3], |l| l.device_peak_words()),
+        live.as_ref()
+            .map_or([core::ptr::null_mut(); 3], |l| l.device_peak_words()),
     );
     reserve::start_profiling(dram_word);
     if config::get().verbose {
@@ -160,23 +163,39 @@ fn start_configured(shown: String, max: Option<u64>, started_ns: u64) {
             "tiermalloc: profile {shown}: reserving {} B of dram from {}{}; records in {}",
             estimate.bytes,
             from(estimate.source),
-            if estimate.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" },
+            if estimate.capped {
+                ", capped by TIERMALLOC_PROFILE_MAX"
+            } else {
+                ""
+            },
             store.place()
         ));
-        for (i, e) in device_estimates.iter().enumerate().filter(|(_, e)| e.bytes > 0) {
+        for (i, e) in device_estimates
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.bytes > 0)
+        {
             say(format_args!(
                 "tiermalloc: profile {shown}: reserving {} B of tier '{}' from {}{}",
                 e.bytes,
                 device_reserve::KINDS[i].name(),
                 from(e.source),
-                if e.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" }
+                if e.capped {
+                    ", capped by TIERMALLOC_PROFILE_MAX"
+                } else {
+                    ""
+                }
             ));
         }
         if pool_estimate.bytes > 0 {
             say(format_args!(
                 "tiermalloc: profile {shown}: reserving {} B of the pool tier{}",
                 pool_estimate.bytes,
-                if pool_estimate.capped { ", capped by TIERMALLOC_PROFILE_MAX" } else { "" }
+                if pool_estimate.capped {
+                    ", capped by TIERMALLOC_PROFILE_MAX"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -249,7 +268,10 @@ fn helpers_needed(name: &str, max: Option<u64>) -> (bool, bool) {
     };
     let store = record::Store::at(dir, name);
     let plan = estimate::plan(&store.live_peers(), &store.history(), max);
-    (plan.dram.bytes > 0, plan.devices.iter().any(|e| e.bytes > 0))
+    (
+        plan.dram.bytes > 0,
+        plan.devices.iter().any(|e| e.bytes > 0),
+    )
 }
 
 /// Dismisses the helper threads `start` did not release, however it returns.

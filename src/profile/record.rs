@@ -161,7 +161,9 @@ impl Store {
             }
             text.push('\n');
         }
-        let tmp = self.dir.join(format!("{}.runs.tmp.{}", self.name, std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!("{}.runs.tmp.{}", self.name, std::process::id()));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
         drop(f);
@@ -381,10 +383,16 @@ mod tests {
             }]
         );
         // A line of the older format (no pool part) still reads.
-        assert_eq!(parse_run("dram 7 1 2 3").map(|r| (r.peak, r.pool_peak)), Some((7, 0)));
+        assert_eq!(
+            parse_run("dram 7 1 2 3").map(|r| (r.peak, r.pool_peak)),
+            Some((7, 0))
+        );
         // Device parts in any order; a name this version does not know is skipped.
         let run = parse_run("dram 7 1 2 3 pool 4 5 pmr 6 7 nvm 8 9 cxl 10 11").unwrap();
-        assert_eq!((run.pool_peak, run.devices), (4, [(10, 11), (0, 0), (6, 7)]));
+        assert_eq!(
+            (run.pool_peak, run.devices),
+            (4, [(10, 11), (0, 0), (6, 7)])
+        );
         let run =
             parse_run("dram 7 1 2 3 cxl 10 11 cxl.slab 3 12 pmr.slab 70 1 nvm.slab 1 1").unwrap();
         let slab = |device, key, slabs| SlabPeak { device, key, slabs };

@@ -25,9 +25,9 @@
 
 use super::copy_fill::CopyFill;
 use super::helper_thread::HelperThread;
+use crate::chunk::CHUNK_SIZE;
 use crate::futex;
 use crate::os;
-use crate::chunk::CHUNK_SIZE;
 use crate::stats::SharedCounter;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -72,7 +72,10 @@ pub(crate) fn stop_live() {
 
 /// The peak of DRAM use, and `os::coarse_now_ns` when it was reached.
 pub(crate) fn peak() -> (u64, u64) {
-    (PEAK.load(Ordering::Relaxed), PEAK_AT_NS.load(Ordering::Relaxed))
+    (
+        PEAK.load(Ordering::Relaxed),
+        PEAK_AT_NS.load(Ordering::Relaxed),
+    )
 }
 
 /// Bytes from `BASE` the pre-fault thread has populated, or given up on: `take` hands out
@@ -266,7 +269,9 @@ extern "C" fn populate_thread(_: *mut libc::c_void) -> *mut libc::c_void {
             PREFAULT_ERRNO.store(errno as usize, Ordering::Relaxed);
             break;
         }
-        let cost = os::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(cpu).max(1);
+        let cost = os::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+            .saturating_sub(cpu)
+            .max(1);
         let per_mib = cost * (1 << 20) / n as u64;
         if pages == Pages::Measured {
             match small_step {
@@ -343,7 +348,12 @@ pub(crate) fn map_chunks(map_len: usize, touched: usize) -> Option<NonNull<u8>> 
     debug_assert!(map_len % CHUNK_SIZE == 0 && touched <= map_len);
     let fresh = os::map_aligned(map_len, CHUNK_SIZE)?;
     // SAFETY: the first `touched` bytes of our fresh mapping, untouched.
-    unsafe { fill(fresh.as_ptr() as usize, touched.next_multiple_of(os::PAGE_SIZE)) };
+    unsafe {
+        fill(
+            fresh.as_ptr() as usize,
+            touched.next_multiple_of(os::PAGE_SIZE),
+        )
+    };
     Some(fresh)
 }
 
@@ -405,7 +415,6 @@ fn publish_peak(peak: u64) {
         unsafe { (*word).fetch_max(peak, Ordering::Relaxed) };
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,10 @@ use core::sync::atomic::AtomicU64;
 use std::path::PathBuf;
 
 pub(crate) enum Store {
-    Pool { records: ProfileRecords, name: String },
+    Pool {
+        records: ProfileRecords,
+        name: String,
+    },
     Dir(record::Store),
 }
 
@@ -83,7 +86,10 @@ impl Store {
                 for (&field, &(peak, _)) in profiles::F_DEVICE_PEAKS.iter().zip(&run.devices) {
                     f[field] = peak;
                 }
-                pack_slab_peaks(&run.slabs, &mut f[profiles::F_SLABS..][..profiles::SLAB_WORDS]);
+                pack_slab_peaks(
+                    &run.slabs,
+                    &mut f[profiles::F_SLABS..][..profiles::SLAB_WORDS],
+                );
                 records.append(name.as_bytes(), f).map_err(str::to_owned)
             }
         }
@@ -108,7 +114,10 @@ impl Store {
     /// Publishes this process's live record.
     pub(crate) fn publish_live(&self, reserved: u64) -> Result<Live, String> {
         match self {
-            Store::Dir(d) => d.publish_live(reserved).map(Live::Dir).map_err(|e| e.to_string()),
+            Store::Dir(d) => d
+                .publish_live(reserved)
+                .map(Live::Dir)
+                .map_err(|e| e.to_string()),
             Store::Pool { records, name } => records
                 .publish_live(name.as_bytes())
                 .map(Live::Pool)
@@ -204,7 +213,10 @@ mod tests {
         let mut want: Vec<SlabPeak> = peaks
             .iter()
             .filter(|p| p.slabs >= 8)
-            .map(|p| SlabPeak { slabs: p.slabs.min(PACKED_SLABS_MAX), ..*p })
+            .map(|p| SlabPeak {
+                slabs: p.slabs.min(PACKED_SLABS_MAX),
+                ..*p
+            })
             .collect();
         want.sort_by_key(|p| (p.device, p.key));
         assert_eq!(back.len(), profiles::SLAB_PEAKS);

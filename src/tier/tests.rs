@@ -5,7 +5,7 @@ use crate::dram::{large, GROW_TO_CACHED};
 use crate::pagemap::ChunkTag;
 
 fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
-DRAM.alloc(size, align, false)
+    DRAM.alloc(size, align, false)
 }
 
 /// `realloc` of a block of ours.
@@ -13,8 +13,8 @@ DRAM.alloc(size, align, false)
 /// # Safety
 /// As `tier::realloc`.
 unsafe fn realloc(p: *mut u8, size: usize, align: usize) -> *mut u8 {
-// SAFETY: forwarded.
-unsafe { super::realloc(p, size, align, None) }.expect("a block of ours")
+    // SAFETY: forwarded.
+    unsafe { super::realloc(p, size, align, None) }.expect("a block of ours")
 }
 
 fn byte_at(k: usize, seed: usize) -> u8 {

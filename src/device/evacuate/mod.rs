@@ -776,15 +776,15 @@ fn move_region(
         holder: None,
     };
     let persistent = state.spare.persists();
-    move_record::target_fits(&state.backing(region), persistent, target.to_bytes()).map_err(|what| {
-        Problem {
+    move_record::target_fits(&state.backing(region), persistent, target.to_bytes()).map_err(
+        |what| Problem {
             what,
             errno: libc::ENAMETOOLONG,
             room: None,
             at: None,
             holder: None,
-        }
-    })?;
+        },
+    )?;
     let spec = TierSpec::target(kind, target.to_bytes(), region.len as u64).ok_or(Problem {
         what: "the target's path is longer than 255 bytes",
         errno: libc::ENAMETOOLONG,

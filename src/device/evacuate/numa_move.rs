@@ -37,7 +37,11 @@ use core::fmt::Write;
 pub(super) fn target_node(target: &CStr) -> Option<Result<u32, Problem>> {
     let digits = target.to_bytes().strip_prefix(b"numa=")?;
     let node = (!digits.is_empty() && digits.len() <= 4 && digits.iter().all(u8::is_ascii_digit))
-        .then(|| digits.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
+        .then(|| {
+            digits
+                .iter()
+                .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
+        })
         .filter(|&n| (n as usize) < MAX_NODES);
     Some(node.ok_or(Problem {
         what: "the target numa=N names no node number below 1024",
@@ -121,7 +125,14 @@ pub(super) fn move_to_node(
                 &mut || true,
                 &mut |offset, len| ranges.add(offset, len),
             );
-            move_ranges(region.base, &ranges, node, &mut report, &mut stuck, pass == 0);
+            move_ranges(
+                region.base,
+                &ranges,
+                node,
+                &mut report,
+                &mut stuck,
+                pass == 0,
+            );
             lo = hi;
         }
     }

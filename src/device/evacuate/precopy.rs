@@ -322,14 +322,27 @@ mod tests {
         let (runs, n) = t.runs::<8>(256).unwrap();
         assert_eq!(
             &runs[..n],
-            &[(0, 3 * p), (5 * p, 6 * p), (63 * p, 66 * p), (200 * p, 201 * p), (255 * p, 256 * p)]
+            &[
+                (0, 3 * p),
+                (5 * p, 6 * p),
+                (63 * p, 66 * p),
+                (200 * p, 201 * p),
+                (255 * p, 256 * p)
+            ]
         );
         assert_eq!(t.runs::<8>(256).map(|(_, n)| n), Some(5));
         let (runs, n) = t.runs::<2>(256).unwrap();
-        assert_eq!(&runs[..n], &[(0, 3 * p), (5 * p, 6 * p)], "the first two of five");
+        assert_eq!(
+            &runs[..n],
+            &[(0, 3 * p), (5 * p, 6 * p)],
+            "the first two of five"
+        );
         let (_, n) = touched(&[]).runs::<1>(256).unwrap();
         assert_eq!(n, 0);
-        assert!(Touched::new().runs::<8>(256).is_none(), "unknown: the hold copies all");
+        assert!(
+            Touched::new().runs::<8>(256).is_none(),
+            "unknown: the hold copies all"
+        );
         let (runs, n) = touched(&[MAX_PAGES - 1]).runs::<1>(MAX_PAGES).unwrap();
         assert_eq!(&runs[..n], &[((MAX_PAGES - 1) * p, MAX_PAGES * p)]);
     }
@@ -415,7 +428,10 @@ mod tests {
         };
         let p = os::PAGE_SIZE;
         assert_eq!(recopied, [(3 * p, 5 * p), (40 * p, 41 * p)]);
-        assert_eq!((stored(&target, 3), stored(&target, 4), stored(&target, 40)), (33, 44, 400));
+        assert_eq!(
+            (stored(&target, 3), stored(&target, 4), stored(&target, 40)),
+            (33, 44, 400)
+        );
         assert_eq!(present(&pre, &mut t), Vec::<usize>::new(), "dropped again");
         // A store after the second pass is the hold's.
         store(7, 70);

@@ -252,8 +252,8 @@ impl Drop for StartTable {
 #[cfg(test)]
 mod tests {
     use super::super::node::NodePool;
-    use crate::test_rng::Rng;
     use super::*;
+    use crate::test_rng::Rng;
 
     /// Random inserts and removes against a plain map, through several doublings, with offsets
     /// in runs (as extents are) and scattered.

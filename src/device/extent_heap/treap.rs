@@ -287,8 +287,8 @@ pub(super) unsafe fn collect(root: *mut Node) -> (std::vec::Vec<*mut Node>, usiz
 #[cfg(test)]
 mod tests {
     use super::super::node::NodePool;
-    use crate::test_rng::Rng;
     use super::*;
+    use crate::test_rng::Rng;
 
     /// Random insert/remove/replace against a sorted Vec, checking the searches at each step.
     #[test]

@@ -128,16 +128,16 @@ pub(crate) mod media;
 pub(crate) mod owner;
 pub(crate) mod recover;
 mod repair;
-mod slab_memo;
 pub(crate) mod roots;
+mod slab_memo;
 pub(crate) mod superblock;
 #[cfg(test)]
 mod tests;
 
 pub use check::{check_file, check_image, check_image_with_progress, HeapReport};
 pub use extent_map::{extent_map, ExtentKind, MapExtent};
-pub use repair::{heap_region_len, repair_file, Repaired};
 pub(crate) use flush::persist;
+pub use repair::{heap_region_len, repair_file, Repaired};
 pub(crate) use slab_memo::SlabMemo;
 pub(crate) use superblock::SUPERBLOCK_BYTES;
 

@@ -244,7 +244,14 @@ pub(crate) fn named_in_file(path: &[u8], offset: u64) -> Option<HolderName> {
     }
     let mut page = [0u8; RECORD_END as usize];
     // SAFETY: reading into `page`, our descriptor.
-    let n = unsafe { libc::pread(fd, page.as_mut_ptr().cast(), page.len(), offset as libc::off_t) };
+    let n = unsafe {
+        libc::pread(
+            fd,
+            page.as_mut_ptr().cast(),
+            page.len(),
+            offset as libc::off_t,
+        )
+    };
     // SAFETY: our descriptor.
     unsafe { libc::close(fd) };
     if n != page.len() as isize || !superblock::has_magic(&page) {

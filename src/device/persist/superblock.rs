@@ -19,8 +19,8 @@
 
 use super::media;
 use crate::backend::Region;
-use crate::device::slabs::SLAB_BYTES;
 use crate::device::header::{BlockHeader, HEADER_MAGIC, HEADER_SIZE, STATE_FREE};
+use crate::device::slabs::SLAB_BYTES;
 
 pub(crate) const SUPERBLOCK_BYTES: u64 = 4096;
 const MAGIC: [u8; 8] = *b"TMHEAP\r\n";

@@ -6,10 +6,10 @@ use super::media::recorder::{self, Event};
 use super::recover::{self, Extent};
 use super::{check, roots, superblock};
 use crate::config::tier_spec_for_test as spec;
-use crate::device::slabs::{self, SLAB_MARKER};
-use crate::test_rng::Rng;
 use crate::device::header::HEADER_SIZE;
+use crate::device::slabs::{self, SLAB_MARKER};
 use crate::device::{DeviceTier, BREAK_ORDER};
+use crate::test_rng::Rng;
 use std::collections::BTreeMap;
 use std::string::{String, ToString};
 use std::vec::Vec;
@@ -150,13 +150,19 @@ fn opening_formats_zeroes_recovers_heaps_and_refuses_foreign_bytes() {
         .expect("other length");
     assert!(other.what.contains("another size"), "{}", other.what);
     let smaller = open("pmr", &path, ",size=512K,fresh").unwrap();
-    assert_eq!(smaller.stats().in_use, 0, "fresh formats a heap of another size");
+    assert_eq!(
+        smaller.stats().in_use,
+        0,
+        "fresh formats a heap of another size"
+    );
     drop(smaller);
     // A broken chain: refused with the offset named.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[4096 + 8..4096 + 12].copy_from_slice(b"XXXX");
     std::fs::write(&path, &bytes).unwrap();
-    let damaged = open("pmr", &path, ",size=512K").err().expect("damaged heap refused");
+    let damaged = open("pmr", &path, ",size=512K")
+        .err()
+        .expect("damaged heap refused");
     assert_eq!(damaged.at, Some(4096), "{}", damaged.what);
     std::fs::remove_file(path).unwrap();
 }
@@ -314,7 +320,9 @@ fn the_offline_checker_reports_problems() {
     assert_eq!(report.roots.len(), 2);
     assert_eq!(
         report.problems,
-        vec![format!("root \"gone\" names offset {p_offset}, which is no live block")]
+        vec![format!(
+            "root \"gone\" names offset {p_offset}, which is no live block"
+        )]
     );
     image[4096 + 8] ^= 0xff;
     let report = check::check_image(&image).unwrap();
@@ -324,7 +332,13 @@ fn the_offline_checker_reports_problems() {
         report.problems
     );
     assert!(check::check_image(&vec![7u8; 1 << 20]).is_err());
-    assert!(super::check_file(std::path::Path::new(&path), 0).unwrap().problems.len() == 1);
+    assert!(
+        super::check_file(std::path::Path::new(&path), 0)
+            .unwrap()
+            .problems
+            .len()
+            == 1
+    );
     std::fs::remove_file(path).unwrap();
 }
 
@@ -755,7 +769,11 @@ fn record_retired_window_cut(name: &str) -> Run {
         vec![(header_offset(&tier, cut), None, Some(32))]
     });
     let last_slot = window + SLAB_MARKER + (slabs::slots_of(2) as u64 - 1) * 48;
-    assert_eq!(header_offset(&tier, cut), last_slot, "the cut block is on the last slot");
+    assert_eq!(
+        header_offset(&tier, cut),
+        last_slot,
+        "the cut block is on the last slot"
+    );
     assert_eq!(tier.usable_size(cut), Some(32));
     end_run(tier, &path, initial, ops)
 }
@@ -789,13 +807,21 @@ fn record_slab_cut_again(name: &str) -> Run {
         vec![(header_offset(&tier, big), None, Some((512 << 10) - 16))]
     });
     let big_at = header_offset(&tier, big);
-    assert_eq!(big_at, 512 << 10, "the big block is cut from the region's end");
+    assert_eq!(
+        big_at,
+        512 << 10,
+        "the big block is cut from the region's end"
+    );
     step(&mut ops, || {
         x = tier.alloc(8000, 16).unwrap();
         vec![(header_offset(&tier, x), None, Some(8000))]
     });
     let x_at = header_offset(&tier, x);
-    assert_eq!(x_at + 16 + 8000, big_at, "x lies right in front of the big block");
+    assert_eq!(
+        x_at + 16 + 8000,
+        big_at,
+        "x lies right in front of the big block"
+    );
     // The free space in front of x, but for 2 KiB, taken: the slab can only come from behind.
     let filler = x_at - super::SUPERBLOCK_BYTES - 2048 - 16;
     step(&mut ops, || {
@@ -815,7 +841,11 @@ fn record_slab_cut_again(name: &str) -> Run {
     let first = take_slot(&mut ops, &mut slot);
     let slot_at = header_offset(&tier, slot);
     let window = (1 << 20) - slabs::SLAB_BYTES;
-    assert_eq!(slot_at, window + SLAB_MARKER, "the slab is cut from the free space's end");
+    assert_eq!(
+        slot_at,
+        window + SLAB_MARKER,
+        "the slab is cut from the free space's end"
+    );
     let free_slot = |ops: &mut Vec<OpRecord>, slot: *mut u8| {
         step(ops, || {
             tier.free(slot).unwrap();
@@ -825,7 +855,11 @@ fn record_slab_cut_again(name: &str) -> Run {
     free_slot(&mut ops, slot);
     let again = take_slot(&mut ops, &mut slot);
     assert_eq!(header_offset(&tier, slot), slot_at, "the same slot again");
-    assert_eq!(recorder::writes_in(first).len(), 3, "the first cut: marker, size, slot");
+    assert_eq!(
+        recorder::writes_in(first).len(),
+        3,
+        "the first cut: marker, size, slot"
+    );
     assert_eq!(
         recorder::writes_in(again),
         vec![(slot_at, 16)],
@@ -833,7 +867,10 @@ fn record_slab_cut_again(name: &str) -> Run {
     );
     free_slot(&mut ops, slot);
     step(&mut ops, || {
-        assert!(tier.resize_in_place(x, 20000), "x grows into the free space behind it");
+        assert!(
+            tier.resize_in_place(x, 20000),
+            "x grows into the free space behind it"
+        );
         vec![(x_at, Some(8000), Some(tier.usable_size(x).unwrap() as u64))]
     });
     let grown = tier.usable_size(x).unwrap() as u64;
@@ -842,7 +879,11 @@ fn record_slab_cut_again(name: &str) -> Run {
         vec![(x_at, Some(grown), Some(8000))]
     });
     let last = take_slot(&mut ops, &mut slot);
-    assert_eq!(header_offset(&tier, slot), slot_at, "the same window once more");
+    assert_eq!(
+        header_offset(&tier, slot),
+        slot_at,
+        "the same window once more"
+    );
     assert_eq!(
         recorder::writes_in(last).len(),
         3,
@@ -872,7 +913,11 @@ fn slabs_cut_ahead_recover_at_every_crash_point() {
     step(&mut ops, || {
         assert_eq!(tier.cut_slabs_ahead(lane, 2, 3, u32::MAX), 3);
         assert_eq!(tier.cut_slabs_ahead(lane, 5, 1, u32::MAX), 1);
-        assert_eq!(tier.cut_slabs_ahead(lane, 5, 1, u32::MAX), 0, "one is there already");
+        assert_eq!(
+            tier.cut_slabs_ahead(lane, 5, 1, u32::MAX),
+            0,
+            "one is there already"
+        );
         Vec::new()
     });
     let mut slot = core::ptr::null_mut();
@@ -887,7 +932,11 @@ fn slabs_cut_ahead_recover_at_every_crash_point() {
         "the first block of a class cut ahead writes its header and nothing else"
     );
     let cuts = tier.slab_cuts();
-    assert_eq!((cuts.ahead, cuts.ahead_used, cuts.on_demand), (4, 1, 0), "{cuts:?}");
+    assert_eq!(
+        (cuts.ahead, cuts.ahead_used, cuts.on_demand),
+        (4, 1, 0),
+        "{cuts:?}"
+    );
     step(&mut ops, || {
         let p = tier.alloc(8000, 16).unwrap();
         vec![(header_offset(&tier, p), None, Some(8000))]
@@ -1050,7 +1099,10 @@ fn sigkill_storm_recovers_every_time() {
             "seed {seed}: {:?}",
             report.problems
         );
-        assert!(!report.closed_cleanly, "seed {seed}: a killed run left the heap marked clean");
+        assert!(
+            !report.closed_cleanly,
+            "seed {seed}: a killed run left the heap marked clean"
+        );
         let tier = open_when_unlocked("pmr", &path, "");
         assert_eq!(tier.previous_run_clean(), Some(false), "seed {seed}");
         let found: BTreeMap<u64, u64> = live_blocks(&tier).into_iter().collect();
@@ -1255,7 +1307,10 @@ fn a_clean_exit_leaves_the_heap_clean_and_a_kill_leaves_it_dirty() {
             .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
             .env(EXIT_ENV, mode)
             // DRAM first: the test binary's own mallocs stay off the tier.
-            .env("TIERMALLOC_TIERS", format!("dram;pmr:path={path},size=1M,create"))
+            .env(
+                "TIERMALLOC_TIERS",
+                format!("dram;pmr:path={path},size=1M,create"),
+            )
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap()
@@ -1263,8 +1318,15 @@ fn a_clean_exit_leaves_the_heap_clean_and_a_kill_leaves_it_dirty() {
     let recovered_roots = |clean: bool, runs: usize| {
         let report = check::check_file(std::path::Path::new(&path), 0).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-        assert_eq!(report.closed_cleanly, clean, "the checker's report: {report:?}");
-        assert_eq!(report.blocks + report.slots, runs as u64, "one block per run");
+        assert_eq!(
+            report.closed_cleanly, clean,
+            "the checker's report: {report:?}"
+        );
+        assert_eq!(
+            report.blocks + report.slots,
+            runs as u64,
+            "one block per run"
+        );
         let tier = open("pmr", &path, "").unwrap();
         assert_eq!(tier.previous_run_clean(), Some(clean));
         let p = tier.root_get(b"exit").expect("the root survives");
@@ -1273,7 +1335,11 @@ fn a_clean_exit_leaves_the_heap_clean_and_a_kill_leaves_it_dirty() {
         assert_eq!(live_blocks(&tier).len(), runs);
         // Dropping a tier closes it as an exit does.
         drop(tier);
-        assert!(check::check_file(std::path::Path::new(&path), 0).unwrap().closed_cleanly);
+        assert!(
+            check::check_file(std::path::Path::new(&path), 0)
+                .unwrap()
+                .closed_cleanly
+        );
     };
 
     // A normal exit.
@@ -1314,9 +1380,15 @@ fn a_block_grows_in_place_into_the_free_extent_behind_it() {
         header_offset(&tier, behind),
         "cut from the end: the later block lies right in front of the earlier one"
     );
-    assert!(!tier.resize_in_place(p, 15000), "grew over a live neighbour");
+    assert!(
+        !tier.resize_in_place(p, 15000),
+        "grew over a live neighbour"
+    );
     tier.free(behind).unwrap();
-    assert!(tier.resize_in_place(p, 25000), "no growth into the free extent behind");
+    assert!(
+        tier.resize_in_place(p, 25000),
+        "no growth into the free extent behind"
+    );
     assert!(tier.usable_size(p).unwrap() >= 25000);
     // SAFETY: the block holds at least 25000 bytes now.
     unsafe { p.add(24992).cast::<u64>().write_unaligned(0x9a0e) };
@@ -1329,10 +1401,16 @@ fn a_block_grows_in_place_into_the_free_extent_behind_it() {
     assert_eq!(live_blocks(&tier), vec![(offset, grown)]);
     let p = tier.at_offset(offset).unwrap();
     // SAFETY: as above, recovered.
-    assert_eq!(unsafe { p.add(24992).cast::<u64>().read_unaligned() }, 0x9a0e);
+    assert_eq!(
+        unsafe { p.add(24992).cast::<u64>().read_unaligned() },
+        0x9a0e
+    );
     tier.free(p).unwrap();
     let s = tier.stats();
-    assert_eq!((s.in_use, s.largest_free), (fresh.in_use, fresh.largest_free));
+    assert_eq!(
+        (s.in_use, s.largest_free),
+        (fresh.in_use, fresh.largest_free)
+    );
     drop(tier);
     std::fs::remove_file(path).unwrap();
 }
@@ -1367,7 +1445,9 @@ fn the_owner_record_refuses_a_second_opener_until_the_owner_is_gone() {
     // Another host (another host id): the owner's heartbeat is fresh.
     TEST_HOST.with(|h| h.set(crate::liveness::host_id() ^ 0x5eed));
     for keys in ["", ",fresh", ",format"] {
-        let refused = open_unlocked(&path, keys).err().expect("a second opener is refused");
+        let refused = open_unlocked(&path, keys)
+            .err()
+            .expect("a second opener is refused");
         let holder = refused.holder.expect("the refusal names the owner");
         assert_eq!(holder.pid, my_pid(), "{keys}");
         assert_eq!(
@@ -1397,7 +1477,10 @@ fn the_owner_record_refuses_a_second_opener_until_the_owner_is_gone() {
     let second = open_unlocked(&path, "").expect("the lease ran out: taken over");
     TEST_HOST.with(|h| h.set(0));
     TEST_LEASE_MS.with(|l| l.set(0));
-    assert!(second.at_offset(offset).is_some(), "the heap recovered with its block");
+    assert!(
+        second.at_offset(offset).is_some(),
+        "the heap recovered with its block"
+    );
     assert!(!first.heartbeat(), "the old owner sees its claim lost");
     drop(first);
     drop(second);
@@ -1450,13 +1533,22 @@ fn a_killed_owner_is_taken_over_at_once_on_its_host() {
         .unwrap();
     let started = std::time::Instant::now();
     while !std::path::Path::new(&ready).exists() {
-        assert!(started.elapsed().as_secs() < 20, "the owner child never opened the tier");
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "the owner child never opened the tier"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let by_lock = open("pmr", &path, "").err().expect("the host lock refuses");
     assert_eq!(by_lock.what, crate::backend::IN_USE);
-    assert_eq!(by_lock.holder.map(|h| h.pid), Some(child.id()), "named from the record");
-    let by_record = open_unlocked(&path, "").err().expect("the owner record refuses");
+    assert_eq!(
+        by_lock.holder.map(|h| h.pid),
+        Some(child.id()),
+        "named from the record"
+    );
+    let by_record = open_unlocked(&path, "")
+        .err()
+        .expect("the owner record refuses");
     assert_eq!(by_record.holder.map(|h| h.pid), Some(child.id()));
 
     // SAFETY: signalling our own child.
@@ -1482,7 +1574,8 @@ fn an_unfinished_claim_is_judged_by_its_pid() {
     let claim_by = |pid: u32| {
         use std::os::unix::fs::FileExt;
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&(host_half << 32 | u64::from(pid)).to_le_bytes(), 64).unwrap();
+        file.write_all_at(&(host_half << 32 | u64::from(pid)).to_le_bytes(), 64)
+            .unwrap();
         file.write_all_at(&0u64.to_le_bytes(), 72).unwrap(); // no stamp: unfinished
     };
     let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -1490,9 +1583,14 @@ fn an_unfinished_claim_is_judged_by_its_pid() {
     child.wait().unwrap();
     claim_by(dead);
     drop(open_unlocked(&path, "").expect("a dead pid's unfinished claim is taken over"));
-    let mut live = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut live = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     claim_by(live.id());
-    let refused = open_unlocked(&path, "").err().expect("a live pid's unfinished claim refuses");
+    let refused = open_unlocked(&path, "")
+        .err()
+        .expect("a live pid's unfinished claim refuses");
     let holder = refused.holder.unwrap();
     assert_eq!((holder.pid, holder.host_name()), (live.id(), "?"));
     live.kill().unwrap();

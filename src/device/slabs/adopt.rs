@@ -3,8 +3,8 @@
 //! bulk while the tier is still private to the opening thread.
 
 use super::{
-    live_bitmap, slot_bytes, slots_of, Lane, SlabFields, Slabs, CLASSES, HEADER, NONE,
-    SLAB_BYTES, SLAB_MARKER, SLAB_WORDS,
+    live_bitmap, slot_bytes, slots_of, Lane, SlabFields, Slabs, CLASSES, HEADER, NONE, SLAB_BYTES,
+    SLAB_MARKER, SLAB_WORDS,
 };
 use crate::os;
 

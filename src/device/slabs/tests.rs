@@ -43,7 +43,11 @@ impl Fixture {
                 *self.retired.borrow_mut() += 1;
             },
         );
-        assert_eq!(marked, matches!(result, SlabFree::Freed), "header marked iff freed");
+        assert_eq!(
+            marked,
+            matches!(result, SlabFree::Freed),
+            "header marked iff freed"
+        );
         result
     }
 }
@@ -57,12 +61,23 @@ fn sizes_map_to_the_smallest_class_that_holds_them() {
     assert_eq!(Slabs::class_of(513, 16), Some(EXACT_CLASSES + 1));
     assert_eq!(usable_of(EXACT_CLASSES + 1), 640);
     assert_eq!(Slabs::class_of(SLAB_MAX_USABLE, 16), Some(CLASSES));
-    assert_eq!(Slabs::class_of(SLAB_MAX_USABLE + 1, 16), None, "an extent of its own");
-    assert_eq!(Slabs::class_of(100, 32), None, "aligned beyond 16: an extent");
+    assert_eq!(
+        Slabs::class_of(SLAB_MAX_USABLE + 1, 16),
+        None,
+        "an extent of its own"
+    );
+    assert_eq!(
+        Slabs::class_of(100, 32),
+        None,
+        "aligned beyond 16: an extent"
+    );
     for size in 0..=SLAB_MAX_USABLE {
         let class = Slabs::class_of(size, 16).unwrap();
         assert!(usable_of(class) >= size as u64);
-        assert!(class == 1 || usable_of(class - 1) < size as u64, "size {size}");
+        assert!(
+            class == 1 || usable_of(class - 1) < size as u64,
+            "size {size}"
+        );
     }
 }
 
@@ -72,12 +87,22 @@ fn a_slab_fills_then_the_next_is_made_and_empty_slabs_are_retired() {
     let slots = slots_of(1);
     let blocks: Vec<_> = (0..slots + 1).map(|_| fx.alloc(10).unwrap()).collect();
     fx.slabs.check_invariants();
-    assert!(blocks[..slots].iter().all(|&(o, _)| o < SLAB_BYTES), "first slab first");
-    assert_eq!(blocks[slots].0, SLAB_BYTES + SLAB_MARKER, "then a second slab, after its marker");
+    assert!(
+        blocks[..slots].iter().all(|&(o, _)| o < SLAB_BYTES),
+        "first slab first"
+    );
+    assert_eq!(
+        blocks[slots].0,
+        SLAB_BYTES + SLAB_MARKER,
+        "then a second slab, after its marker"
+    );
     assert_eq!(blocks[0].1, slot_bytes(1));
     let t = fx.slabs.totals();
     assert_eq!((t.allocations, t.frees), (slots as u64 + 1, 0));
-    assert_eq!(t.idle_bytes, 2 * SLAB_BYTES - (slots as u64 + 1) * slot_bytes(1));
+    assert_eq!(
+        t.idle_bytes,
+        2 * SLAB_BYTES - (slots as u64 + 1) * slot_bytes(1)
+    );
     for &(offset, len) in &blocks {
         assert_eq!(fx.slabs.slot_len(offset), Some(Some(len)));
         assert!(matches!(fx.free(offset), SlabFree::Freed));
@@ -93,12 +118,24 @@ fn bad_frees_are_refused_and_change_nothing() {
     let fx = Fixture::new(2);
     let (a, _) = fx.alloc(100).unwrap();
     let (b, _) = fx.alloc(100).unwrap();
-    assert!(matches!(fx.free(a + 16), SlabFree::Refused(FreeError::NotAllocated)));
+    assert!(matches!(
+        fx.free(a + 16),
+        SlabFree::Refused(FreeError::NotAllocated)
+    ));
     assert!(matches!(fx.free(a), SlabFree::Freed));
-    assert!(matches!(fx.free(a), SlabFree::Refused(FreeError::DoubleFree)));
+    assert!(matches!(
+        fx.free(a),
+        SlabFree::Refused(FreeError::DoubleFree)
+    ));
     assert_eq!(fx.slabs.slot_len(a), Some(None));
-    assert!(matches!(fx.free(SLAB_BYTES), SlabFree::NotSlab), "no slab in that window");
-    assert!(matches!(fx.free(10 * SLAB_BYTES), SlabFree::NotSlab), "past the region");
+    assert!(
+        matches!(fx.free(SLAB_BYTES), SlabFree::NotSlab),
+        "no slab in that window"
+    );
+    assert!(
+        matches!(fx.free(10 * SLAB_BYTES), SlabFree::NotSlab),
+        "past the region"
+    );
     fx.slabs.check_invariants();
     assert!(matches!(fx.free(b), SlabFree::Freed));
     assert_eq!(*fx.retired.borrow(), 1);
@@ -112,9 +149,15 @@ fn the_tier_full_of_slabs_fails_and_recovers() {
         blocks.push(offset);
     }
     assert_eq!(blocks.len(), slots_of(CLASSES));
-    assert!(fx.alloc(10).is_none(), "no window left for a slab of another class");
+    assert!(
+        fx.alloc(10).is_none(),
+        "no window left for a slab of another class"
+    );
     assert!(matches!(fx.free(blocks.pop().unwrap()), SlabFree::Freed));
-    assert!(fx.alloc(4000).is_some(), "a freed slot of a full slab serves again");
+    assert!(
+        fx.alloc(4000).is_some(),
+        "a freed slot of a full slab serves again"
+    );
     fx.slabs.check_invariants();
 }
 
@@ -125,12 +168,18 @@ fn random_traffic_matches_a_model() {
     let mut live: Vec<(u64, u64)> = Vec::new();
     for step in 0..50_000 {
         if live.len() < 2_000 && rng.below(5) < 3 {
-            let size = if rng.below(2) == 0 { rng.below(513) } else { rng.below(4081) };
+            let size = if rng.below(2) == 0 {
+                rng.below(513)
+            } else {
+                rng.below(4081)
+            };
             let Some(block) = fx.alloc(size as usize) else {
                 continue;
             };
             assert!(block.1 >= size + HEADER);
-            assert!(!live.iter().any(|&(o, l)| o < block.0 + block.1 && block.0 < o + l));
+            assert!(!live
+                .iter()
+                .any(|&(o, l)| o < block.0 + block.1 && block.0 < o + l));
             live.push(block);
         } else if !live.is_empty() {
             let (offset, len) = live.swap_remove(rng.below(live.len() as u64) as usize);
@@ -211,11 +260,19 @@ fn slabs_cut_ahead_are_taken_without_a_new_slab_and_counted_once_used() {
         fx.slabs.slab_peaks(|l, class, n| v.push((l, class, n)));
         v
     };
-    assert_eq!(peaks(&fx), [(lane, 1, 1)], "slabs cut ahead are not in use yet");
+    assert_eq!(
+        peaks(&fx),
+        [(lane, 1, 1)],
+        "slabs cut ahead are not in use yet"
+    );
     // The rest of the first slab, then the next slot comes from a slab cut ahead.
     let slots = slots_of(1);
     let rest: Vec<_> = (1..slots).map(|_| fx.alloc(10).unwrap()).collect();
-    assert!(rest.iter().all(|&(o, _)| o / SLAB_BYTES == first.0 / SLAB_BYTES), "the head first");
+    assert!(
+        rest.iter()
+            .all(|&(o, _)| o / SLAB_BYTES == first.0 / SLAB_BYTES),
+        "the head first"
+    );
     let next = fx.alloc(10).unwrap();
     let t = fx.slabs.totals();
     assert_eq!((t.cut_on_demand, t.ahead_cut, t.ahead_used), (1, 2, 1));

@@ -45,9 +45,9 @@ pub fn caches_size(block_size: u32) -> bool {
 
 /// Invariants: `len[i] <= SLOTS`; `slots[i][..len[i]]` are dead blocks of class `FIRST + i`,
 /// each carrying its page's free mark and counted used on its page, the other slots 0;
-/// `bytes` is the sum of their block sizes, at most `BYTES`; `low <= bytes`. Zeroed memory is an empty cache
-/// (heaps start zeroed). Slots and lengths are atomics only so that other threads may look for
-/// a block (`holds`); the owner's relaxed loads and stores are plain moves.
+/// `bytes` is the sum of their block sizes, at most `BYTES`; `low <= bytes`. Zeroed memory is
+/// an empty cache (heaps start zeroed). Slots and lengths are atomics only so that other
+/// threads may look for a block (`holds`); the owner's relaxed loads and stores are plain moves.
 #[repr(C)]
 pub struct BlockCache {
     len: [AtomicUsize; CLASSES],
@@ -112,7 +112,10 @@ impl BlockCache {
         if self.bytes == 0 {
             return None;
         }
-        let i = self.len.iter().position(|n| n.load(Ordering::Relaxed) != 0)?;
+        let i = self
+            .len
+            .iter()
+            .position(|n| n.load(Ordering::Relaxed) != 0)?;
         let p = self.pop(FIRST + i);
         Some((FIRST + i, p))
     }
@@ -131,7 +134,9 @@ impl BlockCache {
         }
         // SAFETY: the slots are atomics; only they are read.
         let slots = unsafe { &(*this).slots[class - FIRST] };
-        slots.iter().any(|s| s.load(Ordering::Relaxed) == p as usize)
+        slots
+            .iter()
+            .any(|s| s.load(Ordering::Relaxed) == p as usize)
     }
 }
 
@@ -148,7 +153,9 @@ mod tests {
     fn the_first_class_cached_is_the_first_big_one() {
         assert!(class_size(FIRST) > crate::dram::fast::lent_blocks::BIG_MIN);
         assert!(class_size(FIRST - 1) <= crate::dram::fast::lent_blocks::BIG_MIN);
-        assert!(caches_size(class_size(FIRST) as u32) && !caches_size(class_size(FIRST - 1) as u32));
+        assert!(
+            caches_size(class_size(FIRST) as u32) && !caches_size(class_size(FIRST - 1) as u32)
+        );
         assert!(!caches_size(0));
     }
 
@@ -174,7 +181,11 @@ mod tests {
         c.pop(FIRST);
         c.pop(FIRST);
         assert!(c.push(FIRST, 0x9000 as *mut u8));
-        assert_eq!(c.take_low(), 2 * class_size(FIRST), "two blocks stayed the whole time");
+        assert_eq!(
+            c.take_low(),
+            2 * class_size(FIRST),
+            "two blocks stayed the whole time"
+        );
         assert_eq!(c.take_low(), 3 * class_size(FIRST), "untouched since");
     }
 
@@ -185,7 +196,10 @@ mod tests {
         for i in 0..SLOTS {
             assert!(c.push(class, (0x1000 * (i + 1)) as *mut u8));
         }
-        assert!(!c.push(class, 0x9_0000 as *mut u8), "a class holds at most SLOTS");
+        assert!(
+            !c.push(class, 0x9_0000 as *mut u8),
+            "a class holds at most SLOTS"
+        );
         // SAFETY: a live cache.
         unsafe {
             assert!(BlockCache::holds(&c, class, 0x3000 as *mut u8));

@@ -23,7 +23,11 @@ fn the_owners_frees_fill_the_cache_up_to_its_bound_and_purge_and_leaving_empty_i
             // SAFETY: live blocks of ours.
             unsafe { free(p) };
         }
-        assert_eq!(cached_here(), SLOTS as u64, "the first SLOTS frees are cached");
+        assert_eq!(
+            cached_here(),
+            SLOTS as u64,
+            "the first SLOTS frees are cached"
+        );
         // SAFETY: this thread's heap and live pages of it.
         unsafe {
             let cache = core::ptr::addr_of!((*heap).block_cache);

@@ -93,7 +93,12 @@ mod tests {
     /// it, spending it on the CPU does; sleeping through the wall-clock bound does too.
     #[test]
     fn a_window_ends_on_cpu_time_or_the_wall_bound() {
-        let mut clock = DecayClock { wall_due: 0, wall_max: 0, cpu_due: 0, length: 0 };
+        let mut clock = DecayClock {
+            wall_due: 0,
+            wall_max: 0,
+            cpu_due: 0,
+            length: 0,
+        };
         assert!(!clock.is_open());
         let length = 30_000_000;
         let wall_max = 10 * length;
@@ -119,6 +124,9 @@ mod tests {
         clock.open(length, wall_max);
         clock.cpu_due += 1_000_000_000_000;
         std::thread::sleep(std::time::Duration::from_nanos(length + 10_000_000));
-        assert!(clock.expired(), "a window adopted by another thread outlived its length");
+        assert!(
+            clock.expired(),
+            "a window adopted by another thread outlived its length"
+        );
     }
 }

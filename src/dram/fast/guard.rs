@@ -120,13 +120,21 @@ pub fn init_key() {
     unsafe {
         let at_random = libc::getauxval(libc::AT_RANDOM) as *const u64;
         if !at_random.is_null() {
-            seed = [at_random.read_unaligned(), at_random.add(1).read_unaligned()];
+            seed = [
+                at_random.read_unaligned(),
+                at_random.add(1).read_unaligned(),
+            ];
         }
     }
     // Mix in what differs between processes even without AT_RANDOM (forked children share it
     // with their parent, and share the parent's blocks too, so they must keep its key).
     let x = seed[1] ^ os_entropy() ^ (&seed as *const _ as u64);
-    let _ = KEY.compare_exchange(0, key_from(x ^ seed[0]), Ordering::AcqRel, Ordering::Relaxed);
+    let _ = KEY.compare_exchange(
+        0,
+        key_from(x ^ seed[0]),
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    );
 }
 
 /// A link key from random bits. With its top bit set, the key itself (the encoding of null)
@@ -291,7 +299,10 @@ mod tests {
                 assert_eq!(is_block_offset(magic, limit, offset), want, "{d} {offset}");
             }
         }
-        assert!(!is_block_offset(123, 0, 0), "a zero limit (a page not in use) accepts nothing");
+        assert!(
+            !is_block_offset(123, 0, 0),
+            "a zero limit (a page not in use) accepts nothing"
+        );
     }
 
     /// A walk racing the owner meets a popped block whose link word is program data; data
@@ -323,7 +334,10 @@ mod tests {
             // hole: an address in the same segment, which the old plausibility test accepted.
             *(block(0) as *mut usize) = encode(block(1), key);
             *(block(1) as *mut usize) = encode(hole + 64, key);
-            assert!(plausible(hole + 64, block(1)), "the data is what a segment test accepts");
+            assert!(
+                plausible(hole + 64, block(1)),
+                "the data is what a segment test accepts"
+            );
             assert!(!is_on_lists(block(5), block(0), 0, key, blocks, is_block));
             assert!(is_on_lists(block(1), block(0), 0, key, blocks, is_block));
             // A head that is not a block start is not followed either.
@@ -344,7 +358,10 @@ mod tests {
         }
         // What a use after free typically writes over a link: bytes, zero, an address.
         for data in [0usize, 1, usize::MAX, 0x4141_4141_4141_4141, at, at + 16] {
-            assert!(!plausible(decode(data, key), at), "{data:#x} passes for a link");
+            assert!(
+                !plausible(decode(data, key), at),
+                "{data:#x} passes for a link"
+            );
         }
     }
 }

@@ -295,7 +295,12 @@ impl Heap {
     /// As for `hand_back`.
     pub unsafe fn hand_back_to_owner(page: *mut Page) {
         // SAFETY: a page in use lies in a live segment, whose owner never changes.
-        unsafe { Self::hand_back((*Segment::of(page as usize)).owner_heap() as *mut Heap, page) }
+        unsafe {
+            Self::hand_back(
+                (*Segment::of(page as usize)).owner_heap() as *mut Heap,
+                page,
+            )
+        }
     }
 
     /// Frees dead block `p` of `page` (of `owner`'s segment) by the remote path from this
@@ -312,7 +317,10 @@ impl Heap {
         unsafe {
             let class = (*page).class as usize;
             self.traffic.on_remote_free(class);
-            if !self.remote_batch.add(page, class, p, Heap::hand_back_to_owner) {
+            if !self
+                .remote_batch
+                .add(page, class, p, Heap::hand_back_to_owner)
+            {
                 Heap::push_remote(page, owner, p);
             }
         }
@@ -460,8 +468,9 @@ impl Heap {
     }
 
     /// A block for big `class` (`lent_blocks::big`) from the heap's `block_cache`, else from a
-    /// larger class's carved free block, when the class's own pages have none (its slow path would carve or cut a page, touching
-    /// memory); null otherwise (then `alloc_slow`). Marks the lender's page `lent`.
+    /// larger class's carved free block, when the class's own pages have none (its slow path
+    /// would carve or cut a page, touching memory); null otherwise (then `alloc_slow`). Marks
+    /// the lender's page `lent`.
     #[cold]
     #[inline(never)]
     // Run only by programs that ask for blocks over 8 KiB: a section of its own keeps it out of
@@ -672,7 +681,11 @@ impl Heap {
     /// the slow path, whose `pop_checked` tests each link before following it, while the
     /// default fast path pays nothing for that level.
     fn set_current(&mut self, class: usize, page: *mut Page) {
-        let page = if crate::dram::fast::guard::secure() { Page::empty_page() } else { page };
+        let page = if crate::dram::fast::guard::secure() {
+            Page::empty_page()
+        } else {
+            page
+        };
         self.tables.current[class] = page;
     }
 
@@ -944,7 +957,8 @@ impl Heap {
         let page = if budget::admits(bytes as u64) {
             self.cut_page(class)
         } else {
-            self.cut_held_page(class).or_else(|| self.cut_page_after_purge(class, bytes))
+            self.cut_held_page(class)
+                .or_else(|| self.cut_page_after_purge(class, bytes))
         };
         if page.is_some() {
             budget::PAGE_BYTES.add(bytes as u64);

@@ -118,7 +118,11 @@ pub fn lenders(class: usize) -> impl Iterator<Item = usize> {
     let size = class_size(class);
     // The alignment `class` gives: the largest power of two dividing its size.
     let align = 1usize << size.trailing_zeros();
-    let first = if size <= BORROW_CLASS_MAX { class + 1 } else { CLASS_COUNT };
+    let first = if size <= BORROW_CLASS_MAX {
+        class + 1
+    } else {
+        CLASS_COUNT
+    };
     (first..CLASS_COUNT)
         .take_while(move |&c| class_size(c) <= size * LEND_RATIO)
         .filter(move |&c| class_size(c) % align == 0)
@@ -165,8 +169,15 @@ mod tests {
             let size = class_size(class);
             for lender in lenders(class) {
                 let l = class_size(lender);
-                assert!(l > size && l <= size * LEND_RATIO, "class {size}: lender {l}");
-                assert_eq!(l % (1 << size.trailing_zeros()), 0, "class {size}: lender {l}");
+                assert!(
+                    l > size && l <= size * LEND_RATIO,
+                    "class {size}: lender {l}"
+                );
+                assert_eq!(
+                    l % (1 << size.trailing_zeros()),
+                    0,
+                    "class {size}: lender {l}"
+                );
             }
         }
         // 64 B (aligned to 64) borrows from 128, 192 and 256, never from 80 or 96.

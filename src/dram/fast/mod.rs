@@ -6,6 +6,9 @@
 //! the calling thread's heap pushes it back. A block freed by another thread joins that thread's
 //! chain for its page (`remote_batch`), which goes onto the page's remote list with one CAS.
 
+pub mod binding;
+pub mod block_cache;
+pub mod claim;
 pub mod decay_clock;
 pub mod guard;
 pub mod heap;
@@ -17,9 +20,6 @@ pub mod remote_batch;
 pub mod segment;
 pub mod size_class;
 pub mod traffic;
-pub mod binding;
-pub mod block_cache;
-pub mod claim;
 
 use heap::PageTables;
 use page::Page;
@@ -63,7 +63,10 @@ pub fn alloc_class(class: usize) -> *mut u8 {
 pub fn alloc(size: usize) -> *mut u8 {
     if size <= size_class::DIRECT_MAX {
         // SAFETY: `size < DIRECT_SLOTS`, and `direct` holds class indices of `current`.
-        pop_or_slow(|| class_of(size), |tables| unsafe { direct_page(tables, size) })
+        pop_or_slow(
+            || class_of(size),
+            |tables| unsafe { direct_page(tables, size) },
+        )
     } else {
         alloc_class(class_of(size))
     }
@@ -525,10 +528,7 @@ unsafe fn free_remote(p: *mut u8, segment: *mut Segment, page: *mut Page) {
     // remote"). Only a build without `suspect` (a measurement cfg) tests here.
     // SAFETY: a page descriptor of a live segment, or the empty page, which accepts nothing;
     // `p` is read only once it is known to start a block of it.
-    if guard::DEFAULT_CHECKS
-        && !guard::BLOCK_START_CHECK
-        && unsafe { !(*page).is_block_start(p) }
-    {
+    if guard::DEFAULT_CHECKS && !guard::BLOCK_START_CHECK && unsafe { !(*page).is_block_start(p) } {
         return free_misuse(p, crate::misuse::Misuse::NotABlockStart);
     }
     // A live block whose data equals the free mark is told from a freed one before the claim

@@ -123,7 +123,9 @@ impl Quarantine {
     pub unsafe fn holds(this: *const Quarantine, p: *mut u8) -> bool {
         // SAFETY: the slots are atomics; only they are read.
         let slots = unsafe { &(*this).slots };
-        slots.iter().any(|s| s.load(Ordering::Relaxed) == p as usize)
+        slots
+            .iter()
+            .any(|s| s.load(Ordering::Relaxed) == p as usize)
     }
 }
 

@@ -42,7 +42,11 @@ const CHAIN_LIMIT: [u32; SLOTS] = {
     let mut c = 0;
     while c < SLOTS {
         let n = CHAIN_BYTES / class_size(c);
-        t[c] = if n > CHAIN_MAX { CHAIN_MAX as u32 } else { n as u32 };
+        t[c] = if n > CHAIN_MAX {
+            CHAIN_MAX as u32
+        } else {
+            n as u32
+        };
         c += 1;
     }
     t
@@ -68,7 +72,6 @@ struct Chain {
 pub struct RemoteBatch {
     chains: [Chain; SLOTS],
 }
-
 
 impl RemoteBatch {
     /// Gathers dead block `p` of `page` (another heap's, or this one's under
@@ -269,13 +272,19 @@ mod tests {
         .join()
         .unwrap();
         for &p in &blocks {
-            assert!(delivered(p), "the thread's exit hands its chains to their pages");
+            assert!(
+                delivered(p),
+                "the thread's exit hands its chains to their pages"
+            );
         }
         // Allocating again collects them; the lists stay consistent.
         let again: Vec<*mut u8> = (0..10).map(|_| alloc(48)).collect();
         // SAFETY: this thread's heap.
         unsafe { (*binding::current()).check_invariants() };
-        for p in again.into_iter().chain(keep.into_iter().map(|p| p as *mut u8)) {
+        for p in again
+            .into_iter()
+            .chain(keep.into_iter().map(|p| p as *mut u8))
+        {
             // SAFETY: live blocks of ours.
             unsafe { free(p) };
         }
@@ -289,9 +298,16 @@ mod tests {
         let keep = alloc(32) as usize;
         let blocks: Vec<usize> = (0..limit + 1).map(|_| alloc(32) as usize).collect();
         // The blocks of one page, in the order they will be freed.
-        let same_page: Vec<usize> =
-            blocks.iter().copied().filter(|&p| page_of(p) == page_of(blocks[0])).collect();
-        assert!(same_page.len() > limit, "one page serves {} blocks of 32 bytes", limit + 1);
+        let same_page: Vec<usize> = blocks
+            .iter()
+            .copied()
+            .filter(|&p| page_of(p) == page_of(blocks[0]))
+            .collect();
+        assert!(
+            same_page.len() > limit,
+            "one page serves {} blocks of 32 bytes",
+            limit + 1
+        );
         let freed = same_page.clone();
         std::thread::spawn(move || {
             // SAFETY: as above.
@@ -310,11 +326,18 @@ mod tests {
             }
             // SAFETY: as above.
             unsafe { free(freed[limit] as *mut u8) };
-            assert!(gathered_here(freed[limit]), "the next free starts a new chain");
+            assert!(
+                gathered_here(freed[limit]),
+                "the next free starts a new chain"
+            );
         })
         .join()
         .unwrap();
-        for p in blocks.into_iter().filter(|p| !same_page.contains(p)).chain([keep]) {
+        for p in blocks
+            .into_iter()
+            .filter(|p| !same_page.contains(p))
+            .chain([keep])
+        {
             // SAFETY: live blocks of ours.
             unsafe { free(p as *mut u8) };
         }

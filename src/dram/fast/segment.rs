@@ -28,14 +28,14 @@
 //! The segment keeps its owner as an address only: it never looks inside the heap, so this
 //! module depends on `page`, not on `heap` (which cuts pages from segments).
 
-use crate::dram::fast::page::Page;
-use crate::dram::budget;
-use crate::dram::huge_pages::{self, HUGE_PAGE};
-use crate::dram::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
-use crate::os;
 use crate::chunk::{self, CHUNK_MASK, CHUNK_SIZE};
+use crate::dram::budget;
+use crate::dram::fast::page::Page;
+use crate::dram::fast::size_class::{SLICE_SHIFT, SLICE_SIZE};
+use crate::dram::huge_pages::{self, HUGE_PAGE};
 use crate::lockfree::remote_list::{Link, RemoteList};
 use crate::lockfree::tagged_stack::{StackLink, TaggedStack};
+use crate::os;
 use crate::pagemap;
 use crate::sync::AtomicPtr;
 use core::ptr;
@@ -185,7 +185,11 @@ impl Segment {
         let secure = crate::dram::fast::guard::secure();
         let owner = owner | usize::from(secure);
         // Under the secure level no thread's tag matches: every free compares owners.
-        let tag = if secure { pagemap::SHARED_SEGMENT_TAG } else { tag };
+        let tag = if secure {
+            pagemap::SHARED_SEGMENT_TAG
+        } else {
+            tag
+        };
         if let Some(segment) = RETAINED.pop() {
             pagemap::tag_segment(segment as usize, tag);
             // SAFETY: a retained chunk is ours alone once popped: every slice free and given
@@ -273,7 +277,10 @@ impl Segment {
             while open != 0 {
                 let start = open.trailing_zeros() as usize;
                 let len = (!(open >> start)).trailing_zeros() as usize;
-                os::discard((segment as *mut u8).add(start * SLICE_SIZE), len * SLICE_SIZE);
+                os::discard(
+                    (segment as *mut u8).add(start * SLICE_SIZE),
+                    len * SLICE_SIZE,
+                );
                 open &= !run_mask(start, len);
             }
             (*segment).owner = 0;
@@ -396,7 +403,11 @@ impl Segment {
                 unsafe { crate::profile::reserve::fill(at, count as usize * SLICE_SIZE) };
             }
         }
-        let guard = if self.secure() { self.close_tail(memory, n, mask) } else { 0 };
+        let guard = if self.secure() {
+            self.close_tail(memory, n, mask)
+        } else {
+            0
+        };
         // SAFETY: `head` points into this segment's descriptor array.
         unsafe { (*head).init(class, memory, n, guard) };
         Some(head)
@@ -505,8 +516,21 @@ mod tests {
 
     #[test]
     fn slice_index_is_the_slice_of_the_address_in_its_chunk() {
-        for p in [0usize, 1, 0xffff, 0x1_0000, 0x3f_ffff, 0x40_0000, 0x7f12_3456_789a, usize::MAX] {
-            assert_eq!(super::slice_index(p), (p % CHUNK_SIZE) >> SLICE_SHIFT, "{p:#x}");
+        for p in [
+            0usize,
+            1,
+            0xffff,
+            0x1_0000,
+            0x3f_ffff,
+            0x40_0000,
+            0x7f12_3456_789a,
+            usize::MAX,
+        ] {
+            assert_eq!(
+                super::slice_index(p),
+                (p % CHUNK_SIZE) >> SLICE_SHIFT,
+                "{p:#x}"
+            );
         }
         for slice in 0..SLICES {
             let p = 0x7f00_0000_0000 + slice * SLICE_SIZE + 0x1234;
@@ -534,8 +558,14 @@ mod tests {
         let base = segment as usize;
         let header = os::page_round(core::mem::size_of::<Segment>());
         assert!(readable(base) && readable(base + header - 1));
-        assert!(!readable(base + header), "the header slice's tail is accessible");
-        assert!(!readable(base + SLICE_SIZE), "an unused slice is accessible");
+        assert!(
+            !readable(base + header),
+            "the header slice's tail is accessible"
+        );
+        assert!(
+            !readable(base + SLICE_SIZE),
+            "an unused slice is accessible"
+        );
         // SAFETY: our segment, not shared; its page is given back before the release.
         unsafe {
             let page = (*segment).take_page(0, 2, false).unwrap();
@@ -575,9 +605,16 @@ mod tests {
             (*segment).give_back(page);
             Segment::release(segment);
             // After the release: the page map still says "segment", every read is mapped.
-            assert_eq!(pagemap::tag_of_block(p as usize), pagemap::ChunkTag::Segment);
+            assert_eq!(
+                pagemap::tag_of_block(p as usize),
+                pagemap::ChunkTag::Segment
+            );
             let stale = Segment::page_of(Segment::of(p as usize), p as usize);
-            assert_eq!(stale, Page::empty_page(), "a released slice maps to the empty page");
+            assert_eq!(
+                stale,
+                Page::empty_page(),
+                "a released slice maps to the empty page"
+            );
             assert!((*stale).block_size == 0 && !(*stale).is_block_start(p));
             assert!(!(*page).is_block_start(p));
             // A walk that read the descriptor before the release reads the blocks after it:
@@ -617,7 +654,11 @@ mod tests {
         unsafe {
             assert_eq!((*segment).dirty_slices, HALF_SLICES[0] & ALL_BLOCK_SLICES);
             let first = (*segment).take_page(0, 31, true).unwrap();
-            assert_eq!((*first).start as usize, base + SLICE_SIZE, "the dirty slices go first");
+            assert_eq!(
+                (*first).start as usize,
+                base + SLICE_SIZE,
+                "the dirty slices go first"
+            );
             assert!(!readable(base + HUGE_PAGE));
             // The first cut over the second half, a page of small blocks, makes it huge: open,
             // present, the rest of it dirty.
@@ -641,7 +682,10 @@ mod tests {
             let large = (*segment).take_page(0, 2, false).unwrap();
             assert_eq!((*large).start as usize, base + HUGE_PAGE);
             let small = (*segment).take_page(0, 1, true).unwrap();
-            assert!(!readable(base + CHUNK_SIZE - 1), "a half already cut was made huge");
+            assert!(
+                !readable(base + CHUNK_SIZE - 1),
+                "a half already cut was made huge"
+            );
             assert_eq!((*segment).dirty_slices, 0);
             for page in [small, large, first] {
                 (*segment).give_back(page);

@@ -225,7 +225,10 @@ mod tests {
             } else {
                 // At most an eighth of the page past its last block, with the fewest blocks
                 // that allow it (one slice less would hold fewer blocks or waste more).
-                assert!((span - blocks * size) * 8 <= span, "class {c}: {blocks} blocks in {span}");
+                assert!(
+                    (span - blocks * size) * 8 <= span,
+                    "class {c}: {blocks} blocks in {span}"
+                );
                 let fewer = blocks - 1;
                 if fewer > 0 {
                     let shorter = (fewer * size).div_ceil(SLICE_SIZE) * SLICE_SIZE;

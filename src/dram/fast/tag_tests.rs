@@ -49,7 +49,11 @@ fn a_heap_tags_its_segments_and_another_heaps_free_is_not_taken_for_its_own() {
         other_tag != tag || tag == pagemap::NO_SEGMENT_TAG,
         "two live heaps have tags {tag} and {other_tag}"
     );
-    assert_ne!(entry_of(other_block), tag, "another heap's segment is not tagged as ours");
+    assert_ne!(
+        entry_of(other_block),
+        tag,
+        "another heap's segment is not tagged as ours"
+    );
     // The other heap's block, freed here, goes the remote way, not on its page's own list.
     assert!(!free_pushes_on_own_list(other_block));
 }
@@ -76,7 +80,10 @@ fn heaps_beyond_the_tags_free_their_own_blocks_by_comparing_owners() {
         })
         .collect();
     let seen: Vec<(u8, u8, bool)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    let shared = seen.iter().filter(|s| s.0 == pagemap::NO_SEGMENT_TAG).count();
+    let shared = seen
+        .iter()
+        .filter(|s| s.0 == pagemap::NO_SEGMENT_TAG)
+        .count();
     assert!(shared > 0, "{THREADS} heaps at once exceed the tags");
     let mut own_tags: Vec<u8> = seen
         .iter()
@@ -86,10 +93,21 @@ fn heaps_beyond_the_tags_free_their_own_blocks_by_comparing_owners() {
     let tagged = own_tags.len();
     own_tags.sort();
     own_tags.dedup();
-    assert_eq!(own_tags.len(), tagged, "no two live heaps share a tag of their own");
+    assert_eq!(
+        own_tags.len(),
+        tagged,
+        "no two live heaps share a tag of their own"
+    );
     for &(tag, entry, own) in &seen {
-        let want = if tag == pagemap::NO_SEGMENT_TAG { pagemap::SHARED_SEGMENT_TAG } else { tag };
+        let want = if tag == pagemap::NO_SEGMENT_TAG {
+            pagemap::SHARED_SEGMENT_TAG
+        } else {
+            tag
+        };
         assert_eq!(entry, want);
-        assert!(own, "the owner's free (thread tag {tag}) pushes on its page's own list");
+        assert!(
+            own,
+            "the owner's free (thread tag {tag}) pushes on its page's own list"
+        );
     }
 }
