@@ -11,6 +11,8 @@
  * free_aligned_sized) is exported too and declared by <stdlib.h> and <malloc.h>, as are glibc's
  * mallinfo2, mallinfo, malloc_stats, malloc_trim, mallopt and malloc_info. */
 
+#define IDLE (1 << 63)
+
 /*
  Bytes of the header before each device-tier block.
  */
@@ -44,8 +46,6 @@
  The most loans a report lists.
  */
 #define MAX_LOANS 16
-
-#define IDLE (1 << 63)
 
 /*
  The memory kinds (tiers).
@@ -338,6 +338,15 @@ const char *tm_version(void);
 size_t tm_stats_json(char *buf, size_t len);
 
 /*
+ Fills `out` with up to `max` live nodes (this process joins first, so it is one) and
+ returns how many live nodes there are (may exceed `max`), or -1 + ENODEV (no pool).
+
+ # Safety
+ `out` must be valid for `max` writes (NULL when `max` is 0).
+ */
+int tm_pool_nodes(struct tm_node_info *out, size_t max);
+
+/*
  Makes `[addr, addr + len)` on a device tier durable, and with it every earlier write to
  that tier (block headers included): `msync` for a file, cache-line write-back and fence
  for DAX, a read of the device for a PCI BAR. 0, or -1 + errno (EINVAL: not on a device
@@ -383,15 +392,6 @@ uint64_t tm_offset_of(const void *p);
  + EINVAL outside the region or for a kind that is not a configured device tier.
  */
 void *tm_at_offset(tm_kind kind, uint64_t offset);
-
-/*
- Fills `out` with up to `max` live nodes (this process joins first, so it is one) and
- returns how many live nodes there are (may exceed `max`), or -1 + ENODEV (no pool).
-
- # Safety
- `out` must be valid for `max` writes (NULL when `max` is 0).
- */
-int tm_pool_nodes(struct tm_node_info *out, size_t max);
 
 /*
  Creates a private read-write space of `size` bytes (zeroed) named `name`; its base, or
