@@ -81,12 +81,15 @@ int main(void)
             EXPECT_ABORT(corrupt_then, &c, "corrupted free list", NULL);
         }
     /* The next request of another size: a class with no page yet (its first page is cut),
-     * a large block. */
+     * a large block; the freed block on a page's list (64 bytes) or in the big blocks' cache
+     * (20 000 bytes, src/dram/fast/block_cache.rs). */
     static const size_t others[] = {300 * 1024, 3 << 20};
-    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
-        struct corrupt c = {64, 0x41, others[i]};
-        EXPECT_ABORT(corrupt_then, &c, "corrupted free list", NULL);
-    }
+    static const size_t written[] = {64, 20000};
+    for (size_t k = 0; k < sizeof written / sizeof written[0]; k++)
+        for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+            struct corrupt c = {written[k], 0x41, others[i]};
+            EXPECT_ABORT(corrupt_then, &c, "corrupted free list", NULL);
+        }
     /* The link alone, the mark kept: a non-canonical address (the pop would fault on it),
      * and the address of an object outside the heap's pages. */
     struct link links[] = {

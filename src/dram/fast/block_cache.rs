@@ -104,6 +104,37 @@ impl BlockCache {
         self.bytes == 0
     }
 
+    /// Takes out of the cache the first block for which `lost(class, block)` holds (a block
+    /// whose free mark was overwritten), keeping the order of the others: `None` when no block
+    /// is lost.
+    // Run only by programs that free blocks over 8 KiB: out of the code every process runs
+    // (`link/hot_text.ld`, which takes every other `dram` function).
+    #[link_section = ".text.tiermalloc_big"]
+    pub fn take_first(
+        &mut self,
+        lost: impl Fn(usize, *mut u8) -> bool,
+    ) -> Option<(usize, *mut u8)> {
+        for i in 0..CLASSES {
+            let n = self.len[i].load(Ordering::Relaxed);
+            let slots = &self.slots[i];
+            let Some(at) =
+                (0..n).find(|&k| lost(FIRST + i, slots[k].load(Ordering::Relaxed) as *mut u8))
+            else {
+                continue;
+            };
+            let p = slots[at].load(Ordering::Relaxed) as *mut u8;
+            for k in at..n - 1 {
+                slots[k].store(slots[k + 1].load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            slots[n - 1].store(0, Ordering::Relaxed);
+            self.len[i].store(n - 1, Ordering::Relaxed);
+            self.bytes -= class_size(FIRST + i);
+            self.low = self.low.min(self.bytes);
+            return Some((FIRST + i, p));
+        }
+        None
+    }
+
     /// Any block, or null when the cache is empty (to give them all back).
     // Run only by programs that free blocks over 8 KiB: out of the code every process runs
     // (`link/hot_text.ld`, which takes every other `dram` function).
@@ -187,6 +218,21 @@ mod tests {
             "two blocks stayed the whole time"
         );
         assert_eq!(c.take_low(), 3 * class_size(FIRST), "untouched since");
+    }
+
+    #[test]
+    fn take_first_removes_the_first_lost_block_and_keeps_the_others_order() {
+        let mut c = empty();
+        for i in 1..=4 {
+            assert!(c.push(FIRST + 1, (0x1000 * i) as *mut u8));
+        }
+        let lost = |_: usize, p: *mut u8| p as usize == 0x2000 || p as usize == 0x3000;
+        assert_eq!(c.take_first(lost), Some((FIRST + 1, 0x2000 as *mut u8)));
+        assert_eq!(c.take_first(lost), Some((FIRST + 1, 0x3000 as *mut u8)));
+        assert_eq!(c.take_first(lost), None);
+        assert_eq!(c.pop(FIRST + 1), 0x4000 as *mut u8);
+        assert_eq!(c.pop(FIRST + 1), 0x1000 as *mut u8);
+        assert!(c.is_empty());
     }
 
     #[test]
