@@ -1,5 +1,5 @@
 //! The big classes' cache of freed blocks: a few blocks of each big class (over
-//! `lent_blocks::BIG_MIN`, pages of 1-6 blocks) that the heap's own thread freed, kept in
+//! `size_class::BIG_MIN`, pages of 1-6 blocks) that the heap's own thread freed, kept in
 //! front of their pages, so that its next `malloc` of the class takes one back without
 //! touching a page queue.
 //!
@@ -29,7 +29,7 @@ pub(crate) const BYTES: usize = 2 << 20;
 /// The first class cached: the first big one (`lent_blocks::big`).
 pub(crate) const FIRST: usize = {
     let mut c = 0;
-    while class_size(c) <= crate::dram::fast::lent_blocks::BIG_MIN {
+    while class_size(c) <= crate::dram::fast::size_class::BIG_MIN {
         c += 1;
     }
     c
@@ -40,7 +40,7 @@ const CLASSES: usize = CLASS_COUNT - FIRST;
 /// Whether blocks of `block_size` bytes are cached (the empty page's 0 is not).
 #[inline(always)]
 pub fn caches_size(block_size: u32) -> bool {
-    block_size as usize > crate::dram::fast::lent_blocks::BIG_MIN
+    block_size as usize > crate::dram::fast::size_class::BIG_MIN
 }
 
 /// Invariants: `len[i] <= SLOTS`; `slots[i][..len[i]]` are dead blocks of class `FIRST + i`,
@@ -182,8 +182,8 @@ mod tests {
 
     #[test]
     fn the_first_class_cached_is_the_first_big_one() {
-        assert!(class_size(FIRST) > crate::dram::fast::lent_blocks::BIG_MIN);
-        assert!(class_size(FIRST - 1) <= crate::dram::fast::lent_blocks::BIG_MIN);
+        assert!(class_size(FIRST) > crate::dram::fast::size_class::BIG_MIN);
+        assert!(class_size(FIRST - 1) <= crate::dram::fast::size_class::BIG_MIN);
         assert!(
             caches_size(class_size(FIRST) as u32) && !caches_size(class_size(FIRST - 1) as u32)
         );

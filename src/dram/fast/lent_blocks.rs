@@ -40,7 +40,7 @@
 //! are unchanged.
 
 use crate::dram::fast::page::Page;
-use crate::dram::fast::size_class::{class_size, CLASS_COUNT, SLICE_SIZE};
+use crate::dram::fast::size_class::{class_size, BIG_MIN, CLASS_COUNT};
 
 /// The most slack one heap gives away by lending, in bytes.
 pub(crate) const LEND_WASTE_MAX: usize = 8 * 1024;
@@ -56,8 +56,6 @@ pub(crate) const LEND_RATIO: usize = 4;
 /// lent one saves little against the slack it gives away.
 const BORROW_CLASS_MAX: usize = 4096;
 
-/// Classes above this size are big: they borrow without bounds (`big_lender`).
-pub(crate) const BIG_MIN: usize = SLICE_SIZE / 8;
 /// A big class's lenders' blocks are at most this many quarters of its own (1.75 times: the
 /// next three classes). A lent block's slack stays resident while it lives: with lenders of
 /// up to 4 times, a window of 64 blocks of random big sizes held 12 % more memory

@@ -18,6 +18,11 @@ pub(crate) const SLICE_SHIFT: u32 = 16;
 pub(crate) const SLICE_SIZE: usize = 1 << SLICE_SHIFT;
 /// The largest alignment the small classes give naturally (a page start).
 pub(crate) const MAX_NATURAL_ALIGN: usize = SLICE_SIZE;
+/// Blocks over this size are a *big* class's: its pages hold as few blocks as their slices
+/// allow (`page_slices`), a slice's page of smaller blocks at least 8. Big classes borrow from
+/// larger ones without bounds (`lent_blocks`) and keep their freed blocks in front of their pages
+/// (`block_cache`).
+pub(crate) const BIG_MIN: usize = SLICE_SIZE / 8;
 /// Requests up to this size use the table in `class_of`.
 const TABLE_MAX: usize = 1024;
 
@@ -154,7 +159,7 @@ const PAGE_SLICES: [u8; CLASS_COUNT] = {
     let mut c = 0;
     while c < CLASS_COUNT {
         let size = compute_size(c);
-        t[c] = if size <= SLICE_SIZE / 8 {
+        t[c] = if size <= BIG_MIN {
             1
         } else {
             (blocks_per_big_page(size) * size).div_ceil(SLICE_SIZE) as u8
