@@ -7,7 +7,8 @@
  *    not: BENCHMARKS.md, "Session 10, branch checks"): the fast pop follows no head with its
  *    sign bit set, the slow path tests it exactly;
  *  - when the program's next requests are of other sizes only: a new page of another class,
- *    or a large block, tests the heads of the thread's current lists first (every pattern);
+ *    or a large block, tests the heads of the thread's current lists first (every pattern),
+ *    and the marks of the big blocks' cache, which malloc_trim tests too;
  *  - a link alone overwritten (8 bytes, the mark kept) with an address outside the block's
  *    page, unmapped or another object's (blocks over 1 KiB; up to 1 KiB only a non-canonical
  *    one with the top bit set);
@@ -50,6 +51,15 @@ static void corrupt_then(void *arg)
     printf("%p %p\n", (void *)a, (void *)b);
 }
 
+/* A freed block of `size` written over, then the heap's memory given back (`malloc_trim`):
+ * a big block waiting in the cache is tested as it goes back to its page. */
+static void corrupt_then_trim(void *arg)
+{
+    struct corrupt *c = arg;
+    memset(free_three(c->size), c->byte, 16);
+    malloc_trim(0);
+}
+
 /* An object outside every page of blocks, whose address a link is overwritten with. */
 static size_t outside_object[4];
 
@@ -90,6 +100,8 @@ int main(void)
             struct corrupt c = {written[k], 0x41, others[i]};
             EXPECT_ABORT(corrupt_then, &c, "corrupted free list", NULL);
         }
+    struct corrupt trimmed = {20000, 0x41, 0};
+    EXPECT_ABORT(corrupt_then_trim, &trimmed, "corrupted free list", NULL);
     /* The link alone, the mark kept: a non-canonical address (the pop would fault on it),
      * and the address of an object outside the heap's pages. */
     struct link links[] = {

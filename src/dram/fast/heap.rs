@@ -613,13 +613,8 @@ impl Heap {
     #[inline]
     pub fn flush_block_cache(&mut self) {
         if !self.block_cache.is_empty() {
-            self.flush_block_cache_now();
+            self.flush_block_cache_bytes(usize::MAX);
         }
-    }
-
-    /// `flush_block_cache` of a cache that holds blocks.
-    fn flush_block_cache_now(&mut self) {
-        self.flush_block_cache_bytes(usize::MAX);
     }
 
     /// Gives cached blocks back to their pages until at least `bytes` went (or none is left).
@@ -639,6 +634,12 @@ impl Heap {
             // SAFETY: a cached block is a dead block of its page, counted used there, of a
             // page of this heap (only the owner's frees are cached).
             unsafe {
+                // Written after its free: reported as when it is handed out (`alloc_cached`),
+                // not pushed, whose link and mark would hide the write.
+                if crate::dram::fast::guard::FREE_MARK && !Block::is_marked(p.cast(), page) {
+                    cached_mark_lost(p, page);
+                    continue;
+                }
                 let settled = (*page).count_free();
                 (*page).push_block(p);
                 if !settled {
