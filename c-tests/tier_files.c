@@ -104,6 +104,23 @@ static int run(const char *tiers, const char *mode, const char *arg, char *err, 
     return pid;
 }
 
+/* Runs this program as `mode` on a `%p` tier (`kind`, no `keep`) under `base`: it must exit
+ * 0 with an empty stderr and leave no file, however it ended (`how`). */
+static void leaves_no_file(const char *kind, const char *mode, const char *base, const char *how)
+{
+    char tiers[512], path[160], err[4096];
+    int status = 0;
+    snprintf(tiers, sizeof tiers, "dram;%s:path=%s-%%p,size=4M,create", kind, base);
+    int pid = run(tiers, mode, base, err, sizeof err, &status);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s child: status %#x, stderr: %s",
+          how, status, err);
+    snprintf(path, sizeof path, "%s-%d", base, pid);
+    struct stat st;
+    CHECK(stat(path, &st) != 0, "%%p tier file %s left after its process %s", path, how);
+    CHECK(strlen(err) == 0, "stderr of the %s child: %s", how, err);
+    unlink(path);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 2 && strcmp(argv[1], "--child") == 0)
@@ -124,25 +141,15 @@ int main(int argc, char **argv)
     char base[128], tiers[512], path[160], err[4096];
     snprintf(base, sizeof base, "/dev/shm/tiermalloc-ct-files-%d", (int)getpid());
 
-    /* %p: the child's own file exists while it runs and is removed at its exit. */
-    int status = 0;
-    snprintf(tiers, sizeof tiers, "dram;cxl:path=%s-%%p,size=4M,create", base);
-    int pid = run(tiers, "--child", base, err, sizeof err, &status);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%%p child: status %#x, stderr: %s",
-          status, err);
-    snprintf(path, sizeof path, "%s-%d", base, pid);
-    struct stat st;
-    CHECK(stat(path, &st) != 0, "%%p tier file %s left after its process exited", path);
-    CHECK(strlen(err) == 0, "stderr of the %%p child: %s", err);
+    /* %p: the child's own file exists while it runs, and none is left however it ends. */
+    leaves_no_file("cxl", "--child", base, "exited");
+    /* Ended with _exit, as dash's `sh -c` ends. */
+    leaves_no_file("cxl", "--child-quick-exit", base, "ended with _exit");
+    /* Across an exec: the exec'd image (same pid) starts afresh. */
+    leaves_no_file("pmr", "--child-exec", base, "exec'd and exited");
 
-    /* Ended with _exit, as dash's `sh -c` ends: nothing left either. */
-    snprintf(tiers, sizeof tiers, "dram;cxl:path=%s-%%p,size=4M,create", base);
-    pid = run(tiers, "--child-quick-exit", base, err, sizeof err, &status);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "_exit child: status %#x, stderr: %s",
-          status, err);
-    snprintf(path, sizeof path, "%s-%d", base, pid);
-    CHECK(stat(path, &st) != 0, "%%p tier file %s left after its process ended with _exit", path);
-    unlink(path);
+    int status = 0, pid;
+    struct stat st;
 
     /* keep: it stays. */
     snprintf(tiers, sizeof tiers, "dram;cxl:path=%s-%%p,size=4M,create,keep", base);
@@ -175,14 +182,5 @@ int main(int argc, char **argv)
     CHECK(stat(path, &st) != 0, "the file %s created for the refused tier is left behind", path);
     unlink(path);
 
-    /* %p across an exec: the exec'd image (same pid) starts afresh, and nothing is left. */
-    snprintf(tiers, sizeof tiers, "dram;pmr:path=%s-%%p,size=4M,create", base);
-    pid = run(tiers, "--child-exec", base, err, sizeof err, &status);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exec child: status %#x, stderr: %s",
-          status, err);
-    snprintf(path, sizeof path, "%s-%d", base, pid);
-    CHECK(stat(path, &st) != 0, "%%p tier file %s left after its exec'd process exited", path);
-    CHECK(strlen(err) == 0, "stderr of the exec child: %s", err);
-    unlink(path);
     return check_done();
 }
