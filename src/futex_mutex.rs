@@ -26,6 +26,10 @@ const CONTENDED: u32 = 2;
 /// holder running on another CPU usually lets go within them.
 const SPINS: u32 = 100;
 
+/// Spins of `lock_patient` before it sleeps: about 25 us at 12 ns a `pause` (the session-17
+/// VM). Bounded, so a waiter at `SCHED_FIFO` on its holder's CPU still sleeps and lets it run.
+const PATIENT_SPINS: u32 = 2000;
+
 /// The longest a waiter sleeps before it looks at the lock again, in case its wake-up was
 /// missed (see `unlock`): a millisecond, long beside a critical section, short beside a hang.
 const NAP_NANOS: i64 = 1_000_000;
@@ -76,9 +80,36 @@ impl<T> Mutex<T> {
         MutexGuard { lock: self }
     }
 
+    /// Takes the lock as `lock` does, but spins `PATIENT_SPINS` times before sleeping: for a
+    /// lock whose holders, on another CPU, let go within a few microseconds, and whose waiters
+    /// would otherwise pay a sleep and a wake (an inter-processor interrupt, costly in a VM)
+    /// for each hand-off (the device heap's, `device::DeviceTier`).
+    #[inline]
+    pub(crate) fn lock_patient(&self) -> MutexGuard<'_, T> {
+        if self
+            .state
+            .compare_exchange(FREE, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_contended_patient();
+        }
+        MutexGuard { lock: self }
+    }
+
     #[cold]
     fn lock_contended(&self) {
-        for _ in 0..SPINS {
+        self.spin_then_sleep(SPINS)
+    }
+
+    #[cold]
+    fn lock_contended_patient(&self) {
+        self.spin_then_sleep(PATIENT_SPINS)
+    }
+
+    /// Spins `spins` times on the held lock, then sleeps until it is let go; returns holding it.
+    #[inline(always)]
+    fn spin_then_sleep(&self, spins: u32) {
+        for _spun in 0..spins {
             if self.state.load(Ordering::Relaxed) == FREE
                 && self
                     .state
@@ -88,6 +119,8 @@ impl<T> Mutex<T> {
                 return;
             }
             core::hint::spin_loop();
+            #[cfg(test)]
+            tests::SPUN.with(|s| s.set(_spun + 1));
         }
         // Mark the lock contended; whoever held it wakes a sleeper on unlock. Taking it here
         // leaves it marked contended, which costs at most one needless wake.
@@ -180,6 +213,11 @@ mod tests {
     use super::*;
     use crate::futex::tests::lower_priority_thread_on_cpu0_must_run;
 
+    std::thread_local! {
+        /// The spins this thread's last contended `lock` made before it slept or took the lock.
+        pub(super) static SPUN: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+    }
+
     #[test]
     fn counts_under_contention() {
         static COUNT: Mutex<u64> = Mutex::new(0);
@@ -229,6 +267,63 @@ mod tests {
             },
             || {
                 // Rescue: a waiter livelocked on the lock is freed by releasing it by force.
+                // SAFETY: test only; the holder's later unlock then frees a free lock.
+                unsafe { LOCK.force_unlock() }
+            },
+        );
+    }
+
+    /// `lock_patient` (the device heap's) spins `PATIENT_SPINS` times on a held lock before it
+    /// sleeps, `lock` `SPINS` times: the lock is held until the waiter has marked it
+    /// contended (it gave up spinning), so each waiter spins its whole count.
+    #[test]
+    fn a_patient_waiter_spins_longer_before_it_sleeps() {
+        static LOCK: Mutex<u32> = Mutex::new(0);
+        for (patient, want) in [(false, SPINS), (true, PATIENT_SPINS)] {
+            let held = LOCK.lock();
+            let waiter = std::thread::spawn(move || {
+                SPUN.with(|s| s.set(0));
+                let mut guard = if patient {
+                    LOCK.lock_patient()
+                } else {
+                    LOCK.lock()
+                };
+                *guard += 1;
+                SPUN.with(|s| s.get())
+            });
+            while LOCK.state.load(Ordering::Acquire) != CONTENDED {
+                std::thread::yield_now();
+            }
+            drop(held);
+            assert_eq!(waiter.join().unwrap(), want, "patient: {patient}");
+        }
+        assert_eq!(*LOCK.lock(), 2);
+    }
+
+    /// As `a_fifo_waiter_lets_a_lower_priority_holder_on_its_cpu_unlock`, with the device
+    /// heap's `lock_patient`: its longer spin is bounded, so the waiter still sleeps.
+    #[test]
+    fn a_patient_fifo_waiter_lets_a_lower_priority_holder_on_its_cpu_unlock() {
+        static LOCK: Mutex<u32> = Mutex::new(0);
+        static HELD: AtomicU32 = AtomicU32::new(0); // 1 held, 2 the waiter takes it
+        HELD.store(0, Ordering::Release);
+        lower_priority_thread_on_cpu0_must_run(
+            || {
+                let mut guard = LOCK.lock();
+                HELD.store(1, Ordering::Release);
+                while HELD.load(Ordering::Acquire) != 2 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                *guard += 1;
+            },
+            || {
+                while HELD.load(Ordering::Acquire) == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                HELD.store(2, Ordering::Release);
+                *LOCK.lock_patient() += 1;
+            },
+            || {
                 // SAFETY: test only; the holder's later unlock then frees a free lock.
                 unsafe { LOCK.force_unlock() }
             },

@@ -646,7 +646,7 @@ impl DeviceTier {
     /// seldom gives any back) stays short.
     #[inline(never)]
     fn free_cached_now(&self, cache: &ExtentCache, offsets: &[u64]) {
-        let mut heap = self.heap.lock();
+        let mut heap = self.heap.lock_patient();
         for &offset in offsets {
             cache.forget(offset);
             let freed = heap.free(offset);
@@ -746,7 +746,7 @@ impl DeviceTier {
             again
         };
         loop {
-            let mut heap = self.heap.lock();
+            let mut heap = self.heap.lock_patient();
             if self.over_limit(heap.in_use().saturating_add(len)) {
                 if drain(heap) {
                     continue;
