@@ -918,7 +918,7 @@ impl Heap {
     /// `segment` must be a segment of this heap.
     unsafe fn take_page_from(&mut self, segment: *mut Segment, class: usize) -> Option<*mut Page> {
         let n = slices_of_page(class);
-        let huge = huge_pages::half_huge(self.segments_held, n);
+        let huge = huge_pages::half_huge(self.segments_held, class_size(class));
         // SAFETY: per the contract.
         unsafe { self.take_counted(segment, |s| s.take_page(class, n, huge)) }
     }
@@ -1044,7 +1044,7 @@ impl Heap {
             return page;
         }
         let segment = if self.empty.is_null() {
-            let huge = huge_pages::half_huge(self.segments_held, slices_of_page(class));
+            let huge = huge_pages::half_huge(self.segments_held, class_size(class));
             let fresh = Segment::create(self as *mut Heap as usize, self.segment_tag, huge)?;
             self.segments_held += 1;
             // SAFETY: just created, ours: a huge first half's slices are dirty already.
