@@ -563,7 +563,7 @@ impl Heap {
     /// out again, or null. A block that lost its free mark while cached was written after its
     /// free: reported, and never handed out (leaked, if the program goes on).
     #[inline(always)]
-    fn alloc_cached(&mut self, class: usize) -> *mut u8 {
+    pub(crate) fn alloc_cached(&mut self, class: usize) -> *mut u8 {
         let p = self.block_cache.pop(class);
         if p.is_null() {
             return p;
