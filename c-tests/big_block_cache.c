@@ -7,7 +7,9 @@
  *    block's memory stays resident (at most the page each class keeps as its current one);
  *  - a fork()ed child takes them as its parent would;
  *  - under DRAM's limit=, a page refused gives the cached blocks back first;
- *  - under TIERMALLOC_SECURE=1 nothing is cached: a freed block waits in the quarantine.
+ *  - under TIERMALLOC_SECURE=1 nothing is cached: a freed block waits in the quarantine;
+ *  - a request over 8 KiB takes the cache's block first, before its class's current page
+ *    (src/dram/fast/mod.rs, alloc_big), though the page has freed blocks too.
  * Each aborting case runs in a fork()ed child (check.h's EXPECT_ABORT).
  */
 #include "check.h"
@@ -15,6 +17,16 @@
 #define BIG 20000    /* class 20 KiB: 3 blocks a page */
 #define WHOLE 60000  /* class 56 KiB: 1 block a page of one slice */
 #define OS_PAGE 4096
+#define CACHE_SLOTS 16 /* blocks a class keeps (block_cache.rs, SLOTS) */
+
+/* Where `p` is in `blocks[0..n)`, or -1. */
+static int index_of(char **blocks, int n, char *p)
+{
+    for (int i = 0; i < n; i++)
+        if (blocks[i] == p)
+            return i;
+    return -1;
+}
 
 static void double_free_cached(void *arg)
 {
@@ -171,6 +183,19 @@ int main(int argc, char **argv)
     }
     CHECK(kept <= 1, "%d of 32 freed blocks of %d bytes still resident after malloc_trim", kept,
           WHOLE);
+
+    /* The cache (empty after the trim) takes the first CACHE_SLOTS blocks freed, the others
+     * go back to their pages, the class's current one among them; the next request gets the
+     * block cached last, not one of its current page's. */
+    char *many[40];
+    for (int i = 0; i < 40; i++)
+        many[i] = malloc(BIG);
+    for (int i = 0; i < 40; i++)
+        free(many[i]);
+    char *next = malloc(BIG);
+    CHECK(next == many[CACHE_SLOTS - 1], "after 40 frees of %d bytes, block %d handed out, not %d",
+          BIG, index_of(many, 40, next), CACHE_SLOTS - 1);
+    free(next);
 
     CHECK(rerun_self_with("TIERMALLOC_SECURE", "1", "--secure") == 0,
           "TIERMALLOC_SECURE=1 cached a block (see above)");

@@ -45,13 +45,18 @@ pub fn try_pop(size: usize) -> *mut u8 {
 
 /// What `malloc` does when `try_pop(size)` missed and plain requests stay on DRAM: for a
 /// request `try_pop` covers, the thread heap's slow path at once, without popping the page
-/// found empty again; for a bigger one, the DRAM tier's `alloc`. Counts the failure if memory
+/// found empty again; for a big class's (`fast::alloc_big`), the heap's cache of freed big
+/// blocks first; for any other, the DRAM tier's `alloc`. Counts the failure if memory
 /// ran out.
 #[cold]
 #[inline(never)]
 pub fn alloc_after_miss(size: usize) -> *mut u8 {
     let p = if size <= size_class::DIRECT_MAX {
         fast::alloc_after_miss(size)
+    } else if size.wrapping_sub(size_class::BIG_MIN + 1)
+        < size_class::SMALL_MAX - size_class::BIG_MIN
+    {
+        fast::alloc_big(size)
     } else {
         DRAM.alloc(size, 16, false)
     };

@@ -72,6 +72,29 @@ pub fn alloc(size: usize) -> *mut u8 {
     }
 }
 
+/// A block for a plain request of `size` bytes, `BIG_MIN < size <= SMALL_MAX` (a big class's),
+/// after `try_pop` missed: the heap's cache of freed big blocks (`block_cache`) first, without
+/// the current page's pop and the calls of `DramTier::alloc` and `borrow_big` (mix2, one thread:
+/// most big requests are served there); `alloc_class` when the cache has none. Null when out
+/// of memory.
+#[cold]
+#[inline(never)]
+// Run only by programs that ask for blocks over 8 KiB (see `Heap::borrow_big`).
+#[link_section = ".text.tiermalloc_big"]
+pub fn alloc_big(size: usize) -> *mut u8 {
+    debug_assert!(size > size_class::BIG_MIN && size <= size_class::SMALL_MAX);
+    let class = class_of(size);
+    let tables = binding::tables();
+    if !binding::is_sentinel(tables) {
+        // SAFETY: not a sentinel, so this thread's heap.
+        let p = unsafe { (*tables.cast::<heap::Heap>()).alloc_cached(class) };
+        if !p.is_null() {
+            return p;
+        }
+    }
+    alloc_class(class)
+}
+
 /// Sends every plain request through the general path (device tiers are in use): `try_pop`
 /// fails from now on, in the calling thread at once and in every heap bound later.
 pub fn route_all_requests() {
