@@ -1089,3 +1089,34 @@ fn run_passes_a_signal_sent_to_it_on_to_its_program() {
     );
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
 }
+
+/// `tiermalloc run -- PROG` of a program it cannot start exits as a shell does (127 not found,
+/// 126 found but not executable), so scripts that test for those codes work the same with and
+/// without the command; it exited 1 for both.
+#[test]
+fn run_of_a_program_it_cannot_start_exits_127_or_126_as_a_shell() {
+    let state = TempDir::new("cli", "nostart").kept_on_panic();
+    let not_executable = state.path().join("data.txt");
+    std::fs::write(&not_executable, "not a program\n").unwrap();
+    let cases = [
+        ("/nonexistent/program", 127),
+        ("no-such-program-on-the-path", 127),
+        (not_executable.to_str().unwrap(), 126),
+    ];
+    for (program, code) in cases {
+        let out = output(tiermalloc(state.path(), &["run", "--", program]));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{program}: {err}");
+        assert!(
+            err.starts_with(&format!("tiermalloc: cannot run {program}: "))
+                && err.lines().count() == 1,
+            "{program}: {err}"
+        );
+    }
+    // A program that starts and exits 126 itself is still passed through.
+    let out = output(tiermalloc(
+        state.path(),
+        &["run", "--", "sh", "-c", "exit 126"],
+    ));
+    assert_eq!(out.status.code(), Some(126));
+}

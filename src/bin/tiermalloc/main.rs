@@ -2,7 +2,8 @@
 //! statistics (`stats`), through the library's public Rust API and the files it writes.
 //!
 //! Every failure is one line on stderr, `tiermalloc: ...`, and exit status 1 (2 for a usage
-//! error); `run` exits with its program's status.
+//! error); `run` exits with its program's status, or 127 (not found) or 126 (not executable)
+//! when it cannot start it, as a shell does.
 
 mod offline;
 mod own_env;
