@@ -1120,3 +1120,47 @@ fn run_of_a_program_it_cannot_start_exits_127_or_126_as_a_shell() {
     ));
     assert_eq!(out.status.code(), Some(126));
 }
+
+/// The same user as `exported_library_variables_are_the_programs_not_the_commands`, who has
+/// also exported `LD_PRELOAD` of the library (to run everything on it). The preloaded copy's
+/// start-up ran before the command could hold the variables back, and opened the exported
+/// tier in the command: `inspect` called a cleanly closed heap "not closed by its last run",
+/// and `run`'s program found its tier "in use by another process" and ran without it.
+#[test]
+fn exported_variables_stay_the_programs_with_the_library_preloaded_into_the_command() {
+    let state = TempDir::new("cli", "preloaded").kept_on_panic();
+    let file = state.path().join("pmr");
+    let exported = |args: &[&str]| {
+        let mut cmd = tiermalloc(state.path(), args);
+        cmd.env(
+            "TIERMALLOC_TIERS",
+            format!("dram;pmr:path={},size=4M,create", file.display()),
+        )
+        .env("TIERMALLOC_PLACE", "pmr:min=2000")
+        .env("LD_PRELOAD", &library().path);
+        output(cmd)
+    };
+    let out = exported(&[
+        "run",
+        "--stats",
+        "--json",
+        "--",
+        "bash",
+        "-c",
+        "x=$(printf '%*s' 5000 a); echo ${#x}",
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(text(&out.stdout), "5000\n");
+    assert!(!err.contains("in use by another process"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&err).expect("only the program's report");
+    assert!(v["tiers"][1]["allocations"].as_u64() > Some(0), "{v}");
+
+    let out = exported(&["inspect", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("closed cleanly"),
+        "{}",
+        text(&out.stdout)
+    );
+}
