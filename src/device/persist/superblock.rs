@@ -43,6 +43,8 @@ pub(crate) enum Found {
     Unfinished,
     /// A heap formatted for a region of another length.
     OtherLength,
+    /// A tiermalloc superblock of another layout version (a newer or older library's heap).
+    OtherLayout,
     /// Anything else.
     Other,
 }
@@ -99,6 +101,7 @@ pub(crate) fn examine(image: &[u8]) -> Found {
         && f.heap_start == SUPERBLOCK_BYTES
         && f.slab_bytes == SLAB_BYTES;
     match () {
+        _ if f.version != LAYOUT_VERSION => Found::OtherLayout,
         _ if !layout => Found::Other,
         _ if f.region_len != image.len() as u64 => Found::OtherLength,
         _ if f.state == FORMATTING => Found::Unfinished,
