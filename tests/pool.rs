@@ -991,3 +991,30 @@ fn threads_of_one_process_share_its_node() {
     pool.collect_spaces(Duration::ZERO).unwrap();
     assert_eq!(pool.spaces().len(), 1);
 }
+
+/// A process that created private spaces and exited without closing them: their names stay
+/// taken until someone sweeps the dead creator's spaces. `stat` and `list` sweep first, so
+/// they said the name did not exist, while `create` of it failed with EEXIST (a user's
+/// `tm_space_create` after a crashed run of the same program). `create` sweeps on EEXIST too.
+#[test]
+fn create_reuses_the_name_of_a_dead_creators_private_space() {
+    let file = PoolFile::new("deadname", "8M", "");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("TM_POOL_CHILD", "fill-directory")
+        .env("TM_POOL_SPEC", file.spec())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("made 256"));
+    let pool = file.open();
+    let map = pool
+        .create_space("s0", PAGE)
+        .expect("the dead creator's name is free again");
+    assert_eq!(map.as_slice().len(), PAGE);
+    // A live creator's name stays taken.
+    let taken = pool
+        .create_space("s0", PAGE)
+        .err()
+        .expect("a live private space");
+    assert_eq!(taken.raw_os_error(), Some(libc::EEXIST), "{taken}");
+}

@@ -64,8 +64,10 @@ impl Pool {
             return Err(libc::ENOSPC);
         }
         self.auto_collect();
+        // Room or the name may be held by a dead creator's private space: sweep, then again
+        // (`stat` and `list` sweep first, so they call such a name free).
         let entry = self.create_entry(name, size, len).or_else(|e| match e {
-            libc::ENOSPC => {
+            libc::ENOSPC | libc::EEXIST => {
                 self.sweep()?;
                 self.create_entry(name, size, len).inspect_err(|&e| {
                     if e == libc::ENOSPC {
