@@ -11,8 +11,6 @@
  * free_aligned_sized) is exported too and declared by <stdlib.h> and <malloc.h>, as are glibc's
  * mallinfo2, mallinfo, malloc_stats, malloc_trim, mallopt and malloc_info. */
 
-#define IDLE (1 << 63)
-
 /*
  Bytes of the header before each device-tier block.
  */
@@ -41,11 +39,6 @@
  `state` of a published space (read-only, shared).
  */
 #define TM_SPACE_SHARED 2
-
-/*
- The most loans a report lists.
- */
-#define MAX_LOANS 16
 
 /*
  The memory kinds (tiers).
