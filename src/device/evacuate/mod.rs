@@ -775,6 +775,12 @@ fn move_region(
         at: None,
         holder: None,
     };
+    if target.to_bytes().is_empty() {
+        return Err(Problem {
+            errno: libc::EINVAL,
+            ..Problem::new("the target's path is empty")
+        });
+    }
     let persistent = state.spare.persists();
     move_record::target_fits(&state.backing(region), persistent, target.to_bytes()).map_err(
         |what| Problem {
