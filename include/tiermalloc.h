@@ -370,7 +370,8 @@ void *tm_root_get(tm_kind kind, const char *name);
 /*
  The live blocks of tier `kind` in address order: `tm_next_block(kind, NULL)` is the first,
  `tm_next_block(kind, p)` the one after live block `p`; NULL at the end (errno untouched),
- or NULL + errno for a bad kind (EINVAL) or one not configured (ENODEV).
+ or NULL + errno for a bad kind (EINVAL), one not configured (ENODEV), or a `prev` outside
+ the tier's region (EINVAL: a walk that would otherwise look ended).
  */
 void *tm_next_block(tm_kind kind, const void *prev);
 
