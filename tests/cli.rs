@@ -1164,3 +1164,21 @@ fn exported_variables_stay_the_programs_with_the_library_preloaded_into_the_comm
         text(&out.stdout)
     );
 }
+
+/// `tiermalloc` alone, a newcomer's first command: it printed only "tiermalloc: Run programs
+/// on tiermalloc and read their memory statistics" (the help cut to one line as if it were an
+/// error message), with no word of the subcommands. It prints the help, on stderr, status 2.
+#[test]
+fn the_command_alone_prints_its_help_with_the_subcommands() {
+    let state = TempDir::new("cli", "alone").kept_on_panic();
+    let out = output(tiermalloc(state.path(), &[]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("Usage: tiermalloc <COMMAND>"), "{err}");
+    for sub in ["run", "inspect", "check", "spaces", "stats"] {
+        assert!(
+            err.lines().any(|l| l.trim_start().starts_with(sub)),
+            "{sub}: {err}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ mod spaces;
 mod stats;
 mod svg_map;
 
+use clap::error::ErrorKind;
 use clap::{Arg, ArgAction, Command};
 use std::process::ExitCode;
 
@@ -166,6 +167,11 @@ fn main() -> ExitCode {
             // --help, --version
             let _ = e.print();
             return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `tiermalloc` alone: the whole help (on stderr), not its first line as an error.
+            let _ = e.print();
+            return ExitCode::from(2);
         }
         Err(e) => {
             // clap's message, up to its usage lines, as one line.
