@@ -1182,3 +1182,35 @@ fn the_command_alone_prints_its_help_with_the_subcommands() {
         );
     }
 }
+
+/// A malformed `--offset` or `--min-age` is a usage error (status 2, as the man page says of
+/// usage errors and clap gives any other bad value), not a failure (1). `--min-age` is checked
+/// before the pool is opened.
+#[test]
+fn a_malformed_offset_or_age_is_a_usage_error() {
+    let state = TempDir::new("cli", "usage").kept_on_panic();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["inspect", "--offset", "abc", "/nonexistent"],
+            "not a number of bytes",
+        ),
+        (
+            &["check", "--offset", "12x", "/nonexistent"],
+            "--offset <BYTES>",
+        ),
+        (
+            &["spaces", "--collect", "--min-age", "xyz", "/nonexistent"],
+            "not an age",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = output(tiermalloc(state.path(), args));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("tiermalloc: ") && err.contains(expect),
+            "{args:?}: {err}"
+        );
+    }
+}

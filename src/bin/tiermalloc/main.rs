@@ -113,6 +113,9 @@ fn cli() -> Command {
                     .long("min-age")
                     .value_name("AGE")
                     .requires("collect")
+                    .value_parser(|text: &str| {
+                        spaces::parse_age(text).ok_or("not an age (10s, 5m, 2h, 1d)")
+                    })
                     .help(
                         "with --collect: only spaces at least this old (10s, 5m, 2h, 1d; \
                                default 0)",
@@ -150,6 +153,7 @@ fn offline_command(name: &'static str, about: &'static str) -> Command {
             Arg::new("offset")
                 .long("offset")
                 .value_name("BYTES")
+                .value_parser(|text: &str| text.parse::<u64>().map_err(|_| "not a number of bytes"))
                 .help("where the tier or pool starts in the file (its offset= key); default 0"),
         )
         .arg(
