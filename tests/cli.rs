@@ -1214,3 +1214,32 @@ fn a_malformed_offset_or_age_is_a_usage_error() {
         );
     }
 }
+
+/// A device tier's capacity was labelled "(limit=)" (`capacity_source` "limit") whenever it
+/// was below the bytes mapped, which the superblock makes true of every pmr and cxl tier: a
+/// user who gave no `limit=` read of one. `device` unless a `limit=` below the region is
+/// what bounds it.
+#[test]
+fn a_device_tiers_capacity_is_the_devices_unless_a_limit_bounds_it() {
+    let state = TempDir::new("cli", "capsource").kept_on_panic();
+    let file = state.path().join("dev");
+    let source = |kind: &str, keys: &str| {
+        let tiers = format!("dram;{kind}:path={},size=4M,create{keys}", file.display());
+        let out = output(tiermalloc(
+            state.path(),
+            &["run", "--stats", "--json", "--tiers", &tiers, "--", "true"],
+        ));
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let v: serde_json::Value = serde_json::from_str(&err).expect("one JSON report");
+        let _ = std::fs::remove_file(&file);
+        v["tiers"][1]["capacity_source"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(source("pmr", ""), "device");
+    assert_eq!(source("cxl", ""), "device");
+    assert_eq!(source("cxl", ",limit=1M"), "limit");
+    assert_eq!(source("pmr", ",limit=64M"), "device");
+}
