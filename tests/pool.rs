@@ -1018,3 +1018,22 @@ fn create_reuses_the_name_of_a_dead_creators_private_space() {
         .expect("a live private space");
     assert_eq!(taken.raw_os_error(), Some(libc::EEXIST), "{taken}");
 }
+
+/// `tm_space_stat("")` said ENOENT where `tm_space_create("")` and `tm_space_open("")` say
+/// EINVAL (the header lists EINVAL for a bad name): the same name is judged the same way.
+#[test]
+fn stat_judges_a_bad_name_as_create_and_open_do() {
+    let file = PoolFile::new("statname", "4M", "");
+    let pool = file.open();
+    for name in ["", "a\0b"] {
+        let errno = |r: std::io::Error| r.raw_os_error();
+        let create = pool.create_space(name, PAGE).err().map(errno);
+        let open = pool.open_space(name, MapMode::Read).err().map(errno);
+        let stat = pool.space(name).err().map(errno);
+        assert_eq!(create, Some(Some(libc::EINVAL)), "{name:?}");
+        assert_eq!((open, stat), (create, create), "{name:?}");
+    }
+    let long = "n".repeat(64);
+    let stat = pool.space(&long).err().and_then(|e| e.raw_os_error());
+    assert_eq!(stat, Some(libc::ENAMETOOLONG));
+}

@@ -431,9 +431,8 @@ impl Pool {
 
     /// The space named `name` (PRIVATE or SHARED).
     pub(crate) fn stat(&self, name: &[u8]) -> Result<SpaceView, Errno> {
-        if name.len() > NAME_MAX {
-            return Err(libc::ENAMETOOLONG);
-        }
+        // As create and open: an empty name (or one with a NUL) is EINVAL, not ENOENT.
+        check_name(name)?;
         let _ = self.sweep();
         let entry = self.find(name, |s| s != SPACE_FREE).ok_or(libc::ENOENT)?;
         Ok(SpaceView {
