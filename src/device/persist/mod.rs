@@ -203,6 +203,12 @@ pub(crate) fn decide(region: &Region, spec: &TierSpec) -> Result<Opening, Proble
             let device = volatile_device(region);
             if region.new_bytes || (device && !spec.persists()) || all_zero(image) {
                 Ok(Opening::Format)
+            } else if superblock::holds_pool(image) {
+                // `format` here would wipe every process's spaces: say what it is.
+                Err(Problem::new(
+                    "holds a tiermalloc shared pool (TIERMALLOC_POOL's file, not a tier's); left \
+                     untouched",
+                ))
             } else {
                 Err(Problem::new(
                     "holds data that is not a tiermalloc heap; left untouched (add format to \

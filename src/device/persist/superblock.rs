@@ -75,6 +75,12 @@ pub(crate) fn has_magic(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..8] == MAGIC
 }
 
+/// Whether `bytes` start with the shared pool's magic (`pool::layout::MAGIC`, "TMPOOL01" at
+/// offset 0; the pool layer sits above this one, so its constant is not imported).
+pub(crate) fn holds_pool(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..8] == *b"TMPOOL01"
+}
+
 /// The fields, if `image` starts with the magic.
 pub(crate) fn read(image: &[u8]) -> Option<Fields> {
     if image.len() < SUPERBLOCK_BYTES as usize || !has_magic(image) {

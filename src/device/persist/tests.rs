@@ -1670,3 +1670,27 @@ fn a_heap_of_another_layout_version_is_named_so() {
     drop(tier);
     std::fs::remove_file(path).unwrap();
 }
+
+/// A tier pointed at the shared pool's file (`TIERMALLOC_POOL`'s path copied into
+/// `TIERMALLOC_TIERS`): refused as "data that is not a tiermalloc heap ... (add format to
+/// overwrite it)", the one key that would wipe every process's spaces. It names the pool.
+#[test]
+fn a_pool_file_is_named_as_the_pools() {
+    let path = shm("poolfile");
+    let pool = crate::pool::Pool::open_str(&format!("path={path},size=4M,create")).unwrap();
+    drop(pool);
+    let before = std::fs::read(&path).unwrap();
+    for kind in ["pmr", "cxl"] {
+        let refused = open(kind, &path, "").err().expect("a pool file refused");
+        assert!(
+            refused.what.contains("tiermalloc shared pool"),
+            "{kind}: {}",
+            refused.what
+        );
+        assert!(
+            std::fs::read(&path).unwrap() == before,
+            "{kind}: the file was written"
+        );
+    }
+    std::fs::remove_file(path).unwrap();
+}
