@@ -1037,3 +1037,25 @@ fn stat_judges_a_bad_name_as_create_and_open_do() {
     let stat = pool.space(&long).err().and_then(|e| e.raw_os_error());
     assert_eq!(stat, Some(libc::ENAMETOOLONG));
 }
+
+/// `TIERMALLOC_POOL` pointed at a tier's heap file: refused as "data that is not a tiermalloc
+/// pool (add format to overwrite it)", inviting the key that wipes the heap. It names the heap.
+#[test]
+fn a_tiers_heap_file_is_named_as_a_heap() {
+    let file = PoolFile::new("heapfile", "4M", "");
+    let mut bytes = vec![0u8; 4 << 20];
+    bytes[..8].copy_from_slice(b"TMHEAP\r\n"); // a tier's superblock magic
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&file.path, &bytes).unwrap();
+    let refused = Pool::open_str(&format!("path={},size=4M", file.path))
+        .err()
+        .expect("a heap file refused");
+    assert!(
+        refused.to_string().contains("holds a tiermalloc heap"),
+        "{refused}"
+    );
+    assert!(
+        std::fs::read(&file.path).unwrap() == bytes,
+        "the file was written"
+    );
+}
