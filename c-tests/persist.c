@@ -101,6 +101,10 @@ static int child_verify(void)
         prev = b;
     }
     CHECK(walked == NODES, "tm_next_block found %d blocks, want %d", walked, NODES);
+    /* A prev that is not on the tier (here a stack address) is an error, not the walk's end. */
+    errno = 0;
+    CHECK(tm_next_block(TM_PMR, &walked) == NULL && errno == EINVAL,
+          "tm_next_block after a pointer off the tier: errno %d", errno);
     errno = 0;
     CHECK(tm_root_get(TM_PMR, "nothing") == NULL && errno == ENOENT, "a missing root: errno %d",
           errno);

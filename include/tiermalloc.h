@@ -11,8 +11,6 @@
  * free_aligned_sized) is exported too and declared by <stdlib.h> and <malloc.h>, as are glibc's
  * mallinfo2, mallinfo, malloc_stats, malloc_trim, mallopt and malloc_info. */
 
-#define IDLE (1 << 63)
-
 /*
  Bytes of the header before each device-tier block.
  */
@@ -41,11 +39,6 @@
  `state` of a published space (read-only, shared).
  */
 #define TM_SPACE_SHARED 2
-
-/*
- The most loans a report lists.
- */
-#define MAX_LOANS 16
 
 /*
  The memory kinds (tiers).
@@ -377,7 +370,8 @@ void *tm_root_get(tm_kind kind, const char *name);
 /*
  The live blocks of tier `kind` in address order: `tm_next_block(kind, NULL)` is the first,
  `tm_next_block(kind, p)` the one after live block `p`; NULL at the end (errno untouched),
- or NULL + errno for a bad kind (EINVAL) or one not configured (ENODEV).
+ or NULL + errno for a bad kind (EINVAL), one not configured (ENODEV), or a `prev` outside
+ the tier's region (EINVAL: a walk that would otherwise look ended).
  */
 void *tm_next_block(tm_kind kind, const void *prev);
 

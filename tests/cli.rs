@@ -1089,3 +1089,157 @@ fn run_passes_a_signal_sent_to_it_on_to_its_program() {
     );
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
 }
+
+/// `tiermalloc run -- PROG` of a program it cannot start exits as a shell does (127 not found,
+/// 126 found but not executable), so scripts that test for those codes work the same with and
+/// without the command; it exited 1 for both.
+#[test]
+fn run_of_a_program_it_cannot_start_exits_127_or_126_as_a_shell() {
+    let state = TempDir::new("cli", "nostart").kept_on_panic();
+    let not_executable = state.path().join("data.txt");
+    std::fs::write(&not_executable, "not a program\n").unwrap();
+    let cases = [
+        ("/nonexistent/program", 127),
+        ("no-such-program-on-the-path", 127),
+        (not_executable.to_str().unwrap(), 126),
+    ];
+    for (program, code) in cases {
+        let out = output(tiermalloc(state.path(), &["run", "--", program]));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{program}: {err}");
+        assert!(
+            err.starts_with(&format!("tiermalloc: cannot run {program}: "))
+                && err.lines().count() == 1,
+            "{program}: {err}"
+        );
+    }
+    // A program that starts and exits 126 itself is still passed through.
+    let out = output(tiermalloc(
+        state.path(),
+        &["run", "--", "sh", "-c", "exit 126"],
+    ));
+    assert_eq!(out.status.code(), Some(126));
+}
+
+/// The same user as `exported_library_variables_are_the_programs_not_the_commands`, who has
+/// also exported `LD_PRELOAD` of the library (to run everything on it). The preloaded copy's
+/// start-up ran before the command could hold the variables back, and opened the exported
+/// tier in the command: `inspect` called a cleanly closed heap "not closed by its last run",
+/// and `run`'s program found its tier "in use by another process" and ran without it.
+#[test]
+fn exported_variables_stay_the_programs_with_the_library_preloaded_into_the_command() {
+    let state = TempDir::new("cli", "preloaded").kept_on_panic();
+    let file = state.path().join("pmr");
+    let exported = |args: &[&str]| {
+        let mut cmd = tiermalloc(state.path(), args);
+        cmd.env(
+            "TIERMALLOC_TIERS",
+            format!("dram;pmr:path={},size=4M,create", file.display()),
+        )
+        .env("TIERMALLOC_PLACE", "pmr:min=2000")
+        .env("LD_PRELOAD", &library().path);
+        output(cmd)
+    };
+    let out = exported(&[
+        "run",
+        "--stats",
+        "--json",
+        "--",
+        "bash",
+        "-c",
+        "x=$(printf '%*s' 5000 a); echo ${#x}",
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(text(&out.stdout), "5000\n");
+    assert!(!err.contains("in use by another process"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&err).expect("only the program's report");
+    assert!(v["tiers"][1]["allocations"].as_u64() > Some(0), "{v}");
+
+    let out = exported(&["inspect", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("closed cleanly"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// `tiermalloc` alone, a newcomer's first command: it printed only "tiermalloc: Run programs
+/// on tiermalloc and read their memory statistics" (the help cut to one line as if it were an
+/// error message), with no word of the subcommands. It prints the help, on stderr, status 2.
+#[test]
+fn the_command_alone_prints_its_help_with_the_subcommands() {
+    let state = TempDir::new("cli", "alone").kept_on_panic();
+    let out = output(tiermalloc(state.path(), &[]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("Usage: tiermalloc <COMMAND>"), "{err}");
+    for sub in ["run", "inspect", "check", "spaces", "stats"] {
+        assert!(
+            err.lines().any(|l| l.trim_start().starts_with(sub)),
+            "{sub}: {err}"
+        );
+    }
+}
+
+/// A malformed `--offset` or `--min-age` is a usage error (status 2, as the man page says of
+/// usage errors and clap gives any other bad value), not a failure (1). `--min-age` is checked
+/// before the pool is opened.
+#[test]
+fn a_malformed_offset_or_age_is_a_usage_error() {
+    let state = TempDir::new("cli", "usage").kept_on_panic();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["inspect", "--offset", "abc", "/nonexistent"],
+            "not a number of bytes",
+        ),
+        (
+            &["check", "--offset", "12x", "/nonexistent"],
+            "--offset <BYTES>",
+        ),
+        (
+            &["spaces", "--collect", "--min-age", "xyz", "/nonexistent"],
+            "not an age",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = output(tiermalloc(state.path(), args));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("tiermalloc: ") && err.contains(expect),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// A device tier's capacity was labelled "(limit=)" (`capacity_source` "limit") whenever it
+/// was below the bytes mapped, which the superblock makes true of every pmr and cxl tier: a
+/// user who gave no `limit=` read of one. `device` unless a `limit=` below the region is
+/// what bounds it.
+#[test]
+fn a_device_tiers_capacity_is_the_devices_unless_a_limit_bounds_it() {
+    let state = TempDir::new("cli", "capsource").kept_on_panic();
+    let file = state.path().join("dev");
+    let source = |kind: &str, keys: &str| {
+        let tiers = format!("dram;{kind}:path={},size=4M,create{keys}", file.display());
+        let out = output(tiermalloc(
+            state.path(),
+            &["run", "--stats", "--json", "--tiers", &tiers, "--", "true"],
+        ));
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let v: serde_json::Value = serde_json::from_str(&err).expect("one JSON report");
+        let _ = std::fs::remove_file(&file);
+        v["tiers"][1]["capacity_source"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(source("pmr", ""), "device");
+    assert_eq!(source("cxl", ""), "device");
+    assert_eq!(source("cxl", ",limit=1M"), "limit");
+    assert_eq!(source("pmr", ",limit=64M"), "device");
+}

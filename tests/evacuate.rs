@@ -2261,3 +2261,38 @@ fn a_hugetlbfs_tier_moves_in_huge_pages() {
     }
     check_blocks(&blocks, true);
 }
+
+/// `tm_evacuate(kind, "")` (a target read from an unset variable): refused as "longer than
+/// 255 bytes" with ENAMETOOLONG. It is EINVAL, and the line says the path is empty.
+#[test]
+fn an_empty_target_is_refused_as_empty() {
+    const TEST: &str = "an_empty_target_is_refused_as_empty";
+    if !is_child() {
+        let out = child_run(TEST, "dram;cxl:path={shm}dev,size=8M,create");
+        let err = succeeded(&out, "an empty target");
+        assert!(err.contains("onto '': the target's path is empty"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        return;
+    }
+    let blocks = make_blocks(50);
+    assert_eq!(evacuate(CXL, Some("")), Err(libc::EINVAL));
+    check_blocks(&blocks, false);
+}
+
+/// A move onto the tier's own device file: refused with EBUSY as documented, but the line said
+/// the file "is in use by another process" (the lock it met was the tier's own). It says so.
+#[test]
+fn a_move_onto_the_tiers_own_device_says_so() {
+    const TEST: &str = "a_move_onto_the_tiers_own_device_says_so";
+    if !is_child() {
+        let out = child_run(TEST, "dram;cxl:path={shm}dev,size=8M,create");
+        let err = succeeded(&out, "a move onto its own device");
+        assert!(err.contains("the target is the tier's own device"), "{err}");
+        assert!(!err.contains("another process"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        return;
+    }
+    let blocks = make_blocks(50);
+    assert_eq!(evacuate(CXL, Some(&shm("dev"))), Err(libc::EBUSY));
+    check_blocks(&blocks, false);
+}

@@ -991,3 +991,71 @@ fn threads_of_one_process_share_its_node() {
     pool.collect_spaces(Duration::ZERO).unwrap();
     assert_eq!(pool.spaces().len(), 1);
 }
+
+/// A process that created private spaces and exited without closing them: their names stay
+/// taken until someone sweeps the dead creator's spaces. `stat` and `list` sweep first, so
+/// they said the name did not exist, while `create` of it failed with EEXIST (a user's
+/// `tm_space_create` after a crashed run of the same program). `create` sweeps on EEXIST too.
+#[test]
+fn create_reuses_the_name_of_a_dead_creators_private_space() {
+    let file = PoolFile::new("deadname", "8M", "");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("TM_POOL_CHILD", "fill-directory")
+        .env("TM_POOL_SPEC", file.spec())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("made 256"));
+    let pool = file.open();
+    let map = pool
+        .create_space("s0", PAGE)
+        .expect("the dead creator's name is free again");
+    assert_eq!(map.as_slice().len(), PAGE);
+    // A live creator's name stays taken.
+    let taken = pool
+        .create_space("s0", PAGE)
+        .err()
+        .expect("a live private space");
+    assert_eq!(taken.raw_os_error(), Some(libc::EEXIST), "{taken}");
+}
+
+/// `tm_space_stat("")` said ENOENT where `tm_space_create("")` and `tm_space_open("")` say
+/// EINVAL (the header lists EINVAL for a bad name): the same name is judged the same way.
+#[test]
+fn stat_judges_a_bad_name_as_create_and_open_do() {
+    let file = PoolFile::new("statname", "4M", "");
+    let pool = file.open();
+    for name in ["", "a\0b"] {
+        let errno = |r: std::io::Error| r.raw_os_error();
+        let create = pool.create_space(name, PAGE).err().map(errno);
+        let open = pool.open_space(name, MapMode::Read).err().map(errno);
+        let stat = pool.space(name).err().map(errno);
+        assert_eq!(create, Some(Some(libc::EINVAL)), "{name:?}");
+        assert_eq!((open, stat), (create, create), "{name:?}");
+    }
+    let long = "n".repeat(64);
+    let stat = pool.space(&long).err().and_then(|e| e.raw_os_error());
+    assert_eq!(stat, Some(libc::ENAMETOOLONG));
+}
+
+/// `TIERMALLOC_POOL` pointed at a tier's heap file: refused as "data that is not a tiermalloc
+/// pool (add format to overwrite it)", inviting the key that wipes the heap. It names the heap.
+#[test]
+fn a_tiers_heap_file_is_named_as_a_heap() {
+    let file = PoolFile::new("heapfile", "4M", "");
+    let mut bytes = vec![0u8; 4 << 20];
+    bytes[..8].copy_from_slice(b"TMHEAP\r\n"); // a tier's superblock magic
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&file.path, &bytes).unwrap();
+    let refused = Pool::open_str(&format!("path={},size=4M", file.path))
+        .err()
+        .expect("a heap file refused");
+    assert!(
+        refused.to_string().contains("holds a tiermalloc heap"),
+        "{refused}"
+    );
+    assert!(
+        std::fs::read(&file.path).unwrap() == bytes,
+        "the file was written"
+    );
+}

@@ -1310,8 +1310,10 @@ impl DeviceTier {
         slabs: SlabTotals,
         cached: (u64, u64, u64),
     ) -> DeviceFigures {
+        let stats = self.stats_of(h, slabs, cached);
         DeviceFigures {
-            stats: self.stats_of(h, slabs, cached),
+            from_limit: self.limit != u64::MAX && stats.capacity == self.limit,
+            stats,
             peak_in_use: match &self.outside {
                 Some(outside) => outside.peak(),
                 None => h.peak_in_use.saturating_sub(SUPERBLOCK_BYTES),
@@ -1376,6 +1378,8 @@ pub(crate) struct DeviceFigures {
     pub mapped: u64,
     /// Its capacity is lent to it from the shared pool (`outside`).
     pub from_pool: bool,
+    /// Its capacity is its `limit=` (smaller than the device region), not the region.
+    pub from_limit: bool,
 }
 
 impl LiveExtents for DeviceTier {

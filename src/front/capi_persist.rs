@@ -105,10 +105,15 @@ pub unsafe extern "C" fn tm_root_get(kind: KindArg, name: *const c_char) -> *mut
 
 /// The live blocks of tier `kind` in address order: `tm_next_block(kind, NULL)` is the first,
 /// `tm_next_block(kind, p)` the one after live block `p`; NULL at the end (errno untouched),
-/// or NULL + errno for a bad kind (EINVAL) or one not configured (ENODEV).
+/// or NULL + errno for a bad kind (EINVAL), one not configured (ENODEV), or a `prev` outside
+/// the tier's region (EINVAL: a walk that would otherwise look ended).
 #[no_mangle]
 pub extern "C" fn tm_next_block(kind: KindArg, prev: *const c_void) -> *mut c_void {
     match device_tier(kind) {
+        Ok(tier) if !prev.is_null() && tier.offset_in_region(prev.cast()).is_none() => {
+            set_errno(libc::EINVAL);
+            ptr::null_mut()
+        }
         Ok(tier) => {
             let prev = (!prev.is_null()).then_some(prev as *mut u8);
             tier.next_block(prev).map_or(ptr::null_mut(), |p| p.cast())

@@ -216,7 +216,9 @@ fn take_snapshot(event: Event, wait: bool) -> Snapshot {
                     reserved: f.mapped,
                     capacity_source: if f.from_pool {
                         CapacitySource::Share
-                    } else if f.stats.capacity < f.mapped {
+                    } else if f.from_limit {
+                        // (Not `capacity < mapped`: a persistent tier's superblock makes that
+                        // true of every pmr tier, which was reported as "(limit=)".)
                         CapacitySource::Limit
                     } else {
                         CapacitySource::Device

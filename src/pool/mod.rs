@@ -240,6 +240,14 @@ impl Pool {
             }
             let claim = self.load(SB_FORMAT);
             if magic != 0 || (claim == 0 && !overwriting && !self.meta_is_zero()) {
+                let heap = crate::device::persist::superblock::has_magic(&magic.to_le_bytes());
+                if heap && !self.spec.format {
+                    // `format` here would wipe a tier's persistent heap: say what it is.
+                    return Err(OpenError::new(
+                        "holds a tiermalloc heap (a tier's file, TIERMALLOC_TIERS's, not a \
+                         pool); left untouched",
+                    ));
+                }
                 if !self.spec.format || overwriting {
                     return Err(OpenError::new(
                         "holds data that is not a tiermalloc pool (add format to overwrite it)",

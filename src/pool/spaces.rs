@@ -64,8 +64,10 @@ impl Pool {
             return Err(libc::ENOSPC);
         }
         self.auto_collect();
+        // Room or the name may be held by a dead creator's private space: sweep, then again
+        // (`stat` and `list` sweep first, so they call such a name free).
         let entry = self.create_entry(name, size, len).or_else(|e| match e {
-            libc::ENOSPC => {
+            libc::ENOSPC | libc::EEXIST => {
                 self.sweep()?;
                 self.create_entry(name, size, len).inspect_err(|&e| {
                     if e == libc::ENOSPC {
@@ -429,9 +431,8 @@ impl Pool {
 
     /// The space named `name` (PRIVATE or SHARED).
     pub(crate) fn stat(&self, name: &[u8]) -> Result<SpaceView, Errno> {
-        if name.len() > NAME_MAX {
-            return Err(libc::ENAMETOOLONG);
-        }
+        // As create and open: an empty name (or one with a NUL) is EINVAL, not ENOENT.
+        check_name(name)?;
         let _ = self.sweep();
         let entry = self.find(name, |s| s != SPACE_FREE).ok_or(libc::ENOENT)?;
         Ok(SpaceView {

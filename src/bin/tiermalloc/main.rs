@@ -2,7 +2,8 @@
 //! statistics (`stats`), through the library's public Rust API and the files it writes.
 //!
 //! Every failure is one line on stderr, `tiermalloc: ...`, and exit status 1 (2 for a usage
-//! error); `run` exits with its program's status.
+//! error); `run` exits with its program's status, or 127 (not found) or 126 (not executable)
+//! when it cannot start it, as a shell does.
 
 mod offline;
 mod own_env;
@@ -11,6 +12,7 @@ mod spaces;
 mod stats;
 mod svg_map;
 
+use clap::error::ErrorKind;
 use clap::{Arg, ArgAction, Command};
 use std::process::ExitCode;
 
@@ -111,6 +113,9 @@ fn cli() -> Command {
                     .long("min-age")
                     .value_name("AGE")
                     .requires("collect")
+                    .value_parser(|text: &str| {
+                        spaces::parse_age(text).ok_or("not an age (10s, 5m, 2h, 1d)")
+                    })
                     .help(
                         "with --collect: only spaces at least this old (10s, 5m, 2h, 1d; \
                                default 0)",
@@ -148,6 +153,7 @@ fn offline_command(name: &'static str, about: &'static str) -> Command {
             Arg::new("offset")
                 .long("offset")
                 .value_name("BYTES")
+                .value_parser(|text: &str| text.parse::<u64>().map_err(|_| "not a number of bytes"))
                 .help("where the tier or pool starts in the file (its offset= key); default 0"),
         )
         .arg(
@@ -165,6 +171,11 @@ fn main() -> ExitCode {
             // --help, --version
             let _ = e.print();
             return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `tiermalloc` alone: the whole help (on stderr), not its first line as an error.
+            let _ = e.print();
+            return ExitCode::from(2);
         }
         Err(e) => {
             // clap's message, up to its usage lines, as one line.

@@ -15,12 +15,8 @@ use tiermalloc::HeapReport;
 /// The PATH and --offset arguments.
 pub fn target(m: &ArgMatches) -> Result<(String, u64), Failure> {
     let path = m.get_one::<String>("path").ok_or("no PATH given")?;
-    let offset: u64 = match m.get_one::<String>("offset") {
-        Some(o) => o
-            .parse()
-            .map_err(|_| format!("--offset {o}: not a number of bytes"))?,
-        None => 0,
-    };
+    // Parsed by the argument parser (a bad value is a usage error, status 2).
+    let offset = m.get_one::<u64>("offset").copied().unwrap_or(0);
     Ok((path.clone(), offset))
 }
 

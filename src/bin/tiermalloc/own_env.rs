@@ -6,12 +6,15 @@
 //! by a running process", and the program `tiermalloc run` started found its tier "in use by
 //! another process" (the command) and ran without it.
 //!
-//! So a constructor that runs before the library's takes those variables out of `environ`
-//! (glibc runs `.init_array` entries with a priority before those without, as the library's
-//! start-up hook is) and holds them; `run` gives them back to its program. `TIERMALLOC_LIB`,
-//! which only the command reads, stays.
+//! So a function that runs before the library's start-up takes those variables out of the
+//! environment and holds them; `run` gives them back to its program. `TIERMALLOC_LIB`, which
+//! only the command reads, stays. It is a `.preinit_array` entry: the dynamic loader runs those
+//! of the executable before the constructors of every shared object. An `.init_array` entry
+//! (the command's own copy of the library starts from one) came too late when the user had
+//! also exported `LD_PRELOAD` of the library: the preloaded copy's constructor ran first and
+//! opened the exported tiers in the command ("in use by another process" for its program).
 
-use std::ffi::{c_char, CStr, OsStr};
+use std::ffi::{c_char, c_int, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 
 /// The most variables held; any beyond stay in the environment (the library has 18).
@@ -30,22 +33,19 @@ static mut HELD: Held = Held {
     count: 0,
 };
 
-extern "C" {
-    static mut environ: *mut *const c_char;
-}
-
 /// Whether the entry `NAME=value` configures the library.
 fn configures_the_library(entry: &[u8]) -> bool {
     entry.starts_with(b"TIERMALLOC_") && !entry.starts_with(b"TIERMALLOC_LIB=")
 }
 
-/// Moves the library's variables out of `environ` into `HELD`, keeping the others in order.
-extern "C" fn hold() {
-    // SAFETY: before `main`, one thread: nothing else reads or writes `environ` or `HELD`.
-    // `environ` is null or a null-terminated array of NUL-terminated strings; removing entries
-    // and moving the terminator down keeps it so (as `unsetenv` does, without allocating).
+/// Moves the library's variables out of the environment `env` (the array the kernel gave the
+/// process, which libc's `environ` points to) into `HELD`, keeping the others in order.
+extern "C" fn hold(_argc: c_int, _argv: *const *const c_char, env: *mut *const c_char) {
+    // SAFETY: before any constructor, one thread: nothing else reads or writes the
+    // environment or `HELD`. `env` is null or a null-terminated array of NUL-terminated
+    // strings; removing entries and moving the terminator down keeps it so (as `unsetenv`
+    // does, without allocating).
     unsafe {
-        let env = environ;
         if env.is_null() {
             return;
         }
@@ -69,11 +69,12 @@ extern "C" fn hold() {
     }
 }
 
-/// Before the library's start-up hook (an `.init_array` entry without priority) and after
-/// std's own (priority 99, which records the arguments).
+/// Before every constructor: the library's start-up hook, in this executable or preloaded, and
+/// std's (which records the arguments, not the environment). glibc passes a preinit function
+/// the arguments and the environment.
 #[used]
-#[link_section = ".init_array.00100"]
-static HOLD: extern "C" fn() = hold;
+#[link_section = ".preinit_array"]
+static HOLD: extern "C" fn(c_int, *const *const c_char, *mut *const c_char) = hold;
 
 /// The variables taken out of the command's environment, as (name, value), for `run` to give
 /// its program.

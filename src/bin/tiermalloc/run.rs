@@ -87,8 +87,18 @@ pub fn run(m: &ArgMatches) -> Result<ExitCode, Failure> {
     if let Ok(c) = &child {
         forward_signals_to(c.id());
     }
+    // A program that cannot be started exits as a shell's would: 127 when it is not found,
+    // 126 when it is found but cannot be executed (POSIX `sh`, "Command Search and Execution").
+    let not_started = |e: &std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        _ => 126,
+    };
+    let mut start_status = None;
     let result = child
-        .map_err(|e| format!("cannot run {program}: {e}"))
+        .map_err(|e| {
+            start_status = Some(not_started(&e));
+            format!("cannot run {program}: {e}")
+        })
         .and_then(|mut c| {
             let pid = c.id();
             c.wait()
@@ -103,7 +113,13 @@ pub fn run(m: &ArgMatches) -> Result<ExitCode, Failure> {
     });
     let _ = std::fs::remove_dir_all(&reports);
     stats::sweep_stale_live_files();
-    let (kept, status) = outcome?;
+    let (kept, status) = match (outcome, start_status) {
+        (Err(why), Some(code)) => {
+            eprintln!("tiermalloc: {why}");
+            return Ok(ExitCode::from(code));
+        }
+        (outcome, _) => outcome?,
+    };
     if m.get_flag("stats") {
         if kept {
             let snap = stats::read_file(&last)?;

@@ -13,7 +13,7 @@ use tiermalloc::pool::{Pool, PoolSpec, Space, SpaceState};
 use tiermalloc::report::Bytes;
 
 /// `10`, `10ms`, `3s`, `2m`, `1h`, `1d`: a bare number is seconds.
-fn parse_age(text: &str) -> Option<Duration> {
+pub fn parse_age(text: &str) -> Option<Duration> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -123,9 +123,11 @@ pub fn spaces(m: &ArgMatches) -> Result<ExitCode, Failure> {
     let collected = match m.get_flag("collect") {
         false => None,
         true => {
-            let text = m.get_one::<String>("min_age").map_or("0", String::as_str);
-            let age = parse_age(text)
-                .ok_or_else(|| format!("--min-age {text}: not an age (10s, 5m, 2h, 1d)"))?;
+            // Parsed by the argument parser (a bad value is a usage error, status 2).
+            let age = m
+                .get_one::<Duration>("min_age")
+                .copied()
+                .unwrap_or_default();
             Some(
                 pool.collect_spaces(age)
                     .map_err(|e| format!("{path}: collecting: {e}"))?,

@@ -757,6 +757,20 @@ pub(crate) fn evacuate(
     result
 }
 
+/// Whether `path` names the file open as `fd` (same device and inode): a move onto the tier's
+/// own device was refused as "in use by another process", the lock being the tier's.
+fn is_open_file(fd: i32, path: &CStr) -> bool {
+    // SAFETY: all-zero is a valid `stat`, an out-parameter of fstat/stat.
+    let (mut open, mut named): (libc::stat, libc::stat) = unsafe { core::mem::zeroed() };
+    // SAFETY: `fd` is ours or -1 (fstat then fails); `path` is NUL-terminated.
+    unsafe {
+        fd >= 0
+            && libc::fstat(fd, &mut open) == 0
+            && libc::stat(path.as_ptr(), &mut named) == 0
+            && (open.st_dev, open.st_ino) == (named.st_dev, named.st_ino)
+    }
+}
+
 fn move_region(
     kind: Kind,
     region: &Region,
@@ -775,6 +789,18 @@ fn move_region(
         at: None,
         holder: None,
     };
+    if target.to_bytes().is_empty() {
+        return Err(Problem {
+            errno: libc::EINVAL,
+            ..Problem::new("the target's path is empty")
+        });
+    }
+    if is_open_file(state.current_fd(), target) {
+        return Err(Problem {
+            errno: libc::EBUSY,
+            ..Problem::new("the target is the tier's own device")
+        });
+    }
     let persistent = state.spare.persists();
     move_record::target_fits(&state.backing(region), persistent, target.to_bytes()).map_err(
         |what| Problem {

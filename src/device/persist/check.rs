@@ -56,7 +56,7 @@ pub fn check_image_with_progress(
                 image.len()
             ))
         }
-        superblock::Found::Other => {
+        superblock::Found::Other | superblock::Found::OtherLayout => {
             return Err(std::format!(
                 "unknown heap layout version {}",
                 fields.version

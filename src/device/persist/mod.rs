@@ -27,6 +27,10 @@
 //! - a valid superblock of this region's length: `persist` → recover; `fresh` → format;
 //! - a heap formatted for another length: `persist` → refused; `fresh` → format;
 //! - a superblock whose format never finished: format (it held nothing);
+//! - a pmr tier's heap found by a `cxl` or `cmb` tier that is `fresh` only by its kind's
+//!   default: refused, untouched (`persist` recovers it, `fresh` or `format` overwrites it);
+//! - a superblock of another layout version: refused in one line saying so, untouched, unless
+//!   `format` is given;
 //! - zeroes (checked in full), or bytes that did not exist before this open (a file just
 //!   created or extended): format;
 //! - anything else: refused in one line, the bytes untouched, unless `format` is given, or
@@ -143,6 +147,7 @@ pub(crate) use superblock::SUPERBLOCK_BYTES;
 
 use crate::backend::{Media, Problem, Region};
 use crate::config::TierSpec;
+use crate::kind::Kind;
 
 /// State of a slab's marker header: `STATE_SLAB | class`.
 pub(crate) const STATE_SLAB: u16 = 0x8000;
@@ -166,7 +171,20 @@ pub(crate) fn decide(region: &Region, spec: &TierSpec) -> Result<Opening, Proble
     }
     // SAFETY: the region is mapped and readable, and nothing else uses it yet.
     let image = unsafe { core::slice::from_raw_parts(region.base as *const u8, region.len) };
-    match superblock::examine(image) {
+    let found = superblock::examine(image);
+    if matches!(
+        found,
+        superblock::Found::Heap | superblock::Found::OtherLength
+    ) && formats_by_default(spec)
+        && superblock::read(image).is_some_and(|f| f.kind == Kind::Pmr as u32)
+    {
+        return Err(Problem::new(
+            "holds a pmr tier's persistent heap, which this tier would format (fresh, its \
+             kind's default); left untouched (add persist to recover it, or format to overwrite \
+             it)",
+        ));
+    }
+    match found {
         superblock::Found::Heap if spec.persists() => Ok(Opening::Recover),
         superblock::Found::Heap | superblock::Found::Unfinished => Ok(Opening::Format),
         superblock::Found::OtherLength if !spec.persists() => Ok(Opening::Format),
@@ -174,10 +192,23 @@ pub(crate) fn decide(region: &Region, spec: &TierSpec) -> Result<Opening, Proble
             "holds a tiermalloc heap of another size (give its size=, or add format to overwrite \
              it)",
         )),
-        superblock::Found::Other => {
-            let device = matches!(region.media, Media::Dax | Media::Bar | Media::Anonymous);
+        superblock::Found::OtherLayout if !(volatile_device(region) && !spec.persists()) => {
+            Err(Problem::new(
+                "holds a tiermalloc heap of another layout version (a newer or older library's); \
+             left untouched (open it with the library that wrote it, or add format to overwrite \
+             it)",
+            ))
+        }
+        superblock::Found::Other | superblock::Found::OtherLayout => {
+            let device = volatile_device(region);
             if region.new_bytes || (device && !spec.persists()) || all_zero(image) {
                 Ok(Opening::Format)
+            } else if superblock::holds_pool(image) {
+                // `format` here would wipe every process's spaces: say what it is.
+                Err(Problem::new(
+                    "holds a tiermalloc shared pool (TIERMALLOC_POOL's file, not a tier's); left \
+                     untouched",
+                ))
             } else {
                 Err(Problem::new(
                     "holds data that is not a tiermalloc heap; left untouched (add format to \
@@ -186,6 +217,19 @@ pub(crate) fn decide(region: &Region, spec: &TierSpec) -> Result<Opening, Proble
             }
         }
     }
+}
+
+/// Whether the region is a device (DAX, a PCI BAR, anonymous memory) whose contents are
+/// undefined after boot: opened `fresh`, it is formatted whatever it holds.
+fn volatile_device(region: &Region) -> bool {
+    matches!(region.media, Media::Dax | Media::Bar | Media::Anonymous)
+}
+
+/// Whether `spec` formats a heap it finds only because `fresh` is its kind's default (a `cxl` or
+/// `cmb` tier given neither `persist` nor `fresh`): such a tier pointed at a pmr tier's file
+/// (a path copied from another configuration) formatted the persistent heap without a word.
+fn formats_by_default(spec: &TierSpec) -> bool {
+    spec.persist.is_none() && !spec.persists() && spec.kind != Kind::Pmr
 }
 
 /// Whether every byte of `image` is zero (a word at a time).

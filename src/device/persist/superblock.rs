@@ -43,6 +43,8 @@ pub(crate) enum Found {
     Unfinished,
     /// A heap formatted for a region of another length.
     OtherLength,
+    /// A tiermalloc superblock of another layout version (a newer or older library's heap).
+    OtherLayout,
     /// Anything else.
     Other,
 }
@@ -73,6 +75,12 @@ pub(crate) fn has_magic(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..8] == MAGIC
 }
 
+/// Whether `bytes` start with the shared pool's magic (`pool::layout::MAGIC`, "TMPOOL01" at
+/// offset 0; the pool layer sits above this one, so its constant is not imported).
+pub(crate) fn holds_pool(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..8] == *b"TMPOOL01"
+}
+
 /// The fields, if `image` starts with the magic.
 pub(crate) fn read(image: &[u8]) -> Option<Fields> {
     if image.len() < SUPERBLOCK_BYTES as usize || !has_magic(image) {
@@ -99,6 +107,7 @@ pub(crate) fn examine(image: &[u8]) -> Found {
         && f.heap_start == SUPERBLOCK_BYTES
         && f.slab_bytes == SLAB_BYTES;
     match () {
+        _ if f.version != LAYOUT_VERSION => Found::OtherLayout,
         _ if !layout => Found::Other,
         _ if f.region_len != image.len() as u64 => Found::OtherLength,
         _ if f.state == FORMATTING => Found::Unfinished,

@@ -111,8 +111,10 @@ fn opening_formats_zeroes_recovers_heaps_and_refuses_foreign_bytes() {
     let tier = open("pmr", &path, ",fresh").unwrap();
     assert_eq!(tier.stats().in_use, 0);
     drop(tier);
-    // cmb is fresh by default, persistent when asked.
-    let tier = open("cmb", &path, "").unwrap();
+    // cmb is fresh by default, persistent when asked. The pmr tier's heap there is not
+    // formatted by that default (`a_pmr_heap_is_not_formatted_by_a_default_fresh_tier`),
+    // only when `fresh` is given.
+    let tier = open("cmb", &path, ",fresh").unwrap();
     let p = tier.alloc(100, 16).unwrap();
     let p_offset = tier.offset_in_region(p).unwrap();
     drop(tier);
@@ -120,6 +122,13 @@ fn opening_formats_zeroes_recovers_heaps_and_refuses_foreign_bytes() {
     let first = tier.next_block(None).unwrap();
     assert_eq!(tier.offset_in_region(first), Some(p_offset));
     assert_eq!(tier.stats().in_use, 128, "one 112-byte slot and its header");
+    drop(tier);
+    let tier = open("cmb", &path, "").unwrap();
+    assert_eq!(
+        tier.stats().in_use,
+        0,
+        "cmb formats its own heap by default"
+    );
     drop(tier);
     // Foreign bytes: refused, left untouched, unless `format`.
     let foreign: Vec<u8> = (0..1 << 20).map(|i| (i * 7 + 3) as u8).collect();
@@ -1595,5 +1604,93 @@ fn an_unfinished_claim_is_judged_by_its_pid() {
     assert_eq!((holder.pid, holder.host_name()), (live.id(), "?"));
     live.kill().unwrap();
     live.wait().unwrap();
+    std::fs::remove_file(path).unwrap();
+}
+
+/// A user who points a `cxl` or `cmb` tier at a pmr tier's file (a configuration copied and
+/// its kind changed): the tier is `fresh` by its kind's default, and formatted the persistent
+/// heap, roots and blocks gone, without a word. It is refused, untouched; `persist` recovers
+/// it, `fresh` or `format` overwrites it.
+#[test]
+fn a_pmr_heap_is_not_formatted_by_a_default_fresh_tier() {
+    let path = shm("kind");
+    let tier = open("pmr", &path, ",size=1M,create").unwrap();
+    let p = tier.alloc(5000, 16).unwrap();
+    let offset = tier.offset_in_region(p).unwrap();
+    drop(tier);
+    let before = std::fs::read(&path).unwrap();
+    for (kind, keys) in [("cxl", ""), ("cmb", ""), ("cxl", ",size=512K")] {
+        let refused = open(kind, &path, keys).err().expect("a pmr heap refused");
+        assert!(
+            refused.what.contains("pmr tier's persistent heap"),
+            "{kind}{keys}: {}",
+            refused.what
+        );
+        assert!(
+            std::fs::read(&path).unwrap() == before,
+            "{kind}: the file was written"
+        );
+    }
+    let tier = open("cxl", &path, ",persist").unwrap();
+    assert_eq!(
+        tier.usable_size(tier.at_offset(offset).unwrap()),
+        Some(5008)
+    );
+    drop(tier);
+    let tier = open("cxl", &path, ",fresh").unwrap();
+    assert_eq!(tier.stats().in_use, 0, "fresh formats it");
+    drop(tier);
+    std::fs::remove_file(path).unwrap();
+}
+
+/// A heap written by a library of another layout version (an upgrade or a downgrade) was
+/// called "data that is not a tiermalloc heap", which invites `format`, the one key that loses
+/// it. It is named for what it is, and left untouched.
+#[test]
+fn a_heap_of_another_layout_version_is_named_so() {
+    let path = shm("layout");
+    drop(open("pmr", &path, ",size=1M,create").unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&(superblock::LAYOUT_VERSION + 1).to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    for kind in ["pmr", "cxl"] {
+        let refused = open(kind, &path, "").err().expect("another layout refused");
+        assert!(
+            refused.what.contains("another layout version"),
+            "{kind}: {}",
+            refused.what
+        );
+        assert!(
+            std::fs::read(&path).unwrap() == bytes,
+            "{kind}: the file was written"
+        );
+    }
+    let tier = open("pmr", &path, ",format").unwrap();
+    assert_eq!(tier.stats().in_use, 0);
+    drop(tier);
+    std::fs::remove_file(path).unwrap();
+}
+
+/// A tier pointed at the shared pool's file (`TIERMALLOC_POOL`'s path copied into
+/// `TIERMALLOC_TIERS`): refused as "data that is not a tiermalloc heap ... (add format to
+/// overwrite it)", the one key that would wipe every process's spaces. It names the pool.
+#[test]
+fn a_pool_file_is_named_as_the_pools() {
+    let path = shm("poolfile");
+    let pool = crate::pool::Pool::open_str(&format!("path={path},size=4M,create")).unwrap();
+    drop(pool);
+    let before = std::fs::read(&path).unwrap();
+    for kind in ["pmr", "cxl"] {
+        let refused = open(kind, &path, "").err().expect("a pool file refused");
+        assert!(
+            refused.what.contains("tiermalloc shared pool"),
+            "{kind}: {}",
+            refused.what
+        );
+        assert!(
+            std::fs::read(&path).unwrap() == before,
+            "{kind}: the file was written"
+        );
+    }
     std::fs::remove_file(path).unwrap();
 }
