@@ -1694,3 +1694,34 @@ fn a_pool_file_is_named_as_the_pools() {
     }
     std::fs::remove_file(path).unwrap();
 }
+
+/// After a recovery `allocations` was 0 while `in_use` counted the recovered blocks, and
+/// freeing them made `frees` exceed `allocations`. The live blocks an open recovers, outside
+/// slabs and in them, count as allocations of the run that opened the tier.
+#[test]
+fn recovered_blocks_count_as_allocations_of_the_run() {
+    let path = shm("counts");
+    let tier = open("pmr", &path, ",size=4M,create").unwrap();
+    let big: Vec<_> = (0..5).map(|_| tier.alloc(20000, 16).unwrap()).collect();
+    let small: Vec<_> = (0..7).map(|_| tier.alloc(100, 16).unwrap()).collect();
+    tier.free(big[0]).unwrap();
+    tier.free(small[0]).unwrap();
+    let s = tier.stats();
+    assert_eq!((s.allocations, s.frees), (12, 2));
+    drop(tier);
+    let tier = open("pmr", &path, "").unwrap();
+    let s = tier.stats();
+    assert!(s.in_use > 0);
+    assert_eq!(
+        (s.allocations, s.frees),
+        (10, 0),
+        "the 10 live blocks recovered"
+    );
+    for (offset, _) in live_blocks(&tier) {
+        tier.free(tier.at_offset(offset).unwrap()).unwrap();
+    }
+    let s = tier.stats();
+    assert_eq!((s.in_use, s.allocations, s.frees), (0, 10, 10));
+    drop(tier);
+    std::fs::remove_file(path).unwrap();
+}
