@@ -96,7 +96,15 @@ typedef struct tm_stats {
    The largest single block the tier can still hand out.
    */
   uint64_t largest_free;
+  /*
+   Blocks handed out since this process opened the tier. A persistent tier (pmr, or
+   `persist`) counts the live blocks its open recovered among them, as handed out then,
+   so that frees of recovered blocks never make `frees` exceed `allocations`.
+   */
   uint64_t allocations;
+  /*
+   Blocks freed since this process opened the tier.
+   */
   uint64_t frees;
   /*
    Requests the tier could not serve.
@@ -291,19 +299,20 @@ int tm_get_stats(tm_kind kind, struct tm_stats *out);
 void tm_print_stats(void);
 
 /*
- Moves every byte of device tier `kind` onto `target` (a file or device at least as large
- as the tier; a regular file is created or extended; NULL means the tier's `spare=` path)
- while the program's threads keep using its blocks, which keep their addresses. Afterwards
- the tier's range is backed by `target` at the same offsets and the old device is closed.
- Returns 0, or -1 + errno: EINVAL (TM_DRAM, an unknown kind, NULL without `spare=`), ENODEV
- (kind not configured), EOPNOTSUPP (the tier's backing cannot be moved safely: only shmem,
- hugetlbfs and NUMA tiers can), EBUSY (a move of it is running, or the target is in use),
- ENOSPC/EFBIG (target too small), or the error of opening or mapping `target`; each failure
- is also explained in one line on stderr. On failure the tier is left as it was, unless the
- kernel refuses to map the target midway (out of memory or mappings): then the tier works on,
- split between both devices, and both stay open. A `target` of the form `numa=N` moves a
- `numa=` tier onto NUMA node N in place (`move_pages`; EINVAL for another tier or a node
- that does not exist, EBUSY if some page could not move).
+ Moves every byte of device tier `kind` onto `target` (a file or device at least as large as the
+ tier; a regular file is created or extended; NULL means the tier's `spare=` path) while the
+ program's threads keep using its blocks, which keep their addresses. Afterwards the tier's range
+ is backed by `target` at the same offsets and the old device is closed. Returns 0, or -1 +
+ errno: EINVAL (TM_DRAM, an unknown kind, NULL without `spare=`, an empty `target`), ENAMETOOLONG
+ (a `target` over 255 bytes, or longer than a persistent tier's move record holds), ENODEV (kind
+ not configured), EOPNOTSUPP (the tier's backing cannot be moved safely: only shmem, hugetlbfs
+ and NUMA tiers can), EBUSY (a move of it is running, the target is in use by another process, or
+ the target is the tier's own device), ENOSPC/EFBIG (target too small), or the error of opening
+ or mapping `target`; each failure is also explained in one line on stderr. On failure the tier
+ is left as it was, unless the kernel refuses to map the target midway (out of memory or
+ mappings): then the tier works on, split between both devices, and both stay open. A `target` of
+ the form `numa=N` moves a `numa=` tier onto NUMA node N in place (`move_pages`; EINVAL for
+ another tier or a node that does not exist, EBUSY if some page could not move).
 
  # Safety
  `target` must be NULL or a NUL-terminated string.
@@ -389,8 +398,9 @@ void *tm_at_offset(tm_kind kind, uint64_t offset);
 
 /*
  Creates a private read-write space of `size` bytes (zeroed) named `name`; its base, or
- NULL + EEXIST (name taken) / ENOSPC (no room) / ENAMETOOLONG (over 63 bytes) / EINVAL /
- ENODEV (no pool).
+ NULL + EEXIST (name taken) / ENOSPC (no room now, or a `size` larger than the pool's data
+ area, `SIZE_MAX` included; said in one line on stderr naming `name` and `size`) /
+ ENAMETOOLONG (over 63 bytes) / EINVAL (NULL or empty name, `size` 0) / ENODEV (no pool).
 
  # Safety
  `name` must be NULL or a NUL-terminated string.

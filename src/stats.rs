@@ -57,7 +57,11 @@ pub struct TierStats {
     pub free_bytes: u64,
     /// The largest single block the tier can still hand out.
     pub largest_free: u64,
+    /// Blocks handed out since this process opened the tier. A persistent tier (pmr, or
+    /// `persist`) counts the live blocks its open recovered among them, as handed out then,
+    /// so that frees of recovered blocks never make `frees` exceed `allocations`.
     pub allocations: u64,
+    /// Blocks freed since this process opened the tier.
     pub frees: u64,
     /// Requests the tier could not serve.
     pub failures: u64,

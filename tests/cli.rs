@@ -1243,3 +1243,22 @@ fn a_device_tiers_capacity_is_the_devices_unless_a_limit_bounds_it() {
     assert_eq!(source("cxl", ",limit=1M"), "limit");
     assert_eq!(source("pmr", ",limit=64M"), "device");
 }
+
+/// `tiermalloc inspect /tmp` (a directory) said "No such device (os error 19)": the
+/// directory opened read-only as a file does, and only its mapping failed. `inspect`, `check`
+/// and `spaces` each say in one line that the path is a directory.
+#[test]
+fn a_directory_is_named_as_one_not_as_a_device() {
+    let state = TempDir::new("cli", "directory").kept_on_panic();
+    let dir = state.path().to_str().unwrap();
+    for cmd in ["inspect", "check", "spaces"] {
+        let out = output(tiermalloc(state.path(), &[cmd, dir]));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert_eq!(err.lines().count(), 1, "{cmd}: {err}");
+        assert!(
+            err.contains(&format!("{dir}: is a directory, not a")),
+            "{cmd}: {err}"
+        );
+    }
+}

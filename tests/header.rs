@@ -29,3 +29,42 @@ fn committed_header_matches_cbindgen() {
         String::from_utf8_lossy(&generated)
     );
 }
+
+/// The comment the header gives a C function: the `/* ... */` right before its declaration
+/// (`decl`, e.g. "int tm_evacuate("), its lines joined by single spaces.
+fn comment_of(header: &str, decl: &str) -> String {
+    let at = header
+        .find(decl)
+        .unwrap_or_else(|| panic!("{decl} declared"));
+    let before = &header[..at];
+    let start = before.rfind("/*").expect("a comment before it");
+    before[start + 2..]
+        .trim_end()
+        .trim_end_matches("*/")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The refusals a user meets and the tests check (tests/evacuate.rs
+/// `an_empty_target_is_refused_as_empty`, `a_move_onto_the_tiers_own_device_says_so`) are
+/// in the comments C programmers read; `tm_evacuate`'s named neither the empty target's EINVAL
+/// nor the tier's own device's EBUSY.
+#[test]
+fn the_header_names_the_refusals_the_functions_give() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let header = std::fs::read_to_string(root.join("include/tiermalloc.h")).unwrap();
+    let evacuate = comment_of(&header, "int tm_evacuate(");
+    for named in [
+        "an empty `target`)",
+        "ENAMETOOLONG (a `target` over 255 bytes",
+        "or the target is the tier's own device)",
+    ] {
+        assert!(evacuate.contains(named), "{named}: {evacuate}");
+    }
+    let create = comment_of(&header, "void *tm_space_create(");
+    assert!(
+        create.contains("ENOSPC (no room now, or a `size` larger than the pool's data area"),
+        "{create}"
+    );
+}

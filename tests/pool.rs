@@ -236,6 +236,14 @@ fn child() {
             testing::short_flush(0);
             std::process::exit(0);
         }
+        "impossible-sizes" => {
+            // Each refused create: its size and errno on stdout (its line goes to stderr).
+            let pool = pool();
+            for size in [usize::MAX, usize::MAX - 4095, 8 << 20] {
+                let e = pool.create_space("x", size).err().map(|e| e.raw_os_error());
+                println!("{size} {e:?}");
+            }
+        }
         other => panic!("unknown child role {other}"),
     }
     std::process::exit(0);
@@ -1058,4 +1066,48 @@ fn a_tiers_heap_file_is_named_as_a_heap() {
         std::fs::read(&file.path).unwrap() == bytes,
         "the file was written"
     );
+}
+
+/// `tm_space_create("x", SIZE_MAX)` failed with ENOSPC and no line (its rounding to whole
+/// pages overflowed), where `SIZE_MAX - 4095` said "no free extent of 18446744073709547520
+/// bytes", as if room might come. A size the pool's data area cannot hold is one answer:
+/// ENOSPC and one line naming the space and its size.
+#[test]
+fn a_size_larger_than_the_pool_is_one_answer_in_one_line() {
+    let file = PoolFile::new("impossible", "4M", "");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("TM_POOL_CHILD", "impossible-sizes")
+        .env("TM_POOL_SPEC", file.spec())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let sizes = [usize::MAX, usize::MAX - 4095, 8 << 20];
+    for size in sizes {
+        let answer = format!("{size} Some(Some({}))", libc::ENOSPC);
+        // (The first follows libtest's "test child ... ".)
+        assert!(
+            stdout.lines().any(|l| l.ends_with(&answer)),
+            "{size}: {stdout}"
+        );
+    }
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tiermalloc: "))
+        .collect();
+    assert_eq!(lines.len(), sizes.len(), "{stderr}");
+    for (line, size) in lines.iter().zip(sizes) {
+        let named = format!(
+            "tiermalloc: pool '{}': space 'x' of {size} bytes is larger than the pool's data \
+             area (",
+            file.path
+        );
+        assert!(
+            line.starts_with(&named) && line.ends_with("); ENOSPC"),
+            "{line}"
+        );
+    }
 }

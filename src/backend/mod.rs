@@ -15,6 +15,8 @@
 
 mod devdax;
 mod file_space;
+#[cfg(test)]
+pub(crate) mod lock_wait;
 mod nvme;
 mod problem;
 mod shared_range;
@@ -545,6 +547,8 @@ mod tests {
         assert_eq!(on_disk[4096], 0x5a, "MAP_SHARED writes reach the file");
         // SAFETY: nothing uses the region any more.
         unsafe { unmap_region(region) };
+        // A fork another test made meanwhile may still hold the lock (`lock_wait`).
+        lock_wait::wait_until_unlocked(&path, || {});
         // Mapped again without size=: the file's size.
         let again = map_region(&spec(&format!("pmr:path={path}"))).unwrap();
         assert_eq!(again.len, 6 << 20);

@@ -153,7 +153,7 @@ impl DeviceTier {
                 claim = Self::claim(&region)?;
                 Self::metadata(&region, spec, opening)
             });
-        let (heap, slabs, previous_run_clean) = match built {
+        let (heap, slabs, previous_run_clean, recovered_blocks) = match built {
             Ok(built) => built,
             Err(problem) => {
                 if let Some(claim) = claim {
@@ -164,15 +164,11 @@ impl DeviceTier {
                 return Err(problem);
             }
         };
-        Ok(Self::over(
-            spec,
-            region,
-            heap,
-            slabs,
-            previous_run_clean,
-            None,
-            claim,
-        ))
+        let tier = Self::over(spec, region, heap, slabs, previous_run_clean, None, claim);
+        // The live blocks recovered count as allocations of this run (`TierStats`), as their
+        // slab slots do (`Slabs::adopt`): their frees never outnumber the allocations.
+        tier.allocations.add(recovered_blocks);
+        Ok(tier)
     }
 
     /// The tier over a mapped region and its host metadata.
@@ -318,13 +314,15 @@ impl DeviceTier {
         region: &Region,
         spec: &TierSpec,
         opening: Opening,
-    ) -> Result<(ExtentHeap, Slabs, Option<bool>), Problem> {
+    ) -> Result<(ExtentHeap, Slabs, Option<bool>, u64), Problem> {
         const NO_MEMORY: &str = "no host memory for the tier's metadata";
         let len = region.len as u64;
         let mut builder =
             ExtentHeap::builder(len, GRANULE, spec.fit).ok_or(Problem::new(NO_MEMORY))?;
         let slabs = Slabs::new(len).ok_or(Problem::new(NO_MEMORY))?;
         builder.push(SUPERBLOCK_BYTES, false);
+        // Live blocks outside slabs the recovery finds (slabs count their own slots).
+        let mut blocks = 0;
         let previous_run_clean = match opening {
             Opening::Format => {
                 persist::superblock::format(region, spec.kind as u32);
@@ -344,7 +342,10 @@ impl DeviceTier {
                 let scanned = persist::recover::scan(image, |offset, extent_len, extent| {
                     let free = match extent {
                         Extent::Free => true,
-                        Extent::Block => false,
+                        Extent::Block => {
+                            blocks += 1;
+                            false
+                        }
                         Extent::EmptySlab => {
                             // Free space from now on: its marker must say so before a block
                             // is cut from it (the chain's invariant, `persist`).
@@ -384,7 +385,7 @@ impl DeviceTier {
             }
         };
         let heap = builder.finish().ok_or(Problem::new(NO_MEMORY))?;
-        Ok((heap, slabs, previous_run_clean))
+        Ok((heap, slabs, previous_run_clean, blocks))
     }
 
     /// A block of at least `size` bytes aligned to `align` (a power of two ≥ 16), its header

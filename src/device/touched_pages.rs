@@ -57,6 +57,10 @@ pub(crate) struct TouchedPages {
     /// with no other lock held after it (`learn` takes none), so it comes last in the fork's
     /// lock order.
     reading: crate::futex_mutex::Mutex<()>,
+    /// Test-only: descriptors `learn` holds open on the page map now. A test asks this of
+    /// its own tier: other tests of the binary open the page map at any moment.
+    #[cfg(test)]
+    pub(super) page_maps_open: core::sync::atomic::AtomicU32,
 }
 
 // SAFETY: the words are atomics.
@@ -80,6 +84,8 @@ impl TouchedPages {
             words,
             learnt,
             reading: crate::futex_mutex::Mutex::new(()),
+            #[cfg(test)]
+            page_maps_open: core::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -201,6 +207,8 @@ impl TouchedPages {
         if fd < 0 {
             return;
         }
+        #[cfg(test)]
+        self.page_maps_open.fetch_add(1, Ordering::AcqRel);
         let mut entries = [0u64; 64];
         let first = (base / os::PAGE_SIZE) as u64 + word * 64;
         let n = 64.min(self.words as u64 * 64 - word * 64) as usize;
@@ -211,6 +219,8 @@ impl TouchedPages {
             libc::close(fd);
             got
         });
+        #[cfg(test)]
+        self.page_maps_open.fetch_sub(1, Ordering::AcqRel);
         if got <= 0 {
             return;
         }

@@ -96,8 +96,9 @@ unsafe fn name_of<'a>(name: *const c_char) -> Result<&'a [u8], Errno> {
 }
 
 /// Creates a private read-write space of `size` bytes (zeroed) named `name`; its base, or
-/// NULL + EEXIST (name taken) / ENOSPC (no room) / ENAMETOOLONG (over 63 bytes) / EINVAL /
-/// ENODEV (no pool).
+/// NULL + EEXIST (name taken) / ENOSPC (no room now, or a `size` larger than the pool's data
+/// area, `SIZE_MAX` included; said in one line on stderr naming `name` and `size`) /
+/// ENAMETOOLONG (over 63 bytes) / EINVAL (NULL or empty name, `size` 0) / ENODEV (no pool).
 ///
 /// # Safety
 /// `name` must be NULL or a NUL-terminated string.

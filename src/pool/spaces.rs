@@ -56,13 +56,15 @@ impl Pool {
         if size == 0 {
             return Err(libc::EINVAL);
         }
-        let len = size
+        // A size the data area could never hold, `SIZE_MAX` (whose rounding overflows)
+        // included: ENOSPC, said in one line with the name and the size.
+        let Some(len) = size
             .checked_next_multiple_of(self.granule)
-            .ok_or(libc::ENOSPC)?;
-        if len > self.total_len {
-            self.say_why_no_space(len);
+            .filter(|&len| len <= self.total_len - self.data_start)
+        else {
+            self.say_too_large(name, size);
             return Err(libc::ENOSPC);
-        }
+        };
         self.auto_collect();
         // Room or the name may be held by a dead creator's private space: sweep, then again
         // (`stat` and `list` sweep first, so they call such a name free).
@@ -71,7 +73,7 @@ impl Pool {
                 self.sweep()?;
                 self.create_entry(name, size, len).inspect_err(|&e| {
                     if e == libc::ENOSPC {
-                        self.say_why_no_space(len);
+                        self.say_why_no_space(name, len);
                     }
                 })
             }

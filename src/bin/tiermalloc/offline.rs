@@ -25,7 +25,14 @@ pub fn target(m: &ArgMatches) -> Result<(String, u64), Failure> {
 /// file's end (the checker then says what is wrong).
 pub fn map_region(path: &str, offset: u64) -> Result<memmap2::Mmap, Failure> {
     let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
-    let len = file.metadata().map_err(|e| format!("{path}: {e}"))?.len();
+    let meta = file.metadata().map_err(|e| format!("{path}: {e}"))?;
+    if meta.is_dir() {
+        // Opened read-only as any file is; only the mapping would fail, "No such device".
+        return Err(format!(
+            "{path}: is a directory, not a tier's heap file or a pool's file"
+        ));
+    }
+    let len = meta.len();
     let pages = len
         .checked_sub(offset)
         .filter(|l| *l >= 4096)

@@ -49,6 +49,11 @@ fn now_ns() -> u64 {
 fn open(path: &str, offset: u64) -> Result<std::sync::Arc<Pool>, Failure> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(format!(
+            "{path}: is a directory, not a pool's file or a tier's heap file"
+        ));
+    }
     let mut start = [0u8; 8];
     if file.read_exact_at(&mut start, offset).is_err() || !tiermalloc::pool::holds_pool(&start) {
         return Err(format!(

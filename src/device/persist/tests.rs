@@ -19,26 +19,21 @@ fn shm(name: &str) -> String {
     format!("/dev/shm/tiermalloc-persist-{}-{name}", std::process::id())
 }
 
+/// `DeviceTier::open` of `KIND:path=PATH KEYS`, once no process holds the file's host lock.
+/// The lock is an open-file-description lock: a child another test of this binary is
+/// spawning (until its `exec`) or has forked (until its exit) shares each descriptor this
+/// process had open at its fork, so a tier a test closed a moment ago can stay locked for
+/// that window, long under load (`backend::lock_wait`). Every test that reopens a file it
+/// closed, and every child that opens a file its parent closed, goes through here; a test
+/// that expects a live holder's lock to refuse it calls `open_once`.
 fn open(kind: &str, path: &str, keys: &str) -> Result<DeviceTier, crate::backend::Problem> {
-    DeviceTier::open(&spec(&format!("{kind}:path={path}{keys}")))
+    crate::backend::lock_wait::wait_until_unlocked(path, || {});
+    open_once(kind, path, keys)
 }
 
-/// `open`, waiting up to 30 s while the file's host lock is held. The lock is an
-/// open-file-description lock: a child another test of this binary is spawning shares each of
-/// our descriptors from its fork until its exec, so a tier this process closed a moment ago can
-/// stay locked for that window (long under load). Used where a test reopens a file it or its
-/// child closed just before, never to wait for a live holder.
-fn open_when_unlocked(kind: &str, path: &str, keys: &str) -> DeviceTier {
-    let started = std::time::Instant::now();
-    loop {
-        match open(kind, path, keys) {
-            Ok(tier) => return tier,
-            Err(p) if p.what == crate::backend::IN_USE && started.elapsed().as_secs() < 30 => {
-                std::thread::sleep(std::time::Duration::from_millis(5))
-            }
-            Err(p) => panic!("{path}: {}", p.what),
-        }
-    }
+/// `DeviceTier::open` at once, whoever holds the file's lock.
+fn open_once(kind: &str, path: &str, keys: &str) -> Result<DeviceTier, crate::backend::Problem> {
+    DeviceTier::open(&spec(&format!("{kind}:path={path}{keys}")))
 }
 
 /// A copy of the tier's whole region.
@@ -980,7 +975,7 @@ fn storm_child() {
     };
     let args: Vec<&str> = args.split(' ').collect();
     let (path, log, seed) = (args[0], args[1], args[2].parse::<u64>().unwrap());
-    let tier = open_when_unlocked("pmr", path, "");
+    let tier = open("pmr", path, "").unwrap();
     let log = std::ffi::CString::new(log).unwrap();
     // SAFETY: a NUL-terminated path; an append-only log of our own.
     let fd = unsafe {
@@ -1112,7 +1107,7 @@ fn sigkill_storm_recovers_every_time() {
             !report.closed_cleanly,
             "seed {seed}: a killed run left the heap marked clean"
         );
-        let tier = open_when_unlocked("pmr", &path, "");
+        let tier = open("pmr", &path, "").unwrap();
         assert_eq!(tier.previous_run_clean(), Some(false), "seed {seed}");
         let found: BTreeMap<u64, u64> = live_blocks(&tier).into_iter().collect();
         let differences: Vec<_> = expected
@@ -1312,6 +1307,9 @@ fn a_clean_exit_leaves_the_heap_clean_and_a_kill_leaves_it_dirty() {
     let child_test = concat!(module_path!(), "::exit_child");
     let child_test = child_test.split_once("::").unwrap().1;
     let child = |mode: &str| {
+        // The library opens the tier as the child starts: a fork of this process that still
+        // shares the descriptor of the tier `recovered_roots` just closed must let go first.
+        crate::backend::lock_wait::wait_until_unlocked(&path, || {});
         std::process::Command::new(&exe)
             .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
             .env(EXIT_ENV, mode)
@@ -1428,7 +1426,7 @@ fn a_block_grows_in_place_into_the_free_extent_behind_it() {
 /// another host's kernel does not see), so that only the owner record can refuse it.
 fn open_unlocked(path: &str, keys: &str) -> Result<DeviceTier, crate::backend::Problem> {
     crate::backend::NO_HOST_LOCK.with(|n| n.set(true));
-    let tier = open("pmr", path, keys);
+    let tier = open_once("pmr", path, keys);
     crate::backend::NO_HOST_LOCK.with(|n| n.set(false));
     tier
 }
@@ -1548,7 +1546,9 @@ fn a_killed_owner_is_taken_over_at_once_on_its_host() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let by_lock = open("pmr", &path, "").err().expect("the host lock refuses");
+    let by_lock = open_once("pmr", &path, "")
+        .err()
+        .expect("the host lock refuses");
     assert_eq!(by_lock.what, crate::backend::IN_USE);
     assert_eq!(
         by_lock.holder.map(|h| h.pid),
@@ -1692,5 +1692,36 @@ fn a_pool_file_is_named_as_the_pools() {
             "{kind}: the file was written"
         );
     }
+    std::fs::remove_file(path).unwrap();
+}
+
+/// After a recovery `allocations` was 0 while `in_use` counted the recovered blocks, and
+/// freeing them made `frees` exceed `allocations`. The live blocks an open recovers, outside
+/// slabs and in them, count as allocations of the run that opened the tier.
+#[test]
+fn recovered_blocks_count_as_allocations_of_the_run() {
+    let path = shm("counts");
+    let tier = open("pmr", &path, ",size=4M,create").unwrap();
+    let big: Vec<_> = (0..5).map(|_| tier.alloc(20000, 16).unwrap()).collect();
+    let small: Vec<_> = (0..7).map(|_| tier.alloc(100, 16).unwrap()).collect();
+    tier.free(big[0]).unwrap();
+    tier.free(small[0]).unwrap();
+    let s = tier.stats();
+    assert_eq!((s.allocations, s.frees), (12, 2));
+    drop(tier);
+    let tier = open("pmr", &path, "").unwrap();
+    let s = tier.stats();
+    assert!(s.in_use > 0);
+    assert_eq!(
+        (s.allocations, s.frees),
+        (10, 0),
+        "the 10 live blocks recovered"
+    );
+    for (offset, _) in live_blocks(&tier) {
+        tier.free(tier.at_offset(offset).unwrap()).unwrap();
+    }
+    let s = tier.stats();
+    assert_eq!((s.in_use, s.allocations, s.frees), (0, 10, 10));
+    drop(tier);
     std::fs::remove_file(path).unwrap();
 }

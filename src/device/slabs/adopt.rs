@@ -68,6 +68,9 @@ impl Slabs {
             list.partial = index as u32;
         }
         list.idle_bytes += SLAB_BYTES - count as u64 * slot_bytes(class);
+        // Its live slots count as allocations of this run (`TierStats::allocations`): their
+        // frees never outnumber the class's allocations.
+        list.allocations += u64::from(count);
         list.slabs += 1;
         list.peak_slabs = list.peak_slabs.max(list.slabs);
         live_bitmap::or_words_unshared(self.live(), index * WINDOW_LIVE_WORDS, headers);
