@@ -93,6 +93,21 @@ fn spawn(role: &str, spec: &str, extra: &[(&str, String)]) -> Child {
     cmd.spawn().expect("spawn child")
 }
 
+/// Runs this executable as child `role` on pool `spec` to its end; its stdout and stderr.
+fn run_to_end(role: &str, spec: &str) -> (String, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("TM_POOL_CHILD", role)
+        .env("TM_POOL_SPEC", spec)
+        .env_remove("TIERMALLOC_POOL")
+        .output()
+        .expect("run child");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Waits up to 60 s for `child`; its exit status.
 fn wait(mut child: Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -483,16 +498,7 @@ fn errors_are_eexist_enametoolong_enoent_enospc() {
 #[test]
 fn a_full_table_is_named_in_one_line_with_the_pool() {
     let file = PoolFile::new("fulltable", "8M", "");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env("TM_POOL_CHILD", "fill-directory")
-        .env("TM_POOL_SPEC", file.spec())
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = run_to_end("fill-directory", &file.spec());
     assert!(stdout.contains("made 256"), "{stdout}");
     assert!(
         stderr.contains(&format!(
@@ -1007,13 +1013,8 @@ fn threads_of_one_process_share_its_node() {
 #[test]
 fn create_reuses_the_name_of_a_dead_creators_private_space() {
     let file = PoolFile::new("deadname", "8M", "");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env("TM_POOL_CHILD", "fill-directory")
-        .env("TM_POOL_SPEC", file.spec())
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("made 256"));
+    let (stdout, _) = run_to_end("fill-directory", &file.spec());
+    assert!(stdout.contains("made 256"), "{stdout}");
     let pool = file.open();
     let map = pool
         .create_space("s0", PAGE)
@@ -1075,16 +1076,7 @@ fn a_tiers_heap_file_is_named_as_a_heap() {
 #[test]
 fn a_size_larger_than_the_pool_is_one_answer_in_one_line() {
     let file = PoolFile::new("impossible", "4M", "");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env("TM_POOL_CHILD", "impossible-sizes")
-        .env("TM_POOL_SPEC", file.spec())
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = run_to_end("impossible-sizes", &file.spec());
     let sizes = [usize::MAX, usize::MAX - 4095, 8 << 20];
     for size in sizes {
         let answer = format!("{size} Some(Some({}))", libc::ENOSPC);
