@@ -35,6 +35,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Asserts that the command succeeded and said `words` on stdout.
+fn succeeds_saying(out: &Output, words: &str) {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(words), "{}", text(&out.stdout));
+}
+
 #[test]
 fn run_preloads_the_library_keeps_the_status_and_reports() {
     let state = TempDir::new("cli", "run").kept_on_panic();
@@ -486,12 +492,7 @@ fn check_repair_mends_each_kind_of_damage_and_the_heap_opens_after() {
     ];
     // The heap as made: sound, closed cleanly, nothing to repair.
     let out = check(&base, true);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("nothing to repair"),
-        "{}",
-        text(&out.stdout)
-    );
+    succeeds_saying(&out, "nothing to repair");
     assert!(
         std::fs::read(&base).unwrap() == image,
         "nothing to repair, yet the file changed"
@@ -952,21 +953,11 @@ fn exported_library_variables_are_the_programs_not_the_commands() {
     assert!(v["tiers"][1]["allocations"].as_u64() > Some(0), "{v}");
 
     let out = with_exported(&["inspect", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("closed cleanly"),
-        "{}",
-        text(&out.stdout)
-    );
+    succeeds_saying(&out, "closed cleanly");
     assert_eq!(text(&out.stderr), "", "the command's own statistics");
 
     let out = with_exported(&["check", "--repair", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("nothing to repair"),
-        "{}",
-        text(&out.stdout)
-    );
+    succeeds_saying(&out, "nothing to repair");
 }
 
 /// The man page's example: `tiermalloc run -- ./server &` then `tiermalloc stats $!`. `$!` is
@@ -1157,12 +1148,7 @@ fn exported_variables_stay_the_programs_with_the_library_preloaded_into_the_comm
     assert!(v["tiers"][1]["allocations"].as_u64() > Some(0), "{v}");
 
     let out = exported(&["inspect", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("closed cleanly"),
-        "{}",
-        text(&out.stdout)
-    );
+    succeeds_saying(&out, "closed cleanly");
 }
 
 /// `tiermalloc` alone, a newcomer's first command: it printed only "tiermalloc: Run programs
