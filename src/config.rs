@@ -761,34 +761,22 @@ mod tests {
             &mut r,
         );
         let lines = r.0.join("\n");
-        assert!(
-            r.0[0].contains("size=4M,size=8M") && r.0[0].contains("twice"),
-            "{lines}"
-        );
-        assert!(
-            r.0[1].contains("numa=") && r.0[1].contains("exclude"),
-            "{lines}"
-        );
-        assert!(
-            r.0[2].contains("size=0") && r.0[2].contains("at least 4K"),
-            "{lines}"
-        );
-        assert!(
-            r.0[3].contains("size=1,") && r.0[3].contains("at least 4K"),
-            "{lines}"
-        );
-        assert!(
-            r.0[4].contains("18446744073709551615") && r.0[4].contains("address space"),
-            "{lines}"
-        );
-        assert!(
-            r.0[5].contains("offset=4M") && r.0[5].contains("overlaps"),
-            "{lines}"
-        );
-        assert!(
-            r.0[6].contains("cxl") && r.0[6].contains("does not list"),
-            "{lines}"
-        );
+        // Each line names what it concerns and what is wrong with it, in the order given.
+        let expected = [
+            ("size=4M,size=8M", "twice"),
+            ("numa=", "exclude"),
+            ("size=0", "at least 4K"),
+            ("size=1,", "at least 4K"),
+            ("18446744073709551615", "address space"),
+            ("offset=4M", "overlaps"),
+            ("cxl", "does not list"),
+        ];
+        for (line, (what, why)) in expected.iter().enumerate() {
+            assert!(
+                r.0[line].contains(what) && r.0[line].contains(why),
+                "line {line}: {lines}"
+            );
+        }
         assert_eq!(r.0.len(), 7, "{lines}");
         // The one left of the overlapping pair and the one after it, which does not overlap.
         assert_eq!(c.tier_count, 2);
